@@ -1,0 +1,315 @@
+"""`cellview` command line: the viewer, `analyze`, `info`, and the training commands.
+
+`analyze` is the core pipeline in a plain loop: one bad slide never stops a batch; failures
+are listed at the end and make the exit code non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cellview import __version__
+from cellview.errors import CellviewError, SlideError
+from cellview.slide import SUPPORTED_SUFFIXES
+
+log = logging.getLogger("cellview")
+
+SUBCOMMANDS = ("analyze", "info", "train", "evaluate", "export", "models")
+
+
+# ----------------------------------------------------------------------------- slide discovery
+
+
+def discover_slides(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand folders into slides (a folder of .dcm files is one DICOM slide).
+
+    Returns (slides, problems): a path that does not exist or a folder with no slides is a
+    problem for the final report, not a reason to stop.
+    """
+    slides: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            problems.append((str(path), f"{path} does not exist."))
+            continue
+        if path.is_file():
+            slides.append(path)
+            continue
+        found: list[Path] = []
+        dicom_dirs: set[Path] = set()
+        for f in sorted(path.rglob("*")):
+            if not f.is_file() or f.name.startswith(".") or f.suffix.lower() not in SUPPORTED_SUFFIXES:
+                continue
+            if f.suffix.lower() == ".dcm":
+                if f.parent in dicom_dirs:
+                    continue
+                dicom_dirs.add(f.parent)
+            found.append(f)
+        if not found:
+            problems.append((str(path), f"No slides or images found in {path}."))
+        slides.extend(found)
+    seen: set[Path] = set()
+    unique = []
+    for s in slides:
+        key = s.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(s)
+    return unique, problems
+
+
+def output_stem(slide: Path, taken: set[str]) -> str:
+    """File stem for a slide's outputs: its name (the folder's for DICOM), made unique in the batch."""
+    stem = slide.parent.name if slide.suffix.lower() == ".dcm" else slide.stem
+    candidate, n = stem, 2
+    while candidate in taken:
+        candidate = f"{stem}_{n}"
+        n += 1
+    taken.add(candidate)
+    return candidate
+
+
+# ----------------------------------------------------------------------------- analyze
+
+
+def _add_analysis_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model name in models/ or path to an .onnx with its .json sidecar "
+                                   "(default: colon-he)")
+    p.add_argument("--mpp", type=float, help="µm per pixel at level 0, for slides/images that do not say")
+    p.add_argument("--whole-image", action="store_true",
+                   help="classify each image as one tile resized to the model input (scale unknown)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="tile reader threads")
+    p.add_argument("--tissue-threshold", type=float, default=0.25,
+                   help="minimum tissue fraction for a tile to be analysed (0–1)")
+    p.add_argument("--tissue-method", choices=("saturation", "od"), default="saturation")
+    p.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction (0 to <0.9)")
+
+
+def _params_from_args(args: argparse.Namespace):
+    from cellview.results import AnalysisParams
+    from cellview.tissue import TissueParams
+
+    return AnalysisParams(
+        tissue=TissueParams(method=args.tissue_method),
+        tissue_threshold=args.tissue_threshold,
+        overlap=args.overlap,
+        whole_image=args.whole_image,
+        mpp_um=args.mpp,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+    )
+
+
+def _up_to_date(meta_path: Path, outputs: dict[str, Path], fingerprint: str, model_sha: str, params) -> bool:
+    if not meta_path.exists() or not all(p.exists() for p in outputs.values()):
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    from cellview.results import AnalysisParams
+
+    try:
+        old_params = AnalysisParams.from_dict(meta["parameters"])
+    except (KeyError, TypeError):
+        return False
+    return (
+        meta.get("status") == "complete"
+        and meta.get("slide", {}).get("fingerprint") == fingerprint
+        and meta.get("model", {}).get("sha256") == model_sha
+        and old_params.cache_dict() == params.cache_dict()
+    )
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cellview.cache import ResultCache
+    from cellview.export import FORMATS, export_all, output_paths
+    from cellview.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.pipeline import BatchDone, Finished, Started, analyze
+    from cellview.slide import file_fingerprint, open_slide
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        print(f"error: unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}", file=sys.stderr)
+        return 2
+    if "json" not in formats:
+        formats.append("json")  # the metadata is what makes re-runs skip finished slides
+    try:
+        spec = ModelSpec.load(resolve_model(args.model))
+        classifier = OnnxClassifier(spec, device=args.device)
+    except CellviewError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.details:
+            print(f"  details: {exc.details}", file=sys.stderr)
+        return 2
+    params = _params_from_args(args)
+    print(f"Model {classifier.describe()}", file=sys.stderr)
+    slides, failures = discover_slides(args.paths)
+    out_dir = Path(args.out)
+    cache = None if args.no_cache else ResultCache()
+    taken: set[str] = set()
+    n_ok = n_skipped = 0
+    for path in slides:
+        stem = output_stem(path, taken)
+        name = stem if path.suffix.lower() == ".dcm" else path.name
+        paths = output_paths(out_dir, stem, formats)
+        try:
+            if not args.force and _up_to_date(paths["json"], paths, file_fingerprint(path), spec.onnx_sha256, params):
+                print(f"{name}: up to date with {spec.name}, skipped", file=sys.stderr)
+                n_skipped += 1
+                continue
+            bar = None
+            result = None
+            for event in analyze(path, classifier, params, cache=cache):
+                if isinstance(event, Started):
+                    bar = tqdm(total=event.total, desc=name[:30], unit="tile", leave=False,
+                               disable=args.quiet, dynamic_ncols=True)
+                elif isinstance(event, BatchDone) and bar is not None:
+                    bar.update(len(event.indices))
+                    bar.set_postfix_str(f"{event.tiles_per_s:.1f} tiles/s")
+                elif isinstance(event, Finished):
+                    result = event.result
+            if bar is not None:
+                bar.close()
+            assert result is not None
+            thumb = None
+            if "png" in formats:
+                with open_slide(path, mpp_um=params.mpp_um) as slide:
+                    thumb = slide.thumbnail(args.png_size)
+            export_all(result, out_dir, stem, thumb, formats,
+                       extra_meta={"fallback": classifier.fallback_message} if classifier.fallback_message else None)
+            print(f"{name}: {result.summary()}")
+            image_level = result.image_level()
+            if (result.grid.whole_image or path.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"}) and image_level["pred_class"]:
+                print(f"  image: {image_level['pred_class']} ({image_level['pred_category']}, "
+                      f"{image_level['confidence']:.0%}; mean of {result.n_done} tiles)")
+            n_ok += 1
+        except CellviewError as exc:
+            failures.append((str(path), exc.message + (f" ({exc.details})" if exc.details and args.verbose else "")))
+            print(f"{name}: FAILED: {exc.message}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+    print(f"{n_ok} analysed, {n_skipped} up to date, {len(failures)} failed; outputs in {out_dir}", file=sys.stderr)
+    if failures:
+        print("Failures:", file=sys.stderr)
+        for where, why in failures:
+            print(f"  {where}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from cellview.slide import describe, open_slide
+
+    status = 0
+    for p in args.paths:
+        try:
+            with open_slide(p, mpp_um=args.mpp) as slide:
+                print(describe(slide))
+        except SlideError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cellview.model import DEFAULT_MODEL, ModelSpec, available_models, models_dir
+
+    models = available_models()
+    if not models:
+        print(f"No models in {models_dir()}.")
+        return 1
+    for name, path in models.items():
+        try:
+            spec = ModelSpec.load(path)
+            mark = " (default)" if name == DEFAULT_MODEL else ""
+            print(f"{name}{mark}: {len(spec.class_names)} classes {', '.join(spec.class_names)}; "
+                  f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px")
+        except CellviewError as exc:
+            print(f"{name}: INVALID: {exc.message}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cellview", description="Tile-level malignant / benign / normal "
+                                     "classification of histology slides and images.")
+    parser.add_argument("--version", action="version", version=f"cellview {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show technical details of errors")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("analyze", help="analyse slides or folders of slides headlessly")
+    p.add_argument("paths", nargs="+", help="slides, images or folders")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    _add_analysis_options(p)
+    p.add_argument("--formats", default="csv,geojson,png,json", help="comma-separated: csv,geojson,png,json")
+    p.add_argument("--png-size", type=int, default=2048, help="longest side of the annotated PNG")
+    p.add_argument("--force", action="store_true", help="re-analyse slides whose outputs are up to date")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("info", help="print vendor, levels, dimensions and mpp of slides")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--mpp", type=float)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("models", help="list the models in models/")
+    p.set_defaults(func=cmd_models)
+
+    try:
+        from cellview.train.cli import add_parsers
+    except ImportError:
+        add_parsers = None
+    if add_parsers is not None:
+        add_parsers(sub)
+    return parser
+
+
+def build_gui_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cellview", description="Open the CellView viewer. Sub-commands: "
+                                + ", ".join(SUBCOMMANDS) + " (cellview COMMAND --help).")
+    p.add_argument("--version", action="version", version=f"cellview {__version__}")
+    p.add_argument("slide", nargs="?", help="slide or image to open")
+    p.add_argument("--kiosk", action="store_true", help="full-screen kiosk mode")
+    p.add_argument("--watch", help="kiosk: folder to watch for new slides")
+    p.add_argument("--outbox", help="kiosk: folder for exported results")
+    p.add_argument("--kiosk-config", help="kiosk: settings file")
+    _add_analysis_options(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="cellview: %(message)s")
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first in SUBCOMMANDS or any(a in ("-h", "--help") for a in argv[:1]):
+        args = build_parser().parse_args(argv)
+        if not getattr(args, "func", None):
+            build_parser().print_help()
+            return 2
+        return int(args.func(args) or 0)
+    args = build_gui_parser().parse_args(argv)
+    try:
+        from cellview.gui.app import run_gui
+    except ImportError as exc:
+        print(f"The viewer is not available ({exc}). Headless analysis: cellview analyze SLIDE --out DIR",
+              file=sys.stderr)
+        return 2
+    return int(run_gui(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""CSV, GeoJSON, annotated PNG and run metadata, each written atomically (temp file + rename)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from cellview import __version__
+from cellview.errors import ExportError
+from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
+
+if TYPE_CHECKING:
+    from cellview.results import AnalysisResult
+
+FORMATS = ("csv", "geojson", "png", "json")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ExportError(f"Cannot write to {path.parent}.", str(exc)) from exc
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ExportError(f"Cannot write {path}.", str(exc)) from exc
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fmt(value: float) -> str:
+    return "" if not np.isfinite(value) else f"{value:.6f}"
+
+
+_STATUS = {0: "pending", 1: "done", 2: "failed"}
+
+
+def csv_text(result: AnalysisResult) -> str:
+    """WSInfer's columns (level-0 pixels) plus CellView's prediction columns."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    names = result.model.class_names
+    writer.writerow(
+        ["minx", "miny", "width", "height", *[f"prob_{n}" for n in names],
+         "pred_class", "pred_category", "confidence", "tissue_fraction", "status", "scale_unknown"],
+    )
+    g = result.grid
+    pred_class, pred_cat, conf = result.pred_class, result.pred_category, result.confidence
+    scale_unknown = "true" if result.scale_unknown else "false"
+    for i in range(g.n_tiles):
+        done = pred_class[i] >= 0
+        writer.writerow([
+            int(g.l0_x[i]), int(g.l0_y[i]), g.tile_l0_w, g.tile_l0_h,
+            *[_fmt(p) for p in result.probs[i]],
+            names[pred_class[i]] if done else "",
+            CATEGORIES[pred_cat[i]] if done else "",
+            _fmt(conf[i]), f"{g.tissue_fraction[i]:.4f}", _STATUS[int(result.state[i])], scale_unknown,
+        ])
+    return buf.getvalue()
+
+
+def geojson_dict(result: AnalysisResult) -> dict[str, Any]:
+    """One Polygon per finished tile that QuPath imports as a tile object with measurements."""
+    g = result.grid
+    names = result.model.class_names
+    colors = [list(hex_to_rgb(c)) for c in result.model.class_colors]
+    features = []
+    for i in np.flatnonzero(result.done):
+        x, y, w, h = g.rect(int(i))
+        k = int(result.pred_class[i])
+        measurements = {f"prob_{n}": float(p) for n, p in zip(names, result.probs[i])}
+        measurements["confidence"] = float(result.confidence[i])
+        measurements["tissue_fraction"] = float(g.tissue_fraction[i])
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]]},
+            "properties": {
+                "objectType": "tile",
+                "classification": {"name": names[k], "color": colors[k]},
+                "category": CATEGORIES[int(result.pred_category[i])],
+                "isLocked": False,
+                "measurements": measurements,
+            },
+        })
+    return {
+        "type": "FeatureCollection",
+        "properties": {
+            "slide": result.slide.name, "model": result.model.name, "model_sha256": result.model.sha256,
+            "scale_unknown": result.scale_unknown, "status": result.status,
+        },
+        "features": features,
+    }
+
+
+def versions() -> dict[str, str]:
+    out = {"cellview": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+           "numpy": np.__version__, "opencv": cv2.__version__}
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        import openslide
+
+        out["openslide-python"] = openslide.__version__
+        out["openslide"] = openslide.__library_version__
+    except (ImportError, AttributeError):
+        pass
+    return out
+
+
+def metadata_dict(result: AnalysisResult, outputs: Iterable[str] = (), extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    mpp = result.slide.mpp
+    g = result.grid
+    data: dict[str, Any] = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(result.created_unix)),
+        "versions": versions(),
+        "status": result.status,
+        "scale_unknown": result.scale_unknown,
+        "slide": {
+            "path": result.slide.path, "name": result.slide.name, "vendor": result.slide.vendor,
+            "fingerprint": result.slide.fingerprint, "dimensions_l0": list(result.slide.dimensions),
+            "level_dimensions": [list(d) for d in result.slide.level_dimensions],
+            "level_downsamples": list(result.slide.level_downsamples),
+            "mpp_um": None if mpp is None else {"x": mpp.x_um, "y": mpp.y_um},
+            "mpp_source": None if mpp is None else mpp.source,
+            "mpp_approximate": None if mpp is None else mpp.approximate,
+        },
+        "model": {
+            "name": result.model.name, "version": result.model.version, "sha256": result.model.sha256,
+            "class_names": list(result.model.class_names), "class_categories": list(result.model.class_categories),
+            "spacing_um_px": result.model.spacing_um_px, "patch_size_pixels": result.model.patch_size_pixels,
+            "temperature": result.model.temperature,
+        },
+        "provider": result.provider,
+        "parameters": result.params.to_dict(),
+        "grid": {
+            "tile_l0_px": [g.tile_l0_w, g.tile_l0_h], "stride_l0_px": [g.stride_l0_x, g.stride_l0_y],
+            "read_level": g.read_level, "read_px": [g.read_w, g.read_h], "n_cols": g.n_cols, "n_rows": g.n_rows,
+            "whole_image": g.whole_image,
+        },
+        "tiles": {
+            "total": result.n_tiles, "done": result.n_done, "failed": result.n_failed,
+            "pending": result.n_tiles - result.n_done - result.n_failed,
+            "per_category": result.category_counts(), "per_class": result.class_counts(),
+        },
+        "image_level": result.image_level(),
+        "timings_s": result.timings,
+        "from_cache": result.from_cache,
+        "outputs": list(outputs),
+    }
+    if result.tile_errors:
+        data["tile_errors"] = {str(k): v for k, v in list(result.tile_errors.items())[:100]}
+    if extra:
+        data.update(extra)
+    return data
+
+
+# ----------------------------------------------------------------------------- annotated PNG
+
+
+def overlay_on_thumbnail(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.5,
+                         min_confidence: float = 0.0) -> np.ndarray:
+    """Blend the category map (colour, alpha = confidence) over an RGB thumbnail of the slide."""
+    g = result.grid
+    h, w = thumb.shape[:2]
+    rgba = result.category_rgba(min_confidence=min_confidence)
+    sx, sy = g.slide_w_l0 / w, g.slide_h_l0 / h
+    col = np.floor((np.arange(w) + 0.5) * sx / g.stride_l0_x).astype(np.int64)
+    row = np.floor((np.arange(h) + 0.5) * sy / g.stride_l0_y).astype(np.int64)
+    col_ok, row_ok = col < g.n_cols, row < g.n_rows
+    layer = rgba[np.minimum(row, g.n_rows - 1)[:, None], np.minimum(col, g.n_cols - 1)[None, :]]
+    alpha = layer[..., 3:4].astype(np.float32) / 255.0 * opacity
+    alpha *= (row_ok[:, None] & col_ok[None, :])[..., None]
+    out = thumb.astype(np.float32) * (1 - alpha) + layer[..., :3].astype(np.float32) * alpha
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _nice_length_um(target_um: float) -> float:
+    for step in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000):
+        if step >= target_um:
+            return float(step)
+    return 50000.0
+
+
+_FONT_DIR = Path(__file__).parent / "resources" / "fonts"
+
+
+def font(size: int, bold: bool = False) -> Any:
+    """DejaVu Sans (shipped: it has µ and other symbols Pillow's default font lacks)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(str(_FONT_DIR / ("DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf")), size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.5) -> bytes:
+    """Thumbnail with the heatmap, a legend (colours and counts), scale bar, model and slide names."""
+    from PIL import Image, ImageDraw
+
+    img = overlay_on_thumbnail(result, thumb, opacity=opacity)
+    h, w = img.shape[:2]
+    k = max(1.0, min(2.5, max(h, w) / 900))  # text scales with the picture
+    panel_w = int(330 * k)
+    canvas = Image.new("RGB", (w + panel_w, max(h, int(440 * k))), (255, 255, 255))
+    canvas.paste(Image.fromarray(img), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    title, body, small = font(int(22 * k), bold=True), font(int(15 * k)), font(int(12 * k))
+    line_h, small_h = int(24 * k), int(18 * k)
+    x0, y = w + int(16 * k), int(14 * k)
+    ink, grey = (20, 20, 20), (90, 90, 90)
+
+    def text(s: str, f: Any = small, fill: tuple[int, int, int] = ink, dy: int = small_h) -> None:
+        nonlocal y
+        draw.text((x0, y), s, fill=fill, font=f)
+        y += dy
+
+    text("CellView", title, dy=int(34 * k))
+    text(f"Slide: {result.slide.name}"[:46])
+    text(f"Model: {result.model.name} {result.model.version}".rstrip()[:46])
+    text(f"Run on: {result.provider}")
+    mpp = result.slide.mpp
+    text("Scale: unknown (classified as one image)" if mpp is None else f"Pixel size: {mpp.describe()}"[:48])
+    y += int(10 * k)
+    failed = f", {result.n_failed} failed" if result.n_failed else ""
+    text(f"{result.n_done} tiles classified{failed}", body, dy=line_h + int(4 * k))
+    counts = result.category_counts()
+    total = max(result.n_done, 1)
+    sw = int(18 * k)
+    for cat in CATEGORIES:
+        draw.rectangle([x0, y + 2, x0 + sw, y + 2 + sw], fill=hex_to_rgb(CATEGORY_COLORS[cat]), outline=(60, 60, 60))
+        draw.text((x0 + sw + int(10 * k), y), f"{cat}", fill=ink, font=body)
+        draw.text((x0 + int(150 * k), y), f"{counts[cat]:>6}  {counts[cat] / total:>4.0%}", fill=ink, font=body)
+        y += line_h + int(4 * k)
+    if list(result.model.class_names) != list(result.model.class_categories):
+        y += int(6 * k)
+        text("Classes (tiles)", body, dy=line_h)
+        class_counts = result.class_counts()
+        for name, color in zip(result.model.class_names, result.model.class_colors):
+            draw.rectangle([x0, y + 3, x0 + int(12 * k), y + 3 + int(12 * k)], fill=hex_to_rgb(color), outline=(60, 60, 60))
+            draw.text((x0 + int(20 * k), y), f"{name[:28]}: {class_counts[name]}", fill=ink, font=small)
+            y += small_h
+    y += int(10 * k)
+    text("Colour = category; intensity = confidence.", fill=grey)
+    if result.status != "complete":
+        text(f"Run {result.status}: partial result.", fill=(180, 0, 0))
+    draw.text((x0, canvas.height - int(22 * k)), "Research use only. Not for clinical diagnosis.", fill=grey, font=small)
+    if mpp is not None:
+        um_per_thumb_px = result.grid.slide_w_l0 * mpp.x_um / w
+        length_um = _nice_length_um(w / 5 * um_per_thumb_px)
+        bar_px = int(round(length_um / um_per_thumb_px))
+        label = f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um:g} µm"
+        bx, by = int(14 * k), h - int(20 * k)
+        draw.rectangle([bx - int(6 * k), by - int(24 * k), bx + bar_px + int(6 * k), by + int(12 * k)], fill=(255, 255, 255))
+        draw.rectangle([bx, by, bx + bar_px, by + int(6 * k)], fill=(0, 0, 0))
+        draw.text((bx, by - int(21 * k)), label, fill=(0, 0, 0), font=small)
+    if result.grid.whole_image or result.n_tiles == 1:
+        level = result.image_level()
+        if level["pred_class"]:
+            label = f"{level['pred_class']} ({level['pred_category']}) {level['confidence']:.0%}"
+            box = draw.textbbox((int(12 * k), int(10 * k)), label, font=body)
+            draw.rectangle([box[0] - 6, box[1] - 5, box[2] + 6, box[3] + 5], fill=(255, 255, 255))
+            draw.text((int(12 * k), int(10 * k)), label, fill=hex_to_rgb(CATEGORY_COLORS[level["pred_category"]]), font=body)
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- one call for all
+
+
+def output_paths(out_dir: Path, stem: str, formats: Iterable[str] = FORMATS) -> dict[str, Path]:
+    suffix = {"csv": ".csv", "geojson": ".geojson", "png": ".png", "json": ".json"}
+    return {f: Path(out_dir) / f"{stem}{suffix[f]}" for f in formats}
+
+
+def export_all(result: AnalysisResult, out_dir: Path, stem: str, thumbnail: np.ndarray | None,
+               formats: Iterable[str] = FORMATS, extra_meta: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write the requested formats; metadata last, so its presence means the others are complete."""
+    formats = [f for f in FORMATS if f in set(formats)]
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ExportError(f"Unknown output format(s): {', '.join(sorted(unknown))}.")
+    paths = output_paths(out_dir, stem, formats)
+    if "csv" in paths:
+        atomic_write_text(paths["csv"], csv_text(result))
+    if "geojson" in paths:
+        atomic_write_text(paths["geojson"], json.dumps(geojson_dict(result)))
+    if "png" in paths:
+        if thumbnail is None:
+            raise ExportError("The annotated PNG needs a thumbnail of the slide.")
+        atomic_write_bytes(paths["png"], annotated_png(result, thumbnail))
+    if "json" in paths:
+        names = [p.name for f, p in paths.items() if f != "json"]
+        atomic_write_text(paths["json"], json.dumps(metadata_dict(result, names, extra_meta), indent=2))
+    return paths

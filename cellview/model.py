@@ -1,0 +1,490 @@
+"""Model metadata (a JSON sidecar next to the ONNX file) and an ONNX Runtime classifier.
+
+The sidecar is a superset of WSInfer's ``config.json`` so the same description serves both
+tools. It is validated on load so that a wrong or mismatched model fails with a sentence a
+person understands instead of a shape error deep inside a run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import platformdirs
+
+from cellview.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = ("malignant", "benign", "normal")
+"""The three categories the heatmap shows; every class maps to one of them."""
+
+CATEGORY_COLORS = {"malignant": "#d62728", "benign": "#ff9f1c", "normal": "#2ca02c"}
+"""Heatmap colours per category (red / amber / green)."""
+
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+LAYOUTS = ("NHWC", "NCHW")
+DTYPES = ("uint8", "float32")
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+
+_HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hex_to_rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How tiles are fed to the graph: raw uint8 (normalisation inside the graph) or float."""
+
+    layout: str = "NHWC"
+    dtype: str = "uint8"
+    scale: float = 1.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Validated model metadata. ``onnx_path`` is where the weights live."""
+
+    name: str
+    version: str
+    class_names: tuple[str, ...]
+    class_categories: tuple[str, ...]
+    class_colors: tuple[str, ...]
+    patch_size_pixels: int
+    spacing_um_px: float
+    activation: str
+    temperature: float
+    input: InputSpec
+    onnx_path: Path
+    onnx_sha256: str
+    license: str = ""
+    training_data: str = ""
+    description: str = ""
+    architecture: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def sidecar_path(self) -> Path:
+        return sidecar_for(self.onnx_path)
+
+    def category_index(self) -> np.ndarray:
+        """Index into CATEGORIES for every class (int array of length num_classes)."""
+        return np.array([CATEGORIES.index(c) for c in self.class_categories], dtype=np.int64)
+
+    def class_rgb(self) -> np.ndarray:
+        return np.array([hex_to_rgb(c) for c in self.class_colors], dtype=np.uint8)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ModelSpec:
+        """Load from an ``.onnx`` file, its sidecar ``.json``, or a folder holding ``model.onnx``."""
+        onnx_path, sidecar = _resolve_paths(Path(path))
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"The model sidecar {sidecar.name} is not valid JSON.", str(exc)) from exc
+        except OSError as exc:
+            raise ModelError(f"Cannot read the model sidecar {sidecar}.", str(exc)) from exc
+        return cls.from_dict(data, onnx_path, verify_sha256=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], onnx_path: Path, verify_sha256: bool = True) -> ModelSpec:
+        where = f"model sidecar for {onnx_path.name}"
+        if not isinstance(data, dict):
+            raise ModelError(f"The {where} must be a JSON object.")
+
+        def need(key: str) -> Any:
+            if key not in data:
+                raise ModelError(f"The {where} has no '{key}' field.")
+            return data[key]
+
+        class_names = need("class_names")
+        if not isinstance(class_names, list) or not class_names or not all(isinstance(c, str) for c in class_names):
+            raise ModelError(f"The {where}: 'class_names' must be a non-empty list of names.")
+        n = len(class_names)
+        num_classes = need("num_classes")
+        if num_classes != n:
+            raise ModelError(
+                f"The {where} says num_classes={num_classes} but lists {n} class names.",
+            )
+        cats = data.get("class_categories")
+        if cats is None:
+            guessed = [c.lower() for c in class_names]
+            if all(c in CATEGORIES for c in guessed):
+                cats = guessed
+            else:
+                raise ModelError(
+                    f"The {where} has no 'class_categories': give each class one of "
+                    f"{', '.join(CATEGORIES)}.",
+                )
+        if not isinstance(cats, list) or len(cats) != n:
+            raise ModelError(f"The {where}: 'class_categories' must list one category per class ({n}).")
+        bad = [c for c in cats if c not in CATEGORIES]
+        if bad:
+            raise ModelError(
+                f"The {where}: unknown category {bad[0]!r}; use one of {', '.join(CATEGORIES)}.",
+            )
+        colors = data.get("class_colors") or [CATEGORY_COLORS[c] for c in cats]
+        if not isinstance(colors, list) or len(colors) != n or not all(isinstance(c, str) and _HEX.match(c) for c in colors):
+            raise ModelError(f"The {where}: 'class_colors' must be {n} colours like '#d62728'.")
+        patch = need("patch_size_pixels")
+        if isinstance(patch, list):  # WSInfer allows [h, w]; we support square patches
+            if len(patch) != 2 or patch[0] != patch[1]:
+                raise ModelError(f"The {where}: only square patches are supported, got {patch}.")
+            patch = patch[0]
+        if not isinstance(patch, int) or not 8 <= patch <= 4096:
+            raise ModelError(f"The {where}: 'patch_size_pixels' must be an integer from 8 to 4096.")
+        spacing = need("spacing_um_px")
+        if not isinstance(spacing, (int, float)) or not 0.01 <= float(spacing) <= 100:
+            raise ModelError(f"The {where}: 'spacing_um_px' must be a number of µm per pixel (0.01–100).")
+        activation = data.get("activation", "softmax")
+        if activation not in ACTIVATIONS:
+            raise ModelError(f"The {where}: 'activation' must be one of {', '.join(ACTIVATIONS)}.")
+        temperature = data.get("temperature", 1.0)
+        if not isinstance(temperature, (int, float)) or not 0.01 <= float(temperature) <= 100:
+            raise ModelError(f"The {where}: 'temperature' must be a positive number.")
+        inp = data.get("input", {})
+        if not isinstance(inp, dict):
+            raise ModelError(f"The {where}: 'input' must be an object.")
+        layout = inp.get("layout", "NHWC")
+        dtype = inp.get("dtype", "uint8")
+        if layout not in LAYOUTS:
+            raise ModelError(f"The {where}: input 'layout' must be NHWC or NCHW.")
+        if dtype not in DTYPES:
+            raise ModelError(f"The {where}: input 'dtype' must be uint8 or float32.")
+        try:
+            mean = tuple(float(v) for v in inp.get("mean", (0.0, 0.0, 0.0)))
+            std = tuple(float(v) for v in inp.get("std", (1.0, 1.0, 1.0)))
+            scale = float(inp.get("scale", 1.0 if dtype == "uint8" else 1.0 / 255.0))
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"The {where}: input 'mean', 'std' and 'scale' must be numbers.") from exc
+        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+            raise ModelError(f"The {where}: input 'mean' and 'std' need 3 values, std > 0.")
+        sha = data.get("onnx_sha256", "")
+        if not onnx_path.is_file():
+            raise ModelError(f"The model file {onnx_path} does not exist.")
+        if verify_sha256 and sha:
+            actual = sha256_file(onnx_path)
+            if actual != sha:
+                raise ModelError(
+                    f"The model file {onnx_path.name} does not match its sidecar (sha256 differs); "
+                    "the sidecar may belong to another model.",
+                    f"sidecar {sha[:12]}…, file {actual[:12]}…",
+                )
+        return cls(
+            name=str(data.get("name") or onnx_path.parent.name or onnx_path.stem),
+            version=str(data.get("version", "")),
+            class_names=tuple(class_names),
+            class_categories=tuple(cats),
+            class_colors=tuple(c.lower() for c in colors),
+            patch_size_pixels=int(patch),
+            spacing_um_px=float(spacing),
+            activation=activation,
+            temperature=float(temperature),
+            input=InputSpec(layout=layout, dtype=dtype, scale=scale, mean=mean, std=std),  # type: ignore[arg-type]
+            onnx_path=onnx_path,
+            onnx_sha256=sha or sha256_file(onnx_path),
+            license=str(data.get("license", "")),
+            training_data=str(data.get("training_data", "")),
+            description=str(data.get("description", "")),
+            architecture=str(data.get("architecture", "")),
+            metrics=dict(data.get("metrics", {}) or {}),
+            raw=data,
+        )
+
+
+def sidecar_for(onnx_path: Path) -> Path:
+    return onnx_path.with_suffix(".json")
+
+
+def _resolve_paths(path: Path) -> tuple[Path, Path]:
+    if path.is_dir():
+        path = path / "model.onnx"
+    if path.suffix.lower() == ".json":
+        sidecar, onnx_path = path, path.with_suffix(".onnx")
+    else:
+        onnx_path, sidecar = path, sidecar_for(path)
+    if not onnx_path.exists():
+        raise ModelError(f"The model file {onnx_path} does not exist.")
+    if not sidecar.exists():
+        raise ModelError(
+            f"The model {onnx_path.name} has no sidecar {sidecar.name} next to it; CellView needs it "
+            "to know the classes, tile size and µm per pixel.",
+        )
+    return onnx_path, sidecar
+
+
+# ----------------------------------------------------------------------------- model discovery
+
+
+def models_dir() -> Path:
+    """Where bundled models live: $CELLVIEW_MODELS_DIR, else the repository's ``models/``."""
+    env = os.environ.get("CELLVIEW_MODELS_DIR")
+    if env:
+        return Path(env)
+    repo_models = Path(__file__).resolve().parent.parent / "models"
+    if repo_models.is_dir():
+        return repo_models
+    return Path(platformdirs.user_data_dir("cellview")) / "models"
+
+
+DEFAULT_MODEL = "colon-he"
+
+
+def available_models(root: Path | None = None) -> dict[str, Path]:
+    """Model name → onnx path for every ``models/<name>/model.onnx`` with a sidecar."""
+    root = root or models_dir()
+    found: dict[str, Path] = {}
+    if root.is_dir():
+        for onnx in sorted(root.glob("*/model.onnx")):
+            if sidecar_for(onnx).exists():
+                found[onnx.parent.name] = onnx
+    return found
+
+
+def resolve_model(name_or_path: str | None) -> Path:
+    """A model name from ``models/`` or a path; ModelError says plainly when none is there."""
+    if name_or_path and (os.sep in name_or_path or name_or_path.endswith((".onnx", ".json")) or Path(name_or_path).exists()):
+        return Path(name_or_path)
+    models = available_models()
+    name = name_or_path or DEFAULT_MODEL
+    if name in models:
+        return models[name]
+    if not models:
+        raise ModelError(
+            f"No model found: {models_dir()} holds no models/<name>/model.onnx with its sidecar. "
+            "Pass one with --model PATH.onnx (train one with `cellview train`).",
+        )
+    raise ModelError(f"No model named {name!r}; available: {', '.join(sorted(models))}.")
+
+
+# ----------------------------------------------------------------------------- inference
+
+_PROVIDER_LABELS = {
+    "TensorrtExecutionProvider": "TensorRT",
+    "CUDAExecutionProvider": "CUDA",
+    "CPUExecutionProvider": "CPU",
+}
+
+
+def _can_load(*names: str) -> bool:
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def gpu_runtime_status() -> tuple[bool, bool, str]:
+    """(cuda_usable, tensorrt_usable, reason) without asking ONNX Runtime to fail loudly."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    if "CUDAExecutionProvider" not in available:
+        return False, False, "this onnxruntime build has no GPU support"
+    if not _can_load("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        return False, False, "no NVIDIA GPU driver found"
+    try:  # CUDA/cuDNN from the nvidia-* wheels when present (no-op otherwise)
+        ort.preload_dlls(cuda=True, cudnn=True)
+    except Exception as exc:  # noqa: BLE001 - informational only
+        log.debug("preload_dlls failed: %s", exc)
+    if not _can_load("libcudart.so.13", "libcudart.so.12", "libcudart.so", "cudart64_12.dll"):
+        return False, False, "CUDA runtime libraries not found"
+    trt = "TensorrtExecutionProvider" in available and _can_load("libnvinfer.so.10", "nvinfer_10.dll")
+    return True, trt, "" if trt else "TensorRT libraries not found"
+
+
+def trt_cache_dir() -> Path:
+    path = Path(platformdirs.user_cache_dir("cellview")) / "tensorrt"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def probabilities(logits: np.ndarray, activation: str, temperature: float = 1.0) -> np.ndarray:
+    """Calibrated probabilities from raw outputs (temperature scaling, then the activation)."""
+    z = logits.astype(np.float32) / np.float32(temperature)
+    if activation == "softmax":
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    if activation == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    return logits.astype(np.float32)
+
+
+class OnnxClassifier:
+    """Runs a ModelSpec on batches of RGB uint8 tiles (N, H, W, 3) and returns probabilities.
+
+    Provider order for ``device="auto"``: TensorRT (FP16, cached engine) → CUDA → CPU, each only
+    when its libraries are present. When a GPU was asked for and cannot be used, the classifier
+    runs on CPU and ``fallback_message`` says why, once, in plain words.
+    """
+
+    def __init__(self, spec: ModelSpec, device: str = "auto", intra_op_threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        if device not in DEVICES:
+            raise ModelError(f"Unknown device {device!r}; use one of {', '.join(DEVICES)}.")
+        self.spec = spec
+        self.requested_device = device
+        self.fallback_message: str | None = None
+        ort.set_default_logger_severity(3)
+        cuda_ok, trt_ok, reason = (False, False, "") if device == "cpu" else gpu_runtime_status()
+        wanted: list[Any] = []
+        if device in ("auto", "tensorrt") and trt_ok:
+            wanted.append((
+                "TensorrtExecutionProvider",
+                {
+                    "trt_fp16_enable": True,
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(trt_cache_dir()),
+                    "trt_timing_cache_enable": True,
+                    "trt_timing_cache_path": str(trt_cache_dir()),
+                },
+            ))
+        if device in ("auto", "tensorrt", "cuda") and cuda_ok:
+            wanted.append("CUDAExecutionProvider")
+        wanted.append("CPUExecutionProvider")
+        if device == "tensorrt" and not trt_ok:
+            self.fallback_message = f"TensorRT was asked for but {reason or 'is not usable'}"
+        elif device == "cuda" and not cuda_ok:
+            self.fallback_message = f"CUDA was asked for but {reason or 'is not usable'}"
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            opts.intra_op_num_threads = int(intra_op_threads)
+        try:
+            self.session = ort.InferenceSession(str(spec.onnx_path), sess_options=opts, providers=wanted)
+        except Exception as exc:  # noqa: BLE001 - ORT raises several types
+            if len(wanted) > 1:
+                self.fallback_message = f"the GPU provider failed to start ({_first_line(exc)})"
+                self.session = ort.InferenceSession(
+                    str(spec.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"],
+                )
+            else:
+                raise ModelError(f"ONNX Runtime cannot load {spec.onnx_path.name}.", _first_line(exc)) from exc
+        self.provider = self.session.get_providers()[0]
+        first_wanted = wanted[0][0] if isinstance(wanted[0], tuple) else wanted[0]
+        if self.provider != first_wanted and self.fallback_message is None and device != "auto":
+            self.fallback_message = f"{_PROVIDER_LABELS.get(first_wanted, first_wanted)} failed to start"
+        if self.fallback_message:
+            self.fallback_message += "; running on CPU."
+            log.warning(self.fallback_message)
+        self._check_io()
+
+    # -- introspection -------------------------------------------------------------------------
+
+    @property
+    def provider_label(self) -> str:
+        label = _PROVIDER_LABELS.get(self.provider, self.provider)
+        return "TensorRT (FP16)" if label == "TensorRT" else label
+
+    def describe(self) -> str:
+        """One line for a status bar or CLI: which model runs on what."""
+        text = f"{self.spec.name} {self.spec.version}".strip() + f" on {self.provider_label}"
+        if self.fallback_message:
+            text += f" — {self.fallback_message}"
+        elif self.requested_device == "auto" and self.provider == "CPUExecutionProvider":
+            text += " (no usable GPU)"
+        return text
+
+    def _check_io(self) -> None:
+        spec = self.spec
+        inputs = self.session.get_inputs()
+        outputs = self.session.get_outputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{spec.onnx_path.name} must have one input, it has {len(inputs)}.")
+        inp = inputs[0]
+        self.input_name = inp.name
+        shape = list(inp.shape)
+        if len(shape) != 4:
+            raise ModelError(
+                f"{spec.onnx_path.name} takes a {len(shape)}-D input {shape}; expected a batch of images "
+                f"({spec.input.layout}).",
+            )
+        if spec.input.layout == "NHWC":
+            h, w, c = shape[1], shape[2], shape[3]
+        else:
+            c, h, w = shape[1], shape[2], shape[3]
+        p = spec.patch_size_pixels
+        if isinstance(c, int) and c != 3:
+            raise ModelError(f"{spec.onnx_path.name} expects {c} channels in {spec.input.layout}; tiles are RGB (3).")
+        for dim in (h, w):
+            if isinstance(dim, int) and dim != p:
+                raise ModelError(
+                    f"{spec.onnx_path.name} takes {h}×{w} inputs but its sidecar says {p}×{p} patches.",
+                    f"input {inp.name} shape {shape}, layout {spec.input.layout}",
+                )
+        expected_type = "tensor(uint8)" if spec.input.dtype == "uint8" else "tensor(float)"
+        if inp.type != expected_type:
+            raise ModelError(
+                f"{spec.onnx_path.name} takes {inp.type} but its sidecar says {spec.input.dtype}.",
+            )
+        out_shape = list(outputs[0].shape)
+        if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != spec.num_classes):
+            raise ModelError(
+                f"{spec.onnx_path.name} outputs shape {out_shape} but its sidecar lists "
+                f"{spec.num_classes} classes.",
+            )
+        self.output_name = outputs[0].name
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def prepare(self, tiles: np.ndarray) -> np.ndarray:
+        """Tiles (N, H, W, 3) uint8 → the array the graph takes."""
+        spec = self.spec.input
+        x = tiles
+        if spec.dtype == "float32":
+            x = x.astype(np.float32) * np.float32(spec.scale)
+            x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+        if spec.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x)
+
+    def logits(self, tiles: np.ndarray) -> np.ndarray:
+        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
+            raise ModelError(f"Tiles must be (N, H, W, 3) uint8, got {tiles.shape} {tiles.dtype}.")
+        out = self.session.run([self.output_name], {self.input_name: self.prepare(tiles)})[0]
+        if out.shape != (tiles.shape[0], self.spec.num_classes):
+            raise ModelError(
+                f"{self.spec.onnx_path.name} returned shape {out.shape}; expected "
+                f"({tiles.shape[0]}, {self.spec.num_classes}).",
+            )
+        return out
+
+    def predict(self, tiles: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities, float32 (N, num_classes)."""
+        return probabilities(self.logits(tiles), self.spec.activation, self.spec.temperature)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

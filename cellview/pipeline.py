@@ -1,0 +1,279 @@
+"""analyze(): slide → tissue → tiles → reader threads → batches → ONNX → streamed results.
+
+A generator, so the CLI drives it in a plain loop and the GUI in one worker thread; a
+cancel token is checked between batches and everything finished so far is kept.
+Memory is bounded by the queue of read batches, whatever the slide size.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cellview.cache import ResultCache, cache_key
+from cellview.errors import AnalysisError, CellviewError, SlideError
+from cellview.model import OnnxClassifier
+from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
+from cellview.slide import Slide, open_slide
+from cellview.tiling import TileGrid, build_grid, read_tile
+from cellview.tissue import TissueMask, detect_tissue
+
+log = logging.getLogger(__name__)
+
+
+class CancelToken:
+    """Set from any thread; the pipeline stops at the next batch boundary."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass(frozen=True)
+class Started:
+    """The grid is known: the GUI can size its overlay, the CLI its progress bar."""
+
+    slide_path: str
+    grid: TileGrid
+    tissue: TissueMask | None
+    provider: str
+    total: int
+    from_cache: bool = False
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    """One batch classified. ``indices`` are tile indices into the grid."""
+
+    indices: np.ndarray
+    probs: np.ndarray
+    failed: np.ndarray
+    done: int
+    total: int
+    elapsed_s: float
+    tiles_per_s: float
+    eta_s: float | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: AnalysisResult
+
+
+Event = Started | BatchDone | Finished
+
+
+@dataclass
+class _Batch:
+    number: int
+    indices: np.ndarray
+    tiles: np.ndarray
+    failed: np.ndarray
+    errors: dict[int, str] = field(default_factory=dict)
+    read_s: float = 0.0
+
+
+class TileReaders:
+    """Reader threads, each with its own slide handle, filling a bounded queue with batches."""
+
+    def __init__(self, slide: Slide, grid: TileGrid, batches: list[np.ndarray], workers: int) -> None:
+        self.grid = grid
+        self.batches = batches
+        self.queue: queue.Queue[_Batch | BaseException] = queue.Queue(maxsize=max(2, workers * 2))
+        self.stop = threading.Event()
+        self._next = 0
+        self._lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._run, args=(slide if i == 0 else None, slide), daemon=True,
+                             name=f"cellview-reader-{i}")
+            for i in range(max(1, min(workers, len(batches))))
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _take(self) -> int | None:
+        with self._lock:
+            if self._next >= len(self.batches) or self.stop.is_set():
+                return None
+            n = self._next
+            self._next += 1
+            return n
+
+    def _put(self, item: _Batch | BaseException) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, own: Slide | None, template: Slide) -> None:
+        slide: Slide | None = own
+        try:
+            if slide is None:
+                slide = template.reopen()
+            tile = self.grid.tile_px
+            while (n := self._take()) is not None:
+                idx = self.batches[n]
+                t0 = time.perf_counter()
+                tiles = np.empty((len(idx), tile, tile, 3), dtype=np.uint8)
+                failed = np.zeros(len(idx), dtype=bool)
+                errors: dict[int, str] = {}
+                for j, i in enumerate(idx):
+                    try:
+                        read_tile(slide, self.grid, int(i), out=tiles[j])
+                    except SlideError as exc:
+                        # The handle was replaced inside the slide object; record and go on.
+                        failed[j] = True
+                        errors[int(i)] = str(exc)
+                        tiles[j] = 255
+                if not self._put(_Batch(n, idx, tiles, failed, errors, time.perf_counter() - t0)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            self._put(exc)
+
+    def close(self) -> None:
+        self.stop.set()
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        for t in self.threads:
+            t.join(timeout=10)
+
+
+def analyze(
+    slide_path: str | Path,
+    classifier: OnnxClassifier,
+    params: AnalysisParams | None = None,
+    cancel: CancelToken | None = None,
+    cache: ResultCache | None = None,
+) -> Iterator[Event]:
+    """Stream the analysis of one slide: Started, then BatchDone per batch, then Finished.
+
+    Raises CellviewError subclasses for bad input (before any tile is read) and keeps every
+    finished tile when cancelled (``Finished.result.status == "cancelled"``).
+    """
+    params = params or AnalysisParams()
+    cancel = cancel or CancelToken()
+    spec = classifier.spec
+    t_start = time.perf_counter()
+    slide = open_slide(slide_path, mpp_um=params.mpp_um)
+    readers: TileReaders | None = None
+    try:
+        info = slide.info()
+        model = ModelInfo.from_spec(spec)
+        if not params.whole_image:
+            slide.require_mpp()
+        key = cache_key(info.fingerprint, spec.onnx_sha256, params, info.mpp)
+        if cache is not None:
+            cached = cache.load(key)
+            if cached is not None:
+                cached = cached.with_slide(info)
+                yield Started(str(slide.path), cached.grid, cached.tissue, cached.provider, cached.n_tiles, True)
+                yield Finished(cached)
+                return
+
+        t0 = time.perf_counter()
+        mpp_um = info.mpp.um if info.mpp else None
+        tissue = detect_tissue(slide, params.tissue, mpp_um)
+        grid = build_grid(
+            slide, spec.patch_size_pixels, spec.spacing_um_px, tissue,
+            tissue_threshold=params.tissue_threshold, overlap=params.overlap, whole_image=params.whole_image,
+        )
+        t_tissue = time.perf_counter() - t0
+        n = grid.n_tiles
+        probs = np.full((n, spec.num_classes), np.nan, dtype=np.float32)
+        state = np.zeros(n, dtype=np.uint8)
+        tile_errors: dict[int, str] = {}
+        yield Started(str(slide.path), grid, tissue, classifier.describe(), n)
+
+        batch_size = max(1, int(params.batch_size))
+        batches = [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+        t_run = time.perf_counter()
+        infer_s = read_s = 0.0
+        done = 0
+        status = "complete"
+        if batches:
+            readers = TileReaders(slide, grid, batches, params.workers)
+            for _ in range(len(batches)):
+                if cancel.cancelled:
+                    status = "cancelled"
+                    break
+                item = readers.queue.get()
+                if isinstance(item, BaseException):
+                    if isinstance(item, CellviewError):
+                        raise item
+                    raise AnalysisError("Reading tiles failed unexpectedly.", repr(item)) from item
+                read_s += item.read_s
+                ok = ~item.failed
+                t_inf = time.perf_counter()
+                batch_probs = np.full((len(item.indices), spec.num_classes), np.nan, dtype=np.float32)
+                if ok.any():
+                    batch_probs[ok] = classifier.predict(item.tiles[ok])
+                infer_s += time.perf_counter() - t_inf
+                probs[item.indices] = batch_probs
+                state[item.indices] = np.where(ok, TileState.DONE, TileState.FAILED)
+                tile_errors.update(item.errors)
+                done += len(item.indices)
+                elapsed = time.perf_counter() - t_run
+                rate = done / elapsed if elapsed > 0 else 0.0
+                eta = (n - done) / rate if rate > 0 else None
+                yield BatchDone(item.indices, batch_probs, item.failed, done, n, elapsed, rate, eta)
+            if cancel.cancelled and done < n:
+                status = "cancelled"
+        run_s = time.perf_counter() - t_run
+        timings = {
+            "tissue_s": t_tissue,
+            "tiles_s": run_s,
+            "read_thread_s": read_s,
+            "inference_s": infer_s,
+            "total_s": time.perf_counter() - t_start,
+            "tiles_per_s": done / run_s if run_s > 0 else 0.0,
+        }
+        result = AnalysisResult(
+            slide=info, model=model, params=params, grid=grid, probs=probs, state=state,
+            provider=classifier.provider_label, status=status, tissue=tissue, tile_errors=tile_errors,
+            timings=timings,
+        )
+        if cache is not None and status == "complete":
+            cache.store(key, result)
+        yield Finished(result)
+    finally:
+        if readers is not None:
+            readers.close()
+        slide.close()
+
+
+def run_analysis(
+    slide_path: str | Path,
+    classifier: OnnxClassifier,
+    params: AnalysisParams | None = None,
+    cancel: CancelToken | None = None,
+    cache: ResultCache | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> AnalysisResult:
+    """Drive analyze() to the end and return its result."""
+    result: AnalysisResult | None = None
+    for event in analyze(slide_path, classifier, params, cancel, cache):
+        if on_event is not None:
+            on_event(event)
+        if isinstance(event, Finished):
+            result = event.result
+    assert result is not None
+    return result

@@ -1,0 +1,487 @@
+"""Open whole slides (OpenSlide) and plain images (OpenCV) behind one small interface.
+
+Every read returns RGB uint8 with transparent areas composited on white, so the rest of the
+code never sees alpha. Pixel size (µm per pixel) is looked up in a documented order and its
+source recorded; it is never guessed silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cellview.errors import MppError, SlideError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+SLIDE_SUFFIXES = {
+    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
+    ".bif", ".dcm", ".czi",
+}
+SUPPORTED_SUFFIXES = IMAGE_SUFFIXES | SLIDE_SUFFIXES
+
+# A pixel size outside this range is a metadata artefact (72 dpi defaults, zeros), not a microscope.
+_MPP_PLAUSIBLE_UM = (0.02, 50.0)
+
+# Plain images are held in memory whole; beyond this they must be pyramidal slides.
+_MAX_PLAIN_PIXELS = 400_000_000
+
+
+@dataclass(frozen=True)
+class Mpp:
+    """Microns per pixel at level 0 and where the value came from."""
+
+    x_um: float
+    y_um: float
+    source: str  # "openslide", "tiff-resolution", "objective-power", "user"
+    approximate: bool = False
+
+    @property
+    def um(self) -> float:
+        return (self.x_um + self.y_um) / 2.0
+
+    def describe(self) -> str:
+        text = f"{self.um:.4g} µm/px from {self.source}"
+        return text + " (approximate)" if self.approximate else text
+
+
+def _plausible(mpp: float) -> bool:
+    return _MPP_PLAUSIBLE_UM[0] <= mpp <= _MPP_PLAUSIBLE_UM[1]
+
+
+def _resolution_to_mpp(resolution: float, unit: str) -> float | None:
+    unit = unit.lower()
+    per_um = {"centimeter": 1e4, "cm": 1e4, "inch": 25400.0, "in": 25400.0, "millimeter": 1e3, "micrometer": 1.0}
+    if resolution <= 0 or unit not in per_um:
+        return None
+    value = per_um[unit] / resolution
+    return value if _plausible(value) else None
+
+
+def mpp_from_properties(props: dict[str, str]) -> Mpp | None:
+    """OpenSlide's mpp, then TIFF resolution tags, then objective power (approximate)."""
+    try:
+        x, y = float(props["openslide.mpp-x"]), float(props["openslide.mpp-y"])
+        if _plausible(x) and _plausible(y):
+            return Mpp(x, y, "openslide")
+    except (KeyError, ValueError):
+        pass
+    try:
+        unit = props.get("tiff.ResolutionUnit", "")
+        x = _resolution_to_mpp(float(props["tiff.XResolution"]), unit)
+        y = _resolution_to_mpp(float(props["tiff.YResolution"]), unit)
+        if x and y:
+            return Mpp(x, y, "tiff-resolution")
+    except (KeyError, ValueError):
+        pass
+    try:
+        power = float(props["openslide.objective-power"])
+        if power > 0:
+            # 10 µm/px at 1x is the usual scanner convention (20x ≈ 0.5 µm/px); a rule, not a measurement.
+            return Mpp(10.0 / power, 10.0 / power, "objective-power", approximate=True)
+    except (KeyError, ValueError):
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """What `cellview info` prints and what results record about the slide."""
+
+    path: str
+    name: str
+    vendor: str
+    fingerprint: str
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp: Mpp | None
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+
+def composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Straight-alpha RGBA → RGB on white (openslide-python un-premultiplies already)."""
+    alpha = rgba[..., 3:4]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    a = alpha.astype(np.uint16)
+    rgb = (rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    return rgb.astype(np.uint8)
+
+
+class Slide:
+    """A readable slide: pyramid levels, properties, mpp and RGB reads in level-0 coordinates.
+
+    Not thread-safe by contract: each thread opens its own handle (``reopen()``).
+    """
+
+    path: Path
+    vendor: str
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    properties: dict[str, str]
+    mpp: Mpp | None
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """Highest level whose downsample does not exceed ``downsample`` (1% slack for rounding)."""
+        best = 0
+        for level, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * 1.01:
+                best = level
+        return best
+
+    def read_region(self, l0_xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def thumbnail(self, max_px: int) -> np.ndarray:
+        """Whole slide as RGB with its longer side at most ``max_px``, from a suitable level.
+
+        Falls back to finer levels when a coarse level is unreadable (seen on DICOM conversions
+        with malformed edge tiles), reading in chunks so memory stays bounded.
+        """
+        w0, h0 = self.dimensions
+        ds = max(1.0, max(w0, h0) / max_px)
+        out_w, out_h = max(1, round(w0 / ds)), max(1, round(h0 / ds))
+        first = self.best_level_for_downsample(ds)
+        error: SlideError | None = None
+        for level in range(first, -1, -1):
+            try:
+                return self._read_level_scaled(level, (out_w, out_h))
+            except SlideError as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    def _read_level_scaled(self, level: int, out_size: tuple[int, int], chunk_px: int = 4096) -> np.ndarray:
+        lw, lh = self.level_dimensions[level]
+        out_w, out_h = out_size
+        if (lw, lh) == (out_w, out_h):
+            return self.read_region((0, 0), level, (lw, lh))
+        out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+        ds = self.level_downsamples[level]
+        sx, sy = out_w / lw, out_h / lh
+        for cy in range(0, lh, chunk_px):
+            for cx in range(0, lw, chunk_px):
+                cw, ch = min(chunk_px, lw - cx), min(chunk_px, lh - cy)
+                ox0, oy0 = round(cx * sx), round(cy * sy)
+                ox1, oy1 = round((cx + cw) * sx), round((cy + ch) * sy)
+                if ox1 <= ox0 or oy1 <= oy0:
+                    continue
+                img = self.read_region((round(cx * ds), round(cy * ds)), level, (cw, ch))
+                out[oy0:oy1, ox0:ox1] = cv2.resize(img, (ox1 - ox0, oy1 - oy0), interpolation=cv2.INTER_AREA)
+        return out
+
+    def with_mpp(self, mpp_um: float | None) -> None:
+        """Apply a user-given mpp; it wins over the file's metadata."""
+        if mpp_um is not None:
+            if not _plausible(mpp_um):
+                raise MppError(f"--mpp {mpp_um} is not a plausible microscope pixel size (0.02–50 µm).")
+            self.mpp = Mpp(float(mpp_um), float(mpp_um), "user")
+
+    def require_mpp(self) -> Mpp:
+        if self.mpp is None:
+            raise MppError(
+                f"{self.path.name} does not say how many µm a pixel is, so tiles cannot be cut at the "
+                "model's scale. Pass it with --mpp (e.g. --mpp 0.5 for a 20x scan), or use "
+                "--whole-image to classify a small image as one tile (scale unknown).",
+            )
+        return self.mpp
+
+    def fingerprint(self) -> str:
+        return file_fingerprint(self.path)
+
+    def info(self) -> SlideInfo:
+        return SlideInfo(
+            path=str(self.path),
+            name=self.name,
+            vendor=self.vendor,
+            fingerprint=self.fingerprint(),
+            level_dimensions=self.level_dimensions,
+            level_downsamples=self.level_downsamples,
+            mpp=self.mpp,
+        )
+
+    def reopen(self) -> Slide:
+        """A new handle on the same file (for another thread, or after a read error)."""
+        other = open_slide(self.path)
+        other.mpp = self.mpp
+        return other
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_fingerprints: dict[tuple[str, int, int], str] = {}
+_fp_lock = threading.Lock()
+
+
+def file_fingerprint(path: Path) -> str:
+    """Content hash of size + first and last MiB (cheap on multi-GB slides, stable across copies).
+
+    For a DICOM slide (one folder of files) every .dcm file of the folder contributes.
+    """
+    path = Path(path)
+    files = sorted(path.parent.glob("*.dcm")) if path.suffix.lower() == ".dcm" else [path]
+    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = (str(path), sum(s[1] for s in stats), max(s[2] for s in stats))
+    with _fp_lock:
+        if key in _fingerprints:
+            return _fingerprints[key]
+    digest = hashlib.sha256()
+    for f, size, _ in stats:
+        digest.update(str(size).encode())
+        with open(f, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                digest.update(fh.read(1 << 20))
+    value = digest.hexdigest()[:32]
+    with _fp_lock:
+        _fingerprints[key] = value
+    return value
+
+
+class OpenSlideSlide(Slide):
+    def __init__(self, path: Path, osr: Any) -> None:
+        self.path = path
+        self._osr = osr
+        self.properties = dict(osr.properties)
+        self.vendor = self.properties.get("openslide.vendor", "unknown")
+        self.level_dimensions = tuple((int(w), int(h)) for w, h in osr.level_dimensions)
+        self.level_downsamples = tuple(float(d) for d in osr.level_downsamples)
+        self.mpp = mpp_from_properties(self.properties)
+
+    def read_region(self, l0_xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        import openslide
+
+        try:
+            img = self._osr.read_region((int(l0_xy[0]), int(l0_xy[1])), int(level), (int(size[0]), int(size[1])))
+        except openslide.OpenSlideError as exc:
+            # OpenSlide handles are unusable after an error: discard this one, keep the object usable.
+            self._replace_handle()
+            raise SlideError(f"Reading {self.path.name} failed at {l0_xy} (level {level}).", str(exc)) from exc
+        return composite_on_white(np.asarray(img))
+
+    def _replace_handle(self) -> None:
+        import openslide
+
+        try:
+            self._osr.close()
+        except Exception:  # noqa: BLE001 - the handle is being thrown away
+            pass
+        try:
+            self._osr = openslide.OpenSlide(str(self.path))
+        except Exception:  # noqa: BLE001 - the next read raises a SlideError of its own
+            pass
+
+    def associated_image(self, name: str) -> np.ndarray | None:
+        img = self._osr.associated_images.get(name)
+        return None if img is None else composite_on_white(np.asarray(img.convert("RGBA")))
+
+    def close(self) -> None:
+        self._osr.close()
+
+
+class ImageSlide(Slide):
+    """A plain image (png/jpg/bmp/tif) held in memory as a one-level slide."""
+
+    def __init__(self, path: Path, rgb: np.ndarray, properties: dict[str, str], mpp: Mpp | None) -> None:
+        self.path = path
+        self._rgb = rgb
+        self.properties = properties
+        self.vendor = "image"
+        h, w = rgb.shape[:2]
+        self.level_dimensions = ((w, h),)
+        self.level_downsamples = (1.0,)
+        self.mpp = mpp
+
+    def read_region(self, l0_xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        if level != 0:
+            raise SlideError(f"{self.path.name} has one level; level {level} was asked for.")
+        x, y = int(l0_xy[0]), int(l0_xy[1])
+        w, h = int(size[0]), int(size[1])
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        ih, iw = self._rgb.shape[:2]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, iw), min(y + h, ih)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y:y1 - y, x0 - x:x1 - x] = self._rgb[y0:y1, x0:x1]
+        return out
+
+    def reopen(self) -> Slide:
+        # The pixels are immutable in memory: sharing them across threads is safe and saves a decode.
+        return self
+
+
+def _load_plain_image(path: Path) -> ImageSlide:
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise SlideError(
+            f"{path.name} is not a readable slide or image (unknown or corrupt format).",
+            "neither OpenSlide nor the image decoder recognised it",
+        )
+    if img.dtype != np.uint8:
+        # 16-bit microscopy images: scale to 8 bits for display and the model.
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 2:
+        rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        rgba = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+        rgb = composite_on_white(rgba)
+    else:
+        rgb = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
+    if rgb.shape[0] * rgb.shape[1] > _MAX_PLAIN_PIXELS:
+        raise SlideError(f"{path.name} is too large to open as a plain image; save it as a pyramidal TIFF.")
+    props, mpp = _plain_image_metadata(path)
+    return ImageSlide(path, np.ascontiguousarray(rgb), props, mpp)
+
+
+def _plain_image_metadata(path: Path) -> tuple[dict[str, str], Mpp | None]:
+    """Resolution tags of TIFF/PNG/JPEG files; only plausible microscope values count."""
+    props: dict[str, str] = {}
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            dpi = im.info.get("dpi")
+            res = im.info.get("resolution")
+            unit = None
+            if hasattr(im, "tag_v2"):
+                tags = im.tag_v2
+                if 282 in tags and 283 in tags:
+                    res = (float(tags[282]), float(tags[283]))
+                    unit = {1: "none", 2: "inch", 3: "centimeter"}.get(int(tags.get(296, 2)), "none")
+            if res and unit:
+                props["tiff.XResolution"], props["tiff.YResolution"] = str(res[0]), str(res[1])
+                props["tiff.ResolutionUnit"] = unit
+            elif dpi:
+                props["tiff.XResolution"], props["tiff.YResolution"] = str(float(dpi[0])), str(float(dpi[1]))
+                props["tiff.ResolutionUnit"] = "inch"
+    except Exception:  # noqa: BLE001 - metadata is optional; pixels were already decoded
+        pass
+    return props, mpp_from_properties(props)
+
+
+def _container_kind(path: Path) -> str:
+    """'tiff' or 'dicom' from the file's magic bytes, else ''; tells 'damaged' from 'unknown'."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return ""
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    return ""
+
+
+def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None) -> Slide:
+    """Open a slide or plain image; every failure becomes a SlideError with a plain message."""
+    path = Path(path)
+    if not path.exists():
+        raise SlideError(f"{path} does not exist.")
+    if path.is_dir():
+        dcm = sorted(path.glob("*.dcm"))
+        if not dcm:
+            raise SlideError(f"{path} is a folder, not a slide (a DICOM slide folder must hold .dcm files).")
+        path = dcm[0]
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise SlideError(f"Cannot read {path}.", str(exc)) from exc
+    if size == 0:
+        raise SlideError(f"{path.name} is empty (0 bytes).")
+    if not os.access(path, os.R_OK):
+        raise SlideError(f"{path.name} cannot be read (permission denied).")
+
+    import openslide
+
+    slide: Slide | None = None
+    osr_error = ""
+    try:
+        osr = openslide.OpenSlide(str(path))
+        slide = OpenSlideSlide(path, osr)
+    except openslide.OpenSlideUnsupportedFormatError as exc:
+        osr_error = str(exc) or "unsupported format"
+    except openslide.OpenSlideError as exc:
+        # Recognised by OpenSlide but broken (truncated, bad tiles): do not try to decode it otherwise.
+        raise SlideError(f"{path.name} looks like a slide but is damaged or truncated.", str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - OpenSlide raises plain exceptions on some inputs
+        osr_error = str(exc)
+    if slide is None:
+        kind = _container_kind(path)
+        damaged = SlideError(
+            f"{path.name} is a {kind.upper()} file but its contents cannot be read: it is probably "
+            "truncated (an incomplete copy or download) or damaged.",
+            f"OpenSlide: {osr_error}" if osr_error else "",
+        )
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            try:
+                slide = _load_plain_image(path)
+            except SlideError:
+                if kind:
+                    raise damaged from None
+                raise
+        elif kind:
+            raise damaged
+        else:
+            raise SlideError(
+                f"{path.name} is not a slide format CellView can read.",
+                f"OpenSlide: {osr_error}" if osr_error else "",
+            )
+    else:
+        try:  # Truncated files often open but fail on the first real read: find out now.
+            lw, lh = slide.level_dimensions[-1]
+            slide.read_region((0, 0), slide.level_count - 1, (min(lw, 64), min(lh, 64)))
+        except SlideError as exc:
+            slide.close()
+            raise SlideError(f"{path.name} opens but its pixels cannot be read (damaged or truncated).",
+                             exc.details) from exc
+    slide.with_mpp(mpp_um)
+    return slide
+
+
+def describe(slide: Slide) -> str:
+    """Human-readable summary for `cellview info`."""
+    lines = [
+        f"file:      {slide.path}",
+        f"vendor:    {slide.vendor}",
+        f"size:      {slide.dimensions[0]} × {slide.dimensions[1]} px (level 0)",
+        f"mpp:       {slide.mpp.describe() if slide.mpp else 'unknown (pass --mpp)'}",
+        f"levels:    {slide.level_count}",
+    ]
+    for i, ((w, h), ds) in enumerate(zip(slide.level_dimensions, slide.level_downsamples)):
+        lines.append(f"  level {i}: {w} × {h}  downsample {ds:.4g}")
+    if slide.mpp:
+        w_mm = slide.dimensions[0] * slide.mpp.x_um / 1000
+        h_mm = slide.dimensions[1] * slide.mpp.y_um / 1000
+        lines.append(f"extent:    {w_mm:.2f} × {h_mm:.2f} mm")
+    lines.append(f"fingerprint: {slide.fingerprint()}")
+    return "\n".join(lines)

@@ -1,0 +1,159 @@
+"""Synthetic slides and toy ONNX models with known answers, for tests and benchmarks.
+
+The toy model's rule: a tile's class follows its dominant colour (red → malignant, blue →
+benign, green → normal), so end-to-end results can be checked exactly. Needs the ``onnx``,
+``tifffile`` and ``imagecodecs`` packages (the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cellview.model import sha256_file
+
+TOY_CLASSES = ("malignant", "benign", "normal")
+TOY_COLORS = {"malignant": (220, 30, 40), "benign": (40, 60, 220), "normal": (30, 200, 60)}
+
+
+def make_toy_model(
+    folder: Path,
+    patch_px: int = 64,
+    spacing_um: float = 0.5,
+    layout: str = "NHWC",
+    dtype: str = "uint8",
+    fixed_hw: int | None = None,
+    num_outputs: int = 3,
+    sidecar_overrides: dict[str, Any] | None = None,
+    name: str = "toy-colour",
+) -> Path:
+    """Write ``folder/model.onnx`` + ``model.json`` and return the .onnx path.
+
+    logits = 0.1 × (mean RGB − mean of the three channels), in the class order R, B, G →
+    (malignant, benign, normal). ``fixed_hw`` bakes a spatial size into the input (to test the
+    shape check); ``num_outputs`` ≠ 3 makes a model that disagrees with its sidecar.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    hw: list[Any] = [fixed_hw or "H", fixed_hw or "W"]
+    if layout == "NHWC":
+        in_shape = ["N", *hw, 3]
+        axes, channel_axis = [1, 2], 1
+    else:
+        in_shape = ["N", 3, *hw]
+        axes, channel_axis = [2, 3], 1
+    elem = TensorProto.UINT8 if dtype == "uint8" else TensorProto.FLOAT
+    inp = helper.make_tensor_value_info("tiles", elem, in_shape)
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_outputs])
+    # Channel order R, G, B → classes (R, B, G) so red → malignant, blue → benign, green → normal.
+    weights = np.zeros((3, num_outputs), dtype=np.float32)
+    centre = np.eye(3, dtype=np.float32) - 1.0 / 3.0
+    perm = [0, 2, 1]
+    for k in range(min(3, num_outputs)):
+        weights[:, k] = 0.1 * centre[:, perm[k]]
+    if dtype == "float32":
+        weights *= 255.0  # float inputs arrive scaled to [0, 1]
+    nodes = [
+        helper.make_node("Cast", ["tiles"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+        helper.make_node("MatMul", ["m", "w"], ["logits"]),
+    ]
+    _ = channel_axis
+    inits = [
+        helper.make_tensor("axes", TensorProto.INT64, [2], axes),
+        helper.make_tensor("w", TensorProto.FLOAT, list(weights.shape), weights.flatten().tolist()),
+    ]
+    graph = helper.make_graph(nodes, "toy", [inp], [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    path = folder / "model.onnx"
+    onnx.save(model, str(path))
+    sidecar = {
+        "spec_version": "1.0",
+        "name": name,
+        "version": "0.0-test",
+        "architecture": "toy-mean-colour",
+        "num_classes": 3,
+        "class_names": list(TOY_CLASSES),
+        "class_categories": list(TOY_CLASSES),
+        "class_colors": ["#d62728", "#ff9f1c", "#2ca02c"],
+        "patch_size_pixels": patch_px,
+        "spacing_um_px": spacing_um,
+        "transform": [{"name": "Resize", "arguments": {"size": patch_px}}, {"name": "ToTensor"}],
+        "activation": "softmax",
+        "temperature": 1.0,
+        "input": {"layout": layout, "dtype": dtype, "scale": 1 / 255 if dtype == "float32" else 1.0},
+        "onnx_sha256": sha256_file(path),
+        "license": "CC0-1.0",
+        "training_data": "none: a fixed rule for tests",
+    }
+    sidecar.update(sidecar_overrides or {})
+    (folder / "model.json").write_text(json.dumps(sidecar, indent=2))
+    return path
+
+
+def toy_expected_class(rgb_mean: np.ndarray) -> int:
+    """The toy model's answer for a tile's mean colour (index into TOY_CLASSES)."""
+    logits = (np.asarray(rgb_mean, np.float64) - np.mean(rgb_mean)) * 0.1
+    return int(np.argmax(logits[[0, 2, 1]]))
+
+
+def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp_um: float | None, levels: int = 4,
+                       tile: int = 256, compression: str = "zlib") -> Path:
+    """A tiled pyramidal TIFF (successive IFDs, each half the size) that OpenSlide opens."""
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {}
+    if mpp_um:
+        kwargs = {"resolution": (1e4 / mpp_um, 1e4 / mpp_um), "resolutionunit": "CENTIMETER"}
+    with tifffile.TiffWriter(str(path), bigtiff=False) as tif:
+        img = rgb
+        for level in range(levels):
+            if level and min(img.shape[:2]) < 2 * 16:
+                break
+            if level:
+                img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
+            tif.write(
+                img, photometric="rgb", tile=(tile, tile), compression=compression,
+                subfiletype=1 if level else 0, metadata=None, **kwargs,
+            )
+    return path
+
+
+SYNTH_TILE = 128
+"""Tile size (level-0 px) of the synthetic slide at 0.5 µm/px for a 64-px model at 1.0 µm/px (read from level 1)."""
+
+SYNTH_BLOCKS = {
+    # (row0, row1, col0, col1) in tile units, end-exclusive.
+    "malignant": (2, 6, 2, 6),
+    "normal": (2, 6, 8, 12),
+    "benign": (7, 11, 4, 10),
+}
+
+
+def synthetic_slide_rgb(n_cols: int = 16, n_rows: int = 12, tile: int = SYNTH_TILE, seed: int = 0) -> np.ndarray:
+    """White background with three tile-aligned coloured blocks (plus mild noise)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((n_rows * tile, n_cols * tile, 3), 245, dtype=np.uint8)
+    for cls, (r0, r1, c0, c1) in SYNTH_BLOCKS.items():
+        img[r0 * tile:r1 * tile, c0 * tile:c1 * tile] = TOY_COLORS[cls]
+    noise = rng.integers(-6, 7, size=img.shape)
+    return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+def expected_synthetic_tiles() -> dict[tuple[int, int], str]:
+    """(grid_row, grid_col) → class for every tissue tile of ``synthetic_slide_rgb()``."""
+    out = {}
+    for cls, (r0, r1, c0, c1) in SYNTH_BLOCKS.items():
+        for r in range(r0, r1):
+            for c in range(c0, c1):
+                out[(r, c)] = cls
+    return out

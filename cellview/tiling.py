@@ -1,0 +1,162 @@
+"""The tile grid: level-0 rectangles at the model's µm per pixel, read from the best level."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from cellview.errors import AnalysisError
+from cellview.slide import Slide
+from cellview.tissue import TissueMask
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles kept for analysis (tissue fraction ≥ threshold), in row-major grid order.
+
+    A tile covers ``tile_l0_w × tile_l0_h`` level-0 pixels starting at (``l0_x``, ``l0_y``); it
+    is read at ``read_level`` as ``read_w × read_h`` pixels and resized to ``tile_px`` square.
+    Edge tiles extend past the slide and are padded with white, so every batch has one shape.
+    """
+
+    slide_w_l0: int
+    slide_h_l0: int
+    tile_px: int
+    tile_l0_w: int
+    tile_l0_h: int
+    stride_l0_x: int
+    stride_l0_y: int
+    read_level: int
+    read_w: int
+    read_h: int
+    n_cols: int
+    n_rows: int
+    grid_col: np.ndarray
+    grid_row: np.ndarray
+    l0_x: np.ndarray
+    l0_y: np.ndarray
+    tissue_fraction: np.ndarray
+    tissue_threshold: float
+    whole_image: bool = False
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.l0_x.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_rows, self.n_cols
+
+    def index_grid(self) -> np.ndarray:
+        """(n_rows, n_cols) int32 array: tile index at each grid cell, -1 where none."""
+        out = np.full((self.n_rows, self.n_cols), -1, dtype=np.int32)
+        out[self.grid_row, self.grid_col] = np.arange(self.n_tiles, dtype=np.int32)
+        return out
+
+    def tile_at(self, l0_x: float, l0_y: float) -> int:
+        """Index of the tile whose stride cell contains the level-0 point, or -1."""
+        if l0_x < 0 or l0_y < 0:
+            return -1
+        col, row = int(l0_x // self.stride_l0_x), int(l0_y // self.stride_l0_y)
+        if row >= self.n_rows or col >= self.n_cols:
+            return -1
+        return int(self.index_grid()[row, col])
+
+    def rect(self, index: int) -> tuple[int, int, int, int]:
+        """(l0_x, l0_y, width, height) of one tile."""
+        return int(self.l0_x[index]), int(self.l0_y[index]), self.tile_l0_w, self.tile_l0_h
+
+
+def _axis_count(extent: int, tile: int, stride: int) -> int:
+    if extent <= tile:
+        return 1
+    return int(math.ceil((extent - tile) / stride)) + 1
+
+
+def tissue_fractions(mask: TissueMask, xs: np.ndarray, ys: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Share of each level-0 rectangle covered by tissue (area outside the slide counts as none)."""
+    m = mask.mask.astype(np.uint8)
+    integral = cv2.integral(m).astype(np.float64)
+    mh, mw = m.shape
+    ds = mask.downsample
+    x0 = np.clip(np.floor(xs / ds).astype(np.int64), 0, mw)
+    y0 = np.clip(np.floor(ys / ds).astype(np.int64), 0, mh)
+    x1 = np.clip(np.ceil((xs + w) / ds).astype(np.int64), 0, mw)
+    y1 = np.clip(np.ceil((ys + h) / ds).astype(np.int64), 0, mh)
+    covered = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    full = np.maximum((np.ceil((xs + w) / ds) - np.floor(xs / ds)) * (np.ceil((ys + h) / ds) - np.floor(ys / ds)), 1)
+    return (covered / full).astype(np.float32)
+
+
+def build_grid(
+    slide: Slide,
+    tile_px: int,
+    model_mpp_um: float | None,
+    tissue: TissueMask | None,
+    tissue_threshold: float = 0.25,
+    overlap: float = 0.0,
+    whole_image: bool = False,
+) -> TileGrid:
+    """Tiles at the model's scale. ``whole_image`` makes one tile of the whole image instead."""
+    w0, h0 = slide.dimensions
+    if whole_image:
+        one = np.zeros(1, dtype=np.int64)
+        frac = (
+            tissue_fractions(tissue, one, one, w0, h0) if tissue is not None else np.ones(1, np.float32)
+        )
+        level = slide.best_level_for_downsample(max(w0, h0) / tile_px)
+        ds = slide.level_downsamples[level]
+        return TileGrid(
+            slide_w_l0=w0, slide_h_l0=h0, tile_px=tile_px, tile_l0_w=w0, tile_l0_h=h0,
+            stride_l0_x=w0, stride_l0_y=h0, read_level=level, read_w=max(1, round(w0 / ds)),
+            read_h=max(1, round(h0 / ds)), n_cols=1, n_rows=1,
+            grid_col=one.astype(np.int32), grid_row=one.astype(np.int32), l0_x=one, l0_y=one,
+            tissue_fraction=frac, tissue_threshold=0.0, whole_image=True,
+        )
+    if not 0.0 <= overlap < 0.9:
+        raise AnalysisError(f"Tile overlap must be between 0 and 0.9, got {overlap}.")
+    if model_mpp_um is None:
+        raise AnalysisError("The model's µm per pixel is needed to tile a slide.")
+    slide_mpp = slide.require_mpp().um
+    tile_l0 = max(1, int(round(tile_px * model_mpp_um / slide_mpp)))
+    stride = max(1, int(round(tile_l0 * (1.0 - overlap))))
+    n_cols, n_rows = _axis_count(w0, tile_l0, stride), _axis_count(h0, tile_l0, stride)
+    if n_cols * n_rows > 50_000_000:
+        raise AnalysisError(f"{n_cols * n_rows} tiles is more than CellView handles; check the mpp.")
+    level = slide.best_level_for_downsample(tile_l0 / tile_px)
+    read_px = max(1, int(round(tile_l0 / slide.level_downsamples[level])))
+    rows, cols = np.divmod(np.arange(n_rows * n_cols, dtype=np.int64), n_cols)
+    xs, ys = cols * stride, rows * stride
+    if tissue is not None:
+        frac = tissue_fractions(tissue, xs, ys, tile_l0, tile_l0)
+        keep = frac >= tissue_threshold
+    else:
+        frac = np.ones(xs.shape, np.float32)
+        keep = np.ones(xs.shape, bool)
+    return TileGrid(
+        slide_w_l0=w0, slide_h_l0=h0, tile_px=tile_px, tile_l0_w=tile_l0, tile_l0_h=tile_l0,
+        stride_l0_x=stride, stride_l0_y=stride, read_level=level, read_w=read_px, read_h=read_px,
+        n_cols=n_cols, n_rows=n_rows,
+        grid_col=cols[keep].astype(np.int32), grid_row=rows[keep].astype(np.int32),
+        l0_x=xs[keep], l0_y=ys[keep], tissue_fraction=frac[keep], tissue_threshold=tissue_threshold,
+    )
+
+
+def read_tile(slide: Slide, grid: TileGrid, index: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The exact RGB uint8 patch the model sees for one tile (``tile_px`` square)."""
+    region = slide.read_region((int(grid.l0_x[index]), int(grid.l0_y[index])), grid.read_level,
+                               (grid.read_w, grid.read_h))
+    size = (grid.tile_px, grid.tile_px)
+    if region.shape[1] == grid.tile_px and region.shape[0] == grid.tile_px:
+        if out is None:
+            return region
+        out[...] = region
+        return out
+    interp = cv2.INTER_AREA if region.shape[1] > grid.tile_px else cv2.INTER_LINEAR
+    if out is None:
+        return cv2.resize(region, size, interpolation=interp)
+    cv2.resize(region, size, dst=out, interpolation=interp)
+    return out

@@ -1,0 +1,122 @@
+"""Tissue detection on a low-resolution thumbnail, so background tiles are never classified."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from cellview.slide import Slide
+
+
+@dataclass(frozen=True)
+class TissueParams:
+    """Tissue mask parameters (exposed in the CLI and the viewer's preview).
+
+    ``method``: "saturation" (HSV S channel; robust to white background and pen-free slides)
+    or "od" (optical density sum; keeps pale, unsaturated tissue).
+    The Otsu threshold is clamped to [``min_threshold``, ``max_threshold``]: on a slide that is
+    nearly all tissue Otsu would otherwise split stroma from nuclei; on a blank one it would
+    split noise.
+    """
+
+    method: str = "saturation"
+    mask_mpp_um: float = 4.0
+    max_mask_px: int = 4096
+    blur_sigma_um: float = 8.0
+    min_threshold: float = 0.06
+    max_threshold: float = 0.16
+    closing_um: float = 16.0
+    min_object_um2: float = 5000.0
+    min_hole_um2: float = 5000.0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("saturation", "od"):
+            raise ValueError(f"unknown tissue method {self.method!r}; use 'saturation' or 'od'")
+
+
+@dataclass(frozen=True)
+class TissueMask:
+    """Boolean mask where one pixel covers ``downsample`` level-0 pixels in each direction."""
+
+    mask: np.ndarray
+    downsample: float
+    threshold: float
+    method: str
+
+    @property
+    def fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+
+def _signal(rgb: np.ndarray, method: str) -> np.ndarray:
+    """Per-pixel 'tissueness' in [0, 1]."""
+    if method == "saturation":
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+        return hsv[..., 1].astype(np.float32) / 255.0
+    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+    return np.clip(od.sum(axis=2) / 3.0, 0.0, 1.0)
+
+
+def _otsu(values: np.ndarray) -> float:
+    hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
+    hist = hist.astype(np.float64)
+    total = hist.sum()
+    if total == 0:
+        return 0.5
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = total - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
+    mu1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centers[int(np.argmax(between))])
+
+
+def _remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
+    if min_px <= 1:
+        return mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(n, dtype=bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_px
+    return keep[labels]
+
+
+def tissue_mask_from_rgb(rgb: np.ndarray, mask_mpp_um: float, params: TissueParams) -> tuple[np.ndarray, float]:
+    """Mask and threshold for an RGB thumbnail whose pixels are ``mask_mpp_um`` wide."""
+    signal = _signal(rgb, params.method)
+    sigma_px = params.blur_sigma_um / mask_mpp_um
+    if sigma_px >= 0.3:
+        signal = cv2.GaussianBlur(signal, (0, 0), sigma_px)
+    threshold = float(np.clip(_otsu(signal), params.min_threshold, params.max_threshold))
+    mask = signal > threshold
+    radius = int(round(params.closing_um / mask_mpp_um / 2))
+    if radius >= 1:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)
+    px_area_um2 = mask_mpp_um ** 2
+    mask = _remove_small(mask, int(params.min_object_um2 / px_area_um2))
+    holes = _remove_small(~mask, int(params.min_hole_um2 / px_area_um2))
+    return ~holes, threshold
+
+
+def detect_tissue(slide: Slide, params: TissueParams | None = None, mpp_um: float | None = None) -> TissueMask:
+    """Tissue mask of the whole slide at about ``params.mask_mpp_um`` per pixel.
+
+    ``mpp_um`` is the slide's level-0 pixel size; without it (scale unknown) the mask is made
+    on a thumbnail of at most 1024 px and sizes are taken as if pixels were 1 µm.
+    """
+    params = params or TissueParams()
+    w0, h0 = slide.dimensions
+    if mpp_um:
+        downsample = max(1.0, params.mask_mpp_um / mpp_um, max(w0, h0) / params.max_mask_px)
+    else:
+        downsample = max(1.0, max(w0, h0) / 1024)
+    thumb = slide.thumbnail(max(1, int(round(max(w0, h0) / downsample))))
+    # Actual scale of the thumbnail (rounding of its size).
+    downsample = w0 / thumb.shape[1]
+    mask_mpp = (mpp_um or 1.0) * downsample
+    mask, threshold = tissue_mask_from_rgb(thumb, mask_mpp, params)
+    return TissueMask(mask=mask, downsample=downsample, threshold=threshold, method=params.method)

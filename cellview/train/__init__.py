@@ -1,0 +1,18 @@
+"""Training, evaluation and export of CellView's tile classifiers (``cellview train|evaluate|export``).
+
+Everything that needs torch lives in this package and is imported only by those commands, so
+``cellview analyze`` starts without it. Install with the ``train`` extra.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    """The shared labelled data: $CELLVIEW_DATA_DIR, else ``../shared/data`` next to the repository."""
+    env = os.environ.get("CELLVIEW_DATA_DIR")
+    if env:
+        return Path(env)
+    return (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()

@@ -1,0 +1,371 @@
+"""Labelled images: reading folders / CSVs / recipes, resampling to the model's µm per pixel, views.
+
+Images are small (≤ 1k px) so each one is read whole, rescaled once to the training spacing and cut
+into tiles the way the core tiles a slide. Augmentations are the ones that keep histology meaning:
+dihedral flips/rotations, small HED stain and HSV jitter, slight scale change and blur.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cellview.model import CATEGORIES, CATEGORY_COLORS
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class DataError(ValueError):
+    """A training input that cannot be used, with a sentence saying why."""
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    name: str
+    category: str
+    color: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image. ``group`` is the unit that must never straddle a split."""
+
+    path: str
+    label: int
+    group: str
+    source: str
+    spacing_um_px: float
+    raw_label: str = ""
+
+
+@dataclass
+class Source:
+    """One labelled collection: a CSV (path,label[,group]) or a folder of class folders."""
+
+    path: str
+    name: str = ""
+    spacing_um_px: float | None = None
+    path_column: str = "path"
+    label_column: str = "label"
+    group_column: str | None = "group"
+    label_map: dict[str, str | None] = field(default_factory=dict)
+    group_prefix: str = ""
+
+
+@dataclass
+class Recipe:
+    """Everything ``cellview train`` needs to know about one model, usually read from JSON."""
+
+    name: str
+    classes: list[ClassInfo]
+    sources: list[Source]
+    spacing_um_px: float
+    patch_size: int = 224
+    description: str = ""
+    license: str = "Research use only; see the training data terms"
+    group_near_duplicates: bool = False
+    group_threshold: float = 0.95
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "license": self.license,
+            "spacing_um_px": self.spacing_um_px,
+            "patch_size": self.patch_size,
+            "group_near_duplicates": self.group_near_duplicates,
+            "group_threshold": self.group_threshold,
+            "classes": [asdict(c) for c in self.classes],
+            "sources": [asdict(s) for s in self.sources],
+            "notes": self.notes,
+        }
+
+
+def _class_infos(raw: Any) -> list[ClassInfo]:
+    """Classes from a list of {name, category, color} or a {name: category | {...}} mapping."""
+    items: list[tuple[str, Any]]
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, list):
+        items = [(c["name"], c) if isinstance(c, dict) else (str(c), {}) for c in raw]
+    else:
+        raise DataError("'classes' must be a list of {name, category, color} or a mapping name → category.")
+    out = []
+    for name, spec in items:
+        if isinstance(spec, str):
+            spec = {"category": spec}
+        category = spec.get("category") or (name.lower() if name.lower() in CATEGORIES else None)
+        if category not in CATEGORIES:
+            raise DataError(f"Class {name!r} needs a category, one of {', '.join(CATEGORIES)}.")
+        color = spec.get("color") or CATEGORY_COLORS[category]
+        if not (isinstance(color, str) and len(color) == 7 and color.startswith("#")):
+            raise DataError(f"Class {name!r}: colour must look like '#d62728', got {color!r}.")
+        out.append(ClassInfo(str(name), category, color.lower()))
+    if len(out) < 2:
+        raise DataError("A classifier needs at least two classes.")
+    return out
+
+
+def load_recipe(path: Path, data_root: Path | None = None) -> Recipe:
+    """Read a recipe JSON; source paths are relative to ``data_root`` (default: the recipe's folder)."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"Cannot read the recipe {path}: {exc}") from exc
+    return recipe_from_dict(raw, data_root or Path(path).parent)
+
+
+def recipe_from_dict(raw: dict[str, Any], data_root: Path) -> Recipe:
+    if "classes" not in raw or "sources" not in raw:
+        raise DataError("A recipe needs 'classes' and 'sources'.")
+    sources = []
+    for s in raw["sources"]:
+        s = dict(s)
+        p = Path(s.pop("path"))
+        s["path"] = str(p if p.is_absolute() else data_root / p)
+        sources.append(Source(**s))
+    return Recipe(
+        name=raw.get("name", "model"),
+        classes=_class_infos(raw["classes"]),
+        sources=sources,
+        spacing_um_px=float(raw["spacing_um_px"]),
+        patch_size=int(raw.get("patch_size", 224)),
+        description=raw.get("description", ""),
+        license=raw.get("license", Recipe.license),
+        group_near_duplicates=bool(raw.get("group_near_duplicates", False)),
+        group_threshold=float(raw.get("group_threshold", 0.95)),
+        notes=raw.get("notes", {}),
+    )
+
+
+def recipe_from_args(data: Sequence[str], classes: str | None, spacing: float, patch: int, name: str) -> Recipe:
+    """A recipe for the simple case: ``--data`` folders/CSVs plus an optional class → category JSON."""
+    if classes:
+        p = Path(classes)
+        raw_classes = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else json.loads(classes)
+    else:
+        raw_classes = None
+    sources = [Source(path=str(Path(d).resolve()), name=Path(d).stem, spacing_um_px=spacing) for d in data]
+    if raw_classes is None:
+        found: list[str] = []
+        for s in sources:
+            for smp in _read_source(s, None):
+                if smp.raw_label not in found:
+                    found.append(smp.raw_label)
+        raw_classes = {c: c.lower() if c.lower() in CATEGORIES else None for c in found}
+    return Recipe(name=name, classes=_class_infos(raw_classes), sources=sources, spacing_um_px=spacing,
+                  patch_size=patch)
+
+
+def _read_source(src: Source, class_names: list[str] | None) -> Iterator[Sample]:
+    root = Path(src.path)
+    name = src.name or root.stem
+    spacing = float(src.spacing_um_px or 0.0)
+    if root.is_dir():
+        rows = [
+            {"path": str(f), "label": d.name, "group": f.stem}
+            for d in sorted(p for p in root.iterdir() if p.is_dir())
+            for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        base = root
+        pcol, lcol, gcol = "path", "label", "group"
+    elif root.is_file():
+        with open(root, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        base = root.parent
+        pcol, lcol, gcol = src.path_column, src.label_column, src.group_column
+        if rows and (pcol not in rows[0] or lcol not in rows[0]):
+            raise DataError(f"{root.name} needs columns '{pcol}' and '{lcol}'; it has {', '.join(rows[0])}.")
+    else:
+        raise DataError(f"Training data {root} does not exist.")
+    for i, row in enumerate(rows):
+        raw = row[lcol]
+        mapped = src.label_map.get(raw, raw) if src.label_map else raw
+        if mapped is None:
+            continue  # deliberately dropped class
+        if class_names is not None and mapped not in class_names:
+            raise DataError(f"{name}: label {raw!r} maps to {mapped!r}, which is not a model class.")
+        p = Path(row[pcol])
+        group = row.get(gcol) if gcol else None
+        yield Sample(
+            path=str(p if p.is_absolute() else base / p),
+            label=class_names.index(mapped) if class_names is not None else -1,
+            group=f"{src.group_prefix or name}:{group if group else p.stem + '#' + str(i)}",
+            source=name,
+            spacing_um_px=spacing,
+            raw_label=raw,
+        )
+
+
+def read_samples(recipe: Recipe) -> list[Sample]:
+    samples: list[Sample] = []
+    for src in recipe.sources:
+        if not src.spacing_um_px:
+            src.spacing_um_px = recipe.spacing_um_px
+        samples.extend(_read_source(src, recipe.class_names))
+    if not samples:
+        raise DataError("No labelled images found.")
+    missing = [s.path for s in samples[:50] if not Path(s.path).is_file()]
+    if missing:
+        raise DataError(f"Image {missing[0]} listed in the labels does not exist.")
+    return samples
+
+
+def data_checksum(samples: Sequence[Sample], root: Path | None = None) -> str:
+    """sha256 over (relative path, label, sha256 of file) of every image: names the exact data used."""
+    digest = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: s.path):
+        rel = str(Path(s.path).relative_to(root)) if root and Path(s.path).is_relative_to(root) else s.path
+        digest.update(f"{rel}\t{s.raw_label}\t{sha256_path(s.path)}\n".encode())
+    return digest.hexdigest()
+
+
+def sha256_path(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- pixels
+
+
+def read_rgb(path: str) -> np.ndarray:
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"Cannot read image {path}.")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def rescale(img: np.ndarray, factor: float) -> np.ndarray:
+    if abs(factor - 1.0) < 1e-3:
+        return img
+    h, w = img.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+
+
+def pad_to(img: np.ndarray, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    if h >= size and w >= size:
+        return img
+    ph, pw = max(0, size - h), max(0, size - w)
+    return cv2.copyMakeBorder(img, ph // 2, ph - ph // 2, pw // 2, pw - pw // 2, cv2.BORDER_REFLECT_101)
+
+
+def grid_positions(length: int, patch: int) -> list[int]:
+    """Evenly spread tile origins covering ``length`` with the fewest patches (overlap, no padding)."""
+    if length <= patch:
+        return [0]
+    n = int(np.ceil(length / patch))
+    return [int(round(v)) for v in np.linspace(0, length - patch, n)]
+
+
+def eval_tiles(img: np.ndarray, src_spacing: float, spacing: float, patch: int) -> np.ndarray:
+    """The tiles the model sees at ``spacing``: a covering grid, (N, patch, patch, 3) uint8."""
+    img = pad_to(rescale(img, src_spacing / spacing), patch)
+    h, w = img.shape[:2]
+    return np.stack([img[y:y + patch, x:x + patch] for y in grid_positions(h, patch) for x in grid_positions(w, patch)])
+
+
+def dihedral(img: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/90° rotations (k in 0..7)."""
+    out = np.rot90(img, k % 4)
+    if k >= 4:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+# Ruifrok & Johnston H&E-DAB stain vectors (as in scikit-image), rows = H, E, DAB.
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
+
+
+def hed_jitter(img: np.ndarray, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.02) -> np.ndarray:
+    """Perturb haematoxylin / eosin / DAB optical densities, as stain variation between labs would."""
+    rgb = np.maximum(img.astype(np.float32), 1.0) / 255.0
+    od = -np.log(rgb)
+    hed = od.reshape(-1, 3) @ _HED_FROM_RGB
+    alpha = rng.uniform(1 - sigma, 1 + sigma, 3).astype(np.float32)
+    beta = rng.uniform(-bias, bias, 3).astype(np.float32)
+    hed = hed * alpha + beta
+    od = hed @ _RGB_FROM_HED
+    out = np.exp(-od).reshape(img.shape) * 255.0
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def hsv_jitter(img: np.ndarray, rng: np.random.Generator, brightness: float = 0.08, contrast: float = 0.08,
+               saturation: float = 0.1, hue: float = 0.02) -> np.ndarray:
+    out = img.astype(np.float32)
+    out = out * rng.uniform(1 - brightness, 1 + brightness)
+    mean = out.mean()
+    out = (out - mean) * rng.uniform(1 - contrast, 1 + contrast) + mean
+    hsv = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-hue, hue) * 180) % 180
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(1 - saturation, 1 + saturation), 0, 255)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+
+
+@dataclass
+class Augment:
+    """Histology augmentation settings; ``none()`` gives plain crops for evaluation."""
+
+    dihedral: bool = True
+    scale_jitter: float = 0.1
+    hed_sigma: float = 0.05
+    hed_bias: float = 0.02
+    hsv: bool = True
+    blur_p: float = 0.3
+
+    @classmethod
+    def none(cls) -> Augment:
+        return cls(dihedral=False, scale_jitter=0.0, hed_sigma=0.0, hed_bias=0.0, hsv=False, blur_p=0.0)
+
+
+def train_views(img: np.ndarray, src_spacing: float, spacing: float, patch: int, n: int,
+                rng: np.random.Generator, aug: Augment) -> np.ndarray:
+    """``n`` randomly placed, augmented tiles of one image at the model spacing."""
+    out = []
+    for _ in range(n):
+        factor = src_spacing / spacing * float(np.exp(rng.uniform(-aug.scale_jitter, aug.scale_jitter)))
+        im = pad_to(rescale(img, factor), patch)
+        h, w = im.shape[:2]
+        y, x = int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
+        tile = im[y:y + patch, x:x + patch]
+        if aug.dihedral:
+            tile = dihedral(tile, int(rng.integers(0, 8)))
+        if aug.hed_sigma or aug.hed_bias:
+            tile = hed_jitter(tile, rng, aug.hed_sigma, aug.hed_bias)
+        if aug.hsv:
+            tile = hsv_jitter(tile, rng)
+        if aug.blur_p and rng.random() < aug.blur_p:
+            tile = cv2.GaussianBlur(tile, (0, 0), float(rng.uniform(0.3, 1.2)))
+        out.append(np.ascontiguousarray(tile))
+    return np.stack(out)
+
+
+def reinhard(img: np.ndarray, target_mean: np.ndarray, target_std: np.ndarray) -> np.ndarray:
+    """Reinhard colour normalisation in LAB: used to check a model reads tissue, not stain."""
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
+    mask = lab[..., 0] < 235  # ignore white background when measuring the image's colour
+    px = lab[mask] if mask.sum() > 100 else lab.reshape(-1, 3)
+    mean, std = px.mean(0), px.std(0) + 1e-3
+    lab = (lab - mean) / std * target_std + target_mean
+    return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def lab_stats(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
+    mask = lab[..., 0] < 235
+    px = lab[mask] if mask.sum() > 100 else lab.reshape(-1, 3)
+    return px.mean(0), px.std(0)

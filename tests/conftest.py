@@ -1,0 +1,59 @@
+"""Shared fixtures: toy models with known answers, synthetic slides, and the real data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("CELLVIEW_DATA_DIR") or REPO.parent / "shared" / "data")
+SLIDES = DATA / "slides"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test session writes results to its own cache, never the user's."""
+    monkeypatch.setenv("CELLVIEW_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"real data folder {DATA} is absent (set CELLVIEW_DATA_DIR to point at shared/data)")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def real_slide(data_dir) -> Path:
+    path = data_dir / "slides" / "CMU-1-Small-Region.svs"
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_model(tmp_path_factory) -> Path:
+    """64-px tiles at 1.0 µm/px; class = dominant colour (red malignant, blue benign, green normal)."""
+    from cellview.testing import make_toy_model
+
+    return make_toy_model(tmp_path_factory.mktemp("toy64"), patch_px=64, spacing_um=1.0)
+
+
+@pytest.fixture(scope="session")
+def toy_model_224(tmp_path_factory) -> Path:
+    """224-px tiles at 0.5 µm/px, the usual histology setting, for the real slides."""
+    from cellview.testing import make_toy_model
+
+    return make_toy_model(tmp_path_factory.mktemp("toy224"), patch_px=224, spacing_um=0.5)
+
+
+@pytest.fixture(scope="session")
+def synthetic_slide(tmp_path_factory) -> Path:
+    """Pyramidal tiled TIFF, 2048 × 1536 at 0.5 µm/px, with three known coloured blocks."""
+    from cellview.testing import synthetic_slide_rgb, write_pyramid_tiff
+
+    return write_pyramid_tiff(tmp_path_factory.mktemp("synth") / "synthetic.tiff", synthetic_slide_rgb(), 0.5)

@@ -1,0 +1,151 @@
+"""`cellview analyze` and `cellview info`: real slides end to end, and a bad-input corpus in one batch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from cellview.cli import discover_slides, main
+from cellview.testing import make_toy_model
+
+
+def _analyze(capsys, *args):
+    code = main(["analyze", *map(str, args), "-q"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_real_slides_end_to_end(data_dir, toy_model_224, tmp_path, capsys):
+    slides = data_dir / "slides"
+    targets = [slides / "CMU-1-Small-Region.svs", slides / "derived" / "CMU-1-Small-Region-pyramid.tiff",
+               slides / "derived" / "CMU-1-Small-Region-dicom"]
+    code, out, err = _analyze(capsys, *targets, "--model", toy_model_224, "--out", tmp_path)
+    assert code == 0, err
+    for stem in ("CMU-1-Small-Region", "CMU-1-Small-Region-pyramid", "CMU-1-Small-Region-dicom"):
+        for ext in (".csv", ".geojson", ".png", ".json"):
+            assert (tmp_path / f"{stem}{ext}").stat().st_size > 0
+        meta = json.loads((tmp_path / f"{stem}.json").read_text())
+        assert meta["slide"]["dimensions_l0"] == [2220, 2967]
+        assert meta["slide"]["mpp_um"]["x"] == pytest.approx(0.499)
+        assert 30 < meta["tiles"]["done"] < 132  # tissue only: fewer than the 10 × 14 grid
+    # Three copies of one slide: the same tiles (JPEG re-encoding aside, nearly the same calls).
+    rows = {s: list(csv.DictReader((tmp_path / f"{s}.csv").open()))
+            for s in ("CMU-1-Small-Region", "CMU-1-Small-Region-pyramid")}
+    a = {(r["minx"], r["miny"]): r["pred_class"] for r in rows["CMU-1-Small-Region"]}
+    b = {(r["minx"], r["miny"]): r["pred_class"] for r in rows["CMU-1-Small-Region-pyramid"]}
+    assert len(set(a) & set(b)) >= 0.9 * len(a)
+    agree = np.mean([a[k] == b[k] for k in set(a) & set(b)])
+    assert agree > 0.9
+    assert "3 analysed, 0 up to date" in err
+    # A second run skips slides whose outputs are already up to date with this model.
+    code, out, err = _analyze(capsys, *targets, "--model", toy_model_224, "--out", tmp_path)
+    assert code == 0 and err.count("up to date with") == 3 and "0 analysed, 3 up to date" in err
+
+
+def test_plain_images_analyse(data_dir, toy_model_224, tmp_path, capsys):
+    glas = sorted((data_dir / "glas" / "images").glob("*.png"))[:2]
+    if not glas:
+        pytest.skip("no GlaS images")
+    code, out, err = _analyze(capsys, *glas, "--model", toy_model_224, "--mpp", "0.62", "--out", tmp_path)
+    assert code == 0, err
+    assert out.count("image:") == 2
+    code, out, err = _analyze(capsys, glas[0], "--model", toy_model_224, "--whole-image", "--out", tmp_path / "w")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "w" / f"{glas[0].stem}.json").read_text())
+    assert meta["scale_unknown"] is True and meta["tiles"]["done"] == 1
+    assert all(r["scale_unknown"] == "true" for r in csv.DictReader((tmp_path / "w" / f"{glas[0].stem}.csv").open()))
+
+
+def _bad_corpus(root, synthetic_slide, real_svs=None):
+    """Files that must each fail with a clear message without stopping the batch."""
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "zero.svs").write_bytes(b"")
+    (bad / "random.svs").write_bytes(np.random.default_rng(1).integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    (bad / "text.tiff").write_text("not an image\n" * 50)
+    source = real_svs.read_bytes() if real_svs else synthetic_slide.read_bytes()
+    (bad / "truncated.svs").write_bytes(source[: len(source) // 2])
+    cv2.imwrite(str(bad / "no_mpp.png"), np.full((300, 300, 3), (40, 60, 220), np.uint8))
+    (bad / "empty_dir").mkdir()
+    return bad
+
+
+def test_bad_input_corpus_in_one_batch(synthetic_slide, toy_model, tmp_path, capsys, request):
+    real_svs = None
+    try:
+        real_svs = request.getfixturevalue("real_slide")
+    except pytest.skip.Exception:
+        pass
+    bad = _bad_corpus(tmp_path, synthetic_slide, real_svs)
+    good = tmp_path / "good.tiff"
+    shutil.copy(synthetic_slide, good)
+    out_dir = tmp_path / "out"
+    # A good slide analysed first: its outputs must survive the bad ones.
+    code, _, err = _analyze(capsys, good, "--model", toy_model, "--out", out_dir)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+
+    inputs = [bad / "zero.svs", bad / "random.svs", bad / "text.tiff", bad / "truncated.svs",
+              bad / "no_mpp.png", bad / "empty_dir", tmp_path / "missing.svs", good]
+    code, out, err = _analyze(capsys, *inputs, "--model", toy_model, "--out", out_dir, "--force")
+    assert code == 1
+    expected = {
+        "zero.svs": "empty (0 bytes)",
+        "random.svs": "not a slide format CellView can read",
+        "text.tiff": "not a readable slide or image",
+        "truncated.svs": "truncated",
+        "no_mpp.png": "--mpp",
+        "empty_dir": "No slides or images found",
+        "missing.svs": "does not exist",
+    }
+    failures = err.split("Failures:")[1]
+    for name, message in expected.items():
+        line = next((ln for ln in failures.splitlines() if name in ln), None)
+        assert line is not None and message in line, (name, failures)
+    assert "good.tiff: 56/56 tiles" in out  # the good slide after all the bad ones still ran
+    after = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    assert set(after) == set(before)  # nothing half-written, no outputs for bad inputs
+    assert after["good.csv"] == before["good.csv"]
+
+
+@pytest.mark.parametrize("problem", ["wrong_class_count", "wrong_input_shape", "missing_sidecar"])
+def test_bad_models_stop_before_any_slide(problem, synthetic_slide, tmp_path, capsys):
+    if problem == "wrong_class_count":
+        model = make_toy_model(tmp_path / "m", patch_px=64, spacing_um=1.0, sidecar_overrides={"num_classes": 5})
+        message = "num_classes=5 but lists 3"
+    elif problem == "wrong_input_shape":
+        model = make_toy_model(tmp_path / "m", patch_px=64, spacing_um=1.0, fixed_hw=128)
+        message = "takes 128×128 inputs"
+    else:
+        model = make_toy_model(tmp_path / "m", patch_px=64, spacing_um=1.0)
+        model.with_suffix(".json").unlink()
+        message = "has no sidecar"
+    code, out, err = _analyze(capsys, synthetic_slide, "--model", model, "--out", tmp_path / "out")
+    assert code == 2 and message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_model_installed_is_said_plainly(synthetic_slide, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CELLVIEW_MODELS_DIR", str(tmp_path / "nothing"))
+    code, out, err = _analyze(capsys, synthetic_slide, "--out", tmp_path / "out")
+    assert code == 2 and "No model found" in err and "--model" in err
+
+
+def test_info(data_dir, capsys):
+    assert main(["info", str(data_dir / "slides" / "derived" / "CMU-1-Small-Region-pyramid.tiff")]) == 0
+    out = capsys.readouterr().out
+    assert "generic-tiff" in out and "2220 × 2967" in out and "0.499 µm/px from openslide" in out
+    assert "level 3: 277 × 370" in out
+
+
+def test_discover_groups_dicom_folders(data_dir):
+    slides, problems = discover_slides([data_dir / "slides"])
+    names = [p.name for p in slides]
+    assert not problems
+    assert sum(n.endswith(".dcm") and "1.2.826" in n for n in names) == 1  # one DICOM slide, many files
+    assert "CMU-1-Small-Region.svs" in names and "small.svs" in names
