@@ -21,6 +21,7 @@ import platformdirs
 
 from cellview import __version__
 from cellview.export import atomic_write_bytes
+from cellview.morphology import TileNuclei
 from cellview.results import AnalysisParams, AnalysisResult, ModelInfo
 from cellview.slide import Mpp, SlideInfo
 from cellview.tiling import TileGrid
@@ -79,6 +80,9 @@ def result_to_bytes(result: AnalysisResult) -> bytes:
             "downsample": result.tissue.downsample, "threshold": result.tissue.threshold,
             "method": result.tissue.method,
         },
+        "nuclei": None if result.nuclei is None else {
+            "area_unit": result.nuclei.area_unit, "fields": list(TileNuclei.FIELDS),
+        },
     }
     arrays = {f"grid_{k}": getattr(grid, k) for k in _GRID_ARRAYS}
     arrays["probs"] = result.probs
@@ -86,6 +90,8 @@ def result_to_bytes(result: AnalysisResult) -> bytes:
     if result.tissue is not None:
         arrays["tissue_mask"] = np.packbits(result.tissue.mask, axis=None)
         arrays["tissue_shape"] = np.array(result.tissue.mask.shape)
+    if result.nuclei is not None:
+        arrays["nuclei"] = result.nuclei.values
     buf = io.BytesIO()
     np.savez_compressed(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
     return buf.getvalue()
@@ -103,6 +109,13 @@ def result_from_bytes(data: bytes) -> AnalysisResult:
             mask = np.unpackbits(z["tissue_mask"], count=shape[0] * shape[1]).reshape(shape).astype(bool)
             tissue = TissueMask(mask=mask, **meta["tissue"])
         probs, state = z["probs"], z["state"]
+        nuclei = None
+        if meta.get("nuclei"):
+            if list(meta["nuclei"]["fields"]) != list(TileNuclei.FIELDS):
+                raise ValueError("nuclei fields changed")
+            nuclei = TileNuclei(values=z["nuclei"], area_unit=meta["nuclei"]["area_unit"])
+            if nuclei.values.shape != (grid.n_tiles, len(TileNuclei.FIELDS)):
+                raise ValueError("nuclei array does not match the grid")
     if probs.shape != (grid.n_tiles, len(meta["model"]["class_names"])) or state.shape != (grid.n_tiles,):
         raise ValueError("array shapes do not match the grid")
     return AnalysisResult(
@@ -110,7 +123,7 @@ def result_from_bytes(data: bytes) -> AnalysisResult:
         params=AnalysisParams.from_dict(meta["params"]), grid=grid, probs=probs, state=state,
         provider=meta["provider"], status=meta["status"], tissue=tissue,
         tile_errors={int(k): v for k, v in meta["tile_errors"].items()}, timings=meta["timings"],
-        created_unix=meta["created_unix"],
+        created_unix=meta["created_unix"], nuclei=nuclei,
     )
 
 

@@ -91,6 +91,8 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
                    help="minimum tissue fraction for a tile to be analysed (0–1)")
     p.add_argument("--tissue-method", choices=("saturation", "od"), default="saturation")
     p.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction (0 to <0.9)")
+    p.add_argument("--nuclei", action="store_true",
+                   help="also measure nuclei per tile (count, density/mm², area µm², shape); adds CSV columns")
 
 
 def _params_from_args(args: argparse.Namespace):
@@ -106,6 +108,7 @@ def _params_from_args(args: argparse.Namespace):
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
+        nuclei=bool(getattr(args, "nuclei", False)),
     )
 
 
@@ -136,6 +139,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from cellview.cache import ResultCache
     from cellview.export import FORMATS, export_all, output_paths
     from cellview.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.morphology import malignant_regions
     from cellview.pipeline import BatchDone, Finished, Started, analyze
     from cellview.slide import file_fingerprint, open_slide
 
@@ -188,9 +192,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if "png" in formats:
                 with open_slide(path, mpp_um=params.mpp_um) as slide:
                     thumb = slide.thumbnail(args.png_size)
+            regions = None if args.no_regions else malignant_regions(result, args.region_confidence)
             export_all(result, out_dir, stem, thumb, formats,
-                       extra_meta={"fallback": classifier.fallback_message} if classifier.fallback_message else None)
+                       extra_meta={"fallback": classifier.fallback_message} if classifier.fallback_message else None,
+                       regions=regions, region_confidence=args.region_confidence)
             print(f"{name}: {result.summary()}")
+            if regions:
+                top = regions[0]
+                print(f"  malignant regions: {len(regions)}; largest {top.label()} ({top.n_tiles} tiles)")
             image_level = result.image_level()
             if (result.grid.whole_image or path.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"}) and image_level["pred_class"]:
                 print(f"  image: {image_level['pred_class']} ({image_level['pred_category']}, "
@@ -256,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analysis_options(p)
     p.add_argument("--formats", default="csv,geojson,png,json", help="comma-separated: csv,geojson,png,json")
     p.add_argument("--png-size", type=int, default=2048, help="longest side of the annotated PNG")
+    p.add_argument("--region-confidence", type=float, default=0.5,
+                   help="minimum confidence of a malignant tile to join a malignant region (0–1)")
+    p.add_argument("--no-regions", action="store_true",
+                   help="leave the malignant-region outlines out of the GeoJSON and PNG")
     p.add_argument("--force", action="store_true", help="re-analyse slides whose outputs are up to date")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -10,7 +10,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from cellview.errors import ExportError
 from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 
 if TYPE_CHECKING:
+    from cellview.morphology import Region
     from cellview.results import AnalysisResult
 
 FORMATS = ("csv", "geojson", "png", "json")
@@ -60,14 +61,25 @@ def _fmt(value: float) -> str:
 _STATUS = {0: "pending", 1: "done", 2: "failed"}
 
 
+def _nuclei_cell(name: str, value: float) -> str:
+    if not np.isfinite(value):
+        return ""
+    return str(int(value)) if name == "nuclei_count" else f"{value:.4f}"
+
+
 def csv_text(result: AnalysisResult) -> str:
-    """WSInfer's columns (level-0 pixels) plus CellView's prediction columns."""
+    """WSInfer's columns (level-0 pixels) plus CellView's prediction columns.
+
+    With nuclei measured (``--nuclei``), the per-tile nucleus columns follow; their area unit
+    is in the column name (``_um2``, or ``_px2`` when the scale is unknown).
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     names = result.model.class_names
+    nuclei_cols = result.nuclei.column_names() if result.nuclei is not None else ()
     writer.writerow(
         ["minx", "miny", "width", "height", *[f"prob_{n}" for n in names],
-         "pred_class", "pred_category", "confidence", "tissue_fraction", "status", "scale_unknown"],
+         "pred_class", "pred_category", "confidence", "tissue_fraction", "status", "scale_unknown", *nuclei_cols],
     )
     g = result.grid
     pred_class, pred_cat, conf = result.pred_class, result.pred_category, result.confidence
@@ -80,12 +92,46 @@ def csv_text(result: AnalysisResult) -> str:
             names[pred_class[i]] if done else "",
             CATEGORIES[pred_cat[i]] if done else "",
             _fmt(conf[i]), f"{g.tissue_fraction[i]:.4f}", _STATUS[int(result.state[i])], scale_unknown,
+            *[_nuclei_cell(c, v) for c, v in zip(nuclei_cols, result.nuclei.values[i] if nuclei_cols else ())],
         ])
     return buf.getvalue()
 
 
-def geojson_dict(result: AnalysisResult) -> dict[str, Any]:
-    """One Polygon per finished tile that QuPath imports as a tile object with measurements."""
+REGION_CLASS = "Malignant region"
+
+
+def region_feature(region: Region, min_confidence: float) -> dict[str, Any]:
+    """A malignant region as a QuPath annotation (Polygon with holes, level-0 pixels)."""
+    x, y, w, h = region.bbox
+    measurements: dict[str, float] = {
+        "rank": region.rank, "n_tiles": region.n_tiles, "area_l0_px2": float(region.area_l0_px2),
+        "mean_confidence": float(region.mean_confidence), "bbox_x": x, "bbox_y": y, "bbox_width": w, "bbox_height": h,
+    }
+    if np.isfinite(region.area_mm2):
+        measurements["area_mm2"] = float(region.area_mm2)
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon",
+                     "coordinates": [np.round(r).astype(np.int64).tolist() for r in region.rings]},
+        "properties": {
+            "objectType": "annotation",
+            "name": f"{REGION_CLASS} {region.rank} ({region.label()})",
+            "classification": {"name": REGION_CLASS, "color": list(hex_to_rgb(CATEGORY_COLORS["malignant"]))},
+            "isLocked": False,
+            "bbox": [x, y, w, h],
+            "min_confidence": float(min_confidence),
+            "measurements": measurements,
+        },
+    }
+
+
+def geojson_dict(result: AnalysisResult, regions: Sequence[Region] | None = None,
+                 region_confidence: float = 0.5) -> dict[str, Any]:
+    """One Polygon per finished tile that QuPath imports as a tile object with measurements.
+
+    ``regions`` (from ``morphology.malignant_regions(result, region_confidence)``) follow the
+    tiles as annotations; nucleus measurements, when made, join each tile's measurements.
+    """
     g = result.grid
     names = result.model.class_names
     colors = [list(hex_to_rgb(c)) for c in result.model.class_colors]
@@ -96,6 +142,10 @@ def geojson_dict(result: AnalysisResult) -> dict[str, Any]:
         measurements = {f"prob_{n}": float(p) for n, p in zip(names, result.probs[i])}
         measurements["confidence"] = float(result.confidence[i])
         measurements["tissue_fraction"] = float(g.tissue_fraction[i])
+        if result.nuclei is not None:
+            for name, value in zip(result.nuclei.column_names(), result.nuclei.values[i]):
+                if np.isfinite(value):
+                    measurements[name] = float(value)
         features.append({
             "type": "Feature",
             "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]]},
@@ -107,6 +157,7 @@ def geojson_dict(result: AnalysisResult) -> dict[str, Any]:
                 "measurements": measurements,
             },
         })
+    features.extend(region_feature(r, region_confidence) for r in regions or ())
     return {
         "type": "FeatureCollection",
         "properties": {
@@ -223,8 +274,34 @@ def font(size: int, bold: bool = False) -> Any:
         return ImageFont.load_default(size=size)
 
 
-def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.5) -> bytes:
-    """Thumbnail with the heatmap, a legend (colours and counts), scale bar, model and slide names."""
+def draw_regions(draw: Any, result: AnalysisResult, regions: Sequence[Region], thumb_wh: tuple[int, int],
+                 k: float = 1.0, label_font: Any = None) -> None:
+    """Region outlines (holes too), bounding boxes and rank + area labels on a thumbnail."""
+    w, h = thumb_wh
+    sx, sy = w / result.grid.slide_w_l0, h / result.grid.slide_h_l0
+    outline, box = (120, 0, 0), (40, 40, 40)
+    width = max(2, int(round(2 * k)))
+    for region in regions:
+        for ring in region.rings:
+            pts = [(float(x * sx), float(y * sy)) for x, y in ring]
+            draw.line(pts, fill=outline, width=width, joint="curve")
+        x, y, bw, bh = region.bbox
+        draw.rectangle([x * sx - width, y * sy - width, (x + bw) * sx + width, (y + bh) * sy + width],
+                       outline=box, width=max(1, width // 2))
+        label = f"#{region.rank} {region.label()}"
+        tx, ty = x * sx, max(0.0, y * sy - (16 * k + 2 * width))
+        if label_font is not None:
+            bb = draw.textbbox((tx, ty), label, font=label_font)
+            draw.rectangle([bb[0] - 3, bb[1] - 2, bb[2] + 3, bb[3] + 2], fill=(255, 255, 255))
+            draw.text((tx, ty), label, fill=outline, font=label_font)
+
+
+def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.5,
+                  regions: Sequence[Region] | None = None, region_confidence: float = 0.5) -> bytes:
+    """Thumbnail with the heatmap, a legend (colours and counts), scale bar, model and slide names.
+
+    ``regions`` (``morphology.malignant_regions``) are outlined with their boxes and areas.
+    """
     from PIL import Image, ImageDraw
 
     img = overlay_on_thumbnail(result, thumb, opacity=opacity)
@@ -235,6 +312,8 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
     canvas.paste(Image.fromarray(img), (0, 0))
     draw = ImageDraw.Draw(canvas)
     title, body, small = font(int(22 * k), bold=True), font(int(15 * k)), font(int(12 * k))
+    if regions:
+        draw_regions(draw, result, regions, (w, h), k, small)
     line_h, small_h = int(24 * k), int(18 * k)
     x0, y = w + int(16 * k), int(14 * k)
     ink, grey = (20, 20, 20), (90, 90, 90)
@@ -271,6 +350,14 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
             y += small_h
     y += int(10 * k)
     text("Colour = category; intensity = confidence.", fill=grey)
+    if regions is not None:
+        text(f"Malignant regions (≥ {region_confidence:.0%}): {len(regions)}", fill=(120, 0, 0))
+    if result.nuclei is not None and result.nuclei.measured.any():
+        nuc = result.nuclei
+        m = nuc.measured
+        unit = "µm²" if nuc.area_unit == "um2" else "px²"
+        text(f"Nuclei: {int(np.nansum(nuc.count[m]))}, median area {np.nanmedian(nuc.median_area[m]):.0f} {unit}"[:48],
+             fill=grey)
     if result.status != "complete":
         text(f"Run {result.status}: partial result.", fill=(180, 0, 0))
     draw.text((x0, canvas.height - int(22 * k)), "Research use only. Not for clinical diagnosis.", fill=grey, font=small)
@@ -304,8 +391,13 @@ def output_paths(out_dir: Path, stem: str, formats: Iterable[str] = FORMATS) -> 
 
 
 def export_all(result: AnalysisResult, out_dir: Path, stem: str, thumbnail: np.ndarray | None,
-               formats: Iterable[str] = FORMATS, extra_meta: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write the requested formats; metadata last, so its presence means the others are complete."""
+               formats: Iterable[str] = FORMATS, extra_meta: dict[str, Any] | None = None,
+               regions: Sequence[Region] | None = None, region_confidence: float = 0.5) -> dict[str, Path]:
+    """Write the requested formats; metadata last, so its presence means the others are complete.
+
+    ``regions`` (``morphology.malignant_regions(result, region_confidence)``) go into the GeoJSON
+    as annotations, onto the PNG as outlines, and into the metadata as a summary.
+    """
     formats = [f for f in FORMATS if f in set(formats)]
     unknown = set(formats) - set(FORMATS)
     if unknown:
@@ -314,12 +406,21 @@ def export_all(result: AnalysisResult, out_dir: Path, stem: str, thumbnail: np.n
     if "csv" in paths:
         atomic_write_text(paths["csv"], csv_text(result))
     if "geojson" in paths:
-        atomic_write_text(paths["geojson"], json.dumps(geojson_dict(result)))
+        atomic_write_text(paths["geojson"], json.dumps(geojson_dict(result, regions, region_confidence)))
     if "png" in paths:
         if thumbnail is None:
             raise ExportError("The annotated PNG needs a thumbnail of the slide.")
-        atomic_write_bytes(paths["png"], annotated_png(result, thumbnail))
+        atomic_write_bytes(paths["png"], annotated_png(result, thumbnail, regions=regions,
+                                                       region_confidence=region_confidence))
     if "json" in paths:
         names = [p.name for f, p in paths.items() if f != "json"]
-        atomic_write_text(paths["json"], json.dumps(metadata_dict(result, names, extra_meta), indent=2))
+        extra = dict(extra_meta or {})
+        if regions is not None:
+            extra["malignant_regions"] = {
+                "min_confidence": region_confidence,
+                "regions": [{"rank": r.rank, "n_tiles": r.n_tiles, "bbox_l0": list(r.bbox),
+                             "area_mm2": float(r.area_mm2) if np.isfinite(r.area_mm2) else None}
+                            for r in regions],
+            }
+        atomic_write_text(paths["json"], json.dumps(metadata_dict(result, names, extra or None), indent=2))
     return paths

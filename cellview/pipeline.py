@@ -20,6 +20,7 @@ import numpy as np
 from cellview.cache import ResultCache, cache_key
 from cellview.errors import AnalysisError, CellviewError, SlideError
 from cellview.model import OnnxClassifier
+from cellview.morphology import TileNuclei, measure_nuclei, patch_mpp
 from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
 from cellview.slide import Slide, open_slide
 from cellview.tiling import TileGrid, build_grid, read_tile
@@ -66,6 +67,7 @@ class BatchDone:
     elapsed_s: float
     tiles_per_s: float
     eta_s: float | None
+    nuclei: np.ndarray | None = None  # (len(indices), len(TileNuclei.FIELDS)) when measuring nuclei
 
 
 @dataclass(frozen=True)
@@ -84,13 +86,19 @@ class _Batch:
     failed: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
     read_s: float = 0.0
+    nuclei: np.ndarray | None = None
+    nuclei_s: float = 0.0
 
 
 class TileReaders:
     """Reader threads, each with its own slide handle, filling a bounded queue with batches."""
 
-    def __init__(self, slide: Slide, grid: TileGrid, batches: list[np.ndarray], workers: int) -> None:
+    def __init__(self, slide: Slide, grid: TileGrid, batches: list[np.ndarray], workers: int,
+                 nuclei: bool = False, nuclei_mpp_um: float | None = None) -> None:
+        """``nuclei``: also measure each tile's nuclei (``nuclei_mpp_um`` = µm per patch pixel)."""
         self.grid = grid
+        self.nuclei = nuclei
+        self.nuclei_mpp_um = nuclei_mpp_um
         self.batches = batches
         self.queue: queue.Queue[_Batch | BaseException] = queue.Queue(maxsize=max(2, workers * 2))
         self.stop = threading.Event()
@@ -141,7 +149,14 @@ class TileReaders:
                         failed[j] = True
                         errors[int(i)] = str(exc)
                         tiles[j] = 255
-                if not self._put(_Batch(n, idx, tiles, failed, errors, time.perf_counter() - t0)):
+                read_s = time.perf_counter() - t0
+                nuclei = None
+                if self.nuclei:
+                    nuclei = np.full((len(idx), len(TileNuclei.FIELDS)), np.nan, dtype=np.float32)
+                    for j in np.flatnonzero(~failed):
+                        nuclei[j] = measure_nuclei(tiles[j], self.nuclei_mpp_um).as_row()
+                batch = _Batch(n, idx, tiles, failed, errors, read_s, nuclei, time.perf_counter() - t0 - read_s)
+                if not self._put(batch):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
             self._put(exc)
@@ -201,16 +216,18 @@ def analyze(
         probs = np.full((n, spec.num_classes), np.nan, dtype=np.float32)
         state = np.zeros(n, dtype=np.uint8)
         tile_errors: dict[int, str] = {}
+        nuclei_mpp = patch_mpp(grid, mpp_um)
+        nuclei = TileNuclei.empty(n, "um2" if nuclei_mpp is not None else "px2") if params.nuclei else None
         yield Started(str(slide.path), grid, tissue, classifier.describe(), n)
 
         batch_size = max(1, int(params.batch_size))
         batches = [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
         t_run = time.perf_counter()
-        infer_s = read_s = 0.0
+        infer_s = read_s = nuclei_s = 0.0
         done = 0
         status = "complete"
         if batches:
-            readers = TileReaders(slide, grid, batches, params.workers)
+            readers = TileReaders(slide, grid, batches, params.workers, nuclei=params.nuclei, nuclei_mpp_um=nuclei_mpp)
             for _ in range(len(batches)):
                 if cancel.cancelled:
                     status = "cancelled"
@@ -221,6 +238,9 @@ def analyze(
                         raise item
                     raise AnalysisError("Reading tiles failed unexpectedly.", repr(item)) from item
                 read_s += item.read_s
+                nuclei_s += item.nuclei_s
+                if nuclei is not None and item.nuclei is not None:
+                    nuclei.values[item.indices] = item.nuclei
                 ok = ~item.failed
                 t_inf = time.perf_counter()
                 batch_probs = np.full((len(item.indices), spec.num_classes), np.nan, dtype=np.float32)
@@ -234,7 +254,7 @@ def analyze(
                 elapsed = time.perf_counter() - t_run
                 rate = done / elapsed if elapsed > 0 else 0.0
                 eta = (n - done) / rate if rate > 0 else None
-                yield BatchDone(item.indices, batch_probs, item.failed, done, n, elapsed, rate, eta)
+                yield BatchDone(item.indices, batch_probs, item.failed, done, n, elapsed, rate, eta, item.nuclei)
             if cancel.cancelled and done < n:
                 status = "cancelled"
         run_s = time.perf_counter() - t_run
@@ -246,10 +266,12 @@ def analyze(
             "total_s": time.perf_counter() - t_start,
             "tiles_per_s": done / run_s if run_s > 0 else 0.0,
         }
+        if nuclei is not None:
+            timings["nuclei_thread_s"] = nuclei_s
         result = AnalysisResult(
             slide=info, model=model, params=params, grid=grid, probs=probs, state=state,
             provider=classifier.provider_label, status=status, tissue=tissue, tile_errors=tile_errors,
-            timings=timings,
+            timings=timings, nuclei=nuclei,
         )
         if cache is not None and status == "complete":
             cache.store(key, result)

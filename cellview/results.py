@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cellview.model import CATEGORIES, CATEGORY_COLORS, ModelSpec, hex_to_rgb
+from cellview.morphology import TileNuclei
 from cellview.slide import Mpp, SlideInfo
 from cellview.tiling import TileGrid
 from cellview.tissue import TissueMask, TissueParams
@@ -70,15 +71,19 @@ class AnalysisParams:
     batch_size: int = 32
     workers: int = 2
     device: str = "auto"
+    nuclei: bool = False  # measure nuclei per tile (count, density, area, shape)
 
     def cache_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "tissue": asdict(self.tissue),
             "tissue_threshold": self.tissue_threshold,
             "overlap": self.overlap,
             "whole_image": self.whole_image,
             "mpp_um": self.mpp_um,
         }
+        if self.nuclei:  # only when on, so results cached before nuclei existed keep their keys
+            out["nuclei"] = True
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +123,7 @@ class AnalysisResult:
     timings: dict[str, float] = field(default_factory=dict)
     created_unix: float = field(default_factory=time.time)
     from_cache: bool = False
+    nuclei: TileNuclei | None = None  # per-tile nucleus measurements when params.nuclei
 
     def with_slide(self, slide: SlideInfo) -> AnalysisResult:
         """The same result found again for a slide at another path (cache hit)."""

@@ -150,3 +150,15 @@ def test_truncated_real_svs(real_slide, tmp_path):
         path.write_bytes(data[: int(len(data) * frac)])
         with pytest.raises(SlideError, match="truncated"):
             open_slide(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "dims", "vendor", "has_mpp"),
+    [("small.svs", (16, 16), "aperio", True), ("boxes.tiff", (300, 250), "generic-tiff", False),
+     ("boxes_0.dcm", (16, 16), "dicom", True)],
+)
+def test_openslide_fixtures(data_dir, name, dims, vendor, has_mpp):
+    with open_slide(data_dir / "slides" / "fixtures" / name) as slide:
+        assert slide.dimensions == dims and slide.vendor == vendor
+        assert (slide.mpp is not None) == has_mpp
+        assert slide.thumbnail(64).ndim == 3
