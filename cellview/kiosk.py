@@ -1,0 +1,595 @@
+"""Kiosk mode's Qt-free core: settings file, watch folder, one-case runner, recent cases, batch size.
+
+The kiosk window (``cellview.gui.kiosk``) only wires these to widgets and timers, so every
+behaviour that must hold unattended (a half-copied slide is never opened, a bad file never
+stops the kiosk, the outbox never overwrites an earlier case) is tested without a display.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hmac
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from cellview.errors import CellviewError
+from cellview.export import FORMATS, atomic_write_text, export_all, output_paths
+from cellview.model import DEFAULT_MODEL, DEVICES, ModelSpec, OnnxClassifier, resolve_model
+from cellview.pipeline import CancelToken, Event, Finished, analyze
+from cellview.results import AnalysisParams
+from cellview.slide import SUPPORTED_SUFFIXES, open_slide
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "kiosk.json"
+RECENT_FILE = ".cellview-recent-cases.json"
+
+# Never opened as a slide: partial downloads and copies, editor backups, OS metadata.
+TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".filepart", ".swp", ".lock")
+
+_MODIFIERS = ("Ctrl", "Alt", "Shift", "Meta")
+_NAMED_KEYS = {"Esc", "Escape", "Backspace", "Delete", "Del", "Home", "End", "Insert", "Pause", "Space",
+               "Tab", "Return", "Enter", "PgUp", "PgDown", "Up", "Down", "Left", "Right"}
+
+
+class KioskSettingsError(CellviewError):
+    """The kiosk settings file is missing, unreadable or holds an invalid value."""
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def default_settings_path() -> Path:
+    """``kiosk.json`` in the per-user config dir (``~/.config/cellview`` on Linux)."""
+    return Path(platformdirs.user_config_dir("cellview")) / SETTINGS_FILE
+
+
+def default_outbox_dir() -> Path:
+    """Where results go when the settings name no outbox (``~/.local/share/cellview/outbox`` on Linux)."""
+    return Path(platformdirs.user_data_dir("cellview")) / "outbox"
+
+
+def normalize_chord(chord: str) -> str:
+    """Canonical ``Ctrl+Alt+Shift+Meta+Key`` form (Qt's QKeySequence syntax).
+
+    At least two modifiers are required so that no single accidental press (or a passer-by
+    leaning on the keyboard) can close the kiosk.
+    """
+    parts = [p.strip() for p in str(chord).split("+")]
+    if any(not p for p in parts):
+        raise KioskSettingsError(f"Exit key chord {chord!r} is malformed; write it like 'Ctrl+Alt+Shift+Q'.")
+    aliases = {"control": "Ctrl", "ctrl": "Ctrl", "alt": "Alt", "shift": "Shift", "meta": "Meta",
+               "super": "Meta", "win": "Meta", "cmd": "Meta"}
+    mods: list[str] = []
+    keys: list[str] = []
+    for p in parts:
+        mod = aliases.get(p.lower())
+        if mod:
+            if mod in mods:
+                raise KioskSettingsError(f"Exit key chord {chord!r} repeats {mod}.")
+            mods.append(mod)
+        else:
+            keys.append(p)
+    if len(keys) != 1:
+        raise KioskSettingsError(f"Exit key chord {chord!r} must name exactly one key besides the modifiers.")
+    key = keys[0]
+    if len(key) == 1 and key.isascii() and key.isalnum():
+        key = key.upper()
+    elif re.fullmatch(r"[Ff]([1-9]|[12][0-9]|3[0-5])", key):
+        key = key.upper()
+    elif key.capitalize() in _NAMED_KEYS or key in _NAMED_KEYS:
+        key = key if key in _NAMED_KEYS else key.capitalize()
+    else:
+        raise KioskSettingsError(f"Exit key chord {chord!r}: unknown key {key!r} (use a letter, a digit or F1–F35).")
+    if len(mods) < 2:
+        raise KioskSettingsError(f"Exit key chord {chord!r} needs at least two modifiers (e.g. Ctrl+Alt+{key}) "
+                                 "so it cannot be pressed by accident.")
+    return "+".join([m for m in _MODIFIERS if m in mods] + [key])
+
+
+@dataclass(frozen=True)
+class KioskSettings:
+    """Everything an unattended kiosk needs, read from one JSON file; validated on creation.
+
+    ``None`` for ``watch_dir`` means no watch folder (cases are opened by hand); for
+    ``outbox_dir`` it means :func:`default_outbox_dir`; for ``pin`` that the chord alone exits.
+    ``idle_s`` = 0 turns the idle screen off. ``settle_s`` is how long a dropped file's size and
+    modification time must stay unchanged before it is opened.
+    """
+
+    watch_dir: Path | None = None
+    outbox_dir: Path | None = None
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    idle_s: float = 300.0
+    exit_chord: str = "Ctrl+Alt+Shift+Q"
+    pin: str | None = None
+    batch_size: int | str = "auto"
+    workers: int = 2
+    formats: tuple[str, ...] = FORMATS
+    recent_cases_max: int = 20
+    settle_s: float = 5.0
+    poll_s: float = 2.0
+    png_size_px: int = 2048
+    regions: bool = True
+    region_confidence: float = 0.5
+    tissue_threshold: float = 0.25
+    mpp_um: float | None = None
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> KioskSettingsError:
+            return KioskSettingsError(f"Kiosk setting {key!r} {why}.", f"value: {getattr(self, key)!r}")
+
+        for key in ("watch_dir", "outbox_dir"):
+            value = getattr(self, key)
+            if value is not None:
+                if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+                    raise bad(key, "must be a folder path")
+                object.__setattr__(self, key, Path(os.path.expandvars(os.path.expanduser(str(value)))))
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise bad("model", "must be a model name or a path to an .onnx file")
+        if self.device not in DEVICES:
+            raise bad("device", f"must be one of {', '.join(DEVICES)}")
+        for key, low in (("idle_s", 0.0), ("settle_s", 0.05), ("poll_s", 0.05)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+                raise bad(key, f"must be a number of seconds ≥ {low:g}")
+            object.__setattr__(self, key, float(value))
+        if not isinstance(self.exit_chord, str):
+            raise bad("exit_chord", "must be text like 'Ctrl+Alt+Shift+Q'")
+        object.__setattr__(self, "exit_chord", normalize_chord(self.exit_chord))
+        if self.pin is not None:
+            if isinstance(self.pin, int) and not isinstance(self.pin, bool):
+                raise bad("pin", "must be written in quotes (a leading zero would be lost otherwise)")
+            if not isinstance(self.pin, str) or not re.fullmatch(r"[0-9]{4,12}", self.pin):
+                raise bad("pin", "must be 4 to 12 digits, in quotes")
+        if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                          or not 1 <= self.batch_size <= 1024):
+            raise bad("batch_size", 'must be "auto" or a whole number from 1 to 1024')
+        for key, low, high in (("workers", 1, 32), ("recent_cases_max", 1, 1000), ("png_size_px", 256, 16384)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise bad(key, f"must be a whole number from {low} to {high}")
+        formats = self.formats
+        if isinstance(formats, str) or not isinstance(formats, (list, tuple)) or not formats:
+            raise bad("formats", f"must be a list drawn from {', '.join(FORMATS)}")
+        unknown = [f for f in formats if f not in FORMATS]
+        if unknown:
+            raise bad("formats", f"has unknown format(s) {', '.join(map(str, unknown))}; choose from {', '.join(FORMATS)}")
+        # Metadata is always written: it is written last, so its presence marks a complete case.
+        object.__setattr__(self, "formats", tuple(f for f in FORMATS if f in set(formats) | {"json"}))
+        if not isinstance(self.regions, bool):
+            raise bad("regions", "must be true or false")
+        for key in ("region_confidence", "tissue_threshold"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise bad(key, "must be a number from 0 to 1")
+            object.__setattr__(self, key, float(value))
+        if self.mpp_um is not None and (isinstance(self.mpp_um, bool) or not isinstance(self.mpp_um, (int, float))
+                                        or not 0.02 <= self.mpp_um <= 50):
+            raise bad("mpp_um", "must be a pixel size in µm from 0.02 to 50, or null")
+        if self.watch_dir is not None:
+            watch = self.watch_dir.resolve()
+            outbox = self.outbox().resolve()
+            if outbox == watch or watch in outbox.parents:
+                raise KioskSettingsError(
+                    "The outbox must not be the watch folder or inside it: the kiosk would analyse its own PNG exports.",
+                    f"watch_dir: {self.watch_dir}, outbox_dir: {self.outbox()}",
+                )
+
+    # -- derived -----------------------------------------------------------------------------
+
+    def outbox(self) -> Path:
+        """The outbox folder, the default one when the settings name none."""
+        return self.outbox_dir if self.outbox_dir is not None else default_outbox_dir()
+
+    def check_pin(self, entered: str) -> bool:
+        """True when no PIN is set or ``entered`` matches (constant-time compare)."""
+        if self.pin is None:
+            return True
+        return hmac.compare_digest(self.pin.encode(), str(entered).strip().encode())
+
+    def analysis_params(self, tile_px: int, available_bytes: int | None = None) -> AnalysisParams:
+        """Run parameters for one case; ``batch_size: "auto"`` is sized from free memory now."""
+        batch = self.batch_size if isinstance(self.batch_size, int) else choose_batch_size(tile_px, available_bytes)
+        return AnalysisParams(tissue_threshold=self.tissue_threshold, mpp_um=self.mpp_um, batch_size=batch,
+                              workers=self.workers, device=self.device)
+
+    def with_overrides(self, **changes: Any) -> KioskSettings:
+        """A copy with command-line values (``--watch``, ``--outbox``, ``--model``…) applied; ``None`` keeps the file's."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    # -- file --------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("watch_dir", "outbox_dir"):
+            data[key] = None if data[key] is None else str(data[key])
+        data["formats"] = list(self.formats)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base_dir: Path | None = None) -> KioskSettings:
+        """Settings from parsed JSON; unknown keys are an error (a mistyped ``pin`` must not pass silently).
+
+        Relative folder paths are taken relative to ``base_dir`` (the settings file's folder).
+        """
+        if not isinstance(data, dict):
+            raise KioskSettingsError("The kiosk settings must be a JSON object ({...}).")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise KioskSettingsError(f"Unknown kiosk setting(s): {', '.join(hints)}.",
+                                     f"known settings: {', '.join(known)}")
+        values = dict(data)
+        for key in ("watch_dir", "outbox_dir"):
+            value = values.get(key)
+            if isinstance(value, str) and value.strip() and base_dir is not None:
+                path = Path(os.path.expandvars(os.path.expanduser(value)))
+                values[key] = path if path.is_absolute() else base_dir / path
+        if isinstance(values.get("formats"), list):
+            values["formats"] = tuple(values["formats"])
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None) -> KioskSettings:
+        """Read the settings file; the default file may be absent (defaults), a named one may not."""
+        explicit = path is not None
+        file = Path(path) if path is not None else default_settings_path()
+        if not file.exists():
+            if explicit:
+                raise KioskSettingsError(f"Kiosk settings file {file} does not exist.")
+            return cls()
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KioskSettingsError(f"Cannot read kiosk settings file {file}.", str(exc)) from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise KioskSettingsError(f"Kiosk settings file {file} is not valid JSON "
+                                     f"(line {exc.lineno}, column {exc.colno}: {exc.msg}).") from exc
+        try:
+            return cls.from_dict(data, base_dir=file.resolve().parent)
+        except KioskSettingsError as exc:
+            raise KioskSettingsError(f"{file}: {exc.message}", exc.details) from exc
+        except TypeError as exc:
+            raise KioskSettingsError(f"{file}: invalid kiosk settings.", str(exc)) from exc
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write the settings as indented JSON (atomically); returns the file written."""
+        file = Path(path) if path is not None else default_settings_path()
+        atomic_write_text(file, json.dumps(self.to_dict(), indent=2) + "\n")
+        return file
+
+
+# ----------------------------------------------------------------------------- watch folder
+
+
+def is_temporary_name(name: str) -> bool:
+    """Hidden, partial or backup names that a scanner, browser or copy tool writes before the real file."""
+    lower = name.lower()
+    return name.startswith((".", "~")) or name.endswith("~") or lower.endswith(TEMP_SUFFIXES)
+
+
+@dataclass
+class _Seen:
+    signature: tuple[int, int, int]
+    since: float
+
+
+class WatchFolder:
+    """Polls a folder (and its sub-folders) for slides that have finished arriving.
+
+    Polling rather than inotify: it needs no extra dependency and works the same on network
+    shares, where change notifications are unreliable. A file is returned once its size and
+    modification time have stayed unchanged for ``settle_s`` seconds (a slide copied slowly in
+    chunks is returned only when complete). A DICOM slide (a folder of .dcm files) is one case,
+    returned as its first .dcm file like ``discover_slides`` does, once every file in the folder
+    has settled. Files present when the watcher starts are not returned unless
+    ``include_existing``. A returned file that later changes (replaced, or a copy that had paused
+    longer than ``settle_s``) is returned again once it settles. Empty files are held back.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], settle_s: float = 5.0, include_existing: bool = False,
+                 ignore: Iterable[str | os.PathLike[str]] = (), clock: Callable[[], float] = time.monotonic) -> None:
+        self.root = Path(root)
+        self.settle_s = float(settle_s)
+        self.ignore = {Path(p).resolve() for p in ignore}
+        self.clock = clock
+        self.problem: str | None = None
+        self._pending: dict[Path, _Seen] = {}
+        self._returned: dict[Path, tuple[int, int, int]] = {}
+        if not include_existing:
+            self._returned = {key: sig for key, (_, sig) in self._scan().items()}
+
+    @classmethod
+    def for_settings(cls, settings: KioskSettings, include_existing: bool = False) -> WatchFolder:
+        """The watcher a kiosk runs (its outbox is never watched); needs ``settings.watch_dir``."""
+        if settings.watch_dir is None:
+            raise KioskSettingsError("No watch folder is set (setting 'watch_dir' or --watch DIR).")
+        return cls(settings.watch_dir, settings.settle_s, include_existing, ignore=[settings.outbox()])
+
+    def _scan(self) -> dict[Path, tuple[Path, tuple[int, int, int]]]:
+        """Case key (file, or DICOM folder) → (path to open, (size, mtime_ns, n_files))."""
+        found: dict[Path, tuple[Path, tuple[int, int, int]]] = {}
+        try:
+            if not self.root.is_dir():
+                self.problem = f"The watch folder {self.root} is not reachable."
+                return found
+        except OSError as exc:
+            self.problem = f"The watch folder {self.root} is not reachable ({exc.strerror or exc})."
+            return found
+        self.problem = None
+        dicom: dict[Path, list[tuple[Path, os.stat_result]]] = {}
+
+        def on_error(exc: OSError) -> None:
+            log.debug("watch folder: cannot list %s: %s", exc.filename, exc)
+
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=on_error):
+            here = Path(dirpath)
+            dirnames[:] = sorted(d for d in dirnames if not is_temporary_name(d)
+                                 and not (self.ignore and (here / d).resolve() in self.ignore))
+            for name in sorted(filenames):
+                path = here / name
+                if is_temporary_name(name) or path.suffix.lower() not in SUPPORTED_SUFFIXES:
+                    continue
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue  # vanished or unreadable between listing and stat: next poll decides
+                if path.suffix.lower() == ".dcm":
+                    dicom.setdefault(here, []).append((path, st))
+                else:
+                    found[path] = (path, (st.st_size, st.st_mtime_ns, 1))
+        for folder, files in dicom.items():
+            sig = (sum(st.st_size for _, st in files), max(st.st_mtime_ns for _, st in files), len(files))
+            found[folder] = (files[0][0], sig)
+        return found
+
+    def poll(self) -> list[Path]:
+        """Slides that became complete since the last poll, oldest arrival first."""
+        now = self.clock()
+        scan = self._scan()
+        for key in set(self._pending) - set(scan):
+            del self._pending[key]
+        for key in set(self._returned) - set(scan):
+            del self._returned[key]  # deleted: the same name dropped again is a new case
+        ready: list[tuple[float, Path]] = []
+        for key, (path, sig) in scan.items():
+            if self._returned.get(key) == sig:
+                continue
+            seen = self._pending.get(key)
+            if seen is None or seen.signature != sig:
+                self._pending[key] = _Seen(sig, now)
+                continue
+            if sig[0] > 0 and now - seen.since >= self.settle_s:
+                ready.append((seen.since, path))
+                self._returned[key] = sig
+                del self._pending[key]
+        return [p for _, p in sorted(ready)]
+
+    @property
+    def waiting(self) -> list[Path]:
+        """Files seen but still arriving (for a "receiving…" line on screen)."""
+        return sorted(self._pending)
+
+
+# ----------------------------------------------------------------------------- one case
+
+
+def load_classifier(settings: KioskSettings) -> OnnxClassifier:
+    """The kiosk's model on its device; slow on a first TensorRT start (engine build), so call it
+    from a worker thread behind a "preparing model" screen. Raises ModelError with a plain message.
+    """
+    return OnnxClassifier(ModelSpec.load(resolve_model(settings.model)), device=settings.device)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """What the kiosk shows for one case and keeps in its recent-cases list.
+
+    ``status``: "done", "failed" (``message`` says why, in words for the person at the screen)
+    or "cancelled". ``outputs`` maps format → file written in the outbox.
+    """
+
+    path: Path
+    status: str
+    message: str
+    outputs: dict[str, Path] = field(default_factory=dict)
+    summary: str = ""
+    details: str = ""
+    provider: str = ""
+    category_counts: dict[str, int] = field(default_factory=dict)
+    started_unix: float = 0.0
+    finished_unix: float = field(default_factory=time.time)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done"
+
+    @property
+    def name(self) -> str:
+        """Display name: the file name, or the folder's for a DICOM slide."""
+        return self.path.parent.name if self.path.suffix.lower() == ".dcm" else self.path.name
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        data["outputs"] = {k: str(v) for k, v in self.outputs.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaseResult:
+        data = dict(data)
+        data["path"] = Path(data["path"])
+        data["outputs"] = {k: Path(v) for k, v in data.get("outputs", {}).items()}
+        return cls(**data)
+
+
+def free_stem(outbox: Path, path: Path, formats: Iterable[str] = FORMATS) -> str:
+    """Output stem for a case that overwrites no earlier case in the outbox (``name``, ``name_2``…)."""
+    base = path.parent.name if path.suffix.lower() == ".dcm" else path.stem
+    candidate, n = base, 2
+    while any(p.exists() for p in output_paths(outbox, candidate, formats).values()):
+        candidate = f"{base}_{n}"
+        n += 1
+    return candidate
+
+
+def process_case(
+    path: str | os.PathLike[str],
+    classifier: OnnxClassifier,
+    settings: KioskSettings,
+    cancel: CancelToken | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    available_bytes: int | None = None,
+) -> CaseResult:
+    """Analyse one slide and write its exports to the outbox; never raises for a bad file.
+
+    Bad input (unreadable, truncated, no pixel size) and failed exports come back as
+    ``status="failed"`` with the error's message, so the kiosk shows it and keeps watching.
+    Unexpected exceptions are caught too (and logged with their traceback): an unattended
+    kiosk must survive them. A cancelled run writes nothing.
+    """
+    path = Path(path)
+    started = time.time()
+    outbox = settings.outbox()
+
+    def failed(message: str, details: str = "") -> CaseResult:
+        return CaseResult(path, "failed", message, details=details, provider=classifier.provider_label,
+                          started_unix=started)
+
+    try:
+        params = settings.analysis_params(classifier.spec.patch_size_pixels, available_bytes)
+        result = None
+        for event in analyze(path, classifier, params, cancel=cancel):
+            if on_event is not None:
+                on_event(event)
+            if isinstance(event, Finished):
+                result = event.result
+        if result is None or result.status != "complete":
+            return CaseResult(path, "cancelled", f"Analysis of {path.name} was cancelled.",
+                              provider=classifier.provider_label, started_unix=started)
+        thumb = None
+        if "png" in settings.formats:
+            with open_slide(path, mpp_um=params.mpp_um) as slide:
+                thumb = slide.thumbnail(settings.png_size_px)
+        regions = None
+        if settings.regions:
+            from cellview.morphology import malignant_regions
+
+            regions = malignant_regions(result, settings.region_confidence)
+        extra: dict[str, Any] = {"kiosk": {"source": str(path), "received_unix": started}}
+        if classifier.fallback_message:
+            extra["fallback"] = classifier.fallback_message
+        stem = free_stem(outbox, path, settings.formats)
+        outputs = export_all(result, outbox, stem, thumb, settings.formats, extra_meta=extra,
+                             regions=regions, region_confidence=settings.region_confidence)
+    except CellviewError as exc:
+        log.warning("kiosk case %s failed: %s", path, exc)
+        return failed(exc.message, exc.details)
+    except Exception as exc:  # noqa: BLE001 - an unattended kiosk reports and carries on
+        log.exception("kiosk case %s failed unexpectedly", path)
+        return failed(f"{path.name} could not be analysed (unexpected error).", repr(exc))
+    return CaseResult(path, "done", f"{path.name}: {result.summary()}", outputs=outputs, summary=result.summary(),
+                      provider=result.provider, category_counts=result.category_counts(), started_unix=started)
+
+
+class RecentCases:
+    """Newest-first list of finished cases, persisted as JSON so a restart keeps it.
+
+    A case run again (same path) replaces its older entry. A damaged file starts an empty
+    list instead of stopping the kiosk. Thread-safe: the worker adds, the GUI reads.
+    """
+
+    def __init__(self, path: Path | None, max_items: int = 20) -> None:
+        self.path = None if path is None else Path(path)
+        self.max_items = int(max_items)
+        self._lock = threading.Lock()
+        self._items: list[CaseResult] = []
+        if self.path is not None and self.path.exists():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                self._items = [CaseResult.from_dict(d) for d in data.get("cases", [])][: self.max_items]
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+                log.warning("ignoring unreadable recent-cases file %s: %s", self.path, exc)
+
+    @classmethod
+    def for_settings(cls, settings: KioskSettings) -> RecentCases:
+        """The list kept beside the results, in the outbox (a hidden file the watcher never picks up)."""
+        return cls(settings.outbox() / RECENT_FILE, settings.recent_cases_max)
+
+    @property
+    def items(self) -> tuple[CaseResult, ...]:
+        with self._lock:
+            return tuple(self._items)
+
+    def add(self, case: CaseResult) -> None:
+        with self._lock:
+            self._items = [case, *(c for c in self._items if c.path != case.path)][: self.max_items]
+            items = list(self._items)
+        if self.path is not None:
+            try:
+                atomic_write_text(self.path, json.dumps({"cases": [c.to_dict() for c in items]}, indent=2))
+            except CellviewError as exc:
+                log.warning("cannot save recent cases: %s", exc)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+# Bytes of working memory per tile per input pixel: float32 RGB input (12 B/px) times ~64 for a
+# small CNN's intermediate activations and ONNX Runtime / TensorRT workspace (EfficientNet-lite0:
+# ~38 MB per 224-px tile), plus the uint8 read buffers (3 B/px, ×4 for the reader queue).
+_BYTES_PER_PIXEL = 12 * 64 + 3 * 4
+_MEMORY_FRACTION = 0.25  # the rest stays for the OS, the viewer's tile cache and other processes
+_FALLBACK_BATCH = 16
+
+
+def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """MemAvailable from /proc/meminfo (on a Jetson the GPU shares this memory), else None."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def choose_batch_size(tile_px: int, available_bytes: int | None = None, max_batch: int = 64) -> int:
+    """Largest power of two ≤ ``max_batch`` whose estimated working set fits a quarter of free memory.
+
+    Rule: batch = floor(0.25 × MemAvailable / (tile_px² × 780 B)), rounded down to a power of two
+    (fewer distinct shapes for TensorRT's engine profiles), clamped to 1..64. Examples at 224 px
+    (39 MB per tile): 2 GB free → 8, 6 GB free → 32, ≥ 11 GB free → 64. When free memory is
+    unknown (not Linux, no sysconf) the batch is 16.
+    """
+    if available_bytes is None:
+        available_bytes = mem_available_bytes()
+    if available_bytes is None:
+        return min(_FALLBACK_BATCH, max_batch)
+    per_tile = max(1, int(tile_px)) ** 2 * _BYTES_PER_PIXEL
+    fits = int(available_bytes * _MEMORY_FRACTION // per_tile)
+    batch = 1
+    while batch * 2 <= min(fits, max_batch):
+        batch *= 2
+    return max(1, min(batch, max_batch))
