@@ -152,7 +152,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         formats.append("json")  # the metadata is what makes re-runs skip finished slides
     try:
         spec = ModelSpec.load(resolve_model(args.model))
-        classifier = OnnxClassifier(spec, device=args.device)
+        classifier = OnnxClassifier(spec, device=args.device, max_batch=args.batch_size)
     except CellviewError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.details:

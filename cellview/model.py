@@ -346,28 +346,21 @@ class OnnxClassifier:
     runs on CPU and ``fallback_message`` says why, once, in plain words.
     """
 
-    def __init__(self, spec: ModelSpec, device: str = "auto", intra_op_threads: int | None = None) -> None:
+    def __init__(self, spec: ModelSpec, device: str = "auto", intra_op_threads: int | None = None,
+                 max_batch: int = 64) -> None:
         import onnxruntime as ort
 
         if device not in DEVICES:
             raise ModelError(f"Unknown device {device!r}; use one of {', '.join(DEVICES)}.")
         self.spec = spec
         self.requested_device = device
+        self.max_batch = max(1, int(max_batch))
         self.fallback_message: str | None = None
         ort.set_default_logger_severity(3)
         cuda_ok, trt_ok, reason = (False, False, "") if device == "cpu" else gpu_runtime_status()
         wanted: list[Any] = []
         if device in ("auto", "tensorrt") and trt_ok:
-            wanted.append((
-                "TensorrtExecutionProvider",
-                {
-                    "trt_fp16_enable": True,
-                    "trt_engine_cache_enable": True,
-                    "trt_engine_cache_path": str(trt_cache_dir()),
-                    "trt_timing_cache_enable": True,
-                    "trt_timing_cache_path": str(trt_cache_dir()),
-                },
-            ))
+            wanted.append(("TensorrtExecutionProvider", self._tensorrt_options(ort, spec, max_batch)))
         if device in ("auto", "tensorrt", "cuda") and cuda_ok:
             wanted.append("CUDAExecutionProvider")
         wanted.append("CPUExecutionProvider")
@@ -397,8 +390,33 @@ class OnnxClassifier:
             self.fallback_message = f"{_PROVIDER_LABELS.get(first_wanted, first_wanted)} failed to start"
         if self.fallback_message:
             self.fallback_message += "; running on CPU."
-            log.warning(self.fallback_message)
+            log.info(self.fallback_message)
         self._check_io()
+
+    @staticmethod
+    def _tensorrt_options(ort: Any, spec: ModelSpec, max_batch: int) -> dict[str, Any]:
+        """FP16, engine + timing cache on disk, and one optimisation profile for batch 1..max_batch.
+
+        Without a profile TensorRT rebuilds the engine (minutes on a Jetson) for every new batch
+        size it meets, such as the last, smaller batch of a slide.
+        """
+        opts: dict[str, Any] = {
+            "trt_fp16_enable": True,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(trt_cache_dir()),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(trt_cache_dir()),
+        }
+        probe = ort.InferenceSession(str(spec.onnx_path), providers=["CPUExecutionProvider"])
+        inp = probe.get_inputs()[0]
+        p = spec.patch_size_pixels
+        dims = (p, p, 3) if spec.input.layout == "NHWC" else (3, p, p)
+        if not isinstance(inp.shape[0], int):
+            shape = "x".join(str(d) for d in dims)
+            opts["trt_profile_min_shapes"] = f"{inp.name}:1x{shape}"
+            opts["trt_profile_opt_shapes"] = f"{inp.name}:{max_batch}x{shape}"
+            opts["trt_profile_max_shapes"] = f"{inp.name}:{max_batch}x{shape}"
+        return opts
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -472,6 +490,9 @@ class OnnxClassifier:
     def logits(self, tiles: np.ndarray) -> np.ndarray:
         if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
             raise ModelError(f"Tiles must be (N, H, W, 3) uint8, got {tiles.shape} {tiles.dtype}.")
+        if tiles.shape[0] > self.max_batch:  # the TensorRT profile covers 1..max_batch
+            return np.concatenate([self.logits(tiles[i:i + self.max_batch])
+                                   for i in range(0, tiles.shape[0], self.max_batch)])
         out = self.session.run([self.output_name], {self.input_name: self.prepare(tiles)})[0]
         if out.shape != (tiles.shape[0], self.spec.num_classes):
             raise ModelError(
