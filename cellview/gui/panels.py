@@ -1,0 +1,253 @@
+"""Side-panel widgets: probability bars, the tile inspector, category toggles and a colour bar."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QLinearGradient, QPainter, QPixmap
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from cellview.gui.slideview import rgb_qimage
+from cellview.model import CATEGORIES, CATEGORY_COLORS
+
+
+def swatch(color: str, size: int = 12) -> QPixmap:
+    pm = QPixmap(size, size)
+    pm.fill(QColor(color))
+    return pm
+
+
+class ProbabilityBars(QWidget):
+    """One horizontal bar per class in its colour, the predicted one in bold."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.rows: list[tuple[str, str, float]] = []
+        self.highlight = -1
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def set_values(self, names: tuple[str, ...], colors: tuple[str, ...], probs: np.ndarray | None,
+                   highlight: int = -1) -> None:
+        if probs is None:
+            self.rows = []
+        else:
+            self.rows = [(n, c, float(p)) for n, c, p in zip(names, colors, probs)]
+        self.highlight = highlight
+        self.setFixedHeight(max(1, len(self.rows)) * 22 + 4)
+        self.update()
+
+    def values(self) -> dict[str, float]:
+        return {n: p for n, _, p in self.rows}
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        w = self.width()
+        name_w = min(130, int(w * 0.42))
+        pct_w = 48
+        bar_w = max(10, w - name_w - pct_w - 8)
+        for i, (name, color, prob) in enumerate(self.rows):
+            y = 2 + i * 22
+            f = QFont(self.font())
+            f.setBold(i == self.highlight)
+            p.setFont(f)
+            p.setPen(self.palette().text().color())
+            p.drawText(QRectF(0, y, name_w - 4, 20), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
+                       name if len(name) <= 18 else name[:17] + "…")
+            p.setPen(Qt.PenStyle.NoPen)
+            p.setBrush(QColor(255, 255, 255, 22))
+            p.drawRoundedRect(QRectF(name_w, y + 4, bar_w, 12), 3, 3)
+            if np.isfinite(prob):
+                p.setBrush(QColor(color))
+                p.drawRoundedRect(QRectF(name_w, y + 4, max(2.0, bar_w * prob), 12), 3, 3)
+            p.setPen(self.palette().text().color())
+            p.drawText(QRectF(name_w + bar_w + 4, y, pct_w, 20), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight,
+                       f"{prob:.1%}" if np.isfinite(prob) else "–")
+        p.end()
+
+
+class TileInspector(QWidget):
+    """What the model saw for one tile and what it said about it."""
+
+    PATCH_PX = 140
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(6)
+        top = QHBoxLayout()
+        self.patch = QLabel()
+        self.patch.setFixedSize(QSize(self.PATCH_PX + 2, self.PATCH_PX + 2))
+        self.patch.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.patch.setStyleSheet("background:#1b1e21; border:1px solid #3d4348;")
+        self.patch.setToolTip("The exact patch fed to the model")
+        top.addWidget(self.patch)
+        facts = QVBoxLayout()
+        self.title = QLabel("No tile selected")
+        self.title.setWordWrap(True)
+        self.title.setStyleSheet("font-size:15px; font-weight:600;")
+        self.subtitle = QLabel("Click a tile on the slide.\nArrow keys step to neighbours.")
+        self.subtitle.setWordWrap(True)
+        self.subtitle.setStyleSheet("color:#aab2b9;")
+        facts.addWidget(self.title)
+        facts.addWidget(self.subtitle)
+        facts.addStretch(1)
+        top.addLayout(facts, 1)
+        lay.addLayout(top)
+        self.bars = ProbabilityBars()
+        lay.addWidget(self.bars)
+        self.details = QLabel("")
+        self.details.setWordWrap(True)
+        self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.details.setStyleSheet("color:#c3c9ce; font-family:'DejaVu Sans Mono', monospace; font-size:11px;")
+        lay.addWidget(self.details)
+        self.index = -1
+
+    def clear(self) -> None:
+        self.index = -1
+        self.title.setText("No tile selected")
+        self.subtitle.setText("Click a tile on the slide.\nArrow keys step to neighbours.")
+        self.bars.set_values((), (), None)
+        self.details.setText("")
+        self.patch.clear()
+
+    def show_tile(self, index: int, result, mpp_um: float | None) -> None:
+        """``result`` is an AnalysisResult (possibly partial: the tile may not be done yet)."""
+        self.index = index
+        g, m = result.grid, result.model
+        x, y, w, h = g.rect(index)
+        done = bool(result.done[index])
+        if done:
+            cls = int(result.pred_class[index])
+            cat = CATEGORIES[int(result.pred_category[index])]
+            conf = float(result.confidence[index])
+            self.title.setText(f"<span style='color:{m.class_colors[cls]}'>■</span> {m.class_names[cls]}")
+            self.subtitle.setText(
+                f"Category <b style='color:{CATEGORY_COLORS[cat]}'>{cat}</b><br>Confidence <b>{conf:.1%}</b>")
+            self.bars.set_values(m.class_names, m.class_colors, result.probs[index], cls)
+        else:
+            state = "failed to read" if int(result.state[index]) == 2 else "not analysed yet"
+            self.title.setText("Tile " + state)
+            self.subtitle.setText(result.tile_errors.get(index, ""))
+            self.bars.set_values(m.class_names, m.class_colors, result.probs[index])
+        size = f"{w * mpp_um:.0f} × {h * mpp_um:.0f} µm" if mpp_um else "scale unknown"
+        lines = [
+            f"tile      #{index}  (row {int(g.grid_row[index])}, col {int(g.grid_col[index])})",
+            f"level 0   x {x:,}  y {y:,}",
+            f"extent    {w:,} × {h:,} px = {size}",
+            f"model in  {g.tile_px} px from level {g.read_level}",
+            f"tissue    {float(g.tissue_fraction[index]):.0%}",
+        ]
+        nuclei = getattr(result, "nuclei", None)
+        if nuclei is not None and bool(nuclei.measured[index]):
+            unit = "µm²" if nuclei.area_unit == "um2" else "px²"
+            lines.append(f"nuclei    {int(nuclei.count[index])}  ({nuclei.density_per_mm2[index]:,.0f}/mm²)")
+            lines.append(f"  area    mean {nuclei.mean_area[index]:.0f} {unit}, "
+                         f"circularity {nuclei.mean_circularity[index]:.2f}")
+        self.details.setText("\n".join(lines))
+
+    def set_patch(self, rgb: np.ndarray | None) -> None:
+        if rgb is None:
+            self.patch.setText("unreadable")
+            return
+        pm = QPixmap.fromImage(rgb_qimage(rgb)).scaled(
+            self.PATCH_PX, self.PATCH_PX, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+        self.patch.setPixmap(pm)
+
+
+class CategoryToggles(QWidget):
+    """A checkbox per category with its colour swatch and live tile count."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setHorizontalSpacing(8)
+        grid.setVerticalSpacing(3)
+        self.boxes: dict[str, QCheckBox] = {}
+        self.counts: dict[str, QLabel] = {}
+        for row, cat in enumerate(CATEGORIES):
+            sw = QLabel()
+            sw.setPixmap(swatch(CATEGORY_COLORS[cat], 14))
+            box = QCheckBox(cat.capitalize())
+            box.setChecked(True)
+            box.toggled.connect(lambda _on: self.changed.emit())
+            count = QLabel("–")
+            count.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            count.setStyleSheet("color:#c3c9ce;")
+            grid.addWidget(sw, row, 0)
+            grid.addWidget(box, row, 1)
+            grid.addWidget(count, row, 2)
+            self.boxes[cat], self.counts[cat] = box, count
+        grid.setColumnStretch(1, 1)
+
+    def selected(self) -> tuple[str, ...]:
+        return tuple(c for c in CATEGORIES if self.boxes[c].isChecked())
+
+    def set_counts(self, counts: dict[str, int] | None) -> None:
+        total = sum(counts.values()) if counts else 0
+        for cat, label in self.counts.items():
+            if not counts:
+                label.setText("–")
+            else:
+                n = counts.get(cat, 0)
+                label.setText(f"{n:,} tiles  {n / max(total, 1):>4.0%}")
+
+
+class ColorBar(QWidget):
+    """Horizontal colour bar 0–100 % for the one-class probability mode."""
+
+    def __init__(self, lut: np.ndarray, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.lut = lut
+        self.title = ""
+        self.setFixedHeight(40)
+
+    def set_title(self, title: str) -> None:
+        self.title = title
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
+        p = QPainter(self)
+        w = self.width()
+        grad = QLinearGradient(0, 0, w, 0)
+        n = len(self.lut)
+        for i in range(0, n, max(1, n // 16)):
+            r, g, b = (int(v) for v in self.lut[i][:3])
+            grad.setColorAt(i / (n - 1), QColor(r, g, b))
+        r, g, b = (int(v) for v in self.lut[-1][:3])
+        grad.setColorAt(1.0, QColor(r, g, b))
+        p.fillRect(QRectF(0, 4, w, 12), grad)
+        p.setPen(self.palette().text().color())
+        f = QFont(self.font())
+        f.setPointSizeF(8.5)
+        p.setFont(f)
+        p.drawText(QRectF(0, 18, 60, 18), Qt.AlignmentFlag.AlignLeft, "0%")
+        p.drawText(QRectF(w / 2 - 90, 18, 180, 18), Qt.AlignmentFlag.AlignHCenter, self.title)
+        p.drawText(QRectF(w - 60, 18, 60, 18), Qt.AlignmentFlag.AlignRight, "100%")
+        p.end()
+
+
+def section(title: str) -> tuple[QFrame, QVBoxLayout]:
+    """A titled card in the side panel."""
+    frame = QFrame()
+    frame.setObjectName("card")
+    lay = QVBoxLayout(frame)
+    lay.setContentsMargins(10, 6, 10, 8)
+    lay.setSpacing(4)
+    head = QLabel(title.upper())
+    head.setObjectName("cardTitle")
+    lay.addWidget(head)
+    return frame, lay

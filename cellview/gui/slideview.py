@@ -1,0 +1,458 @@
+"""The slide canvas: a pyqtgraph ViewBox in level-0 pixels with pyramid tiles, overlays and a scale bar.
+
+Only the tiles visible at the zoom's pyramid level are drawn; they are read by loader workers
+(each with its own slide handle), kept in a byte-bounded LRU cache, and the thumbnail (plus any
+cached coarser tiles) stays underneath until the sharper ones arrive.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen, QPixmap, QTransform
+from PySide6.QtWidgets import QGraphicsPixmapItem, QGraphicsRectItem, QWidget
+
+from cellview.gui.tasks import VIEW_TILE_PX, Opened, TileKey, TileLoaded, TileRequests
+
+pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
+
+CANVAS_BG = "#262a2e"
+
+
+def nice_length_um(target_um: float) -> float:
+    """1-2-5 rounding so scale bars read 50 µm, 200 µm, 1 mm..."""
+    if target_um <= 0:
+        return 1.0
+    exp = math.floor(math.log10(target_um))
+    for m in (1, 2, 5, 10):
+        if m * 10**exp >= target_um:
+            return float(m * 10**exp)
+    return float(10 ** (exp + 1))
+
+
+def format_um(length_um: float) -> str:
+    return f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um:g} µm"
+
+
+def rgb_qimage(rgb: np.ndarray) -> QImage:
+    """A QImage that owns a copy of an RGB/RGBA uint8 array."""
+    rgb = np.ascontiguousarray(rgb)
+    h, w = rgb.shape[:2]
+    fmt = QImage.Format.Format_RGBA8888 if rgb.shape[2] == 4 else QImage.Format.Format_RGB888
+    return QImage(rgb.data, w, h, rgb.strides[0], fmt).copy()
+
+
+def bgra_qimage(bgra: np.ndarray, opaque: bool = True) -> QImage:
+    """Wrap BGRA bytes as the raster engine's native format (no per-paint conversion)."""
+    fmt = QImage.Format.Format_RGB32 if opaque else QImage.Format.Format_ARGB32_Premultiplied
+    return QImage(bgra.data, bgra.shape[1], bgra.shape[0], bgra.strides[0], fmt)
+
+
+class TileCache:
+    """LRU of display tiles bounded in bytes (the pyramid can be far larger than memory)."""
+
+    def __init__(self, max_bytes: int = 384 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._items: OrderedDict[TileKey, TileLoaded] = OrderedDict()
+
+    def get(self, key: TileKey) -> TileLoaded | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, tile: TileLoaded) -> None:
+        if tile.key in self._items:
+            return
+        self._items[tile.key] = tile
+        self.nbytes += tile.bgra.nbytes
+        while self.nbytes > self.max_bytes and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self.nbytes -= old.bgra.nbytes
+
+    def __contains__(self, key: TileKey) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.nbytes = 0
+
+
+class ScaleBar(QWidget):
+    """Bottom-left scale bar in µm, redrawn as the zoom changes."""
+
+    def __init__(self, parent: QWidget) -> None:
+        super().__init__(parent)
+        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.mpp_um: float | None = None
+        self.l0_per_screen_px = 1.0
+        self.resize(220, 44)
+
+    def set_scale(self, mpp_um: float | None, l0_per_screen_px: float) -> None:
+        self.mpp_um, self.l0_per_screen_px = mpp_um, l0_per_screen_px
+        self.setVisible(mpp_um is not None)
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
+        if not self.mpp_um or self.l0_per_screen_px <= 0:
+            return
+        um_per_px = self.mpp_um * self.l0_per_screen_px
+        length_um = nice_length_um(120 * um_per_px)
+        bar_px = max(4, int(round(length_um / um_per_px)))
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        p.setPen(Qt.PenStyle.NoPen)
+        p.setBrush(QColor(20, 22, 25, 190))
+        p.drawRoundedRect(QRectF(0, 0, bar_px + 24, 40), 5, 5)
+        p.setBrush(QColor("white"))
+        p.drawRect(QRectF(12, 26, bar_px, 5))
+        p.setPen(QColor("white"))
+        f = QFont(self.font())
+        f.setPointSizeF(9.5)
+        p.setFont(f)
+        p.drawText(QRectF(12, 4, bar_px + 60, 20), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
+                   format_um(length_um))
+        p.end()
+
+
+class Overview(QWidget):
+    """Thumbnail with the current view box; click or drag to jump there."""
+
+    jump = Signal(float, float)  # level-0 centre
+
+    def __init__(self, parent: QWidget) -> None:
+        super().__init__(parent)
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
+        # Opaque: its updates never force the slide canvas underneath to repaint.
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        self._image: QImage | None = None
+        self._l0_size = (1, 1)
+        self._view = QRectF()
+        self.setToolTip("Overview: click to jump")
+        self.hide()
+
+    def set_slide(self, thumb: np.ndarray, l0_size: tuple[int, int]) -> None:
+        """``thumb`` is already overview-sized (prepared in the open worker)."""
+        small = rgb_qimage(thumb)
+        self._image, self._l0_size = small, l0_size
+        self.resize(small.width() + 4, small.height() + 4)
+        self.show()
+        self.update()
+
+    def set_view(self, rect: QRectF) -> None:
+        self._view = rect
+        self.update()
+
+    def _scale(self) -> float:
+        return self._image.width() / self._l0_size[0] if self._image else 1.0
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
+        if self._image is None:
+            return
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor(15, 17, 19))
+        p.drawImage(2, 2, self._image)
+        k = self._scale()
+        r = QRectF(2 + self._view.x() * k, 2 + self._view.y() * k, self._view.width() * k, self._view.height() * k)
+        r = r.intersected(QRectF(2, 2, self._image.width(), self._image.height()))
+        p.setPen(QPen(QColor("#ffd400"), 2))
+        p.drawRect(r)
+        p.setPen(QPen(QColor(90, 95, 100), 1))
+        p.drawRect(self.rect().adjusted(0, 0, -1, -1))
+        p.end()
+
+    def _emit(self, pos: QPointF) -> None:
+        k = self._scale()
+        self.jump.emit((pos.x() - 2) / k, (pos.y() - 2) / k)
+
+    def mousePressEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self._emit(event.position())
+
+    def mouseMoveEvent(self, event) -> None:  # noqa: N802 - Qt API
+        if event.buttons() & Qt.MouseButton.LeftButton:
+            self._emit(event.position())
+
+
+class SlideView(pg.GraphicsView):
+    """Level-0 pixel coordinates, y down, aspect locked. Emits clicks and hovers in level-0 pixels."""
+
+    clicked = Signal(float, float)
+    hovered = Signal(float, float)
+    firstPaint = Signal()
+    stepKey = Signal(int, int)  # arrow keys: (d_row, d_col)
+
+    MAX_LIVE_ITEMS = 160
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent, background=CANVAS_BG)
+        self.vb = pg.ViewBox(lockAspect=True, invertY=True, enableMenu=False)
+        self.vb.setBorder(None)
+        self.setCentralItem(self.vb)
+        self.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
+        self.base = QGraphicsPixmapItem()
+        self.base.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
+        self.base.setZValue(-100)
+        self.vb.addItem(self.base)
+        self.tissue_item = pg.ImageItem(axisOrder="row-major")
+        self.tissue_item.setZValue(5)
+        self.tissue_item.setVisible(False)
+        self.vb.addItem(self.tissue_item)
+        self.overlay = pg.ImageItem(axisOrder="row-major")
+        self.overlay.setZValue(10)
+        self.overlay.setOpacity(0.45)
+        self.vb.addItem(self.overlay)
+        self.selection = QGraphicsRectItem()
+        pen = QPen(QColor("#00e5ff"), 2)
+        pen.setCosmetic(True)
+        self.selection.setPen(pen)
+        self.selection.setZValue(20)
+        self.selection.setVisible(False)
+        self.vb.addItem(self.selection)
+        self.label = pg.TextItem(anchor=(0, 0))
+        self.label.setZValue(30)
+        self.label.setVisible(False)
+        self.vb.addItem(self.label)
+
+        self.scale_bar = ScaleBar(self)
+        self.overview = Overview(self)
+        self.overview.jump.connect(self.center_on)
+
+        self.opened: Opened | None = None
+        self.cache = TileCache()
+        self.requests: TileRequests | None = None
+        self._items: dict[TileKey, QGraphicsPixmapItem] = {}
+        self._wanted: set[TileKey] = set()
+        self._painted = False
+        self._mode = Qt.TransformationMode.SmoothTransformation
+        self._update_timer = QTimer(self, singleShot=True, interval=25)
+        self._update_timer.timeout.connect(self.update_tiles)
+        self.vb.sigRangeChanged.connect(self._range_changed)
+        self.scene().sigMouseClicked.connect(self._scene_clicked)
+        self.scene().sigMouseMoved.connect(self._scene_moved)
+
+    # -- slide ---------------------------------------------------------------------------------
+
+    def set_slide(self, opened: Opened, requests: TileRequests) -> None:
+        self.clear_slide()
+        self.opened, self.requests = opened, requests
+        self.set_base_image(opened)
+        self._painted = False
+        self.fit()
+        self._place_overlays()
+        self.viewport().update()
+
+    def set_base_image(self, opened: Opened) -> None:
+        """The whole slide at thumbnail resolution, always under the pyramid tiles."""
+        self.opened = opened
+        w0, h0 = opened.info.dimensions
+        bgra = opened.base.bgra
+        self.base.setPixmap(QPixmap.fromImage(bgra_qimage(bgra)))
+        self.base.setTransform(QTransform.fromScale(w0 / bgra.shape[1], h0 / bgra.shape[0]))
+        self.overview.set_slide(opened.base.overview_rgb, (w0, h0))
+        self._place_overlays()
+        self._update_timer.start()
+
+    def clear_slide(self) -> None:
+        for item in self._items.values():
+            self.vb.removeItem(item)
+        self._items.clear()
+        self._wanted.clear()
+        self.cache.clear()
+        self.opened = None
+        self.base.setPixmap(QPixmap())
+        self.overlay.clear()
+        self.tissue_item.clear()
+        self.selection.setVisible(False)
+        self.label.setVisible(False)
+        self.overview.hide()
+
+    def fit(self) -> None:
+        if self.opened is not None:
+            w0, h0 = self.opened.info.dimensions
+            self.vb.setRange(QRectF(0, 0, w0, h0), padding=0.02)
+
+    def center_on(self, l0_x: float, l0_y: float) -> None:
+        (x0, x1), (y0, y1) = self.vb.viewRange()
+        w, h = x1 - x0, y1 - y0
+        self.vb.setRange(QRectF(l0_x - w / 2, l0_y - h / 2, w, h), padding=0)
+
+    def zoom(self, factor: float) -> None:
+        self.vb.scaleBy((1 / factor, 1 / factor))
+
+    def l0_per_screen_px(self) -> float:
+        px = self.vb.viewPixelSize()[0]
+        return float(px) if px and np.isfinite(px) else 1.0
+
+    def visible_l0_rect(self) -> QRectF:
+        (x0, x1), (y0, y1) = self.vb.viewRange()
+        return QRectF(x0, y0, x1 - x0, y1 - y0)
+
+    # -- overlays ------------------------------------------------------------------------------
+
+    def set_overlay(self, rgba: np.ndarray | None, l0_rect: QRectF | None = None) -> None:
+        if rgba is None:
+            self.overlay.clear()
+            return
+        self.overlay.setImage(rgba, autoLevels=False, levels=None)
+        if l0_rect is not None:
+            self.overlay.setRect(l0_rect)
+
+    def set_tissue(self, rgba: np.ndarray | None, l0_rect: QRectF | None = None) -> None:
+        if rgba is None:
+            self.tissue_item.clear()
+            return
+        self.tissue_item.setImage(rgba, autoLevels=False, levels=None)
+        if l0_rect is not None:
+            self.tissue_item.setRect(l0_rect)
+
+    def set_selection(self, rect: tuple[int, int, int, int] | None) -> None:
+        if rect is None:
+            self.selection.setVisible(False)
+            return
+        self.selection.setRect(QRectF(*rect))
+        self.selection.setVisible(True)
+
+    def set_label(self, html: str | None) -> None:
+        if not html:
+            self.label.setVisible(False)
+            return
+        self.label.setHtml(html)
+        self.label.setPos(0, 0)
+        self.label.setVisible(True)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _range_changed(self, *args) -> None:
+        self._place_overlays()
+        self._update_timer.start()
+
+    def _place_overlays(self) -> None:
+        mpp = self.opened.info.mpp.um if self.opened and self.opened.info.mpp else None
+        self.scale_bar.set_scale(mpp, self.l0_per_screen_px())
+        self.scale_bar.move(14, self.height() - self.scale_bar.height() - 12)
+        self.overview.move(self.width() - self.overview.width() - 12, 12)
+        self.overview.set_view(self.visible_l0_rect())
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        if not hasattr(self, "scale_bar"):  # called by the base class before __init__ finishes
+            return
+        self._place_overlays()
+        self._update_timer.start()
+
+    def keyPressEvent(self, event) -> None:  # noqa: N802 - Qt API
+        steps = {Qt.Key.Key_Left: (0, -1), Qt.Key.Key_Right: (0, 1), Qt.Key.Key_Up: (-1, 0), Qt.Key.Key_Down: (1, 0)}
+        if event.key() in steps:
+            self.stepKey.emit(*steps[event.key()])
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().paintEvent(event)
+        if self.opened is not None and not self._painted:
+            self._painted = True
+            QTimer.singleShot(0, self.firstPaint.emit)
+
+    def _scene_clicked(self, event) -> None:
+        if event.button() != Qt.MouseButton.LeftButton or event.double():
+            return
+        p = self.vb.mapSceneToView(event.scenePos())
+        self.clicked.emit(p.x(), p.y())
+
+    def _scene_moved(self, scene_pos: QPointF) -> None:
+        if self.vb.sceneBoundingRect().contains(scene_pos):
+            p = self.vb.mapSceneToView(scene_pos)
+            self.hovered.emit(p.x(), p.y())
+
+    # -- pyramid tiles -------------------------------------------------------------------------
+
+    def _level_for(self, l0_per_px: float) -> int | None:
+        """Pyramid level for this zoom, or None where the thumbnail is already sharp enough."""
+        info = self.opened.info
+        thumb_ds = info.dimensions[0] / self.opened.thumbnail.shape[1]
+        if l0_per_px >= thumb_ds * 0.95:
+            return None
+        # A level up to 1.25x coarser than the screen is still crisp and has 1.5-16x fewer pixels to draw.
+        best = 0
+        for level, ds in enumerate(info.level_downsamples):
+            if ds <= l0_per_px * 1.25:
+                best = level
+        return best
+
+    def _keys_in(self, level: int, rect: QRectF) -> list[TileKey]:
+        info = self.opened.info
+        ds = info.level_downsamples[level]
+        lw, lh = info.level_dimensions[level]
+        span = VIEW_TILE_PX * ds
+        tx0 = max(0, int(rect.left() // span))
+        ty0 = max(0, int(rect.top() // span))
+        tx1 = min((lw - 1) // VIEW_TILE_PX, int(rect.right() // span))
+        ty1 = min((lh - 1) // VIEW_TILE_PX, int(rect.bottom() // span))
+        cx, cy = rect.center().x() / span, rect.center().y() / span
+        keys = [(level, tx, ty) for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
+        keys.sort(key=lambda k: (k[1] + 0.5 - cx) ** 2 + (k[2] + 0.5 - cy) ** 2)
+        return keys
+
+    def update_tiles(self) -> None:
+        """Show cached tiles of the right level, ask the loaders for the rest, drop the others."""
+        if self.opened is None or self.requests is None:
+            return
+        rect = self.visible_l0_rect()
+        l0_per_px = self.l0_per_screen_px()
+        level = self._level_for(l0_per_px)
+        # Magnified pixels are drawn as pixels (no seams between tiles, honest at high zoom);
+        # minified ones are filtered so textures do not alias.
+        smooth = level is None or l0_per_px >= self.opened.info.level_downsamples[level]
+        mode = Qt.TransformationMode.SmoothTransformation if smooth else Qt.TransformationMode.FastTransformation
+        if mode != self._mode:
+            self._mode = mode
+            for item in self._items.values():
+                item.setTransformationMode(mode)
+        wanted: list[TileKey] = [] if level is None else self._keys_in(level, rect)
+        wanted = wanted[: self.MAX_LIVE_ITEMS // 2]
+        self._wanted = set(wanted)
+        missing = [k for k in wanted if k not in self.cache]
+        self.requests.replace(missing)
+        show = {k for k in wanted if k in self.cache}
+        if missing and level is not None:
+            # Coarser cached tiles stand in until the sharp ones arrive.
+            for coarser in range(level + 1, len(self.opened.info.level_downsamples)):
+                show.update(k for k in self._keys_in(coarser, rect) if k in self.cache)
+        for key in list(self._items):
+            if key not in show:
+                self.vb.removeItem(self._items.pop(key))
+        for key in sorted(show, key=lambda k: -k[0]):
+            if key not in self._items and len(self._items) < self.MAX_LIVE_ITEMS:
+                self._add_item(self.cache.get(key))
+
+    def _add_item(self, tile: TileLoaded | None) -> None:
+        if tile is None:
+            return
+        item = QGraphicsPixmapItem(QPixmap.fromImage(bgra_qimage(tile.bgra, tile.opaque)))
+        item.setTransformationMode(self._mode)
+        x, y, w, h = tile.l0_rect
+        item.setPos(x, y)
+        item.setTransform(QTransform.fromScale(w / tile.bgra.shape[1], h / tile.bgra.shape[0]))
+        item.setZValue(-50 - tile.key[0])
+        self.vb.addItem(item)
+        self._items[tile.key] = item
+
+    def tile_loaded(self, tile: TileLoaded) -> None:
+        self.cache.put(tile)
+        if tile.key in self._wanted and tile.key not in self._items:
+            self._add_item(tile)
+            if all(k in self._items for k in self._wanted):
+                self._update_timer.start()  # drop the stand-ins
+
+    @property
+    def live_tile_items(self) -> int:
+        return len(self._items)

@@ -1,0 +1,250 @@
+"""Generators the GUI runs in a Worker: open a slide, load tiles, preview tissue, run the analysis.
+
+Each opens its own slide handle (OpenSlide handles are never shared across threads) and only
+yields plain data, so the main thread never waits on OpenSlide or ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from cellview.cache import ResultCache
+from cellview.errors import SlideError
+from cellview.model import ModelSpec, OnnxClassifier
+from cellview.pipeline import CancelToken, analyze
+from cellview.results import AnalysisParams
+from cellview.slide import SlideInfo, open_slide
+from cellview.tiling import TileGrid, read_tile
+from cellview.tissue import TissueMask, TissueParams, detect_tissue
+
+THUMBNAIL_PX = 2048
+"""Longest side of the base image drawn under the pyramid tiles (and used for PNG export)."""
+
+VIEW_TILE_PX = 512
+"""Side of one display tile, in pixels of its pyramid level."""
+
+
+OVERVIEW_PX = 200
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """The thumbnail in the forms the main thread draws without converting (prepared off it)."""
+
+    bgra: np.ndarray  # QImage.Format_RGB32 memory layout: a QPixmap copy, no conversion
+    overview_rgb: np.ndarray
+
+    @classmethod
+    def from_rgb(cls, rgb: np.ndarray) -> BaseImage:
+        h, w = rgb.shape[:2]
+        k = OVERVIEW_PX / max(h, w)
+        small = cv2.resize(rgb, (max(1, int(w * k)), max(1, int(h * k))), interpolation=cv2.INTER_AREA)
+        return cls(np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)), small)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """Everything the viewer needs about a slide, read once off the main thread."""
+
+    path: str
+    info: SlideInfo
+    thumbnail: np.ndarray
+    base: BaseImage
+    vendor: str
+    is_plain_image: bool
+
+
+@dataclass(frozen=True)
+class SharperThumbnail:
+    """The full-size base image, after a quick preview was shown."""
+
+    path: str
+    thumbnail: np.ndarray
+    base: BaseImage
+
+
+def _quick_preview(slide) -> np.ndarray | None:
+    """The scanner's own small thumbnail (no pixel decoding of the pyramid), if it has the slide's shape."""
+    get = getattr(slide, "associated_image", None)
+    try:
+        img = get("thumbnail") if get else None
+    except Exception:  # noqa: BLE001 - a broken associated image only costs the preview
+        return None
+    if img is None:
+        return None
+    w0, h0 = slide.dimensions
+    return img if abs(img.shape[1] / img.shape[0] - w0 / h0) < 0.02 * (w0 / h0) else None
+
+
+def open_task(path: str, mpp_um: float | None) -> Iterator[Opened | SharperThumbnail]:
+    """Opened with the cheapest good preview, then the sharper base image if the preview was small.
+
+    Preview: the scanner's thumbnail, else the whole coarsest pyramid level when it is small
+    (one read, no resampling of a finer level), else a THUMBNAIL_PX thumbnail.
+    """
+    slide = open_slide(path, mpp_um=mpp_um)
+    try:
+        info = slide.info()
+        preview = _quick_preview(slide)
+        if preview is None:
+            coarsest_px = max(slide.level_dimensions[-1])
+            preview = slide.thumbnail(min(THUMBNAIL_PX, coarsest_px) if coarsest_px <= 2 * THUMBNAIL_PX else THUMBNAIL_PX)
+        yield Opened(str(slide.path), info, preview, BaseImage.from_rgb(preview), slide.vendor, slide.vendor == "image")
+        if max(preview.shape[:2]) < 0.75 * min(THUMBNAIL_PX, max(slide.dimensions)):
+            sharp = slide.thumbnail(THUMBNAIL_PX)
+            yield SharperThumbnail(str(slide.path), sharp, BaseImage.from_rgb(sharp))
+    finally:
+        slide.close()
+
+
+@dataclass(frozen=True)
+class ModelReady:
+    """The classifier is loaded: the status bar can say which model runs on what."""
+
+    spec: ModelSpec
+    description: str
+    provider_label: str
+    fallback_message: str | None
+
+
+def analysis_task(path: str, model_path: str, params: AnalysisParams, cancel: CancelToken,
+                  use_cache: bool = True) -> Iterator[object]:
+    """Load the model (can take seconds with TensorRT), then stream the core pipeline's events."""
+    spec = ModelSpec.load(model_path)
+    # Leave one core to the UI thread on small machines.
+    threads = max(1, (os.cpu_count() or 2) - 1)
+    classifier = OnnxClassifier(spec, device=params.device, intra_op_threads=threads)
+    yield ModelReady(spec, classifier.describe(), classifier.provider_label, classifier.fallback_message)
+    yield from analyze(path, classifier, params, cancel, ResultCache() if use_cache else None)
+
+
+@dataclass(frozen=True)
+class TissuePreview:
+    params: TissueParams
+    mask: TissueMask
+
+
+def tissue_task(path: str, mpp_um: float | None, params: TissueParams) -> Iterator[TissuePreview]:
+    slide = open_slide(path, mpp_um=mpp_um)
+    try:
+        yield TissuePreview(params, detect_tissue(slide, params, slide.mpp.um if slide.mpp else None))
+    finally:
+        slide.close()
+
+
+# ----------------------------------------------------------------------------- tile loading
+
+TileKey = tuple[int, int, int]  # (level, tile_x, tile_y)
+
+
+@dataclass(frozen=True)
+class TileLoaded:
+    """One display tile as BGRA (QImage.Format_RGB32 layout when opaque), converted off the main thread."""
+
+    key: TileKey
+    l0_rect: tuple[float, float, float, float]
+    bgra: np.ndarray
+    opaque: bool = True
+
+
+@dataclass(frozen=True)
+class PatchLoaded:
+    """The exact patch the model saw for one tile (for the inspector)."""
+
+    index: int
+    grid_id: int
+    rgb: np.ndarray | None  # None: the region could not be read
+
+
+@dataclass(frozen=True)
+class PatchRequest:
+    index: int
+    grid: TileGrid
+
+
+class TileRequests:
+    """What the loaders should read next; the main thread replaces it whenever the view moves.
+
+    Patch requests jump the queue. Stale tile requests are simply dropped on the next ``replace``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tiles: list[TileKey] = []
+        self._patches: list[PatchRequest] = []
+        self._in_flight: set[TileKey] = set()
+        self._wake = threading.Semaphore(0)
+        self.closed = threading.Event()
+
+    def replace(self, keys: list[TileKey]) -> None:
+        with self._lock:
+            self._tiles = [k for k in keys if k not in self._in_flight]
+        self._wake.release()
+
+    def add_patch(self, request: PatchRequest) -> None:
+        with self._lock:
+            self._patches = [request]
+        self._wake.release()
+
+    def close(self) -> None:
+        self.closed.set()
+        for _ in range(8):
+            self._wake.release()
+
+    def take(self, timeout_s: float = 0.2) -> TileKey | PatchRequest | None:
+        self._wake.acquire(timeout=timeout_s)
+        with self._lock:
+            if self._patches:
+                return self._patches.pop()
+            if self._tiles:
+                key = self._tiles.pop(0)
+                self._in_flight.add(key)
+                if self._tiles:
+                    self._wake.release()  # let the other loader take the next one
+                return key
+        return None
+
+    def finished(self, key: TileKey) -> None:
+        with self._lock:
+            self._in_flight.discard(key)
+
+
+def tile_loader_task(path: str, requests: TileRequests, cancel: CancelToken) -> Iterator[TileLoaded | PatchLoaded]:
+    """One loader thread: its own slide handle, reading display tiles and inspector patches on demand."""
+    slide = open_slide(path)
+    try:
+        while not (cancel.cancelled or requests.closed.is_set()):
+            req = requests.take()
+            if req is None:
+                continue
+            if isinstance(req, PatchRequest):
+                try:
+                    yield PatchLoaded(req.index, id(req.grid), read_tile(slide, req.grid, req.index))
+                except SlideError:
+                    yield PatchLoaded(req.index, id(req.grid), None)
+                continue
+            level, tx, ty = req
+            try:
+                lw, lh = slide.level_dimensions[level]
+                ds = slide.level_downsamples[level]
+                x, y = tx * VIEW_TILE_PX, ty * VIEW_TILE_PX
+                w, h = min(VIEW_TILE_PX, lw - x), min(VIEW_TILE_PX, lh - y)
+                if w <= 0 or h <= 0:
+                    continue
+                try:
+                    rgb = slide.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h))
+                    tile = TileLoaded(req, (x * ds, y * ds, w * ds, h * ds), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA))
+                except SlideError:
+                    # Damaged region: a transparent tile lets the thumbnail show and is not asked for again.
+                    tile = TileLoaded(req, (x * ds, y * ds, w * ds, h * ds), np.zeros((h, w, 4), np.uint8), False)
+                yield tile
+            finally:
+                requests.finished(req)
+    finally:
+        slide.close()
