@@ -82,6 +82,7 @@ def main() -> int:
     ap.add_argument("--height", type=int, default=50000)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--quality", type=int, default=80)
+    ap.add_argument("--source", type=Path, default=SOURCE, help="slide whose tissue is tiled")
     args = ap.parse_args()
     out = args.out or default_path(args.width, args.height)
     if out.exists():
@@ -89,7 +90,7 @@ def main() -> int:
         return 0
     import tifffile
 
-    with open_slide(SOURCE) as slide:
+    with open_slide(args.source) as slide:
         source = slide.read_region((0, 0), 0, slide.dimensions)
     base = _variants(source)
     n_bx, n_by = -(-args.width // BLOCK), -(-args.height // BLOCK)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -149,6 +150,13 @@ def main() -> int:
     if common:
         a = np.stack([ws[k] for k in common])
         b = np.stack([cv[k] for k in common])
+        # CellView applies the fitted temperature T; WSInfer softmaxes raw logits. softmax(T·log p_T)
+        # recovers the untempered probabilities, so the two tools' numbers are comparable.
+        temperature = float(json.loads((model_dir / "model.json").read_text()).get("temperature", 1.0))
+        z = temperature * np.log(np.clip(b, 1e-12, 1.0))
+        b = np.exp(z - z.max(axis=1, keepdims=True))
+        b /= b.sum(axis=1, keepdims=True)
+        print(f"(CellView probabilities un-tempered with T = {temperature:.3f} for the comparison)")
         diff = np.abs(a - b)
         agree = float(np.mean(a.argmax(1) == b.argmax(1)))
         print(f"matching tiles: {len(common)} (WSInfer only {len(ws) - len(common)}, CellView only {len(cv) - len(common)})")
