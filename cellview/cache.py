@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ def slide_info_from_dict(data: dict[str, Any]) -> SlideInfo:
 
 def result_to_bytes(result: AnalysisResult) -> bytes:
     grid = result.grid
-    scalars = {k: v for k, v in grid.__dict__.items() if k not in _GRID_ARRAYS}
+    scalars = {f.name: getattr(grid, f.name) for f in fields(grid) if f.name not in _GRID_ARRAYS}
     meta = {
         "format": _FORMAT,
         "cellview": __version__,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -51,9 +52,14 @@ class TileGrid:
         return self.n_rows, self.n_cols
 
     def index_grid(self) -> np.ndarray:
-        """(n_rows, n_cols) int32 array: tile index at each grid cell, -1 where none."""
+        """(n_rows, n_cols) int32 array: tile index at each grid cell, -1 where none (built once)."""
+        return self._index_grid
+
+    @cached_property
+    def _index_grid(self) -> np.ndarray:
         out = np.full((self.n_rows, self.n_cols), -1, dtype=np.int32)
         out[self.grid_row, self.grid_col] = np.arange(self.n_tiles, dtype=np.int32)
+        out.setflags(write=False)
         return out
 
     def tile_at(self, l0_x: float, l0_y: float) -> int:
