@@ -280,8 +280,11 @@ class OpenSlideSlide(Slide):
     def read_region(self, l0_xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         import openslide
 
+        x, y, w, h = int(l0_xy[0]), int(l0_xy[1]), int(size[0]), int(size[1])
         try:
-            img = self._osr.read_region((int(l0_xy[0]), int(l0_xy[1])), int(level), (int(size[0]), int(size[1])))
+            if _fast_read is not None and w > 0 and h > 0:
+                return _fast_read(self._osr, x, y, int(level), w, h)
+            img = self._osr.read_region((x, y), int(level), (w, h))
         except openslide.OpenSlideError as exc:
             # OpenSlide handles are unusable after an error: discard this one, keep the object usable.
             self._replace_handle()
@@ -306,6 +309,39 @@ class OpenSlideSlide(Slide):
 
     def close(self) -> None:
         self._osr.close()
+
+
+def _make_fast_read() -> Any:
+    """Read straight into a NumPy buffer, skipping PIL's copy and un-premultiply (~20% of a read).
+
+    OpenSlide writes premultiplied ARGB; on white that is simply ``c + (255 - a)``. Falls back
+    to the public API if openslide-python's low-level names ever change.
+    """
+    import ctypes
+    import sys
+
+    try:
+        from openslide import lowlevel
+    except ImportError:
+        return None
+    raw = getattr(lowlevel, "_read_region", None)
+    if raw is None or sys.byteorder != "little":
+        return None
+    pointer = ctypes.POINTER(ctypes.c_uint32)
+
+    def read(osr: Any, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
+        buf = np.empty((h, w, 4), dtype=np.uint8)  # B, G, R, A in memory (little-endian ARGB)
+        raw(osr._osr, buf.ctypes.data_as(pointer), x, y, level, w, h)
+        rgb = buf[..., 2::-1]
+        alpha = buf[..., 3]
+        if alpha.min() == 255:
+            return np.ascontiguousarray(rgb)
+        return rgb + (255 - alpha)[..., None]
+
+    return read
+
+
+_fast_read = _make_fast_read()
 
 
 class ImageSlide(Slide):
