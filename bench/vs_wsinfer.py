@@ -88,6 +88,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--spacing", type=float,
+                    help="run both tools at this µm/px instead of the model's (e.g. the slide's own, so "
+                         "no resampling differs between the tools and the agreement check is exact)")
     args = ap.parse_args()
 
     model_dir = REPO / "models" / args.model
@@ -96,6 +99,18 @@ def main() -> int:
         if not p.exists():
             print(f"missing {p} (export the model with `cellview export`)", file=sys.stderr)
             return 2
+    work = Path(tempfile.mkdtemp(prefix="vs-wsinfer-"))
+    if args.spacing:
+        # Same weights, another declared spacing: copies of both configs, the weights linked.
+        alt = work / "model"
+        alt.mkdir()
+        for src, name in ((onnx, "model.onnx"), (ts, "model.pt")):
+            (alt / name).symlink_to(src.resolve())
+        for src, name in ((model_dir / "model.json", "model.json"), (cfg, "config.json")):
+            data = json.loads(src.read_text())
+            data["spacing_um_px"] = args.spacing
+            (alt / name).write_text(json.dumps(data))
+        onnx, ts, cfg = alt / "model.onnx", alt / "model.pt", alt / "config.json"
     venv = args.wsinfer_venv
     if args.install and not (venv / "bin" / "wsinfer").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -112,7 +127,6 @@ def main() -> int:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     cellview = shutil.which("cellview") or str(Path(sys.executable).parent / "cellview")
 
-    work = Path(tempfile.mkdtemp(prefix="vs-wsinfer-"))
     slide_dir = work / "slides"
     slide_dir.mkdir()
     (slide_dir / args.slide.name).symlink_to(args.slide.resolve())
@@ -136,7 +150,9 @@ def main() -> int:
     cv_csv = cv_out / f"{args.slide.stem}.csv"
     ws, cv = read_probs(ws_csv), read_probs(cv_csv)
     n_tiles = {"wsinfer": len(ws), "cellview": len(cv)}
-    print(f"slide: {args.slide}  model: {args.model}  rounds: {args.rounds} (alternating)  cores: {os.cpu_count()}")
+    spacing = args.spacing or json.loads(cfg.read_text())["spacing_um_px"]
+    print(f"slide: {args.slide}  model: {args.model} at {spacing} µm/px  rounds: {args.rounds} (alternating)  "
+          f"cores: {os.cpu_count()}")
     print(f"{'tool':<10}{'tiles':>8}{'wall s (best)':>15}{'tiles/s':>10}{'peak RSS MiB':>14}")
     best = {}
     for tool, runs in figures.items():
@@ -152,7 +168,7 @@ def main() -> int:
         b = np.stack([cv[k] for k in common])
         # CellView applies the fitted temperature T; WSInfer softmaxes raw logits. softmax(T·log p_T)
         # recovers the untempered probabilities, so the two tools' numbers are comparable.
-        temperature = float(json.loads((model_dir / "model.json").read_text()).get("temperature", 1.0))
+        temperature = float(json.loads(onnx.with_suffix(".json").read_text()).get("temperature", 1.0))
         z = temperature * np.log(np.clip(b, 1e-12, 1.0))
         b = np.exp(z - z.max(axis=1, keepdims=True))
         b /= b.sum(axis=1, keepdims=True)

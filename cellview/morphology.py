@@ -520,21 +520,29 @@ def _shoelace(ring: np.ndarray) -> float:
 
 def regions_from_mask(cells: np.ndarray, stride_xy: tuple[float, float], slide_wh: tuple[int, int] | None = None,
                       mpp_um: float | None = None, connectivity: int = 8) -> list[tuple[np.ndarray, tuple[np.ndarray, ...], float]]:
-    """Connected components of a (rows, cols) bool cell mask → [(cell mask, rings (level-0), area px²)]."""
-    n, comp = cv2.connectedComponents(cells.astype(np.uint8), connectivity=connectivity)
+    """Connected components of a (rows, cols) bool cell mask → [(cell mask, rings (level-0), area px²)].
+
+    Each component is traced inside its own bounding box, so the cost grows with the grid, not
+    with grid × number of regions (noisy predictions make thousands of small regions).
+    """
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(cells.astype(np.uint8), connectivity=connectivity)
     out = []
     sx, sy = stride_xy
     for k in range(1, n):
-        member = comp == k
-        big = np.kron(member.astype(np.uint8), np.ones((2, 2), np.uint8))
-        big = np.pad(big, 1)
+        c0, r0 = int(stats[k, cv2.CC_STAT_LEFT]), int(stats[k, cv2.CC_STAT_TOP])
+        w, h = int(stats[k, cv2.CC_STAT_WIDTH]), int(stats[k, cv2.CC_STAT_HEIGHT])
+        crop = comp[r0:r0 + h, c0:c0 + w] == k
+        member = np.zeros(cells.shape, bool)
+        member[r0:r0 + h, c0:c0 + w] = crop
+        # Cells doubled in size so corner-touching cells trace as one outline; 1 px pad for findContours.
+        big = np.pad(np.kron(crop.astype(np.uint8), np.ones((2, 2), np.uint8)), 1)
         found, hier = cv2.findContours(big, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
         outer = [i for i in range(len(found)) if hier[0][i][3] < 0]
         rings = []
         for i in outer[:1] + [i for i in range(len(found)) if hier[0][i][3] >= 0]:
             r = _ring(found[i].reshape(-1, 2) - 1).astype(np.float64)  # undo the padding
-            r[:, 0] *= sx
-            r[:, 1] *= sy
+            r[:, 0] = (r[:, 0] + c0) * sx
+            r[:, 1] = (r[:, 1] + r0) * sy
             if slide_wh is not None:
                 r[:, 0] = np.clip(r[:, 0], 0, slide_wh[0])
                 r[:, 1] = np.clip(r[:, 1], 0, slide_wh[1])

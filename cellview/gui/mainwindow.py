@@ -53,12 +53,13 @@ from cellview.gui.tasks import (
     TissuePreview,
     analysis_task,
     open_task,
+    regions_task,
     tile_loader_task,
     tissue_task,
 )
 from cellview.gui.worker import Worker
 from cellview.model import CATEGORIES, CATEGORY_COLORS, DEFAULT_MODEL, DEVICES, ModelSpec, available_models
-from cellview.morphology import TileNuclei
+from cellview.morphology import Region, TileNuclei
 from cellview.pipeline import BatchDone, Finished, Started
 from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
 from cellview.slide import SUPPORTED_SUFFIXES, Mpp
@@ -66,6 +67,9 @@ from cellview.tissue import TissueParams
 
 LOADER_THREADS = 2
 REPAINT_INTERVAL_MS = 100
+REGIONS_INTERVAL_MS = 500
+"""While batches stream in, malignant regions are recomputed and redrawn at most this often."""
+MAX_REGIONS_DRAWN = 200
 WHOLE_IMAGE = "whole-image"
 
 
@@ -157,6 +161,7 @@ class MainWindow(QMainWindow):
     overlayPainted = Signal()
     patchShown = Signal(int)
     tissueShown = Signal()
+    regionsShown = Signal()
     errorShown = Signal(str, str)
 
     def __init__(self, kiosk: bool = False, analysis_defaults: AnalysisParams | None = None) -> None:
@@ -200,6 +205,8 @@ class MainWindow(QMainWindow):
         self._repaint_timer.timeout.connect(self._flush_repaint)
         self._tissue_timer = QTimer(self, singleShot=True, interval=300)
         self._tissue_timer.timeout.connect(self.update_tissue_preview)
+        self._regions_timer = QTimer(self, singleShot=True, interval=REGIONS_INTERVAL_MS)
+        self._regions_timer.timeout.connect(self.update_regions)
         self.refresh_models()
         self._set_running(False)
 
@@ -271,6 +278,20 @@ class MainWindow(QMainWindow):
         self.show_overlay.setChecked(True)
         self.show_overlay.toggled.connect(self.repaint_overlay)
         c.addWidget(self.show_overlay)
+        self.show_regions = QCheckBox("Outline malignant regions")
+        self.show_regions.setToolTip("Connected malignant tiles at or above the minimum confidence, "
+                                     "with bounding boxes and areas")
+        self.show_regions.toggled.connect(self.update_regions)
+        c.addWidget(self.show_regions)
+        self.regions_label = QLabel("")
+        self.regions_label.setObjectName("hint")
+        self.regions_label.setWordWrap(True)
+        self.regions_label.setVisible(False)
+        c.addWidget(self.regions_label)
+        self.region_list: list[Region] = []
+        self._regions_key: tuple | None = None
+        self._regions_worker: Worker | None = None
+        self._regions_again = False
         form = QFormLayout()
         form.setHorizontalSpacing(10)
         self.opacity = QSlider(Qt.Orientation.Horizontal)
@@ -397,6 +418,10 @@ class MainWindow(QMainWindow):
         act = QAction("Show heatmap", self, checkable=True, checked=True, shortcut=QKeySequence("H"))
         act.toggled.connect(self.show_overlay.setChecked)
         self.show_overlay.toggled.connect(act.setChecked)
+        m.addAction(act)
+        act = QAction("Outline malignant regions", self, checkable=True, checked=False, shortcut=QKeySequence("R"))
+        act.toggled.connect(self.show_regions.setChecked)
+        self.show_regions.toggled.connect(act.setChecked)
         m.addAction(act)
         m = bar.addMenu("&Analysis")
         self.act_analyse = m.addAction("&Analyse", QKeySequence("Ctrl+R"), self.start_analysis)
@@ -551,6 +576,7 @@ class MainWindow(QMainWindow):
         self.opened, self.result, self._run, self.mpp_choice = None, None, None, None
         self._partial = None
         self.view.clear_slide()
+        self.update_regions()
         self.inspector.clear()
         self.toggles.set_counts(None)
         self.summary_label.setText("")
@@ -617,7 +643,7 @@ class MainWindow(QMainWindow):
             self.view.tile_loaded(item)
         elif isinstance(item, PatchLoaded) and self._run and item.grid_id == id(self._run["grid"]):
             if item.index == self.inspector.index:
-                self.inspector.set_patch(item.rgb)
+                self.inspector.set_patch(item.rgb, item.nuclei, item.contoured)
                 self.patchShown.emit(item.index)
 
     # ------------------------------------------------------------------------------ workers
@@ -676,6 +702,7 @@ class MainWindow(QMainWindow):
         self.result, self._run, self._partial = None, None, None
         self.view.set_overlay(None)
         self.view.set_label(None)
+        self.update_regions()
         self.inspector.clear()
         self.view.set_selection(None)
         self.provider_label.setText(f"Loading {Path(model_path).parent.name}…")
@@ -870,7 +897,71 @@ class MainWindow(QMainWindow):
         self._update_single_label(result)
         if self.inspector.index >= 0 and self.inspector.index < g.n_tiles:
             self.inspector.show_tile(self.inspector.index, result, self._mpp_um())
+        if self.result is None and self.analysis is not None:
+            if not self._regions_timer.isActive():  # throttled while batches stream in
+                self._regions_timer.start()
+        else:
+            self._regions_timer.stop()
+            self.update_regions()
         self.overlayPainted.emit()
+
+    def update_regions(self, *args) -> None:
+        """Malignant regions of the finished tiles at the viewer's confidence threshold, when shown.
+
+        Computed in a worker, one at a time (a request during a computation follows it); skipped
+        when neither the result, its progress nor the threshold changed (a category toggle or a
+        heatmap mode switch repaints the overlay but cannot change the regions).
+        """
+        result = self.partial_result() if self.show_regions.isChecked() else None
+        if result is None or result.grid.whole_image:
+            self._regions_key, self._regions_worker, self._regions_again = None, None, False
+            self.region_list = []
+            self.view.set_regions(())
+            self.regions_label.setVisible(False)
+            self.regionsShown.emit()
+            return
+        min_conf = self.threshold.value() / 100
+        key = (result, result.n_done, min_conf)
+        if self._regions_key is not None and self._regions_key[0] is result and self._regions_key[1:] == key[1:]:
+            return
+        if self._regions_worker is not None:
+            self._regions_again = True
+            return
+        self._regions_key = key
+        # a snapshot: batches keep arriving in the live arrays while the worker reads
+        snapshot = replace(result, probs=result.probs.copy(), state=result.state.copy())
+        worker = Worker(lambda cancel: regions_task(snapshot, min_conf), "regions")
+        worker.item.connect(
+            lambda regions, w=worker: self._show_regions(regions, min_conf) if w is self._regions_worker else None)
+        worker.failed.connect(lambda exc: self.statusBar().showMessage(f"Regions failed: {exc.message}", 8000))
+        worker.done.connect(lambda w=worker: self._regions_done(w))
+        self._regions_worker = worker
+        self._start(worker)
+
+    def _show_regions(self, regions: list[Region], min_conf: float) -> None:
+        self.region_list = regions
+        self.view.set_regions(regions[:MAX_REGIONS_DRAWN])
+        self.regions_label.setText(self._regions_text(regions, min_conf))
+        self.regions_label.setVisible(True)
+        self.regionsShown.emit()
+
+    def _regions_done(self, worker: Worker) -> None:
+        if worker is not self._regions_worker:
+            return
+        self._regions_worker = None
+        if self._regions_again:
+            self._regions_again = False
+            self.update_regions()
+
+    @staticmethod
+    def _regions_text(regions: list[Region], min_conf: float) -> str:
+        where = f"malignant at ≥ {min_conf:.0%} confidence" if min_conf > 0 else "malignant"
+        if not regions:
+            return f"No region: no tile is {where}."
+        text = f"{len(regions)} region{'s' * (len(regions) > 1)} of tiles {where}; largest {regions[0].label()}"
+        if len(regions) > MAX_REGIONS_DRAWN:
+            text += f"; the {MAX_REGIONS_DRAWN} largest are drawn"
+        return text + "."
 
     def _summary_text(self, result: AnalysisResult) -> str:
         text = f"{result.n_done:,} of {result.n_tiles:,} tiles classified"
@@ -962,7 +1053,7 @@ class MainWindow(QMainWindow):
         self.inspector.show_tile(index, result, self._mpp_um())
         self.view.set_selection(result.grid.rect(index))
         if self.requests is not None:
-            self.requests.add_patch(PatchRequest(index, result.grid))
+            self.requests.add_patch(PatchRequest(index, result.grid, self._mpp_um(), self.inspector.PATCH_PX))
 
     def step_selection(self, d_row: int, d_col: int) -> None:
         """Move to the nearest tile in that direction along the row or column."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QLinearGradient, QPainter, QPixmap
@@ -18,6 +20,21 @@ from PySide6.QtWidgets import (
 
 from cellview.gui.slideview import rgb_qimage
 from cellview.model import CATEGORIES, CATEGORY_COLORS
+from cellview.morphology import NucleiMeasurement
+
+
+def nuclei_lines(count: float, density: float, mean_area: float, median_area: float, circularity: float,
+                 eccentricity: float, area_unit: str) -> list[str]:
+    """The inspector's nuclei rows; areas in µm², or px² flagged as such when the scale is unknown."""
+    if not math.isfinite(count):
+        return []
+    dens = f"  ({density:,.0f}/mm²)" if math.isfinite(density) else ""
+    lines = [f"nuclei    {int(count)}{dens}"]
+    if count >= 1 and math.isfinite(mean_area):
+        unit = "µm²" if area_unit == "um2" else "px² (scale unknown)"
+        lines.append(f"  area    mean {mean_area:.0f}, median {median_area:.0f} {unit}")
+        lines.append(f"  shape   circularity {circularity:.2f}, eccentricity {eccentricity:.2f}")
+    return lines
 
 
 def swatch(color: str, size: int = 12) -> QPixmap:
@@ -78,7 +95,7 @@ class ProbabilityBars(QWidget):
 class TileInspector(QWidget):
     """What the model saw for one tile and what it said about it."""
 
-    PATCH_PX = 140
+    PATCH_PX = 196  # large enough to see nucleus contours on a 224-px patch
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -102,6 +119,11 @@ class TileInspector(QWidget):
         facts.addWidget(self.title)
         facts.addWidget(self.subtitle)
         facts.addStretch(1)
+        self.contours_box = QCheckBox("Nucleus contours")
+        self.contours_box.setChecked(True)
+        self.contours_box.setToolTip("Outline the nuclei found in this patch (H&E deconvolution + watershed)")
+        self.contours_box.toggled.connect(lambda _on: self._show_pixmap())
+        facts.addWidget(self.contours_box)
         top.addLayout(facts, 1)
         lay.addLayout(top)
         self.bars = ProbabilityBars()
@@ -112,9 +134,15 @@ class TileInspector(QWidget):
         self.details.setStyleSheet("color:#c3c9ce; font-family:'DejaVu Sans Mono', monospace; font-size:11px;")
         lay.addWidget(self.details)
         self.index = -1
+        self.nuclei: NucleiMeasurement | None = None  # measured live on the shown patch
+        self._rgb: np.ndarray | None = None
+        self._contoured: np.ndarray | None = None
+        self._nuclei_rows: list[str] = []
+        self._lines: list[str] = []
 
     def clear(self) -> None:
         self.index = -1
+        self.nuclei, self._rgb, self._contoured, self._nuclei_rows, self._lines = None, None, None, [], []
         self.title.setText("No tile selected")
         self.subtitle.setText("Click a tile on the slide.\nArrow keys step to neighbours.")
         self.bars.set_values((), (), None)
@@ -123,6 +151,8 @@ class TileInspector(QWidget):
 
     def show_tile(self, index: int, result, mpp_um: float | None) -> None:
         """``result`` is an AnalysisResult (possibly partial: the tile may not be done yet)."""
+        if index != self.index:
+            self.nuclei, self._nuclei_rows = None, []
         self.index = index
         g, m = result.grid, result.model
         x, y, w, h = g.rect(index)
@@ -149,19 +179,37 @@ class TileInspector(QWidget):
             f"tissue    {float(g.tissue_fraction[index]):.0%}",
         ]
         nuclei = getattr(result, "nuclei", None)
-        if nuclei is not None and bool(nuclei.measured[index]):
-            unit = "µm²" if nuclei.area_unit == "um2" else "px²"
-            lines.append(f"nuclei    {int(nuclei.count[index])}  ({nuclei.density_per_mm2[index]:,.0f}/mm²)")
-            lines.append(f"  area    mean {nuclei.mean_area[index]:.0f} {unit}, "
-                         f"circularity {nuclei.mean_circularity[index]:.2f}")
-        self.details.setText("\n".join(lines))
+        if self.nuclei is None and nuclei is not None and bool(nuclei.measured[index]):
+            # the run's per-tile values until the live measurement (with contours) arrives
+            self._nuclei_rows = nuclei_lines(*(float(v) for v in nuclei.values[index]), nuclei.area_unit)
+        self._lines = lines
+        self._show_details()
 
-    def set_patch(self, rgb: np.ndarray | None) -> None:
+    def _show_details(self) -> None:
+        self.details.setText("\n".join(self._lines + self._nuclei_rows))
+
+    def set_patch(self, rgb: np.ndarray | None, nuclei: NucleiMeasurement | None = None,
+                  contoured: np.ndarray | None = None) -> None:
+        """The model's patch; with ``nuclei``, ``contoured`` is it at display size with their outlines."""
+        self._rgb, self._contoured, self.nuclei = rgb, contoured, nuclei
         if rgb is None:
             self.patch.setText("unreadable")
             return
-        pm = QPixmap.fromImage(rgb_qimage(rgb)).scaled(
-            self.PATCH_PX, self.PATCH_PX, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+        if nuclei is not None:
+            m = nuclei
+            self._nuclei_rows = nuclei_lines(m.count, m.density_per_mm2, m.mean_area, m.median_area,
+                                             m.mean_circularity, m.mean_eccentricity, m.area_unit)
+            self._show_details()
+        self._show_pixmap()
+
+    def _show_pixmap(self) -> None:
+        img = self._contoured if self._contoured is not None and self.contours_box.isChecked() else self._rgb
+        if img is None:
+            return
+        pm = QPixmap.fromImage(rgb_qimage(img))
+        if max(pm.width(), pm.height()) != self.PATCH_PX:
+            pm = pm.scaled(self.PATCH_PX, self.PATCH_PX, Qt.AspectRatioMode.KeepAspectRatio,
+                           Qt.TransformationMode.SmoothTransformation)
         self.patch.setPixmap(pm)
 
 

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen, QPixmap, QTransform
-from PySide6.QtWidgets import QGraphicsPixmapItem, QGraphicsRectItem, QWidget
+from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPen, QPixmap, QPolygonF, QTransform
+from PySide6.QtWidgets import QGraphicsPathItem, QGraphicsPixmapItem, QGraphicsRectItem, QWidget
 
 from cellview.gui.tasks import VIEW_TILE_PX, Opened, TileKey, TileLoaded, TileRequests
+from cellview.morphology import Region
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
@@ -181,6 +185,66 @@ class Overview(QWidget):
             self._emit(event.position())
 
 
+REGION_COLOR = "#ffd400"
+"""Region outlines: yellow stays visible over the red malignant tint and the pink stain alike."""
+
+
+@dataclass
+class RegionGraphics:
+    """The three scene items of one malignant region (level-0 coordinates, cosmetic pens)."""
+
+    region: Region
+    outline: QGraphicsPathItem  # outline and holes, one path
+    box: QGraphicsRectItem  # dashed bounding box
+    label: pg.TextItem  # "#1 0.54 mm²", above the box, constant size on screen
+
+    @property
+    def text(self) -> str:
+        return self.label.toPlainText().strip()  # without the &nbsp; padding
+
+    def items(self) -> tuple:
+        return self.outline, self.box, self.label
+
+    def set_visible(self, on: bool) -> None:
+        for item in self.items():
+            item.setVisible(on)
+
+
+def region_label(region: Region) -> str:
+    return f"#{region.rank} {region.label()}"
+
+
+def region_path(region: Region) -> QPainterPath:
+    """Outline and holes as closed subpaths (odd-even fill: holes stay holes if ever filled)."""
+    path = QPainterPath()
+    path.setFillRule(Qt.FillRule.OddEvenFill)
+    for ring in region.rings:
+        path.addPolygon(QPolygonF([QPointF(float(x), float(y)) for x, y in ring]))
+        path.closeSubpath()
+    return path
+
+
+def _region_graphics(region: Region) -> RegionGraphics:
+    color = QColor(REGION_COLOR)
+    outline = QGraphicsPathItem(region_path(region))
+    pen = QPen(color, 2.5)
+    pen.setCosmetic(True)
+    pen.setJoinStyle(Qt.PenJoinStyle.MiterJoin)
+    outline.setPen(pen)
+    outline.setZValue(15)
+    box = QGraphicsRectItem(QRectF(*region.bbox))
+    dash = QPen(color, 1.2, Qt.PenStyle.DashLine)
+    dash.setCosmetic(True)
+    box.setPen(dash)
+    box.setZValue(15)
+    label = pg.TextItem(anchor=(0, 1))
+    label.setHtml(f"<div style='background-color:rgba(20,22,25,200); color:{REGION_COLOR}; "
+                  f"font-size:10pt; font-weight:600;'>&nbsp;{escape(region_label(region))}&nbsp;</div>")
+    label.setPos(region.bbox[0], region.bbox[1])
+    label.setZValue(25)
+    return RegionGraphics(region, outline, box, label)
+
+
 class SlideView(pg.GraphicsView):
     """Level-0 pixel coordinates, y down, aspect locked. Emits clicks and hovers in level-0 pixels."""
 
@@ -220,6 +284,7 @@ class SlideView(pg.GraphicsView):
         self.label.setZValue(30)
         self.label.setVisible(False)
         self.vb.addItem(self.label)
+        self.regions: list[RegionGraphics] = []
 
         self.scale_bar = ScaleBar(self)
         self.overview = Overview(self)
@@ -272,6 +337,7 @@ class SlideView(pg.GraphicsView):
         self.tissue_item.clear()
         self.selection.setVisible(False)
         self.label.setVisible(False)
+        self.set_regions(())
         self.overview.hide()
 
     def fit(self) -> None:
@@ -319,6 +385,16 @@ class SlideView(pg.GraphicsView):
             return
         self.selection.setRect(QRectF(*rect))
         self.selection.setVisible(True)
+
+    def set_regions(self, regions: Sequence[Region]) -> None:
+        """Replace the malignant-region outlines, boxes and labels (three items per region)."""
+        for g in self.regions:
+            for item in g.items():
+                self.vb.removeItem(item)
+        self.regions = [_region_graphics(r) for r in regions]
+        for g in self.regions:
+            for item in g.items():
+                self.vb.addItem(item)
 
     def set_label(self, html: str | None) -> None:
         if not html:

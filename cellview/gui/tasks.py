@@ -17,8 +17,9 @@ import numpy as np
 from cellview.cache import ResultCache
 from cellview.errors import SlideError
 from cellview.model import ModelSpec, OnnxClassifier
+from cellview.morphology import NucleiMeasurement, Region, malignant_regions, measure_nuclei, patch_mpp
 from cellview.pipeline import CancelToken, analyze
-from cellview.results import AnalysisParams
+from cellview.results import AnalysisParams, AnalysisResult
 from cellview.slide import SlideInfo, open_slide
 from cellview.tiling import TileGrid, read_tile
 from cellview.tissue import TissueMask, TissueParams, detect_tissue
@@ -124,6 +125,14 @@ def analysis_task(path: str, model_path: str, params: AnalysisParams, cancel: Ca
     yield from analyze(path, classifier, params, cancel, ResultCache() if use_cache else None)
 
 
+def regions_task(result: AnalysisResult, min_confidence: float) -> Iterator[list[Region]]:
+    """Malignant regions off the main thread: noisy predictions make thousands of them, which takes seconds.
+
+    ``result`` must be a snapshot the main thread no longer writes to (its arrays copied).
+    """
+    yield malignant_regions(result, min_confidence)
+
+
 @dataclass(frozen=True)
 class TissuePreview:
     params: TissueParams
@@ -155,17 +164,62 @@ class TileLoaded:
 
 @dataclass(frozen=True)
 class PatchLoaded:
-    """The exact patch the model saw for one tile (for the inspector)."""
+    """The exact patch the model saw for one tile, and its nuclei (for the inspector)."""
 
     index: int
     grid_id: int
     rgb: np.ndarray | None  # None: the region could not be read
+    nuclei: NucleiMeasurement | None = None  # with contours; None: not measured or failed
+    contoured: np.ndarray | None = None  # the patch at display size with the nucleus contours drawn
 
 
 @dataclass(frozen=True)
 class PatchRequest:
+    """``mpp_um`` is the slide's µm per level-0 pixel as the viewer knows it (possibly user-entered),
+    which the loader's own slide handle does not know; ``display_px`` is the inspector's patch size."""
+
     index: int
     grid: TileGrid
+    mpp_um: float | None = None
+    display_px: int = 0  # 0: do not measure nuclei
+
+
+CONTOUR_RGB = (57, 255, 20)
+"""Nucleus contours in the inspector: bright green, away from the H&E pinks and purples."""
+
+
+def contoured_patch(rgb: np.ndarray, m: NucleiMeasurement, display_px: int) -> np.ndarray:
+    """The patch resized to ``display_px`` with the contours drawn at that size.
+
+    Drawing at display size keeps them one crisp screen pixel wide; drawn on the model patch and
+    then scaled down they would blur into the stain.
+    """
+    h, w = rgb.shape[:2]
+    k = display_px / max(h, w)
+    size = (max(1, round(w * k)), max(1, round(h * k)))
+    out = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_CUBIC)
+    if m.contours:
+        # contour points are pixel centres: (p + 0.5) * k − 0.5 in the resized image, 4 fractional bits
+        pts = [np.round(((c.astype(np.float64) + 0.5) * k - 0.5) * 16).astype(np.int32).reshape(-1, 1, 2)
+               for c in m.contours]
+        cv2.polylines(out, pts, True, CONTOUR_RGB, 1, cv2.LINE_AA, shift=4)
+    return out
+
+
+def load_patch(slide, request: PatchRequest) -> PatchLoaded:
+    """Read one inspector patch and, when asked, measure its nuclei (on the calling loader thread)."""
+    grid_id = id(request.grid)
+    try:
+        rgb = read_tile(slide, request.grid, request.index)
+    except SlideError:
+        return PatchLoaded(request.index, grid_id, None)
+    if request.display_px <= 0:
+        return PatchLoaded(request.index, grid_id, rgb)
+    try:
+        m = measure_nuclei(rgb, patch_mpp(request.grid, request.mpp_um), want_contours=True)
+    except Exception:  # noqa: BLE001 - a failed measurement only costs the nuclei, not the patch or the loader
+        return PatchLoaded(request.index, grid_id, rgb)
+    return PatchLoaded(request.index, grid_id, rgb, m, contoured_patch(rgb, m, request.display_px))
 
 
 class TileRequests:
@@ -224,10 +278,7 @@ def tile_loader_task(path: str, requests: TileRequests, cancel: CancelToken) -> 
             if req is None:
                 continue
             if isinstance(req, PatchRequest):
-                try:
-                    yield PatchLoaded(req.index, id(req.grid), read_tile(slide, req.grid, req.index))
-                except SlideError:
-                    yield PatchLoaded(req.index, id(req.grid), None)
+                yield load_patch(slide, req)
                 continue
             level, tx, ty = req
             try:

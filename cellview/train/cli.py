@@ -50,6 +50,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     x.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/colon-he")
     x.add_argument("--version", default="1.0.0")
     x.add_argument("--no-wsinfer", action="store_true")
+    x.add_argument("--no-fp16", action="store_true", help="skip the half-precision GPU copy")
     x.set_defaults(func=cmd_export)
 
 
@@ -125,7 +126,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not (args.run / "model.pt").exists():
         return _fail(f"{args.run} is not a finished training run (no model.pt)")
     try:
-        export_run(args.run, args.out, args.version, wsinfer=not args.no_wsinfer)
+        export_run(args.run, args.out, args.version, wsinfer=not args.no_wsinfer, fp16=not args.no_fp16)
     except (ModelError, RuntimeError) as exc:
         return _fail(str(exc))
     return 0

@@ -73,6 +73,7 @@ class Recipe:
     license: str = "Research use only; see the training data terms"
     group_near_duplicates: bool = False
     group_threshold: float = 0.95
+    group_mutual_k: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,6 +89,7 @@ class Recipe:
             "patch_size": self.patch_size,
             "group_near_duplicates": self.group_near_duplicates,
             "group_threshold": self.group_threshold,
+            "group_mutual_k": self.group_mutual_k,
             "classes": [asdict(c) for c in self.classes],
             "sources": [asdict(s) for s in self.sources],
             "notes": self.notes,
@@ -147,6 +149,7 @@ def recipe_from_dict(raw: dict[str, Any], data_root: Path) -> Recipe:
         license=raw.get("license", Recipe.license),
         group_near_duplicates=bool(raw.get("group_near_duplicates", False)),
         group_threshold=float(raw.get("group_threshold", 0.95)),
+        group_mutual_k=int(raw.get("group_mutual_k", 0)),
         notes=raw.get("notes", {}),
     )
 

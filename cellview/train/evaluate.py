@@ -9,6 +9,7 @@ random-split figure next to the grouped one, and grouped cross-validation of the
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -84,18 +85,32 @@ def ece(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[float, list[d
     return float(total), table
 
 
-def nll(logits: np.ndarray, y: np.ndarray, t: float) -> float:
+def nll(logits: np.ndarray, y: np.ndarray, t: float, tile_sample: np.ndarray | None = None) -> float:
+    """Negative log-likelihood of tiles, or of images (mean tile probabilities) when ``tile_sample`` is given."""
+    if tile_sample is not None:
+        probs, ids = image_probs(logits, tile_sample, t)
+        yi = _image_labels(y, tile_sample, ids)
+        return float(-np.log(np.maximum(probs[np.arange(len(ids)), yi], 1e-12)).mean())
     z = np.asarray(logits, np.float64) / t
     z = z - z.max(1, keepdims=True)
     return float(-(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1))).mean())
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """Temperature minimising validation NLL (log-grid then a finer grid: robust, no optimiser state)."""
+def _image_labels(tile_y: np.ndarray, tile_sample: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    first = {int(s): int(v) for s, v in zip(tile_sample, tile_y, strict=True)}
+    return np.array([first[int(i)] for i in ids])
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray, tile_sample: np.ndarray | None = None) -> float:
+    """Temperature minimising validation NLL (log-grid then a finer grid: robust, no optimiser state).
+
+    With ``tile_sample`` the NLL is taken on image-level probabilities (mean of calibrated tiles), the
+    number CellView reports for a plain image.
+    """
     grid = np.exp(np.linspace(np.log(0.05), np.log(20), 200))
-    best = min(grid, key=lambda t: nll(logits, y, t))
+    best = min(grid, key=lambda t: nll(logits, y, t, tile_sample))
     fine = np.exp(np.linspace(np.log(best) - 0.05, np.log(best) + 0.05, 51))
-    return round(float(min(fine, key=lambda t: nll(logits, y, t))), 4)
+    return round(float(min(fine, key=lambda t: nll(logits, y, t, tile_sample))), 4)
 
 
 def to_categories(probs: np.ndarray, y: np.ndarray, class_categories: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -248,9 +263,11 @@ def linear_probe(train_x: np.ndarray, train_i: np.ndarray, eval_x: np.ndarray, e
 
     tr = split[train_i] == 0
     va = split[eval_i] == 1
+    te = split[eval_i] == test_id
+    if not tr.any():
+        return image_probs(np.zeros((int(te.sum()), n_classes)), eval_i[te], 1.0)
     head = train_linear(train_x[tr], labels[train_i[tr]], sample_weights(labels[train_i[tr]], sources[train_i[tr]], cfg.balance),
                         n_classes, cfg, (eval_x[va], eval_i[va], labels) if va.any() else None, None, "probe")
-    te = split[eval_i] == test_id
     with torch.no_grad():
         logits = head(torch.from_numpy(eval_x[te])).numpy()
     return image_probs(logits, eval_i[te], 1.0)
@@ -307,25 +324,27 @@ def evaluate_run(run_dir: Path, out_dir: Path | None = None, extra_checks: bool 
         "category_balanced_accuracy": res["category_calibrated"]["balanced_accuracy"],
         "category_accuracy": res["category_calibrated"]["accuracy"],
         "class_balanced_accuracy": res["image_calibrated"]["balanced_accuracy"],
-        "ece_before": res["category_uncalibrated"]["ece"],
-        "ece_after": res["category_calibrated"]["ece"],
+        "ece_before": res["image_uncalibrated"]["ece"],
+        "ece_after": res["image_calibrated"]["ece"],
+        "ece_categories_before": res["category_uncalibrated"]["ece"],
+        "ece_categories_after": res["category_calibrated"]["ece"],
+        "ece_tiles_before": res["tile_uncalibrated"]["ece"],
+        "ece_tiles_after": res["tile_calibrated"]["ece"],
     }
     plot_confusion(np.array(res["category_calibrated"]["confusion"]), cat_present,
                    f"{recipe.name}: categories, grouped test split (n={len(ids)})", out_dir / "confusion_categories.png")
     plot_confusion(np.array(res["image_calibrated"]["confusion"]), names,
                    f"{recipe.name}: classes, grouped test split (n={len(ids)})", out_dir / "confusion_classes.png")
-    plot_reliability({"before (T=1)": res["category_uncalibrated"]["reliability"],
-                      f"after (T={temperature:.2f})": res["category_calibrated"]["reliability"]},
-                     {"before (T=1)": res["category_uncalibrated"]["ece"],
-                      f"after (T={temperature:.2f})": res["category_calibrated"]["ece"]},
-                     f"{recipe.name}: reliability (top category, test images)", out_dir / "reliability.png")
+    plot_reliability({"before (T=1)": res["image_uncalibrated"]["reliability"],
+                      f"after (T={temperature:.2f})": res["image_calibrated"]["reliability"]},
+                     {"before (T=1)": res["image_uncalibrated"]["ece"],
+                      f"after (T={temperature:.2f})": res["image_calibrated"]["ece"]},
+                     f"{recipe.name}: reliability (top class, test images)", out_dir / "reliability.png")
 
     if extra_checks:
         res["checks"] = _checks(run, recipe, cfg, model, samples, split, labels, sources, cats, temperature, cv_folds)
     res["eval_seconds"] = round(time.time() - t0, 1)
     from cellview.train.train import _json_default
-
-    import json
 
     (out_dir / "eval.json").write_text(json.dumps(res, indent=2, default=_json_default) + "\n", encoding="utf-8")
     print(f"test: balanced accuracy (categories) {res['headline']['category_balanced_accuracy']:.3f}, "
@@ -357,7 +376,8 @@ def _checks(run: Any, recipe: D.Recipe, cfg: Any, model: Any, samples: list[D.Sa
         fold = grouped_folds(labels, [s.group for s in samples], folds, cfg.seed)
         oof = np.zeros((len(samples), n_classes))
         for k in range(folds):
-            sp = np.where(fold == k, 2, np.where(fold == (k + 1) % folds, 1, 0))
+            val_fold = (k + 1) % folds if folds > 2 else -1
+            sp = np.where(fold == k, 2, np.where(fold == val_fold, 1, 0))
             probs, ids = linear_probe(tx, ti, ex, ei, sp, labels, sources, cfg, n_classes)
             oof[ids] = probs
         cv: dict[str, Any] = {"folds": folds, "all": {"category_balanced_accuracy": _cat_bal(oof, labels, cats),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def _wsinfer_transform(patch: int, mean: tuple[float, ...], std: tuple[float, ..
     ]
 
 
-def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bool = True) -> Path:
+def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bool = True, fp16: bool = True) -> Path:
     from cellview.train.train import Run, load_model
 
     run = Run(run_dir)
@@ -121,7 +122,8 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
         ws = _WSInferModule(model).eval()
         x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float()
         x = (x - torch.tensor(state["mean"]).view(1, 3, 1, 1)) / torch.tensor(state["std"]).view(1, 3, 1, 1)
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(ws, x[:2])
             traced = torch.jit.freeze(traced.eval())
             ts_diff = float(np.abs(traced(x).numpy() - ref).max())
@@ -134,6 +136,8 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
                                         "patch_size_pixels", "spacing_um_px", "transform")}
         (wdir / "config.json").write_text(json.dumps(ws_cfg, indent=2) + "\n", encoding="utf-8")
 
+    if fp16:
+        side["metrics"]["fp16_onnx_max_abs_diff"] = _export_fp16(onnx_path, side, tiles, ref)
     (out_dir / "model.json").write_text(json.dumps(side, indent=2) + "\n", encoding="utf-8")
     ModelSpec.load(onnx_path)  # the sidecar we ship must validate
     for name in ("confusion_categories.png", "confusion_classes.png", "reliability.png", "eval.json"):
@@ -143,6 +147,23 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
     (out_dir / "MODEL_CARD.md").write_text(model_card(recipe, cfg, summary, ev, side), encoding="utf-8")
     print(f"exported {recipe.name} to {out_dir} ({onnx_path.stat().st_size / 1e6:.1f} MB ONNX)", file=sys.stderr)
     return onnx_path
+
+
+def _export_fp16(onnx_path: Path, side: dict[str, Any], tiles: np.ndarray, ref: np.ndarray) -> float:
+    """Half-precision copy for GPUs (uint8 in, float32 logits out), with its own sidecar."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    path = onnx_path.with_name("model.fp16.onnx")
+    onnx.save(convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True), str(path))
+    side16 = {**side, "name": f"{side['name']}-fp16", "onnx_sha256": sha256_file(path)}
+    path.with_suffix(".json").write_text(json.dumps(side16, indent=2) + "\n", encoding="utf-8")
+    got = OnnxClassifier(ModelSpec.load(path), device="cpu", intra_op_threads=2).logits(tiles)
+    diff = float(np.abs(got - ref).max())
+    print(f"FP16 ONNX vs torch: max |Δlogit| = {diff:.2e}", file=sys.stderr)
+    if diff > 0.25:
+        raise RuntimeError(f"FP16 export differs from torch by {diff:.3g}.")
+    return diff
 
 
 def _metrics_for_sidecar(ev: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +182,10 @@ def _metrics_for_sidecar(ev: dict[str, Any], summary: dict[str, Any]) -> dict[st
             "grouped": checks["linear_probe_grouped_split"]["category_balanced_accuracy"],
             "leaky_random": checks["linear_probe_leaky_random_split"]["category_balanced_accuracy"],
         }
+    cv = checks.get("grouped_cv_linear_probe")
+    if cv:
+        m["grouped_cv_linear_probe"] = {k: {kk: vv for kk, vv in v.items() if kk != "confusion"}
+                                        for k, v in cv.items() if isinstance(v, dict)}
     return m
 
 
@@ -203,7 +228,7 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
         f"temperature T = {side['temperature']:.3f} then softmax.",
         "- Image-level result for a plain image = mean of its tiles' probabilities.",
         f"- Files: `model.onnx` (opset 17, dynamic batch, sha256 `{side['onnx_sha256'][:16]}…`), `model.json` "
-        "(sidecar), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript for WSInfer / QuPath, same weights, "
+        "(sidecar), `model.fp16.onnx` + `model.fp16.json` (half-precision copy for GPUs), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript for WSInfer / QuPath, same weights, "
         "raw logits — WSInfer's softmax is not temperature-scaled).",
         f"- Export parity: ONNX vs torch max |Δlogit| = {side['metrics'].get('onnx_torch_max_abs_diff', float('nan')):.2e}"
         + (f"; TorchScript {side['metrics']['torchscript_torch_max_abs_diff']:.2e}"
@@ -229,6 +254,10 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
         parts.append(f"- Near-duplicate groups: {grouping['groups']} ({grouping['groups_per_class']}), threshold "
                      f"{grouping['threshold']}, largest group {grouping['largest_group']} images, "
                      f"{grouping['mixed_class_groups']} groups mixing classes.")
+        leak = grouping.get("test_images_with_train_copy_sim_0.95")
+        if leak:
+            parts.append(f"- Test images whose most similar training image has embedding similarity ≥ 0.95: "
+                         f"{leak['grouped']:.1%} with the grouped split vs {leak['leaky_random']:.1%} with a random split.")
     parts += [
         "",
         "| class | train | val | test |",
@@ -242,8 +271,10 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
         f"- **Balanced accuracy, categories (malignant / benign / normal): {_fmt(h.get('category_balanced_accuracy'))}**; "
         f"accuracy {_fmt(h.get('category_accuracy'))}.",
         f"- Balanced accuracy, fine classes: {_fmt(h.get('class_balanced_accuracy'))}.",
-        f"- Expected calibration error (top category, 10 bins): {_fmt(h.get('ece_before'))} before, "
-        f"{_fmt(h.get('ece_after'))} after temperature scaling (T fitted on the validation split).",
+        f"- Expected calibration error (top class, 10 bins, image level): {_fmt(h.get('ece_before'))} before, "
+        f"{_fmt(h.get('ece_after'))} after temperature scaling (T fitted on the validation images' NLL); top category "
+        f"{_fmt(h.get('ece_categories_before'))} → {_fmt(h.get('ece_categories_after'))}; single tiles "
+        f"{_fmt(h.get('ece_tiles_before'))} → {_fmt(h.get('ece_tiles_after'))}.",
         "",
         "Categories:",
         "",
@@ -286,6 +317,8 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
             parts.append(f"- Colour-only baseline ({cb['features']}): category balanced accuracy "
                          f"{cb['category_balanced_accuracy']:.3f}, classes {cb['class_balanced_accuracy']:.3f} — how much "
                          "a model could get from stain colour alone.")
+    if notes.get("findings"):
+        parts += ["", "### Findings", *[f"- {line}" for line in notes["findings"]]]
     parts += [
         "",
         "## Intended use",
@@ -301,8 +334,10 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
         f"python -m cellview.train evaluate {Path(summary.get('run_dir', 'RUN')).as_posix()}",
         f"python -m cellview.train export {Path(summary.get('run_dir', 'RUN')).as_posix()} --out models/{recipe.name}",
         "```",
-        f"Training took {summary.get('train_seconds', '?')} s on {summary.get('device', '?')} "
-        f"({summary.get('config', {}).get('threads', '?')} threads); seed {cfg.seed}.",
+        f"Training took {summary.get('train_seconds_total', summary.get('train_seconds', '?'))} s in all on "
+        f"{summary.get('device', '?')} ({summary.get('config', {}).get('threads', '?')} threads, shared with other "
+        f"jobs); seed {cfg.seed}. Invocations (a second one resumes from the cached features and checkpoints): "
+        + "; ".join(f"`{i['command']}` {i['seconds']} s" for i in summary.get("invocations", [])) + ".",
         "",
     ]
     return "\n".join(parts)

@@ -32,21 +32,43 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def similarity_groups(embeddings: np.ndarray, threshold: float, block: int = 2048) -> np.ndarray:
-    """Connected components of cosine similarity ≥ threshold; returns a component id per row."""
+def similarity_groups(embeddings: np.ndarray, threshold: float, mutual_k: int = 0, block: int = 2048) -> np.ndarray:
+    """Connected components of cosine similarity ≥ threshold; returns a component id per row.
+
+    With ``mutual_k`` an edge also needs each image among the other's k nearest neighbours, which
+    stops chains of merely similar tissue from merging into one giant group.
+    """
     x = np.asarray(embeddings, dtype=np.float32)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     n = len(x)
     uf = _UnionFind(n)
+    knn = None
+    if mutual_k:
+        knn = np.zeros((n, min(mutual_k, n - 1)), np.int64)
+        for start in range(0, n, block):
+            sims = x[start:start + block] @ x.T
+            sims[np.arange(len(sims)), np.arange(start, start + len(sims))] = -np.inf
+            knn[start:start + block] = np.argsort(-sims, axis=1)[:, :knn.shape[1]]
+        neighbours = [set(row.tolist()) for row in knn]
     for start in range(0, n, block):
         sims = x[start:start + block] @ x.T
         rows, cols = np.nonzero(sims >= threshold)
         for r, c in zip(rows + start, cols, strict=True):
-            if r < c:
+            if r < c and (knn is None or (c in neighbours[r] and r in neighbours[c])):
                 uf.union(int(r), int(c))
     roots = np.array([uf.find(i) for i in range(n)])
     _, ids = np.unique(roots, return_inverse=True)
     return ids
+
+
+def cross_split_near_copies(embeddings: np.ndarray, split: np.ndarray, threshold: float = 0.95) -> float:
+    """Fraction of test images whose most similar training image has similarity ≥ threshold (a leak gauge)."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    test, train = x[split == 2], x[split == 0]
+    if not len(test) or not len(train):
+        return 0.0
+    return float(((test @ train.T).max(1) >= threshold).mean())
 
 
 def nearest_neighbour_similarity(embeddings: np.ndarray) -> np.ndarray:
@@ -99,5 +121,5 @@ def groups_straddling(split: Sequence[int], groups: Sequence[str]) -> list[str]:
     """Groups that appear in more than one split (must be empty)."""
     seen: dict[str, set[int]] = {}
     for s, g in zip(split, groups, strict=True):
-        seen.setdefault(str(g), set()).add(int(s))
+        seen.setdefault(str(g), set()).add(str(s))
     return [g for g, s in seen.items() if len(s) > 1]

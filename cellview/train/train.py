@@ -28,6 +28,7 @@ from cellview.train import data as D
 from cellview.train.backbone import Backbone, FeatureRunner, TileClassifier, build_backbone, pick_device
 from cellview.train.splits import (
     SPLITS,
+    cross_split_near_copies,
     group_split,
     groups_straddling,
     nearest_neighbour_similarity,
@@ -118,7 +119,8 @@ def extract(samples: list[D.Sample], make: Callable[[int, D.Sample], np.ndarray]
 
 
 def near_duplicate_groups(samples: list[D.Sample], recipe: D.Recipe, runner: Callable[[np.ndarray], np.ndarray],
-                          threshold: float) -> tuple[list[str], dict[str, Any]]:
+                          threshold: float, mutual_k: int = 0,
+                          cache: Path | None = None) -> tuple[list[str], dict[str, Any], np.ndarray]:
     """Group flip/rotation copies: embeddings averaged over the 8 dihedral views, then similarity components."""
     patch = recipe.patch_size
 
@@ -129,21 +131,30 @@ def near_duplicate_groups(samples: list[D.Sample], recipe: D.Recipe, runner: Cal
         img = cv2.resize(img, (patch, patch), interpolation=cv2.INTER_AREA)
         return np.stack([D.dihedral(img, k) for k in range(8)])
 
-    feats, index = extract(samples, make, runner, "embeddings for near-duplicate groups", batch=64)
-    feats = feats.astype(np.float32)
-    if feats.ndim > 2:
-        feats = feats.mean(axis=(2, 3))
-    emb = np.zeros((len(samples), feats.shape[1]), np.float32)
-    np.add.at(emb, index, feats)
-    comp = similarity_groups(emb, threshold)
+    cached = cache / "dup_embeddings.npy" if cache else None
+    if cached is not None and cached.exists():
+        emb = np.load(cached)
+    else:
+        feats, index = extract(samples, make, runner, "embeddings for near-duplicate groups", batch=64)
+        feats = feats.astype(np.float32)
+        if feats.ndim > 2:
+            feats = feats.mean(axis=(2, 3))
+        emb = np.zeros((len(samples), feats.shape[1]), np.float32)
+        np.add.at(emb, index, feats)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cached, emb)
+    comp = similarity_groups(emb, threshold, mutual_k)
     nn_sim = nearest_neighbour_similarity(emb)
     labels = np.array([s.label for s in samples])
     per_class = {recipe.class_names[c]: int(len(np.unique(comp[labels == c]))) for c in np.unique(labels)}
     sizes = np.bincount(comp)
     info = {
         "method": "connected components of cosine similarity >= threshold between dihedral-averaged "
-                  f"{recipe.patch_size}px EfficientNet-Lite0 embeddings",
+                  f"{recipe.patch_size}px EfficientNet-Lite0 embeddings"
+                  + (f", edges only between mutual {mutual_k}-nearest neighbours" if mutual_k else ""),
         "threshold": threshold,
+        "mutual_k": mutual_k,
         "groups": int(comp.max() + 1),
         "groups_per_class": per_class,
         "largest_group": int(sizes.max()),
@@ -151,7 +162,7 @@ def near_duplicate_groups(samples: list[D.Sample], recipe: D.Recipe, runner: Cal
         "nn_similarity_percentiles": {str(p): round(float(np.percentile(nn_sim, p)), 4) for p in (5, 25, 50, 75, 95)},
         "mixed_class_groups": int(sum(len(np.unique(labels[comp == g])) > 1 for g in range(comp.max() + 1))),
     }
-    return [f"dup{c}" for c in comp], info
+    return [f"dup{c}" for c in comp], info, emb
 
 
 # ----------------------------------------------------------------------------- heads
@@ -170,13 +181,26 @@ def sample_weights(labels: np.ndarray, sources: np.ndarray, mode: str) -> np.nda
         share = np.sqrt(counts) / np.sqrt(counts).sum()
         for s, n, sh in zip(srcs, counts, share, strict=True):
             w[in_c & (sources == s)] = sh / n
-    return (w / w.mean()).astype(np.float32)
+    return (w / w.mean()).astype(np.float32) if len(w) else w.astype(np.float32)
 
 
 def train_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int, cfg: TrainConfig,
                  val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, ckpt: Path | None = None,
                  desc: str = "linear head") -> nn.Linear:
-    """Weighted-softmax linear head on cached features; keeps the epoch with best val balanced accuracy."""
+    """Weighted-softmax linear head on cached features; keeps the epoch with best val balanced accuracy.
+
+    Runs on one thread: the matrices are small and extra OpenMP threads only spin against other work.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_linear(x, y, w, num_classes, cfg, val, ckpt, desc)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int, cfg: TrainConfig,
+                  val: tuple[np.ndarray, np.ndarray, np.ndarray] | None, ckpt: Path | None, desc: str) -> nn.Linear:
     g = torch.Generator().manual_seed(cfg.seed)
     head = nn.Linear(x.shape[1], num_classes)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
@@ -195,14 +219,14 @@ def train_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int, 
         perm = torch.randperm(len(xt), generator=g)
         total = 0.0
         bar = tqdm(range(0, len(perm), cfg.batch_size * 2), desc=f"{desc} epoch {epoch + 1}/{cfg.head_epochs}",
-                   leave=False, file=sys.stderr)
+                   leave=False, file=sys.stderr, disable=desc != "linear head")
         for i in bar:
             b = perm[i:i + cfg.batch_size * 2]
             loss = (nn.functional.cross_entropy(head(xt[b]), yt[b], reduction="none") * wt[b]).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += loss.item() * len(b)
         sched.step()
         score = -total
         if val is not None:
@@ -416,13 +440,16 @@ def run_training(recipe: D.Recipe, out: Path, cfg: TrainConfig, command: str | N
     runner = FeatureRunner(bb, recipe.patch_size, run.cache, device, cfg.threads)
 
     summary: dict[str, Any] = {"config": asdict(cfg), "command": command, "device": device, "run_dir": str(out)}
+    previous = run.load_json("summary.json") if (run.path / "summary.json").exists() else {}
+    summary["invocations"] = previous.get("invocations", [])
     if (run.path / "samples.json").exists():
         samples, split = run.samples()
-        summary.update({k: v for k, v in run.load_json("summary.json").items() if k in ("grouping", "data_sha256")})
+        summary.update({k: v for k, v in previous.items() if k in ("grouping", "data_sha256")})
     else:
         grouping: dict[str, Any] = {}
         if recipe.group_near_duplicates:
-            groups, grouping = near_duplicate_groups(samples, recipe, runner, recipe.group_threshold)
+            groups, grouping, emb = near_duplicate_groups(samples, recipe, runner, recipe.group_threshold,
+                                                          recipe.group_mutual_k, run.cache)
             samples = [D.Sample(**{**asdict(s), "group": g}) for s, g in zip(samples, groups, strict=True)]
             _say(f"near-duplicate groups: {grouping['groups']} ({grouping['groups_per_class']})")
         split = group_split(labels, [s.group for s in samples], cfg.fractions, cfg.seed)
@@ -431,6 +458,10 @@ def run_training(recipe: D.Recipe, out: Path, cfg: TrainConfig, command: str | N
             raise RuntimeError(f"grouped split leaks groups {bad[:5]}")
         leaky = random_split(labels, cfg.fractions, cfg.seed)
         grouping["leaky_random_split_groups_straddling"] = len(groups_straddling(leaky, [s.group for s in samples]))
+        if recipe.group_near_duplicates:
+            grouping["test_images_with_train_copy_sim_0.95"] = {
+                "grouped": round(cross_split_near_copies(emb, split), 4),
+                "leaky_random": round(cross_split_near_copies(emb, leaky), 4)}
         summary["grouping"] = grouping
         t = time.time()
         summary["data_sha256"] = D.data_checksum(samples, _common_root(samples))
@@ -457,10 +488,12 @@ def run_training(recipe: D.Recipe, out: Path, cfg: TrainConfig, command: str | N
 
     logits, tile_sample = tile_logits_from_cache(run, model, cfg.finetune_blocks, split_id=1, split=split)
     tile_labels = labels[tile_sample]
-    temperature = fit_temperature(logits, tile_labels) if len(logits) else 1.0
+    temperature = fit_temperature(logits, tile_labels, tile_sample) if len(logits) else 1.0
     probs, ids = image_probs(logits, tile_sample, temperature)
     summary["temperature"] = temperature
     summary["train_seconds"] = round(time.time() - t0, 1)
+    summary["invocations"] = [*summary["invocations"], {"command": command, "seconds": summary["train_seconds"]}]
+    summary["train_seconds_total"] = round(sum(i["seconds"] for i in summary["invocations"]), 1)
     summary["val_image_accuracy"] = float((probs.argmax(1) == labels[ids]).mean()) if len(ids) else None
     torch.save({"state_dict": model.state_dict(), "arch": cfg.arch, "patch": recipe.patch_size,
                 "finetune_blocks": cfg.finetune_blocks, "class_names": recipe.class_names,

