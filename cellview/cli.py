@@ -300,6 +300,8 @@ def build_gui_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", help="kiosk: folder to watch for new slides")
     p.add_argument("--outbox", help="kiosk: folder for exported results")
     p.add_argument("--kiosk-config", help="kiosk: settings file")
+    # Packaging check (bundles): start offscreen, open the slide, wait for it to paint, exit 0.
+    p.add_argument("--smoke-test", metavar="SLIDE", help=argparse.SUPPRESS)
     _add_analysis_options(p)
     return p
 

@@ -41,10 +41,62 @@ def make_app(argv: list[str] | None = None):
     return app
 
 
+def smoke_test(slide: str, timeout_s: float = 120.0) -> int:
+    """`cellview --smoke-test SLIDE`: prove a bundle is complete (Qt plugins, OpenSlide, ONNX Runtime, models).
+
+    Starts offscreen with throw-away settings, opens the slide in the viewer, waits until its
+    pixels are painted, loads the first bundled model on CPU, prints what it saw and exits 0.
+    """
+    import os
+    import tempfile
+    import time
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    tmp = tempfile.TemporaryDirectory(prefix="cellview-smoke-")
+    os.environ["CELLVIEW_SETTINGS_FILE"] = str(Path(tmp.name) / "settings.ini")
+    from PySide6.QtCore import QTimer
+
+    from cellview.gui.mainwindow import MainWindow
+    from cellview.model import ModelSpec, OnnxClassifier, available_models
+
+    t0 = time.perf_counter()
+    app = make_app()
+    window = MainWindow()
+    window.auto_box.setChecked(False)
+    failures: list[str] = []
+    window.show_error = lambda exc, title="": (failures.append(f"{title}: {exc.message}"), app.exit(1))
+    window.view.firstPaint.connect(lambda: QTimer.singleShot(500, app.quit))
+    QTimer.singleShot(int(timeout_s * 1000), lambda: (failures.append("timed out"), app.exit(1)))
+    window.show()
+    window.open_path(slide)
+    app.exec()
+    if failures or window.opened is None:
+        print(f"smoke test FAILED: {'; '.join(failures) or 'slide not opened'}", file=sys.stderr)
+        return 1
+    info = window.opened.info
+    shot = window.view.grab().toImage()
+    print(f"smoke test: opened {info.name} ({window.opened.vendor}) {info.dimensions[0]:,} x {info.dimensions[1]:,} px, "
+          f"{len(info.level_dimensions)} levels; painted {shot.width()} x {shot.height()} px view "
+          f"in {time.perf_counter() - t0:.1f} s")
+    models = available_models()
+    print(f"smoke test: models: {', '.join(models) or 'none'}")
+    if models:
+        first = next(iter(models.values()))
+        print(f"smoke test: {OnnxClassifier(ModelSpec.load(first), device='cpu').describe()}")
+    window.shutdown()
+    window.close()
+    tmp.cleanup()
+    print("smoke test: OK")
+    return 0
+
+
 def run_gui(args: argparse.Namespace) -> int:
+    if getattr(args, "smoke_test", None):
+        return smoke_test(args.smoke_test)
     if getattr(args, "kiosk", False):
-        print("cellview: kiosk mode is not implemented yet.", file=sys.stderr)
-        return 2
+        from cellview.gui.kiosk import run_kiosk
+
+        return run_kiosk(args)
     app = make_app()
     from cellview.errors import CellviewError
     from cellview.gui.mainwindow import MainWindow

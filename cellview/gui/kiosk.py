@@ -1,0 +1,843 @@
+"""`cellview --kiosk`: the viewer as an unattended, full-screen, touch-first station.
+
+The behaviour that must hold without an operator (half-copied files are never opened, a bad
+file never stops the station, the outbox never overwrites a case) lives in the Qt-free
+``cellview.kiosk``; this module wires it to widgets and timers. Everything slow (model
+preparation, which can take minutes on a first TensorRT start, and each case) runs on the one
+``Worker`` abstraction, and its events feed the desktop viewer's own handlers so the overlay
+streams exactly as it does there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QApplication,
+    QDialog,
+    QFileDialog,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLayout,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from cellview.cache import ResultCache
+from cellview.errors import CellviewError
+from cellview.gui.mainwindow import MainWindow, format_eta
+from cellview.gui.worker import Worker
+from cellview.kiosk import (
+    CaseResult,
+    KioskSettings,
+    KioskSettingsError,
+    RecentCases,
+    WatchFolder,
+    load_classifier,
+    process_case,
+)
+from cellview.model import OnnxClassifier
+from cellview.pipeline import BatchDone, CancelToken, Finished, Started, analyze
+from cellview.results import AnalysisParams, AnalysisResult
+from cellview.slide import SUPPORTED_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+ERROR_CARD_S = 12.0
+"""How long an error stays on screen before the kiosk is back to its plain waiting view."""
+
+MAX_PIN_TRIES = 3
+
+# Readable from a metre away and hittable with a finger: ≥ 20 pt text, ≥ 64 px targets.
+KIOSK_STYLESHEET = """
+QWidget { font-size: 20pt; }
+QLabel#kioskTitle { font-size: 26pt; font-weight: 700; color: #e6e9ec; }
+QLabel#kioskHeadline { font-size: 34pt; font-weight: 700; color: #e6e9ec; }
+QLabel#kioskHint, QLabel#hint { font-size: 20pt; color: #aab2b9; }
+QLabel#kioskProvider { font-size: 20pt; color: #9fd3a0; }
+QLabel#kioskProvider[warn="true"] { color: #ffb347; }
+QFrame#kioskBanner { background: #5a4316; border-radius: 8px; }
+QFrame#kioskError { background: #6b1f24; border: 2px solid #c2414b; border-radius: 10px; }
+QFrame#kioskDone { background: #1d4a2c; border: 2px solid #3d9a5b; border-radius: 10px; }
+QFrame#kioskIdle { background: #101214; }
+QPushButton { min-height: 64px; min-width: 64px; padding: 8px 24px; font-size: 22pt; border-radius: 10px; }
+QPushButton#pinKey { min-width: 110px; min-height: 96px; font-size: 30pt; }
+QCheckBox { min-height: 64px; spacing: 18px; font-size: 20pt; }
+QCheckBox::indicator { width: 40px; height: 40px; }
+QSlider { min-height: 64px; }
+QSlider::groove:horizontal { height: 14px; background: #3a4147; border-radius: 7px; }
+QSlider::sub-page:horizontal { background: #2f6fb3; border-radius: 7px; }
+QSlider::handle:horizontal { width: 52px; height: 52px; margin: -19px 0; border-radius: 26px; background: #e6e9ec; }
+QListWidget { background: #1b1e21; border: 1px solid #3d4348; border-radius: 8px; font-size: 20pt; }
+QListWidget::item { min-height: 80px; padding: 8px 14px; border-bottom: 1px solid #2a2f33; }
+QListWidget::item:selected { background: #2f6fb3; }
+QProgressBar { min-height: 40px; font-size: 18pt; }
+QLineEdit { min-height: 72px; font-size: 30pt; }
+QScrollBar:vertical { width: 40px; }
+"""
+
+_ACTIVITY_EVENTS = {
+    QEvent.Type.MouseButtonPress, QEvent.Type.MouseButtonRelease, QEvent.Type.MouseMove, QEvent.Type.KeyPress,
+    QEvent.Type.TouchBegin, QEvent.Type.TouchUpdate, QEvent.Type.Wheel, QEvent.Type.TabletPress,
+}
+
+
+def _take_from_layout(layout: QLayout, widget: QWidget) -> bool:
+    """Remove ``widget`` from ``layout`` or one of its nested layouts (so it can be re-laid out quietly)."""
+    for i in range(layout.count()):
+        item = layout.itemAt(i)
+        if item.widget() is widget:
+            layout.takeAt(i)
+            return True
+        if item.layout() is not None and _take_from_layout(item.layout(), widget):
+            return True
+    return False
+
+
+def _adopt(widget: QWidget) -> QWidget:
+    """Detach a widget from the desktop panel's layout so the kiosk panel can place it."""
+    parent = widget.parentWidget()
+    if parent is not None and parent.layout() is not None:
+        _take_from_layout(parent.layout(), widget)
+    return widget
+
+
+def _label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:
+    label = QLabel(text)
+    if name:
+        label.setObjectName(name)
+    label.setWordWrap(wrap)
+    return label
+
+
+class PinPad(QDialog):
+    """A finger-sized digit pad; ``entered`` carries the digits when OK is pressed."""
+
+    entered = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowFlags(Qt.WindowType.Dialog | Qt.WindowType.FramelessWindowHint
+                            | Qt.WindowType.WindowStaysOnTopHint)
+        self.setModal(True)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(28, 24, 28, 24)
+        lay.addWidget(_label("Enter the PIN to leave kiosk mode", "kioskTitle"))
+        self.field = QLineEdit()
+        self.field.setEchoMode(QLineEdit.EchoMode.Password)
+        self.field.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.field.returnPressed.connect(self.submit)
+        lay.addWidget(self.field)
+        self.message = _label("", "kioskHint")
+        lay.addWidget(self.message)
+        grid = QGridLayout()
+        self.keys: dict[str, QPushButton] = {}
+        for i, key in enumerate(["1", "2", "3", "4", "5", "6", "7", "8", "9", "⌫", "0", "OK"]):
+            btn = QPushButton(key)
+            btn.setObjectName("pinKey")
+            btn.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            btn.clicked.connect(lambda _c=False, k=key: self.press(k))
+            grid.addWidget(btn, i // 3, i % 3)
+            self.keys[key] = btn
+        lay.addLayout(grid)
+        cancel = QPushButton("Cancel")
+        cancel.clicked.connect(self.reject)
+        lay.addWidget(cancel)
+
+    def press(self, key: str) -> None:
+        if key == "OK":
+            self.submit()
+        elif key == "⌫":
+            self.field.setText(self.field.text()[:-1])
+        else:
+            self.field.setText(self.field.text() + key)
+
+    def submit(self) -> None:
+        self.entered.emit(self.field.text())
+
+    def wrong(self, tries_left: int) -> None:
+        self.field.clear()
+        self.message.setText(f"Wrong PIN. {tries_left} {'try' if tries_left == 1 else 'tries'} left.")
+
+
+class _ActivityFilter(QObject):
+    """App-wide: any touch, click or key press counts as someone being at the screen."""
+
+    def __init__(self, on_activity: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_activity = on_activity
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        if event.type() in _ACTIVITY_EVENTS:
+            self._on_activity()
+        return False
+
+
+class KioskWindow(MainWindow):
+    """Full-screen, frameless viewer driven by a watch folder; only the exit chord (and PIN) closes it.
+
+    Pages: "preparing" (the model is loading), "waiting" (watch-folder status, recent cases) and
+    "case" (the slide with its streaming overlay and the touch controls). Errors appear as a
+    card and never as a modal dialog; an idle screen covers everything after ``idle_s``.
+    Call :meth:`start` after construction (tests connect signals first).
+    """
+
+    pageChanged = Signal(str)
+    modelReady = Signal(object)  # OnnxClassifier
+    caseStarted = Signal(object)  # Path
+    caseFinished = Signal(object)  # CaseResult, once its worker has stopped
+    idleChanged = Signal(bool)
+    exitAllowed = Signal()
+
+    def __init__(self, settings: KioskSettings,
+                 classifier_loader: Callable[[KioskSettings], OnnxClassifier] = load_classifier) -> None:
+        self.settings = settings
+        self._loader = classifier_loader
+        self._exit_allowed = False
+        super().__init__(kiosk=True, analysis_defaults=AnalysisParams(
+            tissue_threshold=settings.tissue_threshold, mpp_um=settings.mpp_um, device=settings.device,
+            workers=settings.workers))
+        self.use_cache = False
+        self.setWindowFlags(Qt.WindowType.Window | Qt.WindowType.FramelessWindowHint
+                            | Qt.WindowType.WindowStaysOnTopHint)
+        self.setWindowTitle("CellView kiosk")
+        self.setAcceptDrops(False)
+        self.menuBar().hide()
+        self.statusBar().hide()
+        self.dock.hide()
+        # The desktop setting must not be written by the kiosk; cases are started by the kiosk itself.
+        self.auto_box.blockSignals(True)
+        self.auto_box.setChecked(False)
+        self.auto_box.blockSignals(False)
+
+        self.classifier: OnnxClassifier | None = None
+        self.recent = RecentCases.for_settings(settings)
+        self.watcher: WatchFolder | None = None
+        self.queue: list[Path] = []
+        self.current_case: Path | None = None
+        self._case_worker: Worker | None = None
+        self._last_case: CaseResult | None = None
+        self._model_worker: Worker | None = None
+        self._results: dict[Path, AnalysisResult] = {}
+        self._show_when_opened: AnalysisResult | None = None
+        self._model_started = 0.0
+        self.pin_pad: PinPad | None = None
+        self._pin_tries = 0
+        self.page = ""
+        self.idle = False
+
+        self._build_kiosk_ui()
+        self.setStyleSheet(KIOSK_STYLESHEET)
+
+        self.exit_shortcut = QShortcut(QKeySequence(settings.exit_chord), self)
+        self.exit_shortcut.setContext(Qt.ShortcutContext.ApplicationShortcut)
+        self.exit_shortcut.activated.connect(self.request_exit)
+
+        self.poll_timer = QTimer(self, interval=max(50, int(settings.poll_s * 1000)))
+        self.poll_timer.timeout.connect(self.poll_watch_folder)
+        self.idle_timer = QTimer(self, singleShot=True, interval=max(1, int(settings.idle_s * 1000)))
+        self.idle_timer.timeout.connect(self.show_idle)
+        self.error_timer = QTimer(self, singleShot=True, interval=int(ERROR_CARD_S * 1000))
+        self.error_timer.timeout.connect(self.hide_error)
+        self.prepare_timer = QTimer(self, interval=1000)
+        self.prepare_timer.timeout.connect(self._tick_prepare)
+        self._activity = _ActivityFilter(self.note_activity)
+        self.slideOpened.connect(self._on_slide_opened)
+
+    # ------------------------------------------------------------------------------ layout
+
+    def _build_kiosk_ui(self) -> None:
+        view = self.takeCentralWidget()  # the SlideView, kept; setCentralWidget would delete it
+        root = QWidget()
+        outer = QVBoxLayout(root)
+        outer.setContentsMargins(20, 14, 20, 14)
+        outer.setSpacing(12)
+
+        top = QHBoxLayout()
+        top.addWidget(_label("CellView", "kioskTitle", wrap=False))
+        self.state_label = _label("", "kioskHint")
+        top.addWidget(self.state_label, 1)
+        self.provider_badge = _label("", "kioskProvider", wrap=False)
+        top.addWidget(self.provider_badge)
+        outer.addLayout(top)
+
+        self.banner = QFrame()
+        self.banner.setObjectName("kioskBanner")
+        bl = QHBoxLayout(self.banner)
+        self.banner_label = _label("")
+        bl.addWidget(self.banner_label)
+        self.banner.hide()
+        outer.addWidget(self.banner)
+
+        self.error_card = QFrame()
+        self.error_card.setObjectName("kioskError")
+        el = QHBoxLayout(self.error_card)
+        el.setContentsMargins(20, 12, 12, 12)
+        self.error_label = _label("")
+        self.error_label.setTextFormat(Qt.TextFormat.PlainText)
+        el.addWidget(self.error_label, 1)
+        dismiss = QPushButton("OK")
+        dismiss.clicked.connect(self.hide_error)
+        el.addWidget(dismiss, 0, Qt.AlignmentFlag.AlignTop)
+        self.error_card.hide()
+        outer.addWidget(self.error_card)
+
+        self.stack = QStackedWidget()
+        self.pages: dict[str, QWidget] = {
+            "preparing": self._build_preparing_page(),
+            "waiting": self._build_waiting_page(),
+            "case": self._build_case_page(view),
+        }
+        for page in self.pages.values():
+            self.stack.addWidget(page)
+        outer.addWidget(self.stack, 1)
+        notice = _label("Research use only — not for clinical diagnosis.", "kioskHint", wrap=False)
+        notice.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        outer.addWidget(notice)
+        self.setCentralWidget(root)
+
+        self.idle_screen = QFrame(self)
+        self.idle_screen.setObjectName("kioskIdle")
+        il = QVBoxLayout(self.idle_screen)
+        il.addStretch(1)
+        for text, name in (("CellView", "kioskHeadline"), ("Touch the screen to continue", "kioskHint")):
+            lab = _label(text, name)
+            lab.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            il.addWidget(lab)
+        self.idle_status = _label("", "kioskHint")
+        self.idle_status.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        il.addWidget(self.idle_status)
+        il.addStretch(1)
+        self.idle_screen.hide()
+
+    def _build_preparing_page(self) -> QWidget:
+        page = QWidget()
+        lay = QVBoxLayout(page)
+        lay.addStretch(1)
+        self.prepare_title = _label("Preparing model…", "kioskHeadline")
+        self.prepare_title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        lay.addWidget(self.prepare_title)
+        self.prepare_bar = QProgressBar()
+        self.prepare_bar.setRange(0, 0)  # indeterminate: an engine build reports no progress
+        self.prepare_bar.setTextVisible(False)
+        lay.addWidget(self.prepare_bar)
+        self.prepare_label = _label("", "kioskHint")
+        self.prepare_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        lay.addWidget(self.prepare_label)
+        self.retry_btn = QPushButton("Try again")
+        self.retry_btn.clicked.connect(self.load_model)
+        self.retry_btn.hide()
+        lay.addWidget(self.retry_btn, 0, Qt.AlignmentFlag.AlignCenter)
+        lay.addStretch(2)
+        return page
+
+    def _build_waiting_page(self) -> QWidget:
+        page = QWidget()
+        lay = QHBoxLayout(page)
+        lay.setSpacing(24)
+        left = QVBoxLayout()
+        left.addStretch(1)
+        self.waiting_title = _label("Waiting for a slide", "kioskHeadline")
+        left.addWidget(self.waiting_title)
+        watch = self.settings.watch_dir
+        self.waiting_hint = _label(
+            f"Put a slide or image into\n{watch}\nIt opens and is analysed automatically." if watch is not None
+            else "Tap “Open slide” to choose a slide or image.", "kioskHint")
+        left.addWidget(self.waiting_hint)
+        self.receiving_label = _label("", "kioskHint")
+        left.addWidget(self.receiving_label)
+        self.done_card = QFrame()
+        self.done_card.setObjectName("kioskDone")
+        dl = QVBoxLayout(self.done_card)
+        self.done_label = _label("")
+        dl.addWidget(self.done_label)
+        self.done_card.hide()
+        left.addWidget(self.done_card)
+        row = QHBoxLayout()
+        self.open_btn = QPushButton("Open slide…")
+        self.open_btn.setObjectName("primary")
+        self.open_btn.clicked.connect(self.choose_case)
+        row.addWidget(self.open_btn)
+        row.addStretch(1)
+        left.addLayout(row)
+        left.addStretch(2)
+        lay.addLayout(left, 3)
+        right = QVBoxLayout()
+        right.addWidget(_label("Recent cases", "kioskTitle"))
+        self.recent_list = QListWidget()
+        self.recent_list.setVerticalScrollMode(QListWidget.ScrollMode.ScrollPerPixel)
+        self.recent_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.recent_list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.recent_list.itemClicked.connect(self._recent_clicked)
+        right.addWidget(self.recent_list, 1)
+        lay.addLayout(right, 2)
+        self._refresh_recent()
+        return page
+
+    def _build_case_page(self, view: QWidget) -> QWidget:
+        page = QWidget()
+        lay = QHBoxLayout(page)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(16)
+        lay.addWidget(view, 1)
+        panel = QWidget()
+        side = QVBoxLayout(panel)
+        side.setContentsMargins(0, 0, 8, 0)
+        side.setSpacing(10)
+        self.case_title = _label("", "kioskTitle")
+        side.addWidget(self.case_title)
+        buttons = QGridLayout()
+        self.home_btn = QPushButton("◀ Cases")
+        self.home_btn.clicked.connect(lambda: self.set_page("waiting"))
+        self.open_btn2 = QPushButton("Open…")
+        self.open_btn2.clicked.connect(self.choose_case)
+        self.analyse_btn2 = QPushButton("Analyse")
+        self.analyse_btn2.setObjectName("primary")
+        self.analyse_btn2.clicked.connect(self.analyse_current)
+        self.fit_btn = QPushButton("Fit")
+        self.fit_btn.clicked.connect(self.view.fit)
+        for i, btn in enumerate((self.home_btn, self.open_btn2, self.analyse_btn2, self.fit_btn)):
+            buttons.addWidget(btn, i // 2, i % 2)
+        side.addLayout(buttons)
+        side.addWidget(_adopt(self.progress))
+        side.addWidget(_adopt(self.rate_label))
+        side.addWidget(_adopt(self.show_overlay))
+        for name in ("show_regions", "regions_label"):  # malignant-region outlines, where the viewer has them
+            if isinstance(getattr(self, name, None), QWidget):
+                side.addWidget(_adopt(getattr(self, name)))
+        side.addWidget(_label("Opacity", "kioskHint", wrap=False))
+        side.addWidget(_adopt(self.opacity))
+        side.addWidget(_adopt(self.toggles))
+        side.addWidget(_adopt(self.summary_label))
+        side.addWidget(_label("Tile inspector", "kioskHint", wrap=False))
+        side.addWidget(_adopt(self.inspector))
+        side.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidget(panel)
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumWidth(420)
+        scroll.setMaximumWidth(600)
+        lay.addWidget(scroll, 0)
+        return page
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self.idle_screen.setGeometry(self.rect())
+
+    # ------------------------------------------------------------------------------ start, pages
+
+    def start(self) -> None:
+        """Go full-screen, start watching and prepare the model."""
+        self.showFullScreen()
+        app = QApplication.instance()
+        if app is not None:
+            app.installEventFilter(self._activity)
+        if self.settings.watch_dir is not None:
+            self.watcher = WatchFolder.for_settings(self.settings)
+            self.poll_timer.start()
+            self.poll_watch_folder()
+        self.note_activity()
+        self.load_model()
+
+    def set_page(self, name: str) -> None:
+        self.stack.setCurrentWidget(self.pages[name])
+        if name != self.page:
+            self.page = name
+            self.pageChanged.emit(name)
+        self._update_state_label()
+
+    def _update_state_label(self) -> None:
+        if self.current_case is not None:
+            text = f"Analysing {self.current_case.name}"
+        elif self.classifier is None:
+            text = "Preparing model"
+        elif self.watcher is not None:
+            text = "Watching for slides"
+        else:
+            text = "Ready"
+        if self.queue:
+            text += f" · {len(self.queue)} waiting"
+        self.state_label.setText(text)
+
+    # ------------------------------------------------------------------------------ model
+
+    def load_model(self) -> None:
+        """Prepare the classifier on the worker; the screen says so instead of freezing."""
+        if self._model_worker is not None:
+            return
+        s = self.settings
+        self.retry_btn.hide()
+        self.prepare_bar.show()
+        self.prepare_title.setText(f"Preparing model {s.model}…")
+        note = "The first start on TensorRT builds an optimised engine; this can take several minutes. " \
+               "Later starts reuse it." if s.device in ("auto", "tensorrt") else ""
+        self._prepare_note = note
+        self._model_started = time.monotonic()
+        self._tick_prepare()
+        self.prepare_timer.start()
+        self.set_page("preparing")
+        loader = self._loader
+
+        def run(cancel: CancelToken) -> Iterator[OnnxClassifier]:
+            yield loader(s)
+
+        worker = Worker(run, "kiosk-model")
+        worker.item.connect(self._on_model)
+        worker.failed.connect(self._on_model_failed)
+        worker.done.connect(lambda: setattr(self, "_model_worker", None))
+        self._model_worker = worker
+        self._start(worker)
+
+    def _tick_prepare(self) -> None:
+        elapsed = format_eta(time.monotonic() - self._model_started)
+        self.prepare_label.setText(f"{self._prepare_note}\n{elapsed} elapsed".strip())
+
+    def _on_model(self, classifier: OnnxClassifier) -> None:
+        self.prepare_timer.stop()
+        self.classifier = classifier
+        self.spec = classifier.spec
+        self._fill_modes(classifier.spec)
+        self.provider_badge.setText(classifier.describe())
+        warn = bool(classifier.fallback_message) or classifier.provider == "CPUExecutionProvider"
+        self.provider_badge.setProperty("warn", "true" if warn else "false")
+        self.provider_badge.setStyle(self.provider_badge.style())
+        self.modelReady.emit(classifier)
+        self.set_page("waiting")
+        self._next_case()
+
+    def _on_model_failed(self, exc: CellviewError) -> None:
+        self.prepare_timer.stop()
+        self.prepare_bar.hide()
+        self.prepare_title.setText("The model could not be prepared")
+        self.prepare_label.setText(exc.message)
+        self.retry_btn.show()
+        self.show_message(f"Model {self.settings.model}: {exc.message}")
+
+    # ------------------------------------------------------------------------------ watch folder, queue
+
+    def poll_watch_folder(self) -> None:
+        """One look at the watch folder: queue what has settled, say what is still arriving."""
+        if self.watcher is None:
+            return
+        try:
+            ready = self.watcher.poll()
+        except OSError as exc:  # a share that vanished mid-scan: report, try again next poll
+            ready = []
+            self.watcher.problem = f"The watch folder cannot be read ({exc.strerror or exc})."
+        waiting = self.watcher.waiting
+        self.receiving_label.setText("Receiving " + ", ".join(p.name for p in waiting[:3])
+                                     + ("…" if len(waiting) <= 3 else f" and {len(waiting) - 3} more…")
+                                     if waiting else "")
+        self.banner_label.setText(self.watcher.problem or "")
+        self.banner.setVisible(bool(self.watcher.problem))
+        for path in ready:
+            self.enqueue(path)
+
+    def enqueue(self, path: str | Path) -> None:
+        """Analyse ``path`` (and export it to the outbox) once the model is ready and earlier cases are done."""
+        self.queue.append(Path(path))
+        self._update_state_label()
+        self._next_case()
+
+    def _next_case(self) -> None:
+        if self._case_worker is not None or self.classifier is None or not self.queue:
+            return
+        self._begin_case(self.queue.pop(0), export=True)
+
+    def _begin_case(self, path: Path, export: bool) -> None:
+        """Show the slide and stream its analysis; ``export`` runs the full case (outbox, recent list)."""
+        classifier, settings = self.classifier, self.settings
+        assert classifier is not None
+        self.hide_idle()
+        self.done_card.hide()
+        self.current_case = path
+        self._show_when_opened = None
+        self.open_path(path, mpp_um=settings.mpp_um)
+        self.case_title.setText(path.name)
+        self._params = settings.analysis_params(classifier.spec.patch_size_pixels)
+        self.progress.setRange(0, 0)
+        self.progress.setFormat("Preparing…")
+        self.rate_label.setText("Finding tissue…")
+        self.set_page("case")
+        box: dict[str, Worker] = {}
+
+        def run(cancel: CancelToken) -> Iterator[object]:
+            if export:
+                yield process_case(path, classifier, settings, cancel, on_event=box["w"].raw_item.emit)
+            else:
+                yield from analyze(path, classifier, settings.analysis_params(classifier.spec.patch_size_pixels),
+                                   cancel, ResultCache())
+
+        worker = Worker(run, "kiosk-case")
+        box["w"] = worker
+        worker.item.connect(lambda item, w=worker: self._on_case_item(item) if w is self._case_worker else None)
+        worker.failed.connect(lambda exc, w=worker: self._case_failed(exc) if w is self._case_worker else None)
+        worker.done.connect(lambda w=worker: self._on_case_done(w))
+        self._case_worker = worker
+        self._set_busy(True)
+        self.caseStarted.emit(path)
+        self._start(worker)
+        self._repaint_timer.start()
+        self._update_state_label()
+
+    def _on_case_item(self, item: object) -> None:
+        if isinstance(item, (Started, BatchDone)):
+            self._on_analysis_event(item)
+        elif isinstance(item, Finished):
+            if item.result.status == "complete" and self.current_case is not None:
+                self._results[self.current_case] = item.result
+            self._on_analysis_event(item)
+        elif isinstance(item, CaseResult):
+            self._on_case_result(item)
+
+    def _on_case_result(self, case: CaseResult) -> None:
+        self.recent.add(case)
+        self._refresh_recent()
+        if case.ok:
+            where = next(iter(case.outputs.values())).parent if case.outputs else self.settings.outbox()
+            self.done_label.setText(f"✔ {case.message}\nResults saved to {where}")
+            self.done_card.show()
+            self.rate_label.setText(f"Results saved to {where}")
+        elif case.status == "failed":
+            self._fail_case(case.message)
+        self._last_case = case
+
+    def _case_failed(self, exc: CellviewError) -> None:
+        self._fail_case(exc.message)
+
+    def _fail_case(self, message: str) -> None:
+        """The error on screen, the slide closed, back to waiting; the watcher never stopped."""
+        self.close_slide()
+        self.show_message(message)
+        self.set_page("waiting")
+
+    def _on_case_done(self, worker: Worker) -> None:
+        if worker is not self._case_worker:
+            return
+        self._case_worker = None
+        self.current_case = None
+        self._repaint_timer.stop()
+        self._flush_repaint()
+        self._set_busy(False)
+        self._update_state_label()
+        case, self._last_case = self._last_case, None
+        if case is not None:
+            self.caseFinished.emit(case)  # after the worker is gone: listeners see an idle kiosk
+        self._next_case()
+
+    def _set_busy(self, busy: bool) -> None:
+        self.analyse_btn2.setEnabled(not busy)
+
+    def analyse_current(self) -> None:
+        """The Analyse button: run the open slide again as a new case (exports get a fresh name)."""
+        if self.opened is not None:
+            self.enqueue(self.opened.path)
+
+    def choose_case(self) -> None:
+        """A finger-friendly, non-native file dialog (the kiosk has no desktop to fall back on)."""
+        exts = " ".join(f"*{s}" for s in sorted(SUPPORTED_SUFFIXES))
+        start = self.settings.watch_dir or Path.home()
+        dlg = QFileDialog(self, "Open slide or image", str(start), f"Slides and images ({exts})")
+        dlg.setOption(QFileDialog.Option.DontUseNativeDialog, True)
+        dlg.setFileMode(QFileDialog.FileMode.ExistingFile)
+        dlg.setWindowFlags(dlg.windowFlags() | Qt.WindowType.WindowStaysOnTopHint)
+        dlg.fileSelected.connect(self.enqueue)
+        dlg.open()
+
+    # ------------------------------------------------------------------------------ recent cases
+
+    def _refresh_recent(self) -> None:
+        self.recent_list.clear()
+        for case in self.recent.items:
+            when = time.strftime("%H:%M", time.localtime(case.finished_unix))
+            text = f"{case.name}\n{when} · " + (case.summary or case.message if case.ok else f"⚠ {case.message}")
+            item = QListWidgetItem(text)
+            item.setData(Qt.ItemDataRole.UserRole, case)
+            self.recent_list.addItem(item)
+        if not self.recent.items:
+            item = QListWidgetItem("No cases yet")
+            item.setFlags(Qt.ItemFlag.NoItemFlags)
+            self.recent_list.addItem(item)
+
+    def _recent_clicked(self, item: QListWidgetItem) -> None:
+        case = item.data(Qt.ItemDataRole.UserRole)
+        if isinstance(case, CaseResult):
+            self.open_case(case)
+
+    def open_case(self, case: CaseResult) -> None:
+        """Show a past case: its result from this session, else re-analysed (from the result cache when it can)."""
+        if self._case_worker is not None:
+            self.show_message("Please wait: a case is being analysed.")
+            return
+        if not case.path.exists():
+            self.show_message(f"{case.name} is no longer in {case.path.parent}.")
+            return
+        result = self._results.get(case.path)
+        if result is None and self.classifier is not None:
+            self._begin_case(case.path, export=False)
+            return
+        self.current_case = None
+        self.open_path(case.path, mpp_um=self.settings.mpp_um)
+        self._show_when_opened = result
+        self.case_title.setText(case.name)
+        self.set_page("case")
+
+    def _on_slide_opened(self, opened: object) -> None:
+        result, self._show_when_opened = self._show_when_opened, None
+        if result is not None:
+            self._finish(result)
+
+    # ------------------------------------------------------------------------------ messages
+
+    def show_message(self, message: str) -> None:
+        """An error card that stays a few seconds; it never blocks and never needs an answer."""
+        self.hide_idle()
+        self.error_label.setText(message)
+        self.error_card.show()
+        self.error_timer.start()
+
+    def hide_error(self) -> None:
+        self.error_card.hide()
+
+    def show_error(self, error: CellviewError, title: str = "CellView") -> None:
+        """Viewer errors (a slide that will not open, an unreadable region) as a card, never a dialog."""
+        self.errorShown.emit(error.message, error.details)
+        self.show_message(error.message)
+        if self._case_worker is None and self.page == "case" and self.opened is None:
+            self.set_page("waiting")
+
+    def ask_mpp(self, opened) -> None:
+        """No one may be at the screen to answer: the settings' ``mpp_um`` applies or the case fails."""
+        return None
+
+    # ------------------------------------------------------------------------------ idle screen
+
+    def note_activity(self) -> None:
+        if self.idle:
+            self.hide_idle()
+        if self.settings.idle_s > 0:
+            self.idle_timer.start()
+
+    def show_idle(self) -> None:
+        if self.idle or self.pin_pad is not None:
+            return
+        self.idle = True
+        if self._case_worker is None and self.classifier is not None:
+            self.set_page("waiting")
+        self.idle_status.setText(self.state_label.text())
+        self.idle_screen.setGeometry(self.rect())
+        self.idle_screen.raise_()
+        self.idle_screen.show()
+        self.idleChanged.emit(True)
+
+    def hide_idle(self) -> None:
+        if not self.idle:
+            return
+        self.idle = False
+        self.idle_screen.hide()
+        self.idleChanged.emit(False)
+        if self.settings.idle_s > 0:
+            self.idle_timer.start()
+
+    # ------------------------------------------------------------------------------ staying up, exiting
+
+    def request_exit(self) -> None:
+        """The exit chord: leave at once without a PIN, else ask for it on a touch pad."""
+        if self.settings.pin is None:
+            self.exit_kiosk()
+            return
+        if self.pin_pad is not None:
+            return
+        self._pin_tries = 0
+        self.pin_pad = PinPad(self)
+        self.pin_pad.entered.connect(self._check_pin)
+        self.pin_pad.finished.connect(self._pin_closed)
+        self.pin_pad.open()
+
+    def _check_pin(self, entered: str) -> None:
+        if self.settings.check_pin(entered):
+            self.exit_kiosk()
+            return
+        self._pin_tries += 1
+        if self.pin_pad is not None:
+            if self._pin_tries >= MAX_PIN_TRIES:
+                self.pin_pad.reject()
+            else:
+                self.pin_pad.wrong(MAX_PIN_TRIES - self._pin_tries)
+
+    def _pin_closed(self) -> None:
+        pad, self.pin_pad = self.pin_pad, None
+        if pad is not None:
+            pad.deleteLater()
+
+    def exit_kiosk(self) -> None:
+        """Really close: stop the workers, then the window (the application ends with it)."""
+        self._exit_allowed = True
+        if self.pin_pad is not None:
+            self.pin_pad.accept()
+        self.exitAllowed.emit()
+        self.close()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        if not self._exit_allowed:
+            event.ignore()  # Alt+F4, a window manager, a stray close(): only the exit chord leaves
+            return
+        self.poll_timer.stop()
+        self.idle_timer.stop()
+        app = QApplication.instance()
+        if app is not None:
+            app.removeEventFilter(self._activity)
+        super().closeEvent(event)
+
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.WindowStateChange and not self._exit_allowed and not self.isFullScreen():
+            QTimer.singleShot(0, self._reassert_full_screen)
+
+    def _reassert_full_screen(self) -> None:
+        if not self._exit_allowed and not self.isFullScreen():
+            self.showFullScreen()
+
+
+def settings_from_args(args: argparse.Namespace) -> KioskSettings:
+    """The settings file (``--kiosk-config`` or the default one) with --watch/--outbox/--model/--device on top.
+
+    ``--device auto`` is the parser's default, so it cannot be told from "not given": it keeps the
+    file's device. Raises KioskSettingsError.
+    """
+    device = getattr(args, "device", None)
+    return KioskSettings.load(getattr(args, "kiosk_config", None)).with_overrides(
+        watch_dir=getattr(args, "watch", None), outbox_dir=getattr(args, "outbox", None),
+        model=getattr(args, "model", None), device=None if device == "auto" else device)
+
+
+def run_kiosk(args: argparse.Namespace) -> int:
+    """`cellview --kiosk`: a settings error is printed (exit 2) before anything goes full screen."""
+    from cellview.gui.app import make_app
+
+    try:
+        settings = settings_from_args(args)
+    except KioskSettingsError as exc:
+        print(f"cellview: {exc.message}" + (f"\n  {exc.details}" if exc.details else ""), file=sys.stderr)
+        return 2
+    app = make_app()
+    window = KioskWindow(settings)
+    window.start()
+    return int(app.exec())
