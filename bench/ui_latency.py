@@ -39,10 +39,11 @@ def main() -> int:
     os.environ["CELLVIEW_SETTINGS_FILE"] = str(tmp / "settings.ini")
 
     import numpy as np
-    from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer
+    from PySide6.QtCore import QElapsedTimer, QTimer
 
     from cellview.errors import CellviewError
     from cellview.gui.app import make_app
+    from cellview.gui.headless import wait_for
     from cellview.gui.mainwindow import MainWindow
     from cellview.model import resolve_model
     from cellview.results import AnalysisParams
@@ -70,19 +71,6 @@ def main() -> int:
         return 2
     errors: list[str] = []
     window.errorShown.connect(lambda m, d: errors.append(m))
-
-    def wait_for(signal, timeout_s: float) -> bool:
-        loop = QEventLoop()
-        fired = []
-        def fire(*_args) -> None:
-            fired.append(1)
-            loop.quit()
-
-        signal.connect(fire)
-        QTimer.singleShot(int(timeout_s * 1000), loop.quit)
-        loop.exec()
-        signal.disconnect(fire)
-        return bool(fired)
 
     clock = QElapsedTimer()
     clock.start()

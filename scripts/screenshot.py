@@ -1,8 +1,11 @@
-"""Render the viewer with a real slide, its heatmap and a tile in the inspector to docs/screenshot.png.
+"""Render the viewer with a real slide, its heatmap and a tile in the inspector.
 
     python scripts/screenshot.py [--slide PATH] [--model colon-he|PATH.onnx] [--out docs/screenshot.png]
+    python scripts/screenshot.py --regions            # → docs/screenshot_nuclei.png
 
-Uses colon-he when models/colon-he exists, else a toy 224-px model (and says so).
+``--regions`` outlines malignant regions (at ``--threshold``) and picks, inside the largest one,
+the tile with the most well-formed nuclei, so the inspector shows its nucleus contours.
+Uses colon-he when models/colon-he exists, else lung-he, else a toy 224-px model (and says so).
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,10 +23,12 @@ DEFAULT_SLIDE = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slide", default=str(DEFAULT_SLIDE))
-    ap.add_argument("--model", default="colon-he")
-    ap.add_argument("--out", default=str(REPO / "docs" / "screenshot.png"))
-    ap.add_argument("--size", default="1600x1000")
+    ap.add_argument("--model", default=None, help="default: colon-he, else lung-he")
+    ap.add_argument("--out", default=None, help="default: docs/screenshot.png (docs/screenshot_nuclei.png with --regions)")
+    ap.add_argument("--size", default=None, help="default 1600x1000 (1600x1080 with --regions)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--regions", action="store_true", help="outline malignant regions and show nuclei in the inspector")
+    ap.add_argument("--threshold", type=int, default=50, help="with --regions: min. confidence in percent")
     args = ap.parse_args()
 
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -33,66 +37,71 @@ def main() -> int:
     os.environ.setdefault("CELLVIEW_CACHE_DIR", str(tmp / "cache"))
 
     import numpy as np
-    from PySide6.QtCore import QEventLoop, QTimer
 
     from cellview.errors import CellviewError
     from cellview.gui.app import make_app
+    from cellview.gui.headless import settle, wait_for
     from cellview.gui.mainwindow import MainWindow
     from cellview.model import CATEGORIES, resolve_model
     from cellview.results import AnalysisParams
 
-    try:
-        model_path = resolve_model(args.model)
-    except CellviewError as exc:
-        if args.model != "colon-he":
-            print(exc.message, file=sys.stderr)
-            return 2
+    model_path = None
+    for name in [args.model] if args.model else ["colon-he", "lung-he"]:
+        try:
+            model_path = resolve_model(name)
+            break
+        except CellviewError as exc:
+            if args.model:
+                print(exc.message, file=sys.stderr)
+                return 2
+    if model_path is None:
         from cellview.testing import make_toy_model
 
         model_path = make_toy_model(tmp / "toy224", patch_px=224, spacing_um=0.5)
-        print("colon-he is not in models/ yet: rendered with the toy 224-px model; re-run when it exists.")
+        print("no colon-he or lung-he in models/: rendered with the toy 224-px model.")
 
     app = make_app()
     window = MainWindow(analysis_defaults=AnalysisParams(device=args.device))
-    w, h = (int(v) for v in args.size.split("x"))
+    w, h = (int(v) for v in (args.size or ("1600x1080" if args.regions else "1600x1000")).split("x"))
     window.resize(w, h)
     window.show()
     if not window.add_model(model_path):
         return 2
-
-    def wait_for(signal, timeout_s: float) -> bool:
-        loop = QEventLoop()
-        fired = []
-        def fire(*_args) -> None:
-            fired.append(1)
-            loop.quit()
-
-        signal.connect(fire)
-        QTimer.singleShot(int(timeout_s * 1000), loop.quit)
-        loop.exec()
-        signal.disconnect(fire)
-        return bool(fired)
-
-    def settle(seconds: float) -> None:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            app.processEvents()
-            time.sleep(0.01)
-
     window.open_path(args.slide)
     if not wait_for(window.analysisFinished, 900):
         print("analysis did not finish", file=sys.stderr)
         return 1
     result = window.result
-    # Inspect a confidently malignant tile if there is one, else the most confident tile.
-    conf = np.nan_to_num(result.confidence, nan=-1.0)
-    malignant = result.pred_category == CATEGORIES.index("malignant")
-    pick = int(np.argmax(np.where(malignant, conf, -1.0))) if malignant.any() else int(np.argmax(conf))
+    if args.regions:
+        window.threshold.setValue(args.threshold)
+        window.show_regions.setChecked(True)
+        while window._regions_worker is not None:  # regions are computed in a worker
+            settle(app, 0.05)
+        from cellview.morphology import measure_tile
+        from cellview.slide import open_slide
+
+        regions = window.region_list
+        tiles = regions[0].tile_indices if regions else np.flatnonzero(result.done)
+        with open_slide(args.slide) as slide:
+            found = [measure_tile(slide, result.grid, int(i), want_contours=False)[0] for i in tiles]
+        # Round nuclei on average: epithelium rather than stroma.
+        score = [m.count * (np.nan_to_num(m.mean_circularity) >= 0.65) + 1e-3 * m.count for m in found]
+        pick = int(tiles[int(np.argmax(score))])
+    else:
+        # A confidently malignant tile if there is one, else the most confident tile.
+        conf = np.nan_to_num(result.confidence, nan=-1.0)
+        malignant = result.pred_category == CATEGORIES.index("malignant")
+        pick = int(np.argmax(np.where(malignant, conf, -1.0))) if malignant.any() else int(np.argmax(conf))
     window.select_tile(pick)
     wait_for(window.patchShown, 10)
-    window._view_hovered(*[v + result.grid.tile_l0_w / 2 for v in result.grid.rect(pick)[:2]])
-    settle(1.0)
-    out = Path(args.out)
+    if args.regions:
+        settle(app, 0.5)  # the panel's layout grows with the nuclei rows first
+        bar = window.dock.widget().verticalScrollBar()
+        bar.setValue(bar.maximum())  # the inspector is at the bottom of the panel
+    else:
+        window._view_hovered(*[v + result.grid.tile_l0_w / 2 for v in result.grid.rect(pick)[:2]])
+    settle(app, 1.0)
+    out = Path(args.out or REPO / "docs" / ("screenshot_nuclei.png" if args.regions else "screenshot.png"))
     out.parent.mkdir(parents=True, exist_ok=True)
     window.grab().save(str(out))
     print(f"wrote {out} ({window.provider_label.text()}; {result.summary()})")
