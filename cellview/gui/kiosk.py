@@ -432,20 +432,28 @@ class KioskWindow(MainWindow):
         scroll.setWidget(panel)
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setMinimumWidth(420)
-        scroll.setMaximumWidth(600)
+        self._side_scroll = scroll
         lay.addWidget(scroll, 0)
         return page
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
         self.idle_screen.setGeometry(self.rect())
+        # The touch-sized controls need about 560 px; a fixed share of the screen keeps them unclipped.
+        self._side_scroll.setFixedWidth(int(min(760, max(560, 0.36 * self.width()))))
+
+    def _fill_screen(self) -> None:
+        """Full screen, also where no window manager honours the full-screen request (bare X kiosk)."""
+        self.showFullScreen()
+        screen = self.screen() or QApplication.primaryScreen()
+        if screen is not None and self.geometry() != screen.geometry():
+            self.setGeometry(screen.geometry())
 
     # ------------------------------------------------------------------------------ start, pages
 
     def start(self) -> None:
         """Go full-screen, start watching and prepare the model."""
-        self.showFullScreen()
+        self._fill_screen()
         app = QApplication.instance()
         if app is not None:
             app.installEventFilter(self._activity)
@@ -813,7 +821,7 @@ class KioskWindow(MainWindow):
 
     def _reassert_full_screen(self) -> None:
         if not self._exit_allowed and not self.isFullScreen():
-            self.showFullScreen()
+            self._fill_screen()
 
 
 def settings_from_args(args: argparse.Namespace) -> KioskSettings:
