@@ -88,8 +88,8 @@ def main() -> int:
         score = [m.count * (np.nan_to_num(m.mean_circularity) >= 0.65) + 1e-3 * m.count for m in found]
         pick = int(tiles[int(np.argmax(score))])
     else:
-        # A confidently malignant tile if there is one, else the most confident tile.
-        conf = np.nan_to_num(result.confidence, nan=-1.0)
+        # A confidently malignant tile full of tissue if there is one, else the most confident tile.
+        conf = np.nan_to_num(result.confidence, nan=-1.0) - (result.grid.tissue_fraction < 0.9)
         malignant = result.pred_category == CATEGORIES.index("malignant")
         pick = int(np.argmax(np.where(malignant, conf, -1.0))) if malignant.any() else int(np.argmax(conf))
     window.select_tile(pick)
