@@ -152,6 +152,14 @@ class MppDialog(QDialog):
         self.accept()
 
 
+def _hint(text: str, wrap: bool = True) -> QLabel:
+    """A small grey explanatory label (styled by the "hint" object name)."""
+    label = QLabel(text)
+    label.setObjectName("hint")
+    label.setWordWrap(wrap)
+    return label
+
+
 class MainWindow(QMainWindow):
     """The viewer. Signals let tests and benchmarks wait for what a user would see."""
 
@@ -238,9 +246,7 @@ class MainWindow(QMainWindow):
         self.device_box.setCurrentIndex(max(0, DEVICES.index(self.defaults.device)))
         row.addWidget(self.device_box, 1)
         c.addLayout(row)
-        self.model_info = QLabel("")
-        self.model_info.setObjectName("hint")
-        self.model_info.setWordWrap(True)
+        self.model_info = _hint("")
         c.addWidget(self.model_info)
         lay.addWidget(card)
 
@@ -260,8 +266,7 @@ class MainWindow(QMainWindow):
         self.progress.setValue(0)
         self.progress.setFormat("idle")
         c.addWidget(self.progress)
-        self.rate_label = QLabel("")
-        self.rate_label.setObjectName("hint")
+        self.rate_label = _hint("", wrap=False)
         c.addWidget(self.rate_label)
         self.nuclei_box = QCheckBox("Measure nuclei per tile (slower)")
         self.nuclei_box.setChecked(self.defaults.nuclei)
@@ -283,9 +288,7 @@ class MainWindow(QMainWindow):
                                      "with bounding boxes and areas")
         self.show_regions.toggled.connect(self.update_regions)
         c.addWidget(self.show_regions)
-        self.regions_label = QLabel("")
-        self.regions_label.setObjectName("hint")
-        self.regions_label.setWordWrap(True)
+        self.regions_label = _hint("")
         self.regions_label.setVisible(False)
         c.addWidget(self.regions_label)
         self.region_list: list[Region] = []
@@ -318,16 +321,12 @@ class MainWindow(QMainWindow):
         self.toggles = CategoryToggles()
         self.toggles.changed.connect(self.repaint_overlay)
         c.addWidget(self.toggles)
-        hint = QLabel("Colour = category, intensity = confidence. Hover or click a tile.")
-        hint.setObjectName("hint")
-        hint.setWordWrap(True)
+        hint = _hint("Colour = category, intensity = confidence. Hover or click a tile.")
         c.addWidget(hint)
         self.colorbar = ColorBar(self.lut)
         self.colorbar.setVisible(False)
         c.addWidget(self.colorbar)
-        self.summary_label = QLabel("")
-        self.summary_label.setObjectName("hint")
-        self.summary_label.setWordWrap(True)
+        self.summary_label = _hint("")
         c.addWidget(self.summary_label)
         lay.addWidget(card)
 
@@ -366,9 +365,7 @@ class MainWindow(QMainWindow):
         self.tissue_form.setVisible(False)
         form.setContentsMargins(0, 0, 0, 0)
         c.addWidget(self.tissue_form)
-        self.tissue_label = QLabel("")
-        self.tissue_label.setObjectName("hint")
-        self.tissue_label.setWordWrap(True)
+        self.tissue_label = _hint("")
         c.addWidget(self.tissue_label)
         lay.addWidget(card)
 
@@ -377,8 +374,7 @@ class MainWindow(QMainWindow):
         c.addWidget(self.inspector)
         lay.addWidget(card)
         lay.addStretch(1)
-        notice = QLabel("Research use only — not for clinical diagnosis.")
-        notice.setObjectName("hint")
+        notice = _hint("Research use only — not for clinical diagnosis.", wrap=False)
         notice.setAlignment(Qt.AlignmentFlag.AlignCenter)
         lay.addWidget(notice)
 
