@@ -108,11 +108,12 @@ def _params_from_args(args: argparse.Namespace):
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
-        nuclei=bool(getattr(args, "nuclei", False)),
+        nuclei=args.nuclei,
     )
 
 
-def _up_to_date(meta_path: Path, outputs: dict[str, Path], fingerprint: str, model_sha: str, params) -> bool:
+def _up_to_date(meta_path: Path, outputs: dict[str, Path], fingerprint: str, model_sha: str, params,
+                options: dict) -> bool:
     if not meta_path.exists() or not all(p.exists() for p in outputs.values()):
         return False
     try:
@@ -130,6 +131,7 @@ def _up_to_date(meta_path: Path, outputs: dict[str, Path], fingerprint: str, mod
         and meta.get("slide", {}).get("fingerprint") == fingerprint
         and meta.get("model", {}).get("sha256") == model_sha
         and old_params.cache_dict() == params.cache_dict()
+        and meta.get("export_options") == options
     )
 
 
@@ -137,11 +139,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cellview.cache import ResultCache
-    from cellview.export import FORMATS, export_all, output_paths
+    from cellview.export import FORMATS, export_options, export_slide_result, output_paths
     from cellview.model import ModelSpec, OnnxClassifier, resolve_model
-    from cellview.morphology import malignant_regions
     from cellview.pipeline import BatchDone, Finished, Started, analyze
-    from cellview.slide import file_fingerprint, open_slide
+    from cellview.slide import file_fingerprint
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
@@ -163,6 +164,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     slides, failures = discover_slides(args.paths)
     out_dir = Path(args.out)
     cache = None if args.no_cache else ResultCache()
+    region_confidence = None if args.no_regions else args.region_confidence
+    options = export_options(formats, args.png_size, region_confidence)
     taken: set[str] = set()
     n_ok = n_skipped = 0
     for path in slides:
@@ -170,7 +173,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         name = stem if path.suffix.lower() == ".dcm" else path.name
         paths = output_paths(out_dir, stem, formats)
         try:
-            if not args.force and _up_to_date(paths["json"], paths, file_fingerprint(path), spec.onnx_sha256, params):
+            if not args.force and _up_to_date(paths["json"], paths, file_fingerprint(path), spec.onnx_sha256, params,
+                                              options):
                 print(f"{name}: up to date with {spec.name}, skipped", file=sys.stderr)
                 n_skipped += 1
                 continue
@@ -188,14 +192,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
             assert result is not None
-            thumb = None
-            if "png" in formats:
-                with open_slide(path, mpp_um=params.mpp_um) as slide:
-                    thumb = slide.thumbnail(args.png_size)
-            regions = None if args.no_regions else malignant_regions(result, args.region_confidence)
-            export_all(result, out_dir, stem, thumb, formats,
-                       extra_meta={"fallback": classifier.fallback_message} if classifier.fallback_message else None,
-                       regions=regions, region_confidence=args.region_confidence)
+            _, regions = export_slide_result(
+                result, out_dir, stem, formats, args.png_size, region_confidence,
+                extra_meta={"fallback": classifier.fallback_message} if classifier.fallback_message else None,
+            )
             print(f"{name}: {result.summary()}")
             if regions:
                 top = regions[0]

@@ -424,3 +424,37 @@ def export_all(result: AnalysisResult, out_dir: Path, stem: str, thumbnail: np.n
             }
         atomic_write_text(paths["json"], json.dumps(metadata_dict(result, names, extra or None), indent=2))
     return paths
+
+
+def export_slide_result(result: AnalysisResult, out_dir: Path, stem: str, formats: Iterable[str] = FORMATS,
+                        png_size_px: int = 2048, region_confidence: float | None = 0.5,
+                        extra_meta: dict[str, Any] | None = None) -> tuple[dict[str, Path], list[Region] | None]:
+    """Everything a finished slide exports, for the CLI and the kiosk alike.
+
+    Reads the PNG's thumbnail from the slide, outlines malignant regions at
+    ``region_confidence`` (None: no regions), and records these export options in the metadata
+    so a later run can tell whether the files on disk are what it would write.
+    """
+    formats = list(formats)
+    thumb = None
+    if "png" in formats:
+        from cellview.slide import open_slide
+
+        with open_slide(result.slide.path, mpp_um=result.params.mpp_um) as slide:
+            thumb = slide.thumbnail(png_size_px)
+    regions = None
+    if region_confidence is not None:
+        from cellview.morphology import malignant_regions
+
+        regions = malignant_regions(result, region_confidence)
+    extra = dict(extra_meta or {})
+    extra["export_options"] = export_options(formats, png_size_px, region_confidence)
+    paths = export_all(result, out_dir, stem, thumb, formats, extra_meta=extra, regions=regions,
+                       region_confidence=region_confidence if region_confidence is not None else 0.5)
+    return paths, regions
+
+
+def export_options(formats: Iterable[str], png_size_px: int, region_confidence: float | None) -> dict[str, Any]:
+    """The options that shape the exported files (besides the analysis itself)."""
+    return {"formats": sorted(set(formats)), "png_size_px": int(png_size_px), "region_confidence": region_confidence}
+

@@ -23,11 +23,11 @@ from typing import Any
 import platformdirs
 
 from cellview.errors import CellviewError
-from cellview.export import FORMATS, atomic_write_text, export_all, output_paths
+from cellview.export import FORMATS, atomic_write_text, export_slide_result, output_paths
 from cellview.model import DEFAULT_MODEL, DEVICES, ModelSpec, OnnxClassifier, resolve_model
 from cellview.pipeline import CancelToken, Event, Finished, analyze
 from cellview.results import AnalysisParams
-from cellview.slide import SUPPORTED_SUFFIXES, open_slide
+from cellview.slide import SUPPORTED_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -485,21 +485,12 @@ def process_case(
         if result is None or result.status != "complete":
             return CaseResult(path, "cancelled", f"Analysis of {path.name} was cancelled.",
                               provider=classifier.provider_label, started_unix=started)
-        thumb = None
-        if "png" in settings.formats:
-            with open_slide(path, mpp_um=params.mpp_um) as slide:
-                thumb = slide.thumbnail(settings.png_size_px)
-        regions = None
-        if settings.regions:
-            from cellview.morphology import malignant_regions
-
-            regions = malignant_regions(result, settings.region_confidence)
         extra: dict[str, Any] = {"kiosk": {"source": str(path), "received_unix": started}}
         if classifier.fallback_message:
             extra["fallback"] = classifier.fallback_message
         stem = free_stem(outbox, path, settings.formats)
-        outputs = export_all(result, outbox, stem, thumb, settings.formats, extra_meta=extra,
-                             regions=regions, region_confidence=settings.region_confidence)
+        outputs, _ = export_slide_result(result, outbox, stem, settings.formats, settings.png_size_px,
+                                         settings.region_confidence if settings.regions else None, extra)
     except CellviewError as exc:
         log.warning("kiosk case %s failed: %s", path, exc)
         return failed(exc.message, exc.details)

@@ -149,3 +149,16 @@ def test_discover_groups_dicom_folders(data_dir):
     assert not problems
     assert sum(n.endswith(".dcm") and "1.2.826" in n for n in names) == 1  # one DICOM slide, many files
     assert "CMU-1-Small-Region.svs" in names and "small.svs" in names
+
+
+def test_changed_export_options_are_not_up_to_date(synthetic_slide, toy_model, tmp_path, capsys):
+    args = (synthetic_slide, "--model", toy_model, "--out", tmp_path)
+    assert _analyze(capsys, *args)[0] == 0
+    code, _, err = _analyze(capsys, *args)
+    assert code == 0 and "0 analysed, 1 up to date" in err
+    for changed in (("--region-confidence", "0.9"), ("--no-regions",), ("--png-size", "512")):
+        code, _, err = _analyze(capsys, *args, *changed)
+        assert code == 0 and "1 analysed, 0 up to date" in err, changed
+    meta = json.loads((tmp_path / "synthetic.json").read_text())
+    assert meta["export_options"] == {"formats": ["csv", "geojson", "json", "png"], "png_size_px": 512,
+                                      "region_confidence": 0.5}
