@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from cellview.tissue import optical_density, otsu_threshold
+
 if TYPE_CHECKING:
     from cellview.results import AnalysisResult
     from cellview.slide import Slide
@@ -51,12 +53,6 @@ def stain_unmixing_matrix(stain_matrix: Sequence[Sequence[float]] = HED_STAIN_MA
     if np.any(norms <= 0):
         raise ValueError("stain vectors must be non-zero")
     return np.linalg.inv(m / norms).astype(np.float32)
-
-
-def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) float32 optical density −ln((I + 1) / 256) of an RGB uint8 image."""
-    lut = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
-    return lut[rgb]
 
 
 def separate_stains(rgb: np.ndarray, stain_matrix: Sequence[Sequence[float]] = HED_STAIN_MATRIX) -> np.ndarray:
@@ -160,24 +156,6 @@ def _disk(radius_px: float) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    if values.size < 2:
-        return float("inf")
-    lo, hi = float(values.min()), float(values.max())
-    if hi - lo < 1e-6:
-        return hi
-    hist, edges = np.histogram(values, bins=bins, range=(lo, hi))
-    hist = hist.astype(np.float64)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mu0 = m0 / np.maximum(w0, 1e-12)
-    mu1 = (m0[-1] - m0) / np.maximum(w1, 1e-12)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(edges[int(np.argmax(between[:-1])) + 1])
-
-
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     h, w = mask.shape
     padded = np.zeros((h + 2, w + 2), np.uint8)
@@ -191,16 +169,18 @@ def nuclei_mask(rgb: np.ndarray, mpp_um: float | None = None, params: NucleiPara
                 ) -> tuple[np.ndarray, float]:
     """(H, W) uint8 0/1 nuclei foreground before splitting, and the threshold used."""
     params = params or NucleiParams()
+    return _nuclei_mask(optical_density(rgb), stain_unmixing_matrix(params.stain_matrix), mpp_um, params)
+
+
+def _nuclei_mask(od: np.ndarray, m: np.ndarray, mpp_um: float | None, params: NucleiParams) -> tuple[np.ndarray, float]:
     mpp = mpp_um or _DEFAULT_MPP_UM
-    od = optical_density(rgb)
-    m = stain_unmixing_matrix(params.stain_matrix)
     h = od[..., 0] * m[0, 0] + od[..., 1] * m[1, 0] + od[..., 2] * m[2, 0]
     np.maximum(h, 0.0, out=h)
     sigma = _px(params.smooth_sigma_um, mpp)
     if sigma >= 0.3:
         h = cv2.GaussianBlur(h, (0, 0), sigma)
     tissue = od.sum(axis=2) > params.tissue_od
-    thr = max(_otsu(h[tissue]) if tissue.any() else float("inf"), params.min_threshold)
+    thr = max(otsu_threshold(h[tissue]) if tissue.any() else float("inf"), params.min_threshold)
     mask = (h > thr).astype(np.uint8)
     r_open = _px(params.open_radius_um, mpp)
     if r_open >= 0.75:
@@ -375,12 +355,12 @@ def measure_nuclei(rgb_tile: np.ndarray, mpp_um: float | None, want_contours: bo
     if mpp_um is not None and not mpp_um > 0:
         raise ValueError(f"mpp_um must be positive, got {mpp_um}")
     params = params or NucleiParams()
-    mask, thr = nuclei_mask(rgb_tile, mpp_um, params)
+    od = optical_density(rgb_tile)
+    m = stain_unmixing_matrix(params.stain_matrix)
+    mask, thr = _nuclei_mask(od, m, mpp_um, params)
     labels = split_nuclei(mask, mpp_um, params)
     if labels.any():
         # marking ink and pigment are dark in haematoxylin too but lack the nuclei's red: drop them
-        od = optical_density(rgb_tile)
-        m = stain_unmixing_matrix(params.stain_matrix)
         eosin = od[..., 0] * m[0, 1] + od[..., 1] * m[1, 1] + od[..., 2] * m[2, 1]
         n = int(labels.max()) + 1
         mean_e = np.bincount(labels.ravel(), eosin.ravel(), n) / np.maximum(np.bincount(labels.ravel(), minlength=n), 1)

@@ -50,29 +50,39 @@ class TissueMask:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
 
+_OD_LUT = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float32 optical density −ln((I + 1) / 256) of an RGB uint8 image."""
+    return _OD_LUT[rgb]
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a sample (histogram over its own range); +inf for fewer than 2 values."""
+    if values.size < 2:
+        return float("inf")
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-6:
+        return hi
+    hist, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    hist = hist.astype(np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mu0 = m0 / np.maximum(w0, 1e-12)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1e-12)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
 def _signal(rgb: np.ndarray, method: str) -> np.ndarray:
     """Per-pixel 'tissueness' in [0, 1]."""
     if method == "saturation":
         hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
         return hsv[..., 1].astype(np.float32) / 255.0
-    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
-    return np.clip(od.sum(axis=2) / 3.0, 0.0, 1.0)
-
-
-def _otsu(values: np.ndarray) -> float:
-    hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
-    hist = hist.astype(np.float64)
-    total = hist.sum()
-    if total == 0:
-        return 0.5
-    centers = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = total - w0
-    m0 = np.cumsum(hist * centers)
-    mu0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
-    mu1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(centers[int(np.argmax(between))])
+    return np.clip(optical_density(rgb).sum(axis=2) / 3.0, 0.0, 1.0)
 
 
 def _remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
@@ -90,7 +100,7 @@ def tissue_mask_from_rgb(rgb: np.ndarray, mask_mpp_um: float, params: TissuePara
     sigma_px = params.blur_sigma_um / mask_mpp_um
     if sigma_px >= 0.3:
         signal = cv2.GaussianBlur(signal, (0, 0), sigma_px)
-    threshold = float(np.clip(_otsu(signal), params.min_threshold, params.max_threshold))
+    threshold = float(np.clip(otsu_threshold(signal), params.min_threshold, params.max_threshold))
     mask = signal > threshold
     radius = int(round(params.closing_um / mask_mpp_um / 2))
     if radius >= 1:
