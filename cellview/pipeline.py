@@ -243,9 +243,12 @@ def analyze(
                     nuclei.values[item.indices] = item.nuclei
                 ok = ~item.failed
                 t_inf = time.perf_counter()
-                batch_probs = np.full((len(item.indices), spec.num_classes), np.nan, dtype=np.float32)
-                if ok.any():
-                    batch_probs[ok] = classifier.predict(item.tiles[ok])
+                if ok.all():  # the usual case: no copy of the batch
+                    batch_probs = classifier.predict(item.tiles)
+                else:
+                    batch_probs = np.full((len(item.indices), spec.num_classes), np.nan, dtype=np.float32)
+                    if ok.any():
+                        batch_probs[ok] = classifier.predict(item.tiles[ok])
                 infer_s += time.perf_counter() - t_inf
                 probs[item.indices] = batch_probs
                 state[item.indices] = np.where(ok, TileState.DONE, TileState.FAILED)
