@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cellview import __version__
 from cellview.errors import CellviewError, SlideError
-from cellview.slide import SUPPORTED_SUFFIXES
+from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name, slide_stem
 
 log = logging.getLogger("cellview")
 
@@ -66,7 +66,7 @@ def discover_slides(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple
 
 def output_stem(slide: Path, taken: set[str]) -> str:
     """File stem for a slide's outputs: its name (the folder's for DICOM), made unique in the batch."""
-    stem = slide.parent.name if slide.suffix.lower() == ".dcm" else slide.stem
+    stem = slide_stem(slide)
     candidate, n = stem, 2
     while candidate in taken:
         candidate = f"{stem}_{n}"
@@ -170,7 +170,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     n_ok = n_skipped = 0
     for path in slides:
         stem = output_stem(path, taken)
-        name = stem if path.suffix.lower() == ".dcm" else path.name
+        name = slide_display_name(path)
         paths = output_paths(out_dir, stem, formats)
         try:
             if not args.force and _up_to_date(paths["json"], paths, file_fingerprint(path), spec.onnx_sha256, params,

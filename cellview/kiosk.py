@@ -27,7 +27,7 @@ from cellview.export import FORMATS, atomic_write_text, export_slide_result, out
 from cellview.model import DEFAULT_MODEL, DEVICES, ModelSpec, OnnxClassifier, resolve_model
 from cellview.pipeline import CancelToken, Event, Finished, analyze
 from cellview.results import AnalysisParams
-from cellview.slide import SUPPORTED_SUFFIXES
+from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name, slide_stem
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +425,7 @@ class CaseResult:
     @property
     def name(self) -> str:
         """Display name: the file name, or the folder's for a DICOM slide."""
-        return self.path.parent.name if self.path.suffix.lower() == ".dcm" else self.path.name
+        return slide_display_name(self.path)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -443,7 +443,7 @@ class CaseResult:
 
 def free_stem(outbox: Path, path: Path, formats: Iterable[str] = FORMATS) -> str:
     """Output stem for a case that overwrites no earlier case in the outbox (``name``, ``name_2``…)."""
-    base = path.parent.name if path.suffix.lower() == ".dcm" else path.stem
+    base = slide_stem(path)
     candidate, n = base, 2
     while any(p.exists() for p in output_paths(outbox, candidate, formats).values()):
         candidate = f"{base}_{n}"

@@ -33,6 +33,18 @@ _MPP_PLAUSIBLE_UM = (0.02, 50.0)
 _MAX_PLAIN_PIXELS = 400_000_000
 
 
+def slide_stem(path: Path) -> str:
+    """A slide's name without suffix; a DICOM slide is a folder of UID-named files, so its folder's."""
+    path = Path(path)
+    return path.parent.name if path.suffix.lower() == ".dcm" else path.stem
+
+
+def slide_display_name(path: Path) -> str:
+    """What a person calls the slide: the file name, or the DICOM folder's name."""
+    path = Path(path)
+    return path.parent.name if path.suffix.lower() == ".dcm" else path.name
+
+
 @dataclass(frozen=True)
 class Mpp:
     """Microns per pixel at level 0 and where the value came from."""
@@ -140,7 +152,7 @@ class Slide:
 
     @property
     def name(self) -> str:
-        return self.path.stem
+        return slide_stem(self.path)
 
     def best_level_for_downsample(self, downsample: float) -> int:
         """Highest level whose downsample does not exceed ``downsample`` (1% slack for rounding)."""
