@@ -66,12 +66,13 @@ def tiles_from(slide: Path | None, spec: ModelSpec, n: int) -> np.ndarray:
     if slide is None:
         return np.random.default_rng(0).integers(0, 256, (n, spec.patch_size_pixels, spec.patch_size_pixels, 3),
                                                  dtype=np.uint8)
+    from cellview.pipeline import plan_tiles
     from cellview.slide import open_slide
-    from cellview.tiling import build_grid, read_tile
-    from cellview.tissue import detect_tissue
+    from cellview.tiling import read_tile
 
     with open_slide(slide) as s:
-        grid = build_grid(s, spec.patch_size_pixels, spec.spacing_um_px, detect_tissue(s, mpp_um=s.require_mpp().um))
+        s.require_mpp()
+        _, grid = plan_tiles(s, spec, AnalysisParams())
         idx = np.linspace(0, grid.n_tiles - 1, min(n, grid.n_tiles)).astype(int)
         tiles = np.stack([read_tile(s, grid, int(i)) for i in idx])
     return np.concatenate([tiles] * (n // len(tiles) + 1))[:n]

@@ -21,18 +21,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cellview.model import ModelSpec, OnnxClassifier, resolve_model  # noqa: E402
-from cellview.pipeline import TileReaders, run_analysis  # noqa: E402
+from cellview.pipeline import TileReaders, batch_indices, plan_tiles, run_analysis  # noqa: E402
 from cellview.results import AnalysisParams  # noqa: E402
 from cellview.slide import open_slide  # noqa: E402
-from cellview.tiling import build_grid  # noqa: E402
-from cellview.tissue import detect_tissue  # noqa: E402
 
 
 def read_only(slide_path: Path, spec: ModelSpec, params: AnalysisParams) -> tuple[int, float, list[np.ndarray]]:
     slide = open_slide(slide_path, mpp_um=params.mpp_um)
-    tissue = detect_tissue(slide, params.tissue, slide.require_mpp().um)
-    grid = build_grid(slide, spec.patch_size_pixels, spec.spacing_um_px, tissue, params.tissue_threshold)
-    batches = [np.arange(s, min(s + params.batch_size, grid.n_tiles)) for s in range(0, grid.n_tiles, params.batch_size)]
+    slide.require_mpp()
+    _, grid = plan_tiles(slide, spec, params)
+    batches = batch_indices(grid.n_tiles, params.batch_size)
     kept: list[np.ndarray] = []
     t0 = time.perf_counter()
     readers = TileReaders(slide, grid, batches, params.workers)

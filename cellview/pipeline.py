@@ -19,7 +19,7 @@ import numpy as np
 
 from cellview.cache import ResultCache, cache_key
 from cellview.errors import AnalysisError, CellviewError, SlideError
-from cellview.model import OnnxClassifier
+from cellview.model import ModelSpec, OnnxClassifier
 from cellview.morphology import TileNuclei, measure_nuclei, patch_mpp
 from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
 from cellview.slide import Slide, open_slide
@@ -172,6 +172,23 @@ class TileReaders:
             t.join(timeout=10)
 
 
+def plan_tiles(slide: Slide, spec: ModelSpec, params: AnalysisParams) -> tuple[TissueMask, TileGrid]:
+    """The tiles analyze() classifies: the tissue mask, then the grid at the model's spacing."""
+    mpp_um = slide.mpp.um if slide.mpp else None
+    tissue = detect_tissue(slide, params.tissue, mpp_um)
+    grid = build_grid(
+        slide, spec.patch_size_pixels, spec.spacing_um_px, tissue,
+        tissue_threshold=params.tissue_threshold, overlap=params.overlap, whole_image=params.whole_image,
+    )
+    return tissue, grid
+
+
+def batch_indices(n_tiles: int, batch_size: int) -> list[np.ndarray]:
+    """Tile indices in grid order, cut into batches (the last may be shorter)."""
+    size = max(1, int(batch_size))
+    return [np.arange(s, min(s + size, n_tiles)) for s in range(0, n_tiles, size)]
+
+
 def analyze(
     slide_path: str | Path,
     classifier: OnnxClassifier,
@@ -206,11 +223,7 @@ def analyze(
 
         t0 = time.perf_counter()
         mpp_um = info.mpp.um if info.mpp else None
-        tissue = detect_tissue(slide, params.tissue, mpp_um)
-        grid = build_grid(
-            slide, spec.patch_size_pixels, spec.spacing_um_px, tissue,
-            tissue_threshold=params.tissue_threshold, overlap=params.overlap, whole_image=params.whole_image,
-        )
+        tissue, grid = plan_tiles(slide, spec, params)
         t_tissue = time.perf_counter() - t0
         n = grid.n_tiles
         probs = np.full((n, spec.num_classes), np.nan, dtype=np.float32)
@@ -220,8 +233,7 @@ def analyze(
         nuclei = TileNuclei.empty(n, "um2" if nuclei_mpp is not None else "px2") if params.nuclei else None
         yield Started(str(slide.path), grid, tissue, classifier.describe(), n)
 
-        batch_size = max(1, int(params.batch_size))
-        batches = [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+        batches = batch_indices(n, params.batch_size)
         t_run = time.perf_counter()
         infer_s = read_s = nuclei_s = 0.0
         done = 0
