@@ -53,7 +53,7 @@ from cellview.kiosk import (
     process_case,
 )
 from cellview.model import OnnxClassifier
-from cellview.pipeline import BatchDone, CancelToken, Finished, Started, analyze
+from cellview.pipeline import CancelToken, Finished, analyze
 from cellview.results import AnalysisParams, AnalysisResult
 from cellview.slide import SUPPORTED_SUFFIXES
 
@@ -124,6 +124,16 @@ def _label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:
         label.setObjectName(name)
     label.setWordWrap(wrap)
     return label
+
+
+def _card(name: str) -> tuple[QFrame, QLabel]:
+    """A hidden, styled frame (by object name) holding one wrapped label."""
+    frame = QFrame()
+    frame.setObjectName(name)
+    label = _label("")
+    QHBoxLayout(frame).addWidget(label, 1)
+    frame.hide()
+    return frame, label
 
 
 class PinPad(QDialog):
@@ -210,7 +220,7 @@ class KioskWindow(MainWindow):
         self.settings = settings
         self._loader = classifier_loader
         self._exit_allowed = False
-        super().__init__(kiosk=True, analysis_defaults=AnalysisParams(
+        super().__init__(analysis_defaults=AnalysisParams(
             tissue_threshold=settings.tissue_threshold, mpp_um=settings.mpp_um, device=settings.device,
             workers=settings.workers))
         self.use_cache = False
@@ -277,25 +287,16 @@ class KioskWindow(MainWindow):
         top.addWidget(self.provider_badge)
         outer.addLayout(top)
 
-        self.banner = QFrame()
-        self.banner.setObjectName("kioskBanner")
-        bl = QHBoxLayout(self.banner)
-        self.banner_label = _label("")
-        bl.addWidget(self.banner_label)
-        self.banner.hide()
+        self.banner, self.banner_label = _card("kioskBanner")
         outer.addWidget(self.banner)
 
-        self.error_card = QFrame()
-        self.error_card.setObjectName("kioskError")
-        el = QHBoxLayout(self.error_card)
-        el.setContentsMargins(20, 12, 12, 12)
-        self.error_label = _label("")
+        self.error_card, self.error_label = _card("kioskError")
         self.error_label.setTextFormat(Qt.TextFormat.PlainText)
-        el.addWidget(self.error_label, 1)
+        el = self.error_card.layout()
+        el.setContentsMargins(20, 12, 12, 12)
         dismiss = QPushButton("OK")
         dismiss.clicked.connect(self.hide_error)
         el.addWidget(dismiss, 0, Qt.AlignmentFlag.AlignTop)
-        self.error_card.hide()
         outer.addWidget(self.error_card)
 
         self.stack = QStackedWidget()
@@ -362,12 +363,7 @@ class KioskWindow(MainWindow):
         left.addWidget(self.waiting_hint)
         self.receiving_label = _label("", "kioskHint")
         left.addWidget(self.receiving_label)
-        self.done_card = QFrame()
-        self.done_card.setObjectName("kioskDone")
-        dl = QVBoxLayout(self.done_card)
-        self.done_label = _label("")
-        dl.addWidget(self.done_label)
-        self.done_card.hide()
+        self.done_card, self.done_label = _card("kioskDone")
         left.addWidget(self.done_card)
         row = QHBoxLayout()
         self.open_btn = QPushButton("Open slide…")
@@ -418,9 +414,8 @@ class KioskWindow(MainWindow):
         side.addWidget(_adopt(self.progress))
         side.addWidget(_adopt(self.rate_label))
         side.addWidget(_adopt(self.show_overlay))
-        for name in ("show_regions", "regions_label"):  # malignant-region outlines, where the viewer has them
-            if isinstance(getattr(self, name, None), QWidget):
-                side.addWidget(_adopt(getattr(self, name)))
+        side.addWidget(_adopt(self.show_regions))
+        side.addWidget(_adopt(self.regions_label))
         side.addWidget(_label("Opacity", "kioskHint", wrap=False))
         side.addWidget(_adopt(self.opacity))
         side.addWidget(_adopt(self.toggles))
@@ -579,7 +574,7 @@ class KioskWindow(MainWindow):
         self._show_when_opened = None
         self.open_path(path, mpp_um=settings.mpp_um)
         self.case_title.setText(path.name)
-        self._params = settings.analysis_params(classifier.spec.patch_size_pixels)
+        params = self._params = settings.analysis_params(classifier.spec.patch_size_pixels)
         self.progress.setRange(0, 0)
         self.progress.setFormat("Preparing…")
         self.rate_label.setText("Finding tissue…")
@@ -590,13 +585,12 @@ class KioskWindow(MainWindow):
             if export:
                 yield process_case(path, classifier, settings, cancel, on_event=box["w"].raw_item.emit)
             else:
-                yield from analyze(path, classifier, settings.analysis_params(classifier.spec.patch_size_pixels),
-                                   cancel, ResultCache())
+                yield from analyze(path, classifier, params, cancel, ResultCache())
 
         worker = Worker(run, "kiosk-case")
         box["w"] = worker
         worker.item.connect(lambda item, w=worker: self._on_case_item(item) if w is self._case_worker else None)
-        worker.failed.connect(lambda exc, w=worker: self._case_failed(exc) if w is self._case_worker else None)
+        worker.failed.connect(lambda exc, w=worker: self._fail_case(exc.message) if w is self._case_worker else None)
         worker.done.connect(lambda w=worker: self._on_case_done(w))
         self._case_worker = worker
         self._set_busy(True)
@@ -606,14 +600,12 @@ class KioskWindow(MainWindow):
         self._update_state_label()
 
     def _on_case_item(self, item: object) -> None:
-        if isinstance(item, (Started, BatchDone)):
-            self._on_analysis_event(item)
-        elif isinstance(item, Finished):
-            if item.result.status == "complete" and self.current_case is not None:
-                self._results[self.current_case] = item.result
-            self._on_analysis_event(item)
-        elif isinstance(item, CaseResult):
+        if isinstance(item, CaseResult):
             self._on_case_result(item)
+            return
+        if isinstance(item, Finished) and item.result.status == "complete" and self.current_case is not None:
+            self._results[self.current_case] = item.result
+        self._on_analysis_event(item)  # the pipeline's events stream exactly as on the desktop
 
     def _on_case_result(self, case: CaseResult) -> None:
         self.recent.add(case)
@@ -626,9 +618,6 @@ class KioskWindow(MainWindow):
         elif case.status == "failed":
             self._fail_case(case.message)
         self._last_case = case
-
-    def _case_failed(self, exc: CellviewError) -> None:
-        self._fail_case(exc.message)
 
     def _fail_case(self, message: str) -> None:
         """The error on screen, the slide closed, back to waiting; the watcher never stopped."""

@@ -1,12 +1,11 @@
 """The main window: slide canvas in the middle, one side panel with analysis, heatmap and inspector.
 
-``MainWindow(kiosk=False)``; a kiosk variant can reuse it with menus hidden and its own driver.
+The kiosk (``cellview.gui.kiosk.KioskWindow``) subclasses it, hides its menus and drives it.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from cellview import export
 from cellview.errors import CellviewError, ModelError
 from cellview.gui import settings as cfg
 from cellview.gui.panels import CategoryToggles, ColorBar, TileInspector, section
-from cellview.gui.slideview import SlideView, format_um
+from cellview.gui.slideview import ARROW_STEPS, SlideView, format_um
 from cellview.gui.tasks import (
     ModelReady,
     Opened,
@@ -172,9 +171,8 @@ class MainWindow(QMainWindow):
     regionsShown = Signal()
     errorShown = Signal(str, str)
 
-    def __init__(self, kiosk: bool = False, analysis_defaults: AnalysisParams | None = None) -> None:
+    def __init__(self, analysis_defaults: AnalysisParams | None = None) -> None:
         super().__init__()
-        self.kiosk = kiosk
         self.defaults = analysis_defaults or AnalysisParams()
         self.use_cache = True  # benchmarks turn it off to measure real runs
         self.setWindowTitle("CellView")
@@ -192,7 +190,6 @@ class MainWindow(QMainWindow):
         self.result: AnalysisResult | None = None
         self._run: dict | None = None
         self._partial: AnalysisResult | None = None
-        self._index_grid: tuple[object, np.ndarray] | None = None
         self._dirty = False
         self._models: dict[str, str] = {}
         self._tissue_worker: Worker | None = None
@@ -424,7 +421,6 @@ class MainWindow(QMainWindow):
         self.act_cancel = m.addAction("&Cancel", QKeySequence("Esc"), self.cancel_analysis)
         m = bar.addMenu("&Help")
         m.addAction("About CellView", self._about)
-        bar.setVisible(not self.kiosk)
 
     def _build_status(self) -> None:
         sb = self.statusBar()
@@ -560,6 +556,9 @@ class MainWindow(QMainWindow):
         """Stop everything that belongs to the current slide; late events from its workers are ignored."""
         self.cancel_analysis()
         self.analysis = None
+        if self._open_worker is not None:  # a slide still opening must not appear after this
+            self._open_worker.cancel()
+            self._open_worker = None
         self._repaint_timer.stop()
         if self._tissue_worker is not None:
             self._tissue_worker.cancel()
@@ -664,8 +663,7 @@ class MainWindow(QMainWindow):
             cfg.record_mpp(self.opened.info.fingerprint, choice)
             info = replace(self.opened.info, mpp=Mpp(choice, choice, "user"))
             self.opened = replace(self.opened, info=info)
-            self.view.opened = self.opened
-            self.view._place_overlays()
+            self.view.set_opened(self.opened)
         self._update_slide_label()
         return True
 
@@ -731,7 +729,6 @@ class MainWindow(QMainWindow):
         self.device_box.setEnabled(not running)
         for act in self.export_actions:
             act.setEnabled(self.result is not None and not running)
-        self.act_cancel.setEnabled(running)
 
     def _on_analysis_event(self, ev: object) -> None:
         if isinstance(ev, ModelReady):
@@ -748,7 +745,7 @@ class MainWindow(QMainWindow):
             self._run = {
                 "grid": ev.grid, "tissue": ev.tissue, "provider": ev.provider,
                 "probs": np.full((n, self.spec.num_classes), np.nan, np.float32),
-                "state": np.zeros(n, np.uint8), "t0": time.perf_counter(),
+                "state": np.zeros(n, np.uint8),
                 "nuclei": TileNuclei.empty(n, "px2" if self._mpp_um() is None else "um2")
                 if self._params.nuclei else None,
             }
@@ -777,7 +774,7 @@ class MainWindow(QMainWindow):
         grid = result.grid
         self._run = {"grid": grid, "tissue": result.tissue, "provider": result.provider, "probs": result.probs,
                      "nuclei": getattr(result, "nuclei", None),
-                     "state": result.state, "t0": 0.0}
+                     "state": result.state}
         self.progress.setRange(0, max(1, result.n_tiles))
         self.progress.setValue(result.n_done + result.n_failed)
         status = {"complete": "Done", "cancelled": "Cancelled"}.get(result.status, result.status)
@@ -841,16 +838,14 @@ class MainWindow(QMainWindow):
             self.repaint_overlay()
 
     def tile_at(self, result: AnalysisResult, l0_x: float, l0_y: float) -> int:
-        """Tile index under a level-0 point (-1 if none), with the grid's index map cached."""
+        """Tile index under a level-0 point (-1 if none); the grid caches its index map."""
         g = result.grid
-        if self._index_grid is None or self._index_grid[0] is not g:
-            self._index_grid = (g, g.index_grid())
         if l0_x < 0 or l0_y < 0:
             return -1
         row, col = int(l0_y // g.stride_l0_y), int(l0_x // g.stride_l0_x)
         if row >= g.n_rows or col >= g.n_cols:
             return -1
-        return int(self._index_grid[1][row, col])
+        return int(g.index_grid()[row, col])
 
     def _threshold_changed(self, value: int) -> None:
         self.threshold_label.setText(f"{value}%")
@@ -1061,8 +1056,7 @@ class MainWindow(QMainWindow):
             if g.n_tiles:
                 self.select_tile(0)
             return
-        self.tile_at(result, 0, 0)
-        ig = self._index_grid[1]
+        ig = g.index_grid()
         r, c = int(g.grid_row[self.inspector.index]), int(g.grid_col[self.inspector.index])
         while True:
             r, c = r + d_row, c + d_col
@@ -1076,9 +1070,8 @@ class MainWindow(QMainWindow):
                 return
 
     def keyPressEvent(self, event) -> None:  # noqa: N802 - Qt API
-        steps = {Qt.Key.Key_Left: (0, -1), Qt.Key.Key_Right: (0, 1), Qt.Key.Key_Up: (-1, 0), Qt.Key.Key_Down: (1, 0)}
-        if event.key() in steps:
-            self.step_selection(*steps[event.key()])
+        if event.key() in ARROW_STEPS:
+            self.step_selection(*ARROW_STEPS[event.key()])
             return
         super().keyPressEvent(event)
 

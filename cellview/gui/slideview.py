@@ -26,6 +26,9 @@ pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
 CANVAS_BG = "#262a2e"
 
+ARROW_STEPS = {Qt.Key.Key_Left: (0, -1), Qt.Key.Key_Right: (0, 1), Qt.Key.Key_Up: (-1, 0), Qt.Key.Key_Down: (1, 0)}
+"""Arrow key -> (d_row, d_col) for stepping the tile selection."""
+
 
 def nice_length_um(target_um: float) -> float:
     """1-2-5 rounding so scale bars read 50 µm, 200 µm, 1 mm..."""
@@ -205,10 +208,6 @@ class RegionGraphics:
     def items(self) -> tuple:
         return self.outline, self.box, self.label
 
-    def set_visible(self, on: bool) -> None:
-        for item in self.items():
-            item.setVisible(on)
-
 
 def region_label(region: Region) -> str:
     return f"#{region.rank} {region.label()}"
@@ -314,6 +313,11 @@ class SlideView(pg.GraphicsView):
         self._place_overlays()
         self.viewport().update()
 
+    def set_opened(self, opened: Opened) -> None:
+        """The same slide with updated info (a user-entered pixel size): only the scale bar changes."""
+        self.opened = opened
+        self._place_overlays()
+
     def set_base_image(self, opened: Opened) -> None:
         """The whole slide at thumbnail resolution, always under the pyramid tiles."""
         self.opened = opened
@@ -363,21 +367,20 @@ class SlideView(pg.GraphicsView):
 
     # -- overlays ------------------------------------------------------------------------------
 
-    def set_overlay(self, rgba: np.ndarray | None, l0_rect: QRectF | None = None) -> None:
+    @staticmethod
+    def _set_rgba(item: pg.ImageItem, rgba: np.ndarray | None, l0_rect: QRectF | None) -> None:
         if rgba is None:
-            self.overlay.clear()
+            item.clear()
             return
-        self.overlay.setImage(rgba, autoLevels=False, levels=None)
+        item.setImage(rgba, autoLevels=False, levels=None)
         if l0_rect is not None:
-            self.overlay.setRect(l0_rect)
+            item.setRect(l0_rect)
+
+    def set_overlay(self, rgba: np.ndarray | None, l0_rect: QRectF | None = None) -> None:
+        self._set_rgba(self.overlay, rgba, l0_rect)
 
     def set_tissue(self, rgba: np.ndarray | None, l0_rect: QRectF | None = None) -> None:
-        if rgba is None:
-            self.tissue_item.clear()
-            return
-        self.tissue_item.setImage(rgba, autoLevels=False, levels=None)
-        if l0_rect is not None:
-            self.tissue_item.setRect(l0_rect)
+        self._set_rgba(self.tissue_item, rgba, l0_rect)
 
     def set_selection(self, rect: tuple[int, int, int, int] | None) -> None:
         if rect is None:
@@ -425,9 +428,8 @@ class SlideView(pg.GraphicsView):
         self._update_timer.start()
 
     def keyPressEvent(self, event) -> None:  # noqa: N802 - Qt API
-        steps = {Qt.Key.Key_Left: (0, -1), Qt.Key.Key_Right: (0, 1), Qt.Key.Key_Up: (-1, 0), Qt.Key.Key_Down: (1, 0)}
-        if event.key() in steps:
-            self.stepKey.emit(*steps[event.key()])
+        if event.key() in ARROW_STEPS:
+            self.stepKey.emit(*ARROW_STEPS[event.key()])
             event.accept()
             return
         super().keyPressEvent(event)

@@ -110,7 +110,6 @@ class ModelReady:
 
     spec: ModelSpec
     description: str
-    provider_label: str
     fallback_message: str | None
 
 
@@ -121,7 +120,7 @@ def analysis_task(path: str, model_path: str, params: AnalysisParams, cancel: Ca
     # Leave one core to the UI thread on small machines.
     threads = max(1, (os.cpu_count() or 2) - 1)
     classifier = OnnxClassifier(spec, device=params.device, intra_op_threads=threads)
-    yield ModelReady(spec, classifier.describe(), classifier.provider_label, classifier.fallback_message)
+    yield ModelReady(spec, classifier.describe(), classifier.fallback_message)
     yield from analyze(path, classifier, params, cancel, ResultCache() if use_cache else None)
 
 
@@ -135,14 +134,13 @@ def regions_task(result: AnalysisResult, min_confidence: float) -> Iterator[list
 
 @dataclass(frozen=True)
 class TissuePreview:
-    params: TissueParams
     mask: TissueMask
 
 
 def tissue_task(path: str, mpp_um: float | None, params: TissueParams) -> Iterator[TissuePreview]:
     slide = open_slide(path, mpp_um=mpp_um)
     try:
-        yield TissuePreview(params, detect_tissue(slide, params, slide.mpp.um if slide.mpp else None))
+        yield TissuePreview(detect_tissue(slide, params, slide.mpp.um if slide.mpp else None))
     finally:
         slide.close()
 

@@ -1,8 +1,10 @@
 """The one worker abstraction of the GUI: a QThread that iterates a generator and emits its items.
 
 Long work is a generator (the core's ``analyze`` or a small one in ``tasks``); the worker emits
-each item as a signal on the main thread, so widgets are only touched there. Cancelling sets a
-token the generator checks at its next yield, and the worker stops iterating at the same point.
+each item as a signal on the main thread, so widgets are only touched there. Cancelling only
+sets a token the generator checks; the worker keeps relaying what it yields until it returns
+(the analysis yields its partial result after a cancel), so late items are ignored by the
+receiver, which compares the sender with the worker it currently holds.
 """
 
 from __future__ import annotations
