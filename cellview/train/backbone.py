@@ -12,6 +12,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -188,28 +189,31 @@ class FeatureRunner:
     """
 
     def __init__(self, bb: Backbone, patch: int, workdir: Path, device: str, threads: int = 2) -> None:
-        self.device = device
+        self.device, self.patch, self.threads = device, patch, threads
         frozen_tail = bb.tail if bb.finetune_blocks == 0 else None
         self.module = _TrunkOnly(Normalize(bb.mean, bb.std), bb.trunk, frozen_tail).eval()
-        self.ort = None
-        if device == "cpu":
-            import onnxruntime as ort
-
-            workdir.mkdir(parents=True, exist_ok=True)
-            path = workdir / f"frozen_{bb.arch}_{patch}_ft{bb.finetune_blocks}.onnx"
-            export_onnx(self.module, path, patch, output_name="features")
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.log_severity_level = 3
-            self.ort = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        else:
-            self.module.to(device)
+        self.path = workdir / f"frozen_{bb.arch}_{patch}_ft{bb.finetune_blocks}.onnx"
+        self._ort: Any = None
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        if self.ort is not None:
-            return self.ort.run(None, {"tiles": tiles})[0]
+        if self.device == "cpu":
+            if self._ort is None:  # exported on first use: a resumed run whose features are cached never needs it
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                export_onnx(self.module, self.path, self.patch, output_name="features")
+                self._ort = cpu_session(self.path, self.threads)
+            return self._ort.run(None, {"tiles": tiles})[0]
         with torch.inference_mode():
-            return self.module(torch.from_numpy(tiles).to(self.device)).float().cpu().numpy()
+            return self.module.to(self.device)(torch.from_numpy(tiles).to(self.device)).float().cpu().numpy()
+
+
+def cpu_session(path: Path, threads: int = 2) -> Any:
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and warnings silenced."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def imagenet_top5(rgb_224: np.ndarray) -> list[int]:

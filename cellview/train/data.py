@@ -18,7 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cellview.model import CATEGORIES, CATEGORY_COLORS
+from cellview.model import CATEGORIES, CATEGORY_COLORS, sha256_file
+from cellview.morphology import HED_STAIN_MATRIX
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -157,8 +158,11 @@ def recipe_from_dict(raw: dict[str, Any], data_root: Path) -> Recipe:
 def recipe_from_args(data: Sequence[str], classes: str | None, spacing: float, patch: int, name: str) -> Recipe:
     """A recipe for the simple case: ``--data`` folders/CSVs plus an optional class → category JSON."""
     if classes:
-        p = Path(classes)
-        raw_classes = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else json.loads(classes)
+        inline = classes.lstrip().startswith(("{", "["))  # a JSON string; Path(...).is_file() raises on long ones
+        try:
+            raw_classes = json.loads(classes if inline else Path(classes).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"--classes must be a JSON file or a JSON string: {exc}") from exc
     else:
         raw_classes = None
     sources = [Source(path=str(Path(d).resolve()), name=Path(d).stem, spacing_um_px=spacing) for d in data]
@@ -173,10 +177,10 @@ def recipe_from_args(data: Sequence[str], classes: str | None, spacing: float, p
                   patch_size=patch)
 
 
-def _read_source(src: Source, class_names: list[str] | None) -> Iterator[Sample]:
+def _read_source(src: Source, class_names: list[str] | None, default_spacing: float = 0.0) -> Iterator[Sample]:
     root = Path(src.path)
     name = src.name or root.stem
-    spacing = float(src.spacing_um_px or 0.0)
+    spacing = float(src.spacing_um_px or default_spacing)
     if root.is_dir():
         rows = [
             {"path": str(f), "label": d.name, "group": f.stem}
@@ -216,9 +220,7 @@ def _read_source(src: Source, class_names: list[str] | None) -> Iterator[Sample]
 def read_samples(recipe: Recipe) -> list[Sample]:
     samples: list[Sample] = []
     for src in recipe.sources:
-        if not src.spacing_um_px:
-            src.spacing_um_px = recipe.spacing_um_px
-        samples.extend(_read_source(src, recipe.class_names))
+        samples.extend(_read_source(src, recipe.class_names, recipe.spacing_um_px))
     if not samples:
         raise DataError("No labelled images found.")
     missing = [s.path for s in samples[:50] if not Path(s.path).is_file()]
@@ -232,12 +234,8 @@ def data_checksum(samples: Sequence[Sample], root: Path | None = None) -> str:
     digest = hashlib.sha256()
     for s in sorted(samples, key=lambda s: s.path):
         rel = str(Path(s.path).relative_to(root)) if root and Path(s.path).is_relative_to(root) else s.path
-        digest.update(f"{rel}\t{s.raw_label}\t{sha256_path(s.path)}\n".encode())
+        digest.update(f"{rel}\t{s.raw_label}\t{sha256_file(Path(s.path))}\n".encode())
     return digest.hexdigest()
-
-
-def sha256_path(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- pixels
@@ -289,8 +287,8 @@ def dihedral(img: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-# Ruifrok & Johnston H&E-DAB stain vectors (as in scikit-image), rows = H, E, DAB.
-_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
+# Ruifrok & Johnston H&E-DAB stain vectors (the core's, as in scikit-image), rows = H, E, DAB.
+_RGB_FROM_HED = np.array(HED_STAIN_MATRIX, dtype=np.float32)
 _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
 
 
@@ -360,15 +358,17 @@ def train_views(img: np.ndarray, src_spacing: float, spacing: float, patch: int,
 def reinhard(img: np.ndarray, target_mean: np.ndarray, target_std: np.ndarray) -> np.ndarray:
     """Reinhard colour normalisation in LAB: used to check a model reads tissue, not stain."""
     lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
-    mask = lab[..., 0] < 235  # ignore white background when measuring the image's colour
-    px = lab[mask] if mask.sum() > 100 else lab.reshape(-1, 3)
-    mean, std = px.mean(0), px.std(0) + 1e-3
-    lab = (lab - mean) / std * target_std + target_mean
+    mean, std = _tissue_lab_stats(lab)
+    lab = (lab - mean) / (std + 1e-3) * target_std + target_mean
     return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
 def lab_stats(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
-    mask = lab[..., 0] < 235
+    """LAB mean and std of an RGB image's tissue pixels."""
+    return _tissue_lab_stats(cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32))
+
+
+def _tissue_lab_stats(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mask = lab[..., 0] < 235  # ignore white background when measuring the image's colour
     px = lab[mask] if mask.sum() > 100 else lab.reshape(-1, 3)
     return px.mean(0), px.std(0)

@@ -19,21 +19,18 @@ import cv2
 import numpy as np
 import torch
 
-from cellview.model import CATEGORIES
+from cellview.export import atomic_write_text
+from cellview.model import CATEGORIES, probabilities
+from cellview.results import category_probabilities
 from cellview.train import data as D
+from cellview.train.splits import SPLITS, group_split
 
 # ----------------------------------------------------------------------------- metrics (numpy only)
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def image_probs(tile_logits: np.ndarray, tile_sample: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
     """Mean of calibrated tile probabilities per image → (probs, sample ids in sorted order)."""
-    p = softmax(np.asarray(tile_logits, np.float64) / temperature)
+    p = probabilities(np.asarray(tile_logits), "softmax", temperature)
     ids, inv = np.unique(tile_sample, return_inverse=True)
     out = np.zeros((len(ids), p.shape[1]))
     np.add.at(out, inv, p)
@@ -114,11 +111,9 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, tile_sample: np.ndarray |
 
 
 def to_categories(probs: np.ndarray, y: np.ndarray, class_categories: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Category probabilities (summed over each category's classes, as CellView does) and category labels."""
     idx = np.array([CATEGORIES.index(c) for c in class_categories])
-    out = np.zeros((len(probs), len(CATEGORIES)))
-    for i, c in enumerate(idx):
-        out[:, c] += probs[:, i]
-    return out, idx[y]
+    return category_probabilities(probs, tuple(class_categories), "softmax"), idx[y]
 
 
 def summarise(probs: np.ndarray, y: np.ndarray, names: list[str]) -> dict[str, Any]:
@@ -205,23 +200,18 @@ def tile_logits_from_cache(run: Any, model: Any, finetune_blocks: int, split_id:
 
     ef, ei = run.cached("eval")
     keep = np.ones(len(ei), bool) if split_id is None else split[ei] == split_id
-    feats = pooled(model, ef[keep], finetune_blocks, "cpu")
+    feats = pooled(model.tail, ef[keep], finetune_blocks, "cpu")
     with torch.inference_mode():
         logits = model.fc(torch.from_numpy(feats)).numpy()
     return logits, ei[keep]
 
 
 def _onnx_session(model: Any, patch: int, workdir: Path) -> Any:
-    import onnxruntime as ort
-
-    from cellview.train.backbone import export_onnx
+    from cellview.train.backbone import cpu_session, export_onnx
 
     path = workdir / "eval_model.onnx"
     export_onnx(model.eval(), path, patch)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return cpu_session(path)
 
 
 def _image_logits(session: Any, samples: list[D.Sample], recipe: D.Recipe, transform: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -238,21 +228,14 @@ def _image_logits(session: Any, samples: list[D.Sample], recipe: D.Recipe, trans
 def _linear_features(run: Any, recipe: D.Recipe, cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Frozen ImageNet features of the cached views/tiles (through the pretrained tail when fine-tuned)."""
     from cellview.train.backbone import build_backbone
+    from cellview.train.train import pooled
 
     tf, ti = run.cached("train")
     ef, ei = run.cached("eval")
     if cfg.finetune_blocks == 0:
         return np.asarray(tf, np.float32), ti, np.asarray(ef, np.float32), ei
-    tail = build_backbone(cfg.arch, recipe.patch_size, cfg.finetune_blocks, pretrained=True).tail.eval()
-
-    def through(f: np.ndarray) -> np.ndarray:
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(f), 256):
-                out.append(tail(torch.from_numpy(np.asarray(f[i:i + 256], np.float32))).numpy())
-        return np.concatenate(out)
-
-    return through(tf), ti, through(ef), ei
+    tail = build_backbone(cfg.arch, recipe.patch_size, cfg.finetune_blocks, pretrained=True).tail
+    return pooled(tail, tf, cfg.finetune_blocks, "cpu"), ti, pooled(tail, ef, cfg.finetune_blocks, "cpu"), ei
 
 
 def linear_probe(train_x: np.ndarray, train_i: np.ndarray, eval_x: np.ndarray, eval_i: np.ndarray,
@@ -271,12 +254,6 @@ def linear_probe(train_x: np.ndarray, train_i: np.ndarray, eval_x: np.ndarray, e
     with torch.no_grad():
         logits = head(torch.from_numpy(eval_x[te])).numpy()
     return image_probs(logits, eval_i[te], 1.0)
-
-
-def grouped_folds(labels: np.ndarray, groups: list[str], k: int, seed: int) -> np.ndarray:
-    from cellview.train.splits import group_split
-
-    return group_split(labels, groups, [1.0] * k, seed)
 
 
 def evaluate_run(run_dir: Path, out_dir: Path | None = None, extra_checks: bool = True, cv_folds: int = 5) -> dict[str, Any]:
@@ -306,7 +283,7 @@ def evaluate_run(run_dir: Path, out_dir: Path | None = None, extra_checks: bool 
         keep = [CATEGORIES.index(c) for c in cat_present]
         remap = {c: i for i, c in enumerate(keep)}
         res[f"category_{tag}"] = summarise(cp[:, keep], np.array([remap[v] for v in cy]), cat_present)
-        tp = softmax(logits / t)
+        tp = probabilities(logits, "softmax", t)
         res[f"tile_{tag}"] = {k: v for k, v in summarise(tp, y_tile, names).items() if k in ("n", "accuracy", "balanced_accuracy", "ece")}
     probs, ids = image_probs(logits, tile_sample, temperature)
     cp, cy = to_categories(probs, labels[ids], cats)
@@ -346,7 +323,7 @@ def evaluate_run(run_dir: Path, out_dir: Path | None = None, extra_checks: bool 
     res["eval_seconds"] = round(time.time() - t0, 1)
     from cellview.train.train import _json_default
 
-    (out_dir / "eval.json").write_text(json.dumps(res, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "eval.json", json.dumps(res, indent=2, default=_json_default) + "\n")
     print(f"test: balanced accuracy (categories) {res['headline']['category_balanced_accuracy']:.3f}, "
           f"(classes) {res['headline']['class_balanced_accuracy']:.3f}; ECE {res['headline']['ece_before']:.3f} → "
           f"{res['headline']['ece_after']:.3f}; written to {out_dir}", file=sys.stderr)
@@ -362,7 +339,7 @@ def _checks(run: Any, recipe: D.Recipe, cfg: Any, model: Any, samples: list[D.Sa
             labels: np.ndarray, sources: np.ndarray, cats: list[str], temperature: float, folds: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     rows = run.load_json("samples.json")
-    leaky = np.array([["train", "val", "test"].index(r["leaky_split"]) for r in rows])
+    leaky = np.array([SPLITS.index(r["leaky_split"]) for r in rows])
     n_classes = len(recipe.classes)
     tx, ti, ex, ei = _linear_features(run, recipe, cfg)
     for name, sp in (("grouped", split), ("leaky_random", leaky)):
@@ -373,7 +350,7 @@ def _checks(run: Any, recipe: D.Recipe, cfg: Any, model: Any, samples: list[D.Sa
             "accuracy": round(float((probs.argmax(1) == labels[ids]).mean()), 4),
         }
     if folds > 1:
-        fold = grouped_folds(labels, [s.group for s in samples], folds, cfg.seed)
+        fold = group_split(labels, [s.group for s in samples], [1.0] * folds, cfg.seed)
         oof = np.zeros((len(samples), n_classes))
         for k in range(folds):
             val_fold = (k + 1) % folds if folds > 2 else -1
@@ -389,45 +366,45 @@ def _checks(run: Any, recipe: D.Recipe, cfg: Any, model: Any, samples: list[D.Sa
                        "category_accuracy": round(float((cp.argmax(1) == cy).mean()), 4),
                        "confusion": confusion(cy, cp.argmax(1), 3).tolist()}
         out["grouped_cv_linear_probe"] = cv
+    # LAB mean/std of every image, read once: the colour-only baseline's features and the stain target.
+    colour = np.array([np.concatenate(D.lab_stats(D.read_rgb(s.path))) for s in samples], np.float32)
     # Stain-normalised test: every test image Reinhard-normalised to the training images' mean colour.
     test = [s for s, k in zip(samples, split, strict=True) if k == 2]
-    train_imgs = [s for s, k in zip(samples, split, strict=True) if k == 0]
+    train_idx = np.nonzero(split == 0)[0]
     rng = np.random.default_rng(0)
-    pick = rng.choice(len(train_imgs), min(200, len(train_imgs)), replace=False)
-    stats = [D.lab_stats(D.read_rgb(train_imgs[i].path)) for i in pick]
-    tm, ts = np.mean([s[0] for s in stats], 0), np.mean([s[1] for s in stats], 0)
+    pick = train_idx[rng.choice(len(train_idx), min(200, len(train_idx)), replace=False)]
+    tm, ts = colour[pick, :3].mean(0), colour[pick, 3:].mean(0)
     session = _onnx_session(model, recipe.patch_size, run.cache)
     lg, idx = _image_logits(session, test, recipe, lambda im: D.reinhard(im, tm, ts))
     probs, ids = image_probs(lg, idx, temperature)
     y = np.array([s.label for s in test])[ids]
     cp, cy = to_categories(probs, y, cats)
+    test_sources = np.array([t.source for t in test])[ids]
     out["stain_normalised_test"] = {
         "method": "Reinhard (LAB mean/std) to the mean of 200 training images",
         "category_balanced_accuracy": round(balanced_accuracy(cy, cp.argmax(1)), 4),
         "class_balanced_accuracy": round(balanced_accuracy(y, probs.argmax(1)), 4),
         "per_source_category_accuracy": {
-            src: round(float((cp.argmax(1)[np.array([t.source for t in test])[ids] == src]
-                              == cy[np.array([t.source for t in test])[ids] == src]).mean()), 4)
+            src: round(float((cp.argmax(1)[test_sources == src] == cy[test_sources == src]).mean()), 4)
             for src in sorted({t.source for t in test})},
     }
-    out["colour_only_baseline"] = _colour_baseline(samples, split, labels, cats, cfg)
+    out["colour_only_baseline"] = _colour_baseline(colour, split, labels, sources, cats, cfg)
     return out
 
 
-def _colour_baseline(samples: list[D.Sample], split: np.ndarray, labels: np.ndarray, cats: list[str], cfg: Any) -> dict[str, Any]:
-    """How far colour alone (LAB mean/std of the image) predicts the class: a shortcut detector."""
+def _colour_baseline(feats: np.ndarray, split: np.ndarray, labels: np.ndarray, sources: np.ndarray, cats: list[str],
+                     cfg: Any) -> dict[str, Any]:
+    """How far colour alone (LAB mean/std of the image, ``feats``) predicts the class: a shortcut detector."""
     from cellview.train.train import sample_weights, train_linear
 
-    feats = np.array([np.concatenate(D.lab_stats(D.read_rgb(s.path))) for s in samples], np.float32)
     mu, sd = feats[split == 0].mean(0), feats[split == 0].std(0) + 1e-6
     feats = (feats - mu) / sd
-    idx = np.arange(len(samples))
+    idx = np.arange(len(feats))
     tr, va, te = split == 0, split == 1, split == 2
-    sources = np.array([s.source for s in samples])
     head = train_linear(feats[tr], labels[tr], sample_weights(labels[tr], sources[tr], cfg.balance), len(cats), cfg,
                         (feats[va], idx[va], labels), None, "colour baseline")
     with torch.no_grad():
-        probs = softmax(head(torch.from_numpy(feats[te])).numpy())
+        probs = probabilities(head(torch.from_numpy(feats[te])).numpy(), "softmax")
     return {"features": "LAB mean and std of tissue pixels (6 numbers per image)",
             "class_balanced_accuracy": round(balanced_accuracy(labels[te], probs.argmax(1)), 4),
             "category_balanced_accuracy": _cat_bal(probs, labels[te], cats)}

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from cellview.export import atomic_write_text
 from cellview.model import ModelSpec, OnnxClassifier, sha256_file
 from cellview.train import data as D
-from cellview.train.backbone import export_onnx
+from cellview.train.backbone import Normalize, export_onnx
 
 PARITY_TOLERANCE = 1e-3
 
@@ -46,8 +47,13 @@ def _parity_tiles(samples: list[D.Sample], split: np.ndarray, recipe: D.Recipe, 
     return np.concatenate([*tiles, noise])
 
 
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
 def sidecar_dict(recipe: D.Recipe, state: dict[str, Any], onnx_path: Path, version: str, metrics: dict[str, Any],
-                 training_data: str, mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
+                 training_data: str) -> dict[str, Any]:
+    mean, std = tuple(state["mean"]), tuple(state["std"])
     return {
         "spec_version": "1.0",
         "name": recipe.name,
@@ -105,8 +111,8 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
     sources = sorted({s.source for s in samples})
     training_data = (f"{', '.join(sources)} ({len(samples)} images; data sha256 {summary.get('data_sha256', '')[:16]}…); "
                      "see MODEL_CARD.md")
-    side = sidecar_dict(recipe, state, onnx_path, version, metrics, training_data, state["mean"], state["std"])
-    (out_dir / "model.json").write_text(json.dumps(side, indent=2) + "\n", encoding="utf-8")
+    side = sidecar_dict(recipe, state, onnx_path, version, metrics, training_data)
+    _write_json(out_dir / "model.json", side)
     spec = ModelSpec.load(onnx_path)
     clf = OnnxClassifier(spec, device="cpu", intra_op_threads=2)
     got = clf.logits(tiles)
@@ -120,8 +126,7 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
         wdir = out_dir / "wsinfer"
         wdir.mkdir(exist_ok=True)
         ws = _WSInferModule(model).eval()
-        x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float()
-        x = (x - torch.tensor(state["mean"]).view(1, 3, 1, 1)) / torch.tensor(state["std"]).view(1, 3, 1, 1)
+        x = Normalize(state["mean"], state["std"])(torch.from_numpy(tiles))  # what WSInfer's Normalize feeds
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(ws, x[:2])
@@ -134,17 +139,17 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
         side["metrics"]["torchscript_torch_max_abs_diff"] = ts_diff
         ws_cfg = {k: side[k] for k in ("spec_version", "architecture", "num_classes", "class_names",
                                         "patch_size_pixels", "spacing_um_px", "transform")}
-        (wdir / "config.json").write_text(json.dumps(ws_cfg, indent=2) + "\n", encoding="utf-8")
+        _write_json(wdir / "config.json", ws_cfg)
 
     if fp16:
         side["metrics"]["fp16_onnx_max_abs_diff"] = _export_fp16(onnx_path, side, tiles, ref)
-    (out_dir / "model.json").write_text(json.dumps(side, indent=2) + "\n", encoding="utf-8")
+    _write_json(out_dir / "model.json", side)
     ModelSpec.load(onnx_path)  # the sidecar we ship must validate
     for name in ("confusion_categories.png", "confusion_classes.png", "reliability.png", "eval.json"):
         src = run.path / "eval" / name
         if src.exists():
             shutil.copy2(src, out_dir / name)
-    (out_dir / "MODEL_CARD.md").write_text(model_card(recipe, cfg, summary, ev, side), encoding="utf-8")
+    atomic_write_text(out_dir / "MODEL_CARD.md", model_card(recipe, cfg, summary, ev, side))
     print(f"exported {recipe.name} to {out_dir} ({onnx_path.stat().st_size / 1e6:.1f} MB ONNX)", file=sys.stderr)
     return onnx_path
 
@@ -157,7 +162,7 @@ def _export_fp16(onnx_path: Path, side: dict[str, Any], tiles: np.ndarray, ref: 
     path = onnx_path.with_name("model.fp16.onnx")
     onnx.save(convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True), str(path))
     side16 = {**side, "name": f"{side['name']}-fp16", "onnx_sha256": sha256_file(path)}
-    path.with_suffix(".json").write_text(json.dumps(side16, indent=2) + "\n", encoding="utf-8")
+    _write_json(path.with_suffix(".json"), side16)
     got = OnnxClassifier(ModelSpec.load(path), device="cpu", intra_op_threads=2).logits(tiles)
     diff = float(np.abs(got - ref).max())
     print(f"FP16 ONNX vs torch: max |Δlogit| = {diff:.2e}", file=sys.stderr)
@@ -173,7 +178,7 @@ def _metrics_for_sidecar(ev: dict[str, Any], summary: dict[str, Any]) -> dict[st
         "split": "grouped test split (no patient / source-image group on two sides)",
         "test_images": ev.get("test_images"),
         "test_groups": ev.get("test_groups"),
-        **{k: v for k, v in ev.get("headline", {}).items()},
+        **ev.get("headline", {}),
         "per_source": ev.get("per_source"),
     }
     checks = ev.get("checks", {})

@@ -32,14 +32,18 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
+def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    x = np.asarray(embeddings, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def similarity_groups(embeddings: np.ndarray, threshold: float, mutual_k: int = 0, block: int = 2048) -> np.ndarray:
     """Connected components of cosine similarity ≥ threshold; returns a component id per row.
 
     With ``mutual_k`` an edge also needs each image among the other's k nearest neighbours, which
     stops chains of merely similar tissue from merging into one giant group.
     """
-    x = np.asarray(embeddings, dtype=np.float32)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = _unit_rows(embeddings)
     n = len(x)
     uf = _UnionFind(n)
     knn = None
@@ -63,8 +67,7 @@ def similarity_groups(embeddings: np.ndarray, threshold: float, mutual_k: int = 
 
 def cross_split_near_copies(embeddings: np.ndarray, split: np.ndarray, threshold: float = 0.95) -> float:
     """Fraction of test images whose most similar training image has similarity ≥ threshold (a leak gauge)."""
-    x = np.asarray(embeddings, dtype=np.float32)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = _unit_rows(embeddings)
     test, train = x[split == 2], x[split == 0]
     if not len(test) or not len(train):
         return 0.0
@@ -72,8 +75,7 @@ def cross_split_near_copies(embeddings: np.ndarray, split: np.ndarray, threshold
 
 
 def nearest_neighbour_similarity(embeddings: np.ndarray) -> np.ndarray:
-    x = np.asarray(embeddings, dtype=np.float32)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = _unit_rows(embeddings)
     sims = x @ x.T
     np.fill_diagonal(sims, -1.0)
     return sims.max(axis=1)
@@ -119,7 +121,7 @@ def random_split(labels: Sequence[int], fractions: Sequence[float] = (0.7, 0.15,
 
 def groups_straddling(split: Sequence[int], groups: Sequence[str]) -> list[str]:
     """Groups that appear in more than one split (must be empty)."""
-    seen: dict[str, set[int]] = {}
+    seen: dict[str, set[str]] = {}
     for s, g in zip(split, groups, strict=True):
         seen.setdefault(str(g), set()).add(str(s))
     return [g for g, s in seen.items() if len(s) > 1]

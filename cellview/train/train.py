@@ -7,7 +7,6 @@ samples with their groups and split, cached features, checkpoints and the final 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import shlex
@@ -19,11 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from cellview.export import atomic_write_text
 from cellview.train import data as D
 from cellview.train.backbone import Backbone, FeatureRunner, TileClassifier, build_backbone, pick_device
 from cellview.train.splits import (
@@ -35,8 +36,6 @@ from cellview.train.splits import (
     random_split,
     similarity_groups,
 )
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -126,8 +125,6 @@ def near_duplicate_groups(samples: list[D.Sample], recipe: D.Recipe, runner: Cal
 
     def make(_: int, s: D.Sample) -> np.ndarray:
         img = D.read_rgb(s.path)
-        import cv2
-
         img = cv2.resize(img, (patch, patch), interpolation=cv2.INTER_AREA)
         return np.stack([D.dihedral(img, k) for k in range(8)])
 
@@ -261,8 +258,7 @@ class Run:
         self.cache = self.path / "cache"
 
     def save_json(self, name: str, obj: Any) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / name).write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", encoding="utf-8")
+        atomic_write_text(self.path / name, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
     def load_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text(encoding="utf-8"))
@@ -309,16 +305,16 @@ def build_model(recipe: D.Recipe, cfg: TrainConfig, pretrained: bool | None = No
     return bb, TileClassifier(bb, len(recipe.classes))
 
 
-def pooled(model: TileClassifier, feats: np.ndarray, finetune_blocks: int, device: str, batch: int = 256) -> np.ndarray:
-    """Pooled features from cached frozen outputs (runs the tail when the cache holds trunk activations)."""
+def pooled(tail: nn.Module, feats: np.ndarray, finetune_blocks: int, device: str, batch: int = 256) -> np.ndarray:
+    """Pooled features from cached frozen outputs (runs ``tail`` when the cache holds trunk activations)."""
     if finetune_blocks == 0:
         return np.asarray(feats, dtype=np.float32)
     out = []
-    model.tail.eval()
+    tail.eval()
     with torch.inference_mode():
         for i in range(0, len(feats), batch):
             x = torch.from_numpy(np.asarray(feats[i:i + batch], dtype=np.float32)).to(device)
-            out.append(model.tail(x).float().cpu().numpy())
+            out.append(tail(x).float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -344,11 +340,11 @@ def fit_head(run: Run, model: TileClassifier, samples: list[D.Sample], split: np
     ef, ei = run.cached("eval")  # type: ignore[misc]
     device = "cpu"
     tr = split[ti] == 0
-    x = pooled(model, tf[tr], cfg.finetune_blocks, device)
+    x = pooled(model.tail, tf[tr], cfg.finetune_blocks, device)
     y = labels[ti[tr]]
     w = sample_weights(y, sources[ti[tr]], cfg.balance)
     va = split[ei] == 1
-    val = (pooled(model, ef[va], cfg.finetune_blocks, device), ei[va], labels) if va.any() else None
+    val = (pooled(model.tail, ef[va], cfg.finetune_blocks, device), ei[va], labels) if va.any() else None
     return train_linear(x, y, w, model.fc.out_features, cfg, val,
                         run.path / ckpt_name if ckpt_name else None, desc)
 
@@ -399,9 +395,10 @@ def finetune(run: Run, model: TileClassifier, samples: list[D.Sample], split: np
             loss.backward()
             opt.step()
             sched.step()
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         model.eval()
-        score = _val_balanced_accuracy(model.fc.cpu(), pooled(model.cpu(), ef[va], 1, "cpu"), ei[va], labels)
+        model.cpu()
+        score = _val_balanced_accuracy(model.fc, pooled(model.tail, ef[va], 1, "cpu"), ei[va], labels)
         model.to(device)
         _say(f"fine-tune epoch {epoch + 1}: val balanced accuracy {score:.3f}")
         if score >= best:
