@@ -425,6 +425,15 @@ class OnnxClassifier:
         label = _PROVIDER_LABELS.get(self.provider, self.provider)
         return "TensorRT (FP16)" if label == "TensorRT" else label
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider != "CPUExecutionProvider"
+
+    @property
+    def needs_attention(self) -> bool:
+        """A GPU was asked for and is not used, or none was found: worth a warning colour."""
+        return bool(self.fallback_message) or not self.on_gpu
+
     def describe(self) -> str:
         """One line for a status bar or CLI: which model runs on what."""
         text = f"{self.spec.name} {self.spec.version}".strip() + f" on {self.provider_label}"

@@ -518,7 +518,7 @@ class KioskWindow(MainWindow):
         self.spec = classifier.spec
         self._fill_modes(classifier.spec)
         self.provider_badge.setText(classifier.describe())
-        warn = bool(classifier.fallback_message) or classifier.provider == "CPUExecutionProvider"
+        warn = classifier.needs_attention
         self.provider_badge.setProperty("warn", "true" if warn else "false")
         self.provider_badge.setStyle(self.provider_badge.style())
         self.modelReady.emit(classifier)

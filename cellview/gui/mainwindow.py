@@ -734,8 +734,7 @@ class MainWindow(QMainWindow):
         if isinstance(ev, ModelReady):
             self.spec = ev.spec
             self.provider_label.setText(ev.description)
-            warn = bool(ev.fallback_message) or "no usable GPU" in ev.description
-            self.provider_label.setObjectName("warn" if warn else "")
+            self.provider_label.setObjectName("warn" if ev.warn else "")
             self.provider_label.setStyle(self.provider_label.style())
             self.provider_label.setToolTip(ev.fallback_message or ev.description)
             self._fill_modes(ev.spec)

@@ -111,6 +111,7 @@ class ModelReady:
     spec: ModelSpec
     description: str
     fallback_message: str | None
+    warn: bool  # CPU only, or a GPU asked for and not used
 
 
 def analysis_task(path: str, model_path: str, params: AnalysisParams, cancel: CancelToken,
@@ -120,7 +121,7 @@ def analysis_task(path: str, model_path: str, params: AnalysisParams, cancel: Ca
     # Leave one core to the UI thread on small machines.
     threads = max(1, (os.cpu_count() or 2) - 1)
     classifier = OnnxClassifier(spec, device=params.device, intra_op_threads=threads)
-    yield ModelReady(spec, classifier.describe(), classifier.fallback_message)
+    yield ModelReady(spec, classifier.describe(), classifier.fallback_message, classifier.needs_attention)
     yield from analyze(path, classifier, params, cancel, ResultCache() if use_cache else None)
 
 
