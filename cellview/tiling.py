@@ -9,7 +9,7 @@ from functools import cached_property
 import cv2
 import numpy as np
 
-from cellview.errors import AnalysisError
+from cellview.errors import AnalysisError, SlideError
 from cellview.slide import Slide
 from cellview.tissue import TissueMask
 
@@ -152,9 +152,19 @@ def build_grid(
 
 
 def read_tile(slide: Slide, grid: TileGrid, index: int, out: np.ndarray | None = None) -> np.ndarray:
-    """The exact RGB uint8 patch the model sees for one tile (``tile_px`` square)."""
-    region = slide.read_region((int(grid.l0_x[index]), int(grid.l0_y[index])), grid.read_level,
-                               (grid.read_w, grid.read_h))
+    """The exact RGB uint8 patch the model sees for one tile (``tile_px`` square).
+
+    A tile that cannot be read from a coarser pyramid level (some converters write malformed
+    edge tiles there) is read again from level 0 and downsampled; only if that fails too does
+    the SlideError reach the caller.
+    """
+    origin = (int(grid.l0_x[index]), int(grid.l0_y[index]))
+    try:
+        region = slide.read_region(origin, grid.read_level, (grid.read_w, grid.read_h))
+    except SlideError:
+        if grid.read_level == 0:
+            raise
+        region = slide.read_region(origin, 0, (grid.tile_l0_w, grid.tile_l0_h))
     size = (grid.tile_px, grid.tile_px)
     if region.shape[1] == grid.tile_px and region.shape[0] == grid.tile_px:
         if out is None:

@@ -175,3 +175,11 @@ def test_memory_stays_bounded_by_the_queue(synthetic_slide, classifier):
         assert readers.queue.qsize() <= readers.queue.maxsize
         assert readers._next <= readers.queue.maxsize + len(readers.threads) + 1
     gen.close()
+
+
+def test_tiles_unreadable_at_a_coarse_level_are_read_from_level_0(data_dir, classifier):
+    # This DICOM conversion has malformed edge tiles on level 1, where a 1.0 µm/px model reads.
+    dicom = data_dir / "slides" / "derived" / "CMU-1-Small-Region-dicom"
+    result = run_analysis(dicom, classifier, AnalysisParams())
+    assert result.grid.read_level == 1
+    assert result.n_failed == 0 and result.n_done == result.n_tiles > 0
