@@ -122,6 +122,7 @@ def test_regions_toggle_labels_threshold_and_hide(qtbot, toy_model, two_region_s
         w.threshold.setValue(0)
     assert region_state(w) == want
     first = w.view.regions[0]
+    qtbot.waitUntil(lambda: w._regions_worker is None, timeout=10000)  # its `done` follows the regions it shows
     w.mode_box.setCurrentIndex(w.mode_box.findData(0))  # a repaint that cannot change them: no recomputation
     assert w._regions_worker is None and w.view.regions[0] is first
 
