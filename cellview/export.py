@@ -100,8 +100,16 @@ def csv_text(result: AnalysisResult) -> str:
 REGION_CLASS = "Malignant region"
 
 
+def region_geometry(region: Region) -> dict[str, Any]:
+    """GeoJSON Polygon (outline + holes), or MultiPolygon when parts touch only by corners."""
+    polygons = [[np.round(r).astype(np.int64).tolist() for r in rings] for rings in region.polygons]
+    if len(polygons) == 1:
+        return {"type": "Polygon", "coordinates": polygons[0]}
+    return {"type": "MultiPolygon", "coordinates": polygons}
+
+
 def region_feature(region: Region, min_confidence: float) -> dict[str, Any]:
-    """A malignant region as a QuPath annotation (Polygon with holes, level-0 pixels)."""
+    """A malignant region as a QuPath annotation (level-0 pixels)."""
     x, y, w, h = region.bbox
     measurements: dict[str, float] = {
         "rank": region.rank, "n_tiles": region.n_tiles, "area_l0_px2": float(region.area_l0_px2),
@@ -111,8 +119,7 @@ def region_feature(region: Region, min_confidence: float) -> dict[str, Any]:
         measurements["area_mm2"] = float(region.area_mm2)
     return {
         "type": "Feature",
-        "geometry": {"type": "Polygon",
-                     "coordinates": [np.round(r).astype(np.int64).tolist() for r in region.rings]},
+        "geometry": region_geometry(region),
         "properties": {
             "objectType": "annotation",
             "name": f"{REGION_CLASS} {region.rank} ({region.label()})",

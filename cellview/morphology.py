@@ -452,11 +452,15 @@ class TileNuclei:
 
 @dataclass(frozen=True, eq=False)
 class Region:
-    """A connected malignant region. Coordinates are level-0 pixels; ``rings[0]`` is the outline,
-    the others are holes; each ring is a closed (K, 2) float64 array (first point repeated)."""
+    """A connected malignant region. Coordinates are level-0 pixels.
+
+    ``polygons`` holds one (outline, *holes) tuple per edge-connected part; tiles that only touch
+    by a corner are separate parts of one region, so each polygon stays valid (OGC simple
+    features, as QuPath's JTS wants them). Each ring is a closed (K, 2) float64 array.
+    """
 
     rank: int  # 1 = largest
-    rings: tuple[np.ndarray, ...]
+    polygons: tuple[tuple[np.ndarray, ...], ...]
     bbox: tuple[int, int, int, int]  # x, y, width, height (level-0)
     area_l0_px2: float
     area_mm2: float  # NaN when the scale is unknown
@@ -466,6 +470,11 @@ class Region:
     @property
     def n_tiles(self) -> int:
         return int(self.tile_indices.size)
+
+    @property
+    def rings(self) -> tuple[np.ndarray, ...]:
+        """Every outline and hole, for drawing."""
+        return tuple(ring for polygon in self.polygons for ring in polygon)
 
     def label(self) -> str:
         if math.isfinite(self.area_mm2):
@@ -498,12 +507,29 @@ def _shoelace(ring: np.ndarray) -> float:
     return float(abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) / 2)
 
 
-def regions_from_mask(cells: np.ndarray, stride_xy: tuple[float, float], slide_wh: tuple[int, int] | None = None,
-                      mpp_um: float | None = None, connectivity: int = 8) -> list[tuple[np.ndarray, tuple[np.ndarray, ...], float]]:
-    """Connected components of a (rows, cols) bool cell mask → [(cell mask, rings (level-0), area px²)].
+def _trace_part(part: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Outline and holes of one edge-connected cell set, in cell-corner coordinates.
 
-    Each component is traced inside its own bounding box, so the cost grows with the grid, not
-    with grid × number of regions (noisy predictions make thousands of small regions).
+    Cells are doubled in size so a pinch (two cells of the part touching only by a corner, the
+    part closing around it) traces as a hole touching the outline at one point, which is valid;
+    1 px pad for findContours.
+    """
+    big = np.pad(np.kron(part.astype(np.uint8), np.ones((2, 2), np.uint8)), 1)
+    found, hier = cv2.findContours(big, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    outer = [i for i in range(len(found)) if hier[0][i][3] < 0]
+    holes = [i for i in range(len(found)) if hier[0][i][3] >= 0]
+    return tuple(_ring(found[i].reshape(-1, 2) - 1).astype(np.float64) for i in outer[:1] + holes)
+
+
+def regions_from_mask(cells: np.ndarray, stride_xy: tuple[float, float], slide_wh: tuple[int, int] | None = None,
+                      mpp_um: float | None = None, connectivity: int = 8
+                      ) -> list[tuple[np.ndarray, tuple[tuple[np.ndarray, ...], ...], float]]:
+    """Connected components of a (rows, cols) bool cell mask → [(cell mask, polygons (level-0), area px²)].
+
+    A component (``connectivity`` 8: cells touching by a corner belong together) is drawn as one
+    polygon per edge-connected part. Each component is traced inside its own bounding box, so the
+    cost grows with the grid, not with grid × number of regions (noisy predictions make thousands
+    of small regions).
     """
     n, comp, stats, _ = cv2.connectedComponentsWithStats(cells.astype(np.uint8), connectivity=connectivity)
     out = []
@@ -514,21 +540,20 @@ def regions_from_mask(cells: np.ndarray, stride_xy: tuple[float, float], slide_w
         crop = comp[r0:r0 + h, c0:c0 + w] == k
         member = np.zeros(cells.shape, bool)
         member[r0:r0 + h, c0:c0 + w] = crop
-        # Cells doubled in size so corner-touching cells trace as one outline; 1 px pad for findContours.
-        big = np.pad(np.kron(crop.astype(np.uint8), np.ones((2, 2), np.uint8)), 1)
-        found, hier = cv2.findContours(big, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-        outer = [i for i in range(len(found)) if hier[0][i][3] < 0]
-        rings = []
-        for i in outer[:1] + [i for i in range(len(found)) if hier[0][i][3] >= 0]:
-            r = _ring(found[i].reshape(-1, 2) - 1).astype(np.float64)  # undo the padding
-            r[:, 0] = (r[:, 0] + c0) * sx
-            r[:, 1] = (r[:, 1] + r0) * sy
-            if slide_wh is not None:
-                r[:, 0] = np.clip(r[:, 0], 0, slide_wh[0])
-                r[:, 1] = np.clip(r[:, 1], 0, slide_wh[1])
-            rings.append(r)
-        area = _shoelace(rings[0]) - sum(_shoelace(r) for r in rings[1:])
-        out.append((member, tuple(rings), area))
+        n_parts, parts = cv2.connectedComponents(crop.astype(np.uint8), connectivity=4)
+        polygons = []
+        for part in range(1, n_parts):
+            rings = _trace_part(parts == part)
+            for r in rings:
+                r[:, 0] = (r[:, 0] + c0) * sx
+                r[:, 1] = (r[:, 1] + r0) * sy
+                if slide_wh is not None:
+                    r[:, 0] = np.clip(r[:, 0], 0, slide_wh[0])
+                    r[:, 1] = np.clip(r[:, 1], 0, slide_wh[1])
+            polygons.append(rings)
+        polygons.sort(key=lambda rings: (-_shoelace(rings[0]), float(rings[0][:, 1].min()), float(rings[0][:, 0].min())))
+        area = sum(_shoelace(rings[0]) - sum(_shoelace(r) for r in rings[1:]) for rings in polygons)
+        out.append((member, tuple(polygons), area))
     return out
 
 
@@ -551,16 +576,16 @@ def malignant_regions(result: AnalysisResult, min_confidence: float = 0.5, conne
     stride = (g.stride_l0_x, g.stride_l0_y)
     found = regions_from_mask(cells, stride, (g.slide_w_l0, g.slide_h_l0), connectivity=connectivity)
     regions = []
-    for member, rings, area in found:
+    for member, polygons, area in found:
         tiles = np.sort(index[member])
-        outer = rings[0]
-        x0, y0 = outer.min(axis=0)
-        x1, y1 = outer.max(axis=0)
+        outlines = np.vstack([rings[0] for rings in polygons])
+        x0, y0 = outlines.min(axis=0)
+        x1, y1 = outlines.max(axis=0)
         area_mm2 = area * mpp.x_um * mpp.y_um / 1e6 if mpp is not None else float("nan")
         regions.append(Region(
-            rank=0, rings=rings, bbox=(int(x0), int(y0), int(x1 - x0), int(y1 - y0)), area_l0_px2=area,
+            rank=0, polygons=polygons, bbox=(int(x0), int(y0), int(x1 - x0), int(y1 - y0)), area_l0_px2=area,
             area_mm2=area_mm2, tile_indices=tiles, mean_confidence=float(np.mean(result.confidence[tiles])),
         ))
     regions.sort(key=lambda r: (-r.area_l0_px2, r.bbox[1], r.bbox[0]))
-    return [Region(i + 1, r.rings, r.bbox, r.area_l0_px2, r.area_mm2, r.tile_indices, r.mean_confidence)
+    return [Region(i + 1, r.polygons, r.bbox, r.area_l0_px2, r.area_mm2, r.tile_indices, r.mean_confidence)
             for i, r in enumerate(regions)]
