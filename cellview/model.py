@@ -407,7 +407,9 @@ class OnnxClassifier:
             "trt_timing_cache_enable": True,
             "trt_timing_cache_path": str(trt_cache_dir()),
         }
-        probe = ort.InferenceSession(str(spec.onnx_path), providers=["CPUExecutionProvider"])
+        quick = ort.SessionOptions()  # only the input's name and shape are read: skip graph optimisation
+        quick.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        probe = ort.InferenceSession(str(spec.onnx_path), sess_options=quick, providers=["CPUExecutionProvider"])
         inp = probe.get_inputs()[0]
         p = spec.patch_size_pixels
         dims = (p, p, 3) if spec.input.layout == "NHWC" else (3, p, p)
