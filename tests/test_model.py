@@ -142,3 +142,20 @@ def test_resolve_model_says_plainly_when_none(tmp_path, monkeypatch):
     assert resolve_model("toy").name == "model.onnx"
     with pytest.raises(ModelError, match="available: toy"):
         resolve_model("colon-he")
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_tensorrt_options_profile_covers_every_batch_size(tmp_path, monkeypatch, layout):
+    """One profile for batch 1..max, or TensorRT rebuilds its engine for each new (last, smaller) batch."""
+    import onnxruntime as ort
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = make_toy_model(tmp_path / layout, patch_px=64, spacing_um=1.0, layout=layout, dtype="float32")
+    spec = ModelSpec.load(model)
+    opts = OnnxClassifier._tensorrt_options(ort, spec, 16)
+    assert opts["trt_fp16_enable"] and opts["trt_engine_cache_enable"] and opts["trt_timing_cache_enable"]
+    assert opts["trt_engine_cache_path"].startswith(str(tmp_path / "cache"))
+    name = ort.InferenceSession(str(spec.onnx_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    shape = "64x64x3" if layout == "NHWC" else "3x64x64"
+    assert opts["trt_profile_min_shapes"] == f"{name}:1x{shape}"
+    assert opts["trt_profile_opt_shapes"] == opts["trt_profile_max_shapes"] == f"{name}:16x{shape}"
