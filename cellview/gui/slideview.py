@@ -264,14 +264,21 @@ class SlideView(pg.GraphicsView):
         self.base.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
         self.base.setZValue(-100)
         self.vb.addItem(self.base)
+        # Grid overlays (one pixel per tile) cover whole tiles, past the slide's right and bottom
+        # edges; a parent the size of the slide clips them to it.
+        self.slide_clip = QGraphicsRectItem()
+        self.slide_clip.setPen(QPen(Qt.PenStyle.NoPen))
+        self.slide_clip.setFlag(QGraphicsRectItem.GraphicsItemFlag.ItemClipsChildrenToShape, True)
+        self.slide_clip.setZValue(5)
+        self.vb.addItem(self.slide_clip)
         self.tissue_item = pg.ImageItem(axisOrder="row-major")
         self.tissue_item.setZValue(5)
         self.tissue_item.setVisible(False)
-        self.vb.addItem(self.tissue_item)
+        self.tissue_item.setParentItem(self.slide_clip)
         self.overlay = pg.ImageItem(axisOrder="row-major")
         self.overlay.setZValue(10)
         self.overlay.setOpacity(0.45)
-        self.vb.addItem(self.overlay)
+        self.overlay.setParentItem(self.slide_clip)
         self.selection = QGraphicsRectItem()
         pen = QPen(QColor("#00e5ff"), 2)
         pen.setCosmetic(True)
@@ -322,6 +329,7 @@ class SlideView(pg.GraphicsView):
         """The whole slide at thumbnail resolution, always under the pyramid tiles."""
         self.opened = opened
         w0, h0 = opened.info.dimensions
+        self.slide_clip.setRect(QRectF(0, 0, w0, h0))
         bgra = opened.base.bgra
         self.base.setPixmap(QPixmap.fromImage(bgra_qimage(bgra)))
         self.base.setTransform(QTransform.fromScale(w0 / bgra.shape[1], h0 / bgra.shape[0]))
