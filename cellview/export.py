@@ -10,9 +10,9 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -28,8 +28,12 @@ if TYPE_CHECKING:
 FORMATS = ("csv", "geojson", "png", "json")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Let ``write`` fill a temp file in the same folder, fsync, then rename it over ``path``.
+
+    A crash or Ctrl-C mid-write leaves the previous file whole and no temp file behind. Streamed,
+    so np.save / torch.save of large arrays need not be held in memory a second time.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,13 +45,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise ExportError(f"Cannot write {path}.", str(exc)) from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

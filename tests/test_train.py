@@ -203,12 +203,187 @@ def test_sidecar_patch_size_must_match_graph(tmp_path):
         OnnxClassifier(ModelSpec.load(onnx_path), device="cpu")
 
 
+# ----------------------------------------------------------------------------- run folder: atomic writes, resume
+
+
+def _interrupt_writes_after(monkeypatch, module, name: str, whole: int) -> list[int]:
+    """Let ``module.name`` (np.save / torch.save) write ``whole`` files, then write half of one and raise Ctrl-C."""
+    import io
+
+    real = getattr(module, name)
+    calls: list[int] = []
+
+    at = 0 if module is np else 1  # np.save(file, arr) but torch.save(obj, file)
+
+    def writer(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= whole:
+            return real(*args, **kwargs)
+        buf = io.BytesIO()
+        real(*args[:at], buf, *args[at + 1:], **kwargs)
+        data, target = buf.getvalue(), args[at]
+        if isinstance(target, (str, Path)):
+            Path(target).write_bytes(data[: len(data) // 2])
+        else:
+            target.write(data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, name, writer)
+    return calls
+
+
+def test_interrupted_cache_write_keeps_the_previous_cache(tmp_path, monkeypatch):
+    from cellview.train.train import Run
+
+    run = Run(tmp_path)
+    feats, index = np.arange(24, dtype=np.float16).reshape(6, 4), np.arange(6)
+    run.store("train", feats, index)
+    _interrupt_writes_after(monkeypatch, np, "save", whole=0)
+    with pytest.raises(KeyboardInterrupt):
+        run.store("train", feats * 2, index)
+    monkeypatch.undo()
+    got = run.cached("train")
+    assert got is not None and np.array_equal(got[0], feats) and np.array_equal(got[1], index)
+    assert sorted(p.name for p in run.cache.iterdir()) == ["train.npy", "train_index.npy"]  # no temp file left
+
+
+def _tiny_images(tmp_path: Path, n: int = 4) -> tuple[D.Recipe, list[D.Sample]]:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for k in range(n):
+        path = tmp_path / f"img{k}.png"
+        cv2.imwrite(str(path), rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+        samples.append(D.Sample(str(path), k % 2, f"g{k}", "src", 1.0))
+    recipe = D.recipe_from_dict({"classes": {"normal": "normal", "benign": "benign"}, "sources": [],
+                                 "spacing_um_px": 1.0, "patch_size": 16}, tmp_path)
+    return recipe, samples
+
+
+def test_damaged_feature_cache_is_recomputed_not_trusted(tmp_path):
+    from cellview.train.train import Run, RunError, TrainConfig, cache_features
+
+    recipe, samples = _tiny_images(tmp_path)
+    cfg = TrainConfig(views=1, max_views_per_image=2)
+    calls = []
+
+    def runner(tiles: np.ndarray) -> np.ndarray:
+        calls.append(len(tiles))
+        return tiles.reshape(len(tiles), -1)[:, :8].astype(np.float32)
+
+    run = Run(tmp_path / "run")
+    cache_features(run, recipe, samples, cfg, runner)
+    first = {name: [np.array(a) for a in run.features(name)] for name in ("eval", "train")}
+    data = (run.cache / "train.npy").read_bytes()
+    (run.cache / "train.npy").write_bytes(data[: len(data) // 2])
+    assert run.cached("train") is None
+    with pytest.raises(RunError, match="missing or damaged"):
+        run.features("train")
+    calls.clear()
+    cache_features(run, recipe, samples, cfg, runner)
+    assert calls, "the damaged cache was not recomputed"
+    for name, (f, i) in first.items():
+        got_f, got_i = run.features(name)
+        assert np.array_equal(got_f, f) and np.array_equal(got_i, i)  # same seeds → the same features
+
+
+def test_damaged_run_json_is_a_clear_error(tmp_path):
+    from cellview.errors import CellviewError
+    from cellview.train.train import Run
+
+    run = Run(tmp_path)
+    run.save_json("summary.json", {"config": {}})
+    (tmp_path / "summary.json").write_text('{"config": {')
+    with pytest.raises(CellviewError, match="summary.json: it is missing or damaged"):
+        run.config()
+
+
+def _head_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1, 2], 20)
+    x = (rng.normal(size=(60, 8)) + y[:, None]).astype(np.float32)
+    return x, y, np.ones(60, np.float32)
+
+
+def test_head_resume_after_interrupted_checkpoint_write_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    from cellview.train.train import TrainConfig, train_linear
+
+    x, y, w = _head_problem()
+    cfg = TrainConfig(head_epochs=4, batch_size=8)
+    torch.manual_seed(0)  # the head's initial weights come from the global generator, as in run_training
+    reference = train_linear(x, y, w, 3, cfg).state_dict()
+    ckpt = tmp_path / "head.ckpt"
+    _interrupt_writes_after(monkeypatch, torch, "save", whole=2)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train_linear(x, y, w, 3, cfg, ckpt=ckpt)
+    monkeypatch.undo()
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 2  # the epoch-2 checkpoint survived intact
+    resumed = train_linear(x, y, w, 3, cfg, ckpt=ckpt).state_dict()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_damaged_or_mismatched_head_checkpoint_is_a_clear_error(tmp_path):
+    from cellview.train.train import RunError, TrainConfig, train_linear
+
+    x, y, w = _head_problem()
+    cfg = TrainConfig(head_epochs=2, batch_size=8)
+    ckpt = tmp_path / "head.ckpt"
+    train_linear(x, y, w, 3, cfg, ckpt=ckpt)
+    good = ckpt.read_bytes()
+    with pytest.raises(RunError, match="other settings"):
+        train_linear(x[:, :4], y, w, 3, cfg, ckpt=ckpt)  # features of another width
+    for cut in (0, 40, len(good) // 2, len(good) - 10):
+        ckpt.write_bytes(good[:cut])
+        with pytest.raises(RunError, match="damaged .*Delete it"):
+            train_linear(x, y, w, 3, cfg, ckpt=ckpt)
+
+
+@needs_lite
+def test_finetune_resumes_from_its_last_whole_checkpoint(tmp_path, monkeypatch, capsys):
+    from cellview.train.train import Run, RunError, TrainConfig, build_model, finetune
+
+    cfg = TrainConfig(finetune_blocks=1, finetune_epochs=3, batch_size=8, pretrained=False)
+    recipe = D.recipe_from_dict({"classes": {"normal": "normal", "benign": "benign"}, "sources": [],
+                                 "spacing_um_px": 1.0, "patch_size": 32}, tmp_path)
+    torch.manual_seed(0)
+    bb, _ = build_model(recipe, cfg)
+    with torch.inference_mode():
+        acts = bb.trunk.eval()(torch.zeros(1, 3, 32, 32))
+    rng = np.random.default_rng(0)
+    samples = [D.Sample(f"s{k}", k % 2, f"g{k}", "src", 1.0) for k in range(12)]
+    split = np.array([0] * 8 + [1] * 4)
+    run = Run(tmp_path / "run")
+    for name in ("train", "eval"):
+        run.store(name, rng.normal(size=(24, *acts.shape[1:])).astype(np.float16), np.repeat(np.arange(12), 2))
+
+    def fresh():
+        return build_model(recipe, cfg)[1]
+
+    ckpt = run.path / "finetune.ckpt"
+    _interrupt_writes_after(monkeypatch, torch, "save", whole=1)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(run, fresh(), samples, split, cfg, "cpu")
+    monkeypatch.undo()
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 1
+    capsys.readouterr()
+    finetune(run, fresh(), samples, split, cfg, "cpu")
+    err = capsys.readouterr().err
+    assert "fine-tuning: resuming after epoch 1" in err and "fine-tune epoch 1:" not in err
+    assert "fine-tune epoch 3:" in err and torch.load(ckpt, weights_only=False)["epoch"] == 3
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunError, match="finetune.ckpt: it is damaged"):
+        finetune(run, fresh(), samples, split, cfg, "cpu")
+
+
 # ----------------------------------------------------------------------------- a tiny real run
 
 
 @needs_data
 @needs_lite
-def test_tiny_training_run_train_evaluate_export_load(tmp_path):
+def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
     import argparse
 
     from cellview.train.cli import add_parsers
@@ -235,3 +410,9 @@ def test_tiny_training_run_train_evaluate_export_load(tmp_path):
     tiles = D.eval_tiles(D.read_rgb(str(DATA / "glas" / "images" / "train_1.png")), 0.62, 1.0, 64)
     probs = OnnxClassifier(spec, device="cpu").predict(tiles)
     assert probs.shape == (len(tiles), 6) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    for damaged, message in (("cache/eval.npy", "cached eval features"), ("model.pt", "model.pt: it is damaged")):
+        data = (run / damaged).read_bytes()
+        (run / damaged).write_bytes(data[: len(data) // 2])
+        args = parser.parse_args(["evaluate", str(run), "--quick"])
+        assert args.func(args) == 2
+        assert message in capsys.readouterr().err

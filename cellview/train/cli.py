@@ -74,7 +74,7 @@ def _need_torch() -> str | None:
 def cmd_train(args: argparse.Namespace) -> int:
     if msg := _need_torch():
         return _fail(msg)
-    from cellview.errors import ExportError
+    from cellview.errors import CellviewError
     from cellview.train import data as D
     from cellview.train import default_data_dir
     from cellview.train.backbone import BackboneError
@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             from cellview.train.evaluate import evaluate_run
 
             evaluate_run(run)
-    except (D.DataError, BackboneError, ExportError) as exc:  # ExportError: the run folder cannot be written
+    except (D.DataError, BackboneError, CellviewError) as exc:  # e.g. the run folder cannot be written or is damaged
         return _fail(str(exc))
     return 0
 
@@ -110,24 +110,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if msg := _need_torch():
         return _fail(msg)
+    from cellview.errors import CellviewError
     from cellview.train.evaluate import evaluate_run
 
     if not (args.run / "model.pt").exists():
         return _fail(f"{args.run} is not a finished training run (no model.pt)")
-    evaluate_run(args.run, args.out, extra_checks=not args.quick, cv_folds=args.cv_folds)
+    try:
+        evaluate_run(args.run, args.out, extra_checks=not args.quick, cv_folds=args.cv_folds)
+    except CellviewError as exc:  # a damaged run folder, or results that cannot be written
+        return _fail(str(exc))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     if msg := _need_torch():
         return _fail(msg)
-    from cellview.errors import ExportError, ModelError
+    from cellview.errors import CellviewError
     from cellview.train.export import export_run
 
     if not (args.run / "model.pt").exists():
         return _fail(f"{args.run} is not a finished training run (no model.pt)")
     try:
         export_run(args.run, args.out, args.version, wsinfer=not args.no_wsinfer, fp16=not args.no_fp16)
-    except (ModelError, ExportError, RuntimeError) as exc:
+    except (CellviewError, RuntimeError) as exc:
         return _fail(str(exc))
     return 0

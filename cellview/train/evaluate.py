@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from cellview.export import atomic_write_text
+from cellview.export import atomic_write_bytes, atomic_write_text
 from cellview.model import CATEGORIES, probabilities
 from cellview.results import category_probabilities
 from cellview.train import data as D
@@ -160,7 +160,7 @@ def plot_confusion(m: np.ndarray, names: list[str], title: str, path: Path) -> N
         org = (left + j * cell + 5, top + n * cell + 15)
         for k, part in enumerate([names[j][i:i + 11] for i in range(0, len(names[j]), 11)][:3]):
             _text(img, part, (org[0], org[1] + 15 * k), 0.38)
-    cv2.imwrite(str(path), img)
+    _write_png(path, img)
 
 
 def plot_reliability(tables: dict[str, list[dict[str, float]]], eces: dict[str, float], title: str, path: Path) -> None:
@@ -187,7 +187,12 @@ def plot_reliability(tables: dict[str, list[dict[str, float]]], eces: dict[str, 
         if len(pts) > 1:
             cv2.polylines(img, [np.array(pts, np.int32)], False, col, 1, cv2.LINE_AA)
         _text(img, f"{name}: ECE {eces[name]:.3f}", (size + pad + 8, pad + 30 + 22 * k), 0.4, col)
-    cv2.imwrite(str(path), img)
+    _write_png(path, img)
+
+
+def _write_png(path: Path, bgr: np.ndarray) -> None:
+    """Same bytes as ``cv2.imwrite``, written atomically like eval.json."""
+    atomic_write_bytes(path, cv2.imencode(".png", bgr)[1].tobytes())
 
 
 # ----------------------------------------------------------------------------- running a run's model
@@ -198,7 +203,7 @@ def tile_logits_from_cache(run: Any, model: Any, finetune_blocks: int, split_id:
     """Logits of the cached evaluation tiles of one split (all when split_id is None)."""
     from cellview.train.train import pooled
 
-    ef, ei = run.cached("eval")
+    ef, ei = run.features("eval")
     keep = np.ones(len(ei), bool) if split_id is None else split[ei] == split_id
     feats = pooled(model.tail, ef[keep], finetune_blocks, "cpu")
     with torch.inference_mode():
@@ -230,8 +235,8 @@ def _linear_features(run: Any, recipe: D.Recipe, cfg: Any) -> tuple[np.ndarray, 
     from cellview.train.backbone import build_backbone
     from cellview.train.train import pooled
 
-    tf, ti = run.cached("train")
-    ef, ei = run.cached("eval")
+    tf, ti = run.features("train")
+    ef, ei = run.features("eval")
     if cfg.finetune_blocks == 0:
         return np.asarray(tf, np.float32), ti, np.asarray(ef, np.float32), ei
     tail = build_backbone(cfg.arch, recipe.patch_size, cfg.finetune_blocks, pretrained=True).tail

@@ -95,8 +95,7 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
     recipe, cfg, model, state = load_model(run)
     samples, split = run.samples()
     summary = run.load_json("summary.json")
-    eval_path = run.path / "eval" / "eval.json"
-    ev = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+    ev = run.load_json("eval/eval.json") if (run.path / "eval" / "eval.json").exists() else {}
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
     export_onnx(model, onnx_path, recipe.patch_size)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shlex
 import sys
@@ -24,7 +25,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cellview.export import atomic_write_text
+from cellview.errors import CellviewError
+from cellview.export import atomic_write, atomic_write_text
 from cellview.train import data as D
 from cellview.train.backbone import Backbone, FeatureRunner, TileClassifier, build_backbone, pick_device
 from cellview.train.splits import (
@@ -67,6 +69,79 @@ def seed_everything(seed: int) -> None:
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- run-state files
+
+
+class RunError(CellviewError):
+    """A run folder's saved state (JSON, checkpoint, model) is damaged or does not fit this run."""
+
+
+# What np.load / torch.load raise on a truncated or garbled file (torch: RuntimeError from its zip
+# reader, OSError, EOFError or UnpicklingError depending on where the file ends).
+_UNREADABLE = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError)
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda fh: np.save(fh, array))
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def load_npy(path: Path, mmap: bool = False) -> np.ndarray | None:
+    """A cached array, or None (with a note on stderr) when it is damaged: a cache is recomputed, not trusted."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None)
+    except _UNREADABLE as exc:
+        _say(f"cache {path.name} is damaged ({exc}); computing it again")
+        return None
+
+
+def load_torch(path: Path, what: str, **kwargs: Any) -> Any:
+    """``torch.load`` with a damaged file reported as a RunError saying what to do (``what``)."""
+    try:
+        return torch.load(path, weights_only=False, **kwargs)
+    except _UNREADABLE as exc:
+        raise RunError(f"Cannot read {path}: it is damaged (an interrupted write?). {what}", str(exc)) from exc
+
+
+@dataclass
+class PhaseCheckpoint:
+    """Resumable state of one training phase (linear head or fine-tuning), saved after every epoch.
+
+    ``parts`` maps checkpoint keys to objects with ``state_dict`` / ``load_state_dict`` (model or
+    head, optimiser, scheduler); ``rng`` is the phase's shuffling generator. ``path`` None: no checkpoint.
+    """
+
+    path: Path | None
+    parts: dict[str, Any]
+    rng: torch.Generator
+    desc: str
+
+    def resume(self) -> tuple[int, float, dict[str, torch.Tensor] | None]:
+        """Restore the parts; (epochs done, best validation score, best weights), from scratch when absent."""
+        if self.path is None or not self.path.exists():
+            return 0, -1.0, None
+        hint = "Delete it to restart this step."
+        state = load_torch(self.path, hint)
+        try:
+            for key, part in self.parts.items():
+                part.load_state_dict(state[key])
+            self.rng.set_state(state["rng"])
+            start, best, best_state = state["epoch"], state["best"], state["best_state"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise RunError(f"Cannot resume from {self.path}: it was written with other settings. {hint}",
+                           str(exc)) from exc
+        _say(f"{self.desc}: resuming after epoch {start}")
+        return start, best, best_state
+
+    def save(self, epoch: int, best: float, best_state: dict[str, torch.Tensor] | None) -> None:
+        if self.path is not None:
+            save_torch(self.path, {**{key: part.state_dict() for key, part in self.parts.items()},
+                                   "rng": self.rng.get_state(), "epoch": epoch, "best": best, "best_state": best_state})
 
 
 # ----------------------------------------------------------------------------- feature caching
@@ -129,9 +204,8 @@ def near_duplicate_groups(samples: list[D.Sample], recipe: D.Recipe, runner: Cal
         return np.stack([D.dihedral(img, k) for k in range(8)])
 
     cached = cache / "dup_embeddings.npy" if cache else None
-    if cached is not None and cached.exists():
-        emb = np.load(cached)
-    else:
+    emb = load_npy(cached) if cached is not None and cached.exists() else None
+    if emb is None:
         feats, index = extract(samples, make, runner, "embeddings for near-duplicate groups", batch=64)
         feats = feats.astype(np.float32)
         if feats.ndim > 2:
@@ -139,8 +213,7 @@ def near_duplicate_groups(samples: list[D.Sample], recipe: D.Recipe, runner: Cal
         emb = np.zeros((len(samples), feats.shape[1]), np.float32)
         np.add.at(emb, index, feats)
         if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cached, emb)
+            save_npy(cached, emb)
     comp = similarity_groups(emb, threshold, mutual_k)
     nn_sim = nearest_neighbour_similarity(emb)
     labels = np.array([s.label for s in samples])
@@ -203,15 +276,8 @@ def _train_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int,
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.head_epochs)
     xt, yt, wt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y), torch.from_numpy(w)
-    start, best, best_state = 0, -1.0, None
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        head.load_state_dict(state["head"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        g.set_state(state["rng"])
-        start, best, best_state = state["epoch"], state["best"], state["best_state"]
-        _say(f"{desc}: resuming after epoch {start}")
+    checkpoint = PhaseCheckpoint(ckpt, {"head": head, "opt": opt, "sched": sched}, g, desc)
+    start, best, best_state = checkpoint.resume()
     for epoch in range(start, cfg.head_epochs):
         perm = torch.randperm(len(xt), generator=g)
         total = 0.0
@@ -230,9 +296,7 @@ def _train_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int,
             score = _val_balanced_accuracy(head, *val)
         if score >= best:
             best, best_state = score, {k: v.clone() for k, v in head.state_dict().items()}
-        if ckpt is not None:
-            torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "rng": g.get_state(), "epoch": epoch + 1, "best": best, "best_state": best_state}, ckpt)
+        checkpoint.save(epoch + 1, best, best_state)
     if best_state is not None:
         head.load_state_dict(best_state)
     return head
@@ -261,7 +325,11 @@ class Run:
         atomic_write_text(self.path / name, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
     def load_json(self, name: str) -> Any:
-        return json.loads((self.path / name).read_text(encoding="utf-8"))
+        path = self.path / name
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunError(f"Cannot read {path}: it is missing or damaged.", str(exc)) from exc
 
     def recipe(self) -> D.Recipe:
         raw = self.load_json("recipe.json")
@@ -278,15 +346,29 @@ class Run:
         return TrainConfig(**raw)
 
     def cached(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Cached features and their sample index; None when missing or damaged (so they are recomputed)."""
         f, i = self.cache / f"{name}.npy", self.cache / f"{name}_index.npy"
-        if f.exists() and i.exists():
-            return np.load(f, mmap_mode="r"), np.load(i)
-        return None
+        if not (f.exists() and i.exists()):
+            return None
+        feats, index = load_npy(f, mmap=True), load_npy(i)
+        if feats is None or index is None:
+            return None
+        if len(feats) != len(index):
+            _say(f"cached {name} features and index disagree ({len(feats)} vs {len(index)} rows); computing them again")
+            return None
+        return feats, index
+
+    def features(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Cached features that must be there (after ``cache_features``)."""
+        got = self.cached(name)
+        if got is None:
+            raise RunError(f"The cached {name} features of {self.path} are missing or damaged; run cellview train "
+                           "again with the same options and this --out to recompute them.")
+        return got
 
     def store(self, name: str, feats: np.ndarray, index: np.ndarray) -> None:
-        self.cache.mkdir(parents=True, exist_ok=True)
-        np.save(self.cache / f"{name}.npy", feats)
-        np.save(self.cache / f"{name}_index.npy", index)
+        save_npy(self.cache / f"{name}.npy", feats)
+        save_npy(self.cache / f"{name}_index.npy", index)
 
 
 def _json_default(o: Any) -> Any:
@@ -336,8 +418,8 @@ def fit_head(run: Run, model: TileClassifier, samples: list[D.Sample], split: np
              ckpt_name: str | None = "head.ckpt", desc: str = "linear head") -> nn.Linear:
     labels = np.array([s.label for s in samples])
     sources = np.array([s.source for s in samples])
-    tf, ti = run.cached("train")  # type: ignore[misc]
-    ef, ei = run.cached("eval")  # type: ignore[misc]
+    tf, ti = run.features("train")
+    ef, ei = run.features("eval")
     device = "cpu"
     tr = split[ti] == 0
     x = pooled(model.tail, tf[tr], cfg.finetune_blocks, device)
@@ -354,8 +436,8 @@ def finetune(run: Run, model: TileClassifier, samples: list[D.Sample], split: np
     """Train the last blocks + head on cached trunk activations (BN statistics stay frozen)."""
     labels = np.array([s.label for s in samples])
     sources = np.array([s.source for s in samples])
-    tf, ti = run.cached("train")  # type: ignore[misc]
-    ef, ei = run.cached("eval")  # type: ignore[misc]
+    tf, ti = run.features("train")
+    ef, ei = run.features("eval")
     tr = np.nonzero(split[ti] == 0)[0]
     w = torch.from_numpy(sample_weights(labels[ti[tr]], sources[ti[tr]], cfg.balance))
     va = split[ei] == 1
@@ -366,17 +448,10 @@ def finetune(run: Run, model: TileClassifier, samples: list[D.Sample], split: np
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.finetune_lr, cfg.finetune_lr * 3],
                                                 total_steps=max(steps, 1), pct_start=0.15)
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    ckpt = run.path / "finetune.ckpt"
-    start, best, best_state = 0, -1.0, None
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        g.set_state(state["rng"])
-        start, best, best_state = state["epoch"], state["best"], state["best_state"]
-        _say(f"fine-tuning: resuming after epoch {start}")
-    model.to(device)
+    checkpoint = PhaseCheckpoint(run.path / "finetune.ckpt", {"model": model, "opt": opt, "sched": sched}, g,
+                                 "fine-tuning")
+    model.to(device)  # before resuming: the optimiser's loaded state goes to its parameters' current device
+    start, best, best_state = checkpoint.resume()
     for epoch in range(start, cfg.finetune_epochs):
         model.train()
         for m in model.modules():
@@ -404,8 +479,7 @@ def finetune(run: Run, model: TileClassifier, samples: list[D.Sample], split: np
         if score >= best:
             best = score
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "rng": g.get_state(), "epoch": epoch + 1, "best": best, "best_state": best_state}, ckpt)
+        checkpoint.save(epoch + 1, best, best_state)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.cpu().eval()
@@ -492,9 +566,9 @@ def run_training(recipe: D.Recipe, out: Path, cfg: TrainConfig, command: str | N
     summary["invocations"] = [*summary["invocations"], {"command": command, "seconds": summary["train_seconds"]}]
     summary["train_seconds_total"] = round(sum(i["seconds"] for i in summary["invocations"]), 1)
     summary["val_image_accuracy"] = float((probs.argmax(1) == labels[ids]).mean()) if len(ids) else None
-    torch.save({"state_dict": model.state_dict(), "arch": cfg.arch, "patch": recipe.patch_size,
-                "finetune_blocks": cfg.finetune_blocks, "class_names": recipe.class_names,
-                "temperature": temperature, "mean": bb.mean, "std": bb.std}, run.path / "model.pt")
+    save_torch(run.path / "model.pt", {"state_dict": model.state_dict(), "arch": cfg.arch, "patch": recipe.patch_size,
+                                       "finetune_blocks": cfg.finetune_blocks, "class_names": recipe.class_names,
+                                       "temperature": temperature, "mean": bb.mean, "std": bb.std})
     run.save_json("summary.json", summary)
     _say(f"done in {summary['train_seconds']:.0f} s: temperature {temperature:.3f}; run folder {run.path}")
     return run.path
@@ -506,7 +580,7 @@ def _common_root(samples: list[D.Sample]) -> Path:
 
 def load_model(run: Run) -> tuple[D.Recipe, TrainConfig, TileClassifier, dict[str, Any]]:
     recipe, cfg = run.recipe(), run.config()
-    state = torch.load(run.path / "model.pt", map_location="cpu", weights_only=False)
+    state = load_torch(run.path / "model.pt", "Train again with this --out to rewrite it.", map_location="cpu")
     _, model = build_model(recipe, cfg, pretrained=False)
     model.load_state_dict(state["state_dict"])
     return recipe, cfg, model.eval(), state
