@@ -14,3 +14,10 @@ env -i HOME="$SCRATCH" PATH=/usr/bin:/bin LANG=C.UTF-8 QT_QPA_PLATFORM=offscreen
     XDG_CONFIG_HOME="$SCRATCH/config" XDG_DATA_HOME="$SCRATCH/data" XDG_CACHE_HOME="$SCRATCH/cache" \
     timeout 180 "$BUNDLE/cellview" --smoke-test "$SLIDE"
 env -i HOME="$SCRATCH" PATH=/usr/bin:/bin LANG=C.UTF-8 timeout 60 "$BUNDLE/cellview" --version
+# The headless batch path through the bundle: pipeline, bundled model, every exporter.
+env -i HOME="$SCRATCH" PATH=/usr/bin:/bin LANG=C.UTF-8 XDG_CACHE_HOME="$SCRATCH/cache" \
+    timeout 300 "$BUNDLE/cellview" analyze "$SLIDE" --out "$SCRATCH/out" --device cpu
+for ext in csv geojson png json; do
+    compgen -G "$SCRATCH/out/*.$ext" >/dev/null || { echo "smoke test: no .$ext written" >&2; exit 1; }
+done
+echo "smoke test: analyze wrote $(find "$SCRATCH/out" -type f | wc -l) files"
