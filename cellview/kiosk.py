@@ -226,14 +226,10 @@ class KioskSettings:
         """
         if not isinstance(data, dict):
             raise KioskSettingsError("The kiosk settings must be a JSON object ({...}).")
-        known = [f.name for f in fields(cls)]
+        known = _setting_names()
         unknown = sorted(set(data) - set(known))
         if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, known, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise KioskSettingsError(f"Unknown kiosk setting(s): {', '.join(hints)}.",
+            raise KioskSettingsError(f"Unknown kiosk setting(s): {', '.join(map(_unknown_key_hint, unknown))}.",
                                      f"known settings: {', '.join(known)}")
         values = dict(data)
         for key in ("watch_dir", "outbox_dir"):
@@ -248,21 +244,10 @@ class KioskSettings:
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> KioskSettings:
         """Read the settings file; the default file may be absent (defaults), a named one may not."""
-        explicit = path is not None
         file = Path(path) if path is not None else default_settings_path()
-        if not file.exists():
-            if explicit:
-                raise KioskSettingsError(f"Kiosk settings file {file} does not exist.")
+        data = _read_settings_json(file, explicit=path is not None)
+        if data is None:
             return cls()
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise KioskSettingsError(f"Cannot read kiosk settings file {file}.", str(exc)) from exc
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise KioskSettingsError(f"Kiosk settings file {file} is not valid JSON "
-                                     f"(line {exc.lineno}, column {exc.colno}: {exc.msg}).") from exc
         try:
             return cls.from_dict(data, base_dir=file.resolve().parent)
         except KioskSettingsError as exc:
@@ -270,11 +255,133 @@ class KioskSettings:
         except TypeError as exc:
             raise KioskSettingsError(f"{file}: invalid kiosk settings.", str(exc)) from exc
 
+    @classmethod
+    def load_lenient(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> SalvagedSettings:
+        """:meth:`load` plus :meth:`with_overrides` that never raises: every valid setting is kept, the rest reported.
+
+        An unattended kiosk restarted on failure must come up despite a typo in its file (else it
+        restart-loops on a blank screen), so keys are accepted one at a time in file order and a
+        rejected key keeps its default; a file that cannot be read or parsed gives the defaults.
+        Command-line ``overrides`` (``None`` = not given) are applied the same way. The result
+        passes the same checks as :meth:`load`, the outbox-inside-watch-folder one included.
+        Fails closed: when a configured PIN may have been lost, ``exit_locked`` is set.
+        """
+        file = Path(path) if path is not None else default_settings_path()
+        problems: list[KioskSettingsError] = []
+        try:
+            data = _read_settings_json(file, explicit=path is not None)
+        except KioskSettingsError as exc:
+            problem = KioskSettingsError(f"{exc.message} None of its settings were used; the defaults apply.",
+                                         exc.details)
+            return cls._with_lenient_overrides(cls(), [problem], True, file, overrides)
+        if data is None:
+            return cls._with_lenient_overrides(cls(), [], False, file, overrides)
+        if not isinstance(data, dict):
+            problem = KioskSettingsError(f"{file}: the kiosk settings must be a JSON object ({{...}}). "
+                                         "None of its settings were used; the defaults apply.")
+            return cls._with_lenient_overrides(cls(), [problem], True, file, overrides)
+        known = _setting_names()
+        base_dir = file.resolve().parent
+        accepted: dict[str, Any] = {}
+        exit_locked = False
+        for key, value in data.items():
+            if key not in known:
+                problems.append(KioskSettingsError(f"{file}: Unknown setting {_unknown_key_hint(key)} was ignored.",
+                                                   f"known settings: {', '.join(known)}"))
+                exit_locked |= _may_be_a_pin(key)  # a mistyped "pin" must not leave the chord alone to exit
+                continue
+            try:
+                cls.from_dict({**accepted, key: value}, base_dir=base_dir)
+            except _SETTING_ERRORS as exc:
+                problems.append(_dropped(f"{file}: ", key, exc, "its default applies"))
+                exit_locked |= key == "pin"
+                continue
+            accepted[key] = value
+        return cls._with_lenient_overrides(cls.from_dict(accepted, base_dir=base_dir), problems, exit_locked,
+                                           file, overrides)
+
+    @staticmethod
+    def _with_lenient_overrides(settings: KioskSettings, problems: list[KioskSettingsError], exit_locked: bool,
+                                file: Path, overrides: dict[str, Any]) -> SalvagedSettings:
+        """Apply command-line values one at a time; a rejected one is reported and the file's value kept."""
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            try:
+                settings = replace(settings, **{key: value})
+            except _SETTING_ERRORS as exc:
+                problems.append(_dropped("Command line: ", key, exc, "the settings file's value applies"))
+        return SalvagedSettings(settings, tuple(problems), exit_locked, file)
+
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Write the settings as indented JSON (atomically); returns the file written."""
         file = Path(path) if path is not None else default_settings_path()
         atomic_write_text(file, json.dumps(self.to_dict(), indent=2) + "\n")
         return file
+
+
+@dataclass(frozen=True)
+class SalvagedSettings:
+    """What :meth:`KioskSettings.load_lenient` kept, what it dropped, and whether exit must stay locked.
+
+    ``exit_locked``: a PIN may have been configured but cannot be used (the file could not be
+    read or parsed, or its ``pin`` is invalid or misspelt). The kiosk then refuses the exit chord
+    instead of letting it close the kiosk without the PIN that the operator meant to set.
+    """
+
+    settings: KioskSettings
+    problems: tuple[KioskSettingsError, ...] = ()
+    exit_locked: bool = False
+    path: Path | None = None
+
+
+# Anything a bad value can raise while the settings are built (a path with a NUL byte: ValueError).
+_SETTING_ERRORS = (KioskSettingsError, TypeError, ValueError, OSError, RuntimeError)
+
+
+def _setting_names() -> list[str]:
+    return [f.name for f in fields(KioskSettings)]
+
+
+def _unknown_key_hint(key: str) -> str:
+    close = difflib.get_close_matches(key, _setting_names(), n=1)
+    return f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _may_be_a_pin(key: str) -> bool:
+    """An unknown key that was probably meant as ``pin`` ("pim", "PIN", "exit_pin")."""
+    lower = key.lower()
+    return "pin" in lower or difflib.get_close_matches(lower, _setting_names(), n=1) == ["pin"]
+
+
+def _dropped(where: str, key: str, exc: Exception, fallback: str) -> KioskSettingsError:
+    """One rejected setting as a problem that names its source and key; never echoes a PIN."""
+    if isinstance(exc, KioskSettingsError):
+        message, details = exc.message, exc.details
+    else:
+        message, details = f"Kiosk setting {key!r} is invalid.", str(exc)
+    if key == "pin":
+        return KioskSettingsError(f"{where}{message} The PIN was ignored: leaving the kiosk is disabled until "
+                                  "it is fixed.")
+    ignored = "Ignored" if repr(key) in message else f"Setting {key!r} was ignored"  # say the key once
+    return KioskSettingsError(f"{where}{message} {ignored}; {fallback}.", details)
+
+
+def _read_settings_json(file: Path, explicit: bool) -> Any:
+    """The parsed settings file; None when the default file is absent (a named file must exist)."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        if explicit:
+            raise KioskSettingsError(f"Kiosk settings file {file} does not exist.") from exc
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KioskSettingsError(f"Cannot read kiosk settings file {file}.", str(exc)) from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KioskSettingsError(f"Kiosk settings file {file} is not valid JSON "
+                                 f"(line {exc.lineno}, column {exc.colno}: {exc.msg}).") from exc
 
 
 # ----------------------------------------------------------------------------- watch folder

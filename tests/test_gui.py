@@ -14,7 +14,7 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QPointF, Qt  # noqa: E402
+from PySide6.QtCore import QPointF, QRectF, Qt  # noqa: E402
 
 from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb  # noqa: E402
 from cellview.results import AnalysisParams  # noqa: E402
@@ -285,18 +285,33 @@ def test_tissue_preview(qtbot, window, synthetic_slide):
 
 
 def test_closing_during_analysis_stops_the_worker(qtbot, toy_model, synthetic_slide):
+    import time
+
     w = make_window(qtbot, AnalysisParams(batch_size=1, workers=1, tissue_threshold=0.1), toy_model)
+
+    def on_started(worker):
+        from cellview.pipeline import BatchDone
+
+        def on_item(ev):  # worker thread: hold the run after its first batch until it is cancelled
+            if isinstance(ev, BatchDone):
+                deadline = time.monotonic() + 20
+                while not worker.cancel_token.cancelled and time.monotonic() < deadline:
+                    time.sleep(0.01)
+        worker.raw_item.connect(on_item, Qt.ConnectionType.DirectConnection)
+
+    w.analysisStarted.connect(on_started)
     with qtbot.waitSignal(w.overlayPainted, timeout=TIMEOUT_MS):
         w.open_path(synthetic_slide)
     worker = w.analysis
-    assert worker is not None
+    assert worker is not None and worker.is_running()
     w.close()
     assert not worker.is_running()
     assert all(not x.is_running() for x in list(w._workers))
 
 
-def test_drop_recent_files_and_kiosk_flag(qtbot, window, synthetic_slide):
+def test_drop_recent_files_and_kiosk_flag(qtbot, window, synthetic_slide, toy_model, tmp_path, monkeypatch):
     from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtWidgets import QApplication
 
     from cellview.cli import build_gui_parser
     from cellview.gui import settings
@@ -315,9 +330,26 @@ def test_drop_recent_files_and_kiosk_flag(qtbot, window, synthetic_slide):
     assert settings.recent_files()[0] == str(Path(synthetic_slide).absolute())
     window._fill_recent()
     assert [a.text() for a in window.recent_menu.actions()] == [Path(synthetic_slide).name]
-    # The kiosk itself is tested in test_kiosk_gui.py; a bad settings file stops it before it goes full screen.
-    missing = str(Path(synthetic_slide).parent / "no-such-kiosk.json")
-    assert run_gui(build_gui_parser().parse_args(["--kiosk", "--kiosk-config", missing])) == 2
+    # The kiosk itself is tested in test_kiosk_gui.py; a missing settings file does not stop it (no exit 2,
+    # which systemd would restart in a loop): it runs on defaults, says so, and keeps exit locked.
+    from cellview.gui.kiosk import KioskWindow
+
+    seen: list[tuple[KioskWindow, bool, bool]] = []
+
+    def fake_exec(app) -> int:
+        kiosk = next(w for w in QApplication.topLevelWidgets() if isinstance(w, KioskWindow) and w.isVisible())
+        qtbot.waitUntil(lambda: kiosk.page == "waiting", timeout=TIMEOUT_MS)
+        kiosk.request_exit()  # the exit chord
+        seen.append((kiosk, kiosk.isVisible(), kiosk.settings_card.isVisible()))
+        kiosk.exit_kiosk()
+        return 0
+
+    monkeypatch.setattr(QApplication, "exec", fake_exec)
+    missing = str(tmp_path / "no-such-kiosk.json")
+    assert run_gui(build_gui_parser().parse_args(["--kiosk", "--kiosk-config", missing, "--model", str(toy_model),
+                                                  "--device", "cpu", "--outbox", str(tmp_path / "out")])) == 0
+    [(kiosk, still_up, problem_shown)] = seen
+    assert still_up and problem_shown and "does not exist" in kiosk.settings_label.text()
 
 
 def test_model_picker_rescans_models_dir(qtbot, window, tmp_path, monkeypatch):
@@ -342,3 +374,30 @@ def test_nuclei_measurements_reach_the_inspector(qtbot, toy_model_224, real_slid
     w.select_tile(i)
     assert f"nuclei    {int(result.nuclei.count[i])}" in w.inspector.details.text()
     assert w.shutdown(20000)
+
+
+def test_heatmap_is_clipped_to_the_slide(qtbot, window, tmp_path):
+    """Edge tiles reach past the slide's border; their colour must not be painted outside it."""
+    from cellview.testing import TOY_COLORS
+
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[:] = TOY_COLORS["malignant"]
+    path = write_pyramid_tiff(tmp_path / "edge.tiff", img, 1.0, levels=1, tile=64)
+    result = open_and_analyse(qtbot, window, path)
+    g = result.grid
+    assert g.n_cols * g.stride_l0_x > 100 and g.n_rows * g.stride_l0_y > 100  # tiles stick out
+    window.opacity.setValue(window.opacity.maximum())
+    view = window.view
+    view.vb.setRange(QRectF(-60, -60, 240, 240), padding=0)
+    qtbot.wait(100)
+    shot = view.grab().toImage()
+
+    def pixel(x: float, y: float) -> tuple[int, int, int]:
+        pos = view.mapFromScene(view.vb.mapViewToScene(QPointF(x, y)))
+        c = shot.pixelColor(pos.x(), pos.y())
+        return c.red(), c.green(), c.blue()
+
+    assert view.visible_l0_rect().contains(QPointF(-20, 50)) and view.visible_l0_rect().contains(QPointF(50, 118))
+    background = pixel(-20, 50)
+    assert pixel(50, 50) != background
+    assert pixel(118, 50) == background and pixel(50, 118) == background

@@ -18,6 +18,7 @@ from cellview.kiosk import (
     KioskSettings,
     KioskSettingsError,
     RecentCases,
+    SalvagedSettings,
     WatchFolder,
     choose_batch_size,
     default_settings_path,
@@ -137,6 +138,89 @@ def test_pin_and_chord():
     assert normalize_chord("Alt + Control + Esc") == "Ctrl+Alt+Esc"
     with pytest.raises(KioskSettingsError, match="repeats"):
         normalize_chord("Ctrl+Ctrl+Q")
+
+
+def write_json(file: Path, data) -> Path:
+    file.write_text(json.dumps(data))
+    return file
+
+
+def test_lenient_load_keeps_valid_settings_and_reports_each_bad_one(tmp_path):
+    file = write_json(tmp_path / "kiosk.json", {"idle_s": 30, "device": "tpu", "colour": "red", "pin": "2468",
+                                                "formats": ["csv", "pdf"], "settle_s": 1, "workers": 0})
+    loaded = KioskSettings.load_lenient(file)
+    s = loaded.settings
+    assert isinstance(loaded, SalvagedSettings) and loaded.path == file
+    assert (s.idle_s, s.pin, s.settle_s) == (30.0, "2468", 1.0)  # the valid ones are kept
+    assert (s.device, s.formats, s.workers) == ("auto", FORMATS, 2)  # the bad ones keep their defaults
+    assert not loaded.exit_locked  # the PIN itself is fine: the chord still asks for it
+    messages = [p.message for p in loaded.problems]
+    assert len(messages) == 4 and all(m.startswith(f"{file}: ") for m in messages)
+    for key, words in (("device", "must be one of"), ("colour", "Unknown setting"), ("formats", "pdf"),
+                       ("workers", "whole number")):
+        assert any(f"'{key}'" in m and words in m for m in messages), key
+    assert all(isinstance(p, KioskSettingsError) for p in loaded.problems)
+
+
+def test_lenient_load_survives_a_value_that_is_not_a_settings_error(tmp_path):
+    file = write_json(tmp_path / "kiosk.json", {"watch_dir": "in\u0000box", "idle_s": 5})
+    loaded = KioskSettings.load_lenient(file)  # a NUL byte in a path raises ValueError deep in pathlib
+    assert loaded.settings.watch_dir is None and loaded.settings.idle_s == 5.0
+    (problem,) = loaded.problems
+    assert "'watch_dir' is invalid" in problem.message and "null byte" in problem.details
+
+
+def test_lenient_load_of_a_good_file_equals_the_strict_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert KioskSettings.load_lenient() == SalvagedSettings(KioskSettings(), (), False, default_settings_path())
+    file = KioskSettings(watch_dir=tmp_path / "in", outbox_dir=tmp_path / "out", pin="0042", idle_s=60,
+                         formats=("csv",)).save(tmp_path / "kiosk.json")
+    loaded = KioskSettings.load_lenient(file)
+    assert loaded.settings == KioskSettings.load(file) and loaded.problems == () and not loaded.exit_locked
+
+
+@pytest.mark.parametrize("content, words", [
+    ('{"pin": "2468", "idle_s": 30,}', "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    (None, "does not exist"),
+    (b"\xff\xfe{", "Cannot read"),
+])
+def test_lenient_load_of_an_unusable_file_gives_defaults_and_locks_exit(tmp_path, content, words):
+    file = tmp_path / "kiosk.json"
+    if isinstance(content, bytes):
+        file.write_bytes(content)
+    elif content is not None:
+        file.write_text(content)
+    loaded = KioskSettings.load_lenient(file, outbox_dir=str(tmp_path / "out"))
+    assert loaded.settings == KioskSettings(outbox_dir=tmp_path / "out")  # defaults, the override still applies
+    assert len(loaded.problems) == 1 and words in loaded.problems[0].message
+    assert str(file) in loaded.problems[0].message and "defaults apply" in loaded.problems[0].message
+    assert loaded.exit_locked  # a PIN may have been set in it: fail closed
+
+
+@pytest.mark.parametrize("data", [{"pin": 2468}, {"pin": "24a8"}, {"pin": ""}, {"pim": "2468"}, {"PIN": "2468"},
+                                  {"exit_pin": "2468"}])
+def test_lenient_load_of_an_unusable_pin_locks_exit_without_showing_it(tmp_path, data):
+    loaded = KioskSettings.load_lenient(write_json(tmp_path / "kiosk.json", {"idle_s": 30, **data}))
+    assert loaded.exit_locked and loaded.settings.pin is None and loaded.settings.idle_s == 30.0
+    (problem,) = loaded.problems
+    assert "2468" not in problem.message and "2468" not in problem.details
+
+
+def test_lenient_load_keeps_the_cross_field_check_and_applies_overrides_one_by_one(tmp_path):
+    file = write_json(tmp_path / "kiosk.json", {"watch_dir": "in", "outbox_dir": "in/results", "device": "cpu"})
+    loaded = KioskSettings.load_lenient(file)
+    assert loaded.settings.watch_dir == tmp_path / "in" and loaded.settings.outbox_dir is None
+    (problem,) = loaded.problems
+    assert "outbox must not be the watch folder" in problem.message and "'outbox_dir' was ignored" in problem.message
+    loaded = KioskSettings.load_lenient(file, watch_dir=str(tmp_path / "w"), outbox_dir=str(tmp_path / "w" / "o"),
+                                        device="tpu", model=None)
+    s = loaded.settings
+    assert s.watch_dir == tmp_path / "w" and s.outbox() != tmp_path / "w" / "o" and s.device == "cpu"
+    cli = [p.message for p in loaded.problems if p.message.startswith("Command line: ")]
+    assert len(cli) == 2 and any("'outbox_dir'" in m for m in cli) and any("'device'" in m for m in cli)
+    assert all("settings file's value applies" in m for m in cli)
+    assert not loaded.exit_locked
 
 
 # ----------------------------------------------------------------------------- watch folder

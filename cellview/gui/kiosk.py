@@ -14,10 +14,10 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
@@ -34,6 +34,8 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QScroller,
+    QSizePolicy,
     QStackedWidget,
     QVBoxLayout,
     QWidget,
@@ -46,8 +48,8 @@ from cellview.gui.worker import Worker
 from cellview.kiosk import (
     CaseResult,
     KioskSettings,
-    KioskSettingsError,
     RecentCases,
+    SalvagedSettings,
     WatchFolder,
     load_classifier,
     process_case,
@@ -64,6 +66,12 @@ ERROR_CARD_S = 12.0
 
 MAX_PIN_TRIES = 3
 
+MAX_SETTINGS_PROBLEMS_SHOWN = 5
+"""More problems than this are counted on screen, not listed (they are all in the journal)."""
+
+EXIT_LOCKED_MESSAGE = ("Leaving the kiosk is disabled: the PIN in the kiosk settings file cannot be used. "
+                       "Fix the settings file, then restart the kiosk service.")
+
 # Readable from a metre away and hittable with a finger: ≥ 20 pt text, ≥ 64 px targets.
 KIOSK_STYLESHEET = """
 QWidget { font-size: 20pt; }
@@ -76,6 +84,8 @@ QFrame#kioskBanner { background: #5a4316; border-radius: 8px; }
 QFrame#kioskError { background: #6b1f24; border: 2px solid #c2414b; border-radius: 10px; }
 QFrame#kioskDone { background: #1d4a2c; border: 2px solid #3d9a5b; border-radius: 10px; }
 QFrame#kioskIdle { background: #101214; }
+QFrame#kioskSettings { background: #4a3510; border: 2px solid #ffb347; border-radius: 10px; }
+QLabel#kioskSettingsTitle { font-size: 24pt; font-weight: 700; color: #ffd08a; }
 QPushButton { min-height: 64px; min-width: 64px; padding: 8px 24px; font-size: 22pt; border-radius: 10px; }
 QPushButton#pinKey { min-width: 110px; min-height: 96px; font-size: 30pt; }
 QCheckBox { min-height: 64px; spacing: 18px; font-size: 20pt; }
@@ -134,6 +144,37 @@ def _card(name: str) -> tuple[QFrame, QLabel]:
     QHBoxLayout(frame).addWidget(label, 1)
     frame.hide()
     return frame, label
+
+
+class _TextScroll(QScrollArea):
+    """A wrapped label that asks for the height its text needs (a third of the screen at most) but
+    can shrink to one line and scroll: other cards may appear later (an error, an unreachable
+    watch folder), and the window must never grow taller than the screen (it would leave full screen).
+    """
+
+    def __init__(self, label: QLabel) -> None:
+        super().__init__()
+        self.setWidget(label)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        self.setStyleSheet("QScrollArea, QScrollArea > QWidget > QWidget { background: transparent; }")
+        QScroller.grabGesture(self.viewport(), QScroller.ScrollerGestureType.LeftMouseButtonGesture)
+
+    def _screen_size(self) -> QSize:
+        screen = self.screen() or QApplication.primaryScreen()
+        return screen.geometry().size() if screen is not None else QSize(1280, 800)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        # From the screen, not this widget, whose width lags while it is being laid out. 90 px covers
+        # the page and card margins, generously (narrower wraps to more lines, so no text is cut).
+        size = self._screen_size()
+        needed_px = self.widget().heightForWidth(max(100, size.width() - 90))
+        return QSize(super().sizeHint().width(), min(needed_px, size.height() // 3))
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        return QSize(super().minimumSizeHint().width(), self.widget().fontMetrics().lineSpacing())
 
 
 class PinPad(QDialog):
@@ -205,6 +246,9 @@ class KioskWindow(MainWindow):
     Pages: "preparing" (the model is loading), "waiting" (watch-folder status, recent cases) and
     "case" (the slide with its streaming overlay and the touch controls). Errors appear as a
     card and never as a modal dialog; an idle screen covers everything after ``idle_s``.
+    ``settings_problems`` (what the lenient settings loader dropped from ``settings_file``) stay
+    on a card outside the case page until a restart; ``exit_locked`` makes the chord refuse to
+    exit (a PIN was lost).
     Call :meth:`start` after construction (tests connect signals first).
     """
 
@@ -214,12 +258,18 @@ class KioskWindow(MainWindow):
     caseFinished = Signal(object)  # CaseResult, once its worker has stopped
     idleChanged = Signal(bool)
     exitAllowed = Signal()
+    exitRefused = Signal()
 
     def __init__(self, settings: KioskSettings,
-                 classifier_loader: Callable[[KioskSettings], OnnxClassifier] = load_classifier) -> None:
+                 classifier_loader: Callable[[KioskSettings], OnnxClassifier] = load_classifier,
+                 settings_problems: Sequence[CellviewError] = (), exit_locked: bool = False,
+                 settings_file: Path | None = None) -> None:
         self.settings = settings
         self._loader = classifier_loader
         self._exit_allowed = False
+        self.settings_problems = tuple(settings_problems)
+        self.exit_locked = exit_locked
+        self.settings_file = settings_file
         super().__init__(analysis_defaults=AnalysisParams(
             tissue_threshold=settings.tissue_threshold, mpp_um=settings.mpp_um, device=settings.device,
             workers=settings.workers))
@@ -298,6 +348,7 @@ class KioskWindow(MainWindow):
         dismiss.clicked.connect(self.hide_error)
         el.addWidget(dismiss, 0, Qt.AlignmentFlag.AlignTop)
         outer.addWidget(self.error_card)
+        outer.addWidget(self._build_settings_card())
 
         self.stack = QStackedWidget()
         self.pages: dict[str, QWidget] = {
@@ -326,6 +377,36 @@ class KioskWindow(MainWindow):
         il.addWidget(self.idle_status)
         il.addStretch(1)
         self.idle_screen.hide()
+
+    def _build_settings_card(self) -> QFrame:
+        """The settings loader's problems, shown until the file is fixed and the kiosk restarted.
+
+        Unlike the error card it has no timer and no dismiss button: whoever next looks at the
+        screen must learn that the kiosk runs on partly default settings (or cannot be left).
+        What to do comes first; the text scrolls where the screen has no room for all of it.
+        """
+        self.settings_card = QFrame()
+        self.settings_card.setObjectName("kioskSettings")
+        lay = QVBoxLayout(self.settings_card)
+        lay.setContentsMargins(20, 8, 20, 8)
+        lay.setSpacing(2)
+        lay.addWidget(_label("⚠ Settings problem", "kioskSettingsTitle", wrap=False))
+        self.settings_label = _label("")
+        self.settings_label.setTextFormat(Qt.TextFormat.PlainText)
+        lay.addWidget(_TextScroll(self.settings_label))
+        file, problems = self.settings_file, self.settings_problems
+        what_to_do = (f"Fix {file if file is not None else 'the kiosk settings file'}, then restart the kiosk "
+                      "service. Until then the kiosk runs with the settings that were valid")
+        what_to_do += ", and cannot be left: its PIN is unusable." if self.exit_locked else "."
+        prefix = f"{file}: " if file is not None else None
+        lines = [what_to_do]
+        lines += [f"• {p.message.removeprefix(prefix) if prefix else p.message}"
+                  for p in problems[:MAX_SETTINGS_PROBLEMS_SHOWN]]
+        if len(problems) > MAX_SETTINGS_PROBLEMS_SHOWN:
+            lines.append(f"• and {len(problems) - MAX_SETTINGS_PROBLEMS_SHOWN} more (see the kiosk's log)")
+        self.settings_label.setText("\n".join(lines))
+        self.settings_card.hide()
+        return self.settings_card
 
     def _build_preparing_page(self) -> QWidget:
         page = QWidget()
@@ -461,6 +542,8 @@ class KioskWindow(MainWindow):
 
     def set_page(self, name: str) -> None:
         self.stack.setCurrentWidget(self.pages[name])
+        # The case page needs the room for the slide; the problem is back on the page after it.
+        self.settings_card.setVisible(bool(self.settings_problems) and name != "case")
         if name != self.page:
             self.page = name
             self.pageChanged.emit(name)
@@ -738,7 +821,10 @@ class KioskWindow(MainWindow):
         self.idle = True
         if self._case_worker is None and self.classifier is not None:
             self.set_page("waiting")
-        self.idle_status.setText(self.state_label.text())
+        status = self.state_label.text()
+        if self.settings_problems:
+            status += "\n⚠ Settings problem: touch the screen to see it"
+        self.idle_status.setText(status)
         self.idle_screen.setGeometry(self.rect())
         self.idle_screen.raise_()
         self.idle_screen.show()
@@ -756,7 +842,15 @@ class KioskWindow(MainWindow):
     # ------------------------------------------------------------------------------ staying up, exiting
 
     def request_exit(self) -> None:
-        """The exit chord: leave at once without a PIN, else ask for it on a touch pad."""
+        """The exit chord: leave at once without a PIN, else ask for it on a touch pad.
+
+        With ``exit_locked`` (a configured PIN could not be read) it only says so: failing open
+        would let anyone at the screen leave the kiosk by the chord alone.
+        """
+        if self.exit_locked:
+            self.show_message(EXIT_LOCKED_MESSAGE)
+            self.exitRefused.emit()
+            return
         if self.settings.pin is None:
             self.exit_kiosk()
             return
@@ -813,28 +907,41 @@ class KioskWindow(MainWindow):
             self._fill_screen()
 
 
-def settings_from_args(args: argparse.Namespace) -> KioskSettings:
+def settings_from_args(args: argparse.Namespace) -> SalvagedSettings:
     """The settings file (``--kiosk-config`` or the default one) with --watch/--outbox/--model/--device on top.
 
-    ``--device auto`` is the parser's default, so it cannot be told from "not given": it keeps the
-    file's device. Raises KioskSettingsError.
+    Lenient (:meth:`KioskSettings.load_lenient`): bad values are dropped and reported, never
+    raised. ``--device auto`` is the parser's default, so it cannot be told from "not given": it
+    keeps the file's device.
     """
     device = getattr(args, "device", None)
-    return KioskSettings.load(getattr(args, "kiosk_config", None)).with_overrides(
-        watch_dir=getattr(args, "watch", None), outbox_dir=getattr(args, "outbox", None),
-        model=getattr(args, "model", None), device=None if device == "auto" else device)
+    return KioskSettings.load_lenient(
+        getattr(args, "kiosk_config", None), watch_dir=getattr(args, "watch", None),
+        outbox_dir=getattr(args, "outbox", None), model=getattr(args, "model", None),
+        device=None if device == "auto" else device)
+
+
+def build_kiosk(args: argparse.Namespace,
+                classifier_loader: Callable[[KioskSettings], OnnxClassifier] = load_classifier) -> KioskWindow:
+    """The kiosk window for these arguments, not started; settings problems go to stderr (the journal).
+
+    A bad settings file never stops the kiosk: under systemd's ``Restart=on-failure`` that would
+    be a restart loop on a blank screen. It starts with what was valid and shows the rest.
+    """
+    loaded = settings_from_args(args)
+    for problem in loaded.problems:
+        print(f"cellview: {problem.message}" + (f"\n  {problem.details}" if problem.details else ""), file=sys.stderr)
+    if loaded.exit_locked:
+        print(f"cellview: {EXIT_LOCKED_MESSAGE}", file=sys.stderr)
+    return KioskWindow(loaded.settings, classifier_loader, settings_problems=loaded.problems,
+                       exit_locked=loaded.exit_locked, settings_file=loaded.path)
 
 
 def run_kiosk(args: argparse.Namespace) -> int:
-    """`cellview --kiosk`: a settings error is printed (exit 2) before anything goes full screen."""
+    """`cellview --kiosk`: runs until the operator's exit chord (and PIN), even on a bad settings file."""
     from cellview.gui.app import make_app
 
-    try:
-        settings = settings_from_args(args)
-    except KioskSettingsError as exc:
-        print(f"cellview: {exc.message}" + (f"\n  {exc.details}" if exc.details else ""), file=sys.stderr)
-        return 2
     app = make_app()
-    window = KioskWindow(settings)
+    window = build_kiosk(args)
     window.start()
     return int(app.exec())
