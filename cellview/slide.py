@@ -386,24 +386,34 @@ class ImageSlide(Slide):
         return self
 
 
-def _load_plain_image(path: Path) -> ImageSlide:
+def read_image_rgb(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """A plain image file as RGB uint8, or None when it cannot be decoded.
+
+    The one decoder for plain images, used by the viewer and the pipeline and by training, so a
+    model sees its training images and a user's images alike: transparency composited on white,
+    16-bit images stretched to 8 bits, grey expanded to RGB, EXIF orientation not applied.
+    """
     data = np.fromfile(str(path), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
-        raise SlideError(
-            f"{path.name} is not a readable slide or image (unknown or corrupt format).",
-            "neither OpenSlide nor the image decoder recognised it",
-        )
+        return None
     if img.dtype != np.uint8:
         # 16-bit microscopy images: scale to 8 bits for display and the model.
         img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if img.ndim == 2:
-        rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 4:
-        rgba = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
-        rgb = composite_on_white(rgba)
-    else:
-        rgb = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return composite_on_white(cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA))
+    return cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
+
+
+def _load_plain_image(path: Path) -> ImageSlide:
+    rgb = read_image_rgb(path)
+    if rgb is None:
+        raise SlideError(
+            f"{path.name} is not a readable slide or image (unknown or corrupt format).",
+            "neither OpenSlide nor the image decoder recognised it",
+        )
     if rgb.shape[0] * rgb.shape[1] > _MAX_PLAIN_PIXELS:
         raise SlideError(f"{path.name} is too large to open as a plain image; save it as a pyramidal TIFF.")
     props, mpp = _plain_image_metadata(path)

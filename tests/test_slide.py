@@ -162,3 +162,29 @@ def test_openslide_fixtures(data_dir, name, dims, vendor, has_mpp):
         assert slide.dimensions == dims and slide.vendor == vendor
         assert (slide.mpp is not None) == has_mpp
         assert slide.thumbnail(64).ndim == 3
+
+
+def test_training_and_inference_decode_plain_images_alike(tmp_path):
+    """One decoder: alpha on white, 16-bit stretched, grey expanded — for the viewer and for training."""
+    pytest.importorskip("torch", reason="training extra not installed")
+    from cellview.slide import open_slide, read_image_rgb
+    from cellview.train.data import read_rgb
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 0
+    rgba[:4, :, 3] = 255  # top half opaque red, bottom half transparent
+    cv2.imwrite(str(tmp_path / "alpha.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    for name in ("alpha.png", "deep.png"):
+        path = tmp_path / name
+        train = read_rgb(str(path))
+        assert train.dtype == np.uint8 and train.shape == (8, 8, 3)
+        assert np.array_equal(train, read_image_rgb(path))
+        with open_slide(path) as slide:
+            assert np.array_equal(slide.read_region((0, 0), 0, (8, 8)), train)
+    alpha = read_rgb(str(tmp_path / "alpha.png"))
+    assert (alpha[:4] == (200, 0, 0)).all() and (alpha[4:] == 255).all()
+    deep_rgb = read_rgb(str(tmp_path / "deep.png"))
+    assert deep_rgb.min() == 0 and deep_rgb.max() == 255

@@ -20,6 +20,7 @@ import numpy as np
 
 from cellview.model import CATEGORIES, CATEGORY_COLORS, sha256_file
 from cellview.morphology import HED_STAIN_MATRIX
+from cellview.slide import read_image_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -242,10 +243,11 @@ def data_checksum(samples: Sequence[Sample], root: Path | None = None) -> str:
 
 
 def read_rgb(path: str) -> np.ndarray:
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    """The core's plain-image decoder, so training and inference see the same pixels."""
+    img = read_image_rgb(path)
     if img is None:
         raise DataError(f"Cannot read image {path}.")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
 
 
 def rescale(img: np.ndarray, factor: float) -> np.ndarray:
