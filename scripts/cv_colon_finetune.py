@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from cellview.model import CATEGORIES
-from cellview.train.evaluate import balanced_accuracy, confusion, fit_temperature, image_probs, to_categories
+from cellview.train.metrics import balanced_accuracy, confusion, fit_temperature, image_probs, to_categories
 from cellview.train.splits import group_split
 from cellview.train.train import (
     Run,

@@ -21,114 +21,25 @@ import torch
 
 from cellview.export import atomic_write_bytes, atomic_write_text
 from cellview.model import CATEGORIES, probabilities
-from cellview.results import category_probabilities
 from cellview.train import data as D
+from cellview.train.metrics import (
+    balanced_accuracy,
+    confusion,
+    image_probs,
+    summarise,
+    to_categories,
+)
 from cellview.train.splits import SPLITS, group_split
-
-# ----------------------------------------------------------------------------- metrics (numpy only)
-
-
-def image_probs(tile_logits: np.ndarray, tile_sample: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of calibrated tile probabilities per image → (probs, sample ids in sorted order)."""
-    p = probabilities(np.asarray(tile_logits), "softmax", temperature)
-    ids, inv = np.unique(tile_sample, return_inverse=True)
-    out = np.zeros((len(ids), p.shape[1]))
-    np.add.at(out, inv, p)
-    out /= np.bincount(inv)[:, None]
-    return out, ids
-
-
-def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    y, pred = np.asarray(y), np.asarray(pred)
-    if len(y) == 0:
-        return float("nan")
-    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
-
-
-def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    m = np.zeros((n, n), np.int64)
-    np.add.at(m, (np.asarray(y), np.asarray(pred)), 1)
-    return m
-
-
-def report(y: np.ndarray, pred: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
-    m = confusion(y, pred, len(names))
-    out: dict[str, dict[str, float]] = {}
-    for i, name in enumerate(names):
-        tp, fp, fn = m[i, i], m[:, i].sum() - m[i, i], m[i, :].sum() - m[i, i]
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / (tp + fn) if tp + fn else 0.0
-        out[name] = {"precision": round(float(p), 4), "recall": round(float(r), 4),
-                     "f1": round(float(2 * p * r / (p + r)) if p + r else 0.0, 4), "support": int(m[i].sum())}
-    present = [v for v in out.values() if v["support"]]
-    out["macro avg"] = {k: round(float(np.mean([v[k] for v in present])), 4) for k in ("precision", "recall", "f1")}
-    out["macro avg"]["support"] = int(len(y))
-    return out
-
-
-def ece(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[float, list[dict[str, float]]]:
-    """Expected calibration error of the top-label confidence, with the per-bin table."""
-    conf = probs.max(1)
-    correct = (probs.argmax(1) == y).astype(np.float64)
-    edges = np.linspace(0, 1, bins + 1)
-    total, table = 0.0, []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            gap = abs(correct[m].mean() - conf[m].mean())
-            total += m.mean() * gap
-            table.append({"lo": float(lo), "hi": float(hi), "n": int(m.sum()),
-                          "accuracy": float(correct[m].mean()), "confidence": float(conf[m].mean())})
-    return float(total), table
-
-
-def nll(logits: np.ndarray, y: np.ndarray, t: float, tile_sample: np.ndarray | None = None) -> float:
-    """Negative log-likelihood of tiles, or of images (mean tile probabilities) when ``tile_sample`` is given."""
-    if tile_sample is not None:
-        probs, ids = image_probs(logits, tile_sample, t)
-        yi = _image_labels(y, tile_sample, ids)
-        return float(-np.log(np.maximum(probs[np.arange(len(ids)), yi], 1e-12)).mean())
-    z = np.asarray(logits, np.float64) / t
-    z = z - z.max(1, keepdims=True)
-    return float(-(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1))).mean())
-
-
-def _image_labels(tile_y: np.ndarray, tile_sample: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    first = {int(s): int(v) for s, v in zip(tile_sample, tile_y, strict=True)}
-    return np.array([first[int(i)] for i in ids])
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray, tile_sample: np.ndarray | None = None) -> float:
-    """Temperature minimising validation NLL (log-grid then a finer grid: robust, no optimiser state).
-
-    With ``tile_sample`` the NLL is taken on image-level probabilities (mean of calibrated tiles), the
-    number CellView reports for a plain image.
-    """
-    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 200))
-    best = min(grid, key=lambda t: nll(logits, y, t, tile_sample))
-    fine = np.exp(np.linspace(np.log(best) - 0.05, np.log(best) + 0.05, 51))
-    return round(float(min(fine, key=lambda t: nll(logits, y, t, tile_sample))), 4)
-
-
-def to_categories(probs: np.ndarray, y: np.ndarray, class_categories: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Category probabilities (summed over each category's classes, as CellView does) and category labels."""
-    idx = np.array([CATEGORIES.index(c) for c in class_categories])
-    return category_probabilities(probs, tuple(class_categories), "softmax"), idx[y]
-
-
-def summarise(probs: np.ndarray, y: np.ndarray, names: list[str]) -> dict[str, Any]:
-    pred = probs.argmax(1)
-    e, table = ece(probs, y)
-    return {
-        "n": int(len(y)),
-        "accuracy": round(float((pred == y).mean()), 4) if len(y) else None,
-        "balanced_accuracy": round(balanced_accuracy(y, pred), 4),
-        "ece": round(e, 4),
-        "report": report(y, pred, names),
-        "confusion": confusion(y, pred, len(names)).tolist(),
-        "reliability": table,
-    }
-
+from cellview.train.train import (
+    Run,
+    _json_default,
+    _tiles_for,
+    load_model,
+    pooled,
+    sample_weights,
+    tile_logits_from_cache,
+    train_linear,
+)
 
 # ----------------------------------------------------------------------------- plots (OpenCV, no matplotlib)
 
@@ -198,19 +109,6 @@ def _write_png(path: Path, bgr: np.ndarray) -> None:
 # ----------------------------------------------------------------------------- running a run's model
 
 
-def tile_logits_from_cache(run: Any, model: Any, finetune_blocks: int, split_id: int | None,
-                           split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of the cached evaluation tiles of one split (all when split_id is None)."""
-    from cellview.train.train import pooled
-
-    ef, ei = run.features("eval")
-    keep = np.ones(len(ei), bool) if split_id is None else split[ei] == split_id
-    feats = pooled(model.tail, ef[keep], finetune_blocks, "cpu")
-    with torch.inference_mode():
-        logits = model.fc(torch.from_numpy(feats)).numpy()
-    return logits, ei[keep]
-
-
 def _onnx_session(model: Any, patch: int, workdir: Path) -> Any:
     from cellview.train.backbone import cpu_session, export_onnx
 
@@ -220,8 +118,6 @@ def _onnx_session(model: Any, patch: int, workdir: Path) -> Any:
 
 
 def _image_logits(session: Any, samples: list[D.Sample], recipe: D.Recipe, transform: Any) -> tuple[np.ndarray, np.ndarray]:
-    from cellview.train.train import _tiles_for
-
     logits, index = [], []
     for i, s in enumerate(samples):
         tiles = _tiles_for(s, recipe, transform)
@@ -233,7 +129,6 @@ def _image_logits(session: Any, samples: list[D.Sample], recipe: D.Recipe, trans
 def _linear_features(run: Any, recipe: D.Recipe, cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Frozen ImageNet features of the cached views/tiles (through the pretrained tail when fine-tuned)."""
     from cellview.train.backbone import build_backbone
-    from cellview.train.train import pooled
 
     tf, ti = run.features("train")
     ef, ei = run.features("eval")
@@ -247,7 +142,6 @@ def linear_probe(train_x: np.ndarray, train_i: np.ndarray, eval_x: np.ndarray, e
                  split: np.ndarray, labels: np.ndarray, sources: np.ndarray, cfg: Any, n_classes: int,
                  test_id: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Train a linear head on split 0 (val 1 picks the epoch) and return image probs on ``test_id``."""
-    from cellview.train.train import sample_weights, train_linear
 
     tr = split[train_i] == 0
     va = split[eval_i] == 1
@@ -262,8 +156,6 @@ def linear_probe(train_x: np.ndarray, train_i: np.ndarray, eval_x: np.ndarray, e
 
 
 def evaluate_run(run_dir: Path, out_dir: Path | None = None, extra_checks: bool = True, cv_folds: int = 5) -> dict[str, Any]:
-    from cellview.train.train import Run, load_model
-
     t0 = time.time()
     run = Run(run_dir)
     out_dir = Path(out_dir or run.path / "eval")
@@ -326,7 +218,6 @@ def evaluate_run(run_dir: Path, out_dir: Path | None = None, extra_checks: bool 
     if extra_checks:
         res["checks"] = _checks(run, recipe, cfg, model, samples, split, labels, sources, cats, temperature, cv_folds)
     res["eval_seconds"] = round(time.time() - t0, 1)
-    from cellview.train.train import _json_default
 
     atomic_write_text(out_dir / "eval.json", json.dumps(res, indent=2, default=_json_default) + "\n")
     print(f"test: balanced accuracy (categories) {res['headline']['category_balanced_accuracy']:.3f}, "
@@ -400,7 +291,6 @@ def _checks(run: Any, recipe: D.Recipe, cfg: Any, model: Any, samples: list[D.Sa
 def _colour_baseline(feats: np.ndarray, split: np.ndarray, labels: np.ndarray, sources: np.ndarray, cats: list[str],
                      cfg: Any) -> dict[str, Any]:
     """How far colour alone (LAB mean/std of the image, ``feats``) predicts the class: a shortcut detector."""
-    from cellview.train.train import sample_weights, train_linear
 
     mu, sd = feats[split == 0].mean(0), feats[split == 0].std(0) + 1e-6
     feats = (feats - mu) / sd

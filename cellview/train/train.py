@@ -29,6 +29,7 @@ from cellview.errors import CellviewError
 from cellview.export import atomic_write, atomic_write_text
 from cellview.train import data as D
 from cellview.train.backbone import Backbone, FeatureRunner, TileClassifier, build_backbone, pick_device
+from cellview.train.metrics import balanced_accuracy, fit_temperature, image_probs
 from cellview.train.splits import (
     SPLITS,
     cross_split_near_copies,
@@ -303,8 +304,6 @@ def _train_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int,
 
 
 def _val_balanced_accuracy(head: nn.Module, feats: np.ndarray, tile_sample: np.ndarray, labels: np.ndarray) -> float:
-    from cellview.train.evaluate import balanced_accuracy, image_probs
-
     with torch.no_grad():
         logits = head(torch.from_numpy(feats.astype(np.float32))).numpy()
     probs, ids = image_probs(logits, tile_sample, 1.0)
@@ -412,6 +411,17 @@ def cache_features(run: Run, recipe: D.Recipe, samples: list[D.Sample], cfg: Tra
                        "features: augmented training views")
         run.store("train", f, i)
         _say(f"cached {len(f)} augmented views in {time.time() - t:.0f} s")
+
+
+def tile_logits_from_cache(run: Run, model: TileClassifier, finetune_blocks: int, split_id: int | None,
+                           split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of the cached evaluation tiles of one split (all when split_id is None)."""
+    ef, ei = run.features("eval")
+    keep = np.ones(len(ei), bool) if split_id is None else split[ei] == split_id
+    feats = pooled(model.tail, ef[keep], finetune_blocks, "cpu")
+    with torch.inference_mode():
+        logits = model.fc(torch.from_numpy(feats)).numpy()
+    return logits, ei[keep]
 
 
 def fit_head(run: Run, model: TileClassifier, samples: list[D.Sample], split: np.ndarray, cfg: TrainConfig,
@@ -554,8 +564,6 @@ def run_training(recipe: D.Recipe, out: Path, cfg: TrainConfig, command: str | N
     _say(f"linear head trained in {time.time() - t:.0f} s")
     if cfg.finetune_blocks:
         finetune(run, model, samples, split, cfg, device)
-
-    from cellview.train.evaluate import fit_temperature, image_probs, tile_logits_from_cache
 
     logits, tile_sample = tile_logits_from_cache(run, model, cfg.finetune_blocks, split_id=1, split=split)
     tile_labels = labels[tile_sample]
