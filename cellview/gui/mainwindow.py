@@ -836,16 +836,6 @@ class MainWindow(QMainWindow):
             self._partial = None
             self.repaint_overlay()
 
-    def tile_at(self, result: AnalysisResult, l0_x: float, l0_y: float) -> int:
-        """Tile index under a level-0 point (-1 if none); the grid caches its index map."""
-        g = result.grid
-        if l0_x < 0 or l0_y < 0:
-            return -1
-        row, col = int(l0_y // g.stride_l0_y), int(l0_x // g.stride_l0_x)
-        if row >= g.n_rows or col >= g.n_cols:
-            return -1
-        return int(g.index_grid()[row, col])
-
     def _threshold_changed(self, value: int) -> None:
         self.threshold_label.setText(f"{value}%")
         self.repaint_overlay()
@@ -1031,7 +1021,7 @@ class MainWindow(QMainWindow):
         result = self.partial_result()
         if result is None:
             return
-        index = self.tile_at(result, l0_x, l0_y)
+        index = result.grid.tile_at(l0_x, l0_y)
         if index >= 0:
             self.select_tile(index)
         self.view.setFocus()
@@ -1079,7 +1069,7 @@ class MainWindow(QMainWindow):
         if result is None:
             self.hover_label.setText("")
             return
-        index = self.tile_at(result, l0_x, l0_y)
+        index = result.grid.tile_at(l0_x, l0_y)
         if index < 0 or not result.done[index]:
             self.hover_label.setText("")
             QToolTip.hideText()
