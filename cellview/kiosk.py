@@ -205,10 +205,6 @@ class KioskSettings:
         return AnalysisParams(tissue_threshold=self.tissue_threshold, mpp_um=self.mpp_um, batch_size=batch,
                               workers=self.workers, device=self.device)
 
-    def with_overrides(self, **changes: Any) -> KioskSettings:
-        """A copy with command-line values (``--watch``, ``--outbox``, ``--model``…) applied; ``None`` keeps the file's."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
     # -- file --------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -257,7 +253,7 @@ class KioskSettings:
 
     @classmethod
     def load_lenient(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> SalvagedSettings:
-        """:meth:`load` plus :meth:`with_overrides` that never raises: every valid setting is kept, the rest reported.
+        """:meth:`load` plus command-line overrides, never raising: every valid setting is kept, the rest reported.
 
         An unattended kiosk restarted on failure must come up despite a typo in its file (else it
         restart-loops on a blank screen), so keys are accepted one at a time in file order and a
