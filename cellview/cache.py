@@ -83,6 +83,7 @@ def result_to_bytes(result: AnalysisResult) -> bytes:
         "nuclei": None if result.nuclei is None else {
             "area_unit": result.nuclei.area_unit, "fields": list(TileNuclei.FIELDS),
         },
+        "stain": result.stain,
     }
     arrays = {f"grid_{k}": getattr(grid, k) for k in _GRID_ARRAYS}
     arrays["probs"] = result.probs
@@ -123,7 +124,7 @@ def result_from_bytes(data: bytes) -> AnalysisResult:
         params=AnalysisParams.from_dict(meta["params"]), grid=grid, probs=probs, state=state,
         provider=meta["provider"], status=meta["status"], tissue=tissue,
         tile_errors={int(k): v for k, v in meta["tile_errors"].items()}, timings=meta["timings"],
-        created_unix=meta["created_unix"], nuclei=nuclei,
+        created_unix=meta["created_unix"], nuclei=nuclei, stain=meta.get("stain") or {},
     )
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from cellview import __version__
 from cellview.errors import CellviewError, SlideError
+from cellview.model import TTA_MODES
 from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name, slide_stem
+from cellview.stain import STAIN_METHODS
 
 log = logging.getLogger("cellview")
 
@@ -93,6 +95,12 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction (0 to <0.9)")
     p.add_argument("--nuclei", action="store_true",
                    help="also measure nuclei per tile (count, density/mm², area µm², shape); adds CSV columns")
+    p.add_argument("--stain-normalize", choices=STAIN_METHODS, default="none",
+                   help="map each slide's stain onto the model's training stain before classifying "
+                        "(Macenko or Reinhard; needs a model whose sidecar stores its reference stain)")
+    p.add_argument("--tta", choices=TTA_MODES, default="none",
+                   help="test-time augmentation: average each tile's probabilities over its 4 flips or all 8 "
+                        "flips/rotations (4× / 8× the inference time)")
 
 
 def _params_from_args(args: argparse.Namespace):
@@ -109,6 +117,8 @@ def _params_from_args(args: argparse.Namespace):
         workers=args.workers,
         device=args.device,
         nuclei=args.nuclei,
+        stain_normalize=args.stain_normalize,
+        tta=args.tta,
     )
 
 
@@ -124,7 +134,7 @@ def _up_to_date(meta_path: Path, outputs: dict[str, Path], fingerprint: str, mod
 
     try:
         old_params = AnalysisParams.from_dict(meta["parameters"])
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return False
     return (
         meta.get("status") == "complete"
@@ -160,6 +170,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(f"  details: {exc.details}", file=sys.stderr)
         return 2
     params = _params_from_args(args)
+    if params.stain_normalize != "none" and spec.stain_reference is None:
+        print(f"error: stain normalisation is unavailable for the model {spec.name}: its sidecar has no reference "
+              "stain (use --stain-normalize none, or a model exported with one)", file=sys.stderr)
+        return 2
     print(f"Model {classifier.describe()}", file=sys.stderr)
     slides, failures = discover_slides(args.paths)
     out_dir = Path(args.out)

@@ -245,6 +245,8 @@ def metadata_dict(result: AnalysisResult, outputs: Iterable[str] = (), extra: di
         "from_cache": result.from_cache,
         "outputs": list(outputs),
     }
+    if result.stain:
+        data["stain_normalization"] = result.stain
     if result.tile_errors:
         data["tile_errors"] = {str(k): v for k, v in list(result.tile_errors.items())[:100]}
     if extra:

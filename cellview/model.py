@@ -21,6 +21,7 @@ import numpy as np
 import platformdirs
 
 from cellview.errors import ModelError
+from cellview.stain import StainReference
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ ACTIVATIONS = ("softmax", "sigmoid", "none")
 LAYOUTS = ("NHWC", "NCHW")
 DTYPES = ("uint8", "float32")
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+TTA_MODES = ("none", "flips", "d4")
+"""Test-time augmentation: none; the 4 flips (identity, left-right, up-down, both); all 8 flips/90° rotations."""
 
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -81,6 +84,7 @@ class ModelSpec:
     training_data: str = ""
     description: str = ""
     architecture: str = ""
+    stain_reference: StainReference | None = None  # the training data's stain; None: normalisation unavailable
     metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -184,6 +188,8 @@ class ModelSpec:
             raise ModelError(f"The {where}: input 'mean', 'std' and 'scale' must be numbers.") from exc
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
             raise ModelError(f"The {where}: input 'mean' and 'std' need 3 values, std > 0.")
+        stain = data.get("stain_reference")
+        stain_reference = None if stain is None else StainReference.from_dict(stain, where)
         sha = data.get("onnx_sha256", "")
         if not onnx_path.is_file():
             raise ModelError(f"The model file {onnx_path} does not exist.")
@@ -212,6 +218,7 @@ class ModelSpec:
             training_data=str(data.get("training_data", "")),
             description=str(data.get("description", "")),
             architecture=str(data.get("architecture", "")),
+            stain_reference=stain_reference,
             metrics=dict(data.get("metrics", {}) or {}),
             raw=data,
         )
@@ -512,9 +519,32 @@ class OnnxClassifier:
             )
         return out
 
-    def predict(self, tiles: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities, float32 (N, num_classes)."""
-        return probabilities(self.logits(tiles), self.spec.activation, self.spec.temperature)
+    def predict(self, tiles: np.ndarray, tta: str = "none") -> np.ndarray:
+        """Calibrated class probabilities, float32 (N, num_classes); ``tta`` averages them over views."""
+        if tta == "none":
+            return probabilities(self.logits(tiles), self.spec.activation, self.spec.temperature)
+        views = tta_views(tiles, tta)
+        probs = probabilities(self.logits(np.concatenate(views)), self.spec.activation, self.spec.temperature)
+        return probs.reshape(len(views), len(tiles), -1).mean(axis=0)
+
+
+def tta_views(tiles: np.ndarray, mode: str) -> list[np.ndarray]:
+    """The flipped / rotated copies of a (N, H, W, 3) batch that test-time augmentation averages over.
+
+    ``flips``: identity, left-right, up-down, both (= 180°); ``d4``: those and the 4 transposed ones,
+    i.e. every symmetry of the square, so averaged predictions do not change when a tile is rotated.
+    """
+    if mode not in TTA_MODES:
+        raise ModelError(f"Unknown test-time augmentation {mode!r}; use one of {', '.join(TTA_MODES)}.")
+    return [dihedral_view(tiles, k) for k in range({"none": 1, "flips": 4, "d4": 8}[mode])]
+
+
+def dihedral_view(tiles: np.ndarray, k: int) -> np.ndarray:
+    """View k (0–7) of a (N, H, W, 3) batch: identity, left-right, up-down, both; then those transposed."""
+    out = (tiles, tiles[:, :, ::-1], tiles[:, ::-1], tiles[:, ::-1, ::-1])[k % 4]
+    if k >= 4:
+        out = out.transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(out)
 
 
 def _first_line(exc: BaseException) -> str:

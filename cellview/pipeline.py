@@ -23,6 +23,7 @@ from cellview.model import ModelSpec, OnnxClassifier
 from cellview.morphology import TileNuclei, measure_nuclei, patch_mpp
 from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
 from cellview.slide import Slide, open_slide
+from cellview.stain import TileStainTransform, fit_transform, sample_tile_indices
 from cellview.tiling import TileGrid, build_grid, read_tile
 from cellview.tissue import TissueMask, detect_tissue
 
@@ -94,11 +95,14 @@ class TileReaders:
     """Reader threads, each with its own slide handle, filling a bounded queue with batches."""
 
     def __init__(self, slide: Slide, grid: TileGrid, batches: list[np.ndarray], workers: int,
-                 nuclei: bool = False, nuclei_mpp_um: float | None = None) -> None:
-        """``nuclei``: also measure each tile's nuclei (``nuclei_mpp_um`` = µm per patch pixel)."""
+                 nuclei: bool = False, nuclei_mpp_um: float | None = None,
+                 stain: TileStainTransform | None = None) -> None:
+        """``nuclei``: also measure each tile's nuclei (``nuclei_mpp_um`` = µm per patch pixel), on the
+        tile as read; ``stain``: then normalise the tile's stain before it goes to the model."""
         self.grid = grid
         self.nuclei = nuclei
         self.nuclei_mpp_um = nuclei_mpp_um
+        self.stain = stain if stain is not None and stain.method != "none" else None
         self.batches = batches
         self.queue: queue.Queue[_Batch | BaseException] = queue.Queue(maxsize=max(2, workers * 2))
         self.stop = threading.Event()
@@ -155,6 +159,9 @@ class TileReaders:
                     nuclei = np.full((len(idx), len(TileNuclei.FIELDS)), np.nan, dtype=np.float32)
                     for j in np.flatnonzero(~failed):
                         nuclei[j] = measure_nuclei(tiles[j], self.nuclei_mpp_um).as_row()
+                if self.stain is not None:
+                    for j in np.flatnonzero(~failed):
+                        tiles[j] = self.stain.apply(tiles[j])
                 batch = _Batch(n, idx, tiles, failed, errors, read_s, nuclei, time.perf_counter() - t0 - read_s)
                 if not self._put(batch):
                     return
@@ -174,13 +181,42 @@ class TileReaders:
 
 def plan_tiles(slide: Slide, spec: ModelSpec, params: AnalysisParams) -> tuple[TissueMask, TileGrid]:
     """The tiles analyze() classifies: the tissue mask, then the grid at the model's spacing."""
+    return plan_grid(slide, spec.patch_size_pixels, spec.spacing_um_px, params)
+
+
+def plan_grid(slide: Slide, tile_px: int, model_mpp_um: float, params: AnalysisParams) -> tuple[TissueMask, TileGrid]:
+    """``plan_tiles`` for a tile size and spacing without a model (training evaluates on these tiles)."""
     mpp_um = slide.mpp.um if slide.mpp else None
     tissue = detect_tissue(slide, params.tissue, mpp_um)
     grid = build_grid(
-        slide, spec.patch_size_pixels, spec.spacing_um_px, tissue,
+        slide, tile_px, model_mpp_um, tissue,
         tissue_threshold=params.tissue_threshold, overlap=params.overlap, whole_image=params.whole_image,
     )
     return tissue, grid
+
+
+def slide_stain_transform(slide: Slide, grid: TileGrid, spec: ModelSpec, method: str) -> TileStainTransform:
+    """The slide's stain, estimated once from tissue tiles sampled over the grid, mapped onto the model's.
+
+    Raises AnalysisError when the model has no reference stain (a sidecar from before stain
+    normalisation): the user asked for something this model cannot do.
+    """
+    if method == "none":
+        return TileStainTransform("none")
+    if spec.stain_reference is None:
+        raise AnalysisError(
+            f"Stain normalisation is unavailable for the model {spec.name}: its sidecar has no reference stain "
+            "(re-export it with a current cellview, or analyse with stain normalisation 'none').")
+    picked = sample_tile_indices(grid.n_tiles, grid.tissue_fraction)
+    tiles = []
+    for i in picked:
+        try:
+            tiles.append(read_tile(slide, grid, int(i)))
+        except SlideError:
+            continue
+    if not tiles:
+        return TileStainTransform("none", note=f"{method} stain normalisation skipped: no readable tissue tile")
+    return fit_transform(method, np.stack(tiles), spec.stain_reference)
 
 
 def batch_indices(n_tiles: int, batch_size: int) -> list[np.ndarray]:
@@ -225,6 +261,11 @@ def analyze(
         mpp_um = info.mpp.um if info.mpp else None
         tissue, grid = plan_tiles(slide, spec, params)
         t_tissue = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stain = slide_stain_transform(slide, grid, spec, params.stain_normalize)
+        t_stain = time.perf_counter() - t0
+        stain_info = {} if params.stain_normalize == "none" else {
+            "requested": params.stain_normalize, "applied": stain.method, "note": stain.note}
         n = grid.n_tiles
         probs = np.full((n, spec.num_classes), np.nan, dtype=np.float32)
         state = np.zeros(n, dtype=np.uint8)
@@ -239,7 +280,8 @@ def analyze(
         done = 0
         status = "complete"
         if batches:
-            readers = TileReaders(slide, grid, batches, params.workers, nuclei=params.nuclei, nuclei_mpp_um=nuclei_mpp)
+            readers = TileReaders(slide, grid, batches, params.workers, nuclei=params.nuclei, nuclei_mpp_um=nuclei_mpp,
+                                  stain=stain)
             for _ in range(len(batches)):
                 if cancel.cancelled:
                     status = "cancelled"
@@ -256,11 +298,11 @@ def analyze(
                 ok = ~item.failed
                 t_inf = time.perf_counter()
                 if ok.all():  # the usual case: no copy of the batch
-                    batch_probs = classifier.predict(item.tiles)
+                    batch_probs = classifier.predict(item.tiles, params.tta)
                 else:
                     batch_probs = np.full((len(item.indices), spec.num_classes), np.nan, dtype=np.float32)
                     if ok.any():
-                        batch_probs[ok] = classifier.predict(item.tiles[ok])
+                        batch_probs[ok] = classifier.predict(item.tiles[ok], params.tta)
                 infer_s += time.perf_counter() - t_inf
                 probs[item.indices] = batch_probs
                 state[item.indices] = np.where(ok, TileState.DONE, TileState.FAILED)
@@ -283,10 +325,12 @@ def analyze(
         }
         if nuclei is not None:
             timings["nuclei_thread_s"] = nuclei_s
+        if stain_info:
+            timings["stain_estimate_s"] = t_stain
         result = AnalysisResult(
             slide=info, model=model, params=params, grid=grid, probs=probs, state=state,
             provider=classifier.provider_label, status=status, tissue=tissue, tile_errors=tile_errors,
-            timings=timings, nuclei=nuclei,
+            timings=timings, nuclei=nuclei, stain=stain_info,
         )
         if cache is not None and status == "complete":
             cache.store(key, result)

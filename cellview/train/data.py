@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,6 +230,30 @@ def read_samples(recipe: Recipe) -> list[Sample]:
     return samples
 
 
+def merge_identical_files(samples: Sequence[Sample]) -> tuple[list[Sample], int]:
+    """Byte-identical files put into one group (the group of the first), so no copy straddles a split.
+
+    Returns the samples and how many groups were merged away. LC25000 holds such pairs under
+    different source groups.
+    """
+    first: dict[str, str] = {}
+    rename: dict[str, str] = {}
+    for s in samples:
+        digest = sha256_file(Path(s.path))
+        target = first.setdefault(digest, _root(rename, s.group))
+        here = _root(rename, s.group)
+        if here != target:
+            rename[here] = target
+    out = [Sample(**{**asdict(s), "group": _root(rename, s.group)}) for s in samples]
+    return out, len({s.group for s in samples}) - len({s.group for s in out})
+
+
+def _root(rename: dict[str, str], group: str) -> str:
+    while group in rename:
+        group = rename[group]
+    return group
+
+
 def data_checksum(samples: Sequence[Sample], root: Path | None = None) -> str:
     """sha256 over (relative path, label, sha256 of file) of every image: names the exact data used."""
     digest = hashlib.sha256()
@@ -259,26 +283,35 @@ def rescale(img: np.ndarray, factor: float) -> np.ndarray:
 
 
 def pad_to(img: np.ndarray, size: int) -> np.ndarray:
+    """Pad with white below and to the right up to ``size``, as the core reads past an image's edge."""
     h, w = img.shape[:2]
     if h >= size and w >= size:
         return img
-    ph, pw = max(0, size - h), max(0, size - w)
-    return cv2.copyMakeBorder(img, ph // 2, ph - ph // 2, pw // 2, pw - pw // 2, cv2.BORDER_REFLECT_101)
+    return cv2.copyMakeBorder(img, 0, max(0, size - h), 0, max(0, size - w), cv2.BORDER_CONSTANT,
+                              value=(255, 255, 255))
 
 
-def grid_positions(length: int, patch: int) -> list[int]:
-    """Evenly spread tile origins covering ``length`` with the fewest patches (overlap, no padding)."""
-    if length <= patch:
-        return [0]
-    n = int(np.ceil(length / patch))
-    return [int(round(v)) for v in np.linspace(0, length - patch, n)]
+def analysis_tiles(img: np.ndarray, src_spacing: float, spacing: float, patch: int,
+                   stain: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Exactly the tiles ``cellview analyze --mpp src_spacing`` classifies for this image, (N, patch, patch, 3).
 
+    The core does the work (tissue mask, grid at the model's spacing, level-0 reads resized to the
+    patch), so evaluation follows any change to the tiling rule. ``stain``: (image tiles) →
+    per-tile transform, as the pipeline's stain normalisation fits one per slide.
+    """
+    from cellview.pipeline import plan_grid
+    from cellview.results import AnalysisParams
+    from cellview.slide import ImageSlide, Mpp
+    from cellview.tiling import read_tile
 
-def eval_tiles(img: np.ndarray, src_spacing: float, spacing: float, patch: int) -> np.ndarray:
-    """The tiles the model sees at ``spacing``: a covering grid, (N, patch, patch, 3) uint8."""
-    img = pad_to(rescale(img, src_spacing / spacing), patch)
-    h, w = img.shape[:2]
-    return np.stack([img[y:y + patch, x:x + patch] for y in grid_positions(h, patch) for x in grid_positions(w, patch)])
+    slide = ImageSlide(Path("image"), np.ascontiguousarray(img), {}, Mpp(src_spacing, src_spacing, "user"))
+    _, grid = plan_grid(slide, patch, spacing, AnalysisParams())
+    if grid.n_tiles == 0:
+        return np.zeros((0, patch, patch, 3), np.uint8)
+    tiles = np.stack([read_tile(slide, grid, i) for i in range(grid.n_tiles)])
+    if stain is not None:
+        tiles = stain(tiles)
+    return tiles
 
 
 def dihedral(img: np.ndarray, k: int) -> np.ndarray:
@@ -324,15 +357,18 @@ class Augment:
     """Histology augmentation settings; ``none()`` gives plain crops for evaluation."""
 
     dihedral: bool = True
-    scale_jitter: float = 0.1
-    hed_sigma: float = 0.05
-    hed_bias: float = 0.02
+    scale_jitter: float = 0.2  # log-uniform ±20 %: spacing estimates and scanners differ by that much
+    hed_sigma: float = 0.1  # stain amounts ×U(0.9, 1.1) per stain, as between labs
+    hed_bias: float = 0.03
     hsv: bool = True
+    hue: float = 0.03
+    saturation: float = 0.2
     blur_p: float = 0.3
 
     @classmethod
     def none(cls) -> Augment:
-        return cls(dihedral=False, scale_jitter=0.0, hed_sigma=0.0, hed_bias=0.0, hsv=False, blur_p=0.0)
+        return cls(dihedral=False, scale_jitter=0.0, hed_sigma=0.0, hed_bias=0.0, hsv=False, hue=0.0, saturation=0.0,
+                   blur_p=0.0)
 
 
 def train_views(img: np.ndarray, src_spacing: float, spacing: float, patch: int, n: int,
@@ -350,7 +386,7 @@ def train_views(img: np.ndarray, src_spacing: float, spacing: float, patch: int,
         if aug.hed_sigma or aug.hed_bias:
             tile = hed_jitter(tile, rng, aug.hed_sigma, aug.hed_bias)
         if aug.hsv:
-            tile = hsv_jitter(tile, rng)
+            tile = hsv_jitter(tile, rng, saturation=aug.saturation, hue=aug.hue)
         if aug.blur_p and rng.random() < aug.blur_p:
             tile = cv2.GaussianBlur(tile, (0, 0), float(rng.uniform(0.3, 1.2)))
         out.append(np.ascontiguousarray(tile))

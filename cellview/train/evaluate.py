@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from cellview.train.metrics import (
     summarise,
     to_categories,
 )
+from cellview.train.protocol import PROTOCOLS, headline, make_folds, markdown_tables, protocol_report, run_folds
 from cellview.train.splits import SPLITS, group_split
 from cellview.train.train import (
     Run,
@@ -303,3 +305,143 @@ def _colour_baseline(feats: np.ndarray, split: np.ndarray, labels: np.ndarray, s
     return {"features": "LAB mean and std of tissue pixels (6 numbers per image)",
             "class_balanced_accuracy": round(balanced_accuracy(labels[te], probs.argmax(1)), 4),
             "category_balanced_accuracy": _cat_bal(probs, labels[te], cats)}
+
+
+# ----------------------------------------------------------------------------- LOSO + grouped CV
+
+
+def evaluate_protocols(run_dir: Path, out_dir: Path | None = None, protocols: tuple[str, ...] = PROTOCOLS,
+                       folds: int = 5, variants: tuple[str, ...] = (), cfg_overrides: dict[str, Any] | None = None,
+                       work: Path | None = None) -> dict[str, Any]:
+    """Leave-one-source-out and grouped CV of the run's recipe (see ``cellview.train.protocol``).
+
+    ``variants``: also test the same fold models on stain-normalised tiles (``macenko``, ``reinhard``;
+    the reference stain excludes the LOSO held-out source) and with test-time augmentation
+    (``flips``, ``d4``); their tiles are cached in the run on first use.
+    Writes ``protocol.json`` and ``protocol.md`` to ``out_dir`` (default RUN/eval).
+    """
+    from dataclasses import replace
+
+    t0 = time.time()
+    run = Run(run_dir)
+    recipe, cfg = run.recipe(), run.config()
+    if cfg_overrides:
+        cfg = replace(cfg, **cfg_overrides)
+    cfg.check()
+    torch.set_num_threads(cfg.threads)
+    samples, _ = run.samples()
+    out_dir = Path(out_dir or run.path / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fold_sets = {p: make_folds(samples, p, folds, cfg.seed) for p in protocols}
+    eval_names = {"plain": "eval", **ensure_variant_caches(run, recipe, samples, cfg, variants)}
+    all_folds = [f for p in protocols for f in fold_sets[p]]
+    logits = run_folds(run, recipe, samples, cfg, all_folds, Path(work or run.path / "folds"), eval_names)
+    logits = {p: _combine_tta(v) for p, v in logits.items()}
+    report = protocol_report(logits, samples, recipe, fold_sets)
+    report["headline"] = headline(report)
+    report["config"] = asdict(cfg)
+    report["protocols"] = list(protocols)
+    report["variants"] = list(variants)
+    report["seconds"] = round(time.time() - t0, 1)
+    atomic_write_text(out_dir / "protocol.json", json.dumps(report, indent=2, default=_json_default) + "\n")
+    md = [f"# {recipe.name}: leave-one-source-out and grouped cross-validation", "",
+          f"Recipe: `{json.dumps({k: v for k, v in asdict(cfg).items() if k not in ('device', 'threads')})}`", "",
+          f"Temperature (CV out-of-fold): {report['temperature']:.3f}. Time: {report['seconds']:.0f} s.", ""]
+    for label in [k for k in report.get("cv", report.get("loso", {})) if not k.startswith("fold")]:
+        md += [f"### Tiles: {label}", "", markdown_tables(report, label)]
+    atomic_write_text(out_dir / "protocol.md", "\n".join(md) + "\n")
+    for protocol, h in report["headline"].items():
+        print(f"{protocol}: " + "; ".join(f"{src} {v['category_balanced_accuracy']:.3f}" for src, v in h.items()
+                                          if isinstance(v, dict)) + f" (mean of sources {h['mean_over_sources']}, "
+              f"worst {h['worst_source']})", file=sys.stderr)
+    return report
+
+
+def _combine_tta(per: dict[str, Any]) -> dict[str, Any]:
+    """``tta{k}_...`` logit sets (one per flip/rotation k) → ``flips`` / ``d4`` sets of averaged probabilities.
+
+    The averaged tile probabilities are turned back into log-probabilities, which the metrics' softmax
+    (at T = 1) maps onto the averaged probabilities again.
+    """
+    views = sorted(k for k in per if k.startswith("tta"))
+    if not views:
+        return per
+    out = {k: v for k, v in per.items() if not k.startswith("tta")}
+    base_idx = per["plain"][1]
+    for mode, ks in (("flips", (0, 1, 2, 3)), ("d4", tuple(range(8)))):
+        names = [f"tta{k}" for k in ks]
+        if not all(n in per for n in names):
+            continue
+        probs = np.mean([probabilities(per[n][0], "softmax") for n in names], axis=0)
+        out[mode] = (np.log(np.maximum(probs, 1e-12)), base_idx)
+    return out
+
+
+def ensure_variant_caches(run: Run, recipe: D.Recipe, samples: list[D.Sample], cfg: Any,
+                          variants: tuple[str, ...]) -> dict[str, str]:
+    """Cache the evaluation tiles of each variant; returns label → cache name (``{fold}`` per LOSO fold)."""
+    from cellview.model import dihedral_view
+    from cellview.stain import estimate_reference
+    from cellview.train.backbone import FeatureRunner, build_backbone
+    from cellview.train.train import extract
+
+    names: dict[str, str] = {}
+    runner = None
+
+    def get_runner() -> Any:
+        nonlocal runner
+        if runner is None:
+            bb = build_backbone(cfg.arch, recipe.patch_size, cfg.cache_depth, pretrained=cfg.pretrained)
+            runner = FeatureRunner(bb, recipe.patch_size, run.cache, "cpu", cfg.threads)
+        return runner
+
+    sources = sorted({s.source for s in samples})
+    for variant in variants:
+        if variant in ("flips", "d4"):
+            for k in range(4 if variant == "flips" else 8):
+                name = f"eval_dihedral{k}"
+                names[f"tta{k}"] = name
+                if k == 0 or run.cached(name) is not None:
+                    continue
+                f, i = extract(samples, lambda _, s, k=k: dihedral_view(_tiles_for(s, recipe), k), get_runner(),
+                               f"features: evaluation tiles, view {k}")
+                run.store(name, f, i)
+            names["tta0"] = "eval"
+        elif variant in ("macenko", "reinhard"):
+            for ref_name in ["all", *sources]:
+                name = f"eval_{variant}_{'all' if ref_name == 'all' else 'no-' + ref_name}"
+                if run.cached(name) is None:
+                    keep = [s for s in samples if s.source != ref_name]
+                    ref = estimate_reference(_reference_images(keep))
+                    f, i = extract(samples, lambda _, s, ref=ref, method=variant: _tiles_for(
+                        s, recipe, stain=lambda tiles: _normalise_tiles(tiles, method, ref)), get_runner(),
+                        f"features: {variant}-normalised evaluation tiles (reference without {ref_name})")
+                    run.store(name, f, i)
+            names[variant] = f"eval_{variant}_no-{{fold}}"
+            names[f"{variant}_cv"] = f"eval_{variant}_all"
+        else:
+            raise ValueError(f"unknown evaluation variant {variant!r}; use macenko, reinhard, flips or d4")
+    return names
+
+
+def _reference_images(samples: list[D.Sample], per_source: int = 100, seed: int = 0) -> list[np.ndarray]:
+    """Up to ``per_source`` images from each source and category (the model's reference stain is pooled alike)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    keys = sorted({(s.source, s.label) for s in samples})
+    for key in keys:
+        group = [s for s in samples if (s.source, s.label) == key]
+        n = max(1, per_source // max(1, len({k for k in keys if k[0] == key[0]})))
+        for i in rng.choice(len(group), min(n, len(group)), replace=False):
+            out.append(D.read_rgb(group[i].path))
+    return out
+
+
+def _normalise_tiles(tiles: np.ndarray, method: str, reference: Any) -> np.ndarray:
+    """An image's tiles normalised as the pipeline does for a slide: one stain estimate from its tiles."""
+    from cellview.stain import fit_transform
+
+    if not len(tiles):
+        return tiles
+    transform = fit_transform(method, tiles, reference)
+    return np.stack([transform.apply(t) for t in tiles])

@@ -53,13 +53,33 @@ class TrainConfig:
     finetune_epochs: int = 4
     finetune_lr: float = 3e-4
     batch_size: int = 128
-    balance: str = "class_source"
+    balance: str = "category_source"
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
     device: str = "auto"
     threads: int = 2
     limit_per_class: int = 0
     pretrained: bool = True
+    cache_blocks: int = -1  # the cache holds activations entering the last N blocks; -1: finetune_blocks
+    holdout: str = "split"  # "split": grouped train/val/test; "none": every image trains (fixed epochs)
+    label_smoothing: float = 0.0
+
+    @property
+    def cache_depth(self) -> int:
+        """Blocks between the cached activations and the pooled features (≥ the fine-tuned blocks)."""
+        return self.finetune_blocks if self.cache_blocks < 0 else self.cache_blocks
+
+    def check(self) -> None:
+        if self.cache_depth < self.finetune_blocks:
+            raise ValueError(f"cache_blocks ({self.cache_blocks}) must be at least finetune_blocks "
+                             f"({self.finetune_blocks}): fine-tuned blocks must run after the cache")
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"balance must be one of {', '.join(BALANCE_MODES)}")
+        if self.holdout not in ("split", "none"):
+            raise ValueError("holdout must be 'split' or 'none'")
+
+
+BALANCE_MODES = ("class", "class_source", "category_source", "category_source_sqrt")
 
 
 def seed_everything(seed: int) -> None:
@@ -157,11 +177,13 @@ def _views_for(s: D.Sample, recipe: D.Recipe, cfg: TrainConfig, rng_seed: int) -
                          np.random.default_rng(rng_seed), D.Augment())
 
 
-def _tiles_for(s: D.Sample, recipe: D.Recipe, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def _tiles_for(s: D.Sample, recipe: D.Recipe, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+               stain: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """The tiles ``cellview analyze`` classifies for this image (``transform``: applied to the image first)."""
     img = D.read_rgb(s.path)
     if transform is not None:
         img = transform(img)
-    return D.eval_tiles(img, s.spacing_um_px, recipe.spacing_um_px, recipe.patch_size)
+    return D.analysis_tiles(img, s.spacing_um_px, recipe.spacing_um_px, recipe.patch_size, stain)
 
 
 def extract(samples: list[D.Sample], make: Callable[[int, D.Sample], np.ndarray], runner: Callable[[np.ndarray], np.ndarray],
@@ -239,20 +261,46 @@ def near_duplicate_groups(samples: list[D.Sample], recipe: D.Recipe, runner: Cal
 # ----------------------------------------------------------------------------- heads
 
 
-def sample_weights(labels: np.ndarray, sources: np.ndarray, mode: str) -> np.ndarray:
-    """Per-item loss weights: every class the same total; within a class sources ∝ sqrt(size)."""
+def sample_weights(labels: np.ndarray, sources: np.ndarray, mode: str,
+                   class_categories: list[str] | None = None) -> np.ndarray:
+    """Per-item loss weights (mean 1), so no class and no source drowns another.
+
+    ``class``: every class the same total. ``class_source``: that, and within a class sources ∝ √size.
+    ``category_source``: every category (malignant / benign / normal) the same total, within a category
+    classes ∝ √size, within a class every source the same share. ``category_source_sqrt``: the same with
+    sources ∝ √size. Weighting categories first matters: with 3 benign classes, 2 malignant and 1
+    normal, equal classes give normal only a sixth of the loss.
+    """
+    labels = np.asarray(labels)
+    sources = np.asarray(sources)
     w = np.zeros(len(labels), np.float64)
-    classes = np.unique(labels)
-    for c in classes:
+    if not len(w):
+        return w.astype(np.float32)
+    if mode in ("class", "class_source"):
+        groups = {int(c): 1.0 for c in np.unique(labels)}
+        class_share = {c: 1.0 / len(groups) for c in groups}
+    else:
+        if class_categories is None:
+            raise ValueError(f"balance {mode!r} needs the classes' categories")
+        cats = np.array([class_categories[int(c)] for c in labels])
+        present = sorted(set(cats.tolist()))
+        class_share = {}
+        for cat in present:
+            cls, counts = np.unique(labels[cats == cat], return_counts=True)
+            share = np.sqrt(counts) / np.sqrt(counts).sum() / len(present)
+            class_share.update({int(c): float(sh) for c, sh in zip(cls, share, strict=True)})
+    src_power = {"class": None, "class_source": 0.5, "category_source": 0.0, "category_source_sqrt": 0.5}[mode]
+    for c, c_share in class_share.items():
         in_c = labels == c
-        if mode == "class":
-            w[in_c] = 1.0 / in_c.sum()
+        if src_power is None:
+            w[in_c] = c_share / in_c.sum()
             continue
         srcs, counts = np.unique(sources[in_c], return_counts=True)
-        share = np.sqrt(counts) / np.sqrt(counts).sum()
-        for s, n, sh in zip(srcs, counts, share, strict=True):
-            w[in_c & (sources == s)] = sh / n
-    return (w / w.mean()).astype(np.float32) if len(w) else w.astype(np.float32)
+        share = counts.astype(np.float64) ** src_power
+        share /= share.sum()
+        for src, n, sh in zip(srcs, counts, share, strict=True):
+            w[in_c & (sources == src)] = c_share * sh / n
+    return (w / w.mean()).astype(np.float32)
 
 
 def train_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int, cfg: TrainConfig,
@@ -274,6 +322,7 @@ def _train_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int,
                   val: tuple[np.ndarray, np.ndarray, np.ndarray] | None, ckpt: Path | None, desc: str) -> nn.Linear:
     g = torch.Generator().manual_seed(cfg.seed)
     head = nn.Linear(x.shape[1], num_classes)
+    smooth = float(getattr(cfg, "label_smoothing", 0.0))
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.head_epochs)
     xt, yt, wt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y), torch.from_numpy(w)
@@ -286,7 +335,8 @@ def _train_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int,
                    leave=False, file=sys.stderr, disable=desc != "linear head")
         for i in bar:
             b = perm[i:i + cfg.batch_size * 2]
-            loss = (nn.functional.cross_entropy(head(xt[b]), yt[b], reduction="none") * wt[b]).mean()
+            loss = (nn.functional.cross_entropy(head(xt[b]), yt[b], reduction="none", label_smoothing=smooth)
+                    * wt[b]).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -381,14 +431,15 @@ def _json_default(o: Any) -> Any:
 
 
 def build_model(recipe: D.Recipe, cfg: TrainConfig, pretrained: bool | None = None) -> tuple[Backbone, TileClassifier]:
-    bb = build_backbone(cfg.arch, recipe.patch_size, cfg.finetune_blocks,
+    """The network, split at the cache point (``cfg.cache_depth`` blocks in the tail)."""
+    bb = build_backbone(cfg.arch, recipe.patch_size, cfg.cache_depth,
                         pretrained=cfg.pretrained if pretrained is None else pretrained)
     return bb, TileClassifier(bb, len(recipe.classes))
 
 
-def pooled(tail: nn.Module, feats: np.ndarray, finetune_blocks: int, device: str, batch: int = 256) -> np.ndarray:
+def pooled(tail: nn.Module, feats: np.ndarray, cache_depth: int, device: str, batch: int = 256) -> np.ndarray:
     """Pooled features from cached frozen outputs (runs ``tail`` when the cache holds trunk activations)."""
-    if finetune_blocks == 0:
+    if cache_depth == 0:
         return np.asarray(feats, dtype=np.float32)
     out = []
     tail.eval()
@@ -396,7 +447,26 @@ def pooled(tail: nn.Module, feats: np.ndarray, finetune_blocks: int, device: str
         for i in range(0, len(feats), batch):
             x = torch.from_numpy(np.asarray(feats[i:i + batch], dtype=np.float32)).to(device)
             out.append(tail(x).float().cpu().numpy())
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def pretrained_pooled(run: Run, name: str, recipe: D.Recipe, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features of cached tiles/views through the pretrained (unchanged) tail, cached once per run.
+
+    Every linear head, in training and in each evaluation fold, starts from these.
+    """
+    feats, index = run.features(name)
+    if cfg.cache_depth == 0:
+        return feats, index
+    got = run.cached(f"{name}_pooled")
+    if got is not None and len(got[1]) == len(index):
+        return got
+    t = time.time()
+    tail = build_backbone(cfg.arch, recipe.patch_size, cfg.cache_depth, pretrained=cfg.pretrained).tail
+    out = pooled(tail, feats, cfg.cache_depth, "cpu").astype(np.float16)
+    run.store(f"{name}_pooled", out, index)
+    _say(f"pooled {len(out)} cached {name} activations through the pretrained tail in {time.time() - t:.0f} s")
+    return run.features(f"{name}_pooled")
 
 
 def cache_features(run: Run, recipe: D.Recipe, samples: list[D.Sample], cfg: TrainConfig, runner: FeatureRunner) -> None:
@@ -413,53 +483,96 @@ def cache_features(run: Run, recipe: D.Recipe, samples: list[D.Sample], cfg: Tra
         _say(f"cached {len(f)} augmented views in {time.time() - t:.0f} s")
 
 
-def tile_logits_from_cache(run: Run, model: TileClassifier, finetune_blocks: int, split_id: int | None,
+def tile_logits(model: TileClassifier, feats: np.ndarray, cache_depth: int) -> np.ndarray:
+    """Logits of cached tiles (trunk activations or pooled features) under ``model``'s tail and head."""
+    x = pooled(model.tail, feats, cache_depth, "cpu")
+    with torch.inference_mode():
+        return model.fc(torch.from_numpy(x)).numpy()
+
+
+def tile_logits_from_cache(run: Run, model: TileClassifier, cache_depth: int, split_id: int | None,
                            split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Logits of the cached evaluation tiles of one split (all when split_id is None)."""
     ef, ei = run.features("eval")
     keep = np.ones(len(ei), bool) if split_id is None else split[ei] == split_id
-    feats = pooled(model.tail, ef[keep], finetune_blocks, "cpu")
-    with torch.inference_mode():
-        logits = model.fc(torch.from_numpy(feats)).numpy()
-    return logits, ei[keep]
+    return tile_logits(model, ef[keep], cache_depth), ei[keep]
 
 
-def fit_head(run: Run, model: TileClassifier, samples: list[D.Sample], split: np.ndarray, cfg: TrainConfig,
-             ckpt_name: str | None = "head.ckpt", desc: str = "linear head") -> nn.Linear:
-    labels = np.array([s.label for s in samples])
-    sources = np.array([s.source for s in samples])
-    tf, ti = run.features("train")
-    ef, ei = run.features("eval")
-    device = "cpu"
-    tr = split[ti] == 0
-    x = pooled(model.tail, tf[tr], cfg.finetune_blocks, device)
-    y = labels[ti[tr]]
-    w = sample_weights(y, sources[ti[tr]], cfg.balance)
-    va = split[ei] == 1
-    val = (pooled(model.tail, ef[va], cfg.finetune_blocks, device), ei[va], labels) if va.any() else None
-    return train_linear(x, y, w, model.fc.out_features, cfg, val,
-                        run.path / ckpt_name if ckpt_name else None, desc)
+@dataclass
+class FitData:
+    """What one fit needs from a run: cached views/tiles, their pooled features, labels and sources."""
+
+    train_feats: np.ndarray  # cache-level activations of the augmented views
+    train_index: np.ndarray
+    train_pooled: np.ndarray
+    eval_feats: np.ndarray  # cache-level activations of the evaluation tiles
+    eval_index: np.ndarray
+    eval_pooled: np.ndarray
+    labels: np.ndarray
+    sources: np.ndarray
+    class_categories: list[str]
+
+    @classmethod
+    def from_run(cls, run: Run, recipe: D.Recipe, samples: list[D.Sample], cfg: TrainConfig) -> FitData:
+        tf, ti = run.features("train")
+        ef, ei = run.features("eval")
+        tp, _ = pretrained_pooled(run, "train", recipe, cfg)
+        ep, _ = pretrained_pooled(run, "eval", recipe, cfg)
+        return cls(tf, ti, tp, ef, ei, ep, np.array([s.label for s in samples]), np.array([s.source for s in samples]),
+                   [c.category for c in recipe.classes])
 
 
-def finetune(run: Run, model: TileClassifier, samples: list[D.Sample], split: np.ndarray, cfg: TrainConfig,
-             device: str) -> None:
+def fit_model(model: TileClassifier, data: FitData, train_samples: np.ndarray, cfg: TrainConfig, device: str,
+              val_samples: np.ndarray | None = None, ckpt_dir: Path | None = None, desc: str = "") -> TileClassifier:
+    """The recipe's training on the samples marked in ``train_samples`` (bool per sample).
+
+    Linear head on the pretrained pooled features, then (``cfg.finetune_blocks``) the last blocks and
+    the head fine-tuned. With ``val_samples`` the best epoch by validation balanced accuracy is kept;
+    without, the last (the epochs are fixed by the recipe). One function for the shipped model and
+    every evaluation fold, so the figures describe the recipe that made the weights.
+    """
+    tr = train_samples[data.train_index]
+    y = data.labels[data.train_index[tr]]
+    w = sample_weights(y, data.sources[data.train_index[tr]], cfg.balance, data.class_categories)
+    val = None
+    if val_samples is not None and val_samples.any():
+        va = val_samples[data.eval_index]
+        val = (np.asarray(data.eval_pooled[va], np.float32), data.eval_index[va], data.labels)
+    head_ckpt = ckpt_dir / "head.ckpt" if ckpt_dir else None
+    model.fc = train_linear(np.asarray(data.train_pooled[tr], np.float32), y, w, model.fc.out_features, cfg, val,
+                            head_ckpt, f"linear head{desc}")
+    if cfg.finetune_blocks:
+        finetune(model, data, train_samples, cfg, device, val_samples, ckpt_dir / "finetune.ckpt" if ckpt_dir else None,
+                 desc)
+    return model.eval()
+
+
+def _frozen_tail_blocks(model: TileClassifier, cfg: TrainConfig) -> list[nn.Module]:
+    """Tail blocks between the cache point and the fine-tuned blocks: run, never trained."""
+    n = cfg.cache_depth - cfg.finetune_blocks
+    return list(model.tail.blocks[:n]) if n else []
+
+
+def finetune(model: TileClassifier, data: FitData, train_samples: np.ndarray, cfg: TrainConfig, device: str,
+             val_samples: np.ndarray | None = None, ckpt: Path | None = None, desc: str = "") -> None:
     """Train the last blocks + head on cached trunk activations (BN statistics stay frozen)."""
-    labels = np.array([s.label for s in samples])
-    sources = np.array([s.source for s in samples])
-    tf, ti = run.features("train")
-    ef, ei = run.features("eval")
-    tr = np.nonzero(split[ti] == 0)[0]
-    w = torch.from_numpy(sample_weights(labels[ti[tr]], sources[ti[tr]], cfg.balance))
-    va = split[ei] == 1
-    params = [{"params": model.tail.parameters(), "lr": cfg.finetune_lr},
+    labels = data.labels
+    tf, ti, ef, ei = data.train_feats, data.train_index, data.eval_feats, data.eval_index
+    tr = np.nonzero(train_samples[ti])[0]
+    w = torch.from_numpy(sample_weights(labels[ti[tr]], data.sources[ti[tr]], cfg.balance, data.class_categories))
+    va = val_samples[ei] if val_samples is not None and val_samples.any() else None
+    frozen = _frozen_tail_blocks(model, cfg)
+    for block in frozen:
+        block.requires_grad_(False)
+    trainable = [p for p in model.tail.parameters() if p.requires_grad]
+    params = [{"params": trainable, "lr": cfg.finetune_lr},
               {"params": model.fc.parameters(), "lr": cfg.finetune_lr * 3}]
     opt = torch.optim.AdamW(params, weight_decay=1e-4)
     steps = cfg.finetune_epochs * int(np.ceil(len(tr) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.finetune_lr, cfg.finetune_lr * 3],
                                                 total_steps=max(steps, 1), pct_start=0.15)
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    checkpoint = PhaseCheckpoint(run.path / "finetune.ckpt", {"model": model, "opt": opt, "sched": sched}, g,
-                                 "fine-tuning")
+    checkpoint = PhaseCheckpoint(ckpt, {"model": model, "opt": opt, "sched": sched}, g, f"fine-tuning{desc}")
     model.to(device)  # before resuming: the optimiser's loaded state goes to its parameters' current device
     start, best, best_state = checkpoint.resume()
     for epoch in range(start, cfg.finetune_epochs):
@@ -467,25 +580,32 @@ def finetune(run: Run, model: TileClassifier, samples: list[D.Sample], split: np
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.eval()
+        for block in frozen:
+            block.eval()  # no drop-connect in blocks that are not trained
         perm = tr[torch.randperm(len(tr), generator=g).numpy()]
-        bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"fine-tune epoch {epoch + 1}/{cfg.finetune_epochs}",
+        bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"fine-tune{desc} epoch {epoch + 1}/{cfg.finetune_epochs}",
                    file=sys.stderr, leave=False)
         for i in bar:
             b = np.sort(perm[i:i + cfg.batch_size])
             x = torch.from_numpy(np.asarray(tf[b], dtype=np.float32)).to(device)
             y = torch.from_numpy(labels[ti[b]]).to(device)
             wb = w[np.searchsorted(tr, b)].to(device)
-            loss = (nn.functional.cross_entropy(model.fc(model.dropout(model.tail(x))), y, reduction="none") * wb).mean()
+            logits = model.fc(model.dropout(model.tail(x)))
+            loss = (nn.functional.cross_entropy(logits, y, reduction="none", label_smoothing=cfg.label_smoothing)
+                    * wb).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         model.eval()
-        model.cpu()
-        score = _val_balanced_accuracy(model.fc, pooled(model.tail, ef[va], 1, "cpu"), ei[va], labels)
-        model.to(device)
-        _say(f"fine-tune epoch {epoch + 1}: val balanced accuracy {score:.3f}")
+        if va is not None:
+            model.cpu()
+            score = _val_balanced_accuracy(model.fc, pooled(model.tail, ef[va], cfg.cache_depth, "cpu"), ei[va], labels)
+            model.to(device)
+            _say(f"fine-tune{desc} epoch {epoch + 1}: val balanced accuracy {score:.3f}")
+        else:
+            score = float(epoch)  # no validation: the last epoch is kept
         if score >= best:
             best = score
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -498,6 +618,7 @@ def finetune(run: Run, model: TileClassifier, samples: list[D.Sample], split: np
 def run_training(recipe: D.Recipe, out: Path, cfg: TrainConfig, command: str | None = None) -> Path:
     """The whole ``cellview train`` flow; returns the run folder (``model.pt`` inside)."""
     t0 = time.time()
+    cfg.check()
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
@@ -533,13 +654,18 @@ def run_training(recipe: D.Recipe, out: Path, cfg: TrainConfig, command: str | N
                                                           recipe.group_mutual_k, run.cache)
             samples = [D.Sample(**{**asdict(s), "group": g}) for s, g in zip(samples, groups, strict=True)]
             _say(f"near-duplicate groups: {grouping['groups']} ({grouping['groups_per_class']})")
-        split = group_split(labels, [s.group for s in samples], cfg.fractions, cfg.seed)
+        samples, merged = D.merge_identical_files(samples)
+        grouping["groups_merged_for_identical_files"] = merged
+        if cfg.holdout == "none":
+            split = np.zeros(len(samples), np.int64)
+        else:
+            split = group_split(labels, [s.group for s in samples], cfg.fractions, cfg.seed)
         bad = groups_straddling(split, [s.group for s in samples])
         if bad:
             raise RuntimeError(f"grouped split leaks groups {bad[:5]}")
         leaky = random_split(labels, cfg.fractions, cfg.seed)
         grouping["leaky_random_split_groups_straddling"] = len(groups_straddling(leaky, [s.group for s in samples]))
-        if recipe.group_near_duplicates:
+        if recipe.group_near_duplicates and cfg.holdout != "none":
             grouping["test_images_with_train_copy_sim_0.95"] = {
                 "grouped": round(cross_split_near_copies(emb, split), 4),
                 "leaky_random": round(cross_split_near_copies(emb, leaky), 4)}
@@ -560,22 +686,24 @@ def run_training(recipe: D.Recipe, out: Path, cfg: TrainConfig, command: str | N
 
     cache_features(run, recipe, samples, cfg, runner)
     t = time.time()
-    model.fc = fit_head(run, model, samples, split, cfg)
-    _say(f"linear head trained in {time.time() - t:.0f} s")
-    if cfg.finetune_blocks:
-        finetune(run, model, samples, split, cfg, device)
+    data = FitData.from_run(run, recipe, samples, cfg)
+    fit_model(model, data, split == 0, cfg, device, split == 1, run.path)
+    _say(f"model trained in {time.time() - t:.0f} s")
 
-    logits, tile_sample = tile_logits_from_cache(run, model, cfg.finetune_blocks, split_id=1, split=split)
-    tile_labels = labels[tile_sample]
-    temperature = fit_temperature(logits, tile_labels, tile_sample) if len(logits) else 1.0
-    probs, ids = image_probs(logits, tile_sample, temperature)
+    temperature = 1.0
+    summary.pop("val_image_accuracy", None)
+    if (split == 1).any():
+        logits, tile_sample = tile_logits_from_cache(run, model, cfg.cache_depth, split_id=1, split=split)
+        temperature = fit_temperature(logits, labels[tile_sample], tile_sample) if len(logits) else 1.0
+        probs, ids = image_probs(logits, tile_sample, temperature)
+        summary["val_image_accuracy"] = float((probs.argmax(1) == labels[ids]).mean()) if len(ids) else None
     summary["temperature"] = temperature
     summary["train_seconds"] = round(time.time() - t0, 1)
     summary["invocations"] = [*summary["invocations"], {"command": command, "seconds": summary["train_seconds"]}]
     summary["train_seconds_total"] = round(sum(i["seconds"] for i in summary["invocations"]), 1)
-    summary["val_image_accuracy"] = float((probs.argmax(1) == labels[ids]).mean()) if len(ids) else None
     save_torch(run.path / "model.pt", {"state_dict": model.state_dict(), "arch": cfg.arch, "patch": recipe.patch_size,
-                                       "finetune_blocks": cfg.finetune_blocks, "class_names": recipe.class_names,
+                                       "finetune_blocks": cfg.finetune_blocks, "cache_blocks": cfg.cache_depth,
+                                       "class_names": recipe.class_names,
                                        "temperature": temperature, "mean": bb.mean, "std": bb.std})
     run.save_json("summary.json", summary)
     _say(f"done in {summary['train_seconds']:.0f} s: temperature {temperature:.3f}; run folder {run.path}")
