@@ -217,6 +217,25 @@ class FeatureRunner:
             return self.module.to(self.device)(torch.from_numpy(tiles).to(self.device)).float().cpu().numpy()
 
 
+def pooled_features_cpu(tail: nn.Module, feats: np.ndarray, workdir: Path, name: str, threads: int = 2,
+                        batch: int = 256) -> np.ndarray:
+    """Frozen ``tail`` over cached activations with ONNX Runtime (several times faster than eager torch on CPU)."""
+    path = workdir / f"tail_{name}.onnx"
+    if not len(feats):
+        return np.zeros((0, 0), np.float32)
+    module = tail.eval()
+    dummy = torch.zeros(2, *feats.shape[1:], dtype=torch.float32)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (dummy,), str(path), input_names=["x"], output_names=["features"], opset_version=17,
+                          dynamic_axes={"x": {0: "batch"}, "features": {0: "batch"}}, do_constant_folding=True,
+                          dynamo=False)
+    session = cpu_session(path, threads)
+    out = [session.run(None, {"x": np.asarray(feats[i:i + batch], np.float32)})[0]
+           for i in range(0, len(feats), batch)]
+    return np.concatenate(out)
+
+
 def cpu_session(path: Path, threads: int = 2) -> Any:
     """An ONNX Runtime CPU session with ``threads`` intra-op threads and warnings silenced."""
     import onnxruntime as ort

@@ -337,7 +337,12 @@ def evaluate_protocols(run_dir: Path, out_dir: Path | None = None, protocols: tu
     all_folds = [f for p in protocols for f in fold_sets[p]]
     logits = run_folds(run, recipe, samples, cfg, all_folds, Path(work or run.path / "folds"), eval_names)
     logits = {p: _combine_tta(v) for p, v in logits.items()}
-    report = protocol_report(logits, samples, recipe, fold_sets)
+    subset = variant_subset(samples)
+    report = protocol_report(logits, samples, recipe, fold_sets,
+                             subsets={k: subset for k in ("plain_subset", "flips", "d4", "macenko", "reinhard")})
+    if variants:
+        report["variant_subset"] = {"images": int(subset.sum()),
+                                    "rule": "every image of sources with ≤ 200 images, every 5th of the others"}
     report["headline"] = headline(report)
     report["config"] = asdict(cfg)
     report["protocols"] = list(protocols)
@@ -367,7 +372,7 @@ def _combine_tta(per: dict[str, Any]) -> dict[str, Any]:
     if not views:
         return per
     out = {k: v for k, v in per.items() if not k.startswith("tta")}
-    base_idx = per["plain"][1]
+    base_idx = per["tta0"][1]
     for mode, ks in (("flips", (0, 1, 2, 3)), ("d4", tuple(range(8)))):
         names = [f"tta{k}" for k in ks]
         if not all(n in per for n in names):
@@ -377,9 +382,27 @@ def _combine_tta(per: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def variant_subset(samples: list[D.Sample], every: int = 5, small: int = 200) -> np.ndarray:
+    """Images the stain / TTA variants are tested on: every image of a small source, every ``every``-th of the rest.
+
+    The variants cost one more network pass per tile and view; the plain tiles are scored on the
+    same subset alongside, so each comparison is like for like.
+    """
+    sources = np.array([s.source for s in samples])
+    keep = np.zeros(len(samples), bool)
+    for src in set(sources.tolist()):
+        idx = np.flatnonzero(sources == src)
+        keep[idx if len(idx) <= small else idx[::every]] = True
+    return keep
+
+
 def ensure_variant_caches(run: Run, recipe: D.Recipe, samples: list[D.Sample], cfg: Any,
                           variants: tuple[str, ...]) -> dict[str, str]:
-    """Cache the evaluation tiles of each variant; returns label → cache name (``{fold}`` per LOSO fold)."""
+    """Cache each variant's evaluation tiles for ``variant_subset``; returns label → cache name.
+
+    A stain variant's name holds ``{ref}``: per LOSO fold a reference stain estimated without the
+    held-out source (``no-<source>``, only that source's images are cached), for CV one from all sources.
+    """
     from cellview.model import dihedral_view
     from cellview.stain import estimate_reference
     from cellview.train.backbone import FeatureRunner, build_backbone
@@ -387,6 +410,7 @@ def ensure_variant_caches(run: Run, recipe: D.Recipe, samples: list[D.Sample], c
 
     names: dict[str, str] = {}
     runner = None
+    subset = variant_subset(samples)
 
     def get_runner() -> Any:
         nonlocal runner
@@ -395,32 +419,35 @@ def ensure_variant_caches(run: Run, recipe: D.Recipe, samples: list[D.Sample], c
             runner = FeatureRunner(bb, recipe.patch_size, run.cache, "cpu", cfg.threads)
         return runner
 
-    sources = sorted({s.source for s in samples})
+    def cache(name: str, keep: np.ndarray, make: Any, desc: str) -> None:
+        if run.cached(name) is not None:
+            return
+        ids = np.flatnonzero(keep)
+        f, i = extract([samples[k] for k in ids], make, get_runner(), desc)
+        run.store(name, f, ids[i])
+
+    sources = np.array([s.source for s in samples])
     for variant in variants:
         if variant in ("flips", "d4"):
             for k in range(4 if variant == "flips" else 8):
-                name = f"eval_dihedral{k}"
-                names[f"tta{k}"] = name
-                if k == 0 or run.cached(name) is not None:
-                    continue
-                f, i = extract(samples, lambda _, s, k=k: dihedral_view(_tiles_for(s, recipe), k), get_runner(),
-                               f"features: evaluation tiles, view {k}")
-                run.store(name, f, i)
-            names["tta0"] = "eval"
+                names[f"tta{k}"] = f"eval_dihedral{k}"
+                cache(f"eval_dihedral{k}", subset, lambda _, s, k=k: dihedral_view(_tiles_for(s, recipe), k),
+                      f"features: evaluation tiles, view {k}")
         elif variant in ("macenko", "reinhard"):
-            for ref_name in ["all", *sources]:
-                name = f"eval_{variant}_{'all' if ref_name == 'all' else 'no-' + ref_name}"
-                if run.cached(name) is None:
-                    keep = [s for s in samples if s.source != ref_name]
-                    ref = estimate_reference(_reference_images(keep))
-                    f, i = extract(samples, lambda _, s, ref=ref, method=variant: _tiles_for(
-                        s, recipe, stain=lambda tiles: _normalise_tiles(tiles, method, ref)), get_runner(),
-                        f"features: {variant}-normalised evaluation tiles (reference without {ref_name})")
-                    run.store(name, f, i)
-            names[variant] = f"eval_{variant}_no-{{fold}}"
-            names[f"{variant}_cv"] = f"eval_{variant}_all"
+            for ref_name in ["all", *sorted(set(sources.tolist()))]:
+                tag = "all" if ref_name == "all" else f"no-{ref_name}"
+                ref = None
+                if run.cached(f"eval_{variant}_{tag}") is None:
+                    ref = estimate_reference(_reference_images([s for s in samples if s.source != ref_name]))
+                keep = subset if ref_name == "all" else subset & (sources == ref_name)
+                cache(f"eval_{variant}_{tag}", keep, lambda _, s, ref=ref, method=variant: _tiles_for(
+                    s, recipe, stain=lambda tiles: _normalise_tiles(tiles, method, ref)),
+                    f"features: {variant}-normalised evaluation tiles (reference {tag})")
+            names[variant] = f"eval_{variant}_{{ref}}"
         else:
             raise ValueError(f"unknown evaluation variant {variant!r}; use macenko, reinhard, flips or d4")
+    if names:
+        names["plain_subset"] = "eval"
     return names
 
 

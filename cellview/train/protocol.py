@@ -138,55 +138,77 @@ def metrics(tile_logits: np.ndarray, tile_sample: np.ndarray, tested: np.ndarray
 # ----------------------------------------------------------------------------- running the folds
 
 
-def _signature(cfg: Any, fold: Fold, eval_names: Sequence[str]) -> str:
+def _signature(cfg: Any, fold: Fold) -> str:
     payload = {"cfg": {k: v for k, v in asdict(cfg).items() if k not in ("device", "threads")},
                "fold": fold.name, "protocol": fold.protocol, "train": np.flatnonzero(fold.train).tolist(),
-               "test": np.flatnonzero(fold.test).tolist(), "eval": list(eval_names)}
+               "test": np.flatnonzero(fold.test).tolist()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def run_folds(run: Any, recipe: D.Recipe, samples: list[D.Sample], cfg: Any, folds: Sequence[Fold], work: Path,
               eval_names: dict[str, str] | None = None, say: Any = None) -> dict[str, dict[str, Any]]:
-    """Train every fold (resumable: a finished fold's logits are kept in ``work``) and collect test logits.
+    """Train every fold and collect its test tiles' logits; resumable.
 
-    ``eval_names``: label → cached evaluation set (default {"plain": "eval"}); a name may contain
-    ``{fold}``, replaced by the fold's LOSO source (stain references that exclude the held-out source).
-    Returns {protocol: {label: (tile_logits, tile_sample)}} over all folds of each protocol.
+    A fold's trained weights (``<fold>-<signature>.pt``) and each evaluation set's logits
+    (``…-<label>.npz``) are kept in ``work``: a later call with more evaluation sets reuses them.
+    ``eval_names``: label → cached evaluation set (default {"plain": "eval"}); ``{ref}`` in a name becomes
+    ``no-<source>`` for a LOSO fold (a stain reference without the held-out source) and ``all`` for CV.
+    Returns {protocol: {label: (tile_logits, tile_sample), "_seconds": [per fold]}}.
     """
-    from cellview.train.train import FitData, build_model, fit_model, seed_everything, tile_logits
+    import torch
+
+    from cellview.train.train import (
+        FitData,
+        build_model,
+        fit_model,
+        pretrained_pooled,
+        save_torch,
+        seed_everything,
+        tile_logits,
+    )
 
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     eval_names = eval_names or {"plain": "eval"}
     work.mkdir(parents=True, exist_ok=True)
-    data = FitData.from_run(run, recipe, samples, cfg)
+    data: FitData | None = None
     out: dict[str, dict[str, Any]] = {}
     for fold in folds:
-        names = {k: v.replace("{fold}", fold.name.replace("without ", "")) for k, v in eval_names.items()}
-        sig = _signature(cfg, fold, sorted(names.items()))
-        path = work / f"{fold.protocol}-{fold.name.replace(' ', '_')}-{sig}.npz"
-        if path.exists():
-            got = dict(np.load(path))
-        else:
+        ref = f"no-{fold.name.removeprefix('without ')}" if fold.protocol == "loso" else "all"
+        names = {k: v.replace("{ref}", ref) for k, v in eval_names.items()}
+        stem = work / f"{fold.protocol}-{fold.name.replace(' ', '_')}-{_signature(cfg, fold)}"
+        weights, seconds_file = stem.with_suffix(".pt"), stem.with_suffix(".seconds")
+        model = None
+        if not weights.exists():
             t = time.time()
+            data = data or FitData.from_run(run, recipe, samples, cfg)
             seed_everything(cfg.seed)
             _, model = build_model(recipe, cfg, pretrained=cfg.pretrained)
             fit_model(model, data, fold.train, cfg, "cpu", desc=f" [{fold.protocol} {fold.name}]")
-            got = {}
-            for label, name in names.items():
-                feats, index = run.features(name)
+            save_torch(weights, model.state_dict())
+            seconds_file.write_text(f"{time.time() - t:.1f}\n")
+            say(f"{fold.protocol} {fold.name}: trained in {time.time() - t:.0f} s")
+        for label, name in names.items():
+            path = Path(f"{stem}-{name}.npz")
+            if not path.exists():
+                if model is None:
+                    _, model = build_model(recipe, cfg, pretrained=False)
+                    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+                    model.eval()
+                if cfg.finetune_blocks == 0:  # the tail is the pretrained one: its pooled features are cached
+                    feats, index = pretrained_pooled(run, name, recipe, cfg)
+                    depth = 0
+                else:
+                    feats, index = run.features(name)
+                    depth = cfg.cache_depth
                 keep = fold.test[index]
-                got[f"{label}_logits"] = tile_logits(model, feats[keep], cfg.cache_depth)
-                got[f"{label}_index"] = index[keep]
-            got["seconds"] = np.array(time.time() - t)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, **got)
-            tmp.replace(path)
-            say(f"{fold.protocol} {fold.name}: trained and tested in {float(got['seconds']):.0f} s")
-        for label in names:
+                tmp = path.with_suffix(".tmp.npz")
+                np.savez(tmp, logits=tile_logits(model, feats[keep], depth), index=index[keep])
+                tmp.replace(path)
+            got = np.load(path)
             acc = out.setdefault(fold.protocol, {}).setdefault(label, ([], []))
-            acc[0].append(got[f"{label}_logits"])
-            acc[1].append(got[f"{label}_index"])
-        out[fold.protocol].setdefault("_seconds", []).append(float(got["seconds"]))
+            acc[0].append(got["logits"])
+            acc[1].append(got["index"])
+        out[fold.protocol].setdefault("_seconds", []).append(float(seconds_file.read_text()))
     result: dict[str, dict[str, Any]] = {}
     for protocol, per in out.items():
         result[protocol] = {k: (np.concatenate(v[0]), np.concatenate(v[1])) for k, v in per.items() if k != "_seconds"}
@@ -195,7 +217,8 @@ def run_folds(run: Any, recipe: D.Recipe, samples: list[D.Sample], cfg: Any, fol
 
 
 def protocol_report(logits: dict[str, dict[str, Any]], samples: list[D.Sample], recipe: D.Recipe,
-                    folds: dict[str, list[Fold]], temperature: float | None = None) -> dict[str, Any]:
+                    folds: dict[str, list[Fold]], temperature: float | None = None,
+                    subsets: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Metrics per protocol and evaluation set, at T = 1 and at the temperature fitted on CV out-of-fold tiles."""
     labels = np.array([s.label for s in samples])
     sources = np.array([s.source for s in samples])
@@ -210,12 +233,17 @@ def protocol_report(logits: dict[str, dict[str, Any]], samples: list[D.Sample], 
     for protocol, per in logits.items():
         entry: dict[str, Any] = {"fold_seconds": [round(s, 1) for s in per["_seconds"]],
                                  "folds": [f.name for f in folds.get(protocol, [])]}
-        for label, (lg, idx) in per.items():
+        for label, value in per.items():
             if label.startswith("_"):
                 continue
+            lg, idx = value
             tested = np.zeros(len(samples), bool)
             for f in folds.get(protocol, []):
                 tested |= f.test
+            if subsets and label in subsets:
+                tested &= subsets[label]
+                keep = tested[idx]
+                lg, idx = lg[keep], idx[keep]
             entry[label] = metrics(lg, idx, tested, labels, sources, recipe.class_names, cats, temperature)
         report[protocol] = entry
     return report

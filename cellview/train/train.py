@@ -13,8 +13,9 @@ import random
 import shlex
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,14 @@ from tqdm import tqdm
 from cellview.errors import CellviewError
 from cellview.export import atomic_write, atomic_write_text
 from cellview.train import data as D
-from cellview.train.backbone import Backbone, FeatureRunner, TileClassifier, build_backbone, pick_device
+from cellview.train.backbone import (
+    Backbone,
+    FeatureRunner,
+    TileClassifier,
+    build_backbone,
+    pick_device,
+    pooled_features_cpu,
+)
 from cellview.train.metrics import balanced_accuracy, fit_temperature, image_probs
 from cellview.train.splits import (
     SPLITS,
@@ -202,7 +210,7 @@ def extract(samples: list[D.Sample], make: Callable[[int, D.Sample], np.ndarray]
             buf_idx.clear()
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for i, tiles in enumerate(tqdm(pool.map(lambda a: make(*a), enumerate(samples)), total=len(samples),
+        for i, tiles in enumerate(tqdm(_bounded_map(pool, make, samples), total=len(samples),
                                        desc=desc, leave=False, file=sys.stderr)):
             buf.append(tiles)
             buf_idx.append(i)
@@ -210,6 +218,19 @@ def extract(samples: list[D.Sample], make: Callable[[int, D.Sample], np.ndarray]
                 flush()
         flush()
     return np.concatenate(feats), np.concatenate(index).astype(np.int64)
+
+
+def _bounded_map(pool: ThreadPoolExecutor, make: Callable[[int, D.Sample], np.ndarray], samples: list[D.Sample],
+                 ahead: int = 8) -> Iterator[np.ndarray]:
+    """``pool.map`` in order with at most ``ahead`` samples' tiles waiting: memory stays bounded when the
+    network is slower than the readers (``Executor.map`` would queue every result)."""
+    pending: deque[Future[np.ndarray]] = deque()
+    for i, s in enumerate(samples):
+        pending.append(pool.submit(make, i, s))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 # ----------------------------------------------------------------------------- groups & splits
@@ -463,7 +484,11 @@ def pretrained_pooled(run: Run, name: str, recipe: D.Recipe, cfg: TrainConfig) -
         return got
     t = time.time()
     tail = build_backbone(cfg.arch, recipe.patch_size, cfg.cache_depth, pretrained=cfg.pretrained).tail
-    out = pooled(tail, feats, cfg.cache_depth, "cpu").astype(np.float16)
+    if pick_device(cfg.device) == "cpu":
+        out = pooled_features_cpu(tail, feats, run.cache, f"{cfg.arch}_ft{cfg.cache_depth}", cfg.threads)
+    else:
+        out = pooled(tail, feats, cfg.cache_depth, pick_device(cfg.device))
+    out = out.astype(np.float16)
     run.store(f"{name}_pooled", out, index)
     _say(f"pooled {len(out)} cached {name} activations through the pretrained tail in {time.time() - t:.0f} s")
     return run.features(f"{name}_pooled")

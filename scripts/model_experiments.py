@@ -1,0 +1,142 @@
+"""Design experiments for a model recipe, each judged by leave-one-source-out and grouped CV.
+
+    python scripts/model_experiments.py RUN --out DIR [--only NAME ...] [--list]
+
+RUN is a ``cellview train`` run folder whose cache holds activations entering the last N blocks
+(``--cache-blocks N``), so every fine-tuning depth up to N is tried on the same cached views. Each
+experiment is the run's recipe with some settings changed (``EXPERIMENTS``), trained per fold by the
+same function that trains the shipped model; finished folds are kept (resumable). The colour-only
+baseline (6 LAB numbers per image, a linear classifier) shows how far stain colour alone goes.
+Writes DIR/<name>/protocol.json per experiment and DIR/summary.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cellview.train import data as D  # noqa: E402
+from cellview.train.evaluate import evaluate_protocols  # noqa: E402
+from cellview.train.protocol import PROTOCOLS, headline, make_folds, metrics  # noqa: E402
+from cellview.train.train import Run, TrainConfig, sample_weights, train_linear  # noqa: E402
+
+# name → (what it tests, settings changed from the run's recipe)
+EXPERIMENTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "linear": ("linear head on frozen features; categories equal, sources equal within a class",
+               {"finetune_blocks": 0}),
+    "linear_class_source": ("v1 weighting: classes equal, sources ∝ √size (normal gets 1/6 of the loss)",
+                            {"finetune_blocks": 0, "balance": "class_source"}),
+    "linear_source_sqrt": ("categories equal, sources ∝ √size within a class",
+                           {"finetune_blocks": 0, "balance": "category_source_sqrt"}),
+    "linear_smooth": ("label smoothing 0.1", {"finetune_blocks": 0, "label_smoothing": 0.1}),
+    "linear_wd": ("weight decay ×10 (1e-2)", {"finetune_blocks": 0, "weight_decay": 1e-2}),
+    "ft1": ("last block fine-tuned, 2 epochs", {"finetune_blocks": 1, "finetune_epochs": 2}),
+    "ft2": ("last 2 blocks fine-tuned, 2 epochs", {"finetune_blocks": 2, "finetune_epochs": 2}),
+    "ft4": ("last 4 blocks fine-tuned, 2 epochs", {"finetune_blocks": 4, "finetune_epochs": 2}),
+}
+
+
+def colour_baseline(run: Run, samples: list[D.Sample], recipe: D.Recipe, cfg: TrainConfig, folds: int,
+                    cache: Path) -> dict[str, Any]:
+    """LOSO and CV of a linear classifier on 6 colour numbers per image (LAB mean and std of tissue)."""
+    path = cache / "colour_features.npy"
+    if path.exists():
+        colour = np.load(path)
+    else:
+        colour = np.array([np.concatenate(D.lab_stats(D.read_rgb(s.path))) for s in samples], np.float32)
+        np.save(path, colour)
+    labels = np.array([s.label for s in samples])
+    sources = np.array([s.source for s in samples])
+    cats = [c.category for c in recipe.classes]
+    idx = np.arange(len(samples))
+    report: dict[str, Any] = {}
+    for protocol in PROTOCOLS:
+        fold_list = make_folds(samples, protocol, folds, cfg.seed)
+        logits = np.zeros((len(samples), len(recipe.classes)), np.float32)
+        tested = np.zeros(len(samples), bool)
+        for f in fold_list:
+            mu, sd = colour[f.train].mean(0), colour[f.train].std(0) + 1e-6
+            x = (colour - mu) / sd
+            w = sample_weights(labels[f.train], sources[f.train], cfg.balance, cats)
+            head = train_linear(x[f.train], labels[f.train], w, len(recipe.classes), cfg, None, None, "colour baseline")
+            with torch.no_grad():
+                logits[f.test] = head(torch.from_numpy(x[f.test])).numpy()
+            tested |= f.test
+        report[protocol] = {"plain": metrics(logits[tested], idx[tested], tested, labels, sources,
+                                             recipe.class_names, cats)}
+    return report
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--only", nargs="*", help="experiment names (default: all)")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+    if args.list:
+        for name, (what, change) in EXPERIMENTS.items():
+            print(f"{name}: {what} {change}")
+        return 0
+    torch.set_num_threads(args.threads)
+    run = Run(args.run)
+    recipe, cfg = run.recipe(), run.config()
+    samples, _ = run.samples()
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary_path = args.out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    names = args.only or ["colour_only", *EXPERIMENTS]
+    for name in names:
+        t = time.time()
+        if name == "colour_only":
+            report = colour_baseline(run, samples, recipe, cfg, args.folds, args.out)
+            what, change = "6 LAB colour numbers per image, linear classifier (shortcut gauge)", {}
+        else:
+            what, change = EXPERIMENTS[name]
+            report = evaluate_protocols(run.path, args.out / name, PROTOCOLS, args.folds, (),
+                                        {**change, "threads": args.threads}, work=args.out / "folds")
+        h = {rule: headline(report, rule) for rule in ("vote", "mean")}
+        summary[name] = {"what": what, "change": change, "headline": h, "seconds": round(time.time() - t, 1),
+                         "config": {**{k: v for k, v in vars(replace(cfg, **change)).items()}}}
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"{name}: " + "; ".join(f"{p} mean {h['vote'][p]['mean_over_sources']} worst {h['vote'][p]['worst_source']}"
+                                      for p in PROTOCOLS if p in h["vote"]), file=sys.stderr, flush=True)
+    (args.out / "summary.md").write_text(summary_markdown(summary))
+    return 0
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    lines = ["| experiment | what | LOSO glas | LOSO ebhi | LOSO lc | LOSO mean / worst | CV glas | CV ebhi | CV lc | "
+             "CV normal recall (glas / ebhi) | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, v in summary.items():
+        h = v["headline"]["vote"]
+        lo, cv = h.get("loso", {}), h.get("cv", {})
+
+        def cell(d: dict[str, Any], src: str) -> str:
+            return f"{d[src]['category_balanced_accuracy']:.3f}" if src in d else "–"
+
+        def normal(src: str, cv: dict[str, Any] = cv) -> str:
+            r = cv.get(src, {}).get("recall", {}).get("normal")
+            return "–" if r is None else f"{r:.2f}"
+
+        lines.append(f"| {name} | {v['what']} | {cell(lo, 'glas')} | {cell(lo, 'ebhi_seg')} | {cell(lo, 'lc25000_colon')} | "
+                     f"{lo.get('mean_over_sources', '–')} / {lo.get('worst_source', '–')} | {cell(cv, 'glas')} | "
+                     f"{cell(cv, 'ebhi_seg')} | {cell(cv, 'lc25000_colon')} | {normal('glas')} / {normal('ebhi_seg')} | "
+                     f"{v['seconds']:.0f} |")
+    return "\n".join(lines) + "\n\nImage level: confidence-weighted vote of tile categories. LC25000 has no benign images.\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
