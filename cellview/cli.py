@@ -126,8 +126,11 @@ def _up_to_date(meta_path: Path, outputs: dict[str, Path], fingerprint: str, mod
         old_params = AnalysisParams.from_dict(meta["parameters"])
     except (KeyError, TypeError):
         return False
+    from cellview.tiling import TILING_RULE
+
     return (
         meta.get("status") == "complete"
+        and meta.get("grid", {}).get("tiling_rule") == TILING_RULE
         and meta.get("slide", {}).get("fingerprint") == fingerprint
         and meta.get("model", {}).get("sha256") == model_sha
         and old_params.cache_dict() == params.cache_dict()
