@@ -8,6 +8,7 @@ benign, green → normal), so end-to-end results can be checked exactly. Needs t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +107,13 @@ def toy_expected_class(rgb_mean: np.ndarray) -> int:
 
 
 def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp_um: float | None, levels: int = 4,
-                       tile: int = 256, compression: str = "zlib") -> Path:
-    """A tiled pyramidal TIFF (successive IFDs, each half the size) that OpenSlide opens."""
+                       tile: int = 256, compression: str = "zlib",
+                       damage: Callable[[int, np.ndarray], np.ndarray] | None = None) -> Path:
+    """A tiled pyramidal TIFF (successive IFDs, each half the size) that OpenSlide opens.
+
+    ``damage(level, rgb)`` may alter what is stored for a level (e.g. false colours on reduced
+    levels, as some converters write them); the next level is still made from the sound pixels.
+    """
     import tifffile
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +128,7 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp_um: float | None, levels
             if level:
                 img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
             tif.write(
-                img, photometric="rgb", tile=(tile, tile), compression=compression,
+                img if damage is None else damage(level, img), photometric="rgb", tile=(tile, tile), compression=compression,
                 subfiletype=1 if level else 0, metadata=None, **kwargs,
             )
     return path
@@ -157,3 +163,28 @@ def expected_synthetic_tiles() -> dict[tuple[int, int], str]:
             for c in range(c0, c1):
                 out[(r, c)] = cls
     return out
+
+
+def ycbcr_as_rgb(level: int, rgb: np.ndarray) -> np.ndarray:
+    """``write_pyramid_tiff(damage=…)``: reduced levels stored as YCbCr labelled RGB (teal / salmon)."""
+    return rgb if level == 0 else cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[..., [0, 2, 1]].copy()
+
+
+def tiff_claiming_size(width: int, height: int, real_px: int = 8) -> bytes:
+    """A baseline RGB TIFF with one small uncompressed strip whose header claims ``width × height``.
+
+    A huge claimed size makes OpenCV's decoder assert (``validateInputImageSize``) instead of
+    returning nothing: the shape of ``shared/data/slides/bad/pyramid-header-huge-height.tiff``.
+    """
+    import struct
+
+    pixels = np.full((real_px, real_px, 3), 128, np.uint8).tobytes()
+    entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 2), (273, 4, -1),
+               (277, 3, 3), (278, 4, height), (279, 4, len(pixels))]
+    ifd_at = 8
+    data_at = ifd_at + 2 + 12 * len(entries) + 4
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_at) + struct.pack("<H", len(entries)))
+    for tag, kind, value in entries:
+        value = data_at if value == -1 else value
+        out += struct.pack("<HHIHH", tag, kind, 1, value, 0) if kind == 3 else struct.pack("<HHII", tag, kind, 1, value)
+    return bytes(out + struct.pack("<I", 0) + pixels)
