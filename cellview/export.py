@@ -498,8 +498,12 @@ def regions_summary(regions: Sequence[Region], region_confidence: float) -> dict
 def render(kind: str, result: AnalysisResult, thumbnail: np.ndarray | None = None,
            regions: Sequence[Region] | None = None, region_confidence: float = 0.5,
            overlay: OverlaySettings | None = None, source: str = "", outputs: Iterable[str] = (),
-           extra_meta: dict[str, Any] | None = None) -> bytes:
-    """The bytes of one export format: the single place every caller (CLI, viewer, kiosk) goes through."""
+           extra_meta: dict[str, Any] | None = None, png_regions: bool = True) -> bytes:
+    """The bytes of one export format: the single place every caller (CLI, viewer, kiosk) goes through.
+
+    ``regions`` go into the GeoJSON and the metadata, and onto the PNG unless ``png_regions`` is
+    False (the viewer draws them only when they are shown on screen).
+    """
     if kind == "csv":
         return csv_text(result).encode("utf-8")
     if kind == "geojson":
@@ -507,8 +511,8 @@ def render(kind: str, result: AnalysisResult, thumbnail: np.ndarray | None = Non
     if kind == "png":
         if thumbnail is None:
             raise ExportError("The annotated PNG needs a thumbnail of the slide.")
-        return annotated_png(result, thumbnail, regions=regions, region_confidence=region_confidence,
-                             overlay=overlay, source=source)
+        return annotated_png(result, thumbnail, regions=regions if png_regions else None,
+                             region_confidence=region_confidence, overlay=overlay, source=source)
     if kind == "json":
         extra = dict(extra_meta or {})
         if regions is not None:
@@ -520,7 +524,7 @@ def render(kind: str, result: AnalysisResult, thumbnail: np.ndarray | None = Non
 def export_all(result: AnalysisResult, out_dir: Path, stem: str, thumbnail: np.ndarray | None,
                formats: Iterable[str] = FORMATS, extra_meta: dict[str, Any] | None = None,
                regions: Sequence[Region] | None = None, region_confidence: float = 0.5,
-               overlay: OverlaySettings | None = None, source: str = "") -> dict[str, Path]:
+               overlay: OverlaySettings | None = None, source: str = "", png_regions: bool = True) -> dict[str, Path]:
     """Write the requested formats; metadata last, so its presence means the others are complete.
 
     ``regions`` (``morphology.malignant_regions(result, region_confidence)``) go into the GeoJSON
@@ -536,7 +540,7 @@ def export_all(result: AnalysisResult, out_dir: Path, stem: str, thumbnail: np.n
     names = [p.name for f, p in paths.items() if f != "json"]
     for kind, path in paths.items():
         atomic_write_bytes(path, render(kind, result, thumbnail, regions, region_confidence, overlay, source,
-                                        outputs=names, extra_meta=extra_meta))
+                                        outputs=names, extra_meta=extra_meta, png_regions=png_regions))
     return paths
 
 
@@ -544,7 +548,8 @@ def export_slide_result(result: AnalysisResult, out_dir: Path, stem: str, format
                         png_size_px: int = 2048, region_confidence: float | None = 0.5,
                         extra_meta: dict[str, Any] | None = None, overlay: OverlaySettings | None = None,
                         thumbnail: np.ndarray | None = None, source: str = "",
-                        regions: Sequence[Region] | None = None) -> tuple[dict[str, Path], list[Region] | None]:
+                        regions: Sequence[Region] | None = None,
+                        png_regions: bool = True) -> tuple[dict[str, Path], list[Region] | None]:
     """Everything a finished slide exports, for the CLI, the viewer and the kiosk alike.
 
     Reads the PNG's thumbnail from the slide (unless given), outlines malignant regions at
@@ -569,7 +574,7 @@ def export_slide_result(result: AnalysisResult, out_dir: Path, stem: str, format
     extra["export_options"] = export_options(formats, png_size_px, region_confidence, overlay)
     paths = export_all(result, out_dir, stem, thumb, formats, extra_meta=extra, regions=regions,
                        region_confidence=region_confidence if region_confidence is not None else 0.5,
-                       overlay=overlay, source=source)
+                       overlay=overlay, source=source, png_regions=png_regions)
     return paths, None if regions is None else list(regions)
 
 

@@ -188,3 +188,46 @@ def tiff_claiming_size(width: int, height: int, real_px: int = 8) -> bytes:
         value = data_at if value == -1 else value
         out += struct.pack("<HHIHH", tag, kind, 1, value, 0) if kind == 3 else struct.pack("<HHII", tag, kind, 1, value)
     return bytes(out + struct.pack("<I", 0) + pixels)
+
+
+def grid_result(cats: list[str], conf: np.ndarray | None = None, stride: int = 100, mpp: float | None = 0.5,
+                slide_wh: tuple[int, int] | None = None) -> Any:
+    """A result on a grid of tiles: each string row is one grid row, 'M'/'B'/'N' a tile, '.' none.
+
+    Each tile's category gets probability ``conf`` (0.9 by default), the next category the rest.
+    """
+    from cellview.model import CATEGORIES
+    from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
+    from cellview.slide import Mpp, SlideInfo
+    from cellview.tiling import TileGrid
+
+    n_rows, n_cols = len(cats), len(cats[0])
+    rows, cols, letters = [], [], []
+    for r, line in enumerate(cats):
+        for c, ch in enumerate(line):
+            if ch != ".":
+                rows.append(r)
+                cols.append(c)
+                letters.append(ch)
+    n = len(letters)
+    conf = np.full(n, 0.9, np.float32) if conf is None else np.asarray(conf, np.float32)
+    k = np.array(["MBN".index(ch) for ch in letters])
+    probs = np.full((n, 3), 0.0, np.float32)
+    probs[np.arange(n), k] = conf
+    probs[np.arange(n), (k + 1) % 3] = 1 - conf
+    w, h = slide_wh or (n_cols * stride, n_rows * stride)
+    grid = TileGrid(
+        slide_w_l0=w, slide_h_l0=h, tile_px=64, tile_l0_w=stride, tile_l0_h=stride, stride_l0_x=stride,
+        stride_l0_y=stride, read_level=0, read_w=stride, read_h=stride, n_cols=n_cols, n_rows=n_rows,
+        grid_col=np.array(cols, np.int32), grid_row=np.array(rows, np.int32),
+        l0_x=np.array(cols, np.int64) * stride, l0_y=np.array(rows, np.int64) * stride,
+        tissue_fraction=np.ones(n, np.float32), tissue_threshold=0.25,
+    )
+    info = SlideInfo(path="grid.tiff", name="grid", vendor="generic-tiff", fingerprint="x",
+                     level_dimensions=((w, h),), level_downsamples=(1.0,),
+                     mpp=None if mpp is None else Mpp(mpp, mpp, "user"))
+    model = ModelInfo(name="toy", version="1", sha256="0", class_names=CATEGORIES, class_categories=CATEGORIES,
+                      class_colors=("#ff0000", "#0000ff", "#00ff00"), activation="softmax", temperature=1.0,
+                      spacing_um_px=1.0, patch_size_pixels=64)
+    return AnalysisResult(slide=info, model=model, params=AnalysisParams(), grid=grid, probs=probs,
+                          state=np.full(n, TileState.DONE, np.uint8), provider="CPU", status="complete")
