@@ -403,6 +403,8 @@ class ViewerModel:
         self.mpp_choice: float | str | None = None
         self.model_path: str | None = None
         self.model_ready: ModelReady | None = None
+        self.spec: ModelSpec | None = None
+        """The model of the last run (from its ModelReady, or the spec a source was started with)."""
         self.result: AnalysisResult | None = None
         self.result_model_path: str | None = None
         self.selection = -1
@@ -496,6 +498,7 @@ class ViewerModel:
         if model_path == self.model_path:
             return
         self.model_path = model_path
+        self.model_ready = None  # the provider and classes of the new model are known once it loads
         self.events.model(model_path)
         if self.result is None and not self.running:
             return
@@ -524,7 +527,7 @@ class ViewerModel:
 
     def open(self, path: str | os.PathLike[str], mpp_um: float | None = None, analyse: bool | None = None,
              source: AnalysisSource | None = None, spec: ModelSpec | None = None,
-             show: AnalysisResult | None = None) -> None:
+             show: AnalysisResult | None = None, params: AnalysisParams | None = None) -> None:
         """Open off the UI thread; the current slide stays until the new one opened (a bad file loses nothing).
 
         Then: ``show`` a known result, or analyse (``analyse``, default ``auto_analyse``) with
@@ -536,7 +539,7 @@ class ViewerModel:
         self._open_id = job_id = next(self._ids)
         self.opening = path
         self._after_open = {"analyse": self.auto_analyse if analyse is None else analyse, "source": source,
-                            "spec": spec, "show": show}
+                            "spec": spec, "show": show, "params": params}
         self.events.opening(path)
 
         def on_item(item: Opened | SharperThumbnail) -> None:
@@ -586,7 +589,7 @@ class ViewerModel:
         if after.get("show") is not None:
             self.set_result(after["show"])
         elif after.get("analyse"):
-            self.start_analysis(source=after.get("source"), spec=after.get("spec"))
+            self.start_analysis(source=after.get("source"), spec=after.get("spec"), params=after.get("params"))
 
     def _abandon_run(self) -> None:
         """Cancel the run and ignore whatever it still delivers (its thread stops at the next batch)."""
@@ -695,6 +698,8 @@ class ViewerModel:
         self._run_id = run_id = next(self._ids)
         self._run = _Run(request, spec=spec)
         self.model_ready = None
+        if spec is not None:
+            self.spec = spec
         self.progress = Progress("preparing")
         self.events.running(True)
         self.events.progress(self.progress)
@@ -734,7 +739,7 @@ class ViewerModel:
         if run is None:
             return
         if isinstance(item, ModelReady):
-            run.spec = item.spec
+            run.spec = self.spec = item.spec
             self.model_ready = item
             self.events.model_ready(item)
         elif isinstance(item, Started):
