@@ -215,3 +215,24 @@ def test_svs_tiff_and_dicom_copies_agree_with_the_shipped_model(data_dir, tmp_pa
     for other in ("CMU-1-Small-Region-pyramid", "CMU-1-Small-Region-dicom"):
         assert set(calls[other]) == set(svs)
         assert np.mean([calls[other][t] == svs[t] for t in svs]) >= 0.95, other
+
+
+def test_help_shows_the_viewer_the_kiosk_and_the_commands(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "cellview [SLIDE] [--kiosk]" in out and "--kiosk" in out and "--watch" in out
+    for command in ("analyze", "info", "models"):
+        assert f"  {command} " in out
+
+
+def test_a_one_tile_region_is_one_tile(tmp_path, toy_model, capsys):
+    from cellview.testing import TOY_COLORS, write_pyramid_tiff
+
+    img = np.full((512, 512, 3), 245, np.uint8)
+    img[128:256, 128:256] = TOY_COLORS["malignant"]  # exactly one 128-px tile at 0.5 µm/px
+    path = write_pyramid_tiff(tmp_path / "one.tiff", img, 0.5)
+    code, out, err = _analyze(capsys, path, "--model", toy_model, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "malignant regions: 1; largest 0.0041 mm² (1 tile)" in out and "(1 tiles)" not in out

@@ -22,6 +22,7 @@ from PySide6.QtCore import QEvent, QObject, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QPainter, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
+    QBoxLayout,
     QDialog,
     QFileDialog,
     QFrame,
@@ -480,7 +481,9 @@ class KioskWindow(MainWindow):
         page = QWidget()
         lay = QHBoxLayout(page)
         lay.setSpacing(24)
-        left = QVBoxLayout()
+        column = QWidget()
+        left = QVBoxLayout(column)
+        left.setContentsMargins(0, 0, 0, 0)
         left.addStretch(1)
         self.waiting_title = _label("Waiting for a slide", "kioskHeadline")
         left.addWidget(self.waiting_title)
@@ -490,6 +493,7 @@ class KioskWindow(MainWindow):
             else "Tap “Open slide” to choose a slide or image.", "kioskHint")
         left.addWidget(self.waiting_hint)
         self.receiving_label = _label("", "kioskHint")
+        self.receiving_label.hide()
         left.addWidget(self.receiving_label)
         self.done_card, self.done_label = _card("kioskDone")
         left.addWidget(self.done_card)
@@ -501,7 +505,15 @@ class KioskWindow(MainWindow):
         row.addStretch(1)
         left.addLayout(row)
         left.addStretch(2)
-        lay.addLayout(left, 3)
+        # on a small screen the column scrolls (by finger) rather than squeezing the done card's text
+        scroll = QScrollArea()
+        scroll.setWidget(column)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setStyleSheet("QScrollArea, QScrollArea > QWidget > QWidget { background: transparent; }")
+        QScroller.grabGesture(scroll.viewport(), QScroller.ScrollerGestureType.LeftMouseButtonGesture)
+        lay.addWidget(scroll, 3)
         right = QVBoxLayout()
         right.addWidget(_label("Recent cases", "kioskTitle"))
         self.recent_list = QListWidget()
@@ -537,6 +549,7 @@ class KioskWindow(MainWindow):
         side.addWidget(self.shares_label)
         side.addWidget(_adopt(self.progress))
         side.addWidget(_adopt(self.rate_label))
+        self.rate_label.setWordWrap(True)  # "Results saved to /long/outbox/path" must not widen the panel
         buttons = QGridLayout()
         self.home_btn = QPushButton("◀ Cases")
         self.home_btn.clicked.connect(lambda: self.set_page("waiting"))
@@ -563,6 +576,11 @@ class KioskWindow(MainWindow):
         side.addWidget(_adopt(self.summary_label))
         side.addWidget(_label("Tile inspector", "kioskHint", wrap=False))
         side.addWidget(_adopt(self.inspector))
+        # a narrow touch panel: shorter labels, the inspector's patch above its facts
+        self.show_regions.setText("Malignant regions")
+        for i, short in enumerate({"outline": "Outlines", "fill": "Fill", "fill+outline": "Fill + outlines"}.values()):
+            self.style_box.setItemText(i, short)
+        self.inspector.top_layout.setDirection(QBoxLayout.Direction.TopToBottom)
         side.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidget(panel)
@@ -579,9 +597,10 @@ class KioskWindow(MainWindow):
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
         self.idle_screen.setGeometry(self.rect())
-        # Touch-sized controls need about 440 px; a share of the screen keeps them unclipped and leaves the
-        # slide the rest (at 1024 px the panel takes 440, at 1920 px 760).
-        self._side_scroll.setFixedWidth(int(min(760, max(440, 0.40 * self.width()))))
+        QTimer.singleShot(0, self._fit_recent_items)  # after the list has its new width
+        # Touch-sized controls need about 440 px besides the 40 px scroll bar; a share of the screen keeps
+        # them unclipped and leaves the slide the rest (at 1024 px the panel takes 480, at 1920 px 760).
+        self._side_scroll.setFixedWidth(int(min(760, max(480, 0.40 * self.width()))))
 
     def _show_call(self, result: AnalysisResult | None) -> None:
         """The call and the category shares at the top of the panel (visible without scrolling)."""
@@ -716,6 +735,7 @@ class KioskWindow(MainWindow):
         self.receiving_label.setText("Receiving " + ", ".join(p.name for p in waiting[:3])
                                      + ("…" if len(waiting) <= 3 else f" and {len(waiting) - 3} more…")
                                      if waiting else "")
+        self.receiving_label.setVisible(bool(waiting))
         self.banner_label.setText(self.watcher.problem or "")
         self.banner.setVisible(bool(self.watcher.problem))
         for path in ready:
@@ -778,7 +798,7 @@ class KioskWindow(MainWindow):
             where = next(iter(case.outputs.values())).parent if case.outputs else self.settings.outbox()
             self.done_label.setText(f"✔ {case.message}\nResults saved to {where}")
             self.done_card.show()
-            self.rate_label.setText(f"Results saved to {where}")
+            self.rate_label.setText("Results saved to the outbox.")  # the full path is on the waiting page
         self._last_case = case
 
     def _on_open_failed(self, event: Event) -> None:
@@ -843,7 +863,7 @@ class KioskWindow(MainWindow):
         for case in self.recent.items:
             when = time.strftime("%H:%M", time.localtime(case.finished_unix))
             # the call first (shares that add up to 100); the rate and provider are in the outbox metadata
-            text = f"{case.name}\n" + (f"{case.call or case.message} · {when}" if case.ok else f"⚠ {case.message}")
+            text = f"{case.name} · {when}\n" + (case.call or case.message if case.ok else f"⚠ {case.message}")
             item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, case)
             self.recent_list.addItem(item)
@@ -851,6 +871,25 @@ class KioskWindow(MainWindow):
             item = QListWidgetItem("No cases yet")
             item.setFlags(Qt.ItemFlag.NoItemFlags)
             self.recent_list.addItem(item)
+        self._fit_recent_items()
+
+    RECENT_PADDING = (14, 8)
+    """The recent-cases items' padding in the style sheet (horizontal, vertical), in px."""
+
+    def _fit_recent_items(self) -> None:
+        """Each item as tall as its text wrapped to the list's width: the call is never cut off."""
+        fm = self.recent_list.fontMetrics()
+        pad_x, pad_y = self.RECENT_PADDING
+        width = max(50, self.recent_list.viewport().width() - 2 * pad_x - 4)
+        for i in range(self.recent_list.count()):
+            item = self.recent_list.item(i)
+            height = self.recent_text_height(item.text(), fm, width) + 2 * pad_y + 2
+            item.setSizeHint(QSize(width, max(80, height)))
+
+    @staticmethod
+    def recent_text_height(text: str, fm, width: int) -> int:
+        flags = int(Qt.TextFlag.TextWordWrap | Qt.TextFlag.TextWrapAnywhere)
+        return fm.boundingRect(0, 0, width, 100000, flags, text).height()
 
     def _recent_clicked(self, item: QListWidgetItem) -> None:
         case = item.data(Qt.ItemDataRole.UserRole)

@@ -145,6 +145,7 @@ class TileInspector(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(6)
         top = QHBoxLayout()
+        self.top_layout = top  # the kiosk stacks it vertically (a narrow touch panel)
         self.patch = QLabel()
         self.patch.setFixedSize(QSize(self.PATCH_PX + 2, self.PATCH_PX + 2))
         self.patch.setAlignment(Qt.AlignmentFlag.AlignCenter)

@@ -121,7 +121,7 @@ class ScaleBar(QWidget):
         """Text size of the label (the kiosk's is read from a metre away); the bar grows with it."""
         self.font_pt = float(pt)
         k = self.font_pt / self.BASE_PT
-        self.resize(int(220 * k), int(44 * k))
+        self.resize(int(220 + 60 * k), int(44 * k))
         self.update()
 
     def label_font(self) -> QFont:
@@ -139,7 +139,7 @@ class ScaleBar(QWidget):
             return
         k = self.font_pt / self.BASE_PT
         um_per_px = self.mpp_um * self.l0_per_screen_px
-        length_um = nice_length_um(120 * k * um_per_px)
+        length_um = nice_length_um(120 * um_per_px)  # the bar keeps its length; only the text grows
         bar_px = max(4, int(round(length_um / um_per_px)))
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
