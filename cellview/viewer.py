@@ -500,13 +500,14 @@ class ViewerModel:
         self.model_path = model_path
         self.model_ready = None  # the provider and classes of the new model are known once it loads
         self.events.model(model_path)
-        if self.result is None and not self.running:
-            return
-        self._abandon_run()
-        self.clear_result()
-        self.status("The model changed: the previous result was cleared.")
+        had_result = self.result is not None or self.running
+        if had_result:
+            self._abandon_run()
+            self.clear_result()
         if self.auto_analyse and self.slide is not None and model_path:
             self.start_analysis()
+        elif had_result:
+            self.status("The model changed: the previous result was cleared (Analyse to run the new model).")
 
     def set_overlay(self, **changes: Any) -> None:
         new = replace(self.overlay, **changes)

@@ -171,8 +171,13 @@ class WheelGuard(QObject):
                 widget.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
                 widget.installEventFilter(self)
 
+    @staticmethod
+    def takes_wheel(widget: QWidget) -> bool:
+        """A control takes the wheel once the user has clicked (focused) it."""
+        return widget.hasFocus()
+
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
-        if event.type() == QEvent.Type.Wheel and isinstance(obj, QWidget) and not obj.hasFocus():
+        if event.type() == QEvent.Type.Wheel and isinstance(obj, QWidget) and not self.takes_wheel(obj):
             QApplication.sendEvent(self.scroll.verticalScrollBar(), event)
             return True
         return False
@@ -528,14 +533,13 @@ class MainWindow(QMainWindow):
         m.addAction("Fit slide", QKeySequence("Ctrl+0"), self.view.fit)
         m.addAction("Zoom in", QKeySequence.StandardKey.ZoomIn, lambda: self.view.zoom(1.5))
         m.addAction("Zoom out", QKeySequence.StandardKey.ZoomOut, lambda: self.view.zoom(1 / 1.5))
-        act = QAction("Show heatmap", self, checkable=True, checked=True, shortcut=QKeySequence("H"))
-        act.toggled.connect(self.show_overlay.setChecked)
-        self.show_overlay.toggled.connect(act.setChecked)
-        m.addAction(act)
-        act = QAction("Outline malignant regions", self, checkable=True, checked=False, shortcut=QKeySequence("R"))
-        act.toggled.connect(self.show_regions.setChecked)
-        self.show_regions.toggled.connect(act.setChecked)
-        m.addAction(act)
+        self.act_heatmap = QAction("Show heatmap", self, checkable=True, checked=True, shortcut=QKeySequence("H"))
+        self.act_heatmap.toggled.connect(lambda on: self.model.set_overlay(visible=on))
+        m.addAction(self.act_heatmap)
+        self.act_regions = QAction("Outline malignant regions", self, checkable=True, checked=False,
+                                   shortcut=QKeySequence("R"))
+        self.act_regions.toggled.connect(lambda on: self.model.set_overlay(show_regions=on))
+        m.addAction(self.act_regions)
         m.addAction("Next drawing style (outlines / fill)", QKeySequence("O"), self._next_style)
         m = bar.addMenu("&Analysis")
         self.act_analyse = m.addAction("&Analyse", QKeySequence("Ctrl+R"), self.start_analysis)
@@ -928,17 +932,21 @@ class MainWindow(QMainWindow):
 
     def _on_overlay(self, event: Event) -> None:
         ov = event.value
-        # a change made elsewhere (a menu, the kiosk, a script) shows on the controls; setting a control
-        # to the model's value calls the model back with no change, which emits nothing
-        for widget, value in ((self.show_overlay, ov.visible), (self.show_regions, ov.show_regions)):
-            if widget.isChecked() != value:
-                widget.setChecked(value)
-        if self.style_box.currentData() != ov.style:
-            self.style_box.setCurrentIndex(STYLES.index(ov.style))
-        if self.opacity.value() != int(round(ov.opacity * 100)):
-            self.opacity.setValue(int(round(ov.opacity * 100)))
-        if self.threshold.value() != int(round(ov.min_confidence * 100)):
-            self.threshold.setValue(int(round(ov.min_confidence * 100)))
+        # a change made elsewhere (a menu, the kiosk, a script) shows on the controls, without their signals:
+        # a slider's whole percent must not overwrite the model's exact value
+        for widget, value in ((self.show_overlay, ov.visible), (self.show_regions, ov.show_regions),
+                              (self.act_heatmap, ov.visible), (self.act_regions, ov.show_regions),
+                              (self.style_box, STYLES.index(ov.style)), (self.opacity, round(ov.opacity * 100)),
+                              (self.threshold, round(ov.min_confidence * 100))):
+            widget.blockSignals(True)
+            if isinstance(widget, (QCheckBox, QAction)):
+                widget.setChecked(bool(value))
+            elif isinstance(widget, QComboBox):
+                widget.setCurrentIndex(int(value))
+            else:
+                widget.setValue(int(value))
+            widget.blockSignals(False)
+        self.threshold_label.setText(f"{round(ov.min_confidence * 100)}%")
         self.view.overlay.setOpacity(ov.opacity)
         self._update_colour_hint()
         self.repaint_overlay()
