@@ -510,7 +510,9 @@ LEVEL_CHECK_SAMPLES = ((0.5, 0.5), (0.3, 0.3), (0.7, 0.7), (0.3, 0.7), (0.7, 0.3
 """Where the compared regions lie, as fractions of the level's extent (spread over the slide)."""
 
 LEVEL_CHECK_REF_PX = 512
-"""Side of each compared region in level-0 pixels (bounded, so the check costs the same on any slide)."""
+"""Side of each compared region in level-0 pixels (bounded, so the check costs the same on any slide).
+
+A level coarser than 256× (under 2 px per region) is not checked: no reader picks it for tiles."""
 
 _level_checks: dict[tuple[str, int, int], tuple[SkippedLevel, ...]] = {}
 _level_lock = threading.Lock()
@@ -530,25 +532,30 @@ def colour_difference(rgb: np.ndarray, reference: np.ndarray) -> float:
 def check_levels(slide: Slide) -> tuple[SkippedLevel, ...]:
     """Compare every reduced level with level 0 on a few sampled regions; return those not to read.
 
-    Cheap: at most ``len(LEVEL_CHECK_SAMPLES)`` reads of ``LEVEL_CHECK_REF_PX``² level-0 pixels per
-    level. A level is skipped when its colours disagree with level 0 (median ΔE over the samples
-    above ``LEVEL_MAX_DELTA_E``), or when none of its sampled regions can be read.
+    Cheap and bounded on any slide: ``len(LEVEL_CHECK_SAMPLES)`` level-0 reads of
+    ``LEVEL_CHECK_REF_PX``² pixels, shared by all levels, plus one small read per level and sample.
+    A level is skipped when its colours disagree with level 0 (median ΔE over the samples above
+    ``LEVEL_MAX_DELTA_E``), or when none of its sampled regions can be read.
     """
+    if slide.level_count < 2:
+        return ()
+    w0, h0 = slide.dimensions
+    ref_px = int(min(LEVEL_CHECK_REF_PX, w0, h0))
+    references: list[tuple[tuple[int, int], np.ndarray]] = []
+    for fx, fy in LEVEL_CHECK_SAMPLES:
+        l0_xy = (int((w0 - ref_px) * fx), int((h0 - ref_px) * fy))
+        try:
+            references.append((l0_xy, slide.read_region(l0_xy, 0, (ref_px, ref_px))))
+        except SlideError:
+            continue  # level 0 unreadable here: no evidence either way
     skipped: list[SkippedLevel] = []
     for level in range(1, slide.level_count):
-        ds = slide.level_downsamples[level]
-        lw, lh = slide.level_dimensions[level]
-        side = int(min(lw, lh, max(8, round(LEVEL_CHECK_REF_PX / ds))))
+        side = max(1, round(ref_px / slide.level_downsamples[level]))
         if side < 2:
             continue
         deltas: list[float] = []
         unreadable = 0
-        for fx, fy in LEVEL_CHECK_SAMPLES:
-            l0_xy = (round(int((lw - side) * fx) * ds), round(int((lh - side) * fy) * ds))
-            try:
-                reference = slide.read_region(l0_xy, 0, (max(1, round(side * ds)),) * 2)
-            except SlideError:
-                continue  # level 0 unreadable here: no evidence either way
+        for l0_xy, reference in references:
             try:
                 low = slide.read_region(l0_xy, level, (side, side))
             except SlideError:
