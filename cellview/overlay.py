@@ -181,8 +181,8 @@ def describe_filter(settings: OverlaySettings) -> str:
 
 def count_lines(result: AnalysisResult, settings: OverlaySettings) -> list[tuple[str, int, int]]:
     """(category, tiles, whole %) per category under the confidence filter; the % add up to 100."""
-    counts = result.category_counts(settings.min_confidence)
-    pct = result.category_percentages(settings.min_confidence)
+    counts = result.category_counts(min_confidence=settings.min_confidence)
+    pct = result.category_percentages(min_confidence=settings.min_confidence)
     return [(c, counts[c], pct[c]) for c in CATEGORIES]
 
 

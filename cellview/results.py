@@ -240,7 +240,7 @@ class AnalysisResult:
             return self.done
         return self.done & (np.nan_to_num(self.confidence, nan=-1.0) >= min_confidence)
 
-    def category_counts(self, min_confidence: float = 0.0) -> dict[str, int]:
+    def category_counts(self, *, min_confidence: float = 0.0) -> dict[str, int]:
         """Tiles per category; with ``min_confidence``, only those the confidence filter keeps."""
         counts = np.bincount(self.pred_category[self.confident(min_confidence)], minlength=len(CATEGORIES))
         return {name: int(n) for name, n in zip(CATEGORIES, counts)}
@@ -249,9 +249,9 @@ class AnalysisResult:
         n = max(self.n_done, 1)
         return {k: v / n for k, v in self.category_counts().items()}
 
-    def category_percentages(self, min_confidence: float = 0.0) -> dict[str, int]:
+    def category_percentages(self, *, min_confidence: float = 0.0) -> dict[str, int]:
         """Whole percentages of the tiles per category that add up to exactly 100 (largest remainder)."""
-        return whole_percentages(self.category_counts(min_confidence))
+        return whole_percentages(self.category_counts(min_confidence=min_confidence))
 
     def call(self) -> str:
         """The slide's call in a few words, shares first: 'malignant 75% · benign 13% · normal 12%'."""

@@ -200,7 +200,7 @@ def test_hint_counts_and_shares_follow_the_display(qtbot, window, tmp_path):
     conf = window.result.confidence
     cut = float(np.sort(conf)[0]) + 1e-4  # the paler red tile is the least sure: filtered out
     window.model.set_overlay(min_confidence=cut)
-    kept = window.result.category_counts(cut)  # counts and shares follow the filter
+    kept = window.result.category_counts(min_confidence=cut)  # counts and shares follow the filter
     assert sum(kept.values()) == 6 and window.toggles.counts["malignant"].text().startswith("1 tile ")
     assert sum(int(window.toggles.counts[c].text().split()[-1].rstrip("%")) for c in kept) == 100
     assert "6 of 7 tiles ≥" in window.summary_label.text()

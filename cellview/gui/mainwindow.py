@@ -983,7 +983,8 @@ class MainWindow(QMainWindow):
         # One tile covering the whole image is shown as a label, not as a tint over the cell.
         self.view.overlay.setVisible(ov.visible and ov.draws_fill and not g.whole_image)
         self.view.set_contours(category_contours(result, ov) if ov.visible and not g.whole_image else ())
-        self.toggles.set_counts(result.category_counts(ov.min_confidence), result.category_percentages(ov.min_confidence))
+        self.toggles.set_counts(result.category_counts(min_confidence=ov.min_confidence),
+                                result.category_percentages(min_confidence=ov.min_confidence))
         self._update_summary()
         self._update_single_label(result)
         if 0 <= self.model.selection < g.n_tiles and self.inspector.index == self.model.selection:
