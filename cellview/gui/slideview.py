@@ -293,7 +293,7 @@ def _contour_items(contour: Contour) -> tuple[QGraphicsPathItem, QGraphicsPathIt
     """A dark casing under the category-coloured line: legible over pale glass and dark nuclei alike."""
     path = contour_path(contour.segments)
     items = []
-    for color, width, z in ((QColor(*CASING_RGB, 200), 4.5, 11), (QColor(contour.color), 2.5, 12)):
+    for color, width, z in ((QColor(*CASING_RGB, 200), 5.0, 11), (QColor(contour.color), 3.0, 12)):
         item = QGraphicsPathItem(path)
         pen = QPen(color, width)
         pen.setCosmetic(True)
