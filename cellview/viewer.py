@@ -364,7 +364,7 @@ def regions_task(result: AnalysisResult, min_confidence: float) -> Iterator[list
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """What File → Export writes besides the overlay: formats of "export all", PNG size."""
+    """What "Export all" writes besides the overlay: its formats and the PNG's longest side (as `--png-size`)."""
 
     formats: tuple[str, ...] = FORMATS
     png_size_px: int = THUMBNAIL_PX
@@ -986,10 +986,12 @@ class ViewerModel:
         result = self._export_result()
         assert self.slide is not None
         regions, conf = self._regions_for_export(result)
+        size = self.export_settings.png_size_px
+        thumb = self.slide.thumbnail if max(self.slide.thumbnail.shape[:2]) == size else None  # else read anew
         paths, _ = export_slide_result(
-            result, Path(folder), stem or slide_stem(Path(self.slide.path)), self.export_settings.formats,
-            max(self.slide.thumbnail.shape[:2]), conf, overlay=self.overlay, thumbnail=self.slide.thumbnail,
-            source=source, regions=regions, png_regions=self.overlay.show_regions)
+            result, Path(folder), stem or slide_stem(Path(self.slide.path)), self.export_settings.formats, size,
+            conf, overlay=self.overlay, thumbnail=thumb, source=source, regions=regions,
+            png_regions=self.overlay.show_regions)
         self.store.put("last_export_dir", str(folder))
         return paths
 
