@@ -536,6 +536,8 @@ class KioskWindow(MainWindow):
         lay.setSpacing(16)
         lay.addWidget(view, 1)
         self.view.overview_share = KIOSK_OVERVIEW_SHARE
+        self.view.offer_open = False
+        self.view.empty_hint.hide()
         self.view.scale_bar.set_font_pt(KIOSK_SCALE_BAR_PT)
         panel = QWidget()
         side = QVBoxLayout(panel)

@@ -409,6 +409,8 @@ class SlideView(pg.GraphicsView):
         self.overview_share = 0.25
         """Largest share of the view's shorter side the overview may take (the kiosk's screen is small)."""
         self.empty_hint = EmptyHint(self)
+        self.offer_open = True
+        """Show the empty-canvas hint (the kiosk has its own waiting page and no Ctrl+O)."""
 
         self.opened: Opened | None = None
         self.cache = TileCache()
@@ -471,7 +473,7 @@ class SlideView(pg.GraphicsView):
         self.set_contours(())
         self.overview.hide()
         self.scale_bar.hide()
-        self.empty_hint.show()
+        self.empty_hint.setVisible(self.offer_open)
         self._place_overlays()
 
     def fit(self) -> None:
