@@ -15,11 +15,42 @@ from typing import Any
 import numpy as np
 
 from cellview.model import CATEGORIES, CATEGORY_COLORS, TTA_MODES, ModelSpec, hex_to_rgb
-from cellview.morphology import TileNuclei
 from cellview.slide import Mpp, SlideInfo
 from cellview.stain import STAIN_METHODS
 from cellview.tiling import TileGrid
 from cellview.tissue import TissueMask, TissueParams
+
+
+@dataclass(frozen=True, eq=False)
+class TileNuclei:
+    """Per-tile nucleus measurements of a result: ``values[i]`` in FIELDS order, NaN = not measured."""
+
+    values: np.ndarray  # (n_tiles, len(FIELDS)) float32
+    area_unit: str  # "um2" or "px2"
+
+    FIELDS = ("count", "density_per_mm2", "mean_area", "median_area", "mean_circularity", "mean_eccentricity")
+
+    @classmethod
+    def empty(cls, n_tiles: int, area_unit: str) -> TileNuclei:
+        return cls(np.full((n_tiles, len(cls.FIELDS)), np.nan, dtype=np.float32), area_unit)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        if name in TileNuclei.FIELDS:
+            return self.values[:, TileNuclei.FIELDS.index(name)]
+        raise AttributeError(name)
+
+    @property
+    def measured(self) -> np.ndarray:
+        return np.isfinite(self.values[:, 0])
+
+    def column_names(self) -> tuple[str, ...]:
+        """Export column names, the area unit in the name (µm² → ``um2``; unknown scale → ``px2``)."""
+        u = self.area_unit
+        return ("nuclei_count", "nuclei_density_per_mm2", f"nuclei_mean_area_{u}", f"nuclei_median_area_{u}",
+                "nuclei_mean_circularity", "nuclei_mean_eccentricity")
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {name: self.values[:, k] for k, name in enumerate(self.column_names())}
 
 
 class TileState(IntEnum):
@@ -107,6 +138,26 @@ class AnalysisParams:
         data = dict(data)
         data["tissue"] = TissueParams(**data.get("tissue", {}))
         return cls(**data)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 tile', '2 tiles', '1,204 tiles'."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+def whole_percentages(counts: dict[str, int]) -> dict[str, int]:
+    """Integer percentages that add up to 100 (largest-remainder rounding), all 0 when nothing is counted.
+
+    Rounding each share alone shows 99% or 101% in total (33/33/33); shares a person reads must add up.
+    """
+    total = sum(counts.values())
+    if total <= 0:
+        return {k: 0 for k in counts}
+    exact = {k: 100.0 * v / total for k, v in counts.items()}
+    out = {k: int(np.floor(v)) for k, v in exact.items()}
+    for k in sorted(counts, key=lambda k: (-(exact[k] - out[k]), -counts[k]))[: 100 - sum(out.values())]:
+        out[k] += 1
+    return out
 
 
 def category_probabilities(probs: np.ndarray, class_categories: tuple[str, ...], activation: str) -> np.ndarray:
@@ -198,13 +249,31 @@ class AnalysisResult:
         counts = np.bincount(self.pred_class[self.done], minlength=len(self.model.class_names))
         return {name: int(n) for name, n in zip(self.model.class_names, counts)}
 
-    def category_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.pred_category[self.done], minlength=len(CATEGORIES))
+    def confident(self, min_confidence: float = 0.0) -> np.ndarray:
+        """Finished tiles whose call is at least ``min_confidence`` sure (the viewer's filter)."""
+        if min_confidence <= 0:
+            return self.done
+        return self.done & (np.nan_to_num(self.confidence, nan=-1.0) >= min_confidence)
+
+    def category_counts(self, *, min_confidence: float = 0.0) -> dict[str, int]:
+        """Tiles per category; with ``min_confidence``, only those the confidence filter keeps."""
+        counts = np.bincount(self.pred_category[self.confident(min_confidence)], minlength=len(CATEGORIES))
         return {name: int(n) for name, n in zip(CATEGORIES, counts)}
 
     def category_shares(self) -> dict[str, float]:
         n = max(self.n_done, 1)
         return {k: v / n for k, v in self.category_counts().items()}
+
+    def category_percentages(self, *, min_confidence: float = 0.0) -> dict[str, int]:
+        """Whole percentages of the tiles per category that add up to exactly 100 (largest remainder)."""
+        return whole_percentages(self.category_counts(min_confidence=min_confidence))
+
+    def call(self) -> str:
+        """The slide's call in a few words, shares first: 'malignant 75% · benign 13% · normal 12%'."""
+        if self.n_done == 0:
+            return "no tile classified"
+        pct = self.category_percentages()
+        return " · ".join(f"{c} {pct[c]}%" for c in sorted(CATEGORIES, key=lambda c: -pct[c]))
 
     def heatmap(self, class_index: int) -> np.ndarray:
         """(n_rows, n_cols) probability of one class per grid cell; NaN where no finished tile."""
@@ -247,7 +316,8 @@ class AnalysisResult:
         }
 
     def summary(self) -> str:
-        shares = ", ".join(f"{k} {v:.0%}" for k, v in self.category_shares().items())
+        pct = self.category_percentages()
+        shares = ", ".join(f"{k} {pct[k]}%" for k in CATEGORIES)
         rate = self.timings.get("tiles_per_s")
         text = f"{self.n_done}/{self.n_tiles} tiles"
         if self.n_failed:
