@@ -145,6 +145,12 @@ def _signature(cfg: Any, fold: Fold) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _cache_tag(run: Any, name: str) -> str:
+    """Changes when a cached feature set is recomputed, so logits of its old tiles are never reused."""
+    stat = (run.cache / f"{name}.npy").stat()
+    return hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:8]
+
+
 def run_folds(run: Any, recipe: D.Recipe, samples: list[D.Sample], cfg: Any, folds: Sequence[Fold], work: Path,
               eval_names: dict[str, str] | None = None, say: Any = None) -> dict[str, dict[str, Any]]:
     """Train every fold and collect its test tiles' logits; resumable.
@@ -188,7 +194,7 @@ def run_folds(run: Any, recipe: D.Recipe, samples: list[D.Sample], cfg: Any, fol
             seconds_file.write_text(f"{time.time() - t:.1f}\n")
             say(f"{fold.protocol} {fold.name}: trained in {time.time() - t:.0f} s")
         for label, name in names.items():
-            path = Path(f"{stem}-{name}.npz")
+            path = Path(f"{stem}-{name}-{_cache_tag(run, name)}.npz")
             if not path.exists():
                 if model is None:
                     _, model = build_model(recipe, cfg, pretrained=False)
