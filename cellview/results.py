@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cellview.domain import OUT_OF_DOMAIN_RGBA, DomainInfo
 from cellview.model import CATEGORIES, CATEGORY_COLORS, ModelSpec, hex_to_rgb
 from cellview.morphology import TileNuclei
 from cellview.slide import Mpp, SlideInfo
@@ -41,14 +42,16 @@ class ModelInfo:
     temperature: float
     spacing_um_px: float
     patch_size_pixels: int
+    domain: DomainInfo | None = None  # the out-of-domain statistics used; None: the model has none
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ModelInfo:
+        domain = DomainInfo.from_stats(spec.domain, spec.domain_sha256) if spec.domain is not None else None
         return cls(
             name=spec.name, version=spec.version, sha256=spec.onnx_sha256, class_names=spec.class_names,
             class_categories=spec.class_categories, class_colors=spec.class_colors,
             activation=spec.activation, temperature=spec.temperature, spacing_um_px=spec.spacing_um_px,
-            patch_size_pixels=spec.patch_size_pixels,
+            patch_size_pixels=spec.patch_size_pixels, domain=domain,
         )
 
     @classmethod
@@ -56,6 +59,8 @@ class ModelInfo:
         data = dict(data)
         for key in ("class_names", "class_categories", "class_colors"):
             data[key] = tuple(data[key])
+        if data.get("domain") is not None:
+            data["domain"] = DomainInfo(**data["domain"])
         return cls(**data)
 
 
@@ -124,6 +129,7 @@ class AnalysisResult:
     created_unix: float = field(default_factory=time.time)
     from_cache: bool = False
     nuclei: TileNuclei | None = None  # per-tile nucleus measurements when params.nuclei
+    domain_score: np.ndarray | None = None  # (N,) float32 0–1, NaN where not done; None: model has no statistics
 
     def with_slide(self, slide: SlideInfo) -> AnalysisResult:
         """The same result found again for a slide at another path (cache hit)."""
@@ -153,6 +159,54 @@ class AnalysisResult:
     def n_failed(self) -> int:
         return int((self.state == TileState.FAILED).sum())
 
+    # -- out of domain ------------------------------------------------------------------------------
+
+    @property
+    def has_domain(self) -> bool:
+        """Tiles carry a domain score (the model had domain statistics)."""
+        return self.domain_score is not None and self.model.domain is not None
+
+    @cached_property
+    def in_domain(self) -> np.ndarray:
+        """(N,) bool: done and like the training data. Without domain statistics every done tile counts."""
+        if not self.has_domain:
+            return self.done.copy()
+        assert self.domain_score is not None and self.model.domain is not None
+        return self.done & (np.nan_to_num(self.domain_score, nan=-1.0) >= self.model.domain.threshold)
+
+    @property
+    def out_of_domain(self) -> np.ndarray:
+        """(N,) bool: done and scored out of domain (all False without domain statistics)."""
+        return self.done & ~self.in_domain
+
+    @property
+    def in_domain_fraction(self) -> float | None:
+        """Share of the finished tiles that are in domain; None without domain statistics or tiles."""
+        if not self.has_domain or self.n_done == 0:
+            return None
+        return float(self.in_domain.sum() / self.n_done)
+
+    def counted(self, include_out_of_domain: bool = False) -> np.ndarray:
+        """The tiles that counts, shares and regions use: in-domain ones unless told otherwise."""
+        return self.done if include_out_of_domain else self.in_domain
+
+    def domain_grid(self) -> np.ndarray:
+        """(n_rows, n_cols) float32 domain score per grid cell; NaN where none (or no statistics)."""
+        out = np.full(self.grid.shape, np.nan, dtype=np.float32)
+        if self.domain_score is not None:
+            d = self.done
+            out[self.grid.grid_row[d], self.grid.grid_col[d]] = self.domain_score[d]
+        return out
+
+    def out_of_domain_grid(self) -> np.ndarray:
+        """(n_rows, n_cols) bool: cells whose tile is out of domain (for hatching in a view)."""
+        out = np.zeros(self.grid.shape, dtype=bool)
+        ood = self.out_of_domain
+        out[self.grid.grid_row[ood], self.grid.grid_col[ood]] = True
+        return out
+
+    # -- predictions --------------------------------------------------------------------------------
+
     @cached_property
     def category_probs(self) -> np.ndarray:
         return category_probabilities(np.nan_to_num(self.probs), self.model.class_categories, self.model.activation)
@@ -179,17 +233,23 @@ class AnalysisResult:
         conf = np.take_along_axis(self.category_probs, np.maximum(self.pred_category, 0)[:, None], axis=1)[:, 0]
         return np.where(self.done, conf, np.nan).astype(np.float32)
 
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.pred_class[self.done], minlength=len(self.model.class_names))
+    def class_counts(self, include_out_of_domain: bool = False) -> dict[str, int]:
+        """Tiles per class; out-of-domain tiles are left out unless asked for."""
+        use = self.counted(include_out_of_domain)
+        counts = np.bincount(self.pred_class[use], minlength=len(self.model.class_names))
         return {name: int(n) for name, n in zip(self.model.class_names, counts)}
 
-    def category_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.pred_category[self.done], minlength=len(CATEGORIES))
+    def category_counts(self, include_out_of_domain: bool = False) -> dict[str, int]:
+        """Tiles per category; out-of-domain tiles are left out unless asked for."""
+        use = self.counted(include_out_of_domain)
+        counts = np.bincount(self.pred_category[use], minlength=len(CATEGORIES))
         return {name: int(n) for name, n in zip(CATEGORIES, counts)}
 
-    def category_shares(self) -> dict[str, float]:
-        n = max(self.n_done, 1)
-        return {k: v / n for k, v in self.category_counts().items()}
+    def category_shares(self, include_out_of_domain: bool = False) -> dict[str, float]:
+        """Share of each category among the counted tiles (all 0 when none is counted)."""
+        counts = self.category_counts(include_out_of_domain)
+        n = max(sum(counts.values()), 1)
+        return {k: v / n for k, v in counts.items()}
 
     def heatmap(self, class_index: int) -> np.ndarray:
         """(n_rows, n_cols) probability of one class per grid cell; NaN where no finished tile."""
@@ -203,23 +263,41 @@ class AnalysisResult:
         min_confidence: float = 0.0,
         categories: tuple[str, ...] = CATEGORIES,
         colors: dict[str, str] | None = None,
+        include_out_of_domain: bool = False,
+        out_of_domain_rgba: tuple[int, int, int, int] | None = OUT_OF_DOMAIN_RGBA,
     ) -> np.ndarray:
-        """(n_rows, n_cols, 4) uint8: category colour, alpha = confidence (0 where hidden)."""
+        """(n_rows, n_cols, 4) uint8: category colour, alpha = confidence (0 where hidden).
+
+        Out-of-domain tiles get ``out_of_domain_rgba`` (grey; None: left transparent) instead of
+        their category colour, unless ``include_out_of_domain``.
+        """
         colors = colors or CATEGORY_COLORS
         palette = np.array([hex_to_rgb(colors[c]) for c in CATEGORIES], dtype=np.uint8)
         out = np.zeros((*self.grid.shape, 4), dtype=np.uint8)
-        show = self.done & (np.nan_to_num(self.confidence) >= min_confidence)
+        show = self.counted(include_out_of_domain) & (np.nan_to_num(self.confidence) >= min_confidence)
         show &= np.isin(self.pred_category, [CATEGORIES.index(c) for c in categories])
         rows, cols = self.grid.grid_row[show], self.grid.grid_col[show]
         out[rows, cols, :3] = palette[self.pred_category[show]]
         out[rows, cols, 3] = np.clip(np.round(self.confidence[show] * 255), 0, 255).astype(np.uint8)
+        if not include_out_of_domain and out_of_domain_rgba is not None:
+            ood = self.out_of_domain
+            out[self.grid.grid_row[ood], self.grid.grid_col[ood]] = out_of_domain_rgba
         return out
 
-    def image_level(self) -> dict[str, Any]:
-        """Whole-image call: the mean of the finished tiles' probabilities."""
-        if self.n_done == 0:
-            return {"probs": None, "pred_class": None, "pred_category": None, "confidence": None}
-        mean = self.probs[self.done].mean(axis=0, dtype=np.float64).astype(np.float32)
+    def image_level(self, include_out_of_domain: bool = False) -> dict[str, Any]:
+        """Whole-image call: the mean of the counted tiles' probabilities.
+
+        Out-of-domain tiles are left out; when every tile is out of domain the call is made from
+        all of them and ``based_on`` says it is unreliable.
+        """
+        use = self.counted(include_out_of_domain)
+        based_on = "all tiles" if include_out_of_domain or not self.has_domain else "in-domain tiles"
+        if not use.any() and self.n_done:
+            use, based_on = self.done, "out-of-domain tiles only (unreliable)"
+        if not use.any():
+            return {"probs": None, "pred_class": None, "pred_category": None, "confidence": None,
+                    "n_tiles": 0, "based_on": based_on}
+        mean = self.probs[use].mean(axis=0, dtype=np.float64).astype(np.float32)
         cat = category_probabilities(mean[None, :], self.model.class_categories, self.model.activation)[0]
         k = int(np.argmax(cat))
         members = [i for i, c in enumerate(self.model.class_categories) if c == CATEGORIES[k]]
@@ -229,17 +307,24 @@ class AnalysisResult:
             "pred_class": self.model.class_names[cls],
             "pred_category": CATEGORIES[k],
             "confidence": float(cat[k]),
+            "n_tiles": int(use.sum()),
+            "based_on": based_on,
         }
 
     def summary(self) -> str:
+        """One line per slide: tiles, speed, provider, category shares, and the domain phrase."""
+        from cellview.domain import summary_text
+
         shares = ", ".join(f"{k} {v:.0%}" for k, v in self.category_shares().items())
+        if self.has_domain and self.n_done and not self.in_domain.any():
+            shares = "no in-domain tiles to share out"
         rate = self.timings.get("tiles_per_s")
         text = f"{self.n_done}/{self.n_tiles} tiles"
         if self.n_failed:
             text += f" ({self.n_failed} failed)"
         if rate and not self.from_cache:
             text += f", {rate:.1f} tiles/s"
-        text += f", {self.provider}; {shares}"
+        text += f", {self.provider}; {shares}; {summary_text(self)}"
         if self.from_cache:
             text += " (cached)"
         if self.status != "complete":
