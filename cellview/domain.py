@@ -6,15 +6,18 @@ Method (stored next to the model as ``domain.npz``, its sha256 in the sidecar):
 2. Distance: class-conditional Mahalanobis distance with one covariance shared by all classes
    (Lee et al., NeurIPS 2018, "A simple unified framework for detecting out-of-distribution
    samples"), to the nearest class mean: d(x) = min_k (x − μ_k)ᵀ Σ⁻¹ (x − μ_k). Means and Σ are
-   fitted on the training split's tiles. Σ is estimated as a probabilistic PCA (Tipping & Bishop,
-   1999): the top ``d`` principal directions of the within-class scatter keep their variances,
-   the rest share one (their mean). That shrinks the many poorly estimated small directions
-   without throwing them away (a tile far off the training subspace still scores as far), stores
-   D × d numbers instead of D × D, and makes a tile's score cost O(D · d). ``d`` is chosen by
-   the held-out log-likelihood of the validation split's tiles.
-3. Score: a conformal p-value against held-out in-domain tiles (the validation split):
-   ``domain_score`` = share of those tiles at least as far from the training data as this one,
-   in (0, 1]; higher = more like the training data.
+   fitted on the training split's tiles; in Σ every training source (dataset) weighs the same,
+   so a small source's variation is not drowned by a large one's. Σ is estimated as a
+   probabilistic PCA (Tipping & Bishop, 1999): the top ``d`` principal directions of the
+   within-class scatter keep their variances, the rest share one (their mean). That shrinks the
+   many poorly estimated small directions without throwing them away (a tile far off the
+   training subspace still scores as far), stores D × d numbers instead of D × D, and makes a
+   tile's score cost O(D · d). ``d`` is chosen by the log-likelihood of the validation tiles.
+3. Score: a conformal p-value against held-out in-domain tiles: ``domain_score`` = share of
+   those tiles at least as far from the training data as this one, in (0, 1]; higher = more
+   like the training data. The held-out tiles are the validation split's plus the training
+   split's scored out of fold (5 folds of whole patients / groups), so every source is
+   calibrated on hundreds of tiles.
 4. ``in_domain`` = ``domain_score ≥ threshold`` (0.05: the 95th percentile of held-out in-domain
    distances is the boundary, so about 95 % of new in-domain tiles stay in domain).
 5. Artefacts: a tile can resemble training tissue in feature space and still be glass, out of
@@ -53,8 +56,8 @@ BANNER_BELOW = 0.5
 OUT_OF_DOMAIN_RGBA = (128, 128, 128, 170)
 """How out-of-domain tiles are painted by default: grey, not in a category colour."""
 
-METHOD = ("class-conditional Mahalanobis distance to the nearest class mean, shared PPCA covariance "
-          "(Lee et al. 2018), on the model's pooled features; with tissue, sharpness and ink checks; "
+METHOD = ("class-conditional Mahalanobis distance to the nearest class mean, shared source-balanced PPCA "
+          "covariance (Lee et al. 2018), on the model's pooled features; with tissue, sharpness and ink checks; "
           "conformal p-value against held-out in-domain tiles")
 COMPONENT_CHOICES = (8, 16, 32, 64, 128, 256)
 
@@ -94,8 +97,8 @@ def tile_quality(tiles: np.ndarray) -> np.ndarray:
         if n > 16:
             lap = cv2.Laplacian(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), cv2.CV_32F, ksize=3)
             out[i, 1] = np.log1p(float(lap[material].var()))
-            green_cyan = (sat > 40) & (hue >= 35) & (hue <= 105)  # OpenCV hue 0..180: green 60, cyan 90
-            black = (val < 100) & (sat < 90)  # dark but greyish; dense nuclei are dark and saturated
+            green_cyan = (sat > 80) & (hue >= 40) & (hue <= 95)  # OpenCV hue 0..180: green 60, cyan 90
+            black = (val < 80) & (sat < 70)  # dark and greyish; dense nuclei are dark but saturated
             out[i, 2] = -float((material & (green_cyan | black)).sum()) / n
     return out
 
@@ -264,14 +267,30 @@ class DomainStats:
 # ----------------------------------------------------------------------------- fitting
 
 
-def _within_class_scatter(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(class ids present, class means (K, D), within-class covariance (D, D)), float64."""
+def source_weights(sources: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Per-tile weights summing to 1 in which every source (dataset) weighs the same."""
+    sources = np.asarray(sources)
+    w = np.zeros(len(sources))
+    names = np.unique(sources)
+    for name in names:
+        hit = sources == name
+        w[hit] = 1.0 / (hit.sum() * len(names))
+    return w
+
+
+def _within_class_scatter(features: np.ndarray, labels: np.ndarray,
+                          weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(class ids, class means (K, D), eigenvalues descending, eigenvectors) of the weighted within-class scatter."""
     f = np.asarray(features, np.float64)
     classes = np.unique(labels)
     means = np.stack([f[labels == c].mean(axis=0) for c in classes])
     centred = f - means[np.searchsorted(classes, labels)]
-    cov = centred.T @ centred / max(len(f) - len(classes), 1)
-    return classes, means, cov
+    w = weights / weights.sum()
+    n_eff = 1.0 / float((w * w).sum())  # effective sample size, for the unbiased scale
+    cov = (centred * w[:, None]).T @ centred * n_eff / max(n_eff - len(classes), 1.0)
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1]
+    return classes, means, np.maximum(vals[order], 0.0), vecs[:, order]
 
 
 def _ppca(eigvals_desc: np.ndarray, d: int) -> tuple[np.ndarray, float]:
@@ -296,24 +315,43 @@ def _heldout_loglik(stats_means: np.ndarray, classes: np.ndarray, vecs: np.ndarr
     return float(-0.5 * (logdet + maha).mean())
 
 
+def _bare_stats(means: np.ndarray, eigvals: np.ndarray, eigvecs: np.ndarray, d: int,
+                threshold: float = DEFAULT_THRESHOLD, info: dict[str, Any] | None = None) -> DomainStats:
+    """Statistics without calibration (enough for ``distance``), stored as float32 like the file."""
+    vals, resid = _ppca(eigvals, d)
+    return DomainStats(
+        class_means=means.astype(np.float32), basis=eigvecs[:, :d].astype(np.float32), eigvals=vals.astype(np.float32),
+        residual_var=float(resid), cal_distance=np.zeros(1, np.float32),
+        cal_quality=np.zeros((1, len(QUALITY_CHECKS)), np.float32), cal_combined=np.zeros(1), threshold=threshold,
+        info=info or {},
+    )
+
+
 def fit_domain(train_features: np.ndarray, train_labels: np.ndarray, cal_features: np.ndarray,
                cal_labels: np.ndarray, cal_quality: np.ndarray, components: int | None = None,
-               threshold: float = DEFAULT_THRESHOLD, info: dict[str, Any] | None = None) -> DomainStats:
+               threshold: float = DEFAULT_THRESHOLD, info: dict[str, Any] | None = None,
+               train_sources: Sequence[str] | np.ndarray | None = None,
+               train_groups: Sequence[str] | np.ndarray | None = None, train_quality: np.ndarray | None = None,
+               folds: int = 5, seed: int = 0) -> DomainStats:
     """Fit on the training split's tiles, choose ``d`` and calibrate on held-out in-domain tiles.
 
-    ``cal_quality`` = ``tile_quality`` of the held-out tiles. ``components`` None: the ``d`` in
-    COMPONENT_CHOICES with the best held-out log-likelihood (labels of the held-out tiles used
-    only for that choice).
+    - ``cal_*``: the validation split's tiles (``cal_quality`` = their ``tile_quality``).
+    - ``train_sources``: the covariance weighs every source (dataset) the same, so a small
+      source's variation is not drowned by a large one's (its tiles would otherwise all look far).
+    - ``train_groups`` + ``train_quality``: the training tiles join the calibration set with
+      out-of-fold distances (``folds`` folds of whole groups: a tile's patient never helped fit the
+      statistics that score it), so small sources are calibrated on hundreds of tiles, not a few.
+    - ``components`` None: the ``d`` in COMPONENT_CHOICES with the best log-likelihood of the
+      validation tiles (their labels are used only for that choice).
     """
+    train_features = np.asarray(train_features)
     train_labels = np.asarray(train_labels)
     cal_labels = np.asarray(cal_labels)
     if len(train_features) < 10 or len(cal_features) < 10:
         raise ValueError("Fitting domain statistics needs at least 10 training and 10 held-out tiles.")
-    classes, means, cov = _within_class_scatter(train_features, train_labels)
-    w, v = np.linalg.eigh(cov)
-    order = np.argsort(w)[::-1]
-    w, v = np.maximum(w[order], 0.0), v[:, order]
-    dim = cov.shape[0]
+    weights = source_weights(train_sources) if train_sources is not None else np.ones(len(train_features))
+    classes, means, w, v = _within_class_scatter(train_features, train_labels, weights)
+    dim = v.shape[0]
     limit = max(1, min(dim - 1, len(train_features) - len(classes) - 1))
     choices = [d for d in COMPONENT_CHOICES if d <= limit] or [limit]
     if components and components not in choices:
@@ -324,28 +362,54 @@ def fit_domain(train_features: np.ndarray, train_labels: np.ndarray, cal_feature
         loglik[d] = _heldout_loglik(means, classes, v[:, :d], vals, resid, cal_features, cal_labels)
     chosen = int(components) if components else max(loglik, key=lambda d: loglik[d])
     chosen = max(1, min(chosen, limit))
-    vals, resid = _ppca(w, chosen)
     info = dict(info or {})
     info.update({
         "method": METHOD, "components": chosen, "feature_dim": int(dim),
         "heldout_loglik_per_components": {str(k): round(val, 3) for k, val in loglik.items()},
-        "n_fit_tiles": int(len(train_features)), "n_calibration_tiles": int(len(cal_features)),
-        "classes_fitted": [int(c) for c in classes],
+        "n_fit_tiles": int(len(train_features)), "classes_fitted": [int(c) for c in classes],
+        "covariance": "each training source weighs the same" if train_sources is not None else "every tile the same",
     })
-    base = DomainStats(
-        class_means=means.astype(np.float32), basis=v[:, :chosen].astype(np.float32), eigvals=vals.astype(np.float32),
-        residual_var=float(resid), cal_distance=np.zeros(1, np.float32),
-        cal_quality=np.zeros((1, len(QUALITY_CHECKS)), np.float32), cal_combined=np.zeros(1), threshold=threshold,
-        info=info,
-    )
+    base = _bare_stats(means, w, v, chosen, threshold, info)
     # Calibrate with the stored (float32) arrays, so the file reproduces its own calibration exactly.
-    cal_d = np.sort(base.distance(cal_features))
-    cal_q = np.sort(np.asarray(cal_quality, np.float32), axis=0)
-    staged = DomainStats(base.class_means, base.basis, base.eigvals, base.residual_var, cal_d, cal_q,
-                         np.zeros(1), threshold, info)
-    combined = np.sort(staged.combined(staged.pvalues(cal_features, cal_quality)))
-    return DomainStats(base.class_means, base.basis, base.eigvals, base.residual_var, cal_d, cal_q, combined,
-                       threshold, info)
+    cal_d = [base.distance(cal_features)]
+    cal_q = [np.asarray(cal_quality, np.float32)]
+    if train_groups is not None and train_quality is not None and folds > 1:
+        oof = _out_of_fold_distances(train_features, train_labels, weights, np.asarray(train_groups), chosen, folds,
+                                     seed)
+        if oof is not None:
+            cal_d.append(oof)
+            cal_q.append(np.asarray(train_quality, np.float32))
+    calibration = np.concatenate(cal_d)
+    quality = np.concatenate(cal_q)
+    info["n_calibration_tiles"] = int(len(calibration))
+    info["calibration"] = ("validation split's tiles" + (f" + training tiles out of fold ({folds} group folds)"
+                                                         if len(cal_d) > 1 else ""))
+    staged = DomainStats(base.class_means, base.basis, base.eigvals, base.residual_var, np.sort(calibration),
+                         np.sort(quality, axis=0), np.zeros(1), threshold, info)
+    p = np.stack([_upper_tail_pvalue(staged.cal_distance, calibration),
+                  *[_lower_tail_pvalue(staged.cal_quality[:, j], quality[:, j]) for j in range(len(QUALITY_CHECKS))]],
+                 axis=1)
+    combined = np.sort(staged.combined(p))
+    return DomainStats(staged.class_means, staged.basis, staged.eigvals, staged.residual_var, staged.cal_distance,
+                       staged.cal_quality, combined, threshold, info)
+
+
+def _out_of_fold_distances(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, groups: np.ndarray, d: int,
+                           folds: int, seed: int) -> np.ndarray | None:
+    """Each training tile's distance under statistics fitted without its group's fold (None: too few groups)."""
+    names = np.unique(groups)
+    if len(names) < folds:
+        return None
+    fold_of = dict(zip(names.tolist(), np.random.default_rng(seed).permutation(len(names)) % folds))
+    fold = np.array([fold_of[g] for g in groups.tolist()])
+    out = np.empty(len(features), np.float32)
+    for k in range(folds):
+        fit = fold != k
+        if len(np.unique(labels[fit])) < 1 or fit.sum() <= d + 1:
+            return None
+        classes, means, w, v = _within_class_scatter(features[fit], labels[fit], weights[fit])
+        out[~fit] = _bare_stats(means, w, v, min(d, v.shape[0] - 1)).distance(features[~fit])
+    return out
 
 
 # ----------------------------------------------------------------------------- summaries

@@ -161,12 +161,16 @@ def sample_tiles(samples: Sequence[D.Sample], spacing_um: float, patch: int, max
     return np.concatenate(tiles), np.concatenate(index)
 
 
+_CACHE_VERSION = 2  # bump when tile_quality or the evaluation tiles change
+
+
 def sample_features(clf: OnnxClassifier, samples: Sequence[D.Sample], desc: str, cache: Path | None = None,
                     max_per_image: int = 0, spacing_override: float | None = None, chunk: int = 64) -> TileSet:
     """Features of every evaluation tile of ``samples``, cached on disk by model + images + options."""
     spec = clf.spec
-    key = hashlib.sha256(json.dumps([spec.onnx_sha256, [s.path for s in samples], max_per_image, spacing_override,
-                                     spec.spacing_um_px, spec.patch_size_pixels, list(QUALITY_CHECKS)]).encode())
+    key = hashlib.sha256(json.dumps([_CACHE_VERSION, spec.onnx_sha256, [s.path for s in samples], max_per_image,
+                                     spacing_override, spec.spacing_um_px, spec.patch_size_pixels,
+                                     list(QUALITY_CHECKS)]).encode())
     path = Path(cache) / f"{desc}_{key.hexdigest()[:16]}.npz" if cache else None
     if path is not None and path.exists():
         with np.load(path) as z:
@@ -223,10 +227,12 @@ def fit_model_domain(model_path: Path, samples: Sequence[D.Sample], split: np.nd
     va = sample_features(clf, val, "val", cache)
     tr_labels = np.array([s.label for s in train])[tr.image]
     va_labels = np.array([s.label for s in val])[va.image]
-    info = {"training_data": training_data, "n_fit_images": len(train), "n_calibration_images": len(val),
-            "split": "fitted on the training split's tiles, calibrated on the validation split's tiles"}
+    info = {"training_data": training_data, "n_fit_images": len(train), "n_validation_images": len(val),
+            "split": "fitted on the training split's tiles; calibrated on the validation split's tiles and the "
+                     "training tiles out of fold"}
     stats = fit_domain(tr.features, tr_labels, va.features, va_labels, va.quality, components=components,
-                       threshold=threshold, info=info)
+                       threshold=threshold, info=info, train_sources=np.array([s.source for s in train])[tr.image],
+                       train_groups=np.array([s.group for s in train])[tr.image], train_quality=tr.quality)
     write_domain(spec.onnx_path, stats)
     return stats, {"train_tiles": len(tr), "val_tiles": len(va)}
 
@@ -453,9 +459,9 @@ def report_markdown(report: dict[str, Any], command: str) -> str:
         "",
         f"Every tile gets a `domain_score` (0–1, higher = more like the training data) and `in_domain` "
         f"(score ≥ {report['threshold']}). Method: {report['method']}; {report['components']} principal "
-        "directions. Statistics: `domain.npz` (sha256 in `model.json`), fitted on the training split's tiles "
-        "and calibrated on the validation split's. Evaluated on the grouped **test** split (patients / "
-        "near-duplicate groups never seen in fitting or calibration):",
+        "directions. Statistics: `domain.npz` (sha256 in `model.json`), fitted on the training split's tiles, "
+        "calibrated on the validation split's tiles and the training tiles scored out of fold. Evaluated on the "
+        "grouped **test** split (patients / near-duplicate groups never seen in fitting or calibration):",
         "",
         f"- In-domain test tiles kept in domain: **{ind['in_domain_fraction']:.1%}** of {ind['tiles']} tiles "
         f"({ind['images']} images)"
@@ -560,8 +566,8 @@ def cmd_domain(args: Any) -> int:
             stats, n = fit_model_domain(model, samples, split, args.describe or domain_phrase(recipe), cache,
                                         args.components)
             _say(f"domain statistics: {stats.components} principal directions of {stats.feature_dim} features, "
-                 f"fitted on {n['train_tiles']} training tiles, calibrated on {n['val_tiles']} validation tiles; "
-                 f"wrote {ModelSpec.load(model).domain_path}")
+                 f"fitted on {n['train_tiles']} training tiles, calibrated on {stats.info['n_calibration_tiles']} "
+                 f"held-out tiles ({stats.info['calibration']}); wrote {ModelSpec.load(model).domain_path}")
             if not (args.other or args.slide or args.card or args.out):
                 return 0
         report = evaluate_model_domain(model, samples, split, _others(args, cache), cache)
@@ -578,6 +584,18 @@ def cmd_domain(args: Any) -> int:
 
 
 def _command_line() -> str:
+    """The command as typed, without the options that only name scratch files (--out, --cache)."""
     import shlex
 
-    return " ".join(shlex.quote(a) for a in ["cellview", *sys.argv[1:]])
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a in ("--out", "--cache"):
+            skip = True
+            continue
+        if a.startswith(("--out=", "--cache=")):
+            continue
+        args.append(a)
+    return " ".join(shlex.quote(a) for a in ["cellview", *args])
