@@ -246,8 +246,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         try:
             spec = ModelSpec.load(path)
             mark = " (default)" if name == DEFAULT_MODEL else ""
+            domain = "domain score" if spec.domain is not None else "no domain score"
             print(f"{name}{mark}: {len(spec.class_names)} classes {', '.join(spec.class_names)}; "
-                  f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px")
+                  f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px; {domain}")
         except CellviewError as exc:
             print(f"{name}: INVALID: {exc.message}")
     return 0

@@ -10,6 +10,7 @@ the viewer and kiosk draw ``TileExplanation`` with their own widgets.
 from __future__ import annotations
 
 import io
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,10 +220,12 @@ def explanation_png(ex: TileExplanation, scale: int = 2) -> bytes:
         draw.text((px, py), "domain score: not available for this model", fill=grey, font=small)
     else:
         verdict = "in domain" if ex.in_domain else "OUT OF DOMAIN: the call is unreliable"
-        draw.text((px, py), f"domain score {ex.domain_score:.3f} — {verdict}"[:52],
-                  fill=green if ex.in_domain else red, font=small)
-        py += 16
-        draw.text((px, py), f"(1 = like {ex.training_data})"[:56], fill=grey, font=small)
+        for line in textwrap.wrap(f"domain score {ex.domain_score:.3f} — {verdict}", 50):
+            draw.text((px, py), line, fill=green if ex.in_domain else red, font=small)
+            py += 16
+        for line in textwrap.wrap(f"(0–1; 1 = like {ex.training_data})", 54):
+            draw.text((px, py), line, fill=grey, font=small)
+            py += 16
     draw.text((pad, height - 22), "Research use only. Not for clinical diagnosis.", fill=grey, font=small)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG", compress_level=6)

@@ -280,7 +280,7 @@ def metadata_dict(result: AnalysisResult, outputs: Iterable[str] = (), extra: di
 
 def domain_dict(result: AnalysisResult) -> dict[str, Any]:
     """The metadata's ``domain`` object: whether a score exists, how it was made, what it says."""
-    from cellview.domain import NOT_AVAILABLE, domain_banner
+    from cellview.domain import NOT_AVAILABLE, TISSUE_TILE, domain_banner
 
     info = result.model.domain
     if info is None or not result.has_domain:
@@ -293,6 +293,8 @@ def domain_dict(result: AnalysisResult) -> dict[str, Any]:
         "score": "conformal p-value: share of held-out in-domain tiles at least as unlike the training data; "
                  "in_domain = domain_score >= threshold",
         "in_domain_tiles": int(result.in_domain.sum()), "out_of_domain_tiles": int(result.out_of_domain.sum()),
+        "in_domain_fraction_tissue_tiles": banner.in_domain_fraction,
+        "tissue_tiles": f"tiles at least {TISSUE_TILE:.0%} covered by tissue decide the warning",
         "mostly_out_of_domain": banner.show, "warning": banner.text if banner.show else None,
     }
 

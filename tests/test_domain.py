@@ -328,6 +328,11 @@ def test_banner_when_most_tissue_is_out_of_domain(odd_result):
     assert banner.show and "does not look like red, blue and green test tiles" in banner.text
     assert "unreliable" in mostly_odd.summary()
     assert mostly_odd.image_level()["based_on"] == "in-domain tiles"
+    # Glass-edged tiles at the border of the tissue do not make the tissue itself unlike the training data.
+    edges = np.where(np.arange(68) < 50, 0.3, 1.0).astype(np.float32)
+    bordered = dataclasses.replace(mostly_odd, grid=dataclasses.replace(mostly_odd.grid, tissue_fraction=edges))
+    assert bordered.in_domain_fraction < 0.5 and not domain_banner(bordered).show
+    assert "(100% of tissue tiles)" in bordered.summary() and "unreliable" not in bordered.summary()
     all_odd = dataclasses.replace(odd_result, domain_score=np.full(68, 0.001, np.float32))
     assert all_odd.image_level()["based_on"].startswith("out-of-domain tiles only")
     assert "no in-domain tiles" in all_odd.summary()

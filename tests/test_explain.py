@@ -206,7 +206,7 @@ def test_domain_fit_and_evaluate_from_a_run(tmp_path, capsys, squares_slide):
                  "--out", str(report_path), "--cache", str(tmp_path / "cache")])
     assert code == 0, capsys.readouterr().err
     spec = ModelSpec.load(model)
-    assert spec.domain is not None and spec.domain.training_data == "Toy squares"
+    assert spec.domain is not None and spec.domain.training_data == "toy squares"
     report = json.loads(report_path.read_text())
     assert report["in_domain_test"]["tiles"] == 9 * 4  # 9 test images × 4 tiles of 64 px
     assert set(report["sets"]) >= {"generated glass", "generated blur", "generated ink", "generated fold",

@@ -206,6 +206,9 @@ def domain_phrase(recipe: D.Recipe) -> str:
     if phrase:
         return str(phrase)
     head = recipe.description.split(":")[0].strip()
+    head = head[:-len(" tiles")] if head.lower().endswith(" tiles") else head
+    if len(head) > 1 and head[0].isupper() and head[1].islower():
+        head = head[0].lower() + head[1:]
     sources = ", ".join(sorted({s.name for s in recipe.sources if s.name}))
     return f"{head} ({sources})" if head and sources else head or sources or recipe.name
 
@@ -523,7 +526,9 @@ def _split(args: Any) -> tuple[D.Recipe, list[D.Sample], np.ndarray]:
     recipe = _recipe(args.recipe, args.data_root)
     samples, split, info = split_from_recipe(recipe, seed=args.seed, limit_per_class=args.limit_per_class,
                                              cache_dir=args.cache)
-    _say(f"rebuilt the grouped split of {recipe.name}: {info['split_counts']}; data sha256 {info['data_sha256'][:16]}…")
+    groups = f"; {info['groups']} near-duplicate groups" if "groups" in info else ""
+    _say(f"rebuilt the grouped split of {recipe.name}: {info['split_counts']}{groups}; "
+         f"data sha256 {info['data_sha256'][:16]}…")
     return recipe, samples, split
 
 
