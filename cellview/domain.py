@@ -37,6 +37,7 @@ import json
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,19 +148,31 @@ class DomainStats:
 
     # -- scoring --------------------------------------------------------------------------------
 
+    @cached_property
+    def _scoring(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+        """Prepared once: [basis | means ᵀ] as one float32 matrix, projected means, ‖μ‖², 1/variances."""
+        u = self.basis.astype(np.float64)
+        mu = self.class_means.astype(np.float64)
+        both = np.ascontiguousarray(np.hstack([u, mu.T]), dtype=np.float32)  # (D, d + K)
+        return both, mu @ u, (mu * mu).sum(1), 1.0 / self.eigvals.astype(np.float64), 1.0 / float(self.residual_var)
+
     def distance(self, features: np.ndarray) -> np.ndarray:
-        """(N,) squared Mahalanobis distance to the nearest class mean (NaN rows stay NaN)."""
-        f = np.asarray(features, dtype=np.float64)
+        """(N,) squared Mahalanobis distance to the nearest class mean (NaN rows stay NaN).
+
+        One float32 product with the D-wide arrays, the rest in float64. The product is an einsum
+        on purpose: a multi-threaded BLAS call this small, made right after ONNX Runtime's own
+        threads ran, waits on them (1.3 ms vs 20–70 ms per 32 tiles on 2 busy cores).
+        """
+        f = np.ascontiguousarray(features, dtype=np.float32)
         if f.ndim != 2 or f.shape[1] != self.feature_dim:
             raise ModelError(f"Domain statistics expect {self.feature_dim} features per tile, got {f.shape}.")
-        mu = self.class_means.astype(np.float64)
-        u = self.basis.astype(np.float64)
-        inv_l = 1.0 / self.eigvals.astype(np.float64)
-        inv_s = 1.0 / float(self.residual_var)
-        p, m = f @ u, mu @ u  # (N, d), (K, d)
-        sq = (f * f).sum(1)[:, None] - 2.0 * f @ mu.T + (mu * mu).sum(1)[None, :]  # ‖x − μ_k‖², (N, K)
+        both, m, mu_sq, inv_l, inv_s = self._scoring
+        d = self.components
+        prod = np.einsum("nd,dk->nk", f, both).astype(np.float64)  # no BLAS threads (see above)
+        p, f_mu = prod[:, :d], prod[:, d:]  # (N, d) projections, (N, K) products with the means
+        sq = (f.astype(np.float64) ** 2).sum(1)[:, None] - 2.0 * f_mu + mu_sq[None, :]  # ‖x − μ_k‖²
         out = np.empty(sq.shape)
-        for k in range(len(mu)):
+        for k in range(len(m)):
             proj = p - m[k]
             inside = (proj * proj).sum(1)
             out[:, k] = np.maximum(sq[:, k] - inside, 0.0) * inv_s + (proj * proj * inv_l).sum(1)
