@@ -214,8 +214,8 @@ def domain_phrase(recipe: D.Recipe) -> str:
 
 
 def fit_model_domain(model_path: Path, samples: Sequence[D.Sample], split: np.ndarray, training_data: str,
-                     cache: Path | None = None, components: int | None = None,
-                     threshold: float = 0.05) -> tuple[DomainStats, dict[str, Any]]:
+                     cache: Path | None = None, components: int | None = None, threshold: float = 0.05,
+                     command: str = "") -> tuple[DomainStats, dict[str, Any]]:
     """Fit on the training split, calibrate on the validation split, write ``domain.npz`` + sidecar entries."""
     spec = ModelSpec.load(model_path)
     spec = _without_domain(spec)
@@ -232,7 +232,7 @@ def fit_model_domain(model_path: Path, samples: Sequence[D.Sample], split: np.nd
     va_labels = np.array([s.label for s in val])[va.image]
     info = {"training_data": training_data, "n_fit_images": len(train), "n_validation_images": len(val),
             "split": "fitted on the training split's tiles; calibrated on the validation split's tiles and the "
-                     "training tiles out of fold"}
+                     "training tiles out of fold", "command": command}
     stats = fit_domain(tr.features, tr_labels, va.features, va_labels, va.quality, components=components,
                        threshold=threshold, info=info, train_sources=np.array([s.source for s in train])[tr.image],
                        train_groups=np.array([s.group for s in train])[tr.image], train_quality=tr.quality)
@@ -435,6 +435,7 @@ def evaluate_model_domain(model_path: Path, samples: Sequence[D.Sample], split: 
     report: dict[str, Any] = {
         "model": spec.name, "model_sha256": spec.onnx_sha256, "domain_sha256": spec.domain_sha256,
         "method": stats.info.get("method"), "components": stats.components, "threshold": stats.threshold,
+        "fit_command": stats.info.get("command", ""),
         "in_domain_test": {
             "tiles": len(ref), "images": len(test),
             "in_domain_fraction": round(float(stats.in_domain(s_ref).mean()), 4),
@@ -483,7 +484,11 @@ def report_markdown(report: dict[str, Any], command: str) -> str:
     lines += [
         "",
         "AUROC: probability that an in-domain test tile scores higher than a tile of the other set. "
-        "'Features only' is the Mahalanobis distance without the tissue / sharpness / ink checks.",
+        "'Features only' is the Mahalanobis distance without the tissue / sharpness / ink checks. Generated "
+        "tiles are made from test tiles (glass; Gaussian blur σ 3–6 px; blue / green / black marker strokes; "
+        "a band with doubled optical density for a fold). Limits of the method: docs/domain.md.",
+        *([f"Statistics fitted with: `{report['fit_command']}`"]
+          if report.get("fit_command") and report["fit_command"] != command else []),
         f"Reproduce: `{command}`",
     ]
     return "\n".join(lines) + "\n"
@@ -569,7 +574,7 @@ def cmd_domain(args: Any) -> int:
         cache = Path(args.cache) if args.cache else None
         if args.action == "fit":
             stats, n = fit_model_domain(model, samples, split, args.describe or domain_phrase(recipe), cache,
-                                        args.components)
+                                        args.components, command=_command_line())
             _say(f"domain statistics: {stats.components} principal directions of {stats.feature_dim} features, "
                  f"fitted on {n['train_tiles']} training tiles, calibrated on {stats.info['n_calibration_tiles']} "
                  f"held-out tiles ({stats.info['calibration']}); wrote {ModelSpec.load(model).domain_path}")

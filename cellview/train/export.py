@@ -179,14 +179,15 @@ def _fit_domain(run: Any, out_dir: Path, onnx_path: Path, recipe: D.Recipe, samp
 
     cache = run.path / "cache" / "domain"
     try:
-        fit_model_domain(onnx_path, samples, split, domain_phrase(recipe), cache)
+        fit_model_domain(onnx_path, samples, split, domain_phrase(recipe), cache,
+                         command=f"cellview export {run.path} --out {out_dir}")
         report = evaluate_model_domain(onnx_path, samples, split, {}, cache)
     except (CellviewError, ValueError) as exc:
         print(f"no domain statistics for {recipe.name}: {exc}", file=sys.stderr)
         return
     run.save_json("eval/domain.json", report)
-    command = (f"cellview export {run.path} --out {out_dir} (fits the statistics; figures against other organs and "
-               f"slides: cellview domain evaluate {out_dir} --run {run.path} --other RECIPE --slide SLIDE --card)")
+    command = (f"cellview export {run.path} --out {out_dir}; against other organs and slides: "
+               f"cellview domain evaluate {out_dir} --run {run.path} --other RECIPE --slide SLIDE --card")
     update_card(out_dir / "MODEL_CARD.md", report_markdown(report, command))
 
 
