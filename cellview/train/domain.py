@@ -568,6 +568,12 @@ def cmd_domain(args: Any) -> int:
     try:
         model = resolve_model(args.model)
         if args.action == "upgrade":
+            try:
+                import onnx  # noqa: F401
+            except ImportError:
+                print("cellview: `cellview domain upgrade` needs the onnx package: pip install 'cellview[train]'",
+                      file=sys.stderr)
+                return 2
             upgrade_model(model)
             return 0
         recipe, samples, split = _split(args)
