@@ -21,15 +21,14 @@ import platformdirs
 
 from cellview import __version__
 from cellview.export import atomic_write_bytes
-from cellview.morphology import TileNuclei
-from cellview.results import AnalysisParams, AnalysisResult, ModelInfo
-from cellview.slide import Mpp, SlideInfo
-from cellview.tiling import TileGrid
+from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei
+from cellview.slide import Mpp, SkippedLevel, SlideInfo
+from cellview.tiling import TILING_RULE, TileGrid
 from cellview.tissue import TissueMask
 
 log = logging.getLogger(__name__)
 
-_FORMAT = 1
+_FORMAT = 2  # 2: tiles inside the slide (tiling.TILING_RULE), skipped pyramid levels recorded
 _GRID_ARRAYS = ("grid_col", "grid_row", "l0_x", "l0_y", "tissue_fraction")
 
 
@@ -44,6 +43,7 @@ def cache_key(fingerprint: str, model_sha256: str, params: AnalysisParams, mpp: 
         "model": model_sha256,
         "params": params.cache_dict(),
         "mpp": [mpp.x_um, mpp.y_um] if mpp else None,
+        "tiling": TILING_RULE,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:40]
 
@@ -58,6 +58,7 @@ def slide_info_from_dict(data: dict[str, Any]) -> SlideInfo:
         path=data["path"], name=data["name"], vendor=data["vendor"], fingerprint=data["fingerprint"],
         level_dimensions=tuple(tuple(d) for d in data["level_dimensions"]),  # type: ignore[misc]
         level_downsamples=tuple(data["level_downsamples"]), mpp=mpp,
+        skipped_levels=tuple(SkippedLevel(**s) for s in data.get("skipped_levels", ())),
     )
 
 

@@ -126,8 +126,11 @@ def _up_to_date(meta_path: Path, outputs: dict[str, Path], fingerprint: str, mod
         old_params = AnalysisParams.from_dict(meta["parameters"])
     except (KeyError, TypeError):
         return False
+    from cellview.tiling import TILING_RULE
+
     return (
         meta.get("status") == "complete"
+        and meta.get("grid", {}).get("tiling_rule") == TILING_RULE
         and meta.get("slide", {}).get("fingerprint") == fingerprint
         and meta.get("model", {}).get("sha256") == model_sha
         and ((meta.get("domain") or {}).get("statistics_sha256") or "") == domain_sha
@@ -143,6 +146,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from cellview.export import FORMATS, export_options, export_slide_result, output_paths
     from cellview.model import ModelSpec, OnnxClassifier, resolve_model
     from cellview.pipeline import BatchDone, Finished, Started, analyze
+    from cellview.results import plural
     from cellview.slide import file_fingerprint
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -200,11 +204,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(f"{name}: {result.summary()}")
             if regions:
                 top = regions[0]
-                print(f"  malignant regions: {len(regions)}; largest {top.label()} ({top.n_tiles} tiles)")
+                print(f"  malignant regions: {len(regions)}; largest {top.label()} ({plural(top.n_tiles, 'tile')})")
             image_level = result.image_level()
             if (result.grid.whole_image or path.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"}) and image_level["pred_class"]:
                 print(f"  image: {image_level['pred_class']} ({image_level['pred_category']}, "
-                      f"{image_level['confidence']:.0%}; mean of {image_level['n_tiles']} {image_level['based_on']})")
+                      f"{image_level['confidence']:.0%}; mean of {plural(image_level['n_tiles'], 'tile')}, "
+                      f"{image_level['based_on']})")
             n_ok += 1
         except CellviewError as exc:
             failures.append((str(path), exc.message + (f" ({exc.details})" if exc.details and args.verbose else "")))
@@ -231,6 +236,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                 print(describe(slide))
         except SlideError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
+            if exc.details and getattr(args, "verbose", False):
+                print(f"  details: {exc.details}", file=sys.stderr)
             status = 1
     return status
 
@@ -374,12 +381,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def commands_epilog() -> str:
+    """The sub-commands with their one-line help, for the top-level help."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    lines = ["commands (headless; cellview COMMAND --help for their options):"]
+    lines += [f"  {name:<10} {helps.get(name, '')}" for name in sub.choices]
+    lines += ["", "examples:", "  cellview slide.svs                      open a slide in the viewer",
+              "  cellview --kiosk --watch /data/inbox    full-screen kiosk that analyses dropped slides",
+              "  cellview analyze slides/ --out results  analyse a folder headlessly"]
+    return "\n".join(lines)
+
+
 def build_gui_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cellview", description="Open the CellView viewer. Sub-commands: "
-                                + ", ".join(SUBCOMMANDS) + " (cellview COMMAND --help).")
+    p = argparse.ArgumentParser(
+        prog="cellview", usage="cellview [SLIDE] [--kiosk] [options]\n       cellview COMMAND [options]",
+        description="Open the CellView viewer (a slide or image, if given), or with --kiosk the full-screen "
+                    "touch kiosk; or run a headless COMMAND.",
+        epilog=commands_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"cellview {__version__}")
-    p.add_argument("slide", nargs="?", help="slide or image to open")
-    p.add_argument("--kiosk", action="store_true", help="full-screen kiosk mode")
+    p.add_argument("slide", nargs="?", help="slide or image to open in the viewer")
+    p.add_argument("--kiosk", action="store_true", help="full-screen kiosk mode (watch folder, touch controls)")
     p.add_argument("--watch", help="kiosk: folder to watch for new slides")
     p.add_argument("--outbox", help="kiosk: folder for exported results")
     p.add_argument("--kiosk-config", help="kiosk: settings file")
@@ -393,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="cellview: %(message)s")
     first = next((a for a in argv if not a.startswith("-")), None)
-    if first in SUBCOMMANDS or any(a in ("-h", "--help") for a in argv[:1]):
+    if first in SUBCOMMANDS:
         args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):
             build_parser().print_help()

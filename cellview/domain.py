@@ -39,15 +39,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
 from cellview.errors import ModelError
-
-if TYPE_CHECKING:
-    from cellview.results import AnalysisResult
 
 FORMAT = 1
 DOMAIN_FILE = "domain.npz"
@@ -461,53 +458,6 @@ class DomainBanner:
 
 TISSUE_TILE = 0.5
 """Tiles at least this much covered by tissue decide whether the tissue is like the training data."""
-
-
-def tissue_tile_fraction(result: AnalysisResult, min_tissue: float = TISSUE_TILE) -> float | None:
-    """In-domain share among tiles mostly covered by tissue (all analysed tiles when none is).
-
-    Tiles on the edge of the tissue are mostly glass, which the model never saw: they are out of
-    domain tile by tile, but say nothing about whether the tissue itself is the model's kind.
-    """
-    if result.in_domain_fraction is None:
-        return None
-    done = result.done
-    rich = done & (result.grid.tissue_fraction >= min_tissue)
-    use = rich if rich.any() else done
-    return float(result.in_domain[use].sum() / use.sum())
-
-
-def mostly_out_of_domain(result: AnalysisResult, below: float = BANNER_BELOW) -> bool:
-    frac = tissue_tile_fraction(result)
-    return frac is not None and frac < below
-
-
-def domain_banner(result: AnalysisResult, below: float = BANNER_BELOW) -> DomainBanner:
-    """Show a banner when fewer than ``below`` of the tissue tiles are in domain."""
-    frac = tissue_tile_fraction(result)
-    if frac is None:
-        return DomainBanner(False, NOT_AVAILABLE if result.model.domain is None else "", None)
-    if frac >= below:
-        return DomainBanner(False, f"{frac:.0%} of the analysed tissue is in the model's domain.", frac)
-    what = result.model.domain.training_data if result.model.domain else "the model's training data"
-    return DomainBanner(True, f"This tissue does not look like {what}; the calls are unreliable "
-                              f"({1 - frac:.0%} of the tissue tiles are out of domain).", frac)
-
-
-def summary_text(result: AnalysisResult) -> str:
-    """The CLI's per-slide domain phrase: 'in domain 12%' or the not-available sentence."""
-    frac = result.in_domain_fraction
-    if result.model.domain is None:
-        return NOT_AVAILABLE
-    if frac is None:
-        return "in domain: no tiles analysed"
-    text = f"in domain {frac:.0%}"
-    tissue = tissue_tile_fraction(result)
-    if tissue is not None and abs(tissue - frac) >= 0.005:
-        text += f" ({tissue:.0%} of tissue tiles)"
-    if mostly_out_of_domain(result):
-        text += f" — mostly unlike {result.model.domain.training_data}: the calls are unreliable"
-    return text
 
 
 def auroc(in_scores: Sequence[float] | np.ndarray, out_scores: Sequence[float] | np.ndarray) -> float:

@@ -21,8 +21,8 @@ from cellview.cache import ResultCache, cache_key
 from cellview.domain import QUALITY_CHECKS, tile_quality
 from cellview.errors import AnalysisError, CellviewError, SlideError
 from cellview.model import ModelSpec, OnnxClassifier
-from cellview.morphology import TileNuclei, measure_nuclei, patch_mpp
-from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
+from cellview.morphology import measure_nuclei, patch_mpp
+from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei, TileState
 from cellview.slide import Slide, open_slide
 from cellview.tiling import TileGrid, build_grid, read_tile
 from cellview.tissue import TissueMask, detect_tissue

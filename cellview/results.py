@@ -14,12 +14,43 @@ from typing import Any
 
 import numpy as np
 
-from cellview.domain import OUT_OF_DOMAIN_RGBA, DomainInfo
+from cellview.domain import BANNER_BELOW, NOT_AVAILABLE, OUT_OF_DOMAIN_RGBA, TISSUE_TILE, DomainBanner, DomainInfo
 from cellview.model import CATEGORIES, CATEGORY_COLORS, ModelSpec, hex_to_rgb
-from cellview.morphology import TileNuclei
 from cellview.slide import Mpp, SlideInfo
 from cellview.tiling import TileGrid
 from cellview.tissue import TissueMask, TissueParams
+
+
+@dataclass(frozen=True, eq=False)
+class TileNuclei:
+    """Per-tile nucleus measurements of a result: ``values[i]`` in FIELDS order, NaN = not measured."""
+
+    values: np.ndarray  # (n_tiles, len(FIELDS)) float32
+    area_unit: str  # "um2" or "px2"
+
+    FIELDS = ("count", "density_per_mm2", "mean_area", "median_area", "mean_circularity", "mean_eccentricity")
+
+    @classmethod
+    def empty(cls, n_tiles: int, area_unit: str) -> TileNuclei:
+        return cls(np.full((n_tiles, len(cls.FIELDS)), np.nan, dtype=np.float32), area_unit)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        if name in TileNuclei.FIELDS:
+            return self.values[:, TileNuclei.FIELDS.index(name)]
+        raise AttributeError(name)
+
+    @property
+    def measured(self) -> np.ndarray:
+        return np.isfinite(self.values[:, 0])
+
+    def column_names(self) -> tuple[str, ...]:
+        """Export column names, the area unit in the name (µm² → ``um2``; unknown scale → ``px2``)."""
+        u = self.area_unit
+        return ("nuclei_count", "nuclei_density_per_mm2", f"nuclei_mean_area_{u}", f"nuclei_median_area_{u}",
+                "nuclei_mean_circularity", "nuclei_mean_eccentricity")
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {name: self.values[:, k] for k, name in enumerate(self.column_names())}
 
 
 class TileState(IntEnum):
@@ -98,6 +129,26 @@ class AnalysisParams:
         data = dict(data)
         data["tissue"] = TissueParams(**data.get("tissue", {}))
         return cls(**data)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 tile', '2 tiles', '1,204 tiles'."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+def whole_percentages(counts: dict[str, int]) -> dict[str, int]:
+    """Integer percentages that add up to 100 (largest-remainder rounding), all 0 when nothing is counted.
+
+    Rounding each share alone shows 99% or 101% in total (33/33/33); shares a person reads must add up.
+    """
+    total = sum(counts.values())
+    if total <= 0:
+        return {k: 0 for k in counts}
+    exact = {k: 100.0 * v / total for k, v in counts.items()}
+    out = {k: int(np.floor(v)) for k, v in exact.items()}
+    for k in sorted(counts, key=lambda k: (-(exact[k] - out[k]), -counts[k]))[: 100 - sum(out.values())]:
+        out[k] += 1
+    return out
 
 
 def category_probabilities(probs: np.ndarray, class_categories: tuple[str, ...], activation: str) -> np.ndarray:
@@ -239,10 +290,18 @@ class AnalysisResult:
         counts = np.bincount(self.pred_class[use], minlength=len(self.model.class_names))
         return {name: int(n) for name, n in zip(self.model.class_names, counts)}
 
-    def category_counts(self, include_out_of_domain: bool = False) -> dict[str, int]:
-        """Tiles per category; out-of-domain tiles are left out unless asked for."""
+    def confident(self, min_confidence: float = 0.0, include_out_of_domain: bool = False) -> np.ndarray:
+        """Counted tiles (in-domain ones unless told otherwise) at least ``min_confidence`` sure (the viewer's filter)."""
         use = self.counted(include_out_of_domain)
-        counts = np.bincount(self.pred_category[use], minlength=len(CATEGORIES))
+        if min_confidence <= 0:
+            return use
+        return use & (np.nan_to_num(self.confidence, nan=-1.0) >= min_confidence)
+
+    def category_counts(self, include_out_of_domain: bool = False, *, min_confidence: float = 0.0) -> dict[str, int]:
+        """Tiles per category; out-of-domain tiles are left out unless asked for, and with
+        ``min_confidence`` only those the confidence filter keeps."""
+        counts = np.bincount(self.pred_category[self.confident(min_confidence, include_out_of_domain)],
+                             minlength=len(CATEGORIES))
         return {name: int(n) for name, n in zip(CATEGORIES, counts)}
 
     def category_shares(self, include_out_of_domain: bool = False) -> dict[str, float]:
@@ -250,6 +309,20 @@ class AnalysisResult:
         counts = self.category_counts(include_out_of_domain)
         n = max(sum(counts.values()), 1)
         return {k: v / n for k, v in counts.items()}
+
+    def category_percentages(self, include_out_of_domain: bool = False, *,
+                             min_confidence: float = 0.0) -> dict[str, int]:
+        """Whole percentages of the counted tiles per category that add up to exactly 100 (largest remainder)."""
+        return whole_percentages(self.category_counts(include_out_of_domain, min_confidence=min_confidence))
+
+    def call(self, include_out_of_domain: bool = False) -> str:
+        """The slide's call in a few words, shares first: 'malignant 75% · benign 13% · normal 12%'."""
+        if self.n_done == 0:
+            return "no tile classified"
+        if not self.counted(include_out_of_domain).any():
+            return "no tile in the model's domain"
+        pct = self.category_percentages(include_out_of_domain)
+        return " · ".join(f"{c} {pct[c]}%" for c in sorted(CATEGORIES, key=lambda c: -pct[c]))
 
     def heatmap(self, class_index: int) -> np.ndarray:
         """(n_rows, n_cols) probability of one class per grid cell; NaN where no finished tile."""
@@ -312,10 +385,9 @@ class AnalysisResult:
         }
 
     def summary(self) -> str:
-        """One line per slide: tiles, speed, provider, category shares, and the domain phrase."""
-        from cellview.domain import summary_text
-
-        shares = ", ".join(f"{k} {v:.0%}" for k, v in self.category_shares().items())
+        """One line per slide: tiles, speed, provider, category shares (of in-domain tiles), the domain phrase."""
+        pct = self.category_percentages()
+        shares = ", ".join(f"{k} {pct[k]}%" for k in CATEGORIES)
         if self.has_domain and self.n_done and not self.in_domain.any():
             shares = "no in-domain tiles to share out"
         rate = self.timings.get("tiles_per_s")
@@ -324,9 +396,59 @@ class AnalysisResult:
             text += f" ({self.n_failed} failed)"
         if rate and not self.from_cache:
             text += f", {rate:.1f} tiles/s"
-        text += f", {self.provider}; {shares}; {summary_text(self)}"
+        text += f", {self.provider}; {shares}; {domain_summary(self)}"
         if self.from_cache:
             text += " (cached)"
         if self.status != "complete":
             text += f" [{self.status}]"
         return text
+
+
+# ----------------------------------------------------------------------------- the domain, in words
+
+
+def tissue_tile_fraction(result: AnalysisResult, min_tissue: float = TISSUE_TILE) -> float | None:
+    """In-domain share among tiles mostly covered by tissue (all analysed tiles when none is).
+
+    Tiles on the edge of the tissue are mostly glass, which the model never saw: they are out of
+    domain tile by tile, but say nothing about whether the tissue itself is the model's kind.
+    """
+    if result.in_domain_fraction is None:
+        return None
+    done = result.done
+    rich = done & (result.grid.tissue_fraction >= min_tissue)
+    use = rich if rich.any() else done
+    return float(result.in_domain[use].sum() / use.sum())
+
+
+def mostly_out_of_domain(result: AnalysisResult, below: float = BANNER_BELOW) -> bool:
+    frac = tissue_tile_fraction(result)
+    return frac is not None and frac < below
+
+
+def domain_banner(result: AnalysisResult, below: float = BANNER_BELOW) -> DomainBanner:
+    """Show a banner when fewer than ``below`` of the tissue tiles are in domain."""
+    frac = tissue_tile_fraction(result)
+    if frac is None:
+        return DomainBanner(False, NOT_AVAILABLE if result.model.domain is None else "", None)
+    if frac >= below:
+        return DomainBanner(False, f"{frac:.0%} of the analysed tissue is in the model's domain.", frac)
+    what = result.model.domain.training_data if result.model.domain else "the model's training data"
+    return DomainBanner(True, f"This tissue does not look like {what}; the calls are unreliable "
+                              f"({1 - frac:.0%} of the tissue tiles are out of domain).", frac)
+
+
+def domain_summary(result: AnalysisResult) -> str:
+    """The CLI's per-slide domain phrase: 'in domain 12%' or the not-available sentence."""
+    frac = result.in_domain_fraction
+    if result.model.domain is None:
+        return NOT_AVAILABLE
+    if frac is None:
+        return "in domain: no tiles analysed"
+    text = f"in domain {frac:.0%}"
+    tissue = tissue_tile_fraction(result)
+    if tissue is not None and abs(tissue - frac) >= 0.005:
+        text += f" ({tissue:.0%} of tissue tiles)"
+    if mostly_out_of_domain(result):
+        text += f" — mostly unlike {result.model.domain.training_data}: the calls are unreliable"
+    return text

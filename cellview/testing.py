@@ -8,6 +8,7 @@ benign, green → normal), so end-to-end results can be checked exactly. Needs t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,13 @@ def toy_expected_class(rgb_mean: np.ndarray) -> int:
 
 
 def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp_um: float | None, levels: int = 4,
-                       tile: int = 256, compression: str = "zlib") -> Path:
-    """A tiled pyramidal TIFF (successive IFDs, each half the size) that OpenSlide opens."""
+                       tile: int = 256, compression: str = "zlib",
+                       damage: Callable[[int, np.ndarray], np.ndarray] | None = None) -> Path:
+    """A tiled pyramidal TIFF (successive IFDs, each half the size) that OpenSlide opens.
+
+    ``damage(level, rgb)`` may alter what is stored for a level (e.g. false colours on reduced
+    levels, as some converters write them); the next level is still made from the sound pixels.
+    """
     import tifffile
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +134,7 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp_um: float | None, levels
             if level:
                 img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
             tif.write(
-                img, photometric="rgb", tile=(tile, tile), compression=compression,
+                img if damage is None else damage(level, img), photometric="rgb", tile=(tile, tile), compression=compression,
                 subfiletype=1 if level else 0, metadata=None, **kwargs,
             )
     return path
@@ -163,6 +169,74 @@ def expected_synthetic_tiles() -> dict[tuple[int, int], str]:
             for c in range(c0, c1):
                 out[(r, c)] = cls
     return out
+
+
+def ycbcr_as_rgb(level: int, rgb: np.ndarray) -> np.ndarray:
+    """``write_pyramid_tiff(damage=…)``: reduced levels stored as YCbCr labelled RGB (teal / salmon)."""
+    return rgb if level == 0 else cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[..., [0, 2, 1]].copy()
+
+
+def tiff_claiming_size(width: int, height: int, real_px: int = 8) -> bytes:
+    """A baseline RGB TIFF with one small uncompressed strip whose header claims ``width × height``.
+
+    A huge claimed size makes OpenCV's decoder assert (``validateInputImageSize``) instead of
+    returning nothing: the shape of ``shared/data/slides/bad/pyramid-header-huge-height.tiff``.
+    """
+    import struct
+
+    pixels = np.full((real_px, real_px, 3), 128, np.uint8).tobytes()
+    entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 2), (273, 4, -1),
+               (277, 3, 3), (278, 4, height), (279, 4, len(pixels))]
+    ifd_at = 8
+    data_at = ifd_at + 2 + 12 * len(entries) + 4
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_at) + struct.pack("<H", len(entries)))
+    for tag, kind, value in entries:
+        value = data_at if value == -1 else value
+        out += struct.pack("<HHIHH", tag, kind, 1, value, 0) if kind == 3 else struct.pack("<HHII", tag, kind, 1, value)
+    return bytes(out + struct.pack("<I", 0) + pixels)
+
+
+def grid_result(cats: list[str], conf: np.ndarray | None = None, stride: int = 100, mpp: float | None = 0.5,
+                slide_wh: tuple[int, int] | None = None) -> Any:
+    """A result on a grid of tiles: each string row is one grid row, 'M'/'B'/'N' a tile, '.' none.
+
+    Each tile's category gets probability ``conf`` (0.9 by default), the next category the rest.
+    """
+    from cellview.model import CATEGORIES
+    from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
+    from cellview.slide import Mpp, SlideInfo
+    from cellview.tiling import TileGrid
+
+    n_rows, n_cols = len(cats), len(cats[0])
+    rows, cols, letters = [], [], []
+    for r, line in enumerate(cats):
+        for c, ch in enumerate(line):
+            if ch != ".":
+                rows.append(r)
+                cols.append(c)
+                letters.append(ch)
+    n = len(letters)
+    conf = np.full(n, 0.9, np.float32) if conf is None else np.asarray(conf, np.float32)
+    k = np.array(["MBN".index(ch) for ch in letters])
+    probs = np.full((n, 3), 0.0, np.float32)
+    probs[np.arange(n), k] = conf
+    probs[np.arange(n), (k + 1) % 3] = 1 - conf
+    w, h = slide_wh or (n_cols * stride, n_rows * stride)
+    grid = TileGrid(
+        slide_w_l0=w, slide_h_l0=h, tile_px=64, tile_l0_w=stride, tile_l0_h=stride, stride_l0_x=stride,
+        stride_l0_y=stride, read_level=0, read_w=stride, read_h=stride, n_cols=n_cols, n_rows=n_rows,
+        grid_col=np.array(cols, np.int32), grid_row=np.array(rows, np.int32),
+        l0_x=np.array(cols, np.int64) * stride, l0_y=np.array(rows, np.int64) * stride,
+        tissue_fraction=np.ones(n, np.float32), tissue_threshold=0.25,
+    )
+    info = SlideInfo(path="grid.tiff", name="grid", vendor="generic-tiff", fingerprint="x",
+                     level_dimensions=((w, h),), level_downsamples=(1.0,),
+                     mpp=None if mpp is None else Mpp(mpp, mpp, "user"))
+    model = ModelInfo(name="toy", version="1", sha256="0", class_names=CATEGORIES, class_categories=CATEGORIES,
+                      class_colors=("#ff0000", "#0000ff", "#00ff00"), activation="softmax", temperature=1.0,
+                      spacing_um_px=1.0, patch_size_pixels=64)
+    return AnalysisResult(slide=info, model=model, params=AnalysisParams(), grid=grid, probs=probs,
+                          state=np.full(n, TileState.DONE, np.uint8), provider="CPU", status="complete")
 
 
 # ----------------------------------------------------------------------------- explain / domain toys

@@ -15,7 +15,6 @@ from cellview.domain import (
     NOT_AVAILABLE,
     DomainStats,
     auroc,
-    domain_banner,
     fit_domain,
     tile_quality,
 )
@@ -24,7 +23,7 @@ from cellview.export import csv_text, geojson_dict, metadata_dict
 from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier
 from cellview.morphology import malignant_regions
 from cellview.pipeline import BatchDone, analyze, run_analysis
-from cellview.results import AnalysisParams
+from cellview.results import AnalysisParams, domain_banner
 from cellview.testing import (
     SYNTH_TILE,
     TOY_COLORS,

@@ -512,11 +512,11 @@ def update_card(card: Path, section: str) -> None:
 
 def _recipe(name_or_path: str, data_root: Path | None) -> D.Recipe:
     from cellview.train import default_data_dir
-    from cellview.train.cli import RECIPES
 
+    recipes = Path(__file__).resolve().parent / "recipes"  # as train.cli.RECIPES (importing it makes a cycle)
     path = Path(name_or_path)
-    if not path.exists() and (RECIPES / f"{name_or_path}.json").exists():
-        path = RECIPES / f"{name_or_path}.json"
+    if not path.exists() and (recipes / f"{name_or_path}.json").exists():
+        path = recipes / f"{name_or_path}.json"
     return D.load_recipe(path, data_root or default_data_dir())
 
 
