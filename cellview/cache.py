@@ -94,6 +94,8 @@ def result_to_bytes(result: AnalysisResult) -> bytes:
         arrays["tissue_shape"] = np.array(result.tissue.mask.shape)
     if result.nuclei is not None:
         arrays["nuclei"] = result.nuclei.values
+    if result.domain_score is not None:
+        arrays["domain_score"] = result.domain_score
     buf = io.BytesIO()
     np.savez_compressed(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
     return buf.getvalue()
@@ -118,6 +120,9 @@ def result_from_bytes(data: bytes) -> AnalysisResult:
             nuclei = TileNuclei(values=z["nuclei"], area_unit=meta["nuclei"]["area_unit"])
             if nuclei.values.shape != (grid.n_tiles, len(TileNuclei.FIELDS)):
                 raise ValueError("nuclei array does not match the grid")
+        domain_score = z["domain_score"] if "domain_score" in z.files else None
+        if domain_score is not None and domain_score.shape != (grid.n_tiles,):
+            raise ValueError("domain scores do not match the grid")
     if probs.shape != (grid.n_tiles, len(meta["model"]["class_names"])) or state.shape != (grid.n_tiles,):
         raise ValueError("array shapes do not match the grid")
     return AnalysisResult(
@@ -125,7 +130,7 @@ def result_from_bytes(data: bytes) -> AnalysisResult:
         params=AnalysisParams.from_dict(meta["params"]), grid=grid, probs=probs, state=state,
         provider=meta["provider"], status=meta["status"], tissue=tissue,
         tile_errors={int(k): v for k, v in meta["tile_errors"].items()}, timings=meta["timings"],
-        created_unix=meta["created_unix"], nuclei=nuclei, stain=meta.get("stain") or {},
+        created_unix=meta["created_unix"], nuclei=nuclei, domain_score=domain_score, stain=meta.get("stain") or {},
     )
 
 

@@ -21,7 +21,7 @@ from cellview.stain import STAIN_METHODS
 
 log = logging.getLogger("cellview")
 
-SUBCOMMANDS = ("analyze", "info", "train", "evaluate", "export", "models")
+SUBCOMMANDS = ("analyze", "info", "train", "evaluate", "export", "models", "explain", "domain")
 
 
 # ----------------------------------------------------------------------------- slide discovery
@@ -123,7 +123,7 @@ def _params_from_args(args: argparse.Namespace):
 
 
 def _up_to_date(meta_path: Path, outputs: dict[str, Path], fingerprint: str, model_sha: str, params,
-                options: dict) -> bool:
+                options: dict, domain_sha: str = "") -> bool:
     if not meta_path.exists() or not all(p.exists() for p in outputs.values()):
         return False
     try:
@@ -143,6 +143,7 @@ def _up_to_date(meta_path: Path, outputs: dict[str, Path], fingerprint: str, mod
         and meta.get("grid", {}).get("tiling_rule") == TILING_RULE
         and meta.get("slide", {}).get("fingerprint") == fingerprint
         and meta.get("model", {}).get("sha256") == model_sha
+        and ((meta.get("domain") or {}).get("statistics_sha256") or "") == domain_sha
         and old_params.cache_dict() == params.cache_dict()
         and meta.get("export_options") == options
     )
@@ -192,7 +193,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         paths = output_paths(out_dir, stem, formats)
         try:
             if not args.force and _up_to_date(paths["json"], paths, file_fingerprint(path), spec.onnx_sha256, params,
-                                              options):
+                                              options, spec.domain_sha256):
                 print(f"{name}: up to date with {spec.name}, skipped", file=sys.stderr)
                 n_skipped += 1
                 continue
@@ -221,7 +222,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             image_level = result.image_level()
             if (result.grid.whole_image or path.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"}) and image_level["pred_class"]:
                 print(f"  image: {image_level['pred_class']} ({image_level['pred_category']}, "
-                      f"{image_level['confidence']:.0%}; mean of {plural(result.n_done, 'tile')})")
+                      f"{image_level['confidence']:.0%}; mean of {plural(image_level['n_tiles'], 'tile')}, "
+                      f"{image_level['based_on']})")
             n_ok += 1
         except CellviewError as exc:
             failures.append((str(path), exc.message + (f" ({exc.details})" if exc.details and args.verbose else "")))
@@ -265,11 +267,52 @@ def cmd_models(args: argparse.Namespace) -> int:
         try:
             spec = ModelSpec.load(path)
             mark = " (default)" if name == DEFAULT_MODEL else ""
+            domain = "domain score" if spec.domain is not None else "no domain score"
             print(f"{name}{mark}: {len(spec.class_names)} classes {', '.join(spec.class_names)}; "
-                  f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px")
+                  f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px; {domain}")
         except CellviewError as exc:
             print(f"{name}: INVALID: {exc.message}")
     return 0
+
+
+def _parse_point(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.replace(" ", "").split(","))
+    except ValueError as exc:
+        raise CellviewError(f"--at must be two level-0 pixel coordinates like 1200,800, got {text!r}.") from exc
+    return x, y
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from cellview.explain import explain_at, explanation_png, resolve_class
+    from cellview.export import atomic_write_bytes
+    from cellview.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.results import AnalysisParams
+
+    try:
+        x, y = _parse_point(args.at)
+        spec = ModelSpec.load(resolve_model(args.model))
+        classifier = OnnxClassifier(spec, device=args.device)
+        params = AnalysisParams(mpp_um=args.mpp, tissue_threshold=args.tissue_threshold, device=args.device)
+        ex = explain_at(args.slide, classifier, x, y, params, resolve_class(args.class_name, spec.class_names))
+        atomic_write_bytes(Path(args.out), explanation_png(ex))
+    except CellviewError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.details and args.verbose:
+            print(f"  details: {exc.details}", file=sys.stderr)
+        return 2
+    tx, ty, tw, th = ex.rect_l0
+    domain = ("domain score: not available for this model" if ex.domain_score is None
+              else f"domain score {ex.domain_score:.3f} ({'in domain' if ex.in_domain else 'OUT OF DOMAIN'})")
+    print(f"tile ({tx}, {ty}, {tw}×{th} level-0 px): {ex.class_names[ex.pred_class]} "
+          f"{ex.probs[ex.pred_class]:.0%}; map of {ex.class_names[ex.explained_class]}; {domain} → {args.out}")
+    return 0
+
+
+def cmd_domain(args: argparse.Namespace) -> int:
+    from cellview.train.domain import cmd_domain as run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,6 +344,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the models in models/")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("explain", help="one picture of what the model looked at for one tile: the patch, its class "
+                                       "activation map, the class probabilities and the domain score")
+    p.add_argument("slide", help="slide or image")
+    p.add_argument("--at", required=True, metavar="L0_X,L0_Y", help="a level-0 pixel inside the tile to explain")
+    p.add_argument("--out", "-o", required=True, help="PNG file to write")
+    p.add_argument("--model", help="model name in models/ or path to an .onnx with its .json sidecar (default: colon-he)")
+    p.add_argument("--mpp", type=float, help="µm per pixel at level 0, for slides/images that do not say")
+    p.add_argument("--class", dest="class_name", help="class whose map to show, by name or index (default: predicted)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
+    p.add_argument("--tissue-threshold", type=float, default=0.25, help="as for analyze: which tiles the grid keeps")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("domain", help="out-of-domain statistics of a model: add its feature outputs, fit, evaluate")
+    dsub = p.add_subparsers(dest="action", required=True)
+    u = dsub.add_parser("upgrade", help="add features / feature_map / cam outputs to a GAP + linear ONNX model "
+                                        "(and its FP16 copy) in place; logits stay bit-identical (needs onnx)")
+    u.add_argument("model", help="model name in models/, folder or .onnx")
+    for action, text in (("fit", "fit the statistics on the training split, calibrate on the validation split, "
+                                 "write domain.npz and record it in the sidecar(s); evaluates too when asked"),
+                         ("evaluate", "AUROC of the domain score: test split against other data, slides and "
+                                      "generated glass / blur / ink / fold tiles")):
+        a = dsub.add_parser(action, help=text)
+        a.add_argument("model", help="model name in models/, folder or .onnx")
+        a.add_argument("--run", type=Path, help="training run folder (its samples.json holds the split)")
+        a.add_argument("--recipe", help="rebuild the split from this recipe as `cellview train` does (no run folder)")
+        a.add_argument("--data-root", type=Path, help="root for the recipes' relative paths (default ../shared/data)")
+        a.add_argument("--seed", type=int, default=0, help="split seed with --recipe (cellview train's default 0)")
+        a.add_argument("--limit-per-class", type=int, default=0, help="as the run was trained, with --recipe")
+        a.add_argument("--other", action="append", metavar="RECIPE[@MPP]",
+                       help="other-domain images: a recipe's images (at its spacing, or read as MPP); repeatable")
+        a.add_argument("--slide", action="append", help="a slide of other tissue: its tissue and glass tiles; repeatable")
+        a.add_argument("--max-per-image", type=int, default=2, help="tiles per other-domain image (default 2)")
+        a.add_argument("--card", action="store_true", help="write the results into the model card")
+        a.add_argument("--out", help="also write the evaluation JSON here")
+        a.add_argument("--cache", help="folder for cached features (re-runs are quick)")
+        if action == "fit":
+            a.add_argument("--components", type=int, help="principal directions to keep (default: chosen by "
+                                                          "held-out likelihood)")
+            a.add_argument("--describe", help="what the training data is, for the banner (default: from the recipe)")
+    p.set_defaults(func=cmd_domain)
 
     try:
         from cellview.train.cli import add_parsers

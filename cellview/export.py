@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from cellview import __version__
+from cellview.domain import OUT_OF_DOMAIN_RGBA
 from cellview.errors import ExportError
 from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.tiling import TILING_RULE
@@ -84,6 +85,9 @@ def _nuclei_cell(name: str, value: float) -> str:
 def csv_text(result: AnalysisResult) -> str:
     """WSInfer's columns (level-0 pixels) plus CellView's prediction columns.
 
+    ``domain_score`` (0–1) and ``in_domain`` (true/false) are empty when the model has no
+    domain statistics (and for tiles not classified).
+
     With nuclei measured (``--nuclei``), the per-tile nucleus columns follow; their area unit
     is in the column name (``_um2``, or ``_px2`` when the scale is unknown).
     """
@@ -93,19 +97,24 @@ def csv_text(result: AnalysisResult) -> str:
     nuclei_cols = result.nuclei.column_names() if result.nuclei is not None else ()
     writer.writerow(
         ["minx", "miny", "width", "height", *[f"prob_{n}" for n in names],
-         "pred_class", "pred_category", "confidence", "tissue_fraction", "status", "scale_unknown", *nuclei_cols],
+         "pred_class", "pred_category", "confidence", "tissue_fraction", "status", "scale_unknown",
+         "domain_score", "in_domain", *nuclei_cols],
     )
     g = result.grid
     pred_class, pred_cat, conf = result.pred_class, result.pred_category, result.confidence
     scale_unknown = "true" if result.scale_unknown else "false"
+    score = result.domain_score if result.has_domain else None
+    in_domain = result.in_domain
     for i in range(g.n_tiles):
         done = pred_class[i] >= 0
+        scored = done and score is not None and np.isfinite(score[i])
         writer.writerow([
             *g.rect(i),
             *[_fmt(p) for p in result.probs[i]],
             names[pred_class[i]] if done else "",
             CATEGORIES[pred_cat[i]] if done else "",
             _fmt(conf[i]), f"{g.tissue_fraction[i]:.4f}", _STATUS[int(result.state[i])], scale_unknown,
+            f"{score[i]:.4f}" if scored else "", ("true" if in_domain[i] else "false") if scored else "",
             *[_nuclei_cell(c, v) for c, v in zip(nuclei_cols, result.nuclei.values[i] if nuclei_cols else ())],
         ])
     return buf.getvalue()
@@ -150,6 +159,9 @@ def geojson_dict(result: AnalysisResult, regions: Sequence[Region] | None = None
                  region_confidence: float = 0.5) -> dict[str, Any]:
     """One Polygon per finished tile that QuPath imports as a tile object with measurements.
 
+    With domain statistics each tile also carries ``domain_score`` and ``in_domain`` (1 / 0)
+    measurements and an ``in_domain`` property (null without statistics).
+
     ``regions`` (from ``morphology.malignant_regions(result, region_confidence)``) follow the
     tiles as annotations; nucleus measurements, when made, join each tile's measurements.
     """
@@ -163,6 +175,11 @@ def geojson_dict(result: AnalysisResult, regions: Sequence[Region] | None = None
         measurements = {f"prob_{n}": float(p) for n, p in zip(names, result.probs[i])}
         measurements["confidence"] = float(result.confidence[i])
         measurements["tissue_fraction"] = float(g.tissue_fraction[i])
+        in_domain = None
+        if result.has_domain and result.domain_score is not None and np.isfinite(result.domain_score[i]):
+            measurements["domain_score"] = float(result.domain_score[i])
+            in_domain = bool(result.in_domain[i])
+            measurements["in_domain"] = float(in_domain)  # QuPath measurements are numbers: 1 / 0
         if result.nuclei is not None:
             for name, value in zip(result.nuclei.column_names(), result.nuclei.values[i]):
                 if np.isfinite(value):
@@ -174,6 +191,7 @@ def geojson_dict(result: AnalysisResult, regions: Sequence[Region] | None = None
                 "objectType": "tile",
                 "classification": {"name": names[k], "color": colors[k]},
                 "category": CATEGORIES[int(result.pred_category[i])],
+                "in_domain": in_domain,
                 "isLocked": False,
                 "measurements": measurements,
             },
@@ -184,6 +202,7 @@ def geojson_dict(result: AnalysisResult, regions: Sequence[Region] | None = None
         "properties": {
             "slide": result.slide.name, "model": result.model.name, "model_sha256": result.model.sha256,
             "scale_unknown": result.scale_unknown, "status": result.status,
+            "domain_available": result.has_domain, "in_domain_fraction": result.in_domain_fraction,
         },
         "features": features,
     }
@@ -242,8 +261,14 @@ def metadata_dict(result: AnalysisResult, outputs: Iterable[str] = (), extra: di
         "tiles": {
             "total": result.n_tiles, "done": result.n_done, "failed": result.n_failed,
             "pending": result.n_tiles - result.n_done - result.n_failed,
+            "out_of_domain": int(result.out_of_domain.sum()) if result.has_domain else None,
             "per_category": result.category_counts(), "per_class": result.class_counts(),
+            "per_category_including_out_of_domain": result.category_counts(include_out_of_domain=True),
+            "counts_note": "per_category and per_class count in-domain tiles only" if result.has_domain
+            else "every classified tile (no domain score for this model)",
         },
+        "in_domain_fraction": result.in_domain_fraction,
+        "domain": domain_dict(result),
         "image_level": result.image_level(),
         "timings_s": result.timings,
         "from_cache": result.from_cache,
@@ -256,6 +281,28 @@ def metadata_dict(result: AnalysisResult, outputs: Iterable[str] = (), extra: di
     if extra:
         data.update(extra)
     return data
+
+
+def domain_dict(result: AnalysisResult) -> dict[str, Any]:
+    """The metadata's ``domain`` object: whether a score exists, how it was made, what it says."""
+    from cellview.domain import NOT_AVAILABLE, TISSUE_TILE
+    from cellview.results import domain_banner
+
+    info = result.model.domain
+    if info is None or not result.has_domain:
+        return {"available": False, "reason": NOT_AVAILABLE}
+    banner = domain_banner(result)
+    return {
+        "available": True, "method": info.method, "threshold": info.threshold, "statistics_sha256": info.sha256,
+        "training_data": info.training_data, "n_fit_tiles": info.n_fit_tiles,
+        "n_calibration_tiles": info.n_calibration_tiles,
+        "score": "conformal p-value: share of held-out in-domain tiles at least as unlike the training data; "
+                 "in_domain = domain_score >= threshold",
+        "in_domain_tiles": int(result.in_domain.sum()), "out_of_domain_tiles": int(result.out_of_domain.sum()),
+        "in_domain_fraction_tissue_tiles": banner.in_domain_fraction,
+        "tissue_tiles": f"tiles at least {TISSUE_TILE:.0%} covered by tissue decide the warning",
+        "mostly_out_of_domain": banner.show, "warning": banner.text if banner.show else None,
+    }
 
 
 # ----------------------------------------------------------------------------- annotated PNG
@@ -432,6 +479,21 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
                   font=body)
         draw.text((x0 + int(170 * k), y), f"{n:>6,}  {pct:>3}%", fill=ink, font=body)
         y += line_h + int(4 * k)
+    if result.has_domain:
+        n_ood = int(result.out_of_domain.sum())
+        draw.rectangle([x0, y + 2, x0 + sw, y + 2 + sw], fill=OUT_OF_DOMAIN_RGBA[:3], outline=(60, 60, 60))
+        draw.text((x0 + sw + int(10 * k), y), "out of domain", fill=ink, font=body)
+        draw.text((x0 + int(170 * k), y), f"{n_ood:>6,}  {round(100 * n_ood / max(result.n_done, 1)):>3}%", fill=ink,
+                  font=body)
+        y += line_h + int(4 * k)
+        text("Shares: in-domain tiles only; out of domain: share of all tiles.", fill=grey, wrap=True)
+        from cellview.results import domain_banner
+
+        banner = domain_banner(result)
+        if banner.show:
+            text(banner.text, fill=(180, 0, 0), wrap=True)
+    else:
+        text("Domain score: not available for this model.", fill=grey)
     if list(result.model.class_names) != list(result.model.class_categories):
         y += int(6 * k)
         text("Classes (tiles)", body, dy=line_h)

@@ -7,8 +7,8 @@ marker watershed → per-nucleus area, circularity, eccentricity → per-tile su
 Only NumPy and OpenCV are used, so this adds no runtime dependency.
 
 Regions: 8-connected components of the grid cells whose tile is malignant with at least the
-viewer's confidence, as exact rectilinear polygons (with holes) in level-0 pixels, ranked by
-area.
+viewer's confidence (and in the model's domain), as exact rectilinear polygons (with holes) in
+level-0 pixels, ranked by area.
 
 Sizes are given in µm and converted with the patch's µm per pixel; with no pixel size the
 defaults assume 0.5 µm/px, areas are reported in px² and ``area_unit`` says so.
@@ -525,16 +525,18 @@ def regions_from_mask(cells: np.ndarray, stride_xy: tuple[float, float], slide_w
 
 
 def malignant_regions(result: AnalysisResult, min_confidence: float = 0.5, connectivity: int = 8,
-                      category: str = "malignant") -> list[Region]:
+                      category: str = "malignant", include_out_of_domain: bool = False) -> list[Region]:
     """Regions of tiles predicted ``category`` with confidence ≥ ``min_confidence``, largest first.
 
     Each tile owns its stride cell (the whole tile when there is no overlap); cells touching
     by an edge or (connectivity 8) a corner form one region. Areas are clipped to the slide.
+    Only in-domain tiles join a region (a model's call on tissue it never saw is no finding),
+    unless ``include_out_of_domain``.
     """
     from cellview.model import CATEGORIES
 
     g = result.grid
-    hit = result.done & (result.pred_category == CATEGORIES.index(category))
+    hit = result.counted(include_out_of_domain) & (result.pred_category == CATEGORIES.index(category))
     hit &= np.nan_to_num(result.confidence, nan=-1.0) >= min_confidence
     cells = np.zeros(g.shape, bool)
     cells[g.grid_row[hit], g.grid_col[hit]] = True

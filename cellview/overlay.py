@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from cellview.domain import OUT_OF_DOMAIN_RGBA
 from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.results import AnalysisResult, plural
 
@@ -47,6 +48,7 @@ class OverlaySettings:
     min_confidence: float = 0.0  # tiles less sure than this are not drawn (nor counted)
     categories: tuple[str, ...] = CATEGORIES  # categories drawn
     show_regions: bool = False  # malignant-region outlines at ``min_confidence``
+    show_out_of_domain: bool = False  # draw and count out-of-domain tiles like the others (else: grey, not counted)
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -72,14 +74,18 @@ class OverlaySettings:
         return self.by_category and self.style != "fill"
 
     def to_dict(self) -> dict:
-        return {"visible": self.visible, "style": self.style, "opacity": self.opacity, "mode": self.mode,
-                "min_confidence": self.min_confidence, "categories": list(self.categories),
-                "show_regions": self.show_regions}
+        out = {"visible": self.visible, "style": self.style, "opacity": self.opacity, "mode": self.mode,
+               "min_confidence": self.min_confidence, "categories": list(self.categories),
+               "show_regions": self.show_regions}
+        if self.show_out_of_domain:  # only when on, so exports made before it existed stay up to date
+            out["show_out_of_domain"] = True
+        return out
 
 
 def shown_tiles(result: AnalysisResult, settings: OverlaySettings) -> np.ndarray:
-    """Tiles drawn: finished, sure enough, and (by category) of a category that is switched on."""
-    show = result.confident(settings.min_confidence).copy()
+    """Tiles drawn: finished, in the model's domain (unless shown anyway), sure enough, and (by
+    category) of a category that is switched on."""
+    show = result.confident(settings.min_confidence, settings.show_out_of_domain).copy()
     if settings.by_category and settings.categories != CATEGORIES:
         show &= np.isin(result.pred_category, [CATEGORIES.index(c) for c in settings.categories])
     return show
@@ -90,10 +96,14 @@ def fill_rgba(result: AnalysisResult, settings: OverlaySettings,
     """(n_rows, n_cols, 4) uint8, one pixel per grid cell, exactly as painted (before ``opacity``).
 
     By category: the category colour with alpha = confidence. By probability of class k: the
-    viridis colour of P(k), opaque. Transparent where nothing is drawn (also in outline style).
+    viridis colour of P(k), opaque. Out-of-domain tiles are grey in every style (outline too)
+    unless ``show_out_of_domain``. Transparent where nothing is drawn.
     """
     g = result.grid
     out = np.zeros((*g.shape, 4), dtype=np.uint8)
+    if not settings.show_out_of_domain:
+        ood = result.out_of_domain
+        out[g.grid_row[ood], g.grid_col[ood]] = OUT_OF_DOMAIN_RGBA
     if not settings.draws_fill:
         return out
     show = shown_tiles(result, settings)
@@ -181,14 +191,18 @@ def describe_filter(settings: OverlaySettings) -> str:
 
 def count_lines(result: AnalysisResult, settings: OverlaySettings) -> list[tuple[str, int, int]]:
     """(category, tiles, whole %) per category under the confidence filter; the % add up to 100."""
-    counts = result.category_counts(min_confidence=settings.min_confidence)
-    pct = result.category_percentages(min_confidence=settings.min_confidence)
+    counts = result.category_counts(settings.show_out_of_domain, min_confidence=settings.min_confidence)
+    pct = result.category_percentages(settings.show_out_of_domain, min_confidence=settings.min_confidence)
     return [(c, counts[c], pct[c]) for c in CATEGORIES]
 
 
 def counted_text(result: AnalysisResult, settings: OverlaySettings) -> str:
-    """'130 tiles classified' or '96 of 130 tiles ≥ 60% confident': what the counts are of."""
+    """'130 tiles classified', '96 of 130 tiles ≥ 60% confident' or '… classified, 120 in domain':
+    what the counts are of."""
+    domain = result.has_domain and not settings.show_out_of_domain
     if settings.min_confidence <= 0:
-        return f"{plural(result.n_done, 'tile')} classified"
-    kept = int(result.confident(settings.min_confidence).sum())
-    return f"{kept:,} of {plural(result.n_done, 'tile')} ≥ {settings.min_confidence:.0%} confident"
+        text = f"{plural(result.n_done, 'tile')} classified"
+        return text + (f", {int(result.in_domain.sum()):,} in domain" if domain else "")
+    kept = int(result.confident(settings.min_confidence, settings.show_out_of_domain).sum())
+    where = " in domain" if domain else ""
+    return f"{kept:,} of {plural(result.n_done, 'tile')}{where} ≥ {settings.min_confidence:.0%} confident"

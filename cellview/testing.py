@@ -31,12 +31,14 @@ def make_toy_model(
     num_outputs: int = 3,
     sidecar_overrides: dict[str, Any] | None = None,
     name: str = "toy-colour",
+    features: bool = False,
 ) -> Path:
     """Write ``folder/model.onnx`` + ``model.json`` and return the .onnx path.
 
     logits = 0.1 × (mean RGB − mean of the three channels), in the class order R, B, G →
     (malignant, benign, normal). ``fixed_hw`` bakes a spatial size into the input (to test the
     shape check); ``num_outputs`` ≠ 3 makes a model that disagrees with its sidecar.
+    ``features`` adds a second output, ``features`` = the tile's mean RGB (N, 3), for domain tests.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -70,7 +72,11 @@ def make_toy_model(
         helper.make_tensor("axes", TensorProto.INT64, [2], axes),
         helper.make_tensor("w", TensorProto.FLOAT, list(weights.shape), weights.flatten().tolist()),
     ]
-    graph = helper.make_graph(nodes, "toy", [inp], [out], initializer=inits)
+    outputs = [out]
+    if features:
+        nodes.append(helper.make_node("Identity", ["m"], ["features"]))
+        outputs.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 3]))
+    graph = helper.make_graph(nodes, "toy", [inp], outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.checker.check_model(model)
@@ -297,3 +303,120 @@ def grid_result(cats: list[str], conf: np.ndarray | None = None, stride: int = 1
                       spacing_um_px=1.0, patch_size_pixels=64)
     return AnalysisResult(slide=info, model=model, params=AnalysisParams(), grid=grid, probs=probs,
                           state=np.full(n, TileState.DONE, np.uint8), provider="CPU", status="complete")
+
+
+# ----------------------------------------------------------------------------- explain / domain toys
+
+CAM_STRIDE = 8
+"""The toy CAM network's feature map is the patch averaged over 8 × 8 pixel cells."""
+
+
+def make_toy_cam_model(folder: Path, patch_px: int = 64, spacing_um: float = 0.5, explain_outputs: bool = True,
+                       name: str = "toy-cam") -> Path:
+    """A GAP + linear conv net whose answer depends on where a coloured square is (no torch needed).
+
+    uint8 NHWC tiles → /255 → NCHW → 1×1 convolution into colour detectors (red-, blue-,
+    green-ness: a channel minus the mean of the other two, ReLU; plus brightness) → 8 × 8 average
+    pooling → 1×1 convolution + ReLU (the "last conv" feature map, 4 channels) → global average
+    pooling → Flatten → Gemm → logits (malignant, benign, normal). A red square on grey makes the
+    tile malignant, and the malignant class activation map peaks on the square. With
+    ``explain_outputs`` the graph gets ``features``, ``feature_map`` and ``cam`` by the same graph
+    surgery that upgrades real models (cellview.onnx_graph).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    inp = helper.make_tensor_value_info("tiles", TensorProto.UINT8, ["N", patch_px, patch_px, 3])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])
+    half = -0.5
+    colour = np.array([[1, half, half], [half, half, 1], [half, 1, half], [1 / 3, 1 / 3, 1 / 3]], np.float32)
+    head = np.array([[30, 0, 0, 0], [0, 30, 0, 0], [0, 0, 30, 0]], np.float32)
+    inits = [
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [1 / 255]),
+        helper.make_tensor("colour_w", TensorProto.FLOAT, [4, 3, 1, 1], colour.flatten().tolist()),
+        helper.make_tensor("mix_w", TensorProto.FLOAT, [4, 4, 1, 1], np.eye(4, dtype=np.float32).flatten().tolist()),
+        helper.make_tensor("mix_b", TensorProto.FLOAT, [4], [0.0] * 4),
+        helper.make_tensor("fc.weight", TensorProto.FLOAT, [3, 4], head.flatten().tolist()),
+        helper.make_tensor("fc.bias", TensorProto.FLOAT, [3], [0.0, 0.0, 0.05]),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["tiles"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x", "scale"], ["xs"]),
+        helper.make_node("Transpose", ["xs"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "colour_w"], ["colour"], kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["colour"], ["detect"]),
+        helper.make_node("AveragePool", ["detect"], ["cells"], kernel_shape=[CAM_STRIDE, CAM_STRIDE],
+                         strides=[CAM_STRIDE, CAM_STRIDE]),
+        helper.make_node("Conv", ["cells", "mix_w", "mix_b"], ["mixed"], kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["mixed"], ["fmap"]),
+        helper.make_node("GlobalAveragePool", ["fmap"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(nodes, "toy-cam", [inp], [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    if explain_outputs:
+        from cellview.onnx_graph import add_explain_outputs
+
+        model = add_explain_outputs(model)
+    path = folder / "model.onnx"
+    onnx.save(model, str(path))
+    sidecar = {
+        "spec_version": "1.0", "name": name, "version": "0.0-test", "architecture": "toy-cam",
+        "num_classes": 3, "class_names": list(TOY_CLASSES), "class_categories": list(TOY_CLASSES),
+        "class_colors": ["#d62728", "#ff9f1c", "#2ca02c"], "patch_size_pixels": patch_px,
+        "spacing_um_px": spacing_um, "activation": "softmax", "temperature": 1.0,
+        "input": {"layout": "NHWC", "dtype": "uint8"}, "onnx_sha256": sha256_file(path),
+        "license": "CC0-1.0", "training_data": "none: a fixed rule for tests",
+    }
+    if explain_outputs:
+        sidecar["outputs"] = ["logits", "features", "feature_map", "cam"]
+    (folder / "model.json").write_text(json.dumps(sidecar, indent=2))
+    return path
+
+
+def square_tile(colour: tuple[int, int, int], xy: tuple[int, int], size: int = 16, patch_px: int = 64,
+                background: int = 200) -> np.ndarray:
+    """A grey (``background``) tile with one coloured square whose top-left corner is ``xy``."""
+    tile = np.full((patch_px, patch_px, 3), background, np.uint8)
+    x, y = xy
+    tile[y:y + size, x:x + size] = colour
+    return tile
+
+
+def toy_domain_tiles(n_per_class: int = 40, patch_px: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Tiles of the toy colour model's domain, made like the synthetic slide's: a class colour (give or
+    take a little) with ±6 noise, read at half resolution (tiles, labels)."""
+    rng = np.random.default_rng(seed)
+    tiles, labels = [], []
+    for k, cls in enumerate(TOY_CLASSES):
+        base = np.array(TOY_COLORS[cls], np.int16)
+        for _ in range(n_per_class):
+            full = base + rng.integers(-3, 4, 3) + rng.integers(-6, 7, (2 * patch_px, 2 * patch_px, 3))
+            full = np.clip(full, 0, 255).astype(np.uint8)
+            tiles.append(cv2.resize(full, (patch_px, patch_px), interpolation=cv2.INTER_AREA))
+            labels.append(k)
+    return np.stack(tiles), np.array(labels)
+
+
+def make_toy_domain(model_path: Path, patch_px: int = 64, training_data: str = "red, blue and green test tiles") -> Path:
+    """Fit and write domain statistics for a toy model with a ``features`` output; returns the .npz path.
+
+    Fitted on noisy tiles of the three class colours (``toy_domain_tiles``), calibrated on another
+    draw of the same: tiles of other colours score out of domain.
+    """
+    from cellview.domain import fit_domain, tile_quality
+    from cellview.model import ModelSpec, OnnxClassifier
+    from cellview.train.domain import write_domain
+
+    clf = OnnxClassifier(ModelSpec.load(model_path), device="cpu")
+    fit_tiles, fit_labels = toy_domain_tiles(patch_px=patch_px, seed=1)
+    cal_tiles, cal_labels = toy_domain_tiles(patch_px=patch_px, seed=2)
+    (fit_f,) = clf.run(fit_tiles, ("features",))
+    (cal_f,) = clf.run(cal_tiles, ("features",))
+    stats = fit_domain(fit_f, fit_labels, cal_f, cal_labels, tile_quality(cal_tiles),
+                       info={"training_data": training_data})
+    return write_domain(model_path, stats)
