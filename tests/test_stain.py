@@ -186,3 +186,17 @@ def test_analysis_with_tta_averages_views(tmp_path):
     d4 = run_analysis(slide, clf, AnalysisParams(tissue_threshold=0.0, tta="d4"))
     assert d4.params.cache_dict()["tta"] == "d4" and "tta" not in plain.params.cache_dict()
     assert not np.allclose(plain.probs, d4.probs, atol=1e-4)
+
+
+def test_tta_with_domain_statistics_scores_the_tile_as_read(tmp_path):
+    from cellview.testing import make_toy_domain, square_tile
+
+    path = make_toy_model(tmp_path / "d", patch_px=64, spacing_um=1.0, features=True)
+    make_toy_domain(path)
+    clf = OnnxClassifier(ModelSpec.load(path), device="cpu")
+    tiles = np.stack([square_tile((220, 30, 40), (8, 40)), square_tile((40, 60, 220), (30, 4))])
+    probs, score = clf.classify(tiles)
+    probs_d4, score_d4 = clf.classify(tiles, tta="d4")
+    assert np.allclose(score_d4, score)  # the domain score is the tile's, not an average over views
+    assert np.allclose(probs_d4, clf.predict(tiles, "d4"))  # mean-colour toy: views agree, so does TTA
+    assert np.allclose(probs_d4, probs, atol=1e-5)

@@ -179,16 +179,16 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
 
 
 def _domain_split(samples: list[D.Sample], split: np.ndarray, cfg: Any) -> np.ndarray:
-    """The run's split, or for a run trained on every image a grouped 85 / 15 split to fit and calibrate on.
+    """The run's split, or for a run trained on every image a grouped 70 / 15 / 15 split (fit / calibrate / test).
 
     With a frozen backbone the pooled features the statistics use do not depend on training, so the
-    15 % are unseen in the sense that matters; with fine-tuned blocks they were seen (noted in the card).
+    held-out groups are unseen in the sense that matters; with fine-tuned blocks they were seen.
     """
     if cfg.holdout != "none":
         return split
     from cellview.train.splits import group_split
 
-    return group_split([s.label for s in samples], [s.group for s in samples], (0.85, 0.15), cfg.seed)
+    return group_split([s.label for s in samples], [s.group for s in samples], cfg.fractions, cfg.seed)
 
 
 def _fit_domain(run: Any, out_dir: Path, onnx_path: Path, recipe: D.Recipe, samples: list[D.Sample],
@@ -492,11 +492,9 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
         markdown_tables(protocol),
         "Per-fold times, the fine classes' recalls and the mean-rule figures in full: `protocol.json`, `protocol.md`.",
         "",
-        "## Targets",
-        "",
-        *_target_lines(notes.get("targets", []), protocol),
-        "",
     ]
+    if notes.get("targets"):
+        parts += ["## Targets", "", *_target_lines(notes["targets"], protocol), ""]
     if notes.get("findings"):
         parts += ["## What was tried (each judged by LOSO and grouped CV)", "",
                   *[f"- {line}" for line in notes["findings"]], ""]
