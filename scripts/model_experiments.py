@@ -38,11 +38,16 @@ EXPERIMENTS: dict[str, tuple[str, dict[str, Any]]] = {
                             {"finetune_blocks": 0, "balance": "class_source"}),
     "linear_source_sqrt": ("categories equal, sources ∝ √size within a class",
                            {"finetune_blocks": 0, "balance": "category_source_sqrt"}),
+    "linear_source_category": ("every source the same weight, within a source every category",
+                               {"finetune_blocks": 0, "balance": "source_category"}),
     "linear_smooth": ("label smoothing 0.1", {"finetune_blocks": 0, "label_smoothing": 0.1}),
     "linear_wd": ("weight decay ×10 (1e-2)", {"finetune_blocks": 0, "weight_decay": 1e-2}),
-    "ft1": ("last block fine-tuned, 2 epochs", {"finetune_blocks": 1, "finetune_epochs": 2}),
-    "ft2": ("last 2 blocks fine-tuned, 2 epochs", {"finetune_blocks": 2, "finetune_epochs": 2}),
-    "ft4": ("last 4 blocks fine-tuned, 2 epochs", {"finetune_blocks": 4, "finetune_epochs": 2}),
+    "ft1": ("last block fine-tuned, 2 epochs", {"finetune_blocks": 1, "finetune_epochs": 2,
+                                                "balance": "source_category"}),
+    "ft2": ("last 2 blocks fine-tuned, 2 epochs", {"finetune_blocks": 2, "finetune_epochs": 2,
+                                                   "balance": "source_category"}),
+    "ft4": ("last 4 blocks fine-tuned, 2 epochs", {"finetune_blocks": 4, "finetune_epochs": 2,
+                                                   "balance": "source_category"}),
 }
 
 

@@ -135,6 +135,12 @@ def test_loss_weights_balance_categories_then_sources():
     assert np.isclose(w[:2].sum(), w[2:10].sum())  # within a class, each source the same share
     old = sample_weights(labels, sources, "class_source")
     assert old[:10].sum() < w[:10].sum()  # class balancing gives normal (1 of 6 classes) less
+    per_source = sample_weights(labels, sources, "source_category", cats)
+    assert np.isclose(per_source[sources == "a"].sum(), per_source[sources == "b"].sum())  # sources equal
+    in_a = sources == "a"
+    cat_of = np.array([cats[c] for c in labels])
+    sums = [per_source[in_a & (cat_of == c)].sum() for c in ("normal", "benign", "malignant")]
+    assert np.allclose(sums, sums[0])  # within a source, its categories equal
 
 
 def test_augmentations_keep_shape_and_dihedral_group():
@@ -366,7 +372,27 @@ def test_head_resume_after_interrupted_checkpoint_write_matches_an_uninterrupted
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
 
-def test_damaged_or_mismatched_head_checkpoint_is_a_clear_error(tmp_path):
+def test_head_checkpoint_of_other_settings_is_not_resumed(tmp_path, capsys):
+    """Re-training a run with another loss weighting must train, not resume the old head."""
+    from cellview.train.train import TrainConfig, train_linear
+
+    x, y, w = _head_problem()
+    ckpt = tmp_path / "head.ckpt"
+    torch.manual_seed(0)
+    train_linear(x, y, w, 3, TrainConfig(head_epochs=3, batch_size=8), ckpt=ckpt)
+    capsys.readouterr()
+    torch.manual_seed(0)
+    other = train_linear(x, y, w * np.linspace(0.5, 1.5, len(w)).astype(np.float32), 3,
+                         TrainConfig(head_epochs=3, batch_size=8, balance="source_category"), ckpt=ckpt)
+    err = capsys.readouterr().err
+    assert "other settings or data; training from the start" in err and "resuming" not in err
+    torch.manual_seed(0)
+    fresh = train_linear(x, y, w * np.linspace(0.5, 1.5, len(w)).astype(np.float32), 3,
+                         TrainConfig(head_epochs=3, batch_size=8, balance="source_category"))
+    assert all(torch.equal(other.state_dict()[k], fresh.state_dict()[k]) for k in fresh.state_dict())
+
+
+def test_damaged_or_mismatched_head_checkpoint_is_a_clear_error(tmp_path, capsys):
     from cellview.train.train import RunError, TrainConfig, train_linear
 
     x, y, w = _head_problem()
@@ -374,8 +400,9 @@ def test_damaged_or_mismatched_head_checkpoint_is_a_clear_error(tmp_path):
     ckpt = tmp_path / "head.ckpt"
     train_linear(x, y, w, 3, cfg, ckpt=ckpt)
     good = ckpt.read_bytes()
-    with pytest.raises(RunError, match="other settings"):
-        train_linear(x[:, :4], y, w, 3, cfg, ckpt=ckpt)  # features of another width
+    capsys.readouterr()
+    head = train_linear(x[:, :4], y, w, 3, cfg, ckpt=ckpt)  # features of another width: trained afresh
+    assert head.in_features == 4 and "training from the start" in capsys.readouterr().err
     for cut in (0, 40, len(good) // 2, len(good) - 10):
         ckpt.write_bytes(good[:cut])
         with pytest.raises(RunError, match="damaged .*Delete it"):

@@ -33,7 +33,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="cache the activations entering the last N blocks (≥ --finetune-blocks; default: the same), "
                         "so one cache serves several fine-tuning depths")
     p.add_argument("--balance", default="category_source",
-                   choices=("class", "class_source", "category_source", "category_source_sqrt"),
+                   choices=("class", "class_source", "category_source", "category_source_sqrt", "source_category"),
                    help="loss weights: categories equal, classes by √size within a category, sources equal within "
                         "a class (default), or the older class-based schemes")
     p.add_argument("--label-smoothing", type=float, default=0.0)

@@ -87,7 +87,7 @@ class TrainConfig:
             raise ValueError("holdout must be 'split' or 'none'")
 
 
-BALANCE_MODES = ("class", "class_source", "category_source", "category_source_sqrt")
+BALANCE_MODES = ("class", "class_source", "category_source", "category_source_sqrt", "source_category")
 
 
 def seed_everything(seed: int) -> None:
@@ -149,6 +149,7 @@ class PhaseCheckpoint:
     parts: dict[str, Any]
     rng: torch.Generator
     desc: str
+    signature: str = ""  # the settings and data of this phase: a checkpoint of other ones is not resumed
 
     def resume(self) -> tuple[int, float, dict[str, torch.Tensor] | None]:
         """Restore the parts; (epochs done, best validation score, best weights), from scratch when absent."""
@@ -156,6 +157,9 @@ class PhaseCheckpoint:
             return 0, -1.0, None
         hint = "Delete it to restart this step."
         state = load_torch(self.path, hint)
+        if isinstance(state, dict) and state.get("signature", "") != self.signature:
+            _say(f"{self.desc}: the checkpoint was written with other settings or data; training from the start")
+            return 0, -1.0, None
         try:
             for key, part in self.parts.items():
                 part.load_state_dict(state[key])
@@ -170,7 +174,19 @@ class PhaseCheckpoint:
     def save(self, epoch: int, best: float, best_state: dict[str, torch.Tensor] | None) -> None:
         if self.path is not None:
             save_torch(self.path, {**{key: part.state_dict() for key, part in self.parts.items()},
-                                   "rng": self.rng.get_state(), "epoch": epoch, "best": best, "best_state": best_state})
+                                   "rng": self.rng.get_state(), "epoch": epoch, "best": best, "best_state": best_state,
+                                   "signature": self.signature})
+
+
+def _signature(cfg: Any, y: np.ndarray, w: np.ndarray, shape: tuple[int, ...]) -> str:
+    """Settings (all but device and threads), labels, loss weights and data shape of one training phase."""
+    import hashlib
+
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("device", "threads")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for arr in (np.asarray(y, np.int64), np.asarray(w, np.float32), np.asarray(shape, np.int64)):
+        digest.update(arr.tobytes())
+    return digest.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- feature caching
@@ -289,14 +305,31 @@ def sample_weights(labels: np.ndarray, sources: np.ndarray, mode: str,
     ``class``: every class the same total. ``class_source``: that, and within a class sources ∝ √size.
     ``category_source``: every category (malignant / benign / normal) the same total, within a category
     classes ∝ √size, within a class every source the same share. ``category_source_sqrt``: the same with
-    sources ∝ √size. Weighting categories first matters: with 3 benign classes, 2 malignant and 1
-    normal, equal classes give normal only a sixth of the loss.
+    sources ∝ √size. ``source_category``: every source the same total, within a source every category it
+    has, within that classes ∝ √size — no source can teach a category prior of its own. Weighting
+    categories first matters: with 3 benign classes, 2 malignant and 1 normal, equal classes give normal
+    only a sixth of the loss.
     """
     labels = np.asarray(labels)
     sources = np.asarray(sources)
     w = np.zeros(len(labels), np.float64)
     if not len(w):
         return w.astype(np.float32)
+    if mode == "source_category":
+        if class_categories is None:
+            raise ValueError(f"balance {mode!r} needs the classes' categories")
+        cats = np.array([class_categories[int(c)] for c in labels])
+        srcs = sorted(set(sources.tolist()))
+        for src in srcs:
+            in_s = sources == src
+            present = sorted(set(cats[in_s].tolist()))
+            for cat in present:
+                in_sc = in_s & (cats == cat)
+                cls, counts = np.unique(labels[in_sc], return_counts=True)
+                share = np.sqrt(counts) / np.sqrt(counts).sum()
+                for c, n, sh in zip(cls, counts, share, strict=True):
+                    w[in_sc & (labels == c)] = sh / n / len(present) / len(srcs)
+        return (w / w.mean()).astype(np.float32)
     if mode in ("class", "class_source"):
         groups = {int(c): 1.0 for c in np.unique(labels)}
         class_share = {c: 1.0 / len(groups) for c in groups}
@@ -347,7 +380,8 @@ def _train_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int,
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.head_epochs)
     xt, yt, wt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y), torch.from_numpy(w)
-    checkpoint = PhaseCheckpoint(ckpt, {"head": head, "opt": opt, "sched": sched}, g, desc)
+    checkpoint = PhaseCheckpoint(ckpt, {"head": head, "opt": opt, "sched": sched}, g, desc,
+                                 _signature(cfg, y, w, x.shape))
     start, best, best_state = checkpoint.resume()
     for epoch in range(start, cfg.head_epochs):
         perm = torch.randperm(len(xt), generator=g)
@@ -597,7 +631,8 @@ def finetune(model: TileClassifier, data: FitData, train_samples: np.ndarray, cf
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.finetune_lr, cfg.finetune_lr * 3],
                                                 total_steps=max(steps, 1), pct_start=0.15)
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    checkpoint = PhaseCheckpoint(ckpt, {"model": model, "opt": opt, "sched": sched}, g, f"fine-tuning{desc}")
+    checkpoint = PhaseCheckpoint(ckpt, {"model": model, "opt": opt, "sched": sched}, g, f"fine-tuning{desc}",
+                                 _signature(cfg, labels[ti[tr]], w.numpy(), tf.shape))
     model.to(device)  # before resuming: the optimiser's loaded state goes to its parameters' current device
     start, best, best_state = checkpoint.resume()
     for epoch in range(start, cfg.finetune_epochs):
