@@ -24,10 +24,11 @@ import platformdirs
 
 from cellview.errors import CellviewError
 from cellview.export import FORMATS, atomic_write_text, export_slide_result, output_paths
-from cellview.model import DEFAULT_MODEL, DEVICES, ModelSpec, OnnxClassifier, resolve_model
+from cellview.model import DEFAULT_MODEL, DEVICES, TTA_MODES, ModelSpec, OnnxClassifier, resolve_model
 from cellview.pipeline import CancelToken, Event, Finished, analyze
 from cellview.results import AnalysisParams, whole_percentages
 from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name, slide_stem
+from cellview.stain import STAIN_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ class KioskSettings:
     region_confidence: float = 0.5
     tissue_threshold: float = 0.25
     mpp_um: float | None = None
+    stain_normalize: str = "none"
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> KioskSettingsError:
@@ -178,6 +181,10 @@ class KioskSettings:
         if self.mpp_um is not None and (isinstance(self.mpp_um, bool) or not isinstance(self.mpp_um, (int, float))
                                         or not 0.02 <= self.mpp_um <= 50):
             raise bad("mpp_um", "must be a pixel size in µm from 0.02 to 50, or null")
+        if self.stain_normalize not in STAIN_METHODS:
+            raise bad("stain_normalize", f"must be one of {', '.join(map(repr, STAIN_METHODS))}")
+        if self.tta not in TTA_MODES:
+            raise bad("tta", f"must be one of {', '.join(map(repr, TTA_MODES))}")
         if self.watch_dir is not None:
             watch = self.watch_dir.resolve()
             outbox = self.outbox().resolve()
@@ -203,7 +210,23 @@ class KioskSettings:
         """Run parameters for one case; ``batch_size: "auto"`` is sized from free memory now."""
         batch = self.batch_size if isinstance(self.batch_size, int) else choose_batch_size(tile_px, available_bytes)
         return AnalysisParams(tissue_threshold=self.tissue_threshold, mpp_um=self.mpp_um, batch_size=batch,
-                              workers=self.workers, device=self.device)
+                              workers=self.workers, device=self.device, stain_normalize=self.stain_normalize,
+                              tta=self.tta)
+
+    def for_model(self, spec: ModelSpec, where: str = "") -> tuple[KioskSettings, tuple[KioskSettingsError, ...]]:
+        """These settings as the loaded model can run them, and what had to be dropped for it.
+
+        Stain normalisation needs the model's stored reference stain; without one every case would
+        fail, so the setting is dropped like any other invalid value (the problem names ``where``,
+        the settings file, and the key) and cases run without it.
+        """
+        if self.stain_normalize == "none" or spec.stain_reference is not None:
+            return self, ()
+        problem = KioskSettingsError(
+            f"{where}Kiosk setting 'stain_normalize' ({self.stain_normalize!r}) needs a model that stores the "
+            f"reference stain of its training data; the model {spec.name} does not. Ignored: cases run without "
+            "stain normalisation.", f"model: {spec.onnx_path}")
+        return replace(self, stain_normalize="none"), (problem,)
 
     # -- file --------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ the whole viewer without Qt.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import traceback
@@ -31,12 +32,13 @@ import numpy as np
 from cellview.cache import ResultCache
 from cellview.errors import CellviewError, ExportError, ModelError
 from cellview.export import FORMATS, export_slide_result, render, writable_dir
-from cellview.model import ModelSpec, OnnxClassifier
+from cellview.model import ModelSpec, OnnxClassifier, sidecar_for
 from cellview.morphology import Region, malignant_regions
 from cellview.overlay import OverlaySettings
 from cellview.pipeline import BatchDone, CancelToken, Finished, Started, analyze
 from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei, TileState
 from cellview.slide import Mpp, SlideInfo, open_slide, slide_display_name, slide_stem
+from cellview.stain import StainReference
 from cellview.tissue import TissueMask, TissueParams, detect_tissue
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,15 @@ THUMBNAIL_PX = 2048
 """Longest side of the base image drawn under the pyramid tiles (and used for PNG export)."""
 
 OVERVIEW_PX = 200
+
+STAIN_LABELS = {"none": "None", "macenko": "Macenko", "reinhard": "Reinhard"}
+"""How the viewer and the kiosk name each ``AnalysisParams.stain_normalize`` choice."""
+
+TTA_VIEWS = {"none": 1, "flips": 4, "d4": 8}
+"""Model runs per tile for each ``AnalysisParams.tta`` choice (``model.tta_views``): the inference cost."""
+
+TTA_LABELS = {"none": "None", "flips": "Flips ×4", "d4": "D4 ×8"}
+"""How the viewer and the kiosk name each ``AnalysisParams.tta`` choice, with the number of views."""
 
 
 # ----------------------------------------------------------------------------- events
@@ -269,6 +280,88 @@ def open_task(path: str, mpp_um: float | None) -> Iterator[Opened | SharperThumb
         slide.close()
 
 
+# ----------------------------------------------------------------------------- what a model offers
+
+
+NO_MODEL_SELECTED = "No model is selected."
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What the selected model lets the Analysis settings offer, known as soon as it is selected.
+
+    ``stain_unavailable`` says why stain normalisation cannot run ("" when it can: the sidecar
+    stores its training data's reference stain). ``default_stain_normalize`` / ``default_tta`` are
+    preselected for the model; sidecars name no such default (issue 11: normalisation becomes a
+    default only if leave-one-source-out shows it helps, and the CLI's default is "none" too), so
+    both are "none" until one does.
+    """
+
+    stain_unavailable: str = NO_MODEL_SELECTED
+    default_stain_normalize: str = "none"
+    default_tta: str = "none"
+
+    @property
+    def stain_available(self) -> bool:
+        return not self.stain_unavailable
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> ModelOptions:
+        return cls(stain_unavailable="" if spec.stain_reference is not None else _no_reference(spec.name))
+
+    @classmethod
+    def read(cls, model_path: str | os.PathLike[str] | None) -> ModelOptions:
+        """From the model's sidecar alone: cheap (no weights hashed), so the UI thread may call it on selection.
+
+        A sidecar that cannot be read leaves normalisation unavailable with the reason; the run
+        itself reports the sidecar's problem as usual.
+        """
+        if not model_path:
+            return cls()
+        path = Path(model_path)
+        onnx_path = path / "model.onnx" if path.is_dir() else path.with_suffix(".onnx")
+        sidecar = path if path.suffix.lower() == ".json" else sidecar_for(onnx_path)
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return cls(stain_unavailable=f"The model's sidecar {sidecar.name} cannot be read ({exc}).")
+        if not isinstance(data, dict):
+            return cls(stain_unavailable=f"The model's sidecar {sidecar.name} is not a JSON object.")
+        name = str(data.get("name") or onnx_path.parent.name or onnx_path.stem)
+        if data.get("stain_reference") is None:
+            return cls(stain_unavailable=_no_reference(name))
+        try:
+            StainReference.from_dict(data["stain_reference"], f"model sidecar {sidecar.name}")
+        except ModelError as exc:
+            return cls(stain_unavailable=exc.message)
+        return cls(stain_unavailable="")
+
+
+def _no_reference(model_name: str) -> str:
+    return (f"The model {model_name} does not store the reference stain of its training data, so there is "
+            "nothing to normalise to (a model exported by a current cellview train stores it).")
+
+
+def describe_run_options(params: AnalysisParams, stain: dict[str, Any] | None = None) -> str:
+    """The run's stain normalisation and test-time augmentation as a phrase; "" when it used neither.
+
+    ``stain`` is the result's record (``AnalysisResult.stain``): it says when normalisation was
+    asked for but skipped (no tissue to estimate the slide's stain from).
+    """
+    parts = []
+    method = params.stain_normalize
+    if method != "none":
+        if stain and stain.get("applied") == "none":
+            parts.append(str(stain.get("note") or f"{STAIN_LABELS[method]} stain normalisation skipped"))
+        else:
+            parts.append(f"{STAIN_LABELS[method]} stain normalisation (to the model's training stain)")
+    if params.tta != "none":
+        parts.append(f"test-time augmentation {TTA_LABELS[params.tta]} "
+                     f"(probabilities averaged over {TTA_VIEWS[params.tta]} views of each tile)")
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:]
+
+
 # ----------------------------------------------------------------------------- analysis
 
 
@@ -384,7 +477,11 @@ class ViewerModel:
 
     EVENTS = ("slide", "slide_image", "opening", "model", "model_ready", "settings", "running", "progress",
               "tiles", "result", "selection", "overlay", "regions", "tissue", "status", "error", "job_item",
-              "open_failed", "run_ended")
+              "open_failed", "run_ended", "model_options")
+
+    RUN_OPTIONS = ("stain_normalize", "tta")
+    """Settings that change what the model sees (like choosing another model): with auto-analyse on,
+    changing one re-runs the slide; each is the model's default until the user chooses it."""
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis) -> None:
@@ -393,6 +490,11 @@ class ViewerModel:
         self.store: SettingsStore = store if store is not None else MemoryStore()
         self.defaults = defaults or AnalysisParams()
         self.settings = self.defaults
+        self.model_options = ModelOptions()
+        """What the selected model offers (``events.model_options`` when it changes)."""
+        self._chosen: dict[str, str] = {k: getattr(self.defaults, k) for k in self.RUN_OPTIONS
+                                        if getattr(self.defaults, k) != "none"}
+        """Run options the user asked for (the command line, the Analysis panel); the rest follow the model."""
         self.analysis_source = analysis_source
         self.ask_scale: Callable[[Opened], float | str | None] | None = None
         """Asked for the µm per pixel of a slide that does not say (None: the run fails with the pipeline's message)."""
@@ -424,6 +526,7 @@ class ViewerModel:
         self._regions_key: tuple | None = None
         self._regions_again = False
         self._after_open: dict[str, Any] = {}
+        self._apply_model_options(self.model_options)
 
     # ------------------------------------------------------------------------------ state queries
 
@@ -483,11 +586,48 @@ class ViewerModel:
 
     def set_settings(self, **changes: Any) -> None:
         """Change analysis settings (``tissue``, ``tissue_threshold``, ``nuclei``, ``device``, …, and any
-        field later added to ``AnalysisParams``); the result stays until Analyse, marked stale."""
-        new = replace(self.settings, **changes)
+        field later added to ``AnalysisParams``); the result stays until Analyse, marked stale.
+
+        ``stain_normalize`` and ``tta`` (``RUN_OPTIONS``) are remembered as the user's choice across
+        models, and with auto-analyse on re-run the open slide as a new model would. Stain
+        normalisation is refused, with the reason, when the model stores no reference stain.
+        """
+        new = replace(self.settings, **changes)  # AnalysisParams rejects an unknown choice here
+        if new.stain_normalize != "none" and not self.model_options.stain_available:
+            self.status(f"{STAIN_LABELS[new.stain_normalize]} stain normalisation is unavailable: "
+                        f"{self.model_options.stain_unavailable}")
+            changes = {k: v for k, v in changes.items() if k != "stain_normalize"}
+            new = replace(new, stain_normalize=self.settings.stain_normalize)
+        self._chosen.update({k: v for k, v in changes.items() if k in self.RUN_OPTIONS})
+        if new == self.settings:
+            return
+        rerun = any(getattr(new, k) != getattr(self.settings, k) for k in self.RUN_OPTIONS)
+        self.settings = new
+        self.events.settings(new)
+        if rerun and self.auto_analyse and self.slide is not None and self.model_path:
+            self._abandon_run()
+            self.start_analysis()
+
+    def set_model_options(self, options: ModelOptions) -> None:
+        """What the model offers, when known otherwise than from the selected file (the kiosk's classifier)."""
+        if options != self.model_options:
+            self._apply_model_options(options)
+
+    def _apply_model_options(self, options: ModelOptions) -> None:
+        """The run options for this model: the user's choices where it can honour them, else its defaults."""
+        self.model_options = options
+        self.events.model_options(options)
+        wanted = {k: self._chosen.get(k, getattr(options, f"default_{k}")) for k in self.RUN_OPTIONS}
+        dropped = wanted["stain_normalize"] if not options.stain_available else "none"
+        if dropped != "none":
+            wanted["stain_normalize"] = "none"
+        new = replace(self.settings, **wanted)
         if new != self.settings:
             self.settings = new
             self.events.settings(new)
+        if dropped != "none" and options.stain_unavailable != NO_MODEL_SELECTED:
+            self.status(f"{STAIN_LABELS[dropped]} stain normalisation is off for this model: "
+                        f"{options.stain_unavailable}")
 
     def set_tissue(self, **changes: Any) -> None:
         self.set_settings(tissue=replace(self.settings.tissue, **changes))
@@ -500,6 +640,7 @@ class ViewerModel:
         self.model_path = model_path
         self.model_ready = None  # the provider and classes of the new model are known once it loads
         self.events.model(model_path)
+        self._apply_model_options(ModelOptions.read(model_path))
         had_result = self.result is not None or self.running
         if had_result:
             self._abandon_run()
@@ -742,6 +883,7 @@ class ViewerModel:
         if isinstance(item, ModelReady):
             run.spec = self.spec = item.spec
             self.model_ready = item
+            self.set_model_options(ModelOptions.from_spec(item.spec))  # the loaded model has the last word
             self.events.model_ready(item)
         elif isinstance(item, Started):
             n = item.total

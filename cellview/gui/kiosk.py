@@ -61,7 +61,7 @@ from cellview.model import CATEGORY_COLORS, OnnxClassifier
 from cellview.pipeline import CancelToken, analyze
 from cellview.results import AnalysisParams, AnalysisResult, plural
 from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name
-from cellview.viewer import AnalysisRequest, Event
+from cellview.viewer import STAIN_LABELS, TTA_LABELS, AnalysisRequest, Event, ModelOptions
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ class KioskWindow(MainWindow):
         self.settings_file = settings_file
         super().__init__(analysis_defaults=AnalysisParams(
             tissue_threshold=settings.tissue_threshold, mpp_um=settings.mpp_um, device=settings.device,
-            workers=settings.workers))
+            workers=settings.workers, stain_normalize=settings.stain_normalize, tta=settings.tta))
         self.use_cache = False
         self.model.ask_scale = None  # nobody may be at the screen: the settings' mpp_um applies or the case fails
         self.model.auto_analyse = False  # cases are started by the kiosk itself
@@ -442,6 +442,11 @@ class KioskWindow(MainWindow):
         self.settings_label = _label("")
         self.settings_label.setTextFormat(Qt.TextFormat.PlainText)
         lay.addWidget(_TextScroll(self.settings_label))
+        self._show_settings_problems()
+        self.settings_card.hide()
+        return self.settings_card
+
+    def _show_settings_problems(self) -> None:
         file, problems = self.settings_file, self.settings_problems
         what_to_do = (f"Fix {file if file is not None else 'the kiosk settings file'}, then restart the kiosk "
                       "service. Until then the kiosk runs with the settings that were valid")
@@ -453,8 +458,6 @@ class KioskWindow(MainWindow):
         if len(problems) > MAX_SETTINGS_PROBLEMS_SHOWN:
             lines.append(f"• and {len(problems) - MAX_SETTINGS_PROBLEMS_SHOWN} more (see the kiosk's log)")
         self.settings_label.setText("\n".join(lines))
-        self.settings_card.hide()
-        return self.settings_card
 
     def _build_preparing_page(self) -> QWidget:
         page = QWidget()
@@ -492,6 +495,9 @@ class KioskWindow(MainWindow):
             f"Put a slide or image into\n{watch}\nIt opens and is analysed automatically." if watch is not None
             else "Tap “Open slide” to choose a slide or image.", "kioskHint")
         left.addWidget(self.waiting_hint)
+        self.run_options_label = _label("", "kioskHint")  # the analysis settings every case runs with
+        self.run_options_label.hide()
+        left.addWidget(self.run_options_label)
         self.receiving_label = _label("", "kioskHint")
         self.receiving_label.hide()
         left.addWidget(self.receiving_label)
@@ -705,6 +711,16 @@ class KioskWindow(MainWindow):
         self.prepare_timer.stop()
         self.classifier = classifier
         self.model.spec = classifier.spec
+        where = f"{self.settings_file}: " if self.settings_file is not None else ""
+        self.settings, dropped = self.settings.for_model(classifier.spec, where)
+        if dropped:
+            for problem in dropped:
+                log.warning("%s", problem.message)
+            self.settings_problems += dropped
+            self._show_settings_problems()
+        self.model.set_model_options(ModelOptions.from_spec(classifier.spec))
+        self.model.set_settings(stain_normalize=self.settings.stain_normalize, tta=self.settings.tta)
+        self._show_run_options_line(classifier)
         self._fill_modes(classifier.spec.class_names)
         self.provider_badge.setText(classifier.describe())
         warn = classifier.needs_attention
@@ -713,6 +729,14 @@ class KioskWindow(MainWindow):
         self.modelReady.emit(classifier)
         self.set_page("waiting")
         self._next_case()
+
+    def _show_run_options_line(self, classifier: OnnxClassifier) -> None:
+        """What every case runs with, on the waiting page: the model and the settings file's analysis options."""
+        spec, s = classifier.spec, self.settings
+        self.run_options_label.setText(
+            f"Model {spec.name} {spec.version}".rstrip() + f" · stain normalisation: {STAIN_LABELS[s.stain_normalize]}"
+            f" · test-time augmentation: {TTA_LABELS[s.tta]}")
+        self.run_options_label.show()
 
     def _on_model_failed(self, exc: CellviewError) -> None:
         self.prepare_timer.stop()
@@ -1039,17 +1063,20 @@ class KioskWindow(MainWindow):
 
 
 def settings_from_args(args: argparse.Namespace) -> SalvagedSettings:
-    """The settings file (``--kiosk-config`` or the default one) with --watch/--outbox/--model/--device on top.
+    """The settings file (``--kiosk-config`` or the default one) with --watch/--outbox/--model/--device/
+    --stain-normalize/--tta on top.
 
     Lenient (:meth:`KioskSettings.load_lenient`): bad values are dropped and reported, never
-    raised. ``--device auto`` is the parser's default, so it cannot be told from "not given": it
-    keeps the file's device.
+    raised. ``--device auto``, ``--stain-normalize none`` and ``--tta none`` are the parser's
+    defaults, so they cannot be told from "not given": they keep the file's values.
     """
     device = getattr(args, "device", None)
+    stain, tta = getattr(args, "stain_normalize", None), getattr(args, "tta", None)
     return KioskSettings.load_lenient(
         getattr(args, "kiosk_config", None), watch_dir=getattr(args, "watch", None),
         outbox_dir=getattr(args, "outbox", None), model=getattr(args, "model", None),
-        device=None if device == "auto" else device)
+        device=None if device == "auto" else device, stain_normalize=None if stain == "none" else stain,
+        tta=None if tta == "none" else tta)
 
 
 def build_kiosk(args: argparse.Namespace,

@@ -46,7 +46,7 @@ from cellview.gui.panels import CategoryToggles, ColorBar, TileInspector, sectio
 from cellview.gui.slideview import ARROW_STEPS, SlideView, format_um
 from cellview.gui.tasks import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
 from cellview.gui.worker import QtRunner, Worker
-from cellview.model import CATEGORY_COLORS, DEFAULT_MODEL, DEVICES, ModelSpec, available_models
+from cellview.model import CATEGORY_COLORS, DEFAULT_MODEL, DEVICES, TTA_MODES, ModelSpec, available_models
 from cellview.morphology import Region
 from cellview.overlay import (
     STYLES,
@@ -60,7 +60,18 @@ from cellview.overlay import (
 )
 from cellview.results import AnalysisParams, AnalysisResult, plural
 from cellview.slide import SUPPORTED_SUFFIXES, describe_skipped
-from cellview.viewer import WHOLE_IMAGE, Event, ModelReady, Opened, Progress, ViewerModel
+from cellview.stain import STAIN_METHODS
+from cellview.viewer import (
+    STAIN_LABELS,
+    TTA_LABELS,
+    WHOLE_IMAGE,
+    Event,
+    ModelReady,
+    Opened,
+    Progress,
+    ViewerModel,
+    describe_run_options,
+)
 
 LOADER_THREADS = 2
 REPAINT_INTERVAL_MS = 100
@@ -245,7 +256,8 @@ class MainWindow(QMainWindow):
         ev.opening.connect(self._on_opening)
         ev.model.connect(self._on_model_selected)
         ev.model_ready.connect(self._on_model_ready)
-        ev.settings.connect(lambda e: self._update_summary())
+        ev.settings.connect(lambda e: (self._show_run_options(), self._update_summary()))
+        ev.model_options.connect(lambda e: self._show_run_options())
         ev.running.connect(self._on_running)
         ev.progress.connect(self._on_progress)
         ev.tiles.connect(self._on_tiles)
@@ -381,7 +393,10 @@ class MainWindow(QMainWindow):
         self.nuclei_box.setToolTip("Count nuclei and measure their size and shape in every tile (H&E deconvolution)")
         self.nuclei_box.toggled.connect(lambda on: self.model.set_settings(nuclei=on))
         c.addWidget(self.nuclei_box)
+        self._build_run_options(c)
         self.auto_box = QCheckBox("Analyse automatically when a slide opens or the model changes")
+        self.auto_box.setToolTip("Also when stain normalisation or test-time augmentation changes: like another "
+                                 "model, they change what the model sees. Other settings wait for Analyse.")
         self.auto_box.setChecked(self.model.auto_analyse)
         self.auto_box.toggled.connect(self._auto_toggled)
         c.addWidget(self.auto_box)
@@ -509,6 +524,54 @@ class MainWindow(QMainWindow):
         self.dock.setMinimumWidth(380)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self._update_colour_hint()
+
+    STAIN_TIP = ("Map each slide's colours onto the stain of the model's training data before classifying: "
+                 "the slide's stain is estimated once from tissue tiles sampled across it, then every tile gets "
+                 "a cheap transform. Macenko: haematoxylin and eosin separated in optical density; Reinhard: "
+                 "colour statistics matched in LAB. Recorded in the run metadata and the result cache key.")
+    TTA_TIP = ("Test-time augmentation: average each tile's probabilities over flipped and rotated copies. "
+               "Flips ×4 runs the model 4 times per tile (about 4× the classification time), D4 ×8 (every "
+               "flip and 90° rotation) 8 times (about 8×). Keep it off unless the model card says it helps.")
+
+    def _build_run_options(self, c: QVBoxLayout) -> None:
+        """Stain normalisation and test-time augmentation: shown as the model's settings say, set through it."""
+        form = QFormLayout()
+        form.setContentsMargins(0, 0, 0, 0)
+        self.stain_box = QComboBox()
+        for method in STAIN_METHODS:
+            self.stain_box.addItem(STAIN_LABELS[method], method)
+        self.stain_box.currentIndexChanged.connect(
+            lambda _i: self.model.set_settings(stain_normalize=self.stain_box.currentData()))
+        self.tta_box = QComboBox()
+        for mode in TTA_MODES:
+            self.tta_box.addItem(TTA_LABELS[mode] + ("" if mode == "none" else " (slower)"), mode)
+        self.tta_box.setToolTip(self.TTA_TIP)
+        self.tta_box.currentIndexChanged.connect(lambda _i: self.model.set_settings(tta=self.tta_box.currentData()))
+        self.stain_hint = _hint("")  # why normalisation is unavailable, under its control
+        self.stain_hint.setVisible(False)
+        form.addRow("Stain normalisation", self.stain_box)
+        form.addRow(self.stain_hint)
+        form.addRow("Test-time augmentation", self.tta_box)
+        c.addLayout(form)
+        self._show_run_options()
+
+    def _show_run_options(self) -> None:
+        """The combo boxes follow the model's settings and options (without re-emitting their signals)."""
+        d, options = self.model.settings, self.model.model_options
+        for box, value in ((self.stain_box, d.stain_normalize), (self.tta_box, d.tta)):
+            box.blockSignals(True)
+            box.setCurrentIndex(max(0, box.findData(value)))
+            box.blockSignals(False)
+        self.stain_box.setEnabled(options.stain_available and not self.model.running)
+        self.tta_box.setEnabled(not self.model.running)
+        if options.stain_available:
+            self.stain_box.setToolTip(self.STAIN_TIP)
+            self.stain_hint.setVisible(False)
+        else:
+            why = f"Stain normalisation is unavailable. {options.stain_unavailable}"
+            self.stain_box.setToolTip(why)
+            self.stain_hint.setText(why)
+            self.stain_hint.setVisible(self.model.model_path is not None)
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
@@ -851,6 +914,7 @@ class MainWindow(QMainWindow):
         self.act_cancel.setEnabled(running)
         self.model_box.setEnabled(not running)
         self.device_box.setEnabled(not running)
+        self._show_run_options()
         for act in self.export_actions:
             act.setEnabled(self.model.can_export)
 
@@ -1035,6 +1099,9 @@ class MainWindow(QMainWindow):
         if result.status == "cancelled":
             text += " (run cancelled: partial result)"
         text += "."
+        options = describe_run_options(result.params, result.stain)
+        if options:
+            text += f" {options}."
         ov = self.model.overlay
         if ov.min_confidence > 0:
             text += f" Counts: {counted_text(result, ov)}."
@@ -1260,6 +1327,8 @@ class MainWindow(QMainWindow):
         line(fm.elidedText(f"Slide: {result.slide.name}", Qt.TextElideMode.ElideRight, width))
         line(fm.elidedText(f"Model: {result.model.name} {result.model.version}", Qt.TextElideMode.ElideRight, width))
         line(f"Run on: {result.provider}")
+        if describe_run_options(result.params, result.stain):
+            line(describe_run_options(result.params, result.stain))
         line(f"View: x {max(0, rect.x()):,.0f}  y {max(0, rect.y()):,.0f} (level 0)")
         if self.model.mpp_um():
             line(f"Field of view: {format_um(round(rect.width() * self.model.mpp_um()))} wide")
