@@ -718,8 +718,7 @@ class KioskWindow(MainWindow):
                 log.warning("%s", problem.message)
             self.settings_problems += dropped
             self._show_settings_problems()
-        self.model.set_model_options(ModelOptions.from_spec(classifier.spec))
-        self.model.set_settings(stain_normalize=self.settings.stain_normalize, tta=self.settings.tta)
+        self.model.set_model_options(ModelOptions.from_spec(classifier.spec))  # the viewer's settings follow
         self._show_run_options_line(classifier)
         self._fill_modes(classifier.spec.class_names)
         self.provider_badge.setText(classifier.describe())
