@@ -475,13 +475,13 @@ class RecentSlide:
 class ViewerModel:
     """The one viewer state; see the module docstring. All methods run on one (the UI) thread."""
 
-    EVENTS = ("slide", "slide_image", "opening", "model", "model_ready", "settings", "running", "progress",
-              "tiles", "result", "selection", "overlay", "regions", "tissue", "status", "error", "job_item",
-              "open_failed", "run_ended", "model_options")
-
     RUN_OPTIONS = ("stain_normalize", "tta")
     """Settings that change what the model sees (like choosing another model): with auto-analyse on,
     changing one re-runs the slide; each is the model's default until the user chooses it."""
+
+    EVENTS = ("slide", "slide_image", "opening", "model", "model_options", "model_ready", "settings", "running", "progress",
+              "tiles", "result", "selection", "overlay", "regions", "tissue", "status", "error", "job_item",
+              "open_failed", "run_ended")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis) -> None:
@@ -495,6 +495,7 @@ class ViewerModel:
         self._chosen: dict[str, str] = {k: getattr(self.defaults, k) for k in self.RUN_OPTIONS
                                         if getattr(self.defaults, k) != "none"}
         """Run options the user asked for (the command line, the Analysis panel); the rest follow the model."""
+        self._apply_model_options(self.model_options)
         self.analysis_source = analysis_source
         self.ask_scale: Callable[[Opened], float | str | None] | None = None
         """Asked for the µm per pixel of a slide that does not say (None: the run fails with the pipeline's message)."""
@@ -526,7 +527,6 @@ class ViewerModel:
         self._regions_key: tuple | None = None
         self._regions_again = False
         self._after_open: dict[str, Any] = {}
-        self._apply_model_options(self.model_options)
 
     # ------------------------------------------------------------------------------ state queries
 

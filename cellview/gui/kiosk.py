@@ -711,6 +711,11 @@ class KioskWindow(MainWindow):
         self.prepare_timer.stop()
         self.classifier = classifier
         self.model.spec = classifier.spec
+        self._fill_modes(classifier.spec.class_names)
+        self.provider_badge.setText(classifier.describe())
+        warn = classifier.needs_attention
+        self.provider_badge.setProperty("warn", "true" if warn else "false")
+        self.provider_badge.setStyle(self.provider_badge.style())
         where = f"{self.settings_file}: " if self.settings_file is not None else ""
         self.settings, dropped = self.settings.for_model(classifier.spec, where)
         if dropped:
@@ -720,11 +725,6 @@ class KioskWindow(MainWindow):
             self._show_settings_problems()
         self.model.set_model_options(ModelOptions.from_spec(classifier.spec))  # the viewer's settings follow
         self._show_run_options_line(classifier)
-        self._fill_modes(classifier.spec.class_names)
-        self.provider_badge.setText(classifier.describe())
-        warn = classifier.needs_attention
-        self.provider_badge.setProperty("warn", "true" if warn else "false")
-        self.provider_badge.setStyle(self.provider_badge.style())
         self.modelReady.emit(classifier)
         self.set_page("waiting")
         self._next_case()
