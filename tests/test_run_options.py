@@ -139,6 +139,18 @@ def test_the_result_cache_tells_the_options_apart(stain_model, he_slide):
     assert m.result.from_cache and m.result.params.stain_normalize == "none"
 
 
+def test_the_labels_count_the_views_the_model_runs():
+    from cellview.model import TTA_MODES, tta_views
+    from cellview.stain import STAIN_METHODS
+    from cellview.viewer import STAIN_LABELS, TTA_LABELS, TTA_VIEWS
+
+    tiles = np.zeros((1, 4, 4, 3), np.uint8)
+    assert set(STAIN_LABELS) == set(STAIN_METHODS) and set(TTA_LABELS) == set(TTA_VIEWS) == set(TTA_MODES)
+    for mode in TTA_MODES:  # the cost the panel states is the cost the model pays
+        assert len(tta_views(tiles, mode)) == TTA_VIEWS[mode]
+        assert mode == "none" or TTA_LABELS[mode].endswith(f"×{TTA_VIEWS[mode]}")
+
+
 def test_skipped_normalisation_is_said(stain_model):
     params = AnalysisParams(stain_normalize="reinhard")
     skipped = {"requested": "reinhard", "applied": "none",
