@@ -394,7 +394,10 @@ def read_image_rgb(path: str | os.PathLike[str]) -> np.ndarray | None:
     16-bit images stretched to 8 bits, grey expanded to RGB, EXIF orientation not applied.
     """
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error:  # damaged headers trip OpenCV's own size assertions
+        return None
     if img is None:
         return None
     if img.dtype != np.uint8:
@@ -460,6 +463,84 @@ def _container_kind(path: Path) -> str:
     return ""
 
 
+# TIFF geometry a real slide can have. Beyond these, OpenSlide/libtiff may try to allocate
+# absurd buffers (and GLib aborts the process when that fails), so such files are refused.
+_TIFF_MAX_SIDE_PX = 1 << 20          # 1,048,576 px: about 26 cm at 0.25 µm/px
+_TIFF_MAX_TILE_PX = 16384            # tiles are 240–2048 px in practice; the spec wants multiples of 16
+_TIFF_MAX_STRIP_BYTES = 1 << 30      # one strip (label, macro, thumbnail images) at most 1 GiB decoded
+_TIFF_MAX_SAMPLES = 8
+
+
+def check_tiff_geometry(path: str | os.PathLike[str]) -> None:
+    """Refuse a TIFF whose tile or strip geometry no real slide has, before OpenSlide decodes it.
+
+    Reads only the tags (tifffile, no pixel decoding): image and tile sizes, samples, the number
+    of tile/strip offsets against the grid they must cover, and that every block lies inside the
+    file. OpenSlide trusts these values and a damaged header can make it allocate hundreds of GB,
+    which aborts the whole process; a SlideError here keeps the damage to this one slide.
+    """
+    import logging
+
+    import tifffile
+
+    path = Path(path)
+    name = path.name
+    damaged = f"{name} is a TIFF file with a damaged header"
+    tf_log = logging.getLogger("tifffile")
+    level = tf_log.level
+    tf_log.setLevel(logging.CRITICAL)  # it logs every odd tag; the SlideError says what matters
+    try:
+        file_size = path.stat().st_size
+        with tifffile.TiffFile(path) as tif:
+            for n, page in enumerate(tif.pages):
+                _check_tiff_page(page, n, file_size, damaged)
+    except SlideError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many types on damaged files
+        raise SlideError(f"{damaged}: its image directory cannot be parsed.", f"tifffile: {exc}") from exc
+    finally:
+        tf_log.setLevel(level)
+
+
+def _check_tiff_page(page: Any, n: int, file_size: int, damaged: str) -> None:
+    where = f"image {n}"
+    if not hasattr(page, "imagewidth"):  # a frame of another page (tifffile's TiffFrame)
+        return
+    w, h = int(page.imagewidth), int(page.imagelength)
+    depth = int(getattr(page, "imagedepth", 1) or 1)
+    spp = int(page.samplesperpixel)
+    if not (0 < w <= _TIFF_MAX_SIDE_PX and 0 < h <= _TIFF_MAX_SIDE_PX):
+        raise SlideError(f"{damaged}: {where} claims {w} × {h} pixels.", "implausible ImageWidth/ImageLength")
+    if depth != 1:
+        raise SlideError(f"{damaged}: {where} claims a depth of {depth} (a slide level is 2-D).", "ImageDepth")
+    if not 1 <= spp <= _TIFF_MAX_SAMPLES:
+        raise SlideError(f"{damaged}: {where} claims {spp} samples per pixel.", "SamplesPerPixel")
+    planes = spp if int(page.planarconfig) == 2 else 1
+    bytes_px = max(1, spp * max(int(b) for b in np.atleast_1d(page.bitspersample)) // 8) // planes
+    if page.is_tiled:
+        tw, th = int(page.tilewidth), int(page.tilelength)
+        if not (16 <= tw <= _TIFF_MAX_TILE_PX and 16 <= th <= _TIFF_MAX_TILE_PX and tw % 16 == 0 and th % 16 == 0):
+            raise SlideError(f"{damaged}: {where} claims {tw} × {th} pixel tiles.", "TileWidth/TileLength")
+        expected = -(-w // tw) * -(-h // th) * planes
+    else:
+        rows = int(page.rowsperstrip or h)
+        rows = min(rows, h) if rows > 0 else h
+        if w * rows * bytes_px > _TIFF_MAX_STRIP_BYTES:
+            raise SlideError(f"{damaged}: {where} has {w} × {rows} pixel strips.", "RowsPerStrip")
+        expected = -(-h // rows) * planes
+    offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+    counts = np.asarray(page.databytecounts, dtype=np.int64)
+    if len(offsets) != expected or len(counts) != expected:
+        raise SlideError(
+            f"{damaged}: {where} has {len(offsets)} {'tiles' if page.is_tiled else 'strips'} where its size "
+            f"needs {expected}.", "TileOffsets/StripOffsets count does not match the image geometry",
+        )
+    present = counts > 0  # sparse pyramids (Philips, some converters) leave empty tiles at 0
+    if (counts < 0).any() or (offsets[present] < 0).any() or (offsets[present] + counts[present] > file_size).any():
+        raise SlideError(f"{damaged}: {where} points past the end of the file (truncated?).",
+                         "TileOffsets/StripOffsets + byte counts beyond the file size")
+
+
 def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None) -> Slide:
     """Open a slide or plain image; every failure becomes a SlideError with a plain message."""
     path = Path(path)
@@ -501,6 +582,8 @@ def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None) -> Sli
             f"OpenSlide: {osr_error}" if osr_error else "",
         )
         if path.suffix.lower() in IMAGE_SUFFIXES:
+            if kind == "tiff":  # the image decoder trusts the header as much as OpenSlide does
+                check_tiff_geometry(path)
             try:
                 slide = _load_plain_image(path)
             except SlideError:
@@ -515,6 +598,12 @@ def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None) -> Sli
                 f"OpenSlide: {osr_error}" if osr_error else "",
             )
     else:
+        if _container_kind(path) == "tiff":
+            try:
+                check_tiff_geometry(path)
+            except SlideError:
+                slide.close()
+                raise
         try:  # Truncated files often open but fail on the first real read: find out now.
             lw, lh = slide.level_dimensions[-1]
             slide.read_region((0, 0), slide.level_count - 1, (min(lw, 64), min(lh, 64)))
