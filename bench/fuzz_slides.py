@@ -60,8 +60,16 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=DATA)
     args = ap.parse_args()
 
+    import signal
+
     import dask
     from distributed import Client, LocalCluster
+
+    def stop(signum, frame):  # noqa: ARG001 - SIGTERM (and SIGINT under nohup) end the run cleanly
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
     from cellview.testing import make_toy_model
 

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 FAULT_ENV = "CELLVIEW_TEST_FAULTS"
 """Test hook: a folder where ``<stem>.exit-once`` / ``<stem>.exit-always`` make a Dask worker
-process exit (``os._exit``) in the middle of that slide. Inert outside Dask workers."""
+process exit (``os._exit``) in the middle of that slide, and ``<stem>.hold`` pauses it there while
+the file exists (at most 2 minutes). Inert unless set, and outside Dask workers."""
 
 PROGRESS_TOPIC = "cellview-progress"
 
@@ -219,6 +220,10 @@ def _fault_hook(stem: str) -> None:
     folder = os.environ.get(FAULT_ENV)
     if not folder or _dask_worker() is None:
         return
+    hold = Path(folder) / f"{stem}.hold"
+    deadline = time.monotonic() + 120
+    while hold.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     if (Path(folder) / f"{stem}.exit-always").exists():
         os._exit(70)
     try:
@@ -404,6 +409,8 @@ def run_in_process(jobs: list[SlideJob], settings: CohortSettings, classifier: A
             if bar is not None:
                 bar.n = done
                 bar.refresh()
+            if tables is not None:
+                tables.flush()
 
         try:
             outcome = analyze_slide(job, settings, on_batch)
@@ -470,7 +477,7 @@ class DaskSession:
                                       "distributed.scheduler.worker-saturation": 1.0}):
                     self.cluster = LocalCluster(
                         n_workers=n, threads_per_worker=1, processes=True,
-                        dashboard_address=":0" if _has_dashboard() else None,
+                        dashboard_address=":0",  # a free port: never collides with another cluster
                         silence_logs=logging.ERROR,
                     )
                 self.client = Client(self.cluster)
@@ -583,6 +590,8 @@ def run_on_dask(session: DaskSession, jobs: list[SlideJob], settings: CohortSett
             rate = (tiles_finished + tiles_live) / elapsed if elapsed > 0 else 0.0
             bar.set_postfix_str(f"ok {counts['ok']}, failed {counts['failed']}, running {running}, "
                                 f"{rate:.1f} tiles/s", refresh=True)
+            if tables is not None:
+                tables.flush()
             if not batch:
                 time.sleep(0.2)
     except BaseException:

@@ -108,10 +108,17 @@ class CohortTables:
     started: float = field(default_factory=time.time)
     _last_write: float = 0.0
     _last_html: float = 0.0
+    _dirty: bool = False
 
     def add(self, outcome: SlideOutcome, position: int | None = None) -> None:
         self.outcomes[outcome.stem] = outcome
         self.order.setdefault(outcome.stem, len(self.order) if position is None else position)
+        self._dirty = True
+
+    def flush(self) -> None:
+        """Write what changed since the last write once the interval has passed (call it often)."""
+        if self._dirty:
+            self.write()
 
     def sorted_outcomes(self) -> list[SlideOutcome]:
         return sorted(self.outcomes.values(), key=lambda o: self.order.get(o.stem, 1 << 30))
@@ -122,6 +129,7 @@ class CohortTables:
         if not force and now - self._last_write < self.min_interval_s:
             return
         self._last_write = now
+        self._dirty = False
         rows = self.sorted_outcomes()
         atomic_write_text(self.out_dir / COHORT_CSV, csv_table(rows))
         meta = dict(self.run_info)

@@ -394,6 +394,8 @@ def read_image_rgb(path: str | os.PathLike[str]) -> np.ndarray | None:
     16-bit images stretched to 8 bits, grey expanded to RGB, EXIF orientation not applied.
     """
     data = np.fromfile(str(path), dtype=np.uint8)
+    if not _png_chunks_plausible(data):
+        return None
     try:
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     except cv2.error:  # damaged headers trip OpenCV's own size assertions
@@ -410,7 +412,50 @@ def read_image_rgb(path: str | os.PathLike[str]) -> np.ndarray | None:
     return cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
 
 
+def _png_chunks_plausible(data: np.ndarray) -> bool:
+    """False for a PNG with a chunk longer than the rest of the file.
+
+    OpenCV's PNG reader allocates a chunk's declared length up front: a 600 KB file claiming a
+    4 GiB IDAT chunk costs 4 GiB of memory before it fails. Other formats pass unchecked.
+    """
+    raw = data.tobytes()
+    if raw[:8] != b"\x89PNG\r\n\x1a\n":
+        return True
+    pos = 8
+    while pos + 8 <= len(raw):
+        length = int.from_bytes(raw[pos:pos + 4], "big")
+        if length > len(raw) - pos - 12:
+            return False
+        if raw[pos + 4:pos + 8] == b"IEND":
+            break
+        pos += 12 + length
+    return True
+
+
+def _declared_pixels(path: Path) -> int | None:
+    """Width × height from the image header (Pillow reads it without decoding), None if unknown."""
+    import re
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: we apply our own limit
+            with Image.open(path) as im:
+                return int(im.size[0]) * int(im.size[1])
+    except Image.DecompressionBombError as exc:  # over twice Pillow's limit; its message has the size
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        return int(found.group(1)) if found else _MAX_PLAIN_PIXELS + 1
+    except Exception:  # noqa: BLE001 - Pillow may not know the format; the decoder decides
+        return None
+
+
 def _load_plain_image(path: Path) -> ImageSlide:
+    declared = _declared_pixels(path)
+    if declared is not None and declared > _MAX_PLAIN_PIXELS:  # before a decoder allocates it
+        raise SlideError(f"{path.name} is too large to open as a plain image ({declared:,} pixels); "
+                         "save it as a pyramidal TIFF.")
     rgb = read_image_rgb(path)
     if rgb is None:
         raise SlideError(
