@@ -141,6 +141,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"Model {classifier.describe()}", file=sys.stderr)
     tables = None
     if n_slides > 1 or on_cluster:
+        settings = replace(settings, thumb_px=320)
         retries = (session.allowed_failures if session is not None else args.retries) if on_cluster else None
         where = session.description if session is not None else ("Dask" if on_cluster else "in process")
         tables = CohortTables(out_dir, run_info(settings, spec, options, where, retries), n_slides)

@@ -137,7 +137,7 @@ class CohortSettings:
     region_confidence: float | None
     use_cache: bool = True
     ort_threads: int | None = None  # None: ONNX Runtime's default (all cores of this process)
-    thumb_px: int = 320
+    thumb_px: int = 0  # heatmap thumbnail for cohort.html (longest side); 0: none
 
 
 @dataclass(frozen=True)
@@ -327,7 +327,7 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
             result, out_dir, job.stem, settings.formats, settings.png_size_px, settings.region_confidence,
             extra_meta={"fallback": classifier.fallback_message} if classifier.fallback_message else None,
         )
-        thumbnail = _write_thumbnail(result, out_dir, job.stem, settings.thumb_px)
+        thumbnail = _write_thumbnail(result, out_dir, job.stem, settings.thumb_px) if settings.thumb_px else ""
     except CellviewError as exc:
         return failed(exc.message, exc.details)
     except Exception as exc:  # noqa: BLE001 - a bug: report it with its traceback, keep the batch going

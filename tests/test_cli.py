@@ -108,8 +108,11 @@ def test_bad_input_corpus_in_one_batch(synthetic_slide, toy_model, tmp_path, cap
         line = next((ln for ln in failures.splitlines() if name in ln), None)
         assert line is not None and message in line, (name, failures)
     assert "good.tiff: 56/56 tiles" in out  # the good slide after all the bad ones still ran
-    after = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    cohort = {"cohort.csv", "cohort.json", "cohort.html", "cohort-thumbs"}  # a multi-slide run's summary
+    after = {p.name: p.read_bytes() for p in out_dir.iterdir() if p.name not in cohort}
     assert set(after) == set(before)  # nothing half-written, no outputs for bad inputs
+    statuses = {r["name"]: r["status"] for r in csv.DictReader((out_dir / "cohort.csv").open())}
+    assert statuses == {**{name: "failed" for name in expected}, "good.tiff": "ok"}
     assert after["good.csv"] == before["good.csv"]
 
 

@@ -1,6 +1,6 @@
 """Cohorts on a Dask LocalCluster: retries after worker deaths, Ctrl-C and resume, concurrent clients.
 
-One LocalCluster (2 worker processes) is shared by the module. Worker deaths are caused by the
+One LocalCluster (2 worker processes, conftest.dask_cluster) is shared by the session. Worker deaths are caused by the
 test hook in cellview.cohort (FAULT_ENV): marker files make a worker call os._exit in the middle
 of a slide. Waits are on files and processes with generous timeouts, never fixed sleeps.
 """
@@ -31,27 +31,6 @@ from cellview.cohort_report import CSV_COLUMNS, THUMBS_DIR  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SLOW = 120  # seconds: generous bound for anything that waits on the cluster on a loaded CI machine
-
-
-@pytest.fixture(scope="module")
-def faults(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("faults")
-
-
-@pytest.fixture(scope="module")
-def cluster(faults, tmp_path_factory):
-    """2 worker processes, 1 thread each; a slide may kill its worker twice before it fails."""
-    import dask
-    from distributed import LocalCluster
-
-    env = {FAULT_ENV: str(faults), "CELLVIEW_CACHE_DIR": str(tmp_path_factory.mktemp("worker-cache")),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))}
-    with dask.config.set({"distributed.scheduler.allowed-failures": 2,
-                          "distributed.scheduler.worker-saturation": 1.0}):
-        lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          silence_logs=50, env=env)
-    yield lc
-    lc.close()
 
 
 @pytest.fixture()
@@ -120,7 +99,7 @@ class _Page(html.parser.HTMLParser):
             self._in_th = False
 
 
-def test_cohort_on_cluster_equals_in_process_and_resumes(cluster, slides, toy_model, tmp_path, capsys):
+def test_cohort_on_cluster_equals_in_process_and_resumes(dask_cluster, slides, toy_model, tmp_path, capsys):
     bad = slides[0].parent / "broken.tiff"
     bad.write_bytes(slides[0].read_bytes()[:3000])
     ref = tmp_path / "ref"
@@ -128,7 +107,7 @@ def test_cohort_on_cluster_equals_in_process_and_resumes(cluster, slides, toy_mo
     assert code == 0, err
     out = tmp_path / "out"
     code, stdout, err = _analyze(capsys, slides[0].parent, "--model", toy_model, "--out", out,
-                                 "--cluster", cluster.scheduler_address)
+                                 "--cluster", dask_cluster.scheduler_address)
     assert code == 1, err  # the broken slide failed
     assert "Traceback" not in err
     rows = _rows(out)
@@ -157,21 +136,21 @@ def test_cohort_on_cluster_equals_in_process_and_resumes(cluster, slides, toy_mo
 
     # A rerun sends nothing for the finished slides and retries only the failed one.
     code, _, err = _analyze(capsys, slides[0].parent, "--model", toy_model, "--out", out,
-                            "--cluster", cluster.scheduler_address)
+                            "--cluster", dask_cluster.scheduler_address)
     assert code == 1 and "0 analysed, 4 up to date, 1 failed" in err
     assert {r["status"] for k, r in _rows(out).items() if k != "broken"} == {"skipped"}
 
 
-def test_worker_killed_mid_slide_is_retried_and_equals_a_clean_run(cluster, faults, slides, toy_model, tmp_path,
+def test_worker_killed_mid_slide_is_retried_and_equals_a_clean_run(dask_cluster, fault_dir, slides, toy_model, tmp_path,
                                                                    capsys):
     ref = tmp_path / "ref"
     assert _analyze(capsys, slides[1], "--model", toy_model, "--out", ref)[0] == 0
-    (faults / "beta.exit-once").touch()
+    (fault_dir / "beta.exit-once").touch()
     out = tmp_path / "out"
     code, _, err = _analyze(capsys, *slides, "--model", toy_model, "--out", out, "--cluster",
-                            cluster.scheduler_address)
+                            dask_cluster.scheduler_address)
     assert code == 0, err
-    assert not (faults / "beta.exit-once").exists()  # the hook fired: a worker died in the middle of beta
+    assert not (fault_dir / "beta.exit-once").exists()  # the hook fired: a worker died in the middle of beta
     assert {r["status"] for r in _rows(out).values()} == {"ok"}
     for ext in (".csv", ".geojson"):
         assert (out / f"beta{ext}").read_bytes() == (ref / f"beta{ext}").read_bytes()
@@ -180,13 +159,13 @@ def test_worker_killed_mid_slide_is_retried_and_equals_a_clean_run(cluster, faul
     assert cv2.imread(str(out / "beta.png")).shape == cv2.imread(str(ref / "beta.png")).shape
 
 
-def test_slide_that_always_kills_its_worker_fails_after_retries(cluster, faults, slides, toy_model, tmp_path, capsys):
-    marker = faults / "gamma.exit-always"
+def test_slide_that_always_kills_its_worker_fails_after_retries(dask_cluster, fault_dir, slides, toy_model, tmp_path, capsys):
+    marker = fault_dir / "gamma.exit-always"
     marker.touch()
     try:
         out = tmp_path / "out"
         code, _, err = _analyze(capsys, *slides, "--model", toy_model, "--out", out, "--cluster",
-                                cluster.scheduler_address)
+                                dask_cluster.scheduler_address)
     finally:
         marker.unlink()
     assert code == 1
@@ -198,9 +177,9 @@ def test_slide_that_always_kills_its_worker_fails_after_retries(cluster, faults,
     assert "gamma.tiff" in err.split("Failures:")[1] and "Traceback" not in err
     # The cluster is whole again: the nannies restarted the workers.
     deadline = time.monotonic() + SLOW
-    while len(cluster.scheduler_info["workers"]) < 2 and time.monotonic() < deadline:
+    while len(dask_cluster.scheduler_info["workers"]) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(cluster.scheduler_info["workers"]) == 2
+    assert len(dask_cluster.scheduler_info["workers"]) == 2
 
 
 def _env() -> dict[str, str]:
@@ -287,14 +266,14 @@ def _validate_all(out: Path) -> None:
             assert data.rstrip().endswith(b"</html>"), p
 
 
-def test_two_clients_on_one_folder_never_leave_a_half_written_file(cluster, slides, toy_model, tmp_path):
+def test_two_clients_on_one_folder_never_leave_a_half_written_file(dask_cluster, slides, toy_model, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     args = ["analyze", *map(str, slides), "--model", str(toy_model), "--out", str(out), "-q", "--no-cache",
             "--force"]
     procs = [subprocess.Popen([sys.executable, "-m", "cellview.cli", *args, *extra], env=_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for extra in (["--cluster", cluster.scheduler_address], [])]
+             for extra in (["--cluster", dask_cluster.scheduler_address], [])]
     errors: list[BaseException] = []
     checks = 0
 
@@ -321,11 +300,11 @@ def test_two_clients_on_one_folder_never_leave_a_half_written_file(cluster, slid
     assert {r["status"] for r in _rows(out).values()} == {"ok"}
 
 
-def test_shared_slides_folder_on_the_cluster(cluster, data_dir, toy_model_224, tmp_path, capsys):
+def test_shared_slides_folder_on_the_cluster(dask_cluster, data_dir, toy_model_224, tmp_path, capsys):
     """The real slides folder: readable slides analysed, the two bad ones listed, exit 1, no traceback."""
     out = tmp_path / "out"
     code, _, err = _analyze(capsys, data_dir / "slides", "--model", toy_model_224, "--out", out,
-                            "--cluster", cluster.scheduler_address)
+                            "--cluster", dask_cluster.scheduler_address)
     assert code == 1
     assert "Traceback" not in err
     rows = _rows(out)

@@ -1,0 +1,109 @@
+"""TIFF headers a real slide cannot have are refused before OpenSlide or a decoder trusts them.
+
+pyramid-header-abort.tiff (tile width 553,648,384) made OpenSlide ask GLib for 566 GB and abort
+the process; pyramid-header-huge-height.tiff (5,376,919 rows) ended in an OpenCV traceback. Both
+are rebuilt here from a small generated pyramid, so the tests run without ../shared/data too.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellview.errors import SlideError
+from cellview.fuzzing import _tiff_entries
+from cellview.slide import check_tiff_geometry, open_slide
+from cellview.testing import synthetic_slide_rgb, write_pyramid_tiff
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def pyramid(tmp_path) -> Path:
+    return write_pyramid_tiff(tmp_path / "p.tiff", synthetic_slide_rgb()[:512, :768], 0.5, levels=3, tile=128)
+
+
+def _patch_first(path: Path, tag: int, value: int) -> Path:
+    """Set the value of the first IFD entry with ``tag`` (as the damaged shared files have)."""
+    data = bytearray(path.read_bytes())
+    entry = next(e for e in _tiff_entries(bytes(data)) if e[1] == tag)
+    offset, _, typ, _, fmt = entry
+    order = fmt[0]
+    if typ == 3 and value <= 0xFFFF:
+        struct.pack_into(order + "H", data, offset + 8, value)
+    else:
+        struct.pack_into(order + "HI", data, offset + 2, 4, 1)  # LONG, count 1
+        struct.pack_into(order + "I", data, offset + 8, value)
+    out = path.with_name(f"{path.stem}-{tag}-{value}.tiff")
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_a_plausible_pyramid_passes(pyramid):
+    check_tiff_geometry(pyramid)
+    with open_slide(pyramid) as slide:
+        assert slide.dimensions == (768, 512)
+
+
+@pytest.mark.parametrize("tag, value, message", [
+    (322, 553_648_384, "pixel tiles"),  # TileWidth, as in pyramid-header-abort.tiff
+    (257, 5_376_919, "claims 768 × 5376919 pixels"),  # ImageLength, as in pyramid-header-huge-height.tiff
+    (257, 600_000, "needs"),  # a plausible height that the file's tiles do not cover
+    (256, 0, "claims 0 ×"),  # ImageWidth 0
+    (323, 100, "pixel tiles"),  # TileLength not a multiple of 16
+    (277, 200, "samples per pixel"),
+])
+def test_implausible_geometry_is_a_slide_error(pyramid, tag, value, message):
+    bad = _patch_first(pyramid, tag, value)
+    with pytest.raises(SlideError, match="damaged header") as info:
+        check_tiff_geometry(bad)  # on its own: OpenSlide refuses some of these itself, not all
+    assert message in str(info.value)
+    with pytest.raises(SlideError, match="damaged"):
+        open_slide(bad)
+
+
+def test_blocks_past_the_end_of_the_file_are_refused(pyramid, tmp_path):
+    data = pyramid.read_bytes()
+    cut = tmp_path / "cut.tiff"
+    cut.write_bytes(data[: len(data) - 2000])  # the IFDs are at the start; the last tiles are gone
+    with pytest.raises(SlideError):
+        open_slide(cut)
+
+
+def test_the_abort_no_longer_kills_the_process(pyramid, tmp_path):
+    """Before the check, OpenSlide aborted the interpreter (SIGABRT) reading such a file's thumbnail."""
+    bad = _patch_first(pyramid, 322, 553_648_384)
+    code = ("import sys\nfrom cellview.cli import main\n"
+            f"sys.exit(main(['info', {str(bad)!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "damaged header" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["pyramid-header-abort.tiff", "pyramid-header-huge-height.tiff"])
+def test_shared_bad_slides_fail_cleanly(name, data_dir):
+    path = data_dir / "slides" / "bad" / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    with pytest.raises(SlideError, match="damaged header"):
+        open_slide(path)
+
+
+def test_plain_image_that_declares_too_many_pixels_is_refused_before_decoding(tmp_path):
+    import zlib
+
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    data = bytearray(buf.tobytes())
+    struct.pack_into(">II", data, 16, 30000, 20000)  # IHDR width, height
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(SlideError, match="too large"):
+        open_slide(path)
