@@ -173,7 +173,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"Cohort table: {out_dir / 'cohort.csv'} (and cohort.json, cohort.html)", file=sys.stderr)
     if failures:
         print("Failures:", file=sys.stderr)
-        for o in failures:
+        for o in sorted(failures, key=lambda o: o.path):
             print(f"  {o.path}: {o.error}", file=sys.stderr)
         return 1
     return 0

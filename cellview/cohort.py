@@ -142,11 +142,21 @@ class CohortSettings:
 
 @dataclass(frozen=True)
 class SlideJob:
-    path: str
+    path: str  # what is opened (for DICOM, one file of the slide's folder)
     name: str
     stem: str
     out_dir: str
     position: int
+
+    @property
+    def shown_path(self) -> str:
+        return slide_path_shown(self.path)
+
+
+def slide_path_shown(path: str | Path) -> str:
+    """The path a person knows the slide by: the folder of a DICOM slide, the file otherwise."""
+    p = Path(path)
+    return str(p.parent) if p.suffix.lower() == ".dcm" else str(p)
 
 
 def plan_cohort(paths: Iterable[str | Path], out_dir: Path, settings: CohortSettings, options: dict[str, Any],
@@ -169,7 +179,7 @@ def plan_cohort(paths: Iterable[str | Path], out_dir: Path, settings: CohortSett
             meta = up_to_date_metadata(path, output_paths(out_dir, stem, settings.formats), settings.model_sha256,
                                        settings.params, options)
         if meta is not None:
-            known.append((position, read_outcome_from_metadata(meta, str(path), name, stem, out_dir)))
+            known.append((position, read_outcome_from_metadata(meta, slide_path_shown(path), name, stem, out_dir)))
         else:
             jobs.append(SlideJob(str(path), name, stem, str(out_dir), position))
     return jobs, known, len(slides) + len(problems)
@@ -299,7 +309,7 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
     progress = _Progress(job.stem, on_batch)
 
     def failed(error: str, details: str = "", tb: str = "") -> SlideOutcome:
-        return SlideOutcome(path=job.path, name=job.name, stem=job.stem, status="failed",
+        return SlideOutcome(path=job.shown_path, name=job.name, stem=job.stem, status="failed",
                             seconds=time.perf_counter() - t0, worker=worker, attempts=1,
                             error=error + (f" ({details})" if details else ""), traceback=tb)
 
@@ -344,7 +354,7 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
                        f"mean of {result.n_done} tiles)")
     frac = getattr(result, "in_domain_fraction", None)
     return SlideOutcome(
-        path=job.path, name=job.name, stem=job.stem, status="ok", tiles=result.n_done,
+        path=job.shown_path, name=job.name, stem=job.stem, status="ok", tiles=result.n_done,
         shares=shares_from_counts(result.category_counts()),
         in_domain_fraction=float(frac) if isinstance(frac, (int, float)) else None,
         provider=result.provider, seconds=time.perf_counter() - t0, worker=worker, attempts=1,
@@ -569,7 +579,7 @@ def run_on_dask(session: DaskSession, jobs: list[SlideJob], settings: CohortSett
                         error = _killed_reason(exc, tries)
                     else:
                         error = f"The task failed on the cluster ({type(exc).__name__}: {exc})."
-                    outcome = SlideOutcome(path=job.path, name=job.name, stem=job.stem, status="failed",
+                    outcome = SlideOutcome(path=job.shown_path, name=job.name, stem=job.stem, status="failed",
                                            attempts=tries or 0, error=error)
                 fut.release()
                 outcomes.append(outcome)

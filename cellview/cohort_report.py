@@ -162,7 +162,8 @@ img.thumb{max-width:180px;max-height:140px;display:block;border:1px solid #ccc;b
 .status.failed{background:#fde2e1;color:#9b1c1c}
 .bar{display:flex;width:140px;height:12px;border-radius:3px;overflow:hidden;background:#eee;margin-bottom:3px}
 .bar i{display:block;height:100%}.shares{font-size:12px;color:#444;white-space:nowrap}
-.err{color:#9b1c1c;max-width:380px;font-size:12px}.files a{margin-right:6px;font-size:12px}
+.err{color:#9b1c1c;font-size:12px;margin-top:3px}.files a{margin-right:6px;font-size:12px}
+td.slide{max-width:420px;overflow-wrap:anywhere}td small{color:#555}
 .foot{color:#777;font-size:12px;margin-top:14px}
 """
 
@@ -187,7 +188,7 @@ document.querySelectorAll('th[data-type]').forEach(function(th, col){
 
 _HEADERS = (("Thumbnail", None), ("Slide", "text"), ("Status", "text"), ("Tiles", "num"),
             *((f"{c.capitalize()} %", "num") for c in CATEGORIES), ("In-domain %", "num"),
-            ("Seconds", "num"), ("Worker", "text"), ("Files / error", "text"))
+            ("Seconds", "num"), ("Worker", "text"), ("Files", None))
 
 
 def _pct(v: float | None) -> str:
@@ -211,7 +212,8 @@ def _row_html(o: SlideOutcome, out_dir: Path) -> str:
         bar = f'<div class="bar">{parts}</div>'
     cells = [
         f"<td>{thumb}</td>",
-        f'<td data-sort="{esc(o.name.lower())}"><b>{esc(o.name)}</b><br><small>{esc(o.path)}</small></td>',
+        f'<td class="slide" data-sort="{esc(o.name.lower())}"><b>{esc(o.name)}</b><br><small>{esc(o.path)}</small>'
+        + (f'<div class="err">{esc(o.error)}</div>' if o.status == "failed" else "") + "</td>",
         f'<td data-sort="{esc(o.status)}"><span class="status {esc(o.status)}">{esc(o.status)}</span></td>',
         f'<td class="num" data-sort="{o.tiles}">{o.tiles}{bar}</td>',
     ]
@@ -222,11 +224,8 @@ def _row_html(o: SlideOutcome, out_dir: Path) -> str:
     cells.append(f'<td class="num" data-sort="{"" if f is None else f"{f:.6f}"}">{_pct(f)}</td>')
     cells.append(f'<td class="num" data-sort="{o.seconds:.3f}">{o.seconds:.1f}</td>')
     cells.append(f'<td data-sort="{esc(o.worker)}"><small>{esc(o.worker)}</small></td>')
-    if o.status == "failed":
-        cells.append(f'<td data-sort="{esc(o.error)}"><div class="err">{esc(o.error)}</div></td>')
-    else:
-        links = " ".join(f'<a href="{esc(n)}">{esc(n.rsplit(".", 1)[-1])}</a>' for n in o.outputs)
-        cells.append(f'<td class="files" data-sort="">{links}</td>')
+    links = " ".join(f'<a href="{esc(n)}">{esc(n.rsplit(".", 1)[-1])}</a>' for n in o.outputs)
+    cells.append(f'<td class="files">{links}</td>')
     return f'<tr data-status="{esc(o.status)}">' + "".join(cells) + "</tr>"
 
 
