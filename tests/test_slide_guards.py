@@ -75,11 +75,11 @@ def test_blocks_past_the_end_of_the_file_are_refused(pyramid, tmp_path):
         open_slide(cut)
 
 
-def test_the_abort_no_longer_kills_the_process(pyramid, tmp_path):
-    """Before the check, OpenSlide aborted the interpreter (SIGABRT) reading such a file's thumbnail."""
+def test_the_abort_no_longer_kills_the_process(pyramid, toy_model, tmp_path):
+    """Before the check, OpenSlide aborted the interpreter (SIGABRT) reading such a file's level 0."""
     bad = _patch_first(pyramid, 322, 553_648_384)
-    code = ("import sys\nfrom cellview.cli import main\n"
-            f"sys.exit(main(['info', {str(bad)!r}]))\n")
+    argv = ["analyze", str(bad), "--model", str(toy_model), "--out", str(tmp_path / "out"), "-q", "--no-cache"]
+    code = f"import sys\nfrom cellview.cli import main\nsys.exit(main({argv!r}))\n"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "damaged header" in proc.stderr and "Traceback" not in proc.stderr
