@@ -91,10 +91,12 @@ FINDINGS = [
 
 def _run_cli_measured(argv: list[str], cwd: Path) -> tuple[int, str, float]:
     """Run cellview in a fresh process: (exit code, output, peak RSS in MiB)."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the (large) pytest process across exec.
     code = (
-        "import resource, sys\nfrom cellview.cli import main\n"
+        "import re, sys\nfrom cellview.cli import main\n"
         f"rc = main({argv!r})\n"
-        "print('PEAK_MIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n"
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())\n"
+        "print('PEAK_MIB', int(hwm.group(1)) / 1024 if hwm else 0, file=sys.stderr)\n"
         "sys.exit(rc)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
