@@ -438,13 +438,10 @@ def run_fuzz(client: object, sources: list[Source], seeds: list[tuple[int, int]]
         futures[fut] = (mid, seed, src)
         ac.add(fut)
 
-    ac = as_completed()
-    for _ in range(min(in_flight, len(pending))):
-        submit_one()
-    for fut in ac:
+    def handle(fut: object) -> None:
         mid, seed, src = futures.pop(fut)
-        if fut.status == "finished":
-            result = fut.result()
+        if fut.status == "finished":  # type: ignore[attr-defined]
+            result = fut.result()  # type: ignore[attr-defined]
         else:
             outcome, detail = dead_worker_outcome(work_root, mid)
             result = MutantResult(mid, src.path, seed, "?", "", outcome, detail, float("nan"))
@@ -453,10 +450,20 @@ def run_fuzz(client: object, sources: list[Source], seeds: list[tuple[int, int]]
                 result = MutantResult(mid, src.path, seed, mutator, what, outcome, detail, float("nan"))
             except OSError:
                 pass
-        fut.release()
+        fut.release()  # type: ignore[attr-defined]
         on_result(result)
         if pending:
             submit_one()
+
+    ac = as_completed()
+    for _ in range(min(in_flight, len(pending))):
+        submit_one()
+    while not ac.is_empty():
+        batch = ac.next_batch(block=False)
+        if not batch:
+            time.sleep(0.1)  # polling keeps the main thread responsive to signals (SIGTERM, Ctrl-C)
+        for fut in batch:
+            handle(fut)
 
 
 def reproduce(source: Source, seed: int, folder: Path) -> Path:

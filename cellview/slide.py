@@ -586,6 +586,129 @@ def _check_tiff_page(page: Any, n: int, file_size: int, damaged: str) -> None:
                          "TileOffsets/StripOffsets + byte counts beyond the file size")
 
 
+_DICOM_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_UNDEFINED = 0xFFFF_FFFF
+_IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+_DICOM_MAX_ELEMENTS = 1_000_000
+
+
+class _DicomWalker:
+    """Just enough of DICOM's encoding (Part 5) to find and check the encapsulated pixel data."""
+
+    def __init__(self, fh: Any, size: int, damaged: str) -> None:
+        self.fh, self.size, self.damaged = fh, size, damaged
+        self.count = 0
+
+    def read(self, pos: int, n: int) -> bytes:
+        if pos < 0 or pos + n > self.size:
+            raise SlideError(f"{self.damaged}: an element runs past the end of the file (truncated?).",
+                             f"offset {pos} + {n} > {self.size}")
+        self.fh.seek(pos)
+        return self.fh.read(n)
+
+    def header(self, pos: int, explicit: bool) -> tuple[int, int, bytes, int, int]:
+        """(group, element, VR, value length, header size) of the element at ``pos``."""
+        self.count += 1
+        if self.count > _DICOM_MAX_ELEMENTS:
+            raise SlideError(f"{self.damaged}: it has more than {_DICOM_MAX_ELEMENTS:,} elements.")
+        head = self.read(pos, 8)
+        group, elem = int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little")
+        if group == 0xFFFE or not explicit:  # items and delimiters never have a VR
+            return group, elem, b"", int.from_bytes(head[4:8], "little"), 8
+        vr = head[4:6]
+        if vr in _DICOM_LONG_VRS:
+            return group, elem, vr, int.from_bytes(self.read(pos + 8, 4), "little"), 12
+        return group, elem, vr, int.from_bytes(head[6:8], "little"), 8
+
+    def skip_sequence(self, pos: int, explicit: bool) -> int:
+        """Position after a sequence of undefined length that starts at ``pos``."""
+        while True:
+            group, elem, _, length, hsize = self.header(pos, explicit)
+            pos += hsize
+            if (group, elem) == (0xFFFE, 0xE0DD):
+                return pos
+            if (group, elem) != (0xFFFE, 0xE000):
+                raise SlideError(f"{self.damaged}: a sequence holds something that is not an item.",
+                                 f"({group:04X},{elem:04X}) at {pos - hsize}")
+            if length != _UNDEFINED:
+                pos += length
+                continue
+            while True:  # an item of undefined length: its elements, up to the item delimiter
+                group, elem, _, length, hsize = self.header(pos, explicit)
+                if (group, elem) == (0xFFFE, 0xE00D):
+                    pos += hsize
+                    break
+                pos = self.skip_element(pos, explicit)
+
+    def skip_element(self, pos: int, explicit: bool) -> int:
+        group, elem, vr, length, hsize = self.header(pos, explicit)
+        if length == _UNDEFINED:
+            return self.skip_sequence(pos + hsize, explicit)
+        if pos + hsize + length > self.size:
+            raise SlideError(f"{self.damaged}: element ({group:04X},{elem:04X}) runs past the end of the file.",
+                             f"length {length} at {pos}")
+        return pos + hsize + length
+
+
+def check_dicom_structure(path: str | os.PathLike[str]) -> None:
+    """Refuse a DICOM file whose elements or pixel-data fragments point outside the file.
+
+    Walks the elements (headers only), then the encapsulated pixel data: the basic offset table
+    must point at the frames' items, and every item must lie inside the file. OpenSlide's DICOM
+    reader trusts these offsets; damaged ones crashed it (segfault) in the fuzzing run.
+    """
+    path = Path(path)
+    damaged = f"{path.name} is a DICOM file with a damaged structure"
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            walker = _DicomWalker(fh, size, damaged)
+            pos, implicit_dataset = 132, False
+            while pos + 8 <= size:
+                # The file meta group (0002) is always explicit VR; the data set follows its transfer syntax.
+                explicit = int.from_bytes(walker.read(pos, 2), "little") == 0x0002 or not implicit_dataset
+                group, elem, _, length, hsize = walker.header(pos, explicit)
+                if (group, elem) == (0x0002, 0x0010) and length != _UNDEFINED:
+                    syntax = walker.read(pos + hsize, min(length, 64)).rstrip(b"\0 ").decode("ascii", "replace")
+                    implicit_dataset = syntax == _IMPLICIT_VR_LE
+                if (group, elem) == (0x7FE0, 0x0010):
+                    if length == _UNDEFINED:
+                        _check_fragments(walker, pos + hsize)
+                    elif pos + hsize + length > size:
+                        raise SlideError(f"{damaged}: its pixel data runs past the end of the file (truncated?).")
+                    return
+                pos = walker.skip_element(pos, explicit)
+    except OSError as exc:
+        raise SlideError(f"Cannot read {path.name}.", str(exc)) from exc
+
+
+def _check_fragments(walker: _DicomWalker, pos: int) -> None:
+    """Encapsulated pixel data at ``pos``: the offset table, then every fragment item."""
+    damaged = walker.damaged
+    group, elem, _, bot_len, hsize = walker.header(pos, False)
+    if (group, elem) != (0xFFFE, 0xE000) or bot_len == _UNDEFINED or bot_len % 4:
+        raise SlideError(f"{damaged}: its pixel data does not start with an offset table.")
+    bot = np.frombuffer(walker.read(pos + hsize, bot_len), dtype="<u4").astype(np.int64)
+    first = pos + hsize + bot_len  # offsets count from the first fragment's item tag
+    if len(bot):
+        if bot[0] != 0 or (np.diff(bot) <= 0).any() or first + bot[-1] + 8 > walker.size:
+            raise SlideError(f"{damaged}: its frame offset table is out of order or points past the file.")
+        for off in bot:
+            g, e, _, length, _ = walker.header(int(first + off), False)
+            if (g, e) != (0xFFFE, 0xE000) or first + off + 8 + length > walker.size:
+                raise SlideError(f"{damaged}: its frame offset table points into the middle of a frame.",
+                                 f"offset {int(off)}")
+        return
+    pos = first
+    while True:  # no offset table: the fragments must chain up to the sequence delimiter
+        g, e, _, length, hsize = walker.header(pos, False)
+        if (g, e) == (0xFFFE, 0xE0DD):
+            return
+        if (g, e) != (0xFFFE, 0xE000) or length == _UNDEFINED or pos + hsize + length > walker.size:
+            raise SlideError(f"{damaged}: a pixel-data fragment is damaged or runs past the end of the file.")
+        pos += hsize + length
+
+
 def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None) -> Slide:
     """Open a slide or plain image; every failure becomes a SlideError with a plain message."""
     path = Path(path)
@@ -643,12 +766,16 @@ def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None) -> Sli
                 f"OpenSlide: {osr_error}" if osr_error else "",
             )
     else:
-        if _container_kind(path) == "tiff":
-            try:
+        try:
+            kind = _container_kind(path)
+            if kind == "tiff":
                 check_tiff_geometry(path)
-            except SlideError:
-                slide.close()
-                raise
+            elif kind == "dicom":  # OpenSlide reads every file of the slide's folder
+                for f in sorted(path.parent.glob("*.dcm")):
+                    check_dicom_structure(f)
+        except SlideError:
+            slide.close()
+            raise
         try:  # Truncated files often open but fail on the first real read: find out now.
             lw, lh = slide.level_dimensions[-1]
             slide.read_region((0, 0), slide.level_count - 1, (min(lw, 64), min(lh, 64)))
