@@ -83,9 +83,13 @@ def test_a_hang_is_a_timeout_with_the_stacks_kept(toy_model, fuzz_sources, tmp_p
     assert fuzzing.dead_worker_outcome(str(tmp_path), 2)[0] == "crash"
 
 
+_DICOM_L0 = "slides/derived/CMU-1-Small-Region-dicom/1.2.826.0.1.3680043.8.498.54872330635847651601921572959641201940.dcm"
+
 # Findings of bench/fuzz_slides.py: (file under ../shared/data, seed, what it did before the fix).
 FINDINGS = [
     ("glas/images/train_1.png", 20261234, "PNG IDAT length 0xFFFFFFFF: OpenCV allocated 4 GiB (worker killed)"),
+    (f"{_DICOM_L0}", 20264558, "bit flips in the DICOM frame offset table: OpenSlide segfaulted"),
+    (f"{_DICOM_L0}", 20266077, "bit flips in the DICOM frame offset table: OpenSlide segfaulted"),
 ]
 
 
@@ -109,7 +113,8 @@ def test_fuzz_findings_stay_fixed(rel, seed, before, data_dir, toy_model, tmp_pa
     source = data_dir / rel
     if not source.exists():
         pytest.skip(f"{source} is absent")
-    mutant = fuzzing.reproduce(Source(str(source)), seed, tmp_path / "m")
+    siblings = tuple(str(p) for p in source.parent.glob("*.dcm") if p != source) if source.suffix == ".dcm" else ()
+    mutant = fuzzing.reproduce(Source(str(source), siblings), seed, tmp_path / "m")
     for argv in (["info", str(mutant)],
                  ["analyze", str(mutant), "--out", str(tmp_path / "out"), "--model", str(toy_model), "-q",
                   "--no-cache", "--mpp", "0.5"]):

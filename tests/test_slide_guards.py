@@ -107,3 +107,70 @@ def test_plain_image_that_declares_too_many_pixels_is_refused_before_decoding(tm
     path.write_bytes(bytes(data))
     with pytest.raises(SlideError, match="too large"):
         open_slide(path)
+
+
+def _dicom(frames: list[bytes], offsets: list[int] | None = None) -> bytes:
+    """A minimal encapsulated DICOM file: file meta, then pixel data as an offset table and fragments."""
+    def element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+        if len(value) % 2:
+            value += b"\0"
+        return struct.pack("<HH", group, elem) + vr + struct.pack("<H", len(value)) + value
+
+    def item(data: bytes) -> bytes:
+        return struct.pack("<HHI", 0xFFFE, 0xE000, len(data)) + data
+
+    meta = element(0x0002, 0x0010, b"UI", b"1.2.840.10008.1.2.4.50")
+    body = element(0x0028, 0x0010, b"US", struct.pack("<H", 16)) + element(0x0028, 0x0011, b"US", struct.pack("<H", 16))
+    if offsets is None:
+        offsets, pos = [], 0
+        for f in frames:
+            offsets.append(pos)
+            pos += 8 + len(f) + len(f) % 2
+    table = item(b"".join(struct.pack("<I", o) for o in offsets))
+    pixels = (struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\0\0" + struct.pack("<I", 0xFFFF_FFFF) + table
+              + b"".join(item(f + b"\0" * (len(f) % 2)) for f in frames) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    return b"\0" * 128 + b"DICM" + meta + body + pixels
+
+
+@pytest.mark.parametrize("case, message", [
+    ("valid", None),
+    ("valid-no-table", None),
+    ("offset-past-file", "out of order or points past the file"),  # as fuzz mutant 3428 (seed 20264558)
+    ("offset-mid-frame", "middle of a frame"),
+    ("fragment-past-file", "runs past the end of the file"),
+    ("truncated", "past the end"),
+])
+def test_dicom_structure_check(case, message, tmp_path):
+    from cellview.slide import check_dicom_structure
+
+    frames = [b"\xff\xd8" + bytes(range(200)) + b"\xff\xd9", b"\xff\xd8" + bytes(150) + b"\xff\xd9"]
+    data = {
+        "valid": _dicom(frames),
+        "valid-no-table": _dicom(frames, offsets=[]),
+        "offset-past-file": _dicom(frames, offsets=[0, 0x2000_0000 + 212]),
+        "offset-mid-frame": _dicom(frames, offsets=[0, 100]),
+        "fragment-past-file": _dicom(frames, offsets=[])[:-40],
+        "truncated": _dicom(frames)[:200],
+    }[case]
+    if case == "fragment-past-file":
+        data = bytearray(_dicom(frames, offsets=[]))
+        first = data.index(struct.pack("<HHI", 0xFFFE, 0xE000, 0)) + 8  # the empty offset table, then fragment 1
+        struct.pack_into("<I", data, first + 4, 1 << 30)
+        data = bytes(data)
+    path = tmp_path / f"{case}.dcm"
+    path.write_bytes(data)
+    if message is None:
+        check_dicom_structure(path)
+    else:
+        with pytest.raises(SlideError, match=message):
+            check_dicom_structure(path)
+
+
+def test_shared_dicom_slide_passes_the_structure_check(data_dir):
+    from cellview.slide import check_dicom_structure
+
+    files = sorted((data_dir / "slides" / "derived" / "CMU-1-Small-Region-dicom").glob("*.dcm"))
+    if not files:
+        pytest.skip("the shared DICOM slide is absent")
+    for f in files + sorted((data_dir / "slides" / "fixtures").glob("*.dcm")):
+        check_dicom_structure(f)
