@@ -489,6 +489,7 @@ class DaskSession:
                         n_workers=n, threads_per_worker=1, processes=True,
                         dashboard_address=":0",  # a free port: never collides with another cluster
                         silence_logs=logging.ERROR,
+                        preload=["cellview.dask_worker"],  # Ctrl-C is the client's (see there)
                     )
                 self.client = Client(self.cluster)
                 self.description = f"local Dask cluster, {n} worker process{'es' if n > 1 else ''}"

@@ -207,7 +207,11 @@ def _ok_rows(out: Path) -> set[str]:
 
 
 def test_ctrl_c_keeps_finished_slides_and_a_rerun_finishes_the_rest(slides, toy_model, tmp_path, capsys):
-    """The client's own local cluster, interrupted while two slides are held mid-analysis."""
+    """The client's own local cluster, interrupted while two slides are held mid-analysis.
+
+    The signal goes to the whole process group, as Ctrl-C in a terminal does: the workers must
+    leave the shutdown to the client (no KeyboardInterrupt tracebacks from them).
+    """
     faults = tmp_path / "faults"
     faults.mkdir()
     for stem in ("gamma", "delta"):
@@ -219,11 +223,11 @@ def test_ctrl_c_keeps_finished_slides_and_a_rerun_finishes_the_rest(slides, toy_
     proc = subprocess.Popen(
         [sys.executable, "-m", "cellview.cli", "analyze", *map(str, slides), "--model", str(toy_model), "--out",
          str(out), "--cluster", "local:2", "-q", "--no-cache"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
         _wait_for(lambda: _ok_rows(out) == {"alpha", "beta"}, "alpha and beta to finish", proc=proc)
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the client and its workers
         _, err = proc.communicate(timeout=SLOW)
     finally:
         if proc.poll() is None:
