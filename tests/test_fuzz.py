@@ -88,8 +88,9 @@ _DICOM_L0 = "slides/derived/CMU-1-Small-Region-dicom/1.2.826.0.1.3680043.8.498.5
 # Findings of bench/fuzz_slides.py: (file under ../shared/data, seed, what it did before the fix).
 FINDINGS = [
     ("glas/images/train_1.png", 20261234, "PNG IDAT length 0xFFFFFFFF: OpenCV allocated 4 GiB (worker killed)"),
-    (f"{_DICOM_L0}", 20264558, "bit flips in the DICOM frame offset table: OpenSlide segfaulted"),
-    (f"{_DICOM_L0}", 20266077, "bit flips in the DICOM frame offset table: OpenSlide segfaulted"),
+    (_DICOM_L0, 20264558, "bit flips in the DICOM frame offset table: OpenSlide segfaulted"),
+    (_DICOM_L0, 20266077, "bit flips in the DICOM frame offset table: OpenSlide segfaulted"),
+    ("slides/fixtures/small.svs", 20267839, "zeroed bytes: a near-constant tissue signal, np.histogram ValueError"),
 ]
 
 
@@ -135,3 +136,11 @@ def test_png_with_a_chunk_longer_than_the_file_is_refused_cheaply(tmp_path):
     code, output, peak_mib = _run_cli_measured(["info", str(path)], REPO)
     assert code == 1 and "not a readable slide or image" in output
     assert peak_mib < 1000, peak_mib
+
+
+def test_otsu_on_a_nearly_constant_float32_signal():
+    """Fuzz finding (small.svs, seed 20267839): a 2e-6 range of float32 values made np.histogram raise."""
+    from cellview.tissue import otsu_threshold
+
+    values = np.array([0.5, 0.5 + 1e-6, 0.5 + 2e-6], np.float32)
+    assert 0.5 <= otsu_threshold(values) <= 0.5 + 2e-6
