@@ -709,6 +709,29 @@ def _check_fragments(walker: _DicomWalker, pos: int) -> None:
         pos += hsize + length
 
 
+def check_level_geometry(slide: Slide) -> None:
+    """Refuse a pyramid whose levels are not one image at several scales.
+
+    Every level must have level 0's aspect ratio (a few pixels of rounding aside). A damaged
+    header can make a small level claim 65,535 columns; OpenSlide then takes it for level 0 and a
+    run cuts tens of thousands of tiles out of pixels that do not exist (found by fuzzing).
+    """
+    w0, h0 = slide.dimensions
+    if w0 <= 0 or h0 <= 0:
+        raise SlideError(f"{slide.path.name} has a damaged header: level 0 is {w0} × {h0} pixels.")
+    for level, (w, h) in enumerate(slide.level_dimensions[1:], start=1):
+        if w <= 0 or h <= 0:
+            raise SlideError(f"{slide.path.name} has a damaged header: level {level} is {w} × {h} pixels.")
+        ds_x, ds_y = w0 / w, h0 / h
+        # Expected size of this level at the other axis's downsample; levels round to whole pixels.
+        if abs(w - w0 / ds_y) > 2 + 0.05 * w or abs(h - h0 / ds_x) > 2 + 0.05 * h:
+            raise SlideError(
+                f"{slide.path.name} has a damaged header: level {level} is {w} × {h} pixels, which is not "
+                f"level 0 ({w0} × {h0}) at a smaller scale.",
+                f"downsample x {ds_x:.4g}, y {ds_y:.4g}",
+            )
+
+
 def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None) -> Slide:
     """Open a slide or plain image; every failure becomes a SlideError with a plain message."""
     path = Path(path)
@@ -773,6 +796,7 @@ def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None) -> Sli
             elif kind == "dicom":  # OpenSlide reads every file of the slide's folder
                 for f in sorted(path.parent.glob("*.dcm")):
                     check_dicom_structure(f)
+            check_level_geometry(slide)
         except SlideError:
             slide.close()
             raise

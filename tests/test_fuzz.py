@@ -90,6 +90,8 @@ FINDINGS = [
     ("glas/images/train_1.png", 20261234, "PNG IDAT length 0xFFFFFFFF: OpenCV allocated 4 GiB (worker killed)"),
     (_DICOM_L0, 20264558, "bit flips in the DICOM frame offset table: OpenSlide segfaulted"),
     (_DICOM_L0, 20266077, "bit flips in the DICOM frame offset table: OpenSlide segfaulted"),
+    ("slides/derived/CMU-1-Small-Region-dicom/1.2.826.0.1.3680043.8.498.52213585721056882286725655585413832426.dcm",
+     20268188, "TotalPixelMatrixColumns 65535 on the coarsest level: it became level 0, 19,437 failing tiles, timeout"),
     ("slides/fixtures/small.svs", 20267839, "zeroed bytes: a near-constant tissue signal, np.histogram ValueError"),
 ]
 

@@ -174,3 +174,31 @@ def test_shared_dicom_slide_passes_the_structure_check(data_dir):
         pytest.skip("the shared DICOM slide is absent")
     for f in files + sorted((data_dir / "slides" / "fixtures").glob("*.dcm")):
         check_dicom_structure(f)
+
+
+class _Levels:
+    def __init__(self, dims):
+        self.path = Path("levels.tiff")
+        self.level_dimensions = tuple(dims)
+
+    @property
+    def dimensions(self):
+        return self.level_dimensions[0]
+
+
+@pytest.mark.parametrize("dims, ok", [
+    ([(2220, 2967), (1110, 1484), (555, 742), (278, 371), (139, 186)], True),  # the shared DICOM slide
+    ([(300, 250), (150, 125), (75, 62), (37, 31)], True),
+    ([(22000, 16000), (5500, 4000), (1375, 1000)], True),
+    ([(65535, 186), (2220, 2967), (1110, 1484)], False),  # fuzz finding: a level claiming 65,535 columns
+    ([(768, 512), (300, 256)], False),
+    ([(768, 512), (0, 256)], False),
+])
+def test_pyramid_levels_must_be_one_image(dims, ok):
+    from cellview.slide import check_level_geometry
+
+    if ok:
+        check_level_geometry(_Levels(dims))
+    else:
+        with pytest.raises(SlideError, match="damaged header"):
+            check_level_geometry(_Levels(dims))
