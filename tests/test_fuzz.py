@@ -106,7 +106,7 @@ def _run_cli_measured(argv: list[str], cwd: Path) -> tuple[int, str, float]:
         "print('PEAK_MIB', int(hwm.group(1)) / 1024 if hwm else 0, file=sys.stderr)\n"
         "sys.exit(rc)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)  # a hang fails here
     peak = float(proc.stderr.rsplit("PEAK_MIB", 1)[1].split()[0]) if "PEAK_MIB" in proc.stderr else float("inf")
     return proc.returncode, proc.stdout + proc.stderr, peak
 
