@@ -113,7 +113,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         region_confidence=region_confidence, use_cache=not args.no_cache,
     )
     jobs, known, n_slides = plan_cohort(args.paths, out_dir, settings, options, force=args.force)
-    console = Console(sys.stdout, sys.stderr, quiet=args.quiet, verbose=args.verbose, model_name=spec.name)
+    console = Console(sys.stdout, sys.stderr, quiet=args.quiet, model_name=spec.name)
     session = None
     if on_cluster:
         try:

@@ -372,7 +372,6 @@ class Console:
     out: IO[str]
     err: IO[str]
     quiet: bool = False
-    verbose: bool = False
     model_name: str = ""
     bar: Any = None
 
@@ -394,11 +393,6 @@ def report_outcome(o: SlideOutcome, console: Console) -> None:
         console.line(f"{o.name}: FAILED: {o.error}", err=True)
         if o.traceback:
             console.line(o.traceback.rstrip(), err=True)
-
-
-def _interrupted_tables(tables: CohortTables | None) -> None:
-    if tables is not None:
-        tables.write("interrupted", force=True)
 
 
 def run_in_process(jobs: list[SlideJob], settings: CohortSettings, classifier: Any, tables: CohortTables | None,
