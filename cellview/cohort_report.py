@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -280,10 +280,6 @@ def read_outcome_from_metadata(meta: dict[str, Any], path: str, name: str, stem:
         outputs=tuple(meta.get("outputs", ())) + (f"{stem}.json",),
         thumbnail=thumb.as_posix() if (out_dir / thumb).exists() else "",
     )
-
-
-def outcome_dict(o: SlideOutcome) -> dict[str, Any]:
-    return asdict(o)
 
 
 def process_label() -> str:
