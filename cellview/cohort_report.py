@@ -168,8 +168,9 @@ td.slide{max-width:420px;overflow-wrap:anywhere}td small{color:#555}
 """
 
 _JS = """
-document.querySelectorAll('th[data-type]').forEach(function(th, col){
+document.querySelectorAll('th[data-type]').forEach(function(th){
   th.addEventListener('click', function(){
+    var col = th.cellIndex;
     var table = th.closest('table'), body = table.tBodies[0];
     var asc = !th.classList.contains('asc');
     table.querySelectorAll('th').forEach(function(h){ h.classList.remove('asc','desc'); });
