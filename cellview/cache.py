@@ -21,15 +21,14 @@ import platformdirs
 
 from cellview import __version__
 from cellview.export import atomic_write_bytes
-from cellview.morphology import TileNuclei
-from cellview.results import AnalysisParams, AnalysisResult, ModelInfo
-from cellview.slide import Mpp, SlideInfo
-from cellview.tiling import TileGrid
+from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei
+from cellview.slide import Mpp, SkippedLevel, SlideInfo
+from cellview.tiling import TILING_RULE, TileGrid
 from cellview.tissue import TissueMask
 
 log = logging.getLogger(__name__)
 
-_FORMAT = 1
+_FORMAT = 2  # 2: tiles inside the slide (tiling.TILING_RULE), skipped pyramid levels recorded
 _GRID_ARRAYS = ("grid_col", "grid_row", "l0_x", "l0_y", "tissue_fraction")
 
 
@@ -44,6 +43,7 @@ def cache_key(fingerprint: str, model_sha256: str, params: AnalysisParams, mpp: 
         "model": model_sha256,
         "params": params.cache_dict(),
         "mpp": [mpp.x_um, mpp.y_um] if mpp else None,
+        "tiling": TILING_RULE,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:40]
 
@@ -58,6 +58,7 @@ def slide_info_from_dict(data: dict[str, Any]) -> SlideInfo:
         path=data["path"], name=data["name"], vendor=data["vendor"], fingerprint=data["fingerprint"],
         level_dimensions=tuple(tuple(d) for d in data["level_dimensions"]),  # type: ignore[misc]
         level_downsamples=tuple(data["level_downsamples"]), mpp=mpp,
+        skipped_levels=tuple(SkippedLevel(**s) for s in data.get("skipped_levels", ())),
     )
 
 
@@ -92,6 +93,8 @@ def result_to_bytes(result: AnalysisResult) -> bytes:
         arrays["tissue_shape"] = np.array(result.tissue.mask.shape)
     if result.nuclei is not None:
         arrays["nuclei"] = result.nuclei.values
+    if result.domain_score is not None:
+        arrays["domain_score"] = result.domain_score
     buf = io.BytesIO()
     np.savez_compressed(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
     return buf.getvalue()
@@ -116,6 +119,9 @@ def result_from_bytes(data: bytes) -> AnalysisResult:
             nuclei = TileNuclei(values=z["nuclei"], area_unit=meta["nuclei"]["area_unit"])
             if nuclei.values.shape != (grid.n_tiles, len(TileNuclei.FIELDS)):
                 raise ValueError("nuclei array does not match the grid")
+        domain_score = z["domain_score"] if "domain_score" in z.files else None
+        if domain_score is not None and domain_score.shape != (grid.n_tiles,):
+            raise ValueError("domain scores do not match the grid")
     if probs.shape != (grid.n_tiles, len(meta["model"]["class_names"])) or state.shape != (grid.n_tiles,):
         raise ValueError("array shapes do not match the grid")
     return AnalysisResult(
@@ -123,7 +129,7 @@ def result_from_bytes(data: bytes) -> AnalysisResult:
         params=AnalysisParams.from_dict(meta["params"]), grid=grid, probs=probs, state=state,
         provider=meta["provider"], status=meta["status"], tissue=tissue,
         tile_errors={int(k): v for k, v in meta["tile_errors"].items()}, timings=meta["timings"],
-        created_unix=meta["created_unix"], nuclei=nuclei,
+        created_unix=meta["created_unix"], nuclei=nuclei, domain_score=domain_score,
     )
 
 

@@ -17,7 +17,7 @@ from cellview.errors import CellviewError, SlideError
 
 log = logging.getLogger("cellview")
 
-SUBCOMMANDS = ("analyze", "info", "train", "evaluate", "export", "models")
+SUBCOMMANDS = ("analyze", "info", "train", "evaluate", "export", "models", "explain", "domain")
 
 
 def __getattr__(name: str):
@@ -108,7 +108,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     region_confidence = None if args.no_regions else args.region_confidence
     options = export_options(formats, args.png_size, region_confidence)
     settings = CohortSettings(
-        model_path=str(spec.onnx_path.resolve()), model_sha256=spec.onnx_sha256, device=args.device,
+        model_path=str(spec.onnx_path.resolve()), model_sha256=spec.onnx_sha256,
+        domain_sha256=spec.domain_sha256 or "", device=args.device,
         params=_params_from_args(args), formats=tuple(formats), png_size_px=args.png_size,
         region_confidence=region_confidence, use_cache=not args.no_cache,
     )
@@ -189,6 +190,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                 print(describe(slide))
         except SlideError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
+            if exc.details and getattr(args, "verbose", False):
+                print(f"  details: {exc.details}", file=sys.stderr)
             status = 1
     return status
 
@@ -204,11 +207,52 @@ def cmd_models(args: argparse.Namespace) -> int:
         try:
             spec = ModelSpec.load(path)
             mark = " (default)" if name == DEFAULT_MODEL else ""
+            domain = "domain score" if spec.domain is not None else "no domain score"
             print(f"{name}{mark}: {len(spec.class_names)} classes {', '.join(spec.class_names)}; "
-                  f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px")
+                  f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px; {domain}")
         except CellviewError as exc:
             print(f"{name}: INVALID: {exc.message}")
     return 0
+
+
+def _parse_point(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.replace(" ", "").split(","))
+    except ValueError as exc:
+        raise CellviewError(f"--at must be two level-0 pixel coordinates like 1200,800, got {text!r}.") from exc
+    return x, y
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from cellview.explain import explain_at, explanation_png, resolve_class
+    from cellview.export import atomic_write_bytes
+    from cellview.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.results import AnalysisParams
+
+    try:
+        x, y = _parse_point(args.at)
+        spec = ModelSpec.load(resolve_model(args.model))
+        classifier = OnnxClassifier(spec, device=args.device)
+        params = AnalysisParams(mpp_um=args.mpp, tissue_threshold=args.tissue_threshold, device=args.device)
+        ex = explain_at(args.slide, classifier, x, y, params, resolve_class(args.class_name, spec.class_names))
+        atomic_write_bytes(Path(args.out), explanation_png(ex))
+    except CellviewError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.details and args.verbose:
+            print(f"  details: {exc.details}", file=sys.stderr)
+        return 2
+    tx, ty, tw, th = ex.rect_l0
+    domain = ("domain score: not available for this model" if ex.domain_score is None
+              else f"domain score {ex.domain_score:.3f} ({'in domain' if ex.in_domain else 'OUT OF DOMAIN'})")
+    print(f"tile ({tx}, {ty}, {tw}×{th} level-0 px): {ex.class_names[ex.pred_class]} "
+          f"{ex.probs[ex.pred_class]:.0%}; map of {ex.class_names[ex.explained_class]}; {domain} → {args.out}")
+    return 0
+
+
+def cmd_domain(args: argparse.Namespace) -> int:
+    from cellview.train.domain import cmd_domain as run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,6 +291,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the models in models/")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("explain", help="one picture of what the model looked at for one tile: the patch, its class "
+                                       "activation map, the class probabilities and the domain score")
+    p.add_argument("slide", help="slide or image")
+    p.add_argument("--at", required=True, metavar="L0_X,L0_Y", help="a level-0 pixel inside the tile to explain")
+    p.add_argument("--out", "-o", required=True, help="PNG file to write")
+    p.add_argument("--model", help="model name in models/ or path to an .onnx with its .json sidecar (default: colon-he)")
+    p.add_argument("--mpp", type=float, help="µm per pixel at level 0, for slides/images that do not say")
+    p.add_argument("--class", dest="class_name", help="class whose map to show, by name or index (default: predicted)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
+    p.add_argument("--tissue-threshold", type=float, default=0.25, help="as for analyze: which tiles the grid keeps")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("domain", help="out-of-domain statistics of a model: add its feature outputs, fit, evaluate")
+    dsub = p.add_subparsers(dest="action", required=True)
+    u = dsub.add_parser("upgrade", help="add features / feature_map / cam outputs to a GAP + linear ONNX model "
+                                        "(and its FP16 copy) in place; logits stay bit-identical (needs onnx)")
+    u.add_argument("model", help="model name in models/, folder or .onnx")
+    for action, text in (("fit", "fit the statistics on the training split, calibrate on the validation split, "
+                                 "write domain.npz and record it in the sidecar(s); evaluates too when asked"),
+                         ("evaluate", "AUROC of the domain score: test split against other data, slides and "
+                                      "generated glass / blur / ink / fold tiles")):
+        a = dsub.add_parser(action, help=text)
+        a.add_argument("model", help="model name in models/, folder or .onnx")
+        a.add_argument("--run", type=Path, help="training run folder (its samples.json holds the split)")
+        a.add_argument("--recipe", help="rebuild the split from this recipe as `cellview train` does (no run folder)")
+        a.add_argument("--data-root", type=Path, help="root for the recipes' relative paths (default ../shared/data)")
+        a.add_argument("--seed", type=int, default=0, help="split seed with --recipe (cellview train's default 0)")
+        a.add_argument("--limit-per-class", type=int, default=0, help="as the run was trained, with --recipe")
+        a.add_argument("--other", action="append", metavar="RECIPE[@MPP]",
+                       help="other-domain images: a recipe's images (at its spacing, or read as MPP); repeatable")
+        a.add_argument("--slide", action="append", help="a slide of other tissue: its tissue and glass tiles; repeatable")
+        a.add_argument("--max-per-image", type=int, default=2, help="tiles per other-domain image (default 2)")
+        a.add_argument("--card", action="store_true", help="write the results into the model card")
+        a.add_argument("--out", help="also write the evaluation JSON here")
+        a.add_argument("--cache", help="folder for cached features (re-runs are quick)")
+        if action == "fit":
+            a.add_argument("--components", type=int, help="principal directions to keep (default: chosen by "
+                                                          "held-out likelihood)")
+            a.add_argument("--describe", help="what the training data is, for the banner (default: from the recipe)")
+    p.set_defaults(func=cmd_domain)
+
     try:
         from cellview.train.cli import add_parsers
     except ImportError:
@@ -256,12 +341,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def commands_epilog() -> str:
+    """The sub-commands with their one-line help, for the top-level help."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    lines = ["commands (headless; cellview COMMAND --help for their options):"]
+    lines += [f"  {name:<10} {helps.get(name, '')}" for name in sub.choices]
+    lines += ["", "examples:", "  cellview slide.svs                      open a slide in the viewer",
+              "  cellview --kiosk --watch /data/inbox    full-screen kiosk that analyses dropped slides",
+              "  cellview analyze slides/ --out results  analyse a folder headlessly"]
+    return "\n".join(lines)
+
+
 def build_gui_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cellview", description="Open the CellView viewer. Sub-commands: "
-                                + ", ".join(SUBCOMMANDS) + " (cellview COMMAND --help).")
+    p = argparse.ArgumentParser(
+        prog="cellview", usage="cellview [SLIDE] [--kiosk] [options]\n       cellview COMMAND [options]",
+        description="Open the CellView viewer (a slide or image, if given), or with --kiosk the full-screen "
+                    "touch kiosk; or run a headless COMMAND.",
+        epilog=commands_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"cellview {__version__}")
-    p.add_argument("slide", nargs="?", help="slide or image to open")
-    p.add_argument("--kiosk", action="store_true", help="full-screen kiosk mode")
+    p.add_argument("slide", nargs="?", help="slide or image to open in the viewer")
+    p.add_argument("--kiosk", action="store_true", help="full-screen kiosk mode (watch folder, touch controls)")
     p.add_argument("--watch", help="kiosk: folder to watch for new slides")
     p.add_argument("--outbox", help="kiosk: folder for exported results")
     p.add_argument("--kiosk-config", help="kiosk: settings file")
@@ -275,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="cellview: %(message)s")
     first = next((a for a in argv if not a.startswith("-")), None)
-    if first in SUBCOMMANDS or any(a in ("-h", "--help") for a in argv[:1]):
+    if first in SUBCOMMANDS:
         args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):
             build_parser().print_help()

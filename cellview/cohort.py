@@ -100,7 +100,7 @@ def output_stem(slide: Path, taken: set[str]) -> str:
 
 
 def up_to_date_metadata(slide: Path, outputs: dict[str, Path], model_sha: str, params: AnalysisParams,
-                        options: dict[str, Any]) -> dict[str, Any] | None:
+                        options: dict[str, Any], domain_sha: str = "") -> dict[str, Any] | None:
     """The metadata of the slide's earlier run when its outputs are what this run would write."""
     meta_path = outputs["json"]
     if not meta_path.exists() or not all(p.exists() for p in outputs.values()):
@@ -114,10 +114,14 @@ def up_to_date_metadata(slide: Path, outputs: dict[str, Path], model_sha: str, p
         fingerprint = file_fingerprint(slide)
     except OSError:
         return None
+    from cellview.tiling import TILING_RULE
+
     ok = (
         meta.get("status") == "complete"
+        and meta.get("grid", {}).get("tiling_rule") == TILING_RULE
         and meta.get("slide", {}).get("fingerprint") == fingerprint
         and meta.get("model", {}).get("sha256") == model_sha
+        and ((meta.get("domain") or {}).get("statistics_sha256") or "") == domain_sha
         and old_params.cache_dict() == params.cache_dict()
         and meta.get("export_options") == options
     )
@@ -136,6 +140,7 @@ class CohortSettings:
     png_size_px: int
     region_confidence: float | None
     use_cache: bool = True
+    domain_sha256: str = ""  # the model's in-domain statistics ("" when it has none)
     ort_threads: int | None = None  # None: ONNX Runtime's default (all cores of this process)
     thumb_px: int = 0  # heatmap thumbnail for cohort.html (longest side); 0: none
 
@@ -177,7 +182,7 @@ def plan_cohort(paths: Iterable[str | Path], out_dir: Path, settings: CohortSett
         meta = None
         if not force:
             meta = up_to_date_metadata(path, output_paths(out_dir, stem, settings.formats), settings.model_sha256,
-                                       settings.params, options)
+                                       settings.params, options, settings.domain_sha256)
         if meta is not None:
             known.append((position, read_outcome_from_metadata(meta, slide_path_shown(path), name, stem, out_dir)))
         else:
@@ -343,15 +348,17 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
     except Exception as exc:  # noqa: BLE001 - a bug: report it with its traceback, keep the batch going
         return failed(f"Internal error ({type(exc).__name__}: {exc}); please report it.", tb=traceback.format_exc())
 
+    from cellview.results import plural
+
     summary = [f"{job.name}: {result.summary()}"]
     if regions:
         top = regions[0]
-        summary.append(f"  malignant regions: {len(regions)}; largest {top.label()} ({top.n_tiles} tiles)")
+        summary.append(f"  malignant regions: {len(regions)}; largest {top.label()} ({plural(top.n_tiles, 'tile')})")
     level = result.image_level()
     if (result.grid.whole_image or Path(job.path).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"}) \
             and level["pred_class"]:
         summary.append(f"  image: {level['pred_class']} ({level['pred_category']}, {level['confidence']:.0%}; "
-                       f"mean of {result.n_done} tiles)")
+                       f"mean of {plural(level['n_tiles'], 'tile')}, {level['based_on']})")
     frac = getattr(result, "in_domain_fraction", None)
     return SlideOutcome(
         path=job.shown_path, name=job.name, stem=job.stem, status="ok", tiles=result.n_done,

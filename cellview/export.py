@@ -18,14 +18,18 @@ import cv2
 import numpy as np
 
 from cellview import __version__
+from cellview.domain import OUT_OF_DOMAIN_RGBA
 from cellview.errors import ExportError
 from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
+from cellview.tiling import TILING_RULE
 
 if TYPE_CHECKING:
     from cellview.morphology import Region
+    from cellview.overlay import OverlaySettings
     from cellview.results import AnalysisResult
 
 FORMATS = ("csv", "geojson", "png", "json")
+SUFFIXES = {"csv": ".csv", "geojson": ".geojson", "png": ".png", "json": ".json"}
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -81,6 +85,9 @@ def _nuclei_cell(name: str, value: float) -> str:
 def csv_text(result: AnalysisResult) -> str:
     """WSInfer's columns (level-0 pixels) plus CellView's prediction columns.
 
+    ``domain_score`` (0–1) and ``in_domain`` (true/false) are empty when the model has no
+    domain statistics (and for tiles not classified).
+
     With nuclei measured (``--nuclei``), the per-tile nucleus columns follow; their area unit
     is in the column name (``_um2``, or ``_px2`` when the scale is unknown).
     """
@@ -90,19 +97,24 @@ def csv_text(result: AnalysisResult) -> str:
     nuclei_cols = result.nuclei.column_names() if result.nuclei is not None else ()
     writer.writerow(
         ["minx", "miny", "width", "height", *[f"prob_{n}" for n in names],
-         "pred_class", "pred_category", "confidence", "tissue_fraction", "status", "scale_unknown", *nuclei_cols],
+         "pred_class", "pred_category", "confidence", "tissue_fraction", "status", "scale_unknown",
+         "domain_score", "in_domain", *nuclei_cols],
     )
     g = result.grid
     pred_class, pred_cat, conf = result.pred_class, result.pred_category, result.confidence
     scale_unknown = "true" if result.scale_unknown else "false"
+    score = result.domain_score if result.has_domain else None
+    in_domain = result.in_domain
     for i in range(g.n_tiles):
         done = pred_class[i] >= 0
+        scored = done and score is not None and np.isfinite(score[i])
         writer.writerow([
-            int(g.l0_x[i]), int(g.l0_y[i]), g.tile_l0_w, g.tile_l0_h,
+            *g.rect(i),
             *[_fmt(p) for p in result.probs[i]],
             names[pred_class[i]] if done else "",
             CATEGORIES[pred_cat[i]] if done else "",
             _fmt(conf[i]), f"{g.tissue_fraction[i]:.4f}", _STATUS[int(result.state[i])], scale_unknown,
+            f"{score[i]:.4f}" if scored else "", ("true" if in_domain[i] else "false") if scored else "",
             *[_nuclei_cell(c, v) for c, v in zip(nuclei_cols, result.nuclei.values[i] if nuclei_cols else ())],
         ])
     return buf.getvalue()
@@ -147,6 +159,9 @@ def geojson_dict(result: AnalysisResult, regions: Sequence[Region] | None = None
                  region_confidence: float = 0.5) -> dict[str, Any]:
     """One Polygon per finished tile that QuPath imports as a tile object with measurements.
 
+    With domain statistics each tile also carries ``domain_score`` and ``in_domain`` (1 / 0)
+    measurements and an ``in_domain`` property (null without statistics).
+
     ``regions`` (from ``morphology.malignant_regions(result, region_confidence)``) follow the
     tiles as annotations; nucleus measurements, when made, join each tile's measurements.
     """
@@ -160,6 +175,11 @@ def geojson_dict(result: AnalysisResult, regions: Sequence[Region] | None = None
         measurements = {f"prob_{n}": float(p) for n, p in zip(names, result.probs[i])}
         measurements["confidence"] = float(result.confidence[i])
         measurements["tissue_fraction"] = float(g.tissue_fraction[i])
+        in_domain = None
+        if result.has_domain and result.domain_score is not None and np.isfinite(result.domain_score[i]):
+            measurements["domain_score"] = float(result.domain_score[i])
+            in_domain = bool(result.in_domain[i])
+            measurements["in_domain"] = float(in_domain)  # QuPath measurements are numbers: 1 / 0
         if result.nuclei is not None:
             for name, value in zip(result.nuclei.column_names(), result.nuclei.values[i]):
                 if np.isfinite(value):
@@ -171,6 +191,7 @@ def geojson_dict(result: AnalysisResult, regions: Sequence[Region] | None = None
                 "objectType": "tile",
                 "classification": {"name": names[k], "color": colors[k]},
                 "category": CATEGORIES[int(result.pred_category[i])],
+                "in_domain": in_domain,
                 "isLocked": False,
                 "measurements": measurements,
             },
@@ -181,6 +202,7 @@ def geojson_dict(result: AnalysisResult, regions: Sequence[Region] | None = None
         "properties": {
             "slide": result.slide.name, "model": result.model.name, "model_sha256": result.model.sha256,
             "scale_unknown": result.scale_unknown, "status": result.status,
+            "domain_available": result.has_domain, "in_domain_fraction": result.in_domain_fraction,
         },
         "features": features,
     }
@@ -221,6 +243,7 @@ def metadata_dict(result: AnalysisResult, outputs: Iterable[str] = (), extra: di
             "mpp_um": None if mpp is None else {"x": mpp.x_um, "y": mpp.y_um},
             "mpp_source": None if mpp is None else mpp.source,
             "mpp_approximate": None if mpp is None else mpp.approximate,
+            "skipped_levels": [{"level": sk.level, "reason": sk.reason} for sk in result.slide.skipped_levels],
         },
         "model": {
             "name": result.model.name, "version": result.model.version, "sha256": result.model.sha256,
@@ -233,13 +256,19 @@ def metadata_dict(result: AnalysisResult, outputs: Iterable[str] = (), extra: di
         "grid": {
             "tile_l0_px": [g.tile_l0_w, g.tile_l0_h], "stride_l0_px": [g.stride_l0_x, g.stride_l0_y],
             "read_level": g.read_level, "read_px": [g.read_w, g.read_h], "n_cols": g.n_cols, "n_rows": g.n_rows,
-            "whole_image": g.whole_image,
+            "whole_image": g.whole_image, "tiling_rule": TILING_RULE,
         },
         "tiles": {
             "total": result.n_tiles, "done": result.n_done, "failed": result.n_failed,
             "pending": result.n_tiles - result.n_done - result.n_failed,
+            "out_of_domain": int(result.out_of_domain.sum()) if result.has_domain else None,
             "per_category": result.category_counts(), "per_class": result.class_counts(),
+            "per_category_including_out_of_domain": result.category_counts(include_out_of_domain=True),
+            "counts_note": "per_category and per_class count in-domain tiles only" if result.has_domain
+            else "every classified tile (no domain score for this model)",
         },
+        "in_domain_fraction": result.in_domain_fraction,
+        "domain": domain_dict(result),
         "image_level": result.image_level(),
         "timings_s": result.timings,
         "from_cache": result.from_cache,
@@ -252,24 +281,78 @@ def metadata_dict(result: AnalysisResult, outputs: Iterable[str] = (), extra: di
     return data
 
 
+def domain_dict(result: AnalysisResult) -> dict[str, Any]:
+    """The metadata's ``domain`` object: whether a score exists, how it was made, what it says."""
+    from cellview.domain import NOT_AVAILABLE, TISSUE_TILE
+    from cellview.results import domain_banner
+
+    info = result.model.domain
+    if info is None or not result.has_domain:
+        return {"available": False, "reason": NOT_AVAILABLE}
+    banner = domain_banner(result)
+    return {
+        "available": True, "method": info.method, "threshold": info.threshold, "statistics_sha256": info.sha256,
+        "training_data": info.training_data, "n_fit_tiles": info.n_fit_tiles,
+        "n_calibration_tiles": info.n_calibration_tiles,
+        "score": "conformal p-value: share of held-out in-domain tiles at least as unlike the training data; "
+                 "in_domain = domain_score >= threshold",
+        "in_domain_tiles": int(result.in_domain.sum()), "out_of_domain_tiles": int(result.out_of_domain.sum()),
+        "in_domain_fraction_tissue_tiles": banner.in_domain_fraction,
+        "tissue_tiles": f"tiles at least {TISSUE_TILE:.0%} covered by tissue decide the warning",
+        "mostly_out_of_domain": banner.show, "warning": banner.text if banner.show else None,
+    }
+
+
 # ----------------------------------------------------------------------------- annotated PNG
 
 
+def _overlay_settings(overlay: OverlaySettings | None, **defaults: Any) -> OverlaySettings:
+    from cellview.overlay import OverlaySettings
+
+    return overlay if overlay is not None else OverlaySettings(**defaults)
+
+
 def overlay_on_thumbnail(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.5,
-                         min_confidence: float = 0.0) -> np.ndarray:
-    """Blend the category map (colour, alpha = confidence) over an RGB thumbnail of the slide."""
+                         min_confidence: float = 0.0, overlay: OverlaySettings | None = None) -> np.ndarray:
+    """Blend the fill layer (``overlay.fill_rgba``) over an RGB thumbnail of the slide.
+
+    Without ``overlay``: the category colours × confidence at ``opacity`` (the fill style).
+    Each thumbnail pixel takes its grid cell (``TileGrid.to_display``), as on screen.
+    """
+    from cellview.overlay import fill_rgba
+
+    settings = _overlay_settings(overlay, style="fill", opacity=opacity, min_confidence=min_confidence)
     g = result.grid
     h, w = thumb.shape[:2]
-    rgba = result.category_rgba(min_confidence=min_confidence)
+    if not settings.visible or g.whole_image:
+        return thumb.copy()
+    rgba = g.to_display(fill_rgba(result, settings))
+    rows, cols = rgba.shape[:2]
     sx, sy = g.slide_w_l0 / w, g.slide_h_l0 / h
-    col = np.floor((np.arange(w) + 0.5) * sx / g.stride_l0_x).astype(np.int64)
-    row = np.floor((np.arange(h) + 0.5) * sy / g.stride_l0_y).astype(np.int64)
-    col_ok, row_ok = col < g.n_cols, row < g.n_rows
-    layer = rgba[np.minimum(row, g.n_rows - 1)[:, None], np.minimum(col, g.n_cols - 1)[None, :]]
-    alpha = layer[..., 3:4].astype(np.float32) / 255.0 * opacity
-    alpha *= (row_ok[:, None] & col_ok[None, :])[..., None]
+    col = np.minimum(np.floor((np.arange(w) + 0.5) * sx / g.stride_l0_x).astype(np.int64), cols - 1)
+    row = np.minimum(np.floor((np.arange(h) + 0.5) * sy / g.stride_l0_y).astype(np.int64), rows - 1)
+    layer = rgba[row[:, None], col[None, :]]
+    alpha = layer[..., 3:4].astype(np.float32) / 255.0 * settings.opacity
     out = thumb.astype(np.float32) * (1 - alpha) + layer[..., :3].astype(np.float32) * alpha
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def draw_contours(draw: Any, result: AnalysisResult, overlay: OverlaySettings, thumb_wh: tuple[int, int],
+                  k: float = 1.0) -> None:
+    """Category contours (``overlay.category_contours``) on a thumbnail: coloured lines on a dark casing."""
+    from cellview.overlay import CASING_RGB, category_contours
+
+    if not overlay.visible or result.grid.whole_image:
+        return
+    w, h = thumb_wh
+    sx, sy = w / result.grid.slide_w_l0, h / result.grid.slide_h_l0
+    width = max(2, int(round(2 * k)))
+    contours = category_contours(result, overlay)
+    for casing in (True, False):
+        for contour in contours:
+            color = CASING_RGB if casing else hex_to_rgb(contour.color)
+            for x0, y0, x1, y1 in contour.segments:
+                draw.line([(x0 * sx, y0 * sy), (x1 * sx, y1 * sy)], fill=color, width=width + 2 if casing else width)
 
 
 def _nice_length_um(target_um: float) -> float:
@@ -314,68 +397,127 @@ def draw_regions(draw: Any, result: AnalysisResult, regions: Sequence[Region], t
             draw.text((tx, ty), label, fill=outline, font=label_font)
 
 
-def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.5,
-                  regions: Sequence[Region] | None = None, region_confidence: float = 0.5) -> bytes:
-    """Thumbnail with the heatmap, a legend (colours and counts), scale bar, model and slide names.
+def _wrap(draw: Any, text: str, fnt: Any, width_px: float) -> list[str]:
+    """Greedy word wrap to ``width_px`` (legend lines never run past the panel)."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=fnt) > width_px:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return [*lines, line] if line else lines
 
-    ``regions`` (``morphology.malignant_regions``) are outlined with their boxes and areas.
+
+def _ellipsize(draw: Any, text: str, fnt: Any, width_px: float) -> str:
+    if draw.textlength(text, font=fnt) <= width_px:
+        return text
+    while text and draw.textlength(text + "…", font=fnt) > width_px:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
+def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.5,
+                  regions: Sequence[Region] | None = None, region_confidence: float = 0.5,
+                  overlay: OverlaySettings | None = None, source: str = "") -> bytes:
+    """Thumbnail with the overlay, a legend (what colours mean, what is shown, counts), scale bar and names.
+
+    ``overlay`` is the display state (``overlay.OverlaySettings``; default: the viewer's default
+    look at ``opacity``): style, colouring, confidence filter and categories apply exactly as on
+    screen, and the legend says which. ``regions`` (``morphology.malignant_regions``) are outlined
+    with their boxes and areas. ``source`` ("the viewer", "the kiosk") names where the export was made.
     """
     from PIL import Image, ImageDraw
 
-    img = overlay_on_thumbnail(result, thumb, opacity=opacity)
+    from cellview.overlay import count_lines, counted_text, describe_colours, describe_filter
+
+    settings = _overlay_settings(overlay, opacity=opacity)
+    img = overlay_on_thumbnail(result, thumb, overlay=settings)
     h, w = img.shape[:2]
     k = max(1.0, min(2.5, max(h, w) / 900))  # text scales with the picture
     panel_w = int(330 * k)
-    canvas = Image.new("RGB", (w + panel_w, max(h, int(440 * k))), (255, 255, 255))
+    canvas = Image.new("RGB", (w + panel_w, max(h, int(480 * k))), (255, 255, 255))
     canvas.paste(Image.fromarray(img), (0, 0))
     draw = ImageDraw.Draw(canvas)
     title, body, small = font(int(22 * k), bold=True), font(int(15 * k)), font(int(12 * k))
+    draw_contours(draw, result, settings, (w, h), k)
     if regions:
         draw_regions(draw, result, regions, (w, h), k, small)
     line_h, small_h = int(24 * k), int(18 * k)
     x0, y = w + int(16 * k), int(14 * k)
+    text_w = panel_w - int(28 * k)
     ink, grey = (20, 20, 20), (90, 90, 90)
 
-    def text(s: str, f: Any = small, fill: tuple[int, int, int] = ink, dy: int = small_h) -> None:
+    def text(s: str, f: Any = small, fill: tuple[int, int, int] = ink, dy: int = small_h, wrap: bool = False) -> None:
         nonlocal y
-        draw.text((x0, y), s, fill=fill, font=f)
-        y += dy
+        for line in (_wrap(draw, s, f, text_w) if wrap else [_ellipsize(draw, s, f, text_w)]):
+            draw.text((x0, y), line, fill=fill, font=f)
+            y += dy
 
     text("CellView", title, dy=int(34 * k))
-    text(f"Slide: {result.slide.name}"[:46])
-    text(f"Model: {result.model.name} {result.model.version}".rstrip()[:46])
+    text(f"Slide: {result.slide.name}")
+    text(f"Model: {result.model.name} {result.model.version}".rstrip())
     text(f"Run on: {result.provider}")
     mpp = result.slide.mpp
-    text("Scale: unknown (classified as one image)" if mpp is None else f"Pixel size: {mpp.describe()}"[:48])
+    text("Scale: unknown (classified as one image)" if mpp is None else f"Pixel size: {mpp.describe()}")
+    if result.slide.skipped_levels:
+        from cellview.slide import describe_skipped
+
+        text(describe_skipped(result.slide.skipped_levels, reasons=False) + " (wrong colours)", fill=grey)
     y += int(10 * k)
     failed = f", {result.n_failed} failed" if result.n_failed else ""
-    text(f"{result.n_done} tiles classified{failed}", body, dy=line_h + int(4 * k))
-    counts = result.category_counts()
-    total = max(result.n_done, 1)
+    text(counted_text(result, settings) + failed, body, dy=line_h + int(4 * k))
     sw = int(18 * k)
-    for cat in CATEGORIES:
+    for cat, n, pct in count_lines(result, settings):
+        hidden = settings.by_category and cat not in settings.categories
         draw.rectangle([x0, y + 2, x0 + sw, y + 2 + sw], fill=hex_to_rgb(CATEGORY_COLORS[cat]), outline=(60, 60, 60))
-        draw.text((x0 + sw + int(10 * k), y), f"{cat}", fill=ink, font=body)
-        draw.text((x0 + int(150 * k), y), f"{counts[cat]:>6}  {counts[cat] / total:>4.0%}", fill=ink, font=body)
+        draw.text((x0 + sw + int(10 * k), y), cat + (" (hidden)" if hidden else ""), fill=grey if hidden else ink,
+                  font=body)
+        draw.text((x0 + int(170 * k), y), f"{n:>6,}  {pct:>3}%", fill=ink, font=body)
         y += line_h + int(4 * k)
+    if result.has_domain:
+        n_ood = int(result.out_of_domain.sum())
+        draw.rectangle([x0, y + 2, x0 + sw, y + 2 + sw], fill=OUT_OF_DOMAIN_RGBA[:3], outline=(60, 60, 60))
+        draw.text((x0 + sw + int(10 * k), y), "out of domain", fill=ink, font=body)
+        draw.text((x0 + int(170 * k), y), f"{n_ood:>6,}  {round(100 * n_ood / max(result.n_done, 1)):>3}%", fill=ink,
+                  font=body)
+        y += line_h + int(4 * k)
+        text("Shares: in-domain tiles only; out of domain: share of all tiles.", fill=grey, wrap=True)
+        from cellview.results import domain_banner
+
+        banner = domain_banner(result)
+        if banner.show:
+            text(banner.text, fill=(180, 0, 0), wrap=True)
+    else:
+        text("Domain score: not available for this model.", fill=grey)
     if list(result.model.class_names) != list(result.model.class_categories):
         y += int(6 * k)
         text("Classes (tiles)", body, dy=line_h)
         class_counts = result.class_counts()
         for name, color in zip(result.model.class_names, result.model.class_colors):
             draw.rectangle([x0, y + 3, x0 + int(12 * k), y + 3 + int(12 * k)], fill=hex_to_rgb(color), outline=(60, 60, 60))
-            draw.text((x0 + int(20 * k), y), f"{name[:28]}: {class_counts[name]}", fill=ink, font=small)
+            draw.text((x0 + int(20 * k), y), _ellipsize(draw, f"{name}: {class_counts[name]:,}", small, text_w - 20 * k),
+                      fill=ink, font=small)
             y += small_h
     y += int(10 * k)
-    text("Colour = category; intensity = confidence.", fill=grey)
+    text(describe_colours(settings, result.model.class_names), fill=grey, wrap=True)
+    shown = describe_filter(settings)
+    if shown:
+        text(shown, fill=grey, wrap=True)
+    if not settings.visible:
+        text("Heatmap hidden (as on screen).", fill=grey)
     if regions is not None:
         text(f"Malignant regions (≥ {region_confidence:.0%}): {len(regions)}", fill=(120, 0, 0))
     if result.nuclei is not None and result.nuclei.measured.any():
         nuc = result.nuclei
         m = nuc.measured
         unit = "µm²" if nuc.area_unit == "um2" else "px²"
-        text(f"Nuclei: {int(np.nansum(nuc.count[m]))}, median area {np.nanmedian(nuc.median_area[m]):.0f} {unit}"[:48],
+        text(f"Nuclei: {int(np.nansum(nuc.count[m])):,}, median area {np.nanmedian(nuc.median_area[m]):.0f} {unit}",
              fill=grey)
+    if source:
+        text(f"Exported from {source}: as shown on screen.", fill=grey, wrap=True)
     if result.status != "complete":
         text(f"Run {result.status}: partial result.", fill=(180, 0, 0))
     draw.text((x0, canvas.height - int(22 * k)), "Research use only. Not for clinical diagnosis.", fill=grey, font=small)
@@ -400,79 +542,144 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
     return buf.getvalue()
 
 
-# ----------------------------------------------------------------------------- one call for all
+# ----------------------------------------------------------------------------- one path for CLI, viewer, kiosk
 
 
 def output_paths(out_dir: Path, stem: str, formats: Iterable[str] = FORMATS) -> dict[str, Path]:
-    suffix = {"csv": ".csv", "geojson": ".geojson", "png": ".png", "json": ".json"}
-    return {f: Path(out_dir) / f"{stem}{suffix[f]}" for f in formats}
+    return {f: Path(out_dir) / f"{stem}{SUFFIXES[f]}" for f in formats}
+
+
+def regions_summary(regions: Sequence[Region], region_confidence: float) -> dict[str, Any]:
+    return {
+        "min_confidence": region_confidence,
+        "regions": [{"rank": r.rank, "n_tiles": r.n_tiles, "bbox_l0": list(r.bbox),
+                     "area_mm2": float(r.area_mm2) if np.isfinite(r.area_mm2) else None} for r in regions],
+    }
+
+
+def render(kind: str, result: AnalysisResult, thumbnail: np.ndarray | None = None,
+           regions: Sequence[Region] | None = None, region_confidence: float = 0.5,
+           overlay: OverlaySettings | None = None, source: str = "", outputs: Iterable[str] = (),
+           extra_meta: dict[str, Any] | None = None, png_regions: bool = True) -> bytes:
+    """The bytes of one export format: the single place every caller (CLI, viewer, kiosk) goes through.
+
+    ``regions`` go into the GeoJSON and the metadata, and onto the PNG unless ``png_regions`` is
+    False (the viewer draws them only when they are shown on screen).
+    """
+    if kind == "csv":
+        return csv_text(result).encode("utf-8")
+    if kind == "geojson":
+        return json.dumps(geojson_dict(result, regions, region_confidence)).encode("utf-8")
+    if kind == "png":
+        if thumbnail is None:
+            raise ExportError("The annotated PNG needs a thumbnail of the slide.")
+        return annotated_png(result, thumbnail, regions=regions if png_regions else None,
+                             region_confidence=region_confidence, overlay=overlay, source=source)
+    if kind == "json":
+        extra = dict(extra_meta or {})
+        if regions is not None:
+            extra["malignant_regions"] = regions_summary(regions, region_confidence)
+        return json.dumps(metadata_dict(result, list(outputs), extra or None), indent=2).encode("utf-8")
+    raise ExportError(f"Unknown output format {kind!r}; choose from {', '.join(FORMATS)}.")
 
 
 def export_all(result: AnalysisResult, out_dir: Path, stem: str, thumbnail: np.ndarray | None,
                formats: Iterable[str] = FORMATS, extra_meta: dict[str, Any] | None = None,
-               regions: Sequence[Region] | None = None, region_confidence: float = 0.5) -> dict[str, Path]:
+               regions: Sequence[Region] | None = None, region_confidence: float = 0.5,
+               overlay: OverlaySettings | None = None, source: str = "", png_regions: bool = True) -> dict[str, Path]:
     """Write the requested formats; metadata last, so its presence means the others are complete.
 
     ``regions`` (``morphology.malignant_regions(result, region_confidence)``) go into the GeoJSON
-    as annotations, onto the PNG as outlines, and into the metadata as a summary.
+    as annotations, onto the PNG as outlines, and into the metadata as a summary; ``overlay`` is
+    the display the PNG shows (recorded in the metadata).
     """
-    formats = [f for f in FORMATS if f in set(formats)]
+    formats = list(formats)
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ExportError(f"Unknown output format(s): {', '.join(sorted(unknown))}.")
+    formats = [f for f in FORMATS if f in set(formats)]
     paths = output_paths(out_dir, stem, formats)
-    if "csv" in paths:
-        atomic_write_text(paths["csv"], csv_text(result))
-    if "geojson" in paths:
-        atomic_write_text(paths["geojson"], json.dumps(geojson_dict(result, regions, region_confidence)))
-    if "png" in paths:
-        if thumbnail is None:
-            raise ExportError("The annotated PNG needs a thumbnail of the slide.")
-        atomic_write_bytes(paths["png"], annotated_png(result, thumbnail, regions=regions,
-                                                       region_confidence=region_confidence))
-    if "json" in paths:
-        names = [p.name for f, p in paths.items() if f != "json"]
-        extra = dict(extra_meta or {})
-        if regions is not None:
-            extra["malignant_regions"] = {
-                "min_confidence": region_confidence,
-                "regions": [{"rank": r.rank, "n_tiles": r.n_tiles, "bbox_l0": list(r.bbox),
-                             "area_mm2": float(r.area_mm2) if np.isfinite(r.area_mm2) else None}
-                            for r in regions],
-            }
-        atomic_write_text(paths["json"], json.dumps(metadata_dict(result, names, extra or None), indent=2))
+    names = [p.name for f, p in paths.items() if f != "json"]
+    for kind, path in paths.items():
+        atomic_write_bytes(path, render(kind, result, thumbnail, regions, region_confidence, overlay, source,
+                                        outputs=names, extra_meta=extra_meta, png_regions=png_regions))
     return paths
 
 
 def export_slide_result(result: AnalysisResult, out_dir: Path, stem: str, formats: Iterable[str] = FORMATS,
                         png_size_px: int = 2048, region_confidence: float | None = 0.5,
-                        extra_meta: dict[str, Any] | None = None) -> tuple[dict[str, Path], list[Region] | None]:
-    """Everything a finished slide exports, for the CLI and the kiosk alike.
+                        extra_meta: dict[str, Any] | None = None, overlay: OverlaySettings | None = None,
+                        thumbnail: np.ndarray | None = None, source: str = "",
+                        regions: Sequence[Region] | None = None,
+                        png_regions: bool = True) -> tuple[dict[str, Path], list[Region] | None]:
+    """Everything a finished slide exports, for the CLI, the viewer and the kiosk alike.
 
-    Reads the PNG's thumbnail from the slide, outlines malignant regions at
-    ``region_confidence`` (None: no regions), and records these export options in the metadata
-    so a later run can tell whether the files on disk are what it would write.
+    Reads the PNG's thumbnail from the slide (unless given), outlines malignant regions at
+    ``region_confidence`` (None: no regions; ``regions`` already computed are reused), draws
+    ``overlay`` (default: the viewer's default look), and records these export options in the
+    metadata so a later run can tell whether the files on disk are what it would write.
     """
     formats = list(formats)
-    thumb = None
-    if "png" in formats:
+    thumb = thumbnail
+    if "png" in formats and thumb is None:
         from cellview.slide import open_slide
 
         with open_slide(result.slide.path, mpp_um=result.params.mpp_um) as slide:
             thumb = slide.thumbnail(png_size_px)
-    regions = None
-    if region_confidence is not None:
+    if region_confidence is None:
+        regions = None
+    elif regions is None:
         from cellview.morphology import malignant_regions
 
         regions = malignant_regions(result, region_confidence)
     extra = dict(extra_meta or {})
-    extra["export_options"] = export_options(formats, png_size_px, region_confidence)
+    extra["export_options"] = export_options(formats, png_size_px, region_confidence, overlay)
     paths = export_all(result, out_dir, stem, thumb, formats, extra_meta=extra, regions=regions,
-                       region_confidence=region_confidence if region_confidence is not None else 0.5)
-    return paths, regions
+                       region_confidence=region_confidence if region_confidence is not None else 0.5,
+                       overlay=overlay, source=source, png_regions=png_regions)
+    return paths, None if regions is None else list(regions)
 
 
-def export_options(formats: Iterable[str], png_size_px: int, region_confidence: float | None) -> dict[str, Any]:
+def export_options(formats: Iterable[str], png_size_px: int, region_confidence: float | None,
+                   overlay: OverlaySettings | None = None) -> dict[str, Any]:
     """The options that shape the exported files (besides the analysis itself)."""
-    return {"formats": sorted(set(formats)), "png_size_px": int(png_size_px), "region_confidence": region_confidence}
+    out: dict[str, Any] = {"formats": sorted(set(formats)), "png_size_px": int(png_size_px),
+                           "region_confidence": region_confidence}
+    if overlay is not None:
+        out["display"] = overlay.to_dict()
+    return out
 
+
+def default_export_dir() -> Path:
+    """Where exports go when the slide's own folder cannot be written: ~/Documents/CellView (or the like)."""
+    import platformdirs
+
+    return Path(platformdirs.user_documents_dir()) / "CellView"
+
+
+def writable_dir(preferred: Path, fallback: Path | None = None) -> tuple[Path, str]:
+    """``preferred`` if files can be created in it, else ``fallback`` (created), and a note saying so.
+
+    Slides often sit on read-only shares or media; an export dialog must not start where saving fails.
+    """
+    preferred = Path(preferred)
+    if _can_write(preferred):
+        return preferred, ""
+    target = Path(fallback) if fallback is not None else default_export_dir()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        target = Path(tempfile.gettempdir())
+    return target, f"{preferred} cannot be written; saving to {target} instead."
+
+
+def _can_write(folder: Path) -> bool:
+    if not folder.is_dir():
+        return False
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".cellview-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    Path(tmp).unlink(missing_ok=True)
+    return True

@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from cellview.errors import CellviewError
 from cellview.export import FORMATS, atomic_write_text, export_slide_result, output_paths
 from cellview.model import DEFAULT_MODEL, DEVICES, ModelSpec, OnnxClassifier, resolve_model
 from cellview.pipeline import CancelToken, Event, Finished, analyze
-from cellview.results import AnalysisParams
+from cellview.results import AnalysisParams, whole_percentages
 from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name, slide_stem
 
 log = logging.getLogger(__name__)
@@ -526,6 +526,14 @@ class CaseResult:
         return self.status == "done"
 
     @property
+    def call(self) -> str:
+        """'malignant 62% · benign 19% · normal 19%' (shares that add up to 100), or '' without tiles."""
+        if not self.category_counts or sum(self.category_counts.values()) <= 0:
+            return ""
+        pct = whole_percentages(self.category_counts)
+        return " · ".join(f"{c} {pct[c]}%" for c in sorted(pct, key=lambda c: -pct[c]))
+
+    @property
     def name(self) -> str:
         """Display name: the file name, or the folder's for a DICOM slide."""
         return slide_display_name(self.path)
@@ -554,20 +562,20 @@ def free_stem(outbox: Path, path: Path, formats: Iterable[str] = FORMATS) -> str
     return candidate
 
 
-def process_case(
+def iter_case(
     path: str | os.PathLike[str],
     classifier: OnnxClassifier,
     settings: KioskSettings,
     cancel: CancelToken | None = None,
-    on_event: Callable[[Event], None] | None = None,
     available_bytes: int | None = None,
-) -> CaseResult:
-    """Analyse one slide and write its exports to the outbox; never raises for a bad file.
+) -> Iterator[Event | CaseResult]:
+    """One case as a stream: the pipeline's events as they come, then the ``CaseResult`` (last item).
 
-    Bad input (unreadable, truncated, no pixel size) and failed exports come back as
-    ``status="failed"`` with the error's message, so the kiosk shows it and keeps watching.
-    Unexpected exceptions are caught too (and logged with their traceback): an unattended
-    kiosk must survive them. A cancelled run writes nothing.
+    Analyse the slide and write its exports to the outbox; never raises for a bad file. Bad
+    input (unreadable, truncated, no pixel size) and failed exports end as ``status="failed"``
+    with the error's message, so the kiosk shows it and keeps watching. Unexpected exceptions
+    are caught too (and logged with their traceback): an unattended kiosk must survive them. A
+    cancelled run writes nothing.
     """
     path = Path(path)
     started = time.time()
@@ -581,27 +589,49 @@ def process_case(
         params = settings.analysis_params(classifier.spec.patch_size_pixels, available_bytes)
         result = None
         for event in analyze(path, classifier, params, cancel=cancel):
-            if on_event is not None:
-                on_event(event)
+            yield event
             if isinstance(event, Finished):
                 result = event.result
         if result is None or result.status != "complete":
-            return CaseResult(path, "cancelled", f"Analysis of {path.name} was cancelled.",
-                              provider=classifier.provider_label, started_unix=started)
+            yield CaseResult(path, "cancelled", f"Analysis of {path.name} was cancelled.",
+                             provider=classifier.provider_label, started_unix=started)
+            return
         extra: dict[str, Any] = {"kiosk": {"source": str(path), "received_unix": started}}
         if classifier.fallback_message:
             extra["fallback"] = classifier.fallback_message
         stem = free_stem(outbox, path, settings.formats)
         outputs, _ = export_slide_result(result, outbox, stem, settings.formats, settings.png_size_px,
-                                         settings.region_confidence if settings.regions else None, extra)
+                                         settings.region_confidence if settings.regions else None, extra,
+                                         source="the kiosk")
     except CellviewError as exc:
         log.warning("kiosk case %s failed: %s", path, exc)
-        return failed(exc.message, exc.details)
+        yield failed(exc.message, exc.details)
+        return
     except Exception as exc:  # noqa: BLE001 - an unattended kiosk reports and carries on
         log.exception("kiosk case %s failed unexpectedly", path)
-        return failed(f"{path.name} could not be analysed (unexpected error).", repr(exc))
-    return CaseResult(path, "done", f"{path.name}: {result.summary()}", outputs=outputs, summary=result.summary(),
-                      provider=result.provider, category_counts=result.category_counts(), started_unix=started)
+        yield failed(f"{path.name} could not be analysed (unexpected error).", repr(exc))
+        return
+    yield CaseResult(path, "done", f"{path.name}: {result.call()}", outputs=outputs, summary=result.summary(),
+                     provider=result.provider, category_counts=result.category_counts(), started_unix=started)
+
+
+def process_case(
+    path: str | os.PathLike[str],
+    classifier: OnnxClassifier,
+    settings: KioskSettings,
+    cancel: CancelToken | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    available_bytes: int | None = None,
+) -> CaseResult:
+    """``iter_case`` driven to its end: ``on_event`` gets each pipeline event; returns the ``CaseResult``."""
+    case = None
+    for item in iter_case(path, classifier, settings, cancel, available_bytes):
+        if isinstance(item, CaseResult):
+            case = item
+        elif on_event is not None:
+            on_event(item)
+    assert case is not None
+    return case
 
 
 class RecentCases:

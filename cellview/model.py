@@ -15,12 +15,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import platformdirs
 
 from cellview.errors import ModelError
+
+if TYPE_CHECKING:
+    from cellview.domain import DomainStats
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,9 @@ class ModelSpec:
     architecture: str = ""
     metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    domain_path: Path | None = None  # out-of-domain statistics (``domain.npz``), validated on load
+    domain_sha256: str = ""
+    domain: DomainStats | None = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -98,6 +104,14 @@ class ModelSpec:
 
     def class_rgb(self) -> np.ndarray:
         return np.array([hex_to_rgb(c) for c in self.class_colors], dtype=np.uint8)
+
+    @property
+    def result_sha256(self) -> str:
+        """Identity of everything that shapes a result: the weights, plus the domain statistics when present.
+
+        Equal to ``onnx_sha256`` for a model without domain statistics, so older cache keys stay valid.
+        """
+        return self.onnx_sha256 if not self.domain_sha256 else f"{self.onnx_sha256}+{self.domain_sha256}"
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ModelSpec:
@@ -195,6 +209,7 @@ class ModelSpec:
                     "the sidecar may belong to another model.",
                     f"sidecar {sha[:12]}…, file {actual[:12]}…",
                 )
+        domain_path, domain_sha, domain = _load_domain(data.get("domain"), onnx_path, where, len(class_names))
         return cls(
             name=str(data.get("name") or onnx_path.parent.name or onnx_path.stem),
             version=str(data.get("version", "")),
@@ -214,7 +229,35 @@ class ModelSpec:
             architecture=str(data.get("architecture", "")),
             metrics=dict(data.get("metrics", {}) or {}),
             raw=data,
+            domain_path=domain_path,
+            domain_sha256=domain_sha,
+            domain=domain,
         )
+
+
+def _load_domain(entry: Any, onnx_path: Path, where: str,
+                 num_classes: int) -> tuple[Path | None, str, DomainStats | None]:
+    """The sidecar's optional ``domain`` entry → (path, sha256, validated statistics)."""
+    if entry is None:
+        return None, "", None
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"]:
+        raise ModelError(f"The {where}: 'domain' must be an object with the statistics 'file' and its 'sha256'.")
+    sha = entry.get("sha256")
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ModelError(f"The {where}: 'domain' needs the sha256 of {entry['file']}.")
+    path = onnx_path.parent / entry["file"]
+    if not path.is_file():
+        raise ModelError(
+            f"The {where} names domain statistics {entry['file']} that are not next to the model; "
+            "restore the file, or remove the sidecar's 'domain' entry to run without a domain score.",
+        )
+    from cellview.domain import DomainStats
+
+    stats = DomainStats.load(path, sha)
+    if len(stats.class_means) > num_classes:
+        raise ModelError(f"The domain statistics {path.name} hold {len(stats.class_means)} classes; the model has "
+                         f"{num_classes}. They belong to another model.")
+    return path, sha, stats
 
 
 def sidecar_for(onnx_path: Path) -> Path:
@@ -484,6 +527,30 @@ class OnnxClassifier:
                 f"{spec.num_classes} classes.",
             )
         self.output_name = outputs[0].name
+        self.output_names = tuple(o.name for o in outputs)
+        shapes = {o.name: list(o.shape) for o in outputs}
+        if spec.domain is not None:
+            if "features" not in shapes:
+                raise ModelError(
+                    f"{spec.onnx_path.name} has domain statistics but no 'features' output to score tiles with; "
+                    "add it with `cellview domain upgrade`.",
+                )
+            dim = shapes["features"][-1] if len(shapes["features"]) == 2 else None
+            if isinstance(dim, int) and dim != spec.domain.feature_dim:
+                raise ModelError(
+                    f"{spec.onnx_path.name} gives {dim} features per tile but its domain statistics expect "
+                    f"{spec.domain.feature_dim}; they belong to another model.",
+                )
+
+    @property
+    def has_domain(self) -> bool:
+        """Tiles get a domain score (the model has domain statistics and a features output)."""
+        return self.spec.domain is not None
+
+    @property
+    def has_cam(self) -> bool:
+        """The graph exposes class activation maps (``cam`` output, see cellview.onnx_graph)."""
+        return "cam" in self.output_names
 
     # -- inference -----------------------------------------------------------------------------
 
@@ -498,23 +565,48 @@ class OnnxClassifier:
             x = x.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(x)
 
-    def logits(self, tiles: np.ndarray) -> np.ndarray:
+    def run(self, tiles: np.ndarray, names: tuple[str, ...] | list[str]) -> list[np.ndarray]:
+        """The named graph outputs for a batch of tiles (logits first when asked for, shape-checked)."""
         if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
             raise ModelError(f"Tiles must be (N, H, W, 3) uint8, got {tiles.shape} {tiles.dtype}.")
+        missing = [n for n in names if n not in self.output_names]
+        if missing:
+            raise ModelError(f"{self.spec.onnx_path.name} has no {missing[0]!r} output; "
+                             "`cellview domain upgrade` adds features, feature maps and class activation maps.")
         if tiles.shape[0] > self.max_batch:  # the TensorRT profile covers 1..max_batch
-            return np.concatenate([self.logits(tiles[i:i + self.max_batch])
-                                   for i in range(0, tiles.shape[0], self.max_batch)])
-        out = self.session.run([self.output_name], {self.input_name: self.prepare(tiles)})[0]
-        if out.shape != (tiles.shape[0], self.spec.num_classes):
-            raise ModelError(
-                f"{self.spec.onnx_path.name} returned shape {out.shape}; expected "
-                f"({tiles.shape[0]}, {self.spec.num_classes}).",
-            )
-        return out
+            parts = [self.run(tiles[i:i + self.max_batch], names) for i in range(0, tiles.shape[0], self.max_batch)]
+            return [np.concatenate([p[j] for p in parts]) for j in range(len(names))]
+        outs = self.session.run(list(names), {self.input_name: self.prepare(tiles)})
+        for name, out in zip(names, outs):
+            if name == self.output_name and out.shape != (tiles.shape[0], self.spec.num_classes):
+                raise ModelError(
+                    f"{self.spec.onnx_path.name} returned shape {out.shape}; expected "
+                    f"({tiles.shape[0]}, {self.spec.num_classes}).",
+                )
+            if out.shape[0] != tiles.shape[0]:
+                raise ModelError(f"{self.spec.onnx_path.name} returned {out.shape[0]} {name} rows for "
+                                 f"{tiles.shape[0]} tiles.")
+        return outs
+
+    def logits(self, tiles: np.ndarray) -> np.ndarray:
+        return self.run(tiles, (self.output_name,))[0]
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities, float32 (N, num_classes)."""
         return probabilities(self.logits(tiles), self.spec.activation, self.spec.temperature)
+
+    def classify(self, tiles: np.ndarray, quality: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, domain score or None): logits only, unless the model has domain statistics.
+
+        ``quality`` (``domain.tile_quality`` of the tiles, e.g. computed by the reader threads)
+        is computed here when not given.
+        """
+        domain = self.spec.domain
+        if domain is None:
+            return self.predict(tiles), None
+        logits, features = self.run(tiles, (self.output_name, "features"))
+        probs = probabilities(logits, self.spec.activation, self.spec.temperature)
+        return probs, domain.score(features, tiles=tiles if quality is None else None, quality=quality)
 
 
 def _first_line(exc: BaseException) -> str:

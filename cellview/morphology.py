@@ -7,8 +7,8 @@ marker watershed → per-nucleus area, circularity, eccentricity → per-tile su
 Only NumPy and OpenCV are used, so this adds no runtime dependency.
 
 Regions: 8-connected components of the grid cells whose tile is malignant with at least the
-viewer's confidence, as exact rectilinear polygons (with holes) in level-0 pixels, ranked by
-area.
+viewer's confidence (and in the model's domain), as exact rectilinear polygons (with holes) in
+level-0 pixels, ranked by area.
 
 Sizes are given in µm and converted with the patch's µm per pixel; with no pixel size the
 defaults assume 0.5 µm/px, areas are reported in px² and ``area_unit`` says so.
@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from cellview.results import AnalysisResult, plural
+from cellview.results import TileNuclei as TileNuclei  # re-exported; it lives in results (no import cycle)
 from cellview.tissue import optical_density, otsu_threshold
 
 if TYPE_CHECKING:
-    from cellview.results import AnalysisResult
     from cellview.slide import Slide
     from cellview.tiling import TileGrid
 
@@ -412,41 +413,6 @@ def draw_contours(rgb: np.ndarray, m: NucleiMeasurement, color: tuple[int, int, 
     return out
 
 
-# ----------------------------------------------------------------------------- per slide
-
-
-@dataclass(frozen=True, eq=False)
-class TileNuclei:
-    """Per-tile nucleus measurements of a result: ``values[i]`` in FIELDS order, NaN = not measured."""
-
-    values: np.ndarray  # (n_tiles, len(FIELDS)) float32
-    area_unit: str  # "um2" or "px2"
-
-    FIELDS = ("count", "density_per_mm2", "mean_area", "median_area", "mean_circularity", "mean_eccentricity")
-
-    @classmethod
-    def empty(cls, n_tiles: int, area_unit: str) -> TileNuclei:
-        return cls(np.full((n_tiles, len(cls.FIELDS)), np.nan, dtype=np.float32), area_unit)
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        if name in TileNuclei.FIELDS:
-            return self.values[:, TileNuclei.FIELDS.index(name)]
-        raise AttributeError(name)
-
-    @property
-    def measured(self) -> np.ndarray:
-        return np.isfinite(self.values[:, 0])
-
-    def column_names(self) -> tuple[str, ...]:
-        """Export column names, the area unit in the name (µm² → ``um2``; unknown scale → ``px2``)."""
-        u = self.area_unit
-        return ("nuclei_count", "nuclei_density_per_mm2", f"nuclei_mean_area_{u}", f"nuclei_median_area_{u}",
-                "nuclei_mean_circularity", "nuclei_mean_eccentricity")
-
-    def columns(self) -> dict[str, np.ndarray]:
-        return {name: self.values[:, k] for k, name in enumerate(self.column_names())}
-
-
 # ----------------------------------------------------------------------------- regions
 
 
@@ -479,7 +445,7 @@ class Region:
     def label(self) -> str:
         if math.isfinite(self.area_mm2):
             return f"{self.area_mm2:.3g} mm²"
-        return f"{self.n_tiles} tiles"
+        return plural(self.n_tiles, "tile")
 
 
 def _snap(points: np.ndarray) -> np.ndarray:
@@ -545,11 +511,12 @@ def regions_from_mask(cells: np.ndarray, stride_xy: tuple[float, float], slide_w
         for part in range(1, n_parts):
             rings = _trace_part(parts == part)
             for r in rings:
-                r[:, 0] = (r[:, 0] + c0) * sx
-                r[:, 1] = (r[:, 1] + r0) * sy
+                col, row = r[:, 0] + c0, r[:, 1] + r0
+                r[:, 0], r[:, 1] = col * sx, row * sy
                 if slide_wh is not None:
-                    r[:, 0] = np.clip(r[:, 0], 0, slide_wh[0])
-                    r[:, 1] = np.clip(r[:, 1], 0, slide_wh[1])
+                    # the grid's far edges are the slide's (the last cell reaches it, overlap or not)
+                    r[:, 0] = np.where(col >= cells.shape[1], slide_wh[0], np.minimum(r[:, 0], slide_wh[0]))
+                    r[:, 1] = np.where(row >= cells.shape[0], slide_wh[1], np.minimum(r[:, 1], slide_wh[1]))
             polygons.append(rings)
         polygons.sort(key=lambda rings: (-_shoelace(rings[0]), float(rings[0][:, 1].min()), float(rings[0][:, 0].min())))
         area = sum(_shoelace(rings[0]) - sum(_shoelace(r) for r in rings[1:]) for rings in polygons)
@@ -558,16 +525,18 @@ def regions_from_mask(cells: np.ndarray, stride_xy: tuple[float, float], slide_w
 
 
 def malignant_regions(result: AnalysisResult, min_confidence: float = 0.5, connectivity: int = 8,
-                      category: str = "malignant") -> list[Region]:
+                      category: str = "malignant", include_out_of_domain: bool = False) -> list[Region]:
     """Regions of tiles predicted ``category`` with confidence ≥ ``min_confidence``, largest first.
 
     Each tile owns its stride cell (the whole tile when there is no overlap); cells touching
     by an edge or (connectivity 8) a corner form one region. Areas are clipped to the slide.
+    Only in-domain tiles join a region (a model's call on tissue it never saw is no finding),
+    unless ``include_out_of_domain``.
     """
     from cellview.model import CATEGORIES
 
     g = result.grid
-    hit = result.done & (result.pred_category == CATEGORIES.index(category))
+    hit = result.counted(include_out_of_domain) & (result.pred_category == CATEGORIES.index(category))
     hit &= np.nan_to_num(result.confidence, nan=-1.0) >= min_confidence
     cells = np.zeros(g.shape, bool)
     cells[g.grid_row[hit], g.grid_col[hit]] = True

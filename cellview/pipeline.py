@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from cellview.cache import ResultCache, cache_key
+from cellview.domain import QUALITY_CHECKS, tile_quality
 from cellview.errors import AnalysisError, CellviewError, SlideError
 from cellview.model import ModelSpec, OnnxClassifier
-from cellview.morphology import TileNuclei, measure_nuclei, patch_mpp
-from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
+from cellview.morphology import measure_nuclei, patch_mpp
+from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei, TileState
 from cellview.slide import Slide, open_slide
 from cellview.tiling import TileGrid, build_grid, read_tile
 from cellview.tissue import TissueMask, detect_tissue
@@ -68,6 +69,7 @@ class BatchDone:
     tiles_per_s: float
     eta_s: float | None
     nuclei: np.ndarray | None = None  # (len(indices), len(TileNuclei.FIELDS)) when measuring nuclei
+    domain_score: np.ndarray | None = None  # (len(indices),) 0–1 when the model has domain statistics
 
 
 @dataclass(frozen=True)
@@ -88,17 +90,23 @@ class _Batch:
     read_s: float = 0.0
     nuclei: np.ndarray | None = None
     nuclei_s: float = 0.0
+    quality: np.ndarray | None = None  # domain.tile_quality per tile, when the model scores the domain
 
 
 class TileReaders:
     """Reader threads, each with its own slide handle, filling a bounded queue with batches."""
 
     def __init__(self, slide: Slide, grid: TileGrid, batches: list[np.ndarray], workers: int,
-                 nuclei: bool = False, nuclei_mpp_um: float | None = None) -> None:
-        """``nuclei``: also measure each tile's nuclei (``nuclei_mpp_um`` = µm per patch pixel)."""
+                 nuclei: bool = False, nuclei_mpp_um: float | None = None, quality: bool = False) -> None:
+        """``nuclei``: also measure each tile's nuclei (``nuclei_mpp_um`` = µm per patch pixel).
+
+        ``quality``: also compute the domain score's pixel checks, in these threads rather than
+        the one that runs the model.
+        """
         self.grid = grid
         self.nuclei = nuclei
         self.nuclei_mpp_um = nuclei_mpp_um
+        self.quality = quality
         self.batches = batches
         self.queue: queue.Queue[_Batch | BaseException] = queue.Queue(maxsize=max(2, workers * 2))
         self.stop = threading.Event()
@@ -155,7 +163,13 @@ class TileReaders:
                     nuclei = np.full((len(idx), len(TileNuclei.FIELDS)), np.nan, dtype=np.float32)
                     for j in np.flatnonzero(~failed):
                         nuclei[j] = measure_nuclei(tiles[j], self.nuclei_mpp_um).as_row()
-                batch = _Batch(n, idx, tiles, failed, errors, read_s, nuclei, time.perf_counter() - t0 - read_s)
+                quality = None
+                if self.quality:
+                    quality = np.zeros((len(idx), len(QUALITY_CHECKS)), np.float32)
+                    if (~failed).any():
+                        quality[~failed] = tile_quality(tiles[~failed])
+                batch = _Batch(n, idx, tiles, failed, errors, read_s, nuclei, time.perf_counter() - t0 - read_s,
+                               quality)
                 if not self._put(batch):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
@@ -212,7 +226,7 @@ def analyze(
         model = ModelInfo.from_spec(spec)
         if not params.whole_image:
             slide.require_mpp()
-        key = cache_key(info.fingerprint, spec.onnx_sha256, params, info.mpp)
+        key = cache_key(info.fingerprint, spec.result_sha256, params, info.mpp)
         if cache is not None:
             cached = cache.load(key)
             if cached is not None:
@@ -231,6 +245,7 @@ def analyze(
         tile_errors: dict[int, str] = {}
         nuclei_mpp = patch_mpp(grid, mpp_um)
         nuclei = TileNuclei.empty(n, "um2" if nuclei_mpp is not None else "px2") if params.nuclei else None
+        domain_score = np.full(n, np.nan, dtype=np.float32) if classifier.has_domain else None
         yield Started(str(slide.path), grid, tissue, classifier.describe(), n)
 
         batches = batch_indices(n, params.batch_size)
@@ -239,7 +254,8 @@ def analyze(
         done = 0
         status = "complete"
         if batches:
-            readers = TileReaders(slide, grid, batches, params.workers, nuclei=params.nuclei, nuclei_mpp_um=nuclei_mpp)
+            readers = TileReaders(slide, grid, batches, params.workers, nuclei=params.nuclei, nuclei_mpp_um=nuclei_mpp,
+                                  quality=classifier.has_domain)
             for _ in range(len(batches)):
                 if cancel.cancelled:
                     status = "cancelled"
@@ -256,20 +272,27 @@ def analyze(
                 ok = ~item.failed
                 t_inf = time.perf_counter()
                 if ok.all():  # the usual case: no copy of the batch
-                    batch_probs = classifier.predict(item.tiles)
+                    batch_probs, batch_domain = classifier.classify(item.tiles, item.quality)
                 else:
                     batch_probs = np.full((len(item.indices), spec.num_classes), np.nan, dtype=np.float32)
+                    batch_domain = np.full(len(item.indices), np.nan, np.float32) if domain_score is not None else None
                     if ok.any():
-                        batch_probs[ok] = classifier.predict(item.tiles[ok])
+                        quality = item.quality[ok] if item.quality is not None else None
+                        batch_probs[ok], part = classifier.classify(item.tiles[ok], quality)
+                        if batch_domain is not None and part is not None:
+                            batch_domain[ok] = part
                 infer_s += time.perf_counter() - t_inf
                 probs[item.indices] = batch_probs
+                if domain_score is not None and batch_domain is not None:
+                    domain_score[item.indices] = batch_domain
                 state[item.indices] = np.where(ok, TileState.DONE, TileState.FAILED)
                 tile_errors.update(item.errors)
                 done += len(item.indices)
                 elapsed = time.perf_counter() - t_run
                 rate = done / elapsed if elapsed > 0 else 0.0
                 eta = (n - done) / rate if rate > 0 else None
-                yield BatchDone(item.indices, batch_probs, item.failed, done, n, elapsed, rate, eta, item.nuclei)
+                yield BatchDone(item.indices, batch_probs, item.failed, done, n, elapsed, rate, eta, item.nuclei,
+                                batch_domain)
             if cancel.cancelled and done < n:
                 status = "cancelled"
         run_s = time.perf_counter() - t_run
@@ -286,7 +309,7 @@ def analyze(
         result = AnalysisResult(
             slide=info, model=model, params=params, grid=grid, probs=probs, state=state,
             provider=classifier.provider_label, status=status, tissue=tissue, tile_errors=tile_errors,
-            timings=timings, nuclei=nuclei,
+            timings=timings, nuclei=nuclei, domain_score=domain_score,
         )
         if cache is not None and status == "complete":
             cache.store(key, result)

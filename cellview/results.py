@@ -14,11 +14,43 @@ from typing import Any
 
 import numpy as np
 
+from cellview.domain import BANNER_BELOW, NOT_AVAILABLE, OUT_OF_DOMAIN_RGBA, TISSUE_TILE, DomainBanner, DomainInfo
 from cellview.model import CATEGORIES, CATEGORY_COLORS, ModelSpec, hex_to_rgb
-from cellview.morphology import TileNuclei
 from cellview.slide import Mpp, SlideInfo
 from cellview.tiling import TileGrid
 from cellview.tissue import TissueMask, TissueParams
+
+
+@dataclass(frozen=True, eq=False)
+class TileNuclei:
+    """Per-tile nucleus measurements of a result: ``values[i]`` in FIELDS order, NaN = not measured."""
+
+    values: np.ndarray  # (n_tiles, len(FIELDS)) float32
+    area_unit: str  # "um2" or "px2"
+
+    FIELDS = ("count", "density_per_mm2", "mean_area", "median_area", "mean_circularity", "mean_eccentricity")
+
+    @classmethod
+    def empty(cls, n_tiles: int, area_unit: str) -> TileNuclei:
+        return cls(np.full((n_tiles, len(cls.FIELDS)), np.nan, dtype=np.float32), area_unit)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        if name in TileNuclei.FIELDS:
+            return self.values[:, TileNuclei.FIELDS.index(name)]
+        raise AttributeError(name)
+
+    @property
+    def measured(self) -> np.ndarray:
+        return np.isfinite(self.values[:, 0])
+
+    def column_names(self) -> tuple[str, ...]:
+        """Export column names, the area unit in the name (µm² → ``um2``; unknown scale → ``px2``)."""
+        u = self.area_unit
+        return ("nuclei_count", "nuclei_density_per_mm2", f"nuclei_mean_area_{u}", f"nuclei_median_area_{u}",
+                "nuclei_mean_circularity", "nuclei_mean_eccentricity")
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {name: self.values[:, k] for k, name in enumerate(self.column_names())}
 
 
 class TileState(IntEnum):
@@ -41,14 +73,16 @@ class ModelInfo:
     temperature: float
     spacing_um_px: float
     patch_size_pixels: int
+    domain: DomainInfo | None = None  # the out-of-domain statistics used; None: the model has none
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ModelInfo:
+        domain = DomainInfo.from_stats(spec.domain, spec.domain_sha256) if spec.domain is not None else None
         return cls(
             name=spec.name, version=spec.version, sha256=spec.onnx_sha256, class_names=spec.class_names,
             class_categories=spec.class_categories, class_colors=spec.class_colors,
             activation=spec.activation, temperature=spec.temperature, spacing_um_px=spec.spacing_um_px,
-            patch_size_pixels=spec.patch_size_pixels,
+            patch_size_pixels=spec.patch_size_pixels, domain=domain,
         )
 
     @classmethod
@@ -56,6 +90,8 @@ class ModelInfo:
         data = dict(data)
         for key in ("class_names", "class_categories", "class_colors"):
             data[key] = tuple(data[key])
+        if data.get("domain") is not None:
+            data["domain"] = DomainInfo(**data["domain"])
         return cls(**data)
 
 
@@ -95,6 +131,26 @@ class AnalysisParams:
         return cls(**data)
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 tile', '2 tiles', '1,204 tiles'."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+def whole_percentages(counts: dict[str, int]) -> dict[str, int]:
+    """Integer percentages that add up to 100 (largest-remainder rounding), all 0 when nothing is counted.
+
+    Rounding each share alone shows 99% or 101% in total (33/33/33); shares a person reads must add up.
+    """
+    total = sum(counts.values())
+    if total <= 0:
+        return {k: 0 for k in counts}
+    exact = {k: 100.0 * v / total for k, v in counts.items()}
+    out = {k: int(np.floor(v)) for k, v in exact.items()}
+    for k in sorted(counts, key=lambda k: (-(exact[k] - out[k]), -counts[k]))[: 100 - sum(out.values())]:
+        out[k] += 1
+    return out
+
+
 def category_probabilities(probs: np.ndarray, class_categories: tuple[str, ...], activation: str) -> np.ndarray:
     """(N, 3) probability of each category: summed over its classes (softmax), max for sigmoid."""
     out = np.zeros((probs.shape[0], len(CATEGORIES)), dtype=np.float32)
@@ -124,6 +180,7 @@ class AnalysisResult:
     created_unix: float = field(default_factory=time.time)
     from_cache: bool = False
     nuclei: TileNuclei | None = None  # per-tile nucleus measurements when params.nuclei
+    domain_score: np.ndarray | None = None  # (N,) float32 0–1, NaN where not done; None: model has no statistics
 
     def with_slide(self, slide: SlideInfo) -> AnalysisResult:
         """The same result found again for a slide at another path (cache hit)."""
@@ -153,6 +210,54 @@ class AnalysisResult:
     def n_failed(self) -> int:
         return int((self.state == TileState.FAILED).sum())
 
+    # -- out of domain ------------------------------------------------------------------------------
+
+    @property
+    def has_domain(self) -> bool:
+        """Tiles carry a domain score (the model had domain statistics)."""
+        return self.domain_score is not None and self.model.domain is not None
+
+    @cached_property
+    def in_domain(self) -> np.ndarray:
+        """(N,) bool: done and like the training data. Without domain statistics every done tile counts."""
+        if not self.has_domain:
+            return self.done.copy()
+        assert self.domain_score is not None and self.model.domain is not None
+        return self.done & (np.nan_to_num(self.domain_score, nan=-1.0) >= self.model.domain.threshold)
+
+    @property
+    def out_of_domain(self) -> np.ndarray:
+        """(N,) bool: done and scored out of domain (all False without domain statistics)."""
+        return self.done & ~self.in_domain
+
+    @property
+    def in_domain_fraction(self) -> float | None:
+        """Share of the finished tiles that are in domain; None without domain statistics or tiles."""
+        if not self.has_domain or self.n_done == 0:
+            return None
+        return float(self.in_domain.sum() / self.n_done)
+
+    def counted(self, include_out_of_domain: bool = False) -> np.ndarray:
+        """The tiles that counts, shares and regions use: in-domain ones unless told otherwise."""
+        return self.done if include_out_of_domain else self.in_domain
+
+    def domain_grid(self) -> np.ndarray:
+        """(n_rows, n_cols) float32 domain score per grid cell; NaN where none (or no statistics)."""
+        out = np.full(self.grid.shape, np.nan, dtype=np.float32)
+        if self.domain_score is not None:
+            d = self.done
+            out[self.grid.grid_row[d], self.grid.grid_col[d]] = self.domain_score[d]
+        return out
+
+    def out_of_domain_grid(self) -> np.ndarray:
+        """(n_rows, n_cols) bool: cells whose tile is out of domain (for hatching in a view)."""
+        out = np.zeros(self.grid.shape, dtype=bool)
+        ood = self.out_of_domain
+        out[self.grid.grid_row[ood], self.grid.grid_col[ood]] = True
+        return out
+
+    # -- predictions --------------------------------------------------------------------------------
+
     @cached_property
     def category_probs(self) -> np.ndarray:
         return category_probabilities(np.nan_to_num(self.probs), self.model.class_categories, self.model.activation)
@@ -179,17 +284,45 @@ class AnalysisResult:
         conf = np.take_along_axis(self.category_probs, np.maximum(self.pred_category, 0)[:, None], axis=1)[:, 0]
         return np.where(self.done, conf, np.nan).astype(np.float32)
 
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.pred_class[self.done], minlength=len(self.model.class_names))
+    def class_counts(self, include_out_of_domain: bool = False) -> dict[str, int]:
+        """Tiles per class; out-of-domain tiles are left out unless asked for."""
+        use = self.counted(include_out_of_domain)
+        counts = np.bincount(self.pred_class[use], minlength=len(self.model.class_names))
         return {name: int(n) for name, n in zip(self.model.class_names, counts)}
 
-    def category_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.pred_category[self.done], minlength=len(CATEGORIES))
+    def confident(self, min_confidence: float = 0.0, include_out_of_domain: bool = False) -> np.ndarray:
+        """Counted tiles (in-domain ones unless told otherwise) at least ``min_confidence`` sure (the viewer's filter)."""
+        use = self.counted(include_out_of_domain)
+        if min_confidence <= 0:
+            return use
+        return use & (np.nan_to_num(self.confidence, nan=-1.0) >= min_confidence)
+
+    def category_counts(self, include_out_of_domain: bool = False, *, min_confidence: float = 0.0) -> dict[str, int]:
+        """Tiles per category; out-of-domain tiles are left out unless asked for, and with
+        ``min_confidence`` only those the confidence filter keeps."""
+        counts = np.bincount(self.pred_category[self.confident(min_confidence, include_out_of_domain)],
+                             minlength=len(CATEGORIES))
         return {name: int(n) for name, n in zip(CATEGORIES, counts)}
 
-    def category_shares(self) -> dict[str, float]:
-        n = max(self.n_done, 1)
-        return {k: v / n for k, v in self.category_counts().items()}
+    def category_shares(self, include_out_of_domain: bool = False) -> dict[str, float]:
+        """Share of each category among the counted tiles (all 0 when none is counted)."""
+        counts = self.category_counts(include_out_of_domain)
+        n = max(sum(counts.values()), 1)
+        return {k: v / n for k, v in counts.items()}
+
+    def category_percentages(self, include_out_of_domain: bool = False, *,
+                             min_confidence: float = 0.0) -> dict[str, int]:
+        """Whole percentages of the counted tiles per category that add up to exactly 100 (largest remainder)."""
+        return whole_percentages(self.category_counts(include_out_of_domain, min_confidence=min_confidence))
+
+    def call(self, include_out_of_domain: bool = False) -> str:
+        """The slide's call in a few words, shares first: 'malignant 75% · benign 13% · normal 12%'."""
+        if self.n_done == 0:
+            return "no tile classified"
+        if not self.counted(include_out_of_domain).any():
+            return "no tile in the model's domain"
+        pct = self.category_percentages(include_out_of_domain)
+        return " · ".join(f"{c} {pct[c]}%" for c in sorted(CATEGORIES, key=lambda c: -pct[c]))
 
     def heatmap(self, class_index: int) -> np.ndarray:
         """(n_rows, n_cols) probability of one class per grid cell; NaN where no finished tile."""
@@ -203,23 +336,41 @@ class AnalysisResult:
         min_confidence: float = 0.0,
         categories: tuple[str, ...] = CATEGORIES,
         colors: dict[str, str] | None = None,
+        include_out_of_domain: bool = False,
+        out_of_domain_rgba: tuple[int, int, int, int] | None = OUT_OF_DOMAIN_RGBA,
     ) -> np.ndarray:
-        """(n_rows, n_cols, 4) uint8: category colour, alpha = confidence (0 where hidden)."""
+        """(n_rows, n_cols, 4) uint8: category colour, alpha = confidence (0 where hidden).
+
+        Out-of-domain tiles get ``out_of_domain_rgba`` (grey; None: left transparent) instead of
+        their category colour, unless ``include_out_of_domain``.
+        """
         colors = colors or CATEGORY_COLORS
         palette = np.array([hex_to_rgb(colors[c]) for c in CATEGORIES], dtype=np.uint8)
         out = np.zeros((*self.grid.shape, 4), dtype=np.uint8)
-        show = self.done & (np.nan_to_num(self.confidence) >= min_confidence)
+        show = self.counted(include_out_of_domain) & (np.nan_to_num(self.confidence) >= min_confidence)
         show &= np.isin(self.pred_category, [CATEGORIES.index(c) for c in categories])
         rows, cols = self.grid.grid_row[show], self.grid.grid_col[show]
         out[rows, cols, :3] = palette[self.pred_category[show]]
         out[rows, cols, 3] = np.clip(np.round(self.confidence[show] * 255), 0, 255).astype(np.uint8)
+        if not include_out_of_domain and out_of_domain_rgba is not None:
+            ood = self.out_of_domain
+            out[self.grid.grid_row[ood], self.grid.grid_col[ood]] = out_of_domain_rgba
         return out
 
-    def image_level(self) -> dict[str, Any]:
-        """Whole-image call: the mean of the finished tiles' probabilities."""
-        if self.n_done == 0:
-            return {"probs": None, "pred_class": None, "pred_category": None, "confidence": None}
-        mean = self.probs[self.done].mean(axis=0, dtype=np.float64).astype(np.float32)
+    def image_level(self, include_out_of_domain: bool = False) -> dict[str, Any]:
+        """Whole-image call: the mean of the counted tiles' probabilities.
+
+        Out-of-domain tiles are left out; when every tile is out of domain the call is made from
+        all of them and ``based_on`` says it is unreliable.
+        """
+        use = self.counted(include_out_of_domain)
+        based_on = "all tiles" if include_out_of_domain or not self.has_domain else "in-domain tiles"
+        if not use.any() and self.n_done:
+            use, based_on = self.done, "out-of-domain tiles only (unreliable)"
+        if not use.any():
+            return {"probs": None, "pred_class": None, "pred_category": None, "confidence": None,
+                    "n_tiles": 0, "based_on": based_on}
+        mean = self.probs[use].mean(axis=0, dtype=np.float64).astype(np.float32)
         cat = category_probabilities(mean[None, :], self.model.class_categories, self.model.activation)[0]
         k = int(np.argmax(cat))
         members = [i for i, c in enumerate(self.model.class_categories) if c == CATEGORIES[k]]
@@ -229,19 +380,75 @@ class AnalysisResult:
             "pred_class": self.model.class_names[cls],
             "pred_category": CATEGORIES[k],
             "confidence": float(cat[k]),
+            "n_tiles": int(use.sum()),
+            "based_on": based_on,
         }
 
     def summary(self) -> str:
-        shares = ", ".join(f"{k} {v:.0%}" for k, v in self.category_shares().items())
+        """One line per slide: tiles, speed, provider, category shares (of in-domain tiles), the domain phrase."""
+        pct = self.category_percentages()
+        shares = ", ".join(f"{k} {pct[k]}%" for k in CATEGORIES)
+        if self.has_domain and self.n_done and not self.in_domain.any():
+            shares = "no in-domain tiles to share out"
         rate = self.timings.get("tiles_per_s")
         text = f"{self.n_done}/{self.n_tiles} tiles"
         if self.n_failed:
             text += f" ({self.n_failed} failed)"
         if rate and not self.from_cache:
             text += f", {rate:.1f} tiles/s"
-        text += f", {self.provider}; {shares}"
+        text += f", {self.provider}; {shares}; {domain_summary(self)}"
         if self.from_cache:
             text += " (cached)"
         if self.status != "complete":
             text += f" [{self.status}]"
         return text
+
+
+# ----------------------------------------------------------------------------- the domain, in words
+
+
+def tissue_tile_fraction(result: AnalysisResult, min_tissue: float = TISSUE_TILE) -> float | None:
+    """In-domain share among tiles mostly covered by tissue (all analysed tiles when none is).
+
+    Tiles on the edge of the tissue are mostly glass, which the model never saw: they are out of
+    domain tile by tile, but say nothing about whether the tissue itself is the model's kind.
+    """
+    if result.in_domain_fraction is None:
+        return None
+    done = result.done
+    rich = done & (result.grid.tissue_fraction >= min_tissue)
+    use = rich if rich.any() else done
+    return float(result.in_domain[use].sum() / use.sum())
+
+
+def mostly_out_of_domain(result: AnalysisResult, below: float = BANNER_BELOW) -> bool:
+    frac = tissue_tile_fraction(result)
+    return frac is not None and frac < below
+
+
+def domain_banner(result: AnalysisResult, below: float = BANNER_BELOW) -> DomainBanner:
+    """Show a banner when fewer than ``below`` of the tissue tiles are in domain."""
+    frac = tissue_tile_fraction(result)
+    if frac is None:
+        return DomainBanner(False, NOT_AVAILABLE if result.model.domain is None else "", None)
+    if frac >= below:
+        return DomainBanner(False, f"{frac:.0%} of the analysed tissue is in the model's domain.", frac)
+    what = result.model.domain.training_data if result.model.domain else "the model's training data"
+    return DomainBanner(True, f"This tissue does not look like {what}; the calls are unreliable "
+                              f"({1 - frac:.0%} of the tissue tiles are out of domain).", frac)
+
+
+def domain_summary(result: AnalysisResult) -> str:
+    """The CLI's per-slide domain phrase: 'in domain 12%' or the not-available sentence."""
+    frac = result.in_domain_fraction
+    if result.model.domain is None:
+        return NOT_AVAILABLE
+    if frac is None:
+        return "in domain: no tiles analysed"
+    text = f"in domain {frac:.0%}"
+    tissue = tissue_tile_fraction(result)
+    if tissue is not None and abs(tissue - frac) >= 0.005:
+        text += f" ({tissue:.0%} of tissue tiles)"
+    if mostly_out_of_domain(result):
+        text += f" — mostly unlike {result.model.domain.training_data}: the calls are unreliable"
+    return text

@@ -103,6 +103,14 @@ def mpp_from_properties(props: dict[str, str]) -> Mpp | None:
 
 
 @dataclass(frozen=True)
+class SkippedLevel:
+    """A pyramid level CellView never reads, and why (said by `cellview info`, the viewer, the metadata)."""
+
+    level: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class SlideInfo:
     """What `cellview info` prints and what results record about the slide."""
 
@@ -113,10 +121,16 @@ class SlideInfo:
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
     mpp: Mpp | None
+    skipped_levels: tuple[SkippedLevel, ...] = ()
 
     @property
     def dimensions(self) -> tuple[int, int]:
         return self.level_dimensions[0]
+
+    @property
+    def usable_levels(self) -> tuple[int, ...]:
+        skipped = {s.level for s in self.skipped_levels}
+        return tuple(i for i in range(len(self.level_dimensions)) if i not in skipped)
 
 
 def composite_on_white(rgba: np.ndarray) -> np.ndarray:
@@ -141,6 +155,7 @@ class Slide:
     level_downsamples: tuple[float, ...]
     properties: dict[str, str]
     mpp: Mpp | None
+    skipped_levels: tuple[SkippedLevel, ...] = ()  # set by open_slide's level check; never read
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -150,15 +165,21 @@ class Slide:
     def level_count(self) -> int:
         return len(self.level_dimensions)
 
+    def is_skipped(self, level: int) -> bool:
+        return any(s.level == level for s in self.skipped_levels)
+
     @property
     def name(self) -> str:
         return slide_stem(self.path)
 
     def best_level_for_downsample(self, downsample: float) -> int:
-        """Highest level whose downsample does not exceed ``downsample`` (1% slack for rounding)."""
+        """Highest usable level whose downsample does not exceed ``downsample`` (1% slack for rounding).
+
+        Skipped levels (wrong colours, unreadable) are passed over: the nearest good finer level is used.
+        """
         best = 0
         for level, ds in enumerate(self.level_downsamples):
-            if ds <= downsample * 1.01:
+            if ds <= downsample * 1.01 and not self.is_skipped(level):
                 best = level
         return best
 
@@ -177,6 +198,8 @@ class Slide:
         first = self.best_level_for_downsample(ds)
         error: SlideError | None = None
         for level in range(first, -1, -1):
+            if self.is_skipped(level):
+                continue
             try:
                 return self._read_level_scaled(level, (out_w, out_h))
             except SlideError as exc:
@@ -231,6 +254,7 @@ class Slide:
             level_dimensions=self.level_dimensions,
             level_downsamples=self.level_downsamples,
             mpp=self.mpp,
+            skipped_levels=self.skipped_levels,
         )
 
     def reopen(self) -> Slide:
@@ -292,6 +316,8 @@ class OpenSlideSlide(Slide):
     def read_region(self, l0_xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         import openslide
 
+        if self.skipped_levels and self.is_skipped(level):
+            return read_from_finer_level(self, l0_xy, level, size)
         x, y, w, h = int(l0_xy[0]), int(l0_xy[1]), int(size[0]), int(size[1])
         try:
             if _fast_read is not None and w > 0 and h > 0:
@@ -316,8 +342,12 @@ class OpenSlideSlide(Slide):
             pass
 
     def associated_image(self, name: str) -> np.ndarray | None:
-        img = self._osr.associated_images.get(name)
-        return None if img is None else composite_on_white(np.asarray(img.convert("RGBA")))
+        """A label, macro or thumbnail image stored with the slide; None when absent or undecodable."""
+        try:
+            img = self._osr.associated_images.get(name)
+            return None if img is None else composite_on_white(np.asarray(img.convert("RGBA")))
+        except Exception:  # noqa: BLE001 - untrusted bytes: a broken extra image only costs that image
+            return None
 
     def close(self) -> None:
         self._osr.close()
@@ -386,6 +416,19 @@ class ImageSlide(Slide):
         return self
 
 
+def _quiet_imdecode(data: np.ndarray) -> np.ndarray | None:
+    """cv2.imdecode without libtiff's warnings on stderr (a damaged header says so in the error)."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:
+        return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+    try:
+        return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    finally:
+        logging.setLogLevel(level)
+
+
 def read_image_rgb(path: str | os.PathLike[str]) -> np.ndarray | None:
     """A plain image file as RGB uint8, or None when it cannot be decoded.
 
@@ -394,22 +437,26 @@ def read_image_rgb(path: str | os.PathLike[str]) -> np.ndarray | None:
     16-bit images stretched to 8 bits, grey expanded to RGB, EXIF orientation not applied.
     """
     data = np.fromfile(str(path), dtype=np.uint8)
-    if not _png_chunks_plausible(data):
+    if not _png_chunks_plausible(data):  # before OpenCV allocates a chunk's declared length
         return None
     try:
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    except cv2.error:  # damaged headers trip OpenCV's own size assertions
-        return None
-    if img is None:
-        return None
-    if img.dtype != np.uint8:
-        # 16-bit microscopy images: scale to 8 bits for display and the model.
-        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        return composite_on_white(cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA))
-    return cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
+        img = _quiet_imdecode(data) if data.size else None
+        if img is None:
+            return None
+        if img.dtype != np.uint8:
+            # 16-bit microscopy images: scale to 8 bits for display and the model.
+            img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        if img.ndim == 2:
+            return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        if img.shape[2] == 4:
+            return composite_on_white(cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA))
+        if img.shape[2] < 3:
+            return cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2RGB)
+        return cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
+    except (cv2.error, MemoryError, ValueError) as exc:
+        # Untrusted bytes: a header claiming absurd sizes makes OpenCV assert instead of failing softly.
+        raise SlideError(f"{Path(path).name} cannot be decoded as an image (damaged, or its header is invalid).",
+                         f"{type(exc).__name__}: {str(exc).strip()}") from None
 
 
 def _png_chunks_plausible(data: np.ndarray) -> bool:
@@ -492,6 +539,137 @@ def _plain_image_metadata(path: Path) -> tuple[dict[str, str], Mpp | None]:
     except Exception:  # noqa: BLE001 - metadata is optional; pixels were already decoded
         pass
     return props, mpp_from_properties(props)
+
+
+# ----------------------------------------------------------------------------- pyramid level check
+
+LEVEL_MAX_DELTA_E = 10.0
+"""Largest mean CIELAB difference (ΔE) between a reduced level and level 0 that is trusted.
+
+Measured: the sound levels of CMU-1's pyramid TIFF differ by ΔE ≤ 0.7 and those of OpenSlide's
+tiny boxes.tiff fixture by ≤ 4 (JPEG noise, resampling); the DICOM copy's YCbCr-labelled-RGB
+levels by ΔE ≥ 28. A level above this is never read.
+"""
+
+LEVEL_CHECK_SAMPLES = ((0.5, 0.5), (0.3, 0.3), (0.7, 0.7), (0.3, 0.7), (0.7, 0.3))
+"""Where the compared regions lie, as fractions of the level's extent (spread over the slide)."""
+
+LEVEL_CHECK_REF_PX = 512
+"""Side of each compared region in level-0 pixels (bounded, so the check costs the same on any slide).
+
+A level coarser than 256× (under 2 px per region) is not checked: no reader picks it for tiles."""
+
+_level_checks: dict[tuple[str, int, int], tuple[SkippedLevel, ...]] = {}
+_level_lock = threading.Lock()
+
+
+def _block_lab(rgb: np.ndarray, blocks: int = 4) -> np.ndarray:
+    """(blocks, blocks, 3) CIELAB means of an RGB image: colour statistics that ignore fine detail."""
+    small = cv2.resize(rgb, (blocks, blocks), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+
+
+def colour_difference(rgb: np.ndarray, reference: np.ndarray) -> float:
+    """Mean ΔE (CIELAB) between 4 × 4 block means of two RGB views of the same area."""
+    return float(np.linalg.norm(_block_lab(rgb) - _block_lab(reference), axis=2).mean())
+
+
+def check_levels(slide: Slide) -> tuple[SkippedLevel, ...]:
+    """Compare every reduced level with level 0 on a few sampled regions; return those not to read.
+
+    Cheap and bounded on any slide: ``len(LEVEL_CHECK_SAMPLES)`` level-0 reads of
+    ``LEVEL_CHECK_REF_PX``² pixels, shared by all levels, plus one small read per level and sample.
+    A level is skipped when its colours disagree with level 0 (median ΔE over the samples above
+    ``LEVEL_MAX_DELTA_E``), or when none of its sampled regions can be read.
+    """
+    if slide.level_count < 2:
+        return ()
+    w0, h0 = slide.dimensions
+    ref_px = int(min(LEVEL_CHECK_REF_PX, w0, h0))
+    references: list[tuple[tuple[int, int], np.ndarray]] = []
+    for fx, fy in LEVEL_CHECK_SAMPLES:
+        l0_xy = (int((w0 - ref_px) * fx), int((h0 - ref_px) * fy))
+        try:
+            references.append((l0_xy, slide.read_region(l0_xy, 0, (ref_px, ref_px))))
+        except SlideError:
+            continue  # level 0 unreadable here: no evidence either way
+    skipped: list[SkippedLevel] = []
+    for level in range(1, slide.level_count):
+        side = max(1, round(ref_px / slide.level_downsamples[level]))
+        if side < 2:
+            continue
+        deltas: list[float] = []
+        unreadable = 0
+        for l0_xy, reference in references:
+            try:
+                low = slide.read_region(l0_xy, level, (side, side))
+            except SlideError:
+                unreadable += 1
+                continue
+            deltas.append(colour_difference(low, cv2.resize(reference, (side, side), interpolation=cv2.INTER_AREA)))
+        if deltas and float(np.median(deltas)) > LEVEL_MAX_DELTA_E:
+            skipped.append(SkippedLevel(level, f"colours differ from level 0 (ΔE {float(np.median(deltas)):.0f}; "
+                                               "e.g. YCbCr frames labelled RGB)"))
+        elif not deltas and unreadable:
+            skipped.append(SkippedLevel(level, "its pixels cannot be read"))
+    return tuple(skipped)
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    files = sorted(path.parent.glob("*.dcm")) if path.suffix.lower() == ".dcm" else [path]
+    stats = [f.stat() for f in files]
+    return str(path), sum(st.st_size for st in stats), max(st.st_mtime_ns for st in stats)
+
+
+def checked_levels(slide: Slide) -> tuple[SkippedLevel, ...]:
+    """``check_levels`` once per file version (every thread's handle and every reopen share the answer)."""
+    try:
+        key = _file_key(slide.path)
+    except OSError:
+        return check_levels(slide)
+    with _level_lock:
+        if key in _level_checks:
+            return _level_checks[key]
+    found = check_levels(slide)
+    with _level_lock:
+        _level_checks[key] = found
+    return found
+
+
+def describe_skipped(skipped: tuple[SkippedLevel, ...], reasons: bool = True) -> str:
+    """'levels 1–4 skipped: colours differ…' in one line ('' when nothing is skipped)."""
+    if not skipped:
+        return ""
+    levels = [s.level for s in skipped]
+    if len(levels) > 2 and levels == list(range(levels[0], levels[-1] + 1)):
+        which = f"levels {levels[0]}–{levels[-1]}"
+    else:
+        which = ("level " if len(levels) == 1 else "levels ") + ", ".join(map(str, levels))
+    if not reasons:
+        return f"{which} skipped"
+    return f"{which} skipped: {'; '.join(dict.fromkeys(s.reason for s in skipped))}"
+
+
+_FINER_BAND_PX = 16_000_000
+"""Pixels of the finer level read at once when a skipped level is read through it (bounds memory)."""
+
+
+def read_from_finer_level(slide: Slide, l0_xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+    """A region of a skipped level, made from the nearest usable finer level (read in bands)."""
+    finer = max(i for i in range(level) if not slide.is_skipped(i) or i == 0)
+    w, h = int(size[0]), int(size[1])
+    ds_f = slide.level_downsamples[finer]
+    k = slide.level_downsamples[level] / ds_f
+    fw = max(1, round(w * k))
+    out = np.empty((h, w, 3), np.uint8)
+    band = max(1, int(_FINER_BAND_PX // max(1.0, fw * k)))
+    for r0 in range(0, h, band):
+        r1 = min(h, r0 + band)
+        fy0 = round(r0 * k)
+        fy1 = max(fy0 + 1, round(r1 * k))
+        region = slide.read_region((int(l0_xy[0]), int(l0_xy[1]) + round(fy0 * ds_f)), finer, (fw, fy1 - fy0))
+        out[r0:r1] = cv2.resize(region, (w, r1 - r0), interpolation=cv2.INTER_AREA)
+    return out
 
 
 def _container_kind(path: Path) -> str:
@@ -732,8 +910,12 @@ def check_level_geometry(slide: Slide) -> None:
             )
 
 
-def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None) -> Slide:
-    """Open a slide or plain image; every failure becomes a SlideError with a plain message."""
+def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None, check_levels: bool = True) -> Slide:
+    """Open a slide or plain image; every failure becomes a SlideError with a plain message.
+
+    Reduced pyramid levels are checked against level 0 (``check_levels``); those that disagree
+    are recorded in ``slide.skipped_levels`` and never read.
+    """
     path = Path(path)
     if not path.exists():
         raise SlideError(f"{path} does not exist.")
@@ -807,6 +989,8 @@ def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None) -> Sli
             slide.close()
             raise SlideError(f"{path.name} opens but its pixels cannot be read (damaged or truncated).",
                              exc.details) from exc
+        if check_levels and slide.level_count > 1:
+            slide.skipped_levels = checked_levels(slide)
     slide.with_mpp(mpp_um)
     return slide
 
@@ -820,8 +1004,13 @@ def describe(slide: Slide) -> str:
         f"mpp:       {slide.mpp.describe() if slide.mpp else 'unknown (pass --mpp)'}",
         f"levels:    {slide.level_count}",
     ]
+    skipped = {s.level: s.reason for s in slide.skipped_levels}
     for i, ((w, h), ds) in enumerate(zip(slide.level_dimensions, slide.level_downsamples)):
-        lines.append(f"  level {i}: {w} × {h}  downsample {ds:.4g}")
+        note = f"  SKIPPED: {skipped[i]}" if i in skipped else ""
+        lines.append(f"  level {i}: {w} × {h}  downsample {ds:.4g}{note}")
+    if skipped:
+        lines.append(f"skipped:   {describe_skipped(slide.skipped_levels, reasons=False)}, never read: "
+                     "reads use the nearest good finer level")
     if slide.mpp:
         w_mm = slide.dimensions[0] * slide.mpp.x_um / 1000
         h_mm = slide.dimensions[1] * slide.mpp.y_um / 1000

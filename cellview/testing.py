@@ -8,6 +8,7 @@ benign, green → normal), so end-to-end results can be checked exactly. Needs t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,14 @@ def make_toy_model(
     num_outputs: int = 3,
     sidecar_overrides: dict[str, Any] | None = None,
     name: str = "toy-colour",
+    features: bool = False,
 ) -> Path:
     """Write ``folder/model.onnx`` + ``model.json`` and return the .onnx path.
 
     logits = 0.1 × (mean RGB − mean of the three channels), in the class order R, B, G →
     (malignant, benign, normal). ``fixed_hw`` bakes a spatial size into the input (to test the
     shape check); ``num_outputs`` ≠ 3 makes a model that disagrees with its sidecar.
+    ``features`` adds a second output, ``features`` = the tile's mean RGB (N, 3), for domain tests.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -69,7 +72,11 @@ def make_toy_model(
         helper.make_tensor("axes", TensorProto.INT64, [2], axes),
         helper.make_tensor("w", TensorProto.FLOAT, list(weights.shape), weights.flatten().tolist()),
     ]
-    graph = helper.make_graph(nodes, "toy", [inp], [out], initializer=inits)
+    outputs = [out]
+    if features:
+        nodes.append(helper.make_node("Identity", ["m"], ["features"]))
+        outputs.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 3]))
+    graph = helper.make_graph(nodes, "toy", [inp], outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.checker.check_model(model)
@@ -106,8 +113,13 @@ def toy_expected_class(rgb_mean: np.ndarray) -> int:
 
 
 def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp_um: float | None, levels: int = 4,
-                       tile: int = 256, compression: str = "zlib") -> Path:
-    """A tiled pyramidal TIFF (successive IFDs, each half the size) that OpenSlide opens."""
+                       tile: int = 256, compression: str = "zlib",
+                       damage: Callable[[int, np.ndarray], np.ndarray] | None = None) -> Path:
+    """A tiled pyramidal TIFF (successive IFDs, each half the size) that OpenSlide opens.
+
+    ``damage(level, rgb)`` may alter what is stored for a level (e.g. false colours on reduced
+    levels, as some converters write them); the next level is still made from the sound pixels.
+    """
     import tifffile
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +134,7 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp_um: float | None, levels
             if level:
                 img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
             tif.write(
-                img, photometric="rgb", tile=(tile, tile), compression=compression,
+                img if damage is None else damage(level, img), photometric="rgb", tile=(tile, tile), compression=compression,
                 subfiletype=1 if level else 0, metadata=None, **kwargs,
             )
     return path
@@ -157,3 +169,188 @@ def expected_synthetic_tiles() -> dict[tuple[int, int], str]:
             for c in range(c0, c1):
                 out[(r, c)] = cls
     return out
+
+
+def ycbcr_as_rgb(level: int, rgb: np.ndarray) -> np.ndarray:
+    """``write_pyramid_tiff(damage=…)``: reduced levels stored as YCbCr labelled RGB (teal / salmon)."""
+    return rgb if level == 0 else cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[..., [0, 2, 1]].copy()
+
+
+def tiff_claiming_size(width: int, height: int, real_px: int = 8) -> bytes:
+    """A baseline RGB TIFF with one small uncompressed strip whose header claims ``width × height``.
+
+    A huge claimed size makes OpenCV's decoder assert (``validateInputImageSize``) instead of
+    returning nothing: the shape of ``shared/data/slides/bad/pyramid-header-huge-height.tiff``.
+    """
+    import struct
+
+    pixels = np.full((real_px, real_px, 3), 128, np.uint8).tobytes()
+    entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 2), (273, 4, -1),
+               (277, 3, 3), (278, 4, height), (279, 4, len(pixels))]
+    ifd_at = 8
+    data_at = ifd_at + 2 + 12 * len(entries) + 4
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_at) + struct.pack("<H", len(entries)))
+    for tag, kind, value in entries:
+        value = data_at if value == -1 else value
+        out += struct.pack("<HHIHH", tag, kind, 1, value, 0) if kind == 3 else struct.pack("<HHII", tag, kind, 1, value)
+    return bytes(out + struct.pack("<I", 0) + pixels)
+
+
+def grid_result(cats: list[str], conf: np.ndarray | None = None, stride: int = 100, mpp: float | None = 0.5,
+                slide_wh: tuple[int, int] | None = None) -> Any:
+    """A result on a grid of tiles: each string row is one grid row, 'M'/'B'/'N' a tile, '.' none.
+
+    Each tile's category gets probability ``conf`` (0.9 by default), the next category the rest.
+    """
+    from cellview.model import CATEGORIES
+    from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
+    from cellview.slide import Mpp, SlideInfo
+    from cellview.tiling import TileGrid
+
+    n_rows, n_cols = len(cats), len(cats[0])
+    rows, cols, letters = [], [], []
+    for r, line in enumerate(cats):
+        for c, ch in enumerate(line):
+            if ch != ".":
+                rows.append(r)
+                cols.append(c)
+                letters.append(ch)
+    n = len(letters)
+    conf = np.full(n, 0.9, np.float32) if conf is None else np.asarray(conf, np.float32)
+    k = np.array(["MBN".index(ch) for ch in letters])
+    probs = np.full((n, 3), 0.0, np.float32)
+    probs[np.arange(n), k] = conf
+    probs[np.arange(n), (k + 1) % 3] = 1 - conf
+    w, h = slide_wh or (n_cols * stride, n_rows * stride)
+    grid = TileGrid(
+        slide_w_l0=w, slide_h_l0=h, tile_px=64, tile_l0_w=stride, tile_l0_h=stride, stride_l0_x=stride,
+        stride_l0_y=stride, read_level=0, read_w=stride, read_h=stride, n_cols=n_cols, n_rows=n_rows,
+        grid_col=np.array(cols, np.int32), grid_row=np.array(rows, np.int32),
+        l0_x=np.array(cols, np.int64) * stride, l0_y=np.array(rows, np.int64) * stride,
+        tissue_fraction=np.ones(n, np.float32), tissue_threshold=0.25,
+    )
+    info = SlideInfo(path="grid.tiff", name="grid", vendor="generic-tiff", fingerprint="x",
+                     level_dimensions=((w, h),), level_downsamples=(1.0,),
+                     mpp=None if mpp is None else Mpp(mpp, mpp, "user"))
+    model = ModelInfo(name="toy", version="1", sha256="0", class_names=CATEGORIES, class_categories=CATEGORIES,
+                      class_colors=("#ff0000", "#0000ff", "#00ff00"), activation="softmax", temperature=1.0,
+                      spacing_um_px=1.0, patch_size_pixels=64)
+    return AnalysisResult(slide=info, model=model, params=AnalysisParams(), grid=grid, probs=probs,
+                          state=np.full(n, TileState.DONE, np.uint8), provider="CPU", status="complete")
+
+
+# ----------------------------------------------------------------------------- explain / domain toys
+
+CAM_STRIDE = 8
+"""The toy CAM network's feature map is the patch averaged over 8 × 8 pixel cells."""
+
+
+def make_toy_cam_model(folder: Path, patch_px: int = 64, spacing_um: float = 0.5, explain_outputs: bool = True,
+                       name: str = "toy-cam") -> Path:
+    """A GAP + linear conv net whose answer depends on where a coloured square is (no torch needed).
+
+    uint8 NHWC tiles → /255 → NCHW → 1×1 convolution into colour detectors (red-, blue-,
+    green-ness: a channel minus the mean of the other two, ReLU; plus brightness) → 8 × 8 average
+    pooling → 1×1 convolution + ReLU (the "last conv" feature map, 4 channels) → global average
+    pooling → Flatten → Gemm → logits (malignant, benign, normal). A red square on grey makes the
+    tile malignant, and the malignant class activation map peaks on the square. With
+    ``explain_outputs`` the graph gets ``features``, ``feature_map`` and ``cam`` by the same graph
+    surgery that upgrades real models (cellview.onnx_graph).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    inp = helper.make_tensor_value_info("tiles", TensorProto.UINT8, ["N", patch_px, patch_px, 3])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])
+    half = -0.5
+    colour = np.array([[1, half, half], [half, half, 1], [half, 1, half], [1 / 3, 1 / 3, 1 / 3]], np.float32)
+    head = np.array([[30, 0, 0, 0], [0, 30, 0, 0], [0, 0, 30, 0]], np.float32)
+    inits = [
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [1 / 255]),
+        helper.make_tensor("colour_w", TensorProto.FLOAT, [4, 3, 1, 1], colour.flatten().tolist()),
+        helper.make_tensor("mix_w", TensorProto.FLOAT, [4, 4, 1, 1], np.eye(4, dtype=np.float32).flatten().tolist()),
+        helper.make_tensor("mix_b", TensorProto.FLOAT, [4], [0.0] * 4),
+        helper.make_tensor("fc.weight", TensorProto.FLOAT, [3, 4], head.flatten().tolist()),
+        helper.make_tensor("fc.bias", TensorProto.FLOAT, [3], [0.0, 0.0, 0.05]),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["tiles"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x", "scale"], ["xs"]),
+        helper.make_node("Transpose", ["xs"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "colour_w"], ["colour"], kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["colour"], ["detect"]),
+        helper.make_node("AveragePool", ["detect"], ["cells"], kernel_shape=[CAM_STRIDE, CAM_STRIDE],
+                         strides=[CAM_STRIDE, CAM_STRIDE]),
+        helper.make_node("Conv", ["cells", "mix_w", "mix_b"], ["mixed"], kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["mixed"], ["fmap"]),
+        helper.make_node("GlobalAveragePool", ["fmap"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(nodes, "toy-cam", [inp], [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    if explain_outputs:
+        from cellview.onnx_graph import add_explain_outputs
+
+        model = add_explain_outputs(model)
+    path = folder / "model.onnx"
+    onnx.save(model, str(path))
+    sidecar = {
+        "spec_version": "1.0", "name": name, "version": "0.0-test", "architecture": "toy-cam",
+        "num_classes": 3, "class_names": list(TOY_CLASSES), "class_categories": list(TOY_CLASSES),
+        "class_colors": ["#d62728", "#ff9f1c", "#2ca02c"], "patch_size_pixels": patch_px,
+        "spacing_um_px": spacing_um, "activation": "softmax", "temperature": 1.0,
+        "input": {"layout": "NHWC", "dtype": "uint8"}, "onnx_sha256": sha256_file(path),
+        "license": "CC0-1.0", "training_data": "none: a fixed rule for tests",
+    }
+    if explain_outputs:
+        sidecar["outputs"] = ["logits", "features", "feature_map", "cam"]
+    (folder / "model.json").write_text(json.dumps(sidecar, indent=2))
+    return path
+
+
+def square_tile(colour: tuple[int, int, int], xy: tuple[int, int], size: int = 16, patch_px: int = 64,
+                background: int = 200) -> np.ndarray:
+    """A grey (``background``) tile with one coloured square whose top-left corner is ``xy``."""
+    tile = np.full((patch_px, patch_px, 3), background, np.uint8)
+    x, y = xy
+    tile[y:y + size, x:x + size] = colour
+    return tile
+
+
+def toy_domain_tiles(n_per_class: int = 40, patch_px: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Tiles of the toy colour model's domain, made like the synthetic slide's: a class colour (give or
+    take a little) with ±6 noise, read at half resolution (tiles, labels)."""
+    rng = np.random.default_rng(seed)
+    tiles, labels = [], []
+    for k, cls in enumerate(TOY_CLASSES):
+        base = np.array(TOY_COLORS[cls], np.int16)
+        for _ in range(n_per_class):
+            full = base + rng.integers(-3, 4, 3) + rng.integers(-6, 7, (2 * patch_px, 2 * patch_px, 3))
+            full = np.clip(full, 0, 255).astype(np.uint8)
+            tiles.append(cv2.resize(full, (patch_px, patch_px), interpolation=cv2.INTER_AREA))
+            labels.append(k)
+    return np.stack(tiles), np.array(labels)
+
+
+def make_toy_domain(model_path: Path, patch_px: int = 64, training_data: str = "red, blue and green test tiles") -> Path:
+    """Fit and write domain statistics for a toy model with a ``features`` output; returns the .npz path.
+
+    Fitted on noisy tiles of the three class colours (``toy_domain_tiles``), calibrated on another
+    draw of the same: tiles of other colours score out of domain.
+    """
+    from cellview.domain import fit_domain, tile_quality
+    from cellview.model import ModelSpec, OnnxClassifier
+    from cellview.train.domain import write_domain
+
+    clf = OnnxClassifier(ModelSpec.load(model_path), device="cpu")
+    fit_tiles, fit_labels = toy_domain_tiles(patch_px=patch_px, seed=1)
+    cal_tiles, cal_labels = toy_domain_tiles(patch_px=patch_px, seed=2)
+    (fit_f,) = clf.run(fit_tiles, ("features",))
+    (cal_f,) = clf.run(cal_tiles, ("features",))
+    stats = fit_domain(fit_f, fit_labels, cal_f, cal_labels, tile_quality(cal_tiles),
+                       info={"training_data": training_data})
+    return write_domain(model_path, stats)

@@ -1,4 +1,15 @@
-"""The tile grid: level-0 rectangles at the model's µm per pixel, read from the best level."""
+"""The tile grid: level-0 rectangles at the model's µm per pixel, read from the best level.
+
+The rule (``TILING_RULE``), per axis, for a slide ``W`` px wide, tiles ``T`` px wide and a stride
+``S`` (= T without overlap): ``n = 1`` if ``W ≤ T`` else ``ceil((W − T) / S) + 1`` tiles at
+``x_k = min(k·S, W − T)``. Every tile lies inside the slide: the last column (row) is shifted
+inward so its far edge is the slide's edge, overlapping its neighbour instead of reaching past
+the slide into white padding. Each point of the slide belongs to exactly one grid cell
+``min(floor(x / S), n − 1)`` (the last cell ends at the slide's edge) and lies inside that cell's tile, so
+the whole slide, hence all its tissue, is covered. With overlap the last cell, ``n − 1``, also
+takes the points past ``n·S`` (its tile reaches the slide's edge). Only a slide smaller than one
+tile gets a padded tile (at 0); its reported rectangle is still clipped to the slide.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +31,8 @@ class TileGrid:
 
     A tile covers ``tile_l0_w × tile_l0_h`` level-0 pixels starting at (``l0_x``, ``l0_y``); it
     is read at ``read_level`` as ``read_w × read_h`` pixels and resized to ``tile_px`` square.
-    Edge tiles extend past the slide and are padded with white, so every batch has one shape.
+    Tiles lie inside the slide (the last row and column shifted inward; see the module's rule).
+    Grid cell (``grid_row``, ``grid_col``) is the ``stride_l0`` cell the tile owns for display.
     """
 
     slide_w_l0: int
@@ -63,23 +75,63 @@ class TileGrid:
         return out
 
     def tile_at(self, l0_x: float, l0_y: float) -> int:
-        """Index of the tile whose stride cell contains the level-0 point, or -1."""
-        if l0_x < 0 or l0_y < 0:
+        """Index of the tile whose cell contains the level-0 point (-1: none, or outside the slide)."""
+        if not (0 <= l0_x < self.slide_w_l0 and 0 <= l0_y < self.slide_h_l0):
             return -1
-        col, row = int(l0_x // self.stride_l0_x), int(l0_y // self.stride_l0_y)
-        if row >= self.n_rows or col >= self.n_cols:
-            return -1
+        col = min(int(l0_x // self.stride_l0_x), self.n_cols - 1)
+        row = min(int(l0_y // self.stride_l0_y), self.n_rows - 1)
         return int(self.index_grid()[row, col])
 
+    @property
+    def display_shape(self) -> tuple[int, int]:
+        """(rows, cols) of stride cells that cover the slide; cells past the grid's last belong to it."""
+        return (max(self.n_rows, math.ceil(self.slide_h_l0 / self.stride_l0_y)),
+                max(self.n_cols, math.ceil(self.slide_w_l0 / self.stride_l0_x)))
+
+    def to_display(self, cells: np.ndarray) -> np.ndarray:
+        """A (n_rows, n_cols, ...) per-cell array laid out on ``display_shape`` uniform stride cells.
+
+        With overlap, the last tile reaches past the last stride cell to the slide's edge; the
+        extra display cells repeat it, so an image of them drawn at ``display_shape × stride`` and
+        clipped to the slide shows every cell where it belongs.
+        """
+        rows, cols = self.display_shape
+        r = np.minimum(np.arange(rows), self.n_rows - 1)
+        c = np.minimum(np.arange(cols), self.n_cols - 1)
+        return cells[r[:, None], c[None, :]]
+
+    def cell_edges_l0(self, index: np.ndarray, axis: str) -> np.ndarray:
+        """Level-0 coordinate of cell edge ``index`` (0..n) along "x" or "y"; edge n is the slide's edge."""
+        n, stride, extent = ((self.n_cols, self.stride_l0_x, self.slide_w_l0) if axis == "x"
+                             else (self.n_rows, self.stride_l0_y, self.slide_h_l0))
+        index = np.asarray(index)
+        return np.where(index >= n, extent, np.minimum(index * stride, extent)).astype(np.float64)
+
     def rect(self, index: int) -> tuple[int, int, int, int]:
-        """(l0_x, l0_y, width, height) of one tile."""
-        return int(self.l0_x[index]), int(self.l0_y[index]), self.tile_l0_w, self.tile_l0_h
+        """(l0_x, l0_y, width, height) of one tile, within the slide (what exports and views show)."""
+        x, y = int(self.l0_x[index]), int(self.l0_y[index])
+        return (x, y, min(self.tile_l0_w, self.slide_w_l0 - x), min(self.tile_l0_h, self.slide_h_l0 - y))
+
+
+TILING_RULE = "inside-v1"
+"""Names the rule above; recorded in the metadata and the cache key, so results of an older rule are
+never mistaken for current ones."""
 
 
 def _axis_count(extent: int, tile: int, stride: int) -> int:
     if extent <= tile:
         return 1
     return int(math.ceil((extent - tile) / stride)) + 1
+
+
+def axis_positions(extent: int, tile: int, stride: int) -> np.ndarray:
+    """Tile origins along one axis: ``min(k·stride, extent − tile)``, all inside ``[0, extent]``.
+
+    The one place the rule is written down in code (see the module docstring); training-time
+    evaluation tiles mirror it.
+    """
+    n = _axis_count(extent, tile, stride)
+    return np.minimum(np.arange(n, dtype=np.int64) * stride, max(0, extent - tile))
 
 
 def tissue_fractions(mask: TissueMask, xs: np.ndarray, ys: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -135,7 +187,7 @@ def build_grid(
     level = slide.best_level_for_downsample(tile_l0 / tile_px)
     read_px = max(1, int(round(tile_l0 / slide.level_downsamples[level])))
     rows, cols = np.divmod(np.arange(n_rows * n_cols, dtype=np.int64), n_cols)
-    xs, ys = cols * stride, rows * stride
+    xs, ys = axis_positions(w0, tile_l0, stride)[cols], axis_positions(h0, tile_l0, stride)[rows]
     if tissue is not None:
         frac = tissue_fractions(tissue, xs, ys, tile_l0, tile_l0)
         keep = frac >= tissue_threshold

@@ -1,11 +1,16 @@
-"""Render the viewer with a real slide, its heatmap and a tile in the inspector.
+"""Render the viewer (or the kiosk) with a real slide, its heatmap and a tile in the inspector.
 
     python scripts/screenshot.py [--slide PATH] [--model colon-he|PATH.onnx] [--out docs/screenshot.png]
     python scripts/screenshot.py --regions            # → docs/screenshot_nuclei.png
+    python scripts/screenshot.py --kiosk --size 1024x600   # → docs/kiosk-1024x600.png
 
 ``--regions`` outlines malignant regions (at ``--threshold``) and picks, inside the largest one,
 the tile with the most well-formed nuclei, so the inspector shows its nucleus contours.
+``--kiosk`` runs the kiosk on a watch folder, drops the slide in and shoots its case page.
 Uses colon-he when models/colon-he exists, else lung-he, else a toy 224-px model (and says so).
+
+On a (virtual) X display (``DISPLAY=:93``, see shared/notes/gui-under-xvfb.md) the picture is a
+capture of the whole screen, as a user sees it; without one it is rendered offscreen.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--regions", action="store_true", help="outline malignant regions and show nuclei in the inspector")
     ap.add_argument("--threshold", type=int, default=50, help="with --regions: min. confidence in percent")
+    ap.add_argument("--kiosk", action="store_true", help="the kiosk's case page instead of the desktop viewer")
+    ap.add_argument("--style", default=None, help="overlay style: outline, fill or fill+outline (default: the viewer's)")
     args = ap.parse_args()
 
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if not os.environ.get("DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     tmp = Path(tempfile.mkdtemp(prefix="cellview-shot-"))
     os.environ["CELLVIEW_SETTINGS_FILE"] = str(tmp / "settings.ini")
     os.environ.setdefault("CELLVIEW_CACHE_DIR", str(tmp / "cache"))
@@ -61,12 +69,17 @@ def main() -> int:
         print("no colon-he or lung-he in models/: rendered with the toy 224-px model.")
 
     app = make_app()
+    if args.kiosk:
+        return shoot_kiosk(app, args, model_path, tmp)
     window = MainWindow(analysis_defaults=AnalysisParams(device=args.device))
     w, h = (int(v) for v in (args.size or ("1600x1080" if args.regions else "1600x1000")).split("x"))
+    window.move(0, 0)
     window.resize(w, h)
     window.show()
     if not window.add_model(model_path):
         return 2
+    if args.style:
+        window.model.set_overlay(style=args.style)
     window.open_path(args.slide)
     if not wait_for(window.analysisFinished, 900):
         print("analysis did not finish", file=sys.stderr)
@@ -75,7 +88,7 @@ def main() -> int:
     if args.regions:
         window.threshold.setValue(args.threshold)
         window.show_regions.setChecked(True)
-        while window._regions_worker is not None:  # regions are computed in a worker
+        while window.model.regions_busy:  # regions are computed in a worker
             settle(app, 0.05)
         from cellview.morphology import measure_tile
         from cellview.slide import open_slide
@@ -102,10 +115,62 @@ def main() -> int:
         window._view_hovered(*[v + result.grid.tile_l0_w / 2 for v in result.grid.rect(pick)[:2]])
     settle(app, 1.0)
     out = Path(args.out or REPO / "docs" / ("screenshot_nuclei.png" if args.regions else "screenshot.png"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    window.grab().save(str(out))
+    capture(app, window, out)
     print(f"wrote {out} ({window.provider_label.text()}; {result.summary()})")
     window.shutdown()
+    return 0
+
+
+def capture(app, window, out: Path) -> None:
+    """The whole (virtual) screen on X, else the window rendered offscreen."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if app.platformName() == "xcb":
+        app.primaryScreen().grabWindow(0).save(str(out))
+    else:
+        window.grab().save(str(out))
+
+
+def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
+    """The kiosk full screen: a slide dropped into its watch folder, analysed, a malignant tile inspected."""
+    import shutil
+
+    import numpy as np
+
+    from cellview.gui.headless import settle, wait_for
+    from cellview.gui.kiosk import KioskWindow
+    from cellview.kiosk import KioskSettings
+    from cellview.model import CATEGORIES
+
+    (tmp / "watch").mkdir()
+    settings = KioskSettings(watch_dir=tmp / "watch", outbox_dir=tmp / "outbox", model=str(model_path),
+                             device=args.device, idle_s=0, settle_s=0.5, poll_s=0.2)
+    window = KioskWindow(settings)
+    if args.size and app.platformName() != "xcb":
+        w, h = (int(v) for v in args.size.split("x"))
+        window.setGeometry(0, 0, w, h)
+    window.start()
+    if args.size and app.platformName() != "xcb":
+        window.setGeometry(0, 0, w, h)
+    if not wait_for(window.modelReady, 900):
+        print("the kiosk's model did not load", file=sys.stderr)
+        return 1
+    if args.style:
+        window.model.set_overlay(style=args.style)
+    shutil.copy(args.slide, tmp / "watch" / Path(args.slide).name)
+    if not wait_for(window.caseFinished, 900):
+        print("the case did not finish", file=sys.stderr)
+        return 1
+    result = window.result
+    malignant = result.pred_category == CATEGORIES.index("malignant")
+    conf = np.nan_to_num(result.confidence, nan=-1.0) - (result.grid.tissue_fraction < 0.9)
+    window.select_tile(int(np.argmax(np.where(malignant, conf, -1.0))) if malignant.any() else int(np.argmax(conf)))
+    wait_for(window.patchShown, 10)
+    settle(app, 1.0)
+    size = args.size or f"{window.width()}x{window.height()}"
+    out = Path(args.out or REPO / "docs" / f"kiosk-{size}.png")
+    capture(app, window, out)
+    print(f"wrote {out} ({window.provider_badge.text()}; {result.summary()})")
+    window.exit_kiosk()
     return 0
 
 

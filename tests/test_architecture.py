@@ -42,3 +42,82 @@ def test_ruff_clean():
     root = PKG.parent
     proc = subprocess.run([ruff, "check", "cellview", "tests", "bench"], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """Every cellview module ``path`` imports, anywhere in the file (functions, TYPE_CHECKING blocks too)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in modules else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found & modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = {}
+    for p in PKG.rglob("*.py"):
+        parts = p.relative_to(PKG.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = p
+    return {m: _imports(p, set(modules)) - {m} for m, p in modules.items()}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycles():
+    """Like import-linter's "independence" contracts: no two modules import each other, even lazily.
+
+    gui.app ↔ gui.kiosk (through the application factory, now gui.qtapp) and morphology ↔ results
+    (through TileNuclei, now in results) were such cycles.
+    """
+    graph = import_graph()
+    assert "cellview.results" in graph and "cellview.gui.qtapp" in graph["cellview.gui.kiosk"]
+    assert import_cycles(graph) == []
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check works
+
+
+def test_viewer_state_is_qt_free_and_importable_without_the_gui():
+    code = ("import sys, cellview.viewer, cellview.overlay\n"
+            "bad = [m for m in ('PySide6', 'pyqtgraph') if m in sys.modules]\n"
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cellview.cli import discover_slides, main
+from cellview.errors import CellviewError
 from cellview.testing import make_toy_model
 
 
@@ -165,3 +166,76 @@ def test_changed_export_options_are_not_up_to_date(synthetic_slide, toy_model, t
     meta = json.loads((tmp_path / "synthetic.json").read_text())
     assert meta["export_options"] == {"formats": ["csv", "geojson", "json", "png"], "png_size_px": 512,
                                       "region_confidence": 0.5}
+
+
+def test_huge_claimed_height_is_reported_without_a_traceback(tmp_path, toy_model, capsys):
+    from cellview.testing import tiff_claiming_size
+
+    bad = tmp_path / "huge.tiff"
+    bad.write_bytes(tiff_claiming_size(8, 3_000_000))
+    assert main(["info", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "huge.tiff is a TIFF file but its contents cannot be read" in err and "Traceback" not in err
+    code, out, err = _analyze(capsys, bad, "--model", toy_model, "--out", tmp_path / "out")
+    assert code == 1 and "huge.tiff: FAILED" in err and "Traceback" not in err
+
+
+def test_real_bad_header_file_fails_cleanly(data_dir, toy_model, tmp_path, capsys):
+    bad = data_dir / "slides" / "bad" / "pyramid-header-huge-height.tiff"
+    assert main(["info", str(bad)]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    code, _, err = _analyze(capsys, bad, "--model", toy_model, "--out", tmp_path / "out")
+    assert code == 1 and "pyramid-header-huge-height.tiff: FAILED" in err and "Traceback" not in err
+
+
+def test_info_names_skipped_levels(data_dir, capsys):
+    assert main(["info", str(data_dir / "slides" / "derived" / "CMU-1-Small-Region-dicom")]) == 0
+    out = capsys.readouterr().out
+    assert "level 1: 1110 × 1484  downsample 2  SKIPPED: colours differ from level 0" in out
+    assert "levels 1–4 skipped, never read" in out
+
+
+def test_svs_tiff_and_dicom_copies_agree_with_the_shipped_model(data_dir, tmp_path, capsys):
+    """Issue 13's target: the three copies of CMU-1 give the same call on ≥ 95% of tiles (colon-he)."""
+    from cellview.model import resolve_model
+
+    try:
+        model = resolve_model("colon-he")
+    except CellviewError:
+        pytest.skip("models/colon-he is absent")
+    slides = data_dir / "slides"
+    targets = [slides / "CMU-1-Small-Region.svs", slides / "derived" / "CMU-1-Small-Region-pyramid.tiff",
+               slides / "derived" / "CMU-1-Small-Region-dicom"]
+    code, _, err = _analyze(capsys, *targets, "--model", model, "--device", "cpu", "--formats", "csv",
+                            "--no-cache", "--out", tmp_path)
+    assert code == 0, err
+    calls = {}
+    for stem in ("CMU-1-Small-Region", "CMU-1-Small-Region-pyramid", "CMU-1-Small-Region-dicom"):
+        rows = csv.DictReader((tmp_path / f"{stem}.csv").open())
+        calls[stem] = {(r["minx"], r["miny"]): r["pred_category"] for r in rows if r["status"] == "done"}
+    svs = calls["CMU-1-Small-Region"]
+    assert len(svs) >= 10
+    for other in ("CMU-1-Small-Region-pyramid", "CMU-1-Small-Region-dicom"):
+        assert set(calls[other]) == set(svs)
+        assert np.mean([calls[other][t] == svs[t] for t in svs]) >= 0.95, other
+
+
+def test_help_shows_the_viewer_the_kiosk_and_the_commands(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "cellview [SLIDE] [--kiosk]" in out and "--kiosk" in out and "--watch" in out
+    for command in ("analyze", "info", "models"):
+        assert f"  {command} " in out
+
+
+def test_a_one_tile_region_is_one_tile(tmp_path, toy_model, capsys):
+    from cellview.testing import TOY_COLORS, write_pyramid_tiff
+
+    img = np.full((512, 512, 3), 245, np.uint8)
+    img[128:256, 128:256] = TOY_COLORS["malignant"]  # exactly one 128-px tile at 0.5 µm/px
+    path = write_pyramid_tiff(tmp_path / "one.tiff", img, 0.5)
+    code, out, err = _analyze(capsys, path, "--model", toy_model, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "malignant regions: 1; largest 0.0041 mm² (1 tile)" in out and "(1 tiles)" not in out

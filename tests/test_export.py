@@ -43,9 +43,17 @@ def test_export_all_formats(result, synthetic_slide, tmp_path):
     meta = json.loads(paths["json"].read_text())
     assert meta["model"]["sha256"] == result.model.sha256
     assert meta["slide"]["mpp_source"] == "openslide" and meta["slide"]["fingerprint"]
-    assert meta["tiles"] == {"total": 56, "done": 56, "failed": 0, "pending": 0,
-                             "per_category": {"malignant": 16, "benign": 24, "normal": 16},
-                             "per_class": {"malignant": 16, "benign": 24, "normal": 16}}
+    counts = {"malignant": 16, "benign": 24, "normal": 16}
+    assert meta["tiles"] == {"total": 56, "done": 56, "failed": 0, "pending": 0, "out_of_domain": None,
+                             "per_category": counts, "per_class": counts,
+                             "per_category_including_out_of_domain": counts,
+                             "counts_note": "every classified tile (no domain score for this model)"}
+    # A model without domain statistics: every output says the score is absent.
+    assert meta["in_domain_fraction"] is None
+    assert meta["domain"] == {"available": False, "reason": "domain score: not available for this model"}
+    assert rows[0]["domain_score"] == "" and rows[0]["in_domain"] == ""
+    assert geo["properties"]["domain_available"] is False and f["properties"]["in_domain"] is None
+    assert "domain_score" not in f["properties"]["measurements"]
     assert meta["versions"]["onnxruntime"] and meta["provider"] == "CPU"
     assert set(meta["outputs"]) == {"synthetic.csv", "synthetic.geojson", "synthetic.png"}
 

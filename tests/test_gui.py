@@ -77,6 +77,11 @@ def test_synthetic_slide_overlay_matches_results(qtbot, window, synthetic_slide)
     assert got == expected_synthetic_tiles()
     g = result.grid
     overlay = window.view.overlay
+    # The default draws category contours and leaves the stain as it is: the fill layer is empty.
+    assert window.model.overlay.style == "outline" and not overlay.isVisible()
+    assert len(window.view.contours) == 2 * 3  # casing + colour line per category
+    window.style_box.setCurrentIndex(window.style_box.findData("fill"))
+    assert overlay.isVisible() and window.view.contours == []
     # One image, one pixel per grid cell, exactly the core's category colours with confidence as alpha.
     np.testing.assert_array_equal(overlay.image, result.category_rgba())
     rect = overlay.mapRectToParent(overlay.boundingRect())
@@ -156,7 +161,8 @@ def test_export_files_parse_and_never_overwrite_silently(qtbot, window, syntheti
     rows = list(csv.DictReader(io.StringIO(out["csv"].read_text())))
     assert len(rows) == result.n_tiles and {r["pred_category"] for r in rows} == set(CATEGORIES)
     gj = json.loads(out["geojson"].read_text())
-    assert len(gj["features"]) == result.n_done
+    kinds = [f["properties"]["objectType"] for f in gj["features"]]
+    assert kinds.count("tile") == result.n_done and kinds.count("annotation") == 1  # the CLI's regions too
     import cv2
 
     for kind in ("png", "view"):
@@ -179,6 +185,7 @@ def test_export_files_parse_and_never_overwrite_silently(qtbot, window, syntheti
 
 def test_cancel_keeps_finished_tiles_and_rerun_hits_cache(qtbot, toy_model, synthetic_slide):
     w = make_window(qtbot, AnalysisParams(batch_size=4, workers=1, tissue_threshold=0.3), toy_model)
+    w.model.set_overlay(style="fill")
 
     def on_started(worker):
         from cellview.pipeline import BatchDone

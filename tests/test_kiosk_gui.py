@@ -12,7 +12,7 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import Qt, QTimer  # noqa: E402
+from PySide6.QtCore import QEvent, Qt, QTimer  # noqa: E402
 from PySide6.QtGui import QCloseEvent  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication, QPushButton  # noqa: E402
@@ -361,3 +361,152 @@ def test_smoke_test_option_opens_and_paints(qtbot, synthetic_slide, capsys, monk
     app.exec()
     out = capsys.readouterr().out
     assert "opened synthetic" in out and "smoke test: OK" in out
+
+
+# ----------------------------------------------------------------------------- issue 13: a 1024 × 600 Jetson screen
+
+
+def show_at(qtbot, kiosk, width: int, height: int) -> None:
+    kiosk.setGeometry(0, 0, width, height)
+    qtbot.waitUntil(lambda: (kiosk.width(), kiosk.height()) == (width, height), timeout=5000)
+    qtbot.waitUntil(lambda: kiosk._side_scroll.viewport().width() > 0, timeout=5000)
+
+
+def run_case(qtbot, kiosk, path) -> object:
+    with qtbot.waitSignal(kiosk.caseFinished, timeout=TIMEOUT_MS) as blocker:
+        kiosk.enqueue(path)
+    return blocker.args[0]
+
+
+def inside_viewport(widget, scroll) -> bool:
+    from PySide6.QtCore import QPoint
+
+    top = widget.mapTo(scroll.viewport(), QPoint(0, 0))
+    return (widget.isVisible() and top.y() >= 0 and top.y() + widget.height() <= scroll.viewport().height()
+            and top.x() >= 0 and top.x() + widget.width() <= scroll.viewport().width())
+
+
+@pytest.mark.parametrize("size", [(1024, 600), (1920, 1080)])
+def test_the_call_and_shares_show_without_scrolling(qtbot, kiosk, synthetic_slide, size):
+    show_at(qtbot, kiosk, *size)
+    case = run_case(qtbot, kiosk, synthetic_slide)
+    assert case.ok and kiosk.page == "case"
+    scroll = kiosk._side_scroll
+    assert scroll.verticalScrollBar().value() == 0
+    assert "Benign 43%" in kiosk.call_label.text()  # 24 of 56 tiles: the call, in words
+    assert kiosk.shares_label.text() == "malignant 29% · normal 28% · 56 tiles"  # add up to 100 with the call
+    assert inside_viewport(kiosk.call_label, scroll) and inside_viewport(kiosk.shares_label, scroll)
+    assert scroll.widget().minimumSizeHint().width() <= scroll.viewport().width()  # nothing cut on the right
+    view = kiosk.view
+    assert max(view.overview.width(), view.overview.height()) <= 0.2 * min(view.width(), view.height()) + 4
+
+
+def test_header_stays_one_line_and_elides(qtbot, kiosk):
+    show_at(qtbot, kiosk, 1024, 600)
+    kiosk.current_case = Path("CMU-1-Small-Region-with-a-very-long-name-from-the-scanner-2024-05-17.svs")
+    kiosk._update_state_label()
+    qtbot.waitUntil(lambda: kiosk.state_label.shown_text().endswith("…"), timeout=5000)
+    line = kiosk.state_label.fontMetrics().height()
+    assert kiosk.state_label.height() < 1.8 * line  # one line, never wrapped
+    assert kiosk.state_label.shown_text().startswith("Analysing CMU-1-Small")
+    kiosk.current_case = None
+
+
+def test_a_finger_drag_scrolls_the_panel(qtbot, kiosk, synthetic_slide):
+    from PySide6.QtCore import QPoint, QPointF
+    from PySide6.QtGui import QMouseEvent
+
+    show_at(qtbot, kiosk, 1024, 600)
+    run_case(qtbot, kiosk, synthetic_slide)
+    scroll = kiosk._side_scroll
+    bar = scroll.verticalScrollBar()
+    assert bar.maximum() > 0 and bar.value() == 0
+    target = scroll.viewport()
+    start = kiosk.shares_label.mapTo(target, QPoint(20, kiosk.shares_label.height() // 2))
+
+    def send(kind, point, buttons) -> None:
+        pos = QPointF(point)
+        event = QMouseEvent(kind, pos, target.mapToGlobal(pos), Qt.MouseButton.LeftButton, buttons,
+                            Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(target, event)
+
+    send(QEvent.Type.MouseButtonPress, start, Qt.MouseButton.LeftButton)
+    for step in range(1, 13):
+        qtbot.wait(16)  # a finger moves over time: the scroller measures the speed
+        send(QEvent.Type.MouseMove, start - QPoint(0, 25 * step), Qt.MouseButton.LeftButton)
+    send(QEvent.Type.MouseButtonRelease, start - QPoint(0, 300), Qt.MouseButton.NoButton)
+    qtbot.waitUntil(lambda: bar.value() > 100, timeout=5000)
+
+
+def test_every_text_is_kiosk_sized(qtbot, kiosk, synthetic_slide):
+    from PySide6.QtGui import QFontInfo
+    from PySide6.QtWidgets import QLabel
+
+    show_at(qtbot, kiosk, 1024, 600)
+    run_case(qtbot, kiosk, synthetic_slide)
+    qtbot.waitUntil(lambda: kiosk.inspector.title.isVisible(), timeout=5000)
+    labels = [w for w in kiosk.findChildren(QLabel) if w.isVisibleTo(kiosk) and w.text()]
+    small = [(w.objectName(), w.text()[:30]) for w in labels if QFontInfo(w.font()).pointSizeF() < 18]
+    assert small == []
+    assert QFontInfo(kiosk.inspector.title.font()).pointSizeF() >= 20  # "No tile selected", the class name
+    assert kiosk.view.scale_bar.font_pt >= 18 and kiosk.view.scale_bar.isVisible()
+    assert kiosk.inspector.bars.row_height() >= kiosk.inspector.bars.fontMetrics().height()
+
+
+@pytest.mark.parametrize("width", [1024, 1920])
+def test_recent_cases_show_the_call_first_and_whole(qtbot, kiosk, synthetic_slide, width):
+    show_at(qtbot, kiosk, width, 600 if width == 1024 else 1080)
+    run_case(qtbot, kiosk, synthetic_slide)
+    kiosk.home_btn.click()
+    qtbot.waitUntil(lambda: kiosk.recent_list.viewport().width() > 0, timeout=5000)
+    kiosk._fit_recent_items()
+    item = kiosk.recent_list.item(0)
+    first, second = item.text().split("\n")
+    assert first.startswith("synthetic.tiff · ") and second == "benign 43% · malignant 29% · normal 28%"
+    assert "tiles/s" not in item.text()
+    fm = kiosk.recent_list.fontMetrics()
+    width_px = kiosk.recent_list.viewport().width() - 2 * kiosk.RECENT_PADDING[0] - 4
+    assert item.sizeHint().height() >= kiosk.recent_text_height(item.text(), fm, width_px)
+    assert kiosk.recent_list.wordWrap()
+
+
+def test_the_kiosk_takes_the_keyboard_focus_at_start(qtbot, tmp_path, toy_model, monkeypatch):
+    from cellview.gui.app import make_app
+    from cellview.gui.kiosk import KioskWindow
+
+    make_app()
+    window = KioskWindow(kiosk_settings(tmp_path, toy_model))
+    qtbot.addWidget(window, before_close_func=lambda w: w.exit_kiosk())
+    activated: list[int] = []
+    monkeypatch.setattr(window, "activateWindow", lambda: activated.append(1))
+    with qtbot.waitSignal(window.modelReady, timeout=TIMEOUT_MS):
+        window.start()
+    qtbot.waitUntil(lambda: len(activated) >= 1, timeout=5000)  # no window manager will do it
+
+
+def test_a_finger_still_drags_a_slider_in_the_scrolling_panel(qtbot, kiosk, synthetic_slide):
+    from PySide6.QtCore import QPoint, QPointF
+    from PySide6.QtGui import QMouseEvent
+
+    show_at(qtbot, kiosk, 1024, 600)
+    run_case(qtbot, kiosk, synthetic_slide)
+    kiosk.model.set_overlay(style="fill")
+    slider = kiosk.opacity
+    kiosk._side_scroll.ensureWidgetVisible(slider)
+    qtbot.waitUntil(lambda: inside_viewport(slider, kiosk._side_scroll), timeout=5000)
+    before = slider.value()
+    span = slider.width() - 60
+    start = QPoint(int(30 + span * before / 100), slider.height() // 2)  # on the handle
+
+    def send(kind, point, buttons) -> None:
+        pos = QPointF(point)
+        event = QMouseEvent(kind, pos, slider.mapToGlobal(pos), Qt.MouseButton.LeftButton, buttons,
+                            Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(slider, event)
+
+    send(QEvent.Type.MouseButtonPress, start, Qt.MouseButton.LeftButton)
+    for step in range(1, 9):
+        qtbot.wait(16)
+        send(QEvent.Type.MouseMove, start + QPoint(20 * step, 0), Qt.MouseButton.LeftButton)
+    send(QEvent.Type.MouseButtonRelease, start + QPoint(160, 0), Qt.MouseButton.NoButton)
+    assert slider.value() > before + 10 and kiosk.model.overlay.opacity == slider.value() / 100

@@ -14,7 +14,7 @@ import pytest
 from cellview.cache import ResultCache, cache_key, result_from_bytes, result_to_bytes
 from cellview.cli import main
 from cellview.export import annotated_png, csv_text, export_all, geojson_dict
-from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier
+from cellview.model import ModelSpec, OnnxClassifier
 from cellview.morphology import (
     HED_STAIN_MATRIX,
     NucleiParams,
@@ -31,10 +31,10 @@ from cellview.morphology import (
     tile_to_level0,
 )
 from cellview.pipeline import BatchDone, analyze, run_analysis
-from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
-from cellview.slide import Mpp, SlideInfo, open_slide
-from cellview.testing import write_pyramid_tiff
-from cellview.tiling import TileGrid, build_grid
+from cellview.results import AnalysisParams
+from cellview.slide import open_slide
+from cellview.testing import grid_result, write_pyramid_tiff
+from cellview.tiling import build_grid
 from cellview.tissue import TissueParams, detect_tissue
 
 BACKGROUND = (236, 196, 222)  # eosin-pink stroma
@@ -153,41 +153,6 @@ def test_stain_matrix_is_exposed_and_checked():
 
 
 # ----------------------------------------------------------------------------- regions
-
-
-def grid_result(cats: list[str], conf: np.ndarray | None = None, stride: int = 100, mpp: float | None = 0.5,
-                slide_wh: tuple[int, int] | None = None) -> AnalysisResult:
-    """A result on a grid of tiles: each string row is one grid row, 'M'/'B'/'N' a tile, '.' none."""
-    n_rows, n_cols = len(cats), len(cats[0])
-    rows, cols, letters = [], [], []
-    for r, line in enumerate(cats):
-        for c, ch in enumerate(line):
-            if ch != ".":
-                rows.append(r)
-                cols.append(c)
-                letters.append(ch)
-    n = len(letters)
-    conf = np.full(n, 0.9, np.float32) if conf is None else np.asarray(conf, np.float32)
-    k = np.array(["MBN".index(ch) for ch in letters])
-    probs = np.full((n, 3), 0.0, np.float32)
-    probs[np.arange(n), k] = conf
-    probs[np.arange(n), (k + 1) % 3] = 1 - conf
-    w, h = slide_wh or (n_cols * stride, n_rows * stride)
-    grid = TileGrid(
-        slide_w_l0=w, slide_h_l0=h, tile_px=64, tile_l0_w=stride, tile_l0_h=stride, stride_l0_x=stride,
-        stride_l0_y=stride, read_level=0, read_w=stride, read_h=stride, n_cols=n_cols, n_rows=n_rows,
-        grid_col=np.array(cols, np.int32), grid_row=np.array(rows, np.int32),
-        l0_x=np.array(cols, np.int64) * stride, l0_y=np.array(rows, np.int64) * stride,
-        tissue_fraction=np.ones(n, np.float32), tissue_threshold=0.25,
-    )
-    info = SlideInfo(path="grid.tiff", name="grid", vendor="generic-tiff", fingerprint="x",
-                     level_dimensions=((w, h),), level_downsamples=(1.0,),
-                     mpp=None if mpp is None else Mpp(mpp, mpp, "user"))
-    model = ModelInfo(name="toy", version="1", sha256="0", class_names=CATEGORIES, class_categories=CATEGORIES,
-                      class_colors=("#ff0000", "#0000ff", "#00ff00"), activation="softmax", temperature=1.0,
-                      spacing_um_px=1.0, patch_size_pixels=64)
-    return AnalysisResult(slide=info, model=model, params=AnalysisParams(), grid=grid, probs=probs,
-                          state=np.full(n, TileState.DONE, np.uint8), provider="CPU", status="complete")
 
 
 CATS = [
@@ -479,9 +444,21 @@ def real_tiles(real_slide):
     slide.close()
 
 
+# Interior tiles (origins in level-0 px) spread over CMU-1's tissue: the same tiles whatever the edge rule.
+SAMPLE_12 = [(896, 0), (1120, 448), (448, 896), (1568, 896), (896, 1344), (896, 1568), (1120, 1792), (1120, 2016),
+             (1120, 2240), (672, 2464), (448, 2688), (1568, 2688)]
+SAMPLE_8 = [(896, 0), (1120, 672), (896, 1120), (672, 1568), (1344, 1792), (896, 2240), (1120, 2464), (1568, 2688)]
+
+
+def _tiles_at(grid, origins):
+    found = [grid.tile_at(x + 1, y + 1) for x, y in origins]
+    assert all(i >= 0 and grid.rect(i)[:2] == xy for i, xy in zip(found, origins))
+    return found
+
+
 def test_real_slide_counts_plausible_and_stable(real_tiles):
     slide, grid = real_tiles
-    idx = np.linspace(0, grid.n_tiles - 1, 12).astype(int)
+    idx = _tiles_at(grid, SAMPLE_12)
     first = [measure_tile(slide, grid, int(i))[0] for i in idx]
     again = [measure_tile(slide, grid, int(i))[0] for i in idx]
     for a, b in zip(first, again):
@@ -499,7 +476,7 @@ def test_real_slide_counts_plausible_and_stable(real_tiles):
 def test_real_slide_contours_lie_on_dark_nuclei(real_tiles):
     slide, grid = real_tiles
     darker = []
-    for i in np.linspace(0, grid.n_tiles - 1, 8).astype(int):
+    for i in _tiles_at(grid, SAMPLE_8):
         m, rgb = measure_tile(slide, grid, int(i))
         if m.count < 5:
             continue

@@ -177,9 +177,11 @@ def test_memory_stays_bounded_by_the_queue(synthetic_slide, classifier):
     gen.close()
 
 
-def test_tiles_unreadable_at_a_coarse_level_are_read_from_level_0(data_dir, classifier):
-    # This DICOM conversion has malformed edge tiles on level 1, where a 1.0 µm/px model reads.
+def test_dicom_false_colour_levels_are_skipped_and_every_tile_is_read(data_dir, classifier):
+    # This DICOM conversion's levels 1-4 are YCbCr labelled RGB (and have malformed edge frames); a
+    # 1.0 µm/px model would read level 1: it reads level 0 instead.
     dicom = data_dir / "slides" / "derived" / "CMU-1-Small-Region-dicom"
     result = run_analysis(dicom, classifier, AnalysisParams())
-    assert result.grid.read_level == 1
+    assert [s.level for s in result.slide.skipped_levels] == [1, 2, 3, 4]
+    assert result.grid.read_level == 0
     assert result.n_failed == 0 and result.n_done == result.n_tiles > 0

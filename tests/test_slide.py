@@ -188,3 +188,75 @@ def test_training_and_inference_decode_plain_images_alike(tmp_path):
     assert (alpha[:4] == (200, 0, 0)).all() and (alpha[4:] == 255).all()
     deep_rgb = read_rgb(str(tmp_path / "deep.png"))
     assert deep_rgb.min() == 0 and deep_rgb.max() == 255
+
+
+# ----------------------------------------------------------------------------- pyramid level check
+
+
+@pytest.fixture(scope="module")
+def false_colour_slide(tmp_path_factory):
+    """The synthetic slide with its reduced levels stored as YCbCr labelled RGB (like the DICOM copy)."""
+    from cellview.testing import synthetic_slide_rgb, write_pyramid_tiff, ycbcr_as_rgb
+
+    return write_pyramid_tiff(tmp_path_factory.mktemp("falsecol") / "false.tiff", synthetic_slide_rgb(), 0.5,
+                              damage=ycbcr_as_rgb)
+
+
+def test_wrong_colour_levels_are_skipped_and_never_read(false_colour_slide, synthetic_slide):
+    from cellview.slide import describe
+
+    with open_slide(false_colour_slide) as slide, open_slide(synthetic_slide) as sound:
+        assert [s.level for s in slide.skipped_levels] == [1, 2, 3] and sound.skipped_levels == ()
+        assert all("colours differ from level 0" in s.reason for s in slide.skipped_levels)
+        assert slide.best_level_for_downsample(2.0) == 0 and sound.best_level_for_downsample(2.0) == 1
+        # a read at a skipped level comes from level 0: the right colours, at the asked size
+        region = slide.read_region((256, 256), 1, (64, 64))
+        want = sound.read_region((256, 256), 1, (64, 64))
+        assert region.shape == (64, 64, 3) and np.abs(region.astype(int) - want).mean() < 3
+        assert np.abs(slide.thumbnail(256).astype(int) - sound.thumbnail(256)).mean() < 3
+        assert slide.info().skipped_levels == slide.skipped_levels
+        text = describe(slide)
+        assert "level 1: 1024 × 768  downsample 2  SKIPPED: colours differ" in text
+        assert "levels 1–3 skipped, never read" in text
+
+
+def test_check_of_a_slide_with_false_colour_levels_is_cheap_and_shared(false_colour_slide):
+    from cellview.slide import checked_levels
+
+    with open_slide(false_colour_slide) as a:
+        b = a.reopen()
+        assert b.skipped_levels == a.skipped_levels and checked_levels(b) is checked_levels(a)  # checked once
+        b.close()
+    with open_slide(false_colour_slide, check_levels=False) as raw:
+        assert raw.skipped_levels == () and raw.best_level_for_downsample(2.0) == 1
+
+
+def test_real_dicom_levels_in_false_colour_are_skipped(data_dir):
+    with open_slide(data_dir / "slides" / "derived" / "CMU-1-Small-Region-dicom") as dicom:
+        assert [s.level for s in dicom.skipped_levels] == [1, 2, 3, 4]
+    with open_slide(data_dir / "slides" / "derived" / "CMU-1-Small-Region-pyramid.tiff") as tiff:
+        assert tiff.skipped_levels == ()
+
+
+# ----------------------------------------------------------------------------- untrusted bytes
+
+
+def test_header_claiming_a_huge_image_is_a_slide_error(tmp_path):
+    from cellview.slide import read_image_rgb
+    from cellview.testing import tiff_claiming_size
+
+    sound = tmp_path / "sound.tiff"
+    sound.write_bytes(tiff_claiming_size(8, 8))
+    assert read_image_rgb(sound).shape == (8, 8, 3)
+    bad = tmp_path / "huge.tiff"
+    bad.write_bytes(tiff_claiming_size(8, 3_000_000))
+    with pytest.raises(SlideError, match="cannot be decoded as an image") as err:
+        read_image_rgb(bad)
+    assert "validateInputImageSize" in err.value.details  # OpenCV's assertion, as a detail only
+    with pytest.raises(SlideError, match="huge.tiff is a TIFF file but its contents cannot be read"):
+        open_slide(bad)
+
+
+def test_real_mutated_pyramid_header_is_a_slide_error(data_dir):
+    with pytest.raises(SlideError, match="pyramid-header-huge-height.tiff"):
+        open_slide(data_dir / "slides" / "bad" / "pyramid-header-huge-height.tiff")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cellview.errors import AnalysisError, MppError
 from cellview.slide import ImageSlide, Mpp, open_slide
 from cellview.testing import SYNTH_BLOCKS, SYNTH_TILE, expected_synthetic_tiles
-from cellview.tiling import build_grid, read_tile
+from cellview.tiling import axis_positions, build_grid, read_tile
 from cellview.tissue import TissueParams, detect_tissue, tissue_mask_from_rgb
 
 
@@ -63,15 +65,60 @@ def test_grid_resizes_when_no_level_matches():
     assert tile.shape == (100, 100, 3)
 
 
-def test_edge_tiles_are_padded_to_full_size():
-    slide = _image_slide(np.full((250, 330, 3), (200, 50, 60), np.uint8))
+def test_edge_tiles_lie_inside_the_slide():
+    """The last column and row are shifted inward: no white padding, no coordinate past the slide."""
+    img = np.full((250, 330, 3), (200, 50, 60), np.uint8)
+    img[:, 300:] = (20, 200, 40)  # a strip at the right edge that must be covered
+    slide = _image_slide(img)
     grid = build_grid(slide, tile_px=100, model_mpp_um=0.5, tissue=None)
     assert (grid.n_cols, grid.n_rows) == (4, 3)
-    last = grid.n_tiles - 1
-    tile = read_tile(slide, grid, last)
-    assert tile.shape == (100, 100, 3)
-    assert (tile[60:, :] == 255).all() and (tile[:, 40:] == 255).all()  # beyond the image: white
-    assert tile[0, 0].tolist() == [200, 50, 60]
+    assert sorted(set(grid.l0_x.tolist())) == [0, 100, 200, 230]  # min(k·100, 330 − 100)
+    assert sorted(set(grid.l0_y.tolist())) == [0, 100, 150]
+    for i in range(grid.n_tiles):
+        x, y, w, h = grid.rect(i)
+        assert 0 <= x and 0 <= y and x + w <= 330 and y + h <= 250 and (w, h) == (100, 100)
+        tile = read_tile(slide, grid, i)
+        assert tile.shape == (100, 100, 3) and not (tile == 255).all(axis=2).any()  # never padding
+    last = read_tile(slide, grid, grid.n_tiles - 1)
+    assert (last[:, 70:] == (20, 200, 40)).all()  # the right-edge strip is in the last column
+
+
+def test_every_slide_pixel_lies_in_the_tile_of_its_cell():
+    slide = _image_slide(np.full((522, 775, 3), (200, 50, 60), np.uint8), mpp=0.62)  # a GlaS image
+    grid = build_grid(slide, tile_px=224, model_mpp_um=1.0, tissue=None)  # colon-he: 361 px tiles
+    assert grid.tile_l0_w == 361 and grid.n_tiles == 6
+    assert sorted(set(grid.l0_x.tolist())) == [0, 361, 414] and sorted(set(grid.l0_y.tolist())) == [0, 161]
+    ys, xs = np.mgrid[0:522:7, 0:775:7]
+    for x, y in zip(xs.ravel(), ys.ravel()):
+        i = grid.tile_at(x, y)
+        tx, ty, tw, th = grid.rect(i)
+        assert tx <= x < tx + tw and ty <= y < ty + th
+    assert grid.tile_at(775, 10) == -1 and grid.tile_at(10, 522) == -1  # past the slide: no tile
+
+
+def test_slide_smaller_than_a_tile_reports_its_rect_inside_the_slide():
+    slide = _image_slide(np.full((60, 80, 3), (200, 50, 60), np.uint8))
+    grid = build_grid(slide, tile_px=100, model_mpp_um=0.5, tissue=None)
+    assert grid.n_tiles == 1 and grid.rect(0) == (0, 0, 80, 60)
+    tile = read_tile(slide, grid, 0)
+    assert (tile[70:, :] == 255).all()  # the only case with padding: nothing else to read
+
+
+@settings(max_examples=300, deadline=None)
+@given(extent=st.integers(1, 5000), tile=st.integers(1, 600), overlap=st.sampled_from([0.0, 0.25, 0.5]))
+def test_axis_rule_covers_the_axis_from_inside(extent, tile, overlap):
+    stride = max(1, int(round(tile * (1 - overlap))))
+    xs = axis_positions(extent, tile, stride)
+    assert xs[0] == 0 and (np.diff(xs) > 0).all()
+    if extent >= tile:
+        assert (xs + tile <= extent).all() and xs[-1] + tile == extent
+    else:
+        assert len(xs) == 1
+    # every point lies in the tile of its cell min(floor(x / stride), n − 1); every cell owns a point
+    points = np.arange(extent)
+    cell = np.minimum(points // stride, len(xs) - 1)
+    assert ((xs[cell] <= points) & (points < xs[cell] + tile)).all()
+    assert (len(xs) - 1) * stride < extent
 
 
 def test_overlap_halves_the_stride():

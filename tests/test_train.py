@@ -408,8 +408,15 @@ def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
     assert spec.patch_size_pixels == 64 and spec.class_categories[-1] == "malignant"
     assert (out / "wsinfer" / "config.json").exists() and (out / "MODEL_CARD.md").exists()
     tiles = D.eval_tiles(D.read_rgb(str(DATA / "glas" / "images" / "train_1.png")), 0.62, 1.0, 64)
-    probs = OnnxClassifier(spec, device="cpu").predict(tiles)
+    clf = OnnxClassifier(spec, device="cpu")
+    probs = clf.predict(tiles)
     assert probs.shape == (len(tiles), 6) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    # The export adds features / feature_map / cam after the logits and fits the domain statistics.
+    assert clf.output_names == ("logits", "features", "feature_map", "cam") and spec.domain is not None
+    _, score = clf.classify(tiles)
+    assert score.shape == (len(tiles),) and ((score > 0) & (score <= 1)).all()
+    assert "## Out-of-domain detection" in (out / "MODEL_CARD.md").read_text()
+    assert ModelSpec.load(out / "model.fp16.onnx").domain_sha256 == spec.domain_sha256
     for damaged, message in (("cache/eval.npy", "cached eval features"), ("model.pt", "model.pt: it is damaged")):
         data = (run / damaged).read_bytes()
         (run / damaged).write_bytes(data[: len(data) // 2])

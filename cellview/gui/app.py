@@ -6,8 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from cellview.gui.qtapp import make_app
 from cellview.results import AnalysisParams
 from cellview.tissue import TissueParams
+
+__all__ = ["make_app", "params_from_args", "run_gui", "smoke_test"]
 
 
 def params_from_args(args: argparse.Namespace) -> AnalysisParams:
@@ -21,24 +24,6 @@ def params_from_args(args: argparse.Namespace) -> AnalysisParams:
         workers=getattr(args, "workers", 2) or 2,
         device=getattr(args, "device", "auto") or "auto",
     )
-
-
-def make_app(argv: list[str] | None = None):
-    """The QApplication with CellView's theme (reused by tests, benchmarks and the screenshot script)."""
-    from PySide6.QtWidgets import QApplication
-
-    from cellview.gui.style import apply_theme
-
-    app = QApplication.instance() or QApplication(argv or [sys.argv[0]])
-    # Worker threads run Python between their GIL-free calls (OpenSlide, ONNX Runtime, OpenCV); a
-    # shorter switch interval bounds how long the UI thread waits for the GIL (default 5 ms).
-    sys.setswitchinterval(0.001)
-    if not app.property("cellview_themed"):  # restyling a live application can crash Qt
-        app.setApplicationName("CellView")
-        app.setOrganizationName("cellview")
-        apply_theme(app)
-        app.setProperty("cellview_themed", True)
-    return app
 
 
 def smoke_test(slide: str, timeout_s: float = 120.0) -> int:

@@ -2,10 +2,11 @@
 
 The behaviour that must hold without an operator (half-copied files are never opened, a bad
 file never stops the station, the outbox never overwrites a case) lives in the Qt-free
-``cellview.kiosk``; this module wires it to widgets and timers. Everything slow (model
-preparation, which can take minutes on a first TensorRT start, and each case) runs on the one
-``Worker`` abstraction, and its events feed the desktop viewer's own handlers so the overlay
-streams exactly as it does there.
+``cellview.kiosk``; this module wires it to widgets and timers. The viewer state is the
+desktop's own ``ViewerModel``: a case is ``model.open(path, analyse=True, source=…)`` with the
+kiosk's preloaded classifier as the source (``kiosk.iter_case``: analyse, then export to the
+outbox), so the overlay streams exactly as on the desktop and no run set-up is repeated here.
+Model preparation (minutes on a first TensorRT start) runs on a ``Worker`` behind a screen.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtGui import QKeySequence, QPainter, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
+    QBoxLayout,
     QDialog,
     QFileDialog,
     QFrame,
@@ -43,7 +45,8 @@ from PySide6.QtWidgets import (
 
 from cellview.cache import ResultCache
 from cellview.errors import CellviewError
-from cellview.gui.mainwindow import MainWindow, format_eta
+from cellview.gui.mainwindow import MainWindow, WheelGuard, format_eta
+from cellview.gui.qtapp import make_app
 from cellview.gui.worker import Worker
 from cellview.kiosk import (
     CaseResult,
@@ -51,13 +54,14 @@ from cellview.kiosk import (
     RecentCases,
     SalvagedSettings,
     WatchFolder,
+    iter_case,
     load_classifier,
-    process_case,
 )
-from cellview.model import OnnxClassifier
-from cellview.pipeline import CancelToken, Finished, analyze
-from cellview.results import AnalysisParams, AnalysisResult
-from cellview.slide import SUPPORTED_SUFFIXES
+from cellview.model import CATEGORY_COLORS, OnnxClassifier
+from cellview.pipeline import CancelToken, analyze
+from cellview.results import AnalysisParams, AnalysisResult, plural
+from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name
+from cellview.viewer import AnalysisRequest, Event
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +104,21 @@ QListWidget::item:selected { background: #2f6fb3; }
 QProgressBar { min-height: 40px; font-size: 18pt; }
 QLineEdit { min-height: 72px; font-size: 30pt; }
 QScrollBar:vertical { width: 40px; }
+QComboBox { min-height: 64px; font-size: 20pt; padding: 4px 12px; }
+QLabel#kioskCall { font-size: 30pt; font-weight: 700; }
+QLabel#kioskShares { font-size: 20pt; color: #c3c9ce; }
+QLabel#inspectorTitle { font-size: 24pt; font-weight: 700; }
+QLabel#inspectorSubtitle { font-size: 20pt; color: #aab2b9; }
+QLabel#inspectorDetails { font-size: 18pt; color: #c3c9ce; font-family: 'DejaVu Sans Mono', monospace; }
+QLabel#categoryCount { font-size: 20pt; color: #c3c9ce; }
+QLabel#levelsWarning { font-size: 20pt; color: #ffb347; }
 """
+
+KIOSK_SCALE_BAR_PT = 18.0
+"""The scale bar's label in the kiosk, read from a metre away like every other text."""
+
+KIOSK_OVERVIEW_SHARE = 0.18
+"""The overview's largest share of the slide view's shorter side (it covered ~40% at 1024 × 600)."""
 
 _ACTIVITY_EVENTS = {
     QEvent.Type.MouseButtonPress, QEvent.Type.MouseButtonRelease, QEvent.Type.MouseMove, QEvent.Type.KeyPress,
@@ -134,6 +152,31 @@ def _label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:
         label.setObjectName(name)
     label.setWordWrap(wrap)
     return label
+
+
+class ElidedLabel(QLabel):
+    """One line that ends in "…" when it does not fit, instead of wrapping (the header) or being clipped."""
+
+    def __init__(self, text: str = "", name: str = "") -> None:
+        super().__init__(text)
+        if name:
+            self.setObjectName(name)
+        self.setWordWrap(False)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setMinimumWidth(40)
+
+    def shown_text(self) -> str:
+        return self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, max(10, self.contentsRect().width()))
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        return QSize(40, super().minimumSizeHint().height())
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
+        p = QPainter(self)
+        p.setPen(self.palette().windowText().color())
+        p.setFont(self.font())
+        p.drawText(self.contentsRect(), int(self.alignment() | Qt.AlignmentFlag.AlignVCenter), self.shown_text())
+        p.end()
 
 
 def _card(name: str) -> tuple[QFrame, QLabel]:
@@ -274,6 +317,8 @@ class KioskWindow(MainWindow):
             tissue_threshold=settings.tissue_threshold, mpp_um=settings.mpp_um, device=settings.device,
             workers=settings.workers))
         self.use_cache = False
+        self.model.ask_scale = None  # nobody may be at the screen: the settings' mpp_um applies or the case fails
+        self.model.auto_analyse = False  # cases are started by the kiosk itself
         self.setWindowFlags(Qt.WindowType.Window | Qt.WindowType.FramelessWindowHint
                             | Qt.WindowType.WindowStaysOnTopHint)
         self.setWindowTitle("CellView kiosk")
@@ -291,11 +336,10 @@ class KioskWindow(MainWindow):
         self.watcher: WatchFolder | None = None
         self.queue: list[Path] = []
         self.current_case: Path | None = None
-        self._case_worker: Worker | None = None
+        self._case_export = False
         self._last_case: CaseResult | None = None
         self._model_worker: Worker | None = None
         self._results: dict[Path, AnalysisResult] = {}
-        self._show_when_opened: AnalysisResult | None = None
         self._model_started = 0.0
         self.pin_pad: PinPad | None = None
         self._pin_tries = 0
@@ -318,7 +362,11 @@ class KioskWindow(MainWindow):
         self.prepare_timer = QTimer(self, interval=1000)
         self.prepare_timer.timeout.connect(self._tick_prepare)
         self._activity = _ActivityFilter(self.note_activity)
-        self.slideOpened.connect(self._on_slide_opened)
+        ev = self.model.events
+        ev.job_item.connect(self._on_case_item)
+        ev.result.connect(self._on_case_result_shown)
+        ev.run_ended.connect(lambda e: self._on_case_done())
+        ev.open_failed.connect(self._on_open_failed)
 
     # ------------------------------------------------------------------------------ layout
 
@@ -331,7 +379,7 @@ class KioskWindow(MainWindow):
 
         top = QHBoxLayout()
         top.addWidget(_label("CellView", "kioskTitle", wrap=False))
-        self.state_label = _label("", "kioskHint")
+        self.state_label = ElidedLabel("", "kioskHint")  # one line: "Analysing CMU-1-Small-Re…"
         top.addWidget(self.state_label, 1)
         self.provider_badge = _label("", "kioskProvider", wrap=False)
         top.addWidget(self.provider_badge)
@@ -433,7 +481,9 @@ class KioskWindow(MainWindow):
         page = QWidget()
         lay = QHBoxLayout(page)
         lay.setSpacing(24)
-        left = QVBoxLayout()
+        column = QWidget()
+        left = QVBoxLayout(column)
+        left.setContentsMargins(0, 0, 0, 0)
         left.addStretch(1)
         self.waiting_title = _label("Waiting for a slide", "kioskHeadline")
         left.addWidget(self.waiting_title)
@@ -443,6 +493,7 @@ class KioskWindow(MainWindow):
             else "Tap “Open slide” to choose a slide or image.", "kioskHint")
         left.addWidget(self.waiting_hint)
         self.receiving_label = _label("", "kioskHint")
+        self.receiving_label.hide()
         left.addWidget(self.receiving_label)
         self.done_card, self.done_label = _card("kioskDone")
         left.addWidget(self.done_card)
@@ -454,31 +505,53 @@ class KioskWindow(MainWindow):
         row.addStretch(1)
         left.addLayout(row)
         left.addStretch(2)
-        lay.addLayout(left, 3)
+        # on a small screen the column scrolls (by finger) rather than squeezing the done card's text
+        scroll = QScrollArea()
+        scroll.setWidget(column)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setStyleSheet("QScrollArea, QScrollArea > QWidget > QWidget { background: transparent; }")
+        QScroller.grabGesture(scroll.viewport(), QScroller.ScrollerGestureType.LeftMouseButtonGesture)
+        lay.addWidget(scroll, 3)
         right = QVBoxLayout()
         right.addWidget(_label("Recent cases", "kioskTitle"))
         self.recent_list = QListWidget()
         self.recent_list.setVerticalScrollMode(QListWidget.ScrollMode.ScrollPerPixel)
         self.recent_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.recent_list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.recent_list.setWordWrap(True)  # the call is never cut off: it wraps onto another line
+        self.recent_list.setTextElideMode(Qt.TextElideMode.ElideNone)
         self.recent_list.itemClicked.connect(self._recent_clicked)
+        QScroller.grabGesture(self.recent_list.viewport(), QScroller.ScrollerGestureType.LeftMouseButtonGesture)
         right.addWidget(self.recent_list, 1)
         lay.addLayout(right, 2)
         self._refresh_recent()
         return page
 
     def _build_case_page(self, view: QWidget) -> QWidget:
+        """The slide, and beside it a touch panel whose top (case, call, shares) fits a 1024 × 600 screen."""
         page = QWidget()
         lay = QHBoxLayout(page)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(16)
         lay.addWidget(view, 1)
+        self.view.overview_share = KIOSK_OVERVIEW_SHARE
+        self.view.offer_open = False
+        self.view.empty_hint.hide()
+        self.view.scale_bar.set_font_pt(KIOSK_SCALE_BAR_PT)
         panel = QWidget()
         side = QVBoxLayout(panel)
         side.setContentsMargins(0, 0, 8, 0)
         side.setSpacing(10)
-        self.case_title = _label("", "kioskTitle")
+        self.case_title = ElidedLabel("", "kioskTitle")
         side.addWidget(self.case_title)
+        self.call_label = _label("", "kioskCall")
+        side.addWidget(self.call_label)
+        self.shares_label = _label("", "kioskShares")
+        side.addWidget(self.shares_label)
+        side.addWidget(_adopt(self.progress))
+        side.addWidget(_adopt(self.rate_label))
+        self.rate_label.setWordWrap(True)  # "Results saved to /long/outbox/path" must not widen the panel
         buttons = QGridLayout()
         self.home_btn = QPushButton("◀ Cases")
         self.home_btn.clicked.connect(lambda: self.set_page("waiting"))
@@ -492,22 +565,33 @@ class KioskWindow(MainWindow):
         for i, btn in enumerate((self.home_btn, self.open_btn2, self.analyse_btn2, self.fit_btn)):
             buttons.addWidget(btn, i // 2, i % 2)
         side.addLayout(buttons)
-        side.addWidget(_adopt(self.progress))
-        side.addWidget(_adopt(self.rate_label))
+        side.addWidget(_adopt(self.levels_label))
         side.addWidget(_adopt(self.show_overlay))
         side.addWidget(_adopt(self.show_regions))
         side.addWidget(_adopt(self.regions_label))
-        side.addWidget(_label("Opacity", "kioskHint", wrap=False))
+        side.addWidget(_label("Draw", "kioskHint", wrap=False))
+        side.addWidget(_adopt(self.style_box))
+        side.addWidget(_label("Fill opacity", "kioskHint", wrap=False))
         side.addWidget(_adopt(self.opacity))
         side.addWidget(_adopt(self.toggles))
+        side.addWidget(_adopt(self.colour_hint))
         side.addWidget(_adopt(self.summary_label))
         side.addWidget(_label("Tile inspector", "kioskHint", wrap=False))
         side.addWidget(_adopt(self.inspector))
+        # a narrow touch panel: shorter labels, the inspector's patch above its facts
+        self.show_regions.setText("Malignant regions")
+        for i, short in enumerate({"outline": "Outlines", "fill": "Fill", "fill+outline": "Fill + outlines"}.values()):
+            self.style_box.setItemText(i, short)
+        self.inspector.top_layout.setDirection(QBoxLayout.Direction.TopToBottom)
         side.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidget(panel)
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # A finger drag scrolls the panel (kinetic), as on a phone; a wheel over a slider scrolls it too.
+        QScroller.grabGesture(scroll.viewport(), QScroller.ScrollerGestureType.LeftMouseButtonGesture)
+        self.side_guard = WheelGuard(scroll)
+        self.side_guard.guard(panel)
         self._side_scroll = scroll
         lay.addWidget(scroll, 0)
         return page
@@ -515,8 +599,30 @@ class KioskWindow(MainWindow):
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
         self.idle_screen.setGeometry(self.rect())
-        # The touch-sized controls need about 560 px; a fixed share of the screen keeps them unclipped.
-        self._side_scroll.setFixedWidth(int(min(760, max(560, 0.36 * self.width()))))
+        QTimer.singleShot(0, self._fit_recent_items)  # after the list has its new width
+        # Touch-sized controls need about 440 px besides the 40 px scroll bar; a share of the screen keeps
+        # them unclipped and leaves the slide the rest (at 1024 px the panel takes 480, at 1920 px 760).
+        self._side_scroll.setFixedWidth(int(min(760, max(480, 0.40 * self.width()))))
+
+    def _show_call(self, result: AnalysisResult | None) -> None:
+        """The call and the category shares at the top of the panel (visible without scrolling)."""
+        if result is None or result.n_done == 0:
+            self.call_label.setText("" if result is None else "Analysing…")
+            self.shares_label.setText("")
+            return
+        pct = result.category_percentages()
+        order = sorted(pct, key=lambda c: -pct[c])
+        top = order[0]
+        state = "" if result.status == "complete" else (" (so far)" if result.status == "running" else
+                                                         f" ({result.status})")
+        self.call_label.setText(f"<span style='color:{CATEGORY_COLORS[top]}'>■</span> {top.capitalize()} "
+                                f"{pct[top]}%{state}")
+        self.shares_label.setText(" · ".join(f"{c} {pct[c]}%" for c in order[1:])
+                                  + f" · {plural(result.n_done, 'tile')}")
+
+    def repaint_overlay(self, *args) -> None:
+        super().repaint_overlay(*args)
+        self._show_call(self.model.shown_result())
 
     def _fill_screen(self) -> None:
         """Full screen, also where no window manager honours the full-screen request (bare X kiosk)."""
@@ -589,7 +695,7 @@ class KioskWindow(MainWindow):
         worker.failed.connect(self._on_model_failed)
         worker.done.connect(lambda: setattr(self, "_model_worker", None))
         self._model_worker = worker
-        self._start(worker)
+        self.runner.start(worker)
 
     def _tick_prepare(self) -> None:
         elapsed = format_eta(time.monotonic() - self._model_started)
@@ -598,8 +704,8 @@ class KioskWindow(MainWindow):
     def _on_model(self, classifier: OnnxClassifier) -> None:
         self.prepare_timer.stop()
         self.classifier = classifier
-        self.spec = classifier.spec
-        self._fill_modes(classifier.spec)
+        self.model.spec = classifier.spec
+        self._fill_modes(classifier.spec.class_names)
         self.provider_badge.setText(classifier.describe())
         warn = classifier.needs_attention
         self.provider_badge.setProperty("warn", "true" if warn else "false")
@@ -631,6 +737,7 @@ class KioskWindow(MainWindow):
         self.receiving_label.setText("Receiving " + ", ".join(p.name for p in waiting[:3])
                                      + ("…" if len(waiting) <= 3 else f" and {len(waiting) - 3} more…")
                                      if waiting else "")
+        self.receiving_label.setVisible(bool(waiting))
         self.banner_label.setText(self.watcher.problem or "")
         self.banner.setVisible(bool(self.watcher.problem))
         for path in ready:
@@ -643,52 +750,48 @@ class KioskWindow(MainWindow):
         self._next_case()
 
     def _next_case(self) -> None:
-        if self._case_worker is not None or self.classifier is None or not self.queue:
+        if self.current_case is not None or self.classifier is None or not self.queue:
             return
         self._begin_case(self.queue.pop(0), export=True)
 
     def _begin_case(self, path: Path, export: bool) -> None:
-        """Show the slide and stream its analysis; ``export`` runs the full case (outbox, recent list)."""
+        """Open the slide and stream its analysis; ``export`` runs the full case (outbox, recent list).
+
+        The model runs it: ``open`` keeps the last slide until this one has opened, then analyses
+        with the kiosk's classifier as the source (no run set-up of the kiosk's own).
+        """
         classifier, settings = self.classifier, self.settings
         assert classifier is not None
         self.hide_idle()
         self.done_card.hide()
         self.current_case = path
-        self._show_when_opened = None
-        self.open_path(path, mpp_um=settings.mpp_um)
-        self.case_title.setText(path.name)
-        params = self._params = settings.analysis_params(classifier.spec.patch_size_pixels)
-        self.progress.setRange(0, 0)
-        self.progress.setFormat("Preparing…")
-        self.rate_label.setText("Finding tissue…")
+        self._case_export = export
+        self._last_case = None
+        self.case_title.setText(slide_display_name(path))
         self.set_page("case")
-        box: dict[str, Worker] = {}
+        params = settings.analysis_params(classifier.spec.patch_size_pixels)
 
-        def run(cancel: CancelToken) -> Iterator[object]:
+        def source(request: AnalysisRequest, cancel: CancelToken) -> Iterator[object]:
             if export:
-                yield process_case(path, classifier, settings, cancel, on_event=box["w"].raw_item.emit)
+                yield from iter_case(path, classifier, settings, cancel)
             else:
                 yield from analyze(path, classifier, params, cancel, ResultCache())
 
-        worker = Worker(run, "kiosk-case")
-        box["w"] = worker
-        worker.item.connect(lambda item, w=worker: self._on_case_item(item) if w is self._case_worker else None)
-        worker.failed.connect(lambda exc, w=worker: self._fail_case(exc.message) if w is self._case_worker else None)
-        worker.done.connect(lambda w=worker: self._on_case_done(w))
-        self._case_worker = worker
         self._set_busy(True)
         self.caseStarted.emit(path)
-        self._start(worker)
-        self._repaint_timer.start()
         self._update_state_label()
+        self.model.open(path, mpp_um=settings.mpp_um, analyse=True, source=source, spec=classifier.spec,
+                        params=params)
 
-    def _on_case_item(self, item: object) -> None:
-        if isinstance(item, CaseResult):
-            self._on_case_result(item)
-            return
-        if isinstance(item, Finished) and item.result.status == "complete" and self.current_case is not None:
-            self._results[self.current_case] = item.result
-        self._on_analysis_event(item)  # the pipeline's events stream exactly as on the desktop
+    def _on_case_item(self, event: Event) -> None:
+        if isinstance(event.value, CaseResult):
+            self._on_case_result(event.value)
+
+    def _on_case_result_shown(self, event: Event) -> None:
+        result = event.value
+        if result is not None and result.status == "complete" and self.current_case is not None:
+            self._results[self.current_case] = result
+        self._show_call(result)
 
     def _on_case_result(self, case: CaseResult) -> None:
         self.recent.add(case)
@@ -697,10 +800,21 @@ class KioskWindow(MainWindow):
             where = next(iter(case.outputs.values())).parent if case.outputs else self.settings.outbox()
             self.done_label.setText(f"✔ {case.message}\nResults saved to {where}")
             self.done_card.show()
-            self.rate_label.setText(f"Results saved to {where}")
-        elif case.status == "failed":
-            self._fail_case(case.message)
+            self.rate_label.setText("Results saved to the outbox.")  # the full path is on the waiting page
         self._last_case = case
+
+    def _on_open_failed(self, event: Event) -> None:
+        """The case's file did not open: a failed case (recent list, outbox untouched), the kiosk goes on."""
+        path, exc = event.value
+        if self.current_case is None or str(path) != str(self.current_case):
+            return
+        if self._case_export:
+            case = CaseResult(self.current_case, "failed", exc.message, details=exc.details,
+                              provider=self.classifier.provider_label if self.classifier else "")
+            self.recent.add(case)
+            self._refresh_recent()
+            self._last_case = case
+        self._on_case_done()
 
     def _fail_case(self, message: str) -> None:
         """The error on screen, the slide closed, back to waiting; the watcher never stopped."""
@@ -708,18 +822,20 @@ class KioskWindow(MainWindow):
         self.show_message(message)
         self.set_page("waiting")
 
-    def _on_case_done(self, worker: Worker) -> None:
-        if worker is not self._case_worker:
+    def _on_case_done(self) -> None:
+        """The case's run (or its failed open) is over: report it, then take the next one."""
+        if self.current_case is None:
             return
-        self._case_worker = None
         self.current_case = None
-        self._repaint_timer.stop()
-        self._flush_repaint()
         self._set_busy(False)
-        self._update_state_label()
         case, self._last_case = self._last_case, None
+        if case is not None and case.status == "failed":
+            self._fail_case(case.message)
+        elif self.model.slide is None and self.page == "case":
+            self.set_page("waiting")
+        self._update_state_label()
         if case is not None:
-            self.caseFinished.emit(case)  # after the worker is gone: listeners see an idle kiosk
+            self.caseFinished.emit(case)  # after the run is over: listeners see an idle kiosk
         self._next_case()
 
     def _set_busy(self, busy: bool) -> None:
@@ -739,6 +855,7 @@ class KioskWindow(MainWindow):
         dlg.setFileMode(QFileDialog.FileMode.ExistingFile)
         dlg.setWindowFlags(dlg.windowFlags() | Qt.WindowType.WindowStaysOnTopHint)
         dlg.fileSelected.connect(self.enqueue)
+        dlg.finished.connect(lambda _r: self._take_focus())
         dlg.open()
 
     # ------------------------------------------------------------------------------ recent cases
@@ -747,7 +864,8 @@ class KioskWindow(MainWindow):
         self.recent_list.clear()
         for case in self.recent.items:
             when = time.strftime("%H:%M", time.localtime(case.finished_unix))
-            text = f"{case.name}\n{when} · " + (case.summary or case.message if case.ok else f"⚠ {case.message}")
+            # the call first (shares that add up to 100); the rate and provider are in the outbox metadata
+            text = f"{case.name} · {when}\n" + (case.call or case.message if case.ok else f"⚠ {case.message}")
             item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, case)
             self.recent_list.addItem(item)
@@ -755,6 +873,25 @@ class KioskWindow(MainWindow):
             item = QListWidgetItem("No cases yet")
             item.setFlags(Qt.ItemFlag.NoItemFlags)
             self.recent_list.addItem(item)
+        self._fit_recent_items()
+
+    RECENT_PADDING = (14, 8)
+    """The recent-cases items' padding in the style sheet (horizontal, vertical), in px."""
+
+    def _fit_recent_items(self) -> None:
+        """Each item as tall as its text wrapped to the list's width: the call is never cut off."""
+        fm = self.recent_list.fontMetrics()
+        pad_x, pad_y = self.RECENT_PADDING
+        width = max(50, self.recent_list.viewport().width() - 2 * pad_x - 4)
+        for i in range(self.recent_list.count()):
+            item = self.recent_list.item(i)
+            height = self.recent_text_height(item.text(), fm, width) + 2 * pad_y + 2
+            item.setSizeHint(QSize(width, max(80, height)))
+
+    @staticmethod
+    def recent_text_height(text: str, fm, width: int) -> int:
+        flags = int(Qt.TextFlag.TextWordWrap | Qt.TextFlag.TextWrapAnywhere)
+        return fm.boundingRect(0, 0, width, 100000, flags, text).height()
 
     def _recent_clicked(self, item: QListWidgetItem) -> None:
         case = item.data(Qt.ItemDataRole.UserRole)
@@ -763,7 +900,7 @@ class KioskWindow(MainWindow):
 
     def open_case(self, case: CaseResult) -> None:
         """Show a past case: its result from this session, else re-analysed (from the result cache when it can)."""
-        if self._case_worker is not None:
+        if self.current_case is not None:
             self.show_message("Please wait: a case is being analysed.")
             return
         if not case.path.exists():
@@ -773,16 +910,9 @@ class KioskWindow(MainWindow):
         if result is None and self.classifier is not None:
             self._begin_case(case.path, export=False)
             return
-        self.current_case = None
-        self.open_path(case.path, mpp_um=self.settings.mpp_um)
-        self._show_when_opened = result
+        self.model.open(case.path, mpp_um=self.settings.mpp_um, analyse=False, show=result)
         self.case_title.setText(case.name)
         self.set_page("case")
-
-    def _on_slide_opened(self, opened: object) -> None:
-        result, self._show_when_opened = self._show_when_opened, None
-        if result is not None:
-            self._finish(result)
 
     # ------------------------------------------------------------------------------ messages
 
@@ -800,7 +930,7 @@ class KioskWindow(MainWindow):
         """Viewer errors (a slide that will not open, an unreadable region) as a card, never a dialog."""
         self.errorShown.emit(error.message, error.details)
         self.show_message(error.message)
-        if self._case_worker is None and self.page == "case" and self.opened is None:
+        if self.current_case is None and self.page == "case" and self.opened is None:
             self.set_page("waiting")
 
     def ask_mpp(self, opened) -> None:
@@ -819,7 +949,7 @@ class KioskWindow(MainWindow):
         if self.idle or self.pin_pad is not None:
             return
         self.idle = True
-        if self._case_worker is None and self.classifier is not None:
+        if self.current_case is None and self.classifier is not None:
             self.set_page("waiting")
         status = self.state_label.text()
         if self.settings_problems:
@@ -877,6 +1007,7 @@ class KioskWindow(MainWindow):
         pad, self.pin_pad = self.pin_pad, None
         if pad is not None:
             pad.deleteLater()
+        self._take_focus()
 
     def exit_kiosk(self) -> None:
         """Really close: stop the workers, then the window (the application ends with it)."""
@@ -939,8 +1070,6 @@ def build_kiosk(args: argparse.Namespace,
 
 def run_kiosk(args: argparse.Namespace) -> int:
     """`cellview --kiosk`: runs until the operator's exit chord (and PIN), even on a bad settings file."""
-    from cellview.gui.app import make_app
-
     app = make_app()
     window = build_kiosk(args)
     window.start()

@@ -1,19 +1,23 @@
-"""The main window: slide canvas in the middle, one side panel with analysis, heatmap and inspector.
+"""The main window: a thin view of ``cellview.viewer.ViewerModel``.
 
-The kiosk (``cellview.gui.kiosk.KioskWindow``) subclasses it, hides its menus and drives it.
+Slide canvas in the middle, one side panel (model, analysis, overlay, tissue mask, tile
+inspector). Widgets only turn input into model calls, and model events into what they show, so
+the state lives in one place. The kiosk (``cellview.gui.kiosk.KioskWindow``) subclasses this
+window, lays the same widgets out for touch and drives the same model.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QColor, QFont, QImage, QKeySequence, QPainter
 from PySide6.QtWidgets import (
+    QAbstractSlider,
+    QAbstractSpinBox,
     QApplication,
     QCheckBox,
     QComboBox,
@@ -36,47 +40,39 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cellview import export
-from cellview.errors import CellviewError, ModelError
+from cellview.errors import CellviewError
 from cellview.gui import settings as cfg
 from cellview.gui.panels import CategoryToggles, ColorBar, TileInspector, section
 from cellview.gui.slideview import ARROW_STEPS, SlideView, format_um
-from cellview.gui.tasks import (
-    ModelReady,
-    Opened,
-    PatchLoaded,
-    PatchRequest,
-    SharperThumbnail,
-    TileLoaded,
-    TileRequests,
-    TissuePreview,
-    analysis_task,
-    open_task,
-    regions_task,
-    tile_loader_task,
-    tissue_task,
+from cellview.gui.tasks import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
+from cellview.gui.worker import QtRunner, Worker
+from cellview.model import CATEGORY_COLORS, DEFAULT_MODEL, DEVICES, ModelSpec, available_models
+from cellview.morphology import Region
+from cellview.overlay import (
+    STYLES,
+    category_contours,
+    count_lines,
+    counted_text,
+    describe_colours,
+    describe_filter,
+    fill_rgba,
+    probability_lut,
 )
-from cellview.gui.worker import Worker
-from cellview.model import CATEGORIES, CATEGORY_COLORS, DEFAULT_MODEL, DEVICES, ModelSpec, available_models
-from cellview.morphology import Region, TileNuclei
-from cellview.pipeline import BatchDone, Finished, Started
-from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
-from cellview.slide import SUPPORTED_SUFFIXES, Mpp
-from cellview.tissue import TissueParams
+from cellview.results import AnalysisParams, AnalysisResult, plural
+from cellview.slide import SUPPORTED_SUFFIXES, describe_skipped
+from cellview.viewer import WHOLE_IMAGE, Event, ModelReady, Opened, Progress, ViewerModel
 
 LOADER_THREADS = 2
 REPAINT_INTERVAL_MS = 100
 REGIONS_INTERVAL_MS = 500
 """While batches stream in, malignant regions are recomputed and redrawn at most this often."""
 MAX_REGIONS_DRAWN = 200
-WHOLE_IMAGE = "whole-image"
+STYLE_LABELS = {"outline": "Outlines (stain stays visible)", "fill": "Fill (colour × confidence)",
+                "fill+outline": "Fill and outlines"}
+EXPORT_FILTERS = {"png": "PNG image (*.png)", "view": "PNG image (*.png)", "csv": "CSV (*.csv)",
+                  "geojson": "GeoJSON (*.geojson *.json)", "json": "JSON (*.json)"}
 
-
-def probability_lut(n: int = 256) -> np.ndarray:
-    """Perceptually ordered dark-blue → yellow map (viridis) as an (n, 3) uint8 table."""
-    import pyqtgraph as pg
-
-    return pg.colormap.get("viridis").getLookupTable(0.0, 1.0, n, alpha=False).astype(np.uint8)
+__all__ = ["WHOLE_IMAGE", "MainWindow", "format_eta", "probability_lut"]
 
 
 def format_eta(seconds: float | None) -> str:
@@ -159,6 +155,34 @@ def _hint(text: str, wrap: bool = True) -> QLabel:
     return label
 
 
+class WheelGuard(QObject):
+    """A wheel turned over a slider, combo box or spin box that does not have the focus scrolls the
+    panel instead of changing the value (click the control first to wheel it)."""
+
+    def __init__(self, scroll: QScrollArea) -> None:
+        super().__init__(scroll)
+        self.scroll = scroll
+
+    def guard(self, root: QWidget) -> None:
+        for kind in (QAbstractSlider, QComboBox, QAbstractSpinBox):
+            for widget in root.findChildren(kind):
+                if isinstance(widget, QAbstractSlider) and widget.parent() is self.scroll:
+                    continue  # the panel's own scroll bars
+                widget.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+                widget.installEventFilter(self)
+
+    @staticmethod
+    def takes_wheel(widget: QWidget) -> bool:
+        """A control takes the wheel once the user has clicked (focused) it."""
+        return widget.hasFocus()
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.Wheel and isinstance(obj, QWidget) and not self.takes_wheel(obj):
+            QApplication.sendEvent(self.scroll.verticalScrollBar(), event)
+            return True
+        return False
+
+
 class MainWindow(QMainWindow):
     """The viewer. Signals let tests and benchmarks wait for what a user would see."""
 
@@ -173,27 +197,20 @@ class MainWindow(QMainWindow):
 
     def __init__(self, analysis_defaults: AnalysisParams | None = None) -> None:
         super().__init__()
-        self.defaults = analysis_defaults or AnalysisParams()
-        self.use_cache = True  # benchmarks turn it off to measure real runs
+        self.runner = QtRunner(self)
+        self.runner.started.connect(self._on_job_started)
+        self.model = ViewerModel(self.runner, analysis_defaults, store=cfg.STORE)
+        self.model.ask_scale = lambda opened: self.ask_mpp(opened)
+        self.model.auto_analyse = str(cfg.get("auto_analyse", "true")).lower() == "true"
         self.setWindowTitle("CellView")
         self.setAcceptDrops(True)
         self.resize(1600, 1000)
 
-        self.opened: Opened | None = None
-        self.mpp_choice: float | str | None = None  # user-entered µm/px or WHOLE_IMAGE
         self.requests: TileRequests | None = None
         self.loaders: list[Worker] = []
-        self.analysis: Worker | None = None
-        self._workers: set[Worker] = set()
-        self.spec: ModelSpec | None = None
-        self._params = self.defaults
-        self.result: AnalysisResult | None = None
-        self._run: dict | None = None
-        self._partial: AnalysisResult | None = None
-        self._dirty = False
+        self._analysis_worker: Worker | None = None
         self._models: dict[str, str] = {}
-        self._tissue_worker: Worker | None = None
-        self._open_worker: Worker | None = None
+        self._dirty = False
         self.lut = probability_lut()
 
         self.view = SlideView()
@@ -201,6 +218,8 @@ class MainWindow(QMainWindow):
         self.view.hovered.connect(self._view_hovered)
         self.view.stepKey.connect(self.step_selection)
         self.view.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.view.empty_hint.openRequested.connect(self.choose_slide)
+        self.view.empty_hint.recentRequested.connect(self.open_path)
         self.setCentralWidget(self.view)
         self._build_panel()
         self._build_menus()
@@ -212,8 +231,92 @@ class MainWindow(QMainWindow):
         self._tissue_timer.timeout.connect(self.update_tissue_preview)
         self._regions_timer = QTimer(self, singleShot=True, interval=REGIONS_INTERVAL_MS)
         self._regions_timer.timeout.connect(self.update_regions)
+        self._connect_model()
         self.refresh_models()
-        self._set_running(False)
+        self._show_recent()
+        self._sync_actions()
+
+    # ------------------------------------------------------------------------------ model wiring
+
+    def _connect_model(self) -> None:
+        ev = self.model.events
+        ev.slide.connect(self._on_slide)
+        ev.slide_image.connect(self._on_slide_image)
+        ev.opening.connect(self._on_opening)
+        ev.model.connect(self._on_model_selected)
+        ev.model_ready.connect(self._on_model_ready)
+        ev.settings.connect(lambda e: self._update_summary())
+        ev.running.connect(self._on_running)
+        ev.progress.connect(self._on_progress)
+        ev.tiles.connect(self._on_tiles)
+        ev.result.connect(self._on_result)
+        ev.selection.connect(self._on_selection)
+        ev.overlay.connect(self._on_overlay)
+        ev.regions.connect(self._on_regions)
+        ev.tissue.connect(self._on_tissue)
+        ev.status.connect(lambda e: self.statusBar().showMessage(e.value, 8000))
+        ev.error.connect(lambda e: self.show_error(e.value[1], e.value[0]))
+
+    def _on_job_started(self, name: str, worker: Worker) -> None:
+        if name == "analysis":
+            self._analysis_worker = worker
+            self.analysisStarted.emit(worker)
+
+    # -- state the tests, benchmarks and scripts read -------------------------------------------
+
+    @property
+    def defaults(self) -> AnalysisParams:
+        return self.model.defaults
+
+    @property
+    def use_cache(self) -> bool:
+        return self.model.use_cache
+
+    @use_cache.setter
+    def use_cache(self, value: bool) -> None:
+        self.model.use_cache = bool(value)
+
+    @property
+    def opened(self) -> Opened | None:
+        return self.model.slide
+
+    @property
+    def result(self) -> AnalysisResult | None:
+        return self.model.result
+
+    @property
+    def mpp_choice(self) -> float | str | None:
+        return self.model.mpp_choice
+
+    @property
+    def spec(self) -> ModelSpec | None:
+        return self.model.spec
+
+    @property
+    def analysis(self) -> Worker | None:
+        """The running analysis' worker (None when none runs)."""
+        return self._analysis_worker if self.model.running else None
+
+    @property
+    def _workers(self) -> set[Worker]:
+        return self.runner.workers
+
+    @property
+    def _regions_worker(self) -> object | None:
+        return self.model._regions_job if self.model.regions_busy else None
+
+    @property
+    def region_list(self) -> list[Region]:
+        return self.model.regions
+
+    def partial_result(self) -> AnalysisResult | None:
+        return self.model.shown_result()
+
+    def current_params(self) -> AnalysisParams:
+        return self.model.current_params()
+
+    def _mpp_um(self) -> float | None:
+        return self.model.mpp_um()
 
     # ------------------------------------------------------------------------------ layout
 
@@ -222,6 +325,7 @@ class MainWindow(QMainWindow):
         lay = QVBoxLayout(panel)
         lay.setContentsMargins(10, 8, 10, 6)
         lay.setSpacing(8)
+        d = self.model.settings
 
         card, c = section("Model")
         row = QHBoxLayout()
@@ -238,9 +342,11 @@ class MainWindow(QMainWindow):
         row = QHBoxLayout()
         row.addWidget(QLabel("Run on"))
         self.device_box = QComboBox()
-        for d, label in zip(DEVICES, ("Automatic (best available)", "CPU", "CUDA GPU", "TensorRT GPU")):
-            self.device_box.addItem(label, d)
-        self.device_box.setCurrentIndex(max(0, DEVICES.index(self.defaults.device)))
+        for dev, label in zip(DEVICES, ("Automatic (best available)", "CPU", "CUDA GPU", "TensorRT GPU")):
+            self.device_box.addItem(label, dev)
+        self.device_box.setCurrentIndex(max(0, DEVICES.index(d.device)))
+        self.device_box.currentIndexChanged.connect(
+            lambda _i: self.model.set_settings(device=self.device_box.currentData()))
         row.addWidget(self.device_box, 1)
         c.addLayout(row)
         self.model_info = _hint("")
@@ -265,45 +371,55 @@ class MainWindow(QMainWindow):
         c.addWidget(self.progress)
         self.rate_label = _hint("", wrap=False)
         c.addWidget(self.rate_label)
+        self.levels_label = QLabel("")
+        self.levels_label.setObjectName("levelsWarning")
+        self.levels_label.setWordWrap(True)
+        self.levels_label.setVisible(False)
+        c.addWidget(self.levels_label)
         self.nuclei_box = QCheckBox("Measure nuclei per tile (slower)")
-        self.nuclei_box.setChecked(self.defaults.nuclei)
+        self.nuclei_box.setChecked(d.nuclei)
         self.nuclei_box.setToolTip("Count nuclei and measure their size and shape in every tile (H&E deconvolution)")
+        self.nuclei_box.toggled.connect(lambda on: self.model.set_settings(nuclei=on))
         c.addWidget(self.nuclei_box)
-        self.auto_box = QCheckBox("Analyse automatically when a slide opens")
-        self.auto_box.setChecked(str(cfg.get("auto_analyse", "true")).lower() == "true")
-        self.auto_box.toggled.connect(lambda on: cfg.put("auto_analyse", "true" if on else "false"))
+        self.auto_box = QCheckBox("Analyse automatically when a slide opens or the model changes")
+        self.auto_box.setChecked(self.model.auto_analyse)
+        self.auto_box.toggled.connect(self._auto_toggled)
         c.addWidget(self.auto_box)
         lay.addWidget(card)
 
         card, c = section("Heatmap")
         self.show_overlay = QCheckBox("Show heatmap")
-        self.show_overlay.setChecked(True)
-        self.show_overlay.toggled.connect(self.repaint_overlay)
+        self.show_overlay.setChecked(self.model.overlay.visible)
+        self.show_overlay.toggled.connect(lambda on: self.model.set_overlay(visible=on))
         c.addWidget(self.show_overlay)
         self.show_regions = QCheckBox("Outline malignant regions")
         self.show_regions.setToolTip("Connected malignant tiles at or above the minimum confidence, "
                                      "with bounding boxes and areas")
-        self.show_regions.toggled.connect(self.update_regions)
+        self.show_regions.toggled.connect(lambda on: self.model.set_overlay(show_regions=on))
         c.addWidget(self.show_regions)
         self.regions_label = _hint("")
         self.regions_label.setVisible(False)
         c.addWidget(self.regions_label)
-        self.region_list: list[Region] = []
-        self._regions_key: tuple | None = None
-        self._regions_worker: Worker | None = None
-        self._regions_again = False
         form = QFormLayout()
         form.setHorizontalSpacing(10)
-        self.opacity = QSlider(Qt.Orientation.Horizontal)
-        self.opacity.setRange(0, 100)
-        self.opacity.setValue(45)
-        self.opacity.valueChanged.connect(lambda v: self.view.overlay.setOpacity(v / 100))
-        self.view.overlay.setOpacity(0.45)
-        form.addRow("Opacity", self.opacity)
+        self.style_box = QComboBox()
+        for style in STYLES:
+            self.style_box.addItem(STYLE_LABELS[style], style)
+        self.style_box.setCurrentIndex(STYLES.index(self.model.overlay.style))
+        self.style_box.setToolTip("Outlines leave the stain as scanned: a red fill over eosin pink reads as more "
+                                  "staining")
+        self.style_box.currentIndexChanged.connect(lambda _i: self.model.set_overlay(style=self.style_box.currentData()))
+        form.addRow("Draw", self.style_box)
         self.mode_box = QComboBox()
         self.mode_box.addItem("Category (colour × confidence)", -1)
-        self.mode_box.currentIndexChanged.connect(self.repaint_overlay)
-        form.addRow("Show", self.mode_box)
+        self.mode_box.currentIndexChanged.connect(self._mode_changed)
+        form.addRow("Colour by", self.mode_box)
+        self.opacity = QSlider(Qt.Orientation.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(int(round(self.model.overlay.opacity * 100)))
+        self.opacity.valueChanged.connect(lambda v: self.model.set_overlay(opacity=v / 100))
+        self.view.overlay.setOpacity(self.model.overlay.opacity)
+        form.addRow("Fill opacity", self.opacity)
         thr_row = QHBoxLayout()
         self.threshold = QSlider(Qt.Orientation.Horizontal)
         self.threshold.setRange(0, 100)
@@ -316,10 +432,10 @@ class MainWindow(QMainWindow):
         form.addRow("Min. confidence", thr_row)
         c.addLayout(form)
         self.toggles = CategoryToggles()
-        self.toggles.changed.connect(self.repaint_overlay)
+        self.toggles.changed.connect(lambda: self.model.set_overlay(categories=self.toggles.selected()))
         c.addWidget(self.toggles)
-        hint = _hint("Colour = category, intensity = confidence. Hover or click a tile.")
-        c.addWidget(hint)
+        self.colour_hint = _hint("")
+        c.addWidget(self.colour_hint)
         self.colorbar = ColorBar(self.lut)
         self.colorbar.setVisible(False)
         c.addWidget(self.colorbar)
@@ -335,21 +451,24 @@ class MainWindow(QMainWindow):
         self.tissue_method = QComboBox()
         self.tissue_method.addItem("Saturation (H&E)", "saturation")
         self.tissue_method.addItem("Optical density (pale tissue)", "od")
-        self.tissue_method.setCurrentIndex(0 if self.defaults.tissue.method == "saturation" else 1)
+        self.tissue_method.setCurrentIndex(0 if d.tissue.method == "saturation" else 1)
         self.tissue_min = QDoubleSpinBox()
         self.tissue_min.setRange(0.0, 1.0)
+        self.tissue_min.setDecimals(3)  # as the threshold found is printed below it
         self.tissue_min.setSingleStep(0.01)
-        self.tissue_min.setValue(self.defaults.tissue.min_threshold)
+        self.tissue_min.setValue(d.tissue.min_threshold)
+        self.tissue_min.setToolTip("Otsu's threshold on the tissue signal is kept at least this high")
         self.tissue_min_obj = QDoubleSpinBox()
         self.tissue_min_obj.setRange(0, 1e7)
         self.tissue_min_obj.setDecimals(0)
         self.tissue_min_obj.setSingleStep(1000)
         self.tissue_min_obj.setSuffix(" µm²")
-        self.tissue_min_obj.setValue(self.defaults.tissue.min_object_um2)
+        self.tissue_min_obj.setValue(d.tissue.min_object_um2)
         self.tissue_frac = QDoubleSpinBox()
         self.tissue_frac.setRange(0.0, 1.0)
         self.tissue_frac.setSingleStep(0.05)
-        self.tissue_frac.setValue(self.defaults.tissue_threshold)
+        self.tissue_frac.setValue(d.tissue_threshold)
+        self.tissue_frac.valueChanged.connect(lambda v: self.model.set_settings(tissue_threshold=float(v)))
         form.addRow("Method", self.tissue_method)
         form.addRow("Min. threshold", self.tissue_min)
         form.addRow("Min. object", self.tissue_min_obj)
@@ -379,6 +498,9 @@ class MainWindow(QMainWindow):
         scroll.setWidget(panel)
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.panel_scroll = scroll
+        self.wheel_guard = WheelGuard(scroll)
+        self.wheel_guard.guard(panel)
         self.dock = QDockWidget("", self)
         self.dock.setObjectName("panel")
         self.dock.setTitleBarWidget(QWidget())
@@ -386,6 +508,7 @@ class MainWindow(QMainWindow):
         self.dock.setWidget(scroll)
         self.dock.setMinimumWidth(380)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
+        self._update_colour_hint()
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
@@ -397,10 +520,12 @@ class MainWindow(QMainWindow):
         m.addSeparator()
         ex = m.addMenu("&Export")
         self.export_actions = [
+            ex.addAction("All formats to a folder (as the command line writes them)…", self.export_all_dialog),
             ex.addAction("Annotated PNG of the whole slide…", lambda: self.export_dialog("png")),
             ex.addAction("Annotated PNG of the current view…", lambda: self.export_dialog("view")),
             ex.addAction("Tiles as CSV…", lambda: self.export_dialog("csv")),
-            ex.addAction("Tiles as GeoJSON (QuPath)…", lambda: self.export_dialog("geojson")),
+            ex.addAction("Tiles and malignant regions as GeoJSON (QuPath)…", lambda: self.export_dialog("geojson")),
+            ex.addAction("Run metadata (JSON)…", lambda: self.export_dialog("json")),
         ]
         m.addSeparator()
         m.addAction("&Quit", QKeySequence.StandardKey.Quit, self.close)
@@ -408,51 +533,80 @@ class MainWindow(QMainWindow):
         m.addAction("Fit slide", QKeySequence("Ctrl+0"), self.view.fit)
         m.addAction("Zoom in", QKeySequence.StandardKey.ZoomIn, lambda: self.view.zoom(1.5))
         m.addAction("Zoom out", QKeySequence.StandardKey.ZoomOut, lambda: self.view.zoom(1 / 1.5))
-        act = QAction("Show heatmap", self, checkable=True, checked=True, shortcut=QKeySequence("H"))
-        act.toggled.connect(self.show_overlay.setChecked)
-        self.show_overlay.toggled.connect(act.setChecked)
-        m.addAction(act)
-        act = QAction("Outline malignant regions", self, checkable=True, checked=False, shortcut=QKeySequence("R"))
-        act.toggled.connect(self.show_regions.setChecked)
-        self.show_regions.toggled.connect(act.setChecked)
-        m.addAction(act)
+        self.act_heatmap = QAction("Show heatmap", self, checkable=True, checked=True, shortcut=QKeySequence("H"))
+        self.act_heatmap.toggled.connect(lambda on: self.model.set_overlay(visible=on))
+        m.addAction(self.act_heatmap)
+        self.act_regions = QAction("Outline malignant regions", self, checkable=True, checked=False,
+                                   shortcut=QKeySequence("R"))
+        self.act_regions.toggled.connect(lambda on: self.model.set_overlay(show_regions=on))
+        m.addAction(self.act_regions)
+        m.addAction("Next drawing style (outlines / fill)", QKeySequence("O"), self._next_style)
         m = bar.addMenu("&Analysis")
         self.act_analyse = m.addAction("&Analyse", QKeySequence("Ctrl+R"), self.start_analysis)
         self.act_cancel = m.addAction("&Cancel", QKeySequence("Esc"), self.cancel_analysis)
         m = bar.addMenu("&Help")
         m.addAction("About CellView", self._about)
 
+    NO_SLIDE_TEXT = "No slide open — File → Open (Ctrl+O), drop a file here, or pass one on the command line"
+
     def _build_status(self) -> None:
         sb = self.statusBar()
         self.hover_label = QLabel("")
-        self.slide_label = QLabel("No slide open — File → Open, drop a file here, or pass one on the command line")
+        self.slide_label = QLabel(self.NO_SLIDE_TEXT)
         self.provider_label = QLabel("")
         sb.addWidget(self.slide_label, 1)
         sb.addPermanentWidget(self.hover_label)
         sb.addPermanentWidget(self.provider_label)
 
-    # ------------------------------------------------------------------------------ dialogs (overridable)
+    # ------------------------------------------------------------------------------ focus and dialogs
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        QTimer.singleShot(0, self._take_focus)
+
+    def _take_focus(self) -> None:
+        """Make this window the active one with the canvas focused, so keyboard shortcuts work at once.
+
+        Without a window manager (a kiosk has none) nothing activates a window: shortcuts would do
+        nothing until the canvas was clicked. Called at start and after every dialog.
+        """
+        if not self.isVisible():
+            return
+        if QApplication.platformName() != "offscreen":  # which cannot raise windows (and says so)
+            self.raise_()
+        self.activateWindow()
+        self.view.setFocus(Qt.FocusReason.ActiveWindowFocusReason)
 
     def show_error(self, error: CellviewError, title: str = "CellView") -> None:
-        """Message plus technical details; the window stays usable."""
+        """Message plus technical details; the window stays usable (and keeps the focus afterwards)."""
         self.errorShown.emit(error.message, error.details)
         box = QMessageBox(QMessageBox.Icon.Warning, title, error.message, QMessageBox.StandardButton.Ok, self)
         if error.details:
             box.setDetailedText(error.details)
+        box.finished.connect(lambda _r: self._take_focus())
         box.open()
 
     def ask_mpp(self, opened: Opened) -> float | str | None:
         dlg = MppDialog(opened.info.name, opened.is_plain_image, self)
-        return dlg.choice if dlg.exec() == QDialog.DialogCode.Accepted else None
+        accepted = dlg.exec() == QDialog.DialogCode.Accepted
+        self._take_focus()
+        return dlg.choice if accepted else None
 
     def confirm_overwrite(self, path: Path) -> bool:
         answer = QMessageBox.question(self, "Replace file?", f"{path.name} already exists in {path.parent}.\n"
                                       "Do you want to replace it?")
+        self._take_focus()
         return answer == QMessageBox.StandardButton.Yes
 
     def ask_save_path(self, title: str, suggested: Path, filter_text: str) -> Path | None:
         name, _ = QFileDialog.getSaveFileName(self, title, str(suggested), filter_text,
                                               options=QFileDialog.Option.DontConfirmOverwrite)
+        self._take_focus()
+        return Path(name) if name else None
+
+    def ask_folder(self, title: str, suggested: Path) -> Path | None:
+        name = QFileDialog.getExistingDirectory(self, title, str(suggested))
+        self._take_focus()
         return Path(name) if name else None
 
     # ------------------------------------------------------------------------------ models
@@ -489,7 +643,11 @@ class MainWindow(QMainWindow):
         return True
 
     def _model_changed(self, *args) -> None:
-        path = self.model_box.currentData()
+        self.model.set_model(self.model_box.currentData() or None)
+        self._show_model_info()
+
+    def _show_model_info(self) -> None:
+        path = self.model.model_path
         if not path:
             self.model_info.setText("Put models in models/<name>/model.onnx with model.json, or open one.")
             return
@@ -502,30 +660,65 @@ class MainWindow(QMainWindow):
         except (OSError, ValueError):
             self.model_info.setText(Path(path).name)
 
+    def _on_model_selected(self, event: Event) -> None:
+        idx = self.model_box.findData(event.value)
+        if idx >= 0 and idx != self.model_box.currentIndex():
+            self.model_box.blockSignals(True)
+            self.model_box.setCurrentIndex(idx)
+            self.model_box.blockSignals(False)
+        self._show_model_info()
+
     def choose_model_file(self) -> None:
-        name, _ = QFileDialog.getOpenFileName(self, "Open model", str(cfg.get("last_model_dir", "")),
+        name, _ = QFileDialog.getOpenFileName(self, "Open model", str(cfg.get("last_model_dir", "") or Path.home()),
                                               "ONNX models (*.onnx)")
+        self._take_focus()
         if name:
             cfg.put("last_model_dir", str(Path(name).parent))
             self.add_model(name)
+
+    def _on_model_ready(self, event: Event) -> None:
+        ready: ModelReady = event.value
+        self.provider_label.setText(ready.description)
+        self.provider_label.setObjectName("warn" if ready.warn else "")
+        self.provider_label.setStyle(self.provider_label.style())
+        self.provider_label.setToolTip(ready.fallback_message or ready.description)
+        self._fill_modes(ready.spec.class_names)
+
+    def _fill_modes(self, class_names: tuple[str, ...]) -> None:
+        current = self.mode_box.currentData()
+        self.mode_box.blockSignals(True)
+        while self.mode_box.count() > 1:
+            self.mode_box.removeItem(1)
+        for i, name in enumerate(class_names):
+            self.mode_box.addItem(f"Probability of {name}", i)
+        idx = self.mode_box.findData(current)
+        self.mode_box.setCurrentIndex(idx if idx >= 0 else 0)
+        self.mode_box.blockSignals(False)
+        if self.mode_box.currentData() != self.model.overlay.mode:
+            self.model.set_overlay(mode=int(self.mode_box.currentData()))
 
     # ------------------------------------------------------------------------------ opening
 
     def choose_slide(self) -> None:
         exts = " ".join(f"*{s}" for s in sorted(SUPPORTED_SUFFIXES))
-        name, _ = QFileDialog.getOpenFileName(self, "Open slide or image", str(cfg.get("last_open_dir", "")),
+        name, _ = QFileDialog.getOpenFileName(self, "Open slide or image", self.model.open_dialog_dir(),
                                               f"Slides and images ({exts});;All files (*)")
+        self._take_focus()
         if name:
-            cfg.put("last_open_dir", str(Path(name).parent))
+            self.model.remember_open_dir(name)
             self.open_path(name)
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
-        files = cfg.recent_files()
-        for path in files:
-            self.recent_menu.addAction(Path(path).name, lambda p=path: self.open_path(p)).setToolTip(path)
-        if not files:
+        recent = self.model.recent_slides()
+        for item in recent:
+            self.recent_menu.addAction(item.name, lambda p=item.path: self.open_path(p)).setToolTip(item.path)
+        if not recent:
             self.recent_menu.addAction("(none)").setEnabled(False)
+
+    def _show_recent(self) -> None:
+        self.view.empty_hint.set_recent([(r.path, r.name) for r in self.model.recent_slides()])
+        self.view._place_overlays()
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
         urls = event.mimeData().urls()
@@ -543,63 +736,33 @@ class MainWindow(QMainWindow):
             self.open_path(path)
 
     def open_path(self, path: str | Path, mpp_um: float | None = None) -> None:
-        """Open off the main thread; ``slideOpened`` fires when the thumbnail is on screen."""
-        self.close_slide()
-        self.slide_label.setText(f"Opening {Path(path).name}…")
-        worker = Worker(lambda cancel: open_task(str(path), mpp_um), "open")
-        worker.item.connect(lambda item, w=worker: self._on_opened(item) if w is self._open_worker else None)
-        self._open_worker = worker
-        worker.failed.connect(lambda exc: self.show_error(exc, "Cannot open slide"))
-        self._start(worker)
+        """Open off the main thread; the open slide stays until the new one has opened (``slideOpened``)."""
+        self.model.open(path, mpp_um=mpp_um)
 
     def close_slide(self) -> None:
-        """Stop everything that belongs to the current slide; late events from its workers are ignored."""
-        self.cancel_analysis()
-        self.analysis = None
-        if self._open_worker is not None:  # a slide still opening must not appear after this
-            self._open_worker.cancel()
-            self._open_worker = None
-        self._repaint_timer.stop()
-        if self._tissue_worker is not None:
-            self._tissue_worker.cancel()
-            self._tissue_worker = None
-        for w in self.loaders:
-            w.cancel()
-        if self.requests is not None:
-            self.requests.close()
-        self.loaders, self.requests = [], None
-        self.opened, self.result, self._run, self.mpp_choice = None, None, None, None
-        self._partial = None
-        self.view.clear_slide()
-        self.update_regions()
-        self.inspector.clear()
-        self.toggles.set_counts(None)
-        self.summary_label.setText("")
-        self.tissue_label.setText("")
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("idle")
-        self.rate_label.setText("")
-        self._set_running(False)
+        self.model.close_slide()
 
-    def _on_opened(self, opened: Opened | SharperThumbnail) -> None:
-        if isinstance(opened, SharperThumbnail):
-            if self.opened is not None and self.opened.path == opened.path:
-                self.opened = replace(self.opened, thumbnail=opened.thumbnail, base=opened.base)
-                self.view.set_base_image(self.opened)
+    def _on_opening(self, event: Event) -> None:
+        if event.value:
+            self.statusBar().showMessage(f"Opening {Path(event.value).name}…")
+        else:
+            self.statusBar().clearMessage()
+
+    def _on_slide(self, event: Event) -> None:
+        self._stop_loaders()
+        opened: Opened | None = event.value
+        if opened is None:
+            self.view.clear_slide()
+            self.view.set_overlay(None)
+            self.inspector.clear()
+            self.setWindowTitle("CellView")
+            self.slide_label.setText(self.NO_SLIDE_TEXT)
+            self.slide_label.setToolTip("")
+            self.levels_label.setVisible(False)
+            self.tissue_label.setText("")
+            self._show_recent()
+            self._sync_actions()
             return
-        info = opened.info
-        if info.mpp is None:
-            recorded = cfg.recorded_mpp(info.fingerprint)
-            if recorded is not None:
-                self.mpp_choice = recorded
-            elif self.defaults.mpp_um:
-                self.mpp_choice = self.defaults.mpp_um
-            elif self.defaults.whole_image:
-                self.mpp_choice = WHOLE_IMAGE
-            if isinstance(self.mpp_choice, float):
-                opened = replace(opened, info=replace(info, mpp=Mpp(self.mpp_choice, self.mpp_choice, "user")))
-        self.opened = opened
         self.requests = TileRequests()
         self.view.set_slide(opened, self.requests)
         for i in range(LOADER_THREADS):
@@ -607,23 +770,37 @@ class MainWindow(QMainWindow):
             w.item.connect(self._on_tile)
             w.failed.connect(lambda exc: self.statusBar().showMessage(f"Tile read failed: {exc.message}", 5000))
             self.loaders.append(w)
-            self._start(w)
-        cfg.add_recent_file(opened.path)
-        self.setWindowTitle(f"{info.name} — CellView")
+            self.runner.start(w)
+        self.setWindowTitle(f"{opened.info.name} — CellView")
         self._update_slide_label()
+        self._sync_actions()
         self.slideOpened.emit(opened)
         self.view.update_tiles()
         if self.tissue_box.isChecked():
             self.update_tissue_preview()
-        if self.auto_box.isChecked():
-            QTimer.singleShot(0, self.start_analysis)
+
+    def _on_slide_image(self, event: Event) -> None:
+        opened: Opened = event.value
+        if self.view.opened is not None and self.view.opened.thumbnail is not opened.thumbnail:
+            self.view.set_base_image(opened)
+        else:
+            self.view.set_opened(opened)
+        self._update_slide_label()
+
+    def _stop_loaders(self) -> None:
+        for w in self.loaders:
+            w.cancel()
+        if self.requests is not None:
+            self.requests.close()
+        self.loaders, self.requests = [], None
 
     def _update_slide_label(self) -> None:
-        if self.opened is None:
+        opened = self.model.slide
+        if opened is None:
             return
-        info = self.opened.info
+        info = opened.info
         w, h = info.dimensions
-        if self.mpp_choice == WHOLE_IMAGE:
+        if self.model.mpp_choice == WHOLE_IMAGE:
             scale = "scale unknown: classified as one image"
         elif info.mpp is None:
             scale = "pixel size unknown"
@@ -631,253 +808,188 @@ class MainWindow(QMainWindow):
             scale = info.mpp.describe().replace("from user", "entered by you")
             scale += f" · {w * info.mpp.x_um / 1000:.2f} × {h * info.mpp.y_um / 1000:.2f} mm"
         levels = len(info.level_dimensions)
-        self.slide_label.setText(f"{info.name}  ·  {w:,} × {h:,} px  ·  {levels} level{'s' * (levels > 1)}  ·  {scale}")
+        text = f"{info.name}  ·  {w:,} × {h:,} px  ·  {plural(levels, 'level')}  ·  {scale}"
+        skipped = describe_skipped(info.skipped_levels, reasons=False)
+        if skipped:
+            text += f"  ·  {skipped} (wrong colours)"
+            why = describe_skipped(info.skipped_levels)
+            self.levels_label.setText(f"Pyramid {why}. They are never read: tiles and the view use the nearest "
+                                      "good finer level.")
+        self.levels_label.setVisible(bool(skipped))
+        self.slide_label.setText(text)
+        self.slide_label.setToolTip(describe_skipped(info.skipped_levels))
 
     def _on_tile(self, item: object) -> None:
         if isinstance(item, TileLoaded):
             self.view.tile_loaded(item)
-        elif isinstance(item, PatchLoaded) and self._run and item.grid_id == id(self._run["grid"]):
-            if item.index == self.inspector.index:
+        elif isinstance(item, PatchLoaded):
+            result = self.model.shown_result()
+            if result is not None and item.grid_id == id(result.grid) and item.index == self.inspector.index:
                 self.inspector.set_patch(item.rgb, item.nuclei, item.contoured)
                 self.patchShown.emit(item.index)
 
-    # ------------------------------------------------------------------------------ workers
+    # ------------------------------------------------------------------------------ analysis
 
-    def _start(self, worker: Worker) -> None:
-        self._workers.add(worker)
-        worker.done.connect(lambda w=worker: self._workers.discard(w))
-        worker.start()
-
-    def _resolve_mpp(self) -> bool:
-        """Make sure the scale is known (or whole-image chosen) before a run; asks the user if needed."""
-        if self.opened is None:
-            return False
-        if self.opened.info.mpp is not None or self.mpp_choice == WHOLE_IMAGE:
-            return True
-        choice = self.ask_mpp(self.opened)
-        if choice is None:
-            self.statusBar().showMessage("Analysis needs the pixel size; nothing was run.", 8000)
-            return False
-        self.mpp_choice = choice
-        if isinstance(choice, float):
-            cfg.record_mpp(self.opened.info.fingerprint, choice)
-            info = replace(self.opened.info, mpp=Mpp(choice, choice, "user"))
-            self.opened = replace(self.opened, info=info)
-            self.view.set_opened(self.opened)
-        self._update_slide_label()
-        return True
-
-    def current_params(self) -> AnalysisParams:
-        d = self.defaults
-        tissue = replace(d.tissue, method=self.tissue_method.currentData(), min_threshold=self.tissue_min.value(),
-                         max_threshold=max(d.tissue.max_threshold, self.tissue_min.value()),
-                         min_object_um2=self.tissue_min_obj.value())
-        whole = self.mpp_choice == WHOLE_IMAGE or d.whole_image
-        mpp = self.mpp_choice if isinstance(self.mpp_choice, float) else d.mpp_um
-        return replace(d, tissue=tissue, tissue_threshold=self.tissue_frac.value(), whole_image=whole,
-                       nuclei=self.nuclei_box.isChecked(),
-                       mpp_um=None if whole else mpp, device=self.device_box.currentData())
+    def _auto_toggled(self, on: bool) -> None:
+        self.model.auto_analyse = on
+        cfg.put("auto_analyse", "true" if on else "false")
 
     def start_analysis(self) -> None:
-        if self.opened is None:
-            self.statusBar().showMessage("Open a slide first.", 5000)
-            return
-        if self.analysis is not None:
-            return
-        model_path = self.model_box.currentData()
-        if not model_path:
-            self.show_error(ModelError("No model is selected.", "Put a model in models/<name>/ or use Open… "
-                                                                 "next to the model list."), "No model")
-            return
-        if not self._resolve_mpp():
-            return
-        params = self.current_params()
-        path = self.opened.path
-        self.result, self._run, self._partial = None, None, None
-        self.view.set_overlay(None)
-        self.view.set_label(None)
-        self.update_regions()
-        self.inspector.clear()
-        self.view.set_selection(None)
-        self.provider_label.setText(f"Loading {Path(model_path).parent.name}…")
-        self.progress.setRange(0, 0)
-        self.progress.setFormat("Preparing…")
-        self.rate_label.setText("Loading model and finding tissue…")
-        use_cache = self.use_cache
-        worker = Worker(lambda cancel: analysis_task(path, model_path, params, cancel, use_cache), "analysis")
-        worker.item.connect(lambda ev, w=worker: self._on_analysis_event(ev) if w is self.analysis else None)
-        worker.failed.connect(lambda exc, w=worker: self.show_error(exc, "Analysis failed") if w is self.analysis else None)
-        worker.done.connect(lambda w=worker: self._on_analysis_done(w))
-        self.analysis = worker
-        self._params = params
-        self._set_running(True)
-        self.analysisStarted.emit(worker)
-        self._start(worker)
-        self._repaint_timer.start()
+        self.model.start_analysis()
 
     def cancel_analysis(self) -> None:
-        if self.analysis is not None:
-            self.analysis.cancel()
+        if self.model.running:
+            self.model.cancel_analysis()
             self.progress.setFormat("Cancelling… %v / %m tiles")
 
-    def _set_running(self, running: bool) -> None:
-        self.analyse_btn.setEnabled(not running)
-        self.act_analyse.setEnabled(not running)
+    def _sync_actions(self) -> None:
+        """Buttons and menu entries follow the model: nothing to analyse without a slide."""
+        running = self.model.running
+        self.analyse_btn.setEnabled(self.model.can_analyse)
+        self.act_analyse.setEnabled(self.model.can_analyse)
         self.cancel_btn.setEnabled(running)
         self.act_cancel.setEnabled(running)
         self.model_box.setEnabled(not running)
         self.device_box.setEnabled(not running)
         for act in self.export_actions:
-            act.setEnabled(self.result is not None and not running)
+            act.setEnabled(self.model.can_export)
 
-    def _on_analysis_event(self, ev: object) -> None:
-        if isinstance(ev, ModelReady):
-            self.spec = ev.spec
-            self.provider_label.setText(ev.description)
-            self.provider_label.setObjectName("warn" if ev.warn else "")
-            self.provider_label.setStyle(self.provider_label.style())
-            self.provider_label.setToolTip(ev.fallback_message or ev.description)
-            self._fill_modes(ev.spec)
-        elif isinstance(ev, Started):
-            n = ev.total
-            self._partial = None
-            self._run = {
-                "grid": ev.grid, "tissue": ev.tissue, "provider": ev.provider,
-                "probs": np.full((n, self.spec.num_classes), np.nan, np.float32),
-                "state": np.zeros(n, np.uint8),
-                "nuclei": TileNuclei.empty(n, "px2" if self._mpp_um() is None else "um2")
-                if self._params.nuclei else None,
-            }
-            self.progress.setRange(0, max(1, n))
-            self.progress.setValue(0)
+    def _on_running(self, event: Event) -> None:
+        if event.value:
+            self._dirty = False
+            self.view.set_label(None)
+            self.inspector.clear()
+            self.view.set_selection(None)
+            self.provider_label.setText(f"Loading {Path(self.model.model_path or '').parent.name or 'model'}…")
+            self._repaint_timer.start()
+        else:
+            self._repaint_timer.stop()
+            self._flush_repaint()
+        self._sync_actions()
+
+    def _on_progress(self, event: Event) -> None:
+        p: Progress = event.value
+        if p.phase == "preparing":
+            self.progress.setRange(0, 0)
+            self.progress.setFormat("Preparing…")
+            self.rate_label.setText("Loading model and finding tissue…")
+        elif p.phase == "running":
+            self.progress.setRange(0, max(1, p.total))
+            self.progress.setValue(p.done)
             self.progress.setFormat("%v / %m tiles")
-            self.rate_label.setText("Found in the result cache" if ev.from_cache else f"{n:,} tissue tiles to classify")
-            if ev.tissue is not None and self.tissue_box.isChecked():
-                self._show_tissue(ev.tissue)
-        elif isinstance(ev, BatchDone) and self._run is not None:
-            self._run["probs"][ev.indices] = ev.probs
-            self._run["state"][ev.indices] = np.where(ev.failed, TileState.FAILED, TileState.DONE)
-            if ev.nuclei is not None and self._run["nuclei"] is not None:
-                self._run["nuclei"].values[ev.indices] = ev.nuclei
-            self.progress.setValue(ev.done)
-            self.rate_label.setText(f"{ev.tiles_per_s:.1f} tiles/s  ·  ETA {format_eta(ev.eta_s)}  ·  "
-                                    f"{format_eta(ev.elapsed_s)} elapsed")
-            self._dirty = True
-        elif isinstance(ev, Finished):
-            self._finish(ev.result)
-
-    def _finish(self, result: AnalysisResult) -> None:
-        if result.slide.mpp is None and self.opened is not None and self.opened.info.mpp is not None:
-            result = replace(result, slide=replace(result.slide, mpp=self.opened.info.mpp))
-        self.result = result
-        grid = result.grid
-        self._run = {"grid": grid, "tissue": result.tissue, "provider": result.provider, "probs": result.probs,
-                     "nuclei": getattr(result, "nuclei", None),
-                     "state": result.state}
-        self.progress.setRange(0, max(1, result.n_tiles))
-        self.progress.setValue(result.n_done + result.n_failed)
-        status = {"complete": "Done", "cancelled": "Cancelled"}.get(result.status, result.status)
-        self.progress.setFormat(f"{status}: %v / %m tiles")
-        rate = result.timings.get("tiles_per_s")
-        if result.from_cache:
-            self.rate_label.setText("Loaded from the result cache (same slide, model and settings)")
-        elif rate:
-            self.rate_label.setText(f"{rate:.1f} tiles/s  ·  {format_eta(result.timings.get('total_s'))} total")
-        self._dirty = False
-        self.repaint_overlay()
-        self._on_analysis_done(self.analysis)  # the thread only closes its slide now: a re-run may start
-        self.analysisFinished.emit(result)
-
-    def _on_analysis_done(self, worker: Worker) -> None:
-        if worker is not self.analysis:
-            return
-        self.analysis = None
-        self._repaint_timer.stop()
-        if self._run is None:
+            if p.done == 0:
+                self.rate_label.setText("Found in the result cache" if p.from_cache
+                                        else f"{plural(p.total, 'tissue tile')} to classify")
+            else:
+                self.rate_label.setText(f"{p.tiles_per_s:.1f} tiles/s  ·  ETA {format_eta(p.eta_s)}  ·  "
+                                        f"{format_eta(p.elapsed_s)} elapsed")
+        elif p.phase in ("done", "cancelled"):
+            self.progress.setRange(0, max(1, p.total))
+            self.progress.setValue(p.done)
+            self.progress.setFormat(f"{'Done' if p.phase == 'done' else 'Cancelled'}: %v / %m tiles")
+            if p.from_cache:
+                self.rate_label.setText("Loaded from the result cache (same slide, model and settings)")
+            elif p.tiles_per_s:
+                self.rate_label.setText(f"{p.tiles_per_s:.1f} tiles/s  ·  {format_eta(p.elapsed_s)} total")
+        else:  # idle, failed
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
             self.progress.setFormat("idle")
             self.rate_label.setText("")
-        self._set_running(False)
 
-    def _fill_modes(self, spec: ModelSpec) -> None:
-        current = self.mode_box.currentData()
-        self.mode_box.blockSignals(True)
-        while self.mode_box.count() > 1:
-            self.mode_box.removeItem(1)
-        for i, name in enumerate(spec.class_names):
-            self.mode_box.addItem(f"Probability of {name}", i)
-        idx = self.mode_box.findData(current)
-        self.mode_box.setCurrentIndex(idx if idx >= 0 else 0)
-        self.mode_box.blockSignals(False)
+    def _on_tiles(self, event: Event) -> None:
+        self._dirty = True
 
-    # ------------------------------------------------------------------------------ heatmap
+    def _on_result(self, event: Event) -> None:
+        result: AnalysisResult | None = event.value
+        self._dirty = False
+        if result is None and not self.model.running and self.model.model_ready is None:
+            self.provider_label.setText("")  # e.g. another model chosen: its provider is not known yet
+            self.provider_label.setToolTip("")
+        self.repaint_overlay()
+        self._sync_actions()
+        if result is not None:
+            self.analysisFinished.emit(result)
 
-    def partial_result(self) -> AnalysisResult | None:
-        """The finished result, or one built from the batches so far (rebuilt once per repaint)."""
-        if self.result is not None:
-            return self.result
-        if self._run is None or self.spec is None or self.opened is None:
-            return None
-        if self._partial is None:
-            self._partial = self._build_partial()
-        return self._partial
-
-    def _build_partial(self) -> AnalysisResult:
-        return AnalysisResult(
-            slide=self.opened.info, model=ModelInfo.from_spec(self.spec), params=self._params,
-            grid=self._run["grid"], probs=self._run["probs"], state=self._run["state"],
-            provider=self._run["provider"], status="running", tissue=self._run["tissue"], nuclei=self._run["nuclei"],
-        )
+    # ------------------------------------------------------------------------------ overlay
 
     def _flush_repaint(self) -> None:
         if self._dirty:
             self._dirty = False
-            self._partial = None
             self.repaint_overlay()
 
     def _threshold_changed(self, value: int) -> None:
         self.threshold_label.setText(f"{value}%")
+        self.model.set_overlay(min_confidence=value / 100)
+
+    def _mode_changed(self, *args) -> None:
+        k = self.mode_box.currentData()
+        self.model.set_overlay(mode=int(k if k is not None else -1))
+
+    def _next_style(self) -> None:
+        style = STYLES[(STYLES.index(self.model.overlay.style) + 1) % len(STYLES)]
+        self.model.set_overlay(style=style)
+
+    def _on_overlay(self, event: Event) -> None:
+        ov = event.value
+        # a change made elsewhere (a menu, the kiosk, a script) shows on the controls, without their signals:
+        # a slider's whole percent must not overwrite the model's exact value
+        for widget, value in ((self.show_overlay, ov.visible), (self.show_regions, ov.show_regions),
+                              (self.act_heatmap, ov.visible), (self.act_regions, ov.show_regions),
+                              (self.style_box, STYLES.index(ov.style)), (self.opacity, round(ov.opacity * 100)),
+                              (self.threshold, round(ov.min_confidence * 100))):
+            widget.blockSignals(True)
+            if isinstance(widget, (QCheckBox, QAction)):
+                widget.setChecked(bool(value))
+            elif isinstance(widget, QComboBox):
+                widget.setCurrentIndex(int(value))
+            else:
+                widget.setValue(int(value))
+            widget.blockSignals(False)
+        self.threshold_label.setText(f"{round(ov.min_confidence * 100)}%")
+        self.view.overlay.setOpacity(ov.opacity)
+        self._update_colour_hint()
         self.repaint_overlay()
 
+    def _update_colour_hint(self) -> None:
+        ov = self.model.overlay
+        names = self.model.spec.class_names if self.model.spec else ()
+        self.colorbar.setVisible(not ov.by_category)
+        self.toggles.setEnabled(ov.by_category)
+        self.opacity.setEnabled(ov.draws_fill)
+        if not ov.by_category and ov.mode < len(names):
+            self.colorbar.set_title(f"P({names[ov.mode]})")
+        self.colour_hint.setText(f"{describe_colours(ov, names)} Hover or click a tile.")
+
     def overlay_rgba(self, result: AnalysisResult) -> np.ndarray:
-        """The overlay image, one pixel per grid cell, exactly as painted."""
-        k = self.mode_box.currentData()
-        min_conf = self.threshold.value() / 100
-        if k is None or k < 0:
-            return result.category_rgba(min_confidence=min_conf, categories=self.toggles.selected())
-        heat = result.heatmap(int(k))
-        conf = np.full(result.grid.shape, np.nan, np.float32)
-        d = result.done
-        conf[result.grid.grid_row[d], result.grid.grid_col[d]] = result.confidence[d]
-        show = np.isfinite(heat) & (np.nan_to_num(conf) >= min_conf)
-        idx = np.clip(np.nan_to_num(heat) * (len(self.lut) - 1), 0, len(self.lut) - 1).astype(np.int64)
-        rgba = np.zeros((*heat.shape, 4), np.uint8)
-        rgba[..., :3] = self.lut[idx]
-        rgba[..., 3] = np.where(show, 255, 0)
-        return rgba
+        """The fill image, one pixel per grid cell, exactly as painted (``overlay.fill_rgba``)."""
+        return fill_rgba(result, self.model.overlay, self.lut)
 
     def repaint_overlay(self, *args) -> None:
-        result = self.partial_result()
-        k = self.mode_box.currentData()
-        self.colorbar.setVisible(k is not None and k >= 0)
-        self.toggles.setEnabled(k is None or k < 0)
-        if k is not None and k >= 0 and self.spec is not None:
-            self.colorbar.set_title(f"P({self.spec.class_names[k]})")
+        result = self.model.shown_result()
+        ov = self.model.overlay
         if result is None:
             self.view.set_overlay(None)
+            self.view.set_contours(())
+            self.view.set_label(None)
+            self.toggles.set_counts(None)
+            self.summary_label.setText("")
+            self.overlayPainted.emit()
             return
         g = result.grid
-        rgba = self.overlay_rgba(result)
-        self.view.set_overlay(rgba, QRectF(0, 0, g.n_cols * g.stride_l0_x, g.n_rows * g.stride_l0_y))
+        rgba = g.to_display(self.overlay_rgba(result))
+        rows, cols = rgba.shape[:2]
+        self.view.set_overlay(rgba, QRectF(0, 0, cols * g.stride_l0_x, rows * g.stride_l0_y))
         # One tile covering the whole image is shown as a label, not as a tint over the cell.
-        self.view.overlay.setVisible(self.show_overlay.isChecked() and not g.whole_image)
-        self.toggles.set_counts(result.category_counts())
-        self.summary_label.setText(self._summary_text(result))
+        self.view.overlay.setVisible(ov.visible and ov.draws_fill and not g.whole_image)
+        self.view.set_contours(category_contours(result, ov) if ov.visible and not g.whole_image else ())
+        self.toggles.set_counts(result.category_counts(min_confidence=ov.min_confidence),
+                                result.category_percentages(min_confidence=ov.min_confidence))
+        self._update_summary()
         self._update_single_label(result)
-        if self.inspector.index >= 0 and self.inspector.index < g.n_tiles:
-            self.inspector.show_tile(self.inspector.index, result, self._mpp_um())
-        if self.result is None and self.analysis is not None:
+        if 0 <= self.model.selection < g.n_tiles and self.inspector.index == self.model.selection:
+            self.inspector.show_tile(self.model.selection, result, self.model.mpp_um())
+        if self.model.running:
             if not self._regions_timer.isActive():  # throttled while batches stream in
                 self._regions_timer.start()
         else:
@@ -886,70 +998,49 @@ class MainWindow(QMainWindow):
         self.overlayPainted.emit()
 
     def update_regions(self, *args) -> None:
-        """Malignant regions of the finished tiles at the viewer's confidence threshold, when shown.
+        self.model.update_regions()
 
-        Computed in a worker, one at a time (a request during a computation follows it); skipped
-        when neither the result, its progress nor the threshold changed (a category toggle or a
-        heatmap mode switch repaints the overlay but cannot change the regions).
-        """
-        result = self.partial_result() if self.show_regions.isChecked() else None
-        if result is None or result.grid.whole_image:
-            self._regions_key, self._regions_worker, self._regions_again = None, None, False
-            self.region_list = []
+    def _on_regions(self, event: Event) -> None:
+        regions: list[Region] = event.value
+        if not self.model.overlay.show_regions:
             self.view.set_regions(())
             self.regions_label.setVisible(False)
-            self.regionsShown.emit()
-            return
-        min_conf = self.threshold.value() / 100
-        key = (result, result.n_done, min_conf)
-        if self._regions_key is not None and self._regions_key[0] is result and self._regions_key[1:] == key[1:]:
-            return
-        if self._regions_worker is not None:
-            self._regions_again = True
-            return
-        self._regions_key = key
-        # a snapshot: batches keep arriving in the live arrays while the worker reads
-        snapshot = replace(result, probs=result.probs.copy(), state=result.state.copy())
-        worker = Worker(lambda cancel: regions_task(snapshot, min_conf), "regions")
-        worker.item.connect(
-            lambda regions, w=worker: self._show_regions(regions, min_conf) if w is self._regions_worker else None)
-        worker.failed.connect(lambda exc: self.statusBar().showMessage(f"Regions failed: {exc.message}", 8000))
-        worker.done.connect(lambda w=worker: self._regions_done(w))
-        self._regions_worker = worker
-        self._start(worker)
-
-    def _show_regions(self, regions: list[Region], min_conf: float) -> None:
-        self.region_list = regions
-        self.view.set_regions(regions[:MAX_REGIONS_DRAWN])
-        self.regions_label.setText(self._regions_text(regions, min_conf))
-        self.regions_label.setVisible(True)
+        else:
+            self.view.set_regions(regions[:MAX_REGIONS_DRAWN])
+            self.regions_label.setText(self._regions_text(regions, self.model.overlay.min_confidence))
+            self.regions_label.setVisible(True)
         self.regionsShown.emit()
-
-    def _regions_done(self, worker: Worker) -> None:
-        if worker is not self._regions_worker:
-            return
-        self._regions_worker = None
-        if self._regions_again:
-            self._regions_again = False
-            self.update_regions()
 
     @staticmethod
     def _regions_text(regions: list[Region], min_conf: float) -> str:
         where = f"malignant at ≥ {min_conf:.0%} confidence" if min_conf > 0 else "malignant"
         if not regions:
             return f"No region: no tile is {where}."
-        text = f"{len(regions)} region{'s' * (len(regions) > 1)} of tiles {where}; largest {regions[0].label()}"
+        text = f"{plural(len(regions), 'region')} of tiles {where}; largest {regions[0].label()}"
         if len(regions) > MAX_REGIONS_DRAWN:
             text += f"; the {MAX_REGIONS_DRAWN} largest are drawn"
         return text + "."
 
+    def _update_summary(self) -> None:
+        result = self.model.shown_result()
+        if result is None:
+            self.summary_label.setText("")
+            return
+        self.summary_label.setText(self._summary_text(result))
+
     def _summary_text(self, result: AnalysisResult) -> str:
-        text = f"{result.n_done:,} of {result.n_tiles:,} tiles classified"
+        text = f"{result.n_done:,} of {plural(result.n_tiles, 'tile')} classified"
         if result.n_failed:
-            text += f", {result.n_failed} unreadable"
+            text += f", {result.n_failed:,} unreadable"
         if result.status == "cancelled":
             text += " (run cancelled: partial result)"
-        return text + "."
+        text += "."
+        ov = self.model.overlay
+        if ov.min_confidence > 0:
+            text += f" Counts: {counted_text(result, ov)}."
+        if self.model.stale:
+            text += " Settings changed since this result: Analyse again to apply them."
+        return text
 
     def _update_single_label(self, result: AnalysisResult) -> None:
         if not (result.grid.whole_image or result.n_tiles == 1):
@@ -966,10 +1057,6 @@ class MainWindow(QMainWindow):
             f"<span style='color:#e6e9ec;'>&nbsp;{level['confidence']:.0%}</span>"
             f"<span style='color:#aab2b9; font-size:10pt;'>&nbsp;({level['pred_category']})</span></div>")
 
-    def _mpp_um(self) -> float | None:
-        info = self.opened.info if self.opened else None
-        return info.mpp.um if info and info.mpp and self.mpp_choice != WHOLE_IMAGE else None
-
     # ------------------------------------------------------------------------------ tissue preview
 
     def _tissue_toggled(self, on: bool) -> None:
@@ -980,28 +1067,20 @@ class MainWindow(QMainWindow):
             self.update_tissue_preview()
 
     def _tissue_params_changed(self, *args) -> None:
+        self.model.set_tissue(method=self.tissue_method.currentData(), min_threshold=float(self.tissue_min.value()),
+                              min_object_um2=float(self.tissue_min_obj.value()))
         if self.tissue_box.isChecked():
             self._tissue_timer.start()
 
     def update_tissue_preview(self) -> None:
-        if self.opened is None or not self.tissue_box.isChecked():
+        if self.model.slide is None or not self.tissue_box.isChecked():
             return
-        if self._tissue_worker is not None:
-            self._tissue_worker.cancel()
-        params: TissueParams = self.current_params().tissue
-        mpp = self._mpp_um()
-        path = self.opened.path
         self.tissue_label.setText("Computing tissue mask…")
-        worker = Worker(lambda cancel: tissue_task(path, mpp, params), "tissue")
-        worker.item.connect(self._on_tissue)
-        worker.failed.connect(lambda exc: self.show_error(exc, "Tissue detection failed"))
-        self._tissue_worker = worker
-        self._start(worker)
+        self.model.preview_tissue()
 
-    def _on_tissue(self, preview: TissuePreview) -> None:
-        if self.sender() is not self._tissue_worker:
-            return
-        self._show_tissue(preview.mask)
+    def _on_tissue(self, event: Event) -> None:
+        if self.tissue_box.isChecked():
+            self._show_tissue(event.value)
 
     def _show_tissue(self, mask) -> None:
         m = mask.mask
@@ -1011,52 +1090,41 @@ class MainWindow(QMainWindow):
         rgba[edge] = (0, 229, 255, 255)  # tissue outline
         self.view.set_tissue(rgba, QRectF(0, 0, m.shape[1] * mask.downsample, m.shape[0] * mask.downsample))
         self.view.tissue_item.setVisible(self.tissue_box.isChecked())
-        self.tissue_label.setText(f"{mask.fraction:.0%} of the slide is tissue (threshold {mask.threshold:.3f}). "
-                                  "Dimmed areas are skipped.")
+        t = self.model.current_params().tissue
+        self.tissue_label.setText(
+            f"{mask.fraction:.0%} of the slide is tissue. Threshold {mask.threshold:.3f} (Otsu, kept within "
+            f"{t.min_threshold:.3f}–{t.max_threshold:.3f}). Dimmed areas are skipped.")
         self.tissueShown.emit()
 
     # ------------------------------------------------------------------------------ inspector
 
     def _view_clicked(self, l0_x: float, l0_y: float) -> None:
-        result = self.partial_result()
-        if result is None:
-            return
-        index = result.grid.tile_at(l0_x, l0_y)
-        if index >= 0:
-            self.select_tile(index)
+        self.model.select_at(l0_x, l0_y)
         self.view.setFocus()
 
     def select_tile(self, index: int) -> None:
-        result = self.partial_result()
+        self.model.select(index)
+
+    def _on_selection(self, event: Event) -> None:
+        index = event.value
+        result = self.model.shown_result()
         if result is None or not 0 <= index < result.n_tiles:
+            self.inspector.clear()
+            self.view.set_selection(None)
             return
-        self.inspector.show_tile(index, result, self._mpp_um())
+        self.inspector.show_tile(index, result, self.model.mpp_um())
         self.view.set_selection(result.grid.rect(index))
         if self.requests is not None:
-            self.requests.add_patch(PatchRequest(index, result.grid, self._mpp_um(), self.inspector.PATCH_PX))
+            self.requests.add_patch(PatchRequest(index, result.grid, self.model.mpp_um(), self.inspector.PATCH_PX))
 
     def step_selection(self, d_row: int, d_col: int) -> None:
-        """Move to the nearest tile in that direction along the row or column."""
-        result = self.partial_result()
-        if result is None:
-            return
-        g = result.grid
-        if self.inspector.index < 0:
-            if g.n_tiles:
-                self.select_tile(0)
-            return
-        ig = g.index_grid()
-        r, c = int(g.grid_row[self.inspector.index]), int(g.grid_col[self.inspector.index])
-        while True:
-            r, c = r + d_row, c + d_col
-            if not (0 <= r < g.n_rows and 0 <= c < g.n_cols):
-                return
-            if ig[r, c] >= 0:
-                self.select_tile(int(ig[r, c]))
-                x, y, w, h = g.rect(int(ig[r, c]))
-                if not self.view.visible_l0_rect().contains(QRectF(x, y, w, h)):
-                    self.view.center_on(x + w / 2, y + h / 2)
-                return
+        """Move to the nearest tile in that direction and keep it in view."""
+        index = self.model.step(d_row, d_col)
+        result = self.model.shown_result()
+        if index >= 0 and result is not None:
+            x, y, w, h = result.grid.rect(index)
+            if not self.view.visible_l0_rect().contains(QRectF(x, y, w, h)):
+                self.view.center_on(x + w / 2, y + h / 2)
 
     def keyPressEvent(self, event) -> None:  # noqa: N802 - Qt API
         if event.key() in ARROW_STEPS:
@@ -1065,7 +1133,7 @@ class MainWindow(QMainWindow):
         super().keyPressEvent(event)
 
     def _view_hovered(self, l0_x: float, l0_y: float) -> None:
-        result = self.partial_result()
+        result = self.model.shown_result()
         if result is None:
             self.hover_label.setText("")
             return
@@ -1083,37 +1151,34 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------------------ export
 
     def export_dialog(self, kind: str) -> Path | None:
-        """Ask where to save (remembering the folder), never overwrite silently, then write."""
-        if self.result is None or self.opened is None:
+        """Ask where to save (the last export folder, else the slide's, else a writable one), then write."""
+        if not self.model.can_export:
             return None
-        suffix = {"png": ("-heatmap.png", "PNG image (*.png)"), "view": ("-view.png", "PNG image (*.png)"),
-                  "csv": (".csv", "CSV (*.csv)"), "geojson": (".geojson", "GeoJSON (*.geojson *.json)")}[kind]
-        folder = Path(str(cfg.get("last_export_dir", "") or Path(self.opened.path).parent))
-        path = self.ask_save_path("Export", folder / (self.opened.info.name + suffix[0]), suffix[1])
+        try:
+            suggested, note = self.model.suggest_export_path(kind)
+        except CellviewError as exc:
+            self.show_error(exc, "Export failed")
+            return None
+        if note:
+            self.statusBar().showMessage(note, 15000)
+        path = self.ask_save_path("Export" if not note else f"Export ({note})", suggested, EXPORT_FILTERS[kind])
         if path is None:
             return None
-        cfg.put("last_export_dir", str(path.parent))
         return self.export_to(kind, path)
 
     def export_to(self, kind: str, path: Path) -> Path | None:
         path = Path(path)
         if path.exists() and not self.confirm_overwrite(path):
             return None
-        result = self.result
-        assert result is not None and self.opened is not None
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
-            if kind == "csv":
-                export.atomic_write_text(path, export.csv_text(result))
-            elif kind == "geojson":
-                export.atomic_write_text(path, json.dumps(export.geojson_dict(result)))
-            elif kind == "png":
-                export.atomic_write_bytes(path, export.annotated_png(result, self.opened.thumbnail,
-                                                                     opacity=self.opacity.value() / 100))
-            elif kind == "view":
-                export.atomic_write_bytes(path, self.render_view_png())
+            if kind == "view":
+                from cellview.export import atomic_write_bytes
+
+                atomic_write_bytes(path, self.render_view_png())
+                cfg.put("last_export_dir", str(path.parent))
             else:
-                raise ValueError(kind)
+                self.model.export_file(kind, path)
         except CellviewError as exc:
             self.show_error(exc, "Export failed")
             return None
@@ -1122,16 +1187,48 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Saved {path}", 8000)
         return path
 
+    def export_all_dialog(self) -> dict[str, Path] | None:
+        """Every format into one folder, named and written as `cellview analyze` writes them."""
+        if not self.model.can_export:
+            return None
+        try:
+            folder, note = self.model.suggest_export_path("folder")
+        except CellviewError as exc:
+            self.show_error(exc, "Export failed")
+            return None
+        if note:
+            self.statusBar().showMessage(note, 15000)
+        chosen = self.ask_folder("Export all formats to a folder", folder)
+        return None if chosen is None else self.export_all_to(chosen)
+
+    def export_all_to(self, folder: Path) -> dict[str, Path] | None:
+        from cellview.export import output_paths
+        from cellview.slide import slide_stem
+
+        assert self.model.slide is not None
+        existing = [p for p in output_paths(folder, slide_stem(Path(self.model.slide.path)),
+                                            self.model.export_settings.formats).values() if p.exists()]
+        if existing and not self.confirm_overwrite(existing[0]):
+            return None
+        try:
+            paths = self.model.export_all(folder)
+        except CellviewError as exc:
+            self.show_error(exc, "Export failed")
+            return None
+        self.statusBar().showMessage(f"Saved {len(paths)} files to {folder}", 8000)
+        return paths
+
     def render_view_png(self) -> bytes:
-        """The canvas as seen (heatmap, scale bar) with a legend panel on the right."""
+        """The canvas as seen (overlay, contours, regions, scale bar) with a legend panel on the right."""
         from PySide6.QtCore import QBuffer, QByteArray, QIODevice
 
         self.view.overview.hide()
         shot = self.view.grab().toImage()
-        self.view.overview.show()
-        result = self.result
+        self.view.overview.setVisible(self.model.slide is not None)
+        result = self.model.result
         assert result is not None
-        panel_w = 300
+        ov = self.model.overlay
+        panel_w = 320
         out = QImage(shot.width() + panel_w, shot.height(), QImage.Format.Format_RGB32)
         out.fill(QColor("white"))
         p = QPainter(out)
@@ -1147,31 +1244,42 @@ class MainWindow(QMainWindow):
         f.setPointSize(9)
         f.setBold(False)
         p.setFont(f)
+        fm = p.fontMetrics()
+        width = panel_w - 28
         y += 26
+
+        def line(text: str, color: QColor | None = None) -> None:
+            nonlocal y
+            if color is not None:
+                p.setPen(color)
+            for part in _wrap_text(fm, text, width):
+                p.drawText(x, y, part)
+                y += 18
+
         rect = self.view.visible_l0_rect()
-        lines = [f"Slide: {result.slide.name}"[:40], f"Model: {result.model.name} {result.model.version}"[:40],
-                 f"Run on: {result.provider}",
-                 f"View: x {max(0, rect.x()):,.0f}  y {max(0, rect.y()):,.0f} (level 0)"]
-        if self._mpp_um():
-            lines.append(f"Field of view: {format_um(round(rect.width() * self._mpp_um()))} wide")
-        for line in lines:
-            p.drawText(x, y, line)
-            y += 18
+        line(fm.elidedText(f"Slide: {result.slide.name}", Qt.TextElideMode.ElideRight, width))
+        line(fm.elidedText(f"Model: {result.model.name} {result.model.version}", Qt.TextElideMode.ElideRight, width))
+        line(f"Run on: {result.provider}")
+        line(f"View: x {max(0, rect.x()):,.0f}  y {max(0, rect.y()):,.0f} (level 0)")
+        if self.model.mpp_um():
+            line(f"Field of view: {format_um(round(rect.width() * self.model.mpp_um()))} wide")
         y += 10
-        counts = result.category_counts()
-        total = max(result.n_done, 1)
-        for cat in CATEGORIES:
+        line(counted_text(result, ov))
+        for cat, n, share in count_lines(result, ov):
             p.fillRect(QRectF(x, y - 12, 14, 14), QColor(CATEGORY_COLORS[cat]))
-            p.drawText(x + 22, y, f"{cat}")
-            p.drawText(x + 120, y, f"{counts[cat]:>6,}  {counts[cat] / total:.0%}")
+            hidden = ov.by_category and cat not in ov.categories
+            p.setPen(QColor(120, 120, 120) if hidden else QColor(20, 20, 20))
+            p.drawText(x + 22, y, cat + (" (hidden)" if hidden else ""))
+            p.drawText(x + 150, y, f"{n:>6,}  {share}%")
             y += 22
         y += 6
-        p.setPen(QColor(90, 90, 90))
-        p.drawText(x, y, "Colour = category; intensity = confidence.")
+        names = result.model.class_names
+        line(describe_colours(ov, names), QColor(90, 90, 90))
+        if describe_filter(ov):
+            line(describe_filter(ov))
+        line("Exported from the viewer: as shown on screen.")
         if result.status != "complete":
-            y += 18
-            p.setPen(QColor(180, 0, 0))
-            p.drawText(x, y, f"Run {result.status}: partial result.")
+            line(f"Run {result.status}: partial result.", QColor(180, 0, 0))
         p.setPen(QColor(90, 90, 90))
         p.drawText(x, out.height() - 14, "Research use only. Not for clinical diagnosis.")
         p.end()
@@ -1189,17 +1297,31 @@ class MainWindow(QMainWindow):
         QMessageBox.about(self, "About CellView",
                           f"<b>CellView {__version__}</b><br>Whole-slide tile classification "
                           "(malignant / benign / normal) with ONNX models.<br><br>Research use only.")
+        self._take_focus()
 
     def shutdown(self, timeout_ms: int = 15000) -> bool:
         """Stop every worker (analysis first) and wait for their threads; True if all stopped."""
         self._repaint_timer.stop()
         if self.requests is not None:
             self.requests.close()
-        workers = list(self._workers)
-        for w in workers:
-            w.cancel()
-        return all(w.wait(timeout_ms) for w in workers)
+        if self._analysis_worker is not None:
+            self._analysis_worker.cancel()
+        return self.runner.shutdown(timeout_ms)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.shutdown()
         super().closeEvent(event)
+
+
+def _wrap_text(fm, text: str, width: int) -> list[str]:
+    """Greedy word wrap with the painter's font metrics (legend lines never run past the panel)."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        trial = f"{current} {word}".strip()
+        if current and fm.horizontalAdvance(trial) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = trial
+    return [*lines, current] if current else lines

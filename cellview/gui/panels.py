@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from html import escape
 
 import numpy as np
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QLinearGradient, QPainter, QPixmap
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QLinearGradient, QPainter, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QFrame,
@@ -21,6 +22,7 @@ from PySide6.QtWidgets import (
 from cellview.gui.slideview import rgb_qimage
 from cellview.model import CATEGORIES, CATEGORY_COLORS
 from cellview.morphology import NucleiMeasurement
+from cellview.results import plural, whole_percentages
 
 
 def nuclei_lines(count: float, density: float, mean_area: float, median_area: float, circularity: float,
@@ -43,52 +45,92 @@ def swatch(color: str, size: int = 12) -> QPixmap:
     return pm
 
 
+def pct(p: float) -> str:
+    """One way to print a probability, so the inspector's text and its bars always agree."""
+    return f"{p:.1%}" if np.isfinite(p) else "–"
+
+
 class ProbabilityBars(QWidget):
-    """One horizontal bar per class in its colour, the predicted one in bold."""
+    """One horizontal bar per category, then per class, each in its colour; the predicted ones in bold.
+
+    Names that do not fit are cut with an ellipsis; row height follows the font (the kiosk's is large).
+    """
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.rows: list[tuple[str, str, float]] = []
+        self.rows: list[tuple[str, str, float, bool]] = []
+        self.n_category_rows = 0
         self.highlight = -1
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
+    def row_height(self) -> int:
+        return max(22, self.fontMetrics().height() + 6)
+
     def set_values(self, names: tuple[str, ...], colors: tuple[str, ...], probs: np.ndarray | None,
-                   highlight: int = -1) -> None:
-        if probs is None:
-            self.rows = []
-        else:
-            self.rows = [(n, c, float(p)) for n, c, p in zip(names, colors, probs)]
+                   highlight: int = -1, categories: np.ndarray | None = None, category: int = -1) -> None:
+        """Class bars (``probs``); with ``categories`` (per-category probabilities) those come first."""
+        self.rows = []
+        self.n_category_rows = 0
+        if probs is not None:
+            if categories is not None:
+                self.rows += [(c, CATEGORY_COLORS[c], float(p), k == category)
+                              for k, (c, p) in enumerate(zip(CATEGORIES, categories))]
+                self.n_category_rows = len(CATEGORIES)
+            self.rows += [(n, c, float(p), i == highlight) for i, (n, c, p) in enumerate(zip(names, colors, probs))]
         self.highlight = highlight
-        self.setFixedHeight(max(1, len(self.rows)) * 22 + 4)
+        self.setFixedHeight(max(1, len(self.rows)) * self.row_height() + 4)
         self.update()
 
     def values(self) -> dict[str, float]:
-        return {n: p for n, _, p in self.rows}
+        """Class name → probability (the class rows; categories are under ``category_values``)."""
+        return {n: p for n, _, p, _ in self.rows[self.n_category_rows:]}
+
+    def category_values(self) -> dict[str, float]:
+        return {n: p for n, _, p, _ in self.rows[: self.n_category_rows]}
+
+    def texts(self) -> dict[str, str]:
+        """Row name → the percentage as drawn."""
+        return {n: pct(p) for n, _, p, _ in self.rows}
+
+    def name_width(self) -> int:
+        return min(170, int(self.width() * 0.42))
+
+    def display_name(self, name: str, width_px: int | None = None) -> str:
+        """``name`` cut to the name column with an ellipsis when it does not fit (never silently clipped)."""
+        width = (width_px if width_px is not None else self.name_width()) - 4
+        return self.fontMetrics().elidedText(name, Qt.TextElideMode.ElideRight, max(10, width))
 
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         w = self.width()
-        name_w = min(130, int(w * 0.42))
-        pct_w = 48
+        rh = self.row_height()
+        name_w = self.name_width()
+        pct_w = self.fontMetrics().horizontalAdvance("100.0%") + 6
         bar_w = max(10, w - name_w - pct_w - 8)
-        for i, (name, color, prob) in enumerate(self.rows):
-            y = 2 + i * 22
+        n_cat = self.n_category_rows
+        for i, (name, color, prob, bold) in enumerate(self.rows):
+            y = 2 + i * rh
             f = QFont(self.font())
-            f.setBold(i == self.highlight)
+            f.setBold(bold)
             p.setFont(f)
             p.setPen(self.palette().text().color())
-            p.drawText(QRectF(0, y, name_w - 4, 20), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
-                       name if len(name) <= 18 else name[:17] + "…")
+            shown = QFontMetrics(f).elidedText(name, Qt.TextElideMode.ElideRight, max(10, name_w - 4))
+            p.drawText(QRectF(0, y, name_w - 4, rh - 2), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
+                       shown)
             p.setPen(Qt.PenStyle.NoPen)
             p.setBrush(QColor(255, 255, 255, 22))
-            p.drawRoundedRect(QRectF(name_w, y + 4, bar_w, 12), 3, 3)
+            bar_h = max(8, rh // 2)
+            p.drawRoundedRect(QRectF(name_w, y + (rh - bar_h) / 2 - 1, bar_w, bar_h), 3, 3)
             if np.isfinite(prob):
                 p.setBrush(QColor(color))
-                p.drawRoundedRect(QRectF(name_w, y + 4, max(2.0, bar_w * prob), 12), 3, 3)
+                p.drawRoundedRect(QRectF(name_w, y + (rh - bar_h) / 2 - 1, max(2.0, bar_w * prob), bar_h), 3, 3)
             p.setPen(self.palette().text().color())
-            p.drawText(QRectF(name_w + bar_w + 4, y, pct_w, 20), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight,
-                       f"{prob:.1%}" if np.isfinite(prob) else "–")
+            p.drawText(QRectF(name_w + bar_w + 4, y, pct_w, rh - 2),
+                       Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight, pct(prob))
+            if n_cat and i == n_cat - 1:
+                p.setPen(QColor(255, 255, 255, 40))
+                p.drawLine(0, y + rh, w, y + rh)
         p.end()
 
 
@@ -103,6 +145,7 @@ class TileInspector(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(6)
         top = QHBoxLayout()
+        self.top_layout = top  # the kiosk stacks it vertically (a narrow touch panel)
         self.patch = QLabel()
         self.patch.setFixedSize(QSize(self.PATCH_PX + 2, self.PATCH_PX + 2))
         self.patch.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -111,11 +154,11 @@ class TileInspector(QWidget):
         top.addWidget(self.patch)
         facts = QVBoxLayout()
         self.title = QLabel("No tile selected")
+        self.title.setObjectName("inspectorTitle")
         self.title.setWordWrap(True)
-        self.title.setStyleSheet("font-size:15px; font-weight:600;")
         self.subtitle = QLabel("Click a tile on the slide.\nArrow keys step to neighbours.")
+        self.subtitle.setObjectName("inspectorSubtitle")
         self.subtitle.setWordWrap(True)
-        self.subtitle.setStyleSheet("color:#aab2b9;")
         facts.addWidget(self.title)
         facts.addWidget(self.subtitle)
         facts.addStretch(1)
@@ -131,7 +174,7 @@ class TileInspector(QWidget):
         self.details = QLabel("")
         self.details.setWordWrap(True)
         self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.details.setStyleSheet("color:#c3c9ce; font-family:'DejaVu Sans Mono', monospace; font-size:11px;")
+        self.details.setObjectName("inspectorDetails")
         lay.addWidget(self.details)
         self.index = -1
         self.nuclei: NucleiMeasurement | None = None  # measured live on the shown patch
@@ -157,18 +200,23 @@ class TileInspector(QWidget):
         g, m = result.grid, result.model
         x, y, w, h = g.rect(index)
         done = bool(result.done[index])
+        # with classes finer than the categories, the category bars come first: the confidence quoted
+        # (the category's probability) is then a number the bars show too, printed the same way
+        by_class = tuple(m.class_names) != tuple(m.class_categories)
         if done:
             cls = int(result.pred_class[index])
-            cat = CATEGORIES[int(result.pred_category[index])]
+            k = int(result.pred_category[index])
+            cat = CATEGORIES[k]
             conf = float(result.confidence[index])
-            self.title.setText(f"<span style='color:{m.class_colors[cls]}'>■</span> {m.class_names[cls]}")
+            self.title.setText(f"<span style='color:{m.class_colors[cls]}'>■</span> {escape(m.class_names[cls])}")
             self.subtitle.setText(
-                f"Category <b style='color:{CATEGORY_COLORS[cat]}'>{cat}</b><br>Confidence <b>{conf:.1%}</b>")
-            self.bars.set_values(m.class_names, m.class_colors, result.probs[index], cls)
+                f"Category <b style='color:{CATEGORY_COLORS[cat]}'>{cat}</b><br>Confidence <b>{pct(conf)}</b>")
+            self.bars.set_values(m.class_names, m.class_colors, result.probs[index], cls,
+                                 result.category_probs[index] if by_class else None, k)
         else:
             state = "failed to read" if int(result.state[index]) == 2 else "not analysed yet"
             self.title.setText("Tile " + state)
-            self.subtitle.setText(result.tile_errors.get(index, ""))
+            self.subtitle.setText(escape(result.tile_errors.get(index, "")))
             self.bars.set_values(m.class_names, m.class_colors, result.probs[index])
         size = f"{w * mpp_um:.0f} × {h * mpp_um:.0f} µm" if mpp_um else "scale unknown"
         lines = [
@@ -233,8 +281,8 @@ class CategoryToggles(QWidget):
             box.setChecked(True)
             box.toggled.connect(lambda _on: self.changed.emit())
             count = QLabel("–")
+            count.setObjectName("categoryCount")
             count.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            count.setStyleSheet("color:#c3c9ce;")
             grid.addWidget(sw, row, 0)
             grid.addWidget(box, row, 1)
             grid.addWidget(count, row, 2)
@@ -244,14 +292,15 @@ class CategoryToggles(QWidget):
     def selected(self) -> tuple[str, ...]:
         return tuple(c for c in CATEGORIES if self.boxes[c].isChecked())
 
-    def set_counts(self, counts: dict[str, int] | None) -> None:
-        total = sum(counts.values()) if counts else 0
+    def set_counts(self, counts: dict[str, int] | None, percentages: dict[str, int] | None = None) -> None:
+        """Tiles per category and their share (whole percentages that add up to 100)."""
+        percentages = percentages if percentages is not None else (whole_percentages(counts) if counts else None)
         for cat, label in self.counts.items():
             if not counts:
                 label.setText("–")
             else:
                 n = counts.get(cat, 0)
-                label.setText(f"{n:,} tiles  {n / max(total, 1):>4.0%}")
+                label.setText(f"{plural(n, 'tile')}  {percentages[cat]:>3}%")
 
 
 class ColorBar(QWidget):

@@ -63,3 +63,17 @@ def recorded_mpp(fingerprint: str) -> float | None:
 
 def record_mpp(fingerprint: str, mpp_um: float) -> None:
     settings().setValue(f"mpp/{fingerprint}", float(mpp_um))
+
+
+class QSettingsStore:
+    """These functions as the viewer model's ``SettingsStore``."""
+
+    get = staticmethod(get)
+    put = staticmethod(put)
+    recent_files = staticmethod(recent_files)
+    add_recent_file = staticmethod(add_recent_file)
+    recorded_mpp = staticmethod(recorded_mpp)
+    record_mpp = staticmethod(record_mpp)
+
+
+STORE = QSettingsStore()

@@ -17,10 +17,20 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPen, QPixmap, QPolygonF, QTransform
-from PySide6.QtWidgets import QGraphicsPathItem, QGraphicsPixmapItem, QGraphicsRectItem, QWidget
+from PySide6.QtWidgets import (
+    QFrame,
+    QGraphicsPathItem,
+    QGraphicsPixmapItem,
+    QGraphicsRectItem,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-from cellview.gui.tasks import VIEW_TILE_PX, Opened, TileKey, TileLoaded, TileRequests
+from cellview.gui.tasks import OVERVIEW_PX, VIEW_TILE_PX, Opened, TileKey, TileLoaded, TileRequests
 from cellview.morphology import Region
+from cellview.overlay import CASING_RGB, Contour
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
@@ -94,14 +104,30 @@ class TileCache:
 
 
 class ScaleBar(QWidget):
-    """Bottom-left scale bar in µm, redrawn as the zoom changes."""
+    """Bottom-left scale bar in µm, redrawn as the zoom changes; hidden without a known scale."""
+
+    BASE_PT = 9.5
 
     def __init__(self, parent: QWidget) -> None:
         super().__init__(parent)
         self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self.mpp_um: float | None = None
         self.l0_per_screen_px = 1.0
+        self.font_pt = self.BASE_PT
         self.resize(220, 44)
+        self.hide()
+
+    def set_font_pt(self, pt: float) -> None:
+        """Text size of the label (the kiosk's is read from a metre away); the bar grows with it."""
+        self.font_pt = float(pt)
+        k = self.font_pt / self.BASE_PT
+        self.resize(int(220 + 60 * k), int(44 * k))
+        self.update()
+
+    def label_font(self) -> QFont:
+        f = QFont(self.font())
+        f.setPointSizeF(self.font_pt)
+        return f
 
     def set_scale(self, mpp_um: float | None, l0_per_screen_px: float) -> None:
         self.mpp_um, self.l0_per_screen_px = mpp_um, l0_per_screen_px
@@ -111,22 +137,21 @@ class ScaleBar(QWidget):
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
         if not self.mpp_um or self.l0_per_screen_px <= 0:
             return
+        k = self.font_pt / self.BASE_PT
         um_per_px = self.mpp_um * self.l0_per_screen_px
-        length_um = nice_length_um(120 * um_per_px)
+        length_um = nice_length_um(120 * um_per_px)  # the bar keeps its length; only the text grows
         bar_px = max(4, int(round(length_um / um_per_px)))
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         p.setPen(Qt.PenStyle.NoPen)
         p.setBrush(QColor(20, 22, 25, 190))
-        p.drawRoundedRect(QRectF(0, 0, bar_px + 24, 40), 5, 5)
+        p.drawRoundedRect(QRectF(0, 0, bar_px + 24 * k, 40 * k), 5, 5)
         p.setBrush(QColor("white"))
-        p.drawRect(QRectF(12, 26, bar_px, 5))
+        p.drawRect(QRectF(12 * k, 26 * k, bar_px, 5 * k))
         p.setPen(QColor("white"))
-        f = QFont(self.font())
-        f.setPointSizeF(9.5)
-        p.setFont(f)
-        p.drawText(QRectF(12, 4, bar_px + 60, 20), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
-                   format_um(length_um))
+        p.setFont(self.label_font())
+        p.drawText(QRectF(12 * k, 2 * k, bar_px + 80 * k, 22 * k),
+                   Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, format_um(length_um))
         p.end()
 
 
@@ -146,12 +171,23 @@ class Overview(QWidget):
         self.setToolTip("Overview: click to jump")
         self.hide()
 
-    def set_slide(self, thumb: np.ndarray, l0_size: tuple[int, int]) -> None:
-        """``thumb`` is already overview-sized (prepared in the open worker)."""
-        small = rgb_qimage(thumb)
-        self._image, self._l0_size = small, l0_size
-        self.resize(small.width() + 4, small.height() + 4)
+    def set_slide(self, thumb: np.ndarray, l0_size: tuple[int, int], max_px: int | None = None) -> None:
+        """``thumb`` is already overview-sized (prepared in the open worker); shown at most ``max_px``."""
+        self._full, self._l0_size = rgb_qimage(thumb), l0_size
+        self.fit(max_px or max(self._full.width(), self._full.height()))
         self.show()
+
+    def fit(self, max_px: int) -> None:
+        """Longest side at most ``max_px`` (the view gives it a share of its own size)."""
+        full = getattr(self, "_full", None)
+        if full is None:
+            return
+        if max(full.width(), full.height()) > max_px:
+            self._image = full.scaled(max_px, max_px, Qt.AspectRatioMode.KeepAspectRatio,
+                                      Qt.TransformationMode.SmoothTransformation)
+        else:
+            self._image = full
+        self.resize(self._image.width() + 4, self._image.height() + 4)
         self.update()
 
     def set_view(self, rect: QRectF) -> None:
@@ -244,6 +280,80 @@ def _region_graphics(region: Region) -> RegionGraphics:
     return RegionGraphics(region, outline, box, label)
 
 
+def contour_path(segments: np.ndarray) -> QPainterPath:
+    """Level-0 line segments (N, 4) as one path of separate strokes."""
+    path = QPainterPath()
+    for x0, y0, x1, y1 in segments:
+        path.moveTo(float(x0), float(y0))
+        path.lineTo(float(x1), float(y1))
+    return path
+
+
+def _contour_items(contour: Contour) -> tuple[QGraphicsPathItem, QGraphicsPathItem]:
+    """A dark casing under the category-coloured line: legible over pale glass and dark nuclei alike."""
+    path = contour_path(contour.segments)
+    items = []
+    for color, width, z in ((QColor(*CASING_RGB, 200), 5.0, 11), (QColor(contour.color), 3.0, 12)):
+        item = QGraphicsPathItem(path)
+        pen = QPen(color, width)
+        pen.setCosmetic(True)
+        pen.setCapStyle(Qt.PenCapStyle.SquareCap)
+        pen.setJoinStyle(Qt.PenJoinStyle.MiterJoin)
+        item.setPen(pen)
+        item.setZValue(z)
+        items.append(item)
+    return items[0], items[1]
+
+
+class EmptyHint(QFrame):
+    """What an empty canvas says: how to open a slide, and the recent ones as buttons."""
+
+    openRequested = Signal()
+    recentRequested = Signal(str)
+    MAX_RECENT = 6
+
+    def __init__(self, parent: QWidget) -> None:
+        super().__init__(parent)
+        self.setObjectName("emptyHint")
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(28, 22, 28, 22)
+        lay.setSpacing(8)
+        self.title = QLabel("Open a slide (Ctrl+O) or drop one here")
+        self.title.setObjectName("emptyTitle")
+        self.title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        lay.addWidget(self.title)
+        self.open_btn = QPushButton("Open slide or image…")
+        self.open_btn.setObjectName("primary")
+        self.open_btn.clicked.connect(self.openRequested)
+        lay.addWidget(self.open_btn, 0, Qt.AlignmentFlag.AlignCenter)
+        self.recent_title = QLabel("Recent slides")
+        self.recent_title.setObjectName("emptyRecentTitle")
+        lay.addWidget(self.recent_title)
+        self.recent_box = QVBoxLayout()
+        self.recent_box.setSpacing(2)
+        lay.addLayout(self.recent_box)
+        self.recent_buttons: list[QPushButton] = []
+        self.set_recent([])
+
+    def set_recent(self, recent: Sequence[tuple[str, str]]) -> None:
+        """(path, display name) of recent slides, newest first."""
+        for btn in self.recent_buttons:
+            self.recent_box.removeWidget(btn)
+            btn.deleteLater()
+        self.recent_buttons = []
+        for path, name in list(recent)[: self.MAX_RECENT]:
+            btn = QPushButton(name)
+            btn.setObjectName("recentSlide")
+            btn.setToolTip(path)
+            btn.setFlat(True)
+            btn.setCursor(Qt.CursorShape.PointingHandCursor)
+            btn.clicked.connect(lambda _c=False, p=path: self.recentRequested.emit(p))
+            self.recent_box.addWidget(btn)
+            self.recent_buttons.append(btn)
+        self.recent_title.setVisible(bool(self.recent_buttons))
+        self.adjustSize()
+
+
 class SlideView(pg.GraphicsView):
     """Level-0 pixel coordinates, y down, aspect locked. Emits clicks and hovers in level-0 pixels."""
 
@@ -291,10 +401,16 @@ class SlideView(pg.GraphicsView):
         self.label.setVisible(False)
         self.vb.addItem(self.label)
         self.regions: list[RegionGraphics] = []
+        self.contours: list[QGraphicsPathItem] = []
 
         self.scale_bar = ScaleBar(self)
         self.overview = Overview(self)
         self.overview.jump.connect(self.center_on)
+        self.overview_share = 0.25
+        """Largest share of the view's shorter side the overview may take (the kiosk's screen is small)."""
+        self.empty_hint = EmptyHint(self)
+        self.offer_open = True
+        """Show the empty-canvas hint (the kiosk has its own waiting page and no Ctrl+O)."""
 
         self.opened: Opened | None = None
         self.cache = TileCache()
@@ -333,9 +449,13 @@ class SlideView(pg.GraphicsView):
         bgra = opened.base.bgra
         self.base.setPixmap(QPixmap.fromImage(bgra_qimage(bgra)))
         self.base.setTransform(QTransform.fromScale(w0 / bgra.shape[1], h0 / bgra.shape[0]))
-        self.overview.set_slide(opened.base.overview_rgb, (w0, h0))
+        self.overview.set_slide(opened.base.overview_rgb, (w0, h0), self._overview_px())
+        self.empty_hint.hide()
         self._place_overlays()
         self._update_timer.start()
+
+    def _overview_px(self) -> int:
+        return max(48, min(OVERVIEW_PX, int(self.overview_share * min(self.width(), self.height()))))
 
     def clear_slide(self) -> None:
         for item in self._items.values():
@@ -350,7 +470,11 @@ class SlideView(pg.GraphicsView):
         self.selection.setVisible(False)
         self.label.setVisible(False)
         self.set_regions(())
+        self.set_contours(())
         self.overview.hide()
+        self.scale_bar.hide()
+        self.empty_hint.setVisible(self.offer_open)
+        self._place_overlays()
 
     def fit(self) -> None:
         if self.opened is not None:
@@ -407,6 +531,14 @@ class SlideView(pg.GraphicsView):
             for item in g.items():
                 self.vb.addItem(item)
 
+    def set_contours(self, contours: Sequence[Contour]) -> None:
+        """Replace the category contours (two path items per category: casing and colour)."""
+        for item in self.contours:
+            self.vb.removeItem(item)
+        self.contours = [item for c in contours for item in _contour_items(c)]
+        for item in self.contours:
+            self.vb.addItem(item)
+
     def set_label(self, html: str | None) -> None:
         if not html:
             self.label.setVisible(False)
@@ -425,12 +557,18 @@ class SlideView(pg.GraphicsView):
         mpp = self.opened.info.mpp.um if self.opened and self.opened.info.mpp else None
         self.scale_bar.set_scale(mpp, self.l0_per_screen_px())
         self.scale_bar.move(14, self.height() - self.scale_bar.height() - 12)
+        if self.opened is not None:
+            self.overview.fit(self._overview_px())
         self.overview.move(self.width() - self.overview.width() - 12, 12)
         self.overview.set_view(self.visible_l0_rect())
+        if self.empty_hint.isVisible():
+            self.empty_hint.adjustSize()
+            self.empty_hint.move(max(0, (self.width() - self.empty_hint.width()) // 2),
+                                 max(0, (self.height() - self.empty_hint.height()) // 2))
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
-        if not hasattr(self, "scale_bar"):  # called by the base class before __init__ finishes
+        if not hasattr(self, "empty_hint"):  # called by the base class before __init__ finishes
             return
         self._place_overlays()
         self._update_timer.start()
@@ -462,15 +600,18 @@ class SlideView(pg.GraphicsView):
     # -- pyramid tiles -------------------------------------------------------------------------
 
     def _level_for(self, l0_per_px: float) -> int | None:
-        """Pyramid level for this zoom, or None where the thumbnail is already sharp enough."""
+        """Pyramid level for this zoom, or None where the thumbnail is already sharp enough.
+
+        Only usable levels: one the level check skipped (wrong colours) is never drawn.
+        """
         info = self.opened.info
         thumb_ds = info.dimensions[0] / self.opened.thumbnail.shape[1]
         if l0_per_px >= thumb_ds * 0.95:
             return None
         # A level up to 1.25x coarser than the screen is still crisp and has 1.5-16x fewer pixels to draw.
         best = 0
-        for level, ds in enumerate(info.level_downsamples):
-            if ds <= l0_per_px * 1.25:
+        for level in info.usable_levels:
+            if info.level_downsamples[level] <= l0_per_px * 1.25:
                 best = level
         return best
 
@@ -511,7 +652,7 @@ class SlideView(pg.GraphicsView):
         show = {k for k in wanted if k in self.cache}
         if missing and level is not None:
             # Coarser cached tiles stand in until the sharp ones arrive.
-            for coarser in range(level + 1, len(self.opened.info.level_downsamples)):
+            for coarser in (lv for lv in self.opened.info.usable_levels if lv > level):
                 show.update(k for k in self._keys_in(coarser, rect) if k in self.cache)
         for key in list(self._items):
             if key not in show:

@@ -31,6 +31,16 @@ QMenuBar::item:selected { background: #2f3539; }
 QMenu { background: #2a2f33; color: #e6e9ec; border: 1px solid #3d4348; }
 QMenu::item:selected { background: #2f6fb3; }
 QToolTip { background: #111416; color: #e6e9ec; border: 1px solid #3d4348; padding: 4px; }
+QLabel#inspectorTitle { font-size: 15px; font-weight: 600; }
+QLabel#inspectorSubtitle { color: #aab2b9; }
+QLabel#inspectorDetails { color: #c3c9ce; font-family: 'DejaVu Sans Mono', monospace; font-size: 11px; }
+QLabel#categoryCount { color: #c3c9ce; }
+QLabel#levelsWarning { color: #ffb347; font-size: 11px; }
+QFrame#emptyHint { background: rgba(20, 22, 25, 215); border: 1px solid #3d4348; border-radius: 8px; }
+QLabel#emptyTitle { color: #e6e9ec; font-size: 17px; font-weight: 600; }
+QLabel#emptyRecentTitle { color: #8d969e; font-size: 11px; font-weight: 700; letter-spacing: 1px; padding-top: 8px; }
+QPushButton#recentSlide { background: transparent; border: none; color: #7fb4ec; text-align: left; padding: 3px 4px; }
+QPushButton#recentSlide:hover { color: #a9cdf3; text-decoration: underline; }
 """
 
 

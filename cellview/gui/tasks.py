@@ -1,12 +1,12 @@
-"""Generators the GUI runs in a Worker: open a slide, load tiles, preview tissue, run the analysis.
+"""Generators the GUI runs in a Worker for display: pyramid tiles and inspector patches.
 
 Each opens its own slide handle (OpenSlide handles are never shared across threads) and only
-yields plain data, so the main thread never waits on OpenSlide or ONNX Runtime.
+yields plain data, so the main thread never waits on OpenSlide. The viewer's own jobs (open,
+analyse, regions, tissue) live in the Qt-free ``cellview.viewer``.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,136 +14,28 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from cellview.cache import ResultCache
 from cellview.errors import SlideError
-from cellview.model import ModelSpec, OnnxClassifier
-from cellview.morphology import NucleiMeasurement, Region, malignant_regions, measure_nuclei, patch_mpp
-from cellview.pipeline import CancelToken, analyze
-from cellview.results import AnalysisParams, AnalysisResult
-from cellview.slide import SlideInfo, open_slide
+from cellview.morphology import NucleiMeasurement, measure_nuclei, patch_mpp
+from cellview.pipeline import CancelToken
+from cellview.slide import open_slide
 from cellview.tiling import TileGrid, read_tile
-from cellview.tissue import TissueMask, TissueParams, detect_tissue
 
-THUMBNAIL_PX = 2048
-"""Longest side of the base image drawn under the pyramid tiles (and used for PNG export)."""
+# Opening, analysis, regions and tissue previews are the viewer model's jobs (Qt-free); re-exported here.
+from cellview.viewer import (  # noqa: E402,F401
+    OVERVIEW_PX,
+    THUMBNAIL_PX,
+    BaseImage,
+    ModelReady,
+    Opened,
+    SharperThumbnail,
+    TissuePreview,
+    open_task,
+    regions_task,
+    tissue_task,
+)
 
 VIEW_TILE_PX = 512
 """Side of one display tile, in pixels of its pyramid level."""
-
-
-OVERVIEW_PX = 200
-
-
-@dataclass(frozen=True)
-class BaseImage:
-    """The thumbnail in the forms the main thread draws without converting (prepared off it)."""
-
-    bgra: np.ndarray  # QImage.Format_RGB32 memory layout: a QPixmap copy, no conversion
-    overview_rgb: np.ndarray
-
-    @classmethod
-    def from_rgb(cls, rgb: np.ndarray) -> BaseImage:
-        h, w = rgb.shape[:2]
-        k = OVERVIEW_PX / max(h, w)
-        small = cv2.resize(rgb, (max(1, int(w * k)), max(1, int(h * k))), interpolation=cv2.INTER_AREA)
-        return cls(np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)), small)
-
-
-@dataclass(frozen=True)
-class Opened:
-    """Everything the viewer needs about a slide, read once off the main thread."""
-
-    path: str
-    info: SlideInfo
-    thumbnail: np.ndarray
-    base: BaseImage
-    vendor: str
-    is_plain_image: bool
-
-
-@dataclass(frozen=True)
-class SharperThumbnail:
-    """The full-size base image, after a quick preview was shown."""
-
-    path: str
-    thumbnail: np.ndarray
-    base: BaseImage
-
-
-def _quick_preview(slide) -> np.ndarray | None:
-    """The scanner's own small thumbnail (no pixel decoding of the pyramid), if it has the slide's shape."""
-    get = getattr(slide, "associated_image", None)
-    try:
-        img = get("thumbnail") if get else None
-    except Exception:  # noqa: BLE001 - a broken associated image only costs the preview
-        return None
-    if img is None:
-        return None
-    w0, h0 = slide.dimensions
-    return img if abs(img.shape[1] / img.shape[0] - w0 / h0) < 0.02 * (w0 / h0) else None
-
-
-def open_task(path: str, mpp_um: float | None) -> Iterator[Opened | SharperThumbnail]:
-    """Opened with the cheapest good preview, then the sharper base image if the preview was small.
-
-    Preview: the scanner's thumbnail, else the whole coarsest pyramid level when it is small
-    (one read, no resampling of a finer level), else a THUMBNAIL_PX thumbnail.
-    """
-    slide = open_slide(path, mpp_um=mpp_um)
-    try:
-        info = slide.info()
-        preview = _quick_preview(slide)
-        if preview is None:
-            coarsest_px = max(slide.level_dimensions[-1])
-            preview = slide.thumbnail(min(THUMBNAIL_PX, coarsest_px) if coarsest_px <= 2 * THUMBNAIL_PX else THUMBNAIL_PX)
-        yield Opened(str(slide.path), info, preview, BaseImage.from_rgb(preview), slide.vendor, slide.vendor == "image")
-        if max(preview.shape[:2]) < 0.75 * min(THUMBNAIL_PX, max(slide.dimensions)):
-            sharp = slide.thumbnail(THUMBNAIL_PX)
-            yield SharperThumbnail(str(slide.path), sharp, BaseImage.from_rgb(sharp))
-    finally:
-        slide.close()
-
-
-@dataclass(frozen=True)
-class ModelReady:
-    """The classifier is loaded: the status bar can say which model runs on what."""
-
-    spec: ModelSpec
-    description: str
-    fallback_message: str | None
-    warn: bool  # CPU only, or a GPU asked for and not used
-
-
-def analysis_task(path: str, model_path: str, params: AnalysisParams, cancel: CancelToken,
-                  use_cache: bool = True) -> Iterator[object]:
-    """Load the model (can take seconds with TensorRT), then stream the core pipeline's events."""
-    spec = ModelSpec.load(model_path)
-    # Leave one core to the UI thread on small machines.
-    threads = max(1, (os.cpu_count() or 2) - 1)
-    classifier = OnnxClassifier(spec, device=params.device, intra_op_threads=threads)
-    yield ModelReady(spec, classifier.describe(), classifier.fallback_message, classifier.needs_attention)
-    yield from analyze(path, classifier, params, cancel, ResultCache() if use_cache else None)
-
-
-def regions_task(result: AnalysisResult, min_confidence: float) -> Iterator[list[Region]]:
-    """Malignant regions off the main thread: noisy predictions make thousands of them, which takes seconds.
-
-    ``result`` must be a snapshot the main thread no longer writes to (its arrays copied).
-    """
-    yield malignant_regions(result, min_confidence)
-
-
-@dataclass(frozen=True)
-class TissuePreview:
-    mask: TissueMask
-
-
-def tissue_task(path: str, mpp_um: float | None, params: TissueParams) -> Iterator[TissuePreview]:
-    slide = open_slide(path, mpp_um=mpp_um)
-    try:
-        yield TissuePreview(detect_tissue(slide, params, slide.mpp.um if slide.mpp else None))
-    finally:
-        slide.close()
 
 
 # ----------------------------------------------------------------------------- tile loading

@@ -114,3 +114,41 @@ class Worker(QObject):
         """Cancel and join the thread (closing the window); True once it has stopped."""
         self.cancel()
         return bool(self._thread.wait(timeout_ms)) if self._thread.isRunning() else True
+
+
+class QtRunner(QObject):
+    """Runs the viewer model's jobs (``cellview.viewer.Job``) on Workers; callbacks arrive on the main thread.
+
+    Keeps every Worker until it is done, so ``shutdown`` can stop them all when the window closes.
+    ``started`` fires with the job's name and its Worker before the thread starts (tests and
+    benchmarks hook into the analysis there).
+    """
+
+    started = Signal(str, object)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.workers: set[Worker] = set()
+
+    def __call__(self, job: Any) -> Worker:
+        worker = Worker(job.run, job.name)
+        worker.item.connect(job.on_item)
+        worker.failed.connect(job.on_failed)
+        worker.done.connect(job.on_done)
+        self.start(worker, job.name)
+        return worker
+
+    def start(self, worker: Worker, name: str = "") -> Worker:
+        """Track and start a worker (also the display's own, such as tile loaders)."""
+        self.workers.add(worker)
+        worker.done.connect(lambda w=worker: self.workers.discard(w))
+        self.started.emit(name or worker.name, worker)
+        worker.start()
+        return worker
+
+    def shutdown(self, timeout_ms: int = 15000) -> bool:
+        """Cancel every worker and wait for their threads; True if all stopped."""
+        workers = list(self.workers)
+        for w in workers:
+            w.cancel()
+        return all(w.wait(timeout_ms) for w in workers)

@@ -51,6 +51,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     x.add_argument("--version", default="1.0.0")
     x.add_argument("--no-wsinfer", action="store_true")
     x.add_argument("--no-fp16", action="store_true", help="skip the half-precision GPU copy")
+    x.add_argument("--no-domain", action="store_true", help="skip fitting the out-of-domain statistics")
     x.set_defaults(func=cmd_export)
 
 
@@ -131,7 +132,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not (args.run / "model.pt").exists():
         return _fail(f"{args.run} is not a finished training run (no model.pt)")
     try:
-        export_run(args.run, args.out, args.version, wsinfer=not args.no_wsinfer, fp16=not args.no_fp16)
+        export_run(args.run, args.out, args.version, wsinfer=not args.no_wsinfer, fp16=not args.no_fp16,
+                   domain=not args.no_domain)
     except (CellviewError, RuntimeError) as exc:
         return _fail(str(exc))
     return 0

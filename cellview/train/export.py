@@ -1,8 +1,11 @@
 """``cellview export``: a run → ``models/<name>/`` (ONNX + sidecar + card, TorchScript + WSInfer config).
 
-The ONNX graph takes uint8 NHWC tiles and returns logits (normalisation inside the graph); the
-sidecar carries the fitted temperature, which CellView applies. The TorchScript copy takes what
-WSInfer feeds (float NCHW after its ToTensor + Normalize transforms) and returns the same logits.
+The ONNX graph takes uint8 NHWC tiles and returns logits first (normalisation inside the graph),
+then the pooled ``features``, the last ``feature_map`` and the class activation maps ``cam``
+(cellview.onnx_graph); the sidecar carries the fitted temperature, which CellView applies. The
+TorchScript copy takes what WSInfer feeds (float NCHW after its ToTensor + Normalize transforms)
+and returns the same logits only. The out-of-domain statistics (``domain.npz``) are fitted on the
+run's training split and calibrated on its validation split (cellview.train.domain).
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from cellview.domain import DOMAIN_FILE
+from cellview.errors import CellviewError
 from cellview.export import atomic_write_text
 from cellview.model import ModelSpec, OnnxClassifier, sha256_file
+from cellview.onnx_graph import EXPLAIN_OUTPUTS, upgrade_onnx_file
 from cellview.train import data as D
 from cellview.train.backbone import Normalize, export_onnx
 
@@ -72,6 +78,7 @@ def sidecar_dict(recipe: D.Recipe, state: dict[str, Any], onnx_path: Path, versi
         "input": {"layout": "NHWC", "dtype": "uint8", "scale": 1.0, "mean": list(mean), "std": list(std),
                   "note": "raw 0..255 RGB; (x - mean) / std is inside the graph"},
         "output": "logits",
+        "outputs": ["logits", *EXPLAIN_OUTPUTS],
         "onnx_sha256": sha256_file(onnx_path),
         "license": recipe.license,
         "training_data": training_data,
@@ -88,7 +95,8 @@ def _wsinfer_transform(patch: int, mean: tuple[float, ...], std: tuple[float, ..
     ]
 
 
-def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bool = True, fp16: bool = True) -> Path:
+def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bool = True, fp16: bool = True,
+               domain: bool = True) -> Path:
     from cellview.train.train import Run, load_model
 
     run = Run(run_dir)
@@ -102,6 +110,7 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
     import onnx
 
     onnx.checker.check_model(str(onnx_path))
+    upgrade_onnx_file(onnx_path)  # features, feature_map and cam after the logits (logits untouched)
     tiles = _parity_tiles(samples, split, recipe)
     with torch.inference_mode():
         ref = model(torch.from_numpy(tiles)).numpy()
@@ -114,12 +123,13 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
     _write_json(out_dir / "model.json", side)
     spec = ModelSpec.load(onnx_path)
     clf = OnnxClassifier(spec, device="cpu", intra_op_threads=2)
-    got = clf.logits(tiles)
+    got, cam = clf.run(tiles, (clf.output_name, "cam"))
     diff = float(np.abs(got - ref).max())
     print(f"ONNX vs torch: max |Δlogit| = {diff:.2e} on {len(tiles)} tiles", file=sys.stderr)
     if diff > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX export differs from torch by {diff:.3g} (> {PARITY_TOLERANCE}).")
     side["metrics"]["onnx_torch_max_abs_diff"] = diff
+    side["metrics"]["cam_mean_vs_logit_max_abs_diff"] = float(np.abs(cam.mean(axis=(2, 3)) - got).max())
 
     if wsinfer:
         wdir = out_dir / "wsinfer"
@@ -149,8 +159,36 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
         if src.exists():
             shutil.copy2(src, out_dir / name)
     atomic_write_text(out_dir / "MODEL_CARD.md", model_card(recipe, cfg, summary, ev, side))
+    (out_dir / DOMAIN_FILE).unlink(missing_ok=True)  # statistics of an earlier model must not linger
+    if domain:
+        _fit_domain(run, out_dir, onnx_path, recipe, samples, split)
     print(f"exported {recipe.name} to {out_dir} ({onnx_path.stat().st_size / 1e6:.1f} MB ONNX)", file=sys.stderr)
     return onnx_path
+
+
+def _fit_domain(run: Any, out_dir: Path, onnx_path: Path, recipe: D.Recipe, samples: list[D.Sample],
+                split: np.ndarray) -> None:
+    """Out-of-domain statistics from the run's split, and their in-domain / artefact figures in the card."""
+    from cellview.train.domain import (
+        domain_phrase,
+        evaluate_model_domain,
+        fit_model_domain,
+        report_markdown,
+        update_card,
+    )
+
+    cache = run.path / "cache" / "domain"
+    try:
+        fit_model_domain(onnx_path, samples, split, domain_phrase(recipe), cache,
+                         command=f"cellview export {run.path} --out {out_dir}")
+        report = evaluate_model_domain(onnx_path, samples, split, {}, cache)
+    except (CellviewError, ValueError) as exc:
+        print(f"no domain statistics for {recipe.name}: {exc}", file=sys.stderr)
+        return
+    run.save_json("eval/domain.json", report)
+    command = (f"cellview export {run.path} --out {out_dir}; against other organs and slides: "
+               f"cellview domain evaluate {out_dir} --run {run.path} --other RECIPE --slide SLIDE --card")
+    update_card(out_dir / "MODEL_CARD.md", report_markdown(report, command))
 
 
 def _export_fp16(onnx_path: Path, side: dict[str, Any], tiles: np.ndarray, ref: np.ndarray) -> float:
@@ -229,10 +267,12 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
         + (f", then the last {cfg.finetune_blocks} blocks fine-tuned" if cfg.finetune_blocks else "") + ".",
         f"- Input: {recipe.patch_size}×{recipe.patch_size} px RGB tiles at **{recipe.spacing_um_px} µm/px**; "
         "uint8 NHWC, normalisation inside the ONNX graph. Output: logits; CellView applies "
-        f"temperature T = {side['temperature']:.3f} then softmax.",
+        f"temperature T = {side['temperature']:.3f} then softmax. Further outputs after the logits: pooled "
+        "`features` (the out-of-domain score reads them), the last `feature_map` and the class activation maps "
+        "`cam` (`cellview explain`).",
         "- Image-level result for a plain image = mean of its tiles' probabilities.",
         f"- Files: `model.onnx` (opset 17, dynamic batch, sha256 `{side['onnx_sha256'][:16]}…`), `model.json` "
-        "(sidecar), `model.fp16.onnx` + `model.fp16.json` (half-precision copy for GPUs), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript for WSInfer / QuPath, same weights, "
+        "(sidecar), `domain.npz` (out-of-domain statistics, sha256 in the sidecar), `model.fp16.onnx` + `model.fp16.json` (half-precision copy for GPUs), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript for WSInfer / QuPath, same weights, "
         "raw logits — WSInfer's softmax is not temperature-scaled).",
         f"- Export parity: ONNX vs torch max |Δlogit| = {side['metrics'].get('onnx_torch_max_abs_diff', float('nan')):.2e}"
         + (f"; TorchScript {side['metrics']['torchscript_torch_max_abs_diff']:.2e}"

@@ -1,0 +1,349 @@
+"""The Qt-free viewer state (cellview.viewer.ViewerModel) driven like the GUI drives it, without Qt."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellview.errors import CellviewError
+from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
+from cellview.pipeline import BatchDone, Finished, Started, analyze
+from cellview.results import AnalysisParams
+from cellview.testing import SYNTH_BLOCKS, SYNTH_TILE, make_toy_model
+from cellview.viewer import WHOLE_IMAGE, MemoryStore, ViewerModel, run_now
+
+
+class Recorder:
+    """Every event the model emits, in order, as (type, value)."""
+
+    def __init__(self, model: ViewerModel) -> None:
+        self.events: list[tuple[str, object]] = []
+        for name in model.EVENTS:
+            getattr(model.events, name).connect(lambda e: self.events.append((e.type, e.value)))
+
+    def of(self, kind: str) -> list[object]:
+        return [v for t, v in self.events if t == kind]
+
+
+@pytest.fixture
+def model(toy_model) -> ViewerModel:
+    m = ViewerModel(run_now, store=MemoryStore())
+    m.use_cache = False
+    m.set_model(str(toy_model))
+    return m
+
+
+def test_open_analyse_select_and_step(model, synthetic_slide):
+    rec = Recorder(model)
+    model.auto_analyse = True
+    model.open(synthetic_slide)
+    assert model.slide is not None and model.slide.info.name == "synthetic"
+    result = model.result
+    assert result is not None and result.status == "complete" and result.n_done == 56
+    kinds = [t for t, _ in rec.events]
+    # opening → the slide → the run (model loaded, progress streaming) → the result
+    assert kinds.index("slide") < kinds.index("model_ready") < kinds.index("result")
+    assert [p.phase for p in rec.of("progress")][0] == "preparing" and rec.of("progress")[-1].phase == "done"
+    assert rec.of("running") == [True, False] and len(rec.of("tiles")) >= 1
+    r0, _, c0, _ = SYNTH_BLOCKS["malignant"]
+    i = model.select_at(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5)
+    assert i >= 0 and model.selection == i and rec.of("selection")[-1] == i
+    j = model.step(0, 1)
+    g = result.grid
+    assert (g.grid_row[j], g.grid_col[j]) == (r0, c0 + 1)
+
+
+def test_a_bad_file_never_replaces_the_open_slide(model, synthetic_slide, tmp_path):
+    model.auto_analyse = True
+    model.open(synthetic_slide)
+    slide, result = model.slide, model.result
+    rec = Recorder(model)
+    bad = tmp_path / "x.svs"
+    bad.write_bytes(b"")
+    model.open(bad)
+    assert model.slide is slide and model.result is result  # nothing lost
+    (title, error), = rec.of("error")
+    assert title == "Cannot open slide" and "x.svs is empty" in error.message
+    assert rec.of("slide") == [] and rec.of("result") == [] and rec.of("open_failed")[0][0] == str(bad)
+    assert model.opening is None and model.can_analyse
+
+
+def test_nothing_open_means_nothing_to_analyse(model, synthetic_slide):
+    assert not model.can_analyse and not model.start_analysis()
+    model.open(synthetic_slide)
+    assert model.can_analyse
+    model.close_slide()
+    assert model.slide is None and not model.can_analyse and model.result is None
+
+
+def test_switching_the_model_clears_or_reruns(model, synthetic_slide, tmp_path):
+    other = make_toy_model(tmp_path / "other", patch_px=64, spacing_um=1.0, name="toy-other")
+    model.open(synthetic_slide)
+    assert model.start_analysis() and model.result.model.name == "toy-colour"
+    rec = Recorder(model)
+    model.set_model(str(other))  # auto-analyse off: the old result goes, nothing runs
+    assert model.result is None and rec.of("result") == [None] and rec.of("running") == []
+    assert model.progress.phase == "idle"
+    model.start_analysis()
+    assert model.result.model.name == "toy-other"
+    model.auto_analyse = True
+    rec = Recorder(model)
+    model.set_model(str(tmp_path / "missing.onnx"))
+    # with auto-analyse on the slide is run again; a model file that does not exist says why
+    assert model.result is None and rec.of("result")[0] is None and rec.of("running") == [True, False]
+    assert [title for title, _ in rec.of("error")] == ["Analysis failed"]
+
+
+def test_auto_analyse_reruns_with_the_new_model(model, synthetic_slide, tmp_path):
+    other = make_toy_model(tmp_path / "other", patch_px=64, spacing_um=1.0, name="toy-other")
+    model.auto_analyse = True
+    model.open(synthetic_slide)
+    assert model.result.model.name == "toy-colour"
+    rec = Recorder(model)
+    model.set_model(str(other))
+    assert rec.of("result")[0] is None  # the old model's result is gone before the new one arrives
+    assert model.result.model.name == "toy-other" and model.result_model_path == str(other)
+
+
+def test_changed_settings_mark_the_result_stale(model, synthetic_slide):
+    model.open(synthetic_slide)
+    model.start_analysis()
+    assert not model.stale
+    model.set_settings(tissue_threshold=0.6)
+    assert model.stale and model.result is not None  # kept on screen until Analyse
+    model.start_analysis()
+    assert not model.stale and model.result.params.tissue_threshold == 0.6
+
+
+def test_unknown_scale_is_asked_and_remembered(model, tmp_path):
+    from cellview.testing import synthetic_slide_rgb, write_pyramid_tiff
+
+    path = write_pyramid_tiff(tmp_path / "nompp.tiff", synthetic_slide_rgb(), None)
+    asked = []
+    model.ask_scale = lambda opened: asked.append(opened.path) or 0.5
+    model.open(path)
+    assert model.start_analysis() and asked and model.result.slide.mpp.source == "user"
+    model.ask_scale = lambda opened: pytest.fail("asked again")
+    model.open(path)
+    assert model.slide.info.mpp.um == 0.5 and model.start_analysis()
+    model.ask_scale = None  # the kiosk: nobody to ask; the pipeline's own message fails the run
+    model.store.mpp.clear()
+    model.open(path)
+    errors = []
+    model.events.error.connect(lambda e: errors.append(e.value[1].message))
+    model.start_analysis()
+    assert model.result is None and "--mpp" in errors[0]
+    model.set_scale(WHOLE_IMAGE)
+    assert model.mpp_choice == WHOLE_IMAGE and model.current_params().whole_image
+
+
+def test_cancel_keeps_finished_tiles(model, synthetic_slide, toy_model):
+    from cellview.model import ModelSpec, OnnxClassifier
+
+    classifier = OnnxClassifier(ModelSpec.load(toy_model), device="cpu")
+
+    def source(request, cancel):  # the kiosk's way: a preloaded classifier; cancel after two batches
+        for event in analyze(request.path, classifier, request.params.__class__(batch_size=8, workers=1), cancel):
+            if isinstance(event, BatchDone) and event.done >= 16:
+                cancel.cancel()
+            yield event
+
+    model.open(synthetic_slide)
+    partial_seen = []
+    model.events.tiles.connect(lambda e: partial_seen.append(model.shown_result().n_done))
+    assert model.start_analysis(source=source, spec=classifier.spec)
+    assert model.result.status == "cancelled" and 16 <= model.result.n_done < 56
+    assert partial_seen[:2] == [8, 16]
+
+
+def test_overlay_settings_drive_regions(model, synthetic_slide):
+    model.open(synthetic_slide)
+    model.start_analysis()
+    rec = Recorder(model)
+    model.set_overlay(show_regions=True)
+    assert len(model.regions) == 1 and model.regions[0].n_tiles == 16 and rec.of("regions")[-1] == model.regions
+    model.set_overlay(min_confidence=0.99)  # the threshold drives them: computed again
+    assert len(rec.of("regions")) == 2 and model.regions_confidence == 0.99
+    model.set_overlay(opacity=0.2, style="fill")  # cannot change regions: no recomputation
+    assert rec.of("overlay")[-1].opacity == 0.2 and len(rec.of("regions")) == 2
+    model.set_overlay(show_regions=False)
+    assert model.regions == [] and rec.of("regions")[-1] == []
+
+
+def test_viewer_exports_go_through_the_cli_renderer(model, synthetic_slide, tmp_path, capsys):
+    """One export path: the viewer's GeoJSON has the CLI's region annotations; CSV bytes are equal."""
+    from cellview.cli import main
+
+    model.open(synthetic_slide)
+    model.start_analysis()
+    model.set_overlay(min_confidence=0.5)  # the CLI's default region confidence
+    out = model.export_all(tmp_path / "viewer")
+    assert sorted(out) == ["csv", "geojson", "json", "png"]
+    assert main(["analyze", str(synthetic_slide), "--model", model.model_path, "--out", str(tmp_path / "cli"),
+                 "-q", "--no-cache"]) == 0
+    capsys.readouterr()
+    cli = {k: tmp_path / "cli" / f"synthetic{s}" for k, s in (("csv", ".csv"), ("geojson", ".geojson"))}
+    assert out["csv"].read_bytes() == cli["csv"].read_bytes()
+    mine, theirs = (json.loads(p.read_text()) for p in (out["geojson"], cli["geojson"]))
+    assert mine["features"] == theirs["features"]
+    assert [f["properties"]["objectType"] for f in mine["features"]].count("annotation") == 1
+    meta = json.loads(out["json"].read_text())
+    assert meta["export_options"]["display"]["min_confidence"] == 0.5 and meta["malignant_regions"]["regions"]
+    single = model.export_file("geojson", tmp_path / "one.geojson")
+    assert json.loads(single.read_text())["features"] == mine["features"]
+
+
+def test_png_export_shows_what_the_screen_shows(model, synthetic_slide, tmp_path):
+    from PIL import Image
+
+    model.open(synthetic_slide)
+    model.start_analysis()
+    thumb = model.slide.thumbnail
+    k = thumb.shape[1] / model.result.grid.slide_w_l0
+
+    def png(**overlay) -> np.ndarray:
+        model.set_overlay(**overlay)
+        path = model.export_file("png", tmp_path / "x.png")
+        return np.asarray(Image.open(path).convert("RGB"))[:thumb.shape[0], :thumb.shape[1]].astype(int)
+
+    def at(img, row, col):  # a pixel in tile (row, col), an eighth of a tile in from its top-left corner
+        return img[int((row + 0.125) * SYNTH_TILE * k), int((col + 0.125) * SYNTH_TILE * k)]
+
+    def centre(img, row, col):
+        return img[int((row + 0.5) * SYNTH_TILE * k), int((col + 0.5) * SYNTH_TILE * k)]
+
+    r0, r1, c0, c1 = SYNTH_BLOCKS["malignant"]
+    red = np.array(hex_to_rgb(CATEGORY_COLORS["malignant"]))
+    fill = png(style="fill", opacity=1.0)
+    assert np.abs(centre(fill, r0 + 1, c0 + 1) - red).max() <= 3  # painted, as on screen
+    outline = png(style="outline")
+    assert np.abs(centre(outline, r0 + 1, c0 + 1) - thumb[int((r0 + 1.5) * SYNTH_TILE * k),
+                                                          int((c0 + 1.5) * SYNTH_TILE * k)]).max() <= 3
+    edge = outline[int(r0 * SYNTH_TILE * k), int((c0 + 1.5) * SYNTH_TILE * k)]
+    assert np.abs(edge - red).max() <= 3  # the block's top border is drawn in its colour
+    hidden = png(style="fill", categories=("benign", "normal"))
+    assert np.abs(at(hidden, r0, c0) - at(png(style="outline", categories=()), r0, c0)).max() <= 3
+
+
+def test_export_folder_falls_back_when_the_slide_folder_is_read_only(model, synthetic_slide, monkeypatch, tmp_path):
+    import cellview.export as export
+
+    model.open(synthetic_slide)
+    model.start_analysis()
+    path, note = model.suggest_export_path("csv")
+    assert path == Path(synthetic_slide).parent / "synthetic.csv" and note == ""
+    slide_dir = Path(synthetic_slide).parent
+    monkeypatch.setattr(export, "_can_write", lambda folder: Path(folder) != slide_dir)
+    monkeypatch.setattr(export, "default_export_dir", lambda: tmp_path / "Documents" / "CellView")
+    path, note = model.suggest_export_path("csv")
+    assert path == tmp_path / "Documents" / "CellView" / "synthetic.csv" and path.parent.is_dir()
+    assert "cannot be written" in note and str(path.parent) in note
+
+
+def test_open_dialog_starts_where_slides_are_not_in_the_export_folder(model, synthetic_slide, tmp_path):
+    model.open(synthetic_slide)
+    model.start_analysis()
+    model.export_file("csv", tmp_path / "exports" / "a.csv")
+    assert model.open_dialog_dir() == str(Path(synthetic_slide).parent)  # the newest recent slide's folder
+    model.remember_open_dir(tmp_path / "somewhere" / "b.svs")
+    (tmp_path / "somewhere").mkdir()
+    assert model.open_dialog_dir() == str(tmp_path / "somewhere")
+
+
+def test_recent_slides_name_a_dicom_slide_by_its_folder(model, tmp_path):
+    dicom = tmp_path / "CMU-1-dicom" / "1.2.826.0.1.3680043.8.498.1.dcm"
+    dicom.parent.mkdir()
+    dicom.write_bytes(b"x")
+    model.store.add_recent_file(str(dicom))
+    (recent,) = model.recent_slides()
+    assert recent.name == "CMU-1-dicom" and recent.path == str(dicom)
+
+
+def test_tissue_preview(model, synthetic_slide):
+    model.open(synthetic_slide)
+    masks = []
+    model.events.tissue.connect(lambda e: masks.append(e.value))
+    model.set_tissue(method="od")
+    model.preview_tissue()
+    assert masks and masks[0].method == "od" and 0 < masks[0].fraction < 1
+
+
+def test_job_items_the_model_does_not_know_reach_the_view(model, synthetic_slide, toy_model):
+    from cellview.model import ModelSpec, OnnxClassifier
+
+    classifier = OnnxClassifier(ModelSpec.load(toy_model), device="cpu")
+
+    def source(request, cancel):
+        yield from analyze(request.path, classifier, request.params, cancel)
+        yield "exported"
+
+    items = []
+    model.events.job_item.connect(lambda e: items.append(e.value))
+    model.open(synthetic_slide, analyse=True, source=source, spec=classifier.spec)
+    assert items == ["exported"] and model.result.n_done == 56
+
+
+def test_a_failing_callback_source_is_reported(model, synthetic_slide):
+    def broken(request, cancel):
+        yield Started(request.path, None, None, "CPU", 3)  # no ModelReady and no spec: a contract error
+
+    errors = []
+    model.events.error.connect(lambda e: errors.append(e.value[1]))
+    model.open(synthetic_slide)
+    assert model.start_analysis(source=broken)
+    assert isinstance(errors[0], CellviewError) and "ModelReady" in errors[0].message
+    assert not model.running and model.result is None and model.progress.phase == "failed"
+
+
+def test_counts_and_shares_follow_the_confidence_filter():
+    from cellview.overlay import OverlaySettings, count_lines, counted_text
+    from cellview.testing import grid_result
+
+    conf = np.array([0.9, 0.55, 0.6, 0.95, 0.7, 0.8], np.float32)
+    result = grid_result(["MMB", "BNN"], conf)
+    rows = count_lines(result, OverlaySettings())
+    assert rows == [("malignant", 2, 34), ("benign", 2, 33), ("normal", 2, 33)]  # add up to 100, ties in order
+    rows = count_lines(result, OverlaySettings(min_confidence=0.65))
+    assert rows == [("malignant", 1, 25), ("benign", 1, 25), ("normal", 2, 50)]
+    assert counted_text(result, OverlaySettings(min_confidence=0.65)) == "4 of 6 tiles ≥ 65% confident"
+    assert counted_text(grid_result(["M"]), OverlaySettings()) == "1 tile classified"
+
+
+def test_single_file_exports_parse(model, synthetic_slide, tmp_path):
+    model.open(synthetic_slide)
+    model.start_analysis()
+    rows = list(csv.DictReader(io.StringIO(model.export_file("csv", tmp_path / "t.csv").read_text())))
+    assert len(rows) == 56 and {r["pred_category"] for r in rows} == set(CATEGORIES)
+    assert all(int(r["minx"]) + int(r["width"]) <= 2048 for r in rows)
+    meta = json.loads(model.export_file("json", tmp_path / "t.json").read_text())
+    assert meta["tiles"]["done"] == 56 and meta["grid"]["tiling_rule"]
+
+
+def test_params_from_settings_reach_the_run(model, synthetic_slide):
+    model.set_settings(tissue_threshold=0.3, nuclei=False)
+    model.open(synthetic_slide)
+    model.start_analysis()
+    assert model.result.params.tissue_threshold == 0.3
+    assert isinstance(model.result.params, AnalysisParams)
+
+
+def test_finished_event_without_a_slide_is_ignored(model, synthetic_slide, toy_model):
+    """A run whose slide was closed meanwhile delivers nothing (its id no longer matches)."""
+    from cellview.model import ModelSpec, OnnxClassifier
+
+    classifier = OnnxClassifier(ModelSpec.load(toy_model), device="cpu")
+
+    def source(request, cancel):
+        for event in analyze(request.path, classifier, request.params, cancel):
+            if isinstance(event, Finished):
+                model.close_slide()  # the user closes the slide as the run ends
+            yield event
+
+    model.open(synthetic_slide)
+    model.start_analysis(source=source, spec=classifier.spec)
+    assert model.slide is None and model.result is None and not model.running
