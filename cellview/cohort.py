@@ -470,10 +470,12 @@ class DaskSession:
         import dask
         from distributed import Client, LocalCluster
 
-        # The scheduler and nannies log every connection at INFO; the run reports what matters itself.
-        logging.getLogger("distributed").setLevel(logging.ERROR)
+        # The scheduler and nannies log every connection and every lost task; the run reports those itself.
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
         self.cluster = None
         self.n_workers = 0
+        self.n_local = 0  # worker processes of the local cluster we started (0: not ours)
+        self._last_heal = 0.0
         if scheduler_file:
             self.client = Client(scheduler_file=scheduler_file, timeout="60s")
             self.description = f"Dask scheduler from {scheduler_file}"
@@ -493,6 +495,7 @@ class DaskSession:
                         preload=["cellview.dask_worker"],  # Ctrl-C is the client's (see there)
                     )
                 self.client = Client(self.cluster)
+                self.n_local = n
                 self.description = f"local Dask cluster, {n} worker process{'es' if n > 1 else ''}"
             else:
                 self.client = Client(cluster, timeout="60s")
@@ -506,6 +509,21 @@ class DaskSession:
         except Exception:  # noqa: BLE001 - informational
             self.allowed_failures = None
         self.dashboard = self.client.dashboard_link if (self.cluster is None or _has_dashboard()) else None
+
+    def heal(self) -> None:
+        """Bring a local cluster back to its size (checked at most every 5 s).
+
+        A nanny whose worker dies again while it is being restarted can give up and leave the
+        cluster; after a few crashing slides a local:2 run could go on with one worker, or none.
+        Scaling back to N starts a new nanny for every one that left.
+        """
+        now = time.monotonic()
+        if self.cluster is None or now - self._last_heal < 5.0:
+            return
+        self._last_heal = now
+        if len(self.cluster.workers) < self.n_local:
+            log.info("Restarting %d lost worker process(es).", self.n_local - len(self.cluster.workers))
+            self.cluster.scale(self.n_local)
 
     def ort_threads(self) -> int | None:
         """ONNX Runtime threads per task: the cores shared by this machine's worker threads."""
@@ -604,6 +622,7 @@ def run_on_dask(session: DaskSession, jobs: list[SlideJob], settings: CohortSett
                                 f"{rate:.1f} tiles/s", refresh=True)
             if tables is not None:
                 tables.flush()
+            session.heal()
             if not batch:
                 time.sleep(0.2)
     except BaseException:

@@ -175,7 +175,9 @@ def test_slide_that_always_kills_its_worker_fails_after_retries(dask_cluster, fa
     assert {k: r["status"] for k, r in rows.items() if k != "gamma"} == {"alpha": "ok", "beta": "ok", "delta": "ok"}
     assert not (out / "gamma.json").exists()
     assert "gamma.tiff" in err.split("Failures:")[1] and "Traceback" not in err
-    # The cluster is whole again: the nannies restarted the workers.
+    # Three deaths in a row can make a nanny give up (Dask); the next tests want both workers back,
+    # as `cellview analyze --cluster local:N` does for its own cluster (DaskSession.heal).
+    dask_cluster.scale(2)
     deadline = time.monotonic() + SLOW
     while len(dask_cluster.scheduler_info["workers"]) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -356,3 +358,27 @@ def test_bad_cluster_arguments_are_clear(synthetic_slide, toy_model, tmp_path, c
     assert code == 2 and "positive number" in err
     code, _, err = _analyze(capsys, synthetic_slide, "--model", toy_model, "--out", tmp_path, "--retries", "-1")
     assert code == 2 and "--retries" in err
+
+
+def test_a_local_cluster_that_lost_a_worker_is_scaled_back():
+    """DaskSession.heal: a nanny that gave up after repeated deaths is replaced (at most every 5 s)."""
+    from cellview.cohort import DaskSession
+
+    class Cluster:
+        def __init__(self) -> None:
+            self.workers = {0: object()}
+            self.scaled: list[int] = []
+
+        def scale(self, n: int) -> None:
+            self.scaled.append(n)
+
+    session = DaskSession.__new__(DaskSession)
+    session.cluster, session.n_local, session._last_heal = Cluster(), 2, 0.0
+    session.heal()
+    assert session.cluster.scaled == [2]
+    session.heal()  # within 5 s: not again
+    assert session.cluster.scaled == [2]
+    session._last_heal = 0.0
+    session.cluster.workers[1] = object()
+    session.heal()  # whole: nothing to do
+    assert session.cluster.scaled == [2]
