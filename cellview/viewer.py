@@ -1016,8 +1016,8 @@ class ViewerModel:
             run.partial = None
             self.progress = Progress("running", item.done, item.total, item.tiles_per_s, item.eta_s, item.elapsed_s)
             self.events.progress(self.progress)
-            self.events.tiles(item.indices)
             self._update_domain()
+            self.events.tiles(item.indices)
         elif isinstance(item, Finished):
             self._finish(item.result)
 

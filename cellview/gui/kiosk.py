@@ -609,8 +609,9 @@ class KioskWindow(MainWindow):
         # Touch-sized controls need about 440 px besides the 40 px scroll bar; a share of the screen keeps
         # them unclipped and leaves the slide the rest (at 1024 px the panel takes 480, at 1920 px 760).
         self._side_scroll.setFixedWidth(int(min(760, max(480, 0.40 * self.width()))))
-        # the inspector's patch (and its activation map) as large as the panel allows
-        self.inspector.set_patch_px(min(512, self._side_scroll.width() - 90))
+        # the inspector's patch (and its activation map) as large as the panel allows, with room below it
+        # for the tile's class on a short screen (at 1024 × 600: 360 px)
+        self.inspector.set_patch_px(min(512, self._side_scroll.width() - 90, int(0.6 * self.height())))
 
     def _show_call(self, result: AnalysisResult | None) -> None:
         """The call and the category shares at the top of the panel (visible without scrolling).
