@@ -189,7 +189,7 @@ def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
         show_cam(app, window)
         panel = window._side_scroll
         top = window.inspector.mapTo(panel.widget(), window.inspector.rect().topLeft()).y()
-        panel.verticalScrollBar().setValue(max(0, top - 60))  # the inspector with its patch in view
+        panel.verticalScrollBar().setValue(max(0, top - 8))  # the patch with its map and colour scale in view
     settle(app, 1.0)
     size = args.size or f"{window.width()}x{window.height()}"
     out = Path(args.out or REPO / "docs" / f"kiosk-{size}.png")

@@ -232,7 +232,9 @@ def test_kiosk_banner_call_and_large_activation_map(qtbot, tmp_path, cam_domain_
     kiosk.setGeometry(0, 0, 1024, 600)
     with qtbot.waitSignal(kiosk.caseFinished, timeout=TIMEOUT_MS) as blocker:
         shutil.copy(square_slide, tmp_path / "watch" / "square.tiff")
-    assert blocker.args[0].ok
+    case = blocker.args[0]
+    assert case.ok and case.domain_warning.startswith("This tissue does not look like red, blue and green")
+    assert "⚠ unlike the model's training data" in kiosk.recent_list.item(0).text()
     banner = kiosk.domain_banner
     assert banner.isVisibleTo(kiosk) and banner.kind == "warning"
     assert kiosk._side_scroll.widget().isAncestorOf(banner)  # in the touch panel, under the call

@@ -610,8 +610,8 @@ class KioskWindow(MainWindow):
         # them unclipped and leaves the slide the rest (at 1024 px the panel takes 480, at 1920 px 760).
         self._side_scroll.setFixedWidth(int(min(760, max(480, 0.40 * self.width()))))
         # the inspector's patch (and its activation map) as large as the panel allows, with room below it
-        # for the tile's class on a short screen (at 1024 × 600: 360 px)
-        self.inspector.set_patch_px(min(512, self._side_scroll.width() - 90, int(0.6 * self.height())))
+        # for its colour scale on a short screen (at 1024 × 600: 330 px)
+        self.inspector.set_patch_px(min(512, self._side_scroll.width() - 90, int(0.55 * self.height())))
 
     def _show_call(self, result: AnalysisResult | None) -> None:
         """The call and the category shares at the top of the panel (visible without scrolling).
@@ -825,7 +825,8 @@ class KioskWindow(MainWindow):
         self._refresh_recent()
         if case.ok:
             where = next(iter(case.outputs.values())).parent if case.outputs else self.settings.outbox()
-            self.done_label.setText(f"✔ {case.message}\nResults saved to {where}")
+            warning = f"\n⚠ {case.domain_warning}" if case.domain_warning else ""
+            self.done_label.setText(f"✔ {case.message}{warning}\nResults saved to {where}")
             self.done_card.show()
             self.rate_label.setText("Results saved to the outbox.")  # the full path is on the waiting page
         self._last_case = case
@@ -893,6 +894,8 @@ class KioskWindow(MainWindow):
             when = time.strftime("%H:%M", time.localtime(case.finished_unix))
             # the call first (shares that add up to 100); the rate and provider are in the outbox metadata
             text = f"{case.name} · {when}\n" + (case.call or case.message if case.ok else f"⚠ {case.message}")
+            if case.ok and case.domain_warning:  # the call of tissue unlike the training data is unreliable
+                text += "\n⚠ unlike the model's training data: calls unreliable"
             item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, case)
             self.recent_list.addItem(item)

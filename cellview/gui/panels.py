@@ -193,7 +193,15 @@ class TileInspector(QWidget):
         self.patch.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.patch.setStyleSheet("background:#1b1e21; border:1px solid #3d4348;")
         self.patch.setToolTip("The exact patch fed to the model")
-        top.addWidget(self.patch)
+        column = QVBoxLayout()  # the patch with the activation map's colour scale right under it
+        column.setSpacing(2)
+        column.addWidget(self.patch)
+        self.cam_scale = ColorBar(CAM_LUT, left="less", right="more", title_below=True)
+        self.cam_scale.setFixedWidth(self.PATCH_PX + 2)
+        self.cam_scale.setVisible(False)
+        column.addWidget(self.cam_scale)
+        column.addStretch(1)
+        top.addLayout(column)
         facts = QVBoxLayout()
         self.title = QLabel("No tile selected")
         self.title.setObjectName("inspectorTitle")
@@ -225,9 +233,6 @@ class TileInspector(QWidget):
         facts.addWidget(self.cam_class)
         top.addLayout(facts, 1)
         lay.addLayout(top)
-        self.cam_scale = ColorBar(CAM_LUT, left="less", right="more")
-        self.cam_scale.setVisible(False)
-        lay.addWidget(self.cam_scale)
         self.cam_status = QLabel("")
         self.cam_status.setObjectName("hint")
         self.cam_status.setWordWrap(True)
@@ -256,6 +261,7 @@ class TileInspector(QWidget):
             return
         self.PATCH_PX = px
         self.patch.setFixedSize(QSize(px + 2, px + 2))
+        self.cam_scale.setFixedWidth(px + 2)
         self._show_pixmap()
 
     def set_class_names(self, names: tuple[str, ...]) -> None:
@@ -471,24 +477,44 @@ class ColorBar(QWidget):
     """Horizontal colour bar (0–100 % for the one-class probability mode; less → more evidence for
     the class activation map); the height follows the font (the kiosk's is large)."""
 
-    def __init__(self, lut: np.ndarray, parent: QWidget | None = None, left: str = "0%", right: str = "100%") -> None:
+    def __init__(self, lut: np.ndarray, parent: QWidget | None = None, left: str = "0%", right: str = "100%",
+                 title_below: bool = False) -> None:
         super().__init__(parent)
         self.lut = lut
         self.title = ""
         self.left, self.right = left, right
-        self.setFixedHeight(40)
+        self.title_below = title_below  # a narrow bar: the ends' labels on one line, the title under them
+        self.setFixedHeight(self._height())
+
+    _WRAP = int(Qt.TextFlag.TextWordWrap | Qt.AlignmentFlag.AlignHCenter)
+
+    def _height(self) -> int:
+        fm = QFontMetrics(self._label_font())
+        if not self.title_below:
+            return max(40, 20 + fm.height())
+        title_h = fm.boundingRect(0, 0, max(20, self.width()), 10000, self._WRAP, self.title or "x").height()
+        return 20 + fm.height() + title_h + 2
 
     def _label_font(self) -> QFont:
+        """A little smaller than the panel's text on the desktop; kiosk-sized text stays at least 18 pt."""
         f = QFont(self.font())
-        f.setPointSizeF(max(8.5, f.pointSizeF() * 0.85))
+        pt = f.pointSizeF()
+        f.setPointSizeF(max(8.5, pt * 0.85) if pt < 16 else max(18.0, pt * 0.9))
         return f
 
     def changeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().changeEvent(event)
-        self.setFixedHeight(max(40, 20 + QFontMetrics(self._label_font()).height()))
+        self.setFixedHeight(self._height())
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        if self.title_below:
+            self.setFixedHeight(self._height())
 
     def set_title(self, title: str) -> None:
         self.title = title
+        if self.title_below:
+            self.setFixedHeight(self._height())
         self.update()
 
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
@@ -509,9 +535,12 @@ class ColorBar(QWidget):
         th = fm.height()
         side = max(fm.horizontalAdvance(self.left), fm.horizontalAdvance(self.right)) + 6
         p.drawText(QRectF(0, 18, side, th), Qt.AlignmentFlag.AlignLeft, self.left)
-        title = fm.elidedText(self.title, Qt.TextElideMode.ElideRight, max(10, int(w - 2 * side)))
-        p.drawText(QRectF(side, 18, w - 2 * side, th), Qt.AlignmentFlag.AlignHCenter, title)
         p.drawText(QRectF(w - side, 18, side, th), Qt.AlignmentFlag.AlignRight, self.right)
+        if self.title_below:  # wrapped, never cut: it names the class whose map is shown
+            p.drawText(QRectF(0, 18 + th, w, self.height() - 18 - th), self._WRAP, self.title)
+        else:
+            title = fm.elidedText(self.title, Qt.TextElideMode.ElideRight, max(10, int(w - 2 * side)))
+            p.drawText(QRectF(side, 18, w - 2 * side, th), Qt.AlignmentFlag.AlignHCenter, title)
         p.end()
 
 
@@ -538,13 +567,17 @@ class DomainBanner(QFrame):
         self.anyway.toggled.connect(self.showAnywayToggled)
         lay.addWidget(self.anyway, 0, Qt.AlignmentFlag.AlignVCenter)
         self.box = lay
+        self.stacked = False
         self.notice = DomainNotice("none")
         self.hide()
 
     def set_stacked(self, stacked: bool) -> None:
-        """Text above the toggle (a narrow panel, the kiosk's) instead of beside it."""
+        """Text above the toggle, the warning's headline only (a narrow panel with large text, the kiosk's:
+        the toggle stays in view at 1024 × 600); the detail is then the tooltip."""
+        self.stacked = stacked
         self.box.setDirection(QBoxLayout.Direction.TopToBottom if stacked else QBoxLayout.Direction.LeftToRight)
         self.box.setAlignment(self.anyway, Qt.AlignmentFlag.AlignLeft if stacked else Qt.AlignmentFlag.AlignVCenter)
+        self.set_notice(self.notice)
 
     @property
     def kind(self) -> str:
@@ -565,7 +598,9 @@ class DomainBanner(QFrame):
             self.style().unpolish(self)
             self.style().polish(self)
         head = f"<b>⚠ {escape(notice.headline)}</b>" if notice.banner else escape(notice.headline)
-        self.label.setText(f"{head} {escape(notice.detail)}")
+        compact = self.stacked and notice.banner
+        self.label.setText(head if compact else f"{head} {escape(notice.detail)}")
+        self.label.setToolTip(notice.detail if compact else "")
         self.show()
 
 
