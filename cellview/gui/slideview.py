@@ -16,7 +16,18 @@ from html import escape
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPen, QPixmap, QPolygonF, QTransform
+from PySide6.QtGui import (
+    QBrush,
+    QColor,
+    QFont,
+    QImage,
+    QPainter,
+    QPainterPath,
+    QPen,
+    QPixmap,
+    QPolygonF,
+    QTransform,
+)
 from PySide6.QtWidgets import (
     QFrame,
     QGraphicsItem,
@@ -306,34 +317,47 @@ def _contour_items(contour: Contour) -> tuple[QGraphicsPathItem, QGraphicsPathIt
     return items[0], items[1]
 
 
+_HATCH_TILE: list[QPixmap] = []
+
+
+def hatch_tile() -> QPixmap:
+    """One period of the out-of-domain hatching (``HATCH_SPACING_PX`` square, seamless), drawn once.
+
+    Filling with it as a texture brush in device pixels costs about what the grey tint costs;
+    stroking every antialiased line through a clip path cost ten times more on a full canvas.
+    """
+    if not _HATCH_TILE:
+        step = HATCH_SPACING_PX
+        pm = QPixmap(step, step)
+        pm.fill(Qt.GlobalColor.transparent)
+        p = QPainter(pm)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        for color, width in ((QColor(*CASING_RGB, HATCH_ALPHA[0]), HATCH_WIDTH_PX + 2),
+                             (QColor(*HATCH_RGB, HATCH_ALPHA[1]), HATCH_WIDTH_PX)):
+            pen = QPen(color, width)
+            pen.setCapStyle(Qt.PenCapStyle.FlatCap)
+            p.setPen(pen)
+            for c in (0, step, 2 * step):  # the lines x + y = c that cross the tile: its copies join up
+                p.drawLine(QPointF(c + 1, -1), QPointF(-1, c + 1))
+        p.end()
+        _HATCH_TILE.append(pm)
+    return _HATCH_TILE[0]
+
+
 def paint_hatch(p: QPainter, rect: QRectF, origin: QPointF | None = None) -> None:
-    """Diagonal out-of-domain hatching in device pixels (light lines on a dark casing), anchored at
-    ``origin`` so it moves with the slide; the caller clips to the cells."""
-    o = origin if origin is not None else QPointF(0, 0)
-    step = HATCH_SPACING_PX
-    x0, y0, x1, y1 = rect.left(), rect.top(), rect.right(), rect.bottom()
-    # lines x + y = c, c ≡ o.x + o.y (mod step), from the rectangle's top-left to its bottom-right corner
-    first = math.floor((x0 + y0 - (o.x() + o.y())) / step) * step + (o.x() + o.y())
-    lines = []
-    c = first
-    while c <= x1 + y1 + step:
-        lines.append((QPointF(c - y0, y0), QPointF(c - y1, y1)))
-        c += step
-    for color, width in ((QColor(*CASING_RGB, HATCH_ALPHA[0]), HATCH_WIDTH_PX + 2),
-                         (QColor(*HATCH_RGB, HATCH_ALPHA[1]), HATCH_WIDTH_PX)):
-        pen = QPen(color, width)
-        pen.setCapStyle(Qt.PenCapStyle.FlatCap)
-        p.setPen(pen)
-        for a, b in lines:
-            p.drawLine(a, b)
+    """Diagonal out-of-domain hatching over ``rect`` in device pixels (light lines on a dark casing),
+    anchored at ``origin`` so it moves with the slide."""
+    p.setBrushOrigin(origin if origin is not None else QPointF(0, 0))
+    p.fillRect(rect, QBrush(hatch_tile()))
 
 
 class HatchItem(QGraphicsItem):
     """Out-of-domain cells hatched with diagonal lines of constant screen spacing and width.
 
-    The cells (level-0 rectangles) are the clip; the lines are drawn in device pixels, anchored at
-    the slide's origin so they move with it when panning, and stay fine when zooming. A Qt pattern
-    brush would be one hair-thin pixel; a texture brush would scale with the zoom.
+    The cells (level-0 rectangles) are filled in device pixels with a texture of one period of the
+    lines (``hatch_tile``), anchored at the slide's origin so the lines move with it when panning and
+    stay fine when zooming. A Qt pattern brush would be one hair-thin pixel; the same texture in
+    scene coordinates would scale with the zoom.
     """
 
     def __init__(self) -> None:
@@ -361,15 +385,10 @@ class HatchItem(QGraphicsItem):
         if self._path.isEmpty():
             return
         t = p.worldTransform()
-        device_path = t.map(self._path)
-        exposed = t.mapRect(option.exposedRect).intersected(device_path.boundingRect())
-        if exposed.isEmpty():
-            return
         p.save()
-        p.resetTransform()
-        p.setClipPath(device_path, Qt.ClipOperation.IntersectClip)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
-        paint_hatch(p, exposed.adjusted(-4, -4, 4, 4), t.map(QPointF(0, 0)))
+        p.resetTransform()  # device pixels: the hatching keeps its spacing and width at every zoom
+        p.setBrushOrigin(t.map(QPointF(0, 0)))  # … and moves with the slide
+        p.fillPath(t.map(self._path), QBrush(hatch_tile()))
         p.restore()
 
 
