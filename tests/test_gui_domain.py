@@ -272,3 +272,19 @@ def test_real_slide_banner_with_the_shipped_colon_model(qtbot, real_slide):
         assert len(window.view.hatch.rects) > 0
     finally:
         assert window.shutdown(20000)
+
+
+def test_a_single_image_unlike_the_training_data_is_labelled_unreliable(qtbot, window, tmp_path, monkeypatch):
+    import cv2
+
+    from cellview.gui.mainwindow import WHOLE_IMAGE
+
+    rgb = square_slide_rgb(n_cols=3, n_rows=3)[SYNTH_TILE:2 * SYNTH_TILE, SYNTH_TILE:2 * SYNTH_TILE]
+    path = tmp_path / "cell.png"
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    monkeypatch.setattr(window, "ask_mpp", lambda opened: WHOLE_IMAGE)
+    result = open_and_analyse(qtbot, window, path)
+    assert result.grid.whole_image and result.out_of_domain.all()
+    html = window.view.label.textItem.toHtml()
+    assert window.view.label.isVisible() and "malignant" in html and "out of the model's domain" in html
+    assert window.domain_banner.kind == "warning"

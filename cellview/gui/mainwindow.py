@@ -1084,11 +1084,15 @@ class MainWindow(QMainWindow):
             self.view.set_label(None)
             return
         color = CATEGORY_COLORS[level["pred_category"]]
+        unreliable = ""
+        if result.has_domain and not result.in_domain.any():  # the call of an image unlike the training data
+            unreliable = ("<br><span style='color:#ffb347; font-size:10pt;'>⚠ out of the model's domain: "
+                          "unreliable</span>")
         self.view.set_label(
             f"<div style='background-color:rgba(20,22,25,215); padding:6px 10px; font-size:15pt;'>"
             f"<span style='color:{color}; font-weight:700;'>{level['pred_class']}</span>"
             f"<span style='color:#e6e9ec;'>&nbsp;{level['confidence']:.0%}</span>"
-            f"<span style='color:#aab2b9; font-size:10pt;'>&nbsp;({level['pred_category']})</span></div>")
+            f"<span style='color:#aab2b9; font-size:10pt;'>&nbsp;({level['pred_category']})</span>{unreliable}</div>")
 
     # ------------------------------------------------------------------------------ the model's domain
 
