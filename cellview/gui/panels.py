@@ -285,10 +285,9 @@ class TileInspector(QWidget):
         """The map (when ``state`` is ready for the shown tile), or what it is waiting for or why it failed."""
         self.explanation = state
         on = state.state != "off"
-        for widget, value in ((self.cam_box, on),):
-            widget.blockSignals(True)
-            widget.setChecked(value)
-            widget.blockSignals(False)
+        self.cam_box.blockSignals(True)  # a change made elsewhere (the model, a script) shows on the toggle
+        self.cam_box.setChecked(on)
+        self.cam_box.blockSignals(False)
         self.cam_class.setVisible(on)
         ready = state.state == "ready" and state.explanation is not None and state.index == self.index
         self.cam_scale.setVisible(ready)
