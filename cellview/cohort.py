@@ -476,6 +476,7 @@ class DaskSession:
         self.n_workers = 0
         self.n_local = 0  # worker processes of the local cluster we started (0: not ours)
         self._last_heal = 0.0
+        self._threads_read = time.monotonic()
         if scheduler_file:
             self.client = Client(scheduler_file=scheduler_file, timeout="60s")
             self.description = f"Dask scheduler from {scheduler_file}"
@@ -509,6 +510,18 @@ class DaskSession:
         except Exception:  # noqa: BLE001 - informational
             self.allowed_failures = None
         self.dashboard = self.client.dashboard_link if (self.cluster is None or _has_dashboard()) else None
+
+    def worker_threads(self) -> int:
+        """Threads across the cluster's workers now (re-read at most every 2 s; workers come and go)."""
+        now = time.monotonic()
+        if now - self._threads_read >= 2.0:
+            self._threads_read = now
+            try:
+                workers = self.client.scheduler_info().get("workers", {})
+                self.threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
+            except Exception as exc:  # noqa: BLE001 - keep the last figure
+                log.debug("scheduler_info: %s", exc)
+        return self.threads
 
     def heal(self) -> None:
         """Bring a local cluster back to its size (checked at most every 5 s).
@@ -573,10 +586,25 @@ def run_on_dask(session: DaskSession, jobs: list[SlideJob], settings: CohortSett
 
     client.subscribe_topic(PROGRESS_TOPIC, on_event)
     token = uuid.uuid4().hex[:8]
-    futures = {}
-    for job in jobs:
-        fut = client.submit(analyze_slide, job, settings, key=f"cellview-slide-{job.stem}-{token}", pure=False)
-        futures[fut] = job
+    futures: dict[Any, SlideJob] = {}
+    waiting = list(reversed(jobs))
+    ac = as_completed()
+
+    def top_up() -> None:
+        """Keep one slide in flight per worker thread, no more.
+
+        When a worker process dies, the scheduler counts a failure against every task it holds;
+        a worker holding only the slide it runs cannot take an innocent slide down with it
+        (Dask's own queuing does not apply to a handful of differently named tasks).
+        """
+        limit = max(1, session.worker_threads())
+        while waiting and len(futures) < limit:
+            job = waiting.pop()
+            fut = client.submit(analyze_slide, job, settings, key=f"cellview-slide-{job.stem}-{token}", pure=False)
+            futures[fut] = job
+            ac.add(fut)
+
+    top_up()
     outcomes: list[SlideOutcome] = []
     counts = {"ok": 0, "failed": 0}
     tiles_finished = 0
@@ -585,12 +613,11 @@ def run_on_dask(session: DaskSession, jobs: list[SlideJob], settings: CohortSett
                file=console.err)
     console.bar = bar
     tries = (session.allowed_failures + 1) if session.allowed_failures is not None else None
-    ac = as_completed(futures)
     try:
-        while not ac.is_empty():
+        while futures or waiting:
             batch = ac.next_batch(block=False)
             for fut in batch:
-                job = futures[fut]
+                job = futures.pop(fut)
                 if fut.status == "finished":
                     outcome = fut.result()
                 else:
@@ -623,10 +650,11 @@ def run_on_dask(session: DaskSession, jobs: list[SlideJob], settings: CohortSett
             if tables is not None:
                 tables.flush()
             session.heal()
+            top_up()
             if not batch:
                 time.sleep(0.2)
     except BaseException:
-        for fut in futures:
+        for fut in list(futures):
             fut.cancel()
         raise
     finally:
