@@ -1,10 +1,12 @@
-"""``cellview evaluate``: honest numbers for a run, on its grouped test split.
+"""``cellview evaluate``: honest numbers for a run's recipe.
 
-Image-level results are the mean of the image's tile probabilities, as CellView computes them.
-Besides accuracy, balanced accuracy, a classification report, confusion matrices and calibration
-(ECE, reliability diagram, before and after temperature scaling), it reports the checks that catch
-shortcuts: per-source accuracy, a stain-normalised re-run, a colour-only baseline, the leaky
-random-split figure next to the grouped one, and grouped cross-validation of the linear head.
+``evaluate_protocols``: leave-one-source-out and grouped k-fold cross-validation, retraining the recipe
+per fold on the cached features (``cellview.train.protocol``), optionally with stain-normalised and
+test-time-augmented variants of the held-out tiles. ``evaluate_run``: a run trained with a held-out
+grouped test split is also scored on it — accuracy, balanced accuracy, a classification report,
+confusion matrices and calibration (ECE, reliability diagram, before and after temperature scaling),
+plus the checks that catch shortcuts: per-source accuracy, a stain-normalised re-run, a colour-only
+baseline, the leaky random-split figure next to the grouped one, and grouped CV of the linear head.
 """
 
 from __future__ import annotations
