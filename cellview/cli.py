@@ -7,16 +7,14 @@ are listed at the end and make the exit code non-zero.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from cellview import __version__
 from cellview.errors import CellviewError, SlideError
 from cellview.model import TTA_MODES
-from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name, slide_stem
 from cellview.stain import STAIN_METHODS
 
 log = logging.getLogger("cellview")
@@ -24,57 +22,13 @@ log = logging.getLogger("cellview")
 SUBCOMMANDS = ("analyze", "info", "train", "evaluate", "export", "models", "explain", "domain")
 
 
-# ----------------------------------------------------------------------------- slide discovery
+def __getattr__(name: str):
+    """``discover_slides`` and ``output_stem`` moved to cellview.cohort; imported lazily (start-up time)."""
+    if name in ("discover_slides", "output_stem"):
+        from cellview import cohort
 
-
-def discover_slides(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand folders into slides (a folder of .dcm files is one DICOM slide).
-
-    Returns (slides, problems): a path that does not exist or a folder with no slides is a
-    problem for the final report, not a reason to stop.
-    """
-    slides: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.exists():
-            problems.append((str(path), f"{path} does not exist."))
-            continue
-        if path.is_file():
-            slides.append(path)
-            continue
-        found: list[Path] = []
-        dicom_dirs: set[Path] = set()
-        for f in sorted(path.rglob("*")):
-            if not f.is_file() or f.name.startswith(".") or f.suffix.lower() not in SUPPORTED_SUFFIXES:
-                continue
-            if f.suffix.lower() == ".dcm":
-                if f.parent in dicom_dirs:
-                    continue
-                dicom_dirs.add(f.parent)
-            found.append(f)
-        if not found:
-            problems.append((str(path), f"No slides or images found in {path}."))
-        slides.extend(found)
-    seen: set[Path] = set()
-    unique = []
-    for s in slides:
-        key = s.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(s)
-    return unique, problems
-
-
-def output_stem(slide: Path, taken: set[str]) -> str:
-    """File stem for a slide's outputs: its name (the folder's for DICOM), made unique in the batch."""
-    stem = slide_stem(slide)
-    candidate, n = stem, 2
-    while candidate in taken:
-        candidate = f"{stem}_{n}"
-        n += 1
-    taken.add(candidate)
-    return candidate
+        return getattr(cohort, name)
+    raise AttributeError(name)
 
 
 # ----------------------------------------------------------------------------- analyze
@@ -122,42 +76,22 @@ def _params_from_args(args: argparse.Namespace):
     )
 
 
-def _up_to_date(meta_path: Path, outputs: dict[str, Path], fingerprint: str, model_sha: str, params,
-                options: dict, domain_sha: str = "") -> bool:
-    if not meta_path.exists() or not all(p.exists() for p in outputs.values()):
-        return False
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    from cellview.results import AnalysisParams
-
-    try:
-        old_params = AnalysisParams.from_dict(meta["parameters"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    from cellview.tiling import TILING_RULE
-
-    return (
-        meta.get("status") == "complete"
-        and meta.get("grid", {}).get("tiling_rule") == TILING_RULE
-        and meta.get("slide", {}).get("fingerprint") == fingerprint
-        and meta.get("model", {}).get("sha256") == model_sha
-        and ((meta.get("domain") or {}).get("statistics_sha256") or "") == domain_sha
-        and old_params.cache_dict() == params.cache_dict()
-        and meta.get("export_options") == options
-    )
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    """Plan the cohort, run it in this process or on Dask, keep cohort.csv/json/html current."""
+    from dataclasses import replace
 
-    from cellview.cache import ResultCache
-    from cellview.export import FORMATS, export_options, export_slide_result, output_paths
+    from cellview.cohort import (
+        CohortSettings,
+        Console,
+        plan_cohort,
+        report_outcome,
+        run_in_process,
+        run_info,
+        run_on_dask,
+    )
+    from cellview.cohort_report import CohortTables
+    from cellview.export import FORMATS, export_options
     from cellview.model import ModelSpec, OnnxClassifier, resolve_model
-    from cellview.pipeline import BatchDone, Finished, Started, analyze
-    from cellview.results import plural
-    from cellview.slide import file_fingerprint
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
@@ -166,76 +100,96 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return 2
     if "json" not in formats:
         formats.append("json")  # the metadata is what makes re-runs skip finished slides
+    on_cluster = bool(args.cluster or args.scheduler_file)
+    if args.retries < 0:
+        print("error: --retries must be 0 or more", file=sys.stderr)
+        return 2
     try:
         spec = ModelSpec.load(resolve_model(args.model))
-        classifier = OnnxClassifier(spec, device=args.device, max_batch=args.batch_size)
+        # On a cluster the workers load their own copy; here it is only checked that ONNX Runtime takes it.
+        classifier = OnnxClassifier(spec, device="cpu" if on_cluster else args.device, max_batch=args.batch_size,
+                                    intra_op_threads=1 if on_cluster else None)
     except CellviewError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.details:
             print(f"  details: {exc.details}", file=sys.stderr)
         return 2
-    params = _params_from_args(args)
-    if params.stain_normalize != "none" and spec.stain_reference is None:
+    if args.stain_normalize != "none" and spec.stain_reference is None:
         print(f"error: stain normalisation is unavailable for the model {spec.name}: its sidecar has no reference "
               "stain (use --stain-normalize none, or a model exported with one)", file=sys.stderr)
         return 2
-    print(f"Model {classifier.describe()}", file=sys.stderr)
-    slides, failures = discover_slides(args.paths)
     out_dir = Path(args.out)
-    cache = None if args.no_cache else ResultCache()
     region_confidence = None if args.no_regions else args.region_confidence
     options = export_options(formats, args.png_size, region_confidence)
-    taken: set[str] = set()
-    n_ok = n_skipped = 0
-    for path in slides:
-        stem = output_stem(path, taken)
-        name = slide_display_name(path)
-        paths = output_paths(out_dir, stem, formats)
+    settings = CohortSettings(
+        model_path=str(spec.onnx_path.resolve()), model_sha256=spec.onnx_sha256,
+        domain_sha256=spec.domain_sha256 or "", device=args.device,
+        params=_params_from_args(args), formats=tuple(formats), png_size_px=args.png_size,
+        region_confidence=region_confidence, use_cache=not args.no_cache,
+    )
+    jobs, known, n_slides = plan_cohort(args.paths, out_dir, settings, options, force=args.force)
+    console = Console(sys.stdout, sys.stderr, quiet=args.quiet, model_name=spec.name)
+    session = None
+    if on_cluster:
         try:
-            if not args.force and _up_to_date(paths["json"], paths, file_fingerprint(path), spec.onnx_sha256, params,
-                                              options, spec.domain_sha256):
-                print(f"{name}: up to date with {spec.name}, skipped", file=sys.stderr)
-                n_skipped += 1
-                continue
-            bar = None
-            result = None
-            for event in analyze(path, classifier, params, cache=cache):
-                if isinstance(event, Started):
-                    bar = tqdm(total=event.total, desc=name[:30], unit="tile", leave=False,
-                               disable=args.quiet, dynamic_ncols=True)
-                elif isinstance(event, BatchDone) and bar is not None:
-                    bar.update(len(event.indices))
-                    bar.set_postfix_str(f"{event.tiles_per_s:.1f} tiles/s")
-                elif isinstance(event, Finished):
-                    result = event.result
-            if bar is not None:
-                bar.close()
-            assert result is not None
-            _, regions = export_slide_result(
-                result, out_dir, stem, formats, args.png_size, region_confidence,
-                extra_meta={"fallback": classifier.fallback_message} if classifier.fallback_message else None,
-            )
-            print(f"{name}: {result.summary()}")
-            if regions:
-                top = regions[0]
-                print(f"  malignant regions: {len(regions)}; largest {top.label()} ({plural(top.n_tiles, 'tile')})")
-            image_level = result.image_level()
-            if (result.grid.whole_image or path.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"}) and image_level["pred_class"]:
-                print(f"  image: {image_level['pred_class']} ({image_level['pred_category']}, "
-                      f"{image_level['confidence']:.0%}; mean of {plural(image_level['n_tiles'], 'tile')}, "
-                      f"{image_level['based_on']})")
-            n_ok += 1
-        except CellviewError as exc:
-            failures.append((str(path), exc.message + (f" ({exc.details})" if exc.details and args.verbose else "")))
-            print(f"{name}: FAILED: {exc.message}", file=sys.stderr)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+            from cellview.cohort import DaskSession
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            print(f"error: --cluster needs dask.distributed ({exc}); install it with pip install 'cellview[cluster]'",
+                  file=sys.stderr)
+            return 2
+        try:
+            session = DaskSession(args.cluster, args.scheduler_file, args.retries) if jobs else None
+        except ImportError as exc:
+            print(f"error: --cluster needs dask.distributed ({exc}); install it with pip install 'cellview[cluster]'",
+                  file=sys.stderr)
+            return 2
+        except (OSError, TimeoutError, ValueError) as exc:
+            print(f"error: cannot start or reach the Dask cluster: {exc}", file=sys.stderr)
+            return 2
+        if session is not None:
+            settings = replace(settings, ort_threads=session.ort_threads())
+            print(f"Model {spec.name} {spec.version}".rstrip() + f" on {session.description} "
+                  f"({session.n_workers} workers)", file=sys.stderr)
+            if session.dashboard:
+                print(f"Dask dashboard: {session.dashboard}", file=sys.stderr)
+    else:
+        print(f"Model {classifier.describe()}", file=sys.stderr)
+    tables = None
+    if n_slides > 1 or on_cluster:
+        settings = replace(settings, thumb_px=320)
+        retries = (session.allowed_failures if session is not None else args.retries) if on_cluster else None
+        where = session.description if session is not None else ("Dask" if on_cluster else "in process")
+        tables = CohortTables(out_dir, run_info(settings, spec, options, where, retries), n_slides)
+    for position, outcome in known:
+        report_outcome(outcome, console)
+        if tables is not None:
+            tables.add(outcome, position)
+    outcomes = [o for _, o in known]
+    try:
+        if session is not None:
+            outcomes += run_on_dask(session, jobs, settings, tables, console)
+        elif jobs:
+            outcomes += run_in_process(jobs, settings, classifier, tables, console)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        if tables is not None:
+            tables.write("interrupted", force=True)
+        return 130
+    finally:
+        if session is not None:
+            session.close()
+    if tables is not None:
+        tables.write("complete", force=True)
+    n_ok = sum(o.status == "ok" for o in outcomes)
+    n_skipped = sum(o.status == "skipped" for o in outcomes)
+    failures = [o for o in outcomes if o.status == "failed"]
     print(f"{n_ok} analysed, {n_skipped} up to date, {len(failures)} failed; outputs in {out_dir}", file=sys.stderr)
+    if tables is not None:
+        print(f"Cohort table: {out_dir / 'cohort.csv'} (and cohort.json, cohort.html)", file=sys.stderr)
     if failures:
         print("Failures:", file=sys.stderr)
-        for where, why in failures:
-            print(f"  {where}: {why}", file=sys.stderr)
+        for o in sorted(failures, key=lambda o: o.path):
+            print(f"  {o.path}: {o.error}", file=sys.stderr)
         return 1
     return 0
 
@@ -334,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave the malignant-region outlines out of the GeoJSON and PNG")
     p.add_argument("--force", action="store_true", help="re-analyse slides whose outputs are up to date")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
+    p.add_argument("--cluster", metavar="local[:N]|ADDRESS",
+                   help="analyse on Dask: local[:N] starts N worker processes (default one per core); "
+                        "tcp://HOST:PORT uses a running scheduler (needs the 'cluster' extra)")
+    p.add_argument("--scheduler-file", metavar="FILE", help="Dask scheduler file of a running cluster")
+    p.add_argument("--retries", type=int, default=2,
+                   help="on a local cluster: times a slide is retried after its worker process dies (default 2)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_analyze)
 

@@ -325,18 +325,51 @@ def overlay_on_thumbnail(result: AnalysisResult, thumb: np.ndarray, opacity: flo
 
     settings = _overlay_settings(overlay, style="fill", opacity=opacity, min_confidence=min_confidence)
     g = result.grid
-    h, w = thumb.shape[:2]
     if not settings.visible or g.whole_image:
         return thumb.copy()
-    rgba = g.to_display(fill_rgba(result, settings))
-    rows, cols = rgba.shape[:2]
-    sx, sy = g.slide_w_l0 / w, g.slide_h_l0 / h
-    col = np.minimum(np.floor((np.arange(w) + 0.5) * sx / g.stride_l0_x).astype(np.int64), cols - 1)
-    row = np.minimum(np.floor((np.arange(h) + 0.5) * sy / g.stride_l0_y).astype(np.int64), rows - 1)
-    layer = rgba[row[:, None], col[None, :]]
+    row, col = _thumbnail_cells(result, thumb.shape[:2])
+    layer = g.to_display(fill_rgba(result, settings))[row[:, None], col[None, :]]
     alpha = layer[..., 3:4].astype(np.float32) / 255.0 * settings.opacity
     out = thumb.astype(np.float32) * (1 - alpha) + layer[..., :3].astype(np.float32) * alpha
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _thumbnail_cells(result: AnalysisResult, thumb_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(row per thumbnail row, column per thumbnail column) of the display grid cell each pixel shows."""
+    g = result.grid
+    h, w = thumb_hw
+    rows, cols = g.display_shape
+    col = np.minimum(np.floor((np.arange(w) + 0.5) * (g.slide_w_l0 / w) / g.stride_l0_x).astype(np.int64), cols - 1)
+    row = np.minimum(np.floor((np.arange(h) + 0.5) * (g.slide_h_l0 / h) / g.stride_l0_y).astype(np.int64), rows - 1)
+    return row, col
+
+
+def _hatch(img: np.ndarray, where: np.ndarray, k: float) -> np.ndarray:
+    from cellview.overlay import CASING_RGB, HATCH_ALPHA, HATCH_RGB, HATCH_SPACING_PX, hatch_mask
+
+    line, casing = hatch_mask(*img.shape[:2], spacing_px=max(6, int(round(HATCH_SPACING_PX * k))),
+                              width_px=max(1, int(round(k))))
+    out = img.astype(np.float32)
+    for mask, rgb, a in ((casing & where, CASING_RGB, HATCH_ALPHA[0]), (line & where, HATCH_RGB, HATCH_ALPHA[1])):
+        out[mask] = out[mask] * (1 - a / 255.0) + np.asarray(rgb, np.float32) * (a / 255.0)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _hatched_swatch(size: int, k: float) -> np.ndarray:
+    """The legend's out-of-domain swatch: grey with the hatching (as the viewer's legend)."""
+    img = np.full((size, size, 3), OUT_OF_DOMAIN_RGBA[:3], np.uint8)
+    return _hatch(img, np.ones((size, size), bool), k)
+
+
+def hatch_out_of_domain(img: np.ndarray, result: AnalysisResult, overlay: OverlaySettings, k: float = 1.0) -> np.ndarray:
+    """The screen's out-of-domain hatching on a thumbnail (``overlay.hatch_mask`` over the out-of-domain
+    cells), its spacing scaled with the picture's text (``k``)."""
+    from cellview.overlay import hatches_out_of_domain
+
+    if not hatches_out_of_domain(result, overlay):
+        return img
+    row, col = _thumbnail_cells(result, img.shape[:2])
+    return _hatch(img, result.grid.to_display(result.out_of_domain_grid())[row[:, None], col[None, :]], k)
 
 
 def draw_contours(draw: Any, result: AnalysisResult, overlay: OverlaySettings, thumb_wh: tuple[int, int],
@@ -439,6 +472,7 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
     img = overlay_on_thumbnail(result, thumb, overlay=settings)
     h, w = img.shape[:2]
     k = max(1.0, min(2.5, max(h, w) / 900))  # text scales with the picture
+    img = hatch_out_of_domain(img, result, settings, k)
     panel_w = int(330 * k)
     canvas = Image.new("RGB", (w + panel_w, max(h, int(480 * k))), (255, 255, 255))
     canvas.paste(Image.fromarray(img), (0, 0))
@@ -480,15 +514,22 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
         draw.text((x0 + int(170 * k), y), f"{n:>6,}  {pct:>3}%", fill=ink, font=body)
         y += line_h + int(4 * k)
     if result.has_domain:
+        from cellview.overlay import describe_domain
+        from cellview.results import domain_banner
+
         n_ood = int(result.out_of_domain.sum())
-        draw.rectangle([x0, y + 2, x0 + sw, y + 2 + sw], fill=OUT_OF_DOMAIN_RGBA[:3], outline=(60, 60, 60))
+        canvas.paste(Image.fromarray(_hatched_swatch(sw, k)), (x0, y + 2))
+        draw.rectangle([x0, y + 2, x0 + sw, y + 2 + sw], outline=(60, 60, 60))
         draw.text((x0 + sw + int(10 * k), y), "out of domain", fill=ink, font=body)
         draw.text((x0 + int(170 * k), y), f"{n_ood:>6,}  {round(100 * n_ood / max(result.n_done, 1)):>3}%", fill=ink,
                   font=body)
         y += line_h + int(4 * k)
-        text("Shares: in-domain tiles only; out of domain: share of all tiles.", fill=grey, wrap=True)
-        from cellview.results import domain_banner
-
+        if n_ood:
+            shares = ("Shares: all classified tiles (out-of-domain ones shown anyway); out of domain: share of all "
+                      "tiles." if settings.show_out_of_domain else
+                      "Shares: in-domain tiles only; out of domain: share of all tiles.")
+            text(shares, fill=grey, wrap=True)
+        text(describe_domain(result, settings), fill=grey, wrap=True)
         banner = domain_banner(result)
         if banner.show:
             text(banner.text, fill=(180, 0, 0), wrap=True)

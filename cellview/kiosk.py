@@ -26,7 +26,7 @@ from cellview.errors import CellviewError
 from cellview.export import FORMATS, atomic_write_text, export_slide_result, output_paths
 from cellview.model import DEFAULT_MODEL, DEVICES, TTA_MODES, ModelSpec, OnnxClassifier, resolve_model
 from cellview.pipeline import CancelToken, Event, Finished, analyze
-from cellview.results import AnalysisParams, whole_percentages
+from cellview.results import AnalysisParams, domain_banner, whole_percentages
 from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name, slide_stem
 from cellview.stain import STAIN_METHODS
 
@@ -543,6 +543,7 @@ class CaseResult:
     category_counts: dict[str, int] = field(default_factory=dict)
     started_unix: float = 0.0
     finished_unix: float = field(default_factory=time.time)
+    domain_warning: str = ""  # the tissue is mostly unlike the model's training data (``results.domain_banner``)
 
     @property
     def ok(self) -> bool:
@@ -634,8 +635,10 @@ def iter_case(
         log.exception("kiosk case %s failed unexpectedly", path)
         yield failed(f"{path.name} could not be analysed (unexpected error).", repr(exc))
         return
+    banner = domain_banner(result)
     yield CaseResult(path, "done", f"{path.name}: {result.call()}", outputs=outputs, summary=result.summary(),
-                     provider=result.provider, category_counts=result.category_counts(), started_unix=started)
+                     provider=result.provider, category_counts=result.category_counts(), started_unix=started,
+                     domain_warning=banner.text if banner.show else "")
 
 
 def process_case(

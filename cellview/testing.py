@@ -420,3 +420,55 @@ def make_toy_domain(model_path: Path, patch_px: int = 64, training_data: str = "
     stats = fit_domain(fit_f, fit_labels, cal_f, cal_labels, tile_quality(cal_tiles),
                        info={"training_data": training_data})
     return write_domain(model_path, stats)
+
+
+def make_toy_cam_domain_model(folder: Path, patch_px: int = 64, spacing_um: float = 1.0) -> Path:
+    """The toy class-activation-map net (``make_toy_cam_model``) with domain statistics of plain red,
+    blue and green tiles (``make_toy_domain``): the viewer's domain banner and activation maps together."""
+    path = make_toy_cam_model(folder, patch_px=patch_px, spacing_um=spacing_um, name="toy-cam-domain")
+    make_toy_domain(path, patch_px=patch_px)
+    return path
+
+
+SQUARE_BLOCK = (1, 5, 1, 7)
+"""(row0, row1, col0, col1) in tiles of ``square_slide_rgb``: pink tiles, each with a red square."""
+SQUARE_AT = (40, 8, 16)
+"""x, y and side of the red square inside each of those tiles, in model patch pixels (64-px patches)."""
+PINK = (240, 190, 220)
+
+
+def square_slide_rgb(n_cols: int = 8, n_rows: int = 6, tile: int = SYNTH_TILE, seed: int = 0) -> np.ndarray:
+    """White glass with a block of pink tiles (stroma-like, no class colour), each with one red square at
+    ``SQUARE_AT``: the toy CAM model calls them malignant from the square (its map peaks there), and
+    domain statistics fitted on plain class colours call them out of domain. At 0.5 µm/px, read by a
+    64-px model at 1.0 µm/px, every tile is a 128-px cell of this image."""
+    rng = np.random.default_rng(seed)
+    img = np.full((n_rows * tile, n_cols * tile, 3), 245, dtype=np.uint8)
+    r0, r1, c0, c1 = SQUARE_BLOCK
+    img[r0 * tile:r1 * tile, c0 * tile:c1 * tile] = PINK
+    k = tile // 64  # level-0 pixels per model pixel
+    x, y, side = (v * k for v in SQUARE_AT)
+    for r in range(r0, r1):
+        for c in range(c0, c1):
+            img[r * tile + y:r * tile + y + side, c * tile + x:c * tile + x + side] = TOY_COLORS["malignant"]
+    noise = rng.integers(-6, 7, size=img.shape)
+    return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+def odd_slide_rgb(block: tuple[int, int, int, int] = (7, 10, 12, 16), colour: tuple[int, int, int] = (230, 200, 40)
+                  ) -> np.ndarray:
+    """``synthetic_slide_rgb`` with one more block in a colour of no class (yellow by default): out of the
+    toy domain, a minority of the tissue (12 of 68 tiles)."""
+    rgb = synthetic_slide_rgb()
+    r0, r1, c0, c1 = block
+    rgb[r0 * SYNTH_TILE:r1 * SYNTH_TILE, c0 * SYNTH_TILE:c1 * SYNTH_TILE] = colour
+    return rgb
+
+
+def hatch_stripes(img: np.ndarray) -> float:
+    """How much a picture changes across "/" diagonals compared with along them: about 1 for stain and
+    squares, several times more where the out-of-domain hatching's lines run (tests of what is drawn)."""
+    g = np.asarray(img)[..., :3].astype(np.float64).mean(axis=-1)
+    along = np.abs(g[1:, :-1] - g[:-1, 1:]).mean()
+    across = np.abs(g[1:, 1:] - g[:-1, :-1]).mean()
+    return float(across / max(along, 1e-9))

@@ -62,6 +62,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of a sample (histogram over its own range); +inf for fewer than 2 values."""
     if values.size < 2:
         return float("inf")
+    values = values.astype(np.float64, copy=False)  # float32 cannot hold 256 bins over a tiny range
     lo, hi = float(values.min()), float(values.max())
     if hi - lo < 1e-6:
         return hi

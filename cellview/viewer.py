@@ -8,7 +8,12 @@ callback gets an ``Event`` with ``type`` and ``value``). The desktop window and 
 thin views: they turn widget input into method calls and events into widget updates, so two
 widgets can no longer disagree about the state.
 
-Slow work (opening a slide, an analysis, regions, a tissue preview) is a ``Job``: a generator
+It also decides what the views say about the model's domain (``domain_notice``: a banner when
+most of the tissue is unlike the training data, a quieter note when some tiles are, or that the
+model has no domain statistics) and explains the selected tile (``set_explain``: the class
+activation map on the exact patch the model saw, computed as a job).
+
+Slow work (opening a slide, an analysis, regions, a tissue preview, a tile's explanation) is a ``Job``: a generator
 plus callbacks, handed to a ``runner``. The GUI's runner runs it on a worker thread and calls
 back on the main thread; ``run_now`` runs it in the calling thread, so tests and scripts drive
 the whole viewer without Qt.
@@ -30,13 +35,23 @@ import cv2
 import numpy as np
 
 from cellview.cache import ResultCache
+from cellview.domain import NOT_AVAILABLE
 from cellview.errors import CellviewError, ExportError, ModelError
+from cellview.explain import TileExplanation, explain_tile
 from cellview.export import FORMATS, export_slide_result, render, writable_dir
 from cellview.model import ModelSpec, OnnxClassifier, sidecar_for
 from cellview.morphology import Region, malignant_regions
 from cellview.overlay import OverlaySettings
 from cellview.pipeline import BatchDone, CancelToken, Finished, Started, analyze
-from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei, TileState
+from cellview.results import (
+    AnalysisParams,
+    AnalysisResult,
+    ModelInfo,
+    TileNuclei,
+    TileState,
+    domain_banner,
+    plural,
+)
 from cellview.slide import Mpp, SlideInfo, open_slide, slide_display_name, slide_stem
 from cellview.stain import StainReference
 from cellview.tissue import TissueMask, TissueParams, detect_tissue
@@ -425,6 +440,7 @@ class _Run:
     probs: np.ndarray | None = None
     state: np.ndarray | None = None
     nuclei: TileNuclei | None = None
+    domain_score: np.ndarray | None = None  # when the model has domain statistics
     partial: AnalysisResult | None = None
 
 
@@ -450,6 +466,111 @@ def regions_task(result: AnalysisResult, min_confidence: float) -> Iterator[list
     ``result`` must be a snapshot nobody writes to any more (its arrays copied).
     """
     yield malignant_regions(result, min_confidence)
+
+
+# ----------------------------------------------------------------------------- the model's domain
+
+
+@dataclass(frozen=True)
+class DomainNotice:
+    """What the views say about the model's domain for the shown result.
+
+    ``kind``: "none" (no result), "unavailable" (the model has no domain statistics: say so where
+    the score would be), "in" (no tile out of domain), "some" (a quieter note) or "most" (the
+    banner: most of the tissue is unlike the training data). ``shown_anyway``: the user chose to
+    see and count the out-of-domain tiles' calls (``OverlaySettings.show_out_of_domain``).
+    """
+
+    kind: str
+    headline: str = ""
+    detail: str = ""
+    n_out: int = 0
+    n_done: int = 0
+    tissue_in_fraction: float | None = None
+    shown_anyway: bool = False
+
+    @property
+    def banner(self) -> bool:
+        return self.kind == "most"
+
+    @property
+    def note(self) -> bool:
+        return self.kind == "some"
+
+    @property
+    def text(self) -> str:
+        return f"{self.headline} {self.detail}".strip()
+
+
+def domain_notice(result: AnalysisResult | None, shown_anyway: bool = False) -> DomainNotice:
+    """Banner, note or nothing for a (possibly streaming) result; the banner rule is ``results.domain_banner``."""
+    if result is None:
+        return DomainNotice("none", shown_anyway=shown_anyway)
+    if result.model.domain is None or result.domain_score is None:
+        return DomainNotice("unavailable", NOT_AVAILABLE[0].upper() + NOT_AVAILABLE[1:] + ".",
+                            "Nothing tells whether this tissue is like the model's training data.",
+                            n_done=result.n_done, shown_anyway=shown_anyway)
+    n_out, n_done = int(result.out_of_domain.sum()), result.n_done
+    banner = domain_banner(result)
+    drawn = ("shown in category colours and counted anyway." if shown_anyway
+             else "drawn hatched grey and left out of the counts.")
+    if banner.show:
+        assert banner.in_domain_fraction is not None
+        what = result.model.domain.training_data
+        return DomainNotice(
+            "most", f"This tissue does not look like {what}; the calls are unreliable.",
+            f"{1 - banner.in_domain_fraction:.0%} of the tissue tiles are out of the model's domain, {drawn}",
+            n_out, n_done, banner.in_domain_fraction, shown_anyway)
+    if n_out == 0:
+        text = f"Every classified tile is in the model's domain ({plural(n_done, 'tile')})." if n_done else ""
+        return DomainNotice("in", text, "", 0, n_done, banner.in_domain_fraction, shown_anyway)
+    return DomainNotice(
+        "some", f"{n_out:,} of {plural(n_done, 'tile')} ({n_out / n_done:.0%}) are out of the model's domain,",
+        drawn, n_out, n_done, banner.in_domain_fraction, shown_anyway)
+
+
+# ----------------------------------------------------------------------------- explaining a tile
+
+
+@dataclass(frozen=True)
+class ExplainerReady:
+    """The classifier an explanation job loaded (kept for the next tile)."""
+
+    classifier: OnnxClassifier
+    model_path: str
+
+
+@dataclass(frozen=True)
+class ExplainState:
+    """The inspector's class-activation-map state.
+
+    ``state``: "off", "idle" (on, no tile selected), "busy", "ready" (``explanation`` holds the
+    tile, its maps and the class shown) or "failed" (``message`` says why, e.g. a model without maps).
+    """
+
+    state: str
+    explanation: TileExplanation | None = None
+    message: str = ""
+    index: int = -1
+
+
+def explain_task(path: str, mpp_um: float | None, grid: Any, index: int, classifier: OnnxClassifier | None,
+                 model_path: str | None, model_sha256: str) -> Iterator[ExplainerReady | TileExplanation]:
+    """Explain one tile off the main thread: load the classifier the first time (CPU: one patch is
+    cheap, and the GPU stays with the analysis), then read the exact patch and run it."""
+    if classifier is None:
+        if not model_path:
+            raise ModelError("No model is loaded to explain the tile with.")
+        classifier = OnnxClassifier(ModelSpec.load(model_path), device="cpu", intra_op_threads=1)
+        yield ExplainerReady(classifier, model_path)
+    if classifier.spec.onnx_sha256 != model_sha256:
+        raise ModelError("The result on screen was made by another model than the one loaded; analyse again "
+                         "to explain its tiles.")
+    slide = open_slide(path, mpp_um=mpp_um)
+    try:
+        yield explain_tile(slide, grid, index, classifier)
+    finally:
+        slide.close()
 
 
 # ----------------------------------------------------------------------------- the model
@@ -481,7 +602,7 @@ class ViewerModel:
 
     EVENTS = ("slide", "slide_image", "opening", "model", "model_options", "model_ready", "settings", "running", "progress",
               "tiles", "result", "selection", "overlay", "regions", "tissue", "status", "error", "job_item",
-              "open_failed", "run_ended")
+              "open_failed", "run_ended", "domain", "explanation")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis) -> None:
@@ -527,6 +648,19 @@ class ViewerModel:
         self._regions_key: tuple | None = None
         self._regions_again = False
         self._after_open: dict[str, Any] = {}
+        self.domain = DomainNotice("none")
+        self.explain_on = False
+        self.explain_class: int | None = None
+        """The class whose activation map is shown; None: the tile's predicted class."""
+        self.explain = ExplainState("off")
+        self.explain_classifier: OnnxClassifier | None = None
+        """Runs explanations; a view with a loaded classifier (the kiosk) sets it, else the first
+        explanation loads the result's model (on CPU)."""
+        self._explain_loaded_for: str | None = None  # the model path of a classifier loaded here
+        self._explain_id = 0
+        self._explain_job: JobHandle | None = None
+        self._explain_again = False
+        self._explain_key: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------------------ state queries
 
@@ -559,7 +693,7 @@ class ViewerModel:
             run.partial = AnalysisResult(
                 slide=self.slide.info, model=ModelInfo.from_spec(run.spec), params=run.request.params,
                 grid=run.started.grid, probs=run.probs, state=run.state, provider=run.started.provider,
-                status="running", tissue=run.started.tissue, nuclei=run.nuclei)
+                status="running", tissue=run.started.tissue, nuclei=run.nuclei, domain_score=run.domain_score)
         return run.partial
 
     def mpp_um(self) -> float | None:
@@ -639,6 +773,8 @@ class ViewerModel:
             return
         self.model_path = model_path
         self.model_ready = None  # the provider and classes of the new model are known once it loads
+        if self._explain_loaded_for is not None:  # a classifier this model loaded for explanations
+            self.explain_classifier = self._explain_loaded_for = None
         self.events.model(model_path)
         self._apply_model_options(ModelOptions.read(model_path))
         had_result = self.result is not None or self.running
@@ -656,8 +792,115 @@ class ViewerModel:
             return
         old, self.overlay = self.overlay, new
         self.events.overlay(new)
+        if new.show_out_of_domain != old.show_out_of_domain:
+            self._update_domain()
         if (new.show_regions, new.min_confidence) != (old.show_regions, old.min_confidence):
             self.update_regions()
+
+    def show_calls_anyway(self, on: bool) -> None:
+        """Draw and count out-of-domain tiles like the others (the banner's toggle)."""
+        self.set_overlay(show_out_of_domain=bool(on))
+
+    # ------------------------------------------------------------------------------ the model's domain
+
+    def domain_notice(self) -> DomainNotice:
+        return domain_notice(self.shown_result(), self.overlay.show_out_of_domain)
+
+    def _update_domain(self) -> None:
+        notice = self.domain_notice()
+        if notice != self.domain:
+            self.domain = notice
+            self.events.domain(notice)
+
+    # ------------------------------------------------------------------------------ explaining a tile
+
+    def set_explain(self, on: bool) -> None:
+        """Show the class activation map of the selected tile (computed off the UI thread)."""
+        on = bool(on)
+        if on == self.explain_on:
+            return
+        self.explain_on = on
+        if not on:
+            self._forget_explanation()
+            return
+        self._request_explanation(force=True)
+
+    def set_explain_class(self, class_index: int | None) -> None:
+        """The class whose map is shown (None: the predicted one). Every class's map came with the tile."""
+        result = self.shown_result()
+        if class_index is not None and result is not None and not 0 <= class_index < len(result.model.class_names):
+            raise ModelError(f"Class index {class_index} is out of range.")
+        self.explain_class = class_index
+        ex = self.explain.explanation
+        if self.explain.state == "ready" and ex is not None:
+            self._set_explain_state(replace(self.explain, explanation=self._shown_class(ex)))
+
+    def _shown_class(self, ex: TileExplanation) -> TileExplanation:
+        k = ex.pred_class if self.explain_class is None else self.explain_class
+        return ex if ex.explained_class == k else replace(ex, explained_class=k)
+
+    def _set_explain_state(self, state: ExplainState) -> None:
+        self.explain = state
+        self.events.explanation(state)
+
+    def _forget_explanation(self) -> None:
+        """The tile, the result or the slide went away: a job still running is ignored."""
+        self._explain_id = next(self._ids)
+        self._explain_job, self._explain_again, self._explain_key = None, False, None
+        if self.explain.state != ("idle" if self.explain_on else "off"):
+            self._set_explain_state(ExplainState("idle" if self.explain_on else "off"))
+
+    def _request_explanation(self, force: bool = False) -> None:
+        """Explain the selected tile when maps are on: one job at a time, the latest selection next."""
+        if not self.explain_on:
+            return
+        result, index = self.shown_result(), self.selection
+        if result is None or self.slide is None or not 0 <= index < result.n_tiles:
+            self._forget_explanation()
+            return
+        if not result.done[index]:
+            self._set_explain_state(ExplainState("failed", message="This tile has not been classified.", index=index))
+            return
+        key = (id(result.grid), index)
+        if not force and key == self._explain_key and self.explain.state in ("busy", "ready"):
+            return
+        self._set_explain_state(ExplainState("busy", index=index))
+        if self._explain_job is not None:
+            self._explain_again, self._explain_key = True, None
+            return
+        self._explain_key = key
+        self._explain_id = job_id = next(self._ids)
+        grid, path, mpp = result.grid, self.slide.path, self.mpp_um()
+        classifier, model_path = self.explain_classifier, self.result_model_path or self.model_path
+        sha = result.model.sha256
+
+        def on_item(item: ExplainerReady | TileExplanation) -> None:
+            if isinstance(item, ExplainerReady):
+                # kept for the next tile unless the model changed meanwhile
+                if self.explain_classifier is None and item.model_path in (self.model_path, self.result_model_path):
+                    self.explain_classifier, self._explain_loaded_for = item.classifier, item.model_path
+                return
+            if job_id == self._explain_id and not self._explain_again:
+                self._set_explain_state(ExplainState("ready", self._shown_class(item), index=index))
+
+        def on_failed(exc: CellviewError) -> None:
+            if job_id == self._explain_id and not self._explain_again:
+                self._explain_key = None  # a later selection of this tile tries again
+                self._set_explain_state(ExplainState("failed", message=exc.message, index=index))
+
+        def on_done() -> None:
+            if job_id != self._explain_id:
+                return
+            self._explain_job = None
+            if self._explain_again:
+                self._explain_again = False
+                self._request_explanation()
+
+        self._explain_job = _Pending()
+        handle = self.runner(Job("explain", lambda cancel: explain_task(path, mpp, grid, index, classifier,
+                                                                        model_path, sha), on_item, on_failed, on_done))
+        if job_id == self._explain_id and self._explain_job is not None:
+            self._explain_job = handle
 
     def status(self, message: str) -> None:
         self.events.status(message)
@@ -763,12 +1006,14 @@ class ViewerModel:
         self.regions = []
         self.selection = -1
         self.progress = Progress("idle")
+        self._forget_explanation()
         if had:
             self.events.slide(None)
             self.events.result(None)
             self.events.regions([])
             self.events.selection(-1)
             self.events.progress(self.progress)
+        self._update_domain()
 
     def recent_slides(self) -> list[RecentSlide]:
         """Recently opened slides that still exist, named as a person names them (a DICOM slide by its folder)."""
@@ -895,6 +1140,7 @@ class ViewerModel:
             run.state = np.zeros(n, np.uint8)
             run.nuclei = (TileNuclei.empty(n, "px2" if self.mpp_um() is None else "um2")
                           if run.request.params.nuclei else None)
+            run.domain_score = np.full(n, np.nan, np.float32) if run.spec.domain is not None else None
             run.partial = None
             self.progress = Progress("running", 0, n, from_cache=item.from_cache)
             self.events.progress(self.progress)
@@ -907,9 +1153,12 @@ class ViewerModel:
             run.state[item.indices] = np.where(item.failed, TileState.FAILED, TileState.DONE)
             if item.nuclei is not None and run.nuclei is not None:
                 run.nuclei.values[item.indices] = item.nuclei
+            if item.domain_score is not None and run.domain_score is not None:
+                run.domain_score[item.indices] = item.domain_score
             run.partial = None
             self.progress = Progress("running", item.done, item.total, item.tiles_per_s, item.eta_s, item.elapsed_s)
             self.events.progress(self.progress)
+            self._update_domain()
             self.events.tiles(item.indices)
         elif isinstance(item, Finished):
             self._finish(item.result)
@@ -928,9 +1177,11 @@ class ViewerModel:
         self.events.running(False)
         self.events.progress(self.progress)
         self.events.result(result)
+        self._update_domain()
         self.update_regions()
         if 0 <= self.selection < result.n_tiles:
             self.events.selection(self.selection)
+            self._request_explanation()
 
     def _end_run(self) -> None:
         """The run's job ended without a Finished (failed, or stopped early)."""
@@ -942,6 +1193,7 @@ class ViewerModel:
         self.events.running(False)
         self.events.progress(self.progress)
         self.events.result(None)
+        self._update_domain()
         self.update_regions()
 
     def set_result(self, result: AnalysisResult, model_path: str | None = None) -> None:
@@ -951,6 +1203,7 @@ class ViewerModel:
         self.progress = Progress("done", result.n_done + result.n_failed, result.n_tiles, from_cache=True)
         self.events.progress(self.progress)
         self.events.result(result)
+        self._update_domain()
         self.update_regions()
 
     def clear_result(self, emit: bool = True) -> None:
@@ -962,11 +1215,14 @@ class ViewerModel:
         self._regions_id = next(self._ids)
         self._regions_job, self._regions_again = None, False
         self.progress = Progress("idle")
+        self._forget_explanation()
         if emit and had:
             self.events.result(None)
             self.events.selection(-1)
             self.events.regions([])
             self.events.progress(self.progress)
+        if emit:
+            self._update_domain()
 
     # ------------------------------------------------------------------------------ selection
 
@@ -976,6 +1232,7 @@ class ViewerModel:
             return
         self.selection = int(index)
         self.events.selection(self.selection)
+        self._request_explanation()
 
     def select_at(self, l0_x: float, l0_y: float) -> int:
         result = self.shown_result()

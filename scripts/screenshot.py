@@ -3,10 +3,15 @@
     python scripts/screenshot.py [--slide PATH] [--model colon-he|PATH.onnx] [--out docs/screenshot.png]
     python scripts/screenshot.py --regions            # → docs/screenshot_nuclei.png
     python scripts/screenshot.py --kiosk --size 1024x600   # → docs/kiosk-1024x600.png
+    python scripts/screenshot.py --cam --out docs/screenshot_domain_cam.png   # the class activation map
+    python scripts/screenshot.py --kiosk --cam --size 1024x600 --out docs/kiosk-1024x600-domain.png
 
 ``--regions`` outlines malignant regions (at ``--threshold``) and picks, inside the largest one,
 the tile with the most well-formed nuclei, so the inspector shows its nucleus contours.
 ``--kiosk`` runs the kiosk on a watch folder, drops the slide in and shoots its case page.
+``--cam`` turns the inspector's class activation map on for the picked tile (and scrolls the panel to it).
+When the model's domain statistics say the slide is unlike its training data (CMU-1 with
+colon-he), the banner and the hatched out-of-domain tiles are in the picture as a user sees them.
 Uses colon-he when models/colon-he exists, else lung-he, else a toy 224-px model (and says so).
 
 On a (virtual) X display (``DISPLAY=:93``, see shared/notes/gui-under-xvfb.md) the picture is a
@@ -36,6 +41,7 @@ def main() -> int:
     ap.add_argument("--threshold", type=int, default=50, help="with --regions: min. confidence in percent")
     ap.add_argument("--kiosk", action="store_true", help="the kiosk's case page instead of the desktop viewer")
     ap.add_argument("--style", default=None, help="overlay style: outline, fill or fill+outline (default: the viewer's)")
+    ap.add_argument("--cam", action="store_true", help="show the picked tile's class activation map in the inspector")
     args = ap.parse_args()
 
     if not os.environ.get("DISPLAY"):
@@ -107,7 +113,9 @@ def main() -> int:
         pick = int(np.argmax(np.where(malignant, conf, -1.0))) if malignant.any() else int(np.argmax(conf))
     window.select_tile(pick)
     wait_for(window.patchShown, 10)
-    if args.regions:
+    if args.cam:
+        show_cam(app, window)
+    if args.regions or args.cam:
         settle(app, 0.5)  # the panel's layout grows with the nuclei rows first
         bar = window.dock.widget().verticalScrollBar()
         bar.setValue(bar.maximum())  # the inspector is at the bottom of the panel
@@ -119,6 +127,18 @@ def main() -> int:
     print(f"wrote {out} ({window.provider_label.text()}; {result.summary()})")
     window.shutdown()
     return 0
+
+
+def show_cam(app, window) -> None:
+    """Turn the inspector's activation map on and wait until it is drawn (computed on a worker)."""
+    from cellview.gui.headless import settle
+
+    window.inspector.cam_box.setChecked(True)
+    while window.model.explain.state == "busy":
+        settle(app, 0.05)
+    if window.model.explain.state != "ready":
+        print(f"activation map: {window.model.explain.message}", file=sys.stderr)
+    settle(app, 0.5)
 
 
 def capture(app, window, out: Path) -> None:
@@ -165,6 +185,11 @@ def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
     conf = np.nan_to_num(result.confidence, nan=-1.0) - (result.grid.tissue_fraction < 0.9)
     window.select_tile(int(np.argmax(np.where(malignant, conf, -1.0))) if malignant.any() else int(np.argmax(conf)))
     wait_for(window.patchShown, 10)
+    if args.cam:
+        show_cam(app, window)
+        panel = window._side_scroll
+        top = window.inspector.mapTo(panel.widget(), window.inspector.rect().topLeft()).y()
+        panel.verticalScrollBar().setValue(max(0, top - 8))  # the patch with its map and colour scale in view
     settle(app, 1.0)
     size = args.size or f"{window.width()}x{window.height()}"
     out = Path(args.out or REPO / "docs" / f"kiosk-{size}.png")

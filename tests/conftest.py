@@ -57,3 +57,31 @@ def synthetic_slide(tmp_path_factory) -> Path:
     from cellview.testing import synthetic_slide_rgb, write_pyramid_tiff
 
     return write_pyramid_tiff(tmp_path_factory.mktemp("synth") / "synthetic.tiff", synthetic_slide_rgb(), 0.5)
+
+
+@pytest.fixture(scope="session")
+def fault_dir(tmp_path_factory) -> Path:
+    """Marker files that make the cluster's workers die or pause mid-slide (cellview.cohort.FAULT_ENV)."""
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(fault_dir, tmp_path_factory):
+    """One LocalCluster for the session: 2 worker processes, 1 thread each, slides retried twice.
+
+    The workers get the fault-hook folder, their own result cache and this checkout on their path.
+    """
+    pytest.importorskip("distributed")
+    import dask
+    from distributed import LocalCluster
+
+    from cellview.cohort import FAULT_ENV
+
+    env = {FAULT_ENV: str(fault_dir), "CELLVIEW_CACHE_DIR": str(tmp_path_factory.mktemp("worker-cache")),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))}
+    with dask.config.set({"distributed.scheduler.allowed-failures": 2,
+                          "distributed.scheduler.worker-saturation": 1.0}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=50, env=env)
+    yield cluster
+    cluster.close()

@@ -112,6 +112,9 @@ QLabel#inspectorSubtitle { font-size: 20pt; color: #aab2b9; }
 QLabel#inspectorDetails { font-size: 18pt; color: #c3c9ce; font-family: 'DejaVu Sans Mono', monospace; }
 QLabel#categoryCount { font-size: 20pt; color: #c3c9ce; }
 QLabel#levelsWarning { font-size: 20pt; color: #ffb347; }
+QFrame#domainBanner { background: #5a4316; border: 2px solid #ffb347; border-radius: 10px; }
+QFrame#domainNote { background: #2a2f33; border: 1px solid #4a5259; border-radius: 10px; }
+QLabel#domainBannerText { font-size: 20pt; color: #f3ead8; }
 """
 
 KIOSK_SCALE_BAR_PT = 18.0
@@ -555,6 +558,9 @@ class KioskWindow(MainWindow):
         side.addWidget(self.call_label)
         self.shares_label = _label("", "kioskShares")
         side.addWidget(self.shares_label)
+        # the domain warning right under the call it qualifies (the slide view is too small for a banner)
+        side.addWidget(_adopt(self.domain_banner))
+        self.domain_banner.set_stacked(True)
         side.addWidget(_adopt(self.progress))
         side.addWidget(_adopt(self.rate_label))
         self.rate_label.setWordWrap(True)  # "Results saved to /long/outbox/path" must not widen the panel
@@ -609,25 +615,44 @@ class KioskWindow(MainWindow):
         # Touch-sized controls need about 440 px besides the 40 px scroll bar; a share of the screen keeps
         # them unclipped and leaves the slide the rest (at 1024 px the panel takes 480, at 1920 px 760).
         self._side_scroll.setFixedWidth(int(min(760, max(480, 0.40 * self.width()))))
+        # the inspector's patch (and its activation map) as large as the panel allows, with room below it
+        # for its colour scale on a short screen (at 1024 × 600: 330 px)
+        self.inspector.set_patch_px(min(512, self._side_scroll.width() - 90, int(0.55 * self.height())))
 
     def _show_call(self, result: AnalysisResult | None) -> None:
-        """The call and the category shares at the top of the panel (visible without scrolling)."""
+        """The call and the category shares at the top of the panel (visible without scrolling).
+
+        Shares are of the tiles counted on screen: in-domain ones, unless the out-of-domain calls
+        are shown anyway; a call on tissue mostly unlike the training data is marked unreliable.
+        """
         if result is None or result.n_done == 0:
             self.call_label.setText("" if result is None else "Analysing…")
             self.shares_label.setText("")
             return
-        pct = result.category_percentages()
-        order = sorted(pct, key=lambda c: -pct[c])
-        top = order[0]
+        anyway = self.model.overlay.show_out_of_domain
+        n_out = int(result.out_of_domain.sum())
+        out_text = f" · {n_out:,} out of domain" if n_out else ""
         state = "" if result.status == "complete" else (" (so far)" if result.status == "running" else
                                                          f" ({result.status})")
-        self.call_label.setText(f"<span style='color:{CATEGORY_COLORS[top]}'>■</span> {top.capitalize()} "
+        if not result.counted(anyway).any():
+            self.call_label.setText(f"<span style='color:#ffb347'>⚠</span> No call{state}")
+            self.shares_label.setText(f"no tile in the model's domain · {plural(result.n_done, 'tile')}")
+            return
+        pct = result.category_percentages(anyway)
+        order = sorted(pct, key=lambda c: -pct[c])
+        top = order[0]
+        warn = "<span style='color:#ffb347'>⚠</span> " if self.model.domain_notice().banner else ""
+        self.call_label.setText(f"{warn}<span style='color:{CATEGORY_COLORS[top]}'>■</span> {top.capitalize()} "
                                 f"{pct[top]}%{state}")
         self.shares_label.setText(" · ".join(f"{c} {pct[c]}%" for c in order[1:])
-                                  + f" · {plural(result.n_done, 'tile')}")
+                                  + f" · {plural(result.n_done, 'tile')}{out_text}")
 
     def repaint_overlay(self, *args) -> None:
         super().repaint_overlay(*args)
+        self._show_call(self.model.shown_result())
+
+    def _on_domain(self, event: Event) -> None:
+        super()._on_domain(event)
         self._show_call(self.model.shown_result())
 
     def _fill_screen(self) -> None:
@@ -711,7 +736,9 @@ class KioskWindow(MainWindow):
         self.prepare_timer.stop()
         self.classifier = classifier
         self.model.spec = classifier.spec
+        self.model.explain_classifier = classifier  # activation maps from the loaded model, no second copy
         self._fill_modes(classifier.spec.class_names)
+        self.inspector.set_class_names(classifier.spec.class_names)
         self.provider_badge.setText(classifier.describe())
         warn = classifier.needs_attention
         self.provider_badge.setProperty("warn", "true" if warn else "false")
@@ -821,7 +848,8 @@ class KioskWindow(MainWindow):
         self._refresh_recent()
         if case.ok:
             where = next(iter(case.outputs.values())).parent if case.outputs else self.settings.outbox()
-            self.done_label.setText(f"✔ {case.message}\nResults saved to {where}")
+            warning = f"\n⚠ {case.domain_warning}" if case.domain_warning else ""
+            self.done_label.setText(f"✔ {case.message}{warning}\nResults saved to {where}")
             self.done_card.show()
             self.rate_label.setText("Results saved to the outbox.")  # the full path is on the waiting page
         self._last_case = case
@@ -889,6 +917,8 @@ class KioskWindow(MainWindow):
             when = time.strftime("%H:%M", time.localtime(case.finished_unix))
             # the call first (shares that add up to 100); the rate and provider are in the outbox metadata
             text = f"{case.name} · {when}\n" + (case.call or case.message if case.ok else f"⚠ {case.message}")
+            if case.ok and case.domain_warning:  # the call of tissue unlike the training data is unreliable
+                text += "\n⚠ unlike the model's training data: calls unreliable"
             item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, case)
             self.recent_list.addItem(item)

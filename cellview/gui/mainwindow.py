@@ -42,7 +42,14 @@ from PySide6.QtWidgets import (
 
 from cellview.errors import CellviewError
 from cellview.gui import settings as cfg
-from cellview.gui.panels import CategoryToggles, ColorBar, TileInspector, section
+from cellview.gui.panels import (
+    CategoryToggles,
+    ColorBar,
+    DomainBanner,
+    TileInspector,
+    hatch_swatch,
+    section,
+)
 from cellview.gui.slideview import ARROW_STEPS, SlideView, format_um
 from cellview.gui.tasks import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
 from cellview.gui.worker import QtRunner, Worker
@@ -54,8 +61,11 @@ from cellview.overlay import (
     count_lines,
     counted_text,
     describe_colours,
+    describe_domain,
     describe_filter,
     fill_rgba,
+    hatches_out_of_domain,
+    out_of_domain_runs,
     probability_lut,
 )
 from cellview.results import AnalysisParams, AnalysisResult, plural
@@ -65,7 +75,9 @@ from cellview.viewer import (
     STAIN_LABELS,
     TTA_LABELS,
     WHOLE_IMAGE,
+    DomainNotice,
     Event,
+    ExplainState,
     ModelReady,
     Opened,
     Progress,
@@ -205,6 +217,8 @@ class MainWindow(QMainWindow):
     tissueShown = Signal()
     regionsShown = Signal()
     errorShown = Signal(str, str)
+    domainShown = Signal(object)  # DomainNotice, once the banner, the legend row and the overlay show it
+    explanationShown = Signal(object)  # ExplainState, once the inspector shows it
 
     def __init__(self, analysis_defaults: AnalysisParams | None = None) -> None:
         super().__init__()
@@ -231,7 +245,15 @@ class MainWindow(QMainWindow):
         self.view.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.view.empty_hint.openRequested.connect(self.choose_slide)
         self.view.empty_hint.recentRequested.connect(self.open_path)
-        self.setCentralWidget(self.view)
+        self.domain_banner = DomainBanner()
+        self.domain_banner.showAnywayToggled.connect(self.model.show_calls_anyway)
+        self.canvas = QWidget()  # the banner above the slide (the kiosk moves the banner into its panel)
+        canvas = QVBoxLayout(self.canvas)
+        canvas.setContentsMargins(0, 0, 0, 0)
+        canvas.setSpacing(0)
+        canvas.addWidget(self.domain_banner)
+        canvas.addWidget(self.view, 1)
+        self.setCentralWidget(self.canvas)
         self._build_panel()
         self._build_menus()
         self._build_status()
@@ -268,6 +290,8 @@ class MainWindow(QMainWindow):
         ev.tissue.connect(self._on_tissue)
         ev.status.connect(lambda e: self.statusBar().showMessage(e.value, 8000))
         ev.error.connect(lambda e: self.show_error(e.value[1], e.value[0]))
+        ev.domain.connect(self._on_domain)
+        ev.explanation.connect(self._on_explanation)
 
     def _on_job_started(self, name: str, worker: Worker) -> None:
         if name == "analysis":
@@ -502,6 +526,8 @@ class MainWindow(QMainWindow):
 
         card, c = section("Tile inspector")
         self.inspector = TileInspector()
+        self.inspector.explainToggled.connect(self.model.set_explain)
+        self.inspector.explainClassChosen.connect(self.model.set_explain_class)
         c.addWidget(self.inspector)
         lay.addWidget(card)
         lay.addStretch(1)
@@ -746,6 +772,7 @@ class MainWindow(QMainWindow):
         self.provider_label.setStyle(self.provider_label.style())
         self.provider_label.setToolTip(ready.fallback_message or ready.description)
         self._fill_modes(ready.spec.class_names)
+        self.inspector.set_class_names(ready.spec.class_names)
 
     def _fill_modes(self, class_names: tuple[str, ...]) -> None:
         current = self.mode_box.currentData()
@@ -1034,6 +1061,7 @@ class MainWindow(QMainWindow):
         ov = self.model.overlay
         if result is None:
             self.view.set_overlay(None)
+            self.view.set_out_of_domain(np.zeros((0, 4)))
             self.view.set_contours(())
             self.view.set_label(None)
             self.toggles.set_counts(None)
@@ -1044,11 +1072,14 @@ class MainWindow(QMainWindow):
         rgba = g.to_display(self.overlay_rgba(result))
         rows, cols = rgba.shape[:2]
         self.view.set_overlay(rgba, QRectF(0, 0, cols * g.stride_l0_x, rows * g.stride_l0_y))
-        # One tile covering the whole image is shown as a label, not as a tint over the cell.
-        self.view.overlay.setVisible(ov.visible and ov.draws_fill and not g.whole_image)
+        # One tile covering the whole image is shown as a label, not as a tint over the cell. Out-of-domain
+        # tiles are tinted grey and hatched in every style (the outline style's fill holds only them).
+        hatch = hatches_out_of_domain(result, ov)
+        self.view.overlay.setVisible(ov.visible and (ov.draws_fill or hatch) and not g.whole_image)
+        self.view.set_out_of_domain(out_of_domain_runs(result, ov))
         self.view.set_contours(category_contours(result, ov) if ov.visible and not g.whole_image else ())
-        self.toggles.set_counts(result.category_counts(min_confidence=ov.min_confidence),
-                                result.category_percentages(min_confidence=ov.min_confidence))
+        counts = count_lines(result, ov)
+        self.toggles.set_counts({c: n for c, n, _ in counts}, {c: share for c, _, share in counts})
         self._update_summary()
         self._update_single_label(result)
         if 0 <= self.model.selection < g.n_tiles and self.inspector.index == self.model.selection:
@@ -1071,7 +1102,11 @@ class MainWindow(QMainWindow):
             self.regions_label.setVisible(False)
         else:
             self.view.set_regions(regions[:MAX_REGIONS_DRAWN])
-            self.regions_label.setText(self._regions_text(regions, self.model.overlay.min_confidence))
+            text = self._regions_text(regions, self.model.overlay.min_confidence)
+            result = self.model.shown_result()
+            if result is not None and result.has_domain and result.out_of_domain.any():
+                text += " Regions join in-domain tiles only."
+            self.regions_label.setText(text)
             self.regions_label.setVisible(True)
         self.regionsShown.emit()
 
@@ -1118,11 +1153,28 @@ class MainWindow(QMainWindow):
             self.view.set_label(None)
             return
         color = CATEGORY_COLORS[level["pred_category"]]
+        unreliable = ""
+        if result.has_domain and not result.in_domain.any():  # the call of an image unlike the training data
+            unreliable = ("<br><span style='color:#ffb347; font-size:10pt;'>⚠ out of the model's domain: "
+                          "unreliable</span>")
         self.view.set_label(
             f"<div style='background-color:rgba(20,22,25,215); padding:6px 10px; font-size:15pt;'>"
             f"<span style='color:{color}; font-weight:700;'>{level['pred_class']}</span>"
             f"<span style='color:#e6e9ec;'>&nbsp;{level['confidence']:.0%}</span>"
-            f"<span style='color:#aab2b9; font-size:10pt;'>&nbsp;({level['pred_category']})</span></div>")
+            f"<span style='color:#aab2b9; font-size:10pt;'>&nbsp;({level['pred_category']})</span>{unreliable}</div>")
+
+    # ------------------------------------------------------------------------------ the model's domain
+
+    def _on_domain(self, event: Event) -> None:
+        notice: DomainNotice = event.value
+        self.domain_banner.set_notice(notice)
+        self.toggles.set_domain(notice)
+        self.domainShown.emit(notice)
+
+    def _on_explanation(self, event: Event) -> None:
+        state: ExplainState = event.value
+        self.inspector.set_explanation(state)
+        self.explanationShown.emit(state)
 
     # ------------------------------------------------------------------------------ tissue preview
 
@@ -1211,6 +1263,8 @@ class MainWindow(QMainWindow):
             return
         cls = result.model.class_names[int(result.pred_class[index])]
         text = f"{cls} {float(result.confidence[index]):.0%}"
+        if result.has_domain and bool(result.out_of_domain[index]):
+            text += " · out of domain"
         self.hover_label.setText(text)
         pos = self.view.mapToGlobal(self.view.mapFromScene(self.view.vb.mapViewToScene(QPointF(l0_x, l0_y))))
         QToolTip.showText(pos, text, self.view)
@@ -1341,7 +1395,18 @@ class MainWindow(QMainWindow):
             p.drawText(x + 22, y, cat + (" (hidden)" if hidden else ""))
             p.drawText(x + 150, y, f"{n:>6,}  {share}%")
             y += 22
+        if result.has_domain:
+            p.drawPixmap(x, y - 12, hatch_swatch(14))
+            p.setPen(QColor(20, 20, 20))
+            n_out = int(result.out_of_domain.sum())
+            p.drawText(x + 22, y, "out of domain")
+            p.drawText(x + 150, y, f"{n_out:>6,}  {round(100 * n_out / max(result.n_done, 1))}%")
+            y += 22
         y += 6
+        line(describe_domain(result, ov), QColor(90, 90, 90))
+        notice = self.model.domain
+        if notice.banner:
+            line(notice.headline, QColor(180, 0, 0))
         names = result.model.class_names
         line(describe_colours(ov, names), QColor(90, 90, 90))
         if describe_filter(ov):

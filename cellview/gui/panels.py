@@ -1,15 +1,19 @@
-"""Side-panel widgets: probability bars, the tile inspector, category toggles and a colour bar."""
+"""Side-panel widgets: probability bars, the tile inspector (with the class activation map), category
+toggles with the out-of-domain row, colour bars and the domain banner."""
 
 from __future__ import annotations
 
 import math
 from html import escape
 
+import cv2
 import numpy as np
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QLinearGradient, QPainter, QPixmap
 from PySide6.QtWidgets import (
+    QBoxLayout,
     QCheckBox,
+    QComboBox,
     QFrame,
     QGridLayout,
     QHBoxLayout,
@@ -19,10 +23,20 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cellview.gui.slideview import rgb_qimage
+from cellview.domain import NOT_AVAILABLE, OUT_OF_DOMAIN_RGBA
+from cellview.explain import colormap
+from cellview.explain import overlay as cam_overlay
+from cellview.gui.slideview import paint_hatch, rgb_qimage
 from cellview.model import CATEGORIES, CATEGORY_COLORS
 from cellview.morphology import NucleiMeasurement
 from cellview.results import plural, whole_percentages
+from cellview.viewer import DomainNotice, ExplainState
+
+CAM_LUT = colormap(np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :])[0]
+"""The class activation map's colour scale (turbo, as in ``cellview explain``'s picture)."""
+
+OUT_OF_DOMAIN_TEXT = "#ffb347"
+"""Amber: what the inspector and the legends say about out-of-domain tiles."""
 
 
 def nuclei_lines(count: float, density: float, mean_area: float, median_area: float, circularity: float,
@@ -39,9 +53,32 @@ def nuclei_lines(count: float, density: float, mean_area: float, median_area: fl
     return lines
 
 
+def domain_line(result, index: int) -> str:
+    """The inspector's domain row: the score and the verdict, or that the model has none."""
+    if not result.has_domain:
+        return "domain    " + NOT_AVAILABLE.removeprefix("domain score: ")
+    score = float(result.domain_score[index])
+    if not bool(result.done[index]) or not np.isfinite(score):
+        return "domain    –"
+    verdict = "in domain" if bool(result.in_domain[index]) else "OUT of domain"
+    return f"domain    {score:.3f}  {verdict} (≥ {result.model.domain.threshold:g} is in)"
+
+
 def swatch(color: str, size: int = 12) -> QPixmap:
     pm = QPixmap(size, size)
     pm.fill(QColor(color))
+    return pm
+
+
+def hatch_swatch(size: int = 14) -> QPixmap:
+    """The legend's out-of-domain swatch: the grey tint with the hatching, as the slide shows it."""
+    pm = QPixmap(size, size)
+    pm.fill(QColor(*OUT_OF_DOMAIN_RGBA[:3]))
+    p = QPainter(pm)
+    p.setRenderHint(QPainter.RenderHint.Antialiasing)
+    p.setClipRect(0, 0, size, size)
+    paint_hatch(p, QRectF(0, 0, size, size))
+    p.end()
     return pm
 
 
@@ -135,9 +172,14 @@ class ProbabilityBars(QWidget):
 
 
 class TileInspector(QWidget):
-    """What the model saw for one tile and what it said about it."""
+    """What the model saw for one tile and what it said about it: the patch (with its nucleus
+    contours, or the class activation map of the predicted or a chosen class), the probabilities,
+    the domain score and where the tile lies."""
 
-    PATCH_PX = 196  # large enough to see nucleus contours on a 224-px patch
+    PATCH_PX = 196  # large enough to see nucleus contours on a 224-px patch (the kiosk's is larger)
+
+    explainToggled = Signal(bool)
+    explainClassChosen = Signal(object)  # None: the predicted class; else the class index
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -151,7 +193,15 @@ class TileInspector(QWidget):
         self.patch.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.patch.setStyleSheet("background:#1b1e21; border:1px solid #3d4348;")
         self.patch.setToolTip("The exact patch fed to the model")
-        top.addWidget(self.patch)
+        column = QVBoxLayout()  # the patch with the activation map's colour scale right under it
+        column.setSpacing(2)
+        column.addWidget(self.patch)
+        self.cam_scale = ColorBar(CAM_LUT, left="less", right="more", title_below=True)
+        self.cam_scale.setFixedWidth(self.PATCH_PX + 2)
+        self.cam_scale.setVisible(False)
+        column.addWidget(self.cam_scale)
+        column.addStretch(1)
+        top.addLayout(column)
         facts = QVBoxLayout()
         self.title = QLabel("No tile selected")
         self.title.setObjectName("inspectorTitle")
@@ -167,8 +217,27 @@ class TileInspector(QWidget):
         self.contours_box.setToolTip("Outline the nuclei found in this patch (H&E deconvolution + watershed)")
         self.contours_box.toggled.connect(lambda _on: self._show_pixmap())
         facts.addWidget(self.contours_box)
+        self.cam_box = QCheckBox("Activation map")
+        self.cam_box.setToolTip("Overlay the class activation map on the exact patch the model saw: where the "
+                                "evidence for the class lies (Zhou et al. 2016; exact for this model's head)")
+        self.cam_box.toggled.connect(self.explainToggled)
+        facts.addWidget(self.cam_box)
+        self.cam_class = QComboBox()
+        self.cam_class.setToolTip("The class whose activation map is shown")
+        # long class names must not widen the panel: the combo is as wide as the column, the list as its items
+        self.cam_class.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.cam_class.setMinimumContentsLength(8)
+        self.cam_class.addItem("Predicted class", None)
+        self.cam_class.currentIndexChanged.connect(lambda _i: self.explainClassChosen.emit(self.cam_class.currentData()))
+        self.cam_class.setVisible(False)
+        facts.addWidget(self.cam_class)
         top.addLayout(facts, 1)
         lay.addLayout(top)
+        self.cam_status = QLabel("")
+        self.cam_status.setObjectName("hint")
+        self.cam_status.setWordWrap(True)
+        self.cam_status.setVisible(False)
+        lay.addWidget(self.cam_status)
         self.bars = ProbabilityBars()
         lay.addWidget(self.bars)
         self.details = QLabel("")
@@ -182,6 +251,59 @@ class TileInspector(QWidget):
         self._contoured: np.ndarray | None = None
         self._nuclei_rows: list[str] = []
         self._lines: list[str] = []
+        self.explanation: ExplainState = ExplainState("off")
+        self._class_names: tuple[str, ...] = ()
+
+    def set_patch_px(self, px: int) -> None:
+        """The patch's size on screen (the kiosk shows it large)."""
+        px = max(96, int(px))
+        if px == self.PATCH_PX:
+            return
+        self.PATCH_PX = px
+        self.patch.setFixedSize(QSize(px + 2, px + 2))
+        self.cam_scale.setFixedWidth(px + 2)
+        self._show_pixmap()
+
+    def set_class_names(self, names: tuple[str, ...]) -> None:
+        """The classes the map can be shown for (the combo: the predicted class first)."""
+        if tuple(names) == self._class_names:
+            return
+        self._class_names = tuple(names)
+        current = self.cam_class.currentData()
+        self.cam_class.blockSignals(True)
+        while self.cam_class.count() > 1:
+            self.cam_class.removeItem(1)
+        for k, name in enumerate(names):
+            self.cam_class.addItem(name, k)
+        idx = self.cam_class.findData(current) if current is not None else 0
+        self.cam_class.setCurrentIndex(max(0, idx))
+        self.cam_class.blockSignals(False)
+        if current is not None and idx < 0:
+            self.explainClassChosen.emit(None)
+
+    def set_explanation(self, state: ExplainState) -> None:
+        """The map (when ``state`` is ready for the shown tile), or what it is waiting for or why it failed."""
+        self.explanation = state
+        on = state.state != "off"
+        self.cam_box.blockSignals(True)  # a change made elsewhere (the model, a script) shows on the toggle
+        self.cam_box.setChecked(on)
+        self.cam_box.blockSignals(False)
+        self.cam_class.setVisible(on)
+        ready = state.state == "ready" and state.explanation is not None and state.index == self.index
+        self.cam_scale.setVisible(ready)
+        self.contours_box.setEnabled(not ready)  # the map replaces the contoured patch while it is shown
+        message = {"idle": "Select a tile to see what the model looked at.",
+                   "busy": "Computing the activation map…", "failed": state.message}.get(state.state, "")
+        self.cam_status.setText(message)
+        self.cam_status.setVisible(bool(message))
+        if ready:
+            ex = state.explanation
+            assert ex is not None
+            name = ex.class_names[ex.explained_class]
+            self.cam_scale.set_title(f"evidence for {name}")
+            self.cam_scale.setToolTip(f"Class activation map of {name}, from its lowest to its highest value in "
+                                      "this patch")
+        self._show_pixmap()
 
     def clear(self) -> None:
         self.index = -1
@@ -191,6 +313,7 @@ class TileInspector(QWidget):
         self.bars.set_values((), (), None)
         self.details.setText("")
         self.patch.clear()
+        self.cam_scale.setVisible(False)
 
     def show_tile(self, index: int, result, mpp_um: float | None) -> None:
         """``result`` is an AnalysisResult (possibly partial: the tile may not be done yet)."""
@@ -209,8 +332,10 @@ class TileInspector(QWidget):
             cat = CATEGORIES[k]
             conf = float(result.confidence[index])
             self.title.setText(f"<span style='color:{m.class_colors[cls]}'>■</span> {escape(m.class_names[cls])}")
-            self.subtitle.setText(
-                f"Category <b style='color:{CATEGORY_COLORS[cat]}'>{cat}</b><br>Confidence <b>{pct(conf)}</b>")
+            subtitle = f"Category <b style='color:{CATEGORY_COLORS[cat]}'>{cat}</b><br>Confidence <b>{pct(conf)}</b>"
+            if result.has_domain and bool(result.out_of_domain[index]):
+                subtitle += f"<br><b style='color:{OUT_OF_DOMAIN_TEXT}'>Out of the model's domain</b>"
+            self.subtitle.setText(subtitle)
             self.bars.set_values(m.class_names, m.class_colors, result.probs[index], cls,
                                  result.category_probs[index] if by_class else None, k)
         else:
@@ -225,6 +350,7 @@ class TileInspector(QWidget):
             f"extent    {w:,} × {h:,} px = {size}",
             f"model in  {g.tile_px} px from level {g.read_level}",
             f"tissue    {float(g.tissue_fraction[index]):.0%}",
+            domain_line(result, index),
         ]
         nuclei = getattr(result, "nuclei", None)
         if self.nuclei is None and nuclei is not None and bool(nuclei.measured[index]):
@@ -250,8 +376,22 @@ class TileInspector(QWidget):
             self._show_details()
         self._show_pixmap()
 
+    def cam_image(self) -> np.ndarray | None:
+        """The patch with the class activation map over it at display size, when the map is ready."""
+        state = self.explanation
+        ex = state.explanation
+        if state.state != "ready" or ex is None or state.index != self.index:
+            return None
+        px = self.PATCH_PX
+        k = px / ex.patch.shape[0]
+        patch = cv2.resize(ex.patch, (px, px), interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
+        heat = cv2.resize(ex.heat(), (px, px), interpolation=cv2.INTER_LINEAR)
+        return cam_overlay(patch, heat, opacity=0.55)
+
     def _show_pixmap(self) -> None:
-        img = self._contoured if self._contoured is not None and self.contours_box.isChecked() else self._rgb
+        img = self.cam_image()
+        if img is None:
+            img = self._contoured if self._contoured is not None and self.contours_box.isChecked() else self._rgb
         if img is None:
             return
         pm = QPixmap.fromImage(rgb_qimage(img))
@@ -287,7 +427,36 @@ class CategoryToggles(QWidget):
             grid.addWidget(box, row, 1)
             grid.addWidget(count, row, 2)
             self.boxes[cat], self.counts[cat] = box, count
+        row = len(CATEGORIES)
+        self.ood_swatch = QLabel()
+        self.ood_swatch.setPixmap(hatch_swatch(14))
+        self.ood_label = QLabel("Out of domain")
+        self.ood_label.setWordWrap(True)
+        self.ood_label.setToolTip("Tiles unlike the model's training data: hatched grey, not in a category colour, "
+                                  "and left out of the counts and shares above (unless shown anyway)")
+        self.ood_count = QLabel("")
+        self.ood_count.setObjectName("categoryCount")
+        self.ood_count.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        grid.addWidget(self.ood_swatch, row, 0)
+        grid.addWidget(self.ood_label, row, 1)
+        grid.addWidget(self.ood_count, row, 2)
+        self.set_domain(None)
         grid.setColumnStretch(1, 1)
+
+    def set_domain(self, notice: DomainNotice | None) -> None:
+        """The out-of-domain row: its tiles and share (not counted above unless shown anyway), or that the
+        model has no domain score; hidden without a result."""
+        kind = notice.kind if notice is not None else "none"
+        self.ood_swatch.setVisible(kind in ("in", "some", "most"))
+        self.ood_count.setVisible(kind in ("in", "some", "most"))
+        self.ood_label.setVisible(kind != "none")
+        if kind == "unavailable":
+            self.ood_label.setText(NOT_AVAILABLE[0].upper() + NOT_AVAILABLE[1:])
+        elif kind != "none":
+            assert notice is not None
+            self.ood_label.setText("Out of domain" + (" (counted)" if notice.shown_anyway and notice.n_out else ""))
+            share = round(100 * notice.n_out / notice.n_done) if notice.n_done else 0
+            self.ood_count.setText(f"{plural(notice.n_out, 'tile')}  {share:>3}%")
 
     def selected(self) -> tuple[str, ...]:
         return tuple(c for c in CATEGORIES if self.boxes[c].isChecked())
@@ -304,16 +473,47 @@ class CategoryToggles(QWidget):
 
 
 class ColorBar(QWidget):
-    """Horizontal colour bar 0–100 % for the one-class probability mode."""
+    """Horizontal colour bar (0–100 % for the one-class probability mode; less → more evidence for
+    the class activation map); the height follows the font (the kiosk's is large)."""
 
-    def __init__(self, lut: np.ndarray, parent: QWidget | None = None) -> None:
+    def __init__(self, lut: np.ndarray, parent: QWidget | None = None, left: str = "0%", right: str = "100%",
+                 title_below: bool = False) -> None:
         super().__init__(parent)
         self.lut = lut
         self.title = ""
-        self.setFixedHeight(40)
+        self.left, self.right = left, right
+        self.title_below = title_below  # a narrow bar: the ends' labels on one line, the title under them
+        self.setFixedHeight(self._height())
+
+    _WRAP = int(Qt.TextFlag.TextWordWrap | Qt.AlignmentFlag.AlignHCenter)
+
+    def _height(self) -> int:
+        fm = QFontMetrics(self._label_font())
+        if not self.title_below:
+            return max(40, 20 + fm.height())
+        title_h = fm.boundingRect(0, 0, max(20, self.width()), 10000, self._WRAP, self.title or "x").height()
+        return 20 + fm.height() + title_h + 2
+
+    def _label_font(self) -> QFont:
+        """A little smaller than the panel's text on the desktop; kiosk-sized text stays at least 18 pt."""
+        f = QFont(self.font())
+        pt = f.pointSizeF()
+        f.setPointSizeF(max(8.5, pt * 0.85) if pt < 16 else max(18.0, pt * 0.9))
+        return f
+
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().changeEvent(event)
+        self.setFixedHeight(self._height())
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        if self.title_below:
+            self.setFixedHeight(self._height())
 
     def set_title(self, title: str) -> None:
         self.title = title
+        if self.title_below:
+            self.setFixedHeight(self._height())
         self.update()
 
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
@@ -328,13 +528,79 @@ class ColorBar(QWidget):
         grad.setColorAt(1.0, QColor(r, g, b))
         p.fillRect(QRectF(0, 4, w, 12), grad)
         p.setPen(self.palette().text().color())
-        f = QFont(self.font())
-        f.setPointSizeF(8.5)
+        f = self._label_font()
         p.setFont(f)
-        p.drawText(QRectF(0, 18, 60, 18), Qt.AlignmentFlag.AlignLeft, "0%")
-        p.drawText(QRectF(w / 2 - 90, 18, 180, 18), Qt.AlignmentFlag.AlignHCenter, self.title)
-        p.drawText(QRectF(w - 60, 18, 60, 18), Qt.AlignmentFlag.AlignRight, "100%")
+        fm = QFontMetrics(f)
+        th = fm.height()
+        side = max(fm.horizontalAdvance(self.left), fm.horizontalAdvance(self.right)) + 6
+        p.drawText(QRectF(0, 18, side, th), Qt.AlignmentFlag.AlignLeft, self.left)
+        p.drawText(QRectF(w - side, 18, side, th), Qt.AlignmentFlag.AlignRight, self.right)
+        if self.title_below:  # wrapped, never cut: it names the class whose map is shown
+            p.drawText(QRectF(0, 18 + th, w, self.height() - 18 - th), self._WRAP, self.title)
+        else:
+            title = fm.elidedText(self.title, Qt.TextElideMode.ElideRight, max(10, int(w - 2 * side)))
+            p.drawText(QRectF(side, 18, w - 2 * side, th), Qt.AlignmentFlag.AlignHCenter, title)
         p.end()
+
+
+class DomainBanner(QFrame):
+    """Above the slide: a warning when most of the tissue is unlike the model's training data (amber),
+    a quieter note when some tiles are; both with the "Show calls anyway" toggle."""
+
+    showAnywayToggled = Signal(bool)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("domainBanner")
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(12, 6, 12, 6)
+        lay.setSpacing(14)
+        self.label = QLabel("")
+        self.label.setObjectName("domainBannerText")
+        self.label.setWordWrap(True)
+        self.label.setTextFormat(Qt.TextFormat.RichText)
+        lay.addWidget(self.label, 1)
+        self.anyway = QCheckBox("Show calls anyway")
+        self.anyway.setToolTip("Draw the out-of-domain tiles in their category colours and count them "
+                               "(exports follow the screen and say so)")
+        self.anyway.toggled.connect(self.showAnywayToggled)
+        lay.addWidget(self.anyway, 0, Qt.AlignmentFlag.AlignVCenter)
+        self.box = lay
+        self.stacked = False
+        self.notice = DomainNotice("none")
+        self.hide()
+
+    def set_stacked(self, stacked: bool) -> None:
+        """Text above the toggle, the warning's headline only (a narrow panel with large text, the kiosk's:
+        the toggle stays in view at 1024 × 600); the detail is then the tooltip."""
+        self.stacked = stacked
+        self.box.setDirection(QBoxLayout.Direction.TopToBottom if stacked else QBoxLayout.Direction.LeftToRight)
+        self.box.setAlignment(self.anyway, Qt.AlignmentFlag.AlignLeft if stacked else Qt.AlignmentFlag.AlignVCenter)
+        self.set_notice(self.notice)
+
+    @property
+    def kind(self) -> str:
+        """"warning" (the banner), "note" or "" (hidden)."""
+        return {"most": "warning", "some": "note"}.get(self.notice.kind, "")
+
+    def set_notice(self, notice: DomainNotice) -> None:
+        self.notice = notice
+        self.anyway.blockSignals(True)
+        self.anyway.setChecked(notice.shown_anyway)
+        self.anyway.blockSignals(False)
+        if not (notice.banner or notice.note):
+            self.hide()
+            return
+        name = "domainBanner" if notice.banner else "domainNote"
+        if self.objectName() != name:
+            self.setObjectName(name)
+            self.style().unpolish(self)
+            self.style().polish(self)
+        head = f"<b>⚠ {escape(notice.headline)}</b>" if notice.banner else escape(notice.headline)
+        compact = self.stacked and notice.banner
+        self.label.setText(head if compact else f"{head} {escape(notice.detail)}")
+        self.label.setToolTip(notice.detail if compact else "")
+        self.show()
 
 
 def section(title: str) -> tuple[QFrame, QVBoxLayout]:

@@ -16,9 +16,21 @@ from html import escape
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPen, QPixmap, QPolygonF, QTransform
+from PySide6.QtGui import (
+    QBrush,
+    QColor,
+    QFont,
+    QImage,
+    QPainter,
+    QPainterPath,
+    QPen,
+    QPixmap,
+    QPolygonF,
+    QTransform,
+)
 from PySide6.QtWidgets import (
     QFrame,
+    QGraphicsItem,
     QGraphicsPathItem,
     QGraphicsPixmapItem,
     QGraphicsRectItem,
@@ -30,7 +42,7 @@ from PySide6.QtWidgets import (
 
 from cellview.gui.tasks import OVERVIEW_PX, VIEW_TILE_PX, Opened, TileKey, TileLoaded, TileRequests
 from cellview.morphology import Region
-from cellview.overlay import CASING_RGB, Contour
+from cellview.overlay import CASING_RGB, HATCH_ALPHA, HATCH_RGB, HATCH_SPACING_PX, HATCH_WIDTH_PX, Contour
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
@@ -305,6 +317,81 @@ def _contour_items(contour: Contour) -> tuple[QGraphicsPathItem, QGraphicsPathIt
     return items[0], items[1]
 
 
+_HATCH_TILE: list[QPixmap] = []
+
+
+def hatch_tile() -> QPixmap:
+    """One period of the out-of-domain hatching (``HATCH_SPACING_PX`` square, seamless), drawn once.
+
+    Filling with it as a texture brush in device pixels costs about what the grey tint costs;
+    stroking every antialiased line through a clip path cost ten times more on a full canvas.
+    """
+    if not _HATCH_TILE:
+        step = HATCH_SPACING_PX
+        pm = QPixmap(step, step)
+        pm.fill(Qt.GlobalColor.transparent)
+        p = QPainter(pm)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        for color, width in ((QColor(*CASING_RGB, HATCH_ALPHA[0]), HATCH_WIDTH_PX + 2),
+                             (QColor(*HATCH_RGB, HATCH_ALPHA[1]), HATCH_WIDTH_PX)):
+            pen = QPen(color, width)
+            pen.setCapStyle(Qt.PenCapStyle.FlatCap)
+            p.setPen(pen)
+            for c in (0, step, 2 * step):  # the lines x + y = c that cross the tile: its copies join up
+                p.drawLine(QPointF(c + 1, -1), QPointF(-1, c + 1))
+        p.end()
+        _HATCH_TILE.append(pm)
+    return _HATCH_TILE[0]
+
+
+def paint_hatch(p: QPainter, rect: QRectF, origin: QPointF | None = None) -> None:
+    """Diagonal out-of-domain hatching over ``rect`` in device pixels (light lines on a dark casing),
+    anchored at ``origin`` so it moves with the slide."""
+    p.setBrushOrigin(origin if origin is not None else QPointF(0, 0))
+    p.fillRect(rect, QBrush(hatch_tile()))
+
+
+class HatchItem(QGraphicsItem):
+    """Out-of-domain cells hatched with diagonal lines of constant screen spacing and width.
+
+    The cells (level-0 rectangles) are filled in device pixels with a texture of one period of the
+    lines (``hatch_tile``), anchored at the slide's origin so the lines move with it when panning and
+    stay fine when zooming. A Qt pattern brush would be one hair-thin pixel; the same texture in
+    scene coordinates would scale with the zoom.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._path = QPainterPath()
+        self.rects = np.zeros((0, 4), np.float64)
+
+    def set_rects(self, rects: np.ndarray) -> None:
+        """(N, 4) x, y, width, height in level-0 pixels (``overlay.out_of_domain_runs``)."""
+        self.prepareGeometryChange()
+        self.rects = np.asarray(rects, np.float64).reshape(-1, 4)
+        path = QPainterPath()
+        for x, y, w, h in self.rects:
+            path.addRect(QRectF(float(x), float(y), float(w), float(h)))
+        self._path = path
+        self.update()
+
+    def boundingRect(self) -> QRectF:  # noqa: N802 - Qt API
+        return self._path.boundingRect()
+
+    def shape(self) -> QPainterPath:
+        return self._path
+
+    def paint(self, p: QPainter, option, widget=None) -> None:
+        if self._path.isEmpty():
+            return
+        t = p.worldTransform()
+        p.save()
+        p.resetTransform()  # device pixels: the hatching keeps its spacing and width at every zoom
+        p.setBrushOrigin(t.map(QPointF(0, 0)))  # … and moves with the slide
+        p.fillPath(t.map(self._path), QBrush(hatch_tile()))
+        p.restore()
+
+
 class EmptyHint(QFrame):
     """What an empty canvas says: how to open a slide, and the recent ones as buttons."""
 
@@ -389,6 +476,9 @@ class SlideView(pg.GraphicsView):
         self.overlay.setZValue(10)
         self.overlay.setOpacity(0.45)
         self.overlay.setParentItem(self.slide_clip)
+        self.hatch = HatchItem()
+        self.hatch.setZValue(10.5)  # over the grey tint, under the category contours
+        self.hatch.setParentItem(self.slide_clip)
         self.selection = QGraphicsRectItem()
         pen = QPen(QColor("#00e5ff"), 2)
         pen.setCosmetic(True)
@@ -466,6 +556,7 @@ class SlideView(pg.GraphicsView):
         self.opened = None
         self.base.setPixmap(QPixmap())
         self.overlay.clear()
+        self.hatch.set_rects(np.zeros((0, 4)))
         self.tissue_item.clear()
         self.selection.setVisible(False)
         self.label.setVisible(False)
@@ -510,6 +601,10 @@ class SlideView(pg.GraphicsView):
 
     def set_overlay(self, rgba: np.ndarray | None, l0_rect: QRectF | None = None) -> None:
         self._set_rgba(self.overlay, rgba, l0_rect)
+
+    def set_out_of_domain(self, rects: np.ndarray) -> None:
+        """Hatch these level-0 rectangles (out-of-domain cells); an empty array removes the hatching."""
+        self.hatch.set_rects(rects)
 
     def set_tissue(self, rgba: np.ndarray | None, l0_rect: QRectF | None = None) -> None:
         self._set_rgba(self.tissue_item, rgba, l0_rect)

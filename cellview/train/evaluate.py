@@ -1,10 +1,12 @@
-"""``cellview evaluate``: honest numbers for a run, on its grouped test split.
+"""``cellview evaluate``: honest numbers for a run's recipe.
 
-Image-level results are the mean of the image's tile probabilities, as CellView computes them.
-Besides accuracy, balanced accuracy, a classification report, confusion matrices and calibration
-(ECE, reliability diagram, before and after temperature scaling), it reports the checks that catch
-shortcuts: per-source accuracy, a stain-normalised re-run, a colour-only baseline, the leaky
-random-split figure next to the grouped one, and grouped cross-validation of the linear head.
+``evaluate_protocols``: leave-one-source-out and grouped k-fold cross-validation, retraining the recipe
+per fold on the cached features (``cellview.train.protocol``), optionally with stain-normalised and
+test-time-augmented variants of the held-out tiles. ``evaluate_run``: a run trained with a held-out
+grouped test split is also scored on it — accuracy, balanced accuracy, a classification report,
+confusion matrices and calibration (ECE, reliability diagram, before and after temperature scaling),
+plus the checks that catch shortcuts: per-source accuracy, a stain-normalised re-run, a colour-only
+baseline, the leaky random-split figure next to the grouped one, and grouped CV of the linear head.
 """
 
 from __future__ import annotations
@@ -134,15 +136,15 @@ def _linear_features(run: Any, recipe: D.Recipe, cfg: Any) -> tuple[np.ndarray, 
 
     tf, ti = run.features("train")
     ef, ei = run.features("eval")
-    if cfg.finetune_blocks == 0:
+    if cfg.cache_depth == 0:
         return np.asarray(tf, np.float32), ti, np.asarray(ef, np.float32), ei
-    tail = build_backbone(cfg.arch, recipe.patch_size, cfg.finetune_blocks, pretrained=True).tail
-    return pooled(tail, tf, cfg.finetune_blocks, "cpu"), ti, pooled(tail, ef, cfg.finetune_blocks, "cpu"), ei
+    tail = build_backbone(cfg.arch, recipe.patch_size, cfg.cache_depth, pretrained=True).tail
+    return pooled(tail, tf, cfg.cache_depth, "cpu"), ti, pooled(tail, ef, cfg.cache_depth, "cpu"), ei
 
 
 def linear_probe(train_x: np.ndarray, train_i: np.ndarray, eval_x: np.ndarray, eval_i: np.ndarray,
                  split: np.ndarray, labels: np.ndarray, sources: np.ndarray, cfg: Any, n_classes: int,
-                 test_id: int = 2) -> tuple[np.ndarray, np.ndarray]:
+                 test_id: int = 2, class_categories: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Train a linear head on split 0 (val 1 picks the epoch) and return image probs on ``test_id``."""
 
     tr = split[train_i] == 0
@@ -150,8 +152,8 @@ def linear_probe(train_x: np.ndarray, train_i: np.ndarray, eval_x: np.ndarray, e
     te = split[eval_i] == test_id
     if not tr.any():
         return image_probs(np.zeros((int(te.sum()), n_classes)), eval_i[te], 1.0)
-    head = train_linear(train_x[tr], labels[train_i[tr]], sample_weights(labels[train_i[tr]], sources[train_i[tr]], cfg.balance),
-                        n_classes, cfg, (eval_x[va], eval_i[va], labels) if va.any() else None, None, "probe")
+    w = sample_weights(labels[train_i[tr]], sources[train_i[tr]], cfg.balance, class_categories)
+    head = train_linear(train_x[tr], labels[train_i[tr]], w, n_classes, cfg, (eval_x[va], eval_i[va], labels) if va.any() else None, None, "probe")
     with torch.no_grad():
         logits = head(torch.from_numpy(eval_x[te])).numpy()
     return image_probs(logits, eval_i[te], 1.0)
@@ -168,7 +170,7 @@ def evaluate_run(run_dir: Path, out_dir: Path | None = None, extra_checks: bool 
     sources = np.array([s.source for s in samples])
     names, cats = recipe.class_names, [c.category for c in recipe.classes]
     temperature = float(state["temperature"])
-    logits, tile_sample = tile_logits_from_cache(run, model, cfg.finetune_blocks, 2, split)
+    logits, tile_sample = tile_logits_from_cache(run, model, cfg.cache_depth, 2, split)
     y_tile = labels[tile_sample]
     res: dict[str, Any] = {"model": recipe.name, "temperature": temperature, "test_images": int((split == 2).sum()),
                            "test_groups": len({s.group for s, k in zip(samples, split, strict=True) if k == 2}),
@@ -241,7 +243,7 @@ def _checks(run: Any, recipe: D.Recipe, cfg: Any, model: Any, samples: list[D.Sa
     n_classes = len(recipe.classes)
     tx, ti, ex, ei = _linear_features(run, recipe, cfg)
     for name, sp in (("grouped", split), ("leaky_random", leaky)):
-        probs, ids = linear_probe(tx, ti, ex, ei, sp, labels, sources, cfg, n_classes)
+        probs, ids = linear_probe(tx, ti, ex, ei, sp, labels, sources, cfg, n_classes, class_categories=cats)
         out[f"linear_probe_{name}_split"] = {
             "class_balanced_accuracy": round(balanced_accuracy(labels[ids], probs.argmax(1)), 4),
             "category_balanced_accuracy": _cat_bal(probs, labels[ids], cats),
@@ -253,7 +255,7 @@ def _checks(run: Any, recipe: D.Recipe, cfg: Any, model: Any, samples: list[D.Sa
         for k in range(folds):
             val_fold = (k + 1) % folds if folds > 2 else -1
             sp = np.where(fold == k, 2, np.where(fold == val_fold, 1, 0))
-            probs, ids = linear_probe(tx, ti, ex, ei, sp, labels, sources, cfg, n_classes)
+            probs, ids = linear_probe(tx, ti, ex, ei, sp, labels, sources, cfg, n_classes, class_categories=cats)
             oof[ids] = probs
         cv: dict[str, Any] = {"folds": folds, "all": {"category_balanced_accuracy": _cat_bal(oof, labels, cats),
                                                        "class_balanced_accuracy": round(balanced_accuracy(labels, oof.argmax(1)), 4)}}
@@ -298,7 +300,7 @@ def _colour_baseline(feats: np.ndarray, split: np.ndarray, labels: np.ndarray, s
     feats = (feats - mu) / sd
     idx = np.arange(len(feats))
     tr, va, te = split == 0, split == 1, split == 2
-    head = train_linear(feats[tr], labels[tr], sample_weights(labels[tr], sources[tr], cfg.balance), len(cats), cfg,
+    head = train_linear(feats[tr], labels[tr], sample_weights(labels[tr], sources[tr], cfg.balance, cats), len(cats), cfg,
                         (feats[va], idx[va], labels), None, "colour baseline")
     with torch.no_grad():
         probs = probabilities(head(torch.from_numpy(feats[te])).numpy(), "softmax")

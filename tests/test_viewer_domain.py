@@ -1,0 +1,288 @@
+"""The viewer's domain decisions and tile explanations, Qt-free (ViewerModel driven as the GUI drives it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellview.domain import NOT_AVAILABLE
+from cellview.model import ModelSpec, OnnxClassifier
+from cellview.overlay import OverlaySettings, count_lines, describe_domain, fill_rgba, out_of_domain_runs
+from cellview.pipeline import run_analysis
+from cellview.results import AnalysisParams
+from cellview.testing import (
+    SQUARE_AT,
+    SQUARE_BLOCK,
+    SYNTH_TILE,
+    hatch_stripes,
+    make_toy_cam_domain_model,
+    odd_slide_rgb,
+    square_slide_rgb,
+    write_pyramid_tiff,
+)
+from cellview.viewer import Job, MemoryStore, ViewerModel, domain_notice, run_now
+
+
+@pytest.fixture(scope="module")
+def cam_domain_model(tmp_path_factory):
+    return make_toy_cam_domain_model(tmp_path_factory.mktemp("camdom"))
+
+
+@pytest.fixture(scope="module")
+def square_slide(tmp_path_factory):
+    return write_pyramid_tiff(tmp_path_factory.mktemp("square") / "square.tiff", square_slide_rgb(), 0.5)
+
+
+@pytest.fixture(scope="module")
+def odd_slide(tmp_path_factory):
+    return write_pyramid_tiff(tmp_path_factory.mktemp("odd") / "odd.tiff", odd_slide_rgb(), 0.5)
+
+
+def make_model(model_path, runner=run_now) -> ViewerModel:
+    m = ViewerModel(runner, store=MemoryStore())
+    m.use_cache = False
+    m.set_model(str(model_path))
+    return m
+
+
+def square_tile_index(result, row: int, col: int) -> int:
+    return int(result.grid.index_grid()[row, col])
+
+
+def in_square(xy: tuple[int, int]) -> bool:
+    x, y, side = SQUARE_AT
+    return x <= xy[0] < x + side and y <= xy[1] < y + side
+
+
+# ----------------------------------------------------------------------------- the domain notice
+
+
+def test_banner_when_most_of_the_tissue_is_out_of_domain_and_show_anyway_counts_it(cam_domain_model, square_slide):
+    model = make_model(cam_domain_model)
+    notices = []
+    model.events.domain.connect(lambda e: notices.append(e.value))
+    model.open(square_slide, analyse=True)
+    result = model.result
+    n = result.n_done
+    assert n == 24 and result.out_of_domain.all()
+    notice = model.domain
+    assert notices[-1] is notice and notice.kind == "most" and notice.banner
+    assert notice.headline == ("This tissue does not look like red, blue and green test tiles; "
+                               "the calls are unreliable.")
+    assert "100% of the tissue tiles" in notice.detail and "left out of the counts" in notice.detail
+    # Not counted, drawn grey: the toy calls every pink tile malignant from its red square.
+    assert count_lines(result, model.overlay)[0] == ("malignant", 0, 0)
+    assert (out_of_domain_runs(result, model.overlay)[:, 2].sum()
+            == (SQUARE_BLOCK[3] - SQUARE_BLOCK[2]) * (SQUARE_BLOCK[1] - SQUARE_BLOCK[0]) * SYNTH_TILE)
+    grey = fill_rgba(result, model.overlay)
+    model.show_calls_anyway(True)
+    assert model.overlay.show_out_of_domain and model.domain.shown_anyway and notices[-1].shown_anyway
+    assert "shown in category colours and counted anyway" in model.domain.detail
+    assert count_lines(result, model.overlay)[0] == ("malignant", n, 100)
+    assert len(out_of_domain_runs(result, model.overlay)) == 0
+    assert not np.array_equal(fill_rgba(result, model.overlay), grey)
+    model.show_calls_anyway(False)
+    assert not model.domain.shown_anyway and count_lines(result, model.overlay)[0][1] == 0
+
+
+def test_a_quieter_note_when_some_tiles_are_out_of_domain(cam_domain_model, odd_slide):
+    model = make_model(cam_domain_model)
+    model.open(odd_slide, analyse=True)
+    notice = model.domain
+    n_out = int(model.result.out_of_domain.sum())
+    assert notice.kind == "some" and not notice.banner and notice.note and n_out >= 12
+    assert notice.headline == f"{n_out} of 68 tiles ({n_out / 68:.0%}) are out of the model's domain,"
+    assert notice.detail == "drawn hatched grey and left out of the counts."
+
+
+def test_models_without_statistics_say_so(toy_model, synthetic_slide):
+    model = make_model(toy_model)
+    assert model.domain.kind == "none"
+    model.open(synthetic_slide, analyse=True)
+    notice = model.domain
+    assert notice.kind == "unavailable" and not notice.banner and not notice.note
+    assert notice.headline == "Domain score: not available for this model."
+    assert describe_domain(model.result, model.overlay) == "Domain score: not available for this model."
+    assert NOT_AVAILABLE in notice.headline.lower()
+    model.close_slide()
+    assert model.domain.kind == "none"
+
+
+def test_streaming_results_carry_their_domain_scores(cam_domain_model, square_slide):
+    """While batches arrive, the partial result is already scored: tiles turn grey as they come, not at the end."""
+    model = make_model(cam_domain_model)
+    model.set_settings(batch_size=6)
+    seen = []
+
+    def on_tiles(event):
+        partial = model.shown_result()
+        seen.append((partial.status, partial.has_domain, int(partial.out_of_domain.sum()), model.domain.kind))
+
+    model.events.tiles.connect(on_tiles)
+    model.open(square_slide, analyse=True)
+    assert len(seen) == 4
+    assert all(status == "running" and scored for status, scored, _, _ in seen)
+    assert [n for _, _, n, _ in seen] == [6, 12, 18, 24]
+    assert all(kind == "most" for *_, kind in seen)
+
+
+def test_notice_follows_the_result(cam_domain_model, square_slide):
+    assert domain_notice(None).kind == "none"
+    result = run_analysis(square_slide, OnnxClassifier(ModelSpec.load(cam_domain_model), device="cpu"))
+    assert domain_notice(result).banner and domain_notice(result, shown_anyway=True).shown_anyway
+    settings = OverlaySettings()
+    assert describe_domain(result, settings).endswith("hatched grey and left out of the counts.")
+    assert "counted anyway" in describe_domain(result, OverlaySettings(show_out_of_domain=True))
+
+
+# ----------------------------------------------------------------------------- explaining the selected tile
+
+
+def test_activation_map_of_the_selected_tile_peaks_on_its_square(cam_domain_model, square_slide):
+    model = make_model(cam_domain_model)
+    states = []
+    model.events.explanation.connect(lambda e: states.append(e.value.state))
+    model.open(square_slide, analyse=True)
+    model.set_explain(True)
+    assert model.explain.state == "idle"
+    i = square_tile_index(model.result, 2, 3)
+    model.select(i)
+    state = model.explain
+    assert state.state == "ready" and state.index == i and states[-2:] == ["busy", "ready"]
+    ex = state.explanation
+    assert ex.rect_l0 == model.result.grid.rect(i) and ex.patch.shape == (64, 64, 3)
+    assert ex.explained_class == ex.pred_class == 0 == int(model.result.pred_class[i])
+    assert in_square(ex.peak_px())
+    assert ex.domain_score == pytest.approx(float(model.result.domain_score[i])) and ex.in_domain is False
+    # Another class's map comes with the same tile: no new job.
+    jobs_before = len(states)
+    model.set_explain_class(1)
+    assert model.explain.explanation.explained_class == 1 and model.explain.state == "ready"
+    assert states[jobs_before:] == ["ready"]
+    assert not in_square(model.explain.explanation.peak_px())  # the benign map: no blue anywhere
+    model.set_explain_class(None)
+    assert model.explain.explanation.explained_class == 0
+    j = square_tile_index(model.result, 4, 6)
+    model.select(j)
+    assert model.explain.index == j and model.explain.explanation.rect_l0 == model.result.grid.rect(j)
+    assert model.explain_classifier is not None  # loaded once (CPU), kept for the next tile
+    model.set_explain(False)
+    assert model.explain.state == "off"
+    model.close_slide()
+    assert model.explain.state == "off" and model.explain.explanation is None
+
+
+def test_a_model_without_maps_says_why(toy_model, synthetic_slide):
+    model = make_model(toy_model)
+    model.open(synthetic_slide, analyse=True)
+    model.set_explain(True)
+    model.select(0)
+    assert model.explain.state == "failed"
+    assert "exposes no class activation maps" in model.explain.message and "cellview domain upgrade" in \
+        model.explain.message
+
+
+class DeferredRunner:
+    """Keeps jobs until the test runs them: the order of work the GUI's worker threads would see."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    def __call__(self, job: Job):
+        self.jobs.append(job)
+        return self
+
+    def cancel(self) -> None:
+        pass
+
+    def run(self, name: str) -> None:
+        job = next(j for j in self.jobs if j.name == name)
+        self.jobs.remove(job)
+        run_now(job)
+
+
+def test_one_explanation_at_a_time_and_the_latest_selection_next(cam_domain_model, square_slide):
+    runner = DeferredRunner()
+    model = make_model(cam_domain_model, runner)
+    model.open(square_slide, analyse=True)
+    runner.run("open")
+    runner.run("analysis")
+    model.set_explain(True)
+    a, b, c = (square_tile_index(model.result, 2, col) for col in (2, 3, 4))
+    model.select(a)
+    model.select(b)
+    model.select(c)  # arrow keys held down: one job runs, the last tile waits
+    assert [j.name for j in runner.jobs].count("explain") == 1 and model.explain.state == "busy"
+    runner.run("explain")
+    assert model.explain.state == "busy"  # a's map was not shown: c is wanted now
+    assert [j.name for j in runner.jobs].count("explain") == 1
+    runner.run("explain")
+    assert model.explain.state == "ready" and model.explain.index == c
+    assert model.explain.explanation.rect_l0 == model.result.grid.rect(c)
+    model.select(c)  # the same tile again: nothing to do
+    assert "explain" not in [j.name for j in runner.jobs]
+
+
+def test_explanations_of_another_models_result_are_refused(cam_domain_model, square_slide):
+    import dataclasses
+
+    model = make_model(cam_domain_model)
+    model.open(square_slide, analyse=True)
+    loaded = OnnxClassifier(ModelSpec.load(cam_domain_model), device="cpu")
+    loaded.spec = dataclasses.replace(loaded.spec, onnx_sha256="0" * 64)  # as if another model were loaded
+    model.explain_classifier = loaded
+    model.set_explain(True)
+    model.select(0)
+    assert model.explain.state == "failed" and "another model" in model.explain.message
+
+
+# ----------------------------------------------------------------------------- exports follow the screen
+
+
+def test_whole_slide_png_is_hatched_and_follows_show_anyway(cam_domain_model, square_slide, tmp_path, monkeypatch):
+    from PIL import Image, ImageDraw
+
+    model = make_model(cam_domain_model)
+    model.open(square_slide, analyse=True)
+    drawn: list[str] = []
+    original = ImageDraw.ImageDraw.text
+
+    def record(self, xy, text, *args, **kwargs):
+        drawn.append(str(text))
+        return original(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
+    hatched = np.asarray(Image.open(model.export_file("png", tmp_path / "a.png")))
+    legend_a, drawn[:] = list(drawn), []
+    model.show_calls_anyway(True)
+    anyway = np.asarray(Image.open(model.export_file("png", tmp_path / "b.png")))
+    legend_b = list(drawn)
+    # Inside the pink block: grey + hatching (light and dark lines); shown anyway: the stain with outlines only.
+    r0, r1, c0, c1 = SQUARE_BLOCK
+    k = hatched.shape[1] / model.result.grid.slide_w_l0
+    block = (slice(int((r0 + 1) * SYNTH_TILE * k), int((r0 + 2) * SYNTH_TILE * k)),
+             slice(int((c0 + 2) * SYNTH_TILE * k), int((c0 + 3) * SYNTH_TILE * k)))
+    a, b = hatched[block][..., :3], anyway[block][..., :3]
+    assert hatch_stripes(a) > 2 and hatch_stripes(b) < 1.3
+    assert (np.abs(a.astype(int) - b.astype(int)).sum(axis=-1) > 60).mean() > 0.2
+    joined_a, joined_b = " ".join(legend_a), " ".join(legend_b)
+    assert "out of domain" in legend_a and "hatched grey and left out of the counts." in joined_a
+    assert "does not look like red, blue and green test tiles" in joined_a
+    assert "counted anyway." in joined_b and "(out-of-domain ones shown anyway)" in joined_b
+    meta = model.export_file("json", tmp_path / "m.json").read_text()
+    assert '"show_out_of_domain": true' in meta
+
+
+def test_hatching_covers_exactly_the_out_of_domain_cells(cam_domain_model, odd_slide):
+    result = run_analysis(odd_slide, OnnxClassifier(ModelSpec.load(cam_domain_model), device="cpu"),
+                          AnalysisParams())
+    runs = out_of_domain_runs(result, OverlaySettings())
+    g = result.grid
+    covered = np.zeros(g.shape, bool)
+    for x, y, w, _h in runs:
+        r = int(y // g.stride_l0_y)
+        covered[r, int(x // g.stride_l0_x):int((x + w) // g.stride_l0_x)] = True
+    np.testing.assert_array_equal(covered, result.out_of_domain_grid())
+    assert len(runs) < int(result.out_of_domain.sum())  # runs, not one item per tile
+    assert len(out_of_domain_runs(result, OverlaySettings(visible=False))) == 0
+    assert len(out_of_domain_runs(result, OverlaySettings(show_out_of_domain=True))) == 0
