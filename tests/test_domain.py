@@ -363,3 +363,20 @@ def test_cache_keeps_scores_and_changes_key_with_statistics(odd_result, odd_slid
     again = run_analysis(odd_slide, OnnxClassifier(ModelSpec.load(refit), device="cpu"), cache=cache)
     assert not again.from_cache and again.model.domain.training_data == "another fit"
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+
+
+def test_run_trained_on_every_image_gets_a_grouped_held_out_split():
+    """A run with no test split (``--holdout none``) is evaluated on the same grouped split export fits on."""
+    pytest.importorskip("torch")
+    from cellview.train.data import Sample
+    from cellview.train.domain import held_out_split
+    from cellview.train.splits import SPLITS
+
+    samples = [Sample(f"img{i}.png", i % 3, f"patient{i // 4}", "src", 1.0) for i in range(120)]
+    everything_train = np.zeros(len(samples), int)
+    split = held_out_split(samples, everything_train, (0.7, 0.15, 0.15), 0)
+    assert {SPLITS[k] for k in split} == {"train", "val", "test"}
+    for group in {s.group for s in samples}:
+        assert len({int(split[i]) for i, s in enumerate(samples) if s.group == group}) == 1
+    given = np.array([SPLITS.index("test") if i % 5 == 0 else 0 for i in range(len(samples))])
+    assert np.array_equal(held_out_split(samples, given, (0.7, 0.15, 0.15), 0), given)

@@ -62,7 +62,24 @@ def split_from_run(run_dir: Path) -> tuple[D.Recipe, list[D.Sample], np.ndarray]
         split = np.array([SPLITS.index(r["split"]) for r in rows])
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CellviewError(f"{run_dir} is not a readable training run (recipe.json, samples.json).", str(exc)) from exc
+    if not (split == SPLITS.index("test")).any():
+        cfg = json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("config", {}) \
+            if (run_dir / "summary.json").exists() else {}
+        split = held_out_split(samples, split, tuple(cfg.get("fractions", (0.7, 0.15, 0.15))), int(cfg.get("seed", 0)))
     return recipe, samples, split
+
+
+def held_out_split(samples: Sequence[D.Sample], split: np.ndarray, fractions: Sequence[float],
+                   seed: int) -> np.ndarray:
+    """The run's split, or for a run trained on every image a grouped fit / calibrate / test split.
+
+    With a frozen backbone the pooled features the statistics use do not depend on training, so the
+    held-out groups are unseen in the sense that matters; with fine-tuned blocks they were seen.
+    ``cellview export`` and ``cellview domain --run`` use the same split, so their figures agree.
+    """
+    if (split == SPLITS.index("test")).any():
+        return split
+    return group_split([s.label for s in samples], [s.group for s in samples], tuple(fractions), seed)
 
 
 def split_from_recipe(recipe: D.Recipe, seed: int = 0, fractions: Sequence[float] = (0.7, 0.15, 0.15),

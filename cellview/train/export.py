@@ -179,16 +179,10 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
 
 
 def _domain_split(samples: list[D.Sample], split: np.ndarray, cfg: Any) -> np.ndarray:
-    """The run's split, or for a run trained on every image a grouped 70 / 15 / 15 split (fit / calibrate / test).
+    """The split the domain statistics are fitted, calibrated and tested on (see ``held_out_split``)."""
+    from cellview.train.domain import held_out_split
 
-    With a frozen backbone the pooled features the statistics use do not depend on training, so the
-    held-out groups are unseen in the sense that matters; with fine-tuned blocks they were seen.
-    """
-    if cfg.holdout != "none":
-        return split
-    from cellview.train.splits import group_split
-
-    return group_split([s.label for s in samples], [s.group for s in samples], cfg.fractions, cfg.seed)
+    return held_out_split(samples, split, cfg.fractions, cfg.seed)
 
 
 def _fit_domain(run: Any, out_dir: Path, onnx_path: Path, recipe: D.Recipe, samples: list[D.Sample],
