@@ -336,6 +336,22 @@ def test_damaged_feature_cache_is_recomputed_not_trusted(tmp_path):
         assert np.array_equal(got_f, f) and np.array_equal(got_i, i)  # same seeds → the same features
 
 
+def test_views_zero_trains_the_head_on_the_analysis_tiles(tmp_path):
+    from cellview.train.train import FitData, Run, TrainConfig, cache_features
+
+    recipe, samples = _tiny_images(tmp_path)
+    cfg = TrainConfig(views=0, cache_blocks=0)
+    run = Run(tmp_path / "run")
+    cache_features(run, recipe, samples, cfg, lambda t: t.reshape(len(t), -1)[:, :8].astype(np.float32))
+    assert run.cached("train") is None  # no augmented views were made
+    data = FitData.from_run(run, recipe, samples, cfg)
+    assert np.array_equal(data.train_index, data.eval_index)
+    assert np.array_equal(np.asarray(data.train_pooled), np.asarray(data.eval_pooled))
+    with_views = TrainConfig(views=1, max_views_per_image=2, cache_blocks=0)
+    cache_features(run, recipe, samples, with_views, lambda t: t.reshape(len(t), -1)[:, :8].astype(np.float32))
+    assert not np.array_equal(FitData.from_run(run, recipe, samples, with_views).train_index, data.eval_index)
+
+
 def test_damaged_run_json_is_a_clear_error(tmp_path):
     from cellview.errors import CellviewError
     from cellview.train.train import Run

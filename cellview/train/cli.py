@@ -24,7 +24,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder (features, checkpoints, model.pt)")
     p.add_argument("--arch", default="efficientnet-lite0", help="efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2 or a torchvision model")
     p.add_argument("--patch", type=int, help="tile size in px (default: recipe's, else 224)")
-    p.add_argument("--views", type=int, default=8, help="augmented views per 224 px of image area (default 8)")
+    p.add_argument("--views", type=int, default=8, help="augmented views per 224 px of image area (default 8); 0: train on the analysis tiles themselves, unaugmented")
     p.add_argument("--head-epochs", type=int, default=40)
     p.add_argument("--finetune-blocks", type=int, default=0, help="last blocks to fine-tune (0 = linear head only)")
     p.add_argument("--finetune-epochs", type=int, default=4)

@@ -133,8 +133,9 @@ def _image_logits(session: Any, samples: list[D.Sample], recipe: D.Recipe, trans
 def _linear_features(run: Any, recipe: D.Recipe, cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Frozen ImageNet features of the cached views/tiles (through the pretrained tail when fine-tuned)."""
     from cellview.train.backbone import build_backbone
+    from cellview.train.train import train_set
 
-    tf, ti = run.features("train")
+    tf, ti = run.features(train_set(cfg))
     ef, ei = run.features("eval")
     if cfg.cache_depth == 0:
         return np.asarray(tf, np.float32), ti, np.asarray(ef, np.float32), ei

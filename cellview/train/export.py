@@ -533,8 +533,10 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
         "## Reproduce",
         "```",
         summary.get("command") or "(command not recorded)",
-        f"cellview evaluate {Path(summary.get('run_dir', 'RUN')).as_posix()}",
-        f"cellview export {Path(summary.get('run_dir', 'RUN')).as_posix()} --out models/{recipe.name}",
+        f"cellview evaluate {Path(summary.get('run_dir', 'RUN')).as_posix()}"
+        + (f" --variants {','.join(protocol['variants'])}" if protocol.get("variants") else ""),
+        f"cellview export {Path(summary.get('run_dir', 'RUN')).as_posix()} --out models/{recipe.name}"
+        + (f" --version {side['version']}" if side.get("version", "1.0.0") != "1.0.0" else ""),
         "```",
         f"Trained on {summary.get('device', '?')} ({summary.get('config', {}).get('threads', '?')} threads, shared with "
         f"other jobs): {summary.get('train_seconds_total', summary.get('train_seconds', '?'))} s in all, seed {cfg.seed}; "
