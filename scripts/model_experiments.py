@@ -48,6 +48,10 @@ EXPERIMENTS: dict[str, tuple[str, dict[str, Any]]] = {
                                                    "balance": "source_category"}),
     "ft4": ("last 4 blocks fine-tuned, 2 epochs", {"finetune_blocks": 4, "finetune_epochs": 2,
                                                    "balance": "source_category"}),
+    "linear_tiles": ("linear head on the analysis tiles (no augmented views; the shipped colon recipe)",
+                     {"finetune_blocks": 0, "views": 0, "balance": "source_category"}),
+    "ft2_tiles": ("last 2 blocks fine-tuned, 2 epochs, on the analysis tiles",
+                  {"finetune_blocks": 2, "finetune_epochs": 2, "views": 0, "balance": "source_category"}),
 }
 
 
