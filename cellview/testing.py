@@ -149,6 +149,10 @@ def make_spatial_toy_model(folder: Path, patch_px: int = 16, spacing_um: float =
     return path
 
 
+# A lab's H&E stain vectors (Ruifrok's haematoxylin and eosin, unit OD): the tests' reference staining.
+LAB_A_STAINS = np.stack([v / np.linalg.norm(v) for v in (np.array([0.65, 0.70, 0.29]), np.array([0.07, 0.99, 0.11]))])
+
+
 def synthetic_he(concentrations: np.ndarray, stain_matrix: np.ndarray) -> np.ndarray:
     """RGB uint8 image from stain amounts (H, W, k) and k OD stain vectors (Beer–Lambert, as ``optical_density``)."""
     od = concentrations.reshape(-1, concentrations.shape[-1]) @ np.asarray(stain_matrix, np.float64)

@@ -85,3 +85,58 @@ def dask_cluster(fault_dir, tmp_path_factory):
                                silence_logs=50, env=env)
     yield cluster
     cluster.close()
+
+
+# Synthetic slides and the toy CAM + domain model of the out-of-domain tests (viewer and GUI).
+
+@pytest.fixture(scope="session")
+def cam_domain_model(tmp_path_factory):
+    from cellview.testing import make_toy_cam_domain_model
+
+    return make_toy_cam_domain_model(tmp_path_factory.mktemp("camdom"))
+
+
+@pytest.fixture(scope="session")
+def square_slide(tmp_path_factory):
+    from cellview.testing import square_slide_rgb, write_pyramid_tiff
+
+    return write_pyramid_tiff(tmp_path_factory.mktemp("square") / "square.tiff", square_slide_rgb(), 0.5)
+
+
+@pytest.fixture(scope="session")
+def odd_slide(tmp_path_factory):
+    from cellview.testing import odd_slide_rgb, write_pyramid_tiff
+
+    return write_pyramid_tiff(tmp_path_factory.mktemp("odd") / "odd.tiff", odd_slide_rgb(), 0.5)
+
+
+# The colour toy model with and without a reference stain, and a heavily stained synthetic H&E slide:
+# the stain-normalisation and TTA settings tests (viewer model, GUI and kiosk).
+@pytest.fixture(scope="session")
+def stain_model(tmp_path_factory) -> Path:
+    from cellview.stain import estimate_reference
+    from cellview.testing import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
+
+    ref = estimate_reference([synthetic_he(synthetic_he_amounts(256, 0), LAB_A_STAINS)])
+    return make_toy_model(tmp_path_factory.mktemp("stain"), patch_px=64, spacing_um=1.0, name="toy-stain",
+                          sidecar_overrides={"stain_reference": ref.to_dict()})
+
+
+@pytest.fixture(scope="session")
+def plain_model(tmp_path_factory) -> Path:
+    """The colour toy model as exported before reference stains existed."""
+    from cellview.testing import make_toy_model
+
+    return make_toy_model(tmp_path_factory.mktemp("plain"), patch_px=64, spacing_um=1.0, name="toy-plain")
+
+
+@pytest.fixture(scope="session")
+def he_slide(tmp_path_factory) -> Path:
+    """Synthetic H&E (512 × 256 at 1 µm/px) stained more heavily than the reference: normalisation changes it."""
+    import numpy as np
+
+    from cellview.testing import LAB_A_STAINS, synthetic_he, synthetic_he_amounts, write_pyramid_tiff
+
+    amounts = np.concatenate([synthetic_he_amounts(256, k) for k in range(2)], axis=1)
+    rgb = synthetic_he(amounts * np.array([1.5, 0.6]), LAB_A_STAINS)
+    return write_pyramid_tiff(tmp_path_factory.mktemp("he") / "he.tiff", rgb, 1.0, levels=1)

@@ -18,10 +18,7 @@ from cellview.testing import (  # noqa: E402
     SQUARE_BLOCK,
     SYNTH_TILE,
     hatch_stripes,
-    make_toy_cam_domain_model,
-    odd_slide_rgb,
     square_slide_rgb,
-    write_pyramid_tiff,
 )
 
 TIMEOUT_MS = 30000
@@ -30,21 +27,6 @@ TIMEOUT_MS = 30000
 @pytest.fixture(autouse=True)
 def _isolated_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
-
-
-@pytest.fixture(scope="module")
-def cam_domain_model(tmp_path_factory):
-    return make_toy_cam_domain_model(tmp_path_factory.mktemp("camdom"))
-
-
-@pytest.fixture(scope="module")
-def square_slide(tmp_path_factory):
-    return write_pyramid_tiff(tmp_path_factory.mktemp("square") / "square.tiff", square_slide_rgb(), 0.5)
-
-
-@pytest.fixture(scope="module")
-def odd_slide(tmp_path_factory):
-    return write_pyramid_tiff(tmp_path_factory.mktemp("odd") / "odd.tiff", odd_slide_rgb(), 0.5)
 
 
 def make_window(qtbot, model_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("PySide6")
@@ -13,36 +12,13 @@ pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
 from cellview.kiosk import KioskSettings  # noqa: E402
-from cellview.stain import estimate_reference  # noqa: E402
-from cellview.testing import make_toy_model, synthetic_he, synthetic_he_amounts, write_pyramid_tiff  # noqa: E402
 
 TIMEOUT_MS = 30000
-H, E = np.array([0.65, 0.70, 0.29]), np.array([0.07, 0.99, 0.11])
-LAB_A = np.stack([H / np.linalg.norm(H), E / np.linalg.norm(E)])
 
 
 @pytest.fixture(autouse=True)
 def _isolated_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
-
-
-@pytest.fixture(scope="module")
-def stain_model(tmp_path_factory) -> Path:
-    ref = estimate_reference([synthetic_he(synthetic_he_amounts(256, 0), LAB_A)])
-    return make_toy_model(tmp_path_factory.mktemp("stain"), patch_px=64, spacing_um=1.0, name="toy-stain",
-                          sidecar_overrides={"stain_reference": ref.to_dict()})
-
-
-@pytest.fixture(scope="module")
-def plain_model(tmp_path_factory) -> Path:
-    return make_toy_model(tmp_path_factory.mktemp("plain"), patch_px=64, spacing_um=1.0, name="toy-plain")
-
-
-@pytest.fixture(scope="module")
-def he_slide(tmp_path_factory) -> Path:
-    amounts = np.concatenate([synthetic_he_amounts(256, k) for k in range(2)], axis=1)
-    rgb = synthetic_he(amounts * np.array([1.5, 0.6]), LAB_A)
-    return write_pyramid_tiff(tmp_path_factory.mktemp("he") / "he.tiff", rgb, 1.0, levels=1)
 
 
 def make_window(qtbot, model: Path, auto: bool = False):

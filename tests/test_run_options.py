@@ -17,7 +17,7 @@ from cellview.kiosk import KioskSettings, KioskSettingsError, process_case
 from cellview.model import ModelSpec, OnnxClassifier
 from cellview.results import AnalysisParams
 from cellview.stain import StainReference, estimate_reference
-from cellview.testing import make_toy_model, synthetic_he, synthetic_he_amounts, write_pyramid_tiff
+from cellview.testing import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
 from cellview.viewer import (
     NO_MODEL_SELECTED,
     MemoryStore,
@@ -27,33 +27,9 @@ from cellview.viewer import (
     run_now,
 )
 
-H, E = np.array([0.65, 0.70, 0.29]), np.array([0.07, 0.99, 0.11])
-LAB_A = np.stack([H / np.linalg.norm(H), E / np.linalg.norm(E)])
-
 
 def reference_stain() -> StainReference:
-    return estimate_reference([synthetic_he(synthetic_he_amounts(256, 0), LAB_A)])
-
-
-@pytest.fixture(scope="module")
-def stain_model(tmp_path_factory) -> Path:
-    """The colour toy model, with a reference stain in its sidecar."""
-    return make_toy_model(tmp_path_factory.mktemp("stain"), patch_px=64, spacing_um=1.0, name="toy-stain",
-                          sidecar_overrides={"stain_reference": reference_stain().to_dict()})
-
-
-@pytest.fixture(scope="module")
-def plain_model(tmp_path_factory) -> Path:
-    """The colour toy model as exported before reference stains existed."""
-    return make_toy_model(tmp_path_factory.mktemp("plain"), patch_px=64, spacing_um=1.0, name="toy-plain")
-
-
-@pytest.fixture(scope="module")
-def he_slide(tmp_path_factory) -> Path:
-    """Synthetic H&E (512 × 256 at 1 µm/px) stained more heavily than the reference: normalisation changes it."""
-    amounts = np.concatenate([synthetic_he_amounts(256, k) for k in range(2)], axis=1)
-    rgb = synthetic_he(amounts * np.array([1.5, 0.6]), LAB_A)
-    return write_pyramid_tiff(tmp_path_factory.mktemp("he") / "he.tiff", rgb, 1.0, levels=1)
+    return estimate_reference([synthetic_he(synthetic_he_amounts(256, 0), LAB_A_STAINS)])
 
 
 def viewer(model_path: Path | None, **defaults) -> ViewerModel:

@@ -15,27 +15,8 @@ from cellview.testing import (
     SQUARE_BLOCK,
     SYNTH_TILE,
     hatch_stripes,
-    make_toy_cam_domain_model,
-    odd_slide_rgb,
-    square_slide_rgb,
-    write_pyramid_tiff,
 )
 from cellview.viewer import Job, MemoryStore, ViewerModel, domain_notice, run_now
-
-
-@pytest.fixture(scope="module")
-def cam_domain_model(tmp_path_factory):
-    return make_toy_cam_domain_model(tmp_path_factory.mktemp("camdom"))
-
-
-@pytest.fixture(scope="module")
-def square_slide(tmp_path_factory):
-    return write_pyramid_tiff(tmp_path_factory.mktemp("square") / "square.tiff", square_slide_rgb(), 0.5)
-
-
-@pytest.fixture(scope="module")
-def odd_slide(tmp_path_factory):
-    return write_pyramid_tiff(tmp_path_factory.mktemp("odd") / "odd.tiff", odd_slide_rgb(), 0.5)
 
 
 def make_model(model_path, runner=run_now) -> ViewerModel:
