@@ -634,7 +634,7 @@ class ViewerModel:
         self.selection = -1
         self.overlay = OverlaySettings()
         self.regions: list[Region] = []
-        self.regions_confidence: float | None = None
+        self._shown_regions_key: tuple | None = None  # (id(result), n_done, confidence) of self.regions
         self.export_settings = ExportSettings()
         self.tissue: TissueMask | None = None
         self.progress = Progress("idle")
@@ -1003,7 +1003,7 @@ class ViewerModel:
         had = self.slide is not None
         self.slide, self.mpp_choice, self.tissue = None, None, None
         self.result = self.result_model_path = None
-        self.regions = []
+        self.regions, self._shown_regions_key = [], None
         self.selection = -1
         self.progress = Progress("idle")
         self._forget_explanation()
@@ -1211,7 +1211,7 @@ class ViewerModel:
         had = self.result is not None or self._run is not None or self.selection >= 0 or bool(self.regions)
         self.result = self.result_model_path = None
         self.selection = -1
-        self.regions, self._regions_key = [], None
+        self.regions, self._regions_key, self._shown_regions_key = [], None, None
         self._regions_id = next(self._ids)
         self._regions_job, self._regions_again = None, False
         self.progress = Progress("idle")
@@ -1274,7 +1274,7 @@ class ViewerModel:
         if result is None or result.grid.whole_image:
             self._regions_key, self._regions_job, self._regions_again = None, None, False
             self._regions_id = next(self._ids)
-            self.regions, self.regions_confidence = [], None
+            self.regions, self._shown_regions_key = [], None
             self.events.regions([])
             return
         min_conf = self.overlay.min_confidence
@@ -1290,7 +1290,7 @@ class ViewerModel:
 
         def on_item(regions: list[Region]) -> None:
             if job_id == self._regions_id:
-                self.regions, self.regions_confidence = regions, min_conf
+                self.regions, self._shown_regions_key = regions, key
                 self.events.regions(regions)
 
         def on_failed(exc: CellviewError) -> None:
@@ -1342,11 +1342,15 @@ class ViewerModel:
 
     # ------------------------------------------------------------------------------ export
 
+    @property
+    def regions_confidence(self) -> float | None:
+        """The confidence threshold the shown regions were built at (None when none are shown)."""
+        return None if self._shown_regions_key is None else self._shown_regions_key[2]
+
     def _regions_for_export(self, result: AnalysisResult) -> tuple[list[Region], float]:
         """The regions on screen when they are current, else computed now at the overlay's threshold."""
         conf = self.overlay.min_confidence
-        if self.overlay.show_regions and self.regions_confidence == conf and self._regions_key is not None \
-                and self._regions_key[:2] == (id(result), result.n_done):
+        if self.overlay.show_regions and self._shown_regions_key == (id(result), result.n_done, conf):
             return self.regions, conf
         return malignant_regions(result, conf), conf
 

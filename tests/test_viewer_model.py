@@ -175,6 +175,38 @@ def test_overlay_settings_drive_regions(model, synthetic_slide):
     assert model.regions == [] and rec.of("regions")[-1] == []
 
 
+def test_export_never_takes_the_regions_of_an_earlier_result(toy_model):
+    """While the new result's regions job runs, the regions on screen belong to the old one: not exported."""
+    from cellview.testing import grid_result
+
+    held = []
+
+    def runner(job):  # regions jobs wait until released, as a slow worker would
+        if job.name == "regions" and hold[0]:
+            held.append(job)
+
+            class Pending:
+                def cancel(self):
+                    pass
+            return Pending()
+        return run_now(job)
+
+    hold = [False]
+    m = ViewerModel(runner, store=MemoryStore())
+    m.use_cache = False
+    m.set_model(str(toy_model))
+    first, second = grid_result(["MM.", "MM.", "..."]), grid_result(["...", ".MM", ".MM"])
+    m.set_result(first)
+    m.set_overlay(show_regions=True)
+    assert [r.bbox for r in m.regions] == [(0, 0, 200, 200)]
+    hold[0] = True
+    m.set_result(second)
+    m.update_regions()
+    assert held, "the second result's regions job should still be running"
+    regions, _ = m._regions_for_export(second)
+    assert [r.bbox for r in regions] == [(100, 100, 200, 200)]
+
+
 def test_viewer_exports_go_through_the_cli_renderer(model, synthetic_slide, tmp_path, capsys):
     """One export path: the viewer's GeoJSON has the CLI's region annotations; CSV bytes are equal."""
     from cellview.cli import main
