@@ -247,7 +247,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         x, y = _parse_point(args.at)
         spec = ModelSpec.load(resolve_model(args.model))
         classifier = OnnxClassifier(spec, device=args.device)
-        params = AnalysisParams(mpp_um=args.mpp, tissue_threshold=args.tissue_threshold, device=args.device)
+        params = AnalysisParams(mpp_um=args.mpp, tissue_threshold=args.tissue_threshold, device=args.device,
+                                stain_normalize=args.stain_normalize)
         ex = explain_at(args.slide, classifier, x, y, params, resolve_class(args.class_name, spec.class_names))
         atomic_write_bytes(Path(args.out), explanation_png(ex))
     except CellviewError as exc:
@@ -315,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_name", help="class whose map to show, by name or index (default: predicted)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
     p.add_argument("--tissue-threshold", type=float, default=0.25, help="as for analyze: which tiles the grid keeps")
+    p.add_argument("--stain-normalize", choices=STAIN_METHODS, default="none",
+                   help="as for analyze: explain the tile as the model saw it after stain normalisation")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("domain", help="out-of-domain statistics of a model: add its feature outputs, fit, evaluate")

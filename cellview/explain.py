@@ -21,6 +21,7 @@ from cellview.errors import AnalysisError, ModelError
 from cellview.model import CATEGORIES, OnnxClassifier, hex_to_rgb, probabilities
 from cellview.results import AnalysisParams, category_probabilities
 from cellview.slide import Slide, open_slide, slide_display_name
+from cellview.stain import TileStainTransform
 from cellview.tiling import TileGrid, build_grid, read_tile
 
 
@@ -82,15 +83,22 @@ def resolve_class(name_or_index: str | int | None, class_names: tuple[str, ...])
 
 
 def explain_tile(slide: Slide, grid: TileGrid, index: int, classifier: OnnxClassifier,
-                 class_index: int | None = None, analysed: bool = True) -> TileExplanation:
-    """Read one grid tile and explain the model's call on it (for the viewer's inspector and the CLI)."""
+                 class_index: int | None = None, analysed: bool = True,
+                 stain: TileStainTransform | None = None) -> TileExplanation:
+    """Read one grid tile and explain the model's call on it (for the viewer's inspector and the CLI).
+
+    ``stain``: the slide's stain transform when the analysis normalised stains, so the patch, the map and
+    the domain score are those of the tile the model classified (pixel checks read the tile as scanned,
+    as in the pipeline).
+    """
     spec = classifier.spec
     if not classifier.has_cam:
         raise ModelError(
             f"{spec.onnx_path.name} exposes no class activation maps; add them with "
             "`cellview domain upgrade` (GAP + linear models only).",
         )
-    patch = read_tile(slide, grid, index)
+    scanned = read_tile(slide, grid, index)
+    patch = scanned if stain is None else stain.apply(scanned)
     names = [classifier.output_name, "cam"] + (["features"] if classifier.has_domain else [])
     outs = classifier.run(patch[None], names)
     logits, cam = outs[0][0].astype(np.float32), outs[1][0].astype(np.float32)
@@ -102,7 +110,7 @@ def explain_tile(slide: Slide, grid: TileGrid, index: int, classifier: OnnxClass
     training = ""
     if classifier.has_domain:
         assert spec.domain is not None
-        s = spec.domain.score(outs[2], tiles=patch[None])
+        s = spec.domain.score(outs[2], tiles=scanned[None])
         score, in_domain = float(s[0]), bool(spec.domain.in_domain(s)[0])
         training = spec.domain.training_data
     mpp = slide.mpp.um if slide.mpp is not None else None
@@ -124,7 +132,7 @@ def explain_at(slide_path: str | Path, classifier: OnnxClassifier, l0_x: float, 
     The grid is the one ``cellview analyze`` uses with ``params``; a point on a tile with too
     little tissue to be analysed is still explained (``analysed`` is False).
     """
-    from cellview.pipeline import plan_tiles
+    from cellview.pipeline import plan_tiles, slide_stain_transform
 
     params = params or AnalysisParams()
     with open_slide(slide_path, mpp_um=params.mpp_um) as slide:
@@ -134,6 +142,7 @@ def explain_at(slide_path: str | Path, classifier: OnnxClassifier, l0_x: float, 
         if not params.whole_image:
             slide.require_mpp()
         tissue, grid = plan_tiles(slide, classifier.spec, params)
+        stain = slide_stain_transform(slide, grid, classifier.spec, params.stain_normalize)  # as analyze fits it
         index = grid.tile_at(l0_x, l0_y)
         analysed = index >= 0
         if not analysed:  # the same grid with every cell kept
@@ -142,7 +151,7 @@ def explain_at(slide_path: str | Path, classifier: OnnxClassifier, l0_x: float, 
             index = grid.tile_at(l0_x, l0_y)
         if index < 0:
             raise AnalysisError(f"No tile of the analysis grid contains ({l0_x:g}, {l0_y:g}).")
-        return explain_tile(slide, grid, index, classifier, class_index, analysed=analysed)
+        return explain_tile(slide, grid, index, classifier, class_index, analysed=analysed, stain=stain)
 
 
 # ----------------------------------------------------------------------------- the picture

@@ -42,7 +42,7 @@ from cellview.export import FORMATS, export_slide_result, render, writable_dir
 from cellview.model import ModelSpec, OnnxClassifier, sidecar_for
 from cellview.morphology import Region, malignant_regions
 from cellview.overlay import OverlaySettings
-from cellview.pipeline import BatchDone, CancelToken, Finished, Started, analyze
+from cellview.pipeline import BatchDone, CancelToken, Finished, Started, analyze, slide_stain_transform
 from cellview.results import (
     AnalysisParams,
     AnalysisResult,
@@ -53,7 +53,7 @@ from cellview.results import (
     plural,
 )
 from cellview.slide import Mpp, SlideInfo, open_slide, slide_display_name, slide_stem
-from cellview.stain import StainReference
+from cellview.stain import StainReference, TileStainTransform
 from cellview.tissue import TissueMask, TissueParams, detect_tissue
 
 log = logging.getLogger(__name__)
@@ -554,10 +554,21 @@ class ExplainState:
     index: int = -1
 
 
+@dataclass(frozen=True)
+class ExplainStain:
+    """The slide's stain transform an explanation job fitted (kept for the result's next tiles)."""
+
+    key: tuple
+    transform: TileStainTransform
+
+
 def explain_task(path: str, mpp_um: float | None, grid: Any, index: int, classifier: OnnxClassifier | None,
-                 model_path: str | None, model_sha256: str) -> Iterator[ExplainerReady | TileExplanation]:
+                 model_path: str | None, model_sha256: str, stain_method: str = "none",
+                 stain: ExplainStain | None = None, stain_key: tuple = ()
+                 ) -> Iterator[ExplainerReady | ExplainStain | TileExplanation]:
     """Explain one tile off the main thread: load the classifier the first time (CPU: one patch is
-    cheap, and the GPU stays with the analysis), then read the exact patch and run it."""
+    cheap, and the GPU stays with the analysis), then read the exact patch and run it — stain-normalised
+    as the analysis did, with the slide's transform fitted once per result (``stain_key``) as analyze fits it."""
     if classifier is None:
         if not model_path:
             raise ModelError("No model is loaded to explain the tile with.")
@@ -568,7 +579,11 @@ def explain_task(path: str, mpp_um: float | None, grid: Any, index: int, classif
                          "to explain its tiles.")
     slide = open_slide(path, mpp_um=mpp_um)
     try:
-        yield explain_tile(slide, grid, index, classifier)
+        if stain_method != "none" and (stain is None or stain.key != stain_key):
+            stain = ExplainStain(stain_key, slide_stain_transform(slide, grid, classifier.spec, stain_method))
+            yield stain
+        yield explain_tile(slide, grid, index, classifier,
+                           stain=stain.transform if stain_method != "none" and stain is not None else None)
     finally:
         slide.close()
 
@@ -656,6 +671,7 @@ class ViewerModel:
         self.explain_classifier: OnnxClassifier | None = None
         """Runs explanations; a view with a loaded classifier (the kiosk) sets it, else the first
         explanation loads the result's model (on CPU)."""
+        self._explain_stain: ExplainStain | None = None  # the slide's stain transform, fitted for one result
         self._explain_loaded_for: str | None = None  # the model path of a classifier loaded here
         self._explain_id = 0
         self._explain_job: JobHandle | None = None
@@ -873,8 +889,12 @@ class ViewerModel:
         grid, path, mpp = result.grid, self.slide.path, self.mpp_um()
         classifier, model_path = self.explain_classifier, self.result_model_path or self.model_path
         sha = result.model.sha256
+        stain_method, stain_key, stain = result.params.stain_normalize, (id(result), path), self._explain_stain
 
-        def on_item(item: ExplainerReady | TileExplanation) -> None:
+        def on_item(item: ExplainerReady | ExplainStain | TileExplanation) -> None:
+            if isinstance(item, ExplainStain):
+                self._explain_stain = item
+                return
             if isinstance(item, ExplainerReady):
                 # kept for the next tile unless the model changed meanwhile
                 if self.explain_classifier is None and item.model_path in (self.model_path, self.result_model_path):
@@ -897,8 +917,9 @@ class ViewerModel:
                 self._request_explanation()
 
         self._explain_job = _Pending()
-        handle = self.runner(Job("explain", lambda cancel: explain_task(path, mpp, grid, index, classifier,
-                                                                        model_path, sha), on_item, on_failed, on_done))
+        handle = self.runner(Job("explain", lambda cancel: explain_task(path, mpp, grid, index, classifier, model_path,
+                                                                        sha, stain_method, stain, stain_key),
+                                 on_item, on_failed, on_done))
         if job_id == self._explain_id and self._explain_job is not None:
             self._explain_job = handle
 

@@ -233,3 +233,50 @@ def test_kiosk_case_runs_and_records_the_options(tmp_path, stain_model, he_slide
     meta = json.loads(case.outputs["json"].read_text())
     assert meta["parameters"]["stain_normalize"] == "macenko" and meta["parameters"]["tta"] == "flips"
     assert meta["stain_normalization"]["applied"] == "macenko"
+
+
+def cam_model_with_reference(folder: Path) -> Path:
+    """The toy class-activation-map net with a reference stain in its sidecar."""
+    pytest.importorskip("onnx")
+    from cellview.testing import make_toy_cam_model
+
+    path = make_toy_cam_model(folder, patch_px=64, spacing_um=1.0)
+    sidecar = path.with_suffix(".json")
+    side = json.loads(sidecar.read_text())
+    side["stain_reference"] = reference_stain().to_dict()
+    sidecar.write_text(json.dumps(side))
+    return path
+
+
+def test_explain_shows_the_tile_the_model_classified_after_stain_normalisation(tmp_path, he_slide):
+    from cellview.explain import explain_at
+    from cellview.pipeline import run_analysis
+
+    path = cam_model_with_reference(tmp_path / "cam")
+    clf = OnnxClassifier(ModelSpec.load(path), device="cpu")
+    params = AnalysisParams(stain_normalize="macenko", workers=1)
+    result = run_analysis(he_slide, clf, params)
+    i = int(np.flatnonzero(result.done)[0])
+    x, y, w, h = result.grid.rect(i)
+    ex = explain_at(he_slide, clf, x + w / 2, y + h / 2, params)
+    assert np.allclose(ex.probs, result.probs[i], atol=1e-5)
+    scanned = explain_at(he_slide, clf, x + w / 2, y + h / 2, AnalysisParams(workers=1))
+    assert not np.array_equal(scanned.patch, ex.patch)  # normalisation changed what the model saw
+
+
+def test_the_inspector_explains_the_normalised_tile_and_fits_the_stain_once(tmp_path, he_slide, monkeypatch):
+    import cellview.viewer as viewer_module
+
+    fits = []
+    fit = viewer_module.slide_stain_transform
+    monkeypatch.setattr(viewer_module, "slide_stain_transform", lambda *a: fits.append(a) or fit(*a))
+    m = viewer(cam_model_with_reference(tmp_path / "cam"), stain_normalize="macenko", workers=1)
+    m.open(he_slide)
+    m.start_analysis()
+    done = np.flatnonzero(m.result.done)
+    m.set_explain(True)
+    for i in done[:2]:
+        m.select(int(i))
+        assert m.explain.state == "ready", m.explain.message
+        assert np.allclose(m.explain.explanation.probs, m.result.probs[i], atol=1e-5)
+    assert len(fits) == 1  # one stain estimate per result, not per explained tile
