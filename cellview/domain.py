@@ -116,6 +116,11 @@ def _upper_tail_pvalue(reference_sorted: np.ndarray, values: np.ndarray) -> np.n
 # ----------------------------------------------------------------------------- statistics
 
 
+def in_domain_mask(score: np.ndarray, threshold: float) -> np.ndarray:
+    """The in-domain rule everywhere: score at or above the threshold; a missing (NaN) score is out."""
+    return np.nan_to_num(np.asarray(score, np.float32), nan=-1.0) >= threshold
+
+
 @dataclass(frozen=True, eq=False)
 class DomainStats:
     """Fitted statistics of one model's training domain (see the module docstring)."""
@@ -211,7 +216,7 @@ class DomainStats:
         return np.minimum(pvalues * weights, 1.0).min(axis=1)
 
     def in_domain(self, score: np.ndarray) -> np.ndarray:
-        return np.nan_to_num(np.asarray(score, np.float32), nan=-1.0) >= self.threshold
+        return in_domain_mask(score, self.threshold)
 
     # -- files ----------------------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from cellview.errors import AnalysisError, ModelError
-from cellview.model import CATEGORIES, OnnxClassifier, hex_to_rgb, probabilities
-from cellview.results import AnalysisParams, category_probabilities
+from cellview.model import OnnxClassifier, hex_to_rgb, probabilities
+from cellview.results import AnalysisParams, category_calls
 from cellview.slide import Slide, open_slide, slide_display_name
 from cellview.stain import TileStainTransform
 from cellview.tiling import TileGrid, build_grid, read_tile
@@ -103,9 +103,7 @@ def explain_tile(slide: Slide, grid: TileGrid, index: int, classifier: OnnxClass
     outs = classifier.run(patch[None], names)
     logits, cam = outs[0][0].astype(np.float32), outs[1][0].astype(np.float32)
     probs = probabilities(logits[None], spec.activation, spec.temperature)[0]
-    cat = int(np.argmax(category_probabilities(probs[None], spec.class_categories, spec.activation)[0]))
-    members = [i for i, c in enumerate(spec.class_categories) if c == CATEGORIES[cat]]
-    pred = max(members, key=lambda i: probs[i])
+    pred = int(category_calls(probs[None], spec.class_categories, spec.activation)[2][0])
     score = in_domain = None
     training = ""
     if classifier.has_domain:

@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from cellview.domain import BANNER_BELOW, NOT_AVAILABLE, OUT_OF_DOMAIN_RGBA, TISSUE_TILE, DomainBanner, DomainInfo
+from cellview.domain import (
+    BANNER_BELOW,
+    NOT_AVAILABLE,
+    OUT_OF_DOMAIN_RGBA,
+    TISSUE_TILE,
+    DomainBanner,
+    DomainInfo,
+    in_domain_mask,
+)
 from cellview.model import CATEGORIES, CATEGORY_COLORS, TTA_MODES, ModelSpec, hex_to_rgb
 from cellview.slide import Mpp, SlideInfo
 from cellview.stain import STAIN_METHODS
@@ -176,6 +184,18 @@ def category_probabilities(probs: np.ndarray, class_categories: tuple[str, ...],
     return out
 
 
+def category_calls(probs: np.ndarray, class_categories: tuple[str, ...],
+                   activation: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, K) class probabilities → per row the category probabilities (N, 3), the predicted category and the
+    most probable class within it, so that class and category always agree (one rule for tiles, images
+    and the inspector)."""
+    cat_probs = category_probabilities(probs, class_categories, activation)
+    category = np.argmax(cat_probs, axis=1).astype(np.int64)
+    cat_of_class = np.array([CATEGORIES.index(c) for c in class_categories])
+    masked = np.where(cat_of_class[None, :] == category[:, None], probs, -np.inf)
+    return cat_probs, category, np.argmax(masked, axis=1).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class AnalysisResult:
     """One slide analysed by one model; tiles not yet done (cancelled run) have NaN probabilities."""
@@ -238,7 +258,7 @@ class AnalysisResult:
         if not self.has_domain:
             return self.done.copy()
         assert self.domain_score is not None and self.model.domain is not None
-        return self.done & (np.nan_to_num(self.domain_score, nan=-1.0) >= self.model.domain.threshold)
+        return self.done & in_domain_mask(self.domain_score, self.model.domain.threshold)
 
     @property
     def out_of_domain(self) -> np.ndarray:
@@ -274,24 +294,26 @@ class AnalysisResult:
     # -- predictions --------------------------------------------------------------------------------
 
     @cached_property
-    def category_probs(self) -> np.ndarray:
-        return category_probabilities(np.nan_to_num(self.probs), self.model.class_categories, self.model.activation)
+    def _calls(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cat_probs, category, cls = category_calls(np.nan_to_num(self.probs), self.model.class_categories,
+                                                  self.model.activation)
+        category[~self.done] = -1
+        cls[~self.done] = -1
+        return cat_probs, category, cls
 
-    @cached_property
+    @property
+    def category_probs(self) -> np.ndarray:
+        return self._calls[0]
+
+    @property
     def pred_category(self) -> np.ndarray:
         """Index into CATEGORIES per tile (-1 where not done)."""
-        out = np.argmax(self.category_probs, axis=1).astype(np.int64)
-        out[~self.done] = -1
-        return out
+        return self._calls[1]
 
-    @cached_property
+    @property
     def pred_class(self) -> np.ndarray:
         """Most probable class within the predicted category, so class and category agree (-1 if not done)."""
-        cat_of_class = np.array([CATEGORIES.index(c) for c in self.model.class_categories])
-        masked = np.where(cat_of_class[None, :] == self.pred_category[:, None], np.nan_to_num(self.probs), -np.inf)
-        out = np.argmax(masked, axis=1).astype(np.int64)
-        out[~self.done] = -1
-        return out
+        return self._calls[2]
 
     @cached_property
     def confidence(self) -> np.ndarray:
@@ -386,10 +408,8 @@ class AnalysisResult:
             return {"probs": None, "pred_class": None, "pred_category": None, "confidence": None,
                     "n_tiles": 0, "based_on": based_on}
         mean = self.probs[use].mean(axis=0, dtype=np.float64).astype(np.float32)
-        cat = category_probabilities(mean[None, :], self.model.class_categories, self.model.activation)[0]
-        k = int(np.argmax(cat))
-        members = [i for i, c in enumerate(self.model.class_categories) if c == CATEGORIES[k]]
-        cls = max(members, key=lambda i: mean[i])
+        cats, ks, classes = category_calls(mean[None, :], self.model.class_categories, self.model.activation)
+        cat, k, cls = cats[0], int(ks[0]), int(classes[0])
         return {
             "probs": {n: float(p) for n, p in zip(self.model.class_names, mean)},
             "pred_class": self.model.class_names[cls],

@@ -685,10 +685,6 @@ class ViewerModel:
         return self._run is not None
 
     @property
-    def has_slide(self) -> bool:
-        return self.slide is not None
-
-    @property
     def can_analyse(self) -> bool:
         """A slide is open and nothing runs: what enables "Analyse"."""
         return self.slide is not None and not self.running

@@ -218,7 +218,6 @@ class MainWindow(QMainWindow):
     regionsShown = Signal()
     errorShown = Signal(str, str)
     domainShown = Signal(object)  # DomainNotice, once the banner, the legend row and the overlay show it
-    explanationShown = Signal(object)  # ExplainState, once the inspector shows it
 
     def __init__(self, analysis_defaults: AnalysisParams | None = None) -> None:
         super().__init__()
@@ -344,15 +343,6 @@ class MainWindow(QMainWindow):
     @property
     def region_list(self) -> list[Region]:
         return self.model.regions
-
-    def partial_result(self) -> AnalysisResult | None:
-        return self.model.shown_result()
-
-    def current_params(self) -> AnalysisParams:
-        return self.model.current_params()
-
-    def _mpp_um(self) -> float | None:
-        return self.model.mpp_um()
 
     # ------------------------------------------------------------------------------ layout
 
@@ -1174,7 +1164,6 @@ class MainWindow(QMainWindow):
     def _on_explanation(self, event: Event) -> None:
         state: ExplainState = event.value
         self.inspector.set_explanation(state)
-        self.explanationShown.emit(state)
 
     # ------------------------------------------------------------------------------ tissue preview
 
@@ -1263,7 +1252,7 @@ class MainWindow(QMainWindow):
             return
         cls = result.model.class_names[int(result.pred_class[index])]
         text = f"{cls} {float(result.confidence[index]):.0%}"
-        if result.has_domain and bool(result.out_of_domain[index]):
+        if not result.in_domain[index]:  # a done tile: out of domain (never without statistics)
             text += " · out of domain"
         self.hover_label.setText(text)
         pos = self.view.mapToGlobal(self.view.mapFromScene(self.view.vb.mapViewToScene(QPointF(l0_x, l0_y))))

@@ -97,7 +97,6 @@ class ProbabilityBars(QWidget):
         super().__init__(parent)
         self.rows: list[tuple[str, str, float, bool]] = []
         self.n_category_rows = 0
-        self.highlight = -1
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
     def row_height(self) -> int:
@@ -114,16 +113,12 @@ class ProbabilityBars(QWidget):
                               for k, (c, p) in enumerate(zip(CATEGORIES, categories))]
                 self.n_category_rows = len(CATEGORIES)
             self.rows += [(n, c, float(p), i == highlight) for i, (n, c, p) in enumerate(zip(names, colors, probs))]
-        self.highlight = highlight
         self.setFixedHeight(max(1, len(self.rows)) * self.row_height() + 4)
         self.update()
 
     def values(self) -> dict[str, float]:
-        """Class name → probability (the class rows; categories are under ``category_values``)."""
+        """Class name → probability (the class rows, not the category rows above them)."""
         return {n: p for n, _, p, _ in self.rows[self.n_category_rows:]}
-
-    def category_values(self) -> dict[str, float]:
-        return {n: p for n, _, p, _ in self.rows[: self.n_category_rows]}
 
     def texts(self) -> dict[str, str]:
         """Row name → the percentage as drawn."""
