@@ -598,12 +598,18 @@ class OnnxClassifier:
     def logits(self, tiles: np.ndarray) -> np.ndarray:
         return self.run(tiles, (self.output_name,))[0]
 
+    def _forward(self, tiles: np.ndarray, tta: str, extra: tuple[str, ...] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Probabilities averaged over the ``tta`` views, and the ``extra`` outputs of the tiles as read."""
+        views = tta_views(tiles, tta)
+        outs = self.run(views[0] if len(views) == 1 else np.concatenate(views), (self.output_name, *extra))
+        probs = probabilities(outs[0], self.spec.activation, self.spec.temperature)
+        if len(views) > 1:
+            probs = probs.reshape(len(views), len(tiles), -1).mean(axis=0)
+        return probs, [out[:len(tiles)] for out in outs[1:]]
+
     def predict(self, tiles: np.ndarray, tta: str = "none") -> np.ndarray:
         """Calibrated class probabilities, float32 (N, num_classes); ``tta`` averages them over views."""
-        views = tta_views(tiles, tta)
-        probs = probabilities(self.logits(views[0] if len(views) == 1 else np.concatenate(views)),
-                              self.spec.activation, self.spec.temperature)
-        return probs.reshape(len(views), len(tiles), -1).mean(axis=0) if len(views) > 1 else probs
+        return self._forward(tiles, tta)[0]
 
     def classify(self, tiles: np.ndarray, quality: np.ndarray | None = None,
                  tta: str = "none") -> tuple[np.ndarray, np.ndarray | None]:
@@ -616,13 +622,7 @@ class OnnxClassifier:
         domain = self.spec.domain
         if domain is None:
             return self.predict(tiles, tta), None
-        views = tta_views(tiles, tta)
-        logits, features = self.run(views[0] if len(views) == 1 else np.concatenate(views),
-                                    (self.output_name, "features"))
-        probs = probabilities(logits, self.spec.activation, self.spec.temperature)
-        if len(views) > 1:
-            probs = probs.reshape(len(views), len(tiles), -1).mean(axis=0)
-        features = features[:len(tiles)]
+        probs, (features,) = self._forward(tiles, tta, ("features",))
         return probs, domain.score(features, tiles=tiles if quality is None else None, quality=quality)
 
 
