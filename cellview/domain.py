@@ -459,6 +459,7 @@ class DomainBanner:
     show: bool
     text: str
     in_domain_fraction: float | None  # over the tiles the decision looked at (see tissue_tile_fraction)
+    headline: str = ""  # the warning without its figure: "This tissue does not look like …; the calls are unreliable."
 
 
 TISSUE_TILE = 0.5

@@ -514,9 +514,6 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
         draw.text((x0 + int(170 * k), y), f"{n:>6,}  {pct:>3}%", fill=ink, font=body)
         y += line_h + int(4 * k)
     if result.has_domain:
-        from cellview.overlay import describe_domain
-        from cellview.results import domain_banner
-
         n_ood = int(result.out_of_domain.sum())
         canvas.paste(Image.fromarray(_hatched_swatch(sw, k)), (x0, y + 2))
         draw.rectangle([x0, y + 2, x0 + sw, y + 2 + sw], outline=(60, 60, 60))
@@ -524,17 +521,10 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
         draw.text((x0 + int(170 * k), y), f"{n_ood:>6,}  {round(100 * n_ood / max(result.n_done, 1)):>3}%", fill=ink,
                   font=body)
         y += line_h + int(4 * k)
-        if n_ood:
-            shares = ("Shares: all classified tiles (out-of-domain ones shown anyway); out of domain: share of all "
-                      "tiles." if settings.show_out_of_domain else
-                      "Shares: in-domain tiles only; out of domain: share of all tiles.")
-            text(shares, fill=grey, wrap=True)
-        text(describe_domain(result, settings), fill=grey, wrap=True)
-        banner = domain_banner(result)
-        if banner.show:
-            text(banner.text, fill=(180, 0, 0), wrap=True)
-    else:
-        text("Domain score: not available for this model.", fill=grey)
+    from cellview.overlay import domain_notes
+
+    for note, warning in domain_notes(result, settings):
+        text(note, fill=(180, 0, 0) if warning else grey, wrap=True)
     if list(result.model.class_names) != list(result.model.class_categories):
         y += int(6 * k)
         text("Classes (tiles)", body, dy=line_h)

@@ -244,6 +244,29 @@ def describe_domain(result: AnalysisResult, settings: OverlaySettings) -> str:
     return f"Out of the model's domain: {share}, hatched grey and left out of the counts."
 
 
+def domain_notes(result: AnalysisResult, settings: OverlaySettings) -> list[tuple[str, bool]]:
+    """The legends' out-of-domain lines below the counts, (text, is_warning): what the shares count,
+    how out-of-domain tiles are drawn, and the banner's warning when it shows (the PNG exports of the
+    command line and of the viewer say the same)."""
+    from cellview.results import domain_banner
+
+    if not result.has_domain:
+        return [(describe_domain(result, settings), False)]
+    notes = []
+    if result.out_of_domain.any():
+        notes.append(("Shares: all classified tiles (out-of-domain ones shown anyway); out of domain: share of all "
+                      "tiles." if settings.show_out_of_domain else
+                      "Shares: in-domain tiles only; out of domain: share of all tiles.", False))
+    notes.append((describe_domain(result, settings), False))
+    banner = domain_banner(result)
+    if banner.show:
+        assert banner.in_domain_fraction is not None
+        notes.append((banner.headline, True))
+        notes.append((f"{1 - banner.in_domain_fraction:.0%} of the tissue tiles are out of the model's domain "
+                      "(the banner's rule).", False))
+    return notes
+
+
 def count_lines(result: AnalysisResult, settings: OverlaySettings) -> list[tuple[str, int, int]]:
     """(category, tiles, whole %) per category under the confidence filter; the % add up to 100."""
     counts = result.category_counts(settings.show_out_of_domain, min_confidence=settings.min_confidence)

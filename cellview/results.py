@@ -469,8 +469,9 @@ def domain_banner(result: AnalysisResult, below: float = BANNER_BELOW) -> Domain
     if frac >= below:
         return DomainBanner(False, f"{frac:.0%} of the analysed tissue is in the model's domain.", frac)
     what = result.model.domain.training_data if result.model.domain else "the model's training data"
-    return DomainBanner(True, f"This tissue does not look like {what}; the calls are unreliable "
-                              f"({1 - frac:.0%} of the tissue tiles are out of domain).", frac)
+    headline = f"This tissue does not look like {what}; the calls are unreliable"
+    return DomainBanner(True, f"{headline} ({1 - frac:.0%} of the tissue tiles are out of domain).", frac,
+                        headline + ".")
 
 
 def domain_summary(result: AnalysisResult) -> str:

@@ -516,9 +516,8 @@ def domain_notice(result: AnalysisResult | None, shown_anyway: bool = False) -> 
              else "drawn hatched grey and left out of the counts.")
     if banner.show:
         assert banner.in_domain_fraction is not None
-        what = result.model.domain.training_data
         return DomainNotice(
-            "most", f"This tissue does not look like {what}; the calls are unreliable.",
+            "most", banner.headline,
             f"{1 - banner.in_domain_fraction:.0%} of the tissue tiles are out of the model's domain, {drawn}",
             n_out, n_done, banner.in_domain_fraction, shown_anyway)
     if n_out == 0:

@@ -61,8 +61,8 @@ from cellview.overlay import (
     count_lines,
     counted_text,
     describe_colours,
-    describe_domain,
     describe_filter,
+    domain_notes,
     fill_rgba,
     hatches_out_of_domain,
     out_of_domain_runs,
@@ -1392,10 +1392,8 @@ class MainWindow(QMainWindow):
             p.drawText(x + 150, y, f"{n_out:>6,}  {round(100 * n_out / max(result.n_done, 1))}%")
             y += 22
         y += 6
-        line(describe_domain(result, ov), QColor(90, 90, 90))
-        notice = self.model.domain
-        if notice.banner:
-            line(notice.headline, QColor(180, 0, 0))
+        for note, warning in domain_notes(result, ov):
+            line(note, QColor(180, 0, 0) if warning else QColor(90, 90, 90))
         names = result.model.class_names
         line(describe_colours(ov, names), QColor(90, 90, 90))
         if describe_filter(ov):
