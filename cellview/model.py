@@ -111,10 +111,8 @@ class ModelSpec:
 
     @property
     def result_sha256(self) -> str:
-        """Identity of everything that shapes a result: the weights, plus the domain statistics when present.
-
-        Equal to ``onnx_sha256`` for a model without domain statistics, so older cache keys stay valid.
-        """
+        """Identity of everything that shapes a result: the weights, plus the domain statistics when present
+        (the result cache's model key; the metadata JSON records the two hashes separately)."""
         return self.onnx_sha256 if not self.domain_sha256 else f"{self.onnx_sha256}+{self.domain_sha256}"
 
     @classmethod

@@ -26,6 +26,7 @@ import numpy as np
 
 from cellview.results import AnalysisResult, plural
 from cellview.results import TileNuclei as TileNuclei  # re-exported; it lives in results (no import cycle)
+from cellview.tiling import cell_edges
 from cellview.tissue import optical_density, otsu_threshold
 
 if TYPE_CHECKING:
@@ -510,13 +511,10 @@ def regions_from_mask(cells: np.ndarray, stride_xy: tuple[float, float], slide_w
         polygons = []
         for part in range(1, n_parts):
             rings = _trace_part(parts == part)
-            for r in rings:
+            for r in rings:  # cell corners → level 0 by the grid's own edge rule
                 col, row = r[:, 0] + c0, r[:, 1] + r0
-                r[:, 0], r[:, 1] = col * sx, row * sy
-                if slide_wh is not None:
-                    # the grid's far edges are the slide's (the last cell reaches it, overlap or not)
-                    r[:, 0] = np.where(col >= cells.shape[1], slide_wh[0], np.minimum(r[:, 0], slide_wh[0]))
-                    r[:, 1] = np.where(row >= cells.shape[0], slide_wh[1], np.minimum(r[:, 1], slide_wh[1]))
+                r[:, 0] = cell_edges(col, cells.shape[1], sx, None if slide_wh is None else slide_wh[0])
+                r[:, 1] = cell_edges(row, cells.shape[0], sy, None if slide_wh is None else slide_wh[1])
             polygons.append(rings)
         polygons.sort(key=lambda rings: (-_shoelace(rings[0]), float(rings[0][:, 1].min()), float(rings[0][:, 0].min())))
         area = sum(_shoelace(rings[0]) - sum(_shoelace(r) for r in rings[1:]) for rings in polygons)

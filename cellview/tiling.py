@@ -104,14 +104,23 @@ class TileGrid:
         """Level-0 coordinate of cell edge ``index`` (0..n) along "x" or "y"; edge n is the slide's edge."""
         n, stride, extent = ((self.n_cols, self.stride_l0_x, self.slide_w_l0) if axis == "x"
                              else (self.n_rows, self.stride_l0_y, self.slide_h_l0))
-        index = np.asarray(index)
-        return np.where(index >= n, extent, np.minimum(index * stride, extent)).astype(np.float64)
+        return cell_edges(index, n, stride, extent)
 
     def rect(self, index: int) -> tuple[int, int, int, int]:
         """(l0_x, l0_y, width, height) of one tile, within the slide (what exports and views show)."""
         x, y = int(self.l0_x[index]), int(self.l0_y[index])
         return (x, y, min(self.tile_l0_w, self.slide_w_l0 - x), min(self.tile_l0_h, self.slide_h_l0 - y))
 
+
+
+def cell_edges(index: np.ndarray, n: int, stride: float, extent: float | None) -> np.ndarray:
+    """Level-0 coordinate of cell edges along one axis: ``index × stride``, clipped to the slide, and edge
+    ``n`` (the far side of the last cell) is the slide's edge, as the inward-shifted last tile reaches it.
+    Without an ``extent`` (a bare mask) edges are just ``index × stride``."""
+    index = np.asarray(index)
+    if extent is None:
+        return (index * stride).astype(np.float64)
+    return np.where(index >= n, extent, np.minimum(index * stride, extent)).astype(np.float64)
 
 TILING_RULE = "inside-v1"
 """Names the rule above; recorded in the metadata and the cache key, so results of an older rule are
