@@ -258,9 +258,13 @@ class Slide:
         )
 
     def reopen(self) -> Slide:
-        """A new handle on the same file (for another thread, or after a read error)."""
-        other = open_slide(self.path)
-        other.mpp = self.mpp
+        """A new handle on the same file (for another thread, or after a read error).
+
+        The file was checked when this handle opened it: the new one skips the structure checks and the
+        level colour check (a DICOM folder's every frame, 0.1–0.2 s) and takes over their verdicts.
+        """
+        other = open_slide(self.path, check_levels=False, validate=False)
+        other.mpp, other.skipped_levels = self.mpp, self.skipped_levels
         return other
 
     def close(self) -> None:  # noqa: B027 - optional hook
@@ -910,11 +914,14 @@ def check_level_geometry(slide: Slide) -> None:
             )
 
 
-def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None, check_levels: bool = True) -> Slide:
+def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None, check_levels: bool = True,
+               validate: bool = True) -> Slide:
     """Open a slide or plain image; every failure becomes a SlideError with a plain message.
 
     Reduced pyramid levels are checked against level 0 (``check_levels``); those that disagree
-    are recorded in ``slide.skipped_levels`` and never read.
+    are recorded in ``slide.skipped_levels`` and never read. ``validate`` (off only for ``reopen`` of a
+    file already opened) walks the container's structure and test-reads the pixels before any decoder
+    trusts the header.
     """
     path = Path(path)
     if not path.exists():
@@ -970,7 +977,7 @@ def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None, check_
                 f"{path.name} is not a slide format CellView can read.",
                 f"OpenSlide: {osr_error}" if osr_error else "",
             )
-    else:
+    elif validate:
         try:
             kind = _container_kind(path)
             if kind == "tiff":
@@ -989,8 +996,8 @@ def open_slide(path: str | os.PathLike[str], mpp_um: float | None = None, check_
             slide.close()
             raise SlideError(f"{path.name} opens but its pixels cannot be read (damaged or truncated).",
                              exc.details) from exc
-        if check_levels and slide.level_count > 1:
-            slide.skipped_levels = checked_levels(slide)
+    if check_levels and slide.level_count > 1 and isinstance(slide, OpenSlideSlide):
+        slide.skipped_levels = checked_levels(slide)
     slide.with_mpp(mpp_um)
     return slide
 

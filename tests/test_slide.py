@@ -231,6 +231,21 @@ def test_check_of_a_slide_with_false_colour_levels_is_cheap_and_shared(false_col
         assert raw.skipped_levels == () and raw.best_level_for_downsample(2.0) == 1
 
 
+def test_reopen_for_a_reader_thread_does_not_walk_the_file_again(false_colour_slide, monkeypatch):
+    import cellview.slide as slide_module
+
+    walks = []
+    walk = slide_module.check_tiff_geometry
+    monkeypatch.setattr(slide_module, "check_tiff_geometry", lambda path: walks.append(path) or walk(path))
+    with open_slide(false_colour_slide) as a:
+        assert len(walks) == 1
+        b = a.reopen()
+        assert len(walks) == 1  # checked when first opened; the verdicts travel with the handle
+        assert b.skipped_levels == a.skipped_levels and b.mpp == a.mpp
+        assert np.array_equal(b.read_region((256, 256), 1, (64, 64)), a.read_region((256, 256), 1, (64, 64)))
+        b.close()
+
+
 def test_real_dicom_levels_in_false_colour_are_skipped(data_dir):
     with open_slide(data_dir / "slides" / "derived" / "CMU-1-Small-Region-dicom") as dicom:
         assert [s.level for s in dicom.skipped_levels] == [1, 2, 3, 4]
