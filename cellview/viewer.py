@@ -1387,14 +1387,18 @@ class ViewerModel:
         The same renderer as the CLI and the kiosk (``export.render``): the GeoJSON carries the
         malignant-region annotations, the PNG the overlay style, filters and region outlines on screen.
         """
-        from cellview.export import atomic_write_bytes
-
         result = self._export_result()
-        path = Path(path)
         regions, conf = self._regions_for_export(result)
         thumb = self.slide.thumbnail if self.slide is not None else None
         data = render(kind, result, thumb, regions, conf, self.overlay, source,
                       extra_meta={"export_options": self._export_options()}, png_regions=self.overlay.show_regions)
+        return self.save_export(path, data)
+
+    def save_export(self, path: str | os.PathLike[str], data: bytes) -> Path:
+        """Write an export atomically and remember its folder for the next one (also the GUI's view PNG)."""
+        from cellview.export import atomic_write_bytes
+
+        path = Path(path)
         atomic_write_bytes(path, data)
         self.store.put("last_export_dir", str(path.parent))
         return path

@@ -1283,10 +1283,7 @@ class MainWindow(QMainWindow):
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             if kind == "view":
-                from cellview.export import atomic_write_bytes
-
-                atomic_write_bytes(path, self.render_view_png())
-                cfg.put("last_export_dir", str(path.parent))
+                self.model.save_export(path, self.render_view_png())
             else:
                 self.model.export_file(kind, path)
         except CellviewError as exc:
