@@ -566,6 +566,10 @@ def _killed_reason(exc: BaseException, tries: int | None) -> str:
             f"or killed); the other slides went on.")
 
 
+LOST_TASK_RETRIES = 3
+"""How often a slide whose task the cluster dropped without an error (cancelled, lost) is submitted again."""
+
+
 def run_on_dask(session: DaskSession, jobs: list[SlideJob], settings: CohortSettings, tables: CohortTables | None,
                 console: Console) -> list[SlideOutcome]:
     """One task per slide on the cluster; one bar over slides (done / failed / running, tiles/s, ETA)."""
@@ -613,17 +617,33 @@ def run_on_dask(session: DaskSession, jobs: list[SlideJob], settings: CohortSett
                file=console.err)
     console.bar = bar
     tries = (session.allowed_failures + 1) if session.allowed_failures is not None else None
+    lost: dict[str, int] = {}  # stem → times the cluster dropped its task without an error
     try:
         while futures or waiting:
             batch = ac.next_batch(block=False)
             for fut in batch:
                 job = futures.pop(fut)
+                exc = None
+                if fut.status != "finished":
+                    try:
+                        exc = fut.exception()
+                    except Exception as err:  # noqa: BLE001 - a cancelled future raises instead of returning
+                        exc = err if type(err).__name__ != "CancelledError" else None
+                if fut.status != "finished" and exc is None and lost.get(job.stem, 0) < LOST_TASK_RETRIES:
+                    # The cluster dropped the task (cancelled or lost while workers restarted): not the
+                    # slide's doing, so it goes again rather than counting as failed.
+                    lost[job.stem] = lost.get(job.stem, 0) + 1
+                    fut.release()
+                    waiting.append(job)
+                    continue
                 if fut.status == "finished":
                     outcome = fut.result()
                 else:
-                    exc = fut.exception()
                     if type(exc).__name__ == "KilledWorker":
                         error = _killed_reason(exc, tries)
+                    elif exc is None:
+                        error = (f"The cluster lost this slide's task {lost.get(job.stem, 0) + 1} times "
+                                 f"(status {fut.status}); the other slides went on.")
                     else:
                         error = f"The task failed on the cluster ({type(exc).__name__}: {exc})."
                     outcome = SlideOutcome(path=job.shown_path, name=job.name, stem=job.stem, status="failed",
