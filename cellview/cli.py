@@ -19,7 +19,7 @@ from cellview.stain import STAIN_METHODS
 
 log = logging.getLogger("cellview")
 
-SUBCOMMANDS = ("analyze", "info", "train", "evaluate", "export", "models", "explain", "domain")
+SUBCOMMANDS = ("analyze", "info", "train", "evaluate", "export", "models", "explain", "domain", "adapt")
 
 
 def __getattr__(name: str):
@@ -34,24 +34,28 @@ def __getattr__(name: str):
 # ----------------------------------------------------------------------------- analyze
 
 
-def _add_analysis_options(p: argparse.ArgumentParser) -> None:
+def _add_analysis_options(p: argparse.ArgumentParser, tiles_only: bool = False) -> None:
+    """The options that shape a run; ``tiles_only``: those that decide which tiles are cut and how (adapt)."""
     p.add_argument("--model", help="model name in models/ or path to an .onnx with its .json sidecar "
                                    "(default: colon-he)")
     p.add_argument("--mpp", type=float, help="µm per pixel at level 0, for slides/images that do not say")
-    p.add_argument("--whole-image", action="store_true",
-                   help="classify each image as one tile resized to the model input (scale unknown)")
+    if not tiles_only:
+        p.add_argument("--whole-image", action="store_true",
+                       help="classify each image as one tile resized to the model input (scale unknown)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="tile reader threads")
     p.add_argument("--tissue-threshold", type=float, default=0.25,
                    help="minimum tissue fraction for a tile to be analysed (0–1)")
     p.add_argument("--tissue-method", choices=("saturation", "od"), default="saturation")
-    p.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction (0 to <0.9)")
-    p.add_argument("--nuclei", action="store_true",
-                   help="also measure nuclei per tile (count, density/mm², area µm², shape); adds CSV columns")
     p.add_argument("--stain-normalize", choices=STAIN_METHODS, default="none",
                    help="map each slide's stain onto the model's training stain before classifying "
                         "(Macenko or Reinhard; needs a model whose sidecar stores its reference stain)")
+    if tiles_only:
+        return
+    p.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction (0 to <0.9)")
+    p.add_argument("--nuclei", action="store_true",
+                   help="also measure nuclei per tile (count, density/mm², area µm², shape); adds CSV columns")
     p.add_argument("--tta", choices=TTA_MODES, default="none",
                    help="test-time augmentation: average each tile's probabilities over its 4 flips or all 8 "
                         "flips/rotations (4× / 8× the inference time)")
@@ -64,15 +68,15 @@ def _params_from_args(args: argparse.Namespace):
     return AnalysisParams(
         tissue=TissueParams(method=args.tissue_method),
         tissue_threshold=args.tissue_threshold,
-        overlap=args.overlap,
-        whole_image=args.whole_image,
+        overlap=getattr(args, "overlap", 0.0),
+        whole_image=getattr(args, "whole_image", False),
         mpp_um=args.mpp,
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
-        nuclei=args.nuclei,
+        nuclei=getattr(args, "nuclei", False),
         stain_normalize=args.stain_normalize,
-        tta=args.tta,
+        tta=getattr(args, "tta", "none"),
     )
 
 
@@ -264,6 +268,61 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    """Read the labels, adapt, print before / after; one unreadable file is listed and the rest go on."""
+    from tqdm import tqdm
+
+    from cellview.adapt import AdaptProgress, AdaptReport, adapt, default_command
+    from cellview.labels import read_labels
+    from cellview.model import ModelSpec, resolve_model
+
+    bar = None
+    try:
+        spec = ModelSpec.load(resolve_model(args.model))
+        sources, notes = read_labels(args.labels)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        params = _params_from_args(args)
+        report = None
+        for item in adapt(sources, spec, Path(args.out), params, name=args.name, force=args.force,
+                          command=default_command()):
+            if isinstance(item, AdaptReport):
+                report = item
+            elif isinstance(item, AdaptProgress) and not args.quiet:
+                if bar is None or bar.desc != item.stage:
+                    if bar is not None:
+                        bar.close()
+                    bar = tqdm(total=item.total, desc=item.stage, unit="file" if item.stage == "reading" else "fit",
+                               leave=False, file=sys.stderr, dynamic_ncols=True)
+                bar.n = item.done
+                bar.set_postfix_str(item.message[:40])
+                bar.refresh()
+    except CellviewError as exc:
+        if bar is not None:
+            bar.close()
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.details and args.verbose:
+            print(f"  details: {exc.details}", file=sys.stderr)
+        return 1 if exc.__class__.__name__ == "AdaptError" else 2
+    if bar is not None:
+        bar.close()
+    assert report is not None
+    for path, why in report.lab.unreadable:
+        print(f"could not use {path}: {why}", file=sys.stderr)
+    for note in report.lab.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(report.summary())
+    if not report.improved:
+        print("warning: the adapted model is NOT better than the base model on your labels; written because of "
+              "--force", file=sys.stderr)
+    print(f"Adapted model written to {report.written.parent} in {report.seconds:.0f} s (model card: "
+          f"{report.written.parent / 'MODEL_CARD.md'}). Analyse with: cellview analyze SLIDES --model "
+          f"{report.written}" + (f" --mpp {args.mpp}" if args.mpp else "") + " --out DIR")
+    return 1 if report.lab.unreadable else 0
+
+
 def cmd_domain(args: argparse.Namespace) -> int:
     from cellview.train.domain import cmd_domain as run
 
@@ -319,6 +378,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stain-normalize", choices=STAIN_METHODS, default="none",
                    help="as for analyze: explain the tile as the model saw it after stain normalisation")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("adapt", help="refit a model's head on a lab's labelled images or slides; writes a new model "
+                                     "with a before / after card", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="LABELS: a CSV with columns image,label (paths relative to the CSV unless absolute; label "
+                              "= a class of the model or a category: normal, benign, malignant), optionally an "
+                              "annotations column naming a GeoJSON file of that slide; or a slide's GeoJSON "
+                              "annotations (QuPath export, or the viewer's SLIDE.labels.geojson) next to the slide. "
+                              "Before / after is cross-validated by image or slide; the model is written only "
+                              "when it is better, unless --force.")
+    p.add_argument("--labels", required=True, action="append", metavar="LABELS",
+                   help="labels CSV or GeoJSON (repeatable)")
+    p.add_argument("--out", "-o", required=True, help="folder for the adapted model (never the base model's)")
+    p.add_argument("--name", help="name of the adapted model (default: <base>-adapted)")
+    p.add_argument("--force", action="store_true", help="write the model even when it is not better than the base")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_analysis_options(p, tiles_only=True)
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("domain", help="out-of-domain statistics of a model: add its feature outputs, fit, evaluate")
     dsub = p.add_subparsers(dest="action", required=True)

@@ -27,6 +27,11 @@ Method (stored next to the model as ``domain.npz``, its sha256 in the sidecar):
    beyond the 0.5 % most extreme held-out tiles (CHECK_LEVEL); the feature distance ranks
    everything else. The reported score is the conformal p-value of the smallest of the four,
    against the held-out tiles' own, so the 95 % rule holds for the combination.
+6. A lab's tissue (``with_lab``, written by ``cellview adapt``): the lab's labelled tiles add their
+   own means (one per label) under the same covariance, calibrated on the lab's tiles scored out of
+   file (each image or slide against means fitted without it). A tile's feature p-value is the larger
+   of the training one and the lab one, so it is in domain when it is like the training data *or*
+   like the lab's labelled tissue; the training part of the statistics is unchanged.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import io
 import json
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -47,6 +52,8 @@ import numpy as np
 from cellview.errors import ModelError
 
 FORMAT = 1
+FORMAT_LAB = 2
+"""Files with a lab component (``with_lab``) are format 2; older readers refuse them instead of ignoring it."""
 DOMAIN_FILE = "domain.npz"
 DEFAULT_THRESHOLD = 0.05
 BANNER_BELOW = 0.5
@@ -134,6 +141,12 @@ class DomainStats:
     cal_combined: np.ndarray  # (n,) float64 sorted: held-out tiles' smallest p-value
     threshold: float = DEFAULT_THRESHOLD
     info: dict[str, Any] = field(default_factory=dict)  # method, training data description, counts
+    lab_means: np.ndarray | None = None  # (M, D) float32: a lab's tissue, one row per label (see with_lab)
+    lab_cal_distance: np.ndarray | None = None  # (m,) float32 sorted: the lab tiles' out-of-file distances
+
+    @property
+    def has_lab(self) -> bool:
+        return self.lab_means is not None and len(self.lab_means) > 0
 
     @property
     def feature_dim(self) -> int:
@@ -152,14 +165,17 @@ class DomainStats:
 
     @cached_property
     def _scoring(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-        """Prepared once: [basis | means ᵀ] as one float32 matrix, projected means, ‖μ‖², 1/variances."""
+        """Prepared once: [basis | means ᵀ] as one float32 matrix (the lab's means after the classes'),
+        projected means, ‖μ‖², 1/variances."""
         u = self.basis.astype(np.float64)
         mu = self.class_means.astype(np.float64)
+        if self.has_lab:
+            mu = np.vstack([mu, np.asarray(self.lab_means, np.float64)])
         both = np.ascontiguousarray(np.hstack([u, mu.T]), dtype=np.float32)  # (D, d + K)
         return both, mu @ u, (mu * mu).sum(1), 1.0 / self.eigvals.astype(np.float64), 1.0 / float(self.residual_var)
 
-    def distance(self, features: np.ndarray) -> np.ndarray:
-        """(N,) squared Mahalanobis distance to the nearest class mean (NaN rows stay NaN).
+    def _distances(self, features: np.ndarray) -> np.ndarray:
+        """(N, K + M) squared Mahalanobis distance to every class mean, then to every lab mean.
 
         One float32 product with the D-wide arrays, the rest in float64. The product is an einsum
         on purpose: a multi-threaded BLAS call this small, made right after ONNX Runtime's own
@@ -178,19 +194,40 @@ class DomainStats:
             proj = p - m[k]
             inside = (proj * proj).sum(1)
             out[:, k] = np.maximum(sq[:, k] - inside, 0.0) * inv_s + (proj * proj * inv_l).sum(1)
-        return out.min(axis=1).astype(np.float32)
+        return out
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """(N,) squared Mahalanobis distance to the nearest class mean of the training data (NaN rows stay NaN)."""
+        return self._distances(features)[:, :len(self.class_means)].min(axis=1).astype(np.float32)
+
+    def lab_distance(self, features: np.ndarray) -> np.ndarray:
+        """(N,) the same distance to the nearest of the lab's means (needs a lab component)."""
+        if not self.has_lab:
+            raise ModelError("These domain statistics have no lab component.")
+        return self._distances(features)[:, len(self.class_means):].min(axis=1).astype(np.float32)
+
+    def feature_pvalue(self, features: np.ndarray) -> np.ndarray:
+        """(N,) how typical the tile's features are: of the training data's, or of the lab's when that is larger."""
+        dist = self._distances(features)
+        k = len(self.class_means)
+        d = dist[:, :k].min(axis=1).astype(np.float32)
+        p = _upper_tail_pvalue(self.cal_distance, d)
+        if self.has_lab:
+            p = np.maximum(p, _upper_tail_pvalue(self.lab_cal_distance, dist[:, k:].min(axis=1).astype(np.float32)))
+        p[~np.isfinite(d)] = np.nan
+        return p
 
     def pvalues(self, features: np.ndarray, quality: np.ndarray | None) -> np.ndarray:
         """(N, 1 + checks) p-values: feature distance, then each pixel check (1 where not measured)."""
-        d = self.distance(features)
-        cols = [_upper_tail_pvalue(self.cal_distance, d)]
+        p = self.feature_pvalue(features)
+        cols = [p]
         for j in range(len(QUALITY_CHECKS)):
             if quality is None:
-                cols.append(np.ones(len(d)))
+                cols.append(np.ones(len(p)))
             else:
                 cols.append(_lower_tail_pvalue(self.cal_quality[:, j], np.asarray(quality)[:, j]))
         out = np.stack(cols, axis=1)
-        out[~np.isfinite(d)] = np.nan
+        out[~np.isfinite(p)] = np.nan
         return out
 
     def score(self, features: np.ndarray, tiles: np.ndarray | None = None,
@@ -222,13 +259,15 @@ class DomainStats:
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
-        meta = {"format": FORMAT, "threshold": self.threshold, "residual_var": self.residual_var,
-                "quality_checks": list(QUALITY_CHECKS), **{"info": self.info}}
+        meta = {"format": FORMAT_LAB if self.has_lab else FORMAT, "threshold": self.threshold,
+                "residual_var": self.residual_var, "quality_checks": list(QUALITY_CHECKS), **{"info": self.info}}
+        lab = {} if not self.has_lab else {"lab_means": np.asarray(self.lab_means, np.float32),
+                                           "lab_cal_distance": np.asarray(self.lab_cal_distance, np.float32)}
         np.savez_compressed(
             buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
             class_means=self.class_means.astype(np.float32), basis=self.basis.astype(np.float32),
             eigvals=self.eigvals.astype(np.float32), cal_distance=self.cal_distance.astype(np.float32),
-            cal_quality=self.cal_quality.astype(np.float32), cal_combined=self.cal_combined.astype(np.float64),
+            cal_quality=self.cal_quality.astype(np.float32), cal_combined=self.cal_combined.astype(np.float64), **lab,
         )
         return buf.getvalue()
 
@@ -237,12 +276,15 @@ class DomainStats:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 meta = json.loads(z["meta"].tobytes().decode())
-                arrays = {k: z[k] for k in ("class_means", "basis", "eigvals", "cal_distance", "cal_quality",
-                                            "cal_combined")}
+                names = ["class_means", "basis", "eigvals", "cal_distance", "cal_quality", "cal_combined"]
+                if meta.get("format") == FORMAT_LAB:
+                    names += ["lab_means", "lab_cal_distance"]
+                arrays = {k: z[k] for k in names}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
             raise ModelError(f"The {where} file is damaged or not a CellView domain file.", str(exc)) from exc
-        if meta.get("format") != FORMAT:
-            raise ModelError(f"The {where} file has format {meta.get('format')!r}; this CellView reads {FORMAT}.")
+        if meta.get("format") not in (FORMAT, FORMAT_LAB):
+            raise ModelError(f"The {where} file has format {meta.get('format')!r}; this CellView reads "
+                             f"{FORMAT} and {FORMAT_LAB}.")
         if list(meta.get("quality_checks", [])) != list(QUALITY_CHECKS):
             raise ModelError(f"The {where} file was made with other pixel checks; fit it again.")
         k, dim = arrays["class_means"].shape if arrays["class_means"].ndim == 2 else (0, 0)
@@ -252,13 +294,18 @@ class DomainStats:
               and arrays["cal_quality"].shape == (n, len(QUALITY_CHECKS)) and arrays["cal_combined"].shape == (n,)
               and float(meta.get("residual_var", 0)) > 0 and np.all(arrays["eigvals"] > 0)
               and all(np.all(np.isfinite(a)) for a in arrays.values()))
+        if "lab_means" in arrays:
+            ok = ok and (arrays["lab_means"].ndim == 2 and arrays["lab_means"].shape[1] == dim
+                         and len(arrays["lab_means"]) >= 1 and arrays["lab_cal_distance"].ndim == 1
+                         and len(arrays["lab_cal_distance"]) >= 1)
         threshold = meta.get("threshold")
         if not ok or not isinstance(threshold, (int, float)) or not 0 < float(threshold) < 1:
             raise ModelError(f"The {where} file holds inconsistent arrays; fit it again.")
         return cls(class_means=arrays["class_means"], basis=arrays["basis"], eigvals=arrays["eigvals"],
                    residual_var=float(meta["residual_var"]), cal_distance=arrays["cal_distance"],
                    cal_quality=arrays["cal_quality"], cal_combined=arrays["cal_combined"],
-                   threshold=float(threshold), info=dict(meta.get("info") or {}))
+                   threshold=float(threshold), info=dict(meta.get("info") or {}),
+                   lab_means=arrays.get("lab_means"), lab_cal_distance=arrays.get("lab_cal_distance"))
 
     @classmethod
     def load(cls, path: Path, sha256: str | None = None) -> DomainStats:
@@ -425,6 +472,60 @@ def _out_of_fold_distances(features: np.ndarray, labels: np.ndarray, weights: np
         classes, means, w, v = _within_class_scatter(features[fit], labels[fit], weights[fit])
         out[~fit] = _bare_stats(means, w, v, min(d, v.shape[0] - 1)).distance(features[~fit])
     return out
+
+
+LAB_MIN_CALIBRATION_TILES = 10
+"""Below this many out-of-file lab tiles the lab's means are calibrated like the training data's."""
+
+
+def with_lab(stats: DomainStats, features: np.ndarray, labels: Sequence[str] | np.ndarray,
+             files: Sequence[str] | np.ndarray, info: dict[str, Any] | None = None) -> DomainStats:
+    """These statistics with a lab component: the lab's tissue counts as in domain (module docstring, 6).
+
+    ``features`` are the lab's labelled tiles, ``labels`` their label (one mean per label) and ``files``
+    the image or slide each came from. Calibration: each tile's distance to the lab means fitted
+    without its file, for labels labelled in at least two files (a tile of a label's only file has no
+    honest out-of-file mean of its own). With fewer than LAB_MIN_CALIBRATION_TILES such tiles the lab's
+    means are calibrated with the training tiles' distances instead. A lab component already there (a
+    model adapted before) is kept: its means and calibration join the new ones.
+    """
+    f = np.asarray(features, np.float32)
+    labels = np.asarray(labels).astype(str)
+    files = np.asarray(files).astype(str)
+    if f.ndim != 2 or f.shape[1] != stats.feature_dim or len(f) != len(labels) or len(f) != len(files) or not len(f):
+        raise ModelError(f"Lab tiles need {stats.feature_dim} features each, one label and one file per tile.")
+    names = sorted(set(labels.tolist()))
+    means = np.stack([f[labels == n].mean(axis=0) for n in names]).astype(np.float32)
+    cal: list[np.ndarray] = []
+    for name in np.unique(files):
+        mine = files == name
+        rest = ~mine
+        if not rest.any():
+            continue
+        own = labels[mine]
+        counted = np.array([len(set(files[labels == lab].tolist())) >= 2 for lab in own])
+        if not counted.any():
+            continue
+        other = np.stack([f[rest & (labels == n)].mean(axis=0) for n in names if (rest & (labels == n)).any()])
+        probe = replace(stats, lab_means=other.astype(np.float32), lab_cal_distance=np.zeros(1, np.float32))
+        cal.append(probe.lab_distance(f[mine][counted]))
+    calibration = np.concatenate(cal) if cal else np.zeros(0, np.float32)
+    lab_info = dict(info or {})
+    lab_info.update({"labels": names, "n_tiles": int(len(f)), "n_files": int(len(np.unique(files))),
+                     "n_calibration_tiles": int(len(calibration))})
+    if len(calibration) < LAB_MIN_CALIBRATION_TILES:
+        calibration = stats.cal_distance
+        lab_info["calibration"] = ("the training data's held-out tiles (too few lab tiles in labels labelled in two "
+                                   "or more files to calibrate on the lab's own)")
+    else:
+        lab_info["calibration"] = "the lab's tiles, each scored against means fitted without its image or slide"
+    if stats.has_lab:
+        means = np.vstack([stats.lab_means, means])
+        calibration = np.concatenate([stats.lab_cal_distance, calibration])
+    new_info = dict(stats.info)
+    new_info["lab"] = [*stats.info.get("lab", []), lab_info]
+    return replace(stats, lab_means=means.astype(np.float32), lab_cal_distance=np.sort(calibration).astype(np.float32),
+                   info=new_info)
 
 
 # ----------------------------------------------------------------------------- summaries

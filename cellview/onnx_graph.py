@@ -142,6 +142,65 @@ def find_linear_head(model: Any) -> LinearHead:
     return LinearHead(logits, features, fmap, np.ascontiguousarray(w), bias, float16)
 
 
+def replace_linear_head(model: Any, weight: np.ndarray, bias: np.ndarray) -> Any:
+    """A copy of ``model`` whose linear head computes ``features @ weight.T + bias`` (shapes unchanged).
+
+    Only the head's constants change (and the class activation maps' ``cam_weight`` / ``cam_bias``,
+    which copy them), each in its own dtype, so everything before the features stays byte-identical:
+    this is how ``cellview adapt`` gives a lab its own head without touching the network. The head's
+    constants must not be shared with another node.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    head = find_linear_head(out)
+    weight = np.asarray(weight, np.float32)
+    bias = np.asarray(bias, np.float32).reshape(-1)
+    if weight.shape != head.weight.shape or bias.shape != head.bias.shape:
+        raise ModelError(f"A new head must have the shape of the old one: weights {head.weight.shape}, "
+                         f"bias {head.bias.shape}; got {weight.shape}, {bias.shape}.")
+    graph = out.graph
+    prod = _producers(graph)
+    node = prod[head.logits]
+    while node.op_type in ("Cast", "Identity"):
+        node = prod[node.input[0]]
+    values: dict[str, np.ndarray] = {}
+    if node.op_type == "Gemm":
+        alpha = np.float32(_attr(node, "alpha", 1.0))
+        beta = np.float32(_attr(node, "beta", 1.0))
+        values[node.input[1]] = (weight if _attr(node, "transB", 0) else weight.T) / alpha
+        if len(node.input) > 2 and node.input[2]:
+            values[node.input[2]] = bias / beta
+        elif np.any(bias):
+            raise ModelError("The model's linear head has no bias to hold the new one.")
+    else:  # MatMul (+ Add)
+        mm = node if node.op_type == "MatMul" else next(prod[i] for i in node.input if i in prod)
+        values[mm.input[1]] = weight.T
+        if node.op_type == "Add":
+            values[next(i for i in node.input if i not in prod)] = bias
+        elif np.any(bias):
+            raise ModelError("The model's linear head has no bias to hold the new one.")
+    users = [n for n in graph.node for i in n.input if i in values]
+    if len(users) != len(values):
+        raise ModelError("The model's linear head shares its constants with other nodes; cannot replace it.")
+    k, c = weight.shape
+    values.setdefault("cam_weight", weight.reshape(k, c, 1, 1))
+    values.setdefault("cam_bias", bias)
+    done = set()
+    for init in graph.initializer:
+        if init.name in values:
+            old = numpy_helper.to_array(init)
+            new = values[init.name].reshape(old.shape).astype(old.dtype)
+            init.CopyFrom(numpy_helper.from_array(new, init.name))
+            done.add(init.name)
+    missing = [n for n in values if n not in done and n not in ("cam_weight", "cam_bias")]
+    if missing:
+        raise ModelError(f"The model's linear head keeps its constant {missing[0]!r} outside the initializers.")
+    return out
+
+
 def _elem_type(graph: Any, tensor: str) -> int | None:
     from onnx import shape_inference
 

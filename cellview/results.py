@@ -7,6 +7,7 @@ and the heatmaps are derived from them on demand so they can never disagree.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import IntEnum
 from functools import cached_property
@@ -194,6 +195,41 @@ def category_calls(probs: np.ndarray, class_categories: tuple[str, ...],
     cat_of_class = np.array([CATEGORIES.index(c) for c in class_categories])
     masked = np.where(cat_of_class[None, :] == category[:, None], probs, -np.inf)
     return cat_probs, category, np.argmax(masked, axis=1).astype(np.int64)
+
+
+RULES = ("vote", "mean")
+"""Image-level rules over an image's tiles: the confidence-weighted vote of their categories, or the mean."""
+
+
+def image_calls(tile_probs: np.ndarray, tile_sample: np.ndarray, n_samples: int, class_categories: Sequence[str],
+                rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sample: predicted category index (-1: no tile), category scores (3), predicted class (-1).
+
+    ``vote``: scores = confidence-weighted votes of the tiles' predicted categories, normalised to sum 1;
+    ``mean``: scores = category probabilities of the mean tile probabilities. The class is the most
+    probable class (mean probabilities) within the predicted category, as the app shows it.
+    """
+    cats = tuple(class_categories)
+    cat_probs = category_probabilities(tile_probs, cats, "softmax")
+    n_cls = tile_probs.shape[1]
+    mean = np.zeros((n_samples, n_cls))
+    np.add.at(mean, tile_sample, tile_probs)
+    counts = np.bincount(tile_sample, minlength=n_samples)
+    has = counts > 0
+    mean[has] /= counts[has, None]
+    if rule == "vote":
+        scores = np.zeros((n_samples, len(CATEGORIES)))
+        np.add.at(scores, (tile_sample, cat_probs.argmax(1)), cat_probs.max(1))
+    elif rule == "mean":
+        scores = category_probabilities(mean.astype(np.float32), cats, "softmax").astype(np.float64)
+    else:
+        raise ValueError(f"unknown rule {rule!r}")
+    scores[has] /= np.maximum(scores[has].sum(1, keepdims=True), 1e-12)
+    pred = np.where(has, scores.argmax(1), -1)
+    cat_of_class = np.array([CATEGORIES.index(c) for c in cats])
+    masked = np.where(cat_of_class[None, :] == pred[:, None], mean, -np.inf)
+    pred_class = np.where(has, masked.argmax(1), -1)
+    return pred, scores, pred_class
 
 
 @dataclass(frozen=True)

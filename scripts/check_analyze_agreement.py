@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cellview.model import CATEGORIES, ModelSpec, probabilities  # noqa: E402
-from cellview.train.protocol import image_calls  # noqa: E402
+from cellview.results import image_calls  # noqa: E402
 from cellview.train.train import Run, load_model, pooled  # noqa: E402
 
 

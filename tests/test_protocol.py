@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from cellview.results import image_calls
 from cellview.train.data import Sample
-from cellview.train.protocol import image_calls, make_folds, metrics
+from cellview.train.protocol import make_folds, metrics
 
 CATS = ["normal", "benign", "malignant"]  # class order of the synthetic model: one class per category
 

@@ -64,6 +64,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="also test the fold models with stain normalisation / test-time augmentation: comma-separated "
                         "macenko, reinhard, flips, d4")
     e.add_argument("--quick", action="store_true", help="test split: skip the leakage / shortcut checks")
+    e.add_argument("--adaptation", action="store_true",
+                   help="also the adaptation curve: each leave-one-source-out fold adapted (as cellview adapt does) "
+                        "with k = 1, 3, 5, 10 labelled images per category of the held-out source, tested on the rest")
+    e.add_argument("--adaptation-draws", type=int, default=10, help="random draws of the labelled images per k")
+    e.add_argument("--adaptation-methods", default="prior",
+                   help="comma-separated: prior (the shipped one), bank (replay training features) to compare")
+    e.add_argument("--card", type=Path, metavar="MODEL_DIR",
+                   help="write the adaptation curve into this model folder's MODEL_CARD.md and protocol.json")
     e.set_defaults(func=cmd_evaluate)
 
     x = subparsers.add_parser("export", help="export a run as ONNX + sidecar + model card (+ TorchScript/WSInfer)")
@@ -151,9 +159,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             evaluate_run(args.run, args.out, extra_checks=not args.quick, cv_folds=args.cv_folds)
         if protocols:
             evaluate_protocols(args.run, args.out, protocols, args.cv_folds, variants)
+        if args.adaptation:
+            _adaptation(args)
     except (CellviewError, ValueError) as exc:  # a damaged run folder, results that cannot be written, bad variant
         return _fail(str(exc))
     return 0
+
+
+def _adaptation(args: argparse.Namespace) -> None:
+    """The adaptation curve into RUN/eval (and, with --card, into the model folder's card and protocol.json)."""
+    import json
+
+    from cellview.export import atomic_write_text
+    from cellview.train.adaptation import SECTION, adaptation_curve, markdown
+    from cellview.train.domain import update_card
+
+    methods = tuple(m.strip() for m in args.adaptation_methods.split(",") if m.strip())
+    report = adaptation_curve(args.run, args.out, draws=args.adaptation_draws, methods=methods)
+    if args.card:
+        command = (f"cellview evaluate {args.run} --adaptation --adaptation-draws {args.adaptation_draws}"
+                   + (f" --adaptation-methods {','.join(methods)}" if methods != ("prior",) else ""))
+        update_card(args.card / "MODEL_CARD.md", markdown(report, command), SECTION)
+        protocol = args.card / "protocol.json"
+        if protocol.exists():
+            data = json.loads(protocol.read_text(encoding="utf-8"))
+            data["adaptation"] = report
+            atomic_write_text(protocol, json.dumps(data, indent=2) + "\n")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

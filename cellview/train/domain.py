@@ -512,10 +512,9 @@ def report_markdown(report: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_card(card: Path, section: str) -> None:
-    """Replace (or append) the card's '## Out-of-domain detection' section."""
+def update_card(card: Path, section: str, head: str = "## Out-of-domain detection") -> None:
+    """Replace (or append) one '## ' section of a model card (by default 'Out-of-domain detection')."""
     text = card.read_text(encoding="utf-8") if card.exists() else ""
-    head = "## Out-of-domain detection"
     if head in text:
         start = text.index(head)
         nxt = text.find("\n## ", start + len(head))

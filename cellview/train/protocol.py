@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 
 from cellview.model import CATEGORIES, probabilities
-from cellview.results import category_probabilities
+from cellview.results import RULES, category_probabilities, image_calls
 from cellview.train import data as D
 from cellview.train.metrics import balanced_accuracy, confusion, ece, fit_temperature
 from cellview.train.splits import group_split
 
 PROTOCOLS = ("loso", "cv")
-RULES = ("vote", "mean")
 
 
 @dataclass(frozen=True)
@@ -57,40 +56,6 @@ def make_folds(samples: Sequence[D.Sample], protocol: str, n_folds: int = 5, see
         fold = group_split(labels, [s.group for s in samples], [1.0] * n_folds, seed)
         return [Fold("cv", f"fold {k}", fold != k, fold == k) for k in range(n_folds)]
     raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
-
-
-# ----------------------------------------------------------------------------- image-level rules
-
-
-def image_calls(tile_probs: np.ndarray, tile_sample: np.ndarray, n_samples: int, class_categories: Sequence[str],
-                rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per sample: predicted category index (-1: no tile), category scores (3), predicted class (-1).
-
-    ``vote``: scores = confidence-weighted votes of the tiles' predicted categories, normalised to sum 1;
-    ``mean``: scores = category probabilities of the mean tile probabilities. The class is the most
-    probable class (mean probabilities) within the predicted category, as the app shows it.
-    """
-    cats = tuple(class_categories)
-    cat_probs = category_probabilities(tile_probs, cats, "softmax")
-    n_cls = tile_probs.shape[1]
-    mean = np.zeros((n_samples, n_cls))
-    np.add.at(mean, tile_sample, tile_probs)
-    counts = np.bincount(tile_sample, minlength=n_samples)
-    has = counts > 0
-    mean[has] /= counts[has, None]
-    if rule == "vote":
-        scores = np.zeros((n_samples, len(CATEGORIES)))
-        np.add.at(scores, (tile_sample, cat_probs.argmax(1)), cat_probs.max(1))
-    elif rule == "mean":
-        scores = category_probabilities(mean.astype(np.float32), cats, "softmax").astype(np.float64)
-    else:
-        raise ValueError(f"unknown rule {rule!r}")
-    scores[has] /= np.maximum(scores[has].sum(1, keepdims=True), 1e-12)
-    pred = np.where(has, scores.argmax(1), -1)
-    cat_of_class = np.array([CATEGORIES.index(c) for c in cats])
-    masked = np.where(cat_of_class[None, :] == pred[:, None], mean, -np.inf)
-    pred_class = np.where(has, masked.argmax(1), -1)
-    return pred, scores, pred_class
 
 
 def _recalls(y: np.ndarray, pred: np.ndarray, names: Sequence[str]) -> dict[str, float | None]:
@@ -145,6 +110,11 @@ def _signature(cfg: Any, fold: Fold) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def fold_stem(work: Path, cfg: Any, fold: Fold) -> Path:
+    """Where a fold's trained weights (``.pt``) and logits live in ``work``, by its signature."""
+    return work / f"{fold.protocol}-{fold.name.replace(' ', '_')}-{_signature(cfg, fold)}"
+
+
 def _cache_tag(run: Any, name: str) -> str:
     """Changes when a cached feature set is recomputed, so logits of its old tiles are never reused."""
     stat = (run.cache / f"{name}.npy").stat()
@@ -181,7 +151,7 @@ def run_folds(run: Any, recipe: D.Recipe, samples: list[D.Sample], cfg: Any, fol
     for fold in folds:
         ref = f"no-{fold.name.removeprefix('without ')}" if fold.protocol == "loso" else "all"
         names = {k: v.replace("{ref}", ref) for k, v in eval_names.items()}
-        stem = work / f"{fold.protocol}-{fold.name.replace(' ', '_')}-{_signature(cfg, fold)}"
+        stem = fold_stem(work, cfg, fold)
         weights, seconds_file = stem.with_suffix(".pt"), stem.with_suffix(".seconds")
         model = None
         if not weights.exists():

@@ -1,0 +1,295 @@
+"""The adaptation curve (``cellview evaluate RUN --adaptation``): what ``cellview adapt`` gains on a new source.
+
+For each leave-one-source-out fold, the held-out source plays a new lab: k labelled images per
+category (k = 1, 3, 5, 10, drawn at random, ``draws`` times) adapt the fold's model exactly as
+``cellview adapt`` does (``cellview.adapt.fit_head`` on the cached features of the images' analysis
+tiles, labels given as categories), and the rest of that source's images are called with the vote
+rule. The fold's out-of-domain statistics are fitted on the other sources (as ``cellview export``
+fits them) and extended with the labelled tiles (``domain.with_lab``), so the share of the rest's
+tiles in domain before and after is measured too.
+
+``methods`` compares ways of keeping the base model's knowledge where the lab gave no labels:
+``prior`` (the shipped one: an L2 pull towards the fold's head) and ``bank`` (replaying a bank of the
+training tiles' features, up to ``BANK_PER_CLASS`` per source and class, with the lab as one more
+source in the loss weights). Only NumPy and the cached features: minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellview.adapt import AdaptSettings, fit_head, label_weights
+from cellview.domain import DomainStats, fit_domain, tile_quality, with_lab
+from cellview.export import atomic_write_text
+from cellview.model import CATEGORIES, probabilities
+from cellview.results import image_calls
+from cellview.train import data as D
+
+ADAPT_KS = (1, 3, 5, 10)
+METHODS = ("prior", "bank")
+BANK_PER_CLASS = 200
+TARGET_K = 5
+TARGET_BALANCED_ACCURACY = 0.80
+SECTION = "## Adapting to a lab's labels (cellview adapt)"
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def eval_quality(run: Any, recipe: D.Recipe, samples: list[D.Sample]) -> np.ndarray:
+    """``domain.tile_quality`` of every cached evaluation tile (in the cache's order), cached in the run."""
+    from cellview.train.train import _tiles_for, load_npy, save_npy
+
+    path = run.cache / "eval_quality.npy"
+    _, index = run.features("eval")
+    got = load_npy(path) if path.exists() else None
+    if got is not None and len(got) == len(index):
+        return got
+    t = time.time()
+    out = np.zeros((len(index), 3), np.float32)
+    starts = np.searchsorted(index, np.arange(len(samples)))
+    for i, s in enumerate(samples):
+        n = int((index == i).sum())
+        if n:
+            tiles = _tiles_for(s, recipe)
+            if len(tiles) != n:
+                raise ValueError(f"{s.path}: {len(tiles)} analysis tiles now, {n} cached; retrain the run")
+            out[starts[i]:starts[i] + n] = tile_quality(tiles)
+    save_npy(path, out)
+    _say(f"pixel checks of {len(out)} evaluation tiles in {time.time() - t:.0f} s")
+    return out
+
+
+def fold_domain(features: np.ndarray, quality: np.ndarray, labels: np.ndarray, sources: np.ndarray,
+                groups: np.ndarray, fit: np.ndarray, seed: int = 0) -> DomainStats:
+    """Domain statistics from the tiles marked ``fit``: 85 % of their groups fit, 15 % calibrate (as export)."""
+    names = np.unique(groups[fit])
+    rng = np.random.default_rng(seed)
+    cal_groups = rng.choice(names, max(1, int(0.15 * len(names))), replace=False)
+    cal = fit & np.isin(groups, cal_groups)
+    train = fit & ~cal
+    return fit_domain(features[train], labels[train], features[cal], labels[cal], quality[cal],
+                      train_sources=sources[train], train_groups=groups[train], train_quality=quality[train])
+
+
+def _bank(train_tiles: np.ndarray, tile_source: np.ndarray, tile_label: np.ndarray, rng: np.random.Generator,
+          per_class: int = BANK_PER_CLASS) -> np.ndarray:
+    keep = []
+    for src in np.unique(tile_source[train_tiles]):
+        for c in np.unique(tile_label[train_tiles]):
+            m = train_tiles[(tile_source[train_tiles] == src) & (tile_label[train_tiles] == c)]
+            if len(m):
+                keep.append(m if len(m) <= per_class else rng.choice(m, per_class, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+FitFn = Callable[..., tuple[np.ndarray, np.ndarray]]
+
+
+def adaptation_curve(run_dir: Path, out_dir: Path | None = None, ks: tuple[int, ...] = ADAPT_KS, draws: int = 10,
+                     methods: tuple[str, ...] = ("prior",), work: Path | None = None,
+                     settings: AdaptSettings | None = None) -> dict[str, Any]:
+    """Leave-one-source-out with k labelled images per category of the held-out source (module docstring)."""
+    import torch
+
+    from cellview.train.protocol import fold_stem, make_folds, run_folds
+    from cellview.train.train import Run, pretrained_pooled, sample_weights
+
+    t0 = time.time()
+    settings = settings or AdaptSettings()
+    run = Run(run_dir)
+    recipe, cfg = run.recipe(), run.config()
+    samples, _ = run.samples()
+    out_dir = Path(out_dir or run.path / "eval")
+    work = Path(work or run.path / "folds")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"unknown adaptation method {bad[0]!r}; use {', '.join(METHODS)}")
+    folds = make_folds(samples, "loso")
+    if not folds:
+        raise ValueError("the adaptation curve needs at least two sources (leave-one-source-out)")
+    run_folds(run, recipe, samples, cfg, folds, work)  # the fold models (reused when there)
+    protocol_path = out_dir / "protocol.json"
+    protocol = json.loads(protocol_path.read_text(encoding="utf-8")) if protocol_path.exists() else {}
+    temperature = float(protocol.get("temperature", 1.0))
+    feats, index = pretrained_pooled(run, "eval", recipe, cfg)
+    feats = np.asarray(feats, np.float32)
+    quality = eval_quality(run, recipe, samples)
+    cats = [c.category for c in recipe.classes]
+    cat_of_class = np.array([CATEGORIES.index(c) for c in cats])
+    labels = np.array([s.label for s in samples])
+    sources = np.array([s.source for s in samples])
+    groups = np.array([s.group for s in samples])
+    y_cat = cat_of_class[labels]
+    t_src, t_lab, t_grp = sources[index], labels[index], groups[index]
+    report: dict[str, Any] = {"ks": list(ks), "draws": draws, "methods": list(methods), "temperature": temperature,
+                              "rule": "vote", "settings": {k: getattr(settings, k) for k in
+                                                           ("l2_to_base", "iterations", "learning_rate")},
+                              "labels": "categories (as a lab gives them)", "sources": {}}
+    for fold in folds:
+        src = fold.name.removeprefix("without ")
+        state = torch.load(fold_stem(work, cfg, fold).with_suffix(".pt"), map_location="cpu", weights_only=True)
+        w0, b0 = state["fc.weight"].numpy(), state["fc.bias"].numpy()
+        in_src = sources == src
+        train_tiles = np.flatnonzero(~in_src[index])
+        stats = fold_domain(feats, quality, t_lab, t_src, t_grp, ~in_src[index], cfg.seed)
+        bank = _bank(train_tiles, t_src, t_lab, np.random.default_rng(cfg.seed)) if "bank" in methods else None
+        entry: dict[str, Any] = {"images": int(in_src.sum()), "categories": sorted({cats[c] for c in labels[in_src]}),
+                                 "k": {}}
+        _say(f"adaptation: {src} ({entry['images']} images)")
+        for k in ks:
+            per: dict[str, list[dict[str, Any]]] = {"base": [], **{m: [] for m in methods}}
+            for r in range(draws):
+                rng = np.random.default_rng(cfg.seed * 1_000_003 + r * 101 + k)
+                lab_imgs = []
+                for c in range(len(CATEGORIES)):
+                    cand = np.flatnonzero(in_src & (y_cat == c))
+                    if len(cand):
+                        lab_imgs += rng.choice(cand, min(k, len(cand)), replace=False).tolist()
+                is_lab = np.zeros(len(samples), bool)
+                is_lab[lab_imgs] = True
+                rest = in_src & ~is_lab
+                other_groups = rest & ~np.isin(groups, groups[is_lab])
+                lt, tt = np.flatnonzero(is_lab[index]), np.flatnonzero(rest[index])
+                x_lab, img_lab = feats[lt], index[lt]
+                cat_lab = y_cat[img_lab]
+                allowed = cat_of_class[None, :] == cat_lab[:, None]
+                lab_w = label_weights(cat_lab, img_lab)
+                heads: dict[str, tuple[np.ndarray, np.ndarray]] = {"base": (w0, b0)}
+                for m in methods:
+                    if m == "prior":
+                        heads[m] = fit_head(x_lab, allowed, lab_w, w0, b0, settings)
+                    else:
+                        bw = sample_weights(t_lab[bank], t_src[bank], "source_category", cats).astype(np.float64)
+                        n_src = len(np.unique(t_src[bank]))
+                        w = np.concatenate([bw / bw.sum() * n_src / (n_src + 1), lab_w / lab_w.sum() / (n_src + 1)])
+                        x = np.concatenate([feats[bank], x_lab])
+                        a = np.concatenate([np.eye(len(cats), dtype=bool)[t_lab[bank]], allowed])
+                        heads[m] = fit_head(x, a, w, w0, b0, AdaptSettings(l2_to_base=0.001))
+                lab_stats = with_lab(stats, x_lab, [CATEGORIES[c] for c in cat_lab], img_lab.astype(str))
+                for name, (w, b) in heads.items():
+                    probs = probabilities(feats[tt] @ w.T + b, "softmax", temperature)
+                    per[name].append(_score(probs, index[tt], rest, other_groups, y_cat, cats,
+                                            (stats if name == "base" else lab_stats), feats[tt], quality[tt]))
+            entry["k"][str(k)] = {name: _summarise(rows) for name, rows in per.items()}
+            line = "; ".join(f"{name} {v['balanced_accuracy']['mean']:.3f}" for name, v in entry["k"][str(k)].items())
+            _say(f"  k={k}: {line}; in domain {entry['k'][str(k)]['base']['in_domain']['mean']:.2f} → "
+                 + ", ".join(f"{m} {entry['k'][str(k)][m]['in_domain']['mean']:.2f}" for m in methods))
+        entry["loso_no_labels"] = protocol.get("loso", {}).get("plain", {}).get(src, {}).get("vote", {}).get(
+            "category_balanced_accuracy")
+        report["sources"][src] = entry
+    target = [(src, e["k"].get(str(TARGET_K), {}).get("prior", {}).get("balanced_accuracy", {}).get("mean"))
+              for src, e in report["sources"].items()]
+    report["target"] = {"text": f"leave-one-source-out with {TARGET_K} labelled images per category of the held-out "
+                                f"source: every held-out source ≥ {TARGET_BALANCED_ACCURACY:.2f}",
+                        "met": all(v is not None and v >= TARGET_BALANCED_ACCURACY for _, v in target),
+                        "figures": dict(target)}
+    report["seconds"] = round(time.time() - t0, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "adaptation.json", json.dumps(report, indent=2) + "\n")
+    if protocol:
+        protocol["adaptation"] = report
+        atomic_write_text(protocol_path, json.dumps(protocol, indent=2) + "\n")
+    atomic_write_text(out_dir / "adaptation.md", markdown(report, f"cellview evaluate {run.path} --adaptation"
+                                                          + (f" --adaptation-methods {','.join(methods)}"
+                                                             if tuple(methods) != ("prior",) else "")))
+    return report
+
+
+def _score(probs: np.ndarray, tile_img: np.ndarray, rest: np.ndarray, other_groups: np.ndarray, y_cat: np.ndarray,
+           cats: list[str], stats: DomainStats, features: np.ndarray, quality: np.ndarray) -> dict[str, Any]:
+    pred, _, _ = image_calls(probs, tile_img, len(rest), cats, "vote")
+    out: dict[str, Any] = {}
+    for name, keep in (("rest", rest), ("other_groups", other_groups)):
+        y, p = y_cat[keep], pred[keep]
+        present = sorted(set(y.tolist()))
+        if not present or len(present) < len(set(y_cat[rest].tolist())):
+            out[name] = None
+            continue
+        out[name] = {"balanced_accuracy": float(np.mean([(p[y == c] == c).mean() for c in present])),
+                     "recall": {CATEGORIES[c]: float((p[y == c] == c).mean()) for c in present}}
+    out["in_domain"] = float(stats.in_domain(stats.score(features, quality=quality)).mean()) if len(features) else None
+    return out
+
+
+def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def stat(values: list[float]) -> dict[str, float] | None:
+        v = [x for x in values if x is not None]
+        if not v:
+            return None
+        return {"mean": round(float(np.mean(v)), 4), "sd": round(float(np.std(v)), 4), "min": round(float(np.min(v)), 4),
+                "n": len(v)}
+
+    rest = [r["rest"] for r in rows]
+    other = [r["other_groups"] for r in rows]
+    recalls = {c: stat([r["recall"].get(c) for r in rest if r]) for c in CATEGORIES}
+    return {"balanced_accuracy": stat([r["balanced_accuracy"] for r in rest if r]),
+            "recall": {c: v for c, v in recalls.items() if v is not None},
+            "other_groups_balanced_accuracy": stat([r["balanced_accuracy"] for r in other if r]),
+            "in_domain": stat([r["in_domain"] for r in rows])}
+
+
+def _cell(v: dict[str, Any] | None) -> str:
+    if not v:
+        return "–"
+    return f"{v['mean']:.2f} ± {v['sd']:.2f}"
+
+
+def markdown(report: dict[str, Any], command: str) -> str:
+    """The model card's adaptation section: the curve beside the leave-one-source-out row, and the target."""
+    ks = report["ks"]
+    k5 = str(TARGET_K) if str(TARGET_K) in report["sources"][next(iter(report["sources"]))]["k"] else str(ks[-1])
+    lines = [
+        SECTION,
+        "",
+        f"`cellview adapt` refits the head on a lab's labelled images. Stand-in for a new lab: each "
+        f"leave-one-source-out fold's model, adapted with k labelled images per category of the held-out source "
+        f"(labels given as categories; {report['draws']} random draws per k), called on the **rest** of that source "
+        "(vote rule, category balanced accuracy, mean ± sd over draws). 'No labels' is the fold's model as it is on "
+        "the same images. In domain: share of the rest's tiles in domain before → after adding the labelled tiles to "
+        "the fold's out-of-domain statistics (fitted on the other sources).",
+        "",
+        "| held-out source | images | no labels | " + " | ".join(f"k = {k}" for k in ks)
+        + f" | k = {k5}, other patients / groups only | in domain, k = {k5} |",
+        "|---|---|---|" + "---|" * len(ks) + "---|---|",
+    ]
+    for src, e in report["sources"].items():
+        base = e["k"][k5]["base"]["balanced_accuracy"]
+        cells = [_cell(e["k"][str(k)]["prior"]["balanced_accuracy"]) if "prior" in e["k"][str(k)] else "–" for k in ks]
+        dom_b, dom_a = e["k"][k5]["base"]["in_domain"], e["k"][k5].get("prior", {}).get("in_domain")
+        lines.append(f"| {src} | {e['images']} | {base['mean']:.2f} | " + " | ".join(f"**{c}**" if str(k) == k5 else c
+                                                                              for k, c in zip(ks, cells))
+                     + f" | {_cell(e['k'][k5].get('prior', {}).get('other_groups_balanced_accuracy'))} | "
+                     + (f"{dom_b['mean']:.0%} → {dom_a['mean']:.0%} |" if dom_b and dom_a else "– |"))
+    recall_rows = []
+    for src, e in report["sources"].items():
+        r = e["k"][k5].get("prior", {}).get("recall", {})
+        rb = e["k"][k5]["base"].get("recall", {})
+        recall_rows.append(f"{src}: " + ", ".join(f"{c} {rb[c]['mean']:.2f} → {r[c]['mean']:.2f}"
+                                                  for c in CATEGORIES if c in r and c in rb))
+    lines += ["", f"Recall per category at k = {k5} (no labels → adapted): " + "; ".join(recall_rows) + "."]
+    if len(report["methods"]) > 1:
+        lines += ["", "Ways to keep the base model's knowledge, same draws (category balanced accuracy of the rest, "
+                      "mean over draws):", "",
+                  "| held-out source | k | " + " | ".join(report["methods"]) + " |",
+                  "|---|---|" + "---|" * len(report["methods"])]
+        for src, e in report["sources"].items():
+            for k in ks:
+                row = e["k"][str(k)]
+                lines.append(f"| {src} | {k} | " + " | ".join(
+                    f"{row[m]['balanced_accuracy']['mean']:.3f}" for m in report["methods"]) + " |")
+        lines += ["", f"`prior`: L2 pull towards the base head (shipped); `bank`: a bank of up to {BANK_PER_CLASS} "
+                      "training tiles' features per source and class replayed with the lab as one more source."]
+    t = report["target"]
+    lines += ["", f"Target — {t['text']}: **{'met' if t['met'] else 'not met'}** ("
+              + ", ".join(f"{k} {v:.2f}" for k, v in t["figures"].items() if v is not None) + ").",
+              f"Reproduce: `{command}` ({report['seconds']:.0f} s).", ""]
+    return "\n".join(lines)
