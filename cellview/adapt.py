@@ -58,9 +58,9 @@ class AdaptError(CellviewError):
 class AdaptSettings:
     """How the head is refitted (the defaults are the ones the leave-one-source-out protocol chose)."""
 
-    l2_to_base: float = 0.01  # pull towards the base head, relative to the mean loss
+    l2_to_base: float = 1.8e-4  # pull towards the base head, per mean square of the base weights (0.01 for colon-he)
     iterations: int = 300
-    learning_rate: float = 0.01
+    learning_rate: float = 0.075  # Adam's step, as a fraction of the base weights' RMS (0.01 for colon-he)
     max_tiles_per_file: int = 1000  # a whole slide labelled by one row: a random sample of its tiles
     max_folds: int = 20  # more files than this: grouped folds instead of one fold per file
     seed: int = 0
@@ -82,9 +82,11 @@ def fit_head(features: np.ndarray, allowed: np.ndarray, weights: np.ndarray, bas
              base_bias: np.ndarray, settings: AdaptSettings = DEFAULT_SETTINGS) -> tuple[np.ndarray, np.ndarray]:
     """A linear head for the labelled tiles, pulled towards the base head.
 
-    Minimises ``Σ wᵢ · −log Σ_{c ∈ allowedᵢ} softmax(W xᵢ + b)_c / Σ w + λ/2 (‖W − W₀‖² + ‖b − b₀‖²)``
-    by full-batch Adam from (W₀, b₀): a class label allows one class, a category label all of its
-    classes. NumPy only, deterministic, about a second for a few thousand tiles.
+    Minimises ``Σ wᵢ · −log Σ_{c ∈ allowedᵢ} softmax(W xᵢ + b)_c / Σ w + λ/2 (‖W − W₀‖² + ‖b − b₀‖²) / s²``
+    by full-batch Adam from (W₀, b₀), where s is the RMS of W₀: a class label allows one class, a
+    category label all of its classes. The pull and Adam's step (``learning_rate`` · s) follow the base
+    head's scale, so a head trained at another scale moves as far in as many steps. NumPy only,
+    deterministic, about a second for a few thousand tiles.
     """
     x = np.asarray(features, np.float64)
     a = np.asarray(allowed, bool)
@@ -93,7 +95,9 @@ def fit_head(features: np.ndarray, allowed: np.ndarray, weights: np.ndarray, bas
     w0 = np.asarray(base_weight, np.float64)
     b0 = np.asarray(base_bias, np.float64)
     weight, bias = w0.copy(), b0.copy()
-    lam = settings.l2_to_base
+    scale = max(float(np.sqrt((w0 * w0).mean())), 0.1)
+    lam = settings.l2_to_base / scale**2
+    rate = settings.learning_rate * scale
     m_w, v_w, m_b, v_b = np.zeros_like(weight), np.zeros_like(weight), np.zeros_like(bias), np.zeros_like(bias)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     for t in range(1, settings.iterations + 1):
@@ -107,7 +111,7 @@ def fit_head(features: np.ndarray, allowed: np.ndarray, weights: np.ndarray, bas
         v_w = beta2 * v_w + (1 - beta2) * g_w * g_w
         m_b = beta1 * m_b + (1 - beta1) * g_b
         v_b = beta2 * v_b + (1 - beta2) * g_b * g_b
-        step = settings.learning_rate * np.sqrt(1 - beta2**t) / (1 - beta1**t)
+        step = rate * np.sqrt(1 - beta2**t) / (1 - beta1**t)
         weight -= step * m_w / (np.sqrt(v_w) + eps)
         bias -= step * m_b / (np.sqrt(v_b) + eps)
     return weight.astype(np.float32), bias.astype(np.float32)
@@ -460,7 +464,7 @@ def label_warnings(lab: LabTiles, spec: ModelSpec) -> list[str]:
         if n < RECOMMENDED_PER_CATEGORY:
             more = RECOMMENDED_PER_CATEGORY - n
             what = "none labelled" if n == 0 else f"only {n} labelled image{'s' if n != 1 else ''} or region{'s' if n != 1 else ''}"
-            out.append(f"{c}: {what}; label {more} more (from different {'slides or images'}) — about "
+            out.append(f"{c}: {what}; label {more} more, from other slides or images — about "
                        f"{RECOMMENDED_PER_CATEGORY} per category is where the gain levels off in leave-one-source-out"
                        + (f"; without any, the model keeps its own {c} calls" if n == 0 else ""))
     return out

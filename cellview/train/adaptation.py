@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,11 @@ from cellview.export import atomic_write_text
 from cellview.model import CATEGORIES, probabilities
 from cellview.results import image_calls
 from cellview.train import data as D
+from cellview.train.splits import group_split
 
-ADAPT_KS = (1, 3, 5, 10)
+ADAPT_KS: tuple[int | str, ...] = (1, 3, 5, 10, "all")
+"""Labelled images per category; ``all``: every other patient or group of the source (grouped folds)."""
+ALL_FOLDS = 5
 METHODS = ("prior", "bank")
 BANK_PER_CLASS = 200
 TARGET_K = 5
@@ -94,14 +98,14 @@ def _bank(train_tiles: np.ndarray, tile_source: np.ndarray, tile_label: np.ndarr
 FitFn = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
-def adaptation_curve(run_dir: Path, out_dir: Path | None = None, ks: tuple[int, ...] = ADAPT_KS, draws: int = 10,
+def adaptation_curve(run_dir: Path, out_dir: Path | None = None, ks: tuple[int | str, ...] = ADAPT_KS, draws: int = 10,
                      methods: tuple[str, ...] = ("prior",), work: Path | None = None,
                      settings: AdaptSettings | None = None) -> dict[str, Any]:
     """Leave-one-source-out with k labelled images per category of the held-out source (module docstring)."""
     import torch
 
     from cellview.train.protocol import fold_stem, make_folds, run_folds
-    from cellview.train.train import Run, pretrained_pooled, sample_weights
+    from cellview.train.train import Run, pretrained_pooled
 
     t0 = time.time()
     settings = settings or AdaptSettings()
@@ -145,40 +149,30 @@ def adaptation_curve(run_dir: Path, out_dir: Path | None = None, ks: tuple[int, 
         entry: dict[str, Any] = {"images": int(in_src.sum()), "categories": sorted({cats[c] for c in labels[in_src]}),
                                  "k": {}}
         _say(f"adaptation: {src} ({entry['images']} images)")
+        ctx = _Context(feats, index, quality, groups, y_cat, cat_of_class, cats, t_lab, t_src, temperature, settings,
+                       tuple(methods), w0, b0, stats, bank)
         for k in ks:
             per: dict[str, list[dict[str, Any]]] = {"base": [], **{m: [] for m in methods}}
-            for r in range(draws):
-                rng = np.random.default_rng(cfg.seed * 1_000_003 + r * 101 + k)
-                lab_imgs = []
-                for c in range(len(CATEGORIES)):
-                    cand = np.flatnonzero(in_src & (y_cat == c))
-                    if len(cand):
-                        lab_imgs += rng.choice(cand, min(k, len(cand)), replace=False).tolist()
-                is_lab = np.zeros(len(samples), bool)
-                is_lab[lab_imgs] = True
-                rest = in_src & ~is_lab
-                other_groups = rest & ~np.isin(groups, groups[is_lab])
-                lt, tt = np.flatnonzero(is_lab[index]), np.flatnonzero(rest[index])
-                x_lab, img_lab = feats[lt], index[lt]
-                cat_lab = y_cat[img_lab]
-                allowed = cat_of_class[None, :] == cat_lab[:, None]
-                lab_w = label_weights(cat_lab, img_lab)
-                heads: dict[str, tuple[np.ndarray, np.ndarray]] = {"base": (w0, b0)}
-                for m in methods:
-                    if m == "prior":
-                        heads[m] = fit_head(x_lab, allowed, lab_w, w0, b0, settings)
-                    else:
-                        bw = sample_weights(t_lab[bank], t_src[bank], "source_category", cats).astype(np.float64)
-                        n_src = len(np.unique(t_src[bank]))
-                        w = np.concatenate([bw / bw.sum() * n_src / (n_src + 1), lab_w / lab_w.sum() / (n_src + 1)])
-                        x = np.concatenate([feats[bank], x_lab])
-                        a = np.concatenate([np.eye(len(cats), dtype=bool)[t_lab[bank]], allowed])
-                        heads[m] = fit_head(x, a, w, w0, b0, AdaptSettings(l2_to_base=0.001))
-                lab_stats = with_lab(stats, x_lab, [CATEGORIES[c] for c in cat_lab], img_lab.astype(str))
-                for name, (w, b) in heads.items():
-                    probs = probabilities(feats[tt] @ w.T + b, "softmax", temperature)
-                    per[name].append(_score(probs, index[tt], rest, other_groups, y_cat, cats,
-                                            (stats if name == "base" else lab_stats), feats[tt], quality[tt]))
+            if k == "all":  # every other patient / group of the source labelled: what more labels can reach
+                fold = group_split(labels[in_src], groups[in_src], [1.0] * ALL_FOLDS, cfg.seed)
+                trials = []
+                for f in range(ALL_FOLDS):
+                    test = np.zeros(len(samples), bool)
+                    test[np.flatnonzero(in_src)[fold == f]] = True
+                    trials.append((in_src & ~test, test))
+            else:
+                trials = []
+                for r in range(draws):
+                    rng = np.random.default_rng(cfg.seed * 1_000_003 + r * 101 + int(k))
+                    is_lab = np.zeros(len(samples), bool)
+                    for c in range(len(CATEGORIES)):
+                        cand = np.flatnonzero(in_src & (y_cat == c))
+                        if len(cand):
+                            is_lab[rng.choice(cand, min(int(k), len(cand)), replace=False)] = True
+                    trials.append((is_lab, in_src & ~is_lab))
+            for is_lab, rest in trials:
+                for name, row in _trial(ctx, is_lab, rest).items():
+                    per[name].append(row)
             entry["k"][str(k)] = {name: _summarise(rows) for name, rows in per.items()}
             line = "; ".join(f"{name} {v['balanced_accuracy']['mean']:.3f}" for name, v in entry["k"][str(k)].items())
             _say(f"  k={k}: {line}; in domain {entry['k'][str(k)]['base']['in_domain']['mean']:.2f} → "
@@ -202,6 +196,56 @@ def adaptation_curve(run_dir: Path, out_dir: Path | None = None, ks: tuple[int, 
                                                           + (f" --adaptation-methods {','.join(methods)}"
                                                              if tuple(methods) != ("prior",) else "")))
     return report
+
+
+@dataclass(frozen=True)
+class _Context:
+    """One leave-one-source-out fold's arrays: the cached tiles, the fold's head, domain statistics and bank."""
+
+    feats: np.ndarray
+    index: np.ndarray
+    quality: np.ndarray
+    groups: np.ndarray
+    y_cat: np.ndarray
+    cat_of_class: np.ndarray
+    cats: list[str]
+    t_lab: np.ndarray
+    t_src: np.ndarray
+    temperature: float
+    settings: AdaptSettings
+    methods: tuple[str, ...]
+    w0: np.ndarray
+    b0: np.ndarray
+    stats: DomainStats
+    bank: np.ndarray | None
+
+
+def _trial(c: _Context, is_lab: np.ndarray, rest: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Adapt on the images marked ``is_lab`` (labels as categories) by each method; score every head on ``rest``."""
+    from cellview.train.train import sample_weights
+
+    other_groups = rest & ~np.isin(c.groups, c.groups[is_lab])
+    lt, tt = np.flatnonzero(is_lab[c.index]), np.flatnonzero(rest[c.index])
+    x_lab, img_lab = c.feats[lt], c.index[lt]
+    cat_lab = c.y_cat[img_lab]
+    allowed = c.cat_of_class[None, :] == cat_lab[:, None]
+    lab_w = label_weights(cat_lab, img_lab)
+    heads: dict[str, tuple[np.ndarray, np.ndarray]] = {"base": (c.w0, c.b0)}
+    for m in c.methods:
+        if m == "prior":
+            heads[m] = fit_head(x_lab, allowed, lab_w, c.w0, c.b0, c.settings)
+            continue
+        bank = c.bank if c.bank is not None else np.zeros(0, np.int64)
+        bw = sample_weights(c.t_lab[bank], c.t_src[bank], "source_category", c.cats).astype(np.float64)
+        n_src = len(np.unique(c.t_src[bank]))
+        w = np.concatenate([bw / bw.sum() * n_src / (n_src + 1), lab_w / lab_w.sum() / (n_src + 1)])
+        x = np.concatenate([c.feats[bank], x_lab])
+        a = np.concatenate([np.eye(len(c.cats), dtype=bool)[c.t_lab[bank]], allowed])
+        heads[m] = fit_head(x, a, w, c.w0, c.b0, replace(c.settings, l2_to_base=c.settings.l2_to_base / 10))
+    lab_stats = with_lab(c.stats, x_lab, [CATEGORIES[k] for k in cat_lab], img_lab.astype(str))
+    return {name: _score(probabilities(c.feats[tt] @ w.T + b, "softmax", c.temperature), c.index[tt], rest,
+                         other_groups, c.y_cat, c.cats, c.stats if name == "base" else lab_stats, c.feats[tt],
+                         c.quality[tt]) for name, (w, b) in heads.items()}
 
 
 def _score(probs: np.ndarray, tile_img: np.ndarray, rest: np.ndarray, other_groups: np.ndarray, y_cat: np.ndarray,
@@ -257,7 +301,7 @@ def markdown(report: dict[str, Any], command: str) -> str:
         "the same images. In domain: share of the rest's tiles in domain before → after adding the labelled tiles to "
         "the fold's out-of-domain statistics (fitted on the other sources).",
         "",
-        "| held-out source | images | no labels | " + " | ".join(f"k = {k}" for k in ks)
+        "| held-out source | images | no labels | " + " | ".join(f"k = {k}" if k != "all" else "all others" for k in ks)
         + f" | k = {k5}, other patients / groups only | in domain, k = {k5} |",
         "|---|---|---|" + "---|" * len(ks) + "---|---|",
     ]
