@@ -237,6 +237,7 @@ class MainWindow(QMainWindow):
         self._analysis_worker: Worker | None = None
         self._models: dict[str, str] = {}
         self._dirty = False
+        self._shut_down = False
         self.lut = probability_lut()
 
         self.view = SlideView()
@@ -866,6 +867,8 @@ class MainWindow(QMainWindow):
             self._show_recent()
             self._sync_actions()
             return
+        if self._shut_down:  # a slide that finished opening as the window closed: no loader threads to leak
+            return
         self.requests = TileRequests()
         self.view.set_slide(opened, self.requests)
         for i in range(LOADER_THREADS):
@@ -1393,6 +1396,7 @@ class MainWindow(QMainWindow):
 
     def shutdown(self, timeout_ms: int = 15000) -> bool:
         """Stop every worker (analysis first) and wait for their threads; True if all stopped."""
+        self._shut_down = True
         self._repaint_timer.stop()
         if self.requests is not None:
             self.requests.close()
