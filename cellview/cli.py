@@ -392,7 +392,7 @@ def kiosk_epilog() -> str:
         "  nothing else closes it (no window buttons, Alt+F4 or Esc).",
         f"  settings: {default_settings_path()} (JSON; --kiosk-config FILE reads another),",
         "  e.g. {\"watch_dir\": \"/data/inbox\", \"outbox_dir\": \"/data/outbox\", \"pin\": \"2468\", \"mpp_um\": 0.5};",
-        "  every setting is described in the README (\"Kiosk mode\").",
+        "  every setting is described in the README (section \"Kiosk\").",
     ])
 
 
