@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
-pytest.importorskip("PySide6")
-pytest.importorskip("pyqtgraph")
-pytest.importorskip("pytestqt")
+for _module in ("PySide6", "pyqtgraph", "pytestqt"):
+    pytest.importorskip(_module)
 
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
@@ -17,15 +17,13 @@ from PySide6.QtGui import QImage  # noqa: E402
 from cellview.legend import format_um  # noqa: E402
 from cellview.model import CATEGORIES  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("isolated_settings")
 TIMEOUT_MS = 30000
 
 
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
-
-
-def make_window(qtbot, model, auto: bool = True):
+@contextmanager
+def viewer(qtbot, model, auto: bool = True):
+    """The desktop window with ``model``, shut down (its threads joined) afterwards."""
     from cellview.gui.app import make_app
     from cellview.gui.mainwindow import MainWindow
 
@@ -37,7 +35,10 @@ def make_window(qtbot, model, auto: bool = True):
     window.show()
     window.auto_box.setChecked(auto)
     assert window.add_model(model)
-    return window
+    try:
+        yield window
+    finally:
+        assert window.shutdown(20000)
 
 
 def open_and_analyse(qtbot, window, path):
@@ -97,8 +98,7 @@ def test_the_drawn_scale_bar_is_as_long_as_its_label_says_at_every_zoom(qtbot, f
 
 
 def test_the_exported_view_png_has_the_same_true_scale_bar(qtbot, toy_model, synthetic_slide):
-    window = make_window(qtbot, toy_model)
-    try:
+    with viewer(qtbot, toy_model) as window:
         open_and_analyse(qtbot, window, synthetic_slide)
         bar = window.view.scale_bar
         for factor in (1.0, 3.7, 0.4):
@@ -109,16 +109,13 @@ def test_the_exported_view_png_has_the_same_true_scale_bar(qtbot, toy_model, syn
             drawn = white_run(image_rgb(png.copy(g)))
             truth = bar.spec.length_um / (window.model.mpp_um() * window.view.l0_per_screen_px())
             assert abs(drawn - truth) <= max(1.0, 0.03 * truth)
-    finally:
-        assert window.shutdown(20000)
 
 
 # ----------------------------------------------------------------------------- 2, 4, 6: a new slide starts safe
 
 
 def test_a_new_slide_starts_with_nothing_carried_over(qtbot, cam_domain_model, square_slide, tmp_path):
-    window = make_window(qtbot, cam_domain_model)
-    try:
+    with viewer(qtbot, cam_domain_model) as window:
         result = open_and_analyse(qtbot, window, square_slide)
         assert result.out_of_domain.all() and window.domain_banner.isVisible()
         window.domain_banner.anyway.click()  # "Show calls anyway" on the first slide
@@ -145,21 +142,16 @@ def test_a_new_slide_starts_with_nothing_carried_over(qtbot, cam_domain_model, s
         with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS):  # analysed: out-of-domain not counted
             window.start_analysis()
         assert window.toggles.counts["malignant"].text().startswith("0 tiles")
-    finally:
-        assert window.shutdown(20000)
 
 
 def test_a_filter_on_screen_is_shown_and_one_tap_clears_it(qtbot, toy_model, synthetic_slide):
-    window = make_window(qtbot, toy_model)
-    try:
+    with viewer(qtbot, toy_model) as window:
         open_and_analyse(qtbot, window, synthetic_slide)
         window.threshold.setValue(80)
         assert window.filter_notice.isVisibleTo(window)
         assert "only tiles ≥ 80% confident" in window.filter_notice.label.text()
         window.filter_notice.reset.click()
         assert window.threshold.value() == 0 and not window.filter_notice.isVisibleTo(window)
-    finally:
-        assert window.shutdown(20000)
 
 
 # ----------------------------------------------------------------------------- 5: the patch the model was fed
@@ -169,8 +161,7 @@ def test_the_inspector_shows_the_stain_normalised_patch(qtbot, stain_model, he_s
     from cellview.slide import open_slide
     from cellview.tiling import read_tile
 
-    window = make_window(qtbot, stain_model, auto=False)
-    try:
+    with viewer(qtbot, stain_model, auto=False) as window:
         window.stain_box.setCurrentIndex(window.stain_box.findData("macenko"))
         with qtbot.waitSignal(window.slideOpened, timeout=TIMEOUT_MS):
             window.open_path(he_slide)
@@ -185,8 +176,6 @@ def test_the_inspector_shows_the_stain_normalised_patch(qtbot, stain_model, he_s
             scanned = read_tile(slide, result.grid, 2)
         np.testing.assert_array_equal(window.inspector._rgb, transform.apply(scanned))
         assert not np.array_equal(window.inspector._rgb, scanned)
-    finally:
-        assert window.shutdown(20000)
 
 
 # ----------------------------------------------------------------------------- 16, 17: keys and help
@@ -198,8 +187,7 @@ def test_keys_help_and_menus(qtbot, toy_model, synthetic_slide):
 
     from cellview.gui.shortcuts import menu_shortcuts
 
-    window = make_window(qtbot, toy_model)
-    try:
+    with viewer(qtbot, toy_model) as window:
         open_and_analyse(qtbot, window, synthetic_slide)
         rows = menu_shortcuts(window.menuBar())
         keys = {entry: k for _, entry, k in rows}
@@ -220,8 +208,6 @@ def test_keys_help_and_menus(qtbot, toy_model, synthetic_slide):
         qtbot.keyClick(window.focusWidget(), Qt.Key.Key_Right)
         assert window.model.selection == 1
         assert QKeySequence("Ctrl+=") in window.menuBar().actions()[1].menu().actions()[1].shortcuts()
-    finally:
-        assert window.shutdown(20000)
 
 
 def test_class_names_are_never_cut_in_the_bars(qtbot):

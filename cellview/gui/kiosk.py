@@ -48,6 +48,7 @@ from cellview.errors import CellviewError
 from cellview.gui.mainwindow import MainWindow, WheelGuard, format_eta
 from cellview.gui.qtapp import make_app
 from cellview.gui.touch import FilePickerSheet, ScaleSheet, TileSheet
+from cellview.gui.touch import text_label as _label
 from cellview.gui.worker import Worker
 from cellview.kiosk import (
     CaseResult,
@@ -176,14 +177,6 @@ def _adopt(widget: QWidget) -> QWidget:
     if parent is not None and parent.layout() is not None:
         _take_from_layout(parent.layout(), widget)
     return widget
-
-
-def _label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:
-    label = QLabel(text)
-    if name:
-        label.setObjectName(name)
-    label.setWordWrap(wrap)
-    return label
 
 
 class ElidedLabel(QLabel):

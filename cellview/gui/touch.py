@@ -35,7 +35,8 @@ from cellview.model import CATEGORIES, CATEGORY_COLORS
 from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name
 
 
-def _label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:
+def text_label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:
+    """A label styled by its object name (the kiosk's style sheet), wrapped unless told otherwise."""
     label = QLabel(text)
     if name:
         label.setObjectName(name)
@@ -86,13 +87,13 @@ class FilePickerSheet(Sheet):
     def __init__(self, host: QWidget) -> None:
         super().__init__(host)
         head = QHBoxLayout()
-        head.addWidget(_label("Open slide or image", "kioskTitle", wrap=False))
+        head.addWidget(text_label("Open slide or image", "kioskTitle", wrap=False))
         head.addStretch(1)
         self.up_btn = QPushButton("▲ Up")
         self.up_btn.clicked.connect(self.go_up)
         head.addWidget(self.up_btn)
         self.body.addLayout(head)
-        self.where = _label("", "kioskHint", wrap=False)
+        self.where = text_label("", "kioskHint", wrap=False)
         self.body.addWidget(self.where)
         self.list = QListWidget()
         self.list.setObjectName("kioskFiles")
@@ -194,9 +195,9 @@ class ScaleSheet(Sheet):
 
     def __init__(self, host: QWidget) -> None:
         super().__init__(host)
-        self.title = _label("Pixel size unknown", "kioskTitle", wrap=False)
+        self.title = text_label("Pixel size unknown", "kioskTitle", wrap=False)
         self.body.addWidget(self.title)
-        self.message = _label("", "kioskHint")
+        self.message = text_label("", "kioskHint")
         self.body.addWidget(self.message)
         presets = QHBoxLayout()
         self.preset_buttons: dict[str, QPushButton] = {}
@@ -207,11 +208,11 @@ class ScaleSheet(Sheet):
             self.preset_buttons[name] = btn
         self.body.addLayout(presets)
         row = QHBoxLayout()
-        row.addWidget(_label("Other:", "kioskHint", wrap=False))
+        row.addWidget(text_label("Other:", "kioskHint", wrap=False))
         minus, plus = QPushButton("−"), QPushButton("+")
         minus.clicked.connect(lambda: self.nudge(-1))
         plus.clicked.connect(lambda: self.nudge(1))
-        self.value_label = _label("", "kioskTitle", wrap=False)
+        self.value_label = text_label("", "kioskTitle", wrap=False)
         self.value_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         row.addWidget(minus)
         row.addWidget(self.value_label, 1)
@@ -271,10 +272,10 @@ class TileSheet(QFrame):
         inner = QVBoxLayout(content)
         inner.setContentsMargins(0, 0, 0, 0)
         inner.setSpacing(4)
-        self.title = _label("", "tileSheetTitle")
+        self.title = text_label("", "tileSheetTitle")
         self.title.setTextFormat(Qt.TextFormat.RichText)
         inner.addWidget(self.title)
-        self.subtitle = _label("", "tileSheetSubtitle")
+        self.subtitle = text_label("", "tileSheetSubtitle")
         self.subtitle.setTextFormat(Qt.TextFormat.RichText)
         inner.addWidget(self.subtitle)
         self.bars = ProbabilityBars()
