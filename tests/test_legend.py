@@ -114,3 +114,22 @@ def test_a_new_slide_starts_without_the_last_ones_filters_and_override():
     assert set(PER_SLIDE) == {"show_out_of_domain", "min_confidence", "categories"}
     assert describe_overrides(fresh) == ""
     assert "counted anyway" in describe_overrides(OverlaySettings(show_out_of_domain=True))
+
+
+def test_the_annotated_png_draws_the_same_true_bar():
+    from io import BytesIO
+
+    from PIL import Image
+
+    from cellview.export import annotated_png
+
+    result = grid_result(["MBN" * 4] * 6, stride=100, mpp=0.37)  # 1200 × 600 level-0 px
+    thumb = np.full((300, 600, 3), 255, np.uint8)  # 2 level-0 px per picture px
+    img = np.asarray(Image.open(BytesIO(annotated_png(result, thumb))).convert("RGB"))[:, :600]
+    bar = scale_bar(2 * 0.37, 600 / 5)
+    black = (img[250:, :300].max(axis=2) < 8).astype(np.int8)  # the bar is pure black (contours are casing grey)
+    runs = []
+    for row in black:
+        edges = np.diff(np.concatenate([[0], row, [0]]))
+        runs += (np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).tolist()
+    assert max(runs) == bar.drawn_px and abs(bar.drawn_px * 2 * 0.37 - bar.length_um) <= 0.5 * 2 * 0.37
