@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cellview import __version__
-from cellview.errors import CellviewError, SlideError
+from cellview.errors import CellviewError, MppError, SlideError
 from cellview.model import TTA_MODES
 from cellview.stain import STAIN_METHODS
 
@@ -42,8 +42,12 @@ def _add_analysis_options(p: argparse.ArgumentParser, tiles_only: bool = False) 
     if not tiles_only:
         p.add_argument("--whole-image", action="store_true",
                        help="classify each image as one tile resized to the model input (scale unknown)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
+                   help="where the model runs: auto takes the best available (TensorRT, then CUDA, then CPU); "
+                        "the run says which one it got, and plainly when a GPU asked for is not usable")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="tiles per model call (default 32): larger is faster on a GPU and needs more memory; "
+                        "results do not depend on it")
     p.add_argument("--workers", type=int, default=2, help="tile reader threads")
     p.add_argument("--tissue-threshold", type=float, default=0.25,
                    help="minimum tissue fraction for a tile to be analysed (0–1)")
@@ -253,7 +257,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         classifier = OnnxClassifier(spec, device=args.device)
         params = AnalysisParams(mpp_um=args.mpp, tissue_threshold=args.tissue_threshold, device=args.device,
                                 stain_normalize=args.stain_normalize)
-        ex = explain_at(args.slide, classifier, x, y, params, resolve_class(args.class_name, spec.class_names))
+        try:
+            ex = explain_at(args.slide, classifier, x, y, params, resolve_class(args.class_name, spec.class_names))
+        except MppError as exc:  # explain has no --whole-image: a single tile is explained at the model's scale
+            raise exc.advise("Pass it with --mpp (e.g. --mpp 0.5 for a 20x scan).") from exc
         atomic_write_bytes(Path(args.out), explanation_png(ex))
     except CellviewError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -263,8 +270,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     tx, ty, tw, th = ex.rect_l0
     domain = ("domain score: not available for this model" if ex.domain_score is None
               else f"domain score {ex.domain_score:.3f} ({'in domain' if ex.in_domain else 'OUT OF DOMAIN'})")
-    print(f"tile ({tx}, {ty}, {tw}×{th} level-0 px): {ex.class_names[ex.pred_class]} "
-          f"{ex.probs[ex.pred_class]:.0%}; map of {ex.class_names[ex.explained_class]}; {domain} → {args.out}")
+    call = f"{ex.class_names[ex.pred_class]} {ex.probs[ex.pred_class]:.0%}"
+    if not ex.analysed:  # as the picture says: a tile the analysis skips has no call worth reading
+        call = f"too little tissue to be analysed (the model would say {call}, which means nothing here)"
+    print(f"tile ({tx}, {ty}, {tw}×{th} level-0 px): {call}; map of {ex.class_names[ex.explained_class]}; "
+          f"{domain} → {args.out}")
     return 0
 
 
@@ -373,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model name in models/ or path to an .onnx with its .json sidecar (default: colon-he)")
     p.add_argument("--mpp", type=float, help="µm per pixel at level 0, for slides/images that do not say")
     p.add_argument("--class", dest="class_name", help="class whose map to show, by name or index (default: predicted)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
+                   help="where the model runs, as for analyze")
     p.add_argument("--tissue-threshold", type=float, default=0.25, help="as for analyze: which tiles the grid keeps")
     p.add_argument("--stain-normalize", choices=STAIN_METHODS, default="none",
                    help="as for analyze: explain the tile as the model saw it after stain normalisation")
@@ -443,7 +454,22 @@ def commands_epilog() -> str:
     lines += ["", "examples:", "  cellview slide.svs                      open a slide in the viewer",
               "  cellview --kiosk --watch /data/inbox    full-screen kiosk that analyses dropped slides",
               "  cellview analyze slides/ --out results  analyse a folder headlessly"]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", kiosk_epilog()])
+
+
+def kiosk_epilog() -> str:
+    """How to leave the kiosk and where its settings live (the top-level help's last paragraph)."""
+    from cellview.kiosk import KioskSettings, default_settings_path
+
+    chord = KioskSettings().exit_chord
+    return "\n".join([
+        "kiosk:",
+        f"  leave it with {chord} (the \"exit_chord\" setting), then the PIN if one is set (\"pin\");",
+        "  nothing else closes it (no window buttons, Alt+F4 or Esc).",
+        f"  settings: {default_settings_path()} (JSON; --kiosk-config FILE reads another),",
+        "  e.g. {\"watch_dir\": \"/data/inbox\", \"outbox_dir\": \"/data/outbox\", \"pin\": \"2468\", \"mpp_um\": 0.5};",
+        "  every setting is described in the README (section \"Kiosk\").",
+    ])
 
 
 def build_gui_parser() -> argparse.ArgumentParser:
@@ -457,7 +483,9 @@ def build_gui_parser() -> argparse.ArgumentParser:
     p.add_argument("--kiosk", action="store_true", help="full-screen kiosk mode (watch folder, touch controls)")
     p.add_argument("--watch", help="kiosk: folder to watch for new slides")
     p.add_argument("--outbox", help="kiosk: folder for exported results")
-    p.add_argument("--kiosk-config", help="kiosk: settings file")
+    p.add_argument("--kiosk-config", metavar="FILE",
+                   help="kiosk: settings file (default: the kiosk.json named below; when FILE does not exist the "
+                        "defaults apply and the kiosk says so)")
     # Packaging check (bundles): start offscreen, open the slide, wait for it to paint, exit 0.
     p.add_argument("--smoke-test", metavar="SLIDE", help=argparse.SUPPRESS)
     _add_analysis_options(p)

@@ -32,7 +32,7 @@ from cellview.cohort_report import (
     read_outcome_from_metadata,
     shares_from_counts,
 )
-from cellview.errors import CellviewError, ModelError
+from cellview.errors import CellviewError, ModelError, MppError
 from cellview.results import AnalysisParams
 from cellview.slide import SUPPORTED_SUFFIXES, file_fingerprint, slide_display_name, slide_stem
 
@@ -44,6 +44,10 @@ process exit (``os._exit``) in the middle of that slide, and ``<stem>.hold`` pau
 the file exists (at most 2 minutes). Inert unless set, and outside Dask workers."""
 
 PROGRESS_TOPIC = "cellview-progress"
+
+ANALYZE_MPP_ADVICE = ("Pass it with --mpp (e.g. --mpp 0.5 for a 20x scan), or use --whole-image to classify a small "
+                      "image as one tile (scale unknown).")
+"""How `cellview analyze` is told a slide's pixel size (added to the core's MppError message)."""
 
 
 # ----------------------------------------------------------------------------- planning
@@ -343,6 +347,8 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
             extra_meta={"fallback": classifier.fallback_message} if classifier.fallback_message else None,
         )
         thumbnail = _write_thumbnail(result, out_dir, job.stem, settings.thumb_px) if settings.thumb_px else ""
+    except MppError as exc:
+        return failed(exc.advise(ANALYZE_MPP_ADVICE).message, exc.details)
     except CellviewError as exc:
         return failed(exc.message, exc.details)
     except Exception as exc:  # noqa: BLE001 - a bug: report it with its traceback, keep the batch going

@@ -24,7 +24,14 @@ class SlideError(CellviewError):
 
 
 class MppError(SlideError):
-    """The slide's pixel size is unknown and the analysis needs it."""
+    """The slide's pixel size is unknown and the analysis needs it.
+
+    The message says so in words any front end can show; each front end adds how to give the size
+    there (``advise``): an option on the command line, the scale entry in the kiosk.
+    """
+
+    def advise(self, advice: str) -> MppError:
+        return MppError(f"{self.message} {advice}".strip(), self.details)
 
 
 class ModelError(CellviewError):

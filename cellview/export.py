@@ -390,13 +390,6 @@ def draw_contours(draw: Any, result: AnalysisResult, overlay: OverlaySettings, t
                 draw.line([(x0 * sx, y0 * sy), (x1 * sx, y1 * sy)], fill=color, width=width + 2 if casing else width)
 
 
-def _nice_length_um(target_um: float) -> float:
-    for step in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000):
-        if step >= target_um:
-            return float(step)
-    return 50000.0
-
-
 _FONT_DIR = Path(__file__).parent / "resources" / "fonts"
 
 
@@ -461,12 +454,13 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
 
     ``overlay`` is the display state (``overlay.OverlaySettings``; default: the viewer's default
     look at ``opacity``): style, colouring, confidence filter and categories apply exactly as on
-    screen, and the legend says which. ``regions`` (``morphology.malignant_regions``) are outlined
-    with their boxes and areas. ``source`` ("the viewer", "the kiosk") names where the export was made.
+    screen, and the legend (``legend.describe_legend``, as the viewer's) says which. ``regions``
+    (``morphology.malignant_regions``) are outlined with their boxes and areas. ``source`` ("the
+    viewer", "the kiosk") names where the export was made.
     """
     from PIL import Image, ImageDraw
 
-    from cellview.overlay import count_lines, counted_text, describe_colours, describe_filter
+    from cellview.legend import OUT_OF_DOMAIN_SWATCH, describe_legend, scale_bar
 
     settings = _overlay_settings(overlay, opacity=opacity)
     img = overlay_on_thumbnail(result, thumb, overlay=settings)
@@ -481,10 +475,13 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
     draw_contours(draw, result, settings, (w, h), k)
     if regions:
         draw_regions(draw, result, regions, (w, h), k, small)
+    legend = describe_legend(result, settings, source=source, regions=None if regions is None else list(regions),
+                             region_confidence=region_confidence)
     line_h, small_h = int(24 * k), int(18 * k)
     x0, y = w + int(16 * k), int(14 * k)
     text_w = panel_w - int(28 * k)
     ink, grey = (20, 20, 20), (90, 90, 90)
+    fills = {"info": ink, "hint": grey, "warning": (180, 0, 0), "region": (120, 0, 0)}
 
     def text(s: str, f: Any = small, fill: tuple[int, int, int] = ink, dy: int = small_h, wrap: bool = False) -> None:
         nonlocal y
@@ -492,77 +489,47 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
             draw.text((x0, y), line, fill=fill, font=f)
             y += dy
 
+    def lines(items: Sequence[Any]) -> None:
+        for item in items:
+            text(item.text, fill=fills.get(item.kind, ink), wrap=item.wrap)
+
     text("CellView", title, dy=int(34 * k))
-    text(f"Slide: {result.slide.name}")
-    text(f"Model: {result.model.name} {result.model.version}".rstrip())
-    text(f"Run on: {result.provider}")
-    mpp = result.slide.mpp
-    text("Scale: unknown (classified as one image)" if mpp is None else f"Pixel size: {mpp.describe()}")
-    if result.slide.skipped_levels:
-        from cellview.slide import describe_skipped
-
-        text(describe_skipped(result.slide.skipped_levels, reasons=False) + " (wrong colours)", fill=grey)
+    lines(legend.header)
     y += int(10 * k)
-    failed = f", {result.n_failed} failed" if result.n_failed else ""
-    text(counted_text(result, settings) + failed, body, dy=line_h + int(4 * k))
+    text(legend.counted, body, dy=line_h + int(4 * k))
     sw = int(18 * k)
-    for cat, n, pct in count_lines(result, settings):
-        hidden = settings.by_category and cat not in settings.categories
-        draw.rectangle([x0, y + 2, x0 + sw, y + 2 + sw], fill=hex_to_rgb(CATEGORY_COLORS[cat]), outline=(60, 60, 60))
-        draw.text((x0 + sw + int(10 * k), y), cat + (" (hidden)" if hidden else ""), fill=grey if hidden else ink,
-                  font=body)
-        draw.text((x0 + int(170 * k), y), f"{n:>6,}  {pct:>3}%", fill=ink, font=body)
+    for row in legend.rows:
+        if row.swatch == OUT_OF_DOMAIN_SWATCH:
+            canvas.paste(Image.fromarray(_hatched_swatch(sw, k)), (x0, y + 2))
+            draw.rectangle([x0, y + 2, x0 + sw, y + 2 + sw], outline=(60, 60, 60))
+        else:
+            draw.rectangle([x0, y + 2, x0 + sw, y + 2 + sw], fill=hex_to_rgb(row.swatch), outline=(60, 60, 60))
+        draw.text((x0 + sw + int(10 * k), y), row.label + (" (hidden)" if row.hidden else ""),
+                  fill=grey if row.hidden else ink, font=body)
+        draw.text((x0 + int(170 * k), y), f"{row.count:>6,}  {row.percent:>3}%", fill=ink, font=body)
         y += line_h + int(4 * k)
-    if result.has_domain:
-        n_ood = int(result.out_of_domain.sum())
-        canvas.paste(Image.fromarray(_hatched_swatch(sw, k)), (x0, y + 2))
-        draw.rectangle([x0, y + 2, x0 + sw, y + 2 + sw], outline=(60, 60, 60))
-        draw.text((x0 + sw + int(10 * k), y), "out of domain", fill=ink, font=body)
-        draw.text((x0 + int(170 * k), y), f"{n_ood:>6,}  {round(100 * n_ood / max(result.n_done, 1)):>3}%", fill=ink,
-                  font=body)
-        y += line_h + int(4 * k)
-    from cellview.overlay import domain_notes
-
-    for note, warning in domain_notes(result, settings):
-        text(note, fill=(180, 0, 0) if warning else grey, wrap=True)
-    if list(result.model.class_names) != list(result.model.class_categories):
+    lines(legend.notes)
+    if legend.classes:
         y += int(6 * k)
-        text("Classes (tiles)", body, dy=line_h)
-        class_counts = result.class_counts()
-        for name, color in zip(result.model.class_names, result.model.class_colors):
-            draw.rectangle([x0, y + 3, x0 + int(12 * k), y + 3 + int(12 * k)], fill=hex_to_rgb(color), outline=(60, 60, 60))
-            draw.text((x0 + int(20 * k), y), _ellipsize(draw, f"{name}: {class_counts[name]:,}", small, text_w - 20 * k),
-                      fill=ink, font=small)
+        text("Classes (tiles, counted as above)", body, dy=line_h)
+        for row in legend.classes:
+            draw.rectangle([x0, y + 3, x0 + int(12 * k), y + 3 + int(12 * k)], fill=hex_to_rgb(row.swatch),
+                           outline=(60, 60, 60))
+            draw.text((x0 + int(20 * k), y), _ellipsize(draw, f"{row.label}: {row.count:,}", small, text_w - 20 * k),
+                      fill=grey if row.hidden else ink, font=small)
             y += small_h
     y += int(10 * k)
-    text(describe_colours(settings, result.model.class_names), fill=grey, wrap=True)
-    shown = describe_filter(settings)
-    if shown:
-        text(shown, fill=grey, wrap=True)
-    if not settings.visible:
-        text("Heatmap hidden (as on screen).", fill=grey)
-    if regions is not None:
-        text(f"Malignant regions (≥ {region_confidence:.0%}): {len(regions)}", fill=(120, 0, 0))
-    if result.nuclei is not None and result.nuclei.measured.any():
-        nuc = result.nuclei
-        m = nuc.measured
-        unit = "µm²" if nuc.area_unit == "um2" else "px²"
-        text(f"Nuclei: {int(np.nansum(nuc.count[m])):,}, median area {np.nanmedian(nuc.median_area[m]):.0f} {unit}",
-             fill=grey)
-    if source:
-        text(f"Exported from {source}: as shown on screen.", fill=grey, wrap=True)
-    if result.status != "complete":
-        text(f"Run {result.status}: partial result.", fill=(180, 0, 0))
+    lines(legend.footer)
     draw.text((x0, canvas.height - int(22 * k)), "Research use only. Not for clinical diagnosis.", fill=grey, font=small)
-    if mpp is not None:
-        um_per_thumb_px = result.grid.slide_w_l0 * mpp.x_um / w
-        length_um = _nice_length_um(w / 5 * um_per_thumb_px)
-        bar_px = int(round(length_um / um_per_thumb_px))
-        label = f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um:g} µm"
+    mpp = result.slide.mpp
+    bar = scale_bar(result.grid.slide_w_l0 * mpp.x_um / w, w / 5) if mpp is not None else None
+    if bar is not None:
         bx, by = int(14 * k), h - int(20 * k)
-        draw.rectangle([bx - int(6 * k), by - int(24 * k), bx + bar_px + int(6 * k), by + int(12 * k)], fill=(255, 255, 255))
-        draw.rectangle([bx, by, bx + bar_px, by + int(6 * k)], fill=(0, 0, 0))
-        draw.text((bx, by - int(21 * k)), label, fill=(0, 0, 0), font=small)
+        label_w = draw.textlength(bar.label, font=small)
+        draw.rectangle([bx - int(6 * k), by - int(24 * k), bx + max(bar.drawn_px, label_w) + int(6 * k), by + int(12 * k)],
+                       fill=(255, 255, 255))
+        draw.rectangle([bx, by, bx + bar.drawn_px - 1, by + int(6 * k)], fill=(0, 0, 0))
+        draw.text((bx, by - int(21 * k)), bar.label, fill=(0, 0, 0), font=small)
     if result.grid.whole_image or result.n_tiles == 1:
         level = result.image_level()
         if level["pred_class"]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import platformdirs
 
-from cellview.errors import CellviewError
+from cellview.errors import CellviewError, MppError
 from cellview.export import FORMATS, atomic_write_text, export_slide_result, output_paths
 from cellview.model import DEFAULT_MODEL, DEVICES, TTA_MODES, ModelSpec, OnnxClassifier, resolve_model
 from cellview.pipeline import CancelToken, Event, Finished, analyze
@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "kiosk.json"
 RECENT_FILE = ".cellview-recent-cases.json"
+CURRENT_FILE = ".cellview-current-case"
+"""In the outbox while a case runs: left behind, it names the slide the kiosk stopped on (a crash)."""
+
+SCALE_PRESETS = (("40×", 0.25), ("20×", 0.5), ("10×", 1.0))
+"""The kiosk's scale entry for a slide that does not say its pixel size: objective → µm per pixel
+(typical scanner values; an exact figure can be typed in, or set once as ``mpp_um`` in kiosk.json)."""
 
 # Never opened as a slide: partial downloads and copies, editor backups, OS metadata.
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".filepart", ".swp", ".lock")
@@ -206,10 +212,12 @@ class KioskSettings:
             return True
         return hmac.compare_digest(self.pin.encode(), str(entered).strip().encode())
 
-    def analysis_params(self, tile_px: int, available_bytes: int | None = None) -> AnalysisParams:
-        """Run parameters for one case; ``batch_size: "auto"`` is sized from free memory now."""
+    def analysis_params(self, tile_px: int, available_bytes: int | None = None,
+                        mpp_um: float | None = None) -> AnalysisParams:
+        """Run parameters for one case; ``batch_size: "auto"`` is sized from free memory now; ``mpp_um``:
+        the pixel size chosen on screen for this case (else the settings')."""
         batch = self.batch_size if isinstance(self.batch_size, int) else choose_batch_size(tile_px, available_bytes)
-        return AnalysisParams(tissue_threshold=self.tissue_threshold, mpp_um=self.mpp_um, batch_size=batch,
+        return AnalysisParams(tissue_threshold=self.tissue_threshold, mpp_um=mpp_um or self.mpp_um, batch_size=batch,
                               workers=self.workers, device=self.device, stain_normalize=self.stain_normalize,
                               tta=self.tta)
 
@@ -283,10 +291,16 @@ class KioskSettings:
         rejected key keeps its default; a file that cannot be read or parsed gives the defaults.
         Command-line ``overrides`` (``None`` = not given) are applied the same way. The result
         passes the same checks as :meth:`load`, the outbox-inside-watch-folder one included.
-        Fails closed: when a configured PIN may have been lost, ``exit_locked`` is set.
+        Fails closed: when a configured PIN may have been lost (a file that cannot be read or parsed,
+        an invalid or misspelt ``pin``), ``exit_locked`` is set; a named file that does not exist holds
+        no PIN, so the defaults apply (and the problem says so).
         """
         file = Path(path) if path is not None else default_settings_path()
         problems: list[KioskSettingsError] = []
+        if path is not None and not file.exists():  # nothing there to lose a PIN from: the defaults apply
+            missing = KioskSettingsError(f"Kiosk settings file {file} does not exist; the defaults apply.",
+                                         f"the default settings file is {default_settings_path()}")
+            return cls._with_lenient_overrides(cls(), [missing], False, file, overrides)
         try:
             data = _read_settings_json(file, explicit=path is not None)
         except KioskSettingsError as exc:
@@ -432,7 +446,10 @@ class WatchFolder:
     """
 
     def __init__(self, root: str | os.PathLike[str], settle_s: float = 5.0, include_existing: bool = False,
-                 ignore: Iterable[str | os.PathLike[str]] = (), clock: Callable[[], float] = time.monotonic) -> None:
+                 ignore: Iterable[str | os.PathLike[str]] = (), clock: Callable[[], float] = time.monotonic,
+                 skip_existing: Callable[[Path], bool] | None = None) -> None:
+        """``include_existing``: files already there are returned too (once settled, oldest first), except
+        those ``skip_existing(path)`` says are done; ``backlog`` lists them."""
         self.root = Path(root)
         self.settle_s = float(settle_s)
         self.ignore = {Path(p).resolve() for p in ignore}
@@ -440,15 +457,25 @@ class WatchFolder:
         self.problem: str | None = None
         self._pending: dict[Path, _Seen] = {}
         self._returned: dict[Path, tuple[int, int, int]] = {}
-        if not include_existing:
-            self._returned = {key: sig for key, (_, sig) in self._scan().items()}
+        self.backlog: list[Path] = []
+        """Slides present when the watcher started that it will return (``include_existing``), oldest first."""
+        existing = self._scan()
+        if include_existing:
+            skip = skip_existing or (lambda _p: False)
+            self._returned = {key: sig for key, (path, sig) in existing.items() if skip(path)}
+            self.backlog = [path for key, (path, sig) in sorted(existing.items(), key=lambda kv: (kv[1][1][1], kv[0]))
+                            if key not in self._returned]
+        else:
+            self._returned = {key: sig for key, (_, sig) in existing.items()}
 
     @classmethod
-    def for_settings(cls, settings: KioskSettings, include_existing: bool = False) -> WatchFolder:
+    def for_settings(cls, settings: KioskSettings, include_existing: bool = False,
+                     skip_existing: Callable[[Path], bool] | None = None) -> WatchFolder:
         """The watcher a kiosk runs (its outbox is never watched); needs ``settings.watch_dir``."""
         if settings.watch_dir is None:
             raise KioskSettingsError("No watch folder is set (setting 'watch_dir' or --watch DIR).")
-        return cls(settings.watch_dir, settings.settle_s, include_existing, ignore=[settings.outbox()])
+        return cls(settings.watch_dir, settings.settle_s, include_existing, ignore=[settings.outbox()],
+                   skip_existing=skip_existing)
 
     def _scan(self) -> dict[Path, tuple[Path, tuple[int, int, int]]]:
         """Case key (file, or DICOM folder) → (path to open, (size, mtime_ns, n_files))."""
@@ -488,7 +515,8 @@ class WatchFolder:
         return found
 
     def poll(self) -> list[Path]:
-        """Slides that became complete since the last poll, oldest arrival first."""
+        """Slides that became complete since the last poll, oldest arrival first (files found together, such
+        as those present at start: oldest modification first)."""
         now = self.clock()
         scan = self._scan()
         for key in set(self._pending) - set(scan):
@@ -504,10 +532,10 @@ class WatchFolder:
                 self._pending[key] = _Seen(sig, now)
                 continue
             if sig[0] > 0 and now - seen.since >= self.settle_s:
-                ready.append((seen.since, path))
+                ready.append((seen.since, sig[1], path))
                 self._returned[key] = sig
                 del self._pending[key]
-        return [p for _, p in sorted(ready)]
+        return [p for *_, p in sorted(ready)]  # oldest arrival first; seen together: oldest file first
 
     @property
     def waiting(self) -> list[Path]:
@@ -544,6 +572,17 @@ class CaseResult:
     started_unix: float = 0.0
     finished_unix: float = field(default_factory=time.time)
     domain_warning: str = ""  # the tissue is mostly unlike the model's training data (``results.domain_banner``)
+    needs_scale: bool = False  # failed because the slide does not say its pixel size: the screen can give it
+
+    @property
+    def headline(self) -> str:
+        """A one-line status for the recent-cases list (the whole message is on the case's card)."""
+        if self.ok:
+            return self.call or self.message.removeprefix(f"{self.path.name}: ")
+        if self.needs_scale:
+            return "pixel size unknown: tap to choose the magnification"
+        first = self.message.split(". ")[0].rstrip(".")
+        return first if len(first) <= 90 else first[:89].rstrip() + "…"
 
     @property
     def ok(self) -> bool:
@@ -586,12 +625,21 @@ def free_stem(outbox: Path, path: Path, formats: Iterable[str] = FORMATS) -> str
     return candidate
 
 
+def scale_advice(settings_file: Path | None = None) -> str:
+    """What the kiosk says about a slide that does not record its pixel size (no command-line advice)."""
+    where = settings_file if settings_file is not None else default_settings_path()
+    return (f"Choose the magnification it was scanned at on the screen (40×, 20×, 10× or a value), or, for a "
+            f"scanner whose files never say, set \"mpp_um\" (µm per pixel) in {where}.")
+
+
 def iter_case(
     path: str | os.PathLike[str],
     classifier: OnnxClassifier,
     settings: KioskSettings,
     cancel: CancelToken | None = None,
     available_bytes: int | None = None,
+    mpp_um: float | None = None,
+    settings_file: Path | None = None,
 ) -> Iterator[Event | CaseResult]:
     """One case as a stream: the pipeline's events as they come, then the ``CaseResult`` (last item).
 
@@ -599,18 +647,19 @@ def iter_case(
     input (unreadable, truncated, no pixel size) and failed exports end as ``status="failed"``
     with the error's message, so the kiosk shows it and keeps watching. Unexpected exceptions
     are caught too (and logged with their traceback): an unattended kiosk must survive them. A
-    cancelled run writes nothing.
+    cancelled run writes nothing. ``mpp_um``: the pixel size chosen on screen for this case; a slide
+    without one fails with ``needs_scale`` and the kiosk's advice (``scale_advice``).
     """
     path = Path(path)
     started = time.time()
     outbox = settings.outbox()
 
-    def failed(message: str, details: str = "") -> CaseResult:
+    def failed(message: str, details: str = "", needs_scale: bool = False) -> CaseResult:
         return CaseResult(path, "failed", message, details=details, provider=classifier.provider_label,
-                          started_unix=started)
+                          started_unix=started, needs_scale=needs_scale)
 
     try:
-        params = settings.analysis_params(classifier.spec.patch_size_pixels, available_bytes)
+        params = settings.analysis_params(classifier.spec.patch_size_pixels, available_bytes, mpp_um)
         result = None
         for event in analyze(path, classifier, params, cancel=cancel):
             yield event
@@ -627,6 +676,10 @@ def iter_case(
         outputs, _ = export_slide_result(result, outbox, stem, settings.formats, settings.png_size_px,
                                          settings.region_confidence if settings.regions else None, extra,
                                          source="the kiosk")
+    except MppError as exc:
+        log.warning("kiosk case %s needs its pixel size: %s", path, exc)
+        yield failed(exc.advise(scale_advice(settings_file)).message, exc.details, needs_scale=True)
+        return
     except CellviewError as exc:
         log.warning("kiosk case %s failed: %s", path, exc)
         yield failed(exc.message, exc.details)
@@ -648,10 +701,11 @@ def process_case(
     cancel: CancelToken | None = None,
     on_event: Callable[[Event], None] | None = None,
     available_bytes: int | None = None,
+    mpp_um: float | None = None,
 ) -> CaseResult:
     """``iter_case`` driven to its end: ``on_event`` gets each pipeline event; returns the ``CaseResult``."""
     case = None
-    for item in iter_case(path, classifier, settings, cancel, available_bytes):
+    for item in iter_case(path, classifier, settings, cancel, available_bytes, mpp_um):
         if isinstance(item, CaseResult):
             case = item
         elif on_event is not None:
@@ -698,6 +752,60 @@ class RecentCases:
                 atomic_write_text(self.path, json.dumps({"cases": [c.to_dict() for c in items]}, indent=2))
             except CellviewError as exc:
                 log.warning("cannot save recent cases: %s", exc)
+            if self.interrupted() == case.path:
+                self._current_file().unlink(missing_ok=True)
+
+    def _current_file(self) -> Path:
+        assert self.path is not None
+        return self.path.parent / CURRENT_FILE
+
+    def begin(self, path: Path) -> None:
+        """A case starts: remembered until its result is added, so a crash on it is known at the next start."""
+        if self.path is not None:
+            try:
+                atomic_write_text(self._current_file(), str(Path(path)))
+            except CellviewError as exc:
+                log.warning("cannot note the current case: %s", exc)
+
+    def interrupted(self) -> Path | None:
+        """The slide a case was running on when the kiosk stopped without finishing it, if any."""
+        if self.path is None:
+            return None
+        try:
+            text = self._current_file().read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return Path(text) if text else None
+
+
+def analysed_in_outbox(outbox: Path) -> Callable[[Path], bool]:
+    """For the kiosk's start: has this slide been analysed into the outbox since it last changed?
+
+    Every case's metadata JSON names its source and when the case began (``kiosk.source``,
+    ``kiosk.received_unix``); a slide replaced after that is not done.
+    """
+    began: dict[str, float] = {}
+    try:
+        files = [f for f in Path(outbox).glob("*.json") if not f.name.startswith(".")]
+    except OSError:
+        files = []
+    for file in files:
+        try:
+            kiosk = json.loads(file.read_text(encoding="utf-8")).get("kiosk") or {}
+            source, when = str(Path(kiosk["source"]).resolve()), float(kiosk.get("received_unix", 0.0))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+        began[source] = max(began.get(source, 0.0), when)
+
+    def done(path: Path) -> bool:
+        try:
+            changed = Path(path).stat().st_mtime
+            key = str(Path(path).resolve())
+        except OSError:
+            return False
+        return key in began and began[key] >= changed
+
+    return done
 
 
 # ----------------------------------------------------------------------------- memory

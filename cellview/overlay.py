@@ -8,7 +8,7 @@ shows and the sentences a legend needs, so the viewer, the kiosk and every expor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -84,6 +84,11 @@ class OverlaySettings:
     def draws_outline(self) -> bool:
         return self.by_category and self.style != "fill"
 
+    def for_new_slide(self) -> OverlaySettings:
+        """These settings for a newly opened slide: the look stays, what belongs to one slide (``PER_SLIDE``:
+        the override of the domain warning, the confidence filter, hidden categories) starts safe."""
+        return replace(self, **PER_SLIDE)
+
     def to_dict(self) -> dict:
         out = {"visible": self.visible, "style": self.style, "opacity": self.opacity, "mode": self.mode,
                "min_confidence": self.min_confidence, "categories": list(self.categories),
@@ -93,11 +98,17 @@ class OverlaySettings:
         return out
 
 
+PER_SLIDE = {"show_out_of_domain": False, "min_confidence": 0.0, "categories": CATEGORIES}
+"""Display settings that belong to one slide, and the values a newly opened slide starts with: "Show calls
+anyway" overrides the domain warning for the slide it was chosen on, and a filter set for one slide
+must not silently hide tiles (or calls) of the next."""
+
+
 def shown_tiles(result: AnalysisResult, settings: OverlaySettings) -> np.ndarray:
-    """Tiles drawn: finished, in the model's domain (unless shown anyway), sure enough, and (by
-    category) of a category that is switched on."""
+    """Tiles drawn: finished, in the model's domain (unless shown anyway), sure enough, and of a
+    category that is switched on (in every colouring mode: a probability map hides them too)."""
     show = result.confident(settings.min_confidence, settings.show_out_of_domain).copy()
-    if settings.by_category and settings.categories != CATEGORIES:
+    if settings.categories != CATEGORIES:
         show &= np.isin(result.pred_category, [CATEGORIES.index(c) for c in settings.categories])
     return show
 
@@ -226,9 +237,18 @@ def describe_filter(settings: OverlaySettings) -> str:
     if settings.min_confidence > 0:
         parts.append(f"only tiles ≥ {settings.min_confidence:.0%} confident")
     hidden = [c for c in CATEGORIES if c not in settings.categories]
-    if hidden and settings.by_category:
+    if hidden:
         parts.append(f"{' and '.join(hidden)} hidden")
     return ("Shown: " + "; ".join(parts) + ".") if parts else ""
+
+
+def describe_overrides(settings: OverlaySettings) -> str:
+    """What this slide's display hides or overrides, for the panel's notice ('' when it shows the slide as
+    analysed): the filters (``describe_filter``) and "Show calls anyway"."""
+    parts = [describe_filter(settings)]
+    if settings.show_out_of_domain:
+        parts.append("Out-of-domain tiles are shown in category colours and counted anyway.")
+    return " ".join(p for p in parts if p)
 
 
 def describe_domain(result: AnalysisResult, settings: OverlaySettings) -> str:

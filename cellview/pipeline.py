@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -154,6 +155,8 @@ class TileReaders:
                 failed = np.zeros(len(idx), dtype=bool)
                 errors: dict[int, str] = {}
                 for j, i in enumerate(idx):
+                    if self.stop.is_set():  # cancelled: the consumer waits for this thread, so stop now
+                        return
                     try:
                         read_tile(slide, self.grid, int(i), out=tiles[j])
                     except SlideError as exc:
@@ -166,6 +169,8 @@ class TileReaders:
                 if self.nuclei:
                     nuclei = np.full((len(idx), len(TileNuclei.FIELDS)), np.nan, dtype=np.float32)
                     for j in np.flatnonzero(~failed):
+                        if self.stop.is_set():
+                            return
                         nuclei[j] = measure_nuclei(tiles[j], self.nuclei_mpp_um).as_row()
                 quality = None
                 if self.quality:
@@ -233,10 +238,47 @@ def slide_stain_transform(slide: Slide, grid: TileGrid, spec: ModelSpec, method:
     return fit_transform(method, np.stack(tiles), spec.stain_reference)
 
 
-def batch_indices(n_tiles: int, batch_size: int) -> list[np.ndarray]:
-    """Tile indices in grid order, cut into batches (the last may be shorter)."""
+def batch_indices(n_tiles: int | np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Tile indices in grid order (all ``n_tiles``, or the given indices), cut into batches (the last may be
+    shorter)."""
     size = max(1, int(batch_size))
-    return [np.arange(s, min(s + size, n_tiles)) for s in range(0, n_tiles, size)]
+    todo = np.arange(n_tiles) if np.ndim(n_tiles) == 0 else np.asarray(n_tiles, np.int64)
+    return [todo[s:s + size] for s in range(0, len(todo), size)]
+
+
+CANCEL_STEP_S = 0.3
+"""A batch is classified in steps of about this long, with the cancel token checked between them, so
+Cancel answers within a fraction of a second however slow the device (a 32-tile batch takes seconds on
+a CPU); on a GPU a step is the whole batch."""
+
+
+class _Steps:
+    """How many tiles to classify per step: as many as take ``CANCEL_STEP_S``, measured as the run goes."""
+
+    def __init__(self) -> None:
+        self.tile_s: float | None = None
+
+    def size(self, n: int) -> int:
+        if self.tile_s is None:
+            return min(n, 4)  # the first step measures the device
+        fits = max(1, int(CANCEL_STEP_S / max(self.tile_s, 1e-6)))
+        return min(n, 1 << (fits.bit_length() - 1))  # a power of two: few distinct shapes for TensorRT
+
+    def took(self, n_tiles: int, seconds: float) -> None:
+        per = seconds / max(1, n_tiles)
+        self.tile_s = per if self.tile_s is None else 0.5 * self.tile_s + 0.5 * per
+
+
+def resumable(resume: AnalysisResult | None, info: Any, spec: ModelSpec, params: AnalysisParams) -> bool:
+    """A cancelled result of this slide, model and settings: the run can go on from its finished tiles."""
+    if resume is None or resume.status != "cancelled":
+        return False
+    m, mpp = resume.model, resume.slide.mpp
+    same_mpp = (mpp is None and info.mpp is None) or (
+        mpp is not None and info.mpp is not None and (mpp.x_um, mpp.y_um) == (info.mpp.x_um, info.mpp.y_um))
+    domain_sha = m.domain.sha256 if m.domain is not None else ""
+    return (resume.slide.fingerprint == info.fingerprint and m.sha256 == spec.onnx_sha256 and same_mpp
+            and domain_sha == (spec.domain_sha256 or "") and resume.params.cache_dict() == params.cache_dict())
 
 
 def analyze(
@@ -245,11 +287,14 @@ def analyze(
     params: AnalysisParams | None = None,
     cancel: CancelToken | None = None,
     cache: ResultCache | None = None,
+    resume: AnalysisResult | None = None,
 ) -> Iterator[Event]:
     """Stream the analysis of one slide: Started, then BatchDone per batch, then Finished.
 
     Raises CellviewError subclasses for bad input (before any tile is read) and keeps every
-    finished tile when cancelled (``Finished.result.status == "cancelled"``).
+    finished tile when cancelled (``Finished.result.status == "cancelled"``). ``resume``: a cancelled
+    result of the same slide, model and settings (``resumable``); its tiles come back as the first
+    BatchDone and only the others are classified. Anything else in ``resume`` is ignored.
     """
     params = params or AnalysisParams()
     cancel = cancel or CancelToken()
@@ -273,7 +318,12 @@ def analyze(
 
         t0 = time.perf_counter()
         mpp_um = info.mpp.um if info.mpp else None
-        tissue, grid = plan_tiles(slide, spec, params)
+        if not resumable(resume, info, spec, params):
+            resume = None
+        if resume is not None:
+            tissue, grid = resume.tissue, resume.grid
+        else:
+            tissue, grid = plan_tiles(slide, spec, params)
         t_tissue = time.perf_counter() - t0
         t0 = time.perf_counter()
         stain = slide_stain_transform(slide, grid, spec, params.stain_normalize)
@@ -289,11 +339,28 @@ def analyze(
         domain_score = np.full(n, np.nan, dtype=np.float32) if classifier.has_domain else None
         yield Started(str(slide.path), grid, tissue, classifier.describe(), n)
 
-        batches = batch_indices(n, params.batch_size)
-        t_run = time.perf_counter()
-        infer_s = read_s = nuclei_s = 0.0
         done = 0
+        todo = np.arange(n)
+        t_run = time.perf_counter()
+        if resume is not None:
+            kept = np.flatnonzero(resume.state != TileState.PENDING)
+            probs[kept], state[kept] = resume.probs[kept], resume.state[kept]
+            tile_errors.update({i: e for i, e in resume.tile_errors.items() if state[i] == TileState.FAILED})
+            if nuclei is not None and resume.nuclei is not None:
+                nuclei.values[kept] = resume.nuclei.values[kept]
+            if domain_score is not None and resume.domain_score is not None:
+                domain_score[kept] = resume.domain_score[kept]
+            done = len(kept)
+            todo = np.flatnonzero(state == TileState.PENDING)
+            if done:
+                yield BatchDone(kept, probs[kept], state[kept] == TileState.FAILED, done, n, 0.0, 0.0, None,
+                                None if nuclei is None else nuclei.values[kept],
+                                None if domain_score is None else domain_score[kept])
+        resumed = done
+        batches = batch_indices(todo, params.batch_size)
+        infer_s = read_s = nuclei_s = 0.0
         status = "complete"
+        steps = _Steps()
         if batches:
             readers = TileReaders(slide, grid, batches, params.workers, nuclei=params.nuclei, nuclei_mpp_um=nuclei_mpp,
                                   quality=classifier.has_domain, stain=stain)
@@ -311,29 +378,43 @@ def analyze(
                 if nuclei is not None and item.nuclei is not None:
                     nuclei.values[item.indices] = item.nuclei
                 ok = ~item.failed
-                t_inf = time.perf_counter()
-                if ok.all():  # the usual case: no copy of the batch
-                    batch_probs, batch_domain = classifier.classify(item.tiles, item.quality, params.tta)
-                else:
-                    batch_probs = np.full((len(item.indices), spec.num_classes), np.nan, dtype=np.float32)
-                    batch_domain = np.full(len(item.indices), np.nan, np.float32) if domain_score is not None else None
-                    if ok.any():
-                        quality = item.quality[ok] if item.quality is not None else None
-                        batch_probs[ok], part = classifier.classify(item.tiles[ok], quality, params.tta)
-                        if batch_domain is not None and part is not None:
-                            batch_domain[ok] = part
-                infer_s += time.perf_counter() - t_inf
-                probs[item.indices] = batch_probs
+                batch_probs = np.full((len(item.indices), spec.num_classes), np.nan, dtype=np.float32)
+                batch_domain = np.full(len(item.indices), np.nan, np.float32) if domain_score is not None else None
+                end = 0
+                while end < len(item.indices) and not (end and cancel.cancelled):
+                    start, end = end, end + steps.size(len(item.indices) - end)
+                    use: slice | np.ndarray = slice(start, end)  # the usual case: no copy of the tiles
+                    if not ok[start:end].all():
+                        use = np.flatnonzero(ok[start:end]) + start
+                        if not len(use):
+                            continue
+                    t_inf = time.perf_counter()
+                    quality = item.quality[use] if item.quality is not None else None
+                    batch_probs[use], part = classifier.classify(item.tiles[use], quality, params.tta)
+                    if batch_domain is not None and part is not None:
+                        batch_domain[use] = part
+                    took = time.perf_counter() - t_inf
+                    steps.took(len(batch_probs[use]), took)
+                    infer_s += took
+                indices, failed = item.indices[:end], item.failed[:end]  # a cancelled batch keeps its steps done
+                batch_probs = batch_probs[:end]
+                batch_domain = None if batch_domain is None else batch_domain[:end]
+                probs[indices] = batch_probs
                 if domain_score is not None and batch_domain is not None:
-                    domain_score[item.indices] = batch_domain
-                state[item.indices] = np.where(ok, TileState.DONE, TileState.FAILED)
-                tile_errors.update(item.errors)
-                done += len(item.indices)
+                    domain_score[indices] = batch_domain
+                state[indices] = np.where(~failed, TileState.DONE, TileState.FAILED)
+                kept = set(indices.tolist())
+                tile_errors.update({i: e for i, e in item.errors.items() if i in kept})
+                if nuclei is not None and item.nuclei is not None:
+                    nuclei.values[item.indices[end:]] = np.nan
+                done += len(indices)
                 elapsed = time.perf_counter() - t_run
-                rate = done / elapsed if elapsed > 0 else 0.0
+                rate = (done - resumed) / elapsed if elapsed > 0 else 0.0
                 eta = (n - done) / rate if rate > 0 else None
-                yield BatchDone(item.indices, batch_probs, item.failed, done, n, elapsed, rate, eta, item.nuclei,
-                                batch_domain)
+                yield BatchDone(indices, batch_probs, failed, done, n, elapsed, rate, eta,
+                                None if item.nuclei is None else item.nuclei[:end], batch_domain)
+                if end < len(item.indices):
+                    break
             if cancel.cancelled and done < n:
                 status = "cancelled"
         run_s = time.perf_counter() - t_run
@@ -343,8 +424,10 @@ def analyze(
             "read_thread_s": read_s,
             "inference_s": infer_s,
             "total_s": time.perf_counter() - t_start,
-            "tiles_per_s": done / run_s if run_s > 0 else 0.0,
+            "tiles_per_s": (done - resumed) / run_s if run_s > 0 else 0.0,
         }
+        if resumed:
+            timings["resumed_tiles"] = float(resumed)
         if nuclei is not None:
             timings["nuclei_thread_s"] = nuclei_s
         if stain_info:

@@ -357,9 +357,10 @@ class AnalysisResult:
         conf = np.take_along_axis(self.category_probs, np.maximum(self.pred_category, 0)[:, None], axis=1)[:, 0]
         return np.where(self.done, conf, np.nan).astype(np.float32)
 
-    def class_counts(self, include_out_of_domain: bool = False) -> dict[str, int]:
-        """Tiles per class; out-of-domain tiles are left out unless asked for."""
-        use = self.counted(include_out_of_domain)
+    def class_counts(self, include_out_of_domain: bool = False, *, min_confidence: float = 0.0) -> dict[str, int]:
+        """Tiles per class, the tiles ``category_counts`` counts: out-of-domain ones are left out unless
+        asked for, and with ``min_confidence`` only those the confidence filter keeps."""
+        use = self.confident(min_confidence, include_out_of_domain)
         counts = np.bincount(self.pred_class[use], minlength=len(self.model.class_names))
         return {name: int(n) for name, n in zip(self.model.class_names, counts)}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,11 +236,8 @@ class Slide:
 
     def require_mpp(self) -> Mpp:
         if self.mpp is None:
-            raise MppError(
-                f"{self.path.name} does not say how many µm a pixel is, so tiles cannot be cut at the "
-                "model's scale. Pass it with --mpp (e.g. --mpp 0.5 for a 20x scan), or use "
-                "--whole-image to classify a small image as one tile (scale unknown).",
-            )
+            raise MppError(f"{self.path.name} does not say how many µm a pixel is, so tiles cannot be cut at the "
+                           "model's scale.")
         return self.mpp
 
     def fingerprint(self) -> str:
@@ -651,7 +649,18 @@ def describe_skipped(skipped: tuple[SkippedLevel, ...], reasons: bool = True) ->
         which = ("level " if len(levels) == 1 else "levels ") + ", ".join(map(str, levels))
     if not reasons:
         return f"{which} skipped"
-    return f"{which} skipped: {'; '.join(dict.fromkeys(s.reason for s in skipped))}"
+    # one reason per kind: "colours differ from level 0 (ΔE 37–38; …)", not the sentence once per level
+    kinds: dict[str, list[float]] = {}
+    for s in skipped:
+        kinds.setdefault(_DELTA_E.sub("ΔE #", s.reason), []).extend(float(v) for v in _DELTA_E.findall(s.reason))
+    parts = []
+    for kind, values in kinds.items():
+        lo, hi = (min(values), max(values)) if values else (0.0, 0.0)
+        parts.append(kind.replace("ΔE #", f"ΔE {lo:g}" if lo == hi else f"ΔE {lo:g}–{hi:g}") if values else kind)
+    return f"{which} skipped: {'; '.join(parts)}"
+
+
+_DELTA_E = re.compile(r"ΔE (\d+(?:\.\d+)?)")
 
 
 _FINER_BAND_PX = 16_000_000
@@ -1008,7 +1017,7 @@ def describe(slide: Slide) -> str:
         f"file:      {slide.path}",
         f"vendor:    {slide.vendor}",
         f"size:      {slide.dimensions[0]} × {slide.dimensions[1]} px (level 0)",
-        f"mpp:       {slide.mpp.describe() if slide.mpp else 'unknown (pass --mpp)'}",
+        f"mpp:       {slide.mpp.describe() if slide.mpp else 'unknown (cellview analyze --mpp UM gives it)'}",
         f"levels:    {slide.level_count}",
     ]
     skipped = {s.level: s.reason for s in slide.skipped_levels}

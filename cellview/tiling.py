@@ -9,6 +9,12 @@ the slide into white padding. Each point of the slide belongs to exactly one gri
 the whole slide, hence all its tissue, is covered. With overlap the last cell, ``n − 1``, also
 takes the points past ``n·S`` (its tile reaches the slide's edge). Only a slide smaller than one
 tile gets a padded tile (at 0); its reported rectangle is still clipped to the slide.
+
+One exception: a last cell narrower than ``SLIVER_FRACTION`` of the stride is no column (row) of
+its own. Its tile would be almost a copy of its neighbour (a 3-px sliver on a small image) yet
+count as a whole tile in the shares and carry its own verdicts; instead the cell before it
+extends to the slide's edge. Its points still belong to exactly one cell, the last, whose tile
+ends less than ``SLIVER_FRACTION × S`` before the edge.
 """
 
 from __future__ import annotations
@@ -122,19 +128,26 @@ def cell_edges(index: np.ndarray, n: int, stride: float, extent: float | None) -
         return (index * stride).astype(np.float64)
     return np.where(index >= n, extent, np.minimum(index * stride, extent)).astype(np.float64)
 
-TILING_RULE = "inside-v1"
+TILING_RULE = "inside-v2"
 """Names the rule above; recorded in the metadata and the cache key, so results of an older rule are
-never mistaken for current ones."""
+never mistaken for current ones (v2: no sliver cell at the far edge)."""
+
+SLIVER_FRACTION = 0.1
+"""A last cell narrower than this share of the stride joins the cell before it (see the module docstring)."""
 
 
 def _axis_count(extent: int, tile: int, stride: int) -> int:
     if extent <= tile:
         return 1
-    return int(math.ceil((extent - tile) / stride)) + 1
+    n = int(math.ceil((extent - tile) / stride)) + 1
+    if extent - (n - 1) * stride < SLIVER_FRACTION * stride:  # the last cell would be a sliver
+        n -= 1
+    return n
 
 
 def axis_positions(extent: int, tile: int, stride: int) -> np.ndarray:
-    """Tile origins along one axis: ``min(k·stride, extent − tile)``, all inside ``[0, extent]``.
+    """Tile origins along one axis: ``min(k·stride, extent − tile)``, all inside ``[0, extent]`` (no sliver:
+    ``SLIVER_FRACTION``).
 
     The one place the rule is written down in code (see the module docstring); training-time
     evaluation tiles mirror it.

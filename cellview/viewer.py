@@ -39,7 +39,8 @@ from cellview.domain import NOT_AVAILABLE
 from cellview.errors import CellviewError, ExportError, ModelError
 from cellview.explain import TileExplanation, explain_tile
 from cellview.export import FORMATS, export_slide_result, render, writable_dir
-from cellview.model import ModelSpec, OnnxClassifier, sidecar_for
+from cellview.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
+from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier, sidecar_for
 from cellview.morphology import Region, malignant_regions
 from cellview.overlay import OverlaySettings
 from cellview.pipeline import BatchDone, CancelToken, Finished, Started, analyze, slide_stain_transform
@@ -65,15 +66,6 @@ THUMBNAIL_PX = 2048
 """Longest side of the base image drawn under the pyramid tiles (and used for PNG export)."""
 
 OVERVIEW_PX = 200
-
-STAIN_LABELS = {"none": "None", "macenko": "Macenko", "reinhard": "Reinhard"}
-"""How the viewer and the kiosk name each ``AnalysisParams.stain_normalize`` choice."""
-
-TTA_VIEWS = {"none": 1, "flips": 4, "d4": 8}
-"""Model runs per tile for each ``AnalysisParams.tta`` choice (``model.tta_views``): the inference cost."""
-
-TTA_LABELS = {"none": "None", "flips": "Flips ×4", "d4": "D4 ×8"}
-"""How the viewer and the kiosk name each ``AnalysisParams.tta`` choice, with the number of views."""
 
 
 # ----------------------------------------------------------------------------- events
@@ -357,26 +349,6 @@ def _no_reference(model_name: str) -> str:
             "nothing to normalise to (a model exported by a current cellview train stores it).")
 
 
-def describe_run_options(params: AnalysisParams, stain: dict[str, Any] | None = None) -> str:
-    """The run's stain normalisation and test-time augmentation as a phrase; "" when it used neither.
-
-    ``stain`` is the result's record (``AnalysisResult.stain``): it says when normalisation was
-    asked for but skipped (no tissue to estimate the slide's stain from).
-    """
-    parts = []
-    method = params.stain_normalize
-    if method != "none":
-        if stain and stain.get("applied") == "none":
-            parts.append(str(stain.get("note") or f"{STAIN_LABELS[method]} stain normalisation skipped"))
-        else:
-            parts.append(f"{STAIN_LABELS[method]} stain normalisation (to the model's training stain)")
-    if params.tta != "none":
-        parts.append(f"test-time augmentation {TTA_LABELS[params.tta]} "
-                     f"(probabilities averaged over {TTA_VIEWS[params.tta]} views of each tile)")
-    text = "; ".join(parts)
-    return text[:1].upper() + text[1:]
-
-
 # ----------------------------------------------------------------------------- analysis
 
 
@@ -398,6 +370,7 @@ class AnalysisRequest:
     params: AnalysisParams
     model_path: str | None
     use_cache: bool
+    resume: AnalysisResult | None = None  # a cancelled run of this slide, model and settings: go on from its tiles
 
 
 AnalysisSource = Callable[[AnalysisRequest, CancelToken], Iterator[object]]
@@ -414,7 +387,7 @@ def model_file_analysis(request: AnalysisRequest, cancel: CancelToken) -> Iterat
     classifier = OnnxClassifier(spec, device=request.params.device, intra_op_threads=threads)
     yield ModelReady(spec, classifier.describe(), classifier.fallback_message, classifier.needs_attention)
     yield from analyze(request.path, classifier, request.params, cancel,
-                       ResultCache() if request.use_cache else None)
+                       ResultCache() if request.use_cache else None, resume=request.resume)
 
 
 @dataclass(frozen=True)
@@ -466,6 +439,30 @@ def regions_task(result: AnalysisResult, min_confidence: float) -> Iterator[list
     ``result`` must be a snapshot nobody writes to any more (its arrays copied).
     """
     yield malignant_regions(result, min_confidence)
+
+
+def regions_note(result: AnalysisResult, regions: list[Region], min_confidence: float) -> str:
+    """The sentence beside the region outlines. Regions join in-domain tiles only, so when none is found
+    it says whether out-of-domain tiles were called malignant (the call on tissue the model never saw
+    is no finding) instead of claiming that no tile is malignant."""
+    where = f"malignant at ≥ {min_confidence:.0%} confidence" if min_confidence > 0 else "malignant"
+    malignant = result.pred_category == CATEGORIES.index("malignant")
+    sure = np.nan_to_num(result.confidence, nan=-1.0) >= min_confidence
+    n_out = int((result.out_of_domain & malignant & sure).sum())
+    some_out = result.has_domain and bool(result.out_of_domain.any())
+    if regions:
+        text = f"{plural(len(regions), 'region')} of tiles {where}; largest {regions[0].label()}."
+    elif result.n_done and some_out and not result.in_domain.any():
+        text = "No region: every classified tile is out of the model's domain."
+    elif n_out:
+        text = f"No region: no in-domain tile is {where}."
+    else:
+        text = f"No region: no tile is {where}."
+    if n_out:
+        text += f" {plural(n_out, 'out-of-domain tile')} called {where} {'is' if n_out == 1 else 'are'} left out."
+    elif some_out:
+        text += " Regions join in-domain tiles only."
+    return text
 
 
 # ----------------------------------------------------------------------------- the model's domain
@@ -587,6 +584,15 @@ def explain_task(path: str, mpp_um: float | None, grid: Any, index: int, classif
         slide.close()
 
 
+def stain_task(path: str, mpp_um: float | None, grid: Any, spec: ModelSpec, method: str) -> Iterator[TileStainTransform]:
+    """The slide's stain transform for a result's grid, fitted off the main thread as analyze fits it."""
+    slide = open_slide(path, mpp_um=mpp_um)
+    try:
+        yield slide_stain_transform(slide, grid, spec, method)
+    finally:
+        slide.close()
+
+
 # ----------------------------------------------------------------------------- the model
 
 
@@ -616,7 +622,7 @@ class ViewerModel:
 
     EVENTS = ("slide", "slide_image", "opening", "model", "model_options", "model_ready", "settings", "running", "progress",
               "tiles", "result", "selection", "overlay", "regions", "tissue", "status", "error", "job_item",
-              "open_failed", "run_ended", "domain", "explanation")
+              "open_failed", "run_ended", "domain", "explanation", "hover", "stain")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis) -> None:
@@ -646,6 +652,8 @@ class ViewerModel:
         self.result: AnalysisResult | None = None
         self.result_model_path: str | None = None
         self.selection = -1
+        self.hover = ""
+        """What the tile under the pointer is (``hover_at``; "" over none): the status bar's text."""
         self.overlay = OverlaySettings()
         self.regions: list[Region] = []
         self._shown_regions_key: tuple | None = None  # (id(result), n_done, confidence) of self.regions
@@ -671,6 +679,8 @@ class ViewerModel:
         """Runs explanations; a view with a loaded classifier (the kiosk) sets it, else the first
         explanation loads the result's model (on CPU)."""
         self._explain_stain: ExplainStain | None = None  # the slide's stain transform, fitted for one result
+        self._stain_job: JobHandle | None = None
+        self._stain_id = 0
         self._explain_loaded_for: str | None = None  # the model path of a classifier loaded here
         self._explain_id = 0
         self._explain_job: JobHandle | None = None
@@ -884,11 +894,12 @@ class ViewerModel:
         grid, path, mpp = result.grid, self.slide.path, self.mpp_um()
         classifier, model_path = self.explain_classifier, self.result_model_path or self.model_path
         sha = result.model.sha256
-        stain_method, stain_key, stain = result.params.stain_normalize, (id(result), path), self._explain_stain
+        stain_method, stain_key, stain = result.params.stain_normalize, self._stain_key(result), self._explain_stain
 
         def on_item(item: ExplainerReady | ExplainStain | TileExplanation) -> None:
             if isinstance(item, ExplainStain):
                 self._explain_stain = item
+                self.events.stain(item.transform)
                 return
             if isinstance(item, ExplainerReady):
                 # kept for the next tile unless the model changed meanwhile
@@ -917,6 +928,59 @@ class ViewerModel:
                                  on_item, on_failed, on_done))
         if job_id == self._explain_id and self._explain_job is not None:
             self._explain_job = handle
+
+    # ------------------------------------------------------------------------------ the run's stain transform
+
+    def _stain_key(self, result: AnalysisResult) -> tuple:
+        """One fit per result's tiles (a streaming result keeps its grid) and slide."""
+        return (id(result.grid), self.slide.path if self.slide is not None else "", result.params.stain_normalize)
+
+    def patch_stain(self) -> TileStainTransform | None:
+        """The stain transform the shown result's tiles went through before the model, when it is fitted
+        (None: the run normalised nothing, or the fit is pending: ``request_stain``, then ``events.stain``)."""
+        result = self.shown_result()
+        if result is None or result.params.stain_normalize == "none":
+            return None
+        fitted = self._explain_stain
+        return fitted.transform if fitted is not None and fitted.key == self._stain_key(result) else None
+
+    @property
+    def stain_pending(self) -> bool:
+        """The shown result normalised stains and its transform is not fitted yet."""
+        result = self.shown_result()
+        return result is not None and result.params.stain_normalize != "none" and self.patch_stain() is None
+
+    def request_stain(self) -> None:
+        """Fit the slide's stain transform for the shown result, as analyze fits it (a job; ``events.stain``),
+        so the inspector shows the patch the model was fed, not the one scanned."""
+        result = self.shown_result()
+        spec = self.spec
+        if not self.stain_pending or self._stain_job is not None or result is None or self.slide is None:
+            return
+        if spec is None or spec.onnx_sha256 != result.model.sha256:
+            return
+        key, path, mpp, grid = self._stain_key(result), self.slide.path, self.mpp_um(), result.grid
+        method = result.params.stain_normalize
+        self._stain_id = job_id = next(self._ids)
+
+        def on_item(transform: TileStainTransform) -> None:
+            if job_id == self._stain_id:
+                self._explain_stain = ExplainStain(key, transform)
+                self.events.stain(transform)
+
+        def on_failed(exc: CellviewError) -> None:
+            if job_id == self._stain_id:
+                self.status(f"The stain transform could not be fitted: {exc.message}")
+
+        def on_done() -> None:
+            if job_id == self._stain_id:
+                self._stain_job = None
+
+        self._stain_job = _Pending()
+        handle = self.runner(Job("stain", lambda cancel: stain_task(path, mpp, grid, spec, method), on_item, on_failed,
+                                 on_done))
+        if job_id == self._stain_id and self._stain_job is not None:
+            self._stain_job = handle
 
     def status(self, message: str) -> None:
         self.events.status(message)
@@ -1019,16 +1083,30 @@ class ViewerModel:
         had = self.slide is not None
         self.slide, self.mpp_choice, self.tissue = None, None, None
         self.result = self.result_model_path = None
-        self.regions, self._shown_regions_key = [], None
-        self.selection = -1
         self.progress = Progress("idle")
-        self._forget_explanation()
         if had:
             self.events.slide(None)
             self.events.result(None)
+            self.events.progress(self.progress)
+        self._reset_view_state(emit=had)
+
+    def _reset_view_state(self, emit: bool = True) -> None:
+        """The view state that belongs to one slide, in one place: selection, hover, regions, explanation,
+        and the display settings of ``overlay.PER_SLIDE`` (the domain override and the filters). Called
+        whenever a slide closes, so a newly opened slide starts safe."""
+        self.regions, self._shown_regions_key = [], None
+        self.selection = -1
+        self.hover = ""
+        self._stain_id, self._stain_job = next(self._ids), None
+        self._forget_explanation()
+        overlay = self.overlay.for_new_slide()
+        changed, self.overlay = overlay != self.overlay, overlay
+        if emit:
             self.events.regions([])
             self.events.selection(-1)
-            self.events.progress(self.progress)
+            self.events.hover("")
+        if changed:
+            self.events.overlay(overlay)
         self._update_domain()
 
     def recent_slides(self) -> list[RecentSlide]:
@@ -1096,7 +1174,9 @@ class ViewerModel:
             return False
         if not self.resolve_scale():
             return False
-        request = AnalysisRequest(self.slide.path, params or self.current_params(), self.model_path, self.use_cache)
+        params = params or self.current_params()
+        resume = self.result if self._can_resume(params) else None
+        request = AnalysisRequest(self.slide.path, params, self.model_path, self.use_cache, resume)
         self.clear_result(emit=True)
         self._run_id = run_id = next(self._ids)
         self._run = _Run(request, spec=spec)
@@ -1127,6 +1207,14 @@ class ViewerModel:
         self._run_job = self.runner(Job("analysis", lambda cancel: source(request, cancel), on_item, on_failed,
                                         on_done))
         return True
+
+    def _can_resume(self, params: AnalysisParams) -> bool:
+        """The shown result is a cancelled run of this slide with this model and these settings: Analyse goes
+        on from its finished tiles (the pipeline checks the rest: ``pipeline.resumable``)."""
+        result = self.result
+        return (result is not None and result.status == "cancelled" and self.slide is not None
+                and result.slide.path == self.slide.path and self.result_model_path == self.model_path
+                and result.params.cache_dict() == params.cache_dict())
 
     def cancel_analysis(self) -> None:
         """Stop after the current batch; finished tiles are kept (the pipeline's Finished says so)."""
@@ -1277,6 +1365,27 @@ class ViewerModel:
             if ig[r, c] >= 0:
                 self.select(int(ig[r, c]))
                 return int(ig[r, c])
+
+    def hover_at(self, l0_x: float, l0_y: float) -> str:
+        """The pointer is at this level-0 point: what its tile is ("" over none), also as ``events.hover``."""
+        result = self.shown_result()
+        index = result.grid.tile_at(l0_x, l0_y) if result is not None else -1
+        text = ""
+        if result is not None and index >= 0 and result.done[index]:
+            text = f"{result.model.class_names[int(result.pred_class[index])]} {float(result.confidence[index]):.0%}"
+            if not result.in_domain[index]:  # a done tile: out of domain (never without statistics)
+                text += " · out of domain"
+        if text != self.hover:
+            self.hover = text
+            self.events.hover(text)
+        return text
+
+    def regions_note(self) -> str:
+        """What the region outlines show, or why there are none ("" without a result or outlines off)."""
+        result = self.shown_result()
+        if result is None or not self.overlay.show_regions or result.grid.whole_image:
+            return ""
+        return regions_note(result, self.regions, self.overlay.min_confidence)
 
     # ------------------------------------------------------------------------------ regions, tissue
 

@@ -5,6 +5,9 @@
     python scripts/screenshot.py --kiosk --size 1024x600   # → docs/kiosk-1024x600.png
     python scripts/screenshot.py --cam --out docs/screenshot_domain_cam.png   # the class activation map
     python scripts/screenshot.py --kiosk --cam --size 1024x600 --out docs/kiosk-1024x600-domain.png
+    python scripts/screenshot.py --kiosk --show tile      # the kiosk's tile sheet over the slide
+    python scripts/screenshot.py --kiosk --show waiting|open|scale|pin|idle   # its pages and sheets
+    python scripts/screenshot.py --show shortcuts|mpp|open  # the desktop's dialogs
 
 ``--regions`` outlines malignant regions (at ``--threshold``) and picks, inside the largest one,
 the tile with the most well-formed nuclei, so the inspector shows its nucleus contours.
@@ -42,6 +45,10 @@ def main() -> int:
     ap.add_argument("--kiosk", action="store_true", help="the kiosk's case page instead of the desktop viewer")
     ap.add_argument("--style", default=None, help="overlay style: outline, fill or fill+outline (default: the viewer's)")
     ap.add_argument("--cam", action="store_true", help="show the picked tile's class activation map in the inspector")
+    ap.add_argument("--show", default="case",
+                    help="kiosk: case (default), tile (the tapped tile's sheet), waiting, open (the file picker), "
+                         "scale (a slide without a pixel size), pin (the exit PIN pad), idle (a case finished "
+                         "while idle); desktop: shortcuts, mpp (the pixel-size dialog), open (the file dialog)")
     args = ap.parse_args()
 
     if not os.environ.get("DISPLAY"):
@@ -123,10 +130,34 @@ def main() -> int:
         window._view_hovered(*[v + result.grid.tile_l0_w / 2 for v in result.grid.rect(pick)[:2]])
     settle(app, 1.0)
     out = Path(args.out or REPO / "docs" / ("screenshot_nuclei.png" if args.regions else "screenshot.png"))
+    dialog = desktop_dialog(window, args.show)
+    if dialog is not None:
+        settle(app, 1.0)
     capture(app, window, out)
+    if dialog is not None:
+        dialog.close()
     print(f"wrote {out} ({window.provider_label.text()}; {result.summary()})")
     window.shutdown()
     return 0
+
+
+def desktop_dialog(window, show: str):
+    """Open one of the desktop's dialogs without blocking (for the picture); None for the plain window."""
+    from PySide6.QtWidgets import QFileDialog
+
+    from cellview.gui.mainwindow import MppDialog
+    from cellview.gui.shortcuts import ShortcutsDialog
+
+    if show == "shortcuts":
+        dialog = ShortcutsDialog(window.menuBar(), window)
+    elif show == "mpp":
+        dialog = MppDialog("head-and-neck.png", True, window)
+    elif show == "open":
+        dialog = QFileDialog(window, "Open slide or image", str(DEFAULT_SLIDE.parent))
+    else:
+        return None
+    dialog.open()
+    return dialog
 
 
 def show_cam(app, window) -> None:
@@ -163,7 +194,8 @@ def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
 
     (tmp / "watch").mkdir()
     settings = KioskSettings(watch_dir=tmp / "watch", outbox_dir=tmp / "outbox", model=str(model_path),
-                             device=args.device, idle_s=0, settle_s=0.5, poll_s=0.2)
+                             device=args.device, idle_s=0, settle_s=0.5, poll_s=0.2,
+                             pin="2468" if args.show == "pin" else None)
     window = KioskWindow(settings)
     if args.size and app.platformName() != "xcb":
         w, h = (int(v) for v in args.size.split("x"))
@@ -183,8 +215,14 @@ def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
     result = window.result
     malignant = result.pred_category == CATEGORIES.index("malignant")
     conf = np.nan_to_num(result.confidence, nan=-1.0) - (result.grid.tissue_fraction < 0.9)
-    window.select_tile(int(np.argmax(np.where(malignant, conf, -1.0))) if malignant.any() else int(np.argmax(conf)))
+    pick = int(np.argmax(np.where(malignant, conf, -1.0))) if malignant.any() else int(np.argmax(conf))
+    if args.show == "tile":  # a tap on the tile: its call in a sheet over the slide
+        x, y, w, h = result.grid.rect(pick)
+        window._view_clicked(x + w / 2, y + h / 2)
+    else:
+        window.select_tile(pick)
     wait_for(window.patchShown, 10)
+    kiosk_view(app, window, args.show, tmp, args.slide)
     if args.cam:
         show_cam(app, window)
         panel = window._side_scroll
@@ -192,11 +230,38 @@ def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
         panel.verticalScrollBar().setValue(max(0, top - 8))  # the patch with its map and colour scale in view
     settle(app, 1.0)
     size = args.size or f"{window.width()}x{window.height()}"
-    out = Path(args.out or REPO / "docs" / f"kiosk-{size}.png")
+    suffix = "" if args.show == "case" else f"-{args.show}"
+    out = Path(args.out or REPO / "docs" / f"kiosk-{size}{suffix}.png")
     capture(app, window, out)
     print(f"wrote {out} ({window.provider_badge.text()}; {result.summary()})")
     window.exit_kiosk()
     return 0
+
+
+def kiosk_view(app, window, show: str, tmp: Path, slide: str) -> None:
+    """Bring up the kiosk page or sheet ``show`` after the case (see --show)."""
+    from cellview.gui.headless import settle, wait_for
+
+    if show == "waiting":
+        window.home_btn.click()
+    elif show == "open":
+        window.choose_case()
+        window.file_sheet.show_folder(Path(slide).parent)
+    elif show == "scale":  # the same pixels as a PNG, which records no pixel size
+        import cv2
+
+        from cellview.slide import open_slide
+
+        with open_slide(slide) as s:
+            rgb = s.thumbnail(1200)
+        cv2.imwrite(str(tmp / "watch" / "head-and-neck.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        wait_for(window.caseFinished, 120)
+    elif show == "pin":
+        window.request_exit()
+    elif show == "idle":  # nobody touched the screen since the case finished
+        window._last_activity = 0.0
+        window.show_idle()
+    settle(app, 0.5)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,12 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CELLVIEW_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture
+def isolated_settings(tmp_path, monkeypatch):
+    """The viewer's settings (recent files, last folders) in the test's own file, never the user's."""
+    monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA.is_dir():

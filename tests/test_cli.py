@@ -250,3 +250,20 @@ def test_a_one_tile_region_is_one_tile(tmp_path, toy_model, capsys):
     code, out, err = _analyze(capsys, path, "--model", toy_model, "--out", tmp_path / "out")
     assert code == 0, err
     assert "malignant regions: 1; largest 0.0041 mm² (1 tile)" in out and "(1 tiles)" not in out
+
+
+def test_help_says_how_to_leave_the_kiosk_and_what_the_options_do(capsys):
+    """Issue 19: `cellview --help` names the exit chord and kiosk.json; --device and --batch-size are explained."""
+    from cellview.kiosk import KioskSettings, default_settings_path
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert KioskSettings().exit_chord in text and str(default_settings_path()) in text and "PIN" in text
+    assert "--kiosk-config FILE" in text
+    for option in ("--device", "--batch-size"):
+        with pytest.raises(SystemExit):
+            main(["analyze", "--help"])
+        helped = " ".join(capsys.readouterr().out.split())
+        after = helped.split(option, 2)[-1][:200]  # the option's own line in the options list
+        assert "TensorRT" in after if option == "--device" else "tiles per model call" in after

@@ -219,3 +219,22 @@ def test_domain_fit_and_evaluate_from_a_run(tmp_path, capsys, squares_slide):
     assert (model.parent / "MODEL_CARD.md").read_text().count("## Out-of-domain detection") == 1
     assert main(["domain", "fit", str(model)]) == 2  # neither --run nor --recipe
     assert "--run RUN" in capsys.readouterr().err
+
+
+def test_explain_on_the_terminal_says_what_the_picture_says(squares_slide, cam_model, tmp_path, capsys):
+    """Issue 19: a tile with too little tissue printed a bare call; a slide without a pixel size was told to use
+    --whole-image, which explain rejects."""
+    import cv2
+
+    out = tmp_path / "glass.png"
+    assert main(["explain", str(squares_slide), "--at", "32,32", "--out", str(out), "--model", str(cam_model),
+                 "--device", "cpu"]) == 0
+    line = capsys.readouterr().out
+    assert "too little tissue to be analysed" in line and "means nothing" in line
+    image = tmp_path / "cells.png"  # a PNG records no pixel size
+    cv2.imwrite(str(image), np.full((128, 128, 3), 200, np.uint8))
+    assert main(["explain", str(image), "--at", "5,5", "--out", str(out), "--model", str(cam_model)]) == 2
+    err = capsys.readouterr().err
+    assert "does not say how many µm a pixel is" in err and "--mpp" in err and "--whole-image" not in err
+    with pytest.raises(SystemExit):
+        main(["explain", str(image), "--whole-image", "--at", "5,5", "--out", str(out)])

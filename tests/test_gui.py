@@ -101,7 +101,14 @@ def test_synthetic_slide_overlay_matches_results(qtbot, window, synthetic_slide)
     window.mode_box.setCurrentIndex(window.mode_box.findData(0))  # P(malignant)
     assert window.colorbar.isVisibleTo(window)
     heat = result.heatmap(0)
+    # issue 19: the category toggles apply in probability mode too (benign is still switched off)
+    benign_cells = np.zeros(heat.shape, bool)
+    benign_cells[g.grid_row[benign], g.grid_col[benign]] = True
+    np.testing.assert_array_equal(overlay.image[..., 3] > 0, np.isfinite(heat) & ~benign_cells)
+    assert window.toggles.isEnabled() and "benign hidden" in window.filter_notice.label.text()
+    window.toggles.boxes["benign"].setChecked(True)
     np.testing.assert_array_equal(overlay.image[..., 3] > 0, np.isfinite(heat))
+    assert not window.filter_notice.isVisibleTo(window)
     assert window.opened.info.mpp is not None and window.view.scale_bar.isVisibleTo(window)
 
 
@@ -338,7 +345,7 @@ def test_drop_recent_files_and_kiosk_flag(qtbot, window, synthetic_slide, toy_mo
     window._fill_recent()
     assert [a.text() for a in window.recent_menu.actions()] == [Path(synthetic_slide).name]
     # The kiosk itself is tested in test_kiosk_gui.py; a missing settings file does not stop it (no exit 2,
-    # which systemd would restart in a loop): it runs on defaults, says so, and keeps exit locked.
+    # which systemd would restart in a loop): it runs on defaults and says so.
     from cellview.gui.kiosk import KioskWindow
 
     seen: list[tuple[KioskWindow, bool, bool]] = []
@@ -356,7 +363,8 @@ def test_drop_recent_files_and_kiosk_flag(qtbot, window, synthetic_slide, toy_mo
     assert run_gui(build_gui_parser().parse_args(["--kiosk", "--kiosk-config", missing, "--model", str(toy_model),
                                                   "--device", "cpu", "--outbox", str(tmp_path / "out")])) == 0
     [(kiosk, still_up, problem_shown)] = seen
-    assert still_up and problem_shown and "does not exist" in kiosk.settings_label.text()
+    # issue 19: a missing file holds no PIN, so the defaults apply and the exit chord leaves (it was locked)
+    assert not still_up and not kiosk.exit_locked and "does not exist" in kiosk.settings_label.text()
 
 
 def test_model_picker_rescans_models_dir(qtbot, window, tmp_path, monkeypatch):

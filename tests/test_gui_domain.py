@@ -181,12 +181,12 @@ def test_inspector_shows_the_score_and_the_activation_map(qtbot, window, square_
 
 
 def test_view_export_draws_the_hatching_and_says_why(qtbot, window, square_slide, monkeypatch):
-    import cellview.gui.mainwindow as mw
+    import cellview.gui.legendview as lv  # the legend is drawn from legend.describe_legend (issue 19)
 
     open_and_analyse(qtbot, window, square_slide)
     lines: list[str] = []
-    original = mw._wrap_text
-    monkeypatch.setattr(mw, "_wrap_text", lambda fm, text, width: lines.append(text) or original(fm, text, width))
+    original = lv.wrap_text
+    monkeypatch.setattr(lv, "wrap_text", lambda fm, text, width: lines.append(text) or original(fm, text, width))
     window.render_view_png()
     assert any("hatched grey and left out of the counts" in t for t in lines)
     assert "This tissue does not look like red, blue and green test tiles; the calls are unreliable." in lines

@@ -20,6 +20,7 @@ from cellview.kiosk import (
     RecentCases,
     SalvagedSettings,
     WatchFolder,
+    analysed_in_outbox,
     choose_batch_size,
     default_settings_path,
     free_stem,
@@ -182,7 +183,6 @@ def test_lenient_load_of_a_good_file_equals_the_strict_load(tmp_path, monkeypatc
 @pytest.mark.parametrize("content, words", [
     ('{"pin": "2468", "idle_s": 30,}', "not valid JSON"),
     ("[1, 2]", "JSON object"),
-    (None, "does not exist"),
     (b"\xff\xfe{", "Cannot read"),
 ])
 def test_lenient_load_of_an_unusable_file_gives_defaults_and_locks_exit(tmp_path, content, words):
@@ -196,6 +196,16 @@ def test_lenient_load_of_an_unusable_file_gives_defaults_and_locks_exit(tmp_path
     assert len(loaded.problems) == 1 and words in loaded.problems[0].message
     assert str(file) in loaded.problems[0].message and "defaults apply" in loaded.problems[0].message
     assert loaded.exit_locked  # a PIN may have been set in it: fail closed
+
+
+def test_a_named_settings_file_that_does_not_exist_gives_the_defaults_and_a_way_out(tmp_path):
+    """Issue 19: no file, no PIN to lose: leaving the kiosk must not be disabled."""
+    file = tmp_path / "nowhere" / "kiosk.json"
+    loaded = KioskSettings.load_lenient(file, outbox_dir=str(tmp_path / "out"))
+    assert loaded.settings == KioskSettings(outbox_dir=tmp_path / "out")
+    assert not loaded.exit_locked
+    assert len(loaded.problems) == 1 and "does not exist" in loaded.problems[0].message
+    assert str(file) in loaded.problems[0].message and "defaults apply" in loaded.problems[0].message
 
 
 @pytest.mark.parametrize("data", [{"pin": 2468}, {"pin": "24a8"}, {"pin": ""}, {"pim": "2468"}, {"PIN": "2468"},
@@ -378,6 +388,51 @@ def test_missing_pixel_size_is_a_failed_case(tmp_path, classifier):
     cv2.imwrite(str(png), np.full((300, 300, 3), 200, np.uint8))
     case = process_case(png, classifier, KioskSettings(outbox_dir=tmp_path / "out"))
     assert case.status == "failed" and case.message
+    # issue 19: the kiosk's own advice (the screen's scale entry, mpp_um in kiosk.json), never "--mpp"
+    assert case.needs_scale and "--" not in case.message
+    assert '"mpp_um"' in case.message and str(default_settings_path()) in case.message
+    assert case.headline == "pixel size unknown: tap to choose the magnification"  # one line in the list
+    chosen = process_case(png, classifier, KioskSettings(outbox_dir=tmp_path / "out"), mpp_um=0.5)
+    assert chosen.ok and json.loads(chosen.outputs["json"].read_text())["slide"]["mpp_source"] == "user"
+
+
+def test_a_long_error_is_one_line_in_the_recent_cases(tmp_path):
+    long = CaseResult(tmp_path / "x.svs", "failed", "x.svs is damaged: " + "the frame offsets point outside " * 10
+                      + ". Try another copy.")
+    assert len(long.headline) <= 90 and long.headline.endswith("…") and "Try another copy" not in long.headline
+    ok = CaseResult(tmp_path / "y.svs", "done", "y.svs: no tile in the model's domain")
+    assert ok.headline == "no tile in the model's domain"
+
+
+def test_at_start_the_slides_not_yet_in_the_outbox_are_analysed_oldest_first(tmp_path, synthetic_slide, classifier):
+    """Issue 19: slides dropped while the kiosk was off (or before a crash) were never analysed."""
+    clock = FakeClock()
+    watch, out = tmp_path / "in", tmp_path / "out"
+    watch.mkdir()
+    settings = KioskSettings(watch_dir=watch, outbox_dir=out, settle_s=1.0, formats=("csv", "json"))
+    paths = [watch / f"{name}.tiff" for name in ("done", "newer", "older", "replaced")]
+    for age, path in zip((400, 100, 300, 200), paths):
+        shutil.copy(synthetic_slide, path)
+        os.utime(path, (time.time() - age, time.time() - age))
+    assert process_case(paths[0], classifier, settings).ok  # in the outbox already
+    assert process_case(paths[3], classifier, settings).ok
+    os.utime(paths[3], None)  # …then replaced by a newer file: not done any more
+    watcher = WatchFolder.for_settings(settings, include_existing=True, skip_existing=analysed_in_outbox(out))
+    watcher.clock = clock
+    assert [p.name for p in watcher.backlog] == ["older.tiff", "newer.tiff", "replaced.tiff"]
+    watcher.poll()
+    clock.now += 1.0
+    assert watcher.poll() == [paths[2], paths[1], paths[3]]  # oldest first
+    assert WatchFolder.for_settings(settings).backlog == []  # without include_existing: as before
+
+
+def test_a_case_the_kiosk_stopped_on_is_known_at_the_next_start(tmp_path):
+    recent = RecentCases(tmp_path / "out" / RECENT_FILE)
+    assert recent.interrupted() is None
+    recent.begin(tmp_path / "crashes.svs")
+    assert RecentCases(tmp_path / "out" / RECENT_FILE).interrupted() == tmp_path / "crashes.svs"  # after a restart
+    recent.add(CaseResult(tmp_path / "crashes.svs", "done", "fine after all"))
+    assert recent.interrupted() is None
 
 
 def test_recent_cases_bounded_persisted_and_robust(tmp_path):

@@ -510,3 +510,158 @@ def test_a_finger_still_drags_a_slider_in_the_scrolling_panel(qtbot, kiosk, synt
         send(QEvent.Type.MouseMove, start + QPoint(20 * step, 0), Qt.MouseButton.LeftButton)
     send(QEvent.Type.MouseButtonRelease, start + QPoint(160, 0), Qt.MouseButton.NoButton)
     assert slider.value() > before + 10 and kiosk.model.overlay.opacity == slider.value() / 100
+
+
+# ----------------------------------------------------------------------------- issue 19: touch alone, 7-inch screen
+
+
+def inside(widget, window) -> bool:
+    from PySide6.QtCore import QRect
+
+    top_left = widget.mapTo(window, widget.rect().topLeft())
+    return window.rect().contains(QRect(top_left, widget.size()))
+
+
+def test_slides_waiting_at_start_are_analysed_oldest_first_with_a_notice(qtbot, tmp_path, toy_model, synthetic_slide):
+    import os
+    import shutil
+    import time
+
+    from cellview.kiosk import process_case
+
+    settings = kiosk_settings(tmp_path, toy_model)
+    watch = settings.watch_dir
+    for age, name in ((300, "older.tiff"), (100, "newer.tiff"), (500, "done.tiff")):
+        shutil.copy(synthetic_slide, watch / name)
+        os.utime(watch / name, (time.time() - age, time.time() - age))
+    assert process_case(watch / "done.tiff", load_classifier(settings), settings).ok  # before the kiosk started
+    finished: list[str] = []
+    window = make_kiosk(qtbot, settings, wait_model=False)
+    window.caseFinished.connect(lambda case: finished.append(case.path.name))
+    assert window.info_card.isVisible() and "2 slides already in the watch folder" in window.info_label.text()
+    assert "oldest first" in window.info_label.text()
+    qtbot.waitUntil(lambda: len(finished) == 2, timeout=TIMEOUT_MS)
+    assert finished == ["older.tiff", "newer.tiff"]
+    outbox = {p.name for p in settings.outbox().iterdir()}
+    assert {"older.json", "newer.json", "done.json"} <= outbox and "done_2.json" not in outbox
+
+
+def test_a_slide_the_kiosk_stopped_on_is_not_retried_by_itself(qtbot, tmp_path, toy_model, synthetic_slide):
+    import shutil
+
+    from cellview.kiosk import RecentCases
+
+    settings = kiosk_settings(tmp_path, toy_model)
+    shutil.copy(synthetic_slide, settings.watch_dir / "crasher.tiff")
+    RecentCases.for_settings(settings).begin(settings.watch_dir / "crasher.tiff")  # then the kiosk died
+    window = make_kiosk(qtbot, settings)
+    qtbot.wait(600)
+    assert window.current_case is None and not window.queue and not window.info_card.isVisible()
+    assert "crasher.tiff" in window.recent_list.item(0).text() and "stopped" in window.recent_list.item(0).text()
+
+
+@pytest.mark.parametrize("size", [(1024, 600), (800, 480)])
+def test_every_sheet_and_dialog_fits_the_screen(qtbot, tmp_path, toy_model, synthetic_slide, size):
+    window = make_kiosk(qtbot, kiosk_settings(tmp_path, toy_model, pin="2468"))
+    show_at(qtbot, window, *size)
+    window.open_btn.click()  # "Open slide…": Qt's own dialog was 2,107 px wide on a 1,024 px screen
+    sheet = window.file_sheet
+    assert sheet.isVisible() and inside(sheet.card, window) and inside(sheet.open_btn, window)
+    sheet.show_folder(synthetic_slide.parent)
+    row = next(i for i in range(sheet.list.count()) if "synthetic.tiff" in sheet.list.item(i).text())
+    assert sheet.list.visualItemRect(sheet.list.item(row)).height() >= 48  # a finger-sized row
+    sheet.list.itemClicked.emit(sheet.list.item(row))
+    with qtbot.waitSignal(window.caseFinished, timeout=TIMEOUT_MS):
+        sheet.open_btn.click()
+    assert not sheet.isVisible() and window.page == "case"
+    window.scale_sheet.ask(synthetic_slide, "x does not say how many µm a pixel is.")
+    assert inside(window.scale_sheet.card, window)
+    assert all(inside(b, window) and b.height() >= 48 for b in window.scale_sheet.preset_buttons.values())
+    window.scale_sheet.close_sheet()
+    window.request_exit()
+    pad = window.pin_pad
+    qtbot.waitUntil(lambda: pad.isVisible(), timeout=5000)
+    assert window.geometry().contains(pad.geometry())
+    assert all(window.geometry().contains(k.mapToGlobal(k.rect().bottomRight())) for k in pad.keys.values())
+    pad.reject()
+
+
+def test_a_slide_without_a_pixel_size_gets_a_scale_on_screen(qtbot, tmp_path, toy_model, synthetic_slide):
+    import cv2
+
+    from cellview.slide import open_slide
+
+    window = make_kiosk(qtbot, kiosk_settings(tmp_path, toy_model))
+    with open_slide(synthetic_slide) as slide:
+        rgb = slide.thumbnail(max(slide.dimensions))
+    png = window.settings.watch_dir / "noscale.png"
+    with qtbot.waitSignal(window.caseFinished, timeout=TIMEOUT_MS) as blocker:
+        cv2.imwrite(str(png), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    case = blocker.args[0]
+    assert case.status == "failed" and case.needs_scale
+    sheet = window.scale_sheet
+    assert sheet.isVisible() and "mpp_um" in sheet.message.text() and "--mpp" not in sheet.message.text()
+    item = window.recent_list.item(0).text()
+    assert item.count("\n") == 1 and "pixel size unknown" in item  # one line, not the whole message
+    with qtbot.waitSignal(window.caseFinished, timeout=TIMEOUT_MS) as blocker:
+        sheet.preset_buttons["20×"].click()
+    case = blocker.args[0]
+    assert case.ok and case.path == png and window.result.slide.mpp.um == 0.5
+    assert json.loads(case.outputs["json"].read_text())["slide"]["mpp_um"]["x"] == 0.5
+
+
+@pytest.mark.parametrize("size", [(1024, 600), (800, 480)])
+def test_a_tapped_tile_shows_its_call_where_the_finger_is(qtbot, kiosk, synthetic_slide, size):
+    from cellview.testing import SYNTH_BLOCKS, SYNTH_TILE
+
+    show_at(qtbot, kiosk, *size)
+    run_case(qtbot, kiosk, synthetic_slide)
+    assert "Arrow keys" not in kiosk.inspector.subtitle.text() and "Tap" in kiosk.inspector.subtitle.text()
+    r0, _, c0, _ = SYNTH_BLOCKS["malignant"]
+    kiosk._view_clicked(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5)  # what a tap on the slide calls
+    sheet = kiosk.tile_sheet
+    assert sheet.isVisible() and inside(sheet, kiosk.view) and sheet.index == kiosk.model.selection >= 0
+    assert "malignant" in sheet.title.text() and sheet.bars.texts()["malignant"].endswith("%")
+    assert sheet.height() <= 0.7 * kiosk.view.height() + 1  # the slide stays in sight
+    sel = kiosk.view.selection.sceneBoundingRect()
+    on_screen = kiosk.view.mapFromScene(sel.center())
+    assert not sheet.geometry().contains(on_screen)  # the tapped tile is not under the sheet
+    sheet.close_btn.click()
+    assert not sheet.isVisible()
+    # at 800 × 480: the title and the Open button whole, a scale bar that leaves the slide in view
+    assert inside(kiosk.case_title, kiosk) and kiosk.view.scale_bar.width() <= 0.3 * kiosk.view.width()
+    kiosk.home_btn.click()
+    assert inside(kiosk.open_btn, kiosk) and kiosk.open_btn.isVisible()
+
+
+def test_reopening_a_case_starts_at_the_top_of_its_panel(qtbot, kiosk, synthetic_slide):
+    show_at(qtbot, kiosk, 1024, 600)
+    run_case(qtbot, kiosk, synthetic_slide)
+    bar = kiosk._side_scroll.verticalScrollBar()
+    bar.setValue(bar.maximum())
+    assert bar.value() > 0
+    kiosk.home_btn.click()
+    kiosk.recent_list.itemClicked.emit(kiosk.recent_list.item(0))
+    qtbot.waitUntil(lambda: kiosk.page == "case", timeout=5000)
+    assert bar.value() == 0
+
+
+def test_a_case_that_finishes_behind_the_idle_screen_is_shown_on_the_next_touch(qtbot, kiosk, synthetic_slide):
+    kiosk.show_idle()  # nobody at the screen
+    with qtbot.waitSignal(kiosk.caseFinished, timeout=TIMEOUT_MS):
+        kiosk.enqueue(synthetic_slide)
+    assert kiosk.idle and kiosk.idle_screen.isVisible()  # a dropped slide does not wake the screen
+    assert "New result: synthetic.tiff" in kiosk.idle_status.text() and "Touch to see it" in kiosk.idle_status.text()
+    QTest.mouseClick(kiosk.idle_screen, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not kiosk.idle, timeout=5000)
+    assert kiosk.page == "case" and Path(kiosk.model.slide.path) == synthetic_slide and kiosk.result is not None
+    # finished while someone was away but before the idle screen came: it stays behind it too
+    kiosk.home_btn.click()
+    kiosk._last_activity = 0.0
+    kiosk._finished_at = 1.0
+    kiosk.recent_list.itemClicked.emit(kiosk.recent_list.item(0))
+    kiosk._last_activity = 0.0
+    kiosk.show_idle()
+    assert "New result" in kiosk.idle_status.text()
+    kiosk.note_activity()
+    assert kiosk.page == "case"

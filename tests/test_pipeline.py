@@ -185,3 +185,57 @@ def test_dicom_false_colour_levels_are_skipped_and_every_tile_is_read(data_dir, 
     assert [s.level for s in result.slide.skipped_levels] == [1, 2, 3, 4]
     assert result.grid.read_level == 0
     assert result.n_failed == 0 and result.n_done == result.n_tiles > 0
+
+
+class CountingClassifier:
+    """The classifier, counting the tiles it classifies; ``cancel_on_call`` cancels from inside a batch."""
+
+    def __init__(self, inner, cancel: CancelToken | None = None, cancel_on_call: int = 0) -> None:
+        self.inner, self.cancel, self.cancel_on_call = inner, cancel, cancel_on_call
+        self.calls: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def classify(self, tiles, quality=None, tta="none"):
+        self.calls.append(len(tiles))
+        if self.cancel is not None and len(self.calls) == self.cancel_on_call:
+            self.cancel.cancel()  # as a click on Cancel while this batch is being classified
+        return self.inner.classify(tiles, quality, tta)
+
+
+def test_cancel_stops_inside_a_batch_at_the_next_step(synthetic_slide, classifier):
+    """Issue 19: Cancel took seconds (a whole 32-tile batch on a CPU); a batch is classified in short steps."""
+    cancel = CancelToken()
+    counting = CountingClassifier(classifier, cancel, cancel_on_call=1)
+    events = list(analyze(synthetic_slide, counting, AnalysisParams(batch_size=56, workers=1), cancel))
+    result = events[-1].result
+    assert result.status == "cancelled" and len(counting.calls) == 1  # nothing classified after the cancel
+    assert result.n_done == counting.calls[0] < 56
+    (batch,) = [e for e in events if isinstance(e, BatchDone)]
+    assert batch.done == len(batch.indices) == result.n_done  # the steps done are kept and streamed
+
+
+def test_analyse_after_cancel_resumes_from_the_tiles_done(synthetic_slide, classifier):
+    cancel = CancelToken()
+    first = CountingClassifier(classifier, cancel, cancel_on_call=3)
+    params = AnalysisParams(batch_size=8, workers=1)
+    cancelled = list(analyze(synthetic_slide, first, params, cancel))[-1].result
+    assert cancelled.status == "cancelled" and 0 < cancelled.n_done < 56
+    again = CountingClassifier(classifier)
+    events = list(analyze(synthetic_slide, again, params, resume=cancelled))
+    result = events[-1].result
+    assert result.status == "complete" and result.n_done == 56
+    assert sum(again.calls) == 56 - cancelled.n_done  # only the tiles not done before
+    resumed = events[1]
+    assert isinstance(resumed, BatchDone) and resumed.done == cancelled.n_done  # streamed first, for the overlay
+    kept = cancelled.state == TileState.DONE
+    assert np.array_equal(result.probs[kept], cancelled.probs[kept])
+    whole = run_analysis(synthetic_slide, classifier, params)
+    assert np.allclose(result.probs, whole.probs, atol=1e-6)
+    # another setting is another result: nothing is resumed
+    other = CountingClassifier(classifier)
+    list(analyze(synthetic_slide, other, AnalysisParams(batch_size=8, workers=1, tissue_threshold=0.5),
+                 resume=cancelled))
+    assert sum(other.calls) == run_analysis(synthetic_slide, classifier,
+                                            AnalysisParams(tissue_threshold=0.5)).n_tiles

@@ -108,11 +108,14 @@ def test_user_mpp_wins_and_is_recorded(synthetic_slide):
         assert slide.mpp.um == 0.3 and slide.mpp.source == "user"
 
 
-def test_missing_mpp_says_how_to_pass_one(tmp_path):
+def test_missing_mpp_says_what_is_missing_and_each_front_end_says_how_to_give_it(tmp_path):
+    # issue 19: the core's message carries no command-line advice (the kiosk showed "pass --mpp")
     path = tmp_path / "cells.png"
     cv2.imwrite(str(path), np.zeros((10, 10, 3), np.uint8))
-    with open_slide(path) as slide, pytest.raises(MppError, match="--mpp"):
+    with open_slide(path) as slide, pytest.raises(MppError, match="does not say how many µm a pixel is") as caught:
         slide.require_mpp()
+    assert "--" not in caught.value.message
+    assert caught.value.advise("Pass it with --mpp.").message.endswith("model's scale. Pass it with --mpp.")
 
 
 def test_implausible_user_mpp_rejected(synthetic_slide):
@@ -276,3 +279,17 @@ def test_header_claiming_a_huge_image_is_a_slide_error(tmp_path):
 def test_real_mutated_pyramid_header_is_a_slide_error(data_dir):
     with pytest.raises(SlideError, match="pyramid-header-huge-height.tiff"):
         open_slide(data_dir / "slides" / "bad" / "pyramid-header-huge-height.tiff")
+
+
+def test_skipped_levels_give_their_reason_once():
+    """Issue 19: four levels whose ΔE differed by one repeated the whole sentence."""
+    from cellview.slide import SkippedLevel, describe_skipped
+
+    why = "colours differ from level 0 (ΔE {}; e.g. YCbCr frames labelled RGB)"
+    skipped = tuple(SkippedLevel(level, why.format(de)) for level, de in ((1, 38), (2, 38), (3, 37), (4, 37)))
+    text = describe_skipped(skipped)
+    assert text == "levels 1–4 skipped: colours differ from level 0 (ΔE 37–38; e.g. YCbCr frames labelled RGB)"
+    assert text.count("colours differ") == 1
+    mixed = (SkippedLevel(1, why.format(40)), SkippedLevel(3, "its pixels cannot be read"))
+    assert describe_skipped(mixed) == ("levels 1, 3 skipped: colours differ from level 0 (ΔE 40; e.g. YCbCr frames "
+                                       "labelled RGB); its pixels cannot be read")

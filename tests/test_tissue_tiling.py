@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from cellview.errors import AnalysisError, MppError
 from cellview.slide import ImageSlide, Mpp, open_slide
 from cellview.testing import SYNTH_BLOCKS, SYNTH_TILE, expected_synthetic_tiles
-from cellview.tiling import axis_positions, build_grid, read_tile
+from cellview.tiling import SLIVER_FRACTION, axis_positions, build_grid, read_tile
 from cellview.tissue import TissueParams, detect_tissue, tissue_mask_from_rgb
 
 
@@ -111,14 +111,29 @@ def test_axis_rule_covers_the_axis_from_inside(extent, tile, overlap):
     xs = axis_positions(extent, tile, stride)
     assert xs[0] == 0 and (np.diff(xs) > 0).all()
     if extent >= tile:
-        assert (xs + tile <= extent).all() and xs[-1] + tile == extent
+        # the last tile reaches the slide's edge, or stops short of it by less than a sliver (issue 19)
+        margin = extent - (xs[-1] + tile)
+        assert (xs + tile <= extent).all() and 0 <= margin < SLIVER_FRACTION * stride
     else:
         assert len(xs) == 1
-    # every point lies in the tile of its cell min(floor(x / stride), n − 1); every cell owns a point
+    # every point belongs to one cell min(floor(x / stride), n − 1) and lies in its tile, except the
+    # points of a sliver past the last tile, which belong to the last cell; every cell owns a point
     points = np.arange(extent)
     cell = np.minimum(points // stride, len(xs) - 1)
-    assert ((xs[cell] <= points) & (points < xs[cell] + tile)).all()
+    assert ((xs[cell] <= points) & (points < xs[cell] + tile) | (points >= xs[-1] + tile)).all()
     assert (len(xs) - 1) * stride < extent
+    if len(xs) > 1:  # no sliver cell: the last one is at least SLIVER_FRACTION of a stride wide
+        assert extent - (len(xs) - 1) * stride >= SLIVER_FRACTION * stride
+
+
+def test_a_sliver_past_the_last_column_is_no_column_of_its_own():
+    # 451 px at 224-px tiles: the old rule made a third column whose cell was 3 px wide yet counted as a tile
+    slide = _image_slide(np.full((224, 451, 3), (200, 50, 60), np.uint8))
+    grid = build_grid(slide, tile_px=224, model_mpp_um=0.5, tissue=None)
+    assert grid.n_cols == 2 and grid.n_tiles == 2 and sorted(grid.l0_x.tolist()) == [0, 224]
+    assert all(grid.tile_at(x, 100) == 1 for x in (224, 447, 448, 450))  # the sliver belongs to the last cell
+    assert grid.cell_edges_l0(np.array([1, 2]), "x").tolist() == [224, 451]
+    assert grid.tile_at(451, 100) == -1
 
 
 def test_overlap_halves_the_stride():
@@ -149,5 +164,5 @@ def test_whole_image_is_one_tile():
 
 def test_tiling_without_mpp_fails_clearly():
     slide = _image_slide(np.zeros((100, 100, 3), np.uint8), mpp=None)
-    with pytest.raises(MppError, match="--mpp"):
+    with pytest.raises(MppError, match="does not say how many µm a pixel is"):
         build_grid(slide, tile_px=64, model_mpp_um=0.5, tissue=None)

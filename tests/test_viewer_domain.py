@@ -267,3 +267,20 @@ def test_hatching_covers_exactly_the_out_of_domain_cells(cam_domain_model, odd_s
     assert len(runs) < int(result.out_of_domain.sum())  # runs, not one item per tile
     assert len(out_of_domain_runs(result, OverlaySettings(visible=False))) == 0
     assert len(out_of_domain_runs(result, OverlaySettings(show_out_of_domain=True))) == 0
+
+
+def test_the_region_note_never_says_no_tile_is_malignant_when_the_tiles_are_out_of_domain(cam_domain_model,
+                                                                                       square_slide):
+    """Issue 19: the toy calls the pink tiles malignant, all out of domain: no region, and the note says why."""
+    model = make_model(cam_domain_model)
+    model.open(square_slide, analyse=True)
+    model.set_overlay(show_regions=True, min_confidence=0.54)
+    result = model.result
+    assert model.regions == [] and result.out_of_domain.all()
+    note = model.regions_note()
+    assert note.startswith("No region: every classified tile is out of the model's domain.")
+    n = int((result.pred_category == 0).sum())
+    assert f"{n} out-of-domain tiles called malignant at ≥ 54% confidence are left out." in note
+    assert "no tile is malignant" not in note
+    model.close_slide()
+    assert model.regions_note() == ""  # nothing left over for the next slide

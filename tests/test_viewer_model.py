@@ -137,7 +137,7 @@ def test_unknown_scale_is_asked_and_remembered(model, tmp_path):
     errors = []
     model.events.error.connect(lambda e: errors.append(e.value[1].message))
     model.start_analysis()
-    assert model.result is None and "--mpp" in errors[0]
+    assert model.result is None and "does not say how many µm a pixel is" in errors[0] and "--mpp" not in errors[0]
     model.set_scale(WHOLE_IMAGE)
     assert model.mpp_choice == WHOLE_IMAGE and model.current_params().whole_image
 
@@ -379,3 +379,90 @@ def test_finished_event_without_a_slide_is_ignored(model, synthetic_slide, toy_m
     model.open(synthetic_slide)
     model.start_analysis(source=source, spec=classifier.spec)
     assert model.slide is None and model.result is None and not model.running
+
+
+# ----------------------------------------------------------------------------- issue 19: nothing may mislead
+
+
+def test_a_new_slide_starts_safe_and_forgets_the_last_ones_view(model, synthetic_slide, tmp_path):
+    """'Show calls anyway', hidden categories, the confidence filter, the hover text and the region note
+    belong to one slide: the next one starts without them (and the views hear it)."""
+    import shutil
+
+    model.open(synthetic_slide, analyse=True)
+    model.set_overlay(show_out_of_domain=True, min_confidence=0.7, categories=("benign",), show_regions=True,
+                      style="fill")
+    r0, _, c0, _ = SYNTH_BLOCKS["malignant"]
+    assert model.hover_at(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5).startswith("malignant ")
+    assert model.regions_note().startswith("1 region of tiles malignant at ≥ 70% confidence")
+    rec = Recorder(model)
+    other = tmp_path / "other.tiff"
+    shutil.copy(synthetic_slide, other)
+    model.open(other, analyse=False)
+    ov = model.overlay
+    assert (ov.show_out_of_domain, ov.min_confidence, ov.categories) == (False, 0.0, CATEGORIES)
+    assert (ov.style, ov.show_regions) == ("fill", True)  # the look is the user's, not the slide's
+    assert rec.of("overlay")[-1] == ov and rec.of("hover") == [""] and model.hover == ""
+    assert model.regions_note() == "" and model.selection == -1 and not model.domain.shown_anyway
+
+
+def test_hover_says_nothing_off_the_tiles(model, synthetic_slide):
+    model.open(synthetic_slide, analyse=True)
+    rec = Recorder(model)
+    assert model.hover_at(3, 3) == "" and rec.of("hover") == []  # nothing shown, nothing to clear
+    r0, _, c0, _ = SYNTH_BLOCKS["malignant"]
+    model.hover_at(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5)
+    model.hover_at(10**6, 5)
+    assert rec.of("hover")[-1] == "" and len(rec.of("hover")) == 2
+
+
+def test_analyse_after_cancel_goes_on_from_the_finished_tiles(model, synthetic_slide):
+    from cellview.viewer import model_file_analysis
+
+    requests = []
+
+    def source(request, cancel):  # the desktop's own source, cancelled after 16 tiles the first time
+        requests.append(request)
+        for event in model_file_analysis(request, cancel):
+            if isinstance(event, BatchDone) and event.done >= 16 and len(requests) == 1:
+                cancel.cancel()
+            yield event
+
+    model.analysis_source = source
+    model.set_settings(batch_size=8, workers=1)
+    model.open(synthetic_slide)
+    assert model.start_analysis()
+    cancelled = model.result
+    assert cancelled.status == "cancelled" and 16 <= cancelled.n_done < 56
+    tiles = []
+    model.events.tiles.connect(lambda e: tiles.append(len(e.value)))
+    assert model.start_analysis()
+    assert requests[1].resume is cancelled and requests[0].resume is None
+    assert model.result.status == "complete" and model.result.n_done == 56
+    assert tiles[0] == cancelled.n_done  # the kept tiles come back first, then only the others are run
+    assert model.result.timings["resumed_tiles"] == cancelled.n_done
+    model.set_settings(tissue_threshold=0.5)  # other settings: a new run from scratch
+    model.start_analysis()
+    assert requests[2].resume is None
+
+
+def test_the_inspector_patch_is_normalised_as_the_model_was_fed(stain_model, he_slide):
+    from cellview.gui.tasks import PatchRequest, load_patch
+    from cellview.slide import open_slide
+    from cellview.tiling import read_tile
+
+    m = ViewerModel(run_now, store=MemoryStore())
+    m.use_cache = False
+    m.set_model(str(stain_model))
+    m.set_settings(stain_normalize="macenko")
+    m.open(he_slide, analyse=True)
+    m.select(3)
+    assert m.stain_pending and m.patch_stain() is None
+    rec = Recorder(m)
+    m.request_stain()
+    transform = m.patch_stain()
+    assert transform is not None and rec.of("stain") == [transform] and not m.stain_pending
+    with open_slide(he_slide) as slide:
+        scanned = read_tile(slide, m.result.grid, 3)
+        shown = load_patch(slide, PatchRequest(3, m.result.grid, m.mpp_um(), 0, transform)).rgb
+    assert np.array_equal(shown, transform.apply(scanned)) and not np.array_equal(shown, scanned)

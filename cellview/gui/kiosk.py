@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QObject, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, QPoint, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QPainter, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
     QBoxLayout,
     QDialog,
-    QFileDialog,
     QFrame,
     QGridLayout,
     QHBoxLayout,
@@ -47,6 +47,8 @@ from cellview.cache import ResultCache
 from cellview.errors import CellviewError
 from cellview.gui.mainwindow import MainWindow, WheelGuard, format_eta
 from cellview.gui.qtapp import make_app
+from cellview.gui.touch import FilePickerSheet, ScaleSheet, TileSheet
+from cellview.gui.touch import text_label as _label
 from cellview.gui.worker import Worker
 from cellview.kiosk import (
     CaseResult,
@@ -54,13 +56,14 @@ from cellview.kiosk import (
     RecentCases,
     SalvagedSettings,
     WatchFolder,
+    analysed_in_outbox,
     iter_case,
     load_classifier,
 )
 from cellview.model import CATEGORY_COLORS, OnnxClassifier
 from cellview.pipeline import CancelToken, analyze
 from cellview.results import AnalysisParams, AnalysisResult, plural
-from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name
+from cellview.slide import slide_display_name
 from cellview.viewer import STAIN_LABELS, TTA_LABELS, AnalysisRequest, Event, ModelOptions
 
 log = logging.getLogger(__name__)
@@ -76,46 +79,73 @@ MAX_SETTINGS_PROBLEMS_SHOWN = 5
 EXIT_LOCKED_MESSAGE = ("Leaving the kiosk is disabled: the PIN in the kiosk settings file cannot be used. "
                        "Fix the settings file, then restart the kiosk service.")
 
-# Readable from a metre away and hittable with a finger: ≥ 20 pt text, ≥ 64 px targets.
-KIOSK_STYLESHEET = """
-QWidget { font-size: 20pt; }
-QLabel#kioskTitle { font-size: 26pt; font-weight: 700; color: #e6e9ec; }
-QLabel#kioskHeadline { font-size: 34pt; font-weight: 700; color: #e6e9ec; }
-QLabel#kioskHint, QLabel#hint { font-size: 20pt; color: #aab2b9; }
-QLabel#kioskProvider { font-size: 20pt; color: #9fd3a0; }
+# Readable from a metre away and hittable with a finger: ≥ 20 pt text, ≥ 64 px targets on a 600-px-high
+# screen; "@" sizes shrink with shorter screens (``kiosk_stylesheet``), to 80 % on an 800 × 480 one.
+KIOSK_STYLESHEET_TEMPLATE = """
+QWidget { font-size: @20pt; }
+QLabel#kioskTitle { font-size: @26pt; font-weight: 700; color: #e6e9ec; }
+QLabel#kioskHeadline { font-size: @34pt; font-weight: 700; color: #e6e9ec; }
+QLabel#kioskHint, QLabel#hint { font-size: @20pt; color: #aab2b9; }
+QLabel#kioskProvider { font-size: @20pt; color: #9fd3a0; }
 QLabel#kioskProvider[warn="true"] { color: #ffb347; }
-QFrame#kioskBanner { background: #5a4316; border-radius: 8px; }
-QFrame#kioskError { background: #6b1f24; border: 2px solid #c2414b; border-radius: 10px; }
-QFrame#kioskDone { background: #1d4a2c; border: 2px solid #3d9a5b; border-radius: 10px; }
+QFrame#kioskBanner { background: #5a4316; border-radius: @8px; }
+QFrame#kioskError { background: #6b1f24; border: 2px solid #c2414b; border-radius: @10px; }
+QFrame#kioskDone { background: #1d4a2c; border: 2px solid #3d9a5b; border-radius: @10px; }
 QFrame#kioskIdle { background: #101214; }
-QFrame#kioskSettings { background: #4a3510; border: 2px solid #ffb347; border-radius: 10px; }
-QLabel#kioskSettingsTitle { font-size: 24pt; font-weight: 700; color: #ffd08a; }
-QPushButton { min-height: 64px; min-width: 64px; padding: 8px 24px; font-size: 22pt; border-radius: 10px; }
-QPushButton#pinKey { min-width: 110px; min-height: 96px; font-size: 30pt; }
-QCheckBox { min-height: 64px; spacing: 18px; font-size: 20pt; }
-QCheckBox::indicator { width: 40px; height: 40px; }
-QSlider { min-height: 64px; }
-QSlider::groove:horizontal { height: 14px; background: #3a4147; border-radius: 7px; }
-QSlider::sub-page:horizontal { background: #2f6fb3; border-radius: 7px; }
-QSlider::handle:horizontal { width: 52px; height: 52px; margin: -19px 0; border-radius: 26px; background: #e6e9ec; }
-QListWidget { background: #1b1e21; border: 1px solid #3d4348; border-radius: 8px; font-size: 20pt; }
-QListWidget::item { min-height: 80px; padding: 8px 14px; border-bottom: 1px solid #2a2f33; }
+QFrame#kioskSettings { background: #4a3510; border: 2px solid #ffb347; border-radius: @10px; }
+QLabel#kioskSettingsTitle { font-size: @24pt; font-weight: 700; color: #ffd08a; }
+QPushButton { min-height: @64px; min-width: @64px; padding: @8px @24px; font-size: @22pt; border-radius: @10px; }
+QPushButton#pinKey { min-width: @110px; min-height: @96px; font-size: @30pt; }
+QCheckBox { min-height: @64px; spacing: @18px; font-size: @20pt; }
+QCheckBox::indicator { width: @40px; height: @40px; }
+QSlider { min-height: @64px; }
+QSlider::groove:horizontal { height: @14px; background: #3a4147; border-radius: @7px; }
+QSlider::sub-page:horizontal { background: #2f6fb3; border-radius: @7px; }
+QSlider::handle:horizontal { width: @52px; height: @52px; margin: -@19px 0; border-radius: @26px; background: #e6e9ec; }
+QListWidget { background: #1b1e21; border: 1px solid #3d4348; border-radius: @8px; font-size: @20pt; }
+QListWidget::item { min-height: @80px; padding: @8px @14px; border-bottom: 1px solid #2a2f33; }
 QListWidget::item:selected { background: #2f6fb3; }
-QProgressBar { min-height: 40px; font-size: 18pt; }
-QLineEdit { min-height: 72px; font-size: 30pt; }
-QScrollBar:vertical { width: 40px; }
-QComboBox { min-height: 64px; font-size: 20pt; padding: 4px 12px; }
-QLabel#kioskCall { font-size: 30pt; font-weight: 700; }
-QLabel#kioskShares { font-size: 20pt; color: #c3c9ce; }
-QLabel#inspectorTitle { font-size: 24pt; font-weight: 700; }
-QLabel#inspectorSubtitle { font-size: 20pt; color: #aab2b9; }
-QLabel#inspectorDetails { font-size: 18pt; color: #c3c9ce; font-family: 'DejaVu Sans Mono', monospace; }
-QLabel#categoryCount { font-size: 20pt; color: #c3c9ce; }
-QLabel#levelsWarning { font-size: 20pt; color: #ffb347; }
-QFrame#domainBanner { background: #5a4316; border: 2px solid #ffb347; border-radius: 10px; }
-QFrame#domainNote { background: #2a2f33; border: 1px solid #4a5259; border-radius: 10px; }
-QLabel#domainBannerText { font-size: 20pt; color: #f3ead8; }
+QProgressBar { min-height: @40px; font-size: @18pt; }
+QLineEdit { min-height: @72px; font-size: @30pt; }
+QScrollBar:vertical { width: @40px; }
+QComboBox { min-height: @64px; font-size: @20pt; padding: @4px @12px; }
+QLabel#kioskCall { font-size: @30pt; font-weight: 700; }
+QLabel#kioskShares { font-size: @20pt; color: #c3c9ce; }
+QLabel#inspectorTitle { font-size: @24pt; font-weight: 700; }
+QLabel#inspectorSubtitle { font-size: @20pt; color: #aab2b9; }
+QLabel#inspectorDetails { font-size: @18pt; color: #c3c9ce; font-family: 'DejaVu Sans Mono', monospace; }
+QLabel#categoryCount { font-size: @20pt; color: #c3c9ce; }
+QLabel#levelsWarning { font-size: @20pt; color: #ffb347; }
+QFrame#domainBanner { background: #5a4316; border: 2px solid #ffb347; border-radius: @10px; }
+QFrame#domainNote { background: #2a2f33; border: 1px solid #4a5259; border-radius: @10px; }
+QFrame#filterNotice { background: #5a4316; border: 2px solid #ffb347; border-radius: @10px; }
+QLabel#filterNoticeText { font-size: @20pt; color: #f3ead8; }
+QLabel#domainBannerText { font-size: @20pt; color: #f3ead8; }
+QFrame#kioskInfo { background: #23384d; border: 2px solid #3a7fc6; border-radius: @10px; }
+QFrame#kioskSheetBackdrop { background: rgba(0, 0, 0, 160); }
+QFrame#kioskSheet { background: #1f2326; border: 2px solid #4a5259; border-radius: @12px; }
+QFrame#kioskTileSheet { background: rgba(27, 30, 33, 238); border: 2px solid #4a5259; border-radius: @12px; }
+QListWidget#kioskFiles::item { min-height: @64px; }
+QFrame#kioskTileSheet QLabel, QFrame#kioskTileSheet QWidget { font-size: @17pt; }
+QFrame#kioskTileSheet QLabel#tileSheetTitle { font-size: @22pt; font-weight: 700; }
+QFrame#kioskTileSheet QLabel#tileSheetSubtitle { color: #c3c9ce; }
 """
+
+
+def kiosk_scale(height: int) -> float:
+    """How much smaller the kiosk's text and targets are on a screen this high: 1 at 600 px and more (the
+    Jetson's 1024 × 600 display), 0.8 at 480 px (16 pt text, 51-px targets: still readable from a metre and
+    larger than a fingertip). The panel's width is shared out separately (``resizeEvent``)."""
+    return max(0.8, min(1.0, height / 600))
+
+
+def kiosk_stylesheet(k: float = 1.0) -> str:
+    """The kiosk's style sheet with every "@" size scaled by ``k`` (``kiosk_scale``)."""
+    return re.sub(r"@(\d+(?:\.\d+)?)(pt|px)", lambda m: f"{round(float(m[1]) * k, 1):g}{m[2]}",
+                  KIOSK_STYLESHEET_TEMPLATE)
+
+
+KIOSK_STYLESHEET = kiosk_stylesheet(1.0)
 
 KIOSK_SCALE_BAR_PT = 18.0
 """The scale bar's label in the kiosk, read from a metre away like every other text."""
@@ -147,14 +177,6 @@ def _adopt(widget: QWidget) -> QWidget:
     if parent is not None and parent.layout() is not None:
         _take_from_layout(parent.layout(), widget)
     return widget
-
-
-def _label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:
-    label = QLabel(text)
-    if name:
-        label.setObjectName(name)
-    label.setWordWrap(wrap)
-    return label
 
 
 class ElidedLabel(QLabel):
@@ -233,16 +255,21 @@ class PinPad(QDialog):
         self.setWindowFlags(Qt.WindowType.Dialog | Qt.WindowType.FramelessWindowHint
                             | Qt.WindowType.WindowStaysOnTopHint)
         self.setModal(True)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(28, 24, 28, 24)
-        lay.addWidget(_label("Enter the PIN to leave kiosk mode", "kioskTitle"))
+        # side by side (a landscape screen is short): the prompt, field and Cancel, then the digit pad
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(24, 18, 24, 18)
+        lay.setSpacing(24)
+        left = QVBoxLayout()
+        left.addWidget(_label("Enter the PIN to leave kiosk mode", "kioskTitle"))
         self.field = QLineEdit()
         self.field.setEchoMode(QLineEdit.EchoMode.Password)
         self.field.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.field.returnPressed.connect(self.submit)
-        lay.addWidget(self.field)
+        left.addWidget(self.field)
         self.message = _label("", "kioskHint")
-        lay.addWidget(self.message)
+        left.addWidget(self.message)
+        left.addStretch(1)
+        lay.addLayout(left, 1)
         grid = QGridLayout()
         self.keys: dict[str, QPushButton] = {}
         for i, key in enumerate(["1", "2", "3", "4", "5", "6", "7", "8", "9", "⌫", "0", "OK"]):
@@ -255,7 +282,11 @@ class PinPad(QDialog):
         lay.addLayout(grid)
         cancel = QPushButton("Cancel")
         cancel.clicked.connect(self.reject)
-        lay.addWidget(cancel)
+        left.addWidget(cancel)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        fit_inside(self, self.parentWidget())
 
     def press(self, key: str) -> None:
         if key == "OK":
@@ -271,6 +302,23 @@ class PinPad(QDialog):
     def wrong(self, tries_left: int) -> None:
         self.field.clear()
         self.message.setText(f"Wrong PIN. {tries_left} {'try' if tries_left == 1 else 'tries'} left.")
+
+
+def fit_inside(dialog: QWidget, host: QWidget | None) -> None:
+    """Centre a dialog on its host window, never larger than it (no window manager places it)."""
+    if host is None:
+        return
+    size = dialog.sizeHint().boundedTo(host.size() - QSize(16, 16))
+    dialog.resize(size)
+    centre = host.mapToGlobal(host.rect().center())
+    dialog.move(centre.x() - size.width() // 2, centre.y() - size.height() // 2)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 class _ActivityFilter(QObject):
@@ -348,9 +396,17 @@ class KioskWindow(MainWindow):
         self._pin_tries = 0
         self.page = ""
         self.idle = False
+        self.scale_k = 1.0
+        self.case_mpp: dict[Path, float] = {}
+        """µm per pixel chosen on screen for a slide that does not say it (``ScaleSheet``)."""
+        self._wake_case: CaseResult | None = None  # finished while the idle screen was up: shown on the next touch
+        self._finished_case: CaseResult | None = None  # the last case finished, and when (time.monotonic)
+        self._finished_at = 0.0
+        self._last_activity = 0.0
 
         self._build_kiosk_ui()
         self.setStyleSheet(KIOSK_STYLESHEET)
+        self.inspector.set_hint("Tap a tile on the slide to see its call.")  # a touch screen has no arrow keys
 
         self.exit_shortcut = QShortcut(QKeySequence(settings.exit_chord), self)
         self.exit_shortcut.setContext(Qt.ShortcutContext.ApplicationShortcut)
@@ -384,12 +440,19 @@ class KioskWindow(MainWindow):
         top.addWidget(_label("CellView", "kioskTitle", wrap=False))
         self.state_label = ElidedLabel("", "kioskHint")  # one line: "Analysing CMU-1-Small-Re…"
         top.addWidget(self.state_label, 1)
-        self.provider_badge = _label("", "kioskProvider", wrap=False)
-        top.addWidget(self.provider_badge)
+        self.provider_badge = ElidedLabel("", "kioskProvider")  # "colon-he 2.0.0 on CPU …" never pushes the title off
+        self.provider_badge.setAlignment(Qt.AlignmentFlag.AlignRight)
+        top.addWidget(self.provider_badge, 1)
         outer.addLayout(top)
 
         self.banner, self.banner_label = _card("kioskBanner")
         outer.addWidget(self.banner)
+
+        self.info_card, self.info_label = _card("kioskInfo")  # news that is not an error (a backlog at start)
+        ok = QPushButton("OK")
+        ok.clicked.connect(self.info_card.hide)
+        self.info_card.layout().addWidget(ok, 0, Qt.AlignmentFlag.AlignTop)
+        outer.addWidget(self.info_card)
 
         self.error_card, self.error_label = _card("kioskError")
         self.error_label.setTextFormat(Qt.TextFormat.PlainText)
@@ -428,6 +491,15 @@ class KioskWindow(MainWindow):
         il.addWidget(self.idle_status)
         il.addStretch(1)
         self.idle_screen.hide()
+        self.file_sheet = FilePickerSheet(self)
+        self.file_sheet.chosen.connect(self.enqueue)
+        self.file_sheet.closed.connect(self._take_focus)
+        self.scale_sheet = ScaleSheet(self)
+        self.scale_sheet.chosen.connect(self.analyse_with_scale)
+        self.scale_sheet.closed.connect(self._take_focus)
+        self.tile_sheet = TileSheet(self.view)
+        self.tile_sheet.closeRequested.connect(self.hide_tile_sheet)
+        self.tile_sheet.detailsRequested.connect(self.show_tile_details)
 
     def _build_settings_card(self) -> QFrame:
         """The settings loader's problems, shown until the file is fixed and the kiosk restarted.
@@ -506,15 +578,9 @@ class KioskWindow(MainWindow):
         left.addWidget(self.receiving_label)
         self.done_card, self.done_label = _card("kioskDone")
         left.addWidget(self.done_card)
-        row = QHBoxLayout()
-        self.open_btn = QPushButton("Open slide…")
-        self.open_btn.setObjectName("primary")
-        self.open_btn.clicked.connect(self.choose_case)
-        row.addWidget(self.open_btn)
-        row.addStretch(1)
-        left.addLayout(row)
         left.addStretch(2)
-        # on a small screen the column scrolls (by finger) rather than squeezing the done card's text
+        # on a small screen the column scrolls (by finger) rather than squeezing the done card's text;
+        # the Open button stays under it, always in view (at 800 × 480 it was scrolled off)
         scroll = QScrollArea()
         scroll.setWidget(column)
         scroll.setWidgetResizable(True)
@@ -522,7 +588,17 @@ class KioskWindow(MainWindow):
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setStyleSheet("QScrollArea, QScrollArea > QWidget > QWidget { background: transparent; }")
         QScroller.grabGesture(scroll.viewport(), QScroller.ScrollerGestureType.LeftMouseButtonGesture)
-        lay.addWidget(scroll, 3)
+        self.waiting_scroll = scroll
+        stack = QVBoxLayout()
+        stack.addWidget(scroll, 1)
+        row = QHBoxLayout()
+        self.open_btn = QPushButton("Open slide…")
+        self.open_btn.setObjectName("primary")
+        self.open_btn.clicked.connect(self.choose_case)
+        row.addWidget(self.open_btn)
+        row.addStretch(1)
+        stack.addLayout(row)
+        lay.addLayout(stack, 3)
         right = QVBoxLayout()
         right.addWidget(_label("Recent cases", "kioskTitle"))
         self.recent_list = QListWidget()
@@ -586,6 +662,7 @@ class KioskWindow(MainWindow):
         side.addWidget(_label("Fill opacity", "kioskHint", wrap=False))
         side.addWidget(_adopt(self.opacity))
         side.addWidget(_adopt(self.toggles))
+        side.addWidget(_adopt(self.filter_notice))  # a filter or "Show calls anyway" is never silent here either
         side.addWidget(_adopt(self.colour_hint))
         side.addWidget(_adopt(self.summary_label))
         side.addWidget(_label("Tile inspector", "kioskHint", wrap=False))
@@ -611,13 +688,23 @@ class KioskWindow(MainWindow):
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
         self.idle_screen.setGeometry(self.rect())
+        for sheet in (self.file_sheet, self.scale_sheet):
+            sheet.fit()
+        k = kiosk_scale(self.height())
+        if k != self.scale_k:  # a shorter screen: smaller text and targets (the layout follows the style sheet)
+            self.scale_k = k
+            self.setStyleSheet(kiosk_stylesheet(k))
+            self.view.scale_bar.set_font_pt(KIOSK_SCALE_BAR_PT * k)
         QTimer.singleShot(0, self._fit_recent_items)  # after the list has its new width
-        # Touch-sized controls need about 440 px besides the 40 px scroll bar; a share of the screen keeps
-        # them unclipped and leaves the slide the rest (at 1024 px the panel takes 480, at 1920 px 760).
-        self._side_scroll.setFixedWidth(int(min(760, max(480, 0.40 * self.width()))))
+        # Touch-sized controls need about 440 px besides the 40 px scroll bar (less with smaller text); a share
+        # of the screen keeps them unclipped and leaves the slide the rest (at 1024 px the panel takes 480,
+        # at 1920 px 760, at 800 × 480 384).
+        self._side_scroll.setFixedWidth(int(min(760, max(480 * k, 0.40 * self.width()))))
         # the inspector's patch (and its activation map) as large as the panel allows, with room below it
         # for its colour scale on a short screen (at 1024 × 600: 330 px)
         self.inspector.set_patch_px(min(512, self._side_scroll.width() - 90, int(0.55 * self.height())))
+        if self.tile_sheet.isVisible():
+            self.hide_tile_sheet()
 
     def _show_call(self, result: AnalysisResult | None) -> None:
         """The call and the category shares at the top of the panel (visible without scrolling).
@@ -649,7 +736,47 @@ class KioskWindow(MainWindow):
 
     def repaint_overlay(self, *args) -> None:
         super().repaint_overlay(*args)
-        self._show_call(self.model.shown_result())
+        result = self.model.shown_result()
+        self._show_call(result)
+        if self.tile_sheet.isVisible() and result is not None and 0 <= self.tile_sheet.index < result.n_tiles:
+            self.tile_sheet.show_tile(self.tile_sheet.index, result)  # a streaming run: its call may arrive now
+
+    # ------------------------------------------------------------------------------ the tapped tile
+
+    def _view_clicked(self, l0_x: float, l0_y: float) -> None:
+        """A tap on the slide: the tile's call in a sheet over the slide, away from the finger."""
+        index = self.model.select_at(l0_x, l0_y)
+        result = self.model.shown_result()
+        if index < 0 or result is None:
+            self.hide_tile_sheet()
+            return
+        self.tile_sheet.show_tile(index, result)
+        x, y, w, h = result.grid.rect(index)
+        view = self.view
+        tile = view.mapFromScene(view.vb.mapViewToScene(QRectF(x, y, w, h))).boundingRect()
+        sheet = self.tile_sheet.place(view.rect(), QRectF(tile))
+        if sheet.intersects(tile):  # pan the slide so the tile sits in the middle of the room the sheet leaves
+            free_top, free_bottom = ((view.rect().top(), sheet.top()) if sheet.top() > view.rect().top() + 8
+                                     else (sheet.bottom(), view.rect().bottom()))
+            dy_px = (free_top + free_bottom) / 2 - tile.center().y()
+            centre = view.visible_l0_rect().center()
+            view.center_on(centre.x(), centre.y() - dy_px * view.l0_per_screen_px())
+
+    def _on_selection(self, event: Event) -> None:
+        super()._on_selection(event)
+        if event.value < 0:
+            self.hide_tile_sheet()
+
+    def hide_tile_sheet(self) -> None:
+        self.tile_sheet.hide()
+        self.tile_sheet.index = -1
+
+    def show_tile_details(self) -> None:
+        """The sheet's "Patch and details": the panel's inspector (the patch, its map, where the tile lies)."""
+        self.hide_tile_sheet()
+        self._side_scroll.ensureWidgetVisible(self.inspector, 0, 0)
+        bar = self._side_scroll.verticalScrollBar()
+        bar.setValue(min(bar.maximum(), self.inspector.mapTo(self._side_scroll.widget(), QPoint(0, 0)).y()))
 
     def _on_domain(self, event: Event) -> None:
         super()._on_domain(event)
@@ -671,11 +798,41 @@ class KioskWindow(MainWindow):
         if app is not None:
             app.installEventFilter(self._activity)
         if self.settings.watch_dir is not None:
-            self.watcher = WatchFolder.for_settings(self.settings)
-            self.poll_timer.start()
-            self.poll_watch_folder()
+            self._start_watching()
         self.note_activity()
         self.load_model()
+
+    def _start_watching(self) -> None:
+        """Watch the folder; what is already there and not yet in the outbox (dropped while the kiosk was off,
+        or before a crash) is analysed too, oldest first, and the screen says so. A slide the kiosk stopped
+        on (it may have crashed on it) is not retried on its own: it is listed as failed, to retry by touch."""
+        stopped_on = self.recent.interrupted()
+        done = analysed_in_outbox(self.settings.outbox())
+
+        def skip(path: Path) -> bool:
+            return done(path) or (stopped_on is not None and _same_file(path, stopped_on))
+
+        self.watcher = WatchFolder.for_settings(self.settings, include_existing=True, skip_existing=skip)
+        if stopped_on is not None:
+            self.recent.add(CaseResult(
+                stopped_on, "failed", f"The kiosk stopped while analysing {stopped_on.name} (it may have crashed on "
+                "this file), so it is not analysed again on its own. Tap it in Recent cases to try again.",
+                provider=""))
+            self._refresh_recent()
+        backlog = self.watcher.backlog
+        if backlog:
+            names = ", ".join(slide_display_name(p) for p in backlog[:3]) + ("…" if len(backlog) > 3 else "")
+            self.show_info(f"{plural(len(backlog), 'slide')} already in the watch folder "
+                           f"{'is' if len(backlog) == 1 else 'are'} not in the outbox yet: analysing "
+                           f"{'it' if len(backlog) == 1 else 'them, oldest first'} ({names}).")
+        self.poll_timer.start()
+        self.poll_watch_folder()
+
+    def show_info(self, message: str) -> None:
+        """A blue card for news that is not an error; it stays until tapped or a minute has passed."""
+        self.info_label.setText(message)
+        self.info_card.show()
+        QTimer.singleShot(60_000, self.info_card.hide)
 
     def set_page(self, name: str) -> None:
         self.stack.setCurrentWidget(self.pages[name])
@@ -810,28 +967,36 @@ class KioskWindow(MainWindow):
         The model runs it: ``open`` keeps the last slide until this one has opened, then analyses
         with the kiosk's classifier as the source (no run set-up of the kiosk's own).
         """
-        classifier, settings = self.classifier, self.settings
+        classifier, settings, settings_file = self.classifier, self.settings, self.settings_file
         assert classifier is not None
-        self.hide_idle()
         self.done_card.hide()
         self.current_case = path
         self._case_export = export
         self._last_case = None
         self.case_title.setText(slide_display_name(path))
-        self.set_page("case")
-        params = settings.analysis_params(classifier.spec.patch_size_pixels)
+        self._show_case_page()
+        mpp = self.case_mpp.get(path)
+        params = settings.analysis_params(classifier.spec.patch_size_pixels, mpp_um=mpp)
+        if export:
+            self.recent.begin(path)
 
         def source(request: AnalysisRequest, cancel: CancelToken) -> Iterator[object]:
             if export:
-                yield from iter_case(path, classifier, settings, cancel)
+                yield from iter_case(path, classifier, settings, cancel, mpp_um=mpp, settings_file=settings_file)
             else:
                 yield from analyze(path, classifier, params, cancel, ResultCache())
 
         self._set_busy(True)
         self.caseStarted.emit(path)
         self._update_state_label()
-        self.model.open(path, mpp_um=settings.mpp_um, analyse=True, source=source, spec=classifier.spec,
+        self.model.open(path, mpp_um=mpp or settings.mpp_um, analyse=True, source=source, spec=classifier.spec,
                         params=params)
+
+    def _show_case_page(self) -> None:
+        """A case opens at the top of its panel (the call first), with no sheet of an earlier one."""
+        self.hide_tile_sheet()
+        self._side_scroll.verticalScrollBar().setValue(0)
+        self.set_page("case")
 
     def _on_case_item(self, event: Event) -> None:
         if isinstance(event.value, CaseResult):
@@ -846,6 +1011,10 @@ class KioskWindow(MainWindow):
     def _on_case_result(self, case: CaseResult) -> None:
         self.recent.add(case)
         self._refresh_recent()
+        if case.needs_scale:
+            self.scale_sheet.ask(case.path, case.message)
+            if self.idle:  # asked for whoever touches the screen next
+                self.idle_screen.raise_()
         if case.ok:
             where = next(iter(case.outputs.values())).parent if case.outputs else self.settings.outbox()
             warning = f"\n⚠ {case.domain_warning}" if case.domain_warning else ""
@@ -867,10 +1036,11 @@ class KioskWindow(MainWindow):
             self._last_case = case
         self._on_case_done()
 
-    def _fail_case(self, message: str) -> None:
+    def _fail_case(self, message: str, show: bool = True) -> None:
         """The error on screen, the slide closed, back to waiting; the watcher never stopped."""
         self.close_slide()
-        self.show_message(message)
+        if show:
+            self.show_message(message)
         self.set_page("waiting")
 
     def _on_case_done(self) -> None:
@@ -881,9 +1051,14 @@ class KioskWindow(MainWindow):
         self._set_busy(False)
         case, self._last_case = self._last_case, None
         if case is not None and case.status == "failed":
-            self._fail_case(case.message)
+            self._fail_case(case.message, show=not case.needs_scale)  # the scale sheet says it and offers the fix
         elif self.model.slide is None and self.page == "case":
             self.set_page("waiting")
+        if case is not None and case.ok:
+            self._finished_case, self._finished_at = case, time.monotonic()
+        if self.idle and case is not None and case.ok:  # nobody saw it finish: the idle screen says so
+            self._wake_case = case
+            self.idle_status.setText(self._idle_text())
         self._update_state_label()
         if case is not None:
             self.caseFinished.emit(case)  # after the run is over: listeners see an idle kiosk
@@ -898,16 +1073,15 @@ class KioskWindow(MainWindow):
             self.enqueue(self.opened.path)
 
     def choose_case(self) -> None:
-        """A finger-friendly, non-native file dialog (the kiosk has no desktop to fall back on)."""
-        exts = " ".join(f"*{s}" for s in sorted(SUPPORTED_SUFFIXES))
+        """A finger-sized file picker inside the window (``touch.FilePickerSheet``): a dialog of its own could
+        be wider than the screen or open behind the kiosk (no window manager places it)."""
         start = self.settings.watch_dir or Path.home()
-        dlg = QFileDialog(self, "Open slide or image", str(start), f"Slides and images ({exts})")
-        dlg.setOption(QFileDialog.Option.DontUseNativeDialog, True)
-        dlg.setFileMode(QFileDialog.FileMode.ExistingFile)
-        dlg.setWindowFlags(dlg.windowFlags() | Qt.WindowType.WindowStaysOnTopHint)
-        dlg.fileSelected.connect(self.enqueue)
-        dlg.finished.connect(lambda _r: self._take_focus())
-        dlg.open()
+        self.file_sheet.open_at(start)
+
+    def analyse_with_scale(self, path: str, mpp_um: float) -> None:
+        """The scale sheet's answer: analyse the slide again as a new case at this µm per pixel."""
+        self.case_mpp[Path(path)] = float(mpp_um)
+        self.enqueue(path)
 
     # ------------------------------------------------------------------------------ recent cases
 
@@ -916,7 +1090,7 @@ class KioskWindow(MainWindow):
         for case in self.recent.items:
             when = time.strftime("%H:%M", time.localtime(case.finished_unix))
             # the call first (shares that add up to 100); the rate and provider are in the outbox metadata
-            text = f"{case.name} · {when}\n" + (case.call or case.message if case.ok else f"⚠ {case.message}")
+            text = f"{case.name} · {when}\n" + (case.headline if case.ok else f"⚠ {case.headline}")
             if case.ok and case.domain_warning:  # the call of tissue unlike the training data is unreliable
                 text += "\n⚠ unlike the model's training data: calls unreliable"
             item = QListWidgetItem(text)
@@ -959,13 +1133,20 @@ class KioskWindow(MainWindow):
         if not case.path.exists():
             self.show_message(f"{case.name} is no longer in {case.path.parent}.")
             return
+        if case.needs_scale and case.path not in self.case_mpp:
+            self.scale_sheet.ask(case.path, case.message)
+            return
+        if not case.ok and case.path not in self._results:  # a failed case is tried again as a new case
+            self.enqueue(case.path)
+            return
         result = self._results.get(case.path)
         if result is None and self.classifier is not None:
             self._begin_case(case.path, export=False)
             return
-        self.model.open(case.path, mpp_um=self.settings.mpp_um, analyse=False, show=result)
+        self.model.open(case.path, mpp_um=self.case_mpp.get(case.path) or self.settings.mpp_um, analyse=False,
+                        show=result)
         self.case_title.setText(case.name)
-        self.set_page("case")
+        self._show_case_page()
 
     # ------------------------------------------------------------------------------ messages
 
@@ -993,31 +1174,53 @@ class KioskWindow(MainWindow):
     # ------------------------------------------------------------------------------ idle screen
 
     def note_activity(self) -> None:
+        self._last_activity = time.monotonic()
         if self.idle:
             self.hide_idle()
         if self.settings.idle_s > 0:
             self.idle_timer.start()
 
     def show_idle(self) -> None:
+        """The idle screen. A case that finished since anyone last touched the screen stays behind it, and the
+        screen names it: the next touch shows it (otherwise the kiosk is back on its waiting page)."""
         if self.idle or self.pin_pad is not None:
             return
         self.idle = True
-        if self.current_case is None and self.classifier is not None:
+        unseen = self._finished_case if self._finished_at > getattr(self, "_last_activity", 0.0) else None
+        if unseen is not None and self.model.slide is not None and Path(self.model.slide.path) == unseen.path:
+            self._wake_case = unseen
+        elif self.current_case is None and self.classifier is not None:
             self.set_page("waiting")
-        status = self.state_label.text()
-        if self.settings_problems:
-            status += "\n⚠ Settings problem: touch the screen to see it"
-        self.idle_status.setText(status)
+        self.idle_status.setText(self._idle_text())
         self.idle_screen.setGeometry(self.rect())
         self.idle_screen.raise_()
         self.idle_screen.show()
         self.idleChanged.emit(True)
 
+    def _idle_text(self) -> str:
+        if self._wake_case is not None:
+            case = self._wake_case
+            status = f"New result: {case.name} — {case.headline}\nTouch to see it"
+            if self.current_case is not None:
+                status += f"\n{self.state_label.text()}"
+        else:
+            status = self.state_label.text()
+        if self.settings_problems:
+            status += "\n⚠ Settings problem: touch the screen to see it"
+        return status
+
     def hide_idle(self) -> None:
+        """The first touch after the idle screen: back where the kiosk was, or to a case that finished meanwhile."""
         if not self.idle:
             return
         self.idle = False
         self.idle_screen.hide()
+        case, self._wake_case = self._wake_case, None
+        if case is not None and self.current_case is None:
+            if self.model.slide is not None and Path(self.model.slide.path) == case.path:
+                self._show_case_page()
+            else:
+                self.open_case(case)
         self.idleChanged.emit(False)
         if self.settings.idle_s > 0:
             self.idle_timer.start()

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QColor, QFont, QImage, QKeySequence, QPainter
+from PySide6.QtGui import QAction, QColor, QImage, QKeySequence, QPainter
 from PySide6.QtWidgets import (
     QAbstractSlider,
     QAbstractSpinBox,
@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -42,27 +43,28 @@ from PySide6.QtWidgets import (
 
 from cellview.errors import CellviewError
 from cellview.gui import settings as cfg
+from cellview.gui.legendview import paint_legend
 from cellview.gui.panels import (
     CategoryToggles,
     ColorBar,
     DomainBanner,
+    FilterNotice,
     TileInspector,
-    hatch_swatch,
     section,
 )
-from cellview.gui.slideview import ARROW_STEPS, SlideView, format_um
+from cellview.gui.slideview import ARROW_STEPS, SlideView
 from cellview.gui.tasks import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
 from cellview.gui.worker import QtRunner, Worker
+from cellview.legend import category_rows, describe_legend, format_um, out_of_domain_row
 from cellview.model import CATEGORY_COLORS, DEFAULT_MODEL, DEVICES, TTA_MODES, ModelSpec, available_models
 from cellview.morphology import Region
 from cellview.overlay import (
+    PER_SLIDE,
     STYLES,
     category_contours,
-    count_lines,
     counted_text,
     describe_colours,
-    describe_filter,
-    domain_notes,
+    describe_overrides,
     fill_rgba,
     hatches_out_of_domain,
     out_of_domain_runs,
@@ -235,6 +237,7 @@ class MainWindow(QMainWindow):
         self._analysis_worker: Worker | None = None
         self._models: dict[str, str] = {}
         self._dirty = False
+        self._shut_down = False
         self.lut = probability_lut()
 
         self.view = SlideView()
@@ -291,6 +294,8 @@ class MainWindow(QMainWindow):
         ev.error.connect(lambda e: self.show_error(e.value[1], e.value[0]))
         ev.domain.connect(self._on_domain)
         ev.explanation.connect(self._on_explanation)
+        ev.hover.connect(self._on_hover)
+        ev.stain.connect(self._request_patch)
 
     def _on_job_started(self, name: str, worker: Worker) -> None:
         if name == "analysis":
@@ -463,6 +468,9 @@ class MainWindow(QMainWindow):
         self.toggles = CategoryToggles()
         self.toggles.changed.connect(lambda: self.model.set_overlay(categories=self.toggles.selected()))
         c.addWidget(self.toggles)
+        self.filter_notice = FilterNotice()  # a filter or an override of the domain warning is never silent
+        self.filter_notice.resetRequested.connect(lambda: self.model.set_overlay(**PER_SLIDE))
+        c.addWidget(self.filter_notice)
         self.colour_hint = _hint("")
         c.addWidget(self.colour_hint)
         self.colorbar = ColorBar(self.lut)
@@ -610,7 +618,8 @@ class MainWindow(QMainWindow):
         m.addAction("&Quit", QKeySequence.StandardKey.Quit, self.close)
         m = bar.addMenu("&View")
         m.addAction("Fit slide", QKeySequence("Ctrl+0"), self.view.fit)
-        m.addAction("Zoom in", QKeySequence.StandardKey.ZoomIn, lambda: self.view.zoom(1.5))
+        zoom_in = m.addAction("Zoom in", lambda: self.view.zoom(1.5))
+        zoom_in.setShortcuts([QKeySequence(QKeySequence.StandardKey.ZoomIn), QKeySequence("Ctrl+=")])  # no Shift needed
         m.addAction("Zoom out", QKeySequence.StandardKey.ZoomOut, lambda: self.view.zoom(1 / 1.5))
         self.act_heatmap = QAction("Show heatmap", self, checkable=True, checked=True, shortcut=QKeySequence("H"))
         self.act_heatmap.toggled.connect(lambda on: self.model.set_overlay(visible=on))
@@ -624,7 +633,22 @@ class MainWindow(QMainWindow):
         self.act_analyse = m.addAction("&Analyse", QKeySequence("Ctrl+R"), self.start_analysis)
         self.act_cancel = m.addAction("&Cancel", QKeySequence("Esc"), self.cancel_analysis)
         m = bar.addMenu("&Help")
+        m.addAction("&Keyboard shortcuts", QKeySequence(QKeySequence.StandardKey.HelpContents), self.show_shortcuts)
         m.addAction("About CellView", self._about)
+        for menu in bar.findChildren(QMenu):  # Esc on a menu gives the keys back to the slide (arrows step tiles)
+            menu.aboutToHide.connect(lambda: QTimer.singleShot(0, self._focus_canvas_after_menu))
+
+    def _focus_canvas_after_menu(self) -> None:
+        """A menu closed without opening anything: the canvas takes the keyboard again, and the menu bar
+        leaves its keyboard mode (else the arrow keys would walk the menus)."""
+        if QApplication.activePopupWidget() is None and QApplication.activeModalWidget() is None:
+            self.view.setFocus(Qt.FocusReason.PopupFocusReason)
+
+    def show_shortcuts(self) -> None:
+        from cellview.gui.shortcuts import ShortcutsDialog
+
+        ShortcutsDialog(self.menuBar(), self).exec()
+        self._take_focus()
 
     NO_SLIDE_TEXT = "No slide open — File → Open (Ctrl+O), drop a file here, or pass one on the command line"
 
@@ -843,6 +867,8 @@ class MainWindow(QMainWindow):
             self._show_recent()
             self._sync_actions()
             return
+        if self._shut_down:  # a slide that finished opening as the window closed: no loader threads to leak
+            return
         self.requests = TileRequests()
         self.view.set_slide(opened, self.requests)
         for i in range(LOADER_THREADS):
@@ -961,6 +987,8 @@ class MainWindow(QMainWindow):
             if p.done == 0:
                 self.rate_label.setText("Found in the result cache" if p.from_cache
                                         else f"{plural(p.total, 'tissue tile')} to classify")
+            elif p.tiles_per_s == 0:  # the first item of a resumed run: the tiles done before Cancel
+                self.rate_label.setText(f"Going on from the {plural(p.done, 'tile')} classified before Cancel")
             else:
                 self.rate_label.setText(f"{p.tiles_per_s:.1f} tiles/s  ·  ETA {format_eta(p.eta_s)}  ·  "
                                         f"{format_eta(p.elapsed_s)} elapsed")
@@ -1028,6 +1056,8 @@ class MainWindow(QMainWindow):
                 widget.setValue(int(value))
             widget.blockSignals(False)
         self.threshold_label.setText(f"{round(ov.min_confidence * 100)}%")
+        self.toggles.set_selected(ov.categories)
+        self.filter_notice.set_text(describe_overrides(ov))
         self.view.overlay.setOpacity(ov.opacity)
         self._update_colour_hint()
         self.repaint_overlay()
@@ -1036,7 +1066,6 @@ class MainWindow(QMainWindow):
         ov = self.model.overlay
         names = self.model.spec.class_names if self.model.spec else ()
         self.colorbar.setVisible(not ov.by_category)
-        self.toggles.setEnabled(ov.by_category)
         self.opacity.setEnabled(ov.draws_fill)
         if not ov.by_category and ov.mode < len(names):
             self.colorbar.set_title(f"P({names[ov.mode]})")
@@ -1055,6 +1084,7 @@ class MainWindow(QMainWindow):
             self.view.set_contours(())
             self.view.set_label(None)
             self.toggles.set_counts(None)
+            self.toggles.set_out_of_domain(None)
             self.summary_label.setText("")
             self.overlayPainted.emit()
             return
@@ -1068,8 +1098,9 @@ class MainWindow(QMainWindow):
         self.view.overlay.setVisible(ov.visible and (ov.draws_fill or hatch) and not g.whole_image)
         self.view.set_out_of_domain(out_of_domain_runs(result, ov))
         self.view.set_contours(category_contours(result, ov) if ov.visible and not g.whole_image else ())
-        counts = count_lines(result, ov)
-        self.toggles.set_counts({c: n for c, n, _ in counts}, {c: share for c, _, share in counts})
+        rows = category_rows(result, ov)  # the legend's rows: the exports count the same tiles
+        self.toggles.set_counts({r.key: r.count for r in rows}, {r.key: r.percent for r in rows})
+        self.toggles.set_out_of_domain(out_of_domain_row(result, ov))
         self._update_summary()
         self._update_single_label(result)
         if 0 <= self.model.selection < g.n_tiles and self.inspector.index == self.model.selection:
@@ -1089,26 +1120,14 @@ class MainWindow(QMainWindow):
         regions: list[Region] = event.value
         if not self.model.overlay.show_regions:
             self.view.set_regions(())
-            self.regions_label.setVisible(False)
         else:
             self.view.set_regions(regions[:MAX_REGIONS_DRAWN])
-            text = self._regions_text(regions, self.model.overlay.min_confidence)
-            result = self.model.shown_result()
-            if result is not None and result.has_domain and result.out_of_domain.any():
-                text += " Regions join in-domain tiles only."
-            self.regions_label.setText(text)
-            self.regions_label.setVisible(True)
-        self.regionsShown.emit()
-
-    @staticmethod
-    def _regions_text(regions: list[Region], min_conf: float) -> str:
-        where = f"malignant at ≥ {min_conf:.0%} confidence" if min_conf > 0 else "malignant"
-        if not regions:
-            return f"No region: no tile is {where}."
-        text = f"{plural(len(regions), 'region')} of tiles {where}; largest {regions[0].label()}"
+        text = self.model.regions_note()
         if len(regions) > MAX_REGIONS_DRAWN:
-            text += f"; the {MAX_REGIONS_DRAWN} largest are drawn"
-        return text + "."
+            text += f" The {MAX_REGIONS_DRAWN} largest are drawn."
+        self.regions_label.setText(text)
+        self.regions_label.setVisible(bool(text))
+        self.regionsShown.emit()
 
     def _update_summary(self) -> None:
         result = self.model.shown_result()
@@ -1222,8 +1241,20 @@ class MainWindow(QMainWindow):
             return
         self.inspector.show_tile(index, result, self.model.mpp_um())
         self.view.set_selection(result.grid.rect(index))
-        if self.requests is not None:
-            self.requests.add_patch(PatchRequest(index, result.grid, self.model.mpp_um(), self.inspector.PATCH_PX))
+        self._request_patch()
+
+    def _request_patch(self, *args) -> None:
+        """The selected tile's patch as the model was fed it (once the run's stain transform is fitted)."""
+        result, index = self.model.shown_result(), self.model.selection
+        if self.requests is None or result is None or not 0 <= index < result.n_tiles:
+            return
+        if self.model.stain_pending:
+            self.inspector.set_patch_note("Normalising the stain as the model saw it…")
+            self.model.request_stain()  # events.stain asks again
+            return
+        stain = self.model.patch_stain()
+        self.inspector.set_patch_note("Stain-normalised, as fed to the model" if stain is not None else "")
+        self.requests.add_patch(PatchRequest(index, result.grid, self.model.mpp_um(), self.inspector.PATCH_PX, stain))
 
     def step_selection(self, d_row: int, d_col: int) -> None:
         """Move to the nearest tile in that direction and keep it in view."""
@@ -1241,22 +1272,17 @@ class MainWindow(QMainWindow):
         super().keyPressEvent(event)
 
     def _view_hovered(self, l0_x: float, l0_y: float) -> None:
-        result = self.model.shown_result()
-        if result is None:
-            self.hover_label.setText("")
-            return
-        index = result.grid.tile_at(l0_x, l0_y)
-        if index < 0 or not result.done[index]:
-            self.hover_label.setText("")
+        text = self.model.hover_at(l0_x, l0_y)
+        if text:
+            pos = self.view.mapToGlobal(self.view.mapFromScene(self.view.vb.mapViewToScene(QPointF(l0_x, l0_y))))
+            QToolTip.showText(pos, text, self.view)
+        else:
             QToolTip.hideText()
-            return
-        cls = result.model.class_names[int(result.pred_class[index])]
-        text = f"{cls} {float(result.confidence[index]):.0%}"
-        if not result.in_domain[index]:  # a done tile: out of domain (never without statistics)
-            text += " · out of domain"
-        self.hover_label.setText(text)
-        pos = self.view.mapToGlobal(self.view.mapFromScene(self.view.vb.mapViewToScene(QPointF(l0_x, l0_y))))
-        QToolTip.showText(pos, text, self.view)
+
+    def _on_hover(self, event: Event) -> None:
+        self.hover_label.setText(event.value)
+        if not event.value:
+            QToolTip.hideText()
 
     # ------------------------------------------------------------------------------ export
 
@@ -1326,7 +1352,8 @@ class MainWindow(QMainWindow):
         return paths
 
     def render_view_png(self) -> bytes:
-        """The canvas as seen (overlay, contours, regions, scale bar) with a legend panel on the right."""
+        """The canvas as seen (overlay, contours, regions, scale bar) with the legend (``legend.describe_legend``,
+        as the whole-slide PNG's) on the right."""
         from PySide6.QtCore import QBuffer, QByteArray, QIODevice
 
         self.view.overview.hide()
@@ -1335,71 +1362,21 @@ class MainWindow(QMainWindow):
         result = self.model.result
         assert result is not None
         ov = self.model.overlay
+        rect = self.view.visible_l0_rect()
+        extra = [f"View: x {max(0, rect.x()):,.0f}  y {max(0, rect.y()):,.0f} (level 0)"]
+        if self.model.mpp_um():
+            extra.append(f"Field of view: {format_um(round(rect.width() * self.model.mpp_um()))} wide")
+        legend = describe_legend(result, ov, source="the viewer", regions=self.model.regions if ov.show_regions else None,
+                                 region_confidence=ov.min_confidence, extra_header=tuple(extra))
         panel_w = 320
         out = QImage(shot.width() + panel_w, shot.height(), QImage.Format.Format_RGB32)
         out.fill(QColor("white"))
         p = QPainter(out)
         p.drawImage(0, 0, shot)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        x, y = shot.width() + 16, 28
-        f = QFont(self.font())
-        f.setPointSize(15)
-        f.setBold(True)
-        p.setFont(f)
-        p.setPen(QColor(20, 20, 20))
-        p.drawText(x, y, "CellView")
-        f.setPointSize(9)
-        f.setBold(False)
-        p.setFont(f)
-        fm = p.fontMetrics()
-        width = panel_w - 28
-        y += 26
-
-        def line(text: str, color: QColor | None = None) -> None:
-            nonlocal y
-            if color is not None:
-                p.setPen(color)
-            for part in _wrap_text(fm, text, width):
-                p.drawText(x, y, part)
-                y += 18
-
-        rect = self.view.visible_l0_rect()
-        line(fm.elidedText(f"Slide: {result.slide.name}", Qt.TextElideMode.ElideRight, width))
-        line(fm.elidedText(f"Model: {result.model.name} {result.model.version}", Qt.TextElideMode.ElideRight, width))
-        line(f"Run on: {result.provider}")
-        if describe_run_options(result.params, result.stain):
-            line(describe_run_options(result.params, result.stain))
-        line(f"View: x {max(0, rect.x()):,.0f}  y {max(0, rect.y()):,.0f} (level 0)")
-        if self.model.mpp_um():
-            line(f"Field of view: {format_um(round(rect.width() * self.model.mpp_um()))} wide")
-        y += 10
-        line(counted_text(result, ov))
-        for cat, n, share in count_lines(result, ov):
-            p.fillRect(QRectF(x, y - 12, 14, 14), QColor(CATEGORY_COLORS[cat]))
-            hidden = ov.by_category and cat not in ov.categories
-            p.setPen(QColor(120, 120, 120) if hidden else QColor(20, 20, 20))
-            p.drawText(x + 22, y, cat + (" (hidden)" if hidden else ""))
-            p.drawText(x + 150, y, f"{n:>6,}  {share}%")
-            y += 22
-        if result.has_domain:
-            p.drawPixmap(x, y - 12, hatch_swatch(14))
-            p.setPen(QColor(20, 20, 20))
-            n_out = int(result.out_of_domain.sum())
-            p.drawText(x + 22, y, "out of domain")
-            p.drawText(x + 150, y, f"{n_out:>6,}  {round(100 * n_out / max(result.n_done, 1))}%")
-            y += 22
-        y += 6
-        for note, warning in domain_notes(result, ov):
-            line(note, QColor(180, 0, 0) if warning else QColor(90, 90, 90))
-        names = result.model.class_names
-        line(describe_colours(ov, names), QColor(90, 90, 90))
-        if describe_filter(ov):
-            line(describe_filter(ov))
-        line("Exported from the viewer: as shown on screen.")
-        if result.status != "complete":
-            line(f"Run {result.status}: partial result.", QColor(180, 0, 0))
+        paint_legend(p, legend, shot.width() + 16, 28, panel_w - 28, self.font())
         p.setPen(QColor(90, 90, 90))
-        p.drawText(x, out.height() - 14, "Research use only. Not for clinical diagnosis.")
+        p.drawText(shot.width() + 16, out.height() - 14, "Research use only. Not for clinical diagnosis.")
         p.end()
         data = QByteArray()
         buf = QBuffer(data)
@@ -1419,6 +1396,7 @@ class MainWindow(QMainWindow):
 
     def shutdown(self, timeout_ms: int = 15000) -> bool:
         """Stop every worker (analysis first) and wait for their threads; True if all stopped."""
+        self._shut_down = True
         self._repaint_timer.stop()
         if self.requests is not None:
             self.requests.close()
@@ -1430,16 +1408,3 @@ class MainWindow(QMainWindow):
         self.shutdown()
         super().closeEvent(event)
 
-
-def _wrap_text(fm, text: str, width: int) -> list[str]:
-    """Greedy word wrap with the painter's font metrics (legend lines never run past the panel)."""
-    lines: list[str] = []
-    current = ""
-    for word in text.split():
-        trial = f"{current} {word}".strip()
-        if current and fm.horizontalAdvance(trial) > width:
-            lines.append(current)
-            current = word
-        else:
-            current = trial
-    return [*lines, current] if current else lines

@@ -8,7 +8,7 @@ from html import escape
 
 import cv2
 import numpy as np
-from PySide6.QtCore import QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QLinearGradient, QPainter, QPixmap
 from PySide6.QtWidgets import (
     QBoxLayout,
@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QLabel,
+    QPushButton,
     QSizePolicy,
     QVBoxLayout,
     QWidget,
@@ -27,6 +28,7 @@ from cellview.domain import NOT_AVAILABLE, OUT_OF_DOMAIN_RGBA
 from cellview.explain import colormap
 from cellview.explain import overlay as cam_overlay
 from cellview.gui.slideview import paint_hatch, rgb_qimage
+from cellview.legend import CountRow
 from cellview.model import CATEGORIES, CATEGORY_COLORS
 from cellview.morphology import NucleiMeasurement
 from cellview.results import plural, whole_percentages
@@ -90,7 +92,8 @@ def pct(p: float) -> str:
 class ProbabilityBars(QWidget):
     """One horizontal bar per category, then per class, each in its colour; the predicted ones in bold.
 
-    Names that do not fit are cut with an ellipsis; row height follows the font (the kiosk's is large).
+    A name is never cut: one that does not fit beside its bar gets a line of its own above it (a long
+    class name, the kiosk's large text); row height follows the font.
     """
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -113,8 +116,30 @@ class ProbabilityBars(QWidget):
                               for k, (c, p) in enumerate(zip(CATEGORIES, categories))]
                 self.n_category_rows = len(CATEGORIES)
             self.rows += [(n, c, float(p), i == highlight) for i, (n, c, p) in enumerate(zip(names, colors, probs))]
-        self.setFixedHeight(max(1, len(self.rows)) * self.row_height() + 4)
+        self._fit_height()
         self.update()
+
+    def _fit_height(self) -> None:
+        self.setFixedHeight(max(1, sum(self.row_lines(i) for i in range(len(self.rows)))) * self.row_height() + 4)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self._fit_height()  # a narrower panel may put more names on lines of their own
+
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().changeEvent(event)
+        if event.type() in (QEvent.Type.FontChange, QEvent.Type.StyleChange):
+            self._fit_height()
+
+    def _font(self, bold: bool) -> QFont:
+        f = QFont(self.font())
+        f.setBold(bold)
+        return f
+
+    def row_lines(self, i: int) -> int:
+        """1, or 2 when the row's name does not fit beside its bar (it goes on a line above)."""
+        name, _, _, bold = self.rows[i]
+        return 1 if QFontMetrics(self._font(bold)).horizontalAdvance(name) <= self.name_width() - 4 else 2
 
     def values(self) -> dict[str, float]:
         """Class name → probability (the class rows, not the category rows above them)."""
@@ -128,7 +153,7 @@ class ProbabilityBars(QWidget):
         return min(170, int(self.width() * 0.42))
 
     def display_name(self, name: str, width_px: int | None = None) -> str:
-        """``name`` cut to the name column with an ellipsis when it does not fit (never silently clipped)."""
+        """``name`` cut to ``width_px`` with an ellipsis when it does not fit (for callers with one line of room)."""
         width = (width_px if width_px is not None else self.name_width()) - 4
         return self.fontMetrics().elidedText(name, Qt.TextElideMode.ElideRight, max(10, width))
 
@@ -141,28 +166,32 @@ class ProbabilityBars(QWidget):
         pct_w = self.fontMetrics().horizontalAdvance("100.0%") + 6
         bar_w = max(10, w - name_w - pct_w - 8)
         n_cat = self.n_category_rows
+        y = 2
         for i, (name, color, prob, bold) in enumerate(self.rows):
-            y = 2 + i * rh
-            f = QFont(self.font())
-            f.setBold(bold)
-            p.setFont(f)
+            p.setFont(self._font(bold))
             p.setPen(self.palette().text().color())
-            shown = QFontMetrics(f).elidedText(name, Qt.TextElideMode.ElideRight, max(10, name_w - 4))
-            p.drawText(QRectF(0, y, name_w - 4, rh - 2), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
-                       shown)
+            flags = Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft
+            x_bar, width_bar = name_w, bar_w
+            if self.row_lines(i) == 1:
+                p.drawText(QRectF(0, y, name_w - 4, rh - 2), flags, name)
+            else:  # the whole name on its own line, the bar under it across the row
+                p.drawText(QRectF(0, y, w, rh - 2), flags | Qt.TextFlag.TextWordWrap, name)
+                y += rh
+                x_bar, width_bar = 12, max(10, w - pct_w - 20)
             p.setPen(Qt.PenStyle.NoPen)
             p.setBrush(QColor(255, 255, 255, 22))
             bar_h = max(8, rh // 2)
-            p.drawRoundedRect(QRectF(name_w, y + (rh - bar_h) / 2 - 1, bar_w, bar_h), 3, 3)
+            p.drawRoundedRect(QRectF(x_bar, y + (rh - bar_h) / 2 - 1, width_bar, bar_h), 3, 3)
             if np.isfinite(prob):
                 p.setBrush(QColor(color))
-                p.drawRoundedRect(QRectF(name_w, y + (rh - bar_h) / 2 - 1, max(2.0, bar_w * prob), bar_h), 3, 3)
+                p.drawRoundedRect(QRectF(x_bar, y + (rh - bar_h) / 2 - 1, max(2.0, width_bar * prob), bar_h), 3, 3)
             p.setPen(self.palette().text().color())
-            p.drawText(QRectF(name_w + bar_w + 4, y, pct_w, rh - 2),
+            p.drawText(QRectF(x_bar + width_bar + 4, y, pct_w, rh - 2),
                        Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight, pct(prob))
             if n_cat and i == n_cat - 1:
                 p.setPen(QColor(255, 255, 255, 40))
                 p.drawLine(0, y + rh, w, y + rh)
+            y += rh
         p.end()
 
 
@@ -191,6 +220,12 @@ class TileInspector(QWidget):
         column = QVBoxLayout()  # the patch with the activation map's colour scale right under it
         column.setSpacing(2)
         column.addWidget(self.patch)
+        self.patch_note = QLabel("")  # "stain-normalised: the patch fed to the model"
+        self.patch_note.setObjectName("hint")
+        self.patch_note.setWordWrap(True)
+        self.patch_note.setFixedWidth(self.PATCH_PX + 2)
+        self.patch_note.setVisible(False)
+        column.addWidget(self.patch_note)
         self.cam_scale = ColorBar(CAM_LUT, left="less", right="more", title_below=True)
         self.cam_scale.setFixedWidth(self.PATCH_PX + 2)
         self.cam_scale.setVisible(False)
@@ -201,7 +236,8 @@ class TileInspector(QWidget):
         self.title = QLabel("No tile selected")
         self.title.setObjectName("inspectorTitle")
         self.title.setWordWrap(True)
-        self.subtitle = QLabel("Click a tile on the slide.\nArrow keys step to neighbours.")
+        self.hint = "Click a tile on the slide.\nArrow keys step to neighbours."
+        self.subtitle = QLabel(self.hint)
         self.subtitle.setObjectName("inspectorSubtitle")
         self.subtitle.setWordWrap(True)
         facts.addWidget(self.title)
@@ -249,6 +285,18 @@ class TileInspector(QWidget):
         self.explanation: ExplainState = ExplainState("off")
         self._class_names: tuple[str, ...] = ()
 
+    def set_hint(self, text: str) -> None:
+        """What the inspector says before a tile is chosen (the kiosk's: tap, no arrow keys)."""
+        self.hint = text
+        if self.index < 0:
+            self.subtitle.setText(text)
+
+    def set_patch_note(self, text: str) -> None:
+        """A line under the patch saying what it is (stain-normalised as the model was fed it) or what it waits for."""
+        self.patch_note.setText(text)
+        self.patch_note.setVisible(bool(text))
+        self.patch.setToolTip(text or "The exact patch fed to the model")
+
     def set_patch_px(self, px: int) -> None:
         """The patch's size on screen (the kiosk shows it large)."""
         px = max(96, int(px))
@@ -257,6 +305,7 @@ class TileInspector(QWidget):
         self.PATCH_PX = px
         self.patch.setFixedSize(QSize(px + 2, px + 2))
         self.cam_scale.setFixedWidth(px + 2)
+        self.patch_note.setFixedWidth(px + 2)
         self._show_pixmap()
 
     def set_class_names(self, names: tuple[str, ...]) -> None:
@@ -304,10 +353,11 @@ class TileInspector(QWidget):
         self.index = -1
         self.nuclei, self._rgb, self._contoured, self._nuclei_rows, self._lines = None, None, None, [], []
         self.title.setText("No tile selected")
-        self.subtitle.setText("Click a tile on the slide.\nArrow keys step to neighbours.")
+        self.subtitle.setText(self.hint)
         self.bars.set_values((), (), None)
         self.details.setText("")
         self.patch.clear()
+        self.set_patch_note("")
         self.cam_scale.setVisible(False)
 
     def show_tile(self, index: int, result, mpp_um: float | None) -> None:
@@ -439,22 +489,32 @@ class CategoryToggles(QWidget):
         grid.setColumnStretch(1, 1)
 
     def set_domain(self, notice: DomainNotice | None) -> None:
-        """The out-of-domain row: its tiles and share (not counted above unless shown anyway), or that the
-        model has no domain score; hidden without a result."""
+        """The out-of-domain row's visibility, or that the model has no domain score; hidden without a result.
+        Its count comes with the others (``set_out_of_domain``)."""
         kind = notice.kind if notice is not None else "none"
         self.ood_swatch.setVisible(kind in ("in", "some", "most"))
         self.ood_count.setVisible(kind in ("in", "some", "most"))
         self.ood_label.setVisible(kind != "none")
         if kind == "unavailable":
             self.ood_label.setText(NOT_AVAILABLE[0].upper() + NOT_AVAILABLE[1:])
-        elif kind != "none":
-            assert notice is not None
-            self.ood_label.setText("Out of domain" + (" (counted)" if notice.shown_anyway and notice.n_out else ""))
-            share = round(100 * notice.n_out / notice.n_done) if notice.n_done else 0
-            self.ood_count.setText(f"{plural(notice.n_out, 'tile')}  {share:>3}%")
+
+    def set_out_of_domain(self, row: CountRow | None) -> None:
+        """The out-of-domain tiles the confidence filter keeps and their share (``legend.out_of_domain_row``)."""
+        if row is None:
+            self.ood_count.setText("")
+            return
+        self.ood_label.setText(row.label[:1].upper() + row.label[1:])
+        self.ood_count.setText(f"{plural(row.count, 'tile')}  {row.percent:>3}%")
 
     def selected(self) -> tuple[str, ...]:
         return tuple(c for c in CATEGORIES if self.boxes[c].isChecked())
+
+    def set_selected(self, categories: tuple[str, ...]) -> None:
+        """Check the categories shown (a change made elsewhere, e.g. a new slide), without emitting ``changed``."""
+        for cat, box in self.boxes.items():
+            box.blockSignals(True)
+            box.setChecked(cat in categories)
+            box.blockSignals(False)
 
     def set_counts(self, counts: dict[str, int] | None, percentages: dict[str, int] | None = None) -> None:
         """Tiles per category and their share (whole percentages that add up to 100)."""
@@ -465,6 +525,32 @@ class CategoryToggles(QWidget):
             else:
                 n = counts.get(cat, 0)
                 label.setText(f"{plural(n, 'tile')}  {percentages[cat]:>3}%")
+
+
+class FilterNotice(QFrame):
+    """Amber, right under the heatmap's controls while the display hides tiles or shows out-of-domain calls
+    (``overlay.describe_overrides``), with one button that shows the slide as analysed again."""
+
+    resetRequested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("filterNotice")
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(8, 4, 6, 4)
+        self.label = QLabel("")
+        self.label.setObjectName("filterNoticeText")
+        self.label.setWordWrap(True)
+        lay.addWidget(self.label, 1)
+        self.reset = QPushButton("Show all")
+        self.reset.setToolTip("Every classified tile, no confidence filter, out-of-domain tiles hatched and not counted")
+        self.reset.clicked.connect(self.resetRequested)
+        lay.addWidget(self.reset, 0, Qt.AlignmentFlag.AlignVCenter)
+        self.hide()
+
+    def set_text(self, text: str) -> None:
+        self.label.setText(f"⚠ {text}" if text else "")
+        self.setVisible(bool(text))
 
 
 class ColorBar(QWidget):

@@ -7,7 +7,6 @@ cached coarser tiles) stays underneath until the sharper ones arrive.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,11 +14,12 @@ from html import escape
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QPointF, QRect, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QBrush,
     QColor,
     QFont,
+    QFontMetrics,
     QImage,
     QPainter,
     QPainterPath,
@@ -41,6 +41,7 @@ from PySide6.QtWidgets import (
 )
 
 from cellview.gui.tasks import OVERVIEW_PX, VIEW_TILE_PX, Opened, TileKey, TileLoaded, TileRequests
+from cellview.legend import ScaleBarSpec, scale_bar
 from cellview.morphology import Region
 from cellview.overlay import CASING_RGB, HATCH_ALPHA, HATCH_RGB, HATCH_SPACING_PX, HATCH_WIDTH_PX, Contour
 
@@ -50,21 +51,6 @@ CANVAS_BG = "#262a2e"
 
 ARROW_STEPS = {Qt.Key.Key_Left: (0, -1), Qt.Key.Key_Right: (0, 1), Qt.Key.Key_Up: (-1, 0), Qt.Key.Key_Down: (1, 0)}
 """Arrow key -> (d_row, d_col) for stepping the tile selection."""
-
-
-def nice_length_um(target_um: float) -> float:
-    """1-2-5 rounding so scale bars read 50 µm, 200 µm, 1 mm..."""
-    if target_um <= 0:
-        return 1.0
-    exp = math.floor(math.log10(target_um))
-    for m in (1, 2, 5, 10):
-        if m * 10**exp >= target_um:
-            return float(m * 10**exp)
-    return float(10 ** (exp + 1))
-
-
-def format_um(length_um: float) -> str:
-    return f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um:g} µm"
 
 
 def rgb_qimage(rgb: np.ndarray) -> QImage:
@@ -116,54 +102,95 @@ class TileCache:
 
 
 class ScaleBar(QWidget):
-    """Bottom-left scale bar in µm, redrawn as the zoom changes; hidden without a known scale."""
+    """Bottom-left scale bar in µm, redrawn as the zoom changes; hidden without a known scale.
+
+    Its length is ``legend.scale_bar``'s (the longest 1-2-5 length that fits): the bar is drawn
+    exactly that many pixels long and the box is sized around the bar and its label, so nothing
+    is ever clipped and the label is right at every zoom and font size.
+    """
 
     BASE_PT = 9.5
+    MAX_BAR_PX = 160
+    """The bar's longest length at the base font (it grows with the font)."""
+    MAX_VIEW_SHARE = 0.25
+    """…and never more than this share of the view's width (a small kiosk screen)."""
 
     def __init__(self, parent: QWidget) -> None:
         super().__init__(parent)
         self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self.mpp_um: float | None = None
         self.l0_per_screen_px = 1.0
+        self.view_width_px: int | None = None
         self.font_pt = self.BASE_PT
-        self.resize(220, 44)
+        self.spec: ScaleBarSpec | None = None
         self.hide()
 
+    @property
+    def k(self) -> float:
+        return self.font_pt / self.BASE_PT
+
     def set_font_pt(self, pt: float) -> None:
-        """Text size of the label (the kiosk's is read from a metre away); the bar grows with it."""
+        """Text size of the label (the kiosk's is read from a metre away); the bar's room grows with it."""
         self.font_pt = float(pt)
-        k = self.font_pt / self.BASE_PT
-        self.resize(int(220 + 60 * k), int(44 * k))
-        self.update()
+        self._fit()
 
     def label_font(self) -> QFont:
         f = QFont(self.font())
         f.setPointSizeF(self.font_pt)
         return f
 
-    def set_scale(self, mpp_um: float | None, l0_per_screen_px: float) -> None:
+    def max_bar_px(self) -> float:
+        longest = self.MAX_BAR_PX * self.k
+        if self.view_width_px:
+            longest = min(longest, self.MAX_VIEW_SHARE * self.view_width_px)
+        return longest
+
+    def set_scale(self, mpp_um: float | None, l0_per_screen_px: float, view_width_px: int | None = None) -> None:
         self.mpp_um, self.l0_per_screen_px = mpp_um, l0_per_screen_px
-        self.setVisible(mpp_um is not None)
+        if view_width_px is not None:
+            self.view_width_px = view_width_px
+        self._fit()
+
+    def _fit(self) -> None:
+        um_per_px = self.mpp_um * self.l0_per_screen_px if self.mpp_um and self.l0_per_screen_px > 0 else None
+        self.spec = scale_bar(um_per_px, self.max_bar_px())
+        self.setVisible(self.spec is not None)
+        if self.spec is not None:
+            fm = QFontMetrics(self.label_font())
+            pad, bar_h = self._pad(), self._bar_h()
+            width = max(self.spec.drawn_px, fm.horizontalAdvance(self.spec.label)) + 2 * pad
+            self.resize(width, pad + fm.height() + pad // 2 + bar_h + pad)
         self.update()
 
+    def _pad(self) -> int:
+        return max(6, int(round(8 * self.k)))
+
+    def _bar_h(self) -> int:
+        return max(4, int(round(5 * self.k)))
+
+    def bar_rect(self) -> QRect:
+        """Where the bar is drawn, in this widget's pixels: exactly ``spec.drawn_px`` wide."""
+        if self.spec is None:
+            return QRect()
+        pad, bar_h = self._pad(), self._bar_h()
+        return QRect(pad, self.height() - pad - bar_h, self.spec.drawn_px, bar_h)
+
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
-        if not self.mpp_um or self.l0_per_screen_px <= 0:
+        spec = self.spec
+        if spec is None:
             return
-        k = self.font_pt / self.BASE_PT
-        um_per_px = self.mpp_um * self.l0_per_screen_px
-        length_um = nice_length_um(120 * um_per_px)  # the bar keeps its length; only the text grows
-        bar_px = max(4, int(round(length_um / um_per_px)))
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         p.setPen(Qt.PenStyle.NoPen)
         p.setBrush(QColor(20, 22, 25, 190))
-        p.drawRoundedRect(QRectF(0, 0, bar_px + 24 * k, 40 * k), 5, 5)
-        p.setBrush(QColor("white"))
-        p.drawRect(QRectF(12 * k, 26 * k, bar_px, 5 * k))
+        p.drawRoundedRect(QRectF(self.rect()), 5, 5)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing, False)
+        p.fillRect(self.bar_rect(), QColor("white"))
         p.setPen(QColor("white"))
         p.setFont(self.label_font())
-        p.drawText(QRectF(12 * k, 2 * k, bar_px + 80 * k, 22 * k),
-                   Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, format_um(length_um))
+        pad = self._pad()
+        p.drawText(QRect(pad, pad, self.width() - 2 * pad, QFontMetrics(self.label_font()).height()),
+                   Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, spec.label)
         p.end()
 
 
@@ -650,7 +677,7 @@ class SlideView(pg.GraphicsView):
 
     def _place_overlays(self) -> None:
         mpp = self.opened.info.mpp.um if self.opened and self.opened.info.mpp else None
-        self.scale_bar.set_scale(mpp, self.l0_per_screen_px())
+        self.scale_bar.set_scale(mpp, self.l0_per_screen_px(), self.width())
         self.scale_bar.move(14, self.height() - self.scale_bar.height() - 12)
         if self.opened is not None:
             self.overview.fit(self._overview_px())

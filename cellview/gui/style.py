@@ -39,6 +39,8 @@ QLabel#levelsWarning { color: #ffb347; font-size: 11px; }
 QFrame#domainBanner { background: #5a4316; border: none; border-bottom: 2px solid #ffb347; }
 QFrame#domainNote { background: #2a2f33; border: none; border-bottom: 1px solid #4a5259; }
 QLabel#domainBannerText { color: #f3ead8; }
+QFrame#filterNotice { background: #5a4316; border: 1px solid #ffb347; border-radius: 4px; }
+QLabel#filterNoticeText { color: #f3ead8; }
 QFrame#emptyHint { background: rgba(20, 22, 25, 215); border: 1px solid #3d4348; border-radius: 8px; }
 QLabel#emptyTitle { color: #e6e9ec; font-size: 17px; font-weight: 600; }
 QLabel#emptyRecentTitle { color: #8d969e; font-size: 11px; font-weight: 700; letter-spacing: 1px; padding-top: 8px; }

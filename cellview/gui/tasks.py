@@ -18,6 +18,7 @@ from cellview.errors import SlideError
 from cellview.morphology import NucleiMeasurement, measure_nuclei, patch_mpp
 from cellview.pipeline import CancelToken
 from cellview.slide import open_slide
+from cellview.stain import TileStainTransform
 from cellview.tiling import TileGrid, read_tile
 
 # Opening, analysis, regions and tissue previews are the viewer model's jobs (Qt-free); re-exported here.
@@ -73,6 +74,7 @@ class PatchRequest:
     grid: TileGrid
     mpp_um: float | None = None
     display_px: int = 0  # 0: do not measure nuclei
+    stain: TileStainTransform | None = None  # the run's stain normalisation: the patch is shown as the model saw it
 
 
 CONTOUR_RGB = (57, 255, 20)
@@ -98,16 +100,21 @@ def contoured_patch(rgb: np.ndarray, m: NucleiMeasurement, display_px: int) -> n
 
 
 def load_patch(slide, request: PatchRequest) -> PatchLoaded:
-    """Read one inspector patch and, when asked, measure its nuclei (on the calling loader thread)."""
+    """Read one inspector patch and, when asked, measure its nuclei (on the calling loader thread).
+
+    The patch is the one fed to the model: stain-normalised when the run was (``request.stain``); the
+    nuclei are measured on the tile as scanned, as the pipeline measures them, and drawn on that patch.
+    """
     grid_id = id(request.grid)
     try:
-        rgb = read_tile(slide, request.grid, request.index)
+        scanned = read_tile(slide, request.grid, request.index)
     except SlideError:
         return PatchLoaded(request.index, grid_id, None)
+    rgb = scanned if request.stain is None else request.stain.apply(scanned)
     if request.display_px <= 0:
         return PatchLoaded(request.index, grid_id, rgb)
     try:
-        m = measure_nuclei(rgb, patch_mpp(request.grid, request.mpp_um), want_contours=True)
+        m = measure_nuclei(scanned, patch_mpp(request.grid, request.mpp_um), want_contours=True)
     except Exception:  # noqa: BLE001 - a failed measurement only costs the nuclei, not the patch or the loader
         return PatchLoaded(request.index, grid_id, rgb)
     return PatchLoaded(request.index, grid_id, rgb, m, contoured_patch(rgb, m, request.display_px))
