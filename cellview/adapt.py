@@ -41,7 +41,7 @@ from cellview.export import atomic_write_bytes, atomic_write_text
 from cellview.labels import LabelError, LabelSource, tile_labels
 from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier, probabilities, sha256_file, sidecar_for
 from cellview.pipeline import CancelToken, TileReaders, batch_indices, plan_tiles, slide_stain_transform
-from cellview.results import AnalysisParams, image_calls
+from cellview.results import AnalysisParams, image_calls, plural
 from cellview.slide import open_slide
 
 RECOMMENDED_PER_CATEGORY = 5
@@ -135,6 +135,11 @@ def label_weights(categories: np.ndarray, items: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- labels → classes
 
 
+def source_labels(source: LabelSource) -> list[str]:
+    """The labels one image or slide gives (its own, or its regions' but Ignore*)."""
+    return [source.label] if source.label is not None else [r.label for r in source.regions if not r.is_ignore]
+
+
 @dataclass(frozen=True)
 class LabelTarget:
     """A label as the model understands it: the classes it allows and their category."""
@@ -162,7 +167,7 @@ def label_targets(labels: Sequence[str], spec: ModelSpec) -> dict[str, LabelTarg
         else:
             unknown.append(label)
     if unknown:
-        valid = ", ".join([*present, *spec.class_names])
+        valid = ", ".join(dict.fromkeys([*present, *spec.class_names]))
         raise LabelError(f"Unknown label{'s' if len(unknown) > 1 else ''} "
                          f"{', '.join(repr(u) for u in unknown)} for the model {spec.name}: use a category or a class "
                          f"of the model (case does not matter): {valid}.")
@@ -246,8 +251,7 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
     if "features" not in classifier.output_names:
         raise ModelError(f"{spec.onnx_path.name} has no 'features' output to adapt on; "
                          "`cellview domain upgrade` adds it to a GAP + linear model.")
-    targets = label_targets([s.label for s in sources if s.label is not None]
-                            + [r.label for s in sources for r in s.regions if not r.is_ignore], spec)
+    targets = label_targets([lab for s in sources for lab in source_labels(s)], spec)
     cancel = cancel or CancelToken()
     rng = np.random.default_rng(settings.seed)
     files: list[str] = []
@@ -262,7 +266,7 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
         slide = None
         readers = None
         try:
-            slide = open_slide(source.path, mpp_um=params.mpp_um)
+            slide = open_slide(source.path, mpp_um=source.mpp_um or params.mpp_um)
             slide.require_mpp()
             _, grid = plan_tiles(slide, spec, params)
             if source.label is not None:
@@ -451,8 +455,8 @@ class AdaptReport:
         return (f"Before → after on your labels ({self.cv_how}): balanced accuracy of the labelled images / regions "
                 f"{b.items_balanced_accuracy:.2f} → {a.items_balanced_accuracy:.2f}; of their tiles "
                 f"{b.tiles_balanced_accuracy:.2f} → {a.tiles_balanced_accuracy:.2f} "
-                f"({len(self.lab.items)} labelled images / regions, {len(self.lab.features)} tiles, "
-                f"{len(self.lab.files)} files).")
+                f"({plural(len(self.lab.items), 'labelled image or region', 'labelled images or regions')}, "
+                f"{plural(len(self.lab.features), 'tile')}, {plural(len(self.lab.files), 'file')}).")
 
 
 def label_warnings(lab: LabTiles, spec: ModelSpec) -> list[str]:
@@ -490,8 +494,11 @@ def adapt(sources: Sequence[LabelSource], base: ModelSpec, out_dir: Path | None,
     if not sources:
         raise LabelError("No labels given: name images or slides with their labels (image,label), or slides' "
                          "annotations.")
-    label_targets([s.label for s in sources if s.label is not None]
-                  + [r.label for s in sources for r in s.regions if not r.is_ignore], base)  # fail before reading
+    for source in sources:  # fail before reading, naming where an unknown label is
+        try:
+            label_targets(source_labels(source), base)
+        except LabelError as exc:
+            raise LabelError(f"{exc.message} It is in {source.origin or source.name}.") from None
     head = _base_head(base)
     classifier = classifier or OnnxClassifier(base, device=params.device, max_batch=params.batch_size)
     lab = None

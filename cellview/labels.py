@@ -296,6 +296,7 @@ class LabelSource:
     label: str | None = None  # the whole image's label
     regions: tuple[LabelRegion, ...] = ()
     origin: str = ""  # the file (and row) it came from, for messages
+    mpp_um: float | None = None  # the slide's µm/px when its file does not say (else the run's --mpp)
 
     @property
     def name(self) -> str:
@@ -364,3 +365,48 @@ def read_labels(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[LabelSour
 def _relative(csv_path: Path, name: str) -> Path:
     p = Path(name).expanduser()
     return p if p.is_absolute() else (csv_path.parent / p)
+
+
+# ----------------------------------------------------------------------------- slides labelled so far
+
+
+def _index_path() -> Path:
+    return user_labels_dir() / "index.json"
+
+
+def _read_index() -> dict[str, Any]:
+    try:
+        data = json.loads(_index_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data.get("slides", {}) if isinstance(data, dict) and isinstance(data.get("slides"), dict) else {}
+
+
+def remember_labels(slide_path: str | os.PathLike[str], labels_file: Path | None, mpp_um: float | None) -> None:
+    """Note (or, with ``labels_file`` None, forget) that a slide has labels: the viewer adapts on every one."""
+    slides = _read_index()
+    key = str(Path(slide_path).resolve())
+    if labels_file is None:
+        slides.pop(key, None)
+    else:
+        slides[key] = {"labels": str(labels_file), "mpp_um": mpp_um}
+    atomic_write_text(_index_path(), json.dumps({"slides": slides}, indent=2) + "\n")
+
+
+def labelled_slides() -> list[LabelSource]:
+    """Every slide labelled in the viewer whose slide and labels file still exist, with its regions."""
+    out = []
+    for slide, entry in sorted(_read_index().items()):
+        labels_file = Path(entry.get("labels", ""))
+        if not Path(slide).exists() or not labels_file.is_file():
+            continue
+        try:
+            regions = read_geojson(labels_file).regions
+        except LabelError:
+            continue
+        if any(not r.is_ignore for r in regions):
+            mpp = entry.get("mpp_um")
+            out.append(LabelSource(Path(slide), None, regions, labels_file.name,
+                                   float(mpp) if isinstance(mpp, (int, float)) else None))
+    return out
+

@@ -300,6 +300,11 @@ def models_dir() -> Path:
     return Path(platformdirs.user_data_dir("cellview")) / "models"
 
 
+def user_models_dir() -> Path:
+    """Where the models a user makes go (``cellview adapt``, the viewer's *Adapt model…*)."""
+    return Path(platformdirs.user_data_dir("cellview")) / "models"
+
+
 DEFAULT_MODEL = "colon-he"
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from cellview.domain import NOT_AVAILABLE, OUT_OF_DOMAIN_RGBA
 from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.results import AnalysisResult, plural
+from cellview.tiling import TileGrid
 
 STYLES = ("outline", "fill", "fill+outline")
 """``outline``: category contours only, the stain stays as scanned (default: red over eosin pink
@@ -194,29 +195,33 @@ def category_contours(result: AnalysisResult, settings: OverlaySettings) -> list
     show = shown_tiles(result, settings)
     cat = np.full(g.shape, -1, np.int64)
     cat[g.grid_row[show], g.grid_col[show]] = result.pred_category[show]
-    padded = np.pad(cat, 1, constant_values=-1)
     out = []
     for name in OUTLINE_ORDER:
         if name not in settings.categories:
             continue
-        mine = padded == CATEGORIES.index(name)
-        parts = []
-        # vertical edges between padded columns c and c + 1: cell edge c (edge n is the slide's edge)
-        r, c = np.nonzero(mine[1:-1, 1:] != mine[1:-1, :-1])
-        if r.size:
-            x = g.cell_edges_l0(c, "x")
-            parts.append(np.column_stack([x, g.cell_edges_l0(r, "y"), x, g.cell_edges_l0(r + 1, "y")]))
-        r, c = np.nonzero(mine[1:, 1:-1] != mine[:-1, 1:-1])
-        if r.size:
-            y = g.cell_edges_l0(r, "y")
-            parts.append(np.column_stack([g.cell_edges_l0(c, "x"), y, g.cell_edges_l0(c + 1, "x"), y]))
-        if not parts:
-            continue
-        seg = np.vstack(parts)
-        seg = seg[(seg[:, 0] != seg[:, 2]) | (seg[:, 1] != seg[:, 3])]
+        seg = cell_outline(g, cat == CATEGORIES.index(name))
         if len(seg):
             out.append(Contour(name, CATEGORY_COLORS[name], seg))
     return out
+
+
+def cell_outline(grid: TileGrid, cells: np.ndarray) -> np.ndarray:
+    """(N, 4) level-0 segments x0, y0, x1, y1 along the border of the marked (n_rows, n_cols) grid cells."""
+    mine = np.pad(np.asarray(cells, bool), 1, constant_values=False)
+    parts = []
+    # vertical edges between padded columns c and c + 1: cell edge c (edge n is the slide's edge)
+    r, c = np.nonzero(mine[1:-1, 1:] != mine[1:-1, :-1])
+    if r.size:
+        x = grid.cell_edges_l0(c, "x")
+        parts.append(np.column_stack([x, grid.cell_edges_l0(r, "y"), x, grid.cell_edges_l0(r + 1, "y")]))
+    r, c = np.nonzero(mine[1:, 1:-1] != mine[:-1, 1:-1])
+    if r.size:
+        y = grid.cell_edges_l0(r, "y")
+        parts.append(np.column_stack([grid.cell_edges_l0(c, "x"), y, grid.cell_edges_l0(c + 1, "x"), y]))
+    if not parts:
+        return np.zeros((0, 4))
+    seg = np.vstack(parts)
+    return seg[(seg[:, 0] != seg[:, 2]) | (seg[:, 1] != seg[:, 3])]
 
 
 def describe_colours(settings: OverlaySettings, class_names: tuple[str, ...] = ()) -> str:

@@ -476,3 +476,35 @@ def hatch_stripes(img: np.ndarray) -> float:
     along = np.abs(g[1:, :-1] - g[:-1, 1:]).mean()
     across = np.abs(g[1:, 1:] - g[:-1, :-1]).mean()
     return float(across / max(along, 1e-9))
+
+
+LAB_COLOURS = {"malignant": (170, 60, 225), "benign": (225, 60, 170), "normal": (60, 200, 60)}
+"""A lab the toy models get wrong: its malignant tissue is bluish purple and its benign reddish purple, so the
+colour rule calls them the other way round (the adaptation tests' known answer)."""
+LAB_BLOCKS = ("malignant", "benign", "normal", "malignant", "benign", "normal")
+"""Left to right, the categories of ``lab_slide_rgb``'s six blocks."""
+
+
+def lab_image(colour: tuple[int, int, int], seed: int, size: int = 128) -> np.ndarray:
+    """A ``size`` square of ``colour`` (give or take 12) with ±8 noise: one labelled image of the lab."""
+    rng = np.random.default_rng(seed)
+    img = np.array(colour, np.int16) + rng.integers(-12, 13, 3) + rng.integers(-8, 9, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def lab_slide_rgb(block_px: int = 128, gap_px: int = 64, height_px: int = 384) -> np.ndarray:
+    """Glass with the six ``LAB_BLOCKS`` side by side, ``block_px`` wide and ``height_px`` tall, ``gap_px`` apart
+    (at 1 µm/px and the toy models' 64-px tiles: 2 × 6 tiles per block)."""
+    width = gap_px + len(LAB_BLOCKS) * (block_px + gap_px)
+    rgb = np.full((height_px + 2 * gap_px, width, 3), 240, np.uint8)
+    for k, cat in enumerate(LAB_BLOCKS):
+        x0 = gap_px + k * (block_px + gap_px)
+        rgb[gap_px:gap_px + height_px, x0:x0 + block_px] = lab_image(LAB_COLOURS[cat], k, size=max(block_px, height_px))[
+            :height_px, :block_px]
+    return rgb
+
+
+def lab_block_rect(k: int, block_px: int = 128, gap_px: int = 64, height_px: int = 384) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) level-0 corners of block ``k`` of ``lab_slide_rgb``."""
+    x0 = gap_px + k * (block_px + gap_px)
+    return x0, gap_px, x0 + block_px, gap_px + height_px

@@ -16,8 +16,9 @@ SLIDES = DATA / "slides"
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test session writes results to its own cache, never the user's."""
+    """Each test session writes results, labels and models to its own folders, never the user's."""
     monkeypatch.setenv("CELLVIEW_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("user-data")))  # labels, user models: per test
 
 
 @pytest.fixture

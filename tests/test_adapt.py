@@ -35,16 +35,11 @@ from cellview.labels import (
 from cellview.model import ModelSpec, OnnxClassifier, sha256_file
 from cellview.results import AnalysisParams
 from cellview.slide import open_slide
+from cellview.testing import LAB_BLOCKS, LAB_COLOURS, lab_block_rect, lab_image, lab_slide_rgb, write_pyramid_tiff
 
 # The toy CAM model (tests/conftest.py: cam_domain_model) calls red malignant, blue benign, green normal.
 # This lab's malignant tissue is bluish purple and its benign reddish purple: the model swaps them.
-LAB = {"malignant": (170, 60, 225), "benign": (225, 60, 170), "normal": (60, 200, 60)}
-
-
-def lab_image(colour: tuple[int, int, int], seed: int, size: int = 128) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.array(colour, np.int16) + rng.integers(-12, 13, 3) + rng.integers(-8, 9, (size, size, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
+LAB = LAB_COLOURS
 
 
 def write_png(path: Path, rgb: np.ndarray) -> Path:
@@ -293,15 +288,8 @@ def test_the_base_model_s_own_folder_is_never_written(lab_csv, cam_domain_model)
 
 
 def test_slide_annotations_label_regions_and_cross_validate_by_region_on_one_slide(tmp_path, cam_domain_model):
-    from cellview.testing import write_pyramid_tiff
-
-    rgb = np.full((512, 1024, 3), 240, np.uint8)
-    for k, cat in enumerate(("malignant", "benign", "normal", "malignant", "benign", "normal")):
-        x0 = 32 + k * 160
-        rgb[64:448, x0:x0 + 128] = lab_image(LAB[cat], k, size=128)[0, 0]
-    slide = write_pyramid_tiff(tmp_path / "lab.tiff", rgb, 1.0, levels=2)
-    regions = [LabelRegion.rect(cat, 32 + k * 160, 64, 32 + k * 160 + 128, 448)
-               for k, cat in enumerate(("malignant", "benign", "normal", "malignant", "benign", "normal"))]
+    slide = write_pyramid_tiff(tmp_path / "lab.tiff", lab_slide_rgb(), 1.0, levels=2)
+    regions = [LabelRegion.rect(cat, *lab_block_rect(k)) for k, cat in enumerate(LAB_BLOCKS)]
     write_geojson(tmp_path / "lab.geojson", regions)
     sources, _ = read_labels([tmp_path / "lab.geojson"])
     assert sources[0].path == slide

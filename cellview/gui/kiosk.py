@@ -346,6 +346,7 @@ class KioskWindow(MainWindow):
     Call :meth:`start` after construction (tests connect signals first).
     """
 
+    LABELLING = False
     pageChanged = Signal(str)
     modelReady = Signal(object)  # OnnxClassifier
     caseStarted = Signal(object)  # Path

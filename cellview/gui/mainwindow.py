@@ -221,6 +221,9 @@ class MainWindow(QMainWindow):
     errorShown = Signal(str, str)
     domainShown = Signal(object)  # DomainNotice, once the banner, the legend row and the overlay show it
 
+    LABELLING = True
+    """Tile labels and *Adapt model…* (cellview.gui.labelpanel); the kiosk has none."""
+
     def __init__(self, analysis_defaults: AnalysisParams | None = None) -> None:
         super().__init__()
         self.runner = QtRunner(self)
@@ -259,6 +262,10 @@ class MainWindow(QMainWindow):
         self._build_panel()
         self._build_menus()
         self._build_status()
+        if self.LABELLING:
+            from cellview.gui.labelpanel import install_labels
+
+            self.labels, self.labels_panel = install_labels(self, self.panel_layout, self._labels_at)
 
         self._repaint_timer = QTimer(self, interval=REPAINT_INTERVAL_MS)
         self._repaint_timer.timeout.connect(self._flush_repaint)
@@ -479,6 +486,7 @@ class MainWindow(QMainWindow):
         self.summary_label = _hint("")
         c.addWidget(self.summary_label)
         lay.addWidget(card)
+        self.panel_layout, self._labels_at = lay, lay.count()
 
         card, c = section("Tissue mask")
         self.tissue_box = QCheckBox("Preview what will be analysed")

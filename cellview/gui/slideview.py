@@ -468,10 +468,59 @@ class EmptyHint(QFrame):
         self.adjustSize()
 
 
+class PickViewBox(pg.ViewBox):
+    """Shift+drag draws a rectangle that picks tiles (for labelling); any other drag pans as before."""
+
+    rectPicked = Signal(float, float, float, float)  # level-0 corners
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.band = QGraphicsRectItem()
+        pen = QPen(QColor("#00e5ff"), 1.5, Qt.PenStyle.DashLine)
+        pen.setCosmetic(True)
+        self.band.setPen(pen)
+        self.band.setBrush(QBrush(QColor(0, 229, 255, 40)))
+        self.band.setZValue(40)
+        self.band.setVisible(False)
+        self.addItem(self.band, ignoreBounds=True)
+
+    def mouseDragEvent(self, ev, axis=None) -> None:  # noqa: N802 - pyqtgraph API
+        if ev.button() != Qt.MouseButton.LeftButton or not ev.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+            super().mouseDragEvent(ev, axis)
+            return
+        ev.accept()
+        p0, p1 = self.mapSceneToView(ev.buttonDownScenePos()), self.mapSceneToView(ev.scenePos())
+        if ev.isFinish():
+            self.band.setVisible(False)
+            self.rectPicked.emit(p0.x(), p0.y(), p1.x(), p1.y())
+        else:
+            self.band.setRect(QRectF(p0, p1).normalized())
+            self.band.setVisible(True)
+
+
+def _label_items(contour: Contour) -> tuple[QGraphicsPathItem, QGraphicsPathItem]:
+    """A label's outline: dashed in the label's colour on a dark casing, above the category outlines."""
+    path = contour_path(contour.segments)
+    items = []
+    for color, width, z, style in ((QColor(*CASING_RGB, 220), 4.0, 13, Qt.PenStyle.SolidLine),
+                                   (QColor(contour.color), 2.5, 14, Qt.PenStyle.DashLine)):
+        item = QGraphicsPathItem(path)
+        pen = QPen(color, width, style)
+        pen.setCosmetic(True)
+        item.setPen(pen)
+        item.setZValue(z)
+        items.append(item)
+    return items[0], items[1]
+
+
 class SlideView(pg.GraphicsView):
-    """Level-0 pixel coordinates, y down, aspect locked. Emits clicks and hovers in level-0 pixels."""
+    """Level-0 pixel coordinates, y down, aspect locked. Emits clicks and hovers in level-0 pixels.
+
+    Shift+click (``shiftClicked``) and Shift+drag (``vb.rectPicked``) pick tiles for labelling.
+    """
 
     clicked = Signal(float, float)
+    shiftClicked = Signal(float, float)
     hovered = Signal(float, float)
     firstPaint = Signal()
     stepKey = Signal(int, int)  # arrow keys: (d_row, d_col)
@@ -480,7 +529,7 @@ class SlideView(pg.GraphicsView):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent, background=CANVAS_BG)
-        self.vb = pg.ViewBox(lockAspect=True, invertY=True, enableMenu=False)
+        self.vb = PickViewBox(lockAspect=True, invertY=True, enableMenu=False)
         self.vb.setBorder(None)
         self.setCentralItem(self.vb)
         self.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
@@ -519,6 +568,14 @@ class SlideView(pg.GraphicsView):
         self.vb.addItem(self.label)
         self.regions: list[RegionGraphics] = []
         self.contours: list[QGraphicsPathItem] = []
+        self.label_outlines: list[QGraphicsPathItem] = []
+        self.picked = QGraphicsPathItem()
+        pen = QPen(QColor("#00e5ff"), 2)
+        pen.setCosmetic(True)
+        self.picked.setPen(pen)
+        self.picked.setBrush(QBrush(QColor(0, 229, 255, 55)))
+        self.picked.setZValue(19)
+        self.vb.addItem(self.picked)
 
         self.scale_bar = ScaleBar(self)
         self.overview = Overview(self)
@@ -589,6 +646,8 @@ class SlideView(pg.GraphicsView):
         self.label.setVisible(False)
         self.set_regions(())
         self.set_contours(())
+        self.set_label_outlines(())
+        self.set_picked(())
         self.overview.hide()
         self.scale_bar.hide()
         self.empty_hint.setVisible(self.offer_open)
@@ -661,6 +720,21 @@ class SlideView(pg.GraphicsView):
         for item in self.contours:
             self.vb.addItem(item)
 
+    def set_label_outlines(self, contours: Sequence[Contour]) -> None:
+        """Replace the labels' outlines (two path items per label: casing and dashed colour)."""
+        for item in self.label_outlines:
+            self.vb.removeItem(item)
+        self.label_outlines = [item for c in contours for item in _label_items(c)]
+        for item in self.label_outlines:
+            self.vb.addItem(item)
+
+    def set_picked(self, rects: Sequence[tuple[float, float, float, float]]) -> None:
+        """The tiles picked for labelling, as (x, y, w, h) level-0 rectangles, tinted cyan."""
+        path = QPainterPath()
+        for x, y, w, h in rects:
+            path.addRect(QRectF(x, y, w, h))
+        self.picked.setPath(path)
+
     def set_label(self, html: str | None) -> None:
         if not html:
             self.label.setVisible(False)
@@ -712,7 +786,10 @@ class SlideView(pg.GraphicsView):
         if event.button() != Qt.MouseButton.LeftButton or event.double():
             return
         p = self.vb.mapSceneToView(event.scenePos())
-        self.clicked.emit(p.x(), p.y())
+        if event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+            self.shiftClicked.emit(p.x(), p.y())
+        else:
+            self.clicked.emit(p.x(), p.y())
 
     def _scene_moved(self, scene_pos: QPointF) -> None:
         if self.vb.sceneBoundingRect().contains(scene_pos):

@@ -1,0 +1,326 @@
+"""Labelling in the viewer, Qt-free: the open slide's labels, the tiles picked to label, and *Adapt model…*.
+
+``LabelsModel`` sits beside ``viewer.ViewerModel`` and follows it (a slide opens: its labels are read;
+it closes: they are dropped). The views turn clicks and keys into ``pick`` / ``pick_rect`` /
+``label_picked`` and draw ``outlines``; every change is saved at once, atomically, as
+QuPath-compatible GeoJSON beside the slide (``labels.labels_path``) and noted in the list of labelled
+slides, so *Adapt model…* (``adapt_job``: ``cellview.adapt.adapt`` on every slide labelled so far, as a
+viewer job) and the next session find them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellview.errors import CellviewError, ExportError
+from cellview.labels import (
+    IGNORE,
+    LabelRegion,
+    cell_rect,
+    labelled_slides,
+    labels_path,
+    read_geojson,
+    remember_labels,
+    tile_labels,
+    user_labels_dir,
+    write_geojson,
+)
+from cellview.model import CATEGORIES, CATEGORY_COLORS, ModelSpec, user_models_dir
+from cellview.overlay import Contour, cell_outline
+from cellview.pipeline import CancelToken
+from cellview.results import ModelInfo
+from cellview.tiling import TileGrid
+from cellview.viewer import EmitterGroup, Job, ViewerModel
+
+LABEL_KEYS = "123456789"
+
+
+@dataclass(frozen=True)
+class LabelChoice:
+    """A label the keys 1–9 and the menu offer: a category, then each class of the model."""
+
+    key: str
+    label: str
+    category: str
+    color: str
+
+    @property
+    def text(self) -> str:
+        return self.label if self.label in CATEGORIES else f"{self.label} ({self.category})"
+
+
+def label_choices(model: ModelInfo) -> list[LabelChoice]:
+    """Categories the model has (malignant, benign, normal), then its classes; at most nine, one per key."""
+    cats = [c for c in CATEGORIES if c in model.class_categories]
+    out = [LabelChoice("", c, c, CATEGORY_COLORS[c]) for c in cats]
+    out += [LabelChoice("", n, c, col) for n, c, col in zip(model.class_names, model.class_categories,
+                                                            model.class_colors) if n not in cats]
+    return [LabelChoice(k, c.label, c.category, c.color) for k, c in zip(LABEL_KEYS, out)]
+
+
+class LabelsModel:
+    """The open slide's labels as the viewer edits them (module docstring). Events: ``labels``, ``picked``."""
+
+    EVENTS = ("labels", "picked")
+
+    def __init__(self, viewer: ViewerModel) -> None:
+        self.viewer = viewer
+        self.events = EmitterGroup(*self.EVENTS)
+        self.slide: str | None = None
+        self.regions: list[LabelRegion] = []
+        self.picked: set[int] = set()
+        self.saved_to: Path | None = None
+        self.note = ""
+        self._grid_id: int | None = None
+        self._cache: tuple[int, int, np.ndarray] | None = None  # (grid id, version, tile labels)
+        self._version = 0
+        viewer.events.slide.connect(self._on_slide)
+        viewer.events.result.connect(self._on_result)
+
+    # -- the slide -------------------------------------------------------------------------------
+
+    def _on_slide(self, event: Any) -> None:
+        opened = event.value
+        self.picked.clear()
+        self.regions, self.saved_to, self.note = [], None, ""
+        self.slide = None if opened is None else str(opened.path)
+        if self.slide is not None:
+            path = labels_path(self.slide, writable=False)
+            if path.is_file():
+                try:
+                    got = read_geojson(path)
+                    self.regions, self.saved_to = list(got.regions), path
+                    self.note = f"Labels read from {path.name}" + (
+                        f" (passed over {'; '.join(got.skipped)})" if got.skipped else "")
+                except CellviewError as exc:
+                    self.note = f"The labels file {path.name} could not be read: {exc.message}"
+        self._changed()
+        self.events.picked(self.picked)
+
+    def _on_result(self, event: Any) -> None:
+        grid = self.grid
+        if grid is None or id(grid) != self._grid_id:
+            self._grid_id = None if grid is None else id(grid)
+            if self.picked:
+                self.picked.clear()
+                self.events.picked(self.picked)
+            self.events.labels(self)
+
+    @property
+    def grid(self) -> TileGrid | None:
+        result = self.viewer.shown_result()
+        return None if result is None or result.grid.whole_image else result.grid
+
+    @property
+    def choices(self) -> list[LabelChoice]:
+        result = self.viewer.shown_result()
+        return [] if result is None else label_choices(result.model)
+
+    # -- picking tiles ---------------------------------------------------------------------------
+
+    def pick(self, index: int, extend: bool = False) -> None:
+        """Pick one tile (``extend``: add it to the picked ones, or take it out when it is there)."""
+        grid = self.grid
+        if grid is None or not 0 <= index < grid.n_tiles:
+            if not extend:
+                self.clear_picked()
+            return
+        if extend:
+            self.picked ^= {index}
+        else:
+            self.picked = {index}
+        self.events.picked(self.picked)
+
+    def pick_at(self, l0_x: float, l0_y: float, extend: bool = False) -> int:
+        grid = self.grid
+        index = -1 if grid is None else grid.tile_at(l0_x, l0_y)
+        self.pick(index, extend)
+        return index
+
+    def pick_rect(self, x0: float, y0: float, x1: float, y1: float, extend: bool = False) -> int:
+        """Pick every tile whose grid cell's centre lies in the rectangle; returns how many are picked."""
+        grid = self.grid
+        if grid is None:
+            return 0
+        from cellview.labels import cell_centres
+
+        cx, cy = cell_centres(grid)
+        lo_x, hi_x, lo_y, hi_y = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
+        hit = set(np.flatnonzero((cx >= lo_x) & (cx <= hi_x) & (cy >= lo_y) & (cy <= hi_y)).tolist())
+        self.picked = (self.picked | hit) if extend else hit
+        self.events.picked(self.picked)
+        return len(self.picked)
+
+    def clear_picked(self) -> None:
+        if self.picked:
+            self.picked = set()
+            self.events.picked(self.picked)
+
+    def targets(self) -> list[int]:
+        """The tiles a label goes to: the picked ones, else the tile selected in the inspector."""
+        grid = self.grid
+        if grid is None:
+            return []
+        if self.picked:
+            return sorted(self.picked)
+        index = self.viewer.selection
+        return [index] if 0 <= index < grid.n_tiles else []
+
+    # -- labelling -------------------------------------------------------------------------------
+
+    def label_key(self, key: str) -> int:
+        """Keys 1–9: the choice with that key; 0: remove. Returns how many tiles were labelled."""
+        if key == "0":
+            return self.label_picked(None)
+        choice = next((c for c in self.choices if c.key == key), None)
+        return 0 if choice is None else self.label_picked(choice.label)
+
+    def label_picked(self, label: str | None) -> int:
+        """Give the target tiles ``label`` (None: take their label away). Saved at once; the pick is done with."""
+        grid = self.grid
+        tiles = self.targets()
+        if grid is None or not tiles or self.slide is None:
+            return 0
+        rects = {tuple(round(v, 3) for v in cell_rect(grid, i)) for i in tiles}
+        kept = [r for r in self.regions if _rect_of(r) not in rects]  # a tile's own earlier label goes
+        added = [LabelRegion.rect(label, *rect) for rect in sorted(rects)] if label is not None else []
+        self.regions = kept + added
+        if label is None:  # still under an imported annotation: leave it out explicitly (QuPath's Ignore*)
+            still = tile_labels(grid, self.regions)
+            self.regions += [LabelRegion.rect(IGNORE, *cell_rect(grid, i)) for i in tiles if still[i] is not None]
+        self._save()
+        self.clear_picked()
+        return len(tiles)
+
+    def import_geojson(self, path: str | os.PathLike[str]) -> str:
+        """QuPath annotations of this slide become labels (after the ones there); returns what was done."""
+        if self.slide is None:
+            raise CellviewError("Open a slide before importing its annotations.")
+        got = read_geojson(path)
+        self.regions += list(got.regions)
+        self._save()
+        names = sorted({r.label for r in got.regions if not r.is_ignore})
+        text = (f"Imported {len(got.regions)} annotations from {Path(path).name}"
+                + (f" ({', '.join(names)})" if names else "") + ".")
+        unknown = [n for n in names if n not in {c.label for c in self.choices}
+                   and n.lower() not in {c.label.lower() for c in self.choices}]
+        if unknown and self.choices:
+            text += (f" Not a label of this model: {', '.join(unknown)} — rename them in QuPath to a category or "
+                     "class to adapt on them.")
+        if got.skipped:
+            text += f" Passed over {'; '.join(got.skipped)}."
+        self.note = text
+        self.events.labels(self)
+        return text
+
+    def tile_labels(self) -> np.ndarray:
+        """The shown grid's tiles' labels (None: unlabelled), cached until the labels or the grid change."""
+        grid = self.grid
+        if grid is None:
+            return np.zeros(0, dtype=object)
+        if self._cache is None or self._cache[:2] != (id(grid), self._version):
+            self._cache = (id(grid), self._version, tile_labels(grid, self.regions))
+        return self._cache[2]
+
+    def counts(self) -> dict[str, int]:
+        """Labelled tiles per label on the shown grid."""
+        labels = self.tile_labels()
+        names, n = np.unique([str(v) for v in labels if v is not None], return_counts=True)
+        return dict(zip(names.tolist(), n.tolist()))
+
+    def outlines(self) -> list[Contour]:
+        """One outline per label around its tiles' cells, in the label's colour."""
+        grid = self.grid
+        if grid is None or not self.regions:
+            return []
+        labels = self.tile_labels()
+        colours = {c.label: c.color for c in self.choices}
+        out = []
+        for name in sorted({str(v) for v in labels if v is not None}):
+            cells = np.zeros(grid.shape, bool)
+            mine = np.array([v == name for v in labels], bool)
+            cells[grid.grid_row[mine], grid.grid_col[mine]] = True
+            seg = cell_outline(grid, cells)
+            if len(seg):
+                out.append(Contour(name, colours.get(name, "#00e5ff"), seg))
+        return out
+
+    def _save(self) -> None:
+        """Write the labels (beside the slide, else in the user's folder) and note the slide as labelled."""
+        assert self.slide is not None
+        info = self.viewer.slide.info if self.viewer.slide is not None else None
+        mpp = info.mpp.um if info is not None and info.mpp is not None and info.mpp.source == "user" else None
+        result = self.viewer.shown_result()
+        names = result.model.class_names if result is not None else ()
+        colours = result.model.class_colors if result is not None else ()
+        slide_name = Path(self.slide).name
+        path = labels_path(self.slide)
+        try:
+            write_geojson(path, self.regions, names, colours, slide_name)
+        except ExportError:
+            path = user_labels_dir() / path.name
+            write_geojson(path, self.regions, names, colours, slide_name)
+        self.saved_to = path
+        labelled = any(not r.is_ignore for r in self.regions)
+        remember_labels(self.slide, path if labelled else None, mpp)
+        self.note = f"Labels saved to {path}"
+        self._changed()
+
+    def _changed(self) -> None:
+        self._version += 1
+        self.events.labels(self)
+
+    # -- adapting --------------------------------------------------------------------------------
+
+    @staticmethod
+    def labelled_slides() -> list[Any]:
+        return labelled_slides()
+
+    def default_name(self, base: str) -> str:
+        return f"{base}-lab-{_dt.date.today().isoformat()}"
+
+    def adapt_job(self, name: str, force: bool, on_item: Callable[[Any], None],
+                  on_failed: Callable[[CellviewError], None], on_done: Callable[[], None],
+                  out_dir: Path | None = None) -> Job:
+        """*Adapt model…*: ``cellview.adapt.adapt`` on every labelled slide, for the viewer's runner.
+
+        The base is the selected model; tiles are cut with the viewer's current analysis settings,
+        each slide at its own (or entered) µm/px; the model goes to the user's models folder.
+        """
+        model_path = self.viewer.model_path
+        params = self.viewer.current_params()
+        folder = out_dir or user_models_dir() / name
+        command = f"(the viewer's Adapt model…: {len(labelled_slides())} labelled slides)"
+
+        def run(cancel: CancelToken) -> Iterator[Any]:
+            from dataclasses import replace
+
+            from cellview.adapt import adapt
+
+            if not model_path:
+                raise CellviewError("Select the model to adapt first.")
+            base = ModelSpec.load(model_path)
+            sources = labelled_slides()
+            if not sources:
+                raise CellviewError("No slide is labelled yet: pick tiles and press 1–9 to label them.")
+            yield from adapt(sources, base, folder, replace(params, mpp_um=None), name=name, force=force,
+                             cancel=cancel, command=command)
+
+        return Job("adapt", run, on_item, on_failed, on_done)
+
+
+def _rect_of(region: LabelRegion) -> tuple[float, ...] | None:
+    """The (x0, y0, x1, y1) of a region drawn tile by tile (one axis-aligned rectangle), else None."""
+    if len(region.polygons) != 1 or len(region.polygons[0]) != 1 or len(region.polygons[0][0]) != 5:
+        return None
+    (a, b, c, d, _), = region.polygons[0]
+    if not (a[1] == b[1] and b[0] == c[0] and c[1] == d[1] and d[0] == a[0]):
+        return None
+    return tuple(round(v, 3) for v in (a[0], a[1], c[0], c[1]))
