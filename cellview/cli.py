@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -210,22 +211,50 @@ def cmd_info(args: argparse.Namespace) -> int:
     return status
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from cellview.model import DEFAULT_MODEL, ModelSpec, available_models, models_dir
+def model_lookup_lines() -> list[str]:
+    """The model lookup order with this machine's folders (model.model_roots documents the rule)."""
+    from cellview.model import ORIGINS, model_roots
 
-    models = available_models()
-    if not models:
-        print(f"No models in {models_dir()}.")
+    roots = {r.origin: r.path for r in model_roots(keep_duplicates=True)}
+    rows = [("--model PATH", "a model file or folder named on the command line")]
+    seen: set[Path] = set()
+    for origin, label in ORIGINS.items():
+        path = roots.get(origin)
+        if path is None:
+            note = "not set" if origin == "env" else "none in this install"
+        else:
+            note = str(path) + ("" if path.is_dir() else " (absent)")
+            note += " (the same folder as above)" if path.resolve() in seen else ""
+            note += "  ← cellview export / adapt save here" if origin == "user" else ""
+            seen.add(path.resolve())
+        rows.append((label, note))
+    lines = ["Model lookup (a name is taken from the first place that has it):"]
+    lines += [f"  {i}. {label:<23} {note}" for i, (label, note) in enumerate(rows, start=1)]
+    return lines
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cellview.model import DEFAULT_MODEL, ORIGINS, ModelSpec, model_entries
+
+    print("\n".join(model_lookup_lines()))
+    entries = model_entries(include_hidden=True)
+    print()
+    if not entries:
+        print("No models found in these folders.")
         return 1
-    for name, path in models.items():
+    for e in entries:
+        marks = [ORIGINS[e.origin]] + (["default"] if e.name == DEFAULT_MODEL and not e.hidden_by else [])
+        head = f"{e.name} ({', '.join(marks)})"
+        if e.hidden_by:
+            print(f"{head}: hidden by the {e.name} in {ORIGINS[e.hidden_by]}; {e.path.parent}")
+            continue
         try:
-            spec = ModelSpec.load(path)
-            mark = " (default)" if name == DEFAULT_MODEL else ""
+            spec = ModelSpec.load(e.path)
             domain = "domain score" if spec.domain is not None else "no domain score"
-            print(f"{name}{mark}: {len(spec.class_names)} classes {', '.join(spec.class_names)}; "
+            print(f"{head}: {len(spec.class_names)} classes {', '.join(spec.class_names)}; "
                   f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px; {domain}")
         except CellviewError as exc:
-            print(f"{name}: INVALID: {exc.message}")
+            print(f"{head}: INVALID: {exc.message}")
     return 0
 
 
@@ -399,11 +428,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return int(args.func(args) or 0)
     args = build_gui_parser().parse_args(argv)
+    if args.smoke_test:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from cellview.qtcheck import explain_import_error, viewer_problem
+
+    problem = viewer_problem()  # before Qt loads: Qt aborts the process without saying what to install
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     try:
         from cellview.gui.app import run_gui
     except ImportError as exc:
-        print(f"The viewer is not available ({exc}). Headless analysis: cellview analyze SLIDE --out DIR",
-              file=sys.stderr)
+        print(explain_import_error(exc), file=sys.stderr)
         return 2
     return int(run_gui(args) or 0)
 
