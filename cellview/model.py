@@ -333,7 +333,7 @@ class ModelRoot:
 def model_roots(keep_duplicates: bool = False) -> list[ModelRoot]:
     """The folders a model name is looked up in, in order; the first that has the name wins.
 
-    The lookup, documented here and printed by ``cellview models``: an explicit path (``--model
+    The lookup (README, Install; printed by ``cellview models``): an explicit path (``--model
     PATH``, a file or a folder) is used as it is; a name is looked up in $CELLVIEW_MODELS_DIR, then
     in the user's models folder (user_models_dir), then among the models bundled with CellView.
     So a model you export or adapt under a bundled model's name is the one that runs, and

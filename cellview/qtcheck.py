@@ -146,6 +146,8 @@ def viewer_problem(env: Mapping[str, str] | None = None) -> str | None:
         return None  # Qt picks Wayland (falling back on XWayland) in a Wayland session
     name = requested.split(":")[0] or "xcb"
     plugins = _platform_plugins(qt_dir)
+    if not plugins:
+        return None  # Qt's plugins are laid out otherwise here (a bundle, a distribution's Qt): Qt will say
     # One library may serve several names (libqwayland.so: wayland, wayland-egl, wayland-brcm).
     plugin = plugins.get(name) or next((p for key, p in plugins.items() if name.startswith(f"{key}-")), None)
     if plugin is None:
