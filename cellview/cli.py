@@ -36,7 +36,7 @@ def __getattr__(name: str):
 
 
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model name in models/ or path to an .onnx with its .json sidecar "
+    p.add_argument("--model", help="model name (`cellview models` lists them) or path to an .onnx with its .json sidecar "
                                    "(default: colon-he)")
     p.add_argument("--mpp", type=float, help="µm per pixel at level 0, for slides/images that do not say")
     p.add_argument("--whole-image", action="store_true",
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=float)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("models", help="list the models in models/")
+    p = sub.add_parser("models", help="where models are looked up, and the models found there")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("explain", help="one picture of what the model looked at for one tile: the patch, its class "
@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slide", help="slide or image")
     p.add_argument("--at", required=True, metavar="L0_X,L0_Y", help="a level-0 pixel inside the tile to explain")
     p.add_argument("--out", "-o", required=True, help="PNG file to write")
-    p.add_argument("--model", help="model name in models/ or path to an .onnx with its .json sidecar (default: colon-he)")
+    p.add_argument("--model", help="model name (`cellview models` lists them) or path to an .onnx with its .json "
+                                   "sidecar (default: colon-he)")
     p.add_argument("--mpp", type=float, help="µm per pixel at level 0, for slides/images that do not say")
     p.add_argument("--class", dest="class_name", help="class whose map to show, by name or index (default: predicted)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
@@ -353,13 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="action", required=True)
     u = dsub.add_parser("upgrade", help="add features / feature_map / cam outputs to a GAP + linear ONNX model "
                                         "(and its FP16 copy) in place; logits stay bit-identical (needs onnx)")
-    u.add_argument("model", help="model name in models/, folder or .onnx")
+    u.add_argument("model", help="model name (`cellview models`), folder or .onnx")
     for action, text in (("fit", "fit the statistics on the training split, calibrate on the validation split, "
                                  "write domain.npz and record it in the sidecar(s); evaluates too when asked"),
                          ("evaluate", "AUROC of the domain score: test split against other data, slides and "
                                       "generated glass / blur / ink / fold tiles")):
         a = dsub.add_parser(action, help=text)
-        a.add_argument("model", help="model name in models/, folder or .onnx")
+        a.add_argument("model", help="model name (`cellview models`), folder or .onnx")
         a.add_argument("--run", type=Path, help="training run folder (its samples.json holds the split)")
         a.add_argument("--recipe", help="rebuild the split from this recipe as `cellview train` does (no run folder)")
         a.add_argument("--data-root", type=Path, help="root for the recipes' relative paths (default ../shared/data)")
