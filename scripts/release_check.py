@@ -48,9 +48,10 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: f
 
 def committed_files() -> list[str]:
     """The files a build from a clean clone sees: tracked ones plus new ones git does not ignore."""
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                         check=True).stdout.decode()
-    return sorted(f for f in out.split("\0") if f and (REPO / f).is_file())
+    proc = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True)
+    if proc.returncode != 0:
+        raise CheckFailed(f"{REPO} is not a git checkout; the release check builds from its committed files")
+    return sorted(f for f in proc.stdout.decode().split("\0") if f and (REPO / f).is_file())
 
 
 def model_files(files: list[str]) -> list[str]:
@@ -174,7 +175,7 @@ def main() -> int:
         return result
 
     try:
-        files = committed_files()
+        files = step("list the committed files", committed_files)
         wheel = step("build the wheel", lambda: build_wheel(files, work))
         for line in step("wheel holds every model file and module", lambda: check_wheel(wheel, files)):
             print(f"  {line}")
@@ -204,7 +205,7 @@ def main() -> int:
 
         print("  " + step("cellview models lists the bundled models", models).strip().replace("\n", "\n  "))
         if args.slide.is_file():
-            slide, mpp = args.slide, []
+            slide = args.slide
 
             def analyze():
                 out_dir = scratch / "out"
