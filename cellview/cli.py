@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ def __getattr__(name: str):
 
 def _add_analysis_options(p: argparse.ArgumentParser, tiles_only: bool = False) -> None:
     """The options that shape a run; ``tiles_only``: those that decide which tiles are cut and how (adapt)."""
-    p.add_argument("--model", help="model name in models/ or path to an .onnx with its .json sidecar "
+    p.add_argument("--model", help="model name (`cellview models` lists them) or path to an .onnx with its .json sidecar "
                                    "(default: colon-he)")
     p.add_argument("--mpp", type=float, help="µm per pixel at level 0, for slides/images that do not say")
     if not tiles_only:
@@ -218,22 +219,50 @@ def cmd_info(args: argparse.Namespace) -> int:
     return status
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from cellview.model import DEFAULT_MODEL, ModelSpec, available_models, models_dir
+def model_lookup_lines() -> list[str]:
+    """The model lookup order with this machine's folders (model.model_roots documents the rule)."""
+    from cellview.model import ORIGINS, model_roots
 
-    models = available_models()
-    if not models:
-        print(f"No models in {models_dir()}.")
+    roots = {r.origin: r.path for r in model_roots(keep_duplicates=True)}
+    rows = [("--model PATH", "a model file or folder named on the command line")]
+    seen: set[Path] = set()
+    for origin, label in ORIGINS.items():
+        path = roots.get(origin)
+        if path is None:
+            note = "not set" if origin == "env" else "none in this install"
+        else:
+            note = str(path) + ("" if path.is_dir() else " (absent)")
+            note += " (the same folder as above)" if path.resolve() in seen else ""
+            note += "  ← cellview export / adapt save here" if origin == "user" else ""
+            seen.add(path.resolve())
+        rows.append((label, note))
+    lines = ["Model lookup (a name is taken from the first place that has it):"]
+    lines += [f"  {i}. {label:<23} {note}" for i, (label, note) in enumerate(rows, start=1)]
+    return lines
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cellview.model import DEFAULT_MODEL, ORIGINS, ModelSpec, model_entries
+
+    print("\n".join(model_lookup_lines()))
+    entries = model_entries(include_hidden=True)
+    print()
+    if not entries:
+        print("No models found in these folders.")
         return 1
-    for name, path in models.items():
+    for e in entries:
+        marks = [ORIGINS[e.origin]] + (["default"] if e.name == DEFAULT_MODEL and not e.hidden_by else [])
+        head = f"{e.name} ({', '.join(marks)})"
+        if e.hidden_by:
+            print(f"{head}: hidden by the {e.name} in {ORIGINS[e.hidden_by]}; {e.path.parent}")
+            continue
         try:
-            spec = ModelSpec.load(path)
-            mark = " (default)" if name == DEFAULT_MODEL else ""
+            spec = ModelSpec.load(e.path)
             domain = "domain score" if spec.domain is not None else "no domain score"
-            print(f"{name}{mark}: {len(spec.class_names)} classes {', '.join(spec.class_names)}; "
+            print(f"{head}: {len(spec.class_names)} classes {', '.join(spec.class_names)}; "
                   f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px; {domain}")
         except CellviewError as exc:
-            print(f"{name}: INVALID: {exc.message}")
+            print(f"{head}: INVALID: {exc.message}")
     return 0
 
 
@@ -372,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=float)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("models", help="list the models in models/")
+    p = sub.add_parser("models", help="where models are looked up, and the models found there")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("explain", help="one picture of what the model looked at for one tile: the patch, its class "
@@ -380,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slide", help="slide or image")
     p.add_argument("--at", required=True, metavar="L0_X,L0_Y", help="a level-0 pixel inside the tile to explain")
     p.add_argument("--out", "-o", required=True, help="PNG file to write")
-    p.add_argument("--model", help="model name in models/ or path to an .onnx with its .json sidecar (default: colon-he)")
+    p.add_argument("--model", help="model name (`cellview models` lists them) or path to an .onnx with its .json "
+                                   "sidecar (default: colon-he)")
     p.add_argument("--mpp", type=float, help="µm per pixel at level 0, for slides/images that do not say")
     p.add_argument("--class", dest="class_name", help="class whose map to show, by name or index (default: predicted)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
@@ -411,13 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="action", required=True)
     u = dsub.add_parser("upgrade", help="add features / feature_map / cam outputs to a GAP + linear ONNX model "
                                         "(and its FP16 copy) in place; logits stay bit-identical (needs onnx)")
-    u.add_argument("model", help="model name in models/, folder or .onnx")
+    u.add_argument("model", help="model name (`cellview models`), folder or .onnx")
     for action, text in (("fit", "fit the statistics on the training split, calibrate on the validation split, "
                                  "write domain.npz and record it in the sidecar(s); evaluates too when asked"),
                          ("evaluate", "AUROC of the domain score: test split against other data, slides and "
                                       "generated glass / blur / ink / fold tiles")):
         a = dsub.add_parser(action, help=text)
-        a.add_argument("model", help="model name in models/, folder or .onnx")
+        a.add_argument("model", help="model name (`cellview models`), folder or .onnx")
         a.add_argument("--run", type=Path, help="training run folder (its samples.json holds the split)")
         a.add_argument("--recipe", help="rebuild the split from this recipe as `cellview train` does (no run folder)")
         a.add_argument("--data-root", type=Path, help="root for the recipes' relative paths (default ../shared/data)")
@@ -503,11 +533,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return int(args.func(args) or 0)
     args = build_gui_parser().parse_args(argv)
+    if args.smoke_test:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from cellview.qtcheck import explain_import_error, viewer_problem
+
+    problem = viewer_problem()  # before Qt loads: Qt aborts the process without saying what to install
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     try:
         from cellview.gui.app import run_gui
     except ImportError as exc:
-        print(f"The viewer is not available ({exc}). Headless analysis: cellview analyze SLIDE --out DIR",
-              file=sys.stderr)
+        print(explain_import_error(exc), file=sys.stderr)
         return 2
     return int(run_gui(args) or 0)
 

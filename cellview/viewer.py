@@ -40,7 +40,7 @@ from cellview.errors import CellviewError, ExportError, ModelError
 from cellview.explain import TileExplanation, explain_tile
 from cellview.export import FORMATS, export_slide_result, render, writable_dir
 from cellview.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
-from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier, sidecar_for
+from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier, sidecar_for, user_models_dir
 from cellview.morphology import Region, malignant_regions
 from cellview.overlay import OverlaySettings
 from cellview.pipeline import BatchDone, CancelToken, Finished, Started, analyze, slide_stain_transform
@@ -381,7 +381,7 @@ first, and any other item the source's view wants (``events.job_item``)."""
 def model_file_analysis(request: AnalysisRequest, cancel: CancelToken) -> Iterator[object]:
     """The desktop's source: load the model file (seconds with TensorRT), then stream the pipeline."""
     if not request.model_path:
-        raise ModelError("No model is selected.", "Put a model in models/<name>/ or open one.")
+        raise ModelError("No model is selected.", f"Put a model into {user_models_dir() / '<name>'} or open one.")
     spec = ModelSpec.load(request.model_path)
     threads = max(1, (os.cpu_count() or 2) - 1)  # leave one core to the UI thread on small machines
     classifier = OnnxClassifier(spec, device=request.params.device, intra_op_threads=threads)
@@ -1169,8 +1169,8 @@ class ViewerModel:
             return False
         source = source or self.analysis_source
         if source is model_file_analysis and not self.model_path:
-            self.error(ModelError("No model is selected.", "Put a model in models/<name>/ or use Open… next to "
-                                                           "the model list."), "No model")
+            self.error(ModelError("No model is selected.", f"Put a model into {user_models_dir() / '<name>'} or use "
+                                                           "Open… next to the model list."), "No model")
             return False
         if not self.resolve_scale():
             return False

@@ -16,15 +16,24 @@ SLIDES = DATA / "slides"
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test session writes results, labels and models to its own folders, never the user's."""
+    """Each test writes results, labels and models to its own folders, never the user's, and sees none of the
+    user's models (XDG_DATA_HOME holds cellview.model.user_models_dir() and the labels); $CELLVIEW_MODELS_DIR is
+    unset."""
     monkeypatch.setenv("CELLVIEW_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("user-data")))  # labels, user models: per test
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("user-data")))
+    monkeypatch.delenv("CELLVIEW_MODELS_DIR", raising=False)
 
 
 @pytest.fixture
 def isolated_settings(tmp_path, monkeypatch):
     """The viewer's settings (recent files, last folders) in the test's own file, never the user's."""
     monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
+
+
+@pytest.fixture
+def no_bundled_models(monkeypatch):
+    """This install without its bundled models (the lookup then has only $CELLVIEW_MODELS_DIR and the user's)."""
+    monkeypatch.setattr("cellview.model.bundled_models_dir", lambda: None)
 
 
 @pytest.fixture(scope="session")

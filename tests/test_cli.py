@@ -134,7 +134,7 @@ def test_bad_models_stop_before_any_slide(problem, synthetic_slide, tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
-def test_no_model_installed_is_said_plainly(synthetic_slide, tmp_path, capsys, monkeypatch):
+def test_no_model_installed_is_said_plainly(synthetic_slide, tmp_path, capsys, monkeypatch, no_bundled_models):
     monkeypatch.setenv("CELLVIEW_MODELS_DIR", str(tmp_path / "nothing"))
     code, out, err = _analyze(capsys, synthetic_slide, "--out", tmp_path / "out")
     assert code == 2 and "No model found" in err and "--model" in err

@@ -134,7 +134,7 @@ def test_unknown_device(toy_model):
         OnnxClassifier(ModelSpec.load(toy_model), device="gpu")
 
 
-def test_resolve_model_says_plainly_when_none(tmp_path, monkeypatch):
+def test_resolve_model_says_plainly_when_none(tmp_path, monkeypatch, no_bundled_models):
     monkeypatch.setenv("CELLVIEW_MODELS_DIR", str(tmp_path / "empty"))
     with pytest.raises(ModelError, match="No model found"):
         resolve_model(None)

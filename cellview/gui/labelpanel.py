@@ -387,10 +387,7 @@ class AdaptDialog(QDialog):
                     + "".join(f"<p>Could not use {escape(Path(f).name)}: {escape(why)}</p>" for f, why in report.lab.unreadable)
                     + "<p><i>These figures say how well each model reproduces your labels on slides it did not see; "
                       "they are not a clinical validation.</i></p>")
-            from cellview.gui import settings as cfg
-
-            cfg.add_user_model(str(Path(report.written).absolute()))
-            self.window_.refresh_models()  # listed in the picker; the selection stays
+            self.window_.refresh_models()  # the user's models folder is in the lookup; the selection stays
             self.finishedReport.emit(report)
         self.result_label.setHtml(text)
 

@@ -76,7 +76,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
     x = subparsers.add_parser("export", help="export a run as ONNX + sidecar + model card (+ TorchScript/WSInfer)")
     x.add_argument("run", type=Path, help="run folder written by cellview train")
-    x.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/colon-he")
+    x.add_argument("--out", type=Path, help="model folder (default: your models folder / the recipe's name, where "
+                                            "`cellview models` finds it; models/NAME in a checkout to ship it)")
     x.add_argument("--version", default="1.0.0")
     x.add_argument("--no-wsinfer", action="store_true")
     x.add_argument("--no-fp16", action="store_true", help="skip the half-precision GPU copy")
@@ -196,8 +197,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not (args.run / "model.pt").exists():
         return _fail(f"{args.run} is not a finished training run (no model.pt)")
     try:
-        export_run(args.run, args.out, args.version, wsinfer=not args.no_wsinfer, fp16=not args.no_fp16,
+        out = args.out
+        if out is None:
+            from cellview.model import user_models_dir
+            from cellview.train.train import Run
+
+            out = user_models_dir() / Run(args.run).recipe().name
+        export_run(args.run, out, args.version, wsinfer=not args.no_wsinfer, fp16=not args.no_fp16,
                    domain=not args.no_domain)
     except (CellviewError, RuntimeError) as exc:
         return _fail(str(exc))
+    print(f"exported to {out}", file=sys.stderr)
     return 0

@@ -6,7 +6,7 @@
 # Run as the desktop user that will show the kiosk (not root; apt-get runs through sudo).
 # Creates PREFIX/.venv (default ~/cellview/.venv) on the system Python 3.10 with
 # --system-site-packages, installs cellview with its GUI, swaps PyPI's CPU onnxruntime for
-# NVIDIA's onnxruntime-gpu build for JetPack 6, copies the bundled models, writes a starter
+# NVIDIA's onnxruntime-gpu build for JetPack 6 (the models come inside cellview), writes a starter
 # kiosk settings file and, with --with-systemd, installs and enables the user unit.
 set -euo pipefail
 
@@ -34,7 +34,6 @@ done
 
 VENV="$PREFIX/.venv"
 CONFIG_DIR="${XDG_CONFIG_HOME:-$HOME/.config}/cellview"
-DATA_DIR="${XDG_DATA_HOME:-$HOME/.local/share}/cellview"
 
 if [[ $EUID -eq 0 ]]; then
     echo "Run this as the desktop user who will see the kiosk, not as root." >&2
@@ -64,7 +63,7 @@ echo "==> Python environment in $VENV"
 mkdir -p "$PREFIX"
 python3 -m venv --system-site-packages "$VENV"
 "$VENV/bin/pip" install --upgrade pip
-"$VENV/bin/pip" install "${SRC}[gui]"
+"$VENV/bin/pip" install "${SRC}"
 
 echo "==> NVIDIA onnxruntime-gpu for JetPack 6"
 # cellview's metadata pulls PyPI's CPU-only onnxruntime on aarch64; both install the same
@@ -84,13 +83,8 @@ if "TensorrtExecutionProvider" not in providers:
 EOF
 
 echo "==> Models"
-if compgen -G "$SRC/models/*/model.onnx" > /dev/null; then
-    mkdir -p "$DATA_DIR/models"
-    cp -r "$SRC"/models/* "$DATA_DIR/models/"
-    echo "copied to $DATA_DIR/models"
-else
-    echo "warning: no models in $SRC/models; put models/<name>/model.onnx + model.json into $DATA_DIR/models." >&2
-fi
+# The bundled models are installed with cellview; models of your own go into the user's models folder.
+"$VENV/bin/cellview" models || echo "warning: no models found; cellview models says where to put them." >&2
 
 echo "==> Kiosk settings"
 mkdir -p "$PREFIX/inbox" "$PREFIX/outbox" "$CONFIG_DIR"
