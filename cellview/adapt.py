@@ -535,7 +535,7 @@ def adapt(sources: Sequence[LabelSource], base: ModelSpec, out_dir: Path | None,
             f"(balanced accuracy of the labelled images / regions {report.before.items_balanced_accuracy:.2f} → "
             f"{report.after.items_balanced_accuracy:.2f}, of their tiles {report.before.tiles_balanced_accuracy:.2f} → "
             f"{report.after.tiles_balanced_accuracy:.2f}; {report.cv_how}). Label more images or regions, "
-            "especially where the model is wrong, or write it anyway with --force.")
+            "especially where the model is wrong, or write it anyway (cellview adapt --force).")
     yield AdaptProgress("fitting", cv["folds"], cv["folds"] + 1, "fitting on every label")
     weight, bias = fit_head(lab.features, lab.allowed, label_weights(lab.category, lab.item), *head, settings)
     yield AdaptProgress("writing", 0, 1, f"writing {out_dir}")

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from cellview.gui.mainwindow import MainWindow
 
 PICK_HINT = ("Shift+click tiles, or Shift+drag a rectangle, to pick them; then press 1–9 or a button below "
-             "(0 or Delete takes the label away). Without a pick, a key labels the selected tile.")
+             "(0 or Delete takes the label away). Without a pick, a key labels the selected tile. Labelled tiles "
+             "are outlined with dashes in the label's colour (the analysis' outlines are solid).")
 
 
 def _hint(text: str) -> QLabel:
@@ -313,7 +314,6 @@ class AdaptDialog(QDialog):
         page = QWidget()
         lay = QVBoxLayout(page)
         self.result_label = QTextBrowser()  # scrolls when warnings make it long; text can be copied
-        self.result_label.setMinimumHeight(330)
         lay.addWidget(self.result_label)
         buttons = QDialogButtonBox()
         self.reanalyse_btn = buttons.addButton("Use it and re-analyse", QDialogButtonBox.ButtonRole.AcceptRole)
@@ -364,6 +364,7 @@ class AdaptDialog(QDialog):
             self.reject()
 
     def show_result(self, report: Any, error: CellviewError | None) -> None:
+        self.result_label.setMinimumHeight(330 if report is not None else 120)
         self.pages.setCurrentIndex(2)
         written = report is not None and report.written is not None
         self.reanalyse_btn.setVisible(written)
