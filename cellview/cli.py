@@ -259,8 +259,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         try:
             spec = ModelSpec.load(e.path)
             domain = "domain score" if spec.domain is not None else "no domain score"
+            adapted = spec.raw.get("adaptation") if isinstance(spec.raw.get("adaptation"), dict) else None
+            origin = (f"; adapted from {adapted['base']['name']} {adapted['base']['version']} on {adapted['date']}"
+                      if adapted else "")
             print(f"{head}: {len(spec.class_names)} classes {', '.join(spec.class_names)}; "
-                  f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px; {domain}")
+                  f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px; {domain}{origin}")
         except CellviewError as exc:
             print(f"{head}: INVALID: {exc.message}")
     return 0
@@ -313,7 +316,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     from cellview.adapt import AdaptProgress, AdaptReport, adapt, default_command
     from cellview.labels import read_labels
-    from cellview.model import ModelSpec, resolve_model
+    from cellview.model import ModelSpec, resolve_model, user_models_dir
 
     bar = None
     try:
@@ -322,8 +325,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         params = _params_from_args(args)
+        name = args.name or f"{spec.name}-adapted"
+        out = Path(args.out) if args.out else user_models_dir() / name
         report = None
-        for item in adapt(sources, spec, Path(args.out), params, name=args.name, force=args.force,
+        for item in adapt(sources, spec, out, params, name=name, force=args.force,
                           command=default_command()):
             if isinstance(item, AdaptReport):
                 report = item
@@ -356,9 +361,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if not report.improved:
         print("warning: the adapted model is NOT better than the base model on your labels; written because of "
               "--force", file=sys.stderr)
+    model_arg = name if not args.out else str(report.written)
     print(f"Adapted model written to {report.written.parent} in {report.seconds:.0f} s (model card: "
           f"{report.written.parent / 'MODEL_CARD.md'}). Analyse with: cellview analyze SLIDES --model "
-          f"{report.written}" + (f" --mpp {args.mpp}" if args.mpp else "") + " --out DIR")
+          f"{model_arg}" + (f" --mpp {args.mpp}" if args.mpp else "") + " --out DIR")
     return 1 if report.lab.unreadable else 0
 
 
@@ -430,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "when it is better, unless --force.")
     p.add_argument("--labels", required=True, action="append", metavar="LABELS",
                    help="labels CSV or GeoJSON (repeatable)")
-    p.add_argument("--out", "-o", required=True, help="folder for the adapted model (never the base model's)")
+    p.add_argument("--out", "-o", help="folder for the adapted model (never the base model's; default: your models "
+                                       "folder, `cellview models` says where, under --name)")
     p.add_argument("--name", help="name of the adapted model (default: <base>-adapted)")
     p.add_argument("--force", action="store_true", help="write the model even when it is not better than the base")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

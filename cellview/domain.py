@@ -474,8 +474,14 @@ def _out_of_fold_distances(features: np.ndarray, labels: np.ndarray, weights: np
     return out
 
 
-LAB_MIN_CALIBRATION_TILES = 10
-"""Below this many out-of-file lab tiles the lab's means are calibrated like the training data's."""
+def lab_min_calibration_tiles(threshold: float) -> int:
+    """Out-of-file lab tiles needed to calibrate the lab's means on the lab's own tiles.
+
+    A conformal p-value from n tiles is at least 1 / (n + 1): below 2 / threshold − 1 tiles even a tile far
+    beyond every lab tile would stay near or above the threshold, so the lab's means would call anything
+    in domain. With fewer, they are calibrated like the training data's means.
+    """
+    return int(np.ceil(2.0 / threshold)) - 1
 
 
 def with_lab(stats: DomainStats, features: np.ndarray, labels: Sequence[str] | np.ndarray,
@@ -485,9 +491,9 @@ def with_lab(stats: DomainStats, features: np.ndarray, labels: Sequence[str] | n
     ``features`` are the lab's labelled tiles, ``labels`` their label (one mean per label) and ``files``
     the image or slide each came from. Calibration: each tile's distance to the lab means fitted
     without its file, for labels labelled in at least two files (a tile of a label's only file has no
-    honest out-of-file mean of its own). With fewer than LAB_MIN_CALIBRATION_TILES such tiles the lab's
-    means are calibrated with the training tiles' distances instead. A lab component already there (a
-    model adapted before) is kept: its means and calibration join the new ones.
+    honest out-of-file mean of its own). With fewer such tiles than ``lab_min_calibration_tiles`` the
+    lab's means are calibrated with the training tiles' distances instead. A lab component already
+    there (a model adapted before) is kept: its means and calibration join the new ones.
     """
     f = np.asarray(features, np.float32)
     labels = np.asarray(labels).astype(str)
@@ -513,10 +519,11 @@ def with_lab(stats: DomainStats, features: np.ndarray, labels: Sequence[str] | n
     lab_info = dict(info or {})
     lab_info.update({"labels": names, "n_tiles": int(len(f)), "n_files": int(len(np.unique(files))),
                      "n_calibration_tiles": int(len(calibration))})
-    if len(calibration) < LAB_MIN_CALIBRATION_TILES:
+    if len(calibration) < lab_min_calibration_tiles(stats.threshold):
         calibration = stats.cal_distance
-        lab_info["calibration"] = ("the training data's held-out tiles (too few lab tiles in labels labelled in two "
-                                   "or more files to calibrate on the lab's own)")
+        lab_info["calibration"] = (f"the training data's held-out tiles (fewer than "
+                                   f"{lab_min_calibration_tiles(stats.threshold)} lab tiles of labels labelled in two "
+                                   "or more files, too few to calibrate on the lab's own)")
     else:
         lab_info["calibration"] = "the lab's tiles, each scored against means fitted without its image or slide"
     if stats.has_lab:

@@ -167,6 +167,8 @@ def main() -> int:
     x0, y0, x1, y1 = boxes["benign"][args.per_category]  # an unlabelled image picked, as before a key press
     labels.pick_rect(x0, y0, x1, y1)
     window.select_tile(int(sorted(labels.picked)[0]))
+    window.view.zoom(1.8)  # the labelled images and the picked one, larger
+    window.view.center_on(x1, (y0 + y1) / 2)
     settle(app, 1.0)
     bar = window.dock.widget().verticalScrollBar()
     bar.setValue(window.labels_panel.parentWidget().y() - 20)

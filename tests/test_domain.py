@@ -86,6 +86,40 @@ def test_scores_are_calibrated_on_held_out_tiles_and_separate_shifted_ones():
     assert stats.components == 8
 
 
+def test_a_lab_s_tissue_joins_the_domain_and_tissue_unlike_both_stays_out():
+    from cellview.domain import lab_min_calibration_tiles, with_lab
+
+    rng = np.random.default_rng(3)
+    x, y = _gaussian_classes(rng, 3000)
+    cal, cy = _gaussian_classes(rng, 600)
+    stats = fit_domain(x, y, cal, cy, _quality(len(cal)))
+    lab, _ = _gaussian_classes(rng, 900, shift=0.4)  # a lab whose tissue is off the training data
+    far, _ = _gaussian_classes(rng, 300, shift=1.2)  # and tissue unlike the lab's as well
+    files = np.arange(len(lab)) // 20  # 45 "images" of 20 tiles
+    labels = np.where(files % 2 == 0, "benign", "normal")
+    fit = files < 20  # 400 labelled tiles; the rest of the lab is new
+    adapted = with_lab(stats, lab[fit], labels[fit], files[fit].astype(str))
+    assert adapted.has_lab and len(adapted.lab_cal_distance) == 400
+    assert adapted.info["lab"][0]["calibration"].startswith("the lab's tiles")
+    new_lab = lab[~fit]
+    assert stats.in_domain(stats.score(new_lab, quality=_quality(len(new_lab)))).mean() < 0.2
+    assert adapted.in_domain(adapted.score(new_lab, quality=_quality(len(new_lab)))).mean() > 0.85
+    assert adapted.in_domain(adapted.score(far, quality=_quality(len(far)))).mean() < 0.1
+    fresh, _ = _gaussian_classes(rng, 500)
+    assert adapted.in_domain(adapted.score(fresh, quality=_quality(len(fresh)))).mean() > 0.9  # training-like too
+    # Too few lab tiles to calibrate on (a p-value from n tiles is at least 1 / (n + 1)): the lab's means are
+    # calibrated like the training data's, so far tiles cannot slip in.
+    assert lab_min_calibration_tiles(0.05) == 39
+    few = files < 2  # one image per label: no tile has an out-of-file mean of its own label
+    small = with_lab(stats, lab[few], labels[few], files[few].astype(str))
+    assert "training data's held-out tiles" in small.info["lab"][0]["calibration"]
+    np.testing.assert_array_equal(small.lab_cal_distance, stats.cal_distance)
+    assert small.in_domain(small.score(far, quality=_quality(len(far)))).mean() < 0.1
+    # The file keeps the lab (format 2) and reads back the same scores.
+    again = DomainStats.from_bytes(adapted.to_bytes())
+    np.testing.assert_allclose(again.score(far[:20], quality=_quality(20)), adapted.score(far[:20], quality=_quality(20)))
+
+
 def _he_like_tiles(n=12, px=64, seed=0):
     """Pink stroma with purple nuclei-sized blobs and noise: H&E colours with texture."""
     import cv2

@@ -328,18 +328,24 @@ def contour_path(segments: np.ndarray) -> QPainterPath:
     return path
 
 
-def _contour_items(contour: Contour) -> tuple[QGraphicsPathItem, QGraphicsPathItem]:
-    """A dark casing under the category-coloured line: legible over pale glass and dark nuclei alike."""
+def _contour_items(contour: Contour, dashed: bool = False) -> tuple[QGraphicsPathItem, QGraphicsPathItem]:
+    """A dark casing under the category-coloured line: legible over pale glass and dark nuclei alike.
+
+    ``dashed``: a label's outline (above the categories', the coloured line dashed).
+    """
     path = contour_path(contour.segments)
     items = []
-    for color, width, z in ((QColor(*CASING_RGB, 200), 5.0, 11), (QColor(contour.color), 3.0, 12)):
+    z = 13 if dashed else 11
+    style = Qt.PenStyle.DashLine if dashed else Qt.PenStyle.SolidLine
+    for color, width, zz, pen_style in ((QColor(*CASING_RGB, 200), 5.0, z, Qt.PenStyle.SolidLine),
+                                        (QColor(contour.color), 3.0, z + 1, style)):
         item = QGraphicsPathItem(path)
-        pen = QPen(color, width)
+        pen = QPen(color, width, pen_style)
         pen.setCosmetic(True)
         pen.setCapStyle(Qt.PenCapStyle.SquareCap)
         pen.setJoinStyle(Qt.PenJoinStyle.MiterJoin)
         item.setPen(pen)
-        item.setZValue(z)
+        item.setZValue(zz)
         items.append(item)
     return items[0], items[1]
 
@@ -496,21 +502,6 @@ class PickViewBox(pg.ViewBox):
         else:
             self.band.setRect(QRectF(p0, p1).normalized())
             self.band.setVisible(True)
-
-
-def _label_items(contour: Contour) -> tuple[QGraphicsPathItem, QGraphicsPathItem]:
-    """A label's outline: dashed in the label's colour on a dark casing, above the category outlines."""
-    path = contour_path(contour.segments)
-    items = []
-    for color, width, z, style in ((QColor(*CASING_RGB, 220), 4.0, 13, Qt.PenStyle.SolidLine),
-                                   (QColor(contour.color), 2.5, 14, Qt.PenStyle.DashLine)):
-        item = QGraphicsPathItem(path)
-        pen = QPen(color, width, style)
-        pen.setCosmetic(True)
-        item.setPen(pen)
-        item.setZValue(z)
-        items.append(item)
-    return items[0], items[1]
 
 
 class SlideView(pg.GraphicsView):
@@ -712,21 +703,20 @@ class SlideView(pg.GraphicsView):
             for item in g.items():
                 self.vb.addItem(item)
 
+    def _swap(self, old: list[QGraphicsPathItem], new: list[QGraphicsPathItem]) -> list[QGraphicsPathItem]:
+        for item in old:
+            self.vb.removeItem(item)
+        for item in new:
+            self.vb.addItem(item)
+        return new
+
     def set_contours(self, contours: Sequence[Contour]) -> None:
         """Replace the category contours (two path items per category: casing and colour)."""
-        for item in self.contours:
-            self.vb.removeItem(item)
-        self.contours = [item for c in contours for item in _contour_items(c)]
-        for item in self.contours:
-            self.vb.addItem(item)
+        self.contours = self._swap(self.contours, [item for c in contours for item in _contour_items(c)])
 
     def set_label_outlines(self, contours: Sequence[Contour]) -> None:
         """Replace the labels' outlines (two path items per label: casing and dashed colour)."""
-        for item in self.label_outlines:
-            self.vb.removeItem(item)
-        self.label_outlines = [item for c in contours for item in _label_items(c)]
-        for item in self.label_outlines:
-            self.vb.addItem(item)
+        self.label_outlines = self._swap(self.label_outlines, [item for c in contours for item in _contour_items(c, dashed=True)])
 
     def set_picked(self, rects: Sequence[tuple[float, float, float, float]]) -> None:
         """The tiles picked for labelling, as (x, y, w, h) level-0 rectangles, tinted cyan."""

@@ -95,6 +95,44 @@ def _bank(train_tiles: np.ndarray, tile_source: np.ndarray, tile_label: np.ndarr
     return np.sort(np.concatenate(keep))
 
 
+def other_tissue(run: Any, recipe: D.Recipe, cfg: Any, data_root: Path | None = None,
+                 every: int = 10) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Features and pixel checks of tissue that is not the model's, to see what adapting lets into the domain.
+
+    The OpenSlide CMU-1 sample (skin) and every ``every``-th LC25000 lung image at the lung recipe's
+    spacing, when ``../shared/data`` has them; their tiles as ``analyze`` cuts them at the model's spacing.
+    """
+    from cellview.pipeline import plan_grid
+    from cellview.results import AnalysisParams
+    from cellview.slide import open_slide
+    from cellview.tiling import read_tile
+    from cellview.train import default_data_dir
+    from cellview.train.backbone import FeatureRunner, build_backbone
+
+    root = Path(data_root or default_data_dir())
+    sets: dict[str, np.ndarray] = {}
+    slide = root / "slides" / "CMU-1-Small-Region.svs"
+    if slide.exists():
+        with open_slide(slide) as s:
+            _, grid = plan_grid(s, recipe.patch_size, recipe.spacing_um_px, AnalysisParams())
+            sets["CMU-1 skin tissue tiles"] = np.stack([read_tile(s, grid, i) for i in range(grid.n_tiles)])
+    lung = Path(__file__).resolve().parent / "recipes" / "lung-he.json"
+    if lung.exists() and (root / "lc25000_lung").is_dir():
+        samples = D.read_samples(D.load_recipe(lung, root))[::every]
+        tiles = [D.analysis_tiles(D.read_rgb(x.path), x.spacing_um_px, recipe.spacing_um_px, recipe.patch_size)
+                 for x in samples]
+        sets["LC25000 lung tiles"] = np.concatenate([t for t in tiles if len(t)])
+    if not sets:
+        return {}
+    bb = build_backbone(cfg.arch, recipe.patch_size, cfg.cache_depth, pretrained=cfg.pretrained)
+    runner = FeatureRunner(bb, recipe.patch_size, run.cache, "cpu", cfg.threads)
+    out = {}
+    for name, tiles in sets.items():
+        feats = np.concatenate([np.asarray(runner(tiles[i:i + 64]), np.float32) for i in range(0, len(tiles), 64)])
+        out[name] = (feats, tile_quality(tiles))
+    return out
+
+
 FitFn = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
@@ -127,6 +165,7 @@ def adaptation_curve(run_dir: Path, out_dir: Path | None = None, ks: tuple[int |
     feats, index = pretrained_pooled(run, "eval", recipe, cfg)
     feats = np.asarray(feats, np.float32)
     quality = eval_quality(run, recipe, samples)
+    others = other_tissue(run, recipe, cfg) if cfg.cache_depth == 0 else {}
     cats = [c.category for c in recipe.classes]
     cat_of_class = np.array([CATEGORIES.index(c) for c in cats])
     labels = np.array([s.label for s in samples])
@@ -150,7 +189,7 @@ def adaptation_curve(run_dir: Path, out_dir: Path | None = None, ks: tuple[int |
                                  "k": {}}
         _say(f"adaptation: {src} ({entry['images']} images)")
         ctx = _Context(feats, index, quality, groups, y_cat, cat_of_class, cats, t_lab, t_src, temperature, settings,
-                       tuple(methods), w0, b0, stats, bank)
+                       tuple(methods), w0, b0, stats, bank, others)
         for k in ks:
             per: dict[str, list[dict[str, Any]]] = {"base": [], **{m: [] for m in methods}}
             if k == "all":  # every other patient / group of the source labelled: what more labels can reach
@@ -218,6 +257,7 @@ class _Context:
     b0: np.ndarray
     stats: DomainStats
     bank: np.ndarray | None
+    others: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def _trial(c: _Context, is_lab: np.ndarray, rest: np.ndarray) -> dict[str, dict[str, Any]]:
@@ -243,9 +283,15 @@ def _trial(c: _Context, is_lab: np.ndarray, rest: np.ndarray) -> dict[str, dict[
         a = np.concatenate([np.eye(len(c.cats), dtype=bool)[c.t_lab[bank]], allowed])
         heads[m] = fit_head(x, a, w, c.w0, c.b0, replace(c.settings, l2_to_base=c.settings.l2_to_base / 10))
     lab_stats = with_lab(c.stats, x_lab, [CATEGORIES[k] for k in cat_lab], img_lab.astype(str))
-    return {name: _score(probabilities(c.feats[tt] @ w.T + b, "softmax", c.temperature), c.index[tt], rest,
-                         other_groups, c.y_cat, c.cats, c.stats if name == "base" else lab_stats, c.feats[tt],
-                         c.quality[tt]) for name, (w, b) in heads.items()}
+    out = {}
+    for name, (w, b) in heads.items():
+        stats = c.stats if name == "base" else lab_stats
+        row = _score(probabilities(c.feats[tt] @ w.T + b, "softmax", c.temperature), c.index[tt], rest, other_groups,
+                     c.y_cat, c.cats, stats, c.feats[tt], c.quality[tt])
+        row["other_in_domain"] = {k: float(stats.in_domain(stats.score(f, quality=q)).mean())
+                                  for k, (f, q) in c.others.items()}
+        out[name] = row
+    return out
 
 
 def _score(probs: np.ndarray, tile_img: np.ndarray, rest: np.ndarray, other_groups: np.ndarray, y_cat: np.ndarray,
@@ -275,10 +321,12 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     rest = [r["rest"] for r in rows]
     other = [r["other_groups"] for r in rows]
     recalls = {c: stat([r["recall"].get(c) for r in rest if r]) for c in CATEGORIES}
+    names = rows[0].get("other_in_domain", {}) if rows else {}
     return {"balanced_accuracy": stat([r["balanced_accuracy"] for r in rest if r]),
             "recall": {c: v for c, v in recalls.items() if v is not None},
             "other_groups_balanced_accuracy": stat([r["balanced_accuracy"] for r in other if r]),
-            "in_domain": stat([r["in_domain"] for r in rows])}
+            "in_domain": stat([r["in_domain"] for r in rows]),
+            "other_in_domain": {n: stat([r["other_in_domain"][n] for r in rows]) for n in names}}
 
 
 def _cell(v: dict[str, Any] | None) -> str:
@@ -320,6 +368,15 @@ def markdown(report: dict[str, Any], command: str) -> str:
         recall_rows.append(f"{src}: " + ", ".join(f"{c} {rb[c]['mean']:.2f} → {r[c]['mean']:.2f}"
                                                   for c in CATEGORIES if c in r and c in rb))
     lines += ["", f"Recall per category at k = {k5} (no labels → adapted): " + "; ".join(recall_rows) + "."]
+    other_rows = []
+    for src, e in report["sources"].items():
+        ob = e["k"][k5]["base"].get("other_in_domain", {})
+        oa = e["k"][k5].get("prior", {}).get("other_in_domain", {})
+        if ob:
+            other_rows.append(f"{src}: " + ", ".join(f"{n} {ob[n]['mean']:.0%} → {oa[n]['mean']:.0%}" for n in ob))
+    if other_rows:
+        lines += ["", f"Tissue that is not colon, in domain before → after adapting with k = {k5} (what the lab's "
+                      "means let in): " + "; ".join(other_rows) + "."]
     if len(report["methods"]) > 1:
         lines += ["", "Ways to keep the base model's knowledge, same draws (category balanced accuracy of the rest, "
                       "mean over draws):", "",
