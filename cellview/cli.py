@@ -364,7 +364,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     model_arg = name if not args.out else str(report.written)
     print(f"Adapted model written to {report.written.parent} in {report.seconds:.0f} s (model card: "
           f"{report.written.parent / 'MODEL_CARD.md'}). Analyse with: cellview analyze SLIDES --model "
-          f"{model_arg}" + (f" --mpp {args.mpp}" if args.mpp else "") + " --out DIR")
+          f"{model_arg}" + (f" --mpp {args.mpp}" if args.mpp else "")
+          + (f" --stain-normalize {args.stain_normalize}" if args.stain_normalize != "none" else "") + " --out DIR")
     return 1 if report.lab.unreadable else 0
 
 

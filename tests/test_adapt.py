@@ -348,3 +348,30 @@ def test_sources_with_regions_only_ignore_star_are_not_labels(cam_domain_model):
     spec = ModelSpec.load(cam_domain_model)
     src = LabelSource(Path("x.tiff"), None, (LabelRegion.rect(IGNORE, 0, 0, 1, 1), LabelRegion.rect("normal", 0, 0, 1, 1)))
     assert set(label_targets([r.label for r in src.regions if not r.is_ignore], spec)) == {"normal"}
+
+
+def test_cancel_stops_before_anything_is_written(lab_csv, cam_domain_model, tmp_path):
+    from cellview.pipeline import CancelToken
+
+    sources, _ = read_labels([lab_csv])
+    token = CancelToken()
+    seen = []
+    for item in adapt(sources, ModelSpec.load(cam_domain_model), tmp_path / "out",
+                      AnalysisParams(mpp_um=1.0, tissue_threshold=0.0), cancel=token):
+        seen.append(item)
+        if len(seen) == 3:
+            token.cancel()
+    assert not any(isinstance(i, AdaptReport) for i in seen)
+    assert not (tmp_path / "out" / "model.json").exists()
+
+
+def test_without_out_the_model_goes_to_the_user_s_models_folder_and_is_listed(lab_csv, cam_domain_model, capsys):
+    from cellview.model import user_models_dir
+
+    assert main(["adapt", "--model", str(cam_domain_model), "--labels", str(lab_csv), "--mpp", "1.0",
+                 "--tissue-threshold", "0", "--name", "my-lab", "-q"]) == 0
+    assert (user_models_dir() / "my-lab" / "model.json").exists()
+    assert "--model my-lab" in capsys.readouterr().out
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    assert "my-lab (your models folder" in listed and "adapted from toy-cam-domain 0.0-test on" in listed

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
@@ -35,9 +35,6 @@ from cellview.errors import CellviewError
 from cellview.labelling import LABEL_KEYS, LabelsModel
 from cellview.model import CATEGORIES
 from cellview.results import plural
-
-if TYPE_CHECKING:
-    from cellview.gui.mainwindow import MainWindow
 
 PICK_HINT = ("Shift+click tiles, or Shift+drag a rectangle, to pick them; then press 1–9 or a button below "
              "(0 or Delete takes the label away). Without a pick, a key labels the selected tile. Labelled tiles "
@@ -155,8 +152,8 @@ class LabelsPanel(QWidget):
         self.adapt_btn.setEnabled(bool(slides))
 
 
-def install_labels(window: MainWindow, layout: QVBoxLayout, at: int) -> tuple[LabelsModel, LabelsPanel]:
-    """Add labelling to a main window: the model, the card at ``layout`` position ``at``, the menu, the view hooks."""
+def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsModel, LabelsPanel]:
+    """Add labelling to a ``MainWindow`` (not imported here: it imports this module): the model, the card at ``layout`` position ``at``, the menu, the view hooks."""
     from cellview.gui.panels import section
 
     labels = LabelsModel(window.model)
@@ -211,7 +208,7 @@ def install_labels(window: MainWindow, layout: QVBoxLayout, at: int) -> tuple[La
     return labels, panel
 
 
-def import_annotations(window: MainWindow, labels: LabelsModel) -> None:
+def import_annotations(window: Any, labels: LabelsModel) -> None:
     start = str(Path(labels.slide).parent) if labels.slide else str(Path.home())
     name, _ = QFileDialog.getOpenFileName(window, "Import QuPath annotations", start, "GeoJSON (*.geojson *.json)")
     window._take_focus()
@@ -247,7 +244,7 @@ class AdaptDialog(QDialog):
 
     finishedReport = Signal(object)  # AdaptReport
 
-    def __init__(self, window: MainWindow, labels: LabelsModel) -> None:
+    def __init__(self, window: Any, labels: LabelsModel) -> None:
         super().__init__(window)
         self.window_, self.labels = window, labels
         self.setWindowTitle("Adapt the model to your labels")
