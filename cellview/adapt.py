@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -772,9 +772,8 @@ def model_card(side: dict[str, Any], report: AdaptReport, base: ModelSpec) -> st
 
 
 def default_command(argv: Sequence[str] | None = None) -> str:
+    """The command line as typed (for the card's Reproduce section)."""
     import shlex
 
     return " ".join(shlex.quote(a) for a in ["cellview", *(sys.argv[1:] if argv is None else argv)])
 
-
-ProgressCallback = Callable[[AdaptProgress], None]

@@ -481,7 +481,7 @@ def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
                               "--limit-per-class", "3", "--patch", "64", "--views", "1", "--head-epochs", "1",
                               "--no-eval"])
     assert args.func(args) == 0
-    args = parser.parse_args(["evaluate", str(run), "--cv-folds", "2"])
+    args = parser.parse_args(["evaluate", str(run), "--cv-folds", "2", "--adaptation", "--adaptation-draws", "2"])
     assert args.func(args) == 0
     ev = json.loads((run / "eval" / "eval.json").read_text())
     assert {"category_calibrated", "image_calibrated", "per_source", "checks"} <= set(ev)
@@ -492,6 +492,17 @@ def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
     assert protocol["cv"]["plain"]["all"]["images"] == len(json.loads((run / "samples.json").read_text()))
     for rule in ("vote", "mean"):
         assert 0 <= protocol["cv"]["plain"]["all"][rule]["category_balanced_accuracy"] <= 1
+    # The adaptation curve: every held-out source adapted with k labelled images per category, before and after.
+    curve = protocol["adaptation"]
+    assert set(curve["sources"]) == sources and curve["ks"] == [1, 3, 5, 10, "all"]
+    for entry in curve["sources"].values():
+        for k, row in entry["k"].items():
+            if "skipped" in row:  # 3 images per class: k labelled leave none to test
+                assert k != "1"
+                continue
+            assert {"base", "prior"} <= set(row) and 0 <= row["prior"]["balanced_accuracy"]["mean"] <= 1
+            assert row["prior"]["in_domain"]["mean"] >= row["base"]["in_domain"]["mean"] - 1e-9
+    assert "Target — leave-one-source-out with 5" in (run / "eval" / "adaptation.md").read_text()
     rows = json.loads((run / "samples.json").read_text())
     assert groups_straddling([r["split"] for r in rows], [r["group"] for r in rows]) == []
     args = parser.parse_args(["export", str(run), "--out", str(out)])
@@ -507,7 +518,9 @@ def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
     assert clf.output_names == ("logits", "features", "feature_map", "cam") and spec.domain is not None
     _, score = clf.classify(tiles)
     assert score.shape == (len(tiles),) and ((score > 0) & (score <= 1)).all()
-    assert "## Out-of-domain detection" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Out-of-domain detection" in card
+    assert card.index("## Headline") < card.index("## Adapting to a lab's labels") < card.index("## Model")
     assert ModelSpec.load(out / "model.fp16.onnx").domain_sha256 == spec.domain_sha256
     for damaged, message in (("cache/eval.npy", "cached eval features"), ("model.pt", "model.pt: it is damaged")):
         data = (run / damaged).read_bytes()

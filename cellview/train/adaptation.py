@@ -190,7 +190,11 @@ def adaptation_curve(run_dir: Path, out_dir: Path | None = None, ks: tuple[int |
         _say(f"adaptation: {src} ({entry['images']} images)")
         ctx = _Context(feats, index, quality, groups, y_cat, cat_of_class, cats, t_lab, t_src, temperature, settings,
                        tuple(methods), w0, b0, stats, bank, others)
+        counts = [int((in_src & (y_cat == c)).sum()) for c in range(len(CATEGORIES)) if (in_src & (y_cat == c)).any()]
         for k in ks:
+            if k != "all" and min(counts) <= int(k):
+                entry["k"][str(k)] = {"skipped": f"a category of {src} has {min(counts)} images: none left to test"}
+                continue
             per: dict[str, list[dict[str, Any]]] = {"base": [], **{m: [] for m in methods}}
             if k == "all":  # every other patient / group of the source labelled: what more labels can reach
                 fold = group_split(labels[in_src], groups[in_src], [1.0] * ALL_FOLDS, cfg.seed)
@@ -212,10 +216,10 @@ def adaptation_curve(run_dir: Path, out_dir: Path | None = None, ks: tuple[int |
             for is_lab, rest in trials:
                 for name, row in _trial(ctx, is_lab, rest).items():
                     per[name].append(row)
-            entry["k"][str(k)] = {name: _summarise(rows) for name, rows in per.items()}
-            line = "; ".join(f"{name} {v['balanced_accuracy']['mean']:.3f}" for name, v in entry["k"][str(k)].items())
-            _say(f"  k={k}: {line}; in domain {entry['k'][str(k)]['base']['in_domain']['mean']:.2f} → "
-                 + ", ".join(f"{m} {entry['k'][str(k)][m]['in_domain']['mean']:.2f}" for m in methods))
+            entry["k"][str(k)] = row = {name: _summarise(rows) for name, rows in per.items()}
+            _say(f"  k={k}: " + "; ".join(f"{name} {_mean(v['balanced_accuracy'])}" for name, v in row.items())
+                 + f"; in domain {_mean(row['base']['in_domain'])} → "
+                 + ", ".join(f"{m} {_mean(row[m]['in_domain'])}" for m in methods))
         entry["loso_no_labels"] = protocol.get("loso", {}).get("plain", {}).get(src, {}).get("vote", {}).get(
             "category_balanced_accuracy")
         report["sources"][src] = entry
@@ -329,22 +333,32 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "other_in_domain": {n: stat([r["other_in_domain"][n] for r in rows]) for n in names}}
 
 
+def _mean(v: dict[str, Any] | None) -> str:
+    return "–" if not v else f"{v['mean']:.3f}"
+
+
 def _cell(v: dict[str, Any] | None) -> str:
     if not v:
         return "–"
     return f"{v['mean']:.2f} ± {v['sd']:.2f}"
 
 
+def _at(entry: dict[str, Any], k: Any, method: str, key: str) -> Any:
+    """One figure of the curve (None where that k was skipped or not measured)."""
+    return entry["k"].get(str(k), {}).get(method, {}).get(key)
+
+
 def markdown(report: dict[str, Any], command: str) -> str:
     """The model card's adaptation section: the curve beside the leave-one-source-out row, and the target."""
     ks = report["ks"]
-    k5 = str(TARGET_K) if str(TARGET_K) in report["sources"][next(iter(report["sources"]))]["k"] else str(ks[-1])
+    k5 = TARGET_K if TARGET_K in ks else ks[0]
     lines = [
         SECTION,
         "",
         f"`cellview adapt` refits the head on a lab's labelled images. Stand-in for a new lab: each "
         f"leave-one-source-out fold's model, adapted with k labelled images per category of the held-out source "
-        f"(labels given as categories; {report['draws']} random draws per k), called on the **rest** of that source "
+        f"(labels given as categories; {report['draws']} random draws per k; 'all others': every other patient or "
+        "group of the source labelled, 5 grouped folds), called on the **rest** of that source "
         "(vote rule, category balanced accuracy, mean ± sd over draws). 'No labels' is the fold's model as it is on "
         "the same images. In domain: share of the rest's tiles in domain before → after adding the labelled tiles to "
         "the fold's out-of-domain statistics (fitted on the other sources).",
@@ -353,27 +367,22 @@ def markdown(report: dict[str, Any], command: str) -> str:
         + f" | k = {k5}, other patients / groups only | in domain, k = {k5} |",
         "|---|---|---|" + "---|" * len(ks) + "---|---|",
     ]
+    recall_rows, other_rows = [], []
     for src, e in report["sources"].items():
-        base = e["k"][k5]["base"]["balanced_accuracy"]
-        cells = [_cell(e["k"][str(k)]["prior"]["balanced_accuracy"]) if "prior" in e["k"][str(k)] else "–" for k in ks]
-        dom_b, dom_a = e["k"][k5]["base"]["in_domain"], e["k"][k5].get("prior", {}).get("in_domain")
-        lines.append(f"| {src} | {e['images']} | {base['mean']:.2f} | " + " | ".join(f"**{c}**" if str(k) == k5 else c
-                                                                              for k, c in zip(ks, cells))
-                     + f" | {_cell(e['k'][k5].get('prior', {}).get('other_groups_balanced_accuracy'))} | "
+        base = _at(e, k5, "base", "balanced_accuracy")
+        cells = [_cell(_at(e, k, "prior", "balanced_accuracy")) for k in ks]
+        dom_b, dom_a = _at(e, k5, "base", "in_domain"), _at(e, k5, "prior", "in_domain")
+        lines.append(f"| {src} | {e['images']} | {_cell(base).split(' ±')[0]} | "
+                     + " | ".join(f"**{c}**" if k == k5 else c for k, c in zip(ks, cells))
+                     + f" | {_cell(_at(e, k5, 'prior', 'other_groups_balanced_accuracy'))} | "
                      + (f"{dom_b['mean']:.0%} → {dom_a['mean']:.0%} |" if dom_b and dom_a else "– |"))
-    recall_rows = []
-    for src, e in report["sources"].items():
-        r = e["k"][k5].get("prior", {}).get("recall", {})
-        rb = e["k"][k5]["base"].get("recall", {})
+        r, rb = _at(e, k5, "prior", "recall") or {}, _at(e, k5, "base", "recall") or {}
         recall_rows.append(f"{src}: " + ", ".join(f"{c} {rb[c]['mean']:.2f} → {r[c]['mean']:.2f}"
                                                   for c in CATEGORIES if c in r and c in rb))
-    lines += ["", f"Recall per category at k = {k5} (no labels → adapted): " + "; ".join(recall_rows) + "."]
-    other_rows = []
-    for src, e in report["sources"].items():
-        ob = e["k"][k5]["base"].get("other_in_domain", {})
-        oa = e["k"][k5].get("prior", {}).get("other_in_domain", {})
-        if ob:
+        ob, oa = _at(e, k5, "base", "other_in_domain") or {}, _at(e, k5, "prior", "other_in_domain") or {}
+        if ob and oa:
             other_rows.append(f"{src}: " + ", ".join(f"{n} {ob[n]['mean']:.0%} → {oa[n]['mean']:.0%}" for n in ob))
+    lines += ["", f"Recall per category at k = {k5} (no labels → adapted): " + "; ".join(recall_rows) + "."]
     if other_rows:
         lines += ["", f"Tissue that is not colon, in domain before → after adapting with k = {k5} (what the lab's "
                       "means let in): " + "; ".join(other_rows) + "."]
@@ -384,13 +393,12 @@ def markdown(report: dict[str, Any], command: str) -> str:
                   "|---|---|" + "---|" * len(report["methods"])]
         for src, e in report["sources"].items():
             for k in ks:
-                row = e["k"][str(k)]
-                lines.append(f"| {src} | {k} | " + " | ".join(
-                    f"{row[m]['balanced_accuracy']['mean']:.3f}" for m in report["methods"]) + " |")
+                lines.append(f"| {src} | {k} | " + " | ".join(_mean(_at(e, k, m, "balanced_accuracy"))
+                                                              for m in report["methods"]) + " |")
         lines += ["", f"`prior`: L2 pull towards the base head (shipped); `bank`: a bank of up to {BANK_PER_CLASS} "
                       "training tiles' features per source and class replayed with the lab as one more source."]
     t = report["target"]
     lines += ["", f"Target — {t['text']}: **{'met' if t['met'] else 'not met'}** ("
-              + ", ".join(f"{k} {v:.2f}" for k, v in t["figures"].items() if v is not None) + ").",
-              f"Reproduce: `{command}` ({report['seconds']:.0f} s).", ""]
+              + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} not measured" for k, v in t["figures"].items())
+              + ").", f"Reproduce: `{command}` ({report['seconds']:.0f} s).", ""]
     return "\n".join(lines)

@@ -180,7 +180,7 @@ def _adaptation(args: argparse.Namespace) -> None:
     if args.card:
         command = (f"cellview evaluate {args.run} --adaptation --adaptation-draws {args.adaptation_draws}"
                    + (f" --adaptation-methods {','.join(methods)}" if methods != ("prior",) else ""))
-        update_card(args.card / "MODEL_CARD.md", markdown(report, command), SECTION)
+        update_card(args.card / "MODEL_CARD.md", markdown(report, command), SECTION, after="## Headline")
         protocol = args.card / "protocol.json"
         if protocol.exists():
             data = json.loads(protocol.read_text(encoding="utf-8"))

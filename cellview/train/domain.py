@@ -512,13 +512,16 @@ def report_markdown(report: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_card(card: Path, section: str, head: str = "## Out-of-domain detection") -> None:
-    """Replace (or append) one '## ' section of a model card (by default 'Out-of-domain detection')."""
+def update_card(card: Path, section: str, head: str = "## Out-of-domain detection", after: str = "") -> None:
+    """Replace one '## ' section of a model card (by default 'Out-of-domain detection'); a new one goes after
+    the section that starts with ``after`` when the card has it, else at the end."""
     text = card.read_text(encoding="utf-8") if card.exists() else ""
     if head in text:
         start = text.index(head)
         nxt = text.find("\n## ", start + len(head))
         text = text[:start] + section + ("" if nxt < 0 else "\n" + text[nxt + 1:])
+    elif after and after in text and (nxt := text.find("\n## ", text.index(after) + len(after))) >= 0:
+        text = text[:nxt + 1] + section + "\n" + text[nxt + 1:]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     atomic_write_text(card, text)

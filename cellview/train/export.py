@@ -502,6 +502,11 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
         "Per-fold times, the fine classes' recalls and the mean-rule figures in full: `protocol.json`, `protocol.md`.",
         "",
     ]
+    if protocol.get("adaptation"):  # the adaptation curve (cellview evaluate --adaptation), beside LOSO
+        from cellview.train.adaptation import markdown as adaptation_markdown
+
+        parts += [adaptation_markdown(protocol["adaptation"], f"cellview evaluate {summary.get('run_dir', 'RUN')} "
+                                                              "--adaptation"), ""]
     if notes.get("targets"):
         parts += ["## Targets", "", *_target_lines(notes["targets"], protocol), ""]
     if notes.get("findings"):
