@@ -578,27 +578,81 @@ def _check_out_dir(out_dir: Path, base: ModelSpec) -> None:
 def write_adapted(out_dir: Path, base: ModelSpec, lab: LabTiles, weight: np.ndarray, bias: np.ndarray,
                   report: AdaptReport, params: AnalysisParams, settings: AdaptSettings, name: str | None,
                   command: str) -> tuple[Path, dict[str, Any]]:
-    """The model folder: ONNX (+ FP16) with the new head, domain statistics, report, card; the sidecar last."""
+    """The model folder: ONNX (+ FP16) with the new head, sidecars, domain statistics, report and card.
+
+    Built beside ``out_dir`` and moved into place once whole, so a crash leaves either the previous
+    folder or the new one, never a model without its statistics. The domain file and its sidecar
+    entries are written as ``cellview domain fit`` writes them (``train.domain.write_domain``).
+    """
+    import shutil
+
     import onnx
 
-    from cellview.domain import DOMAIN_FILE, with_lab
+    from cellview.domain import with_lab
     from cellview.onnx_graph import replace_linear_head
+    from cellview.train.domain import write_domain
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     today = _dt.date.today().isoformat()
     name = name or f"{base.name}-adapted"
-    onnx_path = out_dir / "model.onnx"
-    atomic_write_bytes(onnx_path, replace_linear_head(onnx.load(str(base.onnx_path)), weight, bias).SerializeToString())
-    side = json.loads(base.sidecar_path.read_text(encoding="utf-8"))
-    counts = _label_counts(lab)
-    files = [{"path": f, "items": sum(it.file == i for it in lab.items),
-              "tiles": int((lab.file == i).sum())} for i, f in enumerate(lab.files)]
-    provenance = {
+    stage = out_dir.parent / f".{out_dir.name}.partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        onnx_path = stage / "model.onnx"
+        atomic_write_bytes(onnx_path, replace_linear_head(onnx.load(str(base.onnx_path)), weight,
+                                                          bias).SerializeToString())
+        side = json.loads(base.sidecar_path.read_text(encoding="utf-8"))
+        side.pop("domain", None)
+        provenance = _provenance(base, lab, report, params, settings, today, command)
+        side.update({
+            "name": name,
+            "version": f"{base.version}+lab.{today}" if base.version else f"lab.{today}",
+            "description": f"{base.description or base.name}; head adapted to a lab's labels ({today})",
+            "onnx_sha256": sha256_file(onnx_path),
+            "training_data": f"{base.training_data} + a lab's {len(lab.files)} labelled images / slides "
+                             f"({len(lab.features)} tiles); see MODEL_CARD.md",
+            "metrics": {"adaptation": provenance["cross_validation"],
+                        "base_model": {k: v for k, v in base.metrics.items() if k in ("loso", "cv", "image_rule")}},
+            "adaptation": provenance,
+        })
+        atomic_write_text(stage / "model.json", json.dumps(side, indent=2) + "\n")
+        fp16 = base.onnx_path.with_name("model.fp16.onnx")
+        if fp16.exists() and sidecar_for(fp16).exists():
+            path16 = stage / "model.fp16.onnx"
+            atomic_write_bytes(path16, replace_linear_head(onnx.load(str(fp16)), weight, bias).SerializeToString())
+            side16 = {**side, "name": f"{name}-fp16", "onnx_sha256": sha256_file(path16)}
+            atomic_write_text(sidecar_for(path16), json.dumps(side16, indent=2) + "\n")
+        if base.domain is not None:
+            stats = with_lab(base.domain, lab.features, [str(v) for v in lab.label], lab.file,
+                             info={"date": today, "base_domain_sha256": base.domain_sha256})
+            phrase = f"{base.domain.training_data} and this lab's labelled tissue"
+            write_domain(onnx_path, replace(stats, info={**stats.info, "training_data": phrase}))
+            side = json.loads((stage / "model.json").read_text(encoding="utf-8"))
+        atomic_write_text(stage / ADAPTATION_FILE, json.dumps(_report_json(report, lab, base), indent=2) + "\n")
+        atomic_write_text(stage / "MODEL_CARD.md", model_card(side, report, base))
+        ModelSpec.load(onnx_path)  # what we write must validate
+        old = out_dir.parent / f".{out_dir.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if out_dir.exists():
+            out_dir.rename(old)
+        stage.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out_dir / "model.onnx", side
+
+
+def _provenance(base: ModelSpec, lab: LabTiles, report: AdaptReport, params: AnalysisParams,
+                settings: AdaptSettings, today: str, command: str) -> dict[str, Any]:
+    """The sidecar's ``adaptation`` entry: where the model came from, on what labels, measured how."""
+    return {
         "date": today,
         "base": {"name": base.name, "version": base.version, "onnx_sha256": base.onnx_sha256,
                  "domain_sha256": base.domain_sha256 or None, "path": str(base.onnx_path)},
-        "label_counts": counts,
-        "files": files,
+        "label_counts": _label_counts(lab),
+        "files": [{"path": f, "items": sum(it.file == i for it in lab.items), "tiles": int((lab.file == i).sum())}
+                  for i, f in enumerate(lab.files)],
         "unreadable": [{"path": f, "reason": why} for f, why in lab.unreadable],
         "tiles": int(len(lab.features)),
         "analysis": {"mpp_um": params.mpp_um, "tissue_threshold": params.tissue_threshold,
@@ -613,43 +667,6 @@ def write_adapted(out_dir: Path, base: ModelSpec, lab: LabTiles, weight: np.ndar
         "cellview": __version__,
         "command": command,
     }
-    side.update({
-        "name": name,
-        "version": f"{base.version}+lab.{today}" if base.version else f"lab.{today}",
-        "description": f"{base.description or base.name}; head adapted to a lab's labels ({today})",
-        "onnx_sha256": sha256_file(onnx_path),
-        "training_data": f"{base.training_data} + a lab's {len(lab.files)} labelled images / slides "
-                         f"({len(lab.features)} tiles); see MODEL_CARD.md",
-        "metrics": {"adaptation": provenance["cross_validation"],
-                    "base_model": {k: v for k, v in base.metrics.items() if k in ("loso", "cv", "image_rule")}},
-        "adaptation": provenance,
-    })
-    for stale in ("model.fp16.onnx", "model.fp16.json", DOMAIN_FILE):
-        (out_dir / stale).unlink(missing_ok=True)  # a previous adaptation's files must not linger
-    if base.domain is not None:
-        stats = with_lab(base.domain, lab.features, [str(v) for v in lab.label], lab.file,
-                         info={"date": today, "base_domain_sha256": base.domain_sha256})
-        phrase = f"{base.domain.training_data} and this lab's labelled tissue"
-        stats = replace(stats, info={**stats.info, "training_data": phrase})
-        data = stats.to_bytes()
-        atomic_write_bytes(out_dir / DOMAIN_FILE, data)
-        import hashlib
-
-        side["domain"] = {**side.get("domain", {}), "file": DOMAIN_FILE, "sha256": hashlib.sha256(data).hexdigest(),
-                          "training_data": phrase, "lab": stats.info["lab"][-1]}
-    else:
-        side.pop("domain", None)
-    fp16 = base.onnx_path.with_name("model.fp16.onnx")
-    if fp16.exists() and sidecar_for(fp16).exists():
-        path16 = out_dir / "model.fp16.onnx"
-        atomic_write_bytes(path16, replace_linear_head(onnx.load(str(fp16)), weight, bias).SerializeToString())
-        side16 = {**side, "name": f"{name}-fp16", "onnx_sha256": sha256_file(path16)}
-        atomic_write_text(sidecar_for(path16), json.dumps(side16, indent=2) + "\n")
-    atomic_write_text(out_dir / ADAPTATION_FILE, json.dumps(_report_json(report, lab, base), indent=2) + "\n")
-    atomic_write_text(out_dir / "MODEL_CARD.md", model_card(side, report, base))
-    atomic_write_text(out_dir / "model.json", json.dumps(side, indent=2) + "\n")
-    ModelSpec.load(onnx_path)  # what we wrote must validate
-    return onnx_path, side
 
 
 def _label_counts(lab: LabTiles) -> dict[str, dict[str, int]]:
