@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from cellview.errors import CellviewError
+from cellview.gui.panels import section, show_model_card
 from cellview.labelling import LABEL_KEYS, LabelsModel
 from cellview.model import CATEGORIES
 from cellview.results import plural
@@ -127,7 +128,7 @@ class LabelsPanel(QWidget):
                 else:
                     self.class_box.addItem(f"{choice.key}  {choice.text}", choice.label)
                     self.class_box.setItemData(self.class_box.count() - 1, choice.text, Qt.ItemDataRole.ToolTipRole)
-            self.class_row.setVisible(self.class_box.count() > 0)
+        self.class_row.setVisible(self.class_box.count() > 0)
         grid = self.labels.grid
         n = len(self.labels.targets())
         has_grid = grid is not None and self.labels.slide is not None
@@ -154,8 +155,6 @@ class LabelsPanel(QWidget):
 
 def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsModel, LabelsPanel]:
     """Add labelling to a ``MainWindow`` (not imported here: it imports this module): the model, the card at ``layout`` position ``at``, the menu, the view hooks."""
-    from cellview.gui.panels import section
-
     labels = LabelsModel(window.model)
     card, c = section("Labels (teach the model your lab)")
     panel = LabelsPanel(labels)
@@ -406,25 +405,3 @@ def _model_name(model_path: str) -> str:
         return str(json.loads(Path(model_path).with_suffix(".json").read_text(encoding="utf-8"))["name"])
     except (OSError, ValueError, KeyError, TypeError):
         return Path(model_path).parent.name
-
-
-def show_model_card(parent: QWidget, model_path: str | Path | None) -> None:
-    """The model's MODEL_CARD.md, read-only (Markdown rendered by Qt)."""
-    if not model_path:
-        return
-    card = Path(model_path).parent / "MODEL_CARD.md"
-    dlg = QDialog(parent)
-    dlg.setWindowTitle(f"Model card — {Path(model_path).parent.name}")
-    lay = QVBoxLayout(dlg)
-    view = QTextBrowser()
-    try:
-        view.setMarkdown(card.read_text(encoding="utf-8"))
-    except OSError:
-        view.setPlainText(f"{card} cannot be read.")
-    lay.addWidget(view)
-    buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
-    buttons.rejected.connect(dlg.reject)
-    lay.addWidget(buttons)
-    screen = parent.screen().availableGeometry() if parent.screen() else None
-    dlg.resize(min(900, screen.width() - 40) if screen else 900, min(700, screen.height() - 60) if screen else 700)
-    dlg.exec()

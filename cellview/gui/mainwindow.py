@@ -51,6 +51,7 @@ from cellview.gui.panels import (
     FilterNotice,
     TileInspector,
     section,
+    show_model_card,
 )
 from cellview.gui.slideview import ARROW_STEPS, SlideView
 from cellview.gui.tasks import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
@@ -376,6 +377,10 @@ class MainWindow(QMainWindow):
         self.open_model_btn.setToolTip("Use an .onnx model with its .json sidecar")
         self.open_model_btn.clicked.connect(self.choose_model_file)
         row.addWidget(self.open_model_btn)
+        self.card_btn = QPushButton("Card")
+        self.card_btn.setToolTip("The selected model's card: what it was trained on, its figures and limits")
+        self.card_btn.clicked.connect(lambda: (show_model_card(self, self.model.model_path), self._take_focus()))
+        row.addWidget(self.card_btn)
         c.addLayout(row)
         row = QHBoxLayout()
         row.addWidget(QLabel("Run on"))
