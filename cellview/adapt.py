@@ -265,6 +265,7 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
         yield AdaptProgress("reading", n_file, len(sources), f"reading {source.name}")
         slide = None
         readers = None
+        first_item = len(items)
         try:
             slide = open_slide(source.path, mpp_um=source.mpp_um or params.mpp_um)
             slide.require_mpp()
@@ -286,7 +287,6 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
                 notes.append(f"{source.name}: {labelled.sum()} labelled tiles; a random {len(chosen)} were used")
             stain = slide_stain_transform(slide, grid, spec, params.stain_normalize)
             file_index = len(files)
-            first_item = len(items)
             for c in np.unique(comp[chosen]):
                 tiles_c = chosen[comp[chosen] == c]
                 target = targets[str(labels[tiles_c[0]])]
@@ -323,6 +323,7 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
             item_of += got_i
             allowed += got_a
         except CellviewError as exc:
+            del items[first_item:]  # a file that failed half-way gives no item
             unreadable.append((str(source.path), exc.message))
         finally:
             if readers is not None:
