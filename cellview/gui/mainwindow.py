@@ -835,7 +835,7 @@ class MainWindow(QMainWindow):
 
     def _show_recent(self) -> None:
         self.view.empty_hint.set_recent([(r.path, r.name) for r in self.model.recent_slides()])
-        self.view._place_overlays()
+        self.view.place_overlays()
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
         urls = event.mimeData().urls()
@@ -1370,6 +1370,7 @@ class MainWindow(QMainWindow):
         from PySide6.QtCore import QBuffer, QByteArray, QIODevice
 
         self.view.overview.hide()
+        self.view.place_overlays()  # the scale bar measured on the view as it is now
         shot = self.view.grab().toImage()
         self.view.overview.setVisible(self.model.slide is not None)
         result = self.model.result

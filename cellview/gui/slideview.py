@@ -587,6 +587,9 @@ class SlideView(pg.GraphicsView):
         self._update_timer = QTimer(self, singleShot=True, interval=25)
         self._update_timer.timeout.connect(self.update_tiles)
         self.vb.sigRangeChanged.connect(self._range_changed)
+        # The view box settles its size after the widget's resize; the bar follows its transform
+        # so it never shows a length measured on the old size.
+        self.vb.sigTransformChanged.connect(self.place_overlays)
         self.scene().sigMouseClicked.connect(self._scene_clicked)
         self.scene().sigMouseMoved.connect(self._scene_moved)
 
@@ -598,13 +601,13 @@ class SlideView(pg.GraphicsView):
         self.set_base_image(opened)
         self._painted = False
         self.fit()
-        self._place_overlays()
+        self.place_overlays()
         self.viewport().update()
 
     def set_opened(self, opened: Opened) -> None:
         """The same slide with updated info (a user-entered pixel size): only the scale bar changes."""
         self.opened = opened
-        self._place_overlays()
+        self.place_overlays()
 
     def set_base_image(self, opened: Opened) -> None:
         """The whole slide at thumbnail resolution, always under the pyramid tiles."""
@@ -616,7 +619,7 @@ class SlideView(pg.GraphicsView):
         self.base.setTransform(QTransform.fromScale(w0 / bgra.shape[1], h0 / bgra.shape[0]))
         self.overview.set_slide(opened.base.overview_rgb, (w0, h0), self._overview_px())
         self.empty_hint.hide()
-        self._place_overlays()
+        self.place_overlays()
         self._update_timer.start()
 
     def _overview_px(self) -> int:
@@ -642,7 +645,7 @@ class SlideView(pg.GraphicsView):
         self.overview.hide()
         self.scale_bar.hide()
         self.empty_hint.setVisible(self.offer_open)
-        self._place_overlays()
+        self.place_overlays()
 
     def fit(self) -> None:
         if self.opened is not None:
@@ -736,10 +739,10 @@ class SlideView(pg.GraphicsView):
     # -- events --------------------------------------------------------------------------------
 
     def _range_changed(self, *args) -> None:
-        self._place_overlays()
+        self.place_overlays()
         self._update_timer.start()
 
-    def _place_overlays(self) -> None:
+    def place_overlays(self) -> None:
         mpp = self.opened.info.mpp.um if self.opened and self.opened.info.mpp else None
         self.scale_bar.set_scale(mpp, self.l0_per_screen_px(), self.width())
         self.scale_bar.move(14, self.height() - self.scale_bar.height() - 12)
@@ -756,7 +759,7 @@ class SlideView(pg.GraphicsView):
         super().resizeEvent(event)
         if not hasattr(self, "empty_hint"):  # called by the base class before __init__ finishes
             return
-        self._place_overlays()
+        self.place_overlays()
         self._update_timer.start()
 
     def keyPressEvent(self, event) -> None:  # noqa: N802 - Qt API
