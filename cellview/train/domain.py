@@ -513,9 +513,10 @@ def report_markdown(report: dict[str, Any], command: str) -> str:
 
 
 def update_card(card: Path, section: str) -> None:
-    """Replace (or append) the card's '## Out-of-domain detection' section."""
+    """Replace (or append) the card's section that ``section`` heads (its first line, e.g. '## Out-of-domain
+    detection')."""
     text = card.read_text(encoding="utf-8") if card.exists() else ""
-    head = "## Out-of-domain detection"
+    head = section.splitlines()[0]
     if head in text:
         start = text.index(head)
         nxt = text.find("\n## ", start + len(head))

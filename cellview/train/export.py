@@ -96,7 +96,7 @@ def _wsinfer_transform(patch: int, mean: tuple[float, ...], std: tuple[float, ..
 
 
 def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bool = True, fp16: bool = True,
-               domain: bool = True) -> Path:
+               domain: bool = True, int8: bool = True, data_root: Path | None = None) -> Path:
     from cellview.train.train import Run, load_model
 
     run = Run(run_dir)
@@ -174,8 +174,30 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
     (out_dir / DOMAIN_FILE).unlink(missing_ok=True)  # statistics of an earlier model must not linger
     if domain:
         _fit_domain(run, out_dir, onnx_path, recipe, samples, _domain_split(samples, split, cfg))
+    for stale in (out_dir / "model.int8.onnx", out_dir / "model.int8.json"):
+        stale.unlink(missing_ok=True)  # a copy of earlier weights must not linger
+    if int8:
+        export_int8(run.path, out_dir, data_root)
     print(f"exported {recipe.name} to {out_dir} ({onnx_path.stat().st_size / 1e6:.1f} MB ONNX)", file=sys.stderr)
     return onnx_path
+
+
+def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None) -> Path:
+    """The INT8 copy of ``out_dir/model.onnx`` (cellview.train.quantize), calibrated on the run's images of every
+    source and validated on the data folder's sets and, when the run was evaluated, its protocol folds."""
+    from cellview.train import default_data_dir
+    from cellview.train.quantize import make_int8
+    from cellview.train.train import Run
+
+    run = Run(run_dir)
+    samples, _ = run.samples()
+    evaluated = (run.path / "eval" / "protocol.json").exists()
+    got = make_int8(out_dir, samples, run.path if evaluated else None, data_root or default_data_dir(),
+                    cache=run.path / "cache" / "int8")
+    v = got["validation"] or {}
+    print(f"INT8 copy {'validated' if v.get('passed') else 'NOT used by --precision auto: ' + '; '.join(v.get('reasons', []))}",
+          file=sys.stderr)
+    return Path(got["path"])
 
 
 def _domain_split(samples: list[D.Sample], split: np.ndarray, cfg: Any) -> np.ndarray:

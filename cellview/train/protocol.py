@@ -145,6 +145,11 @@ def _signature(cfg: Any, fold: Fold) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def fold_stem(work: Path, cfg: Any, fold: Fold) -> Path:
+    """Where a fold's trained weights (``.pt``) and its test tiles' logits live (without suffix)."""
+    return work / f"{fold.protocol}-{fold.name.replace(' ', '_')}-{_signature(cfg, fold)}"
+
+
 def _cache_tag(run: Any, name: str) -> str:
     """Changes when a cached feature set is recomputed, so logits of its old tiles are never reused."""
     stat = (run.cache / f"{name}.npy").stat()
@@ -181,7 +186,7 @@ def run_folds(run: Any, recipe: D.Recipe, samples: list[D.Sample], cfg: Any, fol
     for fold in folds:
         ref = f"no-{fold.name.removeprefix('without ')}" if fold.protocol == "loso" else "all"
         names = {k: v.replace("{ref}", ref) for k, v in eval_names.items()}
-        stem = work / f"{fold.protocol}-{fold.name.replace(' ', '_')}-{_signature(cfg, fold)}"
+        stem = fold_stem(work, cfg, fold)
         weights, seconds_file = stem.with_suffix(".pt"), stem.with_suffix(".seconds")
         model = None
         if not weights.exists():
