@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cellview import __version__
 from cellview.errors import CellviewError, SlideError
-from cellview.model import TTA_MODES
+from cellview.model import PRECISIONS, TTA_MODES
 from cellview.stain import STAIN_METHODS
 
 log = logging.getLogger("cellview")
@@ -41,6 +41,7 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--whole-image", action="store_true",
                    help="classify each image as one tile resized to the model input (scale unknown)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
+    _add_precision_option(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="tile reader threads")
     p.add_argument("--tissue-threshold", type=float, default=0.25,
@@ -55,6 +56,12 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", choices=TTA_MODES, default="none",
                    help="test-time augmentation: average each tile's probabilities over its 4 flips or all 8 "
                         "flips/rotations (4× / 8× the inference time)")
+
+
+def _add_precision_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="weights to run: auto = the model's validated INT8 copy on a CPU (else FP32), FP16 on a GPU; "
+                        "fp32 = the trained weights; int8 / fp16 = that copy (the status line says which ran)")
 
 
 def _params_from_args(args: argparse.Namespace):
@@ -73,6 +80,7 @@ def _params_from_args(args: argparse.Namespace):
         nuclei=args.nuclei,
         stain_normalize=args.stain_normalize,
         tta=args.tta,
+        precision=args.precision,
     )
 
 
@@ -88,6 +96,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         run_in_process,
         run_info,
         run_on_dask,
+        stop_on_signals,
     )
     from cellview.cohort_report import CohortTables
     from cellview.export import FORMATS, export_options
@@ -108,7 +117,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         spec = ModelSpec.load(resolve_model(args.model))
         # On a cluster the workers load their own copy; here it is only checked that ONNX Runtime takes it.
         classifier = OnnxClassifier(spec, device="cpu" if on_cluster else args.device, max_batch=args.batch_size,
-                                    intra_op_threads=1 if on_cluster else None)
+                                    intra_op_threads=1 if on_cluster else None, precision=args.precision)
     except CellviewError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.details:
@@ -123,7 +132,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     options = export_options(formats, args.png_size, region_confidence)
     settings = CohortSettings(
         model_path=str(spec.onnx_path.resolve()), model_sha256=spec.onnx_sha256,
-        domain_sha256=spec.domain_sha256 or "", device=args.device,
+        run_sha256=classifier.spec.onnx_sha256, domain_sha256=spec.domain_sha256 or "", device=args.device,
         params=_params_from_args(args), formats=tuple(formats), png_size_px=args.png_size,
         region_confidence=region_confidence, use_cache=not args.no_cache,
     )
@@ -138,7 +147,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         try:
-            session = DaskSession(args.cluster, args.scheduler_file, args.retries) if jobs else None
+            session = DaskSession(args.cluster, args.scheduler_file, args.retries, args.dashboard) if jobs else None
         except ImportError as exc:
             print(f"error: --cluster needs dask.distributed ({exc}); install it with pip install 'cellview[cluster]'",
                   file=sys.stderr)
@@ -165,19 +174,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if tables is not None:
             tables.add(outcome, position)
     outcomes = [o for _, o in known]
-    try:
-        if session is not None:
-            outcomes += run_on_dask(session, jobs, settings, tables, console)
-        elif jobs:
-            outcomes += run_in_process(jobs, settings, classifier, tables, console)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        if tables is not None:
-            tables.write("interrupted", force=True)
-        return 130
-    finally:
-        if session is not None:
-            session.close()
+    with stop_on_signals() as stopped_by:
+        try:
+            if session is not None:
+                outcomes += run_on_dask(session, jobs, settings, tables, console)
+            elif jobs:
+                outcomes += run_in_process(jobs, settings, classifier, tables, console)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            if tables is not None:
+                tables.write("interrupted", force=True)
+            return 128 + (stopped_by[0] if stopped_by else 2)
+        finally:
+            if session is not None:
+                session.close()
     if tables is not None:
         tables.write("complete", force=True)
     n_ok = sum(o.status == "ok" for o in outcomes)
@@ -246,9 +256,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         x, y = _parse_point(args.at)
         spec = ModelSpec.load(resolve_model(args.model))
-        classifier = OnnxClassifier(spec, device=args.device)
+        classifier = OnnxClassifier(spec, device=args.device, precision=args.precision)
         params = AnalysisParams(mpp_um=args.mpp, tissue_threshold=args.tissue_threshold, device=args.device,
-                                stain_normalize=args.stain_normalize)
+                                stain_normalize=args.stain_normalize, precision=args.precision)
         ex = explain_at(args.slide, classifier, x, y, params, resolve_class(args.class_name, spec.class_names))
         atomic_write_bytes(Path(args.out), explanation_png(ex))
     except CellviewError as exc:
@@ -293,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="analyse on Dask: local[:N] starts N worker processes (default one per core); "
                         "tcp://HOST:PORT uses a running scheduler (needs the 'cluster' extra)")
     p.add_argument("--scheduler-file", metavar="FILE", help="Dask scheduler file of a running cluster")
+    p.add_argument("--dashboard", metavar="HOST:PORT", default="127.0.0.1:0",
+                   help="where a --cluster local run's Dask dashboard listens (default 127.0.0.1:0: this machine "
+                        "only, a free port; slide names show on it. 0.0.0.0:8787 shares it with the network)")
     p.add_argument("--retries", type=int, default=2,
                    help="on a local cluster: times a slide is retried after its worker process dies (default 2)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -315,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=float, help="µm per pixel at level 0, for slides/images that do not say")
     p.add_argument("--class", dest="class_name", help="class whose map to show, by name or index (default: predicted)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
+    _add_precision_option(p)
     p.add_argument("--tissue-threshold", type=float, default=0.25, help="as for analyze: which tiles the grid keeps")
     p.add_argument("--stain-normalize", choices=STAIN_METHODS, default="none",
                    help="as for analyze: explain the tile as the model saw it after stain normalisation")
@@ -397,7 +411,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "func", None):
             build_parser().print_help()
             return 2
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:  # e.g. a second Ctrl-C while a cohort shuts down: no traceback
+            print("interrupted", file=sys.stderr)
+            return 130
     args = build_gui_parser().parse_args(argv)
     try:
         from cellview.gui.app import run_gui
