@@ -219,6 +219,8 @@ class Slide:
         raise error
 
     def _read_level_scaled(self, level: int, out_size: tuple[int, int], chunk_px: int = 4096) -> np.ndarray:
+        """A whole level shrunk to ``out_size``, read in chunks; two threads (each its own handle) share the chunks
+        when there are several, so tissue detection on a large slide does not leave a core idle."""
         lw, lh = self.level_dimensions[level]
         out_w, out_h = out_size
         if (lw, lh) == (out_w, out_h):
@@ -226,15 +228,48 @@ class Slide:
         out = np.empty((out_h, out_w, 3), dtype=np.uint8)
         ds = self.level_downsamples[level]
         sx, sy = out_w / lw, out_h / lh
+        chunks = []
         for cy in range(0, lh, chunk_px):
             for cx in range(0, lw, chunk_px):
                 cw, ch = min(chunk_px, lw - cx), min(chunk_px, lh - cy)
                 ox0, oy0 = round(cx * sx), round(cy * sy)
                 ox1, oy1 = round((cx + cw) * sx), round((cy + ch) * sy)
-                if ox1 <= ox0 or oy1 <= oy0:
-                    continue
-                img = self.read_region((round(cx * ds), round(cy * ds)), level, (cw, ch))
+                if ox1 > ox0 and oy1 > oy0:
+                    chunks.append((cx, cy, cw, ch, ox0, oy0, ox1, oy1))
+        lock = threading.Lock()
+
+        def work(slide: Slide) -> None:
+            while True:
+                with lock:
+                    if not chunks:
+                        return
+                    cx, cy, cw, ch, ox0, oy0, ox1, oy1 = chunks.pop()
+                img = slide.read_region((round(cx * ds), round(cy * ds)), level, (cw, ch))
                 out[oy0:oy1, ox0:ox1] = cv2.resize(img, (ox1 - ox0, oy1 - oy0), interpolation=cv2.INTER_AREA)
+
+        if len(chunks) < 2 or (os.cpu_count() or 1) < 2:
+            work(self)
+            return out
+        errors: list[BaseException] = []
+
+        def helper() -> None:
+            other = self.reopen()
+            try:
+                work(other)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread
+                errors.append(exc)
+            finally:
+                if other is not self:
+                    other.close()
+
+        thread = threading.Thread(target=helper, name="cellview-level-reader", daemon=True)
+        thread.start()
+        try:
+            work(self)
+        finally:
+            thread.join()
+        if errors:
+            raise errors[0]
         return out
 
     def with_mpp(self, mpp_um: float | None) -> None:
