@@ -40,7 +40,7 @@ import numpy as np
 
 from cellview.errors import ModelError
 from cellview.export import atomic_write_bytes, atomic_write_text
-from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier, precision_path, probabilities, sha256_file
+from cellview.model import ModelSpec, OnnxClassifier, precision_path, probabilities, sha256_file
 from cellview.results import category_probabilities
 from cellview.train import data as D
 
@@ -267,8 +267,6 @@ class _Tiles:
 def _restore_float_nodes(q: Any, original: Any, names: Sequence[str]) -> None:
     """Give the float head / CAM nodes their own initializers under the FP32 graph's names (pre-processing
     merges equal constants, e.g. the head's bias with the CAM bias)."""
-    from onnx import numpy_helper
-
     orig_nodes = {n.name: n for n in original.graph.node}
     orig_init = {i.name: i for i in original.graph.initializer}
     have = {i.name for i in q.graph.initializer}
@@ -286,7 +284,6 @@ def _restore_float_nodes(q: Any, original: Any, names: Sequence[str]) -> None:
     keep = [i for i in q.graph.initializer if i.name in used]
     del q.graph.initializer[:]
     q.graph.initializer.extend(keep)
-    _ = numpy_helper
 
 
 def quantize_onnx(src: Path, dst: Path, tiles: np.ndarray, gptq: bool = True, float_layers: Sequence[str] = (),
@@ -568,11 +565,9 @@ def validate_int8(model_dir: Path, run_dir: Path | None, data_root: Path, exclud
         figures = compare_outputs(fp32_spec, run_tiles(fp32, tiles), run_tiles(int8, tiles))
         report["sets"][f"slide {slide.name}"] = figures
         _say(f"  int8 vs fp32 on {slide.name}: {figures}")
-    probe = next((s for v in sets.values() for s in v[:: max(1, len(v) // 32)]), None)
-    if probe is not None:
-        tiles = _spread_tiles([s for v in sets.values() for s in v[:: max(1, len(v) // 32)]], fp32_spec, 64)
-        if len(tiles):
-            report["cam"] = cam_check(fp32, int8, tiles)
+    tiles = _spread_tiles([s for v in sets.values() for s in v[:: max(1, len(v) // 32)]], fp32_spec, 64)
+    if len(tiles):
+        report["cam"] = cam_check(fp32, int8, tiles)
     if run_dir is not None:
         report["protocol"] = _validate_protocol(Path(run_dir), per_image)
     report["reasons"] = verdict(report, fp32_spec.domain is not None)
@@ -665,7 +660,7 @@ def make_int8(model_dir: Path, samples: Sequence[D.Sample], run_dir: Path | None
                                           for src in sorted({samples[i].source for i in used})},
                            "rule": "one analysis tile per image, the same number of images from every source, "
                                    "round robin over its classes"}
-    sidecar = sidecar_path = dst.with_suffix(".json")
+    sidecar_path = dst.with_suffix(".json")
     atomic_write_text(sidecar_path, json.dumps(int8_sidecar(fp32, dst, info, None), indent=2) + "\n")
     _say(f"INT8: {dst.name} written in {info['seconds']:.0f} s ({dst.stat().st_size / 1e6:.1f} MB)")
     validation = None
@@ -674,7 +669,6 @@ def make_int8(model_dir: Path, samples: Sequence[D.Sample], run_dir: Path | None
         atomic_write_text(sidecar_path, json.dumps(int8_sidecar(fp32, dst, info, validation), indent=2) + "\n")
         update_card_int8(model_dir / "MODEL_CARD.md", ModelSpec.load(dst))
     ModelSpec.load(dst)  # what ships must validate
-    _ = sidecar
     return {"path": str(dst), "quantization": info, "validation": validation}
 
 
@@ -712,7 +706,7 @@ def card_section(spec: ModelSpec) -> str:
         if not isinstance(entry, dict) or "figures" not in entry:
             continue
         lines += ["", f"{p.upper()} with the run's fold heads on FP32 vs INT8 features (category balanced accuracy; "
-                      f"largest change {entry['max_abs_diff']:+.3f}, threshold ±{PROTOCOL_MAX_DIFF}):", "",
+                      f"largest change {entry['max_abs_diff']:.3f}, threshold ±{PROTOCOL_MAX_DIFF}):", "",
                   "| held-out source (rule) | FP32 | INT8 | change |", "|---|---|---|---|"]
         for k, r in entry["figures"].items():
             lines.append(f"| {k} | {r['fp32']:.3f} | {r['int8']:.3f} | {r['diff']:+.3f} |")
@@ -733,6 +727,3 @@ def update_card_int8(card: Path, spec: ModelSpec) -> None:
 
     update_card(card, card_section(spec))
 
-
-def categories_of(spec: ModelSpec) -> tuple[str, ...]:
-    return tuple(c for c in CATEGORIES if c in spec.class_categories)
