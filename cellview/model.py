@@ -124,11 +124,13 @@ class ModelSpec:
 
     @property
     def validation_note(self) -> str:
-        """Why an INT8 copy is not validated ('' when it is, or for other precisions)."""
+        """Why an INT8 copy is not validated, in one line ('' when it is, or for other precisions); the model
+        card and ``raw['validation']['reasons']`` list every figure that missed."""
         if self.precision != "int8" or self.int8_validated:
             return ""
-        reasons = (self.raw.get("validation") or {}).get("reasons") or ["not validated"]
-        return "; ".join(str(r) for r in reasons)
+        reasons = [str(r) for r in (self.raw.get("validation") or {}).get("reasons") or ["not validated"]]
+        more = f" and {len(reasons) - 1} more, see the model card" if len(reasons) > 1 else ""
+        return reasons[0] + more
 
     @property
     def result_sha256(self) -> str:
