@@ -239,7 +239,7 @@ def _export_fp16(onnx_path: Path, side: dict[str, Any], tiles: np.ndarray, ref: 
 
     path = onnx_path.with_name("model.fp16.onnx")
     onnx.save(convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True), str(path))
-    side16 = {**side, "name": f"{side['name']}-fp16", "onnx_sha256": sha256_file(path)}
+    side16 = {**side, "name": f"{side['name']}-fp16", "onnx_sha256": sha256_file(path), "precision": "fp16"}
     _write_json(path.with_suffix(".json"), side16)
     got = OnnxClassifier(ModelSpec.load(path), device="cpu", intra_op_threads=2).logits(tiles)
     diff = float(np.abs(got - ref).max())
@@ -368,7 +368,7 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
         "`cam` (`cellview explain`).",
         "- Image-level result for a plain image = mean of its tiles' probabilities.",
         f"- Files: `model.onnx` (opset 17, dynamic batch, sha256 `{side['onnx_sha256'][:16]}…`), `model.json` "
-        "(sidecar), `domain.npz` (out-of-domain statistics, sha256 in the sidecar), `model.fp16.onnx` + `model.fp16.json` (half-precision copy for GPUs), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript for WSInfer / QuPath, same weights, "
+        "(sidecar), `domain.npz` (out-of-domain statistics, sha256 in the sidecar), `model.fp16.onnx` + `model.fp16.json` (half-precision copy for GPUs), `model.int8.onnx` + `model.int8.json` (INT8 copy for CPUs; see 'INT8 copy for CPUs'), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript for WSInfer / QuPath, same weights, "
         "raw logits — WSInfer's softmax is not temperature-scaled).",
         f"- Export parity: ONNX vs torch max |Δlogit| = {side['metrics'].get('onnx_torch_max_abs_diff', float('nan')):.2e}"
         + (f"; TorchScript {side['metrics']['torchscript_torch_max_abs_diff']:.2e}"
@@ -541,7 +541,7 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
         f"temperature T = {side['temperature']:.3f} then softmax.",
         f"- Files: `model.onnx` (opset 17, dynamic batch, sha256 `{side['onnx_sha256'][:16]}…`), `model.json` "
         "(sidecar, with the training data's reference stain for `--stain-normalize`), `model.fp16.onnx` + "
-        "`model.fp16.json` (half-precision copy for GPUs), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript "
+        "`model.fp16.json` (half-precision copy for GPUs), `model.int8.onnx` + `model.int8.json` (INT8 copy for CPUs; see 'INT8 copy for CPUs'), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript "
         "for WSInfer / QuPath, same weights, raw logits — WSInfer's softmax is not temperature-scaled).",
         f"- Export parity: ONNX vs torch max |Δlogit| = {m.get('onnx_torch_max_abs_diff', float('nan')):.2e}"
         + (f"; TorchScript {m['torchscript_torch_max_abs_diff']:.2e}" if "torchscript_torch_max_abs_diff" in m else "")
