@@ -468,6 +468,26 @@ def gpu_runtime_status() -> tuple[bool, bool, str]:
     return True, trt, "" if trt else "TensorRT libraries not found"
 
 
+def spinning_helps() -> bool:
+    """Whether ONNX Runtime's threads should spin-wait between operators (its default) rather than sleep.
+
+    Measured on 2 cores (bench/RESULTS.md, issue 21): on an otherwise quiet machine spinning made the
+    pipeline 4–6 % faster (the tile readers mostly wait on a full queue, so the spinning costs nothing);
+    with other programs running (load average 8–12) it took CPU they and the readers needed: 18 % more CPU
+    per tile and up to 45 % fewer tiles per second. So: spin unless the 1-minute load average exceeds the
+    cores by more than one (a finished analysis of our own still counts in it for a minute).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return True
+    return load <= max(1, cores) + 1
+
+
 def trt_cache_dir() -> Path:
     path = Path(platformdirs.user_cache_dir("cellview")) / "tensorrt"
     path.mkdir(parents=True, exist_ok=True)
@@ -526,9 +546,11 @@ class OnnxClassifier:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ONNX Runtime's idle threads spin-wait for the next batch by default, on cores the tile readers need:
-        # off, the pipeline spent 18 % less CPU per tile on 2 cores (bench/RESULTS.md, issue 21).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.spinning = spinning_helps()
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        # Operators cut into blocks that shrink as they run, so a thread that lost its core to a tile reader
+        # leaves less work behind: +5–8 % tiles/s for inference alone on 2 cores (issue 21).
+        opts.add_session_config_entry("session.dynamic_block_base", "4")
         if intra_op_threads:
             opts.intra_op_num_threads = int(intra_op_threads)
         self.intra_op_threads = int(intra_op_threads) if intra_op_threads else None
