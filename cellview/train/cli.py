@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-RECIPES = Path(__file__).resolve().parent / "recipes"
+from cellview.train import RECIPES
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:

@@ -530,9 +530,8 @@ def update_card(card: Path, section: str) -> None:
 
 
 def _recipe(name_or_path: str, data_root: Path | None) -> D.Recipe:
+    from cellview.train import RECIPES as recipes
     from cellview.train import default_data_dir
-
-    recipes = Path(__file__).resolve().parent / "recipes"  # as train.cli.RECIPES (importing it makes a cycle)
     path = Path(name_or_path)
     if not path.exists() and (recipes / f"{name_or_path}.json").exists():
         path = recipes / f"{name_or_path}.json"

@@ -435,7 +435,7 @@ def cam_check(fp32: OnnxClassifier, int8: OnnxClassifier, tiles: np.ndarray) -> 
 
 def data_sets(data_root: Path) -> dict[str, list[D.Sample]]:
     """Every labelled set in the data folder (the bundled recipes' sources, by name), for agreement figures."""
-    from cellview.train.cli import RECIPES
+    from cellview.train import RECIPES
 
     sets: dict[str, list[D.Sample]] = {}
     for path in sorted(RECIPES.glob("*.json")):
