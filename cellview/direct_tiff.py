@@ -107,12 +107,20 @@ class DirectTiff:
         return tile
 
     def close(self) -> None:
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         self._tif.close()
         self._cache.clear()
+
+    def __del__(self) -> None:  # a handle dropped without close() must not leak its descriptor
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
 
 def _servable(page: Any) -> bool:

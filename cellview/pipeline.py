@@ -194,6 +194,9 @@ class TileReaders:
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
             self._put(exc)
+        finally:
+            if slide is not None and slide is not own and slide is not template:
+                slide.close()  # this thread's own handle (its file descriptors), not the caller's
 
     def close(self) -> None:
         self.stop.set()
