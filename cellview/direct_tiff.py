@@ -46,6 +46,7 @@ class DirectTiff:
         if vendor not in VENDORS:
             return None
         try:
+            import imagecodecs  # noqa: F401 - tifffile decodes JPEG with it; without it OpenSlide reads
             import tifffile
 
             tif = tifffile.TiffFile(str(path))
