@@ -890,8 +890,8 @@ class ViewerModel:
         grid, path, mpp = result.grid, self.slide.path, self.mpp_um()
         classifier, model_path = self.explain_classifier, self.result_model_path or self.model_path
         sha = result.model.sha256
-        if classifier is not None and classifier.spec.onnx_sha256 != sha:  # e.g. another precision ran since
-            classifier = None
+        if classifier is not None and classifier.spec.onnx_sha256 != sha and copy_with_sha(classifier.spec, sha):
+            classifier = None  # another copy of the same model (--precision) made the result: load that one
         stain_method, stain_key, stain = result.params.stain_normalize, (id(result), path), self._explain_stain
 
         def on_item(item: ExplainerReady | ExplainStain | TileExplanation) -> None:
