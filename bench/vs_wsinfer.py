@@ -88,6 +88,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="auto", help="CellView's --precision (auto: the validated INT8 copy on a CPU)")
     ap.add_argument("--spacing", type=float,
                     help="run both tools at this µm/px instead of the model's (e.g. the slide's own, so "
                          "no resampling differs between the tools and the agreement check is exact)")
@@ -131,20 +132,31 @@ def main() -> int:
     slide_dir.mkdir()
     (slide_dir / args.slide.name).symlink_to(args.slide.resolve())
     figures: dict[str, list[tuple[float, float]]] = {"wsinfer": [], "cellview": []}
+    loads: dict[str, list[str]] = {"wsinfer": [], "cellview": []}
+    cv_model = ""
+
+    def load() -> str:
+        return f"{os.getloadavg()[0]:.2f}"
+
     ws_out = cv_out = work
     for r in range(args.rounds):
         ws_out = work / f"ws{r}"
         cmd = [str(wsinfer), "run", "--wsi-dir", str(slide_dir), "--results-dir", str(ws_out),
                "--model-path", str(ts), "--config", str(cfg), "--batch-size", str(args.batch_size),
                "--num-workers", str(args.workers)]
+        before = load()
         wall, rss, _ = run_measured(cmd, env)
         figures["wsinfer"].append((wall, rss))
+        loads["wsinfer"].append(f"{before}→{load()}")
         cv_out = work / f"cv{r}"
         cmd = [cellview, "analyze", str(args.slide), "--out", str(cv_out), "--model", str(onnx), "--formats", "csv",
                "--no-cache", "--force", "-q", "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-               "--device", args.device]
-        wall, rss, _ = run_measured(cmd, env)
+               "--device", args.device, "--precision", args.precision]
+        before = load()
+        wall, rss, out = run_measured(cmd, env)
         figures["cellview"].append((wall, rss))
+        loads["cellview"].append(f"{before}→{load()}")
+        cv_model = next((line for line in out.splitlines() if line.startswith("Model ")), "")
 
     ws_csv = next((ws_out / "model-outputs-csv").glob("*.csv"))
     cv_csv = cv_out / f"{args.slide.stem}.csv"
@@ -160,8 +172,11 @@ def main() -> int:
         rss = max(m for _, m in runs)
         best[tool] = n_tiles[tool] / wall
         print(f"{tool:<10}{n_tiles[tool]:>8}{wall:>15.2f}{best[tool]:>10.1f}{rss:>14.0f}")
-        print(f"{'':<10}all walls: {', '.join(f'{w:.2f}' for w, _ in runs)}")
-    print(f"ratio CellView/WSInfer (tiles/s): {best['cellview'] / best['wsinfer']:.2f}")
+        print(f"{'':<10}all walls: {', '.join(f'{w:.2f}' for w, _ in runs)}; load average before→after: "
+              f"{', '.join(loads[tool])}")
+    print(f"CellView ran: {cv_model}")
+    print(f"ratio CellView/WSInfer (tiles/s): {best['cellview'] / best['wsinfer']:.2f}; peak memory "
+          f"CellView/WSInfer: {max(m for _, m in figures['cellview']) / max(m for _, m in figures['wsinfer']):.2f}")
     common = sorted(set(ws) & set(cv))
     if common:
         a = np.stack([ws[k] for k in common])

@@ -501,7 +501,7 @@ def adapt(sources: Sequence[LabelSource], base: ModelSpec, out_dir: Path | None,
         except LabelError as exc:
             raise LabelError(f"{exc.message} It is in {source.origin or source.name}.") from None
     head = _base_head(base)
-    classifier = classifier or OnnxClassifier(base, device=params.device, max_batch=params.batch_size)
+    classifier = classifier or OnnxClassifier(base, device=params.device, max_batch=params.batch_size, precision="fp32")
     lab = None
     for item in read_lab_tiles(sources, classifier, params, settings, cancel):
         if isinstance(item, LabTiles):

@@ -36,7 +36,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CELLVIEW_CACHE_DIR") or platformdirs.user_cache_dir("cellview")) / "results"
 
 
-def cache_key(fingerprint: str, model_sha256: str, params: AnalysisParams, mpp: Mpp | None) -> str:
+def cache_key(fingerprint: str, model_sha256: str, params: AnalysisParams, mpp: Mpp | None,
+              precision: str = "fp32") -> str:
+    """``model_sha256`` is the file that runs (an INT8 / FP16 copy has its own); its ``precision`` is in the key
+    too, except FP32's (so keys from before the copies existed stay valid)."""
     payload = {
         "format": _FORMAT,
         "slide": fingerprint,
@@ -45,6 +48,8 @@ def cache_key(fingerprint: str, model_sha256: str, params: AnalysisParams, mpp: 
         "mpp": [mpp.x_um, mpp.y_um] if mpp else None,
         "tiling": TILING_RULE,
     }
+    if precision != "fp32":
+        payload["precision"] = precision
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:40]
 
 

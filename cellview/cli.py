@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cellview import __version__
 from cellview.errors import CellviewError, MppError, SlideError
-from cellview.model import TTA_MODES
+from cellview.model import PRECISIONS, TTA_MODES
 from cellview.stain import STAIN_METHODS
 
 log = logging.getLogger("cellview")
@@ -46,6 +46,8 @@ def _add_analysis_options(p: argparse.ArgumentParser, tiles_only: bool = False) 
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
                    help="where the model runs: auto takes the best available (TensorRT, then CUDA, then CPU); "
                         "the run says which one it got, and plainly when a GPU asked for is not usable")
+    if not tiles_only:  # adapt reads the trained (FP32) weights' features: its head is fitted on them
+        _add_precision_option(p)
     p.add_argument("--batch-size", type=int, default=32,
                    help="tiles per model call (default 32): larger is faster on a GPU and needs more memory; "
                         "results do not depend on it")
@@ -66,6 +68,12 @@ def _add_analysis_options(p: argparse.ArgumentParser, tiles_only: bool = False) 
                         "flips/rotations (4× / 8× the inference time)")
 
 
+def _add_precision_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="weights to run: auto = the model's validated INT8 copy on a CPU (else FP32), FP16 on a GPU; "
+                        "fp32 = the trained weights; int8 / fp16 = that copy (the status line says which ran)")
+
+
 def _params_from_args(args: argparse.Namespace):
     from cellview.results import AnalysisParams
     from cellview.tissue import TissueParams
@@ -82,6 +90,7 @@ def _params_from_args(args: argparse.Namespace):
         nuclei=getattr(args, "nuclei", False),
         stain_normalize=args.stain_normalize,
         tta=getattr(args, "tta", "none"),
+        precision=getattr(args, "precision", "fp32"),
     )
 
 
@@ -97,6 +106,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         run_in_process,
         run_info,
         run_on_dask,
+        stop_on_signals,
     )
     from cellview.cohort_report import CohortTables
     from cellview.export import FORMATS, export_options
@@ -117,7 +127,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         spec = ModelSpec.load(resolve_model(args.model))
         # On a cluster the workers load their own copy; here it is only checked that ONNX Runtime takes it.
         classifier = OnnxClassifier(spec, device="cpu" if on_cluster else args.device, max_batch=args.batch_size,
-                                    intra_op_threads=1 if on_cluster else None)
+                                    intra_op_threads=1 if on_cluster else None, precision=args.precision)
     except CellviewError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.details:
@@ -132,7 +142,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     options = export_options(formats, args.png_size, region_confidence)
     settings = CohortSettings(
         model_path=str(spec.onnx_path.resolve()), model_sha256=spec.onnx_sha256,
-        domain_sha256=spec.domain_sha256 or "", device=args.device,
+        run_sha256=classifier.spec.onnx_sha256, domain_sha256=spec.domain_sha256 or "", device=args.device,
         params=_params_from_args(args), formats=tuple(formats), png_size_px=args.png_size,
         region_confidence=region_confidence, use_cache=not args.no_cache,
     )
@@ -147,7 +157,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         try:
-            session = DaskSession(args.cluster, args.scheduler_file, args.retries) if jobs else None
+            session = DaskSession(args.cluster, args.scheduler_file, args.retries, args.dashboard) if jobs else None
         except ImportError as exc:
             print(f"error: --cluster needs dask.distributed ({exc}); install it with pip install 'cellview[cluster]'",
                   file=sys.stderr)
@@ -174,19 +184,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if tables is not None:
             tables.add(outcome, position)
     outcomes = [o for _, o in known]
-    try:
-        if session is not None:
-            outcomes += run_on_dask(session, jobs, settings, tables, console)
-        elif jobs:
-            outcomes += run_in_process(jobs, settings, classifier, tables, console)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        if tables is not None:
-            tables.write("interrupted", force=True)
-        return 130
-    finally:
-        if session is not None:
-            session.close()
+    with stop_on_signals() as stopped_by:
+        try:
+            if session is not None:
+                outcomes += run_on_dask(session, jobs, settings, tables, console)
+            elif jobs:
+                outcomes += run_in_process(jobs, settings, classifier, tables, console)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            if tables is not None:
+                tables.write("interrupted", force=True)
+            return 128 + (stopped_by[0] if stopped_by else 2)
+        finally:
+            if session is not None:
+                session.close()
     if tables is not None:
         tables.write("complete", force=True)
     n_ok = sum(o.status == "ok" for o in outcomes)
@@ -286,9 +297,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         x, y = _parse_point(args.at)
         spec = ModelSpec.load(resolve_model(args.model))
-        classifier = OnnxClassifier(spec, device=args.device)
+        classifier = OnnxClassifier(spec, device=args.device, precision=args.precision)
         params = AnalysisParams(mpp_um=args.mpp, tissue_threshold=args.tissue_threshold, device=args.device,
-                                stain_normalize=args.stain_normalize)
+                                 stain_normalize=args.stain_normalize, precision=args.precision)
         try:
             ex = explain_at(args.slide, classifier, x, y, params, resolve_class(args.class_name, spec.class_names))
         except MppError as exc:  # explain has no --whole-image: a single tile is explained at the model's scale
@@ -398,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="analyse on Dask: local[:N] starts N worker processes (default one per core); "
                         "tcp://HOST:PORT uses a running scheduler (needs the 'cluster' extra)")
     p.add_argument("--scheduler-file", metavar="FILE", help="Dask scheduler file of a running cluster")
+    p.add_argument("--dashboard", metavar="HOST:PORT", default="127.0.0.1:0",
+                   help="where a --cluster local run's Dask dashboard listens (default 127.0.0.1:0: this machine "
+                        "only, a free port; slide names show on it. 0.0.0.0:8787 shares it with the network)")
     p.add_argument("--retries", type=int, default=2,
                    help="on a local cluster: times a slide is retried after its worker process dies (default 2)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -422,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_name", help="class whose map to show, by name or index (default: predicted)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
                    help="where the model runs, as for analyze")
+    _add_precision_option(p)
     p.add_argument("--tissue-threshold", type=float, default=0.25, help="as for analyze: which tiles the grid keeps")
     p.add_argument("--stain-normalize", choices=STAIN_METHODS, default="none",
                    help="as for analyze: explain the tile as the model saw it after stain normalisation")
@@ -539,7 +554,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "func", None):
             build_parser().print_help()
             return 2
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:  # e.g. a second Ctrl-C while a cohort shuts down: no traceback
+            print("interrupted", file=sys.stderr)
+            return 130
     args = build_gui_parser().parse_args(argv)
     if args.smoke_test:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

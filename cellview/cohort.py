@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -147,6 +149,11 @@ class CohortSettings:
     domain_sha256: str = ""  # the model's in-domain statistics ("" when it has none)
     ort_threads: int | None = None  # None: ONNX Runtime's default (all cores of this process)
     thumb_px: int = 0  # heatmap thumbnail for cohort.html (longest side); 0: none
+    run_sha256: str = ""  # the copy of the weights that runs (``--precision``), what outputs record; "": model_sha256
+
+    @property
+    def result_sha256(self) -> str:
+        return self.run_sha256 or self.model_sha256
 
 
 @dataclass(frozen=True)
@@ -185,7 +192,7 @@ def plan_cohort(paths: Iterable[str | Path], out_dir: Path, settings: CohortSett
         name = slide_display_name(path)
         meta = None
         if not force:
-            meta = up_to_date_metadata(path, output_paths(out_dir, stem, settings.formats), settings.model_sha256,
+            meta = up_to_date_metadata(path, output_paths(out_dir, stem, settings.formats), settings.result_sha256,
                                        settings.params, options, settings.domain_sha256)
         if meta is not None:
             known.append((position, read_outcome_from_metadata(meta, slide_path_shown(path), name, stem, out_dir)))
@@ -205,7 +212,7 @@ def worker_classifier(settings: CohortSettings, seed: Any = None) -> Any:
     from cellview.model import ModelSpec, OnnxClassifier, resolve_model
 
     key = (settings.model_path, settings.model_sha256, settings.device, settings.params.batch_size,
-           settings.ort_threads)
+           settings.ort_threads, settings.params.precision)
     with _classifier_lock:
         if seed is not None:
             _classifiers.clear()
@@ -217,7 +224,7 @@ def worker_classifier(settings: CohortSettings, seed: Any = None) -> Any:
                 raise ModelError(f"The model at {settings.model_path} on this worker is not the one the run "
                                  "was started with (sha256 differs).")
             clf = OnnxClassifier(spec, device=settings.device, intra_op_threads=settings.ort_threads,
-                                 max_batch=settings.params.batch_size)
+                                 max_batch=settings.params.batch_size, precision=settings.params.precision)
             _classifiers.clear()  # one model per process
             _classifiers[key] = clf
         return clf
@@ -378,6 +385,35 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
 # ----------------------------------------------------------------------------- running a cohort
 
 
+@contextmanager
+def stop_on_signals() -> Iterator[list[int]]:
+    """Ctrl-C (SIGINT) and SIGTERM stop a cohort run the same way: KeyboardInterrupt in the main thread, so the
+    slides in flight are cancelled, the tables are written as 'interrupted' and the cluster is closed.
+
+    SIGINT is set explicitly because a process started in the background by a non-interactive shell (a
+    script's ``cmd &``, a CI runner) inherits SIGINT *ignored*, and Python keeps it ignored: Ctrl-C or
+    ``kill -INT`` then did nothing, and the run went on to its end. Yields a list that receives the number
+    of the signal that stopped the run.
+    """
+    got: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:  # noqa: ARG001 - the handler's signature
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    previous: dict[int, Any] = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, stop)
+    except ValueError:  # not the main thread (cellview used as a library): leave the process's handlers alone
+        pass
+    try:
+        yield got
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 @dataclass
 class Console:
     """Where the run reports: results to ``out``, progress and problems to ``err``."""
@@ -461,6 +497,10 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+DASHBOARD_ADDRESS = "127.0.0.1:0"
+"""A local cluster's dashboard: this machine only, on a free port (never collides with another cluster)."""
+
+
 def _has_dashboard() -> bool:
     try:
         import bokeh  # noqa: F401
@@ -472,7 +512,10 @@ def _has_dashboard() -> bool:
 class DaskSession:
     """A Client on a LocalCluster we start (and stop) or on an existing scheduler."""
 
-    def __init__(self, cluster: str | None, scheduler_file: str | None, retries: int) -> None:
+    def __init__(self, cluster: str | None, scheduler_file: str | None, retries: int,
+                 dashboard: str = DASHBOARD_ADDRESS) -> None:
+        """``dashboard``: where a local cluster's dashboard listens (HOST:PORT, port 0 = a free one); slide
+        names (often patient identifiers) go by on it, so only this machine by default."""
         import dask
         from distributed import Client, LocalCluster
 
@@ -496,8 +539,8 @@ class DaskSession:
                 with dask.config.set({"distributed.scheduler.allowed-failures": int(retries),
                                       "distributed.scheduler.worker-saturation": 1.0}):
                     self.cluster = LocalCluster(
-                        n_workers=n, threads_per_worker=1, processes=True,
-                        dashboard_address=":0",  # a free port: never collides with another cluster
+                        n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                        dashboard_address=dashboard,
                         silence_logs=logging.ERROR,
                         preload=["cellview.dask_worker"],  # Ctrl-C is the client's (see there)
                     )
@@ -706,7 +749,8 @@ def run_info(settings: CohortSettings, spec: Any, options: dict[str, Any], clust
         "cluster": cluster,
         "retries": retries,
         "model": {"name": spec.name, "version": spec.version, "sha256": spec.onnx_sha256,
-                  "path": str(spec.onnx_path)},
+                  "path": str(spec.onnx_path), "precision_requested": settings.params.precision,
+                  "run_sha256": settings.result_sha256},
         "parameters": settings.params.to_dict(),
         "export_options": options,
         "versions": info_versions,

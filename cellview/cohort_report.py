@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cellview.export import atomic_write_text
+from cellview.export import atomic_write_text, spreadsheet_safe
 from cellview.model import CATEGORIES, CATEGORY_COLORS
 
 COHORT_CSV, COHORT_JSON, COHORT_HTML = "cohort.csv", "cohort.json", "cohort.html"
@@ -74,11 +74,12 @@ def shares_from_counts(counts: dict[str, int]) -> tuple[float, ...] | None:
 
 
 def csv_table(outcomes: Sequence[SlideOutcome]) -> str:
+    """cohort.csv: one row per slide; text cells are neutralised for spreadsheets (``spreadsheet_safe``)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for o in outcomes:
-        writer.writerow(o.to_row())
+        writer.writerow({k: spreadsheet_safe(v) for k, v in o.to_row().items()})
     return buf.getvalue()
 
 

@@ -82,6 +82,22 @@ def _nuclei_cell(name: str, value: float) -> str:
     return str(int(value)) if name == "nuclei_count" else f"{value:.4f}"
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting with = + - @ (or tab / CR) would be read as a
+    formula (CSV injection: a slide named ``=HYPERLINK(…).svs`` becomes a live link), so it gets a leading
+    apostrophe. Numbers such as ``-0.5`` stay as they are; JSON outputs keep the exact text."""
+    if not cell or not cell.startswith(_FORMULA_START):
+        return cell
+    try:
+        float(cell)
+    except ValueError:
+        return "'" + cell
+    return cell
+
+
 def csv_text(result: AnalysisResult) -> str:
     """WSInfer's columns (level-0 pixels) plus CellView's prediction columns.
 
@@ -96,7 +112,7 @@ def csv_text(result: AnalysisResult) -> str:
     names = result.model.class_names
     nuclei_cols = result.nuclei.column_names() if result.nuclei is not None else ()
     writer.writerow(
-        ["minx", "miny", "width", "height", *[f"prob_{n}" for n in names],
+        ["minx", "miny", "width", "height", *[spreadsheet_safe(f"prob_{n}") for n in names],
          "pred_class", "pred_category", "confidence", "tissue_fraction", "status", "scale_unknown",
          "domain_score", "in_domain", *nuclei_cols],
     )
@@ -111,7 +127,7 @@ def csv_text(result: AnalysisResult) -> str:
         writer.writerow([
             *g.rect(i),
             *[_fmt(p) for p in result.probs[i]],
-            names[pred_class[i]] if done else "",
+            spreadsheet_safe(names[pred_class[i]]) if done else "",
             CATEGORIES[pred_cat[i]] if done else "",
             _fmt(conf[i]), f"{g.tissue_fraction[i]:.4f}", _STATUS[int(result.state[i])], scale_unknown,
             f"{score[i]:.4f}" if scored else "", ("true" if in_domain[i] else "false") if scored else "",
@@ -249,7 +265,7 @@ def metadata_dict(result: AnalysisResult, outputs: Iterable[str] = (), extra: di
             "name": result.model.name, "version": result.model.version, "sha256": result.model.sha256,
             "class_names": list(result.model.class_names), "class_categories": list(result.model.class_categories),
             "spacing_um_px": result.model.spacing_um_px, "patch_size_pixels": result.model.patch_size_pixels,
-            "temperature": result.model.temperature,
+            "temperature": result.model.temperature, "precision": result.model.precision,
         },
         "provider": result.provider,
         "parameters": result.params.to_dict(),

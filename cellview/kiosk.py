@@ -24,7 +24,7 @@ import platformdirs
 
 from cellview.errors import CellviewError, MppError
 from cellview.export import FORMATS, atomic_write_text, export_slide_result, output_paths
-from cellview.model import DEFAULT_MODEL, DEVICES, TTA_MODES, ModelSpec, OnnxClassifier, resolve_model
+from cellview.model import DEFAULT_MODEL, DEVICES, PRECISIONS, TTA_MODES, ModelSpec, OnnxClassifier, resolve_model
 from cellview.pipeline import CancelToken, Event, Finished, analyze
 from cellview.results import AnalysisParams, domain_banner, whole_percentages
 from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name, slide_stem
@@ -134,6 +134,7 @@ class KioskSettings:
     mpp_um: float | None = None
     stain_normalize: str = "none"
     tta: str = "none"
+    precision: str = "auto"  # model.PRECISIONS: the validated INT8 copy on a CPU, FP16 on a GPU, or as named
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> KioskSettingsError:
@@ -191,6 +192,8 @@ class KioskSettings:
             raise bad("stain_normalize", f"must be one of {', '.join(map(repr, STAIN_METHODS))}")
         if self.tta not in TTA_MODES:
             raise bad("tta", f"must be one of {', '.join(map(repr, TTA_MODES))}")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {', '.join(map(repr, PRECISIONS))}")
         if self.watch_dir is not None:
             watch = self.watch_dir.resolve()
             outbox = self.outbox().resolve()
@@ -219,7 +222,7 @@ class KioskSettings:
         batch = self.batch_size if isinstance(self.batch_size, int) else choose_batch_size(tile_px, available_bytes)
         return AnalysisParams(tissue_threshold=self.tissue_threshold, mpp_um=mpp_um or self.mpp_um, batch_size=batch,
                               workers=self.workers, device=self.device, stain_normalize=self.stain_normalize,
-                              tta=self.tta)
+                              tta=self.tta, precision=self.precision)
 
     def for_model(self, spec: ModelSpec, where: str = "") -> tuple[KioskSettings, tuple[KioskSettingsError, ...]]:
         """These settings as the loaded model can run them, and what had to be dropped for it.
@@ -550,7 +553,8 @@ def load_classifier(settings: KioskSettings) -> OnnxClassifier:
     """The kiosk's model on its device; slow on a first TensorRT start (engine build), so call it
     from a worker thread behind a "preparing model" screen. Raises ModelError with a plain message.
     """
-    return OnnxClassifier(ModelSpec.load(resolve_model(settings.model)), device=settings.device)
+    return OnnxClassifier(ModelSpec.load(resolve_model(settings.model)), device=settings.device,
+                          precision=settings.precision)
 
 
 @dataclass(frozen=True)

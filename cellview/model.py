@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,12 @@ ACTIVATIONS = ("softmax", "sigmoid", "none")
 LAYOUTS = ("NHWC", "NCHW")
 DTYPES = ("uint8", "float32")
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+PRECISIONS = ("auto", "fp32", "int8", "fp16")
+"""Which copy of the weights runs. ``auto``: on a CPU the model's INT8 copy when it ships one that passed its
+validation (``model.int8.json``), else FP32; on a GPU FP16 (TensorRT's FP16 engine, or the FP16 copy on CUDA)."""
+PRECISION_LABELS = {"fp32": "FP32", "int8": "INT8", "fp16": "FP16"}
+PRECISION_CHOICES = {"auto": "Auto (INT8 on a CPU if validated)", "fp32": "FP32", "int8": "INT8", "fp16": "FP16"}
+"""How the viewer and the kiosk name each ``--precision`` choice."""
 TTA_MODES = ("none", "flips", "d4")
 """Test-time augmentation: none; the 4 flips (identity, left-right, up-down, both); all 8 flips/90° rotations."""
 
@@ -93,6 +100,7 @@ class ModelSpec:
     domain_path: Path | None = None  # out-of-domain statistics (``domain.npz``), validated on load
     domain_sha256: str = ""
     domain: DomainStats | None = field(default=None, compare=False, hash=False, repr=False)
+    precision: str = "fp32"  # of these weights: fp32, or the model's int8 / fp16 copy
 
     @property
     def num_classes(self) -> int:
@@ -108,6 +116,21 @@ class ModelSpec:
 
     def class_rgb(self) -> np.ndarray:
         return np.array([hex_to_rgb(c) for c in self.class_colors], dtype=np.uint8)
+
+    @property
+    def int8_validated(self) -> bool:
+        """An INT8 copy whose validation against FP32 met every threshold (what ``--precision auto`` runs)."""
+        return self.precision == "int8" and (self.raw.get("validation") or {}).get("passed") is True
+
+    @property
+    def validation_note(self) -> str:
+        """Why an INT8 copy is not validated, in one line ('' when it is, or for other precisions); the model
+        card and ``raw['validation']['reasons']`` list every figure that missed."""
+        if self.precision != "int8" or self.int8_validated:
+            return ""
+        reasons = [str(r) for r in (self.raw.get("validation") or {}).get("reasons") or ["not validated"]]
+        more = f" and {len(reasons) - 1} more, see the model card" if len(reasons) > 1 else ""
+        return reasons[0] + more
 
     @property
     def result_sha256(self) -> str:
@@ -214,6 +237,9 @@ class ModelSpec:
                     f"sidecar {sha[:12]}…, file {actual[:12]}…",
                 )
         domain_path, domain_sha, domain = _load_domain(data.get("domain"), onnx_path, where, len(class_names))
+        precision = data.get("precision") or ("fp16" if onnx_path.name.endswith(".fp16.onnx") else "fp32")
+        if precision not in PRECISION_LABELS:
+            raise ModelError(f"The {where}: 'precision' must be one of {', '.join(PRECISION_LABELS)}.")
         return cls(
             name=str(data.get("name") or onnx_path.parent.name or onnx_path.stem),
             version=str(data.get("version", "")),
@@ -237,6 +263,7 @@ class ModelSpec:
             domain_path=domain_path,
             domain_sha256=domain_sha,
             domain=domain,
+            precision=precision,
         )
 
 
@@ -267,6 +294,79 @@ def _load_domain(entry: Any, onnx_path: Path, where: str,
 
 def sidecar_for(onnx_path: Path) -> Path:
     return onnx_path.with_suffix(".json")
+
+
+def precision_path(onnx_path: Path, precision: str) -> Path:
+    """The file of a model's copy at ``precision``: ``model.onnx`` ↔ ``model.int8.onnx`` / ``model.fp16.onnx``."""
+    stem = onnx_path.name.removesuffix(".onnx")
+    for p in PRECISION_LABELS:
+        stem = stem.removesuffix(f".{p}")
+    return onnx_path.with_name(f"{stem}.onnx" if precision == "fp32" else f"{stem}.{precision}.onnx")
+
+
+def precision_copy(spec: ModelSpec, precision: str) -> ModelSpec | None:
+    """The same model's weights at ``precision`` (a file next to it), under the model's name; None when it
+    ships no such copy or the copy was made from other weights (an INT8 copy records its source's sha256)."""
+    if spec.precision == precision:
+        return spec
+    path = precision_path(spec.onnx_path, precision)
+    if not path.is_file() or not sidecar_for(path).is_file():
+        return None
+    copy = ModelSpec.load(path)
+    base, other = (copy, spec) if precision == "fp32" else (spec, copy)
+    if base.precision == "fp32" and other.precision != "fp32":
+        source = (other.raw.get("quantization") or {}).get("source_onnx_sha256")
+        if (source and source != base.onnx_sha256) or (other.version, other.class_names) != (base.version, base.class_names):
+            log.warning("%s was not made from %s; ignoring it", other.onnx_path.name, base.onnx_path.name)
+            return None
+    return replace(copy, name=spec.name)
+
+
+def copy_with_sha(spec: ModelSpec, sha256: str) -> ModelSpec | None:
+    """The model's copy (FP32, INT8 or FP16) whose weights have this sha256, e.g. the one that made a result."""
+    for precision in PRECISION_LABELS:
+        copy = precision_copy(spec, precision)
+        if copy is not None and copy.onnx_sha256 == sha256:
+            return copy
+    return None
+
+
+def choose_precision(spec: ModelSpec, requested: str, gpu: bool, tensorrt: bool) -> tuple[ModelSpec, str, str]:
+    """(weights to load, precision that runs, note for the user) for a ``--precision`` choice.
+
+    ``gpu``: a GPU provider will run the model; ``tensorrt``: TensorRT will, which builds its own FP16 engine
+    from the FP32 graph (and an INT8 one from the INT8 copy's quantise / dequantise nodes).
+    Raises ModelError when an explicitly requested copy is not shipped.
+    """
+    if requested not in PRECISIONS:
+        raise ModelError(f"Unknown precision {requested!r}; use one of {', '.join(PRECISIONS)}.")
+    base = precision_copy(spec, "fp32") or spec
+    if requested == "fp32":
+        return base, "fp32", ""
+    if requested == "int8":
+        copy = precision_copy(base, "int8")
+        if copy is None:
+            raise ModelError(f"The model {base.name} ships no INT8 copy ({precision_path(base.onnx_path, 'int8').name}); "
+                             "make one with `cellview export RUN --out MODEL_DIR --int8-only`, or use --precision fp32.")
+        note = "" if copy.int8_validated else f"INT8 copy not validated: {copy.validation_note}"
+        return copy, "int8", note
+    if requested == "fp16":
+        if tensorrt:
+            return base, "fp16", ""
+        copy = precision_copy(base, "fp16")
+        if copy is None:
+            raise ModelError(f"The model {base.name} ships no FP16 copy ({precision_path(base.onnx_path, 'fp16').name}).")
+        return copy, "fp16", "" if gpu else "FP16 on a CPU runs slower than FP32"
+    if gpu:
+        if tensorrt:
+            return base, "fp16", ""
+        copy = precision_copy(base, "fp16")
+        return (copy, "fp16", "") if copy is not None else (base, "fp32", "")
+    copy = precision_copy(base, "int8")
+    if copy is not None and copy.int8_validated:
+        return copy, "int8", ""
+    note = f"INT8 copy not used ({copy.validation_note})" if copy is not None else ""
+    return base, "fp32", note
 
 
 def _resolve_paths(path: Path) -> tuple[Path, Path]:
@@ -465,6 +565,26 @@ def gpu_runtime_status() -> tuple[bool, bool, str]:
     return True, trt, "" if trt else "TensorRT libraries not found"
 
 
+def spinning_helps() -> bool:
+    """Whether ONNX Runtime's threads should spin-wait between operators (its default) rather than sleep.
+
+    Measured on 2 cores (bench/RESULTS.md, issue 21): on an otherwise quiet machine spinning made the
+    pipeline 4–6 % faster (the tile readers mostly wait on a full queue, so the spinning costs nothing);
+    with other programs running (load average 8–12) it took CPU they and the readers needed: 18 % more CPU
+    per tile and up to 45 % fewer tiles per second. So: spin unless the 1-minute load average exceeds the
+    cores by more than one (a finished analysis of our own still counts in it for a minute).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return True
+    return load <= max(1, cores) + 1
+
+
 def trt_cache_dir() -> Path:
     path = Path(platformdirs.user_cache_dir("cellview")) / "tensorrt"
     path.mkdir(parents=True, exist_ok=True)
@@ -488,25 +608,31 @@ class OnnxClassifier:
 
     Provider order for ``device="auto"``: TensorRT (FP16, cached engine) → CUDA → CPU, each only
     when its libraries are present. When a GPU was asked for and cannot be used, the classifier
-    runs on CPU and ``fallback_message`` says why, once, in plain words.
+    runs on CPU and ``fallback_message`` says why, once, in plain words. ``precision`` picks the copy of
+    the weights (``choose_precision``): ``spec`` is then the copy that runs and ``precision`` says which.
     """
 
     def __init__(self, spec: ModelSpec, device: str = "auto", intra_op_threads: int | None = None,
-                 max_batch: int = 64) -> None:
+                 max_batch: int = 64, precision: str = "auto") -> None:
         import onnxruntime as ort
 
         if device not in DEVICES:
             raise ModelError(f"Unknown device {device!r}; use one of {', '.join(DEVICES)}.")
-        self.spec = spec
         self.requested_device = device
+        self.requested_precision = precision
+        self.domain_cpu_s = 0.0  # CPU time spent on domain scores (the maths after the forward pass)
         self.max_batch = max(1, int(max_batch))
         self.fallback_message: str | None = None
         ort.set_default_logger_severity(3)
         cuda_ok, trt_ok, reason = (False, False, "") if device == "cpu" else gpu_runtime_status()
+        use_trt = device in ("auto", "tensorrt") and trt_ok
+        use_cuda = device in ("auto", "tensorrt", "cuda") and cuda_ok
+        self.spec, self.precision, self.precision_note = choose_precision(spec, precision, use_cuda or use_trt, use_trt)
         wanted: list[Any] = []
-        if device in ("auto", "tensorrt") and trt_ok:
-            wanted.append(("TensorrtExecutionProvider", self._tensorrt_options(ort, spec, max_batch)))
-        if device in ("auto", "tensorrt", "cuda") and cuda_ok:
+        if use_trt:
+            wanted.append(("TensorrtExecutionProvider", self._tensorrt_options(ort, self.spec, max_batch,
+                                                                                self.precision)))
+        if use_cuda:
             wanted.append("CUDAExecutionProvider")
         wanted.append("CPUExecutionProvider")
         if device == "tensorrt" and not trt_ok:
@@ -517,18 +643,26 @@ class OnnxClassifier:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.spinning = spinning_helps()
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        # Operators cut into blocks that shrink as they run, so a thread that lost its core to a tile reader
+        # leaves less work behind: +5–8 % tiles/s for inference alone on 2 cores (issue 21).
+        opts.add_session_config_entry("session.dynamic_block_base", "4")
         if intra_op_threads:
             opts.intra_op_num_threads = int(intra_op_threads)
+        self.intra_op_threads = int(intra_op_threads) if intra_op_threads else None
         try:
-            self.session = ort.InferenceSession(str(spec.onnx_path), sess_options=opts, providers=wanted)
+            self.session = ort.InferenceSession(str(self.spec.onnx_path), sess_options=opts, providers=wanted)
         except Exception as exc:  # noqa: BLE001 - ORT raises several types
             if len(wanted) > 1:
                 self.fallback_message = f"the GPU provider failed to start ({_first_line(exc)})"
+                # The copy chosen for a GPU may not be the one to run on the CPU (FP16 → INT8 / FP32).
+                self.spec, self.precision, self.precision_note = choose_precision(spec, precision, False, False)
                 self.session = ort.InferenceSession(
-                    str(spec.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"],
+                    str(self.spec.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"],
                 )
             else:
-                raise ModelError(f"ONNX Runtime cannot load {spec.onnx_path.name}.", _first_line(exc)) from exc
+                raise ModelError(f"ONNX Runtime cannot load {self.spec.onnx_path.name}.", _first_line(exc)) from exc
         self.provider = self.session.get_providers()[0]
         first_wanted = wanted[0][0] if isinstance(wanted[0], tuple) else wanted[0]
         if self.provider != first_wanted and self.fallback_message is None and device != "auto":
@@ -539,14 +673,16 @@ class OnnxClassifier:
         self._check_io()
 
     @staticmethod
-    def _tensorrt_options(ort: Any, spec: ModelSpec, max_batch: int) -> dict[str, Any]:
-        """FP16, engine + timing cache on disk, and one optimisation profile for batch 1..max_batch.
+    def _tensorrt_options(ort: Any, spec: ModelSpec, max_batch: int, precision: str = "fp16") -> dict[str, Any]:
+        """FP16 (or INT8 from the INT8 copy's Q/DQ nodes), engine + timing cache on disk, and one
+        optimisation profile for batch 1..max_batch.
 
         Without a profile TensorRT rebuilds the engine (minutes on a Jetson) for every new batch
         size it meets, such as the last, smaller batch of a slide.
         """
         opts: dict[str, Any] = {
-            "trt_fp16_enable": True,
+            "trt_fp16_enable": precision in ("fp16", "int8"),
+            "trt_int8_enable": precision == "int8",
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": str(trt_cache_dir()),
             "trt_timing_cache_enable": True,
@@ -569,8 +705,11 @@ class OnnxClassifier:
 
     @property
     def provider_label(self) -> str:
+        """Provider and, unless plain FP32 on a CPU or CUDA, the precision: 'CPU (INT8)', 'TensorRT (FP16)'."""
         label = _PROVIDER_LABELS.get(self.provider, self.provider)
-        return "TensorRT (FP16)" if label == "TensorRT" else label
+        if self.precision == "fp32" and label != "TensorRT":
+            return label
+        return f"{label} ({PRECISION_LABELS[self.precision]})"
 
     @property
     def on_gpu(self) -> bool:
@@ -588,6 +727,8 @@ class OnnxClassifier:
             text += f" — {self.fallback_message}"
         elif self.requested_device == "auto" and self.provider == "CPUExecutionProvider":
             text += " (no usable GPU)"
+        if self.precision_note:
+            text += f"; {self.precision_note}"
         return text
 
     def _check_io(self) -> None:
@@ -718,7 +859,10 @@ class OnnxClassifier:
         if domain is None:
             return self.predict(tiles, tta), None
         probs, (features,) = self._forward(tiles, tta, ("features",))
-        return probs, domain.score(features, tiles=tiles if quality is None else None, quality=quality)
+        c0 = time.thread_time()
+        score = domain.score(features, tiles=tiles if quality is None else None, quality=quality)
+        self.domain_cpu_s += time.thread_time() - c0
+        return probs, score
 
 
 def tta_views(tiles: np.ndarray, mode: str) -> list[np.ndarray]:

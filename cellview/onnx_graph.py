@@ -199,6 +199,32 @@ def replace_linear_head(model: Any, weight: np.ndarray, bias: np.ndarray) -> Any
     if missing:
         raise ModelError(f"The model's linear head keeps its constant {missing[0]!r} outside the initializers.")
     return out
+def head_node_names(model: Any) -> list[str]:
+    """Nodes that compute the logits and the maps from the last feature map: the pooling, the pass-through
+    nodes after it, the linear layer and the explain taps (``cellview_*``).
+
+    A quantised copy keeps these in float: the head's weights stay the ones ``find_linear_head`` reads
+    (a head trained later can replace them in place), the pooled features are not rounded to 8 bits
+    and the class activation maps stay exact (their spatial mean is the logit).
+    """
+    head = find_linear_head(model)
+    prod = _producers(model.graph)
+    names: list[str] = []
+    node = prod.get(head.logits)
+    while node is not None and node.op_type in ("Cast", "Identity", "Gemm", "MatMul", "Add"):
+        names.append(node.name)
+        if node.op_type in ("Gemm", "MatMul"):
+            break
+        node = prod.get(node.input[0]) if node.op_type != "Add" else next(
+            (prod[i] for i in node.input if i in prod and prod[i].op_type == "MatMul"), None)
+    node = prod.get(head.features)
+    while node is not None and node.op_type in (*_PASS_THROUGH, "GlobalAveragePool", "ReduceMean", "Cast"):
+        names.append(node.name)
+        if node.op_type in ("GlobalAveragePool", "ReduceMean"):
+            break
+        node = prod.get(node.input[0])
+    names += [n.name for n in model.graph.node if n.name.startswith("cellview_")]
+    return list(dict.fromkeys(n for n in names if n))
 
 
 def _elem_type(graph: Any, tensor: str) -> int | None:

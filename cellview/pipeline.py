@@ -26,7 +26,7 @@ from cellview.morphology import measure_nuclei, patch_mpp
 from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei, TileState
 from cellview.slide import Slide, open_slide
 from cellview.stain import TileStainTransform, fit_transform, sample_tile_indices
-from cellview.tiling import TileGrid, build_grid, read_tile
+from cellview.tiling import TileGrid, build_grid, read_order, read_tile
 from cellview.tissue import TissueMask, detect_tissue
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,20 @@ class _Batch:
     nuclei: np.ndarray | None = None
     nuclei_s: float = 0.0
     quality: np.ndarray | None = None  # domain.tile_quality per tile, when the model scores the domain
+    read_cpu_s: float = 0.0  # CPU time of the reader thread: decoding and resizing the tiles
+    checks_cpu_s: float = 0.0  # CPU time of the reader thread: pixel checks, nuclei, stain
+
+
+READ_CACHE_BYTES = 64 << 20
+"""Decoded-tile cache the reader threads' handles share (OpenSlide's default is 32 MiB per handle)."""
 
 
 class TileReaders:
-    """Reader threads, each with its own slide handle, filling a bounded queue with batches."""
+    """Reader threads, each with its own slide handle, filling a bounded queue with batches.
+
+    The handles share one cache of decoded tiles: consecutive batches go to different threads and
+    overlap in the stored tiles they need (see ``tiling.read_order``).
+    """
 
     def __init__(self, slide: Slide, grid: TileGrid, batches: list[np.ndarray], workers: int,
                  nuclei: bool = False, nuclei_mpp_um: float | None = None, quality: bool = False,
@@ -117,6 +127,7 @@ class TileReaders:
         self.stop = threading.Event()
         self._next = 0
         self._lock = threading.Lock()
+        self._cache = slide.tile_cache(READ_CACHE_BYTES)
         self.threads = [
             threading.Thread(target=self._run, args=(slide if i == 0 else None, slide), daemon=True,
                              name=f"cellview-reader-{i}")
@@ -147,10 +158,11 @@ class TileReaders:
         try:
             if slide is None:
                 slide = template.reopen()
+                slide.use_tile_cache(self._cache)
             tile = self.grid.tile_px
             while (n := self._take()) is not None:
                 idx = self.batches[n]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 tiles = np.empty((len(idx), tile, tile, 3), dtype=np.uint8)
                 failed = np.zeros(len(idx), dtype=bool)
                 errors: dict[int, str] = {}
@@ -165,6 +177,7 @@ class TileReaders:
                         errors[int(i)] = str(exc)
                         tiles[j] = 255
                 read_s = time.perf_counter() - t0
+                c1 = time.thread_time()
                 nuclei = None
                 if self.nuclei:
                     nuclei = np.full((len(idx), len(TileNuclei.FIELDS)), np.nan, dtype=np.float32)
@@ -181,11 +194,14 @@ class TileReaders:
                     for j in np.flatnonzero(~failed):
                         tiles[j] = self.stain.apply(tiles[j])
                 batch = _Batch(n, idx, tiles, failed, errors, read_s, nuclei, time.perf_counter() - t0 - read_s,
-                               quality)
+                               quality, c1 - c0, time.thread_time() - c1)
                 if not self._put(batch):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
             self._put(exc)
+        finally:
+            if slide is not None and slide is not own and slide is not template:
+                slide.close()  # this thread's own handle (its file descriptors), not the caller's
 
     def close(self) -> None:
         self.stop.set()
@@ -238,12 +254,11 @@ def slide_stain_transform(slide: Slide, grid: TileGrid, spec: ModelSpec, method:
     return fit_transform(method, np.stack(tiles), spec.stain_reference)
 
 
-def batch_indices(n_tiles: int | np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Tile indices in grid order (all ``n_tiles``, or the given indices), cut into batches (the last may be
-    shorter)."""
+def batch_indices(n_tiles: int, batch_size: int, order: np.ndarray | None = None) -> list[np.ndarray]:
+    """Tile indices in ``order`` (default: grid order), cut into batches (the last may be shorter)."""
     size = max(1, int(batch_size))
-    todo = np.arange(n_tiles) if np.ndim(n_tiles) == 0 else np.asarray(n_tiles, np.int64)
-    return [todo[s:s + size] for s in range(0, len(todo), size)]
+    order = np.arange(n_tiles) if order is None else np.asarray(order, np.int64)
+    return [order[s:s + size] for s in range(0, len(order), size)]
 
 
 CANCEL_STEP_S = 0.3
@@ -307,7 +322,7 @@ def analyze(
         model = ModelInfo.from_spec(spec)
         if not params.whole_image:
             slide.require_mpp()
-        key = cache_key(info.fingerprint, spec.result_sha256, params, info.mpp)
+        key = cache_key(info.fingerprint, spec.result_sha256, params, info.mpp, spec.precision)
         if cache is not None:
             cached = cache.load(key)
             if cached is not None:
@@ -340,8 +355,10 @@ def analyze(
         yield Started(str(slide.path), grid, tissue, classifier.describe(), n)
 
         done = 0
-        todo = np.arange(n)
         t_run = time.perf_counter()
+        read_cpu_s = checks_cpu_s = 0.0
+        domain_cpu_0 = classifier.domain_cpu_s
+        cpu_0 = time.process_time()
         if resume is not None:
             kept = np.flatnonzero(resume.state != TileState.PENDING)
             probs[kept], state[kept] = resume.probs[kept], resume.state[kept]
@@ -351,13 +368,13 @@ def analyze(
             if domain_score is not None and resume.domain_score is not None:
                 domain_score[kept] = resume.domain_score[kept]
             done = len(kept)
-            todo = np.flatnonzero(state == TileState.PENDING)
             if done:
                 yield BatchDone(kept, probs[kept], state[kept] == TileState.FAILED, done, n, 0.0, 0.0, None,
                                 None if nuclei is None else nuclei.values[kept],
                                 None if domain_score is None else domain_score[kept])
         resumed = done
-        batches = batch_indices(todo, params.batch_size)
+        order = read_order(grid)
+        batches = batch_indices(n, params.batch_size, order[state[order] == TileState.PENDING])
         infer_s = read_s = nuclei_s = 0.0
         status = "complete"
         steps = _Steps()
@@ -375,6 +392,8 @@ def analyze(
                     raise AnalysisError("Reading tiles failed unexpectedly.", repr(item)) from item
                 read_s += item.read_s
                 nuclei_s += item.nuclei_s
+                read_cpu_s += item.read_cpu_s
+                checks_cpu_s += item.checks_cpu_s
                 if nuclei is not None and item.nuclei is not None:
                     nuclei.values[item.indices] = item.nuclei
                 ok = ~item.failed
@@ -425,6 +444,12 @@ def analyze(
             "inference_s": infer_s,
             "total_s": time.perf_counter() - t_start,
             "tiles_per_s": (done - resumed) / run_s if run_s > 0 else 0.0,
+            # CPU seconds while the tiles ran: the whole process, the readers' decoding + resizing and pixel
+            # checks, and the domain score's maths after each batch (bench/throughput.py prints them per tile)
+            "process_cpu_s": time.process_time() - cpu_0,
+            "read_cpu_s": read_cpu_s,
+            "checks_cpu_s": checks_cpu_s,
+            "domain_cpu_s": classifier.domain_cpu_s - domain_cpu_0,
         }
         if resumed:
             timings["resumed_tiles"] = float(resumed)

@@ -24,7 +24,7 @@ from cellview.domain import (
     DomainInfo,
     in_domain_mask,
 )
-from cellview.model import CATEGORIES, CATEGORY_COLORS, TTA_MODES, ModelSpec, hex_to_rgb
+from cellview.model import CATEGORIES, CATEGORY_COLORS, PRECISIONS, TTA_MODES, ModelSpec, hex_to_rgb
 from cellview.slide import Mpp, SlideInfo
 from cellview.stain import STAIN_METHODS
 from cellview.tiling import TileGrid
@@ -84,6 +84,7 @@ class ModelInfo:
     spacing_um_px: float
     patch_size_pixels: int
     domain: DomainInfo | None = None  # the out-of-domain statistics used; None: the model has none
+    precision: str = "fp32"  # the copy of the weights that ran (``sha256`` is that file's): fp32, int8 or fp16
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ModelInfo:
@@ -92,7 +93,7 @@ class ModelInfo:
             name=spec.name, version=spec.version, sha256=spec.onnx_sha256, class_names=spec.class_names,
             class_categories=spec.class_categories, class_colors=spec.class_colors,
             activation=spec.activation, temperature=spec.temperature, spacing_um_px=spec.spacing_um_px,
-            patch_size_pixels=spec.patch_size_pixels, domain=domain,
+            patch_size_pixels=spec.patch_size_pixels, domain=domain, precision=spec.precision,
         )
 
     @classmethod
@@ -120,6 +121,7 @@ class AnalysisParams:
     nuclei: bool = False  # measure nuclei per tile (count, density, area, shape)
     stain_normalize: str = "none"  # one of STAIN_METHODS: map each slide's stain onto the model's
     tta: str = "none"  # one of TTA_MODES: average the tile's probabilities over flips / rotations
+    precision: str = "auto"  # one of PRECISIONS: which copy of the weights to run (the one that ran: ModelInfo)
 
     def __post_init__(self) -> None:
         if self.stain_normalize not in STAIN_METHODS:
@@ -127,6 +129,8 @@ class AnalysisParams:
                              f"{', '.join(STAIN_METHODS)}")
         if self.tta not in TTA_MODES:
             raise ValueError(f"unknown test-time augmentation {self.tta!r}; use one of {', '.join(TTA_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
 
     def cache_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

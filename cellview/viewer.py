@@ -40,7 +40,7 @@ from cellview.errors import CellviewError, ExportError, ModelError
 from cellview.explain import TileExplanation, explain_tile
 from cellview.export import FORMATS, export_slide_result, render, writable_dir
 from cellview.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
-from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier, sidecar_for, user_models_dir
+from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier, copy_with_sha, sidecar_for, user_models_dir
 from cellview.morphology import Region, malignant_regions
 from cellview.overlay import OverlaySettings
 from cellview.pipeline import BatchDone, CancelToken, Finished, Started, analyze, slide_stain_transform
@@ -307,6 +307,7 @@ class ModelOptions:
     stain_unavailable: str = NO_MODEL_SELECTED
     default_stain_normalize: str = "none"
     default_tta: str = "none"
+    default_precision: str = "auto"  # the model's validated INT8 copy on a CPU, FP16 on a GPU (model.choose_precision)
 
     @property
     def stain_available(self) -> bool:
@@ -384,7 +385,8 @@ def model_file_analysis(request: AnalysisRequest, cancel: CancelToken) -> Iterat
         raise ModelError("No model is selected.", f"Put a model into {user_models_dir() / '<name>'} or open one.")
     spec = ModelSpec.load(request.model_path)
     threads = max(1, (os.cpu_count() or 2) - 1)  # leave one core to the UI thread on small machines
-    classifier = OnnxClassifier(spec, device=request.params.device, intra_op_threads=threads)
+    classifier = OnnxClassifier(spec, device=request.params.device, intra_op_threads=threads,
+                                precision=request.params.precision)
     yield ModelReady(spec, classifier.describe(), classifier.fallback_message, classifier.needs_attention)
     yield from analyze(request.path, classifier, request.params, cancel,
                        ResultCache() if request.use_cache else None, resume=request.resume)
@@ -568,7 +570,9 @@ def explain_task(path: str, mpp_um: float | None, grid: Any, index: int, classif
     if classifier is None:
         if not model_path:
             raise ModelError("No model is loaded to explain the tile with.")
-        classifier = OnnxClassifier(ModelSpec.load(model_path), device="cpu", intra_op_threads=1)
+        spec = ModelSpec.load(model_path)
+        spec = copy_with_sha(spec, model_sha256) or spec  # the copy of the weights (FP32, INT8…) that made it
+        classifier = OnnxClassifier(spec, device="cpu", intra_op_threads=1, precision=spec.precision)
         yield ExplainerReady(classifier, model_path)
     if classifier.spec.onnx_sha256 != model_sha256:
         raise ModelError("The result on screen was made by another model than the one loaded; analyse again "
@@ -616,7 +620,7 @@ class RecentSlide:
 class ViewerModel:
     """The one viewer state; see the module docstring. All methods run on one (the UI) thread."""
 
-    RUN_OPTIONS = ("stain_normalize", "tta")
+    RUN_OPTIONS = ("stain_normalize", "tta", "precision")
     """Settings that change what the model sees (like choosing another model): with auto-analyse on,
     changing one re-runs the slide; each is the model's default until the user chooses it."""
 
@@ -735,7 +739,9 @@ class ViewerModel:
         """The result was made with other analysis settings than the current ones (Analyse to apply)."""
         if self.result is None:
             return False
-        return self.result.params.cache_dict() != self.current_params().cache_dict()
+        current = self.current_params()
+        return (self.result.params.cache_dict() != current.cache_dict()
+                or self.result.params.precision != current.precision)
 
     # ------------------------------------------------------------------------------ settings
 
@@ -743,7 +749,7 @@ class ViewerModel:
         """Change analysis settings (``tissue``, ``tissue_threshold``, ``nuclei``, ``device``, …, and any
         field later added to ``AnalysisParams``); the result stays until Analyse, marked stale.
 
-        ``stain_normalize`` and ``tta`` (``RUN_OPTIONS``) are remembered as the user's choice across
+        ``stain_normalize``, ``tta`` and ``precision`` (``RUN_OPTIONS``) are remembered as the user's choice across
         models, and with auto-analyse on re-run the open slide as a new model would. Stain
         normalisation is refused, with the reason, when the model stores no reference stain.
         """
@@ -894,6 +900,8 @@ class ViewerModel:
         grid, path, mpp = result.grid, self.slide.path, self.mpp_um()
         classifier, model_path = self.explain_classifier, self.result_model_path or self.model_path
         sha = result.model.sha256
+        if classifier is not None and classifier.spec.onnx_sha256 != sha and copy_with_sha(classifier.spec, sha):
+            classifier = None  # another copy of the same model (--precision) made the result: load that one
         stain_method, stain_key, stain = result.params.stain_normalize, self._stain_key(result), self._explain_stain
 
         def on_item(item: ExplainerReady | ExplainStain | TileExplanation) -> None:

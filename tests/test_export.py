@@ -100,3 +100,12 @@ def test_export_to_unwritable_place(tmp_path, result):
     blocker.write_text("x")
     with pytest.raises(ExportError):
         export_all(result, blocker / "sub", "s", None, formats=["csv"])
+
+
+def test_spreadsheet_safe_neutralises_formula_cells_only():
+    from cellview.export import spreadsheet_safe
+
+    for cell in ("=HYPERLINK(\"http://x\",\"y\").svs", "+1+2", "-cmd", "@SUM(A1)", "\tx", "\rx"):
+        assert spreadsheet_safe(cell) == "'" + cell
+    for cell in ("slide.svs", "", "-0.5", "+3", "1e-3", "a=b"):
+        assert spreadsheet_safe(cell) == cell

@@ -97,6 +97,42 @@ def test_changing_an_option_reruns_with_auto_analyse(qtbot, stain_model, he_slid
     assert window.shutdown(20000)
 
 
+@pytest.fixture(scope="module")
+def int8_cam_model(tmp_path_factory) -> Path:
+    """The toy CAM model with a validated INT8 copy (what ``--precision auto`` runs on a CPU)."""
+    pytest.importorskip("onnx")
+    import numpy as np
+
+    from cellview.model import ModelSpec, precision_path
+    from cellview.testing import make_toy_cam_model
+    from cellview.train.quantize import int8_sidecar, quantize_onnx
+
+    path = make_toy_cam_model(tmp_path_factory.mktemp("int8-gui"), patch_px=64, spacing_um=1.0)
+    tiles = np.random.default_rng(0).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)
+    dst = precision_path(path, "int8")
+    info = quantize_onnx(path, dst, tiles)
+    side = int8_sidecar(ModelSpec.load(path), dst, info, {"passed": True, "reasons": []})
+    dst.with_suffix(".json").write_text(json.dumps(side))
+    return path
+
+
+def test_precision_choice_runs_that_copy_and_the_status_bar_says_which(qtbot, int8_cam_model, he_slide):
+    window = make_window(qtbot, int8_cam_model)
+    assert window.precision_box.currentData() == "auto" and "validation" in window.precision_box.toolTip()
+    with qtbot.waitSignal(window.slideOpened, timeout=TIMEOUT_MS):
+        window.open_path(he_slide)
+    with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
+        window.start_analysis()
+    assert blocker.args[0].model.precision == "int8" and "CPU (INT8)" in window.provider_label.text()
+    choose(window.precision_box, "fp32")
+    assert window.model.settings.precision == "fp32" and window.model.stale  # another copy: re-analyse
+    with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
+        window.start_analysis()
+    assert blocker.args[0].model.precision == "fp32" and "INT8" not in window.provider_label.text()
+    assert window.errors == []
+    assert window.shutdown(20000)
+
+
 # ----------------------------------------------------------------------------- kiosk
 
 
@@ -167,3 +203,19 @@ def test_kiosk_command_line_sets_the_options(tmp_path):
     assert (settings.stain_normalize, settings.tta) == ("reinhard", "flips")  # `--tta none` is "not given"
     args = build_gui_parser().parse_args(["--kiosk", "--kiosk-config", str(file), "--tta", "d4"])
     assert settings_from_args(args).settings.tta == "d4"
+
+
+def test_kiosk_precision_from_its_file_and_the_command_line(tmp_path):
+    from cellview.cli import build_gui_parser
+    from cellview.gui.kiosk import settings_from_args
+    from cellview.kiosk import KioskSettingsError
+
+    file = tmp_path / "kiosk.json"
+    KioskSettings(precision="fp32").save(file)
+    args = build_gui_parser().parse_args(["--kiosk", "--kiosk-config", str(file)])
+    settings = settings_from_args(args).settings
+    assert settings.precision == "fp32" and settings.analysis_params(224).precision == "fp32"
+    args = build_gui_parser().parse_args(["--kiosk", "--kiosk-config", str(file), "--precision", "int8"])
+    assert settings_from_args(args).settings.precision == "int8"
+    with pytest.raises(KioskSettingsError, match="'precision' must be one of"):
+        KioskSettings(precision="int4")

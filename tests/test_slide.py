@@ -293,3 +293,50 @@ def test_skipped_levels_give_their_reason_once():
     mixed = (SkippedLevel(1, why.format(40)), SkippedLevel(3, "its pixels cannot be read"))
     assert describe_skipped(mixed) == ("levels 1, 3 skipped: colours differ from level 0 (ΔE 40; e.g. YCbCr frames "
                                        "labelled RGB); its pixels cannot be read")
+# ----------------------------------------------------------------------------- direct JPEG-tile reads
+
+
+def _reads_agree_with_openslide(slide, rng: np.random.Generator, n_per_level: int = 12) -> int:
+    """Random regions (inside, across edges, outside) read directly and by OpenSlide; returns reads compared."""
+    assert slide._direct_reader() is not None
+    w0, h0 = slide.dimensions
+    compared = 0
+    for level in range(slide.level_count):
+        ds = int(slide.level_downsamples[level])
+        for _ in range(n_per_level):
+            x = int(rng.integers(-300, w0)) // ds * ds
+            y = int(rng.integers(-300, h0)) // ds * ds
+            size = (int(rng.integers(1, 500)), int(rng.integers(1, 500)))
+            direct = slide.read_region((x, y), level, size)
+            reader, slide._direct = slide._direct, None
+            try:
+                via_openslide = slide.read_region((x, y), level, size)
+            finally:
+                slide._direct = reader
+            assert np.array_equal(direct, via_openslide), (level, x, y, size)
+            compared += 1
+    return compared
+
+
+def test_direct_jpeg_tile_reads_equal_openslide_reads(tmp_path):
+    """Tiled JPEG TIFF (the YCbCr pyramids scanners and converters write): every level read without OpenSlide,
+    pixel for pixel what OpenSlide gives, white outside the slide."""
+    from cellview.testing import synthetic_he, synthetic_he_amounts, write_pyramid_tiff
+
+    rgb = synthetic_he(synthetic_he_amounts(1000), np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]]))[:, :900]
+    path = write_pyramid_tiff(tmp_path / "jpeg.tiff", rgb, 0.5, levels=3, compression="jpeg")
+    with open_slide(path) as slide:
+        assert _reads_agree_with_openslide(slide, np.random.default_rng(0)) == 36
+        assert sorted(slide._direct.pages) == [0, 1, 2]
+        assert (slide.read_region((-50, -50), 0, (40, 40)) == 255).all()
+
+
+def test_direct_reads_of_the_real_svs_equal_openslide_reads(data_dir):
+    with open_slide(data_dir / "slides" / "CMU-1-Small-Region.svs") as slide:  # Aperio, JPEG tiles with tables
+        assert _reads_agree_with_openslide(slide, np.random.default_rng(1), 20) > 0
+
+
+def test_slides_without_jpeg_tiles_are_read_by_openslide(synthetic_slide):
+    with open_slide(synthetic_slide) as slide:  # zlib-compressed tiles
+        assert slide._direct_reader() is None
+        assert slide.read_region((0, 0), 0, (8, 8)).shape == (8, 8, 3)

@@ -166,3 +166,18 @@ def test_tiling_without_mpp_fails_clearly():
     slide = _image_slide(np.zeros((100, 100, 3), np.uint8), mpp=None)
     with pytest.raises(MppError, match="does not say how many µm a pixel is"):
         build_grid(slide, tile_px=64, model_mpp_um=0.5, tissue=None)
+
+
+def test_read_order_visits_every_tile_once_in_stripes_top_to_bottom(synthetic_slide):
+    from cellview.tiling import read_order
+
+    with open_slide(synthetic_slide) as slide:
+        grid = build_grid(slide, 64, 1.0, None)
+    order = read_order(grid, stripe_px=3 * grid.read_w)  # stripes of 3 tile columns
+    assert sorted(order.tolist()) == list(range(grid.n_tiles))
+    stripe = grid.grid_col[order] // 3
+    assert (np.diff(stripe) >= 0).all()  # one stripe after the other
+    for s in np.unique(stripe):
+        rows = grid.grid_row[order][stripe == s]
+        assert (np.diff(rows) >= 0).all()  # each stripe read top to bottom
+    assert np.array_equal(read_order(grid, stripe_px=10**9), np.arange(grid.n_tiles))  # one stripe: grid order

@@ -25,6 +25,7 @@ def params_from_args(args: argparse.Namespace) -> AnalysisParams:
         device=getattr(args, "device", "auto") or "auto",
         stain_normalize=getattr(args, "stain_normalize", "none") or "none",
         tta=getattr(args, "tta", "none") or "none",
+        precision=getattr(args, "precision", "auto") or "auto",
     )
 
 

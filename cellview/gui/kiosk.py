@@ -367,7 +367,8 @@ class KioskWindow(MainWindow):
         self.settings_file = settings_file
         super().__init__(analysis_defaults=AnalysisParams(
             tissue_threshold=settings.tissue_threshold, mpp_um=settings.mpp_um, device=settings.device,
-            workers=settings.workers, stain_normalize=settings.stain_normalize, tta=settings.tta))
+            workers=settings.workers, stain_normalize=settings.stain_normalize, tta=settings.tta,
+            precision=settings.precision))
         self.use_cache = False
         self.model.ask_scale = None  # nobody may be at the screen: the settings' mpp_um applies or the case fails
         self.model.auto_analyse = False  # cases are started by the kiosk itself
@@ -1297,19 +1298,20 @@ class KioskWindow(MainWindow):
 
 def settings_from_args(args: argparse.Namespace) -> SalvagedSettings:
     """The settings file (``--kiosk-config`` or the default one) with --watch/--outbox/--model/--device/
-    --stain-normalize/--tta on top.
+    --stain-normalize/--tta/--precision on top.
 
     Lenient (:meth:`KioskSettings.load_lenient`): bad values are dropped and reported, never
-    raised. ``--device auto``, ``--stain-normalize none`` and ``--tta none`` are the parser's
+    raised. ``--device auto``, ``--stain-normalize none``, ``--tta none`` and ``--precision auto`` are the parser's
     defaults, so they cannot be told from "not given": they keep the file's values.
     """
     device = getattr(args, "device", None)
     stain, tta = getattr(args, "stain_normalize", None), getattr(args, "tta", None)
+    precision = getattr(args, "precision", None)
     return KioskSettings.load_lenient(
         getattr(args, "kiosk_config", None), watch_dir=getattr(args, "watch", None),
         outbox_dir=getattr(args, "outbox", None), model=getattr(args, "model", None),
         device=None if device == "auto" else device, stain_normalize=None if stain == "none" else stain,
-        tta=None if tta == "none" else tta)
+        tta=None if tta == "none" else tta, precision=None if precision == "auto" else precision)
 
 
 def build_kiosk(args: argparse.Namespace,

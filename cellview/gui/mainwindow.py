@@ -57,7 +57,16 @@ from cellview.gui.slideview import ARROW_STEPS, SlideView
 from cellview.gui.tasks import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
 from cellview.gui.worker import QtRunner, Worker
 from cellview.legend import category_rows, describe_legend, format_um, out_of_domain_row
-from cellview.model import CATEGORY_COLORS, DEFAULT_MODEL, DEVICES, TTA_MODES, ModelSpec, available_models
+from cellview.model import (
+    CATEGORY_COLORS,
+    DEFAULT_MODEL,
+    DEVICES,
+    PRECISION_CHOICES,
+    PRECISIONS,
+    TTA_MODES,
+    ModelSpec,
+    available_models,
+)
 from cellview.morphology import Region
 from cellview.overlay import (
     PER_SLIDE,
@@ -570,8 +579,13 @@ class MainWindow(QMainWindow):
                "Flips ×4 runs the model 4 times per tile (about 4× the classification time), D4 ×8 (every "
                "flip and 90° rotation) 8 times (about 8×). Keep it off unless the model card says it helps.")
 
+    PRECISION_TIP = ("Which copy of the model's weights runs. Auto: the INT8 copy on a CPU when the model ships one "
+                     "that passed its validation against FP32 (see its model card; about 1.5× faster), FP16 on a "
+                     "GPU; FP32: the trained weights. The status bar, the metadata and the result cache say which ran.")
+
     def _build_run_options(self, c: QVBoxLayout) -> None:
-        """Stain normalisation and test-time augmentation: shown as the model's settings say, set through it."""
+        """Stain normalisation, test-time augmentation and precision: shown as the model's settings say, set
+        through it."""
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
         self.stain_box = QComboBox()
@@ -584,23 +598,32 @@ class MainWindow(QMainWindow):
             self.tta_box.addItem(TTA_LABELS[mode] + ("" if mode == "none" else " (slower)"), mode)
         self.tta_box.setToolTip(self.TTA_TIP)
         self.tta_box.currentIndexChanged.connect(lambda _i: self.model.set_settings(tta=self.tta_box.currentData()))
+        self.precision_box = QComboBox()
+        for precision in PRECISIONS:
+            self.precision_box.addItem(PRECISION_CHOICES[precision], precision)
+        self.precision_box.setToolTip(self.PRECISION_TIP)
+        self.precision_box.currentIndexChanged.connect(
+            lambda _i: self.model.set_settings(precision=self.precision_box.currentData()))
         self.stain_hint = _hint("")  # why normalisation is unavailable, under its control
         self.stain_hint.setVisible(False)
         form.addRow("Stain normalisation", self.stain_box)
         form.addRow(self.stain_hint)
         form.addRow("Test-time augmentation", self.tta_box)
+        form.addRow("Precision", self.precision_box)
         c.addLayout(form)
         self._show_run_options()
 
     def _show_run_options(self) -> None:
         """The combo boxes follow the model's settings and options (without re-emitting their signals)."""
         d, options = self.model.settings, self.model.model_options
-        for box, value in ((self.stain_box, d.stain_normalize), (self.tta_box, d.tta)):
+        for box, value in ((self.stain_box, d.stain_normalize), (self.tta_box, d.tta),
+                           (self.precision_box, d.precision)):
             box.blockSignals(True)
             box.setCurrentIndex(max(0, box.findData(value)))
             box.blockSignals(False)
         self.stain_box.setEnabled(options.stain_available and not self.model.running)
         self.tta_box.setEnabled(not self.model.running)
+        self.precision_box.setEnabled(not self.model.running)
         if options.stain_available:
             self.stain_box.setToolTip(self.STAIN_TIP)
             self.stain_hint.setVisible(False)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+RECIPES = Path(__file__).resolve().parent / "recipes"
+"""The bundled recipes (``cellview train --recipe NAME``)."""
+
 
 def default_data_dir() -> Path:
     """The shared labelled data: $CELLVIEW_DATA_DIR, else ``../shared/data`` next to the repository."""

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-RECIPES = Path(__file__).resolve().parent / "recipes"
+from cellview.train import RECIPES
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -82,6 +82,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     x.add_argument("--no-wsinfer", action="store_true")
     x.add_argument("--no-fp16", action="store_true", help="skip the half-precision GPU copy")
     x.add_argument("--no-domain", action="store_true", help="skip fitting the out-of-domain statistics")
+    x.add_argument("--no-int8", action="store_true", help="skip the INT8 copy for CPUs")
+    x.add_argument("--int8-only", action="store_true",
+                   help="only (re)make and validate the INT8 copy of the model already in --out (its model.onnx is "
+                        "not touched); RUN gives the calibration images and the protocol's fold heads")
+    x.add_argument("--data-root", type=Path, help="data folder the INT8 copy is validated on (default ../shared/data)")
     x.set_defaults(func=cmd_export)
 
 
@@ -192,10 +197,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if msg := _need_torch():
         return _fail(msg)
     from cellview.errors import CellviewError
-    from cellview.train.export import export_run
+    from cellview.train import default_data_dir
+    from cellview.train.export import export_int8, export_run
 
     if not (args.run / "model.pt").exists():
         return _fail(f"{args.run} is not a finished training run (no model.pt)")
+    if args.int8_only and args.no_int8:
+        return _fail("--int8-only and --no-int8 contradict each other")
+    data_root = args.data_root or default_data_dir()
     try:
         out = args.out
         if out is None:
@@ -203,8 +212,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             from cellview.train.train import Run
 
             out = user_models_dir() / Run(args.run).recipe().name
-        export_run(args.run, out, args.version, wsinfer=not args.no_wsinfer, fp16=not args.no_fp16,
-                   domain=not args.no_domain)
+        if args.int8_only:
+            export_int8(args.run, out, data_root)
+        else:
+            export_run(args.run, out, args.version, wsinfer=not args.no_wsinfer, fp16=not args.no_fp16,
+                       domain=not args.no_domain, int8=not args.no_int8, data_root=data_root)
     except (CellviewError, RuntimeError) as exc:
         return _fail(str(exc))
     print(f"exported to {out}", file=sys.stderr)

@@ -512,10 +512,11 @@ def report_markdown(report: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_card(card: Path, section: str, head: str = "## Out-of-domain detection", after: str = "") -> None:
-    """Replace one '## ' section of a model card (by default 'Out-of-domain detection'); a new one goes after
-    the section that starts with ``after`` when the card has it, else at the end."""
+def update_card(card: Path, section: str, after: str = "") -> None:
+    """Replace the card's section that ``section`` heads (its first line, e.g. '## Out-of-domain detection'); a
+    new one goes after the section that starts with ``after`` when the card has it, else at the end."""
     text = card.read_text(encoding="utf-8") if card.exists() else ""
+    head = section.splitlines()[0]
     if head in text:
         start = text.index(head)
         nxt = text.find("\n## ", start + len(head))
@@ -531,9 +532,8 @@ def update_card(card: Path, section: str, head: str = "## Out-of-domain detectio
 
 
 def _recipe(name_or_path: str, data_root: Path | None) -> D.Recipe:
+    from cellview.train import RECIPES as recipes
     from cellview.train import default_data_dir
-
-    recipes = Path(__file__).resolve().parent / "recipes"  # as train.cli.RECIPES (importing it makes a cycle)
     path = Path(name_or_path)
     if not path.exists() and (recipes / f"{name_or_path}.json").exists():
         path = recipes / f"{name_or_path}.json"

@@ -96,7 +96,7 @@ def _wsinfer_transform(patch: int, mean: tuple[float, ...], std: tuple[float, ..
 
 
 def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bool = True, fp16: bool = True,
-               domain: bool = True) -> Path:
+               domain: bool = True, int8: bool = True, data_root: Path | None = None) -> Path:
     from cellview.train.train import Run, load_model
 
     run = Run(run_dir)
@@ -174,8 +174,30 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
     (out_dir / DOMAIN_FILE).unlink(missing_ok=True)  # statistics of an earlier model must not linger
     if domain:
         _fit_domain(run, out_dir, onnx_path, recipe, samples, _domain_split(samples, split, cfg))
+    for stale in (out_dir / "model.int8.onnx", out_dir / "model.int8.json"):
+        stale.unlink(missing_ok=True)  # a copy of earlier weights must not linger
+    if int8:
+        export_int8(run.path, out_dir, data_root)
     print(f"exported {recipe.name} to {out_dir} ({onnx_path.stat().st_size / 1e6:.1f} MB ONNX)", file=sys.stderr)
     return onnx_path
+
+
+def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None) -> Path:
+    """The INT8 copy of ``out_dir/model.onnx`` (cellview.train.quantize), calibrated on the run's images of every
+    source and validated on the data folder's sets and, when the run was evaluated, its protocol folds."""
+    from cellview.train import default_data_dir
+    from cellview.train.quantize import make_int8
+    from cellview.train.train import Run
+
+    run = Run(run_dir)
+    samples, _ = run.samples()
+    evaluated = (run.path / "eval" / "protocol.json").exists()
+    got = make_int8(out_dir, samples, run.path if evaluated else None, data_root or default_data_dir(),
+                    cache=run.path / "cache" / "int8")
+    v = got["validation"] or {}
+    print(f"INT8 copy {'validated' if v.get('passed') else 'NOT used by --precision auto: ' + '; '.join(v.get('reasons', []))}",
+          file=sys.stderr)
+    return Path(got["path"])
 
 
 def _domain_split(samples: list[D.Sample], split: np.ndarray, cfg: Any) -> np.ndarray:
@@ -217,7 +239,7 @@ def _export_fp16(onnx_path: Path, side: dict[str, Any], tiles: np.ndarray, ref: 
 
     path = onnx_path.with_name("model.fp16.onnx")
     onnx.save(convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True), str(path))
-    side16 = {**side, "name": f"{side['name']}-fp16", "onnx_sha256": sha256_file(path)}
+    side16 = {**side, "name": f"{side['name']}-fp16", "onnx_sha256": sha256_file(path), "precision": "fp16"}
     _write_json(path.with_suffix(".json"), side16)
     got = OnnxClassifier(ModelSpec.load(path), device="cpu", intra_op_threads=2).logits(tiles)
     diff = float(np.abs(got - ref).max())
@@ -346,7 +368,7 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
         "`cam` (`cellview explain`).",
         "- Image-level result for a plain image = mean of its tiles' probabilities.",
         f"- Files: `model.onnx` (opset 17, dynamic batch, sha256 `{side['onnx_sha256'][:16]}…`), `model.json` "
-        "(sidecar), `domain.npz` (out-of-domain statistics, sha256 in the sidecar), `model.fp16.onnx` + `model.fp16.json` (half-precision copy for GPUs), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript for WSInfer / QuPath, same weights, "
+        "(sidecar), `domain.npz` (out-of-domain statistics, sha256 in the sidecar), `model.fp16.onnx` + `model.fp16.json` (half-precision copy for GPUs), `model.int8.onnx` + `model.int8.json` (INT8 copy for CPUs; see 'INT8 copy for CPUs'), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript for WSInfer / QuPath, same weights, "
         "raw logits — WSInfer's softmax is not temperature-scaled).",
         f"- Export parity: ONNX vs torch max |Δlogit| = {side['metrics'].get('onnx_torch_max_abs_diff', float('nan')):.2e}"
         + (f"; TorchScript {side['metrics']['torchscript_torch_max_abs_diff']:.2e}"
@@ -524,7 +546,7 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
         f"temperature T = {side['temperature']:.3f} then softmax.",
         f"- Files: `model.onnx` (opset 17, dynamic batch, sha256 `{side['onnx_sha256'][:16]}…`), `model.json` "
         "(sidecar, with the training data's reference stain for `--stain-normalize`), `model.fp16.onnx` + "
-        "`model.fp16.json` (half-precision copy for GPUs), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript "
+        "`model.fp16.json` (half-precision copy for GPUs), `model.int8.onnx` + `model.int8.json` (INT8 copy for CPUs; see 'INT8 copy for CPUs'), `wsinfer/model.pt` + `wsinfer/config.json` (TorchScript "
         "for WSInfer / QuPath, same weights, raw logits — WSInfer's softmax is not temperature-scaled).",
         f"- Export parity: ONNX vs torch max |Δlogit| = {m.get('onnx_torch_max_abs_diff', float('nan')):.2e}"
         + (f"; TorchScript {m['torchscript_torch_max_abs_diff']:.2e}" if "torchscript_torch_max_abs_diff" in m else "")

@@ -111,7 +111,7 @@ def _signature(cfg: Any, fold: Fold) -> str:
 
 
 def fold_stem(work: Path, cfg: Any, fold: Fold) -> Path:
-    """Where a fold's trained weights (``.pt``) and logits live in ``work``, by its signature."""
+    """Where a fold's trained weights (``.pt``) and its test tiles' logits live (without suffix)."""
     return work / f"{fold.protocol}-{fold.name.replace(' ', '_')}-{_signature(cfg, fold)}"
 
 
