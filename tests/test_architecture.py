@@ -36,7 +36,7 @@ def test_importing_the_core_loads_no_qt_and_no_torch():
 
 
 def test_ruff_clean():
-    ruff = shutil.which("ruff")
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")  # the venv's, unactivated too
     if ruff is None:
         pytest.skip("ruff is not installed")
     root = PKG.parent
