@@ -621,7 +621,7 @@ def write_adapted(out_dir: Path, base: ModelSpec, lab: LabTiles, weight: np.ndar
         if fp16.exists() and sidecar_for(fp16).exists():
             path16 = stage / "model.fp16.onnx"
             atomic_write_bytes(path16, replace_linear_head(onnx.load(str(fp16)), weight, bias).SerializeToString())
-            side16 = {**side, "name": f"{name}-fp16", "onnx_sha256": sha256_file(path16)}
+            side16 = {**side, "name": f"{name}-fp16", "onnx_sha256": sha256_file(path16), "precision": "fp16"}
             atomic_write_text(sidecar_for(path16), json.dumps(side16, indent=2) + "\n")
         if base.domain is not None:
             stats = with_lab(base.domain, lab.features, [str(v) for v in lab.label], lab.file,
@@ -772,6 +772,9 @@ def model_card(side: dict[str, Any], report: AdaptReport, base: ModelSpec) -> st
         "lab's tiles scored out of file), so tissue like the lab's scores in domain; glass, blur and ink checks "
         "are unchanged." if base.domain is not None else "- The base model has no domain statistics; neither has this one.",
         f"- Temperature {base.temperature:.3f} and classes are the base model's.",
+        "- No INT8 copy: an INT8 copy must be validated against its own FP32 model before it is used, so "
+        "`--precision auto` runs these FP32 weights on a CPU"
+        + (" (the FP16 copy, with the same new head, on a GPU)." if base.onnx_path.with_name("model.fp16.onnx").exists() else "."),
         "",
         "## Limits",
         "- Made from one lab's labels: it fits that lab's staining and scanner; on other labs' slides it may be "
