@@ -39,7 +39,15 @@ from cellview import __version__
 from cellview.errors import CellviewError, ModelError, SlideError
 from cellview.export import atomic_write_bytes, atomic_write_text
 from cellview.labels import LabelError, LabelSource, tile_labels
-from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier, probabilities, sha256_file, sidecar_for
+from cellview.model import (
+    CATEGORIES,
+    ModelSpec,
+    OnnxClassifier,
+    precision_copy,
+    probabilities,
+    sha256_file,
+    sidecar_for,
+)
 from cellview.pipeline import CancelToken, TileReaders, batch_indices, plan_tiles, slide_stain_transform
 from cellview.results import AnalysisParams, image_calls, plural
 from cellview.slide import open_slide
@@ -488,6 +496,12 @@ def adapt(sources: Sequence[LabelSource], base: ModelSpec, out_dir: Path | None,
 
     t0 = time.perf_counter()
     cancel = cancel or CancelToken()
+    if base.precision != "fp32":  # the head is fitted on, and written into, the trained weights
+        fp32 = precision_copy(base, "fp32")
+        if fp32 is None:
+            raise AdaptError(f"{base.onnx_path.name} is the model's {base.precision} copy and its FP32 model.onnx is "
+                             "not beside it; adapt the FP32 model.")
+        base = fp32
     if base.activation != "softmax":
         raise AdaptError(f"The model {base.name} uses a {base.activation} output; adapt refits softmax heads only.")
     if out_dir is not None:

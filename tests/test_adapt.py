@@ -375,3 +375,25 @@ def test_without_out_the_model_goes_to_the_user_s_models_folder_and_is_listed(la
     assert main(["models"]) == 0
     listed = capsys.readouterr().out
     assert "my-lab (your models folder" in listed and "adapted from toy-cam-domain 0.0-test on" in listed
+
+
+
+def test_adapting_a_precision_copy_adapts_its_fp32_model(lab_csv, cam_domain_model, tmp_path):
+    """Pointed at model.int8.onnx (the copy that may run), adapt fits and writes the FP32 weights' head."""
+    folder = tmp_path / "base"
+    shutil.copytree(Path(cam_domain_model).parent, folder)
+    fp32 = ModelSpec.load(folder / "model.onnx")
+    shutil.copy(folder / "model.onnx", folder / "model.int8.onnx")  # stands in for a quantised copy
+    side = json.loads((folder / "model.json").read_text())
+    side.update(precision="int8", onnx_sha256=sha256_file(folder / "model.int8.onnx"),
+                quantization={"source_onnx_sha256": fp32.onnx_sha256})
+    (folder / "model.int8.json").write_text(json.dumps(side))
+    copy = ModelSpec.load(folder / "model.int8.onnx")
+    assert copy.precision == "int8"
+    sources, _ = read_labels([lab_csv])
+    report, _ = run_adapt(sources, copy, tmp_path / "lab", name="toy-lab")
+    assert report.improved
+    written = ModelSpec.load(tmp_path / "lab" / "model.onnx")
+    assert written.precision == "fp32" and not (tmp_path / "lab" / "model.int8.onnx").exists()
+    base = json.loads((tmp_path / "lab" / "model.json").read_text())["adaptation"]["base"]
+    assert base["path"].endswith("/model.onnx") and base["onnx_sha256"] == fp32.onnx_sha256
