@@ -49,7 +49,7 @@ from cellview.model import (
     sidecar_for,
 )
 from cellview.pipeline import CancelToken, TileReaders, batch_indices, plan_tiles, slide_stain_transform
-from cellview.results import AnalysisParams, image_calls, plural
+from cellview.results import AnalysisParams, category_probabilities, image_calls, plural
 from cellview.slide import open_slide
 
 RECOMMENDED_PER_CATEGORY = 5
@@ -210,15 +210,15 @@ class LabTiles:
 
     @property
     def file(self) -> np.ndarray:
-        return np.array([self.items[i].file for i in self.item], np.int64)
+        return np.array([it.file for it in self.items], np.int64)[self.item]
 
     @property
     def category(self) -> np.ndarray:
-        return np.array([CATEGORIES.index(self.items[i].category) for i in self.item], np.int64)
+        return np.array([CATEGORIES.index(it.category) for it in self.items], np.int64)[self.item]
 
     @property
     def label(self) -> np.ndarray:
-        return np.array([self.items[i].label for i in self.item], dtype=object)
+        return np.array([it.label for it in self.items], dtype=object)[self.item]
 
 
 @dataclass(frozen=True)
@@ -295,11 +295,12 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
                 notes.append(f"{source.name}: {labelled.sum()} labelled tiles; a random {len(chosen)} were used")
             stain = slide_stain_transform(slide, grid, spec, params.stain_normalize)
             file_index = len(files)
+            item_for_comp = {}
             for c in np.unique(comp[chosen]):
                 tiles_c = chosen[comp[chosen] == c]
                 target = targets[str(labels[tiles_c[0]])]
+                item_for_comp[int(c)] = len(items)
                 items.append(LabItem(file_index, target.label, target.category, int(len(tiles_c))))
-            item_for_comp = {int(c): first_item + k for k, c in enumerate(np.unique(comp[chosen]))}
             batches = batch_indices(len(chosen), params.batch_size)
             readers = TileReaders(slide, grid, [chosen[b] for b in batches], params.workers, stain=stain)
             got_f, got_l, got_i, got_a = [], [], [], []
@@ -371,8 +372,6 @@ def figures(probs: np.ndarray, lab: LabTiles, class_categories: Sequence[str]) -
     n_items = len(lab.items)
     item_pred, _, _ = image_calls(probs, lab.item, n_items, class_categories, "vote")
     item_true = np.array([CATEGORIES.index(it.category) for it in lab.items])
-    from cellview.results import category_probabilities
-
     tile_pred = category_probabilities(probs, tuple(class_categories), "softmax").argmax(axis=1)
     tile_true = item_true[lab.item]
     present = sorted(set(item_true.tolist()))
@@ -661,12 +660,13 @@ def write_adapted(out_dir: Path, base: ModelSpec, lab: LabTiles, weight: np.ndar
 def _provenance(base: ModelSpec, lab: LabTiles, report: AdaptReport, params: AnalysisParams,
                 settings: AdaptSettings, today: str, command: str) -> dict[str, Any]:
     """The sidecar's ``adaptation`` entry: where the model came from, on what labels, measured how."""
+    tiles_per_file = np.bincount(lab.file, minlength=len(lab.files))
     return {
         "date": today,
         "base": {"name": base.name, "version": base.version, "onnx_sha256": base.onnx_sha256,
                  "domain_sha256": base.domain_sha256 or None, "path": str(base.onnx_path)},
         "label_counts": _label_counts(lab),
-        "files": [{"path": f, "items": sum(it.file == i for it in lab.items), "tiles": int((lab.file == i).sum())}
+        "files": [{"path": f, "items": sum(it.file == i for it in lab.items), "tiles": int(tiles_per_file[i])}
                   for i, f in enumerate(lab.files)],
         "unreadable": [{"path": f, "reason": why} for f, why in lab.unreadable],
         "tiles": int(len(lab.features)),
@@ -686,10 +686,11 @@ def _provenance(base: ModelSpec, lab: LabTiles, report: AdaptReport, params: Ana
 
 def _label_counts(lab: LabTiles) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
+    tiles_per_item = np.bincount(lab.item, minlength=len(lab.items))
     for i, it in enumerate(lab.items):
         entry = out.setdefault(it.label, {"items": 0, "tiles": 0, "files": 0})
         entry["items"] += 1
-        entry["tiles"] += int((lab.item == i).sum())
+        entry["tiles"] += int(tiles_per_item[i])
     for label, entry in out.items():
         entry["files"] = len({it.file for it in lab.items if it.label == label})
     return out

@@ -502,14 +502,14 @@ def with_lab(stats: DomainStats, features: np.ndarray, labels: Sequence[str] | n
         raise ModelError(f"Lab tiles need {stats.feature_dim} features each, one label and one file per tile.")
     names = sorted(set(labels.tolist()))
     means = np.stack([f[labels == n].mean(axis=0) for n in names]).astype(np.float32)
+    in_two_files = [n for n in names if len(np.unique(files[labels == n])) >= 2]
     cal: list[np.ndarray] = []
     for name in np.unique(files):
         mine = files == name
         rest = ~mine
         if not rest.any():
             continue
-        own = labels[mine]
-        counted = np.array([len(set(files[labels == lab].tolist())) >= 2 for lab in own])
+        counted = np.isin(labels[mine], in_two_files)
         if not counted.any():
             continue
         other = np.stack([f[rest & (labels == n)].mean(axis=0) for n in names if (rest & (labels == n)).any()])

@@ -23,6 +23,7 @@ from cellview.errors import CellviewError, ExportError
 from cellview.labels import (
     IGNORE,
     LabelRegion,
+    cell_centres,
     cell_rect,
     labelled_slides,
     labels_path,
@@ -149,8 +150,6 @@ class LabelsModel:
         grid = self.grid
         if grid is None:
             return 0
-        from cellview.labels import cell_centres
-
         cx, cy = cell_centres(grid)
         lo_x, hi_x, lo_y, hi_y = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
         hit = set(np.flatnonzero((cx >= lo_x) & (cx <= hi_x) & (cy >= lo_y) & (cy <= hi_y)).tolist())
@@ -245,7 +244,7 @@ class LabelsModel:
         out = []
         for name in sorted({str(v) for v in labels if v is not None}):
             cells = np.zeros(grid.shape, bool)
-            mine = np.array([v == name for v in labels], bool)
+            mine = labels == name
             cells[grid.grid_row[mine], grid.grid_col[mine]] = True
             seg = cell_outline(grid, cells)
             if len(seg):

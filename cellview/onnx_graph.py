@@ -199,6 +199,8 @@ def replace_linear_head(model: Any, weight: np.ndarray, bias: np.ndarray) -> Any
     if missing:
         raise ModelError(f"The model's linear head keeps its constant {missing[0]!r} outside the initializers.")
     return out
+
+
 def head_node_names(model: Any) -> list[str]:
     """Nodes that compute the logits and the maps from the last feature map: the pooling, the pass-through
     nodes after it, the linear layer and the explain taps (``cellview_*``).

@@ -32,6 +32,7 @@ from cellview.export import atomic_write_text
 from cellview.model import CATEGORIES, probabilities
 from cellview.results import image_calls
 from cellview.train import data as D
+from cellview.train.metrics import balanced_accuracy
 from cellview.train.splits import group_split
 
 ADAPT_KS: tuple[int | str, ...] = (1, 3, 5, 10, "all")
@@ -60,8 +61,9 @@ def eval_quality(run: Any, recipe: D.Recipe, samples: list[D.Sample]) -> np.ndar
     t = time.time()
     out = np.zeros((len(index), 3), np.float32)
     starts = np.searchsorted(index, np.arange(len(samples)))
+    per_sample = np.bincount(index, minlength=len(samples))
     for i, s in enumerate(samples):
-        n = int((index == i).sum())
+        n = int(per_sample[i])
         if n:
             tiles = _tiles_for(s, recipe)
             if len(tiles) != n:
@@ -308,7 +310,7 @@ def _score(probs: np.ndarray, tile_img: np.ndarray, rest: np.ndarray, other_grou
         if not present or len(present) < len(set(y_cat[rest].tolist())):
             out[name] = None
             continue
-        out[name] = {"balanced_accuracy": float(np.mean([(p[y == c] == c).mean() for c in present])),
+        out[name] = {"balanced_accuracy": balanced_accuracy(y, p),
                      "recall": {CATEGORIES[c]: float((p[y == c] == c).mean()) for c in present}}
     out["in_domain"] = float(stats.in_domain(stats.score(features, quality=quality)).mean()) if len(features) else None
     return out
