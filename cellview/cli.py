@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cellview import __version__
 from cellview.errors import CellviewError, MppError, SlideError
-from cellview.model import PRECISIONS, TTA_MODES
+from cellview.model import DEVICES, PRECISIONS, TTA_MODES
 from cellview.stain import STAIN_METHODS
 
 log = logging.getLogger("cellview")
@@ -43,7 +43,7 @@ def _add_analysis_options(p: argparse.ArgumentParser, tiles_only: bool = False) 
     if not tiles_only:
         p.add_argument("--whole-image", action="store_true",
                        help="classify each image as one tile resized to the model input (scale unknown)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
+    p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the model runs: auto takes the best available (TensorRT, then CUDA, then CPU); "
                         "the run says which one it got, and plainly when a GPU asked for is not usable")
     if not tiles_only:  # adapt reads the trained (FP32) weights' features: its head is fitted on them
@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "sidecar (default: colon-he)")
     p.add_argument("--mpp", type=float, help="µm per pixel at level 0, for slides/images that do not say")
     p.add_argument("--class", dest="class_name", help="class whose map to show, by name or index (default: predicted)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
+    p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the model runs, as for analyze")
     _add_precision_option(p)
     p.add_argument("--tissue-threshold", type=float, default=0.25, help="as for analyze: which tiles the grid keeps")

@@ -502,13 +502,6 @@ def available_models(root: Path | None = None) -> dict[str, Path]:
     return {e.name: e.path for e in model_entries()}
 
 
-def models_dir() -> Path:
-    """The folder a bare model name used to mean: $CELLVIEW_MODELS_DIR, else the bundled models, else the
-    user's folder. Kept for older callers; new code uses model_roots(), user_models_dir() or resolve_model()."""
-    env = os.environ.get(MODELS_ENV)
-    return Path(env).expanduser() if env else bundled_models_dir() or user_models_dir()
-
-
 def resolve_model(name_or_path: str | None) -> Path:
     """A model name (looked up as model_roots says) or a path; ModelError says plainly when none is there."""
     if name_or_path and (os.sep in name_or_path or name_or_path.endswith((".onnx", ".json")) or Path(name_or_path).exists()):
@@ -650,7 +643,6 @@ class OnnxClassifier:
         opts.add_session_config_entry("session.dynamic_block_base", "4")
         if intra_op_threads:
             opts.intra_op_num_threads = int(intra_op_threads)
-        self.intra_op_threads = int(intra_op_threads) if intra_op_threads else None
         try:
             self.session = ort.InferenceSession(str(self.spec.onnx_path), sess_options=opts, providers=wanted)
         except Exception as exc:  # noqa: BLE001 - ORT raises several types

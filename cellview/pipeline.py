@@ -394,8 +394,6 @@ def analyze(
                 nuclei_s += item.nuclei_s
                 read_cpu_s += item.read_cpu_s
                 checks_cpu_s += item.checks_cpu_s
-                if nuclei is not None and item.nuclei is not None:
-                    nuclei.values[item.indices] = item.nuclei
                 ok = ~item.failed
                 batch_probs = np.full((len(item.indices), spec.num_classes), np.nan, dtype=np.float32)
                 batch_domain = np.full(len(item.indices), np.nan, np.float32) if domain_score is not None else None
@@ -413,7 +411,7 @@ def analyze(
                     if batch_domain is not None and part is not None:
                         batch_domain[use] = part
                     took = time.perf_counter() - t_inf
-                    steps.took(len(batch_probs[use]), took)
+                    steps.took(end - start if isinstance(use, slice) else len(use), took)
                     infer_s += took
                 indices, failed = item.indices[:end], item.failed[:end]  # a cancelled batch keeps its steps done
                 batch_probs = batch_probs[:end]
@@ -424,14 +422,14 @@ def analyze(
                 state[indices] = np.where(~failed, TileState.DONE, TileState.FAILED)
                 kept = set(indices.tolist())
                 tile_errors.update({i: e for i, e in item.errors.items() if i in kept})
-                if nuclei is not None and item.nuclei is not None:
-                    nuclei.values[item.indices[end:]] = np.nan
+                batch_nuclei = None if item.nuclei is None else item.nuclei[:end]
+                if nuclei is not None and batch_nuclei is not None:
+                    nuclei.values[indices] = batch_nuclei
                 done += len(indices)
                 elapsed = time.perf_counter() - t_run
                 rate = (done - resumed) / elapsed if elapsed > 0 else 0.0
                 eta = (n - done) / rate if rate > 0 else None
-                yield BatchDone(indices, batch_probs, failed, done, n, elapsed, rate, eta,
-                                None if item.nuclei is None else item.nuclei[:end], batch_domain)
+                yield BatchDone(indices, batch_probs, failed, done, n, elapsed, rate, eta, batch_nuclei, batch_domain)
                 if end < len(item.indices):
                     break
             if cancel.cancelled and done < n:

@@ -254,7 +254,10 @@ class Slide:
         errors: list[BaseException] = []
 
         def helper() -> None:
-            other = self.reopen()
+            try:
+                other = self.reopen()
+            except Exception:  # noqa: BLE001 - no second handle: the calling thread reads every chunk
+                return
             try:
                 work(other)
             except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread

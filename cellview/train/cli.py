@@ -197,14 +197,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if msg := _need_torch():
         return _fail(msg)
     from cellview.errors import CellviewError
-    from cellview.train import default_data_dir
     from cellview.train.export import export_int8, export_run
 
     if not (args.run / "model.pt").exists():
         return _fail(f"{args.run} is not a finished training run (no model.pt)")
     if args.int8_only and args.no_int8:
         return _fail("--int8-only and --no-int8 contradict each other")
-    data_root = args.data_root or default_data_dir()
     try:
         out = args.out
         if out is None:
@@ -213,10 +211,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
             out = user_models_dir() / Run(args.run).recipe().name
         if args.int8_only:
-            export_int8(args.run, out, data_root)
+            export_int8(args.run, out, args.data_root)
         else:
             export_run(args.run, out, args.version, wsinfer=not args.no_wsinfer, fp16=not args.no_fp16,
-                       domain=not args.no_domain, int8=not args.no_int8, data_root=data_root)
+                       domain=not args.no_domain, int8=not args.no_int8, data_root=args.data_root)
     except (CellviewError, RuntimeError) as exc:
         return _fail(str(exc))
     print(f"exported to {out}", file=sys.stderr)
