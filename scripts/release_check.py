@@ -6,7 +6,8 @@ committed files (isolated build, as pip does for a user), checks that it holds e
 model folder byte for byte (models/<name>/*, not wsinfer/) and every module, installs it into a fresh
 virtual environment (not editable), and from a scratch folder, with no user models and no
 $CELLVIEW_MODELS_DIR, runs `cellview --version`, `cellview models`, `cellview analyze` on the real
-slide with the bundled default model, and the viewer's `--smoke-test` offscreen. Prints the wheel's
+slide with the bundled default model, `cellview adapt` on generated labelled images (no torch in the venv),
+and the viewer's `--smoke-test` offscreen. Prints the wheel's
 size and content and each step's time; exits non-zero on the first failure.
 
 Without ../shared/data the real-slide analysis is skipped (said so) and a generated image is
@@ -227,6 +228,32 @@ def main() -> int:
             step(f"cellview analyze {slide.name} (bundled default model)", lambda: run(
                 [cellview, "analyze", str(slide), *mpp, "--out", str(scratch / "out"), "-q", "--device", "cpu"],
                 cwd=scratch, env=env))
+
+        def adapt():
+            """A lab without the training stack adapts the bundled model: labelled images, no torch."""
+            if run([python, "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
+                   cwd=scratch, env=env).strip() != "True":
+                raise CheckFailed("torch is installed in the fresh venv; it must not be a viewer dependency")
+            lab = scratch / "lab"
+            lab.mkdir(exist_ok=True)
+            code = ("import numpy as np, sys; from PIL import Image; "
+                    "tints = {'malignant': (120, 60, 150), 'benign': (200, 110, 180), 'normal': (235, 170, 200)}; "
+                    "rows = ['image,label']\n"
+                    "for cat, tint in tints.items():\n"
+                    "    for k in range(2):\n"
+                    "        rng = np.random.default_rng(k); img = np.full((480, 480, 3), tint, np.uint8); "
+                    "img += rng.integers(0, 30, (480, 480, 1), dtype=np.uint8); "
+                    "Image.fromarray(img).save(f'{cat}_{k}.png'); rows.append(f'{cat}_{k}.png,{cat}')\n"
+                    "open('labels.csv', 'w').write('\\n'.join(rows) + '\\n')")
+            run([python, "-c", code], cwd=lab, env=env)
+            log = run([cellview, "adapt", "--labels", str(lab / "labels.csv"), "--mpp", "0.5", "--out",
+                       str(scratch / "adapted"), "--force", "-q", "--device", "cpu"], cwd=scratch, env=env)
+            written = {p.name for p in (scratch / "adapted").iterdir()}
+            if not {"model.onnx", "model.json", "MODEL_CARD.md", "adaptation.json"} <= written:
+                raise CheckFailed(f"cellview adapt wrote {sorted(written)}:\n{log}")
+            return log
+
+        print("  " + step("cellview adapt without torch (labelled images)", adapt).strip().replace("\n", "\n  "))
 
         def smoke():
             out = run([cellview, "--smoke-test", str(slide)], cwd=scratch, env=env, timeout=300)
