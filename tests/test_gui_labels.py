@@ -10,31 +10,19 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QPointF, Qt  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
+from test_gui import make_window  # noqa: E402
 
+from cellview.results import AnalysisParams  # noqa: E402
 from cellview.testing import LAB_BLOCKS, lab_block_rect, lab_slide_rgb, write_pyramid_tiff  # noqa: E402
 
 TIMEOUT_MS = 60000
 
-
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
+pytestmark = pytest.mark.usefixtures("isolated_settings")
 
 
 @pytest.fixture
 def window(qtbot, cam_domain_model, tmp_path):
-    from cellview.gui.app import make_app
-    from cellview.gui.mainwindow import MainWindow
-    from cellview.results import AnalysisParams
-
-    make_app()
-    w = MainWindow(analysis_defaults=AnalysisParams(tissue_threshold=0.5))
-    w.errors = []
-    w.show_error = lambda exc, title="": w.errors.append(exc)
-    qtbot.addWidget(w)
-    w.resize(1400, 900)
-    w.show()
-    assert w.add_model(cam_domain_model)
+    w = make_window(qtbot, AnalysisParams(tissue_threshold=0.5), cam_domain_model)
     w.model.auto_analyse = True
     slide = write_pyramid_tiff(tmp_path / "lab.tiff", lab_slide_rgb(), 1.0, levels=2)
     with qtbot.waitSignal(w.analysisFinished, timeout=TIMEOUT_MS):

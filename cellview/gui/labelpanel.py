@@ -177,6 +177,7 @@ def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsMod
 
     menu = QMenu("&Labels", window)
     window.menuBar().insertMenu(window.menuBar().actions()[-1], menu)  # before Help
+    window.return_focus_after(menu)
     key_actions: list[QAction] = []
     for key in LABEL_KEYS:
         act = QAction(f"Label picked tiles ({key})", window, shortcut=QKeySequence(key))

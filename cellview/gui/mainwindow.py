@@ -671,8 +671,12 @@ class MainWindow(QMainWindow):
         m = bar.addMenu("&Help")
         m.addAction("&Keyboard shortcuts", QKeySequence(QKeySequence.StandardKey.HelpContents), self.show_shortcuts)
         m.addAction("About CellView", self._about)
-        for menu in bar.findChildren(QMenu):  # Esc on a menu gives the keys back to the slide (arrows step tiles)
-            menu.aboutToHide.connect(lambda: QTimer.singleShot(0, self._focus_canvas_after_menu))
+        for menu in bar.findChildren(QMenu):
+            self.return_focus_after(menu)
+
+    def return_focus_after(self, menu: QMenu) -> None:
+        """Esc on ``menu`` gives the keys back to the slide (arrows step tiles); a menu added later calls it too."""
+        menu.aboutToHide.connect(lambda: QTimer.singleShot(0, self._focus_canvas_after_menu))
 
     def _focus_canvas_after_menu(self) -> None:
         """A menu closed without opening anything: the canvas takes the keyboard again, and the menu bar

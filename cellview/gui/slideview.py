@@ -739,7 +739,9 @@ class SlideView(pg.GraphicsView):
     # -- events --------------------------------------------------------------------------------
 
     def _range_changed(self, *args) -> None:
-        self.place_overlays()
+        # Apply the new range's transform now: its sigTransformChanged places the overlays, once per step
+        # (calling place_overlays here too ran it twice, the second nested in the first's viewPixelSize).
+        self.vb.updateMatrix()
         self._update_timer.start()
 
     def place_overlays(self) -> None:
