@@ -169,6 +169,7 @@ def test_kiosk_settings_apply_to_every_case_and_are_shown(qtbot, tmp_path, stain
     assert not kiosk.settings_card.isVisible() and kiosk.settings_problems == ()
     line = kiosk.run_options_label.text()
     assert kiosk.run_options_label.isVisible() and "toy-stain" in line and "Macenko" in line and "Flips ×4" in line
+    assert "weights: FP32" in line  # the toy model ships no INT8 copy: auto runs FP32
     case = run_case(qtbot, kiosk, he_slide)
     assert case.ok, case.message
     result = kiosk.model.result

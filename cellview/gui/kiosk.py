@@ -60,7 +60,7 @@ from cellview.kiosk import (
     iter_case,
     load_classifier,
 )
-from cellview.model import CATEGORY_COLORS, OnnxClassifier
+from cellview.model import CATEGORY_COLORS, PRECISION_LABELS, OnnxClassifier
 from cellview.pipeline import CancelToken, analyze
 from cellview.results import AnalysisParams, AnalysisResult, plural
 from cellview.slide import slide_display_name
@@ -920,7 +920,7 @@ class KioskWindow(MainWindow):
         spec, s = classifier.spec, self.settings
         self.run_options_label.setText(
             f"Model {spec.name} {spec.version}".rstrip() + f" · stain normalisation: {STAIN_LABELS[s.stain_normalize]}"
-            f" · test-time augmentation: {TTA_LABELS[s.tta]}")
+            f" · test-time augmentation: {TTA_LABELS[s.tta]} · weights: {PRECISION_LABELS[classifier.precision]}")
         self.run_options_label.show()
 
     def _on_model_failed(self, exc: CellviewError) -> None:
@@ -1188,7 +1188,7 @@ class KioskWindow(MainWindow):
         if self.idle or self.pin_pad is not None:
             return
         self.idle = True
-        unseen = self._finished_case if self._finished_at > getattr(self, "_last_activity", 0.0) else None
+        unseen = self._finished_case if self._finished_at > self._last_activity else None
         if unseen is not None and self.model.slide is not None and Path(self.model.slide.path) == unseen.path:
             self._wake_case = unseen
         elif self.current_case is None and self.classifier is not None:
