@@ -104,8 +104,9 @@ READ_CACHE_BYTES = 64 << 20
 class TileReaders:
     """Reader threads, each with its own slide handle, filling a bounded queue with batches.
 
-    The handles share one cache of decoded tiles: consecutive batches go to different threads and
-    overlap in the stored tiles they need (see ``tiling.read_order``).
+    Levels read through OpenSlide share one cache of decoded tiles: consecutive batches go to different
+    threads and overlap in the stored tiles they need (see ``tiling.read_order``). Levels of JPEG tiles
+    read directly (``direct_tiff``) keep their own cache per handle.
     """
 
     def __init__(self, slide: Slide, grid: TileGrid, batches: list[np.ndarray], workers: int,
