@@ -176,11 +176,13 @@ def test_slide_that_always_kills_its_worker_fails_after_retries(dask_cluster, fa
     assert not (out / "gamma.json").exists()
     assert "gamma.tiff" in err.split("Failures:")[1] and "Traceback" not in err
     # Three deaths in a row can make a nanny give up (Dask); the next tests want both workers back,
-    # as `cellview analyze --cluster local:N` does for its own cluster (DaskSession.heal).
-    dask_cluster.scale(2)
+    # as `cellview analyze --cluster local:N` does for its own cluster (DaskSession.heal). Like heal,
+    # scale again while waiting: Dask forgets a nanny that gave up only after its lost-worker timeout
+    # (15 s), and a scale() before then has nothing to start (the test failed that way under load).
     deadline = time.monotonic() + SLOW
     while len(dask_cluster.scheduler_info["workers"]) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+        dask_cluster.scale(2)
+        time.sleep(1.0)
     assert len(dask_cluster.scheduler_info["workers"]) == 2
 
 
