@@ -41,7 +41,7 @@ def main() -> int:
     import numpy as np
     from PySide6.QtCore import QElapsedTimer, QTimer
 
-    from cellview.errors import CellviewError
+    from cellview.base.errors import CellviewError
     from cellview.gui.app import make_app
     from cellview.gui.headless import wait_for
     from cellview.gui.mainwindow import MainWindow

@@ -1,6 +1,6 @@
 """CellView: tile-level malignant / benign / normal classification of slides and images."""
 
-from cellview.errors import (
+from cellview.base.errors import (
     AnalysisError,
     CancelledError,
     CellviewError,

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from cellview import __version__
-from cellview.errors import CellviewError, ModelError, SlideError
+from cellview.base.errors import CellviewError, ModelError, SlideError
 from cellview.export import atomic_write_bytes, atomic_write_text
 from cellview.labels import LabelError, LabelSource, tile_labels
 from cellview.model import (

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cellview import __version__
-from cellview.errors import CellviewError, MppError, SlideError
+from cellview.base.errors import CellviewError, MppError, SlideError
 from cellview.model import DEVICES, PRECISIONS, TTA_MODES
 from cellview.stain import STAIN_METHODS
 

@@ -34,7 +34,7 @@ from cellview.cohort_report import (
     read_outcome_from_metadata,
     shares_from_counts,
 )
-from cellview.errors import CellviewError, ModelError, MppError
+from cellview.base.errors import CellviewError, ModelError, MppError
 from cellview.results import AnalysisParams
 from cellview.slide import SUPPORTED_SUFFIXES, file_fingerprint, slide_display_name, slide_stem
 

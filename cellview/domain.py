@@ -49,7 +49,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cellview.errors import ModelError
+from cellview.base.errors import ModelError
 
 FORMAT = 1
 FORMAT_LAB = 2

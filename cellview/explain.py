@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cellview.errors import AnalysisError, ModelError
+from cellview.base.errors import AnalysisError, ModelError
 from cellview.model import OnnxClassifier, hex_to_rgb, probabilities
 from cellview.results import AnalysisParams, category_calls
 from cellview.slide import Slide, open_slide, slide_display_name

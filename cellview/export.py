@@ -19,7 +19,7 @@ import numpy as np
 
 from cellview import __version__
 from cellview.domain import OUT_OF_DOMAIN_RGBA
-from cellview.errors import ExportError
+from cellview.base.errors import ExportError
 from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.tiling import TILING_RULE
 
@@ -406,7 +406,7 @@ def draw_contours(draw: Any, result: AnalysisResult, overlay: OverlaySettings, t
                 draw.line([(x0 * sx, y0 * sy), (x1 * sx, y1 * sy)], fill=color, width=width + 2 if casing else width)
 
 
-_FONT_DIR = Path(__file__).parent / "resources" / "fonts"
+_FONT_DIR = Path(__file__).parent / "base" / "resources" / "fonts"
 
 
 def font(size: int, bold: bool = False) -> Any:

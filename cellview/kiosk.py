@@ -22,7 +22,7 @@ from typing import Any
 
 import platformdirs
 
-from cellview.errors import CellviewError, MppError
+from cellview.base.errors import CellviewError, MppError
 from cellview.export import FORMATS, atomic_write_text, export_slide_result, output_paths
 from cellview.model import DEFAULT_MODEL, DEVICES, PRECISIONS, TTA_MODES, ModelSpec, OnnxClassifier, resolve_model
 from cellview.pipeline import CancelToken, Event, Finished, analyze

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cellview.errors import CellviewError, ExportError
+from cellview.base.errors import CellviewError, ExportError
 from cellview.labels import (
     IGNORE,
     LabelRegion,

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import platformdirs
 
-from cellview.errors import CellviewError
+from cellview.base.errors import CellviewError
 from cellview.export import atomic_write_text
 from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.tiling import TileGrid

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import platformdirs
 
-from cellview.errors import ModelError
+from cellview.base.errors import ModelError
 from cellview.stain import StainReference
 
 if TYPE_CHECKING:

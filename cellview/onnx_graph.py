@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cellview.errors import ModelError
+from cellview.base.errors import ModelError
 
 EXPLAIN_OUTPUTS = ("features", "feature_map", "cam")
 """Output names added after the logits, in this order."""

@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cellview.errors import MppError, SlideError
+from cellview.base.errors import MppError, SlideError
 
 log = logging.getLogger(__name__)
 

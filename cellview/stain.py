@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cellview.errors import ModelError
+from cellview.base.errors import ModelError
 from cellview.tissue import optical_density
 
 STAIN_METHODS = ("none", "macenko", "reinhard")

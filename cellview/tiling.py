@@ -26,7 +26,7 @@ from functools import cached_property
 import cv2
 import numpy as np
 
-from cellview.errors import AnalysisError, SlideError
+from cellview.base.errors import AnalysisError, SlideError
 from cellview.slide import Slide
 from cellview.tissue import TissueMask
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from cellview.cache import ResultCache
 from cellview.domain import NOT_AVAILABLE
-from cellview.errors import CellviewError, ExportError, ModelError
+from cellview.base.errors import CellviewError, ExportError, ModelError
 from cellview.explain import TileExplanation, explain_tile
 from cellview.export import FORMATS, export_slide_result, render, writable_dir
 from cellview.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported

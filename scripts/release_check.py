@@ -97,7 +97,7 @@ def check_wheel(wheel: Path, files: list[str]) -> list[str]:
     for name, info in infos.items():
         if name.startswith("cellview/models/"):
             parts[f"model {name.split('/')[2]}"] += info.file_size
-        elif name.startswith("cellview/resources/"):
+        elif name.startswith("cellview/base/resources/"):
             parts["fonts"] += info.file_size
         else:
             parts["code, recipes, metadata"] += info.file_size

@@ -59,7 +59,7 @@ def main() -> int:
 
     import numpy as np
 
-    from cellview.errors import CellviewError
+    from cellview.base.errors import CellviewError
     from cellview.gui.app import make_app
     from cellview.gui.headless import settle, wait_for
     from cellview.gui.mainwindow import MainWindow

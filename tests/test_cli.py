@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cellview.cli import discover_slides, main
-from cellview.errors import CellviewError
+from cellview.base.errors import CellviewError
 from cellview.testing import make_toy_model
 
 

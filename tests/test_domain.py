@@ -18,7 +18,7 @@ from cellview.domain import (
     fit_domain,
     tile_quality,
 )
-from cellview.errors import ModelError
+from cellview.base.errors import ModelError
 from cellview.export import csv_text, geojson_dict, metadata_dict
 from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier
 from cellview.morphology import malignant_regions

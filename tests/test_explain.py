@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from cellview.cli import main
-from cellview.errors import ModelError
+from cellview.base.errors import ModelError
 from cellview.explain import explain_at, explanation_png, resolve_class
 from cellview.model import ModelSpec, OnnxClassifier
 from cellview.onnx_graph import EXPLAIN_OUTPUTS, add_explain_outputs, find_linear_head

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from cellview.errors import ExportError
+from cellview.base.errors import ExportError
 from cellview.export import atomic_write_text, export_all, geojson_dict, overlay_on_thumbnail
 from cellview.model import ModelSpec, OnnxClassifier
 from cellview.pipeline import run_analysis

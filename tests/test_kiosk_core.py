@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cellview.errors import CellviewError
+from cellview.base.errors import CellviewError
 from cellview.export import FORMATS
 from cellview.kiosk import (
     RECENT_FILE,
@@ -470,7 +470,7 @@ def test_choose_batch_size_rule(tmp_path):
 
 
 def test_load_classifier_and_a_missing_model(tmp_path, toy_model):
-    from cellview.errors import ModelError
+    from cellview.base.errors import ModelError
 
     assert load_classifier(KioskSettings(model=str(toy_model), device="cpu")).provider_label == "CPU"
     with pytest.raises(ModelError):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cellview.errors import ModelError
+from cellview.base.errors import ModelError
 from cellview.model import ModelSpec, OnnxClassifier, probabilities, resolve_model
 from cellview.testing import TOY_COLORS, make_toy_model
 

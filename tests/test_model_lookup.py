@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cellview.cli import main
-from cellview.errors import ModelError
+from cellview.base.errors import ModelError
 from cellview.model import (
     ModelEntry,
     available_models,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cellview.cache import ResultCache
-from cellview.errors import SlideError
+from cellview.base.errors import SlideError
 from cellview.export import csv_text
 from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier
 from cellview.pipeline import BatchDone, CancelToken, Finished, Started, analyze, run_analysis

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellview.errors import ModelError
+from cellview.base.errors import ModelError
 from cellview.model import ModelSpec, OnnxClassifier, choose_precision, precision_copy, precision_path
 
 onnx = pytest.importorskip("onnx")

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cellview.errors import MppError, SlideError
+from cellview.base.errors import MppError, SlideError
 from cellview.slide import composite_on_white, mpp_from_properties, open_slide
 
 REAL = {

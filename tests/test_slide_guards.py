@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellview.errors import SlideError
+from cellview.base.errors import SlideError
 from cellview.fuzzing import _tiff_entries
 from cellview.slide import check_tiff_geometry, open_slide
 from cellview.testing import synthetic_slide_rgb, write_pyramid_tiff

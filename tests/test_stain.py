@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cellview.errors import AnalysisError, ModelError
+from cellview.base.errors import AnalysisError, ModelError
 from cellview.model import ModelSpec, OnnxClassifier, tta_views
 from cellview.pipeline import run_analysis
 from cellview.results import AnalysisParams

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellview.errors import AnalysisError, MppError
+from cellview.base.errors import AnalysisError, MppError
 from cellview.slide import ImageSlide, Mpp, open_slide
 from cellview.testing import SYNTH_BLOCKS, SYNTH_TILE, expected_synthetic_tiles
 from cellview.tiling import SLIVER_FRACTION, axis_positions, build_grid, read_tile

@@ -15,7 +15,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from cellview.errors import ModelError  # noqa: E402
+from cellview.base.errors import ModelError  # noqa: E402
 from cellview.model import ModelSpec, OnnxClassifier  # noqa: E402
 from cellview.train import data as D  # noqa: E402
 from cellview.train import default_data_dir  # noqa: E402
@@ -353,7 +353,7 @@ def test_views_zero_trains_the_head_on_the_analysis_tiles(tmp_path):
 
 
 def test_damaged_run_json_is_a_clear_error(tmp_path):
-    from cellview.errors import CellviewError
+    from cellview.base.errors import CellviewError
     from cellview.train.train import Run
 
     run = Run(tmp_path)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellview.errors import CellviewError
+from cellview.base.errors import CellviewError
 from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.pipeline import BatchDone, Finished, Started, analyze
 from cellview.results import AnalysisParams

@@ -86,7 +86,7 @@ def run_gui(args: argparse.Namespace) -> int:
 
         return run_kiosk(args)
     app = make_app()
-    from cellview.errors import CellviewError
+    from cellview.base.errors import CellviewError
     from cellview.gui.mainwindow import MainWindow
     from cellview.model import resolve_model
 

@@ -44,7 +44,7 @@ from PySide6.QtWidgets import (
 )
 
 from cellview.cache import ResultCache
-from cellview.errors import CellviewError
+from cellview.base.errors import CellviewError
 from cellview.gui.mainwindow import MainWindow, WheelGuard, format_eta
 from cellview.gui.qtapp import make_app
 from cellview.gui.touch import FilePickerSheet, ScaleSheet, TileSheet

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cellview.errors import CellviewError
+from cellview.base.errors import CellviewError
 from cellview.gui.panels import section, show_model_card
 from cellview.labelling import LABEL_KEYS, LabelsModel
 from cellview.model import CATEGORIES

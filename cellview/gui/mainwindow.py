@@ -41,7 +41,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cellview.errors import CellviewError
+from cellview.base.errors import CellviewError
 from cellview.gui import settings as cfg
 from cellview.gui.legendview import paint_legend
 from cellview.gui.panels import (

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from cellview.errors import SlideError
+from cellview.base.errors import SlideError
 from cellview.morphology import NucleiMeasurement, measure_nuclei, patch_mpp
 from cellview.pipeline import CancelToken
 from cellview.slide import open_slide

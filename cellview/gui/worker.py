@@ -18,7 +18,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
-from cellview.errors import CellviewError
+from cellview.base.errors import CellviewError
 from cellview.pipeline import CancelToken
 
 

@@ -110,7 +110,7 @@ def _need_torch() -> str | None:
 def cmd_train(args: argparse.Namespace) -> int:
     if msg := _need_torch():
         return _fail(msg)
-    from cellview.errors import CellviewError
+    from cellview.base.errors import CellviewError
     from cellview.train import data as D
     from cellview.train import default_data_dir
     from cellview.train.backbone import BackboneError
@@ -147,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if msg := _need_torch():
         return _fail(msg)
-    from cellview.errors import CellviewError
+    from cellview.base.errors import CellviewError
     from cellview.train.evaluate import evaluate_protocols, evaluate_run
     from cellview.train.protocol import PROTOCOLS
     from cellview.train.train import Run
@@ -196,7 +196,7 @@ def _adaptation(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     if msg := _need_torch():
         return _fail(msg)
-    from cellview.errors import CellviewError
+    from cellview.base.errors import CellviewError
     from cellview.train.export import export_int8, export_run
 
     if not (args.run / "model.pt").exists():

@@ -38,7 +38,7 @@ from cellview.domain import (
     fit_domain,
     tile_quality,
 )
-from cellview.errors import CellviewError, ModelError
+from cellview.base.errors import CellviewError, ModelError
 from cellview.export import atomic_write_bytes, atomic_write_text
 from cellview.model import ModelSpec, OnnxClassifier, sha256_file, sidecar_for
 from cellview.train import data as D

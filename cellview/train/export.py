@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cellview.domain import DOMAIN_FILE
-from cellview.errors import CellviewError
+from cellview.base.errors import CellviewError
 from cellview.export import atomic_write_text
 from cellview.model import ModelSpec, OnnxClassifier, sha256_file
 from cellview.onnx_graph import EXPLAIN_OUTPUTS, upgrade_onnx_file

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cellview.errors import CellviewError
+from cellview.base.errors import CellviewError
 from cellview.export import atomic_write, atomic_write_text
 from cellview.train import data as D
 from cellview.train.backbone import (
