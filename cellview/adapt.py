@@ -37,7 +37,7 @@ import numpy as np
 
 from cellview import __version__
 from cellview.base.errors import CellviewError, ModelError, SlideError
-from cellview.export import atomic_write_bytes, atomic_write_text
+from cellview.base.files import atomic_write_bytes, atomic_write_text
 from cellview.labels import LabelError, LabelSource, tile_labels
 from cellview.model import (
     CATEGORIES,

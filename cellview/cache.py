@@ -20,7 +20,7 @@ import numpy as np
 import platformdirs
 
 from cellview import __version__
-from cellview.export import atomic_write_bytes
+from cellview.base.files import atomic_write_bytes
 from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei
 from cellview.slide import Mpp, SkippedLevel, SlideInfo
 from cellview.tiling import TILING_RULE, TileGrid

@@ -289,8 +289,8 @@ def _parse_point(text: str) -> tuple[float, float]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from cellview.base.files import atomic_write_bytes
     from cellview.explain import explain_at, explanation_png, resolve_class
-    from cellview.export import atomic_write_bytes
     from cellview.model import ModelSpec, OnnxClassifier, resolve_model
     from cellview.results import AnalysisParams
 

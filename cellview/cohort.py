@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from cellview.base.errors import CellviewError, ModelError, MppError
 from cellview.cohort_report import (
     THUMBS_DIR,
     CohortTables,
@@ -34,7 +35,6 @@ from cellview.cohort_report import (
     read_outcome_from_metadata,
     shares_from_counts,
 )
-from cellview.base.errors import CellviewError, ModelError, MppError
 from cellview.results import AnalysisParams
 from cellview.slide import SUPPORTED_SUFFIXES, file_fingerprint, slide_display_name, slide_stem
 
@@ -290,7 +290,8 @@ def _write_thumbnail(result: Any, out_dir: Path, stem: str, max_px: int) -> str:
     """The heatmap over a small slide thumbnail, for cohort.html; '' when it cannot be made."""
     import cv2
 
-    from cellview.export import atomic_write_bytes, overlay_on_thumbnail
+    from cellview.base.files import atomic_write_bytes
+    from cellview.export import overlay_on_thumbnail
     from cellview.slide import open_slide
 
     try:

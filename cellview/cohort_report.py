@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cellview.export import atomic_write_text, spreadsheet_safe
+from cellview.base.files import atomic_write_text
+from cellview.export import spreadsheet_safe
 from cellview.model import CATEGORIES, CATEGORY_COLORS
 
 COHORT_CSV, COHORT_JSON, COHORT_HTML = "cohort.csv", "cohort.json", "cohort.html"

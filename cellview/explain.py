@@ -172,7 +172,7 @@ def explanation_png(ex: TileExplanation, scale: int = 2) -> bytes:
     """One picture: the patch, the class activation map over it, the probabilities and the domain score."""
     from PIL import Image, ImageDraw
 
-    from cellview.export import font
+    from cellview.base.fonts import font
 
     p = ex.patch.shape[0] * scale
     big = cv2.resize(ex.patch, (p, p), interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)

@@ -5,21 +5,21 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from cellview import __version__
-from cellview.domain import OUT_OF_DOMAIN_RGBA
 from cellview.base.errors import ExportError
+from cellview.base.files import atomic_write_bytes
+from cellview.base.fonts import font
+from cellview.domain import OUT_OF_DOMAIN_RGBA
 from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.tiling import TILING_RULE
 
@@ -31,42 +31,6 @@ if TYPE_CHECKING:
 FORMATS = ("csv", "geojson", "png", "json")
 SUFFIXES = {"csv": ".csv", "geojson": ".geojson", "png": ".png", "json": ".json"}
 
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Let ``write`` fill a temp file in the same folder, fsync, then rename it over ``path``.
-
-    A crash or Ctrl-C mid-write leaves the previous file whole and no temp file behind. Streamed,
-    so np.save / torch.save of large arrays need not be held in memory a second time.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise ExportError(f"Cannot write to {path.parent}.", str(exc)) from exc
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ExportError(f"Cannot write {path}.", str(exc)) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda fh: fh.write(data))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _fmt(value: float) -> str:
@@ -406,18 +370,6 @@ def draw_contours(draw: Any, result: AnalysisResult, overlay: OverlaySettings, t
                 draw.line([(x0 * sx, y0 * sy), (x1 * sx, y1 * sy)], fill=color, width=width + 2 if casing else width)
 
 
-_FONT_DIR = Path(__file__).parent / "base" / "resources" / "fonts"
-
-
-def font(size: int, bold: bool = False) -> Any:
-    """DejaVu Sans (shipped: it has µ and other symbols Pillow's default font lacks)."""
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.truetype(str(_FONT_DIR / ("DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf")), size)
-    except OSError:
-        return ImageFont.load_default(size=size)
-
 
 def draw_regions(draw: Any, result: AnalysisResult, regions: Sequence[Region], thumb_wh: tuple[int, int],
                  k: float = 1.0, label_font: Any = None) -> None:
@@ -666,36 +618,4 @@ def export_options(formats: Iterable[str], png_size_px: int, region_confidence: 
     return out
 
 
-def default_export_dir() -> Path:
-    """Where exports go when the slide's own folder cannot be written: ~/Documents/CellView (or the like)."""
-    import platformdirs
 
-    return Path(platformdirs.user_documents_dir()) / "CellView"
-
-
-def writable_dir(preferred: Path, fallback: Path | None = None) -> tuple[Path, str]:
-    """``preferred`` if files can be created in it, else ``fallback`` (created), and a note saying so.
-
-    Slides often sit on read-only shares or media; an export dialog must not start where saving fails.
-    """
-    preferred = Path(preferred)
-    if _can_write(preferred):
-        return preferred, ""
-    target = Path(fallback) if fallback is not None else default_export_dir()
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        target = Path(tempfile.gettempdir())
-    return target, f"{preferred} cannot be written; saving to {target} instead."
-
-
-def _can_write(folder: Path) -> bool:
-    if not folder.is_dir():
-        return False
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".cellview-probe-", dir=folder)
-    except OSError:
-        return False
-    os.close(fd)
-    Path(tmp).unlink(missing_ok=True)
-    return True

@@ -23,7 +23,8 @@ from typing import Any
 import platformdirs
 
 from cellview.base.errors import CellviewError, MppError
-from cellview.export import FORMATS, atomic_write_text, export_slide_result, output_paths
+from cellview.base.files import atomic_write_text
+from cellview.export import FORMATS, export_slide_result, output_paths
 from cellview.model import DEFAULT_MODEL, DEVICES, PRECISIONS, TTA_MODES, ModelSpec, OnnxClassifier, resolve_model
 from cellview.pipeline import CancelToken, Event, Finished, analyze
 from cellview.results import AnalysisParams, domain_banner, whole_percentages

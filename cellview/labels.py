@@ -30,7 +30,7 @@ import numpy as np
 import platformdirs
 
 from cellview.base.errors import CellviewError
-from cellview.export import atomic_write_text
+from cellview.base.files import atomic_write_text
 from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.tiling import TileGrid
 

@@ -345,7 +345,7 @@ def upgrade_onnx_file(src: Path, dst: Path | None = None) -> Path:
     """Add the explain outputs to an ``.onnx`` file (in place when ``dst`` is None), written atomically."""
     import onnx
 
-    from cellview.export import atomic_write_bytes
+    from cellview.base.files import atomic_write_bytes
 
     src = Path(src)
     try:

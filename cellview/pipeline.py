@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from cellview.base.errors import AnalysisError, CellviewError, SlideError
 from cellview.cache import ResultCache, cache_key
 from cellview.domain import QUALITY_CHECKS, tile_quality
-from cellview.base.errors import AnalysisError, CellviewError, SlideError
 from cellview.model import ModelSpec, OnnxClassifier
 from cellview.morphology import measure_nuclei, patch_mpp
 from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei, TileState

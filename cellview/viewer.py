@@ -34,11 +34,12 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from cellview.base.errors import CellviewError, ExportError, ModelError
+from cellview.base.files import writable_dir
 from cellview.cache import ResultCache
 from cellview.domain import NOT_AVAILABLE
-from cellview.base.errors import CellviewError, ExportError, ModelError
 from cellview.explain import TileExplanation, explain_tile
-from cellview.export import FORMATS, export_slide_result, render, writable_dir
+from cellview.export import FORMATS, export_slide_result, render
 from cellview.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
 from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier, copy_with_sha, sidecar_for, user_models_dir
 from cellview.morphology import Region, malignant_regions
@@ -1513,7 +1514,7 @@ class ViewerModel:
 
     def save_export(self, path: str | os.PathLike[str], data: bytes) -> Path:
         """Write an export atomically and remember its folder for the next one (also the GUI's view PNG)."""
-        from cellview.export import atomic_write_bytes
+        from cellview.base.files import atomic_write_bytes
 
         path = Path(path)
         atomic_write_bytes(path, data)

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cellview.cli import discover_slides, main
 from cellview.base.errors import CellviewError
+from cellview.cli import discover_slides, main
 from cellview.testing import make_toy_model
 
 

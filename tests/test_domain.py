@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cellview.base.errors import ModelError
 from cellview.cache import ResultCache, result_from_bytes, result_to_bytes
 from cellview.domain import (
     NOT_AVAILABLE,
@@ -18,7 +19,6 @@ from cellview.domain import (
     fit_domain,
     tile_quality,
 )
-from cellview.base.errors import ModelError
 from cellview.export import csv_text, geojson_dict, metadata_dict
 from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier
 from cellview.morphology import malignant_regions

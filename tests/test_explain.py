@@ -10,8 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from cellview.cli import main
 from cellview.base.errors import ModelError
+from cellview.cli import main
 from cellview.explain import explain_at, explanation_png, resolve_class
 from cellview.model import ModelSpec, OnnxClassifier
 from cellview.onnx_graph import EXPLAIN_OUTPUTS, add_explain_outputs, find_linear_head

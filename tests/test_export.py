@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cellview.base.errors import ExportError
-from cellview.export import atomic_write_text, export_all, geojson_dict, overlay_on_thumbnail
+from cellview.base.files import atomic_write_text
+from cellview.export import export_all, geojson_dict, overlay_on_thumbnail
 from cellview.model import ModelSpec, OnnxClassifier
 from cellview.pipeline import run_analysis
 from cellview.results import AnalysisParams

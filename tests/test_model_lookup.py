@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cellview.cli import main
 from cellview.base.errors import ModelError
+from cellview.cli import main
 from cellview.model import (
     ModelEntry,
     available_models,

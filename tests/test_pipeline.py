@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellview.cache import ResultCache
 from cellview.base.errors import SlideError
+from cellview.cache import ResultCache
 from cellview.export import csv_text
 from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier
 from cellview.pipeline import BatchDone, CancelToken, Finished, Started, analyze, run_analysis

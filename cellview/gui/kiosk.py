@@ -43,8 +43,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cellview.cache import ResultCache
 from cellview.base.errors import CellviewError
+from cellview.cache import ResultCache
 from cellview.gui.mainwindow import MainWindow, WheelGuard, format_eta
 from cellview.gui.qtapp import make_app
 from cellview.gui.touch import FilePickerSheet, ScaleSheet, TileSheet

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from cellview.adapt import AdaptSettings, fit_head, label_weights
+from cellview.base.files import atomic_write_text
 from cellview.domain import DomainStats, fit_domain, tile_quality, with_lab
-from cellview.export import atomic_write_text
 from cellview.model import CATEGORIES, probabilities
 from cellview.results import image_calls
 from cellview.train import data as D

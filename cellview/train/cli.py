@@ -176,7 +176,7 @@ def _adaptation(args: argparse.Namespace) -> None:
     """The adaptation curve into RUN/eval (and, with --card, into the model folder's card and protocol.json)."""
     import json
 
-    from cellview.export import atomic_write_text
+    from cellview.base.files import atomic_write_text
     from cellview.train.adaptation import SECTION, adaptation_curve, markdown
     from cellview.train.domain import update_card
 

@@ -30,6 +30,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from cellview.base.errors import CellviewError, ModelError
+from cellview.base.files import atomic_write_bytes, atomic_write_text
 from cellview.domain import (
     DOMAIN_FILE,
     QUALITY_CHECKS,
@@ -38,8 +40,6 @@ from cellview.domain import (
     fit_domain,
     tile_quality,
 )
-from cellview.base.errors import CellviewError, ModelError
-from cellview.export import atomic_write_bytes, atomic_write_text
 from cellview.model import ModelSpec, OnnxClassifier, sha256_file, sidecar_for
 from cellview.train import data as D
 from cellview.train.splits import SPLITS, group_split, groups_straddling

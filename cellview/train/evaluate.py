@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from cellview.export import atomic_write_bytes, atomic_write_text
+from cellview.base.files import atomic_write_bytes, atomic_write_text
 from cellview.model import CATEGORIES, probabilities
 from cellview.train import data as D
 from cellview.train.metrics import (

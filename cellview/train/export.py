@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cellview.domain import DOMAIN_FILE
 from cellview.base.errors import CellviewError
-from cellview.export import atomic_write_text
+from cellview.base.files import atomic_write_text
+from cellview.domain import DOMAIN_FILE
 from cellview.model import ModelSpec, OnnxClassifier, sha256_file
 from cellview.onnx_graph import EXPLAIN_OUTPUTS, upgrade_onnx_file
 from cellview.train import data as D

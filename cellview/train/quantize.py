@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from cellview.base.errors import ModelError
-from cellview.export import atomic_write_bytes, atomic_write_text
+from cellview.base.files import atomic_write_bytes, atomic_write_text
 from cellview.model import ModelSpec, OnnxClassifier, precision_path, probabilities, sha256_file
 from cellview.results import category_probabilities
 from cellview.train import data as D

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cellview.base.errors import CellviewError
-from cellview.export import atomic_write, atomic_write_text
+from cellview.base.files import atomic_write, atomic_write_text
 from cellview.train import data as D
 from cellview.train.backbone import (
     Backbone,
