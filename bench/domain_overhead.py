@@ -31,7 +31,7 @@ from cellview.domain import tile_quality  # noqa: E402
 from cellview.model import ModelSpec, OnnxClassifier, resolve_model  # noqa: E402
 from cellview.pipeline import TileReaders, batch_indices, plan_tiles, run_analysis  # noqa: E402
 from cellview.results import AnalysisParams  # noqa: E402
-from cellview.slide import open_slide  # noqa: E402
+from cellview.slides.slide import open_slide  # noqa: E402
 
 
 def read_batches(slide_path: Path, spec: ModelSpec, params: AnalysisParams, limit: int) -> list[np.ndarray]:

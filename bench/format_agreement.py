@@ -30,7 +30,7 @@ def main() -> int:
     from cellview.model import ModelSpec, OnnxClassifier, resolve_model
     from cellview.pipeline import run_analysis
     from cellview.results import AnalysisParams
-    from cellview.slide import check_levels, describe_skipped, open_slide
+    from cellview.slides.slide import check_levels, describe_skipped, open_slide
 
     slides = Path(args.data) / "slides"
     copies = {"svs": slides / "CMU-1-Small-Region.svs",

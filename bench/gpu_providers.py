@@ -67,7 +67,7 @@ def tiles_from(slide: Path | None, spec: ModelSpec, n: int) -> np.ndarray:
         return np.random.default_rng(0).integers(0, 256, (n, spec.patch_size_pixels, spec.patch_size_pixels, 3),
                                                  dtype=np.uint8)
     from cellview.pipeline import plan_tiles
-    from cellview.slide import open_slide
+    from cellview.slides.slide import open_slide
     from cellview.tiling import read_tile
 
     with open_slide(slide) as s:

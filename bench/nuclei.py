@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cellview.morphology import draw_contours, measure_nuclei, patch_mpp  # noqa: E402
-from cellview.slide import open_slide  # noqa: E402
+from cellview.slides.slide import open_slide  # noqa: E402
 from cellview.tiling import build_grid, read_tile  # noqa: E402
 from cellview.tissue import TissueParams, detect_tissue  # noqa: E402
 

@@ -35,7 +35,7 @@ else:
 from cellview.model import ModelSpec, OnnxClassifier, resolve_model  # noqa: E402
 from cellview.pipeline import TileReaders, batch_indices, plan_tiles, run_analysis  # noqa: E402
 from cellview.results import AnalysisParams  # noqa: E402
-from cellview.slide import open_slide  # noqa: E402
+from cellview.slides.slide import open_slide  # noqa: E402
 
 
 def read_only(slide_path: Path, spec: ModelSpec, params: AnalysisParams, min_s: float = 0.0

@@ -50,7 +50,7 @@ from cellview.model import (
 )
 from cellview.pipeline import CancelToken, TileReaders, batch_indices, plan_tiles, slide_stain_transform
 from cellview.results import AnalysisParams, category_probabilities, image_calls, plural
-from cellview.slide import open_slide
+from cellview.slides.slide import open_slide
 
 RECOMMENDED_PER_CATEGORY = 5
 """Labelled images or regions per category below which ``adapt`` warns (where the evaluation's gain levels off)."""

@@ -22,7 +22,7 @@ import platformdirs
 from cellview import __version__
 from cellview.base.files import atomic_write_bytes
 from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei
-from cellview.slide import Mpp, SkippedLevel, SlideInfo
+from cellview.slides.slide import Mpp, SkippedLevel, SlideInfo
 from cellview.tiling import TILING_RULE, TileGrid
 from cellview.tissue import TissueMask
 

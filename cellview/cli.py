@@ -215,7 +215,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from cellview.slide import describe, open_slide
+    from cellview.slides.slide import describe, open_slide
 
     status = 0
     for p in args.paths:

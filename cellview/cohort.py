@@ -36,7 +36,7 @@ from cellview.cohort_report import (
     shares_from_counts,
 )
 from cellview.results import AnalysisParams
-from cellview.slide import SUPPORTED_SUFFIXES, file_fingerprint, slide_display_name, slide_stem
+from cellview.slides.slide import SUPPORTED_SUFFIXES, file_fingerprint, slide_display_name, slide_stem
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def _write_thumbnail(result: Any, out_dir: Path, stem: str, max_px: int) -> str:
 
     from cellview.base.files import atomic_write_bytes
     from cellview.export import overlay_on_thumbnail
-    from cellview.slide import open_slide
+    from cellview.slides.slide import open_slide
 
     try:
         with open_slide(result.slide.path, mpp_um=result.params.mpp_um) as slide:

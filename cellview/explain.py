@@ -20,7 +20,7 @@ import numpy as np
 from cellview.base.errors import AnalysisError, ModelError
 from cellview.model import OnnxClassifier, hex_to_rgb, probabilities
 from cellview.results import AnalysisParams, category_calls
-from cellview.slide import Slide, open_slide, slide_display_name
+from cellview.slides.slide import Slide, open_slide, slide_display_name
 from cellview.stain import TileStainTransform
 from cellview.tiling import TileGrid, build_grid, read_tile
 

@@ -28,7 +28,7 @@ from cellview.export import FORMATS, export_slide_result, output_paths
 from cellview.model import DEFAULT_MODEL, DEVICES, PRECISIONS, TTA_MODES, ModelSpec, OnnxClassifier, resolve_model
 from cellview.pipeline import CancelToken, Event, Finished, analyze
 from cellview.results import AnalysisParams, domain_banner, whole_percentages
-from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name, slide_stem
+from cellview.slides.slide import SUPPORTED_SUFFIXES, slide_display_name, slide_stem
 from cellview.stain import STAIN_METHODS
 
 log = logging.getLogger(__name__)

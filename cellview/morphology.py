@@ -30,7 +30,7 @@ from cellview.tiling import cell_edges
 from cellview.tissue import optical_density, otsu_threshold
 
 if TYPE_CHECKING:
-    from cellview.slide import Slide
+    from cellview.slides.slide import Slide
     from cellview.tiling import TileGrid
 
 # ----------------------------------------------------------------------------- stain matrix

@@ -24,7 +24,7 @@ from cellview.domain import QUALITY_CHECKS, tile_quality
 from cellview.model import ModelSpec, OnnxClassifier
 from cellview.morphology import measure_nuclei, patch_mpp
 from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei, TileState
-from cellview.slide import Slide, open_slide
+from cellview.slides.slide import Slide, open_slide
 from cellview.stain import TileStainTransform, fit_transform, sample_tile_indices
 from cellview.tiling import TileGrid, build_grid, read_order, read_tile
 from cellview.tissue import TissueMask, detect_tissue

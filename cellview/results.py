@@ -25,7 +25,7 @@ from cellview.domain import (
     in_domain_mask,
 )
 from cellview.model import CATEGORIES, CATEGORY_COLORS, PRECISIONS, TTA_MODES, ModelSpec, hex_to_rgb
-from cellview.slide import Mpp, SlideInfo
+from cellview.slides.slide import Mpp, SlideInfo
 from cellview.stain import STAIN_METHODS
 from cellview.tiling import TileGrid
 from cellview.tissue import TissueMask, TissueParams

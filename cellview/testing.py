@@ -274,7 +274,7 @@ def grid_result(cats: list[str], conf: np.ndarray | None = None, stride: int = 1
     """
     from cellview.model import CATEGORIES
     from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
-    from cellview.slide import Mpp, SlideInfo
+    from cellview.slides.slide import Mpp, SlideInfo
     from cellview.tiling import TileGrid
 
     n_rows, n_cols = len(cats), len(cats[0])

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from cellview.base.errors import AnalysisError, SlideError
-from cellview.slide import Slide
+from cellview.slides.slide import Slide
 from cellview.tissue import TissueMask
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from cellview.slide import Slide
+from cellview.slides.slide import Slide
 
 
 @dataclass(frozen=True)

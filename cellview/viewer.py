@@ -54,7 +54,7 @@ from cellview.results import (
     domain_banner,
     plural,
 )
-from cellview.slide import Mpp, SlideInfo, open_slide, slide_display_name, slide_stem
+from cellview.slides.slide import Mpp, SlideInfo, open_slide, slide_display_name, slide_stem
 from cellview.stain import StainReference, TileStainTransform
 from cellview.tissue import TissueMask, TissueParams, detect_tissue
 

@@ -34,7 +34,7 @@ from cellview.labels import (
 )
 from cellview.model import ModelSpec, OnnxClassifier, sha256_file
 from cellview.results import AnalysisParams
-from cellview.slide import open_slide
+from cellview.slides.slide import open_slide
 from cellview.testing import LAB_BLOCKS, LAB_COLOURS, lab_block_rect, lab_image, lab_slide_rgb, write_pyramid_tiff
 
 # The toy CAM model (tests/conftest.py: cam_domain_model) calls red malignant, blue benign, green normal.

@@ -25,7 +25,7 @@ def test_no_qt_import_outside_gui_statically():
 
 def test_importing_the_core_loads_no_qt_and_no_torch():
     code = (
-        "import sys, cellview.slide, cellview.tissue, cellview.tiling, cellview.model, cellview.pipeline, "
+        "import sys, cellview.slides.slide, cellview.tissue, cellview.tiling, cellview.model, cellview.pipeline, "
         "cellview.results, cellview.export, cellview.cache, cellview.cli\n"
         "cellview.cli.build_parser()\n"
         "bad = [m for m in ('PySide6', 'pyqtgraph', 'torch', 'torchvision') if m in sys.modules]\n"

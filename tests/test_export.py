@@ -14,7 +14,7 @@ from cellview.export import export_all, geojson_dict, overlay_on_thumbnail
 from cellview.model import ModelSpec, OnnxClassifier
 from cellview.pipeline import run_analysis
 from cellview.results import AnalysisParams
-from cellview.slide import open_slide
+from cellview.slides.slide import open_slide
 
 
 @pytest.fixture(scope="module")

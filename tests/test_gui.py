@@ -127,7 +127,7 @@ def test_pyramid_tiles_load_when_zoomed(qtbot, window, synthetic_slide):
 
 
 def test_click_tile_shows_inspector_and_arrows_step(qtbot, window, synthetic_slide):
-    from cellview.slide import open_slide
+    from cellview.slides.slide import open_slide
     from cellview.tiling import read_tile
 
     result = open_and_analyse(qtbot, window, synthetic_slide)

@@ -158,7 +158,7 @@ def test_a_filter_on_screen_is_shown_and_one_tap_clears_it(qtbot, toy_model, syn
 
 
 def test_the_inspector_shows_the_stain_normalised_patch(qtbot, stain_model, he_slide):
-    from cellview.slide import open_slide
+    from cellview.slides.slide import open_slide
     from cellview.tiling import read_tile
 
     with viewer(qtbot, stain_model, auto=False) as window:

@@ -32,7 +32,7 @@ from cellview.morphology import (
 )
 from cellview.pipeline import BatchDone, analyze, run_analysis
 from cellview.results import AnalysisParams
-from cellview.slide import open_slide
+from cellview.slides.slide import open_slide
 from cellview.testing import grid_result, write_pyramid_tiff
 from cellview.tiling import build_grid
 from cellview.tissue import TissueParams, detect_tissue

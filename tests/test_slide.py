@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cellview.base.errors import MppError, SlideError
-from cellview.slide import composite_on_white, mpp_from_properties, open_slide
+from cellview.slides.slide import composite_on_white, mpp_from_properties, open_slide
 
 REAL = {
     # relative path: (dimensions, level count, mpp, vendor)
@@ -170,7 +170,7 @@ def test_openslide_fixtures(data_dir, name, dims, vendor, has_mpp):
 def test_training_and_inference_decode_plain_images_alike(tmp_path):
     """One decoder: alpha on white, 16-bit stretched, grey expanded — for the viewer and for training."""
     pytest.importorskip("torch", reason="training extra not installed")
-    from cellview.slide import open_slide, read_image_rgb
+    from cellview.slides.slide import open_slide, read_image_rgb
     from cellview.train.data import read_rgb
 
     rgba = np.zeros((8, 8, 4), np.uint8)
@@ -206,7 +206,7 @@ def false_colour_slide(tmp_path_factory):
 
 
 def test_wrong_colour_levels_are_skipped_and_never_read(false_colour_slide, synthetic_slide):
-    from cellview.slide import describe
+    from cellview.slides.slide import describe
 
     with open_slide(false_colour_slide) as slide, open_slide(synthetic_slide) as sound:
         assert [s.level for s in slide.skipped_levels] == [1, 2, 3] and sound.skipped_levels == ()
@@ -224,7 +224,7 @@ def test_wrong_colour_levels_are_skipped_and_never_read(false_colour_slide, synt
 
 
 def test_check_of_a_slide_with_false_colour_levels_is_cheap_and_shared(false_colour_slide):
-    from cellview.slide import checked_levels
+    from cellview.slides.slide import checked_levels
 
     with open_slide(false_colour_slide) as a:
         b = a.reopen()
@@ -235,7 +235,7 @@ def test_check_of_a_slide_with_false_colour_levels_is_cheap_and_shared(false_col
 
 
 def test_reopen_for_a_reader_thread_does_not_walk_the_file_again(false_colour_slide, monkeypatch):
-    import cellview.slide as slide_module
+    import cellview.slides.slide as slide_module
 
     walks = []
     walk = slide_module.check_tiff_geometry
@@ -260,7 +260,7 @@ def test_real_dicom_levels_in_false_colour_are_skipped(data_dir):
 
 
 def test_header_claiming_a_huge_image_is_a_slide_error(tmp_path):
-    from cellview.slide import read_image_rgb
+    from cellview.slides.slide import read_image_rgb
     from cellview.testing import tiff_claiming_size
 
     sound = tmp_path / "sound.tiff"
@@ -283,7 +283,7 @@ def test_real_mutated_pyramid_header_is_a_slide_error(data_dir):
 
 def test_skipped_levels_give_their_reason_once():
     """Issue 19: four levels whose ΔE differed by one repeated the whole sentence."""
-    from cellview.slide import SkippedLevel, describe_skipped
+    from cellview.slides.slide import SkippedLevel, describe_skipped
 
     why = "colours differ from level 0 (ΔE {}; e.g. YCbCr frames labelled RGB)"
     skipped = tuple(SkippedLevel(level, why.format(de)) for level, de in ((1, 38), (2, 38), (3, 37), (4, 37)))

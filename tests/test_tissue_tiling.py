@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cellview.base.errors import AnalysisError, MppError
-from cellview.slide import ImageSlide, Mpp, open_slide
+from cellview.slides.slide import ImageSlide, Mpp, open_slide
 from cellview.testing import SYNTH_BLOCKS, SYNTH_TILE, expected_synthetic_tiles
 from cellview.tiling import SLIVER_FRACTION, axis_positions, build_grid, read_tile
 from cellview.tissue import TissueParams, detect_tissue, tissue_mask_from_rgb

@@ -448,7 +448,7 @@ def test_analyse_after_cancel_goes_on_from_the_finished_tiles(model, synthetic_s
 
 def test_the_inspector_patch_is_normalised_as_the_model_was_fed(stain_model, he_slide):
     from cellview.gui.tasks import PatchRequest, load_patch
-    from cellview.slide import open_slide
+    from cellview.slides.slide import open_slide
     from cellview.tiling import read_tile
 
     m = ViewerModel(run_now, store=MemoryStore())

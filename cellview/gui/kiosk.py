@@ -63,7 +63,7 @@ from cellview.kiosk import (
 from cellview.model import CATEGORY_COLORS, PRECISION_LABELS, OnnxClassifier
 from cellview.pipeline import CancelToken, analyze
 from cellview.results import AnalysisParams, AnalysisResult, plural
-from cellview.slide import slide_display_name
+from cellview.slides.slide import slide_display_name
 from cellview.viewer import STAIN_LABELS, TTA_LABELS, AnalysisRequest, Event, ModelOptions
 
 log = logging.getLogger(__name__)

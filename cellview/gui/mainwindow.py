@@ -81,7 +81,7 @@ from cellview.overlay import (
     probability_lut,
 )
 from cellview.results import AnalysisParams, AnalysisResult, plural
-from cellview.slide import SUPPORTED_SUFFIXES, describe_skipped
+from cellview.slides.slide import SUPPORTED_SUFFIXES, describe_skipped
 from cellview.stain import STAIN_METHODS
 from cellview.viewer import (
     STAIN_LABELS,
@@ -1376,7 +1376,7 @@ class MainWindow(QMainWindow):
 
     def export_all_to(self, folder: Path) -> dict[str, Path] | None:
         from cellview.export import output_paths
-        from cellview.slide import slide_stem
+        from cellview.slides.slide import slide_stem
 
         assert self.model.slide is not None
         existing = [p for p in output_paths(folder, slide_stem(Path(self.model.slide.path)),

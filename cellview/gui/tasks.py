@@ -17,7 +17,7 @@ import numpy as np
 from cellview.base.errors import SlideError
 from cellview.morphology import NucleiMeasurement, measure_nuclei, patch_mpp
 from cellview.pipeline import CancelToken
-from cellview.slide import open_slide
+from cellview.slides.slide import open_slide
 from cellview.stain import TileStainTransform
 from cellview.tiling import TileGrid, read_tile
 

@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 from cellview.gui.panels import OUT_OF_DOMAIN_TEXT, ProbabilityBars, pct
 from cellview.kiosk import SCALE_PRESETS
 from cellview.model import CATEGORIES, CATEGORY_COLORS
-from cellview.slide import SUPPORTED_SUFFIXES, slide_display_name
+from cellview.slides.slide import SUPPORTED_SUFFIXES, slide_display_name
 
 
 def text_label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:

@@ -106,7 +106,7 @@ def other_tissue(run: Any, recipe: D.Recipe, cfg: Any, data_root: Path | None = 
     """
     from cellview.pipeline import plan_grid
     from cellview.results import AnalysisParams
-    from cellview.slide import open_slide
+    from cellview.slides.slide import open_slide
     from cellview.tiling import read_tile
     from cellview.train import default_data_dir
     from cellview.train.backbone import FeatureRunner, build_backbone

@@ -20,7 +20,7 @@ import numpy as np
 
 from cellview.model import CATEGORIES, CATEGORY_COLORS, sha256_file
 from cellview.morphology import HED_STAIN_MATRIX
-from cellview.slide import read_image_rgb
+from cellview.slides.slide import read_image_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -301,7 +301,7 @@ def analysis_tiles(img: np.ndarray, src_spacing: float, spacing: float, patch: i
     """
     from cellview.pipeline import plan_grid
     from cellview.results import AnalysisParams
-    from cellview.slide import ImageSlide, Mpp
+    from cellview.slides.slide import ImageSlide, Mpp
     from cellview.tiling import read_tile
 
     slide = ImageSlide(Path("image"), np.ascontiguousarray(img), {}, Mpp(src_spacing, src_spacing, "user"))

@@ -405,7 +405,7 @@ def slide_tiles(slide_path: Path, spec: ModelSpec, background: bool = False) -> 
     """The tissue tiles ``cellview analyze`` classifies on a slide (or its tissue-free tiles)."""
     from cellview.pipeline import plan_tiles
     from cellview.results import AnalysisParams
-    from cellview.slide import open_slide
+    from cellview.slides.slide import open_slide
     from cellview.tiling import build_grid, read_tile
 
     with open_slide(slide_path) as slide:

@@ -435,10 +435,10 @@ class OpenSlideSlide(Slide):
             return None
 
     def _direct_reader(self) -> Any:
-        """The direct JPEG-tile reader for this file (cellview.direct_tiff), made on first use; None if none."""
+        """The direct JPEG-tile reader for this file (cellview.slides.direct_tiff), made on first use; None if none."""
         direct = getattr(self, "_direct", False)
         if direct is False:
-            from cellview.direct_tiff import DirectTiff
+            from cellview.slides.direct_tiff import DirectTiff
 
             direct = self._direct = DirectTiff.open(self.path, self.vendor, self.level_dimensions)
         return direct
