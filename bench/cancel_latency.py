@@ -22,7 +22,7 @@ DEFAULT_SLIDE = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region
 
 
 def cancel_once(slide: str, classifier, params, delay_s: float) -> tuple[float, float, int]:
-    from cellview.pipeline import BatchDone, CancelToken, Finished, analyze
+    from cellview.analysis.pipeline import BatchDone, CancelToken, Finished, analyze
 
     token = CancelToken()
     cancelled_at: list[float] = []
@@ -52,9 +52,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (1: a slow device)")
     args = ap.parse_args()
 
-    import cellview.pipeline as pipeline
-    from cellview.model import ModelSpec, OnnxClassifier, resolve_model
-    from cellview.results import AnalysisParams
+    import cellview.analysis.pipeline as pipeline
+    from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.analysis.results import AnalysisParams
 
     classifier = OnnxClassifier(ModelSpec.load(resolve_model(args.model)), device="cpu", intra_op_threads=args.threads)
     params = AnalysisParams(batch_size=args.batch_size, device="cpu")

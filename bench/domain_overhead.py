@@ -27,10 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cellview.domain import tile_quality  # noqa: E402
-from cellview.model import ModelSpec, OnnxClassifier, resolve_model  # noqa: E402
-from cellview.pipeline import TileReaders, batch_indices, plan_tiles, run_analysis  # noqa: E402
-from cellview.results import AnalysisParams  # noqa: E402
+from cellview.analysis.domain import tile_quality  # noqa: E402
+from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model  # noqa: E402
+from cellview.analysis.pipeline import TileReaders, batch_indices, plan_tiles, run_analysis  # noqa: E402
+from cellview.analysis.results import AnalysisParams  # noqa: E402
 from cellview.slides.slide import open_slide  # noqa: E402
 
 

@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cellview.model import ModelSpec, OnnxClassifier, resolve_model  # noqa: E402
-from cellview.pipeline import run_analysis  # noqa: E402
-from cellview.results import AnalysisParams  # noqa: E402
+from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model  # noqa: E402
+from cellview.analysis.pipeline import run_analysis  # noqa: E402
+from cellview.analysis.results import AnalysisParams  # noqa: E402
 
 
 class GpuSampler:
@@ -66,9 +66,9 @@ def tiles_from(slide: Path | None, spec: ModelSpec, n: int) -> np.ndarray:
     if slide is None:
         return np.random.default_rng(0).integers(0, 256, (n, spec.patch_size_pixels, spec.patch_size_pixels, 3),
                                                  dtype=np.uint8)
-    from cellview.pipeline import plan_tiles
+    from cellview.analysis.pipeline import plan_tiles
+    from cellview.analysis.tiling import read_tile
     from cellview.slides.slide import open_slide
-    from cellview.tiling import read_tile
 
     with open_slide(slide) as s:
         s.require_mpp()

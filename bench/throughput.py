@@ -32,9 +32,9 @@ if "--code" in sys.argv:  # measure another checkout's code (e.g. main) with thi
 else:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cellview.model import ModelSpec, OnnxClassifier, resolve_model  # noqa: E402
-from cellview.pipeline import TileReaders, batch_indices, plan_tiles, run_analysis  # noqa: E402
-from cellview.results import AnalysisParams  # noqa: E402
+from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model  # noqa: E402
+from cellview.analysis.pipeline import TileReaders, batch_indices, plan_tiles, run_analysis  # noqa: E402
+from cellview.analysis.results import AnalysisParams  # noqa: E402
 from cellview.slides.slide import open_slide  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def read_only(slide_path: Path, spec: ModelSpec, params: AnalysisParams, min_s: 
     slide.require_mpp()
     _, grid = plan_tiles(slide, spec, params)
     try:
-        from cellview.tiling import read_order
+        from cellview.analysis.tiling import read_order
 
         batches = batch_indices(grid.n_tiles, params.batch_size, read_order(grid))
     except ImportError:  # an older checkout (--code): grid order

@@ -41,12 +41,12 @@ def main() -> int:
     import numpy as np
     from PySide6.QtCore import QElapsedTimer, QTimer
 
+    from cellview.analysis.model import resolve_model
+    from cellview.analysis.results import AnalysisParams
     from cellview.base.errors import CellviewError
     from cellview.gui.app import make_app
     from cellview.gui.headless import wait_for
     from cellview.gui.mainwindow import MainWindow
-    from cellview.model import resolve_model
-    from cellview.results import AnalysisParams
 
     model_note = ""
     try:

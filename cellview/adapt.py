@@ -36,10 +36,7 @@ from typing import Any
 import numpy as np
 
 from cellview import __version__
-from cellview.base.errors import CellviewError, ModelError, SlideError
-from cellview.base.files import atomic_write_bytes, atomic_write_text
-from cellview.labels import LabelError, LabelSource, tile_labels
-from cellview.model import (
+from cellview.analysis.model import (
     CATEGORIES,
     ModelSpec,
     OnnxClassifier,
@@ -48,8 +45,11 @@ from cellview.model import (
     sha256_file,
     sidecar_for,
 )
-from cellview.pipeline import CancelToken, TileReaders, batch_indices, plan_tiles, slide_stain_transform
-from cellview.results import AnalysisParams, category_probabilities, image_calls, plural
+from cellview.analysis.pipeline import CancelToken, TileReaders, batch_indices, plan_tiles, slide_stain_transform
+from cellview.analysis.results import AnalysisParams, category_probabilities, image_calls, plural
+from cellview.base.errors import CellviewError, ModelError, SlideError
+from cellview.base.files import atomic_write_bytes, atomic_write_text
+from cellview.labels import LabelError, LabelSource, tile_labels
 from cellview.slides.slide import open_slide
 
 RECOMMENDED_PER_CATEGORY = 5
@@ -561,7 +561,7 @@ def adapt(sources: Sequence[LabelSource], base: ModelSpec, out_dir: Path | None,
 def _base_head(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     import onnx
 
-    from cellview.onnx_graph import find_linear_head
+    from cellview.analysis.onnx_graph import find_linear_head
 
     try:
         head = find_linear_head(onnx.load(str(spec.onnx_path)))
@@ -602,8 +602,8 @@ def write_adapted(out_dir: Path, base: ModelSpec, lab: LabTiles, weight: np.ndar
 
     import onnx
 
-    from cellview.domain import with_lab
-    from cellview.onnx_graph import replace_linear_head
+    from cellview.analysis.domain import with_lab
+    from cellview.analysis.onnx_graph import replace_linear_head
     from cellview.train.domain import write_domain
 
     today = _dt.date.today().isoformat()

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cellview import __version__
+from cellview.analysis.model import DEVICES, PRECISIONS, TTA_MODES
+from cellview.analysis.stain import STAIN_METHODS
 from cellview.base.errors import CellviewError, MppError, SlideError
-from cellview.model import DEVICES, PRECISIONS, TTA_MODES
-from cellview.stain import STAIN_METHODS
 
 log = logging.getLogger("cellview")
 
@@ -75,8 +75,8 @@ def _add_precision_option(p: argparse.ArgumentParser) -> None:
 
 
 def _params_from_args(args: argparse.Namespace):
-    from cellview.results import AnalysisParams
-    from cellview.tissue import TissueParams
+    from cellview.analysis.results import AnalysisParams
+    from cellview.analysis.tissue import TissueParams
 
     return AnalysisParams(
         tissue=TissueParams(method=args.tissue_method),
@@ -98,6 +98,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Plan the cohort, run it in this process or on Dask, keep cohort.csv/json/html current."""
     from dataclasses import replace
 
+    from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model
     from cellview.cohort import (
         CohortSettings,
         Console,
@@ -110,7 +111,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     )
     from cellview.cohort_report import CohortTables
     from cellview.export import FORMATS, export_options
-    from cellview.model import ModelSpec, OnnxClassifier, resolve_model
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
@@ -232,7 +232,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def model_lookup_lines() -> list[str]:
     """The model lookup order with this machine's folders (model.model_roots documents the rule)."""
-    from cellview.model import ORIGINS, model_roots
+    from cellview.analysis.model import ORIGINS, model_roots
 
     roots = {r.origin: r.path for r in model_roots(keep_duplicates=True)}
     rows = [("--model PATH", "a model file or folder named on the command line")]
@@ -253,7 +253,7 @@ def model_lookup_lines() -> list[str]:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from cellview.model import DEFAULT_MODEL, ORIGINS, ModelSpec, model_entries
+    from cellview.analysis.model import DEFAULT_MODEL, ORIGINS, ModelSpec, model_entries
 
     print("\n".join(model_lookup_lines()))
     entries = model_entries(include_hidden=True)
@@ -289,10 +289,10 @@ def _parse_point(text: str) -> tuple[float, float]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from cellview.analysis.explain import explain_at, explanation_png, resolve_class
+    from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.analysis.results import AnalysisParams
     from cellview.base.files import atomic_write_bytes
-    from cellview.explain import explain_at, explanation_png, resolve_class
-    from cellview.model import ModelSpec, OnnxClassifier, resolve_model
-    from cellview.results import AnalysisParams
 
     try:
         x, y = _parse_point(args.at)
@@ -326,8 +326,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cellview.adapt import AdaptProgress, AdaptReport, adapt, default_command
+    from cellview.analysis.model import ModelSpec, resolve_model, user_models_dir
     from cellview.labels import read_labels
-    from cellview.model import ModelSpec, resolve_model, user_models_dir
 
     bar = None
     try:

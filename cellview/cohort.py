@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import CellviewError, ModelError, MppError
 from cellview.cohort_report import (
     THUMBS_DIR,
@@ -35,7 +36,6 @@ from cellview.cohort_report import (
     read_outcome_from_metadata,
     shares_from_counts,
 )
-from cellview.results import AnalysisParams
 from cellview.slides.slide import SUPPORTED_SUFFIXES, file_fingerprint, slide_display_name, slide_stem
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def up_to_date_metadata(slide: Path, outputs: dict[str, Path], model_sha: str, p
         fingerprint = file_fingerprint(slide)
     except OSError:
         return None
-    from cellview.tiling import TILING_RULE
+    from cellview.analysis.tiling import TILING_RULE
 
     ok = (
         meta.get("status") == "complete"
@@ -209,7 +209,7 @@ _classifier_lock = threading.Lock()
 
 def worker_classifier(settings: CohortSettings, seed: Any = None) -> Any:
     """This process's classifier for the settings: loaded once per worker, not per slide."""
-    from cellview.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model
 
     key = (settings.model_path, settings.model_sha256, settings.device, settings.params.batch_size,
            settings.ort_threads, settings.params.precision)
@@ -316,9 +316,9 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
     Runs in a Dask worker (or in the client for runs without a cluster). Bad input is a
     CellviewError with a plain message; anything else is a bug, reported with its traceback.
     """
-    from cellview.cache import ResultCache
+    from cellview.analysis.cache import ResultCache
+    from cellview.analysis.pipeline import BatchDone, Finished, analyze
     from cellview.export import export_slide_result, output_paths
-    from cellview.pipeline import BatchDone, Finished, analyze
 
     t0 = time.perf_counter()
     out_dir = Path(job.out_dir)
@@ -362,7 +362,7 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
     except Exception as exc:  # noqa: BLE001 - a bug: report it with its traceback, keep the batch going
         return failed(f"Internal error ({type(exc).__name__}: {exc}); please report it.", tb=traceback.format_exc())
 
-    from cellview.results import plural
+    from cellview.analysis.results import plural
 
     summary = [f"{job.name}: {result.summary()}"]
     if regions:

@@ -16,17 +16,17 @@ import cv2
 import numpy as np
 
 from cellview import __version__
+from cellview.analysis.domain import OUT_OF_DOMAIN_RGBA
+from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
+from cellview.analysis.tiling import TILING_RULE
 from cellview.base.errors import ExportError
 from cellview.base.files import atomic_write_bytes
 from cellview.base.fonts import font
-from cellview.domain import OUT_OF_DOMAIN_RGBA
-from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
-from cellview.tiling import TILING_RULE
 
 if TYPE_CHECKING:
-    from cellview.morphology import Region
+    from cellview.analysis.morphology import Region
+    from cellview.analysis.results import AnalysisResult
     from cellview.overlay import OverlaySettings
-    from cellview.results import AnalysisResult
 
 FORMATS = ("csv", "geojson", "png", "json")
 SUFFIXES = {"csv": ".csv", "geojson": ".geojson", "png": ".png", "json": ".json"}
@@ -265,8 +265,8 @@ def metadata_dict(result: AnalysisResult, outputs: Iterable[str] = (), extra: di
 
 def domain_dict(result: AnalysisResult) -> dict[str, Any]:
     """The metadata's ``domain`` object: whether a score exists, how it was made, what it says."""
-    from cellview.domain import NOT_AVAILABLE, TISSUE_TILE
-    from cellview.results import domain_banner
+    from cellview.analysis.domain import NOT_AVAILABLE, TISSUE_TILE
+    from cellview.analysis.results import domain_banner
 
     info = result.model.domain
     if info is None or not result.has_domain:
@@ -597,7 +597,7 @@ def export_slide_result(result: AnalysisResult, out_dir: Path, stem: str, format
     if region_confidence is None:
         regions = None
     elif regions is None:
-        from cellview.morphology import malignant_regions
+        from cellview.analysis.morphology import malignant_regions
 
         regions = malignant_regions(result, region_confidence)
     extra = dict(extra_meta or {})

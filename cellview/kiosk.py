@@ -22,14 +22,22 @@ from typing import Any
 
 import platformdirs
 
+from cellview.analysis.model import (
+    DEFAULT_MODEL,
+    DEVICES,
+    PRECISIONS,
+    TTA_MODES,
+    ModelSpec,
+    OnnxClassifier,
+    resolve_model,
+)
+from cellview.analysis.pipeline import CancelToken, Event, Finished, analyze
+from cellview.analysis.results import AnalysisParams, domain_banner, whole_percentages
+from cellview.analysis.stain import STAIN_METHODS
 from cellview.base.errors import CellviewError, MppError
 from cellview.base.files import atomic_write_text
 from cellview.export import FORMATS, export_slide_result, output_paths
-from cellview.model import DEFAULT_MODEL, DEVICES, PRECISIONS, TTA_MODES, ModelSpec, OnnxClassifier, resolve_model
-from cellview.pipeline import CancelToken, Event, Finished, analyze
-from cellview.results import AnalysisParams, domain_banner, whole_percentages
 from cellview.slides.slide import SUPPORTED_SUFFIXES, slide_display_name, slide_stem
-from cellview.stain import STAIN_METHODS
 
 log = logging.getLogger(__name__)
 

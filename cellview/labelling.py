@@ -19,6 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, ModelSpec, user_models_dir
+from cellview.analysis.pipeline import CancelToken
+from cellview.analysis.results import ModelInfo
+from cellview.analysis.tiling import TileGrid
 from cellview.base.errors import CellviewError, ExportError
 from cellview.labels import (
     IGNORE,
@@ -33,11 +37,7 @@ from cellview.labels import (
     user_labels_dir,
     write_geojson,
 )
-from cellview.model import CATEGORIES, CATEGORY_COLORS, ModelSpec, user_models_dir
 from cellview.overlay import Contour, cell_outline
-from cellview.pipeline import CancelToken
-from cellview.results import ModelInfo
-from cellview.tiling import TileGrid
 from cellview.viewer import EmitterGroup, Job, ViewerModel
 
 LABEL_KEYS = "123456789"

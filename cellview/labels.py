@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import platformdirs
 
+from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
+from cellview.analysis.tiling import TileGrid
 from cellview.base.errors import CellviewError
 from cellview.base.files import atomic_write_text
-from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
-from cellview.tiling import TileGrid
 
 IGNORE = "Ignore*"
 """QuPath's class for regions to leave out; here it removes a label from the tissue under it."""

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from cellview.model import CATEGORY_COLORS
+from cellview.analysis.model import CATEGORY_COLORS
+from cellview.analysis.results import AnalysisParams, AnalysisResult
 from cellview.overlay import (
     OverlaySettings,
     count_lines,
@@ -29,7 +30,6 @@ from cellview.overlay import (
     describe_filter,
     domain_notes,
 )
-from cellview.results import AnalysisParams, AnalysisResult
 
 STAIN_LABELS = {"none": "None", "macenko": "Macenko", "reinhard": "Reinhard"}
 """How the viewer and the kiosk name each ``AnalysisParams.stain_normalize`` choice."""

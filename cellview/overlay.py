@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from cellview.domain import NOT_AVAILABLE, OUT_OF_DOMAIN_RGBA
-from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
-from cellview.results import AnalysisResult, plural
-from cellview.tiling import TileGrid
+from cellview.analysis.domain import NOT_AVAILABLE, OUT_OF_DOMAIN_RGBA
+from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
+from cellview.analysis.results import AnalysisResult, plural
+from cellview.analysis.tiling import TileGrid
 
 STYLES = ("outline", "fill", "fill+outline")
 """``outline``: category contours only, the stain stays as scanned (default: red over eosin pink
@@ -273,7 +273,7 @@ def domain_notes(result: AnalysisResult, settings: OverlaySettings) -> list[tupl
     """The legends' out-of-domain lines below the counts, (text, is_warning): what the shares count,
     how out-of-domain tiles are drawn, and the banner's warning when it shows (the PNG exports of the
     command line and of the viewer say the same)."""
-    from cellview.results import domain_banner
+    from cellview.analysis.results import domain_banner
 
     if not result.has_domain:
         return [(describe_domain(result, settings), False)]

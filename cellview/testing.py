@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cellview.model import sha256_file
+from cellview.analysis.model import sha256_file
 
 TOY_CLASSES = ("malignant", "benign", "normal")
 TOY_COLORS = {"malignant": (220, 30, 40), "benign": (40, 60, 220), "normal": (30, 200, 60)}
@@ -272,10 +272,10 @@ def grid_result(cats: list[str], conf: np.ndarray | None = None, stride: int = 1
 
     Each tile's category gets probability ``conf`` (0.9 by default), the next category the rest.
     """
-    from cellview.model import CATEGORIES
-    from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
+    from cellview.analysis.model import CATEGORIES
+    from cellview.analysis.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
+    from cellview.analysis.tiling import TileGrid
     from cellview.slides.slide import Mpp, SlideInfo
-    from cellview.tiling import TileGrid
 
     n_rows, n_cols = len(cats), len(cats[0])
     rows, cols, letters = [], [], []
@@ -325,7 +325,7 @@ def make_toy_cam_model(folder: Path, patch_px: int = 64, spacing_um: float = 0.5
     pooling → Flatten → Gemm → logits (malignant, benign, normal). A red square on grey makes the
     tile malignant, and the malignant class activation map peaks on the square. With
     ``explain_outputs`` the graph gets ``features``, ``feature_map`` and ``cam`` by the same graph
-    surgery that upgrades real models (cellview.onnx_graph).
+    surgery that upgrades real models (cellview.analysis.onnx_graph).
     """
     import onnx
     from onnx import TensorProto, helper
@@ -363,7 +363,7 @@ def make_toy_cam_model(folder: Path, patch_px: int = 64, spacing_um: float = 0.5
     model.ir_version = 8
     onnx.checker.check_model(model)
     if explain_outputs:
-        from cellview.onnx_graph import add_explain_outputs
+        from cellview.analysis.onnx_graph import add_explain_outputs
 
         model = add_explain_outputs(model)
     path = folder / "model.onnx"
@@ -412,8 +412,8 @@ def make_toy_domain(model_path: Path, patch_px: int = 64, training_data: str = "
     Fitted on noisy tiles of the three class colours (``toy_domain_tiles``), calibrated on another
     draw of the same: tiles of other colours score out of domain.
     """
-    from cellview.domain import fit_domain, tile_quality
-    from cellview.model import ModelSpec, OnnxClassifier
+    from cellview.analysis.domain import fit_domain, tile_quality
+    from cellview.analysis.model import ModelSpec, OnnxClassifier
     from cellview.train.domain import write_domain
 
     clf = OnnxClassifier(ModelSpec.load(model_path), device="cpu")

@@ -34,18 +34,13 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from cellview.base.errors import CellviewError, ExportError, ModelError
-from cellview.base.files import writable_dir
-from cellview.cache import ResultCache
-from cellview.domain import NOT_AVAILABLE
-from cellview.explain import TileExplanation, explain_tile
-from cellview.export import FORMATS, export_slide_result, render
-from cellview.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
-from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier, copy_with_sha, sidecar_for, user_models_dir
-from cellview.morphology import Region, malignant_regions
-from cellview.overlay import OverlaySettings
-from cellview.pipeline import BatchDone, CancelToken, Finished, Started, analyze, slide_stain_transform
-from cellview.results import (
+from cellview.analysis.cache import ResultCache
+from cellview.analysis.domain import NOT_AVAILABLE
+from cellview.analysis.explain import TileExplanation, explain_tile
+from cellview.analysis.model import CATEGORIES, ModelSpec, OnnxClassifier, copy_with_sha, sidecar_for, user_models_dir
+from cellview.analysis.morphology import Region, malignant_regions
+from cellview.analysis.pipeline import BatchDone, CancelToken, Finished, Started, analyze, slide_stain_transform
+from cellview.analysis.results import (
     AnalysisParams,
     AnalysisResult,
     ModelInfo,
@@ -54,9 +49,14 @@ from cellview.results import (
     domain_banner,
     plural,
 )
+from cellview.analysis.stain import StainReference, TileStainTransform
+from cellview.analysis.tissue import TissueMask, TissueParams, detect_tissue
+from cellview.base.errors import CellviewError, ExportError, ModelError
+from cellview.base.files import writable_dir
+from cellview.export import FORMATS, export_slide_result, render
+from cellview.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
+from cellview.overlay import OverlaySettings
 from cellview.slides.slide import Mpp, SlideInfo, open_slide, slide_display_name, slide_stem
-from cellview.stain import StainReference, TileStainTransform
-from cellview.tissue import TissueMask, TissueParams, detect_tissue
 
 log = logging.getLogger(__name__)
 

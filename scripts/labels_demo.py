@@ -37,8 +37,8 @@ def base_model(run: Path, source: str, folder: Path) -> Path:
     import onnx
     import torch
 
-    from cellview.model import resolve_model, sha256_file
-    from cellview.onnx_graph import replace_linear_head
+    from cellview.analysis.model import resolve_model, sha256_file
+    from cellview.analysis.onnx_graph import replace_linear_head
     from cellview.train.adaptation import eval_quality, fold_domain
     from cellview.train.domain import write_domain
     from cellview.train.protocol import fold_stem, make_folds

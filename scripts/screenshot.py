@@ -59,12 +59,12 @@ def main() -> int:
 
     import numpy as np
 
+    from cellview.analysis.model import CATEGORIES, resolve_model
+    from cellview.analysis.results import AnalysisParams
     from cellview.base.errors import CellviewError
     from cellview.gui.app import make_app
     from cellview.gui.headless import settle, wait_for
     from cellview.gui.mainwindow import MainWindow
-    from cellview.model import CATEGORIES, resolve_model
-    from cellview.results import AnalysisParams
 
     model_path = None
     for name in [args.model] if args.model else ["colon-he", "lung-he"]:
@@ -103,7 +103,7 @@ def main() -> int:
         window.show_regions.setChecked(True)
         while window.model.regions_busy:  # regions are computed in a worker
             settle(app, 0.05)
-        from cellview.morphology import measure_tile
+        from cellview.analysis.morphology import measure_tile
         from cellview.slides.slide import open_slide
 
         regions = window.region_list
@@ -187,10 +187,10 @@ def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
 
     import numpy as np
 
+    from cellview.analysis.model import CATEGORIES
     from cellview.gui.headless import settle, wait_for
     from cellview.gui.kiosk import KioskWindow
     from cellview.kiosk import KioskSettings
-    from cellview.model import CATEGORIES
 
     (tmp / "watch").mkdir()
     settings = KioskSettings(watch_dir=tmp / "watch", outbox_dir=tmp / "outbox", model=str(model_path),

@@ -20,6 +20,8 @@ from cellview.adapt import (
     label_targets,
     label_weights,
 )
+from cellview.analysis.model import ModelSpec, OnnxClassifier, sha256_file
+from cellview.analysis.results import AnalysisParams
 from cellview.cli import main
 from cellview.labels import (
     IGNORE,
@@ -32,8 +34,6 @@ from cellview.labels import (
     tile_labels,
     write_geojson,
 )
-from cellview.model import ModelSpec, OnnxClassifier, sha256_file
-from cellview.results import AnalysisParams
 from cellview.slides.slide import open_slide
 from cellview.testing import LAB_BLOCKS, LAB_COLOURS, lab_block_rect, lab_image, lab_slide_rgb, write_pyramid_tiff
 
@@ -135,7 +135,7 @@ def test_qupath_annotations_label_the_tiles_whose_cell_centre_they_hold(tmp_path
     got = read_geojson(path)
     assert [r.label for r in got.regions] == ["Tumor", "normal", IGNORE]
     assert any("Point" in s for s in got.skipped) and any("without a classification" in s for s in got.skipped)
-    from cellview.pipeline import plan_grid
+    from cellview.analysis.pipeline import plan_grid
 
     with open_slide(synthetic_slide) as slide:
         _, grid = plan_grid(slide, 64, 1.0, AnalysisParams(tissue_threshold=0.0))  # 128-px cells at level 0
@@ -301,7 +301,7 @@ def test_slide_annotations_label_regions_and_cross_validate_by_region_on_one_sli
 def test_the_adapted_onnx_keeps_the_network_and_swaps_only_the_head(cam_domain_model, tmp_path):
     import onnx
 
-    from cellview.onnx_graph import find_linear_head, replace_linear_head
+    from cellview.analysis.onnx_graph import find_linear_head, replace_linear_head
 
     model = onnx.load(str(cam_domain_model))
     w = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
@@ -351,7 +351,7 @@ def test_sources_with_regions_only_ignore_star_are_not_labels(cam_domain_model):
 
 
 def test_cancel_stops_before_anything_is_written(lab_csv, cam_domain_model, tmp_path):
-    from cellview.pipeline import CancelToken
+    from cellview.analysis.pipeline import CancelToken
 
     sources, _ = read_labels([lab_csv])
     token = CancelToken()
@@ -366,7 +366,7 @@ def test_cancel_stops_before_anything_is_written(lab_csv, cam_domain_model, tmp_
 
 
 def test_without_out_the_model_goes_to_the_user_s_models_folder_and_is_listed(lab_csv, cam_domain_model, capsys):
-    from cellview.model import user_models_dir
+    from cellview.analysis.model import user_models_dir
 
     assert main(["adapt", "--model", str(cam_domain_model), "--labels", str(lab_csv), "--mpp", "1.0",
                  "--tissue-threshold", "0", "--name", "my-lab", "-q"]) == 0

@@ -25,8 +25,8 @@ def test_no_qt_import_outside_gui_statically():
 
 def test_importing_the_core_loads_no_qt_and_no_torch():
     code = (
-        "import sys, cellview.slides.slide, cellview.tissue, cellview.tiling, cellview.model, cellview.pipeline, "
-        "cellview.results, cellview.export, cellview.cache, cellview.cli\n"
+        "import sys, cellview.slides.slide, cellview.analysis.tissue, cellview.analysis.tiling, cellview.analysis.model, cellview.analysis.pipeline, "
+        "cellview.analysis.results, cellview.export, cellview.analysis.cache, cellview.cli\n"
         "cellview.cli.build_parser()\n"
         "bad = [m for m in ('PySide6', 'pyqtgraph', 'torch', 'torchvision') if m in sys.modules]\n"
         "print(bad); sys.exit(1 if bad else 0)"
@@ -110,7 +110,7 @@ def test_no_import_cycles():
     (through TileNuclei, now in results) were such cycles.
     """
     graph = import_graph()
-    assert "cellview.results" in graph and "cellview.gui.qtapp" in graph["cellview.gui.kiosk"]
+    assert "cellview.analysis.results" in graph and "cellview.gui.qtapp" in graph["cellview.gui.kiosk"]
     assert import_cycles(graph) == []
     assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check works
 

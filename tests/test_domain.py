@@ -10,20 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellview.base.errors import ModelError
-from cellview.cache import ResultCache, result_from_bytes, result_to_bytes
-from cellview.domain import (
+from cellview.analysis.cache import ResultCache, result_from_bytes, result_to_bytes
+from cellview.analysis.domain import (
     NOT_AVAILABLE,
     DomainStats,
     auroc,
     fit_domain,
     tile_quality,
 )
+from cellview.analysis.model import CATEGORIES, ModelSpec, OnnxClassifier
+from cellview.analysis.morphology import malignant_regions
+from cellview.analysis.pipeline import BatchDone, analyze, run_analysis
+from cellview.analysis.results import AnalysisParams, domain_banner
+from cellview.base.errors import ModelError
 from cellview.export import csv_text, geojson_dict, metadata_dict
-from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier
-from cellview.morphology import malignant_regions
-from cellview.pipeline import BatchDone, analyze, run_analysis
-from cellview.results import AnalysisParams, domain_banner
 from cellview.testing import (
     SYNTH_TILE,
     TOY_COLORS,
@@ -87,7 +87,7 @@ def test_scores_are_calibrated_on_held_out_tiles_and_separate_shifted_ones():
 
 
 def test_a_lab_s_tissue_joins_the_domain_and_tissue_unlike_both_stays_out():
-    from cellview.domain import lab_min_calibration_tiles, with_lab
+    from cellview.analysis.domain import lab_min_calibration_tiles, with_lab
 
     rng = np.random.default_rng(3)
     x, y = _gaussian_classes(rng, 3000)

@@ -10,12 +10,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from cellview.analysis.explain import explain_at, explanation_png, resolve_class
+from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.onnx_graph import EXPLAIN_OUTPUTS, add_explain_outputs, find_linear_head
+from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import ModelError
 from cellview.cli import main
-from cellview.explain import explain_at, explanation_png, resolve_class
-from cellview.model import ModelSpec, OnnxClassifier
-from cellview.onnx_graph import EXPLAIN_OUTPUTS, add_explain_outputs, find_linear_head
-from cellview.results import AnalysisParams
 from cellview.testing import (
     CAM_STRIDE,
     TOY_COLORS,

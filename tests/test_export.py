@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
+from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.pipeline import run_analysis
+from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import ExportError
 from cellview.base.files import atomic_write_text
 from cellview.export import export_all, geojson_dict, overlay_on_thumbnail
-from cellview.model import ModelSpec, OnnxClassifier
-from cellview.pipeline import run_analysis
-from cellview.results import AnalysisParams
 from cellview.slides.slide import open_slide
 
 

@@ -142,7 +142,7 @@ def test_png_with_a_chunk_longer_than_the_file_is_refused_cheaply(tmp_path):
 
 def test_otsu_on_a_nearly_constant_float32_signal():
     """Fuzz finding (small.svs, seed 20267839): a 2e-6 range of float32 values made np.histogram raise."""
-    from cellview.tissue import otsu_threshold
+    from cellview.analysis.tissue import otsu_threshold
 
     values = np.array([0.5, 0.5 + 1e-6, 0.5 + 2e-6], np.float32)
     assert 0.5 <= otsu_threshold(values) <= 0.5 + 2e-6

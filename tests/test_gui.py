@@ -16,8 +16,8 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QPointF, QRectF, Qt  # noqa: E402
 
-from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb  # noqa: E402
-from cellview.results import AnalysisParams  # noqa: E402
+from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb  # noqa: E402
+from cellview.analysis.results import AnalysisParams  # noqa: E402
 from cellview.testing import expected_synthetic_tiles, synthetic_slide_rgb, write_pyramid_tiff  # noqa: E402
 
 TIMEOUT_MS = 30000
@@ -127,8 +127,8 @@ def test_pyramid_tiles_load_when_zoomed(qtbot, window, synthetic_slide):
 
 
 def test_click_tile_shows_inspector_and_arrows_step(qtbot, window, synthetic_slide):
+    from cellview.analysis.tiling import read_tile
     from cellview.slides.slide import open_slide
-    from cellview.tiling import read_tile
 
     result = open_and_analyse(qtbot, window, synthetic_slide)
     g = result.grid
@@ -195,7 +195,7 @@ def test_cancel_keeps_finished_tiles_and_rerun_hits_cache(qtbot, toy_model, synt
     w.model.set_overlay(style="fill")
 
     def on_started(worker):
-        from cellview.pipeline import BatchDone
+        from cellview.analysis.pipeline import BatchDone
 
         def on_item(ev):  # runs in the worker thread: cancels before the next batch
             if isinstance(ev, BatchDone) and ev.done >= 8:
@@ -220,7 +220,7 @@ def test_cancel_keeps_finished_tiles_and_rerun_hits_cache(qtbot, toy_model, synt
 
 
 def test_gpu_asked_for_but_absent_is_said_plainly(qtbot, window, synthetic_slide):
-    import cellview.model as model
+    import cellview.analysis.model as model
 
     cuda_ok, _, _ = model.gpu_runtime_status()
     if cuda_ok:
@@ -304,7 +304,7 @@ def test_closing_during_analysis_stops_the_worker(qtbot, toy_model, synthetic_sl
     w = make_window(qtbot, AnalysisParams(batch_size=1, workers=1, tissue_threshold=0.1), toy_model)
 
     def on_started(worker):
-        from cellview.pipeline import BatchDone
+        from cellview.analysis.pipeline import BatchDone
 
         def on_item(ev):  # worker thread: hold the run after its first batch until it is cancelled
             if isinstance(ev, BatchDone):

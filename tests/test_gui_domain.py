@@ -12,7 +12,7 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QRectF  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
-from cellview.domain import OUT_OF_DOMAIN_RGBA  # noqa: E402
+from cellview.analysis.domain import OUT_OF_DOMAIN_RGBA  # noqa: E402
 from cellview.testing import (  # noqa: E402
     SQUARE_AT,
     SQUARE_BLOCK,
@@ -238,8 +238,8 @@ def test_kiosk_banner_call_and_large_activation_map(qtbot, tmp_path, cam_domain_
 
 
 def test_real_slide_banner_with_the_shipped_colon_model(qtbot, real_slide):
+    from cellview.analysis.model import resolve_model
     from cellview.base.errors import CellviewError
-    from cellview.model import resolve_model
 
     try:
         colon = resolve_model("colon-he")

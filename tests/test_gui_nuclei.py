@@ -12,8 +12,8 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import Qt  # noqa: E402
 from test_gui import click_l0, make_window, open_and_analyse  # noqa: E402
 
-from cellview.morphology import malignant_regions, measure_tile  # noqa: E402
-from cellview.results import AnalysisParams  # noqa: E402
+from cellview.analysis.morphology import malignant_regions, measure_tile  # noqa: E402
+from cellview.analysis.results import AnalysisParams  # noqa: E402
 from cellview.testing import SYNTH_TILE, TOY_COLORS, write_pyramid_tiff  # noqa: E402
 
 TWO_BLOCKS = {"big": (1, 4, 1, 4), "small": (6, 8, 8, 10)}  # malignant (row0, row1, col0, col1), tile units
@@ -139,7 +139,7 @@ def test_regions_of_a_cancelled_run_use_the_finished_tiles(qtbot, toy_model, two
     w.show_regions.setChecked(True)
 
     def on_started(worker):
-        from cellview.pipeline import BatchDone
+        from cellview.analysis.pipeline import BatchDone
 
         def on_item(ev):  # worker thread: cancel before the next batch
             if isinstance(ev, BatchDone) and ev.done >= 8:

@@ -14,8 +14,8 @@ for _module in ("PySide6", "pyqtgraph", "pytestqt"):
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
+from cellview.analysis.model import CATEGORIES  # noqa: E402
 from cellview.legend import format_um  # noqa: E402
-from cellview.model import CATEGORIES  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("isolated_settings")
 TIMEOUT_MS = 30000
@@ -158,8 +158,8 @@ def test_a_filter_on_screen_is_shown_and_one_tap_clears_it(qtbot, toy_model, syn
 
 
 def test_the_inspector_shows_the_stain_normalised_patch(qtbot, stain_model, he_slide):
+    from cellview.analysis.tiling import read_tile
     from cellview.slides.slide import open_slide
-    from cellview.tiling import read_tile
 
     with viewer(qtbot, stain_model, auto=False) as window:
         window.stain_box.setCurrentIndex(window.stain_box.findData("macenko"))

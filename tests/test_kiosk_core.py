@@ -42,7 +42,7 @@ class FakeClock:
 
 @pytest.fixture(scope="module")
 def classifier(toy_model):
-    from cellview.model import ModelSpec, OnnxClassifier
+    from cellview.analysis.model import ModelSpec, OnnxClassifier
 
     return OnnxClassifier(ModelSpec.load(toy_model), device="cpu")
 

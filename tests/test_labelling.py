@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from cellview.adapt import AdaptProgress, AdaptReport
+from cellview.analysis.model import ModelSpec
 from cellview.labelling import LabelsModel, label_choices
 from cellview.labels import IGNORE, LabelRegion, labelled_slides, labels_path, read_geojson, write_geojson
-from cellview.model import ModelSpec
 from cellview.testing import LAB_BLOCKS, lab_block_rect, lab_slide_rgb, write_pyramid_tiff
 from cellview.viewer import MemoryStore, ViewerModel, run_now
 
@@ -137,7 +137,7 @@ def test_adapt_model_runs_on_every_labelled_slide_and_writes_a_model(viewer, lab
 
 
 def test_label_choices_are_the_categories_then_the_classes(cam_domain_model):
-    from cellview.results import ModelInfo
+    from cellview.analysis.results import ModelInfo
 
     info = ModelInfo.from_spec(ModelSpec.load(cam_domain_model))
     assert [c.label for c in label_choices(info)] == ["malignant", "benign", "normal"]

@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from cellview.domain import DomainInfo
+from cellview.analysis.domain import DomainInfo
+from cellview.analysis.model import CATEGORIES
 from cellview.legend import describe_legend, format_um, nice_length_um, out_of_domain_row, scale_bar
-from cellview.model import CATEGORIES
 from cellview.overlay import CATEGORY_MODE, PER_SLIDE, OverlaySettings, describe_overrides, fill_rgba, shown_tiles
 from cellview.testing import grid_result
 

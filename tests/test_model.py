@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from cellview.analysis.model import ModelSpec, OnnxClassifier, probabilities, resolve_model
 from cellview.base.errors import ModelError
-from cellview.model import ModelSpec, OnnxClassifier, probabilities, resolve_model
 from cellview.testing import TOY_COLORS, make_toy_model
 
 
@@ -112,7 +112,7 @@ def test_corrupt_onnx_file(tmp_path):
 def test_gpu_request_falls_back_to_cpu_with_one_plain_message(toy_model, capfd):
     import onnxruntime as ort
 
-    from cellview.model import gpu_runtime_status
+    from cellview.analysis.model import gpu_runtime_status
 
     cuda_ok, _, _ = gpu_runtime_status()
     if cuda_ok:

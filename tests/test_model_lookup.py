@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cellview.base.errors import ModelError
-from cellview.cli import main
-from cellview.model import (
+from cellview.analysis.model import (
     ModelEntry,
     available_models,
     bundled_models_dir,
@@ -18,6 +16,8 @@ from cellview.model import (
     resolve_model,
     user_models_dir,
 )
+from cellview.base.errors import ModelError
+from cellview.cli import main
 from cellview.testing import make_toy_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ def three_roots(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     (tmp_path / "xdg" / "cellview").mkdir(parents=True)
     (tmp_path / "xdg" / "cellview" / "models").symlink_to(roots["user"])
-    monkeypatch.setattr("cellview.model.bundled_models_dir", lambda: roots["bundled"])
+    monkeypatch.setattr("cellview.analysis.model.bundled_models_dir", lambda: roots["bundled"])
     return roots
 
 

@@ -11,11 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from cellview.cache import ResultCache, cache_key, result_from_bytes, result_to_bytes
-from cellview.cli import main
-from cellview.export import annotated_png, csv_text, export_all, geojson_dict
-from cellview.model import ModelSpec, OnnxClassifier
-from cellview.morphology import (
+from cellview.analysis.cache import ResultCache, cache_key, result_from_bytes, result_to_bytes
+from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.morphology import (
     HED_STAIN_MATRIX,
     NucleiParams,
     TileNuclei,
@@ -30,12 +28,14 @@ from cellview.morphology import (
     stain_unmixing_matrix,
     tile_to_level0,
 )
-from cellview.pipeline import BatchDone, analyze, run_analysis
-from cellview.results import AnalysisParams
+from cellview.analysis.pipeline import BatchDone, analyze, run_analysis
+from cellview.analysis.results import AnalysisParams
+from cellview.analysis.tiling import build_grid
+from cellview.analysis.tissue import TissueParams, detect_tissue
+from cellview.cli import main
+from cellview.export import annotated_png, csv_text, export_all, geojson_dict
 from cellview.slides.slide import open_slide
 from cellview.testing import grid_result, write_pyramid_tiff
-from cellview.tiling import build_grid
-from cellview.tissue import TissueParams, detect_tissue
 
 BACKGROUND = (236, 196, 222)  # eosin-pink stroma
 NUCLEUS = (72, 48, 140)  # haematoxylin purple

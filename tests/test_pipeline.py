@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cellview.analysis.cache import ResultCache
+from cellview.analysis.model import CATEGORIES, ModelSpec, OnnxClassifier
+from cellview.analysis.pipeline import BatchDone, CancelToken, Finished, Started, analyze, run_analysis
+from cellview.analysis.results import AnalysisParams, TileState
 from cellview.base.errors import SlideError
-from cellview.cache import ResultCache
 from cellview.export import csv_text
-from cellview.model import CATEGORIES, ModelSpec, OnnxClassifier
-from cellview.pipeline import BatchDone, CancelToken, Finished, Started, analyze, run_analysis
-from cellview.results import AnalysisParams, TileState
 from cellview.testing import expected_synthetic_tiles
 
 GOLDEN = Path(__file__).parent / "golden" / "synthetic.csv"
@@ -111,7 +111,7 @@ def test_corrupt_cache_entry_is_discarded(synthetic_slide, classifier, tmp_path)
 
 
 def test_failed_tile_reads_are_recorded_and_run_goes_on(synthetic_slide, classifier, monkeypatch):
-    import cellview.pipeline as pipeline
+    import cellview.analysis.pipeline as pipeline
 
     real = pipeline.read_tile
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cellview.analysis.model import ModelSpec, OnnxClassifier, choose_precision, precision_copy, precision_path
 from cellview.base.errors import ModelError
-from cellview.model import ModelSpec, OnnxClassifier, choose_precision, precision_copy, precision_path
 
 onnx = pytest.importorskip("onnx")
 
-from cellview.onnx_graph import find_linear_head  # noqa: E402
+from cellview.analysis.onnx_graph import find_linear_head  # noqa: E402
 from cellview.testing import make_toy_cam_model, square_tile  # noqa: E402
 from cellview.train.quantize import (  # noqa: E402
     AGREEMENT_MIN,
@@ -62,7 +62,7 @@ def test_int8_copy_keeps_outputs_head_and_exact_maps(int8_model):
     ops = {n.op_type for n in q.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # quantised for real
     assert [o.name for o in q.graph.output] == ["logits", "features", "feature_map", "cam"]
-    # The head stays float under its own names, where cellview.onnx_graph finds it (issue 18 swaps it there).
+    # The head stays float under its own names, where cellview.analysis.onnx_graph finds it (issue 18 swaps it there).
     gemm = next(n for n in q.graph.node if n.op_type == "Gemm")
     assert list(gemm.input[1:]) == ["fc.weight", "fc.bias"]
     cam = next(n for n in q.graph.node if n.name == "cellview_cam")
@@ -137,10 +137,10 @@ def test_a_copy_made_from_other_weights_is_ignored(tmp_path, int8_model):
 
 
 def test_results_metadata_and_cache_key_say_which_copy_ran(int8_model, synthetic_slide, tmp_path):
-    from cellview.cache import ResultCache
+    from cellview.analysis.cache import ResultCache
+    from cellview.analysis.pipeline import run_analysis
+    from cellview.analysis.results import AnalysisParams
     from cellview.export import metadata_dict
-    from cellview.pipeline import run_analysis
-    from cellview.results import AnalysisParams
 
     spec = ModelSpec.load(int8_model)
     cache = ResultCache(tmp_path / "cache")

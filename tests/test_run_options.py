@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.results import AnalysisParams
+from cellview.analysis.stain import StainReference, estimate_reference
 from cellview.kiosk import KioskSettings, KioskSettingsError, process_case
-from cellview.model import ModelSpec, OnnxClassifier
-from cellview.results import AnalysisParams
-from cellview.stain import StainReference, estimate_reference
 from cellview.testing import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
 from cellview.viewer import (
     NO_MODEL_SELECTED,
@@ -116,8 +116,8 @@ def test_the_result_cache_tells_the_options_apart(stain_model, he_slide):
 
 
 def test_the_labels_count_the_views_the_model_runs():
-    from cellview.model import TTA_MODES, tta_views
-    from cellview.stain import STAIN_METHODS
+    from cellview.analysis.model import TTA_MODES, tta_views
+    from cellview.analysis.stain import STAIN_METHODS
     from cellview.viewer import STAIN_LABELS, TTA_LABELS, TTA_VIEWS
 
     tiles = np.zeros((1, 4, 4, 3), np.uint8)
@@ -249,8 +249,8 @@ def cam_model_with_reference(folder: Path) -> Path:
 
 
 def test_explain_shows_the_tile_the_model_classified_after_stain_normalisation(tmp_path, he_slide):
-    from cellview.explain import explain_at
-    from cellview.pipeline import run_analysis
+    from cellview.analysis.explain import explain_at
+    from cellview.analysis.pipeline import run_analysis
 
     path = cam_model_with_reference(tmp_path / "cam")
     clf = OnnxClassifier(ModelSpec.load(path), device="cpu")

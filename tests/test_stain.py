@@ -8,17 +8,17 @@ import cv2
 import numpy as np
 import pytest
 
-from cellview.base.errors import AnalysisError, ModelError
-from cellview.model import ModelSpec, OnnxClassifier, tta_views
-from cellview.pipeline import run_analysis
-from cellview.results import AnalysisParams
-from cellview.stain import (
+from cellview.analysis.model import ModelSpec, OnnxClassifier, tta_views
+from cellview.analysis.pipeline import run_analysis
+from cellview.analysis.results import AnalysisParams
+from cellview.analysis.stain import (
     STAIN_METHODS,
     StainReference,
     estimate_macenko,
     estimate_reference,
     fit_transform,
 )
+from cellview.base.errors import AnalysisError, ModelError
 from cellview.testing import (
     make_spatial_toy_model,
     make_toy_model,

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cellview.analysis.tiling import SLIVER_FRACTION, axis_positions, build_grid, read_tile
+from cellview.analysis.tissue import TissueParams, detect_tissue, tissue_mask_from_rgb
 from cellview.base.errors import AnalysisError, MppError
 from cellview.slides.slide import ImageSlide, Mpp, open_slide
 from cellview.testing import SYNTH_BLOCKS, SYNTH_TILE, expected_synthetic_tiles
-from cellview.tiling import SLIVER_FRACTION, axis_positions, build_grid, read_tile
-from cellview.tissue import TissueParams, detect_tissue, tissue_mask_from_rgb
 
 
 def _image_slide(rgb, mpp=0.5):
@@ -169,7 +169,7 @@ def test_tiling_without_mpp_fails_clearly():
 
 
 def test_read_order_visits_every_tile_once_in_stripes_top_to_bottom(synthetic_slide):
-    from cellview.tiling import read_order
+    from cellview.analysis.tiling import read_order
 
     with open_slide(synthetic_slide) as slide:
         grid = build_grid(slide, 64, 1.0, None)

@@ -15,8 +15,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from cellview.analysis.model import ModelSpec, OnnxClassifier  # noqa: E402
 from cellview.base.errors import ModelError  # noqa: E402
-from cellview.model import ModelSpec, OnnxClassifier  # noqa: E402
 from cellview.train import data as D  # noqa: E402
 from cellview.train import default_data_dir  # noqa: E402
 from cellview.train.splits import group_split, groups_straddling, random_split, similarity_groups  # noqa: E402
@@ -91,8 +91,8 @@ def test_evaluation_tiles_are_what_analyze_classifies(tmp_path):
     """Training-time evaluation must see the pixels `cellview analyze --mpp` feeds the model: same grid, same resampling."""
     import cv2
 
-    from cellview.pipeline import run_analysis
-    from cellview.results import AnalysisParams
+    from cellview.analysis.pipeline import run_analysis
+    from cellview.analysis.results import AnalysisParams
     from cellview.testing import make_toy_model
 
     rng = np.random.default_rng(0)
@@ -199,7 +199,7 @@ def _tiny_export(tmp_path: Path, patch: int = 32) -> tuple[Path, object]:
 
 
 def _sidecar(onnx_path: Path, patch: int = 32, **over) -> dict:
-    from cellview.model import sha256_file
+    from cellview.analysis.model import sha256_file
 
     side = {"spec_version": "1.0", "name": "tiny", "version": "0", "architecture": "efficientnet-lite0",
             "num_classes": 3, "class_names": ["a", "b", "c"], "class_categories": ["normal", "benign", "malignant"],

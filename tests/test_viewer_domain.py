@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellview.domain import NOT_AVAILABLE
-from cellview.model import ModelSpec, OnnxClassifier
+from cellview.analysis.domain import NOT_AVAILABLE
+from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.pipeline import run_analysis
+from cellview.analysis.results import AnalysisParams
 from cellview.overlay import OverlaySettings, count_lines, describe_domain, fill_rgba, out_of_domain_runs
-from cellview.pipeline import run_analysis
-from cellview.results import AnalysisParams
 from cellview.testing import (
     SQUARE_AT,
     SQUARE_BLOCK,

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
+from cellview.analysis.pipeline import BatchDone, Finished, Started, analyze
+from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import CellviewError
-from cellview.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
-from cellview.pipeline import BatchDone, Finished, Started, analyze
-from cellview.results import AnalysisParams
 from cellview.testing import SYNTH_BLOCKS, SYNTH_TILE, make_toy_model
 from cellview.viewer import WHOLE_IMAGE, MemoryStore, ViewerModel, run_now
 
@@ -143,7 +143,7 @@ def test_unknown_scale_is_asked_and_remembered(model, tmp_path):
 
 
 def test_cancel_keeps_finished_tiles(model, synthetic_slide, toy_model):
-    from cellview.model import ModelSpec, OnnxClassifier
+    from cellview.analysis.model import ModelSpec, OnnxClassifier
 
     classifier = OnnxClassifier(ModelSpec.load(toy_model), device="cpu")
 
@@ -306,7 +306,7 @@ def test_tissue_preview(model, synthetic_slide):
 
 
 def test_job_items_the_model_does_not_know_reach_the_view(model, synthetic_slide, toy_model):
-    from cellview.model import ModelSpec, OnnxClassifier
+    from cellview.analysis.model import ModelSpec, OnnxClassifier
 
     classifier = OnnxClassifier(ModelSpec.load(toy_model), device="cpu")
 
@@ -366,7 +366,7 @@ def test_params_from_settings_reach_the_run(model, synthetic_slide):
 
 def test_finished_event_without_a_slide_is_ignored(model, synthetic_slide, toy_model):
     """A run whose slide was closed meanwhile delivers nothing (its id no longer matches)."""
-    from cellview.model import ModelSpec, OnnxClassifier
+    from cellview.analysis.model import ModelSpec, OnnxClassifier
 
     classifier = OnnxClassifier(ModelSpec.load(toy_model), device="cpu")
 
@@ -447,9 +447,9 @@ def test_analyse_after_cancel_goes_on_from_the_finished_tiles(model, synthetic_s
 
 
 def test_the_inspector_patch_is_normalised_as_the_model_was_fed(stain_model, he_slide):
+    from cellview.analysis.tiling import read_tile
     from cellview.gui.tasks import PatchRequest, load_patch
     from cellview.slides.slide import open_slide
-    from cellview.tiling import read_tile
 
     m = ViewerModel(run_now, store=MemoryStore())
     m.use_cache = False

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from cellview.analysis.results import AnalysisParams
+from cellview.analysis.tissue import TissueParams
 from cellview.gui.qtapp import make_app
-from cellview.results import AnalysisParams
-from cellview.tissue import TissueParams
 
 __all__ = ["make_app", "params_from_args", "run_gui", "smoke_test"]
 
@@ -44,8 +44,8 @@ def smoke_test(slide: str, timeout_s: float = 120.0) -> int:
     os.environ["CELLVIEW_SETTINGS_FILE"] = str(Path(tmp.name) / "settings.ini")
     from PySide6.QtCore import QTimer
 
+    from cellview.analysis.model import ModelSpec, OnnxClassifier, available_models
     from cellview.gui.mainwindow import MainWindow
-    from cellview.model import ModelSpec, OnnxClassifier, available_models
 
     t0 = time.perf_counter()
     app = make_app()
@@ -86,9 +86,9 @@ def run_gui(args: argparse.Namespace) -> int:
 
         return run_kiosk(args)
     app = make_app()
+    from cellview.analysis.model import resolve_model
     from cellview.base.errors import CellviewError
     from cellview.gui.mainwindow import MainWindow
-    from cellview.model import resolve_model
 
     window = MainWindow(analysis_defaults=params_from_args(args))
     window.show()

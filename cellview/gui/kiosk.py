@@ -43,8 +43,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from cellview.analysis.cache import ResultCache
+from cellview.analysis.model import CATEGORY_COLORS, PRECISION_LABELS, OnnxClassifier
+from cellview.analysis.pipeline import CancelToken, analyze
+from cellview.analysis.results import AnalysisParams, AnalysisResult, plural
 from cellview.base.errors import CellviewError
-from cellview.cache import ResultCache
 from cellview.gui.mainwindow import MainWindow, WheelGuard, format_eta
 from cellview.gui.qtapp import make_app
 from cellview.gui.touch import FilePickerSheet, ScaleSheet, TileSheet
@@ -60,9 +63,6 @@ from cellview.kiosk import (
     iter_case,
     load_classifier,
 )
-from cellview.model import CATEGORY_COLORS, PRECISION_LABELS, OnnxClassifier
-from cellview.pipeline import CancelToken, analyze
-from cellview.results import AnalysisParams, AnalysisResult, plural
 from cellview.slides.slide import slide_display_name
 from cellview.viewer import STAIN_LABELS, TTA_LABELS, AnalysisRequest, Event, ModelOptions
 

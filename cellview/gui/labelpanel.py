@@ -31,11 +31,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from cellview.analysis.model import CATEGORIES
+from cellview.analysis.results import plural
 from cellview.base.errors import CellviewError
 from cellview.gui.panels import section, show_model_card
 from cellview.labelling import LABEL_KEYS, LabelsModel
-from cellview.model import CATEGORIES
-from cellview.results import plural
 
 PICK_HINT = ("Shift+click tiles, or Shift+drag a rectangle, to pick them; then press 1–9 or a button below "
              "(0 or Delete takes the label away). Without a pick, a key labels the selected tile. Labelled tiles "

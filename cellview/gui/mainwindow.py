@@ -41,6 +41,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from cellview.analysis.model import (
+    CATEGORY_COLORS,
+    DEFAULT_MODEL,
+    DEVICES,
+    PRECISION_CHOICES,
+    PRECISIONS,
+    TTA_MODES,
+    ModelSpec,
+    available_models,
+)
+from cellview.analysis.morphology import Region
+from cellview.analysis.results import AnalysisParams, AnalysisResult, plural
+from cellview.analysis.stain import STAIN_METHODS
 from cellview.base.errors import CellviewError
 from cellview.gui import settings as cfg
 from cellview.gui.legendview import paint_legend
@@ -57,17 +70,6 @@ from cellview.gui.slideview import ARROW_STEPS, SlideView
 from cellview.gui.tasks import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
 from cellview.gui.worker import QtRunner, Worker
 from cellview.legend import category_rows, describe_legend, format_um, out_of_domain_row
-from cellview.model import (
-    CATEGORY_COLORS,
-    DEFAULT_MODEL,
-    DEVICES,
-    PRECISION_CHOICES,
-    PRECISIONS,
-    TTA_MODES,
-    ModelSpec,
-    available_models,
-)
-from cellview.morphology import Region
 from cellview.overlay import (
     PER_SLIDE,
     STYLES,
@@ -80,9 +82,7 @@ from cellview.overlay import (
     out_of_domain_runs,
     probability_lut,
 )
-from cellview.results import AnalysisParams, AnalysisResult, plural
 from cellview.slides.slide import SUPPORTED_SUFFIXES, describe_skipped
-from cellview.stain import STAIN_METHODS
 from cellview.viewer import (
     STAIN_LABELS,
     TTA_LABELS,

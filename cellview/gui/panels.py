@@ -28,14 +28,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cellview.domain import NOT_AVAILABLE, OUT_OF_DOMAIN_RGBA
-from cellview.explain import colormap
-from cellview.explain import overlay as cam_overlay
+from cellview.analysis.domain import NOT_AVAILABLE, OUT_OF_DOMAIN_RGBA
+from cellview.analysis.explain import colormap
+from cellview.analysis.explain import overlay as cam_overlay
+from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS
+from cellview.analysis.morphology import NucleiMeasurement
+from cellview.analysis.results import plural, whole_percentages
 from cellview.gui.slideview import paint_hatch, rgb_qimage
 from cellview.legend import CountRow
-from cellview.model import CATEGORIES, CATEGORY_COLORS
-from cellview.morphology import NucleiMeasurement
-from cellview.results import plural, whole_percentages
 from cellview.viewer import DomainNotice, ExplainState
 
 CAM_LUT = colormap(np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :])[0]

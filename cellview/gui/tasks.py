@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from cellview.analysis.morphology import NucleiMeasurement, measure_nuclei, patch_mpp
+from cellview.analysis.pipeline import CancelToken
+from cellview.analysis.stain import TileStainTransform
+from cellview.analysis.tiling import TileGrid, read_tile
 from cellview.base.errors import SlideError
-from cellview.morphology import NucleiMeasurement, measure_nuclei, patch_mpp
-from cellview.pipeline import CancelToken
 from cellview.slides.slide import open_slide
-from cellview.stain import TileStainTransform
-from cellview.tiling import TileGrid, read_tile
 
 # Opening, analysis, regions and tissue previews are the viewer model's jobs (Qt-free); re-exported here.
 from cellview.viewer import (  # noqa: E402,F401

@@ -18,8 +18,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
+from cellview.analysis.pipeline import CancelToken
 from cellview.base.errors import CellviewError
-from cellview.pipeline import CancelToken
 
 
 class _Runner(QObject):

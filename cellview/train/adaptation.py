@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from cellview.adapt import AdaptSettings, fit_head, label_weights
+from cellview.analysis.domain import DomainStats, fit_domain, tile_quality, with_lab
+from cellview.analysis.model import CATEGORIES, probabilities
+from cellview.analysis.results import image_calls
 from cellview.base.files import atomic_write_text
-from cellview.domain import DomainStats, fit_domain, tile_quality, with_lab
-from cellview.model import CATEGORIES, probabilities
-from cellview.results import image_calls
 from cellview.train import data as D
 from cellview.train.metrics import balanced_accuracy
 from cellview.train.splits import group_split
@@ -104,10 +104,10 @@ def other_tissue(run: Any, recipe: D.Recipe, cfg: Any, data_root: Path | None = 
     The OpenSlide CMU-1 sample (skin) and every ``every``-th LC25000 lung image at the lung recipe's
     spacing, when ``../shared/data`` has them; their tiles as ``analyze`` cuts them at the model's spacing.
     """
-    from cellview.pipeline import plan_grid
-    from cellview.results import AnalysisParams
+    from cellview.analysis.pipeline import plan_grid
+    from cellview.analysis.results import AnalysisParams
+    from cellview.analysis.tiling import read_tile
     from cellview.slides.slide import open_slide
-    from cellview.tiling import read_tile
     from cellview.train import default_data_dir
     from cellview.train.backbone import FeatureRunner, build_backbone
 

@@ -18,8 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cellview.model import CATEGORIES, CATEGORY_COLORS, sha256_file
-from cellview.morphology import HED_STAIN_MATRIX
+from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, sha256_file
+from cellview.analysis.morphology import HED_STAIN_MATRIX
 from cellview.slides.slide import read_image_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -299,10 +299,10 @@ def analysis_tiles(img: np.ndarray, src_spacing: float, spacing: float, patch: i
     patch), so evaluation follows any change to the tiling rule. ``stain``: (image tiles) →
     per-tile transform, as the pipeline's stain normalisation fits one per slide.
     """
-    from cellview.pipeline import plan_grid
-    from cellview.results import AnalysisParams
+    from cellview.analysis.pipeline import plan_grid
+    from cellview.analysis.results import AnalysisParams
+    from cellview.analysis.tiling import read_tile
     from cellview.slides.slide import ImageSlide, Mpp
-    from cellview.tiling import read_tile
 
     slide = ImageSlide(Path("image"), np.ascontiguousarray(img), {}, Mpp(src_spacing, src_spacing, "user"))
     _, grid = plan_grid(slide, patch, spacing, AnalysisParams())

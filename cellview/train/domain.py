@@ -1,7 +1,7 @@
 """``cellview domain``: give a model an out-of-domain score, and measure how well it separates.
 
 - ``upgrade``: add the ``features`` / ``feature_map`` / ``cam`` outputs to a GAP + linear ONNX
-  model by graph surgery (cellview.onnx_graph), checking that its logits stay bit-identical.
+  model by graph surgery (cellview.analysis.onnx_graph), checking that its logits stay bit-identical.
 - ``fit``: run the model on the training split's tiles (means + covariance) and the validation
   split's tiles (calibration), write ``domain.npz`` next to it and record its sha256 in the
   sidecar(s). The split comes from a training run folder (``samples.json``) or is rebuilt from a
@@ -30,9 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cellview.base.errors import CellviewError, ModelError
-from cellview.base.files import atomic_write_bytes, atomic_write_text
-from cellview.domain import (
+from cellview.analysis.domain import (
     DOMAIN_FILE,
     QUALITY_CHECKS,
     DomainStats,
@@ -40,7 +38,9 @@ from cellview.domain import (
     fit_domain,
     tile_quality,
 )
-from cellview.model import ModelSpec, OnnxClassifier, sha256_file, sidecar_for
+from cellview.analysis.model import ModelSpec, OnnxClassifier, sha256_file, sidecar_for
+from cellview.base.errors import CellviewError, ModelError
+from cellview.base.files import atomic_write_bytes, atomic_write_text
 from cellview.train import data as D
 from cellview.train.splits import SPLITS, group_split, groups_straddling
 
@@ -303,7 +303,7 @@ def _onnx_outputs(onnx_path: Path) -> list[str]:
 
 def upgrade_model(model_path: Path, check_tiles: np.ndarray | None = None) -> dict[str, Any]:
     """Add the explain outputs to a model (and its sibling FP16 copy); logits must stay bit-identical."""
-    from cellview.onnx_graph import EXPLAIN_OUTPUTS, upgrade_onnx_file
+    from cellview.analysis.onnx_graph import EXPLAIN_OUTPUTS, upgrade_onnx_file
 
     spec = ModelSpec.load(model_path)
     report: dict[str, Any] = {}
@@ -403,10 +403,10 @@ ARTEFACTS = ("glass", "blur", "ink", "fold")
 
 def slide_tiles(slide_path: Path, spec: ModelSpec, background: bool = False) -> np.ndarray:
     """The tissue tiles ``cellview analyze`` classifies on a slide (or its tissue-free tiles)."""
-    from cellview.pipeline import plan_tiles
-    from cellview.results import AnalysisParams
+    from cellview.analysis.pipeline import plan_tiles
+    from cellview.analysis.results import AnalysisParams
+    from cellview.analysis.tiling import build_grid, read_tile
     from cellview.slides.slide import open_slide
-    from cellview.tiling import build_grid, read_tile
 
     with open_slide(slide_path) as slide:
         tissue, grid = plan_tiles(slide, spec, AnalysisParams())
@@ -583,7 +583,7 @@ def _others(args: Any, cache: Path | None) -> dict[str, Callable[[OnnxClassifier
 
 def cmd_domain(args: Any) -> int:
     """``cellview domain upgrade|fit|evaluate`` (see the module docstring)."""
-    from cellview.model import resolve_model
+    from cellview.analysis.model import resolve_model
 
     try:
         model = resolve_model(args.model)

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import torch
 
+from cellview.analysis.model import CATEGORIES, probabilities
 from cellview.base.files import atomic_write_bytes, atomic_write_text
-from cellview.model import CATEGORIES, probabilities
 from cellview.train import data as D
 from cellview.train.metrics import (
     balanced_accuracy,
@@ -406,8 +406,8 @@ def ensure_variant_caches(run: Run, recipe: D.Recipe, samples: list[D.Sample], c
     A stain variant's name holds ``{ref}``: per LOSO fold a reference stain estimated without the
     held-out source (``no-<source>``, only that source's images are cached), for CV one from all sources.
     """
-    from cellview.model import dihedral_view
-    from cellview.stain import estimate_reference
+    from cellview.analysis.model import dihedral_view
+    from cellview.analysis.stain import estimate_reference
     from cellview.train.backbone import FeatureRunner, build_backbone
     from cellview.train.train import extract
 
@@ -469,7 +469,7 @@ def _reference_images(samples: list[D.Sample], per_source: int = 100, seed: int 
 
 def _normalise_tiles(tiles: np.ndarray, method: str, reference: Any) -> np.ndarray:
     """An image's tiles normalised as the pipeline does for a slide: one stain estimate from its tiles."""
-    from cellview.stain import fit_transform
+    from cellview.analysis.stain import fit_transform
 
     if not len(tiles):
         return tiles

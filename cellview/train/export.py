@@ -2,7 +2,7 @@
 
 The ONNX graph takes uint8 NHWC tiles and returns logits first (normalisation inside the graph),
 then the pooled ``features``, the last ``feature_map`` and the class activation maps ``cam``
-(cellview.onnx_graph); the sidecar carries the fitted temperature, which CellView applies. The
+(cellview.analysis.onnx_graph); the sidecar carries the fitted temperature, which CellView applies. The
 TorchScript copy takes what WSInfer feeds (float NCHW after its ToTensor + Normalize transforms)
 and returns the same logits only. The out-of-domain statistics (``domain.npz``) are fitted on the
 run's training split and calibrated on its validation split (cellview.train.domain).
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from cellview.analysis.domain import DOMAIN_FILE
+from cellview.analysis.model import ModelSpec, OnnxClassifier, sha256_file
+from cellview.analysis.onnx_graph import EXPLAIN_OUTPUTS, upgrade_onnx_file
 from cellview.base.errors import CellviewError
 from cellview.base.files import atomic_write_text
-from cellview.domain import DOMAIN_FILE
-from cellview.model import ModelSpec, OnnxClassifier, sha256_file
-from cellview.onnx_graph import EXPLAIN_OUTPUTS, upgrade_onnx_file
 from cellview.train import data as D
 from cellview.train.backbone import Normalize, export_onnx
 
@@ -274,7 +274,7 @@ def _metrics_for_sidecar(ev: dict[str, Any], summary: dict[str, Any]) -> dict[st
 
 def training_stain_reference(samples: list[D.Sample]) -> Any:
     """The training images' pooled stain (up to 100 images per source, spread over its classes)."""
-    from cellview.stain import estimate_reference
+    from cellview.analysis.stain import estimate_reference
     from cellview.train.evaluate import _reference_images
 
     sources = sorted({s.source for s in samples})

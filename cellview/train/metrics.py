@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from cellview.model import CATEGORIES, probabilities
-from cellview.results import category_probabilities
+from cellview.analysis.model import CATEGORIES, probabilities
+from cellview.analysis.results import category_probabilities
 
 
 def image_probs(tile_logits: np.ndarray, tile_sample: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from cellview.model import CATEGORIES, probabilities
-from cellview.results import RULES, category_probabilities, image_calls
+from cellview.analysis.model import CATEGORIES, probabilities
+from cellview.analysis.results import RULES, category_probabilities, image_calls
 from cellview.train import data as D
 from cellview.train.metrics import balanced_accuracy, confusion, ece, fit_temperature
 from cellview.train.splits import group_split

@@ -13,7 +13,7 @@ How the copy is made (``quantize_onnx``):
    tiles, int8 per-channel weights on exactly the GPTQ grid (scale overrides), so the CPU runs
    integer convolutions (VNNI where the processor has it).
 4. The head stays in float32: global pooling, the linear layer (``fc.weight`` / ``fc.bias`` under
-   their own names, so ``cellview.onnx_graph.find_linear_head`` finds it and a new head can be
+   their own names, so ``cellview.analysis.onnx_graph.find_linear_head`` finds it and a new head can be
    swapped in as in the FP32 graph) and the class-activation-map convolution (``cam_weight`` /
    ``cam_bias``). The outputs are the FP32 graph's: logits, features, feature_map, cam.
 
@@ -38,10 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from cellview.analysis.model import ModelSpec, OnnxClassifier, precision_path, probabilities, sha256_file
+from cellview.analysis.results import category_probabilities
 from cellview.base.errors import ModelError
 from cellview.base.files import atomic_write_bytes, atomic_write_text
-from cellview.model import ModelSpec, OnnxClassifier, precision_path, probabilities, sha256_file
-from cellview.results import category_probabilities
 from cellview.train import data as D
 
 METHOD = ("ONNX Runtime static QDQ: uint8 activations (min/max calibration), int8 per-channel weights rounded "
@@ -297,7 +297,7 @@ def quantize_onnx(src: Path, dst: Path, tiles: np.ndarray, gptq: bool = True, fl
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from cellview.onnx_graph import find_linear_head, head_node_names
+    from cellview.analysis.onnx_graph import find_linear_head, head_node_names
 
     t0 = time.time()
     original = onnx.load(str(src))

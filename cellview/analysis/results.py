@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cellview.domain import (
+from cellview.analysis.domain import (
     BANNER_BELOW,
     NOT_AVAILABLE,
     OUT_OF_DOMAIN_RGBA,
@@ -24,11 +24,11 @@ from cellview.domain import (
     DomainInfo,
     in_domain_mask,
 )
-from cellview.model import CATEGORIES, CATEGORY_COLORS, PRECISIONS, TTA_MODES, ModelSpec, hex_to_rgb
+from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, PRECISIONS, TTA_MODES, ModelSpec, hex_to_rgb
+from cellview.analysis.stain import STAIN_METHODS
+from cellview.analysis.tiling import TileGrid
+from cellview.analysis.tissue import TissueMask, TissueParams
 from cellview.slides.slide import Mpp, SlideInfo
-from cellview.stain import STAIN_METHODS
-from cellview.tiling import TileGrid
-from cellview.tissue import TissueMask, TissueParams
 
 
 @dataclass(frozen=True, eq=False)

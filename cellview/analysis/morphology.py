@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from cellview.results import AnalysisResult, plural
-from cellview.results import TileNuclei as TileNuclei  # re-exported; it lives in results (no import cycle)
-from cellview.tiling import cell_edges
-from cellview.tissue import optical_density, otsu_threshold
+from cellview.analysis.results import AnalysisResult, plural
+from cellview.analysis.results import TileNuclei as TileNuclei  # re-exported; it lives in results (no import cycle)
+from cellview.analysis.tiling import cell_edges
+from cellview.analysis.tissue import optical_density, otsu_threshold
 
 if TYPE_CHECKING:
+    from cellview.analysis.tiling import TileGrid
     from cellview.slides.slide import Slide
-    from cellview.tiling import TileGrid
 
 # ----------------------------------------------------------------------------- stain matrix
 
@@ -391,7 +391,7 @@ def measure_tile(slide: Slide, grid: TileGrid, index: int, want_contours: bool =
     For the tile inspector: draw ``m.contours`` on the patch, or ``contours_level0_for(m, grid,
     index)`` on the slide.
     """
-    from cellview.tiling import read_tile
+    from cellview.analysis.tiling import read_tile
 
     rgb = read_tile(slide, grid, index)
     mpp = patch_mpp(grid, slide.mpp.um if slide.mpp else None)
@@ -531,7 +531,7 @@ def malignant_regions(result: AnalysisResult, min_confidence: float = 0.5, conne
     Only in-domain tiles join a region (a model's call on tissue it never saw is no finding),
     unless ``include_out_of_domain``.
     """
-    from cellview.model import CATEGORIES
+    from cellview.analysis.model import CATEGORIES
 
     g = result.grid
     hit = result.counted(include_out_of_domain) & (result.pred_category == CATEGORIES.index(category))

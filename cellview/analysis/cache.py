@@ -20,11 +20,11 @@ import numpy as np
 import platformdirs
 
 from cellview import __version__
+from cellview.analysis.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei
+from cellview.analysis.tiling import TILING_RULE, TileGrid
+from cellview.analysis.tissue import TissueMask
 from cellview.base.files import atomic_write_bytes
-from cellview.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei
 from cellview.slides.slide import Mpp, SkippedLevel, SlideInfo
-from cellview.tiling import TILING_RULE, TileGrid
-from cellview.tissue import TissueMask
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import platformdirs
 
+from cellview.analysis.stain import StainReference
 from cellview.base.errors import ModelError
-from cellview.stain import StainReference
 
 if TYPE_CHECKING:
-    from cellview.domain import DomainStats
+    from cellview.analysis.domain import DomainStats
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def _load_domain(entry: Any, onnx_path: Path, where: str,
             f"The {where} names domain statistics {entry['file']} that are not next to the model; "
             "restore the file, or remove the sidecar's 'domain' entry to run without a domain score.",
         )
-    from cellview.domain import DomainStats
+    from cellview.analysis.domain import DomainStats
 
     stats = DomainStats.load(path, sha)
     if len(stats.class_means) > num_classes:
@@ -413,7 +413,7 @@ def bundled_models_dir() -> Path | None:
     wheel's copy is made from that folder at build time (pyproject.toml maps it), so the repository
     keeps one copy.
     """
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # cellview/
     if (package / "models").is_dir():
         return package / "models"
     checkout = package.parent
@@ -784,7 +784,7 @@ class OnnxClassifier:
 
     @property
     def has_cam(self) -> bool:
-        """The graph exposes class activation maps (``cam`` output, see cellview.onnx_graph)."""
+        """The graph exposes class activation maps (``cam`` output, see cellview.analysis.onnx_graph)."""
         return "cam" in self.output_names
 
     # -- inference -----------------------------------------------------------------------------

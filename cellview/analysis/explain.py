@@ -3,7 +3,7 @@
 For a GAP + linear head the class activation map is exact (Zhou et al., CVPR 2016): the logit
 of class k is the spatial mean of ``W_k · F(x, y) + b_k`` over the last feature map F, so that
 map, upsampled to the patch, shows where the evidence for class k lies. The ONNX model computes
-it itself (its ``cam`` output, see cellview.onnx_graph); nothing here approximates it. Qt-free:
+it itself (its ``cam`` output, see cellview.analysis.onnx_graph); nothing here approximates it. Qt-free:
 the viewer and kiosk draw ``TileExplanation`` with their own widgets.
 """
 
@@ -17,12 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cellview.analysis.model import OnnxClassifier, hex_to_rgb, probabilities
+from cellview.analysis.results import AnalysisParams, category_calls
+from cellview.analysis.stain import TileStainTransform
+from cellview.analysis.tiling import TileGrid, build_grid, read_tile
 from cellview.base.errors import AnalysisError, ModelError
-from cellview.model import OnnxClassifier, hex_to_rgb, probabilities
-from cellview.results import AnalysisParams, category_calls
 from cellview.slides.slide import Slide, open_slide, slide_display_name
-from cellview.stain import TileStainTransform
-from cellview.tiling import TileGrid, build_grid, read_tile
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,7 +130,7 @@ def explain_at(slide_path: str | Path, classifier: OnnxClassifier, l0_x: float, 
     The grid is the one ``cellview analyze`` uses with ``params``; a point on a tile with too
     little tissue to be analysed is still explained (``analysed`` is False).
     """
-    from cellview.pipeline import plan_tiles, slide_stain_transform
+    from cellview.analysis.pipeline import plan_tiles, slide_stain_transform
 
     params = params or AnalysisParams()
     with open_slide(slide_path, mpp_um=params.mpp_um) as slide:

@@ -21,8 +21,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from cellview.analysis.tissue import optical_density
 from cellview.base.errors import ModelError
-from cellview.tissue import optical_density
 
 STAIN_METHODS = ("none", "macenko", "reinhard")
 """Choices for ``AnalysisParams.stain_normalize`` (and the CLI's ``--stain-normalize``)."""

@@ -26,9 +26,9 @@ from functools import cached_property
 import cv2
 import numpy as np
 
+from cellview.analysis.tissue import TissueMask
 from cellview.base.errors import AnalysisError, SlideError
 from cellview.slides.slide import Slide
-from cellview.tissue import TissueMask
 
 
 @dataclass(frozen=True)
