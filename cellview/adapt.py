@@ -603,8 +603,8 @@ def write_adapted(out_dir: Path, base: ModelSpec, lab: LabTiles, weight: np.ndar
     import onnx
 
     from cellview.analysis.domain import with_lab
+    from cellview.analysis.domain_store import write_domain
     from cellview.analysis.onnx_graph import replace_linear_head
-    from cellview.train.domain import write_domain
 
     today = _dt.date.today().isoformat()
     name = name or f"{base.name}-adapted"

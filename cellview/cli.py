@@ -109,8 +109,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         run_on_dask,
         stop_on_signals,
     )
-    from cellview.cohort_report import CohortTables
-    from cellview.export import FORMATS, export_options
+    from cellview.outputs.cohort_report import CohortTables
+    from cellview.outputs.export import FORMATS, export_options
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]

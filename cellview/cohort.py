@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import CellviewError, ModelError, MppError
-from cellview.cohort_report import (
+from cellview.outputs.cohort_report import (
     THUMBS_DIR,
     CohortTables,
     SlideOutcome,
@@ -178,7 +178,7 @@ def slide_path_shown(path: str | Path) -> str:
 def plan_cohort(paths: Iterable[str | Path], out_dir: Path, settings: CohortSettings, options: dict[str, Any],
                 force: bool = False) -> tuple[list[SlideJob], list[tuple[int, SlideOutcome]], int]:
     """(jobs to run, (position, outcome) known without running: skipped and missing inputs, slides in all)."""
-    from cellview.export import output_paths
+    from cellview.outputs.export import output_paths
 
     slides, problems = discover_slides(paths)
     known: list[tuple[int, SlideOutcome]] = []
@@ -291,7 +291,7 @@ def _write_thumbnail(result: Any, out_dir: Path, stem: str, max_px: int) -> str:
     import cv2
 
     from cellview.base.files import atomic_write_bytes
-    from cellview.export import overlay_on_thumbnail
+    from cellview.outputs.export import overlay_on_thumbnail
     from cellview.slides.slide import open_slide
 
     try:
@@ -318,7 +318,7 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
     """
     from cellview.analysis.cache import ResultCache
     from cellview.analysis.pipeline import BatchDone, Finished, analyze
-    from cellview.export import export_slide_result, output_paths
+    from cellview.outputs.export import export_slide_result, output_paths
 
     t0 = time.perf_counter()
     out_dir = Path(job.out_dir)
@@ -739,7 +739,7 @@ def run_on_dask(session: DaskSession, jobs: list[SlideJob], settings: CohortSett
 
 def run_info(settings: CohortSettings, spec: Any, options: dict[str, Any], cluster: str,
              retries: int | None) -> dict[str, Any]:
-    from cellview.export import versions
+    from cellview.outputs.export import versions
 
     info_versions = versions()
     for mod in ("dask", "distributed"):

@@ -36,7 +36,7 @@ from cellview.analysis.results import AnalysisParams, domain_banner, whole_perce
 from cellview.analysis.stain import STAIN_METHODS
 from cellview.base.errors import CellviewError, MppError
 from cellview.base.files import atomic_write_text
-from cellview.export import FORMATS, export_slide_result, output_paths
+from cellview.outputs.export import FORMATS, export_slide_result, output_paths
 from cellview.slides.slide import SUPPORTED_SUFFIXES, slide_display_name, slide_stem
 
 log = logging.getLogger(__name__)

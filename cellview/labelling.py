@@ -37,7 +37,7 @@ from cellview.labels import (
     user_labels_dir,
     write_geojson,
 )
-from cellview.overlay import Contour, cell_outline
+from cellview.outputs.overlay import Contour, cell_outline
 from cellview.viewer import EmitterGroup, Job, ViewerModel
 
 LABEL_KEYS = "123456789"

@@ -413,8 +413,8 @@ def make_toy_domain(model_path: Path, patch_px: int = 64, training_data: str = "
     draw of the same: tiles of other colours score out of domain.
     """
     from cellview.analysis.domain import fit_domain, tile_quality
+    from cellview.analysis.domain_store import write_domain
     from cellview.analysis.model import ModelSpec, OnnxClassifier
-    from cellview.train.domain import write_domain
 
     clf = OnnxClassifier(ModelSpec.load(model_path), device="cpu")
     fit_tiles, fit_labels = toy_domain_tiles(patch_px=patch_px, seed=1)

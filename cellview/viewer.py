@@ -53,9 +53,9 @@ from cellview.analysis.stain import StainReference, TileStainTransform
 from cellview.analysis.tissue import TissueMask, TissueParams, detect_tissue
 from cellview.base.errors import CellviewError, ExportError, ModelError
 from cellview.base.files import writable_dir
-from cellview.export import FORMATS, export_slide_result, render
-from cellview.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
-from cellview.overlay import OverlaySettings
+from cellview.outputs.export import FORMATS, export_slide_result, render
+from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
+from cellview.outputs.overlay import OverlaySettings
 from cellview.slides.slide import Mpp, SlideInfo, open_slide, slide_display_name, slide_stem
 
 log = logging.getLogger(__name__)
@@ -1537,7 +1537,7 @@ class ViewerModel:
         return paths
 
     def _export_options(self) -> dict[str, Any]:
-        from cellview.export import export_options
+        from cellview.outputs.export import export_options
 
         size = max(self.slide.thumbnail.shape[:2]) if self.slide is not None else THUMBNAIL_PX
         return export_options(["csv", "geojson", "png", "json"], size, self.overlay.min_confidence, self.overlay)

@@ -37,10 +37,10 @@ def base_model(run: Path, source: str, folder: Path) -> Path:
     import onnx
     import torch
 
+    from cellview.analysis.domain_store import write_domain
     from cellview.analysis.model import resolve_model, sha256_file
     from cellview.analysis.onnx_graph import replace_linear_head
     from cellview.train.adaptation import eval_quality, fold_domain
-    from cellview.train.domain import write_domain
     from cellview.train.protocol import fold_stem, make_folds
     from cellview.train.train import Run, pretrained_pooled
 

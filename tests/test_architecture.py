@@ -26,7 +26,7 @@ def test_no_qt_import_outside_gui_statically():
 def test_importing_the_core_loads_no_qt_and_no_torch():
     code = (
         "import sys, cellview.slides.slide, cellview.analysis.tissue, cellview.analysis.tiling, cellview.analysis.model, cellview.analysis.pipeline, "
-        "cellview.analysis.results, cellview.export, cellview.analysis.cache, cellview.cli\n"
+        "cellview.analysis.results, cellview.outputs.export, cellview.analysis.cache, cellview.cli\n"
         "cellview.cli.build_parser()\n"
         "bad = [m for m in ('PySide6', 'pyqtgraph', 'torch', 'torchvision') if m in sys.modules]\n"
         "print(bad); sys.exit(1 if bad else 0)"
@@ -116,7 +116,7 @@ def test_no_import_cycles():
 
 
 def test_viewer_state_is_qt_free_and_importable_without_the_gui():
-    code = ("import sys, cellview.viewer, cellview.overlay\n"
+    code = ("import sys, cellview.viewer, cellview.outputs.overlay\n"
             "bad = [m for m in ('PySide6', 'pyqtgraph') if m in sys.modules]\n"
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

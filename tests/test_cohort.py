@@ -27,7 +27,7 @@ pytest.importorskip("distributed")
 
 from cellview.cli import main  # noqa: E402
 from cellview.cohort import FAULT_ENV  # noqa: E402
-from cellview.cohort_report import CSV_COLUMNS, THUMBS_DIR  # noqa: E402
+from cellview.outputs.cohort_report import CSV_COLUMNS, THUMBS_DIR  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SLOW = 120  # seconds: generous bound for anything that waits on the cluster on a loaded CI machine
@@ -286,7 +286,7 @@ def test_two_clients_on_one_folder_never_leave_a_half_written_file(dask_cluster,
     Writes made in this process are slowed down (each file is streamed in four parts with pauses),
     as on a slow shared disk: a file written in place would be seen half-written.
     """
-    import cellview.export as export
+    import cellview.outputs.export as export
 
     original = export.atomic_write
 

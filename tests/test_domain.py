@@ -23,7 +23,7 @@ from cellview.analysis.morphology import malignant_regions
 from cellview.analysis.pipeline import BatchDone, analyze, run_analysis
 from cellview.analysis.results import AnalysisParams, domain_banner
 from cellview.base.errors import ModelError
-from cellview.export import csv_text, geojson_dict, metadata_dict
+from cellview.outputs.export import csv_text, geojson_dict, metadata_dict
 from cellview.testing import (
     SYNTH_TILE,
     TOY_COLORS,

@@ -13,7 +13,7 @@ from cellview.analysis.pipeline import run_analysis
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import ExportError
 from cellview.base.files import atomic_write_text
-from cellview.export import export_all, geojson_dict, overlay_on_thumbnail
+from cellview.outputs.export import export_all, geojson_dict, overlay_on_thumbnail
 from cellview.slides.slide import open_slide
 
 
@@ -104,7 +104,7 @@ def test_export_to_unwritable_place(tmp_path, result):
 
 
 def test_spreadsheet_safe_neutralises_formula_cells_only():
-    from cellview.export import spreadsheet_safe
+    from cellview.outputs.export import spreadsheet_safe
 
     for cell in ("=HYPERLINK(\"http://x\",\"y\").svs", "+1+2", "-cmd", "@SUM(A1)", "\tx", "\rx"):
         assert spreadsheet_safe(cell) == "'" + cell

@@ -265,7 +265,7 @@ def test_open_dialog_starts_among_slides_and_exports_fall_back_to_a_writable_fol
                                                                                     tmp_path, monkeypatch):
     from PySide6.QtWidgets import QFileDialog
 
-    import cellview.export as export
+    import cellview.outputs.export as export
 
     open_and_analyse(qtbot, window, synthetic_slide)
     exports = tmp_path / "exports"

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from cellview.base.errors import CellviewError
-from cellview.export import FORMATS
 from cellview.kiosk import (
     RECENT_FILE,
     CaseResult,
@@ -30,6 +29,7 @@ from cellview.kiosk import (
     normalize_chord,
     process_case,
 )
+from cellview.outputs.export import FORMATS
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""One description for every legend and scale bar (cellview.legend), Qt-free (issue 19)."""
+"""One description for every legend and scale bar (cellview.outputs.legend), Qt-free (issue 19)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ import pytest
 
 from cellview.analysis.domain import DomainInfo
 from cellview.analysis.model import CATEGORIES
-from cellview.legend import describe_legend, format_um, nice_length_um, out_of_domain_row, scale_bar
-from cellview.overlay import CATEGORY_MODE, PER_SLIDE, OverlaySettings, describe_overrides, fill_rgba, shown_tiles
+from cellview.outputs.legend import describe_legend, format_um, nice_length_um, out_of_domain_row, scale_bar
+from cellview.outputs.overlay import (
+    CATEGORY_MODE,
+    PER_SLIDE,
+    OverlaySettings,
+    describe_overrides,
+    fill_rgba,
+    shown_tiles,
+)
 from cellview.testing import grid_result
 
 # ----------------------------------------------------------------------------- scale bar
@@ -121,7 +128,7 @@ def test_the_annotated_png_draws_the_same_true_bar():
 
     from PIL import Image
 
-    from cellview.export import annotated_png
+    from cellview.outputs.export import annotated_png
 
     result = grid_result(["MBN" * 4] * 6, stride=100, mpp=0.37)  # 1200 × 600 level-0 px
     thumb = np.full((300, 600, 3), 255, np.uint8)  # 2 level-0 px per picture px

@@ -33,7 +33,7 @@ from cellview.analysis.results import AnalysisParams
 from cellview.analysis.tiling import build_grid
 from cellview.analysis.tissue import TissueParams, detect_tissue
 from cellview.cli import main
-from cellview.export import annotated_png, csv_text, export_all, geojson_dict
+from cellview.outputs.export import annotated_png, csv_text, export_all, geojson_dict
 from cellview.slides.slide import open_slide
 from cellview.testing import grid_result, write_pyramid_tiff
 
@@ -235,7 +235,7 @@ def test_region_geometry_is_valid_for_qupath(name):
     shapely = pytest.importorskip("shapely", reason="shapely (test extra) checks OGC validity")
     from shapely.geometry import shape
 
-    from cellview.export import region_geometry
+    from cellview.outputs.export import region_geometry
 
     cells = np.array([[ch == "M" for ch in row] for row in PINCHES[name]])
     (found,) = regions_from_mask(cells, (100, 100), connectivity=8)
@@ -253,7 +253,7 @@ def test_random_regions_are_valid_geometry():
     shapely = pytest.importorskip("shapely", reason="shapely (test extra) checks OGC validity")
     from shapely.geometry import shape
 
-    from cellview.export import region_geometry
+    from cellview.outputs.export import region_geometry
 
     rng = np.random.default_rng(5)
     for _ in range(20):

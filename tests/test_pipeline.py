@@ -14,7 +14,7 @@ from cellview.analysis.model import CATEGORIES, ModelSpec, OnnxClassifier
 from cellview.analysis.pipeline import BatchDone, CancelToken, Finished, Started, analyze, run_analysis
 from cellview.analysis.results import AnalysisParams, TileState
 from cellview.base.errors import SlideError
-from cellview.export import csv_text
+from cellview.outputs.export import csv_text
 from cellview.testing import expected_synthetic_tiles
 
 GOLDEN = Path(__file__).parent / "golden" / "synthetic.csv"

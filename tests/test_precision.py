@@ -140,7 +140,7 @@ def test_results_metadata_and_cache_key_say_which_copy_ran(int8_model, synthetic
     from cellview.analysis.cache import ResultCache
     from cellview.analysis.pipeline import run_analysis
     from cellview.analysis.results import AnalysisParams
-    from cellview.export import metadata_dict
+    from cellview.outputs.export import metadata_dict
 
     spec = ModelSpec.load(int8_model)
     cache = ResultCache(tmp_path / "cache")

@@ -131,7 +131,7 @@ def test_analysis_with_stain_normalisation(tmp_path):
     assert not np.allclose(plain.probs, normed.probs)  # the toy model reads colour: normalisation changes it
     assert "stain_normalize" not in plain.params.cache_dict()
     assert normed.params.cache_dict()["stain_normalize"] == "macenko"
-    from cellview.export import metadata_dict
+    from cellview.outputs.export import metadata_dict
 
     meta = metadata_dict(normed)
     assert meta["parameters"]["stain_normalize"] == "macenko" and meta["stain_normalization"]["applied"] == "macenko"

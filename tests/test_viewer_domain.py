@@ -9,7 +9,7 @@ from cellview.analysis.domain import NOT_AVAILABLE
 from cellview.analysis.model import ModelSpec, OnnxClassifier
 from cellview.analysis.pipeline import run_analysis
 from cellview.analysis.results import AnalysisParams
-from cellview.overlay import OverlaySettings, count_lines, describe_domain, fill_rgba, out_of_domain_runs
+from cellview.outputs.overlay import OverlaySettings, count_lines, describe_domain, fill_rgba, out_of_domain_runs
 from cellview.testing import (
     SQUARE_AT,
     SQUARE_BLOCK,

@@ -263,7 +263,7 @@ def test_png_export_shows_what_the_screen_shows(model, synthetic_slide, tmp_path
 
 
 def test_export_folder_falls_back_when_the_slide_folder_is_read_only(model, synthetic_slide, monkeypatch, tmp_path):
-    import cellview.export as export
+    import cellview.outputs.export as export
 
     model.open(synthetic_slide)
     model.start_analysis()
@@ -333,7 +333,7 @@ def test_a_failing_callback_source_is_reported(model, synthetic_slide):
 
 
 def test_counts_and_shares_follow_the_confidence_filter():
-    from cellview.overlay import OverlaySettings, count_lines, counted_text
+    from cellview.outputs.overlay import OverlaySettings, count_lines, counted_text
     from cellview.testing import grid_result
 
     conf = np.array([0.9, 0.55, 0.6, 0.95, 0.7, 0.8], np.float32)

@@ -7,7 +7,7 @@ from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QPainter
 
 from cellview.gui.panels import hatch_swatch
-from cellview.legend import OUT_OF_DOMAIN_SWATCH, Legend, LegendLine
+from cellview.outputs.legend import OUT_OF_DOMAIN_SWATCH, Legend, LegendLine
 
 INK = QColor(20, 20, 20)
 KIND_COLOURS = {"info": INK, "hint": QColor(90, 90, 90), "warning": QColor(180, 0, 0), "region": QColor(120, 0, 0)}

@@ -69,8 +69,8 @@ from cellview.gui.panels import (
 from cellview.gui.slideview import ARROW_STEPS, SlideView
 from cellview.gui.tasks import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
 from cellview.gui.worker import QtRunner, Worker
-from cellview.legend import category_rows, describe_legend, format_um, out_of_domain_row
-from cellview.overlay import (
+from cellview.outputs.legend import category_rows, describe_legend, format_um, out_of_domain_row
+from cellview.outputs.overlay import (
     PER_SLIDE,
     STYLES,
     category_contours,
@@ -1375,7 +1375,7 @@ class MainWindow(QMainWindow):
         return None if chosen is None else self.export_all_to(chosen)
 
     def export_all_to(self, folder: Path) -> dict[str, Path] | None:
-        from cellview.export import output_paths
+        from cellview.outputs.export import output_paths
         from cellview.slides.slide import slide_stem
 
         assert self.model.slide is not None

@@ -26,7 +26,7 @@ from cellview.base.fonts import font
 if TYPE_CHECKING:
     from cellview.analysis.morphology import Region
     from cellview.analysis.results import AnalysisResult
-    from cellview.overlay import OverlaySettings
+    from cellview.outputs.overlay import OverlaySettings
 
 FORMATS = ("csv", "geojson", "png", "json")
 SUFFIXES = {"csv": ".csv", "geojson": ".geojson", "png": ".png", "json": ".json"}
@@ -289,7 +289,7 @@ def domain_dict(result: AnalysisResult) -> dict[str, Any]:
 
 
 def _overlay_settings(overlay: OverlaySettings | None, **defaults: Any) -> OverlaySettings:
-    from cellview.overlay import OverlaySettings
+    from cellview.outputs.overlay import OverlaySettings
 
     return overlay if overlay is not None else OverlaySettings(**defaults)
 
@@ -301,7 +301,7 @@ def overlay_on_thumbnail(result: AnalysisResult, thumb: np.ndarray, opacity: flo
     Without ``overlay``: the category colours × confidence at ``opacity`` (the fill style).
     Each thumbnail pixel takes its grid cell (``TileGrid.to_display``), as on screen.
     """
-    from cellview.overlay import fill_rgba
+    from cellview.outputs.overlay import fill_rgba
 
     settings = _overlay_settings(overlay, style="fill", opacity=opacity, min_confidence=min_confidence)
     g = result.grid
@@ -325,7 +325,7 @@ def _thumbnail_cells(result: AnalysisResult, thumb_hw: tuple[int, int]) -> tuple
 
 
 def _hatch(img: np.ndarray, where: np.ndarray, k: float) -> np.ndarray:
-    from cellview.overlay import CASING_RGB, HATCH_ALPHA, HATCH_RGB, HATCH_SPACING_PX, hatch_mask
+    from cellview.outputs.overlay import CASING_RGB, HATCH_ALPHA, HATCH_RGB, HATCH_SPACING_PX, hatch_mask
 
     line, casing = hatch_mask(*img.shape[:2], spacing_px=max(6, int(round(HATCH_SPACING_PX * k))),
                               width_px=max(1, int(round(k))))
@@ -344,7 +344,7 @@ def _hatched_swatch(size: int, k: float) -> np.ndarray:
 def hatch_out_of_domain(img: np.ndarray, result: AnalysisResult, overlay: OverlaySettings, k: float = 1.0) -> np.ndarray:
     """The screen's out-of-domain hatching on a thumbnail (``overlay.hatch_mask`` over the out-of-domain
     cells), its spacing scaled with the picture's text (``k``)."""
-    from cellview.overlay import hatches_out_of_domain
+    from cellview.outputs.overlay import hatches_out_of_domain
 
     if not hatches_out_of_domain(result, overlay):
         return img
@@ -355,7 +355,7 @@ def hatch_out_of_domain(img: np.ndarray, result: AnalysisResult, overlay: Overla
 def draw_contours(draw: Any, result: AnalysisResult, overlay: OverlaySettings, thumb_wh: tuple[int, int],
                   k: float = 1.0) -> None:
     """Category contours (``overlay.category_contours``) on a thumbnail: coloured lines on a dark casing."""
-    from cellview.overlay import CASING_RGB, category_contours
+    from cellview.outputs.overlay import CASING_RGB, category_contours
 
     if not overlay.visible or result.grid.whole_image:
         return
@@ -428,7 +428,7 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
     """
     from PIL import Image, ImageDraw
 
-    from cellview.legend import OUT_OF_DOMAIN_SWATCH, describe_legend, scale_bar
+    from cellview.outputs.legend import OUT_OF_DOMAIN_SWATCH, describe_legend, scale_bar
 
     settings = _overlay_settings(overlay, opacity=opacity)
     img = overlay_on_thumbnail(result, thumb, overlay=settings)

@@ -22,7 +22,7 @@ import numpy as np
 
 from cellview.analysis.model import CATEGORY_COLORS
 from cellview.analysis.results import AnalysisParams, AnalysisResult
-from cellview.overlay import (
+from cellview.outputs.overlay import (
     OverlaySettings,
     count_lines,
     counted_text,

@@ -20,7 +20,7 @@ from typing import Any
 
 from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS
 from cellview.base.files import atomic_write_text
-from cellview.export import spreadsheet_safe
+from cellview.outputs.export import spreadsheet_safe
 
 COHORT_CSV, COHORT_JSON, COHORT_HTML = "cohort.csv", "cohort.json", "cohort.html"
 THUMBS_DIR = "cohort-thumbs"
