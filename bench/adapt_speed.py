@@ -37,10 +37,10 @@ def main() -> int:
     chosen = []
     for cat in ("malignant", "benign", "normal"):
         chosen += [r for r in rows if r[label_col] == cat][:args.per_category]
-    from cellview.adapt import AdaptProgress, AdaptReport, adapt
     from cellview.analysis.model import ModelSpec, resolve_model
     from cellview.analysis.results import AnalysisParams
-    from cellview.labels import LabelSource
+    from cellview.lab.adapt import AdaptProgress, AdaptReport, adapt
+    from cellview.lab.labels import LabelSource
 
     spec = ModelSpec.load(resolve_model(args.model))
     sources = [LabelSource((DATA / rel).parent / r[image_col], r[label_col]) for r in chosen]

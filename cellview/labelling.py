@@ -4,7 +4,7 @@
 it closes: they are dropped). The views turn clicks and keys into ``pick`` / ``pick_rect`` /
 ``label_picked`` and draw ``outlines``; every change is saved at once, atomically, as
 QuPath-compatible GeoJSON beside the slide (``labels.labels_path``) and noted in the list of labelled
-slides, so *Adapt model…* (``adapt_job``: ``cellview.adapt.adapt`` on every slide labelled so far, as a
+slides, so *Adapt model…* (``adapt_job``: ``cellview.lab.adapt.adapt`` on every slide labelled so far, as a
 viewer job) and the next session find them.
 """
 
@@ -24,7 +24,7 @@ from cellview.analysis.pipeline import CancelToken
 from cellview.analysis.results import ModelInfo
 from cellview.analysis.tiling import TileGrid
 from cellview.base.errors import CellviewError, ExportError
-from cellview.labels import (
+from cellview.lab.labels import (
     IGNORE,
     LabelRegion,
     cell_centres,
@@ -288,7 +288,7 @@ class LabelsModel:
     def adapt_job(self, name: str, force: bool, on_item: Callable[[Any], None],
                   on_failed: Callable[[CellviewError], None], on_done: Callable[[], None],
                   out_dir: Path | None = None) -> Job:
-        """*Adapt model…*: ``cellview.adapt.adapt`` on every labelled slide, for the viewer's runner.
+        """*Adapt model…*: ``cellview.lab.adapt.adapt`` on every labelled slide, for the viewer's runner.
 
         The base is the selected model; tiles are cut with the viewer's current analysis settings,
         each slide at its own (or entered) µm/px; the model goes to the user's models folder.
@@ -301,7 +301,7 @@ class LabelsModel:
         def run(cancel: CancelToken) -> Iterator[Any]:
             from dataclasses import replace
 
-            from cellview.adapt import adapt
+            from cellview.lab.adapt import adapt
 
             if not model_path:
                 raise CellviewError("Select the model to adapt first.")

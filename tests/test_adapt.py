@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellview.adapt import (
+from cellview.analysis.model import ModelSpec, OnnxClassifier, sha256_file
+from cellview.analysis.results import AnalysisParams
+from cellview.cli import main
+from cellview.lab.adapt import (
     AdaptError,
     AdaptReport,
     AdaptSettings,
@@ -20,10 +23,7 @@ from cellview.adapt import (
     label_targets,
     label_weights,
 )
-from cellview.analysis.model import ModelSpec, OnnxClassifier, sha256_file
-from cellview.analysis.results import AnalysisParams
-from cellview.cli import main
-from cellview.labels import (
+from cellview.lab.labels import (
     IGNORE,
     LabelError,
     LabelRegion,

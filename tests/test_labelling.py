@@ -10,10 +10,10 @@ import os
 import numpy as np
 import pytest
 
-from cellview.adapt import AdaptProgress, AdaptReport
 from cellview.analysis.model import ModelSpec
+from cellview.lab.adapt import AdaptProgress, AdaptReport
+from cellview.lab.labels import IGNORE, LabelRegion, labelled_slides, labels_path, read_geojson, write_geojson
 from cellview.labelling import LabelsModel, label_choices
-from cellview.labels import IGNORE, LabelRegion, labelled_slides, labels_path, read_geojson, write_geojson
 from cellview.testing import LAB_BLOCKS, lab_block_rect, lab_slide_rgb, write_pyramid_tiff
 from cellview.viewer import MemoryStore, ViewerModel, run_now
 
@@ -75,7 +75,7 @@ def test_keys_label_the_picked_tiles_and_the_labels_are_saved_beside_the_slide(v
 
 
 def test_a_read_only_slide_folder_keeps_the_labels_in_the_user_s_folder(viewer, lab_slide, monkeypatch):
-    import cellview.labels as labels_module
+    import cellview.lab.labels as labels_module
 
     folder = lab_slide.parent
     real_access = os.access

@@ -328,7 +328,7 @@ class AdaptDialog(QDialog):
     # -- running ---------------------------------------------------------------------------------
 
     def start(self, force: bool) -> None:
-        from cellview.adapt import AdaptProgress, AdaptReport
+        from cellview.lab.adapt import AdaptProgress, AdaptReport
 
         name = self.name_edit.text().strip() or self.labels.default_name("model")
         self.pages.setCurrentIndex(1)

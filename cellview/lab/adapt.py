@@ -49,7 +49,7 @@ from cellview.analysis.pipeline import CancelToken, TileReaders, batch_indices, 
 from cellview.analysis.results import AnalysisParams, category_probabilities, image_calls, plural
 from cellview.base.errors import CellviewError, ModelError, SlideError
 from cellview.base.files import atomic_write_bytes, atomic_write_text
-from cellview.labels import LabelError, LabelSource, tile_labels
+from cellview.lab.labels import LabelError, LabelSource, tile_labels
 from cellview.slides.slide import open_slide
 
 RECOMMENDED_PER_CATEGORY = 5
