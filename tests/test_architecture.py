@@ -116,7 +116,7 @@ def test_no_import_cycles():
 
 
 def test_viewer_state_is_qt_free_and_importable_without_the_gui():
-    code = ("import sys, cellview.viewer, cellview.outputs.overlay\n"
+    code = ("import sys, cellview.viewer.model, cellview.outputs.overlay\n"
             "bad = [m for m in ('PySide6', 'pyqtgraph') if m in sys.modules]\n"
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

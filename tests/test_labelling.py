@@ -1,4 +1,4 @@
-"""Labelling in the viewer without Qt (cellview.labelling.LabelsModel beside a ViewerModel): picking tiles,
+"""Labelling in the viewer without Qt (cellview.viewer.labelling.LabelsModel beside a ViewerModel): picking tiles,
 labelling them by key, saving beside the slide (or in the user's folder), reopening, QuPath import, and
 Adapt model… as a viewer job."""
 
@@ -13,9 +13,9 @@ import pytest
 from cellview.analysis.model import ModelSpec
 from cellview.lab.adapt import AdaptProgress, AdaptReport
 from cellview.lab.labels import IGNORE, LabelRegion, labelled_slides, labels_path, read_geojson, write_geojson
-from cellview.labelling import LabelsModel, label_choices
 from cellview.testing import LAB_BLOCKS, lab_block_rect, lab_slide_rgb, write_pyramid_tiff
-from cellview.viewer import MemoryStore, ViewerModel, run_now
+from cellview.viewer.labelling import LabelsModel, label_choices
+from cellview.viewer.model import MemoryStore, ViewerModel, run_now
 
 
 @pytest.fixture

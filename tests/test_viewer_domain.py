@@ -16,7 +16,7 @@ from cellview.testing import (
     SYNTH_TILE,
     hatch_stripes,
 )
-from cellview.viewer import Job, MemoryStore, ViewerModel, domain_notice, run_now
+from cellview.viewer.model import Job, MemoryStore, ViewerModel, domain_notice, run_now
 
 
 def make_model(model_path, runner=run_now) -> ViewerModel:

@@ -1,4 +1,4 @@
-"""The Qt-free viewer state (cellview.viewer.ViewerModel) driven like the GUI drives it, without Qt."""
+"""The Qt-free viewer state (cellview.viewer.model.ViewerModel) driven like the GUI drives it, without Qt."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from cellview.analysis.pipeline import BatchDone, Finished, Started, analyze
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import CellviewError
 from cellview.testing import SYNTH_BLOCKS, SYNTH_TILE, make_toy_model
-from cellview.viewer import WHOLE_IMAGE, MemoryStore, ViewerModel, run_now
+from cellview.viewer.model import WHOLE_IMAGE, MemoryStore, ViewerModel, run_now
 
 
 class Recorder:
@@ -417,7 +417,7 @@ def test_hover_says_nothing_off_the_tiles(model, synthetic_slide):
 
 
 def test_analyse_after_cancel_goes_on_from_the_finished_tiles(model, synthetic_slide):
-    from cellview.viewer import model_file_analysis
+    from cellview.viewer.model import model_file_analysis
 
     requests = []
 

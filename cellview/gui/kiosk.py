@@ -64,7 +64,7 @@ from cellview.kiosk import (
     load_classifier,
 )
 from cellview.slides.slide import slide_display_name
-from cellview.viewer import STAIN_LABELS, TTA_LABELS, AnalysisRequest, Event, ModelOptions
+from cellview.viewer.model import STAIN_LABELS, TTA_LABELS, AnalysisRequest, Event, ModelOptions
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Labelling in the desktop viewer: the Labels card, the Labels menu (keys 1–9) and the *Adapt model…* dialog.
 
-A thin view of ``cellview.labelling.LabelsModel``: Shift+click and Shift+drag on the slide pick tiles,
+A thin view of ``cellview.viewer.labelling.LabelsModel``: Shift+click and Shift+drag on the slide pick tiles,
 a key or a button labels them, outlines show what is labelled, and *Adapt model…* runs
 ``cellview adapt`` on every slide labelled so far on the background worker, then shows before vs after
 and offers the new model. The kiosk does not install any of this.
@@ -35,7 +35,7 @@ from cellview.analysis.model import CATEGORIES
 from cellview.analysis.results import plural
 from cellview.base.errors import CellviewError
 from cellview.gui.panels import section, show_model_card
-from cellview.labelling import LABEL_KEYS, LabelsModel
+from cellview.viewer.labelling import LABEL_KEYS, LabelsModel
 
 PICK_HINT = ("Shift+click tiles, or Shift+drag a rectangle, to pick them; then press 1–9 or a button below "
              "(0 or Delete takes the label away). Without a pick, a key labels the selected tile. Labelled tiles "

@@ -1,4 +1,4 @@
-"""The main window: a thin view of ``cellview.viewer.ViewerModel``.
+"""The main window: a thin view of ``cellview.viewer.model.ViewerModel``.
 
 Slide canvas in the middle, one side panel (model, analysis, overlay, tissue mask, tile
 inspector). Widgets only turn input into model calls, and model events into what they show, so
@@ -83,7 +83,7 @@ from cellview.outputs.overlay import (
     probability_lut,
 )
 from cellview.slides.slide import SUPPORTED_SUFFIXES, describe_skipped
-from cellview.viewer import (
+from cellview.viewer.model import (
     STAIN_LABELS,
     TTA_LABELS,
     WHOLE_IMAGE,

@@ -2,7 +2,7 @@
 
 Each opens its own slide handle (OpenSlide handles are never shared across threads) and only
 yields plain data, so the main thread never waits on OpenSlide. The viewer's own jobs (open,
-analyse, regions, tissue) live in the Qt-free ``cellview.viewer``.
+analyse, regions, tissue) live in the Qt-free ``cellview.viewer.model``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from cellview.base.errors import SlideError
 from cellview.slides.slide import open_slide
 
 # Opening, analysis, regions and tissue previews are the viewer model's jobs (Qt-free); re-exported here.
-from cellview.viewer import (  # noqa: E402,F401
+from cellview.viewer.model import (  # noqa: E402,F401
     OVERVIEW_PX,
     THUMBNAIL_PX,
     BaseImage,

@@ -38,7 +38,7 @@ from cellview.lab.labels import (
     write_geojson,
 )
 from cellview.outputs.overlay import Contour, cell_outline
-from cellview.viewer import EmitterGroup, Job, ViewerModel
+from cellview.viewer.model import EmitterGroup, Job, ViewerModel
 
 LABEL_KEYS = "123456789"
 
