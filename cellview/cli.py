@@ -24,9 +24,9 @@ SUBCOMMANDS = ("analyze", "info", "train", "evaluate", "export", "models", "expl
 
 
 def __getattr__(name: str):
-    """``discover_slides`` and ``output_stem`` moved to cellview.cohort; imported lazily (start-up time)."""
+    """``discover_slides`` and ``output_stem`` moved to cellview.scale.cohort; imported lazily (start-up time)."""
     if name in ("discover_slides", "output_stem"):
-        from cellview import cohort
+        from cellview.scale import cohort
 
         return getattr(cohort, name)
     raise AttributeError(name)
@@ -99,7 +99,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model
-    from cellview.cohort import (
+    from cellview.outputs.cohort_report import CohortTables
+    from cellview.outputs.export import FORMATS, export_options
+    from cellview.scale.cohort import (
         CohortSettings,
         Console,
         plan_cohort,
@@ -109,8 +111,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         run_on_dask,
         stop_on_signals,
     )
-    from cellview.outputs.cohort_report import CohortTables
-    from cellview.outputs.export import FORMATS, export_options
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
@@ -151,7 +151,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     session = None
     if on_cluster:
         try:
-            from cellview.cohort import DaskSession
+            from cellview.scale.cohort import DaskSession
         except ImportError as exc:  # pragma: no cover - depends on the install
             print(f"error: --cluster needs dask.distributed ({exc}); install it with pip install 'cellview[cluster]'",
                   file=sys.stderr)

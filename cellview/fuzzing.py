@@ -359,7 +359,7 @@ _quieted = False
 
 
 def _in_worker() -> bool:
-    from cellview.cohort import _dask_worker
+    from cellview.scale.cohort import _dask_worker
 
     return _dask_worker() is not None
 

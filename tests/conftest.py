@@ -77,7 +77,7 @@ def synthetic_slide(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fault_dir(tmp_path_factory) -> Path:
-    """Marker files that make the cluster's workers die or pause mid-slide (cellview.cohort.FAULT_ENV)."""
+    """Marker files that make the cluster's workers die or pause mid-slide (cellview.scale.cohort.FAULT_ENV)."""
     return tmp_path_factory.mktemp("faults")
 
 
@@ -91,7 +91,7 @@ def dask_cluster(fault_dir, tmp_path_factory):
     import dask
     from distributed import LocalCluster
 
-    from cellview.cohort import FAULT_ENV
+    from cellview.scale.cohort import FAULT_ENV
 
     env = {FAULT_ENV: str(fault_dir), "CELLVIEW_CACHE_DIR": str(tmp_path_factory.mktemp("worker-cache")),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))}

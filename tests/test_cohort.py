@@ -1,7 +1,7 @@
 """Cohorts on a Dask LocalCluster: retries after worker deaths, Ctrl-C and resume, concurrent clients.
 
 One LocalCluster (2 worker processes, conftest.dask_cluster) is shared by the session. Worker deaths are caused by the
-test hook in cellview.cohort (FAULT_ENV): marker files make a worker call os._exit in the middle
+test hook in cellview.scale.cohort (FAULT_ENV): marker files make a worker call os._exit in the middle
 of a slide. Waits are on files and processes with generous timeouts, never fixed sleeps.
 """
 
@@ -26,8 +26,8 @@ import pytest
 pytest.importorskip("distributed")
 
 from cellview.cli import main  # noqa: E402
-from cellview.cohort import FAULT_ENV  # noqa: E402
 from cellview.outputs.cohort_report import CSV_COLUMNS, THUMBS_DIR  # noqa: E402
+from cellview.scale.cohort import FAULT_ENV  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SLOW = 120  # seconds: generous bound for anything that waits on the cluster on a loaded CI machine
@@ -369,7 +369,7 @@ def test_bad_cluster_arguments_are_clear(synthetic_slide, toy_model, tmp_path, c
 
 def test_a_local_cluster_that_lost_a_worker_is_scaled_back():
     """DaskSession.heal: a nanny that gave up after repeated deaths is replaced (at most every 5 s)."""
-    from cellview.cohort import DaskSession
+    from cellview.scale.cohort import DaskSession
 
     class Cluster:
         def __init__(self) -> None:
@@ -392,7 +392,7 @@ def test_a_local_cluster_that_lost_a_worker_is_scaled_back():
 
 
 def test_sigterm_and_an_ignored_sigint_both_stop_a_cohort_run():
-    from cellview.cohort import stop_on_signals
+    from cellview.scale.cohort import stop_on_signals
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as inherited by a background job
     try:
@@ -424,7 +424,7 @@ def test_cohort_csv_cells_cannot_become_formulas_and_json_keeps_the_names(synthe
 
 def test_local_cluster_and_its_dashboard_listen_on_this_machine_only():
     psutil = pytest.importorskip("psutil")
-    from cellview.cohort import DaskSession
+    from cellview.scale.cohort import DaskSession
 
     me = psutil.Process()
 

@@ -543,7 +543,7 @@ class DaskSession:
                         n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                         dashboard_address=dashboard,
                         silence_logs=logging.ERROR,
-                        preload=["cellview.dask_worker"],  # Ctrl-C is the client's (see there)
+                        preload=["cellview.scale.dask_worker"],  # Ctrl-C is the client's (see there)
                     )
                 self.client = Client(self.cluster)
                 self.n_local = n
