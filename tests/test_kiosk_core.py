@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cellview.base.errors import CellviewError
-from cellview.kiosk import (
+from cellview.kiosk.core import (
     RECENT_FILE,
     CaseResult,
     KioskSettings,

@@ -16,7 +16,7 @@ import pytest
 from cellview.analysis.model import ModelSpec, OnnxClassifier
 from cellview.analysis.results import AnalysisParams
 from cellview.analysis.stain import StainReference, estimate_reference
-from cellview.kiosk import KioskSettings, KioskSettingsError, process_case
+from cellview.kiosk.core import KioskSettings, KioskSettingsError, process_case
 from cellview.testing import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
 from cellview.viewer.model import (
     NO_MODEL_SELECTED,

@@ -2,7 +2,7 @@
 
 The behaviour that must hold without an operator (half-copied files are never opened, a bad
 file never stops the station, the outbox never overwrites a case) lives in the Qt-free
-``cellview.kiosk``; this module wires it to widgets and timers. The viewer state is the
+``cellview.kiosk.core``; this module wires it to widgets and timers. The viewer state is the
 desktop's own ``ViewerModel``: a case is ``model.open(path, analyse=True, source=…)`` with the
 kiosk's preloaded classifier as the source (``kiosk.iter_case``: analyse, then export to the
 outbox), so the overlay streams exactly as on the desktop and no run set-up is repeated here.
@@ -53,7 +53,7 @@ from cellview.gui.qtapp import make_app
 from cellview.gui.touch import FilePickerSheet, ScaleSheet, TileSheet
 from cellview.gui.touch import text_label as _label
 from cellview.gui.worker import Worker
-from cellview.kiosk import (
+from cellview.kiosk.core import (
     CaseResult,
     KioskSettings,
     RecentCases,
