@@ -2,9 +2,9 @@
 
     python bench/fuzz_slides.py --count 10000 --out /work/runs/cohort/fuzz [--workers 2] [--timeout 60]
 
-Each mutant (see cellview/fuzzing.py for the mutators) runs `cellview info` and `cellview analyze`
+Each mutant (see cellview/testing/fuzzing.py for the mutators) runs `cellview info` and `cellview analyze`
 as one task on a local Dask cluster of worker processes, so a native crash kills only its worker.
-The analyze step uses a tiny toy ONNX model (64-px tiles at 2 µm/px, cellview.testing.make_toy_model)
+The analyze step uses a tiny toy ONNX model (64-px tiles at 2 µm/px, cellview.testing.synthetic.make_toy_model)
 so each mutant costs reading and decoding, not inference. Outcomes: ok, clean_error, traceback,
 crash (contained), hang (per-mutant timeout). Resumable: results go to OUT/results.jsonl and a rerun
 skips the mutant ids already there. Mutants that end in traceback/crash/hang are kept in OUT/work/.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cellview.fuzzing import OUTCOMES, MutantResult, Source, run_fuzz  # noqa: E402
+from cellview.testing.fuzzing import OUTCOMES, MutantResult, Source, run_fuzz  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -71,7 +71,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
-    from cellview.testing import make_toy_model
+    from cellview.testing.synthetic import make_toy_model
 
     args.out.mkdir(parents=True, exist_ok=True)
     model = args.out / "model" / "model.onnx"

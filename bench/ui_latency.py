@@ -55,7 +55,7 @@ def main() -> int:
         if args.model != "colon-he":
             print(f"model: {exc.message}", file=sys.stderr)
             return 2
-        from cellview.testing import make_toy_model
+        from cellview.testing.synthetic import make_toy_model
 
         model_path = make_toy_model(tmp / "toy224", patch_px=224, spacing_um=0.5)
         model_note = " (colon-he absent: toy 224-px model)"

@@ -80,7 +80,7 @@ def mosaic(run: Path, source: str, n: int, out: Path) -> tuple[Path, dict[str, l
     """Rows of ``2n`` images per category (distinct patients first) on glass; returns the slide and image boxes."""
     import cv2
 
-    from cellview.testing import write_pyramid_tiff
+    from cellview.testing.synthetic import write_pyramid_tiff
     from cellview.train.train import Run
 
     samples, _ = Run(run).samples()

@@ -76,7 +76,7 @@ def main() -> int:
                 print(exc.message, file=sys.stderr)
                 return 2
     if model_path is None:
-        from cellview.testing import make_toy_model
+        from cellview.testing.synthetic import make_toy_model
 
         model_path = make_toy_model(tmp / "toy224", patch_px=224, spacing_um=0.5)
         print("no colon-he or lung-he in models/: rendered with the toy 224-px model.")

@@ -54,7 +54,7 @@ def real_slide(data_dir) -> Path:
 @pytest.fixture(scope="session")
 def toy_model(tmp_path_factory) -> Path:
     """64-px tiles at 1.0 µm/px; class = dominant colour (red malignant, blue benign, green normal)."""
-    from cellview.testing import make_toy_model
+    from cellview.testing.synthetic import make_toy_model
 
     return make_toy_model(tmp_path_factory.mktemp("toy64"), patch_px=64, spacing_um=1.0)
 
@@ -62,7 +62,7 @@ def toy_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_model_224(tmp_path_factory) -> Path:
     """224-px tiles at 0.5 µm/px, the usual histology setting, for the real slides."""
-    from cellview.testing import make_toy_model
+    from cellview.testing.synthetic import make_toy_model
 
     return make_toy_model(tmp_path_factory.mktemp("toy224"), patch_px=224, spacing_um=0.5)
 
@@ -70,7 +70,7 @@ def toy_model_224(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_slide(tmp_path_factory) -> Path:
     """Pyramidal tiled TIFF, 2048 × 1536 at 0.5 µm/px, with three known coloured blocks."""
-    from cellview.testing import synthetic_slide_rgb, write_pyramid_tiff
+    from cellview.testing.synthetic import synthetic_slide_rgb, write_pyramid_tiff
 
     return write_pyramid_tiff(tmp_path_factory.mktemp("synth") / "synthetic.tiff", synthetic_slide_rgb(), 0.5)
 
@@ -107,21 +107,21 @@ def dask_cluster(fault_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cam_domain_model(tmp_path_factory):
-    from cellview.testing import make_toy_cam_domain_model
+    from cellview.testing.synthetic import make_toy_cam_domain_model
 
     return make_toy_cam_domain_model(tmp_path_factory.mktemp("camdom"))
 
 
 @pytest.fixture(scope="session")
 def square_slide(tmp_path_factory):
-    from cellview.testing import square_slide_rgb, write_pyramid_tiff
+    from cellview.testing.synthetic import square_slide_rgb, write_pyramid_tiff
 
     return write_pyramid_tiff(tmp_path_factory.mktemp("square") / "square.tiff", square_slide_rgb(), 0.5)
 
 
 @pytest.fixture(scope="session")
 def odd_slide(tmp_path_factory):
-    from cellview.testing import odd_slide_rgb, write_pyramid_tiff
+    from cellview.testing.synthetic import odd_slide_rgb, write_pyramid_tiff
 
     return write_pyramid_tiff(tmp_path_factory.mktemp("odd") / "odd.tiff", odd_slide_rgb(), 0.5)
 
@@ -131,7 +131,7 @@ def odd_slide(tmp_path_factory):
 @pytest.fixture(scope="session")
 def stain_model(tmp_path_factory) -> Path:
     from cellview.analysis.stain import estimate_reference
-    from cellview.testing import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
+    from cellview.testing.synthetic import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
 
     ref = estimate_reference([synthetic_he(synthetic_he_amounts(256, 0), LAB_A_STAINS)])
     return make_toy_model(tmp_path_factory.mktemp("stain"), patch_px=64, spacing_um=1.0, name="toy-stain",
@@ -141,7 +141,7 @@ def stain_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def plain_model(tmp_path_factory) -> Path:
     """The colour toy model as exported before reference stains existed."""
-    from cellview.testing import make_toy_model
+    from cellview.testing.synthetic import make_toy_model
 
     return make_toy_model(tmp_path_factory.mktemp("plain"), patch_px=64, spacing_um=1.0, name="toy-plain")
 
@@ -151,7 +151,7 @@ def he_slide(tmp_path_factory) -> Path:
     """Synthetic H&E (512 × 256 at 1 µm/px) stained more heavily than the reference: normalisation changes it."""
     import numpy as np
 
-    from cellview.testing import LAB_A_STAINS, synthetic_he, synthetic_he_amounts, write_pyramid_tiff
+    from cellview.testing.synthetic import LAB_A_STAINS, synthetic_he, synthetic_he_amounts, write_pyramid_tiff
 
     amounts = np.concatenate([synthetic_he_amounts(256, k) for k in range(2)], axis=1)
     rgb = synthetic_he(amounts * np.array([1.5, 0.6]), LAB_A_STAINS)

@@ -35,7 +35,14 @@ from cellview.lab.labels import (
     write_geojson,
 )
 from cellview.slides.slide import open_slide
-from cellview.testing import LAB_BLOCKS, LAB_COLOURS, lab_block_rect, lab_image, lab_slide_rgb, write_pyramid_tiff
+from cellview.testing.synthetic import (
+    LAB_BLOCKS,
+    LAB_COLOURS,
+    lab_block_rect,
+    lab_image,
+    lab_slide_rgb,
+    write_pyramid_tiff,
+)
 
 # The toy CAM model (tests/conftest.py: cam_domain_model) calls red malignant, blue benign, green normal.
 # This lab's malignant tissue is bluish purple and its benign reddish purple: the model swaps them.

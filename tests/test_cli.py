@@ -12,7 +12,7 @@ import pytest
 
 from cellview.base.errors import CellviewError
 from cellview.cli import discover_slides, main
-from cellview.testing import make_toy_model
+from cellview.testing.synthetic import make_toy_model
 
 
 def _analyze(capsys, *args):
@@ -169,7 +169,7 @@ def test_changed_export_options_are_not_up_to_date(synthetic_slide, toy_model, t
 
 
 def test_huge_claimed_height_is_reported_without_a_traceback(tmp_path, toy_model, capsys):
-    from cellview.testing import tiff_claiming_size
+    from cellview.testing.synthetic import tiff_claiming_size
 
     bad = tmp_path / "huge.tiff"
     bad.write_bytes(tiff_claiming_size(8, 3_000_000))
@@ -242,7 +242,7 @@ def test_help_shows_the_viewer_the_kiosk_and_the_commands(capsys):
 
 
 def test_a_one_tile_region_is_one_tile(tmp_path, toy_model, capsys):
-    from cellview.testing import TOY_COLORS, write_pyramid_tiff
+    from cellview.testing.synthetic import TOY_COLORS, write_pyramid_tiff
 
     img = np.full((512, 512, 3), 245, np.uint8)
     img[128:256, 128:256] = TOY_COLORS["malignant"]  # exactly one 128-px tile at 0.5 µm/px

@@ -24,7 +24,7 @@ from cellview.analysis.pipeline import BatchDone, analyze, run_analysis
 from cellview.analysis.results import AnalysisParams, domain_banner
 from cellview.base.errors import ModelError
 from cellview.outputs.export import csv_text, geojson_dict, metadata_dict
-from cellview.testing import (
+from cellview.testing.synthetic import (
     SYNTH_TILE,
     TOY_COLORS,
     make_toy_domain,

@@ -16,7 +16,7 @@ from cellview.analysis.onnx_graph import EXPLAIN_OUTPUTS, add_explain_outputs, f
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import ModelError
 from cellview.cli import main
-from cellview.testing import (
+from cellview.testing.synthetic import (
     CAM_STRIDE,
     TOY_COLORS,
     make_toy_cam_model,
@@ -169,7 +169,7 @@ def _toy_run(root: Path) -> Path:
     """A training-run folder (recipe.json + samples.json) of grey images with coloured squares."""
     from dataclasses import asdict
 
-    from cellview.testing import TOY_CLASSES
+    from cellview.testing.synthetic import TOY_CLASSES
     from cellview.train import data as D
 
     rng = np.random.default_rng(0)

@@ -17,15 +17,15 @@ import cv2
 import numpy as np
 import pytest
 
-from cellview import fuzzing
-from cellview.fuzzing import Source, mutate, run_fuzz
+from cellview.testing import fuzzing
+from cellview.testing.fuzzing import Source, mutate, run_fuzz
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def fuzz_sources(tmp_path_factory, request) -> list[Source]:
-    from cellview.testing import synthetic_slide_rgb, write_pyramid_tiff
+    from cellview.testing.synthetic import synthetic_slide_rgb, write_pyramid_tiff
 
     root = tmp_path_factory.mktemp("fuzz-src")
     rgb = synthetic_slide_rgb()[256:640, 256:768]  # 512 × 384 with parts of two coloured blocks
@@ -74,7 +74,7 @@ def test_fixed_seed_fuzz_200_mutants(dask_cluster, fuzz_sources, toy_model, tmp_
 def test_a_hang_is_a_timeout_with_the_stacks_kept(toy_model, fuzz_sources, tmp_path):
     """The watchdog ends the process on a too-long mutant and leaves its stacks for the report."""
     code = (
-        "import sys; from cellview.fuzzing import Source, run_mutant\n"
+        "import sys; from cellview.testing.fuzzing import Source, run_mutant\n"
         f"run_mutant(1, Source({fuzz_sources[0].path!r}), 3, {str(tmp_path)!r}, {str(toy_model)!r}, timeout_s=0.001)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

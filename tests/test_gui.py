@@ -18,7 +18,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt  # noqa: E402
 
 from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb  # noqa: E402
 from cellview.analysis.results import AnalysisParams  # noqa: E402
-from cellview.testing import expected_synthetic_tiles, synthetic_slide_rgb, write_pyramid_tiff  # noqa: E402
+from cellview.testing.synthetic import expected_synthetic_tiles, synthetic_slide_rgb, write_pyramid_tiff  # noqa: E402
 
 TIMEOUT_MS = 30000
 
@@ -368,7 +368,7 @@ def test_drop_recent_files_and_kiosk_flag(qtbot, window, synthetic_slide, toy_mo
 
 
 def test_model_picker_rescans_models_dir(qtbot, window, tmp_path, monkeypatch):
-    from cellview.testing import make_toy_model
+    from cellview.testing.synthetic import make_toy_model
 
     monkeypatch.setenv("CELLVIEW_MODELS_DIR", str(tmp_path / "models"))
     make_toy_model(tmp_path / "models" / "colon-he", patch_px=64, spacing_um=1.0)
@@ -393,7 +393,7 @@ def test_nuclei_measurements_reach_the_inspector(qtbot, toy_model_224, real_slid
 
 def test_heatmap_is_clipped_to_the_slide(qtbot, window, tmp_path):
     """Edge tiles reach past the slide's border; their colour must not be painted outside it."""
-    from cellview.testing import TOY_COLORS
+    from cellview.testing.synthetic import TOY_COLORS
 
     img = np.zeros((100, 100, 3), np.uint8)
     img[:] = TOY_COLORS["malignant"]

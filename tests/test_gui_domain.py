@@ -13,7 +13,7 @@ from PySide6.QtCore import QRectF  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
 from cellview.analysis.domain import OUT_OF_DOMAIN_RGBA  # noqa: E402
-from cellview.testing import (  # noqa: E402
+from cellview.testing.synthetic import (  # noqa: E402
     SQUARE_AT,
     SQUARE_BLOCK,
     SYNTH_TILE,

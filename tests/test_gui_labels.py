@@ -13,7 +13,7 @@ from PySide6.QtTest import QTest  # noqa: E402
 from test_gui import make_window  # noqa: E402
 
 from cellview.analysis.results import AnalysisParams  # noqa: E402
-from cellview.testing import LAB_BLOCKS, lab_block_rect, lab_slide_rgb, write_pyramid_tiff  # noqa: E402
+from cellview.testing.synthetic import LAB_BLOCKS, lab_block_rect, lab_slide_rgb, write_pyramid_tiff  # noqa: E402
 
 TIMEOUT_MS = 60000
 

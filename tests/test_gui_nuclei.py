@@ -14,7 +14,7 @@ from test_gui import click_l0, make_window, open_and_analyse  # noqa: E402
 
 from cellview.analysis.morphology import malignant_regions, measure_tile  # noqa: E402
 from cellview.analysis.results import AnalysisParams  # noqa: E402
-from cellview.testing import SYNTH_TILE, TOY_COLORS, write_pyramid_tiff  # noqa: E402
+from cellview.testing.synthetic import SYNTH_TILE, TOY_COLORS, write_pyramid_tiff  # noqa: E402
 
 TWO_BLOCKS = {"big": (1, 4, 1, 4), "small": (6, 8, 8, 10)}  # malignant (row0, row1, col0, col1), tile units
 PALER_RED = (170, 90, 100)  # still malignant for the toy model, but below 100 % confidence

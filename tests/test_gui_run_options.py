@@ -104,7 +104,7 @@ def int8_cam_model(tmp_path_factory) -> Path:
     import numpy as np
 
     from cellview.analysis.model import ModelSpec, precision_path
-    from cellview.testing import make_toy_cam_model
+    from cellview.testing.synthetic import make_toy_cam_model
     from cellview.train.quantize import int8_sidecar, quantize_onnx
 
     path = make_toy_cam_model(tmp_path_factory.mktemp("int8-gui"), patch_px=64, spacing_um=1.0)

@@ -21,7 +21,7 @@ from test_gui import TIMEOUT_MS, make_window, open_and_analyse  # noqa: E402
 
 from cellview.analysis.model import CATEGORY_COLORS, hex_to_rgb  # noqa: E402
 from cellview.base.errors import CellviewError  # noqa: E402
-from cellview.testing import SYNTH_BLOCKS, SYNTH_TILE, make_toy_model  # noqa: E402
+from cellview.testing.synthetic import SYNTH_BLOCKS, SYNTH_TILE, make_toy_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -182,7 +182,7 @@ def test_tissue_threshold_printed_as_set(qtbot, window, synthetic_slide):
 
 
 def test_hint_counts_and_shares_follow_the_display(qtbot, window, tmp_path):
-    from cellview.testing import TOY_COLORS, write_pyramid_tiff
+    from cellview.testing.synthetic import TOY_COLORS, write_pyramid_tiff
 
     img = np.full((768, 1024, 3), 245, np.uint8)
     for col, colour in enumerate((TOY_COLORS["malignant"], (170, 90, 100), TOY_COLORS["benign"],
@@ -211,7 +211,7 @@ def test_inspector_numbers_match_their_bars_and_long_names_are_elided(qtbot):
 
     from cellview.gui.app import make_app
     from cellview.gui.panels import ProbabilityBars, TileInspector, pct
-    from cellview.testing import grid_result
+    from cellview.testing.synthetic import grid_result
 
     make_app()
     base = grid_result(["M"])
@@ -290,7 +290,7 @@ def test_open_dialog_starts_among_slides_and_exports_fall_back_to_a_writable_fol
 
 
 def test_viewer_says_which_levels_are_skipped_and_never_draws_them(qtbot, window, tmp_path):
-    from cellview.testing import synthetic_slide_rgb, write_pyramid_tiff, ycbcr_as_rgb
+    from cellview.testing.synthetic import synthetic_slide_rgb, write_pyramid_tiff, ycbcr_as_rgb
 
     path = write_pyramid_tiff(tmp_path / "false.tiff", synthetic_slide_rgb(), 0.5, damage=ycbcr_as_rgb)
     open_only(qtbot, window, path)

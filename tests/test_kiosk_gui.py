@@ -612,7 +612,7 @@ def test_a_slide_without_a_pixel_size_gets_a_scale_on_screen(qtbot, tmp_path, to
 
 @pytest.mark.parametrize("size", [(1024, 600), (800, 480)])
 def test_a_tapped_tile_shows_its_call_where_the_finger_is(qtbot, kiosk, synthetic_slide, size):
-    from cellview.testing import SYNTH_BLOCKS, SYNTH_TILE
+    from cellview.testing.synthetic import SYNTH_BLOCKS, SYNTH_TILE
 
     show_at(qtbot, kiosk, *size)
     run_case(qtbot, kiosk, synthetic_slide)

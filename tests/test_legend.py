@@ -19,7 +19,7 @@ from cellview.outputs.overlay import (
     fill_rgba,
     shown_tiles,
 )
-from cellview.testing import grid_result
+from cellview.testing.synthetic import grid_result
 
 # ----------------------------------------------------------------------------- scale bar
 

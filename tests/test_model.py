@@ -9,7 +9,7 @@ import pytest
 
 from cellview.analysis.model import ModelSpec, OnnxClassifier, probabilities, resolve_model
 from cellview.base.errors import ModelError
-from cellview.testing import TOY_COLORS, make_toy_model
+from cellview.testing.synthetic import TOY_COLORS, make_toy_model
 
 
 def _tiles(color, n=2, px=64):

@@ -18,7 +18,7 @@ from cellview.analysis.model import (
 )
 from cellview.base.errors import ModelError
 from cellview.cli import main
-from cellview.testing import make_toy_model
+from cellview.testing.synthetic import make_toy_model
 
 REPO = Path(__file__).resolve().parent.parent
 

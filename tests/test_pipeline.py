@@ -15,7 +15,7 @@ from cellview.analysis.pipeline import BatchDone, CancelToken, Finished, Started
 from cellview.analysis.results import AnalysisParams, TileState
 from cellview.base.errors import SlideError
 from cellview.outputs.export import csv_text
-from cellview.testing import expected_synthetic_tiles
+from cellview.testing.synthetic import expected_synthetic_tiles
 
 GOLDEN = Path(__file__).parent / "golden" / "synthetic.csv"
 

@@ -14,7 +14,7 @@ from cellview.base.errors import ModelError
 onnx = pytest.importorskip("onnx")
 
 from cellview.analysis.onnx_graph import find_linear_head  # noqa: E402
-from cellview.testing import make_toy_cam_model, square_tile  # noqa: E402
+from cellview.testing.synthetic import make_toy_cam_model, square_tile  # noqa: E402
 from cellview.train.quantize import (  # noqa: E402
     AGREEMENT_MIN,
     card_section,

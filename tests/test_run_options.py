@@ -17,7 +17,7 @@ from cellview.analysis.model import ModelSpec, OnnxClassifier
 from cellview.analysis.results import AnalysisParams
 from cellview.analysis.stain import StainReference, estimate_reference
 from cellview.kiosk.core import KioskSettings, KioskSettingsError, process_case
-from cellview.testing import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
+from cellview.testing.synthetic import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
 from cellview.viewer.model import (
     NO_MODEL_SELECTED,
     MemoryStore,
@@ -238,7 +238,7 @@ def test_kiosk_case_runs_and_records_the_options(tmp_path, stain_model, he_slide
 def cam_model_with_reference(folder: Path) -> Path:
     """The toy class-activation-map net with a reference stain in its sidecar."""
     pytest.importorskip("onnx")
-    from cellview.testing import make_toy_cam_model
+    from cellview.testing.synthetic import make_toy_cam_model
 
     path = make_toy_cam_model(folder, patch_px=64, spacing_um=1.0)
     sidecar = path.with_suffix(".json")

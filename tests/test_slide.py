@@ -199,7 +199,7 @@ def test_training_and_inference_decode_plain_images_alike(tmp_path):
 @pytest.fixture(scope="module")
 def false_colour_slide(tmp_path_factory):
     """The synthetic slide with its reduced levels stored as YCbCr labelled RGB (like the DICOM copy)."""
-    from cellview.testing import synthetic_slide_rgb, write_pyramid_tiff, ycbcr_as_rgb
+    from cellview.testing.synthetic import synthetic_slide_rgb, write_pyramid_tiff, ycbcr_as_rgb
 
     return write_pyramid_tiff(tmp_path_factory.mktemp("falsecol") / "false.tiff", synthetic_slide_rgb(), 0.5,
                               damage=ycbcr_as_rgb)
@@ -261,7 +261,7 @@ def test_real_dicom_levels_in_false_colour_are_skipped(data_dir):
 
 def test_header_claiming_a_huge_image_is_a_slide_error(tmp_path):
     from cellview.slides.slide import read_image_rgb
-    from cellview.testing import tiff_claiming_size
+    from cellview.testing.synthetic import tiff_claiming_size
 
     sound = tmp_path / "sound.tiff"
     sound.write_bytes(tiff_claiming_size(8, 8))
@@ -321,7 +321,7 @@ def _reads_agree_with_openslide(slide, rng: np.random.Generator, n_per_level: in
 def test_direct_jpeg_tile_reads_equal_openslide_reads(tmp_path):
     """Tiled JPEG TIFF (the YCbCr pyramids scanners and converters write): every level read without OpenSlide,
     pixel for pixel what OpenSlide gives, white outside the slide."""
-    from cellview.testing import synthetic_he, synthetic_he_amounts, write_pyramid_tiff
+    from cellview.testing.synthetic import synthetic_he, synthetic_he_amounts, write_pyramid_tiff
 
     rgb = synthetic_he(synthetic_he_amounts(1000), np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]]))[:, :900]
     path = write_pyramid_tiff(tmp_path / "jpeg.tiff", rgb, 0.5, levels=3, compression="jpeg")

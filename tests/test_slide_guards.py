@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from cellview.base.errors import SlideError
-from cellview.fuzzing import _tiff_entries
 from cellview.slides.slide import check_tiff_geometry, open_slide
-from cellview.testing import synthetic_slide_rgb, write_pyramid_tiff
+from cellview.testing.fuzzing import _tiff_entries
+from cellview.testing.synthetic import synthetic_slide_rgb, write_pyramid_tiff
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,7 @@ from cellview.analysis.stain import (
     fit_transform,
 )
 from cellview.base.errors import AnalysisError, ModelError
-from cellview.testing import (
+from cellview.testing.synthetic import (
     make_spatial_toy_model,
     make_toy_model,
     synthetic_he,
@@ -189,7 +189,7 @@ def test_analysis_with_tta_averages_views(tmp_path):
 
 
 def test_tta_with_domain_statistics_scores_the_tile_as_read(tmp_path):
-    from cellview.testing import make_toy_domain, square_tile
+    from cellview.testing.synthetic import make_toy_domain, square_tile
 
     path = make_toy_model(tmp_path / "d", patch_px=64, spacing_um=1.0, features=True)
     make_toy_domain(path)

@@ -11,7 +11,7 @@ from cellview.analysis.tiling import SLIVER_FRACTION, axis_positions, build_grid
 from cellview.analysis.tissue import TissueParams, detect_tissue, tissue_mask_from_rgb
 from cellview.base.errors import AnalysisError, MppError
 from cellview.slides.slide import ImageSlide, Mpp, open_slide
-from cellview.testing import SYNTH_BLOCKS, SYNTH_TILE, expected_synthetic_tiles
+from cellview.testing.synthetic import SYNTH_BLOCKS, SYNTH_TILE, expected_synthetic_tiles
 
 
 def _image_slide(rgb, mpp=0.5):

@@ -93,7 +93,7 @@ def test_evaluation_tiles_are_what_analyze_classifies(tmp_path):
 
     from cellview.analysis.pipeline import run_analysis
     from cellview.analysis.results import AnalysisParams
-    from cellview.testing import make_toy_model
+    from cellview.testing.synthetic import make_toy_model
 
     rng = np.random.default_rng(0)
     img = cv2.resize(rng.integers(60, 200, (40, 60, 3), dtype=np.uint8), (775, 522), interpolation=cv2.INTER_CUBIC)

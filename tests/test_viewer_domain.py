@@ -10,7 +10,7 @@ from cellview.analysis.model import ModelSpec, OnnxClassifier
 from cellview.analysis.pipeline import run_analysis
 from cellview.analysis.results import AnalysisParams
 from cellview.outputs.overlay import OverlaySettings, count_lines, describe_domain, fill_rgba, out_of_domain_runs
-from cellview.testing import (
+from cellview.testing.synthetic import (
     SQUARE_AT,
     SQUARE_BLOCK,
     SYNTH_TILE,

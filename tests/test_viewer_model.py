@@ -14,7 +14,7 @@ from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.analysis.pipeline import BatchDone, Finished, Started, analyze
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import CellviewError
-from cellview.testing import SYNTH_BLOCKS, SYNTH_TILE, make_toy_model
+from cellview.testing.synthetic import SYNTH_BLOCKS, SYNTH_TILE, make_toy_model
 from cellview.viewer.model import WHOLE_IMAGE, MemoryStore, ViewerModel, run_now
 
 
@@ -121,7 +121,7 @@ def test_changed_settings_mark_the_result_stale(model, synthetic_slide):
 
 
 def test_unknown_scale_is_asked_and_remembered(model, tmp_path):
-    from cellview.testing import synthetic_slide_rgb, write_pyramid_tiff
+    from cellview.testing.synthetic import synthetic_slide_rgb, write_pyramid_tiff
 
     path = write_pyramid_tiff(tmp_path / "nompp.tiff", synthetic_slide_rgb(), None)
     asked = []
@@ -177,7 +177,7 @@ def test_overlay_settings_drive_regions(model, synthetic_slide):
 
 def test_export_never_takes_the_regions_of_an_earlier_result(toy_model):
     """While the new result's regions job runs, the regions on screen belong to the old one: not exported."""
-    from cellview.testing import grid_result
+    from cellview.testing.synthetic import grid_result
 
     held = []
 
@@ -334,7 +334,7 @@ def test_a_failing_callback_source_is_reported(model, synthetic_slide):
 
 def test_counts_and_shares_follow_the_confidence_filter():
     from cellview.outputs.overlay import OverlaySettings, count_lines, counted_text
-    from cellview.testing import grid_result
+    from cellview.testing.synthetic import grid_result
 
     conf = np.array([0.9, 0.55, 0.6, 0.95, 0.7, 0.8], np.float32)
     result = grid_result(["MMB", "BNN"], conf)
