@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from cellview.base.errors import CellviewError
-from cellview.cli import discover_slides, main
+from cellview.cli import main
+from cellview.scale.cohort import discover_slides
 from cellview.testing.synthetic import make_toy_model
 
 

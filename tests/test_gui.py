@@ -327,7 +327,7 @@ def test_drop_recent_files_and_kiosk_flag(qtbot, window, synthetic_slide, toy_mo
     from PySide6.QtCore import QMimeData, QUrl
     from PySide6.QtWidgets import QApplication
 
-    from cellview.cli import build_gui_parser
+    from cellview.cli.viewer import build_gui_parser
     from cellview.gui import settings
     from cellview.gui.app import run_gui
 

@@ -137,7 +137,7 @@ def test_precision_choice_runs_that_copy_and_the_status_bar_says_which(qtbot, in
 
 
 def make_kiosk(qtbot, tmp_path: Path, model: Path, config: dict):
-    from cellview.cli import build_gui_parser
+    from cellview.cli.viewer import build_gui_parser
     from cellview.gui.app import make_app
     from cellview.gui.kiosk import build_kiosk
 
@@ -194,7 +194,7 @@ def test_kiosk_drops_a_bad_value_and_normalisation_its_model_cannot_do(qtbot, tm
 
 
 def test_kiosk_command_line_sets_the_options(tmp_path):
-    from cellview.cli import build_gui_parser
+    from cellview.cli.viewer import build_gui_parser
     from cellview.gui.kiosk import settings_from_args
 
     file = tmp_path / "kiosk.json"
@@ -207,7 +207,7 @@ def test_kiosk_command_line_sets_the_options(tmp_path):
 
 
 def test_kiosk_precision_from_its_file_and_the_command_line(tmp_path):
-    from cellview.cli import build_gui_parser
+    from cellview.cli.viewer import build_gui_parser
     from cellview.gui.kiosk import settings_from_args
     from cellview.kiosk.core import KioskSettingsError
 

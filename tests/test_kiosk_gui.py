@@ -213,7 +213,7 @@ def test_touch_buttons_are_real_buttons(kiosk):
 
 
 def test_command_line_overrides_the_settings_file(tmp_path, toy_model):
-    from cellview.cli import build_gui_parser
+    from cellview.cli.viewer import build_gui_parser
     from cellview.gui.kiosk import settings_from_args
 
     config = tmp_path / "kiosk.json"
@@ -234,7 +234,7 @@ def test_command_line_overrides_the_settings_file(tmp_path, toy_model):
 
 def kiosk_args(tmp_path: Path, toy_model: Path, config_data=None, config_text: str | None = None):
     """`cellview --kiosk` arguments for a settings file written from ``config_data`` (or raw ``config_text``)."""
-    from cellview.cli import build_gui_parser
+    from cellview.cli.viewer import build_gui_parser
 
     config = tmp_path / "kiosk.json"
     (tmp_path / "watch").mkdir(exist_ok=True)
@@ -348,7 +348,7 @@ def test_run_kiosk_starts_on_a_bad_settings_file(qtbot, tmp_path, toy_model, mon
 
 def test_smoke_test_option_opens_and_paints(qtbot, synthetic_slide, capsys, monkeypatch):
     """What packaging/pyinstaller/smoke_test.sh runs inside the bundle, here from the source tree."""
-    from cellview.cli import build_gui_parser
+    from cellview.cli.viewer import build_gui_parser
     from cellview.gui.app import make_app, run_gui
 
     monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", "")  # restored after the smoke test replaces it

@@ -131,9 +131,8 @@ def test_a_model_in_the_user_folder_hides_the_bundled_one(tmp_path):
 def test_export_goes_to_the_user_models_folder_by_default(tmp_path, monkeypatch):
     """`cellview export RUN` without --out writes <user models>/<recipe name>, where the lookup finds it."""
     pytest.importorskip("torch")
-    import argparse
 
-    from cellview.train.cli import add_parsers
+    from cellview.cli import build_parser
 
     run = tmp_path / "run"
     run.mkdir()
@@ -142,8 +141,7 @@ def test_export_goes_to_the_user_models_folder_by_default(tmp_path, monkeypatch)
     written = []
     monkeypatch.setattr("cellview.train.export.export_run",
                         lambda run_dir, out_dir, *a, **k: written.append(out_dir))
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     args = parser.parse_args(["export", str(run)])
     assert args.func(args) == 0
     assert written == [user_models_dir() / "lung-he"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cellview import qtcheck
-from cellview.qtcheck import explain_import_error, missing_library, viewer_problem
+from cellview.cli import qtcheck
+from cellview.cli.qtcheck import explain_import_error, missing_library, viewer_problem
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the display checks are Linux's")
 REPO = Path(__file__).resolve().parent.parent

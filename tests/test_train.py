@@ -165,8 +165,8 @@ def test_recipe_errors_are_plain(tmp_path):
 
 
 def test_cli_import_does_not_import_torch():
-    code = "import sys, argparse, cellview.train.cli as c; p=argparse.ArgumentParser(); " \
-           "c.add_parsers(p.add_subparsers()); assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, cellview.cli.commands as c; " \
+           "c.build_parser(); assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -470,12 +470,10 @@ def test_finetune_resumes_from_its_last_whole_checkpoint(tmp_path, monkeypatch, 
 @needs_data
 @needs_lite
 def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
-    import argparse
 
-    from cellview.train.cli import add_parsers
+    from cellview.cli import build_parser
 
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     run, out = tmp_path / "run", tmp_path / "models" / "colon-he"
     args = parser.parse_args(["train", "--recipe", "colon-he", "--data-root", str(DATA), "--out", str(run),
                               "--limit-per-class", "3", "--patch", "64", "--views", "1", "--head-epochs", "1",

@@ -1,1 +1,5 @@
-"""TODO package docstring."""
+"""The kiosk's Qt-free core: its settings file (salvaged field by field when damaged), the watch folder
+that hands over slides once they stop growing, and the cases analysed, exported to the outbox and kept
+in a recent-cases list. Imports the engine and the outputs; ``gui.kiosk`` is its window, built from the
+same panels as the desktop's.
+"""

@@ -1,7 +1,10 @@
 """Training, evaluation and export of CellView's tile classifiers (``cellview train|evaluate|export``).
 
 Everything that needs torch lives in this package and is imported only by those commands, so
-``cellview analyze`` starts without it. Install with the ``train`` extra.
+``cellview analyze`` starts without it. Install with the ``train`` extra. Datasets and recipes, the
+frozen-feature and fine-tuned heads, leave-one-source-out and grouped evaluation, export to a model
+folder (ONNX, FP16 and validated INT8 copies, domain statistics, an honest card) and the adaptation
+curve. Imports the engine, the outputs and the lab's tools; nothing at runtime imports it.
 """
 
 from __future__ import annotations

@@ -1,1 +1,6 @@
-"""TODO package docstring."""
+"""The viewer's state, Qt-free, in the spirit of napari's ``components``: ``ViewerModel`` is composed of
+small parts with their own events (the open slide, the model and its options, the analysis run, the
+overlay, the selection, explanations, the labelling state, exports), beside the plain events, the jobs
+a GUI worker runs, and the settings store they share. Imports the engine, the outputs and the lab's
+tools; the windows in ``gui`` only render it and tests drive it without Qt.
+"""

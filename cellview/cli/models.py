@@ -1,0 +1,63 @@
+"""`cellview models`: where models are looked up on this machine, and the models found there."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cellview.base.errors import CellviewError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="where models are looked up, and the models found there")
+    p.set_defaults(func=cmd_models)
+
+
+def model_lookup_lines() -> list[str]:
+    """The model lookup order with this machine's folders (model.model_roots documents the rule)."""
+    from cellview.analysis.model import ORIGINS, model_roots
+
+    roots = {r.origin: r.path for r in model_roots(keep_duplicates=True)}
+    rows = [("--model PATH", "a model file or folder named on the command line")]
+    seen: set[Path] = set()
+    for origin, label in ORIGINS.items():
+        path = roots.get(origin)
+        if path is None:
+            note = "not set" if origin == "env" else "none in this install"
+        else:
+            note = str(path) + ("" if path.is_dir() else " (absent)")
+            note += " (the same folder as above)" if path.resolve() in seen else ""
+            note += "  ← cellview export / adapt save here" if origin == "user" else ""
+            seen.add(path.resolve())
+        rows.append((label, note))
+    lines = ["Model lookup (a name is taken from the first place that has it):"]
+    lines += [f"  {i}. {label:<23} {note}" for i, (label, note) in enumerate(rows, start=1)]
+    return lines
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cellview.analysis.model import DEFAULT_MODEL, ORIGINS, ModelSpec, model_entries
+
+    print("\n".join(model_lookup_lines()))
+    entries = model_entries(include_hidden=True)
+    print()
+    if not entries:
+        print("No models found in these folders.")
+        return 1
+    for e in entries:
+        marks = [ORIGINS[e.origin]] + (["default"] if e.name == DEFAULT_MODEL and not e.hidden_by else [])
+        head = f"{e.name} ({', '.join(marks)})"
+        if e.hidden_by:
+            print(f"{head}: hidden by the {e.name} in {ORIGINS[e.hidden_by]}; {e.path.parent}")
+            continue
+        try:
+            spec = ModelSpec.load(e.path)
+            domain = "domain score" if spec.domain is not None else "no domain score"
+            adapted = spec.raw.get("adaptation") if isinstance(spec.raw.get("adaptation"), dict) else None
+            origin = (f"; adapted from {adapted['base']['name']} {adapted['base']['version']} on {adapted['date']}"
+                      if adapted else "")
+            print(f"{head}: {len(spec.class_names)} classes {', '.join(spec.class_names)}; "
+                  f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px; {domain}{origin}")
+        except CellviewError as exc:
+            print(f"{head}: INVALID: {exc.message}")
+    return 0
