@@ -286,9 +286,9 @@ def test_two_clients_on_one_folder_never_leave_a_half_written_file(dask_cluster,
     Writes made in this process are slowed down (each file is streamed in four parts with pauses),
     as on a slow shared disk: a file written in place would be seen half-written.
     """
-    import cellview.outputs.export as export
+    import cellview.base.files as files
 
-    original = export.atomic_write
+    original = files.atomic_write
 
     def slow_atomic_write(path, write):
         def slowly(fh):
@@ -305,7 +305,7 @@ def test_two_clients_on_one_folder_never_leave_a_half_written_file(dask_cluster,
 
         original(path, slowly)
 
-    monkeypatch.setattr(export, "atomic_write", slow_atomic_write)
+    monkeypatch.setattr(files, "atomic_write", slow_atomic_write)
     out = tmp_path / "out"
     out.mkdir()
     args = ["analyze", *map(str, slides), "--model", str(toy_model), "--out", str(out), "-q", "--no-cache", "--force"]

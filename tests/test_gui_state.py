@@ -265,7 +265,7 @@ def test_open_dialog_starts_among_slides_and_exports_fall_back_to_a_writable_fol
                                                                                     tmp_path, monkeypatch):
     from PySide6.QtWidgets import QFileDialog
 
-    import cellview.outputs.export as export
+    import cellview.base.files as files
 
     open_and_analyse(qtbot, window, synthetic_slide)
     exports = tmp_path / "exports"
@@ -277,8 +277,8 @@ def test_open_dialog_starts_among_slides_and_exports_fall_back_to_a_writable_fol
     assert asked == [str(Path(synthetic_slide).parent)]  # not the export folder Qt would remember
     # the slide's folder (and the last export folder) cannot be written: a writable one is proposed, and said
     slide_dir = Path(synthetic_slide).parent
-    monkeypatch.setattr(export, "_can_write", lambda folder: Path(folder) not in (slide_dir, exports))
-    monkeypatch.setattr(export, "default_export_dir", lambda: tmp_path / "Documents" / "CellView")
+    monkeypatch.setattr(files, "_can_write", lambda folder: Path(folder) not in (slide_dir, exports))
+    monkeypatch.setattr(files, "default_export_dir", lambda: tmp_path / "Documents" / "CellView")
     suggested: list[Path] = []
     monkeypatch.setattr(window, "ask_save_path", lambda title, path, f: suggested.append(path) or None)
     window.export_dialog("geojson")

@@ -263,15 +263,15 @@ def test_png_export_shows_what_the_screen_shows(model, synthetic_slide, tmp_path
 
 
 def test_export_folder_falls_back_when_the_slide_folder_is_read_only(model, synthetic_slide, monkeypatch, tmp_path):
-    import cellview.outputs.export as export
+    import cellview.base.files as files
 
     model.open(synthetic_slide)
     model.start_analysis()
     path, note = model.suggest_export_path("csv")
     assert path == Path(synthetic_slide).parent / "synthetic.csv" and note == ""
     slide_dir = Path(synthetic_slide).parent
-    monkeypatch.setattr(export, "_can_write", lambda folder: Path(folder) != slide_dir)
-    monkeypatch.setattr(export, "default_export_dir", lambda: tmp_path / "Documents" / "CellView")
+    monkeypatch.setattr(files, "_can_write", lambda folder: Path(folder) != slide_dir)
+    monkeypatch.setattr(files, "default_export_dir", lambda: tmp_path / "Documents" / "CellView")
     path, note = model.suggest_export_path("csv")
     assert path == tmp_path / "Documents" / "CellView" / "synthetic.csv" and path.parent.is_dir()
     assert "cannot be written" in note and str(path.parent) in note
