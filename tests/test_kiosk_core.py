@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from cellview.base.errors import CellviewError
-from cellview.kiosk.core import (
+from cellview.outputs.export import FORMATS
+from cellview.viewer.kiosk.core import (
     RECENT_FILE,
     CaseResult,
     KioskSettings,
@@ -29,7 +30,6 @@ from cellview.kiosk.core import (
     normalize_chord,
     process_case,
 )
-from cellview.outputs.export import FORMATS
 
 
 class FakeClock:

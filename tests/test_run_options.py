@@ -16,8 +16,8 @@ import pytest
 from cellview.analysis.model import ModelSpec, OnnxClassifier
 from cellview.analysis.results import AnalysisParams
 from cellview.analysis.stain import StainReference, estimate_reference
-from cellview.kiosk.core import KioskSettings, KioskSettingsError, process_case
 from cellview.testing.synthetic import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
+from cellview.viewer.kiosk.core import KioskSettings, KioskSettingsError, process_case
 from cellview.viewer.model import (
     NO_MODEL_SELECTED,
     MemoryStore,

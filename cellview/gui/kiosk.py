@@ -2,7 +2,7 @@
 
 The behaviour that must hold without an operator (half-copied files are never opened, a bad
 file never stops the station, the outbox never overwrites a case) lives in the Qt-free
-``cellview.kiosk.core``; this module wires it to widgets and timers. The viewer state is the
+``cellview.viewer.kiosk.core``; this module wires it to widgets and timers. The viewer state is the
 desktop's own ``ViewerModel``: a case is ``model.open(path, analyse=True, source=…)`` with the
 kiosk's preloaded classifier as the source (``kiosk.iter_case``: analyse, then export to the
 outbox), so the overlay streams exactly as on the desktop and no run set-up is repeated here.
@@ -53,7 +53,8 @@ from cellview.gui.qtapp import make_app
 from cellview.gui.touch import FilePickerSheet, ScaleSheet, TileSheet
 from cellview.gui.touch import text_label as _label
 from cellview.gui.worker import Worker
-from cellview.kiosk.core import (
+from cellview.slides.slide import slide_display_name
+from cellview.viewer.kiosk.core import (
     CaseResult,
     KioskSettings,
     RecentCases,
@@ -63,7 +64,6 @@ from cellview.kiosk.core import (
     iter_case,
     load_classifier,
 )
-from cellview.slides.slide import slide_display_name
 from cellview.viewer.model import STAIN_LABELS, TTA_LABELS, AnalysisRequest, Event, ModelOptions
 
 log = logging.getLogger(__name__)

@@ -31,8 +31,8 @@ from PySide6.QtWidgets import (
 
 from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS
 from cellview.gui.panels import OUT_OF_DOMAIN_TEXT, ProbabilityBars, pct
-from cellview.kiosk.core import SCALE_PRESETS
 from cellview.slides.slide import SUPPORTED_SUFFIXES, slide_display_name
+from cellview.viewer.kiosk.core import SCALE_PRESETS
 
 
 def text_label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:

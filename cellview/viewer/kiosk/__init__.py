@@ -1,5 +1,4 @@
 """The kiosk's Qt-free core: its settings file (salvaged field by field when damaged), the watch folder
 that hands over slides once they stop growing, and the cases analysed, exported to the outbox and kept
-in a recent-cases list. Imports the engine and the outputs; ``gui.kiosk`` is its window, built from the
-same panels as the desktop's.
+in a recent-cases list. ``gui.kiosk`` is its window, built from the same panels as the desktop's.
 """
