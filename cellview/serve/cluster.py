@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cellview.base.errors import CellviewError, MppError
+from cellview.serve.jobs import Exporter
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class ClusterRunner:
         self.run = run
         self.session = DaskSession(cluster, scheduler_file, retries=2)
         self.client = self.session.client
+        self.exporter = Exporter(store)
         self.description = f"{self.session.description} ({self.session.n_workers} workers)"
         self._specs: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -169,7 +171,7 @@ class ClusterRunner:
     def _finished(self, job: Any, fut: Any) -> None:
         from cellview.analysis.cache import result_from_bytes
         from cellview.analysis.pipeline import Finished
-        from cellview.serve.jobs import end_failed, failure_text, finish_job
+        from cellview.serve.jobs import end_failed, failure_text
 
         if fut.status == "cancelled" or fut.cancelled():
             job.set_state("cancelled", "Cancelled before it started.")
@@ -187,11 +189,8 @@ class ClusterRunner:
             return
         result = result_from_bytes(out["result"])
         job.apply(Finished(result), None)
-        if self.store.get(job.id) is None:
-            job.remove_files()
-            return
         job.fallback = out.get("fallback", "")
-        finish_job(job, result, {"fallback": job.fallback} if job.fallback else None)
+        self.exporter.submit(job, result, {"fallback": job.fallback} if job.fallback else None)
 
     def close(self) -> None:
         self._closed.set()
@@ -205,3 +204,4 @@ class ClusterRunner:
         except Exception as exc:  # noqa: BLE001 - shutting down anyway
             log.debug("unsubscribe: %s", exc)
         self.session.close()
+        self.exporter.close()

@@ -156,6 +156,7 @@ class JobStore:
 
     def __init__(self, root: Path, keep_s: float, max_active: int) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.keep_s = keep_s
         self.max_active = max_active
         self._jobs: dict[str, Job] = {}
@@ -244,19 +245,26 @@ def export_job(job: Job, result: AnalysisResult, extra_meta: dict[str, Any] | No
     The files name the slide by its display name: the server's paths stay on the server.
     """
     from cellview.outputs.export import FORMATS, export_slide_result
-    from cellview.slides.slide import open_slide
+    from cellview.slides.slide import open_slide, slide_stem
 
     assert job.slide_path is not None
     with open_slide(job.slide_path, mpp_um=result.params.mpp_um) as slide:
         thumb = slide.thumbnail(PNG_SIZE_PX)
-    shown = replace(result, slide=replace(result.slide, path=job.name, name=job.name))
+    shown = replace(result, slide=replace(result.slide, path=job.name, name=slide_stem(Path(job.name))))
     paths, _ = export_slide_result(shown, job.folder / OUT_DIR, OUTPUT_STEM, FORMATS, PNG_SIZE_PX, REGION_CONFIDENCE,
                                    extra_meta=extra_meta, thumbnail=thumb)
     return paths
 
 
-def finish_job(job: Job, result: AnalysisResult, extra_meta: dict[str, Any] | None = None) -> None:
-    """Export a finished (complete or cancelled) result and end the job; a failed export fails the job."""
+def finish_job(job: Job, result: AnalysisResult, extra_meta: dict[str, Any] | None = None,
+               store: JobStore | None = None) -> None:
+    """Export a finished (complete or cancelled) result and end the job; a failed export fails the job.
+
+    With ``store``: a job removed meanwhile writes nothing, and one removed while it exported loses its folder.
+    """
+    if store is not None and store.get(job.id) is None:
+        job.remove_files()
+        return
     job.set_state("exporting")
     try:
         outputs = export_job(job, result, extra_meta)
@@ -269,6 +277,38 @@ def finish_job(job: Job, result: AnalysisResult, extra_meta: dict[str, Any] | No
     with job.lock:
         job.outputs = outputs
     job.set_state("done" if result.status == "complete" else "cancelled")
+    if store is not None and store.get(job.id) is None:
+        job.remove_files()
+
+
+class Exporter:
+    """One thread that writes the finished jobs' files, so the inference worker goes on to the next slide."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self._queue: queue.Queue[tuple[Job, AnalysisResult, dict[str, Any] | None] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="cellview-export", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job, result: AnalysisResult, extra_meta: dict[str, Any] | None = None) -> None:
+        job.set_state("exporting")
+        self._queue.put((job, result, extra_meta))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            job, result, extra = item
+            try:
+                finish_job(job, result, extra, self.store)
+            except Exception:  # noqa: BLE001 - one job's bug must not stop the others
+                log.error("Export of job %s failed:\n%s", job.id[:6], traceback.format_exc())
+                end_failed(job, "Internal error; please report it.")
 
 
 def end_failed(job: Job, message: str, details: str = "") -> None:
@@ -314,6 +354,7 @@ class InferenceWorker:
         self.store = store
         self.settings = settings
         self.classifiers = Classifiers(models, settings)
+        self.exporter = Exporter(store)
         self.description = "in this process, one job at a time"
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="cellview-inference", daemon=True)
@@ -325,6 +366,7 @@ class InferenceWorker:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
+        self.exporter.close()
 
     def _loop(self) -> None:
         while True:
@@ -364,9 +406,4 @@ class InferenceWorker:
         if result is None:
             end_failed(job, "The analysis ended without a result.")
             return
-        if self.store.get(job.id) is None:  # removed while it ran
-            job.remove_files()
-            return
-        finish_job(job, result, {"fallback": job.fallback} if job.fallback else None)
-        if self.store.get(job.id) is None:  # removed while it exported
-            job.remove_files()
+        self.exporter.submit(job, result, {"fallback": job.fallback} if job.fallback else None)

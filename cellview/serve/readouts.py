@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import math
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -52,8 +53,10 @@ def shares(result: AnalysisResult) -> dict[str, Any]:
 
 
 def shown(result: AnalysisResult, job: Job) -> AnalysisResult:
-    """The result naming the slide by the job's display name (the legend's "Slide:" line)."""
-    return replace(result, slide=replace(result.slide, path=job.name, name=job.name))
+    """The result naming the slide by the job's display name (the legend's "Slide:" line), as the files do."""
+    from cellview.slides.slide import slide_stem
+
+    return replace(result, slide=replace(result.slide, path=job.name, name=slide_stem(Path(job.name))))
 
 
 # ----------------------------------------------------------------------------- progress and status

@@ -26,7 +26,11 @@ SESSION_COOKIE = "cellview_session"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+OSD_STYLE_SHA256 = "9xTiqzfwFaL2SGb1rmr8gysEwVVjIvqWAgmZgqFqpEE="
+"""The one inline stylesheet OpenSeadragon adds (its touch-screen focus rule), allowed by its hash and nothing else."""
+
+CSP = ("default-src 'self'; script-src 'self'; "
+       f"style-src 'self' 'sha256-{OSD_STYLE_SHA256}'; img-src 'self' data: blob:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
 TOKEN_MESSAGE = ("This CellView server needs its access token: open the link it printed when it started "

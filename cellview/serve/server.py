@@ -111,6 +111,51 @@ def serve(config: Any, out: IO[str] = sys.stderr, generated_token: bool = False)
     return 0
 
 
+class BackgroundServer:
+    """The real server (uvicorn, a real socket) in a thread of this process: the browser tests and the load bench.
+
+    ``with BackgroundServer(config) as url:`` gives ``http://127.0.0.1:PORT``; leaving stops it (and removes
+    its folder, as Ctrl-C does).
+    """
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.app: Any = None
+        self._server: Any = None
+        self._thread: Any = None
+        self._sock: socket.socket | None = None
+
+    def __enter__(self) -> str:
+        import threading
+        import time
+
+        import uvicorn
+
+        from cellview.serve.app import create_app
+
+        self._sock = bind(self.config.host, self.config.port)
+        port = self._sock.getsockname()[1]
+        self.app = create_app(self.config)
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
+                                                     timeout_graceful_shutdown=5))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"http://{host}:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        if self._sock is not None:
+            self._sock.close()
+        shutil.rmtree(self.config.root, ignore_errors=True)
+
+
 def token_for(host: str, given: str | None) -> tuple[str | None, bool]:
     """(token, generated): a given token is used; beyond localhost one is generated when none is given."""
     if given:
