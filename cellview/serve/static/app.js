@@ -532,10 +532,17 @@
     draw();
   }
 
+  // For scripts and tests: what is shown, and where a level-0 point of the slide is drawn in the viewer.
   window.cellview = {
     state: () => ({ job: job && job.id, state: job && job.status && job.status.state,
                     overlay: job && job.overlay && job.overlay.version, draws: draws,
-                    hatched: !!(job && job.hatch), selected: job && job.selected && job.selected.index }),
+                    hatched: !!(job && job.hatch), selected: job && job.selected ? job.selected.index : null }),
+    toViewer: (x, y) => {
+      const item = viewer && viewer.world.getItemAt(0);
+      if (!item) return null;
+      const p = item.imageToViewerElementCoordinates(new OpenSeadragon.Point(x, y));
+      return [p.x, p.y];
+    },
   };
   document.addEventListener("DOMContentLoaded", init);
 })();
