@@ -97,6 +97,16 @@
       preserveImageSizeOnResize: true, crossOriginPolicy: false,
     });
     for (const name of ["update-viewport", "open", "resize", "animation"]) viewer.addHandler(name, draw);
+    new ResizeObserver(() => {  // the stage changed size (the banner came or went): fit the slide again, unless moved
+      if (!job || job.moved || !viewer.world.getItemAt(0)) return;
+      const stage = $("stage");
+      viewer.viewport.resize(new OpenSeadragon.Point(stage.clientWidth, stage.clientHeight), true);
+      viewer.viewport.goHome(true);
+      draw();
+    }).observe($("stage"));
+    for (const name of ["canvas-drag", "canvas-scroll", "canvas-pinch", "canvas-double-click"]) {
+      viewer.addHandler(name, () => { if (job) job.moved = true; });
+    }
     viewer.addHandler("canvas-click", (event) => {
       if (!event.quick || !job) return;
       event.preventDefaultAction = true;
