@@ -117,9 +117,9 @@ def test_the_page_on_a_synthetic_slide(browser, tmp_path, toy_model, synthetic_s
 
 def test_the_overlay_streams_in_and_cancel_keeps_the_finished_tiles(browser, tmp_path, toy_model, synthetic_slide,
                                                                     monkeypatch):
-    from cellview.analysis.model import OnnxClassifier
-
     import threading
+
+    from cellview.analysis.model import OnnxClassifier
 
     classify = OnnxClassifier.classify
     gate, calls = threading.Event(), []
