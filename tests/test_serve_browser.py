@@ -58,7 +58,9 @@ def open_page(browser, url: str):
     problems: list[str] = []
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+    # a request the page itself ends (the event stream closed at the job's end) is not a failure
+    page.on("requestfailed", lambda r: None if "ERR_ABORTED" in (r.failure or "") else problems.append(
+        f"failed: {r.url} ({r.failure})"))
     page.goto(url)
     page.wait_for_selector("#model option", state="attached")
     return page, problems
