@@ -246,6 +246,14 @@ def test_a_plain_image_without_a_pixel_size_is_told_how_to_give_one(client, tmp_
     assert r.status_code == 422 and "µm/px" in r.json()["error"] and "cells.png" in r.json()["error"]
     ok = upload(client, png, mpp="0.5")
     assert ok.status_code == 200 and ok.json()["state"] == "done"
+    job = ok.json()["id"]
+    assert '<Size Width="512" Height="512"' in client.get(f"/api/jobs/{job}/slide.dzi").text
+    for level, side in ((0, 1), (5, 32), (8, 255), (9, 255)):  # the image's in-memory reductions, and itself
+        tile = client.get(f"/api/jobs/{job}/slide_files/{level}/0_0.jpeg")
+        assert tile.status_code == 200 and decode_png(tile.content).shape[:2] == (side, side), level
+    top = decode_png(client.get(f"/api/jobs/{job}/slide_files/9/0_0.jpeg").content).astype(int)
+    original = cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB)[:255, :255].astype(int)
+    assert np.abs(top - original).mean() < 4  # the pixels themselves (JPEG)
     whole = upload(client, png, whole_image="1")
     assert whole.status_code == 200 and whole.json()["progress"]["total"] == 1
 

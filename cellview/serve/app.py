@@ -29,7 +29,7 @@ from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import CellviewError
 from cellview.serve import readouts
 from cellview.serve.deepzoom import SlideViews
-from cellview.serve.jobs import ENDED, OUT_DIR, InferenceWorker, Job, JobStore, RunSettings
+from cellview.serve.jobs import ENDED, OUT_DIR, InferenceWorker, Job, JobStore, RunSettings, failure_text
 from cellview.serve.security import Guard
 from cellview.serve.uploads import (
     UploadError,
@@ -265,7 +265,7 @@ class Server:
         try:
             return self.views.get(job.id, job.slide_path, job.params.mpp_um)
         except CellviewError as exc:
-            raise UploadError(422, readouts_error(exc, job)) from None
+            raise UploadError(422, *failure_text(exc, job)) from None
 
     def patch(self, request: Request) -> Response:
         job = self.job_or_404(request)
@@ -300,12 +300,6 @@ class Server:
     async def index(self, request: Request) -> Response:
         return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8",
                             headers={"cache-control": "no-store"})
-
-
-def readouts_error(exc: CellviewError, job: Job) -> str:
-    from cellview.serve.jobs import failure_text
-
-    return failure_text(exc, job)[0]
 
 
 async def _upload_error(request: Request, exc: Exception) -> Response:

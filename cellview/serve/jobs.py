@@ -137,14 +137,9 @@ class Job:
                 tissue=self.started.tissue,
                 domain_score=None if self.domain_score is None else self.domain_score.copy())
 
-    def remove_files(self, keep_outputs: bool = False) -> None:
-        """The stored upload goes; with ``keep_outputs`` the exported files stay (a finished job's downloads)."""
-        if keep_outputs:
-            for p in self.folder.iterdir() if self.folder.exists() else ():
-                if p.name != OUT_DIR:
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(self.folder, ignore_errors=True)
+    def remove_files(self) -> None:
+        """The job's folder goes: the stored upload and the files made from it."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class Runner(Protocol):
