@@ -22,7 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model  # noqa: E402
+from cellview.analysis.classifier import OnnxClassifier  # noqa: E402
+from cellview.analysis.model_lookup import resolve_model  # noqa: E402
+from cellview.analysis.model_spec import ModelSpec  # noqa: E402
 from cellview.analysis.pipeline import run_analysis  # noqa: E402
 from cellview.analysis.results import AnalysisParams  # noqa: E402
 

@@ -59,7 +59,8 @@ def main() -> int:
 
     import numpy as np
 
-    from cellview.analysis.model import CATEGORIES, resolve_model
+    from cellview.analysis.model_lookup import resolve_model
+    from cellview.analysis.model_spec import CATEGORIES
     from cellview.analysis.results import AnalysisParams
     from cellview.base.errors import CellviewError
     from cellview.gui.app import make_app
@@ -187,7 +188,7 @@ def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
 
     import numpy as np
 
-    from cellview.analysis.model import CATEGORIES
+    from cellview.analysis.model_spec import CATEGORIES
     from cellview.gui.headless import settle, wait_for
     from cellview.gui.kiosk import KioskWindow
     from cellview.viewer.kiosk.core import KioskSettings

@@ -200,7 +200,7 @@ def test_info_names_skipped_levels(data_dir, capsys):
 
 def test_svs_tiff_and_dicom_copies_agree_with_the_shipped_model(data_dir, tmp_path, capsys):
     """Issue 13's target: the three copies of CMU-1 give the same call on ≥ 95% of tiles (colon-he)."""
-    from cellview.analysis.model import resolve_model
+    from cellview.analysis.model_lookup import resolve_model
 
     try:
         model = resolve_model("colon-he")

@@ -238,7 +238,7 @@ def test_kiosk_banner_call_and_large_activation_map(qtbot, tmp_path, cam_domain_
 
 
 def test_real_slide_banner_with_the_shipped_colon_model(qtbot, real_slide):
-    from cellview.analysis.model import resolve_model
+    from cellview.analysis.model_lookup import resolve_model
     from cellview.base.errors import CellviewError
 
     try:

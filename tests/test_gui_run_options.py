@@ -103,7 +103,7 @@ def int8_cam_model(tmp_path_factory) -> Path:
     pytest.importorskip("onnx")
     import numpy as np
 
-    from cellview.analysis.model import ModelSpec, precision_path
+    from cellview.analysis.model_spec import ModelSpec, precision_path
     from cellview.testing.synthetic import make_toy_cam_model
     from cellview.train.quantize import int8_sidecar, quantize_onnx
 

@@ -14,7 +14,7 @@ for _module in ("PySide6", "pyqtgraph", "pytestqt"):
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
-from cellview.analysis.model import CATEGORIES  # noqa: E402
+from cellview.analysis.model_spec import CATEGORIES  # noqa: E402
 from cellview.outputs.legend import format_um  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("isolated_settings")

@@ -42,7 +42,8 @@ class FakeClock:
 
 @pytest.fixture(scope="module")
 def classifier(toy_model):
-    from cellview.analysis.model import ModelSpec, OnnxClassifier
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_spec import ModelSpec
 
     return OnnxClassifier(ModelSpec.load(toy_model), device="cpu")
 

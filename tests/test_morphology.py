@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from cellview.analysis.cache import ResultCache, cache_key, result_from_bytes, result_to_bytes
-from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.morphology import (
     HED_STAIN_MATRIX,
     NucleiParams,

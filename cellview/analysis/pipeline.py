@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from cellview.analysis.cache import ResultCache, cache_key
+from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.domain import QUALITY_CHECKS, tile_quality
-from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.morphology import measure_nuclei, patch_mpp
 from cellview.analysis.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei, TileState
 from cellview.analysis.stain import TileStainTransform, fit_transform, sample_tile_indices

@@ -44,7 +44,8 @@ from PySide6.QtWidgets import (
 )
 
 from cellview.analysis.cache import ResultCache
-from cellview.analysis.model import CATEGORY_COLORS, PRECISION_LABELS, OnnxClassifier
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import CATEGORY_COLORS, PRECISION_LABELS
 from cellview.analysis.pipeline import CancelToken, analyze
 from cellview.analysis.results import AnalysisParams, AnalysisResult, plural
 from cellview.base.errors import CellviewError

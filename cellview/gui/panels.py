@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 from cellview.analysis.domain import NOT_AVAILABLE, OUT_OF_DOMAIN_RGBA
 from cellview.analysis.explain import colormap
 from cellview.analysis.explain import overlay as cam_overlay
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
 from cellview.analysis.morphology import NucleiMeasurement
 from cellview.analysis.results import plural, whole_percentages
 from cellview.gui.slideview import paint_hatch, rgb_qimage

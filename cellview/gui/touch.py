@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
 from cellview.gui.panels import OUT_OF_DOMAIN_TEXT, ProbabilityBars, pct
 from cellview.slides.slide import SUPPORTED_SUFFIXES, slide_display_name
 from cellview.viewer.kiosk.core import SCALE_PRESETS

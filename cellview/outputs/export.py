@@ -17,7 +17,7 @@ import numpy as np
 
 from cellview import __version__
 from cellview.analysis.domain import OUT_OF_DOMAIN_RGBA
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.analysis.tiling import TILING_RULE
 from cellview.base.errors import ExportError
 from cellview.base.files import atomic_write_bytes

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cellview.analysis.model import CATEGORY_COLORS
+from cellview.analysis.model_spec import CATEGORY_COLORS
 from cellview.analysis.results import AnalysisParams, AnalysisResult
 from cellview.outputs.overlay import (
     OverlaySettings,

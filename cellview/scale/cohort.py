@@ -209,7 +209,9 @@ _classifier_lock = threading.Lock()
 
 def worker_classifier(settings: CohortSettings, seed: Any = None) -> Any:
     """This process's classifier for the settings: loaded once per worker, not per slide."""
-    from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_lookup import resolve_model
+    from cellview.analysis.model_spec import ModelSpec
 
     key = (settings.model_path, settings.model_sha256, settings.device, settings.params.batch_size,
            settings.ort_threads, settings.params.precision)

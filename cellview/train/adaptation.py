@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from cellview.analysis.classifier import probabilities
 from cellview.analysis.domain import DomainStats, fit_domain, tile_quality, with_lab
-from cellview.analysis.model import CATEGORIES, probabilities
+from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.results import image_calls
 from cellview.base.files import atomic_write_text
 from cellview.lab.adapt import AdaptSettings, fit_head, label_weights

@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, sha256_file
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, sha256_file
 from cellview.analysis.morphology import HED_STAIN_MATRIX
 from cellview.slides.slide import read_image_rgb
 

@@ -35,9 +35,11 @@ import cv2
 import numpy as np
 
 from cellview.analysis.cache import ResultCache
+from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.domain import NOT_AVAILABLE
 from cellview.analysis.explain import TileExplanation, explain_tile
-from cellview.analysis.model import CATEGORIES, ModelSpec, OnnxClassifier, copy_with_sha, sidecar_for, user_models_dir
+from cellview.analysis.model_lookup import user_models_dir
+from cellview.analysis.model_spec import CATEGORIES, ModelSpec, copy_with_sha, sidecar_for
 from cellview.analysis.morphology import Region, malignant_regions
 from cellview.analysis.pipeline import BatchDone, CancelToken, Finished, Started, analyze, slide_stain_transform
 from cellview.analysis.results import (

@@ -22,15 +22,9 @@ from typing import Any
 
 import platformdirs
 
-from cellview.analysis.model import (
-    DEFAULT_MODEL,
-    DEVICES,
-    PRECISIONS,
-    TTA_MODES,
-    ModelSpec,
-    OnnxClassifier,
-    resolve_model,
-)
+from cellview.analysis.classifier import DEVICES, TTA_MODES, OnnxClassifier
+from cellview.analysis.model_lookup import DEFAULT_MODEL, resolve_model
+from cellview.analysis.model_spec import PRECISIONS, ModelSpec
 from cellview.analysis.pipeline import CancelToken, Event, Finished, analyze
 from cellview.analysis.results import AnalysisParams, domain_banner, whole_percentages
 from cellview.analysis.stain import STAIN_METHODS
