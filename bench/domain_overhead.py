@@ -33,7 +33,7 @@ from cellview.analysis.model_lookup import resolve_model  # noqa: E402
 from cellview.analysis.model_spec import ModelSpec  # noqa: E402
 from cellview.analysis.pipeline import TileReaders, batch_indices, plan_tiles, run_analysis  # noqa: E402
 from cellview.analysis.results import AnalysisParams  # noqa: E402
-from cellview.slides.slide import open_slide  # noqa: E402
+from cellview.slides.opening import open_slide  # noqa: E402
 
 
 def read_batches(slide_path: Path, spec: ModelSpec, params: AnalysisParams, limit: int) -> list[np.ndarray]:

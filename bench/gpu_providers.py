@@ -70,7 +70,7 @@ def tiles_from(slide: Path | None, spec: ModelSpec, n: int) -> np.ndarray:
                                                  dtype=np.uint8)
     from cellview.analysis.pipeline import plan_tiles
     from cellview.analysis.tiling import read_tile
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     with open_slide(slide) as s:
         s.require_mpp()

@@ -105,7 +105,7 @@ def main() -> int:
         while window.model.regions_busy:  # regions are computed in a worker
             settle(app, 0.05)
         from cellview.analysis.morphology import measure_tile
-        from cellview.slides.slide import open_slide
+        from cellview.slides.opening import open_slide
 
         regions = window.region_list
         tiles = regions[0].tile_indices if regions else np.flatnonzero(result.done)
@@ -251,7 +251,7 @@ def kiosk_view(app, window, show: str, tmp: Path, slide: str) -> None:
     elif show == "scale":  # the same pixels as a PNG, which records no pixel size
         import cv2
 
-        from cellview.slides.slide import open_slide
+        from cellview.slides.opening import open_slide
 
         with open_slide(slide) as s:
             rgb = s.thumbnail(1200)

@@ -35,7 +35,7 @@ from cellview.lab.labels import (
     tile_labels,
     write_geojson,
 )
-from cellview.slides.slide import open_slide
+from cellview.slides.opening import open_slide
 from cellview.testing.synthetic import (
     LAB_BLOCKS,
     LAB_COLOURS,

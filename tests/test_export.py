@@ -15,7 +15,7 @@ from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import ExportError
 from cellview.base.files import atomic_write_text
 from cellview.outputs.export import export_all, geojson_dict, overlay_on_thumbnail
-from cellview.slides.slide import open_slide
+from cellview.slides.opening import open_slide
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,7 @@ def test_pyramid_tiles_load_when_zoomed(qtbot, window, synthetic_slide):
 
 def test_click_tile_shows_inspector_and_arrows_step(qtbot, window, synthetic_slide):
     from cellview.analysis.tiling import read_tile
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     result = open_and_analyse(qtbot, window, synthetic_slide)
     g = result.grid

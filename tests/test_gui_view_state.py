@@ -159,7 +159,7 @@ def test_a_filter_on_screen_is_shown_and_one_tap_clears_it(qtbot, toy_model, syn
 
 def test_the_inspector_shows_the_stain_normalised_patch(qtbot, stain_model, he_slide):
     from cellview.analysis.tiling import read_tile
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     with viewer(qtbot, stain_model, auto=False) as window:
         window.stain_box.setCurrentIndex(window.stain_box.findData("macenko"))

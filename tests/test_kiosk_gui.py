@@ -589,7 +589,7 @@ def test_every_sheet_and_dialog_fits_the_screen(qtbot, tmp_path, toy_model, synt
 def test_a_slide_without_a_pixel_size_gets_a_scale_on_screen(qtbot, tmp_path, toy_model, synthetic_slide):
     import cv2
 
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     window = make_kiosk(qtbot, kiosk_settings(tmp_path, toy_model))
     with open_slide(synthetic_slide) as slide:

@@ -23,7 +23,8 @@ from cellview.analysis.results import AnalysisParams, category_calls
 from cellview.analysis.stain import TileStainTransform
 from cellview.analysis.tiling import TileGrid, build_grid, read_tile
 from cellview.base.errors import AnalysisError, ModelError
-from cellview.slides.slide import Slide, open_slide, slide_display_name
+from cellview.slides.opening import open_slide
+from cellview.slides.slide import Slide, slide_display_name
 
 
 @dataclass(frozen=True, eq=False)

@@ -28,7 +28,8 @@ from cellview.analysis.stain import TileStainTransform, fit_transform, sample_ti
 from cellview.analysis.tiling import TileGrid, build_grid, read_order, read_tile
 from cellview.analysis.tissue import TissueMask, detect_tissue
 from cellview.base.errors import AnalysisError, CellviewError, SlideError
-from cellview.slides.slide import Slide, open_slide
+from cellview.slides.opening import open_slide
+from cellview.slides.slide import Slide
 
 log = logging.getLogger(__name__)
 

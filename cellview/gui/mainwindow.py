@@ -75,7 +75,8 @@ from cellview.outputs.overlay import (
     out_of_domain_runs,
     probability_lut,
 )
-from cellview.slides.slide import SUPPORTED_SUFFIXES, describe_skipped
+from cellview.slides.levels import describe_skipped
+from cellview.slides.slide import SUPPORTED_SUFFIXES
 from cellview.viewer.model import (
     STAIN_LABELS,
     TTA_LABELS,

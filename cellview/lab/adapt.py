@@ -43,7 +43,7 @@ from cellview.analysis.results import AnalysisParams, category_probabilities, im
 from cellview.base.errors import CellviewError, ModelError, SlideError
 from cellview.base.files import atomic_write_bytes, atomic_write_text
 from cellview.lab.labels import LabelError, LabelSource, tile_labels
-from cellview.slides.slide import open_slide
+from cellview.slides.opening import open_slide
 
 RECOMMENDED_PER_CATEGORY = 5
 """Labelled images or regions per category below which ``adapt`` warns (where the evaluation's gain levels off)."""

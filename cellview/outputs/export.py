@@ -590,7 +590,7 @@ def export_slide_result(result: AnalysisResult, out_dir: Path, stem: str, format
     formats = list(formats)
     thumb = thumbnail
     if "png" in formats and thumb is None:
-        from cellview.slides.slide import open_slide
+        from cellview.slides.opening import open_slide
 
         with open_slide(result.slide.path, mpp_um=result.params.mpp_um) as slide:
             thumb = slide.thumbnail(png_size_px)

@@ -294,7 +294,7 @@ def _write_thumbnail(result: Any, out_dir: Path, stem: str, max_px: int) -> str:
 
     from cellview.base.files import atomic_write_bytes
     from cellview.outputs.export import overlay_on_thumbnail
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     try:
         with open_slide(result.slide.path, mpp_um=result.params.mpp_um) as slide:

@@ -108,7 +108,7 @@ def other_tissue(run: Any, recipe: D.Recipe, cfg: Any, data_root: Path | None = 
     from cellview.analysis.pipeline import plan_grid
     from cellview.analysis.results import AnalysisParams
     from cellview.analysis.tiling import read_tile
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
     from cellview.train import default_data_dir
     from cellview.train.backbone import FeatureRunner, build_backbone
 

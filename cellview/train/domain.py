@@ -374,7 +374,7 @@ def slide_tiles(slide_path: Path, spec: ModelSpec, background: bool = False) -> 
     from cellview.analysis.pipeline import plan_tiles
     from cellview.analysis.results import AnalysisParams
     from cellview.analysis.tiling import build_grid, read_tile
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     with open_slide(slide_path) as slide:
         tissue, grid = plan_tiles(slide, spec, AnalysisParams())

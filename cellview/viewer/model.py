@@ -58,7 +58,8 @@ from cellview.base.files import writable_dir
 from cellview.outputs.export import FORMATS, export_slide_result, render
 from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
 from cellview.outputs.overlay import OverlaySettings
-from cellview.slides.slide import Mpp, SlideInfo, open_slide, slide_display_name, slide_stem
+from cellview.slides.opening import open_slide
+from cellview.slides.slide import Mpp, SlideInfo, slide_display_name, slide_stem
 
 log = logging.getLogger(__name__)
 
