@@ -191,7 +191,7 @@ def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
     from cellview.analysis.model_spec import CATEGORIES
     from cellview.gui.headless import settle, wait_for
     from cellview.gui.kiosk import KioskWindow
-    from cellview.viewer.kiosk.core import KioskSettings
+    from cellview.viewer.kiosk.settings import KioskSettings
 
     (tmp / "watch").mkdir()
     settings = KioskSettings(watch_dir=tmp / "watch", outbox_dir=tmp / "outbox", model=str(model_path),

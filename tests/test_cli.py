@@ -255,7 +255,7 @@ def test_a_one_tile_region_is_one_tile(tmp_path, toy_model, capsys):
 
 def test_help_says_how_to_leave_the_kiosk_and_what_the_options_do(capsys):
     """Issue 19: `cellview --help` names the exit chord and kiosk.json; --device and --batch-size are explained."""
-    from cellview.viewer.kiosk.core import KioskSettings, default_settings_path
+    from cellview.viewer.kiosk.settings import KioskSettings, default_settings_path
 
     with pytest.raises(SystemExit):
         main(["--help"])

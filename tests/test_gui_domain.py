@@ -201,7 +201,7 @@ def test_kiosk_banner_call_and_large_activation_map(qtbot, tmp_path, cam_domain_
 
     from cellview.gui.app import make_app
     from cellview.gui.kiosk import KioskWindow
-    from cellview.viewer.kiosk.core import KioskSettings
+    from cellview.viewer.kiosk.settings import KioskSettings
 
     (tmp_path / "watch").mkdir()
     settings = KioskSettings(watch_dir=tmp_path / "watch", outbox_dir=tmp_path / "outbox", model=str(cam_domain_model),

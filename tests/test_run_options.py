@@ -18,7 +18,8 @@ from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.results import AnalysisParams
 from cellview.analysis.stain import StainReference, estimate_reference
 from cellview.testing.synthetic import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
-from cellview.viewer.kiosk.core import KioskSettings, KioskSettingsError, process_case
+from cellview.viewer.kiosk.cases import process_case
+from cellview.viewer.kiosk.settings import KioskSettings, KioskSettingsError
 from cellview.viewer.model import (
     NO_MODEL_SELECTED,
     MemoryStore,
