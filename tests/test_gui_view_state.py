@@ -73,7 +73,7 @@ def test_the_drawn_scale_bar_is_as_long_as_its_label_says_at_every_zoom(qtbot, f
     from PySide6.QtWidgets import QWidget
 
     from cellview.gui.app import make_app
-    from cellview.gui.slideview import ScaleBar
+    from cellview.gui.canvas_widgets import ScaleBar
 
     make_app()
     host = QWidget()
