@@ -132,7 +132,7 @@ def test_analyze_returns_the_call_the_shares_and_the_files_cellview_analyze_writ
 def test_the_job_api_streams_progress_and_the_view_data(client, synthetic_slide):
     from cellview.analysis.tiling import read_tile
     from cellview.outputs.overlay import OverlaySettings, fill_rgba
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     r = upload(client, synthetic_slide, url="/api/jobs")
     assert r.status_code == 202
@@ -206,7 +206,7 @@ def test_out_of_domain_tiles_are_hatched_and_left_out_as_on_the_desktop(tmp_path
 
 def test_junk_and_damaged_uploads_get_the_clis_message_and_the_server_lives_on(client, synthetic_slide, tmp_path):
     from cellview.base.errors import SlideError
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     def cli_message(name: str, data: bytes) -> str:
         path = tmp_path / "cli" / name
@@ -484,7 +484,7 @@ def test_cellview_serve_listens_on_localhost_only_and_cleans_up(tmp_path, toy_mo
 
 
 def test_the_real_slide_through_the_api(real_slide, tmp_path):
-    from cellview.analysis.model import resolve_model
+    from cellview.analysis.model_lookup import resolve_model
 
     app = create_app(config(tmp_path, {"colon-he": resolve_model(None)}))
     with TestClient(app, base_url=LOCAL) as c:

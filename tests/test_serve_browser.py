@@ -121,7 +121,7 @@ def test_the_overlay_streams_in_and_cancel_keeps_the_finished_tiles(browser, tmp
                                                                     monkeypatch):
     import threading
 
-    from cellview.analysis.model import OnnxClassifier
+    from cellview.analysis.classifier import OnnxClassifier
 
     classify = OnnxClassifier.classify
     gate, calls = threading.Event(), []
@@ -170,7 +170,7 @@ def test_a_junk_upload_shows_the_message_and_the_page_goes_on(browser, tmp_path,
 
 
 def test_the_page_on_the_real_slide(browser, tmp_path, real_slide):
-    from cellview.analysis.model import resolve_model
+    from cellview.analysis.model_lookup import resolve_model
 
     with serve(tmp_path, {"colon-he": resolve_model(None)}) as url:
         page, problems = open_page(browser, url + "/")

@@ -41,7 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from cellview.analysis.model import ModelSpec, available_models, resolve_model
+    from cellview.analysis.model_lookup import available_models, resolve_model
+    from cellview.analysis.model_spec import ModelSpec
     from cellview.analysis.results import AnalysisParams
     from cellview.serve.app import ServeConfig
     from cellview.serve.jobs import RunSettings

@@ -92,7 +92,7 @@ class ClusterRunner:
         self._thread.start()
 
     def _settings(self, job: Any) -> Any:
-        from cellview.analysis.model import ModelSpec
+        from cellview.analysis.model_spec import ModelSpec
         from cellview.scale.cohort import CohortSettings
 
         spec = self._specs.get(job.model)

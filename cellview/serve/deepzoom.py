@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from cellview.analysis.tiling import TileGrid, read_tile
-from cellview.slides.slide import Slide, open_slide
+from cellview.slides.opening import open_slide
+from cellview.slides.slide import Slide
 
 TILE_PX = 254
 OVERLAP_PX = 1

@@ -241,7 +241,8 @@ def export_job(job: Job, result: AnalysisResult, extra_meta: dict[str, Any] | No
     The files name the slide by its display name: the server's paths stay on the server.
     """
     from cellview.outputs.export import FORMATS, export_slide_result
-    from cellview.slides.slide import open_slide, slide_stem
+    from cellview.slides.opening import open_slide
+    from cellview.slides.slide import slide_stem
 
     assert job.slide_path is not None
     with open_slide(job.slide_path, mpp_um=result.params.mpp_um) as slide:
@@ -341,7 +342,8 @@ class Classifiers:
         self._loaded: dict[str, Any] = {}
 
     def get(self, name: str) -> Any:
-        from cellview.analysis.model import ModelSpec, OnnxClassifier
+        from cellview.analysis.classifier import OnnxClassifier
+        from cellview.analysis.model_spec import ModelSpec
 
         clf = self._loaded.get(name)
         if clf is None:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from cellview.analysis.domain import OUT_OF_DOMAIN_RGBA
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
 from cellview.analysis.results import AnalysisResult, plural
 from cellview.outputs import overlay as ov
 from cellview.outputs.legend import describe_legend

@@ -306,7 +306,7 @@ def check_slide(path: Path, name: str, mpp_um: float | None, whole_image: bool) 
     Raises UploadError 422 with the core's sentence, naming the file by ``name``; a slide without a pixel size
     gets the core's MppError sentence with the page's advice.
     """
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     try:
         with open_slide(path, mpp_um=mpp_um) as slide:
