@@ -35,6 +35,10 @@ WEB_MPP_ADVICE = ("Give its pixel size in the µm/px field (e.g. 0.5 for a 20x s
 """How the page is told a slide's pixel size (the command line says --mpp; the core's sentence is the same)."""
 
 
+MULTI_FILE_NOTE = ("a DICOM slide is usually a folder of files and the page takes one file: analyse the folder "
+                   "with `cellview analyze` on the machine")
+
+
 class UploadError(CellviewError):
     """An upload refused: ``status`` is the HTTP status the client gets with the message."""
 
@@ -320,6 +324,8 @@ def check_slide(path: Path, name: str, mpp_um: float | None, whole_image: bool) 
         raise UploadError(422, message, details) from None
     except SlideError as exc:
         message, details = shown_error(exc, path, name)
+        if path.suffix == ".dcm":
+            details = (details + "; " if details else "") + MULTI_FILE_NOTE
         raise UploadError(422, message, details) from None
     except (OSError, MemoryError, ValueError) as exc:
         raise UploadError(422, f"{name} cannot be read.", type(exc).__name__) from None
