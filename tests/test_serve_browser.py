@@ -33,13 +33,13 @@ def browser():
         b.close()
 
 
-def serve(tmp_path: Path, models: dict[str, Path]):
+def serve(tmp_path: Path, models: dict[str, Path], token: str | None = None):
     from cellview.analysis.results import AnalysisParams
     from cellview.serve.app import ServeConfig
     from cellview.serve.server import BackgroundServer
 
     config = ServeConfig(models=models, default_model=next(iter(models)), root=tmp_path / "root", port=0,
-                         params=replace(AnalysisParams(), batch_size=8))
+                         params=replace(AnalysisParams(), batch_size=8), token=token)
     return BackgroundServer(config)
 
 
@@ -153,6 +153,19 @@ def test_the_overlay_streams_in_and_cancel_keeps_the_finished_tiles(browser, tmp
         done = int(page.inner_text("#legend-counted").split()[0])
         assert 0 < done < 56 and "cancelled: the finished tiles are kept" in page.inner_text("#run-text")
         assert page.is_visible("a[data-kind=csv]")
+        assert problems == []
+        page.close()
+
+
+def test_the_token_link_opens_the_page_and_nothing_works_without_it(browser, tmp_path, toy_model, synthetic_slide):
+    with serve(tmp_path, {"toy": toy_model}, token="lab-token-123") as url:
+        bare = browser.new_page()
+        assert bare.goto(url + "/").status == 401 and "access token" in bare.inner_text("body")
+        bare.close()
+        page, problems = open_page(browser, url + "/?token=lab-token-123")
+        assert page.url == url + "/"  # the token left the address bar for an HttpOnly cookie
+        analyse_in_page(page, synthetic_slide)  # uploads, the event stream and the tiles carry the cookie
+        assert "lab-token-123" not in page.evaluate("() => document.cookie")  # scripts in the page cannot read it
         assert problems == []
         page.close()
 
