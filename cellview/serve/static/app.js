@@ -448,11 +448,13 @@
     const ended = ["done", "cancelled"].includes(ov.state);
     const words = $("call-words");
     clear(words);
-    const color = categoryColor(ov.call.category);
-    const label = color ? ov.call.category : ov.call.category.replace(/_/g, " ");
-    const badge = el("span", { class: "category", text: label });
-    badge.style.background = color || "#9aa3ab";
-    words.append(badge, el("span", { text: (ended ? "" : "so far: ") + ov.call.words }));
+    const color = categoryColor(ov.call.category);  // a finding gets its colour; "no call" states only words
+    if (color) {
+      const badge = el("span", { class: "category", text: ov.call.category });
+      badge.style.background = color;
+      words.append(badge);
+    }
+    words.append(el("span", { text: (ended ? "" : "so far: ") + ov.call.words }));
     words.dataset.category = ov.call.category;
     show($("call"), true);
 
