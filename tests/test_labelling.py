@@ -14,8 +14,10 @@ from cellview.analysis.model import ModelSpec
 from cellview.lab.adapt import AdaptProgress, AdaptReport
 from cellview.lab.labels import IGNORE, LabelRegion, labelled_slides, labels_path, read_geojson, write_geojson
 from cellview.testing.synthetic import LAB_BLOCKS, lab_block_rect, lab_slide_rgb, write_pyramid_tiff
+from cellview.viewer.jobs import run_now
 from cellview.viewer.labelling import LabelsModel, label_choices
-from cellview.viewer.model import MemoryStore, ViewerModel, run_now
+from cellview.viewer.model import ViewerModel
+from cellview.viewer.settings import MemoryStore
 
 
 @pytest.fixture

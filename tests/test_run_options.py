@@ -17,15 +17,15 @@ from cellview.analysis.model import ModelSpec, OnnxClassifier
 from cellview.analysis.results import AnalysisParams
 from cellview.analysis.stain import StainReference, estimate_reference
 from cellview.testing.synthetic import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
+from cellview.viewer.jobs import run_now
 from cellview.viewer.kiosk.core import KioskSettings, KioskSettingsError, process_case
 from cellview.viewer.model import (
     NO_MODEL_SELECTED,
-    MemoryStore,
     ModelOptions,
     ViewerModel,
     describe_run_options,
-    run_now,
 )
+from cellview.viewer.settings import MemoryStore
 
 
 def reference_stain() -> StainReference:

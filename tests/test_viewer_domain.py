@@ -16,7 +16,9 @@ from cellview.testing.synthetic import (
     SYNTH_TILE,
     hatch_stripes,
 )
-from cellview.viewer.model import Job, MemoryStore, ViewerModel, domain_notice, run_now
+from cellview.viewer.jobs import Job, run_now
+from cellview.viewer.model import ViewerModel, domain_notice
+from cellview.viewer.settings import MemoryStore
 
 
 def make_model(model_path, runner=run_now) -> ViewerModel:

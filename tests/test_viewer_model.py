@@ -15,7 +15,9 @@ from cellview.analysis.pipeline import BatchDone, Finished, Started, analyze
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import CellviewError
 from cellview.testing.synthetic import SYNTH_BLOCKS, SYNTH_TILE, make_toy_model
-from cellview.viewer.model import WHOLE_IMAGE, MemoryStore, ViewerModel, run_now
+from cellview.viewer.jobs import run_now
+from cellview.viewer.model import WHOLE_IMAGE, ViewerModel
+from cellview.viewer.settings import MemoryStore
 
 
 class Recorder:

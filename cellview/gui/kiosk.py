@@ -54,6 +54,7 @@ from cellview.gui.touch import FilePickerSheet, ScaleSheet, TileSheet
 from cellview.gui.touch import text_label as _label
 from cellview.gui.worker import Worker
 from cellview.slides.slide import slide_display_name
+from cellview.viewer.events import Event
 from cellview.viewer.kiosk.core import (
     CaseResult,
     KioskSettings,
@@ -64,7 +65,7 @@ from cellview.viewer.kiosk.core import (
     iter_case,
     load_classifier,
 )
-from cellview.viewer.model import STAIN_LABELS, TTA_LABELS, AnalysisRequest, Event, ModelOptions
+from cellview.viewer.model import STAIN_LABELS, TTA_LABELS, AnalysisRequest, ModelOptions
 
 log = logging.getLogger(__name__)
 

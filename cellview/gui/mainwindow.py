@@ -83,12 +83,12 @@ from cellview.outputs.overlay import (
     probability_lut,
 )
 from cellview.slides.slide import SUPPORTED_SUFFIXES, describe_skipped
+from cellview.viewer.events import Event
 from cellview.viewer.model import (
     STAIN_LABELS,
     TTA_LABELS,
     WHOLE_IMAGE,
     DomainNotice,
-    Event,
     ExplainState,
     ModelReady,
     Opened,

@@ -38,7 +38,9 @@ from cellview.lab.labels import (
     write_geojson,
 )
 from cellview.outputs.overlay import Contour, cell_outline
-from cellview.viewer.model import EmitterGroup, Job, ViewerModel
+from cellview.viewer.events import EmitterGroup
+from cellview.viewer.jobs import Job
+from cellview.viewer.model import ViewerModel
 
 LABEL_KEYS = "123456789"
 

@@ -25,11 +25,10 @@ import itertools
 import json
 import logging
 import os
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import numpy as np
@@ -57,6 +56,9 @@ from cellview.outputs.export import FORMATS, export_slide_result, render
 from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
 from cellview.outputs.overlay import OverlaySettings
 from cellview.slides.slide import Mpp, SlideInfo, open_slide, slide_display_name, slide_stem
+from cellview.viewer.events import EmitterGroup
+from cellview.viewer.jobs import Job, JobHandle, Pending, Runner, run_now
+from cellview.viewer.settings import MemoryStore, SettingsStore
 
 log = logging.getLogger(__name__)
 
@@ -67,148 +69,6 @@ THUMBNAIL_PX = 2048
 """Longest side of the base image drawn under the pyramid tiles (and used for PNG export)."""
 
 OVERVIEW_PX = 200
-
-
-# ----------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class Event:
-    """What a callback receives: the event's name and its new value."""
-
-    type: str
-    value: Any = None
-
-
-class EventEmitter:
-    """One named event: ``connect(callback)``, ``disconnect(callback)``, ``emit(value)``."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._callbacks: list[Callable[[Event], Any]] = []
-
-    def connect(self, callback: Callable[[Event], Any]) -> Callable[[Event], Any]:
-        if callback not in self._callbacks:
-            self._callbacks.append(callback)
-        return callback
-
-    def disconnect(self, callback: Callable[[Event], Any] | None = None) -> None:
-        if callback is None:
-            self._callbacks.clear()
-        elif callback in self._callbacks:
-            self._callbacks.remove(callback)
-
-    def emit(self, value: Any = None) -> None:
-        event = Event(self.name, value)
-        for callback in list(self._callbacks):
-            callback(event)
-
-    __call__ = emit
-
-
-class EmitterGroup:
-    """The model's events by name (``events.slide``, ``events.result``…)."""
-
-    def __init__(self, *names: str) -> None:
-        self.names = names
-        for name in names:
-            setattr(self, name, EventEmitter(name))
-
-    def __getattr__(self, name: str) -> EventEmitter:  # for type checkers; real ones are set in __init__
-        raise AttributeError(name)
-
-
-# ----------------------------------------------------------------------------- jobs
-
-
-def _nothing(*_args: Any) -> None:
-    return None
-
-
-@dataclass
-class Job:
-    """Slow work: ``run(cancel)`` yields items; the callbacks run where the runner delivers them."""
-
-    name: str
-    run: Callable[[CancelToken], Iterator[Any]]
-    on_item: Callable[[Any], None]
-    on_failed: Callable[[CellviewError], None] = _nothing
-    on_done: Callable[[], None] = _nothing
-
-
-class JobHandle(Protocol):
-    def cancel(self) -> None: ...
-
-
-Runner = Callable[[Job], JobHandle]
-
-
-class _Finished:
-    """The handle of a job run to its end in the calling thread."""
-
-    def __init__(self, token: CancelToken) -> None:
-        self.cancel_token = token
-
-    def cancel(self) -> None:
-        self.cancel_token.cancel()
-
-
-def run_now(job: Job) -> JobHandle:
-    """Run a job to its end in the calling thread (tests, scripts): the same contract as the GUI's worker."""
-    token = CancelToken()
-    try:
-        for item in job.run(token):
-            job.on_item(item)
-    except CellviewError as exc:
-        job.on_failed(exc)
-    except Exception as exc:  # noqa: BLE001 - as the GUI worker: a bug becomes a message, not a crash
-        job.on_failed(CellviewError(f"Unexpected error: {exc}", traceback.format_exc()))
-    finally:
-        job.on_done()
-    return _Finished(token)
-
-
-# ----------------------------------------------------------------------------- persistent settings
-
-
-class SettingsStore(Protocol):
-    """Where the viewer remembers things between sessions (QSettings in the GUI)."""
-
-    def get(self, key: str, default: object = None) -> object: ...
-    def put(self, key: str, value: object) -> None: ...
-    def recent_files(self) -> list[str]: ...
-    def add_recent_file(self, path: str) -> list[str]: ...
-    def recorded_mpp(self, fingerprint: str) -> float | None: ...
-    def record_mpp(self, fingerprint: str, mpp_um: float) -> None: ...
-
-
-class MemoryStore:
-    """A ``SettingsStore`` that forgets on exit (tests, scripts)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, object] = {}
-        self.recent: list[str] = []
-        self.mpp: dict[str, float] = {}
-
-    def get(self, key: str, default: object = None) -> object:
-        return self.values.get(key, default)
-
-    def put(self, key: str, value: object) -> None:
-        self.values[key] = value
-
-    def recent_files(self) -> list[str]:
-        return [p for p in self.recent if os.path.exists(p)]
-
-    def add_recent_file(self, path: str) -> list[str]:
-        path = os.path.abspath(path)
-        self.recent = [path] + [p for p in self.recent if p != path][:9]
-        return list(self.recent)
-
-    def recorded_mpp(self, fingerprint: str) -> float | None:
-        return self.mpp.get(fingerprint)
-
-    def record_mpp(self, fingerprint: str, mpp_um: float) -> None:
-        self.mpp[fingerprint] = float(mpp_um)
 
 
 # ----------------------------------------------------------------------------- opening a slide
@@ -931,7 +791,7 @@ class ViewerModel:
                 self._explain_again = False
                 self._request_explanation()
 
-        self._explain_job = _Pending()
+        self._explain_job = Pending()
         handle = self.runner(Job("explain", lambda cancel: explain_task(path, mpp, grid, index, classifier, model_path,
                                                                         sha, stain_method, stain, stain_key),
                                  on_item, on_failed, on_done))
@@ -985,7 +845,7 @@ class ViewerModel:
             if job_id == self._stain_id:
                 self._stain_job = None
 
-        self._stain_job = _Pending()
+        self._stain_job = Pending()
         handle = self.runner(Job("stain", lambda cancel: stain_task(path, mpp, grid, spec, method), on_item, on_failed,
                                  on_done))
         if job_id == self._stain_id and self._stain_job is not None:
@@ -1439,7 +1299,7 @@ class ViewerModel:
                 self._regions_again = False
                 self.update_regions()
 
-        self._regions_job = _Pending()
+        self._regions_job = Pending()
         handle = self.runner(Job("regions", lambda cancel: regions_task(snapshot, min_conf), on_item, on_failed,
                                  on_done))
         if job_id == self._regions_id and self._regions_job is not None:
@@ -1548,13 +1408,6 @@ class ViewerModel:
         if self.running:
             raise ExportError("Wait until the analysis has finished (or cancel it) to export.")
         return self.result
-
-
-class _Pending:
-    """Stands for a job's handle while the runner starts it (a synchronous runner may finish it first)."""
-
-    def cancel(self) -> None:
-        pass
 
 
 class AnalysisSourceError(CellviewError):
