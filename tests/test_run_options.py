@@ -16,15 +16,12 @@ import pytest
 from cellview.analysis.model import ModelSpec, OnnxClassifier
 from cellview.analysis.results import AnalysisParams
 from cellview.analysis.stain import StainReference, estimate_reference
+from cellview.outputs.legend import describe_run_options
 from cellview.testing.synthetic import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
+from cellview.viewer.analysis_settings import NO_MODEL_SELECTED, ModelOptions
 from cellview.viewer.jobs import run_now
 from cellview.viewer.kiosk.core import KioskSettings, KioskSettingsError, process_case
-from cellview.viewer.model import (
-    NO_MODEL_SELECTED,
-    ModelOptions,
-    ViewerModel,
-    describe_run_options,
-)
+from cellview.viewer.model import ViewerModel
 from cellview.viewer.settings import MemoryStore
 
 
@@ -118,7 +115,7 @@ def test_the_result_cache_tells_the_options_apart(stain_model, he_slide):
 def test_the_labels_count_the_views_the_model_runs():
     from cellview.analysis.model import TTA_MODES, tta_views
     from cellview.analysis.stain import STAIN_METHODS
-    from cellview.viewer.model import STAIN_LABELS, TTA_LABELS, TTA_VIEWS
+    from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS
 
     tiles = np.zeros((1, 4, 4, 3), np.uint8)
     assert set(STAIN_LABELS) == set(STAIN_METHODS) and set(TTA_LABELS) == set(TTA_VIEWS) == set(TTA_MODES)
@@ -265,7 +262,7 @@ def test_explain_shows_the_tile_the_model_classified_after_stain_normalisation(t
 
 
 def test_the_inspector_explains_the_normalised_tile_and_fits_the_stain_once(tmp_path, he_slide, monkeypatch):
-    import cellview.viewer.model as viewer_module
+    import cellview.viewer.explain as viewer_module
 
     fits = []
     fit = viewer_module.slide_stain_transform

@@ -17,7 +17,8 @@ from cellview.testing.synthetic import (
     hatch_stripes,
 )
 from cellview.viewer.jobs import Job, run_now
-from cellview.viewer.model import ViewerModel, domain_notice
+from cellview.viewer.model import ViewerModel
+from cellview.viewer.overlay import domain_notice
 from cellview.viewer.settings import MemoryStore
 
 

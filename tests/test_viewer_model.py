@@ -16,8 +16,9 @@ from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import CellviewError
 from cellview.testing.synthetic import SYNTH_BLOCKS, SYNTH_TILE, make_toy_model
 from cellview.viewer.jobs import run_now
-from cellview.viewer.model import WHOLE_IMAGE, ViewerModel
+from cellview.viewer.model import ViewerModel
 from cellview.viewer.settings import MemoryStore
+from cellview.viewer.slide import WHOLE_IMAGE
 
 
 class Recorder:
@@ -419,7 +420,7 @@ def test_hover_says_nothing_off_the_tiles(model, synthetic_slide):
 
 
 def test_analyse_after_cancel_goes_on_from_the_finished_tiles(model, synthetic_slide):
-    from cellview.viewer.model import model_file_analysis
+    from cellview.viewer.analysis import model_file_analysis
 
     requests = []
 

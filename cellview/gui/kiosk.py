@@ -53,7 +53,10 @@ from cellview.gui.qtapp import make_app
 from cellview.gui.touch import FilePickerSheet, ScaleSheet, TileSheet
 from cellview.gui.touch import text_label as _label
 from cellview.gui.worker import Worker
+from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS
 from cellview.slides.slide import slide_display_name
+from cellview.viewer.analysis import AnalysisRequest
+from cellview.viewer.analysis_settings import ModelOptions
 from cellview.viewer.events import Event
 from cellview.viewer.kiosk.core import (
     CaseResult,
@@ -65,7 +68,6 @@ from cellview.viewer.kiosk.core import (
     iter_case,
     load_classifier,
 )
-from cellview.viewer.model import STAIN_LABELS, TTA_LABELS, AnalysisRequest, ModelOptions
 
 log = logging.getLogger(__name__)
 

@@ -69,7 +69,15 @@ from cellview.gui.panels import (
 from cellview.gui.slideview import ARROW_STEPS, SlideView
 from cellview.gui.tasks import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
 from cellview.gui.worker import QtRunner, Worker
-from cellview.outputs.legend import category_rows, describe_legend, format_um, out_of_domain_row
+from cellview.outputs.legend import (
+    STAIN_LABELS,
+    TTA_LABELS,
+    category_rows,
+    describe_legend,
+    describe_run_options,
+    format_um,
+    out_of_domain_row,
+)
 from cellview.outputs.overlay import (
     PER_SLIDE,
     STYLES,
@@ -83,19 +91,12 @@ from cellview.outputs.overlay import (
     probability_lut,
 )
 from cellview.slides.slide import SUPPORTED_SUFFIXES, describe_skipped
+from cellview.viewer.analysis import ModelReady, Progress
 from cellview.viewer.events import Event
-from cellview.viewer.model import (
-    STAIN_LABELS,
-    TTA_LABELS,
-    WHOLE_IMAGE,
-    DomainNotice,
-    ExplainState,
-    ModelReady,
-    Opened,
-    Progress,
-    ViewerModel,
-    describe_run_options,
-)
+from cellview.viewer.explain import ExplainState
+from cellview.viewer.model import ViewerModel
+from cellview.viewer.overlay import DomainNotice
+from cellview.viewer.slide import WHOLE_IMAGE, Opened
 
 LOADER_THREADS = 2
 REPAINT_INTERVAL_MS = 100

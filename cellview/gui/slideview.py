@@ -41,9 +41,10 @@ from PySide6.QtWidgets import (
 )
 
 from cellview.analysis.morphology import Region
-from cellview.gui.tasks import OVERVIEW_PX, VIEW_TILE_PX, Opened, TileKey, TileLoaded, TileRequests
+from cellview.gui.tasks import VIEW_TILE_PX, TileKey, TileLoaded, TileRequests
 from cellview.outputs.legend import ScaleBarSpec, scale_bar
 from cellview.outputs.overlay import CASING_RGB, HATCH_ALPHA, HATCH_RGB, HATCH_SPACING_PX, HATCH_WIDTH_PX, Contour
+from cellview.viewer.slide import OVERVIEW_PX, Opened
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 

@@ -22,460 +22,55 @@ the whole viewer without Qt.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from cellview.analysis.cache import ResultCache
-from cellview.analysis.domain import NOT_AVAILABLE
-from cellview.analysis.explain import TileExplanation, explain_tile
-from cellview.analysis.model import CATEGORIES, ModelSpec, OnnxClassifier, copy_with_sha, sidecar_for, user_models_dir
+from cellview.analysis.explain import TileExplanation
+from cellview.analysis.model import ModelSpec, OnnxClassifier, copy_with_sha, user_models_dir
 from cellview.analysis.morphology import Region, malignant_regions
-from cellview.analysis.pipeline import BatchDone, CancelToken, Finished, Started, analyze, slide_stain_transform
+from cellview.analysis.pipeline import BatchDone, Finished, Started
 from cellview.analysis.results import (
     AnalysisParams,
     AnalysisResult,
     ModelInfo,
     TileNuclei,
     TileState,
-    domain_banner,
-    plural,
 )
-from cellview.analysis.stain import StainReference, TileStainTransform
-from cellview.analysis.tissue import TissueMask, TissueParams, detect_tissue
+from cellview.analysis.stain import TileStainTransform
+from cellview.analysis.tissue import TissueMask
 from cellview.base.errors import CellviewError, ExportError, ModelError
 from cellview.base.files import writable_dir
-from cellview.outputs.export import FORMATS, export_slide_result, render
+from cellview.outputs.export import export_slide_result, render
 from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
 from cellview.outputs.overlay import OverlaySettings
-from cellview.slides.slide import Mpp, SlideInfo, open_slide, slide_display_name, slide_stem
+from cellview.slides.slide import Mpp, slide_display_name, slide_stem
+from cellview.viewer.analysis import (
+    AnalysisRequest,
+    AnalysisSource,
+    AnalysisSourceError,
+    ModelReady,
+    Progress,
+    _Run,
+    model_file_analysis,
+)
+from cellview.viewer.analysis_settings import NO_MODEL_SELECTED, ModelOptions
 from cellview.viewer.events import EmitterGroup
+from cellview.viewer.explain import ExplainerReady, ExplainStain, ExplainState, explain_task, stain_task
+from cellview.viewer.exports import EXPORT_KINDS, ExportSettings
 from cellview.viewer.jobs import Job, JobHandle, Pending, Runner, run_now
+from cellview.viewer.overlay import DomainNotice, domain_notice
+from cellview.viewer.regions import regions_note, regions_task
 from cellview.viewer.settings import MemoryStore, SettingsStore
+from cellview.viewer.slide import THUMBNAIL_PX, WHOLE_IMAGE, Opened, RecentSlide, SharperThumbnail, open_task
+from cellview.viewer.tissue import TissuePreview, tissue_task
 
 log = logging.getLogger(__name__)
-
-WHOLE_IMAGE = "whole-image"
-"""``ViewerModel.mpp_choice`` when a slide of unknown scale is classified as one image."""
-
-THUMBNAIL_PX = 2048
-"""Longest side of the base image drawn under the pyramid tiles (and used for PNG export)."""
-
-OVERVIEW_PX = 200
-
-
-# ----------------------------------------------------------------------------- opening a slide
-
-
-@dataclass(frozen=True)
-class BaseImage:
-    """The thumbnail in the forms a view draws without converting (prepared off the UI thread)."""
-
-    bgra: np.ndarray  # QImage.Format_RGB32 memory layout: a QPixmap copy, no conversion
-    overview_rgb: np.ndarray
-
-    @classmethod
-    def from_rgb(cls, rgb: np.ndarray) -> BaseImage:
-        h, w = rgb.shape[:2]
-        k = OVERVIEW_PX / max(h, w)
-        small = cv2.resize(rgb, (max(1, int(w * k)), max(1, int(h * k))), interpolation=cv2.INTER_AREA)
-        return cls(np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)), small)
-
-
-@dataclass(frozen=True)
-class Opened:
-    """Everything the viewer needs about a slide, read once off the main thread."""
-
-    path: str
-    info: SlideInfo
-    thumbnail: np.ndarray
-    base: BaseImage
-    vendor: str
-    is_plain_image: bool
-
-    @property
-    def name(self) -> str:
-        return slide_display_name(Path(self.path))
-
-
-@dataclass(frozen=True)
-class SharperThumbnail:
-    """The full-size base image, after a quick preview was shown."""
-
-    path: str
-    thumbnail: np.ndarray
-    base: BaseImage
-
-
-def _quick_preview(slide: Any) -> np.ndarray | None:
-    """The scanner's own small thumbnail (no pixel decoding of the pyramid), if it has the slide's shape."""
-    get = getattr(slide, "associated_image", None)
-    try:
-        img = get("thumbnail") if get else None
-    except Exception:  # noqa: BLE001 - a broken associated image only costs the preview
-        return None
-    if img is None:
-        return None
-    w0, h0 = slide.dimensions
-    return img if abs(img.shape[1] / img.shape[0] - w0 / h0) < 0.02 * (w0 / h0) else None
-
-
-def open_task(path: str, mpp_um: float | None) -> Iterator[Opened | SharperThumbnail]:
-    """Opened with the cheapest good preview, then the sharper base image if the preview was small.
-
-    Preview: the scanner's thumbnail, else the whole coarsest usable pyramid level when it is
-    small (one read, no resampling of a finer level), else a THUMBNAIL_PX thumbnail.
-    """
-    slide = open_slide(path, mpp_um=mpp_um)
-    try:
-        info = slide.info()
-        preview = _quick_preview(slide)
-        if preview is None:
-            coarsest_px = max(slide.level_dimensions[info.usable_levels[-1]])
-            preview = slide.thumbnail(min(THUMBNAIL_PX, coarsest_px) if coarsest_px <= 2 * THUMBNAIL_PX else THUMBNAIL_PX)
-        yield Opened(str(slide.path), info, preview, BaseImage.from_rgb(preview), slide.vendor, slide.vendor == "image")
-        if max(preview.shape[:2]) < 0.75 * min(THUMBNAIL_PX, max(slide.dimensions)):
-            sharp = slide.thumbnail(THUMBNAIL_PX)
-            yield SharperThumbnail(str(slide.path), sharp, BaseImage.from_rgb(sharp))
-    finally:
-        slide.close()
-
-
-# ----------------------------------------------------------------------------- what a model offers
-
-
-NO_MODEL_SELECTED = "No model is selected."
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """What the selected model lets the Analysis settings offer, known as soon as it is selected.
-
-    ``stain_unavailable`` says why stain normalisation cannot run ("" when it can: the sidecar
-    stores its training data's reference stain). ``default_stain_normalize`` / ``default_tta`` are
-    preselected for the model; sidecars name no such default (issue 11: normalisation becomes a
-    default only if leave-one-source-out shows it helps, and the CLI's default is "none" too), so
-    both are "none" until one does.
-    """
-
-    stain_unavailable: str = NO_MODEL_SELECTED
-    default_stain_normalize: str = "none"
-    default_tta: str = "none"
-    default_precision: str = "auto"  # the model's validated INT8 copy on a CPU, FP16 on a GPU (model.choose_precision)
-
-    @property
-    def stain_available(self) -> bool:
-        return not self.stain_unavailable
-
-    @classmethod
-    def from_spec(cls, spec: ModelSpec) -> ModelOptions:
-        return cls(stain_unavailable="" if spec.stain_reference is not None else _no_reference(spec.name))
-
-    @classmethod
-    def read(cls, model_path: str | os.PathLike[str] | None) -> ModelOptions:
-        """From the model's sidecar alone: cheap (no weights hashed), so the UI thread may call it on selection.
-
-        A sidecar that cannot be read leaves normalisation unavailable with the reason; the run
-        itself reports the sidecar's problem as usual.
-        """
-        if not model_path:
-            return cls()
-        path = Path(model_path)
-        onnx_path = path / "model.onnx" if path.is_dir() else path.with_suffix(".onnx")
-        sidecar = path if path.suffix.lower() == ".json" else sidecar_for(onnx_path)
-        try:
-            data = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            return cls(stain_unavailable=f"The model's sidecar {sidecar.name} cannot be read ({exc}).")
-        if not isinstance(data, dict):
-            return cls(stain_unavailable=f"The model's sidecar {sidecar.name} is not a JSON object.")
-        name = str(data.get("name") or onnx_path.parent.name or onnx_path.stem)
-        if data.get("stain_reference") is None:
-            return cls(stain_unavailable=_no_reference(name))
-        try:
-            StainReference.from_dict(data["stain_reference"], f"model sidecar {sidecar.name}")
-        except ModelError as exc:
-            return cls(stain_unavailable=exc.message)
-        return cls(stain_unavailable="")
-
-
-def _no_reference(model_name: str) -> str:
-    return (f"The model {model_name} does not store the reference stain of its training data, so there is "
-            "nothing to normalise to (a model exported by a current cellview train stores it).")
-
-
-# ----------------------------------------------------------------------------- analysis
-
-
-@dataclass(frozen=True)
-class ModelReady:
-    """The classifier is loaded: views can say which model runs on what."""
-
-    spec: ModelSpec
-    description: str
-    fallback_message: str | None
-    warn: bool  # CPU only, or a GPU asked for and not used
-
-
-@dataclass(frozen=True)
-class AnalysisRequest:
-    """One run as the model set it up: the views and sources never build it themselves."""
-
-    path: str
-    params: AnalysisParams
-    model_path: str | None
-    use_cache: bool
-    resume: AnalysisResult | None = None  # a cancelled run of this slide, model and settings: go on from its tiles
-
-
-AnalysisSource = Callable[[AnalysisRequest, CancelToken], Iterator[object]]
-"""Yields pipeline events (``Started``, ``BatchDone``, ``Finished``), optionally a ``ModelReady``
-first, and any other item the source's view wants (``events.job_item``)."""
-
-
-def model_file_analysis(request: AnalysisRequest, cancel: CancelToken) -> Iterator[object]:
-    """The desktop's source: load the model file (seconds with TensorRT), then stream the pipeline."""
-    if not request.model_path:
-        raise ModelError("No model is selected.", f"Put a model into {user_models_dir() / '<name>'} or open one.")
-    spec = ModelSpec.load(request.model_path)
-    threads = max(1, (os.cpu_count() or 2) - 1)  # leave one core to the UI thread on small machines
-    classifier = OnnxClassifier(spec, device=request.params.device, intra_op_threads=threads,
-                                precision=request.params.precision)
-    yield ModelReady(spec, classifier.describe(), classifier.fallback_message, classifier.needs_attention)
-    yield from analyze(request.path, classifier, request.params, cancel,
-                       ResultCache() if request.use_cache else None, resume=request.resume)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where the run is, for a progress bar and a rate line."""
-
-    phase: str  # "preparing", "running", "done", "cancelled", "failed"
-    done: int = 0
-    total: int = 0
-    tiles_per_s: float = 0.0
-    eta_s: float | None = None
-    elapsed_s: float = 0.0
-    from_cache: bool = False
-
-
-@dataclass
-class _Run:
-    """The live arrays of a streaming run (written only on the thread that owns the model)."""
-
-    request: AnalysisRequest
-    spec: ModelSpec | None = None
-    started: Started | None = None
-    probs: np.ndarray | None = None
-    state: np.ndarray | None = None
-    nuclei: TileNuclei | None = None
-    domain_score: np.ndarray | None = None  # when the model has domain statistics
-    partial: AnalysisResult | None = None
-
-
-# ----------------------------------------------------------------------------- small tasks
-
-
-@dataclass(frozen=True)
-class TissuePreview:
-    mask: TissueMask
-
-
-def tissue_task(path: str, mpp_um: float | None, params: TissueParams) -> Iterator[TissuePreview]:
-    slide = open_slide(path, mpp_um=mpp_um)
-    try:
-        yield TissuePreview(detect_tissue(slide, params, slide.mpp.um if slide.mpp else None))
-    finally:
-        slide.close()
-
-
-def regions_task(result: AnalysisResult, min_confidence: float) -> Iterator[list[Region]]:
-    """Malignant regions off the main thread: noisy predictions make thousands of them (seconds).
-
-    ``result`` must be a snapshot nobody writes to any more (its arrays copied).
-    """
-    yield malignant_regions(result, min_confidence)
-
-
-def regions_note(result: AnalysisResult, regions: list[Region], min_confidence: float) -> str:
-    """The sentence beside the region outlines. Regions join in-domain tiles only, so when none is found
-    it says whether out-of-domain tiles were called malignant (the call on tissue the model never saw
-    is no finding) instead of claiming that no tile is malignant."""
-    where = f"malignant at ≥ {min_confidence:.0%} confidence" if min_confidence > 0 else "malignant"
-    malignant = result.pred_category == CATEGORIES.index("malignant")
-    sure = np.nan_to_num(result.confidence, nan=-1.0) >= min_confidence
-    n_out = int((result.out_of_domain & malignant & sure).sum())
-    some_out = result.has_domain and bool(result.out_of_domain.any())
-    if regions:
-        text = f"{plural(len(regions), 'region')} of tiles {where}; largest {regions[0].label()}."
-    elif result.n_done and some_out and not result.in_domain.any():
-        text = "No region: every classified tile is out of the model's domain."
-    elif n_out:
-        text = f"No region: no in-domain tile is {where}."
-    else:
-        text = f"No region: no tile is {where}."
-    if n_out:
-        text += f" {plural(n_out, 'out-of-domain tile')} called {where} {'is' if n_out == 1 else 'are'} left out."
-    elif some_out:
-        text += " Regions join in-domain tiles only."
-    return text
-
-
-# ----------------------------------------------------------------------------- the model's domain
-
-
-@dataclass(frozen=True)
-class DomainNotice:
-    """What the views say about the model's domain for the shown result.
-
-    ``kind``: "none" (no result), "unavailable" (the model has no domain statistics: say so where
-    the score would be), "in" (no tile out of domain), "some" (a quieter note) or "most" (the
-    banner: most of the tissue is unlike the training data). ``shown_anyway``: the user chose to
-    see and count the out-of-domain tiles' calls (``OverlaySettings.show_out_of_domain``).
-    """
-
-    kind: str
-    headline: str = ""
-    detail: str = ""
-    n_out: int = 0
-    n_done: int = 0
-    tissue_in_fraction: float | None = None
-    shown_anyway: bool = False
-
-    @property
-    def banner(self) -> bool:
-        return self.kind == "most"
-
-    @property
-    def note(self) -> bool:
-        return self.kind == "some"
-
-    @property
-    def text(self) -> str:
-        return f"{self.headline} {self.detail}".strip()
-
-
-def domain_notice(result: AnalysisResult | None, shown_anyway: bool = False) -> DomainNotice:
-    """Banner, note or nothing for a (possibly streaming) result; the banner rule is ``results.domain_banner``."""
-    if result is None:
-        return DomainNotice("none", shown_anyway=shown_anyway)
-    if result.model.domain is None or result.domain_score is None:
-        return DomainNotice("unavailable", NOT_AVAILABLE[0].upper() + NOT_AVAILABLE[1:] + ".",
-                            "Nothing tells whether this tissue is like the model's training data.",
-                            n_done=result.n_done, shown_anyway=shown_anyway)
-    n_out, n_done = int(result.out_of_domain.sum()), result.n_done
-    banner = domain_banner(result)
-    drawn = ("shown in category colours and counted anyway." if shown_anyway
-             else "drawn hatched grey and left out of the counts.")
-    if banner.show:
-        assert banner.in_domain_fraction is not None
-        return DomainNotice(
-            "most", banner.headline,
-            f"{1 - banner.in_domain_fraction:.0%} of the tissue tiles are out of the model's domain, {drawn}",
-            n_out, n_done, banner.in_domain_fraction, shown_anyway)
-    if n_out == 0:
-        text = f"Every classified tile is in the model's domain ({plural(n_done, 'tile')})." if n_done else ""
-        return DomainNotice("in", text, "", 0, n_done, banner.in_domain_fraction, shown_anyway)
-    return DomainNotice(
-        "some", f"{n_out:,} of {plural(n_done, 'tile')} ({n_out / n_done:.0%}) are out of the model's domain,",
-        drawn, n_out, n_done, banner.in_domain_fraction, shown_anyway)
-
-
-# ----------------------------------------------------------------------------- explaining a tile
-
-
-@dataclass(frozen=True)
-class ExplainerReady:
-    """The classifier an explanation job loaded (kept for the next tile)."""
-
-    classifier: OnnxClassifier
-    model_path: str
-
-
-@dataclass(frozen=True)
-class ExplainState:
-    """The inspector's class-activation-map state.
-
-    ``state``: "off", "idle" (on, no tile selected), "busy", "ready" (``explanation`` holds the
-    tile, its maps and the class shown) or "failed" (``message`` says why, e.g. a model without maps).
-    """
-
-    state: str
-    explanation: TileExplanation | None = None
-    message: str = ""
-    index: int = -1
-
-
-@dataclass(frozen=True)
-class ExplainStain:
-    """The slide's stain transform an explanation job fitted (kept for the result's next tiles)."""
-
-    key: tuple
-    transform: TileStainTransform
-
-
-def explain_task(path: str, mpp_um: float | None, grid: Any, index: int, classifier: OnnxClassifier | None,
-                 model_path: str | None, model_sha256: str, stain_method: str = "none",
-                 stain: ExplainStain | None = None, stain_key: tuple = ()
-                 ) -> Iterator[ExplainerReady | ExplainStain | TileExplanation]:
-    """Explain one tile off the main thread: load the classifier the first time (CPU: one patch is
-    cheap, and the GPU stays with the analysis), then read the exact patch and run it — stain-normalised
-    as the analysis did, with the slide's transform fitted once per result (``stain_key``) as analyze fits it."""
-    if classifier is None:
-        if not model_path:
-            raise ModelError("No model is loaded to explain the tile with.")
-        spec = ModelSpec.load(model_path)
-        spec = copy_with_sha(spec, model_sha256) or spec  # the copy of the weights (FP32, INT8…) that made it
-        classifier = OnnxClassifier(spec, device="cpu", intra_op_threads=1, precision=spec.precision)
-        yield ExplainerReady(classifier, model_path)
-    if classifier.spec.onnx_sha256 != model_sha256:
-        raise ModelError("The result on screen was made by another model than the one loaded; analyse again "
-                         "to explain its tiles.")
-    slide = open_slide(path, mpp_um=mpp_um)
-    try:
-        if stain_method != "none" and (stain is None or stain.key != stain_key):
-            stain = ExplainStain(stain_key, slide_stain_transform(slide, grid, classifier.spec, stain_method))
-            yield stain
-        yield explain_tile(slide, grid, index, classifier,
-                           stain=stain.transform if stain_method != "none" and stain is not None else None)
-    finally:
-        slide.close()
-
-
-def stain_task(path: str, mpp_um: float | None, grid: Any, spec: ModelSpec, method: str) -> Iterator[TileStainTransform]:
-    """The slide's stain transform for a result's grid, fitted off the main thread as analyze fits it."""
-    slide = open_slide(path, mpp_um=mpp_um)
-    try:
-        yield slide_stain_transform(slide, grid, spec, method)
-    finally:
-        slide.close()
-
-
-# ----------------------------------------------------------------------------- the model
-
-
-@dataclass(frozen=True)
-class ExportSettings:
-    """What "Export all" writes besides the overlay: its formats and the PNG's longest side (as `--png-size`)."""
-
-    formats: tuple[str, ...] = FORMATS
-    png_size_px: int = THUMBNAIL_PX
-
-
-EXPORT_KINDS = {"png": "-heatmap.png", "view": "-view.png", "csv": ".csv", "geojson": ".geojson", "json": ".json"}
-
-
-@dataclass(frozen=True)
-class RecentSlide:
-    path: str
-    name: str  # the file name, or the DICOM folder's name
 
 
 class ViewerModel:
@@ -1410,5 +1005,3 @@ class ViewerModel:
         return self.result
 
 
-class AnalysisSourceError(CellviewError):
-    """An analysis source broke its contract (a programming error, reported like any other)."""
