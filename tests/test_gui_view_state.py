@@ -107,7 +107,7 @@ def test_the_exported_view_png_has_the_same_true_scale_bar(qtbot, toy_model, syn
             png = QImage.fromData(window.render_view_png())
             g = bar.geometry()
             drawn = white_run(image_rgb(png.copy(g)))
-            truth = bar.spec.length_um / (window.model.mpp_um() * window.view.l0_per_screen_px())
+            truth = bar.spec.length_um / (window.model.slide.mpp_um() * window.view.l0_per_screen_px())
             assert abs(drawn - truth) <= max(1.0, 0.03 * truth)
 
 

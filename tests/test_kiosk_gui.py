@@ -654,7 +654,7 @@ def test_a_case_that_finishes_behind_the_idle_screen_is_shown_on_the_next_touch(
     assert "New result: synthetic.tiff" in kiosk.idle_status.text() and "Touch to see it" in kiosk.idle_status.text()
     QTest.mouseClick(kiosk.idle_screen, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not kiosk.idle, timeout=5000)
-    assert kiosk.page == "case" and Path(kiosk.model.slide.path) == synthetic_slide and kiosk.result is not None
+    assert kiosk.page == "case" and Path(kiosk.model.slide.opened.path) == synthetic_slide and kiosk.result is not None
     # finished while someone was away but before the idle screen came: it stays behind it too
     kiosk.home_btn.click()
     kiosk._last_activity = 0.0

@@ -26,8 +26,9 @@ class Recorder:
 
     def __init__(self, model: ViewerModel) -> None:
         self.events: list[tuple[str, object]] = []
-        for name in model.EVENTS:
-            getattr(model.events, name).connect(lambda e: self.events.append((e.type, e.value)))
+        for group in (model.events, model.slide.events):
+            for name in group.names:
+                getattr(group, name).connect(lambda e: self.events.append((e.type, e.value)))
 
     def of(self, kind: str) -> list[object]:
         return [v for t, v in self.events if t == kind]
@@ -45,7 +46,7 @@ def test_open_analyse_select_and_step(model, synthetic_slide):
     rec = Recorder(model)
     model.auto_analyse = True
     model.open(synthetic_slide)
-    assert model.slide is not None and model.slide.info.name == "synthetic"
+    assert model.slide.opened is not None and model.slide.opened.info.name == "synthetic"
     result = model.result
     assert result is not None and result.status == "complete" and result.n_done == 56
     kinds = [t for t, _ in rec.events]
@@ -64,16 +65,16 @@ def test_open_analyse_select_and_step(model, synthetic_slide):
 def test_a_bad_file_never_replaces_the_open_slide(model, synthetic_slide, tmp_path):
     model.auto_analyse = True
     model.open(synthetic_slide)
-    slide, result = model.slide, model.result
+    slide, result = model.slide.opened, model.result
     rec = Recorder(model)
     bad = tmp_path / "x.svs"
     bad.write_bytes(b"")
     model.open(bad)
-    assert model.slide is slide and model.result is result  # nothing lost
+    assert model.slide.opened is slide and model.result is result  # nothing lost
     (title, error), = rec.of("error")
     assert title == "Cannot open slide" and "x.svs is empty" in error.message
     assert rec.of("slide") == [] and rec.of("result") == [] and rec.of("open_failed")[0][0] == str(bad)
-    assert model.opening is None and model.can_analyse
+    assert model.slide.opening is None and model.can_analyse
 
 
 def test_nothing_open_means_nothing_to_analyse(model, synthetic_slide):
@@ -81,7 +82,7 @@ def test_nothing_open_means_nothing_to_analyse(model, synthetic_slide):
     model.open(synthetic_slide)
     assert model.can_analyse
     model.close_slide()
-    assert model.slide is None and not model.can_analyse and model.result is None
+    assert model.slide.opened is None and not model.can_analyse and model.result is None
 
 
 def test_switching_the_model_clears_or_reruns(model, synthetic_slide, tmp_path):
@@ -128,21 +129,21 @@ def test_unknown_scale_is_asked_and_remembered(model, tmp_path):
 
     path = write_pyramid_tiff(tmp_path / "nompp.tiff", synthetic_slide_rgb(), None)
     asked = []
-    model.ask_scale = lambda opened: asked.append(opened.path) or 0.5
+    model.slide.ask_scale = lambda opened: asked.append(opened.path) or 0.5
     model.open(path)
     assert model.start_analysis() and asked and model.result.slide.mpp.source == "user"
-    model.ask_scale = lambda opened: pytest.fail("asked again")
+    model.slide.ask_scale = lambda opened: pytest.fail("asked again")
     model.open(path)
-    assert model.slide.info.mpp.um == 0.5 and model.start_analysis()
-    model.ask_scale = None  # the kiosk: nobody to ask; the pipeline's own message fails the run
+    assert model.slide.opened.info.mpp.um == 0.5 and model.start_analysis()
+    model.slide.ask_scale = None  # the kiosk: nobody to ask; the pipeline's own message fails the run
     model.store.mpp.clear()
     model.open(path)
     errors = []
     model.events.error.connect(lambda e: errors.append(e.value[1].message))
     model.start_analysis()
     assert model.result is None and "does not say how many µm a pixel is" in errors[0] and "--mpp" not in errors[0]
-    model.set_scale(WHOLE_IMAGE)
-    assert model.mpp_choice == WHOLE_IMAGE and model.current_params().whole_image
+    model.slide.set_scale(WHOLE_IMAGE)
+    assert model.slide.mpp_choice == WHOLE_IMAGE and model.current_params().whole_image
 
 
 def test_cancel_keeps_finished_tiles(model, synthetic_slide, toy_model):
@@ -238,7 +239,7 @@ def test_png_export_shows_what_the_screen_shows(model, synthetic_slide, tmp_path
 
     model.open(synthetic_slide)
     model.start_analysis()
-    thumb = model.slide.thumbnail
+    thumb = model.slide.opened.thumbnail
     k = thumb.shape[1] / model.result.grid.slide_w_l0
 
     def png(**overlay) -> np.ndarray:
@@ -284,10 +285,10 @@ def test_open_dialog_starts_where_slides_are_not_in_the_export_folder(model, syn
     model.open(synthetic_slide)
     model.start_analysis()
     model.export_file("csv", tmp_path / "exports" / "a.csv")
-    assert model.open_dialog_dir() == str(Path(synthetic_slide).parent)  # the newest recent slide's folder
-    model.remember_open_dir(tmp_path / "somewhere" / "b.svs")
+    assert model.slide.open_dialog_dir() == str(Path(synthetic_slide).parent)  # the newest recent slide's folder
+    model.slide.remember_open_dir(tmp_path / "somewhere" / "b.svs")
     (tmp_path / "somewhere").mkdir()
-    assert model.open_dialog_dir() == str(tmp_path / "somewhere")
+    assert model.slide.open_dialog_dir() == str(tmp_path / "somewhere")
 
 
 def test_recent_slides_name_a_dicom_slide_by_its_folder(model, tmp_path):
@@ -295,7 +296,7 @@ def test_recent_slides_name_a_dicom_slide_by_its_folder(model, tmp_path):
     dicom.parent.mkdir()
     dicom.write_bytes(b"x")
     model.store.add_recent_file(str(dicom))
-    (recent,) = model.recent_slides()
+    (recent,) = model.slide.recent()
     assert recent.name == "CMU-1-dicom" and recent.path == str(dicom)
 
 
@@ -381,7 +382,7 @@ def test_finished_event_without_a_slide_is_ignored(model, synthetic_slide, toy_m
 
     model.open(synthetic_slide)
     model.start_analysis(source=source, spec=classifier.spec)
-    assert model.slide is None and model.result is None and not model.running
+    assert model.slide.opened is None and model.result is None and not model.running
 
 
 # ----------------------------------------------------------------------------- issue 19: nothing may mislead
@@ -467,5 +468,5 @@ def test_the_inspector_patch_is_normalised_as_the_model_was_fed(stain_model, he_
     assert transform is not None and rec.of("stain") == [transform] and not m.stain_pending
     with open_slide(he_slide) as slide:
         scanned = read_tile(slide, m.result.grid, 3)
-        shown = load_patch(slide, PatchRequest(3, m.result.grid, m.mpp_um(), 0, transform)).rgb
+        shown = load_patch(slide, PatchRequest(3, m.result.grid, m.slide.mpp_um(), 0, transform)).rgb
     assert np.array_equal(shown, transform.apply(scanned)) and not np.array_equal(shown, scanned)

@@ -373,7 +373,7 @@ class KioskWindow(MainWindow):
             workers=settings.workers, stain_normalize=settings.stain_normalize, tta=settings.tta,
             precision=settings.precision))
         self.use_cache = False
-        self.model.ask_scale = None  # nobody may be at the screen: the settings' mpp_um applies or the case fails
+        self.model.slide.ask_scale = None  # nobody may be at the screen: the settings' mpp_um applies or the case fails
         self.model.auto_analyse = False  # cases are started by the kiosk itself
         self.setWindowFlags(Qt.WindowType.Window | Qt.WindowType.FramelessWindowHint
                             | Qt.WindowType.WindowStaysOnTopHint)
@@ -430,7 +430,7 @@ class KioskWindow(MainWindow):
         ev.job_item.connect(self._on_case_item)
         ev.result.connect(self._on_case_result_shown)
         ev.run_ended.connect(lambda e: self._on_case_done())
-        ev.open_failed.connect(self._on_open_failed)
+        self.model.slide.events.open_failed.connect(self._on_open_failed)
 
     # ------------------------------------------------------------------------------ layout
 
@@ -1057,7 +1057,7 @@ class KioskWindow(MainWindow):
         case, self._last_case = self._last_case, None
         if case is not None and case.status == "failed":
             self._fail_case(case.message, show=not case.needs_scale)  # the scale sheet says it and offers the fix
-        elif self.model.slide is None and self.page == "case":
+        elif self.model.slide.opened is None and self.page == "case":
             self.set_page("waiting")
         if case is not None and case.ok:
             self._finished_case, self._finished_at = case, time.monotonic()
@@ -1192,7 +1192,7 @@ class KioskWindow(MainWindow):
             return
         self.idle = True
         unseen = self._finished_case if self._finished_at > self._last_activity else None
-        if unseen is not None and self.model.slide is not None and Path(self.model.slide.path) == unseen.path:
+        if unseen is not None and self.model.slide.opened is not None and Path(self.model.slide.opened.path) == unseen.path:
             self._wake_case = unseen
         elif self.current_case is None and self.classifier is not None:
             self.set_page("waiting")
@@ -1222,7 +1222,7 @@ class KioskWindow(MainWindow):
         self.idle_screen.hide()
         case, self._wake_case = self._wake_case, None
         if case is not None and self.current_case is None:
-            if self.model.slide is not None and Path(self.model.slide.path) == case.path:
+            if self.model.slide.opened is not None and Path(self.model.slide.opened.path) == case.path:
                 self._show_case_page()
             else:
                 self.open_case(case)

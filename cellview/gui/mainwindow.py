@@ -240,7 +240,7 @@ class MainWindow(QMainWindow):
         self.runner = QtRunner(self)
         self.runner.started.connect(self._on_job_started)
         self.model = ViewerModel(self.runner, analysis_defaults, store=cfg.STORE)
-        self.model.ask_scale = lambda opened: self.ask_mpp(opened)
+        self.model.slide.ask_scale = lambda opened: self.ask_mpp(opened)
         self.model.auto_analyse = str(cfg.get("auto_analyse", "true")).lower() == "true"
         self.setWindowTitle("CellView")
         self.setAcceptDrops(True)
@@ -292,10 +292,11 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------------------ model wiring
 
     def _connect_model(self) -> None:
+        slide = self.model.slide.events
+        slide.slide.connect(self._on_slide)
+        slide.slide_image.connect(self._on_slide_image)
+        slide.opening.connect(self._on_opening)
         ev = self.model.events
-        ev.slide.connect(self._on_slide)
-        ev.slide_image.connect(self._on_slide_image)
-        ev.opening.connect(self._on_opening)
         ev.model.connect(self._on_model_selected)
         ev.model_ready.connect(self._on_model_ready)
         ev.settings.connect(lambda e: (self._show_run_options(), self._update_summary()))
@@ -336,7 +337,7 @@ class MainWindow(QMainWindow):
 
     @property
     def opened(self) -> Opened | None:
-        return self.model.slide
+        return self.model.slide.opened
 
     @property
     def result(self) -> AnalysisResult | None:
@@ -344,7 +345,7 @@ class MainWindow(QMainWindow):
 
     @property
     def mpp_choice(self) -> float | str | None:
-        return self.model.mpp_choice
+        return self.model.slide.mpp_choice
 
     @property
     def spec(self) -> ModelSpec | None:
@@ -846,23 +847,23 @@ class MainWindow(QMainWindow):
 
     def choose_slide(self) -> None:
         exts = " ".join(f"*{s}" for s in sorted(SUPPORTED_SUFFIXES))
-        name, _ = QFileDialog.getOpenFileName(self, "Open slide or image", self.model.open_dialog_dir(),
+        name, _ = QFileDialog.getOpenFileName(self, "Open slide or image", self.model.slide.open_dialog_dir(),
                                               f"Slides and images ({exts});;All files (*)")
         self._take_focus()
         if name:
-            self.model.remember_open_dir(name)
+            self.model.slide.remember_open_dir(name)
             self.open_path(name)
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
-        recent = self.model.recent_slides()
+        recent = self.model.slide.recent()
         for item in recent:
             self.recent_menu.addAction(item.name, lambda p=item.path: self.open_path(p)).setToolTip(item.path)
         if not recent:
             self.recent_menu.addAction("(none)").setEnabled(False)
 
     def _show_recent(self) -> None:
-        self.view.empty_hint.set_recent([(r.path, r.name) for r in self.model.recent_slides()])
+        self.view.empty_hint.set_recent([(r.path, r.name) for r in self.model.slide.recent()])
         self.view.place_overlays()
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
@@ -942,12 +943,12 @@ class MainWindow(QMainWindow):
         self.loaders, self.requests = [], None
 
     def _update_slide_label(self) -> None:
-        opened = self.model.slide
+        opened = self.model.slide.opened
         if opened is None:
             return
         info = opened.info
         w, h = info.dimensions
-        if self.model.mpp_choice == WHOLE_IMAGE:
+        if self.model.slide.mpp_choice == WHOLE_IMAGE:
             scale = "scale unknown: classified as one image"
         elif info.mpp is None:
             scale = "pixel size unknown"
@@ -1145,7 +1146,7 @@ class MainWindow(QMainWindow):
         self._update_summary()
         self._update_single_label(result)
         if 0 <= self.model.selection < g.n_tiles and self.inspector.index == self.model.selection:
-            self.inspector.show_tile(self.model.selection, result, self.model.mpp_um())
+            self.inspector.show_tile(self.model.selection, result, self.model.slide.mpp_um())
         if self.model.running:
             if not self._regions_timer.isActive():  # throttled while batches stream in
                 self._regions_timer.start()
@@ -1241,7 +1242,7 @@ class MainWindow(QMainWindow):
             self._tissue_timer.start()
 
     def update_tissue_preview(self) -> None:
-        if self.model.slide is None or not self.tissue_box.isChecked():
+        if self.model.slide.opened is None or not self.tissue_box.isChecked():
             return
         self.tissue_label.setText("Computing tissue mask…")
         self.model.preview_tissue()
@@ -1280,7 +1281,7 @@ class MainWindow(QMainWindow):
             self.inspector.clear()
             self.view.set_selection(None)
             return
-        self.inspector.show_tile(index, result, self.model.mpp_um())
+        self.inspector.show_tile(index, result, self.model.slide.mpp_um())
         self.view.set_selection(result.grid.rect(index))
         self._request_patch()
 
@@ -1295,7 +1296,7 @@ class MainWindow(QMainWindow):
             return
         stain = self.model.patch_stain()
         self.inspector.set_patch_note("Stain-normalised, as fed to the model" if stain is not None else "")
-        self.requests.add_patch(PatchRequest(index, result.grid, self.model.mpp_um(), self.inspector.PATCH_PX, stain))
+        self.requests.add_patch(PatchRequest(index, result.grid, self.model.slide.mpp_um(), self.inspector.PATCH_PX, stain))
 
     def step_selection(self, d_row: int, d_col: int) -> None:
         """Move to the nearest tile in that direction and keep it in view."""
@@ -1379,8 +1380,8 @@ class MainWindow(QMainWindow):
         from cellview.outputs.export import output_paths
         from cellview.slides.slide import slide_stem
 
-        assert self.model.slide is not None
-        existing = [p for p in output_paths(folder, slide_stem(Path(self.model.slide.path)),
+        assert self.model.slide.opened is not None
+        existing = [p for p in output_paths(folder, slide_stem(Path(self.model.slide.opened.path)),
                                             self.model.export_settings.formats).values() if p.exists()]
         if existing and not self.confirm_overwrite(existing[0]):
             return None
@@ -1400,14 +1401,14 @@ class MainWindow(QMainWindow):
         self.view.overview.hide()
         self.view.place_overlays()  # the scale bar measured on the view as it is now
         shot = self.view.grab().toImage()
-        self.view.overview.setVisible(self.model.slide is not None)
+        self.view.overview.setVisible(self.model.slide.opened is not None)
         result = self.model.result
         assert result is not None
         ov = self.model.overlay
         rect = self.view.visible_l0_rect()
         extra = [f"View: x {max(0, rect.x()):,.0f}  y {max(0, rect.y()):,.0f} (level 0)"]
-        if self.model.mpp_um():
-            extra.append(f"Field of view: {format_um(round(rect.width() * self.model.mpp_um()))} wide")
+        if self.model.slide.mpp_um():
+            extra.append(f"Field of view: {format_um(round(rect.width() * self.model.slide.mpp_um()))} wide")
         legend = describe_legend(result, ov, source="the viewer", regions=self.model.regions if ov.show_regions else None,
                                  region_confidence=ov.min_confidence, extra_header=tuple(extra))
         panel_w = 320

@@ -2,7 +2,8 @@
 
 Each part of ``ViewerModel`` owns an ``EmitterGroup`` (``model.analysis.events.result.connect(callback)``; a
 callback gets an ``Event`` with ``type`` and ``value``), so the desktop window, the kiosk and the tests listen
-to the same thing without Qt signals, and the parts stay importable without a display.
+to the same thing without Qt signals, and the parts stay importable without a display. ``Messages`` is the
+one group every part reports to: status lines and errors, whoever says them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from cellview.base.errors import CellviewError
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,17 @@ class EmitterGroup:
 
     def __getattr__(self, name: str) -> EventEmitter:  # for type checkers; real ones are set in __init__
         raise AttributeError(name)
+
+
+class Messages:
+    """Status lines and errors, whichever part says them: ``events.status`` (the text) and ``events.error``
+    (``(title, CellviewError)``). One group the views listen to; ``ViewerModel.events`` is this group."""
+
+    def __init__(self) -> None:
+        self.events = EmitterGroup("status", "error")
+
+    def status(self, message: str) -> None:
+        self.events.status(message)
+
+    def error(self, exc: CellviewError, title: str) -> None:
+        self.events.error((title, exc))

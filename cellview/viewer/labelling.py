@@ -84,7 +84,7 @@ class LabelsModel:
         self._grid_id: int | None = None
         self._cache: tuple[int, int, np.ndarray] | None = None  # (grid id, version, tile labels)
         self._version = 0
-        viewer.events.slide.connect(self._on_slide)
+        viewer.slide.events.slide.connect(self._on_slide)
         viewer.events.result.connect(self._on_result)
 
     # -- the slide -------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ class LabelsModel:
     def _save(self) -> None:
         """Write the labels (beside the slide, else in the user's folder) and note the slide as labelled."""
         assert self.slide is not None
-        info = self.viewer.slide.info if self.viewer.slide is not None else None
+        info = self.viewer.slide.opened.info if self.viewer.slide.opened is not None else None
         mpp = info.mpp.um if info is not None and info.mpp is not None and info.mpp.source == "user" else None
         result = self.viewer.shown_result()
         names = result.model.class_names if result is not None else ()

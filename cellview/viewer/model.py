@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ from cellview.base.files import writable_dir
 from cellview.outputs.export import export_slide_result, render
 from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
 from cellview.outputs.overlay import OverlaySettings
-from cellview.slides.slide import Mpp, slide_display_name, slide_stem
+from cellview.slides.slide import slide_stem
 from cellview.viewer.analysis import (
     AnalysisRequest,
     AnalysisSource,
@@ -60,14 +59,14 @@ from cellview.viewer.analysis import (
     model_file_analysis,
 )
 from cellview.viewer.analysis_settings import NO_MODEL_SELECTED, ModelOptions
-from cellview.viewer.events import EmitterGroup
+from cellview.viewer.events import EmitterGroup, Messages
 from cellview.viewer.explain import ExplainerReady, ExplainStain, ExplainState, explain_task, stain_task
 from cellview.viewer.exports import EXPORT_KINDS, ExportSettings
 from cellview.viewer.jobs import Job, JobHandle, Pending, Runner, run_now
 from cellview.viewer.overlay import DomainNotice, domain_notice
 from cellview.viewer.regions import regions_note, regions_task
 from cellview.viewer.settings import MemoryStore, SettingsStore
-from cellview.viewer.slide import THUMBNAIL_PX, WHOLE_IMAGE, Opened, RecentSlide, SharperThumbnail, open_task
+from cellview.viewer.slide import THUMBNAIL_PX, WHOLE_IMAGE, Opened, SlideState
 from cellview.viewer.tissue import TissuePreview, tissue_task
 
 log = logging.getLogger(__name__)
@@ -80,16 +79,19 @@ class ViewerModel:
     """Settings that change what the model sees (like choosing another model): with auto-analyse on,
     changing one re-runs the slide; each is the model's default until the user chooses it."""
 
-    EVENTS = ("slide", "slide_image", "opening", "model", "model_options", "model_ready", "settings", "running", "progress",
+    EVENTS = ("model", "model_options", "model_ready", "settings", "running", "progress",
               "tiles", "result", "selection", "overlay", "regions", "tissue", "status", "error", "job_item",
-              "open_failed", "run_ended", "domain", "explanation", "hover", "stain")
+              "run_ended", "domain", "explanation", "hover", "stain")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis) -> None:
         self.events = EmitterGroup(*self.EVENTS)
+        self.messages = Messages()
+        self.messages.events = self.events
         self.runner = runner
         self.store: SettingsStore = store if store is not None else MemoryStore()
         self.defaults = defaults or AnalysisParams()
+        self.slide = SlideState(runner, self.store, self.messages, self.defaults)
         self.settings = self.defaults
         self.model_options = ModelOptions()
         """What the selected model offers (``events.model_options`` when it changes)."""
@@ -98,13 +100,8 @@ class ViewerModel:
         """Run options the user asked for (the command line, the Analysis panel); the rest follow the model."""
         self._apply_model_options(self.model_options)
         self.analysis_source = analysis_source
-        self.ask_scale: Callable[[Opened], float | str | None] | None = None
-        """Asked for the µm per pixel of a slide that does not say (None: the run fails with the pipeline's message)."""
         self.use_cache = True
         self.auto_analyse = False
-        self.slide: Opened | None = None
-        self.opening: str | None = None
-        self.mpp_choice: float | str | None = None
         self.model_path: str | None = None
         self.model_ready: ModelReady | None = None
         self.spec: ModelSpec | None = None
@@ -122,8 +119,7 @@ class ViewerModel:
         self.progress = Progress("idle")
         self._run: _Run | None = None
         self._ids = itertools.count(1)
-        self._open_id = self._run_id = self._regions_id = self._tissue_id = 0
-        self._open_job: JobHandle | None = None
+        self._run_id = self._regions_id = self._tissue_id = 0
         self._run_job: JobHandle | None = None
         self._tissue_job: JobHandle | None = None
         self._regions_job: JobHandle | None = None
@@ -156,7 +152,7 @@ class ViewerModel:
     @property
     def can_analyse(self) -> bool:
         """A slide is open and nothing runs: what enables "Analyse"."""
-        return self.slide is not None and not self.running
+        return self.slide.opened is not None and not self.running
 
     @property
     def can_export(self) -> bool:
@@ -167,27 +163,22 @@ class ViewerModel:
         if self.result is not None:
             return self.result
         run = self._run
-        if run is None or run.started is None or run.spec is None or self.slide is None:
+        if run is None or run.started is None or run.spec is None or self.slide.opened is None:
             return None
         if run.partial is None:
             assert run.probs is not None and run.state is not None
             run.partial = AnalysisResult(
-                slide=self.slide.info, model=ModelInfo.from_spec(run.spec), params=run.request.params,
+                slide=self.slide.opened.info, model=ModelInfo.from_spec(run.spec), params=run.request.params,
                 grid=run.started.grid, probs=run.probs, state=run.state, provider=run.started.provider,
                 status="running", tissue=run.started.tissue, nuclei=run.nuclei, domain_score=run.domain_score)
         return run.partial
-
-    def mpp_um(self) -> float | None:
-        """The slide's µm per level-0 pixel as the viewer knows it (None: unknown or one-image mode)."""
-        info = self.slide.info if self.slide else None
-        return info.mpp.um if info and info.mpp and self.mpp_choice != WHOLE_IMAGE else None
 
     def current_params(self) -> AnalysisParams:
         """The analysis settings as a run would use them now (the pixel size choice applied)."""
         d = self.settings
         tissue = replace(d.tissue, max_threshold=max(d.tissue.max_threshold, d.tissue.min_threshold))
-        whole = self.mpp_choice == WHOLE_IMAGE or d.whole_image
-        mpp = self.mpp_choice if isinstance(self.mpp_choice, float) else d.mpp_um
+        whole = self.slide.mpp_choice == WHOLE_IMAGE or d.whole_image
+        mpp = self.slide.mpp_choice if isinstance(self.slide.mpp_choice, float) else d.mpp_um
         return replace(d, tissue=tissue, whole_image=whole, mpp_um=None if whole else mpp)
 
     @property
@@ -221,7 +212,7 @@ class ViewerModel:
         rerun = any(getattr(new, k) != getattr(self.settings, k) for k in self.RUN_OPTIONS)
         self.settings = new
         self.events.settings(new)
-        if rerun and self.auto_analyse and self.slide is not None and self.model_path:
+        if rerun and self.auto_analyse and self.slide.opened is not None and self.model_path:
             self._abandon_run()
             self.start_analysis()
 
@@ -264,7 +255,7 @@ class ViewerModel:
         if had_result:
             self._abandon_run()
             self.clear_result()
-        if self.auto_analyse and self.slide is not None and model_path:
+        if self.auto_analyse and self.slide.opened is not None and model_path:
             self.start_analysis()
         elif had_result:
             self.status("The model changed: the previous result was cleared (Analyse to run the new model).")
@@ -338,7 +329,7 @@ class ViewerModel:
         if not self.explain_on:
             return
         result, index = self.shown_result(), self.selection
-        if result is None or self.slide is None or not 0 <= index < result.n_tiles:
+        if result is None or self.slide.opened is None or not 0 <= index < result.n_tiles:
             self._forget_explanation()
             return
         if not result.done[index]:
@@ -353,7 +344,7 @@ class ViewerModel:
             return
         self._explain_key = key
         self._explain_id = job_id = next(self._ids)
-        grid, path, mpp = result.grid, self.slide.path, self.mpp_um()
+        grid, path, mpp = result.grid, self.slide.opened.path, self.slide.mpp_um()
         classifier, model_path = self.explain_classifier, self.result_model_path or self.model_path
         sha = result.model.sha256
         if classifier is not None and classifier.spec.onnx_sha256 != sha and copy_with_sha(classifier.spec, sha):
@@ -397,7 +388,7 @@ class ViewerModel:
 
     def _stain_key(self, result: AnalysisResult) -> tuple:
         """One fit per result's tiles (a streaming result keeps its grid) and slide."""
-        return (id(result.grid), self.slide.path if self.slide is not None else "", result.params.stain_normalize)
+        return (id(result.grid), self.slide.opened.path if self.slide.opened is not None else "", result.params.stain_normalize)
 
     def patch_stain(self) -> TileStainTransform | None:
         """The stain transform the shown result's tiles went through before the model, when it is fitted
@@ -419,11 +410,11 @@ class ViewerModel:
         so the inspector shows the patch the model was fed, not the one scanned."""
         result = self.shown_result()
         spec = self.spec
-        if not self.stain_pending or self._stain_job is not None or result is None or self.slide is None:
+        if not self.stain_pending or self._stain_job is not None or result is None or self.slide.opened is None:
             return
         if spec is None or spec.onnx_sha256 != result.model.sha256:
             return
-        key, path, mpp, grid = self._stain_key(result), self.slide.path, self.mpp_um(), result.grid
+        key, path, mpp, grid = self._stain_key(result), self.slide.opened.path, self.slide.mpp_um(), result.grid
         method = result.params.stain_normalize
         self._stain_id = job_id = next(self._ids)
 
@@ -447,10 +438,10 @@ class ViewerModel:
             self._stain_job = handle
 
     def status(self, message: str) -> None:
-        self.events.status(message)
+        self.messages.status(message)
 
     def error(self, exc: CellviewError, title: str) -> None:
-        self.events.error((title, exc))
+        self.messages.error(exc, title)
 
     # ------------------------------------------------------------------------------ opening
 
@@ -462,58 +453,14 @@ class ViewerModel:
         Then: ``show`` a known result, or analyse (``analyse``, default ``auto_analyse``) with
         ``source``/``spec`` (default: the selected model file).
         """
-        if self._open_job is not None:
-            self._open_job.cancel()
-        path = str(path)
-        self._open_id = job_id = next(self._ids)
-        self.opening = path
         self._after_open = {"analyse": self.auto_analyse if analyse is None else analyse, "source": source,
                             "spec": spec, "show": show, "params": params}
-        self.events.opening(path)
+        self.slide.open(path, mpp_um, self._on_opened)
 
-        def on_item(item: Opened | SharperThumbnail) -> None:
-            if job_id == self._open_id:
-                self._on_opened(item)
-
-        def on_failed(exc: CellviewError) -> None:
-            if job_id == self._open_id:
-                self.opening = None
-                self.events.opening(None)
-                self.error(exc, "Cannot open slide")
-                self.events.open_failed((path, exc))
-
-        def on_done() -> None:
-            if job_id == self._open_id:
-                self._open_job = None
-                if self.opening is not None:  # finished without a slide (cancelled)
-                    self.opening = None
-                    self.events.opening(None)
-
-        self._open_job = self.runner(Job("open", lambda cancel: open_task(path, mpp_um), on_item, on_failed, on_done))
-
-    def _on_opened(self, item: Opened | SharperThumbnail) -> None:
-        if isinstance(item, SharperThumbnail):
-            if self.slide is not None and self.slide.path == item.path:
-                self.slide = replace(self.slide, thumbnail=item.thumbnail, base=item.base)
-                self.events.slide_image(self.slide)
-            return
+    def _on_opened(self, item: Opened) -> None:
+        """The new slide has opened: everything of the last one goes, then the new one is shown (and analysed)."""
         self.close_slide(keep_opening=True)
-        self.opening = None
-        self.events.opening(None)
-        info = item.info
-        if info.mpp is None:
-            recorded = self.store.recorded_mpp(info.fingerprint)
-            if recorded is not None:
-                self.mpp_choice = recorded
-            elif self.defaults.mpp_um:
-                self.mpp_choice = self.defaults.mpp_um
-            elif self.defaults.whole_image:
-                self.mpp_choice = WHOLE_IMAGE
-            if isinstance(self.mpp_choice, float):
-                item = replace(item, info=replace(info, mpp=Mpp(self.mpp_choice, self.mpp_choice, "user")))
-        self.slide = item
-        self.store.add_recent_file(item.path)
-        self.events.slide(item)
+        self.slide.show(item)
         after, self._after_open = self._after_open, {}
         if after.get("show") is not None:
             self.set_result(after["show"])
@@ -533,23 +480,19 @@ class ViewerModel:
     def close_slide(self, keep_opening: bool = False) -> None:
         """Stop everything that belongs to the current slide; late items of its jobs are ignored."""
         self._abandon_run()
-        if not keep_opening and self._open_job is not None:  # a slide still opening must not appear after this
-            self._open_job.cancel()
-            self._open_id = next(self._ids)
-            self._open_job = None
-            self.opening = None
+        if not keep_opening:
+            self.slide.cancel_open()
         for handle in (self._tissue_job, self._regions_job):
             if handle is not None:
                 handle.cancel()
         self._tissue_id = self._regions_id = next(self._ids)
         self._tissue_job = self._regions_job = None
         self._regions_key, self._regions_again = None, False
-        had = self.slide is not None
-        self.slide, self.mpp_choice, self.tissue = None, None, None
+        self.tissue = None
         self.result = self.result_model_path = None
         self.progress = Progress("idle")
+        had = self.slide.close()
         if had:
-            self.events.slide(None)
             self.events.result(None)
             self.events.progress(self.progress)
         self._reset_view_state(emit=had)
@@ -573,60 +516,13 @@ class ViewerModel:
             self.events.overlay(overlay)
         self._update_domain()
 
-    def recent_slides(self) -> list[RecentSlide]:
-        """Recently opened slides that still exist, named as a person names them (a DICOM slide by its folder)."""
-        return [RecentSlide(p, slide_display_name(Path(p))) for p in self.store.recent_files()]
-
-    def open_dialog_dir(self) -> str:
-        """Where File → Open starts: the last folder opened from, else the newest recent slide's, else home.
-
-        Never empty: Qt's file dialog would start in whatever folder any dialog last visited
-        (often the last export folder).
-        """
-        last = str(self.store.get("last_open_dir", "") or "")
-        if last and Path(last).is_dir():
-            return last
-        for recent in self.store.recent_files():
-            folder = Path(recent).parent
-            if folder.is_dir():
-                return str(folder)
-        return str(Path.home())
-
-    def remember_open_dir(self, path: str | os.PathLike[str]) -> None:
-        self.store.put("last_open_dir", str(Path(path).parent))
-
-    # ------------------------------------------------------------------------------ scale
-
-    def resolve_scale(self) -> bool:
-        """The scale is known, one-image mode chosen, or asked for now; False: the run must not start."""
-        if self.slide is None:
-            return False
-        if self.slide.info.mpp is not None or self.mpp_choice == WHOLE_IMAGE or self.ask_scale is None:
-            return True
-        choice = self.ask_scale(self.slide)
-        if choice is None:
-            self.status("Analysis needs the pixel size; nothing was run.")
-            return False
-        self.set_scale(choice)
-        return True
-
-    def set_scale(self, choice: float | str) -> None:
-        """A user-entered µm per pixel (remembered for this slide) or ``WHOLE_IMAGE``."""
-        if self.slide is None:
-            return
-        self.mpp_choice = choice
-        if isinstance(choice, float):
-            self.store.record_mpp(self.slide.info.fingerprint, choice)
-            self.slide = replace(self.slide, info=replace(self.slide.info, mpp=Mpp(choice, choice, "user")))
-        self.events.slide_image(self.slide)
-
     # ------------------------------------------------------------------------------ analysis
 
     def start_analysis(self, source: AnalysisSource | None = None, spec: ModelSpec | None = None,
                        params: AnalysisParams | None = None) -> bool:
         """Analyse the open slide (one run at a time). ``source``/``spec``: another runner of the pipeline
         (the kiosk's preloaded classifier); ``params``: other run parameters. False when nothing started."""
-        if self.slide is None:
+        if self.slide.opened is None:
             self.status("Open a slide first.")
             return False
         if self.running:
@@ -636,11 +532,11 @@ class ViewerModel:
             self.error(ModelError("No model is selected.", f"Put a model into {user_models_dir() / '<name>'} or use "
                                                            "Open… next to the model list."), "No model")
             return False
-        if not self.resolve_scale():
+        if not self.slide.resolve_scale():
             return False
         params = params or self.current_params()
         resume = self.result if self._can_resume(params) else None
-        request = AnalysisRequest(self.slide.path, params, self.model_path, self.use_cache, resume)
+        request = AnalysisRequest(self.slide.opened.path, params, self.model_path, self.use_cache, resume)
         self.clear_result(emit=True)
         self._run_id = run_id = next(self._ids)
         self._run = _Run(request, spec=spec)
@@ -676,8 +572,8 @@ class ViewerModel:
         """The shown result is a cancelled run of this slide with this model and these settings: Analyse goes
         on from its finished tiles (the pipeline checks the rest: ``pipeline.resumable``)."""
         result = self.result
-        return (result is not None and result.status == "cancelled" and self.slide is not None
-                and result.slide.path == self.slide.path and self.result_model_path == self.model_path
+        return (result is not None and result.status == "cancelled" and self.slide.opened is not None
+                and result.slide.path == self.slide.opened.path and self.result_model_path == self.model_path
                 and result.params.cache_dict() == params.cache_dict())
 
     def cancel_analysis(self) -> None:
@@ -706,7 +602,7 @@ class ViewerModel:
             run.started = item
             run.probs = np.full((n, run.spec.num_classes), np.nan, np.float32)
             run.state = np.zeros(n, np.uint8)
-            run.nuclei = (TileNuclei.empty(n, "px2" if self.mpp_um() is None else "um2")
+            run.nuclei = (TileNuclei.empty(n, "px2" if self.slide.mpp_um() is None else "um2")
                           if run.request.params.nuclei else None)
             run.domain_score = np.full(n, np.nan, np.float32) if run.spec.domain is not None else None
             run.partial = None
@@ -732,8 +628,8 @@ class ViewerModel:
             self._finish(item.result)
 
     def _finish(self, result: AnalysisResult) -> None:
-        if result.slide.mpp is None and self.slide is not None and self.slide.info.mpp is not None:
-            result = replace(result, slide=replace(result.slide, mpp=self.slide.info.mpp))
+        if result.slide.mpp is None and self.slide.opened is not None and self.slide.opened.info.mpp is not None:
+            result = replace(result, slide=replace(result.slide, mpp=self.slide.opened.info.mpp))
         run = self._run
         self._run = None  # the job may still deliver items of its own (and then closes its slide); a re-run may start
         self.result_model_path = run.request.model_path if run else self.model_path
@@ -906,11 +802,11 @@ class ViewerModel:
 
     def preview_tissue(self) -> None:
         """Compute the tissue mask with the current settings (``events.tissue`` when it is ready)."""
-        if self.slide is None:
+        if self.slide.opened is None:
             return
         if self._tissue_job is not None:
             self._tissue_job.cancel()
-        params, mpp, path = self.current_params().tissue, self.mpp_um(), self.slide.path
+        params, mpp, path = self.current_params().tissue, self.slide.mpp_um(), self.slide.opened.path
         self._tissue_id = job_id = next(self._ids)
 
         def on_item(preview: TissuePreview) -> None:
@@ -946,11 +842,11 @@ class ViewerModel:
     def suggest_export_path(self, kind: str) -> tuple[Path, str]:
         """Where File → Export proposes to save: the last export folder, else the slide's, falling back to a
         writable folder (``export.default_export_dir``) when that cannot be written; plus a note saying so."""
-        if self.slide is None:
+        if self.slide.opened is None:
             raise ExportError("Nothing to export: no slide is open.")
-        name = Path(self.slide.path).name if kind == "folder" else self.slide.info.name + EXPORT_KINDS[kind]
+        name = Path(self.slide.opened.path).name if kind == "folder" else self.slide.opened.info.name + EXPORT_KINDS[kind]
         last = str(self.store.get("last_export_dir", "") or "")
-        preferred = Path(last) if last and Path(last).is_dir() else Path(self.slide.path).parent
+        preferred = Path(last) if last and Path(last).is_dir() else Path(self.slide.opened.path).parent
         folder, note = writable_dir(preferred)
         return (folder if kind == "folder" else folder / name), note
 
@@ -962,7 +858,7 @@ class ViewerModel:
         """
         result = self._export_result()
         regions, conf = self._regions_for_export(result)
-        thumb = self.slide.thumbnail if self.slide is not None else None
+        thumb = self.slide.opened.thumbnail if self.slide.opened is not None else None
         data = render(kind, result, thumb, regions, conf, self.overlay, source,
                       extra_meta={"export_options": self._export_options()}, png_regions=self.overlay.show_regions)
         return self.save_export(path, data)
@@ -980,12 +876,12 @@ class ViewerModel:
                    source: str = "the viewer") -> dict[str, Path]:
         """Every format into ``folder`` through the CLI's own ``export_slide_result``, with the screen's look."""
         result = self._export_result()
-        assert self.slide is not None
+        assert self.slide.opened is not None
         regions, conf = self._regions_for_export(result)
         size = self.export_settings.png_size_px
-        thumb = self.slide.thumbnail if max(self.slide.thumbnail.shape[:2]) == size else None  # else read anew
+        thumb = self.slide.opened.thumbnail if max(self.slide.opened.thumbnail.shape[:2]) == size else None  # else read anew
         paths, _ = export_slide_result(
-            result, Path(folder), stem or slide_stem(Path(self.slide.path)), self.export_settings.formats, size,
+            result, Path(folder), stem or slide_stem(Path(self.slide.opened.path)), self.export_settings.formats, size,
             conf, overlay=self.overlay, thumbnail=thumb, source=source, regions=regions,
             png_regions=self.overlay.show_regions)
         self.store.put("last_export_dir", str(folder))
@@ -994,11 +890,11 @@ class ViewerModel:
     def _export_options(self) -> dict[str, Any]:
         from cellview.outputs.export import export_options
 
-        size = max(self.slide.thumbnail.shape[:2]) if self.slide is not None else THUMBNAIL_PX
+        size = max(self.slide.opened.thumbnail.shape[:2]) if self.slide.opened is not None else THUMBNAIL_PX
         return export_options(["csv", "geojson", "png", "json"], size, self.overlay.min_confidence, self.overlay)
 
     def _export_result(self) -> AnalysisResult:
-        if self.result is None or self.slide is None:
+        if self.result is None or self.slide.opened is None:
             raise ExportError("Nothing to export: analyse the slide first.")
         if self.running:
             raise ExportError("Wait until the analysis has finished (or cancel it) to export.")

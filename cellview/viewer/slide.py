@@ -7,15 +7,22 @@ file never replaces the open slide; a slide that does not say its pixel size get
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from cellview.slides.slide import SlideInfo, open_slide, slide_display_name
+from cellview.analysis.results import AnalysisParams
+from cellview.base.errors import CellviewError
+from cellview.slides.slide import Mpp, SlideInfo, open_slide, slide_display_name
+from cellview.viewer.events import EmitterGroup, Messages
+from cellview.viewer.jobs import Job, JobHandle, Runner
+from cellview.viewer.settings import SettingsStore
 
 WHOLE_IMAGE = "whole-image"
 """``ViewerModel.mpp_choice`` when a slide of unknown scale is classified as one image."""
@@ -107,3 +114,155 @@ def open_task(path: str, mpp_um: float | None) -> Iterator[Opened | SharperThumb
 class RecentSlide:
     path: str
     name: str  # the file name, or the DICOM folder's name
+
+
+class SlideState:
+    """The open slide as ``model.slide`` (module docstring). Events: ``slide`` (the ``Opened``; None when it
+    closed), ``slide_image`` (a sharper base image, or a scale entered), ``opening`` (the path being opened;
+    None when that is over) and ``open_failed`` (``(path, CellviewError)``; the open slide stays)."""
+
+    EVENTS = ("slide", "slide_image", "opening", "open_failed")
+
+    def __init__(self, runner: Runner, store: SettingsStore, messages: Messages, defaults: AnalysisParams) -> None:
+        self.events = EmitterGroup(*self.EVENTS)
+        self.runner, self.store, self.messages, self.defaults = runner, store, messages, defaults
+        self.opened: Opened | None = None
+        self.opening: str | None = None
+        self.mpp_choice: float | str | None = None
+        """The pixel size chosen for a slide that does not say it: µm per pixel, or ``WHOLE_IMAGE``."""
+        self.ask_scale: Callable[[Opened], float | str | None] | None = None
+        """Asked for the µm per pixel of a slide that does not say (None: the run fails with the pipeline's message)."""
+        self._ids = itertools.count(1)
+        self._open_id = 0
+        self._open_job: JobHandle | None = None
+
+    def mpp_um(self) -> float | None:
+        """The slide's µm per level-0 pixel as the viewer knows it (None: unknown or one-image mode)."""
+        info = self.opened.info if self.opened else None
+        return info.mpp.um if info and info.mpp and self.mpp_choice != WHOLE_IMAGE else None
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    def open(self, path: str | os.PathLike[str], mpp_um: float | None, on_opened: Callable[[Opened], None]) -> None:
+        """Open off the UI thread; ``on_opened`` gets the slide (``ViewerModel.open`` closes the last one then and
+        ``show``s it), so the open slide stays until the new one opened: a bad file loses nothing."""
+        if self._open_job is not None:
+            self._open_job.cancel()
+        path = str(path)
+        self._open_id = job_id = next(self._ids)
+        self.opening = path
+        self.events.opening(path)
+
+        def on_item(item: Opened | SharperThumbnail) -> None:
+            if job_id != self._open_id:
+                return
+            if isinstance(item, SharperThumbnail):
+                self._sharper(item)
+            else:
+                on_opened(item)
+
+        def on_failed(exc: CellviewError) -> None:
+            if job_id == self._open_id:
+                self.opening = None
+                self.events.opening(None)
+                self.messages.error(exc, "Cannot open slide")
+                self.events.open_failed((path, exc))
+
+        def on_done() -> None:
+            if job_id == self._open_id:
+                self._open_job = None
+                if self.opening is not None:  # finished without a slide (cancelled)
+                    self.opening = None
+                    self.events.opening(None)
+
+        self._open_job = self.runner(Job("open", lambda cancel: open_task(path, mpp_um), on_item, on_failed, on_done))
+
+    def _sharper(self, item: SharperThumbnail) -> None:
+        if self.opened is not None and self.opened.path == item.path:
+            self.opened = replace(self.opened, thumbnail=item.thumbnail, base=item.base)
+            self.events.slide_image(self.opened)
+
+    def show(self, item: Opened) -> None:
+        """Make an opened slide the open one: a pixel size it does not say comes from the store (entered
+        before for this slide) or the launch defaults."""
+        self.opening = None
+        self.events.opening(None)
+        info = item.info
+        if info.mpp is None:
+            recorded = self.store.recorded_mpp(info.fingerprint)
+            if recorded is not None:
+                self.mpp_choice = recorded
+            elif self.defaults.mpp_um:
+                self.mpp_choice = self.defaults.mpp_um
+            elif self.defaults.whole_image:
+                self.mpp_choice = WHOLE_IMAGE
+            if isinstance(self.mpp_choice, float):
+                item = replace(item, info=replace(info, mpp=Mpp(self.mpp_choice, self.mpp_choice, "user")))
+        self.opened = item
+        self.store.add_recent_file(item.path)
+        self.events.slide(item)
+
+    def cancel_open(self) -> None:
+        """A slide still opening must not appear after this."""
+        if self._open_job is not None:
+            self._open_job.cancel()
+            self._open_id = next(self._ids)
+            self._open_job = None
+            self.opening = None
+
+    def close(self) -> bool:
+        """Forget the open slide and its scale choice (``events.slide(None)`` when one was open); True if one was."""
+        had = self.opened is not None
+        self.opened, self.mpp_choice = None, None
+        if had:
+            self.events.slide(None)
+        return had
+
+    # -- scale ------------------------------------------------------------------------------------
+
+    def resolve_scale(self) -> bool:
+        """The scale is known, one-image mode chosen, or asked for now; False: the run must not start."""
+        if self.opened is None:
+            return False
+        if self.opened.info.mpp is not None or self.mpp_choice == WHOLE_IMAGE or self.ask_scale is None:
+            return True
+        choice = self.ask_scale(self.opened)
+        if choice is None:
+            self.messages.status("Analysis needs the pixel size; nothing was run.")
+            return False
+        self.set_scale(choice)
+        return True
+
+    def set_scale(self, choice: float | str) -> None:
+        """A user-entered µm per pixel (remembered for this slide) or ``WHOLE_IMAGE``."""
+        if self.opened is None:
+            return
+        self.mpp_choice = choice
+        if isinstance(choice, float):
+            self.store.record_mpp(self.opened.info.fingerprint, choice)
+            self.opened = replace(self.opened, info=replace(self.opened.info, mpp=Mpp(choice, choice, "user")))
+        self.events.slide_image(self.opened)
+
+    # -- recent slides and dialog folders --------------------------------------------------------
+
+    def recent(self) -> list[RecentSlide]:
+        """Recently opened slides that still exist, named as a person names them (a DICOM slide by its folder)."""
+        return [RecentSlide(p, slide_display_name(Path(p))) for p in self.store.recent_files()]
+
+    def open_dialog_dir(self) -> str:
+        """Where File → Open starts: the last folder opened from, else the newest recent slide's, else home.
+
+        Never empty: Qt's file dialog would start in whatever folder any dialog last visited
+        (often the last export folder).
+        """
+        last = str(self.store.get("last_open_dir", "") or "")
+        if last and Path(last).is_dir():
+            return last
+        for recent in self.store.recent_files():
+            folder = Path(recent).parent
+            if folder.is_dir():
+                return str(folder)
+        return str(Path.home())
+
+    def remember_open_dir(self, path: str | os.PathLike[str]) -> None:
+        self.store.put("last_open_dir", str(Path(path).parent))
