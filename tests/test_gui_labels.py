@@ -87,7 +87,7 @@ def test_adapt_dialog_runs_shows_before_and_after_and_offers_the_model(qtbot, wi
     assert dialog.reanalyse_btn.isVisible() and not dialog.force_btn.isVisible()
     picker = [window.model_box.itemText(i) for i in range(window.model_box.count())]
     assert any(dialog.name_edit.text() in t for t in picker)  # in the picker, not selected yet
-    assert window.model.model_path != str(report.written.absolute())
+    assert window.model.settings.model_path != str(report.written.absolute())
     with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS):
         dialog.reanalyse_btn.click()
     assert window.result.model.name == dialog.name_edit.text()

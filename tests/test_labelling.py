@@ -30,7 +30,7 @@ def viewer(cam_domain_model):
     m = ViewerModel(run_now, store=MemoryStore())
     m.use_cache = False
     m.auto_analyse = True
-    m.set_settings(tissue_threshold=0.5)
+    m.settings.set(tissue_threshold=0.5)
     m.set_model(str(cam_domain_model))
     return m
 

@@ -64,11 +64,11 @@ def test_model_options_come_from_the_sidecar(stain_model, plain_model, tmp_path)
 def test_normalisation_is_refused_without_a_reference_stain(plain_model):
     m = viewer(plain_model)
     said = statuses(m)
-    m.set_settings(stain_normalize="macenko", tta="d4")
-    assert m.settings.stain_normalize == "none" and m.settings.tta == "d4"  # TTA needs no reference
+    m.settings.set(stain_normalize="macenko", tta="d4")
+    assert m.settings.params.stain_normalize == "none" and m.settings.params.tta == "d4"  # TTA needs no reference
     assert said and "unavailable" in said[-1] and "toy-plain" in said[-1]
     with pytest.raises(ValueError, match="stain"):
-        m.set_settings(stain_normalize="vahadane")
+        m.settings.set(stain_normalize="vahadane")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -80,7 +80,7 @@ def test_run_options_reach_the_run_its_cache_key_and_metadata(stain_model, he_sl
     m.start_analysis()
     plain = m.result
     assert plain.params.stain_normalize == "none" and plain.stain == {} and describe_run_options(plain.params) == ""
-    m.set_settings(stain_normalize="macenko", tta="flips")
+    m.settings.set(stain_normalize="macenko", tta="flips")
     assert m.stale and m.result is plain  # auto-analyse off: flagged until Analyse
     m.start_analysis()
     run = m.result
@@ -95,7 +95,7 @@ def test_run_options_reach_the_run_its_cache_key_and_metadata(stain_model, he_sl
     meta = json.loads(m.export_file("json", tmp_path / "run.json").read_text())
     assert meta["parameters"]["stain_normalize"] == "macenko" and meta["parameters"]["tta"] == "flips"
     assert meta["stain_normalization"]["applied"] == "macenko"
-    m.set_settings(tta="none")
+    m.settings.set(tta="none")
     assert m.stale
 
 
@@ -104,10 +104,10 @@ def test_the_result_cache_tells_the_options_apart(stain_model, he_slide):
     m.use_cache = True
     m.open(he_slide)
     m.start_analysis()
-    m.set_settings(stain_normalize="reinhard")
+    m.settings.set(stain_normalize="reinhard")
     m.start_analysis()
     assert not m.result.from_cache and m.result.params.stain_normalize == "reinhard"
-    m.set_settings(stain_normalize="none")
+    m.settings.set(stain_normalize="none")
     m.start_analysis()
     assert m.result.from_cache and m.result.params.stain_normalize == "none"
 
@@ -139,9 +139,9 @@ def test_changing_a_run_option_reruns_with_auto_analyse(stain_model, he_slide):
     assert first is not None and first.params.tta == "none"
     running: list[bool] = []
     m.events.running.connect(lambda e: running.append(e.value))
-    m.set_settings(tta="d4")
+    m.settings.set(tta="d4")
     assert running == [True, False] and m.result is not first and m.result.params.tta == "d4" and not m.stale
-    m.set_settings(tissue_threshold=0.5)  # other settings wait for Analyse, as before
+    m.settings.set(tissue_threshold=0.5)  # other settings wait for Analyse, as before
     assert running == [True, False] and m.stale
 
 
@@ -150,29 +150,29 @@ def test_changing_a_run_option_reruns_with_auto_analyse(stain_model, he_slide):
 
 def test_a_choice_survives_a_model_that_cannot_honour_it(stain_model, plain_model):
     m = viewer(stain_model)
-    m.set_settings(stain_normalize="macenko", tta="flips")
+    m.settings.set(stain_normalize="macenko", tta="flips")
     options: list[ModelOptions] = []
-    m.events.model_options.connect(lambda e: options.append(e.value))
+    m.settings.events.model_options.connect(lambda e: options.append(e.value))
     said = statuses(m)
     m.set_model(str(plain_model))
-    assert m.settings.stain_normalize == "none" and m.settings.tta == "flips"
+    assert m.settings.params.stain_normalize == "none" and m.settings.params.tta == "flips"
     assert not options[-1].stain_available and "off for this model" in said[-1]
     m.set_model(str(stain_model))
-    assert m.settings.stain_normalize == "macenko" and options[-1].stain_available
+    assert m.settings.params.stain_normalize == "macenko" and options[-1].stain_available
 
 
 def test_model_defaults_apply_until_the_user_chooses(stain_model):
     m = viewer(stain_model)
-    m.set_model_options(ModelOptions(stain_unavailable="", default_stain_normalize="reinhard", default_tta="d4"))
-    assert (m.settings.stain_normalize, m.settings.tta) == ("reinhard", "d4")  # preselected for the model
-    m.set_settings(tta="none")
-    m.set_model_options(ModelOptions(stain_unavailable="", default_stain_normalize="macenko", default_tta="flips"))
-    assert (m.settings.stain_normalize, m.settings.tta) == ("macenko", "none")  # the user's choice stays
+    m.settings.set_model_options(ModelOptions(stain_unavailable="", default_stain_normalize="reinhard", default_tta="d4"))
+    assert (m.settings.params.stain_normalize, m.settings.params.tta) == ("reinhard", "d4")  # preselected for the model
+    m.settings.set(tta="none")
+    m.settings.set_model_options(ModelOptions(stain_unavailable="", default_stain_normalize="macenko", default_tta="flips"))
+    assert (m.settings.params.stain_normalize, m.settings.params.tta) == ("macenko", "none")  # the user's choice stays
     # launch options (`cellview --stain-normalize reinhard`) are a choice too, applied once a model allows them
     launched = viewer(None, stain_normalize="reinhard")
-    assert launched.settings.stain_normalize == "none"
+    assert launched.settings.params.stain_normalize == "none"
     launched.set_model(str(stain_model))
-    assert launched.settings.stain_normalize == "reinhard"
+    assert launched.settings.params.stain_normalize == "reinhard"
 
 
 # ----------------------------------------------------------------------------- kiosk settings

@@ -95,7 +95,7 @@ def test_models_without_statistics_say_so(toy_model, synthetic_slide):
 def test_streaming_results_carry_their_domain_scores(cam_domain_model, square_slide):
     """While batches arrive, the partial result is already scored: tiles turn grey as they come, not at the end."""
     model = make_model(cam_domain_model)
-    model.set_settings(batch_size=6)
+    model.settings.set(batch_size=6)
     seen = []
 
     def on_tiles(event):

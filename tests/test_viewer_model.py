@@ -26,7 +26,7 @@ class Recorder:
 
     def __init__(self, model: ViewerModel) -> None:
         self.events: list[tuple[str, object]] = []
-        for group in (model.events, model.slide.events):
+        for group in (model.events, model.slide.events, model.settings.events):
             for name in group.names:
                 getattr(group, name).connect(lambda e: self.events.append((e.type, e.value)))
 
@@ -118,7 +118,7 @@ def test_changed_settings_mark_the_result_stale(model, synthetic_slide):
     model.open(synthetic_slide)
     model.start_analysis()
     assert not model.stale
-    model.set_settings(tissue_threshold=0.6)
+    model.settings.set(tissue_threshold=0.6)
     assert model.stale and model.result is not None  # kept on screen until Analyse
     model.start_analysis()
     assert not model.stale and model.result.params.tissue_threshold == 0.6
@@ -143,7 +143,7 @@ def test_unknown_scale_is_asked_and_remembered(model, tmp_path):
     model.start_analysis()
     assert model.result is None and "does not say how many µm a pixel is" in errors[0] and "--mpp" not in errors[0]
     model.slide.set_scale(WHOLE_IMAGE)
-    assert model.slide.mpp_choice == WHOLE_IMAGE and model.current_params().whole_image
+    assert model.slide.mpp_choice == WHOLE_IMAGE and model.settings.current().whole_image
 
 
 def test_cancel_keeps_finished_tiles(model, synthetic_slide, toy_model):
@@ -220,7 +220,7 @@ def test_viewer_exports_go_through_the_cli_renderer(model, synthetic_slide, tmp_
     model.set_overlay(min_confidence=0.5)  # the CLI's default region confidence
     out = model.export_all(tmp_path / "viewer")
     assert sorted(out) == ["csv", "geojson", "json", "png"]
-    assert main(["analyze", str(synthetic_slide), "--model", model.model_path, "--out", str(tmp_path / "cli"),
+    assert main(["analyze", str(synthetic_slide), "--model", model.settings.model_path, "--out", str(tmp_path / "cli"),
                  "-q", "--no-cache"]) == 0
     capsys.readouterr()
     cli = {k: tmp_path / "cli" / f"synthetic{s}" for k, s in (("csv", ".csv"), ("geojson", ".geojson"))}
@@ -304,7 +304,7 @@ def test_tissue_preview(model, synthetic_slide):
     model.open(synthetic_slide)
     masks = []
     model.events.tissue.connect(lambda e: masks.append(e.value))
-    model.set_tissue(method="od")
+    model.settings.set_tissue(method="od")
     model.preview_tissue()
     assert masks and masks[0].method == "od" and 0 < masks[0].fraction < 1
 
@@ -361,7 +361,7 @@ def test_single_file_exports_parse(model, synthetic_slide, tmp_path):
 
 
 def test_params_from_settings_reach_the_run(model, synthetic_slide):
-    model.set_settings(tissue_threshold=0.3, nuclei=False)
+    model.settings.set(tissue_threshold=0.3, nuclei=False)
     model.open(synthetic_slide)
     model.start_analysis()
     assert model.result.params.tissue_threshold == 0.3
@@ -433,7 +433,7 @@ def test_analyse_after_cancel_goes_on_from_the_finished_tiles(model, synthetic_s
             yield event
 
     model.analysis_source = source
-    model.set_settings(batch_size=8, workers=1)
+    model.settings.set(batch_size=8, workers=1)
     model.open(synthetic_slide)
     assert model.start_analysis()
     cancelled = model.result
@@ -445,7 +445,7 @@ def test_analyse_after_cancel_goes_on_from_the_finished_tiles(model, synthetic_s
     assert model.result.status == "complete" and model.result.n_done == 56
     assert tiles[0] == cancelled.n_done  # the kept tiles come back first, then only the others are run
     assert model.result.timings["resumed_tiles"] == cancelled.n_done
-    model.set_settings(tissue_threshold=0.5)  # other settings: a new run from scratch
+    model.settings.set(tissue_threshold=0.5)  # other settings: a new run from scratch
     model.start_analysis()
     assert requests[2].resume is None
 
@@ -458,7 +458,7 @@ def test_the_inspector_patch_is_normalised_as_the_model_was_fed(stain_model, he_
     m = ViewerModel(run_now, store=MemoryStore())
     m.use_cache = False
     m.set_model(str(stain_model))
-    m.set_settings(stain_normalize="macenko")
+    m.settings.set(stain_normalize="macenko")
     m.open(he_slide, analyse=True)
     m.select(3)
     assert m.stain_pending and m.patch_stain() is None

@@ -912,7 +912,7 @@ class KioskWindow(MainWindow):
                 log.warning("%s", problem.message)
             self.settings_problems += dropped
             self._show_settings_problems()
-        self.model.set_model_options(ModelOptions.from_spec(classifier.spec))  # the viewer's settings follow
+        self.model.settings.set_model_options(ModelOptions.from_spec(classifier.spec))  # the viewer's settings follow
         self._show_run_options_line(classifier)
         self.modelReady.emit(classifier)
         self.set_page("waiting")

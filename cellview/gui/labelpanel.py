@@ -264,7 +264,7 @@ class AdaptDialog(QDialog):
     def _setup_page(self) -> QWidget:
         page = QWidget()
         lay = QVBoxLayout(page)
-        model_path = self.window_.model.model_path
+        model_path = self.window_.model.settings.model_path
         base = _model_name(model_path) if model_path else "(no model selected)"
         slides = self.labels.labelled_slides()
         items = []

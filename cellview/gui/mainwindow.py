@@ -296,11 +296,12 @@ class MainWindow(QMainWindow):
         slide.slide.connect(self._on_slide)
         slide.slide_image.connect(self._on_slide_image)
         slide.opening.connect(self._on_opening)
+        settings = self.model.settings.events
+        settings.model.connect(self._on_model_selected)
+        settings.settings.connect(lambda e: (self._show_run_options(), self._update_summary()))
+        settings.model_options.connect(lambda e: self._show_run_options())
         ev = self.model.events
-        ev.model.connect(self._on_model_selected)
         ev.model_ready.connect(self._on_model_ready)
-        ev.settings.connect(lambda e: (self._show_run_options(), self._update_summary()))
-        ev.model_options.connect(lambda e: self._show_run_options())
         ev.running.connect(self._on_running)
         ev.progress.connect(self._on_progress)
         ev.tiles.connect(self._on_tiles)
@@ -325,7 +326,7 @@ class MainWindow(QMainWindow):
 
     @property
     def defaults(self) -> AnalysisParams:
-        return self.model.defaults
+        return self.model.settings.defaults
 
     @property
     def use_cache(self) -> bool:
@@ -375,7 +376,7 @@ class MainWindow(QMainWindow):
         lay = QVBoxLayout(panel)
         lay.setContentsMargins(10, 8, 10, 6)
         lay.setSpacing(8)
-        d = self.model.settings
+        d = self.model.settings.params
 
         card, c = section("Model")
         row = QHBoxLayout()
@@ -390,7 +391,7 @@ class MainWindow(QMainWindow):
         row.addWidget(self.open_model_btn)
         self.card_btn = QPushButton("Card")
         self.card_btn.setToolTip("The selected model's card: what it was trained on, its figures and limits")
-        self.card_btn.clicked.connect(lambda: (show_model_card(self, self.model.model_path), self._take_focus()))
+        self.card_btn.clicked.connect(lambda: (show_model_card(self, self.model.settings.model_path), self._take_focus()))
         row.addWidget(self.card_btn)
         c.addLayout(row)
         row = QHBoxLayout()
@@ -400,7 +401,7 @@ class MainWindow(QMainWindow):
             self.device_box.addItem(label, dev)
         self.device_box.setCurrentIndex(max(0, DEVICES.index(d.device)))
         self.device_box.currentIndexChanged.connect(
-            lambda _i: self.model.set_settings(device=self.device_box.currentData()))
+            lambda _i: self.model.settings.set(device=self.device_box.currentData()))
         row.addWidget(self.device_box, 1)
         c.addLayout(row)
         self.model_info = _hint("")
@@ -433,7 +434,7 @@ class MainWindow(QMainWindow):
         self.nuclei_box = QCheckBox("Measure nuclei per tile (slower)")
         self.nuclei_box.setChecked(d.nuclei)
         self.nuclei_box.setToolTip("Count nuclei and measure their size and shape in every tile (H&E deconvolution)")
-        self.nuclei_box.toggled.connect(lambda on: self.model.set_settings(nuclei=on))
+        self.nuclei_box.toggled.connect(lambda on: self.model.settings.set(nuclei=on))
         c.addWidget(self.nuclei_box)
         self._build_run_options(c)
         self.auto_box = QCheckBox("Analyse automatically when a slide opens or the model changes")
@@ -529,7 +530,7 @@ class MainWindow(QMainWindow):
         self.tissue_frac.setRange(0.0, 1.0)
         self.tissue_frac.setSingleStep(0.05)
         self.tissue_frac.setValue(d.tissue_threshold)
-        self.tissue_frac.valueChanged.connect(lambda v: self.model.set_settings(tissue_threshold=float(v)))
+        self.tissue_frac.valueChanged.connect(lambda v: self.model.settings.set(tissue_threshold=float(v)))
         form.addRow("Method", self.tissue_method)
         form.addRow("Min. threshold", self.tissue_min)
         form.addRow("Min. object", self.tissue_min_obj)
@@ -594,18 +595,18 @@ class MainWindow(QMainWindow):
         for method in STAIN_METHODS:
             self.stain_box.addItem(STAIN_LABELS[method], method)
         self.stain_box.currentIndexChanged.connect(
-            lambda _i: self.model.set_settings(stain_normalize=self.stain_box.currentData()))
+            lambda _i: self.model.settings.set(stain_normalize=self.stain_box.currentData()))
         self.tta_box = QComboBox()
         for mode in TTA_MODES:
             self.tta_box.addItem(TTA_LABELS[mode] + ("" if mode == "none" else " (slower)"), mode)
         self.tta_box.setToolTip(self.TTA_TIP)
-        self.tta_box.currentIndexChanged.connect(lambda _i: self.model.set_settings(tta=self.tta_box.currentData()))
+        self.tta_box.currentIndexChanged.connect(lambda _i: self.model.settings.set(tta=self.tta_box.currentData()))
         self.precision_box = QComboBox()
         for precision in PRECISIONS:
             self.precision_box.addItem(PRECISION_CHOICES[precision], precision)
         self.precision_box.setToolTip(self.PRECISION_TIP)
         self.precision_box.currentIndexChanged.connect(
-            lambda _i: self.model.set_settings(precision=self.precision_box.currentData()))
+            lambda _i: self.model.settings.set(precision=self.precision_box.currentData()))
         self.stain_hint = _hint("")  # why normalisation is unavailable, under its control
         self.stain_hint.setVisible(False)
         form.addRow("Stain normalisation", self.stain_box)
@@ -617,7 +618,7 @@ class MainWindow(QMainWindow):
 
     def _show_run_options(self) -> None:
         """The combo boxes follow the model's settings and options (without re-emitting their signals)."""
-        d, options = self.model.settings, self.model.model_options
+        d, options = self.model.settings.params, self.model.settings.options
         for box, value in ((self.stain_box, d.stain_normalize), (self.tta_box, d.tta),
                            (self.precision_box, d.precision)):
             box.blockSignals(True)
@@ -633,7 +634,7 @@ class MainWindow(QMainWindow):
             why = f"Stain normalisation is unavailable. {options.stain_unavailable}"
             self.stain_box.setToolTip(why)
             self.stain_hint.setText(why)
-            self.stain_hint.setVisible(self.model.model_path is not None)
+            self.stain_hint.setVisible(self.model.settings.model_path is not None)
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
@@ -792,7 +793,7 @@ class MainWindow(QMainWindow):
         self._show_model_info()
 
     def _show_model_info(self) -> None:
-        path = self.model.model_path
+        path = self.model.settings.model_path
         if not path:
             self.model_info.setText("Put models in models/<name>/model.onnx with model.json, or open one.")
             return
@@ -1009,7 +1010,7 @@ class MainWindow(QMainWindow):
             self.view.set_label(None)
             self.inspector.clear()
             self.view.set_selection(None)
-            self.provider_label.setText(f"Loading {Path(self.model.model_path or '').parent.name or 'model'}…")
+            self.provider_label.setText(f"Loading {Path(self.model.settings.model_path or '').parent.name or 'model'}…")
             self._repaint_timer.start()
         else:
             self._repaint_timer.stop()
@@ -1236,7 +1237,7 @@ class MainWindow(QMainWindow):
             self.update_tissue_preview()
 
     def _tissue_params_changed(self, *args) -> None:
-        self.model.set_tissue(method=self.tissue_method.currentData(), min_threshold=float(self.tissue_min.value()),
+        self.model.settings.set_tissue(method=self.tissue_method.currentData(), min_threshold=float(self.tissue_min.value()),
                               min_object_um2=float(self.tissue_min_obj.value()))
         if self.tissue_box.isChecked():
             self._tissue_timer.start()
@@ -1259,7 +1260,7 @@ class MainWindow(QMainWindow):
         rgba[edge] = (0, 229, 255, 255)  # tissue outline
         self.view.set_tissue(rgba, QRectF(0, 0, m.shape[1] * mask.downsample, m.shape[0] * mask.downsample))
         self.view.tissue_item.setVisible(self.tissue_box.isChecked())
-        t = self.model.current_params().tissue
+        t = self.model.settings.current().tissue
         self.tissue_label.setText(
             f"{mask.fraction:.0%} of the slide is tissue. Threshold {mask.threshold:.3f} (Otsu, kept within "
             f"{t.min_threshold:.3f}–{t.max_threshold:.3f}). Dimmed areas are skipped.")

@@ -17,7 +17,8 @@ from cellview.analysis.pipeline import CancelToken
 from cellview.base.errors import CellviewError
 
 
-def _nothing(*_args: Any) -> None:
+def nothing(*_args: Any) -> None:
+    """A callback that does nothing: the default of a job's callbacks and of the parts' hooks."""
     return None
 
 
@@ -28,8 +29,8 @@ class Job:
     name: str
     run: Callable[[CancelToken], Iterator[Any]]
     on_item: Callable[[Any], None]
-    on_failed: Callable[[CellviewError], None] = _nothing
-    on_done: Callable[[], None] = _nothing
+    on_failed: Callable[[CellviewError], None] = nothing
+    on_done: Callable[[], None] = nothing
 
 
 class JobHandle(Protocol):

@@ -295,8 +295,8 @@ class LabelsModel:
         The base is the selected model; tiles are cut with the viewer's current analysis settings,
         each slide at its own (or entered) µm/px; the model goes to the user's models folder.
         """
-        model_path = self.viewer.model_path
-        params = self.viewer.current_params()
+        model_path = self.viewer.settings.model_path
+        params = self.viewer.settings.current()
         folder = out_dir or user_models_dir() / name
         command = f"(the viewer's Adapt model…: {len(labelled_slides())} labelled slides)"
 

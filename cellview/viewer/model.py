@@ -58,7 +58,7 @@ from cellview.viewer.analysis import (
     _Run,
     model_file_analysis,
 )
-from cellview.viewer.analysis_settings import NO_MODEL_SELECTED, ModelOptions
+from cellview.viewer.analysis_settings import AnalysisSettings, ModelOptions
 from cellview.viewer.events import EmitterGroup, Messages
 from cellview.viewer.explain import ExplainerReady, ExplainStain, ExplainState, explain_task, stain_task
 from cellview.viewer.exports import EXPORT_KINDS, ExportSettings
@@ -66,7 +66,7 @@ from cellview.viewer.jobs import Job, JobHandle, Pending, Runner, run_now
 from cellview.viewer.overlay import DomainNotice, domain_notice
 from cellview.viewer.regions import regions_note, regions_task
 from cellview.viewer.settings import MemoryStore, SettingsStore
-from cellview.viewer.slide import THUMBNAIL_PX, WHOLE_IMAGE, Opened, SlideState
+from cellview.viewer.slide import THUMBNAIL_PX, Opened, SlideState
 from cellview.viewer.tissue import TissuePreview, tissue_task
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,7 @@ log = logging.getLogger(__name__)
 class ViewerModel:
     """The one viewer state; see the module docstring. All methods run on one (the UI) thread."""
 
-    RUN_OPTIONS = ("stain_normalize", "tta", "precision")
-    """Settings that change what the model sees (like choosing another model): with auto-analyse on,
-    changing one re-runs the slide; each is the model's default until the user chooses it."""
-
-    EVENTS = ("model", "model_options", "model_ready", "settings", "running", "progress",
+    EVENTS = ("model_ready", "running", "progress",
               "tiles", "result", "selection", "overlay", "regions", "tissue", "status", "error", "job_item",
               "run_ended", "domain", "explanation", "hover", "stain")
 
@@ -90,19 +86,13 @@ class ViewerModel:
         self.messages.events = self.events
         self.runner = runner
         self.store: SettingsStore = store if store is not None else MemoryStore()
-        self.defaults = defaults or AnalysisParams()
-        self.slide = SlideState(runner, self.store, self.messages, self.defaults)
-        self.settings = self.defaults
-        self.model_options = ModelOptions()
-        """What the selected model offers (``events.model_options`` when it changes)."""
-        self._chosen: dict[str, str] = {k: getattr(self.defaults, k) for k in self.RUN_OPTIONS
-                                        if getattr(self.defaults, k) != "none"}
-        """Run options the user asked for (the command line, the Analysis panel); the rest follow the model."""
-        self._apply_model_options(self.model_options)
+        defaults = defaults or AnalysisParams()
+        self.slide = SlideState(runner, self.store, self.messages, defaults)
+        self.settings = AnalysisSettings(self.slide, self.messages, defaults)
+        self.settings.on_run_options = self._rerun
         self.analysis_source = analysis_source
         self.use_cache = True
         self.auto_analyse = False
-        self.model_path: str | None = None
         self.model_ready: ModelReady | None = None
         self.spec: ModelSpec | None = None
         """The model of the last run (from its ModelReady, or the spec a source was started with)."""
@@ -173,84 +163,32 @@ class ViewerModel:
                 status="running", tissue=run.started.tissue, nuclei=run.nuclei, domain_score=run.domain_score)
         return run.partial
 
-    def current_params(self) -> AnalysisParams:
-        """The analysis settings as a run would use them now (the pixel size choice applied)."""
-        d = self.settings
-        tissue = replace(d.tissue, max_threshold=max(d.tissue.max_threshold, d.tissue.min_threshold))
-        whole = self.slide.mpp_choice == WHOLE_IMAGE or d.whole_image
-        mpp = self.slide.mpp_choice if isinstance(self.slide.mpp_choice, float) else d.mpp_um
-        return replace(d, tissue=tissue, whole_image=whole, mpp_um=None if whole else mpp)
-
     @property
     def stale(self) -> bool:
         """The result was made with other analysis settings than the current ones (Analyse to apply)."""
         if self.result is None:
             return False
-        current = self.current_params()
+        current = self.settings.current()
         return (self.result.params.cache_dict() != current.cache_dict()
                 or self.result.params.precision != current.precision)
 
     # ------------------------------------------------------------------------------ settings
 
-    def set_settings(self, **changes: Any) -> None:
-        """Change analysis settings (``tissue``, ``tissue_threshold``, ``nuclei``, ``device``, …, and any
-        field later added to ``AnalysisParams``); the result stays until Analyse, marked stale.
-
-        ``stain_normalize``, ``tta`` and ``precision`` (``RUN_OPTIONS``) are remembered as the user's choice across
-        models, and with auto-analyse on re-run the open slide as a new model would. Stain
-        normalisation is refused, with the reason, when the model stores no reference stain.
-        """
-        new = replace(self.settings, **changes)  # AnalysisParams rejects an unknown choice here
-        if new.stain_normalize != "none" and not self.model_options.stain_available:
-            self.status(f"{STAIN_LABELS[new.stain_normalize]} stain normalisation is unavailable: "
-                        f"{self.model_options.stain_unavailable}")
-            changes = {k: v for k, v in changes.items() if k != "stain_normalize"}
-            new = replace(new, stain_normalize=self.settings.stain_normalize)
-        self._chosen.update({k: v for k, v in changes.items() if k in self.RUN_OPTIONS})
-        if new == self.settings:
-            return
-        rerun = any(getattr(new, k) != getattr(self.settings, k) for k in self.RUN_OPTIONS)
-        self.settings = new
-        self.events.settings(new)
-        if rerun and self.auto_analyse and self.slide.opened is not None and self.model_path:
+    def _rerun(self) -> None:
+        """A run option changed: with auto-analyse on, the open slide is run again as with a new model."""
+        if self.auto_analyse and self.slide.opened is not None and self.settings.model_path:
             self._abandon_run()
             self.start_analysis()
-
-    def set_model_options(self, options: ModelOptions) -> None:
-        """What the model offers, when known otherwise than from the selected file (the kiosk's classifier)."""
-        if options != self.model_options:
-            self._apply_model_options(options)
-
-    def _apply_model_options(self, options: ModelOptions) -> None:
-        """The run options for this model: the user's choices where it can honour them, else its defaults."""
-        self.model_options = options
-        self.events.model_options(options)
-        wanted = {k: self._chosen.get(k, getattr(options, f"default_{k}")) for k in self.RUN_OPTIONS}
-        dropped = wanted["stain_normalize"] if not options.stain_available else "none"
-        if dropped != "none":
-            wanted["stain_normalize"] = "none"
-        new = replace(self.settings, **wanted)
-        if new != self.settings:
-            self.settings = new
-            self.events.settings(new)
-        if dropped != "none" and options.stain_unavailable != NO_MODEL_SELECTED:
-            self.status(f"{STAIN_LABELS[dropped]} stain normalisation is off for this model: "
-                        f"{options.stain_unavailable}")
-
-    def set_tissue(self, **changes: Any) -> None:
-        self.set_settings(tissue=replace(self.settings.tissue, **changes))
 
     def set_model(self, model_path: str | None) -> None:
         """Select a model. A result always belongs to one model: another model's result is cleared,
         and with auto-analyse on the open slide is analysed again with the new one."""
-        if model_path == self.model_path:
+        if model_path == self.settings.model_path:
             return
-        self.model_path = model_path
         self.model_ready = None  # the provider and classes of the new model are known once it loads
         if self._explain_loaded_for is not None:  # a classifier this model loaded for explanations
             self.explain_classifier = self._explain_loaded_for = None
-        self.events.model(model_path)
-        self._apply_model_options(ModelOptions.read(model_path))
+        self.settings.select_model(model_path)
         had_result = self.result is not None or self.running
         if had_result:
             self._abandon_run()
@@ -345,7 +283,7 @@ class ViewerModel:
         self._explain_key = key
         self._explain_id = job_id = next(self._ids)
         grid, path, mpp = result.grid, self.slide.opened.path, self.slide.mpp_um()
-        classifier, model_path = self.explain_classifier, self.result_model_path or self.model_path
+        classifier, model_path = self.explain_classifier, self.result_model_path or self.settings.model_path
         sha = result.model.sha256
         if classifier is not None and classifier.spec.onnx_sha256 != sha and copy_with_sha(classifier.spec, sha):
             classifier = None  # another copy of the same model (--precision) made the result: load that one
@@ -358,7 +296,7 @@ class ViewerModel:
                 return
             if isinstance(item, ExplainerReady):
                 # kept for the next tile unless the model changed meanwhile
-                if self.explain_classifier is None and item.model_path in (self.model_path, self.result_model_path):
+                if self.explain_classifier is None and item.model_path in (self.settings.model_path, self.result_model_path):
                     self.explain_classifier, self._explain_loaded_for = item.classifier, item.model_path
                 return
             if job_id == self._explain_id and not self._explain_again:
@@ -528,15 +466,15 @@ class ViewerModel:
         if self.running:
             return False
         source = source or self.analysis_source
-        if source is model_file_analysis and not self.model_path:
+        if source is model_file_analysis and not self.settings.model_path:
             self.error(ModelError("No model is selected.", f"Put a model into {user_models_dir() / '<name>'} or use "
                                                            "Open… next to the model list."), "No model")
             return False
         if not self.slide.resolve_scale():
             return False
-        params = params or self.current_params()
+        params = params or self.settings.current()
         resume = self.result if self._can_resume(params) else None
-        request = AnalysisRequest(self.slide.opened.path, params, self.model_path, self.use_cache, resume)
+        request = AnalysisRequest(self.slide.opened.path, params, self.settings.model_path, self.use_cache, resume)
         self.clear_result(emit=True)
         self._run_id = run_id = next(self._ids)
         self._run = _Run(request, spec=spec)
@@ -573,7 +511,7 @@ class ViewerModel:
         on from its finished tiles (the pipeline checks the rest: ``pipeline.resumable``)."""
         result = self.result
         return (result is not None and result.status == "cancelled" and self.slide.opened is not None
-                and result.slide.path == self.slide.opened.path and self.result_model_path == self.model_path
+                and result.slide.path == self.slide.opened.path and self.result_model_path == self.settings.model_path
                 and result.params.cache_dict() == params.cache_dict())
 
     def cancel_analysis(self) -> None:
@@ -592,7 +530,7 @@ class ViewerModel:
         if isinstance(item, ModelReady):
             run.spec = self.spec = item.spec
             self.model_ready = item
-            self.set_model_options(ModelOptions.from_spec(item.spec))  # the loaded model has the last word
+            self.settings.set_model_options(ModelOptions.from_spec(item.spec))  # the loaded model has the last word
             self.events.model_ready(item)
         elif isinstance(item, Started):
             n = item.total
@@ -632,7 +570,7 @@ class ViewerModel:
             result = replace(result, slide=replace(result.slide, mpp=self.slide.opened.info.mpp))
         run = self._run
         self._run = None  # the job may still deliver items of its own (and then closes its slide); a re-run may start
-        self.result_model_path = run.request.model_path if run else self.model_path
+        self.result_model_path = run.request.model_path if run else self.settings.model_path
         self.result = result
         phase = {"complete": "done", "cancelled": "cancelled"}.get(result.status, result.status)
         self.progress = Progress(phase, result.n_done + result.n_failed, result.n_tiles,
@@ -663,7 +601,7 @@ class ViewerModel:
     def set_result(self, result: AnalysisResult, model_path: str | None = None) -> None:
         """Show a result made elsewhere (the kiosk's earlier case, a script)."""
         self.result = result
-        self.result_model_path = model_path or self.model_path
+        self.result_model_path = model_path or self.settings.model_path
         self.progress = Progress("done", result.n_done + result.n_failed, result.n_tiles, from_cache=True)
         self.events.progress(self.progress)
         self.events.result(result)
@@ -806,7 +744,7 @@ class ViewerModel:
             return
         if self._tissue_job is not None:
             self._tissue_job.cancel()
-        params, mpp, path = self.current_params().tissue, self.slide.mpp_um(), self.slide.opened.path
+        params, mpp, path = self.settings.current().tissue, self.slide.mpp_um(), self.slide.opened.path
         self._tissue_id = job_id = next(self._ids)
 
         def on_item(preview: TissuePreview) -> None:
