@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("isolated_settings")
 @pytest.fixture
 def window(qtbot, cam_domain_model, tmp_path):
     w = make_window(qtbot, AnalysisParams(tissue_threshold=0.5), cam_domain_model)
-    w.model.auto_analyse = True
+    w.model.analysis.auto_analyse = True
     slide = write_pyramid_tiff(tmp_path / "lab.tiff", lab_slide_rgb(), 1.0, levels=2)
     with qtbot.waitSignal(w.analysisFinished, timeout=TIMEOUT_MS):
         w.open_path(slide)

@@ -93,7 +93,7 @@ def test_changing_an_option_reruns_with_auto_analyse(qtbot, stain_model, he_slid
     with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS,
                           check_params_cb=lambda r: r.params.stain_normalize == "macenko") as blocker:
         choose(window.stain_box, "macenko")
-    assert blocker.args[0].stain["applied"] == "macenko" and not window.model.stale
+    assert blocker.args[0].stain["applied"] == "macenko" and not window.model.analysis.stale
     assert window.shutdown(20000)
 
 
@@ -125,7 +125,7 @@ def test_precision_choice_runs_that_copy_and_the_status_bar_says_which(qtbot, in
         window.start_analysis()
     assert blocker.args[0].model.precision == "int8" and "CPU (INT8)" in window.provider_label.text()
     choose(window.precision_box, "fp32")
-    assert window.model.settings.params.precision == "fp32" and window.model.stale  # another copy: re-analyse
+    assert window.model.settings.params.precision == "fp32" and window.model.analysis.stale  # another copy: re-analyse
     with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         window.start_analysis()
     assert blocker.args[0].model.precision == "fp32" and "INT8" not in window.provider_label.text()
@@ -172,7 +172,7 @@ def test_kiosk_settings_apply_to_every_case_and_are_shown(qtbot, tmp_path, stain
     assert "weights: FP32" in line  # the toy model ships no INT8 copy: auto runs FP32
     case = run_case(qtbot, kiosk, he_slide)
     assert case.ok, case.message
-    result = kiosk.model.result
+    result = kiosk.model.analysis.result
     assert (result.params.stain_normalize, result.params.tta) == ("macenko", "flips")
     assert result.stain["applied"] == "macenko"
     meta = json.loads(case.outputs["json"].read_text())

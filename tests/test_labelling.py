@@ -28,8 +28,8 @@ def lab_slide(tmp_path):
 @pytest.fixture
 def viewer(cam_domain_model):
     m = ViewerModel(run_now, store=MemoryStore())
-    m.use_cache = False
-    m.auto_analyse = True
+    m.analysis.use_cache = False
+    m.analysis.auto_analyse = True
     m.settings.set(tissue_threshold=0.5)
     m.set_model(str(cam_domain_model))
     return m
@@ -130,8 +130,8 @@ def test_adapt_model_runs_on_every_labelled_slide_and_writes_a_model(viewer, lab
         str(lab_slide.resolve())
     # Re-analysed with the adapted model, the lab's purple blocks get the lab's categories.
     viewer.set_model(str(spec.onnx_path))
-    viewer.start_analysis()
-    result = viewer.result
+    viewer.analysis.start()
+    result = viewer.analysis.result
     x0, y0, x1, y1 = lab_block_rect(0)
     assert result.model.name == "toy-lab"
     i = result.grid.tile_at((x0 + x1) / 2, (y0 + y1) / 2)

@@ -31,7 +31,7 @@ def reference_stain() -> StainReference:
 
 def viewer(model_path: Path | None, **defaults) -> ViewerModel:
     m = ViewerModel(run_now, AnalysisParams(**defaults) if defaults else None, store=MemoryStore())
-    m.use_cache = False
+    m.analysis.use_cache = False
     m.set_model(str(model_path) if model_path else None)
     return m
 
@@ -77,14 +77,14 @@ def test_normalisation_is_refused_without_a_reference_stain(plain_model):
 def test_run_options_reach_the_run_its_cache_key_and_metadata(stain_model, he_slide, tmp_path):
     m = viewer(stain_model)
     m.open(he_slide)
-    m.start_analysis()
-    plain = m.result
+    m.analysis.start()
+    plain = m.analysis.result
     assert plain.params.stain_normalize == "none" and plain.stain == {} and describe_run_options(plain.params) == ""
     m.settings.set(stain_normalize="macenko", tta="flips")
-    assert m.stale and m.result is plain  # auto-analyse off: flagged until Analyse
-    m.start_analysis()
-    run = m.result
-    assert (run.params.stain_normalize, run.params.tta) == ("macenko", "flips") and not m.stale
+    assert m.analysis.stale and m.analysis.result is plain  # auto-analyse off: flagged until Analyse
+    m.analysis.start()
+    run = m.analysis.result
+    assert (run.params.stain_normalize, run.params.tta) == ("macenko", "flips") and not m.analysis.stale
     assert run.stain["applied"] == "macenko"
     key = run.params.cache_dict()
     assert key["stain_normalize"] == "macenko" and key["tta"] == "flips"
@@ -96,20 +96,20 @@ def test_run_options_reach_the_run_its_cache_key_and_metadata(stain_model, he_sl
     assert meta["parameters"]["stain_normalize"] == "macenko" and meta["parameters"]["tta"] == "flips"
     assert meta["stain_normalization"]["applied"] == "macenko"
     m.settings.set(tta="none")
-    assert m.stale
+    assert m.analysis.stale
 
 
 def test_the_result_cache_tells_the_options_apart(stain_model, he_slide):
     m = viewer(stain_model)
-    m.use_cache = True
+    m.analysis.use_cache = True
     m.open(he_slide)
-    m.start_analysis()
+    m.analysis.start()
     m.settings.set(stain_normalize="reinhard")
-    m.start_analysis()
-    assert not m.result.from_cache and m.result.params.stain_normalize == "reinhard"
+    m.analysis.start()
+    assert not m.analysis.result.from_cache and m.analysis.result.params.stain_normalize == "reinhard"
     m.settings.set(stain_normalize="none")
-    m.start_analysis()
-    assert m.result.from_cache and m.result.params.stain_normalize == "none"
+    m.analysis.start()
+    assert m.analysis.result.from_cache and m.analysis.result.params.stain_normalize == "none"
 
 
 def test_the_labels_count_the_views_the_model_runs():
@@ -133,16 +133,16 @@ def test_skipped_normalisation_is_said(stain_model):
 
 def test_changing_a_run_option_reruns_with_auto_analyse(stain_model, he_slide):
     m = viewer(stain_model)
-    m.auto_analyse = True
+    m.analysis.auto_analyse = True
     m.open(he_slide)
-    first = m.result
+    first = m.analysis.result
     assert first is not None and first.params.tta == "none"
     running: list[bool] = []
-    m.events.running.connect(lambda e: running.append(e.value))
+    m.analysis.events.running.connect(lambda e: running.append(e.value))
     m.settings.set(tta="d4")
-    assert running == [True, False] and m.result is not first and m.result.params.tta == "d4" and not m.stale
+    assert running == [True, False] and m.analysis.result is not first and m.analysis.result.params.tta == "d4" and not m.analysis.stale
     m.settings.set(tissue_threshold=0.5)  # other settings wait for Analyse, as before
-    assert running == [True, False] and m.stale
+    assert running == [True, False] and m.analysis.stale
 
 
 # ----------------------------------------------------------------------------- across models
@@ -269,11 +269,11 @@ def test_the_inspector_explains_the_normalised_tile_and_fits_the_stain_once(tmp_
     monkeypatch.setattr(viewer_module, "slide_stain_transform", lambda *a: fits.append(a) or fit(*a))
     m = viewer(cam_model_with_reference(tmp_path / "cam"), stain_normalize="macenko", workers=1)
     m.open(he_slide)
-    m.start_analysis()
-    done = np.flatnonzero(m.result.done)
+    m.analysis.start()
+    done = np.flatnonzero(m.analysis.result.done)
     m.set_explain(True)
     for i in done[:2]:
         m.select(int(i))
         assert m.explain.state == "ready", m.explain.message
-        assert np.allclose(m.explain.explanation.probs, m.result.probs[i], atol=1e-5)
+        assert np.allclose(m.explain.explanation.probs, m.analysis.result.probs[i], atol=1e-5)
     assert len(fits) == 1  # one stain estimate per result, not per explained tile

@@ -24,7 +24,7 @@ from cellview.viewer.settings import MemoryStore
 
 def make_model(model_path, runner=run_now) -> ViewerModel:
     m = ViewerModel(runner, store=MemoryStore())
-    m.use_cache = False
+    m.analysis.use_cache = False
     m.set_model(str(model_path))
     return m
 
@@ -46,7 +46,7 @@ def test_banner_when_most_of_the_tissue_is_out_of_domain_and_show_anyway_counts_
     notices = []
     model.events.domain.connect(lambda e: notices.append(e.value))
     model.open(square_slide, analyse=True)
-    result = model.result
+    result = model.analysis.result
     n = result.n_done
     assert n == 24 and result.out_of_domain.all()
     notice = model.domain
@@ -73,7 +73,7 @@ def test_a_quieter_note_when_some_tiles_are_out_of_domain(cam_domain_model, odd_
     model = make_model(cam_domain_model)
     model.open(odd_slide, analyse=True)
     notice = model.domain
-    n_out = int(model.result.out_of_domain.sum())
+    n_out = int(model.analysis.result.out_of_domain.sum())
     assert notice.kind == "some" and not notice.banner and notice.note and n_out >= 12
     assert notice.headline == f"{n_out} of 68 tiles ({n_out / 68:.0%}) are out of the model's domain,"
     assert notice.detail == "drawn hatched grey and left out of the counts."
@@ -86,7 +86,7 @@ def test_models_without_statistics_say_so(toy_model, synthetic_slide):
     notice = model.domain
     assert notice.kind == "unavailable" and not notice.banner and not notice.note
     assert notice.headline == "Domain score: not available for this model."
-    assert describe_domain(model.result, model.overlay) == "Domain score: not available for this model."
+    assert describe_domain(model.analysis.result, model.overlay) == "Domain score: not available for this model."
     assert NOT_AVAILABLE in notice.headline.lower()
     model.close_slide()
     assert model.domain.kind == "none"
@@ -99,10 +99,10 @@ def test_streaming_results_carry_their_domain_scores(cam_domain_model, square_sl
     seen = []
 
     def on_tiles(event):
-        partial = model.shown_result()
+        partial = model.analysis.shown_result()
         seen.append((partial.status, partial.has_domain, int(partial.out_of_domain.sum()), model.domain.kind))
 
-    model.events.tiles.connect(on_tiles)
+    model.analysis.events.tiles.connect(on_tiles)
     model.open(square_slide, analyse=True)
     assert len(seen) == 4
     assert all(status == "running" and scored for status, scored, _, _ in seen)
@@ -129,15 +129,15 @@ def test_activation_map_of_the_selected_tile_peaks_on_its_square(cam_domain_mode
     model.open(square_slide, analyse=True)
     model.set_explain(True)
     assert model.explain.state == "idle"
-    i = square_tile_index(model.result, 2, 3)
+    i = square_tile_index(model.analysis.result, 2, 3)
     model.select(i)
     state = model.explain
     assert state.state == "ready" and state.index == i and states[-2:] == ["busy", "ready"]
     ex = state.explanation
-    assert ex.rect_l0 == model.result.grid.rect(i) and ex.patch.shape == (64, 64, 3)
-    assert ex.explained_class == ex.pred_class == 0 == int(model.result.pred_class[i])
+    assert ex.rect_l0 == model.analysis.result.grid.rect(i) and ex.patch.shape == (64, 64, 3)
+    assert ex.explained_class == ex.pred_class == 0 == int(model.analysis.result.pred_class[i])
     assert in_square(ex.peak_px())
-    assert ex.domain_score == pytest.approx(float(model.result.domain_score[i])) and ex.in_domain is False
+    assert ex.domain_score == pytest.approx(float(model.analysis.result.domain_score[i])) and ex.in_domain is False
     # Another class's map comes with the same tile: no new job.
     jobs_before = len(states)
     model.set_explain_class(1)
@@ -146,9 +146,9 @@ def test_activation_map_of_the_selected_tile_peaks_on_its_square(cam_domain_mode
     assert not in_square(model.explain.explanation.peak_px())  # the benign map: no blue anywhere
     model.set_explain_class(None)
     assert model.explain.explanation.explained_class == 0
-    j = square_tile_index(model.result, 4, 6)
+    j = square_tile_index(model.analysis.result, 4, 6)
     model.select(j)
-    assert model.explain.index == j and model.explain.explanation.rect_l0 == model.result.grid.rect(j)
+    assert model.explain.index == j and model.explain.explanation.rect_l0 == model.analysis.result.grid.rect(j)
     assert model.explain_classifier is not None  # loaded once (CPU), kept for the next tile
     model.set_explain(False)
     assert model.explain.state == "off"
@@ -192,7 +192,7 @@ def test_one_explanation_at_a_time_and_the_latest_selection_next(cam_domain_mode
     runner.run("open")
     runner.run("analysis")
     model.set_explain(True)
-    a, b, c = (square_tile_index(model.result, 2, col) for col in (2, 3, 4))
+    a, b, c = (square_tile_index(model.analysis.result, 2, col) for col in (2, 3, 4))
     model.select(a)
     model.select(b)
     model.select(c)  # arrow keys held down: one job runs, the last tile waits
@@ -202,7 +202,7 @@ def test_one_explanation_at_a_time_and_the_latest_selection_next(cam_domain_mode
     assert [j.name for j in runner.jobs].count("explain") == 1
     runner.run("explain")
     assert model.explain.state == "ready" and model.explain.index == c
-    assert model.explain.explanation.rect_l0 == model.result.grid.rect(c)
+    assert model.explain.explanation.rect_l0 == model.analysis.result.grid.rect(c)
     model.select(c)  # the same tile again: nothing to do
     assert "explain" not in [j.name for j in runner.jobs]
 
@@ -243,7 +243,7 @@ def test_whole_slide_png_is_hatched_and_follows_show_anyway(cam_domain_model, sq
     legend_b = list(drawn)
     # Inside the pink block: grey + hatching (light and dark lines); shown anyway: the stain with outlines only.
     r0, r1, c0, c1 = SQUARE_BLOCK
-    k = hatched.shape[1] / model.result.grid.slide_w_l0
+    k = hatched.shape[1] / model.analysis.result.grid.slide_w_l0
     block = (slice(int((r0 + 1) * SYNTH_TILE * k), int((r0 + 2) * SYNTH_TILE * k)),
              slice(int((c0 + 2) * SYNTH_TILE * k), int((c0 + 3) * SYNTH_TILE * k)))
     a, b = hatched[block][..., :3], anyway[block][..., :3]
@@ -278,7 +278,7 @@ def test_the_region_note_never_says_no_tile_is_malignant_when_the_tiles_are_out_
     model = make_model(cam_domain_model)
     model.open(square_slide, analyse=True)
     model.set_overlay(show_regions=True, min_confidence=0.54)
-    result = model.result
+    result = model.analysis.result
     assert model.regions == [] and result.out_of_domain.all()
     note = model.regions_note()
     assert note.startswith("No region: every classified tile is out of the model's domain.")

@@ -26,7 +26,7 @@ class Recorder:
 
     def __init__(self, model: ViewerModel) -> None:
         self.events: list[tuple[str, object]] = []
-        for group in (model.events, model.slide.events, model.settings.events):
+        for group in (model.events, model.slide.events, model.settings.events, model.analysis.events):
             for name in group.names:
                 getattr(group, name).connect(lambda e: self.events.append((e.type, e.value)))
 
@@ -37,17 +37,17 @@ class Recorder:
 @pytest.fixture
 def model(toy_model) -> ViewerModel:
     m = ViewerModel(run_now, store=MemoryStore())
-    m.use_cache = False
+    m.analysis.use_cache = False
     m.set_model(str(toy_model))
     return m
 
 
 def test_open_analyse_select_and_step(model, synthetic_slide):
     rec = Recorder(model)
-    model.auto_analyse = True
+    model.analysis.auto_analyse = True
     model.open(synthetic_slide)
     assert model.slide.opened is not None and model.slide.opened.info.name == "synthetic"
-    result = model.result
+    result = model.analysis.result
     assert result is not None and result.status == "complete" and result.n_done == 56
     kinds = [t for t, _ in rec.events]
     # opening → the slide → the run (model loaded, progress streaming) → the result
@@ -63,65 +63,65 @@ def test_open_analyse_select_and_step(model, synthetic_slide):
 
 
 def test_a_bad_file_never_replaces_the_open_slide(model, synthetic_slide, tmp_path):
-    model.auto_analyse = True
+    model.analysis.auto_analyse = True
     model.open(synthetic_slide)
-    slide, result = model.slide.opened, model.result
+    slide, result = model.slide.opened, model.analysis.result
     rec = Recorder(model)
     bad = tmp_path / "x.svs"
     bad.write_bytes(b"")
     model.open(bad)
-    assert model.slide.opened is slide and model.result is result  # nothing lost
+    assert model.slide.opened is slide and model.analysis.result is result  # nothing lost
     (title, error), = rec.of("error")
     assert title == "Cannot open slide" and "x.svs is empty" in error.message
     assert rec.of("slide") == [] and rec.of("result") == [] and rec.of("open_failed")[0][0] == str(bad)
-    assert model.slide.opening is None and model.can_analyse
+    assert model.slide.opening is None and model.analysis.can_analyse
 
 
 def test_nothing_open_means_nothing_to_analyse(model, synthetic_slide):
-    assert not model.can_analyse and not model.start_analysis()
+    assert not model.analysis.can_analyse and not model.analysis.start()
     model.open(synthetic_slide)
-    assert model.can_analyse
+    assert model.analysis.can_analyse
     model.close_slide()
-    assert model.slide.opened is None and not model.can_analyse and model.result is None
+    assert model.slide.opened is None and not model.analysis.can_analyse and model.analysis.result is None
 
 
 def test_switching_the_model_clears_or_reruns(model, synthetic_slide, tmp_path):
     other = make_toy_model(tmp_path / "other", patch_px=64, spacing_um=1.0, name="toy-other")
     model.open(synthetic_slide)
-    assert model.start_analysis() and model.result.model.name == "toy-colour"
+    assert model.analysis.start() and model.analysis.result.model.name == "toy-colour"
     rec = Recorder(model)
     model.set_model(str(other))  # auto-analyse off: the old result goes, nothing runs
-    assert model.result is None and rec.of("result") == [None] and rec.of("running") == []
-    assert model.progress.phase == "idle"
-    model.start_analysis()
-    assert model.result.model.name == "toy-other"
-    model.auto_analyse = True
+    assert model.analysis.result is None and rec.of("result") == [None] and rec.of("running") == []
+    assert model.analysis.progress.phase == "idle"
+    model.analysis.start()
+    assert model.analysis.result.model.name == "toy-other"
+    model.analysis.auto_analyse = True
     rec = Recorder(model)
     model.set_model(str(tmp_path / "missing.onnx"))
     # with auto-analyse on the slide is run again; a model file that does not exist says why
-    assert model.result is None and rec.of("result")[0] is None and rec.of("running") == [True, False]
+    assert model.analysis.result is None and rec.of("result")[0] is None and rec.of("running") == [True, False]
     assert [title for title, _ in rec.of("error")] == ["Analysis failed"]
 
 
 def test_auto_analyse_reruns_with_the_new_model(model, synthetic_slide, tmp_path):
     other = make_toy_model(tmp_path / "other", patch_px=64, spacing_um=1.0, name="toy-other")
-    model.auto_analyse = True
+    model.analysis.auto_analyse = True
     model.open(synthetic_slide)
-    assert model.result.model.name == "toy-colour"
+    assert model.analysis.result.model.name == "toy-colour"
     rec = Recorder(model)
     model.set_model(str(other))
     assert rec.of("result")[0] is None  # the old model's result is gone before the new one arrives
-    assert model.result.model.name == "toy-other" and model.result_model_path == str(other)
+    assert model.analysis.result.model.name == "toy-other" and model.analysis.result_model_path == str(other)
 
 
 def test_changed_settings_mark_the_result_stale(model, synthetic_slide):
     model.open(synthetic_slide)
-    model.start_analysis()
-    assert not model.stale
+    model.analysis.start()
+    assert not model.analysis.stale
     model.settings.set(tissue_threshold=0.6)
-    assert model.stale and model.result is not None  # kept on screen until Analyse
-    model.start_analysis()
-    assert not model.stale and model.result.params.tissue_threshold == 0.6
+    assert model.analysis.stale and model.analysis.result is not None  # kept on screen until Analyse
+    model.analysis.start()
+    assert not model.analysis.stale and model.analysis.result.params.tissue_threshold == 0.6
 
 
 def test_unknown_scale_is_asked_and_remembered(model, tmp_path):
@@ -131,17 +131,17 @@ def test_unknown_scale_is_asked_and_remembered(model, tmp_path):
     asked = []
     model.slide.ask_scale = lambda opened: asked.append(opened.path) or 0.5
     model.open(path)
-    assert model.start_analysis() and asked and model.result.slide.mpp.source == "user"
+    assert model.analysis.start() and asked and model.analysis.result.slide.mpp.source == "user"
     model.slide.ask_scale = lambda opened: pytest.fail("asked again")
     model.open(path)
-    assert model.slide.opened.info.mpp.um == 0.5 and model.start_analysis()
+    assert model.slide.opened.info.mpp.um == 0.5 and model.analysis.start()
     model.slide.ask_scale = None  # the kiosk: nobody to ask; the pipeline's own message fails the run
     model.store.mpp.clear()
     model.open(path)
     errors = []
     model.events.error.connect(lambda e: errors.append(e.value[1].message))
-    model.start_analysis()
-    assert model.result is None and "does not say how many µm a pixel is" in errors[0] and "--mpp" not in errors[0]
+    model.analysis.start()
+    assert model.analysis.result is None and "does not say how many µm a pixel is" in errors[0] and "--mpp" not in errors[0]
     model.slide.set_scale(WHOLE_IMAGE)
     assert model.slide.mpp_choice == WHOLE_IMAGE and model.settings.current().whole_image
 
@@ -159,15 +159,15 @@ def test_cancel_keeps_finished_tiles(model, synthetic_slide, toy_model):
 
     model.open(synthetic_slide)
     partial_seen = []
-    model.events.tiles.connect(lambda e: partial_seen.append(model.shown_result().n_done))
-    assert model.start_analysis(source=source, spec=classifier.spec)
-    assert model.result.status == "cancelled" and 16 <= model.result.n_done < 56
+    model.analysis.events.tiles.connect(lambda e: partial_seen.append(model.analysis.shown_result().n_done))
+    assert model.analysis.start(source=source, spec=classifier.spec)
+    assert model.analysis.result.status == "cancelled" and 16 <= model.analysis.result.n_done < 56
     assert partial_seen[:2] == [8, 16]
 
 
 def test_overlay_settings_drive_regions(model, synthetic_slide):
     model.open(synthetic_slide)
-    model.start_analysis()
+    model.analysis.start()
     rec = Recorder(model)
     model.set_overlay(show_regions=True)
     assert len(model.regions) == 1 and model.regions[0].n_tiles == 16 and rec.of("regions")[-1] == model.regions
@@ -197,14 +197,14 @@ def test_export_never_takes_the_regions_of_an_earlier_result(toy_model):
 
     hold = [False]
     m = ViewerModel(runner, store=MemoryStore())
-    m.use_cache = False
+    m.analysis.use_cache = False
     m.set_model(str(toy_model))
     first, second = grid_result(["MM.", "MM.", "..."]), grid_result(["...", ".MM", ".MM"])
-    m.set_result(first)
+    m.analysis.set_result(first)
     m.set_overlay(show_regions=True)
     assert [r.bbox for r in m.regions] == [(0, 0, 200, 200)]
     hold[0] = True
-    m.set_result(second)
+    m.analysis.set_result(second)
     m.update_regions()
     assert held, "the second result's regions job should still be running"
     regions, _ = m._regions_for_export(second)
@@ -216,7 +216,7 @@ def test_viewer_exports_go_through_the_cli_renderer(model, synthetic_slide, tmp_
     from cellview.cli import main
 
     model.open(synthetic_slide)
-    model.start_analysis()
+    model.analysis.start()
     model.set_overlay(min_confidence=0.5)  # the CLI's default region confidence
     out = model.export_all(tmp_path / "viewer")
     assert sorted(out) == ["csv", "geojson", "json", "png"]
@@ -238,9 +238,9 @@ def test_png_export_shows_what_the_screen_shows(model, synthetic_slide, tmp_path
     from PIL import Image
 
     model.open(synthetic_slide)
-    model.start_analysis()
+    model.analysis.start()
     thumb = model.slide.opened.thumbnail
-    k = thumb.shape[1] / model.result.grid.slide_w_l0
+    k = thumb.shape[1] / model.analysis.result.grid.slide_w_l0
 
     def png(**overlay) -> np.ndarray:
         model.set_overlay(**overlay)
@@ -270,7 +270,7 @@ def test_export_folder_falls_back_when_the_slide_folder_is_read_only(model, synt
     import cellview.base.files as files
 
     model.open(synthetic_slide)
-    model.start_analysis()
+    model.analysis.start()
     path, note = model.suggest_export_path("csv")
     assert path == Path(synthetic_slide).parent / "synthetic.csv" and note == ""
     slide_dir = Path(synthetic_slide).parent
@@ -283,7 +283,7 @@ def test_export_folder_falls_back_when_the_slide_folder_is_read_only(model, synt
 
 def test_open_dialog_starts_where_slides_are_not_in_the_export_folder(model, synthetic_slide, tmp_path):
     model.open(synthetic_slide)
-    model.start_analysis()
+    model.analysis.start()
     model.export_file("csv", tmp_path / "exports" / "a.csv")
     assert model.slide.open_dialog_dir() == str(Path(synthetic_slide).parent)  # the newest recent slide's folder
     model.slide.remember_open_dir(tmp_path / "somewhere" / "b.svs")
@@ -319,9 +319,9 @@ def test_job_items_the_model_does_not_know_reach_the_view(model, synthetic_slide
         yield "exported"
 
     items = []
-    model.events.job_item.connect(lambda e: items.append(e.value))
+    model.analysis.events.job_item.connect(lambda e: items.append(e.value))
     model.open(synthetic_slide, analyse=True, source=source, spec=classifier.spec)
-    assert items == ["exported"] and model.result.n_done == 56
+    assert items == ["exported"] and model.analysis.result.n_done == 56
 
 
 def test_a_failing_callback_source_is_reported(model, synthetic_slide):
@@ -331,9 +331,9 @@ def test_a_failing_callback_source_is_reported(model, synthetic_slide):
     errors = []
     model.events.error.connect(lambda e: errors.append(e.value[1]))
     model.open(synthetic_slide)
-    assert model.start_analysis(source=broken)
+    assert model.analysis.start(source=broken)
     assert isinstance(errors[0], CellviewError) and "ModelReady" in errors[0].message
-    assert not model.running and model.result is None and model.progress.phase == "failed"
+    assert not model.analysis.running and model.analysis.result is None and model.analysis.progress.phase == "failed"
 
 
 def test_counts_and_shares_follow_the_confidence_filter():
@@ -352,7 +352,7 @@ def test_counts_and_shares_follow_the_confidence_filter():
 
 def test_single_file_exports_parse(model, synthetic_slide, tmp_path):
     model.open(synthetic_slide)
-    model.start_analysis()
+    model.analysis.start()
     rows = list(csv.DictReader(io.StringIO(model.export_file("csv", tmp_path / "t.csv").read_text())))
     assert len(rows) == 56 and {r["pred_category"] for r in rows} == set(CATEGORIES)
     assert all(int(r["minx"]) + int(r["width"]) <= 2048 for r in rows)
@@ -363,9 +363,9 @@ def test_single_file_exports_parse(model, synthetic_slide, tmp_path):
 def test_params_from_settings_reach_the_run(model, synthetic_slide):
     model.settings.set(tissue_threshold=0.3, nuclei=False)
     model.open(synthetic_slide)
-    model.start_analysis()
-    assert model.result.params.tissue_threshold == 0.3
-    assert isinstance(model.result.params, AnalysisParams)
+    model.analysis.start()
+    assert model.analysis.result.params.tissue_threshold == 0.3
+    assert isinstance(model.analysis.result.params, AnalysisParams)
 
 
 def test_finished_event_without_a_slide_is_ignored(model, synthetic_slide, toy_model):
@@ -381,8 +381,8 @@ def test_finished_event_without_a_slide_is_ignored(model, synthetic_slide, toy_m
             yield event
 
     model.open(synthetic_slide)
-    model.start_analysis(source=source, spec=classifier.spec)
-    assert model.slide.opened is None and model.result is None and not model.running
+    model.analysis.start(source=source, spec=classifier.spec)
+    assert model.slide.opened is None and model.analysis.result is None and not model.analysis.running
 
 
 # ----------------------------------------------------------------------------- issue 19: nothing may mislead
@@ -432,21 +432,21 @@ def test_analyse_after_cancel_goes_on_from_the_finished_tiles(model, synthetic_s
                 cancel.cancel()
             yield event
 
-    model.analysis_source = source
+    model.analysis.source = source
     model.settings.set(batch_size=8, workers=1)
     model.open(synthetic_slide)
-    assert model.start_analysis()
-    cancelled = model.result
+    assert model.analysis.start()
+    cancelled = model.analysis.result
     assert cancelled.status == "cancelled" and 16 <= cancelled.n_done < 56
     tiles = []
-    model.events.tiles.connect(lambda e: tiles.append(len(e.value)))
-    assert model.start_analysis()
+    model.analysis.events.tiles.connect(lambda e: tiles.append(len(e.value)))
+    assert model.analysis.start()
     assert requests[1].resume is cancelled and requests[0].resume is None
-    assert model.result.status == "complete" and model.result.n_done == 56
+    assert model.analysis.result.status == "complete" and model.analysis.result.n_done == 56
     assert tiles[0] == cancelled.n_done  # the kept tiles come back first, then only the others are run
-    assert model.result.timings["resumed_tiles"] == cancelled.n_done
+    assert model.analysis.result.timings["resumed_tiles"] == cancelled.n_done
     model.settings.set(tissue_threshold=0.5)  # other settings: a new run from scratch
-    model.start_analysis()
+    model.analysis.start()
     assert requests[2].resume is None
 
 
@@ -456,7 +456,7 @@ def test_the_inspector_patch_is_normalised_as_the_model_was_fed(stain_model, he_
     from cellview.slides.slide import open_slide
 
     m = ViewerModel(run_now, store=MemoryStore())
-    m.use_cache = False
+    m.analysis.use_cache = False
     m.set_model(str(stain_model))
     m.settings.set(stain_normalize="macenko")
     m.open(he_slide, analyse=True)
@@ -467,6 +467,6 @@ def test_the_inspector_patch_is_normalised_as_the_model_was_fed(stain_model, he_
     transform = m.patch_stain()
     assert transform is not None and rec.of("stain") == [transform] and not m.stain_pending
     with open_slide(he_slide) as slide:
-        scanned = read_tile(slide, m.result.grid, 3)
-        shown = load_patch(slide, PatchRequest(3, m.result.grid, m.slide.mpp_um(), 0, transform)).rgb
+        scanned = read_tile(slide, m.analysis.result.grid, 3)
+        shown = load_patch(slide, PatchRequest(3, m.analysis.result.grid, m.slide.mpp_um(), 0, transform)).rgb
     assert np.array_equal(shown, transform.apply(scanned)) and not np.array_equal(shown, scanned)

@@ -374,7 +374,7 @@ class KioskWindow(MainWindow):
             precision=settings.precision))
         self.use_cache = False
         self.model.slide.ask_scale = None  # nobody may be at the screen: the settings' mpp_um applies or the case fails
-        self.model.auto_analyse = False  # cases are started by the kiosk itself
+        self.model.analysis.auto_analyse = False  # cases are started by the kiosk itself
         self.setWindowFlags(Qt.WindowType.Window | Qt.WindowType.FramelessWindowHint
                             | Qt.WindowType.WindowStaysOnTopHint)
         self.setWindowTitle("CellView kiosk")
@@ -426,7 +426,7 @@ class KioskWindow(MainWindow):
         self.prepare_timer = QTimer(self, interval=1000)
         self.prepare_timer.timeout.connect(self._tick_prepare)
         self._activity = _ActivityFilter(self.note_activity)
-        ev = self.model.events
+        ev = self.model.analysis.events
         ev.job_item.connect(self._on_case_item)
         ev.result.connect(self._on_case_result_shown)
         ev.run_ended.connect(lambda e: self._on_case_done())
@@ -741,7 +741,7 @@ class KioskWindow(MainWindow):
 
     def repaint_overlay(self, *args) -> None:
         super().repaint_overlay(*args)
-        result = self.model.shown_result()
+        result = self.model.analysis.shown_result()
         self._show_call(result)
         if self.tile_sheet.isVisible() and result is not None and 0 <= self.tile_sheet.index < result.n_tiles:
             self.tile_sheet.show_tile(self.tile_sheet.index, result)  # a streaming run: its call may arrive now
@@ -751,7 +751,7 @@ class KioskWindow(MainWindow):
     def _view_clicked(self, l0_x: float, l0_y: float) -> None:
         """A tap on the slide: the tile's call in a sheet over the slide, away from the finger."""
         index = self.model.select_at(l0_x, l0_y)
-        result = self.model.shown_result()
+        result = self.model.analysis.shown_result()
         if index < 0 or result is None:
             self.hide_tile_sheet()
             return
@@ -785,7 +785,7 @@ class KioskWindow(MainWindow):
 
     def _on_domain(self, event: Event) -> None:
         super()._on_domain(event)
-        self._show_call(self.model.shown_result())
+        self._show_call(self.model.analysis.shown_result())
 
     def _fill_screen(self) -> None:
         """Full screen, also where no window manager honours the full-screen request (bare X kiosk)."""
@@ -897,7 +897,7 @@ class KioskWindow(MainWindow):
     def _on_model(self, classifier: OnnxClassifier) -> None:
         self.prepare_timer.stop()
         self.classifier = classifier
-        self.model.spec = classifier.spec
+        self.model.analysis.spec = classifier.spec
         self.model.explain_classifier = classifier  # activation maps from the loaded model, no second copy
         self._fill_modes(classifier.spec.class_names)
         self.inspector.set_class_names(classifier.spec.class_names)

@@ -172,7 +172,7 @@ def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsMod
 
     labels.events.labels.connect(redraw)
     labels.events.picked.connect(redraw)
-    window.model.events.result.connect(lambda e: panel.refresh())
+    window.model.analysis.events.result.connect(lambda e: panel.refresh())
     window.model.events.selection.connect(lambda e: panel.refresh())
 
     menu = QMenu("&Labels", window)
@@ -203,7 +203,7 @@ def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsMod
         adapt_action.setEnabled(bool(labels.labelled_slides()))
 
     labels.events.labels.connect(name_keys)
-    window.model.events.result.connect(name_keys)
+    window.model.analysis.events.result.connect(name_keys)
     name_keys()
     return labels, panel
 
@@ -393,7 +393,7 @@ class AdaptDialog(QDialog):
         """Select the adapted model and analyse the open slide with it."""
         window = self.window_
         window.refresh_models(select=str(Path(self.report.written).absolute()))
-        if not window.model.running and window.model.can_analyse and not window.model.auto_analyse:
+        if not window.model.analysis.running and window.model.analysis.can_analyse and not window.model.analysis.auto_analyse:
             window.start_analysis()
         self.accept()
 

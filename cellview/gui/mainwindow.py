@@ -241,7 +241,7 @@ class MainWindow(QMainWindow):
         self.runner.started.connect(self._on_job_started)
         self.model = ViewerModel(self.runner, analysis_defaults, store=cfg.STORE)
         self.model.slide.ask_scale = lambda opened: self.ask_mpp(opened)
-        self.model.auto_analyse = str(cfg.get("auto_analyse", "true")).lower() == "true"
+        self.model.analysis.auto_analyse = str(cfg.get("auto_analyse", "true")).lower() == "true"
         self.setWindowTitle("CellView")
         self.setAcceptDrops(True)
         self.resize(1600, 1000)
@@ -300,12 +300,13 @@ class MainWindow(QMainWindow):
         settings.model.connect(self._on_model_selected)
         settings.settings.connect(lambda e: (self._show_run_options(), self._update_summary()))
         settings.model_options.connect(lambda e: self._show_run_options())
+        analysis = self.model.analysis.events
+        analysis.model_ready.connect(self._on_model_ready)
+        analysis.running.connect(self._on_running)
+        analysis.progress.connect(self._on_progress)
+        analysis.tiles.connect(self._on_tiles)
+        analysis.result.connect(self._on_result)
         ev = self.model.events
-        ev.model_ready.connect(self._on_model_ready)
-        ev.running.connect(self._on_running)
-        ev.progress.connect(self._on_progress)
-        ev.tiles.connect(self._on_tiles)
-        ev.result.connect(self._on_result)
         ev.selection.connect(self._on_selection)
         ev.overlay.connect(self._on_overlay)
         ev.regions.connect(self._on_regions)
@@ -330,11 +331,11 @@ class MainWindow(QMainWindow):
 
     @property
     def use_cache(self) -> bool:
-        return self.model.use_cache
+        return self.model.analysis.use_cache
 
     @use_cache.setter
     def use_cache(self, value: bool) -> None:
-        self.model.use_cache = bool(value)
+        self.model.analysis.use_cache = bool(value)
 
     @property
     def opened(self) -> Opened | None:
@@ -342,7 +343,7 @@ class MainWindow(QMainWindow):
 
     @property
     def result(self) -> AnalysisResult | None:
-        return self.model.result
+        return self.model.analysis.result
 
     @property
     def mpp_choice(self) -> float | str | None:
@@ -350,12 +351,12 @@ class MainWindow(QMainWindow):
 
     @property
     def spec(self) -> ModelSpec | None:
-        return self.model.spec
+        return self.model.analysis.spec
 
     @property
     def analysis(self) -> Worker | None:
         """The running analysis' worker (None when none runs)."""
-        return self._analysis_worker if self.model.running else None
+        return self._analysis_worker if self.model.analysis.running else None
 
     @property
     def _workers(self) -> set[Worker]:
@@ -440,7 +441,7 @@ class MainWindow(QMainWindow):
         self.auto_box = QCheckBox("Analyse automatically when a slide opens or the model changes")
         self.auto_box.setToolTip("Also when stain normalisation or test-time augmentation changes: like another "
                                  "model, they change what the model sees. Other settings wait for Analyse.")
-        self.auto_box.setChecked(self.model.auto_analyse)
+        self.auto_box.setChecked(self.model.analysis.auto_analyse)
         self.auto_box.toggled.connect(self._auto_toggled)
         c.addWidget(self.auto_box)
         lay.addWidget(card)
@@ -624,9 +625,9 @@ class MainWindow(QMainWindow):
             box.blockSignals(True)
             box.setCurrentIndex(max(0, box.findData(value)))
             box.blockSignals(False)
-        self.stain_box.setEnabled(options.stain_available and not self.model.running)
-        self.tta_box.setEnabled(not self.model.running)
-        self.precision_box.setEnabled(not self.model.running)
+        self.stain_box.setEnabled(options.stain_available and not self.model.analysis.running)
+        self.tta_box.setEnabled(not self.model.analysis.running)
+        self.precision_box.setEnabled(not self.model.analysis.running)
         if options.stain_available:
             self.stain_box.setToolTip(self.STAIN_TIP)
             self.stain_hint.setVisible(False)
@@ -972,7 +973,7 @@ class MainWindow(QMainWindow):
         if isinstance(item, TileLoaded):
             self.view.tile_loaded(item)
         elif isinstance(item, PatchLoaded):
-            result = self.model.shown_result()
+            result = self.model.analysis.shown_result()
             if result is not None and item.grid_id == id(result.grid) and item.index == self.inspector.index:
                 self.inspector.set_patch(item.rgb, item.nuclei, item.contoured)
                 self.patchShown.emit(item.index)
@@ -980,22 +981,22 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------------------ analysis
 
     def _auto_toggled(self, on: bool) -> None:
-        self.model.auto_analyse = on
+        self.model.analysis.auto_analyse = on
         cfg.put("auto_analyse", "true" if on else "false")
 
     def start_analysis(self) -> None:
-        self.model.start_analysis()
+        self.model.analysis.start()
 
     def cancel_analysis(self) -> None:
-        if self.model.running:
-            self.model.cancel_analysis()
+        if self.model.analysis.running:
+            self.model.analysis.cancel()
             self.progress.setFormat("Cancelling… %v / %m tiles")
 
     def _sync_actions(self) -> None:
         """Buttons and menu entries follow the model: nothing to analyse without a slide."""
-        running = self.model.running
-        self.analyse_btn.setEnabled(self.model.can_analyse)
-        self.act_analyse.setEnabled(self.model.can_analyse)
+        running = self.model.analysis.running
+        self.analyse_btn.setEnabled(self.model.analysis.can_analyse)
+        self.act_analyse.setEnabled(self.model.analysis.can_analyse)
         self.cancel_btn.setEnabled(running)
         self.act_cancel.setEnabled(running)
         self.model_box.setEnabled(not running)
@@ -1055,7 +1056,7 @@ class MainWindow(QMainWindow):
     def _on_result(self, event: Event) -> None:
         result: AnalysisResult | None = event.value
         self._dirty = False
-        if result is None and not self.model.running and self.model.model_ready is None:
+        if result is None and not self.model.analysis.running and self.model.analysis.model_ready is None:
             self.provider_label.setText("")  # e.g. another model chosen: its provider is not known yet
             self.provider_label.setToolTip("")
         self.repaint_overlay()
@@ -1107,7 +1108,7 @@ class MainWindow(QMainWindow):
 
     def _update_colour_hint(self) -> None:
         ov = self.model.overlay
-        names = self.model.spec.class_names if self.model.spec else ()
+        names = self.model.analysis.spec.class_names if self.model.analysis.spec else ()
         self.colorbar.setVisible(not ov.by_category)
         self.opacity.setEnabled(ov.draws_fill)
         if not ov.by_category and ov.mode < len(names):
@@ -1119,7 +1120,7 @@ class MainWindow(QMainWindow):
         return fill_rgba(result, self.model.overlay, self.lut)
 
     def repaint_overlay(self, *args) -> None:
-        result = self.model.shown_result()
+        result = self.model.analysis.shown_result()
         ov = self.model.overlay
         if result is None:
             self.view.set_overlay(None)
@@ -1148,7 +1149,7 @@ class MainWindow(QMainWindow):
         self._update_single_label(result)
         if 0 <= self.model.selection < g.n_tiles and self.inspector.index == self.model.selection:
             self.inspector.show_tile(self.model.selection, result, self.model.slide.mpp_um())
-        if self.model.running:
+        if self.model.analysis.running:
             if not self._regions_timer.isActive():  # throttled while batches stream in
                 self._regions_timer.start()
         else:
@@ -1173,7 +1174,7 @@ class MainWindow(QMainWindow):
         self.regionsShown.emit()
 
     def _update_summary(self) -> None:
-        result = self.model.shown_result()
+        result = self.model.analysis.shown_result()
         if result is None:
             self.summary_label.setText("")
             return
@@ -1192,7 +1193,7 @@ class MainWindow(QMainWindow):
         ov = self.model.overlay
         if ov.min_confidence > 0:
             text += f" Counts: {counted_text(result, ov)}."
-        if self.model.stale:
+        if self.model.analysis.stale:
             text += " Settings changed since this result: Analyse again to apply them."
         return text
 
@@ -1277,7 +1278,7 @@ class MainWindow(QMainWindow):
 
     def _on_selection(self, event: Event) -> None:
         index = event.value
-        result = self.model.shown_result()
+        result = self.model.analysis.shown_result()
         if result is None or not 0 <= index < result.n_tiles:
             self.inspector.clear()
             self.view.set_selection(None)
@@ -1288,7 +1289,7 @@ class MainWindow(QMainWindow):
 
     def _request_patch(self, *args) -> None:
         """The selected tile's patch as the model was fed it (once the run's stain transform is fitted)."""
-        result, index = self.model.shown_result(), self.model.selection
+        result, index = self.model.analysis.shown_result(), self.model.selection
         if self.requests is None or result is None or not 0 <= index < result.n_tiles:
             return
         if self.model.stain_pending:
@@ -1302,7 +1303,7 @@ class MainWindow(QMainWindow):
     def step_selection(self, d_row: int, d_col: int) -> None:
         """Move to the nearest tile in that direction and keep it in view."""
         index = self.model.step(d_row, d_col)
-        result = self.model.shown_result()
+        result = self.model.analysis.shown_result()
         if index >= 0 and result is not None:
             x, y, w, h = result.grid.rect(index)
             if not self.view.visible_l0_rect().contains(QRectF(x, y, w, h)):
@@ -1403,7 +1404,7 @@ class MainWindow(QMainWindow):
         self.view.place_overlays()  # the scale bar measured on the view as it is now
         shot = self.view.grab().toImage()
         self.view.overview.setVisible(self.model.slide.opened is not None)
-        result = self.model.result
+        result = self.model.analysis.result
         assert result is not None
         ov = self.model.overlay
         rect = self.view.visible_l0_rect()

@@ -85,7 +85,7 @@ class LabelsModel:
         self._cache: tuple[int, int, np.ndarray] | None = None  # (grid id, version, tile labels)
         self._version = 0
         viewer.slide.events.slide.connect(self._on_slide)
-        viewer.events.result.connect(self._on_result)
+        viewer.analysis.events.result.connect(self._on_result)
 
     # -- the slide -------------------------------------------------------------------------------
 
@@ -118,12 +118,12 @@ class LabelsModel:
 
     @property
     def grid(self) -> TileGrid | None:
-        result = self.viewer.shown_result()
+        result = self.viewer.analysis.shown_result()
         return None if result is None or result.grid.whole_image else result.grid
 
     @property
     def choices(self) -> list[LabelChoice]:
-        result = self.viewer.shown_result()
+        result = self.viewer.analysis.shown_result()
         return [] if result is None else label_choices(result.model)
 
     # -- picking tiles ---------------------------------------------------------------------------
@@ -258,7 +258,7 @@ class LabelsModel:
         assert self.slide is not None
         info = self.viewer.slide.opened.info if self.viewer.slide.opened is not None else None
         mpp = info.mpp.um if info is not None and info.mpp is not None and info.mpp.source == "user" else None
-        result = self.viewer.shown_result()
+        result = self.viewer.analysis.shown_result()
         names = result.model.class_names if result is not None else ()
         colours = result.model.class_colors if result is not None else ()
         slide_name = Path(self.slide).name

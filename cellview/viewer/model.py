@@ -28,18 +28,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cellview.analysis.explain import TileExplanation
-from cellview.analysis.model import ModelSpec, OnnxClassifier, copy_with_sha, user_models_dir
+from cellview.analysis.model import ModelSpec, OnnxClassifier, copy_with_sha
 from cellview.analysis.morphology import Region, malignant_regions
-from cellview.analysis.pipeline import BatchDone, Finished, Started
 from cellview.analysis.results import (
     AnalysisParams,
     AnalysisResult,
-    ModelInfo,
-    TileNuclei,
-    TileState,
 )
 from cellview.analysis.stain import TileStainTransform
 from cellview.analysis.tissue import TissueMask
@@ -49,16 +43,8 @@ from cellview.outputs.export import export_slide_result, render
 from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
 from cellview.outputs.overlay import OverlaySettings
 from cellview.slides.slide import slide_stem
-from cellview.viewer.analysis import (
-    AnalysisRequest,
-    AnalysisSource,
-    AnalysisSourceError,
-    ModelReady,
-    Progress,
-    _Run,
-    model_file_analysis,
-)
-from cellview.viewer.analysis_settings import AnalysisSettings, ModelOptions
+from cellview.viewer.analysis import AnalysisRun, AnalysisSource, model_file_analysis
+from cellview.viewer.analysis_settings import AnalysisSettings
 from cellview.viewer.events import EmitterGroup, Messages
 from cellview.viewer.explain import ExplainerReady, ExplainStain, ExplainState, explain_task, stain_task
 from cellview.viewer.exports import EXPORT_KINDS, ExportSettings
@@ -75,9 +61,7 @@ log = logging.getLogger(__name__)
 class ViewerModel:
     """The one viewer state; see the module docstring. All methods run on one (the UI) thread."""
 
-    EVENTS = ("model_ready", "running", "progress",
-              "tiles", "result", "selection", "overlay", "regions", "tissue", "status", "error", "job_item",
-              "run_ended", "domain", "explanation", "hover", "stain")
+    EVENTS = ("selection", "overlay", "regions", "tissue", "status", "error", "domain", "explanation", "hover", "stain")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis) -> None:
@@ -90,14 +74,11 @@ class ViewerModel:
         self.slide = SlideState(runner, self.store, self.messages, defaults)
         self.settings = AnalysisSettings(self.slide, self.messages, defaults)
         self.settings.on_run_options = self._rerun
-        self.analysis_source = analysis_source
-        self.use_cache = True
-        self.auto_analyse = False
-        self.model_ready: ModelReady | None = None
-        self.spec: ModelSpec | None = None
-        """The model of the last run (from its ModelReady, or the spec a source was started with)."""
-        self.result: AnalysisResult | None = None
-        self.result_model_path: str | None = None
+        self.analysis = AnalysisRun(self.slide, self.settings, runner, self.messages, analysis_source)
+        self.analysis.before_start = self.clear_result
+        self.analysis.on_tissue = self._show_run_tissue
+        self.analysis.on_batch = self._update_domain
+        self.analysis.on_shown = self._result_shown
         self.selection = -1
         self.hover = ""
         """What the tile under the pointer is (``hover_at``; "" over none): the status bar's text."""
@@ -106,11 +87,8 @@ class ViewerModel:
         self._shown_regions_key: tuple | None = None  # (id(result), n_done, confidence) of self.regions
         self.export_settings = ExportSettings()
         self.tissue: TissueMask | None = None
-        self.progress = Progress("idle")
-        self._run: _Run | None = None
         self._ids = itertools.count(1)
-        self._run_id = self._regions_id = self._tissue_id = 0
-        self._run_job: JobHandle | None = None
+        self._regions_id = self._tissue_id = 0
         self._tissue_job: JobHandle | None = None
         self._regions_job: JobHandle | None = None
         self._regions_key: tuple | None = None
@@ -136,65 +114,32 @@ class ViewerModel:
     # ------------------------------------------------------------------------------ state queries
 
     @property
-    def running(self) -> bool:
-        return self._run is not None
-
-    @property
-    def can_analyse(self) -> bool:
-        """A slide is open and nothing runs: what enables "Analyse"."""
-        return self.slide.opened is not None and not self.running
-
-    @property
     def can_export(self) -> bool:
-        return self.result is not None and not self.running
-
-    def shown_result(self) -> AnalysisResult | None:
-        """The finished result, or one built from the batches so far (rebuilt once per batch)."""
-        if self.result is not None:
-            return self.result
-        run = self._run
-        if run is None or run.started is None or run.spec is None or self.slide.opened is None:
-            return None
-        if run.partial is None:
-            assert run.probs is not None and run.state is not None
-            run.partial = AnalysisResult(
-                slide=self.slide.opened.info, model=ModelInfo.from_spec(run.spec), params=run.request.params,
-                grid=run.started.grid, probs=run.probs, state=run.state, provider=run.started.provider,
-                status="running", tissue=run.started.tissue, nuclei=run.nuclei, domain_score=run.domain_score)
-        return run.partial
-
-    @property
-    def stale(self) -> bool:
-        """The result was made with other analysis settings than the current ones (Analyse to apply)."""
-        if self.result is None:
-            return False
-        current = self.settings.current()
-        return (self.result.params.cache_dict() != current.cache_dict()
-                or self.result.params.precision != current.precision)
+        return self.analysis.result is not None and not self.analysis.running
 
     # ------------------------------------------------------------------------------ settings
 
     def _rerun(self) -> None:
         """A run option changed: with auto-analyse on, the open slide is run again as with a new model."""
-        if self.auto_analyse and self.slide.opened is not None and self.settings.model_path:
-            self._abandon_run()
-            self.start_analysis()
+        if self.analysis.auto_analyse and self.slide.opened is not None and self.settings.model_path:
+            self.analysis.abandon()
+            self.analysis.start()
 
     def set_model(self, model_path: str | None) -> None:
         """Select a model. A result always belongs to one model: another model's result is cleared,
         and with auto-analyse on the open slide is analysed again with the new one."""
         if model_path == self.settings.model_path:
             return
-        self.model_ready = None  # the provider and classes of the new model are known once it loads
+        self.analysis.model_ready = None  # the provider and classes of the new model are known once it loads
         if self._explain_loaded_for is not None:  # a classifier this model loaded for explanations
             self.explain_classifier = self._explain_loaded_for = None
         self.settings.select_model(model_path)
-        had_result = self.result is not None or self.running
+        had_result = self.analysis.result is not None or self.analysis.running
         if had_result:
-            self._abandon_run()
+            self.analysis.abandon()
             self.clear_result()
-        if self.auto_analyse and self.slide.opened is not None and model_path:
-            self.start_analysis()
+        if self.analysis.auto_analyse and self.slide.opened is not None and model_path:
+            self.analysis.start()
         elif had_result:
             self.status("The model changed: the previous result was cleared (Analyse to run the new model).")
 
@@ -216,7 +161,7 @@ class ViewerModel:
     # ------------------------------------------------------------------------------ the model's domain
 
     def domain_notice(self) -> DomainNotice:
-        return domain_notice(self.shown_result(), self.overlay.show_out_of_domain)
+        return domain_notice(self.analysis.shown_result(), self.overlay.show_out_of_domain)
 
     def _update_domain(self) -> None:
         notice = self.domain_notice()
@@ -239,7 +184,7 @@ class ViewerModel:
 
     def set_explain_class(self, class_index: int | None) -> None:
         """The class whose map is shown (None: the predicted one). Every class's map came with the tile."""
-        result = self.shown_result()
+        result = self.analysis.shown_result()
         if class_index is not None and result is not None and not 0 <= class_index < len(result.model.class_names):
             raise ModelError(f"Class index {class_index} is out of range.")
         self.explain_class = class_index
@@ -266,7 +211,7 @@ class ViewerModel:
         """Explain the selected tile when maps are on: one job at a time, the latest selection next."""
         if not self.explain_on:
             return
-        result, index = self.shown_result(), self.selection
+        result, index = self.analysis.shown_result(), self.selection
         if result is None or self.slide.opened is None or not 0 <= index < result.n_tiles:
             self._forget_explanation()
             return
@@ -283,7 +228,7 @@ class ViewerModel:
         self._explain_key = key
         self._explain_id = job_id = next(self._ids)
         grid, path, mpp = result.grid, self.slide.opened.path, self.slide.mpp_um()
-        classifier, model_path = self.explain_classifier, self.result_model_path or self.settings.model_path
+        classifier, model_path = self.explain_classifier, self.analysis.result_model_path or self.settings.model_path
         sha = result.model.sha256
         if classifier is not None and classifier.spec.onnx_sha256 != sha and copy_with_sha(classifier.spec, sha):
             classifier = None  # another copy of the same model (--precision) made the result: load that one
@@ -296,7 +241,7 @@ class ViewerModel:
                 return
             if isinstance(item, ExplainerReady):
                 # kept for the next tile unless the model changed meanwhile
-                if self.explain_classifier is None and item.model_path in (self.settings.model_path, self.result_model_path):
+                if self.explain_classifier is None and item.model_path in (self.settings.model_path, self.analysis.result_model_path):
                     self.explain_classifier, self._explain_loaded_for = item.classifier, item.model_path
                 return
             if job_id == self._explain_id and not self._explain_again:
@@ -331,7 +276,7 @@ class ViewerModel:
     def patch_stain(self) -> TileStainTransform | None:
         """The stain transform the shown result's tiles went through before the model, when it is fitted
         (None: the run normalised nothing, or the fit is pending: ``request_stain``, then ``events.stain``)."""
-        result = self.shown_result()
+        result = self.analysis.shown_result()
         if result is None or result.params.stain_normalize == "none":
             return None
         fitted = self._explain_stain
@@ -340,14 +285,14 @@ class ViewerModel:
     @property
     def stain_pending(self) -> bool:
         """The shown result normalised stains and its transform is not fitted yet."""
-        result = self.shown_result()
+        result = self.analysis.shown_result()
         return result is not None and result.params.stain_normalize != "none" and self.patch_stain() is None
 
     def request_stain(self) -> None:
         """Fit the slide's stain transform for the shown result, as analyze fits it (a job; ``events.stain``),
         so the inspector shows the patch the model was fed, not the one scanned."""
-        result = self.shown_result()
-        spec = self.spec
+        result = self.analysis.shown_result()
+        spec = self.analysis.spec
         if not self.stain_pending or self._stain_job is not None or result is None or self.slide.opened is None:
             return
         if spec is None or spec.onnx_sha256 != result.model.sha256:
@@ -391,7 +336,7 @@ class ViewerModel:
         Then: ``show`` a known result, or analyse (``analyse``, default ``auto_analyse``) with
         ``source``/``spec`` (default: the selected model file).
         """
-        self._after_open = {"analyse": self.auto_analyse if analyse is None else analyse, "source": source,
+        self._after_open = {"analyse": self.analysis.auto_analyse if analyse is None else analyse, "source": source,
                             "spec": spec, "show": show, "params": params}
         self.slide.open(path, mpp_um, self._on_opened)
 
@@ -401,23 +346,13 @@ class ViewerModel:
         self.slide.show(item)
         after, self._after_open = self._after_open, {}
         if after.get("show") is not None:
-            self.set_result(after["show"])
+            self.analysis.set_result(after["show"])
         elif after.get("analyse"):
-            self.start_analysis(source=after.get("source"), spec=after.get("spec"), params=after.get("params"))
-
-    def _abandon_run(self) -> None:
-        """Cancel the run and ignore whatever it still delivers (its thread stops at the next batch)."""
-        if self._run_job is not None:
-            self._run_job.cancel()
-        self._run_id = next(self._ids)
-        self._run_job = None
-        if self._run is not None:
-            self._run = None
-            self.events.running(False)
+            self.analysis.start(source=after.get("source"), spec=after.get("spec"), params=after.get("params"))
 
     def close_slide(self, keep_opening: bool = False) -> None:
         """Stop everything that belongs to the current slide; late items of its jobs are ignored."""
-        self._abandon_run()
+        self.analysis.abandon()
         if not keep_opening:
             self.slide.cancel_open()
         for handle in (self._tissue_job, self._regions_job):
@@ -427,12 +362,8 @@ class ViewerModel:
         self._tissue_job = self._regions_job = None
         self._regions_key, self._regions_again = None, False
         self.tissue = None
-        self.result = self.result_model_path = None
-        self.progress = Progress("idle")
         had = self.slide.close()
-        if had:
-            self.events.result(None)
-            self.events.progress(self.progress)
+        self.analysis.forget(emit=had)
         self._reset_view_state(emit=had)
 
     def _reset_view_state(self, emit: bool = True) -> None:
@@ -456,180 +387,40 @@ class ViewerModel:
 
     # ------------------------------------------------------------------------------ analysis
 
-    def start_analysis(self, source: AnalysisSource | None = None, spec: ModelSpec | None = None,
-                       params: AnalysisParams | None = None) -> bool:
-        """Analyse the open slide (one run at a time). ``source``/``spec``: another runner of the pipeline
-        (the kiosk's preloaded classifier); ``params``: other run parameters. False when nothing started."""
-        if self.slide.opened is None:
-            self.status("Open a slide first.")
-            return False
-        if self.running:
-            return False
-        source = source or self.analysis_source
-        if source is model_file_analysis and not self.settings.model_path:
-            self.error(ModelError("No model is selected.", f"Put a model into {user_models_dir() / '<name>'} or use "
-                                                           "Open… next to the model list."), "No model")
-            return False
-        if not self.slide.resolve_scale():
-            return False
-        params = params or self.settings.current()
-        resume = self.result if self._can_resume(params) else None
-        request = AnalysisRequest(self.slide.opened.path, params, self.settings.model_path, self.use_cache, resume)
-        self.clear_result(emit=True)
-        self._run_id = run_id = next(self._ids)
-        self._run = _Run(request, spec=spec)
-        self.model_ready = None
-        if spec is not None:
-            self.spec = spec
-        self.progress = Progress("preparing")
-        self.events.running(True)
-        self.events.progress(self.progress)
+    def _show_run_tissue(self, mask: TissueMask) -> None:
+        self.tissue = mask
+        self.events.tissue(mask)
 
-        def mine() -> bool:
-            return run_id == self._run_id
-
-        def on_item(item: object) -> None:
-            if mine():
-                self._on_run_item(item)
-
-        def on_failed(exc: CellviewError) -> None:
-            if mine():
-                self.error(exc, "Analysis failed")
-
-        def on_done() -> None:
-            if mine():
-                self._run_job = None
-                self._end_run()
-                self.events.run_ended(request)
-
-        self._run_job = self.runner(Job("analysis", lambda cancel: source(request, cancel), on_item, on_failed,
-                                        on_done))
-        return True
-
-    def _can_resume(self, params: AnalysisParams) -> bool:
-        """The shown result is a cancelled run of this slide with this model and these settings: Analyse goes
-        on from its finished tiles (the pipeline checks the rest: ``pipeline.resumable``)."""
-        result = self.result
-        return (result is not None and result.status == "cancelled" and self.slide.opened is not None
-                and result.slide.path == self.slide.opened.path and self.result_model_path == self.settings.model_path
-                and result.params.cache_dict() == params.cache_dict())
-
-    def cancel_analysis(self) -> None:
-        """Stop after the current batch; finished tiles are kept (the pipeline's Finished says so)."""
-        if self._run_job is not None and self._run is not None:
-            self._run_job.cancel()
-            self.status("Cancelling: finished tiles are kept.")
-
-    def _on_run_item(self, item: object) -> None:
-        run = self._run
-        if not isinstance(item, (ModelReady, Started, BatchDone, Finished)):
-            self.events.job_item(item)  # e.g. the kiosk's CaseResult, which follows Finished
-            return
-        if run is None:
-            return
-        if isinstance(item, ModelReady):
-            run.spec = self.spec = item.spec
-            self.model_ready = item
-            self.settings.set_model_options(ModelOptions.from_spec(item.spec))  # the loaded model has the last word
-            self.events.model_ready(item)
-        elif isinstance(item, Started):
-            n = item.total
-            if run.spec is None:
-                raise AnalysisSourceError("An analysis source must yield ModelReady (or be given the spec) "
-                                          "before the pipeline starts.")
-            run.started = item
-            run.probs = np.full((n, run.spec.num_classes), np.nan, np.float32)
-            run.state = np.zeros(n, np.uint8)
-            run.nuclei = (TileNuclei.empty(n, "px2" if self.slide.mpp_um() is None else "um2")
-                          if run.request.params.nuclei else None)
-            run.domain_score = np.full(n, np.nan, np.float32) if run.spec.domain is not None else None
-            run.partial = None
-            self.progress = Progress("running", 0, n, from_cache=item.from_cache)
-            self.events.progress(self.progress)
-            if item.tissue is not None:
-                self.tissue = item.tissue
-                self.events.tissue(item.tissue)
-        elif isinstance(item, BatchDone) and run.started is not None:
-            assert run.probs is not None and run.state is not None
-            run.probs[item.indices] = item.probs
-            run.state[item.indices] = np.where(item.failed, TileState.FAILED, TileState.DONE)
-            if item.nuclei is not None and run.nuclei is not None:
-                run.nuclei.values[item.indices] = item.nuclei
-            if item.domain_score is not None and run.domain_score is not None:
-                run.domain_score[item.indices] = item.domain_score
-            run.partial = None
-            self.progress = Progress("running", item.done, item.total, item.tiles_per_s, item.eta_s, item.elapsed_s)
-            self.events.progress(self.progress)
-            self._update_domain()
-            self.events.tiles(item.indices)
-        elif isinstance(item, Finished):
-            self._finish(item.result)
-
-    def _finish(self, result: AnalysisResult) -> None:
-        if result.slide.mpp is None and self.slide.opened is not None and self.slide.opened.info.mpp is not None:
-            result = replace(result, slide=replace(result.slide, mpp=self.slide.opened.info.mpp))
-        run = self._run
-        self._run = None  # the job may still deliver items of its own (and then closes its slide); a re-run may start
-        self.result_model_path = run.request.model_path if run else self.settings.model_path
-        self.result = result
-        phase = {"complete": "done", "cancelled": "cancelled"}.get(result.status, result.status)
-        self.progress = Progress(phase, result.n_done + result.n_failed, result.n_tiles,
-                                 float(result.timings.get("tiles_per_s", 0.0)), None,
-                                 float(result.timings.get("total_s", 0.0)), result.from_cache)
-        self.events.running(False)
-        self.events.progress(self.progress)
-        self.events.result(result)
+    def _result_shown(self, finished: bool) -> None:
+        """A result arrived (or went): the domain notice and the regions follow it; a finished run's result
+        shows the tile still selected (and its explanation)."""
         self._update_domain()
         self.update_regions()
-        if 0 <= self.selection < result.n_tiles:
+        result = self.analysis.result
+        if finished and result is not None and 0 <= self.selection < result.n_tiles:
             self.events.selection(self.selection)
             self._request_explanation()
 
-    def _end_run(self) -> None:
-        """The run's job ended without a Finished (failed, or stopped early)."""
-        if self._run is None:
-            return
-        self._run = None
-        self._run_job = None
-        self.progress = Progress("failed")
-        self.events.running(False)
-        self.events.progress(self.progress)
-        self.events.result(None)
-        self._update_domain()
-        self.update_regions()
-
-    def set_result(self, result: AnalysisResult, model_path: str | None = None) -> None:
-        """Show a result made elsewhere (the kiosk's earlier case, a script)."""
-        self.result = result
-        self.result_model_path = model_path or self.settings.model_path
-        self.progress = Progress("done", result.n_done + result.n_failed, result.n_tiles, from_cache=True)
-        self.events.progress(self.progress)
-        self.events.result(result)
-        self._update_domain()
-        self.update_regions()
-
     def clear_result(self, emit: bool = True) -> None:
         """Forget the result (and what hangs on it: selection, regions); the slide stays."""
-        had = self.result is not None or self._run is not None or self.selection >= 0 or bool(self.regions)
-        self.result = self.result_model_path = None
+        had = (self.analysis.result is not None or self.analysis.running or self.selection >= 0
+               or bool(self.regions))
         self.selection = -1
         self.regions, self._regions_key, self._shown_regions_key = [], None, None
         self._regions_id = next(self._ids)
         self._regions_job, self._regions_again = None, False
-        self.progress = Progress("idle")
         self._forget_explanation()
+        self.analysis.forget(emit=emit and had)
         if emit and had:
-            self.events.result(None)
             self.events.selection(-1)
             self.events.regions([])
-            self.events.progress(self.progress)
         if emit:
             self._update_domain()
 
     # ------------------------------------------------------------------------------ selection
 
     def select(self, index: int) -> None:
-        result = self.shown_result()
+        result = self.analysis.shown_result()
         if result is None or not 0 <= index < result.n_tiles:
             return
         self.selection = int(index)
@@ -637,7 +428,7 @@ class ViewerModel:
         self._request_explanation()
 
     def select_at(self, l0_x: float, l0_y: float) -> int:
-        result = self.shown_result()
+        result = self.analysis.shown_result()
         index = result.grid.tile_at(l0_x, l0_y) if result is not None else -1
         if index >= 0:
             self.select(index)
@@ -645,7 +436,7 @@ class ViewerModel:
 
     def step(self, d_row: int, d_col: int) -> int:
         """Move to the nearest tile in that direction along the row or column; the new index (or -1)."""
-        result = self.shown_result()
+        result = self.analysis.shown_result()
         if result is None:
             return -1
         g = result.grid
@@ -666,7 +457,7 @@ class ViewerModel:
 
     def hover_at(self, l0_x: float, l0_y: float) -> str:
         """The pointer is at this level-0 point: what its tile is ("" over none), also as ``events.hover``."""
-        result = self.shown_result()
+        result = self.analysis.shown_result()
         index = result.grid.tile_at(l0_x, l0_y) if result is not None else -1
         text = ""
         if result is not None and index >= 0 and result.done[index]:
@@ -680,7 +471,7 @@ class ViewerModel:
 
     def regions_note(self) -> str:
         """What the region outlines show, or why there are none ("" without a result or outlines off)."""
-        result = self.shown_result()
+        result = self.analysis.shown_result()
         if result is None or not self.overlay.show_regions or result.grid.whole_image:
             return ""
         return regions_note(result, self.regions, self.overlay.min_confidence)
@@ -693,7 +484,7 @@ class ViewerModel:
         Computed as a job, one at a time (a request during one follows it); skipped when neither
         the result, its progress nor the threshold changed.
         """
-        result = self.shown_result() if self.overlay.show_regions else None
+        result = self.analysis.shown_result() if self.overlay.show_regions else None
         if result is None or result.grid.whole_image:
             self._regions_key, self._regions_job, self._regions_again = None, None, False
             self._regions_id = next(self._ids)
@@ -832,10 +623,10 @@ class ViewerModel:
         return export_options(["csv", "geojson", "png", "json"], size, self.overlay.min_confidence, self.overlay)
 
     def _export_result(self) -> AnalysisResult:
-        if self.result is None or self.slide.opened is None:
+        if self.analysis.result is None or self.slide.opened is None:
             raise ExportError("Nothing to export: analyse the slide first.")
-        if self.running:
+        if self.analysis.running:
             raise ExportError("Wait until the analysis has finished (or cancel it) to export.")
-        return self.result
+        return self.analysis.result
 
 
