@@ -115,10 +115,10 @@ def main() -> int:
         else:
             window.view.vb.setRange(rect, padding=0)
         settle(app, 1.0)
-        window.model.show_calls_anyway(False)
+        window.model.overlay.show_calls_anyway(False)
         settle(app, 0.2)
         hatched = paint_ms()
-        window.model.show_calls_anyway(True)
+        window.model.overlay.show_calls_anyway(True)
         settle(app, 0.2)
         plain = paint_ms()
         rows.append((label, hatched, plain))

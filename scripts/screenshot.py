@@ -92,7 +92,7 @@ def main() -> int:
     if not window.add_model(model_path):
         return 2
     if args.style:
-        window.model.set_overlay(style=args.style)
+        window.model.overlay.set(style=args.style)
     window.open_path(args.slide)
     if not wait_for(window.analysisFinished, 900):
         print("analysis did not finish", file=sys.stderr)
@@ -207,7 +207,7 @@ def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
         print("the kiosk's model did not load", file=sys.stderr)
         return 1
     if args.style:
-        window.model.set_overlay(style=args.style)
+        window.model.overlay.set(style=args.style)
     shutil.copy(args.slide, tmp / "watch" / Path(args.slide).name)
     if not wait_for(window.caseFinished, 900):
         print("the case did not finish", file=sys.stderr)

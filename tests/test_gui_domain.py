@@ -55,7 +55,7 @@ def window(qtbot, cam_domain_model):
 def open_and_analyse(qtbot, window, path):
     with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         window.open_path(path)
-    qtbot.waitUntil(lambda: window.model.domain.kind != "none", timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.model.overlay.domain.kind != "none", timeout=TIMEOUT_MS)
     return blocker.args[0]
 
 
@@ -88,7 +88,7 @@ def test_banner_hatching_and_show_anyway_change_pixels_and_counts(qtbot, window,
         in banner.label.text()
     assert not banner.anyway.isChecked()
     # Out of domain: grey and hatched even in the default outline style, no category outline, not counted.
-    assert window.model.overlay.style == "outline"
+    assert window.model.overlay.settings.style == "outline"
     assert window.view.overlay.isVisible() and window.view.contours == []
     r0, _, c0, _ = SQUARE_BLOCK
     assert tuple(window.view.overlay.image[r0, c0]) == OUT_OF_DOMAIN_RGBA
@@ -99,7 +99,7 @@ def test_banner_hatching_and_show_anyway_change_pixels_and_counts(qtbot, window,
 
     with qtbot.waitSignal(window.domainShown, timeout=TIMEOUT_MS):
         banner.anyway.click()
-    assert window.model.overlay.show_out_of_domain and banner.isVisible()
+    assert window.model.overlay.settings.show_out_of_domain and banner.isVisible()
     assert "counted anyway" in banner.label.text()
     assert window.toggles.counts["malignant"].text().startswith(f"{n} tiles") and "100%" in \
         window.toggles.counts["malignant"].text()
@@ -112,7 +112,7 @@ def test_banner_hatching_and_show_anyway_change_pixels_and_counts(qtbot, window,
     assert hatch_stripes(hatched) > 2 and hatch_stripes(shown) < 1.3
 
     banner.anyway.click()  # and back
-    assert not window.model.overlay.show_out_of_domain and window.toggles.counts["malignant"].text().startswith("0")
+    assert not window.model.overlay.settings.show_out_of_domain and window.toggles.counts["malignant"].text().startswith("0")
 
 
 def test_a_note_when_some_tiles_are_out_of_domain(qtbot, window, odd_slide):
@@ -191,7 +191,7 @@ def test_view_export_draws_the_hatching_and_says_why(qtbot, window, square_slide
     assert any("hatched grey and left out of the counts" in t for t in lines)
     assert "This tissue does not look like red, blue and green test tiles; the calls are unreliable." in lines
     lines.clear()
-    window.model.show_calls_anyway(True)
+    window.model.overlay.show_calls_anyway(True)
     window.render_view_png()
     assert any("counted anyway" in t for t in lines)
 

@@ -134,7 +134,7 @@ def test_a_new_slide_starts_with_nothing_carried_over(qtbot, cam_domain_model, s
         shutil.copy(square_slide, other)
         with qtbot.waitSignal(window.slideOpened, timeout=TIMEOUT_MS):
             window.open_path(other)
-        assert not window.domain_banner.anyway.isChecked() and not window.model.overlay.show_out_of_domain
+        assert not window.domain_banner.anyway.isChecked() and not window.model.overlay.settings.show_out_of_domain
         assert window.threshold.value() == 0 and window.toggles.selected() == CATEGORIES
         assert not window.filter_notice.isVisibleTo(window)
         assert window.hover_label.text() == ""

@@ -490,7 +490,7 @@ def test_a_finger_still_drags_a_slider_in_the_scrolling_panel(qtbot, kiosk, synt
 
     show_at(qtbot, kiosk, 1024, 600)
     run_case(qtbot, kiosk, synthetic_slide)
-    kiosk.model.set_overlay(style="fill")
+    kiosk.model.overlay.set(style="fill")
     slider = kiosk.opacity
     kiosk._side_scroll.ensureWidgetVisible(slider)
     qtbot.waitUntil(lambda: inside_viewport(slider, kiosk._side_scroll), timeout=5000)
@@ -509,7 +509,7 @@ def test_a_finger_still_drags_a_slider_in_the_scrolling_panel(qtbot, kiosk, synt
         qtbot.wait(16)
         send(QEvent.Type.MouseMove, start + QPoint(20 * step, 0), Qt.MouseButton.LeftButton)
     send(QEvent.Type.MouseButtonRelease, start + QPoint(160, 0), Qt.MouseButton.NoButton)
-    assert slider.value() > before + 10 and kiosk.model.overlay.opacity == slider.value() / 100
+    assert slider.value() > before + 10 and kiosk.model.overlay.settings.opacity == slider.value() / 100
 
 
 # ----------------------------------------------------------------------------- issue 19: touch alone, 7-inch screen

@@ -44,35 +44,35 @@ def in_square(xy: tuple[int, int]) -> bool:
 def test_banner_when_most_of_the_tissue_is_out_of_domain_and_show_anyway_counts_it(cam_domain_model, square_slide):
     model = make_model(cam_domain_model)
     notices = []
-    model.events.domain.connect(lambda e: notices.append(e.value))
+    model.overlay.events.domain.connect(lambda e: notices.append(e.value))
     model.open(square_slide, analyse=True)
     result = model.analysis.result
     n = result.n_done
     assert n == 24 and result.out_of_domain.all()
-    notice = model.domain
+    notice = model.overlay.domain
     assert notices[-1] is notice and notice.kind == "most" and notice.banner
     assert notice.headline == ("This tissue does not look like red, blue and green test tiles; "
                                "the calls are unreliable.")
     assert "100% of the tissue tiles" in notice.detail and "left out of the counts" in notice.detail
     # Not counted, drawn grey: the toy calls every pink tile malignant from its red square.
-    assert count_lines(result, model.overlay)[0] == ("malignant", 0, 0)
-    assert (out_of_domain_runs(result, model.overlay)[:, 2].sum()
+    assert count_lines(result, model.overlay.settings)[0] == ("malignant", 0, 0)
+    assert (out_of_domain_runs(result, model.overlay.settings)[:, 2].sum()
             == (SQUARE_BLOCK[3] - SQUARE_BLOCK[2]) * (SQUARE_BLOCK[1] - SQUARE_BLOCK[0]) * SYNTH_TILE)
-    grey = fill_rgba(result, model.overlay)
-    model.show_calls_anyway(True)
-    assert model.overlay.show_out_of_domain and model.domain.shown_anyway and notices[-1].shown_anyway
-    assert "shown in category colours and counted anyway" in model.domain.detail
-    assert count_lines(result, model.overlay)[0] == ("malignant", n, 100)
-    assert len(out_of_domain_runs(result, model.overlay)) == 0
-    assert not np.array_equal(fill_rgba(result, model.overlay), grey)
-    model.show_calls_anyway(False)
-    assert not model.domain.shown_anyway and count_lines(result, model.overlay)[0][1] == 0
+    grey = fill_rgba(result, model.overlay.settings)
+    model.overlay.show_calls_anyway(True)
+    assert model.overlay.settings.show_out_of_domain and model.overlay.domain.shown_anyway and notices[-1].shown_anyway
+    assert "shown in category colours and counted anyway" in model.overlay.domain.detail
+    assert count_lines(result, model.overlay.settings)[0] == ("malignant", n, 100)
+    assert len(out_of_domain_runs(result, model.overlay.settings)) == 0
+    assert not np.array_equal(fill_rgba(result, model.overlay.settings), grey)
+    model.overlay.show_calls_anyway(False)
+    assert not model.overlay.domain.shown_anyway and count_lines(result, model.overlay.settings)[0][1] == 0
 
 
 def test_a_quieter_note_when_some_tiles_are_out_of_domain(cam_domain_model, odd_slide):
     model = make_model(cam_domain_model)
     model.open(odd_slide, analyse=True)
-    notice = model.domain
+    notice = model.overlay.domain
     n_out = int(model.analysis.result.out_of_domain.sum())
     assert notice.kind == "some" and not notice.banner and notice.note and n_out >= 12
     assert notice.headline == f"{n_out} of 68 tiles ({n_out / 68:.0%}) are out of the model's domain,"
@@ -81,15 +81,15 @@ def test_a_quieter_note_when_some_tiles_are_out_of_domain(cam_domain_model, odd_
 
 def test_models_without_statistics_say_so(toy_model, synthetic_slide):
     model = make_model(toy_model)
-    assert model.domain.kind == "none"
+    assert model.overlay.domain.kind == "none"
     model.open(synthetic_slide, analyse=True)
-    notice = model.domain
+    notice = model.overlay.domain
     assert notice.kind == "unavailable" and not notice.banner and not notice.note
     assert notice.headline == "Domain score: not available for this model."
-    assert describe_domain(model.analysis.result, model.overlay) == "Domain score: not available for this model."
+    assert describe_domain(model.analysis.result, model.overlay.settings) == "Domain score: not available for this model."
     assert NOT_AVAILABLE in notice.headline.lower()
     model.close_slide()
-    assert model.domain.kind == "none"
+    assert model.overlay.domain.kind == "none"
 
 
 def test_streaming_results_carry_their_domain_scores(cam_domain_model, square_slide):
@@ -100,7 +100,7 @@ def test_streaming_results_carry_their_domain_scores(cam_domain_model, square_sl
 
     def on_tiles(event):
         partial = model.analysis.shown_result()
-        seen.append((partial.status, partial.has_domain, int(partial.out_of_domain.sum()), model.domain.kind))
+        seen.append((partial.status, partial.has_domain, int(partial.out_of_domain.sum()), model.overlay.domain.kind))
 
     model.analysis.events.tiles.connect(on_tiles)
     model.open(square_slide, analyse=True)
@@ -238,7 +238,7 @@ def test_whole_slide_png_is_hatched_and_follows_show_anyway(cam_domain_model, sq
     monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
     hatched = np.asarray(Image.open(model.export_file("png", tmp_path / "a.png")))
     legend_a, drawn[:] = list(drawn), []
-    model.show_calls_anyway(True)
+    model.overlay.show_calls_anyway(True)
     anyway = np.asarray(Image.open(model.export_file("png", tmp_path / "b.png")))
     legend_b = list(drawn)
     # Inside the pink block: grey + hatching (light and dark lines); shown anyway: the stain with outlines only.
@@ -277,7 +277,7 @@ def test_the_region_note_never_says_no_tile_is_malignant_when_the_tiles_are_out_
     """Issue 19: the toy calls the pink tiles malignant, all out of domain: no region, and the note says why."""
     model = make_model(cam_domain_model)
     model.open(square_slide, analyse=True)
-    model.set_overlay(show_regions=True, min_confidence=0.54)
+    model.overlay.set(show_regions=True, min_confidence=0.54)
     result = model.analysis.result
     assert model.regions == [] and result.out_of_domain.all()
     note = model.regions_note()

@@ -26,7 +26,8 @@ class Recorder:
 
     def __init__(self, model: ViewerModel) -> None:
         self.events: list[tuple[str, object]] = []
-        for group in (model.events, model.slide.events, model.settings.events, model.analysis.events):
+        for group in (model.events, model.slide.events, model.settings.events, model.analysis.events,
+                      model.overlay.events):
             for name in group.names:
                 getattr(group, name).connect(lambda e: self.events.append((e.type, e.value)))
 
@@ -169,13 +170,13 @@ def test_overlay_settings_drive_regions(model, synthetic_slide):
     model.open(synthetic_slide)
     model.analysis.start()
     rec = Recorder(model)
-    model.set_overlay(show_regions=True)
+    model.overlay.set(show_regions=True)
     assert len(model.regions) == 1 and model.regions[0].n_tiles == 16 and rec.of("regions")[-1] == model.regions
-    model.set_overlay(min_confidence=0.99)  # the threshold drives them: computed again
+    model.overlay.set(min_confidence=0.99)  # the threshold drives them: computed again
     assert len(rec.of("regions")) == 2 and model.regions_confidence == 0.99
-    model.set_overlay(opacity=0.2, style="fill")  # cannot change regions: no recomputation
+    model.overlay.set(opacity=0.2, style="fill")  # cannot change regions: no recomputation
     assert rec.of("overlay")[-1].opacity == 0.2 and len(rec.of("regions")) == 2
-    model.set_overlay(show_regions=False)
+    model.overlay.set(show_regions=False)
     assert model.regions == [] and rec.of("regions")[-1] == []
 
 
@@ -201,7 +202,7 @@ def test_export_never_takes_the_regions_of_an_earlier_result(toy_model):
     m.set_model(str(toy_model))
     first, second = grid_result(["MM.", "MM.", "..."]), grid_result(["...", ".MM", ".MM"])
     m.analysis.set_result(first)
-    m.set_overlay(show_regions=True)
+    m.overlay.set(show_regions=True)
     assert [r.bbox for r in m.regions] == [(0, 0, 200, 200)]
     hold[0] = True
     m.analysis.set_result(second)
@@ -217,7 +218,7 @@ def test_viewer_exports_go_through_the_cli_renderer(model, synthetic_slide, tmp_
 
     model.open(synthetic_slide)
     model.analysis.start()
-    model.set_overlay(min_confidence=0.5)  # the CLI's default region confidence
+    model.overlay.set(min_confidence=0.5)  # the CLI's default region confidence
     out = model.export_all(tmp_path / "viewer")
     assert sorted(out) == ["csv", "geojson", "json", "png"]
     assert main(["analyze", str(synthetic_slide), "--model", model.settings.model_path, "--out", str(tmp_path / "cli"),
@@ -243,7 +244,7 @@ def test_png_export_shows_what_the_screen_shows(model, synthetic_slide, tmp_path
     k = thumb.shape[1] / model.analysis.result.grid.slide_w_l0
 
     def png(**overlay) -> np.ndarray:
-        model.set_overlay(**overlay)
+        model.overlay.set(**overlay)
         path = model.export_file("png", tmp_path / "x.png")
         return np.asarray(Image.open(path).convert("RGB"))[:thumb.shape[0], :thumb.shape[1]].astype(int)
 
@@ -394,7 +395,7 @@ def test_a_new_slide_starts_safe_and_forgets_the_last_ones_view(model, synthetic
     import shutil
 
     model.open(synthetic_slide, analyse=True)
-    model.set_overlay(show_out_of_domain=True, min_confidence=0.7, categories=("benign",), show_regions=True,
+    model.overlay.set(show_out_of_domain=True, min_confidence=0.7, categories=("benign",), show_regions=True,
                       style="fill")
     r0, _, c0, _ = SYNTH_BLOCKS["malignant"]
     assert model.hover_at(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5).startswith("malignant ")
@@ -403,11 +404,11 @@ def test_a_new_slide_starts_safe_and_forgets_the_last_ones_view(model, synthetic
     other = tmp_path / "other.tiff"
     shutil.copy(synthetic_slide, other)
     model.open(other, analyse=False)
-    ov = model.overlay
+    ov = model.overlay.settings
     assert (ov.show_out_of_domain, ov.min_confidence, ov.categories) == (False, 0.0, CATEGORIES)
     assert (ov.style, ov.show_regions) == ("fill", True)  # the look is the user's, not the slide's
     assert rec.of("overlay")[-1] == ov and rec.of("hover") == [""] and model.hover == ""
-    assert model.regions_note() == "" and model.selection == -1 and not model.domain.shown_anyway
+    assert model.regions_note() == "" and model.selection == -1 and not model.overlay.domain.shown_anyway
 
 
 def test_hover_says_nothing_off_the_tiles(model, synthetic_slide):

@@ -721,7 +721,7 @@ class KioskWindow(MainWindow):
             self.call_label.setText("" if result is None else "Analysing…")
             self.shares_label.setText("")
             return
-        anyway = self.model.overlay.show_out_of_domain
+        anyway = self.model.overlay.settings.show_out_of_domain
         n_out = int(result.out_of_domain.sum())
         out_text = f" · {n_out:,} out of domain" if n_out else ""
         state = "" if result.status == "complete" else (" (so far)" if result.status == "running" else
@@ -733,7 +733,7 @@ class KioskWindow(MainWindow):
         pct = result.category_percentages(anyway)
         order = sorted(pct, key=lambda c: -pct[c])
         top = order[0]
-        warn = "<span style='color:#ffb347'>⚠</span> " if self.model.domain_notice().banner else ""
+        warn = "<span style='color:#ffb347'>⚠</span> " if self.model.overlay.notice().banner else ""
         self.call_label.setText(f"{warn}<span style='color:{CATEGORY_COLORS[top]}'>■</span> {top.capitalize()} "
                                 f"{pct[top]}%{state}")
         self.shares_label.setText(" · ".join(f"{c} {pct[c]}%" for c in order[1:])

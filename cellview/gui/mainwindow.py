@@ -262,7 +262,7 @@ class MainWindow(QMainWindow):
         self.view.empty_hint.openRequested.connect(self.choose_slide)
         self.view.empty_hint.recentRequested.connect(self.open_path)
         self.domain_banner = DomainBanner()
-        self.domain_banner.showAnywayToggled.connect(self.model.show_calls_anyway)
+        self.domain_banner.showAnywayToggled.connect(self.model.overlay.show_calls_anyway)
         self.canvas = QWidget()  # the banner above the slide (the kiosk moves the banner into its panel)
         canvas = QVBoxLayout(self.canvas)
         canvas.setContentsMargins(0, 0, 0, 0)
@@ -306,14 +306,15 @@ class MainWindow(QMainWindow):
         analysis.progress.connect(self._on_progress)
         analysis.tiles.connect(self._on_tiles)
         analysis.result.connect(self._on_result)
+        overlay = self.model.overlay.events
+        overlay.overlay.connect(self._on_overlay)
+        overlay.domain.connect(self._on_domain)
         ev = self.model.events
         ev.selection.connect(self._on_selection)
-        ev.overlay.connect(self._on_overlay)
         ev.regions.connect(self._on_regions)
         ev.tissue.connect(self._on_tissue)
         ev.status.connect(lambda e: self.statusBar().showMessage(e.value, 8000))
         ev.error.connect(lambda e: self.show_error(e.value[1], e.value[0]))
-        ev.domain.connect(self._on_domain)
         ev.explanation.connect(self._on_explanation)
         ev.hover.connect(self._on_hover)
         ev.stain.connect(self._request_patch)
@@ -448,13 +449,13 @@ class MainWindow(QMainWindow):
 
         card, c = section("Heatmap")
         self.show_overlay = QCheckBox("Show heatmap")
-        self.show_overlay.setChecked(self.model.overlay.visible)
-        self.show_overlay.toggled.connect(lambda on: self.model.set_overlay(visible=on))
+        self.show_overlay.setChecked(self.model.overlay.settings.visible)
+        self.show_overlay.toggled.connect(lambda on: self.model.overlay.set(visible=on))
         c.addWidget(self.show_overlay)
         self.show_regions = QCheckBox("Outline malignant regions")
         self.show_regions.setToolTip("Connected malignant tiles at or above the minimum confidence, "
                                      "with bounding boxes and areas")
-        self.show_regions.toggled.connect(lambda on: self.model.set_overlay(show_regions=on))
+        self.show_regions.toggled.connect(lambda on: self.model.overlay.set(show_regions=on))
         c.addWidget(self.show_regions)
         self.regions_label = _hint("")
         self.regions_label.setVisible(False)
@@ -464,10 +465,10 @@ class MainWindow(QMainWindow):
         self.style_box = QComboBox()
         for style in STYLES:
             self.style_box.addItem(STYLE_LABELS[style], style)
-        self.style_box.setCurrentIndex(STYLES.index(self.model.overlay.style))
+        self.style_box.setCurrentIndex(STYLES.index(self.model.overlay.settings.style))
         self.style_box.setToolTip("Outlines leave the stain as scanned: a red fill over eosin pink reads as more "
                                   "staining")
-        self.style_box.currentIndexChanged.connect(lambda _i: self.model.set_overlay(style=self.style_box.currentData()))
+        self.style_box.currentIndexChanged.connect(lambda _i: self.model.overlay.set(style=self.style_box.currentData()))
         form.addRow("Draw", self.style_box)
         self.mode_box = QComboBox()
         self.mode_box.addItem("Category (colour × confidence)", -1)
@@ -475,9 +476,9 @@ class MainWindow(QMainWindow):
         form.addRow("Colour by", self.mode_box)
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
-        self.opacity.setValue(int(round(self.model.overlay.opacity * 100)))
-        self.opacity.valueChanged.connect(lambda v: self.model.set_overlay(opacity=v / 100))
-        self.view.overlay.setOpacity(self.model.overlay.opacity)
+        self.opacity.setValue(int(round(self.model.overlay.settings.opacity * 100)))
+        self.opacity.valueChanged.connect(lambda v: self.model.overlay.set(opacity=v / 100))
+        self.view.overlay.setOpacity(self.model.overlay.settings.opacity)
         form.addRow("Fill opacity", self.opacity)
         thr_row = QHBoxLayout()
         self.threshold = QSlider(Qt.Orientation.Horizontal)
@@ -491,10 +492,10 @@ class MainWindow(QMainWindow):
         form.addRow("Min. confidence", thr_row)
         c.addLayout(form)
         self.toggles = CategoryToggles()
-        self.toggles.changed.connect(lambda: self.model.set_overlay(categories=self.toggles.selected()))
+        self.toggles.changed.connect(lambda: self.model.overlay.set(categories=self.toggles.selected()))
         c.addWidget(self.toggles)
         self.filter_notice = FilterNotice()  # a filter or an override of the domain warning is never silent
-        self.filter_notice.resetRequested.connect(lambda: self.model.set_overlay(**PER_SLIDE))
+        self.filter_notice.resetRequested.connect(lambda: self.model.overlay.set(**PER_SLIDE))
         c.addWidget(self.filter_notice)
         self.colour_hint = _hint("")
         c.addWidget(self.colour_hint)
@@ -662,11 +663,11 @@ class MainWindow(QMainWindow):
         zoom_in.setShortcuts([QKeySequence(QKeySequence.StandardKey.ZoomIn), QKeySequence("Ctrl+=")])  # no Shift needed
         m.addAction("Zoom out", QKeySequence.StandardKey.ZoomOut, lambda: self.view.zoom(1 / 1.5))
         self.act_heatmap = QAction("Show heatmap", self, checkable=True, checked=True, shortcut=QKeySequence("H"))
-        self.act_heatmap.toggled.connect(lambda on: self.model.set_overlay(visible=on))
+        self.act_heatmap.toggled.connect(lambda on: self.model.overlay.set(visible=on))
         m.addAction(self.act_heatmap)
         self.act_regions = QAction("Outline malignant regions", self, checkable=True, checked=False,
                                    shortcut=QKeySequence("R"))
-        self.act_regions.toggled.connect(lambda on: self.model.set_overlay(show_regions=on))
+        self.act_regions.toggled.connect(lambda on: self.model.overlay.set(show_regions=on))
         m.addAction(self.act_regions)
         m.addAction("Next drawing style (outlines / fill)", QKeySequence("O"), self._next_style)
         m = bar.addMenu("&Analysis")
@@ -842,8 +843,8 @@ class MainWindow(QMainWindow):
         idx = self.mode_box.findData(current)
         self.mode_box.setCurrentIndex(idx if idx >= 0 else 0)
         self.mode_box.blockSignals(False)
-        if self.mode_box.currentData() != self.model.overlay.mode:
-            self.model.set_overlay(mode=int(self.mode_box.currentData()))
+        if self.mode_box.currentData() != self.model.overlay.settings.mode:
+            self.model.overlay.set(mode=int(self.mode_box.currentData()))
 
     # ------------------------------------------------------------------------------ opening
 
@@ -1073,15 +1074,15 @@ class MainWindow(QMainWindow):
 
     def _threshold_changed(self, value: int) -> None:
         self.threshold_label.setText(f"{value}%")
-        self.model.set_overlay(min_confidence=value / 100)
+        self.model.overlay.set(min_confidence=value / 100)
 
     def _mode_changed(self, *args) -> None:
         k = self.mode_box.currentData()
-        self.model.set_overlay(mode=int(k if k is not None else -1))
+        self.model.overlay.set(mode=int(k if k is not None else -1))
 
     def _next_style(self) -> None:
-        style = STYLES[(STYLES.index(self.model.overlay.style) + 1) % len(STYLES)]
-        self.model.set_overlay(style=style)
+        style = STYLES[(STYLES.index(self.model.overlay.settings.style) + 1) % len(STYLES)]
+        self.model.overlay.set(style=style)
 
     def _on_overlay(self, event: Event) -> None:
         ov = event.value
@@ -1107,7 +1108,7 @@ class MainWindow(QMainWindow):
         self.repaint_overlay()
 
     def _update_colour_hint(self) -> None:
-        ov = self.model.overlay
+        ov = self.model.overlay.settings
         names = self.model.analysis.spec.class_names if self.model.analysis.spec else ()
         self.colorbar.setVisible(not ov.by_category)
         self.opacity.setEnabled(ov.draws_fill)
@@ -1117,11 +1118,11 @@ class MainWindow(QMainWindow):
 
     def overlay_rgba(self, result: AnalysisResult) -> np.ndarray:
         """The fill image, one pixel per grid cell, exactly as painted (``overlay.fill_rgba``)."""
-        return fill_rgba(result, self.model.overlay, self.lut)
+        return fill_rgba(result, self.model.overlay.settings, self.lut)
 
     def repaint_overlay(self, *args) -> None:
         result = self.model.analysis.shown_result()
-        ov = self.model.overlay
+        ov = self.model.overlay.settings
         if result is None:
             self.view.set_overlay(None)
             self.view.set_out_of_domain(np.zeros((0, 4)))
@@ -1162,7 +1163,7 @@ class MainWindow(QMainWindow):
 
     def _on_regions(self, event: Event) -> None:
         regions: list[Region] = event.value
-        if not self.model.overlay.show_regions:
+        if not self.model.overlay.settings.show_regions:
             self.view.set_regions(())
         else:
             self.view.set_regions(regions[:MAX_REGIONS_DRAWN])
@@ -1190,7 +1191,7 @@ class MainWindow(QMainWindow):
         options = describe_run_options(result.params, result.stain)
         if options:
             text += f" {options}."
-        ov = self.model.overlay
+        ov = self.model.overlay.settings
         if ov.min_confidence > 0:
             text += f" Counts: {counted_text(result, ov)}."
         if self.model.analysis.stale:
@@ -1406,7 +1407,7 @@ class MainWindow(QMainWindow):
         self.view.overview.setVisible(self.model.slide.opened is not None)
         result = self.model.analysis.result
         assert result is not None
-        ov = self.model.overlay
+        ov = self.model.overlay.settings
         rect = self.view.visible_l0_rect()
         extra = [f"View: x {max(0, rect.x()):,.0f}  y {max(0, rect.y()):,.0f} (level 0)"]
         if self.model.slide.mpp_um():

@@ -41,7 +41,6 @@ from cellview.base.errors import CellviewError, ExportError, ModelError
 from cellview.base.files import writable_dir
 from cellview.outputs.export import export_slide_result, render
 from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
-from cellview.outputs.overlay import OverlaySettings
 from cellview.slides.slide import slide_stem
 from cellview.viewer.analysis import AnalysisRun, AnalysisSource, model_file_analysis
 from cellview.viewer.analysis_settings import AnalysisSettings
@@ -49,7 +48,7 @@ from cellview.viewer.events import EmitterGroup, Messages
 from cellview.viewer.explain import ExplainerReady, ExplainStain, ExplainState, explain_task, stain_task
 from cellview.viewer.exports import EXPORT_KINDS, ExportSettings
 from cellview.viewer.jobs import Job, JobHandle, Pending, Runner, run_now
-from cellview.viewer.overlay import DomainNotice, domain_notice
+from cellview.viewer.overlay import OverlayState
 from cellview.viewer.regions import regions_note, regions_task
 from cellview.viewer.settings import MemoryStore, SettingsStore
 from cellview.viewer.slide import THUMBNAIL_PX, Opened, SlideState
@@ -61,7 +60,7 @@ log = logging.getLogger(__name__)
 class ViewerModel:
     """The one viewer state; see the module docstring. All methods run on one (the UI) thread."""
 
-    EVENTS = ("selection", "overlay", "regions", "tissue", "status", "error", "domain", "explanation", "hover", "stain")
+    EVENTS = ("selection", "regions", "tissue", "status", "error", "explanation", "hover", "stain")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis) -> None:
@@ -73,16 +72,11 @@ class ViewerModel:
         defaults = defaults or AnalysisParams()
         self.slide = SlideState(runner, self.store, self.messages, defaults)
         self.settings = AnalysisSettings(self.slide, self.messages, defaults)
-        self.settings.on_run_options = self._rerun
         self.analysis = AnalysisRun(self.slide, self.settings, runner, self.messages, analysis_source)
-        self.analysis.before_start = self.clear_result
-        self.analysis.on_tissue = self._show_run_tissue
-        self.analysis.on_batch = self._update_domain
-        self.analysis.on_shown = self._result_shown
+        self.overlay = OverlayState(self.analysis)
         self.selection = -1
         self.hover = ""
         """What the tile under the pointer is (``hover_at``; "" over none): the status bar's text."""
-        self.overlay = OverlaySettings()
         self.regions: list[Region] = []
         self._shown_regions_key: tuple | None = None  # (id(result), n_done, confidence) of self.regions
         self.export_settings = ExportSettings()
@@ -94,7 +88,6 @@ class ViewerModel:
         self._regions_key: tuple | None = None
         self._regions_again = False
         self._after_open: dict[str, Any] = {}
-        self.domain = DomainNotice("none")
         self.explain_on = False
         self.explain_class: int | None = None
         """The class whose activation map is shown; None: the tile's predicted class."""
@@ -110,6 +103,16 @@ class ViewerModel:
         self._explain_job: JobHandle | None = None
         self._explain_again = False
         self._explain_key: tuple[int, int] | None = None
+        self._wire()
+
+    def _wire(self) -> None:
+        """The reactions between the parts (the parts call these hooks where their change ripples)."""
+        self.settings.on_run_options = self._rerun
+        self.analysis.before_start = self.clear_result
+        self.analysis.on_tissue = self._show_run_tissue
+        self.analysis.on_batch = self.overlay.update_domain
+        self.analysis.on_shown = self._result_shown
+        self.overlay.on_regions_settings = self.update_regions
 
     # ------------------------------------------------------------------------------ state queries
 
@@ -142,32 +145,6 @@ class ViewerModel:
             self.analysis.start()
         elif had_result:
             self.status("The model changed: the previous result was cleared (Analyse to run the new model).")
-
-    def set_overlay(self, **changes: Any) -> None:
-        new = replace(self.overlay, **changes)
-        if new == self.overlay:
-            return
-        old, self.overlay = self.overlay, new
-        self.events.overlay(new)
-        if new.show_out_of_domain != old.show_out_of_domain:
-            self._update_domain()
-        if (new.show_regions, new.min_confidence) != (old.show_regions, old.min_confidence):
-            self.update_regions()
-
-    def show_calls_anyway(self, on: bool) -> None:
-        """Draw and count out-of-domain tiles like the others (the banner's toggle)."""
-        self.set_overlay(show_out_of_domain=bool(on))
-
-    # ------------------------------------------------------------------------------ the model's domain
-
-    def domain_notice(self) -> DomainNotice:
-        return domain_notice(self.analysis.shown_result(), self.overlay.show_out_of_domain)
-
-    def _update_domain(self) -> None:
-        notice = self.domain_notice()
-        if notice != self.domain:
-            self.domain = notice
-            self.events.domain(notice)
 
     # ------------------------------------------------------------------------------ explaining a tile
 
@@ -375,15 +352,12 @@ class ViewerModel:
         self.hover = ""
         self._stain_id, self._stain_job = next(self._ids), None
         self._forget_explanation()
-        overlay = self.overlay.for_new_slide()
-        changed, self.overlay = overlay != self.overlay, overlay
         if emit:
             self.events.regions([])
             self.events.selection(-1)
             self.events.hover("")
-        if changed:
-            self.events.overlay(overlay)
-        self._update_domain()
+        self.overlay.for_new_slide()
+        self.overlay.update_domain()
 
     # ------------------------------------------------------------------------------ analysis
 
@@ -394,7 +368,7 @@ class ViewerModel:
     def _result_shown(self, finished: bool) -> None:
         """A result arrived (or went): the domain notice and the regions follow it; a finished run's result
         shows the tile still selected (and its explanation)."""
-        self._update_domain()
+        self.overlay.update_domain()
         self.update_regions()
         result = self.analysis.result
         if finished and result is not None and 0 <= self.selection < result.n_tiles:
@@ -415,7 +389,7 @@ class ViewerModel:
             self.events.selection(-1)
             self.events.regions([])
         if emit:
-            self._update_domain()
+            self.overlay.update_domain()
 
     # ------------------------------------------------------------------------------ selection
 
@@ -472,9 +446,9 @@ class ViewerModel:
     def regions_note(self) -> str:
         """What the region outlines show, or why there are none ("" without a result or outlines off)."""
         result = self.analysis.shown_result()
-        if result is None or not self.overlay.show_regions or result.grid.whole_image:
+        if result is None or not self.overlay.settings.show_regions or result.grid.whole_image:
             return ""
-        return regions_note(result, self.regions, self.overlay.min_confidence)
+        return regions_note(result, self.regions, self.overlay.settings.min_confidence)
 
     # ------------------------------------------------------------------------------ regions, tissue
 
@@ -484,14 +458,14 @@ class ViewerModel:
         Computed as a job, one at a time (a request during one follows it); skipped when neither
         the result, its progress nor the threshold changed.
         """
-        result = self.analysis.shown_result() if self.overlay.show_regions else None
+        result = self.analysis.shown_result() if self.overlay.settings.show_regions else None
         if result is None or result.grid.whole_image:
             self._regions_key, self._regions_job, self._regions_again = None, None, False
             self._regions_id = next(self._ids)
             self.regions, self._shown_regions_key = [], None
             self.events.regions([])
             return
-        min_conf = self.overlay.min_confidence
+        min_conf = self.overlay.settings.min_confidence
         key = (id(result), result.n_done, min_conf)
         if self._regions_key == key:
             return
@@ -563,8 +537,8 @@ class ViewerModel:
 
     def _regions_for_export(self, result: AnalysisResult) -> tuple[list[Region], float]:
         """The regions on screen when they are current, else computed now at the overlay's threshold."""
-        conf = self.overlay.min_confidence
-        if self.overlay.show_regions and self._shown_regions_key == (id(result), result.n_done, conf):
+        conf = self.overlay.settings.min_confidence
+        if self.overlay.settings.show_regions and self._shown_regions_key == (id(result), result.n_done, conf):
             return self.regions, conf
         return malignant_regions(result, conf), conf
 
@@ -588,8 +562,8 @@ class ViewerModel:
         result = self._export_result()
         regions, conf = self._regions_for_export(result)
         thumb = self.slide.opened.thumbnail if self.slide.opened is not None else None
-        data = render(kind, result, thumb, regions, conf, self.overlay, source,
-                      extra_meta={"export_options": self._export_options()}, png_regions=self.overlay.show_regions)
+        data = render(kind, result, thumb, regions, conf, self.overlay.settings, source,
+                      extra_meta={"export_options": self._export_options()}, png_regions=self.overlay.settings.show_regions)
         return self.save_export(path, data)
 
     def save_export(self, path: str | os.PathLike[str], data: bytes) -> Path:
@@ -611,8 +585,8 @@ class ViewerModel:
         thumb = self.slide.opened.thumbnail if max(self.slide.opened.thumbnail.shape[:2]) == size else None  # else read anew
         paths, _ = export_slide_result(
             result, Path(folder), stem or slide_stem(Path(self.slide.opened.path)), self.export_settings.formats, size,
-            conf, overlay=self.overlay, thumbnail=thumb, source=source, regions=regions,
-            png_regions=self.overlay.show_regions)
+            conf, overlay=self.overlay.settings, thumbnail=thumb, source=source, regions=regions,
+            png_regions=self.overlay.settings.show_regions)
         self.store.put("last_export_dir", str(folder))
         return paths
 
@@ -620,7 +594,7 @@ class ViewerModel:
         from cellview.outputs.export import export_options
 
         size = max(self.slide.opened.thumbnail.shape[:2]) if self.slide.opened is not None else THUMBNAIL_PX
-        return export_options(["csv", "geojson", "png", "json"], size, self.overlay.min_confidence, self.overlay)
+        return export_options(["csv", "geojson", "png", "json"], size, self.overlay.settings.min_confidence, self.overlay.settings)
 
     def _export_result(self) -> AnalysisResult:
         if self.analysis.result is None or self.slide.opened is None:

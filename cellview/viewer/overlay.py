@@ -6,7 +6,9 @@ model has no domain statistics; "Show calls anyway" is an overlay setting, so it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 from cellview.analysis.domain import NOT_AVAILABLE
 from cellview.analysis.results import (
@@ -14,6 +16,10 @@ from cellview.analysis.results import (
     domain_banner,
     plural,
 )
+from cellview.outputs.overlay import OverlaySettings
+from cellview.viewer.analysis import AnalysisRun
+from cellview.viewer.events import EmitterGroup
+from cellview.viewer.jobs import nothing
 
 
 @dataclass(frozen=True)
@@ -71,3 +77,56 @@ def domain_notice(result: AnalysisResult | None, shown_anyway: bool = False) -> 
     return DomainNotice(
         "some", f"{n_out:,} of {plural(n_done, 'tile')} ({n_out / n_done:.0%}) are out of the model's domain,",
         drawn, n_out, n_done, banner.in_domain_fraction, shown_anyway)
+
+
+class OverlayState:
+    """What the overlay shows, as ``model.overlay`` (module docstring).
+
+    Events: ``overlay`` (the new ``OverlaySettings``) and ``domain`` (the new ``DomainNotice``). The viewer
+    recomputes the regions through ``on_regions_settings`` when their switch or the confidence threshold
+    changed.
+    """
+
+    EVENTS = ("overlay", "domain")
+
+    def __init__(self, analysis: AnalysisRun) -> None:
+        self.events = EmitterGroup(*self.EVENTS)
+        self.analysis = analysis
+        self.settings = OverlaySettings()
+        self.domain = DomainNotice("none")
+        """What the views say about the model's domain for the shown result (``update_domain`` keeps it)."""
+        self.on_regions_settings: Callable[[], None] = nothing
+
+    def set(self, **changes: Any) -> None:
+        """Change the overlay's settings (``OverlaySettings`` fields: style, opacity, categories, mode…)."""
+        new = replace(self.settings, **changes)
+        if new == self.settings:
+            return
+        old, self.settings = self.settings, new
+        self.events.overlay(new)
+        if new.show_out_of_domain != old.show_out_of_domain:
+            self.update_domain()
+        if (new.show_regions, new.min_confidence) != (old.show_regions, old.min_confidence):
+            self.on_regions_settings()
+
+    def show_calls_anyway(self, on: bool) -> None:
+        """Draw and count out-of-domain tiles like the others (the banner's toggle)."""
+        self.set(show_out_of_domain=bool(on))
+
+    def for_new_slide(self) -> None:
+        """Drop the display settings that belong to one slide (``overlay.PER_SLIDE``: the domain override and the
+        filters); the look stays the user's."""
+        settings = self.settings.for_new_slide()
+        if settings != self.settings:
+            self.settings = settings
+            self.events.overlay(settings)
+
+    def notice(self) -> DomainNotice:
+        """The domain notice of the shown result as the overlay draws it now."""
+        return domain_notice(self.analysis.shown_result(), self.settings.show_out_of_domain)
+
+    def update_domain(self) -> None:
+        notice = self.notice()
+        if notice != self.domain:
+            self.domain = notice
+            self.events.domain(notice)
