@@ -206,7 +206,7 @@ def test_keys_help_and_menus(qtbot, toy_model, synthetic_slide):
         # the keys go to the slide again, not to the menu bar's keyboard mode (arrows walked the menus)
         qtbot.waitUntil(lambda: window.focusWidget() is window.view, timeout=5000)
         qtbot.keyClick(window.focusWidget(), Qt.Key.Key_Right)
-        assert window.model.selection == 1
+        assert window.model.selection.index == 1
         assert QKeySequence("Ctrl+=") in window.menuBar().actions()[1].menu().actions()[1].shortcuts()
 
 

@@ -620,7 +620,7 @@ def test_a_tapped_tile_shows_its_call_where_the_finger_is(qtbot, kiosk, syntheti
     r0, _, c0, _ = SYNTH_BLOCKS["malignant"]
     kiosk._view_clicked(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5)  # what a tap on the slide calls
     sheet = kiosk.tile_sheet
-    assert sheet.isVisible() and inside(sheet, kiosk.view) and sheet.index == kiosk.model.selection >= 0
+    assert sheet.isVisible() and inside(sheet, kiosk.view) and sheet.index == kiosk.model.selection.index >= 0
     assert "malignant" in sheet.title.text() and sheet.bars.texts()["malignant"].endswith("%")
     assert sheet.height() <= 0.7 * kiosk.view.height() + 1  # the slide stays in sight
     sel = kiosk.view.selection.sceneBoundingRect()

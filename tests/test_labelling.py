@@ -63,7 +63,7 @@ def test_keys_label_the_picked_tiles_and_the_labels_are_saved_beside_the_slide(v
     assert labels.counts() == {"malignant": 11, "benign": 1}
     # Without a pick, a key labels the tile selected in the inspector; 0 takes the label away.
     labels.clear_picked()
-    viewer.select(tiles[1])
+    viewer.selection.select(tiles[1])
     labels.label_key("0")
     assert labels.counts() == {"malignant": 11}
     outlines = labels.outlines()

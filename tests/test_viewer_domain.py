@@ -130,7 +130,7 @@ def test_activation_map_of_the_selected_tile_peaks_on_its_square(cam_domain_mode
     model.set_explain(True)
     assert model.explain.state == "idle"
     i = square_tile_index(model.analysis.result, 2, 3)
-    model.select(i)
+    model.selection.select(i)
     state = model.explain
     assert state.state == "ready" and state.index == i and states[-2:] == ["busy", "ready"]
     ex = state.explanation
@@ -147,7 +147,7 @@ def test_activation_map_of_the_selected_tile_peaks_on_its_square(cam_domain_mode
     model.set_explain_class(None)
     assert model.explain.explanation.explained_class == 0
     j = square_tile_index(model.analysis.result, 4, 6)
-    model.select(j)
+    model.selection.select(j)
     assert model.explain.index == j and model.explain.explanation.rect_l0 == model.analysis.result.grid.rect(j)
     assert model.explain_classifier is not None  # loaded once (CPU), kept for the next tile
     model.set_explain(False)
@@ -160,7 +160,7 @@ def test_a_model_without_maps_says_why(toy_model, synthetic_slide):
     model = make_model(toy_model)
     model.open(synthetic_slide, analyse=True)
     model.set_explain(True)
-    model.select(0)
+    model.selection.select(0)
     assert model.explain.state == "failed"
     assert "exposes no class activation maps" in model.explain.message and "cellview domain upgrade" in \
         model.explain.message
@@ -193,9 +193,9 @@ def test_one_explanation_at_a_time_and_the_latest_selection_next(cam_domain_mode
     runner.run("analysis")
     model.set_explain(True)
     a, b, c = (square_tile_index(model.analysis.result, 2, col) for col in (2, 3, 4))
-    model.select(a)
-    model.select(b)
-    model.select(c)  # arrow keys held down: one job runs, the last tile waits
+    model.selection.select(a)
+    model.selection.select(b)
+    model.selection.select(c)  # arrow keys held down: one job runs, the last tile waits
     assert [j.name for j in runner.jobs].count("explain") == 1 and model.explain.state == "busy"
     runner.run("explain")
     assert model.explain.state == "busy"  # a's map was not shown: c is wanted now
@@ -203,7 +203,7 @@ def test_one_explanation_at_a_time_and_the_latest_selection_next(cam_domain_mode
     runner.run("explain")
     assert model.explain.state == "ready" and model.explain.index == c
     assert model.explain.explanation.rect_l0 == model.analysis.result.grid.rect(c)
-    model.select(c)  # the same tile again: nothing to do
+    model.selection.select(c)  # the same tile again: nothing to do
     assert "explain" not in [j.name for j in runner.jobs]
 
 
@@ -216,7 +216,7 @@ def test_explanations_of_another_models_result_are_refused(cam_domain_model, squ
     loaded.spec = dataclasses.replace(loaded.spec, onnx_sha256="0" * 64)  # as if another model were loaded
     model.explain_classifier = loaded
     model.set_explain(True)
-    model.select(0)
+    model.selection.select(0)
     assert model.explain.state == "failed" and "another model" in model.explain.message
 
 

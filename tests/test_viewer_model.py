@@ -27,7 +27,7 @@ class Recorder:
     def __init__(self, model: ViewerModel) -> None:
         self.events: list[tuple[str, object]] = []
         for group in (model.events, model.slide.events, model.settings.events, model.analysis.events,
-                      model.overlay.events):
+                      model.overlay.events, model.selection.events):
             for name in group.names:
                 getattr(group, name).connect(lambda e: self.events.append((e.type, e.value)))
 
@@ -56,9 +56,9 @@ def test_open_analyse_select_and_step(model, synthetic_slide):
     assert [p.phase for p in rec.of("progress")][0] == "preparing" and rec.of("progress")[-1].phase == "done"
     assert rec.of("running") == [True, False] and len(rec.of("tiles")) >= 1
     r0, _, c0, _ = SYNTH_BLOCKS["malignant"]
-    i = model.select_at(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5)
-    assert i >= 0 and model.selection == i and rec.of("selection")[-1] == i
-    j = model.step(0, 1)
+    i = model.selection.select_at(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5)
+    assert i >= 0 and model.selection.index == i and rec.of("selection")[-1] == i
+    j = model.selection.step(0, 1)
     g = result.grid
     assert (g.grid_row[j], g.grid_col[j]) == (r0, c0 + 1)
 
@@ -398,7 +398,7 @@ def test_a_new_slide_starts_safe_and_forgets_the_last_ones_view(model, synthetic
     model.overlay.set(show_out_of_domain=True, min_confidence=0.7, categories=("benign",), show_regions=True,
                       style="fill")
     r0, _, c0, _ = SYNTH_BLOCKS["malignant"]
-    assert model.hover_at(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5).startswith("malignant ")
+    assert model.selection.hover_at(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5).startswith("malignant ")
     assert model.regions_note().startswith("1 region of tiles malignant at ≥ 70% confidence")
     rec = Recorder(model)
     other = tmp_path / "other.tiff"
@@ -407,17 +407,17 @@ def test_a_new_slide_starts_safe_and_forgets_the_last_ones_view(model, synthetic
     ov = model.overlay.settings
     assert (ov.show_out_of_domain, ov.min_confidence, ov.categories) == (False, 0.0, CATEGORIES)
     assert (ov.style, ov.show_regions) == ("fill", True)  # the look is the user's, not the slide's
-    assert rec.of("overlay")[-1] == ov and rec.of("hover") == [""] and model.hover == ""
-    assert model.regions_note() == "" and model.selection == -1 and not model.overlay.domain.shown_anyway
+    assert rec.of("overlay")[-1] == ov and rec.of("hover") == [""] and model.selection.hover == ""
+    assert model.regions_note() == "" and model.selection.index == -1 and not model.overlay.domain.shown_anyway
 
 
 def test_hover_says_nothing_off_the_tiles(model, synthetic_slide):
     model.open(synthetic_slide, analyse=True)
     rec = Recorder(model)
-    assert model.hover_at(3, 3) == "" and rec.of("hover") == []  # nothing shown, nothing to clear
+    assert model.selection.hover_at(3, 3) == "" and rec.of("hover") == []  # nothing shown, nothing to clear
     r0, _, c0, _ = SYNTH_BLOCKS["malignant"]
-    model.hover_at(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5)
-    model.hover_at(10**6, 5)
+    model.selection.hover_at(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5)
+    model.selection.hover_at(10**6, 5)
     assert rec.of("hover")[-1] == "" and len(rec.of("hover")) == 2
 
 
@@ -461,7 +461,7 @@ def test_the_inspector_patch_is_normalised_as_the_model_was_fed(stain_model, he_
     m.set_model(str(stain_model))
     m.settings.set(stain_normalize="macenko")
     m.open(he_slide, analyse=True)
-    m.select(3)
+    m.selection.select(3)
     assert m.stain_pending and m.patch_stain() is None
     rec = Recorder(m)
     m.request_stain()

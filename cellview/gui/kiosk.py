@@ -750,7 +750,7 @@ class KioskWindow(MainWindow):
 
     def _view_clicked(self, l0_x: float, l0_y: float) -> None:
         """A tap on the slide: the tile's call in a sheet over the slide, away from the finger."""
-        index = self.model.select_at(l0_x, l0_y)
+        index = self.model.selection.select_at(l0_x, l0_y)
         result = self.model.analysis.shown_result()
         if index < 0 or result is None:
             self.hide_tile_sheet()

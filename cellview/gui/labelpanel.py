@@ -173,7 +173,7 @@ def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsMod
     labels.events.labels.connect(redraw)
     labels.events.picked.connect(redraw)
     window.model.analysis.events.result.connect(lambda e: panel.refresh())
-    window.model.events.selection.connect(lambda e: panel.refresh())
+    window.model.selection.events.selection.connect(lambda e: panel.refresh())
 
     menu = QMenu("&Labels", window)
     window.menuBar().insertMenu(window.menuBar().actions()[-1], menu)  # before Help

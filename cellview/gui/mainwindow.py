@@ -309,14 +309,15 @@ class MainWindow(QMainWindow):
         overlay = self.model.overlay.events
         overlay.overlay.connect(self._on_overlay)
         overlay.domain.connect(self._on_domain)
+        selection = self.model.selection.events
+        selection.selection.connect(self._on_selection)
+        selection.hover.connect(self._on_hover)
         ev = self.model.events
-        ev.selection.connect(self._on_selection)
         ev.regions.connect(self._on_regions)
         ev.tissue.connect(self._on_tissue)
         ev.status.connect(lambda e: self.statusBar().showMessage(e.value, 8000))
         ev.error.connect(lambda e: self.show_error(e.value[1], e.value[0]))
         ev.explanation.connect(self._on_explanation)
-        ev.hover.connect(self._on_hover)
         ev.stain.connect(self._request_patch)
 
     def _on_job_started(self, name: str, worker: Worker) -> None:
@@ -1148,8 +1149,8 @@ class MainWindow(QMainWindow):
         self.toggles.set_out_of_domain(out_of_domain_row(result, ov))
         self._update_summary()
         self._update_single_label(result)
-        if 0 <= self.model.selection < g.n_tiles and self.inspector.index == self.model.selection:
-            self.inspector.show_tile(self.model.selection, result, self.model.slide.mpp_um())
+        if 0 <= self.model.selection.index < g.n_tiles and self.inspector.index == self.model.selection.index:
+            self.inspector.show_tile(self.model.selection.index, result, self.model.slide.mpp_um())
         if self.model.analysis.running:
             if not self._regions_timer.isActive():  # throttled while batches stream in
                 self._regions_timer.start()
@@ -1271,11 +1272,11 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------------------ inspector
 
     def _view_clicked(self, l0_x: float, l0_y: float) -> None:
-        self.model.select_at(l0_x, l0_y)
+        self.model.selection.select_at(l0_x, l0_y)
         self.view.setFocus()
 
     def select_tile(self, index: int) -> None:
-        self.model.select(index)
+        self.model.selection.select(index)
 
     def _on_selection(self, event: Event) -> None:
         index = event.value
@@ -1290,7 +1291,7 @@ class MainWindow(QMainWindow):
 
     def _request_patch(self, *args) -> None:
         """The selected tile's patch as the model was fed it (once the run's stain transform is fitted)."""
-        result, index = self.model.analysis.shown_result(), self.model.selection
+        result, index = self.model.analysis.shown_result(), self.model.selection.index
         if self.requests is None or result is None or not 0 <= index < result.n_tiles:
             return
         if self.model.stain_pending:
@@ -1303,7 +1304,7 @@ class MainWindow(QMainWindow):
 
     def step_selection(self, d_row: int, d_col: int) -> None:
         """Move to the nearest tile in that direction and keep it in view."""
-        index = self.model.step(d_row, d_col)
+        index = self.model.selection.step(d_row, d_col)
         result = self.model.analysis.shown_result()
         if index >= 0 and result is not None:
             x, y, w, h = result.grid.rect(index)
@@ -1317,7 +1318,7 @@ class MainWindow(QMainWindow):
         super().keyPressEvent(event)
 
     def _view_hovered(self, l0_x: float, l0_y: float) -> None:
-        text = self.model.hover_at(l0_x, l0_y)
+        text = self.model.selection.hover_at(l0_x, l0_y)
         if text:
             pos = self.view.mapToGlobal(self.view.mapFromScene(self.view.vb.mapViewToScene(QPointF(l0_x, l0_y))))
             QToolTip.showText(pos, text, self.view)

@@ -171,7 +171,7 @@ class LabelsModel:
             return []
         if self.picked:
             return sorted(self.picked)
-        index = self.viewer.selection
+        index = self.viewer.selection.index
         return [index] if 0 <= index < grid.n_tiles else []
 
     # -- labelling -------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from cellview.viewer.exports import EXPORT_KINDS, ExportSettings
 from cellview.viewer.jobs import Job, JobHandle, Pending, Runner, run_now
 from cellview.viewer.overlay import OverlayState
 from cellview.viewer.regions import regions_note, regions_task
+from cellview.viewer.selection import Selection
 from cellview.viewer.settings import MemoryStore, SettingsStore
 from cellview.viewer.slide import THUMBNAIL_PX, Opened, SlideState
 from cellview.viewer.tissue import TissuePreview, tissue_task
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 class ViewerModel:
     """The one viewer state; see the module docstring. All methods run on one (the UI) thread."""
 
-    EVENTS = ("selection", "regions", "tissue", "status", "error", "explanation", "hover", "stain")
+    EVENTS = ("regions", "tissue", "status", "error", "explanation", "stain")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis) -> None:
@@ -74,9 +75,7 @@ class ViewerModel:
         self.settings = AnalysisSettings(self.slide, self.messages, defaults)
         self.analysis = AnalysisRun(self.slide, self.settings, runner, self.messages, analysis_source)
         self.overlay = OverlayState(self.analysis)
-        self.selection = -1
-        self.hover = ""
-        """What the tile under the pointer is (``hover_at``; "" over none): the status bar's text."""
+        self.selection = Selection(self.analysis)
         self.regions: list[Region] = []
         self._shown_regions_key: tuple | None = None  # (id(result), n_done, confidence) of self.regions
         self.export_settings = ExportSettings()
@@ -113,6 +112,7 @@ class ViewerModel:
         self.analysis.on_batch = self.overlay.update_domain
         self.analysis.on_shown = self._result_shown
         self.overlay.on_regions_settings = self.update_regions
+        self.selection.on_selected = self._request_explanation
 
     # ------------------------------------------------------------------------------ state queries
 
@@ -188,7 +188,7 @@ class ViewerModel:
         """Explain the selected tile when maps are on: one job at a time, the latest selection next."""
         if not self.explain_on:
             return
-        result, index = self.analysis.shown_result(), self.selection
+        result, index = self.analysis.shown_result(), self.selection.index
         if result is None or self.slide.opened is None or not 0 <= index < result.n_tiles:
             self._forget_explanation()
             return
@@ -348,14 +348,11 @@ class ViewerModel:
         and the display settings of ``overlay.PER_SLIDE`` (the domain override and the filters). Called
         whenever a slide closes, so a newly opened slide starts safe."""
         self.regions, self._shown_regions_key = [], None
-        self.selection = -1
-        self.hover = ""
         self._stain_id, self._stain_job = next(self._ids), None
         self._forget_explanation()
         if emit:
             self.events.regions([])
-            self.events.selection(-1)
-            self.events.hover("")
+        self.selection.clear(emit, hover=True)
         self.overlay.for_new_slide()
         self.overlay.update_domain()
 
@@ -370,78 +367,23 @@ class ViewerModel:
         shows the tile still selected (and its explanation)."""
         self.overlay.update_domain()
         self.update_regions()
-        result = self.analysis.result
-        if finished and result is not None and 0 <= self.selection < result.n_tiles:
-            self.events.selection(self.selection)
-            self._request_explanation()
+        if finished:
+            self.selection.reselect()
 
     def clear_result(self, emit: bool = True) -> None:
         """Forget the result (and what hangs on it: selection, regions); the slide stays."""
-        had = (self.analysis.result is not None or self.analysis.running or self.selection >= 0
+        had = (self.analysis.result is not None or self.analysis.running or self.selection.index >= 0
                or bool(self.regions))
-        self.selection = -1
         self.regions, self._regions_key, self._shown_regions_key = [], None, None
         self._regions_id = next(self._ids)
         self._regions_job, self._regions_again = None, False
         self._forget_explanation()
         self.analysis.forget(emit=emit and had)
+        self.selection.clear(emit=emit and had)
         if emit and had:
-            self.events.selection(-1)
             self.events.regions([])
         if emit:
             self.overlay.update_domain()
-
-    # ------------------------------------------------------------------------------ selection
-
-    def select(self, index: int) -> None:
-        result = self.analysis.shown_result()
-        if result is None or not 0 <= index < result.n_tiles:
-            return
-        self.selection = int(index)
-        self.events.selection(self.selection)
-        self._request_explanation()
-
-    def select_at(self, l0_x: float, l0_y: float) -> int:
-        result = self.analysis.shown_result()
-        index = result.grid.tile_at(l0_x, l0_y) if result is not None else -1
-        if index >= 0:
-            self.select(index)
-        return index
-
-    def step(self, d_row: int, d_col: int) -> int:
-        """Move to the nearest tile in that direction along the row or column; the new index (or -1)."""
-        result = self.analysis.shown_result()
-        if result is None:
-            return -1
-        g = result.grid
-        if self.selection < 0:
-            if g.n_tiles:
-                self.select(0)
-                return 0
-            return -1
-        ig = g.index_grid()
-        r, c = int(g.grid_row[self.selection]), int(g.grid_col[self.selection])
-        while True:
-            r, c = r + d_row, c + d_col
-            if not (0 <= r < g.n_rows and 0 <= c < g.n_cols):
-                return -1
-            if ig[r, c] >= 0:
-                self.select(int(ig[r, c]))
-                return int(ig[r, c])
-
-    def hover_at(self, l0_x: float, l0_y: float) -> str:
-        """The pointer is at this level-0 point: what its tile is ("" over none), also as ``events.hover``."""
-        result = self.analysis.shown_result()
-        index = result.grid.tile_at(l0_x, l0_y) if result is not None else -1
-        text = ""
-        if result is not None and index >= 0 and result.done[index]:
-            text = f"{result.model.class_names[int(result.pred_class[index])]} {float(result.confidence[index]):.0%}"
-            if not result.in_domain[index]:  # a done tile: out of domain (never without statistics)
-                text += " · out of domain"
-        if text != self.hover:
-            self.hover = text
-            self.events.hover(text)
-        return text
 
     def regions_note(self) -> str:
         """What the region outlines show, or why there are none ("" without a result or outlines off)."""
