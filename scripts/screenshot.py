@@ -101,7 +101,7 @@ def main() -> int:
     if args.regions:
         window.threshold.setValue(args.threshold)
         window.show_regions.setChecked(True)
-        while window.model.regions_busy:  # regions are computed in a worker
+        while window.model.regions.busy:  # regions are computed in a worker
             settle(app, 0.05)
         from cellview.analysis.morphology import measure_tile
         from cellview.slides.slide import open_slide

@@ -122,7 +122,7 @@ def test_a_new_slide_starts_with_nothing_carried_over(qtbot, cam_domain_model, s
         window.threshold.setValue(60)
         window.toggles.boxes["benign"].setChecked(False)
         window.show_regions.setChecked(True)
-        qtbot.waitUntil(lambda: not window.model.regions_busy, timeout=TIMEOUT_MS)
+        qtbot.waitUntil(lambda: not window.model.regions.busy, timeout=TIMEOUT_MS)
         x, y, w, h = result.grid.rect(0)
         window._view_hovered(x + w / 2, y + h / 2)
         assert window.hover_label.text() and window.filter_notice.isVisibleTo(window)

@@ -279,11 +279,11 @@ def test_the_region_note_never_says_no_tile_is_malignant_when_the_tiles_are_out_
     model.open(square_slide, analyse=True)
     model.overlay.set(show_regions=True, min_confidence=0.54)
     result = model.analysis.result
-    assert model.regions == [] and result.out_of_domain.all()
-    note = model.regions_note()
+    assert model.regions.shown == [] and result.out_of_domain.all()
+    note = model.regions.note()
     assert note.startswith("No region: every classified tile is out of the model's domain.")
     n = int((result.pred_category == 0).sum())
     assert f"{n} out-of-domain tiles called malignant at ≥ 54% confidence are left out." in note
     assert "no tile is malignant" not in note
     model.close_slide()
-    assert model.regions_note() == ""  # nothing left over for the next slide
+    assert model.regions.note() == ""  # nothing left over for the next slide

@@ -27,7 +27,7 @@ class Recorder:
     def __init__(self, model: ViewerModel) -> None:
         self.events: list[tuple[str, object]] = []
         for group in (model.events, model.slide.events, model.settings.events, model.analysis.events,
-                      model.overlay.events, model.selection.events):
+                      model.overlay.events, model.selection.events, model.regions.events):
             for name in group.names:
                 getattr(group, name).connect(lambda e: self.events.append((e.type, e.value)))
 
@@ -171,13 +171,13 @@ def test_overlay_settings_drive_regions(model, synthetic_slide):
     model.analysis.start()
     rec = Recorder(model)
     model.overlay.set(show_regions=True)
-    assert len(model.regions) == 1 and model.regions[0].n_tiles == 16 and rec.of("regions")[-1] == model.regions
+    assert len(model.regions.shown) == 1 and model.regions.shown[0].n_tiles == 16 and rec.of("regions")[-1] == model.regions.shown
     model.overlay.set(min_confidence=0.99)  # the threshold drives them: computed again
-    assert len(rec.of("regions")) == 2 and model.regions_confidence == 0.99
+    assert len(rec.of("regions")) == 2 and model.regions.confidence == 0.99
     model.overlay.set(opacity=0.2, style="fill")  # cannot change regions: no recomputation
     assert rec.of("overlay")[-1].opacity == 0.2 and len(rec.of("regions")) == 2
     model.overlay.set(show_regions=False)
-    assert model.regions == [] and rec.of("regions")[-1] == []
+    assert model.regions.shown == [] and rec.of("regions")[-1] == []
 
 
 def test_export_never_takes_the_regions_of_an_earlier_result(toy_model):
@@ -203,12 +203,12 @@ def test_export_never_takes_the_regions_of_an_earlier_result(toy_model):
     first, second = grid_result(["MM.", "MM.", "..."]), grid_result(["...", ".MM", ".MM"])
     m.analysis.set_result(first)
     m.overlay.set(show_regions=True)
-    assert [r.bbox for r in m.regions] == [(0, 0, 200, 200)]
+    assert [r.bbox for r in m.regions.shown] == [(0, 0, 200, 200)]
     hold[0] = True
     m.analysis.set_result(second)
-    m.update_regions()
+    m.regions.update()
     assert held, "the second result's regions job should still be running"
-    regions, _ = m._regions_for_export(second)
+    regions, _ = m.regions.for_export(second)
     assert [r.bbox for r in regions] == [(100, 100, 200, 200)]
 
 
@@ -399,7 +399,7 @@ def test_a_new_slide_starts_safe_and_forgets_the_last_ones_view(model, synthetic
                       style="fill")
     r0, _, c0, _ = SYNTH_BLOCKS["malignant"]
     assert model.selection.hover_at(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5).startswith("malignant ")
-    assert model.regions_note().startswith("1 region of tiles malignant at ≥ 70% confidence")
+    assert model.regions.note().startswith("1 region of tiles malignant at ≥ 70% confidence")
     rec = Recorder(model)
     other = tmp_path / "other.tiff"
     shutil.copy(synthetic_slide, other)
@@ -408,7 +408,7 @@ def test_a_new_slide_starts_safe_and_forgets_the_last_ones_view(model, synthetic
     assert (ov.show_out_of_domain, ov.min_confidence, ov.categories) == (False, 0.0, CATEGORIES)
     assert (ov.style, ov.show_regions) == ("fill", True)  # the look is the user's, not the slide's
     assert rec.of("overlay")[-1] == ov and rec.of("hover") == [""] and model.selection.hover == ""
-    assert model.regions_note() == "" and model.selection.index == -1 and not model.overlay.domain.shown_anyway
+    assert model.regions.note() == "" and model.selection.index == -1 and not model.overlay.domain.shown_anyway
 
 
 def test_hover_says_nothing_off_the_tiles(model, synthetic_slide):

@@ -312,8 +312,8 @@ class MainWindow(QMainWindow):
         selection = self.model.selection.events
         selection.selection.connect(self._on_selection)
         selection.hover.connect(self._on_hover)
+        self.model.regions.events.regions.connect(self._on_regions)
         ev = self.model.events
-        ev.regions.connect(self._on_regions)
         ev.tissue.connect(self._on_tissue)
         ev.status.connect(lambda e: self.statusBar().showMessage(e.value, 8000))
         ev.error.connect(lambda e: self.show_error(e.value[1], e.value[0]))
@@ -366,11 +366,11 @@ class MainWindow(QMainWindow):
 
     @property
     def _regions_worker(self) -> object | None:
-        return self.model._regions_job if self.model.regions_busy else None
+        return self.model.regions.job if self.model.regions.busy else None
 
     @property
     def region_list(self) -> list[Region]:
-        return self.model.regions
+        return self.model.regions.shown
 
     # ------------------------------------------------------------------------------ layout
 
@@ -1160,7 +1160,7 @@ class MainWindow(QMainWindow):
         self.overlayPainted.emit()
 
     def update_regions(self, *args) -> None:
-        self.model.update_regions()
+        self.model.regions.update()
 
     def _on_regions(self, event: Event) -> None:
         regions: list[Region] = event.value
@@ -1168,7 +1168,7 @@ class MainWindow(QMainWindow):
             self.view.set_regions(())
         else:
             self.view.set_regions(regions[:MAX_REGIONS_DRAWN])
-        text = self.model.regions_note()
+        text = self.model.regions.note()
         if len(regions) > MAX_REGIONS_DRAWN:
             text += f" The {MAX_REGIONS_DRAWN} largest are drawn."
         self.regions_label.setText(text)
@@ -1413,7 +1413,7 @@ class MainWindow(QMainWindow):
         extra = [f"View: x {max(0, rect.x()):,.0f}  y {max(0, rect.y()):,.0f} (level 0)"]
         if self.model.slide.mpp_um():
             extra.append(f"Field of view: {format_um(round(rect.width() * self.model.slide.mpp_um()))} wide")
-        legend = describe_legend(result, ov, source="the viewer", regions=self.model.regions if ov.show_regions else None,
+        legend = describe_legend(result, ov, source="the viewer", regions=self.model.regions.shown if ov.show_regions else None,
                                  region_confidence=ov.min_confidence, extra_header=tuple(extra))
         panel_w = 320
         out = QImage(shot.width() + panel_w, shot.height(), QImage.Format.Format_RGB32)

@@ -30,7 +30,6 @@ from typing import Any
 
 from cellview.analysis.explain import TileExplanation
 from cellview.analysis.model import ModelSpec, OnnxClassifier, copy_with_sha
-from cellview.analysis.morphology import Region, malignant_regions
 from cellview.analysis.results import (
     AnalysisParams,
     AnalysisResult,
@@ -49,7 +48,7 @@ from cellview.viewer.explain import ExplainerReady, ExplainStain, ExplainState, 
 from cellview.viewer.exports import EXPORT_KINDS, ExportSettings
 from cellview.viewer.jobs import Job, JobHandle, Pending, Runner, run_now
 from cellview.viewer.overlay import OverlayState
-from cellview.viewer.regions import regions_note, regions_task
+from cellview.viewer.regions import Regions
 from cellview.viewer.selection import Selection
 from cellview.viewer.settings import MemoryStore, SettingsStore
 from cellview.viewer.slide import THUMBNAIL_PX, Opened, SlideState
@@ -61,7 +60,7 @@ log = logging.getLogger(__name__)
 class ViewerModel:
     """The one viewer state; see the module docstring. All methods run on one (the UI) thread."""
 
-    EVENTS = ("regions", "tissue", "status", "error", "explanation", "stain")
+    EVENTS = ("tissue", "status", "error", "explanation", "stain")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis) -> None:
@@ -76,16 +75,12 @@ class ViewerModel:
         self.analysis = AnalysisRun(self.slide, self.settings, runner, self.messages, analysis_source)
         self.overlay = OverlayState(self.analysis)
         self.selection = Selection(self.analysis)
-        self.regions: list[Region] = []
-        self._shown_regions_key: tuple | None = None  # (id(result), n_done, confidence) of self.regions
+        self.regions = Regions(self.analysis, self.overlay, runner, self.messages)
         self.export_settings = ExportSettings()
         self.tissue: TissueMask | None = None
         self._ids = itertools.count(1)
-        self._regions_id = self._tissue_id = 0
+        self._tissue_id = 0
         self._tissue_job: JobHandle | None = None
-        self._regions_job: JobHandle | None = None
-        self._regions_key: tuple | None = None
-        self._regions_again = False
         self._after_open: dict[str, Any] = {}
         self.explain_on = False
         self.explain_class: int | None = None
@@ -111,7 +106,7 @@ class ViewerModel:
         self.analysis.on_tissue = self._show_run_tissue
         self.analysis.on_batch = self.overlay.update_domain
         self.analysis.on_shown = self._result_shown
-        self.overlay.on_regions_settings = self.update_regions
+        self.overlay.on_regions_settings = self.regions.update
         self.selection.on_selected = self._request_explanation
 
     # ------------------------------------------------------------------------------ state queries
@@ -332,12 +327,11 @@ class ViewerModel:
         self.analysis.abandon()
         if not keep_opening:
             self.slide.cancel_open()
-        for handle in (self._tissue_job, self._regions_job):
-            if handle is not None:
-                handle.cancel()
-        self._tissue_id = self._regions_id = next(self._ids)
-        self._tissue_job = self._regions_job = None
-        self._regions_key, self._regions_again = None, False
+        if self._tissue_job is not None:
+            self._tissue_job.cancel()
+        self._tissue_id = next(self._ids)
+        self._tissue_job = None
+        self.regions.cancel()
         self.tissue = None
         had = self.slide.close()
         self.analysis.forget(emit=had)
@@ -347,11 +341,9 @@ class ViewerModel:
         """The view state that belongs to one slide, in one place: selection, hover, regions, explanation,
         and the display settings of ``overlay.PER_SLIDE`` (the domain override and the filters). Called
         whenever a slide closes, so a newly opened slide starts safe."""
-        self.regions, self._shown_regions_key = [], None
         self._stain_id, self._stain_job = next(self._ids), None
         self._forget_explanation()
-        if emit:
-            self.events.regions([])
+        self.regions.clear(emit)
         self.selection.clear(emit, hover=True)
         self.overlay.for_new_slide()
         self.overlay.update_domain()
@@ -366,84 +358,20 @@ class ViewerModel:
         """A result arrived (or went): the domain notice and the regions follow it; a finished run's result
         shows the tile still selected (and its explanation)."""
         self.overlay.update_domain()
-        self.update_regions()
+        self.regions.update()
         if finished:
             self.selection.reselect()
 
     def clear_result(self, emit: bool = True) -> None:
         """Forget the result (and what hangs on it: selection, regions); the slide stays."""
         had = (self.analysis.result is not None or self.analysis.running or self.selection.index >= 0
-               or bool(self.regions))
-        self.regions, self._regions_key, self._shown_regions_key = [], None, None
-        self._regions_id = next(self._ids)
-        self._regions_job, self._regions_again = None, False
+               or bool(self.regions.shown))
         self._forget_explanation()
         self.analysis.forget(emit=emit and had)
         self.selection.clear(emit=emit and had)
-        if emit and had:
-            self.events.regions([])
+        self.regions.clear(emit=emit and had)
         if emit:
             self.overlay.update_domain()
-
-    def regions_note(self) -> str:
-        """What the region outlines show, or why there are none ("" without a result or outlines off)."""
-        result = self.analysis.shown_result()
-        if result is None or not self.overlay.settings.show_regions or result.grid.whole_image:
-            return ""
-        return regions_note(result, self.regions, self.overlay.settings.min_confidence)
-
-    # ------------------------------------------------------------------------------ regions, tissue
-
-    def update_regions(self) -> None:
-        """Malignant regions of the shown result at the overlay's confidence, when they are shown.
-
-        Computed as a job, one at a time (a request during one follows it); skipped when neither
-        the result, its progress nor the threshold changed.
-        """
-        result = self.analysis.shown_result() if self.overlay.settings.show_regions else None
-        if result is None or result.grid.whole_image:
-            self._regions_key, self._regions_job, self._regions_again = None, None, False
-            self._regions_id = next(self._ids)
-            self.regions, self._shown_regions_key = [], None
-            self.events.regions([])
-            return
-        min_conf = self.overlay.settings.min_confidence
-        key = (id(result), result.n_done, min_conf)
-        if self._regions_key == key:
-            return
-        if self._regions_job is not None:
-            self._regions_again = True
-            return
-        self._regions_key = key
-        snapshot = replace(result, probs=result.probs.copy(), state=result.state.copy())
-        self._regions_id = job_id = next(self._ids)
-
-        def on_item(regions: list[Region]) -> None:
-            if job_id == self._regions_id:
-                self.regions, self._shown_regions_key = regions, key
-                self.events.regions(regions)
-
-        def on_failed(exc: CellviewError) -> None:
-            if job_id == self._regions_id:
-                self.status(f"Regions failed: {exc.message}")
-
-        def on_done() -> None:
-            if job_id != self._regions_id:
-                return
-            self._regions_job = None
-            if self._regions_again:
-                self._regions_again = False
-                self.update_regions()
-
-        self._regions_job = Pending()
-        handle = self.runner(Job("regions", lambda cancel: regions_task(snapshot, min_conf), on_item, on_failed,
-                                 on_done))
-        if job_id == self._regions_id and self._regions_job is not None:
-            self._regions_job = handle
-
-    @property
-    def regions_busy(self) -> bool:
-        return self._regions_job is not None
 
     def preview_tissue(self) -> None:
         """Compute the tissue mask with the current settings (``events.tissue`` when it is ready)."""
@@ -472,18 +400,6 @@ class ViewerModel:
 
     # ------------------------------------------------------------------------------ export
 
-    @property
-    def regions_confidence(self) -> float | None:
-        """The confidence threshold the shown regions were built at (None when none are shown)."""
-        return None if self._shown_regions_key is None else self._shown_regions_key[2]
-
-    def _regions_for_export(self, result: AnalysisResult) -> tuple[list[Region], float]:
-        """The regions on screen when they are current, else computed now at the overlay's threshold."""
-        conf = self.overlay.settings.min_confidence
-        if self.overlay.settings.show_regions and self._shown_regions_key == (id(result), result.n_done, conf):
-            return self.regions, conf
-        return malignant_regions(result, conf), conf
-
     def suggest_export_path(self, kind: str) -> tuple[Path, str]:
         """Where File → Export proposes to save: the last export folder, else the slide's, falling back to a
         writable folder (``export.default_export_dir``) when that cannot be written; plus a note saying so."""
@@ -502,7 +418,7 @@ class ViewerModel:
         malignant-region annotations, the PNG the overlay style, filters and region outlines on screen.
         """
         result = self._export_result()
-        regions, conf = self._regions_for_export(result)
+        regions, conf = self.regions.for_export(result)
         thumb = self.slide.opened.thumbnail if self.slide.opened is not None else None
         data = render(kind, result, thumb, regions, conf, self.overlay.settings, source,
                       extra_meta={"export_options": self._export_options()}, png_regions=self.overlay.settings.show_regions)
@@ -522,7 +438,7 @@ class ViewerModel:
         """Every format into ``folder`` through the CLI's own ``export_slide_result``, with the screen's look."""
         result = self._export_result()
         assert self.slide.opened is not None
-        regions, conf = self._regions_for_export(result)
+        regions, conf = self.regions.for_export(result)
         size = self.export_settings.png_size_px
         thumb = self.slide.opened.thumbnail if max(self.slide.opened.thumbnail.shape[:2]) == size else None  # else read anew
         paths, _ = export_slide_result(
