@@ -27,7 +27,8 @@ class Recorder:
     def __init__(self, model: ViewerModel) -> None:
         self.events: list[tuple[str, object]] = []
         for group in (model.events, model.slide.events, model.settings.events, model.analysis.events,
-                      model.overlay.events, model.selection.events, model.regions.events):
+                      model.overlay.events, model.selection.events, model.regions.events,
+                      model.tissue.events):
             for name in group.names:
                 getattr(group, name).connect(lambda e: self.events.append((e.type, e.value)))
 
@@ -304,9 +305,9 @@ def test_recent_slides_name_a_dicom_slide_by_its_folder(model, tmp_path):
 def test_tissue_preview(model, synthetic_slide):
     model.open(synthetic_slide)
     masks = []
-    model.events.tissue.connect(lambda e: masks.append(e.value))
+    model.tissue.events.tissue.connect(lambda e: masks.append(e.value))
     model.settings.set_tissue(method="od")
-    model.preview_tissue()
+    model.tissue.preview()
     assert masks and masks[0].method == "od" and 0 < masks[0].fraction < 1
 
 

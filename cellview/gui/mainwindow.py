@@ -313,8 +313,8 @@ class MainWindow(QMainWindow):
         selection.selection.connect(self._on_selection)
         selection.hover.connect(self._on_hover)
         self.model.regions.events.regions.connect(self._on_regions)
+        self.model.tissue.events.tissue.connect(self._on_tissue)
         ev = self.model.events
-        ev.tissue.connect(self._on_tissue)
         ev.status.connect(lambda e: self.statusBar().showMessage(e.value, 8000))
         ev.error.connect(lambda e: self.show_error(e.value[1], e.value[0]))
         ev.explanation.connect(self._on_explanation)
@@ -1249,7 +1249,7 @@ class MainWindow(QMainWindow):
         if self.model.slide.opened is None or not self.tissue_box.isChecked():
             return
         self.tissue_label.setText("Computing tissue mask…")
-        self.model.preview_tissue()
+        self.model.tissue.preview()
 
     def _on_tissue(self, event: Event) -> None:
         if self.tissue_box.isChecked():

@@ -35,7 +35,6 @@ from cellview.analysis.results import (
     AnalysisResult,
 )
 from cellview.analysis.stain import TileStainTransform
-from cellview.analysis.tissue import TissueMask
 from cellview.base.errors import CellviewError, ExportError, ModelError
 from cellview.base.files import writable_dir
 from cellview.outputs.export import export_slide_result, render
@@ -52,7 +51,7 @@ from cellview.viewer.regions import Regions
 from cellview.viewer.selection import Selection
 from cellview.viewer.settings import MemoryStore, SettingsStore
 from cellview.viewer.slide import THUMBNAIL_PX, Opened, SlideState
-from cellview.viewer.tissue import TissuePreview, tissue_task
+from cellview.viewer.tissue import TissueState
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ log = logging.getLogger(__name__)
 class ViewerModel:
     """The one viewer state; see the module docstring. All methods run on one (the UI) thread."""
 
-    EVENTS = ("tissue", "status", "error", "explanation", "stain")
+    EVENTS = ("status", "error", "explanation", "stain")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis) -> None:
@@ -77,10 +76,8 @@ class ViewerModel:
         self.selection = Selection(self.analysis)
         self.regions = Regions(self.analysis, self.overlay, runner, self.messages)
         self.export_settings = ExportSettings()
-        self.tissue: TissueMask | None = None
+        self.tissue = TissueState(self.slide, self.settings, runner, self.messages)
         self._ids = itertools.count(1)
-        self._tissue_id = 0
-        self._tissue_job: JobHandle | None = None
         self._after_open: dict[str, Any] = {}
         self.explain_on = False
         self.explain_class: int | None = None
@@ -103,7 +100,7 @@ class ViewerModel:
         """The reactions between the parts (the parts call these hooks where their change ripples)."""
         self.settings.on_run_options = self._rerun
         self.analysis.before_start = self.clear_result
-        self.analysis.on_tissue = self._show_run_tissue
+        self.analysis.on_tissue = self.tissue.show
         self.analysis.on_batch = self.overlay.update_domain
         self.analysis.on_shown = self._result_shown
         self.overlay.on_regions_settings = self.regions.update
@@ -327,12 +324,8 @@ class ViewerModel:
         self.analysis.abandon()
         if not keep_opening:
             self.slide.cancel_open()
-        if self._tissue_job is not None:
-            self._tissue_job.cancel()
-        self._tissue_id = next(self._ids)
-        self._tissue_job = None
+        self.tissue.close()
         self.regions.cancel()
-        self.tissue = None
         had = self.slide.close()
         self.analysis.forget(emit=had)
         self._reset_view_state(emit=had)
@@ -349,10 +342,6 @@ class ViewerModel:
         self.overlay.update_domain()
 
     # ------------------------------------------------------------------------------ analysis
-
-    def _show_run_tissue(self, mask: TissueMask) -> None:
-        self.tissue = mask
-        self.events.tissue(mask)
 
     def _result_shown(self, finished: bool) -> None:
         """A result arrived (or went): the domain notice and the regions follow it; a finished run's result
@@ -372,31 +361,6 @@ class ViewerModel:
         self.regions.clear(emit=emit and had)
         if emit:
             self.overlay.update_domain()
-
-    def preview_tissue(self) -> None:
-        """Compute the tissue mask with the current settings (``events.tissue`` when it is ready)."""
-        if self.slide.opened is None:
-            return
-        if self._tissue_job is not None:
-            self._tissue_job.cancel()
-        params, mpp, path = self.settings.current().tissue, self.slide.mpp_um(), self.slide.opened.path
-        self._tissue_id = job_id = next(self._ids)
-
-        def on_item(preview: TissuePreview) -> None:
-            if job_id == self._tissue_id:
-                self.tissue = preview.mask
-                self.events.tissue(preview.mask)
-
-        def on_failed(exc: CellviewError) -> None:
-            if job_id == self._tissue_id:
-                self.error(exc, "Tissue detection failed")
-
-        def on_done() -> None:
-            if job_id == self._tissue_id:
-                self._tissue_job = None
-
-        self._tissue_job = self.runner(Job("tissue", lambda cancel: tissue_task(path, mpp, params), on_item,
-                                           on_failed, on_done))
 
     # ------------------------------------------------------------------------------ export
 
