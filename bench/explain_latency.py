@@ -82,12 +82,12 @@ def main() -> int:
             window.inspector.cam_box.setChecked(True)
         else:
             window.select_tile(index)
-        while not (window.model.explain.state in ("ready", "failed") and window.model.explain.index == index):
+        while not (window.model.explain.current.state in ("ready", "failed") and window.model.explain.current.index == index):
             app.processEvents()
             time.sleep(0.001)
         times.append(time.perf_counter() - t0)
-        if window.model.explain.state == "failed":
-            print(f"activation map failed: {window.model.explain.message}", file=sys.stderr)
+        if window.model.explain.current.state == "failed":
+            print(f"activation map failed: {window.model.explain.current.message}", file=sys.stderr)
             return 1
     timer.stop()
     later = np.array(times[1:]) * 1000

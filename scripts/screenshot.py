@@ -165,10 +165,10 @@ def show_cam(app, window) -> None:
     from cellview.gui.headless import settle
 
     window.inspector.cam_box.setChecked(True)
-    while window.model.explain.state == "busy":
+    while window.model.explain.current.state == "busy":
         settle(app, 0.05)
-    if window.model.explain.state != "ready":
-        print(f"activation map: {window.model.explain.message}", file=sys.stderr)
+    if window.model.explain.current.state != "ready":
+        print(f"activation map: {window.model.explain.current.message}", file=sys.stderr)
     settle(app, 0.5)
 
 

@@ -152,8 +152,8 @@ def test_inspector_shows_the_score_and_the_activation_map(qtbot, window, square_
     plain = image_array(insp.patch.pixmap().toImage())
 
     insp.cam_box.click()
-    qtbot.waitUntil(lambda: window.model.explain.state == "ready", timeout=TIMEOUT_MS)
-    ex = window.model.explain.explanation
+    qtbot.waitUntil(lambda: window.model.explain.current.state == "ready", timeout=TIMEOUT_MS)
+    ex = window.model.explain.current.explanation
     assert ex.explained_class == ex.pred_class == 0 and ex.rect_l0 == result.grid.rect(i)
     x, y, side = SQUARE_AT
     px, py = ex.peak_px()
@@ -170,13 +170,13 @@ def test_inspector_shows_the_score_and_the_activation_map(qtbot, window, square_
     assert insp.cam_class.isVisibleTo(window)
 
     insp.cam_class.setCurrentIndex(insp.cam_class.findData(2))  # the normal class's map
-    assert window.model.explain.explanation.explained_class == 2 and insp.cam_scale.title == "evidence for normal"
+    assert window.model.explain.current.explanation.explained_class == 2 and insp.cam_scale.title == "evidence for normal"
     assert not np.array_equal(image_array(insp.patch.pixmap().toImage()), shown)
     insp.cam_class.setCurrentIndex(0)
-    assert window.model.explain_class is None
+    assert window.model.explain.class_index is None
 
     insp.cam_box.click()
-    assert window.model.explain.state == "off" and not insp.cam_scale.isVisibleTo(window)
+    assert window.model.explain.current.state == "off" and not insp.cam_scale.isVisibleTo(window)
     np.testing.assert_array_equal(image_array(insp.patch.pixmap().toImage()), plain)
 
 
@@ -230,8 +230,8 @@ def test_kiosk_banner_call_and_large_activation_map(qtbot, tmp_path, cam_domain_
     result = kiosk.result
     kiosk.select_tile(int(result.grid.index_grid()[SQUARE_BLOCK[0], SQUARE_BLOCK[2]]))
     kiosk.inspector.cam_box.click()
-    qtbot.waitUntil(lambda: kiosk.model.explain.state == "ready", timeout=TIMEOUT_MS)
-    assert kiosk.model.explain_classifier is kiosk.classifier  # the kiosk's loaded model, not a second copy
+    qtbot.waitUntil(lambda: kiosk.model.explain.current.state == "ready", timeout=TIMEOUT_MS)
+    assert kiosk.model.explain.classifier is kiosk.classifier  # the kiosk's loaded model, not a second copy
     assert kiosk.inspector.PATCH_PX >= 300  # large on a 1024 × 600 screen
     shown = image_array(kiosk.inspector.patch.pixmap().toImage())
     np.testing.assert_array_equal(shown, kiosk.inspector.cam_image())

@@ -170,7 +170,7 @@ def test_the_inspector_shows_the_stain_normalised_patch(qtbot, stain_model, he_s
         result = blocker.args[0]
         with qtbot.waitSignal(window.patchShown, timeout=TIMEOUT_MS):
             window.select_tile(2)
-        transform = window.model.patch_stain()
+        transform = window.model.explain.patch_stain()
         assert transform is not None and "Stain-normalised" in window.inspector.patch_note.text()
         with open_slide(he_slide) as slide:
             scanned = read_tile(slide, result.grid, 2)

@@ -271,9 +271,9 @@ def test_the_inspector_explains_the_normalised_tile_and_fits_the_stain_once(tmp_
     m.open(he_slide)
     m.analysis.start()
     done = np.flatnonzero(m.analysis.result.done)
-    m.set_explain(True)
+    m.explain.set_on(True)
     for i in done[:2]:
         m.selection.select(int(i))
-        assert m.explain.state == "ready", m.explain.message
-        assert np.allclose(m.explain.explanation.probs, m.analysis.result.probs[i], atol=1e-5)
+        assert m.explain.current.state == "ready", m.explain.current.message
+        assert np.allclose(m.explain.current.explanation.probs, m.analysis.result.probs[i], atol=1e-5)
     assert len(fits) == 1  # one stain estimate per result, not per explained tile

@@ -125,13 +125,13 @@ def test_notice_follows_the_result(cam_domain_model, square_slide):
 def test_activation_map_of_the_selected_tile_peaks_on_its_square(cam_domain_model, square_slide):
     model = make_model(cam_domain_model)
     states = []
-    model.events.explanation.connect(lambda e: states.append(e.value.state))
+    model.explain.events.explanation.connect(lambda e: states.append(e.value.state))
     model.open(square_slide, analyse=True)
-    model.set_explain(True)
-    assert model.explain.state == "idle"
+    model.explain.set_on(True)
+    assert model.explain.current.state == "idle"
     i = square_tile_index(model.analysis.result, 2, 3)
     model.selection.select(i)
-    state = model.explain
+    state = model.explain.current
     assert state.state == "ready" and state.index == i and states[-2:] == ["busy", "ready"]
     ex = state.explanation
     assert ex.rect_l0 == model.analysis.result.grid.rect(i) and ex.patch.shape == (64, 64, 3)
@@ -140,30 +140,30 @@ def test_activation_map_of_the_selected_tile_peaks_on_its_square(cam_domain_mode
     assert ex.domain_score == pytest.approx(float(model.analysis.result.domain_score[i])) and ex.in_domain is False
     # Another class's map comes with the same tile: no new job.
     jobs_before = len(states)
-    model.set_explain_class(1)
-    assert model.explain.explanation.explained_class == 1 and model.explain.state == "ready"
+    model.explain.set_class(1)
+    assert model.explain.current.explanation.explained_class == 1 and model.explain.current.state == "ready"
     assert states[jobs_before:] == ["ready"]
-    assert not in_square(model.explain.explanation.peak_px())  # the benign map: no blue anywhere
-    model.set_explain_class(None)
-    assert model.explain.explanation.explained_class == 0
+    assert not in_square(model.explain.current.explanation.peak_px())  # the benign map: no blue anywhere
+    model.explain.set_class(None)
+    assert model.explain.current.explanation.explained_class == 0
     j = square_tile_index(model.analysis.result, 4, 6)
     model.selection.select(j)
-    assert model.explain.index == j and model.explain.explanation.rect_l0 == model.analysis.result.grid.rect(j)
-    assert model.explain_classifier is not None  # loaded once (CPU), kept for the next tile
-    model.set_explain(False)
-    assert model.explain.state == "off"
+    assert model.explain.current.index == j and model.explain.current.explanation.rect_l0 == model.analysis.result.grid.rect(j)
+    assert model.explain.classifier is not None  # loaded once (CPU), kept for the next tile
+    model.explain.set_on(False)
+    assert model.explain.current.state == "off"
     model.close_slide()
-    assert model.explain.state == "off" and model.explain.explanation is None
+    assert model.explain.current.state == "off" and model.explain.current.explanation is None
 
 
 def test_a_model_without_maps_says_why(toy_model, synthetic_slide):
     model = make_model(toy_model)
     model.open(synthetic_slide, analyse=True)
-    model.set_explain(True)
+    model.explain.set_on(True)
     model.selection.select(0)
-    assert model.explain.state == "failed"
-    assert "exposes no class activation maps" in model.explain.message and "cellview domain upgrade" in \
-        model.explain.message
+    assert model.explain.current.state == "failed"
+    assert "exposes no class activation maps" in model.explain.current.message and "cellview domain upgrade" in \
+        model.explain.current.message
 
 
 class DeferredRunner:
@@ -191,18 +191,18 @@ def test_one_explanation_at_a_time_and_the_latest_selection_next(cam_domain_mode
     model.open(square_slide, analyse=True)
     runner.run("open")
     runner.run("analysis")
-    model.set_explain(True)
+    model.explain.set_on(True)
     a, b, c = (square_tile_index(model.analysis.result, 2, col) for col in (2, 3, 4))
     model.selection.select(a)
     model.selection.select(b)
     model.selection.select(c)  # arrow keys held down: one job runs, the last tile waits
-    assert [j.name for j in runner.jobs].count("explain") == 1 and model.explain.state == "busy"
+    assert [j.name for j in runner.jobs].count("explain") == 1 and model.explain.current.state == "busy"
     runner.run("explain")
-    assert model.explain.state == "busy"  # a's map was not shown: c is wanted now
+    assert model.explain.current.state == "busy"  # a's map was not shown: c is wanted now
     assert [j.name for j in runner.jobs].count("explain") == 1
     runner.run("explain")
-    assert model.explain.state == "ready" and model.explain.index == c
-    assert model.explain.explanation.rect_l0 == model.analysis.result.grid.rect(c)
+    assert model.explain.current.state == "ready" and model.explain.current.index == c
+    assert model.explain.current.explanation.rect_l0 == model.analysis.result.grid.rect(c)
     model.selection.select(c)  # the same tile again: nothing to do
     assert "explain" not in [j.name for j in runner.jobs]
 
@@ -214,10 +214,10 @@ def test_explanations_of_another_models_result_are_refused(cam_domain_model, squ
     model.open(square_slide, analyse=True)
     loaded = OnnxClassifier(ModelSpec.load(cam_domain_model), device="cpu")
     loaded.spec = dataclasses.replace(loaded.spec, onnx_sha256="0" * 64)  # as if another model were loaded
-    model.explain_classifier = loaded
-    model.set_explain(True)
+    model.explain.classifier = loaded
+    model.explain.set_on(True)
     model.selection.select(0)
-    assert model.explain.state == "failed" and "another model" in model.explain.message
+    assert model.explain.current.state == "failed" and "another model" in model.explain.current.message
 
 
 # ----------------------------------------------------------------------------- exports follow the screen

@@ -28,7 +28,7 @@ class Recorder:
         self.events: list[tuple[str, object]] = []
         for group in (model.events, model.slide.events, model.settings.events, model.analysis.events,
                       model.overlay.events, model.selection.events, model.regions.events,
-                      model.tissue.events):
+                      model.tissue.events, model.explain.events):
             for name in group.names:
                 getattr(group, name).connect(lambda e: self.events.append((e.type, e.value)))
 
@@ -463,11 +463,11 @@ def test_the_inspector_patch_is_normalised_as_the_model_was_fed(stain_model, he_
     m.settings.set(stain_normalize="macenko")
     m.open(he_slide, analyse=True)
     m.selection.select(3)
-    assert m.stain_pending and m.patch_stain() is None
+    assert m.explain.stain_pending and m.explain.patch_stain() is None
     rec = Recorder(m)
-    m.request_stain()
-    transform = m.patch_stain()
-    assert transform is not None and rec.of("stain") == [transform] and not m.stain_pending
+    m.explain.request_stain()
+    transform = m.explain.patch_stain()
+    assert transform is not None and rec.of("stain") == [transform] and not m.explain.stain_pending
     with open_slide(he_slide) as slide:
         scanned = read_tile(slide, m.analysis.result.grid, 3)
         shown = load_patch(slide, PatchRequest(3, m.analysis.result.grid, m.slide.mpp_um(), 0, transform)).rgb

@@ -898,7 +898,7 @@ class KioskWindow(MainWindow):
         self.prepare_timer.stop()
         self.classifier = classifier
         self.model.analysis.spec = classifier.spec
-        self.model.explain_classifier = classifier  # activation maps from the loaded model, no second copy
+        self.model.explain.classifier = classifier  # activation maps from the loaded model, no second copy
         self._fill_modes(classifier.spec.class_names)
         self.inspector.set_class_names(classifier.spec.class_names)
         self.provider_badge.setText(classifier.describe())

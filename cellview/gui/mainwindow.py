@@ -314,11 +314,12 @@ class MainWindow(QMainWindow):
         selection.hover.connect(self._on_hover)
         self.model.regions.events.regions.connect(self._on_regions)
         self.model.tissue.events.tissue.connect(self._on_tissue)
+        explain = self.model.explain.events
+        explain.explanation.connect(self._on_explanation)
+        explain.stain.connect(self._request_patch)
         ev = self.model.events
         ev.status.connect(lambda e: self.statusBar().showMessage(e.value, 8000))
         ev.error.connect(lambda e: self.show_error(e.value[1], e.value[0]))
-        ev.explanation.connect(self._on_explanation)
-        ev.stain.connect(self._request_patch)
 
     def _on_job_started(self, name: str, worker: Worker) -> None:
         if name == "analysis":
@@ -552,8 +553,8 @@ class MainWindow(QMainWindow):
 
         card, c = section("Tile inspector")
         self.inspector = TileInspector()
-        self.inspector.explainToggled.connect(self.model.set_explain)
-        self.inspector.explainClassChosen.connect(self.model.set_explain_class)
+        self.inspector.explainToggled.connect(self.model.explain.set_on)
+        self.inspector.explainClassChosen.connect(self.model.explain.set_class)
         c.addWidget(self.inspector)
         lay.addWidget(card)
         lay.addStretch(1)
@@ -1294,11 +1295,11 @@ class MainWindow(QMainWindow):
         result, index = self.model.analysis.shown_result(), self.model.selection.index
         if self.requests is None or result is None or not 0 <= index < result.n_tiles:
             return
-        if self.model.stain_pending:
+        if self.model.explain.stain_pending:
             self.inspector.set_patch_note("Normalising the stain as the model saw it…")
-            self.model.request_stain()  # events.stain asks again
+            self.model.explain.request_stain()  # events.stain asks again
             return
-        stain = self.model.patch_stain()
+        stain = self.model.explain.patch_stain()
         self.inspector.set_patch_note("Stain-normalised, as fed to the model" if stain is not None else "")
         self.requests.add_patch(PatchRequest(index, result.grid, self.model.slide.mpp_um(), self.inspector.PATCH_PX, stain))
 

@@ -21,21 +21,17 @@ the whole viewer without Qt.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cellview.analysis.explain import TileExplanation
-from cellview.analysis.model import ModelSpec, OnnxClassifier, copy_with_sha
+from cellview.analysis.model import ModelSpec
 from cellview.analysis.results import (
     AnalysisParams,
     AnalysisResult,
 )
-from cellview.analysis.stain import TileStainTransform
-from cellview.base.errors import CellviewError, ExportError, ModelError
+from cellview.base.errors import CellviewError, ExportError
 from cellview.base.files import writable_dir
 from cellview.outputs.export import export_slide_result, render
 from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
@@ -43,9 +39,9 @@ from cellview.slides.slide import slide_stem
 from cellview.viewer.analysis import AnalysisRun, AnalysisSource, model_file_analysis
 from cellview.viewer.analysis_settings import AnalysisSettings
 from cellview.viewer.events import EmitterGroup, Messages
-from cellview.viewer.explain import ExplainerReady, ExplainStain, ExplainState, explain_task, stain_task
+from cellview.viewer.explain import Explanations
 from cellview.viewer.exports import EXPORT_KINDS, ExportSettings
-from cellview.viewer.jobs import Job, JobHandle, Pending, Runner, run_now
+from cellview.viewer.jobs import Runner, run_now
 from cellview.viewer.overlay import OverlayState
 from cellview.viewer.regions import Regions
 from cellview.viewer.selection import Selection
@@ -59,7 +55,7 @@ log = logging.getLogger(__name__)
 class ViewerModel:
     """The one viewer state; see the module docstring. All methods run on one (the UI) thread."""
 
-    EVENTS = ("status", "error", "explanation", "stain")
+    EVENTS = ("status", "error")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis) -> None:
@@ -77,23 +73,8 @@ class ViewerModel:
         self.regions = Regions(self.analysis, self.overlay, runner, self.messages)
         self.export_settings = ExportSettings()
         self.tissue = TissueState(self.slide, self.settings, runner, self.messages)
-        self._ids = itertools.count(1)
+        self.explain = Explanations(self.slide, self.settings, self.analysis, self.selection, runner, self.messages)
         self._after_open: dict[str, Any] = {}
-        self.explain_on = False
-        self.explain_class: int | None = None
-        """The class whose activation map is shown; None: the tile's predicted class."""
-        self.explain = ExplainState("off")
-        self.explain_classifier: OnnxClassifier | None = None
-        """Runs explanations; a view with a loaded classifier (the kiosk) sets it, else the first
-        explanation loads the result's model (on CPU)."""
-        self._explain_stain: ExplainStain | None = None  # the slide's stain transform, fitted for one result
-        self._stain_job: JobHandle | None = None
-        self._stain_id = 0
-        self._explain_loaded_for: str | None = None  # the model path of a classifier loaded here
-        self._explain_id = 0
-        self._explain_job: JobHandle | None = None
-        self._explain_again = False
-        self._explain_key: tuple[int, int] | None = None
         self._wire()
 
     def _wire(self) -> None:
@@ -104,7 +85,7 @@ class ViewerModel:
         self.analysis.on_batch = self.overlay.update_domain
         self.analysis.on_shown = self._result_shown
         self.overlay.on_regions_settings = self.regions.update
-        self.selection.on_selected = self._request_explanation
+        self.selection.on_selected = self.explain.request
 
     # ------------------------------------------------------------------------------ state queries
 
@@ -126,8 +107,7 @@ class ViewerModel:
         if model_path == self.settings.model_path:
             return
         self.analysis.model_ready = None  # the provider and classes of the new model are known once it loads
-        if self._explain_loaded_for is not None:  # a classifier this model loaded for explanations
-            self.explain_classifier = self._explain_loaded_for = None
+        self.explain.model_changed()
         self.settings.select_model(model_path)
         had_result = self.analysis.result is not None or self.analysis.running
         if had_result:
@@ -137,157 +117,6 @@ class ViewerModel:
             self.analysis.start()
         elif had_result:
             self.status("The model changed: the previous result was cleared (Analyse to run the new model).")
-
-    # ------------------------------------------------------------------------------ explaining a tile
-
-    def set_explain(self, on: bool) -> None:
-        """Show the class activation map of the selected tile (computed off the UI thread)."""
-        on = bool(on)
-        if on == self.explain_on:
-            return
-        self.explain_on = on
-        if not on:
-            self._forget_explanation()
-            return
-        self._request_explanation(force=True)
-
-    def set_explain_class(self, class_index: int | None) -> None:
-        """The class whose map is shown (None: the predicted one). Every class's map came with the tile."""
-        result = self.analysis.shown_result()
-        if class_index is not None and result is not None and not 0 <= class_index < len(result.model.class_names):
-            raise ModelError(f"Class index {class_index} is out of range.")
-        self.explain_class = class_index
-        ex = self.explain.explanation
-        if self.explain.state == "ready" and ex is not None:
-            self._set_explain_state(replace(self.explain, explanation=self._shown_class(ex)))
-
-    def _shown_class(self, ex: TileExplanation) -> TileExplanation:
-        k = ex.pred_class if self.explain_class is None else self.explain_class
-        return ex if ex.explained_class == k else replace(ex, explained_class=k)
-
-    def _set_explain_state(self, state: ExplainState) -> None:
-        self.explain = state
-        self.events.explanation(state)
-
-    def _forget_explanation(self) -> None:
-        """The tile, the result or the slide went away: a job still running is ignored."""
-        self._explain_id = next(self._ids)
-        self._explain_job, self._explain_again, self._explain_key = None, False, None
-        if self.explain.state != ("idle" if self.explain_on else "off"):
-            self._set_explain_state(ExplainState("idle" if self.explain_on else "off"))
-
-    def _request_explanation(self, force: bool = False) -> None:
-        """Explain the selected tile when maps are on: one job at a time, the latest selection next."""
-        if not self.explain_on:
-            return
-        result, index = self.analysis.shown_result(), self.selection.index
-        if result is None or self.slide.opened is None or not 0 <= index < result.n_tiles:
-            self._forget_explanation()
-            return
-        if not result.done[index]:
-            self._set_explain_state(ExplainState("failed", message="This tile has not been classified.", index=index))
-            return
-        key = (id(result.grid), index)
-        if not force and key == self._explain_key and self.explain.state in ("busy", "ready"):
-            return
-        self._set_explain_state(ExplainState("busy", index=index))
-        if self._explain_job is not None:
-            self._explain_again, self._explain_key = True, None
-            return
-        self._explain_key = key
-        self._explain_id = job_id = next(self._ids)
-        grid, path, mpp = result.grid, self.slide.opened.path, self.slide.mpp_um()
-        classifier, model_path = self.explain_classifier, self.analysis.result_model_path or self.settings.model_path
-        sha = result.model.sha256
-        if classifier is not None and classifier.spec.onnx_sha256 != sha and copy_with_sha(classifier.spec, sha):
-            classifier = None  # another copy of the same model (--precision) made the result: load that one
-        stain_method, stain_key, stain = result.params.stain_normalize, self._stain_key(result), self._explain_stain
-
-        def on_item(item: ExplainerReady | ExplainStain | TileExplanation) -> None:
-            if isinstance(item, ExplainStain):
-                self._explain_stain = item
-                self.events.stain(item.transform)
-                return
-            if isinstance(item, ExplainerReady):
-                # kept for the next tile unless the model changed meanwhile
-                if self.explain_classifier is None and item.model_path in (self.settings.model_path, self.analysis.result_model_path):
-                    self.explain_classifier, self._explain_loaded_for = item.classifier, item.model_path
-                return
-            if job_id == self._explain_id and not self._explain_again:
-                self._set_explain_state(ExplainState("ready", self._shown_class(item), index=index))
-
-        def on_failed(exc: CellviewError) -> None:
-            if job_id == self._explain_id and not self._explain_again:
-                self._explain_key = None  # a later selection of this tile tries again
-                self._set_explain_state(ExplainState("failed", message=exc.message, index=index))
-
-        def on_done() -> None:
-            if job_id != self._explain_id:
-                return
-            self._explain_job = None
-            if self._explain_again:
-                self._explain_again = False
-                self._request_explanation()
-
-        self._explain_job = Pending()
-        handle = self.runner(Job("explain", lambda cancel: explain_task(path, mpp, grid, index, classifier, model_path,
-                                                                        sha, stain_method, stain, stain_key),
-                                 on_item, on_failed, on_done))
-        if job_id == self._explain_id and self._explain_job is not None:
-            self._explain_job = handle
-
-    # ------------------------------------------------------------------------------ the run's stain transform
-
-    def _stain_key(self, result: AnalysisResult) -> tuple:
-        """One fit per result's tiles (a streaming result keeps its grid) and slide."""
-        return (id(result.grid), self.slide.opened.path if self.slide.opened is not None else "", result.params.stain_normalize)
-
-    def patch_stain(self) -> TileStainTransform | None:
-        """The stain transform the shown result's tiles went through before the model, when it is fitted
-        (None: the run normalised nothing, or the fit is pending: ``request_stain``, then ``events.stain``)."""
-        result = self.analysis.shown_result()
-        if result is None or result.params.stain_normalize == "none":
-            return None
-        fitted = self._explain_stain
-        return fitted.transform if fitted is not None and fitted.key == self._stain_key(result) else None
-
-    @property
-    def stain_pending(self) -> bool:
-        """The shown result normalised stains and its transform is not fitted yet."""
-        result = self.analysis.shown_result()
-        return result is not None and result.params.stain_normalize != "none" and self.patch_stain() is None
-
-    def request_stain(self) -> None:
-        """Fit the slide's stain transform for the shown result, as analyze fits it (a job; ``events.stain``),
-        so the inspector shows the patch the model was fed, not the one scanned."""
-        result = self.analysis.shown_result()
-        spec = self.analysis.spec
-        if not self.stain_pending or self._stain_job is not None or result is None or self.slide.opened is None:
-            return
-        if spec is None or spec.onnx_sha256 != result.model.sha256:
-            return
-        key, path, mpp, grid = self._stain_key(result), self.slide.opened.path, self.slide.mpp_um(), result.grid
-        method = result.params.stain_normalize
-        self._stain_id = job_id = next(self._ids)
-
-        def on_item(transform: TileStainTransform) -> None:
-            if job_id == self._stain_id:
-                self._explain_stain = ExplainStain(key, transform)
-                self.events.stain(transform)
-
-        def on_failed(exc: CellviewError) -> None:
-            if job_id == self._stain_id:
-                self.status(f"The stain transform could not be fitted: {exc.message}")
-
-        def on_done() -> None:
-            if job_id == self._stain_id:
-                self._stain_job = None
-
-        self._stain_job = Pending()
-        handle = self.runner(Job("stain", lambda cancel: stain_task(path, mpp, grid, spec, method), on_item, on_failed,
-                                 on_done))
-        if job_id == self._stain_id and self._stain_job is not None:
-            self._stain_job = handle
 
     def status(self, message: str) -> None:
         self.messages.status(message)
@@ -334,8 +163,8 @@ class ViewerModel:
         """The view state that belongs to one slide, in one place: selection, hover, regions, explanation,
         and the display settings of ``overlay.PER_SLIDE`` (the domain override and the filters). Called
         whenever a slide closes, so a newly opened slide starts safe."""
-        self._stain_id, self._stain_job = next(self._ids), None
-        self._forget_explanation()
+        self.explain.forget_stain()
+        self.explain.forget()
         self.regions.clear(emit)
         self.selection.clear(emit, hover=True)
         self.overlay.for_new_slide()
@@ -355,7 +184,7 @@ class ViewerModel:
         """Forget the result (and what hangs on it: selection, regions); the slide stays."""
         had = (self.analysis.result is not None or self.analysis.running or self.selection.index >= 0
                or bool(self.regions.shown))
-        self._forget_explanation()
+        self.explain.forget()
         self.analysis.forget(emit=emit and had)
         self.selection.clear(emit=emit and had)
         self.regions.clear(emit=emit and had)
