@@ -92,7 +92,7 @@ def test_run_options_reach_the_run_its_cache_key_and_metadata(stain_model, he_sl
     assert not np.allclose(run.probs, plain.probs)  # the colour toy model sees the normalised colours
     text = describe_run_options(run.params, run.stain)
     assert text.startswith("Macenko stain normalisation") and "Flips ×4" in text and "4 views" in text
-    meta = json.loads(m.export_file("json", tmp_path / "run.json").read_text())
+    meta = json.loads(m.exports.export_file("json", tmp_path / "run.json").read_text())
     assert meta["parameters"]["stain_normalize"] == "macenko" and meta["parameters"]["tta"] == "flips"
     assert meta["stain_normalization"]["applied"] == "macenko"
     m.settings.set(tta="none")

@@ -236,10 +236,10 @@ def test_whole_slide_png_is_hatched_and_follows_show_anyway(cam_domain_model, sq
         return original(self, xy, text, *args, **kwargs)
 
     monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
-    hatched = np.asarray(Image.open(model.export_file("png", tmp_path / "a.png")))
+    hatched = np.asarray(Image.open(model.exports.export_file("png", tmp_path / "a.png")))
     legend_a, drawn[:] = list(drawn), []
     model.overlay.show_calls_anyway(True)
-    anyway = np.asarray(Image.open(model.export_file("png", tmp_path / "b.png")))
+    anyway = np.asarray(Image.open(model.exports.export_file("png", tmp_path / "b.png")))
     legend_b = list(drawn)
     # Inside the pink block: grey + hatching (light and dark lines); shown anyway: the stain with outlines only.
     r0, r1, c0, c1 = SQUARE_BLOCK
@@ -253,7 +253,7 @@ def test_whole_slide_png_is_hatched_and_follows_show_anyway(cam_domain_model, sq
     assert "out of domain" in legend_a and "hatched grey and left out of the counts." in joined_a
     assert "does not look like red, blue and green test tiles" in joined_a
     assert "counted anyway." in joined_b and "(out-of-domain ones shown anyway)" in joined_b
-    meta = model.export_file("json", tmp_path / "m.json").read_text()
+    meta = model.exports.export_file("json", tmp_path / "m.json").read_text()
     assert '"show_out_of_domain": true' in meta
 
 

@@ -220,7 +220,7 @@ def test_viewer_exports_go_through_the_cli_renderer(model, synthetic_slide, tmp_
     model.open(synthetic_slide)
     model.analysis.start()
     model.overlay.set(min_confidence=0.5)  # the CLI's default region confidence
-    out = model.export_all(tmp_path / "viewer")
+    out = model.exports.export_all(tmp_path / "viewer")
     assert sorted(out) == ["csv", "geojson", "json", "png"]
     assert main(["analyze", str(synthetic_slide), "--model", model.settings.model_path, "--out", str(tmp_path / "cli"),
                  "-q", "--no-cache"]) == 0
@@ -232,7 +232,7 @@ def test_viewer_exports_go_through_the_cli_renderer(model, synthetic_slide, tmp_
     assert [f["properties"]["objectType"] for f in mine["features"]].count("annotation") == 1
     meta = json.loads(out["json"].read_text())
     assert meta["export_options"]["display"]["min_confidence"] == 0.5 and meta["malignant_regions"]["regions"]
-    single = model.export_file("geojson", tmp_path / "one.geojson")
+    single = model.exports.export_file("geojson", tmp_path / "one.geojson")
     assert json.loads(single.read_text())["features"] == mine["features"]
 
 
@@ -246,7 +246,7 @@ def test_png_export_shows_what_the_screen_shows(model, synthetic_slide, tmp_path
 
     def png(**overlay) -> np.ndarray:
         model.overlay.set(**overlay)
-        path = model.export_file("png", tmp_path / "x.png")
+        path = model.exports.export_file("png", tmp_path / "x.png")
         return np.asarray(Image.open(path).convert("RGB"))[:thumb.shape[0], :thumb.shape[1]].astype(int)
 
     def at(img, row, col):  # a pixel in tile (row, col), an eighth of a tile in from its top-left corner
@@ -273,12 +273,12 @@ def test_export_folder_falls_back_when_the_slide_folder_is_read_only(model, synt
 
     model.open(synthetic_slide)
     model.analysis.start()
-    path, note = model.suggest_export_path("csv")
+    path, note = model.exports.suggest_path("csv")
     assert path == Path(synthetic_slide).parent / "synthetic.csv" and note == ""
     slide_dir = Path(synthetic_slide).parent
     monkeypatch.setattr(files, "_can_write", lambda folder: Path(folder) != slide_dir)
     monkeypatch.setattr(files, "default_export_dir", lambda: tmp_path / "Documents" / "CellView")
-    path, note = model.suggest_export_path("csv")
+    path, note = model.exports.suggest_path("csv")
     assert path == tmp_path / "Documents" / "CellView" / "synthetic.csv" and path.parent.is_dir()
     assert "cannot be written" in note and str(path.parent) in note
 
@@ -286,7 +286,7 @@ def test_export_folder_falls_back_when_the_slide_folder_is_read_only(model, synt
 def test_open_dialog_starts_where_slides_are_not_in_the_export_folder(model, synthetic_slide, tmp_path):
     model.open(synthetic_slide)
     model.analysis.start()
-    model.export_file("csv", tmp_path / "exports" / "a.csv")
+    model.exports.export_file("csv", tmp_path / "exports" / "a.csv")
     assert model.slide.open_dialog_dir() == str(Path(synthetic_slide).parent)  # the newest recent slide's folder
     model.slide.remember_open_dir(tmp_path / "somewhere" / "b.svs")
     (tmp_path / "somewhere").mkdir()
@@ -355,10 +355,10 @@ def test_counts_and_shares_follow_the_confidence_filter():
 def test_single_file_exports_parse(model, synthetic_slide, tmp_path):
     model.open(synthetic_slide)
     model.analysis.start()
-    rows = list(csv.DictReader(io.StringIO(model.export_file("csv", tmp_path / "t.csv").read_text())))
+    rows = list(csv.DictReader(io.StringIO(model.exports.export_file("csv", tmp_path / "t.csv").read_text())))
     assert len(rows) == 56 and {r["pred_category"] for r in rows} == set(CATEGORIES)
     assert all(int(r["minx"]) + int(r["width"]) <= 2048 for r in rows)
-    meta = json.loads(model.export_file("json", tmp_path / "t.json").read_text())
+    meta = json.loads(model.exports.export_file("json", tmp_path / "t.json").read_text())
     assert meta["tiles"]["done"] == 56 and meta["grid"]["tiling_rule"]
 
 

@@ -1006,7 +1006,7 @@ class MainWindow(QMainWindow):
         self.device_box.setEnabled(not running)
         self._show_run_options()
         for act in self.export_actions:
-            act.setEnabled(self.model.can_export)
+            act.setEnabled(self.model.exports.can_export)
 
     def _on_running(self, event: Event) -> None:
         if event.value:
@@ -1335,10 +1335,10 @@ class MainWindow(QMainWindow):
 
     def export_dialog(self, kind: str) -> Path | None:
         """Ask where to save (the last export folder, else the slide's, else a writable one), then write."""
-        if not self.model.can_export:
+        if not self.model.exports.can_export:
             return None
         try:
-            suggested, note = self.model.suggest_export_path(kind)
+            suggested, note = self.model.exports.suggest_path(kind)
         except CellviewError as exc:
             self.show_error(exc, "Export failed")
             return None
@@ -1356,9 +1356,9 @@ class MainWindow(QMainWindow):
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             if kind == "view":
-                self.model.save_export(path, self.render_view_png())
+                self.model.exports.save(path, self.render_view_png())
             else:
-                self.model.export_file(kind, path)
+                self.model.exports.export_file(kind, path)
         except CellviewError as exc:
             self.show_error(exc, "Export failed")
             return None
@@ -1369,10 +1369,10 @@ class MainWindow(QMainWindow):
 
     def export_all_dialog(self) -> dict[str, Path] | None:
         """Every format into one folder, named and written as `cellview analyze` writes them."""
-        if not self.model.can_export:
+        if not self.model.exports.can_export:
             return None
         try:
-            folder, note = self.model.suggest_export_path("folder")
+            folder, note = self.model.exports.suggest_path("folder")
         except CellviewError as exc:
             self.show_error(exc, "Export failed")
             return None
@@ -1387,11 +1387,11 @@ class MainWindow(QMainWindow):
 
         assert self.model.slide.opened is not None
         existing = [p for p in output_paths(folder, slide_stem(Path(self.model.slide.opened.path)),
-                                            self.model.export_settings.formats).values() if p.exists()]
+                                            self.model.exports.settings.formats).values() if p.exists()]
         if existing and not self.confirm_overwrite(existing[0]):
             return None
         try:
-            paths = self.model.export_all(folder)
+            paths = self.model.exports.export_all(folder)
         except CellviewError as exc:
             self.show_error(exc, "Export failed")
             return None

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from cellview.analysis.model import ModelSpec
@@ -31,22 +30,19 @@ from cellview.analysis.results import (
     AnalysisParams,
     AnalysisResult,
 )
-from cellview.base.errors import CellviewError, ExportError
-from cellview.base.files import writable_dir
-from cellview.outputs.export import export_slide_result, render
+from cellview.base.errors import CellviewError
 from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
-from cellview.slides.slide import slide_stem
 from cellview.viewer.analysis import AnalysisRun, AnalysisSource, model_file_analysis
 from cellview.viewer.analysis_settings import AnalysisSettings
 from cellview.viewer.events import EmitterGroup, Messages
 from cellview.viewer.explain import Explanations
-from cellview.viewer.exports import EXPORT_KINDS, ExportSettings
+from cellview.viewer.exports import Exports
 from cellview.viewer.jobs import Runner, run_now
 from cellview.viewer.overlay import OverlayState
 from cellview.viewer.regions import Regions
 from cellview.viewer.selection import Selection
 from cellview.viewer.settings import MemoryStore, SettingsStore
-from cellview.viewer.slide import THUMBNAIL_PX, Opened, SlideState
+from cellview.viewer.slide import Opened, SlideState
 from cellview.viewer.tissue import TissueState
 
 log = logging.getLogger(__name__)
@@ -71,9 +67,9 @@ class ViewerModel:
         self.overlay = OverlayState(self.analysis)
         self.selection = Selection(self.analysis)
         self.regions = Regions(self.analysis, self.overlay, runner, self.messages)
-        self.export_settings = ExportSettings()
         self.tissue = TissueState(self.slide, self.settings, runner, self.messages)
         self.explain = Explanations(self.slide, self.settings, self.analysis, self.selection, runner, self.messages)
+        self.exports = Exports(self.slide, self.analysis, self.overlay, self.regions, self.store)
         self._after_open: dict[str, Any] = {}
         self._wire()
 
@@ -86,12 +82,6 @@ class ViewerModel:
         self.analysis.on_shown = self._result_shown
         self.overlay.on_regions_settings = self.regions.update
         self.selection.on_selected = self.explain.request
-
-    # ------------------------------------------------------------------------------ state queries
-
-    @property
-    def can_export(self) -> bool:
-        return self.analysis.result is not None and not self.analysis.running
 
     # ------------------------------------------------------------------------------ settings
 
@@ -190,68 +180,3 @@ class ViewerModel:
         self.regions.clear(emit=emit and had)
         if emit:
             self.overlay.update_domain()
-
-    # ------------------------------------------------------------------------------ export
-
-    def suggest_export_path(self, kind: str) -> tuple[Path, str]:
-        """Where File → Export proposes to save: the last export folder, else the slide's, falling back to a
-        writable folder (``export.default_export_dir``) when that cannot be written; plus a note saying so."""
-        if self.slide.opened is None:
-            raise ExportError("Nothing to export: no slide is open.")
-        name = Path(self.slide.opened.path).name if kind == "folder" else self.slide.opened.info.name + EXPORT_KINDS[kind]
-        last = str(self.store.get("last_export_dir", "") or "")
-        preferred = Path(last) if last and Path(last).is_dir() else Path(self.slide.opened.path).parent
-        folder, note = writable_dir(preferred)
-        return (folder if kind == "folder" else folder / name), note
-
-    def export_file(self, kind: str, path: str | os.PathLike[str], source: str = "the viewer") -> Path:
-        """Write one export of the shown result as the screen shows it (``csv``, ``geojson``, ``png``, ``json``).
-
-        The same renderer as the CLI and the kiosk (``export.render``): the GeoJSON carries the
-        malignant-region annotations, the PNG the overlay style, filters and region outlines on screen.
-        """
-        result = self._export_result()
-        regions, conf = self.regions.for_export(result)
-        thumb = self.slide.opened.thumbnail if self.slide.opened is not None else None
-        data = render(kind, result, thumb, regions, conf, self.overlay.settings, source,
-                      extra_meta={"export_options": self._export_options()}, png_regions=self.overlay.settings.show_regions)
-        return self.save_export(path, data)
-
-    def save_export(self, path: str | os.PathLike[str], data: bytes) -> Path:
-        """Write an export atomically and remember its folder for the next one (also the GUI's view PNG)."""
-        from cellview.base.files import atomic_write_bytes
-
-        path = Path(path)
-        atomic_write_bytes(path, data)
-        self.store.put("last_export_dir", str(path.parent))
-        return path
-
-    def export_all(self, folder: str | os.PathLike[str], stem: str | None = None,
-                   source: str = "the viewer") -> dict[str, Path]:
-        """Every format into ``folder`` through the CLI's own ``export_slide_result``, with the screen's look."""
-        result = self._export_result()
-        assert self.slide.opened is not None
-        regions, conf = self.regions.for_export(result)
-        size = self.export_settings.png_size_px
-        thumb = self.slide.opened.thumbnail if max(self.slide.opened.thumbnail.shape[:2]) == size else None  # else read anew
-        paths, _ = export_slide_result(
-            result, Path(folder), stem or slide_stem(Path(self.slide.opened.path)), self.export_settings.formats, size,
-            conf, overlay=self.overlay.settings, thumbnail=thumb, source=source, regions=regions,
-            png_regions=self.overlay.settings.show_regions)
-        self.store.put("last_export_dir", str(folder))
-        return paths
-
-    def _export_options(self) -> dict[str, Any]:
-        from cellview.outputs.export import export_options
-
-        size = max(self.slide.opened.thumbnail.shape[:2]) if self.slide.opened is not None else THUMBNAIL_PX
-        return export_options(["csv", "geojson", "png", "json"], size, self.overlay.settings.min_confidence, self.overlay.settings)
-
-    def _export_result(self) -> AnalysisResult:
-        if self.analysis.result is None or self.slide.opened is None:
-            raise ExportError("Nothing to export: analyse the slide first.")
-        if self.analysis.running:
-            raise ExportError("Wait until the analysis has finished (or cancel it) to export.")
-        return self.analysis.result
-
-
