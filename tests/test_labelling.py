@@ -1,6 +1,6 @@
-"""Labelling in the viewer without Qt (cellview.viewer.labelling.LabelsModel beside a ViewerModel): picking tiles,
-labelling them by key, saving beside the slide (or in the user's folder), reopening, QuPath import, and
-Adapt model… as a viewer job."""
+"""Labelling in the viewer without Qt (cellview.viewer.labelling.LabelsModel, a ViewerModel's labelling part):
+picking tiles, labelling them by key, saving beside the slide (or in the user's folder), reopening, QuPath import,
+and Adapt model… as a viewer job."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def lab_slide(tmp_path):
 
 @pytest.fixture
 def viewer(cam_domain_model):
-    m = ViewerModel(run_now, store=MemoryStore())
+    m = ViewerModel(run_now, store=MemoryStore(), labelling=True)
     m.analysis.use_cache = False
     m.analysis.auto_analyse = True
     m.settings.set(tissue_threshold=0.5)
@@ -43,7 +43,7 @@ def block_tiles(labels: LabelsModel, k: int) -> list[int]:
 
 
 def test_keys_label_the_picked_tiles_and_the_labels_are_saved_beside_the_slide(viewer, lab_slide):
-    labels = LabelsModel(viewer)
+    labels = viewer.labels
     viewer.open(lab_slide)
     assert [(c.key, c.label) for c in labels.choices] == [("1", "malignant"), ("2", "benign"), ("3", "normal")]
     tiles = block_tiles(labels, 0)
@@ -84,7 +84,7 @@ def test_a_read_only_slide_folder_keeps_the_labels_in_the_user_s_folder(viewer, 
     monkeypatch.setattr(labels_module.os, "access",
                         lambda p, mode: False if os.path.abspath(p) == str(folder) and mode == os.W_OK
                         else real_access(p, mode))
-    labels = LabelsModel(viewer)
+    labels = viewer.labels
     viewer.open(lab_slide)
     block_tiles(labels, 2)
     labels.label_key("3")
@@ -96,7 +96,7 @@ def test_a_read_only_slide_folder_keeps_the_labels_in_the_user_s_folder(viewer, 
 
 
 def test_unlabelling_a_tile_under_an_imported_annotation_leaves_it_out(viewer, lab_slide, tmp_path):
-    labels = LabelsModel(viewer)
+    labels = viewer.labels
     viewer.open(lab_slide)
     qupath = tmp_path / "from-qupath.geojson"
     write_geojson(qupath, [LabelRegion.rect("Normal", *lab_block_rect(2)), LabelRegion.rect("Tumor", 0, 0, 9, 9)])
@@ -111,7 +111,7 @@ def test_unlabelling_a_tile_under_an_imported_annotation_leaves_it_out(viewer, l
 
 
 def test_adapt_model_runs_on_every_labelled_slide_and_writes_a_model(viewer, lab_slide, tmp_path):
-    labels = LabelsModel(viewer)
+    labels = viewer.labels
     viewer.open(lab_slide)
     for k, cat in enumerate(LAB_BLOCKS):
         block_tiles(labels, k)

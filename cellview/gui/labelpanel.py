@@ -154,8 +154,10 @@ class LabelsPanel(QWidget):
 
 
 def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsModel, LabelsPanel]:
-    """Add labelling to a ``MainWindow`` (not imported here: it imports this module): the model, the card at ``layout`` position ``at``, the menu, the view hooks."""
-    labels = LabelsModel(window.model)
+    """Add labelling to a ``MainWindow`` (not imported here: it imports this module): its model's labelling part,
+    the card at ``layout`` position ``at``, the menu, the view hooks."""
+    labels = window.model.labels
+    assert labels is not None, "the window's model was made without labelling"
     card, c = section("Labels (teach the model your lab)")
     panel = LabelsPanel(labels)
     c.addWidget(panel)

@@ -239,7 +239,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.runner = QtRunner(self)
         self.runner.started.connect(self._on_job_started)
-        self.model = ViewerModel(self.runner, analysis_defaults, store=cfg.STORE)
+        self.model = ViewerModel(self.runner, analysis_defaults, store=cfg.STORE, labelling=self.LABELLING)
         self.model.slide.ask_scale = lambda opened: self.ask_mpp(opened)
         self.model.analysis.auto_analyse = str(cfg.get("auto_analyse", "true")).lower() == "true"
         self.setWindowTitle("CellView")

@@ -38,6 +38,7 @@ from cellview.viewer.events import EmitterGroup, Messages
 from cellview.viewer.explain import Explanations
 from cellview.viewer.exports import Exports
 from cellview.viewer.jobs import Runner, run_now
+from cellview.viewer.labelling import LabelsModel
 from cellview.viewer.overlay import OverlayState
 from cellview.viewer.regions import Regions
 from cellview.viewer.selection import Selection
@@ -54,7 +55,8 @@ class ViewerModel:
     EVENTS = ("status", "error")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
-                 store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis) -> None:
+                 store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis,
+                 labelling: bool = False) -> None:
         self.events = EmitterGroup(*self.EVENTS)
         self.messages = Messages()
         self.messages.events = self.events
@@ -70,6 +72,7 @@ class ViewerModel:
         self.tissue = TissueState(self.slide, self.settings, runner, self.messages)
         self.explain = Explanations(self.slide, self.settings, self.analysis, self.selection, runner, self.messages)
         self.exports = Exports(self.slide, self.analysis, self.overlay, self.regions, self.store)
+        self.labels = LabelsModel(self.slide, self.analysis, self.selection, self.settings) if labelling else None
         self._after_open: dict[str, Any] = {}
         self._wire()
 
