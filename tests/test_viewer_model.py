@@ -26,9 +26,7 @@ class Recorder:
 
     def __init__(self, model: ViewerModel) -> None:
         self.events: list[tuple[str, object]] = []
-        for group in (model.events, model.slide.events, model.settings.events, model.analysis.events,
-                      model.overlay.events, model.selection.events, model.regions.events,
-                      model.tissue.events, model.explain.events):
+        for group in [model.events] + [part.events for part in model.parts().values()]:
             for name in group.names:
                 getattr(group, name).connect(lambda e: self.events.append((e.type, e.value)))
 
@@ -42,6 +40,20 @@ def model(toy_model) -> ViewerModel:
     m.analysis.use_cache = False
     m.set_model(str(toy_model))
     return m
+
+
+def test_each_event_belongs_to_one_part():
+    """The parts' events keep the names the views listen to, each owned by one part (the recorder relies on it)."""
+    m = ViewerModel(run_now, store=MemoryStore(), labelling=True)
+    owners = [(name, part) for part, obj in [("model", m)] + list(m.parts().items()) for name in obj.events.names]
+    names = [name for name, _ in owners]
+    assert len(names) == len(set(names))
+    owner = dict(owners)
+    assert (owner["slide"], owner["result"], owner["selection"], owner["domain"], owner["explanation"],
+            owner["status"], owner["picked"]) == ("slide", "analysis", "selection", "overlay", "explain", "model",
+                                                  "labels")
+    assert list(m.parts()) == list(ViewerModel.PARTS)
+    assert "labels" not in ViewerModel(run_now, store=MemoryStore()).parts()
 
 
 def test_open_analyse_select_and_step(model, synthetic_slide):

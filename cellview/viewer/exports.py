@@ -17,6 +17,7 @@ from cellview.base.files import writable_dir
 from cellview.outputs.export import FORMATS, export_slide_result, render
 from cellview.slides.slide import slide_stem
 from cellview.viewer.analysis import AnalysisRun
+from cellview.viewer.events import EmitterGroup
 from cellview.viewer.overlay import OverlayState
 from cellview.viewer.regions import Regions
 from cellview.viewer.settings import SettingsStore
@@ -36,10 +37,14 @@ EXPORT_KINDS = {"png": "-heatmap.png", "view": "-view.png", "csv": ".csv", "geoj
 
 class Exports:
     """Exports of the shown result as ``model.exports`` (module docstring): ``settings`` are Export all's
-    formats and PNG size. No events: an export is an answer, not a state the views follow."""
+    formats and PNG size. No events (an empty group, as every part has one): an export is an answer, not a
+    state the views follow."""
+
+    EVENTS: tuple[str, ...] = ()
 
     def __init__(self, slide: SlideState, analysis: AnalysisRun, overlay: OverlayState, regions: Regions,
                  store: SettingsStore) -> None:
+        self.events = EmitterGroup(*self.EVENTS)
         self.slide, self.analysis, self.overlay, self.regions, self.store = slide, analysis, overlay, regions, store
         self.settings = ExportSettings()
 

@@ -1,40 +1,40 @@
-"""The viewer's state in one Qt-free object, in the spirit of napari's ``ViewerModel``.
+"""The viewer's state, Qt-free, composed of small parts in the spirit of napari's ``components``.
 
-``ViewerModel`` holds the open slide, the selected model, the analysis settings, the result
-(streaming, finished or cleared) and whether it is still current, the selected tile, the
-overlay settings, the malignant regions and the export settings. It changes only through its
-methods and says so through plain events (``model.events.result.connect(callback)``; a
-callback gets an ``Event`` with ``type`` and ``value``). The desktop window and the kiosk are
-thin views: they turn widget input into method calls and events into widget updates, so two
-widgets can no longer disagree about the state.
+napari's ``ViewerModel`` is a ``LayerList``, a ``Camera``, ``Dims``… each small with its own events; ours is
+the parts a slide viewer needs, each in its own module with its own ``EmitterGroup``:
 
-It also decides what the views say about the model's domain (``domain_notice``: a banner when
-most of the tissue is unlike the training data, a quieter note when some tiles are, or that the
-model has no domain statistics) and explains the selected tile (``set_explain``: the class
-activation map on the exact patch the model saw, computed as a job).
+- ``slide`` (``SlideState``): the open slide, opening it, its scale, recent slides, dialog folders;
+- ``settings`` (``AnalysisSettings``): the selected model, what it offers, the analysis settings;
+- ``analysis`` (``AnalysisRun``): the run (start, cancel, resume), its progress and result, ``stale``;
+- ``overlay`` (``OverlayState``): the overlay's settings and filters, "show calls anyway", the domain notice;
+- ``selection`` (``Selection``): the selected tile and the one under the pointer;
+- ``regions`` (``Regions``): the malignant regions and the sentence beside them;
+- ``tissue`` (``TissueState``): the tissue preview;
+- ``explain`` (``Explanations``): the selected tile's class activation map and the patch's stain;
+- ``exports`` (``Exports``): the files, as the screen shows the result;
+- ``labels`` (``LabelsModel``, with ``labelling=True``): the open slide's tile labels and *Adapt model…*.
 
-Slow work (opening a slide, an analysis, regions, a tissue preview, a tile's explanation) is a ``Job``: a generator
-plus callbacks, handed to a ``runner``. The GUI's runner runs it on a worker thread and calls
-back on the main thread; ``run_now`` runs it in the calling thread, so tests and scripts drive
-the whole viewer without Qt.
+Views reach a part (``model.overlay.set(style="fill")``, ``model.selection.select(i)``,
+``model.analysis.events.result.connect(callback)``). ``ViewerModel`` composes them and wires what one
+part's change means for the others (a new slide clears the selection, the regions and the per-slide overlay
+settings; another model clears the result; a finished run re-shows the selected tile); it keeps the few
+actions that span parts (``open``, ``close_slide``, ``set_model``, ``clear_result``) and one event group of
+its own, ``events`` (``status``, ``error``: whichever part says them).
+
+Slow work is a ``Job`` handed to a ``runner`` (``viewer.jobs``): the GUI's runs it on a worker thread,
+``run_now`` in the calling thread, so tests and scripts drive the whole viewer without Qt.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 from cellview.analysis.model import ModelSpec
-from cellview.analysis.results import (
-    AnalysisParams,
-    AnalysisResult,
-)
-from cellview.base.errors import CellviewError
-from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
+from cellview.analysis.results import AnalysisParams, AnalysisResult
 from cellview.viewer.analysis import AnalysisRun, AnalysisSource, model_file_analysis
 from cellview.viewer.analysis_settings import AnalysisSettings
-from cellview.viewer.events import EmitterGroup, Messages
+from cellview.viewer.events import Messages
 from cellview.viewer.explain import Explanations
 from cellview.viewer.exports import Exports
 from cellview.viewer.jobs import Runner, run_now
@@ -46,20 +46,19 @@ from cellview.viewer.settings import MemoryStore, SettingsStore
 from cellview.viewer.slide import Opened, SlideState
 from cellview.viewer.tissue import TissueState
 
-log = logging.getLogger(__name__)
-
 
 class ViewerModel:
-    """The one viewer state; see the module docstring. All methods run on one (the UI) thread."""
+    """The viewer's parts and the reactions between them (module docstring). All methods run on one (the UI)
+    thread. Events (``events``): ``status`` (a line for the status bar) and ``error`` (``(title, CellviewError)``)."""
 
-    EVENTS = ("status", "error")
+    PARTS = ("slide", "settings", "analysis", "overlay", "selection", "regions", "tissue", "explain", "exports",
+             "labels")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis,
                  labelling: bool = False) -> None:
-        self.events = EmitterGroup(*self.EVENTS)
         self.messages = Messages()
-        self.messages.events = self.events
+        self.events = self.messages.events
         self.runner = runner
         self.store: SettingsStore = store if store is not None else MemoryStore()
         defaults = defaults or AnalysisParams()
@@ -86,7 +85,11 @@ class ViewerModel:
         self.overlay.on_regions_settings = self.regions.update
         self.selection.on_selected = self.explain.request
 
-    # ------------------------------------------------------------------------------ settings
+    def parts(self) -> dict[str, Any]:
+        """The parts by name (``PARTS``; without ``labels`` when there is no labelling): a recorder, a log."""
+        return {name: part for name in self.PARTS if (part := getattr(self, name)) is not None}
+
+    # ------------------------------------------------------------------------------ the model
 
     def _rerun(self) -> None:
         """A run option changed: with auto-analyse on, the open slide is run again as with a new model."""
@@ -109,13 +112,7 @@ class ViewerModel:
         if self.analysis.auto_analyse and self.slide.opened is not None and model_path:
             self.analysis.start()
         elif had_result:
-            self.status("The model changed: the previous result was cleared (Analyse to run the new model).")
-
-    def status(self, message: str) -> None:
-        self.messages.status(message)
-
-    def error(self, exc: CellviewError, title: str) -> None:
-        self.messages.error(exc, title)
+            self.messages.status("The model changed: the previous result was cleared (Analyse to run the new model).")
 
     # ------------------------------------------------------------------------------ opening
 
