@@ -82,7 +82,8 @@ def main() -> int:
             window.inspector.cam_box.setChecked(True)
         else:
             window.select_tile(index)
-        while not (window.model.explain.current.state in ("ready", "failed") and window.model.explain.current.index == index):
+        explain = window.model.explain
+        while not (explain.current.state in ("ready", "failed") and explain.current.index == index):
             app.processEvents()
             time.sleep(0.001)
         times.append(time.perf_counter() - t0)

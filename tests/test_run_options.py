@@ -140,7 +140,8 @@ def test_changing_a_run_option_reruns_with_auto_analyse(stain_model, he_slide):
     running: list[bool] = []
     m.analysis.events.running.connect(lambda e: running.append(e.value))
     m.settings.set(tta="d4")
-    assert running == [True, False] and m.analysis.result is not first and m.analysis.result.params.tta == "d4" and not m.analysis.stale
+    assert running == [True, False] and m.analysis.result is not first and m.analysis.result.params.tta == "d4"
+    assert not m.analysis.stale
     m.settings.set(tissue_threshold=0.5)  # other settings wait for Analyse, as before
     assert running == [True, False] and m.analysis.stale
 
@@ -163,10 +164,12 @@ def test_a_choice_survives_a_model_that_cannot_honour_it(stain_model, plain_mode
 
 def test_model_defaults_apply_until_the_user_chooses(stain_model):
     m = viewer(stain_model)
-    m.settings.set_model_options(ModelOptions(stain_unavailable="", default_stain_normalize="reinhard", default_tta="d4"))
+    m.settings.set_model_options(ModelOptions(stain_unavailable="", default_stain_normalize="reinhard",
+                                              default_tta="d4"))
     assert (m.settings.params.stain_normalize, m.settings.params.tta) == ("reinhard", "d4")  # preselected for the model
     m.settings.set(tta="none")
-    m.settings.set_model_options(ModelOptions(stain_unavailable="", default_stain_normalize="macenko", default_tta="flips"))
+    m.settings.set_model_options(ModelOptions(stain_unavailable="", default_stain_normalize="macenko",
+                                              default_tta="flips"))
     assert (m.settings.params.stain_normalize, m.settings.params.tta) == ("macenko", "none")  # the user's choice stays
     # launch options (`cellview --stain-normalize reinhard`) are a choice too, applied once a model allows them
     launched = viewer(None, stain_normalize="reinhard")

@@ -86,7 +86,8 @@ def test_models_without_statistics_say_so(toy_model, synthetic_slide):
     notice = model.overlay.domain
     assert notice.kind == "unavailable" and not notice.banner and not notice.note
     assert notice.headline == "Domain score: not available for this model."
-    assert describe_domain(model.analysis.result, model.overlay.settings) == "Domain score: not available for this model."
+    assert (describe_domain(model.analysis.result, model.overlay.settings)
+            == "Domain score: not available for this model.")
     assert NOT_AVAILABLE in notice.headline.lower()
     model.close_slide()
     assert model.overlay.domain.kind == "none"
@@ -148,7 +149,8 @@ def test_activation_map_of_the_selected_tile_peaks_on_its_square(cam_domain_mode
     assert model.explain.current.explanation.explained_class == 0
     j = square_tile_index(model.analysis.result, 4, 6)
     model.selection.select(j)
-    assert model.explain.current.index == j and model.explain.current.explanation.rect_l0 == model.analysis.result.grid.rect(j)
+    assert model.explain.current.index == j
+    assert model.explain.current.explanation.rect_l0 == model.analysis.result.grid.rect(j)
     assert model.explain.classifier is not None  # loaded once (CPU), kept for the next tile
     model.explain.set_on(False)
     assert model.explain.current.state == "off"

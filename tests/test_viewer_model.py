@@ -155,7 +155,8 @@ def test_unknown_scale_is_asked_and_remembered(model, tmp_path):
     errors = []
     model.events.error.connect(lambda e: errors.append(e.value[1].message))
     model.analysis.start()
-    assert model.analysis.result is None and "does not say how many µm a pixel is" in errors[0] and "--mpp" not in errors[0]
+    assert model.analysis.result is None
+    assert "does not say how many µm a pixel is" in errors[0] and "--mpp" not in errors[0]
     model.slide.set_scale(WHOLE_IMAGE)
     assert model.slide.mpp_choice == WHOLE_IMAGE and model.settings.current().whole_image
 
@@ -184,7 +185,8 @@ def test_overlay_settings_drive_regions(model, synthetic_slide):
     model.analysis.start()
     rec = Recorder(model)
     model.overlay.set(show_regions=True)
-    assert len(model.regions.shown) == 1 and model.regions.shown[0].n_tiles == 16 and rec.of("regions")[-1] == model.regions.shown
+    regions = model.regions.shown
+    assert len(regions) == 1 and regions[0].n_tiles == 16 and rec.of("regions")[-1] == regions
     model.overlay.set(min_confidence=0.99)  # the threshold drives them: computed again
     assert len(rec.of("regions")) == 2 and model.regions.confidence == 0.99
     model.overlay.set(opacity=0.2, style="fill")  # cannot change regions: no recomputation

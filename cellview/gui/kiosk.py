@@ -1192,7 +1192,8 @@ class KioskWindow(MainWindow):
             return
         self.idle = True
         unseen = self._finished_case if self._finished_at > self._last_activity else None
-        if unseen is not None and self.model.slide.opened is not None and Path(self.model.slide.opened.path) == unseen.path:
+        opened = self.model.slide.opened
+        if unseen is not None and opened is not None and Path(opened.path) == unseen.path:
             self._wake_case = unseen
         elif self.current_case is None and self.classifier is not None:
             self.set_page("waiting")

@@ -395,7 +395,8 @@ class AdaptDialog(QDialog):
         """Select the adapted model and analyse the open slide with it."""
         window = self.window_
         window.refresh_models(select=str(Path(self.report.written).absolute()))
-        if not window.model.analysis.running and window.model.analysis.can_analyse and not window.model.analysis.auto_analyse:
+        analysis = window.model.analysis
+        if not analysis.running and analysis.can_analyse and not analysis.auto_analyse:
             window.start_analysis()
         self.accept()
 

@@ -395,7 +395,8 @@ class MainWindow(QMainWindow):
         row.addWidget(self.open_model_btn)
         self.card_btn = QPushButton("Card")
         self.card_btn.setToolTip("The selected model's card: what it was trained on, its figures and limits")
-        self.card_btn.clicked.connect(lambda: (show_model_card(self, self.model.settings.model_path), self._take_focus()))
+        self.card_btn.clicked.connect(
+            lambda: (show_model_card(self, self.model.settings.model_path), self._take_focus()))
         row.addWidget(self.card_btn)
         c.addLayout(row)
         row = QHBoxLayout()
@@ -470,7 +471,8 @@ class MainWindow(QMainWindow):
         self.style_box.setCurrentIndex(STYLES.index(self.model.overlay.settings.style))
         self.style_box.setToolTip("Outlines leave the stain as scanned: a red fill over eosin pink reads as more "
                                   "staining")
-        self.style_box.currentIndexChanged.connect(lambda _i: self.model.overlay.set(style=self.style_box.currentData()))
+        self.style_box.currentIndexChanged.connect(
+            lambda _i: self.model.overlay.set(style=self.style_box.currentData()))
         form.addRow("Draw", self.style_box)
         self.mode_box = QComboBox()
         self.mode_box.addItem("Category (colour × confidence)", -1)
@@ -1014,7 +1016,8 @@ class MainWindow(QMainWindow):
             self.view.set_label(None)
             self.inspector.clear()
             self.view.set_selection(None)
-            self.provider_label.setText(f"Loading {Path(self.model.settings.model_path or '').parent.name or 'model'}…")
+            name = Path(self.model.settings.model_path or "").parent.name
+            self.provider_label.setText(f"Loading {name or 'model'}…")
             self._repaint_timer.start()
         else:
             self._repaint_timer.stop()
@@ -1241,7 +1244,8 @@ class MainWindow(QMainWindow):
             self.update_tissue_preview()
 
     def _tissue_params_changed(self, *args) -> None:
-        self.model.settings.set_tissue(method=self.tissue_method.currentData(), min_threshold=float(self.tissue_min.value()),
+        self.model.settings.set_tissue(method=self.tissue_method.currentData(),
+                                       min_threshold=float(self.tissue_min.value()),
                               min_object_um2=float(self.tissue_min_obj.value()))
         if self.tissue_box.isChecked():
             self._tissue_timer.start()
@@ -1301,7 +1305,8 @@ class MainWindow(QMainWindow):
             return
         stain = self.model.explain.patch_stain()
         self.inspector.set_patch_note("Stain-normalised, as fed to the model" if stain is not None else "")
-        self.requests.add_patch(PatchRequest(index, result.grid, self.model.slide.mpp_um(), self.inspector.PATCH_PX, stain))
+        self.requests.add_patch(PatchRequest(index, result.grid, self.model.slide.mpp_um(), self.inspector.PATCH_PX,
+                                             stain))
 
     def step_selection(self, d_row: int, d_col: int) -> None:
         """Move to the nearest tile in that direction and keep it in view."""
@@ -1414,7 +1419,8 @@ class MainWindow(QMainWindow):
         extra = [f"View: x {max(0, rect.x()):,.0f}  y {max(0, rect.y()):,.0f} (level 0)"]
         if self.model.slide.mpp_um():
             extra.append(f"Field of view: {format_um(round(rect.width() * self.model.slide.mpp_um()))} wide")
-        legend = describe_legend(result, ov, source="the viewer", regions=self.model.regions.shown if ov.show_regions else None,
+        legend = describe_legend(result, ov, source="the viewer",
+                                 regions=self.model.regions.shown if ov.show_regions else None,
                                  region_confidence=ov.min_confidence, extra_header=tuple(extra))
         panel_w = 320
         out = QImage(shot.width() + panel_w, shot.height(), QImage.Format.Format_RGB32)

@@ -181,8 +181,9 @@ class AnalysisRun:
             return False
         source = source or self.source
         if source is model_file_analysis and not self.settings.model_path:
-            self.messages.error(ModelError("No model is selected.", f"Put a model into {user_models_dir() / '<name>'} "
-                                                                    "or use Open… next to the model list."), "No model")
+            where = user_models_dir() / "<name>"
+            self.messages.error(ModelError("No model is selected.",
+                                           f"Put a model into {where} or use Open… next to the model list."), "No model")
             return False
         if not self.slide.resolve_scale():
             return False

@@ -84,7 +84,8 @@ def explain_task(path: str, mpp_um: float | None, grid: Any, index: int, classif
         slide.close()
 
 
-def stain_task(path: str, mpp_um: float | None, grid: Any, spec: ModelSpec, method: str) -> Iterator[TileStainTransform]:
+def stain_task(path: str, mpp_um: float | None, grid: Any, spec: ModelSpec,
+               method: str) -> Iterator[TileStainTransform]:
     """The slide's stain transform for a result's grid, fitted off the main thread as analyze fits it."""
     slide = open_slide(path, mpp_um=mpp_um)
     try:

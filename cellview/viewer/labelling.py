@@ -1,11 +1,11 @@
 """Labelling in the viewer, Qt-free: the open slide's labels, the tiles picked to label, and *Adapt model…*.
 
 ``LabelsModel`` is the viewer's labelling part (``ViewerModel(labelling=True).labels``; the kiosk has none)
-and follows the open slide (a slide opens: its labels are read; it closes: they are dropped). The views turn clicks and keys into ``pick`` / ``pick_rect`` /
-``label_picked`` and draw ``outlines``; every change is saved at once, atomically, as
-QuPath-compatible GeoJSON beside the slide (``labels.labels_path``) and noted in the list of labelled
-slides, so *Adapt model…* (``adapt_job``: ``cellview.lab.adapt.adapt`` on every slide labelled so far, as a
-viewer job) and the next session find them.
+and follows the open slide (a slide opens: its labels are read; it closes: they are dropped). The views
+turn clicks and keys into ``pick`` / ``pick_rect`` / ``label_picked`` and draw ``outlines``; every change
+is saved at once, atomically, as QuPath-compatible GeoJSON beside the slide (``labels.labels_path``) and
+noted in the list of labelled slides, so *Adapt model…* (``adapt_job``: ``cellview.lab.adapt.adapt`` on
+every slide labelled so far, as a viewer job) and the next session find them.
 """
 
 from __future__ import annotations

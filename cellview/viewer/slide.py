@@ -101,7 +101,8 @@ def open_task(path: str, mpp_um: float | None) -> Iterator[Opened | SharperThumb
         preview = _quick_preview(slide)
         if preview is None:
             coarsest_px = max(slide.level_dimensions[info.usable_levels[-1]])
-            preview = slide.thumbnail(min(THUMBNAIL_PX, coarsest_px) if coarsest_px <= 2 * THUMBNAIL_PX else THUMBNAIL_PX)
+            preview = slide.thumbnail(min(THUMBNAIL_PX, coarsest_px) if coarsest_px <= 2 * THUMBNAIL_PX
+                                      else THUMBNAIL_PX)
         yield Opened(str(slide.path), info, preview, BaseImage.from_rgb(preview), slide.vendor, slide.vendor == "image")
         if max(preview.shape[:2]) < 0.75 * min(THUMBNAIL_PX, max(slide.dimensions)):
             sharp = slide.thumbnail(THUMBNAIL_PX)
@@ -131,7 +132,8 @@ class SlideState:
         self.mpp_choice: float | str | None = None
         """The pixel size chosen for a slide that does not say it: µm per pixel, or ``WHOLE_IMAGE``."""
         self.ask_scale: Callable[[Opened], float | str | None] | None = None
-        """Asked for the µm per pixel of a slide that does not say (None: the run fails with the pipeline's message)."""
+        """Asked for the µm per pixel of a slide that does not say (None: the run fails with the pipeline's
+        message)."""
         self._ids = itertools.count(1)
         self._open_id = 0
         self._open_job: JobHandle | None = None
