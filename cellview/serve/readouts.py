@@ -165,7 +165,7 @@ def legend_dict(result: AnalysisResult, settings: ov.OverlaySettings) -> dict[st
 
 
 def domain_dict(result: AnalysisResult, show_anyway: bool) -> dict[str, Any]:
-    from cellview.viewer.model import domain_notice
+    from cellview.viewer.overlay import domain_notice
 
     notice = domain_notice(result, show_anyway)
     return {"kind": notice.kind, "banner": notice.banner, "headline": notice.headline, "detail": notice.detail}
