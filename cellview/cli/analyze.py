@@ -86,7 +86,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         model_path=str(spec.onnx_path.resolve()), model_sha256=spec.onnx_sha256,
         run_sha256=classifier.spec.onnx_sha256, domain_sha256=spec.domain_sha256 or "", device=args.device,
         params=params_from_args(args), formats=tuple(formats), png_size_px=args.png_size,
-        region_confidence=region_confidence, use_cache=not args.no_cache,
+        region_confidence=region_confidence, use_cache=not args.no_cache, call=spec.call,
     )
     jobs, known, n_slides = plan_cohort(args.paths, out_dir, settings, options, force=args.force)
     console = Console(sys.stdout, sys.stderr, quiet=args.quiet, model_name=spec.name)
