@@ -2,6 +2,7 @@
 
     python bench/slide_call.py [--models colon-he,lung-he] [--work /work/runs/slide-call] [--data ../shared/data]
                                [--mosaics 20] [--write]
+    python bench/slide_call.py --issue-mosaic
 
 For each bundled model:
 
@@ -20,7 +21,8 @@ For each bundled model:
    images and mosaics only, then applied to the held-out one. Screening logic: the malignant thresholds with
    the highest MISS_WEIGHT × sensitivity + specificity (a miss counts as two false alarms; each the mean over
    the choosing units: images and mosaics of each source), then the benign thresholds with the best
-   3-category balanced accuracy; ties go to the stricter thresholds (fewer calls).
+   3-category balanced accuracy. Malignant ties go to the more sensitive thresholds (an area test that never fired
+   on the choosing data is kept: the images are smaller than the regions it is for), benign ties to the stricter.
 4. Figures per held-out source for the rule and today's headlines: the largest share (the kiosk's headline),
    the confidence-weighted vote (``results.image_calls``, the model card's image rule) and the mean of the tiles
    (``AnalysisResult.image_level``, the CLI's old ``image:`` line).
@@ -45,7 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 CONF = (0.5, 0.6, 0.7, 0.8, 0.9)
 SHARE = (None, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
-AREA = (None, 0.05, 0.1, 0.2, 0.5)
+AREA = (None, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 MISS_WEIGHT = 2.0
 """Screening: a missed malignant image counts as much as this many false alarms when choosing."""
 CATS = ("malignant", "benign", "normal")
@@ -63,8 +65,13 @@ class Candidate:
         return CategoryThreshold(self.conf, self.share, self.area)
 
     def key(self) -> tuple[float, float, float]:
-        """Higher is stricter (fewer calls): ties are broken towards it."""
+        """Higher is stricter (fewer calls)."""
         return (self.conf, self.share if self.share is not None else 2.0, self.area if self.area is not None else 1e9)
+
+    def sensitive_key(self) -> tuple[float, float, float]:
+        """Higher calls more: malignant ties go to it (screening: a test that never fired on the choosing data, such
+        as a region of 1 mm² on images smaller than that, is kept rather than dropped)."""
+        return tuple(-k for k in self.key())  # type: ignore[return-value]
 
 
 CANDIDATES = [Candidate(c, s, a) for c in CONF for s in SHARE for a in AREA if not (s is None and a is None)]
@@ -263,7 +270,8 @@ def choose(parts: list[Part], exclude: str | None, has_benign: bool) -> tuple[in
 
     Malignant first: the highest MISS_WEIGHT × sensitivity + specificity, each the mean over the choosing units
     (images and mosaics of each source / fold count as separate units); then the benign candidate with the best
-    mean 3-category balanced accuracy. Ties go to the stricter candidate (fewer calls).
+    mean 3-category balanced accuracy. Malignant ties go to the more sensitive candidate, benign ties to the
+    stricter one.
     """
     units: list[tuple[Part, np.ndarray]] = []
     for part in parts:
@@ -278,7 +286,7 @@ def choose(parts: list[Part], exclude: str | None, has_benign: bool) -> tuple[in
             spec.append(1 - called[m & (y != 0)].mean(0))
     s, p = np.mean(sens, axis=0), np.mean(spec, axis=0)
     score = MISS_WEIGHT * s + p
-    i_mal = max(range(len(CANDIDATES)), key=lambda j: (round(float(score[j]), 9), CANDIDATES[j].key()))
+    i_mal = max(range(len(CANDIDATES)), key=lambda j: (round(float(score[j]), 9), CANDIDATES[j].sensitive_key()))
     i_ben = CANDIDATES.index(DEFAULT_BENIGN)
     acc = None
     if has_benign:
@@ -579,9 +587,40 @@ def write_sidecars(model: str, report: dict[str, Any]) -> None:
         path = REPO / "models" / model / name
         side = json.loads(path.read_text())
         side["call"] = section
-        path.write_text(json.dumps(side, indent=2, ensure_ascii=False) + "\n")
+        path.write_text(json.dumps(side, indent=2) + "\n")
     spec = ModelSpec.load(REPO / "models" / model / "model.onnx")
     assert spec.call == CallThresholds.from_sidecar(section)
+
+
+def issue_mosaic(data: Path, work: Path, seed: int = 0) -> str:
+    """The issue's check, end to end with the shipped model: 12 GlaS images (2 adenocarcinoma, 5 adenoma, 5 normal)
+    as one 4 × 3 image at 0.62 µm/px, through ``cellview analyze``. The shipped model was trained on GlaS, so
+    this shows the words on a mixed image, not a held-out figure (those are the mosaics above)."""
+    import csv
+    import subprocess
+
+    import cv2
+
+    rows = list(csv.DictReader((data / "glas" / "labels.csv").open()))
+    rng = np.random.default_rng(seed)
+    pick = []
+    for cls, n in (("malignant", 2), ("benign", 5), ("normal", 5)):
+        names = sorted(r["image"] for r in rows if r["class3"] == cls)
+        pick += [str(x) for x in rng.choice(names, n, replace=False)]
+    rng.shuffle(pick)
+    images = [cv2.imread(str(data / "glas" / name)) for name in pick]
+    h = min(i.shape[0] for i in images)
+    w = min(i.shape[1] for i in images)
+    crops = [i[(i.shape[0] - h) // 2:(i.shape[0] - h) // 2 + h, (i.shape[1] - w) // 2:(i.shape[1] - w) // 2 + w]
+             for i in images]
+    mosaic = np.vstack([np.hstack(crops[r * 4:(r + 1) * 4]) for r in range(3)])
+    path = work / "issue-mosaic" / "glas-mosaic-2-5-5.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), mosaic)
+    out = subprocess.run([sys.executable, "-m", "cellview.cli", "analyze", str(path), "--mpp", "0.62", "--out",
+                          str(path.parent / "out"), "-q", "--force", "--device", "cpu"],
+                         capture_output=True, text=True, cwd=REPO, check=True)
+    return f"{', '.join(pick)}\n{out.stdout}"
 
 
 def main() -> int:
@@ -591,7 +630,12 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--mosaics", type=int, default=20, help="mosaics per kind and source / fold (0: none)")
     ap.add_argument("--write", action="store_true", help="write the shipped thresholds into the models' sidecars")
+    ap.add_argument("--issue-mosaic", action="store_true",
+                    help="only the issue's GlaS mosaic (2 malignant, 5 benign, 5 normal) through cellview analyze")
     args = ap.parse_args()
+    if args.issue_mosaic:
+        print(issue_mosaic(args.data, args.work))
+        return 0
     for model in args.models.split(","):
         report = evaluate_model(model, args.work, args.data, args.mosaics)
         (args.work / model).mkdir(parents=True, exist_ok=True)

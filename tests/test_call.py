@@ -177,7 +177,7 @@ def test_the_call_serialises_for_the_metadata():
 
 def test_the_result_carries_the_models_thresholds():
     t = thresholds((0.5, 0.5, None))
-    result = grid_result(mosaic_rows(10))  # 21 %: malignant by default, not at 50 %
+    result = grid_result(mosaic_rows(10))  # 21 %: malignant by default (15 %), not at 50 %
     assert slide_call(result).category == "malignant"
     assert slide_call(replace(result, model=replace(result.model, call=t))).category == "normal"
 

@@ -383,8 +383,7 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
     summary = [f"{job.name}: {result.summary()}", f"  call: {call.text}"]
     if regions:
         top = regions[0]
-        summary.append(f"  malignant regions at ≥ {settings.region_confidence:.0%} confidence: {len(regions)}; "
-                       f"largest {top.label()} ({plural(top.n_tiles, 'tile')})")
+        summary.append(f"  malignant regions: {len(regions)}; largest {top.label()} ({plural(top.n_tiles, 'tile')})")
     level = result.image_level()
     if (result.grid.whole_image or Path(job.path).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"}) \
             and level["pred_class"]:  # the most probable class on average: a detail, not the call
