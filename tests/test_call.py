@@ -102,6 +102,20 @@ def test_normal_when_nothing_passes():
     assert call.is_finding
 
 
+def test_the_largest_share_is_called_even_when_its_tiles_are_less_sure_than_the_threshold():
+    t = thresholds((0.8, 0.15, None), (0.8, 0.25, None))
+    one = slide_call(grid_result(["M"], conf=np.array([0.55])), t)
+    assert one.text == "Malignant: the largest share, 100 % of tiles"
+    f = one.finding("malignant")
+    assert not f.passed and f.largest_share and f.called
+    benign = slide_call(grid_result(["BBN"], conf=np.full(3, 0.6)), t)
+    assert benign.text == "Benign: the largest share, 67 % of tiles"
+    tie = slide_call(grid_result(["MBNN", "MBNN"], conf=np.full(8, 0.6)), t)  # normal is larger: no finding
+    assert tie.category == "normal"
+    worst = slide_call(grid_result(["MB"], conf=np.full(2, 0.6)), t)  # a tie goes to the worse category
+    assert worst.category == "malignant" and not worst.finding("benign").largest_share
+
+
 def test_worst_finding_first_malignant_beats_a_larger_benign_share():
     call = slide_call(grid_result(mosaic_rows(6, 30, cols=10, rows=5)), thresholds())
     assert call.category == "malignant"

@@ -11,7 +11,7 @@ one sentence they print, made by ``describe_call`` only. The rule, in order:
 4. fewer counted (in-domain) tiles than ``min_tissue_tiles`` → ``too_little_tissue``;
 5. malignant when the counted tiles predicted malignant with at least the threshold's confidence make
    ``min_share`` of the counted tiles, or (pixel size known) their largest connected region
-   (``morphology.malignant_regions``) reaches ``min_area_mm2``;
+   (``morphology.malignant_regions``) reaches ``min_area_mm2``, or malignant is the largest share;
 6. else benign on the same kind of threshold; 7. else normal.
 
 A largest share would hide a malignant minority behind a normal majority (17 of 48 tiles malignant called
@@ -56,11 +56,18 @@ class Finding:
     largest_mm2: float | None  # the largest region's area; None when the pixel size is unknown (or no region)
     largest_tiles: int  # tiles in the largest region
     passed: bool  # the threshold is met (share, or area when the pixel size is known)
+    largest_share: bool = False  # the category has the most counted tiles (worse categories win ties)
+
+    @property
+    def called(self) -> bool:
+        """The category makes the call unless a worse one does: its threshold is met, or it is the largest share."""
+        return self.passed or self.largest_share
 
     def to_dict(self) -> dict[str, Any]:
         return {"tiles": self.tiles, "share": round(self.share, 4), "regions": self.regions,
                 "largest_region_mm2": None if self.largest_mm2 is None else round(self.largest_mm2, 5),
-                "largest_region_tiles": self.largest_tiles, "passes_threshold": self.passed}
+                "largest_region_tiles": self.largest_tiles, "passes_threshold": self.passed,
+                "largest_share": self.largest_share}
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,10 @@ class SlideCall:
         }
 
 
+CONFIDENCE_SLACK = 1e-6
+"""Confidences are float32: a tile shown as 90 % (0.8999999762) counts at a 0.9 threshold."""
+
+
 def thresholds_dict(thresholds: CallThresholds) -> dict[str, Any]:
     """The thresholds a call was made with, as the metadata JSON records them (a re-run compares them)."""
     return {c: thresholds.for_category(c).to_dict() for c in CALLED} | {"min_tissue_tiles": thresholds.min_tissue_tiles}
@@ -128,21 +139,28 @@ def thresholds_dict(thresholds: CallThresholds) -> dict[str, Any]:
 
 
 def _finding(result: AnalysisResult, category: str, thresholds: CallThresholds, counted: np.ndarray,
-             n_counted: int) -> Finding:
+             n_counted: int, counts: dict[str, int]) -> Finding:
     from cellview.analysis.morphology import malignant_regions
 
     t = thresholds.for_category(category)
+    floor = t.min_confidence - CONFIDENCE_SLACK
     hit = counted & (result.pred_category == CATEGORIES.index(category))
-    hit &= np.nan_to_num(result.confidence, nan=-1.0) >= t.min_confidence
+    hit &= np.nan_to_num(result.confidence, nan=-1.0) >= floor
     n = int(hit.sum())
     share = n / n_counted if n_counted else 0.0
-    regions = malignant_regions(result, t.min_confidence, category=category) if n else []
+    regions = malignant_regions(result, floor, category=category) if n else []
     area_known = result.slide.mpp is not None
     largest = regions[0] if regions else None
     largest_mm2 = float(largest.area_mm2) if largest is not None and math.isfinite(largest.area_mm2) else None
     passed = n > 0 and ((t.min_share is not None and share >= t.min_share - 1e-12) or (
         area_known and t.min_area_mm2 is not None and largest_mm2 is not None and largest_mm2 >= t.min_area_mm2 - 1e-12))
-    return Finding(category, n, share, len(regions), largest_mm2, largest.n_tiles if largest is not None else 0, passed)
+    # the largest share (ties to the worse category, as CATEGORIES are ordered): a rule that called "normal" where
+    # most tiles are malignant, only because they are less sure than the threshold, would be absurd
+    k = CATEGORIES.index(category)
+    most = counts[category] > 0 and all(counts[category] > counts[c] if j < k else counts[category] >= counts[c]
+                                        for j, c in enumerate(CATEGORIES) if j != k)
+    return Finding(category, n, share, len(regions), largest_mm2, largest.n_tiles if largest is not None else 0, passed,
+                   most)
 
 
 def slide_call(result: AnalysisResult | None, thresholds: CallThresholds | None = None) -> SlideCall:
@@ -163,14 +181,15 @@ def slide_call(result: AnalysisResult | None, thresholds: CallThresholds | None 
     base["out_of_domain_fraction"] = None if frac is None else 1.0 - frac
     base["counted_tiles"] = n_counted
     base["shares_percent"] = result.category_percentages()
-    findings = tuple(_finding(result, c, thresholds, counted, n_counted) for c in CALLED)
+    counts = result.category_counts()
+    findings = tuple(_finding(result, c, thresholds, counted, n_counted, counts) for c in CALLED)
     base["findings"] = findings
     training = result.model.domain.training_data if result.model.domain is not None else ""
     if mostly_out_of_domain(result):
         return _make("out_of_domain", thresholds, training_data=training, **base)
     if n_counted < thresholds.min_tissue_tiles:
         return _make("too_little_tissue", thresholds, **base)
-    category = next((f.category for f in findings if f.passed), "normal")
+    category = next((f.category for f in findings if f.called), "normal")
     return _make(category, thresholds, **base)
 
 
@@ -206,8 +225,11 @@ def _regions_words(f: Finding) -> str:
     return f"{f.regions} regions, largest {size}"
 
 
-def _finding_words(f: Finding) -> str:
-    """'2 regions, largest 0.10 mm², 35 % of tiles'."""
+def _finding_words(f: Finding, shares_percent: dict[str, int] | None = None) -> str:
+    """'2 regions, largest 0.10 mm², 35 % of tiles'; called as the largest share only: 'the largest share, 55 % of
+    tiles' (its tiles are less sure than the threshold's confidence)."""
+    if not f.passed and f.largest_share and shares_percent is not None:
+        return f"the largest share, {shares_percent.get(f.category, 0)} % of tiles"
     return f"{_regions_words(f)}, {format_share(f.share)} of tiles"
 
 
@@ -227,18 +249,18 @@ def describe_call(call: SlideCall, training_data: str = "") -> str:
         what = training_data or "the model's training data"
         parts.append(f"{format_share(frac)} of the tissue tiles are unlike {what}")
         mal = call.finding("malignant")
-        if mal is not None and mal.passed:
-            parts.append(f"malignant tiles among the rest: {_finding_words(mal)}")
+        if mal is not None and mal.called:
+            parts.append(f"malignant tiles among the rest: {_finding_words(mal, call.shares_percent)}")
     elif call.category in CALLED:
         f = call.finding(call.category)
         assert f is not None
-        parts.append(_finding_words(f))
+        parts.append(_finding_words(f, call.shares_percent))
     else:  # normal
         parts.append(f"{call.shares_percent.get('normal', 0)} % of tiles normal")
     if call.category in ("benign", "normal"):
         for c in CALLED:
             f = call.finding(c)
-            if c != call.category and f is not None and f.tiles and not f.passed:
+            if c != call.category and f is not None and f.tiles and not f.called:
                 parts.append(f"{c} {format_share(f.share)} of tiles, below the threshold")
     t = call.thresholds
     if call.is_finding and not call.area_known and any(t.for_category(c).min_area_mm2 is not None for c in CALLED):

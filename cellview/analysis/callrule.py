@@ -52,8 +52,8 @@ class CategoryThreshold:
 class CallThresholds:
     """A model's slide-call thresholds (its sidecar's ``call`` section, or the documented default)."""
 
-    malignant: CategoryThreshold = field(default_factory=lambda: CategoryThreshold(0.6, 0.15, 0.2))
-    benign: CategoryThreshold = field(default_factory=lambda: CategoryThreshold(0.5, 0.25, 0.5))
+    malignant: CategoryThreshold = field(default_factory=lambda: CategoryThreshold(0.9, 0.05, 0.1))
+    benign: CategoryThreshold = field(default_factory=lambda: CategoryThreshold(0.9, 0.25, None))
     min_tissue_tiles: int = 1  # fewer counted tiles than this: too little tissue for a call
     chosen_by: str = ""  # how the figures were chosen ("" : the default, not validated for this model)
     rule_version: int = RULE_VERSION
@@ -146,10 +146,10 @@ def _category(entry: Any, where: str, default: CategoryThreshold) -> CategoryThr
 
 
 DEFAULT_THRESHOLDS = CallThresholds()
-"""For a sidecar without a ``call`` section (a user's own model): malignant from 15 % of the counted tiles or a
-region of 0.2 mm² at confidence ≥ 60 % (what leave-one-source-out chose for the bundled colon-he), benign from 25 %
-of them or a region of 0.5 mm² at confidence ≥ 50 %. Not validated for that model: ``SlideCall.thresholds.is_default``
-says so and the words name it."""
+"""For a sidecar without a ``call`` section (a user's own model): what leave-one-source-out chose for the bundled
+colon-he — malignant from 5 % of the counted tiles or a region of 0.1 mm², counting tiles at confidence ≥ 90 %; benign
+from 25 % of them at ≥ 90 % (either also as the largest share). Not validated for that model:
+``SlideCall.thresholds.is_default`` says so and the words name it."""
 
 
 def with_validation(thresholds: CallThresholds, chosen_by: str, validation: dict[str, Any]) -> CallThresholds:
