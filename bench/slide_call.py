@@ -121,7 +121,8 @@ def image_result(rgb: np.ndarray, path: str, spacing: float, spec: Any, probs: n
     """The engine's result for one image at ``spacing`` µm/px with given tile probabilities (grid order)."""
     from cellview.analysis.pipeline import plan_grid
     from cellview.analysis.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
-    from cellview.slides.slide import ImageSlide, Mpp, SlideInfo
+    from cellview.slides.image_slide import ImageSlide
+    from cellview.slides.slide import Mpp, SlideInfo
 
     mpp = Mpp(spacing, spacing, "user")
     if grid_tissue is None:
@@ -143,7 +144,8 @@ def grids(samples: list[Any], spec: Any, cache: Path) -> list[tuple[Any, Any]]:
     """(tissue, grid) of every image, as ``cellview analyze --mpp <source spacing>`` makes them (cached)."""
     from cellview.analysis.pipeline import plan_grid
     from cellview.analysis.results import AnalysisParams
-    from cellview.slides.slide import ImageSlide, Mpp
+    from cellview.slides.image_slide import ImageSlide
+    from cellview.slides.slide import Mpp
     from cellview.train import data as D
 
     if cache.exists():
@@ -339,9 +341,10 @@ def mosaic_results(samples: list[Any], t: Table, spec: Any, run_dir: Path, folds
     import onnxruntime as ort
     import torch
 
-    from cellview.analysis.model import probabilities
+    from cellview.analysis.classifier import probabilities
     from cellview.analysis.tiling import read_tile
-    from cellview.slides.slide import ImageSlide, Mpp
+    from cellview.slides.image_slide import ImageSlide
+    from cellview.slides.slide import Mpp
     from cellview.train import data as D
 
     sess = ort.InferenceSession(str(next((run_dir / "cache").glob("frozen_*.onnx"))),
@@ -417,7 +420,8 @@ def mosaic_summary(t: Table, kinds: list[str], rule: np.ndarray, m: np.ndarray) 
 
 def evaluate_model(model: str, work: Path, data: Path, n_mosaics: int) -> dict[str, Any]:
     from cellview.analysis.call import slide_call
-    from cellview.analysis.model import CATEGORIES, ModelSpec, probabilities
+    from cellview.analysis.classifier import probabilities
+    from cellview.analysis.model_spec import CATEGORIES, ModelSpec
 
     t0 = time.time()
     spec = ModelSpec.load(REPO / "models" / model / "model.onnx")
@@ -569,7 +573,7 @@ def _th_words(th: dict[str, Any]) -> str:
 def write_sidecars(model: str, report: dict[str, Any]) -> None:
     """The shipped thresholds, with their figures, into every copy's sidecar (validated by loading them back)."""
     from cellview.analysis.callrule import CallThresholds
-    from cellview.analysis.model import ModelSpec
+    from cellview.analysis.model_spec import ModelSpec
 
     protocol = report["protocol"]
     chosen_by = ("leave-one-source-out on GlaS, EBHI-Seg and LC25000 colon images and mosaics of them "

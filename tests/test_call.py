@@ -12,7 +12,7 @@ import pytest
 from cellview.analysis.call import CALL_STATES, HEADLINES, slide_call
 from cellview.analysis.callrule import DEFAULT_THRESHOLDS, CallThresholds, CategoryThreshold
 from cellview.analysis.domain import DomainInfo
-from cellview.analysis.model import ModelSpec, precision_copy
+from cellview.analysis.model_spec import ModelSpec, precision_copy
 from cellview.analysis.results import TileState
 from cellview.base.errors import ModelError
 from cellview.testing.synthetic import grid_result, make_toy_model
@@ -258,7 +258,7 @@ def test_a_models_copies_share_its_thresholds(tmp_path):
 
 
 def test_the_bundled_models_ship_validated_thresholds_in_every_copy():
-    from cellview.analysis.model import available_models
+    from cellview.analysis.model_lookup import available_models
 
     models = available_models()
     for name in ("colon-he", "lung-he"):

@@ -107,7 +107,8 @@ def test_a_folder_of_images_gets_one_row_and_one_call_per_image(toy_model, tmp_p
 
 def test_the_legend_and_the_png_carry_the_call(mosaic_slide, toy_model):
     from cellview.analysis.call import slide_call
-    from cellview.analysis.model import ModelSpec, OnnxClassifier
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_spec import ModelSpec
     from cellview.analysis.pipeline import run_analysis
     from cellview.outputs.export import annotated_png
     from cellview.outputs.legend import call_colour, describe_legend
@@ -151,7 +152,7 @@ def test_an_export_from_the_cache_records_when_it_was_made_and_when_the_slide_wa
 
 def test_the_progress_bar_shows_the_pipelines_rate_never_an_absurd_one(synthetic_slide, toy_model, tmp_path,
                                                                        capsys, monkeypatch):
-    from cellview.analysis.model import OnnxClassifier
+    from cellview.analysis.classifier import OnnxClassifier
 
     pause_s = 0.2
     classify = OnnxClassifier.classify

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from cellview.analysis.callrule import CALLED, RULE_VERSION, CallThresholds
-from cellview.analysis.model import CATEGORIES
+from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.results import AnalysisResult, mostly_out_of_domain, plural, tissue_tile_fraction
 
 CALL_STATES = ("malignant", "benign", "normal", "out_of_domain", "too_little_tissue", "not_analysed")
