@@ -103,6 +103,11 @@ def test_a_folder_of_images_gets_one_row_and_one_call_per_image(toy_model, tmp_p
     for name in ("mixed.png", "normal.png"):
         assert _call_line(out, name) == rows[name]["call_text"]
     assert out.count("most probable class (mean of") == 2  # a detail under the call, no longer its headline
+    (folder / "normal.png").unlink()  # a folder of one image still gets its row
+    code, out, err = _run(capsys, folder, "--model", toy_model, "--mpp", "0.5", "--out", tmp_path / "one", "--no-cache")
+    assert code == 0, err
+    with open(tmp_path / "one" / "cohort.csv", newline="") as fh:
+        assert [(r["name"], r["call"]) for r in csv.DictReader(fh)] == [("mixed.png", "malignant")]
 
 
 def test_the_legend_and_the_png_carry_the_call(mosaic_slide, toy_model):
