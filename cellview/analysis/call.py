@@ -12,11 +12,12 @@ one sentence they print, made by ``describe_call`` only. The rule, in order:
 5. malignant when the counted tiles predicted malignant with at least the threshold's confidence make
    ``min_share`` of the counted tiles, or (pixel size known) their largest connected region
    (``morphology.malignant_regions``) reaches ``min_area_mm2``, or malignant is the largest share;
-6. else benign on the same kind of threshold; 7. else normal.
+6. else benign on the same kind of threshold (or as the largest share); 7. else normal.
 
-A largest share would hide a malignant minority behind a normal majority (17 of 48 tiles malignant called
+The largest share alone hid a malignant minority behind a normal majority (17 of 48 tiles malignant called
 "normal 55 %"): a screening tool must not. The thresholds are per model (``callrule.CallThresholds``, from
-the sidecar), chosen by leave-one-source-out for the bundled models (bench/slide_call.py).
+the sidecar), chosen for the bundled models by leave-one-source-out (colon-he) or grouped CV (lung-he, one
+source) in bench/slide_call.py.
 """
 
 from __future__ import annotations
