@@ -153,7 +153,7 @@ def main() -> int:
     window.move(0, 0)
     window.resize(w, h)
     window.show()
-    window.model.auto_analyse = True
+    window.model.analysis.auto_analyse = True
     window.add_model(model)
     window.open_path(slide)
     if not wait_for(window.analysisFinished, 900):

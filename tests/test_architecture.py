@@ -197,9 +197,8 @@ def _sizes() -> tuple[dict[str, int], dict[str, int]]:
 
 # Being split (issue 24); each entry goes when its split lands, and the list must end empty.
 OVERSIZE_BEING_SPLIT = {
-    "cellview/gui/kiosk.py", "cellview/gui/mainwindow.py",
-    "cellview/lab/adapt.py", "cellview/viewer/model.py",
-    "cellview/gui/kiosk.py:KioskWindow", "cellview/gui/mainwindow.py:MainWindow", "cellview/viewer/model.py:ViewerModel",
+    "cellview/gui/kiosk.py", "cellview/gui/mainwindow.py", "cellview/lab/adapt.py",
+    "cellview/gui/kiosk.py:KioskWindow", "cellview/gui/mainwindow.py:MainWindow",
 }
 
 

@@ -78,7 +78,7 @@ def test_synthetic_slide_overlay_matches_results(qtbot, window, synthetic_slide)
     g = result.grid
     overlay = window.view.overlay
     # The default draws category contours and leaves the stain as it is: the fill layer is empty.
-    assert window.model.overlay.style == "outline" and not overlay.isVisible()
+    assert window.model.overlay.settings.style == "outline" and not overlay.isVisible()
     assert len(window.view.contours) == 2 * 3  # casing + colour line per category
     window.style_box.setCurrentIndex(window.style_box.findData("fill"))
     assert overlay.isVisible() and window.view.contours == []
@@ -192,7 +192,7 @@ def test_export_files_parse_and_never_overwrite_silently(qtbot, window, syntheti
 
 def test_cancel_keeps_finished_tiles_and_rerun_hits_cache(qtbot, toy_model, synthetic_slide):
     w = make_window(qtbot, AnalysisParams(batch_size=4, workers=1, tissue_threshold=0.3), toy_model)
-    w.model.set_overlay(style="fill")
+    w.model.overlay.set(style="fill")
 
     def on_started(worker):
         from cellview.analysis.pipeline import BatchDone
