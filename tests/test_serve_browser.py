@@ -103,8 +103,9 @@ def test_the_page_on_a_synthetic_slide(browser, tmp_path, toy_model, synthetic_s
         state = analyse_in_page(page, synthetic_slide)
         assert not state["hatched"]  # the toy model scores no domain
         assert page.evaluate(OVERLAY_PIXELS) > 1000  # the category outlines are drawn over the slide
-        assert page.get_attribute("#call-words", "data-category") == "benign"
-        assert "benign 43%" in page.inner_text("#call-words")
+        assert page.get_attribute("#call-words", "data-category") == "malignant"  # worst finding first
+        words = page.inner_text("#call-words")
+        assert words.startswith("Malignant\n") and "29 % of tiles" in words
         legend = page.inner_text("#legend")
         assert "malignant" in legend and "Slide: synthetic" in legend
         name, csv = click_tile_and_download_csv(page, (2 * 128 + 64, 2 * 128 + 64))  # the red block
@@ -143,7 +144,7 @@ def test_the_overlay_streams_in_and_cancel_keeps_the_finished_tiles(browser, tmp
           const t = document.getElementById('legend-counted').textContent;
           return s.state === 'running' && s.draws > 0 && /^[1-9]\\d* tiles? classified/.test(t) ? t : null; }""", 60)
         assert int(partial.split()[0]) < 56  # part of the slide, drawn while the rest is classified
-        assert "so far" in page.inner_text("#call-words")
+        assert page.inner_text("#call-words").startswith("So far: ")
         page.click("#cancel")
         deadline = time.monotonic() + 30
         while not all(j.cancel.cancelled for j in server.app.server.store.all()) and time.monotonic() < deadline:
@@ -190,6 +191,7 @@ def test_the_page_on_the_real_slide(browser, tmp_path, real_slide):
         state = analyse_in_page(page, real_slide)
         assert state["hatched"]  # skin, not colon: hatched grey as on the desktop, with its banner
         assert page.is_visible("#banner") and "calls are unreliable" in page.inner_text("#banner")
+        assert page.inner_text("#call-words").startswith("No call: out of domain")
         assert page.evaluate(OVERLAY_PIXELS) > 10000
         name, csv = click_tile_and_download_csv(page, (1100, 1500))
         assert name == "CMU-1-Small-Region.csv" and "prob_adenocarcinoma" in csv.splitlines()[0]

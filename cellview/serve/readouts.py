@@ -27,20 +27,14 @@ from cellview.serve.jobs import Job, JobStore
 
 
 def slide_call(result: AnalysisResult) -> dict[str, Any]:
-    """The slide's call: ``category`` and the ``words`` every screen shows, from the one rule of the core.
+    """The slide's call as the API and the page give it: the engine's one rule (``analysis.call.slide_call``),
+    as the metadata JSON records it (``category``, ``headline``, ``evidence``, ``text``, the findings and the
+    thresholds), with ``words`` (the one sentence every surface prints) and the headline's ``color``."""
+    from cellview.analysis.call import slide_call as the_call
+    from cellview.outputs.legend import call_colour
 
-    The only place the page and the API get the call from (``AnalysisResult.call`` today; the validated
-    rule of ``cellview.analysis.call`` when it lands: one edit here).
-    """
-    words = result.call()
-    if result.n_done == 0:
-        category = "not_analysed"
-    elif not result.counted().any():
-        category = "out_of_domain"
-    else:
-        pct = result.category_percentages()
-        category = sorted(CATEGORIES, key=lambda c: -pct[c])[0]
-    return {"category": category, "words": words}
+    call = the_call(result)
+    return {**call.to_dict(), "words": call.text, "color": call_colour(call)}
 
 
 def shares(result: AnalysisResult) -> dict[str, Any]:

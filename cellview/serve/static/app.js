@@ -439,22 +439,14 @@
 
   // ------------------------------------------------------------------------------------------- readouts
 
-  function categoryColor(name) {
-    const c = info.categories.find((x) => x.name === name);
-    return c ? c.color : null;
-  }
-
   function renderReadouts(ov) {
     const ended = ["done", "cancelled"].includes(ov.state);
     const words = $("call-words");
     clear(words);
-    const color = categoryColor(ov.call.category);  // a finding gets its colour; "no call" states only words
-    if (color) {
-      const badge = el("span", { class: "category", text: ov.call.category });
-      badge.style.background = color;
-      words.append(badge);
-    }
-    words.append(el("span", { text: (ended ? "" : "so far: ") + ov.call.words }));
+    const headline = el("div", { class: "headline", text: (ended ? "" : "So far: ") + ov.call.headline });
+    headline.style.color = ov.call.color;
+    words.append(headline);
+    if (ov.call.evidence) words.append(el("div", { class: "evidence", text: ov.call.evidence }));
     words.dataset.category = ov.call.category;
     show($("call"), true);
 
