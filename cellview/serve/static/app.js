@@ -444,7 +444,8 @@
     const words = $("call-words");
     clear(words);
     const headline = el("div", { class: "headline", text: (ended ? "" : "So far: ") + ov.call.headline });
-    headline.style.color = ov.call.color;
+    if (info.categories.some((c) => c.name === ov.call.category)) headline.style.color = ov.call.color;
+    else headline.classList.add("no-call");  // the legend's grey is for paper; on this dark page a light one
     words.append(headline);
     if (ov.call.evidence) words.append(el("div", { class: "evidence", text: ov.call.evidence }));
     words.dataset.category = ov.call.category;
