@@ -208,7 +208,7 @@ def check_serve(cellview: str, scratch: Path, env: dict[str, str], slide: Path, 
         proc.wait(timeout=60)
     if not runs or any(r.exists() for r in runs):
         raise CheckFailed(f"the server's folder {runs} was not removed when it stopped")
-    return (f"{url}: page + {len(assets)} assets from the package; {slide.name}: call {answer['call']}, "
+    return (f"{url}: page + {len(assets)} assets from the package; {slide.name}: call \"{answer['call']['words']}\", "
             f"{len(csv.splitlines()) - 1} CSV rows; junk upload: {refusal}; folder removed on Ctrl-C")
 
 
