@@ -42,8 +42,8 @@ def main() -> int:
 
     from cellview.analysis.model_lookup import resolve_model
     from cellview.gui.app import make_app
+    from cellview.gui.desktop.window import MainWindow
     from cellview.gui.headless import settle, wait_for
-    from cellview.gui.mainwindow import MainWindow
 
     app = make_app()
     window = MainWindow()

@@ -45,8 +45,8 @@ def main() -> int:
     from cellview.analysis.results import AnalysisParams
     from cellview.base.errors import CellviewError
     from cellview.gui.app import make_app
+    from cellview.gui.desktop.window import MainWindow
     from cellview.gui.headless import wait_for
-    from cellview.gui.mainwindow import MainWindow
 
     model_note = ""
     try:

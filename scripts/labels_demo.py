@@ -143,9 +143,9 @@ def main() -> int:
     from PySide6.QtWidgets import QDialogButtonBox
 
     from cellview.gui.app import make_app
+    from cellview.gui.desktop.labels import AdaptDialog
+    from cellview.gui.desktop.window import MainWindow
     from cellview.gui.headless import settle, wait_for
-    from cellview.gui.labelpanel import AdaptDialog
-    from cellview.gui.mainwindow import MainWindow
 
     app = make_app()
     window = MainWindow()

@@ -64,8 +64,8 @@ def main() -> int:
     from cellview.analysis.results import AnalysisParams
     from cellview.base.errors import CellviewError
     from cellview.gui.app import make_app
+    from cellview.gui.desktop.window import MainWindow
     from cellview.gui.headless import settle, wait_for
-    from cellview.gui.mainwindow import MainWindow
 
     model_path = None
     for name in [args.model] if args.model else ["colon-he", "lung-he"]:
@@ -146,8 +146,8 @@ def desktop_dialog(window, show: str):
     """Open one of the desktop's dialogs without blocking (for the picture); None for the plain window."""
     from PySide6.QtWidgets import QFileDialog
 
-    from cellview.gui.mainwindow import MppDialog
-    from cellview.gui.shortcuts import ShortcutsDialog
+    from cellview.gui.desktop.shortcuts import ShortcutsDialog
+    from cellview.gui.desktop.window import MppDialog
 
     if show == "shortcuts":
         dialog = ShortcutsDialog(window.menuBar(), window)

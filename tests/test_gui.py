@@ -30,7 +30,7 @@ def _isolated_settings(tmp_path, monkeypatch):
 
 def make_window(qtbot, params: AnalysisParams | None = None, model: Path | None = None):
     from cellview.gui.app import make_app
-    from cellview.gui.mainwindow import MainWindow
+    from cellview.gui.desktop.window import MainWindow
 
     make_app()
     window = MainWindow(analysis_defaults=params)
@@ -248,7 +248,7 @@ def test_single_cell_image_shows_label(qtbot, window, tmp_path, monkeypatch):
     img[10:86, 10:86] = (40, 30, 220)  # BGR: red cell
     path = tmp_path / "cell.png"
     cv2.imwrite(str(path), img)
-    from cellview.gui.mainwindow import WHOLE_IMAGE
+    from cellview.gui.desktop.window import WHOLE_IMAGE
 
     monkeypatch.setattr(window, "ask_mpp", lambda opened: WHOLE_IMAGE)
     result = open_and_analyse(qtbot, window, path)

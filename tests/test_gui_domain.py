@@ -31,7 +31,7 @@ def _isolated_settings(tmp_path, monkeypatch):
 
 def make_window(qtbot, model_path):
     from cellview.gui.app import make_app
-    from cellview.gui.mainwindow import MainWindow
+    from cellview.gui.desktop.window import MainWindow
 
     make_app()
     window = MainWindow()
@@ -183,7 +183,7 @@ def test_inspector_shows_the_score_and_the_activation_map(qtbot, window, square_
 
 
 def test_view_export_draws_the_hatching_and_says_why(qtbot, window, square_slide, monkeypatch):
-    import cellview.gui.legendview as lv  # the legend is drawn from legend.describe_legend (issue 19)
+    import cellview.gui.widgets.legend as lv  # the legend is drawn from legend.describe_legend (issue 19)
 
     open_and_analyse(qtbot, window, square_slide)
     lines: list[str] = []
@@ -261,7 +261,7 @@ def test_real_slide_banner_with_the_shipped_colon_model(qtbot, real_slide):
 def test_a_single_image_unlike_the_training_data_is_labelled_unreliable(qtbot, window, tmp_path, monkeypatch):
     import cv2
 
-    from cellview.gui.mainwindow import WHOLE_IMAGE
+    from cellview.gui.desktop.window import WHOLE_IMAGE
 
     rgb = square_slide_rgb(n_cols=3, n_rows=3)[SYNTH_TILE:2 * SYNTH_TILE, SYNTH_TILE:2 * SYNTH_TILE]
     path = tmp_path / "cell.png"

@@ -67,7 +67,7 @@ def test_shift_click_and_drag_pick_tiles_and_keys_label_them(qtbot, window):
 
 
 def test_adapt_dialog_runs_shows_before_and_after_and_offers_the_model(qtbot, window):
-    from cellview.gui.labelpanel import AdaptDialog
+    from cellview.gui.desktop.labels import AdaptDialog
 
     labels = window.labels
     for k, cat in enumerate(LAB_BLOCKS):
@@ -94,7 +94,7 @@ def test_adapt_dialog_runs_shows_before_and_after_and_offers_the_model(qtbot, wi
 
 
 def test_a_model_no_better_is_refused_with_its_figures_and_can_be_forced(qtbot, window):
-    from cellview.gui.labelpanel import AdaptDialog
+    from cellview.gui.desktop.labels import AdaptDialog
 
     labels = window.labels
     # Labels that agree with the toy model's colour rule where the lab's colours say otherwise would not

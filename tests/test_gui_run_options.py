@@ -23,7 +23,7 @@ def _isolated_settings(tmp_path, monkeypatch):
 
 def make_window(qtbot, model: Path, auto: bool = False):
     from cellview.gui.app import make_app
-    from cellview.gui.mainwindow import MainWindow
+    from cellview.gui.desktop.window import MainWindow
 
     make_app()
     window = MainWindow()

@@ -151,7 +151,7 @@ def test_wheel_over_a_slider_scrolls_the_panel_not_the_value(qtbot, window, monk
 
 def test_window_takes_the_focus_at_start_and_after_every_dialog(qtbot, toy_model, monkeypatch):
     from cellview.gui.app import make_app
-    from cellview.gui.mainwindow import MainWindow
+    from cellview.gui.desktop.window import MainWindow
 
     make_app()
     window = MainWindow()
@@ -210,7 +210,7 @@ def test_inspector_numbers_match_their_bars_and_long_names_are_elided(qtbot):
     from dataclasses import replace
 
     from cellview.gui.app import make_app
-    from cellview.gui.panels import ProbabilityBars, TileInspector, pct
+    from cellview.gui.widgets.panel_widgets import ProbabilityBars, TileInspector, pct
     from cellview.testing.synthetic import grid_result
 
     make_app()

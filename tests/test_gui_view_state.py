@@ -25,7 +25,7 @@ TIMEOUT_MS = 30000
 def viewer(qtbot, model, auto: bool = True):
     """The desktop window with ``model``, shut down (its threads joined) afterwards."""
     from cellview.gui.app import make_app
-    from cellview.gui.mainwindow import MainWindow
+    from cellview.gui.desktop.window import MainWindow
 
     make_app()
     window = MainWindow()
@@ -73,7 +73,7 @@ def test_the_drawn_scale_bar_is_as_long_as_its_label_says_at_every_zoom(qtbot, f
     from PySide6.QtWidgets import QWidget
 
     from cellview.gui.app import make_app
-    from cellview.gui.canvas_widgets import ScaleBar
+    from cellview.gui.canvas.widgets import ScaleBar
 
     make_app()
     host = QWidget()
@@ -185,7 +185,7 @@ def test_keys_help_and_menus(qtbot, toy_model, synthetic_slide):
     from PySide6.QtGui import QKeySequence
     from PySide6.QtWidgets import QApplication
 
-    from cellview.gui.shortcuts import menu_shortcuts
+    from cellview.gui.desktop.shortcuts import menu_shortcuts
 
     with viewer(qtbot, toy_model) as window:
         open_and_analyse(qtbot, window, synthetic_slide)
@@ -212,7 +212,7 @@ def test_keys_help_and_menus(qtbot, toy_model, synthetic_slide):
 
 def test_class_names_are_never_cut_in_the_bars(qtbot):
     from cellview.gui.app import make_app
-    from cellview.gui.panels import ProbabilityBars
+    from cellview.gui.widgets.panel_widgets import ProbabilityBars
 
     make_app()
     bars = ProbabilityBars()

@@ -47,7 +47,7 @@ def smoke_test(slide: str, timeout_s: float = 120.0) -> int:
     from cellview.analysis.classifier import OnnxClassifier
     from cellview.analysis.model_lookup import available_models
     from cellview.analysis.model_spec import ModelSpec
-    from cellview.gui.mainwindow import MainWindow
+    from cellview.gui.desktop.window import MainWindow
 
     t0 = time.perf_counter()
     app = make_app()
@@ -90,7 +90,7 @@ def run_gui(args: argparse.Namespace) -> int:
     app = make_app()
     from cellview.analysis.model_lookup import resolve_model
     from cellview.base.errors import CellviewError
-    from cellview.gui.mainwindow import MainWindow
+    from cellview.gui.desktop.window import MainWindow
 
     window = MainWindow(analysis_defaults=params_from_args(args))
     window.show()

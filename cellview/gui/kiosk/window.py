@@ -49,10 +49,10 @@ from cellview.analysis.model_spec import CATEGORY_COLORS, PRECISION_LABELS
 from cellview.analysis.pipeline import CancelToken, analyze
 from cellview.analysis.results import AnalysisParams, AnalysisResult, plural
 from cellview.base.errors import CellviewError
-from cellview.gui.mainwindow import MainWindow, WheelGuard, format_eta
+from cellview.gui.desktop.window import MainWindow, WheelGuard, format_eta
+from cellview.gui.kiosk.touch import FilePickerSheet, ScaleSheet, TileSheet
+from cellview.gui.kiosk.touch import text_label as _label
 from cellview.gui.qtapp import make_app
-from cellview.gui.touch import FilePickerSheet, ScaleSheet, TileSheet
-from cellview.gui.touch import text_label as _label
 from cellview.gui.worker import Worker
 from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS
 from cellview.slides.slide import slide_display_name

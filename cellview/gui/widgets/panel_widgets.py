@@ -34,7 +34,7 @@ from cellview.analysis.explain import overlay as cam_overlay
 from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
 from cellview.analysis.morphology import NucleiMeasurement
 from cellview.analysis.results import plural, whole_percentages
-from cellview.gui.canvas_items import paint_hatch, rgb_qimage
+from cellview.gui.canvas.items import paint_hatch, rgb_qimage
 from cellview.outputs.legend import CountRow
 from cellview.viewer.explain import ExplainState
 from cellview.viewer.overlay import DomainNotice

@@ -49,8 +49,10 @@ from cellview.analysis.results import AnalysisParams, AnalysisResult, plural
 from cellview.analysis.stain import STAIN_METHODS
 from cellview.base.errors import CellviewError
 from cellview.gui import settings as cfg
-from cellview.gui.legendview import paint_legend
-from cellview.gui.panels import (
+from cellview.gui.canvas.loaders import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
+from cellview.gui.canvas.view import ARROW_STEPS, SlideView
+from cellview.gui.widgets.legend import paint_legend
+from cellview.gui.widgets.panel_widgets import (
     CategoryToggles,
     ColorBar,
     DomainBanner,
@@ -59,8 +61,6 @@ from cellview.gui.panels import (
     section,
     show_model_card,
 )
-from cellview.gui.slideview import ARROW_STEPS, SlideView
-from cellview.gui.tasks import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
 from cellview.gui.worker import QtRunner, Worker
 from cellview.outputs.legend import (
     STAIN_LABELS,
@@ -227,7 +227,7 @@ class MainWindow(QMainWindow):
     domainShown = Signal(object)  # DomainNotice, once the banner, the legend row and the overlay show it
 
     LABELLING = True
-    """Tile labels and *Adapt model…* (cellview.gui.labelpanel); the kiosk has none."""
+    """Tile labels and *Adapt model…* (cellview.gui.desktop.labels); the kiosk has none."""
 
     def __init__(self, analysis_defaults: AnalysisParams | None = None) -> None:
         super().__init__()
@@ -268,7 +268,7 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._build_status()
         if self.LABELLING:
-            from cellview.gui.labelpanel import install_labels
+            from cellview.gui.desktop.labels import install_labels
 
             self.labels, self.labels_panel = install_labels(self, self.panel_layout, self._labels_at)
 
@@ -688,7 +688,7 @@ class MainWindow(QMainWindow):
             self.view.setFocus(Qt.FocusReason.PopupFocusReason)
 
     def show_shortcuts(self) -> None:
-        from cellview.gui.shortcuts import ShortcutsDialog
+        from cellview.gui.desktop.shortcuts import ShortcutsDialog
 
         ShortcutsDialog(self.menuBar(), self).exec()
         self._take_focus()
