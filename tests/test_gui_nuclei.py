@@ -86,7 +86,7 @@ def test_click_tile_shows_contoured_patch_and_nuclei(qtbot, toy_model_224, real_
 
 
 def test_nuclei_rows_flag_pixel_areas_when_the_scale_is_unknown():
-    from cellview.gui.widgets.panel_widgets import nuclei_lines
+    from cellview.gui.widgets.inspector import nuclei_lines
 
     rows = nuclei_lines(12, float("nan"), 130.4, 120.0, 0.81, 0.5, "px2")
     assert rows[0] == "nuclei    12" and "px² (scale unknown)" in rows[1] and "µm²" not in "".join(rows)

@@ -210,7 +210,7 @@ def test_inspector_numbers_match_their_bars_and_long_names_are_elided(qtbot):
     from dataclasses import replace
 
     from cellview.gui.app import make_app
-    from cellview.gui.widgets.panel_widgets import ProbabilityBars, TileInspector, pct
+    from cellview.gui.widgets.inspector import ProbabilityBars, TileInspector, pct
     from cellview.testing.synthetic import grid_result
 
     make_app()

@@ -212,7 +212,7 @@ def test_keys_help_and_menus(qtbot, toy_model, synthetic_slide):
 
 def test_class_names_are_never_cut_in_the_bars(qtbot):
     from cellview.gui.app import make_app
-    from cellview.gui.widgets.panel_widgets import ProbabilityBars
+    from cellview.gui.widgets.inspector import ProbabilityBars
 
     make_app()
     bars = ProbabilityBars()

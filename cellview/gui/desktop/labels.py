@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
 from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.results import plural
 from cellview.base.errors import CellviewError
-from cellview.gui.widgets.panel_widgets import section, show_model_card
+from cellview.gui.widgets.cards import section, show_model_card
 from cellview.viewer.labelling import LABEL_KEYS, LabelsModel
 
 PICK_HINT = ("Shift+click tiles, or Shift+drag a rectangle, to pick them; then press 1–9 or a button below "

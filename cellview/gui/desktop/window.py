@@ -51,16 +51,10 @@ from cellview.base.errors import CellviewError
 from cellview.gui import settings as cfg
 from cellview.gui.canvas.loaders import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
 from cellview.gui.canvas.view import ARROW_STEPS, SlideView
+from cellview.gui.widgets.cards import section, show_model_card
+from cellview.gui.widgets.heatmap import CategoryToggles, ColorBar, DomainBanner, FilterNotice
+from cellview.gui.widgets.inspector import TileInspector
 from cellview.gui.widgets.legend import paint_legend
-from cellview.gui.widgets.panel_widgets import (
-    CategoryToggles,
-    ColorBar,
-    DomainBanner,
-    FilterNotice,
-    TileInspector,
-    section,
-    show_model_card,
-)
 from cellview.gui.worker import QtRunner, Worker
 from cellview.outputs.legend import (
     STAIN_LABELS,

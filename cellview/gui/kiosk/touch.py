@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
-from cellview.gui.widgets.panel_widgets import OUT_OF_DOMAIN_TEXT, ProbabilityBars, pct
+from cellview.gui.widgets.inspector import OUT_OF_DOMAIN_TEXT, ProbabilityBars, pct
 from cellview.slides.slide import SUPPORTED_SUFFIXES, slide_display_name
 from cellview.viewer.kiosk.settings import SCALE_PRESETS
 
