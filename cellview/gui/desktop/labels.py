@@ -34,19 +34,12 @@ from PySide6.QtWidgets import (
 from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.results import plural
 from cellview.base.errors import CellviewError
-from cellview.gui.widgets.cards import section, show_model_card
+from cellview.gui.widgets.cards import section, show_model_card, text_label
 from cellview.viewer.labelling import LABEL_KEYS, LabelsModel
 
 PICK_HINT = ("Shift+click tiles, or Shift+drag a rectangle, to pick them; then press 1–9 or a button below "
              "(0 or Delete takes the label away). Without a pick, a key labels the selected tile. Labelled tiles "
              "are outlined with dashes in the label's colour (the analysis' outlines are solid).")
-
-
-def _hint(text: str) -> QLabel:
-    label = QLabel(text)
-    label.setObjectName("hint")
-    label.setWordWrap(True)
-    return label
 
 
 class LabelsPanel(QWidget):
@@ -61,7 +54,7 @@ class LabelsPanel(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(5)
-        lay.addWidget(_hint(PICK_HINT))
+        lay.addWidget(text_label(PICK_HINT, "hint"))
         self.buttons_box = QWidget()
         self.buttons = QHBoxLayout(self.buttons_box)  # the categories, one button each
         self.buttons.setContentsMargins(0, 0, 0, 0)
@@ -92,7 +85,7 @@ class LabelsPanel(QWidget):
         self.counts_label = QLabel("")
         self.counts_label.setWordWrap(True)
         lay.addWidget(self.counts_label)
-        self.saved_label = _hint("")
+        self.saved_label = text_label("", "hint")
         lay.addWidget(self.saved_label)
         row = QHBoxLayout()
         self.import_btn = QPushButton("Import QuPath annotations…")

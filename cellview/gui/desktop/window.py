@@ -51,7 +51,7 @@ from cellview.base.errors import CellviewError
 from cellview.gui import settings as cfg
 from cellview.gui.canvas.loaders import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
 from cellview.gui.canvas.view import ARROW_STEPS, SlideView
-from cellview.gui.widgets.cards import section, show_model_card
+from cellview.gui.widgets.cards import section, show_model_card, text_label
 from cellview.gui.widgets.heatmap import CategoryToggles, ColorBar, DomainBanner, FilterNotice
 from cellview.gui.widgets.inspector import TileInspector
 from cellview.gui.widgets.legend import paint_legend
@@ -169,14 +169,6 @@ class MppDialog(QDialog):
     def _use_whole(self) -> None:
         self.choice = WHOLE_IMAGE
         self.accept()
-
-
-def _hint(text: str, wrap: bool = True) -> QLabel:
-    """A small grey explanatory label (styled by the "hint" object name)."""
-    label = QLabel(text)
-    label.setObjectName("hint")
-    label.setWordWrap(wrap)
-    return label
 
 
 class WheelGuard(QObject):
@@ -397,7 +389,7 @@ class MainWindow(QMainWindow):
             lambda _i: self.model.settings.set(device=self.device_box.currentData()))
         row.addWidget(self.device_box, 1)
         c.addLayout(row)
-        self.model_info = _hint("")
+        self.model_info = text_label("", "hint")
         c.addWidget(self.model_info)
         lay.addWidget(card)
 
@@ -417,7 +409,7 @@ class MainWindow(QMainWindow):
         self.progress.setValue(0)
         self.progress.setFormat("idle")
         c.addWidget(self.progress)
-        self.rate_label = _hint("", wrap=False)
+        self.rate_label = text_label("", "hint", wrap=False)
         c.addWidget(self.rate_label)
         self.levels_label = QLabel("")
         self.levels_label.setObjectName("levelsWarning")
@@ -448,7 +440,7 @@ class MainWindow(QMainWindow):
                                      "with bounding boxes and areas")
         self.show_regions.toggled.connect(lambda on: self.model.overlay.set(show_regions=on))
         c.addWidget(self.show_regions)
-        self.regions_label = _hint("")
+        self.regions_label = text_label("", "hint")
         self.regions_label.setVisible(False)
         c.addWidget(self.regions_label)
         form = QFormLayout()
@@ -489,12 +481,12 @@ class MainWindow(QMainWindow):
         self.filter_notice = FilterNotice()  # a filter or an override of the domain warning is never silent
         self.filter_notice.resetRequested.connect(lambda: self.model.overlay.set(**PER_SLIDE))
         c.addWidget(self.filter_notice)
-        self.colour_hint = _hint("")
+        self.colour_hint = text_label("", "hint")
         c.addWidget(self.colour_hint)
         self.colorbar = ColorBar(self.lut)
         self.colorbar.setVisible(False)
         c.addWidget(self.colorbar)
-        self.summary_label = _hint("")
+        self.summary_label = text_label("", "hint")
         c.addWidget(self.summary_label)
         lay.addWidget(card)
         self.panel_layout, self._labels_at = lay, lay.count()
@@ -537,7 +529,7 @@ class MainWindow(QMainWindow):
         self.tissue_form.setVisible(False)
         form.setContentsMargins(0, 0, 0, 0)
         c.addWidget(self.tissue_form)
-        self.tissue_label = _hint("")
+        self.tissue_label = text_label("", "hint")
         c.addWidget(self.tissue_label)
         lay.addWidget(card)
 
@@ -548,7 +540,7 @@ class MainWindow(QMainWindow):
         c.addWidget(self.inspector)
         lay.addWidget(card)
         lay.addStretch(1)
-        notice = _hint("Research use only — not for clinical diagnosis.", wrap=False)
+        notice = text_label("Research use only — not for clinical diagnosis.", "hint", wrap=False)
         notice.setAlignment(Qt.AlignmentFlag.AlignCenter)
         lay.addWidget(notice)
 
@@ -601,7 +593,7 @@ class MainWindow(QMainWindow):
         self.precision_box.setToolTip(self.PRECISION_TIP)
         self.precision_box.currentIndexChanged.connect(
             lambda _i: self.model.settings.set(precision=self.precision_box.currentData()))
-        self.stain_hint = _hint("")  # why normalisation is unavailable, under its control
+        self.stain_hint = text_label("", "hint")  # why normalisation is unavailable, under its control
         self.stain_hint.setVisible(False)
         form.addRow("Stain normalisation", self.stain_box)
         form.addRow(self.stain_hint)

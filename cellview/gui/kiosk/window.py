@@ -51,8 +51,8 @@ from cellview.analysis.results import AnalysisParams, AnalysisResult, plural
 from cellview.base.errors import CellviewError
 from cellview.gui.desktop.window import MainWindow, WheelGuard, format_eta
 from cellview.gui.kiosk.touch import FilePickerSheet, ScaleSheet, TileSheet
-from cellview.gui.kiosk.touch import text_label as _label
 from cellview.gui.qtapp import make_app
+from cellview.gui.widgets.cards import text_label
 from cellview.gui.worker import Worker
 from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS
 from cellview.slides.slide import slide_display_name
@@ -205,7 +205,7 @@ def _card(name: str) -> tuple[QFrame, QLabel]:
     """A hidden, styled frame (by object name) holding one wrapped label."""
     frame = QFrame()
     frame.setObjectName(name)
-    label = _label("")
+    label = text_label("")
     QHBoxLayout(frame).addWidget(label, 1)
     frame.hide()
     return frame, label
@@ -257,13 +257,13 @@ class PinPad(QDialog):
         lay.setContentsMargins(24, 18, 24, 18)
         lay.setSpacing(24)
         left = QVBoxLayout()
-        left.addWidget(_label("Enter the PIN to leave kiosk mode", "kioskTitle"))
+        left.addWidget(text_label("Enter the PIN to leave kiosk mode", "kioskTitle"))
         self.field = QLineEdit()
         self.field.setEchoMode(QLineEdit.EchoMode.Password)
         self.field.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.field.returnPressed.connect(self.submit)
         left.addWidget(self.field)
-        self.message = _label("", "kioskHint")
+        self.message = text_label("", "kioskHint")
         left.addWidget(self.message)
         left.addStretch(1)
         lay.addLayout(left, 1)
@@ -436,7 +436,7 @@ class KioskWindow(MainWindow):
         outer.setSpacing(12)
 
         top = QHBoxLayout()
-        top.addWidget(_label("CellView", "kioskTitle", wrap=False))
+        top.addWidget(text_label("CellView", "kioskTitle", wrap=False))
         self.state_label = ElidedLabel("", "kioskHint")  # one line: "Analysing CMU-1-Small-Re…"
         top.addWidget(self.state_label, 1)
         self.provider_badge = ElidedLabel("", "kioskProvider")  # "colon-he 2.0.0 on CPU …" never pushes the title off
@@ -472,7 +472,7 @@ class KioskWindow(MainWindow):
         for page in self.pages.values():
             self.stack.addWidget(page)
         outer.addWidget(self.stack, 1)
-        notice = _label("Research use only — not for clinical diagnosis.", "kioskHint", wrap=False)
+        notice = text_label("Research use only — not for clinical diagnosis.", "kioskHint", wrap=False)
         notice.setAlignment(Qt.AlignmentFlag.AlignCenter)
         outer.addWidget(notice)
         self.setCentralWidget(root)
@@ -482,10 +482,10 @@ class KioskWindow(MainWindow):
         il = QVBoxLayout(self.idle_screen)
         il.addStretch(1)
         for text, name in (("CellView", "kioskHeadline"), ("Touch the screen to continue", "kioskHint")):
-            lab = _label(text, name)
+            lab = text_label(text, name)
             lab.setAlignment(Qt.AlignmentFlag.AlignCenter)
             il.addWidget(lab)
-        self.idle_status = _label("", "kioskHint")
+        self.idle_status = text_label("", "kioskHint")
         self.idle_status.setAlignment(Qt.AlignmentFlag.AlignCenter)
         il.addWidget(self.idle_status)
         il.addStretch(1)
@@ -512,8 +512,8 @@ class KioskWindow(MainWindow):
         lay = QVBoxLayout(self.settings_card)
         lay.setContentsMargins(20, 8, 20, 8)
         lay.setSpacing(2)
-        lay.addWidget(_label("⚠ Settings problem", "kioskSettingsTitle", wrap=False))
-        self.settings_label = _label("")
+        lay.addWidget(text_label("⚠ Settings problem", "kioskSettingsTitle", wrap=False))
+        self.settings_label = text_label("")
         self.settings_label.setTextFormat(Qt.TextFormat.PlainText)
         lay.addWidget(_TextScroll(self.settings_label))
         self._show_settings_problems()
@@ -537,14 +537,14 @@ class KioskWindow(MainWindow):
         page = QWidget()
         lay = QVBoxLayout(page)
         lay.addStretch(1)
-        self.prepare_title = _label("Preparing model…", "kioskHeadline")
+        self.prepare_title = text_label("Preparing model…", "kioskHeadline")
         self.prepare_title.setAlignment(Qt.AlignmentFlag.AlignCenter)
         lay.addWidget(self.prepare_title)
         self.prepare_bar = QProgressBar()
         self.prepare_bar.setRange(0, 0)  # indeterminate: an engine build reports no progress
         self.prepare_bar.setTextVisible(False)
         lay.addWidget(self.prepare_bar)
-        self.prepare_label = _label("", "kioskHint")
+        self.prepare_label = text_label("", "kioskHint")
         self.prepare_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         lay.addWidget(self.prepare_label)
         self.retry_btn = QPushButton("Try again")
@@ -562,17 +562,17 @@ class KioskWindow(MainWindow):
         left = QVBoxLayout(column)
         left.setContentsMargins(0, 0, 0, 0)
         left.addStretch(1)
-        self.waiting_title = _label("Waiting for a slide", "kioskHeadline")
+        self.waiting_title = text_label("Waiting for a slide", "kioskHeadline")
         left.addWidget(self.waiting_title)
         watch = self.settings.watch_dir
-        self.waiting_hint = _label(
+        self.waiting_hint = text_label(
             f"Put a slide or image into\n{watch}\nIt opens and is analysed automatically." if watch is not None
             else "Tap “Open slide” to choose a slide or image.", "kioskHint")
         left.addWidget(self.waiting_hint)
-        self.run_options_label = _label("", "kioskHint")  # the analysis settings every case runs with
+        self.run_options_label = text_label("", "kioskHint")  # the analysis settings every case runs with
         self.run_options_label.hide()
         left.addWidget(self.run_options_label)
-        self.receiving_label = _label("", "kioskHint")
+        self.receiving_label = text_label("", "kioskHint")
         self.receiving_label.hide()
         left.addWidget(self.receiving_label)
         self.done_card, self.done_label = _card("kioskDone")
@@ -599,7 +599,7 @@ class KioskWindow(MainWindow):
         stack.addLayout(row)
         lay.addLayout(stack, 3)
         right = QVBoxLayout()
-        right.addWidget(_label("Recent cases", "kioskTitle"))
+        right.addWidget(text_label("Recent cases", "kioskTitle"))
         self.recent_list = QListWidget()
         self.recent_list.setVerticalScrollMode(QListWidget.ScrollMode.ScrollPerPixel)
         self.recent_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -629,9 +629,9 @@ class KioskWindow(MainWindow):
         side.setSpacing(10)
         self.case_title = ElidedLabel("", "kioskTitle")
         side.addWidget(self.case_title)
-        self.call_label = _label("", "kioskCall")
+        self.call_label = text_label("", "kioskCall")
         side.addWidget(self.call_label)
-        self.shares_label = _label("", "kioskShares")
+        self.shares_label = text_label("", "kioskShares")
         side.addWidget(self.shares_label)
         # the domain warning right under the call it qualifies (the slide view is too small for a banner)
         side.addWidget(_adopt(self.domain_banner))
@@ -656,15 +656,15 @@ class KioskWindow(MainWindow):
         side.addWidget(_adopt(self.show_overlay))
         side.addWidget(_adopt(self.show_regions))
         side.addWidget(_adopt(self.regions_label))
-        side.addWidget(_label("Draw", "kioskHint", wrap=False))
+        side.addWidget(text_label("Draw", "kioskHint", wrap=False))
         side.addWidget(_adopt(self.style_box))
-        side.addWidget(_label("Fill opacity", "kioskHint", wrap=False))
+        side.addWidget(text_label("Fill opacity", "kioskHint", wrap=False))
         side.addWidget(_adopt(self.opacity))
         side.addWidget(_adopt(self.toggles))
         side.addWidget(_adopt(self.filter_notice))  # a filter or "Show calls anyway" is never silent here either
         side.addWidget(_adopt(self.colour_hint))
         side.addWidget(_adopt(self.summary_label))
-        side.addWidget(_label("Tile inspector", "kioskHint", wrap=False))
+        side.addWidget(text_label("Tile inspector", "kioskHint", wrap=False))
         side.addWidget(_adopt(self.inspector))
         # a narrow touch panel: shorter labels, the inspector's patch above its facts
         self.show_regions.setText("Malignant regions")

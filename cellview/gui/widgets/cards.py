@@ -1,4 +1,4 @@
-"""The side panel's titled cards and the model card dialog."""
+"""The one label maker, the side panel's titled cards and the model card dialog."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ from PySide6.QtWidgets import (
 )
 
 
+def text_label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:
+    """A label styled by its object name (``hint``: small and grey; the kiosk's names: finger-sized), wrapped
+    unless told otherwise. Every window and panel makes its labels here."""
+    label = QLabel(text)
+    if name:
+        label.setObjectName(name)
+    label.setWordWrap(wrap)
+    return label
+
+
 def section(title: str) -> tuple[QFrame, QVBoxLayout]:
     """A titled card in the side panel."""
     frame = QFrame()
@@ -22,9 +32,7 @@ def section(title: str) -> tuple[QFrame, QVBoxLayout]:
     lay = QVBoxLayout(frame)
     lay.setContentsMargins(10, 6, 10, 8)
     lay.setSpacing(4)
-    head = QLabel(title.upper())
-    head.setObjectName("cardTitle")
-    lay.addWidget(head)
+    lay.addWidget(text_label(title.upper(), "cardTitle", wrap=False))
     return frame, lay
 
 

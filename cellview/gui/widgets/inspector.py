@@ -26,6 +26,7 @@ from cellview.analysis.explain import overlay as cam_overlay
 from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
 from cellview.analysis.morphology import NucleiMeasurement
 from cellview.gui.canvas.items import rgb_qimage
+from cellview.gui.widgets.cards import text_label
 from cellview.gui.widgets.heatmap import ColorBar
 from cellview.viewer.explain import ExplainState
 
@@ -197,9 +198,7 @@ class TileInspector(QWidget):
         column = QVBoxLayout()  # the patch with the activation map's colour scale right under it
         column.setSpacing(2)
         column.addWidget(self.patch)
-        self.patch_note = QLabel("")  # "stain-normalised: the patch fed to the model"
-        self.patch_note.setObjectName("hint")
-        self.patch_note.setWordWrap(True)
+        self.patch_note = text_label("", "hint")  # "stain-normalised: the patch fed to the model"
         self.patch_note.setFixedWidth(self.PATCH_PX + 2)
         self.patch_note.setVisible(False)
         column.addWidget(self.patch_note)
@@ -241,9 +240,7 @@ class TileInspector(QWidget):
         facts.addWidget(self.cam_class)
         top.addLayout(facts, 1)
         lay.addLayout(top)
-        self.cam_status = QLabel("")
-        self.cam_status.setObjectName("hint")
-        self.cam_status.setWordWrap(True)
+        self.cam_status = text_label("", "hint")
         self.cam_status.setVisible(False)
         lay.addWidget(self.cam_status)
         self.bars = ProbabilityBars()
