@@ -23,9 +23,7 @@ from cellview.testing.synthetic import expected_synthetic_tiles, synthetic_slide
 TIMEOUT_MS = 30000
 
 
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
+pytestmark = pytest.mark.usefixtures("isolated_settings")  # conftest: never the user's settings
 
 
 def make_window(qtbot, params: AnalysisParams | None = None, model: Path | None = None):

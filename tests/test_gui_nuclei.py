@@ -20,9 +20,7 @@ TWO_BLOCKS = {"big": (1, 4, 1, 4), "small": (6, 8, 8, 10)}  # malignant (row0, r
 PALER_RED = (170, 90, 100)  # still malignant for the toy model, but below 100 % confidence
 
 
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
+pytestmark = pytest.mark.usefixtures("isolated_settings")  # conftest: never the user's settings
 
 
 @pytest.fixture(scope="module")

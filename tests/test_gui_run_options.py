@@ -16,9 +16,7 @@ from cellview.viewer.kiosk.settings import KioskSettings  # noqa: E402
 TIMEOUT_MS = 30000
 
 
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
+pytestmark = pytest.mark.usefixtures("isolated_settings")  # conftest: never the user's settings
 
 
 def make_window(qtbot, model: Path, auto: bool = False):

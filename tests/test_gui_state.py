@@ -23,10 +23,7 @@ from cellview.analysis.model_spec import CATEGORY_COLORS, hex_to_rgb  # noqa: E4
 from cellview.base.errors import CellviewError  # noqa: E402
 from cellview.testing.synthetic import SYNTH_BLOCKS, SYNTH_TILE, make_toy_model  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
+pytestmark = pytest.mark.usefixtures("isolated_settings")  # conftest: never the user's settings
 
 
 @pytest.fixture

@@ -24,9 +24,7 @@ TIMEOUT_MS = 30000
 CHORD_MODS = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier | Qt.KeyboardModifier.ShiftModifier
 
 
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
+pytestmark = pytest.mark.usefixtures("isolated_settings")  # conftest: never the user's settings
 
 
 def kiosk_settings(tmp_path: Path, toy_model: Path, **changes) -> KioskSettings:
