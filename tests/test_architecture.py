@@ -111,7 +111,7 @@ def test_no_import_cycles():
     (through TileNuclei, now in results) were such cycles.
     """
     graph = import_graph()
-    assert "cellview.analysis.results" in graph and "cellview.gui.qtapp" in graph["cellview.gui.kiosk.window"]
+    assert "cellview.analysis.results" in graph and "cellview.gui.qtapp" in graph["cellview.gui.kiosk.launch"]
     assert import_cycles(graph) == []
     assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check works
 

@@ -11,33 +11,26 @@ Model preparation (minutes on a first TensorRT start) runs on a ``Worker`` behin
 
 from __future__ import annotations
 
-import argparse
 import logging
-import re
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, QPoint, QRectF, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QKeySequence, QPainter, QShortcut
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
     QBoxLayout,
-    QDialog,
     QFrame,
     QGridLayout,
     QHBoxLayout,
-    QLabel,
     QLayout,
-    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QProgressBar,
     QPushButton,
     QScrollArea,
     QScroller,
-    QSizePolicy,
     QStackedWidget,
     QVBoxLayout,
     QWidget,
@@ -50,8 +43,16 @@ from cellview.analysis.pipeline import CancelToken, analyze
 from cellview.analysis.results import AnalysisParams, AnalysisResult, plural
 from cellview.base.errors import CellviewError
 from cellview.gui.desktop.window import MainWindow, WheelGuard, format_eta
+from cellview.gui.kiosk.exit import PinPad
+from cellview.gui.kiosk.style import (
+    KIOSK_OVERVIEW_SHARE,
+    KIOSK_SCALE_BAR_PT,
+    KIOSK_STYLESHEET,
+    kiosk_scale,
+    kiosk_stylesheet,
+)
 from cellview.gui.kiosk.touch import FilePickerSheet, ScaleSheet, TileSheet
-from cellview.gui.qtapp import make_app
+from cellview.gui.kiosk.widgets import ElidedLabel, TextScroll, card
 from cellview.gui.widgets.cards import text_label
 from cellview.gui.worker import Worker
 from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS
@@ -60,7 +61,7 @@ from cellview.viewer.analysis import AnalysisRequest
 from cellview.viewer.analysis_settings import ModelOptions
 from cellview.viewer.events import Event
 from cellview.viewer.kiosk.cases import CaseResult, RecentCases, analysed_in_outbox, iter_case, load_classifier
-from cellview.viewer.kiosk.settings import KioskSettings, SalvagedSettings
+from cellview.viewer.kiosk.settings import KioskSettings
 from cellview.viewer.kiosk.watch import WatchFolder
 
 log = logging.getLogger(__name__)
@@ -75,80 +76,6 @@ MAX_SETTINGS_PROBLEMS_SHOWN = 5
 
 EXIT_LOCKED_MESSAGE = ("Leaving the kiosk is disabled: the PIN in the kiosk settings file cannot be used. "
                        "Fix the settings file, then restart the kiosk service.")
-
-# Readable from a metre away and hittable with a finger: ≥ 20 pt text, ≥ 64 px targets on a 600-px-high
-# screen; "@" sizes shrink with shorter screens (``kiosk_stylesheet``), to 80 % on an 800 × 480 one.
-KIOSK_STYLESHEET_TEMPLATE = """
-QWidget { font-size: @20pt; }
-QLabel#kioskTitle { font-size: @26pt; font-weight: 700; color: #e6e9ec; }
-QLabel#kioskHeadline { font-size: @34pt; font-weight: 700; color: #e6e9ec; }
-QLabel#kioskHint, QLabel#hint { font-size: @20pt; color: #aab2b9; }
-QLabel#kioskProvider { font-size: @20pt; color: #9fd3a0; }
-QLabel#kioskProvider[warn="true"] { color: #ffb347; }
-QFrame#kioskBanner { background: #5a4316; border-radius: @8px; }
-QFrame#kioskError { background: #6b1f24; border: 2px solid #c2414b; border-radius: @10px; }
-QFrame#kioskDone { background: #1d4a2c; border: 2px solid #3d9a5b; border-radius: @10px; }
-QFrame#kioskIdle { background: #101214; }
-QFrame#kioskSettings { background: #4a3510; border: 2px solid #ffb347; border-radius: @10px; }
-QLabel#kioskSettingsTitle { font-size: @24pt; font-weight: 700; color: #ffd08a; }
-QPushButton { min-height: @64px; min-width: @64px; padding: @8px @24px; font-size: @22pt; border-radius: @10px; }
-QPushButton#pinKey { min-width: @110px; min-height: @96px; font-size: @30pt; }
-QCheckBox { min-height: @64px; spacing: @18px; font-size: @20pt; }
-QCheckBox::indicator { width: @40px; height: @40px; }
-QSlider { min-height: @64px; }
-QSlider::groove:horizontal { height: @14px; background: #3a4147; border-radius: @7px; }
-QSlider::sub-page:horizontal { background: #2f6fb3; border-radius: @7px; }
-QSlider::handle:horizontal { width: @52px; height: @52px; margin: -@19px 0; border-radius: @26px; background: #e6e9ec; }
-QListWidget { background: #1b1e21; border: 1px solid #3d4348; border-radius: @8px; font-size: @20pt; }
-QListWidget::item { min-height: @80px; padding: @8px @14px; border-bottom: 1px solid #2a2f33; }
-QListWidget::item:selected { background: #2f6fb3; }
-QProgressBar { min-height: @40px; font-size: @18pt; }
-QLineEdit { min-height: @72px; font-size: @30pt; }
-QScrollBar:vertical { width: @40px; }
-QComboBox { min-height: @64px; font-size: @20pt; padding: @4px @12px; }
-QLabel#kioskCall { font-size: @30pt; font-weight: 700; }
-QLabel#kioskShares { font-size: @20pt; color: #c3c9ce; }
-QLabel#inspectorTitle { font-size: @24pt; font-weight: 700; }
-QLabel#inspectorSubtitle { font-size: @20pt; color: #aab2b9; }
-QLabel#inspectorDetails { font-size: @18pt; color: #c3c9ce; font-family: 'DejaVu Sans Mono', monospace; }
-QLabel#categoryCount { font-size: @20pt; color: #c3c9ce; }
-QLabel#levelsWarning { font-size: @20pt; color: #ffb347; }
-QFrame#domainBanner { background: #5a4316; border: 2px solid #ffb347; border-radius: @10px; }
-QFrame#domainNote { background: #2a2f33; border: 1px solid #4a5259; border-radius: @10px; }
-QFrame#filterNotice { background: #5a4316; border: 2px solid #ffb347; border-radius: @10px; }
-QLabel#filterNoticeText { font-size: @20pt; color: #f3ead8; }
-QLabel#domainBannerText { font-size: @20pt; color: #f3ead8; }
-QFrame#kioskInfo { background: #23384d; border: 2px solid #3a7fc6; border-radius: @10px; }
-QFrame#kioskSheetBackdrop { background: rgba(0, 0, 0, 160); }
-QFrame#kioskSheet { background: #1f2326; border: 2px solid #4a5259; border-radius: @12px; }
-QFrame#kioskTileSheet { background: rgba(27, 30, 33, 238); border: 2px solid #4a5259; border-radius: @12px; }
-QListWidget#kioskFiles::item { min-height: @64px; }
-QFrame#kioskTileSheet QLabel, QFrame#kioskTileSheet QWidget { font-size: @17pt; }
-QFrame#kioskTileSheet QLabel#tileSheetTitle { font-size: @22pt; font-weight: 700; }
-QFrame#kioskTileSheet QLabel#tileSheetSubtitle { color: #c3c9ce; }
-"""
-
-
-def kiosk_scale(height: int) -> float:
-    """How much smaller the kiosk's text and targets are on a screen this high: 1 at 600 px and more (the
-    Jetson's 1024 × 600 display), 0.8 at 480 px (16 pt text, 51-px targets: still readable from a metre and
-    larger than a fingertip). The panel's width is shared out separately (``resizeEvent``)."""
-    return max(0.8, min(1.0, height / 600))
-
-
-def kiosk_stylesheet(k: float = 1.0) -> str:
-    """The kiosk's style sheet with every "@" size scaled by ``k`` (``kiosk_scale``)."""
-    return re.sub(r"@(\d+(?:\.\d+)?)(pt|px)", lambda m: f"{round(float(m[1]) * k, 1):g}{m[2]}",
-                  KIOSK_STYLESHEET_TEMPLATE)
-
-
-KIOSK_STYLESHEET = kiosk_stylesheet(1.0)
-
-KIOSK_SCALE_BAR_PT = 18.0
-"""The scale bar's label in the kiosk, read from a metre away like every other text."""
-
-KIOSK_OVERVIEW_SHARE = 0.18
-"""The overview's largest share of the slide view's shorter side (it covered ~40% at 1024 × 600)."""
 
 _ACTIVITY_EVENTS = {
     QEvent.Type.MouseButtonPress, QEvent.Type.MouseButtonRelease, QEvent.Type.MouseMove, QEvent.Type.KeyPress,
@@ -174,141 +101,6 @@ def _adopt(widget: QWidget) -> QWidget:
     if parent is not None and parent.layout() is not None:
         _take_from_layout(parent.layout(), widget)
     return widget
-
-
-class ElidedLabel(QLabel):
-    """One line that ends in "…" when it does not fit, instead of wrapping (the header) or being clipped."""
-
-    def __init__(self, text: str = "", name: str = "") -> None:
-        super().__init__(text)
-        if name:
-            self.setObjectName(name)
-        self.setWordWrap(False)
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.setMinimumWidth(40)
-
-    def shown_text(self) -> str:
-        return self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, max(10, self.contentsRect().width()))
-
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
-        return QSize(40, super().minimumSizeHint().height())
-
-    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
-        p = QPainter(self)
-        p.setPen(self.palette().windowText().color())
-        p.setFont(self.font())
-        p.drawText(self.contentsRect(), int(self.alignment() | Qt.AlignmentFlag.AlignVCenter), self.shown_text())
-        p.end()
-
-
-def _card(name: str) -> tuple[QFrame, QLabel]:
-    """A hidden, styled frame (by object name) holding one wrapped label."""
-    frame = QFrame()
-    frame.setObjectName(name)
-    label = text_label("")
-    QHBoxLayout(frame).addWidget(label, 1)
-    frame.hide()
-    return frame, label
-
-
-class _TextScroll(QScrollArea):
-    """A wrapped label that asks for the height its text needs (a third of the screen at most) but
-    can shrink to one line and scroll: other cards may appear later (an error, an unreachable
-    watch folder), and the window must never grow taller than the screen (it would leave full screen).
-    """
-
-    def __init__(self, label: QLabel) -> None:
-        super().__init__()
-        self.setWidget(label)
-        self.setWidgetResizable(True)
-        self.setFrameShape(QFrame.Shape.NoFrame)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
-        self.setStyleSheet("QScrollArea, QScrollArea > QWidget > QWidget { background: transparent; }")
-        QScroller.grabGesture(self.viewport(), QScroller.ScrollerGestureType.LeftMouseButtonGesture)
-
-    def _screen_size(self) -> QSize:
-        screen = self.screen() or QApplication.primaryScreen()
-        return screen.geometry().size() if screen is not None else QSize(1280, 800)
-
-    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
-        # From the screen, not this widget, whose width lags while it is being laid out. 90 px covers
-        # the page and card margins, generously (narrower wraps to more lines, so no text is cut).
-        size = self._screen_size()
-        needed_px = self.widget().heightForWidth(max(100, size.width() - 90))
-        return QSize(super().sizeHint().width(), min(needed_px, size.height() // 3))
-
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
-        return QSize(super().minimumSizeHint().width(), self.widget().fontMetrics().lineSpacing())
-
-
-class PinPad(QDialog):
-    """A finger-sized digit pad; ``entered`` carries the digits when OK is pressed."""
-
-    entered = Signal(str)
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowFlags(Qt.WindowType.Dialog | Qt.WindowType.FramelessWindowHint
-                            | Qt.WindowType.WindowStaysOnTopHint)
-        self.setModal(True)
-        # side by side (a landscape screen is short): the prompt, field and Cancel, then the digit pad
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(24, 18, 24, 18)
-        lay.setSpacing(24)
-        left = QVBoxLayout()
-        left.addWidget(text_label("Enter the PIN to leave kiosk mode", "kioskTitle"))
-        self.field = QLineEdit()
-        self.field.setEchoMode(QLineEdit.EchoMode.Password)
-        self.field.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.field.returnPressed.connect(self.submit)
-        left.addWidget(self.field)
-        self.message = text_label("", "kioskHint")
-        left.addWidget(self.message)
-        left.addStretch(1)
-        lay.addLayout(left, 1)
-        grid = QGridLayout()
-        self.keys: dict[str, QPushButton] = {}
-        for i, key in enumerate(["1", "2", "3", "4", "5", "6", "7", "8", "9", "⌫", "0", "OK"]):
-            btn = QPushButton(key)
-            btn.setObjectName("pinKey")
-            btn.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-            btn.clicked.connect(lambda _c=False, k=key: self.press(k))
-            grid.addWidget(btn, i // 3, i % 3)
-            self.keys[key] = btn
-        lay.addLayout(grid)
-        cancel = QPushButton("Cancel")
-        cancel.clicked.connect(self.reject)
-        left.addWidget(cancel)
-
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
-        super().showEvent(event)
-        fit_inside(self, self.parentWidget())
-
-    def press(self, key: str) -> None:
-        if key == "OK":
-            self.submit()
-        elif key == "⌫":
-            self.field.setText(self.field.text()[:-1])
-        else:
-            self.field.setText(self.field.text() + key)
-
-    def submit(self) -> None:
-        self.entered.emit(self.field.text())
-
-    def wrong(self, tries_left: int) -> None:
-        self.field.clear()
-        self.message.setText(f"Wrong PIN. {tries_left} {'try' if tries_left == 1 else 'tries'} left.")
-
-
-def fit_inside(dialog: QWidget, host: QWidget | None) -> None:
-    """Centre a dialog on its host window, never larger than it (no window manager places it)."""
-    if host is None:
-        return
-    size = dialog.sizeHint().boundedTo(host.size() - QSize(16, 16))
-    dialog.resize(size)
-    centre = host.mapToGlobal(host.rect().center())
-    dialog.move(centre.x() - size.width() // 2, centre.y() - size.height() // 2)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -444,16 +236,16 @@ class KioskWindow(MainWindow):
         top.addWidget(self.provider_badge, 1)
         outer.addLayout(top)
 
-        self.banner, self.banner_label = _card("kioskBanner")
+        self.banner, self.banner_label = card("kioskBanner")
         outer.addWidget(self.banner)
 
-        self.info_card, self.info_label = _card("kioskInfo")  # news that is not an error (a backlog at start)
+        self.info_card, self.info_label = card("kioskInfo")  # news that is not an error (a backlog at start)
         ok = QPushButton("OK")
         ok.clicked.connect(self.info_card.hide)
         self.info_card.layout().addWidget(ok, 0, Qt.AlignmentFlag.AlignTop)
         outer.addWidget(self.info_card)
 
-        self.error_card, self.error_label = _card("kioskError")
+        self.error_card, self.error_label = card("kioskError")
         self.error_label.setTextFormat(Qt.TextFormat.PlainText)
         el = self.error_card.layout()
         el.setContentsMargins(20, 12, 12, 12)
@@ -461,7 +253,7 @@ class KioskWindow(MainWindow):
         dismiss.clicked.connect(self.hide_error)
         el.addWidget(dismiss, 0, Qt.AlignmentFlag.AlignTop)
         outer.addWidget(self.error_card)
-        outer.addWidget(self._build_settings_card())
+        outer.addWidget(self._build_settingscard())
 
         self.stack = QStackedWidget()
         self.pages: dict[str, QWidget] = {
@@ -500,7 +292,7 @@ class KioskWindow(MainWindow):
         self.tile_sheet.closeRequested.connect(self.hide_tile_sheet)
         self.tile_sheet.detailsRequested.connect(self.show_tile_details)
 
-    def _build_settings_card(self) -> QFrame:
+    def _build_settingscard(self) -> QFrame:
         """The settings loader's problems, shown until the file is fixed and the kiosk restarted.
 
         Unlike the error card it has no timer and no dismiss button: whoever next looks at the
@@ -515,7 +307,7 @@ class KioskWindow(MainWindow):
         lay.addWidget(text_label("⚠ Settings problem", "kioskSettingsTitle", wrap=False))
         self.settings_label = text_label("")
         self.settings_label.setTextFormat(Qt.TextFormat.PlainText)
-        lay.addWidget(_TextScroll(self.settings_label))
+        lay.addWidget(TextScroll(self.settings_label))
         self._show_settings_problems()
         self.settings_card.hide()
         return self.settings_card
@@ -575,7 +367,7 @@ class KioskWindow(MainWindow):
         self.receiving_label = text_label("", "kioskHint")
         self.receiving_label.hide()
         left.addWidget(self.receiving_label)
-        self.done_card, self.done_label = _card("kioskDone")
+        self.done_card, self.done_label = card("kioskDone")
         left.addWidget(self.done_card)
         left.addStretch(2)
         # on a small screen the column scrolls (by finger) rather than squeezing the done card's text;
@@ -1292,45 +1084,3 @@ class KioskWindow(MainWindow):
     def _reassert_full_screen(self) -> None:
         if not self._exit_allowed and not self.isFullScreen():
             self._fill_screen()
-
-
-def settings_from_args(args: argparse.Namespace) -> SalvagedSettings:
-    """The settings file (``--kiosk-config`` or the default one) with --watch/--outbox/--model/--device/
-    --stain-normalize/--tta/--precision on top.
-
-    Lenient (:meth:`KioskSettings.load_lenient`): bad values are dropped and reported, never
-    raised. ``--device auto``, ``--stain-normalize none``, ``--tta none`` and ``--precision auto`` are the parser's
-    defaults, so they cannot be told from "not given": they keep the file's values.
-    """
-    device = getattr(args, "device", None)
-    stain, tta = getattr(args, "stain_normalize", None), getattr(args, "tta", None)
-    precision = getattr(args, "precision", None)
-    return KioskSettings.load_lenient(
-        getattr(args, "kiosk_config", None), watch_dir=getattr(args, "watch", None),
-        outbox_dir=getattr(args, "outbox", None), model=getattr(args, "model", None),
-        device=None if device == "auto" else device, stain_normalize=None if stain == "none" else stain,
-        tta=None if tta == "none" else tta, precision=None if precision == "auto" else precision)
-
-
-def build_kiosk(args: argparse.Namespace,
-                classifier_loader: Callable[[KioskSettings], OnnxClassifier] = load_classifier) -> KioskWindow:
-    """The kiosk window for these arguments, not started; settings problems go to stderr (the journal).
-
-    A bad settings file never stops the kiosk: under systemd's ``Restart=on-failure`` that would
-    be a restart loop on a blank screen. It starts with what was valid and shows the rest.
-    """
-    loaded = settings_from_args(args)
-    for problem in loaded.problems:
-        print(f"cellview: {problem.message}" + (f"\n  {problem.details}" if problem.details else ""), file=sys.stderr)
-    if loaded.exit_locked:
-        print(f"cellview: {EXIT_LOCKED_MESSAGE}", file=sys.stderr)
-    return KioskWindow(loaded.settings, classifier_loader, settings_problems=loaded.problems,
-                       exit_locked=loaded.exit_locked, settings_file=loaded.path)
-
-
-def run_kiosk(args: argparse.Namespace) -> int:
-    """`cellview --kiosk`: runs until the operator's exit chord (and PIN), even on a bad settings file."""
-    app = make_app()
-    window = build_kiosk(args)
-    window.start()
-    return int(app.exec())
