@@ -52,7 +52,7 @@ def smoke_test(slide: str, timeout_s: float = 120.0) -> int:
     t0 = time.perf_counter()
     app = make_app()
     window = MainWindow()
-    window.auto_box.setChecked(False)
+    window.run_controls.auto_box.setChecked(False)
     failures: list[str] = []
     window.show_error = lambda exc, title="": (failures.append(f"{title}: {exc.message}"), app.exit(1))
     window.view.firstPaint.connect(lambda: QTimer.singleShot(500, app.quit))

@@ -2,3 +2,7 @@
 dialogs (pixel size, exports, shortcuts) and the labelling tools. It composes the shared canvas and panels over
 one ``ViewerModel``; the kiosk composes the same parts differently and imports nothing from here.
 """
+
+from cellview.gui.desktop.window import MainWindow
+
+__all__ = ["MainWindow"]

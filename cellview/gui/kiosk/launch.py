@@ -7,7 +7,8 @@ import sys
 from collections.abc import Callable
 
 from cellview.analysis.classifier import OnnxClassifier
-from cellview.gui.kiosk.window import EXIT_LOCKED_MESSAGE, KioskWindow
+from cellview.gui.kiosk.exit import EXIT_LOCKED_MESSAGE
+from cellview.gui.kiosk.window import KioskWindow
 from cellview.gui.qtapp import make_app
 from cellview.viewer.kiosk.cases import load_classifier
 from cellview.viewer.kiosk.settings import KioskSettings, SalvagedSettings
