@@ -13,27 +13,7 @@ import numpy as np
 import pytest
 
 from cellview.cli import main
-from cellview.testing.synthetic import SYNTH_TILE, TOY_COLORS, write_pyramid_tiff
-
-MOSAIC = ["NNNNNNNNNN",
-          "NMMMNNNNNN",
-          "NMMMNNNBBB",
-          "NMMMNNNBBB",
-          "NNNNNNNBBN",
-          "NNNNNNNNNN",
-          "NNNNNMMMNN",
-          "NNNNNMMMNN"]
-"""Tiles of the mosaic slide: 15 of 80 malignant in two regions, 8 benign, the rest normal (largest share)."""
-
-
-def mosaic_rgb(rows: list[str] = MOSAIC, tile: int = SYNTH_TILE, seed: int = 0) -> np.ndarray:
-    colours = {"M": TOY_COLORS["malignant"], "B": TOY_COLORS["benign"], "N": TOY_COLORS["normal"]}
-    img = np.zeros((len(rows) * tile, len(rows[0]) * tile, 3), np.uint8)
-    for r, line in enumerate(rows):
-        for c, ch in enumerate(line):
-            img[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = colours[ch]
-    noise = np.random.default_rng(seed).integers(-6, 7, size=img.shape)
-    return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+from cellview.testing.synthetic import mosaic_rgb, write_pyramid_tiff
 
 
 @pytest.fixture(scope="module")

@@ -377,6 +377,15 @@ def run_case(qtbot, kiosk, path) -> object:
     return blocker.args[0]
 
 
+def plain(label) -> str:
+    """A rich-text label's text as it reads on screen."""
+    from PySide6.QtGui import QTextDocument
+
+    doc = QTextDocument()
+    doc.setHtml(label.text())
+    return doc.toPlainText()
+
+
 def inside_viewport(widget, scroll) -> bool:
     from PySide6.QtCore import QPoint
 
@@ -392,9 +401,14 @@ def test_the_call_and_shares_show_without_scrolling(qtbot, kiosk, synthetic_slid
     assert case.ok and kiosk.page == "case"
     scroll = kiosk.case_page.side_scroll
     assert scroll.verticalScrollBar().value() == 0
-    assert "Benign 43%" in kiosk.case_page.call.call_label.text()  # 24 of 56 tiles: the call, in words
-    assert kiosk.case_page.call.shares_label.text() == "malignant 29% · normal 28% · 56 tiles"  # add up to 100 with the call
-    assert inside_viewport(kiosk.case_page.call.call_label, scroll) and inside_viewport(kiosk.case_page.call.shares_label, scroll)
+    from cellview.analysis.call import slide_call
+
+    call = slide_call(kiosk.result)  # the files' call: 16 of 56 tiles malignant, though benign is the largest share
+    panel = kiosk.case_page.call
+    assert call.category == "malignant" and plain(panel.call_label) == "■ Malignant"
+    assert panel.evidence_label.text() == call.evidence and panel.text() == call.text
+    assert panel.shares_label.text() == "benign 43 % · malignant 29 % · normal 28 % · 56 tiles"  # all, adding up to 100
+    assert all(inside_viewport(label, scroll) for label in panel.labels())
     assert scroll.widget().minimumSizeHint().width() <= scroll.viewport().width()  # nothing cut on the right
     view = kiosk.view
     assert max(view.overview.width(), view.overview.height()) <= 0.2 * min(view.width(), view.height()) + 4
@@ -460,8 +474,9 @@ def test_recent_cases_show_the_call_first_and_whole(qtbot, kiosk, synthetic_slid
     qtbot.waitUntil(lambda: kiosk.waiting.recent_list.viewport().width() > 0, timeout=5000)
     kiosk.waiting.fit_recent_items()
     item = kiosk.waiting.recent_list.item(0)
-    first, second = item.text().split("\n")
-    assert first.startswith("synthetic.tiff · ") and second == "benign 43% · malignant 29% · normal 28%"
+    first, second, third = item.text().split("\n")
+    assert first.startswith("synthetic.tiff · ") and second == kiosk.case_page.call.text()  # the call, then the shares
+    assert second.startswith("Malignant: ") and third == "benign 43 % · malignant 29 % · normal 28 %"
     assert "tiles/s" not in item.text()
     fm = kiosk.waiting.recent_list.fontMetrics()
     width_px = kiosk.waiting.recent_list.viewport().width() - 2 * kiosk.waiting.RECENT_PADDING[0] - 4

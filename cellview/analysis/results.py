@@ -401,15 +401,6 @@ class AnalysisResult:
         """Whole percentages of the counted tiles per category that add up to exactly 100 (largest remainder)."""
         return whole_percentages(self.category_counts(include_out_of_domain, min_confidence=min_confidence))
 
-    def call(self, include_out_of_domain: bool = False) -> str:
-        """The slide's call in a few words, shares first: 'malignant 75% · benign 13% · normal 12%'."""
-        if self.n_done == 0:
-            return "no tile classified"
-        if not self.counted(include_out_of_domain).any():
-            return "no tile in the model's domain"
-        pct = self.category_percentages(include_out_of_domain)
-        return " · ".join(f"{c} {pct[c]}%" for c in sorted(CATEGORIES, key=lambda c: -pct[c]))
-
     def heatmap(self, class_index: int) -> np.ndarray:
         """(n_rows, n_cols) probability of one class per grid cell; NaN where no finished tile."""
         out = np.full(self.grid.shape, np.nan, dtype=np.float32)

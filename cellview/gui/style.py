@@ -12,6 +12,8 @@ QScrollArea, QScrollArea > QWidget > QWidget { background: #1f2326; border: none
 QFrame#card { background: #2a2f33; border: 1px solid #363c41; border-radius: 6px; }
 QLabel#cardTitle { color: #8d969e; font-size: 10px; font-weight: 700; letter-spacing: 1px; }
 QLabel#hint { color: #8d969e; font-size: 11px; }
+QLabel#callHeadline { font-size: 16px; font-weight: 700; }
+QLabel#callEvidence { color: #e6e9ec; }
 QPushButton { background: #3a4147; border: 1px solid #4a5259; border-radius: 4px; padding: 5px 12px; color: #e6e9ec; }
 QPushButton:hover { background: #444c53; }
 QPushButton:disabled { color: #6c757d; background: #30363b; border-color: #3a4147; }

@@ -151,4 +151,11 @@ class QtRunner(QObject):
         workers = list(self.workers)
         for w in workers:
             w.cancel()
-        return all(w.wait(timeout_ms) for w in workers)
+        stopped = all(w.wait(timeout_ms) for w in workers)
+        for w in workers:  # an item already queued for the main thread must not reach a window being closed
+            for signal in (w.item, w.failed, w.done):
+                try:
+                    signal.disconnect()
+                except (RuntimeError, TypeError):
+                    pass
+        return stopped

@@ -440,7 +440,13 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
     """
     from PIL import Image, ImageDraw
 
-    from cellview.outputs.legend import OUT_OF_DOMAIN_SWATCH, call_colour, describe_legend, scale_bar
+    from cellview.outputs.legend import (
+        OUT_OF_DOMAIN_SWATCH,
+        call_colour,
+        count_row_layout,
+        describe_legend,
+        scale_bar,
+    )
 
     settings = _overlay_settings(overlay, opacity=opacity)
     img = overlay_on_thumbnail(result, thumb, overlay=settings)
@@ -490,9 +496,15 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
             draw.rectangle([x0, y + 2, x0 + sw, y + 2 + sw], outline=(60, 60, 60))
         else:
             draw.rectangle([x0, y + 2, x0 + sw, y + 2 + sw], fill=hex_to_rgb(row.swatch), outline=(60, 60, 60))
-        draw.text((x0 + sw + int(10 * k), y), row.label + (" (hidden)" if row.hidden else ""),
-                  fill=grey if row.hidden else ink, font=body)
-        draw.text((x0 + int(170 * k), y), f"{row.count:>6,}  {row.percent:>3}%", fill=ink, font=body)
+        label_x = x0 + sw + int(10 * k)
+        label = _ellipsize(draw, row.label + (" (hidden)" if row.hidden else ""), body, x0 + text_w - label_x)
+        label_right = label_x + draw.textlength(label, font=body)
+        counts_x, own_line = count_row_layout(label_right, draw.textlength(row.text, font=body), x0 + text_w,
+                                              int(12 * k))
+        draw.text((label_x, y), label, fill=grey if row.hidden else ink, font=body)
+        if own_line:
+            y += line_h
+        draw.text((counts_x, y), row.text, fill=ink, font=body)
         y += line_h + int(4 * k)
     lines(legend.notes)
     if legend.classes:

@@ -140,7 +140,20 @@ class CountRow:
 
     @property
     def text(self) -> str:
+        """The row's figures, as every legend draws them: '1,204  35%'."""
         return f"{self.count:,}  {self.percent}%"
+
+
+def count_row_layout(label_right: float, counts_width: float, right: float, gap: float) -> tuple[float, bool]:
+    """Where a count row's figures go: right-aligned to end at ``right`` (so every row's figures line up),
+    and on a line of their own when the label, ending at ``label_right``, would come within ``gap`` of them.
+
+    Both legends (the Qt one of the view PNG and the PIL one of the whole-slide PNG) lay their rows out with
+    this one rule, measured with the fonts they draw in: a label ("out of domain (counted)") and its figures
+    ("27  100%") never overlap, whatever the font, the label or the size of the picture.
+    """
+    x = right - counts_width
+    return x, label_right + gap > x
 
 
 NO_CALL_COLOUR = "#555555"

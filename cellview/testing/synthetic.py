@@ -231,6 +231,29 @@ def synthetic_slide_rgb(n_cols: int = 16, n_rows: int = 12, tile: int = SYNTH_TI
     return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
 
 
+MOSAIC = ["NNNNNNNNNN",
+          "NMMMNNNNNN",
+          "NMMMNNNBBB",
+          "NMMMNNNBBB",
+          "NNNNNNNBBN",
+          "NNNNNNNNNN",
+          "NNNNNMMMNN",
+          "NNNNNMMMNN"]
+"""A mosaic slide's tiles under the toy model: 15 of 80 malignant in two regions, 8 benign, the rest normal (by
+far the largest share): a malignant minority, called malignant (issue 25)."""
+
+
+def mosaic_rgb(rows: list[str] = MOSAIC, tile: int = SYNTH_TILE, seed: int = 0) -> np.ndarray:
+    """An RGB slide of ``rows`` (one letter a tile: M, B, N) in the toy model's colours, with a little noise."""
+    colours = {"M": TOY_COLORS["malignant"], "B": TOY_COLORS["benign"], "N": TOY_COLORS["normal"]}
+    img = np.zeros((len(rows) * tile, len(rows[0]) * tile, 3), np.uint8)
+    for r, line in enumerate(rows):
+        for c, ch in enumerate(line):
+            img[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = colours[ch]
+    noise = np.random.default_rng(seed).integers(-6, 7, size=img.shape)
+    return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
 def expected_synthetic_tiles() -> dict[tuple[int, int], str]:
     """(grid_row, grid_col) → class for every tissue tile of ``synthetic_slide_rgb()``."""
     out = {}

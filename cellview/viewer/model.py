@@ -9,6 +9,7 @@ the parts a slide viewer needs, each in its own module with its own ``EmitterGro
 - ``overlay`` (``OverlayState``): the overlay's settings and filters, "show calls anyway", the domain notice;
 - ``selection`` (``Selection``): the selected tile and the one under the pointer;
 - ``regions`` (``Regions``): the malignant regions and the sentence beside them;
+- ``call`` (``CallState``): the slide's call (``analysis.call.slide_call``), in the files' words;
 - ``tissue`` (``TissueState``): the tissue preview;
 - ``explain`` (``Explanations``): the selected tile's class activation map and the patch's stain;
 - ``exports`` (``Exports``): the files, as the screen shows the result;
@@ -34,6 +35,7 @@ from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.results import AnalysisParams, AnalysisResult
 from cellview.viewer.analysis import AnalysisRun, AnalysisSource, model_file_analysis
 from cellview.viewer.analysis_settings import AnalysisSettings
+from cellview.viewer.call import CallState
 from cellview.viewer.events import Messages
 from cellview.viewer.explain import Explanations
 from cellview.viewer.exports import Exports
@@ -51,8 +53,8 @@ class ViewerModel:
     """The viewer's parts and the reactions between them (module docstring). All methods run on one (the UI)
     thread. Events (``events``): ``status`` (a line for the status bar) and ``error`` (``(title, CellviewError)``)."""
 
-    PARTS = ("slide", "settings", "analysis", "overlay", "selection", "regions", "tissue", "explain", "exports",
-             "labels")
+    PARTS = ("slide", "settings", "analysis", "overlay", "selection", "regions", "call", "tissue", "explain",
+             "exports", "labels")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis,
@@ -68,6 +70,7 @@ class ViewerModel:
         self.overlay = OverlayState(self.analysis)
         self.selection = Selection(self.analysis)
         self.regions = Regions(self.analysis, self.overlay, runner, self.messages)
+        self.call = CallState(self.analysis, runner, self.messages)
         self.tissue = TissueState(self.slide, self.settings, runner, self.messages)
         self.explain = Explanations(self.slide, self.settings, self.analysis, self.selection, runner, self.messages)
         self.exports = Exports(self.slide, self.analysis, self.overlay, self.regions, self.store)
@@ -80,7 +83,7 @@ class ViewerModel:
         self.settings.on_run_options = self._rerun
         self.analysis.before_start = self.clear_result
         self.analysis.on_tissue = self.tissue.show
-        self.analysis.on_batch = self.overlay.update_domain
+        self.analysis.on_batch = self._on_batch
         self.analysis.on_shown = self._result_shown
         self.overlay.on_regions_settings = self.regions.update
         self.selection.on_selected = self.explain.request
@@ -145,6 +148,7 @@ class ViewerModel:
             self.slide.cancel_open()
         self.tissue.close()
         self.regions.cancel()
+        self.call.cancel()
         had = self.slide.close()
         self.analysis.forget(emit=had)
         self._reset_view_state(emit=had)
@@ -156,17 +160,24 @@ class ViewerModel:
         self.explain.forget_stain()
         self.explain.forget()
         self.regions.clear(emit)
+        self.call.clear(emit)
         self.selection.clear(emit, hover=True)
         self.overlay.for_new_slide()
         self.overlay.update_domain()
 
     # ------------------------------------------------------------------------------ analysis
 
+    def _on_batch(self) -> None:
+        """A batch of a streaming run arrived: the domain notice and the call so far follow it."""
+        self.overlay.update_domain()
+        self.call.update(streaming=True)
+
     def _result_shown(self, finished: bool) -> None:
-        """A result arrived (or went): the domain notice and the regions follow it; a finished run's result
-        shows the tile still selected (and its explanation)."""
+        """A result arrived (or went): the domain notice, the regions and the call follow it; a finished run's
+        result shows the tile still selected (and its explanation)."""
         self.overlay.update_domain()
         self.regions.update()
+        self.call.update()
         if finished:
             self.selection.reselect()
 
@@ -178,5 +189,6 @@ class ViewerModel:
         self.analysis.forget(emit=emit and had)
         self.selection.clear(emit=emit and had)
         self.regions.clear(emit=emit and had)
+        self.call.clear(emit=emit and had)
         if emit:
             self.overlay.update_domain()

@@ -1,5 +1,6 @@
-"""The desktop's side panel: which panel's widgets go in which card, in which order (Model, Analysis, Heatmap,
-the labelling card once installed, Tissue mask, Tile inspector), in a scrolling dock on the right."""
+"""The desktop's side panel: which panel's widgets go in which card, in which order (Model, Analysis with the
+slide's call, Heatmap, the labelling card once installed, Tissue mask, Tile inspector), in a scrolling dock on
+the right."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class SidePanel:
         lay.setContentsMargins(10, 8, 10, 6)
         lay.setSpacing(8)
         lay.addWidget(self._model_card(window.model_panel))
-        lay.addWidget(self._analysis_card(window.run_controls, viewer.run_status))
+        lay.addWidget(self._analysis_card(window.run_controls, viewer.run_status, window.call_panel))
         lay.addWidget(self._heatmap_card(viewer.heatmap, window.colours))
         self.layout, self.labels_at = lay, lay.count()
         lay.addWidget(self._tissue_card(window.tissue_panel))
@@ -66,7 +67,7 @@ class SidePanel:
         return card
 
     @staticmethod
-    def _analysis_card(run: Any, status: Any) -> QWidget:
+    def _analysis_card(run: Any, status: Any, call: Any) -> QWidget:
         card, c = section("Analysis")
         row = QHBoxLayout()
         row.addWidget(run.analyse_btn, 1)
@@ -74,6 +75,8 @@ class SidePanel:
         c.addLayout(row)
         c.addWidget(status.progress)
         c.addWidget(status.rate_label)
+        for label in call.labels():  # the slide's call, in the files' words, right under the run
+            c.addWidget(label)
         c.addWidget(status.levels_label)
         c.addWidget(run.nuclei_box)
         c.addLayout(run.run_options)

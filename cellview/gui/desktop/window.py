@@ -21,6 +21,7 @@ from cellview.gui.desktop.labels import install_labels
 from cellview.gui.desktop.menus import MainMenus
 from cellview.gui.desktop.side_panel import SidePanel
 from cellview.gui.desktop.status import StatusLine
+from cellview.gui.panels.call import CallPanel
 from cellview.gui.panels.heatmap import ColourControls
 from cellview.gui.panels.model import ModelPanel
 from cellview.gui.panels.run_controls import RunControls
@@ -33,7 +34,8 @@ from cellview.viewer.slide import Opened
 class MainWindow(QMainWindow):
     """The viewer: ``viewer`` (the shared parts and their signals), ``model`` (its ``ViewerModel``) and ``view``
     (the slide) in the middle; ``model_panel``, ``run_controls``, ``colours``, ``tissue_panel`` and ``labels_panel``
-    in ``side`` (the dock); ``menus``, ``status`` and ``exports``."""
+    in ``side`` (the dock), with ``call_panel`` (the slide's call) in its Analysis card; ``menus``, ``status`` and
+    ``exports``."""
 
     def __init__(self, analysis_defaults: AnalysisParams | None = None) -> None:
         super().__init__()
@@ -59,6 +61,7 @@ class MainWindow(QMainWindow):
 
         self.model_panel = ModelPanel(self.model, self)
         self.run_controls = RunControls(self.model, self.viewer.run_status)
+        self.call_panel = CallPanel(self.model)
         self.colours = ColourControls(self.model, self.viewer.painter.lut)
         self.tissue_panel = TissuePanel(self.model, self.view)
         self.tissue_panel.shown.connect(self.viewer.tissueShown)

@@ -18,10 +18,10 @@ from PySide6.QtWidgets import (
 )
 
 from cellview.analysis.results import AnalysisResult
-from cellview.gui.kiosk.call import CallPanel
 from cellview.gui.kiosk.style import KIOSK_OVERVIEW_SHARE, KIOSK_SCALE_BAR_PT
 from cellview.gui.kiosk.touch import TileSheet
 from cellview.gui.kiosk.widgets import ElidedLabel
+from cellview.gui.panels.call import CallPanel
 from cellview.gui.qt_viewer import QtViewer
 from cellview.gui.widgets.cards import text_label
 from cellview.gui.widgets.scroll import WheelGuard
@@ -65,9 +65,9 @@ class CasePage(QWidget):
         side.setSpacing(10)
         self.case_title = ElidedLabel("", "kioskTitle")
         side.addWidget(self.case_title)
-        self.call = CallPanel(self.model, viewer.painter)
-        side.addWidget(self.call.call_label)
-        side.addWidget(self.call.shares_label)
+        self.call = CallPanel(self.model, ("kioskCall", "kioskEvidence", "kioskShares"), swatch=True)
+        for label in self.call.labels():
+            side.addWidget(label)
         # the domain warning right under the call it qualifies (the slide view is too small for a banner)
         side.addWidget(heatmap.domain_banner)
         heatmap.domain_banner.set_stacked(True)

@@ -203,8 +203,11 @@ class WaitingPage(QWidget):
         self.recent_list.clear()
         for case in cases:
             when = time.strftime("%H:%M", time.localtime(case.finished_unix))
-            # the call first (shares that add up to 100); the rate and provider are in the outbox metadata
+            # the call first, in the words of the case's files, then every share (they add up to 100); the rate
+            # and provider are in the outbox metadata
             text = f"{case.name} · {when}\n" + (case.headline if case.ok else f"⚠ {case.headline}")
+            if case.ok and case.call_text and case.shares:
+                text += f"\n{case.shares}"
             if case.ok and case.domain_warning:  # the call of tissue unlike the training data is unreliable
                 text += "\n⚠ unlike the model's training data: calls unreliable"
             item = QListWidgetItem(text)

@@ -35,6 +35,7 @@ QLineEdit { min-height: @72px; font-size: @30pt; }
 QScrollBar:vertical { width: @40px; }
 QComboBox { min-height: @64px; font-size: @20pt; padding: @4px @12px; }
 QLabel#kioskCall { font-size: @30pt; font-weight: 700; }
+QLabel#kioskEvidence { font-size: @20pt; color: #e6e9ec; }
 QLabel#kioskShares { font-size: @20pt; color: #c3c9ce; }
 QLabel#inspectorTitle { font-size: @24pt; font-weight: 700; }
 QLabel#inspectorSubtitle { font-size: @20pt; color: #aab2b9; }

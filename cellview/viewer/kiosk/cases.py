@@ -13,10 +13,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cellview.analysis.call import slide_call
 from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.model_lookup import resolve_model
 from cellview.analysis.model_spec import ModelSpec
@@ -48,7 +49,9 @@ class CaseResult:
     """What the kiosk shows for one case and keeps in its recent-cases list.
 
     ``status``: "done", "failed" (``message`` says why, in words for the person at the screen)
-    or "cancelled". ``outputs`` maps format → file written in the outbox.
+    or "cancelled". ``outputs`` maps format → file written in the outbox. ``call_category`` and ``call_text``
+    are the slide's call (``analysis.call.SlideCall``, as in the case's metadata JSON), ``call_shares`` every
+    category's share of the counted tiles (``SlideCall.shares_text``).
     """
 
     path: Path
@@ -63,12 +66,16 @@ class CaseResult:
     finished_unix: float = field(default_factory=time.time)
     domain_warning: str = ""  # the tissue is mostly unlike the model's training data (``results.domain_banner``)
     needs_scale: bool = False  # failed because the slide does not say its pixel size: the screen can give it
+    call_category: str = ""  # analysis.call.CALL_STATES ("" for a case listed before the call existed)
+    call_text: str = ""  # "Malignant: 2 regions, largest 0.10 mm², 35 % of tiles"
+    call_shares: str = ""  # "normal 55 % · malignant 35 % · benign 10 %"
 
     @property
     def headline(self) -> str:
-        """A one-line status for the recent-cases list (the whole message is on the case's card)."""
+        """A one-line status for the recent-cases list (the whole message is on the case's card): the slide's
+        call, in the words of its files."""
         if self.ok:
-            return self.call or self.message.removeprefix(f"{self.path.name}: ")
+            return self.call_text or self.shares or self.message.removeprefix(f"{self.path.name}: ")
         if self.needs_scale:
             return "pixel size unknown: tap to choose the magnification"
         first = self.message.split(". ")[0].rstrip(".")
@@ -79,12 +86,15 @@ class CaseResult:
         return self.status == "done"
 
     @property
-    def call(self) -> str:
-        """'malignant 62% · benign 19% · normal 19%' (shares that add up to 100), or '' without tiles."""
+    def shares(self) -> str:
+        """Every share, largest first: the call's (``call_shares``), else from the counts of a case listed before
+        the call existed ('malignant 62 % · benign 19 % · normal 19 %'); '' without tiles."""
+        if self.call_shares:
+            return self.call_shares
         if not self.category_counts or sum(self.category_counts.values()) <= 0:
             return ""
         pct = whole_percentages(self.category_counts)
-        return " · ".join(f"{c} {pct[c]}%" for c in sorted(pct, key=lambda c: -pct[c]))
+        return " · ".join(f"{c} {pct[c]} %" for c in sorted(pct, key=lambda c: -pct[c]))
 
     @property
     def name(self) -> str:
@@ -99,7 +109,8 @@ class CaseResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseResult:
-        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}  # a newer kiosk's list: what this one knows
         data["path"] = Path(data["path"])
         data["outputs"] = {k: Path(v) for k, v in data.get("outputs", {}).items()}
         return cls(**data)
@@ -179,9 +190,11 @@ def iter_case(
         yield failed(f"{path.name} could not be analysed (unexpected error).", repr(exc))
         return
     banner = domain_banner(result)
-    yield CaseResult(path, "done", f"{path.name}: {result.call()}", outputs=outputs, summary=result.summary(),
+    call = slide_call(result)
+    yield CaseResult(path, "done", f"{path.name}: {call.text}", outputs=outputs, summary=result.summary(),
                      provider=result.provider, category_counts=result.category_counts(), started_unix=started,
-                     domain_warning=banner.text if banner.show else "")
+                     domain_warning=banner.text if banner.show else "", call_category=call.category,
+                     call_text=call.text, call_shares=call.shares_text)
 
 
 def process_case(

@@ -1,0 +1,89 @@
+"""The slide's call on screen, in the words of the files (``analysis.call``: the console line, the metadata JSON's
+``call``, cohort.csv / .html and the PNG legend): the headline in its colour, its evidence, then every share.
+
+Both windows show it: the desktop in its Analysis card, the kiosk at the top of its touch column (big, with a
+swatch). It follows ``model.call`` (worked out off the main thread), never the display's filters: a malignant
+minority is named even when normal is the largest share, and a slide that could not be called says why (out
+of domain, too little tissue, not analysed).
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from PySide6.QtCore import Qt
+
+from cellview.analysis.call import SlideCall
+from cellview.analysis.results import plural
+from cellview.gui.widgets.cards import text_label
+from cellview.outputs.legend import call_colour
+from cellview.viewer.events import Event
+from cellview.viewer.model import ViewerModel
+
+WARN = "<span style='color:#ffb347'>⚠</span>"
+
+
+def shares_line(call: SlideCall) -> str:
+    """Every share, largest first, then the tiles: 'normal 55 % · malignant 35 % · benign 10 % · 48 tiles'."""
+    n_out = call.analysed_tiles - call.counted_tiles if call.out_of_domain_fraction is not None else 0
+    parts = [call.shares_text or "no tile in the model's domain"] if call.analysed_tiles else []
+    if call.analysed_tiles:
+        parts.append(plural(call.analysed_tiles, "tile"))
+    if n_out > 0:
+        parts.append(f"{n_out:,} out of domain")
+    return " · ".join(parts)
+
+
+class CallPanel:
+    """``call_label`` (the headline: "Malignant", "No call: out of domain"), ``evidence_label`` ("2 regions,
+    largest 0.10 mm², 35 % of tiles") and ``shares_label`` (every share and the tiles). ``names``: the three
+    labels' style names; ``swatch``: a coloured ■ before the headline (the kiosk's, read from afar)."""
+
+    def __init__(self, model: ViewerModel, names: tuple[str, str, str] = ("callHeadline", "callEvidence", "hint"),
+                 swatch: bool = False) -> None:
+        self.model = model
+        self.swatch = swatch
+        self.call_label = text_label("", names[0])
+        self.call_label.setTextFormat(Qt.TextFormat.RichText)
+        self.evidence_label = text_label("", names[1])
+        self.evidence_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.shares_label = text_label("", names[2])
+        self.shares_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.call: SlideCall | None = None
+        model.call.events.call.connect(self._on_call)
+        model.analysis.events.running.connect(lambda e: self.show(self.model.call.current))
+        model.overlay.events.domain.connect(lambda e: self.show(self.model.call.current))
+        self.show(None)
+
+    def labels(self) -> tuple:
+        return self.call_label, self.evidence_label, self.shares_label
+
+    def _on_call(self, event: Event) -> None:
+        self.show(event.value)
+
+    def text(self) -> str:
+        """The call as shown, in one sentence (``SlideCall.text``; '' when none is shown)."""
+        return self.call.text if self.call is not None else ""
+
+    def show(self, call: SlideCall | None) -> None:
+        """The call (None: "Analysing…" while a run has no call yet, else nothing)."""
+        self.call = call
+        running = self.model.analysis.running
+        if call is None:
+            self.call_label.setText("Analysing…" if running else "")
+            self.evidence_label.setText("")
+            self.shares_label.setText("")
+        else:
+            state = " (so far)" if running and call.partial else ""
+            colour = call_colour(call)
+            warn = not call.is_finding or self.model.overlay.notice().banner
+            head = f"{WARN} " if warn else ""
+            if self.swatch:
+                head += f"<span style='color:{colour}'>■</span> {escape(call.headline)}"
+            else:
+                head += f"<span style='color:{colour}'>{escape(call.headline)}</span>"
+            self.call_label.setText(head + escape(state))
+            self.evidence_label.setText(call.evidence)
+            self.shares_label.setText(shares_line(call))
+        for label in self.labels():
+            label.setVisible(bool(label.text()))
