@@ -30,12 +30,7 @@ def mosaic_slide(tmp_path_factory):
     return write_pyramid_tiff(tmp_path_factory.mktemp("mosaic") / "mosaic.tiff", mosaic_rgb(), 0.5)
 
 
-def plain(label) -> str:
-    from PySide6.QtGui import QTextDocument
-
-    doc = QTextDocument()
-    doc.setHtml(label.text())
-    return doc.toPlainText()
+from test_kiosk_gui import plain, seen  # noqa: E402
 
 
 def desktop(qtbot, toy_model):
@@ -72,9 +67,9 @@ def test_a_malignant_minority_is_called_malignant_in_the_viewer_and_its_legend(q
     files = slide_call(result)
     assert call == files and call.category == "malignant"
     panel = window.call_panel
-    assert plain(panel.call_label) == "Malignant" and panel.evidence_label.text() == files.evidence
+    assert plain(panel.call_label) == "Malignant" and seen(panel.evidence_label) == files.evidence
     assert panel.text() == files.text and files.text.startswith("Malignant: 2 regions, largest ")
-    assert panel.shares_label.text() == "normal 71 % · malignant 19 % · benign 10 % · 80 tiles"
+    assert seen(panel.shares_label) == "normal 71 % · malignant 19 % · benign 10 % · 80 tiles"
     assert all(label.isVisible() for label in panel.labels())
     # the view PNG's legend (the Qt painter) draws the same call, first, under the title
     legend = describe_legend(result, window.model.overlay.settings, source="the viewer")
@@ -101,8 +96,8 @@ def test_a_malignant_minority_is_called_malignant_in_the_kiosk_and_its_recent_ca
     assert meta["category"] == "malignant" and case.call_category == "malignant" and case.call_text == meta["text"]
     panel = kiosk.case_page.call
     assert plain(panel.call_label) == "■ Malignant"  # not "■ Normal 71 %"
-    assert panel.text() == meta["text"] and panel.evidence_label.text() == meta["evidence"]
-    assert "malignant 19 %" in panel.shares_label.text() and "normal 71 %" in panel.shares_label.text()
+    assert panel.text() == meta["text"] and seen(panel.evidence_label) == meta["evidence"]
+    assert "malignant 19 %" in seen(panel.shares_label) and "normal 71 %" in seen(panel.shares_label)
     kiosk.case_page.home_btn.click()
     lines = kiosk.waiting.recent_list.item(0).text().split("\n")
     assert lines[1] == meta["text"] and lines[2] == "normal 71 % · malignant 19 % · benign 10 %"
@@ -138,5 +133,5 @@ def test_a_slide_without_a_call_reads_as_such(qtbot, toy_model, synthetic_slide,
     assert call.category == kind
     panel = window.call_panel
     assert plain(panel.call_label) == headline and panel.text() == call.text
-    assert panel.call_label.isVisible() and panel.evidence_label.text() == call.evidence
+    assert panel.call_label.isVisible() and seen(panel.evidence_label) == call.evidence
     assert window.shutdown(20000)

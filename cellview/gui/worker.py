@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -152,10 +153,12 @@ class QtRunner(QObject):
         for w in workers:
             w.cancel()
         stopped = all(w.wait(timeout_ms) for w in workers)
-        for w in workers:  # an item already queued for the main thread must not reach a window being closed
-            for signal in (w.item, w.failed, w.done):
-                try:
-                    signal.disconnect()
-                except (RuntimeError, TypeError):
-                    pass
+        with warnings.catch_warnings():  # PySide warns about a signal with nothing connected
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for w in workers:  # an item already queued for the main thread must not reach a window being closed
+                for signal in (w.item, w.failed, w.done):
+                    try:
+                        signal.disconnect()
+                    except (RuntimeError, TypeError):
+                        pass
         return stopped

@@ -252,8 +252,14 @@ class SlideView(pg.GraphicsView):
         self.vb.scaleBy((1 / factor, 1 / factor))
 
     def l0_per_screen_px(self) -> float:
-        px = self.vb.viewPixelSize()[0]
-        return float(px) if px and np.isfinite(px) else 1.0
+        """Level-0 pixels per screen pixel, from the transform the slide is drawn with now.
+
+        Not ``ViewBox.viewPixelSize``: pyqtgraph caches it, and a resize whose range change follows (a card
+        shown above the kiosk's slide) left it stale, the scale bar 6 % short until the next zoom (issue 25).
+        """
+        m = self.vb.childTransform()  # level-0 → the view box's pixels (brought up to date first)
+        scale = float(np.hypot(m.m11(), m.m12()))
+        return 1.0 / scale if scale > 0 and np.isfinite(scale) else 1.0
 
     def visible_l0_rect(self) -> QRectF:
         (x0, x1), (y0, y1) = self.vb.viewRange()

@@ -12,15 +12,15 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QPushButton,
     QScrollArea,
-    QScroller,
     QVBoxLayout,
     QWidget,
 )
 
 from cellview.analysis.results import AnalysisResult
-from cellview.gui.kiosk.style import KIOSK_OVERVIEW_SHARE, KIOSK_SCALE_BAR_PT
+from cellview.gui.kiosk.lines import WholeLines, snap_scroller
+from cellview.gui.kiosk.style import KIOSK_BACKGROUND, KIOSK_OVERVIEW_SHARE, KIOSK_SCALE_BAR_PT
 from cellview.gui.kiosk.touch import TileSheet
-from cellview.gui.kiosk.widgets import ElidedLabel
+from cellview.gui.kiosk.widgets import NameLabel
 from cellview.gui.panels.call import CallPanel
 from cellview.gui.qt_viewer import QtViewer
 from cellview.gui.widgets.cards import text_label
@@ -29,6 +29,13 @@ from cellview.viewer.events import Event
 
 SHORT_STYLE_LABELS = ("Outlines", "Fill", "Fill + outlines")
 """The drawing styles in a narrow touch column (``outputs.overlay.STYLES``' order)."""
+
+
+def same_rect(a: QRectF, b: QRectF) -> bool:
+    """The same view of the slide, give or take a rounding (level-0 pixels)."""
+    tol = 1e-3 * max(a.width(), a.height(), 1.0)
+    return all(abs(u - v) <= tol for u, v in zip((a.x(), a.y(), a.width(), a.height()),
+                                                  (b.x(), b.y(), b.width(), b.height())))
 
 
 class CasePage(QWidget):
@@ -63,7 +70,7 @@ class CasePage(QWidget):
         side = QVBoxLayout(panel)
         side.setContentsMargins(0, 0, 8, 0)
         side.setSpacing(10)
-        self.case_title = ElidedLabel("", "kioskTitle")
+        self.case_title = NameLabel("", "kioskTitle")  # the whole name, on two lines if need be
         side.addWidget(self.case_title)
         self.call = CallPanel(self.model, ("kioskCall", "kioskEvidence", "kioskShares"), swatch=True)
         for label in self.call.labels():
@@ -111,12 +118,15 @@ class CasePage(QWidget):
         scroll.setWidget(panel)
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        # A finger drag scrolls the panel (kinetic), as on a phone; a wheel over a slider scrolls it too.
-        QScroller.grabGesture(scroll.viewport(), QScroller.ScrollerGestureType.LeftMouseButtonGesture)
+        # A finger drag scrolls the panel (kinetic), as on a phone, and it stops between lines of text (no line is
+        # ever shown cut at its edges); a wheel over a slider scrolls it too.
+        snap_scroller(scroll)
+        self.side_lines = WholeLines(scroll, KIOSK_BACKGROUND)
         self.side_guard = WheelGuard(scroll)
         self.side_guard.guard(panel)
         self.side_scroll = scroll
         lay.addWidget(scroll, 0)
+        self._panned: tuple[QRectF, QRectF] | None = None  # (the view before a tap panned it, the view after)
         self.tile_sheet = TileSheet(view)
         self.tile_sheet.closeRequested.connect(self.hide_tile_sheet)
         self.tile_sheet.detailsRequested.connect(self.show_tile_details)
@@ -158,8 +168,13 @@ class CasePage(QWidget):
             free_top, free_bottom = ((view.rect().top(), sheet.top()) if sheet.top() > view.rect().top() + 8
                                      else (sheet.bottom(), view.rect().bottom()))
             dy_px = (free_top + free_bottom) / 2 - tile.center().y()
-            centre = view.visible_l0_rect().center()
+            before = view.visible_l0_rect()
+            centre = before.center()
             view.center_on(centre.x(), centre.y() - dy_px * view.l0_per_screen_px())
+            if self._panned is None:  # the view the slide goes back to when the sheet closes
+                self._panned = (before, view.visible_l0_rect())
+            else:
+                self._panned = (self._panned[0], view.visible_l0_rect())
 
     def _on_selection(self, event: Event) -> None:
         if event.value < 0:
@@ -170,8 +185,12 @@ class CasePage(QWidget):
             self.tile_sheet.show_tile(self.tile_sheet.index, result)  # a streaming run: its call may arrive now
 
     def hide_tile_sheet(self) -> None:
+        """Close the sheet; a slide panned to make room for it goes back to where it was (unless it was moved since)."""
         self.tile_sheet.hide()
         self.tile_sheet.index = -1
+        panned, self._panned = self._panned, None
+        if panned is not None and same_rect(self.view.visible_l0_rect(), panned[1]):
+            self.view.vb.setRange(panned[0], padding=0)
 
     def show_tile_details(self) -> None:
         """The sheet's "Patch and details": the panel's inspector (the patch, its map, where the tile lies)."""

@@ -26,6 +26,8 @@ from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.model_spec import PRECISION_LABELS
 from cellview.analysis.pipeline import CancelToken
 from cellview.base.errors import CellviewError
+from cellview.gui.kiosk.lines import WholeLines, snap_scroller
+from cellview.gui.kiosk.style import KIOSK_BACKGROUND
 from cellview.gui.kiosk.widgets import card
 from cellview.gui.panels.run_status import format_eta
 from cellview.gui.widgets.cards import text_label
@@ -131,6 +133,8 @@ class WaitingPage(QWidget):
         left.addStretch(1)
         self.waiting_title = text_label("Waiting for a slide", "kioskHeadline")
         left.addWidget(self.waiting_title)
+        self.done_card, self.done_label = card("kioskDone")  # the last case's outcome first, under the title
+        left.addWidget(self.done_card)
         self.waiting_hint = text_label(
             f"Put a slide or image into\n{watch_dir}\nIt opens and is analysed automatically."
             if watch_dir is not None else "Tap “Open slide” to choose a slide or image.", "kioskHint")
@@ -141,8 +145,6 @@ class WaitingPage(QWidget):
         self.receiving_label = text_label("", "kioskHint")
         self.receiving_label.hide()
         left.addWidget(self.receiving_label)
-        self.done_card, self.done_label = card("kioskDone")
-        left.addWidget(self.done_card)
         left.addStretch(2)
         # on a small screen the column scrolls (by finger) rather than squeezing the done card's text;
         # the Open button stays under it, always in view (at 800 × 480 it was scrolled off)
@@ -152,7 +154,8 @@ class WaitingPage(QWidget):
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setStyleSheet("QScrollArea, QScrollArea > QWidget > QWidget { background: transparent; }")
-        QScroller.grabGesture(scroll.viewport(), QScroller.ScrollerGestureType.LeftMouseButtonGesture)
+        snap_scroller(scroll)
+        self.waiting_lines = WholeLines(scroll, KIOSK_BACKGROUND)  # never a line cut at its edges
         self.waiting_scroll = scroll
         stack = QVBoxLayout()
         stack.addWidget(scroll, 1)
@@ -178,9 +181,8 @@ class WaitingPage(QWidget):
 
     def show_run_options(self, classifier: OnnxClassifier, s: KioskSettings) -> None:
         """What every case runs with: the model and the settings file's analysis options."""
-        spec = classifier.spec
         self.run_options_label.setText(
-            f"Model {spec.name} {spec.version}".rstrip() + f" · stain normalisation: {STAIN_LABELS[s.stain_normalize]}"
+            f"Model {classifier.describe()} · stain normalisation: {STAIN_LABELS[s.stain_normalize]}"
             f" · test-time augmentation: {TTA_LABELS[s.tta]} · weights: {PRECISION_LABELS[classifier.precision]}")
         self.run_options_label.show()
 

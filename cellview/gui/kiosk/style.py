@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+ARROWS = Path(__file__).resolve().parent / "resources"
+"""The scroll bars' arrows (finger-sized buttons need arrows larger than the style's own)."""
 
 # Readable from a metre away and hittable with a finger: ≥ 20 pt text, ≥ 64 px targets on a 600-px-high
 # screen; "@" sizes shrink with shorter screens (``kiosk_stylesheet``), to 80 % on an 800 × 480 one.
@@ -32,7 +36,15 @@ QListWidget::item { min-height: @80px; padding: @8px @14px; border-bottom: 1px s
 QListWidget::item:selected { background: #2f6fb3; }
 QProgressBar { min-height: @40px; font-size: @18pt; }
 QLineEdit { min-height: @72px; font-size: @30pt; }
-QScrollBar:vertical { width: @40px; }
+QScrollBar:vertical { width: @60px; margin: @62px 0 @62px 0; background: #1b1e21; border: none; }
+QScrollBar::handle:vertical { background: #4a5259; min-height: @48px; border-radius: @8px; margin: 0 @8px; }
+QScrollBar::sub-line:vertical { height: @60px; subcontrol-origin: margin; subcontrol-position: top;
+                                background: #3a4147; border-radius: @8px; }
+QScrollBar::add-line:vertical { height: @60px; subcontrol-origin: margin; subcontrol-position: bottom;
+                                background: #3a4147; border-radius: @8px; }
+QScrollBar::up-arrow:vertical { image: url(ARROW_UP); width: @30px; height: @30px; }
+QScrollBar::down-arrow:vertical { image: url(ARROW_DOWN); width: @30px; height: @30px; }
+QScrollBar::add-page:vertical, QScrollBar::sub-page:vertical { background: none; }
 QComboBox { min-height: @64px; font-size: @20pt; padding: @4px @12px; }
 QLabel#kioskCall { font-size: @30pt; font-weight: 700; }
 QLabel#kioskEvidence { font-size: @20pt; color: #e6e9ec; }
@@ -50,7 +62,7 @@ QLabel#domainBannerText { font-size: @20pt; color: #f3ead8; }
 QFrame#kioskInfo { background: #23384d; border: 2px solid #3a7fc6; border-radius: @10px; }
 QFrame#kioskSheetBackdrop { background: rgba(0, 0, 0, 160); }
 QFrame#kioskSheet { background: #1f2326; border: 2px solid #4a5259; border-radius: @12px; }
-QFrame#kioskTileSheet { background: rgba(27, 30, 33, 238); border: 2px solid #4a5259; border-radius: @12px; }
+QFrame#kioskTileSheet { background: #1b1e21; border: 2px solid #4a5259; border-radius: @12px; }
 QListWidget#kioskFiles::item { min-height: @64px; }
 QFrame#kioskTileSheet QLabel, QFrame#kioskTileSheet QWidget { font-size: @17pt; }
 QFrame#kioskTileSheet QLabel#tileSheetTitle { font-size: @22pt; font-weight: 700; }
@@ -67,11 +79,19 @@ def kiosk_scale(height: int) -> float:
 
 def kiosk_stylesheet(k: float = 1.0) -> str:
     """The kiosk's style sheet with every "@" size scaled by ``k`` (``kiosk_scale``)."""
-    return re.sub(r"@(\d+(?:\.\d+)?)(pt|px)", lambda m: f"{round(float(m[1]) * k, 1):g}{m[2]}",
-                  KIOSK_STYLESHEET_TEMPLATE)
+    sheet = re.sub(r"@(\d+(?:\.\d+)?)(pt|px)", lambda m: f"{round(float(m[1]) * k, 1):g}{m[2]}",
+                   KIOSK_STYLESHEET_TEMPLATE)
+    return sheet.replace("ARROW_UP", (ARROWS / "arrow-up.svg").as_posix()).replace(
+        "ARROW_DOWN", (ARROWS / "arrow-down.svg").as_posix())
 
 
 KIOSK_STYLESHEET = kiosk_stylesheet(1.0)
+
+KIOSK_BACKGROUND = "#1f2326"
+"""The kiosk's pages' colour (the theme's window colour): what ``lines.WholeLines`` paints over a cut line."""
+
+KIOSK_SHEET_BACKGROUND = "#1b1e21"
+"""The tile sheet's colour: opaque, so nothing of the slide shows through its text."""
 
 KIOSK_SCALE_BAR_PT = 18.0
 """The scale bar's label in the kiosk, read from a metre away like every other text."""

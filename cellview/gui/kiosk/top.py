@@ -22,9 +22,15 @@ MAX_SETTINGS_PROBLEMS_SHOWN = 5
 """More problems than this are counted on screen, not listed (they are all in the journal)."""
 
 
+def short_provider(classifier: OnnxClassifier) -> str:
+    """The model and what it runs on, in a few words: 'colon-he 2.0.0 · CPU' (the rest is on the waiting page)."""
+    return f"{classifier.spec.name} {classifier.spec.version}".strip() + f" · {classifier.provider_label}"
+
+
 class Header:
     """``layout``: "CellView", ``state_label`` (one line: "Analysing CMU-1-Small-Re…") and ``provider_badge``
-    ("colon-he 2.0.0 on CPU …", never pushing the title off)."""
+    ("colon-he 2.0.0 · CPU": short enough to be read whole; amber only when a GPU asked for is not used, the
+    full sentence is on the waiting page)."""
 
     def __init__(self) -> None:
         self.layout = QHBoxLayout()
@@ -36,8 +42,9 @@ class Header:
         self.layout.addWidget(self.provider_badge, 1)
 
     def show_provider(self, classifier: OnnxClassifier) -> None:
-        self.provider_badge.setText(classifier.describe())
-        self.provider_badge.setProperty("warn", "true" if classifier.needs_attention else "false")
+        warn = bool(classifier.fallback_message)  # CPU by choice, or on a machine without a GPU, is no fault
+        self.provider_badge.setText(("⚠ " if warn else "") + short_provider(classifier))
+        self.provider_badge.setProperty("warn", "true" if warn else "false")
         self.provider_badge.setStyle(self.provider_badge.style())
 
 

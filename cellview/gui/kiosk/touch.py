@@ -29,6 +29,8 @@ from PySide6.QtWidgets import (
 )
 
 from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
+from cellview.gui.kiosk.lines import WholeLines, snap_scroller
+from cellview.gui.kiosk.style import KIOSK_SHEET_BACKGROUND
 from cellview.gui.widgets.cards import text_label
 from cellview.gui.widgets.inspector import OUT_OF_DOMAIN_TEXT, ProbabilityBars, pct
 from cellview.slides.slide import SUPPORTED_SUFFIXES, slide_display_name
@@ -278,7 +280,8 @@ class TileSheet(QFrame):
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll.setStyleSheet("QScrollArea, QScrollArea > QWidget > QWidget { background: transparent; }")
-        QScroller.grabGesture(self.scroll.viewport(), QScroller.ScrollerGestureType.LeftMouseButtonGesture)
+        snap_scroller(self.scroll)
+        self.lines = WholeLines(self.scroll, KIOSK_SHEET_BACKGROUND)  # whole probability rows, never half of one
         lay.addWidget(self.scroll, 1)
         row = QHBoxLayout()
         self.details_btn = QPushButton("Patch and details ▸")
@@ -314,17 +317,27 @@ class TileSheet(QFrame):
 
     def place(self, view_rect: QRect, tile: QRectF) -> QRect:
         """Across the view's width, in the half the tapped tile (``tile``, in view pixels) is not in; returns
-        where the sheet is (the kiosk pans the slide when the tile would still be under it)."""
-        self.setFixedWidth(max(200, view_rect.width() - 16))
-        self.scroll.widget().adjustSize()
-        margins = self.layout().contentsMargins()
-        wanted = (self.scroll.widget().sizeHint().height() + margins.top() + margins.bottom()
-                  + self.close_btn.sizeHint().height() + 12)
-        self.setFixedHeight(max(140, min(wanted, int(view_rect.height() * self.MAX_SHARE))))
+        where the sheet is (the kiosk pans the slide when the tile would still be under it). As tall as its
+        content, at most ``MAX_SHARE`` of the view, and then cut between rows, never through one."""
         at_bottom = tile.center().y() < view_rect.center().y()
+        most = max(140, int(view_rect.height() * self.MAX_SHARE))
+        self.setFixedSize(max(200, view_rect.width() - 16), most)
+        self.show()
+        self.raise_()
+        self.layout().activate()
+        content = self.scroll.widget()
+        content.layout().activate()
+        room = self.scroll.viewport().height()
+        chrome = self.height() - room
+        lay = content.layout()
+        width = self.scroll.viewport().width()
+        need = lay.totalHeightForWidth(width) if lay.hasHeightForWidth() else content.sizeHint().height()
+        if need > room:  # scrolls: the rows that fit whole
+            cuts = [y for y in self.lines.cuts() if 0 < y <= room]
+            need = cuts[-1] if cuts else room
+        self.setFixedHeight(need + chrome)
         top = view_rect.bottom() - self.height() - 8 if at_bottom else view_rect.top() + 8
         self.move(view_rect.left() + 8, max(view_rect.top(), top))
         self.scroll.verticalScrollBar().setValue(0)
-        self.show()
-        self.raise_()
+        self.lines.update()
         return self.geometry()

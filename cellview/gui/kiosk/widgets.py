@@ -1,7 +1,9 @@
-"""The kiosk's small widgets: a one-line label that elides, a card holding one message, a text that scrolls
-rather than growing past the screen."""
+"""The kiosk's small widgets: a one-line label that elides, a file name that wraps rather than being cut, a card
+holding one message, a text that scrolls rather than growing past the screen."""
 
 from __future__ import annotations
+
+import re
 
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QPainter
@@ -33,6 +35,32 @@ class ElidedLabel(QLabel):
         p.setFont(self.font())
         p.drawText(self.contentsRect(), int(self.alignment() | Qt.AlignmentFlag.AlignVCenter), self.shown_text())
         p.end()
+
+
+ZWSP = "\u200b"
+
+
+def breakable(name: str) -> str:
+    """A file name that may wrap after its "-", "_" and "." too (zero-width spaces): long scanner names have no
+    spaces, and a name cut to "CMU-1-Small-Regio…" is not the case's name."""
+    return re.sub(r"([-_.])(?=.)", lambda m: m[1] + ZWSP, name)
+
+
+class NameLabel(QLabel):
+    """A file name shown whole: wrapped (``breakable``) rather than cut; ``name`` is the text as given."""
+
+    def __init__(self, name: str = "", style: str = "") -> None:
+        super().__init__()
+        if style:
+            self.setObjectName(style)
+        self.setWordWrap(True)
+        self.setTextFormat(Qt.TextFormat.PlainText)
+        self.name = ""
+        self.setText(name)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt API
+        self.name = text
+        super().setText(breakable(text))
 
 
 def card(name: str) -> tuple[QFrame, QLabel]:

@@ -178,9 +178,12 @@ class KioskWindow(QMainWindow):
         self.load_model()
 
     def _fill_screen(self) -> None:
-        """Full screen, also where no window manager honours the full-screen request (bare X kiosk)."""
-        self.showFullScreen()
+        """Full screen, also where no window manager honours the full-screen request (bare X kiosk). The text is
+        scaled for the screen first: at the full size an 800 × 480 window could not be made that short."""
         screen = self.screen() or QApplication.primaryScreen()
+        if screen is not None:
+            self.apply_scale(kiosk_scale(screen.geometry().height()))
+        self.showFullScreen()
         if screen is not None and self.geometry() != screen.geometry():
             self.setGeometry(screen.geometry())
 
@@ -291,12 +294,16 @@ class KioskWindow(QMainWindow):
         for sheet in (self.file_sheet, self.scale_sheet):
             sheet.fit()
         k = kiosk_scale(self.height())
-        if k != self.scale_k:  # a shorter screen: smaller text and targets (the layout follows the style sheet)
+        self.apply_scale(k)
+        QTimer.singleShot(0, self.waiting.fit_recent_items)  # after the list has its new width
+        self.case_page.fit(self.width(), self.height(), k)
+
+    def apply_scale(self, k: float) -> None:
+        """A shorter screen: smaller text and targets (``style.kiosk_scale``; the layout follows the style sheet)."""
+        if k != self.scale_k:
             self.scale_k = k
             self.setStyleSheet(kiosk_stylesheet(k))
             self.view.scale_bar.set_font_pt(KIOSK_SCALE_BAR_PT * k)
-        QTimer.singleShot(0, self.waiting.fit_recent_items)  # after the list has its new width
-        self.case_page.fit(self.width(), self.height(), k)
 
     # ------------------------------------------------------------------------------ staying up, exiting
 

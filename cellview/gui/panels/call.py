@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt
 
 from cellview.analysis.call import SlideCall
 from cellview.analysis.results import plural
-from cellview.gui.widgets.cards import text_label
+from cellview.gui.widgets.cards import NBSP, text_label, unbreakable
 from cellview.outputs.legend import call_colour
 from cellview.viewer.events import Event
 from cellview.viewer.model import ViewerModel
@@ -24,14 +24,15 @@ WARN = "<span style='color:#ffb347'>⚠</span>"
 
 
 def shares_line(call: SlideCall) -> str:
-    """Every share, largest first, then the tiles: 'normal 55 % · malignant 35 % · benign 10 % · 48 tiles'."""
+    """Every share, largest first, then the tiles: 'normal 55 % · malignant 35 % · benign 10 % · 48 tiles' (each
+    item kept on one line: a wrapped line breaks only between them)."""
     n_out = call.analysed_tiles - call.counted_tiles if call.out_of_domain_fraction is not None else 0
-    parts = [call.shares_text or "no tile in the model's domain"] if call.analysed_tiles else []
+    parts = (call.shares_text or "no tile in the model's domain").split(" · ") if call.analysed_tiles else []
     if call.analysed_tiles:
         parts.append(plural(call.analysed_tiles, "tile"))
     if n_out > 0:
         parts.append(f"{n_out:,} out of domain")
-    return " · ".join(parts)
+    return f"{NBSP}· ".join(part.replace(" ", NBSP) for part in parts)  # the dot ends a line, never starts one
 
 
 class CallPanel:
@@ -83,7 +84,7 @@ class CallPanel:
             else:
                 head += f"<span style='color:{colour}'>{escape(call.headline)}</span>"
             self.call_label.setText(head + escape(state))
-            self.evidence_label.setText(call.evidence)
+            self.evidence_label.setText(unbreakable(call.evidence))
             self.shares_label.setText(shares_line(call))
         for label in self.labels():
             label.setVisible(bool(label.text()))

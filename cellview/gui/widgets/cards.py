@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from PySide6.QtWidgets import (
@@ -23,6 +24,16 @@ def text_label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:
         label.setObjectName(name)
     label.setWordWrap(wrap)
     return label
+
+
+NBSP = "\u00a0"
+_UNITS = re.compile(r"(?<=\d) (?=%|mm²|µm²|µm|mm|px\b|tiles?\b|regions?\b)")
+
+
+def unbreakable(text: str) -> str:
+    """``text`` with a figure and its unit kept on one line ("11 %", "0.10 mm²", "48 tiles"): the same words, read
+    as one (a wrapped "11" above "% of tiles" was read as 11 tiles)."""
+    return _UNITS.sub(NBSP, text)
 
 
 def section(title: str) -> tuple[QFrame, QVBoxLayout]:

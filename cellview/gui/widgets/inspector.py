@@ -70,8 +70,10 @@ def pct(p: float) -> str:
 class ProbabilityBars(QWidget):
     """One horizontal bar per category, then per class, each in its colour; the predicted ones in bold.
 
-    A name is never cut: one that does not fit beside its bar gets a line of its own above it (a long
-    class name, the kiosk's large text); row height follows the font.
+    A name is never cut: one that does not fit beside its bar gets lines of its own above it, as many as it
+    wraps to (a long class name, the kiosk's large text); row height follows the font. ``layout()`` says where
+    every name, bar and percentage goes (what ``paintEvent`` draws), ``row_boundaries()`` where a scrolling
+    sheet may cut between rows.
     """
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -114,10 +116,18 @@ class ProbabilityBars(QWidget):
         f.setBold(bold)
         return f
 
-    def row_lines(self, i: int) -> int:
-        """1, or 2 when the row's name does not fit beside its bar (it goes on a line above)."""
+    def name_lines(self, i: int) -> int:
+        """0 when row ``i``'s name fits beside its bar, else the lines it wraps to across the whole row."""
         name, _, _, bold = self.rows[i]
-        return 1 if QFontMetrics(self._font(bold)).horizontalAdvance(name) <= self.name_width() - 4 else 2
+        fm = QFontMetrics(self._font(bold))
+        if fm.horizontalAdvance(name) <= self.name_width() - 4:
+            return 0
+        height = fm.boundingRect(0, 0, max(1, self.width()), 100000, int(Qt.TextFlag.TextWordWrap), name).height()
+        return max(1, -(-height // self.row_height()))
+
+    def row_lines(self, i: int) -> int:
+        """The row's height in lines: 1, plus the name's own lines when it does not fit beside its bar."""
+        return 1 + self.name_lines(i)
 
     def values(self) -> dict[str, float]:
         """Class name → probability (the class rows, not the category rows above them)."""
@@ -135,41 +145,60 @@ class ProbabilityBars(QWidget):
         width = (width_px if width_px is not None else self.name_width()) - 4
         return self.fontMetrics().elidedText(name, Qt.TextElideMode.ElideRight, max(10, width))
 
-    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
-        p = QPainter(self)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        w = self.width()
-        rh = self.row_height()
+    def layout(self) -> list[tuple[QRectF, QRectF, QRectF]]:
+        """Per row: where its name, its bar's track and its percentage go (what ``paintEvent`` draws)."""
+        w, rh = self.width(), self.row_height()
         name_w = self.name_width()
         pct_w = self.fontMetrics().horizontalAdvance("100.0%") + 6
         bar_w = max(10, w - name_w - pct_w - 8)
-        n_cat = self.n_category_rows
+        bar_h = max(8, rh // 2)
+        out = []
         y = 2
-        for i, (name, color, prob, bold) in enumerate(self.rows):
+        for i in range(len(self.rows)):
+            lines = self.name_lines(i)
+            if lines == 0:
+                name = QRectF(0, y, name_w - 4, rh - 2)
+                x_bar, width_bar = name_w, bar_w
+            else:  # the whole name on lines of its own, the bar under it across the row
+                name = QRectF(0, y, w, lines * rh - 2)
+                y += lines * rh
+                x_bar, width_bar = 12, max(10, w - pct_w - 20)
+            out.append((name, QRectF(x_bar, y + (rh - bar_h) / 2 - 1, width_bar, bar_h),
+                        QRectF(x_bar + width_bar + 4, y, pct_w, rh - 2)))
+            y += rh
+        return out
+
+    def row_boundaries(self) -> list[int]:
+        """Where a row ends and the next begins (and the top), in this widget's pixels: no text crosses them."""
+        rh = self.row_height()
+        ys, y = [0], 2
+        for i in range(len(self.rows)):
+            y += self.row_lines(i) * rh
+            ys.append(y)
+        return ys
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        w, rh = self.width(), self.row_height()
+        n_cat = self.n_category_rows
+        for i, ((name, color, prob, bold), (name_rect, track, pct_rect)) in enumerate(zip(self.rows, self.layout())):
             p.setFont(self._font(bold))
             p.setPen(self.palette().text().color())
-            flags = Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft
-            x_bar, width_bar = name_w, bar_w
-            if self.row_lines(i) == 1:
-                p.drawText(QRectF(0, y, name_w - 4, rh - 2), flags, name)
-            else:  # the whole name on its own line, the bar under it across the row
-                p.drawText(QRectF(0, y, w, rh - 2), flags | Qt.TextFlag.TextWordWrap, name)
-                y += rh
-                x_bar, width_bar = 12, max(10, w - pct_w - 20)
+            p.drawText(name_rect, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft | Qt.TextFlag.TextWordWrap,
+                       name)
             p.setPen(Qt.PenStyle.NoPen)
             p.setBrush(QColor(255, 255, 255, 22))
-            bar_h = max(8, rh // 2)
-            p.drawRoundedRect(QRectF(x_bar, y + (rh - bar_h) / 2 - 1, width_bar, bar_h), 3, 3)
+            p.drawRoundedRect(track, 3, 3)
             if np.isfinite(prob):
                 p.setBrush(QColor(color))
-                p.drawRoundedRect(QRectF(x_bar, y + (rh - bar_h) / 2 - 1, max(2.0, width_bar * prob), bar_h), 3, 3)
+                p.drawRoundedRect(QRectF(track.x(), track.y(), max(2.0, track.width() * prob), track.height()), 3, 3)
             p.setPen(self.palette().text().color())
-            p.drawText(QRectF(x_bar + width_bar + 4, y, pct_w, rh - 2),
-                       Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight, pct(prob))
+            p.drawText(pct_rect, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight, pct(prob))
             if n_cat and i == n_cat - 1:
+                y = int(pct_rect.top()) + rh
                 p.setPen(QColor(255, 255, 255, 40))
-                p.drawLine(0, y + rh, w, y + rh)
-            y += rh
+                p.drawLine(0, y, w, y)
         p.end()
 
 
