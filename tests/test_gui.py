@@ -225,8 +225,9 @@ def test_gpu_asked_for_but_absent_is_said_plainly(qtbot, window, synthetic_slide
         pytest.skip("this machine has a usable GPU")
     window.model_panel.device_box.setCurrentIndex(window.model_panel.device_box.findData("cuda"))
     open_and_analyse(qtbot, window, synthetic_slide)
-    text = window.status.provider_label.text()
-    assert "CUDA was asked for" in text and "CPU" in text
+    status = window.status.provider_label
+    assert "CPU" in status.text() and status.objectName() == "warn"  # short, in amber: the whole sentence is its tip
+    assert "CUDA was asked for" in status.toolTip() and "CUDA was asked for" in window.model_panel.run_info.text()
 
 
 def test_real_slide_analyses_and_zooms(qtbot, real_slide, toy_model_224):
@@ -264,7 +265,8 @@ def test_missing_mpp_is_asked_once_and_recorded(qtbot, window, tmp_path, monkeyp
     assert asked and result.n_done == 56 and result.slide.mpp.source == "user"
     monkeypatch.setattr(window, "ask_mpp", lambda opened: pytest.fail("asked again"))
     result = open_and_analyse(qtbot, window, path)
-    assert result.n_done == 56 and "entered by you" in window.status.slide_label.text()
+    assert result.n_done == 56 and "0.5 µm/px" in window.status.slide_label.text()
+    assert "entered by you" in window.status.slide_label.toolTip()
 
 
 def test_errors_show_a_dialog_and_the_window_stays_usable(qtbot, window, synthetic_slide, tmp_path):

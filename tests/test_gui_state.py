@@ -292,7 +292,8 @@ def test_viewer_says_which_levels_are_skipped_and_never_draws_them(qtbot, window
     path = write_pyramid_tiff(tmp_path / "false.tiff", synthetic_slide_rgb(), 0.5, damage=ycbcr_as_rgb)
     open_only(qtbot, window, path)
     assert window.viewer.run_status.levels_label.isVisible() and "levels 1–3 skipped" in window.viewer.run_status.levels_label.text()
-    assert "levels 1–3 skipped (wrong colours)" in window.status.slide_label.text()
+    assert "⚠ 3 levels skipped" in window.status.slide_label.text() and window.status.slide_label.objectName() == "warn"
+    assert "levels 1–3 skipped" in window.status.slide_label.toolTip()
     for l0_per_px in (1.1, 2.5, 5.0, 9.0):
         assert window.view._level_for(l0_per_px) in (None, 0)
 

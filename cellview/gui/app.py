@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cellview.analysis.results import AnalysisParams
+from cellview.analysis.results import AnalysisParams, plural
 from cellview.analysis.tissue import TissueParams
 from cellview.gui.qtapp import make_app
 
@@ -66,7 +66,7 @@ def smoke_test(slide: str, timeout_s: float = 120.0) -> int:
     info = window.opened.info
     shot = window.view.grab().toImage()
     print(f"smoke test: opened {info.name} ({window.opened.vendor}) {info.dimensions[0]:,} x {info.dimensions[1]:,} px, "
-          f"{len(info.level_dimensions)} levels; painted {shot.width()} x {shot.height()} px view "
+          f"{plural(len(info.level_dimensions), 'level')}; painted {shot.width()} x {shot.height()} px view "
           f"in {time.perf_counter() - t0:.1f} s")
     models = available_models()
     print(f"smoke test: models: {', '.join(models) or 'none'}")

@@ -427,45 +427,16 @@ def _ellipsize(draw: Any, text: str, fnt: Any, width_px: float) -> str:
     return text.rstrip() + "…"
 
 
-def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.5,
-                  regions: Sequence[Region] | None = None, region_confidence: float = 0.5,
-                  overlay: OverlaySettings | None = None, source: str = "") -> bytes:
-    """Thumbnail with the overlay, a legend (what colours mean, what is shown, counts), scale bar and names.
-
-    ``overlay`` is the display state (``overlay.OverlaySettings``; default: the viewer's default
-    look at ``opacity``): style, colouring, confidence filter and categories apply exactly as on
-    screen, and the legend (``legend.describe_legend``, as the viewer's) says which. ``regions``
-    (``morphology.malignant_regions``) are outlined with their boxes and areas. ``source`` ("the
-    viewer", "the kiosk") names where the export was made.
-    """
+def draw_legend(canvas: Any, legend: Any, x0: int, y: int, text_w: int, k: float) -> int:
+    """The whole-slide PNG's legend (``legend.Legend``) from (x0, y) in a column ``text_w`` wide, its text scaled by
+    ``k``; returns the y below it. Count rows follow ``legend.count_row_layout``, as the view PNG's (Qt) legend."""
     from PIL import Image, ImageDraw
 
-    from cellview.outputs.legend import (
-        OUT_OF_DOMAIN_SWATCH,
-        call_colour,
-        count_row_layout,
-        describe_legend,
-        scale_bar,
-    )
+    from cellview.outputs.legend import OUT_OF_DOMAIN_SWATCH, call_colour, count_row_layout
 
-    settings = _overlay_settings(overlay, opacity=opacity)
-    img = overlay_on_thumbnail(result, thumb, overlay=settings)
-    h, w = img.shape[:2]
-    k = max(1.0, min(2.5, max(h, w) / 900))  # text scales with the picture
-    img = hatch_out_of_domain(img, result, settings, k)
-    panel_w = int(330 * k)
-    canvas = Image.new("RGB", (w + panel_w, max(h, int(480 * k))), (255, 255, 255))
-    canvas.paste(Image.fromarray(img), (0, 0))
     draw = ImageDraw.Draw(canvas)
     title, body, small = font(int(22 * k), bold=True), font(int(15 * k)), font(int(12 * k))
-    draw_contours(draw, result, settings, (w, h), k)
-    if regions:
-        draw_regions(draw, result, regions, (w, h), k, small)
-    legend = describe_legend(result, settings, source=source, regions=None if regions is None else list(regions),
-                             region_confidence=region_confidence)
     line_h, small_h = int(24 * k), int(18 * k)
-    x0, y = w + int(16 * k), int(14 * k)
-    text_w = panel_w - int(28 * k)
     ink, grey = (20, 20, 20), (90, 90, 90)
     fills = {"info": ink, "hint": grey, "warning": (180, 0, 0), "region": (120, 0, 0)}
 
@@ -518,7 +489,45 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
             y += small_h
     y += int(10 * k)
     lines(legend.footer)
-    draw.text((x0, canvas.height - int(22 * k)), "Research use only. Not for clinical diagnosis.", fill=grey, font=small)
+    return y
+
+
+def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.5,
+                  regions: Sequence[Region] | None = None, region_confidence: float = 0.5,
+                  overlay: OverlaySettings | None = None, source: str = "") -> bytes:
+    """Thumbnail with the overlay, a legend (what colours mean, what is shown, counts), scale bar and names.
+
+    ``overlay`` is the display state (``overlay.OverlaySettings``; default: the viewer's default
+    look at ``opacity``): style, colouring, confidence filter and categories apply exactly as on
+    screen, and the legend (``legend.describe_legend``, as the viewer's) says which. ``regions``
+    (``morphology.malignant_regions``) are outlined with their boxes and areas. ``source`` ("the
+    viewer", "the kiosk") names where the export was made. The picture is as tall as its legend needs
+    (a long legend beside a wide, short slide ran into the closing line).
+    """
+    from PIL import Image, ImageDraw
+
+    from cellview.outputs.legend import call_colour, describe_legend, scale_bar
+
+    settings = _overlay_settings(overlay, opacity=opacity)
+    img = overlay_on_thumbnail(result, thumb, overlay=settings)
+    h, w = img.shape[:2]
+    k = max(1.0, min(2.5, max(h, w) / 900))  # text scales with the picture
+    img = hatch_out_of_domain(img, result, settings, k)
+    panel_w = int(330 * k)
+    legend = describe_legend(result, settings, source=source, regions=None if regions is None else list(regions),
+                             region_confidence=region_confidence)
+    x0, y0, text_w = w + int(16 * k), int(14 * k), panel_w - int(28 * k)
+    legend_h = draw_legend(Image.new("RGB", (w + panel_w, 1)), legend, x0, y0, text_w, k)  # measured first
+    canvas = Image.new("RGB", (w + panel_w, max(h, int(480 * k), legend_h + int(40 * k))), (255, 255, 255))
+    canvas.paste(Image.fromarray(img), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    body, small = font(int(15 * k)), font(int(12 * k))
+    draw_contours(draw, result, settings, (w, h), k)
+    if regions:
+        draw_regions(draw, result, regions, (w, h), k, small)
+    draw_legend(canvas, legend, x0, y0, text_w, k)
+    draw.text((x0, canvas.height - int(22 * k)), "Research use only. Not for clinical diagnosis.", fill=(90, 90, 90),
+              font=small)
     mpp = result.slide.mpp
     bar = scale_bar(result.grid.slide_w_l0 * mpp.x_um / w, w / 5) if mpp is not None else None
     if bar is not None:

@@ -32,9 +32,16 @@ class ModelReady:
     """The classifier is loaded: views can say which model runs on what."""
 
     spec: ModelSpec
-    description: str
-    fallback_message: str | None
+    description: str  # the whole sentence: "colon-he 2.0.0 on CPU (no usable GPU); INT8 copy not used (…)"
+    fallback_message: str | None  # a GPU was asked for and is not used: why
     warn: bool  # CPU only, or a GPU asked for and not used
+    provider: str = ""  # what it runs on, in a word or two: "CPU", "TensorRT (FP16)"
+
+    @property
+    def short(self) -> str:
+        """The model and what it runs on, for a status bar: 'colon-he 2.0.0 on CPU'."""
+        name = f"{self.spec.name} {self.spec.version}".strip()
+        return f"{name} on {self.provider}" if self.provider else self.description
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,8 @@ def model_file_analysis(request: AnalysisRequest, cancel: CancelToken) -> Iterat
     threads = max(1, (os.cpu_count() or 2) - 1)  # leave one core to the UI thread on small machines
     classifier = OnnxClassifier(spec, device=request.params.device, intra_op_threads=threads,
                                 precision=request.params.precision)
-    yield ModelReady(spec, classifier.describe(), classifier.fallback_message, classifier.needs_attention)
+    yield ModelReady(spec, classifier.describe(), classifier.fallback_message, classifier.needs_attention,
+                     classifier.provider_label)
     yield from analyze(request.path, classifier, request.params, cancel,
                        ResultCache() if request.use_cache else None, resume=request.resume)
 

@@ -22,7 +22,7 @@ import numpy as np
 from cellview.analysis.model_lookup import user_models_dir
 from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, ModelSpec
 from cellview.analysis.pipeline import CancelToken
-from cellview.analysis.results import ModelInfo
+from cellview.analysis.results import ModelInfo, plural
 from cellview.analysis.tiling import TileGrid
 from cellview.base.errors import CellviewError, ExportError
 from cellview.lab.labels import (
@@ -215,7 +215,7 @@ class LabelsModel:
         self.regions += list(got.regions)
         self._save()
         names = sorted({r.label for r in got.regions if not r.is_ignore})
-        text = (f"Imported {len(got.regions)} annotations from {Path(path).name}"
+        text = (f"Imported {plural(len(got.regions), 'annotation')} from {Path(path).name}"
                 + (f" ({', '.join(names)})" if names else "") + ".")
         unknown = [n for n in names if n not in {c.label for c in self.choices}
                    and n.lower() not in {c.label.lower() for c in self.choices}]

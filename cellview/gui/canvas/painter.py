@@ -77,7 +77,9 @@ class OverlayPainter(QObject):
             self.repaint()
 
     def stop(self) -> None:
+        """The window closes: no timer of the painter fires on its widgets any more."""
         self._repaint_timer.stop()
+        self._regions_timer.stop()
 
     def update_regions(self, *args) -> None:
         self.model.regions.update()

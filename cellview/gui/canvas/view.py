@@ -27,6 +27,12 @@ pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
 CANVAS_BG = "#262a2e"
 
+MAX_SCREEN_PX_PER_L0 = 8.0
+"""Zooming in stops at 8 screen pixels per level-0 pixel: past it nothing more is to be seen (it went to 113)."""
+
+MIN_SLIDE_SHARE = 1 / 3
+"""Zooming out stops when the whole slide takes a third of the view (it shrank to a speck)."""
+
 ARROW_STEPS = {Qt.Key.Key_Left: (0, -1), Qt.Key.Key_Right: (0, 1), Qt.Key.Key_Up: (-1, 0), Qt.Key.Key_Down: (1, 0)}
 """Arrow key -> (d_row, d_col) for stepping the tile selection."""
 
@@ -164,6 +170,9 @@ class SlideView(pg.GraphicsView):
         self.overview.jump.connect(self.center_on)
         self.overview_share = 0.25
         """Largest share of the view's shorter side the overview may take (the kiosk's screen is small)."""
+        self.overview_wanted = True
+        """The user's choice (View → Overview); it shows only while part of the slide is out of view, where it
+        covers no slide content that is not also elsewhere, and says where the view is."""
         self.empty_hint = EmptyHint(self)
         self.offer_open = True
         """Show the empty-canvas hint (the kiosk has its own waiting page and no Ctrl+O)."""
@@ -191,6 +200,7 @@ class SlideView(pg.GraphicsView):
         self.opened, self.requests = opened, requests
         self.set_base_image(opened)
         self._painted = False
+        self.set_zoom_limits()
         self.fit()
         self.place_overlays()
         self.viewport().update()
@@ -242,6 +252,35 @@ class SlideView(pg.GraphicsView):
         if self.opened is not None:
             w0, h0 = self.opened.info.dimensions
             self.vb.setRange(QRectF(0, 0, w0, h0), padding=0.02)
+
+    def set_zoom_limits(self) -> None:
+        """Zoom bounded at both ends (``MAX_SCREEN_PX_PER_L0``, ``MIN_SLIDE_SHARE``), for the view's size now."""
+        if self.opened is None:
+            self.vb.setLimits(minXRange=None, maxXRange=None, minYRange=None, maxYRange=None)
+            return
+        w0, h0 = self.opened.info.dimensions
+        vw, vh = max(1, self.width()), max(1, self.height())
+        most_x = max(w0, h0 * vw / vh) / MIN_SLIDE_SHARE  # the range (level-0 px) across the view's width
+        self.vb.setLimits(minXRange=vw / MAX_SCREEN_PX_PER_L0, maxXRange=most_x,
+                          minYRange=vh / MAX_SCREEN_PX_PER_L0, maxYRange=most_x * vh / vw)
+
+    def whole_slide_in_view(self) -> bool:
+        """Every pixel of the slide is on screen (the overview would only repeat it)."""
+        if self.opened is None:
+            return True
+        w0, h0 = self.opened.info.dimensions
+        view = self.visible_l0_rect()
+        tol = 1e-6 * max(w0, h0)
+        return (view.left() <= tol and view.top() <= tol and view.right() >= w0 - tol
+                and view.bottom() >= h0 - tol)
+
+    def show_overview(self, on: bool) -> None:
+        """The user's choice (View → Overview); shown while part of the slide is out of view."""
+        self.overview_wanted = bool(on)
+        self.update_overview()
+
+    def update_overview(self) -> None:
+        self.overview.setVisible(self.opened is not None and self.overview_wanted and not self.whole_slide_in_view())
 
     def center_on(self, l0_x: float, l0_y: float) -> None:
         (x0, x1), (y0, y1) = self.vb.viewRange()
@@ -302,6 +341,24 @@ class SlideView(pg.GraphicsView):
         for g in self.regions:
             for item in g.items():
                 self.vb.addItem(item)
+        self.place_region_labels()
+
+    def place_region_labels(self) -> None:
+        """Each region's label above its box, moved inside the view when the view's edge would cut it (a region
+        at the right edge of the view had "#2 0.0321 mm²" clipped)."""
+        if not self.regions:
+            return
+        view = self.visible_l0_rect()
+        k = self.l0_per_screen_px()
+        for g in self.regions:
+            x, y, w, h = g.region.bbox
+            text = g.label.textItem.boundingRect()  # screen pixels: the label keeps its size at every zoom
+            lw, lh = (text.width() + 4) * k, (text.height() + 4) * k  # with a few pixels to spare
+            px, py = float(x), float(y)  # the label's bottom-left: on the box's top-left corner
+            if view.intersects(QRectF(x, y, w, h)):
+                px = max(min(px, view.right() - lw), view.left())
+                py = max(py, view.top() + lh)
+            g.label.setPos(px, py)
 
     def _swap(self, old: list[QGraphicsPathItem], new: list[QGraphicsPathItem]) -> list[QGraphicsPathItem]:
         for item in old:
@@ -349,6 +406,8 @@ class SlideView(pg.GraphicsView):
             self.overview.fit(self._overview_px())
         self.overview.move(self.width() - self.overview.width() - 12, 12)
         self.overview.set_view(self.visible_l0_rect())
+        self.update_overview()
+        self.place_region_labels()
         if self.empty_hint.isVisible():
             self.empty_hint.adjustSize()
             self.empty_hint.move(max(0, (self.width() - self.empty_hint.width()) // 2),
@@ -358,6 +417,7 @@ class SlideView(pg.GraphicsView):
         super().resizeEvent(event)
         if not hasattr(self, "empty_hint"):  # called by the base class before __init__ finishes
             return
+        self.set_zoom_limits()
         self.place_overlays()
         self._update_timer.start()
 

@@ -111,7 +111,7 @@ class ScaleBar(QWidget):
 
 
 class Overview(QWidget):
-    """Thumbnail with the current view box; click or drag to jump there."""
+    """Thumbnail with the current view box; click or drag to jump there. The view shows it (``update_overview``)."""
 
     jump = Signal(float, float)  # level-0 centre
 
@@ -130,7 +130,6 @@ class Overview(QWidget):
         """``thumb`` is already overview-sized (prepared in the open worker); shown at most ``max_px``."""
         self._full, self._l0_size = rgb_qimage(thumb), l0_size
         self.fit(max_px or max(self._full.width(), self._full.height()))
-        self.show()
 
     def fit(self, max_px: int) -> None:
         """Longest side at most ``max_px`` (the view gives it a share of its own size)."""
@@ -152,17 +151,31 @@ class Overview(QWidget):
     def _scale(self) -> float:
         return self._image.width() / self._l0_size[0] if self._image else 1.0
 
+    MIN_BOX_PX = 8
+    """The view's box is never drawn smaller than this: zoomed far in, it shrank below a pixel and vanished."""
+
+    def box_rect(self) -> QRectF:
+        """Where the view's box is drawn on the thumbnail (at least ``MIN_BOX_PX`` square, centred on the view)."""
+        if self._image is None:
+            return QRectF()
+        k = self._scale()
+        r = QRectF(2 + self._view.x() * k, 2 + self._view.y() * k, self._view.width() * k, self._view.height() * k)
+        r = r.intersected(QRectF(2, 2, self._image.width(), self._image.height()))
+        if r.width() < self.MIN_BOX_PX or r.height() < self.MIN_BOX_PX:
+            c = r.center() if not r.isEmpty() else QPointF(2 + self._view.center().x() * k,
+                                                             2 + self._view.center().y() * k)
+            side_w, side_h = max(r.width(), self.MIN_BOX_PX), max(r.height(), self.MIN_BOX_PX)
+            r = QRectF(c.x() - side_w / 2, c.y() - side_h / 2, side_w, side_h)
+        return r
+
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
         if self._image is None:
             return
         p = QPainter(self)
         p.fillRect(self.rect(), QColor(15, 17, 19))
         p.drawImage(2, 2, self._image)
-        k = self._scale()
-        r = QRectF(2 + self._view.x() * k, 2 + self._view.y() * k, self._view.width() * k, self._view.height() * k)
-        r = r.intersected(QRectF(2, 2, self._image.width(), self._image.height()))
         p.setPen(QPen(QColor("#ffd400"), 2))
-        p.drawRect(r)
+        p.drawRect(self.box_rect())
         p.setPen(QPen(QColor(90, 95, 100), 1))
         p.drawRect(self.rect().adjusted(0, 0, -1, -1))
         p.end()

@@ -8,9 +8,10 @@ from cellview.viewer.slide import WHOLE_IMAGE
 
 
 class MppDialog(QDialog):
-    """Asks for the µm per pixel of a slide that does not say, or to classify it as one image."""
+    """Asks for the µm per pixel of a slide that does not say, or to classify it as one image. ``value``: the value
+    proposed (the window's: the last one used, so the next image of a 0.62 µm/px series gets 0.62 again)."""
 
-    def __init__(self, name: str, plain_image: bool, parent: QWidget | None = None) -> None:
+    def __init__(self, name: str, plain_image: bool, parent: QWidget | None = None, value: float = 0.5) -> None:
         super().__init__(parent)
         self.setWindowTitle("Pixel size unknown")
         self.choice: float | str | None = None
@@ -30,7 +31,7 @@ class MppDialog(QDialog):
         self.spin.setDecimals(4)
         self.spin.setRange(0.02, 50.0)
         self.spin.setSingleStep(0.05)
-        self.spin.setValue(0.5)
+        self.spin.setValue(value)
         self.spin.setSuffix(" µm/px")
         form.addRow("Pixel size:", self.spin)
         lay.addLayout(form)

@@ -11,6 +11,7 @@ from PySide6.QtCore import QBuffer, QByteArray, QIODevice, Qt
 from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtWidgets import QApplication
 
+from cellview.analysis.results import plural
 from cellview.base.errors import CellviewError
 from cellview.gui.widgets.legend import paint_legend
 from cellview.outputs.export import output_paths
@@ -88,7 +89,7 @@ class ExportActions:
         except CellviewError as exc:
             self.host.show_error(exc, "Export failed")
             return None
-        self.host.statusBar().showMessage(f"Saved {len(paths)} files to {folder}", 8000)
+        self.host.statusBar().showMessage(f"Saved {plural(len(paths), 'file')} to {folder}", 8000)
         return paths
 
     def render_view_png(self) -> bytes:
@@ -97,7 +98,7 @@ class ExportActions:
         self.view.overview.hide()
         self.view.place_overlays()  # the scale bar measured on the view as it is now
         shot = self.view.grab().toImage()
-        self.view.overview.setVisible(self.model.slide.opened is not None)
+        self.view.update_overview()
         result = self.model.analysis.result
         assert result is not None
         ov = self.model.overlay.settings

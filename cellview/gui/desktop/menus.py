@@ -54,6 +54,11 @@ class MainMenus:
         self.act_regions.toggled.connect(lambda on: model.overlay.set(show_regions=on))
         m.addAction(self.act_regions)
         m.addAction("Next drawing style (outlines / fill)", QKeySequence("O"), self.next_style)
+        self.act_overview = QAction("Overview (while zoomed in)", window, checkable=True, checked=True)
+        self.act_overview.setToolTip("The slide's thumbnail with the view's box, top right, while part of the slide "
+                                     "is out of view")
+        self.act_overview.toggled.connect(view.show_overview)
+        m.addAction(self.act_overview)
         m = bar.addMenu("&Analysis")
         self.act_analyse = m.addAction("&Analyse", QKeySequence("Ctrl+R"), window.start_analysis)
         self.act_cancel = m.addAction("&Cancel", QKeySequence("Esc"), window.cancel_analysis)

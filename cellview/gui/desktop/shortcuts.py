@@ -11,6 +11,8 @@ POINTER_AND_KEYS = (
     ("Mouse wheel", "zoom at the pointer"),
     ("Drag", "pan the slide"),
     ("Click or drag the overview", "jump there"),
+    ("Shift+click a tile", "pick it for labelling (again: unpick it)"),
+    ("Shift+drag", "pick the tiles in a rectangle for labelling"),
 )
 """What no menu entry carries."""
 

@@ -64,6 +64,7 @@ class SidePanel:
         row.addWidget(p.device_box, 1)
         c.addLayout(row)
         c.addWidget(p.model_info)
+        c.addWidget(p.run_info)
         return card
 
     @staticmethod

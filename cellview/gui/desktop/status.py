@@ -1,20 +1,49 @@
-"""The desktop's status bar: the open slide (size, levels, scale), the tile under the pointer, the model's
-provider, and the model's passing messages."""
+"""The desktop's status bar: the open slide (size, levels, scale), the tile under the pointer, the model and what it
+runs on, and the model's passing messages.
+
+It stays short and calm: each part is one line that ends in "…" rather than pushing the others off (the whole text
+is its tooltip, and the model's whole sentence is in the Model card too); amber only for what needs attention (a
+GPU asked for and not used, pyramid levels skipped), never for routine facts such as running on the CPU of a
+machine without a GPU or a precision copy not chosen.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtWidgets import QLabel, QStatusBar
+from PySide6.QtWidgets import QLabel, QSizePolicy, QStatusBar
 
 from cellview.analysis.results import plural
+from cellview.gui.widgets.cards import ElidedLabel
 from cellview.slides.levels import describe_skipped
+from cellview.slides.slide import SlideInfo
 from cellview.viewer.analysis import ModelReady
 from cellview.viewer.events import Event
 from cellview.viewer.model import ViewerModel
 from cellview.viewer.slide import WHOLE_IMAGE
 
 NO_SLIDE_TEXT = "No slide open — File → Open (Ctrl+O), drop a file here, or pass one on the command line"
+
+
+def slide_facts(info: SlideInfo, whole_image: bool) -> tuple[str, str]:
+    """(the status bar's line, its tooltip) for an open slide: 'name · 2,220 × 2,967 px · 5 levels · 0.499 µm/px ·
+    ⚠ 4 levels skipped', and the same in full (where the pixel size comes from, the area, why levels are skipped)."""
+    w, h = info.dimensions
+    if whole_image:
+        scale, full = "one image (scale unknown)", "scale unknown: classified as one image"
+    elif info.mpp is None:
+        scale = full = "pixel size unknown"
+    else:
+        scale = f"{info.mpp.x_um:.3g} µm/px"
+        full = (info.mpp.describe().replace("from user", "entered by you")
+                + f" · {w * info.mpp.x_um / 1000:.2f} × {h * info.mpp.y_um / 1000:.2f} mm")
+    levels = plural(len(info.level_dimensions), "level")
+    parts = [info.name, f"{w:,} × {h:,} px", levels, scale]
+    tip = [info.name, f"{w:,} × {h:,} px, {levels}", full]
+    if info.skipped_levels:
+        parts.append(f"⚠ {plural(len(info.skipped_levels), 'level')} skipped")
+        tip.append(describe_skipped(info.skipped_levels))
+    return " · ".join(parts), "\n".join(tip)
 
 
 class StatusLine:
@@ -24,8 +53,10 @@ class StatusLine:
         self.model = model
         self.bar = bar
         self.hover_label = QLabel("")
-        self.slide_label = QLabel(NO_SLIDE_TEXT)
-        self.provider_label = QLabel("")
+        self.slide_label = ElidedLabel(NO_SLIDE_TEXT)
+        self.provider_label = ElidedLabel("")
+        self.provider_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        self.provider_label.setMaximumWidth(360)  # the slide's facts keep most of the bar
         bar.addWidget(self.slide_label, 1)
         bar.addPermanentWidget(self.hover_label)
         bar.addPermanentWidget(self.provider_label)
@@ -49,6 +80,7 @@ class StatusLine:
         if event.value is None:
             self.slide_label.setText(NO_SLIDE_TEXT)
             self.slide_label.setToolTip("")
+            self._warn(self.slide_label, False)
         else:
             self._show_slide()
 
@@ -56,29 +88,21 @@ class StatusLine:
         opened = self.model.slide.opened
         if opened is None:
             return
-        info = opened.info
-        w, h = info.dimensions
-        if self.model.slide.mpp_choice == WHOLE_IMAGE:
-            scale = "scale unknown: classified as one image"
-        elif info.mpp is None:
-            scale = "pixel size unknown"
-        else:
-            scale = info.mpp.describe().replace("from user", "entered by you")
-            scale += f" · {w * info.mpp.x_um / 1000:.2f} × {h * info.mpp.y_um / 1000:.2f} mm"
-        levels = len(info.level_dimensions)
-        text = f"{info.name}  ·  {w:,} × {h:,} px  ·  {plural(levels, 'level')}  ·  {scale}"
-        skipped = describe_skipped(info.skipped_levels, reasons=False)
-        if skipped:
-            text += f"  ·  {skipped} (wrong colours)"
+        text, tip = slide_facts(opened.info, self.model.slide.mpp_choice == WHOLE_IMAGE)
         self.slide_label.setText(text)
-        self.slide_label.setToolTip(describe_skipped(info.skipped_levels))
+        self.slide_label.setToolTip(tip)
+        self._warn(self.slide_label, bool(opened.info.skipped_levels))
+
+    @staticmethod
+    def _warn(label: QLabel, on: bool) -> None:
+        label.setObjectName("warn" if on else "")
+        label.setStyle(label.style())
 
     def _on_model_ready(self, event: Event) -> None:
         ready: ModelReady = event.value
-        self.provider_label.setText(ready.description)
-        self.provider_label.setObjectName("warn" if ready.warn else "")
-        self.provider_label.setStyle(self.provider_label.style())
-        self.provider_label.setToolTip(ready.fallback_message or ready.description)
+        self.provider_label.setText(ready.short)
+        self._warn(self.provider_label, bool(ready.fallback_message))  # a GPU asked for and not used
+        self.provider_label.setToolTip(ready.description)
 
     def _on_running(self, event: Event) -> None:
         if event.value:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtWidgets import QDialog, QFileDialog, QMainWindow, QMessageBox, QVBoxLayout, QWidget
+from PySide6.QtCore import QMargins, QRect, QTimer
+from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
 from cellview.analysis.results import AnalysisParams, AnalysisResult
 from cellview.base.errors import CellviewError
@@ -30,6 +31,25 @@ from cellview.gui.qt_viewer import QtViewer
 from cellview.slides.slide import SUPPORTED_SUFFIXES
 from cellview.viewer.slide import Opened
 
+PREFERRED_SIZE = (1600, 1000)
+"""The window's size where the screen has room for it."""
+
+
+def fitted_geometry(available: QRect, frame: QMargins | None = None) -> QRect:
+    """Where the window opens: ``PREFERRED_SIZE`` centred on the screen's ``available`` area, or all of it on a
+    smaller screen (at a fixed 1600 × 1000 a 1366 × 768 screen lost the side panel, status bar and scale bar).
+    ``frame``: the window manager's title bar and borders, once known."""
+    f = frame or QMargins()
+    room_w = available.width() - f.left() - f.right()
+    room_h = available.height() - f.top() - f.bottom()
+    w, h = min(PREFERRED_SIZE[0], room_w), min(PREFERRED_SIZE[1], room_h)
+    return QRect(available.x() + f.left() + (room_w - w) // 2, available.y() + f.top() + (room_h - h) // 2, w, h)
+
+
+LAST_MPP_KEY = "last_mpp_um"
+DEFAULT_MPP_UM = 0.5
+"""The pixel size first proposed for a slide that does not say (a typical 20× scan); then the last one entered."""
+
 
 class MainWindow(QMainWindow):
     """The viewer: ``viewer`` (the shared parts and their signals), ``model`` (its ``ViewerModel``) and ``view``
@@ -46,7 +66,9 @@ class MainWindow(QMainWindow):
         self.model.analysis.auto_analyse = str(cfg.get("auto_analyse", "true")).lower() == "true"
         self.setWindowTitle("CellView")
         self.setAcceptDrops(True)
-        self.resize(1600, 1000)
+        self._fitted = False
+        self._fitted_size = QRect()
+        self.fit_to_screen()
 
         self.view.clicked.connect(self._view_clicked)
         self.view.empty_hint.openRequested.connect(self.choose_slide)
@@ -154,9 +176,31 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------------------ asking the user
 
+    def fit_to_screen(self) -> None:
+        """The window on its screen's available area (``fitted_geometry``), with the window manager's frame."""
+        screen = self.screen() or QApplication.primaryScreen()
+        if screen is None:
+            return
+        frame = self.frameGeometry()
+        inner = self.geometry()
+        margins = QMargins(inner.left() - frame.left(), inner.top() - frame.top(), frame.right() - inner.right(),
+                           frame.bottom() - inner.bottom())
+        self._fitted_size = fitted_geometry(screen.availableGeometry(), margins)
+        self.setGeometry(self._fitted_size)
+
     def showEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)
+        if not self._fitted:  # once shown, the window manager's frame is known: fit it on the screen again
+            self._fitted = True
+            QTimer.singleShot(0, self._refit)
         self.viewer.take_focus_soon()
+
+    def _refit(self) -> None:
+        """The frame pushed the window off its screen: fit again (unless someone sized it since: a script, a test)."""
+        screen = self.screen() or QApplication.primaryScreen()
+        if (screen is not None and self.size() == self._fitted_size.size()
+                and not screen.availableGeometry().contains(self.frameGeometry())):
+            self.fit_to_screen()
 
     def take_focus(self) -> None:
         """This window active with the canvas focused (``QtViewer.take_focus``), at start and after every dialog."""
@@ -172,9 +216,16 @@ class MainWindow(QMainWindow):
         box.open()
 
     def ask_mpp(self, opened: Opened) -> float | str | None:
-        dlg = MppDialog(opened.info.name, opened.is_plain_image, self)
+        """The pixel size of a slide that does not say, proposing the last one entered (a series shares it)."""
+        try:
+            last = float(cfg.get(LAST_MPP_KEY, "") or DEFAULT_MPP_UM)
+        except ValueError:
+            last = DEFAULT_MPP_UM
+        dlg = MppDialog(opened.info.name, opened.is_plain_image, self, value=last)
         accepted = dlg.exec() == QDialog.DialogCode.Accepted
         self.take_focus()
+        if accepted and isinstance(dlg.choice, float):
+            cfg.put(LAST_MPP_KEY, f"{dlg.choice:g}")
         return dlg.choice if accepted else None
 
     def confirm_overwrite(self, path: Path) -> bool:

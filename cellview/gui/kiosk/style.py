@@ -25,6 +25,9 @@ QFrame#kioskSettings { background: #4a3510; border: 2px solid #ffb347; border-ra
 QLabel#kioskSettingsTitle { font-size: @24pt; font-weight: 700; color: #ffd08a; }
 QPushButton { min-height: @64px; min-width: @64px; padding: @8px @24px; font-size: @22pt; border-radius: @10px; }
 QPushButton#pinKey { min-width: @110px; min-height: @96px; font-size: @30pt; }
+QPushButton#padKey { min-width: @84px; min-height: @60px; padding: 0; font-size: @26pt; }
+QLabel#kioskValue { font-size: @30pt; font-weight: 700; color: #e6e9ec; background: #1b1e21;
+                    border: 1px solid #4a5259; border-radius: @8px; padding: @6px @12px; }
 QCheckBox { min-height: @64px; spacing: @18px; font-size: @20pt; }
 QCheckBox::indicator { width: @40px; height: @40px; }
 QSlider { min-height: @64px; }

@@ -6,7 +6,7 @@ dialog was 2,107 px wide on a 1,024-px screen). A sheet takes the window's (or t
 view's) geometry, so it always fits, and its controls are finger-sized like the rest of the kiosk.
 
 - ``FilePickerSheet``: folders and slides in big rows (a DICOM folder is one slide), Up, Open.
-- ``ScaleSheet``: the pixel size of a slide that does not say it: 40× / 20× / 10× or a value.
+- ``ScaleSheet``: the pixel size of a slide that does not say it: 40× / 20× / 10× or any value, on a keypad.
 - ``TileSheet``: a tapped tile's call and probabilities, over the slide where the finger is.
 """
 
@@ -29,10 +29,12 @@ from PySide6.QtWidgets import (
 )
 
 from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
+from cellview.gui.kiosk.keypad import DecimalPad, typed_value
 from cellview.gui.kiosk.lines import WholeLines, snap_scroller
 from cellview.gui.kiosk.style import KIOSK_SHEET_BACKGROUND
 from cellview.gui.widgets.cards import text_label
 from cellview.gui.widgets.inspector import OUT_OF_DOMAIN_TEXT, ProbabilityBars, pct
+from cellview.slides.slide import _MPP_PLAUSIBLE_UM as MPP_RANGE
 from cellview.slides.slide import SUPPORTED_SUFFIXES, slide_display_name
 from cellview.viewer.kiosk.settings import SCALE_PRESETS
 
@@ -180,11 +182,10 @@ def entries(folder: Path) -> list[tuple[str, Path]]:
 
 
 class ScaleSheet(Sheet):
-    """The pixel size of a slide that does not record it: a preset magnification or a value, by finger."""
+    """The pixel size of a slide that does not record it: a preset magnification, or any value typed on a
+    keypad (``keypad.DecimalPad``: 0.62, 0.4415 µm/px), by finger."""
 
     chosen = Signal(str, float)  # slide path, µm per pixel
-
-    STEP_UM = 0.01
 
     def __init__(self, host: QWidget) -> None:
         super().__init__(host)
@@ -200,42 +201,56 @@ class ScaleSheet(Sheet):
             presets.addWidget(btn)
             self.preset_buttons[name] = btn
         self.body.addLayout(presets)
-        row = QHBoxLayout()
-        row.addWidget(text_label("Other:", "kioskHint", wrap=False))
-        minus, plus = QPushButton("−"), QPushButton("+")
-        minus.clicked.connect(lambda: self.nudge(-1))
-        plus.clicked.connect(lambda: self.nudge(1))
-        self.value_label = text_label("", "kioskTitle", wrap=False)
+        row = QHBoxLayout()  # the value typed, Use and Not now beside the keypad (a landscape screen is short)
+        left = QVBoxLayout()
+        left.addWidget(text_label("Or type it (µm per pixel):", "kioskHint"))
+        self.value_label = text_label("", "kioskValue", wrap=False)
         self.value_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        row.addWidget(minus)
-        row.addWidget(self.value_label, 1)
-        row.addWidget(plus)
-        self.use_btn = QPushButton("Use")
-        self.use_btn.setObjectName("primary")
-        self.use_btn.clicked.connect(lambda: self.choose(self.value))
-        row.addWidget(self.use_btn)
-        self.body.addLayout(row)
-        self.body.addStretch(1)
+        left.addWidget(self.value_label)
+        self.range_note = text_label("", "kioskHint")
+        left.addWidget(self.range_note)
+        left.addStretch(1)
+        buttons = QHBoxLayout()
         later = QPushButton("Not now")
         later.clicked.connect(self.close_sheet)
-        self.body.addWidget(later, 0, Qt.AlignmentFlag.AlignRight)
+        buttons.addWidget(later)
+        self.use_btn = QPushButton("Use")
+        self.use_btn.setObjectName("primary")
+        self.use_btn.clicked.connect(self._use_typed)
+        buttons.addWidget(self.use_btn)
+        left.addLayout(buttons)
+        row.addLayout(left, 1)
+        self.pad = DecimalPad()
+        self.pad.changed.connect(lambda _t: self._show_value())
+        row.addWidget(self.pad)
+        self.body.addLayout(row, 1)
         self.path = ""
-        self.value = 0.5
         self._show_value()
+
+    @property
+    def value(self) -> float | None:
+        """The pixel size typed, when it is a plausible one (``slides.slide``'s range), else None."""
+        v = typed_value(self.pad.text)
+        return v if v is not None and MPP_RANGE[0] <= v <= MPP_RANGE[1] else None
 
     def ask(self, path: str | Path, message: str) -> None:
         self.path = str(path)
         self.title.setText(f"Pixel size of {slide_display_name(Path(path))}?")
         self.message.setText(message)
+        self.pad.set_text("")
         self.open()
 
-    def nudge(self, steps: int) -> None:
-        step = self.STEP_UM if self.value < 0.2 else 0.05
-        self.value = min(50.0, max(0.02, round(self.value + steps * step, 3)))
-        self._show_value()
-
     def _show_value(self) -> None:
-        self.value_label.setText(f"{self.value:g} µm/px")
+        text = self.pad.text
+        self.value_label.setText(f"{text or '–'} µm/px")
+        ok = self.value is not None
+        self.use_btn.setEnabled(ok)
+        lo, hi = MPP_RANGE
+        self.range_note.setText("" if ok or not typed_value(text) else f"From {lo:g} to {hi:g} µm per pixel.")
+
+    def _use_typed(self) -> None:
+        if self.value is not None:
+            self.choose(self.value)
 
     def choose(self, mpp_um: float) -> None:
         path = self.path

@@ -1,40 +1,16 @@
-"""The kiosk's small widgets: a one-line label that elides, a file name that wraps rather than being cut, a card
-holding one message, a text that scrolls rather than growing past the screen."""
+"""The kiosk's small widgets: a file name that wraps rather than being cut, a card holding one message, a text that
+scrolls rather than growing past the screen (and ``ElidedLabel``, the one-line label both windows use)."""
 
 from __future__ import annotations
 
 import re
 
 from PySide6.QtCore import QSize, Qt
-from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import QApplication, QFrame, QHBoxLayout, QLabel, QScrollArea, QScroller, QSizePolicy
 
-from cellview.gui.widgets.cards import text_label
+from cellview.gui.widgets.cards import ElidedLabel, text_label
 
-
-class ElidedLabel(QLabel):
-    """One line that ends in "…" when it does not fit, instead of wrapping (the header) or being clipped."""
-
-    def __init__(self, text: str = "", name: str = "") -> None:
-        super().__init__(text)
-        if name:
-            self.setObjectName(name)
-        self.setWordWrap(False)
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.setMinimumWidth(40)
-
-    def shown_text(self) -> str:
-        return self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, max(10, self.contentsRect().width()))
-
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
-        return QSize(40, super().minimumSizeHint().height())
-
-    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
-        p = QPainter(self)
-        p.setPen(self.palette().windowText().color())
-        p.setFont(self.font())
-        p.drawText(self.contentsRect(), int(self.alignment() | Qt.AlignmentFlag.AlignVCenter), self.shown_text())
-        p.end()
+__all__ = ["ElidedLabel", "NameLabel", "TextScroll", "breakable", "card"]
 
 
 ZWSP = "\u200b"

@@ -21,6 +21,8 @@ from cellview.viewer.events import Event
 from cellview.viewer.model import ViewerModel
 
 WARN = "<span style='color:#ffb347'>⚠</span>"
+NO_CALL_ON_SCREEN = "#c3c9ce"
+"""A call that is no finding, on the dark screens (``legend.NO_CALL_COLOUR`` is the white PNG legend's grey)."""
 
 
 def shares_line(call: SlideCall) -> str:
@@ -76,7 +78,7 @@ class CallPanel:
             self.shares_label.setText("")
         else:
             state = " (so far)" if running and call.partial else ""
-            colour = call_colour(call)
+            colour = call_colour(call) if call.is_finding else NO_CALL_ON_SCREEN
             warn = not call.is_finding or self.model.overlay.notice().banner
             head = f"{WARN} " if warn else ""
             if self.swatch:

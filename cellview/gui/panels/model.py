@@ -56,7 +56,8 @@ class ModelBox(QComboBox):
 
 
 class ModelPanel:
-    """``model_box`` with ``open_model_btn`` and ``card_btn``, ``device_box``, ``model_info``. ``host`` (the window)
+    """``model_box`` with ``open_model_btn`` and ``card_btn``, ``device_box``, ``model_info`` and ``run_info`` (what the
+    loaded model runs on, in full). ``host`` (the window)
     parents the file dialog and the model card and shows errors."""
 
     def __init__(self, model: ViewerModel, host: Any) -> None:
@@ -79,7 +80,10 @@ class ModelPanel:
         self.device_box.setCurrentIndex(max(0, DEVICES.index(model.settings.params.device)))
         self.device_box.currentIndexChanged.connect(lambda _i: model.settings.set(device=self.device_box.currentData()))
         self.model_info = text_label("", "hint")
+        self.run_info = text_label("", "hint")  # the loaded model's whole sentence (the status bar's is short)
+        self.run_info.setVisible(False)
         model.settings.events.model.connect(self._on_model_selected)
+        model.analysis.events.model_ready.connect(self._on_model_ready)
         for events in (model.slide.events.slide, model.analysis.events.running, model.analysis.events.result):
             events.connect(lambda e: self.sync())
 
@@ -130,6 +134,10 @@ class ModelPanel:
         self.model.set_model(self.model_box.currentData() or None)
         self._show_model_info()
 
+    def _on_model_ready(self, event: Event) -> None:
+        self.run_info.setText(f"Runs as {event.value.description}")
+        self.run_info.setVisible(True)
+
     def _on_model_selected(self, event: Event) -> None:
         idx = self.model_box.findData(event.value)
         if idx >= 0 and idx != self.model_box.currentIndex():
@@ -140,6 +148,8 @@ class ModelPanel:
 
     def _show_model_info(self) -> None:
         path = self.model.settings.model_path
+        if self.model.analysis.model_ready is None:
+            self.run_info.setVisible(False)  # known once the model has loaded
         if not path:
             self.model_info.setText("Put models in models/<name>/model.onnx with model.json, or open one.")
             return

@@ -1,15 +1,19 @@
-"""The one label maker, the side panel's titled cards and the model card dialog."""
+"""The one label maker, a one-line label that elides, figures kept with their units, the side panel's titled cards
+and the model card dialog."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QFrame,
     QLabel,
+    QSizePolicy,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
@@ -34,6 +38,35 @@ def unbreakable(text: str) -> str:
     """``text`` with a figure and its unit kept on one line ("11 %", "0.10 mm²", "48 tiles"): the same words, read
     as one (a wrapped "11" above "% of tiles" was read as 11 tiles)."""
     return _UNITS.sub(NBSP, text)
+
+
+class ElidedLabel(QLabel):
+    """One line that ends in "…" when it does not fit, instead of wrapping or being clipped (the kiosk's header, the
+    desktop's status bar): the whole text is then its tooltip."""
+
+    def __init__(self, text: str = "", name: str = "") -> None:
+        super().__init__(text)
+        if name:
+            self.setObjectName(name)
+        self.setWordWrap(False)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setMinimumWidth(40)
+
+    def shown_text(self) -> str:
+        return self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, max(10, self.contentsRect().width()))
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        return QSize(40, super().minimumSizeHint().height())
+
+    def elided(self) -> bool:
+        return self.shown_text() != self.text()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
+        p = QPainter(self)
+        p.setPen(self.palette().windowText().color())
+        p.setFont(self.font())
+        p.drawText(self.contentsRect(), int(self.alignment() | Qt.AlignmentFlag.AlignVCenter), self.shown_text())
+        p.end()
 
 
 def section(title: str) -> tuple[QFrame, QVBoxLayout]:
