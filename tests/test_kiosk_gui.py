@@ -191,6 +191,11 @@ def test_model_failure_is_shown_with_retry(qtbot, tmp_path, toy_model):
     window = make_kiosk(qtbot, kiosk_settings(tmp_path, toy_model, model=str(tmp_path / "missing.onnx")),
                         wait_model=False)
     qtbot.waitUntil(window.preparing.retry_btn.isVisible, timeout=TIMEOUT_MS)
+    from PySide6.QtWidgets import QWidget
+    c = window.centralWidget()
+    print("DBG", window.geometry().getRect(), window.minimumSizeHint(), c.minimumSizeHint())
+    for w in c.findChildren(QWidget):
+        if w.isVisible() and w.minimumSizeHint().width() > 600: print("  WIDE", type(w).__name__, w.objectName(), w.minimumSizeHint(), getattr(w, "text", lambda: "")()[:80] if hasattr(w, "text") else "")
     assert window.page == "preparing" and window.cards.error_card.isVisible() and window.isFullScreen()
 
 
@@ -483,14 +488,13 @@ def test_recent_cases_show_the_call_first_and_whole(qtbot, kiosk, synthetic_slid
     qtbot.waitUntil(lambda: kiosk.waiting.recent_list.viewport().width() > 0, timeout=5000)
     kiosk.waiting.fit_recent_items()
     item = kiosk.waiting.recent_list.item(0)
-    first, second, third = item.text().split("\n")
+    first, second, third = item.text().replace("\u00a0", " ").split("\n")
     assert first.startswith("synthetic.tiff · ") and second == kiosk.case_page.call.text()  # the call, then the shares
     assert second.startswith("Malignant: ") and third == "benign 43 % · malignant 29 % · normal 28 %"
     assert "tiles/s" not in item.text()
-    fm = kiosk.waiting.recent_list.fontMetrics()
-    width_px = kiosk.waiting.recent_list.viewport().width() - 2 * kiosk.waiting.RECENT_PADDING[0] - 4
-    assert item.sizeHint().height() >= kiosk.waiting.recent_text_height(item.text(), fm, width_px)
-    assert kiosk.waiting.recent_list.wordWrap()
+    label = kiosk.waiting.recent_label(0)  # what draws the item: wrapped, as tall as it needs
+    assert label.wordWrap() and label.text().replace("\u200b", "") == item.text()
+    assert item.sizeHint().height() >= label.heightForWidth(kiosk.waiting.recent_list.viewport().width())
 
 
 def test_the_kiosk_takes_the_keyboard_focus_at_start(qtbot, tmp_path, toy_model, monkeypatch):

@@ -142,6 +142,11 @@ def test_no_line_of_text_is_cut_at_a_scrolling_edge(qtbot, tmp_path, toy_model, 
         bar.setValue(value)
         qtbot.wait(10)
         assert waiting.waiting_lines.hidden_text() == [], (size, value)
+    bar = waiting.recent_list.verticalScrollBar()
+    for value in range(0, bar.maximum() + 1, 11):  # nor a recent case at the list's edges
+        bar.setValue(value)
+        qtbot.wait(10)
+        assert waiting.recent_lines.hidden_text() == [], (size, value)
     sb = page.side_scroll.verticalScrollBar()  # finger-sized scroll arrows (they were about 36 px)
     from PySide6.QtWidgets import QStyle, QStyleOptionSlider
 

@@ -12,7 +12,7 @@ from typing import Any
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QFrame, QVBoxLayout
 
-from cellview.gui.widgets.cards import text_label
+from cellview.gui.widgets.cards import text_label, unbreakable
 from cellview.viewer.kiosk.cases import CaseResult
 
 ACTIVITY_EVENTS = {
@@ -106,7 +106,7 @@ class IdleScreen(QFrame):
         state = self.kiosk.header.state_label.text()
         if self.wake_case is not None:
             case = self.wake_case
-            status = f"New result: {case.name} — {case.headline}\nTouch to see it"
+            status = f"New result: {case.name} — {unbreakable(case.headline)}\nTouch to see it"
             if self.kiosk.cases.current is not None:
                 status += f"\n{state}"
         else:

@@ -18,6 +18,8 @@ from PySide6.QtCore import QEvent, QObject, QPoint, Qt, QTimer
 from PySide6.QtGui import QColor, QFontMetrics, QPainter
 from PySide6.QtWidgets import (
     QAbstractButton,
+    QAbstractItemView,
+    QAbstractScrollArea,
     QComboBox,
     QLabel,
     QProgressBar,
@@ -57,7 +59,7 @@ class WholeLines(QObject):
     """Keeps ``scroll``'s top and bottom edges between lines of text (module docstring). ``colour``: the area's
     background, which the masks paint."""
 
-    def __init__(self, scroll: QScrollArea, colour: str) -> None:
+    def __init__(self, scroll: QAbstractScrollArea, colour: str) -> None:
         super().__init__(scroll)
         self.scroll = scroll
         self.top_mask = Mask(scroll.viewport(), colour)
@@ -66,8 +68,23 @@ class WholeLines(QObject):
         scroll.verticalScrollBar().valueChanged.connect(lambda _v: self.update())
         scroll.verticalScrollBar().rangeChanged.connect(lambda _a, _b: self.update_soon())
         scroll.viewport().installEventFilter(self)
-        if scroll.widget() is not None:
-            scroll.widget().installEventFilter(self)
+        content = self.content()
+        if content is not None:
+            content.installEventFilter(self)
+        if isinstance(scroll, QAbstractItemView):
+            model = scroll.model()
+            for changed in (model.rowsInserted, model.rowsRemoved, model.modelReset, model.layoutChanged):
+                changed.connect(lambda *_a: self.update_soon())
+
+    def content(self) -> QWidget | None:
+        """The scrolled widget (a QScrollArea's); None for a list, whose items are the blocks."""
+        return self.scroll.widget() if isinstance(self.scroll, QScrollArea) else None
+
+    def content_height(self) -> int:
+        content = self.content()
+        if content is not None:
+            return content.height()
+        return self.scroll.verticalScrollBar().maximum() + self.scroll.viewport().height()
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
         if event.type() in (QEvent.Type.Resize, QEvent.Type.LayoutRequest, QEvent.Type.Show):
@@ -77,28 +94,30 @@ class WholeLines(QObject):
     def update_soon(self) -> None:
         if not self._pending:
             self._pending = True
-            QTimer.singleShot(0, self.update)
+            QTimer.singleShot(0, self, self.update)  # dropped if the area goes first
 
     # ------------------------------------------------------------------------------ where text may be cut
 
     def blocks(self) -> list[tuple[int, int, list[int]]]:
-        """(top, bottom, allowed cuts inside) of every widget with text, in the content's pixels."""
-        content = self.scroll.widget()
+        """(top, bottom, allowed cuts inside) of every widget (or list item) with text, in the content's pixels."""
+        if isinstance(self.scroll, QAbstractItemView):
+            return self.item_blocks()
+        content = self.content()
         out: list[tuple[int, int, list[int]]] = []
         if content is None:
             return out
-        for w in content.findChildren(QWidget):
+        for w in [content, *content.findChildren(QWidget)]:  # the content may itself be the text (a TextScroll)
             if not w.isVisibleTo(content) or w.height() <= 0:
                 continue
             top = w.mapTo(content, QPoint(0, 0)).y()
             rows = getattr(w, "row_boundaries", None)
             if callable(rows):
                 inner = [top + y for y in rows()]
-            elif isinstance(w, QLabel):
+            elif isinstance(w, QLabel):  # the text's own extent: a label taller than its text is cut anywhere else
                 lines = label_lines(w)
-                if not lines:
-                    continue
-                inner = [top + y for y in lines]
+                if lines:
+                    out.append((top + lines[0], top + lines[-1], [top + y for y in lines]))
+                continue
             elif _says_something(w):
                 inner = []
             else:
@@ -106,13 +125,30 @@ class WholeLines(QObject):
             out.append((top, top + w.height(), inner))
         return out
 
+    def item_blocks(self) -> list[tuple[int, int, list[int]]]:
+        """A list's items (a per-pixel scrolling list: its value is in pixels): the lines of the label an item is
+        drawn by (``setIndexWidget``), else the whole item as one block."""
+        view = self.scroll
+        value = view.verticalScrollBar().value()
+        out = []
+        for row in range(view.model().rowCount()):
+            index = view.model().index(row, 0)
+            r = view.visualRect(index)
+            if r.height() <= 0:
+                continue
+            label = view.indexWidget(index)
+            lines = label_lines(label) if isinstance(label, QLabel) else []
+            if lines:
+                top = label.y() + value  # the label's own place in the viewport
+                out.append((top + lines[0], top + lines[-1], [top + y for y in lines]))
+            else:
+                out.append((r.top() + value, r.bottom() + 1 + value, []))
+        return out
+
     def cuts(self) -> list[int]:
         """Every y (content pixels) where an edge cuts no line of text, sorted; 0 and the content's end included."""
-        content = self.scroll.widget()
-        if content is None:
-            return [0]
         blocks = self.blocks()
-        candidates = {0, content.height()}
+        candidates = {0, self.content_height()}
         for top, bottom, inner in blocks:
             candidates.update((top, bottom, *inner))
         ok = []
@@ -123,18 +159,29 @@ class WholeLines(QObject):
 
     # ------------------------------------------------------------------------------ edges on them
 
+    @staticmethod
+    def _slices(blocks: list[tuple[int, int, list[int]]], y: int) -> bool:
+        return any(top < y < bottom and y not in inner for top, bottom, inner in blocks)
+
+    def slices(self, y: int) -> bool:
+        """An edge at ``y`` (content pixels) would cut a line of text."""
+        return self._slices(self.blocks(), y)
+
     def update(self) -> None:
         self._pending = False
-        content = self.scroll.widget()
-        if content is None or not self.scroll.isVisible():
+        if not self.scroll.isVisible() or (isinstance(self.scroll, QScrollArea) and self.content() is None):
             return
+        blocks = self.blocks()
         cuts = self.cuts()
         value = self.scroll.verticalScrollBar().value()
         height = self.scroll.viewport().height()
-        i = bisect.bisect_left(cuts, value)
-        top = cuts[i] if i < len(cuts) else value
-        j = bisect.bisect_right(cuts, value + height) - 1
-        bottom = cuts[j] if j >= 0 and cuts[j] > top else value + height
+        top, bottom = value, value + height
+        if self._slices(blocks, top):  # only text is covered: a picture or a slider may be cut anywhere
+            i = bisect.bisect_right(cuts, top)
+            top = cuts[i] if i < len(cuts) else top
+        if self._slices(blocks, bottom):
+            j = bisect.bisect_left(cuts, bottom) - 1
+            bottom = cuts[j] if j >= 0 and cuts[j] > top else bottom
         width = self.scroll.viewport().width()
         self.top_mask.cover(0, 0, width, top - value)
         self.bottom_mask.cover(0, bottom - value, width, value + height - bottom)

@@ -8,16 +8,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QBrush
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
+    QLabel,
     QListWidget,
     QListWidgetItem,
     QProgressBar,
     QPushButton,
     QScrollArea,
-    QScroller,
     QVBoxLayout,
     QWidget,
 )
@@ -27,10 +28,10 @@ from cellview.analysis.model_spec import PRECISION_LABELS
 from cellview.analysis.pipeline import CancelToken
 from cellview.base.errors import CellviewError
 from cellview.gui.kiosk.lines import WholeLines, snap_scroller
-from cellview.gui.kiosk.style import KIOSK_BACKGROUND
-from cellview.gui.kiosk.widgets import card
+from cellview.gui.kiosk.style import KIOSK_BACKGROUND, KIOSK_LIST_BACKGROUND
+from cellview.gui.kiosk.widgets import breakable, card
 from cellview.gui.panels.run_status import format_eta
-from cellview.gui.widgets.cards import text_label
+from cellview.gui.widgets.cards import NBSP, text_label, unbreakable
 from cellview.gui.worker import QtRunner, Worker
 from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS
 from cellview.viewer.kiosk.cases import CaseResult
@@ -109,7 +110,7 @@ class PreparingPage(QWidget):
         self.timer.stop()
         self.prepare_bar.hide()
         self.prepare_title.setText("The model could not be prepared")
-        self.prepare_label.setText(exc.message)
+        self.prepare_label.setText(breakable(exc.message))
         self.retry_btn.show()
         self.failed.emit(exc)
 
@@ -119,9 +120,6 @@ class WaitingPage(QWidget):
 
     openRequested = Signal()
     caseChosen = Signal(object)  # CaseResult
-
-    RECENT_PADDING = (14, 8)
-    """The recent-cases items' padding in the style sheet (horizontal, vertical), in px."""
 
     def __init__(self, watch_dir: Path | None) -> None:
         super().__init__()
@@ -136,7 +134,7 @@ class WaitingPage(QWidget):
         self.done_card, self.done_label = card("kioskDone")  # the last case's outcome first, under the title
         left.addWidget(self.done_card)
         self.waiting_hint = text_label(
-            f"Put a slide or image into\n{watch_dir}\nIt opens and is analysed automatically."
+            f"Put a slide or image into\n{breakable(str(watch_dir))}\nIt opens and is analysed automatically."
             if watch_dir is not None else "Tap “Open slide” to choose a slide or image.", "kioskHint")
         left.addWidget(self.waiting_hint)
         self.run_options_label = text_label("", "kioskHint")  # the analysis settings every case runs with
@@ -170,12 +168,16 @@ class WaitingPage(QWidget):
         right = QVBoxLayout()
         right.addWidget(text_label("Recent cases", "kioskTitle"))
         self.recent_list = QListWidget()
+        self.recent_list.setObjectName("kioskRecent")  # its items' labels pad themselves
+        self.recent_list.setResizeMode(QListWidget.ResizeMode.Adjust)
+        self.recent_list.viewport().installEventFilter(self)  # a scroll bar coming or going: the items re-fit
         self.recent_list.setVerticalScrollMode(QListWidget.ScrollMode.ScrollPerPixel)
         self.recent_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.recent_list.setWordWrap(True)  # the call is never cut off: it wraps onto another line
         self.recent_list.setTextElideMode(Qt.TextElideMode.ElideNone)
         self.recent_list.itemClicked.connect(self._recent_clicked)
-        QScroller.grabGesture(self.recent_list.viewport(), QScroller.ScrollerGestureType.LeftMouseButtonGesture)
+        snap_scroller(self.recent_list)
+        self.recent_lines = WholeLines(self.recent_list, KIOSK_LIST_BACKGROUND)  # no case cut at its edges
         right.addWidget(self.recent_list, 1)
         lay.addLayout(right, 2)
 
@@ -196,7 +198,7 @@ class WaitingPage(QWidget):
     def show_done(self, case: CaseResult, outbox: Path) -> None:
         where = next(iter(case.outputs.values())).parent if case.outputs else outbox
         warning = f"\n⚠ {case.domain_warning}" if case.domain_warning else ""
-        self.done_label.setText(f"✔ {case.message}{warning}\nResults saved to {where}")
+        self.done_label.setText(f"✔ {unbreakable(case.message)}{warning}\nResults saved to {breakable(str(where))}")
         self.done_card.show()
 
     # ------------------------------------------------------------------------------ recent cases
@@ -207,34 +209,51 @@ class WaitingPage(QWidget):
             when = time.strftime("%H:%M", time.localtime(case.finished_unix))
             # the call first, in the words of the case's files, then every share (they add up to 100); the rate
             # and provider are in the outbox metadata
-            text = f"{case.name} · {when}\n" + (case.headline if case.ok else f"⚠ {case.headline}")
+            text = f"{case.name} · {when}\n" + unbreakable(case.headline if case.ok else f"⚠ {case.headline}")
             if case.ok and case.call_text and case.shares:
-                text += f"\n{case.shares}"
+                text += "\n" + f"{NBSP}· ".join(part.replace(" ", NBSP) for part in case.shares.split(" · "))
             if case.ok and case.domain_warning:  # the call of tissue unlike the training data is unreliable
                 text += "\n⚠ unlike the model's training data: calls unreliable"
-            item = QListWidgetItem(text)
-            item.setData(Qt.ItemDataRole.UserRole, case)
-            self.recent_list.addItem(item)
+            self._add_recent(text, case)
         if not cases:
-            item = QListWidgetItem("No cases yet")
-            item.setFlags(Qt.ItemFlag.NoItemFlags)
-            self.recent_list.addItem(item)
+            self._add_recent("No cases yet", None)
         self.fit_recent_items()
 
+    def _add_recent(self, text: str, case: CaseResult | None) -> None:
+        """One case: the item (its text for whoever reads the list) drawn by a wrapped label, whose lines the list's
+        edges never cut (``lines.WholeLines``)."""
+        item = QListWidgetItem(text)
+        item.setForeground(QBrush(Qt.GlobalColor.transparent))  # the label below draws it
+        if case is None:
+            item.setFlags(Qt.ItemFlag.NoItemFlags)
+        else:
+            item.setData(Qt.ItemDataRole.UserRole, case)
+        self.recent_list.addItem(item)
+        lines = text.split("\n")
+        label = text_label("\n".join([breakable(lines[0]), *lines[1:]]), "recentCase")
+        label.setTextFormat(Qt.TextFormat.PlainText)
+        label.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)  # a tap is the list's
+        self.recent_list.setItemWidget(item, label)
+
     def fit_recent_items(self) -> None:
-        """Each item as tall as its text wrapped to the list's width: the call is never cut off."""
-        fm = self.recent_list.fontMetrics()
-        pad_x, pad_y = self.RECENT_PADDING
-        width = max(50, self.recent_list.viewport().width() - 2 * pad_x - 4)
+        """Each item as tall as its label's text wrapped to the list's width: the call is never cut off."""
+        width = max(50, self.recent_list.viewport().width())
         for i in range(self.recent_list.count()):
             item = self.recent_list.item(i)
-            height = self.recent_text_height(item.text(), fm, width) + 2 * pad_y + 2
+            label = self.recent_list.itemWidget(item)
+            height = label.heightForWidth(width) if label is not None else 80
             item.setSizeHint(QSize(width, max(80, height)))
 
-    @staticmethod
-    def recent_text_height(text: str, fm, width: int) -> int:
-        flags = int(Qt.TextFlag.TextWordWrap | Qt.TextFlag.TextWrapAnywhere)
-        return fm.boundingRect(0, 0, width, 100000, flags, text).height()
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+        if obj is self.recent_list.viewport() and event.type() == QEvent.Type.Resize:
+            if event.size().width() != event.oldSize().width():
+                QTimer.singleShot(0, self, self.fit_recent_items)
+        return False
+
+    def recent_label(self, row: int) -> QLabel | None:
+        """The label that shows case ``row`` of the recent list."""
+        item = self.recent_list.item(row)
+        return self.recent_list.itemWidget(item) if item is not None else None
 
     def _recent_clicked(self, item: QListWidgetItem) -> None:
         case = item.data(Qt.ItemDataRole.UserRole)

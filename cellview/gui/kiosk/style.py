@@ -36,6 +36,8 @@ QSlider::sub-page:horizontal { background: #2f6fb3; border-radius: @7px; }
 QSlider::handle:horizontal { width: @52px; height: @52px; margin: -@19px 0; border-radius: @26px; background: #e6e9ec; }
 QListWidget { background: #1b1e21; border: 1px solid #3d4348; border-radius: @8px; font-size: @20pt; }
 QListWidget::item { min-height: @80px; padding: @8px @14px; border-bottom: 1px solid #2a2f33; }
+QListWidget#kioskRecent::item { padding: 0; }
+QLabel#recentCase { padding: @8px @14px; background: transparent; font-size: @20pt; color: #e6e9ec; }
 QListWidget::item:selected { background: #2f6fb3; }
 QProgressBar { min-height: @40px; font-size: @18pt; }
 QLineEdit { min-height: @72px; font-size: @30pt; }
@@ -95,6 +97,20 @@ KIOSK_BACKGROUND = "#1f2326"
 
 KIOSK_SHEET_BACKGROUND = "#1b1e21"
 """The tile sheet's colour: opaque, so nothing of the slide shows through its text."""
+
+KIOSK_LIST_BACKGROUND = "#1b1e21"
+"""The lists' colour (``QListWidget``): the recent cases."""
+
+KIOSK_SHEET_CARD = "#1f2326"
+"""The sheets' card colour (``QFrame#kioskSheet``)."""
+
+THIN_SCROLL_BAR = """
+QScrollBar:vertical { width: 10px; margin: 0; background: #1b1e21; border: none; }
+QScrollBar::handle:vertical { background: #5a636b; min-height: 24px; border-radius: 5px; margin: 0; }
+QScrollBar::add-line:vertical, QScrollBar::sub-line:vertical { height: 0; border: none; }
+QScrollBar::add-page:vertical, QScrollBar::sub-page:vertical { background: none; }
+"""
+"""A scroll bar that only shows there is more (a short text a finger drags), where arrows would not fit."""
 
 KIOSK_SCALE_BAR_PT = 18.0
 """The scale bar's label in the kiosk, read from a metre away like every other text."""

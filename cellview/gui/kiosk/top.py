@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QPushButton, QVBoxLayout
 
 from cellview.analysis.classifier import OnnxClassifier
 from cellview.base.errors import CellviewError
-from cellview.gui.kiosk.widgets import ElidedLabel, TextScroll, card
+from cellview.gui.kiosk.widgets import ElidedLabel, TextScroll, breakable, card
 from cellview.gui.widgets.cards import text_label
 
 ERROR_CARD_S = 12.0
@@ -54,12 +54,12 @@ class MessageCards(QObject):
 
     def __init__(self, parent: QObject) -> None:
         super().__init__(parent)
-        self.banner, self.banner_label = card("kioskBanner")
-        self.info_card, self.info_label = card("kioskInfo")  # news that is not an error (a backlog at start)
+        self.banner, self.banner_label = card("kioskBanner", shrinks=True)
+        self.info_card, self.info_label = card("kioskInfo", shrinks=True)  # news that is not an error (a backlog at start)
         ok = QPushButton("OK")
         ok.clicked.connect(self.info_card.hide)
         self.info_card.layout().addWidget(ok, 0, Qt.AlignmentFlag.AlignTop)
-        self.error_card, self.error_label = card("kioskError")
+        self.error_card, self.error_label = card("kioskError", shrinks=True)
         self.error_label.setTextFormat(Qt.TextFormat.PlainText)
         el = self.error_card.layout()
         el.setContentsMargins(20, 12, 12, 12)
@@ -107,7 +107,7 @@ class MessageCards(QObject):
 
     def show_message(self, message: str) -> None:
         """An error card that stays a few seconds; it never blocks and never needs an answer."""
-        self.error_label.setText(message)
+        self.error_label.setText(breakable(message))
         self.error_card.show()
         self.error_timer.start()
 
@@ -116,10 +116,10 @@ class MessageCards(QObject):
 
     def show_info(self, message: str) -> None:
         """A blue card for news that is not an error; it stays until tapped or a minute has passed."""
-        self.info_label.setText(message)
+        self.info_label.setText(breakable(message))
         self.info_card.show()
         QTimer.singleShot(60_000, self.info_card.hide)
 
     def show_watch_problem(self, problem: str | None) -> None:
-        self.banner_label.setText(problem or "")
+        self.banner_label.setText(breakable(problem or ""))
         self.banner.setVisible(bool(problem))

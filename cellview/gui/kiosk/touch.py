@@ -15,6 +15,7 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtCore import QRect, QRectF, Qt, Signal
 from PySide6.QtWidgets import (
     QFrame,
@@ -31,7 +32,8 @@ from PySide6.QtWidgets import (
 from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
 from cellview.gui.kiosk.keypad import DecimalPad, typed_value
 from cellview.gui.kiosk.lines import WholeLines, snap_scroller
-from cellview.gui.kiosk.style import KIOSK_SHEET_BACKGROUND
+from cellview.gui.kiosk.style import KIOSK_SHEET_BACKGROUND, KIOSK_SHEET_CARD, THIN_SCROLL_BAR
+from cellview.gui.kiosk.widgets import TextScroll
 from cellview.gui.widgets.cards import text_label
 from cellview.gui.widgets.inspector import OUT_OF_DOMAIN_TEXT, ProbabilityBars, pct
 from cellview.slides.slide import _MPP_PLAUSIBLE_UM as MPP_RANGE
@@ -192,7 +194,6 @@ class ScaleSheet(Sheet):
         self.title = text_label("Pixel size unknown", "kioskTitle", wrap=False)
         self.body.addWidget(self.title)
         self.message = text_label("", "kioskHint")
-        self.body.addWidget(self.message)
         presets = QHBoxLayout()
         self.preset_buttons: dict[str, QPushButton] = {}
         for name, mpp in SCALE_PRESETS:
@@ -203,13 +204,16 @@ class ScaleSheet(Sheet):
         self.body.addLayout(presets)
         row = QHBoxLayout()  # the value typed, Use and Not now beside the keypad (a landscape screen is short)
         left = QVBoxLayout()
+        message = TextScroll(self.message)  # why it is asked: scrolls on a short screen (whole lines), the keypad stays
+        self.message_lines = WholeLines(message, KIOSK_SHEET_CARD)
+        message.verticalScrollBar().setStyleSheet(THIN_SCROLL_BAR)  # a finger drags the text; the bar only shows it
+        left.addWidget(message, 1)
         left.addWidget(text_label("Or type it (µm per pixel):", "kioskHint"))
         self.value_label = text_label("", "kioskValue", wrap=False)
         self.value_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         left.addWidget(self.value_label)
         self.range_note = text_label("", "kioskHint")
         left.addWidget(self.range_note)
-        left.addStretch(1)
         buttons = QHBoxLayout()
         later = QPushButton("Not now")
         later.clicked.connect(self.close_sheet)
@@ -261,13 +265,16 @@ class ScaleSheet(Sheet):
 class TileSheet(QFrame):
     """A tapped tile's call over the slide view, placed away from the finger so the tile stays in sight.
 
-    The call and the probability bars scroll inside the sheet when the view is short (800 × 480), so
-    the sheet never covers more than ``MAX_SHARE`` of the slide; the close and details buttons stay put.
+    The sheet never covers more than ``MAX_SHARE`` of the slide: when every probability row does not fit, it shows
+    the category rows (the classes' are under "Patch and details"), and what still does not fit scrolls, cut
+    between rows (``lines.WholeLines``); the close and details buttons stay put.
     """
 
     closeRequested = Signal()
     detailsRequested = Signal()
     MAX_SHARE = 0.7
+    MAX_SHARE_SHORT = 0.85
+    """On a view too short for the category rows in ``MAX_SHARE`` (800 × 480 with a note above the slide)."""
 
     def __init__(self, host: QWidget) -> None:
         super().__init__(host)
@@ -288,7 +295,12 @@ class TileSheet(QFrame):
         inner.addWidget(self.subtitle)
         self.bars = ProbabilityBars()
         inner.addWidget(self.bars)
+        self.more_label = text_label("", "tileSheetSubtitle")  # compact: where the class rows are
+        self.more_label.hide()
+        inner.addWidget(self.more_label)
         inner.addStretch(1)
+        self.compact = False  # the category rows only: all of them did not fit the sheet
+        self._rows: tuple = ()
         self.scroll = QScrollArea()
         self.scroll.setWidget(content)
         self.scroll.setWidgetResizable(True)
@@ -317,7 +329,8 @@ class TileSheet(QFrame):
         if not bool(result.done[index]):
             self.title.setText("Tile not analysed yet")
             self.subtitle.setText("")
-            self.bars.set_values(m.class_names, m.class_colors, None)
+            self._rows = (m.class_names, m.class_colors, None)
+            self._show_rows()
             return
         cls, k = int(result.pred_class[index]), int(result.pred_category[index])
         cat = CATEGORIES[k]
@@ -327,15 +340,32 @@ class TileSheet(QFrame):
             sub += f"<br><b style='color:{OUT_OF_DOMAIN_TEXT}'>Out of the model's domain: unreliable</b>"
         self.subtitle.setText(sub)
         by_class = tuple(m.class_names) != tuple(m.class_categories)
-        self.bars.set_values(m.class_names, m.class_colors, result.probs[index], cls,
-                             result.category_probs[index] if by_class else None, k)
+        self._rows = (m.class_names, m.class_colors, result.probs[index], cls,
+                      result.category_probs[index] if by_class else None, k)
+        self._show_rows()
+
+    def _show_rows(self) -> None:
+        """Every row, or in ``compact`` the category rows only (when the model's classes are finer)."""
+        rows = self._rows
+        compact = self.compact and len(rows) == 6 and rows[4] is not None
+        if compact:
+            names, colors, probs, _cls, categories, k = rows
+            self.bars.set_values((), (), np.zeros(0, np.float32), -1, categories, k)
+            self.more_label.setText(f"The {len(names)} classes' probabilities: Patch and details ▸")
+        else:
+            self.bars.set_values(*rows)
+        self.more_label.setVisible(compact)
 
     def place(self, view_rect: QRect, tile: QRectF) -> QRect:
         """Across the view's width, in the half the tapped tile (``tile``, in view pixels) is not in; returns
         where the sheet is (the kiosk pans the slide when the tile would still be under it). As tall as its
-        content, at most ``MAX_SHARE`` of the view, and then cut between rows, never through one."""
+        content, at most ``MAX_SHARE`` of the view (``MAX_SHARE_SHORT`` for the category rows of a short one), and
+        then cut between rows, never through one."""
         at_bottom = tile.center().y() < view_rect.center().y()
         most = max(140, int(view_rect.height() * self.MAX_SHARE))
+        if self.compact:
+            self.compact = False
+            self._show_rows()
         self.setFixedSize(max(200, view_rect.width() - 16), most)
         self.show()
         self.raise_()
@@ -344,15 +374,30 @@ class TileSheet(QFrame):
         content.layout().activate()
         room = self.scroll.viewport().height()
         chrome = self.height() - room
-        lay = content.layout()
-        width = self.scroll.viewport().width()
-        need = lay.totalHeightForWidth(width) if lay.hasHeightForWidth() else content.sizeHint().height()
+        need = self._content_height(self.scroll.width())
+        if need > room and not self.compact:  # the category rows alone, when every row would not fit
+            self.compact = True
+            self._show_rows()
+            content.layout().activate()
+            need = self._content_height(self.scroll.width())
+        if need > room:  # a short view (a note above it): the category rows still whole, on a little more of it
+            room = max(room, min(need, int(view_rect.height() * self.MAX_SHARE_SHORT) - chrome))
         if need > room:  # scrolls: the rows that fit whole
+            self.setFixedHeight(room + chrome)
+            self.layout().activate()
+            content.layout().activate()
+            room = self.scroll.viewport().height()
             cuts = [y for y in self.lines.cuts() if 0 < y <= room]
-            need = cuts[-1] if cuts else room
+            need = cuts[-1] if cuts and self.lines.slices(room) else room
         self.setFixedHeight(need + chrome)
         top = view_rect.bottom() - self.height() - 8 if at_bottom else view_rect.top() + 8
         self.move(view_rect.left() + 8, max(view_rect.top(), top))
         self.scroll.verticalScrollBar().setValue(0)
         self.lines.update()
         return self.geometry()
+
+    def _content_height(self, width: int) -> int:
+        """The content's height at ``width`` (the scroll area's: no scroll bar is needed when it fits)."""
+        content = self.scroll.widget()
+        lay = content.layout()
+        return lay.totalHeightForWidth(width) if lay.hasHeightForWidth() else content.sizeHint().height()

@@ -8,6 +8,7 @@ import re
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtWidgets import QApplication, QFrame, QHBoxLayout, QLabel, QScrollArea, QScroller, QSizePolicy
 
+from cellview.gui.kiosk.style import THIN_SCROLL_BAR
 from cellview.gui.widgets.cards import ElidedLabel, text_label
 
 __all__ = ["ElidedLabel", "NameLabel", "TextScroll", "breakable", "card"]
@@ -17,9 +18,10 @@ ZWSP = "\u200b"
 
 
 def breakable(name: str) -> str:
-    """A file name that may wrap after its "-", "_" and "." too (zero-width spaces): long scanner names have no
-    spaces, and a name cut to "CMU-1-Small-Regio…" is not the case's name."""
-    return re.sub(r"([-_.])(?=.)", lambda m: m[1] + ZWSP, name)
+    """A file name or path that may wrap after its "-", "_", ".", "/" and "\\" too (zero-width spaces): long
+    scanner names and paths have no spaces; a name cut to "CMU-1-Small-Regio…" is not the case's name, and an
+    unbreakable path made the full-screen window wider than the screen."""
+    return re.sub(r"([-_./\\])(?=\S)", lambda m: m[1] + ZWSP, name)
 
 
 class NameLabel(QLabel):
@@ -39,12 +41,19 @@ class NameLabel(QLabel):
         super().setText(breakable(text))
 
 
-def card(name: str) -> tuple[QFrame, QLabel]:
-    """A hidden, styled frame (by object name) holding one wrapped label."""
+def card(name: str, shrinks: bool = False) -> tuple[QFrame, QLabel]:
+    """A hidden, styled frame (by object name) holding one wrapped label. ``shrinks``: the label may scroll down to
+    one line (``TextScroll``), so a long message above the pages never makes the window taller than the screen (a
+    full-screen kiosk would then leave full screen)."""
     frame = QFrame()
     frame.setObjectName(name)
     label = text_label("")
-    QHBoxLayout(frame).addWidget(label, 1)
+    if shrinks:
+        text = TextScroll(label)
+        text.verticalScrollBar().setStyleSheet(THIN_SCROLL_BAR)
+        QHBoxLayout(frame).addWidget(text, 1)
+    else:
+        QHBoxLayout(frame).addWidget(label, 1)
     frame.hide()
     return frame, label
 
