@@ -14,15 +14,8 @@ import pytest
 from cellview.analysis.model import ModelSpec, OnnxClassifier, sha256_file
 from cellview.analysis.results import AnalysisParams
 from cellview.cli import main
-from cellview.lab.adapt import (
-    AdaptError,
-    AdaptReport,
-    AdaptSettings,
-    adapt,
-    fit_head,
-    label_targets,
-    label_weights,
-)
+from cellview.lab.adapt import AdaptError, AdaptReport, adapt
+from cellview.lab.head import AdaptSettings, fit_head, label_targets, label_weights
 from cellview.lab.labels import (
     IGNORE,
     LabelError,

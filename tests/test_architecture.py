@@ -198,7 +198,7 @@ def _sizes() -> tuple[dict[str, int], dict[str, int]]:
 # Being split (issue 24); each entry goes when its split lands, and the list must end empty.
 OVERSIZE_BEING_SPLIT = {
     "cellview/analysis/model.py", "cellview/gui/kiosk.py", "cellview/gui/mainwindow.py", "cellview/gui/slideview.py",
-    "cellview/viewer/kiosk/core.py", "cellview/lab/adapt.py", "cellview/slides/slide.py", "cellview/viewer/model.py",
+    "cellview/viewer/kiosk/core.py", "cellview/slides/slide.py", "cellview/viewer/model.py",
     "cellview/gui/kiosk.py:KioskWindow", "cellview/gui/mainwindow.py:MainWindow", "cellview/viewer/model.py:ViewerModel",
 }
 

@@ -2,7 +2,7 @@
 
 For each leave-one-source-out fold, the held-out source plays a new lab: k labelled images per
 category (k = 1, 3, 5, 10, drawn at random, ``draws`` times) adapt the fold's model exactly as
-``cellview adapt`` does (``cellview.lab.adapt.fit_head`` on the cached features of the images' analysis
+``cellview adapt`` does (``cellview.lab.head.fit_head`` on the cached features of the images' analysis
 tiles, labels given as categories), and the rest of that source's images are called with the vote
 rule. The fold's out-of-domain statistics are fitted on the other sources (as ``cellview export``
 fits them) and extended with the labelled tiles (``domain.with_lab``), so the share of the rest's
@@ -30,7 +30,7 @@ from cellview.analysis.domain import DomainStats, fit_domain, tile_quality, with
 from cellview.analysis.model import CATEGORIES, probabilities
 from cellview.analysis.results import image_calls
 from cellview.base.files import atomic_write_text
-from cellview.lab.adapt import AdaptSettings, fit_head, label_weights
+from cellview.lab.head import AdaptSettings, fit_head, label_weights
 from cellview.train import data as D
 from cellview.train.metrics import balanced_accuracy
 from cellview.train.splits import group_split
