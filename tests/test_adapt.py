@@ -14,7 +14,7 @@ import pytest
 from cellview.analysis.model import ModelSpec, OnnxClassifier, sha256_file
 from cellview.analysis.results import AnalysisParams
 from cellview.cli import main
-from cellview.lab.adapt import AdaptError, AdaptReport, adapt
+from cellview.lab.adapt import AdaptError, AdaptProgress, AdaptReport, adapt
 from cellview.lab.head import AdaptSettings, fit_head, label_targets, label_weights
 from cellview.lab.labels import (
     IGNORE,
@@ -73,7 +73,7 @@ def run_adapt(sources, spec, out, **kw):
     for item in adapt(sources, spec, out, AnalysisParams(mpp_um=1.0, tissue_threshold=0.0), **kw):
         if isinstance(item, AdaptReport):
             report = item
-        else:
+        elif isinstance(item, AdaptProgress):
             progress.append(item)
     return report, progress
 
@@ -100,7 +100,7 @@ def test_the_labels_csv_is_read_relative_to_its_folder_and_says_what_it_passed_o
     sources, notes = read_labels_csv(path)
     assert [s.path for s in sources] == [tmp_path / "sub" / "a.png", Path("/abs/b.png")]
     assert [s.label for s in sources] == ["normal", "benign"]
-    assert any("c.png has no label" in n for n in notes)
+    assert any("1 row without a label passed over (line 5)" in n for n in notes)
     bad = tmp_path / "bad.csv"
     bad.write_text("file,class\na.png,normal\n", encoding="utf-8")
     with pytest.raises(LabelError, match="image,label"):
@@ -258,7 +258,10 @@ def test_a_model_no_better_than_the_base_is_not_written_unless_forced(tmp_path, 
     base = ModelSpec.load(cam_domain_model)
     with pytest.raises(AdaptError) as err:
         run_adapt(sources, base, tmp_path / "out")
-    assert "not better" in err.value.message and "1.00 → 1.00" in err.value.message and "--force" in err.value.message
+    msg = err.value.message
+    assert "not better" in msg and "1.00 → 1.00" in msg and "not distinguishable" in msg
+    assert "--force" not in msg  # the viewer shows this message beside its Write it anyway button
+    assert err.value.report.decision.uncertain and err.value.report.before.items_balanced_accuracy == 1.0
     assert not (tmp_path / "out" / "model.json").exists()
     report, _ = run_adapt(sources, base, tmp_path / "out", force=True)
     assert not report.improved and (tmp_path / "out" / "model.json").exists()

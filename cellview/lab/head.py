@@ -29,6 +29,10 @@ class AdaptSettings:
     learning_rate: float = 0.075  # Adam's step, as a fraction of the base weights' RMS (0.01 for colon-he)
     max_tiles_per_file: int = 1000  # a whole slide labelled by one row: a random sample of its tiles
     max_folds: int = 20  # more files than this: grouped folds instead of one fold per file
+    blocks: int = 4  # a category with one labelled region: its tiles are held out in up to this many spatial blocks
+    interval: float = 0.9  # the before / after's bootstrap interval (5th to 95th percentile)
+    bootstrap: int = 2000
+    measure: str = "items"  # what the decision compares (lab.decision.MEASURES)
     seed: int = 0
 
 

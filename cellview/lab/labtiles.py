@@ -19,7 +19,7 @@ from cellview.analysis.pipeline import CancelToken, TileReaders, batch_indices, 
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import CellviewError, ModelError, SlideError
 from cellview.lab.head import DEFAULT_SETTINGS, AdaptSettings, label_targets, source_labels
-from cellview.lab.labels import LabelSource, tile_labels
+from cellview.lab.labels import LabelSource, check_regions, region_problems, tile_labels
 from cellview.slides.slide import open_slide
 
 
@@ -49,6 +49,8 @@ class LabTiles:
     item: np.ndarray  # (N,) index into items
     unreadable: tuple[tuple[str, str], ...] = ()  # (file, reason): listed, and the rest went on
     notes: tuple[str, ...] = ()
+    position: np.ndarray | None = None  # (N, 2) grid row, column of each tile in its file (spatial blocks)
+    unlabelled: tuple[tuple[str, str], ...] = ()  # (label, why its annotations on a slide labelled no tile)
 
     @property
     def file(self) -> np.ndarray:
@@ -106,8 +108,9 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
     rng = np.random.default_rng(settings.seed)
     files: list[str] = []
     items: list[LabItem] = []
-    feats, logits, allowed, item_of = [], [], [], []
+    feats, logits, allowed, item_of, position = [], [], [], [], []
     unreadable: list[tuple[str, str]] = []
+    unlabelled: list[tuple[str, str]] = []
     notes: list[str] = []
     for n_file, source in enumerate(sources):
         if cancel.cancelled:
@@ -116,6 +119,7 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
         slide = None
         readers = None
         first_item = len(items)
+        first_unlabelled = len(unlabelled)
         try:
             slide = open_slide(source.path, mpp_um=source.mpp_um or params.mpp_um)
             slide.require_mpp()
@@ -124,10 +128,15 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
                 labels = np.full(grid.n_tiles, source.label, dtype=object)
             else:
                 labels = tile_labels(grid, source.regions)
+                mpp = slide.mpp.um if slide.mpp is not None else None
+                for label, why in region_problems(check_regions(source.regions, grid), grid, mpp).items():
+                    unlabelled.append((label, f"{source.name}: {why}"))
             labelled = np.array([v is not None for v in labels], bool)
             if not labelled.any():
-                unreadable.append((str(source.path), "no labelled tissue tile (no tissue under the labels, or "
-                                                     "labels outside the slide)"))
+                whys = [why for _, why in unlabelled[first_unlabelled:]]
+                unreadable.append((str(source.path), "no labelled tissue tile"
+                                   + (": " + "; ".join(w.split(": ", 1)[1] for w in whys) if whys
+                                      else " (no tissue under the labels)")))
                 continue
             comp = (np.where(labelled, 0, -1) if source.label is not None
                     else _components(grid, labelled, np.array([str(v) for v in labels], dtype=object)))
@@ -145,7 +154,7 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
                 items.append(LabItem(file_index, target.label, target.category, int(len(tiles_c))))
             batches = batch_indices(len(chosen), params.batch_size)
             readers = TileReaders(slide, grid, [chosen[b] for b in batches], params.workers, stain=stain)
-            got_f, got_l, got_i, got_a = [], [], [], []
+            got_f, got_l, got_i, got_a, got_p = [], [], [], [], []
             failed = 0
             for _ in batches:
                 if cancel.cancelled:
@@ -161,6 +170,7 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
                     got_f.append(np.asarray(ft, np.float32))
                     got_l.append(np.asarray(lg, np.float32))
                     got_i.append(np.array([item_for_comp[int(comp[i])] for i in idx], np.int64))
+                    got_p.append(np.stack([grid.grid_row[idx], grid.grid_col[idx]], axis=1).astype(np.int64))
                     got_a.append(np.array([targets[str(labels[i])].allowed for i in idx], bool))
             if failed:
                 notes.append(f"{source.name}: {failed} tiles could not be read and were left out")
@@ -172,6 +182,7 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
             feats += got_f
             logits += got_l
             item_of += got_i
+            position += got_p
             allowed += got_a
         except CellviewError as exc:
             del items[first_item:]  # a file that failed half-way gives no item
@@ -186,5 +197,6 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
         raise AdaptError("No labelled tile could be read: "
                          + "; ".join(f"{Path(f).name}: {why}" for f, why in unreadable))
     yield LabTiles(tuple(files), tuple(items), np.concatenate(feats), np.concatenate(logits),
-                   np.concatenate(allowed), np.concatenate(item_of), tuple(unreadable), tuple(notes))
+                   np.concatenate(allowed), np.concatenate(item_of), tuple(unreadable), tuple(notes),
+                   np.concatenate(position), tuple(unlabelled))
 

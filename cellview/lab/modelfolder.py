@@ -73,7 +73,8 @@ def write_adapted(out_dir: Path, base: ModelSpec, lab: LabTiles, weight: np.ndar
         side.update({
             "name": name,
             "version": f"{base.version}+lab.{today}" if base.version else f"lab.{today}",
-            "description": f"{base.description or base.name}; head adapted to a lab's labels ({today})",
+            "description": f"{base.description or base.name}; head adapted to a lab's labels ({today})"
+                           + (f"; {mark}" if (mark := adaptation_mark({"adaptation": provenance})) else ""),
             "onnx_sha256": sha256_file(onnx_path),
             "training_data": f"{base.training_data} + a lab's {len(lab.files)} labelled images / slides "
                              f"({len(lab.features)} tiles); see MODEL_CARD.md",
@@ -117,6 +118,10 @@ def _provenance(base: ModelSpec, lab: LabTiles, report: AdaptReport, params: Ana
         "date": today,
         "base": {"name": base.name, "version": base.version, "onnx_sha256": base.onnx_sha256,
                  "domain_sha256": base.domain_sha256 or None, "path": str(base.onnx_path)},
+        "shipped_base": _shipped_entry(base),
+        "decision": report.decision.as_dict() if report.decision is not None else None,
+        "written_because": report.written_because or "better",
+        "not_better": report.decision is not None and not report.decision.better,
         "label_counts": _label_counts(lab),
         "files": [{"path": f, "items": sum(it.file == i for it in lab.items), "tiles": int(tiles_per_file[i])}
                   for i, f in enumerate(lab.files)],
@@ -129,11 +134,60 @@ def _provenance(base: ModelSpec, lab: LabTiles, report: AdaptReport, params: Ana
                    **{k: getattr(settings, k) for k in ("l2_to_base", "iterations", "learning_rate", "seed")}},
         "cross_validation": {"how": report.cv_how, "folds": report.cv_folds, "rule": "confidence-weighted vote of "
                              "the tiles' categories per image or region", "before": report.before.as_dict(),
-                             "after": report.after.as_dict(), "improved": report.improved},
+                             "after": report.after.as_dict(), "improved": report.improved,
+                             "decision": report.decision.as_dict() if report.decision is not None else None},
         "warnings": list(report.warnings),
         "cellview": __version__,
         "command": command,
     }
+
+
+def adaptation_mark(sidecar: dict[str, Any]) -> str:
+    """What the model list shows beside an adapted model that was not shown better than its base ('' otherwise):
+    read from the sidecar's ``adaptation`` entry (``cellview models``; the viewer's model list)."""
+    prov = sidecar.get("adaptation") if isinstance(sidecar, dict) else None
+    if not isinstance(prov, dict) or not prov.get("not_better"):
+        return ""
+    decision = prov.get("decision") or {}
+    phrase = decision.get("phrase", "")
+    how = {"chosen": "chosen by the person", "forced": "written with --force / Write it anyway"}.get(
+        str(prov.get("written_because")), "written anyway")
+    return f"NOT shown better than its base on the lab's labels ({phrase}; {how})" if phrase else (
+        f"NOT shown better than its base on the lab's labels ({how})")
+
+
+def _shipped_entry(base: ModelSpec) -> dict[str, Any]:
+    """The model at the root of the adaptation chain (the base itself when it was not adapted)."""
+    prov = base.raw.get("adaptation") if isinstance(base.raw.get("adaptation"), dict) else None
+    if prov is None:
+        return {"name": base.name, "version": base.version, "onnx_sha256": base.onnx_sha256,
+                "path": str(base.onnx_path)}
+    root = prov.get("shipped_base") or prov.get("base") or {}
+    return {k: root.get(k) for k in ("name", "version", "onnx_sha256", "path")}
+
+
+def shipped_base(spec: ModelSpec) -> Path | None:
+    """The not-adapted model an adapted one was built from (following adapted-from-adapted), when it is still
+    where it was and unchanged; None for a model that was not adapted, or whose base is gone or changed."""
+    prov = spec.raw.get("adaptation") if isinstance(spec.raw.get("adaptation"), dict) else None
+    if prov is None:
+        return None
+    root = prov.get("shipped_base") or prov.get("base") or {}
+    path = Path(str(root.get("path") or ""))
+    if not path.is_file() or sha256_file(path) != root.get("onnx_sha256"):
+        return None
+    return path
+
+
+def describe_base(spec: ModelSpec) -> str:
+    """Which base an adaptation builds on, in words ('colon-he 2.0.0', or '… itself adapted from …')."""
+    prov = spec.raw.get("adaptation") if isinstance(spec.raw.get("adaptation"), dict) else None
+    own = f"{spec.name} {spec.version}".strip()
+    if prov is None:
+        return own
+    root = prov.get("shipped_base") or prov.get("base") or {}
+    return (f"{own}, itself adapted from {root.get('name', '?')} {root.get('version', '')}".strip()
+            + f" on {prov.get('date', '?')} (the new labels are fitted on top of its head)")
 
 
 def _label_counts(lab: LabTiles) -> dict[str, dict[str, int]]:
@@ -153,7 +207,9 @@ def _report_json(report: AdaptReport, lab: LabTiles, base: ModelSpec) -> dict[st
     return {
         "summary": report.summary(),
         "cross_validation": {"how": report.cv_how, "folds": report.cv_folds, "before": report.before.as_dict(),
-                             "after": report.after.as_dict(), "improved": report.improved},
+                             "after": report.after.as_dict(), "improved": report.improved,
+                             "decision": report.decision.as_dict() if report.decision is not None else None},
+        "written_because": report.written_because,
         "items": [{"file": lab.files[it.file], "label": it.label, "category": it.category, "tiles": it.n_tiles}
                   for it in lab.items],
         "warnings": list(report.warnings),
@@ -189,8 +245,14 @@ def model_card(side: dict[str, Any], report: AdaptReport, base: ModelSpec) -> st
         base_line = ("The base model's own figures (leave-one-source-out, category balanced accuracy): "
                      + ", ".join(f"{k} {v['category_balanced_accuracy']:.2f}" for k, v in loso.items()
                                  if isinstance(v, dict) and "category_balanced_accuracy" in v and k != "all") + ".")
+    d = report.decision
+    because = {"chosen": "written because the person chose it when the labels could not tell",
+               "forced": "written only because it was forced (--force, or Write it anyway)"}
     verdict = ("better than the base model" if report.improved else
-               "**not better** than the base model (written only because --force was given)")
+               f"**not better** than the base model ({because.get(report.written_because, because['forced'])})")
+    if d is not None:
+        verdict += (f": **{d.phrase()}** in {d.measure_text_short()}, {round(d.interval * 100)} % bootstrap "
+                    f"interval over the {d.units} labelled images / regions" + (f" ({d.note})" if d.note else ""))
     parts = [
         f"# {side['name']} — {base.name} {base.version} adapted to a lab's labels".replace("  ", " "),
         "",
