@@ -37,6 +37,7 @@ from cellview.slides.slide import ImageSlide, open_slide
 
 MAX_TILES_PER_SLIDE = 2000
 """Tiles of one slide considered (a random sample beyond this)."""
+RESTARTS = 8
 
 
 # ----------------------------------------------------------------------------- the choice
@@ -105,7 +106,13 @@ def rank_for_labelling(features: np.ndarray, category_probs: np.ndarray | None, 
     doubt = uncertainty(category_probs) if category_probs is not None else np.zeros(m)
     weights = 1.0 + doubt_weight * doubt
     z = _project(x)
-    centres, assign = _kmeans(z, weights, n, rng)
+    best = None
+    for _ in range(RESTARTS):  # k-means++ can miss a small, distinct kind of tissue: keep the tightest of several
+        centres, assign = _kmeans(z, weights, n, rng)
+        inertia = float((weights * ((z - centres[assign]) ** 2).sum(axis=1)).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, centres, assign)
+    _, centres, assign = best
     picks, worth = [], []
     for j in range(len(centres)):
         members = np.flatnonzero(assign == j)

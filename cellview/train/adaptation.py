@@ -318,7 +318,7 @@ def _curve(ctx: _Context | None, in_src: np.ndarray | None, ks: Sequence[int | s
                     if len(cand):
                         is_lab[rng.choice(cand, min(int(k), len(cand)), replace=False)] = True
                 trials.append((i, is_lab, pools[i] & ~is_lab))
-        rows = [_trial(ctxs[i], is_lab, rest) for i, is_lab, rest in trials]
+        rows = [_trial(ctxs[i], is_lab, rest, decide_too=k != "all") for i, is_lab, rest in trials]
         out[str(k)] = row = _collect(rows, ctxs[0].methods)
         _say(f"  k={k}: " + _line(row) + (f"; in domain {_mean(row['base']['in_domain'])} → "
                                           f"{_mean(row['prior']['in_domain'])}" if row["base"].get("in_domain")
@@ -417,9 +417,10 @@ def _decision(c: _Context, lt: np.ndarray, x_lab: np.ndarray, img_lab: np.ndarra
     return out
 
 
-def _trial(c: _Context, is_lab: np.ndarray, rest: np.ndarray) -> dict[str, Any]:
+def _trial(c: _Context, is_lab: np.ndarray, rest: np.ndarray, decide_too: bool = True) -> dict[str, Any]:
     """Adapt on the images marked ``is_lab`` (labels as categories) by each method; score every head on ``rest``;
-    and ``cellview adapt``'s decision on the labelled images (``decision``)."""
+    and ``cellview adapt``'s decision on the labelled images (``decision``; not for 'all others', where the
+    check's cross-validation over a whole source would take hours and the curve only shows the ceiling)."""
     from cellview.train.train import sample_weights
 
     other_groups = rest & ~np.isin(c.groups, c.groups[is_lab])
@@ -453,7 +454,7 @@ def _trial(c: _Context, is_lab: np.ndarray, rest: np.ndarray) -> dict[str, Any]:
         row["other_in_domain"] = ({k: float(stats.in_domain(stats.score(f, quality=q)).mean())
                                    for k, (f, q) in c.others.items()} if stats is not None else {})
         out[name] = row
-    out["decision"] = _decision(c, lt, x_lab, img_lab, cat_lab, allowed) if n_cats >= 2 else None
+    out["decision"] = _decision(c, lt, x_lab, img_lab, cat_lab, allowed) if n_cats >= 2 and decide_too else None
     return out
 
 
@@ -506,7 +507,7 @@ def _collect(rows: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, An
     draws = []
     for r in rows:
         b, a = _ba(r["base"]), _ba(r["prior"]) if "prior" in r else None
-        if b is None or a is None:
+        if b is None or a is None or ("decision" in r and r["decision"] is None and r.get("categories_labelled", 2) > 1):
             continue
         d = r["decision"]
         draws.append({"base": round(b, 4), "adapted": round(a, 4), "decision": d})
