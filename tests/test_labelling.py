@@ -151,3 +151,21 @@ def test_label_choices_are_the_categories_then_the_classes(cam_domain_model):
     assert [c.label for c in choices][:4] == ["malignant", "benign", "normal", "normal mucosa"]
     assert choices[4].text == "polyp (benign)"
     assert np.all([c.color.startswith("#") for c in choices])
+
+
+def test_a_symlinked_slide_s_labels_are_saved_beside_the_link_not_its_target(viewer, lab_slide, tmp_path):
+    data = tmp_path / "someone-elses-data"
+    data.mkdir()
+    target = data / "lab.tiff"
+    lab_slide.rename(target)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    link = mine / "lab.tiff"
+    os.symlink(target, link)
+    labels = LabelsModel(viewer)
+    viewer.open(link)
+    block_tiles(labels, 0)
+    labels.label_key("1")
+    assert labels.saved_to == mine / "lab.tiff.labels.geojson" and labels.saved_to.exists()
+    assert not (data / "lab.tiff.labels.geojson").exists()
+    assert [s.path for s in labelled_slides()] == [link]

@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 
 VERDICTS = ("better", "not distinguishable", "worse")
-WRITE_POLICY = "better"
-"""When ``cellview adapt`` writes without being told: ``better`` (the interval lies above zero)."""
+WRITE_POLICY = "unless-worse"
+"""When ``cellview adapt`` writes without being told: unless the interval lies below zero — a model that is not
+shown better is written marked so, with exit status 3 (``--if-uncertain keep-base``: only when better, as the
+viewer does until the person chooses)."""
 MEASURES = {"items": "balanced accuracy of the labelled images / regions (each called by the vote of its tiles)",
             "tiles": "balanced accuracy of the labelled images / regions, each scored by the share of its tiles "
                      "called right"}

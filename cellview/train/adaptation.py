@@ -540,10 +540,53 @@ def _at(entry: dict[str, Any], k: Any, method: str, key: str) -> Any:
     return entry["k"].get(str(k), {}).get(method, {}).get(key)
 
 
+def _policy(row: dict[str, Any], name: str) -> dict[str, Any]:
+    return row.get("decision", {}).get("policies", {}).get(name, {})
+
+
+def _behaviour(row: dict[str, Any], name: str) -> str:
+    """'writes 9/10, right 8/10 (when written 8/9)' for one policy on one (source, k)."""
+    p = _policy(row, name)
+    if not p.get("of"):
+        return "–"
+    return (f"writes {p['writes']}/{p['of']}, right {p['right']}/{p['of']}"
+            + (f" (when written {p['right_when_written']}/{p['writes']})" if p["writes"] else ""))
+
+
+def _decision_rows(entries: dict[str, Any], ks: Sequence[Any], policy: str) -> list[str]:
+    lines = [f"| source | k | no labels | adapted, every draw | with the decision ({POLICY_WORDS[policy]}) | "
+             f"only when better | the old rule | verdicts: better / not distinguishable / worse | "
+             f"the decision ({policy}) |", "|---|---|---|---|---|---|---|---|---|"]
+    for src, e in entries.items():
+        for k in ks:
+            row = e["k"].get(str(k), {})
+            if "decision" not in row or not _policy(row, policy).get("of"):
+                continue
+            v = row["decision"]["verdicts"]
+            lines.append(f"| {src} | {k} | {_mean2(row['base']['balanced_accuracy'])} | "
+                         f"{_mean2(row['prior']['balanced_accuracy'])} | "
+                         f"**{_mean2(_policy(row, policy).get('balanced_accuracy'))}** | "
+                         f"{_mean2(_policy(row, 'better').get('balanced_accuracy'))} | "
+                         f"{_mean2(_policy(row, 'old').get('balanced_accuracy'))} | "
+                         f"{v.get('better', 0)} / {v.get('not distinguishable', 0)} / {v.get('worse', 0)} | "
+                         f"{_behaviour(row, policy)} |")
+    return lines
+
+
+def _mean2(v: dict[str, Any] | None) -> str:
+    return "–" if not v else f"{v['mean']:.2f}"
+
+
+POLICY_WORDS = {"unless-worse": "written unless worse", "better": "written only when better",
+                "old": "after > before", "always": "always written"}
+
+
 def markdown(report: dict[str, Any], command: str) -> str:
-    """The model card's adaptation section: the curve beside the leave-one-source-out row, and the target."""
+    """The model card's adaptation section: the curve, the decision's behaviour per draw (a refused adaptation
+    counts as the base model), unseen patients of the training sources, and suggested labels."""
     ks = report["ks"]
     k5 = TARGET_K if TARGET_K in ks else ks[0]
+    policy = report.get("policy", "unless-worse")
     lines = [
         SECTION,
         "",
@@ -578,6 +621,45 @@ def markdown(report: dict[str, Any], command: str) -> str:
     if other_rows:
         lines += ["", f"Tissue that is not colon, in domain before → after adapting with k = {k5} (what the lab's "
                       "means let in): " + "; ".join(other_rows) + "."]
+    numeric = [k for k in ks if k != "all"]
+    lines += ["", "### The decision, per draw", "",
+              "`cellview adapt` decides from the change in balanced accuracy on the lab's own labels, cross-validated, "
+              f"with its {round(report['settings'].get('interval', 0.9) * 100)} % bootstrap interval over the labelled "
+              "images: *better* (the interval above zero), *not distinguishable*, or *worse* (below zero). By default "
+              "the command writes the adapted model unless it is worse (exit status 3 and the words 'NOT shown "
+              "better' when not distinguishable; `--if-uncertain keep-base` writes only when better, as the viewer "
+              "does before the person chooses). Below, every draw of the curve went through that decision: a refused "
+              "adaptation counts as the base model. 'Right': written and the adapted head at least as good on the "
+              "rest of the source, or refused and it is worse. 'The old rule': after > before on the labelled images "
+              "(ties to their tiles), the gate before issue 26.", "",
+              "New source (leave-one-source-out):", "", *_decision_rows(report["sources"], numeric, policy)]
+    if report.get("seen"):
+        lines += ["", "Unseen patients of a source the model was trained on (each grouped-CV fold's model, k labelled "
+                      "images per category from that fold's held-out patients of the source, tested on the rest of "
+                      "them; draws spread over the 5 folds). The target: no lower than the base − 0.02.", "",
+                  *_decision_rows(report["seen"], numeric, policy)]
+    n = report.get("suggested_n")
+    if n:
+        lines += ["", f"### {n} suggested images against {TARGET_K} hand-picked per category", "",
+                  f"`cellview suggest`'s rule chose {n} images from a random 80 % of the pool (the lab's unlabelled "
+                  "images; a new draw each time), they were labelled with their true category and adapted on, "
+                  f"decision included; against {TARGET_K} images per category drawn at random (a person picking "
+                  "by category). Both are scored on the rest of the pool.", "",
+                  f"| source | no labels | {n} suggested, adapted | {n} suggested, with the decision | categories "
+                  f"among them | {TARGET_K} per category, adapted | {TARGET_K} per category, with the decision |",
+                  "|---|---|---|---|---|---|---|"]
+        for part, entries in (("new source", report["sources"]), ("unseen patients", report.get("seen", {}))):
+            for src, e in entries.items():
+                s = e.get("suggested") or {}
+                if "base" not in s:
+                    continue
+                hand = e["k"].get(str(TARGET_K), {})
+                lines.append(f"| {src} ({part}) | {_mean2(s['base']['balanced_accuracy'])} | "
+                             f"{_mean2(s['prior']['balanced_accuracy'])} | "
+                             f"**{_mean2(_policy(s, policy).get('balanced_accuracy'))}** | "
+                             f"{s['categories_labelled']['mean']:.1f} | "
+                             f"{_mean2((hand.get('prior') or {}).get('balanced_accuracy'))} | "
+                             f"**{_mean2(_policy(hand, policy).get('balanced_accuracy'))}** |")
     if len(report["methods"]) > 1:
         lines += ["", "Ways to keep the base model's knowledge, same draws (category balanced accuracy of the rest, "
                       "mean over draws):", "",
