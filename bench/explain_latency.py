@@ -40,7 +40,7 @@ def main() -> int:
     import numpy as np
     from PySide6.QtCore import QElapsedTimer, QRectF, QTimer
 
-    from cellview.analysis.model import resolve_model
+    from cellview.analysis.model_lookup import resolve_model
     from cellview.gui.app import make_app
     from cellview.gui.headless import settle, wait_for
     from cellview.gui.mainwindow import MainWindow

@@ -59,7 +59,8 @@ def main() -> int:
 
     import numpy as np
 
-    from cellview.analysis.model import CATEGORIES, resolve_model
+    from cellview.analysis.model_lookup import resolve_model
+    from cellview.analysis.model_spec import CATEGORIES
     from cellview.analysis.results import AnalysisParams
     from cellview.base.errors import CellviewError
     from cellview.gui.app import make_app
@@ -104,7 +105,7 @@ def main() -> int:
         while window.model.regions_busy:  # regions are computed in a worker
             settle(app, 0.05)
         from cellview.analysis.morphology import measure_tile
-        from cellview.slides.slide import open_slide
+        from cellview.slides.opening import open_slide
 
         regions = window.region_list
         tiles = regions[0].tile_indices if regions else np.flatnonzero(result.done)
@@ -187,10 +188,10 @@ def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
 
     import numpy as np
 
-    from cellview.analysis.model import CATEGORIES
+    from cellview.analysis.model_spec import CATEGORIES
     from cellview.gui.headless import settle, wait_for
     from cellview.gui.kiosk import KioskWindow
-    from cellview.viewer.kiosk.core import KioskSettings
+    from cellview.viewer.kiosk.settings import KioskSettings
 
     (tmp / "watch").mkdir()
     settings = KioskSettings(watch_dir=tmp / "watch", outbox_dir=tmp / "outbox", model=str(model_path),
@@ -250,7 +251,7 @@ def kiosk_view(app, window, show: str, tmp: Path, slide: str) -> None:
     elif show == "scale":  # the same pixels as a PNG, which records no pixel size
         import cv2
 
-        from cellview.slides.slide import open_slide
+        from cellview.slides.opening import open_slide
 
         with open_slide(slide) as s:
             rgb = s.thumbnail(1200)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellview.analysis.model import ModelSpec, user_models_dir
+from cellview.analysis.model_lookup import user_models_dir
+from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.results import AnalysisParams
 from cellview.cli import main
 from cellview.lab.adapt import AdaptNotWritten, AdaptPlan, AdaptReport, adapt

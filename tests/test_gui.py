@@ -16,7 +16,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QPointF, QRectF, Qt  # noqa: E402
 
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb  # noqa: E402
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, hex_to_rgb  # noqa: E402
 from cellview.analysis.results import AnalysisParams  # noqa: E402
 from cellview.testing.synthetic import expected_synthetic_tiles, synthetic_slide_rgb, write_pyramid_tiff  # noqa: E402
 
@@ -128,7 +128,7 @@ def test_pyramid_tiles_load_when_zoomed(qtbot, window, synthetic_slide):
 
 def test_click_tile_shows_inspector_and_arrows_step(qtbot, window, synthetic_slide):
     from cellview.analysis.tiling import read_tile
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     result = open_and_analyse(qtbot, window, synthetic_slide)
     g = result.grid
@@ -220,7 +220,7 @@ def test_cancel_keeps_finished_tiles_and_rerun_hits_cache(qtbot, toy_model, synt
 
 
 def test_gpu_asked_for_but_absent_is_said_plainly(qtbot, window, synthetic_slide):
-    import cellview.analysis.model as model
+    import cellview.analysis.classifier as model
 
     cuda_ok, _, _ = model.gpu_runtime_status()
     if cuda_ok:

@@ -201,7 +201,7 @@ def test_kiosk_banner_call_and_large_activation_map(qtbot, tmp_path, cam_domain_
 
     from cellview.gui.app import make_app
     from cellview.gui.kiosk import KioskWindow
-    from cellview.viewer.kiosk.core import KioskSettings
+    from cellview.viewer.kiosk.settings import KioskSettings
 
     (tmp_path / "watch").mkdir()
     settings = KioskSettings(watch_dir=tmp_path / "watch", outbox_dir=tmp_path / "outbox", model=str(cam_domain_model),
@@ -238,7 +238,7 @@ def test_kiosk_banner_call_and_large_activation_map(qtbot, tmp_path, cam_domain_
 
 
 def test_real_slide_banner_with_the_shipped_colon_model(qtbot, real_slide):
-    from cellview.analysis.model import resolve_model
+    from cellview.analysis.model_lookup import resolve_model
     from cellview.base.errors import CellviewError
 
     try:

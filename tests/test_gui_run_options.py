@@ -11,7 +11,7 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
-from cellview.viewer.kiosk.core import KioskSettings  # noqa: E402
+from cellview.viewer.kiosk.settings import KioskSettings  # noqa: E402
 
 TIMEOUT_MS = 30000
 
@@ -103,7 +103,7 @@ def int8_cam_model(tmp_path_factory) -> Path:
     pytest.importorskip("onnx")
     import numpy as np
 
-    from cellview.analysis.model import ModelSpec, precision_path
+    from cellview.analysis.model_spec import ModelSpec, precision_path
     from cellview.testing.synthetic import make_toy_cam_model
     from cellview.train.quantize import int8_sidecar, quantize_onnx
 
@@ -209,7 +209,7 @@ def test_kiosk_command_line_sets_the_options(tmp_path):
 def test_kiosk_precision_from_its_file_and_the_command_line(tmp_path):
     from cellview.cli.viewer import build_gui_parser
     from cellview.gui.kiosk import settings_from_args
-    from cellview.viewer.kiosk.core import KioskSettingsError
+    from cellview.viewer.kiosk.settings import KioskSettingsError
 
     file = tmp_path / "kiosk.json"
     KioskSettings(precision="fp32").save(file)

@@ -19,7 +19,7 @@ from PySide6.QtGui import QFontInfo, QWheelEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 from test_gui import TIMEOUT_MS, make_window, open_and_analyse  # noqa: E402
 
-from cellview.analysis.model import CATEGORY_COLORS, hex_to_rgb  # noqa: E402
+from cellview.analysis.model_spec import CATEGORY_COLORS, hex_to_rgb  # noqa: E402
 from cellview.base.errors import CellviewError  # noqa: E402
 from cellview.testing.synthetic import SYNTH_BLOCKS, SYNTH_TILE, make_toy_model  # noqa: E402
 

@@ -14,7 +14,7 @@ for _module in ("PySide6", "pyqtgraph", "pytestqt"):
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
-from cellview.analysis.model import CATEGORIES  # noqa: E402
+from cellview.analysis.model_spec import CATEGORIES  # noqa: E402
 from cellview.outputs.legend import format_um  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("isolated_settings")
@@ -73,7 +73,7 @@ def test_the_drawn_scale_bar_is_as_long_as_its_label_says_at_every_zoom(qtbot, f
     from PySide6.QtWidgets import QWidget
 
     from cellview.gui.app import make_app
-    from cellview.gui.slideview import ScaleBar
+    from cellview.gui.canvas_widgets import ScaleBar
 
     make_app()
     host = QWidget()
@@ -159,7 +159,7 @@ def test_a_filter_on_screen_is_shown_and_one_tap_clears_it(qtbot, toy_model, syn
 
 def test_the_inspector_shows_the_stain_normalised_patch(qtbot, stain_model, he_slide):
     from cellview.analysis.tiling import read_tile
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     with viewer(qtbot, stain_model, auto=False) as window:
         window.stain_box.setCurrentIndex(window.stain_box.findData("macenko"))

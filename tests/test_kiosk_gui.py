@@ -17,7 +17,8 @@ from PySide6.QtGui import QCloseEvent  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication, QPushButton  # noqa: E402
 
-from cellview.viewer.kiosk.core import KioskSettings, load_classifier  # noqa: E402
+from cellview.viewer.kiosk.cases import load_classifier  # noqa: E402
+from cellview.viewer.kiosk.settings import KioskSettings  # noqa: E402
 
 TIMEOUT_MS = 30000
 CHORD_MODS = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier | Qt.KeyboardModifier.ShiftModifier
@@ -527,7 +528,7 @@ def test_slides_waiting_at_start_are_analysed_oldest_first_with_a_notice(qtbot, 
     import shutil
     import time
 
-    from cellview.viewer.kiosk.core import process_case
+    from cellview.viewer.kiosk.cases import process_case
 
     settings = kiosk_settings(tmp_path, toy_model)
     watch = settings.watch_dir
@@ -549,7 +550,7 @@ def test_slides_waiting_at_start_are_analysed_oldest_first_with_a_notice(qtbot, 
 def test_a_slide_the_kiosk_stopped_on_is_not_retried_by_itself(qtbot, tmp_path, toy_model, synthetic_slide):
     import shutil
 
-    from cellview.viewer.kiosk.core import RecentCases
+    from cellview.viewer.kiosk.cases import RecentCases
 
     settings = kiosk_settings(tmp_path, toy_model)
     shutil.copy(synthetic_slide, settings.watch_dir / "crasher.tiff")
@@ -589,7 +590,7 @@ def test_every_sheet_and_dialog_fits_the_screen(qtbot, tmp_path, toy_model, synt
 def test_a_slide_without_a_pixel_size_gets_a_scale_on_screen(qtbot, tmp_path, toy_model, synthetic_slide):
     import cv2
 
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     window = make_kiosk(qtbot, kiosk_settings(tmp_path, toy_model))
     with open_slide(synthetic_slide) as slide:

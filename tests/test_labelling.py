@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from cellview.analysis.model import ModelSpec
+from cellview.analysis.model_spec import ModelSpec
 from cellview.lab.adapt import AdaptProgress, AdaptReport
 from cellview.lab.labels import IGNORE, LabelRegion, labelled_slides, labels_path, read_geojson, write_geojson
 from cellview.testing.synthetic import LAB_BLOCKS, lab_block_rect, lab_slide_rgb, write_pyramid_tiff

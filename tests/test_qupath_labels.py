@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from cellview.analysis.model import ModelSpec
+from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.pipeline import plan_grid
 from cellview.analysis.results import AnalysisParams
 from cellview.cli import main
@@ -36,7 +36,7 @@ from cellview.lab.labels import (
     summarise_import,
     write_geojson,
 )
-from cellview.slides.slide import open_slide
+from cellview.slides.opening import open_slide
 from cellview.testing.synthetic import lab_block_rect, lab_slide_rgb, write_pyramid_tiff
 
 SQUARE = [[[0, 0], [400, 0], [400, 400], [0, 400], [0, 0]]]

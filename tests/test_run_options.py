@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.results import AnalysisParams
 from cellview.analysis.stain import StainReference, estimate_reference
 from cellview.testing.synthetic import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
-from cellview.viewer.kiosk.core import KioskSettings, KioskSettingsError, process_case
+from cellview.viewer.kiosk.cases import process_case
+from cellview.viewer.kiosk.settings import KioskSettings, KioskSettingsError
 from cellview.viewer.model import (
     NO_MODEL_SELECTED,
     MemoryStore,
@@ -116,7 +118,7 @@ def test_the_result_cache_tells_the_options_apart(stain_model, he_slide):
 
 
 def test_the_labels_count_the_views_the_model_runs():
-    from cellview.analysis.model import TTA_MODES, tta_views
+    from cellview.analysis.classifier import TTA_MODES, tta_views
     from cellview.analysis.stain import STAIN_METHODS
     from cellview.viewer.model import STAIN_LABELS, TTA_LABELS, TTA_VIEWS
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.results import AnalysisParams
 from cellview.cli import main
 from cellview.lab.labels import read_labels

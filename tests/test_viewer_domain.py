@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.domain import NOT_AVAILABLE
-from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.pipeline import run_analysis
 from cellview.analysis.results import AnalysisParams
 from cellview.outputs.overlay import OverlaySettings, count_lines, describe_domain, fill_rgba, out_of_domain_runs

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.analysis.pipeline import BatchDone, Finished, Started, analyze
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import CellviewError
@@ -143,7 +143,8 @@ def test_unknown_scale_is_asked_and_remembered(model, tmp_path):
 
 
 def test_cancel_keeps_finished_tiles(model, synthetic_slide, toy_model):
-    from cellview.analysis.model import ModelSpec, OnnxClassifier
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_spec import ModelSpec
 
     classifier = OnnxClassifier(ModelSpec.load(toy_model), device="cpu")
 
@@ -306,7 +307,8 @@ def test_tissue_preview(model, synthetic_slide):
 
 
 def test_job_items_the_model_does_not_know_reach_the_view(model, synthetic_slide, toy_model):
-    from cellview.analysis.model import ModelSpec, OnnxClassifier
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_spec import ModelSpec
 
     classifier = OnnxClassifier(ModelSpec.load(toy_model), device="cpu")
 
@@ -366,7 +368,8 @@ def test_params_from_settings_reach_the_run(model, synthetic_slide):
 
 def test_finished_event_without_a_slide_is_ignored(model, synthetic_slide, toy_model):
     """A run whose slide was closed meanwhile delivers nothing (its id no longer matches)."""
-    from cellview.analysis.model import ModelSpec, OnnxClassifier
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_spec import ModelSpec
 
     classifier = OnnxClassifier(ModelSpec.load(toy_model), device="cpu")
 
@@ -449,7 +452,7 @@ def test_analyse_after_cancel_goes_on_from_the_finished_tiles(model, synthetic_s
 def test_the_inspector_patch_is_normalised_as_the_model_was_fed(stain_model, he_slide):
     from cellview.analysis.tiling import read_tile
     from cellview.gui.tasks import PatchRequest, load_patch
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     m = ViewerModel(run_now, store=MemoryStore())
     m.use_cache = False

@@ -76,7 +76,8 @@ def _progress(bar, item, quiet: bool):  # noqa: ANN001, ANN202 - tqdm is importe
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     """Plan and warn, read the labels, adapt, print before / after and the decision; exit status as the module says."""
-    from cellview.analysis.model import ModelSpec, resolve_model, user_models_dir
+    from cellview.analysis.model_lookup import resolve_model, user_models_dir
+    from cellview.analysis.model_spec import ModelSpec
     from cellview.lab.adapt import AdaptNotWritten, AdaptPlan, AdaptProgress, AdaptReport, adapt, default_command
     from cellview.lab.classmap import parse_mapping, remembered_mapping
     from cellview.lab.labels import read_labels

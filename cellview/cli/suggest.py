@@ -37,7 +37,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     """0: written; 1: written, some inputs could not be read (listed); 2: nothing to suggest from."""
     from tqdm import tqdm
 
-    from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_lookup import resolve_model
+    from cellview.analysis.model_spec import ModelSpec
     from cellview.lab.suggest import SuggestResult, suggest, write_suggestions
     from cellview.scale.cohort import discover_slides
 

@@ -2,9 +2,9 @@
 
 The behaviour that must hold without an operator (half-copied files are never opened, a bad
 file never stops the station, the outbox never overwrites a case) lives in the Qt-free
-``cellview.viewer.kiosk.core``; this module wires it to widgets and timers. The viewer state is the
+``cellview.viewer.kiosk`` package; this module wires it to widgets and timers. The viewer state is the
 desktop's own ``ViewerModel``: a case is ``model.open(path, analyse=True, source=…)`` with the
-kiosk's preloaded classifier as the source (``kiosk.iter_case``: analyse, then export to the
+kiosk's preloaded classifier as the source (``kiosk.cases.iter_case``: analyse, then export to the
 outbox), so the overlay streams exactly as on the desktop and no run set-up is repeated here.
 Model preparation (minutes on a first TensorRT start) runs on a ``Worker`` behind a screen.
 """
@@ -44,7 +44,8 @@ from PySide6.QtWidgets import (
 )
 
 from cellview.analysis.cache import ResultCache
-from cellview.analysis.model import CATEGORY_COLORS, PRECISION_LABELS, OnnxClassifier
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import CATEGORY_COLORS, PRECISION_LABELS
 from cellview.analysis.pipeline import CancelToken, analyze
 from cellview.analysis.results import AnalysisParams, AnalysisResult, plural
 from cellview.base.errors import CellviewError
@@ -54,16 +55,9 @@ from cellview.gui.touch import FilePickerSheet, ScaleSheet, TileSheet
 from cellview.gui.touch import text_label as _label
 from cellview.gui.worker import Worker
 from cellview.slides.slide import slide_display_name
-from cellview.viewer.kiosk.core import (
-    CaseResult,
-    KioskSettings,
-    RecentCases,
-    SalvagedSettings,
-    WatchFolder,
-    analysed_in_outbox,
-    iter_case,
-    load_classifier,
-)
+from cellview.viewer.kiosk.cases import CaseResult, RecentCases, analysed_in_outbox, iter_case, load_classifier
+from cellview.viewer.kiosk.settings import KioskSettings, SalvagedSettings
+from cellview.viewer.kiosk.watch import WatchFolder
 from cellview.viewer.model import STAIN_LABELS, TTA_LABELS, AnalysisRequest, Event, ModelOptions
 
 log = logging.getLogger(__name__)

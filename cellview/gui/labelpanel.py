@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cellview.analysis.model import CATEGORIES
+from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.results import plural
 from cellview.base.errors import CellviewError
 from cellview.gui.panels import section, show_model_card

@@ -41,16 +41,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cellview.analysis.model import (
-    CATEGORY_COLORS,
-    DEFAULT_MODEL,
-    DEVICES,
-    PRECISION_CHOICES,
-    PRECISIONS,
-    TTA_MODES,
-    ModelSpec,
-    available_models,
-)
+from cellview.analysis.classifier import DEVICES, TTA_MODES
+from cellview.analysis.model_lookup import DEFAULT_MODEL, available_models
+from cellview.analysis.model_spec import CATEGORY_COLORS, PRECISION_CHOICES, PRECISIONS, ModelSpec
 from cellview.analysis.morphology import Region
 from cellview.analysis.results import AnalysisParams, AnalysisResult, plural
 from cellview.analysis.stain import STAIN_METHODS
@@ -82,7 +75,8 @@ from cellview.outputs.overlay import (
     out_of_domain_runs,
     probability_lut,
 )
-from cellview.slides.slide import SUPPORTED_SUFFIXES, describe_skipped
+from cellview.slides.levels import describe_skipped
+from cellview.slides.slide import SUPPORTED_SUFFIXES
 from cellview.viewer.model import (
     STAIN_LABELS,
     TTA_LABELS,

@@ -19,7 +19,7 @@ from cellview.analysis.pipeline import CancelToken
 from cellview.analysis.stain import TileStainTransform
 from cellview.analysis.tiling import TileGrid, read_tile
 from cellview.base.errors import SlideError
-from cellview.slides.slide import open_slide
+from cellview.slides.opening import open_slide
 
 # Opening, analysis, regions and tissue previews are the viewer model's jobs (Qt-free); re-exported here.
 from cellview.viewer.model import (  # noqa: E402,F401

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier, precision_copy
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import ModelSpec, precision_copy
 from cellview.analysis.pipeline import CancelToken
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import ModelError

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from cellview.analysis.model import CATEGORIES, ModelSpec, probabilities
+from cellview.analysis.classifier import probabilities
+from cellview.analysis.model_spec import CATEGORIES, ModelSpec
 from cellview.analysis.pipeline import CancelToken
 from cellview.analysis.results import category_probabilities, image_calls, plural
 from cellview.lab.decision import Decision, decide

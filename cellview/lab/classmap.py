@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cellview.analysis.model import CATEGORIES
+from cellview.analysis.model_spec import CATEGORIES
 from cellview.base.files import atomic_write_text
 from cellview.lab.labels import IGNORE, LabelRegion, user_labels_dir
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cellview.analysis.model import CATEGORIES, ModelSpec
+from cellview.analysis.model_spec import CATEGORIES, ModelSpec
 from cellview.lab.labels import LabelError, LabelSource
 
 

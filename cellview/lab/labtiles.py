@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from cellview.analysis.model import CATEGORIES, OnnxClassifier
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.pipeline import CancelToken, TileReaders, batch_indices, plan_tiles, slide_stain_transform
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import CellviewError, ModelError, SlideError
 from cellview.lab.head import DEFAULT_SETTINGS, AdaptSettings, label_targets, source_labels
 from cellview.lab.labels import LabelSource, check_regions, region_problems, tile_labels
-from cellview.slides.slide import open_slide
+from cellview.slides.opening import open_slide
 
 
 class AdaptError(CellviewError):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cellview import __version__
-from cellview.analysis.model import CATEGORIES, ModelSpec, sha256_file, sidecar_for
+from cellview.analysis.model_spec import CATEGORIES, ModelSpec, sha256_file, sidecar_for
 from cellview.analysis.results import AnalysisParams
 from cellview.base.files import atomic_write_bytes, atomic_write_text
 from cellview.lab.check import AdaptReport

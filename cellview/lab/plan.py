@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cellview.analysis.model import CATEGORIES
+from cellview.analysis.model_spec import CATEGORIES
 from cellview.lab.classmap import apply_mapping, remembered_mapping, valid_labels
 from cellview.lab.head import label_targets, source_labels
 from cellview.lab.labels import LabelError, LabelSource

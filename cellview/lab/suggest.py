@@ -26,14 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from cellview.analysis.model import CATEGORIES, OnnxClassifier, probabilities
+from cellview.analysis.classifier import OnnxClassifier, probabilities
+from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.pipeline import CancelToken, TileReaders, batch_indices, plan_tiles, slide_stain_transform
 from cellview.analysis.results import AnalysisParams, category_probabilities
 from cellview.base.errors import CellviewError, ModelError, SlideError
 from cellview.base.files import atomic_write_text
 from cellview.lab.labels import cell_rect
 from cellview.lab.labtiles import AdaptProgress
-from cellview.slides.slide import ImageSlide, open_slide
+from cellview.slides.image_slide import ImageSlide
+from cellview.slides.opening import open_slide
 
 MAX_TILES_PER_SLIDE = 2000
 """Tiles of one slide considered (a random sample beyond this)."""

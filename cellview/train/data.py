@@ -18,9 +18,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, sha256_file
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, sha256_file
 from cellview.analysis.morphology import HED_STAIN_MATRIX
-from cellview.slides.slide import read_image_rgb
+from cellview.slides.image_slide import read_image_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -302,7 +302,8 @@ def analysis_tiles(img: np.ndarray, src_spacing: float, spacing: float, patch: i
     from cellview.analysis.pipeline import plan_grid
     from cellview.analysis.results import AnalysisParams
     from cellview.analysis.tiling import read_tile
-    from cellview.slides.slide import ImageSlide, Mpp
+    from cellview.slides.image_slide import ImageSlide
+    from cellview.slides.slide import Mpp
 
     slide = ImageSlide(Path("image"), np.ascontiguousarray(img), {}, Mpp(src_spacing, src_spacing, "user"))
     _, grid = plan_grid(slide, patch, spacing, AnalysisParams())

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, ModelSpec, user_models_dir
+from cellview.analysis.model_lookup import user_models_dir
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, ModelSpec
 from cellview.analysis.pipeline import CancelToken
 from cellview.analysis.results import ModelInfo
 from cellview.analysis.tiling import TileGrid

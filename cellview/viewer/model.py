@@ -35,9 +35,11 @@ import cv2
 import numpy as np
 
 from cellview.analysis.cache import ResultCache
+from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.domain import NOT_AVAILABLE
 from cellview.analysis.explain import TileExplanation, explain_tile
-from cellview.analysis.model import CATEGORIES, ModelSpec, OnnxClassifier, copy_with_sha, sidecar_for, user_models_dir
+from cellview.analysis.model_lookup import user_models_dir
+from cellview.analysis.model_spec import CATEGORIES, ModelSpec, copy_with_sha, sidecar_for
 from cellview.analysis.morphology import Region, malignant_regions
 from cellview.analysis.pipeline import BatchDone, CancelToken, Finished, Started, analyze, slide_stain_transform
 from cellview.analysis.results import (
@@ -56,7 +58,8 @@ from cellview.base.files import writable_dir
 from cellview.outputs.export import FORMATS, export_slide_result, render
 from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS, describe_run_options  # noqa: F401 - re-exported
 from cellview.outputs.overlay import OverlaySettings
-from cellview.slides.slide import Mpp, SlideInfo, open_slide, slide_display_name, slide_stem
+from cellview.slides.opening import open_slide
+from cellview.slides.slide import Mpp, SlideInfo, slide_display_name, slide_stem
 
 log = logging.getLogger(__name__)
 
