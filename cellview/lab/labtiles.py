@@ -132,6 +132,7 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
                 mpp = slide.mpp.um if slide.mpp is not None else None
                 for label, why in region_problems(check_regions(source.regions, grid), grid, mpp).items():
                     unlabelled.append((label, f"{source.name}: {why}"))
+                    notes.append(f"{source.name}: {label} labels no tile: {why}")
             labelled = np.array([v is not None for v in labels], bool)
             if not labelled.any():
                 whys = [why for _, why in unlabelled[first_unlabelled:]]
