@@ -501,6 +501,12 @@ def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
                 continue
             assert {"base", "prior"} <= set(row) and 0 <= row["prior"]["balanced_accuracy"]["mean"] <= 1
             assert row["prior"]["in_domain"]["mean"] >= row["base"]["in_domain"]["mean"] - 1e-9
+            if k != "all":  # every draw went through cellview adapt's decision; a refusal counts as the base
+                policies = row["decision"]["policies"]
+                assert policies["always"]["writes"] == policies["always"]["of"] == len(row["decision"]["draws"])
+                for draw in row["decision"]["draws"]:
+                    assert draw["decision"] is None or draw["decision"]["items"][0] in (0, 1, 2)
+    assert set(curve["seen"]) == sources and set(curve["policies"]) >= {"better", "unless-worse", "old"}
     assert "Target — leave-one-source-out with 5" in (run / "eval" / "adaptation.md").read_text()
     rows = json.loads((run / "samples.json").read_text())
     assert groups_straddling([r["split"] for r in rows], [r["group"] for r in rows]) == []

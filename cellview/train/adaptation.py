@@ -240,7 +240,8 @@ def adaptation_curve(run_dir: Path, out_dir: Path | None = None, ks: tuple[int |
         entry["k"] = _curve(ctx, in_src, ks, draws, cfg.seed, labels, groups)
         if suggested:
             entry["suggested"] = _suggested_curve(ctx, [in_src], suggested, draws, cfg.seed)
-            _say(f"  {suggested} suggested: " + _line(entry["suggested"]))
+            if "skipped" not in entry["suggested"]:
+                _say(f"  {suggested} suggested: " + _line(entry["suggested"]))
         entry["loso_no_labels"] = protocol.get("loso", {}).get("plain", {}).get(src, {}).get("vote", {}).get(
             "category_balanced_accuracy")
         report["sources"][src] = entry
