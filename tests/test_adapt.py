@@ -401,3 +401,26 @@ def test_adapting_a_precision_copy_adapts_its_fp32_model(lab_csv, cam_domain_mod
     assert written.precision == "fp32" and not (tmp_path / "lab" / "model.int8.onnx").exists()
     base = json.loads((tmp_path / "lab" / "model.json").read_text())["adaptation"]["base"]
     assert base["path"].endswith("/model.onnx") and base["onnx_sha256"] == fp32.onnx_sha256
+
+
+def test_labels_of_two_categories_leave_the_third_as_the_base_model_had_it():
+    """Fifteen suggested images may hold no normal one: the refit must not learn 'nothing is normal'."""
+    from cellview.lab.head import labelled_classes
+
+    rng = np.random.default_rng(3)
+    cats = ("malignant", "malignant", "benign", "normal")
+    w0 = rng.normal(size=(4, 6))
+    b0 = rng.normal(size=4)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    allowed = np.zeros((40, 4), bool)
+    allowed[:20, :2] = True  # malignant
+    allowed[20:, 2] = True  # benign; no normal label
+    assert labelled_classes(allowed, cats).tolist() == [True, True, True, False]
+    w, b = fit_head(x, allowed, np.ones(40), w0, b0, AdaptSettings(), cats)
+    np.testing.assert_allclose(w[3], w0[3], atol=1e-6)
+    assert b[3] == pytest.approx(b0[3], abs=1e-6)
+    plain = fit_head(x, allowed, np.ones(40), w0, b0, AdaptSettings())  # the old fit pushes normal away
+    assert np.abs(plain[0][3] - w0[3]).max() > 0.01
+    same = fit_head(x, allowed | np.eye(4, dtype=bool)[np.full(40, 3)], np.ones(40), w0, b0, AdaptSettings(), cats)
+    np.testing.assert_allclose(same[0], fit_head(x, allowed | np.eye(4, dtype=bool)[np.full(40, 3)], np.ones(40),
+                                                 w0, b0, AdaptSettings())[0], atol=1e-6)  # all named: as before

@@ -139,7 +139,8 @@ def adapt(sources: Sequence[LabelSource], base: ModelSpec, out_dir: Path | None,
     if not because:
         raise AdaptNotWritten(not_written_message(report), report)
     yield AdaptProgress("fitting", cv.folds, cv.folds + 1, "fitting on every label")
-    weight, bias = fit_head(lab.features, lab.allowed, label_weights(lab.category, lab.item), *head, settings)
+    weight, bias = fit_head(lab.features, lab.allowed, label_weights(lab.category, lab.item), *head, settings,
+                            base.class_categories)
     report = replace(report, written_because=because)
     yield AdaptProgress("writing", 0, 1, f"writing {out_dir}")
     written, sidecar = write_adapted(Path(out_dir), base, lab, weight, bias, report, params, settings, name, command)

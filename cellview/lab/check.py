@@ -46,6 +46,9 @@ class Figures:
 def unit_figures(probs: np.ndarray, unit: np.ndarray, unit_category: np.ndarray,
                  class_categories: Sequence[str]) -> Figures:
     """Unit calls by the vote rule, tile calls by their top category, against the labels' categories."""
+    if not len(unit_category):  # nothing could be held out (one one-tile image per category)
+        empty = {c: None for c in CATEGORIES}
+        return Figures(float("nan"), float("nan"), empty, dict(empty), np.zeros((3, 3), np.int64).tolist())
     item_pred, _, _ = image_calls(probs, unit, len(unit_category), class_categories, "vote")
     item_true = np.asarray(unit_category)
     tile_pred = category_probabilities(probs, tuple(class_categories), "softmax").argmax(axis=1)
@@ -145,7 +148,7 @@ def plan_check(lab: LabTiles, settings: AdaptSettings = DEFAULT_SETTINGS) -> Che
     fold = np.array([fold_of.get(int(u), -1) for u in fold_unit], np.int64)
     n_folds = int(fold.max()) + 1 if (fold >= 0).any() else 0
     how = (f"{n_folds} folds of whole {_PLURAL.get(what, what)}" if n_folds < len(names)
-           else f"one fold per {what}")
+           else f"one fold per {what}" if n_folds else "nothing held out: each category has one image of one tile")
     single = tuple(CATEGORIES[int(c)] for c in cats if items_per_cat[int(c)] == 1) if level == "block" else ()
     return CheckPlan(unit, unit_category, fold, n_folds, how, level, tuple(unchecked), single)
 
@@ -216,7 +219,7 @@ def cross_validate(lab: LabTiles, spec: Any, base_weight: np.ndarray, base_bias:
         held = plan.fold == k
         train = ~held
         w, b = fit_head(lab.features[train], lab.allowed[train], label_weights(cats[train], lab.item[train]),
-                        base_weight, base_bias, settings)
+                        base_weight, base_bias, settings, spec.class_categories)
         after_logits[held] = lab.features[held] @ w.T + b
     scored = plan.unit >= 0
     unit = plan.unit[scored]
@@ -229,7 +232,10 @@ def cross_validate(lab: LabTiles, spec: Any, base_weight: np.ndarray, base_bias:
     b_score, a_score = (calls_b, calls_a) if settings.measure == "items" else (share_b, share_a)
     decision = decide(b_score, a_score, plan.unit_category, settings.measure, settings.interval, settings.bootstrap,
                       settings.seed)
-    if plan.level == "block" and decision.better:  # blocks of one region look alike: the check is optimistic
+    if not len(plan.unit_category):
+        decision = replace(decision, note="no labelled image or region could be held out (each category has one, "
+                                          "of one tile)")
+    elif plan.level == "block" and decision.better:  # blocks of one region look alike: the check is optimistic
         decision = replace(decision, verdict="not distinguishable",
                            note="blocks of one region were held out, which flatters the adapted head")
     yield CheckResult(before, after, plan.how, plan.n_folds, decision, plan, after_logits,
@@ -258,11 +264,15 @@ class AdaptReport:
         """The before / after line the CLI prints and the viewer's dialog leads with."""
         b, a = self.before, self.after
         return (f"Before → after on your labels ({self.cv_how}): balanced accuracy of the labelled images / regions "
-                f"{b.items_balanced_accuracy:.2f} → {a.items_balanced_accuracy:.2f}; of their tiles "
-                f"{b.tiles_balanced_accuracy:.2f} → {a.tiles_balanced_accuracy:.2f} "
+                f"{_f(b.items_balanced_accuracy)} → {_f(a.items_balanced_accuracy)}; of their tiles "
+                f"{_f(b.tiles_balanced_accuracy)} → {_f(a.tiles_balanced_accuracy)} "
                 f"({plural(len(self.lab.items), 'labelled image or region', 'labelled images or regions')}, "
                 f"{plural(len(self.lab.features), 'tile')}, {plural(len(self.lab.files), 'file')})."
                 + (f" The adapted head is {self.decision.phrase()}." if self.decision is not None else ""))
+
+
+def _f(v: float) -> str:
+    return "–" if v != v else f"{v:.2f}"
 
 
 def label_warnings(lab: LabTiles, spec: ModelSpec) -> list[str]:

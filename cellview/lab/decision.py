@@ -65,6 +65,8 @@ class Decision:
             return f"better by {self.estimate:.2f} ({self.low:.2f}–{self.high:.2f})"
         if self.verdict == "worse":
             return f"worse by {-self.estimate:.2f} ({-self.high:.2f}–{-self.low:.2f})"
+        if not self.units:
+            return "not distinguishable (nothing could be held out)"
         if self.estimate == self.low == self.high == 0:
             return "not distinguishable (no labelled image or region changed its call)"
         return f"not distinguishable ({_signed(self.estimate)}; {_signed(self.low)} to {_signed(self.high)})"

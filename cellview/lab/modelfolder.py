@@ -221,7 +221,7 @@ def _report_json(report: AdaptReport, lab: LabTiles, base: ModelSpec) -> dict[st
 
 
 def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}"
+    return "–" if v is None or v != v else f"{v:.2f}"
 
 
 def model_card(side: dict[str, Any], report: AdaptReport, base: ModelSpec) -> str:
@@ -235,7 +235,7 @@ def model_card(side: dict[str, Any], report: AdaptReport, base: ModelSpec) -> st
     table = ["| on your labels, cross-validated | balanced accuracy before → after | recall malignant | recall benign "
              "| recall normal |", "|---|---|---|---|---|"]
     for title, vb, va, rb, ra in rows:
-        table.append(f"| {title} | **{vb:.2f} → {va:.2f}** | " + " | ".join(
+        table.append(f"| {title} | **{_pct(vb)} → {_pct(va)}** | " + " | ".join(
             f"{_pct(rb[c])} → {_pct(ra[c])}" for c in CATEGORIES) + " |")
     counts = "; ".join(f"{label}: {c['items']} images / regions in {c['files']} files, {c['tiles']} tiles"
                        for label, c in prov["label_counts"].items())

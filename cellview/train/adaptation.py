@@ -437,7 +437,7 @@ def _trial(c: _Context, is_lab: np.ndarray, rest: np.ndarray, decide_too: bool =
         if n_cats < 2:  # adapt refuses one category: the base model stays
             heads[m] = (c.w0, c.b0)
         elif m == "prior":
-            heads[m] = fit_head(x_lab, allowed, lab_w, c.w0, c.b0, c.settings)
+            heads[m] = fit_head(x_lab, allowed, lab_w, c.w0, c.b0, c.settings, c.cats)
         else:
             bank = c.bank if c.bank is not None else np.zeros(0, np.int64)
             bw = sample_weights(c.t_lab[bank], c.t_src[bank], "source_category", c.cats).astype(np.float64)
@@ -445,7 +445,8 @@ def _trial(c: _Context, is_lab: np.ndarray, rest: np.ndarray, decide_too: bool =
             w = np.concatenate([bw / bw.sum() * n_src / (n_src + 1), lab_w / lab_w.sum() / (n_src + 1)])
             x = np.concatenate([c.feats[bank], x_lab])
             a = np.concatenate([np.eye(len(c.cats), dtype=bool)[c.t_lab[bank]], allowed])
-            heads[m] = fit_head(x, a, w, c.w0, c.b0, replace(c.settings, l2_to_base=c.settings.l2_to_base / 10))
+            heads[m] = fit_head(x, a, w, c.w0, c.b0, replace(c.settings, l2_to_base=c.settings.l2_to_base / 10),
+                                c.cats)
     lab_stats = (with_lab(c.stats, x_lab, [CATEGORIES[k] for k in cat_lab], img_lab.astype(str))
                  if c.stats is not None else None)
     out: dict[str, Any] = {"categories_labelled": n_cats}
