@@ -169,3 +169,21 @@ def test_a_symlinked_slide_s_labels_are_saved_beside_the_link_not_its_target(vie
     assert labels.saved_to == mine / "lab.tiff.labels.geojson" and labels.saved_to.exists()
     assert not (data / "lab.tiff.labels.geojson").exists()
     assert [s.path for s in labelled_slides()] == [link]
+
+
+def test_imported_qupath_classes_without_a_mapping_never_break_adapt_model(viewer, lab_slide, tmp_path):
+    """Importing 'Tumor' and 'Stroma' used to make every later Adapt model… fail with 'Unknown labels'."""
+    labels = LabelsModel(viewer)
+    viewer.open(lab_slide)
+    for k, cat in enumerate(LAB_BLOCKS):
+        block_tiles(labels, k)
+        labels.label_picked(cat)
+    qupath = tmp_path / "from-qupath.geojson"
+    write_geojson(qupath, [LabelRegion.rect("Tumor", 0, 0, 9, 9), LabelRegion.rect("Stroma", 20, 20, 40, 40)])
+    labels.import_geojson(qupath)
+    items, errors = [], []
+    run_now(labels.adapt_job("toy-lab", False, items.append, errors.append, lambda: None, out_dir=tmp_path / "m"))
+    assert not errors, errors[0].message if errors else ""
+    report = items[-1]
+    assert isinstance(report, AdaptReport) and report.written is not None
+    assert any("not labels until mapped" in n and "Tumor" in n for n in report.lab.notes)
