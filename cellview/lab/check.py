@@ -186,9 +186,6 @@ class CheckResult:
     after_logits: np.ndarray = field(compare=False, repr=False, default_factory=lambda: np.zeros(0))
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = field(compare=False, repr=False, default_factory=dict)
 
-    def __getitem__(self, key: str) -> Any:  # the dict this used to be
-        return {"folds": self.folds, "how": self.how, "before": self.before, "after": self.after}[key]
-
 
 def _unit_scores(probs: np.ndarray, unit: np.ndarray, unit_category: np.ndarray,
                  class_categories: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -77,10 +77,10 @@ def _kmeans(x: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator
         d2 = np.minimum(d2, ((x - centres[-1]) ** 2).sum(axis=1))
     c = np.array(centres)
     assign = np.zeros(n, np.int64)
-    for _ in range(iterations):
-        dist = ((x[:, None, :] - c[None, :, :]) ** 2).sum(axis=2)
+    for it in range(iterations):
+        dist = (x * x).sum(axis=1)[:, None] - 2.0 * x @ c.T + (c * c).sum(axis=1)[None, :]  # M × k, no M × k × D
         new = dist.argmin(axis=1)
-        if _ and (new == assign).all():
+        if it and (new == assign).all():
             break
         assign = new
         for j in range(len(c)):
