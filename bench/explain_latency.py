@@ -42,8 +42,8 @@ def main() -> int:
 
     from cellview.analysis.model_lookup import resolve_model
     from cellview.gui.app import make_app
+    from cellview.gui.desktop.window import MainWindow
     from cellview.gui.headless import settle, wait_for
-    from cellview.gui.mainwindow import MainWindow
 
     app = make_app()
     window = MainWindow()
@@ -53,7 +53,7 @@ def main() -> int:
     if not window.add_model(resolve_model(args.model)):
         return 2
     window.open_path(args.slide)
-    if not wait_for(window.analysisFinished, 900):
+    if not wait_for(window.viewer.analysisFinished, 900):
         print("analysis did not finish", file=sys.stderr)
         return 1
     result = window.result
@@ -79,15 +79,16 @@ def main() -> int:
     for n, index in enumerate(tiles):
         t0 = time.perf_counter()
         if n == 0:
-            window.inspector.cam_box.setChecked(True)
+            window.viewer.inspector.cam_box.setChecked(True)
         else:
             window.select_tile(index)
-        while not (window.model.explain.state in ("ready", "failed") and window.model.explain.index == index):
+        explain = window.model.explain
+        while not (explain.current.state in ("ready", "failed") and explain.current.index == index):
             app.processEvents()
             time.sleep(0.001)
         times.append(time.perf_counter() - t0)
-        if window.model.explain.state == "failed":
-            print(f"activation map failed: {window.model.explain.message}", file=sys.stderr)
+        if window.model.explain.current.state == "failed":
+            print(f"activation map failed: {window.model.explain.current.message}", file=sys.stderr)
             return 1
     timer.stop()
     later = np.array(times[1:]) * 1000
@@ -115,10 +116,10 @@ def main() -> int:
         else:
             window.view.vb.setRange(rect, padding=0)
         settle(app, 1.0)
-        window.model.show_calls_anyway(False)
+        window.model.overlay.show_calls_anyway(False)
         settle(app, 0.2)
         hatched = paint_ms()
-        window.model.show_calls_anyway(True)
+        window.model.overlay.show_calls_anyway(True)
         settle(app, 0.2)
         plain = paint_ms()
         rows.append((label, hatched, plain))
