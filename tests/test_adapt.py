@@ -15,15 +15,8 @@ from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.model_spec import ModelSpec, sha256_file
 from cellview.analysis.results import AnalysisParams
 from cellview.cli import main
-from cellview.lab.adapt import (
-    AdaptError,
-    AdaptReport,
-    AdaptSettings,
-    adapt,
-    fit_head,
-    label_targets,
-    label_weights,
-)
+from cellview.lab.adapt import AdaptError, AdaptProgress, AdaptReport, adapt
+from cellview.lab.head import AdaptSettings, fit_head, label_targets, label_weights
 from cellview.lab.labels import (
     IGNORE,
     LabelError,
@@ -81,7 +74,7 @@ def run_adapt(sources, spec, out, **kw):
     for item in adapt(sources, spec, out, AnalysisParams(mpp_um=1.0, tissue_threshold=0.0), **kw):
         if isinstance(item, AdaptReport):
             report = item
-        else:
+        elif isinstance(item, AdaptProgress):
             progress.append(item)
     return report, progress
 
@@ -108,7 +101,7 @@ def test_the_labels_csv_is_read_relative_to_its_folder_and_says_what_it_passed_o
     sources, notes = read_labels_csv(path)
     assert [s.path for s in sources] == [tmp_path / "sub" / "a.png", Path("/abs/b.png")]
     assert [s.label for s in sources] == ["normal", "benign"]
-    assert any("c.png has no label" in n for n in notes)
+    assert any("1 row without a label passed over (line 5)" in n for n in notes)
     bad = tmp_path / "bad.csv"
     bad.write_text("file,class\na.png,normal\n", encoding="utf-8")
     with pytest.raises(LabelError, match="image,label"):
@@ -266,7 +259,10 @@ def test_a_model_no_better_than_the_base_is_not_written_unless_forced(tmp_path, 
     base = ModelSpec.load(cam_domain_model)
     with pytest.raises(AdaptError) as err:
         run_adapt(sources, base, tmp_path / "out")
-    assert "not better" in err.value.message and "1.00 → 1.00" in err.value.message and "--force" in err.value.message
+    msg = err.value.message
+    assert "not better" in msg and "1.00 → 1.00" in msg and "not distinguishable" in msg
+    assert "--force" not in msg  # the viewer shows this message beside its Write it anyway button
+    assert err.value.report.decision.uncertain and err.value.report.before.items_balanced_accuracy == 1.0
     assert not (tmp_path / "out" / "model.json").exists()
     report, _ = run_adapt(sources, base, tmp_path / "out", force=True)
     assert not report.improved and (tmp_path / "out" / "model.json").exists()
@@ -405,3 +401,26 @@ def test_adapting_a_precision_copy_adapts_its_fp32_model(lab_csv, cam_domain_mod
     assert written.precision == "fp32" and not (tmp_path / "lab" / "model.int8.onnx").exists()
     base = json.loads((tmp_path / "lab" / "model.json").read_text())["adaptation"]["base"]
     assert base["path"].endswith("/model.onnx") and base["onnx_sha256"] == fp32.onnx_sha256
+
+
+def test_labels_of_two_categories_leave_the_third_as_the_base_model_had_it():
+    """Fifteen suggested images may hold no normal one: the refit must not learn 'nothing is normal'."""
+    from cellview.lab.head import labelled_classes
+
+    rng = np.random.default_rng(3)
+    cats = ("malignant", "malignant", "benign", "normal")
+    w0 = rng.normal(size=(4, 6))
+    b0 = rng.normal(size=4)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    allowed = np.zeros((40, 4), bool)
+    allowed[:20, :2] = True  # malignant
+    allowed[20:, 2] = True  # benign; no normal label
+    assert labelled_classes(allowed, cats).tolist() == [True, True, True, False]
+    w, b = fit_head(x, allowed, np.ones(40), w0, b0, AdaptSettings(), cats)
+    np.testing.assert_allclose(w[3], w0[3], atol=1e-6)
+    assert b[3] == pytest.approx(b0[3], abs=1e-6)
+    plain = fit_head(x, allowed, np.ones(40), w0, b0, AdaptSettings())  # the old fit pushes normal away
+    assert np.abs(plain[0][3] - w0[3]).max() > 0.01
+    same = fit_head(x, allowed | np.eye(4, dtype=bool)[np.full(40, 3)], np.ones(40), w0, b0, AdaptSettings(), cats)
+    np.testing.assert_allclose(same[0], fit_head(x, allowed | np.eye(4, dtype=bool)[np.full(40, 3)], np.ones(40),
+                                                 w0, b0, AdaptSettings())[0], atol=1e-6)  # all named: as before

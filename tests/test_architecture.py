@@ -196,7 +196,7 @@ def _sizes() -> tuple[dict[str, int], dict[str, int]]:
 
 
 # Being split (issue 24); each entry goes when its split lands, and the list must end empty.
-OVERSIZE_BEING_SPLIT = {"cellview/lab/adapt.py"}
+OVERSIZE_BEING_SPLIT: set[str] = set()
 
 
 def test_no_module_over_800_lines_and_no_class_over_400():

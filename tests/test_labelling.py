@@ -153,3 +153,39 @@ def test_label_choices_are_the_categories_then_the_classes(cam_domain_model):
     assert [c.label for c in choices][:4] == ["malignant", "benign", "normal", "normal mucosa"]
     assert choices[4].text == "polyp (benign)"
     assert np.all([c.color.startswith("#") for c in choices])
+
+
+def test_a_symlinked_slide_s_labels_are_saved_beside_the_link_not_its_target(viewer, lab_slide, tmp_path):
+    data = tmp_path / "someone-elses-data"
+    data.mkdir()
+    target = data / "lab.tiff"
+    lab_slide.rename(target)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    link = mine / "lab.tiff"
+    os.symlink(target, link)
+    labels = LabelsModel(viewer)
+    viewer.open(link)
+    block_tiles(labels, 0)
+    labels.label_key("1")
+    assert labels.saved_to == mine / "lab.tiff.labels.geojson" and labels.saved_to.exists()
+    assert not (data / "lab.tiff.labels.geojson").exists()
+    assert [s.path for s in labelled_slides()] == [link]
+
+
+def test_imported_qupath_classes_without_a_mapping_never_break_adapt_model(viewer, lab_slide, tmp_path):
+    """Importing 'Tumor' and 'Stroma' used to make every later Adapt model… fail with 'Unknown labels'."""
+    labels = LabelsModel(viewer)
+    viewer.open(lab_slide)
+    for k, cat in enumerate(LAB_BLOCKS):
+        block_tiles(labels, k)
+        labels.label_picked(cat)
+    qupath = tmp_path / "from-qupath.geojson"
+    write_geojson(qupath, [LabelRegion.rect("Tumor", 0, 0, 9, 9), LabelRegion.rect("Stroma", 20, 20, 40, 40)])
+    labels.import_geojson(qupath)
+    items, errors = [], []
+    run_now(labels.adapt_job("toy-lab", False, items.append, errors.append, lambda: None, out_dir=tmp_path / "m"))
+    assert not errors, errors[0].message if errors else ""
+    report = items[-1]
+    assert isinstance(report, AdaptReport) and report.written is not None
+    assert any("not labels until mapped" in n and "Tumor" in n for n in report.lab.notes)

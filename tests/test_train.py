@@ -480,7 +480,12 @@ def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
                               "--limit-per-class", "3", "--patch", "64", "--views", "1", "--head-epochs", "1",
                               "--no-eval"])
     assert args.func(args) == 0
-    args = parser.parse_args(["evaluate", str(run), "--cv-folds", "2", "--adaptation", "--adaptation-draws", "2"])
+    card_dir = tmp_path / "card"
+    card_dir.mkdir()
+    (card_dir / "MODEL_CARD.md").write_text("# toy\n\n## Headline: x\n\ntext\n\n## Limits\n- none\n")
+    (card_dir / "protocol.json").write_text("{}")
+    args = parser.parse_args(["evaluate", str(run), "--cv-folds", "2", "--adaptation", "--adaptation-draws", "2",
+                              "--card", str(card_dir)])
     assert args.func(args) == 0
     ev = json.loads((run / "eval" / "eval.json").read_text())
     assert {"category_calibrated", "image_calibrated", "per_source", "checks"} <= set(ev)
@@ -501,7 +506,16 @@ def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
                 continue
             assert {"base", "prior"} <= set(row) and 0 <= row["prior"]["balanced_accuracy"]["mean"] <= 1
             assert row["prior"]["in_domain"]["mean"] >= row["base"]["in_domain"]["mean"] - 1e-9
+            if k != "all":  # every draw went through cellview adapt's decision; a refusal counts as the base
+                policies = row["decision"]["policies"]
+                assert policies["always"]["writes"] == policies["always"]["of"] == len(row["decision"]["draws"])
+                for draw in row["decision"]["draws"]:
+                    assert draw["decision"] is None or draw["decision"]["items"][0] in (0, 1, 2)
+    assert set(curve["seen"]) == sources and set(curve["policies"]) >= {"better", "unless-worse", "old"}
     assert "Target — leave-one-source-out with 5" in (run / "eval" / "adaptation.md").read_text()
+    card = (card_dir / "MODEL_CARD.md").read_text()  # --card: the section after the headline, before the rest
+    assert card.index("## Headline") < card.index("## Adapting to a lab's labels") < card.index("## Limits")
+    assert "### The decision, per draw" in card and json.loads((card_dir / "protocol.json").read_text())["adaptation"]
     rows = json.loads((run / "samples.json").read_text())
     assert groups_straddling([r["split"] for r in rows], [r["group"] for r in rows]) == []
     # --no-int8: the INT8 copy's validation reads every image of every data set (tests/test_precision.py covers it)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from cellview import __version__
-from cellview.cli import adapt, analyze, domain, evaluate, explain, export, info, models, serve, train
+from cellview.cli import adapt, analyze, domain, evaluate, explain, export, info, models, serve, suggest, train
 
-COMMANDS = (analyze, info, models, explain, adapt, domain, train, evaluate, export, serve)
-SUBCOMMANDS = ("analyze", "info", "train", "evaluate", "export", "models", "explain", "domain", "adapt", "serve")
+COMMANDS = (analyze, info, models, explain, suggest, adapt, domain, train, evaluate, export, serve)
+SUBCOMMANDS = ("analyze", "info", "train", "evaluate", "export", "models", "explain", "domain", "suggest", "adapt",
+               "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,20 +65,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _adaptation(args: argparse.Namespace) -> None:
     """The adaptation curve into RUN/eval (and, with --card, into the model folder's card and protocol.json)."""
-    import json
-
-    from cellview.base.files import atomic_write_text
-    from cellview.train.adaptation import SECTION, adaptation_curve, markdown
-    from cellview.train.domain import update_card
+    from cellview.train.adaptation import adaptation_curve, write_to_card
 
     methods = tuple(m.strip() for m in args.adaptation_methods.split(",") if m.strip())
     report = adaptation_curve(args.run, args.out, draws=args.adaptation_draws, methods=methods)
     if args.card:
         command = (f"cellview evaluate {args.run} --adaptation --adaptation-draws {args.adaptation_draws}"
                    + (f" --adaptation-methods {','.join(methods)}" if methods != ("prior",) else ""))
-        update_card(args.card / "MODEL_CARD.md", markdown(report, command), SECTION, after="## Headline")
-        protocol = args.card / "protocol.json"
-        if protocol.exists():
-            data = json.loads(protocol.read_text(encoding="utf-8"))
-            data["adaptation"] = report
-            atomic_write_text(protocol, json.dumps(data, indent=2) + "\n")
+        write_to_card(args.card, report, command)

@@ -38,6 +38,7 @@ def model_lookup_lines() -> list[str]:
 def cmd_models(args: argparse.Namespace) -> int:
     from cellview.analysis.model_lookup import DEFAULT_MODEL, ORIGINS, model_entries
     from cellview.analysis.model_spec import ModelSpec
+    from cellview.lab.modelfolder import adaptation_mark
 
     print("\n".join(model_lookup_lines()))
     entries = model_entries(include_hidden=True)
@@ -57,6 +58,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             adapted = spec.raw.get("adaptation") if isinstance(spec.raw.get("adaptation"), dict) else None
             origin = (f"; adapted from {adapted['base']['name']} {adapted['base']['version']} on {adapted['date']}"
                       if adapted else "")
+            mark = adaptation_mark(spec.raw) if adapted else ""
+            origin += f"; {mark}" if mark else ""
             print(f"{head}: {len(spec.class_names)} classes {', '.join(spec.class_names)}; "
                   f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px; {domain}{origin}")
         except CellviewError as exc:
