@@ -20,12 +20,13 @@ import numpy as np
 
 from cellview.analysis.cache import ResultCache, cache_key
 from cellview.analysis.domain import QUALITY_CHECKS, tile_quality
+from cellview.analysis.foreground import Foreground, foreground_mask, tile_threshold
 from cellview.analysis.model import ModelSpec, OnnxClassifier
 from cellview.analysis.morphology import measure_nuclei, patch_mpp
 from cellview.analysis.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei, TileState
 from cellview.analysis.stain import TileStainTransform, fit_transform, sample_tile_indices
 from cellview.analysis.tiling import TileGrid, build_grid, read_order, read_tile
-from cellview.analysis.tissue import TissueMask, detect_tissue
+from cellview.analysis.tissue import TissueMask
 from cellview.base.errors import AnalysisError, CellviewError, SlideError
 from cellview.slides.slide import Slide, open_slide
 
@@ -220,13 +221,17 @@ def plan_tiles(slide: Slide, spec: ModelSpec, params: AnalysisParams) -> tuple[T
     return plan_grid(slide, spec.patch_size_pixels, spec.spacing_um_px, params)
 
 
-def plan_grid(slide: Slide, tile_px: int, model_mpp_um: float, params: AnalysisParams) -> tuple[TissueMask, TileGrid]:
-    """``plan_tiles`` for a tile size and spacing without a model (training evaluates on these tiles)."""
+def plan_grid(slide: Slide, tile_px: int, model_mpp_um: float, params: AnalysisParams,
+              foreground: Foreground | None = None) -> tuple[TissueMask, TileGrid]:
+    """``plan_tiles`` for a tile size, spacing and foreground rule without a model (training evaluates on these
+    tiles). The tissue rule (the default) is the mask and threshold of ``params``, as it always was."""
+    fg = foreground or Foreground()
     mpp_um = slide.mpp.um if slide.mpp else None
-    tissue = detect_tissue(slide, params.tissue, mpp_um)
+    tissue = foreground_mask(slide, fg, params.tissue, mpp_um)
     grid = build_grid(
         slide, tile_px, model_mpp_um, tissue,
-        tissue_threshold=params.tissue_threshold, overlap=params.overlap, whole_image=params.whole_image,
+        tissue_threshold=tile_threshold(fg, params.tissue_threshold), overlap=params.overlap,
+        whole_image=params.whole_image,
     )
     return tissue, grid
 

@@ -100,18 +100,17 @@ def split_from_recipe(recipe: D.Recipe, seed: int = 0, fractions: Sequence[float
             keep += [samples[i] for i in sorted(rng.permutation(idx)[:limit_per_class])]
         samples = keep
     info: dict[str, Any] = {}
-    if recipe.group_near_duplicates:
-        from dataclasses import asdict
-
+    if recipe.group_near_duplicates or any(src.group_by != "column" for src in recipe.sources):
         from cellview.train.backbone import FeatureRunner, build_backbone
-        from cellview.train.train import near_duplicate_groups
+        from cellview.train.grouping import assign_groups
+        from cellview.train.train import dup_embeddings
 
         work = Path(cache_dir) if cache_dir else Path.cwd() / ".cellview-domain-cache"
         bb = build_backbone("efficientnet-lite0", recipe.patch_size, 0, pretrained=True)
         runner = FeatureRunner(bb, recipe.patch_size, work, "cpu", threads)
-        groups, grouping, _ = near_duplicate_groups(samples, recipe, runner, recipe.group_threshold,
-                                                    recipe.group_mutual_k, work)
-        samples = [D.Sample(**{**asdict(s), "group": g}) for s, g in zip(samples, groups, strict=True)]
+        samples, grouping, _ = assign_groups(samples, recipe,
+                                             lambda part: dup_embeddings(part, recipe.patch_size, runner, work),
+                                             say=lambda _: None)
         info["groups"] = grouping["groups"]
     labels = np.array([s.label for s in samples])
     split = group_split(labels, [s.group for s in samples], fractions, seed)

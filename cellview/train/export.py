@@ -386,10 +386,11 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
         "(no group on two sides; checked).",
     ]
     grouping = summary.get("grouping", {})
-    if grouping.get("groups"):
-        parts.append(f"- Near-duplicate groups: {grouping['groups']} ({grouping['groups_per_class']}), threshold "
-                     f"{grouping['threshold']}, largest group {grouping['largest_group']} images, "
-                     f"{grouping['mixed_class_groups']} groups mixing classes.")
+    dup = grouping.get("near_duplicates") or (grouping if "groups_per_class" in grouping else None)
+    if dup:
+        parts.append(f"- Near-duplicate groups: {dup['groups']} ({dup['groups_per_class']}), threshold "
+                     f"{dup['threshold']}, largest group {dup['largest_group']} images, "
+                     f"{dup['mixed_class_groups']} groups mixing classes.")
         leak = grouping.get("test_images_with_train_copy_sim_0.95")
         if leak:
             parts.append(f"- Test images whose most similar training image has embedding similarity ≥ 0.95: "
