@@ -82,6 +82,7 @@ class Recipe:
     group_mutual_k: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
     reading: Reading = field(default_factory=Reading)  # foreground rule, images without a pixel size (sidecar)
+    int8_validation: str = ""  # where `cellview export` validates the INT8 copy (quantize.VALIDATION_MODES); '' = run
 
     @property
     def class_names(self) -> list[str]:
@@ -101,6 +102,7 @@ class Recipe:
             "sources": [asdict(s) for s in self.sources],
             "notes": self.notes,
             **self.reading.sidecar_entries(),
+            **({"int8_validation": self.int8_validation} if self.int8_validation else {}),
         }
 
 
@@ -162,6 +164,7 @@ def recipe_from_dict(raw: dict[str, Any], data_root: Path) -> Recipe:
         group_mutual_k=int(raw.get("group_mutual_k", 0)),
         notes=raw.get("notes", {}),
         reading=_reading(raw),
+        int8_validation=str(raw.get("int8_validation", "")),
     )
 
 

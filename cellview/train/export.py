@@ -96,7 +96,8 @@ def _wsinfer_transform(patch: int, mean: tuple[float, ...], std: tuple[float, ..
 
 
 def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bool = True, fp16: bool = True,
-               domain: bool = True, int8: bool = True, data_root: Path | None = None) -> Path:
+               domain: bool = True, int8: bool = True, data_root: Path | None = None,
+               int8_validate: str = "auto") -> Path:
     from cellview.train.train import Run, load_model
 
     run = Run(run_dir)
@@ -177,23 +178,45 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
     for stale in (out_dir / "model.int8.onnx", out_dir / "model.int8.json"):
         stale.unlink(missing_ok=True)  # a copy of earlier weights must not linger
     if int8:
-        export_int8(run.path, out_dir, data_root)
+        export_int8(run.path, out_dir, data_root, int8_validate)
     print(f"exported {recipe.name} to {out_dir} ({onnx_path.stat().st_size / 1e6:.1f} MB ONNX)", file=sys.stderr)
     return onnx_path
 
 
-def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None) -> Path:
+def int8_validation_mode(recipe: D.Recipe, requested: str = "auto") -> str:
+    """Where the INT8 copy is validated (quantize.VALIDATION_MODES): as asked, else as the recipe says, else on
+    the run's own images. A run folder written before recipes said it takes its bundled recipe's word by name
+    (the shipped H&E models are validated on every set of the data folder); a user's model never scans it."""
+    from cellview.train import RECIPES
+
+    if requested != "auto":
+        return requested
+    if recipe.int8_validation:
+        return recipe.int8_validation
+    bundled = RECIPES / f"{recipe.name}.json"
+    if bundled.is_file():
+        return str(json.loads(bundled.read_text(encoding="utf-8")).get("int8_validation", "run"))
+    return "run"
+
+
+def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None, mode: str = "auto") -> Path:
     """The INT8 copy of ``out_dir/model.onnx`` (cellview.train.quantize), calibrated on the run's images of every
-    source and validated on the data folder's sets and, when the run was evaluated, its protocol folds."""
+    source and validated where ``int8_validation_mode`` says (the run's own images for a user's model) and,
+    when the run was evaluated, on its protocol folds."""
     from cellview.train import default_data_dir
     from cellview.train.quantize import make_int8
     from cellview.train.train import Run
 
     run = Run(run_dir)
     samples, _ = run.samples()
+    mode = int8_validation_mode(run.recipe(), mode)
     evaluated = (run.path / "eval" / "protocol.json").exists()
-    got = make_int8(out_dir, samples, run.path if evaluated else None, data_root or default_data_dir(),
-                    cache=run.path / "cache" / "int8")
+    where = {"run": "the run's own images", "data-folder": f"the data folder {data_root or default_data_dir()}",
+             "skip": "nothing (skipped)"}.get(mode, mode)
+    print(f"INT8 copy: validated on {where}", file=sys.stderr)
+    got = make_int8(out_dir, samples, run.path if evaluated else None,
+                    (data_root or default_data_dir()) if mode == "data-folder" else None,
+                    cache=run.path / "cache" / "int8", mode=mode)
     v = got["validation"] or {}
     print(f"INT8 copy {'validated' if v.get('passed') else 'NOT used by --precision auto: ' + '; '.join(v.get('reasons', []))}",
           file=sys.stderr)
