@@ -101,3 +101,19 @@ def test_an_image_without_a_pixel_size_is_read_as_the_model_declares_and_says_so
     assert "assumed 0.45 µm/px" in assumed.note
     asked = choose_scale(Reading(), None, False, "colon-he", 224)  # H&E: needs --mpp, nothing assumed
     assert asked.mpp is None and not asked.whole_image and asked.note == ""
+
+
+def test_the_field_rule_scales_by_the_image_size_and_the_fallback_reads_a_field_without_cells():
+    field = Reading(Foreground("stained-cells", fallback="whole-field"), UnstatedScale("field", field_um=100.0))
+    small = choose_scale(field, None, False, "blood", 224, (224, 224))
+    big = choose_scale(field, None, False, "blood", 224, (550, 518))
+    assert small.mpp.um == pytest.approx(100 / 224) and big.mpp.um == pytest.approx(100 / 550)
+    assert "one field 100 µm wide" in big.note and big.mpp.approximate
+    assert Reading.from_sidecar(field.sidecar_entries(), "x") == field
+    with pytest.raises(ModelError, match="needs 'field_um'"):
+        UnstatedScale.from_sidecar({"read": "field"}, "x")
+    with pytest.raises(ModelError, match="'fallback' must be 'whole-field'"):
+        Foreground.from_sidecar({"rule": "stained-cells", "fallback": "tissue"}, "x")
+    rgb, _ = synthetic_smear(448, seed=2, white_cells=0)  # no white cell: read whole-field, and the mask says so
+    mask, grid = _plan(rgb, field.foreground)
+    assert grid.n_tiles == 4 and "none found: whole field read" in mask.method

@@ -12,6 +12,8 @@ Foreground rules (sidecar ``"foreground": {"rule": ...}``):
   field white. The mask is those pixels (hue ``hue_deg``, saturation ≥ ``min_saturation``), opened, widened
   by ``cell_margin_um`` for the cytoplasm; a tile is read when at least ``min_fraction`` of it is covered.
   On a healthy smear's field with one white cell the tissue rule sees no tissue (pale, unsaturated).
+  With ``"fallback": "whole-field"`` an image on which no tile holds a stained cell is read whole-field
+  instead, so every image gets a call (the result's mask says so: method ``stained-cells, none found``).
 
 An image without a pixel size (sidecar ``"unstated_pixel_size": {"read": ...}``):
 
@@ -19,6 +21,9 @@ An image without a pixel size (sidecar ``"unstated_pixel_size": {"read": ...}``)
 - ``whole-image``: the image is read as one field resized to the model's tile, as the model's training
   images were read (e.g. the 224 × 224 px smear fields of a public set, about 100 µm across).
 - ``assume``: the image is taken to have ``mpp_um`` µm per pixel.
+- ``field``: the image is one microscope field ``field_um`` wide (its longer side), so its pixel size is
+  ``field_um`` / that side — a smear field photographed at 100× and saved at any size keeps its scale
+  (the public set's fields: about 100 µm; its healthy-blood fields are the same fields at 249–550 px).
 
 Either way the run says what it assumed (``ScaleChoice.note``: console, metadata JSON).
 """
@@ -36,7 +41,8 @@ from cellview.base.errors import ModelError
 from cellview.slides.slide import Mpp, Slide
 
 FOREGROUND_RULES = ("tissue", "whole-field", "stained-cells")
-UNSTATED_READS = ("ask", "whole-image", "assume")
+UNSTATED_READS = ("ask", "whole-image", "assume", "field")
+FALLBACKS = ("", "whole-field")
 
 
 def _number(raw: dict[str, Any], key: str, default: float, lo: float, hi: float, where: str) -> float:
@@ -57,6 +63,7 @@ class Foreground:
     cell_margin_um: float = 3.0  # the nucleus mask widened by this much: the cell's cytoplasm
     min_nucleus_um2: float = 8.0  # smaller specks (platelets, stain debris) are not cells
     mask_mpp_um: float = 1.0  # the mask's pixel size (cells are 7–20 µm)
+    fallback: str = ""  # "whole-field": an image with no stained-cell tile is read whole-field (so it is called)
 
     @classmethod
     def from_sidecar(cls, raw: Any, where: str) -> Foreground:
@@ -67,7 +74,7 @@ class Foreground:
             got = raw.get("rule") if isinstance(raw, dict) else raw
             raise ModelError(f"The {where}: 'foreground' must be an object whose 'rule' is one of "
                              f"{', '.join(FOREGROUND_RULES)}; got {got!r}.")
-        known = {f for f in cls.__dataclass_fields__} | {"note"}
+        known = set(cls.__dataclass_fields__) | {"note"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ModelError(f"The {where}: 'foreground' has an unknown setting {unknown[0]!r}; "
@@ -77,8 +84,11 @@ class Foreground:
                 or not all(isinstance(h, (int, float)) and not isinstance(h, bool) and 0 <= h <= 360 for h in hue)
                 or hue[0] >= hue[1]):
             raise ModelError(f"The {where}: 'foreground' 'hue_deg' must be [low, high] degrees with 0 ≤ low < high ≤ 360.")
+        fallback = raw.get("fallback", "")
+        if fallback not in FALLBACKS:
+            raise ModelError(f"The {where}: 'foreground' 'fallback' must be 'whole-field' or absent; got {fallback!r}.")
         d = cls()
-        return cls(rule=raw["rule"],
+        return cls(rule=raw["rule"], fallback=fallback,
                    min_fraction=_number(raw, "min_fraction", d.min_fraction, 0.0, 1.0, where),
                    hue_deg=(float(hue[0]), float(hue[1])),
                    min_saturation=_number(raw, "min_saturation", d.min_saturation, 0.0, 1.0, where),
@@ -94,9 +104,10 @@ class Foreground:
         return out
 
     def describe(self) -> str:
-        return {"tissue": "tiles with tissue",
+        text = {"tissue": "tiles with tissue",
                 "whole-field": "every tile of the field",
                 "stained-cells": f"tiles holding a nucleus-stained cell (≥ {self.min_fraction:.1%} of the tile)"}[self.rule]
+        return text + ("; every tile when none holds one" if self.fallback else "")
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,8 @@ class UnstatedScale:
     """What a model does with an image that states no pixel size (see the module docstring)."""
 
     read: str = "ask"
-    mpp_um: float | None = None
+    mpp_um: float | None = None  # read "assume"
+    field_um: float | None = None  # read "field": the field's width (its longer side)
     note: str = ""  # why, in the model's words (shown with the assumption)
 
     @classmethod
@@ -115,23 +127,31 @@ class UnstatedScale:
             got = raw.get("read") if isinstance(raw, dict) else raw
             raise ModelError(f"The {where}: 'unstated_pixel_size' must be an object whose 'read' is one of "
                              f"{', '.join(UNSTATED_READS)}; got {got!r}.")
-        mpp = raw.get("mpp_um")
-        if raw["read"] == "assume":
-            if isinstance(mpp, bool) or not isinstance(mpp, (int, float)) or not 0.02 <= float(mpp) <= 50:
-                raise ModelError(f"The {where}: 'unstated_pixel_size' with read 'assume' needs 'mpp_um', a pixel size "
-                                 f"from 0.02 to 50 µm; got {mpp!r}.")
-            mpp = float(mpp)
-        elif mpp is not None:
-            raise ModelError(f"The {where}: 'unstated_pixel_size' 'mpp_um' belongs to read 'assume' only.")
+        values: dict[str, float | None] = {}
+        for key, read, what, lo, hi in (("mpp_um", "assume", "a pixel size", 0.02, 50.0),
+                                        ("field_um", "field", "the field's width", 1.0, 1e6)):
+            value = raw.get(key)
+            if raw["read"] == read:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
+                    raise ModelError(f"The {where}: 'unstated_pixel_size' with read {read!r} needs {key!r}, {what} "
+                                     f"from {lo:g} to {hi:g} µm; got {value!r}.")
+                values[key] = float(value)
+            elif value is not None:
+                raise ModelError(f"The {where}: 'unstated_pixel_size' {key!r} belongs to read {read!r} only.")
+        unknown = sorted(set(raw) - {"read", "mpp_um", "field_um", "note"})
+        if unknown:
+            raise ModelError(f"The {where}: 'unstated_pixel_size' has an unknown setting {unknown[0]!r}.")
         note = raw.get("note", "")
         if not isinstance(note, str):
             raise ModelError(f"The {where}: 'unstated_pixel_size' 'note' must be text.")
-        return cls(raw["read"], mpp, note)
+        return cls(raw["read"], values.get("mpp_um"), values.get("field_um"), note)
 
     def to_sidecar(self) -> dict[str, Any]:
         out: dict[str, Any] = {"read": self.read}
         if self.mpp_um is not None:
             out["mpp_um"] = self.mpp_um
+        if self.field_um is not None:
+            out["field_um"] = self.field_um
         if self.note:
             out["note"] = self.note
         return out
@@ -175,16 +195,27 @@ class ScaleChoice:
     note: str = ""
 
 
-def choose_scale(reading: Reading, mpp: Mpp | None, whole_image: bool, model_name: str,
-                 patch_px: int) -> ScaleChoice:
-    """The image's own pixel size (or the user's ``--mpp``) wins; without one the model's declared rule applies."""
-    if whole_image or mpp is not None or reading.unstated.read == "ask":
+def choose_scale(reading: Reading, mpp: Mpp | None, whole_image: bool, model_name: str, patch_px: int,
+                 image_px: tuple[int, int] = (0, 0)) -> ScaleChoice:
+    """The image's own pixel size (or the user's ``--mpp``) wins; without one the model's declared rule applies.
+
+    ``image_px``: the image's level-0 (width, height), for the ``field`` rule."""
+    unstated = reading.unstated
+    if whole_image or mpp is not None or unstated.read == "ask":
         return ScaleChoice(whole_image, mpp)
-    why = f" ({reading.unstated.note})" if reading.unstated.note else ""
-    if reading.unstated.read == "whole-image":
+    why = f" ({unstated.note})" if unstated.note else ""
+    if unstated.read == "whole-image":
         return ScaleChoice(True, None, f"The image states no pixel size: read as one field resized to {patch_px} px, "
                                        f"as the model {model_name} declares{why}.")
-    value = float(reading.unstated.mpp_um or 0.0)
+    if unstated.read == "field":
+        side = max(image_px)
+        if side <= 0:
+            raise ValueError("the field rule needs the image's size")
+        value = float(unstated.field_um or 0.0) / side
+        return ScaleChoice(False, Mpp(value, value, "field width assumed by the model", approximate=True),
+                           f"The image states no pixel size: taken as one field {unstated.field_um:g} µm wide, so "
+                           f"{value:.3g} µm/px over its {side} px, as the model {model_name} declares{why}.")
+    value = float(unstated.mpp_um or 0.0)
     return ScaleChoice(False, Mpp(value, value, "assumed by the model", approximate=True),
                        f"The image states no pixel size: assumed {value:g} µm/px, as the model {model_name} "
                        f"declares{why}.")

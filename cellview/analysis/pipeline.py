@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +233,10 @@ def plan_grid(slide: Slide, tile_px: int, model_mpp_um: float, params: AnalysisP
         tissue_threshold=tile_threshold(fg, params.tissue_threshold), overlap=params.overlap,
         whole_image=params.whole_image,
     )
+    if grid.n_tiles == 0 and fg.fallback == "whole-field":  # no stained cell anywhere: read the whole field
+        tissue = replace(tissue, method=f"{tissue.method}, none found: whole field read")
+        grid = build_grid(slide, tile_px, model_mpp_um, tissue, tissue_threshold=0.0, overlap=params.overlap,
+                          whole_image=params.whole_image)
     return tissue, grid
 
 

@@ -330,7 +330,7 @@ def analysis_tiles(img: np.ndarray, src_spacing: float | None, spacing: float, p
 
     reading = reading or Reading()
     mpp = None if src_spacing is None else Mpp(src_spacing, src_spacing, "user")
-    scale = choose_scale(reading, mpp, False, "model", patch)
+    scale = choose_scale(reading, mpp, False, "model", patch, (img.shape[1], img.shape[0]))
     if scale.mpp is None and not scale.whole_image:
         raise DataError("An image without a pixel size needs the source's spacing_um_px, or a reading rule "
                         "('unstated_pixel_size') in the recipe.")
@@ -411,6 +411,8 @@ def as_stated(img: np.ndarray, src_spacing: float | None, spacing: float, patch:
         return cv2.resize(img, (patch, patch), interpolation=cv2.INTER_AREA), spacing
     if reading.unstated.read == "assume" and reading.unstated.mpp_um:
         return img, reading.unstated.mpp_um
+    if reading.unstated.read == "field" and reading.unstated.field_um:
+        return img, reading.unstated.field_um / max(img.shape[:2])
     raise DataError("An image without a pixel size needs the source's spacing_um_px, or a reading rule "
                     "('unstated_pixel_size') in the recipe.")
 

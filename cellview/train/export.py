@@ -199,7 +199,7 @@ def int8_validation_mode(recipe: D.Recipe, requested: str = "auto") -> str:
     return "run"
 
 
-def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None, mode: str = "auto") -> Path:
+def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None, mode: str = "auto") -> Path | None:
     """The INT8 copy of ``out_dir/model.onnx`` (cellview.train.quantize), calibrated on the run's images of every
     source and validated where ``int8_validation_mode`` says (the run's own images for a user's model) and,
     when the run was evaluated, on its protocol folds."""
@@ -209,6 +209,11 @@ def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None, mod
 
     run = Run(run_dir)
     samples, _ = run.samples()
+    if not any(Path(s.path).is_file() for s in samples):
+        print(f"INT8 copy skipped: none of the run's {len(samples)} images is where the run saw it (e.g. "
+              f"{samples[0].path}), so there is nothing to calibrate and check it on; --precision auto runs FP32",
+              file=sys.stderr)
+        return None
     mode = int8_validation_mode(run.recipe(), mode)
     evaluated = (run.path / "eval" / "protocol.json").exists()
     where = {"run": "the run's own images", "data-folder": f"the data folder {data_root or default_data_dir()}",

@@ -83,7 +83,7 @@ def calibration_tiles(samples: Sequence[D.Sample], spacing_um: float, patch: int
     for src in sources:
         by_class: dict[int, list[int]] = {}
         for i, s in enumerate(samples):
-            if s.source == src:
+            if s.source == src and Path(s.path).is_file():  # a moved image is left out, not a crash
                 by_class.setdefault(s.label, []).append(i)
         queues = [list(rng.permutation(v)) for _, v in sorted(by_class.items())]
         # At most half of a source's images, so every set keeps images the copy was not calibrated on.

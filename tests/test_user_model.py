@@ -1,0 +1,105 @@
+"""A user's own model: `cellview train --data` on a folder without groups, then `cellview export` with no shared
+data at all — the INT8 copy is validated on the run's own images, or skipped with a clear word when they are gone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="the 'train' extra (torch) is not installed")
+
+
+def _lite_available() -> bool:
+    try:
+        import efficientnet_lite_pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_lite = pytest.mark.skipif(not _lite_available(), reason="efficientnet-lite-pytorch not installed")
+
+
+def _smear_folder(root, per_class: int = 8):
+    """Two classes of synthetic smear fields, numbered in runs (smear-001 …, a gap, smear-021 …)."""
+    import cv2
+
+    from cellview.testing.synthetic import synthetic_smear
+
+    for k, (label, tint) in enumerate((("blasts", "grey"), ("healthy", "pink"))):
+        (root / label).mkdir(parents=True)
+        for j in range(per_class):
+            number = j + 1 if j < per_class // 2 else j + 21
+            rgb, _ = synthetic_smear(96, seed=100 * k + j, white_cells=1 + k, red_cell_px=8, tint=tint)
+            cv2.imwrite(str(root / label / f"smear-{number:03d}.png"), rgb[..., ::-1])
+    return root
+
+
+@needs_lite
+def test_train_data_warns_without_groups_and_export_needs_no_shared_data(tmp_path, monkeypatch, capsys):
+    from cellview.analysis.model import ModelSpec
+    from cellview.cli import build_parser
+    from cellview.train import quantize
+
+    folder = _smear_folder(tmp_path / "smears")
+    run, out = tmp_path / "run", tmp_path / "models" / "mine"
+    monkeypatch.setenv("CELLVIEW_DATA_DIR", str(tmp_path / "no-shared-data"))
+
+    def no_shared_data(*_a, **_k):
+        raise AssertionError("a user's model must not scan the data folder")
+
+    monkeypatch.setattr(quantize, "data_sets", no_shared_data)
+    monkeypatch.setattr(quantize, "slide_sets", no_shared_data)
+    parser = build_parser()
+    classes = json.dumps({"blasts": "malignant", "healthy": "normal"})
+    common = ["--classes", classes, "--spacing", "0.5", "--patch", "64", "--views", "0", "--head-epochs", "2",
+              "--no-pretrained", "--no-eval", "--name", "mine"]
+    args = parser.parse_args(["train", "--data", str(folder), "--out", str(run), *common])
+    assert args.func(args) == 0
+    err = capsys.readouterr().err
+    assert "has no groups" in err and "--group runs" in err and "training without groups" in err
+    args = parser.parse_args(["train", "--data", str(folder), "--out", str(tmp_path / "grouped"), "--group", "runs",
+                              *common])
+    assert args.func(args) == 0
+    rows = json.loads((tmp_path / "grouped" / "samples.json").read_text())
+    assert len({r["group"] for r in rows}) == 4  # two runs per class
+    assert "has no groups" not in capsys.readouterr().err
+
+    args = parser.parse_args(["export", str(run), "--out", str(out), "--no-wsinfer"])
+    assert args.func(args) == 0
+    err = capsys.readouterr().err
+    assert "validated on the run's own images" in err
+    side = json.loads((out / "model.int8.json").read_text())
+    assert side["validation"]["sets_from"] == "the run's own images"
+    assert set(side["validation"]["sets"]) == {"smears"}
+    assert "the run's own images" in (out / "MODEL_CARD.md").read_text()
+    ModelSpec.load(out / "model.int8.onnx")
+
+    made = (out / "model.int8.onnx").read_bytes()
+    shutil.move(str(folder), str(tmp_path / "moved"))  # the images are gone: nothing to calibrate or check on
+    args = parser.parse_args(["export", str(run), "--out", str(out), "--int8-only"])
+    assert args.func(args) == 0
+    err = capsys.readouterr().err
+    assert "INT8 copy skipped: none of the run's 16 images is where the run saw it" in err
+    assert (out / "model.int8.onnx").read_bytes() == made  # the copy already there is left as it was
+
+
+def test_run_sets_spread_over_classes_and_leave_calibration_and_missing_images_out(tmp_path):
+    from cellview.train import data as D
+    from cellview.train.quantize import run_sets
+
+    samples = []
+    for i in range(30):
+        path = tmp_path / f"img{i}.png"
+        if i != 3:
+            path.write_bytes(b"x")
+        samples.append(D.Sample(str(path), i % 3, f"g{i}", "a" if i < 24 else "b", 0.5))
+    sets = run_sets(samples, exclude_images=[samples[0].path], per_source=9)
+    assert set(sets) == {"a", "b"} and len(sets["a"]) == 9 and len(sets["b"]) == 6
+    labels = [s.label for s in sets["a"]]
+    assert sorted(np.bincount(labels)) == [3, 3, 3]  # round robin over the classes
+    picked = {s.path for v in sets.values() for s in v}
+    assert samples[0].path not in picked and samples[3].path not in picked
