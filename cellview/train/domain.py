@@ -145,6 +145,31 @@ class TileSet:
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("features", "quality", "logits", "image")))
 
 
+@dataclass(frozen=True)
+class KnownFeatures:
+    """A linear-head run's cached evaluation-tile outputs (frozen features, pixel checks), standing in for running
+    the exported FP32 graph ``sha256`` over the same tiles again: its pooled ``features`` output is that frozen
+    network's (``cellview export`` checks the two agree before using them)."""
+
+    sha256: str
+    rows: dict[str, np.ndarray]  # image path → its rows
+    features: np.ndarray
+    quality: np.ndarray
+    weight: np.ndarray  # the linear head, for the logits
+    bias: np.ndarray
+
+    def tileset(self, samples: Sequence[D.Sample]) -> TileSet | None:
+        """The tiles of ``samples`` (image index = position in ``samples``), or None when one is not cached."""
+        if any(s.path not in self.rows for s in samples):
+            return None
+        rows = [self.rows[s.path] for s in samples]
+        idx = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        feats = np.asarray(self.features[idx], np.float32)
+        return TileSet(feats, np.asarray(self.quality[idx], np.float32),
+                       (feats @ self.weight.T + self.bias).astype(np.float32),
+                       np.concatenate([np.full(len(r), k) for k, r in enumerate(rows)]) if rows else idx)
+
+
 def run_tiles(clf: OnnxClassifier, tiles: np.ndarray, image: np.ndarray | None = None, batch: int = 32) -> TileSet:
     if not len(tiles):
         return TileSet(np.zeros((0, 0), np.float32), np.zeros((0, len(QUALITY_CHECKS)), np.float32),
@@ -182,9 +207,16 @@ _CACHE_VERSION = 3  # bump when tile_quality or the evaluation tiles change (3: 
 
 
 def sample_features(clf: OnnxClassifier, samples: Sequence[D.Sample], desc: str, cache: Path | None = None,
-                    max_per_image: int = 0, spacing_override: float | None = None, chunk: int = 64) -> TileSet:
-    """Features of every evaluation tile of ``samples``, cached on disk by model + images + options."""
+                    max_per_image: int = 0, spacing_override: float | None = None, chunk: int = 64,
+                    known: KnownFeatures | None = None) -> TileSet:
+    """Features of every evaluation tile of ``samples``, cached on disk by model + images + options (``known``: a
+    run's cached outputs of this very model, used when they hold every image)."""
     spec = clf.spec
+    if known is not None and known.sha256 == spec.onnx_sha256 and not max_per_image and spacing_override is None:
+        got = known.tileset(samples)
+        if got is not None:
+            _say(f"  {desc}: {len(got)} tiles of {len(samples)} images from the run's cache")
+            return got
     key = hashlib.sha256(json.dumps([_CACHE_VERSION, spec.onnx_sha256, [s.path for s in samples], max_per_image,
                                      spacing_override, spec.spacing_um_px, spec.patch_size_pixels,
                                      list(QUALITY_CHECKS)]).encode())
@@ -232,7 +264,7 @@ def domain_phrase(recipe: D.Recipe) -> str:
 
 def fit_model_domain(model_path: Path, samples: Sequence[D.Sample], split: np.ndarray, training_data: str,
                      cache: Path | None = None, components: int | None = None, threshold: float = 0.05,
-                     command: str = "") -> tuple[DomainStats, dict[str, Any]]:
+                     command: str = "", known: KnownFeatures | None = None) -> tuple[DomainStats, dict[str, Any]]:
     """Fit on the training split, calibrate on the validation split, write ``domain.npz`` + sidecar entries."""
     spec = ModelSpec.load(model_path)
     spec = _without_domain(spec)
@@ -243,8 +275,8 @@ def fit_model_domain(model_path: Path, samples: Sequence[D.Sample], split: np.nd
     val = [s for s, k in zip(samples, split, strict=True) if k == 1]
     if not train or not val:
         raise CellviewError("The split has no training or no validation images to fit domain statistics on.")
-    tr = sample_features(clf, train, "train", cache)
-    va = sample_features(clf, val, "val", cache)
+    tr = sample_features(clf, train, "train", cache, known=known)
+    va = sample_features(clf, val, "val", cache, known=known)
     tr_labels = np.array([s.label for s in train])[tr.image]
     va_labels = np.array([s.label for s in val])[va.image]
     info = {"training_data": training_data, "n_fit_images": len(train), "n_validation_images": len(val),
@@ -405,7 +437,7 @@ def _set_figures(stats: DomainStats, ref: TileSet, other: TileSet) -> dict[str, 
 
 def evaluate_model_domain(model_path: Path, samples: Sequence[D.Sample], split: np.ndarray,
                           others: dict[str, Callable[[OnnxClassifier], TileSet]], cache: Path | None = None,
-                          artefact_tiles: int = 300) -> dict[str, Any]:
+                          artefact_tiles: int = 300, known: KnownFeatures | None = None) -> dict[str, Any]:
     """AUROC of domain_score: the test split's tiles against each other set and generated artefacts."""
     spec = ModelSpec.load(model_path)
     stats = spec.domain
@@ -413,7 +445,7 @@ def evaluate_model_domain(model_path: Path, samples: Sequence[D.Sample], split: 
         raise ModelError(f"{spec.onnx_path.name} has no domain statistics; run `cellview domain fit` first.")
     clf = OnnxClassifier(spec, device="cpu", intra_op_threads=2)
     test = [s for s, k in zip(samples, split, strict=True) if k == 2]
-    ref = sample_features(clf, test, "test", cache)
+    ref = sample_features(clf, test, "test", cache, known=known)
     s_ref = stats.score(ref.features, quality=ref.quality)
     sources = np.array([test[i].source for i in ref.image])
     report: dict[str, Any] = {

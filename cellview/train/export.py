@@ -173,12 +173,13 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
     card = model_card_protocol(recipe, cfg, summary, protocol, side) if protocol else model_card(recipe, cfg, summary, ev, side)
     atomic_write_text(out_dir / "MODEL_CARD.md", card)
     (out_dir / DOMAIN_FILE).unlink(missing_ok=True)  # statistics of an earlier model must not linger
+    known = known_features(run, recipe, cfg, model, onnx_path) if domain or int8 else None
     if domain:
-        _fit_domain(run, out_dir, onnx_path, recipe, samples, _domain_split(samples, split, cfg))
+        _fit_domain(run, out_dir, onnx_path, recipe, samples, _domain_split(samples, split, cfg), known)
     for stale in (out_dir / "model.int8.onnx", out_dir / "model.int8.json"):
         stale.unlink(missing_ok=True)  # a copy of earlier weights must not linger
     if int8:
-        export_int8(run.path, out_dir, data_root, int8_validate)
+        export_int8(run.path, out_dir, data_root, int8_validate, known)
     print(f"exported {recipe.name} to {out_dir} ({onnx_path.stat().st_size / 1e6:.1f} MB ONNX)", file=sys.stderr)
     return onnx_path
 
@@ -199,7 +200,8 @@ def int8_validation_mode(recipe: D.Recipe, requested: str = "auto") -> str:
     return "run"
 
 
-def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None, mode: str = "auto") -> Path | None:
+def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None, mode: str = "auto",
+                known: Any = None) -> Path | None:
     """The INT8 copy of ``out_dir/model.onnx`` (cellview.train.quantize), calibrated on the run's images of every
     source and validated where ``int8_validation_mode`` says (the run's own images for a user's model) and,
     when the run was evaluated, on its protocol folds."""
@@ -219,13 +221,55 @@ def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None, mod
     where = {"run": "the run's own images", "data-folder": f"the data folder {data_root or default_data_dir()}",
              "skip": "nothing (skipped)"}.get(mode, mode)
     print(f"INT8 copy: validated on {where}", file=sys.stderr)
+    if known is None and mode == "run":
+        from cellview.train.train import load_model
+
+        recipe, cfg, model, _ = load_model(run)
+        known = known_features(run, recipe, cfg, model, out_dir / "model.onnx")
     got = make_int8(out_dir, samples, run.path if evaluated else None,
                     (data_root or default_data_dir()) if mode == "data-folder" else None,
-                    cache=run.path / "cache" / "int8", mode=mode)
+                    cache=run.path / "cache" / "int8", mode=mode, known=known)
     v = got["validation"] or {}
     print(f"INT8 copy {'validated' if v.get('passed') else 'NOT used by --precision auto: ' + '; '.join(v.get('reasons', []))}",
           file=sys.stderr)
     return Path(got["path"])
+
+
+def known_features(run: Any, recipe: D.Recipe, cfg: Any, model: Any, onnx_path: Path) -> Any:
+    """The run's cached evaluation-tile features and pixel checks as the exported FP32 graph's outputs
+    (``domain.KnownFeatures``), when the head is linear on the frozen network and a check on a few images' tiles
+    finds the graph's ``features`` within 1 % of the cache; else None (every tile is then run again)."""
+    from cellview.train.domain import KnownFeatures
+    from cellview.train.train import _tiles_for, load_npy
+
+    if cfg.finetune_blocks or cfg.cache_depth:
+        return None  # the cache holds activations before the last blocks, not the shipped features
+    got = run.cached("eval")
+    quality = load_npy(run.cache / "eval_quality.npy") if (run.cache / "eval_quality.npy").exists() else None
+    if got is None or quality is None or len(quality) != len(got[1]):
+        return None
+    feats, index = got
+    samples, _ = run.samples()
+    order = np.argsort(index, kind="stable")
+    bounds = np.searchsorted(index[order], np.arange(len(samples) + 1))
+    rows = {s.path: order[bounds[k]:bounds[k + 1]] for k, s in enumerate(samples)}
+    probe = [s for s in samples[:: max(1, len(samples) // 8)] if len(rows[s.path])][:8]
+    if not probe:
+        return None
+    clf = OnnxClassifier(ModelSpec.load(onnx_path), device="cpu", intra_op_threads=2)
+    tiles = np.concatenate([_tiles_for(s, recipe) for s in probe])
+    cached = np.concatenate([np.asarray(feats[rows[s.path]], np.float32) for s in probe])
+    graph = clf.run(tiles, ("features",))[0]
+    gap = float(np.linalg.norm(graph - cached) / max(np.linalg.norm(graph), 1e-12))
+    if len(graph) != len(cached) or gap > 0.01:
+        print(f"the run's cached features differ from the exported graph's ({gap:.2%}); running every tile",
+              file=sys.stderr)
+        return None
+    print(f"the run's cached features stand for the exported graph's (relative difference {gap:.1e} on "
+          f"{len(tiles)} tiles)", file=sys.stderr)
+    return KnownFeatures(ModelSpec.load(onnx_path).onnx_sha256, rows, feats, quality,
+                         model.fc.weight.detach().numpy().astype(np.float32),
+                         model.fc.bias.detach().numpy().astype(np.float32))
 
 
 def _domain_split(samples: list[D.Sample], split: np.ndarray, cfg: Any) -> np.ndarray:
@@ -236,7 +280,7 @@ def _domain_split(samples: list[D.Sample], split: np.ndarray, cfg: Any) -> np.nd
 
 
 def _fit_domain(run: Any, out_dir: Path, onnx_path: Path, recipe: D.Recipe, samples: list[D.Sample],
-                split: np.ndarray) -> None:
+                split: np.ndarray, known: Any = None) -> None:
     """Out-of-domain statistics from the run's split, and their in-domain / artefact figures in the card."""
     from cellview.train.domain import (
         domain_phrase,
@@ -249,8 +293,8 @@ def _fit_domain(run: Any, out_dir: Path, onnx_path: Path, recipe: D.Recipe, samp
     cache = run.path / "cache" / "domain"
     try:
         fit_model_domain(onnx_path, samples, split, domain_phrase(recipe), cache,
-                         command=f"cellview export {run.path} --out {out_dir}")
-        report = evaluate_model_domain(onnx_path, samples, split, {}, cache)
+                         command=f"cellview export {run.path} --out {out_dir}", known=known)
+        report = evaluate_model_domain(onnx_path, samples, split, {}, cache, known=known)
     except (CellviewError, ValueError) as exc:
         print(f"no domain statistics for {recipe.name}: {exc}", file=sys.stderr)
         return

@@ -557,7 +557,8 @@ def run_sets(samples: Sequence[D.Sample], exclude_images: Sequence[str] = (), pe
 
 
 def validate_int8(model_dir: Path, run_dir: Path | None, data_root: Path | None, exclude_images: Sequence[str] = (),
-                  cache: Path | None = None, sets: dict[str, list[D.Sample]] | None = None) -> dict[str, Any]:
+                  cache: Path | None = None, sets: dict[str, list[D.Sample]] | None = None,
+                  known: Any = None) -> dict[str, Any]:
     """Every validation figure of the INT8 copy against FP32, and the verdict (``passed``, ``reasons``).
 
     Sets: ``sets`` (the run's own images, ``run_sets``), or else each labelled set in ``data_root`` at the
@@ -588,7 +589,7 @@ def validate_int8(model_dir: Path, run_dir: Path | None, data_root: Path | None,
         sets = data_sets(data_root)
     report["sets_from"] = "the run's own images" if own else f"every labelled set in {data_root} and its real slides"
     for name, samples in sets.items():
-        a = sample_features(fp32, samples, f"fp32-{name}", cache)
+        a = sample_features(fp32, samples, f"fp32-{name}", cache, known=known)  # a run's cache stands for FP32
         b = sample_features(int8, samples, f"int8-{name}", cache)
         for i, s in enumerate(samples):
             per_image[s.path] = (a, b, i)
@@ -688,7 +689,8 @@ def verdict(report: dict[str, Any], has_domain: bool) -> list[str]:
 
 
 def make_int8(model_dir: Path, samples: Sequence[D.Sample], run_dir: Path | None, data_root: Path | None,
-              cache: Path | None = None, validate: bool = True, seed: int = 0, mode: str = "data-folder") -> dict[str, Any]:
+              cache: Path | None = None, validate: bool = True, seed: int = 0, mode: str = "data-folder",
+              known: Any = None) -> dict[str, Any]:
     """``models/<name>/model.int8.onnx`` + ``model.int8.json`` from the folder's ``model.onnx``, calibrated on
     ``samples`` (real training images of every source), validated, with an 'INT8 copy' card section.
 
@@ -719,7 +721,8 @@ def make_int8(model_dir: Path, samples: Sequence[D.Sample], run_dir: Path | None
                       "reasons": ["not validated: none of the run's images is where the run saw it (moved or "
                                   "deleted); --precision auto keeps FP32"]}
     elif validate:
-        validation = validate_int8(model_dir, run_dir, data_root if mode != "run" else None, calibrated, cache, sets)
+        validation = validate_int8(model_dir, run_dir, data_root if mode != "run" else None, calibrated, cache, sets,
+                                   known)
     if validation is not None:
         atomic_write_text(sidecar_path, json.dumps(int8_sidecar(fp32, dst, info, validation), indent=2) + "\n")
         update_card_int8(model_dir / "MODEL_CARD.md", ModelSpec.load(dst))

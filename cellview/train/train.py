@@ -516,10 +516,23 @@ def train_set(cfg: TrainConfig) -> str:
 
 
 def cache_features(run: Run, recipe: D.Recipe, samples: list[D.Sample], cfg: TrainConfig, runner: FeatureRunner) -> None:
-    if run.cached("eval") is None:
+    """The frozen network's outputs for every evaluation tile (and the augmented views when they train the head),
+    with the evaluation tiles' pixel checks (``domain.tile_quality``): ``cellview export`` fits the domain
+    statistics of a linear-head run from them instead of running every tile again."""
+    from cellview.analysis.domain import tile_quality
+
+    if run.cached("eval") is None or load_npy(run.cache / "eval_quality.npy") is None:
         t = time.time()
-        f, i = extract(samples, lambda _, s: _tiles_for(s, recipe), runner, "features: evaluation tiles")
+        quality: dict[int, np.ndarray] = {}
+
+        def make(k: int, s: D.Sample) -> np.ndarray:
+            tiles = _tiles_for(s, recipe)
+            quality[k] = tile_quality(tiles) if len(tiles) else np.zeros((0, 3), np.float32)
+            return tiles
+
+        f, i = extract(samples, make, runner, "features: evaluation tiles")
         run.store("eval", f, i)
+        save_npy(run.cache / "eval_quality.npy", np.concatenate([quality[k] for k in range(len(samples))]))
         _say(f"cached {len(f)} evaluation tiles in {time.time() - t:.0f} s")
     if train_set(cfg) == "train" and run.cached("train") is None:
         t = time.time()
