@@ -37,7 +37,8 @@ def main() -> int:
     chosen = []
     for cat in ("malignant", "benign", "normal"):
         chosen += [r for r in rows if r[label_col] == cat][:args.per_category]
-    from cellview.analysis.model import ModelSpec, resolve_model
+    from cellview.analysis.model_lookup import resolve_model
+    from cellview.analysis.model_spec import ModelSpec
     from cellview.analysis.results import AnalysisParams
     from cellview.lab.adapt import AdaptProgress, AdaptReport, adapt
     from cellview.lab.labels import LabelSource

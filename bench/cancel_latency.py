@@ -53,7 +53,9 @@ def main() -> int:
     args = ap.parse_args()
 
     import cellview.analysis.pipeline as pipeline
-    from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_lookup import resolve_model
+    from cellview.analysis.model_spec import ModelSpec
     from cellview.analysis.results import AnalysisParams
 
     classifier = OnnxClassifier(ModelSpec.load(resolve_model(args.model)), device="cpu", intra_op_threads=args.threads)

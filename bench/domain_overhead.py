@@ -27,11 +27,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cellview.analysis.classifier import OnnxClassifier  # noqa: E402
 from cellview.analysis.domain import tile_quality  # noqa: E402
-from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model  # noqa: E402
+from cellview.analysis.model_lookup import resolve_model  # noqa: E402
+from cellview.analysis.model_spec import ModelSpec  # noqa: E402
 from cellview.analysis.pipeline import TileReaders, batch_indices, plan_tiles, run_analysis  # noqa: E402
 from cellview.analysis.results import AnalysisParams  # noqa: E402
-from cellview.slides.slide import open_slide  # noqa: E402
+from cellview.slides.opening import open_slide  # noqa: E402
 
 
 def read_batches(slide_path: Path, spec: ModelSpec, params: AnalysisParams, limit: int) -> list[np.ndarray]:

@@ -40,7 +40,7 @@ def main() -> int:
     import numpy as np
     from PySide6.QtCore import QElapsedTimer, QRectF, QTimer
 
-    from cellview.analysis.model import resolve_model
+    from cellview.analysis.model_lookup import resolve_model
     from cellview.gui.app import make_app
     from cellview.gui.headless import settle, wait_for
     from cellview.gui.mainwindow import MainWindow
@@ -82,12 +82,13 @@ def main() -> int:
             window.inspector.cam_box.setChecked(True)
         else:
             window.select_tile(index)
-        while not (window.model.explain.state in ("ready", "failed") and window.model.explain.index == index):
+        explain = window.model.explain
+        while not (explain.current.state in ("ready", "failed") and explain.current.index == index):
             app.processEvents()
             time.sleep(0.001)
         times.append(time.perf_counter() - t0)
-        if window.model.explain.state == "failed":
-            print(f"activation map failed: {window.model.explain.message}", file=sys.stderr)
+        if window.model.explain.current.state == "failed":
+            print(f"activation map failed: {window.model.explain.current.message}", file=sys.stderr)
             return 1
     timer.stop()
     later = np.array(times[1:]) * 1000
@@ -115,10 +116,10 @@ def main() -> int:
         else:
             window.view.vb.setRange(rect, padding=0)
         settle(app, 1.0)
-        window.model.show_calls_anyway(False)
+        window.model.overlay.show_calls_anyway(False)
         settle(app, 0.2)
         hatched = paint_ms()
-        window.model.show_calls_anyway(True)
+        window.model.overlay.show_calls_anyway(True)
         settle(app, 0.2)
         plain = paint_ms()
         rows.append((label, hatched, plain))

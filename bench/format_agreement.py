@@ -27,10 +27,13 @@ def main() -> int:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     args = ap.parse_args()
 
-    from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_lookup import resolve_model
+    from cellview.analysis.model_spec import ModelSpec
     from cellview.analysis.pipeline import run_analysis
     from cellview.analysis.results import AnalysisParams
-    from cellview.slides.slide import check_levels, describe_skipped, open_slide
+    from cellview.slides.levels import check_levels, describe_skipped
+    from cellview.slides.opening import open_slide
 
     slides = Path(args.data) / "slides"
     copies = {"svs": slides / "CMU-1-Small-Region.svs",

@@ -22,7 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model  # noqa: E402
+from cellview.analysis.classifier import OnnxClassifier  # noqa: E402
+from cellview.analysis.model_lookup import resolve_model  # noqa: E402
+from cellview.analysis.model_spec import ModelSpec  # noqa: E402
 from cellview.analysis.pipeline import run_analysis  # noqa: E402
 from cellview.analysis.results import AnalysisParams  # noqa: E402
 
@@ -68,7 +70,7 @@ def tiles_from(slide: Path | None, spec: ModelSpec, n: int) -> np.ndarray:
                                                  dtype=np.uint8)
     from cellview.analysis.pipeline import plan_tiles
     from cellview.analysis.tiling import read_tile
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     with open_slide(slide) as s:
         s.require_mpp()

@@ -22,7 +22,7 @@ import platformdirs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cellview.slides.slide import open_slide  # noqa: E402
+from cellview.slides.opening import open_slide  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cellview.analysis.morphology import draw_contours, measure_nuclei, patch_mpp  # noqa: E402
 from cellview.analysis.tiling import build_grid, read_tile  # noqa: E402
 from cellview.analysis.tissue import TissueParams, detect_tissue  # noqa: E402
-from cellview.slides.slide import open_slide  # noqa: E402
+from cellview.slides.opening import open_slide  # noqa: E402
 
 
 def picture(tiles: list[np.ndarray], mpp: float | None, path: Path, n: int = 8) -> None:

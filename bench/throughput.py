@@ -32,10 +32,12 @@ if "--code" in sys.argv:  # measure another checkout's code (e.g. main) with thi
 else:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model  # noqa: E402
+from cellview.analysis.classifier import OnnxClassifier  # noqa: E402
+from cellview.analysis.model_lookup import resolve_model  # noqa: E402
+from cellview.analysis.model_spec import ModelSpec  # noqa: E402
 from cellview.analysis.pipeline import TileReaders, batch_indices, plan_tiles, run_analysis  # noqa: E402
 from cellview.analysis.results import AnalysisParams  # noqa: E402
-from cellview.slides.slide import open_slide  # noqa: E402
+from cellview.slides.opening import open_slide  # noqa: E402
 
 
 def read_only(slide_path: Path, spec: ModelSpec, params: AnalysisParams, min_s: float = 0.0

@@ -41,7 +41,7 @@ def main() -> int:
     import numpy as np
     from PySide6.QtCore import QElapsedTimer, QTimer
 
-    from cellview.analysis.model import resolve_model
+    from cellview.analysis.model_lookup import resolve_model
     from cellview.analysis.results import AnalysisParams
     from cellview.base.errors import CellviewError
     from cellview.gui.app import make_app

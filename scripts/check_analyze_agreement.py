@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cellview.analysis.model import CATEGORIES, ModelSpec, probabilities  # noqa: E402
+from cellview.analysis.classifier import probabilities  # noqa: E402
+from cellview.analysis.model_spec import CATEGORIES, ModelSpec  # noqa: E402
 from cellview.analysis.results import image_calls  # noqa: E402
 from cellview.train.train import Run, load_model, pooled  # noqa: E402
 

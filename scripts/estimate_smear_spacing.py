@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cellview.slides.slide import read_image_rgb  # noqa: E402
+from cellview.slides.image_slide import read_image_rgb  # noqa: E402
 
 RED_CELL_UM = 7.5
 

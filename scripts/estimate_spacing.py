@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cellview.analysis.morphology import haematoxylin  # noqa: E402
 from cellview.analysis.tissue import otsu_threshold  # noqa: E402
-from cellview.slides.slide import read_image_rgb  # noqa: E402
+from cellview.slides.image_slide import read_image_rgb  # noqa: E402
 
 GLAS_UM_PX = 0.62
 FACTORS = np.exp(np.linspace(np.log(0.4), np.log(3.5), 27))

@@ -38,7 +38,8 @@ def base_model(run: Path, source: str, folder: Path) -> Path:
     import torch
 
     from cellview.analysis.domain_store import write_domain
-    from cellview.analysis.model import resolve_model, sha256_file
+    from cellview.analysis.model_lookup import resolve_model
+    from cellview.analysis.model_spec import sha256_file
     from cellview.analysis.onnx_graph import replace_linear_head
     from cellview.train.adaptation import eval_quality, fold_domain
     from cellview.train.protocol import fold_stem, make_folds
@@ -152,7 +153,7 @@ def main() -> int:
     window.move(0, 0)
     window.resize(w, h)
     window.show()
-    window.model.auto_analyse = True
+    window.model.analysis.auto_analyse = True
     window.add_model(model)
     window.open_path(slide)
     if not wait_for(window.analysisFinished, 900):

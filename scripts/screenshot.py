@@ -59,7 +59,8 @@ def main() -> int:
 
     import numpy as np
 
-    from cellview.analysis.model import CATEGORIES, resolve_model
+    from cellview.analysis.model_lookup import resolve_model
+    from cellview.analysis.model_spec import CATEGORIES
     from cellview.analysis.results import AnalysisParams
     from cellview.base.errors import CellviewError
     from cellview.gui.app import make_app
@@ -92,7 +93,7 @@ def main() -> int:
     if not window.add_model(model_path):
         return 2
     if args.style:
-        window.model.set_overlay(style=args.style)
+        window.model.overlay.set(style=args.style)
     window.open_path(args.slide)
     if not wait_for(window.analysisFinished, 900):
         print("analysis did not finish", file=sys.stderr)
@@ -101,10 +102,10 @@ def main() -> int:
     if args.regions:
         window.threshold.setValue(args.threshold)
         window.show_regions.setChecked(True)
-        while window.model.regions_busy:  # regions are computed in a worker
+        while window.model.regions.busy:  # regions are computed in a worker
             settle(app, 0.05)
         from cellview.analysis.morphology import measure_tile
-        from cellview.slides.slide import open_slide
+        from cellview.slides.opening import open_slide
 
         regions = window.region_list
         tiles = regions[0].tile_indices if regions else np.flatnonzero(result.done)
@@ -165,10 +166,10 @@ def show_cam(app, window) -> None:
     from cellview.gui.headless import settle
 
     window.inspector.cam_box.setChecked(True)
-    while window.model.explain.state == "busy":
+    while window.model.explain.current.state == "busy":
         settle(app, 0.05)
-    if window.model.explain.state != "ready":
-        print(f"activation map: {window.model.explain.message}", file=sys.stderr)
+    if window.model.explain.current.state != "ready":
+        print(f"activation map: {window.model.explain.current.message}", file=sys.stderr)
     settle(app, 0.5)
 
 
@@ -187,10 +188,10 @@ def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
 
     import numpy as np
 
-    from cellview.analysis.model import CATEGORIES
+    from cellview.analysis.model_spec import CATEGORIES
     from cellview.gui.headless import settle, wait_for
     from cellview.gui.kiosk import KioskWindow
-    from cellview.viewer.kiosk.core import KioskSettings
+    from cellview.viewer.kiosk.settings import KioskSettings
 
     (tmp / "watch").mkdir()
     settings = KioskSettings(watch_dir=tmp / "watch", outbox_dir=tmp / "outbox", model=str(model_path),
@@ -207,7 +208,7 @@ def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
         print("the kiosk's model did not load", file=sys.stderr)
         return 1
     if args.style:
-        window.model.set_overlay(style=args.style)
+        window.model.overlay.set(style=args.style)
     shutil.copy(args.slide, tmp / "watch" / Path(args.slide).name)
     if not wait_for(window.caseFinished, 900):
         print("the case did not finish", file=sys.stderr)
@@ -250,7 +251,7 @@ def kiosk_view(app, window, show: str, tmp: Path, slide: str) -> None:
     elif show == "scale":  # the same pixels as a PNG, which records no pixel size
         import cv2
 
-        from cellview.slides.slide import open_slide
+        from cellview.slides.opening import open_slide
 
         with open_slide(slide) as s:
             rgb = s.thumbnail(1200)

@@ -17,7 +17,7 @@ SLIDES = DATA / "slides"
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test writes results, labels and models to its own folders, never the user's, and sees none of the
-    user's models (XDG_DATA_HOME holds cellview.analysis.model.user_models_dir() and the labels); $CELLVIEW_MODELS_DIR is
+    user's models (XDG_DATA_HOME holds cellview.analysis.model_lookup.user_models_dir() and the labels); $CELLVIEW_MODELS_DIR is
     unset."""
     monkeypatch.setenv("CELLVIEW_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("user-data")))
@@ -33,7 +33,7 @@ def isolated_settings(tmp_path, monkeypatch):
 @pytest.fixture
 def no_bundled_models(monkeypatch):
     """This install without its bundled models (the lookup then has only $CELLVIEW_MODELS_DIR and the user's)."""
-    monkeypatch.setattr("cellview.analysis.model.bundled_models_dir", lambda: None)
+    monkeypatch.setattr("cellview.analysis.model_lookup.bundled_models_dir", lambda: None)
 
 
 @pytest.fixture(scope="session")

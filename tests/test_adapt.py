@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier, sha256_file
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import ModelSpec, sha256_file
 from cellview.analysis.results import AnalysisParams
 from cellview.cli import main
 from cellview.lab.adapt import (
@@ -34,7 +35,7 @@ from cellview.lab.labels import (
     tile_labels,
     write_geojson,
 )
-from cellview.slides.slide import open_slide
+from cellview.slides.opening import open_slide
 from cellview.testing.synthetic import (
     LAB_BLOCKS,
     LAB_COLOURS,
@@ -373,7 +374,7 @@ def test_cancel_stops_before_anything_is_written(lab_csv, cam_domain_model, tmp_
 
 
 def test_without_out_the_model_goes_to_the_user_s_models_folder_and_is_listed(lab_csv, cam_domain_model, capsys):
-    from cellview.analysis.model import user_models_dir
+    from cellview.analysis.model_lookup import user_models_dir
 
     assert main(["adapt", "--model", str(cam_domain_model), "--labels", str(lab_csv), "--mpp", "1.0",
                  "--tissue-threshold", "0", "--name", "my-lab", "-q"]) == 0

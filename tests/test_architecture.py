@@ -26,7 +26,7 @@ def test_no_qt_import_outside_gui_statically():
 
 def test_importing_the_core_loads_no_qt_and_no_torch():
     code = (
-        "import sys, cellview.slides.slide, cellview.analysis.tissue, cellview.analysis.tiling, cellview.analysis.model, cellview.analysis.pipeline, "
+        "import sys, cellview.slides.slide, cellview.slides.opening, cellview.analysis.tissue, cellview.analysis.tiling, cellview.analysis.model_spec, cellview.analysis.model_lookup, cellview.analysis.classifier, cellview.analysis.pipeline, "
         "cellview.analysis.results, cellview.outputs.export, cellview.analysis.cache, cellview.cli\n"
         "cellview.cli.build_parser()\n"
         "bad = [m for m in ('PySide6', 'pyqtgraph', 'torch', 'torchvision') if m in sys.modules]\n"
@@ -197,9 +197,8 @@ def _sizes() -> tuple[dict[str, int], dict[str, int]]:
 
 # Being split (issue 24); each entry goes when its split lands, and the list must end empty.
 OVERSIZE_BEING_SPLIT = {
-    "cellview/analysis/model.py", "cellview/gui/kiosk.py", "cellview/gui/mainwindow.py", "cellview/gui/slideview.py",
-    "cellview/viewer/kiosk/core.py", "cellview/lab/adapt.py", "cellview/slides/slide.py", "cellview/viewer/model.py",
-    "cellview/gui/kiosk.py:KioskWindow", "cellview/gui/mainwindow.py:MainWindow", "cellview/viewer/model.py:ViewerModel",
+    "cellview/gui/kiosk.py", "cellview/gui/mainwindow.py", "cellview/lab/adapt.py",
+    "cellview/gui/kiosk.py:KioskWindow", "cellview/gui/mainwindow.py:MainWindow",
 }
 
 

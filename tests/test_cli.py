@@ -200,7 +200,7 @@ def test_info_names_skipped_levels(data_dir, capsys):
 
 def test_svs_tiff_and_dicom_copies_agree_with_the_shipped_model(data_dir, tmp_path, capsys):
     """Issue 13's target: the three copies of CMU-1 give the same call on ≥ 95% of tiles (colon-he)."""
-    from cellview.analysis.model import resolve_model
+    from cellview.analysis.model_lookup import resolve_model
 
     try:
         model = resolve_model("colon-he")
@@ -255,7 +255,7 @@ def test_a_one_tile_region_is_one_tile(tmp_path, toy_model, capsys):
 
 def test_help_says_how_to_leave_the_kiosk_and_what_the_options_do(capsys):
     """Issue 19: `cellview --help` names the exit chord and kiosk.json; --device and --batch-size are explained."""
-    from cellview.viewer.kiosk.core import KioskSettings, default_settings_path
+    from cellview.viewer.kiosk.settings import KioskSettings, default_settings_path
 
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cellview.analysis.cache import ResultCache, result_from_bytes, result_to_bytes
+from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.domain import (
     NOT_AVAILABLE,
     DomainStats,
@@ -18,7 +19,7 @@ from cellview.analysis.domain import (
     fit_domain,
     tile_quality,
 )
-from cellview.analysis.model import CATEGORIES, ModelSpec, OnnxClassifier
+from cellview.analysis.model_spec import CATEGORIES, ModelSpec
 from cellview.analysis.morphology import malignant_regions
 from cellview.analysis.pipeline import BatchDone, analyze, run_analysis
 from cellview.analysis.results import AnalysisParams, domain_banner

@@ -10,8 +10,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.explain import explain_at, explanation_png, resolve_class
-from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.onnx_graph import EXPLAIN_OUTPUTS, add_explain_outputs, find_linear_head
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import ModelError

@@ -8,13 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.pipeline import run_analysis
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import ExportError
 from cellview.base.files import atomic_write_text
 from cellview.outputs.export import export_all, geojson_dict, overlay_on_thumbnail
-from cellview.slides.slide import open_slide
+from cellview.slides.opening import open_slide
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from cellview.analysis.foreground import Foreground, Reading, UnstatedScale, cho
 from cellview.analysis.pipeline import plan_grid
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import ModelError
-from cellview.slides.slide import ImageSlide, Mpp
+from cellview.slides.image_slide import ImageSlide
+from cellview.slides.slide import Mpp
 from cellview.testing.synthetic import synthetic_smear
 
 

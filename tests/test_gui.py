@@ -16,7 +16,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QPointF, QRectF, Qt  # noqa: E402
 
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb  # noqa: E402
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, hex_to_rgb  # noqa: E402
 from cellview.analysis.results import AnalysisParams  # noqa: E402
 from cellview.testing.synthetic import expected_synthetic_tiles, synthetic_slide_rgb, write_pyramid_tiff  # noqa: E402
 
@@ -78,7 +78,7 @@ def test_synthetic_slide_overlay_matches_results(qtbot, window, synthetic_slide)
     g = result.grid
     overlay = window.view.overlay
     # The default draws category contours and leaves the stain as it is: the fill layer is empty.
-    assert window.model.overlay.style == "outline" and not overlay.isVisible()
+    assert window.model.overlay.settings.style == "outline" and not overlay.isVisible()
     assert len(window.view.contours) == 2 * 3  # casing + colour line per category
     window.style_box.setCurrentIndex(window.style_box.findData("fill"))
     assert overlay.isVisible() and window.view.contours == []
@@ -128,7 +128,7 @@ def test_pyramid_tiles_load_when_zoomed(qtbot, window, synthetic_slide):
 
 def test_click_tile_shows_inspector_and_arrows_step(qtbot, window, synthetic_slide):
     from cellview.analysis.tiling import read_tile
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     result = open_and_analyse(qtbot, window, synthetic_slide)
     g = result.grid
@@ -192,7 +192,7 @@ def test_export_files_parse_and_never_overwrite_silently(qtbot, window, syntheti
 
 def test_cancel_keeps_finished_tiles_and_rerun_hits_cache(qtbot, toy_model, synthetic_slide):
     w = make_window(qtbot, AnalysisParams(batch_size=4, workers=1, tissue_threshold=0.3), toy_model)
-    w.model.set_overlay(style="fill")
+    w.model.overlay.set(style="fill")
 
     def on_started(worker):
         from cellview.analysis.pipeline import BatchDone
@@ -220,7 +220,7 @@ def test_cancel_keeps_finished_tiles_and_rerun_hits_cache(qtbot, toy_model, synt
 
 
 def test_gpu_asked_for_but_absent_is_said_plainly(qtbot, window, synthetic_slide):
-    import cellview.analysis.model as model
+    import cellview.analysis.classifier as model
 
     cuda_ok, _, _ = model.gpu_runtime_status()
     if cuda_ok:

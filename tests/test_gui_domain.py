@@ -55,7 +55,7 @@ def window(qtbot, cam_domain_model):
 def open_and_analyse(qtbot, window, path):
     with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         window.open_path(path)
-    qtbot.waitUntil(lambda: window.model.domain.kind != "none", timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.model.overlay.domain.kind != "none", timeout=TIMEOUT_MS)
     return blocker.args[0]
 
 
@@ -88,7 +88,7 @@ def test_banner_hatching_and_show_anyway_change_pixels_and_counts(qtbot, window,
         in banner.label.text()
     assert not banner.anyway.isChecked()
     # Out of domain: grey and hatched even in the default outline style, no category outline, not counted.
-    assert window.model.overlay.style == "outline"
+    assert window.model.overlay.settings.style == "outline"
     assert window.view.overlay.isVisible() and window.view.contours == []
     r0, _, c0, _ = SQUARE_BLOCK
     assert tuple(window.view.overlay.image[r0, c0]) == OUT_OF_DOMAIN_RGBA
@@ -99,7 +99,7 @@ def test_banner_hatching_and_show_anyway_change_pixels_and_counts(qtbot, window,
 
     with qtbot.waitSignal(window.domainShown, timeout=TIMEOUT_MS):
         banner.anyway.click()
-    assert window.model.overlay.show_out_of_domain and banner.isVisible()
+    assert window.model.overlay.settings.show_out_of_domain and banner.isVisible()
     assert "counted anyway" in banner.label.text()
     assert window.toggles.counts["malignant"].text().startswith(f"{n} tiles") and "100%" in \
         window.toggles.counts["malignant"].text()
@@ -112,7 +112,8 @@ def test_banner_hatching_and_show_anyway_change_pixels_and_counts(qtbot, window,
     assert hatch_stripes(hatched) > 2 and hatch_stripes(shown) < 1.3
 
     banner.anyway.click()  # and back
-    assert not window.model.overlay.show_out_of_domain and window.toggles.counts["malignant"].text().startswith("0")
+    assert not window.model.overlay.settings.show_out_of_domain
+    assert window.toggles.counts["malignant"].text().startswith("0")
 
 
 def test_a_note_when_some_tiles_are_out_of_domain(qtbot, window, odd_slide):
@@ -152,8 +153,8 @@ def test_inspector_shows_the_score_and_the_activation_map(qtbot, window, square_
     plain = image_array(insp.patch.pixmap().toImage())
 
     insp.cam_box.click()
-    qtbot.waitUntil(lambda: window.model.explain.state == "ready", timeout=TIMEOUT_MS)
-    ex = window.model.explain.explanation
+    qtbot.waitUntil(lambda: window.model.explain.current.state == "ready", timeout=TIMEOUT_MS)
+    ex = window.model.explain.current.explanation
     assert ex.explained_class == ex.pred_class == 0 and ex.rect_l0 == result.grid.rect(i)
     x, y, side = SQUARE_AT
     px, py = ex.peak_px()
@@ -170,13 +171,14 @@ def test_inspector_shows_the_score_and_the_activation_map(qtbot, window, square_
     assert insp.cam_class.isVisibleTo(window)
 
     insp.cam_class.setCurrentIndex(insp.cam_class.findData(2))  # the normal class's map
-    assert window.model.explain.explanation.explained_class == 2 and insp.cam_scale.title == "evidence for normal"
+    assert window.model.explain.current.explanation.explained_class == 2
+    assert insp.cam_scale.title == "evidence for normal"
     assert not np.array_equal(image_array(insp.patch.pixmap().toImage()), shown)
     insp.cam_class.setCurrentIndex(0)
-    assert window.model.explain_class is None
+    assert window.model.explain.class_index is None
 
     insp.cam_box.click()
-    assert window.model.explain.state == "off" and not insp.cam_scale.isVisibleTo(window)
+    assert window.model.explain.current.state == "off" and not insp.cam_scale.isVisibleTo(window)
     np.testing.assert_array_equal(image_array(insp.patch.pixmap().toImage()), plain)
 
 
@@ -191,7 +193,7 @@ def test_view_export_draws_the_hatching_and_says_why(qtbot, window, square_slide
     assert any("hatched grey and left out of the counts" in t for t in lines)
     assert "This tissue does not look like red, blue and green test tiles; the calls are unreliable." in lines
     lines.clear()
-    window.model.show_calls_anyway(True)
+    window.model.overlay.show_calls_anyway(True)
     window.render_view_png()
     assert any("counted anyway" in t for t in lines)
 
@@ -201,7 +203,7 @@ def test_kiosk_banner_call_and_large_activation_map(qtbot, tmp_path, cam_domain_
 
     from cellview.gui.app import make_app
     from cellview.gui.kiosk import KioskWindow
-    from cellview.viewer.kiosk.core import KioskSettings
+    from cellview.viewer.kiosk.settings import KioskSettings
 
     (tmp_path / "watch").mkdir()
     settings = KioskSettings(watch_dir=tmp_path / "watch", outbox_dir=tmp_path / "outbox", model=str(cam_domain_model),
@@ -230,15 +232,15 @@ def test_kiosk_banner_call_and_large_activation_map(qtbot, tmp_path, cam_domain_
     result = kiosk.result
     kiosk.select_tile(int(result.grid.index_grid()[SQUARE_BLOCK[0], SQUARE_BLOCK[2]]))
     kiosk.inspector.cam_box.click()
-    qtbot.waitUntil(lambda: kiosk.model.explain.state == "ready", timeout=TIMEOUT_MS)
-    assert kiosk.model.explain_classifier is kiosk.classifier  # the kiosk's loaded model, not a second copy
+    qtbot.waitUntil(lambda: kiosk.model.explain.current.state == "ready", timeout=TIMEOUT_MS)
+    assert kiosk.model.explain.classifier is kiosk.classifier  # the kiosk's loaded model, not a second copy
     assert kiosk.inspector.PATCH_PX >= 300  # large on a 1024 × 600 screen
     shown = image_array(kiosk.inspector.patch.pixmap().toImage())
     np.testing.assert_array_equal(shown, kiosk.inspector.cam_image())
 
 
 def test_real_slide_banner_with_the_shipped_colon_model(qtbot, real_slide):
-    from cellview.analysis.model import resolve_model
+    from cellview.analysis.model_lookup import resolve_model
     from cellview.base.errors import CellviewError
 
     try:

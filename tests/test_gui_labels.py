@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("isolated_settings")
 @pytest.fixture
 def window(qtbot, cam_domain_model, tmp_path):
     w = make_window(qtbot, AnalysisParams(tissue_threshold=0.5), cam_domain_model)
-    w.model.auto_analyse = True
+    w.model.analysis.auto_analyse = True
     slide = write_pyramid_tiff(tmp_path / "lab.tiff", lab_slide_rgb(), 1.0, levels=2)
     with qtbot.waitSignal(w.analysisFinished, timeout=TIMEOUT_MS):
         w.open_path(slide)
@@ -87,7 +87,7 @@ def test_adapt_dialog_runs_shows_before_and_after_and_offers_the_model(qtbot, wi
     assert dialog.reanalyse_btn.isVisible() and not dialog.force_btn.isVisible()
     picker = [window.model_box.itemText(i) for i in range(window.model_box.count())]
     assert any(dialog.name_edit.text() in t for t in picker)  # in the picker, not selected yet
-    assert window.model.model_path != str(report.written.absolute())
+    assert window.model.settings.model_path != str(report.written.absolute())
     with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS):
         dialog.reanalyse_btn.click()
     assert window.result.model.name == dialog.name_edit.text()

@@ -48,7 +48,7 @@ def expected(result, min_conf: float) -> list[tuple[str, tuple[int, int, int, in
 
 def test_click_tile_shows_contoured_patch_and_nuclei(qtbot, toy_model_224, real_slide):
     from cellview.gui.tasks import CONTOUR_RGB
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     w = make_window(qtbot, model=toy_model_224)
     result = open_and_analyse(qtbot, w, real_slide)

@@ -11,7 +11,7 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
-from cellview.viewer.kiosk.core import KioskSettings  # noqa: E402
+from cellview.viewer.kiosk.settings import KioskSettings  # noqa: E402
 
 TIMEOUT_MS = 30000
 
@@ -54,7 +54,7 @@ def test_panel_controls_set_the_run_and_show_in_its_details(qtbot, stain_model, 
         window.open_path(he_slide)
     choose(window.stain_box, "reinhard")
     choose(window.tta_box, "d4")
-    assert (window.model.settings.stain_normalize, window.model.settings.tta) == ("reinhard", "d4")
+    assert (window.model.settings.params.stain_normalize, window.model.settings.params.tta) == ("reinhard", "d4")
     with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         window.start_analysis()
         assert not window.stain_box.isEnabled() and not window.tta_box.isEnabled()  # not while it runs
@@ -78,7 +78,7 @@ def test_normalisation_is_disabled_with_the_reason_for_a_model_without_reference
     assert "toy-plain does not store the reference stain" in window.stain_box.toolTip()
     assert window.stain_hint.isVisible() and "unavailable" in window.stain_hint.text()
     assert window.tta_box.isEnabled()
-    assert window.model.settings.stain_normalize == "none"
+    assert window.model.settings.params.stain_normalize == "none"
     assert window.add_model(stain_model)  # back to a model that can: the choice returns
     assert window.stain_box.isEnabled() and window.stain_box.currentData() == "macenko"
     assert not window.stain_hint.isVisible()
@@ -93,7 +93,7 @@ def test_changing_an_option_reruns_with_auto_analyse(qtbot, stain_model, he_slid
     with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS,
                           check_params_cb=lambda r: r.params.stain_normalize == "macenko") as blocker:
         choose(window.stain_box, "macenko")
-    assert blocker.args[0].stain["applied"] == "macenko" and not window.model.stale
+    assert blocker.args[0].stain["applied"] == "macenko" and not window.model.analysis.stale
     assert window.shutdown(20000)
 
 
@@ -103,7 +103,7 @@ def int8_cam_model(tmp_path_factory) -> Path:
     pytest.importorskip("onnx")
     import numpy as np
 
-    from cellview.analysis.model import ModelSpec, precision_path
+    from cellview.analysis.model_spec import ModelSpec, precision_path
     from cellview.testing.synthetic import make_toy_cam_model
     from cellview.train.quantize import int8_sidecar, quantize_onnx
 
@@ -125,7 +125,7 @@ def test_precision_choice_runs_that_copy_and_the_status_bar_says_which(qtbot, in
         window.start_analysis()
     assert blocker.args[0].model.precision == "int8" and "CPU (INT8)" in window.provider_label.text()
     choose(window.precision_box, "fp32")
-    assert window.model.settings.precision == "fp32" and window.model.stale  # another copy: re-analyse
+    assert window.model.settings.params.precision == "fp32" and window.model.analysis.stale  # another copy: re-analyse
     with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         window.start_analysis()
     assert blocker.args[0].model.precision == "fp32" and "INT8" not in window.provider_label.text()
@@ -172,7 +172,7 @@ def test_kiosk_settings_apply_to_every_case_and_are_shown(qtbot, tmp_path, stain
     assert "weights: FP32" in line  # the toy model ships no INT8 copy: auto runs FP32
     case = run_case(qtbot, kiosk, he_slide)
     assert case.ok, case.message
-    result = kiosk.model.result
+    result = kiosk.model.analysis.result
     assert (result.params.stain_normalize, result.params.tta) == ("macenko", "flips")
     assert result.stain["applied"] == "macenko"
     meta = json.loads(case.outputs["json"].read_text())
@@ -209,7 +209,7 @@ def test_kiosk_command_line_sets_the_options(tmp_path):
 def test_kiosk_precision_from_its_file_and_the_command_line(tmp_path):
     from cellview.cli.viewer import build_gui_parser
     from cellview.gui.kiosk import settings_from_args
-    from cellview.viewer.kiosk.core import KioskSettingsError
+    from cellview.viewer.kiosk.settings import KioskSettingsError
 
     file = tmp_path / "kiosk.json"
     KioskSettings(precision="fp32").save(file)

@@ -19,7 +19,7 @@ from PySide6.QtGui import QFontInfo, QWheelEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 from test_gui import TIMEOUT_MS, make_window, open_and_analyse  # noqa: E402
 
-from cellview.analysis.model import CATEGORY_COLORS, hex_to_rgb  # noqa: E402
+from cellview.analysis.model_spec import CATEGORY_COLORS, hex_to_rgb  # noqa: E402
 from cellview.base.errors import CellviewError  # noqa: E402
 from cellview.testing.synthetic import SYNTH_BLOCKS, SYNTH_TILE, make_toy_model  # noqa: E402
 
@@ -199,7 +199,7 @@ def test_hint_counts_and_shares_follow_the_display(qtbot, window, tmp_path):
     # 2 / 3 / 2 of 7 = 28.6 + 42.9 + 28.6 %, rounded one by one 29 + 43 + 29 = 101 %
     conf = window.result.confidence
     cut = float(np.sort(conf)[0]) + 1e-4  # the paler red tile is the least sure: filtered out
-    window.model.set_overlay(min_confidence=cut)
+    window.model.overlay.set(min_confidence=cut)
     kept = window.result.category_counts(min_confidence=cut)  # counts and shares follow the filter
     assert sum(kept.values()) == 6 and window.toggles.counts["malignant"].text().startswith("1 tile ")
     assert sum(int(window.toggles.counts[c].text().split()[-1].rstrip("%")) for c in kept) == 100

@@ -14,7 +14,7 @@ for _module in ("PySide6", "pyqtgraph", "pytestqt"):
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
-from cellview.analysis.model import CATEGORIES  # noqa: E402
+from cellview.analysis.model_spec import CATEGORIES  # noqa: E402
 from cellview.outputs.legend import format_um  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("isolated_settings")
@@ -73,7 +73,7 @@ def test_the_drawn_scale_bar_is_as_long_as_its_label_says_at_every_zoom(qtbot, f
     from PySide6.QtWidgets import QWidget
 
     from cellview.gui.app import make_app
-    from cellview.gui.slideview import ScaleBar
+    from cellview.gui.canvas_widgets import ScaleBar
 
     make_app()
     host = QWidget()
@@ -107,7 +107,7 @@ def test_the_exported_view_png_has_the_same_true_scale_bar(qtbot, toy_model, syn
             png = QImage.fromData(window.render_view_png())
             g = bar.geometry()
             drawn = white_run(image_rgb(png.copy(g)))
-            truth = bar.spec.length_um / (window.model.mpp_um() * window.view.l0_per_screen_px())
+            truth = bar.spec.length_um / (window.model.slide.mpp_um() * window.view.l0_per_screen_px())
             assert abs(drawn - truth) <= max(1.0, 0.03 * truth)
 
 
@@ -122,7 +122,7 @@ def test_a_new_slide_starts_with_nothing_carried_over(qtbot, cam_domain_model, s
         window.threshold.setValue(60)
         window.toggles.boxes["benign"].setChecked(False)
         window.show_regions.setChecked(True)
-        qtbot.waitUntil(lambda: not window.model.regions_busy, timeout=TIMEOUT_MS)
+        qtbot.waitUntil(lambda: not window.model.regions.busy, timeout=TIMEOUT_MS)
         x, y, w, h = result.grid.rect(0)
         window._view_hovered(x + w / 2, y + h / 2)
         assert window.hover_label.text() and window.filter_notice.isVisibleTo(window)
@@ -134,7 +134,7 @@ def test_a_new_slide_starts_with_nothing_carried_over(qtbot, cam_domain_model, s
         shutil.copy(square_slide, other)
         with qtbot.waitSignal(window.slideOpened, timeout=TIMEOUT_MS):
             window.open_path(other)
-        assert not window.domain_banner.anyway.isChecked() and not window.model.overlay.show_out_of_domain
+        assert not window.domain_banner.anyway.isChecked() and not window.model.overlay.settings.show_out_of_domain
         assert window.threshold.value() == 0 and window.toggles.selected() == CATEGORIES
         assert not window.filter_notice.isVisibleTo(window)
         assert window.hover_label.text() == ""
@@ -159,7 +159,7 @@ def test_a_filter_on_screen_is_shown_and_one_tap_clears_it(qtbot, toy_model, syn
 
 def test_the_inspector_shows_the_stain_normalised_patch(qtbot, stain_model, he_slide):
     from cellview.analysis.tiling import read_tile
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     with viewer(qtbot, stain_model, auto=False) as window:
         window.stain_box.setCurrentIndex(window.stain_box.findData("macenko"))
@@ -170,7 +170,7 @@ def test_the_inspector_shows_the_stain_normalised_patch(qtbot, stain_model, he_s
         result = blocker.args[0]
         with qtbot.waitSignal(window.patchShown, timeout=TIMEOUT_MS):
             window.select_tile(2)
-        transform = window.model.patch_stain()
+        transform = window.model.explain.patch_stain()
         assert transform is not None and "Stain-normalised" in window.inspector.patch_note.text()
         with open_slide(he_slide) as slide:
             scanned = read_tile(slide, result.grid, 2)
@@ -206,7 +206,7 @@ def test_keys_help_and_menus(qtbot, toy_model, synthetic_slide):
         # the keys go to the slide again, not to the menu bar's keyboard mode (arrows walked the menus)
         qtbot.waitUntil(lambda: window.focusWidget() is window.view, timeout=5000)
         qtbot.keyClick(window.focusWidget(), Qt.Key.Key_Right)
-        assert window.model.selection == 1
+        assert window.model.selection.index == 1
         assert QKeySequence("Ctrl+=") in window.menuBar().actions()[1].menu().actions()[1].shortcuts()
 
 

@@ -12,24 +12,25 @@ import pytest
 
 from cellview.base.errors import CellviewError
 from cellview.outputs.export import FORMATS
-from cellview.viewer.kiosk.core import (
+from cellview.viewer.kiosk.cases import (
     RECENT_FILE,
     CaseResult,
-    KioskSettings,
-    KioskSettingsError,
     RecentCases,
-    SalvagedSettings,
-    WatchFolder,
     analysed_in_outbox,
-    choose_batch_size,
-    default_settings_path,
     free_stem,
-    is_temporary_name,
     load_classifier,
-    mem_available_bytes,
-    normalize_chord,
     process_case,
 )
+from cellview.viewer.kiosk.settings import (
+    KioskSettings,
+    KioskSettingsError,
+    SalvagedSettings,
+    choose_batch_size,
+    default_settings_path,
+    mem_available_bytes,
+    normalize_chord,
+)
+from cellview.viewer.kiosk.watch import WatchFolder, is_temporary_name
 
 
 class FakeClock:
@@ -42,7 +43,8 @@ class FakeClock:
 
 @pytest.fixture(scope="module")
 def classifier(toy_model):
-    from cellview.analysis.model import ModelSpec, OnnxClassifier
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_spec import ModelSpec
 
     return OnnxClassifier(ModelSpec.load(toy_model), device="cpu")
 

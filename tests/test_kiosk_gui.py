@@ -17,7 +17,8 @@ from PySide6.QtGui import QCloseEvent  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication, QPushButton  # noqa: E402
 
-from cellview.viewer.kiosk.core import KioskSettings, load_classifier  # noqa: E402
+from cellview.viewer.kiosk.cases import load_classifier  # noqa: E402
+from cellview.viewer.kiosk.settings import KioskSettings  # noqa: E402
 
 TIMEOUT_MS = 30000
 CHORD_MODS = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier | Qt.KeyboardModifier.ShiftModifier
@@ -490,7 +491,7 @@ def test_a_finger_still_drags_a_slider_in_the_scrolling_panel(qtbot, kiosk, synt
 
     show_at(qtbot, kiosk, 1024, 600)
     run_case(qtbot, kiosk, synthetic_slide)
-    kiosk.model.set_overlay(style="fill")
+    kiosk.model.overlay.set(style="fill")
     slider = kiosk.opacity
     kiosk._side_scroll.ensureWidgetVisible(slider)
     qtbot.waitUntil(lambda: inside_viewport(slider, kiosk._side_scroll), timeout=5000)
@@ -509,7 +510,7 @@ def test_a_finger_still_drags_a_slider_in_the_scrolling_panel(qtbot, kiosk, synt
         qtbot.wait(16)
         send(QEvent.Type.MouseMove, start + QPoint(20 * step, 0), Qt.MouseButton.LeftButton)
     send(QEvent.Type.MouseButtonRelease, start + QPoint(160, 0), Qt.MouseButton.NoButton)
-    assert slider.value() > before + 10 and kiosk.model.overlay.opacity == slider.value() / 100
+    assert slider.value() > before + 10 and kiosk.model.overlay.settings.opacity == slider.value() / 100
 
 
 # ----------------------------------------------------------------------------- issue 19: touch alone, 7-inch screen
@@ -527,7 +528,7 @@ def test_slides_waiting_at_start_are_analysed_oldest_first_with_a_notice(qtbot, 
     import shutil
     import time
 
-    from cellview.viewer.kiosk.core import process_case
+    from cellview.viewer.kiosk.cases import process_case
 
     settings = kiosk_settings(tmp_path, toy_model)
     watch = settings.watch_dir
@@ -549,7 +550,7 @@ def test_slides_waiting_at_start_are_analysed_oldest_first_with_a_notice(qtbot, 
 def test_a_slide_the_kiosk_stopped_on_is_not_retried_by_itself(qtbot, tmp_path, toy_model, synthetic_slide):
     import shutil
 
-    from cellview.viewer.kiosk.core import RecentCases
+    from cellview.viewer.kiosk.cases import RecentCases
 
     settings = kiosk_settings(tmp_path, toy_model)
     shutil.copy(synthetic_slide, settings.watch_dir / "crasher.tiff")
@@ -589,7 +590,7 @@ def test_every_sheet_and_dialog_fits_the_screen(qtbot, tmp_path, toy_model, synt
 def test_a_slide_without_a_pixel_size_gets_a_scale_on_screen(qtbot, tmp_path, toy_model, synthetic_slide):
     import cv2
 
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     window = make_kiosk(qtbot, kiosk_settings(tmp_path, toy_model))
     with open_slide(synthetic_slide) as slide:
@@ -620,7 +621,7 @@ def test_a_tapped_tile_shows_its_call_where_the_finger_is(qtbot, kiosk, syntheti
     r0, _, c0, _ = SYNTH_BLOCKS["malignant"]
     kiosk._view_clicked(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5)  # what a tap on the slide calls
     sheet = kiosk.tile_sheet
-    assert sheet.isVisible() and inside(sheet, kiosk.view) and sheet.index == kiosk.model.selection >= 0
+    assert sheet.isVisible() and inside(sheet, kiosk.view) and sheet.index == kiosk.model.selection.index >= 0
     assert "malignant" in sheet.title.text() and sheet.bars.texts()["malignant"].endswith("%")
     assert sheet.height() <= 0.7 * kiosk.view.height() + 1  # the slide stays in sight
     sel = kiosk.view.selection.sceneBoundingRect()
@@ -654,7 +655,7 @@ def test_a_case_that_finishes_behind_the_idle_screen_is_shown_on_the_next_touch(
     assert "New result: synthetic.tiff" in kiosk.idle_status.text() and "Touch to see it" in kiosk.idle_status.text()
     QTest.mouseClick(kiosk.idle_screen, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not kiosk.idle, timeout=5000)
-    assert kiosk.page == "case" and Path(kiosk.model.slide.path) == synthetic_slide and kiosk.result is not None
+    assert kiosk.page == "case" and Path(kiosk.model.slide.opened.path) == synthetic_slide and kiosk.result is not None
     # finished while someone was away but before the idle screen came: it stays behind it too
     kiosk.home_btn.click()
     kiosk._last_activity = 0.0

@@ -1,6 +1,6 @@
-"""Labelling in the viewer without Qt (cellview.viewer.labelling.LabelsModel beside a ViewerModel): picking tiles,
-labelling them by key, saving beside the slide (or in the user's folder), reopening, QuPath import, and
-Adapt model… as a viewer job."""
+"""Labelling in the viewer without Qt (cellview.viewer.labelling.LabelsModel, a ViewerModel's labelling part):
+picking tiles, labelling them by key, saving beside the slide (or in the user's folder), reopening, QuPath import,
+and Adapt model… as a viewer job."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import os
 import numpy as np
 import pytest
 
-from cellview.analysis.model import ModelSpec
+from cellview.analysis.model_spec import ModelSpec
 from cellview.lab.adapt import AdaptProgress, AdaptReport
 from cellview.lab.labels import IGNORE, LabelRegion, labelled_slides, labels_path, read_geojson, write_geojson
 from cellview.testing.synthetic import LAB_BLOCKS, lab_block_rect, lab_slide_rgb, write_pyramid_tiff
+from cellview.viewer.jobs import run_now
 from cellview.viewer.labelling import LabelsModel, label_choices
-from cellview.viewer.model import MemoryStore, ViewerModel, run_now
+from cellview.viewer.model import ViewerModel
+from cellview.viewer.settings import MemoryStore
 
 
 @pytest.fixture
@@ -25,10 +27,10 @@ def lab_slide(tmp_path):
 
 @pytest.fixture
 def viewer(cam_domain_model):
-    m = ViewerModel(run_now, store=MemoryStore())
-    m.use_cache = False
-    m.auto_analyse = True
-    m.set_settings(tissue_threshold=0.5)
+    m = ViewerModel(run_now, store=MemoryStore(), labelling=True)
+    m.analysis.use_cache = False
+    m.analysis.auto_analyse = True
+    m.settings.set(tissue_threshold=0.5)
     m.set_model(str(cam_domain_model))
     return m
 
@@ -41,7 +43,7 @@ def block_tiles(labels: LabelsModel, k: int) -> list[int]:
 
 
 def test_keys_label_the_picked_tiles_and_the_labels_are_saved_beside_the_slide(viewer, lab_slide):
-    labels = LabelsModel(viewer)
+    labels = viewer.labels
     viewer.open(lab_slide)
     assert [(c.key, c.label) for c in labels.choices] == [("1", "malignant"), ("2", "benign"), ("3", "normal")]
     tiles = block_tiles(labels, 0)
@@ -61,7 +63,7 @@ def test_keys_label_the_picked_tiles_and_the_labels_are_saved_beside_the_slide(v
     assert labels.counts() == {"malignant": 11, "benign": 1}
     # Without a pick, a key labels the tile selected in the inspector; 0 takes the label away.
     labels.clear_picked()
-    viewer.select(tiles[1])
+    viewer.selection.select(tiles[1])
     labels.label_key("0")
     assert labels.counts() == {"malignant": 11}
     outlines = labels.outlines()
@@ -82,7 +84,7 @@ def test_a_read_only_slide_folder_keeps_the_labels_in_the_user_s_folder(viewer, 
     monkeypatch.setattr(labels_module.os, "access",
                         lambda p, mode: False if os.path.abspath(p) == str(folder) and mode == os.W_OK
                         else real_access(p, mode))
-    labels = LabelsModel(viewer)
+    labels = viewer.labels
     viewer.open(lab_slide)
     block_tiles(labels, 2)
     labels.label_key("3")
@@ -94,7 +96,7 @@ def test_a_read_only_slide_folder_keeps_the_labels_in_the_user_s_folder(viewer, 
 
 
 def test_unlabelling_a_tile_under_an_imported_annotation_leaves_it_out(viewer, lab_slide, tmp_path):
-    labels = LabelsModel(viewer)
+    labels = viewer.labels
     viewer.open(lab_slide)
     qupath = tmp_path / "from-qupath.geojson"
     write_geojson(qupath, [LabelRegion.rect("Normal", *lab_block_rect(2)), LabelRegion.rect("Tumor", 0, 0, 9, 9)])
@@ -109,7 +111,7 @@ def test_unlabelling_a_tile_under_an_imported_annotation_leaves_it_out(viewer, l
 
 
 def test_adapt_model_runs_on_every_labelled_slide_and_writes_a_model(viewer, lab_slide, tmp_path):
-    labels = LabelsModel(viewer)
+    labels = viewer.labels
     viewer.open(lab_slide)
     for k, cat in enumerate(LAB_BLOCKS):
         block_tiles(labels, k)
@@ -128,8 +130,8 @@ def test_adapt_model_runs_on_every_labelled_slide_and_writes_a_model(viewer, lab
         str(lab_slide.resolve())
     # Re-analysed with the adapted model, the lab's purple blocks get the lab's categories.
     viewer.set_model(str(spec.onnx_path))
-    viewer.start_analysis()
-    result = viewer.result
+    viewer.analysis.start()
+    result = viewer.analysis.result
     x0, y0, x1, y1 = lab_block_rect(0)
     assert result.model.name == "toy-lab"
     i = result.grid.tile_at((x0 + x1) / 2, (y0 + y1) / 2)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cellview.analysis.domain import DomainInfo
-from cellview.analysis.model import CATEGORIES
+from cellview.analysis.model_spec import CATEGORIES
 from cellview.outputs.legend import describe_legend, format_um, nice_length_um, out_of_domain_row, scale_bar
 from cellview.outputs.overlay import (
     CATEGORY_MODE,

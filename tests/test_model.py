@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier, probabilities, resolve_model
+from cellview.analysis.classifier import OnnxClassifier, probabilities
+from cellview.analysis.model_spec import ModelSpec
 from cellview.base.errors import ModelError
 from cellview.testing.synthetic import TOY_COLORS, make_toy_model
 
@@ -112,7 +113,7 @@ def test_corrupt_onnx_file(tmp_path):
 def test_gpu_request_falls_back_to_cpu_with_one_plain_message(toy_model, capfd):
     import onnxruntime as ort
 
-    from cellview.analysis.model import gpu_runtime_status
+    from cellview.analysis.classifier import gpu_runtime_status
 
     cuda_ok, _, _ = gpu_runtime_status()
     if cuda_ok:
@@ -132,16 +133,6 @@ def test_gpu_request_falls_back_to_cpu_with_one_plain_message(toy_model, capfd):
 def test_unknown_device(toy_model):
     with pytest.raises(ModelError, match="Unknown device"):
         OnnxClassifier(ModelSpec.load(toy_model), device="gpu")
-
-
-def test_resolve_model_says_plainly_when_none(tmp_path, monkeypatch, no_bundled_models):
-    monkeypatch.setenv("CELLVIEW_MODELS_DIR", str(tmp_path / "empty"))
-    with pytest.raises(ModelError, match="No model found"):
-        resolve_model(None)
-    make_toy_model(tmp_path / "empty" / "toy")
-    assert resolve_model("toy").name == "model.onnx"
-    with pytest.raises(ModelError, match="available: toy"):
-        resolve_model("colon-he")
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cellview.analysis.model import (
+from cellview.analysis.model_lookup import (
     ModelEntry,
     available_models,
     bundled_models_dir,
@@ -34,7 +34,7 @@ def three_roots(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     (tmp_path / "xdg" / "cellview").mkdir(parents=True)
     (tmp_path / "xdg" / "cellview" / "models").symlink_to(roots["user"])
-    monkeypatch.setattr("cellview.analysis.model.bundled_models_dir", lambda: roots["bundled"])
+    monkeypatch.setattr("cellview.analysis.model_lookup.bundled_models_dir", lambda: roots["bundled"])
     return roots
 
 
@@ -74,6 +74,16 @@ def test_a_folder_named_twice_counts_once(three_roots, monkeypatch):
     assert [r.origin for r in model_roots()] == ["env", "user"]
     assert [r.origin for r in model_roots(keep_duplicates=True)] == ["env", "user", "bundled"]
     assert [e.origin for e in model_entries(include_hidden=True) if e.name == "c"] == ["env"]
+
+
+def test_resolve_model_says_plainly_when_none(tmp_path, monkeypatch, no_bundled_models):
+    monkeypatch.setenv("CELLVIEW_MODELS_DIR", str(tmp_path / "empty"))
+    with pytest.raises(ModelError, match="No model found"):
+        resolve_model(None)
+    make_toy_model(tmp_path / "empty" / "toy")
+    assert resolve_model("toy").name == "model.onnx"
+    with pytest.raises(ModelError, match="available: toy"):
+        resolve_model("colon-he")
 
 
 def test_an_explicit_path_is_used_as_it_is(three_roots, tmp_path):

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from cellview.analysis.cache import ResultCache, cache_key, result_from_bytes, result_to_bytes
-from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.morphology import (
     HED_STAIN_MATRIX,
     NucleiParams,
@@ -34,7 +35,7 @@ from cellview.analysis.tiling import build_grid
 from cellview.analysis.tissue import TissueParams, detect_tissue
 from cellview.cli import main
 from cellview.outputs.export import annotated_png, csv_text, export_all, geojson_dict
-from cellview.slides.slide import open_slide
+from cellview.slides.opening import open_slide
 from cellview.testing.synthetic import grid_result, write_pyramid_tiff
 
 BACKGROUND = (236, 196, 222)  # eosin-pink stroma

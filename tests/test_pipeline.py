@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cellview.analysis.cache import ResultCache
-from cellview.analysis.model import CATEGORIES, ModelSpec, OnnxClassifier
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import CATEGORIES, ModelSpec
 from cellview.analysis.pipeline import BatchDone, CancelToken, Finished, Started, analyze, run_analysis
 from cellview.analysis.results import AnalysisParams, TileState
 from cellview.base.errors import SlideError

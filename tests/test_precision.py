@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier, choose_precision, precision_copy, precision_path
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import ModelSpec, choose_precision, precision_copy, precision_path
 from cellview.base.errors import ModelError
 
 onnx = pytest.importorskip("onnx")

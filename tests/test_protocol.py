@@ -39,7 +39,7 @@ def test_vote_weighs_tiles_by_confidence_and_differs_from_the_mean():
     tile_sample = np.zeros(3, np.int64)
     vote, scores, _ = image_calls(probs, tile_sample, 1, CATS, "vote")
     mean, _, _ = image_calls(probs, tile_sample, 1, CATS, "mean")
-    # categories are indexed as cellview.analysis.model.CATEGORIES: malignant 0, benign 1, normal 2
+    # categories are indexed as cellview.analysis.model_spec.CATEGORIES: malignant 0, benign 1, normal 2
     assert vote[0] == 0 and np.isclose(scores[0].sum(), 1.0)  # 0.65 + 0.65 malignant votes beat 0.98 normal
     assert mean[0] == 2  # the mean probability of normal (0.527) beats malignant (0.437)
 

@@ -13,19 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.results import AnalysisParams
 from cellview.analysis.stain import StainReference, estimate_reference
+from cellview.outputs.legend import describe_run_options
 from cellview.testing.synthetic import LAB_A_STAINS, make_toy_model, synthetic_he, synthetic_he_amounts
-from cellview.viewer.kiosk.core import KioskSettings, KioskSettingsError, process_case
-from cellview.viewer.model import (
-    NO_MODEL_SELECTED,
-    MemoryStore,
-    ModelOptions,
-    ViewerModel,
-    describe_run_options,
-    run_now,
-)
+from cellview.viewer.analysis_settings import NO_MODEL_SELECTED, ModelOptions
+from cellview.viewer.jobs import run_now
+from cellview.viewer.kiosk.cases import process_case
+from cellview.viewer.kiosk.settings import KioskSettings, KioskSettingsError
+from cellview.viewer.model import ViewerModel
+from cellview.viewer.settings import MemoryStore
 
 
 def reference_stain() -> StainReference:
@@ -34,7 +33,7 @@ def reference_stain() -> StainReference:
 
 def viewer(model_path: Path | None, **defaults) -> ViewerModel:
     m = ViewerModel(run_now, AnalysisParams(**defaults) if defaults else None, store=MemoryStore())
-    m.use_cache = False
+    m.analysis.use_cache = False
     m.set_model(str(model_path) if model_path else None)
     return m
 
@@ -67,11 +66,11 @@ def test_model_options_come_from_the_sidecar(stain_model, plain_model, tmp_path)
 def test_normalisation_is_refused_without_a_reference_stain(plain_model):
     m = viewer(plain_model)
     said = statuses(m)
-    m.set_settings(stain_normalize="macenko", tta="d4")
-    assert m.settings.stain_normalize == "none" and m.settings.tta == "d4"  # TTA needs no reference
+    m.settings.set(stain_normalize="macenko", tta="d4")
+    assert m.settings.params.stain_normalize == "none" and m.settings.params.tta == "d4"  # TTA needs no reference
     assert said and "unavailable" in said[-1] and "toy-plain" in said[-1]
     with pytest.raises(ValueError, match="stain"):
-        m.set_settings(stain_normalize="vahadane")
+        m.settings.set(stain_normalize="vahadane")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -80,14 +79,14 @@ def test_normalisation_is_refused_without_a_reference_stain(plain_model):
 def test_run_options_reach_the_run_its_cache_key_and_metadata(stain_model, he_slide, tmp_path):
     m = viewer(stain_model)
     m.open(he_slide)
-    m.start_analysis()
-    plain = m.result
+    m.analysis.start()
+    plain = m.analysis.result
     assert plain.params.stain_normalize == "none" and plain.stain == {} and describe_run_options(plain.params) == ""
-    m.set_settings(stain_normalize="macenko", tta="flips")
-    assert m.stale and m.result is plain  # auto-analyse off: flagged until Analyse
-    m.start_analysis()
-    run = m.result
-    assert (run.params.stain_normalize, run.params.tta) == ("macenko", "flips") and not m.stale
+    m.settings.set(stain_normalize="macenko", tta="flips")
+    assert m.analysis.stale and m.analysis.result is plain  # auto-analyse off: flagged until Analyse
+    m.analysis.start()
+    run = m.analysis.result
+    assert (run.params.stain_normalize, run.params.tta) == ("macenko", "flips") and not m.analysis.stale
     assert run.stain["applied"] == "macenko"
     key = run.params.cache_dict()
     assert key["stain_normalize"] == "macenko" and key["tta"] == "flips"
@@ -95,30 +94,30 @@ def test_run_options_reach_the_run_its_cache_key_and_metadata(stain_model, he_sl
     assert not np.allclose(run.probs, plain.probs)  # the colour toy model sees the normalised colours
     text = describe_run_options(run.params, run.stain)
     assert text.startswith("Macenko stain normalisation") and "Flips ×4" in text and "4 views" in text
-    meta = json.loads(m.export_file("json", tmp_path / "run.json").read_text())
+    meta = json.loads(m.exports.export_file("json", tmp_path / "run.json").read_text())
     assert meta["parameters"]["stain_normalize"] == "macenko" and meta["parameters"]["tta"] == "flips"
     assert meta["stain_normalization"]["applied"] == "macenko"
-    m.set_settings(tta="none")
-    assert m.stale
+    m.settings.set(tta="none")
+    assert m.analysis.stale
 
 
 def test_the_result_cache_tells_the_options_apart(stain_model, he_slide):
     m = viewer(stain_model)
-    m.use_cache = True
+    m.analysis.use_cache = True
     m.open(he_slide)
-    m.start_analysis()
-    m.set_settings(stain_normalize="reinhard")
-    m.start_analysis()
-    assert not m.result.from_cache and m.result.params.stain_normalize == "reinhard"
-    m.set_settings(stain_normalize="none")
-    m.start_analysis()
-    assert m.result.from_cache and m.result.params.stain_normalize == "none"
+    m.analysis.start()
+    m.settings.set(stain_normalize="reinhard")
+    m.analysis.start()
+    assert not m.analysis.result.from_cache and m.analysis.result.params.stain_normalize == "reinhard"
+    m.settings.set(stain_normalize="none")
+    m.analysis.start()
+    assert m.analysis.result.from_cache and m.analysis.result.params.stain_normalize == "none"
 
 
 def test_the_labels_count_the_views_the_model_runs():
-    from cellview.analysis.model import TTA_MODES, tta_views
+    from cellview.analysis.classifier import TTA_MODES, tta_views
     from cellview.analysis.stain import STAIN_METHODS
-    from cellview.viewer.model import STAIN_LABELS, TTA_LABELS, TTA_VIEWS
+    from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS, TTA_VIEWS
 
     tiles = np.zeros((1, 4, 4, 3), np.uint8)
     assert set(STAIN_LABELS) == set(STAIN_METHODS) and set(TTA_LABELS) == set(TTA_VIEWS) == set(TTA_MODES)
@@ -136,16 +135,17 @@ def test_skipped_normalisation_is_said(stain_model):
 
 def test_changing_a_run_option_reruns_with_auto_analyse(stain_model, he_slide):
     m = viewer(stain_model)
-    m.auto_analyse = True
+    m.analysis.auto_analyse = True
     m.open(he_slide)
-    first = m.result
+    first = m.analysis.result
     assert first is not None and first.params.tta == "none"
     running: list[bool] = []
-    m.events.running.connect(lambda e: running.append(e.value))
-    m.set_settings(tta="d4")
-    assert running == [True, False] and m.result is not first and m.result.params.tta == "d4" and not m.stale
-    m.set_settings(tissue_threshold=0.5)  # other settings wait for Analyse, as before
-    assert running == [True, False] and m.stale
+    m.analysis.events.running.connect(lambda e: running.append(e.value))
+    m.settings.set(tta="d4")
+    assert running == [True, False] and m.analysis.result is not first and m.analysis.result.params.tta == "d4"
+    assert not m.analysis.stale
+    m.settings.set(tissue_threshold=0.5)  # other settings wait for Analyse, as before
+    assert running == [True, False] and m.analysis.stale
 
 
 # ----------------------------------------------------------------------------- across models
@@ -153,29 +153,31 @@ def test_changing_a_run_option_reruns_with_auto_analyse(stain_model, he_slide):
 
 def test_a_choice_survives_a_model_that_cannot_honour_it(stain_model, plain_model):
     m = viewer(stain_model)
-    m.set_settings(stain_normalize="macenko", tta="flips")
+    m.settings.set(stain_normalize="macenko", tta="flips")
     options: list[ModelOptions] = []
-    m.events.model_options.connect(lambda e: options.append(e.value))
+    m.settings.events.model_options.connect(lambda e: options.append(e.value))
     said = statuses(m)
     m.set_model(str(plain_model))
-    assert m.settings.stain_normalize == "none" and m.settings.tta == "flips"
+    assert m.settings.params.stain_normalize == "none" and m.settings.params.tta == "flips"
     assert not options[-1].stain_available and "off for this model" in said[-1]
     m.set_model(str(stain_model))
-    assert m.settings.stain_normalize == "macenko" and options[-1].stain_available
+    assert m.settings.params.stain_normalize == "macenko" and options[-1].stain_available
 
 
 def test_model_defaults_apply_until_the_user_chooses(stain_model):
     m = viewer(stain_model)
-    m.set_model_options(ModelOptions(stain_unavailable="", default_stain_normalize="reinhard", default_tta="d4"))
-    assert (m.settings.stain_normalize, m.settings.tta) == ("reinhard", "d4")  # preselected for the model
-    m.set_settings(tta="none")
-    m.set_model_options(ModelOptions(stain_unavailable="", default_stain_normalize="macenko", default_tta="flips"))
-    assert (m.settings.stain_normalize, m.settings.tta) == ("macenko", "none")  # the user's choice stays
+    m.settings.set_model_options(ModelOptions(stain_unavailable="", default_stain_normalize="reinhard",
+                                              default_tta="d4"))
+    assert (m.settings.params.stain_normalize, m.settings.params.tta) == ("reinhard", "d4")  # preselected for the model
+    m.settings.set(tta="none")
+    m.settings.set_model_options(ModelOptions(stain_unavailable="", default_stain_normalize="macenko",
+                                              default_tta="flips"))
+    assert (m.settings.params.stain_normalize, m.settings.params.tta) == ("macenko", "none")  # the user's choice stays
     # launch options (`cellview --stain-normalize reinhard`) are a choice too, applied once a model allows them
     launched = viewer(None, stain_normalize="reinhard")
-    assert launched.settings.stain_normalize == "none"
+    assert launched.settings.params.stain_normalize == "none"
     launched.set_model(str(stain_model))
-    assert launched.settings.stain_normalize == "reinhard"
+    assert launched.settings.params.stain_normalize == "reinhard"
 
 
 # ----------------------------------------------------------------------------- kiosk settings
@@ -265,18 +267,18 @@ def test_explain_shows_the_tile_the_model_classified_after_stain_normalisation(t
 
 
 def test_the_inspector_explains_the_normalised_tile_and_fits_the_stain_once(tmp_path, he_slide, monkeypatch):
-    import cellview.viewer.model as viewer_module
+    import cellview.viewer.explain as viewer_module
 
     fits = []
     fit = viewer_module.slide_stain_transform
     monkeypatch.setattr(viewer_module, "slide_stain_transform", lambda *a: fits.append(a) or fit(*a))
     m = viewer(cam_model_with_reference(tmp_path / "cam"), stain_normalize="macenko", workers=1)
     m.open(he_slide)
-    m.start_analysis()
-    done = np.flatnonzero(m.result.done)
-    m.set_explain(True)
+    m.analysis.start()
+    done = np.flatnonzero(m.analysis.result.done)
+    m.explain.set_on(True)
     for i in done[:2]:
-        m.select(int(i))
-        assert m.explain.state == "ready", m.explain.message
-        assert np.allclose(m.explain.explanation.probs, m.result.probs[i], atol=1e-5)
+        m.selection.select(int(i))
+        assert m.explain.current.state == "ready", m.explain.current.message
+        assert np.allclose(m.explain.current.explanation.probs, m.analysis.result.probs[i], atol=1e-5)
     assert len(fits) == 1  # one stain estimate per result, not per explained tile

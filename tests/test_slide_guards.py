@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from cellview.base.errors import SlideError
-from cellview.slides.slide import check_tiff_geometry, open_slide
+from cellview.slides.guards import check_tiff_geometry
+from cellview.slides.opening import open_slide
 from cellview.testing.fuzzing import _tiff_entries
 from cellview.testing.synthetic import synthetic_slide_rgb, write_pyramid_tiff
 
@@ -141,7 +142,7 @@ def _dicom(frames: list[bytes], offsets: list[int] | None = None) -> bytes:
     ("truncated", "past the end"),
 ])
 def test_dicom_structure_check(case, message, tmp_path):
-    from cellview.slides.slide import check_dicom_structure
+    from cellview.slides.guards import check_dicom_structure
 
     frames = [b"\xff\xd8" + bytes(range(200)) + b"\xff\xd9", b"\xff\xd8" + bytes(150) + b"\xff\xd9"]
     data = {
@@ -167,7 +168,7 @@ def test_dicom_structure_check(case, message, tmp_path):
 
 
 def test_shared_dicom_slide_passes_the_structure_check(data_dir):
-    from cellview.slides.slide import check_dicom_structure
+    from cellview.slides.guards import check_dicom_structure
 
     files = sorted((data_dir / "slides" / "derived" / "CMU-1-Small-Region-dicom").glob("*.dcm"))
     if not files:
@@ -195,7 +196,7 @@ class _Levels:
     ([(768, 512), (0, 256)], False),
 ])
 def test_pyramid_levels_must_be_one_image(dims, ok):
-    from cellview.slides.slide import check_level_geometry
+    from cellview.slides.guards import check_level_geometry
 
     if ok:
         check_level_geometry(_Levels(dims))

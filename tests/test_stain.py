@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier, tta_views
+from cellview.analysis.classifier import OnnxClassifier, tta_views
+from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.pipeline import run_analysis
 from cellview.analysis.results import AnalysisParams
 from cellview.analysis.stain import (

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from cellview.analysis.tiling import SLIVER_FRACTION, axis_positions, build_grid, read_tile
 from cellview.analysis.tissue import TissueParams, detect_tissue, tissue_mask_from_rgb
 from cellview.base.errors import AnalysisError, MppError
-from cellview.slides.slide import ImageSlide, Mpp, open_slide
+from cellview.slides.image_slide import ImageSlide
+from cellview.slides.opening import open_slide
+from cellview.slides.slide import Mpp
 from cellview.testing.synthetic import SYNTH_BLOCKS, SYNTH_TILE, expected_synthetic_tiles
 
 

@@ -15,7 +15,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier  # noqa: E402
+from cellview.analysis.classifier import OnnxClassifier  # noqa: E402
+from cellview.analysis.model_spec import ModelSpec  # noqa: E402
 from cellview.base.errors import ModelError  # noqa: E402
 from cellview.train import data as D  # noqa: E402
 from cellview.train import default_data_dir  # noqa: E402
@@ -199,7 +200,7 @@ def _tiny_export(tmp_path: Path, patch: int = 32) -> tuple[Path, object]:
 
 
 def _sidecar(onnx_path: Path, patch: int = 32, **over) -> dict:
-    from cellview.analysis.model import sha256_file
+    from cellview.analysis.model_spec import sha256_file
 
     side = {"spec_version": "1.0", "name": "tiny", "version": "0", "architecture": "efficientnet-lite0",
             "num_classes": 3, "class_names": ["a", "b", "c"], "class_categories": ["normal", "benign", "malignant"],

@@ -41,7 +41,7 @@ def _smear_folder(root, per_class: int = 8):
 
 @needs_lite
 def test_train_data_warns_without_groups_and_export_needs_no_shared_data(tmp_path, monkeypatch, capsys):
-    from cellview.analysis.model import ModelSpec
+    from cellview.analysis.model_spec import ModelSpec
     from cellview.cli import build_parser
     from cellview.train import quantize
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from cellview.analysis.domain import DOMAIN_FILE, DomainStats
-from cellview.analysis.model import ModelSpec, sidecar_for
+from cellview.analysis.model_spec import ModelSpec, sidecar_for
 from cellview.base.files import atomic_write_bytes, atomic_write_text
 
 

@@ -17,12 +17,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cellview.analysis.model import OnnxClassifier, hex_to_rgb, probabilities
+from cellview.analysis.classifier import OnnxClassifier, probabilities
+from cellview.analysis.model_spec import hex_to_rgb
 from cellview.analysis.results import AnalysisParams, category_calls
 from cellview.analysis.stain import TileStainTransform
 from cellview.analysis.tiling import TileGrid, build_grid, read_tile
 from cellview.base.errors import AnalysisError, ModelError
-from cellview.slides.slide import Slide, open_slide, slide_display_name
+from cellview.slides.opening import open_slide
+from cellview.slides.slide import Slide, slide_display_name
 
 
 @dataclass(frozen=True, eq=False)

@@ -531,7 +531,7 @@ def malignant_regions(result: AnalysisResult, min_confidence: float = 0.5, conne
     Only in-domain tiles join a region (a model's call on tissue it never saw is no finding),
     unless ``include_out_of_domain``.
     """
-    from cellview.analysis.model import CATEGORIES
+    from cellview.analysis.model_spec import CATEGORIES
 
     g = result.grid
     hit = result.counted(include_out_of_domain) & (result.pred_category == CATEGORIES.index(category))

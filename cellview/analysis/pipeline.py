@@ -19,16 +19,18 @@ from typing import Any
 import numpy as np
 
 from cellview.analysis.cache import ResultCache, cache_key
+from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.domain import QUALITY_CHECKS, tile_quality
 from cellview.analysis.foreground import Foreground, foreground_mask, tile_threshold
-from cellview.analysis.model import ModelSpec, OnnxClassifier
+from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.morphology import measure_nuclei, patch_mpp
 from cellview.analysis.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei, TileState
 from cellview.analysis.stain import TileStainTransform, fit_transform, sample_tile_indices
 from cellview.analysis.tiling import TileGrid, build_grid, read_order, read_tile
 from cellview.analysis.tissue import TissueMask
 from cellview.base.errors import AnalysisError, CellviewError, SlideError
-from cellview.slides.slide import Slide, open_slide
+from cellview.slides.opening import open_slide
+from cellview.slides.slide import Slide
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cellview.analysis.classifier import TTA_MODES
 from cellview.analysis.domain import (
     BANNER_BELOW,
     NOT_AVAILABLE,
@@ -24,7 +25,7 @@ from cellview.analysis.domain import (
     DomainInfo,
     in_domain_mask,
 )
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, PRECISIONS, TTA_MODES, ModelSpec, hex_to_rgb
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, PRECISIONS, ModelSpec, hex_to_rgb
 from cellview.analysis.stain import STAIN_METHODS
 from cellview.analysis.tiling import TileGrid
 from cellview.analysis.tissue import TissueMask, TissueParams

@@ -34,7 +34,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     """Read the labels, adapt, print before / after; one unreadable file is listed and the rest go on."""
     from tqdm import tqdm
 
-    from cellview.analysis.model import ModelSpec, resolve_model, user_models_dir
+    from cellview.analysis.model_lookup import resolve_model, user_models_dir
+    from cellview.analysis.model_spec import ModelSpec
     from cellview.lab.adapt import AdaptProgress, AdaptReport, adapt, default_command
     from cellview.lab.labels import read_labels
 

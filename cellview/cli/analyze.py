@@ -40,7 +40,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Plan the cohort, run it in this process or on Dask, keep cohort.csv/json/html current."""
     from dataclasses import replace
 
-    from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_lookup import resolve_model
+    from cellview.analysis.model_spec import ModelSpec
     from cellview.outputs.cohort_report import CohortTables
     from cellview.outputs.export import FORMATS, export_options
     from cellview.scale.cohort import (

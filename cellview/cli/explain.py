@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cellview.analysis.model import DEVICES
+from cellview.analysis.classifier import DEVICES
 from cellview.analysis.stain import STAIN_METHODS
 from cellview.base.errors import CellviewError, MppError
 from cellview.cli.options import add_precision_option
@@ -40,8 +40,10 @@ def _parse_point(text: str) -> tuple[float, float]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from cellview.analysis.classifier import OnnxClassifier
     from cellview.analysis.explain import explain_at, explanation_png, resolve_class
-    from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.analysis.model_lookup import resolve_model
+    from cellview.analysis.model_spec import ModelSpec
     from cellview.analysis.results import AnalysisParams
     from cellview.base.files import atomic_write_bytes
 

@@ -44,7 +44,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         out = args.out
         if out is None:
-            from cellview.analysis.model import user_models_dir
+            from cellview.analysis.model_lookup import user_models_dir
             from cellview.train.train import Run
 
             out = user_models_dir() / Run(args.run).recipe().name

@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from cellview.slides.slide import describe, open_slide
+    from cellview.slides.opening import describe, open_slide
 
     status = 0
     for p in args.paths:

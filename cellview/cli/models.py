@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def model_lookup_lines() -> list[str]:
     """The model lookup order with this machine's folders (model.model_roots documents the rule)."""
-    from cellview.analysis.model import ORIGINS, model_roots
+    from cellview.analysis.model_lookup import ORIGINS, model_roots
 
     roots = {r.origin: r.path for r in model_roots(keep_duplicates=True)}
     rows = [("--model PATH", "a model file or folder named on the command line")]
@@ -36,7 +36,8 @@ def model_lookup_lines() -> list[str]:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from cellview.analysis.model import DEFAULT_MODEL, ORIGINS, ModelSpec, model_entries
+    from cellview.analysis.model_lookup import DEFAULT_MODEL, ORIGINS, model_entries
+    from cellview.analysis.model_spec import ModelSpec
 
     print("\n".join(model_lookup_lines()))
     entries = model_entries(include_hidden=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cellview.analysis.model import DEVICES, PRECISIONS, TTA_MODES
+from cellview.analysis.classifier import DEVICES, TTA_MODES
+from cellview.analysis.model_spec import PRECISIONS
 from cellview.analysis.stain import STAIN_METHODS
 
 

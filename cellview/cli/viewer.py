@@ -24,7 +24,7 @@ def commands_epilog() -> str:
 
 def kiosk_epilog() -> str:
     """How to leave the kiosk and where its settings live (the top-level help's last paragraph)."""
-    from cellview.viewer.kiosk.core import KioskSettings, default_settings_path
+    from cellview.viewer.kiosk.settings import KioskSettings, default_settings_path
 
     chord = KioskSettings().exit_chord
     return "\n".join([

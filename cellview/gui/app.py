@@ -44,7 +44,9 @@ def smoke_test(slide: str, timeout_s: float = 120.0) -> int:
     os.environ["CELLVIEW_SETTINGS_FILE"] = str(Path(tmp.name) / "settings.ini")
     from PySide6.QtCore import QTimer
 
-    from cellview.analysis.model import ModelSpec, OnnxClassifier, available_models
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_lookup import available_models
+    from cellview.analysis.model_spec import ModelSpec
     from cellview.gui.mainwindow import MainWindow
 
     t0 = time.perf_counter()
@@ -86,7 +88,7 @@ def run_gui(args: argparse.Namespace) -> int:
 
         return run_kiosk(args)
     app = make_app()
-    from cellview.analysis.model import resolve_model
+    from cellview.analysis.model_lookup import resolve_model
     from cellview.base.errors import CellviewError
     from cellview.gui.mainwindow import MainWindow
 

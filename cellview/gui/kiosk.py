@@ -2,9 +2,9 @@
 
 The behaviour that must hold without an operator (half-copied files are never opened, a bad
 file never stops the station, the outbox never overwrites a case) lives in the Qt-free
-``cellview.viewer.kiosk.core``; this module wires it to widgets and timers. The viewer state is the
+``cellview.viewer.kiosk`` package; this module wires it to widgets and timers. The viewer state is the
 desktop's own ``ViewerModel``: a case is ``model.open(path, analyse=True, source=…)`` with the
-kiosk's preloaded classifier as the source (``kiosk.iter_case``: analyse, then export to the
+kiosk's preloaded classifier as the source (``kiosk.cases.iter_case``: analyse, then export to the
 outbox), so the overlay streams exactly as on the desktop and no run set-up is repeated here.
 Model preparation (minutes on a first TensorRT start) runs on a ``Worker`` behind a screen.
 """
@@ -44,7 +44,8 @@ from PySide6.QtWidgets import (
 )
 
 from cellview.analysis.cache import ResultCache
-from cellview.analysis.model import CATEGORY_COLORS, PRECISION_LABELS, OnnxClassifier
+from cellview.analysis.classifier import OnnxClassifier
+from cellview.analysis.model_spec import CATEGORY_COLORS, PRECISION_LABELS
 from cellview.analysis.pipeline import CancelToken, analyze
 from cellview.analysis.results import AnalysisParams, AnalysisResult, plural
 from cellview.base.errors import CellviewError
@@ -53,18 +54,14 @@ from cellview.gui.qtapp import make_app
 from cellview.gui.touch import FilePickerSheet, ScaleSheet, TileSheet
 from cellview.gui.touch import text_label as _label
 from cellview.gui.worker import Worker
+from cellview.outputs.legend import STAIN_LABELS, TTA_LABELS
 from cellview.slides.slide import slide_display_name
-from cellview.viewer.kiosk.core import (
-    CaseResult,
-    KioskSettings,
-    RecentCases,
-    SalvagedSettings,
-    WatchFolder,
-    analysed_in_outbox,
-    iter_case,
-    load_classifier,
-)
-from cellview.viewer.model import STAIN_LABELS, TTA_LABELS, AnalysisRequest, Event, ModelOptions
+from cellview.viewer.analysis import AnalysisRequest
+from cellview.viewer.analysis_settings import ModelOptions
+from cellview.viewer.events import Event
+from cellview.viewer.kiosk.cases import CaseResult, RecentCases, analysed_in_outbox, iter_case, load_classifier
+from cellview.viewer.kiosk.settings import KioskSettings, SalvagedSettings
+from cellview.viewer.kiosk.watch import WatchFolder
 
 log = logging.getLogger(__name__)
 
@@ -370,8 +367,8 @@ class KioskWindow(MainWindow):
             workers=settings.workers, stain_normalize=settings.stain_normalize, tta=settings.tta,
             precision=settings.precision))
         self.use_cache = False
-        self.model.ask_scale = None  # nobody may be at the screen: the settings' mpp_um applies or the case fails
-        self.model.auto_analyse = False  # cases are started by the kiosk itself
+        self.model.slide.ask_scale = None  # nobody may be at the screen: the settings' mpp_um applies or the case fails
+        self.model.analysis.auto_analyse = False  # cases are started by the kiosk itself
         self.setWindowFlags(Qt.WindowType.Window | Qt.WindowType.FramelessWindowHint
                             | Qt.WindowType.WindowStaysOnTopHint)
         self.setWindowTitle("CellView kiosk")
@@ -423,11 +420,11 @@ class KioskWindow(MainWindow):
         self.prepare_timer = QTimer(self, interval=1000)
         self.prepare_timer.timeout.connect(self._tick_prepare)
         self._activity = _ActivityFilter(self.note_activity)
-        ev = self.model.events
+        ev = self.model.analysis.events
         ev.job_item.connect(self._on_case_item)
         ev.result.connect(self._on_case_result_shown)
         ev.run_ended.connect(lambda e: self._on_case_done())
-        ev.open_failed.connect(self._on_open_failed)
+        self.model.slide.events.open_failed.connect(self._on_open_failed)
 
     # ------------------------------------------------------------------------------ layout
 
@@ -718,7 +715,7 @@ class KioskWindow(MainWindow):
             self.call_label.setText("" if result is None else "Analysing…")
             self.shares_label.setText("")
             return
-        anyway = self.model.overlay.show_out_of_domain
+        anyway = self.model.overlay.settings.show_out_of_domain
         n_out = int(result.out_of_domain.sum())
         out_text = f" · {n_out:,} out of domain" if n_out else ""
         state = "" if result.status == "complete" else (" (so far)" if result.status == "running" else
@@ -730,7 +727,7 @@ class KioskWindow(MainWindow):
         pct = result.category_percentages(anyway)
         order = sorted(pct, key=lambda c: -pct[c])
         top = order[0]
-        warn = "<span style='color:#ffb347'>⚠</span> " if self.model.domain_notice().banner else ""
+        warn = "<span style='color:#ffb347'>⚠</span> " if self.model.overlay.notice().banner else ""
         self.call_label.setText(f"{warn}<span style='color:{CATEGORY_COLORS[top]}'>■</span> {top.capitalize()} "
                                 f"{pct[top]}%{state}")
         self.shares_label.setText(" · ".join(f"{c} {pct[c]}%" for c in order[1:])
@@ -738,7 +735,7 @@ class KioskWindow(MainWindow):
 
     def repaint_overlay(self, *args) -> None:
         super().repaint_overlay(*args)
-        result = self.model.shown_result()
+        result = self.model.analysis.shown_result()
         self._show_call(result)
         if self.tile_sheet.isVisible() and result is not None and 0 <= self.tile_sheet.index < result.n_tiles:
             self.tile_sheet.show_tile(self.tile_sheet.index, result)  # a streaming run: its call may arrive now
@@ -747,8 +744,8 @@ class KioskWindow(MainWindow):
 
     def _view_clicked(self, l0_x: float, l0_y: float) -> None:
         """A tap on the slide: the tile's call in a sheet over the slide, away from the finger."""
-        index = self.model.select_at(l0_x, l0_y)
-        result = self.model.shown_result()
+        index = self.model.selection.select_at(l0_x, l0_y)
+        result = self.model.analysis.shown_result()
         if index < 0 or result is None:
             self.hide_tile_sheet()
             return
@@ -782,7 +779,7 @@ class KioskWindow(MainWindow):
 
     def _on_domain(self, event: Event) -> None:
         super()._on_domain(event)
-        self._show_call(self.model.shown_result())
+        self._show_call(self.model.analysis.shown_result())
 
     def _fill_screen(self) -> None:
         """Full screen, also where no window manager honours the full-screen request (bare X kiosk)."""
@@ -894,8 +891,8 @@ class KioskWindow(MainWindow):
     def _on_model(self, classifier: OnnxClassifier) -> None:
         self.prepare_timer.stop()
         self.classifier = classifier
-        self.model.spec = classifier.spec
-        self.model.explain_classifier = classifier  # activation maps from the loaded model, no second copy
+        self.model.analysis.spec = classifier.spec
+        self.model.explain.classifier = classifier  # activation maps from the loaded model, no second copy
         self._fill_modes(classifier.spec.class_names)
         self.inspector.set_class_names(classifier.spec.class_names)
         self.provider_badge.setText(classifier.describe())
@@ -909,7 +906,7 @@ class KioskWindow(MainWindow):
                 log.warning("%s", problem.message)
             self.settings_problems += dropped
             self._show_settings_problems()
-        self.model.set_model_options(ModelOptions.from_spec(classifier.spec))  # the viewer's settings follow
+        self.model.settings.set_model_options(ModelOptions.from_spec(classifier.spec))  # the viewer's settings follow
         self._show_run_options_line(classifier)
         self.modelReady.emit(classifier)
         self.set_page("waiting")
@@ -1054,7 +1051,7 @@ class KioskWindow(MainWindow):
         case, self._last_case = self._last_case, None
         if case is not None and case.status == "failed":
             self._fail_case(case.message, show=not case.needs_scale)  # the scale sheet says it and offers the fix
-        elif self.model.slide is None and self.page == "case":
+        elif self.model.slide.opened is None and self.page == "case":
             self.set_page("waiting")
         if case is not None and case.ok:
             self._finished_case, self._finished_at = case, time.monotonic()
@@ -1189,7 +1186,8 @@ class KioskWindow(MainWindow):
             return
         self.idle = True
         unseen = self._finished_case if self._finished_at > self._last_activity else None
-        if unseen is not None and self.model.slide is not None and Path(self.model.slide.path) == unseen.path:
+        opened = self.model.slide.opened
+        if unseen is not None and opened is not None and Path(opened.path) == unseen.path:
             self._wake_case = unseen
         elif self.current_case is None and self.classifier is not None:
             self.set_page("waiting")
@@ -1219,7 +1217,7 @@ class KioskWindow(MainWindow):
         self.idle_screen.hide()
         case, self._wake_case = self._wake_case, None
         if case is not None and self.current_case is None:
-            if self.model.slide is not None and Path(self.model.slide.path) == case.path:
+            if self.model.slide.opened is not None and Path(self.model.slide.opened.path) == case.path:
                 self._show_case_page()
             else:
                 self.open_case(case)

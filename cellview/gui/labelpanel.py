@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cellview.analysis.model import CATEGORIES
+from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.results import plural
 from cellview.base.errors import CellviewError
 from cellview.gui.panels import section, show_model_card
@@ -154,8 +154,10 @@ class LabelsPanel(QWidget):
 
 
 def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsModel, LabelsPanel]:
-    """Add labelling to a ``MainWindow`` (not imported here: it imports this module): the model, the card at ``layout`` position ``at``, the menu, the view hooks."""
-    labels = LabelsModel(window.model)
+    """Add labelling to a ``MainWindow`` (not imported here: it imports this module): its model's labelling part,
+    the card at ``layout`` position ``at``, the menu, the view hooks."""
+    labels = window.model.labels
+    assert labels is not None, "the window's model was made without labelling"
     card, c = section("Labels (teach the model your lab)")
     panel = LabelsPanel(labels)
     c.addWidget(panel)
@@ -172,8 +174,8 @@ def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsMod
 
     labels.events.labels.connect(redraw)
     labels.events.picked.connect(redraw)
-    window.model.events.result.connect(lambda e: panel.refresh())
-    window.model.events.selection.connect(lambda e: panel.refresh())
+    window.model.analysis.events.result.connect(lambda e: panel.refresh())
+    window.model.selection.events.selection.connect(lambda e: panel.refresh())
 
     menu = QMenu("&Labels", window)
     window.menuBar().insertMenu(window.menuBar().actions()[-1], menu)  # before Help
@@ -203,7 +205,7 @@ def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsMod
         adapt_action.setEnabled(bool(labels.labelled_slides()))
 
     labels.events.labels.connect(name_keys)
-    window.model.events.result.connect(name_keys)
+    window.model.analysis.events.result.connect(name_keys)
     name_keys()
     return labels, panel
 
@@ -264,7 +266,7 @@ class AdaptDialog(QDialog):
     def _setup_page(self) -> QWidget:
         page = QWidget()
         lay = QVBoxLayout(page)
-        model_path = self.window_.model.model_path
+        model_path = self.window_.model.settings.model_path
         base = _model_name(model_path) if model_path else "(no model selected)"
         slides = self.labels.labelled_slides()
         items = []
@@ -393,7 +395,8 @@ class AdaptDialog(QDialog):
         """Select the adapted model and analyse the open slide with it."""
         window = self.window_
         window.refresh_models(select=str(Path(self.report.written).absolute()))
-        if not window.model.running and window.model.can_analyse and not window.model.auto_analyse:
+        analysis = window.model.analysis
+        if not analysis.running and analysis.can_analyse and not analysis.auto_analyse:
             window.start_analysis()
         self.accept()
 

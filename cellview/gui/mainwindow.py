@@ -41,16 +41,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cellview.analysis.model import (
-    CATEGORY_COLORS,
-    DEFAULT_MODEL,
-    DEVICES,
-    PRECISION_CHOICES,
-    PRECISIONS,
-    TTA_MODES,
-    ModelSpec,
-    available_models,
-)
+from cellview.analysis.classifier import DEVICES, TTA_MODES
+from cellview.analysis.model_lookup import DEFAULT_MODEL, available_models
+from cellview.analysis.model_spec import CATEGORY_COLORS, PRECISION_CHOICES, PRECISIONS, ModelSpec
 from cellview.analysis.morphology import Region
 from cellview.analysis.results import AnalysisParams, AnalysisResult, plural
 from cellview.analysis.stain import STAIN_METHODS
@@ -69,7 +62,15 @@ from cellview.gui.panels import (
 from cellview.gui.slideview import ARROW_STEPS, SlideView
 from cellview.gui.tasks import PatchLoaded, PatchRequest, TileLoaded, TileRequests, tile_loader_task
 from cellview.gui.worker import QtRunner, Worker
-from cellview.outputs.legend import category_rows, describe_legend, format_um, out_of_domain_row
+from cellview.outputs.legend import (
+    STAIN_LABELS,
+    TTA_LABELS,
+    category_rows,
+    describe_legend,
+    describe_run_options,
+    format_um,
+    out_of_domain_row,
+)
 from cellview.outputs.overlay import (
     PER_SLIDE,
     STYLES,
@@ -82,20 +83,14 @@ from cellview.outputs.overlay import (
     out_of_domain_runs,
     probability_lut,
 )
-from cellview.slides.slide import SUPPORTED_SUFFIXES, describe_skipped
-from cellview.viewer.model import (
-    STAIN_LABELS,
-    TTA_LABELS,
-    WHOLE_IMAGE,
-    DomainNotice,
-    Event,
-    ExplainState,
-    ModelReady,
-    Opened,
-    Progress,
-    ViewerModel,
-    describe_run_options,
-)
+from cellview.slides.levels import describe_skipped
+from cellview.slides.slide import SUPPORTED_SUFFIXES
+from cellview.viewer.analysis import ModelReady, Progress
+from cellview.viewer.events import Event
+from cellview.viewer.explain import ExplainState
+from cellview.viewer.model import ViewerModel
+from cellview.viewer.overlay import DomainNotice
+from cellview.viewer.slide import WHOLE_IMAGE, Opened
 
 LOADER_THREADS = 2
 REPAINT_INTERVAL_MS = 100
@@ -238,9 +233,9 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.runner = QtRunner(self)
         self.runner.started.connect(self._on_job_started)
-        self.model = ViewerModel(self.runner, analysis_defaults, store=cfg.STORE)
-        self.model.ask_scale = lambda opened: self.ask_mpp(opened)
-        self.model.auto_analyse = str(cfg.get("auto_analyse", "true")).lower() == "true"
+        self.model = ViewerModel(self.runner, analysis_defaults, store=cfg.STORE, labelling=self.LABELLING)
+        self.model.slide.ask_scale = lambda opened: self.ask_mpp(opened)
+        self.model.analysis.auto_analyse = str(cfg.get("auto_analyse", "true")).lower() == "true"
         self.setWindowTitle("CellView")
         self.setAcceptDrops(True)
         self.resize(1600, 1000)
@@ -261,7 +256,7 @@ class MainWindow(QMainWindow):
         self.view.empty_hint.openRequested.connect(self.choose_slide)
         self.view.empty_hint.recentRequested.connect(self.open_path)
         self.domain_banner = DomainBanner()
-        self.domain_banner.showAnywayToggled.connect(self.model.show_calls_anyway)
+        self.domain_banner.showAnywayToggled.connect(self.model.overlay.show_calls_anyway)
         self.canvas = QWidget()  # the banner above the slide (the kiosk moves the banner into its panel)
         canvas = QVBoxLayout(self.canvas)
         canvas.setContentsMargins(0, 0, 0, 0)
@@ -291,28 +286,34 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------------------ model wiring
 
     def _connect_model(self) -> None:
+        slide = self.model.slide.events
+        slide.slide.connect(self._on_slide)
+        slide.slide_image.connect(self._on_slide_image)
+        slide.opening.connect(self._on_opening)
+        settings = self.model.settings.events
+        settings.model.connect(self._on_model_selected)
+        settings.settings.connect(lambda e: (self._show_run_options(), self._update_summary()))
+        settings.model_options.connect(lambda e: self._show_run_options())
+        analysis = self.model.analysis.events
+        analysis.model_ready.connect(self._on_model_ready)
+        analysis.running.connect(self._on_running)
+        analysis.progress.connect(self._on_progress)
+        analysis.tiles.connect(self._on_tiles)
+        analysis.result.connect(self._on_result)
+        overlay = self.model.overlay.events
+        overlay.overlay.connect(self._on_overlay)
+        overlay.domain.connect(self._on_domain)
+        selection = self.model.selection.events
+        selection.selection.connect(self._on_selection)
+        selection.hover.connect(self._on_hover)
+        self.model.regions.events.regions.connect(self._on_regions)
+        self.model.tissue.events.tissue.connect(self._on_tissue)
+        explain = self.model.explain.events
+        explain.explanation.connect(self._on_explanation)
+        explain.stain.connect(self._request_patch)
         ev = self.model.events
-        ev.slide.connect(self._on_slide)
-        ev.slide_image.connect(self._on_slide_image)
-        ev.opening.connect(self._on_opening)
-        ev.model.connect(self._on_model_selected)
-        ev.model_ready.connect(self._on_model_ready)
-        ev.settings.connect(lambda e: (self._show_run_options(), self._update_summary()))
-        ev.model_options.connect(lambda e: self._show_run_options())
-        ev.running.connect(self._on_running)
-        ev.progress.connect(self._on_progress)
-        ev.tiles.connect(self._on_tiles)
-        ev.result.connect(self._on_result)
-        ev.selection.connect(self._on_selection)
-        ev.overlay.connect(self._on_overlay)
-        ev.regions.connect(self._on_regions)
-        ev.tissue.connect(self._on_tissue)
         ev.status.connect(lambda e: self.statusBar().showMessage(e.value, 8000))
         ev.error.connect(lambda e: self.show_error(e.value[1], e.value[0]))
-        ev.domain.connect(self._on_domain)
-        ev.explanation.connect(self._on_explanation)
-        ev.hover.connect(self._on_hover)
-        ev.stain.connect(self._request_patch)
 
     def _on_job_started(self, name: str, worker: Worker) -> None:
         if name == "analysis":
@@ -323,36 +324,36 @@ class MainWindow(QMainWindow):
 
     @property
     def defaults(self) -> AnalysisParams:
-        return self.model.defaults
+        return self.model.settings.defaults
 
     @property
     def use_cache(self) -> bool:
-        return self.model.use_cache
+        return self.model.analysis.use_cache
 
     @use_cache.setter
     def use_cache(self, value: bool) -> None:
-        self.model.use_cache = bool(value)
+        self.model.analysis.use_cache = bool(value)
 
     @property
     def opened(self) -> Opened | None:
-        return self.model.slide
+        return self.model.slide.opened
 
     @property
     def result(self) -> AnalysisResult | None:
-        return self.model.result
+        return self.model.analysis.result
 
     @property
     def mpp_choice(self) -> float | str | None:
-        return self.model.mpp_choice
+        return self.model.slide.mpp_choice
 
     @property
     def spec(self) -> ModelSpec | None:
-        return self.model.spec
+        return self.model.analysis.spec
 
     @property
     def analysis(self) -> Worker | None:
         """The running analysis' worker (None when none runs)."""
-        return self._analysis_worker if self.model.running else None
+        return self._analysis_worker if self.model.analysis.running else None
 
     @property
     def _workers(self) -> set[Worker]:
@@ -360,11 +361,11 @@ class MainWindow(QMainWindow):
 
     @property
     def _regions_worker(self) -> object | None:
-        return self.model._regions_job if self.model.regions_busy else None
+        return self.model.regions.job if self.model.regions.busy else None
 
     @property
     def region_list(self) -> list[Region]:
-        return self.model.regions
+        return self.model.regions.shown
 
     # ------------------------------------------------------------------------------ layout
 
@@ -373,7 +374,7 @@ class MainWindow(QMainWindow):
         lay = QVBoxLayout(panel)
         lay.setContentsMargins(10, 8, 10, 6)
         lay.setSpacing(8)
-        d = self.model.settings
+        d = self.model.settings.params
 
         card, c = section("Model")
         row = QHBoxLayout()
@@ -388,7 +389,8 @@ class MainWindow(QMainWindow):
         row.addWidget(self.open_model_btn)
         self.card_btn = QPushButton("Card")
         self.card_btn.setToolTip("The selected model's card: what it was trained on, its figures and limits")
-        self.card_btn.clicked.connect(lambda: (show_model_card(self, self.model.model_path), self._take_focus()))
+        self.card_btn.clicked.connect(
+            lambda: (show_model_card(self, self.model.settings.model_path), self._take_focus()))
         row.addWidget(self.card_btn)
         c.addLayout(row)
         row = QHBoxLayout()
@@ -398,7 +400,7 @@ class MainWindow(QMainWindow):
             self.device_box.addItem(label, dev)
         self.device_box.setCurrentIndex(max(0, DEVICES.index(d.device)))
         self.device_box.currentIndexChanged.connect(
-            lambda _i: self.model.set_settings(device=self.device_box.currentData()))
+            lambda _i: self.model.settings.set(device=self.device_box.currentData()))
         row.addWidget(self.device_box, 1)
         c.addLayout(row)
         self.model_info = _hint("")
@@ -431,26 +433,26 @@ class MainWindow(QMainWindow):
         self.nuclei_box = QCheckBox("Measure nuclei per tile (slower)")
         self.nuclei_box.setChecked(d.nuclei)
         self.nuclei_box.setToolTip("Count nuclei and measure their size and shape in every tile (H&E deconvolution)")
-        self.nuclei_box.toggled.connect(lambda on: self.model.set_settings(nuclei=on))
+        self.nuclei_box.toggled.connect(lambda on: self.model.settings.set(nuclei=on))
         c.addWidget(self.nuclei_box)
         self._build_run_options(c)
         self.auto_box = QCheckBox("Analyse automatically when a slide opens or the model changes")
         self.auto_box.setToolTip("Also when stain normalisation or test-time augmentation changes: like another "
                                  "model, they change what the model sees. Other settings wait for Analyse.")
-        self.auto_box.setChecked(self.model.auto_analyse)
+        self.auto_box.setChecked(self.model.analysis.auto_analyse)
         self.auto_box.toggled.connect(self._auto_toggled)
         c.addWidget(self.auto_box)
         lay.addWidget(card)
 
         card, c = section("Heatmap")
         self.show_overlay = QCheckBox("Show heatmap")
-        self.show_overlay.setChecked(self.model.overlay.visible)
-        self.show_overlay.toggled.connect(lambda on: self.model.set_overlay(visible=on))
+        self.show_overlay.setChecked(self.model.overlay.settings.visible)
+        self.show_overlay.toggled.connect(lambda on: self.model.overlay.set(visible=on))
         c.addWidget(self.show_overlay)
         self.show_regions = QCheckBox("Outline malignant regions")
         self.show_regions.setToolTip("Connected malignant tiles at or above the minimum confidence, "
                                      "with bounding boxes and areas")
-        self.show_regions.toggled.connect(lambda on: self.model.set_overlay(show_regions=on))
+        self.show_regions.toggled.connect(lambda on: self.model.overlay.set(show_regions=on))
         c.addWidget(self.show_regions)
         self.regions_label = _hint("")
         self.regions_label.setVisible(False)
@@ -460,10 +462,11 @@ class MainWindow(QMainWindow):
         self.style_box = QComboBox()
         for style in STYLES:
             self.style_box.addItem(STYLE_LABELS[style], style)
-        self.style_box.setCurrentIndex(STYLES.index(self.model.overlay.style))
+        self.style_box.setCurrentIndex(STYLES.index(self.model.overlay.settings.style))
         self.style_box.setToolTip("Outlines leave the stain as scanned: a red fill over eosin pink reads as more "
                                   "staining")
-        self.style_box.currentIndexChanged.connect(lambda _i: self.model.set_overlay(style=self.style_box.currentData()))
+        self.style_box.currentIndexChanged.connect(
+            lambda _i: self.model.overlay.set(style=self.style_box.currentData()))
         form.addRow("Draw", self.style_box)
         self.mode_box = QComboBox()
         self.mode_box.addItem("Category (colour × confidence)", -1)
@@ -471,9 +474,9 @@ class MainWindow(QMainWindow):
         form.addRow("Colour by", self.mode_box)
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
-        self.opacity.setValue(int(round(self.model.overlay.opacity * 100)))
-        self.opacity.valueChanged.connect(lambda v: self.model.set_overlay(opacity=v / 100))
-        self.view.overlay.setOpacity(self.model.overlay.opacity)
+        self.opacity.setValue(int(round(self.model.overlay.settings.opacity * 100)))
+        self.opacity.valueChanged.connect(lambda v: self.model.overlay.set(opacity=v / 100))
+        self.view.overlay.setOpacity(self.model.overlay.settings.opacity)
         form.addRow("Fill opacity", self.opacity)
         thr_row = QHBoxLayout()
         self.threshold = QSlider(Qt.Orientation.Horizontal)
@@ -487,10 +490,10 @@ class MainWindow(QMainWindow):
         form.addRow("Min. confidence", thr_row)
         c.addLayout(form)
         self.toggles = CategoryToggles()
-        self.toggles.changed.connect(lambda: self.model.set_overlay(categories=self.toggles.selected()))
+        self.toggles.changed.connect(lambda: self.model.overlay.set(categories=self.toggles.selected()))
         c.addWidget(self.toggles)
         self.filter_notice = FilterNotice()  # a filter or an override of the domain warning is never silent
-        self.filter_notice.resetRequested.connect(lambda: self.model.set_overlay(**PER_SLIDE))
+        self.filter_notice.resetRequested.connect(lambda: self.model.overlay.set(**PER_SLIDE))
         c.addWidget(self.filter_notice)
         self.colour_hint = _hint("")
         c.addWidget(self.colour_hint)
@@ -527,7 +530,7 @@ class MainWindow(QMainWindow):
         self.tissue_frac.setRange(0.0, 1.0)
         self.tissue_frac.setSingleStep(0.05)
         self.tissue_frac.setValue(d.tissue_threshold)
-        self.tissue_frac.valueChanged.connect(lambda v: self.model.set_settings(tissue_threshold=float(v)))
+        self.tissue_frac.valueChanged.connect(lambda v: self.model.settings.set(tissue_threshold=float(v)))
         form.addRow("Method", self.tissue_method)
         form.addRow("Min. threshold", self.tissue_min)
         form.addRow("Min. object", self.tissue_min_obj)
@@ -546,8 +549,8 @@ class MainWindow(QMainWindow):
 
         card, c = section("Tile inspector")
         self.inspector = TileInspector()
-        self.inspector.explainToggled.connect(self.model.set_explain)
-        self.inspector.explainClassChosen.connect(self.model.set_explain_class)
+        self.inspector.explainToggled.connect(self.model.explain.set_on)
+        self.inspector.explainClassChosen.connect(self.model.explain.set_class)
         c.addWidget(self.inspector)
         lay.addWidget(card)
         lay.addStretch(1)
@@ -592,18 +595,18 @@ class MainWindow(QMainWindow):
         for method in STAIN_METHODS:
             self.stain_box.addItem(STAIN_LABELS[method], method)
         self.stain_box.currentIndexChanged.connect(
-            lambda _i: self.model.set_settings(stain_normalize=self.stain_box.currentData()))
+            lambda _i: self.model.settings.set(stain_normalize=self.stain_box.currentData()))
         self.tta_box = QComboBox()
         for mode in TTA_MODES:
             self.tta_box.addItem(TTA_LABELS[mode] + ("" if mode == "none" else " (slower)"), mode)
         self.tta_box.setToolTip(self.TTA_TIP)
-        self.tta_box.currentIndexChanged.connect(lambda _i: self.model.set_settings(tta=self.tta_box.currentData()))
+        self.tta_box.currentIndexChanged.connect(lambda _i: self.model.settings.set(tta=self.tta_box.currentData()))
         self.precision_box = QComboBox()
         for precision in PRECISIONS:
             self.precision_box.addItem(PRECISION_CHOICES[precision], precision)
         self.precision_box.setToolTip(self.PRECISION_TIP)
         self.precision_box.currentIndexChanged.connect(
-            lambda _i: self.model.set_settings(precision=self.precision_box.currentData()))
+            lambda _i: self.model.settings.set(precision=self.precision_box.currentData()))
         self.stain_hint = _hint("")  # why normalisation is unavailable, under its control
         self.stain_hint.setVisible(False)
         form.addRow("Stain normalisation", self.stain_box)
@@ -615,15 +618,15 @@ class MainWindow(QMainWindow):
 
     def _show_run_options(self) -> None:
         """The combo boxes follow the model's settings and options (without re-emitting their signals)."""
-        d, options = self.model.settings, self.model.model_options
+        d, options = self.model.settings.params, self.model.settings.options
         for box, value in ((self.stain_box, d.stain_normalize), (self.tta_box, d.tta),
                            (self.precision_box, d.precision)):
             box.blockSignals(True)
             box.setCurrentIndex(max(0, box.findData(value)))
             box.blockSignals(False)
-        self.stain_box.setEnabled(options.stain_available and not self.model.running)
-        self.tta_box.setEnabled(not self.model.running)
-        self.precision_box.setEnabled(not self.model.running)
+        self.stain_box.setEnabled(options.stain_available and not self.model.analysis.running)
+        self.tta_box.setEnabled(not self.model.analysis.running)
+        self.precision_box.setEnabled(not self.model.analysis.running)
         if options.stain_available:
             self.stain_box.setToolTip(self.STAIN_TIP)
             self.stain_hint.setVisible(False)
@@ -631,7 +634,7 @@ class MainWindow(QMainWindow):
             why = f"Stain normalisation is unavailable. {options.stain_unavailable}"
             self.stain_box.setToolTip(why)
             self.stain_hint.setText(why)
-            self.stain_hint.setVisible(self.model.model_path is not None)
+            self.stain_hint.setVisible(self.model.settings.model_path is not None)
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
@@ -658,11 +661,11 @@ class MainWindow(QMainWindow):
         zoom_in.setShortcuts([QKeySequence(QKeySequence.StandardKey.ZoomIn), QKeySequence("Ctrl+=")])  # no Shift needed
         m.addAction("Zoom out", QKeySequence.StandardKey.ZoomOut, lambda: self.view.zoom(1 / 1.5))
         self.act_heatmap = QAction("Show heatmap", self, checkable=True, checked=True, shortcut=QKeySequence("H"))
-        self.act_heatmap.toggled.connect(lambda on: self.model.set_overlay(visible=on))
+        self.act_heatmap.toggled.connect(lambda on: self.model.overlay.set(visible=on))
         m.addAction(self.act_heatmap)
         self.act_regions = QAction("Outline malignant regions", self, checkable=True, checked=False,
                                    shortcut=QKeySequence("R"))
-        self.act_regions.toggled.connect(lambda on: self.model.set_overlay(show_regions=on))
+        self.act_regions.toggled.connect(lambda on: self.model.overlay.set(show_regions=on))
         m.addAction(self.act_regions)
         m.addAction("Next drawing style (outlines / fill)", QKeySequence("O"), self._next_style)
         m = bar.addMenu("&Analysis")
@@ -790,7 +793,7 @@ class MainWindow(QMainWindow):
         self._show_model_info()
 
     def _show_model_info(self) -> None:
-        path = self.model.model_path
+        path = self.model.settings.model_path
         if not path:
             self.model_info.setText("Put models in models/<name>/model.onnx with model.json, or open one.")
             return
@@ -838,30 +841,30 @@ class MainWindow(QMainWindow):
         idx = self.mode_box.findData(current)
         self.mode_box.setCurrentIndex(idx if idx >= 0 else 0)
         self.mode_box.blockSignals(False)
-        if self.mode_box.currentData() != self.model.overlay.mode:
-            self.model.set_overlay(mode=int(self.mode_box.currentData()))
+        if self.mode_box.currentData() != self.model.overlay.settings.mode:
+            self.model.overlay.set(mode=int(self.mode_box.currentData()))
 
     # ------------------------------------------------------------------------------ opening
 
     def choose_slide(self) -> None:
         exts = " ".join(f"*{s}" for s in sorted(SUPPORTED_SUFFIXES))
-        name, _ = QFileDialog.getOpenFileName(self, "Open slide or image", self.model.open_dialog_dir(),
+        name, _ = QFileDialog.getOpenFileName(self, "Open slide or image", self.model.slide.open_dialog_dir(),
                                               f"Slides and images ({exts});;All files (*)")
         self._take_focus()
         if name:
-            self.model.remember_open_dir(name)
+            self.model.slide.remember_open_dir(name)
             self.open_path(name)
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
-        recent = self.model.recent_slides()
+        recent = self.model.slide.recent()
         for item in recent:
             self.recent_menu.addAction(item.name, lambda p=item.path: self.open_path(p)).setToolTip(item.path)
         if not recent:
             self.recent_menu.addAction("(none)").setEnabled(False)
 
     def _show_recent(self) -> None:
-        self.view.empty_hint.set_recent([(r.path, r.name) for r in self.model.recent_slides()])
+        self.view.empty_hint.set_recent([(r.path, r.name) for r in self.model.slide.recent()])
         self.view.place_overlays()
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
@@ -941,12 +944,12 @@ class MainWindow(QMainWindow):
         self.loaders, self.requests = [], None
 
     def _update_slide_label(self) -> None:
-        opened = self.model.slide
+        opened = self.model.slide.opened
         if opened is None:
             return
         info = opened.info
         w, h = info.dimensions
-        if self.model.mpp_choice == WHOLE_IMAGE:
+        if self.model.slide.mpp_choice == WHOLE_IMAGE:
             scale = "scale unknown: classified as one image"
         elif info.mpp is None:
             scale = "pixel size unknown"
@@ -969,7 +972,7 @@ class MainWindow(QMainWindow):
         if isinstance(item, TileLoaded):
             self.view.tile_loaded(item)
         elif isinstance(item, PatchLoaded):
-            result = self.model.shown_result()
+            result = self.model.analysis.shown_result()
             if result is not None and item.grid_id == id(result.grid) and item.index == self.inspector.index:
                 self.inspector.set_patch(item.rgb, item.nuclei, item.contoured)
                 self.patchShown.emit(item.index)
@@ -977,29 +980,29 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------------------ analysis
 
     def _auto_toggled(self, on: bool) -> None:
-        self.model.auto_analyse = on
+        self.model.analysis.auto_analyse = on
         cfg.put("auto_analyse", "true" if on else "false")
 
     def start_analysis(self) -> None:
-        self.model.start_analysis()
+        self.model.analysis.start()
 
     def cancel_analysis(self) -> None:
-        if self.model.running:
-            self.model.cancel_analysis()
+        if self.model.analysis.running:
+            self.model.analysis.cancel()
             self.progress.setFormat("Cancelling… %v / %m tiles")
 
     def _sync_actions(self) -> None:
         """Buttons and menu entries follow the model: nothing to analyse without a slide."""
-        running = self.model.running
-        self.analyse_btn.setEnabled(self.model.can_analyse)
-        self.act_analyse.setEnabled(self.model.can_analyse)
+        running = self.model.analysis.running
+        self.analyse_btn.setEnabled(self.model.analysis.can_analyse)
+        self.act_analyse.setEnabled(self.model.analysis.can_analyse)
         self.cancel_btn.setEnabled(running)
         self.act_cancel.setEnabled(running)
         self.model_box.setEnabled(not running)
         self.device_box.setEnabled(not running)
         self._show_run_options()
         for act in self.export_actions:
-            act.setEnabled(self.model.can_export)
+            act.setEnabled(self.model.exports.can_export)
 
     def _on_running(self, event: Event) -> None:
         if event.value:
@@ -1007,7 +1010,8 @@ class MainWindow(QMainWindow):
             self.view.set_label(None)
             self.inspector.clear()
             self.view.set_selection(None)
-            self.provider_label.setText(f"Loading {Path(self.model.model_path or '').parent.name or 'model'}…")
+            name = Path(self.model.settings.model_path or "").parent.name
+            self.provider_label.setText(f"Loading {name or 'model'}…")
             self._repaint_timer.start()
         else:
             self._repaint_timer.stop()
@@ -1052,7 +1056,7 @@ class MainWindow(QMainWindow):
     def _on_result(self, event: Event) -> None:
         result: AnalysisResult | None = event.value
         self._dirty = False
-        if result is None and not self.model.running and self.model.model_ready is None:
+        if result is None and not self.model.analysis.running and self.model.analysis.model_ready is None:
             self.provider_label.setText("")  # e.g. another model chosen: its provider is not known yet
             self.provider_label.setToolTip("")
         self.repaint_overlay()
@@ -1069,15 +1073,15 @@ class MainWindow(QMainWindow):
 
     def _threshold_changed(self, value: int) -> None:
         self.threshold_label.setText(f"{value}%")
-        self.model.set_overlay(min_confidence=value / 100)
+        self.model.overlay.set(min_confidence=value / 100)
 
     def _mode_changed(self, *args) -> None:
         k = self.mode_box.currentData()
-        self.model.set_overlay(mode=int(k if k is not None else -1))
+        self.model.overlay.set(mode=int(k if k is not None else -1))
 
     def _next_style(self) -> None:
-        style = STYLES[(STYLES.index(self.model.overlay.style) + 1) % len(STYLES)]
-        self.model.set_overlay(style=style)
+        style = STYLES[(STYLES.index(self.model.overlay.settings.style) + 1) % len(STYLES)]
+        self.model.overlay.set(style=style)
 
     def _on_overlay(self, event: Event) -> None:
         ov = event.value
@@ -1103,8 +1107,8 @@ class MainWindow(QMainWindow):
         self.repaint_overlay()
 
     def _update_colour_hint(self) -> None:
-        ov = self.model.overlay
-        names = self.model.spec.class_names if self.model.spec else ()
+        ov = self.model.overlay.settings
+        names = self.model.analysis.spec.class_names if self.model.analysis.spec else ()
         self.colorbar.setVisible(not ov.by_category)
         self.opacity.setEnabled(ov.draws_fill)
         if not ov.by_category and ov.mode < len(names):
@@ -1113,11 +1117,11 @@ class MainWindow(QMainWindow):
 
     def overlay_rgba(self, result: AnalysisResult) -> np.ndarray:
         """The fill image, one pixel per grid cell, exactly as painted (``overlay.fill_rgba``)."""
-        return fill_rgba(result, self.model.overlay, self.lut)
+        return fill_rgba(result, self.model.overlay.settings, self.lut)
 
     def repaint_overlay(self, *args) -> None:
-        result = self.model.shown_result()
-        ov = self.model.overlay
+        result = self.model.analysis.shown_result()
+        ov = self.model.overlay.settings
         if result is None:
             self.view.set_overlay(None)
             self.view.set_out_of_domain(np.zeros((0, 4)))
@@ -1143,9 +1147,9 @@ class MainWindow(QMainWindow):
         self.toggles.set_out_of_domain(out_of_domain_row(result, ov))
         self._update_summary()
         self._update_single_label(result)
-        if 0 <= self.model.selection < g.n_tiles and self.inspector.index == self.model.selection:
-            self.inspector.show_tile(self.model.selection, result, self.model.mpp_um())
-        if self.model.running:
+        if 0 <= self.model.selection.index < g.n_tiles and self.inspector.index == self.model.selection.index:
+            self.inspector.show_tile(self.model.selection.index, result, self.model.slide.mpp_um())
+        if self.model.analysis.running:
             if not self._regions_timer.isActive():  # throttled while batches stream in
                 self._regions_timer.start()
         else:
@@ -1154,15 +1158,15 @@ class MainWindow(QMainWindow):
         self.overlayPainted.emit()
 
     def update_regions(self, *args) -> None:
-        self.model.update_regions()
+        self.model.regions.update()
 
     def _on_regions(self, event: Event) -> None:
         regions: list[Region] = event.value
-        if not self.model.overlay.show_regions:
+        if not self.model.overlay.settings.show_regions:
             self.view.set_regions(())
         else:
             self.view.set_regions(regions[:MAX_REGIONS_DRAWN])
-        text = self.model.regions_note()
+        text = self.model.regions.note()
         if len(regions) > MAX_REGIONS_DRAWN:
             text += f" The {MAX_REGIONS_DRAWN} largest are drawn."
         self.regions_label.setText(text)
@@ -1170,7 +1174,7 @@ class MainWindow(QMainWindow):
         self.regionsShown.emit()
 
     def _update_summary(self) -> None:
-        result = self.model.shown_result()
+        result = self.model.analysis.shown_result()
         if result is None:
             self.summary_label.setText("")
             return
@@ -1186,10 +1190,10 @@ class MainWindow(QMainWindow):
         options = describe_run_options(result.params, result.stain)
         if options:
             text += f" {options}."
-        ov = self.model.overlay
+        ov = self.model.overlay.settings
         if ov.min_confidence > 0:
             text += f" Counts: {counted_text(result, ov)}."
-        if self.model.stale:
+        if self.model.analysis.stale:
             text += " Settings changed since this result: Analyse again to apply them."
         return text
 
@@ -1234,16 +1238,17 @@ class MainWindow(QMainWindow):
             self.update_tissue_preview()
 
     def _tissue_params_changed(self, *args) -> None:
-        self.model.set_tissue(method=self.tissue_method.currentData(), min_threshold=float(self.tissue_min.value()),
+        self.model.settings.set_tissue(method=self.tissue_method.currentData(),
+                                       min_threshold=float(self.tissue_min.value()),
                               min_object_um2=float(self.tissue_min_obj.value()))
         if self.tissue_box.isChecked():
             self._tissue_timer.start()
 
     def update_tissue_preview(self) -> None:
-        if self.model.slide is None or not self.tissue_box.isChecked():
+        if self.model.slide.opened is None or not self.tissue_box.isChecked():
             return
         self.tissue_label.setText("Computing tissue mask…")
-        self.model.preview_tissue()
+        self.model.tissue.preview()
 
     def _on_tissue(self, event: Event) -> None:
         if self.tissue_box.isChecked():
@@ -1257,7 +1262,7 @@ class MainWindow(QMainWindow):
         rgba[edge] = (0, 229, 255, 255)  # tissue outline
         self.view.set_tissue(rgba, QRectF(0, 0, m.shape[1] * mask.downsample, m.shape[0] * mask.downsample))
         self.view.tissue_item.setVisible(self.tissue_box.isChecked())
-        t = self.model.current_params().tissue
+        t = self.model.settings.current().tissue
         self.tissue_label.setText(
             f"{mask.fraction:.0%} of the slide is tissue. Threshold {mask.threshold:.3f} (Otsu, kept within "
             f"{t.min_threshold:.3f}–{t.max_threshold:.3f}). Dimmed areas are skipped.")
@@ -1266,40 +1271,41 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------------------ inspector
 
     def _view_clicked(self, l0_x: float, l0_y: float) -> None:
-        self.model.select_at(l0_x, l0_y)
+        self.model.selection.select_at(l0_x, l0_y)
         self.view.setFocus()
 
     def select_tile(self, index: int) -> None:
-        self.model.select(index)
+        self.model.selection.select(index)
 
     def _on_selection(self, event: Event) -> None:
         index = event.value
-        result = self.model.shown_result()
+        result = self.model.analysis.shown_result()
         if result is None or not 0 <= index < result.n_tiles:
             self.inspector.clear()
             self.view.set_selection(None)
             return
-        self.inspector.show_tile(index, result, self.model.mpp_um())
+        self.inspector.show_tile(index, result, self.model.slide.mpp_um())
         self.view.set_selection(result.grid.rect(index))
         self._request_patch()
 
     def _request_patch(self, *args) -> None:
         """The selected tile's patch as the model was fed it (once the run's stain transform is fitted)."""
-        result, index = self.model.shown_result(), self.model.selection
+        result, index = self.model.analysis.shown_result(), self.model.selection.index
         if self.requests is None or result is None or not 0 <= index < result.n_tiles:
             return
-        if self.model.stain_pending:
+        if self.model.explain.stain_pending:
             self.inspector.set_patch_note("Normalising the stain as the model saw it…")
-            self.model.request_stain()  # events.stain asks again
+            self.model.explain.request_stain()  # events.stain asks again
             return
-        stain = self.model.patch_stain()
+        stain = self.model.explain.patch_stain()
         self.inspector.set_patch_note("Stain-normalised, as fed to the model" if stain is not None else "")
-        self.requests.add_patch(PatchRequest(index, result.grid, self.model.mpp_um(), self.inspector.PATCH_PX, stain))
+        self.requests.add_patch(PatchRequest(index, result.grid, self.model.slide.mpp_um(), self.inspector.PATCH_PX,
+                                             stain))
 
     def step_selection(self, d_row: int, d_col: int) -> None:
         """Move to the nearest tile in that direction and keep it in view."""
-        index = self.model.step(d_row, d_col)
-        result = self.model.shown_result()
+        index = self.model.selection.step(d_row, d_col)
+        result = self.model.analysis.shown_result()
         if index >= 0 and result is not None:
             x, y, w, h = result.grid.rect(index)
             if not self.view.visible_l0_rect().contains(QRectF(x, y, w, h)):
@@ -1312,7 +1318,7 @@ class MainWindow(QMainWindow):
         super().keyPressEvent(event)
 
     def _view_hovered(self, l0_x: float, l0_y: float) -> None:
-        text = self.model.hover_at(l0_x, l0_y)
+        text = self.model.selection.hover_at(l0_x, l0_y)
         if text:
             pos = self.view.mapToGlobal(self.view.mapFromScene(self.view.vb.mapViewToScene(QPointF(l0_x, l0_y))))
             QToolTip.showText(pos, text, self.view)
@@ -1328,10 +1334,10 @@ class MainWindow(QMainWindow):
 
     def export_dialog(self, kind: str) -> Path | None:
         """Ask where to save (the last export folder, else the slide's, else a writable one), then write."""
-        if not self.model.can_export:
+        if not self.model.exports.can_export:
             return None
         try:
-            suggested, note = self.model.suggest_export_path(kind)
+            suggested, note = self.model.exports.suggest_path(kind)
         except CellviewError as exc:
             self.show_error(exc, "Export failed")
             return None
@@ -1349,9 +1355,9 @@ class MainWindow(QMainWindow):
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             if kind == "view":
-                self.model.save_export(path, self.render_view_png())
+                self.model.exports.save(path, self.render_view_png())
             else:
-                self.model.export_file(kind, path)
+                self.model.exports.export_file(kind, path)
         except CellviewError as exc:
             self.show_error(exc, "Export failed")
             return None
@@ -1362,10 +1368,10 @@ class MainWindow(QMainWindow):
 
     def export_all_dialog(self) -> dict[str, Path] | None:
         """Every format into one folder, named and written as `cellview analyze` writes them."""
-        if not self.model.can_export:
+        if not self.model.exports.can_export:
             return None
         try:
-            folder, note = self.model.suggest_export_path("folder")
+            folder, note = self.model.exports.suggest_path("folder")
         except CellviewError as exc:
             self.show_error(exc, "Export failed")
             return None
@@ -1378,13 +1384,13 @@ class MainWindow(QMainWindow):
         from cellview.outputs.export import output_paths
         from cellview.slides.slide import slide_stem
 
-        assert self.model.slide is not None
-        existing = [p for p in output_paths(folder, slide_stem(Path(self.model.slide.path)),
-                                            self.model.export_settings.formats).values() if p.exists()]
+        assert self.model.slide.opened is not None
+        existing = [p for p in output_paths(folder, slide_stem(Path(self.model.slide.opened.path)),
+                                            self.model.exports.settings.formats).values() if p.exists()]
         if existing and not self.confirm_overwrite(existing[0]):
             return None
         try:
-            paths = self.model.export_all(folder)
+            paths = self.model.exports.export_all(folder)
         except CellviewError as exc:
             self.show_error(exc, "Export failed")
             return None
@@ -1399,15 +1405,16 @@ class MainWindow(QMainWindow):
         self.view.overview.hide()
         self.view.place_overlays()  # the scale bar measured on the view as it is now
         shot = self.view.grab().toImage()
-        self.view.overview.setVisible(self.model.slide is not None)
-        result = self.model.result
+        self.view.overview.setVisible(self.model.slide.opened is not None)
+        result = self.model.analysis.result
         assert result is not None
-        ov = self.model.overlay
+        ov = self.model.overlay.settings
         rect = self.view.visible_l0_rect()
         extra = [f"View: x {max(0, rect.x()):,.0f}  y {max(0, rect.y()):,.0f} (level 0)"]
-        if self.model.mpp_um():
-            extra.append(f"Field of view: {format_um(round(rect.width() * self.model.mpp_um()))} wide")
-        legend = describe_legend(result, ov, source="the viewer", regions=self.model.regions if ov.show_regions else None,
+        if self.model.slide.mpp_um():
+            extra.append(f"Field of view: {format_um(round(rect.width() * self.model.slide.mpp_um()))} wide")
+        legend = describe_legend(result, ov, source="the viewer",
+                                 regions=self.model.regions.shown if ov.show_regions else None,
                                  region_confidence=ov.min_confidence, extra_header=tuple(extra))
         panel_w = 320
         out = QImage(shot.width() + panel_w, shot.height(), QImage.Format.Format_RGB32)

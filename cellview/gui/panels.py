@@ -31,12 +31,13 @@ from PySide6.QtWidgets import (
 from cellview.analysis.domain import NOT_AVAILABLE, OUT_OF_DOMAIN_RGBA
 from cellview.analysis.explain import colormap
 from cellview.analysis.explain import overlay as cam_overlay
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
 from cellview.analysis.morphology import NucleiMeasurement
 from cellview.analysis.results import plural, whole_percentages
-from cellview.gui.slideview import paint_hatch, rgb_qimage
+from cellview.gui.canvas_items import paint_hatch, rgb_qimage
 from cellview.outputs.legend import CountRow
-from cellview.viewer.model import DomainNotice, ExplainState
+from cellview.viewer.explain import ExplainState
+from cellview.viewer.overlay import DomainNotice
 
 CAM_LUT = colormap(np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :])[0]
 """The class activation map's colour scale (turbo, as in ``cellview explain``'s picture)."""

@@ -9,41 +9,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from html import escape
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRect, QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import (
-    QBrush,
-    QColor,
-    QFont,
-    QFontMetrics,
-    QImage,
-    QPainter,
-    QPainterPath,
-    QPen,
-    QPixmap,
-    QPolygonF,
-    QTransform,
-)
-from PySide6.QtWidgets import (
-    QFrame,
-    QGraphicsItem,
-    QGraphicsPathItem,
-    QGraphicsPixmapItem,
-    QGraphicsRectItem,
-    QLabel,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtGui import QBrush, QColor, QPainter, QPainterPath, QPen, QPixmap, QTransform
+from PySide6.QtWidgets import QGraphicsPathItem, QGraphicsPixmapItem, QGraphicsRectItem, QWidget
 
 from cellview.analysis.morphology import Region
-from cellview.gui.tasks import OVERVIEW_PX, VIEW_TILE_PX, Opened, TileKey, TileLoaded, TileRequests
-from cellview.outputs.legend import ScaleBarSpec, scale_bar
-from cellview.outputs.overlay import CASING_RGB, HATCH_ALPHA, HATCH_RGB, HATCH_SPACING_PX, HATCH_WIDTH_PX, Contour
+from cellview.gui.canvas_items import HatchItem, RegionGraphics, bgra_qimage, contour_items, region_graphics
+from cellview.gui.canvas_widgets import EmptyHint, Overview, ScaleBar
+from cellview.gui.tasks import VIEW_TILE_PX, TileKey, TileLoaded, TileRequests
+from cellview.outputs.overlay import Contour
+from cellview.viewer.slide import OVERVIEW_PX, Opened
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
@@ -51,20 +29,6 @@ CANVAS_BG = "#262a2e"
 
 ARROW_STEPS = {Qt.Key.Key_Left: (0, -1), Qt.Key.Key_Right: (0, 1), Qt.Key.Key_Up: (-1, 0), Qt.Key.Key_Down: (1, 0)}
 """Arrow key -> (d_row, d_col) for stepping the tile selection."""
-
-
-def rgb_qimage(rgb: np.ndarray) -> QImage:
-    """A QImage that owns a copy of an RGB/RGBA uint8 array."""
-    rgb = np.ascontiguousarray(rgb)
-    h, w = rgb.shape[:2]
-    fmt = QImage.Format.Format_RGBA8888 if rgb.shape[2] == 4 else QImage.Format.Format_RGB888
-    return QImage(rgb.data, w, h, rgb.strides[0], fmt).copy()
-
-
-def bgra_qimage(bgra: np.ndarray, opaque: bool = True) -> QImage:
-    """Wrap BGRA bytes as the raster engine's native format (no per-paint conversion)."""
-    fmt = QImage.Format.Format_RGB32 if opaque else QImage.Format.Format_ARGB32_Premultiplied
-    return QImage(bgra.data, bgra.shape[1], bgra.shape[0], bgra.strides[0], fmt)
 
 
 class TileCache:
@@ -99,379 +63,6 @@ class TileCache:
     def clear(self) -> None:
         self._items.clear()
         self.nbytes = 0
-
-
-class ScaleBar(QWidget):
-    """Bottom-left scale bar in µm, redrawn as the zoom changes; hidden without a known scale.
-
-    Its length is ``legend.scale_bar``'s (the longest 1-2-5 length that fits): the bar is drawn
-    exactly that many pixels long and the box is sized around the bar and its label, so nothing
-    is ever clipped and the label is right at every zoom and font size.
-    """
-
-    BASE_PT = 9.5
-    MAX_BAR_PX = 160
-    """The bar's longest length at the base font (it grows with the font)."""
-    MAX_VIEW_SHARE = 0.25
-    """…and never more than this share of the view's width (a small kiosk screen)."""
-
-    def __init__(self, parent: QWidget) -> None:
-        super().__init__(parent)
-        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
-        self.mpp_um: float | None = None
-        self.l0_per_screen_px = 1.0
-        self.view_width_px: int | None = None
-        self.font_pt = self.BASE_PT
-        self.spec: ScaleBarSpec | None = None
-        self.hide()
-
-    @property
-    def k(self) -> float:
-        return self.font_pt / self.BASE_PT
-
-    def set_font_pt(self, pt: float) -> None:
-        """Text size of the label (the kiosk's is read from a metre away); the bar's room grows with it."""
-        self.font_pt = float(pt)
-        self._fit()
-
-    def label_font(self) -> QFont:
-        f = QFont(self.font())
-        f.setPointSizeF(self.font_pt)
-        return f
-
-    def max_bar_px(self) -> float:
-        longest = self.MAX_BAR_PX * self.k
-        if self.view_width_px:
-            longest = min(longest, self.MAX_VIEW_SHARE * self.view_width_px)
-        return longest
-
-    def set_scale(self, mpp_um: float | None, l0_per_screen_px: float, view_width_px: int | None = None) -> None:
-        self.mpp_um, self.l0_per_screen_px = mpp_um, l0_per_screen_px
-        if view_width_px is not None:
-            self.view_width_px = view_width_px
-        self._fit()
-
-    def _fit(self) -> None:
-        um_per_px = self.mpp_um * self.l0_per_screen_px if self.mpp_um and self.l0_per_screen_px > 0 else None
-        self.spec = scale_bar(um_per_px, self.max_bar_px())
-        self.setVisible(self.spec is not None)
-        if self.spec is not None:
-            fm = QFontMetrics(self.label_font())
-            pad, bar_h = self._pad(), self._bar_h()
-            width = max(self.spec.drawn_px, fm.horizontalAdvance(self.spec.label)) + 2 * pad
-            self.resize(width, pad + fm.height() + pad // 2 + bar_h + pad)
-        self.update()
-
-    def _pad(self) -> int:
-        return max(6, int(round(8 * self.k)))
-
-    def _bar_h(self) -> int:
-        return max(4, int(round(5 * self.k)))
-
-    def bar_rect(self) -> QRect:
-        """Where the bar is drawn, in this widget's pixels: exactly ``spec.drawn_px`` wide."""
-        if self.spec is None:
-            return QRect()
-        pad, bar_h = self._pad(), self._bar_h()
-        return QRect(pad, self.height() - pad - bar_h, self.spec.drawn_px, bar_h)
-
-    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
-        spec = self.spec
-        if spec is None:
-            return
-        p = QPainter(self)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        p.setPen(Qt.PenStyle.NoPen)
-        p.setBrush(QColor(20, 22, 25, 190))
-        p.drawRoundedRect(QRectF(self.rect()), 5, 5)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing, False)
-        p.fillRect(self.bar_rect(), QColor("white"))
-        p.setPen(QColor("white"))
-        p.setFont(self.label_font())
-        pad = self._pad()
-        p.drawText(QRect(pad, pad, self.width() - 2 * pad, QFontMetrics(self.label_font()).height()),
-                   Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, spec.label)
-        p.end()
-
-
-class Overview(QWidget):
-    """Thumbnail with the current view box; click or drag to jump there."""
-
-    jump = Signal(float, float)  # level-0 centre
-
-    def __init__(self, parent: QWidget) -> None:
-        super().__init__(parent)
-        self.setCursor(Qt.CursorShape.PointingHandCursor)
-        # Opaque: its updates never force the slide canvas underneath to repaint.
-        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
-        self._image: QImage | None = None
-        self._l0_size = (1, 1)
-        self._view = QRectF()
-        self.setToolTip("Overview: click to jump")
-        self.hide()
-
-    def set_slide(self, thumb: np.ndarray, l0_size: tuple[int, int], max_px: int | None = None) -> None:
-        """``thumb`` is already overview-sized (prepared in the open worker); shown at most ``max_px``."""
-        self._full, self._l0_size = rgb_qimage(thumb), l0_size
-        self.fit(max_px or max(self._full.width(), self._full.height()))
-        self.show()
-
-    def fit(self, max_px: int) -> None:
-        """Longest side at most ``max_px`` (the view gives it a share of its own size)."""
-        full = getattr(self, "_full", None)
-        if full is None:
-            return
-        if max(full.width(), full.height()) > max_px:
-            self._image = full.scaled(max_px, max_px, Qt.AspectRatioMode.KeepAspectRatio,
-                                      Qt.TransformationMode.SmoothTransformation)
-        else:
-            self._image = full
-        self.resize(self._image.width() + 4, self._image.height() + 4)
-        self.update()
-
-    def set_view(self, rect: QRectF) -> None:
-        self._view = rect
-        self.update()
-
-    def _scale(self) -> float:
-        return self._image.width() / self._l0_size[0] if self._image else 1.0
-
-    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
-        if self._image is None:
-            return
-        p = QPainter(self)
-        p.fillRect(self.rect(), QColor(15, 17, 19))
-        p.drawImage(2, 2, self._image)
-        k = self._scale()
-        r = QRectF(2 + self._view.x() * k, 2 + self._view.y() * k, self._view.width() * k, self._view.height() * k)
-        r = r.intersected(QRectF(2, 2, self._image.width(), self._image.height()))
-        p.setPen(QPen(QColor("#ffd400"), 2))
-        p.drawRect(r)
-        p.setPen(QPen(QColor(90, 95, 100), 1))
-        p.drawRect(self.rect().adjusted(0, 0, -1, -1))
-        p.end()
-
-    def _emit(self, pos: QPointF) -> None:
-        k = self._scale()
-        self.jump.emit((pos.x() - 2) / k, (pos.y() - 2) / k)
-
-    def mousePressEvent(self, event) -> None:  # noqa: N802 - Qt API
-        self._emit(event.position())
-
-    def mouseMoveEvent(self, event) -> None:  # noqa: N802 - Qt API
-        if event.buttons() & Qt.MouseButton.LeftButton:
-            self._emit(event.position())
-
-
-REGION_COLOR = "#ffd400"
-"""Region outlines: yellow stays visible over the red malignant tint and the pink stain alike."""
-
-
-@dataclass
-class RegionGraphics:
-    """The three scene items of one malignant region (level-0 coordinates, cosmetic pens)."""
-
-    region: Region
-    outline: QGraphicsPathItem  # outline and holes, one path
-    box: QGraphicsRectItem  # dashed bounding box
-    label: pg.TextItem  # "#1 0.54 mm²", above the box, constant size on screen
-
-    @property
-    def text(self) -> str:
-        return self.label.toPlainText().strip()  # without the &nbsp; padding
-
-    def items(self) -> tuple:
-        return self.outline, self.box, self.label
-
-
-def region_label(region: Region) -> str:
-    return f"#{region.rank} {region.label()}"
-
-
-def region_path(region: Region) -> QPainterPath:
-    """Outline and holes as closed subpaths (odd-even fill: holes stay holes if ever filled)."""
-    path = QPainterPath()
-    path.setFillRule(Qt.FillRule.OddEvenFill)
-    for ring in region.rings:
-        path.addPolygon(QPolygonF([QPointF(float(x), float(y)) for x, y in ring]))
-        path.closeSubpath()
-    return path
-
-
-def _region_graphics(region: Region) -> RegionGraphics:
-    color = QColor(REGION_COLOR)
-    outline = QGraphicsPathItem(region_path(region))
-    pen = QPen(color, 2.5)
-    pen.setCosmetic(True)
-    pen.setJoinStyle(Qt.PenJoinStyle.MiterJoin)
-    outline.setPen(pen)
-    outline.setZValue(15)
-    box = QGraphicsRectItem(QRectF(*region.bbox))
-    dash = QPen(color, 1.2, Qt.PenStyle.DashLine)
-    dash.setCosmetic(True)
-    box.setPen(dash)
-    box.setZValue(15)
-    label = pg.TextItem(anchor=(0, 1))
-    label.setHtml(f"<div style='background-color:rgba(20,22,25,200); color:{REGION_COLOR}; "
-                  f"font-size:10pt; font-weight:600;'>&nbsp;{escape(region_label(region))}&nbsp;</div>")
-    label.setPos(region.bbox[0], region.bbox[1])
-    label.setZValue(25)
-    return RegionGraphics(region, outline, box, label)
-
-
-def contour_path(segments: np.ndarray) -> QPainterPath:
-    """Level-0 line segments (N, 4) as one path of separate strokes."""
-    path = QPainterPath()
-    for x0, y0, x1, y1 in segments:
-        path.moveTo(float(x0), float(y0))
-        path.lineTo(float(x1), float(y1))
-    return path
-
-
-def _contour_items(contour: Contour, dashed: bool = False) -> tuple[QGraphicsPathItem, QGraphicsPathItem]:
-    """A dark casing under the category-coloured line: legible over pale glass and dark nuclei alike.
-
-    ``dashed``: a label's outline (above the categories', the coloured line dashed).
-    """
-    path = contour_path(contour.segments)
-    items = []
-    z = 13 if dashed else 11
-    style = Qt.PenStyle.DashLine if dashed else Qt.PenStyle.SolidLine
-    for color, width, zz, pen_style in ((QColor(*CASING_RGB, 200), 5.0, z, Qt.PenStyle.SolidLine),
-                                        (QColor(contour.color), 3.0, z + 1, style)):
-        item = QGraphicsPathItem(path)
-        pen = QPen(color, width, pen_style)
-        pen.setCosmetic(True)
-        pen.setCapStyle(Qt.PenCapStyle.SquareCap)
-        pen.setJoinStyle(Qt.PenJoinStyle.MiterJoin)
-        item.setPen(pen)
-        item.setZValue(zz)
-        items.append(item)
-    return items[0], items[1]
-
-
-_HATCH_TILE: list[QPixmap] = []
-
-
-def hatch_tile() -> QPixmap:
-    """One period of the out-of-domain hatching (``HATCH_SPACING_PX`` square, seamless), drawn once.
-
-    Filling with it as a texture brush in device pixels costs about what the grey tint costs;
-    stroking every antialiased line through a clip path cost ten times more on a full canvas.
-    """
-    if not _HATCH_TILE:
-        step = HATCH_SPACING_PX
-        pm = QPixmap(step, step)
-        pm.fill(Qt.GlobalColor.transparent)
-        p = QPainter(pm)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        for color, width in ((QColor(*CASING_RGB, HATCH_ALPHA[0]), HATCH_WIDTH_PX + 2),
-                             (QColor(*HATCH_RGB, HATCH_ALPHA[1]), HATCH_WIDTH_PX)):
-            pen = QPen(color, width)
-            pen.setCapStyle(Qt.PenCapStyle.FlatCap)
-            p.setPen(pen)
-            for c in (0, step, 2 * step):  # the lines x + y = c that cross the tile: its copies join up
-                p.drawLine(QPointF(c + 1, -1), QPointF(-1, c + 1))
-        p.end()
-        _HATCH_TILE.append(pm)
-    return _HATCH_TILE[0]
-
-
-def paint_hatch(p: QPainter, rect: QRectF, origin: QPointF | None = None) -> None:
-    """Diagonal out-of-domain hatching over ``rect`` in device pixels (light lines on a dark casing),
-    anchored at ``origin`` so it moves with the slide."""
-    p.setBrushOrigin(origin if origin is not None else QPointF(0, 0))
-    p.fillRect(rect, QBrush(hatch_tile()))
-
-
-class HatchItem(QGraphicsItem):
-    """Out-of-domain cells hatched with diagonal lines of constant screen spacing and width.
-
-    The cells (level-0 rectangles) are filled in device pixels with a texture of one period of the
-    lines (``hatch_tile``), anchored at the slide's origin so the lines move with it when panning and
-    stay fine when zooming. A Qt pattern brush would be one hair-thin pixel; the same texture in
-    scene coordinates would scale with the zoom.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._path = QPainterPath()
-        self.rects = np.zeros((0, 4), np.float64)
-
-    def set_rects(self, rects: np.ndarray) -> None:
-        """(N, 4) x, y, width, height in level-0 pixels (``overlay.out_of_domain_runs``)."""
-        self.prepareGeometryChange()
-        self.rects = np.asarray(rects, np.float64).reshape(-1, 4)
-        path = QPainterPath()
-        for x, y, w, h in self.rects:
-            path.addRect(QRectF(float(x), float(y), float(w), float(h)))
-        self._path = path
-        self.update()
-
-    def boundingRect(self) -> QRectF:  # noqa: N802 - Qt API
-        return self._path.boundingRect()
-
-    def shape(self) -> QPainterPath:
-        return self._path
-
-    def paint(self, p: QPainter, option, widget=None) -> None:
-        if self._path.isEmpty():
-            return
-        t = p.worldTransform()
-        p.save()
-        p.resetTransform()  # device pixels: the hatching keeps its spacing and width at every zoom
-        p.setBrushOrigin(t.map(QPointF(0, 0)))  # … and moves with the slide
-        p.fillPath(t.map(self._path), QBrush(hatch_tile()))
-        p.restore()
-
-
-class EmptyHint(QFrame):
-    """What an empty canvas says: how to open a slide, and the recent ones as buttons."""
-
-    openRequested = Signal()
-    recentRequested = Signal(str)
-    MAX_RECENT = 6
-
-    def __init__(self, parent: QWidget) -> None:
-        super().__init__(parent)
-        self.setObjectName("emptyHint")
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(28, 22, 28, 22)
-        lay.setSpacing(8)
-        self.title = QLabel("Open a slide (Ctrl+O) or drop one here")
-        self.title.setObjectName("emptyTitle")
-        self.title.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        lay.addWidget(self.title)
-        self.open_btn = QPushButton("Open slide or image…")
-        self.open_btn.setObjectName("primary")
-        self.open_btn.clicked.connect(self.openRequested)
-        lay.addWidget(self.open_btn, 0, Qt.AlignmentFlag.AlignCenter)
-        self.recent_title = QLabel("Recent slides")
-        self.recent_title.setObjectName("emptyRecentTitle")
-        lay.addWidget(self.recent_title)
-        self.recent_box = QVBoxLayout()
-        self.recent_box.setSpacing(2)
-        lay.addLayout(self.recent_box)
-        self.recent_buttons: list[QPushButton] = []
-        self.set_recent([])
-
-    def set_recent(self, recent: Sequence[tuple[str, str]]) -> None:
-        """(path, display name) of recent slides, newest first."""
-        for btn in self.recent_buttons:
-            self.recent_box.removeWidget(btn)
-            btn.deleteLater()
-        self.recent_buttons = []
-        for path, name in list(recent)[: self.MAX_RECENT]:
-            btn = QPushButton(name)
-            btn.setObjectName("recentSlide")
-            btn.setToolTip(path)
-            btn.setFlat(True)
-            btn.setCursor(Qt.CursorShape.PointingHandCursor)
-            btn.clicked.connect(lambda _c=False, p=path: self.recentRequested.emit(p))
-            self.recent_box.addWidget(btn)
-            self.recent_buttons.append(btn)
-        self.recent_title.setVisible(bool(self.recent_buttons))
-        self.adjustSize()
 
 
 class PickViewBox(pg.ViewBox):
@@ -701,7 +292,7 @@ class SlideView(pg.GraphicsView):
         for g in self.regions:
             for item in g.items():
                 self.vb.removeItem(item)
-        self.regions = [_region_graphics(r) for r in regions]
+        self.regions = [region_graphics(r) for r in regions]
         for g in self.regions:
             for item in g.items():
                 self.vb.addItem(item)
@@ -715,11 +306,11 @@ class SlideView(pg.GraphicsView):
 
     def set_contours(self, contours: Sequence[Contour]) -> None:
         """Replace the category contours (two path items per category: casing and colour)."""
-        self.contours = self._swap(self.contours, [item for c in contours for item in _contour_items(c)])
+        self.contours = self._swap(self.contours, [item for c in contours for item in contour_items(c)])
 
     def set_label_outlines(self, contours: Sequence[Contour]) -> None:
         """Replace the labels' outlines (two path items per label: casing and dashed colour)."""
-        self.label_outlines = self._swap(self.label_outlines, [item for c in contours for item in _contour_items(c, dashed=True)])
+        self.label_outlines = self._swap(self.label_outlines, [item for c in contours for item in contour_items(c, dashed=True)])
 
     def set_picked(self, rects: Sequence[tuple[float, float, float, float]]) -> None:
         """The tiles picked for labelling, as (x, y, w, h) level-0 rectangles, tinted cyan."""

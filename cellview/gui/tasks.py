@@ -2,7 +2,7 @@
 
 Each opens its own slide handle (OpenSlide handles are never shared across threads) and only
 yields plain data, so the main thread never waits on OpenSlide. The viewer's own jobs (open,
-analyse, regions, tissue) live in the Qt-free ``cellview.viewer.model``.
+analyse, regions, tissue, explain) live in the Qt-free ``cellview.viewer`` parts.
 """
 
 from __future__ import annotations
@@ -19,21 +19,7 @@ from cellview.analysis.pipeline import CancelToken
 from cellview.analysis.stain import TileStainTransform
 from cellview.analysis.tiling import TileGrid, read_tile
 from cellview.base.errors import SlideError
-from cellview.slides.slide import open_slide
-
-# Opening, analysis, regions and tissue previews are the viewer model's jobs (Qt-free); re-exported here.
-from cellview.viewer.model import (  # noqa: E402,F401
-    OVERVIEW_PX,
-    THUMBNAIL_PX,
-    BaseImage,
-    ModelReady,
-    Opened,
-    SharperThumbnail,
-    TissuePreview,
-    open_task,
-    regions_task,
-    tissue_task,
-)
+from cellview.slides.opening import open_slide
 
 VIEW_TILE_PX = 512
 """Side of one display tile, in pixels of its pyramid level."""

@@ -29,10 +29,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
 from cellview.gui.panels import OUT_OF_DOMAIN_TEXT, ProbabilityBars, pct
 from cellview.slides.slide import SUPPORTED_SUFFIXES, slide_display_name
-from cellview.viewer.kiosk.core import SCALE_PRESETS
+from cellview.viewer.kiosk.settings import SCALE_PRESETS
 
 
 def text_label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:

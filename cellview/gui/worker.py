@@ -117,7 +117,7 @@ class Worker(QObject):
 
 
 class QtRunner(QObject):
-    """Runs the viewer model's jobs (``cellview.viewer.model.Job``) on Workers; callbacks arrive on the main thread.
+    """Runs the viewer model's jobs (``cellview.viewer.jobs.Job``) on Workers; callbacks arrive on the main thread.
 
     Keeps every Worker until it is done, so ``shutdown`` can stop them all when the window closes.
     ``started`` fires with the job's name and its Worker before the thread starts (tests and

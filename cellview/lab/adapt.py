@@ -36,21 +36,14 @@ from typing import Any
 import numpy as np
 
 from cellview import __version__
-from cellview.analysis.model import (
-    CATEGORIES,
-    ModelSpec,
-    OnnxClassifier,
-    precision_copy,
-    probabilities,
-    sha256_file,
-    sidecar_for,
-)
+from cellview.analysis.classifier import OnnxClassifier, probabilities
+from cellview.analysis.model_spec import CATEGORIES, ModelSpec, precision_copy, sha256_file, sidecar_for
 from cellview.analysis.pipeline import CancelToken, TileReaders, batch_indices, plan_tiles, slide_stain_transform
 from cellview.analysis.results import AnalysisParams, category_probabilities, image_calls, plural
 from cellview.base.errors import CellviewError, ModelError, SlideError
 from cellview.base.files import atomic_write_bytes, atomic_write_text
 from cellview.lab.labels import LabelError, LabelSource, tile_labels
-from cellview.slides.slide import open_slide
+from cellview.slides.opening import open_slide
 
 RECOMMENDED_PER_CATEGORY = 5
 """Labelled images or regions per category below which ``adapt`` warns (where the evaluation's gain levels off)."""

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import platformdirs
 
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.analysis.tiling import TileGrid
 from cellview.base.errors import CellviewError
 from cellview.base.files import atomic_write_text

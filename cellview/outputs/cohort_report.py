@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
 from cellview.base.files import atomic_write_text
 from cellview.outputs.export import spreadsheet_safe
 

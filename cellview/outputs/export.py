@@ -17,7 +17,7 @@ import numpy as np
 
 from cellview import __version__
 from cellview.analysis.domain import OUT_OF_DOMAIN_RGBA
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.analysis.tiling import TILING_RULE
 from cellview.base.errors import ExportError
 from cellview.base.files import atomic_write_bytes
@@ -590,7 +590,7 @@ def export_slide_result(result: AnalysisResult, out_dir: Path, stem: str, format
     formats = list(formats)
     thumb = thumbnail
     if "png" in formats and thumb is None:
-        from cellview.slides.slide import open_slide
+        from cellview.slides.opening import open_slide
 
         with open_slide(result.slide.path, mpp_um=result.params.mpp_um) as slide:
             thumb = slide.thumbnail(png_size_px)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cellview.analysis.model import CATEGORY_COLORS
+from cellview.analysis.model_spec import CATEGORY_COLORS
 from cellview.analysis.results import AnalysisParams, AnalysisResult
 from cellview.outputs.overlay import (
     OverlaySettings,
@@ -206,7 +206,7 @@ def describe_legend(result: AnalysisResult, settings: OverlaySettings, *, source
     """The legend of ``result`` drawn with ``settings``; ``source`` ("the viewer", "the kiosk") names where
     an export was made; ``regions``: the malignant regions drawn (None: not drawn); ``extra_header``:
     lines about the picture itself (the view's position and field of view)."""
-    from cellview.slides.slide import describe_skipped
+    from cellview.slides.levels import describe_skipped
 
     header = [LegendLine(f"Slide: {result.slide.name}", wrap=False),
               LegendLine(f"Model: {result.model.name} {result.model.version}".rstrip(), wrap=False),

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from cellview.analysis.domain import NOT_AVAILABLE, OUT_OF_DOMAIN_RGBA
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, hex_to_rgb
 from cellview.analysis.results import AnalysisResult, plural
 from cellview.analysis.tiling import TileGrid
 

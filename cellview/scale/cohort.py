@@ -209,7 +209,9 @@ _classifier_lock = threading.Lock()
 
 def worker_classifier(settings: CohortSettings, seed: Any = None) -> Any:
     """This process's classifier for the settings: loaded once per worker, not per slide."""
-    from cellview.analysis.model import ModelSpec, OnnxClassifier, resolve_model
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_lookup import resolve_model
+    from cellview.analysis.model_spec import ModelSpec
 
     key = (settings.model_path, settings.model_sha256, settings.device, settings.params.batch_size,
            settings.ort_threads, settings.params.precision)
@@ -292,7 +294,7 @@ def _write_thumbnail(result: Any, out_dir: Path, stem: str, max_px: int) -> str:
 
     from cellview.base.files import atomic_write_bytes
     from cellview.outputs.export import overlay_on_thumbnail
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     try:
         with open_slide(result.slide.path, mpp_um=result.params.mpp_um) as slide:

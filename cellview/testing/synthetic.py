@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cellview.analysis.model import sha256_file
+from cellview.analysis.model_spec import sha256_file
 
 TOY_CLASSES = ("malignant", "benign", "normal")
 TOY_COLORS = {"malignant": (220, 30, 40), "benign": (40, 60, 220), "normal": (30, 200, 60)}
@@ -272,7 +272,7 @@ def grid_result(cats: list[str], conf: np.ndarray | None = None, stride: int = 1
 
     Each tile's category gets probability ``conf`` (0.9 by default), the next category the rest.
     """
-    from cellview.analysis.model import CATEGORIES
+    from cellview.analysis.model_spec import CATEGORIES
     from cellview.analysis.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
     from cellview.analysis.tiling import TileGrid
     from cellview.slides.slide import Mpp, SlideInfo
@@ -412,9 +412,10 @@ def make_toy_domain(model_path: Path, patch_px: int = 64, training_data: str = "
     Fitted on noisy tiles of the three class colours (``toy_domain_tiles``), calibrated on another
     draw of the same: tiles of other colours score out of domain.
     """
+    from cellview.analysis.classifier import OnnxClassifier
     from cellview.analysis.domain import fit_domain, tile_quality
     from cellview.analysis.domain_store import write_domain
-    from cellview.analysis.model import ModelSpec, OnnxClassifier
+    from cellview.analysis.model_spec import ModelSpec
 
     clf = OnnxClassifier(ModelSpec.load(model_path), device="cpu")
     fit_tiles, fit_labels = toy_domain_tiles(patch_px=patch_px, seed=1)

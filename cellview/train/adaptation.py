@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from cellview.analysis.classifier import probabilities
 from cellview.analysis.domain import DomainStats, fit_domain, tile_quality, with_lab
-from cellview.analysis.model import CATEGORIES, probabilities
+from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.results import image_calls
 from cellview.base.files import atomic_write_text
 from cellview.lab.adapt import AdaptSettings, fit_head, label_weights
@@ -107,7 +108,7 @@ def other_tissue(run: Any, recipe: D.Recipe, cfg: Any, data_root: Path | None = 
     from cellview.analysis.pipeline import plan_grid
     from cellview.analysis.results import AnalysisParams
     from cellview.analysis.tiling import read_tile
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
     from cellview.train import default_data_dir
     from cellview.train.backbone import FeatureRunner, build_backbone
 

@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 
 from cellview.analysis.foreground import Reading
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, sha256_file
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, sha256_file
 from cellview.analysis.morphology import HED_STAIN_MATRIX
 from cellview.base.errors import ModelError
-from cellview.slides.slide import read_image_rgb
+from cellview.slides.image_slide import read_image_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -326,7 +326,8 @@ def analysis_tiles(img: np.ndarray, src_spacing: float | None, spacing: float, p
     from cellview.analysis.pipeline import plan_grid
     from cellview.analysis.results import AnalysisParams
     from cellview.analysis.tiling import read_tile
-    from cellview.slides.slide import ImageSlide, Mpp
+    from cellview.slides.image_slide import ImageSlide
+    from cellview.slides.slide import Mpp
 
     reading = reading or Reading()
     mpp = None if src_spacing is None else Mpp(src_spacing, src_spacing, "user")

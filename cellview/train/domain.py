@@ -30,6 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.domain import (
     QUALITY_CHECKS,
     DomainStats,
@@ -38,7 +39,7 @@ from cellview.analysis.domain import (
     tile_quality,
 )
 from cellview.analysis.domain_store import write_domain
-from cellview.analysis.model import ModelSpec, OnnxClassifier, sha256_file, sidecar_for
+from cellview.analysis.model_spec import ModelSpec, sha256_file, sidecar_for
 from cellview.base.errors import CellviewError, ModelError
 from cellview.base.files import atomic_write_bytes, atomic_write_text
 from cellview.train import data as D
@@ -404,7 +405,7 @@ def slide_tiles(slide_path: Path, spec: ModelSpec, background: bool = False) -> 
     from cellview.analysis.pipeline import plan_tiles
     from cellview.analysis.results import AnalysisParams
     from cellview.analysis.tiling import build_grid, read_tile
-    from cellview.slides.slide import open_slide
+    from cellview.slides.opening import open_slide
 
     with open_slide(slide_path) as slide:
         tissue, grid = plan_tiles(slide, spec, AnalysisParams())
@@ -581,7 +582,7 @@ def _others(args: Any, cache: Path | None) -> dict[str, Callable[[OnnxClassifier
 
 def cmd_domain(args: Any) -> int:
     """``cellview domain upgrade|fit|evaluate`` (see the module docstring)."""
-    from cellview.analysis.model import resolve_model
+    from cellview.analysis.model_lookup import resolve_model
 
     try:
         model = resolve_model(args.model)

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 import torch
 
-from cellview.analysis.model import CATEGORIES, probabilities
+from cellview.analysis.classifier import probabilities
+from cellview.analysis.model_spec import CATEGORIES
 from cellview.base.files import atomic_write_bytes, atomic_write_text
 from cellview.train import data as D
 from cellview.train.metrics import (
@@ -433,7 +434,7 @@ def ensure_variant_caches(run: Run, recipe: D.Recipe, samples: list[D.Sample], c
     A stain variant's name holds ``{ref}``: per LOSO fold a reference stain estimated without the
     held-out source (``no-<source>``, only that source's images are cached), for CV one from all sources.
     """
-    from cellview.analysis.model import dihedral_view
+    from cellview.analysis.classifier import dihedral_view
     from cellview.analysis.stain import estimate_reference
     from cellview.train.backbone import FeatureRunner, build_backbone
     from cellview.train.train import extract

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.domain import DOMAIN_FILE
-from cellview.analysis.model import ModelSpec, OnnxClassifier, sha256_file
+from cellview.analysis.model_spec import ModelSpec, sha256_file
 from cellview.analysis.onnx_graph import EXPLAIN_OUTPUTS, upgrade_onnx_file
 from cellview.base.errors import CellviewError
 from cellview.base.files import atomic_write_text

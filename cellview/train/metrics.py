@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from cellview.analysis.model import CATEGORIES, probabilities
+from cellview.analysis.classifier import probabilities
+from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.results import category_probabilities
 
 

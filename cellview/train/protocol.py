@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from cellview.analysis.model import CATEGORIES, probabilities
+from cellview.analysis.classifier import probabilities
+from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.results import RULES, category_probabilities, image_calls
 from cellview.train import data as D
 from cellview.train.metrics import balanced_accuracy, confusion, ece, fit_temperature

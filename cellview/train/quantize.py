@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from cellview.analysis.model import ModelSpec, OnnxClassifier, precision_path, probabilities, sha256_file
+from cellview.analysis.classifier import OnnxClassifier, probabilities
+from cellview.analysis.model_spec import ModelSpec, precision_path, sha256_file
 from cellview.analysis.results import category_probabilities
 from cellview.base.errors import ModelError
 from cellview.base.files import atomic_write_bytes, atomic_write_text

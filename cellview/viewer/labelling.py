@@ -1,11 +1,11 @@
 """Labelling in the viewer, Qt-free: the open slide's labels, the tiles picked to label, and *Adapt model…*.
 
-``LabelsModel`` sits beside ``viewer.ViewerModel`` and follows it (a slide opens: its labels are read;
-it closes: they are dropped). The views turn clicks and keys into ``pick`` / ``pick_rect`` /
-``label_picked`` and draw ``outlines``; every change is saved at once, atomically, as
-QuPath-compatible GeoJSON beside the slide (``labels.labels_path``) and noted in the list of labelled
-slides, so *Adapt model…* (``adapt_job``: ``cellview.lab.adapt.adapt`` on every slide labelled so far, as a
-viewer job) and the next session find them.
+``LabelsModel`` is the viewer's labelling part (``ViewerModel(labelling=True).labels``; the kiosk has none)
+and follows the open slide (a slide opens: its labels are read; it closes: they are dropped). The views
+turn clicks and keys into ``pick`` / ``pick_rect`` / ``label_picked`` and draw ``outlines``; every change
+is saved at once, atomically, as QuPath-compatible GeoJSON beside the slide (``labels.labels_path``) and
+noted in the list of labelled slides, so *Adapt model…* (``adapt_job``: ``cellview.lab.adapt.adapt`` on
+every slide labelled so far, as a viewer job) and the next session find them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from cellview.analysis.model import CATEGORIES, CATEGORY_COLORS, ModelSpec, user_models_dir
+from cellview.analysis.model_lookup import user_models_dir
+from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, ModelSpec
 from cellview.analysis.pipeline import CancelToken
 from cellview.analysis.results import ModelInfo
 from cellview.analysis.tiling import TileGrid
@@ -38,7 +39,12 @@ from cellview.lab.labels import (
     write_geojson,
 )
 from cellview.outputs.overlay import Contour, cell_outline
-from cellview.viewer.model import EmitterGroup, Job, ViewerModel
+from cellview.viewer.analysis import AnalysisRun
+from cellview.viewer.analysis_settings import AnalysisSettings
+from cellview.viewer.events import EmitterGroup
+from cellview.viewer.jobs import Job
+from cellview.viewer.selection import Selection
+from cellview.viewer.slide import SlideState
 
 LABEL_KEYS = "123456789"
 
@@ -67,12 +73,15 @@ def label_choices(model: ModelInfo) -> list[LabelChoice]:
 
 
 class LabelsModel:
-    """The open slide's labels as the viewer edits them (module docstring). Events: ``labels``, ``picked``."""
+    """The open slide's labels as the viewer edits them, as ``model.labels`` (module docstring): ``slide`` is the
+    labelled slide's path, ``regions`` its labels, ``picked`` the tiles picked to label. Events: ``labels``
+    (this part, when the labels or their grid changed) and ``picked`` (the picked tiles)."""
 
     EVENTS = ("labels", "picked")
 
-    def __init__(self, viewer: ViewerModel) -> None:
-        self.viewer = viewer
+    def __init__(self, slide: SlideState, analysis: AnalysisRun, selection: Selection,
+                 settings: AnalysisSettings) -> None:
+        self.slide_state, self.analysis, self.selection, self.settings = slide, analysis, selection, settings
         self.events = EmitterGroup(*self.EVENTS)
         self.slide: str | None = None
         self.regions: list[LabelRegion] = []
@@ -82,8 +91,8 @@ class LabelsModel:
         self._grid_id: int | None = None
         self._cache: tuple[int, int, np.ndarray] | None = None  # (grid id, version, tile labels)
         self._version = 0
-        viewer.events.slide.connect(self._on_slide)
-        viewer.events.result.connect(self._on_result)
+        slide.events.slide.connect(self._on_slide)
+        analysis.events.result.connect(self._on_result)
 
     # -- the slide -------------------------------------------------------------------------------
 
@@ -116,12 +125,12 @@ class LabelsModel:
 
     @property
     def grid(self) -> TileGrid | None:
-        result = self.viewer.shown_result()
+        result = self.analysis.shown_result()
         return None if result is None or result.grid.whole_image else result.grid
 
     @property
     def choices(self) -> list[LabelChoice]:
-        result = self.viewer.shown_result()
+        result = self.analysis.shown_result()
         return [] if result is None else label_choices(result.model)
 
     # -- picking tiles ---------------------------------------------------------------------------
@@ -169,7 +178,7 @@ class LabelsModel:
             return []
         if self.picked:
             return sorted(self.picked)
-        index = self.viewer.selection
+        index = self.selection.index
         return [index] if 0 <= index < grid.n_tiles else []
 
     # -- labelling -------------------------------------------------------------------------------
@@ -254,9 +263,9 @@ class LabelsModel:
     def _save(self) -> None:
         """Write the labels (beside the slide, else in the user's folder) and note the slide as labelled."""
         assert self.slide is not None
-        info = self.viewer.slide.info if self.viewer.slide is not None else None
+        info = self.slide_state.opened.info if self.slide_state.opened is not None else None
         mpp = info.mpp.um if info is not None and info.mpp is not None and info.mpp.source == "user" else None
-        result = self.viewer.shown_result()
+        result = self.analysis.shown_result()
         names = result.model.class_names if result is not None else ()
         colours = result.model.class_colors if result is not None else ()
         slide_name = Path(self.slide).name
@@ -293,8 +302,8 @@ class LabelsModel:
         The base is the selected model; tiles are cut with the viewer's current analysis settings,
         each slide at its own (or entered) µm/px; the model goes to the user's models folder.
         """
-        model_path = self.viewer.model_path
-        params = self.viewer.current_params()
+        model_path = self.settings.model_path
+        params = self.settings.current()
         folder = out_dir or user_models_dir() / name
         command = f"(the viewer's Adapt model…: {len(labelled_slides())} labelled slides)"
 

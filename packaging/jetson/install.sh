@@ -91,7 +91,7 @@ mkdir -p "$PREFIX/inbox" "$PREFIX/outbox" "$CONFIG_DIR"
 if [[ -f "$CONFIG_DIR/kiosk.json" ]]; then
     echo "keeping $CONFIG_DIR/kiosk.json"
 else
-    "$VENV/bin/python" -c "import sys; from cellview.viewer.kiosk.core import KioskSettings; \
+    "$VENV/bin/python" -c "import sys; from cellview.viewer.kiosk.settings import KioskSettings; \
 KioskSettings(watch_dir=sys.argv[1], outbox_dir=sys.argv[2]).save(sys.argv[3])" \
         "$PREFIX/inbox" "$PREFIX/outbox" "$CONFIG_DIR/kiosk.json"
     echo "wrote $CONFIG_DIR/kiosk.json (watch $PREFIX/inbox, outbox $PREFIX/outbox)"

@@ -1,0 +1,72 @@
+"""Slow work as a ``Job`` the viewer hands to a runner, so the viewer's state never needs a thread or Qt.
+
+A job is a generator plus callbacks. The GUI's runner (``gui.worker.QtRunner``) runs it on a worker thread
+and calls back on the main thread; ``run_now`` runs it in the calling thread, so tests and scripts drive the
+whole viewer without Qt. Every part that starts work (opening, the analysis, regions, tissue previews,
+explanations) goes through this one contract.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cellview.analysis.pipeline import CancelToken
+from cellview.base.errors import CellviewError
+
+
+def nothing(*_args: Any) -> None:
+    """A callback that does nothing: the default of a job's callbacks and of the parts' hooks."""
+    return None
+
+
+@dataclass
+class Job:
+    """Slow work: ``run(cancel)`` yields items; the callbacks run where the runner delivers them."""
+
+    name: str
+    run: Callable[[CancelToken], Iterator[Any]]
+    on_item: Callable[[Any], None]
+    on_failed: Callable[[CellviewError], None] = nothing
+    on_done: Callable[[], None] = nothing
+
+
+class JobHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+Runner = Callable[[Job], JobHandle]
+
+
+class _Finished:
+    """The handle of a job run to its end in the calling thread."""
+
+    def __init__(self, token: CancelToken) -> None:
+        self.cancel_token = token
+
+    def cancel(self) -> None:
+        self.cancel_token.cancel()
+
+
+def run_now(job: Job) -> JobHandle:
+    """Run a job to its end in the calling thread (tests, scripts): the same contract as the GUI's worker."""
+    token = CancelToken()
+    try:
+        for item in job.run(token):
+            job.on_item(item)
+    except CellviewError as exc:
+        job.on_failed(exc)
+    except Exception as exc:  # noqa: BLE001 - as the GUI worker: a bug becomes a message, not a crash
+        job.on_failed(CellviewError(f"Unexpected error: {exc}", traceback.format_exc()))
+    finally:
+        job.on_done()
+    return _Finished(token)
+
+
+class Pending:
+    """Stands for a job's handle while the runner starts it (a synchronous runner may finish it first)."""
+
+    def cancel(self) -> None:
+        pass
