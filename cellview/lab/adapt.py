@@ -38,7 +38,14 @@ import numpy as np
 from cellview import __version__
 from cellview.analysis.classifier import OnnxClassifier, probabilities
 from cellview.analysis.model_spec import CATEGORIES, ModelSpec, precision_copy, sha256_file, sidecar_for
-from cellview.analysis.pipeline import CancelToken, TileReaders, batch_indices, plan_tiles, slide_stain_transform
+from cellview.analysis.pipeline import (
+    CancelToken,
+    TileReaders,
+    apply_reading,
+    batch_indices,
+    plan_tiles,
+    slide_stain_transform,
+)
 from cellview.analysis.results import AnalysisParams, category_probabilities, image_calls, plural
 from cellview.base.errors import CellviewError, ModelError, SlideError
 from cellview.base.files import atomic_write_bytes, atomic_write_text
@@ -269,8 +276,10 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
         first_item = len(items)
         try:
             slide = open_slide(source.path, mpp_um=source.mpp_um or params.mpp_um)
-            slide.require_mpp()
-            _, grid = plan_tiles(slide, spec, params)
+            run_params, _ = apply_reading(slide, spec, params)  # a smear model's image without a pixel size
+            if not run_params.whole_image:
+                slide.require_mpp()
+            _, grid = plan_tiles(slide, spec, run_params)
             if source.label is not None:
                 labels = np.full(grid.n_tiles, source.label, dtype=object)
             else:

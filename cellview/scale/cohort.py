@@ -367,6 +367,8 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
     from cellview.analysis.results import plural
 
     summary = [f"{job.name}: {result.summary()}"]
+    if result.reading.get("pixel_size"):
+        summary.append(f"  {result.reading['pixel_size']}")
     if regions:
         top = regions[0]
         summary.append(f"  malignant regions: {len(regions)}; largest {top.label()} ({plural(top.n_tiles, 'tile')})")

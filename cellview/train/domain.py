@@ -39,6 +39,7 @@ from cellview.analysis.domain import (
     tile_quality,
 )
 from cellview.analysis.domain_store import write_domain
+from cellview.analysis.foreground import Reading
 from cellview.analysis.model_spec import ModelSpec, sha256_file, sidecar_for
 from cellview.base.errors import CellviewError, ModelError
 from cellview.base.files import atomic_write_bytes, atomic_write_text
@@ -187,16 +188,17 @@ def run_tiles(clf: OnnxClassifier, tiles: np.ndarray, image: np.ndarray | None =
 
 def sample_tiles(samples: Sequence[D.Sample], spacing_um: float, patch: int, max_per_image: int = 0,
                  seed: int = 0, transform: Callable[[np.ndarray], np.ndarray] | None = None,
-                 spacing_override: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 spacing_override: float | None = None,
+                 reading: Reading | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The tiles `cellview analyze` classifies for each image at the model spacing (as training evaluates), and
-    their image index."""
+    their image index (``reading``: the model's foreground rule and rule for images without a pixel size)."""
     rng = np.random.default_rng(seed)
     tiles, index = [], []
     for i, s in enumerate(samples):
         img = D.read_rgb(s.path)
         if transform is not None:
             img = transform(img)
-        t = D.analysis_tiles(img, spacing_override or s.spacing_um_px, spacing_um, patch)
+        t = D.analysis_tiles(img, spacing_override or s.spacing_um_px, spacing_um, patch, reading=reading)
         if max_per_image and len(t) > max_per_image:
             t = t[np.sort(rng.choice(len(t), max_per_image, replace=False))]
         tiles.append(t)
@@ -218,9 +220,11 @@ def sample_features(clf: OnnxClassifier, samples: Sequence[D.Sample], desc: str,
         if got is not None:
             _say(f"  {desc}: {len(got)} tiles of {len(samples)} images from the run's cache")
             return got
-    key = hashlib.sha256(json.dumps([_CACHE_VERSION, spec.onnx_sha256, [s.path for s in samples], max_per_image,
-                                     spacing_override, spec.spacing_um_px, spec.patch_size_pixels,
-                                     list(QUALITY_CHECKS)]).encode())
+    key_parts = [_CACHE_VERSION, spec.onnx_sha256, [s.path for s in samples], max_per_image, spacing_override,
+                 spec.spacing_um_px, spec.patch_size_pixels, list(QUALITY_CHECKS)]
+    if not spec.reading.is_default:  # H&E models keep their cached features' keys
+        key_parts.append(spec.reading.sidecar_entries())
+    key = hashlib.sha256(json.dumps(key_parts).encode())
     path = Path(cache) / f"{desc}_{key.hexdigest()[:16]}.npz" if cache else None
     if path is not None and path.exists():
         with np.load(path) as z:
@@ -230,7 +234,7 @@ def sample_features(clf: OnnxClassifier, samples: Sequence[D.Sample], desc: str,
     for start in range(0, len(samples), chunk):
         part = samples[start:start + chunk]
         tiles, index = sample_tiles(part, spec.spacing_um_px, spec.patch_size_pixels, max_per_image, seed=start,
-                                    spacing_override=spacing_override)
+                                    spacing_override=spacing_override, reading=spec.reading)
         parts.append(run_tiles(clf, tiles, index + start))
         _say(f"  {desc}: {min(start + chunk, len(samples))}/{len(samples)} images")
     out = TileSet.concat(parts)
@@ -466,7 +470,8 @@ def evaluate_model_domain(model_path: Path, samples: Sequence[D.Sample], split: 
         report["sets"][name] = _set_figures(stats, ref, make(clf))
     rng = np.random.default_rng(0)
     pick = [test[i] for i in sorted(rng.choice(len(test), min(len(test), artefact_tiles), replace=False))]
-    base, _ = sample_tiles(pick, spec.spacing_um_px, spec.patch_size_pixels, max_per_image=1, seed=1)
+    base, _ = sample_tiles(pick, spec.spacing_um_px, spec.patch_size_pixels, max_per_image=1, seed=1,
+                           reading=spec.reading)
     for k, kind in enumerate(ARTEFACTS):
         report["sets"][f"generated {kind}"] = _set_figures(stats, ref, run_tiles(clf, make_artefacts(base, kind, k)))
     return report

@@ -84,6 +84,7 @@ def sidecar_dict(recipe: D.Recipe, state: dict[str, Any], onnx_path: Path, versi
         "license": recipe.license,
         "training_data": training_data,
         "metrics": metrics,
+        **recipe.reading.sidecar_entries(),  # foreground rule, images without a pixel size (none for H&E)
     }
 
 

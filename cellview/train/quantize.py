@@ -74,7 +74,7 @@ def _say(msg: str) -> None:
 
 
 def calibration_tiles(samples: Sequence[D.Sample], spacing_um: float, patch: int, total: int = CALIBRATION_TILES,
-                      seed: int = 0) -> tuple[np.ndarray, list[int]]:
+                      seed: int = 0, reading: Any = None) -> tuple[np.ndarray, list[int]]:
     """One analysis tile from each of ``total`` images, the same number from every source, spread over its
     classes (round robin over classes, images drawn at random). Returns (tiles, indices of the images used)."""
     rng = np.random.default_rng(seed)
@@ -98,7 +98,7 @@ def calibration_tiles(samples: Sequence[D.Sample], spacing_um: float, patch: int
     tiles, used = [], []
     for i in picked:
         s = samples[i]
-        t = D.analysis_tiles(D.read_rgb(s.path), s.spacing_um_px, spacing_um, patch)
+        t = D.analysis_tiles(D.read_rgb(s.path), s.spacing_um_px, spacing_um, patch, reading=reading)
         if len(t):
             tiles.append(t[rng.integers(len(t))])
             used.append(i)
@@ -621,7 +621,7 @@ def _spread_tiles(samples: Sequence[D.Sample], spec: ModelSpec, n: int) -> np.nd
     tiles: list[np.ndarray] = []
     for s in samples:
         tiles.extend(D.analysis_tiles(D.read_rgb(s.path), s.spacing_um_px, spec.spacing_um_px,
-                                      spec.patch_size_pixels)[:1])
+                                      spec.patch_size_pixels, reading=spec.reading)[:1])
         if len(tiles) >= n:
             break
     return np.stack(tiles) if tiles else np.zeros((0, spec.patch_size_pixels, spec.patch_size_pixels, 3), np.uint8)
@@ -700,7 +700,8 @@ def make_int8(model_dir: Path, samples: Sequence[D.Sample], run_dir: Path | None
     model_dir = Path(model_dir)
     fp32 = ModelSpec.load(model_dir / "model.onnx")
     dst = precision_path(fp32.onnx_path, "int8")
-    tiles, used = calibration_tiles(samples, fp32.spacing_um_px, fp32.patch_size_pixels, seed=seed)
+    tiles, used = calibration_tiles(samples, fp32.spacing_um_px, fp32.patch_size_pixels, seed=seed,
+                                    reading=fp32.reading)
     _say(f"INT8: {len(tiles)} calibration tiles from {len({samples[i].source for i in used})} sources")
     info = quantize_onnx(fp32.onnx_path, dst, tiles, cache=cache)
     info["calibration"] = {"tiles": int(len(tiles)), "images": len(used),
