@@ -81,3 +81,22 @@ def test_a_bad_reading_entry_fails_on_load_with_a_clear_message(tmp_path, capsys
     args = build_parser().parse_args(["analyze", str(tmp_path), "--model", str(model), "--out", str(tmp_path / "o")])
     assert args.func(args) == 2
     assert message.split("'")[1] in capsys.readouterr().err
+
+
+def test_the_viewer_launch_reads_a_smear_as_its_model_declares(tmp_path, capsys):
+    from cellview.cli.viewer import build_gui_parser, scale_from_model
+
+    model = make_toy_model(tmp_path / "toy-smear", patch_px=64, spacing_um=0.225, name="toy-smear",
+                           sidecar_overrides=SMEAR_READING)
+    smear = _smears(tmp_path / "smears") / "smear-001.png"
+    args = build_gui_parser().parse_args([str(smear), "--model", str(model)])
+    scale_from_model(args)
+    assert args.mpp == pytest.approx(100 / 224, abs=1e-6) and not args.whole_image
+    assert "one field 100 µm wide" in capsys.readouterr().err
+    given = build_gui_parser().parse_args([str(smear), "--model", str(model), "--mpp", "0.3"])
+    scale_from_model(given)
+    assert given.mpp == 0.3  # the user's own word wins
+    he = make_toy_model(tmp_path / "he", name="toy-he")
+    plain = build_gui_parser().parse_args([str(smear), "--model", str(he)])
+    scale_from_model(plain)
+    assert plain.mpp is None and not plain.whole_image  # an H&E model: the viewer asks, as before
