@@ -56,8 +56,8 @@ def test_train_data_warns_without_groups_and_export_needs_no_shared_data(tmp_pat
     monkeypatch.setattr(quantize, "slide_sets", no_shared_data)
     parser = build_parser()
     classes = json.dumps({"blasts": "malignant", "healthy": "normal"})
-    common = ["--classes", classes, "--spacing", "0.5", "--patch", "64", "--views", "0", "--head-epochs", "2",
-              "--no-eval", "--name", "mine"]
+    common = ["--classes", classes, "--spacing", "0.5", "--field-um", "43", "--foreground", "stained-cells",
+              "--patch", "64", "--views", "0", "--head-epochs", "2", "--no-eval", "--name", "mine"]
     args = parser.parse_args(["train", "--data", str(folder), "--out", str(run), *common])
     assert args.func(args) == 0
     err = capsys.readouterr().err
@@ -78,7 +78,14 @@ def test_train_data_warns_without_groups_and_export_needs_no_shared_data(tmp_pat
     assert side["validation"]["sets_from"] == "the run's own images"
     assert set(side["validation"]["sets"]) == {"smears"}
     assert "the run's own images" in (out / "MODEL_CARD.md").read_text()
-    ModelSpec.load(out / "model.int8.onnx")
+    spec = ModelSpec.load(out)
+    assert spec.reading.unstated.read == "field" and spec.reading.unstated.field_um == 43
+    assert spec.reading.foreground.rule == "stained-cells" and ModelSpec.load(out / "model.int8.onnx").reading == spec.reading
+    args = parser.parse_args(["analyze", str(folder / "blasts"), "--model", str(out), "--out", str(tmp_path / "res"),
+                              "--precision", "fp32", "-q"])  # the user's images, no --mpp: the model reads them
+    assert args.func(args) == 0
+    meta = json.loads((tmp_path / "res" / "smear-001.json").read_text())
+    assert meta["tiles"]["done"] >= 1 and "one field 43 µm wide" in meta["reading"]["pixel_size"]
 
     made = (out / "model.int8.onnx").read_bytes()
     shutil.move(str(folder), str(tmp_path / "moved"))  # the images are gone: nothing to calibrate or check on

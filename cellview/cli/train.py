@@ -21,6 +21,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", help="JSON file or string: class → category or {category, color}")
     p.add_argument("--spacing", type=float, default=0.5, help="µm/px of --data images and of the model (default 0.5)")
     p.add_argument("--name", default="model", help="model name (with --data)")
+    p.add_argument("--foreground", choices=("tissue", "whole-field", "stained-cells"),
+                   help="with --data: which tiles are read (default tissue, for H&E; stained-cells: tiles holding a "
+                        "nucleus-stained cell, for blood smears; whole-field: every tile); the exported model keeps it")
+    p.add_argument("--field-um", type=float, metavar="UM",
+                   help="with --data: the images state no pixel size and each is one microscope field UM µm wide "
+                        "(its pixel size = UM / its longer side); the exported model reads such images so")
+    p.add_argument("--whole-image", action="store_true",
+                   help="with --data: each image is read whole, resized to the tile (no pixel size needed); the "
+                        "exported model reads images without a pixel size so")
     p.add_argument("--group", choices=("column", "runs", "near-duplicates", "images"),
                    help="what must never straddle a split: the CSV's group column (default), runs of consecutive file "
                         "numbers (fields of one smear or patient), images that look alike, or each image alone; "
@@ -72,6 +81,27 @@ def need_torch() -> str | None:
     return None
 
 
+def _reading(args: argparse.Namespace):
+    """``--foreground`` / ``--field-um`` / ``--whole-image`` as the model's reading rules (sidecar entries)."""
+    from cellview.analysis.foreground import Reading
+    from cellview.train import data as D
+
+    if args.field_um is not None and args.whole_image:
+        raise D.DataError("--field-um and --whole-image are two ways of reading the same images: give one.")
+    raw: dict = {}
+    if args.foreground:
+        raw["foreground"] = {"rule": args.foreground, **({"fallback": "whole-field"}
+                                                       if args.foreground == "stained-cells" else {})}
+    if args.field_um is not None:
+        raw["unstated_pixel_size"] = {"read": "field", "field_um": args.field_um}
+    elif args.whole_image:
+        raw["unstated_pixel_size"] = {"read": "whole-image"}
+    try:
+        return Reading.from_sidecar(raw, "command line")
+    except CellviewError as exc:
+        raise D.DataError(exc.message) from exc
+
+
 def _offer_grouping(recipe, data: list[str]) -> str | None:
     """Warn when ``--data`` has no groups and offer the rule its names fit (asked on a terminal, said otherwise)."""
     from cellview.train import data as D
@@ -105,7 +135,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 path = RECIPES / f"{args.recipe}.json"
             recipe = D.load_recipe(path, args.data_root or default_data_dir())
         elif args.data:
-            recipe = D.recipe_from_args(args.data, args.classes, args.spacing, args.patch or 224, args.name)
+            recipe = D.recipe_from_args(args.data, args.classes, args.spacing, args.patch or 224, args.name,
+                                        _reading(args))
         else:
             return fail("give --recipe or --data")
         if args.patch:

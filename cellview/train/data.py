@@ -83,6 +83,7 @@ class Recipe:
     notes: dict[str, Any] = field(default_factory=dict)
     reading: Reading = field(default_factory=Reading)  # foreground rule, images without a pixel size (sidecar)
     int8_validation: str = ""  # where `cellview export` validates the INT8 copy (quantize.VALIDATION_MODES); '' = run
+    domain_threshold: float = 0.05  # a tile is in domain when its domain score (a p-value) is at least this
 
     @property
     def class_names(self) -> list[str]:
@@ -103,6 +104,7 @@ class Recipe:
             "notes": self.notes,
             **self.reading.sidecar_entries(),
             **({"int8_validation": self.int8_validation} if self.int8_validation else {}),
+            **({"domain_threshold": self.domain_threshold} if self.domain_threshold != 0.05 else {}),
         }
 
 
@@ -165,7 +167,14 @@ def recipe_from_dict(raw: dict[str, Any], data_root: Path) -> Recipe:
         notes=raw.get("notes", {}),
         reading=_reading(raw),
         int8_validation=str(raw.get("int8_validation", "")),
+        domain_threshold=_threshold(raw.get("domain_threshold", 0.05)),
     )
+
+
+def _threshold(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < 1:
+        raise DataError(f"'domain_threshold' must be a p-value between 0 and 1, got {value!r}.")
+    return float(value)
 
 
 def _reading(raw: dict[str, Any]) -> Reading:
@@ -176,8 +185,12 @@ def _reading(raw: dict[str, Any]) -> Reading:
         raise DataError(exc.message) from exc
 
 
-def recipe_from_args(data: Sequence[str], classes: str | None, spacing: float, patch: int, name: str) -> Recipe:
-    """A recipe for the simple case: ``--data`` folders/CSVs plus an optional class → category JSON."""
+def recipe_from_args(data: Sequence[str], classes: str | None, spacing: float, patch: int, name: str,
+                     reading: Reading | None = None) -> Recipe:
+    """A recipe for the simple case: ``--data`` folders/CSVs plus an optional class → category JSON.
+
+    ``reading``: the model's foreground rule, and with a rule for images without a pixel size the images are
+    read by it (not at ``spacing``, which stays the model's)."""
     if classes:
         inline = classes.lstrip().startswith(("{", "["))  # a JSON string; Path(...).is_file() raises on long ones
         try:
@@ -186,7 +199,10 @@ def recipe_from_args(data: Sequence[str], classes: str | None, spacing: float, p
             raise DataError(f"--classes must be a JSON file or a JSON string: {exc}") from exc
     else:
         raw_classes = None
-    sources = [Source(path=str(Path(d).resolve()), name=Path(d).stem, spacing_um_px=spacing) for d in data]
+    reading = reading or Reading()
+    unstated = reading.unstated.read != "ask"
+    sources = [Source(path=str(Path(d).resolve()), name=Path(d).stem, spacing_um_px=spacing,
+                      unstated_pixel_size=unstated) for d in data]
     if raw_classes is None:
         found: list[str] = []
         for s in sources:
@@ -195,7 +211,7 @@ def recipe_from_args(data: Sequence[str], classes: str | None, spacing: float, p
                     found.append(smp.raw_label)
         raw_classes = {c: c.lower() if c.lower() in CATEGORIES else None for c in found}
     return Recipe(name=name, classes=_class_infos(raw_classes), sources=sources, spacing_um_px=spacing,
-                  patch_size=patch)
+                  patch_size=patch, reading=reading)
 
 
 def _read_source(src: Source, class_names: list[str] | None, default_spacing: float = 0.0) -> Iterator[Sample]:

@@ -294,7 +294,7 @@ def _fit_domain(run: Any, out_dir: Path, onnx_path: Path, recipe: D.Recipe, samp
 
     cache = run.path / "cache" / "domain"
     try:
-        fit_model_domain(onnx_path, samples, split, domain_phrase(recipe), cache,
+        fit_model_domain(onnx_path, samples, split, domain_phrase(recipe), cache, threshold=recipe.domain_threshold,
                          command=f"cellview export {run.path} --out {out_dir}", known=known)
         report = evaluate_model_domain(onnx_path, samples, split, {}, cache, known=known)
     except (CellviewError, ValueError) as exc:
@@ -606,6 +606,8 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
                                                               "--adaptation"), ""]
     if notes.get("targets"):
         parts += ["## Targets", "", *_target_lines(notes["targets"], protocol), ""]
+    if notes.get("normal"):  # a class that is its own source: what it can and cannot be trusted for
+        parts += ["## The normal class", "", *[f"- {line}" for line in notes["normal"]], ""]
     if notes.get("findings"):
         parts += ["## What was tried (each judged by LOSO and grouped CV)", "",
                   *[f"- {line}" for line in notes["findings"]], ""]

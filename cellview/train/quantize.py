@@ -60,6 +60,9 @@ CAM_TOLERANCE = 1e-3
 """Largest |spatial mean of a class activation map − its logit| allowed (exact up to rounding)."""
 GPTQ_DAMP = 0.01
 CALIBRATION_TILES = 384
+RUN_CALIBRATION_TILES = 64
+"""Calibration tiles of a user's model (validated on its own images): GPTQ's cost grows with the tiles (about
+0.3 CPU-s each), and a user's export should take a minute or two on a laptop, not ten."""
 RUN_SET_IMAGES = 200
 """Images per source of a run that validate its INT8 copy (spread over its classes; calibration images left out)."""
 VALIDATION_MODES = ("auto", "run", "data-folder", "skip")
@@ -700,7 +703,8 @@ def make_int8(model_dir: Path, samples: Sequence[D.Sample], run_dir: Path | None
     model_dir = Path(model_dir)
     fp32 = ModelSpec.load(model_dir / "model.onnx")
     dst = precision_path(fp32.onnx_path, "int8")
-    tiles, used = calibration_tiles(samples, fp32.spacing_um_px, fp32.patch_size_pixels, seed=seed,
+    total = RUN_CALIBRATION_TILES if mode in ("run", "skip") else CALIBRATION_TILES
+    tiles, used = calibration_tiles(samples, fp32.spacing_um_px, fp32.patch_size_pixels, total=total, seed=seed,
                                     reading=fp32.reading)
     _say(f"INT8: {len(tiles)} calibration tiles from {len({samples[i].source for i in used})} sources")
     info = quantize_onnx(fp32.onnx_path, dst, tiles, cache=cache)
