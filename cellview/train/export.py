@@ -99,7 +99,7 @@ def _wsinfer_transform(patch: int, mean: tuple[float, ...], std: tuple[float, ..
 
 def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bool = True, fp16: bool = True,
                domain: bool = True, int8: bool = True, data_root: Path | None = None,
-               int8_validate: str = "auto") -> Path:
+               int8_validate: str = "auto", int8_only_validated: bool = False) -> Path:
     from cellview.train.train import Run, load_model
 
     run = Run(run_dir)
@@ -181,7 +181,7 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
     for stale in (out_dir / "model.int8.onnx", out_dir / "model.int8.json"):
         stale.unlink(missing_ok=True)  # a copy of earlier weights must not linger
     if int8:
-        export_int8(run.path, out_dir, data_root, int8_validate, known)
+        export_int8(run.path, out_dir, data_root, int8_validate, known, int8_only_validated)
     print(f"exported {recipe.name} to {out_dir} ({onnx_path.stat().st_size / 1e6:.1f} MB ONNX)", file=sys.stderr)
     return onnx_path
 
@@ -202,8 +202,11 @@ def int8_validation_mode(recipe: D.Recipe, requested: str = "auto") -> str:
     return "run"
 
 
+INT8_FILES_LINE = "`model.int8.onnx` + `model.int8.json` (INT8 copy for CPUs; see 'INT8 copy for CPUs')"
+
+
 def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None, mode: str = "auto",
-                known: Any = None) -> Path | None:
+                known: Any = None, only_validated: bool = False) -> Path | None:
     """The INT8 copy of ``out_dir/model.onnx`` (cellview.train.quantize), calibrated on the run's images of every
     source and validated where ``int8_validation_mode`` says (the run's own images for a user's model) and,
     when the run was evaluated, on its protocol folds."""
@@ -234,7 +237,26 @@ def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None, mod
     v = got["validation"] or {}
     print(f"INT8 copy {'validated' if v.get('passed') else 'NOT used by --precision auto: ' + '; '.join(v.get('reasons', []))}",
           file=sys.stderr)
+    if only_validated and not v.get("passed"):
+        drop_int8(out_dir)
+        print("INT8 copy not kept (--int8-only-validated): the model ships FP32 and FP16 only", file=sys.stderr)
+        return None
     return Path(got["path"])
+
+
+def drop_int8(out_dir: Path) -> None:
+    """Remove an INT8 copy that did not validate; the card keeps its figures and says it is not shipped."""
+    for name in ("model.int8.onnx", "model.int8.json"):
+        (out_dir / name).unlink(missing_ok=True)
+    card = out_dir / "MODEL_CARD.md"
+    if not card.exists():
+        return
+    text = card.read_text(encoding="utf-8")
+    text = text.replace(INT8_FILES_LINE, "no INT8 copy (one was made and did not validate: see 'INT8 copy for CPUs')")
+    head = "## INT8 copy for CPUs\n\n"
+    text = text.replace(head, head + "**Not shipped:** the copy below did not meet every threshold, so the model "
+                                     "folder holds no `model.int8.onnx`; CPUs run the FP32 weights.\n\n", 1)
+    atomic_write_text(card, text)
 
 
 def known_features(run: Any, recipe: D.Recipe, cfg: Any, model: Any, onnx_path: Path) -> Any:
@@ -640,7 +662,9 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
         "",
         *_card_use_and_limits(notes),
         *_card_reproduce(recipe, summary,
-                         f" --variants {','.join(protocol['variants'])}" if protocol.get("variants") else "",
+                         (f" --protocol {','.join(protocol['protocols'])}"
+                          if protocol.get("protocols") and set(protocol["protocols"]) != {"loso", "cv"} else "")
+                         + (f" --variants {','.join(protocol['variants'])}" if protocol.get("variants") else ""),
                          f" --version {side['version']}" if side.get("version", "1.0.0") != "1.0.0" else ""),
         f"Trained on {summary.get('device', '?')} ({summary.get('config', {}).get('threads', '?')} threads, shared with "
         f"other jobs): {summary.get('train_seconds_total', summary.get('train_seconds', '?'))} s in all, seed {cfg.seed}; "
