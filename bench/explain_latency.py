@@ -42,8 +42,8 @@ def main() -> int:
 
     from cellview.analysis.model_lookup import resolve_model
     from cellview.gui.app import make_app
+    from cellview.gui.desktop.window import MainWindow
     from cellview.gui.headless import settle, wait_for
-    from cellview.gui.mainwindow import MainWindow
 
     app = make_app()
     window = MainWindow()
@@ -53,7 +53,7 @@ def main() -> int:
     if not window.add_model(resolve_model(args.model)):
         return 2
     window.open_path(args.slide)
-    if not wait_for(window.analysisFinished, 900):
+    if not wait_for(window.viewer.analysisFinished, 900):
         print("analysis did not finish", file=sys.stderr)
         return 1
     result = window.result
@@ -79,7 +79,7 @@ def main() -> int:
     for n, index in enumerate(tiles):
         t0 = time.perf_counter()
         if n == 0:
-            window.inspector.cam_box.setChecked(True)
+            window.viewer.inspector.cam_box.setChecked(True)
         else:
             window.select_tile(index)
         explain = window.model.explain

@@ -45,8 +45,8 @@ def main() -> int:
     from cellview.analysis.results import AnalysisParams
     from cellview.base.errors import CellviewError
     from cellview.gui.app import make_app
+    from cellview.gui.desktop.window import MainWindow
     from cellview.gui.headless import wait_for
-    from cellview.gui.mainwindow import MainWindow
 
     model_note = ""
     try:
@@ -63,14 +63,14 @@ def main() -> int:
     app = make_app()
     w, h = (int(v) for v in args.size.split("x"))
     window = MainWindow(analysis_defaults=AnalysisParams(batch_size=args.batch_size, device=args.device))
-    window.auto_box.setChecked(False)
+    window.run_controls.auto_box.setChecked(False)
     window.use_cache = False  # every run really analyses
     window.resize(w, h)
     window.show()
     if not window.add_model(model_path):
         return 2
     errors: list[str] = []
-    window.errorShown.connect(lambda m, d: errors.append(m))
+    window.viewer.errorShown.connect(lambda m, d: errors.append(m))
 
     clock = QElapsedTimer()
     clock.start()
@@ -78,7 +78,7 @@ def main() -> int:
     first_paint: list[int] = []
     window.view.firstPaint.connect(lambda: first_paint.append(clock.nsecsElapsed()))
     opened_at: list[int] = []
-    window.slideOpened.connect(lambda o: opened_at.append(clock.nsecsElapsed()))
+    window.viewer.slideOpened.connect(lambda o: opened_at.append(clock.nsecsElapsed()))
     window.open_path(args.slide)
     if not first_paint and not wait_for(window.view.firstPaint, 60):
         print(f"open failed: {errors}", file=sys.stderr)
@@ -116,7 +116,7 @@ def main() -> int:
             mover.start()
         t0 = time.perf_counter()
         window.start_analysis()
-        if not wait_for(window.analysisFinished, 600):
+        if not wait_for(window.viewer.analysisFinished, 600):
             print(f"analysis did not finish: {errors}", file=sys.stderr)
             return 1
         elapsed = time.perf_counter() - t0
@@ -126,7 +126,7 @@ def main() -> int:
         stalls.extend(np.maximum(gaps - TICK_MS, 0.0).tolist())
         tiles += window.result.n_done
         tiles_s += elapsed
-        describe = window.provider_label.text()
+        describe = window.status.provider_label.text()
     window.shutdown()
     s = np.array(stalls) if stalls else np.zeros(1)
     print(f"slide:                 {Path(args.slide).name}")

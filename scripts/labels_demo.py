@@ -143,9 +143,9 @@ def main() -> int:
     from PySide6.QtWidgets import QDialogButtonBox
 
     from cellview.gui.app import make_app
+    from cellview.gui.desktop.labels import AdaptDialog
+    from cellview.gui.desktop.window import MainWindow
     from cellview.gui.headless import settle, wait_for
-    from cellview.gui.labelpanel import AdaptDialog
-    from cellview.gui.mainwindow import MainWindow
 
     app = make_app()
     window = MainWindow()
@@ -156,7 +156,7 @@ def main() -> int:
     window.model.analysis.auto_analyse = True
     window.add_model(model)
     window.open_path(slide)
-    if not wait_for(window.analysisFinished, 900):
+    if not wait_for(window.viewer.analysisFinished, 900):
         print("analysis did not finish", file=sys.stderr)
         return 1
     before = window.result
@@ -171,7 +171,7 @@ def main() -> int:
     window.view.zoom(1.8)  # the labelled images and the picked one, larger
     window.view.center_on(x1, (y0 + y1) / 2)
     settle(app, 1.0)
-    bar = window.dock.widget().verticalScrollBar()
+    bar = window.side.dock.widget().verticalScrollBar()
     bar.setValue(window.labels_panel.parentWidget().y() - 20)
     settle(app, 0.5)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +192,7 @@ def main() -> int:
         return 1
     print(report.summary())
     dialog.reanalyse_btn.click()
-    if not wait_for(window.analysisFinished, 900):
+    if not wait_for(window.viewer.analysisFinished, 900):
         return 1
     settle(app, 1.0)
     capture(app, window, args.out / "screenshot_adapted.png")

@@ -7,7 +7,9 @@ model folder byte for byte (models/<name>/*, not wsinfer/) and every module, ins
 virtual environment (not editable), and from a scratch folder, with no user models and no
 $CELLVIEW_MODELS_DIR, runs `cellview --version`, `cellview models`, `cellview analyze` on the real
 slide with the bundled default model, `cellview adapt` on generated labelled images (no torch in the venv),
-and the viewer's `--smoke-test` offscreen. Prints the wheel's
+`cellview serve` (the page and its own JavaScript from the installed package, the slide through
+``POST /api/analyze``, a junk upload refused, its folder gone when it stops) and the viewer's
+`--smoke-test` offscreen. Prints the wheel's
 size and content and each step's time; exits non-zero on the first failure.
 
 Without ../shared/data the real-slide analysis is skipped (said so) and a generated image is
@@ -88,6 +90,11 @@ def check_wheel(wheel: Path, files: list[str]) -> list[str]:
     for f in files:
         if f.startswith("cellview/") and f.endswith(".py") and f not in infos:
             problems.append(f"missing module {f}")
+        elif f.startswith("cellview/serve/static/"):  # the web page's HTML, JavaScript, CSS and licences
+            data = (REPO / f).read_bytes()
+            info = infos.get(f)
+            if info is None or info.file_size != len(data) or info.CRC != zlib.crc32(data):
+                problems.append(f"missing or different web page file {f}")
     problems += [f"ships {n}" for n in infos if "/wsinfer/" in n]
     extra = sorted(n for n in infos if n.startswith("cellview/models/") and n[len("cellview/"):] not in expected)
     problems += [f"ships {n}, which is not in models/" for n in extra]
@@ -99,6 +106,8 @@ def check_wheel(wheel: Path, files: list[str]) -> list[str]:
             parts[f"model {name.split('/')[2]}"] += info.file_size
         elif name.startswith("cellview/base/resources/"):
             parts["fonts"] += info.file_size
+        elif name.startswith("cellview/serve/static/"):
+            parts["web page (JS, CSS)"] += info.file_size
         else:
             parts["code, recipes, metadata"] += info.file_size
     total = sum(i.file_size for i in infos.values())
@@ -136,6 +145,71 @@ def generated_image(python: Path, scratch: Path, env: dict[str, str]) -> Path:
             "Image.fromarray(img).save(sys.argv[1])")
     run([str(python), "-c", code, str(path)], cwd=scratch, env=env)
     return path
+
+
+def multipart(fields: dict[str, str], name: str, data: bytes) -> tuple[bytes, str]:
+    boundary = "cellview-release-check-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                 "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def check_serve(cellview: str, scratch: Path, env: dict[str, str], slide: Path, mpp: list[str]) -> str:
+    """`cellview serve` from the installed wheel: the page, its own assets, an analysis, a refusal, the cleanup."""
+    import re
+    import signal
+    import urllib.error
+    import urllib.request
+
+    proc = subprocess.Popen([cellview, "serve", "--port", "0", "--device", "cpu"], cwd=scratch, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        found = re.search(r"serving on (http://127\.0\.0\.1:\d+)/ \(this machine only\)", first)
+        if not found:
+            raise CheckFailed(f"cellview serve did not say it serves on localhost: {first!r}{proc.stderr.read()[-2000:]}")
+        url = found.group(1)
+
+        def get(path: str) -> bytes:
+            with urllib.request.urlopen(url + path, timeout=60) as r:
+                return r.read()
+
+        page = get("/").decode()
+        if '<input type="file"' not in page:
+            raise CheckFailed("GET / has no file input")
+        assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page)
+        for asset in assets:
+            if get(asset) != (REPO / "cellview/serve" / asset.lstrip("/")).read_bytes():
+                raise CheckFailed(f"{asset} differs from the repository's")
+        if re.search(r'(?:src|href)="(?:https?:)?//', page):
+            raise CheckFailed("the page loads something from elsewhere")
+        fields = {"mpp": mpp[1]} if mpp else {}
+        body, ctype = multipart(fields, slide.name, slide.read_bytes())
+        req = urllib.request.Request(url + "/api/analyze", data=body, headers={"Content-Type": ctype})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            answer = json.loads(r.read())
+        if not answer.get("call", {}).get("category") or answer.get("model") != DEFAULT_MODEL:
+            raise CheckFailed(f"POST /api/analyze answered {answer}")
+        csv = get(answer["outputs"]["csv"]["url"]).decode()
+        body, ctype = multipart({}, "junk.svs", b"not a slide\n" * 64)
+        try:
+            urllib.request.urlopen(urllib.request.Request(url + "/api/analyze", data=body,
+                                                          headers={"Content-Type": ctype}), timeout=60)
+            raise CheckFailed("a junk upload was accepted")
+        except urllib.error.HTTPError as exc:
+            refusal = f"{exc.code} {json.loads(exc.read())['error']}"
+            if not 400 <= exc.code < 500:
+                raise CheckFailed(f"a junk upload got {refusal}") from None
+        runs = list((scratch / "cache" / "cellview" / "serve").glob(f"run-{proc.pid}-*"))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    if not runs or any(r.exists() for r in runs):
+        raise CheckFailed(f"the server's folder {runs} was not removed when it stopped")
+    return (f"{url}: page + {len(assets)} assets from the package; {slide.name}: call \"{answer['call']['words']}\", "
+            f"{len(csv.splitlines()) - 1} CSV rows; junk upload: {refusal}; folder removed on Ctrl-C")
 
 
 def ram_folder() -> str | None:
@@ -221,6 +295,7 @@ def main() -> int:
 
             log = step(f"cellview analyze {slide.name} (bundled default model)", analyze)
             print("  " + log.replace("\n", "\n  "))
+            mpp: list[str] = []
         else:
             print(f"release check: {args.slide} is absent (no ../shared/data here): the real-slide analysis is "
                   "SKIPPED; a generated image is analysed and opened instead", flush=True)
@@ -254,6 +329,8 @@ def main() -> int:
             return log
 
         print("  " + step("cellview adapt without torch (labelled images)", adapt).strip().replace("\n", "\n  "))
+        print("  " + step("cellview serve from the wheel (page, assets, analyze, junk, cleanup)",
+                          lambda: check_serve(cellview, scratch, env, slide, mpp)))
 
         def smoke():
             out = run([cellview, "--smoke-test", str(slide)], cwd=scratch, env=env, timeout=300)

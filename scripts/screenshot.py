@@ -64,8 +64,8 @@ def main() -> int:
     from cellview.analysis.results import AnalysisParams
     from cellview.base.errors import CellviewError
     from cellview.gui.app import make_app
+    from cellview.gui.desktop.window import MainWindow
     from cellview.gui.headless import settle, wait_for
-    from cellview.gui.mainwindow import MainWindow
 
     model_path = None
     for name in [args.model] if args.model else ["colon-he", "lung-he"]:
@@ -95,19 +95,19 @@ def main() -> int:
     if args.style:
         window.model.overlay.set(style=args.style)
     window.open_path(args.slide)
-    if not wait_for(window.analysisFinished, 900):
+    if not wait_for(window.viewer.analysisFinished, 900):
         print("analysis did not finish", file=sys.stderr)
         return 1
     result = window.result
     if args.regions:
-        window.threshold.setValue(args.threshold)
-        window.show_regions.setChecked(True)
+        window.colours.threshold.setValue(args.threshold)
+        window.viewer.heatmap.show_regions.setChecked(True)
         while window.model.regions.busy:  # regions are computed in a worker
             settle(app, 0.05)
         from cellview.analysis.morphology import measure_tile
         from cellview.slides.opening import open_slide
 
-        regions = window.region_list
+        regions = window.model.regions.shown
         tiles = regions[0].tile_indices if regions else np.flatnonzero(result.done)
         with open_slide(args.slide) as slide:
             found = [measure_tile(slide, result.grid, int(i), want_contours=False)[0] for i in tiles]
@@ -120,15 +120,15 @@ def main() -> int:
         malignant = result.pred_category == CATEGORIES.index("malignant")
         pick = int(np.argmax(np.where(malignant, conf, -1.0))) if malignant.any() else int(np.argmax(conf))
     window.select_tile(pick)
-    wait_for(window.patchShown, 10)
+    wait_for(window.viewer.patchShown, 10)
     if args.cam:
         show_cam(app, window)
     if args.regions or args.cam:
         settle(app, 0.5)  # the panel's layout grows with the nuclei rows first
-        bar = window.dock.widget().verticalScrollBar()
+        bar = window.side.dock.widget().verticalScrollBar()
         bar.setValue(bar.maximum())  # the inspector is at the bottom of the panel
     else:
-        window._view_hovered(*[v + result.grid.tile_l0_w / 2 for v in result.grid.rect(pick)[:2]])
+        window.viewer.canvas.hover_at(*[v + result.grid.tile_l0_w / 2 for v in result.grid.rect(pick)[:2]])
     settle(app, 1.0)
     out = Path(args.out or REPO / "docs" / ("screenshot_nuclei.png" if args.regions else "screenshot.png"))
     dialog = desktop_dialog(window, args.show)
@@ -137,7 +137,7 @@ def main() -> int:
     capture(app, window, out)
     if dialog is not None:
         dialog.close()
-    print(f"wrote {out} ({window.provider_label.text()}; {result.summary()})")
+    print(f"wrote {out} ({window.status.provider_label.text()}; {result.summary()})")
     window.shutdown()
     return 0
 
@@ -146,8 +146,8 @@ def desktop_dialog(window, show: str):
     """Open one of the desktop's dialogs without blocking (for the picture); None for the plain window."""
     from PySide6.QtWidgets import QFileDialog
 
-    from cellview.gui.mainwindow import MppDialog
-    from cellview.gui.shortcuts import ShortcutsDialog
+    from cellview.gui.desktop.dialogs import MppDialog
+    from cellview.gui.desktop.shortcuts import ShortcutsDialog
 
     if show == "shortcuts":
         dialog = ShortcutsDialog(window.menuBar(), window)
@@ -165,7 +165,7 @@ def show_cam(app, window) -> None:
     """Turn the inspector's activation map on and wait until it is drawn (computed on a worker)."""
     from cellview.gui.headless import settle
 
-    window.inspector.cam_box.setChecked(True)
+    window.viewer.inspector.cam_box.setChecked(True)
     while window.model.explain.current.state == "busy":
         settle(app, 0.05)
     if window.model.explain.current.state != "ready":
@@ -219,22 +219,22 @@ def shoot_kiosk(app, args, model_path: Path, tmp: Path) -> int:
     pick = int(np.argmax(np.where(malignant, conf, -1.0))) if malignant.any() else int(np.argmax(conf))
     if args.show == "tile":  # a tap on the tile: its call in a sheet over the slide
         x, y, w, h = result.grid.rect(pick)
-        window._view_clicked(x + w / 2, y + h / 2)
+        window.case_page.tap(x + w / 2, y + h / 2)
     else:
         window.select_tile(pick)
-    wait_for(window.patchShown, 10)
+    wait_for(window.viewer.patchShown, 10)
     kiosk_view(app, window, args.show, tmp, args.slide)
     if args.cam:
         show_cam(app, window)
-        panel = window._side_scroll
-        top = window.inspector.mapTo(panel.widget(), window.inspector.rect().topLeft()).y()
+        panel = window.case_page.side_scroll
+        top = window.viewer.inspector.mapTo(panel.widget(), window.viewer.inspector.rect().topLeft()).y()
         panel.verticalScrollBar().setValue(max(0, top - 8))  # the patch with its map and colour scale in view
     settle(app, 1.0)
     size = args.size or f"{window.width()}x{window.height()}"
     suffix = "" if args.show == "case" else f"-{args.show}"
     out = Path(args.out or REPO / "docs" / f"kiosk-{size}{suffix}.png")
     capture(app, window, out)
-    print(f"wrote {out} ({window.provider_badge.text()}; {result.summary()})")
+    print(f"wrote {out} ({window.header.provider_badge.text()}; {result.summary()})")
     window.exit_kiosk()
     return 0
 
@@ -244,7 +244,7 @@ def kiosk_view(app, window, show: str, tmp: Path, slide: str) -> None:
     from cellview.gui.headless import settle, wait_for
 
     if show == "waiting":
-        window.home_btn.click()
+        window.case_page.home_btn.click()
     elif show == "open":
         window.choose_case()
         window.file_sheet.show_folder(Path(slide).parent)
@@ -260,8 +260,8 @@ def kiosk_view(app, window, show: str, tmp: Path, slide: str) -> None:
     elif show == "pin":
         window.request_exit()
     elif show == "idle":  # nobody touched the screen since the case finished
-        window._last_activity = 0.0
-        window.show_idle()
+        window.idle_screen.last_activity = 0.0
+        window.idle_screen.show_idle()
     settle(app, 0.5)
 
 

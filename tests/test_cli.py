@@ -55,7 +55,7 @@ def test_plain_images_analyse(data_dir, toy_model_224, tmp_path, capsys):
         pytest.skip("no GlaS images")
     code, out, err = _analyze(capsys, *glas, "--model", toy_model_224, "--mpp", "0.62", "--out", tmp_path)
     assert code == 0, err
-    assert out.count("image:") == 2
+    assert out.count("  call: ") == 2 and out.count("most probable class") == 2
     code, out, err = _analyze(capsys, glas[0], "--model", toy_model_224, "--whole-image", "--out", tmp_path / "w")
     assert code == 0, err
     meta = json.loads((tmp_path / "w" / f"{glas[0].stem}.json").read_text())

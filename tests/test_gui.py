@@ -23,14 +23,12 @@ from cellview.testing.synthetic import expected_synthetic_tiles, synthetic_slide
 TIMEOUT_MS = 30000
 
 
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
+pytestmark = pytest.mark.usefixtures("isolated_settings")  # conftest: never the user's settings
 
 
 def make_window(qtbot, params: AnalysisParams | None = None, model: Path | None = None):
     from cellview.gui.app import make_app
-    from cellview.gui.mainwindow import MainWindow
+    from cellview.gui.desktop.window import MainWindow
 
     make_app()
     window = MainWindow(analysis_defaults=params)
@@ -38,7 +36,7 @@ def make_window(qtbot, params: AnalysisParams | None = None, model: Path | None 
 
     def record_error(exc, title=""):
         window.errors.append(exc)
-        window.errorShown.emit(exc.message, exc.details)
+        window.viewer.errorShown.emit(exc.message, exc.details)
 
     window.show_error = record_error
     qtbot.addWidget(window)
@@ -57,7 +55,7 @@ def window(qtbot, toy_model):
 
 
 def open_and_analyse(qtbot, window, path) -> object:
-    with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.viewer.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         window.open_path(path)
     return blocker.args[0]
 
@@ -80,7 +78,7 @@ def test_synthetic_slide_overlay_matches_results(qtbot, window, synthetic_slide)
     # The default draws category contours and leaves the stain as it is: the fill layer is empty.
     assert window.model.overlay.settings.style == "outline" and not overlay.isVisible()
     assert len(window.view.contours) == 2 * 3  # casing + colour line per category
-    window.style_box.setCurrentIndex(window.style_box.findData("fill"))
+    window.viewer.heatmap.style_box.setCurrentIndex(window.viewer.heatmap.style_box.findData("fill"))
     assert overlay.isVisible() and window.view.contours == []
     # One image, one pixel per grid cell, exactly the core's category colours with confidence as alpha.
     np.testing.assert_array_equal(overlay.image, result.category_rgba())
@@ -88,33 +86,33 @@ def test_synthetic_slide_overlay_matches_results(qtbot, window, synthetic_slide)
     assert (rect.width(), rect.height()) == (g.n_cols * g.stride_l0_x, g.n_rows * g.stride_l0_y)
     r, c = 3, 3  # inside the red block
     assert tuple(overlay.image[r, c, :3]) == hex_to_rgb(CATEGORY_COLORS["malignant"])
-    assert window.toggles.counts["malignant"].text().startswith("16 tiles")
+    assert window.viewer.heatmap.toggles.counts["malignant"].text().startswith("16 tiles")
 
-    window.toggles.boxes["benign"].setChecked(False)
+    window.viewer.heatmap.toggles.boxes["benign"].setChecked(False)
     benign = result.pred_category == CATEGORIES.index("benign")
     assert (overlay.image[g.grid_row[benign], g.grid_col[benign], 3] == 0).all()
     assert (overlay.image[g.grid_row[~benign], g.grid_col[~benign], 3] > 0).all()
     for pct in (60, 100):
-        window.threshold.setValue(pct)
+        window.colours.threshold.setValue(pct)
         np.testing.assert_array_equal(overlay.image, result.category_rgba(pct / 100, ("malignant", "normal")))
-    window.threshold.setValue(0)
-    window.mode_box.setCurrentIndex(window.mode_box.findData(0))  # P(malignant)
-    assert window.colorbar.isVisibleTo(window)
+    window.colours.threshold.setValue(0)
+    window.colours.mode_box.setCurrentIndex(window.colours.mode_box.findData(0))  # P(malignant)
+    assert window.colours.colorbar.isVisibleTo(window)
     heat = result.heatmap(0)
     # issue 19: the category toggles apply in probability mode too (benign is still switched off)
     benign_cells = np.zeros(heat.shape, bool)
     benign_cells[g.grid_row[benign], g.grid_col[benign]] = True
     np.testing.assert_array_equal(overlay.image[..., 3] > 0, np.isfinite(heat) & ~benign_cells)
-    assert window.toggles.isEnabled() and "benign hidden" in window.filter_notice.label.text()
-    window.toggles.boxes["benign"].setChecked(True)
+    assert window.viewer.heatmap.toggles.isEnabled() and "benign hidden" in window.viewer.heatmap.filter_notice.label.text()
+    window.viewer.heatmap.toggles.boxes["benign"].setChecked(True)
     np.testing.assert_array_equal(overlay.image[..., 3] > 0, np.isfinite(heat))
-    assert not window.filter_notice.isVisibleTo(window)
+    assert not window.viewer.heatmap.filter_notice.isVisibleTo(window)
     assert window.opened.info.mpp is not None and window.view.scale_bar.isVisibleTo(window)
 
 
 def test_pyramid_tiles_load_when_zoomed(qtbot, window, synthetic_slide):
-    with qtbot.waitSignal(window.slideOpened, timeout=TIMEOUT_MS):
-        window.auto_box.setChecked(False)
+    with qtbot.waitSignal(window.viewer.slideOpened, timeout=TIMEOUT_MS):
+        window.run_controls.auto_box.setChecked(False)
         window.open_path(synthetic_slide)
     window.view.vb.setRange(xRange=(400, 700), yRange=(300, 500), padding=0)
     qtbot.waitUntil(lambda: window.view.live_tile_items > 0, timeout=10000)
@@ -134,36 +132,36 @@ def test_click_tile_shows_inspector_and_arrows_step(qtbot, window, synthetic_sli
     g = result.grid
     i = int(np.flatnonzero((g.grid_row == 3) & (g.grid_col == 3))[0])
     x, y, w, h = g.rect(i)
-    with qtbot.waitSignal(window.patchShown, timeout=10000):
+    with qtbot.waitSignal(window.viewer.patchShown, timeout=10000):
         click_l0(qtbot, window, x + w / 2, y + h / 2)
-    assert window.inspector.index == i
-    values = window.inspector.bars.values()
+    assert window.viewer.inspector.index == i
+    values = window.viewer.inspector.bars.values()
     np.testing.assert_allclose([values[n] for n in result.model.class_names], result.probs[i], rtol=1e-6)
-    assert "malignant" in window.inspector.title.text()
-    assert f"x {x:,}" in window.inspector.details.text() and "64 × 64 µm" in window.inspector.details.text()
+    assert "malignant" in window.viewer.inspector.title.text()
+    assert f"x {x:,}" in window.viewer.inspector.details.text() and "64 × 64 µm" in window.viewer.inspector.details.text()
     with open_slide(synthetic_slide) as slide:
         patch = read_tile(slide, g, i)
-    shown = window.inspector.patch.pixmap().toImage()
-    assert shown.width() == window.inspector.PATCH_PX  # the 64-px model patch, scaled for display
+    shown = window.viewer.inspector.patch.pixmap().toImage()
+    assert shown.width() == window.viewer.inspector.PATCH_PX  # the 64-px model patch, scaled for display
     assert patch.shape == (64, 64, 3)
-    with qtbot.waitSignal(window.patchShown, timeout=10000):
+    with qtbot.waitSignal(window.viewer.patchShown, timeout=10000):
         qtbot.keyClick(window.view, Qt.Key.Key_Right)
-    j = window.inspector.index
+    j = window.viewer.inspector.index
     assert (g.grid_row[j], g.grid_col[j]) == (3, 4)
-    with qtbot.waitSignal(window.patchShown, timeout=10000):
+    with qtbot.waitSignal(window.viewer.patchShown, timeout=10000):
         qtbot.keyClick(window, Qt.Key.Key_Down)
-    k = window.inspector.index
+    k = window.viewer.inspector.index
     assert (g.grid_row[k], g.grid_col[k]) == (4, 4)
     assert window.view.selection.isVisible()
-    window._view_hovered(x + w / 2, y + h / 2)
-    assert window.hover_label.text().startswith("malignant ")
+    window.viewer.canvas.hover_at(x + w / 2, y + h / 2)
+    assert window.status.hover_label.text().startswith("malignant ")
 
 
 def test_export_files_parse_and_never_overwrite_silently(qtbot, window, synthetic_slide, tmp_path, monkeypatch):
     result = open_and_analyse(qtbot, window, synthetic_slide)
     out = {}
     for kind, name in (("csv", "t.csv"), ("geojson", "t.geojson"), ("png", "t.png"), ("view", "v.png")):
-        out[kind] = window.export_to(kind, tmp_path / name)
+        out[kind] = window.exports.export_to(kind, tmp_path / name)
         assert out[kind] is not None and out[kind].exists()
     rows = list(csv.DictReader(io.StringIO(out["csv"].read_text())))
     assert len(rows) == result.n_tiles and {r["pred_category"] for r in rows} == set(CATEGORIES)
@@ -177,14 +175,14 @@ def test_export_files_parse_and_never_overwrite_silently(qtbot, window, syntheti
         assert img is not None and img.shape[0] > 100
     before = out["csv"].read_bytes()
     monkeypatch.setattr(window, "confirm_overwrite", lambda path: False)
-    window.threshold.setValue(50)
-    assert window.export_to("csv", out["csv"]) is None
+    window.colours.threshold.setValue(50)
+    assert window.exports.export_to("csv", out["csv"]) is None
     assert out["csv"].read_bytes() == before
     # The dialog route remembers the folder.
     sub = tmp_path / "sub"
     sub.mkdir()
     monkeypatch.setattr(window, "ask_save_path", lambda title, suggested, f: sub / "x.geojson")
-    assert window.export_dialog("geojson") == sub / "x.geojson"
+    assert window.exports.export_dialog("geojson") == sub / "x.geojson"
     from cellview.gui import settings
 
     assert settings.get("last_export_dir") == str(sub)
@@ -202,20 +200,20 @@ def test_cancel_keeps_finished_tiles_and_rerun_hits_cache(qtbot, toy_model, synt
                 worker.cancel()
         worker.raw_item.connect(on_item, Qt.ConnectionType.DirectConnection)
 
-    w.analysisStarted.connect(on_started)
+    w.viewer.analysisStarted.connect(on_started)
     result = open_and_analyse(qtbot, w, synthetic_slide)
-    w.analysisStarted.disconnect(on_started)
+    w.viewer.analysisStarted.disconnect(on_started)
     assert result.status == "cancelled"
     assert 8 <= result.n_done < result.n_tiles
     assert int((w.view.overlay.image[..., 3] > 0).sum()) == result.n_done
-    assert "partial" in w.summary_label.text()
-    assert w.analyse_btn.isEnabled() and not w.cancel_btn.isEnabled()
-    with qtbot.waitSignal(w.analysisFinished, timeout=TIMEOUT_MS) as blocker:
+    assert "partial" in w.viewer.heatmap.summary_label.text()
+    assert w.run_controls.analyse_btn.isEnabled() and not w.run_controls.cancel_btn.isEnabled()
+    with qtbot.waitSignal(w.viewer.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         w.start_analysis()
     assert blocker.args[0].status == "complete" and not blocker.args[0].from_cache
-    with qtbot.waitSignal(w.analysisFinished, timeout=TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(w.viewer.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         w.start_analysis()
-    assert blocker.args[0].from_cache and "cache" in w.rate_label.text()
+    assert blocker.args[0].from_cache and "cache" in w.viewer.run_status.rate_label.text()
     assert w.shutdown(20000)
 
 
@@ -225,9 +223,9 @@ def test_gpu_asked_for_but_absent_is_said_plainly(qtbot, window, synthetic_slide
     cuda_ok, _, _ = model.gpu_runtime_status()
     if cuda_ok:
         pytest.skip("this machine has a usable GPU")
-    window.device_box.setCurrentIndex(window.device_box.findData("cuda"))
+    window.model_panel.device_box.setCurrentIndex(window.model_panel.device_box.findData("cuda"))
     open_and_analyse(qtbot, window, synthetic_slide)
-    text = window.provider_label.text()
+    text = window.status.provider_label.text()
     assert "CUDA was asked for" in text and "CPU" in text
 
 
@@ -235,7 +233,7 @@ def test_real_slide_analyses_and_zooms(qtbot, real_slide, toy_model_224):
     w = make_window(qtbot, model=toy_model_224)
     result = open_and_analyse(qtbot, w, real_slide)
     assert result.n_done > 20 and w.view.overlay.image.shape[:2] == result.grid.shape
-    assert "0.499 µm/px" in w.slide_label.text()
+    assert "0.499 µm/px" in w.status.slide_label.text()
     w.view.vb.setRange(xRange=(800, 1400), yRange=(1000, 1400), padding=0)
     qtbot.waitUntil(lambda: w.view.live_tile_items > 0, timeout=10000)
     assert w.shutdown(20000)
@@ -248,14 +246,14 @@ def test_single_cell_image_shows_label(qtbot, window, tmp_path, monkeypatch):
     img[10:86, 10:86] = (40, 30, 220)  # BGR: red cell
     path = tmp_path / "cell.png"
     cv2.imwrite(str(path), img)
-    from cellview.gui.mainwindow import WHOLE_IMAGE
+    from cellview.viewer.slide import WHOLE_IMAGE
 
     monkeypatch.setattr(window, "ask_mpp", lambda opened: WHOLE_IMAGE)
     result = open_and_analyse(qtbot, window, path)
     assert result.n_tiles == 1 and result.grid.whole_image
     assert window.view.label.isVisible()
     assert "malignant" in window.view.label.textItem.toHtml()
-    assert "one image" in window.slide_label.text()
+    assert "one image" in window.status.slide_label.text()
 
 
 def test_missing_mpp_is_asked_once_and_recorded(qtbot, window, tmp_path, monkeypatch):
@@ -266,13 +264,13 @@ def test_missing_mpp_is_asked_once_and_recorded(qtbot, window, tmp_path, monkeyp
     assert asked and result.n_done == 56 and result.slide.mpp.source == "user"
     monkeypatch.setattr(window, "ask_mpp", lambda opened: pytest.fail("asked again"))
     result = open_and_analyse(qtbot, window, path)
-    assert result.n_done == 56 and "entered by you" in window.slide_label.text()
+    assert result.n_done == 56 and "entered by you" in window.status.slide_label.text()
 
 
 def test_errors_show_a_dialog_and_the_window_stays_usable(qtbot, window, synthetic_slide, tmp_path):
     bad = tmp_path / "broken.svs"
     bad.write_bytes(b"not a slide at all" * 100)
-    with qtbot.waitSignal(window.errorShown, timeout=TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.viewer.errorShown, timeout=TIMEOUT_MS) as blocker:
         window.open_path(bad)
     assert "broken.svs" in blocker.args[0]
     onnx = tmp_path / "m" / "model.onnx"
@@ -280,22 +278,22 @@ def test_errors_show_a_dialog_and_the_window_stays_usable(qtbot, window, synthet
     onnx.write_bytes(b"garbage")
     assert not window.add_model(onnx)
     assert len(window.errors) == 2
-    window.auto_box.setChecked(False)
-    with qtbot.waitSignal(window.slideOpened, timeout=TIMEOUT_MS):
+    window.run_controls.auto_box.setChecked(False)
+    with qtbot.waitSignal(window.viewer.slideOpened, timeout=TIMEOUT_MS):
         window.open_path(synthetic_slide)
     assert window.opened is not None
 
 
 def test_tissue_preview(qtbot, window, synthetic_slide):
-    window.auto_box.setChecked(False)
-    with qtbot.waitSignal(window.slideOpened, timeout=TIMEOUT_MS):
+    window.run_controls.auto_box.setChecked(False)
+    with qtbot.waitSignal(window.viewer.slideOpened, timeout=TIMEOUT_MS):
         window.open_path(synthetic_slide)
-    with qtbot.waitSignal(window.tissueShown, timeout=TIMEOUT_MS):
-        window.tissue_box.setChecked(True)
+    with qtbot.waitSignal(window.viewer.tissueShown, timeout=TIMEOUT_MS):
+        window.tissue_panel.tissue_box.setChecked(True)
     img = window.view.tissue_item.image
     assert img is not None and window.view.tissue_item.isVisible()
     assert 0 < (img[..., 1] == 229).mean() < 1
-    assert "tissue" in window.tissue_label.text()
+    assert "tissue" in window.tissue_panel.tissue_label.text()
 
 
 def test_closing_during_analysis_stops_the_worker(qtbot, toy_model, synthetic_slide):
@@ -313,14 +311,14 @@ def test_closing_during_analysis_stops_the_worker(qtbot, toy_model, synthetic_sl
                     time.sleep(0.01)
         worker.raw_item.connect(on_item, Qt.ConnectionType.DirectConnection)
 
-    w.analysisStarted.connect(on_started)
-    with qtbot.waitSignal(w.overlayPainted, timeout=TIMEOUT_MS):
+    w.viewer.analysisStarted.connect(on_started)
+    with qtbot.waitSignal(w.viewer.overlayPainted, timeout=TIMEOUT_MS):
         w.open_path(synthetic_slide)
-    worker = w.analysis
+    worker = w.viewer.analysis
     assert worker is not None and worker.is_running()
     w.close()
     assert not worker.is_running()
-    assert all(not x.is_running() for x in list(w._workers))
+    assert all(not x.is_running() for x in list(w.viewer.runner.workers))
 
 
 def test_drop_recent_files_and_kiosk_flag(qtbot, window, synthetic_slide, toy_model, tmp_path, monkeypatch):
@@ -331,7 +329,7 @@ def test_drop_recent_files_and_kiosk_flag(qtbot, window, synthetic_slide, toy_mo
     from cellview.gui import settings
     from cellview.gui.app import run_gui
 
-    window.auto_box.setChecked(False)
+    window.run_controls.auto_box.setChecked(False)
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(synthetic_slide))])
 
@@ -339,11 +337,11 @@ def test_drop_recent_files_and_kiosk_flag(qtbot, window, synthetic_slide, toy_mo
         def mimeData(self):  # noqa: N802 - Qt API
             return mime
 
-    with qtbot.waitSignal(window.slideOpened, timeout=TIMEOUT_MS):
+    with qtbot.waitSignal(window.viewer.slideOpened, timeout=TIMEOUT_MS):
         window.dropEvent(Drop())
     assert settings.recent_files()[0] == str(Path(synthetic_slide).absolute())
-    window._fill_recent()
-    assert [a.text() for a in window.recent_menu.actions()] == [Path(synthetic_slide).name]
+    window.menus.fill_recent()
+    assert [a.text() for a in window.menus.recent_menu.actions()] == [Path(synthetic_slide).name]
     # The kiosk itself is tested in test_kiosk_gui.py; a missing settings file does not stop it (no exit 2,
     # which systemd would restart in a loop): it runs on defaults and says so.
     from cellview.gui.kiosk import KioskWindow
@@ -354,7 +352,7 @@ def test_drop_recent_files_and_kiosk_flag(qtbot, window, synthetic_slide, toy_mo
         kiosk = next(w for w in QApplication.topLevelWidgets() if isinstance(w, KioskWindow) and w.isVisible())
         qtbot.waitUntil(lambda: kiosk.page == "waiting", timeout=TIMEOUT_MS)
         kiosk.request_exit()  # the exit chord
-        seen.append((kiosk, kiosk.isVisible(), kiosk.settings_card.isVisible()))
+        seen.append((kiosk, kiosk.isVisible(), kiosk.cards.settings_card.isVisible()))
         kiosk.exit_kiosk()
         return 0
 
@@ -364,7 +362,7 @@ def test_drop_recent_files_and_kiosk_flag(qtbot, window, synthetic_slide, toy_mo
                                                   "--device", "cpu", "--outbox", str(tmp_path / "out")])) == 0
     [(kiosk, still_up, problem_shown)] = seen
     # issue 19: a missing file holds no PIN, so the defaults apply and the exit chord leaves (it was locked)
-    assert not still_up and not kiosk.exit_locked and "does not exist" in kiosk.settings_label.text()
+    assert not still_up and not kiosk.exit_locked and "does not exist" in kiosk.cards.settings_label.text()
 
 
 def test_model_picker_rescans_models_dir(qtbot, window, tmp_path, monkeypatch):
@@ -372,22 +370,22 @@ def test_model_picker_rescans_models_dir(qtbot, window, tmp_path, monkeypatch):
 
     monkeypatch.setenv("CELLVIEW_MODELS_DIR", str(tmp_path / "models"))
     make_toy_model(tmp_path / "models" / "colon-he", patch_px=64, spacing_um=1.0)
-    window.model_box.showPopup()
-    window.model_box.hidePopup()
-    names = [window.model_box.itemText(i) for i in range(window.model_box.count())]
+    window.model_panel.model_box.showPopup()
+    window.model_panel.model_box.hidePopup()
+    names = [window.model_panel.model_box.itemText(i) for i in range(window.model_panel.model_box.count())]
     assert "colon-he" in names
-    window.refresh_models()
-    assert window.model_box.currentData() is not None
+    window.model_panel.refresh_models()
+    assert window.model_panel.model_box.currentData() is not None
 
 
 def test_nuclei_measurements_reach_the_inspector(qtbot, toy_model_224, real_slide):
     w = make_window(qtbot, model=toy_model_224)
-    w.nuclei_box.setChecked(True)
+    w.run_controls.nuclei_box.setChecked(True)
     result = open_and_analyse(qtbot, w, real_slide)
     assert result.nuclei is not None and result.nuclei.measured.all()
     i = int(np.argmax(result.nuclei.count))
     w.select_tile(i)
-    assert f"nuclei    {int(result.nuclei.count[i])}" in w.inspector.details.text()
+    assert f"nuclei    {int(result.nuclei.count[i])}" in w.viewer.inspector.details.text()
     assert w.shutdown(20000)
 
 
@@ -401,7 +399,7 @@ def test_heatmap_is_clipped_to_the_slide(qtbot, window, tmp_path):
     result = open_and_analyse(qtbot, window, path)
     g = result.grid
     assert g.n_cols * g.stride_l0_x > 100 and g.n_rows * g.stride_l0_y > 100  # tiles stick out
-    window.opacity.setValue(window.opacity.maximum())
+    window.viewer.heatmap.opacity.setValue(window.viewer.heatmap.opacity.maximum())
     view = window.view
     view.vb.setRange(QRectF(-60, -60, 240, 240), padding=0)
     qtbot.wait(100)

@@ -24,14 +24,12 @@ from cellview.testing.synthetic import (  # noqa: E402
 TIMEOUT_MS = 30000
 
 
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
+pytestmark = pytest.mark.usefixtures("isolated_settings")  # conftest: never the user's settings
 
 
 def make_window(qtbot, model_path):
     from cellview.gui.app import make_app
-    from cellview.gui.mainwindow import MainWindow
+    from cellview.gui.desktop.window import MainWindow
 
     make_app()
     window = MainWindow()
@@ -53,7 +51,7 @@ def window(qtbot, cam_domain_model):
 
 
 def open_and_analyse(qtbot, window, path):
-    with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.viewer.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         window.open_path(path)
     qtbot.waitUntil(lambda: window.model.overlay.domain.kind != "none", timeout=TIMEOUT_MS)
     return blocker.args[0]
@@ -82,7 +80,7 @@ def test_banner_hatching_and_show_anyway_change_pixels_and_counts(qtbot, window,
     result = open_and_analyse(qtbot, window, square_slide)
     n = result.n_done
     assert n == 24 and result.out_of_domain.all()
-    banner = window.domain_banner
+    banner = window.viewer.heatmap.domain_banner
     assert banner.isVisible() and banner.kind == "warning"
     assert "This tissue does not look like red, blue and green test tiles; the calls are unreliable." \
         in banner.label.text()
@@ -93,17 +91,17 @@ def test_banner_hatching_and_show_anyway_change_pixels_and_counts(qtbot, window,
     r0, _, c0, _ = SQUARE_BLOCK
     assert tuple(window.view.overlay.image[r0, c0]) == OUT_OF_DOMAIN_RGBA
     assert len(window.view.hatch.rects) == SQUARE_BLOCK[1] - SQUARE_BLOCK[0]  # one run per grid row
-    assert window.toggles.counts["malignant"].text().startswith("0 tiles")
-    assert window.toggles.ood_label.isVisibleTo(window) and window.toggles.ood_count.text().startswith("24 tiles")
+    assert window.viewer.heatmap.toggles.counts["malignant"].text().startswith("0 tiles")
+    assert window.viewer.heatmap.toggles.ood_label.isVisibleTo(window) and window.viewer.heatmap.toggles.ood_count.text().startswith("24 tiles")
     hatched = grab_l0(window, *block_rect_l0())
 
-    with qtbot.waitSignal(window.domainShown, timeout=TIMEOUT_MS):
+    with qtbot.waitSignal(window.viewer.domainShown, timeout=TIMEOUT_MS):
         banner.anyway.click()
     assert window.model.overlay.settings.show_out_of_domain and banner.isVisible()
     assert "counted anyway" in banner.label.text()
-    assert window.toggles.counts["malignant"].text().startswith(f"{n} tiles") and "100%" in \
-        window.toggles.counts["malignant"].text()
-    assert window.toggles.ood_label.text() == "Out of domain (counted)"
+    assert window.viewer.heatmap.toggles.counts["malignant"].text().startswith(f"{n} tiles") and "100%" in \
+        window.viewer.heatmap.toggles.counts["malignant"].text()
+    assert window.viewer.heatmap.toggles.ood_label.text() == "Out of domain (counted)"
     assert len(window.view.hatch.rects) == 0 and len(window.view.contours) == 2  # malignant: casing + line
     assert not window.view.overlay.isVisible()  # outline style: the stain as scanned
     shown = grab_l0(window, *block_rect_l0())
@@ -113,17 +111,17 @@ def test_banner_hatching_and_show_anyway_change_pixels_and_counts(qtbot, window,
 
     banner.anyway.click()  # and back
     assert not window.model.overlay.settings.show_out_of_domain
-    assert window.toggles.counts["malignant"].text().startswith("0")
+    assert window.viewer.heatmap.toggles.counts["malignant"].text().startswith("0")
 
 
 def test_a_note_when_some_tiles_are_out_of_domain(qtbot, window, odd_slide):
     result = open_and_analyse(qtbot, window, odd_slide)
     n_out = int(result.out_of_domain.sum())
-    banner = window.domain_banner
+    banner = window.viewer.heatmap.domain_banner
     assert banner.isVisible() and banner.kind == "note" and banner.objectName() == "domainNote"
     assert f"{n_out} of 68 tiles" in banner.label.text() and "⚠" not in banner.label.text()
-    assert window.toggles.ood_count.text().startswith(f"{n_out} tiles")
-    counted = sum(int(window.toggles.counts[c].text().split()[0]) for c in ("malignant", "benign", "normal"))
+    assert window.viewer.heatmap.toggles.ood_count.text().startswith(f"{n_out} tiles")
+    counted = sum(int(window.viewer.heatmap.toggles.counts[c].text().split()[0]) for c in ("malignant", "benign", "normal"))
     assert counted == 68 - n_out
 
 
@@ -131,11 +129,11 @@ def test_without_statistics_the_panel_and_inspector_say_so(qtbot, toy_model, syn
     window = make_window(qtbot, toy_model)
     try:
         open_and_analyse(qtbot, window, synthetic_slide)
-        assert not window.domain_banner.isVisible()
-        assert window.toggles.ood_label.text() == "Domain score: not available for this model"
-        assert not window.toggles.ood_count.isVisibleTo(window) and len(window.view.hatch.rects) == 0
+        assert not window.viewer.heatmap.domain_banner.isVisible()
+        assert window.viewer.heatmap.toggles.ood_label.text() == "Domain score: not available for this model"
+        assert not window.viewer.heatmap.toggles.ood_count.isVisibleTo(window) and len(window.view.hatch.rects) == 0
         window.select_tile(0)
-        assert "domain    not available for this model" in window.inspector.details.text()
+        assert "domain    not available for this model" in window.viewer.inspector.details.text()
     finally:
         assert window.shutdown(20000)
 
@@ -144,9 +142,9 @@ def test_inspector_shows_the_score_and_the_activation_map(qtbot, window, square_
     result = open_and_analyse(qtbot, window, square_slide)
     r0, _, c0, _ = SQUARE_BLOCK
     i = int(result.grid.index_grid()[r0 + 1, c0 + 2])
-    with qtbot.waitSignal(window.patchShown, timeout=TIMEOUT_MS):
+    with qtbot.waitSignal(window.viewer.patchShown, timeout=TIMEOUT_MS):
         window.select_tile(i)
-    insp = window.inspector
+    insp = window.viewer.inspector
     score = float(result.domain_score[i])
     assert f"domain    {score:.3f}  OUT of domain" in insp.details.text()
     assert "Out of the model's domain" in insp.subtitle.text()
@@ -183,18 +181,18 @@ def test_inspector_shows_the_score_and_the_activation_map(qtbot, window, square_
 
 
 def test_view_export_draws_the_hatching_and_says_why(qtbot, window, square_slide, monkeypatch):
-    import cellview.gui.legendview as lv  # the legend is drawn from legend.describe_legend (issue 19)
+    import cellview.gui.widgets.legend as lv  # the legend is drawn from legend.describe_legend (issue 19)
 
     open_and_analyse(qtbot, window, square_slide)
     lines: list[str] = []
     original = lv.wrap_text
     monkeypatch.setattr(lv, "wrap_text", lambda fm, text, width: lines.append(text) or original(fm, text, width))
-    window.render_view_png()
+    window.exports.render_view_png()
     assert any("hatched grey and left out of the counts" in t for t in lines)
     assert "This tissue does not look like red, blue and green test tiles; the calls are unreliable." in lines
     lines.clear()
     window.model.overlay.show_calls_anyway(True)
-    window.render_view_png()
+    window.exports.render_view_png()
     assert any("counted anyway" in t for t in lines)
 
 
@@ -218,25 +216,25 @@ def test_kiosk_banner_call_and_large_activation_map(qtbot, tmp_path, cam_domain_
         shutil.copy(square_slide, tmp_path / "watch" / "square.tiff")
     case = blocker.args[0]
     assert case.ok and case.domain_warning.startswith("This tissue does not look like red, blue and green")
-    assert "⚠ unlike the model's training data" in kiosk.recent_list.item(0).text()
-    banner = kiosk.domain_banner
+    assert "⚠ unlike the model's training data" in kiosk.waiting.recent_list.item(0).text()
+    banner = kiosk.viewer.heatmap.domain_banner
     assert banner.isVisibleTo(kiosk) and banner.kind == "warning"
-    assert kiosk._side_scroll.widget().isAncestorOf(banner)  # in the touch panel, under the call
-    assert "No call" in kiosk.call_label.text() and "no tile in the model's domain" in kiosk.shares_label.text()
-    assert banner.anyway.sizeHint().height() >= 64 and kiosk.inspector.cam_box.sizeHint().height() >= 64
+    assert kiosk.case_page.side_scroll.widget().isAncestorOf(banner)  # in the touch panel, under the call
+    assert "No call" in kiosk.case_page.call.call_label.text() and "no tile in the model's domain" in kiosk.case_page.call.shares_label.text()
+    assert banner.anyway.sizeHint().height() >= 64 and kiosk.viewer.inspector.cam_box.sizeHint().height() >= 64
     banner.anyway.click()
-    assert "Malignant 100%" in kiosk.call_label.text() and "⚠" in kiosk.call_label.text()
-    assert "24 out of domain" in kiosk.shares_label.text()
+    assert "Malignant 100%" in kiosk.case_page.call.call_label.text() and "⚠" in kiosk.case_page.call.call_label.text()
+    assert "24 out of domain" in kiosk.case_page.call.shares_label.text()
     banner.anyway.click()
 
     result = kiosk.result
     kiosk.select_tile(int(result.grid.index_grid()[SQUARE_BLOCK[0], SQUARE_BLOCK[2]]))
-    kiosk.inspector.cam_box.click()
+    kiosk.viewer.inspector.cam_box.click()
     qtbot.waitUntil(lambda: kiosk.model.explain.current.state == "ready", timeout=TIMEOUT_MS)
     assert kiosk.model.explain.classifier is kiosk.classifier  # the kiosk's loaded model, not a second copy
-    assert kiosk.inspector.PATCH_PX >= 300  # large on a 1024 × 600 screen
-    shown = image_array(kiosk.inspector.patch.pixmap().toImage())
-    np.testing.assert_array_equal(shown, kiosk.inspector.cam_image())
+    assert kiosk.viewer.inspector.PATCH_PX >= 300  # large on a 1024 × 600 screen
+    shown = image_array(kiosk.viewer.inspector.patch.pixmap().toImage())
+    np.testing.assert_array_equal(shown, kiosk.viewer.inspector.cam_image())
 
 
 def test_real_slide_banner_with_the_shipped_colon_model(qtbot, real_slide):
@@ -251,8 +249,8 @@ def test_real_slide_banner_with_the_shipped_colon_model(qtbot, real_slide):
     try:
         result = open_and_analyse(qtbot, window, real_slide)
         assert result.has_domain and result.in_domain_fraction < 0.5
-        assert window.domain_banner.kind == "warning"
-        assert "This tissue does not look like colon" in window.domain_banner.label.text()
+        assert window.viewer.heatmap.domain_banner.kind == "warning"
+        assert "This tissue does not look like colon" in window.viewer.heatmap.domain_banner.label.text()
         assert len(window.view.hatch.rects) > 0
     finally:
         assert window.shutdown(20000)
@@ -261,7 +259,7 @@ def test_real_slide_banner_with_the_shipped_colon_model(qtbot, real_slide):
 def test_a_single_image_unlike_the_training_data_is_labelled_unreliable(qtbot, window, tmp_path, monkeypatch):
     import cv2
 
-    from cellview.gui.mainwindow import WHOLE_IMAGE
+    from cellview.viewer.slide import WHOLE_IMAGE
 
     rgb = square_slide_rgb(n_cols=3, n_rows=3)[SYNTH_TILE:2 * SYNTH_TILE, SYNTH_TILE:2 * SYNTH_TILE]
     path = tmp_path / "cell.png"
@@ -271,4 +269,4 @@ def test_a_single_image_unlike_the_training_data_is_labelled_unreliable(qtbot, w
     assert result.grid.whole_image and result.out_of_domain.all()
     html = window.view.label.textItem.toHtml()
     assert window.view.label.isVisible() and "malignant" in html and "out of the model's domain" in html
-    assert window.domain_banner.kind == "warning"
+    assert window.viewer.heatmap.domain_banner.kind == "warning"

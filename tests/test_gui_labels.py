@@ -25,7 +25,7 @@ def window(qtbot, cam_domain_model, tmp_path):
     w = make_window(qtbot, AnalysisParams(tissue_threshold=0.5), cam_domain_model)
     w.model.analysis.auto_analyse = True
     slide = write_pyramid_tiff(tmp_path / "lab.tiff", lab_slide_rgb(), 1.0, levels=2)
-    with qtbot.waitSignal(w.analysisFinished, timeout=TIMEOUT_MS):
+    with qtbot.waitSignal(w.viewer.analysisFinished, timeout=TIMEOUT_MS):
         w.open_path(slide)
     yield w
     assert w.shutdown(20000)
@@ -67,7 +67,7 @@ def test_shift_click_and_drag_pick_tiles_and_keys_label_them(qtbot, window):
 
 
 def test_adapt_dialog_runs_shows_before_and_after_and_offers_the_model(qtbot, window):
-    from cellview.gui.labelpanel import AdaptDialog
+    from cellview.gui.desktop.labels import AdaptDialog
 
     labels = window.labels
     for k, cat in enumerate(LAB_BLOCKS):
@@ -85,16 +85,16 @@ def test_adapt_dialog_runs_shows_before_and_after_and_offers_the_model(qtbot, wi
     html = dialog.result_label.toHtml()
     assert "→ 1.00" in html and "not a clinical validation" in html
     assert dialog.reanalyse_btn.isVisible() and not dialog.force_btn.isVisible()
-    picker = [window.model_box.itemText(i) for i in range(window.model_box.count())]
+    picker = [window.model_panel.model_box.itemText(i) for i in range(window.model_panel.model_box.count())]
     assert any(dialog.name_edit.text() in t for t in picker)  # in the picker, not selected yet
     assert window.model.settings.model_path != str(report.written.absolute())
-    with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS):
+    with qtbot.waitSignal(window.viewer.analysisFinished, timeout=TIMEOUT_MS):
         dialog.reanalyse_btn.click()
     assert window.result.model.name == dialog.name_edit.text()
 
 
 def test_a_model_no_better_is_refused_with_its_figures_and_can_be_forced(qtbot, window):
-    from cellview.gui.labelpanel import AdaptDialog
+    from cellview.gui.desktop.labels import AdaptDialog
 
     labels = window.labels
     # Labels that agree with the toy model's colour rule where the lab's colours say otherwise would not

@@ -20,9 +20,7 @@ TWO_BLOCKS = {"big": (1, 4, 1, 4), "small": (6, 8, 8, 10)}  # malignant (row0, r
 PALER_RED = (170, 90, 100)  # still malignant for the toy model, but below 100 % confidence
 
 
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
+pytestmark = pytest.mark.usefixtures("isolated_settings")  # conftest: never the user's settings
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +45,7 @@ def expected(result, min_conf: float) -> list[tuple[str, tuple[int, int, int, in
 
 
 def test_click_tile_shows_contoured_patch_and_nuclei(qtbot, toy_model_224, real_slide):
-    from cellview.gui.tasks import CONTOUR_RGB
+    from cellview.gui.canvas.loaders import CONTOUR_RGB
     from cellview.slides.opening import open_slide
 
     w = make_window(qtbot, model=toy_model_224)
@@ -55,38 +53,38 @@ def test_click_tile_shows_contoured_patch_and_nuclei(qtbot, toy_model_224, real_
     g = result.grid
     i = int(np.argmax(g.tissue_fraction))
     x, y, tw, th = g.rect(i)
-    with qtbot.waitSignal(w.patchShown, timeout=10000):
+    with qtbot.waitSignal(w.viewer.patchShown, timeout=10000):
         click_l0(qtbot, w, x + tw / 2, y + th / 2)
-    assert w.inspector.index == i
+    assert w.viewer.inspector.index == i
     with open_slide(real_slide) as slide:
         m, _ = measure_tile(slide, g, i, want_contours=True)
-    got = w.inspector.nuclei
+    got = w.viewer.inspector.nuclei
     assert got is not None and m.count > 5
     assert got.count == m.count and got.area_unit == "um2"
-    text = w.inspector.details.text()
+    text = w.viewer.inspector.details.text()
     assert f"nuclei    {m.count}  ({m.density_per_mm2:,.0f}/mm²)" in text
     assert f"mean {m.mean_area:.0f}, median {m.median_area:.0f} µm²" in text and "circularity" in text
 
     def green_pixels() -> int:
-        img = w.inspector.patch.pixmap().toImage()
+        img = w.viewer.inspector.patch.pixmap().toImage()
         arr = np.frombuffer(img.constBits(), np.uint8).reshape(img.height(), img.bytesPerLine())
         bgra = arr[:, :img.width() * 4].reshape(img.height(), img.width(), 4).astype(int)
         r, gg, b = CONTOUR_RGB
         return int(((abs(bgra[..., 2] - r) < 40) & (abs(bgra[..., 1] - gg) < 40) & (abs(bgra[..., 0] - b) < 60)).sum())
 
-    assert w.inspector.patch.pixmap().width() == w.inspector.PATCH_PX
+    assert w.viewer.inspector.patch.pixmap().width() == w.viewer.inspector.PATCH_PX
     assert green_pixels() > 5 * m.count  # the contours are drawn
-    w.inspector.contours_box.setChecked(False)
+    w.viewer.inspector.contours_box.setChecked(False)
     assert green_pixels() < 5  # the plain patch
-    w.inspector.contours_box.setChecked(True)
+    w.viewer.inspector.contours_box.setChecked(True)
     # a repaint (e.g. the threshold moving) keeps the live measurement
-    w.threshold.setValue(10)
-    assert f"nuclei    {m.count}" in w.inspector.details.text()
+    w.colours.threshold.setValue(10)
+    assert f"nuclei    {m.count}" in w.viewer.inspector.details.text()
     assert w.shutdown(20000)
 
 
 def test_nuclei_rows_flag_pixel_areas_when_the_scale_is_unknown():
-    from cellview.gui.panels import nuclei_lines
+    from cellview.gui.widgets.inspector import nuclei_lines
 
     rows = nuclei_lines(12, float("nan"), 130.4, 120.0, 0.81, 0.5, "px2")
     assert rows[0] == "nuclei    12" and "px² (scale unknown)" in rows[1] and "µm²" not in "".join(rows)
@@ -97,9 +95,9 @@ def test_nuclei_rows_flag_pixel_areas_when_the_scale_is_unknown():
 def test_regions_toggle_labels_threshold_and_hide(qtbot, toy_model, two_region_slide):
     w = make_window(qtbot, model=toy_model)
     result = open_and_analyse(qtbot, w, two_region_slide)
-    assert w.view.regions == [] and not w.regions_label.isVisible()
-    with qtbot.waitSignal(w.regionsShown, timeout=10000):
-        w.show_regions.setChecked(True)
+    assert w.view.regions == [] and not w.viewer.heatmap.regions_label.isVisible()
+    with qtbot.waitSignal(w.viewer.regionsShown, timeout=10000):
+        w.viewer.heatmap.show_regions.setChecked(True)
     want = expected(result, 0.0)
     assert len(want) == 2 and want[0][0].startswith("#1 ") and want[0][0].endswith(" mm²")
     assert region_state(w) == want
@@ -110,25 +108,25 @@ def test_regions_toggle_labels_threshold_and_hide(qtbot, toy_model, two_region_s
     outline = big.outline.path().boundingRect()
     assert (outline.x(), outline.y(), outline.width(), outline.height()) == big.region.bbox
     assert big.box.pen().style() == Qt.PenStyle.DashLine and big.outline.parentItem() is not None
-    assert "2 regions" in w.regions_label.text()
+    assert "2 regions" in w.viewer.heatmap.regions_label.text()
 
     # the threshold drives them: at 100 % only the saturated red block is left
     assert float(result.confidence[small.region.tile_indices].max()) < 1.0
-    with qtbot.waitSignal(w.regionsShown, timeout=10000):
-        w.threshold.setValue(100)
+    with qtbot.waitSignal(w.viewer.regionsShown, timeout=10000):
+        w.colours.threshold.setValue(100)
     assert region_state(w) == expected(result, 1.0) and len(w.view.regions) == 1
-    assert w.view.regions[0].region.bbox == big.region.bbox and "1 region of tiles malignant at ≥ 100%" in w.regions_label.text()
-    with qtbot.waitSignal(w.regionsShown, timeout=10000):
-        w.threshold.setValue(0)
+    assert w.view.regions[0].region.bbox == big.region.bbox and "1 region of tiles malignant at ≥ 100%" in w.viewer.heatmap.regions_label.text()
+    with qtbot.waitSignal(w.viewer.regionsShown, timeout=10000):
+        w.colours.threshold.setValue(0)
     assert region_state(w) == want
     first = w.view.regions[0]
-    qtbot.waitUntil(lambda: w._regions_worker is None, timeout=10000)  # its `done` follows the regions it shows
-    w.mode_box.setCurrentIndex(w.mode_box.findData(0))  # a repaint that cannot change them: no recomputation
-    assert w._regions_worker is None and w.view.regions[0] is first
+    qtbot.waitUntil(lambda: w.model.regions.job is None, timeout=10000)  # its `done` follows the regions it shows
+    w.colours.mode_box.setCurrentIndex(w.colours.mode_box.findData(0))  # a repaint that cannot change them: no recomputation
+    assert w.model.regions.job is None and w.view.regions[0] is first
 
-    with qtbot.waitSignal(w.regionsShown, timeout=10000):
-        w.show_regions.setChecked(False)
-    assert w.view.regions == [] and not w.regions_label.isVisible()
+    with qtbot.waitSignal(w.viewer.regionsShown, timeout=10000):
+        w.viewer.heatmap.show_regions.setChecked(False)
+    assert w.view.regions == [] and not w.viewer.heatmap.regions_label.isVisible()
     scene_items = w.view.scene().items()
     assert first.outline not in scene_items and first.label not in scene_items
     assert w.shutdown(20000)
@@ -136,7 +134,7 @@ def test_regions_toggle_labels_threshold_and_hide(qtbot, toy_model, two_region_s
 
 def test_regions_of_a_cancelled_run_use_the_finished_tiles(qtbot, toy_model, two_region_slide):
     w = make_window(qtbot, AnalysisParams(batch_size=4, workers=1, tissue_threshold=0.3), toy_model)
-    w.show_regions.setChecked(True)
+    w.viewer.heatmap.show_regions.setChecked(True)
 
     def on_started(worker):
         from cellview.analysis.pipeline import BatchDone
@@ -146,12 +144,12 @@ def test_regions_of_a_cancelled_run_use_the_finished_tiles(qtbot, toy_model, two
                 worker.cancel()
         worker.raw_item.connect(on_item, Qt.ConnectionType.DirectConnection)
 
-    w.analysisStarted.connect(on_started)
+    w.viewer.analysisStarted.connect(on_started)
     result = open_and_analyse(qtbot, w, two_region_slide)
     assert result.status == "cancelled" and result.n_done < result.n_tiles
     want = expected(result, 0.0)
     assert want
-    qtbot.waitUntil(lambda: w._regions_worker is None and region_state(w) == want, timeout=10000)
+    qtbot.waitUntil(lambda: w.model.regions.job is None and region_state(w) == want, timeout=10000)
     drawn = {int(i) for g in w.view.regions for i in g.region.tile_indices}
     assert drawn <= set(np.flatnonzero(result.done).tolist())
     assert w.shutdown(20000)

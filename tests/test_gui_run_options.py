@@ -16,21 +16,19 @@ from cellview.viewer.kiosk.settings import KioskSettings  # noqa: E402
 TIMEOUT_MS = 30000
 
 
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
+pytestmark = pytest.mark.usefixtures("isolated_settings")  # conftest: never the user's settings
 
 
 def make_window(qtbot, model: Path, auto: bool = False):
     from cellview.gui.app import make_app
-    from cellview.gui.mainwindow import MainWindow
+    from cellview.gui.desktop.window import MainWindow
 
     make_app()
     window = MainWindow()
     window.errors = []
     window.show_error = lambda exc, title="": window.errors.append(exc)
     qtbot.addWidget(window)
-    window.auto_box.setChecked(auto)
+    window.run_controls.auto_box.setChecked(auto)
     window.use_cache = False
     window.resize(1400, 900)
     window.show()
@@ -47,52 +45,52 @@ def choose(box, value: str) -> None:
 
 def test_panel_controls_set_the_run_and_show_in_its_details(qtbot, stain_model, he_slide):
     window = make_window(qtbot, stain_model)
-    assert window.stain_box.isEnabled() and "training data" in window.stain_box.toolTip()
-    assert "4×" in window.tta_box.toolTip() and "8×" in window.tta_box.toolTip()  # the cost, said
-    assert window.stain_box.currentData() == "none" and window.tta_box.currentData() == "none"
-    with qtbot.waitSignal(window.slideOpened, timeout=TIMEOUT_MS):
+    assert window.run_controls.stain_box.isEnabled() and "training data" in window.run_controls.stain_box.toolTip()
+    assert "4×" in window.run_controls.tta_box.toolTip() and "8×" in window.run_controls.tta_box.toolTip()  # the cost, said
+    assert window.run_controls.stain_box.currentData() == "none" and window.run_controls.tta_box.currentData() == "none"
+    with qtbot.waitSignal(window.viewer.slideOpened, timeout=TIMEOUT_MS):
         window.open_path(he_slide)
-    choose(window.stain_box, "reinhard")
-    choose(window.tta_box, "d4")
+    choose(window.run_controls.stain_box, "reinhard")
+    choose(window.run_controls.tta_box, "d4")
     assert (window.model.settings.params.stain_normalize, window.model.settings.params.tta) == ("reinhard", "d4")
-    with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.viewer.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         window.start_analysis()
-        assert not window.stain_box.isEnabled() and not window.tta_box.isEnabled()  # not while it runs
+        assert not window.run_controls.stain_box.isEnabled() and not window.run_controls.tta_box.isEnabled()  # not while it runs
     result = blocker.args[0]
     assert (result.params.stain_normalize, result.params.tta) == ("reinhard", "d4")
     assert result.params.cache_dict()["stain_normalize"] == "reinhard" and result.params.cache_dict()["tta"] == "d4"
-    assert window.stain_box.isEnabled() and window.tta_box.isEnabled()
-    summary = window.summary_label.text()
+    assert window.run_controls.stain_box.isEnabled() and window.run_controls.tta_box.isEnabled()
+    summary = window.viewer.heatmap.summary_label.text()
     assert "Reinhard stain normalisation" in summary and "D4 ×8" in summary
-    choose(window.tta_box, "none")
-    assert "Settings changed since this result" in window.summary_label.text()  # stale until Analyse
+    choose(window.run_controls.tta_box, "none")
+    assert "Settings changed since this result" in window.viewer.heatmap.summary_label.text()  # stale until Analyse
     assert window.errors == []
     assert window.shutdown(20000)
 
 
 def test_normalisation_is_disabled_with_the_reason_for_a_model_without_reference(qtbot, stain_model, plain_model):
     window = make_window(qtbot, stain_model)
-    choose(window.stain_box, "macenko")
+    choose(window.run_controls.stain_box, "macenko")
     assert window.add_model(plain_model)
-    assert not window.stain_box.isEnabled() and window.stain_box.currentData() == "none"
-    assert "toy-plain does not store the reference stain" in window.stain_box.toolTip()
-    assert window.stain_hint.isVisible() and "unavailable" in window.stain_hint.text()
-    assert window.tta_box.isEnabled()
+    assert not window.run_controls.stain_box.isEnabled() and window.run_controls.stain_box.currentData() == "none"
+    assert "toy-plain does not store the reference stain" in window.run_controls.stain_box.toolTip()
+    assert window.run_controls.stain_hint.isVisible() and "unavailable" in window.run_controls.stain_hint.text()
+    assert window.run_controls.tta_box.isEnabled()
     assert window.model.settings.params.stain_normalize == "none"
     assert window.add_model(stain_model)  # back to a model that can: the choice returns
-    assert window.stain_box.isEnabled() and window.stain_box.currentData() == "macenko"
-    assert not window.stain_hint.isVisible()
+    assert window.run_controls.stain_box.isEnabled() and window.run_controls.stain_box.currentData() == "macenko"
+    assert not window.run_controls.stain_hint.isVisible()
     assert window.shutdown(20000)
 
 
 def test_changing_an_option_reruns_with_auto_analyse(qtbot, stain_model, he_slide):
     window = make_window(qtbot, stain_model, auto=True)
-    with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.viewer.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         window.open_path(he_slide)
     assert blocker.args[0].params.stain_normalize == "none"
-    with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS,
+    with qtbot.waitSignal(window.viewer.analysisFinished, timeout=TIMEOUT_MS,
                           check_params_cb=lambda r: r.params.stain_normalize == "macenko") as blocker:
-        choose(window.stain_box, "macenko")
+        choose(window.run_controls.stain_box, "macenko")
     assert blocker.args[0].stain["applied"] == "macenko" and not window.model.analysis.stale
     assert window.shutdown(20000)
 
@@ -118,17 +116,17 @@ def int8_cam_model(tmp_path_factory) -> Path:
 
 def test_precision_choice_runs_that_copy_and_the_status_bar_says_which(qtbot, int8_cam_model, he_slide):
     window = make_window(qtbot, int8_cam_model)
-    assert window.precision_box.currentData() == "auto" and "validation" in window.precision_box.toolTip()
-    with qtbot.waitSignal(window.slideOpened, timeout=TIMEOUT_MS):
+    assert window.run_controls.precision_box.currentData() == "auto" and "validation" in window.run_controls.precision_box.toolTip()
+    with qtbot.waitSignal(window.viewer.slideOpened, timeout=TIMEOUT_MS):
         window.open_path(he_slide)
-    with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.viewer.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         window.start_analysis()
-    assert blocker.args[0].model.precision == "int8" and "CPU (INT8)" in window.provider_label.text()
-    choose(window.precision_box, "fp32")
+    assert blocker.args[0].model.precision == "int8" and "CPU (INT8)" in window.status.provider_label.text()
+    choose(window.run_controls.precision_box, "fp32")
     assert window.model.settings.params.precision == "fp32" and window.model.analysis.stale  # another copy: re-analyse
-    with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.viewer.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         window.start_analysis()
-    assert blocker.args[0].model.precision == "fp32" and "INT8" not in window.provider_label.text()
+    assert blocker.args[0].model.precision == "fp32" and "INT8" not in window.status.provider_label.text()
     assert window.errors == []
     assert window.shutdown(20000)
 
@@ -166,9 +164,9 @@ def run_case(qtbot, kiosk, path):
 
 def test_kiosk_settings_apply_to_every_case_and_are_shown(qtbot, tmp_path, stain_model, he_slide):
     kiosk = make_kiosk(qtbot, tmp_path, stain_model, {"stain_normalize": "macenko", "tta": "flips"})
-    assert not kiosk.settings_card.isVisible() and kiosk.settings_problems == ()
-    line = kiosk.run_options_label.text()
-    assert kiosk.run_options_label.isVisible() and "toy-stain" in line and "Macenko" in line and "Flips ×4" in line
+    assert not kiosk.cards.settings_card.isVisible() and kiosk.settings_problems == ()
+    line = kiosk.waiting.run_options_label.text()
+    assert kiosk.waiting.run_options_label.isVisible() and "toy-stain" in line and "Macenko" in line and "Flips ×4" in line
     assert "weights: FP32" in line  # the toy model ships no INT8 copy: auto runs FP32
     case = run_case(qtbot, kiosk, he_slide)
     assert case.ok, case.message
@@ -177,17 +175,17 @@ def test_kiosk_settings_apply_to_every_case_and_are_shown(qtbot, tmp_path, stain
     assert result.stain["applied"] == "macenko"
     meta = json.loads(case.outputs["json"].read_text())
     assert meta["parameters"]["stain_normalize"] == "macenko" and meta["parameters"]["tta"] == "flips"
-    summary = kiosk.summary_label.text()
+    summary = kiosk.viewer.heatmap.summary_label.text()
     assert "Macenko stain normalisation" in summary and "Settings changed" not in summary
 
 
 def test_kiosk_drops_a_bad_value_and_normalisation_its_model_cannot_do(qtbot, tmp_path, plain_model, he_slide):
     kiosk = make_kiosk(qtbot, tmp_path, plain_model, {"stain_normalize": "macenko", "tta": "d8"})
     assert (kiosk.settings.stain_normalize, kiosk.settings.tta) == ("none", "none")
-    text = kiosk.settings_label.text()
-    assert kiosk.settings_card.isVisible() and "'tta'" in text and "'stain_normalize'" in text
+    text = kiosk.cards.settings_label.text()
+    assert kiosk.cards.settings_card.isVisible() and "'tta'" in text and "'stain_normalize'" in text
     assert "toy-plain" in text and str(tmp_path / "kiosk.json") in text
-    assert "stain normalisation: None" in kiosk.run_options_label.text()
+    assert "stain normalisation: None" in kiosk.waiting.run_options_label.text()
     case = run_case(qtbot, kiosk, he_slide)  # cases run, without normalisation, instead of all failing
     assert case.ok, case.message
     assert json.loads(case.outputs["json"].read_text())["parameters"]["stain_normalize"] == "none"

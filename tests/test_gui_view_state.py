@@ -25,15 +25,15 @@ TIMEOUT_MS = 30000
 def viewer(qtbot, model, auto: bool = True):
     """The desktop window with ``model``, shut down (its threads joined) afterwards."""
     from cellview.gui.app import make_app
-    from cellview.gui.mainwindow import MainWindow
+    from cellview.gui.desktop.window import MainWindow
 
     make_app()
     window = MainWindow()
-    window.show_error = lambda exc, title="": window.errorShown.emit(exc.message, exc.details)
+    window.show_error = lambda exc, title="": window.viewer.errorShown.emit(exc.message, exc.details)
     qtbot.addWidget(window)
     window.resize(1400, 900)
     window.show()
-    window.auto_box.setChecked(auto)
+    window.run_controls.auto_box.setChecked(auto)
     assert window.add_model(model)
     try:
         yield window
@@ -42,7 +42,7 @@ def viewer(qtbot, model, auto: bool = True):
 
 
 def open_and_analyse(qtbot, window, path):
-    with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.viewer.analysisFinished, timeout=TIMEOUT_MS) as blocker:
         window.open_path(path)
     return blocker.args[0]
 
@@ -73,7 +73,7 @@ def test_the_drawn_scale_bar_is_as_long_as_its_label_says_at_every_zoom(qtbot, f
     from PySide6.QtWidgets import QWidget
 
     from cellview.gui.app import make_app
-    from cellview.gui.canvas_widgets import ScaleBar
+    from cellview.gui.canvas.widgets import ScaleBar
 
     make_app()
     host = QWidget()
@@ -104,7 +104,7 @@ def test_the_exported_view_png_has_the_same_true_scale_bar(qtbot, toy_model, syn
         for factor in (1.0, 3.7, 0.4):
             window.view.zoom(factor)
             qtbot.wait(50)
-            png = QImage.fromData(window.render_view_png())
+            png = QImage.fromData(window.exports.render_view_png())
             g = bar.geometry()
             drawn = white_run(image_rgb(png.copy(g)))
             truth = bar.spec.length_um / (window.model.slide.mpp_um() * window.view.l0_per_screen_px())
@@ -117,41 +117,41 @@ def test_the_exported_view_png_has_the_same_true_scale_bar(qtbot, toy_model, syn
 def test_a_new_slide_starts_with_nothing_carried_over(qtbot, cam_domain_model, square_slide, tmp_path):
     with viewer(qtbot, cam_domain_model) as window:
         result = open_and_analyse(qtbot, window, square_slide)
-        assert result.out_of_domain.all() and window.domain_banner.isVisible()
-        window.domain_banner.anyway.click()  # "Show calls anyway" on the first slide
-        window.threshold.setValue(60)
-        window.toggles.boxes["benign"].setChecked(False)
-        window.show_regions.setChecked(True)
+        assert result.out_of_domain.all() and window.viewer.heatmap.domain_banner.isVisible()
+        window.viewer.heatmap.domain_banner.anyway.click()  # "Show calls anyway" on the first slide
+        window.colours.threshold.setValue(60)
+        window.viewer.heatmap.toggles.boxes["benign"].setChecked(False)
+        window.viewer.heatmap.show_regions.setChecked(True)
         qtbot.waitUntil(lambda: not window.model.regions.busy, timeout=TIMEOUT_MS)
         x, y, w, h = result.grid.rect(0)
-        window._view_hovered(x + w / 2, y + h / 2)
-        assert window.hover_label.text() and window.filter_notice.isVisibleTo(window)
-        assert "Out-of-domain tiles are shown" in window.filter_notice.label.text()
-        assert window.regions_label.isVisibleTo(window)
+        window.viewer.canvas.hover_at(x + w / 2, y + h / 2)
+        assert window.status.hover_label.text() and window.viewer.heatmap.filter_notice.isVisibleTo(window)
+        assert "Out-of-domain tiles are shown" in window.viewer.heatmap.filter_notice.label.text()
+        assert window.viewer.heatmap.regions_label.isVisibleTo(window)
 
-        window.auto_box.setChecked(False)
+        window.run_controls.auto_box.setChecked(False)
         other = tmp_path / "other.tiff"
         shutil.copy(square_slide, other)
-        with qtbot.waitSignal(window.slideOpened, timeout=TIMEOUT_MS):
+        with qtbot.waitSignal(window.viewer.slideOpened, timeout=TIMEOUT_MS):
             window.open_path(other)
-        assert not window.domain_banner.anyway.isChecked() and not window.model.overlay.settings.show_out_of_domain
-        assert window.threshold.value() == 0 and window.toggles.selected() == CATEGORIES
-        assert not window.filter_notice.isVisibleTo(window)
-        assert window.hover_label.text() == ""
-        assert not window.regions_label.isVisibleTo(window) and window.regions_label.text() == ""
-        with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS):  # analysed: out-of-domain not counted
+        assert not window.viewer.heatmap.domain_banner.anyway.isChecked() and not window.model.overlay.settings.show_out_of_domain
+        assert window.colours.threshold.value() == 0 and window.viewer.heatmap.toggles.selected() == CATEGORIES
+        assert not window.viewer.heatmap.filter_notice.isVisibleTo(window)
+        assert window.status.hover_label.text() == ""
+        assert not window.viewer.heatmap.regions_label.isVisibleTo(window) and window.viewer.heatmap.regions_label.text() == ""
+        with qtbot.waitSignal(window.viewer.analysisFinished, timeout=TIMEOUT_MS):  # analysed: out-of-domain not counted
             window.start_analysis()
-        assert window.toggles.counts["malignant"].text().startswith("0 tiles")
+        assert window.viewer.heatmap.toggles.counts["malignant"].text().startswith("0 tiles")
 
 
 def test_a_filter_on_screen_is_shown_and_one_tap_clears_it(qtbot, toy_model, synthetic_slide):
     with viewer(qtbot, toy_model) as window:
         open_and_analyse(qtbot, window, synthetic_slide)
-        window.threshold.setValue(80)
-        assert window.filter_notice.isVisibleTo(window)
-        assert "only tiles ≥ 80% confident" in window.filter_notice.label.text()
-        window.filter_notice.reset.click()
-        assert window.threshold.value() == 0 and not window.filter_notice.isVisibleTo(window)
+        window.colours.threshold.setValue(80)
+        assert window.viewer.heatmap.filter_notice.isVisibleTo(window)
+        assert "only tiles ≥ 80% confident" in window.viewer.heatmap.filter_notice.label.text()
+        window.viewer.heatmap.filter_notice.reset.click()
+        assert window.colours.threshold.value() == 0 and not window.viewer.heatmap.filter_notice.isVisibleTo(window)
 
 
 # ----------------------------------------------------------------------------- 5: the patch the model was fed
@@ -162,20 +162,20 @@ def test_the_inspector_shows_the_stain_normalised_patch(qtbot, stain_model, he_s
     from cellview.slides.opening import open_slide
 
     with viewer(qtbot, stain_model, auto=False) as window:
-        window.stain_box.setCurrentIndex(window.stain_box.findData("macenko"))
-        with qtbot.waitSignal(window.slideOpened, timeout=TIMEOUT_MS):
+        window.run_controls.stain_box.setCurrentIndex(window.run_controls.stain_box.findData("macenko"))
+        with qtbot.waitSignal(window.viewer.slideOpened, timeout=TIMEOUT_MS):
             window.open_path(he_slide)
-        with qtbot.waitSignal(window.analysisFinished, timeout=TIMEOUT_MS) as blocker:
+        with qtbot.waitSignal(window.viewer.analysisFinished, timeout=TIMEOUT_MS) as blocker:
             window.start_analysis()
         result = blocker.args[0]
-        with qtbot.waitSignal(window.patchShown, timeout=TIMEOUT_MS):
+        with qtbot.waitSignal(window.viewer.patchShown, timeout=TIMEOUT_MS):
             window.select_tile(2)
         transform = window.model.explain.patch_stain()
-        assert transform is not None and "Stain-normalised" in window.inspector.patch_note.text()
+        assert transform is not None and "Stain-normalised" in window.viewer.inspector.patch_note.text()
         with open_slide(he_slide) as slide:
             scanned = read_tile(slide, result.grid, 2)
-        np.testing.assert_array_equal(window.inspector._rgb, transform.apply(scanned))
-        assert not np.array_equal(window.inspector._rgb, scanned)
+        np.testing.assert_array_equal(window.viewer.inspector._rgb, transform.apply(scanned))
+        assert not np.array_equal(window.viewer.inspector._rgb, scanned)
 
 
 # ----------------------------------------------------------------------------- 16, 17: keys and help
@@ -185,7 +185,7 @@ def test_keys_help_and_menus(qtbot, toy_model, synthetic_slide):
     from PySide6.QtGui import QKeySequence
     from PySide6.QtWidgets import QApplication
 
-    from cellview.gui.shortcuts import menu_shortcuts
+    from cellview.gui.desktop.shortcuts import menu_shortcuts
 
     with viewer(qtbot, toy_model) as window:
         open_and_analyse(qtbot, window, synthetic_slide)
@@ -212,7 +212,7 @@ def test_keys_help_and_menus(qtbot, toy_model, synthetic_slide):
 
 def test_class_names_are_never_cut_in_the_bars(qtbot):
     from cellview.gui.app import make_app
-    from cellview.gui.panels import ProbabilityBars
+    from cellview.gui.widgets.inspector import ProbabilityBars
 
     make_app()
     bars = ProbabilityBars()

@@ -24,9 +24,7 @@ TIMEOUT_MS = 30000
 CHORD_MODS = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier | Qt.KeyboardModifier.ShiftModifier
 
 
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("CELLVIEW_SETTINGS_FILE", str(tmp_path / "settings.ini"))
+pytestmark = pytest.mark.usefixtures("isolated_settings")  # conftest: never the user's settings
 
 
 def kiosk_settings(tmp_path: Path, toy_model: Path, **changes) -> KioskSettings:
@@ -77,12 +75,12 @@ def test_full_screen_frameless_no_menus_big_controls(kiosk):
     assert kiosk.windowFlags() & Qt.WindowType.WindowStaysOnTopHint
     assert not kiosk.menuBar().isVisible() and not kiosk.statusBar().isVisible()
     assert kiosk.page == "waiting"
-    assert "CPU" in kiosk.provider_badge.text()
-    for btn in (kiosk.open_btn, kiosk.open_btn2, kiosk.analyse_btn2, kiosk.home_btn):
+    assert "CPU" in kiosk.header.provider_badge.text()
+    for btn in (kiosk.waiting.open_btn, kiosk.case_page.open_btn2, kiosk.case_page.analyse_btn2, kiosk.case_page.home_btn):
         assert btn.sizeHint().height() >= 64 and btn.font().pointSizeF() >= 20
-    for box in kiosk.toggles.boxes.values():
+    for box in kiosk.viewer.heatmap.toggles.boxes.values():
         assert box.sizeHint().height() >= 64
-    assert kiosk.opacity.sizeHint().height() >= 64
+    assert kiosk.viewer.heatmap.opacity.sizeHint().height() >= 64
 
 
 def test_nothing_but_the_chord_closes_it(qtbot, kiosk):
@@ -104,14 +102,14 @@ def test_nothing_but_the_chord_closes_it(qtbot, kiosk):
 
 def test_pin_guards_the_exit(qtbot, tmp_path, toy_model):
     window = make_kiosk(qtbot, kiosk_settings(tmp_path, toy_model, pin="2468"))
-    window.exit_shortcut.activated.emit()
-    pad = window.pin_pad
+    window.exit_guard.shortcut.activated.emit()
+    pad = window.exit_guard.pin_pad
     assert pad is not None and pad.isVisible()
     for key in "1234":
         pad.keys[key].click()
     pad.keys["OK"].click()
     qtbot.wait(50)
-    assert window.isVisible() and window.pin_pad is pad and "Wrong PIN" in pad.message.text()
+    assert window.isVisible() and window.exit_guard.pin_pad is pad and "Wrong PIN" in pad.message.text()
     for key in "2468":
         pad.keys[key].click()
     pad.keys["OK"].click()
@@ -126,7 +124,7 @@ def test_slow_copy_is_analysed_once_complete_and_exported(qtbot, tmp_path, kiosk
 
     def check_arriving() -> None:
         assert started == []  # never opened while it grows
-        receiving.append(kiosk.receiving_label.text())
+        receiving.append(kiosk.waiting.receiving_label.text())
 
     write_slowly(qtbot, synthetic_slide, target, after_chunk=check_arriving)
     assert any("case-001.tiff" in text for text in receiving[1:])  # shown as "Receiving case-001.tiff…"
@@ -141,27 +139,27 @@ def test_slow_copy_is_analysed_once_complete_and_exported(qtbot, tmp_path, kiosk
         assert path.parent == outbox and path.stat().st_size > 0
     assert kiosk.result is not None and kiosk.result.n_done == 56  # the overlay shows the case
     assert kiosk.page == "case" and kiosk.view.overlay.image is not None
-    assert "case-001.tiff" in kiosk.recent_list.item(0).text()
+    assert "case-001.tiff" in kiosk.waiting.recent_list.item(0).text()
     # Back to the list, then reopen the case from it.
-    kiosk.home_btn.click()
+    kiosk.case_page.home_btn.click()
     assert kiosk.page == "waiting"
-    with qtbot.waitSignal(kiosk.analysisFinished, timeout=TIMEOUT_MS):
-        kiosk.recent_list.itemClicked.emit(kiosk.recent_list.item(0))
+    with qtbot.waitSignal(kiosk.viewer.analysisFinished, timeout=TIMEOUT_MS):
+        kiosk.waiting.recent_list.itemClicked.emit(kiosk.waiting.recent_list.item(0))
     assert kiosk.page == "case" and kiosk.result.n_done == 56
 
 
 def test_corrupt_file_shows_error_and_keeps_watching(qtbot, tmp_path, kiosk, synthetic_slide):
     errors: list[str] = []
-    kiosk.errorShown.connect(lambda msg, details: errors.append(msg))
+    kiosk.viewer.errorShown.connect(lambda msg, details: errors.append(msg))
     bad = kiosk.settings.watch_dir / "broken.svs"
     bad.write_bytes(b"II*\x00" + bytes(range(256)) * 40)
     with qtbot.waitSignal(kiosk.caseFinished, timeout=TIMEOUT_MS) as blocker:
         pass
     assert blocker.args[0].status == "failed"
     qtbot.waitUntil(lambda: kiosk.page == "waiting", timeout=5000)
-    assert kiosk.error_card.isVisible() and kiosk.error_label.text()
+    assert kiosk.cards.error_card.isVisible() and kiosk.cards.error_label.text()
     assert kiosk.isFullScreen() and kiosk.isVisible()
-    assert "broken.svs" in kiosk.recent_list.item(0).text()
+    assert "broken.svs" in kiosk.waiting.recent_list.item(0).text()
     write_slowly(qtbot, synthetic_slide, kiosk.settings.watch_dir / "good.tiff", chunks=2, gap_ms=50)
     with qtbot.waitSignal(kiosk.caseFinished, timeout=TIMEOUT_MS) as blocker:
         pass
@@ -178,22 +176,22 @@ def test_preparing_model_is_shown_while_it_loads(qtbot, tmp_path, toy_model):
     window = make_kiosk(qtbot, kiosk_settings(tmp_path, toy_model), loader=slow_loader, wait_model=False)
     try:
         assert window.page == "preparing"
-        assert window.prepare_bar.isVisible() and window.prepare_bar.maximum() == 0  # busy, not frozen
-        assert "Preparing model" in window.prepare_title.text()
+        assert window.preparing.prepare_bar.isVisible() and window.preparing.prepare_bar.maximum() == 0  # busy, not frozen
+        assert "Preparing model" in window.preparing.prepare_title.text()
         # the UI keeps ticking while the worker is busy
-        qtbot.waitUntil(lambda: "elapsed" in window.prepare_label.text(), timeout=10000)
+        qtbot.waitUntil(lambda: "elapsed" in window.preparing.prepare_label.text(), timeout=10000)
     finally:
         release.set()
     qtbot.waitSignal(window.modelReady, timeout=TIMEOUT_MS).wait()
     qtbot.waitUntil(lambda: window.page == "waiting", timeout=5000)
-    assert "CPU" in window.provider_badge.text()
+    assert "CPU" in window.header.provider_badge.text()
 
 
 def test_model_failure_is_shown_with_retry(qtbot, tmp_path, toy_model):
     window = make_kiosk(qtbot, kiosk_settings(tmp_path, toy_model, model=str(tmp_path / "missing.onnx")),
                         wait_model=False)
-    qtbot.waitUntil(window.retry_btn.isVisible, timeout=TIMEOUT_MS)
-    assert window.page == "preparing" and window.error_card.isVisible() and window.isFullScreen()
+    qtbot.waitUntil(window.preparing.retry_btn.isVisible, timeout=TIMEOUT_MS)
+    assert window.page == "preparing" and window.cards.error_card.isVisible() and window.isFullScreen()
 
 
 def test_idle_screen_appears_and_input_dismisses_it(qtbot, tmp_path, toy_model):
@@ -275,17 +273,17 @@ def test_bad_setting_is_shown_on_screen_until_restart_and_the_kiosk_runs(qtbot, 
     assert "'settle_s'" in err and "'colour'" in err  # the journal gets every problem
     assert window.isFullScreen() and window.page == "waiting" and not window.exit_locked
     assert window.settings.watch_dir == tmp_path / "watch" and window.settings.settle_s == 5.0
-    text = window.settings_label.text()
-    assert window.settings_card.isVisible() and "'settle_s'" in text and "'colour'" in text
+    text = window.cards.settings_label.text()
+    assert window.cards.settings_card.isVisible() and "'settle_s'" in text and "'colour'" in text
     assert text.count(str(tmp_path / "kiosk.json")) == 1  # named once, in what to do
     window.show_message("A case failed.")  # the transient error card comes and goes…
-    window.error_timer.timeout.emit()
-    assert not window.error_card.isVisible() and window.settings_card.isVisible()  # …the problem stays
+    window.cards.error_timer.timeout.emit()
+    assert not window.cards.error_card.isVisible() and window.cards.settings_card.isVisible()  # …the problem stays
     with qtbot.waitSignal(window.caseFinished, timeout=TIMEOUT_MS) as blocker:
         window.enqueue(synthetic_slide)  # the kiosk works with the salvaged settings
-    assert blocker.args[0].ok and not window.settings_card.isVisible()  # the slide gets the room
-    window.home_btn.click()
-    assert window.page == "waiting" and window.settings_card.isVisible()
+    assert blocker.args[0].ok and not window.cards.settings_card.isVisible()  # the slide gets the room
+    window.case_page.home_btn.click()
+    assert window.page == "waiting" and window.cards.settings_card.isVisible()
     press_chord(window)  # no PIN configured and none lost: the chord still leaves
     qtbot.waitUntil(lambda: not window.isVisible(), timeout=5000)
 
@@ -293,20 +291,20 @@ def test_bad_setting_is_shown_on_screen_until_restart_and_the_kiosk_runs(qtbot, 
 @pytest.mark.parametrize("config", [{"pin": 2468}, {"pim": "2468"}])
 def test_unusable_pin_keeps_the_kiosk_locked(qtbot, tmp_path, toy_model, config):
     window = start_built_kiosk(qtbot, kiosk_args(tmp_path, toy_model, config))
-    assert window.exit_locked and window.settings_card.isVisible()
-    assert "cannot be left" in window.settings_label.text()
+    assert window.exit_locked and window.cards.settings_card.isVisible()
+    assert "cannot be left" in window.cards.settings_label.text()
     with qtbot.waitSignal(window.exitRefused, timeout=5000):
         press_chord(window)
     qtbot.wait(100)
-    assert window.isVisible() and window.isFullScreen() and window.pin_pad is None
-    assert window.error_card.isVisible() and "disabled" in window.error_label.text()
+    assert window.isVisible() and window.isFullScreen() and window.exit_guard.pin_pad is None
+    assert window.cards.error_card.isVisible() and "disabled" in window.cards.error_label.text()
 
 
 def test_bad_value_elsewhere_keeps_a_valid_pin_working(qtbot, tmp_path, toy_model):
     window = start_built_kiosk(qtbot, kiosk_args(tmp_path, toy_model, {"pin": "2468", "idle_s": -1}))
-    assert not window.exit_locked and window.settings.pin == "2468" and window.settings_card.isVisible()
+    assert not window.exit_locked and window.settings.pin == "2468" and window.cards.settings_card.isVisible()
     press_chord(window)
-    pad = window.pin_pad
+    pad = window.exit_guard.pin_pad
     assert pad is not None and pad.isVisible()
     for key in "2468":
         pad.keys[key].click()
@@ -317,15 +315,15 @@ def test_bad_value_elsewhere_keeps_a_valid_pin_working(qtbot, tmp_path, toy_mode
 def test_unparseable_settings_file_runs_on_defaults_with_cases_opened_by_hand(qtbot, tmp_path, toy_model,
                                                                               synthetic_slide):
     window = start_built_kiosk(qtbot, kiosk_args(tmp_path, toy_model, config_text='{"pin": "2468", "idle_s": 30,}'))
-    assert window.exit_locked and window.settings.watch_dir is None and window.watcher is None
+    assert window.exit_locked and window.settings.watch_dir is None and window.cases.watcher is None
     assert window.settings.outbox() == tmp_path / "outbox"  # command-line values still apply
-    assert "not valid JSON" in window.settings_label.text() and window.settings_card.isVisible()
-    assert window.open_btn.isVisible() and "Open slide" in window.waiting_hint.text()
+    assert "not valid JSON" in window.cards.settings_label.text() and window.cards.settings_card.isVisible()
+    assert window.waiting.open_btn.isVisible() and "Open slide" in window.waiting.waiting_hint.text()
     with qtbot.waitSignal(window.caseFinished, timeout=TIMEOUT_MS) as blocker:
         window.enqueue(synthetic_slide)  # what the "Open slide…" dialog does
     assert blocker.args[0].ok and (tmp_path / "outbox" / "synthetic.csv").exists()
-    window.show_idle()
-    assert "Settings problem" in window.idle_status.text()
+    window.idle_screen.show_idle()
+    assert "Settings problem" in window.idle_screen.status.text()
 
 
 def test_run_kiosk_starts_on_a_bad_settings_file(qtbot, tmp_path, toy_model, monkeypatch):
@@ -344,7 +342,7 @@ def test_run_kiosk_starts_on_a_bad_settings_file(qtbot, tmp_path, toy_model, mon
     monkeypatch.setattr(QApplication, "exec", fake_exec)
     assert run_kiosk(kiosk_args(tmp_path, toy_model, config_text='{"pni": "1234"}')) == 0
     (window,) = seen
-    assert window.exit_locked and "'pni' (did you mean 'pin'?)" in window.settings_label.text()
+    assert window.exit_locked and "'pni' (did you mean 'pin'?)" in window.cards.settings_label.text()
 
 
 def test_smoke_test_option_opens_and_paints(qtbot, synthetic_slide, capsys, monkeypatch):
@@ -370,7 +368,7 @@ def test_smoke_test_option_opens_and_paints(qtbot, synthetic_slide, capsys, monk
 def show_at(qtbot, kiosk, width: int, height: int) -> None:
     kiosk.setGeometry(0, 0, width, height)
     qtbot.waitUntil(lambda: (kiosk.width(), kiosk.height()) == (width, height), timeout=5000)
-    qtbot.waitUntil(lambda: kiosk._side_scroll.viewport().width() > 0, timeout=5000)
+    qtbot.waitUntil(lambda: kiosk.case_page.side_scroll.viewport().width() > 0, timeout=5000)
 
 
 def run_case(qtbot, kiosk, path) -> object:
@@ -392,11 +390,11 @@ def test_the_call_and_shares_show_without_scrolling(qtbot, kiosk, synthetic_slid
     show_at(qtbot, kiosk, *size)
     case = run_case(qtbot, kiosk, synthetic_slide)
     assert case.ok and kiosk.page == "case"
-    scroll = kiosk._side_scroll
+    scroll = kiosk.case_page.side_scroll
     assert scroll.verticalScrollBar().value() == 0
-    assert "Benign 43%" in kiosk.call_label.text()  # 24 of 56 tiles: the call, in words
-    assert kiosk.shares_label.text() == "malignant 29% · normal 28% · 56 tiles"  # add up to 100 with the call
-    assert inside_viewport(kiosk.call_label, scroll) and inside_viewport(kiosk.shares_label, scroll)
+    assert "Benign 43%" in kiosk.case_page.call.call_label.text()  # 24 of 56 tiles: the call, in words
+    assert kiosk.case_page.call.shares_label.text() == "malignant 29% · normal 28% · 56 tiles"  # add up to 100 with the call
+    assert inside_viewport(kiosk.case_page.call.call_label, scroll) and inside_viewport(kiosk.case_page.call.shares_label, scroll)
     assert scroll.widget().minimumSizeHint().width() <= scroll.viewport().width()  # nothing cut on the right
     view = kiosk.view
     assert max(view.overview.width(), view.overview.height()) <= 0.2 * min(view.width(), view.height()) + 4
@@ -404,13 +402,13 @@ def test_the_call_and_shares_show_without_scrolling(qtbot, kiosk, synthetic_slid
 
 def test_header_stays_one_line_and_elides(qtbot, kiosk):
     show_at(qtbot, kiosk, 1024, 600)
-    kiosk.current_case = Path("CMU-1-Small-Region-with-a-very-long-name-from-the-scanner-2024-05-17.svs")
-    kiosk._update_state_label()
-    qtbot.waitUntil(lambda: kiosk.state_label.shown_text().endswith("…"), timeout=5000)
-    line = kiosk.state_label.fontMetrics().height()
-    assert kiosk.state_label.height() < 1.8 * line  # one line, never wrapped
-    assert kiosk.state_label.shown_text().startswith("Analysing CMU-1-Small")
-    kiosk.current_case = None
+    kiosk.cases.current = Path("CMU-1-Small-Region-with-a-very-long-name-from-the-scanner-2024-05-17.svs")
+    kiosk.update_state()
+    qtbot.waitUntil(lambda: kiosk.header.state_label.shown_text().endswith("…"), timeout=5000)
+    line = kiosk.header.state_label.fontMetrics().height()
+    assert kiosk.header.state_label.height() < 1.8 * line  # one line, never wrapped
+    assert kiosk.header.state_label.shown_text().startswith("Analysing CMU-1-Small")
+    kiosk.cases.current = None
 
 
 def test_a_finger_drag_scrolls_the_panel(qtbot, kiosk, synthetic_slide):
@@ -419,11 +417,11 @@ def test_a_finger_drag_scrolls_the_panel(qtbot, kiosk, synthetic_slide):
 
     show_at(qtbot, kiosk, 1024, 600)
     run_case(qtbot, kiosk, synthetic_slide)
-    scroll = kiosk._side_scroll
+    scroll = kiosk.case_page.side_scroll
     bar = scroll.verticalScrollBar()
     assert bar.maximum() > 0 and bar.value() == 0
     target = scroll.viewport()
-    start = kiosk.shares_label.mapTo(target, QPoint(20, kiosk.shares_label.height() // 2))
+    start = kiosk.case_page.call.shares_label.mapTo(target, QPoint(20, kiosk.case_page.call.shares_label.height() // 2))
 
     def send(kind, point, buttons) -> None:
         pos = QPointF(point)
@@ -445,30 +443,30 @@ def test_every_text_is_kiosk_sized(qtbot, kiosk, synthetic_slide):
 
     show_at(qtbot, kiosk, 1024, 600)
     run_case(qtbot, kiosk, synthetic_slide)
-    qtbot.waitUntil(lambda: kiosk.inspector.title.isVisible(), timeout=5000)
+    qtbot.waitUntil(lambda: kiosk.viewer.inspector.title.isVisible(), timeout=5000)
     labels = [w for w in kiosk.findChildren(QLabel) if w.isVisibleTo(kiosk) and w.text()]
     small = [(w.objectName(), w.text()[:30]) for w in labels if QFontInfo(w.font()).pointSizeF() < 18]
     assert small == []
-    assert QFontInfo(kiosk.inspector.title.font()).pointSizeF() >= 20  # "No tile selected", the class name
+    assert QFontInfo(kiosk.viewer.inspector.title.font()).pointSizeF() >= 20  # "No tile selected", the class name
     assert kiosk.view.scale_bar.font_pt >= 18 and kiosk.view.scale_bar.isVisible()
-    assert kiosk.inspector.bars.row_height() >= kiosk.inspector.bars.fontMetrics().height()
+    assert kiosk.viewer.inspector.bars.row_height() >= kiosk.viewer.inspector.bars.fontMetrics().height()
 
 
 @pytest.mark.parametrize("width", [1024, 1920])
 def test_recent_cases_show_the_call_first_and_whole(qtbot, kiosk, synthetic_slide, width):
     show_at(qtbot, kiosk, width, 600 if width == 1024 else 1080)
     run_case(qtbot, kiosk, synthetic_slide)
-    kiosk.home_btn.click()
-    qtbot.waitUntil(lambda: kiosk.recent_list.viewport().width() > 0, timeout=5000)
-    kiosk._fit_recent_items()
-    item = kiosk.recent_list.item(0)
+    kiosk.case_page.home_btn.click()
+    qtbot.waitUntil(lambda: kiosk.waiting.recent_list.viewport().width() > 0, timeout=5000)
+    kiosk.waiting.fit_recent_items()
+    item = kiosk.waiting.recent_list.item(0)
     first, second = item.text().split("\n")
     assert first.startswith("synthetic.tiff · ") and second == "benign 43% · malignant 29% · normal 28%"
     assert "tiles/s" not in item.text()
-    fm = kiosk.recent_list.fontMetrics()
-    width_px = kiosk.recent_list.viewport().width() - 2 * kiosk.RECENT_PADDING[0] - 4
-    assert item.sizeHint().height() >= kiosk.recent_text_height(item.text(), fm, width_px)
-    assert kiosk.recent_list.wordWrap()
+    fm = kiosk.waiting.recent_list.fontMetrics()
+    width_px = kiosk.waiting.recent_list.viewport().width() - 2 * kiosk.waiting.RECENT_PADDING[0] - 4
+    assert item.sizeHint().height() >= kiosk.waiting.recent_text_height(item.text(), fm, width_px)
+    assert kiosk.waiting.recent_list.wordWrap()
 
 
 def test_the_kiosk_takes_the_keyboard_focus_at_start(qtbot, tmp_path, toy_model, monkeypatch):
@@ -492,9 +490,9 @@ def test_a_finger_still_drags_a_slider_in_the_scrolling_panel(qtbot, kiosk, synt
     show_at(qtbot, kiosk, 1024, 600)
     run_case(qtbot, kiosk, synthetic_slide)
     kiosk.model.overlay.set(style="fill")
-    slider = kiosk.opacity
-    kiosk._side_scroll.ensureWidgetVisible(slider)
-    qtbot.waitUntil(lambda: inside_viewport(slider, kiosk._side_scroll), timeout=5000)
+    slider = kiosk.viewer.heatmap.opacity
+    kiosk.case_page.side_scroll.ensureWidgetVisible(slider)
+    qtbot.waitUntil(lambda: inside_viewport(slider, kiosk.case_page.side_scroll), timeout=5000)
     before = slider.value()
     span = slider.width() - 60
     start = QPoint(int(30 + span * before / 100), slider.height() // 2)  # on the handle
@@ -539,8 +537,8 @@ def test_slides_waiting_at_start_are_analysed_oldest_first_with_a_notice(qtbot, 
     finished: list[str] = []
     window = make_kiosk(qtbot, settings, wait_model=False)
     window.caseFinished.connect(lambda case: finished.append(case.path.name))
-    assert window.info_card.isVisible() and "2 slides already in the watch folder" in window.info_label.text()
-    assert "oldest first" in window.info_label.text()
+    assert window.cards.info_card.isVisible() and "2 slides already in the watch folder" in window.cards.info_label.text()
+    assert "oldest first" in window.cards.info_label.text()
     qtbot.waitUntil(lambda: len(finished) == 2, timeout=TIMEOUT_MS)
     assert finished == ["older.tiff", "newer.tiff"]
     outbox = {p.name for p in settings.outbox().iterdir()}
@@ -557,15 +555,15 @@ def test_a_slide_the_kiosk_stopped_on_is_not_retried_by_itself(qtbot, tmp_path, 
     RecentCases.for_settings(settings).begin(settings.watch_dir / "crasher.tiff")  # then the kiosk died
     window = make_kiosk(qtbot, settings)
     qtbot.wait(600)
-    assert window.current_case is None and not window.queue and not window.info_card.isVisible()
-    assert "crasher.tiff" in window.recent_list.item(0).text() and "stopped" in window.recent_list.item(0).text()
+    assert window.cases.current is None and not window.cases.queue and not window.cards.info_card.isVisible()
+    assert "crasher.tiff" in window.waiting.recent_list.item(0).text() and "stopped" in window.waiting.recent_list.item(0).text()
 
 
 @pytest.mark.parametrize("size", [(1024, 600), (800, 480)])
 def test_every_sheet_and_dialog_fits_the_screen(qtbot, tmp_path, toy_model, synthetic_slide, size):
     window = make_kiosk(qtbot, kiosk_settings(tmp_path, toy_model, pin="2468"))
     show_at(qtbot, window, *size)
-    window.open_btn.click()  # "Open slide…": Qt's own dialog was 2,107 px wide on a 1,024 px screen
+    window.waiting.open_btn.click()  # "Open slide…": Qt's own dialog was 2,107 px wide on a 1,024 px screen
     sheet = window.file_sheet
     assert sheet.isVisible() and inside(sheet.card, window) and inside(sheet.open_btn, window)
     sheet.show_folder(synthetic_slide.parent)
@@ -580,7 +578,7 @@ def test_every_sheet_and_dialog_fits_the_screen(qtbot, tmp_path, toy_model, synt
     assert all(inside(b, window) and b.height() >= 48 for b in window.scale_sheet.preset_buttons.values())
     window.scale_sheet.close_sheet()
     window.request_exit()
-    pad = window.pin_pad
+    pad = window.exit_guard.pin_pad
     qtbot.waitUntil(lambda: pad.isVisible(), timeout=5000)
     assert window.geometry().contains(pad.geometry())
     assert all(window.geometry().contains(k.mapToGlobal(k.rect().bottomRight())) for k in pad.keys.values())
@@ -602,7 +600,7 @@ def test_a_slide_without_a_pixel_size_gets_a_scale_on_screen(qtbot, tmp_path, to
     assert case.status == "failed" and case.needs_scale
     sheet = window.scale_sheet
     assert sheet.isVisible() and "mpp_um" in sheet.message.text() and "--mpp" not in sheet.message.text()
-    item = window.recent_list.item(0).text()
+    item = window.waiting.recent_list.item(0).text()
     assert item.count("\n") == 1 and "pixel size unknown" in item  # one line, not the whole message
     with qtbot.waitSignal(window.caseFinished, timeout=TIMEOUT_MS) as blocker:
         sheet.preset_buttons["20×"].click()
@@ -617,10 +615,10 @@ def test_a_tapped_tile_shows_its_call_where_the_finger_is(qtbot, kiosk, syntheti
 
     show_at(qtbot, kiosk, *size)
     run_case(qtbot, kiosk, synthetic_slide)
-    assert "Arrow keys" not in kiosk.inspector.subtitle.text() and "Tap" in kiosk.inspector.subtitle.text()
+    assert "Arrow keys" not in kiosk.viewer.inspector.subtitle.text() and "Tap" in kiosk.viewer.inspector.subtitle.text()
     r0, _, c0, _ = SYNTH_BLOCKS["malignant"]
-    kiosk._view_clicked(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5)  # what a tap on the slide calls
-    sheet = kiosk.tile_sheet
+    kiosk.case_page.tap(c0 * SYNTH_TILE + 5, r0 * SYNTH_TILE + 5)  # what a tap on the slide calls
+    sheet = kiosk.case_page.tile_sheet
     assert sheet.isVisible() and inside(sheet, kiosk.view) and sheet.index == kiosk.model.selection.index >= 0
     assert "malignant" in sheet.title.text() and sheet.bars.texts()["malignant"].endswith("%")
     assert sheet.height() <= 0.7 * kiosk.view.height() + 1  # the slide stays in sight
@@ -630,39 +628,39 @@ def test_a_tapped_tile_shows_its_call_where_the_finger_is(qtbot, kiosk, syntheti
     sheet.close_btn.click()
     assert not sheet.isVisible()
     # at 800 × 480: the title and the Open button whole, a scale bar that leaves the slide in view
-    assert inside(kiosk.case_title, kiosk) and kiosk.view.scale_bar.width() <= 0.3 * kiosk.view.width()
-    kiosk.home_btn.click()
-    assert inside(kiosk.open_btn, kiosk) and kiosk.open_btn.isVisible()
+    assert inside(kiosk.case_page.case_title, kiosk) and kiosk.view.scale_bar.width() <= 0.3 * kiosk.view.width()
+    kiosk.case_page.home_btn.click()
+    assert inside(kiosk.waiting.open_btn, kiosk) and kiosk.waiting.open_btn.isVisible()
 
 
 def test_reopening_a_case_starts_at_the_top_of_its_panel(qtbot, kiosk, synthetic_slide):
     show_at(qtbot, kiosk, 1024, 600)
     run_case(qtbot, kiosk, synthetic_slide)
-    bar = kiosk._side_scroll.verticalScrollBar()
+    bar = kiosk.case_page.side_scroll.verticalScrollBar()
     bar.setValue(bar.maximum())
     assert bar.value() > 0
-    kiosk.home_btn.click()
-    kiosk.recent_list.itemClicked.emit(kiosk.recent_list.item(0))
+    kiosk.case_page.home_btn.click()
+    kiosk.waiting.recent_list.itemClicked.emit(kiosk.waiting.recent_list.item(0))
     qtbot.waitUntil(lambda: kiosk.page == "case", timeout=5000)
     assert bar.value() == 0
 
 
 def test_a_case_that_finishes_behind_the_idle_screen_is_shown_on_the_next_touch(qtbot, kiosk, synthetic_slide):
-    kiosk.show_idle()  # nobody at the screen
+    kiosk.idle_screen.show_idle()  # nobody at the screen
     with qtbot.waitSignal(kiosk.caseFinished, timeout=TIMEOUT_MS):
         kiosk.enqueue(synthetic_slide)
     assert kiosk.idle and kiosk.idle_screen.isVisible()  # a dropped slide does not wake the screen
-    assert "New result: synthetic.tiff" in kiosk.idle_status.text() and "Touch to see it" in kiosk.idle_status.text()
+    assert "New result: synthetic.tiff" in kiosk.idle_screen.status.text() and "Touch to see it" in kiosk.idle_screen.status.text()
     QTest.mouseClick(kiosk.idle_screen, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not kiosk.idle, timeout=5000)
     assert kiosk.page == "case" and Path(kiosk.model.slide.opened.path) == synthetic_slide and kiosk.result is not None
     # finished while someone was away but before the idle screen came: it stays behind it too
-    kiosk.home_btn.click()
-    kiosk._last_activity = 0.0
-    kiosk._finished_at = 1.0
-    kiosk.recent_list.itemClicked.emit(kiosk.recent_list.item(0))
-    kiosk._last_activity = 0.0
-    kiosk.show_idle()
-    assert "New result" in kiosk.idle_status.text()
-    kiosk.note_activity()
+    kiosk.case_page.home_btn.click()
+    kiosk.idle_screen.last_activity = 0.0
+    kiosk.idle_screen.finished_at = 1.0
+    kiosk.waiting.recent_list.itemClicked.emit(kiosk.waiting.recent_list.item(0))
+    kiosk.idle_screen.last_activity = 0.0
+    kiosk.idle_screen.show_idle()
+    assert "New result" in kiosk.idle_screen.status.text()
+    kiosk.idle_screen.note_activity()
     assert kiosk.page == "case"

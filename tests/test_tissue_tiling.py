@@ -183,3 +183,61 @@ def test_read_order_visits_every_tile_once_in_stripes_top_to_bottom(synthetic_sl
         rows = grid.grid_row[order][stripe == s]
         assert (np.diff(rows) >= 0).all()  # each stripe read top to bottom
     assert np.array_equal(read_order(grid, stripe_px=10**9), np.arange(grid.n_tiles))  # one stripe: grid order
+
+
+def _chroma_420(level, img):
+    """What a JPEG pyramid stores for a reduced level: colour (Cr, Cb) at half its resolution."""
+    import cv2
+
+    if level == 0:
+        return img
+    ycc = cv2.cvtColor(img, cv2.COLOR_RGB2YCrCb)
+    h, w = img.shape[:2]
+    for c in (1, 2):
+        small = cv2.resize(ycc[..., c], (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
+        ycc[..., c] = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
+
+
+def test_one_slide_gives_one_grid_whatever_its_pyramid(tmp_path):
+    """The SVS of CMU-1 (one level) gave 28 tiles, its pyramid-TIFF copy 27: the mask came from the copy's 8×
+    level, whose colour is stored at half resolution, so pale tissue edges lose saturation. Here pale blocks end
+    18–39 % into a tile column; the one-level file and the pyramid must keep the same tiles."""
+    from cellview.analysis.pipeline import plan_grid
+    from cellview.analysis.results import AnalysisParams
+    from cellview.testing.synthetic import TOY_COLORS, write_pyramid_tiff
+
+    tile = 128
+    rgb = np.full((16 * tile, 40 * tile, 3), 245, np.uint8)
+    rgb[2 * tile:6 * tile, 2 * tile:8 * tile] = TOY_COLORS["normal"]
+    for k, frac in enumerate(np.arange(0.18, 0.40, 0.03)):
+        c0 = (1 + 5 * k) * tile
+        rgb[8 * tile:14 * tile, c0:c0 + 2 * tile + int(frac * tile)] = (232, 190, 214)  # pale pink tissue
+    flat = write_pyramid_tiff(tmp_path / "flat.tiff", rgb, 0.5, levels=1)
+    pyramid = write_pyramid_tiff(tmp_path / "pyramid.tiff", rgb, 0.5, levels=5, damage=_chroma_420)
+    grids = {}
+    for path in (flat, pyramid):
+        with open_slide(path) as slide:
+            _, grids[path.stem] = plan_grid(slide, 64, 1.0, AnalysisParams())
+    a, b = grids["flat"], grids["pyramid"]
+    assert a.n_tiles == 124
+    assert (a.n_cols, a.n_rows, a.n_tiles) == (b.n_cols, b.n_rows, b.n_tiles)
+    assert set(zip(a.grid_row.tolist(), a.grid_col.tolist())) == set(zip(b.grid_row.tolist(), b.grid_col.tolist()))
+    np.testing.assert_allclose(a.tissue_fraction, b.tissue_fraction, atol=0.02)
+
+
+def test_the_svs_the_pyramid_tiff_and_the_dicom_copy_of_cmu1_give_one_grid(data_dir):
+    from cellview.analysis.pipeline import plan_grid
+    from cellview.analysis.results import AnalysisParams
+
+    slides = data_dir / "slides"
+    copies = [slides / "CMU-1-Small-Region.svs", slides / "derived" / "CMU-1-Small-Region-pyramid.tiff",
+              slides / "derived" / "CMU-1-Small-Region-dicom"]
+    cells = []
+    for path in copies:
+        with open_slide(path) as slide:
+            _, grid = plan_grid(slide, 224, 0.8, AnalysisParams())
+            cells.append(sorted(zip(grid.grid_row.tolist(), grid.grid_col.tolist(), grid.l0_x.tolist(),
+                                    grid.l0_y.tolist())))
+    assert len(cells[0]) == 28
+    assert cells[0] == cells[1] == cells[2]

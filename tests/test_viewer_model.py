@@ -471,7 +471,7 @@ def test_analyse_after_cancel_goes_on_from_the_finished_tiles(model, synthetic_s
 
 def test_the_inspector_patch_is_normalised_as_the_model_was_fed(stain_model, he_slide):
     from cellview.analysis.tiling import read_tile
-    from cellview.gui.tasks import PatchRequest, load_patch
+    from cellview.gui.canvas.loaders import PatchRequest, load_patch
     from cellview.slides.opening import open_slide
 
     m = ViewerModel(run_now, store=MemoryStore())

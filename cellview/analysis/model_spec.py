@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cellview.analysis.callrule import CallThresholds
 from cellview.analysis.foreground import Reading
 from cellview.analysis.stain import StainReference
 from cellview.base.errors import ModelError
@@ -98,6 +99,7 @@ class ModelSpec:
     domain_sha256: str = ""
     domain: DomainStats | None = field(default=None, compare=False, hash=False, repr=False)
     precision: str = "fp32"  # of these weights: fp32, or the model's int8 / fp16 copy
+    call: CallThresholds = field(default_factory=CallThresholds)  # the slide call's thresholds (sidecar 'call')
     reading: Reading = field(default_factory=Reading)  # foreground rule; images without a pixel size (foreground.py)
 
     @property
@@ -243,6 +245,7 @@ class ModelSpec:
         precision = data.get("precision") or ("fp16" if onnx_path.name.endswith(".fp16.onnx") else "fp32")
         if precision not in PRECISION_LABELS:
             raise ModelError(f"The {where}: 'precision' must be one of {', '.join(PRECISION_LABELS)}.")
+        call = CallThresholds.from_sidecar(data.get("call"), where)
         return cls(
             name=str(data.get("name") or onnx_path.parent.name or onnx_path.stem),
             version=str(data.get("version", "")),
@@ -268,6 +271,7 @@ class ModelSpec:
             reading=reading,
             domain=domain,
             precision=precision,
+            call=call,
         )
 
 
@@ -323,7 +327,17 @@ def precision_copy(spec: ModelSpec, precision: str) -> ModelSpec | None:
         if (source and source != base.onnx_sha256) or (other.version, other.class_names) != (base.version, base.class_names):
             log.warning("%s was not made from %s; ignoring it", other.onnx_path.name, base.onnx_path.name)
             return None
-    return replace(copy, name=spec.name)
+    return replace(copy, name=spec.name, call=same_call(spec, copy))
+
+
+def same_call(spec: ModelSpec, copy: ModelSpec) -> CallThresholds:
+    """The slide-call thresholds of a model and its copy at another precision: one set for the model. A sidecar
+    without a ``call`` section takes the other's; two different sections are refused (ModelError)."""
+    has_spec, has_copy = "call" in spec.raw, "call" in copy.raw
+    if has_spec and has_copy and spec.call != copy.call:
+        raise ModelError(f"The slide-call thresholds ('call') of {copy.sidecar_path.name} differ from those of "
+                         f"{spec.sidecar_path.name}; the copies of one model must share them.")
+    return spec.call if has_spec or not has_copy else copy.call
 
 
 def copy_with_sha(spec: ModelSpec, sha256: str) -> ModelSpec | None:

@@ -358,7 +358,8 @@ def analyze(
         if cache is not None:
             cached = cache.load(key)
             if cached is not None:
-                cached = cached.with_slide(info)
+                # the thresholds of the slide call live in the sidecar, not in the cache key: today's apply
+                cached = replace(cached.with_slide(info), model=replace(cached.model, call=model.call))
                 yield Started(str(slide.path), cached.grid, cached.tissue, cached.provider, cached.n_tiles, True)
                 yield Finished(cached)
                 return

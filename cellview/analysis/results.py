@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cellview.analysis.callrule import DEFAULT_THRESHOLDS, CallThresholds
 from cellview.analysis.classifier import TTA_MODES
 from cellview.analysis.domain import (
     BANNER_BELOW,
@@ -86,6 +87,7 @@ class ModelInfo:
     patch_size_pixels: int
     domain: DomainInfo | None = None  # the out-of-domain statistics used; None: the model has none
     precision: str = "fp32"  # the copy of the weights that ran (``sha256`` is that file's): fp32, int8 or fp16
+    call: CallThresholds = DEFAULT_THRESHOLDS  # the model's slide-call thresholds (``call.slide_call``)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ModelInfo:
@@ -95,6 +97,7 @@ class ModelInfo:
             class_categories=spec.class_categories, class_colors=spec.class_colors,
             activation=spec.activation, temperature=spec.temperature, spacing_um_px=spec.spacing_um_px,
             patch_size_pixels=spec.patch_size_pixels, domain=domain, precision=spec.precision,
+            call=replace(spec.call, validation={}),
         )
 
     @classmethod
@@ -104,6 +107,10 @@ class ModelInfo:
             data[key] = tuple(data[key])
         if data.get("domain") is not None:
             data["domain"] = DomainInfo(**data["domain"])
+        if "call" in data:  # results cached before the slide call get the default; the pipeline refreshes it
+            call = dict(data["call"])
+            chosen = call.get("chosen_by", "")
+            data["call"] = replace(CallThresholds.from_sidecar(call, "cached result"), chosen_by=chosen)
         return cls(**data)
 
 

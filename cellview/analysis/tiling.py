@@ -128,9 +128,11 @@ def cell_edges(index: np.ndarray, n: int, stride: float, extent: float | None) -
         return (index * stride).astype(np.float64)
     return np.where(index >= n, extent, np.minimum(index * stride, extent)).astype(np.float64)
 
-TILING_RULE = "inside-v2"
+TILING_RULE = "inside-v3"
 """Names the rule above; recorded in the metadata and the cache key, so results of an older rule are
-never mistaken for current ones (v2: no sliver cell at the far edge)."""
+never mistaken for current ones (v2: no sliver cell at the far edge; v3: the tissue mask averaged from a
+level 4× finer than the mask, ``tissue.MASK_SOURCE_FINER``, so a slide's grid no longer depends on its
+container's pyramid)."""
 
 SLIVER_FRACTION = 0.1
 """A last cell narrower than this share of the stride joins the cell before it (see the module docstring)."""

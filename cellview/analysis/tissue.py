@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from cellview.base.errors import SlideError
 from cellview.slides.slide import Slide
 
 
@@ -113,6 +114,53 @@ def tissue_mask_from_rgb(rgb: np.ndarray, mask_mpp_um: float, params: TissuePara
     return ~holes, threshold
 
 
+MASK_SOURCE_FINER = 4.0
+"""The mask's pixels are averaged from a level at least this many times finer than the mask (level 0 when the
+slide has none), rather than taken from a pyramid level near the mask's scale, within ``MASK_SOURCE_MAX_PX``.
+
+Why: one slide must give one grid whatever the container. A pyramid's coarse levels are its own images: made
+by the converter's filter and stored as JPEG with colour at half resolution (YCbCr 4:2:0), so their
+saturation is lower at tissue edges. CMU-1's SVS (one level) gave a mask averaged from level 0 and 28 tiles;
+its pyramid-TIFF copy gave a mask from its 8× level, 1.9 % less tissue and 27 tiles (a corner tile at 25.6 %
+tissue fell under the 25 % rule). From a level 4× finer than the mask both give the same 28 tiles
+(bench/format_agreement.py); from 2× finer the TIFF still lost that tile."""
+
+MASK_SOURCE_MAX_PX = 64_000_000
+"""The most pixels read for the mask: on a large slide the 4×-finer level would cost seconds (a 60k × 50k slide:
+750 Mpx, about 10× the tissue step), so the finest level that fits is read, at worst the level nearest the mask
+(as before). A borderline tile of a large slide may then still differ between containers; a whole slide of this
+size has thousands of tiles."""
+
+
+def mask_source_level(slide: Slide, downsample: float) -> int:
+    """The level the mask is averaged from (see ``MASK_SOURCE_FINER`` and ``MASK_SOURCE_MAX_PX``)."""
+    nearest = slide.best_level_for_downsample(downsample)
+    finest = slide.best_level_for_downsample(downsample / MASK_SOURCE_FINER)
+    for level in range(finest, nearest + 1):
+        w, h = slide.level_dimensions[level]
+        if not slide.is_skipped(level) and w * h <= MASK_SOURCE_MAX_PX:
+            return level
+    return nearest
+
+
+def mask_thumbnail(slide: Slide, downsample: float) -> np.ndarray:
+    """The whole slide shrunk ``downsample`` times (area average) from ``mask_source_level``, falling back to finer
+    levels when one is unreadable (as ``Slide.thumbnail``)."""
+    w0, h0 = slide.dimensions
+    out_size = (max(1, round(w0 / downsample)), max(1, round(h0 / downsample)))
+    error: Exception | None = None
+    for level in range(mask_source_level(slide, downsample), -1, -1):
+        if slide.is_skipped(level):
+            continue
+        try:
+            return slide._read_level_scaled(level, out_size)  # the slide's chunked two-handle reader
+        except SlideError as exc:
+            error = exc
+    if error is not None:
+        raise error
+    return slide.thumbnail(max(out_size))
+
+
 def detect_tissue(slide: Slide, params: TissueParams | None = None, mpp_um: float | None = None) -> TissueMask:
     """Tissue mask of the whole slide at about ``params.mask_mpp_um`` per pixel.
 
@@ -125,7 +173,7 @@ def detect_tissue(slide: Slide, params: TissueParams | None = None, mpp_um: floa
         downsample = max(1.0, params.mask_mpp_um / mpp_um, max(w0, h0) / params.max_mask_px)
     else:
         downsample = max(1.0, max(w0, h0) / 1024)
-    thumb = slide.thumbnail(max(1, int(round(max(w0, h0) / downsample))))
+    thumb = mask_thumbnail(slide, downsample)
     # Actual scale of the thumbnail (rounding of its size).
     downsample = w0 / thumb.shape[1]
     mask_mpp = (mpp_um or 1.0) * downsample

@@ -1,4 +1,5 @@
-"""`cellview analyze`: the cohort plan run in this process or on Dask; cohort.csv/json/html kept current."""
+"""`cellview analyze`: the cohort plan run in this process or on Dask; cohort.csv/json/html kept current (for more
+than one slide, or any folder of them)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="on a local cluster: times a slide is retried after its worker process dies (default 2)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_analyze)
+
+
+def _is_batch_folder(path: Path) -> bool:
+    """A folder of slides or images gets the cohort tables even when it holds one (a DICOM slide's own folder
+    is one slide, not a batch)."""
+    if not path.is_dir():
+        return False
+    try:
+        return not any(f.suffix.lower() == ".dcm" for f in path.iterdir())
+    except OSError:
+        return False
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -88,7 +100,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         model_path=str(spec.onnx_path.resolve()), model_sha256=spec.onnx_sha256,
         run_sha256=classifier.spec.onnx_sha256, domain_sha256=spec.domain_sha256 or "", device=args.device,
         params=params_from_args(args), formats=tuple(formats), png_size_px=args.png_size,
-        region_confidence=region_confidence, use_cache=not args.no_cache,
+        region_confidence=region_confidence, use_cache=not args.no_cache, call=spec.call,
     )
     jobs, known, n_slides = plan_cohort(args.paths, out_dir, settings, options, force=args.force)
     console = Console(sys.stdout, sys.stderr, quiet=args.quiet, model_name=spec.name)
@@ -118,7 +130,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         print(f"Model {classifier.describe()}", file=sys.stderr)
     tables = None
-    if n_slides > 1 or on_cluster:
+    if n_slides > 1 or on_cluster or any(_is_batch_folder(Path(p)) for p in args.paths):
         settings = replace(settings, thumb_px=320)
         retries = (session.allowed_failures if session is not None else args.retries) if on_cluster else None
         where = session.description if session is not None else ("Dask" if on_cluster else "in process")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 from cellview import __version__
-from cellview.cli import adapt, analyze, domain, evaluate, explain, export, info, models, train
+from cellview.cli import adapt, analyze, domain, evaluate, explain, export, info, models, serve, train
 
-COMMANDS = (analyze, info, models, explain, adapt, domain, train, evaluate, export)
-SUBCOMMANDS = ("analyze", "info", "train", "evaluate", "export", "models", "explain", "domain", "adapt")
+COMMANDS = (analyze, info, models, explain, adapt, domain, train, evaluate, export, serve)
+SUBCOMMANDS = ("analyze", "info", "train", "evaluate", "export", "models", "explain", "domain", "adapt", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,12 +47,12 @@ def smoke_test(slide: str, timeout_s: float = 120.0) -> int:
     from cellview.analysis.classifier import OnnxClassifier
     from cellview.analysis.model_lookup import available_models
     from cellview.analysis.model_spec import ModelSpec
-    from cellview.gui.mainwindow import MainWindow
+    from cellview.gui.desktop.window import MainWindow
 
     t0 = time.perf_counter()
     app = make_app()
     window = MainWindow()
-    window.auto_box.setChecked(False)
+    window.run_controls.auto_box.setChecked(False)
     failures: list[str] = []
     window.show_error = lambda exc, title="": (failures.append(f"{title}: {exc.message}"), app.exit(1))
     window.view.firstPaint.connect(lambda: QTimer.singleShot(500, app.quit))
@@ -90,7 +90,7 @@ def run_gui(args: argparse.Namespace) -> int:
     app = make_app()
     from cellview.analysis.model_lookup import resolve_model
     from cellview.base.errors import CellviewError
-    from cellview.gui.mainwindow import MainWindow
+    from cellview.gui.desktop.window import MainWindow
 
     window = MainWindow(analysis_defaults=params_from_args(args))
     window.show()

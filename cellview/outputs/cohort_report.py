@@ -28,9 +28,11 @@ THUMBS_DIR = "cohort-thumbs"
 
 STATUSES = ("ok", "skipped", "failed")
 CSV_COLUMNS = (
-    "path", "name", "status", "tiles", *(f"share_{c}" for c in CATEGORIES), "in_domain_fraction",
+    "path", "name", "status", "call", "call_text", "tiles", *(f"share_{c}" for c in CATEGORIES), "in_domain_fraction",
     "provider", "seconds", "worker", "attempts", "error",
 )
+"""``call``: the slide call's category (``analysis.call.CALL_STATES``; ``not_analysed`` for a failed slide);
+``call_text``: its words, as the console, the metadata JSON and the PNG legend print them."""
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,18 @@ class SlideOutcome:
     traceback: str = ""  # set only for unexpected errors (a bug), printed by the CLI
     outputs: tuple[str, ...] = field(default=(), compare=False)  # file names in the output folder
     thumbnail: str = ""  # path of the thumbnail relative to the output folder, "" if none
+    call: str = ""  # the slide call's category (analysis.call.CALL_STATES); "" : not analysed
+    call_text: str = ""  # the call's words (SlideCall.text)
+
+    @property
+    def call_category(self) -> str:
+        return self.call or "not_analysed"
 
     def to_row(self) -> dict[str, str]:
         shares = self.shares or ()
         row = {
-            "path": self.path, "name": self.name, "status": self.status, "tiles": str(self.tiles),
+            "path": self.path, "name": self.name, "status": self.status, "call": self.call_category,
+            "call_text": self.call_text or _NOT_ANALYSED_TEXT, "tiles": str(self.tiles),
             "in_domain_fraction": "" if self.in_domain_fraction is None else f"{self.in_domain_fraction:.4f}",
             "provider": self.provider, "seconds": f"{self.seconds:.2f}", "worker": self.worker,
             "attempts": str(self.attempts), "error": self.error,
@@ -65,6 +74,9 @@ class SlideOutcome:
         for cat, share in zip(CATEGORIES, shares or (None,) * len(CATEGORIES)):
             row[f"share_{cat}"] = "" if share is None else f"{share:.4f}"
         return row
+
+
+_NOT_ANALYSED_TEXT = "Not analysed: no result for this slide"
 
 
 def shares_from_counts(counts: dict[str, int]) -> tuple[float, ...] | None:
@@ -165,7 +177,7 @@ img.thumb{max-width:180px;max-height:140px;display:block;border:1px solid #ccc;b
 .bar{display:flex;width:140px;height:12px;border-radius:3px;overflow:hidden;background:#eee;margin-bottom:3px}
 .bar i{display:block;height:100%}.shares{font-size:12px;color:#444;white-space:nowrap}
 .err{color:#9b1c1c;font-size:12px;margin-top:3px}.files a{margin-right:6px;font-size:12px}
-td.slide{max-width:420px;overflow-wrap:anywhere}td small{color:#555}
+td.slide{max-width:420px;overflow-wrap:anywhere}td small{color:#555}td.call{max-width:300px}
 .foot{color:#777;font-size:12px;margin-top:14px}
 """
 
@@ -189,13 +201,28 @@ document.querySelectorAll('th[data-type]').forEach(function(th){
 });
 """
 
-_HEADERS = (("Thumbnail", None), ("Slide", "text"), ("Status", "text"), ("Tiles", "num"),
+_HEADERS = (("Thumbnail", None), ("Slide", "text"), ("Status", "text"), ("Call", "num"), ("Tiles", "num"),
             *((f"{c.capitalize()} %", "num") for c in CATEGORIES), ("In-domain %", "num"),
             ("Seconds", "num"), ("Worker", "text"), ("Files", None))
 
 
 def _pct(v: float | None) -> str:
     return "" if v is None else f"{100 * v:.1f}"
+
+
+_CALL_ORDER = ("malignant", "benign", "normal", "out_of_domain", "too_little_tissue", "not_analysed")
+"""Sorting the Call column: worst finding first (``analysis.call.CALL_STATES``)."""
+
+
+def _call_cell(o: SlideOutcome) -> str:
+    """The call's headline in its colour, its evidence below (the words of ``SlideCall.text``)."""
+    esc = html.escape
+    cat = o.call_category
+    headline, _, evidence = (o.call_text or _NOT_ANALYSED_TEXT).partition(": ")
+    colour = CATEGORY_COLORS.get(cat, "#555555")
+    rank = _CALL_ORDER.index(cat) if cat in _CALL_ORDER else len(_CALL_ORDER)
+    return (f'<td class="call" data-sort="{rank}"><b style="color:{colour}">{esc(headline)}</b>'
+            + (f"<br><small>{esc(evidence)}</small>" if evidence else "") + "</td>")
 
 
 def _row_html(o: SlideOutcome, out_dir: Path) -> str:
@@ -218,6 +245,7 @@ def _row_html(o: SlideOutcome, out_dir: Path) -> str:
         f'<td class="slide" data-sort="{esc(o.name.lower())}"><b>{esc(o.name)}</b><br><small>{esc(o.path)}</small>'
         + (f'<div class="err">{esc(o.error)}</div>' if o.status == "failed" else "") + "</td>",
         f'<td data-sort="{esc(o.status)}"><span class="status {esc(o.status)}">{esc(o.status)}</span></td>',
+        _call_cell(o),
         f'<td class="num" data-sort="{o.tiles}">{o.tiles}{bar}</td>',
     ]
     for k in range(len(CATEGORIES)):
@@ -260,7 +288,8 @@ state: {esc(str(meta.get("state", "")))} · updated {esc(str(meta.get("updated",
 <tbody>
 {body}
 </tbody></table>
-<p class="foot">Click a column to sort. Shares are of the classified tiles; colour = category
+<p class="foot">Click a column to sort. The call is the worst finding that passes the model's thresholds
+(malignant before benign before normal; see the model card); shares are of the classified tiles; colour = category
 (<span style="color:{CATEGORY_COLORS["malignant"]}">malignant</span>,
 <span style="color:{CATEGORY_COLORS["benign"]}">benign</span>,
 <span style="color:{CATEGORY_COLORS["normal"]}">normal</span>). Research use only; not for clinical diagnosis.</p>
@@ -282,6 +311,7 @@ def read_outcome_from_metadata(meta: dict[str, Any], path: str, name: str, stem:
         seconds=float((meta.get("timings_s") or {}).get("total_s", 0.0) or 0.0),
         outputs=tuple(meta.get("outputs", ())) + (f"{stem}.json",),
         thumbnail=thumb.as_posix() if (out_dir / thumb).exists() else "",
+        call=str((meta.get("call") or {}).get("category", "")), call_text=str((meta.get("call") or {}).get("text", "")),
     )
 
 

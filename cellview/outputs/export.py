@@ -177,9 +177,13 @@ def geojson_dict(result: AnalysisResult, regions: Sequence[Region] | None = None
             },
         })
     features.extend(region_feature(r, region_confidence) for r in regions or ())
+    from cellview.analysis.call import slide_call
+
+    call = slide_call(result)
     return {
         "type": "FeatureCollection",
         "properties": {
+            "call": call.category, "call_text": call.text,
             "slide": result.slide.name, "model": result.model.name, "model_sha256": result.model.sha256,
             "scale_unknown": result.scale_unknown, "status": result.status,
             "domain_available": result.has_domain, "in_domain_fraction": result.in_domain_fraction,
@@ -207,11 +211,19 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _timestamp(unix_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(unix_s))
+
+
 def metadata_dict(result: AnalysisResult, outputs: Iterable[str] = (), extra: dict[str, Any] | None = None) -> dict[str, Any]:
     mpp = result.slide.mpp
     g = result.grid
+    from cellview.analysis.call import slide_call
+
     data: dict[str, Any] = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(result.created_unix)),
+        "created": _timestamp(time.time()),  # this export (a cached result is exported again later)
+        "analysed": _timestamp(result.created_unix),  # the analysis run that made the result
+        "call": slide_call(result).to_dict(),
         "versions": versions(),
         "status": result.status,
         "scale_unknown": result.scale_unknown,
@@ -430,7 +442,7 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
     """
     from PIL import Image, ImageDraw
 
-    from cellview.outputs.legend import OUT_OF_DOMAIN_SWATCH, describe_legend, scale_bar
+    from cellview.outputs.legend import OUT_OF_DOMAIN_SWATCH, call_colour, describe_legend, scale_bar
 
     settings = _overlay_settings(overlay, opacity=opacity)
     img = overlay_on_thumbnail(result, thumb, overlay=settings)
@@ -464,6 +476,12 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
             text(item.text, fill=fills.get(item.kind, ink), wrap=item.wrap)
 
     text("CellView", title, dy=int(34 * k))
+    if legend.call is not None:
+        headline = font(int(17 * k), bold=True)
+        text(legend.call.headline, headline, fill=hex_to_rgb(call_colour(legend.call)), dy=int(24 * k))
+        if legend.call.evidence:
+            text(legend.call.evidence, fill=ink, wrap=True)
+        y += int(8 * k)
     lines(legend.header)
     y += int(10 * k)
     text(legend.counted, body, dy=line_h + int(4 * k))
@@ -500,13 +518,11 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
                        fill=(255, 255, 255))
         draw.rectangle([bx, by, bx + bar.drawn_px - 1, by + int(6 * k)], fill=(0, 0, 0))
         draw.text((bx, by - int(21 * k)), bar.label, fill=(0, 0, 0), font=small)
-    if result.grid.whole_image or result.n_tiles == 1:
-        level = result.image_level()
-        if level["pred_class"]:
-            label = f"{level['pred_class']} ({level['pred_category']}) {level['confidence']:.0%}"
-            box = draw.textbbox((int(12 * k), int(10 * k)), label, font=body)
-            draw.rectangle([box[0] - 6, box[1] - 5, box[2] + 6, box[3] + 5], fill=(255, 255, 255))
-            draw.text((int(12 * k), int(10 * k)), label, fill=hex_to_rgb(CATEGORY_COLORS[level["pred_category"]]), font=body)
+    if (result.grid.whole_image or result.n_tiles == 1) and legend.call is not None:
+        label = _ellipsize(draw, legend.call.text, body, w - int(36 * k))  # the call, not the largest share
+        box = draw.textbbox((int(12 * k), int(10 * k)), label, font=body)
+        draw.rectangle([box[0] - 6, box[1] - 5, box[2] + 6, box[3] + 5], fill=(255, 255, 255))
+        draw.text((int(12 * k), int(10 * k)), label, fill=hex_to_rgb(call_colour(legend.call)), font=body)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()

@@ -1,7 +1,7 @@
 """What a legend says and how long a scale bar is: one description for the screen and every export (Qt-free).
 
 ``describe_legend`` turns a result and the display state (``overlay.OverlaySettings``) into a
-``Legend``: header lines, the counted-tiles line, one count row per category and one for the
+``Legend``: the slide's call (``analysis.call``), header lines, the counted-tiles line, one count row per category and one for the
 out-of-domain tiles, the domain notes, the class rows and the closing lines. The side panel, the
 viewer's "as shown" PNG (Qt) and the annotated PNG of the command line, the viewer and the kiosk
 (PIL) all draw that one description, so their counts and sentences cannot drift apart; every
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cellview.analysis.call import SlideCall, slide_call
 from cellview.analysis.model_spec import CATEGORY_COLORS
 from cellview.analysis.results import AnalysisParams, AnalysisResult
 from cellview.outputs.overlay import (
@@ -142,9 +143,22 @@ class CountRow:
         return f"{self.count:,}  {self.percent}%"
 
 
+NO_CALL_COLOUR = "#555555"
+"""The colour of a call that is no finding (out of domain, too little tissue, not analysed)."""
+
+
+def call_colour(call: SlideCall) -> str:
+    """The call's headline colour: its category's, grey when no call could be made."""
+    return CATEGORY_COLORS.get(call.category, NO_CALL_COLOUR)
+
+
 @dataclass(frozen=True)
 class Legend:
-    """Everything a legend shows, in order (see the module docstring)."""
+    """Everything a legend shows, in order (see the module docstring).
+
+    ``call`` (``analysis.call.slide_call``) is drawn first, under the title: its headline in
+    ``call_colour``, then its evidence. It does not follow the display filters: it is the slide's call.
+    """
 
     header: tuple[LegendLine, ...]
     counted: str
@@ -153,6 +167,7 @@ class Legend:
     notes: tuple[LegendLine, ...]
     classes: tuple[CountRow, ...]
     footer: tuple[LegendLine, ...]
+    call: SlideCall | None = None
 
     @property
     def rows(self) -> tuple[CountRow, ...]:
@@ -161,7 +176,8 @@ class Legend:
 
     def lines(self) -> list[str]:
         """The whole legend as plain text, in drawing order (tests, logs)."""
-        out = [line.text for line in self.header] + [self.counted]
+        out = [f"Call: {self.call.text}"] if self.call is not None else []
+        out += [line.text for line in self.header] + [self.counted]
         out += [f"{r.label}{' (hidden)' if r.hidden else ''}: {r.text}" for r in self.rows]
         out += [line.text for line in self.notes]
         if self.classes:
@@ -242,5 +258,6 @@ def describe_legend(result: AnalysisResult, settings: OverlaySettings, *, source
     if result.status != "complete":
         footer.append(LegendLine(f"Run {result.status}: partial result.", "warning"))
     return Legend(tuple(header), counted_text(result, settings) + failed, category_rows(result, settings),
-                  out_of_domain_row(result, settings), notes, class_rows(result, settings), tuple(footer))
+                  out_of_domain_row(result, settings), notes, class_rows(result, settings), tuple(footer),
+                  slide_call(result))
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from cellview.analysis.callrule import CallThresholds
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import CellviewError, ModelError, MppError
 from cellview.outputs.cohort_report import (
@@ -106,8 +107,10 @@ def output_stem(slide: Path, taken: set[str]) -> str:
 
 
 def up_to_date_metadata(slide: Path, outputs: dict[str, Path], model_sha: str, params: AnalysisParams,
-                        options: dict[str, Any], domain_sha: str = "") -> dict[str, Any] | None:
-    """The metadata of the slide's earlier run when its outputs are what this run would write."""
+                        options: dict[str, Any], domain_sha: str = "",
+                        call: CallThresholds | None = None) -> dict[str, Any] | None:
+    """The metadata of the slide's earlier run when its outputs are what this run would write (``call``: the
+    model's slide-call thresholds now; outputs made under other ones, or before the call existed, are not)."""
     meta_path = outputs["json"]
     if not meta_path.exists() or not all(p.exists() for p in outputs.values()):
         return None
@@ -130,8 +133,17 @@ def up_to_date_metadata(slide: Path, outputs: dict[str, Path], model_sha: str, p
         and ((meta.get("domain") or {}).get("statistics_sha256") or "") == domain_sha
         and old_params.cache_dict() == params.cache_dict()
         and meta.get("export_options") == options
+        and (call is None or _same_call_rule(meta.get("call"), call))
     )
     return meta if ok else None
+
+
+def _same_call_rule(recorded: Any, call: CallThresholds) -> bool:
+    from cellview.analysis.call import thresholds_dict
+    from cellview.analysis.callrule import RULE_VERSION
+
+    return (isinstance(recorded, dict) and recorded.get("rule_version") == RULE_VERSION
+            and recorded.get("thresholds") == json.loads(json.dumps(thresholds_dict(call))))
 
 
 @dataclass(frozen=True)
@@ -150,6 +162,7 @@ class CohortSettings:
     ort_threads: int | None = None  # None: ONNX Runtime's default (all cores of this process)
     thumb_px: int = 0  # heatmap thumbnail for cohort.html (longest side); 0: none
     run_sha256: str = ""  # the copy of the weights that runs (``--precision``), what outputs record; "": model_sha256
+    call: CallThresholds | None = None  # the model's slide-call thresholds (outputs made under others are redone)
 
     @property
     def result_sha256(self) -> str:
@@ -193,7 +206,7 @@ def plan_cohort(paths: Iterable[str | Path], out_dir: Path, settings: CohortSett
         meta = None
         if not force:
             meta = up_to_date_metadata(path, output_paths(out_dir, stem, settings.formats), settings.result_sha256,
-                                       settings.params, options, settings.domain_sha256)
+                                       settings.params, options, settings.domain_sha256, settings.call)
         if meta is not None:
             known.append((position, read_outcome_from_metadata(meta, slide_path_shown(path), name, stem, out_dir)))
         else:
@@ -271,15 +284,15 @@ def _worker_label() -> str:
 class _Progress:
     """Tile progress of the running slide, sent to the client as Dask events (throttled)."""
 
-    def __init__(self, stem: str, on_batch: Callable[[int, int], None] | None) -> None:
+    def __init__(self, stem: str, on_batch: Callable[[int, int, float | None], None] | None) -> None:
         self.stem = stem
         self.on_batch = on_batch
         self.worker = _dask_worker()
         self.last = 0.0
 
-    def __call__(self, done: int, total: int, final: bool = False) -> None:
+    def __call__(self, done: int, total: int, final: bool = False, rate: float | None = None) -> None:
         if self.on_batch is not None:
-            self.on_batch(done, total)
+            self.on_batch(done, total, rate)
         if self.worker is None:
             return
         now = time.monotonic()
@@ -312,7 +325,7 @@ def _write_thumbnail(result: Any, out_dir: Path, stem: str, max_px: int) -> str:
 
 
 def analyze_slide(job: SlideJob, settings: CohortSettings,
-                  on_batch: Callable[[int, int], None] | None = None) -> SlideOutcome:
+                  on_batch: Callable[[int, int, float | None], None] | None = None) -> SlideOutcome:
     """Analyse one slide and write its outputs; every error becomes a failed outcome.
 
     Runs in a Dask worker (or in the client for runs without a cluster). Bad input is a
@@ -343,12 +356,13 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
                 if first:
                     first = False
                     _fault_hook(job.stem)
-                progress(event.done, event.total)
+                progress(event.done, event.total, rate=event.tiles_per_s)
             elif isinstance(event, Finished):
                 result = event.result
         if result is None:
             return failed("The analysis ended without a result.")
-        progress(result.n_done, result.n_tiles, final=True)
+        progress(result.n_done, result.n_tiles, final=True,
+                 rate=None if result.from_cache else result.timings.get("tiles_per_s"))
         paths = output_paths(out_dir, job.stem, settings.formats)
         # Stale metadata would vouch for files about to be replaced: it goes first, and comes back last.
         paths["json"].unlink(missing_ok=True)
@@ -364,9 +378,11 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
     except Exception as exc:  # noqa: BLE001 - a bug: report it with its traceback, keep the batch going
         return failed(f"Internal error ({type(exc).__name__}: {exc}); please report it.", tb=traceback.format_exc())
 
+    from cellview.analysis.call import slide_call
     from cellview.analysis.results import plural
 
-    summary = [f"{job.name}: {result.summary()}"]
+    call = slide_call(result)
+    summary = [f"{job.name}: {result.summary()}", f"  call: {call.text}"]
     if result.reading.get("pixel_size"):
         summary.append(f"  {result.reading['pixel_size']}")
     if regions:
@@ -374,9 +390,9 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
         summary.append(f"  malignant regions: {len(regions)}; largest {top.label()} ({plural(top.n_tiles, 'tile')})")
     level = result.image_level()
     if (result.grid.whole_image or Path(job.path).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"}) \
-            and level["pred_class"]:
-        summary.append(f"  image: {level['pred_class']} ({level['pred_category']}, {level['confidence']:.0%}; "
-                       f"mean of {plural(level['n_tiles'], 'tile')}, {level['based_on']})")
+            and level["pred_class"]:  # the most probable class on average: a detail, not the call
+        summary.append(f"  most probable class (mean of {plural(level['n_tiles'], 'tile')}, {level['based_on']}): "
+                       f"{level['pred_class']} ({level['pred_category']}, {level['confidence']:.0%})")
     frac = getattr(result, "in_domain_fraction", None)
     return SlideOutcome(
         path=job.shown_path, name=job.name, stem=job.stem, status="ok", tiles=result.n_done,
@@ -384,6 +400,7 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
         in_domain_fraction=float(frac) if isinstance(frac, (int, float)) else None,
         provider=result.provider, seconds=time.perf_counter() - t0, worker=worker, attempts=1,
         summary=tuple(summary), outputs=tuple(p.name for p in paths.values()), thumbnail=thumbnail,
+        call=call.category, call_text=call.text,
     )
 
 
@@ -449,6 +466,18 @@ def report_outcome(o: SlideOutcome, console: Console) -> None:
             console.line(o.traceback.rstrip(), err=True)
 
 
+PROGRESS_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+"""A slide's tile bar: tqdm's own rate and time left are left out (see ``progress_rate``)."""
+
+
+def progress_rate(tiles_per_s: float | None, done: int) -> str:
+    """The rate a slide's bar shows: the pipeline's measure (tiles since classification began / its seconds);
+    'cached' when the result came from the cache, nothing before the first batch."""
+    if tiles_per_s is None:
+        return "cached" if done else ""
+    return f"{tiles_per_s:.1f} tiles/s" if tiles_per_s > 0 else ""
+
+
 def run_in_process(jobs: list[SlideJob], settings: CohortSettings, classifier: Any, tables: CohortTables | None,
                    console: Console) -> list[SlideOutcome]:
     """The cohort in a plain loop in this process, with a tile progress bar per slide."""
@@ -459,13 +488,16 @@ def run_in_process(jobs: list[SlideJob], settings: CohortSettings, classifier: A
     for job in jobs:
         bar = None
 
-        def on_batch(done: int, total: int, job: SlideJob = job) -> None:
+        def on_batch(done: int, total: int, rate: float | None, job: SlideJob = job) -> None:
             nonlocal bar
             if bar is None and total:
                 bar = tqdm(total=total, desc=job.name[:30], unit="tile", leave=False, disable=console.quiet,
-                           dynamic_ncols=True, file=console.err)
+                           dynamic_ncols=True, file=console.err, bar_format=PROGRESS_FORMAT)
             if bar is not None:
                 bar.n = done
+                # tqdm's own rate counts from the bar's creation, at the first batch (or a cache hit): absurd
+                # figures; the pipeline measures the rate from the start of classification.
+                bar.set_postfix_str(progress_rate(rate, done), refresh=False)
                 bar.refresh()
             if tables is not None:
                 tables.flush()

@@ -34,19 +34,12 @@ from PySide6.QtWidgets import (
 from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.results import plural
 from cellview.base.errors import CellviewError
-from cellview.gui.panels import section, show_model_card
+from cellview.gui.widgets.cards import section, show_model_card, text_label
 from cellview.viewer.labelling import LABEL_KEYS, LabelsModel
 
 PICK_HINT = ("Shift+click tiles, or Shift+drag a rectangle, to pick them; then press 1–9 or a button below "
              "(0 or Delete takes the label away). Without a pick, a key labels the selected tile. Labelled tiles "
              "are outlined with dashes in the label's colour (the analysis' outlines are solid).")
-
-
-def _hint(text: str) -> QLabel:
-    label = QLabel(text)
-    label.setObjectName("hint")
-    label.setWordWrap(True)
-    return label
 
 
 class LabelsPanel(QWidget):
@@ -61,7 +54,7 @@ class LabelsPanel(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(5)
-        lay.addWidget(_hint(PICK_HINT))
+        lay.addWidget(text_label(PICK_HINT, "hint"))
         self.buttons_box = QWidget()
         self.buttons = QHBoxLayout(self.buttons_box)  # the categories, one button each
         self.buttons.setContentsMargins(0, 0, 0, 0)
@@ -92,7 +85,7 @@ class LabelsPanel(QWidget):
         self.counts_label = QLabel("")
         self.counts_label.setWordWrap(True)
         lay.addWidget(self.counts_label)
-        self.saved_label = _hint("")
+        self.saved_label = text_label("", "hint")
         lay.addWidget(self.saved_label)
         row = QHBoxLayout()
         self.import_btn = QPushButton("Import QuPath annotations…")
@@ -154,8 +147,8 @@ class LabelsPanel(QWidget):
 
 
 def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsModel, LabelsPanel]:
-    """Add labelling to a ``MainWindow`` (not imported here: it imports this module): its model's labelling part,
-    the card at ``layout`` position ``at``, the menu, the view hooks."""
+    """Add labelling to the desktop window (passed in: it imports this module): its model's labelling part, the
+    card at ``layout`` position ``at`` of its side panel, the Labels menu, the view hooks."""
     labels = window.model.labels
     assert labels is not None, "the window's model was made without labelling"
     card, c = section("Labels (teach the model your lab)")
@@ -179,7 +172,7 @@ def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsMod
 
     menu = QMenu("&Labels", window)
     window.menuBar().insertMenu(window.menuBar().actions()[-1], menu)  # before Help
-    window.return_focus_after(menu)
+    window.menus.return_focus_after(menu)
     key_actions: list[QAction] = []
     for key in LABEL_KEYS:
         act = QAction(f"Label picked tiles ({key})", window, shortcut=QKeySequence(key))
@@ -213,7 +206,7 @@ def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsMod
 def import_annotations(window: Any, labels: LabelsModel) -> None:
     start = str(Path(labels.slide).parent) if labels.slide else str(Path.home())
     name, _ = QFileDialog.getOpenFileName(window, "Import QuPath annotations", start, "GeoJSON (*.geojson *.json)")
-    window._take_focus()
+    window.take_focus()
     if not name:
         return
     try:
@@ -259,7 +252,7 @@ class AdaptDialog(QDialog):
         self.pages.addWidget(self._setup_page())
         self.pages.addWidget(self._run_page())
         self.pages.addWidget(self._result_page())
-        self.finished.connect(lambda _r: window._take_focus())
+        self.finished.connect(lambda _r: window.take_focus())
 
     # -- pages -----------------------------------------------------------------------------------
 
@@ -353,7 +346,7 @@ class AdaptDialog(QDialog):
                 self.show_result(self.report, None)
 
         self.report = None
-        self.worker = self.window_.runner(self.labels.adapt_job(name, force, on_item, on_failed, on_done))
+        self.worker = self.window_.viewer.runner(self.labels.adapt_job(name, force, on_item, on_failed, on_done))
 
     def cancel(self) -> None:
         if self.worker is not None:
@@ -387,14 +380,14 @@ class AdaptDialog(QDialog):
                     + "".join(f"<p>Could not use {escape(Path(f).name)}: {escape(why)}</p>" for f, why in report.lab.unreadable)
                     + "<p><i>These figures say how well each model reproduces your labels on slides it did not see; "
                       "they are not a clinical validation.</i></p>")
-            self.window_.refresh_models()  # the user's models folder is in the lookup; the selection stays
+            self.window_.model_panel.refresh_models()  # the user's models folder is in the lookup; the selection stays
             self.finishedReport.emit(report)
         self.result_label.setHtml(text)
 
     def use_model(self) -> None:
         """Select the adapted model and analyse the open slide with it."""
         window = self.window_
-        window.refresh_models(select=str(Path(self.report.written).absolute()))
+        window.model_panel.refresh_models(select=str(Path(self.report.written).absolute()))
         analysis = window.model.analysis
         if not analysis.running and analysis.can_analyse and not analysis.auto_analyse:
             window.start_analysis()

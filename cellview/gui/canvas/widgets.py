@@ -13,7 +13,7 @@ from PySide6.QtCore import QPointF, QRect, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter, QPen
 from PySide6.QtWidgets import QFrame, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from cellview.gui.canvas_items import rgb_qimage
+from cellview.gui.canvas.items import rgb_qimage
 from cellview.outputs.legend import ScaleBarSpec, scale_bar
 
 

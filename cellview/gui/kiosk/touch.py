@@ -19,7 +19,6 @@ from PySide6.QtCore import QRect, QRectF, Qt, Signal
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
-    QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -30,18 +29,10 @@ from PySide6.QtWidgets import (
 )
 
 from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
-from cellview.gui.panels import OUT_OF_DOMAIN_TEXT, ProbabilityBars, pct
+from cellview.gui.widgets.cards import text_label
+from cellview.gui.widgets.inspector import OUT_OF_DOMAIN_TEXT, ProbabilityBars, pct
 from cellview.slides.slide import SUPPORTED_SUFFIXES, slide_display_name
 from cellview.viewer.kiosk.settings import SCALE_PRESETS
-
-
-def text_label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:
-    """A label styled by its object name (the kiosk's style sheet), wrapped unless told otherwise."""
-    label = QLabel(text)
-    if name:
-        label.setObjectName(name)
-    label.setWordWrap(wrap)
-    return label
 
 
 class Sheet(QFrame):

@@ -17,9 +17,9 @@ from PySide6.QtGui import QBrush, QColor, QPainter, QPainterPath, QPen, QPixmap,
 from PySide6.QtWidgets import QGraphicsPathItem, QGraphicsPixmapItem, QGraphicsRectItem, QWidget
 
 from cellview.analysis.morphology import Region
-from cellview.gui.canvas_items import HatchItem, RegionGraphics, bgra_qimage, contour_items, region_graphics
-from cellview.gui.canvas_widgets import EmptyHint, Overview, ScaleBar
-from cellview.gui.tasks import VIEW_TILE_PX, TileKey, TileLoaded, TileRequests
+from cellview.gui.canvas.items import HatchItem, RegionGraphics, bgra_qimage, contour_items, region_graphics
+from cellview.gui.canvas.loaders import VIEW_TILE_PX, TileKey, TileLoaded, TileRequests
+from cellview.gui.canvas.widgets import EmptyHint, Overview, ScaleBar
 from cellview.outputs.overlay import Contour
 from cellview.viewer.slide import OVERVIEW_PX, Opened
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QPainter
 
-from cellview.gui.panels import hatch_swatch
+from cellview.gui.widgets.heatmap import hatch_swatch
 from cellview.outputs.legend import OUT_OF_DOMAIN_SWATCH, Legend, LegendLine
 
 INK = QColor(20, 20, 20)
