@@ -52,11 +52,13 @@ def call_of(result) -> str:
     return result.image_level()["pred_category"] or "not_analysed"
 
 
-def images(data: Path, name: str, every: int) -> list[Path]:
+def images(data: Path, name: str, every: int) -> list[tuple[Path, str]]:
+    """(path, label) of a set's images (every ``every``-th of a set with more than 200)."""
     rows = list(csv.DictReader(open(data / SETS[name], encoding="utf-8")))
     column = "image" if "image" in rows[0] else "path"
-    paths = [data / Path(SETS[name]).parent / r[column] for r in rows]
-    return paths if len(paths) <= 200 else paths[::every]
+    label = next((c for c in ("class", "class3", "class6", "label") if c in rows[0]), column)
+    got = [(data / Path(SETS[name]).parent / r[column], r[label]) for r in rows]
+    return got if len(got) <= 200 else got[::every]
 
 
 def main() -> int:
@@ -76,14 +78,20 @@ def main() -> int:
     report: dict[str, dict[str, int]] = {}
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
+    details: list[tuple[str, str, str]] = []
     for name in args.set:
         counts: Counter[str] = Counter()
-        for path in images(args.data, name, args.every):
+        by_label: dict[str, Counter[str]] = {}
+        for path, label in images(args.data, name, args.every):
             try:
-                counts[call_of(run_analysis(path, clf, params))] += 1
+                call = call_of(run_analysis(path, clf, params))
             except CellviewError:
-                counts["not_analysed"] += 1
+                call = "not_analysed"
+            counts[call] += 1
+            by_label.setdefault(label, Counter())[call] += 1
+            details.append((str(path), label, call))
         report[name] = dict(counts)
+        report[f"{name} by label"] = {k: dict(v) for k, v in sorted(by_label.items())}
         n = sum(counts.values())
         print(f"{spec.name} on {name} ({n} images{f', --mpp {args.mpp:g}' if args.mpp else ''}"
               f"{', --whole-image' if args.whole_image else ''}): "
@@ -92,7 +100,7 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({"model": spec.name, "sha256": spec.onnx_sha256, "mpp": args.mpp,
                                          "whole_image": args.whole_image, "every": args.every,
-                                         "sets": report}, indent=2) + "\n")
+                                         "sets": report, "images": details}, indent=2) + "\n")
     return 0
 
 

@@ -69,6 +69,13 @@ def test_train_data_warns_without_groups_and_export_needs_no_shared_data(tmp_pat
     assert len({r["group"] for r in rows}) == 4  # two runs per class
     assert "has no groups" not in capsys.readouterr().err
 
+    for group in ("images", "runs"):  # the same folds by another grouping, on the same cached features
+        args = parser.parse_args(["evaluate", str(run), "--protocol", "cv", "--cv-folds", "2", "--group", group])
+        assert args.func(args) == 0
+        report = json.loads((run / f"eval-group-{group}" / "protocol.json").read_text())
+        assert report["grouping"]["rules"] == {"smears": group} and report["cv"]["plain"]["all"]["images"] == 16
+    assert json.loads((run / "eval-group-runs" / "protocol.json").read_text())["grouping"]["groups"] == 4
+
     args = parser.parse_args(["export", str(run), "--out", str(out), "--no-wsinfer"])
     assert args.func(args) == 0
     err = capsys.readouterr().err
@@ -87,6 +94,16 @@ def test_train_data_warns_without_groups_and_export_needs_no_shared_data(tmp_pat
     meta = json.loads((tmp_path / "res" / "smear-001.json").read_text())
     assert meta["tiles"]["done"] >= 1 and "one field 43 µm wide" in meta["reading"]["pixel_size"]
 
+    kept = tmp_path / "kept"  # --int8-only-validated: the copy stays only when it validates, and the card says so
+    args = parser.parse_args(["export", str(run), "--out", str(kept), "--no-wsinfer", "--int8-only-validated"])
+    assert args.func(args) == 0
+    card = (kept / "MODEL_CARD.md").read_text()
+    if json.loads((out / "model.int8.json").read_text())["validation"]["passed"]:
+        assert (kept / "model.int8.onnx").exists() and "Not shipped" not in card
+    else:
+        assert not (kept / "model.int8.onnx").exists() and not (kept / "model.int8.json").exists()
+        assert "**Not shipped:**" in card and "no INT8 copy (one was made and did not validate" in card
+        assert ModelSpec.load(kept).precision == "fp32"
     made = (out / "model.int8.onnx").read_bytes()
     shutil.move(str(folder), str(tmp_path / "moved"))  # the images are gone: nothing to calibrate or check on
     args = parser.parse_args(["export", str(run), "--out", str(out), "--int8-only"])

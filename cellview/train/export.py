@@ -605,12 +605,15 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
     m = side["metrics"]
     parts = [
         *_card_head(recipe),
-        "## Headline: leave-one-source-out and grouped cross-validation",
+        "## Headline: " + ("leave-one-source-out and grouped cross-validation" if "loso" in protocol
+                            else "grouped cross-validation"),
         "",
         "Every figure below is for images whose patient (or source field) the model did not see in training. "
         "Each fold retrains this recipe (same settings, epochs and seed as the shipped weights) on the cached "
         "features of its training images and classifies the held-out images' tiles — the tiles `cellview analyze "
-        "--mpp <spacing>` classifies for them. Image-level call = **confidence-weighted vote of the tiles' categories** "
+        + ("--mpp <spacing>` classifies for them" if recipe.reading.unstated.read == "ask" else
+           "` classifies for them (at their source's spacing, or as this model reads an image that states none)")
+        + ". Image-level call = **confidence-weighted vote of the tiles' categories** "
         "(vote) and, for comparison, the category of the mean tile probabilities (mean). Temperature "
         f"T = {protocol['temperature']:.3f} ({protocol.get('temperature_note', '')}). Balanced accuracy is over the "
         "categories present in that source.",
