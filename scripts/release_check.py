@@ -276,6 +276,12 @@ def main() -> int:
             missing = [n for n in names if f"\n{n} (bundled with CellView" not in out]
             if missing:
                 raise CheckFailed(f"the installed cellview does not list its bundled models {missing}:\n{out}")
+            cards = {n: next((line.split("card: ", 1)[1] for line in out.split(f"\n{n} (bundled", 1)[1].splitlines()[1:3]
+                              if line.strip().startswith("card: ")), "") for n in names}
+            no_card = [n for n, c in cards.items()
+                       if not c or not Path(c).is_file() or bin_dir.parent.resolve() not in Path(c).resolve().parents]
+            if no_card:
+                raise CheckFailed(f"the installed cellview lists no model card (in the venv) for {no_card}:\n{out}")
             return out
 
         print("  " + step("cellview models lists the bundled models", models).strip().replace("\n", "\n  "))
