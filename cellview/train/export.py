@@ -253,6 +253,10 @@ def drop_int8(out_dir: Path) -> None:
         return
     text = card.read_text(encoding="utf-8")
     text = text.replace(INT8_FILES_LINE, "no INT8 copy (one was made and did not validate: see 'INT8 copy for CPUs')")
+    lines = text.split("\n")  # the card's export command: the flag that dropped the copy
+    lines = [line + " --int8-only-validated" if line.startswith("cellview export ") and "--int8-only-validated" not in line
+             else line for line in lines]
+    text = "\n".join(lines)
     head = "## INT8 copy for CPUs\n\n"
     text = text.replace(head, head + "**Not shipped:** the copy below did not meet every threshold, so the model "
                                      "folder holds no `model.int8.onnx`; CPUs run the FP32 weights.\n\n", 1)
@@ -634,7 +638,8 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
     if notes.get("normal"):  # a class that is its own source: what it can and cannot be trusted for
         parts += ["## The normal class", "", *[f"- {line}" for line in notes["normal"]], ""]
     if notes.get("findings"):
-        parts += ["## What was tried (each judged by LOSO and grouped CV)", "",
+        parts += ["## What was tried (each judged by " + ("LOSO and grouped CV" if "loso" in protocol else "grouped CV")
+                  + ")", "",
                   *[f"- {line}" for line in notes["findings"]], ""]
     parts += [
         "## Model",
