@@ -340,7 +340,9 @@ def main() -> int:
 
         def smoke():
             out = run([cellview, "--smoke-test", str(slide)], cwd=scratch, env=env, timeout=300)
-            if "smoke test: OK" not in out or f"models: {DEFAULT_MODEL}" not in out:
+            listed = next((line.split("models: ", 1)[1].split(", ") for line in out.splitlines()
+                           if line.startswith("smoke test: models: ")), [])
+            if "smoke test: OK" not in out or DEFAULT_MODEL not in listed:
                 raise CheckFailed(f"the viewer's smoke test did not open the slide with the bundled models:\n{out}")
             return out
 

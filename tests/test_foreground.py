@@ -118,3 +118,22 @@ def test_the_field_rule_scales_by_the_image_size_and_the_fallback_reads_a_field_
     rgb, _ = synthetic_smear(448, seed=2, white_cells=0)  # no white cell: read whole-field, and the mask says so
     mask, grid = _plan(rgb, field.foreground)
     assert grid.n_tiles == 4 and "none found: whole field read" in mask.method
+
+
+def test_cell_outlines_surround_the_white_cells_in_level_0_pixels():
+    from cellview.analysis.foreground import cell_outlines
+
+    rgb, centres = synthetic_smear(448, seed=1, white_cells=2, tint="grey")
+    mask, _ = _plan(rgb, Foreground("stained-cells"))
+    outlines = cell_outlines(mask)
+    assert len(outlines) == len(centres)
+    for x, y in centres:  # each cell's centre lies inside one outline, within the image
+        inside = [o for o in outlines if cv2_inside(o, x, y)]
+        assert len(inside) == 1 and inside[0].max() <= 448
+    assert cell_outlines(_plan(rgb, Foreground("whole-field"))[0]) == []
+
+
+def cv2_inside(polygon: np.ndarray, x: float, y: float) -> bool:
+    import cv2
+
+    return cv2.pointPolygonTest(polygon.astype(np.float32), (float(x), float(y)), False) >= 0

@@ -272,3 +272,12 @@ def tile_threshold(fg: Foreground, tissue_threshold: float) -> float:
     """The share of a tile the mask must cover for the tile to be read (the run's own for the tissue rule)."""
     return {"tissue": tissue_threshold, "whole-field": 0.0, "stained-cells": fg.min_fraction}[fg.rule]
 
+
+
+def cell_outlines(mask: TissueMask, min_points: int = 3) -> list[np.ndarray]:
+    """Outlines of the cells a stained-cells mask found, as (N, 2) level-0 (x, y) polygons: what a view draws to
+    show the cells behind a smear's call (empty for other masks)."""
+    if not mask.method.startswith("stained-cells") or not mask.mask.any():
+        return []
+    contours, _ = cv2.findContours(mask.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [(c[:, 0, :].astype(np.float64) + 0.5) * mask.downsample for c in contours if len(c) >= min_points]
