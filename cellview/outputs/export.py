@@ -450,7 +450,8 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
     k = max(1.0, min(2.5, max(h, w) / 900))  # text scales with the picture
     img = hatch_out_of_domain(img, result, settings, k)
     panel_w = int(330 * k)
-    canvas = Image.new("RGB", (w + panel_w, max(h, int(480 * k))), (255, 255, 255))
+    min_h = max(h, int(480 * k))
+    canvas = Image.new("RGB", (w + panel_w, max(min_h, int(2000 * k))), (255, 255, 255))  # cropped to the legend below
     canvas.paste(Image.fromarray(img), (0, 0))
     draw = ImageDraw.Draw(canvas)
     title, body, small = font(int(22 * k), bold=True), font(int(15 * k)), font(int(12 * k))
@@ -508,7 +509,10 @@ def annotated_png(result: AnalysisResult, thumb: np.ndarray, opacity: float = 0.
             y += small_h
     y += int(10 * k)
     lines(legend.footer)
-    draw.text((x0, canvas.height - int(22 * k)), "Research use only. Not for clinical diagnosis.", fill=grey, font=small)
+    final_h = max(min_h, y + int(34 * k))  # a small image with many classes: the canvas grows to hold the legend
+    draw.text((x0, final_h - int(22 * k)), "Research use only. Not for clinical diagnosis.", fill=grey, font=small)
+    canvas = canvas.crop((0, 0, canvas.width, final_h))
+    draw = ImageDraw.Draw(canvas)
     mpp = result.slide.mpp
     bar = scale_bar(result.grid.slide_w_l0 * mpp.x_um / w, w / 5) if mpp is not None else None
     if bar is not None:
