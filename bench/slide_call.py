@@ -53,6 +53,22 @@ AREA = (None, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 MISS_WEIGHT = 2.0
 """Screening: a missed malignant image counts as much as this many false alarms when choosing."""
 CATS = ("malignant", "benign", "normal")
+CV_GROUPS = {"lung-he": "near-duplicate groups on LC25000 lung images",
+             "blood-all": "runs of file numbers (near-duplicate groups for the healthy-blood fields) on the ALL image "
+                          "dataset's smear fields and the healthy-blood fields"}
+"""What the CV folds of a one-lab model group by, in the sidecar's words."""
+MODEL_NOTES = {
+    "blood-all": "**Why single fields only (`--mosaics 0`).** A blood-all image is one microscope field; a mosaic of 12 "
+                 "fields from different patients' smears is not a smear. With 4 mosaics per kind and fold among the "
+                 "choosing units the choice falls to malignant ≥ 5 % of tiles at confidence ≥ 0.8 and benign ≥ 5 % at "
+                 "0.9, and on held-out single fields that costs benign recall (mean over folds: malignant 0.990, "
+                 "benign 0.938, benign-vs-malignant balanced accuracy 0.964, against 0.986, 0.968 and 0.977 with the "
+                 "shipped thresholds); it would find a malignant minority among 12 fields more often (0.95 of such "
+                 "mosaics against 0.07 for the vote). A smear image larger than a field (a stated pixel size, many "
+                 "fields) with few blasts is therefore the case the shipped thresholds were not chosen for.",
+}
+"""A model's own paragraph in its card's slide-call section."""
+CV_NORMAL = {"lung-he": "normal lung", "blood-all": "smears (its 'normal' fields come from another source)"}
 
 
 @dataclass(frozen=True)
@@ -116,18 +132,34 @@ def fold_logits(run_dir: Path, protocol: str) -> tuple[Any, list[Any], Any, list
 # ----------------------------------------------------------------------------- results per image
 
 
-def image_result(rgb: np.ndarray, path: str, spacing: float, spec: Any, probs: np.ndarray | None,
+def image_scale(spacing: float | None, shape: tuple[int, ...], spec: Any) -> tuple[Any, float | None]:
+    """(Mpp, --mpp) of an image as ``cellview analyze`` reads it: at its source's spacing (``--mpp S``), or, for a
+    source whose images state none, by the model's rule for such images (a smear field of known width)."""
+    from cellview.analysis.foreground import choose_scale
+    from cellview.slides.slide import Mpp
+
+    if spacing is not None:
+        return Mpp(spacing, spacing, "user"), spacing
+    choice = choose_scale(spec.reading, None, False, spec.name, spec.patch_size_pixels, (shape[1], shape[0]))
+    if choice.mpp is None:
+        raise ValueError(f"{spec.name} reads an image without a pixel size whole: not supported here")
+    return choice.mpp, None
+
+
+def image_result(rgb: np.ndarray, path: str, spacing: float | None, spec: Any, probs: np.ndarray | None,
                  grid_tissue: tuple[Any, Any] | None = None) -> Any:
-    """The engine's result for one image at ``spacing`` µm/px with given tile probabilities (grid order)."""
+    """The engine's result for one image at ``spacing`` µm/px (None: as the model reads an image without one) with
+    given tile probabilities (grid order)."""
     from cellview.analysis.pipeline import plan_grid
     from cellview.analysis.results import AnalysisParams, AnalysisResult, ModelInfo, TileState
     from cellview.slides.image_slide import ImageSlide
-    from cellview.slides.slide import Mpp, SlideInfo
+    from cellview.slides.slide import SlideInfo
 
-    mpp = Mpp(spacing, spacing, "user")
+    mpp, spacing = image_scale(spacing, rgb.shape, spec)
     if grid_tissue is None:
         slide = ImageSlide(Path(path), np.ascontiguousarray(rgb), {}, mpp)
-        grid_tissue = plan_grid(slide, spec.patch_size_pixels, spec.spacing_um_px, AnalysisParams(mpp_um=spacing))
+        grid_tissue = plan_grid(slide, spec.patch_size_pixels, spec.spacing_um_px, AnalysisParams(mpp_um=spacing),
+                                spec.reading.foreground)
     tissue, grid = grid_tissue
     h, w = rgb.shape[:2]
     info = SlideInfo(path=path, name=Path(path).stem, vendor="image", fingerprint="", level_dimensions=((w, h),),
@@ -145,7 +177,6 @@ def grids(samples: list[Any], spec: Any, cache: Path) -> list[tuple[Any, Any]]:
     from cellview.analysis.pipeline import plan_grid
     from cellview.analysis.results import AnalysisParams
     from cellview.slides.image_slide import ImageSlide
-    from cellview.slides.slide import Mpp
     from cellview.train import data as D
 
     if cache.exists():
@@ -156,9 +187,10 @@ def grids(samples: list[Any], spec: Any, cache: Path) -> list[tuple[Any, Any]]:
     t0 = time.time()
     for k, s in enumerate(samples):
         img = D.read_rgb(s.path)
-        slide = ImageSlide(Path(s.path), np.ascontiguousarray(img), {}, Mpp(s.spacing_um_px, s.spacing_um_px, "user"))
-        tissue, grid = plan_grid(slide, spec.patch_size_pixels, spec.spacing_um_px,
-                                 AnalysisParams(mpp_um=s.spacing_um_px))
+        mpp, spacing = image_scale(s.spacing_um_px, img.shape, spec)
+        slide = ImageSlide(Path(s.path), np.ascontiguousarray(img), {}, mpp)
+        tissue, grid = plan_grid(slide, spec.patch_size_pixels, spec.spacing_um_px, AnalysisParams(mpp_um=spacing),
+                                 spec.reading.foreground)
         out.append((replace(tissue, mask=np.zeros((1, 1), bool)), grid))  # the mask itself is not needed here
         if k % 500 == 0:
             print(f"  grids {k}/{len(samples)} ({time.time() - t0:.0f} s)", file=sys.stderr)
@@ -358,7 +390,7 @@ def mosaic_results(samples: list[Any], t: Table, spec: Any, run_dir: Path, folds
         sd = torch.load(weights, map_location="cpu", weights_only=True)
         w_fc, b_fc = sd["fc.weight"].numpy(), sd["fc.bias"].numpy()
         idx = np.flatnonzero(fold.test & (t.n_tiles > 0))
-        crop = int(min(min(D.read_rgb(samples[i].path).shape[:2]) for i in idx[:200]))
+        crop = int(min(min(D.read_rgb(samples[i].path).shape[:2]) for i in idx))  # every image holds the crop
         by_cat = {c: [int(i) for i in idx if t.y[i] == c] for c in range(3)}
         for kind, n_mal in MOSAIC_KINDS.items():
             if (n_mal > 0 and len(by_cat[0]) < 3) or (n_mal == -1 and len(by_cat[2]) < 12):
@@ -379,6 +411,8 @@ def mosaic_results(samples: list[Any], t: Table, spec: Any, run_dir: Path, folds
                     crops.append(img[y0:y0 + crop, x0:x0 + crop])
                 mosaic = np.vstack([np.hstack(crops[r * 4:(r + 1) * 4]) for r in range(3)])
                 spacing = samples[pick[0]].spacing_um_px
+                if spacing is None:  # fields without a pixel size: the mosaic at the first field's scale
+                    spacing = image_scale(None, D.read_rgb(samples[pick[0]].path).shape, spec)[0].um
                 result = image_result(mosaic, f"mosaic-{unit}-{len(results)}.png", spacing, spec, None)
                 if result.n_tiles:
                     slide = ImageSlide(Path("mosaic.png"), mosaic, {}, Mpp(spacing, spacing, "user"))
@@ -427,7 +461,8 @@ def evaluate_model(model: str, work: Path, data: Path, n_mosaics: int) -> dict[s
     spec = ModelSpec.load(REPO / "models" / model / "model.onnx")
     run_dir = ensure_run(model, work, data)
     recipe = json.loads((run_dir / "recipe.json").read_text())
-    protocol = "loso" if len(recipe["sources"]) > 1 else "cv"
+    shipped = json.loads((REPO / "models" / model / "protocol.json").read_text()).get("protocols", ["loso", "cv"])
+    protocol = "loso" if len(recipe["sources"]) > 1 and "loso" in shipped else "cv"  # blood-all: CV only
     _, samples, _, folds, logits, index, _ = fold_logits(run_dir, protocol)
     gt = grids(samples, spec, work / model / "grids.pkl")
     probs = probabilities(logits, "softmax", spec.temperature)
@@ -579,9 +614,10 @@ def write_sidecars(model: str, report: dict[str, Any]) -> None:
     chosen_by = ("leave-one-source-out on GlaS, EBHI-Seg and LC25000 colon images and mosaics of them "
                  "(bench/slide_call.py): chosen on every source's out-of-source tiles; the figures hold each source "
                  "out with thresholds chosen on the others" if protocol == "loso" else
-                 "grouped 5-fold cross-validation by near-duplicate groups on LC25000 lung images and mosaics of them "
-                 "(one source; bench/slide_call.py): chosen on every fold's out-of-fold tiles; the figures hold each "
-                 "fold out with thresholds chosen on the others")
+                 f"grouped 5-fold cross-validation by {CV_GROUPS.get(model, 'the recipe groups')}"
+                 + (" and mosaics of them" if report["mosaics"] else " (single images, no mosaics)")
+                 + " (bench/slide_call.py): chosen on every fold's out-of-fold tiles; the figures hold each fold out "
+                 "with thresholds chosen on the others")
     validation: dict[str, Any] = {"protocol": protocol, "miss_weight": MISS_WEIGHT, "held_out": {}}
     for src, v in report["held_out"].items():
         validation["held_out"][src] = {
@@ -593,6 +629,8 @@ def write_sidecars(model: str, report: dict[str, Any]) -> None:
     section = thresholds_of(i_mal, i_ben, chosen_by, validation).to_dict()
     for name in ("model.json", "model.int8.json", "model.fp16.json"):
         path = REPO / "models" / model / name
+        if not path.exists():  # a model that ships no INT8 copy
+            continue
         side = json.loads(path.read_text())
         side["call"] = section
         path.write_text(json.dumps(side, indent=2) + "\n")
@@ -641,13 +679,15 @@ def card_section(report: dict[str, Any]) -> str:
     how = ("leave-one-source-out: for each held-out source the thresholds were chosen on the other sources' "
            "images and mosaics (their tiles classified by heads that never saw them) and applied to the held-out "
            "one; the shipped thresholds were chosen the same way on every source" if report["protocol"] == "loso"
-           else "grouped 5-fold cross-validation by near-duplicate groups (one source, so no leave-one-source-out: "
-           "the figures are for new images of the same lab and are optimistic for another lab): for each held-out "
+           else f"grouped 5-fold cross-validation by {CV_GROUPS.get(report['model'], 'the recipe groups')} (no "
+           "leave-one-source-out: the figures are for new images of the same lab and are optimistic for another "
+           "lab): for each held-out "
            "fold the thresholds were chosen on the other folds' images and mosaics and applied to it; the "
            "shipped thresholds were chosen the same way on every fold")
     rows = []
+    parts = ("images", "mosaics") if report["mosaics"] else ("images",)
     for src, v in report["held_out"].items():
-        for part in ("images", "mosaics"):
+        for part in parts:
             for m, name in (("rule", "**slide call**"), ("largest_share", "largest share"), ("vote", "vote")):
                 r = v[part][m]
                 rows.append(f"| {src} | {part} | {r['images']} | {name} | {_f(r['sensitivity'])} | "
@@ -673,27 +713,32 @@ def card_section(report: dict[str, Any]) -> str:
         "of the tissue is out of domain, when there is no tissue tile, or without a result. The thresholds are in "
         "this model's sidecar (`call`, the same in the INT8 and FP16 copies).",
         "",
-        f"How they were chosen ({report['images']} images, {report['mosaics']} mosaics of 12 real images of one "
-        f"{unit}: 1, 2 or 3 malignant, none, or all normal): {how}. Screening logic: the malignant thresholds "
+        (f"How they were chosen ({report['images']} images, {report['mosaics']} mosaics of 12 real images of one "
+         f"{unit}: 1, 2 or 3 malignant, none, or all normal): {how}. " if report["mosaics"] else
+         f"How they were chosen ({report['images']} images; no mosaics): "
+         f"{how.replace(' and mosaics', '').replace(' images and mosaics', ' images')}. ") + "Screening logic: the malignant thresholds "
         f"maximise {report['miss_weight']:g} × sensitivity + specificity (a missed malignant image costs "
         f"{report['miss_weight']:g} false alarms), then the benign ones the 3-category balanced accuracy. Tile "
         "probabilities at the shipped temperature; no domain score (the shipped statistics saw every "
-        f"{unit}). `python bench/slide_call.py --models {report['model']} --write` reproduces this section.",
+        f"{unit}). `python bench/slide_call.py --models {report['model']}"
+        + ("" if report["mosaics"] else " --mosaics 0") + " --write` reproduces this section.",
         "",
         f"| held-out {unit} | what | n | call | malignant sensitivity | specificity | normal → malignant | "
         "3-category bal. acc. |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"Tiles called malignant on the held-out {unit}'s normal images: {normal_tiles}. Mosaics called malignant, "
-        "by kind (slide call / largest share / vote):",
-        "",
-        f"| held-out {unit} | mosaic | n | malignant tiles | slide call | largest share | vote |",
-        "|---|---|---|---|---|---|---|",
-        *mosaic_rows,
-        "",
+        *([f"Tiles called malignant on the held-out {unit}'s normal images: {normal_tiles}. Mosaics called malignant, "
+           "by kind (slide call / largest share / vote):",
+           "",
+           f"| held-out {unit} | mosaic | n | malignant tiles | slide call | largest share | vote |",
+           "|---|---|---|---|---|---|---|",
+           *mosaic_rows,
+           ""] if report["mosaics"] else
+          [f"Tiles called malignant on the held-out {unit}'s normal images: {normal_tiles}.", ""]),
         plain_words(report),
         "",
+        *([MODEL_NOTES[report["model"]], ""] if report["model"] in MODEL_NOTES else []),
         CARD_END,
     ]) + "\n"
 
@@ -701,6 +746,11 @@ def card_section(report: dict[str, Any]) -> str:
 def plain_words(report: dict[str, Any]) -> str:
     """How often the call is wrong and what the false alarms cost, in sentences, from the report's figures."""
     unit = "source" if report["protocol"] == "loso" else "fold"
+    if not report["mosaics"]:
+        mi, vi = report["mean_images_rule"], report["mean_images_vote"]
+        return (f"**In plain words** (means over held-out {unit}s): the call finds {mi['sensitivity']:.0%} of the "
+                f"malignant images (the vote {vi['sensitivity']:.0%}) and calls {1 - mi['specificity']:.0%} of the "
+                f"others malignant (the vote {1 - vi['specificity']:.0%}); every image with a tile gets a call.")
     mi, mm = report["mean_images_rule"], report["mean_mosaics_rule"]
     vi, vm = report["mean_images_vote"], report["mean_mosaics_vote"]
     normal_mosaics = [e["rule_malignant"] for v in report["held_out"].values()
@@ -723,8 +773,8 @@ def plain_words(report: dict[str, Any]) -> str:
                  "at most about 2 mm² (mosaics): the share and area tests were chosen on them, not on whole slides, "
                  "where a small tumour is a small share and scattered false tiles can join into larger regions.")
     else:
-        text += ("These folds share the lab, stain and scanner (one source): expect more false alarms on another "
-                 "lab's normal lung, and adapt the model there with `cellview adapt`.")
+        text += (f"These folds share the lab, stain and camera: expect more false alarms on another lab's "
+                 f"{CV_NORMAL.get(report['model'], 'normal tissue')}, and adapt the model there with `cellview adapt`.")
     return text
 
 
@@ -776,8 +826,9 @@ def main() -> int:
         if args.write:
             write_sidecars(model, report)
             write_card(model, report)
-            print(f"wrote the 'call' section of models/{model}/model.json, model.int8.json, model.fp16.json",
-                  file=sys.stderr)
+            written = [n for n in ("model.json", "model.int8.json", "model.fp16.json")
+                       if (REPO / "models" / model / n).exists()]
+            print(f"wrote the 'call' section of models/{model}/{', '.join(written)}", file=sys.stderr)
     return 0
 
 

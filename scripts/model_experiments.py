@@ -56,7 +56,7 @@ EXPERIMENTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def colour_baseline(run: Run, samples: list[D.Sample], recipe: D.Recipe, cfg: TrainConfig, folds: int,
-                    cache: Path) -> dict[str, Any]:
+                    cache: Path, protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, Any]:
     """LOSO and CV of a linear classifier on 6 colour numbers per image (LAB mean and std of tissue)."""
     path = cache / "colour_features.npy"
     if path.exists():
@@ -69,7 +69,7 @@ def colour_baseline(run: Run, samples: list[D.Sample], recipe: D.Recipe, cfg: Tr
     cats = [c.category for c in recipe.classes]
     idx = np.arange(len(samples))
     report: dict[str, Any] = {}
-    for protocol in PROTOCOLS:
+    for protocol in protocols:
         fold_list = make_folds(samples, protocol, folds, cfg.seed)
         logits = np.zeros((len(samples), len(recipe.classes)), np.float32)
         tested = np.zeros(len(samples), bool)
@@ -86,6 +86,65 @@ def colour_baseline(run: Run, samples: list[D.Sample], recipe: D.Recipe, cfg: Tr
     return report
 
 
+def colour_statistics(rgb: np.ndarray) -> np.ndarray:
+    """21 colour numbers of an image seen as one field (resized to 224 px): LAB 5/25/50/75/95th percentiles,
+    mean and standard deviation. No shape, no texture: what a classifier could learn from look alone."""
+    import cv2
+
+    lab = cv2.cvtColor(cv2.resize(rgb, (224, 224), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2LAB)
+    lab = lab.reshape(-1, 3).astype(np.float32)
+    return np.concatenate([np.percentile(lab, [5, 25, 50, 75, 95], axis=0).ravel(), lab.mean(0), lab.std(0)])
+
+
+def source_from_colour(samples: list[D.Sample], folds: int, seed: int, cache: Path) -> dict[str, Any]:
+    """How well colour statistics alone tell each source from the others (grouped CV, balanced logistic
+    regression on ``colour_statistics``): a source that is one class (blood-all's healthy blood) can then be
+    told by its look, whatever the model learnt. Also the image width alone."""
+    path = cache / "colour_statistics.npy"
+    if path.exists():
+        x = np.load(path)
+    else:
+        x = np.array([colour_statistics(D.read_rgb(s.path)) for s in samples], np.float32)
+        np.save(path, x)
+    widths = np.array([D.read_rgb(s.path).shape[1] for s in samples])
+    sources = np.array([s.source for s in samples])
+    fold_list = make_folds(samples, "cv", folds, seed)
+    out: dict[str, Any] = {"features": "LAB percentiles 5/25/50/75/95, mean, std of the image resized to 224 px (21)"}
+    for src in sorted(set(sources.tolist())):
+        y = (sources == src).astype(np.float32)
+        score = np.zeros(len(y))
+        for f in fold_list:
+            mu, sd = x[f.train].mean(0), x[f.train].std(0) + 1e-6
+            xt = torch.from_numpy((x - mu) / sd)
+            yt = torch.from_numpy(y[f.train])
+            pos = float(yt.mean())
+            w = torch.where(yt > 0, 0.5 / max(pos, 1e-6), 0.5 / max(1 - pos, 1e-6))
+            lin = torch.nn.Linear(x.shape[1], 1)
+            opt = torch.optim.LBFGS(lin.parameters(), max_iter=200)
+
+            def closure(lin=lin, opt=opt, xt=xt, yt=yt, w=w, train=f.train) -> torch.Tensor:
+                opt.zero_grad()
+                logit = lin(xt[train])[:, 0]
+                loss = (torch.nn.functional.binary_cross_entropy_with_logits(logit, yt, reduction="none") * w).mean()
+                loss = loss + 1e-3 * (lin.weight ** 2).sum()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            with torch.no_grad():
+                score[f.test] = lin(xt[f.test])[:, 0].numpy()
+        pred = score > 0
+        pos, neg = score[y > 0], score[y == 0]
+        auroc = float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
+        out[src] = {"images": int(y.sum()), "recall": round(float(pred[y > 0].mean()), 4),
+                    "others_called_it": int(pred[y == 0].sum()), "others": int((y == 0).sum()),
+                    "balanced_accuracy": round(float((pred[y > 0].mean() + 1 - pred[y == 0].mean()) / 2), 4),
+                    "auroc": round(auroc, 4),
+                    "image_widths": sorted({int(v) for v in widths[y > 0]})[:3] + (["…"] if len(set(widths[y > 0])) > 3 else []),
+                    "others_widths": sorted({int(v) for v in widths[y == 0]})[:3]}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
@@ -94,6 +153,9 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS),
+                    help="comma-separated: loso, cv (default both; a recipe whose sources hold different categories "
+                         "has no meaningful LOSO)")
     args = ap.parse_args()
     if args.list:
         for name, (what, change) in EXPERIMENTS.items():
@@ -107,14 +169,22 @@ def main() -> int:
     summary_path = args.out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     names = args.only or ["colour_only", *EXPERIMENTS]
+    protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
     for name in names:
         t = time.time()
+        if name == "source_colour":
+            found = source_from_colour(samples, args.folds, cfg.seed, args.out)
+            summary[name] = {"what": "each source told from the others by 21 colour numbers (grouped CV)",
+                             "change": {}, "figures": found, "seconds": round(time.time() - t, 1)}
+            summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+            print(f"{name}: {json.dumps(found)}", file=sys.stderr, flush=True)
+            continue
         if name == "colour_only":
-            report = colour_baseline(run, samples, recipe, cfg, args.folds, args.out)
+            report = colour_baseline(run, samples, recipe, cfg, args.folds, args.out, protocols)
             what, change = "6 LAB colour numbers per image, linear classifier (shortcut gauge)", {}
         else:
             what, change = EXPERIMENTS[name]
-            report = evaluate_protocols(run.path, args.out / name, PROTOCOLS, args.folds, (),
+            report = evaluate_protocols(run.path, args.out / name, protocols, args.folds, (),
                                         {**change, "threads": args.threads}, work=args.out / "folds")
         h = {rule: headline(report, rule) for rule in ("vote", "mean")}
         summary[name] = {"what": what, "change": change, "headline": h, "seconds": round(time.time() - t, 1),
@@ -127,9 +197,16 @@ def main() -> int:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
+    sources = sorted({src for v in summary.values() if "headline" in v for p in ("loso", "cv")
+                      for src in v["headline"]["vote"].get(p, {}) if isinstance(v["headline"]["vote"][p][src], dict)
+                      and src != "all"})
+    if set(sources) != {"glas", "ebhi_seg", "lc25000_colon"}:
+        return generic_markdown(summary, sources)
     lines = ["| experiment | what | LOSO glas | LOSO ebhi | LOSO lc | LOSO mean / worst | CV glas | CV ebhi | CV lc | "
              "CV normal recall (glas / ebhi) | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, v in summary.items():
+        if "headline" not in v:
+            continue
         h = v["headline"]["vote"]
         lo, cv = h.get("loso", {}), h.get("cv", {})
 
@@ -145,6 +222,31 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                      f"{cell(cv, 'ebhi_seg')} | {cell(cv, 'lc25000_colon')} | {normal('glas')} / {normal('ebhi_seg')} | "
                      f"{v['seconds']:.0f} |")
     return "\n".join(lines) + "\n\nImage level: confidence-weighted vote of tile categories. LC25000 has no benign images.\n"
+
+
+def generic_markdown(summary: dict[str, Any], sources: list[str]) -> str:
+    """One row per experiment: each protocol's category balanced accuracy per source and its recalls."""
+    protocols = [p for p in PROTOCOLS if any(p in v.get("headline", {}).get("vote", {}) for v in summary.values())]
+    head = [f"{p.upper()} {src}" for p in protocols for src in sources]
+    lines = ["| experiment | what | " + " | ".join(head) + " | seconds |", "|---" * (len(head) + 3) + "|"]
+    for name, v in summary.items():
+        if "headline" not in v:
+            lines.append(f"| {name} | {v['what']} | " + "; ".join(
+                f"{k}: {json.dumps(f)}" for k, f in v["figures"].items() if isinstance(f, dict)) + " |" * len(head)
+                + f" {v['seconds']:.0f} |")
+            continue
+        h = v["headline"]["vote"]
+        cells = []
+        for p in protocols:
+            for src in sources:
+                e = h.get(p, {}).get(src)
+                if not isinstance(e, dict):
+                    cells.append("–")
+                    continue
+                rec = ", ".join(f"{c} {r:.3f}" for c, r in e["recall"].items() if r is not None)
+                cells.append(f"{e['category_balanced_accuracy']:.3f} ({rec})")
+        lines.append(f"| {name} | {v['what']} | " + " | ".join(cells) + f" | {v['seconds']:.0f} |")
+    return "\n".join(lines) + "\n\nImage level: confidence-weighted vote of tile categories; recalls per category.\n"
 
 
 if __name__ == "__main__":

@@ -276,6 +276,12 @@ def main() -> int:
             missing = [n for n in names if f"\n{n} (bundled with CellView" not in out]
             if missing:
                 raise CheckFailed(f"the installed cellview does not list its bundled models {missing}:\n{out}")
+            cards = {n: next((line.split("card: ", 1)[1] for line in out.split(f"\n{n} (bundled", 1)[1].splitlines()[1:3]
+                              if line.strip().startswith("card: ")), "") for n in names}
+            no_card = [n for n, c in cards.items()
+                       if not c or not Path(c).is_file() or bin_dir.parent.resolve() not in Path(c).resolve().parents]
+            if no_card:
+                raise CheckFailed(f"the installed cellview lists no model card (in the venv) for {no_card}:\n{out}")
             return out
 
         print("  " + step("cellview models lists the bundled models", models).strip().replace("\n", "\n  "))
@@ -334,7 +340,9 @@ def main() -> int:
 
         def smoke():
             out = run([cellview, "--smoke-test", str(slide)], cwd=scratch, env=env, timeout=300)
-            if "smoke test: OK" not in out or f"models: {DEFAULT_MODEL}" not in out:
+            listed = next((line.split("models: ", 1)[1].split(", ") for line in out.splitlines()
+                           if line.startswith("smoke test: models: ")), [])
+            if "smoke test: OK" not in out or DEFAULT_MODEL not in listed:
                 raise CheckFailed(f"the viewer's smoke test did not open the slide with the bundled models:\n{out}")
             return out
 

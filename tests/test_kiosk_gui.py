@@ -191,11 +191,6 @@ def test_model_failure_is_shown_with_retry(qtbot, tmp_path, toy_model):
     window = make_kiosk(qtbot, kiosk_settings(tmp_path, toy_model, model=str(tmp_path / "missing.onnx")),
                         wait_model=False)
     qtbot.waitUntil(window.preparing.retry_btn.isVisible, timeout=TIMEOUT_MS)
-    from PySide6.QtWidgets import QWidget
-    c = window.centralWidget()
-    print("DBG", window.geometry().getRect(), window.minimumSizeHint(), c.minimumSizeHint())
-    for w in c.findChildren(QWidget):
-        if w.isVisible() and w.minimumSizeHint().width() > 600: print("  WIDE", type(w).__name__, w.objectName(), w.minimumSizeHint(), getattr(w, "text", lambda: "")()[:80] if hasattr(w, "text") else "")
     assert window.page == "preparing" and window.cards.error_card.isVisible() and window.isFullScreen()
 
 

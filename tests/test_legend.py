@@ -140,3 +140,33 @@ def test_the_annotated_png_draws_the_same_true_bar():
         edges = np.diff(np.concatenate([[0], row, [0]]))
         runs += (np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).tolist()
     assert max(runs) == bar.drawn_px and abs(bar.drawn_px * 2 * 0.37 - bar.length_um) <= 0.5 * 2 * 0.37
+
+
+def test_a_small_image_with_many_classes_gets_a_png_tall_enough_for_its_legend(tmp_path):
+    """A 224 px smear field and a model with many classes: the canvas grows, the legend does not run into the
+    footer (it did: the canvas was the image's height or 480 px, whatever the legend needed)."""
+    from io import BytesIO
+
+    import cv2
+    from PIL import Image
+
+    from cellview.analysis.classifier import OnnxClassifier
+    from cellview.analysis.model_spec import ModelSpec
+    from cellview.analysis.pipeline import run_analysis
+    from cellview.analysis.results import AnalysisParams
+    from cellview.outputs.export import annotated_png
+    from cellview.testing.synthetic import make_toy_model
+
+    names = [f"class {i}" for i in range(12)]
+    cats = ["malignant", "benign", "normal"] * 4
+    model = make_toy_model(tmp_path / "many", patch_px=64, spacing_um=0.5, num_outputs=12, sidecar_overrides={
+        "num_classes": 12, "class_names": names, "class_categories": cats, "class_colors": ["#d62728"] * 12})
+    image = tmp_path / "field.png"
+    cv2.imwrite(str(image), np.full((128, 128, 3), (60, 40, 200), np.uint8))
+    result = run_analysis(image, OnnxClassifier(ModelSpec.load(model), device="cpu"), AnalysisParams(mpp_um=0.5))
+    png = np.asarray(Image.open(BytesIO(annotated_png(result, np.full((128, 128, 3), 200, np.uint8)))).convert("L"))
+    assert png.shape[0] > 480  # taller than the old fixed canvas
+    panel = png[:, 140:]
+    inked = np.flatnonzero((panel < 200).any(axis=1))
+    gaps = np.diff(inked)
+    assert inked.max() < png.shape[0] - 2 and gaps.max() >= 6  # the footer sits below the legend, not on it

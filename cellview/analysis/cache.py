@@ -90,6 +90,7 @@ def result_to_bytes(result: AnalysisResult) -> bytes:
             "area_unit": result.nuclei.area_unit, "fields": list(TileNuclei.FIELDS),
         },
         "stain": result.stain,
+        "reading": result.reading,
     }
     arrays = {f"grid_{k}": getattr(grid, k) for k in _GRID_ARRAYS}
     arrays["probs"] = result.probs
@@ -136,6 +137,7 @@ def result_from_bytes(data: bytes) -> AnalysisResult:
         provider=meta["provider"], status=meta["status"], tissue=tissue,
         tile_errors={int(k): v for k, v in meta["tile_errors"].items()}, timings=meta["timings"],
         created_unix=meta["created_unix"], nuclei=nuclei, domain_score=domain_score, stain=meta.get("stain") or {},
+        reading=meta.get("reading") or {},
     )
 
 

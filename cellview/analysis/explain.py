@@ -132,13 +132,14 @@ def explain_at(slide_path: str | Path, classifier: OnnxClassifier, l0_x: float, 
     The grid is the one ``cellview analyze`` uses with ``params``; a point on a tile with too
     little tissue to be analysed is still explained (``analysed`` is False).
     """
-    from cellview.analysis.pipeline import plan_tiles, slide_stain_transform
+    from cellview.analysis.pipeline import apply_reading, plan_tiles, slide_stain_transform
 
     params = params or AnalysisParams()
     with open_slide(slide_path, mpp_um=params.mpp_um) as slide:
         w0, h0 = slide.dimensions
         if not (0 <= l0_x < w0 and 0 <= l0_y < h0):
             raise AnalysisError(f"The point ({l0_x:g}, {l0_y:g}) is outside the slide ({w0} × {h0} level-0 pixels).")
+        params, _ = apply_reading(slide, classifier.spec, params)  # as analyze reads an image without a pixel size
         if not params.whole_image:
             slide.require_mpp()
         tissue, grid = plan_tiles(slide, classifier.spec, params)

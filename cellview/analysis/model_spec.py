@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cellview.analysis.callrule import CallThresholds
+from cellview.analysis.foreground import Reading
 from cellview.analysis.stain import StainReference
 from cellview.base.errors import ModelError
 
@@ -99,6 +100,7 @@ class ModelSpec:
     domain: DomainStats | None = field(default=None, compare=False, hash=False, repr=False)
     precision: str = "fp32"  # of these weights: fp32, or the model's int8 / fp16 copy
     call: CallThresholds = field(default_factory=CallThresholds)  # the slide call's thresholds (sidecar 'call')
+    reading: Reading = field(default_factory=Reading)  # foreground rule; images without a pixel size (foreground.py)
 
     @property
     def num_classes(self) -> int:
@@ -134,7 +136,11 @@ class ModelSpec:
     def result_sha256(self) -> str:
         """Identity of everything that shapes a result: the weights, plus the domain statistics when present
         (the result cache's model key; the metadata JSON records the two hashes separately)."""
-        return self.onnx_sha256 if not self.domain_sha256 else f"{self.onnx_sha256}+{self.domain_sha256}"
+        key = self.onnx_sha256 if not self.domain_sha256 else f"{self.onnx_sha256}+{self.domain_sha256}"
+        if not self.reading.is_default:  # a smear model's reading rules shape its tiles (H&E keys unchanged)
+            entries = json.dumps(self.reading.sidecar_entries(), sort_keys=True).encode()
+            key += f"+reading:{hashlib.sha256(entries).hexdigest()[:16]}"
+        return key
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ModelSpec:
@@ -223,6 +229,7 @@ class ModelSpec:
             raise ModelError(f"The {where}: input 'mean' and 'std' need 3 values, std > 0.")
         stain = data.get("stain_reference")
         stain_reference = None if stain is None else StainReference.from_dict(stain, where)
+        reading = Reading.from_sidecar(data, where)
         sha = data.get("onnx_sha256", "")
         if not onnx_path.is_file():
             raise ModelError(f"The model file {onnx_path} does not exist.")
@@ -261,6 +268,7 @@ class ModelSpec:
             raw=data,
             domain_path=domain_path,
             domain_sha256=domain_sha,
+            reading=reading,
             domain=domain,
             precision=precision,
             call=call,

@@ -21,12 +21,13 @@ import numpy as np
 from cellview.analysis.cache import ResultCache, cache_key
 from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.domain import QUALITY_CHECKS, tile_quality
+from cellview.analysis.foreground import Foreground, choose_scale, foreground_mask, tile_threshold
 from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.morphology import measure_nuclei, patch_mpp
 from cellview.analysis.results import AnalysisParams, AnalysisResult, ModelInfo, TileNuclei, TileState
 from cellview.analysis.stain import TileStainTransform, fit_transform, sample_tile_indices
 from cellview.analysis.tiling import TileGrid, build_grid, read_order, read_tile
-from cellview.analysis.tissue import TissueMask, detect_tissue
+from cellview.analysis.tissue import TissueMask
 from cellview.base.errors import AnalysisError, CellviewError, SlideError
 from cellview.slides.opening import open_slide
 from cellview.slides.slide import Slide
@@ -218,18 +219,45 @@ class TileReaders:
 
 
 def plan_tiles(slide: Slide, spec: ModelSpec, params: AnalysisParams) -> tuple[TissueMask, TileGrid]:
-    """The tiles analyze() classifies: the tissue mask, then the grid at the model's spacing."""
-    return plan_grid(slide, spec.patch_size_pixels, spec.spacing_um_px, params)
+    """The tiles analyze() classifies: the model's foreground mask (tissue, for H&E), then the grid at its spacing."""
+    return plan_grid(slide, spec.patch_size_pixels, spec.spacing_um_px, params, spec.reading.foreground)
 
 
-def plan_grid(slide: Slide, tile_px: int, model_mpp_um: float, params: AnalysisParams) -> tuple[TissueMask, TileGrid]:
-    """``plan_tiles`` for a tile size and spacing without a model (training evaluates on these tiles)."""
+def apply_reading(slide: Slide, spec: ModelSpec, params: AnalysisParams) -> tuple[AnalysisParams, dict[str, str]]:
+    """The model's rule for an image that states no pixel size, applied to ``slide`` (an assumed pixel size is
+    set on it) and to the run's ``params`` (read whole); returns those params and what the result records
+    (``AnalysisResult.reading``: the foreground rule and what was assumed; nothing for an H&E model's run)."""
+    info = slide.info()
+    choice = choose_scale(spec.reading, info.mpp, params.whole_image, spec.name, spec.patch_size_pixels,
+                          info.dimensions)
+    if choice.mpp is not None and info.mpp is None:
+        slide.mpp = choice.mpp
+    if choice.whole_image and not params.whole_image:
+        params = replace(params, whole_image=True)
+    record: dict[str, str] = {}
+    if spec.reading.foreground.rule != "tissue":
+        record["foreground"] = spec.reading.foreground.describe()
+    if choice.note:
+        record["pixel_size"] = choice.note
+    return params, record
+
+
+def plan_grid(slide: Slide, tile_px: int, model_mpp_um: float, params: AnalysisParams,
+              foreground: Foreground | None = None) -> tuple[TissueMask, TileGrid]:
+    """``plan_tiles`` for a tile size, spacing and foreground rule without a model (training evaluates on these
+    tiles). The tissue rule (the default) is the mask and threshold of ``params``, as it always was."""
+    fg = foreground or Foreground()
     mpp_um = slide.mpp.um if slide.mpp else None
-    tissue = detect_tissue(slide, params.tissue, mpp_um)
+    tissue = foreground_mask(slide, fg, params.tissue, mpp_um)
     grid = build_grid(
         slide, tile_px, model_mpp_um, tissue,
-        tissue_threshold=params.tissue_threshold, overlap=params.overlap, whole_image=params.whole_image,
+        tissue_threshold=tile_threshold(fg, params.tissue_threshold), overlap=params.overlap,
+        whole_image=params.whole_image,
     )
+    if grid.n_tiles == 0 and fg.fallback == "whole-field":  # no stained cell anywhere: read the whole field
+        tissue = replace(tissue, method=f"{tissue.method}, none found: whole field read")
+        grid = build_grid(slide, tile_px, model_mpp_um, tissue, tissue_threshold=0.0, overlap=params.overlap,
+                          whole_image=params.whole_image)
     return tissue, grid
 
 
@@ -321,9 +349,10 @@ def analyze(
     slide = open_slide(slide_path, mpp_um=params.mpp_um)
     readers: TileReaders | None = None
     try:
+        run_params, reading = apply_reading(slide, spec, params)  # the user's params stay in the result
         info = slide.info()
         model = ModelInfo.from_spec(spec)
-        if not params.whole_image:
+        if not run_params.whole_image:
             slide.require_mpp()
         key = cache_key(info.fingerprint, spec.result_sha256, params, info.mpp, spec.precision)
         if cache is not None:
@@ -342,7 +371,7 @@ def analyze(
         if resume is not None:
             tissue, grid = resume.tissue, resume.grid
         else:
-            tissue, grid = plan_tiles(slide, spec, params)
+            tissue, grid = plan_tiles(slide, spec, run_params)
         t_tissue = time.perf_counter() - t0
         t0 = time.perf_counter()
         stain = slide_stain_transform(slide, grid, spec, params.stain_normalize)
@@ -462,7 +491,7 @@ def analyze(
         result = AnalysisResult(
             slide=info, model=model, params=params, grid=grid, probs=probs, state=state,
             provider=classifier.provider_label, status=status, tissue=tissue, tile_errors=tile_errors,
-            timings=timings, nuclei=nuclei, domain_score=domain_score, stain=stain_info,
+            timings=timings, nuclei=nuclei, domain_score=domain_score, stain=stain_info, reading=reading,
         )
         if cache is not None and status == "complete":
             cache.store(key, result)

@@ -264,6 +264,7 @@ class AnalysisResult:
     nuclei: TileNuclei | None = None  # per-tile nucleus measurements when params.nuclei
     domain_score: np.ndarray | None = None  # (N,) float32 0–1, NaN where not done; None: model has no statistics
     stain: dict[str, Any] = field(default_factory=dict)  # stain normalisation applied: method, note
+    reading: dict[str, str] = field(default_factory=dict)  # a smear model's foreground rule, what was assumed
 
     def with_slide(self, slide: SlideInfo) -> AnalysisResult:
         """The same result found again for a slide at another path (cache hit)."""

@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also test the fold models with stain normalisation / test-time augmentation: comma-separated "
                         "macenko, reinhard, flips, d4")
     e.add_argument("--quick", action="store_true", help="test split: skip the leakage / shortcut checks")
+    e.add_argument("--group", choices=("column", "runs", "near-duplicates", "images"),
+                   help="regroup the images by this rule before the folds, to compare groupings on the same features "
+                        "(written to RUN/eval-group-RULE unless --out)")
     e.add_argument("--adaptation", action="store_true",
                    help="also the adaptation curve: each leave-one-source-out fold adapted (as cellview adapt does) "
                         "with k = 1, 3, 5, 10 labelled images per category of the held-out source, tested on the rest")
@@ -55,7 +58,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if (split == 2).any():
             evaluate_run(args.run, args.out, extra_checks=not args.quick, cv_folds=args.cv_folds)
         if protocols:
-            evaluate_protocols(args.run, args.out, protocols, args.cv_folds, variants)
+            evaluate_protocols(args.run, args.out, protocols, args.cv_folds, variants, group=args.group)
         if args.adaptation:
             _adaptation(args)
     except (CellviewError, ValueError) as exc:  # a damaged run folder, results that cannot be written, bad variant

@@ -23,7 +23,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--int8-only", action="store_true",
                    help="only (re)make and validate the INT8 copy of the model already in --out (its model.onnx is "
                         "not touched); RUN gives the calibration images and the protocol's fold heads")
-    x.add_argument("--data-root", type=Path, help="data folder the INT8 copy is validated on (default ../shared/data)")
+    x.add_argument("--int8-validate", choices=("auto", "run", "data-folder", "skip"), default="auto",
+                   help="where the INT8 copy is checked against FP32: the run's own images (auto for your models), "
+                        "every labelled set of the data folder (auto for the bundled H&E models), or not at all "
+                        "(the copy is then not used by --precision auto)")
+    x.add_argument("--int8-only-validated", action="store_true",
+                   help="keep the INT8 copy only when it validates (else the folder ships FP32 and FP16, and the "
+                        "card gives the copy's figures)")
+    x.add_argument("--data-root", type=Path,
+                   help="data folder for --int8-validate data-folder (default ../shared/data)")
     x.set_defaults(func=cmd_export)
 
 
@@ -44,10 +52,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
             out = user_models_dir() / Run(args.run).recipe().name
         if args.int8_only:
-            export_int8(args.run, out, args.data_root)
+            export_int8(args.run, out, args.data_root, args.int8_validate, only_validated=args.int8_only_validated)
         else:
             export_run(args.run, out, args.version, wsinfer=not args.no_wsinfer, fp16=not args.no_fp16,
-                       domain=not args.no_domain, int8=not args.no_int8, data_root=args.data_root)
+                       domain=not args.no_domain, int8=not args.no_int8, data_root=args.data_root,
+                       int8_validate=args.int8_validate, int8_only_validated=args.int8_only_validated)
     except (CellviewError, RuntimeError) as exc:
         return fail(str(exc))
     print(f"exported to {out}", file=sys.stderr)

@@ -62,6 +62,23 @@ def cmd_models(args: argparse.Namespace) -> int:
             origin += f"; {mark}" if mark else ""
             print(f"{head}: {len(spec.class_names)} classes {', '.join(spec.class_names)}; "
                   f"{spec.patch_size_pixels} px at {spec.spacing_um_px} µm/px; {domain}{origin}")
+            if not spec.reading.is_default:
+                print(f"    reads {spec.reading.foreground.describe()}" + (
+                    f"; an image without a pixel size: {_unstated_words(spec)}"
+                    if spec.reading.unstated.read != "ask" else ""))
+            card = e.path.parent / "MODEL_CARD.md"
+            if card.is_file():
+                print(f"    card: {card}")
         except CellviewError as exc:
             print(f"{head}: INVALID: {exc.message}")
     return 0
+
+
+def _unstated_words(spec) -> str:
+    """How a model reads an image that states no pixel size, in a few words."""
+    u = spec.reading.unstated
+    if u.read == "whole-image":
+        return f"read whole, resized to {spec.patch_size_pixels} px"
+    if u.read == "assume":
+        return f"taken as {u.mpp_um:g} µm/px"
+    return f"taken as one field {u.field_um:g} µm wide"

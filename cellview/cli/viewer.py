@@ -74,4 +74,37 @@ def launch(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(explain_import_error(exc), file=sys.stderr)
         return 2
+    scale_from_model(args)
     return int(run_gui(args) or 0)
+
+
+def scale_from_model(args: argparse.Namespace) -> None:
+    """`cellview SMEAR.jpg --model M`: when the image states no pixel size and M's sidecar says how it reads such an
+    image, the launch applies that rule to the image as ``--mpp`` / ``--whole-image`` would (and says so), so the
+    viewer does not ask. A model without such a rule, or any problem here, leaves the options as given (the
+    viewer then reports problems itself)."""
+    if not getattr(args, "slide", None) or not getattr(args, "model", None) or args.mpp is not None \
+            or getattr(args, "whole_image", False):
+        return
+    from cellview.analysis.foreground import choose_scale
+    from cellview.analysis.model_lookup import resolve_model
+    from cellview.analysis.model_spec import ModelSpec
+    from cellview.base.errors import CellviewError
+    from cellview.slides.opening import open_slide
+
+    try:
+        spec = ModelSpec.load(resolve_model(args.model))
+        if spec.reading.unstated.read == "ask":
+            return
+        with open_slide(args.slide) as slide:
+            info = slide.info()
+    except (CellviewError, OSError):
+        return
+    choice = choose_scale(spec.reading, info.mpp, False, spec.name, spec.patch_size_pixels, info.dimensions)
+    if not choice.note:
+        return
+    if choice.whole_image:
+        args.whole_image = True
+    elif choice.mpp is not None:
+        args.mpp = round(choice.mpp.um, 6)
+    print(choice.note, file=sys.stderr)

@@ -16,7 +16,14 @@ import numpy as np
 
 from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.model_spec import CATEGORIES
-from cellview.analysis.pipeline import CancelToken, TileReaders, batch_indices, plan_tiles, slide_stain_transform
+from cellview.analysis.pipeline import (
+    CancelToken,
+    TileReaders,
+    apply_reading,
+    batch_indices,
+    plan_tiles,
+    slide_stain_transform,
+)
 from cellview.analysis.results import AnalysisParams
 from cellview.base.errors import CellviewError, ModelError, SlideError
 from cellview.lab.head import DEFAULT_SETTINGS, AdaptSettings, label_targets, source_labels
@@ -123,8 +130,10 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
         first_unlabelled = len(unlabelled)
         try:
             slide = open_slide(source.path, mpp_um=source.mpp_um or params.mpp_um)
-            slide.require_mpp()
-            _, grid = plan_tiles(slide, spec, params)
+            run_params, _ = apply_reading(slide, spec, params)  # a smear model's image without a pixel size
+            if not run_params.whole_image:
+                slide.require_mpp()
+            _, grid = plan_tiles(slide, spec, run_params)
             if source.label is not None:
                 labels = np.full(grid.n_tiles, source.label, dtype=object)
             else:

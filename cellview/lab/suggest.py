@@ -28,7 +28,14 @@ import numpy as np
 
 from cellview.analysis.classifier import OnnxClassifier, probabilities
 from cellview.analysis.model_spec import CATEGORIES
-from cellview.analysis.pipeline import CancelToken, TileReaders, batch_indices, plan_tiles, slide_stain_transform
+from cellview.analysis.pipeline import (
+    CancelToken,
+    TileReaders,
+    apply_reading,
+    batch_indices,
+    plan_tiles,
+    slide_stain_transform,
+)
 from cellview.analysis.results import AnalysisParams, category_probabilities
 from cellview.base.errors import CellviewError, ModelError, SlideError
 from cellview.base.files import atomic_write_text
@@ -179,8 +186,10 @@ def suggest(paths: Sequence[Path], classifier: OnnxClassifier, params: AnalysisP
         readers = None
         try:
             slide = open_slide(path, mpp_um=params.mpp_um)
-            slide.require_mpp()
-            _, grid = plan_tiles(slide, spec, params)
+            run_params, _ = apply_reading(slide, spec, params)  # a smear model's image without a pixel size
+            if not run_params.whole_image:
+                slide.require_mpp()
+            _, grid = plan_tiles(slide, spec, run_params)
             tissue = np.flatnonzero(grid.tissue_fraction >= params.tissue_threshold) if grid.n_tiles else []
             chosen = np.asarray(tissue, np.int64)
             if not len(chosen):

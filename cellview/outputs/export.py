@@ -268,6 +268,8 @@ def metadata_dict(result: AnalysisResult, outputs: Iterable[str] = (), extra: di
     }
     if result.stain:
         data["stain_normalization"] = result.stain
+    if result.reading:  # a smear model: its foreground rule, and the pixel size it assumed (said, not hidden)
+        data["reading"] = result.reading
     if result.tile_errors:
         data["tile_errors"] = {str(k): v for k, v in list(result.tile_errors.items())[:100]}
     if extra:

@@ -383,6 +383,8 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
 
     call = slide_call(result)
     summary = [f"{job.name}: {result.summary()}", f"  call: {call.text}"]
+    if result.reading.get("pixel_size"):
+        summary.append(f"  {result.reading['pixel_size']}")
     if regions:
         top = regions[0]
         summary.append(f"  malignant regions: {len(regions)}; largest {top.label()} ({plural(top.n_tiles, 'tile')})")

@@ -532,3 +532,32 @@ def lab_block_rect(k: int, block_px: int = 128, gap_px: int = 64, height_px: int
     """(x0, y0, x1, y1) level-0 corners of block ``k`` of ``lab_slide_rgb``."""
     x0 = gap_px + k * (block_px + gap_px)
     return x0, gap_px, x0 + block_px, gap_px + height_px
+
+
+def synthetic_smear(size: int = 224, seed: int = 0, white_cells: int = 1, red_cell_px: float = 16.0,
+                    tint: str = "pink") -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A blood smear field (RGB uint8) and the centres (x, y) of its white cells.
+
+    A pale field, red cells ``red_cell_px`` across (pink, or grey-lilac with ``tint="grey"``) with paler
+    centres, and ``white_cells`` white cells: a saturated violet nucleus in a faint cytoplasm — what a
+    Wright-Giemsa smear at 100× looks like, and what the H&E tissue rule sees no tissue in.
+    """
+    rng = np.random.default_rng(seed)
+    img = np.empty((size, size, 3), np.float32)
+    img[...] = (246, 244, 240)
+    img += rng.normal(0, 1.5, img.shape)
+    rbc = (236, 196, 202) if tint == "pink" else (200, 196, 222)
+    r = red_cell_px / 2
+    for _ in range(int((size / red_cell_px) ** 2 * 0.45)):
+        cx, cy = rng.uniform(0, size, 2)
+        cv2.circle(img, (int(cx), int(cy)), int(round(r)), rbc, -1, cv2.LINE_AA)
+        pale = tuple(0.5 * c + 0.5 * 245 for c in rbc)
+        cv2.circle(img, (int(cx), int(cy)), max(1, int(round(r * 0.4))), pale, -1, cv2.LINE_AA)
+    centres = []
+    for _ in range(white_cells):
+        cx, cy = (int(v) for v in rng.uniform(red_cell_px * 1.2, size - red_cell_px * 1.2, 2))
+        cv2.circle(img, (cx, cy), int(round(red_cell_px * 0.75)), (205, 195, 225), -1, cv2.LINE_AA)
+        cv2.ellipse(img, (cx, cy), (int(round(red_cell_px * 0.55)), int(round(red_cell_px * 0.45))),
+                    float(rng.uniform(0, 180)), 0, 360, (120, 60, 170), -1, cv2.LINE_AA)
+        centres.append((cx, cy))
+    return np.clip(img, 0, 255).astype(np.uint8), centres

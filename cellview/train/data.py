@@ -18,8 +18,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from cellview.analysis.foreground import Reading
 from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS, sha256_file
 from cellview.analysis.morphology import HED_STAIN_MATRIX
+from cellview.base.errors import ModelError
 from cellview.slides.image_slide import read_image_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -44,7 +46,7 @@ class Sample:
     label: int
     group: str
     source: str
-    spacing_um_px: float
+    spacing_um_px: float | None  # None: the image states no pixel size (the recipe's reading rule applies)
     raw_label: str = ""
 
 
@@ -60,6 +62,8 @@ class Source:
     group_column: str | None = "group"
     label_map: dict[str, str | None] = field(default_factory=dict)
     group_prefix: str = ""
+    group_by: str = "column"  # grouping.GROUP_RULES: the group column, runs of file numbers, near-duplicates, images
+    unstated_pixel_size: bool = False  # the images state no pixel size: read them as the recipe's reading says
 
 
 @dataclass
@@ -77,6 +81,9 @@ class Recipe:
     group_threshold: float = 0.95
     group_mutual_k: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
+    reading: Reading = field(default_factory=Reading)  # foreground rule, images without a pixel size (sidecar)
+    int8_validation: str = ""  # where `cellview export` validates the INT8 copy (quantize.VALIDATION_MODES); '' = run
+    domain_threshold: float = 0.05  # a tile is in domain when its domain score (a p-value) is at least this
 
     @property
     def class_names(self) -> list[str]:
@@ -95,6 +102,9 @@ class Recipe:
             "classes": [asdict(c) for c in self.classes],
             "sources": [asdict(s) for s in self.sources],
             "notes": self.notes,
+            **self.reading.sidecar_entries(),
+            **({"int8_validation": self.int8_validation} if self.int8_validation else {}),
+            **({"domain_threshold": self.domain_threshold} if self.domain_threshold != 0.05 else {}),
         }
 
 
@@ -111,6 +121,8 @@ def _class_infos(raw: Any) -> list[ClassInfo]:
     for name, spec in items:
         if isinstance(spec, str):
             spec = {"category": spec}
+        elif not isinstance(spec, dict):
+            spec = {}
         category = spec.get("category") or (name.lower() if name.lower() in CATEGORIES else None)
         if category not in CATEGORIES:
             raise DataError(f"Class {name!r} needs a category, one of {', '.join(CATEGORIES)}.")
@@ -153,11 +165,32 @@ def recipe_from_dict(raw: dict[str, Any], data_root: Path) -> Recipe:
         group_threshold=float(raw.get("group_threshold", 0.95)),
         group_mutual_k=int(raw.get("group_mutual_k", 0)),
         notes=raw.get("notes", {}),
+        reading=_reading(raw),
+        int8_validation=str(raw.get("int8_validation", "")),
+        domain_threshold=_threshold(raw.get("domain_threshold", 0.05)),
     )
 
 
-def recipe_from_args(data: Sequence[str], classes: str | None, spacing: float, patch: int, name: str) -> Recipe:
-    """A recipe for the simple case: ``--data`` folders/CSVs plus an optional class → category JSON."""
+def _threshold(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < 1:
+        raise DataError(f"'domain_threshold' must be a p-value between 0 and 1, got {value!r}.")
+    return float(value)
+
+
+def _reading(raw: dict[str, Any]) -> Reading:
+    """The recipe's foreground / unstated-pixel-size entries, checked as a sidecar's are."""
+    try:
+        return Reading.from_sidecar(raw, "recipe")
+    except ModelError as exc:
+        raise DataError(exc.message) from exc
+
+
+def recipe_from_args(data: Sequence[str], classes: str | None, spacing: float, patch: int, name: str,
+                     reading: Reading | None = None) -> Recipe:
+    """A recipe for the simple case: ``--data`` folders/CSVs plus an optional class → category JSON.
+
+    ``reading``: the model's foreground rule, and with a rule for images without a pixel size the images are
+    read by it (not at ``spacing``, which stays the model's)."""
     if classes:
         inline = classes.lstrip().startswith(("{", "["))  # a JSON string; Path(...).is_file() raises on long ones
         try:
@@ -166,7 +199,10 @@ def recipe_from_args(data: Sequence[str], classes: str | None, spacing: float, p
             raise DataError(f"--classes must be a JSON file or a JSON string: {exc}") from exc
     else:
         raw_classes = None
-    sources = [Source(path=str(Path(d).resolve()), name=Path(d).stem, spacing_um_px=spacing) for d in data]
+    reading = reading or Reading()
+    unstated = reading.unstated.read != "ask"
+    sources = [Source(path=str(Path(d).resolve()), name=Path(d).stem, spacing_um_px=spacing,
+                      unstated_pixel_size=unstated) for d in data]
     if raw_classes is None:
         found: list[str] = []
         for s in sources:
@@ -175,16 +211,16 @@ def recipe_from_args(data: Sequence[str], classes: str | None, spacing: float, p
                     found.append(smp.raw_label)
         raw_classes = {c: c.lower() if c.lower() in CATEGORIES else None for c in found}
     return Recipe(name=name, classes=_class_infos(raw_classes), sources=sources, spacing_um_px=spacing,
-                  patch_size=patch)
+                  patch_size=patch, reading=reading)
 
 
 def _read_source(src: Source, class_names: list[str] | None, default_spacing: float = 0.0) -> Iterator[Sample]:
     root = Path(src.path)
     name = src.name or root.stem
-    spacing = float(src.spacing_um_px or default_spacing)
+    spacing = None if src.unstated_pixel_size else float(src.spacing_um_px or default_spacing)
     if root.is_dir():
         rows = [
-            {"path": str(f), "label": d.name, "group": f.stem}
+            {"path": str(f), "label": d.name, "group": f"{d.name}/{f.relative_to(d).with_suffix('').as_posix()}"}
             for d in sorted(p for p in root.iterdir() if p.is_dir())
             for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES
         ]
@@ -291,22 +327,32 @@ def pad_to(img: np.ndarray, size: int) -> np.ndarray:
                               value=(255, 255, 255))
 
 
-def analysis_tiles(img: np.ndarray, src_spacing: float, spacing: float, patch: int,
-                   stain: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def analysis_tiles(img: np.ndarray, src_spacing: float | None, spacing: float, patch: int,
+                   stain: Callable[[np.ndarray], np.ndarray] | None = None,
+                   reading: Reading | None = None) -> np.ndarray:
     """Exactly the tiles ``cellview analyze --mpp src_spacing`` classifies for this image, (N, patch, patch, 3).
 
-    The core does the work (tissue mask, grid at the model's spacing, level-0 reads resized to the
+    The core does the work (foreground mask, grid at the model's spacing, level-0 reads resized to the
     patch), so evaluation follows any change to the tiling rule. ``stain``: (image tiles) →
-    per-tile transform, as the pipeline's stain normalisation fits one per slide.
+    per-tile transform, as the pipeline's stain normalisation fits one per slide. ``reading``: the model's
+    foreground rule and what it does with an image that states no pixel size (``src_spacing`` None): the
+    tiles ``cellview analyze`` (no ``--mpp``) classifies then.
     """
+    from cellview.analysis.foreground import choose_scale
     from cellview.analysis.pipeline import plan_grid
     from cellview.analysis.results import AnalysisParams
     from cellview.analysis.tiling import read_tile
     from cellview.slides.image_slide import ImageSlide
     from cellview.slides.slide import Mpp
 
-    slide = ImageSlide(Path("image"), np.ascontiguousarray(img), {}, Mpp(src_spacing, src_spacing, "user"))
-    _, grid = plan_grid(slide, patch, spacing, AnalysisParams())
+    reading = reading or Reading()
+    mpp = None if src_spacing is None else Mpp(src_spacing, src_spacing, "user")
+    scale = choose_scale(reading, mpp, False, "model", patch, (img.shape[1], img.shape[0]))
+    if scale.mpp is None and not scale.whole_image:
+        raise DataError("An image without a pixel size needs the source's spacing_um_px, or a reading rule "
+                        "('unstated_pixel_size') in the recipe.")
+    slide = ImageSlide(Path("image"), np.ascontiguousarray(img), {}, scale.mpp)
+    _, grid = plan_grid(slide, patch, spacing, AnalysisParams(whole_image=scale.whole_image), reading.foreground)
     if grid.n_tiles == 0:
         return np.zeros((0, patch, patch, 3), np.uint8)
     tiles = np.stack([read_tile(slide, grid, i) for i in range(grid.n_tiles)])
@@ -370,6 +416,22 @@ class Augment:
     def none(cls) -> Augment:
         return cls(dihedral=False, scale_jitter=0.0, hed_sigma=0.0, hed_bias=0.0, hsv=False, hue=0.0, saturation=0.0,
                    blur_p=0.0)
+
+
+def as_stated(img: np.ndarray, src_spacing: float | None, spacing: float, patch: int,
+              reading: Reading) -> tuple[np.ndarray, float]:
+    """An image and its pixel size as the model reads it: an image without one resized to the tile (read whole)
+    at the model's spacing, or at the pixel size the model assumes (see ``analysis.foreground``)."""
+    if src_spacing is not None:
+        return img, src_spacing
+    if reading.unstated.read == "whole-image":
+        return cv2.resize(img, (patch, patch), interpolation=cv2.INTER_AREA), spacing
+    if reading.unstated.read == "assume" and reading.unstated.mpp_um:
+        return img, reading.unstated.mpp_um
+    if reading.unstated.read == "field" and reading.unstated.field_um:
+        return img, reading.unstated.field_um / max(img.shape[:2])
+    raise DataError("An image without a pixel size needs the source's spacing_um_px, or a reading rule "
+                    "('unstated_pixel_size') in the recipe.")
 
 
 def train_views(img: np.ndarray, src_spacing: float, spacing: float, patch: int, n: int,

@@ -39,6 +39,7 @@ from cellview.analysis.domain import (
     tile_quality,
 )
 from cellview.analysis.domain_store import write_domain
+from cellview.analysis.foreground import Reading
 from cellview.analysis.model_spec import ModelSpec, sha256_file, sidecar_for
 from cellview.base.errors import CellviewError, ModelError
 from cellview.base.files import atomic_write_bytes, atomic_write_text
@@ -101,18 +102,17 @@ def split_from_recipe(recipe: D.Recipe, seed: int = 0, fractions: Sequence[float
             keep += [samples[i] for i in sorted(rng.permutation(idx)[:limit_per_class])]
         samples = keep
     info: dict[str, Any] = {}
-    if recipe.group_near_duplicates:
-        from dataclasses import asdict
-
+    if recipe.group_near_duplicates or any(src.group_by != "column" for src in recipe.sources):
         from cellview.train.backbone import FeatureRunner, build_backbone
-        from cellview.train.train import near_duplicate_groups
+        from cellview.train.grouping import assign_groups
+        from cellview.train.train import dup_embeddings
 
         work = Path(cache_dir) if cache_dir else Path.cwd() / ".cellview-domain-cache"
         bb = build_backbone("efficientnet-lite0", recipe.patch_size, 0, pretrained=True)
         runner = FeatureRunner(bb, recipe.patch_size, work, "cpu", threads)
-        groups, grouping, _ = near_duplicate_groups(samples, recipe, runner, recipe.group_threshold,
-                                                    recipe.group_mutual_k, work)
-        samples = [D.Sample(**{**asdict(s), "group": g}) for s, g in zip(samples, groups, strict=True)]
+        samples, grouping, _ = assign_groups(samples, recipe,
+                                             lambda part: dup_embeddings(part, recipe.patch_size, runner, work),
+                                             say=lambda _: None)
         info["groups"] = grouping["groups"]
     labels = np.array([s.label for s in samples])
     split = group_split(labels, [s.group for s in samples], fractions, seed)
@@ -147,6 +147,31 @@ class TileSet:
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("features", "quality", "logits", "image")))
 
 
+@dataclass(frozen=True)
+class KnownFeatures:
+    """A linear-head run's cached evaluation-tile outputs (frozen features, pixel checks), standing in for running
+    the exported FP32 graph ``sha256`` over the same tiles again: its pooled ``features`` output is that frozen
+    network's (``cellview export`` checks the two agree before using them)."""
+
+    sha256: str
+    rows: dict[str, np.ndarray]  # image path → its rows
+    features: np.ndarray
+    quality: np.ndarray
+    weight: np.ndarray  # the linear head, for the logits
+    bias: np.ndarray
+
+    def tileset(self, samples: Sequence[D.Sample]) -> TileSet | None:
+        """The tiles of ``samples`` (image index = position in ``samples``), or None when one is not cached."""
+        if any(s.path not in self.rows for s in samples):
+            return None
+        rows = [self.rows[s.path] for s in samples]
+        idx = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        feats = np.asarray(self.features[idx], np.float32)
+        return TileSet(feats, np.asarray(self.quality[idx], np.float32),
+                       (feats @ self.weight.T + self.bias).astype(np.float32),
+                       np.concatenate([np.full(len(r), k) for k, r in enumerate(rows)]) if rows else idx)
+
+
 def run_tiles(clf: OnnxClassifier, tiles: np.ndarray, image: np.ndarray | None = None, batch: int = 32) -> TileSet:
     if not len(tiles):
         return TileSet(np.zeros((0, 0), np.float32), np.zeros((0, len(QUALITY_CHECKS)), np.float32),
@@ -163,16 +188,17 @@ def run_tiles(clf: OnnxClassifier, tiles: np.ndarray, image: np.ndarray | None =
 
 def sample_tiles(samples: Sequence[D.Sample], spacing_um: float, patch: int, max_per_image: int = 0,
                  seed: int = 0, transform: Callable[[np.ndarray], np.ndarray] | None = None,
-                 spacing_override: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 spacing_override: float | None = None,
+                 reading: Reading | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The tiles `cellview analyze` classifies for each image at the model spacing (as training evaluates), and
-    their image index."""
+    their image index (``reading``: the model's foreground rule and rule for images without a pixel size)."""
     rng = np.random.default_rng(seed)
     tiles, index = [], []
     for i, s in enumerate(samples):
         img = D.read_rgb(s.path)
         if transform is not None:
             img = transform(img)
-        t = D.analysis_tiles(img, spacing_override or s.spacing_um_px, spacing_um, patch)
+        t = D.analysis_tiles(img, spacing_override or s.spacing_um_px, spacing_um, patch, reading=reading)
         if max_per_image and len(t) > max_per_image:
             t = t[np.sort(rng.choice(len(t), max_per_image, replace=False))]
         tiles.append(t)
@@ -184,12 +210,21 @@ _CACHE_VERSION = 3  # bump when tile_quality or the evaluation tiles change (3: 
 
 
 def sample_features(clf: OnnxClassifier, samples: Sequence[D.Sample], desc: str, cache: Path | None = None,
-                    max_per_image: int = 0, spacing_override: float | None = None, chunk: int = 64) -> TileSet:
-    """Features of every evaluation tile of ``samples``, cached on disk by model + images + options."""
+                    max_per_image: int = 0, spacing_override: float | None = None, chunk: int = 64,
+                    known: KnownFeatures | None = None) -> TileSet:
+    """Features of every evaluation tile of ``samples``, cached on disk by model + images + options (``known``: a
+    run's cached outputs of this very model, used when they hold every image)."""
     spec = clf.spec
-    key = hashlib.sha256(json.dumps([_CACHE_VERSION, spec.onnx_sha256, [s.path for s in samples], max_per_image,
-                                     spacing_override, spec.spacing_um_px, spec.patch_size_pixels,
-                                     list(QUALITY_CHECKS)]).encode())
+    if known is not None and known.sha256 == spec.onnx_sha256 and not max_per_image and spacing_override is None:
+        got = known.tileset(samples)
+        if got is not None:
+            _say(f"  {desc}: {len(got)} tiles of {len(samples)} images from the run's cache")
+            return got
+    key_parts = [_CACHE_VERSION, spec.onnx_sha256, [s.path for s in samples], max_per_image, spacing_override,
+                 spec.spacing_um_px, spec.patch_size_pixels, list(QUALITY_CHECKS)]
+    if not spec.reading.is_default:  # H&E models keep their cached features' keys
+        key_parts.append(spec.reading.sidecar_entries())
+    key = hashlib.sha256(json.dumps(key_parts).encode())
     path = Path(cache) / f"{desc}_{key.hexdigest()[:16]}.npz" if cache else None
     if path is not None and path.exists():
         with np.load(path) as z:
@@ -199,7 +234,7 @@ def sample_features(clf: OnnxClassifier, samples: Sequence[D.Sample], desc: str,
     for start in range(0, len(samples), chunk):
         part = samples[start:start + chunk]
         tiles, index = sample_tiles(part, spec.spacing_um_px, spec.patch_size_pixels, max_per_image, seed=start,
-                                    spacing_override=spacing_override)
+                                    spacing_override=spacing_override, reading=spec.reading)
         parts.append(run_tiles(clf, tiles, index + start))
         _say(f"  {desc}: {min(start + chunk, len(samples))}/{len(samples)} images")
     out = TileSet.concat(parts)
@@ -234,7 +269,7 @@ def domain_phrase(recipe: D.Recipe) -> str:
 
 def fit_model_domain(model_path: Path, samples: Sequence[D.Sample], split: np.ndarray, training_data: str,
                      cache: Path | None = None, components: int | None = None, threshold: float = 0.05,
-                     command: str = "") -> tuple[DomainStats, dict[str, Any]]:
+                     command: str = "", known: KnownFeatures | None = None) -> tuple[DomainStats, dict[str, Any]]:
     """Fit on the training split, calibrate on the validation split, write ``domain.npz`` + sidecar entries."""
     spec = ModelSpec.load(model_path)
     spec = _without_domain(spec)
@@ -245,8 +280,8 @@ def fit_model_domain(model_path: Path, samples: Sequence[D.Sample], split: np.nd
     val = [s for s, k in zip(samples, split, strict=True) if k == 1]
     if not train or not val:
         raise CellviewError("The split has no training or no validation images to fit domain statistics on.")
-    tr = sample_features(clf, train, "train", cache)
-    va = sample_features(clf, val, "val", cache)
+    tr = sample_features(clf, train, "train", cache, known=known)
+    va = sample_features(clf, val, "val", cache, known=known)
     tr_labels = np.array([s.label for s in train])[tr.image]
     va_labels = np.array([s.label for s in val])[va.image]
     info = {"training_data": training_data, "n_fit_images": len(train), "n_validation_images": len(val),
@@ -407,7 +442,7 @@ def _set_figures(stats: DomainStats, ref: TileSet, other: TileSet) -> dict[str, 
 
 def evaluate_model_domain(model_path: Path, samples: Sequence[D.Sample], split: np.ndarray,
                           others: dict[str, Callable[[OnnxClassifier], TileSet]], cache: Path | None = None,
-                          artefact_tiles: int = 300) -> dict[str, Any]:
+                          artefact_tiles: int = 300, known: KnownFeatures | None = None) -> dict[str, Any]:
     """AUROC of domain_score: the test split's tiles against each other set and generated artefacts."""
     spec = ModelSpec.load(model_path)
     stats = spec.domain
@@ -415,7 +450,7 @@ def evaluate_model_domain(model_path: Path, samples: Sequence[D.Sample], split: 
         raise ModelError(f"{spec.onnx_path.name} has no domain statistics; run `cellview domain fit` first.")
     clf = OnnxClassifier(spec, device="cpu", intra_op_threads=2)
     test = [s for s, k in zip(samples, split, strict=True) if k == 2]
-    ref = sample_features(clf, test, "test", cache)
+    ref = sample_features(clf, test, "test", cache, known=known)
     s_ref = stats.score(ref.features, quality=ref.quality)
     sources = np.array([test[i].source for i in ref.image])
     report: dict[str, Any] = {
@@ -435,7 +470,8 @@ def evaluate_model_domain(model_path: Path, samples: Sequence[D.Sample], split: 
         report["sets"][name] = _set_figures(stats, ref, make(clf))
     rng = np.random.default_rng(0)
     pick = [test[i] for i in sorted(rng.choice(len(test), min(len(test), artefact_tiles), replace=False))]
-    base, _ = sample_tiles(pick, spec.spacing_um_px, spec.patch_size_pixels, max_per_image=1, seed=1)
+    base, _ = sample_tiles(pick, spec.spacing_um_px, spec.patch_size_pixels, max_per_image=1, seed=1,
+                           reading=spec.reading)
     for k, kind in enumerate(ARTEFACTS):
         report["sets"][f"generated {kind}"] = _set_figures(stats, ref, run_tiles(clf, make_artefacts(base, kind, k)))
     return report

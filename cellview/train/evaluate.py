@@ -316,13 +316,15 @@ def _colour_baseline(feats: np.ndarray, split: np.ndarray, labels: np.ndarray, s
 
 def evaluate_protocols(run_dir: Path, out_dir: Path | None = None, protocols: tuple[str, ...] = PROTOCOLS,
                        folds: int = 5, variants: tuple[str, ...] = (), cfg_overrides: dict[str, Any] | None = None,
-                       work: Path | None = None) -> dict[str, Any]:
+                       work: Path | None = None, group: str | None = None) -> dict[str, Any]:
     """Leave-one-source-out and grouped CV of the run's recipe (see ``cellview.train.protocol``).
 
     ``variants``: also test the same fold models on stain-normalised tiles (``macenko``, ``reinhard``;
     the reference stain excludes the LOSO held-out source) and with test-time augmentation
     (``flips``, ``d4``); their tiles are cached in the run on first use.
-    Writes ``protocol.json`` and ``protocol.md`` to ``out_dir`` (default RUN/eval).
+    Writes ``protocol.json`` and ``protocol.md`` to ``out_dir`` (default RUN/eval). ``group``: regroup the
+    images by another rule first (``grouping.GROUP_RULES``: runs, near-duplicates, images…) to compare groupings
+    on the same cached features (default out_dir RUN/eval-group-<rule>).
     """
     from dataclasses import replace
 
@@ -334,7 +336,10 @@ def evaluate_protocols(run_dir: Path, out_dir: Path | None = None, protocols: tu
     cfg.check()
     torch.set_num_threads(cfg.threads)
     samples, _ = run.samples()
-    out_dir = Path(out_dir or run.path / "eval")
+    grouping = None
+    if group:
+        samples, grouping = regroup(run, recipe, samples, cfg, group)
+    out_dir = Path(out_dir or run.path / ("eval" if not group else f"eval-group-{group}"))
     out_dir.mkdir(parents=True, exist_ok=True)
     fold_sets = {p: make_folds(samples, p, folds, cfg.seed) for p in protocols}
     eval_names = {"plain": "eval", **ensure_variant_caches(run, recipe, samples, cfg, variants)}
@@ -351,6 +356,8 @@ def evaluate_protocols(run_dir: Path, out_dir: Path | None = None, protocols: tu
     report["config"] = asdict(cfg)
     report["protocols"] = list(protocols)
     report["variants"] = list(variants)
+    if grouping is not None:
+        report["grouping"] = grouping
     report["seconds"] = round(time.time() - t0, 1)
     atomic_write_text(out_dir / "protocol.json", json.dumps(report, indent=2, default=_json_default) + "\n")
     md = [f"# {recipe.name}: leave-one-source-out and grouped cross-validation", "",
@@ -364,6 +371,26 @@ def evaluate_protocols(run_dir: Path, out_dir: Path | None = None, protocols: tu
                                           if isinstance(v, dict)) + f" (mean of sources {h['mean_over_sources']}, "
               f"worst {h['worst_source']})", file=sys.stderr)
     return report
+
+
+def regroup(run: Run, recipe: D.Recipe, samples: list[D.Sample], cfg: Any,
+            rule: str) -> tuple[list[D.Sample], dict[str, Any]]:
+    """The run's images grouped by ``rule`` for every source (near-duplicate embeddings cached in the run)."""
+    from cellview.train.backbone import FeatureRunner, build_backbone
+    from cellview.train.grouping import assign_groups
+    from cellview.train.train import dup_embeddings
+
+    runner = None
+
+    def embed(part: list[D.Sample]) -> np.ndarray:
+        nonlocal runner
+        if runner is None:
+            bb = build_backbone("efficientnet-lite0", recipe.patch_size, 0, pretrained=True)
+            runner = FeatureRunner(bb, recipe.patch_size, run.cache, "cpu", cfg.threads)
+        return dup_embeddings(part, recipe.patch_size, runner, run.cache)
+
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    return assign_groups(samples, recipe, embed, rule, say)[:2]
 
 
 def _combine_tta(per: dict[str, Any]) -> dict[str, Any]:

@@ -84,6 +84,7 @@ def sidecar_dict(recipe: D.Recipe, state: dict[str, Any], onnx_path: Path, versi
         "license": recipe.license,
         "training_data": training_data,
         "metrics": metrics,
+        **recipe.reading.sidecar_entries(),  # foreground rule, images without a pixel size (none for H&E)
     }
 
 
@@ -97,7 +98,8 @@ def _wsinfer_transform(patch: int, mean: tuple[float, ...], std: tuple[float, ..
 
 
 def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bool = True, fp16: bool = True,
-               domain: bool = True, int8: bool = True, data_root: Path | None = None) -> Path:
+               domain: bool = True, int8: bool = True, data_root: Path | None = None,
+               int8_validate: str = "auto", int8_only_validated: bool = False) -> Path:
     from cellview.train.train import Run, load_model
 
     run = Run(run_dir)
@@ -173,32 +175,129 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
     card = model_card_protocol(recipe, cfg, summary, protocol, side) if protocol else model_card(recipe, cfg, summary, ev, side)
     atomic_write_text(out_dir / "MODEL_CARD.md", card)
     (out_dir / DOMAIN_FILE).unlink(missing_ok=True)  # statistics of an earlier model must not linger
+    known = known_features(run, recipe, cfg, model, onnx_path) if domain or int8 else None
     if domain:
-        _fit_domain(run, out_dir, onnx_path, recipe, samples, _domain_split(samples, split, cfg))
+        _fit_domain(run, out_dir, onnx_path, recipe, samples, _domain_split(samples, split, cfg), known)
     for stale in (out_dir / "model.int8.onnx", out_dir / "model.int8.json"):
         stale.unlink(missing_ok=True)  # a copy of earlier weights must not linger
     if int8:
-        export_int8(run.path, out_dir, data_root)
+        export_int8(run.path, out_dir, data_root, int8_validate, known, int8_only_validated)
     print(f"exported {recipe.name} to {out_dir} ({onnx_path.stat().st_size / 1e6:.1f} MB ONNX)", file=sys.stderr)
     return onnx_path
 
 
-def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None) -> Path:
+def int8_validation_mode(recipe: D.Recipe, requested: str = "auto") -> str:
+    """Where the INT8 copy is validated (quantize.VALIDATION_MODES): as asked, else as the recipe says, else on
+    the run's own images. A run folder written before recipes said it takes its bundled recipe's word by name
+    (the shipped H&E models are validated on every set of the data folder); a user's model never scans it."""
+    from cellview.train import RECIPES
+
+    if requested != "auto":
+        return requested
+    if recipe.int8_validation:
+        return recipe.int8_validation
+    bundled = RECIPES / f"{recipe.name}.json"
+    if bundled.is_file():
+        return str(json.loads(bundled.read_text(encoding="utf-8")).get("int8_validation", "run"))
+    return "run"
+
+
+INT8_FILES_LINE = "`model.int8.onnx` + `model.int8.json` (INT8 copy for CPUs; see 'INT8 copy for CPUs')"
+
+
+def export_int8(run_dir: Path, out_dir: Path, data_root: Path | None = None, mode: str = "auto",
+                known: Any = None, only_validated: bool = False) -> Path | None:
     """The INT8 copy of ``out_dir/model.onnx`` (cellview.train.quantize), calibrated on the run's images of every
-    source and validated on the data folder's sets and, when the run was evaluated, its protocol folds."""
+    source and validated where ``int8_validation_mode`` says (the run's own images for a user's model) and,
+    when the run was evaluated, on its protocol folds."""
     from cellview.train import default_data_dir
     from cellview.train.quantize import make_int8
     from cellview.train.train import Run
 
     run = Run(run_dir)
     samples, _ = run.samples()
+    if not any(Path(s.path).is_file() for s in samples):
+        print(f"INT8 copy skipped: none of the run's {len(samples)} images is where the run saw it (e.g. "
+              f"{samples[0].path}), so there is nothing to calibrate and check it on; --precision auto runs FP32",
+              file=sys.stderr)
+        return None
+    mode = int8_validation_mode(run.recipe(), mode)
     evaluated = (run.path / "eval" / "protocol.json").exists()
-    got = make_int8(out_dir, samples, run.path if evaluated else None, data_root or default_data_dir(),
-                    cache=run.path / "cache" / "int8")
+    where = {"run": "the run's own images", "data-folder": f"the data folder {data_root or default_data_dir()}",
+             "skip": "nothing (skipped)"}.get(mode, mode)
+    print(f"INT8 copy: validated on {where}", file=sys.stderr)
+    if known is None and mode == "run":
+        from cellview.train.train import load_model
+
+        recipe, cfg, model, _ = load_model(run)
+        known = known_features(run, recipe, cfg, model, out_dir / "model.onnx")
+    got = make_int8(out_dir, samples, run.path if evaluated else None,
+                    (data_root or default_data_dir()) if mode == "data-folder" else None,
+                    cache=run.path / "cache" / "int8", mode=mode, known=known)
     v = got["validation"] or {}
     print(f"INT8 copy {'validated' if v.get('passed') else 'NOT used by --precision auto: ' + '; '.join(v.get('reasons', []))}",
           file=sys.stderr)
+    if only_validated and not v.get("passed"):
+        drop_int8(out_dir)
+        print("INT8 copy not kept (--int8-only-validated): the model ships FP32 and FP16 only", file=sys.stderr)
+        return None
     return Path(got["path"])
+
+
+def drop_int8(out_dir: Path) -> None:
+    """Remove an INT8 copy that did not validate; the card keeps its figures and says it is not shipped."""
+    for name in ("model.int8.onnx", "model.int8.json"):
+        (out_dir / name).unlink(missing_ok=True)
+    card = out_dir / "MODEL_CARD.md"
+    if not card.exists():
+        return
+    text = card.read_text(encoding="utf-8")
+    text = text.replace(INT8_FILES_LINE, "no INT8 copy (one was made and did not validate: see 'INT8 copy for CPUs')")
+    lines = text.split("\n")  # the card's export command: the flag that dropped the copy
+    lines = [line + " --int8-only-validated" if line.startswith("cellview export ") and "--int8-only-validated" not in line
+             else line for line in lines]
+    text = "\n".join(lines)
+    head = "## INT8 copy for CPUs\n\n"
+    text = text.replace(head, head + "**Not shipped:** the copy below did not meet every threshold, so the model "
+                                     "folder holds no `model.int8.onnx`; CPUs run the FP32 weights.\n\n", 1)
+    atomic_write_text(card, text)
+
+
+def known_features(run: Any, recipe: D.Recipe, cfg: Any, model: Any, onnx_path: Path) -> Any:
+    """The run's cached evaluation-tile features and pixel checks as the exported FP32 graph's outputs
+    (``domain.KnownFeatures``), when the head is linear on the frozen network and a check on a few images' tiles
+    finds the graph's ``features`` within 1 % of the cache; else None (every tile is then run again)."""
+    from cellview.train.domain import KnownFeatures
+    from cellview.train.train import _tiles_for, load_npy
+
+    if cfg.finetune_blocks or cfg.cache_depth:
+        return None  # the cache holds activations before the last blocks, not the shipped features
+    got = run.cached("eval")
+    quality = load_npy(run.cache / "eval_quality.npy") if (run.cache / "eval_quality.npy").exists() else None
+    if got is None or quality is None or len(quality) != len(got[1]):
+        return None
+    feats, index = got
+    samples, _ = run.samples()
+    order = np.argsort(index, kind="stable")
+    bounds = np.searchsorted(index[order], np.arange(len(samples) + 1))
+    rows = {s.path: order[bounds[k]:bounds[k + 1]] for k, s in enumerate(samples)}
+    probe = [s for s in samples[:: max(1, len(samples) // 8)] if len(rows[s.path])][:8]
+    if not probe:
+        return None
+    clf = OnnxClassifier(ModelSpec.load(onnx_path), device="cpu", intra_op_threads=2)
+    tiles = np.concatenate([_tiles_for(s, recipe) for s in probe])
+    cached = np.concatenate([np.asarray(feats[rows[s.path]], np.float32) for s in probe])
+    graph = clf.run(tiles, ("features",))[0]
+    gap = float(np.linalg.norm(graph - cached) / max(np.linalg.norm(graph), 1e-12))
+    if len(graph) != len(cached) or gap > 0.01:
+        print(f"the run's cached features differ from the exported graph's ({gap:.2%}); running every tile",
+              file=sys.stderr)
+        return None
+    print(f"the run's cached features stand for the exported graph's (relative difference {gap:.1e} on "
+          f"{len(tiles)} tiles)", file=sys.stderr)
+    return KnownFeatures(ModelSpec.load(onnx_path).onnx_sha256, rows, feats, quality,
+                         model.fc.weight.detach().numpy().astype(np.float32),
+                         model.fc.bias.detach().numpy().astype(np.float32))
 
 
 def _domain_split(samples: list[D.Sample], split: np.ndarray, cfg: Any) -> np.ndarray:
@@ -209,7 +308,7 @@ def _domain_split(samples: list[D.Sample], split: np.ndarray, cfg: Any) -> np.nd
 
 
 def _fit_domain(run: Any, out_dir: Path, onnx_path: Path, recipe: D.Recipe, samples: list[D.Sample],
-                split: np.ndarray) -> None:
+                split: np.ndarray, known: Any = None) -> None:
     """Out-of-domain statistics from the run's split, and their in-domain / artefact figures in the card."""
     from cellview.train.domain import (
         domain_phrase,
@@ -221,9 +320,9 @@ def _fit_domain(run: Any, out_dir: Path, onnx_path: Path, recipe: D.Recipe, samp
 
     cache = run.path / "cache" / "domain"
     try:
-        fit_model_domain(onnx_path, samples, split, domain_phrase(recipe), cache,
-                         command=f"cellview export {run.path} --out {out_dir}")
-        report = evaluate_model_domain(onnx_path, samples, split, {}, cache)
+        fit_model_domain(onnx_path, samples, split, domain_phrase(recipe), cache, threshold=recipe.domain_threshold,
+                         command=f"cellview export {run.path} --out {out_dir}", known=known)
+        report = evaluate_model_domain(onnx_path, samples, split, {}, cache, known=known)
     except (CellviewError, ValueError) as exc:
         print(f"no domain statistics for {recipe.name}: {exc}", file=sys.stderr)
         return
@@ -387,10 +486,11 @@ def model_card(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], ev: dict[str
         "(no group on two sides; checked).",
     ]
     grouping = summary.get("grouping", {})
-    if grouping.get("groups"):
-        parts.append(f"- Near-duplicate groups: {grouping['groups']} ({grouping['groups_per_class']}), threshold "
-                     f"{grouping['threshold']}, largest group {grouping['largest_group']} images, "
-                     f"{grouping['mixed_class_groups']} groups mixing classes.")
+    dup = grouping.get("near_duplicates") or (grouping if "groups_per_class" in grouping else None)
+    if dup:
+        parts.append(f"- Near-duplicate groups: {dup['groups']} ({dup['groups_per_class']}), threshold "
+                     f"{dup['threshold']}, largest group {dup['largest_group']} images, "
+                     f"{dup['mixed_class_groups']} groups mixing classes.")
         leak = grouping.get("test_images_with_train_copy_sim_0.95")
         if leak:
             parts.append(f"- Test images whose most similar training image has embedding similarity ≥ 0.95: "
@@ -509,12 +609,15 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
     m = side["metrics"]
     parts = [
         *_card_head(recipe),
-        "## Headline: leave-one-source-out and grouped cross-validation",
+        "## Headline: " + ("leave-one-source-out and grouped cross-validation" if "loso" in protocol
+                            else "grouped cross-validation"),
         "",
         "Every figure below is for images whose patient (or source field) the model did not see in training. "
         "Each fold retrains this recipe (same settings, epochs and seed as the shipped weights) on the cached "
         "features of its training images and classifies the held-out images' tiles — the tiles `cellview analyze "
-        "--mpp <spacing>` classifies for them. Image-level call = **confidence-weighted vote of the tiles' categories** "
+        + ("--mpp <spacing>` classifies for them" if recipe.reading.unstated.read == "ask" else
+           "` classifies for them (at their source's spacing, or as this model reads an image that states none)")
+        + ". Image-level call = **confidence-weighted vote of the tiles' categories** "
         "(vote) and, for comparison, the category of the mean tile probabilities (mean). Temperature "
         f"T = {protocol['temperature']:.3f} ({protocol.get('temperature_note', '')}). Balanced accuracy is over the "
         "categories present in that source.",
@@ -532,8 +635,11 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
                                                               "--adaptation"), ""]
     if notes.get("targets"):
         parts += ["## Targets", "", *_target_lines(notes["targets"], protocol), ""]
+    if notes.get("normal"):  # a class that is its own source: what it can and cannot be trusted for
+        parts += ["## The normal class", "", *[f"- {line}" for line in notes["normal"]], ""]
     if notes.get("findings"):
-        parts += ["## What was tried (each judged by LOSO and grouped CV)", "",
+        parts += ["## What was tried (each judged by " + ("LOSO and grouped CV" if "loso" in protocol else "grouped CV")
+                  + ")", "",
                   *[f"- {line}" for line in notes["findings"]], ""]
     parts += [
         "## Model",
@@ -564,7 +670,9 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
         "",
         *_card_use_and_limits(notes),
         *_card_reproduce(recipe, summary,
-                         f" --variants {','.join(protocol['variants'])}" if protocol.get("variants") else "",
+                         (f" --protocol {','.join(protocol['protocols'])}"
+                          if protocol.get("protocols") and set(protocol["protocols"]) != {"loso", "cv"} else "")
+                         + (f" --variants {','.join(protocol['variants'])}" if protocol.get("variants") else ""),
                          f" --version {side['version']}" if side.get("version", "1.0.0") != "1.0.0" else ""),
         f"Trained on {summary.get('device', '?')} ({summary.get('config', {}).get('threads', '?')} threads, shared with "
         f"other jobs): {summary.get('train_seconds_total', summary.get('train_seconds', '?'))} s in all, seed {cfg.seed}; "

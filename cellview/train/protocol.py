@@ -105,7 +105,7 @@ def metrics(tile_logits: np.ndarray, tile_sample: np.ndarray, tested: np.ndarray
 
 
 def _signature(cfg: Any, fold: Fold) -> str:
-    payload = {"cfg": {k: v for k, v in asdict(cfg).items() if k not in ("device", "threads")},
+    payload = {"cfg": {k: v for k, v in asdict(cfg).items() if k not in ("device", "threads", "group")},
                "fold": fold.name, "protocol": fold.protocol, "train": np.flatnonzero(fold.train).tolist(),
                "test": np.flatnonzero(fold.test).tolist()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -18,9 +18,12 @@ How the copy is made (``quantize_onnx``):
    ``cam_bias``). The outputs are the FP32 graph's: logits, features, feature_map, cam.
 
 The out-of-domain statistics stay in ``domain.npz`` (one file for every copy). ``validate_int8``
-compares the copy with the FP32 model on every set in the data folder and on a run's protocol
-folds; ``model.int8.json`` records the figures, and only a copy that meets every threshold is
-picked by ``--precision auto`` (``ModelSpec.int8_validated``).
+compares the copy with the FP32 model on the run's own images (a user's model: up to ``RUN_SET_IMAGES`` per
+source, calibration images left out) or, for the bundled H&E models (their recipes say
+``"int8_validation": "data-folder"``), on every set in the data folder and its real slides; and on the run's
+protocol folds. ``model.int8.json`` records the figures, and only a copy that meets every threshold is
+picked by ``--precision auto`` (``ModelSpec.int8_validated``). A copy that cannot be validated (the run's
+images are gone) says so and is not picked.
 
 On a Jetson, TensorRT builds an INT8 engine from this same QDQ graph (explicit quantisation): the
 scales calibrated here travel inside the graph, no calibration table is needed (docs/int8.md).
@@ -57,6 +60,13 @@ CAM_TOLERANCE = 1e-3
 """Largest |spatial mean of a class activation map − its logit| allowed (exact up to rounding)."""
 GPTQ_DAMP = 0.01
 CALIBRATION_TILES = 384
+RUN_CALIBRATION_TILES = 64
+"""Calibration tiles of a user's model (validated on its own images): GPTQ's cost grows with the tiles (about
+0.3 CPU-s each), and a user's export should take a minute or two on a laptop, not ten."""
+RUN_SET_IMAGES = 200
+"""Images per source of a run that validate its INT8 copy (spread over its classes; calibration images left out)."""
+VALIDATION_MODES = ("auto", "run", "data-folder", "skip")
+"""Where the INT8 copy is validated: the run's images, every set of the data folder, or nowhere (not picked)."""
 
 
 def _say(msg: str) -> None:
@@ -67,7 +77,7 @@ def _say(msg: str) -> None:
 
 
 def calibration_tiles(samples: Sequence[D.Sample], spacing_um: float, patch: int, total: int = CALIBRATION_TILES,
-                      seed: int = 0) -> tuple[np.ndarray, list[int]]:
+                      seed: int = 0, reading: Any = None) -> tuple[np.ndarray, list[int]]:
     """One analysis tile from each of ``total`` images, the same number from every source, spread over its
     classes (round robin over classes, images drawn at random). Returns (tiles, indices of the images used)."""
     rng = np.random.default_rng(seed)
@@ -77,7 +87,7 @@ def calibration_tiles(samples: Sequence[D.Sample], spacing_um: float, patch: int
     for src in sources:
         by_class: dict[int, list[int]] = {}
         for i, s in enumerate(samples):
-            if s.source == src:
+            if s.source == src and Path(s.path).is_file():  # a moved image is left out, not a crash
                 by_class.setdefault(s.label, []).append(i)
         queues = [list(rng.permutation(v)) for _, v in sorted(by_class.items())]
         # At most half of a source's images, so every set keeps images the copy was not calibrated on.
@@ -91,7 +101,7 @@ def calibration_tiles(samples: Sequence[D.Sample], spacing_um: float, patch: int
     tiles, used = [], []
     for i in picked:
         s = samples[i]
-        t = D.analysis_tiles(D.read_rgb(s.path), s.spacing_um_px, spacing_um, patch)
+        t = D.analysis_tiles(D.read_rgb(s.path), s.spacing_um_px, spacing_um, patch, reading=reading)
         if len(t):
             tiles.append(t[rng.integers(len(t))])
             used.append(i)
@@ -484,8 +494,9 @@ def fold_heads(run_dir: Path, samples: Sequence[D.Sample]) -> dict[str, list[tup
 
 def protocol_figures(heads: dict[str, list[tuple[Any, np.ndarray, np.ndarray]]], features: np.ndarray,
                      index: np.ndarray, samples: list[D.Sample], recipe: D.Recipe,
-                     temperature: float) -> dict[str, Any]:
-    """The protocol report (``cellview.train.protocol``) with every fold's head applied to these features."""
+                     temperature: float, only: np.ndarray | None = None) -> dict[str, Any]:
+    """The protocol report (``cellview.train.protocol``) with every fold's head applied to these features
+    (``only``: the images scored, bool per sample; default every image)."""
     from cellview.train.protocol import protocol_report
 
     logits: dict[str, dict[str, Any]] = {}
@@ -498,7 +509,8 @@ def protocol_figures(heads: dict[str, list[tuple[Any, np.ndarray, np.ndarray]]],
             ix.append(index[keep])
         logits[p] = {"plain": (np.concatenate(lg), np.concatenate(ix)), "_seconds": [0.0] * len(entries)}
         folds[p] = [f for f, _, _ in entries]
-    return protocol_report(logits, samples, recipe, folds, temperature=temperature)
+    return protocol_report(logits, samples, recipe, folds, temperature=temperature,
+                           subsets=None if only is None else {"plain": only})
 
 
 def _protocol_diffs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -525,13 +537,38 @@ def _protocol_diffs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_int8(model_dir: Path, run_dir: Path | None, data_root: Path, exclude_images: Sequence[str] = (),
-                  cache: Path | None = None) -> dict[str, Any]:
+def run_sets(samples: Sequence[D.Sample], exclude_images: Sequence[str] = (), per_source: int = RUN_SET_IMAGES,
+             seed: int = 0) -> dict[str, list[D.Sample]]:
+    """The run's own images that validate its INT8 copy: per source up to ``per_source`` images that exist and
+    did not calibrate it, round robin over the source's classes (drawn at random within a class)."""
+    rng = np.random.default_rng(seed)
+    excluded = set(exclude_images)
+    out: dict[str, list[D.Sample]] = {}
+    for src in sorted({s.source for s in samples}):
+        by_class: dict[int, list[D.Sample]] = {}
+        for s in samples:
+            if s.source == src and s.path not in excluded and Path(s.path).is_file():
+                by_class.setdefault(s.label, []).append(s)
+        queues = [[v[i] for i in rng.permutation(len(v))] for _, v in sorted(by_class.items())]
+        picked: list[D.Sample] = []
+        while len(picked) < per_source and any(queues):
+            for q in queues:
+                if q and len(picked) < per_source:
+                    picked.append(q.pop())
+        if picked:
+            out[src] = sorted(picked, key=lambda s: s.path)
+    return out
+
+
+def validate_int8(model_dir: Path, run_dir: Path | None, data_root: Path | None, exclude_images: Sequence[str] = (),
+                  cache: Path | None = None, sets: dict[str, list[D.Sample]] | None = None,
+                  known: Any = None) -> dict[str, Any]:
     """Every validation figure of the INT8 copy against FP32, and the verdict (``passed``, ``reasons``).
 
-    Sets: each labelled set in the data folder at the model's spacing (its calibration images left out),
-    each real slide's tissue tiles; the run's leave-one-source-out / CV folds re-scored with INT8 features;
-    domain score and flag; class activation maps.
+    Sets: ``sets`` (the run's own images, ``run_sets``), or else each labelled set in ``data_root`` at the
+    model's spacing and each real slide's tissue tiles (calibration images left out); the run's
+    leave-one-source-out / CV folds re-scored with INT8 features (on the images of the sets); domain score and
+    flag; class activation maps.
     """
     from cellview.train.domain import run_tiles, sample_features, slide_tiles
 
@@ -549,9 +586,14 @@ def validate_int8(model_dir: Path, run_dir: Path | None, data_root: Path, exclud
                                              "cam_mean_vs_logit": CAM_TOLERANCE},
                               "sets": {}}
     per_image: dict[str, tuple[Any, Any, int]] = {}  # image path → (FP32 tiles, INT8 tiles) of its set, index
-    sets = data_sets(data_root)
+    own = sets is not None
+    if sets is None:
+        if data_root is None:
+            raise ModelError("validate_int8 needs the run's image sets or a data folder.")
+        sets = data_sets(data_root)
+    report["sets_from"] = "the run's own images" if own else f"every labelled set in {data_root} and its real slides"
     for name, samples in sets.items():
-        a = sample_features(fp32, samples, f"fp32-{name}", cache)
+        a = sample_features(fp32, samples, f"fp32-{name}", cache, known=known)  # a run's cache stands for FP32
         b = sample_features(int8, samples, f"int8-{name}", cache)
         for i, s in enumerate(samples):
             per_image[s.path] = (a, b, i)
@@ -561,7 +603,7 @@ def validate_int8(model_dir: Path, run_dir: Path | None, data_root: Path, exclud
         figures["calibration_images_left_out"] = len({s.path for s in samples} & excluded)
         report["sets"][name] = figures
         _say(f"  int8 vs fp32 on {name}: {figures}")
-    for slide in slide_sets(data_root):
+    for slide in ([] if own or data_root is None else slide_sets(data_root)):
         tiles = slide_tiles(slide, fp32_spec)
         figures = compare_outputs(fp32_spec, run_tiles(fp32, tiles), run_tiles(int8, tiles))
         report["sets"][f"slide {slide.name}"] = figures
@@ -582,7 +624,7 @@ def _spread_tiles(samples: Sequence[D.Sample], spec: ModelSpec, n: int) -> np.nd
     tiles: list[np.ndarray] = []
     for s in samples:
         tiles.extend(D.analysis_tiles(D.read_rgb(s.path), s.spacing_um_px, spec.spacing_um_px,
-                                      spec.patch_size_pixels)[:1])
+                                      spec.patch_size_pixels, reading=spec.reading)[:1])
         if len(tiles) >= n:
             break
     return np.stack(tiles) if tiles else np.zeros((0, spec.patch_size_pixels, spec.patch_size_pixels, 3), np.uint8)
@@ -596,27 +638,29 @@ def _validate_protocol(run_dir: Path, per_image: dict[str, tuple[Any, Any, int]]
     run = Run(run_dir)
     recipe = run.recipe()
     samples, _ = run.samples()
-    missing = [s.path for s in samples if s.path not in per_image]
-    if missing:
-        raise ModelError(f"{len(missing)} images of the run {run_dir} are not in the data folder (e.g. {missing[0]}).")
+    present = np.array([s.path in per_image for s in samples])
+    if not present.any():
+        return {"skipped": "none of the run's images was in the validation sets"}
     protocol = run.load_json("eval/protocol.json")
     heads = fold_heads(run_dir, samples)
     temperature = float(protocol.get("temperature", 1.0))
     reports = []
     for which in (0, 1):
         feats, index = [], []
-        for k, s in enumerate(samples):
-            ts, i = per_image[s.path][which], per_image[s.path][2]
+        for k in np.flatnonzero(present):
+            ts, i = per_image[samples[k].path][which], per_image[samples[k].path][2]
             rows = ts.features[ts.image == i]
             feats.append(rows)
             index.append(np.full(len(rows), k))
         reports.append(protocol_figures(heads, np.concatenate(feats), np.concatenate(index), samples, recipe,
-                                        temperature))
+                                        temperature, None if present.all() else present))
     out = _protocol_diffs(*reports)
     out["run"] = str(run_dir)
     out["temperature"] = temperature
+    out["images"] = int(present.sum())
     out["note"] = ("the run's fold heads (cellview evaluate) applied to the pooled features of the shipped FP32 "
-                   "graph and of the INT8 copy, on every image's analysis tiles")
+                   "graph and of the INT8 copy, on the analysis tiles of "
+                   + ("every image" if present.all() else f"the {int(present.sum())} images of the validation sets"))
     return out
 
 
@@ -636,6 +680,8 @@ def verdict(report: dict[str, Any], has_domain: bool) -> list[str]:
     cam = report.get("cam")
     if cam is not None and (not cam.get("produced") or cam.get("cam_mean_vs_logit_max_abs_diff", 0) > CAM_TOLERANCE):
         reasons.append("class activation maps missing or inexact")
+    if not any(f.get("tiles") for f in report.get("sets", {}).values()):
+        reasons.append("no validation tile")
     for p, v in (report.get("protocol") or {}).items():
         if isinstance(v, dict) and "max_abs_diff" in v and v["max_abs_diff"] > PROTOCOL_MAX_DIFF:
             worst = max(v["figures"].items(), key=lambda kv: abs(kv[1]["diff"]))
@@ -646,14 +692,20 @@ def verdict(report: dict[str, Any], has_domain: bool) -> list[str]:
 # ----------------------------------------------------------------------------- model folder + card
 
 
-def make_int8(model_dir: Path, samples: Sequence[D.Sample], run_dir: Path | None, data_root: Path,
-              cache: Path | None = None, validate: bool = True, seed: int = 0) -> dict[str, Any]:
+def make_int8(model_dir: Path, samples: Sequence[D.Sample], run_dir: Path | None, data_root: Path | None,
+              cache: Path | None = None, validate: bool = True, seed: int = 0, mode: str = "data-folder",
+              known: Any = None) -> dict[str, Any]:
     """``models/<name>/model.int8.onnx`` + ``model.int8.json`` from the folder's ``model.onnx``, calibrated on
-    ``samples`` (real training images of every source), validated, with an 'INT8 copy' card section."""
+    ``samples`` (real training images of every source), validated, with an 'INT8 copy' card section.
+
+    ``mode``: ``run`` validates on the run's own images (``run_sets``), ``data-folder`` on every set of
+    ``data_root`` and its slides, ``skip`` not at all (the copy is then not picked by ``--precision auto``)."""
     model_dir = Path(model_dir)
     fp32 = ModelSpec.load(model_dir / "model.onnx")
     dst = precision_path(fp32.onnx_path, "int8")
-    tiles, used = calibration_tiles(samples, fp32.spacing_um_px, fp32.patch_size_pixels, seed=seed)
+    total = RUN_CALIBRATION_TILES if mode in ("run", "skip") else CALIBRATION_TILES
+    tiles, used = calibration_tiles(samples, fp32.spacing_um_px, fp32.patch_size_pixels, total=total, seed=seed,
+                                    reading=fp32.reading)
     _say(f"INT8: {len(tiles)} calibration tiles from {len({samples[i].source for i in used})} sources")
     info = quantize_onnx(fp32.onnx_path, dst, tiles, cache=cache)
     info["calibration"] = {"tiles": int(len(tiles)), "images": len(used),
@@ -665,8 +717,19 @@ def make_int8(model_dir: Path, samples: Sequence[D.Sample], run_dir: Path | None
     atomic_write_text(sidecar_path, json.dumps(int8_sidecar(fp32, dst, info, None), indent=2) + "\n")
     _say(f"INT8: {dst.name} written in {info['seconds']:.0f} s ({dst.stat().st_size / 1e6:.1f} MB)")
     validation = None
-    if validate:
-        validation = validate_int8(model_dir, run_dir, data_root, [samples[i].path for i in used], cache)
+    calibrated = [samples[i].path for i in used]
+    sets = run_sets(samples, calibrated, seed=seed) if mode == "run" else None
+    if validate and mode == "skip":
+        validation = {"passed": False, "skipped": True,
+                      "reasons": ["validation skipped (--int8-validate skip): --precision auto keeps FP32"]}
+    elif validate and mode == "run" and not sets:
+        validation = {"passed": False, "skipped": True,
+                      "reasons": ["not validated: none of the run's images is where the run saw it (moved or "
+                                  "deleted); --precision auto keeps FP32"]}
+    elif validate:
+        validation = validate_int8(model_dir, run_dir, data_root if mode != "run" else None, calibrated, cache, sets,
+                                   known)
+    if validation is not None:
         atomic_write_text(sidecar_path, json.dumps(int8_sidecar(fp32, dst, info, validation), indent=2) + "\n")
         update_card_int8(model_dir / "MODEL_CARD.md", ModelSpec.load(dst))
     ModelSpec.load(dst)  # what ships must validate
@@ -701,8 +764,12 @@ def card_section(spec: ModelSpec) -> str:
         lines.append(f"| {name} | {f['tiles']} | {_pct(f.get('top_category_agreement'))} | "
                      f"{_pct(f.get('top_class_agreement'))} | {_pct(f.get('domain_score_agreement'))} | "
                      f"{_pct(f.get('domain_flag_agreement'))} | {f.get('feature_relative_error', 0):.1%} |")
-    lines += ["", "Sets: every labelled set in the data folder at this model's spacing (calibration images left out) "
-                  "and the real slides' tissue tiles; thresholds: ≥ 99 % agreement each."]
+    if "own" in v.get("sets_from", ""):
+        lines += ["", f"Sets: the run's own images, up to {RUN_SET_IMAGES} per source that did not calibrate the copy "
+                      "(spread over its classes); thresholds: ≥ 99 % agreement each."]
+    else:
+        lines += ["", "Sets: every labelled set in the data folder at this model's spacing (calibration images left "
+                      "out) and the real slides' tissue tiles; thresholds: ≥ 99 % agreement each."]
     for p, entry in (v.get("protocol") or {}).items():
         if not isinstance(entry, dict) or "figures" not in entry:
             continue

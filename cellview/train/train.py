@@ -37,16 +37,9 @@ from cellview.train.backbone import (
     pick_device,
     pooled_features_cpu,
 )
+from cellview.train.grouping import assign_groups
 from cellview.train.metrics import balanced_accuracy, fit_temperature, image_probs
-from cellview.train.splits import (
-    SPLITS,
-    cross_split_near_copies,
-    group_split,
-    groups_straddling,
-    nearest_neighbour_similarity,
-    random_split,
-    similarity_groups,
-)
+from cellview.train.splits import SPLITS, cross_split_near_copies, group_split, groups_straddling, random_split
 
 
 @dataclass
@@ -71,6 +64,7 @@ class TrainConfig:
     cache_blocks: int = -1  # the cache holds activations entering the last N blocks; -1: finetune_blocks
     holdout: str = "split"  # "split": grouped train/val/test; "none": every image trains (fixed epochs)
     label_smoothing: float = 0.0
+    group: str | None = None  # one grouping rule for every source (grouping.GROUP_RULES); None: each source's own
 
     @property
     def cache_depth(self) -> int:
@@ -182,7 +176,7 @@ def _signature(cfg: Any, y: np.ndarray, w: np.ndarray, shape: tuple[int, ...]) -
     """Settings (all but device and threads), labels, loss weights and data shape of one training phase."""
     import hashlib
 
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("device", "threads")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("device", "threads", "group")}  # groups: in the data
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for arr in (np.asarray(y, np.int64), np.asarray(w, np.float32), np.asarray(shape, np.int64)):
         digest.update(arr.tobytes())
@@ -193,11 +187,12 @@ def _signature(cfg: Any, y: np.ndarray, w: np.ndarray, shape: tuple[int, ...]) -
 
 
 def _views_for(s: D.Sample, recipe: D.Recipe, cfg: TrainConfig, rng_seed: int) -> np.ndarray:
-    img = D.read_rgb(s.path)
-    factor = s.spacing_um_px / recipe.spacing_um_px
+    img, src = D.as_stated(D.read_rgb(s.path), s.spacing_um_px, recipe.spacing_um_px, recipe.patch_size,
+                           recipe.reading)
+    factor = src / recipe.spacing_um_px
     area = img.shape[0] * img.shape[1] * factor * factor / recipe.patch_size**2
     n = int(min(cfg.views * max(1, round(area)), cfg.max_views_per_image))
-    return D.train_views(img, s.spacing_um_px, recipe.spacing_um_px, recipe.patch_size, n,
+    return D.train_views(img, src, recipe.spacing_um_px, recipe.patch_size, n,
                          np.random.default_rng(rng_seed), D.Augment())
 
 
@@ -207,7 +202,7 @@ def _tiles_for(s: D.Sample, recipe: D.Recipe, transform: Callable[[np.ndarray], 
     img = D.read_rgb(s.path)
     if transform is not None:
         img = transform(img)
-    return D.analysis_tiles(img, s.spacing_um_px, recipe.spacing_um_px, recipe.patch_size, stain)
+    return D.analysis_tiles(img, s.spacing_um_px, recipe.spacing_um_px, recipe.patch_size, stain, recipe.reading)
 
 
 def extract(samples: list[D.Sample], make: Callable[[int, D.Sample], np.ndarray], runner: Callable[[np.ndarray], np.ndarray],
@@ -252,47 +247,30 @@ def _bounded_map(pool: ThreadPoolExecutor, make: Callable[[int, D.Sample], np.nd
 # ----------------------------------------------------------------------------- groups & splits
 
 
-def near_duplicate_groups(samples: list[D.Sample], recipe: D.Recipe, runner: Callable[[np.ndarray], np.ndarray],
-                          threshold: float, mutual_k: int = 0,
-                          cache: Path | None = None) -> tuple[list[str], dict[str, Any], np.ndarray]:
-    """Group flip/rotation copies: embeddings averaged over the 8 dihedral views, then similarity components."""
-    patch = recipe.patch_size
+def dup_embeddings(samples: list[D.Sample], patch: int, runner: Callable[[np.ndarray], np.ndarray],
+                   cache: Path | None = None) -> np.ndarray:
+    """Each image's frozen-network embedding averaged over its 8 flips / 90° rotations (near-duplicate groups),
+    cached in the run (``cache``) for the same images."""
+    import hashlib
 
     def make(_: int, s: D.Sample) -> np.ndarray:
-        img = D.read_rgb(s.path)
-        img = cv2.resize(img, (patch, patch), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(D.read_rgb(s.path), (patch, patch), interpolation=cv2.INTER_AREA)
         return np.stack([D.dihedral(img, k) for k in range(8)])
 
-    cached = cache / "dup_embeddings.npy" if cache else None
+    key = hashlib.sha256("\n".join(s.path for s in samples).encode()).hexdigest()[:12]
+    cached = cache / f"dup_embeddings_{key}.npy" if cache else None
     emb = load_npy(cached) if cached is not None and cached.exists() else None
-    if emb is None:
+    if emb is None or len(emb) != len(samples):
         feats, index = extract(samples, make, runner, "embeddings for near-duplicate groups", batch=64)
         feats = feats.astype(np.float32)
         if feats.ndim > 2:
             feats = feats.mean(axis=(2, 3))
         emb = np.zeros((len(samples), feats.shape[1]), np.float32)
         np.add.at(emb, index, feats)
+        np.divide(emb, np.maximum(np.bincount(index, minlength=len(samples)), 1)[:, None], out=emb)
         if cached is not None:
             save_npy(cached, emb)
-    comp = similarity_groups(emb, threshold, mutual_k)
-    nn_sim = nearest_neighbour_similarity(emb)
-    labels = np.array([s.label for s in samples])
-    per_class = {recipe.class_names[c]: int(len(np.unique(comp[labels == c]))) for c in np.unique(labels)}
-    sizes = np.bincount(comp)
-    info = {
-        "method": "connected components of cosine similarity >= threshold between dihedral-averaged "
-                  f"{recipe.patch_size}px EfficientNet-Lite0 embeddings"
-                  + (f", edges only between mutual {mutual_k}-nearest neighbours" if mutual_k else ""),
-        "threshold": threshold,
-        "mutual_k": mutual_k,
-        "groups": int(comp.max() + 1),
-        "groups_per_class": per_class,
-        "largest_group": int(sizes.max()),
-        "singletons": int((sizes == 1).sum()),
-        "nn_similarity_percentiles": {str(p): round(float(np.percentile(nn_sim, p)), 4) for p in (5, 25, 50, 75, 95)},
-        "mixed_class_groups": int(sum(len(np.unique(labels[comp == g])) > 1 for g in range(comp.max() + 1))),
-    }
-    return [f"dup{c}" for c in comp], info, emb
+    return emb
 
 
 # ----------------------------------------------------------------------------- heads
@@ -538,10 +516,23 @@ def train_set(cfg: TrainConfig) -> str:
 
 
 def cache_features(run: Run, recipe: D.Recipe, samples: list[D.Sample], cfg: TrainConfig, runner: FeatureRunner) -> None:
-    if run.cached("eval") is None:
+    """The frozen network's outputs for every evaluation tile (and the augmented views when they train the head),
+    with the evaluation tiles' pixel checks (``domain.tile_quality``): ``cellview export`` fits the domain
+    statistics of a linear-head run from them instead of running every tile again."""
+    from cellview.analysis.domain import tile_quality
+
+    if run.cached("eval") is None or load_npy(run.cache / "eval_quality.npy") is None:
         t = time.time()
-        f, i = extract(samples, lambda _, s: _tiles_for(s, recipe), runner, "features: evaluation tiles")
+        quality: dict[int, np.ndarray] = {}
+
+        def make(k: int, s: D.Sample) -> np.ndarray:
+            tiles = _tiles_for(s, recipe)
+            quality[k] = tile_quality(tiles) if len(tiles) else np.zeros((0, 3), np.float32)
+            return tiles
+
+        f, i = extract(samples, make, runner, "features: evaluation tiles")
         run.store("eval", f, i)
+        save_npy(run.cache / "eval_quality.npy", np.concatenate([quality[k] for k in range(len(samples))]))
         _say(f"cached {len(f)} evaluation tiles in {time.time() - t:.0f} s")
     if train_set(cfg) == "train" and run.cached("train") is None:
         t = time.time()
@@ -717,14 +708,10 @@ def run_training(recipe: D.Recipe, out: Path, cfg: TrainConfig, command: str | N
         samples, split = run.samples()
         summary.update({k: v for k, v in previous.items() if k in ("grouping", "data_sha256")})
     else:
-        grouping: dict[str, Any] = {}
-        if recipe.group_near_duplicates:
-            groups, grouping, emb = near_duplicate_groups(samples, recipe, runner, recipe.group_threshold,
-                                                          recipe.group_mutual_k, run.cache)
-            samples = [D.Sample(**{**asdict(s), "group": g}) for s, g in zip(samples, groups, strict=True)]
-            _say(f"near-duplicate groups: {grouping['groups']} ({grouping['groups_per_class']})")
-        samples, merged = D.merge_identical_files(samples)
-        grouping["groups_merged_for_identical_files"] = merged
+        samples, grouping, emb = assign_groups(
+            samples, recipe, lambda part: dup_embeddings(part, recipe.patch_size, runner, run.cache), cfg.group, _say)
+        if any(r != "near-duplicates" for r in grouping["rules"].values()):
+            emb = None  # the leak gauge below compares every image's embedding
         if cfg.holdout == "none":
             split = np.zeros(len(samples), np.int64)
         else:
@@ -734,7 +721,7 @@ def run_training(recipe: D.Recipe, out: Path, cfg: TrainConfig, command: str | N
             raise RuntimeError(f"grouped split leaks groups {bad[:5]}")
         leaky = random_split(labels, cfg.fractions, cfg.seed)
         grouping["leaky_random_split_groups_straddling"] = len(groups_straddling(leaky, [s.group for s in samples]))
-        if recipe.group_near_duplicates and cfg.holdout != "none":
+        if emb is not None and cfg.holdout != "none":
             grouping["test_images_with_train_copy_sim_0.95"] = {
                 "grouped": round(cross_split_near_copies(emb, split), 4),
                 "leaky_random": round(cross_split_near_copies(emb, leaky), 4)}
