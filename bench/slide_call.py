@@ -47,28 +47,16 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from cellview.train.slide_call_card import CARD_END, CV_GROUPS, _f, _th_words, insert_section, write_protocol_entry  # noqa: E402
+
 CONF = (0.5, 0.6, 0.7, 0.8, 0.9)
 SHARE = (None, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 AREA = (None, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 MISS_WEIGHT = 2.0
 """Screening: a missed malignant image counts as much as this many false alarms when choosing."""
 CATS = ("malignant", "benign", "normal")
-CV_GROUPS = {"lung-he": "near-duplicate groups on LC25000 lung images",
-             "blood-all": "runs of file numbers (near-duplicate groups for the healthy-blood fields) on the ALL image "
-                          "dataset's smear fields and the healthy-blood fields"}
-"""What the CV folds of a one-lab model group by, in the sidecar's words."""
-MODEL_NOTES = {
-    "blood-all": "**Why single fields only (`--mosaics 0`).** A blood-all image is one microscope field; a mosaic of 12 "
-                 "fields from different patients' smears is not a smear. With 4 mosaics per kind and fold among the "
-                 "choosing units the choice falls to malignant ≥ 5 % of tiles at confidence ≥ 0.8 and benign ≥ 5 % at "
-                 "0.9, and on held-out single fields that costs benign recall (mean over folds: malignant 0.990, "
-                 "benign 0.938, benign-vs-malignant balanced accuracy 0.964, against 0.986, 0.968 and 0.977 with the "
-                 "shipped thresholds); it would find a malignant minority among 12 fields more often (0.95 of such "
-                 "mosaics against 0.07 for the vote). A smear image larger than a field (a stated pixel size, many "
-                 "fields) with few blasts is therefore the case the shipped thresholds were not chosen for.",
-}
-"""A model's own paragraph in its card's slide-call section."""
-CV_NORMAL = {"lung-he": "normal lung", "blood-all": "smears (its 'normal' fields come from another source)"}
 
 
 @dataclass(frozen=True)
@@ -545,10 +533,6 @@ def evaluate_model(model: str, work: Path, data: Path, n_mosaics: int) -> dict[s
 # ----------------------------------------------------------------------------- words
 
 
-def _f(v: Any) -> str:
-    return "–" if v is None else f"{v:.3f}"
-
-
 def markdown(report: dict[str, Any]) -> str:
     unit = "held-out source" if report["protocol"] == "loso" else "held-out fold"
     names = {"rule": "**slide call**", "largest_share": "largest share", "vote": "vote", "mean": "mean of tiles"}
@@ -594,15 +578,6 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Examples (malignant mosaics): " + "; ".join(
             f"`{t}`" for v in report["held_out"].values() for t in v.get("mosaic_examples", [])[:1])]
     return "\n".join(lines) + "\n"
-
-
-def _th_words(th: dict[str, Any]) -> str:
-    def one(d: dict[str, Any]) -> str:
-        tests = [f"≥ {d['min_share']:.0%} of tiles" if d["min_share"] is not None else "",
-                 f"a region ≥ {d['min_area_mm2']:g} mm²" if d["min_area_mm2"] is not None else ""]
-        return f"{' or '.join(x for x in tests if x)} at confidence ≥ {d['min_confidence']:g}"
-
-    return f"malignant {one(th['malignant'])}; benign {one(th['benign'])}"
 
 
 def write_sidecars(model: str, report: dict[str, Any]) -> None:
@@ -669,138 +644,15 @@ def issue_mosaic(data: Path, work: Path, seed: int = 0) -> str:
     return f"{', '.join(pick)}\n{out.stdout}"
 
 
-CARD_START, CARD_END = "<!-- slide-call:start (bench/slide_call.py --write) -->", "<!-- slide-call:end -->"
-
-
-def card_section(report: dict[str, Any]) -> str:
-    """The model card's section on the slide call: what it means, how it was chosen, how often it is wrong."""
-    sh = report["shipped"]
-    unit = "source" if report["protocol"] == "loso" else "fold"
-    how = ("leave-one-source-out: for each held-out source the thresholds were chosen on the other sources' "
-           "images and mosaics (their tiles classified by heads that never saw them) and applied to the held-out "
-           "one; the shipped thresholds were chosen the same way on every source" if report["protocol"] == "loso"
-           else f"grouped 5-fold cross-validation by {CV_GROUPS.get(report['model'], 'the recipe groups')} (no "
-           "leave-one-source-out: the figures are for new images of the same lab and are optimistic for another "
-           "lab): for each held-out "
-           "fold the thresholds were chosen on the other folds' images and mosaics and applied to it; the "
-           "shipped thresholds were chosen the same way on every fold")
-    rows = []
-    parts = ("images", "mosaics") if report["mosaics"] else ("images",)
-    for src, v in report["held_out"].items():
-        for part in parts:
-            for m, name in (("rule", "**slide call**"), ("largest_share", "largest share"), ("vote", "vote")):
-                r = v[part][m]
-                rows.append(f"| {src} | {part} | {r['images']} | {name} | {_f(r['sensitivity'])} | "
-                            f"{_f(r['specificity'])} | {_f(r['normal_called_malignant'])} | "
-                            f"{_f(r['balanced_accuracy'])} |")
-    normal_tiles = ", ".join(f"{s} {v['images']['normal_tile_malignant_share']:.1%}"
-                             for s, v in report["held_out"].items()
-                             if v["images"]["normal_tile_malignant_share"] is not None)
-    mosaic_rows = [f"| {src} | {kind} | {e['mosaics']} | {e['malignant_tile_share']:.0%} | {e['rule_malignant']:.2f} | "
-                   f"{e['largest_share_malignant']:.2f} | {e['vote_malignant']:.2f} |"
-                   for src, v in report["held_out"].items() for kind, e in v.get("mosaic_kinds", {}).items()]
-    return "\n".join([
-        CARD_START,
-        "## The slide call (what the first line says)",
-        "",
-        "CellView's one call for a slide or image (`cellview.analysis.call`; the console's `call:` line, `call` in "
-        "the metadata JSON and cohort.csv, the PNG legend, the viewer and the kiosk): the worst finding first. "
-        f"**Malignant** when the in-domain tiles called malignant with confidence ≥ "
-        f"{sh['malignant']['min_confidence']:g} make ≥ {_share_words(sh['malignant'])} of the tiles"
-        + (f" or form a region ≥ {sh['malignant']['min_area_mm2']:g} mm²" if sh['malignant']['min_area_mm2'] else "")
-        + ", or malignant is the largest share; else **benign** on "
-        f"{_th_words(sh).split('; benign ')[1]} (or the largest share); else **normal**. It makes no call when most "
-        "of the tissue is out of domain, when there is no tissue tile, or without a result. The thresholds are in "
-        "this model's sidecar (`call`, the same in the INT8 and FP16 copies).",
-        "",
-        (f"How they were chosen ({report['images']} images, {report['mosaics']} mosaics of 12 real images of one "
-         f"{unit}: 1, 2 or 3 malignant, none, or all normal): {how}. " if report["mosaics"] else
-         f"How they were chosen ({report['images']} images; no mosaics): "
-         f"{how.replace(' and mosaics', '').replace(' images and mosaics', ' images')}. ") + "Screening logic: the malignant thresholds "
-        f"maximise {report['miss_weight']:g} × sensitivity + specificity (a missed malignant image costs "
-        f"{report['miss_weight']:g} false alarms), then the benign ones the 3-category balanced accuracy. Tile "
-        "probabilities at the shipped temperature; no domain score (the shipped statistics saw every "
-        f"{unit}). `python bench/slide_call.py --models {report['model']}"
-        + ("" if report["mosaics"] else " --mosaics 0") + " --write` reproduces this section.",
-        "",
-        f"| held-out {unit} | what | n | call | malignant sensitivity | specificity | normal → malignant | "
-        "3-category bal. acc. |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        *([f"Tiles called malignant on the held-out {unit}'s normal images: {normal_tiles}. Mosaics called malignant, "
-           "by kind (slide call / largest share / vote):",
-           "",
-           f"| held-out {unit} | mosaic | n | malignant tiles | slide call | largest share | vote |",
-           "|---|---|---|---|---|---|---|",
-           *mosaic_rows,
-           ""] if report["mosaics"] else
-          [f"Tiles called malignant on the held-out {unit}'s normal images: {normal_tiles}.", ""]),
-        plain_words(report),
-        "",
-        *([MODEL_NOTES[report["model"]], ""] if report["model"] in MODEL_NOTES else []),
-        CARD_END,
-    ]) + "\n"
-
-
-def plain_words(report: dict[str, Any]) -> str:
-    """How often the call is wrong and what the false alarms cost, in sentences, from the report's figures."""
-    unit = "source" if report["protocol"] == "loso" else "fold"
-    if not report["mosaics"]:
-        mi, vi = report["mean_images_rule"], report["mean_images_vote"]
-        return (f"**In plain words** (means over held-out {unit}s): the call finds {mi['sensitivity']:.0%} of the "
-                f"malignant images (the vote {vi['sensitivity']:.0%}) and calls {1 - mi['specificity']:.0%} of the "
-                f"others malignant (the vote {1 - vi['specificity']:.0%}); every image with a tile gets a call.")
-    mi, mm = report["mean_images_rule"], report["mean_mosaics_rule"]
-    vi, vm = report["mean_images_vote"], report["mean_mosaics_vote"]
-    normal_mosaics = [e["rule_malignant"] for v in report["held_out"].values()
-                      for k, e in v.get("mosaic_kinds", {}).items() if k == "all normal"]
-    tiles = [v["images"]["normal_tile_malignant_share"] for v in report["held_out"].values()
-             if v["images"]["normal_tile_malignant_share"] is not None]
-    text = (f"**In plain words** (means over held-out {unit}s): on mosaics with 1–3 malignant images of 12 the call "
-            f"is malignant in {mm['sensitivity']:.0%} of them, the vote in {vm['sensitivity']:.0%}; on single images it "
-            f"finds {mi['sensitivity']:.0%} of the malignant ones (vote {vi['sensitivity']:.0%}) and calls "
-            f"{1 - mi['specificity']:.0%} of the others malignant (vote {1 - vi['specificity']:.0%}). On mosaics of "
-            f"normal images only, it says malignant in {min(normal_mosaics):.0%}–{max(normal_mosaics):.0%} of them, "
-            f"because the model calls {min(tiles):.0%}–{max(tiles):.0%} of the tiles of a held-out {unit}'s normal "
-            "images malignant. ")
-    if report["protocol"] == "loso":
-        text += ("That is the price of putting sensitivity first: on a new lab's normal colon the model marks about a "
-                 "quarter of the tiles malignant, so expect the call to say malignant on most normal slides until "
-                 "the model is adapted to the lab with `cellview adapt` (a few labelled slides or images of each "
-                 "category; see 'Adapting to a lab's labels': with 5 per category, held-out GlaS normal recall rose "
-                 "from 0.41 to 0.81). The call's false alarms after adapting were not measured. The images here are "
-                 "at most about 2 mm² (mosaics): the share and area tests were chosen on them, not on whole slides, "
-                 "where a small tumour is a small share and scattered false tiles can join into larger regions.")
-    else:
-        text += (f"These folds share the lab, stain and camera: expect more false alarms on another lab's "
-                 f"{CV_NORMAL.get(report['model'], 'normal tissue')}, and adapt the model there with `cellview adapt`.")
-    return text
-
-
-def _share_words(d: dict[str, Any]) -> str:
-    return f"{d['min_share']:.0%}" if d["min_share"] is not None else "all"
-
-
 def write_card(model: str, report: dict[str, Any], intro: str = "") -> None:
     """Replace (or insert before 'Adapting' / 'What was tried') the card's slide-call section; protocol.json gets
-    the report under ``slide_call``."""
+    the report under ``slide_call`` (``cellview export`` keeps both for a re-export of the same training)."""
     path = REPO / "models" / model / "MODEL_CARD.md"
-    card = path.read_text()
-    section = card_section(report) + (intro and intro + "\n")
-    if CARD_START in card:
-        head, _, rest = card.partition(CARD_START)
-        tail = rest.partition(CARD_END)[2].lstrip("\n")
-        card = head + section + "\n" + tail
-    else:
-        anchor = next(a for a in ("## Adapting to a lab", "## What was tried") if a in card)
-        head, _, tail = card.partition(anchor)
-        card = head + section + "\n" + anchor + tail
+    card = insert_section(path.read_text(), report)
+    if intro:
+        card = card.replace(CARD_END + "\n", CARD_END + "\n" + intro + "\n", 1)
     path.write_text(card)
-    proto = REPO / "models" / model / "protocol.json"
-    data = json.loads(proto.read_text())
-    data["slide_call"] = {k: v for k, v in report.items() if k != "shipped_indices"}
-    proto.write_text(json.dumps(data, indent=2) + "\n")
+    write_protocol_entry(REPO / "models" / model, {k: v for k, v in report.items() if k != "shipped_indices"})
 
 
 def main() -> int:

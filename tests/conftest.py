@@ -76,6 +76,17 @@ def synthetic_slide(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mosaic_slide(tmp_path_factory) -> Path:
+    """A mosaic-style pyramid TIFF at 0.5 µm/px with a malignant minority (``testing.synthetic.MOSAIC``): under the
+    toy model 15 of 80 tiles malignant in two regions, 8 benign, normal by far the largest share. One slide for the
+    call's five places (issue 25): the console, the metadata and cohort.csv (tests/test_call_cli.py), the viewer
+    and the kiosk (tests/test_gui_call.py)."""
+    from cellview.testing.synthetic import mosaic_rgb, write_pyramid_tiff
+
+    return write_pyramid_tiff(tmp_path_factory.mktemp("mosaic") / "mosaic.tiff", mosaic_rgb(), 0.5)
+
+
+@pytest.fixture(scope="session")
 def fault_dir(tmp_path_factory) -> Path:
     """Marker files that make the cluster's workers die or pause mid-slide (cellview.scale.cohort.FAULT_ENV)."""
     return tmp_path_factory.mktemp("faults")

@@ -10,16 +10,9 @@ import time
 
 import cv2
 import numpy as np
-import pytest
 
 from cellview.cli import main
-from cellview.testing.synthetic import mosaic_rgb, write_pyramid_tiff
-
-
-@pytest.fixture(scope="module")
-def mosaic_slide(tmp_path_factory):
-    """A pyramid TIFF at 0.5 µm/px whose tiles follow MOSAIC under the toy model (64 px at 1 µm/px)."""
-    return write_pyramid_tiff(tmp_path_factory.mktemp("mosaic") / "mosaic.tiff", mosaic_rgb(), 0.5)
+from cellview.testing.synthetic import mosaic_rgb
 
 
 def _run(capsys, *args, quiet=True):

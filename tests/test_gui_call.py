@@ -17,17 +17,11 @@ pytest.importorskip("pytestqt")
 from cellview.analysis.call import slide_call  # noqa: E402
 from cellview.analysis.domain import DomainInfo  # noqa: E402
 from cellview.analysis.results import TileState  # noqa: E402
-from cellview.testing.synthetic import grid_result, mosaic_rgb, write_pyramid_tiff  # noqa: E402
+from cellview.testing.synthetic import grid_result  # noqa: E402
 
 TIMEOUT_MS = 30000
 
 pytestmark = pytest.mark.usefixtures("isolated_settings")
-
-
-@pytest.fixture(scope="module")
-def mosaic_slide(tmp_path_factory):
-    """15 of 80 tiles malignant in two regions, normal by far the largest share (``testing.synthetic.MOSAIC``)."""
-    return write_pyramid_tiff(tmp_path_factory.mktemp("mosaic") / "mosaic.tiff", mosaic_rgb(), 0.5)
 
 
 from test_kiosk_gui import plain, seen  # noqa: E402
@@ -101,6 +95,21 @@ def test_a_malignant_minority_is_called_malignant_in_the_kiosk_and_its_recent_ca
     kiosk.case_page.home_btn.click()
     lines = kiosk.waiting.recent_list.item(0).text().replace("\u00a0", " ").split("\n")
     assert lines[1] == meta["text"] and lines[2] == "normal 71 % · malignant 19 % · benign 10 %"
+    # on screen: under the case's name the call leads, then every share, the whole text inside the item
+    recent = kiosk.waiting.recent_list
+    qtbot.waitUntil(lambda: recent.visualItemRect(recent.item(0)).height()
+                    >= kiosk.waiting.recent_label(0).heightForWidth(recent.viewport().width()), timeout=TIMEOUT_MS)
+    label = kiosk.waiting.recent_label(0)
+    assert label.isVisible() and label.wordWrap()
+    shown = seen(label)
+    assert shown.index("mosaic.tiff") < shown.index("Malignant: 2 regions") < shown.index("normal 71 %")
+    assert all(share in shown for share in ("normal 71 %", "malignant 19 %", "benign 10 %"))
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QFontMetrics
+
+    room = label.contentsRect()  # inside the label's padding: the wrapped text fits, no line cut at the bottom
+    needed = QFontMetrics(label.font()).boundingRect(room, int(Qt.TextFlag.TextWordWrap), label.text())
+    assert needed.height() <= room.height() and needed.width() <= room.width()
     assert "mosaic.tiff: Malignant: 2 regions" in seen(kiosk.waiting.done_label)
 
 

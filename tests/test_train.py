@@ -15,11 +15,13 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from cellview.analysis.callrule import CallThresholds  # noqa: E402
 from cellview.analysis.classifier import OnnxClassifier  # noqa: E402
 from cellview.analysis.model_spec import ModelSpec  # noqa: E402
 from cellview.base.errors import ModelError  # noqa: E402
 from cellview.train import data as D  # noqa: E402
 from cellview.train import default_data_dir  # noqa: E402
+from cellview.train.slide_call_card import card_section  # noqa: E402
 from cellview.train.splits import group_split, groups_straddling, random_split, similarity_groups  # noqa: E402
 
 DATA = default_data_dir()
@@ -518,6 +520,16 @@ def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
     assert "### The decision, per draw" in card and json.loads((card_dir / "protocol.json").read_text())["adaptation"]
     rows = json.loads((run / "samples.json").read_text())
     assert groups_straddling([r["split"] for r in rows], [r["group"] for r in rows]) == []
+    # An earlier export of this training left its slide-call thresholds (bench/slide_call.py --write): kept.
+    shipped = Path(__file__).resolve().parent.parent / "models" / "colon-he"
+    call = json.loads((shipped / "model.json").read_text())["call"]
+    call_report = json.loads((shipped / "protocol.json").read_text())["slide_call"]
+    summary = json.loads((run / "summary.json").read_text())
+    training_data = (f"{', '.join(sorted({r['source'] for r in rows}))} ({len(rows)} images; data sha256 "
+                     f"{summary.get('data_sha256', '')[:16]}…); see MODEL_CARD.md")
+    out.mkdir(parents=True)
+    (out / "model.json").write_text(json.dumps({"name": "colon-he", "training_data": training_data, "call": call}))
+    (out / "protocol.json").write_text(json.dumps({"slide_call": call_report}))
     # --no-int8: the INT8 copy's validation reads every image of every data set (tests/test_precision.py covers it)
     args = parser.parse_args(["export", str(run), "--out", str(out), "--no-int8"])
     assert args.func(args) == 0
@@ -536,6 +548,10 @@ def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Out-of-domain detection" in card
     assert card.index("## Headline") < card.index("## Adapting to a lab's labels") < card.index("## Model")
+    assert card.index("## Headline") < card.index("## The slide call") < card.index("## Adapting to a lab's labels")
+    assert card_section(call_report) in card  # the slide call's section, written again from protocol.json
+    assert json.loads((out / "protocol.json").read_text())["slide_call"] == call_report
+    assert spec.call == ModelSpec.load(out / "model.fp16.onnx").call == CallThresholds.from_sidecar(call)
     assert ModelSpec.load(out / "model.fp16.onnx").domain_sha256 == spec.domain_sha256
     for damaged, message in (("cache/eval.npy", "cached eval features"), ("model.pt", "model.pt: it is damaged")):
         data = (run / damaged).read_bytes()

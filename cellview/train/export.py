@@ -28,6 +28,7 @@ from cellview.analysis.onnx_graph import EXPLAIN_OUTPUTS, upgrade_onnx_file
 from cellview.base.errors import CellviewError
 from cellview.base.files import atomic_write_text
 from cellview.train import data as D
+from cellview.train import slide_call_card
 from cellview.train.backbone import Normalize, export_onnx
 
 PARITY_TOLERANCE = 1e-3
@@ -108,6 +109,7 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
     summary = run.load_json("summary.json")
     ev = run.load_json("eval/eval.json") if (run.path / "eval" / "eval.json").exists() else {}
     out_dir.mkdir(parents=True, exist_ok=True)
+    earlier_call = slide_call_card.previous_call(out_dir)  # before this export overwrites the sidecar
     onnx_path = out_dir / "model.onnx"
     export_onnx(model, onnx_path, recipe.patch_size)
     import onnx
@@ -131,6 +133,7 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
                      "see MODEL_CARD.md")
     side = sidecar_dict(recipe, state, onnx_path, version, metrics, training_data)
     side["stain_reference"] = training_stain_reference(samples).to_dict()
+    call_report = slide_call_card.carry_over(earlier_call, side)  # the same training keeps its validated call
     _write_json(out_dir / "model.json", side)
     spec = ModelSpec.load(onnx_path)
     clf = OnnxClassifier(spec, device="cpu", intra_op_threads=2)
@@ -172,7 +175,12 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
             shutil.copy2(src, out_dir / name)
         elif (out_dir / name).exists():
             (out_dir / name).unlink()  # a previous export's figures would not describe these weights
+    if call_report:
+        slide_call_card.write_protocol_entry(out_dir, call_report)
+        protocol = {**protocol, "slide_call": call_report} if protocol else protocol
     card = model_card_protocol(recipe, cfg, summary, protocol, side) if protocol else model_card(recipe, cfg, summary, ev, side)
+    if call_report and not protocol:
+        card = slide_call_card.insert_section(card, call_report)
     atomic_write_text(out_dir / "MODEL_CARD.md", card)
     (out_dir / DOMAIN_FILE).unlink(missing_ok=True)  # statistics of an earlier model must not linger
     known = known_features(run, recipe, cfg, model, onnx_path) if domain or int8 else None
@@ -628,6 +636,8 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
         "Per-fold times, the fine classes' recalls and the mean-rule figures in full: `protocol.json`, `protocol.md`.",
         "",
     ]
+    if protocol.get("slide_call"):  # what the first line says (bench/slide_call.py), kept across exports
+        parts += [slide_call_card.card_section(protocol["slide_call"])]
     if protocol.get("adaptation"):  # the adaptation curve (cellview evaluate --adaptation), beside LOSO
         from cellview.train.adaptation import markdown as adaptation_markdown
 
