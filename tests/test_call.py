@@ -41,7 +41,7 @@ def test_a_malignant_minority_is_called_malignant_not_hidden_behind_the_largest_
     assert result.image_level()["pred_category"] == "normal"  # today's vote hides it
     call = slide_call(result, thresholds((0.5, 0.1, 0.05)))
     assert call.category == "malignant" and call.headline == "Malignant"
-    assert call.text == "Malignant: 2 regions, largest 0.02 mm², 35 % of tiles"
+    assert call.text == "Malignant: 2 regions, largest 0.02 mm², 35 % of tiles (confidence ≥ 0.5)"
     f = call.finding("malignant")
     assert (f.tiles, f.regions, f.largest_tiles) == (17, 2, 9)
     assert f.largest_mm2 == pytest.approx(9 * TILE_MM2)
@@ -91,7 +91,7 @@ def test_benign_when_malignant_stays_under_its_threshold_and_the_words_name_both
     result = grid_result(mosaic_rows(2, 20, cols=10, rows=5))
     call = slide_call(result, thresholds())
     assert call.category == "benign"
-    assert call.text == ("Benign: 1 region of 0.05 mm², 40 % of tiles; "
+    assert call.text == ("Benign: 1 region of 0.05 mm², 40 % of tiles (confidence ≥ 0.5); "
                          "malignant 4.0 % of tiles, below the threshold")
 
 
@@ -134,7 +134,7 @@ def test_mostly_out_of_domain_is_no_call_but_still_names_malignant_tissue():
     assert call.category == "out_of_domain" and not call.is_finding
     assert call.out_of_domain_fraction == pytest.approx(0.75)
     assert call.text == ("No call: out of domain: 75 % of the tissue tiles are unlike toy tiles; "
-                         "malignant tiles among the rest: 1 region of 0.02 mm², 80 % of tiles")
+                         "malignant tiles among the rest: 1 region of 0.02 mm², 80 % of tiles (confidence ≥ 0.5)")
     quiet = slide_call(out_of_domain_result(in_domain=10, malignant=0), thresholds())
     assert quiet.text == "No call: out of domain: 75 % of the tissue tiles are unlike toy tiles"
     mostly_in = slide_call(out_of_domain_result(in_domain=30, malignant=0), thresholds())

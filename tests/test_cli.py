@@ -250,7 +250,7 @@ def test_a_one_tile_region_is_one_tile(tmp_path, toy_model, capsys):
     path = write_pyramid_tiff(tmp_path / "one.tiff", img, 0.5)
     code, out, err = _analyze(capsys, path, "--model", toy_model, "--out", tmp_path / "out")
     assert code == 0, err
-    assert "malignant regions: 1; largest 0.0041 mm² (1 tile)" in out and "(1 tiles)" not in out
+    assert "malignant regions at confidence ≥ 0.5: 1; largest 0.0041 mm² (1 tile)" in out and "(1 tiles)" not in out
 
 
 def test_help_says_how_to_leave_the_kiosk_and_what_the_options_do(capsys):

@@ -405,7 +405,7 @@ def test_cli_analyze_nuclei_end_to_end(nuclei_slide, toy_model, tmp_path, capsys
                  "--no-cache", "--region-confidence", "0.6"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "malignant regions: 1" in captured.out
+    assert "malignant regions at confidence ≥ 0.6: 1" in captured.out
     rows = list(csv.DictReader((out / "nuclei.csv").open()))
     assert "nuclei_count" in rows[0] and sum(int(r["nuclei_count"]) for r in rows) > 100
     geo = json.loads((out / "nuclei.geojson").read_text())

@@ -77,7 +77,7 @@ class SlideCall:
 
     category: str
     headline: str  # HEADLINES[category]
-    evidence: str  # the figures in words: "2 regions, largest 0.10 mm², 35 % of tiles"
+    evidence: str  # the figures in words: "2 regions, largest 0.10 mm², 35 % of tiles (confidence ≥ 0.9)"
     findings: tuple[Finding, ...] = ()  # malignant, benign (empty when no call could be made)
     shares_percent: dict[str, int] = field(default_factory=dict)  # every category's whole % of the counted tiles
     counted_tiles: int = 0  # the tiles shares are of (in domain, classified)
@@ -91,7 +91,8 @@ class SlideCall:
 
     @property
     def text(self) -> str:
-        """The one sentence every surface prints: 'Malignant: 2 regions, largest 0.10 mm², 35 % of tiles'."""
+        """The one sentence every surface prints: 'Malignant: 2 regions, largest 0.10 mm², 35 % of tiles (confidence ≥
+        0.9)'."""
         return f"{self.headline}: {self.evidence}" if self.evidence else self.headline
 
     @property
@@ -226,12 +227,15 @@ def _regions_words(f: Finding) -> str:
     return f"{f.regions} regions, largest {size}"
 
 
-def _finding_words(f: Finding, shares_percent: dict[str, int] | None = None) -> str:
-    """'2 regions, largest 0.10 mm², 35 % of tiles'; called as the largest share only: 'the largest share, 55 % of
-    tiles' (its tiles are less sure than the threshold's confidence)."""
+def _finding_words(f: Finding, thresholds: CallThresholds, shares_percent: dict[str, int] | None = None) -> str:
+    """'2 regions, largest 0.10 mm², 35 % of tiles (confidence ≥ 0.9)': the figures count only the tiles at least
+    that sure, so they never read as the shares of every tile beside them (a viewer showed "malignant 27 %" and
+    outlined a 0.22 mm² region under a call of "24 % of tiles, largest 0.19 mm²"). Called as the largest share
+    only: 'the largest share, 55 % of tiles' (its tiles are less sure than the threshold's confidence)."""
     if not f.passed and f.largest_share and shares_percent is not None:
         return f"the largest share, {shares_percent.get(f.category, 0)} % of tiles"
-    return f"{_regions_words(f)}, {format_share(f.share)} of tiles"
+    sure = thresholds.for_category(f.category).min_confidence
+    return f"{_regions_words(f)}, {format_share(f.share)} of tiles (confidence ≥ {sure:g})"
 
 
 def describe_call(call: SlideCall, training_data: str = "") -> str:
@@ -251,11 +255,11 @@ def describe_call(call: SlideCall, training_data: str = "") -> str:
         parts.append(f"{format_share(frac)} of the tissue tiles are unlike {what}")
         mal = call.finding("malignant")
         if mal is not None and mal.called:
-            parts.append(f"malignant tiles among the rest: {_finding_words(mal, call.shares_percent)}")
+            parts.append(f"malignant tiles among the rest: {_finding_words(mal, call.thresholds, call.shares_percent)}")
     elif call.category in CALLED:
         f = call.finding(call.category)
         assert f is not None
-        parts.append(_finding_words(f, call.shares_percent))
+        parts.append(_finding_words(f, call.thresholds, call.shares_percent))
     else:  # normal
         parts.append(f"{call.shares_percent.get('normal', 0)} % of tiles normal")
     if call.category in ("benign", "normal"):

@@ -387,7 +387,9 @@ def analyze_slide(job: SlideJob, settings: CohortSettings,
         summary.append(f"  {result.reading['pixel_size']}")
     if regions:
         top = regions[0]
-        summary.append(f"  malignant regions: {len(regions)}; largest {top.label()} ({plural(top.n_tiles, 'tile')})")
+        # every malignant tile from the outlines' confidence on: not the call's figures, which count surer tiles only
+        summary.append(f"  malignant regions at confidence ≥ {settings.region_confidence:g}: {len(regions)}; largest "
+                       f"{top.label()} ({plural(top.n_tiles, 'tile')})")
     level = result.image_level()
     if (result.grid.whole_image or Path(job.path).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"}) \
             and level["pred_class"]:  # the most probable class on average: a detail, not the call
