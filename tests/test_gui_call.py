@@ -144,3 +144,10 @@ def test_a_slide_without_a_call_reads_as_such(qtbot, toy_model, synthetic_slide,
     assert plain(panel.call_label) == headline and panel.text() == call.text
     assert panel.call_label.isVisible() and seen(panel.evidence_label) == call.evidence
     assert window.shutdown(20000)
+
+
+def test_a_figure_stays_with_its_unit_and_its_comparison_sign_on_screen():
+    from cellview.gui.widgets.cards import NBSP, unbreakable
+
+    words = unbreakable("2 regions, largest 0.19 mm², 24 % of tiles (confidence ≥ 0.9)")
+    assert words == (f"2{NBSP}regions, largest 0.19{NBSP}mm², 24{NBSP}% of tiles (confidence ≥{NBSP}0.9)")

@@ -247,3 +247,31 @@ def test_the_slide_returns_to_its_view_after_the_sheet_or_its_details(qtbot, kio
     moved = view.visible_l0_rect()
     page.tile_sheet.close_btn.click()
     assert same_rect(view.visible_l0_rect(), moved)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_tap_on_a_scroll_arrow_moves_a_third_of_the_view(qtbot, kiosk, synthetic_slide, size):
+    """Qt's 20 px step took a dozen taps from the inspector's patch to its classes."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QStyle, QStyleOptionSlider
+
+    show_at(qtbot, kiosk, *size)
+    run_case(qtbot, kiosk, synthetic_slide)
+    page = kiosk.case_page
+    g = kiosk.result.grid
+    x, y, w, h = g.rect(int(g.index_grid()[2, 4]))
+    page.tap(x + w / 2, y + h / 2)
+    page.tile_sheet.details_btn.click()  # the inspector: a patch, its facts, then every class
+    qtbot.wait(50)
+    sb, viewport = page.side_scroll.verticalScrollBar(), page.side_scroll.viewport()
+    qtbot.waitUntil(lambda: sb.maximum() > viewport.height() // 3, timeout=TIMEOUT_MS)
+    sb.setValue(0)
+    opt = QStyleOptionSlider()
+    sb.initStyleOption(opt)
+    down = sb.style().subControlRect(QStyle.ComplexControl.CC_ScrollBar, opt, QStyle.SubControl.SC_ScrollBarAddLine,
+                                     sb)
+    qtbot.mouseClick(sb, Qt.MouseButton.LeftButton, pos=down.center())
+    qtbot.waitUntil(lambda: sb.value() > 0, timeout=5000)
+    assert sb.value() >= viewport.height() // 3 - 1, (size, sb.value(), viewport.height())
+    qtbot.wait(50)
+    assert page.side_lines.hidden_text() == [], size  # and no line is cut where the tap left the edges

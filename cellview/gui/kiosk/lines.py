@@ -175,6 +175,8 @@ class WholeLines(QObject):
         cuts = self.cuts()
         value = self.scroll.verticalScrollBar().value()
         height = self.scroll.viewport().height()
+        # a tap on an arrow moves a third of the view (Qt's 20 px step took a dozen taps to reach the classes)
+        self.scroll.verticalScrollBar().setSingleStep(max(20, height // 3))
         top, bottom = value, value + height
         if self._slices(blocks, top):  # only text is covered: a picture or a slider may be cut anywhere
             i = bisect.bisect_right(cuts, top)

@@ -31,12 +31,12 @@ def text_label(text: str = "", name: str = "", wrap: bool = True) -> QLabel:
 
 
 NBSP = "\u00a0"
-_UNITS = re.compile(r"(?<=\d) (?=%|mm²|µm²|µm|mm|px\b|tiles?\b|regions?\b)")
+_UNITS = re.compile(r"(?<=\d) (?=%|mm²|µm²|µm|mm|px\b|tiles?\b|regions?\b)|(?<=[≥≤]) (?=\d)")
 
 
 def unbreakable(text: str) -> str:
-    """``text`` with a figure and its unit kept on one line ("11 %", "0.10 mm²", "48 tiles"): the same words, read
-    as one (a wrapped "11" above "% of tiles" was read as 11 tiles)."""
+    """``text`` with a figure and its unit kept on one line ("11 %", "0.10 mm²", "48 tiles", "≥ 0.9"): the same
+    words, read as one (a wrapped "11" above "% of tiles" was read as 11 tiles, a lone "0.9)" as a figure)."""
     return _UNITS.sub(NBSP, text)
 
 
