@@ -137,6 +137,8 @@ def test_no_line_of_text_is_cut_at_a_scrolling_edge(qtbot, tmp_path, toy_model, 
     qtbot.wait(100)
     waiting = kiosk.waiting
     assert waiting.done_card.isVisible() and waiting.run_options_label.isVisible()
+    done = waiting.done_label  # the page's layout settles (a loaded machine takes several passes) with the note whole
+    qtbot.waitUntil(lambda: done.height() >= done.heightForWidth(done.width()) - 1, timeout=5000)
     bar = waiting.waiting_scroll.verticalScrollBar()
     for value in range(0, bar.maximum() + 1, 13):  # the model line and the result note: never sliced mid-line
         bar.setValue(value)
@@ -275,3 +277,50 @@ def test_a_tap_on_a_scroll_arrow_moves_a_third_of_the_view(qtbot, kiosk, synthet
     assert sb.value() >= viewport.height() // 3 - 1, (size, sb.value(), viewport.height())
     qtbot.wait(50)
     assert page.side_lines.hidden_text() == [], size  # and no line is cut where the tap left the edges
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_recent_cases_show_no_cut_line_as_the_waiting_page_opens(qtbot, kiosk, synthetic_slide, mosaic_slide,
+                                                                     size):
+    """The list's items are re-fitted to its width after it shows: the second case's title was left sliced at the
+    list's bottom edge until a finger moved the list."""
+    show_at(qtbot, kiosk, *size)
+    run_case(qtbot, kiosk, synthetic_slide)
+    run_case(qtbot, kiosk, mosaic_slide)
+    kiosk.case_page.home_btn.click()
+    waiting = kiosk.waiting
+    recent = waiting.recent_list
+    qtbot.waitUntil(lambda: recent.count() == 2 and recent.verticalScrollBar().maximum() > 0, timeout=TIMEOUT_MS)
+    qtbot.wait(300)  # nothing touched: the list as it first settles
+    assert recent.verticalScrollBar().value() == 0
+    assert waiting.recent_lines.hidden_text() == [], size
+
+
+def test_a_labels_lines_span_the_height_the_label_lays_its_text_out_in(qtbot):
+    """On X11 a line with a fallback glyph ("⚠") made a recent case's text a line taller than the font metrics'
+    estimate: the edges' masks, placed from the estimate, let the next case's title show sliced."""
+    from PySide6.QtGui import QColor
+    from PySide6.QtWidgets import QLabel
+
+    from cellview.gui.kiosk.lines import label_lines
+
+    class TallerLayout(QLabel):  # the platform's layout: one line more than the metrics say
+        def heightForWidth(self, width):  # noqa: N802 - Qt API
+            return super().heightForWidth(width) + self.fontMetrics().lineSpacing()
+
+    text = "CMU-1-Small-Region.svs · 23:37\nNo call: out of domain: 100 % of the tissue tiles are unlike colon H&E\n⚠ x"
+    for cls in (QLabel, TallerLayout):
+        label = cls(text)
+        label.setWordWrap(True)
+        label.setStyleSheet("QLabel { padding: 8px 14px; font-size: 20pt; color: white; background: black; }")
+        qtbot.addWidget(label)
+        label.resize(315, label.heightForWidth(315))
+        label.show()
+        qtbot.waitExposed(label)
+        lines = label_lines(label)
+        cr = label.contentsRect()
+        assert lines[-1] - lines[0] >= label.heightForWidth(315) - (label.height() - cr.height()) - 1, cls
+        img = label.grab().toImage()
+        inked = [y for y in range(img.height())
+                 if any(QColor(img.pixel(x, y)).lightness() > 128 for x in range(0, img.width(), 2))]
+        assert lines[0] <= inked[0] and inked[-1] <= lines[-1], (cls, lines, inked[0], inked[-1])

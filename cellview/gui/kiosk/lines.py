@@ -41,6 +41,9 @@ def label_lines(label: QLabel) -> list[int]:
         return [cr.top(), cr.bottom() + 1]  # mixed sizes: the label as one block
     flags = int(Qt.TextFlag.TextWordWrap) if label.wordWrap() else 0
     height = fm.boundingRect(0, 0, max(1, cr.width()), 100000, flags, text).height()
+    wanted = label.heightForWidth(label.width()) if label.wordWrap() else -1
+    if wanted > 0:  # the label's own layout, as it paints: on X11 a line with a fallback glyph ("⚠") made it a
+        height = max(height, wanted - (label.height() - cr.height()))  # line longer than the metrics' estimate
     n = max(1, round(height / fm.lineSpacing()))
     align = label.alignment()
     top = cr.top() + label.margin()
