@@ -76,6 +76,23 @@ def test_a_malignant_minority_is_called_malignant_in_the_viewer_and_its_legend(q
     assert texts[:2] == ["CellView", "Malignant"]
     assert " ".join(texts[2:5]).startswith(files.evidence.split(";")[0])
     assert window.exports.render_view_png()[:4] == b"\x89PNG"
+    # outlines switched on just before the export: the legend counts the regions, not the job still drawing them
+    import cellview.gui.desktop.exports as exports_module
+
+    made = []
+    real = exports_module.describe_legend
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    window.model.overlay.set(min_confidence=0.0)
+    window.menus.act_regions.setChecked(True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(exports_module, "describe_legend", spy)
+        window.exports.render_view_png()
+    lines = made[-1].lines()
+    assert "Malignant regions (≥ 0%): 2" in lines, lines
     assert window.shutdown(20000)
 
 

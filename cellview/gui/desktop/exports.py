@@ -106,9 +106,11 @@ class ExportActions:
         extra = [f"View: x {max(0, rect.x()):,.0f}  y {max(0, rect.y()):,.0f} (level 0)"]
         if self.model.slide.mpp_um():
             extra.append(f"Field of view: {format_um(round(rect.width() * self.model.slide.mpp_um()))} wide")
-        legend = describe_legend(result, ov, source="the viewer",
-                                 regions=self.model.regions.shown if ov.show_regions else None,
-                                 region_confidence=ov.min_confidence, extra_header=tuple(extra))
+        # the regions of this result at this threshold, even when the job drawing them has not finished (outlines
+        # switched on just before the export read "Malignant regions: 0" beside a call of 2 regions)
+        regions, region_conf = self.model.regions.for_export(result) if ov.show_regions else (None, ov.min_confidence)
+        legend = describe_legend(result, ov, source="the viewer", regions=regions, region_confidence=region_conf,
+                                 extra_header=tuple(extra))
         panel_w = 320
         out = QImage(shot.width() + panel_w, shot.height(), QImage.Format.Format_RGB32)
         out.fill(QColor("white"))
