@@ -50,7 +50,8 @@ def test_a_malignant_minority_is_called_malignant_in_the_console_the_metadata_an
     assert rows["synthetic.tiff"]["call"] == synth["category"] and rows["synthetic.tiff"]["call_text"] == synth["text"]
     page = (out_dir / "cohort.html").read_text()
     assert '<td class="call" data-sort="0"><b style="color:#d62728">Malignant</b>' in page
-    assert "2 regions, largest 0.04 mm², 19 % of tiles (confidence ≥ 0.9)" in page
+    # the same words; a figure kept with its unit and "≥" with its figure in the table's narrow column
+    assert "2&nbsp;regions, largest 0.04&nbsp;mm², 19&nbsp;% of tiles (confidence ≥&nbsp;0.9)" in page
     geo = json.loads((out_dir / "mosaic.geojson").read_text())
     assert geo["properties"]["call"] == "malignant" and geo["properties"]["call_text"] == call["text"]
     # a second run skips both slides and keeps their calls in the table

@@ -12,6 +12,7 @@ import html
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -177,7 +178,7 @@ img.thumb{max-width:180px;max-height:140px;display:block;border:1px solid #ccc;b
 .bar{display:flex;width:140px;height:12px;border-radius:3px;overflow:hidden;background:#eee;margin-bottom:3px}
 .bar i{display:block;height:100%}.shares{font-size:12px;color:#444;white-space:nowrap}
 .err{color:#9b1c1c;font-size:12px;margin-top:3px}.files a{margin-right:6px;font-size:12px}
-td.slide{max-width:420px;overflow-wrap:anywhere}td small{color:#555}td.call{max-width:300px}
+td.slide{min-width:8em;max-width:420px;overflow-wrap:anywhere}td small{color:#555}td.call{min-width:11em;max-width:300px}
 .foot{color:#777;font-size:12px;margin-top:14px}
 """
 
@@ -214,9 +215,15 @@ _CALL_ORDER = ("malignant", "benign", "normal", "out_of_domain", "too_little_tis
 """Sorting the Call column: worst finding first (``analysis.call.CALL_STATES``)."""
 
 
+_KEEP_TOGETHER = re.compile(r"(?<=\d) (?=%|mm²|tiles?\b|regions?\b)|(?<=[≥≤]) (?=\d)")
+"""A figure and its unit, a sign and its figure: never wrapped apart in a narrow column ("≥" above "0.9)")."""
+
+
 def _call_cell(o: SlideOutcome) -> str:
     """The call's headline in its colour, its evidence below (the words of ``SlideCall.text``)."""
-    esc = html.escape
+    def esc(text: str) -> str:
+        return _KEEP_TOGETHER.sub("&nbsp;", html.escape(text))
+
     cat = o.call_category
     headline, _, evidence = (o.call_text or _NOT_ANALYSED_TEXT).partition(": ")
     colour = CATEGORY_COLORS.get(cat, "#555555")
