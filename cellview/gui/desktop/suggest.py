@@ -2,7 +2,7 @@
 labelling part's history (``LabelsModel.undo`` / ``redo``).
 
 Suggest runs ``cellview.lab.suggest`` on the shown slide on the one worker (the button cancels it while it runs),
-outlines the suggested tiles on the slide with yellow dashes, and N / Shift+N go to the next / previous one:
+outlines the suggested tiles on the slide with white dashes, and N / Shift+N go to the next / previous one:
 the view centres on it and picks it, so labelling it is one more key (1–9). A picks every tissue tile of the
 image, to label the whole image with one key.
 """
@@ -21,15 +21,17 @@ from cellview.lab.labtiles import AdaptProgress
 from cellview.viewer.labelling import LabelsModel
 from cellview.viewer.suggestions import DEFAULT_N, SuggestTour
 
-SUGGEST_COLOUR = "#ffd400"
-"""Suggested tiles' outline: yellow, apart from the categories' colours and the pick's cyan."""
+SUGGEST_COLOUR = "#ffffff"
+"""Suggested tiles' outline: white dashes on a dark casing, apart from the categories' colours (red, orange, green),
+the labels' dashed ones and the pick's cyan."""
+CASING = QColor(20, 20, 20, 210)
 SUGGEST_HINT = ("Suggest tiles to label: the model reads this slide and proposes the tiles that would teach it most "
                 "(every kind of tissue, the unsure first). N goes to the next one, Shift+N back; press 1–9 to label "
                 "it. A picks every tissue tile, to label the whole image with one key.")
 
 
-def _pen(width: float, style: Qt.PenStyle) -> QPen:
-    pen = QPen(QColor(SUGGEST_COLOUR), width, style)
+def _pen(width: float, style: Qt.PenStyle, colour: QColor | None = None) -> QPen:
+    pen = QPen(colour or QColor(SUGGEST_COLOUR), width, style)
     pen.setCosmetic(True)
     return pen
 
@@ -41,13 +43,19 @@ class SuggestControls:
         self.window, self.labels = window, labels
         self.tour = SuggestTour(labels)
         self.worker: Any = None
+        self.casing = QGraphicsPathItem()  # under the dashes: legible on pale glass and dark nuclei alike
+        self.casing.setPen(_pen(4.5, Qt.PenStyle.SolidLine, CASING))
+        self.casing.setZValue(17)
         self.outline = QGraphicsPathItem()
         self.outline.setPen(_pen(2.0, Qt.PenStyle.DashLine))
         self.outline.setZValue(18)
+        self.current_casing = QGraphicsPathItem()
+        self.current_casing.setPen(_pen(7.0, Qt.PenStyle.SolidLine, CASING))
+        self.current_casing.setZValue(20)
         self.current = QGraphicsPathItem()
         self.current.setPen(_pen(4.0, Qt.PenStyle.SolidLine))
         self.current.setZValue(21)
-        for item in (self.outline, self.current):
+        for item in (self.casing, self.outline, self.current_casing, self.current):
             window.view.vb.addItem(item)
         row_box = QWidget()
         row = QHBoxLayout(row_box)
@@ -79,7 +87,7 @@ class SuggestControls:
         for act in (self.act_next, self.act_prev, self.act_all):
             menu.addAction(act)
         self.tour.events.suggestions.connect(lambda e: self.redraw())
-        labels.events.labels.connect(lambda e: self.sync())
+        labels.events.labels.connect(lambda e: self.redraw())
         labels.events.picked.connect(lambda e: self.redraw())
         self.sync()
 
@@ -142,15 +150,20 @@ class SuggestControls:
     # -- drawing ---------------------------------------------------------------------------------
 
     def redraw(self) -> None:
+        """Suggested tiles not labelled yet in white dashes (a labelled one shows its label's outline instead)."""
         path = QPainterPath()
-        for x, y, w, h in self.tour.rects():
-            path.addRect(QRectF(x, y, w, h))
+        labelled = self.labels.tile_labels()
+        for i, (x, y, w, h) in zip(self.tour.tiles, self.tour.rects()):
+            if i >= len(labelled) or labelled[i] is None:
+                path.addRect(QRectF(x, y, w, h))
         self.outline.setPath(path)
+        self.casing.setPath(path)
         current = QPainterPath()
         grid = self.labels.grid
         if grid is not None and 0 <= self.tour.position < len(self.tour.tiles):
             current.addRect(QRectF(*grid.rect(self.tour.tiles[self.tour.position])))
         self.current.setPath(current)
+        self.current_casing.setPath(current)
         self.sync()
 
     def sync(self) -> None:
