@@ -291,3 +291,20 @@ def test_the_proposed_name_of_an_adapted_model_does_not_stack(viewer):
     assert viewer.labels.default_name("colon-he") == f"colon-he-lab-{today}"
     assert viewer.labels.default_name("colon-he-lab-2026-01-02") == f"colon-he-lab-{today}"
     assert viewer.labels.default_name("colon-he-lab-2026-01-02-lab-2026-02-03") == f"colon-he-lab-{today}"
+
+
+def test_suggestions_made_for_another_slide_or_analysis_are_not_taken(viewer, lab_slide):
+    from cellview.lab.suggest import Suggestion, SuggestResult
+    from cellview.viewer.suggestions import SuggestTour
+
+    tour = SuggestTour(viewer.labels)
+    viewer.open(lab_slide)
+    job = tour.job(3)
+    grid = viewer.labels.grid
+    x, y, w, h = grid.rect(0)
+    late = SuggestResult((Suggestion(1, lab_slide, (x, y, w, h), "benign", 0.9, 0.1),), 10)
+    job.on_item(late)
+    assert tour.tiles == [0]
+    viewer.close_slide()
+    job.on_item(late)  # the slide closed while it ran
+    assert tour.tiles == [] and "suggest again" in tour.note

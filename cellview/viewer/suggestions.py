@@ -116,9 +116,14 @@ class SuggestTour:
             classifier = OnnxClassifier(spec, device=params.device, max_batch=params.batch_size, precision="fp32")
             yield from suggest([Path(slide)], classifier, params, n, cancel=cancel, image_tiles=True)
 
+        grid_id = id(self.labels.grid)
+
         def item(value: Any) -> None:
             if isinstance(value, SuggestResult):
-                self._take(value)
+                if self.labels.slide == slide and id(self.labels.grid) == grid_id:
+                    self._take(value)
+                else:  # another slide or analysis meanwhile: these tiles are not its tiles
+                    self.note = "The slide or its analysis changed while suggesting: suggest again."
             on_item(value)
 
         return Job("suggest", run, item, on_failed, on_done)

@@ -199,7 +199,9 @@ def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsMod
         for i, (key, act) in enumerate(zip(LABEL_KEYS, key_actions)):
             choice = choices.get(key)
             if not analysed:  # said once, the keys off (no '(k: no label for this model)' nine times)
-                act.setText("Labels need an analysed image: analyse it first (keys 1–9 are off)")
+                act.setText("Labels need an analysed image: analyse it first (keys 1–9 are off)"
+                            if labels.analysis.shown_result() is None else
+                            "Labels need tiles: this image was read as one tile (keys 1–9 are off)")
                 act.setVisible(i == 0)
                 act.setEnabled(False)
                 continue
