@@ -220,6 +220,8 @@ def suggest(paths: Sequence[Path], classifier: OnnxClassifier, params: AnalysisP
                 unreadable.append((str(path), "no tile could be read"))
                 continue
             f, p, idx = np.concatenate(f_got), np.concatenate(p_got), np.concatenate(i_got)
+            order = np.argsort(idx, kind="stable")  # batches arrive as the readers finish them: same seed, same order
+            f, p, idx = f[order], p[order], idx[order]
             if isinstance(slide, ImageSlide) and not image_tiles:  # an image is labelled whole: one candidate
                 feats.append(f.mean(axis=0, keepdims=True))
                 cat_probs.append(p.mean(axis=0, keepdims=True))
