@@ -194,10 +194,12 @@ def test_adapting_an_adapted_model_offers_the_shipped_base_and_the_not_better_ma
     qtbot.addWidget(again)
     assert again.base_box.count() == 2
     assert again.base_box.itemData(0) == str(shipped) or again.base_box.itemData(0).endswith("model.onnx")
-    assert "shipped" in again.base_box.itemText(0) and "itself adapted from" in again.base_box.itemText(1)
-    assert again.name_edit.text().count("-lab-") == 1 and adapted_name in again.base_box.itemText(1)
+    assert "(shipped)" in again.base_box.itemText(0) and adapted_name in again.base_box.itemText(1)
+    assert again.name_edit.text().count("-lab-") == 1
+    assert "was adapted from" in again.base_note.text()
     again.base_box.setCurrentIndex(1)
     assert again.name_edit.text().count("-lab-") == 1  # never '-lab-DATE-lab-DATE'
+    assert "itself adapted from" in again.base_note.text()  # says which base is used
 
 
 def test_a_refused_model_is_worded_by_the_decision_and_once_written_anyway_is_marked_in_the_list(qtbot, window):

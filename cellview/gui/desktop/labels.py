@@ -41,8 +41,8 @@ from cellview.gui.widgets.cards import section, show_model_card, text_label
 from cellview.viewer.labelling import LABEL_KEYS, LabelsModel
 
 PICK_HINT = ("Shift+click tiles, or Shift+drag a rectangle, to pick them; then press 1–9 or a button below "
-             "(0 or Delete takes the label away). Without a pick, a key labels the selected tile. Labelled tiles "
-             "are outlined with dashes in the label's colour (the analysis' outlines are solid).")
+             "(0 or Delete takes the label away; Ctrl+Z undoes). Without a pick, a key labels the selected tile. "
+             "Labelled tiles are outlined with dashes in the label's colour (the analysis' outlines are solid).")
 
 
 class LabelsPanel(QWidget):
@@ -309,8 +309,9 @@ class AdaptDialog(QDialog):
         row = QHBoxLayout()
         row.addWidget(QLabel("Base model"))
         self.base_box = QComboBox()
-        for path, words in self.bases:
+        for path, words, note in self.bases:
             self.base_box.addItem(words, path)
+            self.base_box.setItemData(self.base_box.count() - 1, note, Qt.ItemDataRole.ToolTipRole)
         if not self.bases:
             self.base_box.addItem("(no model selected)", None)
         row.addWidget(self.base_box, 1)
@@ -335,17 +336,13 @@ class AdaptDialog(QDialog):
         return page
 
     def _base_changed(self, *_args: Any) -> None:
+        """The proposed name follows the base (never '-lab-DATE-lab-DATE'); the note says which base it is."""
+        i = self.base_box.currentIndex()
         path = self.base_box.currentData()
         self.name_edit.setText(self.labels.default_name(_model_name(path) if path else "model"))
-        adapted = len(self.bases) > 1
-        if adapted and self.base_box.currentIndex() == 0:
-            self.base_note.setText("The shipped model, refitted on all your labels: what the adapted model was "
-                                   "built from, without its earlier head.")
-        elif adapted:
-            self.base_note.setText("The adapted model itself: the new labels are fitted on top of its head.")
-        else:
-            self.base_note.setText("")
-        self.base_note.setVisible(adapted)
+        note = self.bases[i][2] if 0 <= i < len(self.bases) else ""
+        self.base_note.setText(note)
+        self.base_note.setVisible(bool(note))
 
     def _run_page(self) -> QWidget:
         page = QWidget()
@@ -492,9 +489,9 @@ def refused_html(report: Any, message: str) -> str:
     return f"<p><b>{head}.</b> {escape(message)}</p><p>{keep}</p>"
 
 
-def adapt_bases(model_path: str | None) -> list[tuple[str, str]]:
-    """(path, words) of the bases the Adapt dialog offers: the selected model, and, when it is itself adapted and its
-    shipped base is still there unchanged, that one first (``lab.modelfolder.shipped_base``)."""
+def adapt_bases(model_path: str | None) -> list[tuple[str, str, str]]:
+    """(path, name, words) of the bases the Adapt dialog offers: the selected model, and, when it is itself adapted
+    and its shipped base is still there unchanged, that one first (``lab.modelfolder.shipped_base``)."""
     if not model_path:
         return []
     from cellview.analysis.model_spec import ModelSpec
@@ -503,13 +500,15 @@ def adapt_bases(model_path: str | None) -> list[tuple[str, str]]:
     try:
         spec = ModelSpec.load(model_path)
     except CellviewError:
-        return [(model_path, _model_name(model_path))]
-    own = (model_path, f"{spec.name} {spec.version}".strip())
+        return [(model_path, _model_name(model_path), "")]
+    adapted = isinstance(spec.raw.get("adaptation"), dict)
+    own = (model_path, f"{spec.name} {spec.version}".strip(), f"Base: {describe_base(spec)}." if adapted else "")
     shipped = shipped_base(spec)
     if shipped is None:
-        return [(own[0], describe_base(spec) if spec.raw.get("adaptation") else own[1])]
-    return [(str(shipped), f"{_model_name(str(shipped))} (shipped; what {spec.name} was adapted from)"),
-            (own[0], describe_base(spec))]
+        return [own]
+    return [(str(shipped), f"{_model_name(str(shipped))} (shipped)",
+             f"The shipped model {spec.name} was adapted from, refitted on all your labels without the earlier "
+             "head (the labelled slides are the same list)."), own]
 
 
 def _model_name(model_path: str) -> str:
