@@ -164,7 +164,7 @@ def test_a_symlinked_slide_s_labels_are_saved_beside_the_link_not_its_target(vie
     mine.mkdir()
     link = mine / "lab.tiff"
     os.symlink(target, link)
-    labels = LabelsModel(viewer)
+    labels = viewer.labels
     viewer.open(link)
     block_tiles(labels, 0)
     labels.label_key("1")
@@ -175,7 +175,7 @@ def test_a_symlinked_slide_s_labels_are_saved_beside_the_link_not_its_target(vie
 
 def test_imported_qupath_classes_without_a_mapping_never_break_adapt_model(viewer, lab_slide, tmp_path):
     """Importing 'Tumor' and 'Stroma' used to make every later Adapt model… fail with 'Unknown labels'."""
-    labels = LabelsModel(viewer)
+    labels = viewer.labels
     viewer.open(lab_slide)
     for k, cat in enumerate(LAB_BLOCKS):
         block_tiles(labels, k)
