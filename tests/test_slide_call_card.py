@@ -61,3 +61,19 @@ def test_a_re_export_of_the_same_training_keeps_the_call_and_another_does_not(tm
     assert previous_call(tmp_path / "b") is None
     (tmp_path / "b" / "model.json").write_text("{not json")
     assert previous_call(tmp_path / "b") is None
+
+
+def test_a_card_without_chosen_thresholds_says_what_the_call_means_and_that_its_errors_are_not_measured():
+    from cellview.analysis.callrule import DEFAULT_THRESHOLDS
+    from cellview.train.slide_call_card import default_section, insert_text
+
+    section = default_section("my-model")
+    assert section.startswith(CARD_START) and section.rstrip().endswith(CARD_END)
+    assert DEFAULT_THRESHOLDS.describe("malignant") in section and DEFAULT_THRESHOLDS.describe("benign") in section
+    assert "not chosen or validated for this model" in section
+    assert "bench/slide_call.py --models my-model --write" in section
+    card = insert_text("# m\n\n## Headline: x\n\n## Model\n- m\n", section)
+    assert card.index("## Headline") < card.index(CARD_START) < card.index("## Model")
+    report = json.loads((MODELS / "colon-he" / "protocol.json").read_text())["slide_call"]
+    chosen = insert_section(card, report)  # chosen later: the figures replace the default words
+    assert chosen.count(CARD_START) == 1 and "not chosen or validated" not in chosen

@@ -552,6 +552,12 @@ def test_tiny_training_run_train_evaluate_export_load(tmp_path, capsys):
     assert card_section(call_report) in card  # the slide call's section, written again from protocol.json
     assert json.loads((out / "protocol.json").read_text())["slide_call"] == call_report
     assert spec.call == ModelSpec.load(out / "model.fp16.onnx").call == CallThresholds.from_sidecar(call)
+    # exported elsewhere (no earlier thresholds): the rule's defaults, and the card says they are not validated
+    args = parser.parse_args(["export", str(run), "--out", str(tmp_path / "fresh"), "--no-int8", "--no-wsinfer", "--no-fp16",
+                              "--no-domain"])
+    assert args.func(args) == 0
+    fresh = (tmp_path / "fresh" / "MODEL_CARD.md").read_text()
+    assert "not chosen or validated for this model" in fresh and ModelSpec.load(tmp_path / "fresh").call.is_default
     assert ModelSpec.load(out / "model.fp16.onnx").domain_sha256 == spec.domain_sha256
     for damaged, message in (("cache/eval.npy", "cached eval features"), ("model.pt", "model.pt: it is damaged")):
         data = (run / damaged).read_bytes()

@@ -179,8 +179,9 @@ def export_run(run_dir: Path, out_dir: Path, version: str = "1.0.0", wsinfer: bo
         slide_call_card.write_protocol_entry(out_dir, call_report)
         protocol = {**protocol, "slide_call": call_report} if protocol else protocol
     card = model_card_protocol(recipe, cfg, summary, protocol, side) if protocol else model_card(recipe, cfg, summary, ev, side)
-    if call_report and not protocol:
-        card = slide_call_card.insert_section(card, call_report)
+    if not protocol:  # the card without protocol figures gets its section too
+        card = (slide_call_card.insert_section(card, call_report) if call_report else
+                slide_call_card.insert_text(card, slide_call_card.default_section(recipe.name)))
     atomic_write_text(out_dir / "MODEL_CARD.md", card)
     (out_dir / DOMAIN_FILE).unlink(missing_ok=True)  # statistics of an earlier model must not linger
     known = known_features(run, recipe, cfg, model, onnx_path) if domain or int8 else None
@@ -638,6 +639,8 @@ def model_card_protocol(recipe: D.Recipe, cfg: Any, summary: dict[str, Any], pro
     ]
     if protocol.get("slide_call"):  # what the first line says (bench/slide_call.py), kept across exports
         parts += [slide_call_card.card_section(protocol["slide_call"])]
+    else:  # the rule's defaults: what the call means, and that its errors are not measured
+        parts += [slide_call_card.default_section(recipe.name)]
     if protocol.get("adaptation"):  # the adaptation curve (cellview evaluate --adaptation), beside LOSO
         from cellview.train.adaptation import markdown as adaptation_markdown
 

@@ -202,7 +202,12 @@ def write_protocol_entry(out_dir: Path, report: dict[str, Any]) -> None:
 def insert_section(card: str, report: dict[str, Any]) -> str:
     """``card`` with its slide-call section written from ``report``: in place of an earlier one, else before
     'Adapting to a lab' / 'What was tried' / 'Model' (the first there is), else at the end."""
-    section = card_section(report)
+    return insert_text(card, card_section(report))
+
+
+def insert_text(card: str, section: str) -> str:
+    """``card`` with the slide-call ``section`` (``card_section`` / ``default_section``) placed as
+    ``insert_section`` says."""
     if CARD_START in card and CARD_END in card:
         head, _, rest = card.partition(CARD_START)
         return head + section + "\n" + rest.partition(CARD_END)[2].lstrip("\n")
@@ -211,3 +216,27 @@ def insert_section(card: str, report: dict[str, Any]) -> str:
         return card.rstrip("\n") + "\n\n" + section
     head, _, tail = card.partition(anchor)
     return head + section + "\n" + anchor + tail
+
+
+def default_section(model: str) -> str:
+    """The slide-call section of a card whose call thresholds were never chosen for it (a new training, or one the
+    earlier export's thresholds do not belong to): what the call means, and that how often it is wrong is unknown."""
+    from cellview.analysis.callrule import DEFAULT_THRESHOLDS as t
+
+    return "\n".join([
+        CARD_START,
+        "## The slide call (what the first line says)",
+        "",
+        "CellView's one call for a slide or image (`cellview.analysis.call`; the console's `call:` line, `call` in "
+        "the metadata JSON and cohort.csv, the PNG legend, the viewer and the kiosk): the worst finding first. "
+        f"**Malignant** when the in-domain tiles called malignant make {t.describe('malignant')}, or malignant is "
+        f"the largest share; else **benign** on {t.describe('benign')} (or the largest share); else **normal**. It "
+        "makes no call when most of the tissue is out of domain, when there is no tissue tile, or without a result.",
+        "",
+        "**These are CellView's default thresholds, not chosen or validated for this model**: how often its call is "
+        "wrong has not been measured, and every call says so (\"default thresholds, not validated for this model\"). "
+        f"`python bench/slide_call.py --models {model} --write` chooses them by leave-one-source-out (or grouped "
+        "CV) on the recipe's data and writes this section with the figures.",
+        "",
+        CARD_END,
+    ]) + "\n"
