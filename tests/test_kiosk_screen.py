@@ -324,3 +324,24 @@ def test_a_labels_lines_span_the_height_the_label_lays_its_text_out_in(qtbot):
         inked = [y for y in range(img.height())
                  if any(QColor(img.pixel(x, y)).lightness() > 128 for x in range(0, img.width(), 2))]
         assert lines[0] <= inked[0] and inked[-1] <= lines[-1], (cls, lines, inked[0], inked[-1])
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_open_slide_shows_no_file_name_cut_at_the_lists_edges(qtbot, kiosk, tmp_path, size):
+    """At 800 × 480 the list showed the fourth file's name sliced at its bottom edge."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for k in range(12):
+        (folder / f"case-{k:02d}.svs").write_bytes(b"")
+    show_at(qtbot, kiosk, *size)
+    sheet = kiosk.file_sheet
+    sheet.open_at(folder)
+    qtbot.waitUntil(lambda: sheet.isVisible() and sheet.list.count() >= 12, timeout=5000)
+    bar = sheet.list.verticalScrollBar()
+    qtbot.waitUntil(lambda: bar.maximum() > 0, timeout=5000)
+    qtbot.wait(50)
+    assert (kiosk.width(), kiosk.height()) == size  # the sheet never makes the window outgrow the screen
+    for value in [*range(0, bar.maximum() + 1, 17), bar.maximum()]:
+        bar.setValue(value)
+        qtbot.wait(10)
+        assert sheet.lines.hidden_text() == [], (size, value)

@@ -24,7 +24,6 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QScrollArea,
-    QScroller,
     QVBoxLayout,
     QWidget,
 )
@@ -32,7 +31,12 @@ from PySide6.QtWidgets import (
 from cellview.analysis.model_spec import CATEGORIES, CATEGORY_COLORS
 from cellview.gui.kiosk.keypad import DecimalPad, typed_value
 from cellview.gui.kiosk.lines import WholeLines, snap_scroller
-from cellview.gui.kiosk.style import KIOSK_SHEET_BACKGROUND, KIOSK_SHEET_CARD, THIN_SCROLL_BAR
+from cellview.gui.kiosk.style import (
+    KIOSK_LIST_BACKGROUND,
+    KIOSK_SHEET_BACKGROUND,
+    KIOSK_SHEET_CARD,
+    THIN_SCROLL_BAR,
+)
 from cellview.gui.kiosk.widgets import TextScroll
 from cellview.gui.widgets.cards import text_label
 from cellview.gui.widgets.inspector import OUT_OF_DOMAIN_TEXT, ProbabilityBars, pct
@@ -98,7 +102,8 @@ class FilePickerSheet(Sheet):
         self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.list.itemClicked.connect(self._clicked)
-        QScroller.grabGesture(self.list.viewport(), QScroller.ScrollerGestureType.LeftMouseButtonGesture)
+        snap_scroller(self.list)
+        self.lines = WholeLines(self.list, KIOSK_LIST_BACKGROUND)  # no file name cut at the list's edges
         self.body.addWidget(self.list, 1)
         row = QHBoxLayout()
         row.addStretch(1)
