@@ -80,6 +80,9 @@ def analyse_in_page(page, slide: Path) -> dict:
     page.click("#analyse")
     wait_until(page, "() => ['done', 'cancelled', 'failed'].includes(document.body.dataset.jobState)")
     assert page.evaluate("() => document.body.dataset.jobState") == "done", page.inner_text("#run")
+    # the readouts follow the job's state from their own fetch: under load "So far: …" stayed a moment longer
+    wait_until(page, "() => { const w = document.getElementById('call-words').innerText;"
+                     " return w.length > 0 && !w.startsWith('So far'); }")
     return wait_until(page, "() => { const s = window.cellview.state(); return s.overlay && s.draws ? s : null; }")
 
 
