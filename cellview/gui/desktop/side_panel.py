@@ -90,6 +90,7 @@ class SidePanel:
         c.addWidget(heatmap.show_overlay)
         c.addWidget(heatmap.show_regions)
         c.addWidget(heatmap.regions_label)
+        c.addWidget(heatmap.show_cells)
         form = QFormLayout()
         form.setHorizontalSpacing(10)
         form.addRow("Draw", heatmap.style_box)

@@ -98,6 +98,7 @@ class CasePage(QWidget):
         side.addWidget(heatmap.show_overlay)
         side.addWidget(heatmap.show_regions)
         side.addWidget(heatmap.regions_label)
+        side.addWidget(heatmap.show_cells)
         side.addWidget(text_label("Draw", "kioskHint", wrap=False))
         side.addWidget(heatmap.style_box)
         side.addWidget(text_label("Fill opacity", "kioskHint", wrap=False))

@@ -5,6 +5,10 @@ Both windows show it: the desktop in its Analysis card, the kiosk at the top of 
 swatch). It follows ``model.call`` (worked out off the main thread), never the display's filters: a malignant
 minority is named even when normal is the largest share, and a slide that could not be called says why (out
 of domain, too little tissue, not analysed).
+
+Under the call, ``reading_label`` says how the model read the image when it had to assume something (a smear
+without a pixel size: "The image states no pixel size: taken as one field 100 µm wide, …", the words of
+``cellview analyze`` and the metadata JSON) and which cells are outlined behind the call (``model.cells``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from cellview.analysis.call import SlideCall
 from cellview.analysis.results import plural
 from cellview.gui.widgets.cards import NBSP, text_label, unbreakable
 from cellview.outputs.legend import call_colour
+from cellview.viewer.cells import reading_note
 from cellview.viewer.events import Event
 from cellview.viewer.model import ViewerModel
 
@@ -39,8 +44,9 @@ def shares_line(call: SlideCall) -> str:
 
 class CallPanel:
     """``call_label`` (the headline: "Malignant", "No call: out of domain"), ``evidence_label`` ("2 regions,
-    largest 0.10 mm², 35 % of tiles") and ``shares_label`` (every share and the tiles). ``names``: the three
-    labels' style names; ``swatch``: a coloured ■ before the headline (the kiosk's, read from afar)."""
+    largest 0.10 mm², 35 % of tiles"), ``shares_label`` (every share and the tiles) and ``reading_label`` (what
+    the run assumed, the cells outlined; hidden when nothing). ``names``: the first three labels' style names (the
+    reading takes the shares'); ``swatch``: a coloured ■ before the headline (the kiosk's, read from afar)."""
 
     def __init__(self, model: ViewerModel, names: tuple[str, str, str] = ("callHeadline", "callEvidence", "hint"),
                  swatch: bool = False) -> None:
@@ -52,14 +58,17 @@ class CallPanel:
         self.evidence_label.setTextFormat(Qt.TextFormat.PlainText)
         self.shares_label = text_label("", names[2])
         self.shares_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.reading_label = text_label("", names[2])
+        self.reading_label.setTextFormat(Qt.TextFormat.PlainText)
         self.call: SlideCall | None = None
+        model.cells.events.cells.connect(lambda e: self.show_reading())
         model.call.events.call.connect(self._on_call)
         model.analysis.events.running.connect(lambda e: self.show(self.model.call.current))
         model.overlay.events.domain.connect(lambda e: self.show(self.model.call.current))
         self.show(None)
 
     def labels(self) -> tuple:
-        return self.call_label, self.evidence_label, self.shares_label
+        return self.call_label, self.evidence_label, self.shares_label, self.reading_label
 
     def _on_call(self, event: Event) -> None:
         self.show(event.value)
@@ -88,5 +97,17 @@ class CallPanel:
             self.call_label.setText(head + escape(state))
             self.evidence_label.setText(unbreakable(call.evidence))
             self.shares_label.setText(shares_line(call))
+        self.show_reading()
+
+    def reading(self) -> str:
+        """What the run assumed to read the image, then the cells outlined ('' when neither)."""
+        model = self.model
+        result = model.analysis.shown_result()
+        spec = model.analysis.spec if model.analysis.running else None
+        parts = [reading_note(result, spec), model.cells.drawn().note if result is not None else ""]
+        return "\n".join(p for p in parts if p)
+
+    def show_reading(self) -> None:
+        self.reading_label.setText(self.reading())
         for label in self.labels():
             label.setVisible(bool(label.text()))
