@@ -7,7 +7,6 @@ cached coarser tiles) stays underneath until the sharper ones arrive.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,7 +24,8 @@ from cellview.gui.canvas.items import (
     contour_items,
     region_graphics,
 )
-from cellview.gui.canvas.loaders import VIEW_TILE_PX, TileKey, TileLoaded, TileRequests
+from cellview.gui.canvas.loaders import TileLoaded, TileRequests
+from cellview.gui.canvas.tiles import TileLayer
 from cellview.gui.canvas.widgets import EmptyHint, Overview, ScaleBar
 from cellview.outputs.overlay import Contour
 from cellview.viewer.slide import OVERVIEW_PX, Opened
@@ -42,40 +42,6 @@ MIN_SLIDE_SHARE = 1 / 3
 
 ARROW_STEPS = {Qt.Key.Key_Left: (0, -1), Qt.Key.Key_Right: (0, 1), Qt.Key.Key_Up: (-1, 0), Qt.Key.Key_Down: (1, 0)}
 """Arrow key -> (d_row, d_col) for stepping the tile selection."""
-
-
-class TileCache:
-    """LRU of display tiles bounded in bytes (the pyramid can be far larger than memory)."""
-
-    def __init__(self, max_bytes: int = 384 << 20) -> None:
-        self.max_bytes = max_bytes
-        self.nbytes = 0
-        self._items: OrderedDict[TileKey, TileLoaded] = OrderedDict()
-
-    def get(self, key: TileKey) -> TileLoaded | None:
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
-
-    def put(self, tile: TileLoaded) -> None:
-        if tile.key in self._items:
-            return
-        self._items[tile.key] = tile
-        self.nbytes += tile.bgra.nbytes
-        while self.nbytes > self.max_bytes and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            self.nbytes -= old.bgra.nbytes
-
-    def __contains__(self, key: TileKey) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.nbytes = 0
 
 
 class PickViewBox(pg.ViewBox):
@@ -120,7 +86,7 @@ class SlideView(pg.GraphicsView):
     firstPaint = Signal()
     stepKey = Signal(int, int)  # arrow keys: (d_row, d_col)
 
-    MAX_LIVE_ITEMS = 160
+    MAX_LIVE_ITEMS = TileLayer.MAX_LIVE_ITEMS
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent, background=CANVAS_BG)
@@ -186,12 +152,10 @@ class SlideView(pg.GraphicsView):
         """Show the empty-canvas hint (the kiosk has its own waiting page and no Ctrl+O)."""
 
         self.opened: Opened | None = None
-        self.cache = TileCache()
+        self.tiles = TileLayer(self.vb)
+        self.cache = self.tiles.cache
         self.requests: TileRequests | None = None
-        self._items: dict[TileKey, QGraphicsPixmapItem] = {}
-        self._wanted: set[TileKey] = set()
         self._painted = False
-        self._mode = Qt.TransformationMode.SmoothTransformation
         self._update_timer = QTimer(self, singleShot=True, interval=25)
         self._update_timer.timeout.connect(self.update_tiles)
         self.vb.sigRangeChanged.connect(self._range_changed)
@@ -235,11 +199,7 @@ class SlideView(pg.GraphicsView):
         return max(48, min(OVERVIEW_PX, int(self.overview_share * min(self.width(), self.height()))))
 
     def clear_slide(self) -> None:
-        for item in self._items.values():
-            self.vb.removeItem(item)
-        self._items.clear()
-        self._wanted.clear()
-        self.cache.clear()
+        self.tiles.clear()
         self.opened = None
         self.base.setPixmap(QPixmap())
         self.overlay.clear()
@@ -461,89 +421,23 @@ class SlideView(pg.GraphicsView):
             p = self.vb.mapSceneToView(scene_pos)
             self.hovered.emit(p.x(), p.y())
 
-    # -- pyramid tiles -------------------------------------------------------------------------
-
-    def _level_for(self, l0_per_px: float) -> int | None:
-        """Pyramid level for this zoom, or None where the thumbnail is already sharp enough.
-
-        Only usable levels: one the level check skipped (wrong colours) is never drawn.
-        """
-        info = self.opened.info
-        thumb_ds = info.dimensions[0] / self.opened.thumbnail.shape[1]
-        if l0_per_px >= thumb_ds * 0.95:
-            return None
-        # A level up to 1.25x coarser than the screen is still crisp and has 1.5-16x fewer pixels to draw.
-        best = 0
-        for level in info.usable_levels:
-            if info.level_downsamples[level] <= l0_per_px * 1.25:
-                best = level
-        return best
-
-    def _keys_in(self, level: int, rect: QRectF) -> list[TileKey]:
-        info = self.opened.info
-        ds = info.level_downsamples[level]
-        lw, lh = info.level_dimensions[level]
-        span = VIEW_TILE_PX * ds
-        tx0 = max(0, int(rect.left() // span))
-        ty0 = max(0, int(rect.top() // span))
-        tx1 = min((lw - 1) // VIEW_TILE_PX, int(rect.right() // span))
-        ty1 = min((lh - 1) // VIEW_TILE_PX, int(rect.bottom() // span))
-        cx, cy = rect.center().x() / span, rect.center().y() / span
-        keys = [(level, tx, ty) for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
-        keys.sort(key=lambda k: (k[1] + 0.5 - cx) ** 2 + (k[2] + 0.5 - cy) ** 2)
-        return keys
+    # -- pyramid tiles (canvas/tiles.py) -------------------------------------------------------
 
     def update_tiles(self) -> None:
-        """Show cached tiles of the right level, ask the loaders for the rest, drop the others."""
-        if self.opened is None or self.requests is None:
-            return
-        rect = self.visible_l0_rect()
-        l0_per_px = self.l0_per_screen_px()
-        level = self._level_for(l0_per_px)
-        # Magnified pixels are drawn as pixels (no seams between tiles, honest at high zoom);
-        # minified ones are filtered so textures do not alias.
-        smooth = level is None or l0_per_px >= self.opened.info.level_downsamples[level]
-        mode = Qt.TransformationMode.SmoothTransformation if smooth else Qt.TransformationMode.FastTransformation
-        if mode != self._mode:
-            self._mode = mode
-            for item in self._items.values():
-                item.setTransformationMode(mode)
-        wanted: list[TileKey] = [] if level is None else self._keys_in(level, rect)
-        wanted = wanted[: self.MAX_LIVE_ITEMS // 2]
-        self._wanted = set(wanted)
-        missing = [k for k in wanted if k not in self.cache]
-        self.requests.replace(missing)
-        show = {k for k in wanted if k in self.cache}
-        if missing and level is not None:
-            # Coarser cached tiles stand in until the sharp ones arrive.
-            for coarser in (lv for lv in self.opened.info.usable_levels if lv > level):
-                show.update(k for k in self._keys_in(coarser, rect) if k in self.cache)
-        for key in list(self._items):
-            if key not in show:
-                self.vb.removeItem(self._items.pop(key))
-        for key in sorted(show, key=lambda k: -k[0]):
-            if key not in self._items and len(self._items) < self.MAX_LIVE_ITEMS:
-                self._add_item(self.cache.get(key))
-
-    def _add_item(self, tile: TileLoaded | None) -> None:
-        if tile is None:
-            return
-        item = QGraphicsPixmapItem(QPixmap.fromImage(bgra_qimage(tile.bgra, tile.opaque)))
-        item.setTransformationMode(self._mode)
-        x, y, w, h = tile.l0_rect
-        item.setPos(x, y)
-        item.setTransform(QTransform.fromScale(w / tile.bgra.shape[1], h / tile.bgra.shape[0]))
-        item.setZValue(-50 - tile.key[0])
-        self.vb.addItem(item)
-        self._items[tile.key] = item
+        if self.opened is not None and self.requests is not None:
+            self.tiles.update(self.opened, self.requests, self.visible_l0_rect(), self.l0_per_screen_px())
 
     def tile_loaded(self, tile: TileLoaded) -> None:
-        self.cache.put(tile)
-        if tile.key in self._wanted and tile.key not in self._items:
-            self._add_item(tile)
-            if all(k in self._items for k in self._wanted):
-                self._update_timer.start()  # drop the stand-ins
+        if self.tiles.loaded(tile):
+            self._update_timer.start()  # every wanted tile is in: drop the stand-ins
+
+    def _level_for(self, l0_per_px: float) -> int | None:
+        return self.tiles.level_for(self.opened, l0_per_px)
+
+    @property
+    def _items(self) -> dict:
+        return self.tiles.items
 
     @property
     def live_tile_items(self) -> int:
-        return len(self._items)
+        return len(self.tiles.items)
