@@ -76,7 +76,7 @@ class SidePanel:
         c.addLayout(row)
         c.addWidget(status.progress)
         c.addWidget(status.rate_label)
-        for label in call.labels():  # the slide's call, in the files' words, right under the run
+        for label in call.widgets():  # the slide's call, in the files' words, right under the run
             c.addWidget(label)
         c.addWidget(status.levels_label)
         c.addWidget(run.nuclei_box)

@@ -73,7 +73,7 @@ class CasePage(QWidget):
         self.case_title = NameLabel("", "kioskTitle")  # the whole name, on two lines if need be
         side.addWidget(self.case_title)
         self.call = CallPanel(self.model, ("kioskCall", "kioskEvidence", "kioskShares"), swatch=True)
-        for label in self.call.labels():
+        for label in self.call.widgets():
             side.addWidget(label)
         # the domain warning right under the call it qualifies (the slide view is too small for a banner)
         side.addWidget(heatmap.domain_banner)

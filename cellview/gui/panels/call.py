@@ -68,7 +68,12 @@ class CallPanel:
         self.show(None)
 
     def labels(self) -> tuple:
-        return self.call_label, self.evidence_label, self.shares_label, self.reading_label
+        """The call's three labels (headline, evidence, shares)."""
+        return self.call_label, self.evidence_label, self.shares_label
+
+    def widgets(self) -> tuple:
+        """Every label the panel lays out, in order: the call's, then the reading's."""
+        return self.labels() + (self.reading_label,)
 
     def _on_call(self, event: Event) -> None:
         self.show(event.value)
@@ -109,5 +114,5 @@ class CallPanel:
 
     def show_reading(self) -> None:
         self.reading_label.setText(self.reading())
-        for label in self.labels():
+        for label in self.widgets():
             label.setVisible(bool(label.text()))
