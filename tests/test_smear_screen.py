@@ -115,6 +115,8 @@ def test_the_desktop_shows_the_smear_call_the_assumption_and_the_cells(qtbot, sm
     reading = seen(panel.reading_label)
     assert reading.startswith(meta["reading"]["pixel_size"]) and "3 stained cells outlined" in reading
     assert panel.reading_label.isVisible()
+    status = window.status.slide_label  # the status bar says it too: not "pixel size unknown"
+    assert "pixel size assumed by the model" in status.text() and meta["reading"]["pixel_size"] in status.toolTip()
     check_outlines(window.model.cells.shown, centres, 320)
     view = window.view
     assert len(view.cell_outlines) == 4 and all(item.scene() is view.scene() for item in view.cell_outlines)
