@@ -147,6 +147,8 @@ def test_the_kiosk_headline_says_the_smear_call_and_outlines_its_cells(qtbot, sm
     panel = kiosk.case_page.call
     assert case.call_text == panel.text() == call.text == meta["call"]["text"]
     assert plain(panel.call_label) == f"■ {call.headline}" and seen(panel.evidence_label) == call.evidence
-    assert seen(panel.reading_label).startswith(meta["reading"]["pixel_size"])
+    mpp = meta["slide"]["mpp_um"]["x"]  # the kiosk's narrow column says it in one line, with the same figure
+    assert seen(panel.reading_label).startswith(f"Pixel size assumed: {mpp:.3g} µm/px, by the model's rule")
+    assert mpp == pytest.approx(100 / 320) and "3 stained cells outlined" in seen(panel.reading_label)
     check_outlines(kiosk.model.cells.shown, centres, 320)
     assert len(kiosk.view.cell_outlines) == 4

@@ -92,6 +92,18 @@ def reading_note(result: AnalysisResult | None, spec: ModelSpec | None = None) -
         return ""
 
 
+def reading_short(result: AnalysisResult | None, spec: ModelSpec | None = None) -> str:
+    """``reading_note`` in one line, for a small screen (the kiosk): 'Pixel size assumed: 0.446 µm/px, by the
+    model's rule (the image states none).' ('' when nothing was assumed)."""
+    if not reading_note(result, spec):
+        return ""
+    assert result is not None
+    mpp = result.slide.mpp.um if result.slide.mpp is not None else assumed_mpp(spec, result)
+    if mpp is None:
+        return "No pixel size stated: the image is read as one field, by the model's rule."
+    return f"Pixel size assumed: {mpp:.3g} µm/px, by the model's rule (the image states none)."
+
+
 class CellsState:
     """``shown``: the outlines over the shown result (``CellOutlines()`` when none); ``visible``: the user's switch
     (View → Outline stained cells; on by default, so a smear model's cells show on their own). Event: ``cells``

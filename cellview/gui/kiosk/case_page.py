@@ -72,7 +72,8 @@ class CasePage(QWidget):
         side.setSpacing(10)
         self.case_title = NameLabel("", "kioskTitle")  # the whole name, on two lines if need be
         side.addWidget(self.case_title)
-        self.call = CallPanel(self.model, ("kioskCall", "kioskEvidence", "kioskShares"), swatch=True)
+        self.call = CallPanel(self.model, ("kioskCall", "kioskEvidence", "kioskShares"), swatch=True,
+                              short_reading=True)
         for label in self.call.widgets():
             side.addWidget(label)
         # the domain warning right under the call it qualifies (the slide view is too small for a banner)

@@ -21,7 +21,7 @@ from cellview.analysis.call import SlideCall
 from cellview.analysis.results import plural
 from cellview.gui.widgets.cards import NBSP, text_label, unbreakable
 from cellview.outputs.legend import call_colour
-from cellview.viewer.cells import reading_note
+from cellview.viewer.cells import reading_note, reading_short
 from cellview.viewer.events import Event
 from cellview.viewer.model import ViewerModel
 
@@ -46,12 +46,14 @@ class CallPanel:
     """``call_label`` (the headline: "Malignant", "No call: out of domain"), ``evidence_label`` ("2 regions,
     largest 0.10 mm², 35 % of tiles"), ``shares_label`` (every share and the tiles) and ``reading_label`` (what
     the run assumed, the cells outlined; hidden when nothing). ``names``: the first three labels' style names (the
-    reading takes the shares'); ``swatch``: a coloured ■ before the headline (the kiosk's, read from afar)."""
+    reading takes the shares'); ``swatch``: a coloured ■ before the headline (the kiosk's, read from afar);
+    ``short_reading``: the assumption in one line (the kiosk's narrow column), else in the words of the files."""
 
     def __init__(self, model: ViewerModel, names: tuple[str, str, str] = ("callHeadline", "callEvidence", "hint"),
-                 swatch: bool = False) -> None:
+                 swatch: bool = False, short_reading: bool = False) -> None:
         self.model = model
         self.swatch = swatch
+        self.short_reading = short_reading
         self.call_label = text_label("", names[0])
         self.call_label.setTextFormat(Qt.TextFormat.RichText)
         self.evidence_label = text_label("", names[1])
@@ -109,7 +111,8 @@ class CallPanel:
         model = self.model
         result = model.analysis.shown_result()
         spec = model.analysis.spec if model.analysis.running else None
-        parts = [reading_note(result, spec), model.cells.drawn().note if result is not None else ""]
+        note = (reading_short if self.short_reading else reading_note)(result, spec)
+        parts = [note, model.cells.drawn().note if result is not None else ""]
         return "\n".join(p for p in parts if p)
 
     def show_reading(self) -> None:
