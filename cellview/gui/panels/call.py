@@ -25,6 +25,8 @@ from cellview.viewer.cells import reading_note, reading_short
 from cellview.viewer.events import Event
 from cellview.viewer.model import ViewerModel
 
+UNIT_PER_PX = "µm\u2060/\u2060px"
+"""'µm/px' that never wraps at its slash (word joiners): a narrow column broke '0.446 µm/' from 'px'."""
 WARN = "<span style='color:#ffb347'>⚠</span>"
 NO_CALL_ON_SCREEN = "#c3c9ce"
 """A call that is no finding, on the dark screens (``legend.NO_CALL_COLOUR`` is the white PNG legend's grey)."""
@@ -116,6 +118,6 @@ class CallPanel:
         return "\n".join(p for p in parts if p)
 
     def show_reading(self) -> None:
-        self.reading_label.setText(self.reading())
+        self.reading_label.setText(unbreakable(self.reading()).replace("µm/px", UNIT_PER_PX))
         for label in self.widgets():
             label.setVisible(bool(label.text()))
