@@ -143,7 +143,9 @@ class CellsState:
         assert mask is not None
         if mask is self._mask:
             return
-        self.cancel()
+        if self._job is not None:
+            self._job.cancel()
+        self.clear()  # another mask's outlines go now (an image that fails to open must not keep them)
         self._mask = mask
         opened = self.analysis.slide.opened
         result = self.analysis.shown_result()
