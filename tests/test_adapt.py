@@ -55,10 +55,12 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
 def lab_csv(tmp_path) -> Path:
     """Four images per category, paths relative to the CSV, labels as categories (one in capitals)."""
     rows = []
-    for cat, colour in LAB.items():
+    for c, (cat, colour) in enumerate(LAB.items()):
         for k in range(4):
             name = f"images/{cat}_{k}.png"
-            write_png(tmp_path / name, lab_image(colour, seed=hash((cat, k)) % 1000))
+            # Seeds fixed per image: hash() of a str changes with each process (PYTHONHASHSEED), and one draw
+            # in eight put the probe image beyond every lab tile's calibration distance.
+            write_png(tmp_path / name, lab_image(colour, seed=100 * c + k))
             rows.append((name, cat.upper() if k == 0 else cat))
     path = tmp_path / "labels.csv"
     with open(path, "w", newline="") as fh:
@@ -424,3 +426,28 @@ def test_labels_of_two_categories_leave_the_third_as_the_base_model_had_it():
     same = fit_head(x, allowed | np.eye(4, dtype=bool)[np.full(40, 3)], np.ones(40), w0, b0, AdaptSettings(), cats)
     np.testing.assert_allclose(same[0], fit_head(x, allowed | np.eye(4, dtype=bool)[np.full(40, 3)], np.ones(40),
                                                  w0, b0, AdaptSettings())[0], atol=1e-6)  # all named: as before
+
+
+def test_an_adapted_model_says_its_slide_call_thresholds_are_the_base_s_not_re_validated(lab_csv, cam_domain_model,
+                                                                                          tmp_path):
+    """The sidecar's call section used to be copied whole: its chosen_by claimed the base's leave-one-source-out
+    validation for a head that validation never saw."""
+    folder = tmp_path / "base"
+    shutil.copytree(Path(cam_domain_model).parent, folder)
+    side = json.loads((folder / "model.json").read_text())
+    side["call"] = {"rule_version": 1, "malignant": {"min_confidence": 0.9, "min_share": 0.05, "min_area_mm2": 0.1},
+                    "chosen_by": "leave-one-source-out on 4 sources (bench/slide_call.py)",
+                    "validation": {"sources": 4, "balanced_accuracy": 0.9}}
+    (folder / "model.json").write_text(json.dumps(side))
+    base = ModelSpec.load(folder / "model.onnx")
+    sources, _ = read_labels([lab_csv])
+    report, _ = run_adapt(sources, base, tmp_path / "lab", name="toy-lab")
+    assert report.written is not None
+    spec = ModelSpec.load(tmp_path / "lab" / "model.onnx")
+    call = json.loads((tmp_path / "lab" / "model.json").read_text())["call"]
+    assert call["malignant"] == side["call"]["malignant"]  # the same figures
+    assert call["chosen_by"].startswith("the base model's thresholds (")
+    assert "not re-validated for the adapted head on the lab's labels" in call["chosen_by"]
+    assert "(for the base: leave-one-source-out" in call["chosen_by"]
+    assert call["validation"] == {"of_base_model": {"sources": 4, "balanced_accuracy": 0.9}, "re_validated": False}
+    assert spec.call.chosen_by == call["chosen_by"]

@@ -101,12 +101,13 @@ def test_unlabelling_a_tile_under_an_imported_annotation_leaves_it_out(viewer, l
     qupath = tmp_path / "from-qupath.geojson"
     write_geojson(qupath, [LabelRegion.rect("Normal", *lab_block_rect(2)), LabelRegion.rect("Tumor", 0, 0, 9, 9)])
     text = labels.import_geojson(qupath)
-    assert "Imported 2 annotations" in text and "Not a label of this model: Tumor" in text
-    assert labels.counts() == {"Normal": 12}
+    assert "Imported 2 annotations" in text and "labelled normal 12 tiles" in text
+    assert "Not labels until mapped to a category or class of the model: Tumor" in text
+    assert labels.counts() == {"normal": 12}  # QuPath's 'Normal' is the model's category; 'Tumor' is no label yet
     tiles = block_tiles(labels, 2)
     labels.pick(tiles[0])
     labels.label_picked(None)
-    assert labels.counts() == {"Normal": 11}
+    assert labels.counts() == {"normal": 11}
     assert read_geojson(labels.saved_to).regions[-1].label == IGNORE
 
 
@@ -164,7 +165,7 @@ def test_a_symlinked_slide_s_labels_are_saved_beside_the_link_not_its_target(vie
     mine.mkdir()
     link = mine / "lab.tiff"
     os.symlink(target, link)
-    labels = LabelsModel(viewer)
+    labels = viewer.labels
     viewer.open(link)
     block_tiles(labels, 0)
     labels.label_key("1")
@@ -175,7 +176,7 @@ def test_a_symlinked_slide_s_labels_are_saved_beside_the_link_not_its_target(vie
 
 def test_imported_qupath_classes_without_a_mapping_never_break_adapt_model(viewer, lab_slide, tmp_path):
     """Importing 'Tumor' and 'Stroma' used to make every later Adapt model… fail with 'Unknown labels'."""
-    labels = LabelsModel(viewer)
+    labels = viewer.labels
     viewer.open(lab_slide)
     for k, cat in enumerate(LAB_BLOCKS):
         block_tiles(labels, k)
@@ -189,3 +190,121 @@ def test_imported_qupath_classes_without_a_mapping_never_break_adapt_model(viewe
     report = items[-1]
     assert isinstance(report, AdaptReport) and report.written is not None
     assert any("not labels until mapped" in n and "Tumor" in n for n in report.lab.notes)
+
+
+def test_suggested_tiles_are_tiles_of_the_shown_grid_and_n_steps_through_them(viewer, lab_slide):
+    from cellview.lab.suggest import SuggestResult
+    from cellview.viewer.suggestions import SuggestTour
+
+    labels = viewer.labels
+    tour = SuggestTour(labels)
+    assert tour.step() == -1 and not tour.can_suggest  # nothing open: nothing to suggest
+    viewer.open(lab_slide)
+    assert tour.can_suggest
+    items, errors = [], []
+    run_now(tour.job(6, items.append, errors.append))
+    assert not errors, errors[0].message if errors else ""
+    assert isinstance(items[-1], SuggestResult) and len(tour.tiles) == 6 == len(set(tour.tiles))
+    grid = labels.grid
+    assert all(0 <= i < grid.n_tiles for i in tour.tiles)
+    assert tour.rects() == [grid.rect(i) for i in tour.tiles]
+    assert "6 tiles suggested" in tour.note
+    # N picks the first, then the next; Shift+N goes back; labelling is one more key.
+    assert tour.step() == tour.tiles[0] and labels.picked == {tour.tiles[0]}
+    assert tour.step() == tour.tiles[1] and tour.where().startswith("Suggested tile 2 of 6")
+    assert tour.step(-1) == tour.tiles[0]
+    assert labels.label_key("2") == 1 and labels.tile_labels()[tour.tiles[0]] == "benign"
+    assert tour.step(-1) == tour.tiles[-1]  # wraps round
+    # Another slide drops them.
+    viewer.close_slide()
+    assert tour.tiles == [] and tour.rects() == []
+
+
+def test_undo_takes_back_labelling_and_importing_step_by_step(viewer, lab_slide, tmp_path):
+    labels = viewer.labels
+    viewer.open(lab_slide)
+    block_tiles(labels, 0)
+    labels.label_key("1")
+    block_tiles(labels, 1)
+    labels.label_key("2")
+    qupath = tmp_path / "q.geojson"
+    write_geojson(qupath, [LabelRegion.rect("normal", *lab_block_rect(2))])
+    labels.import_geojson(qupath)
+    assert labels.counts() == {"malignant": 12, "benign": 12, "normal": 12}
+    assert labels.history.undo_text() == "Undo import q.geojson"
+    assert labels.undo() == "Undo import q.geojson"
+    assert labels.counts() == {"malignant": 12, "benign": 12}
+    assert len(read_geojson(labels.saved_to).regions) == 24  # saved at once
+    assert labels.history.undo_text() == "Undo label 12 tiles benign"
+    labels.undo()
+    assert labels.counts() == {"malignant": 12}
+    assert labels.redo() == "Redo label 12 tiles benign" and labels.counts() == {"malignant": 12, "benign": 12}
+    labels.undo()
+    labels.undo()
+    assert labels.counts() == {} and labels.undo() == "" and labels.history.undo_text() == ""
+    # Another slide starts a new history.
+    labels.redo()
+    viewer.close_slide()
+    assert not labels.history.can_undo and not labels.history.can_redo
+
+
+def test_imported_annotations_that_miss_the_slide_or_hold_no_tile_centre_say_so(viewer, lab_slide, tmp_path):
+    labels = viewer.labels
+    viewer.open(lab_slide)
+    far = tmp_path / "other-slide.geojson"
+    write_geojson(far, [LabelRegion.rect("malignant", 50000 + 100 * i, 50000, 50090 + 100 * i, 50090)
+                        for i in range(151)])
+    text = labels.import_geojson(far)
+    assert text.startswith("Imported 151 annotations from other-slide.geojson: no tile is labelled")
+    assert "may belong to another slide" in text and labels.counts() == {}
+    small = tmp_path / "small.geojson"
+    x0, y0, _, _ = lab_block_rect(1)
+    write_geojson(small, [LabelRegion.rect("benign", x0 + 2, y0 + 2, x0 + 12, y0 + 12)])
+    text = labels.import_geojson(small)
+    assert "no tile is labelled" in text and "contains no tile centre" in text and "smaller than a tile" in text
+
+
+def test_a_mapped_qupath_class_labels_tiles_in_its_label_s_colour_and_is_remembered(viewer, lab_slide, tmp_path):
+    labels = viewer.labels
+    viewer.open(lab_slide)
+    qupath = tmp_path / "q.geojson"
+    write_geojson(qupath, [LabelRegion.rect("Tumor", *lab_block_rect(0)), LabelRegion.rect("Stroma",
+                                                                                          *lab_block_rect(1))])
+    labels.import_geojson(qupath)
+    assert labels.counts() == {} and labels.outlines() == []  # not labels until mapped
+    assert labels.foreign_classes() == ["Tumor", "Stroma"] and labels.mapping_for("Tumor") is None
+    labels.set_class_map({"Tumor": "malignant", "Stroma": IGNORE})
+    assert labels.counts() == {"malignant": 12}
+    malignant = next(c.color for c in labels.choices if c.label == "malignant")
+    assert [(c.category, c.color) for c in labels.outlines()] == [("malignant", malignant)]  # not the pick's cyan
+    assert "labelled malignant 12 tiles" in labels.import_text() and "Left out as mapped: Stroma" in labels.import_text()
+    # Proposed again next time (another slide, another session's model part).
+    viewer.close_slide()
+    viewer.open(lab_slide)
+    assert labels.mapping_for("Tumor") == "malignant" and labels.counts() == {"malignant": 12}
+
+
+def test_the_proposed_name_of_an_adapted_model_does_not_stack(viewer):
+    import datetime as dt
+
+    today = dt.date.today().isoformat()
+    assert viewer.labels.default_name("colon-he") == f"colon-he-lab-{today}"
+    assert viewer.labels.default_name("colon-he-lab-2026-01-02") == f"colon-he-lab-{today}"
+    assert viewer.labels.default_name("colon-he-lab-2026-01-02-lab-2026-02-03") == f"colon-he-lab-{today}"
+
+
+def test_suggestions_made_for_another_slide_or_analysis_are_not_taken(viewer, lab_slide):
+    from cellview.lab.suggest import Suggestion, SuggestResult
+    from cellview.viewer.suggestions import SuggestTour
+
+    tour = SuggestTour(viewer.labels)
+    viewer.open(lab_slide)
+    job = tour.job(3)
+    grid = viewer.labels.grid
+    x, y, w, h = grid.rect(0)
+    late = SuggestResult((Suggestion(1, lab_slide, (x, y, w, h), "benign", 0.9, 0.1),), 10)
+    job.on_item(late)
+    assert tour.tiles == [0]
+    viewer.close_slide()
+    job.on_item(late)  # the slide closed while it ran
+    assert tour.tiles == [] and "suggest again" in tour.note

@@ -87,3 +87,48 @@ def test_on_a_slide_it_suggests_tiles_as_rectangles_that_label_regions(tmp_path,
     assert len(sources) == 1 and sources[0].path == slide and len(sources[0].regions) == 2
     assert {r.label for r in sources[0].regions} == {"normal"}
     assert any("3 rows without a label passed over" in n for n in notes)
+
+
+def test_the_same_seed_suggests_the_same_tiles_whatever_order_the_readers_finish_in(tmp_path, cam_domain_model,
+                                                                                    monkeypatch):
+    """Tile batches arrive as the reader threads finish them; the viewer's two runs once suggested different tiles."""
+    import queue
+
+    import cellview.lab.suggest as core
+
+    slide = write_pyramid_tiff(tmp_path / "lab.tiff", lab_slide_rgb(), 1.0, levels=2)
+    clf = OnnxClassifier(ModelSpec.load(cam_domain_model), device="cpu")
+    params = AnalysisParams(tissue_threshold=0.5, batch_size=8)
+
+    seen = []
+    rank = core.rank_for_labelling
+
+    def recording(features, probs, n, seed=0, **kw):
+        seen.append(np.array(features))  # what k-means sees, in its order (the seeding draws by index)
+        return rank(features, probs, n, seed, **kw)
+
+    monkeypatch.setattr(core, "rank_for_labelling", recording)
+
+    def run():
+        got = [i for i in suggest([slide], clf, params, 6, seed=3) if isinstance(i, SuggestResult)]
+        return [(s.rect, s.call) for s in got[0].suggestions]
+
+    first = run()
+    real = core.TileReaders
+
+    class Reversed:
+        """The real readers, their batches handed out last first."""
+
+        def __init__(self, *a, **k):
+            self.inner = real(*a, **k)
+            batches = [self.inner.queue.get() for _ in range(len(a[2]))]
+            self.queue = queue.Queue()
+            for b in reversed(batches):
+                self.queue.put(b)
+
+        def close(self):
+            self.inner.close()
+
+    monkeypatch.setattr(core, "TileReaders", Reversed)
+    assert run() == first
+    assert np.array_equal(seen[0], seen[1])

@@ -153,7 +153,7 @@ def mask_thumbnail(slide: Slide, downsample: float) -> np.ndarray:
         if slide.is_skipped(level):
             continue
         try:
-            return slide._read_level_scaled(level, out_size)  # the slide's chunked two-handle reader
+            return slide.read_level_scaled(level, out_size)  # the slide's chunked two-handle reader
         except SlideError as exc:
             error = exc
     if error is not None:

@@ -69,6 +69,8 @@ def write_adapted(out_dir: Path, base: ModelSpec, lab: LabTiles, weight: np.ndar
                                                           bias).SerializeToString())
         side = json.loads(base.sidecar_path.read_text(encoding="utf-8"))
         side.pop("domain", None)
+        if isinstance(side.get("call"), dict):
+            side["call"] = base_call(side["call"], base)
         provenance = _provenance(base, lab, report, params, settings, today, command)
         side.update({
             "name": name,
@@ -140,6 +142,19 @@ def _provenance(base: ModelSpec, lab: LabTiles, report: AdaptReport, params: Ana
         "cellview": __version__,
         "command": command,
     }
+
+
+def base_call(call: dict[str, Any], base: ModelSpec) -> dict[str, Any]:
+    """The base's slide-call thresholds as the adapted model's, saying so: they were chosen (validated by
+    leave-one-source-out, say) for the base model's head and were not re-validated on the lab's labels, so the
+    copy must not claim that validation for the new head. The base's own record moves under ``validation``."""
+    out = dict(call)
+    was = str(call.get("chosen_by") or "").strip()
+    out["chosen_by"] = (f"the base model's thresholds ({base.name} {base.version}".strip() + "), kept as they were: "
+                        "not re-validated for the adapted head on the lab's labels"
+                        + (f" (for the base: {was})" if was else ""))
+    out["validation"] = {"of_base_model": call.get("validation") or {}, "re_validated": False}
+    return out
 
 
 def adaptation_mark(sidecar: dict[str, Any]) -> str:

@@ -162,11 +162,13 @@ class SuggestResult:
 
 
 def suggest(paths: Sequence[Path], classifier: OnnxClassifier, params: AnalysisParams, n: int,
-            seed: int = 0, cancel: CancelToken | None = None) -> Iterator[AdaptProgress | SuggestResult]:
+            seed: int = 0, cancel: CancelToken | None = None,
+            image_tiles: bool = False) -> Iterator[AdaptProgress | SuggestResult]:
     """Yield progress while the base model reads every image and slide; the SuggestResult last.
 
     A plain image is one candidate (its tiles' mean features and mean probabilities); a slide's
-    tissue tiles are candidates one by one (up to ``MAX_TILES_PER_SLIDE`` of them).
+    tissue tiles are candidates one by one (up to ``MAX_TILES_PER_SLIDE`` of them). ``image_tiles``:
+    an image's tiles are candidates one by one too (the viewer suggests tiles of the one open image).
     """
     spec = classifier.spec
     if "features" not in classifier.output_names:
@@ -218,7 +220,9 @@ def suggest(paths: Sequence[Path], classifier: OnnxClassifier, params: AnalysisP
                 unreadable.append((str(path), "no tile could be read"))
                 continue
             f, p, idx = np.concatenate(f_got), np.concatenate(p_got), np.concatenate(i_got)
-            if isinstance(slide, ImageSlide):  # an image is labelled whole: one candidate
+            order = np.argsort(idx, kind="stable")  # batches arrive as the readers finish them: same seed, same order
+            f, p, idx = f[order], p[order], idx[order]
+            if isinstance(slide, ImageSlide) and not image_tiles:  # an image is labelled whole: one candidate
                 feats.append(f.mean(axis=0, keepdims=True))
                 cat_probs.append(p.mean(axis=0, keepdims=True))
                 where.append((Path(path), None))

@@ -209,13 +209,13 @@ class Slide:
             if self.is_skipped(level):
                 continue
             try:
-                return self._read_level_scaled(level, (out_w, out_h))
+                return self.read_level_scaled(level, (out_w, out_h))
             except SlideError as exc:
                 error = exc
         assert error is not None
         raise error
 
-    def _read_level_scaled(self, level: int, out_size: tuple[int, int], chunk_px: int = 4096) -> np.ndarray:
+    def read_level_scaled(self, level: int, out_size: tuple[int, int], chunk_px: int = 4096) -> np.ndarray:
         """A whole level shrunk to ``out_size``, read in chunks; two threads (each its own handle) share the chunks
         when there are several, so tissue detection on a large slide does not leave a core idle."""
         lw, lh = self.level_dimensions[level]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +26,19 @@ from cellview.analysis.pipeline import CancelToken
 from cellview.analysis.results import ModelInfo, plural
 from cellview.analysis.tiling import TileGrid
 from cellview.base.errors import CellviewError, ExportError
+from cellview.lab.classmap import MappedRegions, apply_mapping, known_label, remembered_mapping, valid_labels
+from cellview.lab.history import LabelHistory
 from cellview.lab.labels import (
     IGNORE,
     LabelRegion,
     cell_centres,
     cell_rect,
+    label_color,
     labelled_slides,
     labels_path,
     read_geojson,
     remember_labels,
+    summarise_import,
     tile_labels,
     user_labels_dir,
     write_geojson,
@@ -47,6 +52,7 @@ from cellview.viewer.selection import Selection
 from cellview.viewer.slide import SlideState
 
 LABEL_KEYS = "123456789"
+_LAB_SUFFIX = re.compile(r"(-lab-\d{4}-\d{2}-\d{2})+$")
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,9 @@ class LabelsModel:
         self.picked: set[int] = set()
         self.saved_to: Path | None = None
         self.note = ""
+        self.history = LabelHistory()  # undo / redo of this slide's labels (Ctrl+Z)
+        self.last_import: tuple[tuple[LabelRegion, ...], str, tuple[str, ...]] = ((), "", ())
+        self._mapping: dict[str, str] = remembered_mapping()  # QuPath class → label (``lab.classmap``)
         self._grid_id: int | None = None
         self._cache: tuple[int, int, np.ndarray] | None = None  # (grid id, version, tile labels)
         self._version = 0
@@ -100,6 +109,8 @@ class LabelsModel:
         opened = event.value
         self.picked.clear()
         self.regions, self.saved_to, self.note = [], None, ""
+        self.history.clear()
+        self._mapping = remembered_mapping()
         self.slide = None if opened is None else str(opened.path)
         if self.slide is not None:
             path = labels_path(self.slide, writable=False)
@@ -190,6 +201,15 @@ class LabelsModel:
         choice = next((c for c in self.choices if c.key == key), None)
         return 0 if choice is None else self.label_picked(choice.label)
 
+    def pick_all(self) -> int:
+        """Pick every tissue tile of the shown grid (the whole image or slide, to label it with one key)."""
+        grid = self.grid
+        if grid is None:
+            return 0
+        self.picked = set(range(grid.n_tiles))
+        self.events.picked(self.picked)
+        return len(self.picked)
+
     def label_picked(self, label: str | None) -> int:
         """Give the target tiles ``label`` (None: take their label away). Saved at once; the pick is done with."""
         grid = self.grid
@@ -199,42 +219,123 @@ class LabelsModel:
         rects = {tuple(round(v, 3) for v in cell_rect(grid, i)) for i in tiles}
         kept = [r for r in self.regions if _rect_of(r) not in rects]  # a tile's own earlier label goes
         added = [LabelRegion.rect(label, *rect) for rect in sorted(rects)] if label is not None else []
-        self.regions = kept + added
+        regions = kept + added
         if label is None:  # still under an imported annotation: leave it out explicitly (QuPath's Ignore*)
-            still = tile_labels(grid, self.regions)
-            self.regions += [LabelRegion.rect(IGNORE, *cell_rect(grid, i)) for i in tiles if still[i] is not None]
-        self._save()
+            still = tile_labels(grid, apply_mapping(regions, self._valid(), self._mapping).regions)
+            regions += [LabelRegion.rect(IGNORE, *cell_rect(grid, i)) for i in tiles if still[i] is not None]
+        what = plural(len(tiles), "tile")
+        self._set(regions, f"label {what} {label}" if label is not None else f"remove the label of {what}")
         self.clear_picked()
         return len(tiles)
 
     def import_geojson(self, path: str | os.PathLike[str]) -> str:
-        """QuPath annotations of this slide become labels (after the ones there); returns what was done."""
+        """QuPath annotations of this slide become labels (after the ones there); returns what was done, in words
+        (``import_text``: which tiles they label, or why none; classes not yet mapped are not labels)."""
         if self.slide is None:
             raise CellviewError("Open a slide before importing its annotations.")
         got = read_geojson(path)
-        self.regions += list(got.regions)
+        self.last_import = (tuple(got.regions), Path(path).name, tuple(got.skipped))
+        self._set(self.regions + list(got.regions), f"import {Path(path).name}")
+        self.note = self.import_text()
+        self.events.labels(self)
+        return self.note
+
+    def import_text(self) -> str:
+        """What the last import labels on the shown grid, with the mapping as it is now."""
+        regions, name, skipped = self.last_import
+        mapped = self.mapped(regions)
+        grid = self.grid
+        head = f"Imported {plural(len([r for r in regions if not r.is_ignore]), 'annotation')} from {name}"
+        if grid is None:
+            text = f"{head}; they label tiles once the image is analysed."
+        elif mapped.regions:
+            result = self.analysis.shown_result()
+            mpp = result.mpp.um if result is not None and result.mpp is not None else None
+            summary = summarise_import(mapped.regions, grid, mpp)  # words for the annotations that are labels
+            own = f"Imported {plural(summary.regions, 'annotation')} from {name}"
+            text = head + summary.text(name)[len(own):]
+        else:
+            text = f"{head}: no tile is labelled."
+        if mapped.pending:
+            text += (f" Not labels until mapped to a category or class of the model: {', '.join(mapped.pending)} "
+                     "(Labels → Map QuPath classes…).")
+        if mapped.left_out:
+            text += f" Left out as mapped: {', '.join(mapped.left_out)}."
+        if skipped:
+            text += f" Passed over {'; '.join(skipped)}."
+        return text
+
+    # -- QuPath classes the model does not know (``lab.classmap``) ---------------------------------
+
+    def _valid(self) -> list[str]:
+        result = self.analysis.shown_result()
+        return [] if result is None else valid_labels(result.model.class_names, result.model.class_categories)
+
+    def mapped(self, regions: Any = None) -> MappedRegions:
+        """``regions`` (default: the slide's) as labels of the shown model: mapped classes renamed, pending ones out."""
+        return apply_mapping(self.regions if regions is None else regions, self._valid(), self._mapping)
+
+    def foreign_classes(self, regions: Any = None) -> list[str]:
+        """Classes among ``regions`` (default: the slide's) that are not labels of the model: the mapping dialog's
+        rows (mapped before or not)."""
+        valid = self._valid()
+        out: list[str] = []
+        for r in self.regions if regions is None else regions:
+            if not r.is_ignore and known_label(r.label, valid) is None and r.label not in out:
+                out.append(r.label)
+        return out
+
+    def mapping_for(self, qupath_class: str) -> str | None:
+        """What ``qupath_class`` was mapped to before (proposed again), or None."""
+        return self._mapping.get(qupath_class)
+
+    def set_class_map(self, choices: dict[str, str | None]) -> None:
+        """Map QuPath classes (``None``: forget) and remember it for the next import (``classmap``, which
+        ``cellview adapt`` reads too)."""
+        from cellview.lab.classmap import remember_mapping
+
+        for cls, label in choices.items():
+            self._mapping = remember_mapping(cls, label)
+        self._changed()
+
+    # -- undo ------------------------------------------------------------------------------------
+
+    def _set(self, regions: list[LabelRegion], text: str) -> None:
+        self.history.record(self.regions, regions, text)
+        self.regions = regions
         self._save()
-        names = sorted({r.label for r in got.regions if not r.is_ignore})
-        text = (f"Imported {plural(len(got.regions), 'annotation')} from {Path(path).name}"
-                + (f" ({', '.join(names)})" if names else "") + ".")
-        unknown = [n for n in names if n not in {c.label for c in self.choices}
-                   and n.lower() not in {c.label.lower() for c in self.choices}]
-        if unknown and self.choices:
-            text += (f" Not a label of this model: {', '.join(unknown)} — rename them in QuPath to a category or "
-                     "class to adapt on them.")
-        if got.skipped:
-            text += f" Passed over {'; '.join(got.skipped)}."
-        self.note = text
+
+    def undo(self) -> str:
+        """Undo the last change to this slide's labels (saved at once); returns what was undone, or ''."""
+        text = self.history.undo_text()
+        regions = self.history.undo()
+        if regions is None or self.slide is None:
+            return ""
+        self.regions = list(regions)
+        self._save()
+        self.note = f"{text[0].upper()}{text[1:]}: done. Labels saved to {self.saved_to}"
+        self.events.labels(self)
+        return text
+
+    def redo(self) -> str:
+        text = self.history.redo_text()
+        regions = self.history.redo()
+        if regions is None or self.slide is None:
+            return ""
+        self.regions = list(regions)
+        self._save()
+        self.note = f"{text}: done. Labels saved to {self.saved_to}"
         self.events.labels(self)
         return text
 
     def tile_labels(self) -> np.ndarray:
-        """The shown grid's tiles' labels (None: unlabelled), cached until the labels or the grid change."""
+        """The shown grid's tiles' labels (None: unlabelled), cached until the labels or the grid change; classes
+        the model does not know count only once mapped."""
         grid = self.grid
         if grid is None:
             return np.zeros(0, dtype=object)
         if self._cache is None or self._cache[:2] != (id(grid), self._version):
-            self._cache = (id(grid), self._version, tile_labels(grid, self.regions))
+            self._cache = (id(grid), self._version, tile_labels(grid, self.mapped().regions))
         return self._cache[2]
 
     def counts(self) -> dict[str, int]:
@@ -244,12 +345,15 @@ class LabelsModel:
         return dict(zip(names.tolist(), n.tolist()))
 
     def outlines(self) -> list[Contour]:
-        """One outline per label around its tiles' cells, in the label's colour."""
+        """One outline per label around its tiles' cells, in the label's colour (never the pick's cyan)."""
         grid = self.grid
         if grid is None or not self.regions:
             return []
         labels = self.tile_labels()
-        colours = {c.label: c.color for c in self.choices}
+        result = self.analysis.shown_result()
+        names = result.model.class_names if result is not None else ()
+        colours = result.model.class_colors if result is not None else ()
+        choice = {c.label: c.color for c in self.choices}
         out = []
         for name in sorted({str(v) for v in labels if v is not None}):
             cells = np.zeros(grid.shape, bool)
@@ -257,7 +361,8 @@ class LabelsModel:
             cells[grid.grid_row[mine], grid.grid_col[mine]] = True
             seg = cell_outline(grid, cells)
             if len(seg):
-                out.append(Contour(name, colours.get(name, "#00e5ff"), seg))
+                colour = choice.get(name) or "#{:02x}{:02x}{:02x}".format(*label_color(name, names, colours))
+                out.append(Contour(name, colour, seg))
         return out
 
     def _save(self) -> None:
@@ -292,17 +397,19 @@ class LabelsModel:
         return labelled_slides()
 
     def default_name(self, base: str) -> str:
-        return f"{base}-lab-{_dt.date.today().isoformat()}"
+        """'colon-he-lab-2026-12-07'; an adapted model's own '-lab-DATE' is not stacked on."""
+        return f"{_LAB_SUFFIX.sub('', base)}-lab-{_dt.date.today().isoformat()}"
 
     def adapt_job(self, name: str, force: bool, on_item: Callable[[Any], None],
                   on_failed: Callable[[CellviewError], None], on_done: Callable[[], None],
-                  out_dir: Path | None = None) -> Job:
+                  out_dir: Path | None = None, base_path: str | None = None, writes: str = "better") -> Job:
         """*Adapt model…*: ``cellview.lab.adapt.adapt`` on every labelled slide, for the viewer's runner.
 
-        The base is the selected model; tiles are cut with the viewer's current analysis settings,
-        each slide at its own (or entered) µm/px; the model goes to the user's models folder.
+        The base is ``base_path`` (default: the selected model); tiles are cut with the viewer's current analysis
+        settings, each slide at its own (or entered) µm/px; the model goes to the user's models folder.
+        ``writes="not distinguishable"``: the person chose to keep a model not shown better (``force``: a worse one).
         """
-        model_path = self.settings.model_path
+        model_path = base_path or self.settings.model_path
         params = self.settings.current()
         folder = out_dir or user_models_dir() / name
         command = f"(the viewer's Adapt model…: {len(labelled_slides())} labelled slides)"
@@ -319,7 +426,7 @@ class LabelsModel:
             if not sources:
                 raise CellviewError("No slide is labelled yet: pick tiles and press 1–9 to label them.")
             yield from adapt(sources, base, folder, replace(params, mpp_um=None), name=name, force=force,
-                             cancel=cancel, command=command)
+                             cancel=cancel, command=command, writes=writes)
 
         return Job("adapt", run, on_item, on_failed, on_done)
 

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMenu,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QStackedWidget,
@@ -34,12 +35,14 @@ from PySide6.QtWidgets import (
 from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.results import plural
 from cellview.base.errors import CellviewError
+from cellview.gui.desktop.classmap import map_classes
+from cellview.gui.desktop.suggest import SuggestControls, UndoActions
 from cellview.gui.widgets.cards import section, show_model_card, text_label
 from cellview.viewer.labelling import LABEL_KEYS, LabelsModel
 
 PICK_HINT = ("Shift+click tiles, or Shift+drag a rectangle, to pick them; then press 1–9 or a button below "
-             "(0 or Delete takes the label away). Without a pick, a key labels the selected tile. Labelled tiles "
-             "are outlined with dashes in the label's colour (the analysis' outlines are solid).")
+             "(0 or Delete takes the label away; Ctrl+Z undoes). Without a pick, a key labels the selected tile. "
+             "Labelled tiles are outlined with dashes in the label's colour (the analysis' outlines are solid).")
 
 
 class LabelsPanel(QWidget):
@@ -185,21 +188,35 @@ def install_labels(window: Any, layout: QVBoxLayout, at: int) -> tuple[LabelsMod
     menu.addAction(remove)
     menu.addSeparator()
     menu.addAction("Import QuPath annotations…", lambda: import_annotations(window, labels))
+    map_action = menu.addAction("Map QuPath classes…", lambda: map_classes(window, labels))
     adapt_action = menu.addAction("Adapt model…", lambda: AdaptDialog(window, labels).open())
     panel.importRequested.connect(lambda: import_annotations(window, labels))
     panel.adaptRequested.connect(lambda: AdaptDialog(window, labels).open())
 
     def name_keys(*_args: Any) -> None:
         choices = {c.key: c for c in labels.choices}
-        for key, act in zip(LABEL_KEYS, key_actions):
+        analysed = labels.grid is not None
+        for i, (key, act) in enumerate(zip(LABEL_KEYS, key_actions)):
             choice = choices.get(key)
+            if not analysed:  # said once, the keys off (no '(k: no label for this model)' nine times)
+                act.setText("Labels need an analysed image: analyse it first (keys 1–9 are off)"
+                            if labels.analysis.shown_result() is None else
+                            "Labels need tiles: this image was read as one tile (keys 1–9 are off)")
+                act.setVisible(i == 0)
+                act.setEnabled(False)
+                continue
             act.setText(f"Label picked tiles: {choice.text}" if choice else f"({key}: no label for this model)")
+            act.setVisible(choice is not None)
             act.setEnabled(choice is not None)
+        remove.setEnabled(analysed)
+        map_action.setEnabled(bool(labels.foreign_classes()) and analysed)
         adapt_action.setEnabled(bool(labels.labelled_slides()))
 
     labels.events.labels.connect(name_keys)
     window.model.analysis.events.result.connect(name_keys)
     name_keys()
+    window.suggest_controls = SuggestControls(window, labels, menu, panel)
+    window.undo_actions = UndoActions(window, labels, menu)
     return labels, panel
 
 
@@ -210,9 +227,22 @@ def import_annotations(window: Any, labels: LabelsModel) -> None:
     if not name:
         return
     try:
-        window.statusBar().showMessage(labels.import_geojson(name), 15000)
+        labels.import_geojson(name)
     except CellviewError as exc:
         window.show_error(exc, "Annotations not imported")
+        return
+    foreign = labels.foreign_classes(labels.last_import[0])
+    if foreign:
+        map_classes(window, labels, foreign)  # proposes what each class was mapped to before
+    text = labels.note = labels.import_text()
+    labels.events.labels(labels)
+    window.statusBar().showMessage(text, 15000)
+    if labels.grid is not None and "no tile is labelled" in text:  # not a silent "Imported 151 annotations"
+        box = QMessageBox(QMessageBox.Icon.Information, "No tile labelled", text, QMessageBox.StandardButton.Ok,
+                          window)
+        box.finished.connect(lambda _r: window.take_focus())
+        box.open()
+        window.import_box = box
 
 
 def figures_table(report: Any) -> str:
@@ -246,6 +276,7 @@ class AdaptDialog(QDialog):
         self.setMinimumWidth(620)
         self.worker: Any = None
         self.report: Any = None
+        self.refused: Any = None  # the report of an adaptation the check did not write
         lay = QVBoxLayout(self)
         self.pages = QStackedWidget()
         lay.addWidget(self.pages)
@@ -260,25 +291,40 @@ class AdaptDialog(QDialog):
         page = QWidget()
         lay = QVBoxLayout(page)
         model_path = self.window_.model.settings.model_path
-        base = _model_name(model_path) if model_path else "(no model selected)"
+        self.bases = adapt_bases(model_path)
         slides = self.labels.labelled_slides()
         items = []
         for s in slides:
             names = sorted({r.label for r in s.regions if not r.is_ignore})
             items.append(f"<li>{escape(s.path.name)}: {escape(', '.join(names))}</li>")
-        text = (f"<p>The head of <b>{escape(base)}</b> is refitted on the labels of every slide labelled so far "
+        text = (f"<p>The head of the base model below is refitted on the labels of every slide labelled so far "
                 f"({len(slides)}):</p><ul>{''.join(items)}</ul><p>Tiles are cut as <i>Analyse</i> cuts them. Before "
                 "vs after is cross-validated by slide (by labelled region when one slide is labelled), and the model "
-                "is written to your models folder only when it is better. The base model is not changed.</p>")
+                "is written to your models folder only when it is better (or when you choose to keep it). The base "
+                "model is not changed.</p>")
         info = QLabel(text)
         info.setWordWrap(True)
         info.setTextFormat(Qt.TextFormat.RichText)
         lay.addWidget(info)
         row = QHBoxLayout()
+        row.addWidget(QLabel("Base model"))
+        self.base_box = QComboBox()
+        for path, words, note in self.bases:
+            self.base_box.addItem(words, path)
+            self.base_box.setItemData(self.base_box.count() - 1, note, Qt.ItemDataRole.ToolTipRole)
+        if not self.bases:
+            self.base_box.addItem("(no model selected)", None)
+        row.addWidget(self.base_box, 1)
+        lay.addLayout(row)
+        self.base_note = text_label("", "hint")
+        lay.addWidget(self.base_note)
+        row = QHBoxLayout()
         row.addWidget(QLabel("Name of the new model"))
-        self.name_edit = QLineEdit(self.labels.default_name(base))
+        self.name_edit = QLineEdit()
         row.addWidget(self.name_edit, 1)
         lay.addLayout(row)
+        self.base_box.currentIndexChanged.connect(self._base_changed)
+        self._base_changed()
         buttons = QDialogButtonBox()
         self.start_btn = buttons.addButton("Adapt", QDialogButtonBox.ButtonRole.AcceptRole)
         self.start_btn.setObjectName("primary")
@@ -288,6 +334,15 @@ class AdaptDialog(QDialog):
         buttons.rejected.connect(self.reject)
         lay.addWidget(buttons)
         return page
+
+    def _base_changed(self, *_args: Any) -> None:
+        """The proposed name follows the base (never '-lab-DATE-lab-DATE'); the note says which base it is."""
+        i = self.base_box.currentIndex()
+        path = self.base_box.currentData()
+        self.name_edit.setText(self.labels.default_name(_model_name(path) if path else "model"))
+        note = self.bases[i][2] if 0 <= i < len(self.bases) else ""
+        self.base_note.setText(note)
+        self.base_note.setVisible(bool(note))
 
     def _run_page(self) -> QWidget:
         page = QWidget()
@@ -314,7 +369,7 @@ class AdaptDialog(QDialog):
         self.card_btn = buttons.addButton("Model card…", QDialogButtonBox.ButtonRole.ActionRole)
         self.card_btn.clicked.connect(lambda: show_model_card(self, self.report.written))
         self.force_btn = buttons.addButton("Write it anyway", QDialogButtonBox.ButtonRole.ActionRole)
-        self.force_btn.clicked.connect(lambda: self.start(force=True))
+        self.force_btn.clicked.connect(self.write_anyway)
         close = buttons.addButton(QDialogButtonBox.StandardButton.Close)
         close.clicked.connect(self.accept)
         lay.addWidget(buttons)
@@ -322,7 +377,9 @@ class AdaptDialog(QDialog):
 
     # -- running ---------------------------------------------------------------------------------
 
-    def start(self, force: bool) -> None:
+    def start(self, force: bool, writes: str = "better") -> None:
+        """Run it: ``writes="not distinguishable"`` keeps a model the labels cannot tell from its base (the person's
+        choice), ``force`` a worse one."""
         from cellview.lab.adapt import AdaptProgress, AdaptReport
 
         name = self.name_edit.text().strip() or self.labels.default_name("model")
@@ -346,7 +403,8 @@ class AdaptDialog(QDialog):
                 self.show_result(self.report, None)
 
         self.report = None
-        self.worker = self.window_.viewer.runner(self.labels.adapt_job(name, force, on_item, on_failed, on_done))
+        self.worker = self.window_.viewer.runner(self.labels.adapt_job(
+            name, force, on_item, on_failed, on_done, base_path=self.base_box.currentData(), writes=writes))
 
     def cancel(self) -> None:
         if self.worker is not None:
@@ -355,22 +413,33 @@ class AdaptDialog(QDialog):
         else:
             self.reject()
 
+    def write_anyway(self) -> None:
+        """*Write it anyway*: not distinguishable → the person's choice; worse → forced (the model list marks both)."""
+        decision = getattr(self.refused, "decision", None)
+        if decision is not None and decision.uncertain:
+            self.start(force=False, writes="not distinguishable")
+        else:
+            self.start(force=True)
+
     def show_result(self, report: Any, error: CellviewError | None) -> None:
+        from cellview.lab.adapt import AdaptNotWritten
+
         self.result_label.setMinimumHeight(330 if report is not None else 120)
         self.pages.setCurrentIndex(2)
         written = report is not None and report.written is not None
         self.reanalyse_btn.setVisible(written)
         self.card_btn.setVisible(written)
-        not_better = error is not None and "not better" in error.message
-        self.force_btn.setVisible(not_better)
-        if error is not None:
-            text = f"<p><b>{'Not written' if not_better else 'Adaptation stopped'}.</b> {escape(error.message)}</p>"
+        refused = error.report if isinstance(error, AdaptNotWritten) else None
+        self.refused = refused
+        self.force_btn.setVisible(refused is not None)
+        if error is not None and refused is not None:
+            text = refused_html(refused, error.message) + figures_table(refused)
+        elif error is not None:
+            text = f"<p><b>Adaptation stopped.</b> {escape(error.message)}</p>"
         elif report is None:
             text = "<p>Cancelled.</p>"
         else:
-            verdict = ("better than the base model on your labels" if report.improved
-                       else "<b>not better</b> than the base model (written because you asked)")
-            text = (f"<p>The adapted model <b>{escape(report.sidecar.get('name', ''))}</b> is {verdict}. "
+            text = (f"<p>The adapted model <b>{escape(report.sidecar.get('name', ''))}</b> is {verdict_html(report)}. "
                     f"Cross-validated ({escape(report.cv_how)}): every slide or region was scored by a head fitted "
                     "without it.</p>" + figures_table(report)
                     + f"<p>{plural(len(report.lab.items), 'labelled region')}, {plural(len(report.lab.features), 'tile')}, "
@@ -392,6 +461,54 @@ class AdaptDialog(QDialog):
         if not analysis.running and analysis.can_analyse and not analysis.auto_analyse:
             window.start_analysis()
         self.accept()
+
+
+def verdict_html(report: Any) -> str:
+    """'better than the base model on your labels: better by 0.12 (0.03–0.20)', or why a model not shown better
+    was written."""
+    d = report.decision
+    phrase = escape(d.phrase()) if d is not None else ""
+    if report.improved:
+        return f"better than the base model on your labels: {phrase}" if phrase else "better than the base model"
+    how = "you chose to keep it" if report.written_because == "chosen" else "you asked to write it anyway"
+    return (f"<b>not shown better</b> than the base model ({phrase}); written because {how}, and marked so in the "
+            "model list")
+
+
+def refused_html(report: Any, message: str) -> str:
+    """The 'not written' words, by the decision; the button beside them writes it (no command-line advice)."""
+    d = report.decision
+    if d is not None and d.uncertain:
+        head = "Not written: your labels cannot tell it from the base model"
+        keep = ("<i>Write it anyway</i> keeps it, marked in the model list as not shown better; or label more images "
+                "or regions, especially where the model is wrong.")
+    else:
+        head = f"Not written: {escape(d.phrase()) if d is not None else 'not better'}"
+        keep = ("<i>Write it anyway</i> keeps it all the same, marked in the model list as not shown better; labelling "
+                "more where the model is wrong is the better way.")
+    return f"<p><b>{head}.</b> {escape(message)}</p><p>{keep}</p>"
+
+
+def adapt_bases(model_path: str | None) -> list[tuple[str, str, str]]:
+    """(path, name, words) of the bases the Adapt dialog offers: the selected model, and, when it is itself adapted
+    and its shipped base is still there unchanged, that one first (``lab.modelfolder.shipped_base``)."""
+    if not model_path:
+        return []
+    from cellview.analysis.model_spec import ModelSpec
+    from cellview.lab.modelfolder import describe_base, shipped_base
+
+    try:
+        spec = ModelSpec.load(model_path)
+    except CellviewError:
+        return [(model_path, _model_name(model_path), "")]
+    adapted = isinstance(spec.raw.get("adaptation"), dict)
+    own = (model_path, f"{spec.name} {spec.version}".strip(), f"Base: {describe_base(spec)}." if adapted else "")
+    shipped = shipped_base(spec)
+    if shipped is None:
+        return [own]
+    return [(str(shipped), f"{_model_name(str(shipped))} (shipped)",
+             f"The shipped model {spec.name} was adapted from, refitted on all your labels without the earlier "
+             "head (the labelled slides are the same list)."), own]
 
 
 def _model_name(model_path: str) -> str:

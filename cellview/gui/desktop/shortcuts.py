@@ -25,7 +25,7 @@ def menu_shortcuts(bar: QMenuBar) -> list[tuple[str, str, str]]:
         for action in menu.actions():
             if action.menu() is not None:
                 walk(action.menu(), f"{where} → {action.text().replace('&', '')}")
-            elif not action.isSeparator() and action.shortcuts():
+            elif not action.isSeparator() and action.isVisible() and action.shortcuts():
                 keys = ", ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in action.shortcuts())
                 rows.append((where, action.text().replace("&", "").rstrip("…").strip(), keys))
 

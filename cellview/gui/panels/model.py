@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox, QFileDialog, QPushButton
 
 from cellview.analysis.classifier import DEVICES
@@ -28,6 +28,21 @@ def model_label(onnx_path: str) -> str:
         return f"{meta.get('name', Path(onnx_path).stem)} {meta.get('version', '')}".strip() + f" ({Path(onnx_path).name})"
     except (OSError, ValueError):
         return Path(onnx_path).name
+
+
+NOT_BETTER = "⚠ not shown better"
+"""Beside an adapted model in the list that was written without being shown better than its base."""
+
+
+def not_better_mark(onnx_path: str) -> str:
+    """``lab.modelfolder.adaptation_mark`` from the sidecar (cheap: no weights read); '' for any other model."""
+    from cellview.lab.modelfolder import adaptation_mark
+
+    try:
+        with open(Path(onnx_path).with_suffix(".json"), encoding="utf-8") as fh:
+            return adaptation_mark(json.load(fh))
+    except (OSError, ValueError):
+        return ""
 
 
 def model_choices() -> dict[str, str]:
@@ -99,7 +114,10 @@ class ModelPanel:
         self.model_box.blockSignals(True)
         self.model_box.clear()
         for name, path in self._models.items():
-            self.model_box.addItem(name, str(Path(path).absolute()))
+            mark = not_better_mark(str(path))
+            self.model_box.addItem(f"{name}  {NOT_BETTER}" if mark else name, str(Path(path).absolute()))
+            if mark:
+                self.model_box.setItemData(self.model_box.count() - 1, mark, Qt.ItemDataRole.ToolTipRole)
         if not self._models:
             self.model_box.addItem("No model found — open one", None)
         idx = self.model_box.findData(current) if current else -1
@@ -158,6 +176,7 @@ class ModelPanel:
                 meta = json.load(fh)
             self.model_info.setText(
                 f"{meta.get('num_classes', '?')} classes · {meta.get('patch_size_pixels', '?')} px tiles at "
-                f"{meta.get('spacing_um_px', '?')} µm/px")
+                f"{meta.get('spacing_um_px', '?')} µm/px"
+                + (f" · {mark}" if (mark := not_better_mark(path)) else ""))
         except (OSError, ValueError):
             self.model_info.setText(Path(path).name)
