@@ -268,3 +268,13 @@ def test_help_says_how_to_leave_the_kiosk_and_what_the_options_do(capsys):
         helped = " ".join(capsys.readouterr().out.split())
         after = helped.split(option, 2)[-1][:200]  # the option's own line in the options list
         assert "TensorRT" in after if option == "--device" else "tiles per model call" in after
+
+
+def test_analyze_needs_no_out_folder(synthetic_slide, toy_model, tmp_path, capsys, monkeypatch):
+    """`cellview analyze FOLDER --model M` is a whole command: the outputs go to ./cellview-results, said so."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _analyze(capsys, synthetic_slide, "--model", toy_model)
+    out = tmp_path / "cellview-results"
+    assert code == 0 and f"outputs in {out}" in err
+    meta = json.loads((out / "synthetic.json").read_text())
+    assert meta["call"]["category"] in {"malignant", "benign", "normal", "out_of_domain", "too_little_tissue"}

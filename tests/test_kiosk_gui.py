@@ -392,7 +392,7 @@ def plain(label) -> str:
 
 def seen(label) -> str:
     """A label's text as read: no-break and zero-width spaces (which keep "11 %" on one line) as plain spaces."""
-    return label.text().replace("\u00a0", " ").replace("\u200b", "")
+    return label.text().replace("\u00a0", " ").replace("\u200b", "").replace("\u2060", "")
 
 
 def inside_viewport(widget, scroll) -> bool:

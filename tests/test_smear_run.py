@@ -91,7 +91,8 @@ def test_the_viewer_launch_reads_a_smear_as_its_model_declares(tmp_path, capsys)
     smear = _smears(tmp_path / "smears") / "smear-001.png"
     args = build_gui_parser().parse_args([str(smear), "--model", str(model)])
     scale_from_model(args)
-    assert args.mpp == pytest.approx(100 / 224, abs=1e-6) and not args.whole_image
+    # said as analyze says it; the viewer applies the rule to each image it opens (no --mpp for every later image)
+    assert args.mpp is None and not args.whole_image
     assert "one field 100 µm wide" in capsys.readouterr().err
     given = build_gui_parser().parse_args([str(smear), "--model", str(model), "--mpp", "0.3"])
     scale_from_model(given)

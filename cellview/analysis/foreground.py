@@ -30,7 +30,7 @@ Either way the run says what it assumed (``ScaleChoice.note``: console, metadata
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -281,3 +281,19 @@ def cell_outlines(mask: TissueMask, min_points: int = 3) -> list[np.ndarray]:
         return []
     contours, _ = cv2.findContours(mask.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     return [(c[:, 0, :].astype(np.float64) + 0.5) * mask.downsample for c in contours if len(c) >= min_points]
+
+
+def nucleus_outlines(slide: Slide, fg: Foreground, mpp_um: float | None, max_px: int = 2048,
+                     min_points: int = 3) -> list[np.ndarray]:
+    """Outlines of the stained nuclei (the stained-cells mask before it is widened for the cytoplasm), as (N, 2)
+    level-0 (x, y) polygons, read from a thumbnail of at most ``max_px`` (a smear field at full resolution).
+
+    What a view draws inside the cell outlines: the nucleus is what the stain rule keys on (empty for other rules)."""
+    if fg.rule != "stained-cells":
+        return []
+    w0, h0 = slide.dimensions
+    thumb = slide.thumbnail(max(1, min(max_px, max(w0, h0))))
+    downsample = w0 / thumb.shape[1]
+    nuclei = stained_cell_mask_from_rgb(thumb, (mpp_um or 0.5) * downsample, replace(fg, cell_margin_um=0.0))
+    contours, _ = cv2.findContours(nuclei.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [(c[:, 0, :].astype(np.float64) + 0.5) * downsample for c in contours if len(c) >= min_points]

@@ -10,11 +10,25 @@ from pathlib import Path
 from cellview.base.errors import CellviewError
 from cellview.cli.options import add_analysis_options, params_from_args
 
+DEFAULT_OUT = "cellview-results"
+"""The output folder of a run given no ``--out`` (``cellview analyze FOLDER --model M`` is a whole command)."""
+
+
+def default_out_dir() -> tuple[Path, str]:
+    """``./cellview-results``, or the documents folder's CellView/cellview-results when the current folder cannot be
+    written; and a note saying where the outputs go."""
+    from cellview.base.files import default_export_dir, writable_dir
+
+    here, note = writable_dir(Path.cwd(), default_export_dir())
+    out = here / DEFAULT_OUT
+    return out, note or f"No --out given: outputs in {out}"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="analyse slides or folders of slides headlessly")
     p.add_argument("paths", nargs="+", help="slides, images or folders")
-    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--out", "-o", help=f"output folder (default: ./{DEFAULT_OUT} in the current folder, or in your "
+                                       "documents folder's CellView when the current one cannot be written)")
     add_analysis_options(p)
     p.add_argument("--formats", default="csv,geojson,png,json", help="comma-separated: csv,geojson,png,json")
     p.add_argument("--png-size", type=int, default=2048, help="longest side of the annotated PNG")
@@ -93,7 +107,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"error: stain normalisation is unavailable for the model {spec.name}: its sidecar has no reference "
               "stain (use --stain-normalize none, or a model exported with one)", file=sys.stderr)
         return 2
-    out_dir = Path(args.out)
+    if args.out:
+        out_dir = Path(args.out)
+    else:
+        out_dir, note = default_out_dir()
+        print(note, file=sys.stderr)
     region_confidence = None if args.no_regions else args.region_confidence
     options = export_options(formats, args.png_size, region_confidence)
     settings = CohortSettings(

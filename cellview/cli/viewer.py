@@ -80,9 +80,10 @@ def launch(args: argparse.Namespace) -> int:
 
 def scale_from_model(args: argparse.Namespace) -> None:
     """`cellview SMEAR.jpg --model M`: when the image states no pixel size and M's sidecar says how it reads such an
-    image, the launch applies that rule to the image as ``--mpp`` / ``--whole-image`` would (and says so), so the
-    viewer does not ask. A model without such a rule, or any problem here, leaves the options as given (the
-    viewer then reports problems itself)."""
+    image, the launch says what the run will assume, as ``cellview analyze`` does. The options stay as given: the
+    viewer applies the model's rule to each image it opens (a field's pixel size depends on its size, so one
+    image's value must not become every later image's ``--mpp``), asks nobody, and shows the assumption beside
+    the call. A model without such a rule, or any problem here, says nothing (the viewer asks, or reports)."""
     if not getattr(args, "slide", None) or not getattr(args, "model", None) or args.mpp is not None \
             or getattr(args, "whole_image", False):
         return
@@ -101,10 +102,5 @@ def scale_from_model(args: argparse.Namespace) -> None:
     except (CellviewError, OSError):
         return
     choice = choose_scale(spec.reading, info.mpp, False, spec.name, spec.patch_size_pixels, info.dimensions)
-    if not choice.note:
-        return
-    if choice.whole_image:
-        args.whole_image = True
-    elif choice.mpp is not None:
-        args.mpp = round(choice.mpp.um, 6)
-    print(choice.note, file=sys.stderr)
+    if choice.note:
+        print(choice.note, file=sys.stderr)

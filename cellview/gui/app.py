@@ -33,7 +33,8 @@ def smoke_test(slide: str, timeout_s: float = 120.0) -> int:
     """`cellview --smoke-test SLIDE`: prove a bundle is complete (Qt plugins, OpenSlide, ONNX Runtime, models).
 
     Starts offscreen with throw-away settings, opens the slide in the viewer, waits until its
-    pixels are painted, loads the first bundled model on CPU, prints what it saw and exits 0.
+    pixels are painted, loads the model a new viewer starts with (the default, else the first) on CPU, prints what it
+    saw and exits 0.
     """
     import os
     import tempfile
@@ -45,7 +46,7 @@ def smoke_test(slide: str, timeout_s: float = 120.0) -> int:
     from PySide6.QtCore import QTimer
 
     from cellview.analysis.classifier import OnnxClassifier
-    from cellview.analysis.model_lookup import available_models
+    from cellview.analysis.model_lookup import DEFAULT_MODEL, available_models
     from cellview.analysis.model_spec import ModelSpec
     from cellview.gui.desktop.window import MainWindow
 
@@ -71,7 +72,7 @@ def smoke_test(slide: str, timeout_s: float = 120.0) -> int:
     models = available_models()
     print(f"smoke test: models: {', '.join(models) or 'none'}")
     if models:
-        first = next(iter(models.values()))
+        first = models.get(DEFAULT_MODEL) or next(iter(models.values()))
         print(f"smoke test: {OnnxClassifier(ModelSpec.load(first), device='cpu').describe()}")
     window.shutdown()
     window.close()

@@ -195,7 +195,8 @@ class AnalysisRun:
             self.messages.error(ModelError("No model is selected.",
                                            f"Put a model into {where} or use Open… next to the model list."), "No model")
             return False
-        if not self.slide.resolve_scale():
+        model_decides = (spec.reading if spec is not None else self.settings.options.reading).unstated.read != "ask"
+        if not self.slide.resolve_scale(model_decides):
             return False
         params = params or self.settings.current()
         resume = self.result if self._can_resume(params) else None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cellview.analysis.foreground import Reading
 from cellview.analysis.model_spec import ModelSpec, sidecar_for
 from cellview.analysis.results import AnalysisParams
 from cellview.analysis.stain import StainReference
@@ -40,14 +41,21 @@ class ModelOptions:
     default_stain_normalize: str = "none"
     default_tta: str = "none"
     default_precision: str = "auto"  # the model's validated INT8 copy on a CPU, FP16 on a GPU (model.choose_precision)
+    reading: Reading = Reading()  # how it reads an image (foreground rule; an image without a pixel size)
 
     @property
     def stain_available(self) -> bool:
         return not self.stain_unavailable
 
+    @property
+    def reads_unstated_scale(self) -> bool:
+        """The model says how to read an image that states no pixel size (a smear model): nobody is asked."""
+        return self.reading.unstated.read != "ask"
+
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ModelOptions:
-        return cls(stain_unavailable="" if spec.stain_reference is not None else _no_reference(spec.name))
+        return cls(stain_unavailable="" if spec.stain_reference is not None else _no_reference(spec.name),
+                   reading=spec.reading)
 
     @classmethod
     def read(cls, model_path: str | os.PathLike[str] | None) -> ModelOptions:
@@ -68,13 +76,17 @@ class ModelOptions:
         if not isinstance(data, dict):
             return cls(stain_unavailable=f"The model's sidecar {sidecar.name} is not a JSON object.")
         name = str(data.get("name") or onnx_path.parent.name or onnx_path.stem)
+        try:
+            reading = Reading.from_sidecar(data, f"model sidecar {sidecar.name}")
+        except ModelError:
+            reading = Reading()  # the run reports the sidecar's problem
         if data.get("stain_reference") is None:
-            return cls(stain_unavailable=_no_reference(name))
+            return cls(stain_unavailable=_no_reference(name), reading=reading)
         try:
             StainReference.from_dict(data["stain_reference"], f"model sidecar {sidecar.name}")
         except ModelError as exc:
-            return cls(stain_unavailable=exc.message)
-        return cls(stain_unavailable="")
+            return cls(stain_unavailable=exc.message, reading=reading)
+        return cls(stain_unavailable="", reading=reading)
 
 
 def _no_reference(model_name: str) -> str:

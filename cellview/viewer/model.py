@@ -10,6 +10,7 @@ the parts a slide viewer needs, each in its own module with its own ``EmitterGro
 - ``selection`` (``Selection``): the selected tile and the one under the pointer;
 - ``regions`` (``Regions``): the malignant regions and the sentence beside them;
 - ``call`` (``CallState``): the slide's call (``analysis.call.slide_call``), in the files' words;
+- ``cells`` (``CellsState``): a smear model's stained cells behind the call, outlined, and what it assumed;
 - ``tissue`` (``TissueState``): the tissue preview;
 - ``explain`` (``Explanations``): the selected tile's class activation map and the patch's stain;
 - ``exports`` (``Exports``): the files, as the screen shows the result;
@@ -36,6 +37,7 @@ from cellview.analysis.results import AnalysisParams, AnalysisResult
 from cellview.viewer.analysis import AnalysisRun, AnalysisSource, model_file_analysis
 from cellview.viewer.analysis_settings import AnalysisSettings
 from cellview.viewer.call import CallState
+from cellview.viewer.cells import CellsState
 from cellview.viewer.events import Messages
 from cellview.viewer.explain import Explanations
 from cellview.viewer.exports import Exports
@@ -53,8 +55,8 @@ class ViewerModel:
     """The viewer's parts and the reactions between them (module docstring). All methods run on one (the UI)
     thread. Events (``events``): ``status`` (a line for the status bar) and ``error`` (``(title, CellviewError)``)."""
 
-    PARTS = ("slide", "settings", "analysis", "overlay", "selection", "regions", "call", "tissue", "explain",
-             "exports", "labels")
+    PARTS = ("slide", "settings", "analysis", "overlay", "selection", "regions", "call", "cells", "tissue",
+             "explain", "exports", "labels")
 
     def __init__(self, runner: Runner = run_now, defaults: AnalysisParams | None = None,
                  store: SettingsStore | None = None, analysis_source: AnalysisSource = model_file_analysis,
@@ -71,6 +73,7 @@ class ViewerModel:
         self.selection = Selection(self.analysis)
         self.regions = Regions(self.analysis, self.overlay, runner, self.messages)
         self.call = CallState(self.analysis, runner, self.messages)
+        self.cells = CellsState(self.analysis, self.settings, runner, self.messages)
         self.tissue = TissueState(self.slide, self.settings, runner, self.messages)
         self.explain = Explanations(self.slide, self.settings, self.analysis, self.selection, runner, self.messages)
         self.exports = Exports(self.slide, self.analysis, self.overlay, self.regions, self.store)
@@ -82,11 +85,16 @@ class ViewerModel:
         """The reactions between the parts (the parts call these hooks where their change ripples)."""
         self.settings.on_run_options = self._rerun
         self.analysis.before_start = self.clear_result
-        self.analysis.on_tissue = self.tissue.show
+        self.analysis.on_tissue = self._on_run_mask
         self.analysis.on_batch = self._on_batch
         self.analysis.on_shown = self._result_shown
         self.overlay.on_regions_settings = self.regions.update
         self.selection.on_selected = self.explain.request
+
+    def _on_run_mask(self, mask: Any) -> None:
+        """A run started with its mask: the tissue preview shows it, and a smear model's cells are outlined."""
+        self.tissue.show(mask)
+        self.cells.show_mask(mask)
 
     def parts(self) -> dict[str, Any]:
         """The parts by name (``PARTS``; without ``labels`` when there is no labelling): a recorder, a log."""
@@ -149,6 +157,7 @@ class ViewerModel:
         self.tissue.close()
         self.regions.cancel()
         self.call.cancel()
+        self.cells.cancel()
         had = self.slide.close()
         self.analysis.forget(emit=had)
         self._reset_view_state(emit=had)
@@ -161,6 +170,7 @@ class ViewerModel:
         self.explain.forget()
         self.regions.clear(emit)
         self.call.clear(emit)
+        self.cells.clear(emit)
         self.selection.clear(emit, hover=True)
         self.overlay.for_new_slide()
         self.overlay.update_domain()
@@ -178,6 +188,7 @@ class ViewerModel:
         self.overlay.update_domain()
         self.regions.update()
         self.call.update()
+        self.cells.update()
         if finished:
             self.selection.reselect()
 
@@ -190,5 +201,6 @@ class ViewerModel:
         self.selection.clear(emit=emit and had)
         self.regions.clear(emit=emit and had)
         self.call.clear(emit=emit and had)
+        self.cells.clear(emit=emit and had)
         if emit:
             self.overlay.update_domain()

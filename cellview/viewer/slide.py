@@ -223,11 +223,15 @@ class SlideState:
 
     # -- scale ------------------------------------------------------------------------------------
 
-    def resolve_scale(self) -> bool:
-        """The scale is known, one-image mode chosen, or asked for now; False: the run must not start."""
+    def resolve_scale(self, model_decides: bool = False) -> bool:
+        """The scale is known, one-image mode chosen, or asked for now; False: the run must not start.
+
+        ``model_decides``: the model declares how it reads an image without a pixel size (a smear model's
+        sidecar): nobody is asked, the run applies that rule and says what it assumed."""
         if self.opened is None:
             return False
-        if self.opened.info.mpp is not None or self.mpp_choice == WHOLE_IMAGE or self.ask_scale is None:
+        if (self.opened.info.mpp is not None or self.mpp_choice == WHOLE_IMAGE or self.ask_scale is None
+                or model_decides):
             return True
         choice = self.ask_scale(self.opened)
         if choice is None:

@@ -1,7 +1,7 @@
 """The slide view bound to the viewer model: what is on the canvas besides the heatmap (``painter``).
 
 The open slide and its display tiles (read by loader workers, one slide handle each), the selected tile's
-frame, the malignant regions, the pointer's tooltip and the arrow keys' steps. A click is the window's to
+frame, the malignant regions, a smear model's stained cells, the pointer's tooltip and the arrow keys' steps. A click is the window's to
 interpret (the desktop selects the tile, the kiosk also shows its call in a sheet): ``select_at`` is the
 common part.
 """
@@ -51,6 +51,7 @@ class CanvasController(QObject):
         model.selection.events.selection.connect(self._on_selection)
         model.selection.events.hover.connect(self._on_hover)
         model.regions.events.regions.connect(self._on_regions)
+        model.cells.events.cells.connect(self._on_cells)
 
     # ------------------------------------------------------------------------------ the slide
 
@@ -124,6 +125,10 @@ class CanvasController(QObject):
     def _on_regions(self, event: Event) -> None:
         regions: list[Region] = event.value
         self.view.set_regions(regions[:MAX_REGIONS_DRAWN] if self.model.overlay.settings.show_regions else ())
+
+    def _on_cells(self, event: Event) -> None:
+        outlines = event.value  # viewer.cells.CellOutlines (empty when hidden or none)
+        self.view.set_cells(outlines.cells, outlines.nuclei)
 
     def select_at(self, l0_x: float, l0_y: float) -> int:
         """Select the tile under a level-0 point (−1: none there)."""

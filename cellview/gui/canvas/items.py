@@ -193,3 +193,39 @@ class HatchItem(QGraphicsItem):
         p.setBrushOrigin(t.map(QPointF(0, 0)))  # … and moves with the slide
         p.fillPath(t.map(self._path), QBrush(hatch_tile()))
         p.restore()
+
+
+CELL_COLOR = "#ffffff"
+"""Stained-cell outlines: white over a dark casing reads on the pale smear field, the violet nuclei and the
+category contours alike (yellow is the regions', cyan the selection's)."""
+
+
+def polygons_path(polygons) -> QPainterPath:
+    """Level-0 (N, 2) polygons as one path of closed subpaths."""
+    path = QPainterPath()
+    for poly in polygons:
+        path.addPolygon(QPolygonF([QPointF(float(x), float(y)) for x, y in poly]))
+        path.closeSubpath()
+    return path
+
+
+def cell_items(cells, nuclei) -> list[QGraphicsPathItem]:
+    """The stained cells (a white line on a dark casing) and their nuclei (a thin dotted white line): four items
+    at most, however many cells (cosmetic pens, level-0 coordinates)."""
+    items: list[QGraphicsPathItem] = []
+    for polygons, layers in ((cells, ((QColor(*CASING_RGB, 190), 4.0, Qt.PenStyle.SolidLine, 16.0),
+                                      (QColor(CELL_COLOR), 2.0, Qt.PenStyle.SolidLine, 16.5))),
+                             (nuclei, ((QColor(*CASING_RGB, 150), 2.5, Qt.PenStyle.SolidLine, 16.2),
+                                       (QColor(CELL_COLOR), 1.0, Qt.PenStyle.DotLine, 16.3)))):
+        if not len(polygons):
+            continue
+        path = polygons_path(polygons)
+        for color, width, style, z in layers:
+            item = QGraphicsPathItem(path)
+            pen = QPen(color, width, style)
+            pen.setCosmetic(True)
+            pen.setJoinStyle(Qt.PenJoinStyle.RoundJoin)
+            item.setPen(pen)
+            item.setZValue(z)
+            items.append(item)
+    return items

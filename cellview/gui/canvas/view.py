@@ -16,7 +16,14 @@ from PySide6.QtGui import QBrush, QColor, QPainter, QPainterPath, QPen, QPixmap,
 from PySide6.QtWidgets import QGraphicsPathItem, QGraphicsPixmapItem, QGraphicsRectItem, QWidget
 
 from cellview.analysis.morphology import Region
-from cellview.gui.canvas.items import HatchItem, RegionGraphics, bgra_qimage, contour_items, region_graphics
+from cellview.gui.canvas.items import (
+    HatchItem,
+    RegionGraphics,
+    bgra_qimage,
+    cell_items,
+    contour_items,
+    region_graphics,
+)
 from cellview.gui.canvas.loaders import TileLoaded, TileRequests
 from cellview.gui.canvas.tiles import TileLayer
 from cellview.gui.canvas.widgets import EmptyHint, Overview, ScaleBar
@@ -123,6 +130,7 @@ class SlideView(pg.GraphicsView):
         self.regions: list[RegionGraphics] = []
         self.contours: list[QGraphicsPathItem] = []
         self.label_outlines: list[QGraphicsPathItem] = []
+        self.cell_outlines: list[QGraphicsPathItem] = []
         self.picked = QGraphicsPathItem()
         pen = QPen(QColor("#00e5ff"), 2)
         pen.setCosmetic(True)
@@ -201,6 +209,7 @@ class SlideView(pg.GraphicsView):
         self.label.setVisible(False)
         self.set_regions(())
         self.set_contours(())
+        self.set_cells(())
         self.set_label_outlines(())
         self.set_picked(())
         self.overview.hide()
@@ -330,6 +339,10 @@ class SlideView(pg.GraphicsView):
     def set_contours(self, contours: Sequence[Contour]) -> None:
         """Replace the category contours (two path items per category: casing and colour)."""
         self.contours = self._swap(self.contours, [item for c in contours for item in contour_items(c)])
+
+    def set_cells(self, cells: Sequence[np.ndarray], nuclei: Sequence[np.ndarray] = ()) -> None:
+        """Replace the stained-cell outlines and their nuclei (level-0 polygons; none: remove them)."""
+        self.cell_outlines = self._swap(self.cell_outlines, cell_items(cells, nuclei))
 
     def set_label_outlines(self, contours: Sequence[Contour]) -> None:
         """Replace the labels' outlines (two path items per label: casing and dashed colour)."""

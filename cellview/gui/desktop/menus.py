@@ -1,4 +1,4 @@
-"""The desktop's menu bar: File (open, recent, model, exports), View (zoom, heatmap, regions, style), Analysis
+"""The desktop's menu bar: File (open, recent, model, exports), View (zoom, heatmap, regions, cells, style), Analysis
 and Help. Its entries follow the model like the buttons do, and a closed menu gives the keys back to the slide.
 """
 
@@ -17,7 +17,7 @@ from cellview.viewer.events import Event
 
 class MainMenus:
     """Builds ``window``'s menu bar; keeps ``act_analyse``, ``act_cancel``, ``export_actions``, ``act_heatmap``,
-    ``act_regions`` and ``recent_menu`` in step with the model."""
+    ``act_regions``, ``act_cells`` and ``recent_menu`` in step with the model."""
 
     def __init__(self, window: Any) -> None:
         self.window = window
@@ -53,6 +53,11 @@ class MainMenus:
                                    shortcut=QKeySequence("R"))
         self.act_regions.toggled.connect(lambda on: model.overlay.set(show_regions=on))
         m.addAction(self.act_regions)
+        self.act_cells = QAction("Outline stained cells (smear models)", window, checkable=True,
+                                 checked=model.cells.visible, shortcut=QKeySequence("C"))
+        self.act_cells.setToolTip("The cells a smear model read (its stained-cells rule), with their nuclei")
+        self.act_cells.toggled.connect(model.cells.set_visible)
+        m.addAction(self.act_cells)
         m.addAction("Next drawing style (outlines / fill)", QKeySequence("O"), self.next_style)
         self.act_overview = QAction("Overview (while zoomed in)", window, checkable=True, checked=True)
         self.act_overview.setToolTip("The slide's thumbnail with the view's box, top right, while part of the slide "
@@ -68,6 +73,7 @@ class MainMenus:
         for menu in bar.findChildren(QMenu):
             self.return_focus_after(menu)
         model.overlay.events.overlay.connect(self._on_overlay)
+        model.cells.events.cells.connect(self._on_cells)
         for events in (model.slide.events.slide, model.analysis.events.running, model.analysis.events.result):
             events.connect(lambda e: self.sync())
 
@@ -84,6 +90,11 @@ class MainMenus:
             action.blockSignals(True)
             action.setChecked(bool(on))
             action.blockSignals(False)
+
+    def _on_cells(self, event: Event) -> None:
+        self.act_cells.blockSignals(True)
+        self.act_cells.setChecked(self.model.cells.visible)
+        self.act_cells.blockSignals(False)
 
     def next_style(self) -> None:
         style = STYLES[(STYLES.index(self.model.overlay.settings.style) + 1) % len(STYLES)]

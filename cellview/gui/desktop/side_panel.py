@@ -76,7 +76,7 @@ class SidePanel:
         c.addLayout(row)
         c.addWidget(status.progress)
         c.addWidget(status.rate_label)
-        for label in call.labels():  # the slide's call, in the files' words, right under the run
+        for label in call.widgets():  # the slide's call, in the files' words, right under the run
             c.addWidget(label)
         c.addWidget(status.levels_label)
         c.addWidget(run.nuclei_box)
@@ -90,6 +90,7 @@ class SidePanel:
         c.addWidget(heatmap.show_overlay)
         c.addWidget(heatmap.show_regions)
         c.addWidget(heatmap.regions_label)
+        c.addWidget(heatmap.show_cells)
         form = QFormLayout()
         form.setHorizontalSpacing(10)
         form.addRow("Draw", heatmap.style_box)

@@ -18,6 +18,7 @@ from cellview.gui.widgets.cards import ElidedLabel
 from cellview.slides.levels import describe_skipped
 from cellview.slides.slide import SlideInfo
 from cellview.viewer.analysis import ModelReady
+from cellview.viewer.cells import reading_note
 from cellview.viewer.events import Event
 from cellview.viewer.model import ViewerModel
 from cellview.viewer.slide import WHOLE_IMAGE
@@ -25,12 +26,15 @@ from cellview.viewer.slide import WHOLE_IMAGE
 NO_SLIDE_TEXT = "No slide open — File → Open (Ctrl+O), drop a file here, or pass one on the command line"
 
 
-def slide_facts(info: SlideInfo, whole_image: bool) -> tuple[str, str]:
+def slide_facts(info: SlideInfo, whole_image: bool, assumed: str = "") -> tuple[str, str]:
     """(the status bar's line, its tooltip) for an open slide: 'name · 2,220 × 2,967 px · 5 levels · 0.499 µm/px ·
-    ⚠ 4 levels skipped', and the same in full (where the pixel size comes from, the area, why levels are skipped)."""
+    ⚠ 4 levels skipped', and the same in full (where the pixel size comes from, the area, why levels are skipped).
+    ``assumed``: what the run assumed for an image that states no pixel size (the model's rule: a smear field)."""
     w, h = info.dimensions
     if whole_image:
         scale, full = "one image (scale unknown)", "scale unknown: classified as one image"
+    elif info.mpp is None and assumed:
+        scale, full = "pixel size assumed by the model", assumed
     elif info.mpp is None:
         scale = full = "pixel size unknown"
     else:
@@ -88,7 +92,8 @@ class StatusLine:
         opened = self.model.slide.opened
         if opened is None:
             return
-        text, tip = slide_facts(opened.info, self.model.slide.mpp_choice == WHOLE_IMAGE)
+        text, tip = slide_facts(opened.info, self.model.slide.mpp_choice == WHOLE_IMAGE,
+                                reading_note(self.model.analysis.shown_result()))
         self.slide_label.setText(text)
         self.slide_label.setToolTip(tip)
         self._warn(self.slide_label, bool(opened.info.skipped_levels))
@@ -110,6 +115,7 @@ class StatusLine:
             self.provider_label.setText(f"Loading {name or 'model'}…")
 
     def _on_result(self, event: Event) -> None:
+        self._show_slide()  # a smear model's run says what pixel size it assumed
         if event.value is None and not self.model.analysis.running and self.model.analysis.model_ready is None:
             self.provider_label.setText("")  # e.g. another model chosen: its provider is not known yet
             self.provider_label.setToolTip("")

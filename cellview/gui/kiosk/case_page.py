@@ -72,8 +72,9 @@ class CasePage(QWidget):
         side.setSpacing(10)
         self.case_title = NameLabel("", "kioskTitle")  # the whole name, on two lines if need be
         side.addWidget(self.case_title)
-        self.call = CallPanel(self.model, ("kioskCall", "kioskEvidence", "kioskShares"), swatch=True)
-        for label in self.call.labels():
+        self.call = CallPanel(self.model, ("kioskCall", "kioskEvidence", "kioskShares"), swatch=True,
+                              short_reading=True)
+        for label in self.call.widgets():
             side.addWidget(label)
         # the domain warning right under the call it qualifies (the slide view is too small for a banner)
         side.addWidget(heatmap.domain_banner)
@@ -98,6 +99,7 @@ class CasePage(QWidget):
         side.addWidget(heatmap.show_overlay)
         side.addWidget(heatmap.show_regions)
         side.addWidget(heatmap.regions_label)
+        side.addWidget(heatmap.show_cells)
         side.addWidget(text_label("Draw", "kioskHint", wrap=False))
         side.addWidget(heatmap.style_box)
         side.addWidget(text_label("Fill opacity", "kioskHint", wrap=False))

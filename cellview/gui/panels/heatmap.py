@@ -54,6 +54,11 @@ class HeatmapControls:
         self.show_regions.toggled.connect(lambda on: overlay.set(show_regions=on))
         self.regions_label = text_label("", "hint")
         self.regions_label.setVisible(False)
+        self.show_cells = QCheckBox("Outline stained cells")
+        self.show_cells.setToolTip("The cells the smear model read (its stained-cells rule), with their nuclei")
+        self.show_cells.setChecked(model.cells.visible)
+        self.show_cells.toggled.connect(model.cells.set_visible)
+        self.show_cells.setVisible(False)  # a smear model's switch only (``show_cells_switch``)
         self.style_box = QComboBox()
         for style in STYLES:
             self.style_box.addItem(STYLE_LABELS[style], style)
@@ -77,6 +82,8 @@ class HeatmapControls:
         overlay.events.domain.connect(self._on_domain)
         model.regions.events.regions.connect(self._on_regions)
         model.settings.events.settings.connect(lambda e: self.show_summary())
+        model.settings.events.model_options.connect(lambda e: self.show_cells_switch())
+        model.cells.events.cells.connect(lambda e: self.show_cells_switch())
         self.show_colours()
 
     def _on_overlay(self, event: Event) -> None:
@@ -87,6 +94,13 @@ class HeatmapControls:
         self.toggles.set_selected(ov.categories)
         self.filter_notice.set_text(describe_overrides(ov))
         self.show_colours()
+
+    def show_cells_switch(self) -> None:
+        """The stained-cells switch, in step with ``model.cells``, shown for a model that reads stained cells."""
+        cells = self.model.cells
+        _show_quietly(self.show_cells, cells.visible)
+        rule = self.model.settings.options.reading.foreground.rule
+        self.show_cells.setVisible(rule == "stained-cells" or bool(cells.shown.method))
 
     def show_colours(self) -> None:
         ov = self.model.overlay.settings
