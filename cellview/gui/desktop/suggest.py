@@ -73,6 +73,7 @@ class SuggestControls:
         self.all_btn.clicked.connect(self.pick_all)
         row.addWidget(self.all_btn)
         self.status = text_label("", "hint")
+        self.status.hide()  # an empty line left a gap in the Labels card until something is suggested
         panel.layout().insertWidget(at, row_box)
         panel.layout().insertWidget(at + 1, self.status)
 
@@ -91,19 +92,23 @@ class SuggestControls:
         labels.events.picked.connect(lambda e: self.redraw())
         self.sync()
 
+    def _say(self, text: str) -> None:
+        self.status.setText(text)
+        self.status.setVisible(bool(text))
+
     # -- running ---------------------------------------------------------------------------------
 
     def suggest(self) -> None:
         """Start suggesting on the worker; while it runs, the button cancels it."""
         if self.worker is not None:
             self.worker.cancel()
-            self.status.setText("Cancelling…")
+            self._say("Cancelling…")
             return
         self.tour.clear()
 
         def on_item(item: Any) -> None:
             if isinstance(item, AdaptProgress) and item.done < item.total:
-                self.status.setText("The model reads this slide's tiles to choose what to suggest… (click the button "
+                self._say("The model reads this slide's tiles to choose what to suggest… (click the button "
                                     "again to cancel)")
 
         def on_failed(exc: CellviewError) -> None:
@@ -114,12 +119,12 @@ class SuggestControls:
             cancelled = self.worker is not None and self.worker.cancel_token.cancelled
             self.worker = None
             if cancelled and not self.tour.tiles:
-                self.status.setText("Suggesting cancelled.")
+                self._say("Suggesting cancelled.")
             self.sync()
             if self.tour.tiles:
                 self.step(1)
 
-        self.status.setText("Suggesting…")
+        self._say("Suggesting…")
         self.worker = self.window.viewer.runner(self.tour.job(DEFAULT_N, on_item, on_failed, on_done))
         self.sync()
 
@@ -139,7 +144,7 @@ class SuggestControls:
         view.center_on(x + w / 2, y + h / 2)
         self.window.select_tile(index)
         self.labels.pick(index)  # after the selection: the key labels the pick
-        self.status.setText(self.tour.where())
+        self._say(self.tour.where())
 
     def pick_all(self) -> None:
         n = self.labels.pick_all()
@@ -178,9 +183,9 @@ class SuggestControls:
         self.all_btn.setEnabled(can)
         self.act_all.setEnabled(can)
         if not running and self.tour.tiles and self.tour.position < 0:
-            self.status.setText(self.tour.note)
+            self._say(self.tour.note)
         elif not running and not self.tour.tiles and not can:
-            self.status.setText("")
+            self._say("")
 
 
 class UndoActions:
