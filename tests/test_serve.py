@@ -511,3 +511,28 @@ def test_jobs_run_on_a_dask_cluster(tmp_path, toy_model, synthetic_slide, dask_c
         body = r.json()
         assert body["call"]["category"] == "malignant" and set(body["outputs"]) == {"csv", "geojson", "png", "json"}
         assert c.get(body["urls"]["tile"], params={"x": 300, "y": 300}).json()["category"] == "malignant"
+
+
+def test_a_smear_model_reads_an_image_without_a_pixel_size_by_its_rule(tmp_path, toy_model):
+    """The page, like `cellview analyze` and the viewer, lets a model that declares how it reads an image without a
+    pixel size (blood-all: a smear field of known width) read it, and says what it assumed; an H&E model still asks."""
+    import cv2
+
+    from cellview.testing.synthetic import make_toy_model, synthetic_smear
+
+    reading = {"foreground": {"rule": "stained-cells", "fallback": "whole-field"},
+               "unstated_pixel_size": {"read": "field", "field_um": 100, "note": "its images are 100 µm fields"}}
+    smear_model = make_toy_model(tmp_path / "smear-model", patch_px=64, spacing_um=0.225, name="toy-smear",
+                                 sidecar_overrides=reading)
+    rgb, _ = synthetic_smear(320, seed=4, white_cells=3, red_cell_px=22.0)
+    png = tmp_path / "smear.png"
+    cv2.imwrite(str(png), rgb[..., ::-1])
+    app = create_app(config(tmp_path, {"toy-smear": smear_model, "toy": toy_model}))
+    with TestClient(app, base_url=LOCAL) as c:
+        r = upload(c, png, model="toy-smear")
+        assert r.status_code == 200 and r.json()["state"] == "done", r.text
+        assert r.json()["call"]["category"] in {"malignant", "benign", "normal"}
+        meta = c.get(r.json()["outputs"]["json"]["url"]).json()
+        assert "100 µm" in meta["reading"]["pixel_size"] and r.json()["call"]["reading"] == meta["reading"]["pixel_size"]
+        asked = upload(c, png, model="toy")
+        assert asked.status_code == 422 and "µm/px" in asked.json()["error"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -50,6 +51,19 @@ SUFFIX = {"csv": ".csv", "geojson": ".geojson", "png": ".png", "json": ".json"}
 EXPIRE_EVERY_S = 60.0
 SSE_POLL_S = 0.25
 SSE_PING_S = 15.0
+
+
+@functools.lru_cache(maxsize=32)
+def model_decides_scale(model_path: str) -> bool:
+    """Whether the model's sidecar says how to read an image that states no pixel size (blood-all reads a smear as
+    a field of known width), so the page does not ask for one, as `cellview analyze` and the viewer do not."""
+    from cellview.analysis.model_spec import ModelSpec
+    from cellview.base.errors import CellviewError
+
+    try:
+        return ModelSpec.load(model_path).reading.unstated.read != "ask"
+    except CellviewError:
+        return False  # the job itself will say what is wrong with the model
 
 
 @dataclass(frozen=True)
@@ -154,7 +168,8 @@ class Server:
                                        f"{', '.join(sorted(cfg.models))}.")
             mpp = parse_mpp(upload.fields.get("mpp"))
             whole = parse_flag(upload.fields.get("whole_image"))
-            checked = await anyio.to_thread.run_sync(check_slide, upload.path, upload.name, mpp, whole)
+            decides = await anyio.to_thread.run_sync(model_decides_scale, str(cfg.models[model]))
+            checked = await anyio.to_thread.run_sync(check_slide, upload.path, upload.name, mpp, whole, decides)
         except BaseException:
             job.remove_files()
             raise

@@ -29,12 +29,14 @@ from cellview.serve.jobs import Job, JobStore
 def slide_call(result: AnalysisResult) -> dict[str, Any]:
     """The slide's call as the API and the page give it: the engine's one rule (``analysis.call.slide_call``),
     as the metadata JSON records it (``category``, ``headline``, ``evidence``, ``text``, the findings and the
-    thresholds), with ``words`` (the one sentence every surface prints) and the headline's ``color``."""
+    thresholds), with ``words`` (the one sentence every surface prints), the headline's ``color`` and ``reading``
+    (the pixel size a model's rule assumed for an image that states none, as the CLI and the viewer say it)."""
     from cellview.analysis.call import slide_call as the_call
     from cellview.outputs.legend import call_colour
 
     call = the_call(result)
-    return {**call.to_dict(), "words": call.text, "color": call_colour(call)}
+    reading = (result.reading or {}).get("pixel_size", "")  # a smear model's assumed pixel size, said as on screen
+    return {**call.to_dict(), "words": call.text, "color": call_colour(call), "reading": reading}
 
 
 def shares(result: AnalysisResult) -> dict[str, Any]:

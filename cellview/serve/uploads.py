@@ -304,17 +304,19 @@ def shown_error(exc: CellviewError, stored: Path, name: str) -> tuple[str, str]:
     return fix(exc.message), fix(exc.details)
 
 
-def check_slide(path: Path, name: str, mpp_um: float | None, whole_image: bool) -> CheckedSlide:
+def check_slide(path: Path, name: str, mpp_um: float | None, whole_image: bool,
+                model_decides_scale: bool = False) -> CheckedSlide:
     """Open the stored upload as ``cellview analyze`` would (every guard of ``open_slide``), in a worker thread.
 
     Raises UploadError 422 with the core's sentence, naming the file by ``name``; a slide without a pixel size
-    gets the core's MppError sentence with the page's advice.
+    gets the core's MppError sentence with the page's advice, unless the model declares how it reads such an image
+    (``model_decides_scale``: a smear model's sidecar rule, applied by the analysis and said in its result).
     """
     from cellview.slides.opening import open_slide
 
     try:
         with open_slide(path, mpp_um=mpp_um) as slide:
-            if not whole_image:
+            if not whole_image and not model_decides_scale:
                 slide.require_mpp()
             w, h = slide.dimensions
             mpp = slide.mpp.um if slide.mpp is not None else None

@@ -448,6 +448,7 @@
     else headline.classList.add("no-call");  // the legend's grey is for paper; on this dark page a light one
     words.append(headline);
     if (ov.call.evidence) words.append(el("div", { class: "evidence", text: ov.call.evidence }));
+    if (ov.call.reading) words.append(el("div", { class: "hint", text: ov.call.reading }));
     words.dataset.category = ov.call.category;
     show($("call"), true);
 
