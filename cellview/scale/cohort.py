@@ -580,7 +580,7 @@ class DaskSession:
                     self.cluster = LocalCluster(
                         n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                         dashboard_address=dashboard,
-                        silence_logs=logging.ERROR,
+                        silence_logs=logging.CRITICAL,  # a worker's errors reach the run as its slide's failure
                         preload=["cellview.scale.dask_worker"],  # Ctrl-C is the client's (see there)
                     )
                 self.client = Client(self.cluster)
