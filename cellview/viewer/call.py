@@ -8,17 +8,15 @@ that is running). It does not follow the display's filters or "Show calls anyway
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 
 from cellview.analysis.call import SlideCall, slide_call
 from cellview.analysis.results import AnalysisResult
-from cellview.base.errors import CellviewError
 from cellview.viewer.analysis import AnalysisRun
 from cellview.viewer.events import EmitterGroup, Messages
-from cellview.viewer.jobs import Job, JobHandle, Pending, Runner
+from cellview.viewer.jobs import LatestJob, Runner
 
 STREAM_INTERVAL_S = 1.0
 """While a run streams in, the call so far is worked out again at most this often (each run takes a core)."""
@@ -41,15 +39,12 @@ class CallState:
         self.current: SlideCall | None = None
         self.current_key: tuple | None = None  # (id(result), n_done, status) of ``current``
         self._key: tuple | None = None  # what the running (or the last) job computes
-        self._again = False
         self._last_start = 0.0
-        self._ids = itertools.count(1)
-        self._id = 0
-        self._job: JobHandle | None = None
+        self.job = LatestJob(runner)
 
     @property
     def busy(self) -> bool:
-        return self._job is not None
+        return self.job.busy
 
     def update(self, streaming: bool = False) -> None:
         """The call of the shown result, as a job; ``streaming``: a batch arrived (rate-limited, see the module)."""
@@ -60,8 +55,8 @@ class CallState:
         key = (id(result), result.n_done, result.status)
         if key == self._key:
             return
-        if self._job is not None:
-            self._again = True
+        if self.job.busy:
+            self.job.again = True
             return
         if streaming and time.monotonic() - self._last_start < STREAM_INTERVAL_S:
             return  # the next batch, or the finished result, asks again
@@ -69,41 +64,24 @@ class CallState:
         self._last_start = time.monotonic()
         snapshot = result if result.status != "running" else replace(result, probs=result.probs.copy(),
                                                                       state=result.state.copy())
-        self._id = job_id = next(self._ids)
 
         def on_item(call: SlideCall) -> None:
-            if job_id == self._id:
-                self.current, self.current_key = call, key
-                self.events.call(call)
+            self.current, self.current_key = call, key
+            self.events.call(call)
 
-        def on_failed(exc: CellviewError) -> None:
-            if job_id == self._id:
-                self.messages.status(f"The slide's call failed: {exc.message}")
-
-        def on_done() -> None:
-            if job_id != self._id:
-                return
-            self._job = None
-            if self._again:
-                self._again = False
-                self.update()
-
-        self._job = Pending()
-        handle = self.runner(Job("call", lambda cancel: call_task(snapshot), on_item, on_failed, on_done))
-        if job_id == self._id and self._job is not None:
-            self._job = handle
+        self.job.start("call", lambda cancel: call_task(snapshot), on_item,
+                       lambda exc: self.messages.status(f"The slide's call failed: {exc.message}"), self.update)
 
     def clear(self, emit: bool = True) -> None:
         """No call (``events.call(None)`` when ``emit`` and there was one); a job still running is ignored."""
-        had = self.current is not None or self._job is not None
-        self._key, self._job, self._again = None, None, False
-        self._id = next(self._ids)
+        had = self.current is not None or self.job.busy
+        self._key = None
+        self.job.forget()
         self.current, self.current_key = None, None
         if emit and had:
             self.events.call(None)
 
     def cancel(self) -> None:
         """Stop the job (its slide closed) and forget the call, silently."""
-        if self._job is not None:
-            self._job.cancel()
+        self.job.cancel()
         self.clear(emit=False)

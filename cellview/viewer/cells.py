@@ -11,7 +11,6 @@ words of ``cellview analyze`` and the metadata JSON (``AnalysisResult.reading``)
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -21,12 +20,11 @@ from cellview.analysis.foreground import Foreground, cell_outlines, choose_scale
 from cellview.analysis.model_spec import ModelSpec
 from cellview.analysis.results import AnalysisResult, plural
 from cellview.analysis.tissue import TissueMask
-from cellview.base.errors import CellviewError
 from cellview.slides.opening import open_slide
 from cellview.viewer.analysis import AnalysisRun
 from cellview.viewer.analysis_settings import AnalysisSettings
 from cellview.viewer.events import EmitterGroup, Messages
-from cellview.viewer.jobs import Job, JobHandle, Pending, Runner
+from cellview.viewer.jobs import LatestJob, Runner
 
 
 @dataclass(frozen=True)
@@ -117,13 +115,11 @@ class CellsState:
         self.visible = True
         self.shown = CellOutlines()
         self._mask: TissueMask | None = None  # the mask ``shown`` (or the job running) is of
-        self._ids = itertools.count(1)
-        self._id = 0
-        self._job: JobHandle | None = None
+        self._latest = LatestJob(runner)
 
     @property
     def busy(self) -> bool:
-        return self._job is not None
+        return self._latest.busy
 
     def set_visible(self, on: bool) -> None:
         if bool(on) != self.visible:
@@ -143,8 +139,7 @@ class CellsState:
         assert mask is not None
         if mask is self._mask:
             return
-        if self._job is not None:
-            self._job.cancel()
+        self._latest.cancel()
         self.clear()  # another mask's outlines go now (an image that fails to open must not keep them)
         self._mask = mask
         opened = self.analysis.slide.opened
@@ -155,27 +150,15 @@ class CellsState:
         mpp = (result.slide.mpp.um if result is not None and result.slide.mpp
                else assumed_mpp(spec, result) or self.analysis.slide.mpp_um())
         fg = spec.reading.foreground if spec is not None else self.settings.options.reading.foreground
-        self._id = job_id = next(self._ids)
 
         def on_item(outlines: CellOutlines) -> None:
-            if job_id == self._id:
-                self.shown = outlines
-                if self.visible:
-                    self.events.cells(outlines)
+            self.shown = outlines
+            if self.visible:
+                self.events.cells(outlines)
 
-        def on_failed(exc: CellviewError) -> None:
-            if job_id == self._id:
-                self.messages.status(f"Cell outlines failed: {exc.message}")
-
-        def on_done() -> None:
-            if job_id == self._id:
-                self._job = None
-
-        self._job = Pending()
         path = opened.path
-        handle = self.runner(Job("cells", lambda cancel: cells_task(mask, path, mpp, fg), on_item, on_failed, on_done))
-        if job_id == self._id and self._job is not None:
-            self._job = handle
+        self._latest.start("cells", lambda cancel: cells_task(mask, path, mpp, fg), on_item,
+                           lambda exc: self.messages.status(f"Cell outlines failed: {exc.message}"))
 
     def update(self) -> None:
         """The shown result arrived or went: its mask's cells."""
@@ -189,13 +172,12 @@ class CellsState:
     def clear(self, emit: bool = True) -> None:
         """No outlines (``events.cells`` when ``emit`` and some were there); a job still running is ignored."""
         had = bool(self.shown.method)
-        self._id = next(self._ids)
-        self._job, self._mask, self.shown = None, None, CellOutlines()
+        self._latest.forget()
+        self._mask, self.shown = None, CellOutlines()
         if emit and had:
             self.events.cells(self.shown)
 
     def cancel(self) -> None:
         """Stop the job (its slide closed) and forget the outlines, silently."""
-        if self._job is not None:
-            self._job.cancel()
+        self._latest.cancel()
         self.clear(emit=False)

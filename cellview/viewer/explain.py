@@ -22,7 +22,7 @@ from cellview.slides.opening import open_slide
 from cellview.viewer.analysis import AnalysisRun
 from cellview.viewer.analysis_settings import AnalysisSettings
 from cellview.viewer.events import EmitterGroup, Messages
-from cellview.viewer.jobs import Job, JobHandle, Pending, Runner
+from cellview.viewer.jobs import Job, JobHandle, LatestJob, Pending, Runner
 from cellview.viewer.selection import Selection
 from cellview.viewer.slide import SlideState
 
@@ -118,9 +118,9 @@ class Explanations:
         self._loaded_for: str | None = None  # the model path of a classifier loaded here
         self._stain: ExplainStain | None = None  # the slide's stain transform, fitted for one result
         self._ids = itertools.count(1)
-        self._id = self._stain_id = 0
+        self._id = 0
         self._job: JobHandle | None = None
-        self._stain_job: JobHandle | None = None
+        self._stain_job = LatestJob(runner)
         self._again = False
         self._key: tuple[int, int] | None = None
 
@@ -255,33 +255,20 @@ class Explanations:
         so the inspector shows the patch the model was fed, not the one scanned."""
         result, opened = self.analysis.shown_result(), self.slide.opened
         spec = self.analysis.spec
-        if not self.stain_pending or self._stain_job is not None or result is None or opened is None:
+        if not self.stain_pending or self._stain_job.busy or result is None or opened is None:
             return
         if spec is None or spec.onnx_sha256 != result.model.sha256:
             return
         key, path, mpp, grid = self._stain_key(result), opened.path, self.slide.mpp_um(), result.grid
         method = result.params.stain_normalize
-        self._stain_id = job_id = next(self._ids)
 
         def on_item(transform: TileStainTransform) -> None:
-            if job_id == self._stain_id:
-                self._stain = ExplainStain(key, transform)
-                self.events.stain(transform)
+            self._stain = ExplainStain(key, transform)
+            self.events.stain(transform)
 
-        def on_failed(exc: CellviewError) -> None:
-            if job_id == self._stain_id:
-                self.messages.status(f"The stain transform could not be fitted: {exc.message}")
-
-        def on_done() -> None:
-            if job_id == self._stain_id:
-                self._stain_job = None
-
-        self._stain_job = Pending()
-        handle = self.runner(Job("stain", lambda cancel: stain_task(path, mpp, grid, spec, method), on_item, on_failed,
-                                 on_done))
-        if job_id == self._stain_id and self._stain_job is not None:
-            self._stain_job = handle
+        self._stain_job.start("stain", lambda cancel: stain_task(path, mpp, grid, spec, method), on_item,
+                              lambda exc: self.messages.status(f"The stain transform could not be fitted: {exc.message}"))
 
     def forget_stain(self) -> None:
         """The slide closed: a stain fit still running is ignored."""
-        self._stain_id, self._stain_job = next(self._ids), None
+        self._stain_job.forget()

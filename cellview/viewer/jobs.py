@@ -8,6 +8,7 @@ explanations) goes through this one contract.
 
 from __future__ import annotations
 
+import itertools
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -70,3 +71,58 @@ class Pending:
 
     def cancel(self) -> None:
         pass
+
+
+class LatestJob:
+    """One job at a time for a part of the viewer whose results only count while they are the newest.
+
+    ``start`` runs a job whose callbacks are dropped once a newer one starts or ``forget`` is called (a slide
+    closed, a result replaced); ``again`` marks a request made while one runs, and the part's ``rerun`` is called
+    when it ends. The call, the regions, the cells and the explanations share this rule.
+    """
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.handle: JobHandle | None = None
+        self.again = False
+        self._ids = itertools.count(1)
+        self._id = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.handle is not None
+
+    def start(self, name: str, run: Callable[[CancelToken], Iterator[Any]], on_item: Callable[[Any], None],
+              on_failed: Callable[[CellviewError], None] = nothing, rerun: Callable[[], None] = nothing) -> None:
+        self._id = job_id = next(self._ids)
+
+        def item(value: Any) -> None:
+            if job_id == self._id:
+                on_item(value)
+
+        def failed(exc: CellviewError) -> None:
+            if job_id == self._id:
+                on_failed(exc)
+
+        def done() -> None:
+            if job_id != self._id:
+                return
+            self.handle = None
+            if self.again:
+                self.again = False
+                rerun()
+
+        self.handle = Pending()
+        handle = self.runner(Job(name, run, item, failed, done))
+        if job_id == self._id and self.handle is not None:  # a synchronous runner has finished it already
+            self.handle = handle
+
+    def forget(self) -> None:
+        """What the running job still delivers is ignored from now on."""
+        self._id = next(self._ids)
+        self.handle, self.again = None, False
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.forget()

@@ -6,7 +6,6 @@ only when the result, its progress or the confidence threshold changed.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -18,10 +17,9 @@ from cellview.analysis.results import (
     AnalysisResult,
     plural,
 )
-from cellview.base.errors import CellviewError
 from cellview.viewer.analysis import AnalysisRun
 from cellview.viewer.events import EmitterGroup, Messages
-from cellview.viewer.jobs import Job, JobHandle, Pending, Runner
+from cellview.viewer.jobs import JobHandle, LatestJob, Runner
 from cellview.viewer.overlay import OverlayState
 
 
@@ -69,19 +67,16 @@ class Regions:
         self.shown: list[Region] = []
         self._shown_key: tuple | None = None  # (id(result), n_done, confidence) of self.shown
         self._key: tuple | None = None  # what the job running (or the last one) computes
-        self._again = False
-        self._ids = itertools.count(1)
-        self._id = 0
-        self._job: JobHandle | None = None
+        self._latest = LatestJob(runner)
 
     @property
     def busy(self) -> bool:
-        return self._job is not None
+        return self._latest.busy
 
     @property
     def job(self) -> JobHandle | None:
         """The handle of the regions job running (None when none runs)."""
-        return self._job
+        return self._latest.handle
 
     @property
     def confidence(self) -> float | None:
@@ -110,35 +105,18 @@ class Regions:
         key = (id(result), result.n_done, min_conf)
         if self._key == key:
             return
-        if self._job is not None:
-            self._again = True
+        if self._latest.busy:
+            self._latest.again = True
             return
         self._key = key
         snapshot = replace(result, probs=result.probs.copy(), state=result.state.copy())
-        self._id = job_id = next(self._ids)
 
         def on_item(regions: list[Region]) -> None:
-            if job_id == self._id:
-                self.shown, self._shown_key = regions, key
-                self.events.regions(regions)
+            self.shown, self._shown_key = regions, key
+            self.events.regions(regions)
 
-        def on_failed(exc: CellviewError) -> None:
-            if job_id == self._id:
-                self.messages.status(f"Regions failed: {exc.message}")
-
-        def on_done() -> None:
-            if job_id != self._id:
-                return
-            self._job = None
-            if self._again:
-                self._again = False
-                self.update()
-
-        self._job = Pending()
-        handle = self.runner(Job("regions", lambda cancel: regions_task(snapshot, min_conf), on_item, on_failed,
-                                 on_done))
-        if job_id == self._id and self._job is not None:
-            self._job = handle
+        self._latest.start("regions", lambda cancel: regions_task(snapshot, min_conf), on_item,
+                           lambda exc: self.messages.status(f"Regions failed: {exc.message}"), self.update)
 
     def for_export(self, result: AnalysisResult) -> tuple[list[Region], float]:
         """The regions on screen when they are current, else computed now at the overlay's threshold."""
@@ -149,14 +127,13 @@ class Regions:
 
     def clear(self, emit: bool = True) -> None:
         """No regions (``events.regions([])`` when ``emit``); what a job still running delivers is ignored."""
-        self._key, self._job, self._again = None, None, False
-        self._id = next(self._ids)
+        self._key = None
+        self._latest.forget()
         self.shown, self._shown_key = [], None
         if emit:
             self.events.regions([])
 
     def cancel(self) -> None:
         """Stop the regions job (its slide closed) and forget the regions, silently."""
-        if self._job is not None:
-            self._job.cancel()
+        self._latest.cancel()
         self.clear(emit=False)
