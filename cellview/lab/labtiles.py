@@ -99,6 +99,61 @@ def _components(grid: Any, labelled: np.ndarray, labels: np.ndarray) -> np.ndarr
     return out
 
 
+
+def plan_for_model(slide: Any, spec: Any, params: AnalysisParams) -> tuple[AnalysisParams, Any]:
+    """``slide``'s tiles as ``cellview analyze`` cuts them for this model: its reading rule for an image without a
+    pixel size applied (a smear model), else the pixel size required; returns the run's params and the grid."""
+    run_params, _ = apply_reading(slide, spec, params)
+    if not run_params.whole_image:
+        slide.require_mpp()
+    _, grid = plan_tiles(slide, spec, run_params)
+    return run_params, grid
+
+
+@dataclass(frozen=True)
+class TileOutputs:
+    """The model's outputs for the tiles of one file that could be read, in tile order (``indices``)."""
+
+    indices: np.ndarray
+    logits: np.ndarray
+    features: np.ndarray
+    failed: int  # tiles that could not be read
+
+
+def classify_tiles(slide: Any, grid: Any, chosen: np.ndarray, spec: Any, classifier: OnnxClassifier,
+                   params: AnalysisParams, cancel: CancelToken) -> TileOutputs | None:
+    """Read the ``chosen`` tiles (stain-normalised as analyze does) and run the model on them; None when cancelled.
+
+    Batches arrive as the readers finish them, so the outputs are put back in tile order: the same labels and
+    seed give the same head and the same suggestions.
+    """
+    stain = slide_stain_transform(slide, grid, spec, params.stain_normalize)
+    batches = batch_indices(len(chosen), params.batch_size)
+    readers = TileReaders(slide, grid, [chosen[b] for b in batches], params.workers, stain=stain)
+    try:
+        got_i, got_l, got_f, failed = [], [], [], 0
+        for _ in batches:
+            if cancel.cancelled:
+                return None
+            batch = readers.queue.get()
+            if isinstance(batch, BaseException):
+                raise batch if isinstance(batch, CellviewError) else SlideError("Reading tiles failed.", repr(batch))
+            ok = ~batch.failed
+            failed += int(batch.failed.sum())
+            if ok.any():
+                lg, ft = classifier.run(batch.tiles[ok], (classifier.output_name, "features"))
+                got_l.append(np.asarray(lg, np.float32))
+                got_f.append(np.asarray(ft, np.float32))
+                got_i.append(np.asarray(batch.indices[ok], np.int64))
+    finally:
+        readers.close()
+    if not got_i:
+        return TileOutputs(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), failed)
+    idx = np.concatenate(got_i)
+    order = np.argsort(idx, kind="stable")
+    return TileOutputs(idx[order], np.concatenate(got_l)[order], np.concatenate(got_f)[order], failed)
+
+
 def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, params: AnalysisParams,
                    settings: AdaptSettings = DEFAULT_SETTINGS, cancel: CancelToken | None = None,
                    ) -> Iterator[AdaptProgress | LabTiles]:
@@ -125,15 +180,11 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
             return
         yield AdaptProgress("reading", n_file, len(sources), f"reading {source.name}")
         slide = None
-        readers = None
         first_item = len(items)
         first_unlabelled = len(unlabelled)
         try:
             slide = open_slide(source.path, mpp_um=source.mpp_um or params.mpp_um)
-            run_params, _ = apply_reading(slide, spec, params)  # a smear model's image without a pixel size
-            if not run_params.whole_image:
-                slide.require_mpp()
-            _, grid = plan_tiles(slide, spec, run_params)
+            _, grid = plan_for_model(slide, spec, params)
             if source.label is not None:
                 labels = np.full(grid.n_tiles, source.label, dtype=object)
             else:
@@ -155,7 +206,6 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
             if len(chosen) > settings.max_tiles_per_file:
                 chosen = np.sort(rng.choice(chosen, settings.max_tiles_per_file, replace=False))
                 notes.append(f"{source.name}: {labelled.sum()} labelled tiles; a random {len(chosen)} were used")
-            stain = slide_stain_transform(slide, grid, spec, params.stain_normalize)
             file_index = len(files)
             item_for_comp = {}
             for c in np.unique(comp[chosen]):
@@ -163,44 +213,26 @@ def read_lab_tiles(sources: Sequence[LabelSource], classifier: OnnxClassifier, p
                 target = targets[str(labels[tiles_c[0]])]
                 item_for_comp[int(c)] = len(items)
                 items.append(LabItem(file_index, target.label, target.category, int(len(tiles_c))))
-            batches = batch_indices(len(chosen), params.batch_size)
-            readers = TileReaders(slide, grid, [chosen[b] for b in batches], params.workers, stain=stain)
-            got_f, got_l, got_i, got_a, got_p = [], [], [], [], []
-            failed = 0
-            for _ in batches:
-                if cancel.cancelled:
-                    return
-                batch = readers.queue.get()
-                if isinstance(batch, BaseException):
-                    raise batch if isinstance(batch, CellviewError) else SlideError("Reading tiles failed.", repr(batch))
-                ok = ~batch.failed
-                failed += int(batch.failed.sum())
-                if ok.any():
-                    lg, ft = classifier.run(batch.tiles[ok], (classifier.output_name, "features"))
-                    idx = batch.indices[ok]
-                    got_f.append(np.asarray(ft, np.float32))
-                    got_l.append(np.asarray(lg, np.float32))
-                    got_i.append(np.array([item_for_comp[int(comp[i])] for i in idx], np.int64))
-                    got_p.append(np.stack([grid.grid_row[idx], grid.grid_col[idx]], axis=1).astype(np.int64))
-                    got_a.append(np.array([targets[str(labels[i])].allowed for i in idx], bool))
+            got = classify_tiles(slide, grid, chosen, spec, classifier, params, cancel)
+            if got is None:
+                return
+            idx, failed = got.indices, got.failed
             if failed:
                 notes.append(f"{source.name}: {failed} tiles could not be read and were left out")
-            if not got_f:
+            if not len(idx):
                 del items[first_item:]
                 unreadable.append((str(source.path), "none of its labelled tiles could be read"))
                 continue
             files.append(str(source.path))
-            feats += got_f
-            logits += got_l
-            item_of += got_i
-            position += got_p
-            allowed += got_a
+            feats.append(got.features)
+            logits.append(got.logits)
+            item_of.append(np.array([item_for_comp[int(comp[i])] for i in idx], np.int64))
+            position.append(np.stack([grid.grid_row[idx], grid.grid_col[idx]], axis=1).astype(np.int64))
+            allowed.append(np.array([targets[str(labels[i])].allowed for i in idx], bool))
         except CellviewError as exc:
             del items[first_item:]  # a file that failed half-way gives no item
             unreadable.append((str(source.path), exc.message))
         finally:
-            if readers is not None:
-                readers.close()
             if slide is not None:
                 slide.close()
     yield AdaptProgress("reading", len(sources), len(sources), "read")

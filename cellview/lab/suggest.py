@@ -30,17 +30,12 @@ from cellview.analysis.classifier import OnnxClassifier, probabilities
 from cellview.analysis.model_spec import CATEGORIES
 from cellview.analysis.pipeline import (
     CancelToken,
-    TileReaders,
-    apply_reading,
-    batch_indices,
-    plan_tiles,
-    slide_stain_transform,
 )
 from cellview.analysis.results import AnalysisParams, category_probabilities
-from cellview.base.errors import CellviewError, ModelError, SlideError
+from cellview.base.errors import CellviewError, ModelError
 from cellview.base.files import atomic_write_text
 from cellview.lab.labels import cell_rect
-from cellview.lab.labtiles import AdaptProgress
+from cellview.lab.labtiles import AdaptProgress, classify_tiles, plan_for_model
 from cellview.slides.image_slide import ImageSlide
 from cellview.slides.opening import open_slide
 
@@ -185,13 +180,9 @@ def suggest(paths: Sequence[Path], classifier: OnnxClassifier, params: AnalysisP
             return
         yield AdaptProgress("reading", n_file, len(paths), f"reading {Path(path).name}")
         slide = None
-        readers = None
         try:
             slide = open_slide(path, mpp_um=params.mpp_um)
-            run_params, _ = apply_reading(slide, spec, params)  # a smear model's image without a pixel size
-            if not run_params.whole_image:
-                slide.require_mpp()
-            _, grid = plan_tiles(slide, spec, run_params)
+            _, grid = plan_for_model(slide, spec, params)
             tissue = np.flatnonzero(grid.tissue_fraction >= params.tissue_threshold) if grid.n_tiles else []
             chosen = np.asarray(tissue, np.int64)
             if not len(chosen):
@@ -199,29 +190,15 @@ def suggest(paths: Sequence[Path], classifier: OnnxClassifier, params: AnalysisP
                 continue
             if len(chosen) > MAX_TILES_PER_SLIDE:
                 chosen = np.sort(rng.choice(chosen, MAX_TILES_PER_SLIDE, replace=False))
-            stain = slide_stain_transform(slide, grid, spec, params.stain_normalize)
-            batches = batch_indices(len(chosen), params.batch_size)
-            readers = TileReaders(slide, grid, [chosen[b] for b in batches], params.workers, stain=stain)
-            f_got, p_got, i_got = [], [], []
-            for _ in batches:
-                if cancel.cancelled:
-                    return
-                batch = readers.queue.get()
-                if isinstance(batch, BaseException):
-                    raise batch if isinstance(batch, CellviewError) else SlideError("Reading tiles failed.", repr(batch))
-                ok = ~batch.failed
-                if ok.any():
-                    lg, ft = classifier.run(batch.tiles[ok], (classifier.output_name, "features"))
-                    probs = probabilities(np.asarray(lg, np.float32), spec.activation, spec.temperature)
-                    f_got.append(np.asarray(ft, np.float32))
-                    p_got.append(category_probabilities(probs, tuple(spec.class_categories), spec.activation))
-                    i_got.append(batch.indices[ok])
-            if not f_got:
+            got = classify_tiles(slide, grid, chosen, spec, classifier, params, cancel)
+            if got is None:
+                return
+            if not len(got.indices):
                 unreadable.append((str(path), "no tile could be read"))
                 continue
-            f, p, idx = np.concatenate(f_got), np.concatenate(p_got), np.concatenate(i_got)
-            order = np.argsort(idx, kind="stable")  # batches arrive as the readers finish them: same seed, same order
-            f, p, idx = f[order], p[order], idx[order]
+            probs = probabilities(got.logits, spec.activation, spec.temperature)
+            f, idx = got.features, got.indices
+            p = category_probabilities(probs, tuple(spec.class_categories), spec.activation)
             if isinstance(slide, ImageSlide) and not image_tiles:  # an image is labelled whole: one candidate
                 feats.append(f.mean(axis=0, keepdims=True))
                 cat_probs.append(p.mean(axis=0, keepdims=True))
@@ -235,8 +212,6 @@ def suggest(paths: Sequence[Path], classifier: OnnxClassifier, params: AnalysisP
         except CellviewError as exc:
             unreadable.append((str(path), exc.message))
         finally:
-            if readers is not None:
-                readers.close()
             if slide is not None:
                 slide.close()
     yield AdaptProgress("reading", len(paths), len(paths), "read")
