@@ -199,6 +199,7 @@ def test_adapting_an_adapted_model_offers_the_shipped_base_and_the_not_better_ma
     assert "was adapted from" in again.base_note.text()
     again.base_box.setCurrentIndex(1)
     assert again.name_edit.text().count("-lab-") == 1  # never '-lab-DATE-lab-DATE'
+    assert again.name_edit.text() != adapted_name  # today's adapted model's own folder, which adapt refuses
     assert "itself adapted from" in again.base_note.text()  # says which base is used
 
 

@@ -52,7 +52,7 @@ from cellview.viewer.selection import Selection
 from cellview.viewer.slide import SlideState
 
 LABEL_KEYS = "123456789"
-_LAB_SUFFIX = re.compile(r"(-lab-\d{4}-\d{2}-\d{2})+$")
+_LAB_SUFFIX = re.compile(r"(-lab-\d{4}-\d{2}-\d{2}(-\d+)?)+$")
 
 
 @dataclass(frozen=True)
@@ -397,8 +397,13 @@ class LabelsModel:
         return labelled_slides()
 
     def default_name(self, base: str) -> str:
-        """'colon-he-lab-2026-12-07'; an adapted model's own '-lab-DATE' is not stacked on."""
-        return f"{_LAB_SUFFIX.sub('', base)}-lab-{_dt.date.today().isoformat()}"
+        """'colon-he-lab-2026-12-07' ('…-2' when that model exists: adapting today's adapted model again proposed
+        its own folder, which adapt refuses); an adapted model's own '-lab-DATE' is not stacked on."""
+        stem = f"{_LAB_SUFFIX.sub('', base)}-lab-{_dt.date.today().isoformat()}"
+        name, k = stem, 2
+        while (user_models_dir() / name).exists():
+            name, k = f"{stem}-{k}", k + 1
+        return name
 
     def adapt_job(self, name: str, force: bool, on_item: Callable[[Any], None],
                   on_failed: Callable[[CellviewError], None], on_done: Callable[[], None],
