@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QToolTip
 
 from cellview.analysis.morphology import Region
 from cellview.gui.canvas.loaders import PatchLoaded, TileLoaded, TileRequests, tile_loader_task
-from cellview.gui.canvas.view import SlideView
+from cellview.gui.canvas.view import ARROW_STEPS, SlideView
 from cellview.gui.worker import QtRunner, Worker
 from cellview.viewer.events import Event
 from cellview.viewer.model import ViewerModel
@@ -142,6 +142,13 @@ class CanvasController(QObject):
             x, y, w, h = result.grid.rect(index)
             if not self.view.visible_l0_rect().contains(QRectF(x, y, w, h)):
                 self.view.center_on(x + w / 2, y + h / 2)
+
+    def step_key(self, key: int) -> bool:
+        """An arrow key pressed anywhere in a window steps the tile selection; False for any other key."""
+        if key not in ARROW_STEPS:
+            return False
+        self.step_selection(*ARROW_STEPS[key])
+        return True
 
     # ------------------------------------------------------------------------------ the pointer
 

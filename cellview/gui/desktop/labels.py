@@ -440,7 +440,7 @@ class AdaptDialog(QDialog):
             text = "<p>Cancelled.</p>"
         else:
             text = (f"<p>The adapted model <b>{escape(report.sidecar.get('name', ''))}</b> is {verdict_html(report)}. "
-                    f"Cross-validated ({escape(report.cv_how)}): every slide or region was scored by a head fitted "
+                    f"Cross-validated, {escape(report.cv_how)}: every slide or region was scored by a head fitted "
                     "without it.</p>" + figures_table(report)
                     + f"<p>{plural(len(report.lab.items), 'labelled region')}, {plural(len(report.lab.features), 'tile')}, "
                       f"{plural(len(report.lab.files), 'slide')}, {report.seconds:.0f} s. Saved to "

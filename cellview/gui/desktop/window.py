@@ -15,7 +15,6 @@ from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMainWindow, Q
 from cellview.analysis.results import AnalysisParams, AnalysisResult
 from cellview.base.errors import CellviewError
 from cellview.gui import settings as cfg
-from cellview.gui.canvas.view import ARROW_STEPS
 from cellview.gui.desktop.dialogs import MppDialog
 from cellview.gui.desktop.exports import ExportActions
 from cellview.gui.desktop.labels import install_labels
@@ -154,10 +153,8 @@ class MainWindow(QMainWindow):
         self.view.setFocus()
 
     def keyPressEvent(self, event) -> None:  # noqa: N802 - Qt API
-        if event.key() in ARROW_STEPS:
-            self.viewer.canvas.step_selection(*ARROW_STEPS[event.key()])
-            return
-        super().keyPressEvent(event)
+        if not self.viewer.canvas.step_key(event.key()):
+            super().keyPressEvent(event)
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
         urls = event.mimeData().urls()

@@ -19,7 +19,6 @@ from PySide6.QtWidgets import QApplication, QMainWindow, QStackedWidget, QVBoxLa
 from cellview.analysis.classifier import OnnxClassifier
 from cellview.analysis.results import AnalysisParams, AnalysisResult
 from cellview.base.errors import CellviewError
-from cellview.gui.canvas.view import ARROW_STEPS
 from cellview.gui.kiosk.case_page import CasePage
 from cellview.gui.kiosk.cases import Cases
 from cellview.gui.kiosk.exit import ExitGuard
@@ -283,10 +282,8 @@ class KioskWindow(QMainWindow):
         self.viewer.take_focus()
 
     def keyPressEvent(self, event) -> None:  # noqa: N802 - Qt API
-        if event.key() in ARROW_STEPS:
-            self.viewer.canvas.step_selection(*ARROW_STEPS[event.key()])
-            return
-        super().keyPressEvent(event)
+        if not self.viewer.canvas.step_key(event.key()):
+            super().keyPressEvent(event)
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
